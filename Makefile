@@ -1,0 +1,76 @@
+# ft - fine-tuning toolkit.  Targets: all test install clean demo
+include config.mk
+
+LIB_SRC   := $(sort $(wildcard lib/*.c))
+LIB_HDR   := $(wildcard lib/*.h)
+TOOLS     := $(notdir $(sort $(wildcard tools/ft-*)))
+BINS      := $(addprefix bin/,$(TOOLS))
+UNIT_SRC  := $(sort $(wildcard tests/unit/test_*.c))
+CU_SRC    := $(sort $(wildcard lib/cuda/*.cu))
+
+OBJ       := $(LIB_SRC:%.c=build/obj/%.o)
+ASAN_OBJ  := $(LIB_SRC:%.c=build/asan/%.o)
+UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=build/asan/tests/%)
+ASAN_BINS := $(addprefix build/asan/bin/,$(TOOLS))
+
+ifeq ($(CUDA),1)
+CU_OBJ    := $(CU_SRC:%.cu=build/cuda/%.o)
+endif
+
+all: $(BINS) $(if $(CU_OBJ),build/libft_cuda.a)
+
+build/libft.a: $(OBJ)
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+build/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+bin/%: tools/%/main.c build/libft.a
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $< build/libft.a $(LDLIBS) -o $@
+
+# Sanitizer builds: the library, the unit tests and the tools
+build/asan/libft.a: $(ASAN_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+build/asan/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -MMD -MP -c $< -o $@
+
+build/asan/tests/%: tests/unit/%.c tests/unit/tap.h build/asan/libft.a
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -Itests/unit $< build/asan/libft.a $(LDLIBS) -o $@
+
+build/asan/bin/%: tools/%/main.c build/asan/libft.a
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -O1 $(SAN) $< build/asan/libft.a $(LDLIBS) -o $@
+
+# CUDA sources compile whenever nvcc is present, so CI catches errors without a GPU
+build/cuda/%.o: %.cu
+	@mkdir -p $(@D)
+	$(NVCC) -O2 -std=c++17 $(CUDA_ARCH) -Ilib -Xcompiler -Wall,-Werror -c $< -o $@
+
+build/libft_cuda.a: $(CU_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+unit: $(UNIT_BINS)
+asan-tools: $(ASAN_BINS)
+
+test: all unit asan-tools
+	@scripts/run-tests.sh
+
+demo:
+	@scripts/demo.sh
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+
+clean:
+	rm -rf build bin
+
+.PHONY: all test unit asan-tools demo install clean
+.SECONDARY:
+-include $(OBJ:.o=.d) $(ASAN_OBJ:.o=.d)

@@ -1,0 +1,42 @@
+/* atomicfile.h - outputs that appear complete or not at all.
+ *
+ * Every output file and checkpoint directory is written under a temporary
+ * name in the same directory and renamed into place when complete, so a
+ * crash or Ctrl-C never leaves a half-written file that looks valid.
+ * Temporary names still pending are removed on SIGINT/SIGTERM/SIGHUP once
+ * ft_atomic_install_signal_cleanup() has been called (tools do that).
+ */
+#ifndef FT_ATOMICFILE_H
+#define FT_ATOMICFILE_H
+
+#include <stdio.h>
+
+typedef struct ft_atomic {
+	char *path;   /* final name */
+	char *tmp;    /* temporary name: ".<name>.tmp.<pid>.<n>" beside it */
+	FILE *fp;     /* open for writing (files only) */
+} ft_atomic;
+
+/* Open a temporary file for `path`.  Returns -1 with a message. */
+int ft_atomic_open(ft_atomic *a, const char *path);
+/* Flush, fsync, close and rename into place.  Returns -1 with a message
+ * (and removes the temporary) on any write error. */
+int ft_atomic_commit(ft_atomic *a);
+/* Close and remove the temporary. */
+void ft_atomic_abort(ft_atomic *a);
+
+/* Directories (checkpoints, exports): make a temporary sibling directory,
+ * fill it, then ft_atomic_dir_commit() renames it to `path`, replacing an
+ * existing directory of that name only when `replace` is set. */
+int ft_atomic_dir_open(ft_atomic *a, const char *path);
+int ft_atomic_dir_commit(ft_atomic *a, int replace);
+void ft_atomic_dir_abort(ft_atomic *a);
+
+/* Remove a directory tree (used for replaced or aborted directories). */
+int ft_remove_tree(const char *path);
+/* mkdir -p */
+int ft_mkdirs(const char *path);
+
+void ft_atomic_install_signal_cleanup(void);
+
+#endif

@@ -1,0 +1,19 @@
+# helper.bash - loaded by every bats file: assertions, bin/ on PATH, a
+# scratch directory, and where the shared reference data lives.
+bats_require_minimum_version 1.5.0
+load '/usr/lib/bats/bats-support/load'
+load '/usr/lib/bats/bats-assert/load'
+
+FT_ROOT="$(cd "$BATS_TEST_DIRNAME/../.." && pwd)"
+PATH="$FT_ROOT/bin:$PATH"
+FIXTURES="$FT_ROOT/tests/fixtures"
+SHARED="${FT_SHARED:-$FT_ROOT/../shared}"
+
+setup() {
+	cd "$BATS_TEST_TMPDIR"
+}
+
+# skip_without_shared: skip a test that needs ../shared
+skip_without_shared() {
+	[ -d "$SHARED" ] || skip "../shared is absent"
+}

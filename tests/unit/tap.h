@@ -1,0 +1,53 @@
+/* tap.h - minimal TAP output for the C unit tests.
+ *   ok(cond, "what");  skip("why");  return tap_done();
+ * Each check prints "ok N - what" or "not ok N - what"; scripts/run-tests.sh
+ * counts them. */
+#ifndef FT_TAP_H
+#define FT_TAP_H
+
+#include <stdio.h>
+#include <stdarg.h>
+#include <math.h>
+
+static int tap_n, tap_failed;
+
+__attribute__((format(printf, 2, 3)))
+static int ok(int cond, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	printf("%sok %d - ", cond ? "" : "not ", ++tap_n);
+	vprintf(fmt, ap);
+	printf("\n");
+	va_end(ap);
+	fflush(stdout);
+	if (!cond) tap_failed++;
+	return cond;
+}
+
+__attribute__((format(printf, 1, 2), unused))
+static void skip(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	printf("ok %d # skip ", ++tap_n);
+	vprintf(fmt, ap);
+	printf("\n");
+	va_end(ap);
+}
+
+/* Relative error with an absolute floor, for float comparisons. */
+__attribute__((unused))
+static double rel_err(double got, double want, double floor_)
+{
+	double d = fabs(got - want), s = fabs(want);
+	return d / (s > floor_ ? s : floor_);
+}
+
+static int tap_done(void)
+{
+	printf("1..%d\n", tap_n);
+	return tap_failed ? 1 : 0;
+}
+
+#endif
