@@ -37,7 +37,13 @@ int ft_fail_ctx(const char *fmt, ...)
 	vsnprintf(prefix, sizeof prefix, fmt, ap);
 	va_end(ap);
 	memcpy(old, errbuf, sizeof old);
-	snprintf(errbuf, sizeof errbuf, "%s%s", prefix, old);
+	size_t n = strlen(prefix);
+	if (n >= sizeof errbuf) n = sizeof errbuf - 1;
+	memcpy(errbuf, prefix, n);
+	size_t rest = strnlen(old, sizeof old - 1);
+	if (rest > sizeof errbuf - 1 - n) rest = sizeof errbuf - 1 - n;
+	memcpy(errbuf + n, old, rest);
+	errbuf[n + rest] = 0;
 	return -1;
 }
 
