@@ -1,4 +1,5 @@
 /* error.c - per-thread error message; see error.h */
+#define _GNU_SOURCE
 #include "error.h"
 
 #include <errno.h>
