@@ -27,9 +27,11 @@ build/obj/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
 
-bin/%: tools/%/main.c build/libft.a
+# A tool is every .c file in its directory (main.c plus any helpers)
+.SECONDEXPANSION:
+bin/%: $$(wildcard tools/%/*.c) $$(wildcard tools/%/*.h) build/libft.a
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) $< build/libft.a $(LDLIBS) -o $@
+	$(CC) $(ALL_CFLAGS) -Itools/$* $(filter %.c,$^) build/libft.a $(LDLIBS) -o $@
 
 # Sanitizer builds: the library, the unit tests and the tools
 build/asan/libft.a: $(ASAN_OBJ)
@@ -43,9 +45,9 @@ build/asan/tests/%: tests/unit/%.c tests/unit/tap.h build/asan/libft.a
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -Itests/unit $< build/asan/libft.a $(LDLIBS) -o $@
 
-build/asan/bin/%: tools/%/main.c build/asan/libft.a
+build/asan/bin/%: $$(wildcard tools/%/*.c) $$(wildcard tools/%/*.h) build/asan/libft.a
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -O1 $(SAN) $< build/asan/libft.a $(LDLIBS) -o $@
+	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -Itools/$* $(filter %.c,$^) build/asan/libft.a $(LDLIBS) -o $@
 
 # CUDA sources compile whenever nvcc is present, so CI catches errors without a GPU
 build/cuda/%.o: %.cu
