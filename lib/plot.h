@@ -113,4 +113,7 @@ int ft_plot_render_fp(const ft_plot_spec *p, FILE *fp, int format);
  * panel (default 80 x 20).  Returns a malloc'd string. */
 char *ft_plot_render_ascii(const ft_plot_spec *p);
 
+/* Release cairo's and fontconfig's caches (for leak checkers at exit). */
+void ft_plot_cleanup(void);
+
 #endif

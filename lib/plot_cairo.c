@@ -8,6 +8,7 @@
  * tests can count points in the SVG.
  */
 #include <cairo.h>
+#include <dlfcn.h>
 #include <cairo-pdf.h>
 #include <cairo-svg.h>
 #include <math.h>
@@ -238,4 +239,12 @@ int ft_plot_render_file(const ft_plot_spec *p, const char *path)
 		return ft_fail_ctx("%s: ", path);
 	}
 	return ft_atomic_commit(&a);
+}
+
+void ft_plot_cleanup(void)
+{
+	cairo_debug_reset_static_data();
+	/* fontconfig is cairo's dependency, not ours: find it if loaded */
+	void (*fc_fini)(void) = (void (*)(void))dlsym(RTLD_DEFAULT, "FcFini");
+	if (fc_fini) fc_fini();
 }

@@ -4,10 +4,11 @@
  * trainer_log.jsonl: current_steps, total_steps, loss, eval_loss, lr,
  * epoch, percentage, elapsed_time, remaining_time, ...).  While it runs
  * the last line may be half written, so only complete lines are parsed
- * and the rest is kept for the next poll.  Lines are parsed one at a time
- * with jansson (json.h's reader works on whole streams, which cannot
- * retry a partial line); a line that is not a JSON object with a step is
- * counted and skipped, never fatal.
+ * and the rest is kept for the next poll (trainlog.h's reader works on
+ * whole files, which cannot retry a partial line).  A line that
+ * ft_trainlog_parse() rejects, or without a step, is counted and
+ * skipped, never fatal.  Any numeric field can be plotted, not only the
+ * ones ft_trainlog_entry knows.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -21,6 +22,7 @@
 #include <unistd.h>
 #include "error.h"
 #include "plot.h"
+#include "trainlog.h"
 
 /* Legend label: the directory holding trainer_log.jsonl (LLaMA-Factory's
  * output_dir), else the file name. */
@@ -119,13 +121,12 @@ int ft_plot_run_line(ft_plot_run *r, const char *line, size_t len)
 		len--;
 	r->nlines++;
 	if (len == 0) return 0;   /* blank lines are not errors */
-	json_error_t err;
-	json_t *o = json_loadb(line, len, 0, &err);
-	if (!o) {
-		char why[200];
-		snprintf(why, sizeof why, "not JSON (column %d: %s)", err.column, err.text);
-		return bad_line(r, why);
-	}
+	/* The trainer's own reader decides what a bad line is (types of the
+	 * known fields), so ft-plot and ft-train agree on the skip count. */
+	ft_trainlog_entry e;
+	if (ft_trainlog_parse(line, len, &e) < 0) return bad_line(r, ft_errmsg());
+	json_t *o = json_loadb(line, len, 0, NULL);
+	if (!o) return bad_line(r, "not JSON");
 	double x;
 	int used = 0;
 	if (!json_is_object(o)) {
