@@ -6,7 +6,7 @@ NVCC    ?= /usr/local/cuda/bin/nvcc
 CUDA    ?= $(shell test -x $(NVCC) && echo 1 || echo 0)
 CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 
-PKGS    = libzstd msgpack jansson libpcre2-8 libutf8proc cairo
+PKGS    = libzstd msgpack jansson libpcre2-8 libutf8proc cairo yaml-0.1
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
