@@ -4,6 +4,7 @@
  * merge YAML) and shows progress. */
 #include <stdlib.h>
 #include <string.h>
+#include "atomicfile.h"
 #include "cli.h"
 #include "dtype.h"
 #include "lfargs.h"
