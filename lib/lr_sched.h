@@ -1,10 +1,10 @@
 /* lr_sched.h - learning-rate schedules as transformers' get_scheduler.
-/* (Not "sched.h": with -Ilib that name would hide the system <sched.h>.) */
  *
  * lr(step) = learning_rate * lambda(step), where step counts optimizer
  * steps done so far (0 for the first update), exactly as LambdaLR with
  * transformers' lr_lambda functions.  All arithmetic in double as Python.
  */
+/* (Not named sched.h: with -Ilib that would hide the system <sched.h>.) */
 #ifndef FT_LR_SCHED_H
 #define FT_LR_SCHED_H
 
