@@ -11,6 +11,7 @@
 #include "trainer.h"
 #include "trainer_impl.h"
 #include "error.h"
+#include "atomicfile.h"
 
 #include <errno.h>
 #include <math.h>
@@ -320,6 +321,7 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	const int64_t ga = o->gradient_accumulation_steps;
 	const int64_t eval_every = o->eval_steps > 0 ? o->eval_steps : o->logging_steps;
 
+	if (ft_mkdirs(o->output_dir) < 0) goto out;
 	if (o->resume_dir && ft_ckpt_load(o, &p, opt, &st) < 0) goto out;
 	if (!(c.log = open_log(o, st.global_step))) goto out;
 	c.t0 = now_s();
