@@ -402,9 +402,17 @@ out:
 	return rc;
 }
 
-int ft_merge(const ft_merge_opts *o)
+int ft_merge(const ft_merge_opts *opts)
 {
-	if (!o->model_dir || !o->export_dir) return ft_fail("a base model and an export directory are needed");
+	if (!opts->model_dir || !opts->export_dir || !*opts->export_dir)
+		return ft_fail("a base model and an export directory are needed");
+	/* "out/" names the directory "out": the temporary sibling must not
+	 * land inside it */
+	ft_merge_opts oo = *opts;
+	char *export_dir = ft_xstrdup(opts->export_dir);
+	for (size_t n = strlen(export_dir); n > 1 && export_dir[n - 1] == '/';) export_dir[--n] = 0;
+	oo.export_dir = export_dir;
+	const ft_merge_opts *o = &oo;
 	if (o->threads > 0) {
 		omp_set_num_threads(o->threads);
 	}
@@ -425,6 +433,7 @@ int ft_merge(const ft_merge_opts *o)
 	rc = ft_atomic_dir_commit(&dir, exists);
 out:
 	free(parent);
+	free(export_dir);
 	job_free(&j);
 	return rc;
 }
