@@ -64,7 +64,4 @@ void write_split(const pack_opts *o, const input_info *in, const split_out *s,
 /* The header meta both the stream and manifest.json carry. */
 json_t *split_meta(const pack_opts *o, const input_info *in, const split_out *s);
 
-/* sha256.c */
-int sha256_file(const char *path, char hex[65], uint64_t *bytes);
-
 #endif

@@ -47,32 +47,8 @@ json_t *split_meta(const pack_opts *o, const input_info *in, const split_out *s)
 	return m;
 }
 
-/* Read a finished shard back: its records, bytes and sha256. */
-static json_t *shard_entry(const char *dir, const char *name, int64_t *records)
-{
-	char *path = ft_xasprintf("%s/%s", dir, name);
-	char hex[65];
-	uint64_t bytes;
-	if (sha256_file(path, hex, &bytes) < 0) die_lib();
-	ft_reader *r = ft_reader_open(path);
-	if (!r) die_lib();
-	ft_rec *rec;
-	int rc;
-	int64_t n = 0;
-	while ((rc = ft_reader_next(r, &rec)) > 0) n++;
-	if (rc < 0) die_lib();
-	ft_reader_close(r);
-	free(path);
-	*records = n;
-	json_t *e = json_object();
-	json_object_set_new(e, "file", json_string(name));
-	json_object_set_new(e, "sha256", json_string(hex));
-	json_object_set_new(e, "records", json_integer(n));
-	json_object_set_new(e, "bytes", json_integer((json_int_t)bytes));
-	return e;
-}
-
-static void write_manifest(const char *dir, json_t *meta, const split_out *s, const char *val_rel)
+static void write_manifest(const char *dir, json_t *meta, const ft_writer *w, const split_out *s,
+			   const char *val_rel)
 {
 	json_t *man = json_object();
 	json_object_set_new(man, "format", json_string("ft-pack-manifest"));
@@ -80,21 +56,21 @@ static void write_manifest(const char *dir, json_t *meta, const split_out *s, co
 	json_object_set_new(man, "producer", json_string("ft-pack"));
 	json_object_update(man, meta);
 	json_t *shards = json_array();
-	int64_t total = 0;
-	for (int i = 0;; i++) {
-		char name[64];
+	uint64_t total = 0;
+	for (size_t i = 0; i < ft_writer_nshards(w); i++) {
+		const char *path = ft_writer_shard_path(w, i), *slash = strrchr(path, '/');
 		struct stat st;
-		snprintf(name, sizeof name, "shard-%05d.ftb.zst", i);
-		char *path = ft_xasprintf("%s/%s", dir, name);
-		int exists = stat(path, &st) == 0;
-		free(path);
-		if (!exists) break;
-		int64_t n;
-		json_array_append_new(shards, shard_entry(dir, name, &n));
-		total += n;
+		if (stat(path, &st) < 0) die("%s:", path);
+		json_t *e = json_object();
+		json_object_set_new(e, "file", json_string(slash ? slash + 1 : path));
+		json_object_set_new(e, "sha256", json_string(ft_writer_shard_sha256(w, i)));
+		json_object_set_new(e, "records", json_integer((json_int_t)ft_writer_shard_records(w, i)));
+		json_object_set_new(e, "bytes", json_integer((json_int_t)st.st_size));
+		json_array_append_new(shards, e);
+		total += ft_writer_shard_records(w, i);
 	}
-	if (total != s->tot->batches)
-		die("%s: the shards hold %lld batches, expected %lld", dir, (long long)total,
+	if (total != (uint64_t)s->tot->batches)
+		die("%s: the shards hold %llu batches, expected %lld", dir, (unsigned long long)total,
 		    (long long)s->tot->batches);
 	json_object_set_new(man, "shards", shards);
 	if (val_rel) json_object_set_new(man, "validation", json_string(val_rel));
@@ -115,6 +91,7 @@ void write_split(const pack_opts *o, const input_info *in, const split_out *s,
 	ft_writer_opts wo = {
 		.path = dir ? NULL : path, .dir = dir, .suffix = "ftb.zst",
 		.shard_bytes = dir ? o->shard_bytes : 0, .shard_records = dir ? o->shard_batches : 0,
+		.replace = 1,   /* main() refused or cleared a non-empty directory */
 	};
 	ft_writer *w = ft_writer_open(&wo, header);
 	json_decref(header);
@@ -133,7 +110,11 @@ void write_split(const pack_opts *o, const input_info *in, const split_out *s,
 	}
 	ft_progress_done();
 	ft_batch_free(&b);
-	if (ft_writer_close(w) < 0) die_lib();
-	if (dir) write_manifest(dir, meta, s, val_rel);
+	if (ft_writer_finish(w) < 0) {
+		ft_writer_close(w);
+		die_lib();
+	}
+	if (dir) write_manifest(dir, meta, w, s, val_rel);
+	ft_writer_close(w);
 	json_decref(meta);
 }
