@@ -32,6 +32,7 @@ p.add_argument("--template", default="qwen")
 p.add_argument("--cutoff_len", type=int, default=1024)
 p.add_argument("--batch_size", type=int, default=4)
 p.add_argument("--packing", default=None)
+p.add_argument("--dump", help="also write LLaMA-Factory's token records here (JSON lines for ft-cat --encode)")
 a = p.parse_args()
 
 from llamafactory.data import get_dataset, get_template_and_fix_tokenizer  # noqa: E402
@@ -74,5 +75,21 @@ for i in range(0, len(rows), a.batch_size):
     tokens += int((b["attention_mask"] != 0).sum()) if "attention_mask" in b else b["input_ids"].numel()
     batches += 1
 t2 = time.perf_counter()
+if a.dump:   # untimed: the records ft-tokenize would give, for timing ft-pack alone
+    meta = {"stage": a.stage, "tokenizer": os.path.basename(a.tokenizer.rstrip("/")), "pad_id": tok.pad_token_id,
+            "eos_id": tok.eos_token_id}
+    with open(a.dump, "w") as f:
+        f.write(json.dumps({"format": "ft-stream", "version": 1, "kind": "tokens", "producer": "lf_preprocess.py",
+                            "meta": meta}) + "\n")
+        if a.stage == "pt":   # PretrainDatasetProcessor's text_examples, before packing
+            info = json.load(open(os.path.join(a.dataset_dir, "dataset_info.json")))[a.dataset]
+            with open(os.path.join(a.dataset_dir, info["file_name"])) as src:
+                texts = [json.loads(line)["text"] + tok.eos_token for line in src if line.strip()]
+            for ids in tok(texts, add_special_tokens=False)["input_ids"]:
+                f.write(json.dumps({"input_ids": ids}) + "\n")
+        else:
+            keys = [k for k in rows[0] if k.endswith("input_ids") or k.endswith("labels")]
+            for r in rows:
+                f.write(json.dumps({k: r[k] for k in keys}) + "\n")
 print(json.dumps({"examples": len(rows), "batches": batches, "tokens": tokens,
                   "preprocess_s": t1 - t0, "collate_s": t2 - t1, "total_s": t2 - t0}))

@@ -41,39 +41,45 @@ for name in ("alpaca_en_demo", "c4_demo", "dpo_en_demo"):
 json.dump(out, open(os.path.join(dst, "dataset_info.json"), "w"), indent=2)
 PYEOF
 
-have_ft_tokenize_dataset() {
-	ft-tokenize --help 2>&1 | grep -q -- "--dataset" 
-}
 
-printf '%-16s %-5s %8s %10s | %-10s %9s %9s | %-10s %9s %9s | %s\n' dataset stage MB tokens \
-	"ft s" "ft tok/s" "ft MB/s" "LF s" "LF tok/s" "LF MB/s" "ft/LF"
-run_case() {   # dataset stage template extra-ft-pack-flags
+secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", b-a}'; }
+jget() { "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(eval("d" + sys.argv[1]))' "$1"; }
+
+printf '%-15s %-4s %6s %8s | %-24s | %-32s\n' "" "" "input" "tokens" "pack only (s): ft LF ratio" \
+	"tokenize+pack: ft s, LF s, ratio"
+run_case() {   # dataset stage template [extra ft-pack flags]
 	local ds=$1 stage=$2 tmpl=$3; shift 3
 	local f; f=$(DS=$ds "$PY" -c 'import json,os; print(json.load(open("'"$tmp/data"'/dataset_info.json"))[os.environ["DS"]]["file_name"])')
 	local mb; mb=$(awk -v b="$(stat -c %s "$tmp/data/$f")" 'BEGIN{printf "%.2f", b/1e6}')
 	local lf; lf=$("$PY" bench/pack/lf_preprocess.py --stage "$stage" --dataset "$ds" --dataset_dir "$tmp/data" \
-		--tokenizer "$TOK" --template "$tmpl" --cutoff_len 1024 --batch_size 4 2>/dev/null | tail -n 1)
-	local lf_s lf_tok
-	lf_s=$(echo "$lf" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["total_s"])')
-	lf_tok=$(echo "$lf" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["tokens"])')
-	local ft_s="n/a" ft_tok=0 ratio="n/a"
-	if have_ft_tokenize_dataset; then
-		local t0 t1
+		--tokenizer "$TOK" --template "$tmpl" --cutoff_len 1024 --batch_size 4 --dump "$tmp/$ds.tok.jsonl" \
+		2>/dev/null | tail -n 1)
+	local lf_tot lf_coll lf_tok
+	lf_tot=$(echo "$lf" | jget '["total_s"]'); lf_coll=$(echo "$lf" | jget '["collate_s"]')
+	lf_tok=$(echo "$lf" | jget '["tokens"]')
+	# ft-pack alone on LLaMA-Factory's token records (encoding them is not timed)
+	ft-cat --encode < "$tmp/$ds.tok.jsonl" > "$tmp/$ds.tok.zst"
+	local t0 t1 pk
+	t0=$(date +%s.%N)
+	ft-pack -q --cutoff_len 1024 --per_device_train_batch_size 4 "$@" "$tmp/$ds.tok.zst" -o "$tmp/out.ftb.zst"
+	t1=$(date +%s.%N)
+	pk=$(secs "$t0" "$t1")
+	local pr; pr=$(awk -v a="$pk" -v b="$lf_coll" 'BEGIN{printf "%.1fx", b/a}')
+	local full="(ft-tokenize has no dataset mode yet)"
+	if ft-tokenize --help 2>&1 | grep -q -- "--dataset"; then
 		t0=$(date +%s.%N)
 		ft-tokenize --stage "$stage" --model_name_or_path "$TOK" --template "$tmpl" --dataset "$ds" \
 			--dataset_dir "$tmp/data" --cutoff_len 1024 -o - 2>/dev/null \
-			| ft-pack -q --cutoff_len 1024 --per_device_train_batch_size 4 "$@" -o "$tmp/out.ftb.zst"
+			| ft-pack -q --cutoff_len 1024 --per_device_train_batch_size 4 "$@" -o "$tmp/out2.ftb.zst"
 		t1=$(date +%s.%N)
-		ft_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}')
-		ft_tok=$(ft-cat "$tmp/out.ftb.zst" | head -n 1 | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["meta"]["counts"]["tokens"])')
-		ratio=$(awk -v a="$ft_s" -v b="$lf_s" 'BEGIN{printf "%.1fx", b/a}')
+		local fs; fs=$(secs "$t0" "$t1")
+		local ftok; ftok=$(ft-cat "$tmp/out2.ftb.zst" | head -n 1 | jget '["meta"]["counts"]["tokens"]')
+		full=$(awk -v s="$fs" -v l="$lf_tot" -v t="$ftok" -v mb="$mb" 'BEGIN{printf "%.3f %.3f %.1fx  ft %.0f tok/s %.2f MB/s, LF %.0f tok/s %.2f MB/s", s, l, l/s, t/s, mb/s, t/l, mb/l}')
+	else
+		full="n/a   $lf_tot  n/a   (ft-tokenize has no dataset mode in this build); LF $(awk -v t="$lf_tok" -v l="$lf_tot" -v mb="$mb" 'BEGIN{printf "%.0f tok/s %.2f MB/s", t/l, mb/l}')"
 	fi
-	awk -v ds="$ds" -v st="$stage" -v mb="$mb" -v ft_s="$ft_s" -v ft_tok="$ft_tok" -v lf_s="$lf_s" \
-	    -v lf_tok="$lf_tok" -v r="$ratio" 'BEGIN{
-		fts = ft_s == "n/a" ? "n/a" : sprintf("%.0f", ft_tok / ft_s); ftm = ft_s == "n/a" ? "n/a" : sprintf("%.2f", mb / ft_s)
-		printf "%-16s %-5s %8s %10d | %-10s %9s %9s | %-10.3f %9.0f %9.2f | %s\n", ds, st, mb, lf_tok, ft_s, fts, ftm, lf_s, lf_tok / lf_s, mb / lf_s, r }'
+	printf '%-15s %-4s %5sMB %8s | %6s %6.3f %6s       | %s\n' "$ds" "$stage" "$mb" "$lf_tok" "$pk" "$lf_coll" "$pr" "$full"
 }
 run_case alpaca_en_demo sft qwen
 run_case c4_demo pt default
 run_case dpo_en_demo dpo qwen
-have_ft_tokenize_dataset || echo "(ft-tokenize has no dataset mode in this build: ft columns not measured)"
