@@ -238,7 +238,9 @@ static void from_f32(void *dst, ft_dtype to, const float *src, size_t n)
 static int put_tensor(merge_job *j, ft_st_writer *w, const ft_st_tensor *t, float **f32, void **conv,
 		      size_t *cap)
 {
-	if (!is_float(t->dtype)) return ft_st_stream_put(w, t->data, t->nbytes);
+	int touched = 0;
+	for (size_t a = 0; a < j->nad; a++) touched |= ft_lora_touches(j->ad[a], t->name);
+	if (!is_float(t->dtype) || (!touched && t->dtype == j->out)) return ft_st_stream_put(w, t->data, t->nbytes);
 	if (t->numel > *cap) {
 		free(*f32);
 		free(*conv);
@@ -247,13 +249,8 @@ static int put_tensor(merge_job *j, ft_st_writer *w, const ft_st_tensor *t, floa
 		*cap = t->numel;
 	}
 	if (to_f32(*f32, t) < 0) return -1;
-	int changed = 0;
-	for (size_t a = 0; a < j->nad; a++) {
-		int rc = ft_lora_apply(j->ad[a], t->name, *f32, t->numel);
-		if (rc < 0) return -1;
-		changed |= rc;
-	}
-	if (!changed && t->dtype == j->out) return ft_st_stream_put(w, t->data, t->nbytes);
+	for (size_t a = 0; a < j->nad; a++)
+		if (ft_lora_apply(j->ad[a], t->name, *f32, t->numel) < 0) return -1;
 	from_f32(*conv, j->out, *f32, t->numel);
 	return ft_st_stream_put(w, *conv, t->numel * ft_dtype_size(j->out));
 }

@@ -40,6 +40,9 @@ size_t ft_lora_count(const ft_lora *l);     /* LoRA modules */
  * tensor was changed, 0 when the adapter does not touch it, -1 on error. */
 int ft_lora_apply(const ft_lora *l, const char *name, float *w, size_t numel);
 
+/* Would ft_lora_apply() change tensor `name`? */
+int ft_lora_touches(const ft_lora *l, const char *name);
+
 /* The scale of module `module` ("model.layers.0.self_attn.v_proj"), or
  * NAN when the adapter has no such module (tests). */
 double ft_lora_scale(const ft_lora *l, const char *module);

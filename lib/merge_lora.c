@@ -416,6 +416,15 @@ static const lora_mod *find_module(const ft_lora *l, const char *name, int *is_b
 	return NULL;
 }
 
+int ft_lora_touches(const ft_lora *l, const char *name)
+{
+	for (size_t i = 0; i < l->nfull; i++)
+		if (!strcmp(l->full[i].name, name)) return 1;
+	int is_bias;
+	const lora_mod *m = find_module(l, name, &is_bias);
+	return m && (!is_bias || m->Bbias);
+}
+
 int ft_lora_apply(const ft_lora *l, const char *name, float *w, size_t numel)
 {
 	for (size_t i = 0; i < l->nfull; i++) {

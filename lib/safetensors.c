@@ -194,6 +194,11 @@ static int parse_header(ft_st *st, shard *s, json_t **meta_out)
 			       (unsigned long long)n, MAX_HEADER);
 	if (n < 2)
 		return ft_fail("%s: header length %llu is too small for a JSON object", path, (unsigned long long)n);
+	/* jansson stops at a NUL; the format allows only space padding */
+	const void *nul = memchr(s->map + 8, 0, (size_t)n);
+	if (nul)
+		return ft_fail("%s: header is not valid JSON (NUL byte at header byte %zu)", path,
+			       (size_t)((const unsigned char *)nul - s->map - 8));
 	json_error_t je;
 	json_t *h = json_loadb((const char *)s->map + 8, (size_t)n, JSON_REJECT_DUPLICATES, &je);
 	if (!h)
