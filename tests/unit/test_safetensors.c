@@ -177,7 +177,19 @@ static void test_python_fixture(void)
 	rc = stream_refs(p);
 	b = rc == 0 ? slurp(p, &nb) : NULL;
 	ok(b && na == nb && memcmp(a, b, na) == 0, "streaming writer (put in declaration order) too");
-	free(b); free(a); free(p);
+	free(b); free(p);
+
+	/* the realistic truncation: a file cut short by one byte */
+	p = tpath("cut.safetensors");
+	spit(p, a, na - 1);
+	st = ft_st_open(p);
+	ok(!st && strstr(ft_errmsg(), "beyond the") && strstr(ft_errmsg(), "truncated file?") &&
+	   strstr(ft_errmsg(), "\"bool\""), "file cut by one byte: %s", ft_errmsg());
+	free(p); free(a);
+	/* an empty tensor read as f32 with no buffer at all */
+	st = ft_st_open(FIX "/python.safetensors");
+	ok(st && ft_st_read_f32(ft_st_find(st, "empty"), NULL) == 0, "read_f32 of an empty tensor into NULL");
+	ft_st_close(st);
 
 	const char *exp = getenv("FT_ST_EXPORT_DIR");
 	if (exp) {
