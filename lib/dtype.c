@@ -136,7 +136,7 @@ int ft_convert_to_f32(float *dst, const void *src, ft_dtype from, size_t n)
 	const unsigned char *p = src;
 	switch (from) {
 	case FT_F32:
-		memmove(dst, src, n * 4);
+		if (n) memmove(dst, src, n * 4);  /* dst may be NULL when n is 0 */
 		return 0;
 	case FT_F16:
 		for (size_t i = 0; i < n; i++) {
@@ -166,7 +166,7 @@ int ft_convert_from_f32(void *dst, ft_dtype to, const float *src, size_t n)
 	unsigned char *p = dst;
 	switch (to) {
 	case FT_F32:
-		memmove(dst, src, n * 4);
+		if (n) memmove(dst, src, n * 4);  /* dst may be NULL when n is 0 */
 		return 0;
 	case FT_F16:
 		for (size_t i = 0; i < n; i++) {

@@ -324,6 +324,51 @@ static void test_logits(void)
 	free(out);
 }
 
+/* An adapter in ft-train's own format (ft_model_save on a LoRA model):
+ * merged logits equal the logits with the adapter live. */
+static void test_ours(void)
+{
+	ft_tune_opts lora = { .type = FT_FT_LORA, .lora_rank = 8, .lora_alpha = 16, .use_rslora = 1,
+			      .lora_targets = FT_MOD_ALL_LINEAR };
+	ft_model *m = ft_model_load(MODELS "/tiny-qwen2", &lora);
+	if (!m) {
+		skip("LoRA model not available: %s", ft_errmsg());
+		return;
+	}
+	int nb = 0;
+	for (size_t i = 0; i < ft_model_nparams(m); i++) {
+		ft_param *p = ft_model_param(m, i);
+		if (!strstr(p->name, "lora_")) continue;
+		for (size_t k = 0; k < p->n; k++) p->w[k] = 0.03f * sinf((float)(k * 7 + i * 13));
+		nb += strstr(p->name, "lora_B") != NULL;
+	}
+	char *ad = tmpdir("ours-adapter"), *out = tmpdir("ours-merged");
+	ok(nb == 14 && ft_model_save(m, ad) == 0, "ft-train style adapter saved (%d lora_B)", nb);
+	int B = 2, T = 10, V = 256;
+	int32_t in[20], lab[20];
+	for (int i = 0; i < B * T; i++) in[i] = lab[i] = (i * 37 + 11) % V;
+	ft_batch b = { .B = B, .T = T, .input_ids = in, .labels = lab, .n_label_tokens = B * (T - 1) };
+	float *l1 = malloc((size_t)B * T * V * sizeof *l1), *l2 = malloc((size_t)B * T * V * sizeof *l2);
+	double loss;
+	int64_t nt;
+	int rc = ft_model_forward(m, &b, l1, &loss, &nt);
+	ft_model_free(m);
+	const char *a[] = { ad };
+	int mrc = rc == 0 ? run_merge(MODELS "/tiny-qwen2", a, 1, out, FT_MERGE_DTYPE_AUTO, 0) : -1;
+	ok(mrc == 0, "our adapter merges%s%s", mrc ? ": " : "", mrc ? ft_errmsg() : "");
+	ft_tune_opts full = { .type = FT_FT_FULL };
+	ft_model *mm = ft_model_load(out, &full);
+	rc = mm ? ft_model_forward(mm, &b, l2, &loss, &nt) : -1;
+	double worst = 0;
+	for (int i = 0; i < B * T * V; i++) worst = fmax(worst, fabs(l1[i] - l2[i]));
+	ok(rc == 0 && worst < 1e-4, "merged logits = base+our adapter logits (rsLoRA, Qwen2 biases): max diff %.3g", worst);
+	ft_model_free(mm);
+	free(l1);
+	free(l2);
+	free(ad);
+	free(out);
+}
+
 int main(void)
 {
 	snprintf(tmp, sizeof tmp, "/tmp/ft-merge-test-XXXXXX");
@@ -333,6 +378,7 @@ int main(void)
 	test_shards();
 	test_refusals();
 	test_logits();
+	test_ours();
 	char *cmd = ft_xasprintf("rm -rf %s", tmp);
 	ok(system(cmd) == 0, "temp cleaned");
 	free(cmd);
