@@ -19,7 +19,7 @@ mkdir -p "$out"
 make -s build/libft.a
 LIBS=${BENCH_EXTRA_LIBS:-}
 # shellcheck disable=SC2046
-cc -std=gnu11 -O2 -fno-math-errno -fopenmp -iquote lib "$here/bench_train.c" build/libft.a $LIBS \
+cc -std=gnu11 -O3 -fno-math-errno -fopenmp -iquote lib "$here/bench_train.c" build/libft.a $LIBS \
 	$(pkg-config --libs jansson libzstd msgpack 2>/dev/null) -lopenblas -lm -o "$out/bench_train"
 export OMP_NUM_THREADS="$THREADS" OPENBLAS_NUM_THREADS="$THREADS"
 
