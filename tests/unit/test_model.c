@@ -439,12 +439,14 @@ static void test_save(void)
 	ok(ft_model_merge_lora(m) == 0 && rel_err(fwd_loss(m, &b), want, 1e-6) < 1e-5,
 	   "merged adapter keeps the loss");
 	char full[320];
-	snprintf(full, sizeof full, "%s/full", dir);
+	snprintf(full, sizeof full, "%s/%s", peft && *peft ? peft : dir,
+		 peft && *peft ? "merged" : "full");
 	rc = ft_model_save_full(m, full, "float32");
 	ok(rc == 0, "save full f32%s%s", rc ? ": " : "", rc ? ft_errmsg() : "");
 	ft_model *f = ft_model_load(full, &(ft_tune_opts){ .type = FT_FT_FULL });
 	ok(f && fwd_loss(f, &b) == fwd_loss(m, &b), "reloaded f32 model: same loss");
 	ft_model_free(f);
+	snprintf(full, sizeof full, "%s/bf16", dir);
 	ok(ft_model_save_full(m, full, "bfloat16") == 0, "save full bf16");
 	f = ft_model_load(full, &(ft_tune_opts){ .type = FT_FT_FULL });
 	ok(f && rel_err(fwd_loss(f, &b), want, 1e-6) < 1e-2 &&
