@@ -47,10 +47,10 @@ static void usage(FILE *fp)
 "  2  usage error\n"
 "\n"
 "Example:\n"
-"  ft-train --config lora.yaml --output_dir out/lora\n"
+"  ft-train sft_lora.yaml output_dir=out/lora        # writes out/lora/adapter_*\n"
 "  ft-merge --model_name_or_path models/Qwen2.5-0.5B --adapter_name_or_path out/lora \\\n"
 "           --export_dir out/merged --export_dtype bf16 --export_size 2GB\n"
-"  ft-plot out/lora && ft-chat --model_name_or_path out/merged\n");
+"  ft-merge examples/merge_lora/llama3_lora_sft.yaml   # LLaMA-Factory's merge config\n");
 }
 
 /* LLaMA-Factory export keys that make no difference here. */

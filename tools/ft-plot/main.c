@@ -49,7 +49,7 @@ static void usage(FILE *fp)
 "  2  usage error\n"
 "\n"
 "Example:\n"
-"  ft-train --config lora.yaml --output_dir out/lora &\n"
+"  ft-train sft_lora.yaml output_dir=out/lora &\n"
 "  ft-plot --follow out/lora                      # text plot over ssh\n"
 "  ft-plot -k loss,eval_loss -o cmp.png out/lora out/lora-r16\n");
 }
