@@ -354,3 +354,26 @@ in_pairs() { tail -n +2 "$FIXTURES/pack/$1.jsonl" | jq -r '[.input_ids, .labels]
 	assert_output --partial "no examples"
 	[ ! -e out.zst ]
 }
+
+@test "error: a token id outside the header's vocab_size" {
+	printf '%s\n' '{"format":"ft-stream","version":1,"kind":"tokens","producer":"t","meta":{"stage":"sft","tokenizer":"t","pad_id":0,"vocab_size":100}}' \
+		'{"input_ids":[3,4],"labels":[3,4]}' '{"input_ids":[3,400],"labels":[3,400]}' | ft-cat --encode > v.zst
+	run ft-pack v.zst -o out.zst
+	assert_failure 1
+	assert_output --partial "record 1: 'input_ids'[1] = 400 is not a token id of this vocabulary"
+}
+
+@test "refuses to write batches to a terminal without -f" {
+	command -v script >/dev/null || skip "script(1) is not installed"
+	enc sft
+	run script -qec "ft-pack -q sft.zst" /dev/null
+	assert_failure 2
+	assert_output --partial "refusing to write binary data to a terminal"
+}
+
+@test "progress on stderr when forced (FT_FORCE_PROGRESS=1)" {
+	enc sft
+	run --separate-stderr env FT_FORCE_PROGRESS=1 ft-pack sft.zst -o out.zst
+	assert_success
+	[[ "$stderr" == *"train: batch 1 of 5"* ]]
+}
