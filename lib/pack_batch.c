@@ -156,7 +156,7 @@ void ft_batch_fill(const ft_examples *e, const ft_rows *r, const int64_t *units,
 	int seg = o->layout == FT_LAYOUT_NEAT;
 	int tags = e->tags != NULL && o->layout == FT_LAYOUT_PADDED;
 	batch_reserve(b, (size_t)b->B * (size_t)b->T, pos, seg, tags);
-	b->pairwise = nseq == 2;
+	b->pairwise = ft_stage_pairwise(o->stage);
 	b->n_label_tokens = 0;
 	b->n_tokens = 0;
 	b->n_examples = (int64_t)n;

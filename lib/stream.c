@@ -15,7 +15,7 @@
  * passed its checksum, so a corrupt frame yields an error, never wrong
  * records.  See docs/FORMAT.md section 1.
  *
- * Conversion between msgpack objects and JSON lives in stream_json.c.
+ * Conversion between msgpack objects and JSON lives in stream_codec.c.
  */
 #define _GNU_SOURCE
 #include "stream.h"

@@ -23,6 +23,12 @@ static double now(void)
 	return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
 static int sgemm_rate(int n, int reps)
 {
 	float *a = malloc((size_t)n * n * 4), *b = malloc((size_t)n * n * 4), *c = malloc((size_t)n * n * 4);
@@ -30,11 +36,15 @@ static int sgemm_rate(int n, int reps)
 		a[i] = b[i] = (float)(i % 7) * 0.1f;
 	/* OpenBLAS's own threading (ft_sgemm would split over OpenMP) */
 	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1, a, n, b, n, 0, c, n);
-	double t = now();
-	for (int r = 0; r < reps; r++)
+	double best = 1e30;   /* the machine may be shared: best of reps */
+	for (int r = 0; r < reps; r++) {
+		double t = now();
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1, a, n, b, n, 0, c, n);
-	t = now() - t;
-	printf("{\"sgemm_n\": %d, \"gflops\": %.1f}\n", n, 2.0 * n * n * n * reps / t / 1e9);
+		t = now() - t;
+		if (t < best)
+			best = t;
+	}
+	printf("{\"sgemm_n\": %d, \"gflops\": %.1f}\n", n, 2.0 * n * n * n / best / 1e9);
 	free(a); free(b); free(c);
 	return 0;
 }
@@ -99,18 +109,22 @@ int main(int argc, char **argv)
 		b.input_ids[i] = b.labels[i] = (int32_t)((s >> 8) % (unsigned)c.vocab_size);
 	}
 	b.n_label_tokens = (int64_t)B * (T - 1);
-	double t0 = 0, loss = 0;
+	double loss = 0, *times = malloc(steps * sizeof(double));
 	for (int st = 0; st < warm + steps; st++) {
-		if (st == warm)
-			t0 = now();
+		double t0 = now();
 		ft_model_zero_grad(m);
 		if (ft_model_forward_backward(m, &b, 1.0f / b.n_label_tokens, &loss, NULL) < 0) {
 			fprintf(stderr, "bench_train: %s\n", ft_errmsg());
 			return 1;
 		}
 		adamw(m, mo, ve, st + 1);
+		if (st >= warm)
+			times[st - warm] = now() - t0;
 	}
-	double dt = (now() - t0) / steps, tps = B * T / dt;
+	/* fastest step: the machine may be shared with other work */
+	qsort(times, steps, sizeof *times, cmp_double);
+	double dt = times[0], tps = B * T / dt;
+	free(times);
 	printf("{\"impl\": \"ft\", \"params\": %zu, \"params_no_emb\": %zu, \"tokens_per_s\": %.1f, "
 	       "\"step_s\": %.4f, \"gflops_6N\": %.1f, \"loss\": %.4f}\n", np,
 	       np - nemb * (c.tie_word_embeddings ? 1 : 2), tps, dt, 6.0 * np * tps / 1e9,

@@ -376,6 +376,46 @@ static void test_errors(void)
 	rmdir(dir);
 }
 
+/* Config spellings: transformers 4.x rope_scaling/rope_theta, Mistral's
+ * sliding window, head_dim absent. */
+static void test_configs(void)
+{
+	char path[] = "/tmp/ft-test-config-XXXXXX";
+	int fd = mkstemp(path);
+	if (fd < 0) {
+		ok(0, "mkstemp");
+		return;
+	}
+	close(fd);
+	ft_config c;
+	write_file(path, "{\"architectures\": [\"MistralForCausalLM\"], \"vocab_size\": 100, "
+		   "\"hidden_size\": 64, \"intermediate_size\": 96, \"num_hidden_layers\": 2, "
+		   "\"num_attention_heads\": 8, \"num_key_value_heads\": 2, \"sliding_window\": 4096, "
+		   "\"rope_theta\": 500000.0, \"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}, "
+		   "\"torch_dtype\": \"bfloat16\"}");
+	int rc = ft_config_load(path, &c);
+	ok(rc == 0 && c.arch == FT_ARCH_MISTRAL && c.sliding_window == 4096 && c.head_dim == 8 &&
+	   c.rope_theta == 500000.0 && !strcmp(c.rope_type, "linear") && c.rope_factor == 2.0 &&
+	   !strcmp(c.torch_dtype, "bfloat16") && !c.attention_bias,
+	   "mistral config, 4.x rope_scaling spelling, head_dim derived");
+	write_file(path, "{\"architectures\": [\"LlamaForCausalLM\"], \"vocab_size\": 100, "
+		   "\"hidden_size\": 64, \"intermediate_size\": 96, \"num_hidden_layers\": 2, "
+		   "\"num_attention_heads\": 8, \"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}}");
+	rc = ft_config_load(path, &c);
+	ok(rc < 0 && strstr(ft_errmsg(), "yarn"), "rope type yarn refused: %s", ft_errmsg());
+	write_file(path, "{\"architectures\": [\"LlamaForCausalLM\"], \"vocab_size\": 100, "
+		   "\"hidden_size\": 64, \"intermediate_size\": 96, \"num_hidden_layers\": 2, "
+		   "\"num_attention_heads\": 8, \"num_key_value_heads\": 3}");
+	rc = ft_config_load(path, &c);
+	ok(rc < 0 && strstr(ft_errmsg(), "num_key_value_heads"), "heads not a multiple of kv "
+	   "heads refused: %s", ft_errmsg());
+	write_file(path, "{\"architectures\": [\"LlamaForCausalLM\"], \"vocab_size\": 100, "
+		   "\"intermediate_size\": 96, \"num_hidden_layers\": 2, \"num_attention_heads\": 8}");
+	rc = ft_config_load(path, &c);
+	ok(rc < 0 && strstr(ft_errmsg(), "hidden_size"), "missing hidden_size named: %s", ft_errmsg());
+	unlink(path);
+}
+
 static double fwd_loss(ft_model *m, const ft_batch *b)
 {
 	double l = NAN;
@@ -439,12 +479,14 @@ static void test_save(void)
 	ok(ft_model_merge_lora(m) == 0 && rel_err(fwd_loss(m, &b), want, 1e-6) < 1e-5,
 	   "merged adapter keeps the loss");
 	char full[320];
-	snprintf(full, sizeof full, "%s/full", dir);
+	snprintf(full, sizeof full, "%s/%s", peft && *peft ? peft : dir,
+		 peft && *peft ? "merged" : "full");
 	rc = ft_model_save_full(m, full, "float32");
 	ok(rc == 0, "save full f32%s%s", rc ? ": " : "", rc ? ft_errmsg() : "");
 	ft_model *f = ft_model_load(full, &(ft_tune_opts){ .type = FT_FT_FULL });
 	ok(f && fwd_loss(f, &b) == fwd_loss(m, &b), "reloaded f32 model: same loss");
 	ft_model_free(f);
+	snprintf(full, sizeof full, "%s/bf16", dir);
 	ok(ft_model_save_full(m, full, "bfloat16") == 0, "save full bf16");
 	f = ft_model_load(full, &(ft_tune_opts){ .type = FT_FT_FULL });
 	ok(f && rel_err(fwd_loss(f, &b), want, 1e-6) < 1e-2 &&
@@ -499,6 +541,7 @@ int main(void)
 	test_packed(QWEN2, PAR "qwen2-packed.safetensors", "qwen2");
 	test_params();
 	test_errors();
+	test_configs();
 	test_save();
 	return tap_done();
 }

@@ -39,6 +39,7 @@ typedef struct {
 	json_t *meta;              /* first input's meta, for template etc. */
 	int32_t pad_id, eos_id, bos_id;
 	int add_bos;
+	int cutoff_len;            /* ft-tokenize's, 0 when unknown */
 	int64_t records;           /* read, after max_samples */
 } input_info;
 

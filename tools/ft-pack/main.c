@@ -26,8 +26,11 @@ static void usage(FILE *f)
 "read as one dataset; they must come from the same tokenizer and stage.\n"
 "\n"
 "Layout:\n"
-"  --cutoff_len N            longest row in tokens (default 2048); longer\n"
-"                            sequences are truncated with a warning\n"
+"  --cutoff_len N            longest row in tokens (default: the input's, as\n"
+"                            ft-tokenize wrote it, else 2048); longer sequences\n"
+"                            are truncated with a warning.  With --packing,\n"
+"                            LLaMA-Factory tokenizes with cutoff_len - 1: run\n"
+"                            ft-tokenize --cutoff_len N-1 for its exact rows\n"
 "  --per_device_train_batch_size N\n"
 "                            examples (pairs for rm/dpo, rows when packed)\n"
 "                            per batch (default 8)\n"
@@ -51,7 +54,8 @@ static void usage(FILE *f)
 "  --dataloader_drop_last [BOOL]\n"
 "                            drop the last incomplete batch (default false)\n"
 "Output:\n"
-"  -o, --output FILE         one batch stream to FILE (default -, stdout)\n"
+"  -o, --output FILE         one batch stream to FILE (default -, stdout); a\n"
+"                            directory (DIR/ or existing) means --output_dir\n"
 "      --val_output FILE     the validation stream, with -o\n"
 "      --output_dir DIR      shards DIR/shard-NNNNN.ftb.zst, DIR/manifest.json,\n"
 "                            validation in DIR/val/\n"
@@ -73,8 +77,9 @@ static void usage(FILE *f)
 "  2  usage error\n"
 "\n"
 "Example:\n"
-"  ft-tokenize --template qwen --dataset alpaca_en_demo --cutoff_len 1024 data/ \\\n"
-"    | ft-pack --per_device_train_batch_size 4 --val_size 0.1 --output_dir packed/\n"
+"  ft-tokenize --dataset alpaca_en_demo --dataset_dir data --template qwen \\\n"
+"      --tokenizer Qwen2.5-0.5B-Instruct --cutoff_len 1024 |\n"
+"    ft-pack --per_device_train_batch_size 4 --val_size 0.1 -o batches/\n"
 "  ft-pack --packing --cutoff_len 1024 c4.tok.zst -o - | ft-cat | head -c 300\n");
 }
 
@@ -149,7 +154,7 @@ static void parse_shard_size(pack_opts *o, const char *s)
 
 static void parse_args(int argc, char **argv, pack_opts *o)
 {
-	*o = (pack_opts){ .stage = -1, .max_samples = -1, .packing = -1, .cutoff_len = 2048,
+	*o = (pack_opts){ .stage = -1, .max_samples = -1, .packing = -1, .cutoff_len = 0,
 			  .batch_size = 8, .pad_to_multiple_of = 8, .window = 1000, .shuffle = 1,
 			  .seed = 42 };
 	int c;
@@ -202,6 +207,12 @@ static void parse_args(int argc, char **argv, pack_opts *o)
 		o->n_inputs = 1;
 	}
 	if (o->output && o->output_dir) die_usage("use either -o or --output_dir, not both");
+	struct stat st;
+	size_t ol = o->output ? strlen(o->output) : 0;
+	if (ol && (o->output[ol - 1] == '/' || (stat(o->output, &st) == 0 && S_ISDIR(st.st_mode)))) {
+		o->output_dir = o->output;   /* -o batches/ */
+		o->output = NULL;
+	}
 	if ((o->shard_bytes || o->shard_batches) && !o->output_dir)
 		die_usage("--shard_size needs --output_dir");
 	if (o->val_output && o->output_dir) die_usage("--val_output goes with -o; --output_dir writes DIR/val/");
@@ -295,9 +306,12 @@ static void report_rows(const pack_opts *o, const input_info *in, const ft_batch
 		  o->n_inputs, o->n_inputs == 1 ? "" : "s", *in->tokenizer ? in->tokenizer : "unnamed",
 		  ft_layout_name(bo->layout), o->cutoff_len, o->batch_size, (unsigned long long)o->seed);
 	if (st->truncated)
-		warn("truncated %lld sequence%s longer than %lld tokens (%lld tokens removed)",
+		warn("truncated %lld sequence%s longer than %lld tokens (%lld tokens removed)%s",
 		     (long long)st->truncated, st->truncated == 1 ? "" : "s", (long long)st->capacity,
-		     (long long)st->truncated_tokens);
+		     (long long)st->truncated_tokens,
+		     bo->layout != FT_LAYOUT_PADDED && in->stage != FT_STAGE_PT
+		     ? "; packed rows hold cutoff_len - 1 tokens, as LLaMA-Factory's: tokenize with "
+		       "--cutoff_len N-1" : "");
 	if (bo->layout == FT_LAYOUT_PADDED) return;
 	int64_t used = 0;
 	for (size_t i = 0; i < r->n_spans; i++) used += r->spans[i].len;
@@ -322,6 +336,7 @@ int main(int argc, char **argv)
 	ft_examples e;
 	input_info in;
 	read_inputs(&o, &e, &in);
+	if (o.cutoff_len == 0) o.cutoff_len = in.cutoff_len >= 2 ? in.cutoff_len : 2048;
 	ft_batch_opts bo;
 	resolve_layout(&o, in.stage, &bo);
 	bo.pad_id = in.pad_id;
