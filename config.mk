@@ -1,4 +1,6 @@
 # config.mk - build settings; override on the command line (make CC=clang)
+# Project headers are included with quotes and found through -iquote, so a
+# module named like a system header (lib/sched.h) never shadows <sched.h>.
 CC      ?= cc
 PREFIX  ?= /usr/local
 NVCC    ?= /usr/local/cuda/bin/nvcc
@@ -6,13 +8,13 @@ NVCC    ?= /usr/local/cuda/bin/nvcc
 CUDA    ?= $(shell test -x $(NVCC) && echo 1 || echo 0)
 CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 
-PKGS    = libzstd msgpack jansson libpcre2-8 libutf8proc cairo
+PKGS    = libzstd msgpack jansson libpcre2-8 libutf8proc cairo yaml-0.1
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 WARN    = -Wall -Wextra -Werror -Wno-unused-parameter
 OPT     ?= -O2 -march=x86-64-v2
 CFLAGS  ?= $(OPT) -g
-ALL_CFLAGS = -std=gnu11 $(WARN) -fopenmp -Ilib $(PKG_CFLAGS) $(CFLAGS)
+ALL_CFLAGS = -std=gnu11 $(WARN) -fopenmp -iquote lib $(PKG_CFLAGS) $(CFLAGS)
 LDLIBS  = $(PKG_LIBS) -lopenblas -fopenmp -lm -lpthread
 SAN     = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined

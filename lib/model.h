@@ -25,6 +25,7 @@ typedef struct {
 	int tie_word_embeddings;
 	int attention_bias;            /* q/k/v biases (Qwen2) */
 	char torch_dtype[16];
+	int sliding_window;            /* Mistral; 0 = none */
 } ft_config;
 
 int ft_config_load(const char *config_json, ft_config *c);
@@ -52,8 +53,21 @@ typedef struct {
 	int gradient_checkpointing;
 	uint64_t seed;
 } ft_tune_opts;
+/* Defaults applied when a field is 0: lora_rank 8, lora_alpha 2*rank (as
+ * LLaMA-Factory), lora_targets q_proj|v_proj.
+ * Random numbers (ft_model_from_config weights, LoRA A init) come from
+ * xoshiro256** seeded with splitmix64(seed ^ FNV-1a(tensor name)): one
+ * stream per tensor, reproducible, not torch's generator (parity tests
+ * load A/B from fixtures).  LoRA A is U(-1/sqrt(in), 1/sqrt(in)) as
+ * torch's kaiming_uniform_(a=sqrt(5)), B zero.  lora_dropout masks are a
+ * hash of (seed, call number, layer, module, element): recomputed, never
+ * stored, identical under gradient checkpointing. */
 
-/* One tensor the optimizer sees.  `name` uses Hugging Face / PEFT names. */
+/* One tensor of the model.  `name` uses Hugging Face names for base
+ * weights and PEFT's saved names for adapters
+ * ("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight").
+ * Every tensor is listed; frozen ones have trainable == 0 and g == NULL.
+ * A tied lm_head is the single "model.embed_tokens.weight". */
 typedef struct {
 	char *name;
 	float *w, *g;
@@ -90,5 +104,22 @@ int ft_model_forward(ft_model *m, const ft_batch *b, float *logits,
  * or full weights as a HF model directory. */
 int ft_model_save(ft_model *m, const char *dir);
 int ft_model_load_adapter(ft_model *m, const char *adapter_dir);
+
+/* Extensions (lib/model_io.c).
+ * ft_model_save_full: HF model directory whatever the finetuning type;
+ * dtype "float32" / "float16" / "bfloat16", or NULL for the config's
+ * torch dtype ("dtype"/"torch_dtype"; float32 when absent).
+ * ft_model_save_adapter: the PEFT adapter only (LoRA models).
+ * ft_model_merge_lora: W += scale * B A into the base weights and drops
+ * the adapters (the model becomes a plain frozen model).
+ * ft_model_load_adapter rebuilds the LoRA parameters from the adapter's
+ * config (r, lora_alpha, use_rslora, target_modules): pointers from
+ * ft_model_param() taken before it are invalid afterwards. */
+int ft_model_save_full(ft_model *m, const char *dir, const char *dtype);
+int ft_model_save_adapter(ft_model *m, const char *dir);
+int ft_model_merge_lora(ft_model *m);
+
+/* Parameter names (HF/PEFT) to find a tensor; NULL if absent. */
+ft_param *ft_model_find_param(ft_model *m, const char *name);
 
 #endif

@@ -10,11 +10,12 @@
 #   libutf8proc-dev  Unicode normalization (NFC/NFKC)
 #   libopenblas-dev  CPU matrix products
 #   libcairo2-dev    ft-plot PNG/SVG/PDF output
+#   libyaml-dev      ft-run reads LLaMA-Factory YAML configs
 #   bats bats-assert bats-support   command-line tests
 #   pkg-config make gcc zstd        build and test tools
 set -e
 PKGS="libzstd-dev libmsgpack-dev libjansson-dev libpcre2-dev libutf8proc-dev
-libopenblas-dev libcairo2-dev bats bats-assert bats-support pkg-config make gcc zstd"
+libopenblas-dev libcairo2-dev libyaml-dev bats bats-assert bats-support pkg-config make gcc zstd"
 
 missing=""
 for p in $PKGS; do
