@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <jansson.h>
 #include "error.h"
+#include "sha256.h"
 #include "tokenizer_internal.h"
 
 static int is_dir(const char *p)
@@ -189,7 +190,7 @@ ft_tokenizer *ft_tokenizer_load(const char *path)
 	int spm = ends_with(file, ".model");
 	char hex[65];
 	if ((spm ? tk_load_spm(t, file) : tk_load_json(t, file)) || tk_finish_load(t) ||
-	    tk_file_sha256_hex(file, hex) || load_configs(t, cdir))
+	    ft_sha256_file(file, hex) || load_configs(t, cdir))
 		goto fail;
 	if (!spm) {
 		/* add_bos/add_eos default to what the post-processor adds */

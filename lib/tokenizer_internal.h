@@ -210,8 +210,6 @@ void tk_trie_free(tk_trie *tr);
 int tk_trie_match(const tk_trie *tr, const char *s, size_t n, size_t *mlen);
 pcre2_code *tk_regex(const char *pattern, int literal);
 
-/* tokenizer_sha256.c (until lib/sha256 lands) */
-int tk_file_sha256_hex(const char *path, char hex[65]);
 /* tokenizer_json.c */
 int tk_load_json(ft_tokenizer *t, const char *path);
 /* tokenizer_spm.c */

@@ -4,17 +4,9 @@
  * cannot reproduce exactly is refused with a message naming it. */
 #include <stdlib.h>
 #include <string.h>
-#include <jansson.h>
 #include "error.h"
+#include "json.h"
 #include "tokenizer_internal.h"
-
-static json_t *load(const char *path)
-{
-	json_error_t e;
-	json_t *j = json_load_file(path, JSON_DECODE_ANY, &e);
-	if (!j) ft_fail("%s:%d:%d: %s", path, e.line, e.column, e.text);
-	return j;
-}
 
 static const char *jstr(const json_t *o, const char *k)
 {
@@ -325,7 +317,7 @@ static int load_added(ft_tokenizer *t, const json_t *arr)
 
 int tk_load_json(ft_tokenizer *t, const char *path)
 {
-	json_t *j = load(path);
+	json_t *j = ft_json_load_file(path);
 	if (!j) return -1;
 	int rc = -1;
 	if (!json_is_object(j)) { ft_fail("%s: not a JSON object", path); goto out; }
