@@ -31,7 +31,7 @@ build/obj/%.o: %.c
 .SECONDEXPANSION:
 bin/%: $$(wildcard tools/%/*.c) $$(wildcard tools/%/*.h) build/libft.a
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -Itools/$* $(filter %.c,$^) build/libft.a $(LDLIBS) -o $@
+	$(CC) $(ALL_CFLAGS) -iquote tools/$* $(filter %.c,$^) build/libft.a $(LDLIBS) -o $@
 
 # Sanitizer builds: the library, the unit tests and the tools
 build/asan/libft.a: $(ASAN_OBJ)
@@ -43,11 +43,11 @@ build/asan/%.o: %.c
 
 build/asan/tests/%: tests/unit/%.c tests/unit/tap.h build/asan/libft.a
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -Itests/unit $< build/asan/libft.a $(LDLIBS) -o $@
+	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -iquote tests/unit $< build/asan/libft.a $(LDLIBS) -o $@
 
 build/asan/bin/%: $$(wildcard tools/%/*.c) $$(wildcard tools/%/*.h) build/asan/libft.a
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -Itools/$* $(filter %.c,$^) build/asan/libft.a $(LDLIBS) -o $@
+	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -iquote tools/$* $(filter %.c,$^) build/asan/libft.a $(LDLIBS) -o $@
 
 # CUDA sources compile whenever nvcc is present, so CI catches errors without a GPU
 build/cuda/%.o: %.cu

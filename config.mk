@@ -1,4 +1,6 @@
 # config.mk - build settings; override on the command line (make CC=clang)
+# Project headers are included with quotes and found through -iquote, so a
+# module named like a system header (lib/sched.h) never shadows <sched.h>.
 CC      ?= cc
 PREFIX  ?= /usr/local
 NVCC    ?= /usr/local/cuda/bin/nvcc
@@ -13,6 +15,6 @@ PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 WARN    = -Wall -Wextra -Werror -Wno-unused-parameter
 OPT     ?= -O2 -march=x86-64-v2
 CFLAGS  ?= $(OPT) -g
-ALL_CFLAGS = -std=gnu11 $(WARN) -fopenmp -Ilib $(PKG_CFLAGS) $(CFLAGS)
+ALL_CFLAGS = -std=gnu11 $(WARN) -fopenmp -iquote lib $(PKG_CFLAGS) $(CFLAGS)
 LDLIBS  = $(PKG_LIBS) -lopenblas -fopenmp -lm -lpthread
 SAN     = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined

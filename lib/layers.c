@@ -2,12 +2,29 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <cblas.h>
 #include <omp.h>
 #include "error.h"
 #include "layers.h"
 
-/* Row-major sgemm: C[M,N] = alpha op(A) op(B) + beta C. */
+/* OpenBLAS's CBLAS, declared here instead of including <cblas.h>: that
+ * header (and <pthread.h>) pull in <sched.h>, which -Ilib would resolve
+ * to lib/sched.h.  OpenBLAS's integers are int (LP64 build). */
+enum CBLAS_ORDER { CblasRowMajor = 101 };
+enum CBLAS_TRANSPOSE { CblasNoTrans = 111, CblasTrans = 112 };
+void cblas_sgemm(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE ta,
+		 enum CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
+		 const float *A, int lda, const float *B, int ldb, float beta,
+		 float *C, int ldc);
+void openblas_set_num_threads(int n);
+
+/* Elementwise loops go parallel only above this many elements: below it
+ * waking the other threads costs more than the loop. */
+#define SPLIT(n) ((n) >= 32768)
+
+/* Row-major sgemm: C[M,N] = alpha op(A) op(B) + beta C, on the calling
+ * thread.  OpenBLAS runs single-threaded: its own thread pool and OpenMP's
+ * would spin against each other (a 20x slowdown on 2 cores), so the
+ * parallel products below split C between OpenMP threads instead. */
 static void mm(int ta, int tb, int M, int N, int K, float alpha,
 	       const float *A, int lda, const float *B, int ldb, float beta,
 	       float *C, int ldc)
@@ -25,10 +42,57 @@ static void mm(int ta, int tb, int M, int N, int K, float alpha,
 		    ldb, beta, C, ldc);
 }
 
+static void blas_init(void)
+{
+	static int done;
+	if (__atomic_load_n(&done, __ATOMIC_ACQUIRE))
+		return;
+#pragma omp critical(ft_blas_init)
+	if (!done) {
+		openblas_set_num_threads(1);
+		__atomic_store_n(&done, 1, __ATOMIC_RELEASE);
+	}
+}
+
+/* The same product split into row (or column) blocks of C, one per
+ * OpenMP thread; small products stay on one thread. */
+static void mmp(int ta, int tb, int M, int N, int K, float alpha,
+		const float *A, int lda, const float *B, int ldb, float beta,
+		float *C, int ldc)
+{
+	blas_init();
+	int nt = omp_get_max_threads();
+	if (nt <= 1 || (double)M * N * K < 32768.0 || omp_in_parallel()) {
+		mm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+		return;
+	}
+	int byrow = M >= N, len = byrow ? M : N;
+	if (len < nt)
+		nt = len;
+#pragma omp parallel num_threads(nt)
+	{
+		int t = omp_get_thread_num(), n = omp_get_num_threads();
+		int i0 = (int)((long)len * t / n), i1 = (int)((long)len * (t + 1) / n);
+		if (byrow)
+			mm(ta, tb, i1 - i0, N, K, alpha, ta ? A + i0 : A + (size_t)i0 * lda, lda,
+			   B, ldb, beta, C + (size_t)i0 * ldc, ldc);
+		else
+			mm(ta, tb, M, i1 - i0, K, alpha, A, lda,
+			   tb ? B + (size_t)i0 * ldb : B + i0, ldb, beta, C + i0, ldc);
+	}
+}
+
+void ft_sgemm(int ta, int tb, int M, int N, int K, float alpha,
+	      const float *A, int lda, const float *B, int ldb, float beta,
+	      float *C, int ldc)
+{
+	mmp(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 void ft_embedding_forward(float *out, const int32_t *ids, const float *wte,
 			  int N, int D)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (SPLIT((size_t)N * D))
 	for (int n = 0; n < N; n++)
 		memcpy(out + (size_t)n * D, wte + (size_t)ids[n] * D, D * sizeof(float));
 }
@@ -38,7 +102,7 @@ void ft_embedding_backward(float *dwte, const float *dout, const int32_t *ids,
 {
 	/* Threads own column ranges, so repeated ids never race and the sum
 	 * order is fixed (deterministic). */
-#pragma omp parallel
+#pragma omp parallel if (SPLIT((size_t)N * D))
 	{
 		int nt = omp_get_num_threads(), t = omp_get_thread_num();
 		int d0 = (int)((long)D * t / nt), d1 = (int)((long)D * (t + 1) / nt);
@@ -54,7 +118,7 @@ void ft_embedding_backward(float *dwte, const float *dout, const int32_t *ids,
 void ft_rmsnorm_forward(float *out, float *rstd, const float *x,
 			const float *w, int N, int D, float eps)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (SPLIT((size_t)N * D))
 	for (int n = 0; n < N; n++) {
 		const float *xr = x + (size_t)n * D;
 		float *o = out + (size_t)n * D;
@@ -72,9 +136,9 @@ void ft_rmsnorm_backward(float *dx, float *dw, const float *dout,
 			 const float *x, const float *w, const float *rstd,
 			 int N, int D)
 {
-	int nt = omp_get_max_threads();
+	int nt = SPLIT((size_t)N * D) ? omp_get_max_threads() : 1;
 	float *part = dw ? ft_xcalloc((size_t)nt * D, sizeof(float)) : NULL;
-#pragma omp parallel
+#pragma omp parallel num_threads(nt)
 	{
 		float *p = part ? part + (size_t)omp_get_thread_num() * D : NULL;
 #pragma omp for schedule(static)
@@ -142,7 +206,7 @@ void ft_rope_tables(float *cos_t, float *sin_t, const int32_t *pos, int N,
 		    const float *inv, int hd)
 {
 	int half = hd / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (SPLIT((size_t)N * hd))
 	for (int n = 0; n < N; n++)
 		for (int i = 0; i < half; i++) {
 			float a = (float)pos[n] * inv[i];
@@ -156,7 +220,7 @@ static void rope_rotate(float *x, const float *cos_t, const float *sin_t,
 			int N, int H, int hd, float sign)
 {
 	int half = hd / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (SPLIT((size_t)N * H * hd))
 	for (int n = 0; n < N; n++) {
 		const float *c = cos_t + (size_t)n * half, *s = sin_t + (size_t)n * half;
 		for (int h = 0; h < H; h++) {
@@ -199,48 +263,92 @@ static inline int attn_allowed(const ft_attn_shape *s, const int32_t *seg,
 	return 1;
 }
 
-/* Pointers to row r0 of head h in batch row b. */
+/* Pointers to the first row of head h in batch row b. */
 #define QP(base, b, h) ((base) + ((size_t)(b) * s->T) * ldq + (size_t)(h) * s->hd)
 #define KP(base, b, h) ((base) + ((size_t)(b) * s->T) * ldk + (size_t)(h) * s->hd)
+
+/* One query head of one row: tiles of ATT_TILE queries against the keys
+ * up to the tile's last position; S is [ATT_TILE, T] scratch. */
+static void attn_head_fwd(float *O, float *L, const float *Q, const float *K,
+			  const float *V, const int32_t *seg, const ft_attn_shape *s,
+			  float *S)
+{
+	int T = s->T, hd = s->hd, ldq = s->Hq * hd, ldk = s->Hk * hd;
+	float scale = 1.0f / sqrtf((float)hd);
+	for (int r0 = 0; r0 < T; r0 += ATT_TILE) {
+		int nr = T - r0 < ATT_TILE ? T - r0 : ATT_TILE, kc = r0 + nr;
+		mm(0, 1, nr, kc, hd, scale, Q + (size_t)r0 * ldq, ldq, K, ldk, 0, S, kc);
+		for (int i = 0; i < nr; i++) {
+			int t = r0 + i;
+			float *row = S + (size_t)i * kc, mx = -INFINITY;
+			for (int u = 0; u <= t; u++)
+				if (attn_allowed(s, seg, t, u) && row[u] > mx)
+					mx = row[u];
+			float sum = 0;
+			for (int u = 0; u < kc; u++) {
+				float e = attn_allowed(s, seg, t, u) ? expf(row[u] - mx) : 0;
+				row[u] = e;
+				sum += e;
+			}
+			float inv = 1.0f / sum;
+			for (int u = 0; u <= t; u++)
+				row[u] *= inv;
+			L[t] = mx + logf(sum);
+		}
+		mm(0, 0, nr, hd, kc, 1, S, kc, V, ldk, 0, O + (size_t)r0 * ldq, ldq);
+	}
+}
 
 void ft_attention_forward(float *out, float *lse, const float *q,
 			  const float *k, const float *v, const ft_attn_shape *s)
 {
+	int T = s->T, ldq = s->Hq * s->hd, ldk = s->Hk * s->hd, grp = s->Hq / s->Hk;
+	int nbh = s->B * s->Hq;
+	blas_init();
+#pragma omp parallel if (nbh > 1 && (double)nbh * T * T * s->hd > 2e5)
+	{
+		float *S = ft_xmalloc((size_t)ATT_TILE * T * sizeof(float));
+#pragma omp for schedule(dynamic)
+		for (int bh = 0; bh < nbh; bh++) {
+			int b = bh / s->Hq, h = bh % s->Hq;
+			attn_head_fwd(QP(out, b, h), lse + (size_t)bh * T, QP(q, b, h),
+				      KP(k, b, h / grp), KP(v, b, h / grp),
+				      s->seg ? s->seg + (size_t)b * T : NULL, s, S);
+		}
+		free(S);
+	}
+}
+
+/* Backward of one query head; dK, dV (shared by the kv group) are
+ * accumulated, so one thread owns a whole group. */
+static void attn_head_bwd(float *dQ, float *dK, float *dV, const float *dO,
+			  const float *Q, const float *K, const float *V,
+			  const float *O, const float *L, const int32_t *seg,
+			  const ft_attn_shape *s, float *P, float *dP)
+{
 	int T = s->T, hd = s->hd, ldq = s->Hq * hd, ldk = s->Hk * hd;
-	int grp = s->Hq / s->Hk;
 	float scale = 1.0f / sqrtf((float)hd);
-	float *S = ft_xmalloc((size_t)ATT_TILE * T * sizeof(float));
-	for (int b = 0; b < s->B; b++) {
-		const int32_t *seg = s->seg ? s->seg + (size_t)b * T : NULL;
-		for (int h = 0; h < s->Hq; h++) {
-			const float *Q = QP(q, b, h), *K = KP(k, b, h / grp), *V = KP(v, b, h / grp);
-			float *O = QP(out, b, h), *L = lse + ((size_t)b * s->Hq + h) * T;
-			for (int r0 = 0; r0 < T; r0 += ATT_TILE) {
-				int nr = T - r0 < ATT_TILE ? T - r0 : ATT_TILE, kc = r0 + nr;
-				mm(0, 1, nr, kc, hd, scale, Q + (size_t)r0 * ldq, ldq, K, ldk, 0, S, kc);
-#pragma omp parallel for schedule(static) if (nr * kc > 4096)
-				for (int i = 0; i < nr; i++) {
-					int t = r0 + i;
-					float *row = S + (size_t)i * kc, mx = -INFINITY;
-					for (int u = 0; u <= t; u++)
-						if (attn_allowed(s, seg, t, u) && row[u] > mx)
-							mx = row[u];
-					float sum = 0;
-					for (int u = 0; u < kc; u++) {
-						float e = attn_allowed(s, seg, t, u) ? expf(row[u] - mx) : 0;
-						row[u] = e;
-						sum += e;
-					}
-					float inv = 1.0f / sum;
-					for (int u = 0; u <= t; u++)
-						row[u] *= inv;
-					L[t] = mx + logf(sum);
-				}
-				mm(0, 0, nr, hd, kc, 1, S, kc, V, ldk, 0, O + (size_t)r0 * ldq, ldq);
+	for (int r0 = 0; r0 < T; r0 += ATT_TILE) {
+		int nr = T - r0 < ATT_TILE ? T - r0 : ATT_TILE, kc = r0 + nr;
+		mm(0, 1, nr, kc, hd, scale, Q + (size_t)r0 * ldq, ldq, K, ldk, 0, P, kc);
+		mm(0, 1, nr, kc, hd, 1, dO + (size_t)r0 * ldq, ldq, V, ldk, 0, dP, kc);
+		for (int i = 0; i < nr; i++) {
+			int t = r0 + i;
+			float *p = P + (size_t)i * kc, *dp = dP + (size_t)i * kc;
+			const float *o = O + (size_t)t * ldq, *g = dO + (size_t)t * ldq;
+			float di = 0;
+			for (int d = 0; d < hd; d++)
+				di += o[d] * g[d];
+			for (int u = 0; u < kc; u++) {
+				float pu = attn_allowed(s, seg, t, u) ? expf(p[u] - L[t]) : 0;
+				p[u] = pu;
+				dp[u] = pu * (dp[u] - di);
 			}
 		}
+		mm(0, 0, nr, hd, kc, scale, dP, kc, K, ldk, 0, dQ + (size_t)r0 * ldq, ldq);
+		mm(1, 0, kc, hd, nr, scale, dP, kc, Q + (size_t)r0 * ldq, ldq, 1, dK, ldk);
+		mm(1, 0, kc, hd, nr, 1, P, kc, dO + (size_t)r0 * ldq, ldq, 1, dV, ldk);
 	}
-	free(S);
 }
 
 void ft_attention_backward(float *dq, float *dk, float *dv, const float *dout,
@@ -248,52 +356,34 @@ void ft_attention_backward(float *dq, float *dk, float *dv, const float *dout,
 			   const float *out, const float *lse,
 			   const ft_attn_shape *s)
 {
-	int T = s->T, hd = s->hd, ldq = s->Hq * hd, ldk = s->Hk * hd;
-	int grp = s->Hq / s->Hk;
-	float scale = 1.0f / sqrtf((float)hd);
+	int T = s->T, ldq = s->Hq * s->hd, ldk = s->Hk * s->hd, grp = s->Hq / s->Hk;
+	int nbg = s->B * s->Hk;
 	size_t nk = (size_t)s->B * T * ldk;
 	memset(dk, 0, nk * sizeof(float));
 	memset(dv, 0, nk * sizeof(float));
-	float *P = ft_xmalloc((size_t)ATT_TILE * T * sizeof(float));
-	float *dP = ft_xmalloc((size_t)ATT_TILE * T * sizeof(float));
-	for (int b = 0; b < s->B; b++) {
-		const int32_t *seg = s->seg ? s->seg + (size_t)b * T : NULL;
-		for (int h = 0; h < s->Hq; h++) {
-			const float *Q = QP(q, b, h), *K = KP(k, b, h / grp), *V = KP(v, b, h / grp);
-			const float *O = QP(out, b, h), *dO = QP(dout, b, h);
-			const float *L = lse + ((size_t)b * s->Hq + h) * T;
-			float *dQ = QP(dq, b, h), *dK = KP(dk, b, h / grp), *dV = KP(dv, b, h / grp);
-			for (int r0 = 0; r0 < T; r0 += ATT_TILE) {
-				int nr = T - r0 < ATT_TILE ? T - r0 : ATT_TILE, kc = r0 + nr;
-				mm(0, 1, nr, kc, hd, scale, Q + (size_t)r0 * ldq, ldq, K, ldk, 0, P, kc);
-				mm(0, 1, nr, kc, hd, 1, dO + (size_t)r0 * ldq, ldq, V, ldk, 0, dP, kc);
-#pragma omp parallel for schedule(static) if (nr * kc > 4096)
-				for (int i = 0; i < nr; i++) {
-					int t = r0 + i;
-					float *p = P + (size_t)i * kc, *dp = dP + (size_t)i * kc;
-					const float *o = O + (size_t)t * ldq, *g = dO + (size_t)t * ldq;
-					float di = 0;
-					for (int d = 0; d < hd; d++)
-						di += o[d] * g[d];
-					for (int u = 0; u < kc; u++) {
-						float pu = attn_allowed(s, seg, t, u) ? expf(p[u] - L[t]) : 0;
-						p[u] = pu;
-						dp[u] = pu * (dp[u] - di);
-					}
-				}
-				mm(0, 0, nr, hd, kc, scale, dP, kc, K, ldk, 0, dQ + (size_t)r0 * ldq, ldq);
-				mm(1, 0, kc, hd, nr, scale, dP, kc, Q + (size_t)r0 * ldq, ldq, 1, dK, ldk);
-				mm(1, 0, kc, hd, nr, 1, P, kc, dO + (size_t)r0 * ldq, ldq, 1, dV, ldk);
-			}
+	blas_init();
+#pragma omp parallel if (nbg > 1 && (double)s->B * s->Hq * T * T * s->hd > 1e5)
+	{
+		float *P = ft_xmalloc((size_t)ATT_TILE * T * sizeof(float));
+		float *dP = ft_xmalloc((size_t)ATT_TILE * T * sizeof(float));
+#pragma omp for schedule(dynamic)
+		for (int bg = 0; bg < nbg; bg++) {
+			int b = bg / s->Hk, g = bg % s->Hk;
+			const int32_t *seg = s->seg ? s->seg + (size_t)b * T : NULL;
+			for (int h = g * grp; h < (g + 1) * grp; h++)
+				attn_head_bwd(QP(dq, b, h), KP(dk, b, g), KP(dv, b, g),
+					      QP(dout, b, h), QP(q, b, h), KP(k, b, g),
+					      KP(v, b, g), QP(out, b, h),
+					      lse + ((size_t)b * s->Hq + h) * T, seg, s, P, dP);
 		}
+		free(P);
+		free(dP);
 	}
-	free(P);
-	free(dP);
 }
 
 void ft_swiglu_forward(float *h, const float *gate, const float *up, size_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (SPLIT(n))
 	for (size_t i = 0; i < n; i++) {
 		float g = gate[i];
 		h[i] = g / (1.0f + expf(-g)) * up[i];
@@ -303,7 +393,7 @@ void ft_swiglu_forward(float *h, const float *gate, const float *up, size_t n)
 void ft_swiglu_backward(float *dgate, float *dup, const float *dh,
 			const float *gate, const float *up, size_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (SPLIT(n))
 	for (size_t i = 0; i < n; i++) {
 		float g = gate[i], sg = 1.0f / (1.0f + expf(-g)), silu = g * sg;
 		dup[i] = dh[i] * silu;
@@ -314,9 +404,9 @@ void ft_swiglu_backward(float *dgate, float *dup, const float *dh,
 void ft_linear_forward(float *y, const float *x, const float *W,
 		       const float *b, int N, int in, int out)
 {
-	mm(0, 1, N, out, in, 1, x, in, W, in, 0, y, out);
+	mmp(0, 1, N, out, in, 1, x, in, W, in, 0, y, out);
 	if (b) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (SPLIT((size_t)N * out))
 		for (int n = 0; n < N; n++)
 			for (int o = 0; o < out; o++)
 				y[(size_t)n * out + o] += b[o];
@@ -327,11 +417,11 @@ void ft_linear_backward(float *dx, float *dW, float *db, const float *dy,
 			const float *x, const float *W, int N, int in, int out)
 {
 	if (dx)
-		mm(0, 0, N, in, out, 1, dy, out, W, in, 1, dx, in);
+		mmp(0, 0, N, in, out, 1, dy, out, W, in, 1, dx, in);
 	if (dW)
-		mm(1, 0, out, in, N, 1, dy, out, x, in, 1, dW, in);
+		mmp(1, 0, out, in, N, 1, dy, out, x, in, 1, dW, in);
 	if (db) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (SPLIT((size_t)N * out))
 		for (int o = 0; o < out; o++) {
 			float s = 0;
 			for (int n = 0; n < N; n++)
@@ -344,8 +434,8 @@ void ft_linear_backward(float *dx, float *dW, float *db, const float *dy,
 void ft_lora_forward(float *y, float *h, const float *xd, const float *A,
 		     const float *Bm, int N, int in, int out, int r, float scale)
 {
-	mm(0, 1, N, r, in, 1, xd, in, A, in, 0, h, r);
-	mm(0, 1, N, out, r, scale, h, r, Bm, r, 1, y, out);
+	mmp(0, 1, N, r, in, 1, xd, in, A, in, 0, h, r);
+	mmp(0, 1, N, out, r, scale, h, r, Bm, r, 1, y, out);
 }
 
 void ft_lora_backward(float *dxd, float *dA, float *dB, float *hs,
@@ -354,12 +444,12 @@ void ft_lora_backward(float *dxd, float *dA, float *dB, float *hs,
 		      int r, float scale)
 {
 	if (dB)
-		mm(1, 0, out, r, N, scale, dy, out, h, r, 1, dB, r);
-	mm(0, 0, N, r, out, scale, dy, out, Bm, r, 0, hs, r);
+		mmp(1, 0, out, r, N, scale, dy, out, h, r, 1, dB, r);
+	mmp(0, 0, N, r, out, scale, dy, out, Bm, r, 0, hs, r);
 	if (dA)
-		mm(1, 0, r, in, N, 1, hs, r, xd, in, 1, dA, in);
+		mmp(1, 0, r, in, N, 1, hs, r, xd, in, 1, dA, in);
 	if (dxd)
-		mm(0, 0, N, in, r, 1, hs, r, A, in, 1, dxd, in);
+		mmp(0, 0, N, in, r, 1, hs, r, A, in, 1, dxd, in);
 }
 
 static inline uint64_t splitmix64(uint64_t x)
@@ -381,7 +471,7 @@ void ft_dropout_apply(float *out, const float *x, size_t n, float p,
 	double th = (double)p * 18446744073709551616.0;
 	uint64_t thr = th >= 18446744073709551615.0 ? UINT64_MAX : (uint64_t)th;
 	float keep = p >= 1 ? 0 : 1.0f / (1.0f - p);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (SPLIT(n))
 	for (size_t i = 0; i < n; i++)
 		out[i] = splitmix64(seed + i) >= thr && p < 1 ? x[i] * keep : 0.0f;
 }
@@ -396,12 +486,12 @@ double ft_lm_head_loss(float *dx, float *dW, float *logits, const float *x,
 	for (int r0 = 0; r0 < n; r0 += chunk) {
 		int nr = n - r0 < chunk ? n - r0 : chunk;
 		const float *xc = x + (size_t)r0 * D;
-		mm(0, 1, nr, V, D, 1, xc, D, W, D, 0, scratch, V);
+		mmp(0, 1, nr, V, D, 1, xc, D, W, D, 0, scratch, V);
 		if (logits)
 			memcpy(logits + (size_t)r0 * V, scratch, (size_t)nr * V * sizeof(float));
 		double part = 0;
 		int64_t c = 0;
-#pragma omp parallel for schedule(static) reduction(+:part, c)
+#pragma omp parallel for schedule(static) reduction(+:part, c) if (SPLIT((size_t)nr * V))
 		for (int i = 0; i < nr; i++) {
 			float *l = scratch + (size_t)i * V;
 			int tg = targets[r0 + i];
@@ -429,9 +519,9 @@ double ft_lm_head_loss(float *dx, float *dW, float *logits, const float *x,
 		loss += part;
 		cnt += c;
 		if (dx) {
-			mm(0, 0, nr, D, V, 1, scratch, V, W, D, 0, dx + (size_t)r0 * D, D);
+			mmp(0, 0, nr, D, V, 1, scratch, V, W, D, 0, dx + (size_t)r0 * D, D);
 			if (dW)
-				mm(1, 0, V, D, nr, 1, scratch, V, xc, D, 1, dW, D);
+				mmp(1, 0, V, D, nr, 1, scratch, V, xc, D, 1, dW, D);
 		}
 	}
 	if (n_tok)

@@ -183,7 +183,7 @@ static ft_attn_shape attn_shape(const ft_model *m, const ft_batch *b)
 
 static void add_into(float *dst, const float *a, const float *b, size_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= 32768)
 	for (size_t i = 0; i < n; i++)
 		dst[i] = a[i] + b[i];
 }

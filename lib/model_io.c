@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <cblas.h>
 #include "error.h"
 #include "json.h"
 #include "safetensors.h"
@@ -348,9 +347,8 @@ int ft_model_merge_lora(ft_model *m)
 			if (!a->on)
 				continue;
 			ft_lin_dims(&m->c, j, &in, &out);
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, a->r,
-				    a->scale, a->B.w, a->r, a->A.w, in, 1.0f,
-				    m->layers[l].lin[j].w, in);
+			ft_sgemm(0, 0, out, in, a->r, a->scale, a->B.w, a->r, a->A.w, in, 1.0f,
+				 m->layers[l].lin[j].w, in);
 		}
 	if (m->o.type == FT_FT_LORA)
 		ft_lora_setup(m, m->o.lora_rank, m->o.lora_alpha, m->o.use_rslora, 0);

@@ -41,10 +41,12 @@ int64_t ft_adamw_steps(const ft_adamw *a);
  * min(1, max_norm / (norm + 1e-6)).  Returns the norm before clipping. */
 double ft_clip_grad_norm(ft_param *const *params, size_t n, double max_norm);
 
-/* Optimizer state file (docs/FORMAT.md 4.5): safetensors with
- * "<param>.exp_avg" and "<param>.exp_avg_sq" (F32, the param's shape)
+/* Optimizer state file (docs/FORMAT.md 4): safetensors with, per param,
+ * "<param>" (its exact f32 weights), "<param>.exp_avg" and
+ * "<param>.exp_avg_sq" (F32, the param's shape)
  * and __metadata__ format=ft-adamw, version, step, betas, eps,
- * weight_decay.  Loading checks every param is present with its size. */
+ * weight_decay.  Loading checks every param is present with its size
+ * and restores the weights as well as the moments and step. */
 int ft_adamw_save(const ft_adamw *a, const char *path);
 int ft_adamw_load(ft_adamw *a, const char *path);
 

@@ -19,6 +19,9 @@ int ft_adamw_save(const ft_adamw *a, const char *path)
 {
 	ft_st_writer *w = ft_st_writer_new();
 	char **names = ft_xcalloc(2 * a->n + 1, sizeof *names);
+	/* The fp32 weights themselves go in too: the model saved beside this
+	 * file may be bf16/f16, and resuming must continue from the exact
+	 * values. */
 	for (size_t i = 0; i < a->n; i++) {
 		const ft_param *p = a->p[i];
 		int64_t shape[2] = { p->shape[0], p->shape[1] };
@@ -26,6 +29,7 @@ int ft_adamw_save(const ft_adamw *a, const char *path)
 		if (p->ndim <= 0) shape[0] = (int64_t)p->n;
 		names[2 * i] = ft_xasprintf("%s.exp_avg", p->name);
 		names[2 * i + 1] = ft_xasprintf("%s.exp_avg_sq", p->name);
+		ft_st_writer_add(w, p->name, FT_F32, ndim, shape, p->w);
 		ft_st_writer_add(w, names[2 * i], FT_F32, ndim, shape, a->m[i]);
 		ft_st_writer_add(w, names[2 * i + 1], FT_F32, ndim, shape, a->v[i]);
 	}
@@ -49,7 +53,7 @@ int ft_adamw_save(const ft_adamw *a, const char *path)
 
 static int load_moment(ft_st *st, const char *path, const ft_param *p, const char *what, float *dst)
 {
-	char *name = ft_xasprintf("%s.%s", p->name, what);
+	char *name = *what ? ft_xasprintf("%s.%s", p->name, what) : ft_xstrdup(p->name);
 	const ft_st_tensor *t = ft_st_find(st, name);
 	int rc = 0;
 	if (!t)
@@ -78,13 +82,14 @@ int ft_adamw_load(ft_adamw *a, const char *path)
 		ft_fail("%s: metadata has no step", path);
 		goto out;
 	}
-	if (ft_st_count(st) != 2 * a->n) {
+	if (ft_st_count(st) != 3 * a->n) {
 		ft_fail("%s: %zu tensors, expected %zu for %zu trainable parameters", path,
-			ft_st_count(st), 2 * a->n, a->n);
+			ft_st_count(st), 3 * a->n, a->n);
 		goto out;
 	}
 	for (size_t i = 0; i < a->n; i++)
-		if (load_moment(st, path, a->p[i], "exp_avg", a->m[i]) ||
+		if (load_moment(st, path, a->p[i], "", a->p[i]->w) ||
+		    load_moment(st, path, a->p[i], "exp_avg", a->m[i]) ||
 		    load_moment(st, path, a->p[i], "exp_avg_sq", a->v[i]))
 			goto out;
 	a->step = strtoll(json_string_value(step), NULL, 10);

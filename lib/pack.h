@@ -113,13 +113,8 @@ size_t ft_greedy_knapsack(const int32_t *lengths, size_t n, int32_t capacity,
 
 /* ---- split, shuffle, batches --------------------------------------- */
 
-/* splitmix64-seeded xoshiro256**: the same seed gives the same order on
- * every machine. */
-typedef struct { uint64_t s[4]; } ft_rng;
-void ft_rng_seed(ft_rng *g, uint64_t seed);
-uint64_t ft_rng_next(ft_rng *g);
-uint64_t ft_rng_below(ft_rng *g, uint64_t n);   /* uniform in [0, n) */
-void ft_shuffle_i64(ft_rng *g, int64_t *v, size_t n);
+/* Shuffles use lib/rng.h (splitmix64-seeded xoshiro256**). */
+#include "rng.h"
 
 /* Validation size: a fraction in (0, 1) or a count >= 1 (as LLaMA-Factory's
  * val_size); the number of units that go to validation, as

@@ -13,7 +13,8 @@ P="$FIXTURES/plot"
 }
 
 @test "ft-plot: text plot by default when no -o (not a terminal)" {
-	run ft-plot --width 70 --height 16 "$P/run_a"
+	cd "$P"
+	run ft-plot --width 70 --height 16 run_a
 	assert_success
 	assert_line --index 0 "training of run_a: loss"
 	assert_output --partial "* smoothed"

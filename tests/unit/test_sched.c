@@ -4,7 +4,7 @@
  * difference is allowed and reported. */
 #define _GNU_SOURCE
 #include "tap.h"
-#include "sched.h"
+#include "lr_sched.h"
 #include "error.h"
 
 #include <math.h>

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include "atomicfile.h"
@@ -152,6 +153,19 @@ static void follow(plot_job *j, double interval)
 	}
 }
 
+/* "training of DIR" with DIR the output dir as given, as LLaMA-Factory
+ * titles its figures ("training loss of saves/llama3/lora/sft"). */
+static char *run_title(const char *path)
+{
+	struct stat st;
+	if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return ft_xasprintf("training of %s", path);
+	const char *slash = strrchr(path, '/');
+	const char *base = slash ? slash + 1 : path;
+	if (!strcmp(base, "trainer_log.jsonl") && slash && slash > path)
+		return ft_xasprintf("training of %.*s", (int)(slash - path), path);
+	return ft_xasprintf("training of %s", base);
+}
+
 static size_t split_keys(char *s, const char ***out)
 {
 	size_t n = 0;
@@ -249,7 +263,7 @@ int main(int argc, char **argv)
 	char *auto_title = NULL;
 	if (title) j.spec.title = *title ? title : NULL;
 	else if (nruns == 1 && strcmp(runs[0]->label, "<stdin>") != 0)
-		j.spec.title = auto_title = ft_xasprintf("training of %s", runs[0]->label);
+		j.spec.title = auto_title = run_title(argv[optind]);
 	if (j.ascii && j.tty && follow_mode) j.tty = 2;   /* clear the screen between redraws */
 
 	if (follow_mode) {

@@ -1,11 +1,12 @@
-/* sched.h - learning-rate schedules as transformers' get_scheduler.
+/* lr_sched.h - learning-rate schedules as transformers' get_scheduler.
  *
  * lr(step) = learning_rate * lambda(step), where step counts optimizer
  * steps done so far (0 for the first update), exactly as LambdaLR with
  * transformers' lr_lambda functions.  All arithmetic in double as Python.
  */
-#ifndef FT_SCHED_H
-#define FT_SCHED_H
+/* (Not named sched.h: with -Ilib that would hide the system <sched.h>.) */
+#ifndef FT_LR_SCHED_H
+#define FT_LR_SCHED_H
 
 #include <stdint.h>
 

@@ -1,5 +1,5 @@
-/* sched.c - transformers' lr_lambda functions; see sched.h */
-#include "sched.h"
+/* lr_sched.c - transformers' lr_lambda functions; see lr_sched.h */
+#include "lr_sched.h"
 #include "error.h"
 
 #include <math.h>

@@ -1,0 +1,202 @@
+/* ft-merge - base model + LoRA adapter(s) -> merged Hugging Face model
+ * directory, as `llamafactory-cli export` does.  The work is in
+ * lib/merge*.c; main reads the arguments (flags, or a LLaMA-Factory
+ * merge YAML) and shows progress. */
+#include <stdlib.h>
+#include <string.h>
+#include "atomicfile.h"
+#include "cli.h"
+#include "dtype.h"
+#include "lfargs.h"
+#include "merge.h"
+
+static void usage(FILE *fp)
+{
+	fprintf(fp,
+"Usage: ft-merge [CONFIG.yaml] --model_name_or_path BASE --adapter_name_or_path A[,B...]\n"
+"                --export_dir DIR [OPTION]...\n"
+"Merge LoRA adapters into their base model (W' = W + alpha/r * B A, rsLoRA\n"
+"alpha/sqrt(r), per-module rank_pattern/alpha_pattern; computed in float32)\n"
+"and write a complete Hugging Face model directory: safetensors weights\n"
+"(sharded with model.safetensors.index.json when larger than --export_size),\n"
+"config.json with its dtype updated, generation_config.json and the tokenizer\n"
+"files.  Adapters are PEFT LoRA adapters (adapter_config.json +\n"
+"adapter_model.safetensors) for Llama/Mistral/Qwen2 models: ft-train's or any\n"
+"other, e.g. LLaMA-Factory's.  Several are applied in the order given.\n"
+"A LLaMA-Factory merge YAML (examples/merge_lora/*.yaml) may come first;\n"
+"flags after it override its keys.  Options may be spelt with - or _.\n"
+"\n"
+"      --model_name_or_path DIR     base model directory\n"
+"      --adapter_name_or_path LIST  adapter directories, comma-separated\n"
+"      --export_dir DIR             output directory (written atomically)\n"
+"      --export_dtype T             auto (the base config's dtype), bf16, fp16, fp32\n"
+"      --export_size SIZE           largest shard: GB as a bare number (LLaMA-Factory's\n"
+"                                   export_size, default 5), or 2GB, 500MB, 1GiB\n"
+"      --overwrite                  replace a non-empty export directory\n"
+"  -j, --threads N                  threads (default: all cores)\n"
+"  -q, --quiet                      no progress\n"
+"  -h, --help                       this help\n"
+"\n"
+"Refused with a message: an adapter for another base (shapes), unknown target\n"
+"modules, non-LoRA or DoRA adapters, adapter_model.bin (safetensors only), a\n"
+"non-empty export directory without --overwrite, too little disk space.\n"
+"\n"
+"EXIT STATUS\n"
+"  0  merged model written\n"
+"  1  bad input or a refusal above, I/O error (nothing is left at --export_dir)\n"
+"  2  usage error\n"
+"\n"
+"Example:\n"
+"  ft-train --config lora.yaml --output_dir out/lora\n"
+"  ft-merge --model_name_or_path models/Qwen2.5-0.5B --adapter_name_or_path out/lora \\\n"
+"           --export_dir out/merged --export_dtype bf16 --export_size 2GB\n"
+"  ft-plot out/lora && ft-chat --model_name_or_path out/merged\n");
+}
+
+/* LLaMA-Factory export keys that make no difference here. */
+static const char *const ignored_keys[] = {
+	"template", "trust_remote_code", "export_device", "infer_backend", "stage", "do_train",
+	"export_hub_model_id", "flash_attn", "use_fast_tokenizer",
+};
+
+static int export_dtype(const char *s)
+{
+	if (!strcmp(s, "auto")) return FT_MERGE_DTYPE_AUTO;
+	if (!strcmp(s, "bf16") || !strcmp(s, "bfloat16")) return FT_BF16;
+	if (!strcmp(s, "fp16") || !strcmp(s, "float16") || !strcmp(s, "half")) return FT_F16;
+	if (!strcmp(s, "fp32") || !strcmp(s, "float32") || !strcmp(s, "float")) return FT_F32;
+	die_usage("--export_dtype: '%s' is not auto, bf16, fp16 or fp32", s);
+}
+
+/* A bare number is GB, as LLaMA-Factory's export_size; else cli's sizes. */
+static uint64_t export_size(const char *s)
+{
+	char *end;
+	double gb = strtod(s, &end);
+	if (end != s && !*end) {
+		if (!(gb > 0) || gb > 1e6) die_usage("--export_size: '%s' is not a size", s);
+		return (uint64_t)(gb * 1e9);
+	}
+	uint64_t n = ft_parse_size("--export_size", s);
+	if (n == 0) die_usage("--export_size must be positive");
+	return n;
+}
+
+static void progress(void *ctx, size_t done, size_t total, uint64_t bytes, uint64_t bytes_total)
+{
+	(void)ctx;
+	ft_progress("merging: %zu/%zu tensors, %.2f/%.2f GB", done, total, bytes / 1e9, bytes_total / 1e9);
+}
+
+static char **split_list(const char *s, size_t *n)
+{
+	char *copy = ft_xstrdup(s), **v = NULL;
+	*n = 0;
+	for (char *save, *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		while (*tok == ' ') tok++;
+		size_t l = strlen(tok);
+		while (l && tok[l - 1] == ' ') tok[--l] = 0;
+		if (!l) continue;
+		v = ft_xrealloc(v, (*n + 1) * sizeof *v);
+		v[(*n)++] = ft_xstrdup(tok);
+	}
+	free(copy);
+	return v;
+}
+
+/* -h, -q, -j N are taken out before the LLaMA-Factory style parse. */
+static int take_short(int *argc, char **argv, int *threads, int *quiet)
+{
+	int k = 1;
+	for (int i = 1; i < *argc; i++) {
+		const char *a = argv[i];
+		if (!strcmp(a, "-h") || !strcmp(a, "--help")) return 1;
+		if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
+			*quiet = 1;
+		} else if (!strcmp(a, "-j") || !strcmp(a, "--threads")) {
+			if (i + 1 >= *argc) die_usage("%s needs a number", a);
+			*threads = (int)ft_parse_int(a, argv[++i]);
+		} else if (!strncmp(a, "-j", 2) && a[2]) {
+			*threads = (int)ft_parse_int("-j", a + 2);
+		} else if (a[0] == '-' && a[1] != '-' && a[1]) {
+			die_usage("unknown option '%s'", a);
+		} else {
+			argv[k++] = argv[i];
+		}
+	}
+	*argc = k;
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	ft_cli_init(argc, argv);
+	int threads = 0, quiet = 0;
+	if (take_short(&argc, argv, &threads, &quiet)) {
+		usage(stdout);
+		return 0;
+	}
+	if (threads < 0 || threads > 4096) die_usage("--threads must be between 1 and 4096");
+	ft_lfargs args = { 0 };
+	int first = 1;
+	if (argc > 1 && strncmp(argv[1], "--", 2) != 0 && !strchr(argv[1], '=')) {
+		if (ft_lfargs_load_file(&args, argv[1]) < 0) die_lib();
+		first = 2;
+	}
+	if (ft_lfargs_parse_argv(&args, argc - first, argv + first) < 0) {
+		warn("%s", ft_errmsg());
+		die_usage("bad arguments");
+	}
+	static const char *const known[] = {
+		"model_name_or_path", "adapter_name_or_path", "export_dir", "export_dtype", "export_size",
+		"overwrite", "finetuning_type", "export_legacy_format", "export_quantization_bit",
+	};
+	for (size_t i = 0; i < args.n; i++) {
+		int ok = 0;
+		for (size_t k = 0; k < sizeof known / sizeof *known; k++) ok |= !strcmp(args.v[i].key, known[k]);
+		for (size_t k = 0; k < sizeof ignored_keys / sizeof *ignored_keys; k++)
+			if (!strcmp(args.v[i].key, ignored_keys[k])) {
+				note("%s: ignoring %s (no effect on a merge)", args.v[i].origin, args.v[i].key);
+				ok = 1;
+			}
+		if (!ok) die_usage("%s: unknown option '%s'", args.v[i].origin, args.v[i].key);
+	}
+	const char *ft = ft_lfargs_get(&args, "finetuning_type", "lora");
+	if (strcmp(ft, "lora") != 0) die_usage("finetuning_type %s: only LoRA adapters can be merged", ft);
+	if (ft_lfargs_bool(&args, "export_legacy_format", 0) != 0)
+		die_usage("export_legacy_format (.bin weights) is not supported: ft-merge writes safetensors");
+	if (ft_lfargs_find(&args, "export_quantization_bit"))
+		die_usage("export_quantization_bit: quantized export is not supported");
+	ft_merge_opts o = { .threads = threads, .export_dtype = FT_MERGE_DTYPE_AUTO };
+	o.model_dir = ft_lfargs_get(&args, "model_name_or_path", NULL);
+	o.export_dir = ft_lfargs_get(&args, "export_dir", NULL);
+	if (!o.model_dir) die_usage("--model_name_or_path is required");
+	if (!o.export_dir) die_usage("--export_dir is required");
+	const char *al = ft_lfargs_get(&args, "adapter_name_or_path", NULL);
+	if (!al) die_usage("--adapter_name_or_path is required");
+	size_t nad;
+	char **ad = split_list(al, &nad);
+	if (nad == 0) die_usage("--adapter_name_or_path is empty");
+	o.adapters = (const char *const *)ad;
+	o.nadapters = nad;
+	o.export_dtype = export_dtype(ft_lfargs_get(&args, "export_dtype", "auto"));
+	const char *size = ft_lfargs_get(&args, "export_size", NULL);
+	if (size) o.shard_size = export_size(size);
+	int ow = ft_lfargs_bool(&args, "overwrite", 0);
+	if (ow < 0) die_usage("--overwrite: expected true or false");
+	o.overwrite = ow;
+	if (!quiet) o.progress = progress;
+
+	ft_atomic_install_signal_cleanup();
+	if (ft_merge(&o) < 0) {
+		ft_progress_done();
+		die_lib();
+	}
+	ft_progress_done();
+	if (ft_verbose > 0 && !quiet)
+		note("merged %zu adapter%s into %s", nad, nad == 1 ? "" : "s", o.export_dir);
+	for (size_t i = 0; i < nad; i++) free(ad[i]);
+	free(ad);
+	ft_lfargs_free(&args);
+	return 0;
+}
