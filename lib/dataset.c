@@ -19,7 +19,6 @@ const char *ft_bad_reason_name(int r)
 	return r >= 0 && r < FT_BAD_COUNT_ ? n[r] : "?";
 }
 
-static char *dupn(const char *s) { return s ? ft_xstrdup(s) : NULL; }
 
 void ft_dataset_attr_free(ft_dataset_attr *a)
 {
@@ -149,7 +148,7 @@ void ft_dataset_from_path(const char *path, int formatting, ft_dataset_attr *a)
 
 /* ---- examples -------------------------------------------------------- */
 
-static void example_free(ft_example *e)
+void ft_example_free(ft_example *e)
 {
 	for (size_t i = 0; i < e->n_prompt; i++) free((char *)e->prompt[i].content);
 	for (size_t i = 0; i < e->n_response; i++) free((char *)e->response[i].content);
@@ -162,7 +161,7 @@ static void example_free(ft_example *e)
 
 void ft_dataset_free(ft_dataset *d)
 {
-	for (size_t i = 0; i < d->n; i++) example_free(&d->v[i]);
+	for (size_t i = 0; i < d->n; i++) ft_example_free(&d->v[i]);
 	free(d->v);
 	for (size_t i = 0; i < d->n_sources; i++) free(d->sources[i]);
 	free(d->sources);

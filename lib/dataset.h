@@ -70,11 +70,15 @@ typedef struct {
 } ft_dataset;
 
 void ft_dataset_free(ft_dataset *d);
+void ft_example_free(ft_example *e);
 
 /* Read a dataset's file(s) and convert each row (max_samples < 0: all).
  * The stage decides how text rows are read (pt: the whole text is the
  * prompt).  -1 on I/O or syntax errors (file:line:col). */
 int ft_dataset_read(ft_dataset_attr *a, long long max_samples, ft_dataset *out);
+
+/* Keep the first n examples, or cycle through them up to n. */
+void ft_dataset_take(ft_dataset *d, size_t n);
 
 /* Append src's examples to dst (moving them). */
 void ft_dataset_concat(ft_dataset *dst, ft_dataset *src);

@@ -140,6 +140,17 @@ static void take(ft_dataset *out, const ft_dataset *src, size_t row)
 	copy_example(&out->v[out->n++], &src->v[row]);
 }
 
+void ft_dataset_take(ft_dataset *d, size_t n)
+{
+	if (n <= d->n) {
+		for (size_t i = n; i < d->n; i++) ft_example_free(&d->v[i]);
+		d->n = n;
+		return;
+	}
+	size_t have = d->n;
+	for (size_t i = have; i < n && have; i++) take(d, d, i % have);
+}
+
 int ft_dataset_mix(ft_dataset *ds, size_t n, int strategy, const double *probs, uint64_t seed,
 		   ft_dataset *out)
 {

@@ -1,5 +1,5 @@
 /* preprocess.h - examples -> token records per training stage, exactly as
- * llamafactory 0.9.5's dataset processors (data/processor/*.py):
+ * llamafactory 0.9.5's dataset processors (data/processor/):
  *   pt       text + eos (PretrainDatasetProcessor's text_examples; bos,
  *            truncation and packing are ft-pack's)
  *   sft      input_ids + labels, -100 on prompt tokens, per-turn cutoff

@@ -128,7 +128,12 @@ FIELDS = {
 }
 
 # (config name, tokenizer dir, template, dataset, stage, extra data args)
-TOKENIZERS = [("qwen3", "qwen"), ("mistral-sp", "mistral")]
+# mistral-sp is loaded twice: with AutoTokenizer, as llamafactory does (transformers 5
+# rebuilds Llama-class tokenizers with Metaspace(prepend_scheme="always"), which differs
+# from tokenizer.json on text that starts with a space), and as "mistral-sp-raw": the
+# tokenizer.json as the `tokenizers` package reads it (what transformers 4.x loads),
+# which is the tokenizer module's parity target.
+TOKENIZERS = [("qwen3", "qwen"), ("mistral-sp", "mistral"), ("mistral-sp-raw", "mistral")]
 RUNS = [
     ("alpaca_en", "alpaca_en_demo", "sft", {}),
     ("alpaca_zh", "alpaca_zh_demo", "sft", {}),
@@ -151,10 +156,24 @@ def canonical(rec, stage):
     return json.dumps({k: rec[k] for k in FIELDS[stage]}, separators=(",", ":"), ensure_ascii=False) + "\n"
 
 
+def load_tokenizer(name):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if name.endswith("-raw"):
+        d = os.path.join(SHARED, "tokenizers", name[:-4])
+        cfg = json.load(open(os.path.join(d, "tokenizer_config.json")))
+        tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(d, "tokenizer.json"),
+                                      bos_token=cfg.get("bos_token"), eos_token=cfg.get("eos_token"),
+                                      unk_token=cfg.get("unk_token"), pad_token=cfg.get("pad_token"))
+        tok.add_bos_token = cfg.get("add_bos_token", False)
+        return tok
+    return AutoTokenizer.from_pretrained(os.path.join(SHARED, "tokenizers", name))
+
+
 def run_llamafactory():
     from types import SimpleNamespace
 
-    from transformers import AutoTokenizer, Seq2SeqTrainingArguments
+    from transformers import Seq2SeqTrainingArguments
 
     from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
     from llamafactory.hparams import DataArguments
@@ -164,7 +183,7 @@ def run_llamafactory():
     tmp = tempfile.mkdtemp()
     for tok_dir, template in TOKENIZERS:
         for name, dataset, stage, extra in RUNS:
-            tok = AutoTokenizer.from_pretrained(os.path.join(SHARED, "tokenizers", tok_dir))
+            tok = load_tokenizer(tok_dir)
             args = dict(template=template, dataset=dataset, dataset_dir=data_dir, cutoff_len=2048,
                         overwrite_cache=True, packing=False, preprocessing_num_workers=None)
             args.update(extra)
