@@ -500,19 +500,26 @@ double ft_lm_head_loss(float *dx, float *dW, float *logits, const float *x,
 					memset(l, 0, V * sizeof(float));
 				continue;
 			}
-			float mx = l[0];
+			float mx = l[0], lt = l[tg];
 			for (int j = 1; j < V; j++)
 				if (l[j] > mx)
 					mx = l[j];
+			/* one exp per logit: kept in place for the gradient */
 			double sum = 0;
-			for (int j = 0; j < V; j++)
-				sum += expf(l[j] - mx);
-			double lse = mx + log(sum);
-			part += lse - l[tg];
-			c++;
-			if (dx) {
+			if (dx)
+				for (int j = 0; j < V; j++) {
+					l[j] = expf(l[j] - mx);
+					sum += l[j];
+				}
+			else
 				for (int j = 0; j < V; j++)
-					l[j] = (float)exp(l[j] - lse) * grad_scale;
+					sum += expf(l[j] - mx);
+			part += mx + log(sum) - lt;
+			c++;
+			if (dx) {   /* softmax * grad_scale, minus grad_scale at the target */
+				float sc = (float)(grad_scale / sum);
+				for (int j = 0; j < V; j++)
+					l[j] *= sc;
 				l[tg] -= grad_scale;
 			}
 		}

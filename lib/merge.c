@@ -15,6 +15,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -233,6 +234,17 @@ static void from_f32(void *dst, ft_dtype to, const float *src, size_t n)
 	}
 }
 
+/* The base tensor's pages are not needed again: let them go, so the
+ * resident size stays about one tensor rather than growing to the whole
+ * mmap'd model (they are clean file pages; nothing is lost). */
+static void release_pages(const ft_st_tensor *t)
+{
+	uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+	uintptr_t a = ((uintptr_t)t->data + page - 1) & ~(page - 1);
+	uintptr_t b = ((uintptr_t)t->data + t->nbytes) & ~(page - 1);
+	if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
 /* One tensor into the open shard: untouched tensors already in the
  * export dtype are copied byte for byte. */
 static int put_tensor(merge_job *j, ft_st_writer *w, const ft_st_tensor *t, float **f32, void **conv,
@@ -278,8 +290,10 @@ static int write_shards(merge_job *j, const char *dir, const ft_merge_opts *o)
 			if (j->shard[i] != s) continue;
 			const ft_st_tensor *t = ft_st_at(j->base, i);
 			rc = put_tensor(j, w, t, &f32, &conv, &cap);
+			release_pages(t);
 			bytes += out_bytes(j, t);
-			if (o->progress) o->progress(o->progress_ctx, ++done, j->n, bytes, j->total);
+			if (rc == 0 && o->progress && o->progress(o->progress_ctx, ++done, j->n, bytes, j->total))
+				rc = ft_fail("interrupted");
 		}
 		if (rc == 0) rc = ft_st_stream_end(w);
 		else ft_st_stream_abort(w);
@@ -402,9 +416,17 @@ out:
 	return rc;
 }
 
-int ft_merge(const ft_merge_opts *o)
+int ft_merge(const ft_merge_opts *opts)
 {
-	if (!o->model_dir || !o->export_dir) return ft_fail("a base model and an export directory are needed");
+	if (!opts->model_dir || !opts->export_dir || !*opts->export_dir)
+		return ft_fail("a base model and an export directory are needed");
+	/* "out/" names the directory "out": the temporary sibling must not
+	 * land inside it */
+	ft_merge_opts oo = *opts;
+	char *export_dir = ft_xstrdup(opts->export_dir);
+	for (size_t n = strlen(export_dir); n > 1 && export_dir[n - 1] == '/';) export_dir[--n] = 0;
+	oo.export_dir = export_dir;
+	const ft_merge_opts *o = &oo;
 	if (o->threads > 0) {
 		omp_set_num_threads(o->threads);
 	}
@@ -425,6 +447,7 @@ int ft_merge(const ft_merge_opts *o)
 	rc = ft_atomic_dir_commit(&dir, exists);
 out:
 	free(parent);
+	free(export_dir);
 	job_free(&j);
 	return rc;
 }

@@ -7,7 +7,7 @@
  * with the header record, so each is a valid stream on its own.
  *
  * Reading: zstd output goes straight into the msgpack unpacker's buffer.
- * A small scanner (scan.c-style state machine below) walks those bytes
+ * A small scanner (ft_scan, in stream_codec.c) walks those bytes
  * first to find record boundaries and bound lengths, because
  * msgpack_unpacker allocates an array of N objects as soon as it sees an
  * array header claiming N elements: corrupt input must not reach it.
@@ -15,7 +15,7 @@
  * passed its checksum, so a corrupt frame yields an error, never wrong
  * records.  See docs/FORMAT.md section 1.
  *
- * Conversion between msgpack objects and JSON lives in stream_json.c.
+ * Conversion between msgpack objects and JSON lives in stream_codec.c.
  */
 #define _GNU_SOURCE
 #include "stream.h"
@@ -504,6 +504,13 @@ static int reader_fail(ft_reader *r, const char *fmt, ...)
 		       (unsigned long long)r->file_off, (unsigned long long)r->returned, msg);
 }
 
+/* Input that is not a stream at all: no offsets to report. */
+static int not_stream(ft_reader *r, const char *why)
+{
+	r->failed = 1;
+	return ft_fail("%s: not an ft stream (%s)", r->name, why);
+}
+
 static int cmp_str(const void *a, const void *b)
 {
 	return strcmp(*(char *const *)a, *(char *const *)b);
@@ -595,7 +602,7 @@ static int pump(ft_reader *r)
 	r->file_off += r->in.pos - before;
 	if (ZSTD_isError(ret)) {
 		if (r->file_off < 4 && r->taken == 0 && r->sc.ready == 0)
-			return reader_fail(r, "not an ft stream (not zstd data: %s)", ZSTD_getErrorName(ret));
+			return not_stream(r, "not zstd data");
 		return reader_fail(r, "corrupt zstd data: %s", ZSTD_getErrorName(ret));
 	}
 	if (ft_scan(&r->sc, out.dst, out.pos) < 0)
@@ -693,8 +700,7 @@ static int reader_advance(ft_reader *r)
 		int rc = file_next(r);
 		if (rc < 0) return -1;
 		if (rc == 0) {
-			if (r->taken == 0)
-				return reader_fail(r, "empty input: not an ft stream (no header)");
+			if (r->taken == 0) return not_stream(r, "empty input, no header");
 			close_file(r);
 			r->ipath++;
 			continue;
@@ -703,9 +709,7 @@ static int reader_advance(ft_reader *r)
 			if (take_header(r) < 0) return -1;
 			continue;
 		}
-		if (before == 0)
-			return reader_fail(r, "not an ft stream (first record is not a header with \"format\": \"%s\")",
-					   FT_STREAM_FORMAT);
+		if (before == 0) return not_stream(r, "the first record is not a header");
 		return 1;
 	}
 }
@@ -736,13 +740,12 @@ ft_reader *ft_reader_open_many(const char *const *paths, size_t n)
 	if (open_file(r) < 0) goto fail;
 	int rc = file_next(r);
 	if (rc == 0) {
-		reader_fail(r, "empty input: not an ft stream (no header)");
+		not_stream(r, "empty input, no header");
 		goto fail;
 	}
 	if (rc < 0) goto fail;
 	if (!is_header(&r->cur.data)) {
-		reader_fail(r, "not an ft stream (first record is not a header with \"format\": \"%s\")",
-			    FT_STREAM_FORMAT);
+		not_stream(r, "the first record is not a header");
 		goto fail;
 	}
 	if (take_header(r) < 0) goto fail;

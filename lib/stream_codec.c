@@ -440,10 +440,16 @@ static json_t *meta_sans_counts(const json_t *h)
 	return c;
 }
 
+/* json_equal() calls two missing values unequal; here they agree. */
+static int same(const json_t *a, const json_t *b)
+{
+	return (!a && !b) || json_equal(a, b);
+}
+
 int ft_headers_compatible(const json_t *a, const json_t *b)
 {
-	if (!json_equal(json_object_get(a, "kind"), json_object_get(b, "kind")) ||
-	    !json_equal(json_object_get(a, "version"), json_object_get(b, "version")))
+	if (!same(json_object_get(a, "kind"), json_object_get(b, "kind")) ||
+	    !same(json_object_get(a, "version"), json_object_get(b, "version")))
 		return 0;
 	json_t *ma = meta_sans_counts(a), *mb = meta_sans_counts(b);
 	int eq = json_equal(ma, mb);
@@ -456,9 +462,9 @@ char *ft_header_difference(const json_t *a, const json_t *b)
 {
 	const char *ka = json_string_value(json_object_get(a, "kind"));
 	const char *kb = json_string_value(json_object_get(b, "kind"));
-	if (!json_equal(json_object_get(a, "kind"), json_object_get(b, "kind")))
+	if (!same(json_object_get(a, "kind"), json_object_get(b, "kind")))
 		return ft_xasprintf("kind '%s' vs '%s'", ka ? ka : "?", kb ? kb : "?");
-	if (!json_equal(json_object_get(a, "version"), json_object_get(b, "version")))
+	if (!same(json_object_get(a, "version"), json_object_get(b, "version")))
 		return ft_xasprintf("format version differs");
 	json_t *ma = meta_sans_counts(a), *mb = meta_sans_counts(b);
 	char *why = NULL;

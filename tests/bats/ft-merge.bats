@@ -99,8 +99,9 @@ AD="$FIXTURES/merge/llama-r4/adapter"
 	assert_success
 	[ ! -f out/keep ] && [ -f out/model.safetensors ]
 	mkdir empty
-	run ft-merge --model_name_or_path "$BASE" --adapter_name_or_path "$AD" --export_dir empty
+	run ft-merge --model_name_or_path "$BASE" --adapter_name_or_path "$AD" --export_dir empty/
 	assert_success
+	[ -f empty/model.safetensors ]
 	mkdir base && cp "$BASE"/* base/
 	run -1 ft-merge --model_name_or_path base --adapter_name_or_path "$AD" --export_dir base --overwrite
 	assert_output --partial "is the base model directory"

@@ -548,7 +548,9 @@ static void test_fuzz(void)
 	unsigned char *buf = ft_xmalloc(n);
 	char *p = tpath("fuzz.safetensors");
 	int errors = 0, opened = 0, unnamed = 0, trunc_opened = 0, bad_data = 0, data_cases = 0;
-	for (int it = 0; it < 400; it++) {
+	/* FT_ST_FUZZ_ITERS runs a longer soak by hand */
+	int iters = getenv("FT_ST_FUZZ_ITERS") ? atoi(getenv("FT_ST_FUZZ_ITERS")) : 400;
+	for (int it = 0; it < iters; it++) {
 		memcpy(buf, orig, n);
 		size_t len = n;
 		int kind = (int)(next_rand() % 4), data_only = 1;
@@ -580,6 +582,7 @@ static void test_fuzz(void)
 			for (size_t j = 0; j < t->nbytes; j++) sum += ((const unsigned char *)t->data)[j];
 			if (t->nbytes != t->numel * ft_dtype_size(t->dtype)) bad_data++;
 		}
+		(void)sum;
 		/* header untouched: every tensor is exactly the (flipped) file bytes */
 		if (data_only) {
 			data_cases++;
@@ -595,11 +598,76 @@ static void test_fuzz(void)
 	}
 	ok(trunc_opened == 0, "fuzz: every truncation is an error");
 	ok(unnamed == 0, "fuzz: every error names the file");
-	ok(data_cases > 50, "fuzz: %d cases corrupted only data", data_cases);
+	ok(data_cases > iters / 8, "fuzz: %d cases corrupted only data", data_cases);
 	ok(bad_data == 0, "fuzz: data-only corruptions read back as the file's bytes");
-	ok(errors > 100 && opened > 50, "fuzz: 400 cases, %d errors, %d opened, no crash", errors, opened);
+	ok(errors > iters / 4 && opened > iters / 8, "fuzz: %d cases, %d errors, %d opened, no crash", iters, errors, opened);
 	json_decref(hdr);
 	free(p); free(buf); free(orig);
+}
+
+/* Structured fuzz: replace one number (a shape dim or an offset) in the
+ * header with an interesting value, fixing up the header length.  Must be
+ * an error, or tensors that stay inside the file and do not overlap. */
+static void test_fuzz_numbers(void)
+{
+	static const char *vals[] = {"0", "1", "2", "3", "7", "8", "-1", "100", "156", "157", "1000000",
+				     "4294967296", "9223372036854775807", "9223372036854775808",
+				     "18446744073709551616", "1e3", "2.0", "null", "\"4\""};
+	size_t n;
+	unsigned char *orig = slurp(FIX "/python.safetensors", &n);
+	if (!orig) { ok(0, "fixture for fuzzing"); return; }
+	uint64_t hl = 0;
+	for (int i = 7; i >= 0; i--) hl = hl << 8 | orig[i];
+	const char *hdr = (const char *)orig + 8;
+	size_t data_len = n - 8 - (size_t)hl;
+	/* positions of digit runs inside "shape" / "data_offsets" arrays */
+	size_t starts[256], ends[256], nnum = 0;
+	for (size_t i = 0; i < hl && nnum < 256; i++)
+		if (hdr[i] >= '0' && hdr[i] <= '9' && (hdr[i - 1] == '[' || hdr[i - 1] == ',')) {
+			size_t j = i;
+			while (j < hl && hdr[j] >= '0' && hdr[j] <= '9') j++;
+			starts[nnum] = i; ends[nnum++] = j;
+			i = j;
+		}
+	char *p = tpath("numfuzz.safetensors");
+	int errors = 0, opened = 0, bad = 0;
+	for (int it = 0; it < 300; it++) {
+		size_t k = next_rand() % nnum;
+		const char *v = vals[next_rand() % (sizeof vals / sizeof *vals)];
+		char *h = ft_xasprintf("%.*s%s%.*s", (int)starts[k], hdr, v, (int)(hl - ends[k]), hdr + ends[k]);
+		size_t nh = strlen(h);
+		unsigned char *b = ft_xmalloc(8 + nh + data_len);
+		for (int i = 0; i < 8; i++) b[i] = (unsigned char)((uint64_t)nh >> (8 * i));
+		memcpy(b + 8, h, nh);
+		memcpy(b + 8 + nh, orig + 8 + hl, data_len);
+		spit(p, b, 8 + nh + data_len);
+		ft_st *st = ft_st_open(p);
+		if (!st) {
+			errors++;
+		} else {
+			opened++;
+			const unsigned char *lo = NULL, *hi = NULL;
+			for (size_t i = 0; i < ft_st_count(st); i++) {
+				const ft_st_tensor *t = ft_st_at(st, i);
+				if (!t->nbytes) continue;
+				const unsigned char *d = t->data;
+				if (!lo || d < lo) lo = d;
+				if (!hi || d + t->nbytes > hi) hi = d + t->nbytes;
+				for (size_t j = 0; j < ft_st_count(st); j++) {
+					const ft_st_tensor *u = ft_st_at(st, j);
+					const unsigned char *e = u->data;
+					if (j != i && u->nbytes && d < e + u->nbytes && e < d + t->nbytes) bad++;
+				}
+			}
+			if (hi && (size_t)(hi - lo) > data_len) bad++;
+			ft_st_close(st);
+		}
+		free(h); free(b);
+	}
+	ok(bad == 0, "number fuzz: opened files keep tensors inside the data and apart");
+	ok(errors > 50 && opened > 10, "number fuzz: 300 cases over %zu numbers, %d errors, %d opened",
+	   nnum, errors, opened);
+	free(p); free(orig);
 }
 
 static void cleanup(void)
@@ -618,6 +686,7 @@ int main(void)
 	test_sharded_errors();
 	test_validation();
 	test_fuzz();
+	test_fuzz_numbers();
 	cleanup();
 	return tap_done();
 }
