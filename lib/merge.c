@@ -292,7 +292,8 @@ static int write_shards(merge_job *j, const char *dir, const ft_merge_opts *o)
 			rc = put_tensor(j, w, t, &f32, &conv, &cap);
 			release_pages(t);
 			bytes += out_bytes(j, t);
-			if (o->progress) o->progress(o->progress_ctx, ++done, j->n, bytes, j->total);
+			if (rc == 0 && o->progress && o->progress(o->progress_ctx, ++done, j->n, bytes, j->total))
+				rc = ft_fail("interrupted");
 		}
 		if (rc == 0) rc = ft_st_stream_end(w);
 		else ft_st_stream_abort(w);
