@@ -118,3 +118,9 @@ P="$FIXTURES/plot"
 	[ "$n1" -eq 54 ]   # 2 curves of 28 training steps (27 segments each)
 	[ "$n2" -eq 8 ]    # 2 curves of 5 steps
 }
+
+@test "ft-plot: write errors on stdout are reported (/dev/full)" {
+	run -1 bash -c "ft-plot '$P/run_a' > /dev/full"
+	assert_output --partial "write error"
+	run -1 bash -c "ft-plot -o - '$P/run_a' > /dev/full"
+}
