@@ -25,6 +25,7 @@
 #include "atomicfile.h"
 #include "dtype.h"
 #include "error.h"
+#include "json.h"
 #include "merge.h"
 #include "safetensors.h"
 
@@ -66,14 +67,6 @@ static ft_dtype out_dtype_of(const merge_job *j, const ft_st_tensor *t)
 static uint64_t out_bytes(const merge_job *j, const ft_st_tensor *t)
 {
 	return is_float(t->dtype) ? (uint64_t)t->numel * ft_dtype_size(j->out) : t->nbytes;
-}
-
-static json_t *load_json(const char *path)
-{
-	json_error_t e;
-	json_t *v = json_load_file(path, 0, &e);
-	if (!v) ft_fail("%s:%d:%d: %s", path, e.line, e.column, e.text);
-	return v;
 }
 
 /* auto: the base config's dtype (transformers 5) or torch_dtype (4.x),
@@ -447,7 +440,7 @@ static int open_inputs(merge_job *j, const ft_merge_opts *o)
 {
 	char *cfg = ft_xasprintf("%s/config.json", o->model_dir);
 	int rc = -1;
-	if (!(j->config = load_json(cfg))) goto out;
+	if (!(j->config = ft_json_load_file(cfg))) goto out;
 	if (!(j->base = ft_st_open(o->model_dir))) goto out;
 	if (pick_dtype(j, o->export_dtype, cfg) < 0) goto out;
 	j->ad = ft_xcalloc(o->nadapters + 1, sizeof *j->ad);
