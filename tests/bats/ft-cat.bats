@@ -28,6 +28,8 @@ make_jsonl() {
 	run -2 ft-cat --encode --shard-records 5 x
 	run -2 ft-cat --encode -d d --shard-records 0 x
 	run -2 ft-cat --encode -d d --shard-size lots x
+	run -2 ft-cat -f x
+	run -2 ft-cat --encode --level 0 x
 	assert_output --partial "Try 'ft-cat --help'"
 }
 
