@@ -55,7 +55,7 @@ static int read_array(ft_reader *r, const ft_rec *rec, const char *key, size_t n
 		*dst = NULL;
 		return 0;
 	}
-	if (ft_rec_i32s(rec, key, tmp) < 0) return ft_fail_ctx("%s: batch record %llu", ft_reader_path(r),
+	if (ft_rec_i32s(rec, key, tmp) < 0) return ft_fail_ctx("%s: batch record %llu: ", ft_reader_path(r),
 							      (unsigned long long)ft_reader_index(r));
 	if (tmp->n != n)
 		return ft_fail("%s: batch record %llu: '%s' has %zu values, expected %zu",
@@ -76,7 +76,7 @@ int ft_batch_read(ft_reader *r, ft_batch *b)
 	if (rc <= 0) return rc;
 	int64_t B, T;
 	if (ft_rec_int(rec, "B", &B) < 0 || ft_rec_int(rec, "T", &T) < 0)
-		return ft_fail_ctx("%s: batch record %llu", ft_reader_path(r), (unsigned long long)ft_reader_index(r));
+		return ft_fail_ctx("%s: batch record %llu: ", ft_reader_path(r), (unsigned long long)ft_reader_index(r));
 	if (B < 1 || B > MAX_ROWS || T < 1 || B * T > MAX_CELLS)
 		return ft_fail("%s: batch record %llu: bad shape B=%lld T=%lld", ft_reader_path(r),
 			       (unsigned long long)ft_reader_index(r), (long long)B, (long long)T);
@@ -133,6 +133,7 @@ int ft_manifest_from_json(const json_t *obj, ft_manifest *m)
 	m->seq_len = (int)v;
 	m->rows_per_batch = (int)ft_json_int(obj, "rows_per_batch", m->batch_size);
 	m->pairwise = ft_json_bool(obj, "pairwise", 0);
+	m->kto_kl = ft_json_bool(obj, "kto_kl", 0);
 	m->cutoff_len = (int)ft_json_int(obj, "cutoff_len", m->seq_len);
 	m->pad_id = (int32_t)ft_json_int(obj, "pad_id", 0);
 	m->seed = (uint64_t)ft_json_int(obj, "seed", 0);
@@ -152,7 +153,7 @@ static int load_json_manifest(const char *file, ft_manifest *m)
 	if (!j) return -1;
 	int rc = ft_manifest_from_json(j, m);
 	json_decref(j);
-	return rc < 0 ? ft_fail_ctx("%s", file) : 0;
+	return rc < 0 ? ft_fail_ctx("%s: ", file) : 0;
 }
 
 int ft_manifest_load(const char *path, ft_manifest *m)
@@ -178,7 +179,7 @@ int ft_manifest_load(const char *path, ft_manifest *m)
 	if (!kind || strcmp(kind, "batches") != 0)
 		rc = ft_fail("%s: not a batch stream (kind '%s')", path, kind ? kind : "?");
 	else if ((rc = ft_manifest_from_json(json_object_get(h, "meta"), m)) < 0)
-		ft_fail_ctx("%s: header", path);
+		ft_fail_ctx("%s: header: ", path);
 	ft_reader_close(r);
 	return rc;
 }

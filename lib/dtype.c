@@ -11,7 +11,10 @@
  *   f32 -> bf16: round to nearest even; every NaN becomes 0xFFFF, as
  *               torch's AVX2/AVX-512 kernels do (torch's scalar fallback,
  *               ATEN_CPU_CAPABILITY=default, gives 0x7FC0 instead).
- *   f16/bf16 -> f32: exact.
+ *   f16 -> f32: exact; NaN made quiet (sign | 0x7FC00000 | mantissa << 13)
+ *               as F16C and torch's vectorised kernel do (torch's scalar
+ *               tail, e.g. a 1-element tensor, gives 0x7FFFFFFF instead).
+ *   bf16 -> f32: exact, NaN payload kept as is (a shift, in torch too).
  */
 #include "dtype.h"
 #include "error.h"
@@ -78,8 +81,8 @@ float ft_f16_to_f32(uint16_t h)
 {
 	uint32_t sign = (uint32_t)(h & 0x8000) << 16;
 	uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
-	if (exp == 0x1f) /* Inf/NaN: payload moves to the top of the f32 mantissa */
-		return bits_f32(sign | 0x7f800000 | (mant << 13));
+	if (exp == 0x1f) /* Inf, or NaN made quiet with its payload on top */
+		return bits_f32(sign | 0x7f800000 | (mant ? 0x400000 | (mant << 13) : 0));
 	if (exp != 0)
 		return bits_f32(sign | ((exp + 112) << 23) | (mant << 13));
 	if (mant == 0)
@@ -133,7 +136,7 @@ int ft_convert_to_f32(float *dst, const void *src, ft_dtype from, size_t n)
 	const unsigned char *p = src;
 	switch (from) {
 	case FT_F32:
-		memmove(dst, src, n * 4);
+		if (n) memmove(dst, src, n * 4);  /* dst may be NULL when n is 0 */
 		return 0;
 	case FT_F16:
 		for (size_t i = 0; i < n; i++) {
@@ -163,7 +166,7 @@ int ft_convert_from_f32(void *dst, ft_dtype to, const float *src, size_t n)
 	unsigned char *p = dst;
 	switch (to) {
 	case FT_F32:
-		memmove(dst, src, n * 4);
+		if (n) memmove(dst, src, n * 4);  /* dst may be NULL when n is 0 */
 		return 0;
 	case FT_F16:
 		for (size_t i = 0; i < n; i++) {

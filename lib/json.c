@@ -9,8 +9,10 @@
 #include <string.h>
 
 /* Doubles are written with 17 significant digits so they read back
- * bit-identical; duplicate object keys are an error, not "last wins". */
-#define LOAD_FLAGS (JSON_REJECT_DUPLICATES)
+ * bit-identical.  A repeated object key keeps its last value, as Python's
+ * json module does (the references read these files with it); any value,
+ * not only objects and arrays, is accepted at the top level. */
+#define LOAD_FLAGS (JSON_DECODE_ANY)
 #define DUMP_PREC JSON_REAL_PRECISION(17)
 
 static void *fail_at(const char *name, const json_error_t *e)

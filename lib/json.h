@@ -5,7 +5,9 @@
 #include <stdio.h>
 #include <jansson.h>
 
-/* Whole file ("-" for stdin): NULL with "path:line:col: message". */
+/* Whole file ("-" for stdin): NULL with "path:line:col: message".  Any
+ * JSON value is accepted at the top level; a repeated key keeps its last
+ * value (as Python's json).  ft_json_load_string's name may be NULL. */
 json_t *ft_json_load_file(const char *path);
 json_t *ft_json_load_string(const char *text, size_t len, const char *name);
 
@@ -28,7 +30,8 @@ int ft_json_req_str(const json_t *obj, const char *key, const char **out);
 int ft_json_req_int(const json_t *obj, const char *key, long long *out);
 int ft_json_req_num(const json_t *obj, const char *key, double *out);
 
-/* Write atomically (temp + rename), indented, with a final newline. */
+/* Write atomically (temp + rename), indented (indent 0: compact), keys in
+ * insertion order, doubles with 17 digits, with a final newline. */
 int ft_json_save_file(const json_t *v, const char *path, int indent);
 /* One compact line to fp (for JSONL logs); -1 on write error. */
 int ft_json_write_line(const json_t *v, FILE *fp);

@@ -2,11 +2,20 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <cblas.h>
 #include <omp.h>
-#include <pthread.h>
 #include "error.h"
 #include "layers.h"
+
+/* OpenBLAS's CBLAS, declared here instead of including <cblas.h>: that
+ * header (and <pthread.h>) pull in <sched.h>, which -Ilib would resolve
+ * to lib/sched.h.  OpenBLAS's integers are int (LP64 build). */
+enum CBLAS_ORDER { CblasRowMajor = 101 };
+enum CBLAS_TRANSPOSE { CblasNoTrans = 111, CblasTrans = 112 };
+void cblas_sgemm(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE ta,
+		 enum CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
+		 const float *A, int lda, const float *B, int ldb, float beta,
+		 float *C, int ldc);
+void openblas_set_num_threads(int n);
 
 /* Elementwise loops go parallel only above this many elements: below it
  * waking the other threads costs more than the loop. */
@@ -33,15 +42,16 @@ static void mm(int ta, int tb, int M, int N, int K, float alpha,
 		    ldb, beta, C, ldc);
 }
 
-static void blas_single_thread(void)
-{
-	openblas_set_num_threads(1);
-}
-
 static void blas_init(void)
 {
-	static pthread_once_t once = PTHREAD_ONCE_INIT;
-	pthread_once(&once, blas_single_thread);
+	static int done;
+	if (__atomic_load_n(&done, __ATOMIC_ACQUIRE))
+		return;
+#pragma omp critical(ft_blas_init)
+	if (!done) {
+		openblas_set_num_threads(1);
+		__atomic_store_n(&done, 1, __ATOMIC_RELEASE);
+	}
 }
 
 /* The same product split into row (or column) blocks of C, one per
@@ -70,6 +80,13 @@ static void mmp(int ta, int tb, int M, int N, int K, float alpha,
 			mm(ta, tb, M, i1 - i0, K, alpha, A, lda,
 			   tb ? B + (size_t)i0 * ldb : B + i0, ldb, beta, C + i0, ldc);
 	}
+}
+
+void ft_sgemm(int ta, int tb, int M, int N, int K, float alpha,
+	      const float *A, int lda, const float *B, int ldb, float beta,
+	      float *C, int ldc)
+{
+	mmp(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void ft_embedding_forward(float *out, const int32_t *ids, const float *wte,
@@ -483,19 +500,26 @@ double ft_lm_head_loss(float *dx, float *dW, float *logits, const float *x,
 					memset(l, 0, V * sizeof(float));
 				continue;
 			}
-			float mx = l[0];
+			float mx = l[0], lt = l[tg];
 			for (int j = 1; j < V; j++)
 				if (l[j] > mx)
 					mx = l[j];
+			/* one exp per logit: kept in place for the gradient */
 			double sum = 0;
-			for (int j = 0; j < V; j++)
-				sum += expf(l[j] - mx);
-			double lse = mx + log(sum);
-			part += lse - l[tg];
-			c++;
-			if (dx) {
+			if (dx)
+				for (int j = 0; j < V; j++) {
+					l[j] = expf(l[j] - mx);
+					sum += l[j];
+				}
+			else
 				for (int j = 0; j < V; j++)
-					l[j] = (float)exp(l[j] - lse) * grad_scale;
+					sum += expf(l[j] - mx);
+			part += mx + log(sum) - lt;
+			c++;
+			if (dx) {   /* softmax * grad_scale, minus grad_scale at the target */
+				float sc = (float)(grad_scale / sum);
+				for (int j = 0; j < V; j++)
+					l[j] *= sc;
 				l[tg] -= grad_scale;
 			}
 		}

@@ -17,6 +17,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Row-major C[M,N] = alpha op(A) op(B) + beta C (op = transpose when ta/tb),
+ * split over OpenMP threads.  The first call sets OpenBLAS to one thread
+ * for the whole process: OpenBLAS's pool and OpenMP's would otherwise spin
+ * against each other (20x slower on 2 cores); OpenMP splits instead. */
+void ft_sgemm(int ta, int tb, int M, int N, int K, float alpha,
+	      const float *A, int lda, const float *B, int ldb, float beta,
+	      float *C, int ldc);
+
 /* Embedding: out[n] = wte[ids[n]];  dwte[ids[n]] += dout[n]. */
 void ft_embedding_forward(float *out, const int32_t *ids, const float *wte,
 			  int N, int D);

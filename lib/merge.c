@@ -15,13 +15,17 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 #include <dirent.h>
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
 #include "atomicfile.h"
 #include "dtype.h"
 #include "error.h"
+#include "json.h"
 #include "merge.h"
 #include "safetensors.h"
 
@@ -63,14 +67,6 @@ static ft_dtype out_dtype_of(const merge_job *j, const ft_st_tensor *t)
 static uint64_t out_bytes(const merge_job *j, const ft_st_tensor *t)
 {
 	return is_float(t->dtype) ? (uint64_t)t->numel * ft_dtype_size(j->out) : t->nbytes;
-}
-
-static json_t *load_json(const char *path)
-{
-	json_error_t e;
-	json_t *v = json_load_file(path, 0, &e);
-	if (!v) ft_fail("%s:%d:%d: %s", path, e.line, e.column, e.text);
-	return v;
 }
 
 /* auto: the base config's dtype (transformers 5) or torch_dtype (4.x),
@@ -233,12 +229,25 @@ static void from_f32(void *dst, ft_dtype to, const float *src, size_t n)
 	}
 }
 
+/* The base tensor's pages are not needed again: let them go, so the
+ * resident size stays about one tensor rather than growing to the whole
+ * mmap'd model (they are clean file pages; nothing is lost). */
+static void release_pages(const ft_st_tensor *t)
+{
+	uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+	uintptr_t a = ((uintptr_t)t->data + page - 1) & ~(page - 1);
+	uintptr_t b = ((uintptr_t)t->data + t->nbytes) & ~(page - 1);
+	if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
 /* One tensor into the open shard: untouched tensors already in the
  * export dtype are copied byte for byte. */
 static int put_tensor(merge_job *j, ft_st_writer *w, const ft_st_tensor *t, float **f32, void **conv,
 		      size_t *cap)
 {
-	if (!is_float(t->dtype)) return ft_st_stream_put(w, t->data, t->nbytes);
+	int touched = 0;
+	for (size_t a = 0; a < j->nad; a++) touched |= ft_lora_touches(j->ad[a], t->name);
+	if (!is_float(t->dtype) || (!touched && t->dtype == j->out)) return ft_st_stream_put(w, t->data, t->nbytes);
 	if (t->numel > *cap) {
 		free(*f32);
 		free(*conv);
@@ -247,13 +256,8 @@ static int put_tensor(merge_job *j, ft_st_writer *w, const ft_st_tensor *t, floa
 		*cap = t->numel;
 	}
 	if (to_f32(*f32, t) < 0) return -1;
-	int changed = 0;
-	for (size_t a = 0; a < j->nad; a++) {
-		int rc = ft_lora_apply(j->ad[a], t->name, *f32, t->numel);
-		if (rc < 0) return -1;
-		changed |= rc;
-	}
-	if (!changed && t->dtype == j->out) return ft_st_stream_put(w, t->data, t->nbytes);
+	for (size_t a = 0; a < j->nad; a++)
+		if (ft_lora_apply(j->ad[a], t->name, *f32, t->numel) < 0) return -1;
 	from_f32(*conv, j->out, *f32, t->numel);
 	return ft_st_stream_put(w, *conv, t->numel * ft_dtype_size(j->out));
 }
@@ -281,8 +285,10 @@ static int write_shards(merge_job *j, const char *dir, const ft_merge_opts *o)
 			if (j->shard[i] != s) continue;
 			const ft_st_tensor *t = ft_st_at(j->base, i);
 			rc = put_tensor(j, w, t, &f32, &conv, &cap);
+			release_pages(t);
 			bytes += out_bytes(j, t);
-			if (o->progress) o->progress(o->progress_ctx, ++done, j->n, bytes, j->total);
+			if (rc == 0 && o->progress && o->progress(o->progress_ctx, ++done, j->n, bytes, j->total))
+				rc = ft_fail("interrupted");
 		}
 		if (rc == 0) rc = ft_st_stream_end(w);
 		else ft_st_stream_abort(w);
@@ -324,16 +330,57 @@ static int write_index(const merge_job *j, const char *dir)
 	return rc;
 }
 
-/* config.json with the dtype field(s) it had set to the export dtype. */
-static int write_config(const merge_job *j, const char *dir)
+/* config.json with the dtype field(s) it had set to the export dtype.
+ * The text is edited rather than re-serialized so every other byte stays
+ * as the base had it (jansson would print 1e-05 as 1.0000000000000001e-05):
+ * each "dtype" / "torch_dtype" string value is replaced (nested configs of
+ * multimodal models too); with neither, "dtype" is added first. */
+static int write_config(const merge_job *j, const char *base_dir, const char *dir)
 {
 	const char *name = ft_dtype_torch_name(j->out);
-	int has_old = json_object_get(j->config, "torch_dtype") != NULL;
-	if (has_old) json_object_set_new(j->config, "torch_dtype", json_string(name));
-	if (!has_old || json_object_get(j->config, "dtype")) json_object_set_new(j->config, "dtype", json_string(name));
-	char *path = ft_xasprintf("%s/config.json", dir);
-	int rc = save_json(j->config, path);
-	free(path);
+	char *src = ft_xasprintf("%s/config.json", base_dir), *dst = ft_xasprintf("%s/config.json", dir);
+	char *text = NULL, *out = NULL;
+	size_t len = 0;
+	int rc = -1;
+	FILE *f = fopen(src, "rb");
+	if (!f || getdelim(&text, &len, 0, f) < 0) {
+		ft_fail("%s:", src);
+		goto done;
+	}
+	int err;
+	PCRE2_SIZE off;
+	pcre2_code *re = pcre2_compile((PCRE2_SPTR) "(\"(?:torch_)?dtype\"\\s*:\\s*)\"[^\"]*\"",
+				       PCRE2_ZERO_TERMINATED, 0, &err, &off, NULL);
+	char *repl = ft_xasprintf("$1\"%s\"", name);
+	size_t cap = strlen(text) + 4096;
+	out = ft_xmalloc(cap);
+	PCRE2_SIZE outlen = cap;
+	int n = re ? pcre2_substitute(re, (PCRE2_SPTR)text, PCRE2_ZERO_TERMINATED, 0, PCRE2_SUBSTITUTE_GLOBAL, NULL,
+				      NULL, (PCRE2_SPTR)repl, PCRE2_ZERO_TERMINATED, (PCRE2_UCHAR *)out, &outlen)
+		     : -1;
+	pcre2_code_free(re);
+	free(repl);
+	if (n < 0) {
+		ft_fail("%s: cannot update the dtype", src);
+		goto done;
+	}
+	FILE *o = fopen(dst, "wb");
+	int bad = !o;
+	if (o && n == 0) {   /* no dtype field: add one after the opening brace */
+		char *brace = strchr(out, '{');
+		if (!brace) bad = 1;
+		else bad = fprintf(o, "%.*s{\n  \"dtype\": \"%s\",%s", (int)(brace - out), out, name, brace + 1) < 0;
+	} else if (o) {
+		bad = fwrite(out, 1, outlen, o) != outlen;
+	}
+	if (o && fclose(o) != 0) bad = 1;
+	rc = bad ? ft_fail("%s: write failed:", dst) : 0;
+done:
+	if (f) fclose(f);
+	free(text);
+	free(out);
+	free(src);
+	free(dst);
 	return rc;
 }
 
@@ -393,7 +440,7 @@ static int open_inputs(merge_job *j, const ft_merge_opts *o)
 {
 	char *cfg = ft_xasprintf("%s/config.json", o->model_dir);
 	int rc = -1;
-	if (!(j->config = load_json(cfg))) goto out;
+	if (!(j->config = ft_json_load_file(cfg))) goto out;
 	if (!(j->base = ft_st_open(o->model_dir))) goto out;
 	if (pick_dtype(j, o->export_dtype, cfg) < 0) goto out;
 	j->ad = ft_xcalloc(o->nadapters + 1, sizeof *j->ad);
@@ -405,9 +452,17 @@ out:
 	return rc;
 }
 
-int ft_merge(const ft_merge_opts *o)
+int ft_merge(const ft_merge_opts *opts)
 {
-	if (!o->model_dir || !o->export_dir) return ft_fail("a base model and an export directory are needed");
+	if (!opts->model_dir || !opts->export_dir || !*opts->export_dir)
+		return ft_fail("a base model and an export directory are needed");
+	/* "out/" names the directory "out": the temporary sibling must not
+	 * land inside it */
+	ft_merge_opts oo = *opts;
+	char *export_dir = ft_xstrdup(opts->export_dir);
+	for (size_t n = strlen(export_dir); n > 1 && export_dir[n - 1] == '/';) export_dir[--n] = 0;
+	oo.export_dir = export_dir;
+	const ft_merge_opts *o = &oo;
 	if (o->threads > 0) {
 		omp_set_num_threads(o->threads);
 	}
@@ -421,13 +476,14 @@ int ft_merge(const ft_merge_opts *o)
 	if (check_space(&j, parent, copied_size(o)) < 0) goto out;
 	if (ft_atomic_dir_open(&dir, o->export_dir) < 0) goto out;
 	if (write_shards(&j, dir.tmp, o) < 0 || (j.nshards > 1 && write_index(&j, dir.tmp) < 0) ||
-	    write_config(&j, dir.tmp) < 0 || copy_files(o, dir.tmp) < 0) {
+	    write_config(&j, o->model_dir, dir.tmp) < 0 || copy_files(o, dir.tmp) < 0) {
 		ft_atomic_dir_abort(&dir);
 		goto out;
 	}
 	rc = ft_atomic_dir_commit(&dir, exists);
 out:
 	free(parent);
+	free(export_dir);
 	job_free(&j);
 	return rc;
 }

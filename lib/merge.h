@@ -40,6 +40,9 @@ size_t ft_lora_count(const ft_lora *l);     /* LoRA modules */
  * tensor was changed, 0 when the adapter does not touch it, -1 on error. */
 int ft_lora_apply(const ft_lora *l, const char *name, float *w, size_t numel);
 
+/* Would ft_lora_apply() change tensor `name`? */
+int ft_lora_touches(const ft_lora *l, const char *name);
+
 /* The scale of module `module` ("model.layers.0.self_attn.v_proj"), or
  * NAN when the adapter has no such module (tests). */
 double ft_lora_scale(const ft_lora *l, const char *module);
@@ -57,9 +60,10 @@ typedef struct {
 	uint64_t shard_size;            /* bytes per shard; 0: 5 GB (LLaMA-Factory's export_size) */
 	int overwrite;                  /* replace a non-empty export_dir */
 	int threads;                    /* 0: all cores */
-	/* called after each tensor (may be NULL) */
-	void (*progress)(void *ctx, size_t done, size_t total, uint64_t bytes_done,
-			 uint64_t bytes_total);
+	/* called after each tensor (may be NULL); a non-zero return stops
+	 * the merge ("interrupted"), leaving nothing at export_dir */
+	int (*progress)(void *ctx, size_t done, size_t total, uint64_t bytes_done,
+			uint64_t bytes_total);
 	void *progress_ctx;
 } ft_merge_opts;
 

@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <cblas.h>
 #include "error.h"
 #include "json.h"
 #include "safetensors.h"
@@ -54,7 +53,7 @@ int ft_model_read_weights(ft_model *m, const char *dir)
 		if (check_shape(t, p, t->file ? t->file : dir) < 0)
 			rc = -1;
 		else if (ft_st_read_f32(t, p->w) < 0)
-			rc = ft_fail_ctx("%s: %s", t->file ? t->file : dir, p->name);
+			rc = ft_fail_ctx("%s: %s: ", t->file ? t->file : dir, p->name);
 	}
 	ft_st_close(st);
 	return rc;
@@ -288,7 +287,7 @@ int ft_model_load_adapter(ft_model *m, const char *dir)
 			goto out;
 		}
 	if (ft_json_req_int(j, "r", &r) < 0 || ft_json_req_num(j, "lora_alpha", &alpha) < 0) {
-		ft_fail_ctx("%s", path);
+		ft_fail_ctx("%s: ", path);
 		goto out;
 	}
 	if (r <= 0 || r > 65536) {
@@ -348,9 +347,8 @@ int ft_model_merge_lora(ft_model *m)
 			if (!a->on)
 				continue;
 			ft_lin_dims(&m->c, j, &in, &out);
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, a->r,
-				    a->scale, a->B.w, a->r, a->A.w, in, 1.0f,
-				    m->layers[l].lin[j].w, in);
+			ft_sgemm(0, 0, out, in, a->r, a->scale, a->B.w, a->r, a->A.w, in, 1.0f,
+				 m->layers[l].lin[j].w, in);
 		}
 	if (m->o.type == FT_FT_LORA)
 		ft_lora_setup(m, m->o.lora_rank, m->o.lora_alpha, m->o.use_rslora, 0);

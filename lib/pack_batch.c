@@ -6,47 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- random numbers ------------------------------------------------ */
-
-static uint64_t splitmix64(uint64_t *x)
-{
-	uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-	return z ^ (z >> 31);
-}
-
-void ft_rng_seed(ft_rng *g, uint64_t seed)
-{
-	for (int i = 0; i < 4; i++) g->s[i] = splitmix64(&seed);
-}
-
-static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-uint64_t ft_rng_next(ft_rng *g)   /* xoshiro256** */
-{
-	uint64_t *s = g->s, r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-	s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
-	s[2] ^= t; s[3] = rotl(s[3], 45);
-	return r;
-}
-
-uint64_t ft_rng_below(ft_rng *g, uint64_t n)
-{
-	/* Rejection sampling: no modulo bias, same results everywhere. */
-	uint64_t limit = UINT64_MAX - UINT64_MAX % n, x;
-	do x = ft_rng_next(g); while (x >= limit);
-	return x % n;
-}
-
-void ft_shuffle_i64(ft_rng *g, int64_t *v, size_t n)
-{
-	for (size_t i = n; i > 1; i--) {
-		size_t j = (size_t)ft_rng_below(g, i);
-		int64_t t = v[i - 1]; v[i - 1] = v[j]; v[j] = t;
-	}
-}
-
 /* ---- split --------------------------------------------------------- */
 
 int64_t ft_val_count(double val_size, int64_t n_units)
@@ -151,7 +110,7 @@ static void fill_row(const ft_examples *e, const ft_rows *r, size_t row, const f
 	for (int64_t i = r->row_off[row]; i < r->row_off[row + 1]; i++) {
 		const ft_span *sp = &r->spans[i];
 		const int32_t *src = e->ids.v + e->off[sp->seq] + sp->start;
-		const int32_t *lsrc = e->labels.v + e->off[sp->seq] + sp->start;
+		const int32_t *lsrc = e->ids_only ? src : e->labels.v + e->off[sp->seq] + sp->start;
 		segno++;
 		for (int32_t j = 0; j < sp->len && t < T; j++, t++) {
 			ids[t] = src[j];
@@ -197,7 +156,7 @@ void ft_batch_fill(const ft_examples *e, const ft_rows *r, const int64_t *units,
 	int seg = o->layout == FT_LAYOUT_NEAT;
 	int tags = e->tags != NULL && o->layout == FT_LAYOUT_PADDED;
 	batch_reserve(b, (size_t)b->B * (size_t)b->T, pos, seg, tags);
-	b->pairwise = nseq == 2;
+	b->pairwise = ft_stage_pairwise(o->stage);
 	b->n_label_tokens = 0;
 	b->n_tokens = 0;
 	b->n_examples = (int64_t)n;

@@ -194,6 +194,11 @@ static int parse_header(ft_st *st, shard *s, json_t **meta_out)
 			       (unsigned long long)n, MAX_HEADER);
 	if (n < 2)
 		return ft_fail("%s: header length %llu is too small for a JSON object", path, (unsigned long long)n);
+	/* jansson stops at a NUL; the format allows only space padding */
+	const void *nul = memchr(s->map + 8, 0, (size_t)n);
+	if (nul)
+		return ft_fail("%s: header is not valid JSON (NUL byte at header byte %zu)", path,
+			       (size_t)((const unsigned char *)nul - s->map - 8));
 	json_error_t je;
 	json_t *h = json_loadb((const char *)s->map + 8, (size_t)n, JSON_REJECT_DUPLICATES, &je);
 	if (!h)
@@ -308,6 +313,30 @@ static int str_cmp(const void *a, const void *b)
 	return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
+/* Open each shard the index names once, in name order (model-00001-of-...
+ * first); a missing one is reported with a tensor that lives in it. */
+static int open_shards(ft_st *st, const char *path, const char *dir, json_t *wm,
+		       const char **files, size_t nf)
+{
+	qsort(files, nf, sizeof *files, str_cmp);
+	int rc = 0;
+	for (size_t i = 0; i < nf && rc == 0; i++) {
+		if (i && strcmp(files[i], files[i - 1]) == 0) continue;
+		char *fp = shard_path(dir, files[i]);
+		if (access(fp, F_OK) != 0) {
+			const char *who = "", *k;
+			json_t *v;
+			json_object_foreach(wm, k, v)
+				if (strcmp(json_string_value(v), files[i]) == 0) { who = k; break; }
+			rc = ft_fail("%s: tensor \"%s\" is in %s, which is missing", path, who, fp);
+		} else {
+			rc = add_file(st, fp);
+		}
+		free(fp);
+	}
+	return rc;
+}
+
 static int open_index(ft_st *st, const char *path)
 {
 	json_t *idx = ft_json_load_file(path);
@@ -325,26 +354,12 @@ static int open_index(ft_st *st, const char *path)
 	json_object_foreach(wm, k, v) {
 		if (!json_is_string(v) || !json_string_value(v)[0]) {
 			rc = ft_fail("%s: weight_map \"%s\" must be a file name", path, k);
-			goto out;
+			break;
 		}
 		files[nf++] = json_string_value(v);
 	}
-	/* Each shard once, in name order (model-00001-of-... first). */
-	qsort(files, nf, sizeof *files, str_cmp);
 	char *dir = dir_of(path);
-	for (size_t i = 0; i < nf && rc == 0; i++) {
-		if (i && strcmp(files[i], files[i - 1]) == 0) continue;
-		char *fp = shard_path(dir, files[i]);
-		if (access(fp, F_OK) != 0) {
-			const char *who = "";
-			json_object_foreach(wm, k, v)
-				if (strcmp(json_string_value(v), files[i]) == 0) { who = k; break; }
-			rc = ft_fail("%s: tensor \"%s\" is in %s, which is missing", path, who, fp);
-		} else {
-			rc = add_file(st, fp);
-		}
-		free(fp);
-	}
+	if (rc == 0) rc = open_shards(st, path, dir, wm, files, nf);
 	if (rc == 0) rc = finish(st);
 	/* Every tensor the index names must be in the shard it names. */
 	json_object_foreach(wm, k, v) {
@@ -356,7 +371,6 @@ static int open_index(ft_st *st, const char *path)
 		free(fp);
 	}
 	free(dir);
-out:
 	free(files);
 	json_decref(idx);
 	return rc;

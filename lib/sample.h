@@ -13,11 +13,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
-
-typedef struct { uint64_t s[4]; } ft_rng;
-void ft_rng_seed(ft_rng *r, uint64_t seed);
-uint64_t ft_rng_next(ft_rng *r);
-double ft_rng_uniform(ft_rng *r);   /* [0, 1) with 53 random bits */
+#include "rng.h"
 
 typedef struct {
 	int do_sample;               /* 0: greedy */

@@ -16,11 +16,14 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <jansson.h>
 #include "vec.h"
 
 #define FT_STREAM_FORMAT  "ft-stream"
 #define FT_STREAM_VERSION 1
+/* One record's packed size is at most this; longer lengths read as corrupt. */
+#define FT_STREAM_MAX_RECORD ((uint64_t)1 << 30)
 
 /* ---- writing ------------------------------------------------------- */
 
@@ -33,6 +36,10 @@ typedef struct {
 	uint64_t shard_bytes;    /* rotate after this many compressed bytes (0: never) */
 	uint64_t shard_records;  /* rotate after this many records (0: never) */
 	int level;               /* zstd level, 0 = default (3) */
+	uint64_t frame_bytes;    /* close a zstd frame after this many uncompressed
+				    bytes (0: 1 MiB); readers buffer about one frame */
+	int replace;             /* dir may hold shards already: replace them
+				    (stale higher-numbered ones are removed) */
 } ft_writer_opts;
 
 /* `header` is a JSON object with at least "kind" and "producer" (and
@@ -40,15 +47,21 @@ typedef struct {
  * at the start of every shard.  Files are written under a temporary name
  * and renamed by ft_writer_close(). */
 ft_writer *ft_writer_open(const ft_writer_opts *opts, const json_t *header);
-/* Finish the last frame and rename outputs into place: -1 on error. */
+/* Finish the last frame and rename outputs into place: -1 on error.
+ * Frees the writer (also on error, removing temporaries). */
 int ft_writer_close(ft_writer *w);
+/* The same, but keeps the writer so the shard list below can be read
+ * for a manifest; then ft_writer_close() only frees it. */
+int ft_writer_finish(ft_writer *w);
+/* Data records written so far (headers not counted). */
+uint64_t ft_writer_records(const ft_writer *w);
 /* Remove temporaries and free: for error paths. */
 void ft_writer_abort(ft_writer *w);
-/* Names of the shard files completed so far (for manifests). */
+/* Shards completed so far (for manifests): the final file names ("-" for
+ * stdout), data records in each and the sha256 of each file's bytes. */
 size_t ft_writer_nshards(const ft_writer *w);
 const char *ft_writer_shard_path(const ft_writer *w, size_t i);
 uint64_t ft_writer_shard_records(const ft_writer *w, size_t i);
-/* xxh64-free checksum: sha256 hex of the shard file's bytes. */
 const char *ft_writer_shard_sha256(const ft_writer *w, size_t i);
 
 /* Build one record: begin with the number of fields, then exactly that
@@ -103,6 +116,13 @@ int ft_rec_f32s(const ft_rec *rec, const char *key, ft_f32vec *out);
 /* Any field, or the whole record, as JSON (new reference). */
 json_t *ft_rec_get_json(const ft_rec *rec, const char *key);
 json_t *ft_rec_to_json(const ft_rec *rec);
+
+/* One compact JSON line per record (ft-cat): integers stay integers,
+ * floats print in the shortest form that reads back bit-identical (always
+ * with '.' or an exponent), NaN/Inf become null, invalid UTF-8 U+FFFD.
+ * -1 on a write error or a value JSON cannot hold. */
+int ft_rec_write_json(const ft_rec *rec, FILE *fp);
+int ft_reader_write_header_json(const ft_reader *r, FILE *fp);
 
 /* Headers are compatible when kind, version and meta are equal, ignoring
  * meta.counts and producer. */

@@ -14,8 +14,10 @@ Run from the repository root:
         ft computed with that adapter on the llama fixture batch 0).  Loads
         the adapter with peft.PeftModel.from_pretrained on tiny-llama and
         checks the logits agree (max relative error <= 1e-4); exit 1 if not.
-        tests/unit/test_model.c writes such a DIR when FT_PEFT_CHECK_DIR is
-        set in its environment.
+        If DIR/merged exists (ft's merged full model, config.json +
+        model.safetensors), transformers loads it and must give the same
+        logits too.  tests/unit/test_model.c writes such a DIR when
+        FT_PEFT_CHECK_DIR is set in its environment.
 
 Made with torch 2.15.0, transformers 5.24.0, peft 0.21.2 (float32, 1 thread,
 eager attention, fixed seeds).
@@ -310,7 +312,15 @@ def check_adapter(d):
         ref = pm(input_ids=ids.long()).logits.reshape(ours.shape)
     err = float((ref - ours).abs().max() / ref.abs().max())
     print(f"adapter {d}: max relative logits error {err:.3g}")
-    return 0 if err <= 1e-4 else 1
+    rc = 0 if err <= 1e-4 else 1
+    merged = os.path.join(d, "merged")
+    if os.path.isdir(merged):   # ft_model_merge_lora + ft_model_save_full
+        with torch.no_grad():
+            mref = build_from(merged, "llama")(input_ids=ids.long()).logits.reshape(ours.shape)
+        err = float((mref - ours).abs().max() / mref.abs().max())
+        print(f"merged model {merged}: max relative logits error {err:.3g}")
+        rc |= 0 if err <= 1e-4 else 1
+    return rc
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
  * merge YAML) and shows progress. */
 #include <stdlib.h>
 #include <string.h>
-#include "atomicfile.h"
+#include <signal.h>
 #include "cli.h"
 #include "dtype.h"
 #include "lfargs.h"
@@ -47,10 +47,10 @@ static void usage(FILE *fp)
 "  2  usage error\n"
 "\n"
 "Example:\n"
-"  ft-train --config lora.yaml --output_dir out/lora\n"
+"  ft-train sft_lora.yaml output_dir=out/lora        # writes out/lora/adapter_*\n"
 "  ft-merge --model_name_or_path models/Qwen2.5-0.5B --adapter_name_or_path out/lora \\\n"
 "           --export_dir out/merged --export_dtype bf16 --export_size 2GB\n"
-"  ft-plot out/lora && ft-chat --model_name_or_path out/merged\n");
+"  ft-merge examples/merge_lora/llama3_lora_sft.yaml   # LLaMA-Factory's merge config\n");
 }
 
 /* LLaMA-Factory export keys that make no difference here. */
@@ -82,10 +82,16 @@ static uint64_t export_size(const char *s)
 	return n;
 }
 
-static void progress(void *ctx, size_t done, size_t total, uint64_t bytes, uint64_t bytes_total)
+static volatile sig_atomic_t interrupted;
+static void on_signal(int sig) { interrupted = sig; }
+
+/* Also the cancellation point: ^C stops between tensors and the library
+ * removes the half-built export directory. */
+static int progress(void *ctx, size_t done, size_t total, uint64_t bytes, uint64_t bytes_total)
 {
-	(void)ctx;
-	ft_progress("merging: %zu/%zu tensors, %.2f/%.2f GB", done, total, bytes / 1e9, bytes_total / 1e9);
+	if (!*(int *)ctx)
+		ft_progress("merging: %zu/%zu tensors, %.2f/%.2f GB", done, total, bytes / 1e9, bytes_total / 1e9);
+	return interrupted != 0;
 }
 
 static char **split_list(const char *s, size_t *n)
@@ -185,11 +191,19 @@ int main(int argc, char **argv)
 	int ow = ft_lfargs_bool(&args, "overwrite", 0);
 	if (ow < 0) die_usage("--overwrite: expected true or false");
 	o.overwrite = ow;
-	if (!quiet) o.progress = progress;
-
-	ft_atomic_install_signal_cleanup();
+	o.progress = progress;
+	o.progress_ctx = &quiet;
+	struct sigaction sa = { .sa_handler = on_signal };
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
 	if (ft_merge(&o) < 0) {
 		ft_progress_done();
+		if (interrupted) {
+			warn("%s", ft_errmsg());
+			signal(interrupted, SIG_DFL);
+			raise(interrupted);
+		}
 		die_lib();
 	}
 	ft_progress_done();
