@@ -16,7 +16,7 @@ static int cfg_int(const json_t *j, const char *key, int *out, const char *path)
 {
 	long long v;
 	if (ft_json_req_int(j, key, &v) < 0)
-		return ft_fail_ctx("%s", path);
+		return ft_fail_ctx("%s: ", path);
 	if (v <= 0 || v > (1LL << 30))
 		return ft_fail("%s: %s = %lld is out of range", path, key, v);
 	*out = (int)v;

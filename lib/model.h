@@ -53,6 +53,15 @@ typedef struct {
 	int gradient_checkpointing;
 	uint64_t seed;
 } ft_tune_opts;
+/* Defaults applied when a field is 0: lora_rank 8, lora_alpha 2*rank (as
+ * LLaMA-Factory), lora_targets q_proj|v_proj.
+ * Random numbers (ft_model_from_config weights, LoRA A init) come from
+ * xoshiro256** seeded with splitmix64(seed ^ FNV-1a(tensor name)): one
+ * stream per tensor, reproducible, not torch's generator (parity tests
+ * load A/B from fixtures).  LoRA A is U(-1/sqrt(in), 1/sqrt(in)) as
+ * torch's kaiming_uniform_(a=sqrt(5)), B zero.  lora_dropout masks are a
+ * hash of (seed, call number, layer, module, element): recomputed, never
+ * stored, identical under gradient checkpointing. */
 
 /* One tensor of the model.  `name` uses Hugging Face names for base
  * weights and PEFT's saved names for adapters

@@ -53,7 +53,7 @@ int ft_model_read_weights(ft_model *m, const char *dir)
 		if (check_shape(t, p, t->file ? t->file : dir) < 0)
 			rc = -1;
 		else if (ft_st_read_f32(t, p->w) < 0)
-			rc = ft_fail_ctx("%s: %s", t->file ? t->file : dir, p->name);
+			rc = ft_fail_ctx("%s: %s: ", t->file ? t->file : dir, p->name);
 	}
 	ft_st_close(st);
 	return rc;
@@ -287,7 +287,7 @@ int ft_model_load_adapter(ft_model *m, const char *dir)
 			goto out;
 		}
 	if (ft_json_req_int(j, "r", &r) < 0 || ft_json_req_num(j, "lora_alpha", &alpha) < 0) {
-		ft_fail_ctx("%s", path);
+		ft_fail_ctx("%s: ", path);
 		goto out;
 	}
 	if (r <= 0 || r > 65536) {

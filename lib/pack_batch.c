@@ -110,7 +110,7 @@ static void fill_row(const ft_examples *e, const ft_rows *r, size_t row, const f
 	for (int64_t i = r->row_off[row]; i < r->row_off[row + 1]; i++) {
 		const ft_span *sp = &r->spans[i];
 		const int32_t *src = e->ids.v + e->off[sp->seq] + sp->start;
-		const int32_t *lsrc = e->labels.v + e->off[sp->seq] + sp->start;
+		const int32_t *lsrc = e->ids_only ? src : e->labels.v + e->off[sp->seq] + sp->start;
 		segno++;
 		for (int32_t j = 0; j < sp->len && t < T; j++, t++) {
 			ids[t] = src[j];
@@ -156,7 +156,7 @@ void ft_batch_fill(const ft_examples *e, const ft_rows *r, const int64_t *units,
 	int seg = o->layout == FT_LAYOUT_NEAT;
 	int tags = e->tags != NULL && o->layout == FT_LAYOUT_PADDED;
 	batch_reserve(b, (size_t)b->B * (size_t)b->T, pos, seg, tags);
-	b->pairwise = nseq == 2;
+	b->pairwise = ft_stage_pairwise(o->stage);
 	b->n_label_tokens = 0;
 	b->n_tokens = 0;
 	b->n_examples = (int64_t)n;

@@ -19,7 +19,7 @@ in_pairs() { tail -n +2 "$FIXTURES/pack/$1.jsonl" | jq -r '[.input_ids, .labels]
 	assert_success
 	assert_output --partial "Usage: ft-pack"
 	assert_output --partial "EXIT STATUS"
-	assert_output --partial "| ft-pack"
+	assert_output --partial "ft-pack --per_device_train_batch_size 4 --val_size 0.1 -o batches/"
 }
 
 @test "padded (default for sft): T a multiple of 8, 40 examples in 5 batches of 8" {
@@ -135,8 +135,9 @@ in_pairs() { tail -n +2 "$FIXTURES/pack/$1.jsonl" | jq -r '[.input_ids, .labels]
 	run ft-pack --val_size 5 sft.zst -o a.zst
 	assert_failure 2
 	assert_output --partial "--val_output"
-	ft-pack --val_size 5 sft.zst -o a.zst --val_output v.zst
-	[ "$(hdr v.zst | jq '.meta.counts.examples')" = 5 ]
+	ft-pack --val_size 5 --per_device_eval_batch_size 2 sft.zst -o a.zst --val_output v.zst
+	[ "$(hdr v.zst | jq -c '[.meta.counts.examples, .meta.batch_size, .meta.counts.batches]')" = "[5,2,3]" ]
+	[ "$(hdr a.zst | jq '.meta.batch_size')" = 8 ]
 	[ "$(hdr v.zst | jq -r '.meta.split')" = val ]
 	[ "$(hdr a.zst | jq '.meta.counts.examples')" = 35 ]
 	run ft-pack --val_size 40 sft.zst -o a.zst --val_output v.zst
@@ -233,11 +234,15 @@ in_pairs() { tail -n +2 "$FIXTURES/pack/$1.jsonl" | jq -r '[.input_ids, .labels]
 	[ "$(recs out.zst | jq '. as $b | [range(0; .B) | [$b.input_ids[. * $b.T:(. + 1) * $b.T][] | select(. != 0) | (. - 3) / 1000 | floor] | unique] | [range(0; length / 2) as $i | .[2*$i] == .[2*$i+1]] | all' | sort -u)" = true ]
 }
 
-@test "kto: padded with one tag per row; --packing refused" {
+@test "kto: rows 2i/2i+1 are an example and its KL sequence, one tag per row; --packing refused" {
 	need_jq; enc kto
 	ft-pack --per_device_train_batch_size 4 kto.zst -o out.zst
+	[ "$(hdr out.zst | jq -c '[.meta.kto_kl, .meta.pairwise, .meta.rows_per_batch]')" = "[true,false,8]" ]
 	[ "$(recs out.zst | jq '(.kto_tags | length) == .B' | sort -u)" = true ]
-	[ "$(recs out.zst | jq -s '[.[].kto_tags[]] | add')" = 6 ]
+	[ "$(recs out.zst | jq -s '[.[].kto_tags[]] | add')" = 12 ]
+	[ "$(recs out.zst | jq '. as $b | [range(0; .B) | $b.input_ids[. * $b.T] - 3] | [range(0; length / 2) as $i | (.[2*$i] / 1000 | floor) == (.[2*$i+1] / 1000 | floor) and (.[2*$i] % 1000) < 500 and (.[2*$i+1] % 1000) >= 500] | all' | sort -u)" = true ]
+	in=$(tail -n +2 "$FIXTURES/pack/kto.jsonl" | jq -r '([.input_ids, .labels] | transpose[]), ([.kl_input_ids, .kl_labels] | transpose[]) | @csv' | sort)
+	[ "$in" = "$(out_pairs out.zst)" ]
 	run ft-pack --packing kto.zst -o out.zst
 	assert_failure 2
 }
@@ -316,4 +321,60 @@ in_pairs() { tail -n +2 "$FIXTURES/pack/$1.jsonl" | jq -r '[.input_ids, .labels]
 	run bash -c 'ft-pack sft.zst -o - > /dev/full'
 	assert_failure 1
 	assert_output --partial "write error"
+}
+
+@test "-o DIR/ writes shards and a manifest like --output_dir" {
+	need_jq; enc sft
+	ft-pack -q sft.zst -o batches/
+	[ -f batches/manifest.json ] && [ -f batches/shard-00000.ftb.zst ]
+	[ "$(jq .counts.examples batches/manifest.json)" = 40 ]
+}
+
+@test "cutoff_len defaults to the one in the input header" {
+	need_jq
+	printf '%s\n' '{"format":"ft-stream","version":1,"kind":"tokens","producer":"t","meta":{"stage":"sft","tokenizer":"t","pad_id":0,"eos_id":2,"cutoff_len":16}}' \
+		'{"input_ids":[3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20],"labels":[3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20]}' \
+		| ft-cat --encode > c.zst
+	run --separate-stderr ft-pack c.zst -o out.zst
+	assert_success
+	[[ "$stderr" == *"cutoff_len 16"* ]]
+	[[ "$stderr" == *"truncated 1 sequence longer than 16 tokens (2 tokens removed)"* ]]
+	[ "$(hdr out.zst | jq .meta.cutoff_len)" = 16 ]
+}
+
+@test "error: prediction records and an empty input are refused" {
+	printf '%s\n' '{"format":"ft-stream","version":1,"kind":"tokens","producer":"t","meta":{"stage":"sft","tokenizer":"t","pad_id":0,"eos_id":2,"predict":true}}' \
+		'{"input_ids":[3,4],"label_ids":[5],"label_text":"x"}' | ft-cat --encode > p.zst
+	run ft-pack p.zst -o out.zst
+	assert_failure 1
+	assert_output --partial "prediction records"
+	printf '%s\n' '{"format":"ft-stream","version":1,"kind":"tokens","producer":"t","meta":{"stage":"sft","tokenizer":"t","pad_id":0}}' \
+		| ft-cat --encode > e.zst
+	run ft-pack e.zst -o out.zst
+	assert_failure 1
+	assert_output --partial "no examples"
+	[ ! -e out.zst ]
+}
+
+@test "error: a token id outside the header's vocab_size" {
+	printf '%s\n' '{"format":"ft-stream","version":1,"kind":"tokens","producer":"t","meta":{"stage":"sft","tokenizer":"t","pad_id":0,"vocab_size":100}}' \
+		'{"input_ids":[3,4],"labels":[3,4]}' '{"input_ids":[3,400],"labels":[3,400]}' | ft-cat --encode > v.zst
+	run ft-pack v.zst -o out.zst
+	assert_failure 1
+	assert_output --partial "record 1: 'input_ids'[1] = 400 is not a token id of this vocabulary"
+}
+
+@test "refuses to write batches to a terminal without -f" {
+	command -v script >/dev/null || skip "script(1) is not installed"
+	enc sft
+	run script -qec "ft-pack -q sft.zst" /dev/null
+	assert_failure 2
+	assert_output --partial "refusing to write binary data to a terminal"
+}
+
+@test "progress on stderr when forced (FT_FORCE_PROGRESS=1)" {
+	enc sft
+	run --separate-stderr env FT_FORCE_PROGRESS=1 ft-pack sft.zst -o out.zst
+	assert_success
+	[[ "$stderr" == *"train: batch 1 of 5"* ]]
 }

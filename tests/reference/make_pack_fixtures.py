@@ -57,9 +57,10 @@ for i in range(20):
 write("dpo.jsonl", header("dpo"), dpo)
 
 kto = []
-for i in range(10):
-    ids = seq(i, rng.randint(3, 20))
-    kto.append({"input_ids": ids, "labels": [-100] + ids[1:], "kto_tag": i % 3 != 0})
+for i in range(10):   # the KL sequence (another example's response) gets offset 500
+    ids, kl = seq(i, rng.randint(3, 20)), seq(i, rng.randint(3, 20), off=500)
+    kto.append({"input_ids": ids, "labels": [-100] + ids[1:], "kl_input_ids": kl, "kl_labels": [-100] + kl[1:],
+                "kto_tag": i % 3 != 0})
 write("kto.jsonl", header("kto"), kto)
 
 with open(OUT + "not_tokens.jsonl", "w") as f:

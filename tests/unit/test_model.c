@@ -376,6 +376,46 @@ static void test_errors(void)
 	rmdir(dir);
 }
 
+/* Config spellings: transformers 4.x rope_scaling/rope_theta, Mistral's
+ * sliding window, head_dim absent. */
+static void test_configs(void)
+{
+	char path[] = "/tmp/ft-test-config-XXXXXX";
+	int fd = mkstemp(path);
+	if (fd < 0) {
+		ok(0, "mkstemp");
+		return;
+	}
+	close(fd);
+	ft_config c;
+	write_file(path, "{\"architectures\": [\"MistralForCausalLM\"], \"vocab_size\": 100, "
+		   "\"hidden_size\": 64, \"intermediate_size\": 96, \"num_hidden_layers\": 2, "
+		   "\"num_attention_heads\": 8, \"num_key_value_heads\": 2, \"sliding_window\": 4096, "
+		   "\"rope_theta\": 500000.0, \"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}, "
+		   "\"torch_dtype\": \"bfloat16\"}");
+	int rc = ft_config_load(path, &c);
+	ok(rc == 0 && c.arch == FT_ARCH_MISTRAL && c.sliding_window == 4096 && c.head_dim == 8 &&
+	   c.rope_theta == 500000.0 && !strcmp(c.rope_type, "linear") && c.rope_factor == 2.0 &&
+	   !strcmp(c.torch_dtype, "bfloat16") && !c.attention_bias,
+	   "mistral config, 4.x rope_scaling spelling, head_dim derived");
+	write_file(path, "{\"architectures\": [\"LlamaForCausalLM\"], \"vocab_size\": 100, "
+		   "\"hidden_size\": 64, \"intermediate_size\": 96, \"num_hidden_layers\": 2, "
+		   "\"num_attention_heads\": 8, \"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}}");
+	rc = ft_config_load(path, &c);
+	ok(rc < 0 && strstr(ft_errmsg(), "yarn"), "rope type yarn refused: %s", ft_errmsg());
+	write_file(path, "{\"architectures\": [\"LlamaForCausalLM\"], \"vocab_size\": 100, "
+		   "\"hidden_size\": 64, \"intermediate_size\": 96, \"num_hidden_layers\": 2, "
+		   "\"num_attention_heads\": 8, \"num_key_value_heads\": 3}");
+	rc = ft_config_load(path, &c);
+	ok(rc < 0 && strstr(ft_errmsg(), "num_key_value_heads"), "heads not a multiple of kv "
+	   "heads refused: %s", ft_errmsg());
+	write_file(path, "{\"architectures\": [\"LlamaForCausalLM\"], \"vocab_size\": 100, "
+		   "\"intermediate_size\": 96, \"num_hidden_layers\": 2, \"num_attention_heads\": 8}");
+	rc = ft_config_load(path, &c);
+	ok(rc < 0 && strstr(ft_errmsg(), "hidden_size"), "missing hidden_size named: %s", ft_errmsg());
+	unlink(path);
+}
+
 static double fwd_loss(ft_model *m, const ft_batch *b)
 {
 	double l = NAN;
@@ -501,6 +541,7 @@ int main(void)
 	test_packed(QWEN2, PAR "qwen2-packed.safetensors", "qwen2");
 	test_params();
 	test_errors();
+	test_configs();
 	test_save();
 	return tap_done();
 }

@@ -17,6 +17,7 @@ typedef struct {
 	int neat_packing;
 	int cutoff_len;
 	int batch_size;
+	int eval_batch_size;
 	int pad_to_multiple_of;
 	int group_by_length;
 	int window;
@@ -39,6 +40,7 @@ typedef struct {
 	json_t *meta;              /* first input's meta, for template etc. */
 	int32_t pad_id, eos_id, bos_id;
 	int add_bos;
+	int cutoff_len;            /* ft-tokenize's, 0 when unknown */
 	int64_t records;           /* read, after max_samples */
 } input_info;
 

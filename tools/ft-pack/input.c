@@ -79,7 +79,11 @@ static void check_header(ft_reader *r, const pack_opts *o, input_info *info, int
 		if (o->stage >= 0 && o->stage != stage)
 			die("%s: records are for stage '%s' but --stage is '%s'", name, stage_s,
 			    ft_stage_name(o->stage));
+		if (ft_json_bool(meta, "predict", 0))
+			die("%s: these are prediction records (ft-tokenize --predict_with_generate): they go "
+			    "to generation, not to ft-pack", name);
 		info->stage = stage;
+		info->cutoff_len = (int)ft_json_int(meta, "cutoff_len", 0);
 		info->tokenizer = ft_xstrdup(tok);
 		info->meta = json_deep_copy(meta);
 		long long pad = ft_json_int(meta, "pad_id", -1), eos = ft_json_int(meta, "eos_id", -1);
@@ -91,6 +95,9 @@ static void check_header(ft_reader *r, const pack_opts *o, input_info *info, int
 		info->add_bos = ft_json_bool(meta, "add_bos_token", 0) && info->bos_id >= 0;
 		return;
 	}
+	if (ft_json_bool(meta, "predict", 0))
+		die("%s: these are prediction records (ft-tokenize --predict_with_generate): they go to "
+		    "generation, not to ft-pack", name);
 	if (stage != info->stage)
 		die("%s: stage '%s' differs from %s's '%s': streams of different stages cannot be mixed",
 		    name, stage_s, ft_display_name(o->inputs[0]), ft_stage_name(info->stage));
@@ -114,7 +121,9 @@ void read_inputs(const pack_opts *o, ft_examples *e, input_info *info)
 		ft_reader *r = ft_reader_open(in_name);
 		if (!r) die_lib();
 		check_header(r, o, info, f == 0);
-		if (f == 0) ft_examples_init(e, ft_stage_pairwise(info->stage) ? 2 : 1);
+		if (f == 0)   /* rm/dpo: chosen + rejected; kto: example + KL sequence */
+			ft_examples_init(e, ft_stage_pairwise(info->stage) || info->stage == FT_STAGE_KTO ? 2 : 1);
+		if (f == 0) e->ids_only = info->stage == FT_STAGE_PT;   /* labels come from the ids */
 		const json_t *meta = json_object_get(ft_reader_header(r), "meta");
 		int64_t vocab = ft_json_int(meta, "vocab_size", 0), n = 0;
 		int pt_bos = info->stage == FT_STAGE_PT && info->add_bos && o->packing == 0;
@@ -149,9 +158,15 @@ void read_inputs(const pack_opts *o, ft_examples *e, input_info *info)
 				} else {
 					get_labels(rec, "labels", &lab, &ids);
 				}
-				ft_examples_add_seq(e, ids.v, lab.v, ids.n);
-				if (info->stage == FT_STAGE_KTO)
+				if (info->stage == FT_STAGE_KTO) {   /* LLaMA-Factory's kl_ fields */
+					get_ids(rec, "kl_input_ids", &ids2, vocab);
+					get_labels(rec, "kl_labels", &lab2, &ids2);
+					ft_examples_add_seq(e, ids.v, lab.v, ids.n);
+					ft_examples_add_seq(e, ids2.v, lab2.v, ids2.n);
 					ft_examples_set_tag(e, ft_examples_count(e) - 1, get_tag(rec));
+				} else {
+					ft_examples_add_seq(e, ids.v, lab.v, ids.n);
+				}
 			}
 			n++;
 			if ((n & 1023) == 0) ft_progress("read %zu examples", ft_examples_count(e));

@@ -26,11 +26,17 @@ static void usage(FILE *f)
 "read as one dataset; they must come from the same tokenizer and stage.\n"
 "\n"
 "Layout:\n"
-"  --cutoff_len N            longest row in tokens (default 2048); longer\n"
-"                            sequences are truncated with a warning\n"
+"  --cutoff_len N            longest row in tokens (default: the input's, as\n"
+"                            ft-tokenize wrote it, else 2048); longer sequences\n"
+"                            are truncated with a warning.  With --packing,\n"
+"                            LLaMA-Factory tokenizes with cutoff_len - 1: run\n"
+"                            ft-tokenize --cutoff_len N-1 for its exact rows\n"
 "  --per_device_train_batch_size N\n"
 "                            examples (pairs for rm/dpo, rows when packed)\n"
 "                            per batch (default 8)\n"
+"  --per_device_eval_batch_size N\n"
+"                            the same for the validation set (default 8, as\n"
+"                            the HF Trainer)\n"
 "  --pad_to_multiple_of N    padded layout: round each batch's length up to a\n"
 "                            multiple of N (default 8; 1 = none)\n"
 "  --packing [BOOL]          concatenate examples into rows of cutoff_len\n"
@@ -51,7 +57,8 @@ static void usage(FILE *f)
 "  --dataloader_drop_last [BOOL]\n"
 "                            drop the last incomplete batch (default false)\n"
 "Output:\n"
-"  -o, --output FILE         one batch stream to FILE (default -, stdout)\n"
+"  -o, --output FILE         one batch stream to FILE (default -, stdout); a\n"
+"                            directory (DIR/ or existing) means --output_dir\n"
 "      --val_output FILE     the validation stream, with -o\n"
 "      --output_dir DIR      shards DIR/shard-NNNNN.ftb.zst, DIR/manifest.json,\n"
 "                            validation in DIR/val/\n"
@@ -65,7 +72,8 @@ static void usage(FILE *f)
 "\n"
 "Statistics (examples, batches, tokens, label tokens, padding and fill\n"
 "ratios, truncations) go to standard error.  Examples are held in memory as\n"
-"int32 ids and labels: about 8 bytes per token plus 16 per example.\n"
+"int32 ids and labels: about 8 bytes per token (4 for pt) plus 16 per\n"
+"example; there is no external pass, so the input must fit in memory.\n"
 "\n"
 "EXIT STATUS\n"
 "  0  success\n"
@@ -73,19 +81,21 @@ static void usage(FILE *f)
 "  2  usage error\n"
 "\n"
 "Example:\n"
-"  ft-tokenize --template qwen --dataset alpaca_en_demo --cutoff_len 1024 data/ \\\n"
-"    | ft-pack --per_device_train_batch_size 4 --val_size 0.1 --output_dir packed/\n"
+"  ft-tokenize --dataset alpaca_en_demo --dataset_dir data --template qwen \\\n"
+"      --tokenizer Qwen2.5-0.5B-Instruct --cutoff_len 1024 |\n"
+"    ft-pack --per_device_train_batch_size 4 --val_size 0.1 -o batches/\n"
 "  ft-pack --packing --cutoff_len 1024 c4.tok.zst -o - | ft-cat | head -c 300\n");
 }
 
 enum {
 	O_CUTOFF = 256, O_BS, O_PADM, O_PACKING, O_NEAT, O_GROUP, O_WINDOW, O_STAGE, O_MAX,
-	O_VAL, O_SEED, O_SHUFFLE, O_DROP, O_VALOUT, O_DIR, O_SHARD, O_OVERWRITE,
+	O_VAL, O_SEED, O_SHUFFLE, O_DROP, O_VALOUT, O_DIR, O_SHARD, O_OVERWRITE, O_EBS,
 };
 
 static const struct option long_opts[] = {
 	{ "cutoff_len", required_argument, 0, O_CUTOFF },
 	{ "per_device_train_batch_size", required_argument, 0, O_BS },
+	{ "per_device_eval_batch_size", required_argument, 0, O_EBS },
 	{ "pad_to_multiple_of", required_argument, 0, O_PADM },
 	{ "packing", optional_argument, 0, O_PACKING },
 	{ "neat_packing", optional_argument, 0, O_NEAT },
@@ -149,14 +159,15 @@ static void parse_shard_size(pack_opts *o, const char *s)
 
 static void parse_args(int argc, char **argv, pack_opts *o)
 {
-	*o = (pack_opts){ .stage = -1, .max_samples = -1, .packing = -1, .cutoff_len = 2048,
-			  .batch_size = 8, .pad_to_multiple_of = 8, .window = 1000, .shuffle = 1,
+	*o = (pack_opts){ .stage = -1, .max_samples = -1, .packing = -1, .cutoff_len = 0,
+			  .batch_size = 8, .eval_batch_size = 8, .pad_to_multiple_of = 8, .window = 1000, .shuffle = 1,
 			  .seed = 42 };
 	int c;
 	while ((c = getopt_long(argc, argv, "o:fqvh", long_opts, NULL)) != -1) {
 		switch (c) {
 		case O_CUTOFF: o->cutoff_len = pos_int("cutoff_len", optarg, 2); break;
 		case O_BS: o->batch_size = pos_int("per_device_train_batch_size", optarg, 1); break;
+		case O_EBS: o->eval_batch_size = pos_int("per_device_eval_batch_size", optarg, 1); break;
 		case O_PADM: o->pad_to_multiple_of = pos_int("pad_to_multiple_of", optarg, 1); break;
 		case O_PACKING: o->packing = bool_arg("packing", argc, argv); break;
 		case O_NEAT: o->neat_packing = bool_arg("neat_packing", argc, argv); break;
@@ -202,6 +213,12 @@ static void parse_args(int argc, char **argv, pack_opts *o)
 		o->n_inputs = 1;
 	}
 	if (o->output && o->output_dir) die_usage("use either -o or --output_dir, not both");
+	struct stat st;
+	size_t ol = o->output ? strlen(o->output) : 0;
+	if (ol && (o->output[ol - 1] == '/' || (stat(o->output, &st) == 0 && S_ISDIR(st.st_mode)))) {
+		o->output_dir = o->output;   /* -o batches/ */
+		o->output = NULL;
+	}
 	if ((o->shard_bytes || o->shard_batches) && !o->output_dir)
 		die_usage("--shard_size needs --output_dir");
 	if (o->val_output && o->output_dir) die_usage("--val_output goes with -o; --output_dir writes DIR/val/");
@@ -295,9 +312,12 @@ static void report_rows(const pack_opts *o, const input_info *in, const ft_batch
 		  o->n_inputs, o->n_inputs == 1 ? "" : "s", *in->tokenizer ? in->tokenizer : "unnamed",
 		  ft_layout_name(bo->layout), o->cutoff_len, o->batch_size, (unsigned long long)o->seed);
 	if (st->truncated)
-		warn("truncated %lld sequence%s longer than %lld tokens (%lld tokens removed)",
+		warn("truncated %lld sequence%s longer than %lld tokens (%lld tokens removed)%s",
 		     (long long)st->truncated, st->truncated == 1 ? "" : "s", (long long)st->capacity,
-		     (long long)st->truncated_tokens);
+		     (long long)st->truncated_tokens,
+		     bo->layout != FT_LAYOUT_PADDED && in->stage != FT_STAGE_PT
+		     ? "; packed rows hold cutoff_len - 1 tokens, as LLaMA-Factory's: tokenize with "
+		       "--cutoff_len N-1" : "");
 	if (bo->layout == FT_LAYOUT_PADDED) return;
 	int64_t used = 0;
 	for (size_t i = 0; i < r->n_spans; i++) used += r->spans[i].len;
@@ -322,6 +342,7 @@ int main(int argc, char **argv)
 	ft_examples e;
 	input_info in;
 	read_inputs(&o, &e, &in);
+	if (o.cutoff_len == 0) o.cutoff_len = in.cutoff_len >= 2 ? in.cutoff_len : 2048;
 	ft_batch_opts bo;
 	resolve_layout(&o, in.stage, &bo);
 	bo.pad_id = in.pad_id;
@@ -352,7 +373,9 @@ int main(int argc, char **argv)
 
 	ft_pack_totals tt, tv;
 	ft_pack_totals_compute(&e, &rows, train, (size_t)n_train, &bo, &tt);
-	ft_pack_totals_compute(&e, &rows, val, (size_t)n_val, &bo, &tv);
+	ft_batch_opts bv = bo;
+	bv.batch_size = o.eval_batch_size;
+	ft_pack_totals_compute(&e, &rows, val, (size_t)n_val, &bv, &tv);
 	if (tt.batches == 0)
 		die("no training batches: %lld examples and --dataloader_drop_last with batch size %d",
 		    (long long)n_train, o.batch_size);
@@ -360,7 +383,7 @@ int main(int argc, char **argv)
 	if (n_val) report_split("val", &tv);
 
 	split_out st = { "train", &e, &rows, &rst, train, (size_t)n_train, &bo, &tt };
-	split_out sv = { "val", &e, &rows, &rst, val, (size_t)n_val, &bo, &tv };
+	split_out sv = { "val", &e, &rows, &rst, val, (size_t)n_val, &bv, &tv };
 	if (o.output_dir) {
 		prepare_dir(&o);
 		char *vdir = ft_xasprintf("%s/val", o.output_dir);

@@ -28,7 +28,9 @@ json_t *split_meta(const pack_opts *o, const input_info *in, const split_out *s)
 	json_object_set_new(m, "seq_len", json_integer(t->seq_len_max));
 	json_object_set_new(m, "batch_size", json_integer(bo->batch_size));
 	json_object_set_new(m, "rows_per_batch", json_integer(bo->batch_size * s->rows->nseq));
-	json_object_set_new(m, "pairwise", json_boolean(s->rows->nseq == 2));
+	json_object_set_new(m, "pairwise", json_boolean(ft_stage_pairwise(in->stage)));
+	/* kto: row 2i is the example, row 2i+1 its KL sequence */
+	json_object_set_new(m, "kto_kl", json_boolean(in->stage == FT_STAGE_KTO));
 	json_object_set_new(m, "cutoff_len", json_integer(o->cutoff_len));
 	json_object_set_new(m, "pad_to_multiple_of", json_integer(bo->pad_to_multiple_of));
 	json_object_set_new(m, "seed", json_integer((json_int_t)o->seed));
