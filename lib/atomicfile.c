@@ -49,7 +49,7 @@ int ft_atomic_open(ft_atomic *a, const char *path)
 	a->tmp = temp_name(path);
 	a->fp = fopen(a->tmp, "wb");
 	if (!a->fp) {
-		ft_fail("%s:", a->tmp);
+		ft_fail("%s: cannot create:", path);
 		free(a->path); free(a->tmp);
 		a->path = a->tmp = NULL;
 		return -1;
@@ -101,7 +101,7 @@ int ft_atomic_dir_open(ft_atomic *a, const char *path)
 	a->path = ft_xstrdup(path);
 	a->tmp = temp_name(path);
 	if (mkdir(a->tmp, 0777) != 0) {
-		ft_fail("%s:", a->tmp);
+		ft_fail("%s: cannot create:", path);
 		free(a->path); free(a->tmp);
 		a->path = a->tmp = NULL;
 		return -1;

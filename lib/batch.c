@@ -133,6 +133,7 @@ int ft_manifest_from_json(const json_t *obj, ft_manifest *m)
 	m->seq_len = (int)v;
 	m->rows_per_batch = (int)ft_json_int(obj, "rows_per_batch", m->batch_size);
 	m->pairwise = ft_json_bool(obj, "pairwise", 0);
+	m->kto_kl = ft_json_bool(obj, "kto_kl", 0);
 	m->cutoff_len = (int)ft_json_int(obj, "cutoff_len", m->seq_len);
 	m->pad_id = (int32_t)ft_json_int(obj, "pad_id", 0);
 	m->seed = (uint64_t)ft_json_int(obj, "seed", 0);

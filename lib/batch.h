@@ -40,6 +40,7 @@ typedef struct {
 	/* Added by ft-pack: */
 	int rows_per_batch;       /* batch_size, or 2 * batch_size when pairwise */
 	int pairwise;
+	int kto_kl;               /* kto: rows 2i/2i+1 are an example and its KL sequence */
 	int cutoff_len;
 	int64_t n_pad_tokens;
 	int32_t pad_id;

@@ -60,9 +60,10 @@ typedef struct {
 	uint64_t shard_size;            /* bytes per shard; 0: 5 GB (LLaMA-Factory's export_size) */
 	int overwrite;                  /* replace a non-empty export_dir */
 	int threads;                    /* 0: all cores */
-	/* called after each tensor (may be NULL) */
-	void (*progress)(void *ctx, size_t done, size_t total, uint64_t bytes_done,
-			 uint64_t bytes_total);
+	/* called after each tensor (may be NULL); a non-zero return stops
+	 * the merge ("interrupted"), leaving nothing at export_dir */
+	int (*progress)(void *ctx, size_t done, size_t total, uint64_t bytes_done,
+			uint64_t bytes_total);
 	void *progress_ctx;
 } ft_merge_opts;
 

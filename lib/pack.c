@@ -64,7 +64,7 @@ void ft_examples_add_seq(ft_examples *e, const int32_t *ids, const int32_t *labe
 		e->off = ft_xrealloc(e->off, (e->cap_seq + 1) * sizeof *e->off);
 	}
 	ft_i32vec_append(&e->ids, ids, n);
-	ft_i32vec_append(&e->labels, labels ? labels : ids, n);
+	if (!e->ids_only) ft_i32vec_append(&e->labels, labels ? labels : ids, n);
 	e->n_seq++;
 	e->off[e->n_seq] = (int64_t)e->ids.n;
 }

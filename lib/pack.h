@@ -39,10 +39,12 @@ const char *ft_layout_name(int layout);
 /* ---- examples ------------------------------------------------------ */
 
 /* Every example has `nseq` sequences (1, or 2 for pairwise: chosen then
- * rejected).  Memory: 8 bytes per token (id + label) and 8 bytes per
- * sequence, plus 1 byte per example for kto tags. */
+ * rejected; kto: example then KL).  Memory: 8 bytes per token (id + label;
+ * 4 with ids_only) and 8 bytes per sequence, plus 1 byte per example for
+ * kto tags. */
 typedef struct {
 	int nseq;
+	int ids_only;          /* labels not stored (pt computes them from ids) */
 	ft_i32vec ids, labels;
 	int64_t *off;          /* sequence s is [off[s], off[s+1]) */
 	size_t n_seq, cap_seq;
@@ -52,7 +54,8 @@ typedef struct {
 
 void ft_examples_init(ft_examples *e, int nseq);
 void ft_examples_free(ft_examples *e);
-/* Append one sequence; labels NULL means labels = ids. */
+/* Append one sequence; labels NULL means labels = ids (ignored when
+ * ids_only is set). */
 void ft_examples_add_seq(ft_examples *e, const int32_t *ids, const int32_t *labels, size_t n);
 /* Tag of the example whose sequences were added last. */
 void ft_examples_set_tag(ft_examples *e, size_t example, int tag);

@@ -110,7 +110,7 @@ static void fill_row(const ft_examples *e, const ft_rows *r, size_t row, const f
 	for (int64_t i = r->row_off[row]; i < r->row_off[row + 1]; i++) {
 		const ft_span *sp = &r->spans[i];
 		const int32_t *src = e->ids.v + e->off[sp->seq] + sp->start;
-		const int32_t *lsrc = e->labels.v + e->off[sp->seq] + sp->start;
+		const int32_t *lsrc = e->ids_only ? src : e->labels.v + e->off[sp->seq] + sp->start;
 		segno++;
 		for (int32_t j = 0; j < sp->len && t < T; j++, t++) {
 			ids[t] = src[j];

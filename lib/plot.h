@@ -63,6 +63,7 @@ typedef struct ft_plot_run {
 	int own_fp;
 	char *buf;
 	size_t blen, bcap;
+	long long pos;         /* bytes read from the file */
 } ft_plot_run;
 
 /* `path` is a log file, "-", or a directory holding trainer_log.jsonl.
@@ -70,7 +71,8 @@ typedef struct ft_plot_run {
 ft_plot_run *ft_plot_run_open(const char *path, const char *const *keys, size_t nkeys);
 /* Read every complete line available now; at_eof also takes a final line
  * without a newline.  Returns the number of new records (>= 0) or -1 on
- * a read error. */
+ * a read error.  A regular file that became shorter (a new run replaced
+ * the log) is read again from the start, its old values dropped. */
 long ft_plot_run_poll(ft_plot_run *r, int at_eof);
 /* Feed one line directly (tests, other readers): 1 used, 0 skipped. */
 int ft_plot_run_line(ft_plot_run *r, const char *line, size_t len);

@@ -179,10 +179,25 @@ static int readable_now(int fd)
 	return poll(&p, 1, 0) > 0;
 }
 
+/* The log was truncated or replaced by a shorter one: start over. */
+static void restart_if_shorter(ft_plot_run *r, int fd)
+{
+	struct stat st;
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size >= r->pos) return;
+	for (size_t k = 0; k < r->nkeys; k++) r->s[k].n = 0;
+	r->nlines = r->nbad = 0;
+	free(r->first_bad);
+	r->first_bad = NULL;
+	r->blen = 0;
+	r->pos = 0;
+	lseek(fd, 0, SEEK_SET);
+}
+
 long ft_plot_run_poll(ft_plot_run *r, int at_eof)
 {
 	int fd = fileno(r->fp);
 	long used = 0;
+	restart_if_shorter(r, fd);
 	for (;;) {
 		if (!at_eof && !readable_now(fd)) break;
 		if (r->bcap - r->blen < 65536) {
@@ -196,6 +211,7 @@ long ft_plot_run_poll(ft_plot_run *r, int at_eof)
 		}
 		if (n == 0) break;
 		r->blen += (size_t)n;
+		r->pos += n;
 		used += take_lines(r, 0);
 	}
 	used += take_lines(r, at_eof);

@@ -15,7 +15,7 @@
  * passed its checksum, so a corrupt frame yields an error, never wrong
  * records.  See docs/FORMAT.md section 1.
  *
- * Conversion between msgpack objects and JSON lives in stream_json.c.
+ * Conversion between msgpack objects and JSON lives in stream_codec.c.
  */
 #define _GNU_SOURCE
 #include "stream.h"
@@ -204,7 +204,7 @@ static int pack_header(ft_writer *w, const json_t *header)
 	json_object_foreach((json_t *)header, key, val) {
 		if (!strcmp(key, "format") || !strcmp(key, "version")) continue;
 		ft_pack_key(&pk, key);
-		if (ft_pack_json(&pk, val) < 0)
+		if (ft_pack_json(&pk, val, 1) < 0)
 			return ft_fail_ctx("stream header: \"%s\": ", key);
 	}
 	return 0;
@@ -388,11 +388,41 @@ void ft_w_strn(ft_writer *w, const char *key, const char *s, size_t n)
 	if (field(w, key)) ft_pack_str(&w->pk, s, n);
 }
 
+/* The smallest msgpack encoding of v, as msgpack_pack_int32() chooses
+ * it, written straight into the record buffer: a packer call per token
+ * would cost a callback and a memcpy each. */
+static size_t put_i32(uint8_t *q, int32_t v)
+{
+	uint32_t u = (uint32_t)v;
+	if (v >= 0) {
+		if (v < 128) return q[0] = (uint8_t)v, 1;
+		if (v < 256) return q[0] = 0xcc, q[1] = (uint8_t)v, 2;
+		if (v < 65536) return q[0] = 0xcd, q[1] = (uint8_t)(u >> 8), q[2] = (uint8_t)u, 3;
+		q[0] = 0xce;
+	} else {
+		if (v >= -32) return q[0] = (uint8_t)v, 1;
+		if (v >= -128) return q[0] = 0xd0, q[1] = (uint8_t)v, 2;
+		if (v >= -32768) return q[0] = 0xd1, q[1] = (uint8_t)(u >> 8), q[2] = (uint8_t)u, 3;
+		q[0] = 0xd2;
+	}
+	q[1] = (uint8_t)(u >> 24), q[2] = (uint8_t)(u >> 16), q[3] = (uint8_t)(u >> 8), q[4] = (uint8_t)u;
+	return 5;
+}
+
 void ft_w_i32s(ft_writer *w, const char *key, const int32_t *v, size_t n)
 {
 	if (!field(w, key)) return;
 	msgpack_pack_array(&w->pk, n);
-	for (size_t i = 0; i < n; i++) msgpack_pack_int32(&w->pk, v[i]);
+	ft_buf *b = &w->rec;
+	if (b->n + 5 * n > b->cap) {
+		size_t cap = b->cap ? b->cap : 4096;
+		while (cap < b->n + 5 * n) cap *= 2;
+		b->p = ft_xrealloc(b->p, cap);
+		b->cap = cap;
+	}
+	uint8_t *q = (uint8_t *)b->p + b->n;
+	for (size_t i = 0; i < n; i++) q += put_i32(q, v[i]);
+	b->n = (size_t)(q - (uint8_t *)b->p);
 }
 
 void ft_w_f32s(ft_writer *w, const char *key, const float *v, size_t n)
@@ -404,7 +434,7 @@ void ft_w_f32s(ft_writer *w, const char *key, const float *v, size_t n)
 
 void ft_w_json(ft_writer *w, const char *key, const json_t *v)
 {
-	if (field(w, key) && ft_pack_json(&w->pk, v) < 0) {
+	if (field(w, key) && ft_pack_json(&w->pk, v, 1) < 0) {
 		w->bad_record = 2;
 		msgpack_pack_nil(&w->pk);
 	}
@@ -455,7 +485,7 @@ int ft_writer_put_json(ft_writer *w, const json_t *rec)
 		return ft_fail("stream writer: %s", w->failed ? "an earlier write failed" : "already closed");
 	if (!json_is_object(rec)) return ft_fail("record is not a JSON object");
 	w->rec.n = 0;
-	if (ft_pack_json(&w->pk, rec) < 0) return -1;
+	if (ft_pack_json(&w->pk, rec, 0) < 0) return -1;
 	return emit_record(w);
 }
 
@@ -593,7 +623,11 @@ static int pump(ft_reader *r)
 		r->in.size = (size_t)n;
 		r->in.pos = 0;
 	}
-	size_t want = ZSTD_DStreamOutSize();
+	/* Ask for at least as much room as the unparsed bytes held (up to a
+	 * frame awaiting its checksum): msgpack-c copies those bytes into a
+	 * new buffer whenever it grows, so growth must be geometric. */
+	size_t want = ZSTD_DStreamOutSize(), held = r->mp.used - r->mp.off;
+	if (want < held) want = held;
 	if (!msgpack_unpacker_reserve_buffer(&r->mp, want))
 		return reader_fail(r, "out of memory");
 	ZSTD_outBuffer out = {msgpack_unpacker_buffer(&r->mp), msgpack_unpacker_buffer_capacity(&r->mp), 0};

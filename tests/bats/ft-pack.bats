@@ -135,8 +135,9 @@ in_pairs() { tail -n +2 "$FIXTURES/pack/$1.jsonl" | jq -r '[.input_ids, .labels]
 	run ft-pack --val_size 5 sft.zst -o a.zst
 	assert_failure 2
 	assert_output --partial "--val_output"
-	ft-pack --val_size 5 sft.zst -o a.zst --val_output v.zst
-	[ "$(hdr v.zst | jq '.meta.counts.examples')" = 5 ]
+	ft-pack --val_size 5 --per_device_eval_batch_size 2 sft.zst -o a.zst --val_output v.zst
+	[ "$(hdr v.zst | jq -c '[.meta.counts.examples, .meta.batch_size, .meta.counts.batches]')" = "[5,2,3]" ]
+	[ "$(hdr a.zst | jq '.meta.batch_size')" = 8 ]
 	[ "$(hdr v.zst | jq -r '.meta.split')" = val ]
 	[ "$(hdr a.zst | jq '.meta.counts.examples')" = 35 ]
 	run ft-pack --val_size 40 sft.zst -o a.zst --val_output v.zst
@@ -353,4 +354,27 @@ in_pairs() { tail -n +2 "$FIXTURES/pack/$1.jsonl" | jq -r '[.input_ids, .labels]
 	assert_failure 1
 	assert_output --partial "no examples"
 	[ ! -e out.zst ]
+}
+
+@test "error: a token id outside the header's vocab_size" {
+	printf '%s\n' '{"format":"ft-stream","version":1,"kind":"tokens","producer":"t","meta":{"stage":"sft","tokenizer":"t","pad_id":0,"vocab_size":100}}' \
+		'{"input_ids":[3,4],"labels":[3,4]}' '{"input_ids":[3,400],"labels":[3,400]}' | ft-cat --encode > v.zst
+	run ft-pack v.zst -o out.zst
+	assert_failure 1
+	assert_output --partial "record 1: 'input_ids'[1] = 400 is not a token id of this vocabulary"
+}
+
+@test "refuses to write batches to a terminal without -f" {
+	command -v script >/dev/null || skip "script(1) is not installed"
+	enc sft
+	run script -qec "ft-pack -q sft.zst" /dev/null
+	assert_failure 2
+	assert_output --partial "refusing to write binary data to a terminal"
+}
+
+@test "progress on stderr when forced (FT_FORCE_PROGRESS=1)" {
+	enc sft
+	run --separate-stderr env FT_FORCE_PROGRESS=1 ft-pack sft.zst -o out.zst
+	assert_success
+	[[ "$stderr" == *"train: batch 1 of 5"* ]]
 }

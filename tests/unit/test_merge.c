@@ -134,6 +134,15 @@ static void test_against_peft(void)
 	ok(run_merge(MODELS "/tiny-qwen2", a3, 1, qd, FT_MERGE_DTYPE_AUTO, 0) == 0, "merge adapter with .default names");
 	compare(MERGE "/qwen2-rslora/expected.safetensors", qd, FT_F32, "qwen2 .default names");
 
+	const char *ab[] = { MERGE "/qwen2-bias/adapter" }, *am[] = { MERGE "/llama-mts/adapter" };
+	char *qb = tmpdir("qwen2-bias"), *lm = tmpdir("llama-mts");
+	ok(run_merge(MODELS "/tiny-qwen2", ab, 1, qb, FT_MERGE_DTYPE_AUTO, 0) == 0, "merge lora_bias adapter");
+	compare(MERGE "/qwen2-bias/expected.safetensors", qb, FT_F32, "qwen2 lora_bias (q/v biases)");
+	ok(run_merge(MODELS "/tiny-llama", am, 1, lm, FT_MERGE_DTYPE_AUTO, 0) == 0, "merge modules_to_save adapter");
+	compare(MERGE "/llama-mts/expected.safetensors", lm, FT_F32, "llama modules_to_save lm_head");
+	free(qb);
+	free(lm);
+
 	const char *two[] = { MERGE "/llama-r4/adapter", MERGE "/llama-r4-then-r2/adapter" };
 	char *t = tmpdir("two");
 	ok(run_merge(MODELS "/tiny-llama", two, 2, t, FT_MERGE_DTYPE_AUTO, 0) == 0, "merge two adapters in order");

@@ -313,6 +313,18 @@ static void test_pt_details(void)
 	ft_batch_free(&b);
 	ft_rows_free(&r);
 	ft_examples_free(&e);
+
+	/* ids_only (pt keeps no labels) gives the same batch */
+	ft_examples_init(&e, 1);
+	e.ids_only = 1;
+	ft_examples_add_seq(&e, a, NULL, 6);
+	ft_rows_build(&e, &ro, &r, &st);
+	ft_batch_fill(&e, &r, u, 2, &bo, &b);
+	ok(e.labels.n == 0 && !memcmp(b.input_ids, want_ids, sizeof want_ids) &&
+	   !memcmp(b.labels, want_lab, sizeof want_lab), "pt ids_only: no labels stored, same batch");
+	ft_batch_free(&b);
+	ft_rows_free(&r);
+	ft_examples_free(&e);
 }
 
 static void test_truncation_and_capacity(void)

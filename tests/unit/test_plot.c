@@ -100,6 +100,13 @@ static void test_reader(void)
 	ok(ft_plot_run_poll(r, 0) == 1 && r->nbad == 0 && r->s[0].n == 2 && r->s[0].y[1] == 1.5,
 	   "second poll completes the line");
 	ok(ft_plot_run_poll(r, 0) == 0, "nothing new: 0");
+	/* a new run replaces the log with a shorter one: start over */
+	if (ftruncate(fd, 0) == 0) {
+		rewind(w);
+		fputs("{\"current_steps\": 1, \"loss\": 9.0}\n", w);
+		fflush(w);
+	}
+	ok(ft_plot_run_poll(r, 0) == 1 && r->s[0].n == 1 && r->s[0].y[0] == 9.0, "truncated log read again from the start");
 	fclose(w);
 	ft_plot_run_free(r);
 	unlink(path);

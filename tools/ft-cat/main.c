@@ -146,7 +146,10 @@ int main(int argc, char **argv)
 			if (!o.wopts.shard_bytes) die_usage("--shard-size must be positive");
 			break;
 		case OPT_OVERWRITE: o.wopts.replace = 1; break;
-		case 'l': o.wopts.level = (int)ft_parse_int("level", optarg); break;
+		case 'l':
+			o.wopts.level = (int)ft_parse_int("level", optarg);
+			if (o.wopts.level < 1 || o.wopts.level > 22) die_usage("--level must be 1 to 22");
+			break;
 		case 'f': o.force = 1; break;
 		case 'h': usage(stdout); return 0;
 		default: die_usage("unknown option");
@@ -157,8 +160,8 @@ int main(int argc, char **argv)
 	if (o.no_header && o.header_only) die_usage("--header and --no-header contradict each other");
 	if (!o.encode) {
 		if (o.output || o.wopts.dir || o.wopts.shard_records || o.wopts.shard_bytes ||
-		    o.wopts.level || o.wopts.replace)
-			die_usage("-o, -d, --shard-*, --overwrite and --level are for --encode");
+		    o.wopts.level || o.wopts.replace || o.force)
+			die_usage("-o, -d, --shard-*, --overwrite, --level and -f are for --encode");
 		if (nops == 0 && ft_stdin_is_terminal()) {
 			usage(stderr);
 			return FT_EXIT_USAGE;

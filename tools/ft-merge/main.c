@@ -4,7 +4,7 @@
  * merge YAML) and shows progress. */
 #include <stdlib.h>
 #include <string.h>
-#include "atomicfile.h"
+#include <signal.h>
 #include "cli.h"
 #include "dtype.h"
 #include "lfargs.h"
@@ -82,10 +82,16 @@ static uint64_t export_size(const char *s)
 	return n;
 }
 
-static void progress(void *ctx, size_t done, size_t total, uint64_t bytes, uint64_t bytes_total)
+static volatile sig_atomic_t interrupted;
+static void on_signal(int sig) { interrupted = sig; }
+
+/* Also the cancellation point: ^C stops between tensors and the library
+ * removes the half-built export directory. */
+static int progress(void *ctx, size_t done, size_t total, uint64_t bytes, uint64_t bytes_total)
 {
-	(void)ctx;
-	ft_progress("merging: %zu/%zu tensors, %.2f/%.2f GB", done, total, bytes / 1e9, bytes_total / 1e9);
+	if (!*(int *)ctx)
+		ft_progress("merging: %zu/%zu tensors, %.2f/%.2f GB", done, total, bytes / 1e9, bytes_total / 1e9);
+	return interrupted != 0;
 }
 
 static char **split_list(const char *s, size_t *n)
@@ -185,11 +191,19 @@ int main(int argc, char **argv)
 	int ow = ft_lfargs_bool(&args, "overwrite", 0);
 	if (ow < 0) die_usage("--overwrite: expected true or false");
 	o.overwrite = ow;
-	if (!quiet) o.progress = progress;
-
-	ft_atomic_install_signal_cleanup();
+	o.progress = progress;
+	o.progress_ctx = &quiet;
+	struct sigaction sa = { .sa_handler = on_signal };
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
 	if (ft_merge(&o) < 0) {
 		ft_progress_done();
+		if (interrupted) {
+			warn("%s", ft_errmsg());
+			signal(interrupted, SIG_DFL);
+			raise(interrupted);
+		}
 		die_lib();
 	}
 	ft_progress_done();

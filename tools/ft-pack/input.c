@@ -123,6 +123,7 @@ void read_inputs(const pack_opts *o, ft_examples *e, input_info *info)
 		check_header(r, o, info, f == 0);
 		if (f == 0)   /* rm/dpo: chosen + rejected; kto: example + KL sequence */
 			ft_examples_init(e, ft_stage_pairwise(info->stage) || info->stage == FT_STAGE_KTO ? 2 : 1);
+		if (f == 0) e->ids_only = info->stage == FT_STAGE_PT;   /* labels come from the ids */
 		const json_t *meta = json_object_get(ft_reader_header(r), "meta");
 		int64_t vocab = ft_json_int(meta, "vocab_size", 0), n = 0;
 		int pt_bos = info->stage == FT_STAGE_PT && info->add_bos && o->packing == 0;

@@ -34,7 +34,9 @@ static void usage(FILE *fp)
 "      --no_smooth        raw values only\n"
 "      --width N          pixels (default 640) or columns (default: terminal)\n"
 "      --height N         pixels per panel (default 480) or rows per panel\n"
-"      --follow           redraw while the logs grow, until interrupted (^C)\n"
+"      --follow           redraw while the logs grow, until interrupted (^C);\n"
+"                         waits for logs not written yet, starts over when a\n"
+"                         new run replaces a log\n"
 "      --interval SEC     --follow polling period (default 2)\n"
 "  -f, --force            write PNG/PDF to a terminal anyway\n"
 "  -q, --quiet            no warning about skipped lines\n"
@@ -132,11 +134,40 @@ static int has_values(const plot_job *j)
 	return 0;
 }
 
+static void sleep_interruptible(double seconds)
+{
+	for (double t = 0; t < seconds && !interrupted; t += 0.05)
+		nanosleep(&(struct timespec){ 0, 50000000 }, NULL);
+}
+
+static int log_exists(const char *path)
+{
+	struct stat st;
+	if (ft_is_stdio(path)) return 1;
+	if (stat(path, &st) != 0) return 0;
+	if (!S_ISDIR(st.st_mode)) return 1;
+	char *f = ft_xasprintf("%s/trainer_log.jsonl", path);
+	int ok = stat(f, &st) == 0;
+	free(f);
+	return ok;
+}
+
+/* --follow may start before the trainer has created its log: wait for it
+ * (a missing directory or file), say so once. */
+static ft_plot_run *wait_for_log(const char *path, const char *const *keys, size_t nkeys, double interval,
+				 int quiet)
+{
+	int said = 0;
+	for (;;) {
+		if (log_exists(path)) return ft_plot_run_open(path, keys, nkeys);
+		if (!said++ && !quiet) warn("waiting for %s to appear", path);
+		sleep_interruptible(interval);
+		if (interrupted) return NULL;
+	}
+}
+
 static void follow(plot_job *j, double interval)
 {
-	struct sigaction sa = { .sa_handler = on_sigint };
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
 	int first = 1;
 	while (!interrupted) {
 		long fresh = 0;
@@ -147,9 +178,7 @@ static void follow(plot_job *j, double interval)
 		}
 		if (first || fresh) draw(j);
 		first = 0;
-		/* sleep in short slices so ^C is answered at once */
-		for (double t = 0; t < interval && !interrupted; t += 0.05)
-			nanosleep(&(struct timespec){ 0, 50000000 }, NULL);
+		sleep_interruptible(interval);   /* short slices: ^C answered at once */
 	}
 }
 
@@ -164,6 +193,23 @@ static char *run_title(const char *path)
 	if (!strcmp(base, "trainer_log.jsonl") && slash && slash > path)
 		return ft_xasprintf("training of %.*s", (int)(slash - path), path);
 	return ft_xasprintf("training of %s", base);
+}
+
+/* Two runs named alike (a/lora, b/lora): their legends show the paths
+ * as given instead. */
+static void unique_labels(ft_plot_run **runs, size_t n, char **paths)
+{
+	int *dup = ft_xcalloc(n, sizeof *dup);
+	for (size_t a = 0; a < n; a++)
+		for (size_t b = 0; b < n; b++) dup[a] |= a != b && !strcmp(runs[a]->label, runs[b]->label);
+	for (size_t a = 0; a < n; a++) {
+		if (!dup[a] || ft_is_stdio(paths[a])) continue;
+		char *t = run_title(paths[a]);   /* "training of PATH" */
+		free(runs[a]->label);
+		runs[a]->label = ft_xstrdup(t + strlen("training of "));
+		free(t);
+	}
+	free(dup);
 }
 
 static size_t split_keys(char *s, const char ***out)
@@ -234,6 +280,11 @@ int main(int argc, char **argv)
 	if (j.spec.nkeys == 0) die_usage("--keys is empty");
 	if (j.spec.nkeys > 16) die_usage("at most 16 --keys");
 
+	if (follow_mode) {
+		struct sigaction sa = { .sa_handler = on_sigint };
+		sigaction(SIGINT, &sa, NULL);
+		sigaction(SIGTERM, &sa, NULL);
+	}
 	j.tty = isatty(STDOUT_FILENO);
 	if (!j.output) j.ascii = 1;   /* no image file asked for: text */
 	if (j.output && !j.ascii) {
@@ -255,10 +306,16 @@ int main(int argc, char **argv)
 	for (size_t r = 0; r < nruns; r++) {
 		const char *path = optind < argc ? argv[optind + r] : "-";
 		if (ft_is_stdio(path) && stdin_used++) die_usage("stdin ('-') given twice");
-		if (!(runs[r] = ft_plot_run_open(path, keys, j.spec.nkeys))) die_lib();
+		runs[r] = follow_mode ? wait_for_log(path, keys, j.spec.nkeys, interval, j.quiet)
+				      : ft_plot_run_open(path, keys, j.spec.nkeys);
+		if (!runs[r]) {
+			if (interrupted) return 0;
+			die_lib();
+		}
 	}
 	j.spec.runs = runs;
 	j.spec.nruns = nruns;
+	unique_labels(runs, nruns, argv + optind);
 	/* the title: the run's directory, as LLaMA-Factory titles its figure */
 	char *auto_title = NULL;
 	if (title) j.spec.title = *title ? title : NULL;

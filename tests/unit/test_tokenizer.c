@@ -1,0 +1,228 @@
+/* test_tokenizer.c - parity with the `tokenizers` / `sentencepiece`
+ * packages on the cases in tests/fixtures/tokenizer (made by
+ * tests/reference/make_tokenizer_fixtures.py): ids without and with
+ * special tokens, decode, skip_special_tokens, round trips; plus loading
+ * errors, settings from tokenizer_config.json, identity, threads. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <jansson.h>
+#include "tap.h"
+#include "error.h"
+#include "tokenizer.h"
+
+#define FIX "tests/fixtures/tokenizer"
+
+static const char *shared(void)
+{
+	const char *s = getenv("FT_SHARED");
+	return s ? s : "../shared";
+}
+
+static int is_dir(const char *p)
+{
+	struct stat st;
+	return !stat(p, &st) && S_ISDIR(st.st_mode);
+}
+
+static json_t **read_jsonl(const char *path, size_t *n)
+{
+	FILE *f = fopen(path, "r");
+	json_t **v = NULL;
+	char *line = NULL;
+	size_t cap = 0;
+	*n = 0;
+	if (!f) return NULL;
+	while (getline(&line, &cap, f) > 0) {
+		json_error_t e;
+		v = realloc(v, (*n + 1) * sizeof *v);
+		v[(*n)++] = json_loads(line, JSON_ALLOW_NUL, &e);
+	}
+	free(line);
+	fclose(f);
+	return v;
+}
+
+static void free_jsonl(json_t **v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) json_decref(v[i]);
+	free(v);
+}
+
+static int ids_equal(const ft_i32vec *got, const json_t *want)
+{
+	if (!json_is_array(want) || json_array_size(want) != got->n) return 0;
+	for (size_t i = 0; i < got->n; i++)
+		if (json_integer_value(json_array_get(want, i)) != got->v[i]) return 0;
+	return 1;
+}
+
+static void show(const char *what, size_t i, const char *text, const ft_i32vec *got, const json_t *want)
+{
+	char *w = json_dumps(want, JSON_COMPACT);
+	printf("# %s case %zu %.60s\n#   got ", what, i, text);
+	for (size_t k = 0; k < got->n && k < 40; k++) printf("%d,", got->v[k]);
+	printf("\n#  want %.300s\n", w ? w : "?");
+	free(w);
+}
+
+/* NUL-safe: decode returns a C string, so compare up to the expected length */
+static int same(const char *got, const char *want, size_t n)
+{
+	return !memcmp(got, want, n) && got[n] == 0;
+}
+
+/* Every case of one tokenizer against its expected file. */
+static void parity(const char *name, const char *path, const char *expected)
+{
+	size_t nc, ne;
+	json_t **cases = read_jsonl(FIX "/cases.jsonl", &nc);
+	json_t **exp = read_jsonl(expected, &ne);
+	ft_tokenizer *t = ft_tokenizer_load(path);
+	if (!ok(t && cases && exp && nc == ne && nc > 300, "%s: load tokenizer and %zu cases", name, nc)) {
+		if (!t) printf("# %s\n", ft_errmsg());
+		free_jsonl(cases, nc); free_jsonl(exp, ne); ft_tokenizer_free(t);
+		return;
+	}
+	size_t bad_ids = 0, bad_sp = 0, bad_dec = 0, bad_skip = 0, lossless = 0, bad_rt = 0, errs = 0;
+	for (size_t i = 0; i < nc; i++) {
+		const json_t *tx = json_object_get(cases[i], "text");
+		const char *text = json_string_value(tx);
+		size_t len = json_string_length(tx);
+		ft_i32vec a = {0}, b = {0};
+		if (ft_tokenizer_encode(t, text, len, 0, &a) || ft_tokenizer_encode(t, text, len, 1, &b)) {
+			errs++;
+			printf("# encode error %s\n", ft_errmsg());
+		}
+		if (!ids_equal(&a, json_object_get(exp[i], "ids")) && ++bad_ids <= 3)
+			show(name, i, text, &a, json_object_get(exp[i], "ids"));
+		if (!ids_equal(&b, json_object_get(exp[i], "ids_special")) && ++bad_sp <= 3)
+			show(name, i, text, &b, json_object_get(exp[i], "ids_special"));
+		/* decode the expected ids, so a decode bug is not hidden by encode */
+		const json_t *ei = json_object_get(exp[i], "ids"), *es = json_object_get(exp[i], "ids_special");
+		size_t n1 = json_array_size(ei), n2 = json_array_size(es);
+		int32_t *v1 = malloc((n1 + 1) * 4), *v2 = malloc((n2 + 1) * 4);
+		for (size_t k = 0; k < n1; k++) v1[k] = (int32_t)json_integer_value(json_array_get(ei, k));
+		for (size_t k = 0; k < n2; k++) v2[k] = (int32_t)json_integer_value(json_array_get(es, k));
+		char *d1 = ft_tokenizer_decode(t, v1, n1, 0), *d2 = ft_tokenizer_decode(t, v2, n2, 1);
+		const json_t *j1 = json_object_get(exp[i], "text"), *j2 = json_object_get(exp[i], "text_skip");
+		const char *w1 = json_string_value(j1), *w2 = json_string_value(j2);
+		if (!w1 || !w2) { printf("# bad expected line %zu\n", i); errs++; continue; }
+		if ((!d1 || !same(d1, w1, json_string_length(j1))) && ++bad_dec <= 3)
+			printf("# %s decode case %zu\n#   got  %.80s\n#   want %.80s\n", name, i, d1 ? d1 : ft_errmsg(), w1);
+		if ((!d2 || !same(d2, w2, json_string_length(j2))) && ++bad_skip <= 3)
+			printf("# %s skip decode case %zu\n#   got  %.80s\n#   want %.80s\n", name, i, d2 ? d2 : ft_errmsg(), w2);
+		/* round trip where the reference is lossless */
+		if (json_string_length(j1) == len && !memcmp(w1, text, len)) {
+			lossless++;
+			char *r = ft_tokenizer_decode(t, a.v, a.n, 0);
+			if (!r || !same(r, text, len)) bad_rt++;
+			free(r);
+		}
+		free(d1); free(d2); free(v1); free(v2);
+		ft_i32vec_free(&a); ft_i32vec_free(&b);
+	}
+	ok(!errs, "%s: no encode errors", name);
+	ok(!bad_ids, "%s: ids equal the reference on all %zu cases (%zu differ)", name, nc, bad_ids);
+	ok(!bad_sp, "%s: ids with add_special_tokens equal (%zu differ)", name, bad_sp);
+	ok(!bad_dec, "%s: decode equals (%zu differ)", name, bad_dec);
+	ok(!bad_skip, "%s: decode with skip_special_tokens equals (%zu differ)", name, bad_skip);
+	ok(lossless > nc / 2 && !bad_rt, "%s: decode(encode(x)) == x on the %zu lossless cases (%zu differ)",
+	   name, lossless, bad_rt);
+
+	/* the same ids from 2 threads at once */
+	size_t bad_thr = 0;
+	#pragma omp parallel for num_threads(2) reduction(+:bad_thr) schedule(dynamic, 4)
+	for (size_t i = 0; i < nc; i++) {
+		const json_t *tx = json_object_get(cases[i], "text");
+		ft_i32vec a = {0};
+		if (ft_tokenizer_encode(t, json_string_value(tx), json_string_length(tx), 0, &a) ||
+		    !ids_equal(&a, json_object_get(exp[i], "ids")))
+			bad_thr++;
+		ft_i32vec_free(&a);
+	}
+	ok(!bad_thr, "%s: 2 threads sharing the tokenizer give the same ids", name);
+	free_jsonl(cases, nc); free_jsonl(exp, ne);
+	ft_tokenizer_free(t);
+}
+
+static void settings(void)
+{
+	char p[4096];
+	snprintf(p, sizeof p, "%s/tokenizers/mistral-sp", shared());
+	ft_tokenizer *t = ft_tokenizer_load(p);
+	if (!ok(t != NULL, "mistral-sp directory loads")) return;
+	const ft_tokenizer_info *in = ft_tokenizer_info_get(t);
+	ok(in->bos_id == 1 && in->eos_id == 2 && in->unk_id == 0 && in->pad_id == -1,
+	   "mistral-sp: bos 1, eos 2, unk 0, no pad (got %d %d %d %d)", in->bos_id, in->eos_id, in->unk_id, in->pad_id);
+	ok(in->add_bos == 1 && in->add_eos == 0, "mistral-sp: add_bos_token, no add_eos_token");
+	ok(in->model_max_length > (long long)1e18, "mistral-sp: huge model_max_length clamps (%lld)", in->model_max_length);
+	ok(in->bos_token && !strcmp(in->bos_token, "<s>") && !in->pad_token, "mistral-sp: token strings");
+	const char *id = ft_tokenizer_identity(t);
+	ok(id && !strncmp(id, "mistral-sp:", 11) && strlen(id) == 11 + 64, "identity is name:sha256 (%s)", id);
+	ok(ft_tokenizer_vocab_size(t) == 32000, "mistral-sp: vocab size 32000");
+	ok(ft_tokenizer_token_to_id(t, "</s>") == 2 && !strcmp(ft_tokenizer_id_to_token(t, 2), "</s>") &&
+	   ft_tokenizer_is_special(t, 2) && !ft_tokenizer_is_special(t, 100) &&
+	   ft_tokenizer_token_to_id(t, "no such token") == -1 && !ft_tokenizer_id_to_token(t, 32000),
+	   "mistral-sp: token_to_id, id_to_token, is_special");
+	ft_tokenizer_free(t);
+
+	snprintf(p, sizeof p, "%s/tokenizers/qwen3/tokenizer.json", shared());
+	t = ft_tokenizer_load(p);
+	if (!ok(t != NULL, "qwen3 tokenizer.json loads")) return;
+	in = ft_tokenizer_info_get(t);
+	ok(in->eos_id == 151645 && in->pad_id == 151643 && in->bos_id == -1 && !in->add_bos,
+	   "qwen3: eos <|im_end|>, pad <|endoftext|>, no bos (got %d %d %d)", in->eos_id, in->pad_id, in->bos_id);
+	ok(!strncmp(ft_tokenizer_identity(t), "qwen3:", 6), "identity of dir/tokenizer.json names the dir");
+	ok(ft_tokenizer_vocab_size(t) == 151669, "qwen3: vocab size with added tokens (%zu)", ft_tokenizer_vocab_size(t));
+	int32_t bad = 999999;
+	char *d = ft_tokenizer_decode(t, &bad, 1, 0);
+	ok(!d && strstr(ft_errmsg(), "999999"), "decode of an unknown id fails naming it");
+	ft_i32vec v = {0};
+	ok(ft_tokenizer_encode(t, "a\xff" "b", 3, 0, &v) == -1 && strstr(ft_errmsg(), "UTF-8"),
+	   "invalid UTF-8 is refused");
+	ft_i32vec_free(&v);
+	ft_tokenizer_free(t);
+}
+
+static void errors(void)
+{
+	ft_tokenizer *t = ft_tokenizer_load("tests/fixtures/tokenizer/no-such-file.json");
+	ok(!t && strstr(ft_errmsg(), "no-such-file.json"), "missing file: error names it");
+	t = ft_tokenizer_load("tests/fixtures");
+	ok(!t && strstr(ft_errmsg(), "no tokenizer.json or tokenizer.model"), "directory without a tokenizer");
+	t = ft_tokenizer_load(FIX "/cases.jsonl");
+	ok(!t && strstr(ft_errmsg(), "cases.jsonl:"), "not JSON: error with file and position (%s)", ft_errmsg());
+	FILE *f = fopen("build/test-tok-wordpiece.json", "w");
+	fputs("{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}", f);
+	fclose(f);
+	t = ft_tokenizer_load("build/test-tok-wordpiece.json");
+	ok(!t && strstr(ft_errmsg(), "WordPiece"), "unsupported model type named (%s)", ft_errmsg());
+	f = fopen("build/test-tok-bad.model", "w");
+	fputs("\x0a\x05hello", f);
+	fclose(f);
+	t = ft_tokenizer_load("build/test-tok-bad.model");
+	ok(!t && strstr(ft_errmsg(), "test-tok-bad.model"), "corrupt tokenizer.model refused (%s)", ft_errmsg());
+	remove("build/test-tok-wordpiece.json");
+	remove("build/test-tok-bad.model");
+}
+
+int main(void)
+{
+	char p[4096], e[4096];
+	parity("small-sp.model", FIX "/small-sp.model", FIX "/small-sp.expected.jsonl");
+	parity("small-sp tokenizer.json", FIX "/small-sp/tokenizer.json", FIX "/small-sp-json.expected.jsonl");
+	errors();
+	if (!is_dir(shared())) {
+		skip("../shared is absent: qwen3 and mistral-sp parity");
+		return tap_done();
+	}
+	snprintf(p, sizeof p, "%s/tokenizers/qwen3", shared());
+	parity("qwen3", p, FIX "/qwen3.expected.jsonl");
+	snprintf(p, sizeof p, "%s/tokenizers/mistral-sp/tokenizer.json", shared());
+	snprintf(e, sizeof e, FIX "/mistral-sp.expected.jsonl");
+	parity("mistral-sp", p, e);
+	settings();
+	return tap_done();
+}
