@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "atomicfile.h"
 #include "cli.h"
 #include "json.h"
 #include "stream.h"
@@ -128,6 +129,7 @@ static void encode(const options *o, const char *in)
 int main(int argc, char **argv)
 {
 	ft_cli_init(argc, argv);
+	ft_atomic_install_signal_cleanup();
 	options o = {0};
 	int c;
 	while ((c = getopt_long(argc, argv, "Heo:d:l:fh", longopts, NULL)) != -1) {
