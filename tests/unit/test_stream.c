@@ -196,6 +196,15 @@ static void test_sharded(void)
 	int good = 1;
 	while ((rc = ft_reader_next(r2, &rec)) > 0) good &= check_record(rec, (uint64_t)(n++ % 3000));
 	ok(r2 && good && n == 6000 && rc == 0, "two directories with compatible headers read as one stream");
+	/* the first header stays valid after its file is closed */
+	char *text = NULL;
+	size_t tlen = 0;
+	FILE *mem = open_memstream(&text, &tlen);
+	ft_reader_write_header_json(r2, mem);
+	fclose(mem);
+	ok(text && strstr(text, "\"kind\":\"test\"") && strstr(text, "\"vocab_size\":100"),
+	   "header JSON after the last shard: %s", text);
+	free(text);
 	ft_reader_close(r2);
 
 	/* a writer must not mix with old shards unless told to */
