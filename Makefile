@@ -64,7 +64,7 @@ build/libft_cuda.a: $(CU_OBJ)
 # builds tests/gpu/*.c against the backend (run by tests/gpu/run.sh).
 ifeq ($(CUDA),1)
 CUDA_LIBDIR ?= $(dir $(NVCC))../lib64
-CUDA_LDLIBS = -Wl,--undefined=ft_cuda_probe build/libft_cuda.a build/libft.a \
+CUDA_LDLIBS = -Wl,--as-needed -Wl,--undefined=ft_cuda_probe build/libft_cuda.a build/libft.a \
 	-L$(CUDA_LIBDIR) -lcublas -lcublasLt -lcudart_static -ldl -lrt -lstdc++ \
 	$(PKG_LIBS) -lopenblas -fopenmp -lm -lpthread
 GPU_TESTS := $(patsubst tests/gpu/%.c,build/gpu/%,$(wildcard tests/gpu/*.c))
@@ -72,6 +72,9 @@ build/gpu/%: tests/gpu/%.c tests/unit/tap.h build/libft.a build/libft_cuda.a
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -iquote tests/unit $< build/libft.a $(CUDA_LDLIBS) -o $@
 gpu-tests: $(GPU_TESTS)
+build/gpu/bench_gpu: bench/train-gpu/bench_gpu.c build/libft.a build/libft_cuda.a
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $< build/libft.a $(CUDA_LDLIBS) -o $@
 ifeq ($(CUDA_LINK),1)
 bin/%: LDLIBS += $(CUDA_LDLIBS)
 $(BINS): build/libft_cuda.a
