@@ -63,6 +63,7 @@ build/libft_cuda.a: $(CU_OBJ)
 # a bundle needs only cuBLAS from the target machine.  `make gpu-tests`
 # builds tests/gpu/*.c against the backend (run by tests/gpu/run.sh).
 ifeq ($(CUDA),1)
+$(CU_OBJ): $(wildcard lib/cuda/*.cuh lib/cuda/*.h) lib/kernels.h lib/cuda_view.h lib/layers.h lib/error.h
 CUDA_LIBDIR ?= $(dir $(NVCC))../lib64
 CUDA_LDLIBS = -Wl,--as-needed -Wl,--undefined=ft_cuda_probe build/libft_cuda.a build/libft.a \
 	-L$(CUDA_LIBDIR) -lcublas -lcublasLt -lcudart_static -ldl -lrt -lstdc++ \

@@ -176,6 +176,10 @@ int ft_cu_lm_head_loss(ft_cuda_model *dm, float *dx, float *logits, const float 
 /* ---- model.cu / optim.cu ---- */
 /* Host weights of t -> device (fp32 and/or half copy). */
 int ft_cu_upload(ft_cuda_model *dm, ft_dt *t);
+/* Copy on dm->stream and wait: the model's stream is non-blocking, so a
+ * plain cudaMemcpy (legacy stream) would not be ordered with its work. */
+int ft_cu_copy(ft_cuda_model *dm, void *dst, const void *src, size_t bytes,
+	       cudaMemcpyKind kind, const char *what);
 /* Sample cudaMemGetInfo into dm->peak. */
 void ft_cu_sample_peak(ft_cuda_model *dm);
 

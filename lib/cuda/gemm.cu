@@ -114,3 +114,13 @@ int ft_cu_operand(ft_cuda_model *dm, ft_mat *out, const float *x, size_t n,
 	out->half = 1;
 	return 0;
 }
+
+int ft_cu_copy(ft_cuda_model *dm, void *dst, const void *src, size_t bytes,
+	       cudaMemcpyKind kind, const char *what)
+{
+	if (!bytes)
+		return 0;
+	CU(cudaMemcpyAsync(dst, src, bytes, kind, dm->stream), "%s, %zu bytes", what, bytes);
+	CU(cudaStreamSynchronize(dm->stream), "after copying %s", what);
+	return 0;
+}

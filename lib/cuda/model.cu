@@ -287,8 +287,8 @@ static int too_big(ft_cuda_model *dm, size_t avail)
 int ft_cu_upload(ft_cuda_model *dm, ft_dt *t)
 {
 	if (t->w)
-		CU(cudaMemcpy(t->w, t->hw, t->n * sizeof(float), cudaMemcpyHostToDevice),
-		   "upload %zu floats", t->n);
+		TRY(ft_cu_copy(dm, t->w, t->hw, t->n * sizeof(float), cudaMemcpyHostToDevice,
+			       "fp32 weights"));
 	if (!t->h)
 		return 0;
 	size_t chunk = (size_t)1 << 24;
@@ -298,10 +298,10 @@ int ft_cu_upload(ft_cuda_model *dm, ft_dt *t)
 		size_t nn = t->n - i0 < chunk ? t->n - i0 : chunk;
 		for (size_t i = 0; i < nn; i++)
 			buf[i] = bf ? ft_k_f32_to_bf16(t->hw[i0 + i]) : ft_k_f32_to_f16(t->hw[i0 + i]);
-		cudaError_t e = cudaMemcpy(t->h + i0, buf, nn * 2, cudaMemcpyHostToDevice);
-		if (e != cudaSuccess) {
+		if (ft_cu_copy(dm, t->h + i0, buf, nn * 2, cudaMemcpyHostToDevice,
+			       "half weights") < 0) {
 			free(buf);
-			return ft_cu_fail(e, "cudaMemcpy", "upload %zu halves", nn);
+			return -1;
 		}
 	}
 	free(buf);

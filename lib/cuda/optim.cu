@@ -118,8 +118,8 @@ int ft_cuda_copy_grads_to_host(ft_cuda_model *dm)
 		ft_dt *t = &dm->tens[i];
 		if (!t->g || !t->hg)
 			continue;
-		CU(cudaMemcpy(t->hg, t->g, t->n * sizeof(float), cudaMemcpyDeviceToHost),
-		   "gradient of %zu floats", t->n);
+		TRY(ft_cu_copy(dm, t->hg, t->g, t->n * sizeof(float), cudaMemcpyDeviceToHost,
+			       "gradient"));
 		if (dm->loss_scale != 1) {   /* fp16: hand back true gradients */
 			float s = (float)(1.0 / dm->loss_scale);
 			for (size_t j = 0; j < t->n; j++)
@@ -135,8 +135,8 @@ int ft_cuda_copy_weights_to_host(ft_cuda_model *dm)
 	for (int i = 0; i < dm->ntens; i++) {
 		ft_dt *t = &dm->tens[i];
 		if (t->g && t->w)
-			CU(cudaMemcpy(t->hw, t->w, t->n * sizeof(float), cudaMemcpyDeviceToHost),
-			   "weights of %zu floats", t->n);
+			TRY(ft_cu_copy(dm, t->hw, t->w, t->n * sizeof(float),
+				       cudaMemcpyDeviceToHost, "weights"));
 	}
 	return 0;
 }
@@ -165,9 +165,8 @@ int ft_cuda_adamw_get(ft_cuda_model *dm, size_t i, float *exp_avg, float *exp_av
 	if (!t)
 		return -1;
 	TRY(ft_cuda_sync(dm));
-	CU(cudaMemcpy(exp_avg, t->m, t->n * 4, cudaMemcpyDeviceToHost), "exp_avg %zu", t->n);
-	CU(cudaMemcpy(exp_avg_sq, t->v, t->n * 4, cudaMemcpyDeviceToHost), "exp_avg_sq %zu",
-	   t->n);
+	TRY(ft_cu_copy(dm, exp_avg, t->m, t->n * 4, cudaMemcpyDeviceToHost, "exp_avg"));
+	TRY(ft_cu_copy(dm, exp_avg_sq, t->v, t->n * 4, cudaMemcpyDeviceToHost, "exp_avg_sq"));
 	return 0;
 }
 
@@ -178,9 +177,8 @@ int ft_cuda_adamw_set(ft_cuda_model *dm, size_t i, const float *exp_avg,
 	if (!t)
 		return -1;
 	TRY(ft_cuda_sync(dm));
-	CU(cudaMemcpy(t->m, exp_avg, t->n * 4, cudaMemcpyHostToDevice), "exp_avg %zu", t->n);
-	CU(cudaMemcpy(t->v, exp_avg_sq, t->n * 4, cudaMemcpyHostToDevice), "exp_avg_sq %zu",
-	   t->n);
+	TRY(ft_cu_copy(dm, t->m, exp_avg, t->n * 4, cudaMemcpyHostToDevice, "exp_avg"));
+	TRY(ft_cu_copy(dm, t->v, exp_avg_sq, t->n * 4, cudaMemcpyHostToDevice, "exp_avg_sq"));
 	dm->step = step;
 	return 0;
 }
