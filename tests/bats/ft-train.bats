@@ -235,3 +235,28 @@ train() { ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir 
 	[[ "$stderr" == *"/3 ["* ]]
 	[ -z "$output" ]
 }
+
+@test "pipeline: ft-pack directory output (manifest.json, val/) and a pipe from ft-pack" {
+	need_jq
+	ft-cat --encode < "$FIXTURES/trainer/tokens.jsonl" > tok.zst
+	ft-pack -q --per_device_train_batch_size 2 --val_size 8 -o packed/ tok.zst
+	run ft-train --model_name_or_path "$MODEL" --train packed --val packed/val --output_dir out \
+		--num_train_epochs 2 --logging_steps 4 -q
+	assert_success
+	# 16 batches, 2 epochs
+	[ "$(jq .global_step out/trainer_state.json)" = 32 ]
+	jq -e '.eval_loss and .perplexity' out/all_results.json
+	run bash -c "set -o pipefail; ft-pack -q --per_device_train_batch_size 4 tok.zst |
+		ft-train --model_name_or_path '$MODEL' --train - --output_dir piped --num_train_epochs 1 -q"
+	assert_success
+	[ "$(jq .global_step piped/trainer_state.json)" = 10 ]
+}
+
+@test "--train_from_scratch with --config: full training from a random init" {
+	run ft-train --train_from_scratch --config "$MODEL/config.json" --finetuning_type full \
+		--train train.zst --output_dir out --max_steps 2 -q
+	assert_success
+	[ -f out/model.safetensors ] && [ -f out/config.json ]
+	run -2 ft-train --train_from_scratch --train train.zst --output_dir out2 --max_steps 1
+	assert_output --partial "--config"
+}
