@@ -93,8 +93,10 @@ int ft_model_prepare(ft_model *m, int N)
 	m->d_att = fa(n * qd); m->dq = fa(n * qd); m->dk = fa(n * kd); m->dv = fa(n * kd);
 	m->hbuf = fa(n * F); m->dh = fa(n * F); m->dgate = fa(n * F); m->dup = fa(n * F);
 	m->tmp = fa(n * (mi > D ? mi : D));
-	m->drop = fa(n * mi);
-	m->ddrop = fa(n * mi);
+	if (m->lora_dropout_on) {   /* dropped-out LoRA inputs and their gradient */
+		m->drop = fa(n * mi);
+		m->ddrop = fa(n * mi);
+	}
 	m->lhs = fa(n * (size_t)(m->o.lora_rank > 0 ? m->o.lora_rank : 1));
 	m->head_x = fa(n * D);
 	m->head_dx = fa(n * D);
