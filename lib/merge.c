@@ -9,9 +9,7 @@
  * disk space checked, and the whole directory built under a temporary
  * name and renamed into place at the end.
  */
-#include <errno.h>
 #include <jansson.h>
-#include <limits.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>

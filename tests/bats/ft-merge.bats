@@ -77,8 +77,10 @@ AD="$FIXTURES/merge/llama-r4/adapter"
 	export_device: cpu
 	export_legacy_format: false
 	YAML
-	run ft-merge merge.yaml --export_dir from_flag
+	run ft-merge -v merge.yaml --export_dir from_flag
 	assert_success
+	assert_output --partial "ignoring template"
+	assert_output --partial "merged 1 adapter into from_flag"
 	[ -f from_flag/model.safetensors ]
 	[ ! -e from_yaml ]
 }

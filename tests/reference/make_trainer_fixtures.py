@@ -137,6 +137,17 @@ def batch_fixture():
                        "n_tokens": int((ids != 0).sum()), "n_examples": B}
                 f.write(json.dumps(rec) + "\n")
 
+    # the same rows as token records (ft-tokenize's kind), for ft-pack
+    with open(os.path.join(OUT, "tokens.jsonl"), "w") as f:
+        f.write(json.dumps({"format": "ft-stream", "version": 1, "kind": "tokens",
+                            "producer": "make_trainer_fixtures.py",
+                            "meta": {"stage": "sft", "tokenizer": "tiny-llama", "pad_id": 0,
+                                     "eos_id": 2, "vocab_size": 256}}) + "\n")
+        for ids, lab in batches:
+            for r in range(ids.shape[0]):
+                n = int((ids[r] != 0).sum())
+                f.write(json.dumps({"input_ids": ids[r, :n].tolist(),
+                                    "labels": lab[r, :n].tolist()}) + "\n")
     write(os.path.join(OUT, "train.jsonl"), batches[:16], "train")
     write(os.path.join(OUT, "val.jsonl"), batches[16:], "val")
 
