@@ -4,7 +4,8 @@
 # throughput table of ft vs PyTorch + transformers + PEFT, same model,
 # batch and steps, in the same run.
 #   bundle/run.sh [all|parity|bench]       (default all)
-# Env: PYTHON (python3), STEPS (5), WARMUP (2), CASES ("7b-lora 1b-full").
+# Env: PYTHON (python3), STEPS (5), WARMUP (2), CASES ("1b-full 7b-lora"),
+# CASE_TIMEOUT (420 s per side and case).
 # Results: printed, and written to results.md (and $OUT/ when set).
 set -u
 here=$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)
@@ -13,7 +14,7 @@ what=${1:-all}
 PY=${PYTHON:-python3}
 STEPS=${STEPS:-5}
 WARMUP=${WARMUP:-2}
-CASES=${CASES:-"7b-lora 1b-full"}
+CASES=${CASES:-"1b-full 7b-lora"}
 
 # cuBLAS 13 from the CUDA install or from PyTorch's pip wheels
 cub=""
@@ -31,7 +32,7 @@ ldconfig -p 2>/dev/null | grep -q 'libstdc++.so.6 ' || fb=":$here/lib/fallback"
 export LD_LIBRARY_PATH="$here/lib$cub$fb:${LD_LIBRARY_PATH:-}"
 echo "GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"
 echo "glibc here: $(ldd --version | head -1); bundle needs $(cat GLIBC_NEEDED 2>/dev/null)"
-res=$here/results.md
+res=$here/parity.md
 : > "$res"
 status=0
 
@@ -51,27 +52,13 @@ spec() {
 	esac
 }
 
-if [ "$what" != parity ]; then
-	peak=$($PY bench/train-gpu/torch_gpu.py peak) || { echo "peak matmul failed"; exit 1; }
-	echo "measured: $peak"
-	tf=$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["bf16_tflops"])' "$peak")
-	rows=""
-	for c in $CASES; do
-		s=$(spec "$c") || { echo "unknown case $c"; continue; }
-		set -- $s
-		args="$1 bf16 $2 $3 $4 $5 $6 $7 $8 $9 $STEPS $WARMUP ${10}"
-		echo "== $c: $args"
-		ft=$(bin/bench_gpu $args) || { echo "ft failed on $c"; status=1; ft='{}'; }
-		echo "ft:    $ft"
-		pt=$($PY bench/train-gpu/torch_gpu.py $args) || { echo "torch failed on $c"; pt='{}'; }
-		echo "torch: $pt"
-		rows="$rows$c|$s|$ft|$pt
-"
-	done
-	$PY - "$tf" "$peak" <<PYEOF | tee -a "$res"
+# Regenerate the table from rows.txt (after every case, so a run cut
+# short still leaves the finished cases in results.md and $OUT).
+table() {
+	$PY - "$tf" "$peak" rows.txt <<'PYEOF'
 import json, sys
 tf = float(sys.argv[1]); dev = json.loads(sys.argv[2])["device"]
-rows = """$rows""".strip().splitlines()
+rows = [l.rstrip("\n") for l in open(sys.argv[3]) if l.strip()]
 print("## Throughput on %s (measured bf16 matmul peak %.0f TFLOP/s)\n" % (dev, tf))
 print("| case | impl | tokens/s | MFU | peak memory GiB | ratio ft/torch |")
 print("|---|---|---:|---:|---:|---:|")
@@ -99,6 +86,37 @@ for r in rows:
         print("| %s | %s | %.0f | %.1f%% | %.1f | %s |" % (name, impl, j["tokens_per_s"],
               100 * mfu, j["peak_bytes"] / 2**30, ratio))
 PYEOF
+}
+
+save() {
+	cat "$res" > results.md.tmp
+	[ -s rows.txt ] && table >> results.md.tmp
+	mv results.md.tmp results.md
+	[ -n "${OUT:-}" ] && cp results.md parity.log bench.log "$OUT/" 2>/dev/null
+	return 0
+}
+
+if [ "$what" != parity ]; then
+	: > rows.txt
+	: > bench.log
+	peak=$($PY bench/train-gpu/torch_gpu.py peak) || { echo "peak matmul failed"; save; exit 1; }
+	echo "measured: $peak" | tee -a bench.log
+	tf=$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["bf16_tflops"])' "$peak")
+	for c in $CASES; do
+		s=$(spec "$c") || { echo "unknown case $c"; continue; }
+		set -- $s
+		args="$1 bf16 $2 $3 $4 $5 $6 $7 $8 $9 $STEPS $WARMUP ${10}"
+		echo "== $c: $args" | tee -a bench.log
+		ft=$(timeout "${CASE_TIMEOUT:-420}" bin/bench_gpu $args 2>>bench.log) ||
+			{ echo "ft failed on $c" | tee -a bench.log; status=1; ft='{}'; }
+		echo "ft:    $ft" | tee -a bench.log
+		pt=$(timeout "${CASE_TIMEOUT:-420}" $PY bench/train-gpu/torch_gpu.py $args 2>>bench.log) ||
+			{ echo "torch failed on $c" | tee -a bench.log; pt='{}'; }
+		echo "torch: $pt" | tee -a bench.log
+		echo "$c|$s|$ft|$pt" >> rows.txt
+		save
+	done
+	table
 fi
-[ -n "${OUT:-}" ] && cp "$res" parity.log "$OUT/" 2>/dev/null
+save
 exit $status
