@@ -22,9 +22,10 @@ setup() {
 		predict/generated_predictions.jsonl predict/predict_results.json; do
 		[ -s "out/$f" ] || { echo "missing out/$f"; false; }
 	done
-	run make -q "${ARGS[@]}"
+	run make "${ARGS[@]}"
 	assert_success
-	run make -n "${ARGS[@]}" LR=1e-3
+	refute_output --partial "bin/ft-"
+	run make "${ARGS[@]}" LR=1e-3
 	assert_success
 	assert_output --partial "ft-train"
 	refute_output --partial "ft-tokenize"
