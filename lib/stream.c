@@ -55,6 +55,7 @@ struct ft_writer {
 	int replace;
 
 	ft_buf hdr;                /* the packed header record */
+	json_t *header;            /* and as given, with the version */
 	ft_buf rec;                /* record being built */
 	msgpack_packer pk;
 	int64_t fields_left;       /* -1: no record open */
@@ -204,7 +205,7 @@ static int pack_header(ft_writer *w, const json_t *header)
 	json_object_foreach((json_t *)header, key, val) {
 		if (!strcmp(key, "format") || !strcmp(key, "version")) continue;
 		ft_pack_key(&pk, key);
-		if (ft_pack_json(&pk, val) < 0)
+		if (ft_pack_json(&pk, val, 1) < 0)
 			return ft_fail_ctx("stream header: \"%s\": ", key);
 	}
 	return 0;
@@ -238,6 +239,8 @@ ft_writer *ft_writer_open(const ft_writer_opts *opts, const json_t *header)
 		w->frame_bytes = w->shard_bytes;
 	w->replace = opts->replace;
 	if (pack_header(w, header) < 0) goto fail;
+	w->header = json_deep_copy(header);
+	json_object_set_new(w->header, "version", json_integer(FT_STREAM_VERSION));
 	msgpack_packer_init(&w->pk, &w->rec, ft_buf_write);
 
 	w->cctx = ZSTD_createCCtx();
@@ -305,6 +308,7 @@ static void writer_free(ft_writer *w)
 	for (size_t i = 0; i < w->nshards; i++) free(w->shards[i].path);
 	free(w->shards);
 	free(w->hdr.p);
+	json_decref(w->header);
 	free(w->rec.p);
 	free(w->zout);
 	ZSTD_freeCCtx(w->cctx);
@@ -388,11 +392,41 @@ void ft_w_strn(ft_writer *w, const char *key, const char *s, size_t n)
 	if (field(w, key)) ft_pack_str(&w->pk, s, n);
 }
 
+/* The smallest msgpack encoding of v, as msgpack_pack_int32() chooses
+ * it, written straight into the record buffer: a packer call per token
+ * would cost a callback and a memcpy each. */
+static size_t put_i32(uint8_t *q, int32_t v)
+{
+	uint32_t u = (uint32_t)v;
+	if (v >= 0) {
+		if (v < 128) return q[0] = (uint8_t)v, 1;
+		if (v < 256) return q[0] = 0xcc, q[1] = (uint8_t)v, 2;
+		if (v < 65536) return q[0] = 0xcd, q[1] = (uint8_t)(u >> 8), q[2] = (uint8_t)u, 3;
+		q[0] = 0xce;
+	} else {
+		if (v >= -32) return q[0] = (uint8_t)v, 1;
+		if (v >= -128) return q[0] = 0xd0, q[1] = (uint8_t)v, 2;
+		if (v >= -32768) return q[0] = 0xd1, q[1] = (uint8_t)(u >> 8), q[2] = (uint8_t)u, 3;
+		q[0] = 0xd2;
+	}
+	q[1] = (uint8_t)(u >> 24), q[2] = (uint8_t)(u >> 16), q[3] = (uint8_t)(u >> 8), q[4] = (uint8_t)u;
+	return 5;
+}
+
 void ft_w_i32s(ft_writer *w, const char *key, const int32_t *v, size_t n)
 {
 	if (!field(w, key)) return;
 	msgpack_pack_array(&w->pk, n);
-	for (size_t i = 0; i < n; i++) msgpack_pack_int32(&w->pk, v[i]);
+	ft_buf *b = &w->rec;
+	if (b->n + 5 * n > b->cap) {
+		size_t cap = b->cap ? b->cap : 4096;
+		while (cap < b->n + 5 * n) cap *= 2;
+		b->p = ft_xrealloc(b->p, cap);
+		b->cap = cap;
+	}
+	uint8_t *q = (uint8_t *)b->p + b->n;
+	for (size_t i = 0; i < n; i++) q += put_i32(q, v[i]);
+	b->n = (size_t)(q - (uint8_t *)b->p);
 }
 
 void ft_w_f32s(ft_writer *w, const char *key, const float *v, size_t n)
@@ -404,7 +438,7 @@ void ft_w_f32s(ft_writer *w, const char *key, const float *v, size_t n)
 
 void ft_w_json(ft_writer *w, const char *key, const json_t *v)
 {
-	if (field(w, key) && ft_pack_json(&w->pk, v) < 0) {
+	if (field(w, key) && ft_pack_json(&w->pk, v, 1) < 0) {
 		w->bad_record = 2;
 		msgpack_pack_nil(&w->pk);
 	}
@@ -454,8 +488,19 @@ int ft_writer_put_json(ft_writer *w, const json_t *rec)
 	if (w->failed || w->finished)
 		return ft_fail("stream writer: %s", w->failed ? "an earlier write failed" : "already closed");
 	if (!json_is_object(rec)) return ft_fail("record is not a JSON object");
+	/* A header among the records (JSON of concatenated streams): the
+	 * reader would skip it if compatible, so do that now, or refuse it
+	 * now rather than write a stream no reader accepts. */
+	const json_t *f = json_object_get(rec, "format");
+	if (json_is_string(f) && !strcmp(json_string_value(f), FT_STREAM_FORMAT)) {
+		if (ft_headers_compatible(w->header, rec)) return 0;
+		char *why = ft_header_difference(w->header, rec);
+		ft_fail("a header record that does not match the first header (%s)", why);
+		free(why);
+		return -1;
+	}
 	w->rec.n = 0;
-	if (ft_pack_json(&w->pk, rec) < 0) return -1;
+	if (ft_pack_json(&w->pk, rec, 0) < 0) return -1;
 	return emit_record(w);
 }
 
@@ -593,7 +638,11 @@ static int pump(ft_reader *r)
 		r->in.size = (size_t)n;
 		r->in.pos = 0;
 	}
-	size_t want = ZSTD_DStreamOutSize();
+	/* Ask for at least as much room as the unparsed bytes held (up to a
+	 * frame awaiting its checksum): msgpack-c copies those bytes into a
+	 * new buffer whenever it grows, so growth must be geometric. */
+	size_t want = ZSTD_DStreamOutSize(), held = r->mp.used - r->mp.off;
+	if (want < held) want = held;
 	if (!msgpack_unpacker_reserve_buffer(&r->mp, want))
 		return reader_fail(r, "out of memory");
 	ZSTD_outBuffer out = {msgpack_unpacker_buffer(&r->mp), msgpack_unpacker_buffer_capacity(&r->mp), 0};

@@ -41,7 +41,7 @@ static int pack_json(msgpack_packer *pk, const json_t *v, int depth)
 	const char *key;
 	json_t *item;
 	size_t i;
-	/* one level is the record's own map */
+	/* depth 0 is the record's own map; ft_scan allows as many levels */
 	if (depth >= FT_SCAN_MAX_DEPTH - 1)
 		return ft_fail("value nested deeper than %d levels", FT_SCAN_MAX_DEPTH - 2);
 	switch (json_typeof(v)) {
@@ -74,9 +74,9 @@ static int pack_json(msgpack_packer *pk, const json_t *v, int depth)
 	return ft_fail("unknown JSON value type");
 }
 
-int ft_pack_json(msgpack_packer *pk, const json_t *v)
+int ft_pack_json(msgpack_packer *pk, const json_t *v, int depth)
 {
-	return pack_json(pk, v, 0);
+	return pack_json(pk, v, depth);
 }
 
 /* ==== framing ======================================================== */
@@ -85,7 +85,7 @@ enum { T_DONE, T_SKIP, T_BYTES, T_EXT, T_ARRAY, T_MAP, T_BAD };
 
 /* What a first byte announces: its type, how many more header bytes hold
  * a length or count (lenb), and a fixed payload or count (fixed). */
-static int classify(uint8_t b, unsigned *lenb, uint64_t *fixed)
+static inline int classify(uint8_t b, unsigned *lenb, uint64_t *fixed)
 {
 	*lenb = 0;
 	*fixed = 0;
@@ -128,7 +128,7 @@ static int scan_fail(ft_scanner *s, const char *why)
 
 /* An item ended: close every container it completes; a record ends when
  * the outermost map does. */
-static void item_done(ft_scanner *s)
+static inline void item_done(ft_scanner *s)
 {
 	while (s->depth > 0) {
 		if (--s->left[s->depth - 1] > 0) return;
@@ -167,10 +167,41 @@ static int item_start(ft_scanner *s)
 	}
 }
 
+/* Sizes of 0xcc..0xd3 (uint8..int64) payloads. */
+static const uint8_t int_size[8] = {1, 2, 4, 8, 1, 2, 4, 8};
+
 int ft_scan(ft_scanner *s, const uint8_t *p, size_t n)
 {
 	size_t i = 0;
 	while (i < n) {
+		/* Fast path: runs of integers inside a container (token
+		 * arrays are nearly all of the bytes), whole in this chunk.
+		 * Locals, since p (bytes) may alias *s as far as C knows. */
+		if (!s->skip && !s->hlen && s->depth > 0) {
+			uint64_t left = s->left[s->depth - 1];
+			size_t j = i;
+			while (j < n) {
+				uint8_t b = p[j];
+				size_t len;
+				if (b <= 0x7f || b >= 0xe0) len = 1;
+				else if (b >= 0xcc && b <= 0xd3) len = 1 + (size_t)int_size[b - 0xcc];
+				else break;
+				if (len > n - j) break;
+				j += len;
+				if (--left == 0) break;
+			}
+			if (j > i) {
+				s->pos += j - i;
+				i = j;
+				if (left == 0) {
+					s->left[s->depth - 1] = 1;
+					item_done(s);
+				} else {
+					s->left[s->depth - 1] = left;
+				}
+				continue;
+			}
+		}
 		if (s->skip) {
 			uint64_t take = s->skip < n - i ? s->skip : n - i;
 			i += take;

@@ -21,8 +21,9 @@ int ft_buf_write(void *data, const char *s, size_t n);
 
 void ft_pack_str(msgpack_packer *pk, const char *s, size_t n);
 void ft_pack_key(msgpack_packer *pk, const char *key);
-/* Any JSON value; -1 (message set) for values msgpack cannot hold. */
-int ft_pack_json(msgpack_packer *pk, const json_t *v);
+/* Any JSON value at nesting `depth` (0: a whole record, 1: a field);
+ * -1 with a message when nested deeper than ft_scan accepts. */
+int ft_pack_json(msgpack_packer *pk, const json_t *v, int depth);
 
 /* Map lookup by string key; NULL when absent or not a map. */
 const msgpack_object *ft_mp_get(const msgpack_object *map, const char *key);

@@ -5,6 +5,7 @@
 #include "trainer_impl.h"
 #include "atomicfile.h"
 #include "error.h"
+#include "trainlog.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -66,19 +67,36 @@ out:
 	return rc;
 }
 
+/* As transformers' save_metrics: json.dump(indent=4, sort_keys=True),
+ * numbers as Python writes them (counts as integers). */
 int ft_save_results(const char *dir, const char *name, const char *const *keys, const double *vals, size_t n)
 {
-	json_t *o = json_object();
-	for (size_t i = 0; i < n; i++) {
-		double v = vals[i];
-		json_object_set_new(o, keys[i], v == floor(v) && fabs(v) < 9e15 && strcmp(keys[i], "epoch") &&
-					   strstr(keys[i], "loss") == NULL
-					   ? json_integer((json_int_t)v) : json_real(v));
-	}
+	size_t *ord = ft_xcalloc(n ? n : 1, sizeof *ord);
+	for (size_t i = 0; i < n; i++) ord[i] = i;
+	for (size_t i = 1; i < n; i++)
+		for (size_t j = i; j > 0 && strcmp(keys[ord[j - 1]], keys[ord[j]]) > 0; j--) {
+			size_t t = ord[j]; ord[j] = ord[j - 1]; ord[j - 1] = t;
+		}
 	char *path = ft_xasprintf("%s/%s", dir, name);
-	int rc = ft_json_write_atomic(o, path, 4, 1);
+	ft_atomic a;
+	int rc = -1;
+	if (ft_atomic_open(&a, path) < 0) goto out;
+	fputs("{\n", a.fp);
+	for (size_t i = 0; i < n; i++) {
+		const char *k = keys[ord[i]];
+		double v = vals[ord[i]];
+		char num[40];
+		if (!strcmp(k, "total_flos") && v == floor(v) && fabs(v) < 9e15)
+			snprintf(num, sizeof num, "%.0f", v);
+		else
+			ft_fmt_double_repr(num, sizeof num, v);
+		fprintf(a.fp, "    \"%s\": %s%s\n", k, num, i + 1 < n ? "," : "");
+	}
+	fputs("}", a.fp);
+	rc = ft_atomic_commit(&a);
+out:
 	free(path);
-	json_decref(o);
+	free(ord);
 	return rc;
 }
 

@@ -38,3 +38,27 @@ rows() { recs "$1" | jq -c '. as $b | range(0; .B) as $r | {input_ids: $b.input_
 	# labels: ids, with pad (= eos for this tokenizer) masked as DataCollatorForLanguageModeling
 	[ "$(rows out.zst | jq '[.input_ids, .labels] | transpose | map(if .[0] == 2 then .[1] == -100 else .[1] == .[0] end) | all' | sort -u)" = true ]
 }
+
+# The whole pipeline on the demo data, once ft-tokenize has its dataset mode.
+need_tokenize() {
+	skip_without_shared
+	ft-tokenize --help 2>&1 | grep -q -- "--dataset_dir" || skip "ft-tokenize has no dataset mode in this build"
+}
+
+@test "ft-tokenize | ft-pack = LLaMA-Factory's batches (alpaca_en_demo, qwen, padded)" {
+	need_jq; need_tokenize
+	ft-tokenize --dataset alpaca_en_demo --dataset_dir "$SHARED/data/llamafactory" --template qwen \
+		--tokenizer "$SHARED/tokenizers/qwen3" --cutoff_len 256 --max_samples 40 -o tok.zst
+	ft-pack -q --shuffle false --per_device_train_batch_size 4 tok.zst -o out.zst
+	diff <(jq -c '[.input_ids, .labels]' "$FIXTURES/pack/lf_sft_padded.expect.jsonl") \
+	     <(recs out.zst | jq -c '. as $b | [[range(0; .B) | $b.input_ids[. * $b.T:(. + 1) * $b.T]], [range(0; .B) | $b.labels[. * $b.T:(. + 1) * $b.T]]]')
+}
+
+@test "ft-tokenize --cutoff_len 255 | ft-pack --neat_packing --cutoff_len 256 = LLaMA-Factory's neat rows" {
+	need_jq; need_tokenize
+	ft-tokenize --dataset alpaca_en_demo --dataset_dir "$SHARED/data/llamafactory" --template qwen \
+		--tokenizer "$SHARED/tokenizers/qwen3" --cutoff_len 255 --max_samples 40 -o tok.zst
+	ft-pack -q --shuffle false --neat_packing --cutoff_len 256 --per_device_train_batch_size 1 tok.zst -o out.zst
+	diff <(jq -c '[.input_ids, .labels, .position_ids, .attention_mask]' "$FIXTURES/pack/lf_sft_neat.expect.jsonl") \
+	     <(rows out.zst | jq -c '[.input_ids, .labels, .position_ids, .segment_ids]')
+}

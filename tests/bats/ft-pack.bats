@@ -135,8 +135,9 @@ in_pairs() { tail -n +2 "$FIXTURES/pack/$1.jsonl" | jq -r '[.input_ids, .labels]
 	run ft-pack --val_size 5 sft.zst -o a.zst
 	assert_failure 2
 	assert_output --partial "--val_output"
-	ft-pack --val_size 5 sft.zst -o a.zst --val_output v.zst
-	[ "$(hdr v.zst | jq '.meta.counts.examples')" = 5 ]
+	ft-pack --val_size 5 --per_device_eval_batch_size 2 sft.zst -o a.zst --val_output v.zst
+	[ "$(hdr v.zst | jq -c '[.meta.counts.examples, .meta.batch_size, .meta.counts.batches]')" = "[5,2,3]" ]
+	[ "$(hdr a.zst | jq '.meta.batch_size')" = 8 ]
 	[ "$(hdr v.zst | jq -r '.meta.split')" = val ]
 	[ "$(hdr a.zst | jq '.meta.counts.examples')" = 35 ]
 	run ft-pack --val_size 40 sft.zst -o a.zst --val_output v.zst

@@ -19,6 +19,10 @@ Cases:
                 alpha_pattern {down_proj: 32}, q/k/v/o/down only (Qwen2 has
                 q/k/v biases); a copy adapter-default/ renames the tensors
                 the way older PEFT wrote them (...lora_A.default.weight)
+  qwen2-bias    r=4 on q/v with lora_bias=True (lora_B has a bias, added
+                to Qwen2's q/v biases)
+  llama-mts     r=2 on q with modules_to_save=["lm_head"] (the trained copy
+                replaces lm_head)
   llama-r4-then-r2  expected weights after merging llama-r4's adapter and
                 then a second adapter (r=2, q/v) on top, as two successive
                 merge_and_unload() calls do
@@ -43,7 +47,7 @@ def make_adapter(base_dir, cfg, seed, out_dir):
     model = get_peft_model(base, cfg)
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if "lora_B" in n or "lora_A" in n:
+            if "lora_B" in n or "lora_A" in n or "modules_to_save" in n:
                 p.copy_(torch.randn_like(p) * 0.05)   # non-zero B, so the merge matters
     model.save_pretrained(out_dir)
     os.remove(os.path.join(out_dir, "README.md"))   # PEFT's model card: not needed
@@ -94,6 +98,12 @@ def main():
                         alpha_pattern={"down_proj": 32},
                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"],
                         lora_dropout=0.0, task_type="CAUSAL_LM"), 2)
+    case("qwen2-bias", "tiny-qwen2",
+         LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], lora_bias=True,
+                    lora_dropout=0.0, task_type="CAUSAL_LM"), 4)
+    case("llama-mts", "tiny-llama",
+         LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], modules_to_save=["lm_head"],
+                    lora_dropout=0.0, task_type="CAUSAL_LM"), 5)
     # older PEFT naming: ...lora_A.default.weight
     os.makedirs(f"{q}/adapter-default", exist_ok=True)
     shutil.copy(f"{q}/adapter/adapter_config.json", f"{q}/adapter-default/")

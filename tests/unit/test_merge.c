@@ -37,7 +37,11 @@ static void compare(const char *expected, const char *got_dir, ft_dtype as, cons
 	ft_st *e = ft_st_open(expected), *g = ft_st_open(got_dir);
 	ok(e && g, "%s: open expected and merged", what);
 	if (!e || !g) goto out;
-	int exact = __builtin_cpu_supports("fma") || as != FT_F32;
+	/* without FMA the product is rounded differently from PEFT's kernels:
+	 * allow a few units in the last place of the export dtype */
+	int exact = __builtin_cpu_supports("fma");
+	float rel = as == FT_BF16 ? 1.0f / 128 : as == FT_F16 ? 1.0f / 1024 : 1e-6f;
+	float abs_ = as == FT_F32 ? 5e-8f : 1e-7f;
 	size_t bad = 0, total = 0, missing = 0;
 	for (size_t i = 0; i < ft_st_count(e); i++) {
 		const ft_st_tensor *te = ft_st_at(e, i), *tg = ft_st_find(g, te->name);
@@ -52,7 +56,7 @@ static void compare(const char *expected, const char *got_dir, ft_dtype as, cons
 			float want = a[k];
 			if (as == FT_BF16) want = ft_bf16_to_f32(ft_f32_to_bf16(a[k]));
 			if (as == FT_F16) want = ft_f16_to_f32(ft_f32_to_f16(a[k]));
-			if (exact ? b[k] != want : fabsf(b[k] - want) > 2 * nextafterf(fabsf(want), INFINITY) - 2 * fabsf(want))
+			if (exact ? b[k] != want : fabsf(b[k] - want) > rel * fabsf(want) + abs_)
 				bad++;
 		}
 		total += te->numel;
@@ -60,7 +64,7 @@ static void compare(const char *expected, const char *got_dir, ft_dtype as, cons
 		free(b);
 	}
 	ok(missing == 0 && bad == 0 && total > 0, "%s: %zu values of %zu tensors %s PEFT's merge_and_unload (%zu differ)",
-	   what, total, ft_st_count(e), exact ? "bit-identical to" : "within 2 ulp of", bad);
+	   what, total, ft_st_count(e), exact ? "bit-identical to" : "within a few ulp of", bad);
 out:
 	if (e) ft_st_close(e);
 	if (g) ft_st_close(g);
@@ -133,6 +137,15 @@ static void test_against_peft(void)
 	compare(MERGE "/qwen2-rslora/expected.safetensors", q, FT_F32, "qwen2 rsLoRA + rank/alpha patterns");
 	ok(run_merge(MODELS "/tiny-qwen2", a3, 1, qd, FT_MERGE_DTYPE_AUTO, 0) == 0, "merge adapter with .default names");
 	compare(MERGE "/qwen2-rslora/expected.safetensors", qd, FT_F32, "qwen2 .default names");
+
+	const char *ab[] = { MERGE "/qwen2-bias/adapter" }, *am[] = { MERGE "/llama-mts/adapter" };
+	char *qb = tmpdir("qwen2-bias"), *lm = tmpdir("llama-mts");
+	ok(run_merge(MODELS "/tiny-qwen2", ab, 1, qb, FT_MERGE_DTYPE_AUTO, 0) == 0, "merge lora_bias adapter");
+	compare(MERGE "/qwen2-bias/expected.safetensors", qb, FT_F32, "qwen2 lora_bias (q/v biases)");
+	ok(run_merge(MODELS "/tiny-llama", am, 1, lm, FT_MERGE_DTYPE_AUTO, 0) == 0, "merge modules_to_save adapter");
+	compare(MERGE "/llama-mts/expected.safetensors", lm, FT_F32, "llama modules_to_save lm_head");
+	free(qb);
+	free(lm);
 
 	const char *two[] = { MERGE "/llama-r4/adapter", MERGE "/llama-r4-then-r2/adapter" };
 	char *t = tmpdir("two");

@@ -196,6 +196,15 @@ static void test_sharded(void)
 	int good = 1;
 	while ((rc = ft_reader_next(r2, &rec)) > 0) good &= check_record(rec, (uint64_t)(n++ % 3000));
 	ok(r2 && good && n == 6000 && rc == 0, "two directories with compatible headers read as one stream");
+	/* the first header stays valid after its file is closed */
+	char *text = NULL;
+	size_t tlen = 0;
+	FILE *mem = open_memstream(&text, &tlen);
+	ft_reader_write_header_json(r2, mem);
+	fclose(mem);
+	ok(text && strstr(text, "\"kind\":\"test\"") && strstr(text, "\"vocab_size\":100"),
+	   "header JSON after the last shard: %s", text);
+	free(text);
 	ft_reader_close(r2);
 
 	/* a writer must not mix with old shards unless told to */
@@ -480,6 +489,19 @@ static void test_headers_and_api(void)
 	ok(ft_w_end(w) == -1 && strstr(ft_errmsg(), "field count"), "too few fields: %s", ft_errmsg());
 	json_t *r2 = json_pack("{s:[i, I]}", "ids", 1, (json_int_t)1 << 31);
 	ok(ft_writer_put_json(w, r2) == 0, "put_json");
+	/* nesting: 30 levels inside a record is the most both ends accept */
+	json_t *deep = json_integer(1), *deeper;
+	for (int k = 0; k < 29; k++) deep = json_pack("[o]", deep);
+	deeper = json_pack("[O]", deep);
+	json_t *drec = json_pack("{s:O}", "d", deep), *drec2 = json_pack("{s:O}", "d", deeper);
+	ok(ft_writer_put_json(w, drec) == 0, "30 nested levels are written");
+	ok(ft_writer_put_json(w, drec2) == -1 && strstr(ft_errmsg(), "nested"), "31 are refused: %s", ft_errmsg());
+	ft_w_begin(w, 1);
+	ft_w_json(w, "d", deeper);
+	ok(ft_w_end(w) == -1, "ft_w_json refuses 31 levels too");
+	json_decref(deep);
+	json_decref(deeper);
+	json_decref(drec2);
 	json_t *notobj = json_pack("[i]", 1);
 	ok(ft_writer_put_json(w, notobj) == -1, "put_json refuses a non-object");
 	char tmpname_seen = 0;
@@ -518,6 +540,11 @@ static void test_headers_and_api(void)
 	ok(ft_rec_i32s(rec, "f32s", &iv) == -1, "floats are not i32s");
 	ok(ft_reader_next(r, &rec) == 1 && ft_rec_i32s(rec, "ids", &iv) == -1 && strstr(ft_errmsg(), "element 1"),
 	   "2^31 is not a 32-bit integer: %s", ft_errmsg());
+	json_t *back = NULL;
+	ok(ft_reader_next(r, &rec) == 1 && (back = ft_rec_to_json(rec)) && json_equal(back, drec),
+	   "30 nested levels read back");
+	json_decref(back);
+	json_decref(drec);
 	ok(ft_reader_next(r, &rec) == 0, "end");
 	ft_reader_close(r);
 	ft_i32vec_free(&iv);
@@ -645,6 +672,85 @@ static void test_json_lines(void)
 	json_decref(h);
 }
 
+/* Another writer's framing: records split across frames at odd places,
+ * frames without checksums. */
+static void test_foreign_frames(void)
+{
+	json_t *h = test_header("test", 100);
+	char *a = tpath("plain.zst");
+	ft_writer_opts o = {.path = a};
+	write_stream(&o, h, 50);
+	size_t n;
+	unsigned char *z = slurp(a, &n);
+	size_t cap = (size_t)ZSTD_getFrameContentSize(z, n);
+	unsigned char *raw = NULL;
+	size_t rn = 0;
+	if (cap == ZSTD_CONTENTSIZE_UNKNOWN || cap == ZSTD_CONTENTSIZE_ERROR) {
+		/* streamed frame: decompress with the streaming API */
+		ZSTD_DCtx *d = ZSTD_createDCtx();
+		raw = ft_xmalloc(1 << 20);
+		ZSTD_inBuffer in = {z, n, 0};
+		ZSTD_outBuffer out = {raw, 1 << 20, 0};
+		while (in.pos < in.size) ZSTD_decompressStream(d, &out, &in);
+		rn = out.pos;
+		ZSTD_freeDCtx(d);
+	}
+	unsigned char *re = ft_xmalloc(2 * rn + 4096);
+	size_t m = 0;
+	for (size_t off = 0; off < rn; off += 37) {
+		size_t len = rn - off < 37 ? rn - off : 37;
+		m += ZSTD_compress(re + m, 2 * rn + 4096 - m, raw + off, len, 1);
+	}
+	char *b = tpath("split.zst");
+	spit(b, re, m);
+	int rc;
+	ok(rn > 0 && read_one(b, &rc) == 50 && rc == 0, "records split across 37-byte frames without checksums read back");
+	free(z);
+	free(raw);
+	free(re);
+	free(a);
+	free(b);
+	json_decref(h);
+}
+
+/* ft_w_i32s's own encoder writes the bytes msgpack-c would. */
+static void test_i32_encoding(void)
+{
+	static const int32_t v[] = {0, 1, 127, 128, 255, 256, 65535, 65536, INT32_MAX, -1, -32, -33,
+				    -128, -129, -32768, -32769, INT32_MIN};
+	size_t n = sizeof v / sizeof *v;
+	json_t *h = json_pack("{s:s, s:s}", "kind", "ints", "producer", "t");
+	json_t *arr = json_array();
+	for (size_t i = 0; i < n; i++) json_array_append_new(arr, json_integer(v[i]));
+	json_t *rec = json_pack("{s:o}", "a", arr);
+	char *p1 = tpath("i1.zst"), *p2 = tpath("i2.zst");
+	ft_writer_opts o1 = {.path = p1}, o2 = {.path = p2};
+	ft_writer *w = ft_writer_open(&o1, h);
+	ft_w_begin(w, 1);
+	ft_w_i32s(w, "a", v, n);
+	ft_w_end(w);
+	ft_writer_close(w);
+	w = ft_writer_open(&o2, h);
+	ft_writer_put_json(w, rec);
+	ft_writer_close(w);
+	size_t n1, n2;
+	unsigned char *b1 = slurp(p1, &n1), *b2 = slurp(p2, &n2);
+	ok(n1 == n2 && !memcmp(b1, b2, n1), "ft_w_i32s encodes boundary values as msgpack_pack_int64 does");
+	ft_reader *r = ft_reader_open(p1);
+	ft_rec *rr;
+	ft_i32vec got = {0};
+	ok(r && ft_reader_next(r, &rr) == 1 && ft_rec_i32s(rr, "a", &got) == 0 && got.n == n &&
+	   !memcmp(got.v, v, sizeof v), "and they read back");
+	ft_reader_close(r);
+	ft_i32vec_free(&got);
+	free(b1);
+	free(b2);
+	free(p1);
+	free(p2);
+	json_decref(rec);
+	json_decref(h);
+}
+
 static void cleanup(const char *dir)
 {
 	DIR *d = opendir(dir);
@@ -675,6 +781,8 @@ int main(void)
 	test_hostile();
 	test_headers_and_api();
 	test_json_lines();
+	test_i32_encoding();
+	test_foreign_frames();
 	cleanup(tmpdir);
 	return tap_done();
 }

@@ -17,6 +17,7 @@ typedef struct {
 	int neat_packing;
 	int cutoff_len;
 	int batch_size;
+	int eval_batch_size;
 	int pad_to_multiple_of;
 	int group_by_length;
 	int window;

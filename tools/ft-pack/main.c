@@ -34,6 +34,9 @@ static void usage(FILE *f)
 "  --per_device_train_batch_size N\n"
 "                            examples (pairs for rm/dpo, rows when packed)\n"
 "                            per batch (default 8)\n"
+"  --per_device_eval_batch_size N\n"
+"                            the same for the validation set (default 8, as\n"
+"                            the HF Trainer)\n"
 "  --pad_to_multiple_of N    padded layout: round each batch's length up to a\n"
 "                            multiple of N (default 8; 1 = none)\n"
 "  --packing [BOOL]          concatenate examples into rows of cutoff_len\n"
@@ -86,12 +89,13 @@ static void usage(FILE *f)
 
 enum {
 	O_CUTOFF = 256, O_BS, O_PADM, O_PACKING, O_NEAT, O_GROUP, O_WINDOW, O_STAGE, O_MAX,
-	O_VAL, O_SEED, O_SHUFFLE, O_DROP, O_VALOUT, O_DIR, O_SHARD, O_OVERWRITE,
+	O_VAL, O_SEED, O_SHUFFLE, O_DROP, O_VALOUT, O_DIR, O_SHARD, O_OVERWRITE, O_EBS,
 };
 
 static const struct option long_opts[] = {
 	{ "cutoff_len", required_argument, 0, O_CUTOFF },
 	{ "per_device_train_batch_size", required_argument, 0, O_BS },
+	{ "per_device_eval_batch_size", required_argument, 0, O_EBS },
 	{ "pad_to_multiple_of", required_argument, 0, O_PADM },
 	{ "packing", optional_argument, 0, O_PACKING },
 	{ "neat_packing", optional_argument, 0, O_NEAT },
@@ -156,13 +160,14 @@ static void parse_shard_size(pack_opts *o, const char *s)
 static void parse_args(int argc, char **argv, pack_opts *o)
 {
 	*o = (pack_opts){ .stage = -1, .max_samples = -1, .packing = -1, .cutoff_len = 0,
-			  .batch_size = 8, .pad_to_multiple_of = 8, .window = 1000, .shuffle = 1,
+			  .batch_size = 8, .eval_batch_size = 8, .pad_to_multiple_of = 8, .window = 1000, .shuffle = 1,
 			  .seed = 42 };
 	int c;
 	while ((c = getopt_long(argc, argv, "o:fqvh", long_opts, NULL)) != -1) {
 		switch (c) {
 		case O_CUTOFF: o->cutoff_len = pos_int("cutoff_len", optarg, 2); break;
 		case O_BS: o->batch_size = pos_int("per_device_train_batch_size", optarg, 1); break;
+		case O_EBS: o->eval_batch_size = pos_int("per_device_eval_batch_size", optarg, 1); break;
 		case O_PADM: o->pad_to_multiple_of = pos_int("pad_to_multiple_of", optarg, 1); break;
 		case O_PACKING: o->packing = bool_arg("packing", argc, argv); break;
 		case O_NEAT: o->neat_packing = bool_arg("neat_packing", argc, argv); break;
@@ -368,7 +373,9 @@ int main(int argc, char **argv)
 
 	ft_pack_totals tt, tv;
 	ft_pack_totals_compute(&e, &rows, train, (size_t)n_train, &bo, &tt);
-	ft_pack_totals_compute(&e, &rows, val, (size_t)n_val, &bo, &tv);
+	ft_batch_opts bv = bo;
+	bv.batch_size = o.eval_batch_size;
+	ft_pack_totals_compute(&e, &rows, val, (size_t)n_val, &bv, &tv);
 	if (tt.batches == 0)
 		die("no training batches: %lld examples and --dataloader_drop_last with batch size %d",
 		    (long long)n_train, o.batch_size);
@@ -376,7 +383,7 @@ int main(int argc, char **argv)
 	if (n_val) report_split("val", &tv);
 
 	split_out st = { "train", &e, &rows, &rst, train, (size_t)n_train, &bo, &tt };
-	split_out sv = { "val", &e, &rows, &rst, val, (size_t)n_val, &bo, &tv };
+	split_out sv = { "val", &e, &rows, &rst, val, (size_t)n_val, &bv, &tv };
 	if (o.output_dir) {
 		prepare_dir(&o);
 		char *vdir = ft_xasprintf("%s/val", o.output_dir);

@@ -1,0 +1,55 @@
+/* template_internal.h - a growable string shared by template*.c,
+ * dataset.c and preprocess.c (not part of the public API). */
+#ifndef FT_TEMPLATE_INTERNAL_H
+#define FT_TEMPLATE_INTERNAL_H
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include "error.h"
+
+typedef struct { char *s; size_t n, cap; } ft_sbuf;
+
+static inline void ft_sbuf_addn(ft_sbuf *b, const char *s, size_t n)
+{
+	if (b->n + n + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap * 2 : 64;
+		while (cap < b->n + n + 1) cap *= 2;
+		b->s = ft_xrealloc(b->s, cap);
+		b->cap = cap;
+	}
+	if (n) memcpy(b->s + b->n, s, n);
+	b->n += n;
+	b->s[b->n] = 0;
+}
+static inline void ft_sbuf_add(ft_sbuf *b, const char *s) { ft_sbuf_addn(b, s, strlen(s)); }
+static inline void ft_sbuf_addc(ft_sbuf *b, char c) { ft_sbuf_addn(b, &c, 1); }
+static inline void ft_sbuf_printf(ft_sbuf *b, const char *fmt, ...) FT_PRINTF(2, 3);
+static inline void ft_sbuf_printf(ft_sbuf *b, const char *fmt, ...)
+{
+	va_list ap;
+	char tmp[256];
+	va_start(ap, fmt);
+	int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+	va_end(ap);
+	if (n >= 0 && (size_t)n < sizeof tmp) { ft_sbuf_addn(b, tmp, (size_t)n); return; }
+	char *big = ft_xmalloc((size_t)n + 1);
+	va_start(ap, fmt);
+	vsnprintf(big, (size_t)n + 1, fmt, ap);
+	va_end(ap);
+	ft_sbuf_addn(b, big, (size_t)n);
+	free(big);
+}
+/* The string (never NULL); the buffer is reset. */
+static inline char *ft_sbuf_take(ft_sbuf *b)
+{
+	char *s = b->s ? b->s : ft_xstrdup("");
+	b->s = NULL; b->n = b->cap = 0;
+	return s;
+}
+
+/* s with the first occurrence of `from` replaced by `to` (Python's
+ * str.replace(from, to, 1)); all occurrences when all != 0. */
+char *ft_str_replace(const char *s, const char *from, const char *to, int all);
+
+#endif
