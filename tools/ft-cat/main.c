@@ -82,17 +82,21 @@ static void decode(const options *o, char **paths, int n)
 {
 	ft_reader *r = ft_reader_open_many((const char *const *)paths, (size_t)n);
 	if (!r) die_lib();
-	if (!o->no_header && ft_reader_write_header_json(r, stdout) < 0) die_lib();
+	if (!o->no_header && ft_reader_write_header_json(r, stdout) < 0) {
+		if (ferror(stdout)) exit(FT_EXIT_DATA);
+		die("%s: header: %s", ft_reader_path(r), ft_errmsg());
+	}
 	if (o->header_only) {
 		ft_reader_close(r);
 		return;
 	}
 	ft_rec *rec;
 	int rc;
-	while ((rc = ft_reader_next(r, &rec)) > 0)
-		if (ft_rec_write_json(rec, stdout) < 0)
-			die("%s: record %llu: %s", ft_reader_path(r),
-			    (unsigned long long)ft_reader_index(r), ft_errmsg());
+	while ((rc = ft_reader_next(r, &rec)) > 0) {
+		if (ft_rec_write_json(rec, stdout) == 0) continue;
+		if (ferror(stdout)) exit(FT_EXIT_DATA);   /* the exit-time stdout check says why */
+		die("%s: record %llu: %s", ft_reader_path(r), (unsigned long long)ft_reader_index(r), ft_errmsg());
+	}
 	if (rc < 0) die_lib();
 	ft_reader_close(r);
 }
@@ -114,6 +118,7 @@ static void encode(const options *o, const char *in)
 	while ((rc = ft_jsonl_next(j, &v)) > 0) {
 		if (ft_writer_put_json(w, v) < 0) {
 			ft_writer_abort(w);
+			if (ferror(stdout)) exit(FT_EXIT_DATA);   /* reported at exit */
 			die("%s:%ld: %s", name, ft_jsonl_line(j), ft_errmsg());
 		}
 		json_decref(v);
@@ -123,7 +128,10 @@ static void encode(const options *o, const char *in)
 		die_lib();
 	}
 	ft_jsonl_close(j);
-	if (ft_writer_close(w) < 0) die_lib();
+	if (ft_writer_close(w) < 0) {
+		if (ferror(stdout)) exit(FT_EXIT_DATA);
+		die_lib();
+	}
 }
 
 int main(int argc, char **argv)
