@@ -327,8 +327,7 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	c.t0 = now_s();
 	c.start_step = st.global_step;
 	c.start_tokens = st.tokens_seen;
-	const int64_t flos_per_token = 6 * count_nonembed(m);
-	(void)flos_per_token;
+	const double flos_per_token = 6.0 * (double)count_nonembed(m);
 	m->zero_grad(m->self);
 
 	int stop = st.global_step >= p.total_steps;
@@ -358,6 +357,7 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 				st.tr_loss += step_loss;
 				this_step += step_loss;
 				st.tokens_seen += batch_tokens(&mb.b[i]);
+				st.total_flos += flos_per_token * mb.b[i].B * mb.b[i].T;
 			}
 			double gnorm = ft_clip_grad_norm(params, np, o->max_grad_norm);
 			double lr = ft_sched_lr(&sched, st.global_step);
@@ -438,7 +438,7 @@ static int finish(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 		? (double)p->total_steps * o->train_batch_size * o->gradient_accumulation_steps
 		: (double)o->n_batches * o->train_batch_size * o->num_train_epochs;
 	samples = samples * run_steps / (double)(p->total_steps ? p->total_steps : 1);
-	double total_flos = 6.0 * (double)count_nonembed(m) * (double)st->tokens_seen;
+	double total_flos = st->total_flos;
 
 	if (val && eval_step != st->global_step) {
 		if (do_eval(c, st, m, val, &eval_loss) < 0) return -1;
