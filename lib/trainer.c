@@ -349,12 +349,14 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 			/* num_items_in_batch: the model divides each micro-batch's
 			 * summed loss by the label tokens of the whole step */
 			float scale = ntok > 0 ? (float)(1.0 / (double)ntok) : 0.0f;
+			float this_step = 0;
 			for (int i = 0; i < mb.n; i++) {
 				double ls;
 				int64_t n;
 				if (m->forward_backward(m->self, &mb.b[i], scale, &ls, &n) < 0) goto out;
 				float step_loss = ntok > 0 ? (float)(ls / (double)ntok) : 0.0f;
 				st.tr_loss += step_loss;
+				this_step += step_loss;
 				st.tokens_seen += batch_tokens(&mb.b[i]);
 			}
 			double gnorm = ft_clip_grad_norm(params, np, o->max_grad_norm);
@@ -374,6 +376,7 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 				fill_entry(&c, &st, &e);
 				e.lr = lr;
 				e.grad_norm = gnorm;
+				e.loss = this_step;   /* this step's loss, not a window mean */
 				o->on_event(o->ctx, FT_EV_STEP, &e, NULL);
 			}
 			if ((o->logging_steps > 0 && st.global_step % o->logging_steps == 0) ||

@@ -85,7 +85,9 @@ typedef struct {
 	int64_t n_batches;
 	/* set asynchronously (SIGINT/SIGTERM): finish the step, checkpoint */
 	volatile sig_atomic_t *stop;
-	/* events for the tool's progress display; e may be NULL for STEP */
+	/* events for the tool's display: STEP after every optimizer step (e->loss
+	 * is that step's loss), LOG and EVAL with the line just written, SAVE
+	 * with the checkpoint directory in detail (e NULL) */
 	void (*on_event)(void *ctx, ft_train_event ev, const ft_trainlog_entry *e,
 			 const char *detail);
 	void *ctx;

@@ -13,6 +13,7 @@ Writes tests/fixtures/tokenizer/:
                       4000 pieces, English + Chinese demo text)
   small-sp/tokenizer.json   that model converted by transformers
                       (LlamaTokenizerFast), to test the tokenizer.json path
+  small-sp.ids.jsonl  ft-tokenize --encode output for the first 120 cases
   <name>.expected.jsonl  one line per case: {"ids": encode without special
                       tokens, "ids_special": with them, "text": decode(ids),
                       "text_skip": decode(ids_special, skip_special_tokens)}
@@ -185,6 +186,10 @@ def main():
                      "text": conv.decode(ids, skip_special_tokens=False),
                      "text_skip": conv.decode(ids_sp, skip_special_tokens=True)})
     dump(os.path.join(OUT, "small-sp.expected.jsonl"), rows)
+    # for the bats tests: ft-tokenize --encode output of the first 120 cases
+    with open(os.path.join(OUT, "small-sp.ids.jsonl"), "w") as f:
+        for r in rows[:120]:
+            f.write(json.dumps(r["ids"], separators=(",", ":")) + "\n")
     print(f"{len(cases)} cases; sentencepiece and the conversion differ on {differ}")
 
 

@@ -105,9 +105,10 @@ static void on_event(void *ctx, ft_train_event ev, const ft_trainlog_entry *e, c
 	(void)ctx;
 	switch (ev) {
 	case FT_EV_STEP:
-		ft_progress("%lld/%lld [%s<%s] loss-step lr %.3g grad_norm %.3g epoch %.2f",
+		ft_progress("%lld/%lld [%s<%s] %3.0f%% loss %.4f lr %.3g epoch %.2f %.0f tok/s",
 			    (long long)e->current_steps, (long long)e->total_steps, e->elapsed_time,
-			    e->remaining_time, e->lr, e->grad_norm, e->epoch);
+			    e->remaining_time, e->percentage, e->loss, e->lr, e->epoch,
+			    isnan(e->throughput) ? 0.0 : e->throughput);
 		break;
 	case FT_EV_LOG:
 		if (ft_verbose >= 1) {
