@@ -28,7 +28,7 @@ static const char usage[] =
 "  --model_name_or_path DIR   Hugging Face model directory (config.json + safetensors)\n"
 "  --train_from_scratch       random init (normal(0, initializer_range)) from --config\n"
 "  --config FILE              config.json for --train_from_scratch (default: the model's)\n"
-"  --adapter_name_or_path DIR LoRA adapter to evaluate (--do_eval without --do_train)\n"
+"  --adapter_name_or_path DIR PEFT LoRA adapter to continue training, or to evaluate alone\n"
 "  --output_dir DIR           adapter or weights, checkpoints, logs (required)\n"
 "  --overwrite_output_dir     allow a non-empty output_dir\n"
 "  --resume_from_checkpoint DIR|true   continue a run (true: the latest checkpoint)\n"
