@@ -358,7 +358,12 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 				int64_t n;
 				if (m->forward_backward(m->self, &mb.b[i], scale, &ls, &n) < 0) goto out;
 				float step_loss = ntok > 0 ? (float)(ls / (double)ntok) : 0.0f;
-				st.tr_loss += step_loss;
+				/* logging_nan_inf_filter: a nan/inf loss counts as the mean
+				 * of the window so far, as transformers does */
+				if (!isfinite(step_loss))
+					st.tr_loss += st.tr_loss / (float)(1 + st.global_step - st.last_logged);
+				else
+					st.tr_loss += step_loss;
 				this_step += step_loss;
 				st.tokens_seen += batch_tokens(&mb.b[i]);
 				st.total_flos += flos_per_token * mb.b[i].B * mb.b[i].T;
