@@ -87,6 +87,10 @@ train() { ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir 
 	run -1 ft-train --model_name_or_path "$MODEL" --train empty --output_dir out
 	assert_output --partial "manifest"
 	run -1 ft-train --model_name_or_path nowhere --train train.zst --output_dir out --max_steps 1
+	mkdir badman && echo '{"batch_size": 2, "seq_len": 16}' > badman/manifest.json
+	run -1 ft-train --model_name_or_path "$MODEL" --train badman --output_dir out
+	assert_output --partial "badman/manifest.json"
+	[ ! -e out ]
 }
 
 @test "non-empty output_dir needs --overwrite_output_dir" {
