@@ -85,7 +85,9 @@ typedef struct {
 	int64_t n_batches;
 	/* set asynchronously (SIGINT/SIGTERM): finish the step, checkpoint */
 	volatile sig_atomic_t *stop;
-	/* events for the tool's progress display; e may be NULL for STEP */
+	/* events for the tool's display: STEP after every optimizer step (e->loss
+	 * is that step's loss), LOG and EVAL with the line just written, SAVE
+	 * with the checkpoint directory in detail (e NULL) */
 	void (*on_event)(void *ctx, ft_train_event ev, const ft_trainlog_entry *e,
 			 const char *detail);
 	void *ctx;
@@ -126,8 +128,16 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	     ft_batch_source *val, ft_train_result *r);
 
 /* Evaluation loss as transformers' evaluate(): the mean over batches of
- * each batch's token-mean loss, weighted by rows.  *n_batches may be NULL. */
-int ft_evaluate(ft_train_model *m, ft_batch_source *val, double *eval_loss, int64_t *n_batches);
+ * each batch's token-mean loss, weighted by rows.  n_batches and n_rows
+ * may be NULL. */
+int ft_evaluate(ft_train_model *m, ft_batch_source *val, double *eval_loss, int64_t *n_batches,
+		int64_t *n_rows);
+
+/* Timing of an evaluation, for the results files. */
+typedef struct {
+	double loss, runtime;
+	int64_t batches, rows;
+} ft_eval_stats;
 
 /* Latest checkpoint-N in dir (NULL + message when there is none); the
  * result is malloc'd. */

@@ -95,7 +95,7 @@ struct ft_cuda_model {
 	uint16_t *hx, *hy, *hhead;     /* half casts of matmul operands */
 	float *att_s, *att_p;          /* attention scratch [Hk, T, T] */
 	float *att_di;                 /* [N, Hq] rowsum(O * dO) */
-	double *sumsq;                 /* [ntens] for the grad norm */
+	double *sumsq;                 /* [ntens][FT_SUMSQ_BLOCKS] grad-norm partials */
 	int *flag;                     /* non-finite gradient seen */
 	void *blas_ws;
 	size_t blas_ws_size;
@@ -155,6 +155,8 @@ int ft_cu_scatter_rows(ft_cuda_model *dm, float *dst, const float *src,
 		       const int32_t *rows, int n, int D);
 int ft_cu_zero(ft_cuda_model *dm, void *p, size_t bytes);
 int ft_cu_adamw(ft_cuda_model *dm, ft_dt *t, const ft_k_adamw *k);
+/* FT_SUMSQ_BLOCKS partial sums of g^2 into out[0..FT_SUMSQ_BLOCKS) */
+#define FT_SUMSQ_BLOCKS 128
 int ft_cu_sumsq(ft_cuda_model *dm, double *out, const float *g, size_t n);
 int ft_cu_scale(ft_cuda_model *dm, float *g, float s, size_t n);
 int ft_cu_nonfinite(ft_cuda_model *dm, int *flag, const float *g, size_t n);

@@ -182,7 +182,7 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	dm->att_s = TAKE(a, (size_t)v->Hk * T * T, float, A_SCRATCH);
 	dm->att_p = TAKE(a, (size_t)v->Hk * T * T, float, A_SCRATCH);
 	dm->att_di = TAKE(a, N * v->Hq, float, A_SCRATCH);
-	dm->sumsq = TAKE(a, dm->ntens, double, A_SCRATCH);
+	dm->sumsq = TAKE(a, (size_t)dm->ntens * FT_SUMSQ_BLOCKS, double, A_SCRATCH);
 	dm->flag = TAKE(a, 1, int, A_SCRATCH);
 	dm->blas_ws_size = BLAS_WS;
 	dm->blas_ws = ft_arena_take(a, BLAS_WS, A_SCRATCH);
@@ -334,9 +334,10 @@ static int device_init(ft_cuda_model *dm)
 	   dm->blas_ws_size);
 	/* fp32 mode: no TF32 (parity); the half modes choose per call */
 	CB(cublasSetMathMode(dm->blas, CUBLAS_DEFAULT_MATH), "%s", "");
+	/* zero everything: gradients and AdamW moments start at 0 */
+	TRY(ft_cu_zero(dm, dm->mem, dm->plan.total));
 	for (int i = 0; i < dm->ntens; i++)
 		TRY(ft_cu_upload(dm, &dm->tens[i]));
-	TRY(ft_cu_zero(dm, dm->flag, sizeof(int)));
 	ft_cu_sample_peak(dm);
 	return 0;
 }
@@ -361,7 +362,7 @@ ft_cuda_model *ft_cuda_model_new(struct ft_model *m, const ft_cuda_opts *o)
 	dm->h_sin = (float *)ft_xmalloc(N * half * sizeof(float));
 	dm->h_inv = (float *)ft_xmalloc((half ? half : 1) * sizeof(float));
 	dm->h_row_loss = (double *)ft_xmalloc(N * sizeof(double));
-	dm->h_sumsq = (double *)ft_xmalloc((dm->ntens ? dm->ntens : 1) * sizeof(double));
+	dm->h_sumsq = (double *)ft_xmalloc(((size_t)dm->ntens * FT_SUMSQ_BLOCKS + 1) * sizeof(double));
 	if (device_init(dm) < 0) {
 		ft_cuda_model_free(dm);
 		return NULL;

@@ -55,20 +55,22 @@ int ft_cu_embedding_forward(ft_cuda_model *dm, float *out, const int32_t *ids,
 	return 0;
 }
 
-/* atomics: repeated ids add in an unspecified order (not bit-stable run
- * to run, unlike the CPU's column split) */
+/* One thread per column d adds every token's row in token order: no
+ * atomics, the same order as the CPU (deterministic). */
 static __global__ void embedding_backward_k(float *dw, const float *dout, const int32_t *ids,
-					    size_t N, int D)
+					    int N, int D)
 {
-	FOR_N(i, N * D)
-		atomicAdd(dw + (size_t)ids[i / D] * D + i % D, dout[i]);
+	int d = blockIdx.x * blockDim.x + threadIdx.x;
+	if (d >= D)
+		return;
+	for (int n = 0; n < N; n++)
+		dw[(size_t)ids[n] * D + d] += dout[(size_t)n * D + d];
 }
 
 int ft_cu_embedding_backward(ft_cuda_model *dm, float *dwte, const float *dout,
 			     const int32_t *ids, int N, int D)
 {
-	size_t n = (size_t)N * D;
-	embedding_backward_k<<<nblk(n), TPB, 0, dm->stream>>>(dwte, dout, ids, N, D);
+	embedding_backward_k<<<(D + TPB - 1) / TPB, TPB, 0, dm->stream>>>(dwte, dout, ids, N, D);
 	LAUNCHED("embedding_backward", "N=%d D=%d", N, D);
 	return 0;
 }
@@ -101,7 +103,7 @@ int ft_cu_rmsnorm_forward(ft_cuda_model *dm, float *out, float *rstd, const floa
 	return 0;
 }
 
-static __global__ void rmsnorm_backward_k(float *dx, float *dw, const float *dout,
+static __global__ void rmsnorm_backward_k(float *dx, const float *dout,
 					  const float *x, const float *w, const float *rstd,
 					  int D)
 {
@@ -112,11 +114,21 @@ static __global__ void rmsnorm_backward_k(float *dx, float *dw, const float *dou
 	for (int d = threadIdx.x; d < D; d += blockDim.x)
 		dot += g[d] * w[d] * xr[d];
 	float s = ft_k_rmsnorm_dot_scale(block_sum(dot, sh), r, D);
-	for (int d = threadIdx.x; d < D; d += blockDim.x) {
+	for (int d = threadIdx.x; d < D; d += blockDim.x)
 		dx[row + d] += ft_k_rmsnorm_dx(g[d], w[d], xr[d], r, s);
-		if (dw)
-			atomicAdd(dw + d, ft_k_rmsnorm_dw(g[d], xr[d], r));
-	}
+}
+
+/* dw: one thread per column, rows in order (deterministic, no atomics) */
+static __global__ void rmsnorm_dw_k(float *dw, const float *dout, const float *x,
+				    const float *rstd, int N, int D)
+{
+	int d = blockIdx.x * blockDim.x + threadIdx.x;
+	if (d >= D)
+		return;
+	float s = 0;
+	for (int n = 0; n < N; n++)
+		s += ft_k_rmsnorm_dw(dout[(size_t)n * D + d], x[(size_t)n * D + d], rstd[n]);
+	dw[d] += s;
 }
 
 int ft_cu_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float *dout,
@@ -124,8 +136,12 @@ int ft_cu_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float 
 {
 	if (N <= 0)
 		return 0;
-	rmsnorm_backward_k<<<N, TPB, 0, dm->stream>>>(dx, dw, dout, x, w, rstd, D);
+	rmsnorm_backward_k<<<N, TPB, 0, dm->stream>>>(dx, dout, x, w, rstd, D);
 	LAUNCHED("rmsnorm_backward", "N=%d D=%d", N, D);
+	if (dw) {
+		rmsnorm_dw_k<<<(D + TPB - 1) / TPB, TPB, 0, dm->stream>>>(dw, dout, x, rstd, N, D);
+		LAUNCHED("rmsnorm_backward dw", "N=%d D=%d", N, D);
+	}
 	return 0;
 }
 
@@ -323,7 +339,8 @@ int ft_cu_adamw(ft_cuda_model *dm, ft_dt *t, const ft_k_adamw *k)
 	return 0;
 }
 
-/* sum of squares in double: block partials, one atomic per block */
+/* Sum of squares in double: block b writes partial out[b] (grid fixed
+ * at FT_SUMSQ_BLOCKS), the host adds them in order: deterministic. */
 static __global__ void sumsq_k(double *out, const float *g, size_t n)
 {
 	__shared__ double sh[TPB];
@@ -332,13 +349,12 @@ static __global__ void sumsq_k(double *out, const float *g, size_t n)
 		s += (double)g[i] * g[i];
 	s = block_sum(s, sh);
 	if (threadIdx.x == 0)
-		atomicAdd(out, s);
+		out[blockIdx.x] = s;
 }
 
 int ft_cu_sumsq(ft_cuda_model *dm, double *out, const float *g, size_t n)
 {
-	unsigned b = nblk(n);
-	sumsq_k<<<b > 1024 ? 1024 : b, TPB, 0, dm->stream>>>(out, g, n);
+	sumsq_k<<<FT_SUMSQ_BLOCKS, TPB, 0, dm->stream>>>(out, g, n);
 	LAUNCHED("grad_sumsq", "n=%zu", n);
 	return 0;
 }

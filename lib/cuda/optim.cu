@@ -32,19 +32,23 @@ static int overflowed(ft_cuda_model *dm, int *yes)
 /* Per-tensor float norms combined in double, as ft_clip_grad_norm. */
 static int grad_norm(ft_cuda_model *dm, float *total)
 {
-	TRY(ft_cu_zero(dm, dm->sumsq, dm->ntens * sizeof(double)));
+	size_t nb = (size_t)dm->ntens * FT_SUMSQ_BLOCKS;
 	for (int i = 0; i < dm->ntens; i++)
 		if (dm->tens[i].g)
-			TRY(ft_cu_sumsq(dm, dm->sumsq + i, dm->tens[i].g, dm->tens[i].n));
-	CU(cudaMemcpyAsync(dm->h_sumsq, dm->sumsq, dm->ntens * sizeof(double),
-			   cudaMemcpyDeviceToHost, dm->stream), "%d tensors", dm->ntens);
-	CU(cudaStreamSynchronize(dm->stream), "%s", "gradient norm");
+			TRY(ft_cu_sumsq(dm, dm->sumsq + (size_t)i * FT_SUMSQ_BLOCKS, dm->tens[i].g,
+					dm->tens[i].n));
+	TRY(ft_cu_copy(dm, dm->h_sumsq, dm->sumsq, nb * sizeof(double), cudaMemcpyDeviceToHost,
+		       "gradient norm partials"));
 	double t2 = 0;
-	for (int i = 0; i < dm->ntens; i++)
-		if (dm->tens[i].g) {
-			float nrm = (float)sqrt(dm->h_sumsq[i]);
-			t2 += (double)nrm * nrm;
-		}
+	for (int i = 0; i < dm->ntens; i++) {
+		if (!dm->tens[i].g)
+			continue;
+		double s = 0;
+		for (int b = 0; b < FT_SUMSQ_BLOCKS; b++)
+			s += dm->h_sumsq[(size_t)i * FT_SUMSQ_BLOCKS + b];
+		float nrm = (float)sqrt(s);   /* per-tensor float norm, as torch */
+		t2 += (double)nrm * nrm;
+	}
 	*total = (float)sqrt(t2);
 	return 0;
 }

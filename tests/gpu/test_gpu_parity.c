@@ -257,6 +257,145 @@ out:
 	if (rs) ft_st_close(rs);
 }
 
+/* Steps s0..s1-1 of the fixture schedule; losses[s] filled. */
+static int run_steps(ft_cuda_model *dm, const ft_st *bs, const double *LR, int s0, int s1,
+		     double *losses)
+{
+	ft_cuda_adamw_opts ao = { 0.9, 0.999, 1e-8, 0.1 };
+	for (int s = s0; s < s1; s++) {
+		ft_cuda_batch mb[2];
+		char pre[32];
+		for (int k = 0; k < 2; k++) {
+			snprintf(pre, sizeof pre, "batch.%d.", 2 * s + k);
+			if (batch_of(bs, pre, &mb[k]) < 0)
+				return ft_fail("fixture batch %d missing", 2 * s + k);
+		}
+		float gs = 1.0f / (float)(n_labels(&mb[0]) + n_labels(&mb[1]));
+		double gn;
+		int skipped;
+		losses[s] = 0;
+		if (ft_cuda_zero_grad(dm) < 0)
+			return -1;
+		for (int k = 0; k < 2; k++) {
+			double ls = 0;
+			if (ft_cuda_forward_backward(dm, &mb[k], gs, &ls, NULL) < 0)
+				return -1;
+			losses[s] += ls * gs;
+		}
+		if (ft_cuda_step(dm, &ao, LR[s], 1.0, &gn, &skipped) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* Resume on the GPU: 3 steps, weights and AdamW state out to the host
+ * (what a checkpoint holds), a new device model from them, 3 more steps:
+ * the losses must equal those of 6 uninterrupted steps, bit for bit (the
+ * backend has no atomics; cuBLAS is reproducible on one GPU). */
+static void resume_case(void)
+{
+	ft_tune_opts to = { .type = FT_FT_LORA, .lora_rank = 4, .lora_alpha = 8,
+			    .lora_targets = FT_MOD_Q | FT_MOD_V, .seed = 7 };
+	ft_st *bs = ft_st_open(PAR "llama-train-batches.safetensors");
+	ft_st *rs = ft_st_open(PAR "llama-train-lora.safetensors");
+	const ft_st_tensor *tlr = rs ? ft_st_find(rs, "lrs") : NULL;
+	ft_model *a = ft_model_load(LLAMA, &to), *b = ft_model_load(LLAMA, &to);
+	ft_cuda_model *da = NULL, *db = NULL;
+	double la[6], lb[6];
+	float **mo = NULL, **ve = NULL;
+	size_t np = b ? ft_model_nparams(b) : 0;
+	int rc = !bs || !tlr || !a || !b || ft_model_load_adapter(a, PAR "llama-lora-init") < 0 ||
+		 ft_model_load_adapter(b, PAR "llama-lora-init") < 0 ? -1 : 0;
+	if (rc == 0) {
+		np = ft_model_nparams(b);
+		da = dev(a, FT_CUDA_F32, 32, 16);
+		db = dev(b, FT_CUDA_F32, 32, 16);
+		rc = da && db ? 0 : -1;
+	}
+	if (rc == 0)
+		rc = run_steps(da, bs, tlr->data, 0, 6, la);
+	if (rc == 0)
+		rc = run_steps(db, bs, tlr->data, 0, 3, lb);
+	if (rc == 0) {   /* the checkpoint */
+		rc = ft_cuda_copy_weights_to_host(db);
+		mo = calloc(np, sizeof *mo);
+		ve = calloc(np, sizeof *ve);
+		for (size_t i = 0; rc == 0 && i < np; i++) {
+			ft_param *p = ft_model_param(b, i);
+			if (!p->trainable)
+				continue;
+			mo[i] = malloc(p->n * 4);
+			ve[i] = malloc(p->n * 4);
+			rc = ft_cuda_adamw_get(db, i, mo[i], ve[i]);
+		}
+		ft_cuda_model_free(db);
+		db = rc == 0 ? dev(b, FT_CUDA_F32, 32, 16) : NULL;
+		rc = db ? rc : -1;
+		for (size_t i = 0; rc == 0 && i < np; i++)
+			if (mo[i])
+				rc = ft_cuda_adamw_set(db, i, mo[i], ve[i], 3);
+	}
+	if (rc == 0)
+		rc = run_steps(db, bs, tlr->data, 3, 6, lb);
+	double worst = 0;
+	for (int s = 0; rc == 0 && s < 6; s++)
+		worst = fmax(worst, fabs(lb[s] - la[s]) / fabs(la[s]));
+	ok(rc == 0 && worst == 0 && ft_cuda_steps(db) == 6,
+	   "resume on the GPU after 3 of 6 steps: bit-identical losses (max rel %.3g)%s%s",
+	   worst, rc ? ": " : "", rc ? ft_errmsg() : "");
+	for (size_t i = 0; mo && i < np; i++) {
+		free(mo[i]);
+		free(ve[i]);
+	}
+	free(mo);
+	free(ve);
+	ft_cuda_model_free(da);
+	ft_cuda_model_free(db);
+	ft_model_free(a);
+	ft_model_free(b);
+	if (bs) ft_st_close(bs);
+	if (rs) ft_st_close(rs);
+}
+
+/* Gradient checkpointing on the GPU: the same gradients, bit for bit. */
+static void ckpt_case(const char *dir, ft_finetuning_type type, const char *what)
+{
+	ft_st *st = ft_st_open(PAR "llama-full-grads.safetensors");
+	ft_cuda_batch b;
+	ft_tune_opts o = { .type = type, .lora_rank = 4, .lora_alpha = 8,
+			   .lora_targets = FT_MOD_ALL_LINEAR, .seed = 42 };
+	ft_model *m0 = ft_model_load(dir, &o);
+	o.gradient_checkpointing = 1;
+	ft_model *m1 = ft_model_load(dir, &o);
+	ft_cuda_model *d0 = NULL, *d1 = NULL;
+	int rc = !st || !m0 || !m1 || batch_of(st, "batch.", &b) < 0 ? -1 : 0;
+	if (rc == 0) {
+		d0 = dev(m0, FT_CUDA_F32, 32, 16);
+		d1 = dev(m1, FT_CUDA_F32, 32, 16);
+		rc = d0 && d1 ? 0 : -1;
+	}
+	double l0 = 0, l1 = 1;
+	if (rc == 0)
+		rc = ft_cuda_forward_backward(d0, &b, 0.01f, &l0, NULL) ||
+		     ft_cuda_forward_backward(d1, &b, 0.01f, &l1, NULL) ||
+		     ft_cuda_copy_grads_to_host(d0) || ft_cuda_copy_grads_to_host(d1) ? -1 : 0;
+	int same = rc == 0 && l0 == l1, n = 0;
+	for (size_t i = 0; same && i < ft_model_nparams(m0); i++) {
+		ft_param *p = ft_model_param(m0, i), *q = ft_model_param(m1, i);
+		if (!p->trainable)
+			continue;
+		n++;
+		same = !memcmp(p->g, q->g, p->n * sizeof(float));
+	}
+	ok(same && n > 0, "%s: gradient checkpointing gives bit-identical loss and %d gradients%s%s",
+	   what, n, rc ? ": " : "", rc ? ft_errmsg() : "");
+	ft_cuda_model_free(d0);
+	ft_cuda_model_free(d1);
+	ft_model_free(m0);
+	ft_model_free(m1);
+	if (st) ft_st_close(st);
+}
+
 /* Packed row with segment ids: same total as the examples run alone. */
 static void packed_case(const char *dir, const char *fixture, const char *what)
 {
@@ -346,6 +485,9 @@ int main(void)
 	train_case("llama", "lora", FT_CUDA_BF16, 0);
 	train_case("llama", "full", FT_CUDA_BF16, 0);
 	train_case("llama", "full", FT_CUDA_F16, 0);
+	resume_case();
+	ckpt_case(LLAMA, FT_FT_FULL, "llama full");
+	ckpt_case(QWEN2, FT_FT_LORA, "qwen2 lora");
 	error_cases();
 	return tap_done();
 }
