@@ -282,6 +282,16 @@ def synthetic(cases):
         single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
     made["synth-metaspace"] = t
 
+    # Whitespace, Digits, WhitespaceSplit pre-tokenizers; no decoder (HF
+    # joins tokens with spaces); no post-processor
+    t = Tokenizer(models.BPE(unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.Whitespace()])
+    t.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=700, special_tokens=["<unk>"], show_progress=False))
+    made["synth-words"] = t
+
     sub = cases[:150]
     for name, tok in made.items():
         d = os.path.join(OUT, name)
