@@ -286,8 +286,13 @@ int32_t tk_add_token(ft_tokenizer *t, const char *s, size_t len, int32_t id)
 	if (id < 0 || id > 50000000) return ft_fail("token id %d out of range", id);
 	if ((size_t)id >= t->ntok) {
 		size_t n = (size_t)id + 1;
-		t->tok = ft_xrealloc(t->tok, n * sizeof *t->tok);
-		t->toklen = ft_xrealloc(t->toklen, n * sizeof *t->toklen);
+		if (n > t->captok) {   /* geometric: ids mostly arrive in order */
+			size_t cap = t->captok ? t->captok * 2 : 1024;
+			while (cap < n) cap *= 2;
+			t->tok = ft_xrealloc(t->tok, cap * sizeof *t->tok);
+			t->toklen = ft_xrealloc(t->toklen, cap * sizeof *t->toklen);
+			t->captok = cap;
+		}
 		for (size_t i = t->ntok; i < n; i++) { t->tok[i] = NULL; t->toklen[i] = 0; }
 		t->ntok = n;
 	}
