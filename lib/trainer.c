@@ -327,6 +327,8 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 
 	if (ft_mkdirs(o->output_dir) < 0) goto out;
 	if (o->resume_dir && ft_ckpt_load(o, &p, opt, &st) < 0) goto out;
+	if (o->resume_dir && m->set_position)
+		m->set_position(m->self, st.epoch_idx * o->n_batches + st.batches_done);
 	if (!(c.log = open_log(o, st.global_step))) goto out;
 	c.t0 = now_s();
 	c.start_step = st.global_step;
@@ -358,7 +360,12 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 				int64_t n;
 				if (m->forward_backward(m->self, &mb.b[i], scale, &ls, &n) < 0) goto out;
 				float step_loss = ntok > 0 ? (float)(ls / (double)ntok) : 0.0f;
-				st.tr_loss += step_loss;
+				/* logging_nan_inf_filter: a nan/inf loss counts as the mean
+				 * of the window so far, as transformers does */
+				if (!isfinite(step_loss))
+					st.tr_loss += st.tr_loss / (float)(1 + st.global_step - st.last_logged);
+				else
+					st.tr_loss += step_loss;
 				this_step += step_loss;
 				st.tokens_seen += batch_tokens(&mb.b[i]);
 				st.total_flos += flos_per_token * mb.b[i].B * mb.b[i].T;

@@ -380,10 +380,6 @@ int main(int argc, char **argv)
 		    "--resume_from_checkpoint true to continue its last checkpoint", c.output_dir);
 	}
 	c.t.resume_dir = resume;
-	if (resume && c.tune.type == FT_FT_LORA && c.tune.lora_dropout > 0)
-		warn("note: --lora_dropout %g: the dropout masks after resuming are not those the "
-		     "uninterrupted run would draw (the model's dropout stream restarts); everything "
-		     "else resumes exactly", c.tune.lora_dropout);
 	c.t.output_dir = c.output_dir;
 
 	ft_model *m = load_model(&c);
