@@ -122,7 +122,8 @@ typedef struct {
 } tk_dec;
 
 typedef struct {
-	char *content; size_t len;
+	char *content; size_t len;       /* as matched: normalized if `normalized` */
+	char *orig;                      /* as written, when normalizing changed it */
 	int32_t id;
 	int single_word, lstrip, rstrip, normalized, special;
 } tk_added;

@@ -353,12 +353,52 @@ int tk_trie_match(const tk_trie *tr, const char *s, size_t n, size_t *mlen)
 	return best;
 }
 
+/* `tokenizers` runs these patterns with Oniguruma, whose Unicode \\w is
+ * Letter | Mark | Number | Connector_Punctuation; PCRE2 10.42's UCP \\w
+ * lacks marks and Pc, so \\w (and \\W outside a class) are spelled out. */
+static char *onig_compat(const char *p)
+{
+	static const char W[] = "\\p{L}\\p{M}\\p{N}\\p{Pc}";
+	tk_buf b = {0};
+	int in_class = 0;
+	for (size_t i = 0; p[i]; i++) {
+		if (p[i] == '\\' && p[i + 1]) {
+			if (p[i + 1] == 'w') {
+				if (!in_class) tk_buf_add(&b, "[", 1);
+				tk_buf_add(&b, W, sizeof W - 1);
+				if (!in_class) tk_buf_add(&b, "]", 1);
+			} else if (p[i + 1] == 'W' && !in_class) {
+				tk_buf_add(&b, "[^", 2);
+				tk_buf_add(&b, W, sizeof W - 1);
+				tk_buf_add(&b, "]", 1);
+			} else
+				tk_buf_add(&b, p + i, 2);
+			i++;
+			continue;
+		}
+		if (p[i] == '[' && !in_class) {
+			in_class = 1;
+			tk_buf_add(&b, p + i, 1);
+			/* a ']' right after '[' or '[^' is literal */
+			if (p[i + 1] == '^') tk_buf_add(&b, p + ++i, 1);
+			if (p[i + 1] == ']') tk_buf_add(&b, p + ++i, 1);
+			continue;
+		}
+		if (p[i] == ']' && in_class) in_class = 0;
+		tk_buf_add(&b, p + i, 1);
+	}
+	tk_buf_add(&b, "", 0);
+	return b.p;
+}
+
 pcre2_code *tk_regex(const char *pattern, int literal)
 {
 	int err; PCRE2_SIZE off;
-	pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED,
+	char *conv = literal ? NULL : onig_compat(pattern);
+	pcre2_code *re = pcre2_compile((PCRE2_SPTR)(conv ? conv : pattern), PCRE2_ZERO_TERMINATED,
 				       literal ? PCRE2_UTF | PCRE2_LITERAL : PCRE2_UTF | PCRE2_UCP,
 				       &err, &off, NULL);
+	free(conv);
 	if (!re) {
 		PCRE2_UCHAR msg[256];
 		pcre2_get_error_message(err, msg, sizeof msg);

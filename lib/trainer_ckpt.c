@@ -68,7 +68,7 @@ out:
 }
 
 /* As transformers' save_metrics: json.dump(indent=4, sort_keys=True),
- * numbers as Python writes them (counts as integers). */
+ * numbers as Python writes floats. */
 int ft_save_results(const char *dir, const char *name, const char *const *keys, const double *vals, size_t n)
 {
 	size_t *ord = ft_xcalloc(n ? n : 1, sizeof *ord);
@@ -86,10 +86,7 @@ int ft_save_results(const char *dir, const char *name, const char *const *keys, 
 		const char *k = keys[ord[i]];
 		double v = vals[ord[i]];
 		char num[40];
-		if (!strcmp(k, "total_flos") && v == floor(v) && fabs(v) < 9e15)
-			snprintf(num, sizeof num, "%.0f", v);
-		else
-			ft_fmt_double_repr(num, sizeof num, v);
+		ft_fmt_double_repr(num, sizeof num, v);   /* all floats in transformers too */
 		fprintf(a.fp, "    \"%s\": %s%s\n", k, num, i + 1 < n ? "," : "");
 	}
 	fputs("}", a.fp);
@@ -135,7 +132,7 @@ json_t *ft_trainer_state_json(const ft_train_opts *o, const ft_train_plan *p, co
 			 "num_train_epochs", (json_int_t)p->num_epochs,
 			 "save_steps", (json_int_t)o->save_steps,
 			 "stateful_callbacks",
-			 "total_flos", 0.0,
+			 "total_flos", st->total_flos,
 			 "train_batch_size", (json_int_t)o->train_batch_size,
 			 "trial_name", "trial_params",
 			 "ft", ft);
@@ -241,6 +238,7 @@ int ft_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt, 
 	st->global_step = json_integer_value(json_object_get(ts, "global_step"));
 	st->epoch = json_number_value(json_object_get(ts, "epoch"));
 	st->tokens_seen = json_integer_value(json_object_get(ts, "num_input_tokens_seen"));
+	st->total_flos = json_number_value(json_object_get(ts, "total_flos"));
 	st->epoch_idx = json_integer_value(json_object_get(ft, "epoch_idx"));
 	st->batches_done = json_integer_value(json_object_get(ft, "batches_done"));
 	st->last_logged = json_integer_value(json_object_get(ft, "last_logged"));

@@ -87,6 +87,10 @@ train() { ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir 
 	run -1 ft-train --model_name_or_path "$MODEL" --train empty --output_dir out
 	assert_output --partial "manifest"
 	run -1 ft-train --model_name_or_path nowhere --train train.zst --output_dir out --max_steps 1
+	mkdir badman && echo '{"batch_size": 2, "seq_len": 16}' > badman/manifest.json
+	run -1 ft-train --model_name_or_path "$MODEL" --train badman --output_dir out
+	assert_output --partial "badman/manifest.json"
+	[ ! -e out ]
 }
 
 @test "non-empty output_dir needs --overwrite_output_dir" {
@@ -149,6 +153,24 @@ train() { ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir 
 	diff <(steady out/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
 	cmp out/adapter_model.safetensors b/adapter_model.safetensors
 	[ "$(jq .train_loss out/train_results.json)" = "$(jq .train_loss b/train_results.json)" ]
+}
+
+@test "resume with LoRA dropout: the dropout masks continue, so the run still matches" {
+	need_jq
+	args=(--finetuning_type lora --lora_dropout 0.2 --learning_rate 5e-3 --max_steps 10
+	      --logging_steps 1 --save_steps 4 -q)
+	run train "${args[@]}"
+	assert_success
+	mkdir b && cp -r out/checkpoint-4 b/
+	head -n 4 out/trainer_log.jsonl > b/trainer_log.jsonl
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b "${args[@]}" \
+		--resume_from_checkpoint b/checkpoint-4
+	assert_success
+	diff <(steady out/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	# and dropout is really on: a run without it differs
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir c --finetuning_type lora \
+		--learning_rate 5e-3 --max_steps 10 --logging_steps 1 -q
+	! diff -q <(steady out/trainer_log.jsonl) <(steady c/trainer_log.jsonl)
 }
 
 @test "resume refuses other settings" {
@@ -259,4 +281,32 @@ train() { ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir 
 	[ -f out/model.safetensors ] && [ -f out/config.json ]
 	run -2 ft-train --train_from_scratch --train train.zst --output_dir out2 --max_steps 1
 	assert_output --partial "--config"
+}
+
+# The tool end to end against PyTorch: the 10-step runs of
+# tests/fixtures/parity/README.md (20 micro-batches, accumulation 2, AdamW
+# with weight decay 0.1, cosine with 2 warmup steps, clipping at 1.0);
+# every logged step loss within 1e-5 relative of transformers'.
+parity_run() {
+	local mode=$1; shift
+	ft-cat --encode < "$FIXTURES/trainer/parity20.jsonl" > p20.zst
+	run ft-train --model_name_or_path "$MODEL" --train p20.zst --output_dir "$mode" --finetuning_type "$mode" \
+		--weight_decay 0.1 --max_grad_norm 1.0 --lr_scheduler_type cosine --warmup_steps 2 \
+		--gradient_accumulation_steps 2 --num_train_epochs 1 --logging_steps 1 -q "$@"
+	assert_success
+	jq -r 'select(.loss) | .loss' "$mode/trainer_log.jsonl" > got
+	grep "^$mode " "$FIXTURES/trainer/parity_losses.txt" | tr ' ' '\n' | tail -n +2 > want
+	[ "$(wc -l < got)" = 10 ]
+	paste got want | awk '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > 1e-5) { print "step " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }'
+}
+
+@test "parity with PyTorch through the tool: lora from PEFT's initial adapter" {
+	need_jq
+	parity_run lora --learning_rate 2e-3 --adapter_name_or_path "$FIXTURES/parity/llama-lora-init"
+}
+
+@test "parity with PyTorch through the tool: freeze (last layer) and full" {
+	need_jq
+	parity_run freeze --learning_rate 1e-3 --freeze_trainable_layers 1
+	parity_run full --learning_rate 1e-3
 }

@@ -148,6 +148,13 @@ def batch_fixture():
                 n = int((ids[r] != 0).sum())
                 f.write(json.dumps({"input_ids": ids[r, :n].tolist(),
                                     "labels": lab[r, :n].tolist()}) + "\n")
+    write(os.path.join(OUT, "parity20.jsonl"), batches, "train")
+    # step losses of the PyTorch runs (make_model_fixtures.py, README in
+    # tests/fixtures/parity), for ft-train's end-to-end check
+    with open(os.path.join(OUT, "parity_losses.txt"), "w") as f:
+        for mode in ("lora", "freeze", "full"):
+            r = load_file(f"tests/fixtures/parity/llama-train-{mode}.safetensors")
+            f.write(mode + " " + " ".join(repr(x) for x in r["losses"].tolist()) + "\n")
     write(os.path.join(OUT, "train.jsonl"), batches[:16], "train")
     write(os.path.join(OUT, "val.jsonl"), batches[16:], "val")
 

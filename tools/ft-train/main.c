@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char usage[] =
@@ -28,7 +29,7 @@ static const char usage[] =
 "  --model_name_or_path DIR   Hugging Face model directory (config.json + safetensors)\n"
 "  --train_from_scratch       random init (normal(0, initializer_range)) from --config\n"
 "  --config FILE              config.json for --train_from_scratch (default: the model's)\n"
-"  --adapter_name_or_path DIR LoRA adapter to evaluate (--do_eval without --do_train)\n"
+"  --adapter_name_or_path DIR PEFT LoRA adapter to continue training, or to evaluate alone\n"
 "  --output_dir DIR           adapter or weights, checkpoints, logs (required)\n"
 "  --overwrite_output_dir     allow a non-empty output_dir\n"
 "  --resume_from_checkpoint DIR|true   continue a run (true: the latest checkpoint)\n"
@@ -262,13 +263,19 @@ static ft_model *load_model(ft_cli_args *c)
 static int eval_only(ft_cli_args *c, ft_train_model *tm, ft_batch_source *val)
 {
 	double loss;
-	int64_t nb;
+	int64_t nb, rows;
 	if (ft_mkdirs(c->output_dir) < 0) die("%s", ft_errmsg());
-	if (ft_evaluate(tm, val, &loss, &nb) < 0) die("evaluation: %s", ft_errmsg());
-	const char *k[] = { "eval_loss", "perplexity" };
-	double v[] = { loss, exp(loss) };
-	if (ft_save_results(c->output_dir, "eval_results.json", k, v, 2) < 0 ||
-	    ft_save_results(c->output_dir, "all_results.json", k, v, 2) < 0)
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	if (ft_evaluate(tm, val, &loss, &nb, &rows) < 0) die("evaluation: %s", ft_errmsg());
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	double rt = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
+	const char *k[] = { "eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second",
+			    "perplexity" };
+	double v[] = { loss, round(rt * 1e4) / 1e4, rt > 0 ? round(rows / rt * 1e3) / 1e3 : 0,
+		       rt > 0 ? round(nb / rt * 1e3) / 1e3 : 0, exp(loss) };
+	if (ft_save_results(c->output_dir, "eval_results.json", k, v, 5) < 0 ||
+	    ft_save_results(c->output_dir, "all_results.json", k, v, 5) < 0)
 		die("%s", ft_errmsg());
 	if (ft_verbose >= 1)
 		fprintf(stderr, "***** eval metrics *****\n  eval_loss  = %.4f\n  perplexity = %.4f\n"
@@ -373,10 +380,6 @@ int main(int argc, char **argv)
 		    "--resume_from_checkpoint true to continue its last checkpoint", c.output_dir);
 	}
 	c.t.resume_dir = resume;
-	if (resume && c.tune.type == FT_FT_LORA && c.tune.lora_dropout > 0)
-		warn("note: --lora_dropout %g: the dropout masks after resuming are not those the "
-		     "uninterrupted run would draw (the model's dropout stream restarts); everything "
-		     "else resumes exactly", c.tune.lora_dropout);
 	c.t.output_dir = c.output_dir;
 
 	ft_model *m = load_model(&c);
