@@ -98,6 +98,10 @@ int ft_cuda_adamw_get(ft_cuda_model *dm, size_t i, float *exp_avg, float *exp_av
 int ft_cuda_adamw_set(ft_cuda_model *dm, size_t i, const float *exp_avg,
 		      const float *exp_avg_sq, int64_t step);
 
+/* The number of forward_backward calls made so far, which draws the
+ * LoRA dropout masks (as the CPU model's): set on resume. */
+void ft_cuda_set_position(ft_cuda_model *dm, int64_t micro_batches_done);
+
 /* Peak device bytes in use (cudaMemGetInfo high-water mark, including
  * cuBLAS and the CUDA context), sampled at each call of the API. */
 size_t ft_cuda_peak_bytes(const ft_cuda_model *dm);

@@ -191,6 +191,8 @@ int ft_cuda_adamw_set(ft_cuda_model *dm, size_t i, const float *exp_avg,
 
 size_t ft_cuda_peak_bytes(const ft_cuda_model *dm) { return dm->peak; }
 
+void ft_cuda_set_position(ft_cuda_model *dm, int64_t n) { dm->dropout_calls = (uint64_t)n; }
+
 extern "C" int ft_cuda_probe(char *desc, size_t desc_size)
 {
 	int n = 0;
