@@ -85,7 +85,8 @@ int ft_cuda_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr,
 int64_t ft_cuda_steps(const ft_cuda_model *dm);
 double ft_cuda_loss_scale(const ft_cuda_model *dm);
 
-/* fp32 gradients -> the CPU model's g arrays. */
+/* fp32 gradients -> the CPU model's g arrays (fp16: divided by the loss
+ * scale, whether or not ft_cuda_step has unscaled them yet). */
 int ft_cuda_copy_grads_to_host(ft_cuda_model *dm);
 /* Trainable weights (fp32 masters) -> the CPU model's w arrays, and back
  * (after a checkpoint was loaded into the CPU model). */

@@ -10,7 +10,8 @@
  *   bf16:  logits 3e-2, summed loss relative 1e-2, gradients 1e-1,
  *          10-step losses relative 2e-2 (bf16 keeps 8 significant bits:
  *          one rounding is 4e-3 relative; two layers compound it).
- *   fp16:  as bf16 (with dynamic loss scaling in the loop).
+ *   fp16:  as bf16 (loss scale 1024 on the gradients, divided out when
+ *          they are copied to the host; dynamic scaling in the loop).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -465,8 +466,8 @@ int main(void)
 		return 0;
 	}
 	printf("# device: %s\n", desc);
-	ft_cuda_precision ps[] = { FT_CUDA_F32, FT_CUDA_BF16 };
-	for (int i = 0; i < 2; i++) {
+	ft_cuda_precision ps[] = { FT_CUDA_F32, FT_CUDA_BF16, FT_CUDA_F16 };
+	for (int i = 0; i < 3; i++) {
 		grads_case(LLAMA, NULL, FT_FT_FULL, PAR "llama-full-grads.safetensors",
 			   "llama full", ps[i]);
 		grads_case(QWEN2, NULL, FT_FT_FULL, PAR "qwen2-full-grads.safetensors",
