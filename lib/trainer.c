@@ -327,6 +327,8 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 
 	if (ft_mkdirs(o->output_dir) < 0) goto out;
 	if (o->resume_dir && ft_ckpt_load(o, &p, opt, &st) < 0) goto out;
+	if (o->resume_dir && m->set_position)
+		m->set_position(m->self, st.epoch_idx * o->n_batches + st.batches_done);
 	if (!(c.log = open_log(o, st.global_step))) goto out;
 	c.t0 = now_s();
 	c.start_step = st.global_step;

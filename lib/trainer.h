@@ -33,6 +33,10 @@ typedef struct {
 	int (*forward)(void *self, const ft_batch *b, double *loss_sum, int64_t *n_tokens);
 	/* Write the model (adapter or full weights) into an existing dir. */
 	int (*save)(void *self, const char *dir);
+	/* Optional: on resume, the number of forward_backward calls made
+	 * before the checkpoint, so random streams (LoRA dropout) continue
+	 * where they were. */
+	void (*set_position)(void *self, int64_t micro_batches_done);
 } ft_train_model;
 
 /* The ft_model binding (lib/trainer_model.c). */

@@ -155,6 +155,24 @@ train() { ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir 
 	[ "$(jq .train_loss out/train_results.json)" = "$(jq .train_loss b/train_results.json)" ]
 }
 
+@test "resume with LoRA dropout: the dropout masks continue, so the run still matches" {
+	need_jq
+	args=(--finetuning_type lora --lora_dropout 0.2 --learning_rate 5e-3 --max_steps 10
+	      --logging_steps 1 --save_steps 4 -q)
+	run train "${args[@]}"
+	assert_success
+	mkdir b && cp -r out/checkpoint-4 b/
+	head -n 4 out/trainer_log.jsonl > b/trainer_log.jsonl
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b "${args[@]}" \
+		--resume_from_checkpoint b/checkpoint-4
+	assert_success
+	diff <(steady out/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	# and dropout is really on: a run without it differs
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir c --finetuning_type lora \
+		--learning_rate 5e-3 --max_steps 10 --logging_steps 1 -q
+	! diff -q <(steady out/trainer_log.jsonl) <(steady c/trainer_log.jsonl)
+}
+
 @test "resume refuses other settings" {
 	run train --max_steps 4 --save_steps 2 -q
 	assert_success

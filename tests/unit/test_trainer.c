@@ -113,7 +113,7 @@ static void toy_init(toy *t)
 
 static ft_train_model toy_model(toy *t)
 {
-	ft_train_model m = { t, toy_n, toy_p, toy_zero, toy_fb, toy_f, toy_save };
+	ft_train_model m = { t, toy_n, toy_p, toy_zero, toy_fb, toy_f, toy_save, NULL };
 	return m;
 }
 

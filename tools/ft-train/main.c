@@ -24,7 +24,7 @@ static const char usage[] =
 "\n"
 "Data and model:\n"
 "  --train PATH[,PATH]        ft-pack output (directory, stream file, or - for stdin)\n"
-"  --val PATH                 validation batches (ft-pack --split val)\n"
+"  --val PATH                 validation batches (ft-pack --val_size: DIR/val)\n"
 "  --stage pt|sft             must match the batches' stage (default sft)\n"
 "  --model_name_or_path DIR   Hugging Face model directory (config.json + safetensors)\n"
 "  --train_from_scratch       random init (normal(0, initializer_range)) from --config\n"
@@ -380,10 +380,6 @@ int main(int argc, char **argv)
 		    "--resume_from_checkpoint true to continue its last checkpoint", c.output_dir);
 	}
 	c.t.resume_dir = resume;
-	if (resume && c.tune.type == FT_FT_LORA && c.tune.lora_dropout > 0)
-		warn("note: --lora_dropout %g: the dropout masks after resuming are not those the "
-		     "uninterrupted run would draw (the model's dropout stream restarts); everything "
-		     "else resumes exactly", c.tune.lora_dropout);
 	c.t.output_dir = c.output_dir;
 
 	ft_model *m = load_model(&c);
