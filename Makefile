@@ -57,6 +57,32 @@ build/cuda/%.o: %.cu
 build/libft_cuda.a: $(CU_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
+# Opt-in (make CUDA_LINK=1): link the tools with the CUDA backend.  The
+# probe symbol is forced in so lib/device.c sees the backend; libft.a is
+# repeated because libft_cuda.a calls back into it.  cudart is static so
+# a bundle needs only cuBLAS from the target machine.  `make gpu-tests`
+# builds tests/gpu/*.c against the backend (run by tests/gpu/run.sh).
+ifeq ($(CUDA),1)
+$(CU_OBJ): $(wildcard lib/cuda/*.cuh lib/cuda/*.h) lib/kernels.h lib/cuda_view.h lib/layers.h lib/error.h
+CUDA_LIBDIR ?= $(dir $(NVCC))../lib64
+CUDA_LDLIBS = -Wl,--as-needed -Wl,--undefined=ft_cuda_probe build/libft_cuda.a build/libft.a \
+	-L$(CUDA_LIBDIR) -lcublas -lcublasLt -lcudart_static -ldl -lrt -lstdc++ \
+	$(PKG_LIBS) -lopenblas -fopenmp -lm -lpthread
+GPU_TESTS := $(patsubst tests/gpu/%.c,build/gpu/%,$(wildcard tests/gpu/*.c))
+build/gpu/%: tests/gpu/%.c tests/unit/tap.h build/libft.a build/libft_cuda.a
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -iquote tests/unit $< build/libft.a $(CUDA_LDLIBS) -o $@
+gpu-tests: $(GPU_TESTS)
+build/gpu/bench_gpu: bench/train-gpu/bench_gpu.c build/libft.a build/libft_cuda.a
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $< build/libft.a $(CUDA_LDLIBS) -o $@
+ifeq ($(CUDA_LINK),1)
+bin/%: LDLIBS += $(CUDA_LDLIBS)
+$(BINS): build/libft_cuda.a
+endif
+endif
+.PHONY: gpu-tests
+
 unit: $(UNIT_BINS)
 asan-tools: $(ASAN_BINS)
 

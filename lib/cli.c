@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -153,6 +154,21 @@ int ft_parse_bool(const char *opt, const char *s)
 	if (!strcasecmp(s, "true") || !strcmp(s, "1") || !strcasecmp(s, "yes")) return 1;
 	if (!strcasecmp(s, "false") || !strcmp(s, "0") || !strcasecmp(s, "no")) return 0;
 	die_usage("--%s: '%s' is not true or false", opt, s);
+}
+
+static int is_bool_word(const char *s)
+{
+	static const char *const words[] = {"true", "false", "1", "0", "yes", "no", "True", "False"};
+	for (size_t i = 0; i < sizeof words / sizeof *words; i++)
+		if (!strcmp(s, words[i])) return 1;
+	return 0;
+}
+
+int ft_optarg_bool(const char *opt, int argc, char **argv)
+{
+	if (optarg) return ft_parse_bool(opt, optarg);
+	if (optind < argc && is_bool_word(argv[optind])) return ft_parse_bool(opt, argv[optind++]);
+	return 1;
 }
 
 uint64_t ft_parse_size(const char *opt, const char *s)

@@ -46,6 +46,11 @@ int ft_stdin_is_terminal(void);
 long long ft_parse_int(const char *opt, const char *s);
 double ft_parse_double(const char *opt, const char *s);
 int ft_parse_bool(const char *opt, const char *s);   /* true/false/1/0/yes/no */
+/* A boolean long option declared optional_argument, as HfArgumentParser
+ * takes it: "--flag", "--flag=false" or "--flag false" (the next word is
+ * consumed only when it is a boolean literal).  Call from the getopt_long
+ * loop with its argc/argv. */
+int ft_optarg_bool(const char *opt, int argc, char **argv);
 /* "2GB", "500MB", "1024", "10k": bytes (powers of 1000 as HF's export_size,
  * "GiB"/"MiB" for powers of 1024). */
 uint64_t ft_parse_size(const char *opt, const char *s);

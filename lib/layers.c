@@ -267,35 +267,76 @@ static inline int attn_allowed(const ft_attn_shape *s, const int32_t *seg,
 #define QP(base, b, h) ((base) + ((size_t)(b) * s->T) * ldq + (size_t)(h) * s->hd)
 #define KP(base, b, h) ((base) + ((size_t)(b) * s->T) * ldk + (size_t)(h) * s->hd)
 
-/* One query head of one row: tiles of ATT_TILE queries against the keys
- * up to the tile's last position; S is [ATT_TILE, T] scratch. */
+/* 1 when every non-zero segment id of the row is one contiguous run
+ * (neat packing), so a query's keys start at its segment's start. */
+static int cmp_i32(const void *a, const void *b)
+{
+	int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+	return (x > y) - (x < y);
+}
+
+static int seg_contiguous(const int32_t *seg, int T)
+{
+	if (!seg)
+		return 0;
+	int32_t *ids = ft_xmalloc((size_t)T * sizeof *ids);
+	int n = 0, ok = 1;
+	for (int t = 0; t < T; t++)
+		if (seg[t] && (t == 0 || seg[t] != seg[t - 1]))
+			ids[n++] = seg[t];
+	qsort(ids, n, sizeof *ids, cmp_i32);
+	for (int i = 1; i < n && ok; i++)
+		ok = ids[i] != ids[i - 1];
+	free(ids);
+	return ok;
+}
+
+/* First key any query of the tile starting at r0 may see: keys before it
+ * are masked for every row of the tile, so the products skip them. */
+static int tile_kstart(const ft_attn_shape *s, const int32_t *seg, int contig, int r0)
+{
+	int k0 = s->window > 0 && r0 - s->window + 1 > 0 ? r0 - s->window + 1 : 0;
+	if (contig) {
+		int u = r0;
+		while (u > k0 && seg[r0] && seg[u - 1] == seg[r0])
+			u--;
+		if (u > k0)
+			k0 = u;
+	}
+	return k0;
+}
+
+/* One query head of one row: tiles of ATT_TILE queries against keys
+ * [k0, last query of the tile]; S is [ATT_TILE, T] scratch. */
 static void attn_head_fwd(float *O, float *L, const float *Q, const float *K,
-			  const float *V, const int32_t *seg, const ft_attn_shape *s,
-			  float *S)
+			  const float *V, const int32_t *seg, int contig,
+			  const ft_attn_shape *s, float *S)
 {
 	int T = s->T, hd = s->hd, ldq = s->Hq * hd, ldk = s->Hk * hd;
 	float scale = 1.0f / sqrtf((float)hd);
 	for (int r0 = 0; r0 < T; r0 += ATT_TILE) {
 		int nr = T - r0 < ATT_TILE ? T - r0 : ATT_TILE, kc = r0 + nr;
-		mm(0, 1, nr, kc, hd, scale, Q + (size_t)r0 * ldq, ldq, K, ldk, 0, S, kc);
+		int k0 = tile_kstart(s, seg, contig, r0), nk = kc - k0;
+		mm(0, 1, nr, nk, hd, scale, Q + (size_t)r0 * ldq, ldq, K + (size_t)k0 * ldk, ldk,
+		   0, S, nk);
 		for (int i = 0; i < nr; i++) {
 			int t = r0 + i;
-			float *row = S + (size_t)i * kc, mx = -INFINITY;
-			for (int u = 0; u <= t; u++)
-				if (attn_allowed(s, seg, t, u) && row[u] > mx)
-					mx = row[u];
+			float *row = S + (size_t)i * nk, mx = -INFINITY;   /* row[u - k0] */
+			for (int u = k0; u <= t; u++)
+				if (attn_allowed(s, seg, t, u) && row[u - k0] > mx)
+					mx = row[u - k0];
 			float sum = 0;
-			for (int u = 0; u < kc; u++) {
-				float e = attn_allowed(s, seg, t, u) ? expf(row[u] - mx) : 0;
-				row[u] = e;
+			for (int u = k0; u < kc; u++) {
+				float e = attn_allowed(s, seg, t, u) ? expf(row[u - k0] - mx) : 0;
+				row[u - k0] = e;
 				sum += e;
 			}
 			float inv = 1.0f / sum;
-			for (int u = 0; u <= t; u++)
+			for (int u = 0; u < nk; u++)
 				row[u] *= inv;
 			L[t] = mx + logf(sum);
 		}
-		mm(0, 0, nr, hd, kc, 1, S, kc, V, ldk, 0, O + (size_t)r0 * ldq, ldq);
+		mm(0, 0, nr, hd, nk, 1, S, nk, V + (size_t)k0 * ldk, ldk, 0, O + (size_t)r0 * ldq, ldq);
 	}
 }
 
@@ -311,9 +352,10 @@ void ft_attention_forward(float *out, float *lse, const float *q,
 #pragma omp for schedule(dynamic)
 		for (int bh = 0; bh < nbh; bh++) {
 			int b = bh / s->Hq, h = bh % s->Hq;
+			const int32_t *seg = s->seg ? s->seg + (size_t)b * T : NULL;
 			attn_head_fwd(QP(out, b, h), lse + (size_t)bh * T, QP(q, b, h),
-				      KP(k, b, h / grp), KP(v, b, h / grp),
-				      s->seg ? s->seg + (size_t)b * T : NULL, s, S);
+				      KP(k, b, h / grp), KP(v, b, h / grp), seg,
+				      seg_contiguous(seg, T), s, S);
 		}
 		free(S);
 	}
@@ -323,31 +365,35 @@ void ft_attention_forward(float *out, float *lse, const float *q,
  * accumulated, so one thread owns a whole group. */
 static void attn_head_bwd(float *dQ, float *dK, float *dV, const float *dO,
 			  const float *Q, const float *K, const float *V,
-			  const float *O, const float *L, const int32_t *seg,
+			  const float *O, const float *L, const int32_t *seg, int contig,
 			  const ft_attn_shape *s, float *P, float *dP)
 {
 	int T = s->T, hd = s->hd, ldq = s->Hq * hd, ldk = s->Hk * hd;
 	float scale = 1.0f / sqrtf((float)hd);
 	for (int r0 = 0; r0 < T; r0 += ATT_TILE) {
 		int nr = T - r0 < ATT_TILE ? T - r0 : ATT_TILE, kc = r0 + nr;
-		mm(0, 1, nr, kc, hd, scale, Q + (size_t)r0 * ldq, ldq, K, ldk, 0, P, kc);
-		mm(0, 1, nr, kc, hd, 1, dO + (size_t)r0 * ldq, ldq, V, ldk, 0, dP, kc);
+		int k0 = tile_kstart(s, seg, contig, r0), nk = kc - k0;
+		const float *Kk = K + (size_t)k0 * ldk, *Vk = V + (size_t)k0 * ldk;
+		mm(0, 1, nr, nk, hd, scale, Q + (size_t)r0 * ldq, ldq, Kk, ldk, 0, P, nk);
+		mm(0, 1, nr, nk, hd, 1, dO + (size_t)r0 * ldq, ldq, Vk, ldk, 0, dP, nk);
 		for (int i = 0; i < nr; i++) {
 			int t = r0 + i;
-			float *p = P + (size_t)i * kc, *dp = dP + (size_t)i * kc;
+			float *p = P + (size_t)i * nk, *dp = dP + (size_t)i * nk;   /* [u - k0] */
 			const float *o = O + (size_t)t * ldq, *g = dO + (size_t)t * ldq;
 			float di = 0;
 			for (int d = 0; d < hd; d++)
 				di += o[d] * g[d];
-			for (int u = 0; u < kc; u++) {
-				float pu = attn_allowed(s, seg, t, u) ? expf(p[u] - L[t]) : 0;
-				p[u] = pu;
-				dp[u] = pu * (dp[u] - di);
+			for (int u = k0; u < kc; u++) {
+				float pu = attn_allowed(s, seg, t, u) ? expf(p[u - k0] - L[t]) : 0;
+				p[u - k0] = pu;
+				dp[u - k0] = pu * (dp[u - k0] - di);
 			}
 		}
-		mm(0, 0, nr, hd, kc, scale, dP, kc, K, ldk, 0, dQ + (size_t)r0 * ldq, ldq);
-		mm(1, 0, kc, hd, nr, scale, dP, kc, Q + (size_t)r0 * ldq, ldq, 1, dK, ldk);
-		mm(1, 0, kc, hd, nr, 1, P, kc, dO + (size_t)r0 * ldq, ldq, 1, dV, ldk);
+		mm(0, 0, nr, hd, nk, scale, dP, nk, Kk, ldk, 0, dQ + (size_t)r0 * ldq, ldq);
+		mm(1, 0, nk, hd, nr, scale, dP, nk, Q + (size_t)r0 * ldq, ldq, 1,
+		   dK + (size_t)k0 * ldk, ldk);
+		mm(1, 0, nk, hd, nr, 1, P, nk, dO + (size_t)r0 * ldq, ldq, 1,
+		   dV + (size_t)k0 * ldk, ldk);
 	}
 }
 
@@ -370,11 +416,13 @@ void ft_attention_backward(float *dq, float *dk, float *dv, const float *dout,
 		for (int bg = 0; bg < nbg; bg++) {
 			int b = bg / s->Hk, g = bg % s->Hk;
 			const int32_t *seg = s->seg ? s->seg + (size_t)b * T : NULL;
+			int contig = seg_contiguous(seg, T);
 			for (int h = g * grp; h < (g + 1) * grp; h++)
 				attn_head_bwd(QP(dq, b, h), KP(dk, b, g), KP(dv, b, g),
 					      QP(dout, b, h), QP(q, b, h), KP(k, b, g),
 					      KP(v, b, g), QP(out, b, h),
-					      lse + ((size_t)b * s->Hq + h) * T, seg, s, P, dP);
+					      lse + ((size_t)b * s->Hq + h) * T, seg, contig, s,
+					      P, dP);
 		}
 		free(P);
 		free(dP);

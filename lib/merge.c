@@ -9,9 +9,7 @@
  * disk space checked, and the whole directory built under a temporary
  * name and renamed into place at the end.
  */
-#include <errno.h>
 #include <jansson.h>
-#include <limits.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,9 +18,12 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 #include <dirent.h>
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
 #include "atomicfile.h"
 #include "dtype.h"
 #include "error.h"
+#include "json.h"
 #include "merge.h"
 #include "safetensors.h"
 
@@ -64,14 +65,6 @@ static ft_dtype out_dtype_of(const merge_job *j, const ft_st_tensor *t)
 static uint64_t out_bytes(const merge_job *j, const ft_st_tensor *t)
 {
 	return is_float(t->dtype) ? (uint64_t)t->numel * ft_dtype_size(j->out) : t->nbytes;
-}
-
-static json_t *load_json(const char *path)
-{
-	json_error_t e;
-	json_t *v = json_load_file(path, 0, &e);
-	if (!v) ft_fail("%s:%d:%d: %s", path, e.line, e.column, e.text);
-	return v;
 }
 
 /* auto: the base config's dtype (transformers 5) or torch_dtype (4.x),
@@ -335,16 +328,57 @@ static int write_index(const merge_job *j, const char *dir)
 	return rc;
 }
 
-/* config.json with the dtype field(s) it had set to the export dtype. */
-static int write_config(const merge_job *j, const char *dir)
+/* config.json with the dtype field(s) it had set to the export dtype.
+ * The text is edited rather than re-serialized so every other byte stays
+ * as the base had it (jansson would print 1e-05 as 1.0000000000000001e-05):
+ * each "dtype" / "torch_dtype" string value is replaced (nested configs of
+ * multimodal models too); with neither, "dtype" is added first. */
+static int write_config(const merge_job *j, const char *base_dir, const char *dir)
 {
 	const char *name = ft_dtype_torch_name(j->out);
-	int has_old = json_object_get(j->config, "torch_dtype") != NULL;
-	if (has_old) json_object_set_new(j->config, "torch_dtype", json_string(name));
-	if (!has_old || json_object_get(j->config, "dtype")) json_object_set_new(j->config, "dtype", json_string(name));
-	char *path = ft_xasprintf("%s/config.json", dir);
-	int rc = save_json(j->config, path);
-	free(path);
+	char *src = ft_xasprintf("%s/config.json", base_dir), *dst = ft_xasprintf("%s/config.json", dir);
+	char *text = NULL, *out = NULL;
+	size_t len = 0;
+	int rc = -1;
+	FILE *f = fopen(src, "rb");
+	if (!f || getdelim(&text, &len, 0, f) < 0) {
+		ft_fail("%s:", src);
+		goto done;
+	}
+	int err;
+	PCRE2_SIZE off;
+	pcre2_code *re = pcre2_compile((PCRE2_SPTR) "(\"(?:torch_)?dtype\"\\s*:\\s*)\"[^\"]*\"",
+				       PCRE2_ZERO_TERMINATED, 0, &err, &off, NULL);
+	char *repl = ft_xasprintf("$1\"%s\"", name);
+	size_t cap = strlen(text) + 4096;
+	out = ft_xmalloc(cap);
+	PCRE2_SIZE outlen = cap;
+	int n = re ? pcre2_substitute(re, (PCRE2_SPTR)text, PCRE2_ZERO_TERMINATED, 0, PCRE2_SUBSTITUTE_GLOBAL, NULL,
+				      NULL, (PCRE2_SPTR)repl, PCRE2_ZERO_TERMINATED, (PCRE2_UCHAR *)out, &outlen)
+		     : -1;
+	pcre2_code_free(re);
+	free(repl);
+	if (n < 0) {
+		ft_fail("%s: cannot update the dtype", src);
+		goto done;
+	}
+	FILE *o = fopen(dst, "wb");
+	int bad = !o;
+	if (o && n == 0) {   /* no dtype field: add one after the opening brace */
+		char *brace = strchr(out, '{');
+		if (!brace) bad = 1;
+		else bad = fprintf(o, "%.*s{\n  \"dtype\": \"%s\",%s", (int)(brace - out), out, name, brace + 1) < 0;
+	} else if (o) {
+		bad = fwrite(out, 1, outlen, o) != outlen;
+	}
+	if (o && fclose(o) != 0) bad = 1;
+	rc = bad ? ft_fail("%s: write failed:", dst) : 0;
+done:
+	if (f) fclose(f);
+	free(text);
+	free(out);
+	free(src);
+	free(dst);
 	return rc;
 }
 
@@ -404,7 +438,7 @@ static int open_inputs(merge_job *j, const ft_merge_opts *o)
 {
 	char *cfg = ft_xasprintf("%s/config.json", o->model_dir);
 	int rc = -1;
-	if (!(j->config = load_json(cfg))) goto out;
+	if (!(j->config = ft_json_load_file(cfg))) goto out;
 	if (!(j->base = ft_st_open(o->model_dir))) goto out;
 	if (pick_dtype(j, o->export_dtype, cfg) < 0) goto out;
 	j->ad = ft_xcalloc(o->nadapters + 1, sizeof *j->ad);
@@ -440,7 +474,7 @@ int ft_merge(const ft_merge_opts *opts)
 	if (check_space(&j, parent, copied_size(o)) < 0) goto out;
 	if (ft_atomic_dir_open(&dir, o->export_dir) < 0) goto out;
 	if (write_shards(&j, dir.tmp, o) < 0 || (j.nshards > 1 && write_index(&j, dir.tmp) < 0) ||
-	    write_config(&j, dir.tmp) < 0 || copy_files(o, dir.tmp) < 0) {
+	    write_config(&j, o->model_dir, dir.tmp) < 0 || copy_files(o, dir.tmp) < 0) {
 		ft_atomic_dir_abort(&dir);
 		goto out;
 	}

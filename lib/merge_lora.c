@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "error.h"
+#include "json.h"
 #include "merge.h"
 #include "safetensors.h"
 
@@ -62,14 +63,6 @@ static int known_module(const char *module)
 	for (size_t i = 0; i < sizeof known_modules / sizeof *known_modules; i++)
 		if (!strcmp(last, known_modules[i])) return 1;
 	return 0;
-}
-
-static json_t *load_json(const char *path)
-{
-	json_error_t e;
-	json_t *j = json_load_file(path, 0, &e);
-	if (!j) ft_fail("%s:%d:%d: %s", path, e.line, e.column, e.text);
-	return j;
 }
 
 /* PEFT's get_pattern_key(): re.match(rf"(.*\.)?({key})$", module). */
@@ -307,7 +300,7 @@ ft_lora *ft_lora_open(const char *dir, const struct ft_st *base)
 	ft_lora *l = ft_xcalloc(1, sizeof *l);
 	l->dir = ft_xstrdup(dir);
 	char *cfg = ft_xasprintf("%s/adapter_config.json", dir);
-	json_t *c = load_json(cfg);
+	json_t *c = ft_json_load_file(cfg);
 	int ok = c && check_config(l, cfg, c) == 0 && open_tensors(l, base) == 0;
 	json_decref(c);
 	free(cfg);

@@ -93,8 +93,7 @@ static int config_from_json(const json_t *j, ft_config *c, const char *path)
 		return ft_fail("%s: head_dim %d must be positive and even", path, c->head_dim);
 	c->max_position_embeddings = (int)ft_json_int(j, "max_position_embeddings", 2048);
 	c->rms_norm_eps = ft_json_num(j, "rms_norm_eps", 1e-6);
-	c->tie_word_embeddings = ft_json_bool(j, "tie_word_embeddings",
-					      c->arch == FT_ARCH_QWEN2 ? 0 : 0);
+	c->tie_word_embeddings = ft_json_bool(j, "tie_word_embeddings", 0);
 	const char *act = ft_json_str(j, "hidden_act", "silu");
 	if (strcmp(act, "silu") && strcmp(act, "swish"))
 		return ft_fail("%s: hidden_act %s is not supported (silu)", path, act);
@@ -129,8 +128,6 @@ int ft_lin_dims(const ft_config *c, int which, int *in, int *out)
 {
 	int D = c->hidden_size, qd = c->num_attention_heads * c->head_dim;
 	int kd = c->num_key_value_heads * c->head_dim, F = c->intermediate_size;
-	static const int dummy = 0;
-	(void)dummy;
 	switch (which) {
 	case L_Q: *in = D; *out = qd; break;
 	case L_K: case L_V: *in = D; *out = kd; break;

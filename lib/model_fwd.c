@@ -93,8 +93,10 @@ int ft_model_prepare(ft_model *m, int N)
 	m->d_att = fa(n * qd); m->dq = fa(n * qd); m->dk = fa(n * kd); m->dv = fa(n * kd);
 	m->hbuf = fa(n * F); m->dh = fa(n * F); m->dgate = fa(n * F); m->dup = fa(n * F);
 	m->tmp = fa(n * (mi > D ? mi : D));
-	m->drop = fa(n * mi);
-	m->ddrop = fa(n * mi);
+	if (m->lora_dropout_on) {   /* dropped-out LoRA inputs and their gradient */
+		m->drop = fa(n * mi);
+		m->ddrop = fa(n * mi);
+	}
 	m->lhs = fa(n * (size_t)(m->o.lora_rank > 0 ? m->o.lora_rank : 1));
 	m->head_x = fa(n * D);
 	m->head_dx = fa(n * D);
@@ -317,11 +319,21 @@ int ft_model_forward(ft_model *m, const ft_batch *b, float *logits,
 	m->training = 0;
 	if (forward_body(m, b) < 0)
 		return -1;
-	int N = b->B * b->T;
+	int N = b->B * b->T, D = m->c.hidden_size;
 	int64_t nt = 0;
-	double loss = ft_lm_head_loss(NULL, NULL, logits, m->lnf, m->lm_head.w, m->targets, N,
-				      m->c.hidden_size, m->c.vocab_size, 1, m->head_scratch,
-				      m->head_chunk, &nt);
+	const float *x = m->lnf;
+	if (!logits) {   /* the loss needs only the rows that have a target */
+		int n = 0;
+		for (int i = 0; i < N; i++)
+			if (m->targets[i] != -100) {
+				memcpy(m->head_x + (size_t)n * D, m->lnf + (size_t)i * D, D * sizeof(float));
+				m->targets[n++] = m->targets[i];
+			}
+		N = n;
+		x = m->head_x;
+	}
+	double loss = ft_lm_head_loss(NULL, NULL, logits, x, m->lm_head.w, m->targets, N, D,
+				      m->c.vocab_size, 1, m->head_scratch, m->head_chunk, &nt);
 	if (loss_sum)
 		*loss_sum = loss;
 	if (n_tokens)

@@ -112,7 +112,13 @@ static void axes(cairo_t *cr, const box *b, const ft_plot_panel *pl,
 	text_at(cr, ylabel, 0, 0, 0.5, 0.5);
 	cairo_restore(cr);
 	if (title) {
+		/* a long output dir: shrink the title to fit the figure */
+		cairo_text_extents_t e;
 		cairo_set_font_size(cr, 14);
+		cairo_text_extents(cr, title, &e);
+		double w = b->x1 / 0.9, mid = (b->x0 + b->x1) / 2;   /* axes end at 90% */
+		double room = 0.96 * 2 * fmin(mid, w - mid);
+		if (e.width > room) cairo_set_font_size(cr, fmax(6, 14 * room / e.width));
 		text_at(cr, title, (b->x0 + b->x1) / 2, b->y0 - 8, 0.5, 1);
 	}
 }

@@ -55,6 +55,7 @@ struct ft_writer {
 	int replace;
 
 	ft_buf hdr;                /* the packed header record */
+	json_t *header;            /* and as given, with the version */
 	ft_buf rec;                /* record being built */
 	msgpack_packer pk;
 	int64_t fields_left;       /* -1: no record open */
@@ -238,6 +239,8 @@ ft_writer *ft_writer_open(const ft_writer_opts *opts, const json_t *header)
 		w->frame_bytes = w->shard_bytes;
 	w->replace = opts->replace;
 	if (pack_header(w, header) < 0) goto fail;
+	w->header = json_deep_copy(header);
+	json_object_set_new(w->header, "version", json_integer(FT_STREAM_VERSION));
 	msgpack_packer_init(&w->pk, &w->rec, ft_buf_write);
 
 	w->cctx = ZSTD_createCCtx();
@@ -305,6 +308,7 @@ static void writer_free(ft_writer *w)
 	for (size_t i = 0; i < w->nshards; i++) free(w->shards[i].path);
 	free(w->shards);
 	free(w->hdr.p);
+	json_decref(w->header);
 	free(w->rec.p);
 	free(w->zout);
 	ZSTD_freeCCtx(w->cctx);
@@ -484,6 +488,17 @@ int ft_writer_put_json(ft_writer *w, const json_t *rec)
 	if (w->failed || w->finished)
 		return ft_fail("stream writer: %s", w->failed ? "an earlier write failed" : "already closed");
 	if (!json_is_object(rec)) return ft_fail("record is not a JSON object");
+	/* A header among the records (JSON of concatenated streams): the
+	 * reader would skip it if compatible, so do that now, or refuse it
+	 * now rather than write a stream no reader accepts. */
+	const json_t *f = json_object_get(rec, "format");
+	if (json_is_string(f) && !strcmp(json_string_value(f), FT_STREAM_FORMAT)) {
+		if (ft_headers_compatible(w->header, rec)) return 0;
+		char *why = ft_header_difference(w->header, rec);
+		ft_fail("a header record that does not match the first header (%s)", why);
+		free(why);
+		return -1;
+	}
 	w->rec.n = 0;
 	if (ft_pack_json(&w->pk, rec, 0) < 0) return -1;
 	return emit_record(w);

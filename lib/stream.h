@@ -9,7 +9,10 @@
  * frames, and directories of shards (*.zst, read in name order).  See
  * docs/FORMAT.md for every kind and field.
  *
- * This module is the only caller of zstd and msgpack in the project.
+ * This module (stream.c, stream_codec.c) is the only caller of zstd and
+ * msgpack in the project.  Readers are never given a wrong record: each
+ * zstd frame's checksum is verified before its records are returned, and
+ * lengths are bounded before anything is allocated.
  */
 #ifndef FT_STREAM_H
 #define FT_STREAM_H
@@ -33,8 +36,10 @@ typedef struct {
 	const char *path;        /* file, or "-"/NULL for stdout (when dir is NULL) */
 	const char *dir;         /* shard directory: shard-00000.<suffix> ... */
 	const char *suffix;      /* shard file suffix, default "ftb.zst" */
-	uint64_t shard_bytes;    /* rotate after this many compressed bytes (0: never) */
-	uint64_t shard_records;  /* rotate after this many records (0: never) */
+	uint64_t shard_bytes;    /* new shard once one holds this many compressed
+				    bytes, checked after each record (0: never) */
+	uint64_t shard_records;  /* new shard after this many records (0: never);
+				    rotation needs dir */
 	int level;               /* zstd level, 0 = default (3) */
 	uint64_t frame_bytes;    /* close a zstd frame after this many uncompressed
 				    bytes (0: 1 MiB); readers buffer about one frame */
@@ -77,7 +82,8 @@ void ft_w_i32s(ft_writer *w, const char *key, const int32_t *v, size_t n);
 void ft_w_f32s(ft_writer *w, const char *key, const float *v, size_t n);
 void ft_w_json(ft_writer *w, const char *key, const json_t *v);
 int ft_w_end(ft_writer *w);
-/* A whole record from a JSON object (ft-cat --encode). */
+/* A whole record from a JSON object (ft-cat --encode).  A header object
+ * among the records is dropped when compatible, refused otherwise. */
 int ft_writer_put_json(ft_writer *w, const json_t *rec);
 
 /* ---- reading ------------------------------------------------------- */
@@ -86,8 +92,8 @@ typedef struct ft_reader ft_reader;
 typedef struct ft_rec ft_rec;   /* valid until the next ft_reader_next() */
 
 /* Open a file, "-" for stdin, or a directory of shards; several paths are
- * read in order as one stream.  The header is read at open: a file that
- * does not start with one is "not an ft stream". */
+ * read in order as one stream (none: stdin).  The header is read at open:
+ * a file that does not start with one is "not an ft stream". */
 ft_reader *ft_reader_open(const char *path);
 ft_reader *ft_reader_open_many(const char *const *paths, size_t n);
 void ft_reader_close(ft_reader *r);

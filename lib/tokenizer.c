@@ -236,7 +236,7 @@ void ft_tokenizer_free(ft_tokenizer *t)
 	tk_trie_free(&t->sp_user);
 	for (size_t i = 0; i < t->sp_nuser; i++) free(t->sp_user_tok[i].content);
 	free(t->sp_user_tok);
-	for (size_t i = 0; i < t->nadded; i++) free(t->added[i].content);
+	for (size_t i = 0; i < t->nadded; i++) { free(t->added[i].content); free(t->added[i].orig); }
 	free(t->added);
 	tk_trie_free(&t->trie_raw); tk_trie_free(&t->trie_norm);
 	free(t->raw_tok); free(t->norm_tok); free(t->is_special);
@@ -260,9 +260,10 @@ size_t ft_tokenizer_vocab_size(const ft_tokenizer *t) { return t->ntok; }
 int32_t ft_tokenizer_token_to_id(const ft_tokenizer *t, const char *piece)
 {
 	size_t n = strlen(piece);
-	for (size_t i = 0; i < t->nadded; i++)
-		if (t->tok[t->added[i].id] && !strcmp(t->tok[t->added[i].id], piece))
-			return t->added[i].id;
+	for (size_t i = 0; i < t->nadded; i++) {
+		const tk_added *a = &t->added[i];
+		if (!strcmp(a->orig ? a->orig : a->content, piece)) return a->id;
+	}
 	return tk_strmap_get(&t->vocab, piece, n);
 }
 

@@ -122,7 +122,8 @@ typedef struct {
 } tk_dec;
 
 typedef struct {
-	char *content; size_t len;
+	char *content; size_t len;       /* as matched: normalized if `normalized` */
+	char *orig;                      /* as written, when normalizing changed it */
 	int32_t id;
 	int single_word, lstrip, rstrip, normalized, special;
 } tk_added;
@@ -163,7 +164,7 @@ struct ft_tokenizer {
 	int model;                       /* M_BPE or M_SPM */
 
 	/* vocabulary: id -> token string (model vocab plus added tokens) */
-	char **tok; uint32_t *toklen; size_t ntok;
+	char **tok; uint32_t *toklen; size_t ntok, captok;
 	tk_strmap vocab;                 /* token string -> id (model vocab) */
 	tk_strmap enc;                   /* what words are looked up in: raw
 					    bytes when ByteLevel maps them */
@@ -179,6 +180,7 @@ struct ft_tokenizer {
 
 	/* SentencePiece (tokenizer.model) */
 	float *score;                    /* per id */
+	size_t capscore;
 	uint8_t *ptype;                  /* per id: 1 normal .. 6 byte */
 	int sp_dummy_prefix, sp_remove_ws, sp_escape_ws;
 	tk_trie sp_user;                 /* USER_DEFINED pieces */

@@ -127,6 +127,20 @@ static int add_pre(ft_tokenizer *t, const json_t *n)
 		if (replacement(n, p.rep, &p.replen)) return -1;
 		p.prepend_scheme = prepend_scheme(n);
 		p.split = jbool(n, "split", 1);
+	} else if (!strcmp(type, "Digits")) {
+		/* split(char::is_numeric, Isolated or Contiguous) */
+		p.kind = P_SPLIT;
+		p.behavior = jbool(n, "individual_digits", 0) ? B_ISOLATED : B_CONTIG;
+		if (!(p.re = tk_regex("\\p{N}", 0))) return -1;
+	} else if (!strcmp(type, "WhitespaceSplit")) {
+		p.kind = P_SPLIT;               /* split(char::is_whitespace, Removed) */
+		p.behavior = B_REMOVED;
+		if (!(p.re = tk_regex("\\s", 0))) return -1;
+	} else if (!strcmp(type, "Whitespace")) {
+		p.kind = P_SPLIT;               /* \w+|[^\w\s]+, inverted, Removed */
+		p.behavior = B_REMOVED;
+		p.invert = 1;
+		if (!(p.re = tk_regex("\\w+|[^\\w\\s]+", 0))) return -1;
 	} else
 		return ft_fail("pre_tokenizer type '%s' is not supported", type);
 	t->pre = ft_xrealloc(t->pre, (t->npre + 1) * sizeof *t->pre);

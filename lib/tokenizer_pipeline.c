@@ -166,7 +166,7 @@ static void lowercase(const char *s, size_t n, tk_buf *out)
 	}
 }
 
-static void strip(const tk_norm *m, const char *s, size_t n, tk_buf *out)
+static void strip(const tk_norm *m, const char *s, size_t n, tk_buf *out, int *keep)
 {
 	size_t a = 0, b = n;
 	int k;
@@ -177,12 +177,15 @@ static void strip(const tk_norm *m, const char *s, size_t n, tk_buf *out)
 		if (!tk_is_space(tk_u8dec(s + p, &k))) break;
 		b = p;
 	}
+	if (a) *keep = 0;
 	tk_buf_add(out, s + a, b - a);
 }
 
-/* Normalize s[0..n) with every normalizer; the result is in w->nb[*which]. */
+/* Normalize s[0..n) with every normalizer; the result is in w->nb.
+ * *keep stays 1 while the result still starts at the input's first
+ * character (HF's offsets_original().0 == 0 for Metaspace "first"). */
 static int normalize(const ft_tokenizer *t, tk_work *w, const char *s, size_t n,
-		     const char **res, size_t *rlen)
+		     const char **res, size_t *rlen, int *keep)
 {
 	int cur = 0;
 	tk_buf_clear(&w->nb[0]);
@@ -199,9 +202,12 @@ static int normalize(const ft_tokenizer *t, tk_work *w, const char *s, size_t n,
 			if (in->n) tk_buf_add(out, m->a, m->alen);
 			tk_buf_add(out, in->p, in->n);
 			break;
-		case N_REPLACE: replace_all(w, m, in->p, in->n, out); break;
+		case N_REPLACE:
+			replace_all(w, m, in->p, in->n, out);
+			if (!m->blen && in->n && (!out->n || out->p[0] != in->p[0])) *keep = 0;
+			break;
 		case N_LOWER: lowercase(in->p, in->n, out); break;
-		case N_STRIP: strip(m, in->p, in->n, out); break;
+		case N_STRIP: strip(m, in->p, in->n, out, keep); break;
 		}
 		cur = !cur;
 	}
@@ -385,7 +391,9 @@ static int encode_piece(const ft_tokenizer *t, tk_work *w, const char *s, size_t
 {
 	if (t->model == M_SPM) return tk_spm_encode_piece(t, w, s, n, out);
 	const char *ns; size_t nn;
-	if (normalize(t, w, s, n, &ns, &nn)) return -1;
+	int keep = 1;
+	if (normalize(t, w, s, n, &ns, &nn, &keep)) return -1;
+	origin = origin && keep;
 	if (t->trie_norm.empty) return pre_step(t, w, 0, ns, nn, origin, out);
 	/* the normalized string lives in w->nb: copy it before reusing those */
 	char *copy = ft_xmalloc(nn + 1);
@@ -477,10 +485,17 @@ int tk_finish_load(ft_tokenizer *t)
 		tk_added *a = &t->added[i];
 		if (a->normalized && t->model == M_BPE && t->nnorm) {
 			const char *ns; size_t nl;
-			if (normalize(t, w, a->content, a->len, &ns, &nl)) { tk_work_free(w); return -1; }
+			int keep;
+			if (normalize(t, w, a->content, a->len, &ns, &nl, &keep)) { tk_work_free(w); return -1; }
+			/* HF then also reports the normalized text as the token
+			 * (id_to_token, decode); token_to_id takes the original */
 			tk_added *c = &t->added[i];
-			c->content = ft_xrealloc(c->content, nl + 1);
-			memcpy(c->content, ns, nl); c->content[nl] = 0; c->len = nl;
+			if (nl != c->len || memcmp(ns, c->content, nl)) {
+				c->orig = c->content;
+				c->content = ft_xmalloc(nl + 1);
+				memcpy(c->content, ns, nl); c->content[nl] = 0; c->len = nl;
+				tk_add_token(t, c->content, c->len, c->id);
+			}
 			t->norm_tok[nn++] = c;
 		} else if (a->normalized && t->model == M_BPE)
 			t->norm_tok[nn++] = a;

@@ -112,8 +112,11 @@ static int parse_piece(ft_tokenizer *t, pb b, int32_t id)
 	tk_add_token(t, piece, plen, id);
 	if (tk_strmap_get(&t->vocab, piece, plen) < 0)   /* the first one wins */
 		tk_strmap_put(&t->vocab, piece, plen, id);
-	t->score = ft_xrealloc(t->score, ((size_t)id + 1) * sizeof *t->score);
-	t->ptype = ft_xrealloc(t->ptype, (size_t)id + 1);
+	if (t->capscore < t->captok) {
+		t->score = ft_xrealloc(t->score, t->captok * sizeof *t->score);
+		t->ptype = ft_xrealloc(t->ptype, t->captok);
+		t->capscore = t->captok;
+	}
 	t->score[id] = score;
 	t->ptype[id] = (uint8_t)type;
 	return 0;

@@ -286,8 +286,13 @@ int32_t tk_add_token(ft_tokenizer *t, const char *s, size_t len, int32_t id)
 	if (id < 0 || id > 50000000) return ft_fail("token id %d out of range", id);
 	if ((size_t)id >= t->ntok) {
 		size_t n = (size_t)id + 1;
-		t->tok = ft_xrealloc(t->tok, n * sizeof *t->tok);
-		t->toklen = ft_xrealloc(t->toklen, n * sizeof *t->toklen);
+		if (n > t->captok) {   /* geometric: ids mostly arrive in order */
+			size_t cap = t->captok ? t->captok * 2 : 1024;
+			while (cap < n) cap *= 2;
+			t->tok = ft_xrealloc(t->tok, cap * sizeof *t->tok);
+			t->toklen = ft_xrealloc(t->toklen, cap * sizeof *t->toklen);
+			t->captok = cap;
+		}
 		for (size_t i = t->ntok; i < n; i++) { t->tok[i] = NULL; t->toklen[i] = 0; }
 		t->ntok = n;
 	}
@@ -353,12 +358,52 @@ int tk_trie_match(const tk_trie *tr, const char *s, size_t n, size_t *mlen)
 	return best;
 }
 
+/* `tokenizers` runs these patterns with Oniguruma, whose Unicode \\w is
+ * Letter | Mark | Number | Connector_Punctuation; PCRE2 10.42's UCP \\w
+ * lacks marks and Pc, so \\w (and \\W outside a class) are spelled out. */
+static char *onig_compat(const char *p)
+{
+	static const char W[] = "\\p{L}\\p{M}\\p{N}\\p{Pc}";
+	tk_buf b = {0};
+	int in_class = 0;
+	for (size_t i = 0; p[i]; i++) {
+		if (p[i] == '\\' && p[i + 1]) {
+			if (p[i + 1] == 'w') {
+				if (!in_class) tk_buf_add(&b, "[", 1);
+				tk_buf_add(&b, W, sizeof W - 1);
+				if (!in_class) tk_buf_add(&b, "]", 1);
+			} else if (p[i + 1] == 'W' && !in_class) {
+				tk_buf_add(&b, "[^", 2);
+				tk_buf_add(&b, W, sizeof W - 1);
+				tk_buf_add(&b, "]", 1);
+			} else
+				tk_buf_add(&b, p + i, 2);
+			i++;
+			continue;
+		}
+		if (p[i] == '[' && !in_class) {
+			in_class = 1;
+			tk_buf_add(&b, p + i, 1);
+			/* a ']' right after '[' or '[^' is literal */
+			if (p[i + 1] == '^') tk_buf_add(&b, p + ++i, 1);
+			if (p[i + 1] == ']') tk_buf_add(&b, p + ++i, 1);
+			continue;
+		}
+		if (p[i] == ']' && in_class) in_class = 0;
+		tk_buf_add(&b, p + i, 1);
+	}
+	tk_buf_add(&b, "", 0);
+	return b.p;
+}
+
 pcre2_code *tk_regex(const char *pattern, int literal)
 {
 	int err; PCRE2_SIZE off;
-	pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED,
+	char *conv = literal ? NULL : onig_compat(pattern);
+	pcre2_code *re = pcre2_compile((PCRE2_SPTR)(conv ? conv : pattern), PCRE2_ZERO_TERMINATED,
 				       literal ? PCRE2_UTF | PCRE2_LITERAL : PCRE2_UTF | PCRE2_UCP,
 				       &err, &off, NULL);
+	free(conv);
 	if (!re) {
 		PCRE2_UCHAR msg[256];
 		pcre2_get_error_message(err, msg, sizeof msg);

@@ -128,7 +128,8 @@ static int64_t batch_tokens(const ft_batch *b)
 
 /* ---- evaluation ---------------------------------------------------------- */
 
-int ft_evaluate(ft_train_model *m, ft_batch_source *val, double *eval_loss, int64_t *n_batches)
+int ft_evaluate(ft_train_model *m, ft_batch_source *val, double *eval_loss, int64_t *n_batches,
+		int64_t *n_rows)
 {
 	if (val->rewind(val->self) < 0) return -1;
 	ft_batch b = {0};
@@ -152,6 +153,7 @@ int ft_evaluate(ft_train_model *m, ft_batch_source *val, double *eval_loss, int6
 	if (rows == 0) return ft_fail("the validation data holds no label tokens");
 	*eval_loss = (double)(float)(num / rows);
 	if (n_batches) *n_batches = nb;
+	if (n_rows) *n_rows = (int64_t)rows;
 	return 0;
 }
 
@@ -163,6 +165,7 @@ typedef struct {
 	FILE *log;
 	double t0;
 	int64_t start_step, start_tokens;
+	ft_eval_stats ev;             /* the last evaluation */
 } runctx;
 
 static void fill_entry(const runctx *c, const ft_tstate *st, ft_trainlog_entry *e)
@@ -218,10 +221,11 @@ static int do_log(runctx *c, ft_tstate *st, double grad_norm, double lr)
 static int do_eval(runctx *c, ft_tstate *st, ft_train_model *m, ft_batch_source *val, double *out)
 {
 	double t = now_s(), loss;
-	int64_t nb;
-	if (ft_evaluate(m, val, &loss, &nb) < 0) return ft_fail_ctx("evaluation: ");
+	int64_t nb, rows;
+	if (ft_evaluate(m, val, &loss, &nb, &rows) < 0) return ft_fail_ctx("evaluation: ");
 	double rt = now_s() - t;
 	*out = loss;
+	c->ev = (ft_eval_stats){ loss, rt, nb, rows };
 	ft_trainlog_entry e;
 	fill_entry(c, st, &e);
 	e.eval_loss = loss;
@@ -323,12 +327,13 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 
 	if (ft_mkdirs(o->output_dir) < 0) goto out;
 	if (o->resume_dir && ft_ckpt_load(o, &p, opt, &st) < 0) goto out;
+	if (o->resume_dir && m->set_position)
+		m->set_position(m->self, st.epoch_idx * o->n_batches + st.batches_done);
 	if (!(c.log = open_log(o, st.global_step))) goto out;
 	c.t0 = now_s();
 	c.start_step = st.global_step;
 	c.start_tokens = st.tokens_seen;
-	const int64_t flos_per_token = 6 * count_nonembed(m);
-	(void)flos_per_token;
+	const double flos_per_token = 6.0 * (double)count_nonembed(m);
 	m->zero_grad(m->self);
 
 	int stop = st.global_step >= p.total_steps;
@@ -349,13 +354,21 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 			/* num_items_in_batch: the model divides each micro-batch's
 			 * summed loss by the label tokens of the whole step */
 			float scale = ntok > 0 ? (float)(1.0 / (double)ntok) : 0.0f;
+			float this_step = 0;
 			for (int i = 0; i < mb.n; i++) {
 				double ls;
 				int64_t n;
 				if (m->forward_backward(m->self, &mb.b[i], scale, &ls, &n) < 0) goto out;
 				float step_loss = ntok > 0 ? (float)(ls / (double)ntok) : 0.0f;
-				st.tr_loss += step_loss;
+				/* logging_nan_inf_filter: a nan/inf loss counts as the mean
+				 * of the window so far, as transformers does */
+				if (!isfinite(step_loss))
+					st.tr_loss += st.tr_loss / (float)(1 + st.global_step - st.last_logged);
+				else
+					st.tr_loss += step_loss;
+				this_step += step_loss;
 				st.tokens_seen += batch_tokens(&mb.b[i]);
+				st.total_flos += flos_per_token * mb.b[i].B * mb.b[i].T;
 			}
 			double gnorm = ft_clip_grad_norm(params, np, o->max_grad_norm);
 			double lr = ft_sched_lr(&sched, st.global_step);
@@ -374,6 +387,7 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 				fill_entry(&c, &st, &e);
 				e.lr = lr;
 				e.grad_norm = gnorm;
+				e.loss = this_step;   /* this step's loss, not a window mean */
 				o->on_event(o->ctx, FT_EV_STEP, &e, NULL);
 			}
 			if ((o->logging_steps > 0 && st.global_step % o->logging_steps == 0) ||
@@ -435,7 +449,7 @@ static int finish(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 		? (double)p->total_steps * o->train_batch_size * o->gradient_accumulation_steps
 		: (double)o->n_batches * o->train_batch_size * o->num_train_epochs;
 	samples = samples * run_steps / (double)(p->total_steps ? p->total_steps : 1);
-	double total_flos = 6.0 * (double)count_nonembed(m) * (double)st->tokens_seen;
+	double total_flos = st->total_flos;
 
 	if (val && eval_step != st->global_step) {
 		if (do_eval(c, st, m, val, &eval_loss) < 0) return -1;
@@ -467,13 +481,19 @@ static int finish(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 			runtime > 0 ? round(run_steps / runtime * 1e3) / 1e3 : 0 };
 	if (ft_save_results(o->output_dir, "train_results.json", tk, tv, 6) < 0) return -1;
 	if (!isnan(eval_loss)) {
-		const char *ek[] = { "epoch", "eval_loss", "perplexity" };
-		double ev[] = { st->epoch, eval_loss, exp(eval_loss) };
-		if (ft_save_results(o->output_dir, "eval_results.json", ek, ev, 3) < 0) return -1;
-		const char *ak[] = { "epoch", "eval_loss", "perplexity", "total_flos", "train_loss",
+		double ert = round(c->ev.runtime * 1e4) / 1e4;
+		double esps = c->ev.runtime > 0 ? round(c->ev.rows / c->ev.runtime * 1e3) / 1e3 : 0;
+		double ests = c->ev.runtime > 0 ? round(c->ev.batches / c->ev.runtime * 1e3) / 1e3 : 0;
+		const char *ek[] = { "epoch", "eval_loss", "eval_runtime", "eval_samples_per_second",
+				     "eval_steps_per_second", "perplexity" };
+		double ev[] = { st->epoch, eval_loss, ert, esps, ests, exp(eval_loss) };
+		if (ft_save_results(o->output_dir, "eval_results.json", ek, ev, 6) < 0) return -1;
+		const char *ak[] = { "epoch", "eval_loss", "eval_runtime", "eval_samples_per_second",
+				     "eval_steps_per_second", "perplexity", "total_flos", "train_loss",
 				     "train_runtime", "train_samples_per_second", "train_steps_per_second" };
-		double av[] = { st->epoch, eval_loss, exp(eval_loss), tv[1], tv[2], tv[3], tv[4], tv[5] };
-		if (ft_save_results(o->output_dir, "all_results.json", ak, av, 8) < 0) return -1;
+		double av[] = { st->epoch, eval_loss, ert, esps, ests, exp(eval_loss),
+				tv[1], tv[2], tv[3], tv[4], tv[5] };
+		if (ft_save_results(o->output_dir, "all_results.json", ak, av, 11) < 0) return -1;
 	} else if (ft_save_results(o->output_dir, "all_results.json", tk, tv, 6) < 0) {
 		return -1;
 	}

@@ -33,6 +33,10 @@ typedef struct {
 	int (*forward)(void *self, const ft_batch *b, double *loss_sum, int64_t *n_tokens);
 	/* Write the model (adapter or full weights) into an existing dir. */
 	int (*save)(void *self, const char *dir);
+	/* Optional: on resume, the number of forward_backward calls made
+	 * before the checkpoint, so random streams (LoRA dropout) continue
+	 * where they were. */
+	void (*set_position)(void *self, int64_t micro_batches_done);
 } ft_train_model;
 
 /* The ft_model binding (lib/trainer_model.c). */
@@ -49,6 +53,9 @@ typedef struct {
 /* ft-pack output: files, shard directories or "-" (stdin: one pass only;
  * rewinding it fails with a message). */
 int ft_batch_source_open(ft_batch_source *s, const char *const *paths, size_t n);
+/* The counts of an opened stream source from its header (for stdin, whose
+ * manifest cannot be read separately). */
+int ft_batch_source_manifest(ft_batch_source *s, ft_manifest *m);
 /* Free a batch's arrays and zero it (ft_batch_free without the stream
  * module, so the loop links on its own). */
 void ft_batch_release(ft_batch *b);
@@ -82,7 +89,9 @@ typedef struct {
 	int64_t n_batches;
 	/* set asynchronously (SIGINT/SIGTERM): finish the step, checkpoint */
 	volatile sig_atomic_t *stop;
-	/* events for the tool's progress display; e may be NULL for STEP */
+	/* events for the tool's display: STEP after every optimizer step (e->loss
+	 * is that step's loss), LOG and EVAL with the line just written, SAVE
+	 * with the checkpoint directory in detail (e NULL) */
 	void (*on_event)(void *ctx, ft_train_event ev, const ft_trainlog_entry *e,
 			 const char *detail);
 	void *ctx;
@@ -123,8 +132,16 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	     ft_batch_source *val, ft_train_result *r);
 
 /* Evaluation loss as transformers' evaluate(): the mean over batches of
- * each batch's token-mean loss, weighted by rows.  *n_batches may be NULL. */
-int ft_evaluate(ft_train_model *m, ft_batch_source *val, double *eval_loss, int64_t *n_batches);
+ * each batch's token-mean loss, weighted by rows.  n_batches and n_rows
+ * may be NULL. */
+int ft_evaluate(ft_train_model *m, ft_batch_source *val, double *eval_loss, int64_t *n_batches,
+		int64_t *n_rows);
+
+/* Timing of an evaluation, for the results files. */
+typedef struct {
+	double loss, runtime;
+	int64_t batches, rows;
+} ft_eval_stats;
 
 /* Latest checkpoint-N in dir (NULL + message when there is none); the
  * result is malloc'd. */

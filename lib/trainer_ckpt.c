@@ -5,6 +5,7 @@
 #include "trainer_impl.h"
 #include "atomicfile.h"
 #include "error.h"
+#include "trainlog.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -66,19 +67,33 @@ out:
 	return rc;
 }
 
+/* As transformers' save_metrics: json.dump(indent=4, sort_keys=True),
+ * numbers as Python writes floats. */
 int ft_save_results(const char *dir, const char *name, const char *const *keys, const double *vals, size_t n)
 {
-	json_t *o = json_object();
-	for (size_t i = 0; i < n; i++) {
-		double v = vals[i];
-		json_object_set_new(o, keys[i], v == floor(v) && fabs(v) < 9e15 && strcmp(keys[i], "epoch") &&
-					   strstr(keys[i], "loss") == NULL
-					   ? json_integer((json_int_t)v) : json_real(v));
-	}
+	size_t *ord = ft_xcalloc(n ? n : 1, sizeof *ord);
+	for (size_t i = 0; i < n; i++) ord[i] = i;
+	for (size_t i = 1; i < n; i++)
+		for (size_t j = i; j > 0 && strcmp(keys[ord[j - 1]], keys[ord[j]]) > 0; j--) {
+			size_t t = ord[j]; ord[j] = ord[j - 1]; ord[j - 1] = t;
+		}
 	char *path = ft_xasprintf("%s/%s", dir, name);
-	int rc = ft_json_write_atomic(o, path, 4, 1);
+	ft_atomic a;
+	int rc = -1;
+	if (ft_atomic_open(&a, path) < 0) goto out;
+	fputs("{\n", a.fp);
+	for (size_t i = 0; i < n; i++) {
+		const char *k = keys[ord[i]];
+		double v = vals[ord[i]];
+		char num[40];
+		ft_fmt_double_repr(num, sizeof num, v);   /* all floats in transformers too */
+		fprintf(a.fp, "    \"%s\": %s%s\n", k, num, i + 1 < n ? "," : "");
+	}
+	fputs("}", a.fp);
+	rc = ft_atomic_commit(&a);
+out:
 	free(path);
-	json_decref(o);
+	free(ord);
 	return rc;
 }
 
@@ -117,7 +132,7 @@ json_t *ft_trainer_state_json(const ft_train_opts *o, const ft_train_plan *p, co
 			 "num_train_epochs", (json_int_t)p->num_epochs,
 			 "save_steps", (json_int_t)o->save_steps,
 			 "stateful_callbacks",
-			 "total_flos", 0.0,
+			 "total_flos", st->total_flos,
 			 "train_batch_size", (json_int_t)o->train_batch_size,
 			 "trial_name", "trial_params",
 			 "ft", ft);
@@ -223,6 +238,7 @@ int ft_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt, 
 	st->global_step = json_integer_value(json_object_get(ts, "global_step"));
 	st->epoch = json_number_value(json_object_get(ts, "epoch"));
 	st->tokens_seen = json_integer_value(json_object_get(ts, "num_input_tokens_seen"));
+	st->total_flos = json_number_value(json_object_get(ts, "total_flos"));
 	st->epoch_idx = json_integer_value(json_object_get(ft, "epoch_idx"));
 	st->batches_done = json_integer_value(json_object_get(ft, "batches_done"));
 	st->last_logged = json_integer_value(json_object_get(ft, "last_logged"));

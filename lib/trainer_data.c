@@ -70,3 +70,17 @@ int ft_batch_source_open(ft_batch_source *src, const char *const *paths, size_t 
 	return 0;
 }
 
+
+int ft_batch_source_manifest(ft_batch_source *src, ft_manifest *m)
+{
+	stream_src *s = src->self;
+	if (!s->r) return ft_fail("the batch input is not open");
+	const char *kind = ft_reader_kind(s->r);
+	if (!kind || strcmp(kind, "batches") != 0)
+		return ft_fail("%s: not a batch stream (kind '%s'; make one with ft-pack)",
+			       ft_reader_path(s->r), kind ? kind : "?");
+	const json_t *h = ft_reader_header(s->r);
+	if (ft_manifest_from_json(json_object_get(h, "meta"), m) < 0)
+		return ft_fail_ctx("%s: header: ", ft_reader_path(s->r));
+	return 0;
+}

@@ -16,6 +16,7 @@ typedef struct {
 	int64_t last_logged;      /* global_step of the last log */
 	double total_loss;        /* drained tr_loss, for train_loss */
 	int64_t tokens_seen;
+	double total_flos;        /* transformers: 6 x non-embedding params x input_ids.numel() */
 	json_t *log_history;      /* HF log_history entries */
 } ft_tstate;
 

@@ -1,5 +1,6 @@
 /* trainer_model.c - ft_model behind the trainer's model interface */
 #include "trainer.h"
+#include "model_internal.h"
 
 static size_t tm_nparams(void *self) { return ft_model_nparams(self); }
 static ft_param *tm_param(void *self, size_t i) { return ft_model_param(self, i); }
@@ -20,8 +21,16 @@ static int tm_save(void *self, const char *dir)
 	return ft_model_save(self, dir);
 }
 
+/* LoRA dropout masks are drawn from (seed, number of forward_backward
+ * calls): setting the count continues the stream exactly on resume. */
+static void tm_set_position(void *self, int64_t n)
+{
+	((ft_model *)self)->dropout_calls = (uint64_t)n;
+}
+
 ft_train_model ft_train_model_of(ft_model *m)
 {
-	ft_train_model t = { m, tm_nparams, tm_param, tm_zero_grad, tm_fwd_bwd, tm_fwd, tm_save };
+	ft_train_model t = { m, tm_nparams, tm_param, tm_zero_grad, tm_fwd_bwd, tm_fwd, tm_save,
+			     tm_set_position };
 	return t;
 }

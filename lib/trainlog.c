@@ -84,7 +84,7 @@ out:
 /* Shortest digits that read back to the same double, laid out as Python's
  * repr (fixed notation for exponents -4..15, "1e-05" otherwise, ".0" on
  * integral values), so our lines look like LLaMA-Factory's. */
-static void fmt_double(char *buf, size_t size, double x)
+void ft_fmt_double_repr(char *buf, size_t size, double x)
 {
 	if (!isfinite(x)) {   /* JSON has no NaN: written as null */
 		snprintf(buf, size, "null");
@@ -127,7 +127,7 @@ static void sb_num(sbuf *b, const char *key, double x)
 {
 	if (isnan(x)) return;
 	char t[40];
-	fmt_double(t, sizeof t, x);
+	ft_fmt_double_repr(t, sizeof t, x);
 	sb_key(b, key);
 	sb_add(b, t);
 }

@@ -44,6 +44,10 @@ char *ft_trainlog_format(const ft_trainlog_entry *e);
 /* Append the formatted line to fp and flush: -1 with a message on error. */
 int ft_trainlog_write(FILE *fp, const ft_trainlog_entry *e);
 
+/* A double as Python's repr() writes it (shortest round-trip digits,
+ * "1e-05", "100.0"); "null" for NaN/inf.  size >= 32. */
+void ft_fmt_double_repr(char *buf, size_t size, double x);
+
 /* Seconds as Python's str(timedelta(seconds=int(s))): "0:01:05",
  * "1 day, 2:03:04".  buf must hold 32 bytes. */
 void ft_trainlog_timedelta(double seconds, char buf[32]);

@@ -13,9 +13,10 @@
 #   libyaml-dev      ft-run reads LLaMA-Factory YAML configs
 #   bats bats-assert bats-support   command-line tests
 #   pkg-config make gcc zstd        build and test tools
+#   jq               bats tests check batch streams as JSON (ft-cat | jq)
 set -e
 PKGS="libzstd-dev libmsgpack-dev libjansson-dev libpcre2-dev libutf8proc-dev
-libopenblas-dev libcairo2-dev libyaml-dev bats bats-assert bats-support pkg-config make gcc zstd"
+libopenblas-dev libcairo2-dev libyaml-dev bats bats-assert bats-support pkg-config make gcc zstd jq"
 
 missing=""
 for p in $PKGS; do

@@ -68,12 +68,12 @@ run_case() {   # dataset stage template [extra ft-pack flags]
 	local full="(ft-tokenize has no dataset mode yet)"
 	if ft-tokenize --help 2>&1 | grep -q -- "--dataset"; then
 		t0=$(date +%s.%N)
-		ft-tokenize --stage "$stage" --model_name_or_path "$TOK" --template "$tmpl" --dataset "$ds" \
+		ft-tokenize --no_cache --stage "$stage" --tokenizer "$TOK" --template "$tmpl" --dataset "$ds" \
 			--dataset_dir "$tmp/data" --cutoff_len 1024 -o - 2>/dev/null \
 			| ft-pack -q --cutoff_len 1024 --per_device_train_batch_size 4 "$@" -o "$tmp/out2.ftb.zst"
 		t1=$(date +%s.%N)
 		local fs; fs=$(secs "$t0" "$t1")
-		local ftok; ftok=$(ft-cat "$tmp/out2.ftb.zst" | head -n 1 | jget '["meta"]["counts"]["tokens"]')
+		local ftok; ftok=$({ ft-cat "$tmp/out2.ftb.zst" || true; } | head -n 1 | jget '["meta"]["counts"]["tokens"]')
 		full=$(awk -v s="$fs" -v l="$lf_tot" -v t="$ftok" -v mb="$mb" 'BEGIN{printf "%.3f %.3f %.1fx  ft %.0f tok/s %.2f MB/s, LF %.0f tok/s %.2f MB/s", s, l, l/s, t/s, mb/s, t/l, mb/l}')
 	else
 		full="n/a   $lf_tot  n/a   (ft-tokenize has no dataset mode in this build); LF $(awk -v t="$lf_tok" -v l="$lf_tot" -v mb="$mb" 'BEGIN{printf "%.0f tok/s %.2f MB/s", t/l, mb/l}')"

@@ -28,6 +28,8 @@ make_jsonl() {
 	run -2 ft-cat --encode --shard-records 5 x
 	run -2 ft-cat --encode -d d --shard-records 0 x
 	run -2 ft-cat --encode -d d --shard-size lots x
+	run -2 ft-cat -f x
+	run -2 ft-cat --encode --level 0 x
 	assert_output --partial "Try 'ft-cat --help'"
 }
 
@@ -94,6 +96,13 @@ make_jsonl() {
 	run --separate-stderr -1 ft-cat a.zst b.zst
 	[[ "$stderr" == *"b.zst: byte "*"record 5: header does not match the first input's header (meta.vocab_size differs)"* ]]
 	[ "${#lines[@]}" -eq 6 ]
+	# the JSON of two streams encodes to one: a repeated header is dropped,
+	# a mismatched one refused
+	(ft-cat a.zst; ft-cat a.zst) | ft-cat --encode -o c.zst
+	run -0 ft-cat c.zst
+	[ "${#lines[@]}" -eq 11 ]
+	run -1 bash -c '(ft-cat a.zst; ft-cat b.zst) | ft-cat --encode -o d.zst'
+	assert_output --partial "<stdin>:7: a header record that does not match the first header (meta.vocab_size differs)"
 }
 
 @test "a truncated stream: error with byte offset and record, records before it printed, exit 1" {
@@ -169,9 +178,9 @@ make_jsonl() {
 	make_jsonl 20000 > in.jsonl
 	ft-cat --encode in.jsonl -o s.zst
 	run -1 bash -c 'ft-cat s.zst > /dev/full'
-	assert_output --partial "No space left on device"
+	assert_output "ft-cat: write error on stdout: No space left on device"
 	run -1 bash -c 'ft-cat --encode in.jsonl > /dev/full'
-	assert_output --partial "No space left on device"
+	assert_output "ft-cat: write error on stdout: No space left on device"
 }
 
 @test "ft-cat x | head ends quietly" {

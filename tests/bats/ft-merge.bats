@@ -39,6 +39,14 @@ AD="$FIXTURES/merge/llama-r4/adapter"
 	run ft-merge --model_name_or_path "$BASE" --adapter_name_or_path "$AD" --export_dir out2 --export_dtype fp16
 	assert_success
 	grep -q '"dtype": "float16"' out2/config.json
+	# only the dtype changes: the rest of config.json is the base's, byte for byte
+	diff <(grep -v dtype "$BASE/config.json") <(grep -v dtype out2/config.json)
+	# no dtype field at all: auto takes the tensors' dtype and adds the field
+	mkdir nodtype && cp "$BASE"/* nodtype/ && sed -i '/"dtype"/d' nodtype/config.json
+	run ft-merge --model_name_or_path nodtype --adapter_name_or_path "$AD" --export_dir out3
+	assert_success
+	grep -q '"dtype": "float32"' out3/config.json
+	[ "$(sed -n 2p out3/config.json)" = '  "dtype": "float32",' ]
 	[ "$(stat -c %s out2/model.safetensors)" -lt "$(stat -c %s "$BASE/model.safetensors")" ]
 }
 
@@ -69,8 +77,10 @@ AD="$FIXTURES/merge/llama-r4/adapter"
 	export_device: cpu
 	export_legacy_format: false
 	YAML
-	run ft-merge merge.yaml --export_dir from_flag
+	run ft-merge -v merge.yaml --export_dir from_flag
 	assert_success
+	assert_output --partial "ignoring template"
+	assert_output --partial "merged 1 adapter into from_flag"
 	[ -f from_flag/model.safetensors ]
 	[ ! -e from_yaml ]
 }

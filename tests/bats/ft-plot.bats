@@ -36,6 +36,16 @@ P="$FIXTURES/plot"
 	assert_output --partial "o run_b"
 }
 
+@test "ft-plot: runs with the same directory name are told apart by path" {
+	mkdir -p a/lora b/lora
+	cp "$P/run_a/trainer_log.jsonl" a/lora/
+	cp "$P/run_b/trainer_log.jsonl" b/lora/
+	run ft-plot --width 80 a/lora b/lora/trainer_log.jsonl
+	assert_success
+	assert_output --partial "* a/lora"
+	assert_output --partial "o b/lora"
+}
+
 @test "ft-plot -o png/svg/pdf" {
 	run ft-plot -k loss,eval_loss -o a.png "$P/run_a" "$P/run_b"
 	assert_success
@@ -105,9 +115,10 @@ P="$FIXTURES/plot"
 	pid=$!
 	sleep 0.5
 	[ ! -e f.svg ]
-	mkdir out
-	head -30 "$P/run_a/trainer_log.jsonl" > out/trainer_log.jsonl
+	head -30 "$P/run_a/trainer_log.jsonl" > log.tmp
+	mkdir out && mv log.tmp out/trainer_log.jsonl
 	for i in $(seq 50); do [ -e f.svg ] && break; sleep 0.1; done
+	sleep 0.5
 	n1=$(grep 'linejoin:round' f.svg | grep -o ' L ' | wc -l)
 	head -5 "$P/run_b/trainer_log.jsonl" > out/trainer_log.jsonl   # a new run replaced it
 	sleep 1

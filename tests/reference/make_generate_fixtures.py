@@ -38,7 +38,37 @@ def run(model, eos):
     return {"unbatched": one, "batched": batched}
 
 
+def make_tokenizer():
+    """A byte-level BPE tokenizer whose ids fit the tiny models' 256-token
+    vocabulary (0 <pad>, 1 <s>, 2 </s> as their config), for CLI tests."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, AddedToken
+    from tokenizers.pre_tokenizers import ByteLevel
+    alphabet = ByteLevel.alphabet()
+    chars = sorted(c for c in alphabet if c.isprintable() and ord(c) < 0x7f) + ["\u0120", "\u010a"]
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
+    for c in chars:
+        vocab.setdefault(c, len(vocab))
+    merges = []
+    for a, b in [("\u0120", "t"), ("h", "e"), ("\u0120t", "he"), ("i", "s"), ("\u0120", "a"), ("o", "u"),
+                 ("\u0120", "w"), ("a", "t"), ("\u0120w", "h"), ("\u0120wh", "o"), ("\u0120", "y"),
+                 ("\u0120y", "ou"), ("a", "r"), ("\u0120", "ar"), ("\u0120ar", "e")]:
+        merges.append((a, b))
+        vocab.setdefault(a + b, len(vocab))
+    assert len(vocab) <= 256
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True) for t in ("<pad>", "<s>", "</s>")])
+    out = os.path.join(FIX, "generate/tokenizer")
+    os.makedirs(out, exist_ok=True)
+    tok.save(os.path.join(out, "tokenizer.json"))
+    json.dump({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "add_bos_token": False,
+               "tokenizer_class": "PreTrainedTokenizerFast"},
+              open(os.path.join(out, "tokenizer_config.json"), "w"), indent=1)
+
+
 def main():
+    make_tokenizer()
     torch.manual_seed(0)
     result = {"prompts": PROMPTS, "max_new_tokens": MAX_NEW, "cases": {}}
     for name in ("tiny-llama", "tiny-qwen2"):

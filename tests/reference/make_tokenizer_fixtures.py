@@ -13,9 +13,16 @@ Writes tests/fixtures/tokenizer/:
                       4000 pieces, English + Chinese demo text)
   small-sp/tokenizer.json   that model converted by transformers
                       (LlamaTokenizerFast), to test the tokenizer.json path
+  small-sp.ids.jsonl  ft-tokenize --encode output for the first 120 cases
   <name>.expected.jsonl  one line per case: {"ids": encode without special
                       tokens, "ids_special": with them, "text": decode(ids),
-                      "text_skip": decode(ids_special, skip_special_tokens)}
+                      "text_skip": decode(ids_special, skip_special_tokens)};
+                      text is left out when it equals the input, text_skip
+                      when it equals text, ids_special when it equals ids
+  synth-*/tokenizer.json  small tokenizers trained here with `tokenizers` for
+                      configurations ../shared lacks (GPT-2/RoBERTa byte-level,
+                      Llama-3 split + ignore_merges, Metaspace + Split
+                      behaviours); expected files over the first 150 cases
 for name in qwen3, mistral-sp (../shared/tokenizers), small-sp (the .model:
 ids from the sentencepiece package, except for texts holding control-piece
 text such as "<s>", where ids come from the tokenizers conversion, which
@@ -107,7 +114,22 @@ def train_small_sp(path_prefix):
         user_defined_symbols=["<|user|>"], minloglevel=2)
 
 
-def dump(path, rows):
+def compact(x, r):
+    """Leave out what the test can infer: text equal to the input,
+    text_skip equal to text, ids_special equal to ids."""
+    r = dict(r)
+    if r.get("text_skip") == r.get("text"):
+        r.pop("text_skip", None)
+    if r.get("text") == x:
+        r.pop("text", None)
+    if r.get("ids_special") == r.get("ids"):
+        r.pop("ids_special", None)
+    return r
+
+
+def dump(path, rows, cases=None):
+    if cases is not None:
+        rows = [compact(x, r) for x, r in zip(cases, rows)]
     with open(path, "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n")
@@ -133,7 +155,7 @@ def main():
 
     for name in ["qwen3", "mistral-sp"]:
         tok = Tokenizer.from_file(os.path.join(SHARED, "tokenizers", name, "tokenizer.json"))
-        dump(os.path.join(OUT, name + ".expected.jsonl"), expected_hf(tok, cases))
+        dump(os.path.join(OUT, name + ".expected.jsonl"), expected_hf(tok, cases), cases)
 
     prefix = os.path.join(OUT, "small-sp")
     train_small_sp(prefix)
@@ -150,7 +172,7 @@ def main():
     os.makedirs(prefix, exist_ok=True)
     hf.backend_tokenizer.save(os.path.join(prefix, "tokenizer.json"))
     conv = Tokenizer.from_file(os.path.join(prefix, "tokenizer.json"))
-    dump(os.path.join(OUT, "small-sp-json.expected.jsonl"), expected_hf(conv, cases))
+    dump(os.path.join(OUT, "small-sp-json.expected.jsonl"), expected_hf(conv, cases), cases)
 
     # the .model itself: sentencepiece, with control/unknown pieces matched
     # in the text as special tokens (leftmost-longest) and each piece between
@@ -184,9 +206,100 @@ def main():
         rows.append({"ids": ids, "ids_special": ids_sp,
                      "text": conv.decode(ids, skip_special_tokens=False),
                      "text_skip": conv.decode(ids_sp, skip_special_tokens=True)})
-    dump(os.path.join(OUT, "small-sp.expected.jsonl"), rows)
+    dump(os.path.join(OUT, "small-sp.expected.jsonl"), rows, cases)
+    # for the bats tests: ft-tokenize --encode output of the first 120 cases
+    with open(os.path.join(OUT, "small-sp.ids.jsonl"), "w") as f:
+        for r in rows[:120]:
+            f.write(json.dumps(r["ids"], separators=(",", ":")) + "\n")
     print(f"{len(cases)} cases; sentencepiece and the conversion differ on {differ}")
 
 
 if __name__ == "__main__":
     main()
+
+
+# ---- synthetic tokenizers: the configurations the shared ones lack ----
+LLAMA3_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+             r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def synthetic(cases):
+    from tokenizers import AddedToken, Regex, decoders, models, normalizers
+    from tokenizers import pre_tokenizers, processors, trainers
+    texts = demo_texts()
+    made = {}
+
+    # GPT-2 / RoBERTa style: ByteLevel with its regex and a prefix space,
+    # NFKC + Lowercase, RobertaProcessing, lstrip / single_word added tokens
+    t = Tokenizer(models.BPE())
+    t.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)
+    t.decoder = decoders.ByteLevel()
+    t.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=800, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<s>", "</s>"], show_progress=False))
+    t.add_special_tokens([AddedToken("<mask>", lstrip=True, special=True)])
+    t.add_tokens([AddedToken("[word]", single_word=True, normalized=False),
+                  AddedToken("rstrip>", rstrip=True, normalized=False)])
+    t.post_processor = processors.RobertaProcessing(("</s>", t.token_to_id("</s>")),
+                                                    ("<s>", t.token_to_id("<s>")))
+    made["synth-gpt2"] = t
+
+    # Llama-3 style: Split regex + ByteLevel without regex, ignore_merges,
+    # Sequence(ByteLevel, TemplateProcessing), a normalized added token
+    t = Tokenizer(models.BPE(ignore_merges=True))
+    t.normalizer = normalizers.NFKC()
+    t.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_RE), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    t.decoder = decoders.ByteLevel()
+    t.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=800, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<|begin_of_text|>", "<|eot_id|>"], show_progress=False))
+    t.add_tokens([AddedToken("ＡＢＣ", normalized=True), AddedToken("the fox", normalized=True)])
+    t.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<|begin_of_text|> $A <|eot_id|>",
+                                      special_tokens=[("<|begin_of_text|>", t.token_to_id("<|begin_of_text|>")),
+                                                      ("<|eot_id|>", t.token_to_id("<|eot_id|>"))])])
+    made["synth-llama3"] = t
+
+    # Metaspace (prepend_scheme first, split) after Split behaviours,
+    # Strip / Replace-regex normalizers, unk with fuse_unk, Metaspace decoder
+    t = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
+    t.normalizer = normalizers.Sequence([normalizers.Strip(), normalizers.Replace(Regex(r"[ \t]+"), " ")])
+    t.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split("-", behavior="merged_with_previous"),
+        pre_tokenizers.Split(Regex(r"[0-9]+"), behavior="merged_with_next"),
+        pre_tokenizers.Split(Regex(r"[.!?]"), behavior="contiguous"),
+        pre_tokenizers.Split(",", behavior="removed"),
+        pre_tokenizers.Split(Regex(r"\w+"), behavior="isolated", invert=True),
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)])
+    t.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    t.train_from_iterator([x for x in texts if x.isascii()], trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
+    t.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
+    made["synth-metaspace"] = t
+
+    # Whitespace, Digits, WhitespaceSplit pre-tokenizers; no decoder (HF
+    # joins tokens with spaces); no post-processor
+    t = Tokenizer(models.BPE(unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.Whitespace()])
+    t.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=700, special_tokens=["<unk>"], show_progress=False))
+    made["synth-words"] = t
+
+    sub = cases[:150]
+    for name, tok in made.items():
+        d = os.path.join(OUT, name)
+        os.makedirs(d, exist_ok=True)
+        tok.save(os.path.join(d, "tokenizer.json"))
+        tok = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+        dump(os.path.join(OUT, name + ".expected.jsonl"), expected_hf(tok, sub), sub)
+
+
+if __name__ == "__main__" and os.environ.get("FT_SYNTH", "1") == "1":
+    synthetic(HAND + demo_texts())

@@ -5,7 +5,11 @@ transformers.get_scheduler.
 
 Run from the repository root:
     /work/venv/bin/python tests/reference/make_trainer_fixtures.py
-Writes tests/fixtures/trainer/{sched.txt,adamw.txt}.
+Writes tests/fixtures/trainer/{sched.txt,adamw.txt} and, from the parity
+batches of tests/fixtures/parity (tests/reference/make_model_fixtures.py),
+tests/fixtures/trainer/{train,val}.jsonl: batch streams as JSON lines
+(header line, then one batch record per line) for tests/bats/ft-train.bats,
+which turns them into streams with `ft-cat --encode`.
 Made with torch 2.15.0 and transformers 5.24.0 (CPU).
 
 Formats (read by tests/unit/test_sched.c and test_optim.c), one item per
@@ -18,6 +22,7 @@ line, floats as Python float.hex() (exact):
               "norm <total norm returned by clip_grad_norm_>"
               "after <name> <n> <values...>"                     (param after step)
 """
+import json
 import os
 import torch
 import transformers
@@ -103,9 +108,61 @@ def adamw_fixture():
         adamw_case(f, "noclip_nodecay", 0.8, 0.99, 1e-8, 0.0, 0.0, 5, 3)
 
 
+def batch_fixture():
+    from safetensors.torch import load_file
+    t = load_file("tests/fixtures/parity/llama-train-batches.safetensors")
+    batches = []
+    for k in range(20):
+        ids = t[f"batch.{k}.input_ids"]
+        lab = t[f"batch.{k}.labels"]
+        batches.append((ids, lab))
+
+    def write(path, bs, split):
+        B, T = bs[0][0].shape
+        toks = sum(int((ids != 0).sum()) for ids, _ in bs)
+        labt = sum(int((lab != -100).sum()) for _, lab in bs)
+        hdr = {"format": "ft-stream", "version": 1, "kind": "batches",
+               "producer": "make_trainer_fixtures.py",
+               "meta": {"stage": "sft", "layout": "padded", "split": split, "pad_id": 0,
+                        "eos_id": 2, "seq_len": T, "batch_size": B, "rows_per_batch": B,
+                        "pairwise": False, "cutoff_len": T, "pad_to_multiple_of": 8, "seed": 42,
+                        "tokenizer": "tiny-llama", "vocab_size": 256,
+                        "counts": {"batches": len(bs), "examples": B * len(bs),
+                                   "tokens": toks, "label_tokens": labt, "pad_tokens": B * T * len(bs) - toks}}}
+        with open(path, "w") as f:
+            f.write(json.dumps(hdr) + "\n")
+            for i, (ids, lab) in enumerate(bs):
+                rec = {"index": i, "B": B, "T": T, "input_ids": ids.flatten().tolist(),
+                       "labels": lab.flatten().tolist(), "n_label_tokens": int((lab != -100).sum()),
+                       "n_tokens": int((ids != 0).sum()), "n_examples": B}
+                f.write(json.dumps(rec) + "\n")
+
+    # the same rows as token records (ft-tokenize's kind), for ft-pack
+    with open(os.path.join(OUT, "tokens.jsonl"), "w") as f:
+        f.write(json.dumps({"format": "ft-stream", "version": 1, "kind": "tokens",
+                            "producer": "make_trainer_fixtures.py",
+                            "meta": {"stage": "sft", "tokenizer": "tiny-llama", "pad_id": 0,
+                                     "eos_id": 2, "vocab_size": 256}}) + "\n")
+        for ids, lab in batches:
+            for r in range(ids.shape[0]):
+                n = int((ids[r] != 0).sum())
+                f.write(json.dumps({"input_ids": ids[r, :n].tolist(),
+                                    "labels": lab[r, :n].tolist()}) + "\n")
+    write(os.path.join(OUT, "parity20.jsonl"), batches, "train")
+    # step losses of the PyTorch runs (make_model_fixtures.py, README in
+    # tests/fixtures/parity), for ft-train's end-to-end check
+    with open(os.path.join(OUT, "parity_losses.txt"), "w") as f:
+        for mode in ("lora", "freeze", "full"):
+            r = load_file(f"tests/fixtures/parity/llama-train-{mode}.safetensors")
+            f.write(mode + " " + " ".join(repr(x) for x in r["losses"].tolist()) + "\n")
+    write(os.path.join(OUT, "train.jsonl"), batches[:16], "train")
+    write(os.path.join(OUT, "val.jsonl"), batches[16:], "val")
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     os.makedirs(OUT, exist_ok=True)
     sched_fixture()
     adamw_fixture()
+    batch_fixture()
     print("wrote", OUT + "/sched.txt", OUT + "/adamw.txt")

@@ -135,6 +135,46 @@ static void test_rope(void)
 }
 
 /* ---- attention ---- */
+/* Direct softmax attention with the mask spelled out, for comparison. */
+static double attn_naive_err(const ft_attn_shape *s, const float *q, const float *k,
+			     const float *v, const float *out)
+{
+	int T = s->T, hd = s->hd, grp = s->Hq / s->Hk;
+	double worst = 0, *w = malloc(T * sizeof(double));
+	for (int b = 0; b < s->B; b++)
+		for (int h = 0; h < s->Hq; h++)
+			for (int t = 0; t < T; t++) {
+				const int32_t *sg = s->seg ? s->seg + b * T : NULL;
+				double mx = -1e300, sum = 0;
+				for (int u = 0; u < T; u++) {
+					int ok_ = u <= t && (s->window <= 0 || t - u < s->window) &&
+						  (!sg || (sg[t] ? sg[u] == sg[t] : u == t));
+					w[u] = -1e300;
+					if (!ok_)
+						continue;
+					double d = 0;
+					for (int e = 0; e < hd; e++)
+						d += (double)q[((size_t)(b * T + t) * s->Hq + h) * hd + e] *
+						     k[((size_t)(b * T + u) * s->Hk + h / grp) * hd + e];
+					w[u] = d / sqrt(hd);
+					mx = fmax(mx, w[u]);
+				}
+				for (int u = 0; u < T; u++)
+					sum += w[u] > -1e299 ? exp(w[u] - mx) : 0;
+				for (int e = 0; e < hd; e++) {
+					double o = 0;
+					for (int u = 0; u < T; u++)
+						if (w[u] > -1e299)
+							o += exp(w[u] - mx) / sum *
+							     v[((size_t)(b * T + u) * s->Hk + h / grp) * hd + e];
+					double got = out[((size_t)(b * T + t) * s->Hq + h) * hd + e];
+					worst = fmax(worst, fabs(got - o));
+				}
+			}
+	free(w);
+	return worst;
+}
+
 struct at { ft_attn_shape s; float *q, *k, *v, *out, *lse, *R; };
 static double at_f(void *c)
 {
@@ -148,19 +188,22 @@ static void test_attention(int T, int window, int use_seg)
 	struct at a = { .s = { 2, T, 4, 2, 8, window, use_seg ? seg : NULL } };
 	for (int t = 0; t < T; t++) {   /* row 0: 3 segments and padding; row 1: 2 */
 		seg[t] = t < T / 3 ? 1 : t < T * 2 / 3 ? 2 : t < T - 2 ? 3 : 0;
-		seg[T + t] = t < T / 2 ? 1 : 2;
+		seg[T + t] = use_seg == 2 ? t % 3 + 1 : t < T / 2 ? 1 : 2;   /* 2: interleaved */
 	}
 	size_t nq = (size_t)2 * T * 4 * 8, nk = (size_t)2 * T * 2 * 8;
 	a.q = rnd(nq, 1); a.k = rnd(nk, 1); a.v = rnd(nk, 1); a.out = zeros(nq);
 	a.lse = zeros((size_t)2 * 4 * T); a.R = rnd(nq, 1);
 	float *dq = zeros(nq), *dk = zeros(nk), *dv = zeros(nk);
 	at_f(&a);
+	double ne = attn_naive_err(&a.s, a.q, a.k, a.v, a.out);
+	ok(ne < 1e-5, "attention T=%d window=%d seg=%d forward equals direct softmax "
+	   "(max abs err %.2g)", T, window, use_seg, ne);
 	ft_attention_backward(dq, dk, dv, a.R, a.q, a.k, a.v, a.out, a.lse, &a.s);
 	double e1 = fd_check(at_f, &a, a.q, dq, nq), e2 = fd_check(at_f, &a, a.k, dk, nk);
 	double e3 = fd_check(at_f, &a, a.v, dv, nk);
 	ok(e1 < TOL && e2 < TOL && e3 < TOL, "attention T=%d window=%d seg=%d backward: "
 	   "dq %.2g dk %.2g dv %.2g", T, window, use_seg, e1, e2, e3);
-	if (use_seg) {
+	if (use_seg == 1) {
 		/* changing segment 1's keys/values leaves segment 2's outputs alone */
 		float *o1 = malloc(nq * 4);
 		memcpy(o1, a.out, nq * 4);
@@ -318,6 +361,8 @@ int main(void)
 	test_attention(7, 0, 0);
 	test_attention(70, 0, 1);     /* two row tiles */
 	test_attention(12, 4, 0);     /* sliding window */
+	test_attention(80, 5, 1);     /* window and segments past the first tile */
+	test_attention(70, 0, 2);     /* non-contiguous segment ids */
 	test_swiglu();
 	test_linear(0);
 	test_linear(1);

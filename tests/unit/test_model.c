@@ -376,6 +376,49 @@ static void test_errors(void)
 	rmdir(dir);
 }
 
+/* A model split in two shards with model.safetensors.index.json. */
+static void test_sharded(void)
+{
+	char dir[] = "/tmp/ft-test-shards-XXXXXX", p[300];
+	if (!mkdtemp(dir)) {
+		ok(0, "mkdtemp");
+		return;
+	}
+	ft_model *m = ft_model_load(LLAMA, &(ft_tune_opts){ .type = FT_FT_FULL });
+	json_t *j = ft_json_load_file(LLAMA "/config.json"), *wm = json_object();
+	snprintf(p, sizeof p, "%s/config.json", dir);
+	ft_json_save_file(j, p, 2);
+	json_decref(j);
+	size_t n = ft_model_nparams(m), total = 0;
+	for (int s = 0; s < 2; s++) {
+		ft_st_writer *w = ft_st_writer_new();
+		char *name = ft_st_shard_name(s + 1, 2);
+		for (size_t i = s ? n / 2 : 0; i < (s ? n : n / 2); i++) {
+			ft_param *q = ft_model_param(m, i);
+			ft_st_writer_add(w, q->name, FT_F32, q->ndim, q->shape, q->w);
+			json_object_set_new(wm, q->name, json_string(name));
+			total += q->n * 4;
+		}
+		snprintf(p, sizeof p, "%s/%s", dir, name);
+		ft_st_writer_write(w, p);
+		ft_st_writer_free(w);
+		free(name);
+	}
+	ft_st_write_index(dir, wm, total, 0);
+	json_decref(wm);
+	ft_model *s = ft_model_load(dir, &(ft_tune_opts){ .type = FT_FT_FULL });
+	int same = s && ft_model_nparams(s) == n;
+	for (size_t i = 0; same && i < n; i++)
+		same = !memcmp(ft_model_param(s, i)->w, ft_model_param(m, i)->w,
+			       ft_model_param(m, i)->n * sizeof(float));
+	ok(same, "sharded model (index + 2 shards) loads the same weights%s%s",
+	   s ? "" : ": ", s ? "" : ft_errmsg());
+	ft_model_free(s);
+	ft_model_free(m);
+	snprintf(p, sizeof p, "rm -rf '%s'", dir);
+	if (system(p)) {}
+}
+
 /* Config spellings: transformers 4.x rope_scaling/rope_theta, Mistral's
  * sliding window, head_dim absent. */
 static void test_configs(void)
@@ -542,6 +585,7 @@ int main(void)
 	test_params();
 	test_errors();
 	test_configs();
+	test_sharded();
 	test_save();
 	return tap_done();
 }

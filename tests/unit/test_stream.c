@@ -196,6 +196,15 @@ static void test_sharded(void)
 	int good = 1;
 	while ((rc = ft_reader_next(r2, &rec)) > 0) good &= check_record(rec, (uint64_t)(n++ % 3000));
 	ok(r2 && good && n == 6000 && rc == 0, "two directories with compatible headers read as one stream");
+	/* the first header stays valid after its file is closed */
+	char *text = NULL;
+	size_t tlen = 0;
+	FILE *mem = open_memstream(&text, &tlen);
+	ft_reader_write_header_json(r2, mem);
+	fclose(mem);
+	ok(text && strstr(text, "\"kind\":\"test\"") && strstr(text, "\"vocab_size\":100"),
+	   "header JSON after the last shard: %s", text);
+	free(text);
 	ft_reader_close(r2);
 
 	/* a writer must not mix with old shards unless told to */
@@ -663,6 +672,47 @@ static void test_json_lines(void)
 	json_decref(h);
 }
 
+/* Another writer's framing: records split across frames at odd places,
+ * frames without checksums. */
+static void test_foreign_frames(void)
+{
+	json_t *h = test_header("test", 100);
+	char *a = tpath("plain.zst");
+	ft_writer_opts o = {.path = a};
+	write_stream(&o, h, 50);
+	size_t n;
+	unsigned char *z = slurp(a, &n);
+	size_t cap = (size_t)ZSTD_getFrameContentSize(z, n);
+	unsigned char *raw = NULL;
+	size_t rn = 0;
+	if (cap == ZSTD_CONTENTSIZE_UNKNOWN || cap == ZSTD_CONTENTSIZE_ERROR) {
+		/* streamed frame: decompress with the streaming API */
+		ZSTD_DCtx *d = ZSTD_createDCtx();
+		raw = ft_xmalloc(1 << 20);
+		ZSTD_inBuffer in = {z, n, 0};
+		ZSTD_outBuffer out = {raw, 1 << 20, 0};
+		while (in.pos < in.size) ZSTD_decompressStream(d, &out, &in);
+		rn = out.pos;
+		ZSTD_freeDCtx(d);
+	}
+	unsigned char *re = ft_xmalloc(2 * rn + 4096);
+	size_t m = 0;
+	for (size_t off = 0; off < rn; off += 37) {
+		size_t len = rn - off < 37 ? rn - off : 37;
+		m += ZSTD_compress(re + m, 2 * rn + 4096 - m, raw + off, len, 1);
+	}
+	char *b = tpath("split.zst");
+	spit(b, re, m);
+	int rc;
+	ok(rn > 0 && read_one(b, &rc) == 50 && rc == 0, "records split across 37-byte frames without checksums read back");
+	free(z);
+	free(raw);
+	free(re);
+	free(a);
+	free(b);
+	json_decref(h);
+}
+
 /* ft_w_i32s's own encoder writes the bytes msgpack-c would. */
 static void test_i32_encoding(void)
 {
@@ -732,6 +782,7 @@ int main(void)
 	test_headers_and_api();
 	test_json_lines();
 	test_i32_encoding();
+	test_foreign_frames();
 	cleanup(tmpdir);
 	return tap_done();
 }

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "atomicfile.h"
 #include "cli.h"
 #include "json.h"
 #include "stream.h"
@@ -81,17 +82,21 @@ static void decode(const options *o, char **paths, int n)
 {
 	ft_reader *r = ft_reader_open_many((const char *const *)paths, (size_t)n);
 	if (!r) die_lib();
-	if (!o->no_header && ft_reader_write_header_json(r, stdout) < 0) die_lib();
+	if (!o->no_header && ft_reader_write_header_json(r, stdout) < 0) {
+		if (ferror(stdout)) exit(FT_EXIT_DATA);
+		die("%s: header: %s", ft_reader_path(r), ft_errmsg());
+	}
 	if (o->header_only) {
 		ft_reader_close(r);
 		return;
 	}
 	ft_rec *rec;
 	int rc;
-	while ((rc = ft_reader_next(r, &rec)) > 0)
-		if (ft_rec_write_json(rec, stdout) < 0)
-			die("%s: record %llu: %s", ft_reader_path(r),
-			    (unsigned long long)ft_reader_index(r), ft_errmsg());
+	while ((rc = ft_reader_next(r, &rec)) > 0) {
+		if (ft_rec_write_json(rec, stdout) == 0) continue;
+		if (ferror(stdout)) exit(FT_EXIT_DATA);   /* the exit-time stdout check says why */
+		die("%s: record %llu: %s", ft_reader_path(r), (unsigned long long)ft_reader_index(r), ft_errmsg());
+	}
 	if (rc < 0) die_lib();
 	ft_reader_close(r);
 }
@@ -113,6 +118,7 @@ static void encode(const options *o, const char *in)
 	while ((rc = ft_jsonl_next(j, &v)) > 0) {
 		if (ft_writer_put_json(w, v) < 0) {
 			ft_writer_abort(w);
+			if (ferror(stdout)) exit(FT_EXIT_DATA);   /* reported at exit */
 			die("%s:%ld: %s", name, ft_jsonl_line(j), ft_errmsg());
 		}
 		json_decref(v);
@@ -122,12 +128,16 @@ static void encode(const options *o, const char *in)
 		die_lib();
 	}
 	ft_jsonl_close(j);
-	if (ft_writer_close(w) < 0) die_lib();
+	if (ft_writer_close(w) < 0) {
+		if (ferror(stdout)) exit(FT_EXIT_DATA);
+		die_lib();
+	}
 }
 
 int main(int argc, char **argv)
 {
 	ft_cli_init(argc, argv);
+	ft_atomic_install_signal_cleanup();
 	options o = {0};
 	int c;
 	while ((c = getopt_long(argc, argv, "Heo:d:l:fh", longopts, NULL)) != -1) {
@@ -146,7 +156,10 @@ int main(int argc, char **argv)
 			if (!o.wopts.shard_bytes) die_usage("--shard-size must be positive");
 			break;
 		case OPT_OVERWRITE: o.wopts.replace = 1; break;
-		case 'l': o.wopts.level = (int)ft_parse_int("level", optarg); break;
+		case 'l':
+			o.wopts.level = (int)ft_parse_int("level", optarg);
+			if (o.wopts.level < 1 || o.wopts.level > 22) die_usage("--level must be 1 to 22");
+			break;
 		case 'f': o.force = 1; break;
 		case 'h': usage(stdout); return 0;
 		default: die_usage("unknown option");
@@ -157,8 +170,8 @@ int main(int argc, char **argv)
 	if (o.no_header && o.header_only) die_usage("--header and --no-header contradict each other");
 	if (!o.encode) {
 		if (o.output || o.wopts.dir || o.wopts.shard_records || o.wopts.shard_bytes ||
-		    o.wopts.level || o.wopts.replace)
-			die_usage("-o, -d, --shard-*, --overwrite and --level are for --encode");
+		    o.wopts.level || o.wopts.replace || o.force)
+			die_usage("-o, -d, --shard-*, --overwrite, --level and -f are for --encode");
 		if (nops == 0 && ft_stdin_is_terminal()) {
 			usage(stderr);
 			return FT_EXIT_USAGE;

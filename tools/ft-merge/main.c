@@ -35,6 +35,7 @@ static void usage(FILE *fp)
 "      --overwrite                  replace a non-empty export directory\n"
 "  -j, --threads N                  threads (default: all cores)\n"
 "  -q, --quiet                      no progress\n"
+"  -v, --verbose                    say which LLaMA-Factory keys are ignored, and when done\n"
 "  -h, --help                       this help\n"
 "\n"
 "Refused with a message: an adapter for another base (shapes), unknown target\n"
@@ -119,6 +120,9 @@ static int take_short(int *argc, char **argv, int *threads, int *quiet)
 		if (!strcmp(a, "-h") || !strcmp(a, "--help")) return 1;
 		if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
 			*quiet = 1;
+			ft_verbose--;
+		} else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
+			ft_verbose++;
 		} else if (!strcmp(a, "-j") || !strcmp(a, "--threads")) {
 			if (i + 1 >= *argc) die_usage("%s needs a number", a);
 			*threads = (int)ft_parse_int(a, argv[++i]);
@@ -207,8 +211,7 @@ int main(int argc, char **argv)
 		die_lib();
 	}
 	ft_progress_done();
-	if (ft_verbose > 0 && !quiet)
-		note("merged %zu adapter%s into %s", nad, nad == 1 ? "" : "s", o.export_dir);
+	note("merged %zu adapter%s into %s", nad, nad == 1 ? "" : "s", o.export_dir);
 	for (size_t i = 0; i < nad; i++) free(ad[i]);
 	free(ad);
 	ft_lfargs_free(&args);

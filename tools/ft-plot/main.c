@@ -195,6 +195,23 @@ static char *run_title(const char *path)
 	return ft_xasprintf("training of %s", base);
 }
 
+/* Two runs named alike (a/lora, b/lora): their legends show the paths
+ * as given instead. */
+static void unique_labels(ft_plot_run **runs, size_t n, char **paths)
+{
+	int *dup = ft_xcalloc(n, sizeof *dup);
+	for (size_t a = 0; a < n; a++)
+		for (size_t b = 0; b < n; b++) dup[a] |= a != b && !strcmp(runs[a]->label, runs[b]->label);
+	for (size_t a = 0; a < n; a++) {
+		if (!dup[a] || ft_is_stdio(paths[a])) continue;
+		char *t = run_title(paths[a]);   /* "training of PATH" */
+		free(runs[a]->label);
+		runs[a]->label = ft_xstrdup(t + strlen("training of "));
+		free(t);
+	}
+	free(dup);
+}
+
 static size_t split_keys(char *s, const char ***out)
 {
 	size_t n = 0;
@@ -298,6 +315,7 @@ int main(int argc, char **argv)
 	}
 	j.spec.runs = runs;
 	j.spec.nruns = nruns;
+	unique_labels(runs, nruns, argv + optind);
 	/* the title: the run's directory, as LLaMA-Factory titles its figure */
 	char *auto_title = NULL;
 	if (title) j.spec.title = *title ? title : NULL;

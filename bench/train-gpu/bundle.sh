@@ -1,0 +1,43 @@
+#!/bin/sh
+# bench/train-gpu/bundle.sh - build the CUDA-linked binaries here (a
+# machine with nvcc and the Debian -dev packages) and gather them, the
+# small shared libraries they need that a GPU image lacks, the fixtures
+# and the scripts into bundle/ (ignored by git).  Then copy bundle/ to
+# the GPU machine and run `bundle/run.sh` there (see README.md).
+set -eu
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+out=$root/bundle
+command -v /usr/local/cuda/bin/nvcc >/dev/null || { echo "bundle.sh: nvcc not found" >&2; exit 1; }
+make -j2 build/libft.a build/libft_cuda.a
+make -j2 gpu-tests build/gpu/bench_gpu
+rm -rf "$out"
+mkdir -p "$out/bin" "$out/lib" "$out/tests/gpu" "$out/tests/fixtures" "$out/bench/train-gpu"
+cp build/gpu/test_* build/gpu/bench_gpu "$out/bin/"
+cp tests/gpu/run.sh "$out/tests/gpu/"
+cp -r tests/fixtures/models tests/fixtures/parity "$out/tests/fixtures/"
+cp bench/train-gpu/run.sh bench/train-gpu/torch_gpu.py "$out/bench/train-gpu/"
+printf '#!/bin/sh\nexec "$(dirname "$0")/bench/train-gpu/run.sh" "$@"\n' > "$out/run.sh"
+chmod +x "$out/run.sh"
+# Shared libraries: everything ldd resolves except glibc's own and the
+# CUDA/driver ones (the GPU machine has those, matched to its driver).
+for b in "$out"/bin/*; do
+	ldd "$b" | awk '/=> \//{print $3}'
+done | sort -u | while read -r so; do
+	case $(basename "$so") in
+	libc.so*|libm.so*|libdl.so*|librt.so*|libpthread.so*|ld-linux*|libresolv.so*) ;;
+	libcuda.so*|libcublas*|libcudart*|libnvidia*|libnvrtc*) ;;
+	# every PyTorch machine has these; ours (Debian 12) need glibc 2.36,
+	# so they are used only where the machine lacks them (run.sh)
+	libstdc++.so*|libgcc_s.so*) mkdir -p "$out/lib/fallback"; cp -L "$so" "$out/lib/fallback/" ;;
+	*) cp -L "$so" "$out/lib/" ;;
+	esac
+done
+strip --strip-unneeded "$out"/bin/* 2>/dev/null || true
+# The newest glibc symbol version the binaries need: the GPU image's
+# glibc must be at least this (ldd --version there).
+need=$(for f in "$out"/bin/* "$out"/lib/*.so*; do objdump -T "$f" 2>/dev/null; done |
+	grep -o 'GLIBC_[0-9.]*' | sort -t. -k1,1 -k2,2n -k3,3n -u | tail -1)
+echo "$need" > "$out/GLIBC_NEEDED"
+du -sh "$out"
+echo "bundle.sh: ready in bundle/ (needs $need or newer, cuBLAS 13 on the GPU machine)"

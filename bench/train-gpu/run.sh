@@ -1,0 +1,122 @@
+#!/bin/bash
+# bench/train-gpu/run.sh - run on the GPU machine from an unpacked bundle
+# (bundle/run.sh; see README.md): GPU parity checks first, then the
+# throughput table of ft vs PyTorch + transformers + PEFT, same model,
+# batch and steps, in the same run.
+#   bundle/run.sh [all|parity|bench]       (default all)
+# Env: PYTHON (python3), STEPS (5), WARMUP (2), CASES ("1b-full 7b-lora"),
+# CASE_TIMEOUT (420 s per side and case).
+# Results: printed, and written to results.md (and $OUT/ when set).
+set -u
+here=$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)
+cd "$here" || exit 1
+what=${1:-all}
+PY=${PYTHON:-python3}
+STEPS=${STEPS:-5}
+WARMUP=${WARMUP:-2}
+CASES=${CASES:-"1b-full 7b-lora"}
+
+# cuBLAS 13 from the CUDA install or from PyTorch's pip wheels
+cub=""
+for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/lib/x86_64-linux-gnu; do
+	[ -e "$d/libcublas.so.13" ] && cub="$cub:$d"
+done
+site=$($PY -c 'import torch, os; print(os.path.dirname(os.path.dirname(torch.__file__)))' 2>/dev/null)
+if [ -n "$site" ]; then
+	for f in $(find "$site" -name 'libcublas.so.13*' 2>/dev/null | head -2); do
+		cub="$cub:$(dirname "$f")"
+	done
+fi
+fb=""
+ldconfig -p 2>/dev/null | grep -q 'libstdc++.so.6 ' || fb=":$here/lib/fallback"
+export LD_LIBRARY_PATH="$here/lib$cub$fb:${LD_LIBRARY_PATH:-}"
+echo "GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"
+echo "glibc here: $(ldd --version | head -1); bundle needs $(cat GLIBC_NEEDED 2>/dev/null)"
+res=$here/parity.md
+: > "$res"
+status=0
+
+if [ "$what" != bench ]; then
+	FT_GPU_TEST_DIR=$here/bin tests/gpu/run.sh 2>&1 | tee parity.log
+	[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+	{ echo "## Parity"; echo; echo '```'; grep -E '^(not ok|ok|#|tests/gpu)' parity.log; echo '```'; echo; } >> "$res"
+fi
+
+# case: name mode hidden layers heads kv inter vocab B T ckpt
+spec() {
+	case $1 in
+	7b-lora) echo "lora 4096 32 32 32 11008 32000 4 1024 0" ;;
+	1b-full) echo "full 2048 22 32 4 5632 32000 4 1024 0" ;;
+	7b-lora-ckpt) echo "lora 4096 32 32 32 11008 32000 4 1024 1" ;;
+	*) return 1 ;;
+	esac
+}
+
+# Regenerate the table from rows.txt (after every case, so a run cut
+# short still leaves the finished cases in results.md and $OUT).
+table() {
+	$PY - "$tf" "$peak" rows.txt <<'PYEOF'
+import json, sys
+tf = float(sys.argv[1]); dev = json.loads(sys.argv[2])["device"]
+rows = [l.rstrip("\n") for l in open(sys.argv[3]) if l.strip()]
+print("## Throughput on %s (measured bf16 matmul peak %.0f TFLOP/s)\n" % (dev, tf))
+print("| case | impl | tokens/s | MFU | peak memory GiB | ratio ft/torch |")
+print("|---|---|---:|---:|---:|---:|")
+for r in rows:
+    name, s, ft, pt = r.split("|")
+    mode, D, L, H, K, F, V, B, T, ck = s.split()
+    D, L, V, T = int(D), int(L), int(V), int(T)
+    res = {}
+    for impl, js in (("ft", ft), ("torch", pt)):
+        try:
+            res[impl] = json.loads(js)
+        except ValueError:
+            res[impl] = {}
+    for impl in ("ft", "torch"):
+        j = res[impl]
+        if "tokens_per_s" not in j:
+            print("| %s | %s | failed | | | |" % (name, impl)); continue
+        n = j["params"] - V * D            # the input embedding costs no products
+        att = 12 * L * D * T               # PaLM's attention term (fwd + bwd)
+        per_tok = (6 * n if mode == "full" else 4 * n + 6 * j["trainable"]) + att
+        mfu = j["tokens_per_s"] * per_tok / (tf * 1e12)
+        ratio = ""
+        if impl == "ft" and "tokens_per_s" in res["torch"]:
+            ratio = "%.2f" % (j["tokens_per_s"] / res["torch"]["tokens_per_s"])
+        print("| %s | %s | %.0f | %.1f%% | %.1f | %s |" % (name, impl, j["tokens_per_s"],
+              100 * mfu, j["peak_bytes"] / 2**30, ratio))
+PYEOF
+}
+
+save() {
+	cat "$res" > results.md.tmp
+	[ -s rows.txt ] && table >> results.md.tmp
+	mv results.md.tmp results.md
+	[ -n "${OUT:-}" ] && cp results.md parity.log bench.log "$OUT/" 2>/dev/null
+	return 0
+}
+
+if [ "$what" != parity ]; then
+	: > rows.txt
+	: > bench.log
+	peak=$($PY bench/train-gpu/torch_gpu.py peak) || { echo "peak matmul failed"; save; exit 1; }
+	echo "measured: $peak" | tee -a bench.log
+	tf=$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["bf16_tflops"])' "$peak")
+	for c in $CASES; do
+		s=$(spec "$c") || { echo "unknown case $c"; continue; }
+		set -- $s
+		args="$1 bf16 $2 $3 $4 $5 $6 $7 $8 $9 $STEPS $WARMUP ${10}"
+		echo "== $c: $args" | tee -a bench.log
+		ft=$(timeout "${CASE_TIMEOUT:-420}" bin/bench_gpu $args 2>>bench.log) ||
+			{ echo "ft failed on $c" | tee -a bench.log; status=1; ft='{}'; }
+		echo "ft:    $ft" | tee -a bench.log
+		pt=$(timeout "${CASE_TIMEOUT:-420}" $PY bench/train-gpu/torch_gpu.py $args 2>>bench.log) ||
+			{ echo "torch failed on $c" | tee -a bench.log; pt='{}'; }
+		echo "torch: $pt" | tee -a bench.log
+		echo "$c|$s|$ft|$pt" >> rows.txt
+		save
+	done
+	table
+fi
+save
+exit $status

@@ -1,0 +1,189 @@
+/* common.cuh - shared internals of the CUDA backend: error checks, the
+ * device model structure, and the launchers each .cu file provides. */
+#ifndef FT_CUDA_COMMON_CUH
+#define FT_CUDA_COMMON_CUH
+
+#include <cuda_runtime.h>
+#include <cublas_v2.h>
+#include <stdint.h>
+#include <stddef.h>
+
+extern "C" {
+#include "error.h"
+}
+#include "kernels.h"
+#include "cuda/ft_cuda.h"
+
+/* ---- errors: every call checked, message names call and shapes ---- */
+
+int ft_cu_fail(cudaError_t e, const char *call, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+int ft_cublas_fail(cublasStatus_t s, const char *call, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+#define CU(call, ...) do { cudaError_t e_ = (call); \
+	if (e_ != cudaSuccess) return ft_cu_fail(e_, #call, __VA_ARGS__); } while (0)
+#define CB(call, ...) do { cublasStatus_t s_ = (call); \
+	if (s_ != CUBLAS_STATUS_SUCCESS) return ft_cublas_fail(s_, #call, __VA_ARGS__); } while (0)
+/* After a kernel launch: launch errors (bad configuration) surface here;
+ * faults inside kernels surface at the next synchronising call. */
+#define LAUNCHED(name, ...) do { cudaError_t e_ = cudaGetLastError(); \
+	if (e_ != cudaSuccess) return ft_cu_fail(e_, name, __VA_ARGS__); } while (0)
+#define TRY(x) do { if ((x) < 0) return -1; } while (0)
+
+/* ---- the device model ---- */
+
+/* One tensor: fp32 weights (always for vectors and LoRA; for matrices in
+ * fp32 mode, or as the master of a trainable half matrix), the half
+ * working copy (bf16/f16 modes, matrices only), gradient and moments. */
+typedef struct {
+	float *w;            /* fp32 weights or master; NULL for frozen half */
+	uint16_t *h;         /* half copy; NULL in fp32 mode and for vectors */
+	float *g, *m, *v;    /* NULL when frozen */
+	size_t n;
+	int rows, cols;      /* matrices; rows = n, cols = 1 for vectors */
+	int pidx;            /* index into the view's params, -1 if none */
+	float *hw, *hg;      /* the CPU model's weights and gradient */
+	int matrix;          /* stored in half in the bf16/f16 modes */
+} ft_dt;
+
+typedef struct { int on, r; float scale; ft_dt *A, *B; } ft_dlora;
+
+typedef struct {
+	ft_dt *ln1, *ln2, *lin[FT_CV_NLIN], *bias[3];
+	ft_dlora lora[FT_CV_NLIN];
+} ft_dlayer;
+
+typedef struct {
+	float *ln1, *rstd1, *q, *k, *v, *lse, *att, *xmid, *ln2, *rstd2, *gate, *up;
+	float *lh[FT_CV_NLIN];
+} ft_dacts;
+
+/* Bump allocator over the single device allocation; with base 0 it only
+ * counts, so the plan and the allocation are the same code. */
+typedef struct {
+	uintptr_t base;
+	size_t off, cat[6];
+} ft_arena;
+enum { A_WEIGHTS, A_MASTER, A_GRADS, A_OPTIM, A_ACTS, A_SCRATCH };
+void *ft_arena_take(ft_arena *a, size_t bytes, int cat);
+
+struct ft_cuda_model {
+	ft_cuda_view v;
+	ft_cuda_opts o;
+	struct ft_model *host;
+	int half;                      /* bf16 or f16 */
+	cublasHandle_t blas;
+	cudaStream_t stream;
+	void *mem;                     /* the arena's allocation */
+	ft_cuda_plan plan;
+	size_t peak, dev_total;
+
+	ft_dt *tens;                   /* one per distinct tensor */
+	int ntens;
+	ft_dt *wte, *lm_head, *norm;
+	ft_dlayer *layers;
+
+	int cap_N, n_acts;
+	float *xs;                     /* [(L+1), N, D] */
+	ft_dacts *acts;
+	float *cos_t, *sin_t, *lnf, *rstdf;
+	int32_t *ids, *pos, *targets, *rows, *seg;
+	float *d_a, *d_b, *d_ln, *d_att, *dq, *dk, *dv, *hbuf, *dh, *dgate, *dup,
+	      *tmp, *drop, *ddrop, *lhs, *head_x, *head_dx, *head_scratch;
+	double *row_loss;
+	uint16_t *hx, *hy, *hhead;     /* half casts of matmul operands */
+	float *att_s, *att_p;          /* attention scratch [Hk, T, T] */
+	float *att_di;                 /* [N, Hq] rowsum(O * dO) */
+	double *sumsq;                 /* [ntens][FT_SUMSQ_BLOCKS] grad-norm partials */
+	int *flag;                     /* non-finite gradient seen */
+	void *blas_ws;
+	size_t blas_ws_size;
+	int head_chunk, training;
+	uint64_t dropout_calls;
+	int64_t step;
+	double loss_scale;
+	int good_steps;
+	int unscaled;                  /* fp16: grads already divided by the scale */
+	/* host staging for a batch */
+	int32_t *h_pos, *h_targets, *h_rows, *h_tg2;
+	float *h_cos, *h_sin, *h_inv;
+	double *h_row_loss, *h_sumsq;
+};
+
+/* ---- gemm.cu: cuBLAS products, row-major like ft_sgemm ---- */
+typedef struct { const void *p; int half; } ft_mat;   /* half: uint16 data */
+/* C[M,N] (fp32) = alpha op(A) op(B) + beta C.  Both operands fp32, or
+ * both half (dm->o.precision tells bf16 or f16); fp32 accumulation. */
+int ft_cu_gemm(ft_cuda_model *dm, int ta, int tb, int M, int N, int K, float alpha,
+	       ft_mat A, int lda, ft_mat B, int ldb, float beta, float *C, int ldc,
+	       const char *what);
+int ft_cu_gemm_batched(ft_cuda_model *dm, int ta, int tb, int M, int N, int K,
+		       float alpha, const float *A, int lda, long long sa,
+		       const float *B, int ldb, long long sb, float beta, float *C,
+		       int ldc, long long sc, int batch, const char *what);
+/* The operand of a linear layer: W's half copy or fp32 weights. */
+ft_mat ft_cu_weight(const ft_cuda_model *dm, const ft_dt *t);
+/* x (fp32, n elements) as an operand matching `like`: itself, or cast to
+ * half into buf. */
+int ft_cu_operand(ft_cuda_model *dm, ft_mat *out, const float *x, size_t n,
+		  uint16_t *buf, int half);
+
+/* ---- ops.cu: element and row kernels (launchers on dm->stream) ---- */
+int ft_cu_embedding_forward(ft_cuda_model *dm, float *out, const int32_t *ids,
+			    const ft_dt *wte, int N, int D);
+int ft_cu_embedding_backward(ft_cuda_model *dm, float *dwte, const float *dout,
+			     const int32_t *ids, int N, int D);
+int ft_cu_rmsnorm_forward(ft_cuda_model *dm, float *out, float *rstd, const float *x,
+			  const float *w, int N, int D, float eps);
+int ft_cu_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float *dout,
+			   const float *x, const float *w, const float *rstd, int N, int D);
+int ft_cu_rope(ft_cuda_model *dm, float *x, const float *cos_t, const float *sin_t,
+	       int N, int H, int hd, float sign);
+int ft_cu_swiglu_forward(ft_cuda_model *dm, float *h, const float *g, const float *u,
+			 size_t n);
+int ft_cu_swiglu_backward(ft_cuda_model *dm, float *dg, float *du, const float *dh,
+			  const float *g, const float *u, size_t n);
+int ft_cu_add(ft_cuda_model *dm, float *dst, const float *a, const float *b, size_t n);
+int ft_cu_bias_forward(ft_cuda_model *dm, float *y, const float *b, int N, int out);
+int ft_cu_bias_backward(ft_cuda_model *dm, float *db, const float *dy, int N, int out);
+int ft_cu_dropout(ft_cuda_model *dm, float *out, const float *x, size_t n, float p,
+		  uint64_t seed);
+int ft_cu_cast_to_half(ft_cuda_model *dm, uint16_t *dst, const float *src, size_t n);
+int ft_cu_gather_rows(ft_cuda_model *dm, float *dst, const float *src,
+		      const int32_t *rows, int n, int D);
+int ft_cu_scatter_rows(ft_cuda_model *dm, float *dst, const float *src,
+		       const int32_t *rows, int n, int D);
+int ft_cu_zero(ft_cuda_model *dm, void *p, size_t bytes);
+int ft_cu_adamw(ft_cuda_model *dm, ft_dt *t, const ft_k_adamw *k);
+/* FT_SUMSQ_BLOCKS partial sums of g^2 into out[0..FT_SUMSQ_BLOCKS) */
+#define FT_SUMSQ_BLOCKS 128
+int ft_cu_sumsq(ft_cuda_model *dm, double *out, const float *g, size_t n);
+int ft_cu_scale(ft_cuda_model *dm, float *g, float s, size_t n);
+int ft_cu_nonfinite(ft_cuda_model *dm, int *flag, const float *g, size_t n);
+
+/* ---- attention.cu ---- */
+typedef struct { int B, T, Hq, Hk, hd, window; const int32_t *seg; } ft_cu_attn;
+int ft_cu_attention_forward(ft_cuda_model *dm, float *out, float *lse, const float *q,
+			    const float *k, const float *v, const ft_cu_attn *s);
+int ft_cu_attention_backward(ft_cuda_model *dm, float *dq, float *dk, float *dv,
+			     const float *dout, const float *q, const float *k,
+			     const float *v, const float *out, const float *lse,
+			     const ft_cu_attn *s);
+
+/* ---- lmhead.cu ---- */
+/* As ft_lm_head_loss; logits (host pointer or NULL) receives [n, V]. */
+int ft_cu_lm_head_loss(ft_cuda_model *dm, float *dx, float *logits, const float *x,
+		       const int32_t *targets, int n, float grad_scale, double *loss);
+
+/* ---- model.cu / optim.cu ---- */
+/* Host weights of t -> device (fp32 and/or half copy). */
+int ft_cu_upload(ft_cuda_model *dm, ft_dt *t);
+/* Copy on dm->stream and wait: the model's stream is non-blocking, so a
+ * plain cudaMemcpy (legacy stream) would not be ordered with its work. */
+int ft_cu_copy(ft_cuda_model *dm, void *dst, const void *src, size_t bytes,
+	       cudaMemcpyKind kind, const char *what);
+/* Sample cudaMemGetInfo into dm->peak. */
+void ft_cu_sample_peak(ft_cuda_model *dm);
+
+#endif

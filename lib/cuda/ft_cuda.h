@@ -1,0 +1,118 @@
+/* ft_cuda.h - the CUDA backend's C API (build/libft_cuda.a).
+ *
+ * A device copy of a CPU ft_model (lib/model.h) that runs the same
+ * forward and backward passes layer by layer (lib/cuda/model.cu mirrors
+ * lib/model_fwd.c), plus AdamW, gradient clipping and fp16 loss scaling
+ * on the device.  The CPU model stays the owner of names, shapes,
+ * checkpoints and file formats: gradients and trained weights are copied
+ * back into it (ft_cuda_copy_*_to_host) when the trainer needs them.
+ *
+ * Every function returns -1 (NULL) after ft_fail() naming the CUDA or
+ * cuBLAS call, the error and the tensor shapes; nothing prints.
+ * Not thread-safe: one host thread drives one ft_cuda_model.
+ */
+#ifndef FT_CUDA_H
+#define FT_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "cuda_view.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct ft_model;
+
+typedef enum {
+	FT_CUDA_F32 = 0,   /* everything fp32 (parity path, no TF32) */
+	FT_CUDA_BF16 = 1,  /* frozen weights + matmul inputs bf16, fp32 masters */
+	FT_CUDA_F16 = 2,   /* as bf16 in fp16, with dynamic loss scaling */
+} ft_cuda_precision;
+
+typedef struct {
+	ft_cuda_precision precision;
+	int device;              /* CUDA device index */
+	int max_tokens;          /* B*T of the largest micro-batch */
+	int max_seq;             /* T of the longest row */
+	size_t mem_limit;        /* bytes; 0 = what the device has free */
+	double loss_scale;       /* fp16 initial scale; 0 = 65536 */
+} ft_cuda_opts;
+
+/* Device bytes by purpose (the whole plan is one allocation). */
+typedef struct {
+	size_t weights;          /* frozen + working copies (fp32 or half) */
+	size_t master;           /* fp32 masters of trainable half weights */
+	size_t grads;            /* fp32 gradients of trainable params */
+	size_t optim;            /* AdamW exp_avg + exp_avg_sq */
+	size_t acts;             /* saved activations + residual stream */
+	size_t scratch;          /* backward buffers, attention, LM head, casts */
+	size_t total;
+} ft_cuda_plan;
+
+typedef struct ft_cuda_model ft_cuda_model;
+
+/* Bytes the device model needs for a view (see cuda_view.h) and options;
+ * no GPU needed. */
+int ft_cuda_plan_memory(const ft_cuda_view *v, const ft_cuda_opts *o, ft_cuda_plan *p);
+/* "12.3 GiB (weights 6.1, masters 0, grads 0.0, ...)" */
+void ft_cuda_plan_format(const ft_cuda_plan *p, char *buf, size_t n);
+
+/* Upload m (borrowed: it must outlive the device model).  Plans memory
+ * first and fails with a suggestion when it does not fit. */
+ft_cuda_model *ft_cuda_model_new(struct ft_model *m, const ft_cuda_opts *o);
+void ft_cuda_model_free(ft_cuda_model *dm);
+const ft_cuda_plan *ft_cuda_model_plan(const ft_cuda_model *dm);
+
+int ft_cuda_zero_grad(ft_cuda_model *dm);
+/* As ft_model_forward_backward / ft_model_forward (lib/model.h). */
+int ft_cuda_forward_backward(ft_cuda_model *dm, const ft_cuda_batch *b, float grad_scale,
+			     double *loss_sum, int64_t *n_tokens);
+int ft_cuda_forward(ft_cuda_model *dm, const ft_cuda_batch *b, float *logits,
+		    double *loss_sum, int64_t *n_tokens);
+
+typedef struct {
+	double beta1, beta2, eps, weight_decay;
+} ft_cuda_adamw_opts;
+
+/* One optimizer step over the trainable parameters: (fp16: unscale, and
+ * on inf/nan skip the step, halve the scale and set *skipped), then
+ * clip_grad_norm_ (max_norm <= 0: norm only), AdamW exactly as
+ * lib/optim.c, and refresh of the half-precision working copies.
+ * Gradients are left as they are (call ft_cuda_zero_grad). */
+int ft_cuda_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr,
+		 double max_grad_norm, double *grad_norm, int *skipped);
+int64_t ft_cuda_steps(const ft_cuda_model *dm);
+double ft_cuda_loss_scale(const ft_cuda_model *dm);
+
+/* fp32 gradients -> the CPU model's g arrays (fp16: divided by the loss
+ * scale, whether or not ft_cuda_step has unscaled them yet). */
+int ft_cuda_copy_grads_to_host(ft_cuda_model *dm);
+/* Trainable weights (fp32 masters) -> the CPU model's w arrays, and back
+ * (after a checkpoint was loaded into the CPU model). */
+int ft_cuda_copy_weights_to_host(ft_cuda_model *dm);
+int ft_cuda_copy_weights_to_device(ft_cuda_model *dm);
+/* AdamW moments of the i-th CPU parameter (ft_model_param order), for
+ * checkpoints; frozen params: -1.  n floats each. */
+int ft_cuda_adamw_get(ft_cuda_model *dm, size_t i, float *exp_avg, float *exp_avg_sq);
+int ft_cuda_adamw_set(ft_cuda_model *dm, size_t i, const float *exp_avg,
+		      const float *exp_avg_sq, int64_t step);
+
+/* The number of forward_backward calls made so far, which draws the
+ * LoRA dropout masks (as the CPU model's): set on resume. */
+void ft_cuda_set_position(ft_cuda_model *dm, int64_t micro_batches_done);
+
+/* Peak device bytes in use (cudaMemGetInfo high-water mark, including
+ * cuBLAS and the CUDA context), sampled at each call of the API. */
+size_t ft_cuda_peak_bytes(const ft_cuda_model *dm);
+/* Wait for the device and report any asynchronous error. */
+int ft_cuda_sync(ft_cuda_model *dm);
+
+/* Device count (>= 0), or -1 with ft_fail; desc gets device 0's name. */
+int ft_cuda_probe(char *desc, size_t desc_size);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,97 @@
+/* lmhead.cu - LM head + cross-entropy in row chunks, as ft_lm_head_loss
+ * (lib/layers.c): logits for `head_chunk` rows at a time (fp32, from
+ * half or fp32 operands), one block per row for the log-sum-exp, loss and
+ * in-place gradient, then dx = G W and dW += G^T x for the chunk.
+ * Per-row losses are summed on the host in row order (deterministic). */
+#include "cuda/common.cuh"
+
+#define CTPB 256
+
+/* Block per row: loss[row] (double) and, when grad, G in place. */
+static __global__ void ce_k(float *l, double *loss, const int32_t *targets, int V,
+			    float grad_scale, int grad)
+{
+	__shared__ float shf[CTPB];
+	__shared__ double shd[CTPB];
+	float *row = l + (size_t)blockIdx.x * V;
+	int tg = targets[blockIdx.x];
+	if (tg < 0 || tg >= V) {
+		if (grad)
+			for (int j = threadIdx.x; j < V; j += blockDim.x)
+				row[j] = 0;
+		if (threadIdx.x == 0)
+			loss[blockIdx.x] = 0;
+		return;
+	}
+	float mx = -INFINITY;
+	for (int j = threadIdx.x; j < V; j += blockDim.x)
+		mx = fmaxf(mx, row[j]);
+	shf[threadIdx.x] = mx;
+	__syncthreads();
+	for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+		if (threadIdx.x < (unsigned)s)
+			shf[threadIdx.x] = fmaxf(shf[threadIdx.x], shf[threadIdx.x + s]);
+		__syncthreads();
+	}
+	mx = shf[0];
+	double sum = 0;
+	for (int j = threadIdx.x; j < V; j += blockDim.x)
+		sum += expf(row[j] - mx);
+	shd[threadIdx.x] = sum;
+	__syncthreads();
+	for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+		if (threadIdx.x < (unsigned)s)
+			shd[threadIdx.x] += shd[threadIdx.x + s];
+		__syncthreads();
+	}
+	sum = shd[0];
+	float lt = row[tg];
+	__syncthreads();   /* everyone has read row[tg] before it changes */
+	if (threadIdx.x == 0)
+		loss[blockIdx.x] = mx + log(sum) - lt;
+	if (grad)
+		for (int j = threadIdx.x; j < V; j += blockDim.x)
+			row[j] = ft_k_ce_grad(row[j], mx, sum, grad_scale, j == tg);
+}
+
+int ft_cu_lm_head_loss(ft_cuda_model *dm, float *dx, float *logits, const float *x,
+		       const int32_t *targets, int n, float grad_scale, double *loss)
+{
+	int D = dm->v.D, V = dm->v.V, chunk = dm->head_chunk;
+	ft_dt *W = dm->lm_head;
+	ft_mat w = ft_cu_weight(dm, W);
+	for (int r0 = 0; r0 < n; r0 += chunk) {
+		int nr = n - r0 < chunk ? n - r0 : chunk;
+		const float *xc = x + (size_t)r0 * D;
+		ft_mat xo, go;
+		TRY(ft_cu_operand(dm, &xo, xc, (size_t)nr * D, dm->hx, w.half));
+		TRY(ft_cu_gemm(dm, 0, 1, nr, V, D, 1, xo, D, w, D, 0, dm->head_scratch, V,
+			       "lm_head logits"));
+		if (logits) {
+			CU(cudaMemcpyAsync(logits + (size_t)r0 * V, dm->head_scratch,
+					   (size_t)nr * V * sizeof(float), cudaMemcpyDeviceToHost,
+					   dm->stream), "logits rows %d..%d, V=%d", r0, r0 + nr, V);
+		}
+		ce_k<<<nr, CTPB, 0, dm->stream>>>(dm->head_scratch, dm->row_loss + r0,
+						  targets + r0, V, grad_scale, dx != NULL);
+		LAUNCHED("cross_entropy", "rows=%d V=%d", nr, V);
+		if (!dx)
+			continue;
+		TRY(ft_cu_operand(dm, &go, dm->head_scratch, (size_t)nr * V, dm->hhead, w.half));
+		TRY(ft_cu_gemm(dm, 0, 0, nr, D, V, 1, go, V, w, D, 0, dx + (size_t)r0 * D, D,
+			       "lm_head dx"));
+		if (W->g)
+			TRY(ft_cu_gemm(dm, 1, 0, V, D, nr, 1, go, V, xo, D, 1, W->g, D,
+				       "lm_head dW"));
+	}
+	double s = 0;
+	if (n > 0) {
+		CU(cudaMemcpyAsync(dm->h_row_loss, dm->row_loss, (size_t)n * sizeof(double),
+				   cudaMemcpyDeviceToHost, dm->stream), "%d row losses", n);
+		CU(cudaStreamSynchronize(dm->stream), "after the LM head, %d rows", n);
+	}
+	for (int i = 0; i < n; i++)
+		s += dm->h_row_loss[i];
+	*loss = s;
+	return 0;
+}

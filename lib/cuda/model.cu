@@ -1,0 +1,715 @@
+/* model.cu - the device model: memory plan, upload, and the whole-model
+ * forward and backward passes, mirroring lib/model_fwd.c function by
+ * function (layer_forward, layer_backward, forward_body, ...).  Batch
+ * bookkeeping (positions, targets, the rows that reach the LM head, the
+ * RoPE tables) is done on the host with the CPU's own functions and
+ * uploaded, so it is the same by construction.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "cuda/common.cuh"
+
+extern "C" {
+#include "layers.h"
+}
+
+#define HEAD_BUDGET ((size_t)1 << 26)   /* fp32 logits at once (256 MiB) */
+#define BLAS_WS ((size_t)32 << 20)      /* cuBLAS workspace */
+#define CTX_MARGIN ((size_t)768 << 20)  /* CUDA context + cuBLAS handles */
+
+void *ft_arena_take(ft_arena *a, size_t bytes, int cat)
+{
+	size_t b = (bytes + 255) & ~(size_t)255;
+	void *p = (void *)(a->base ? a->base + a->off : 0);
+	a->off += b;
+	a->cat[cat] += b;
+	return p;
+}
+
+#define TAKE(a, n, T, cat) ((T *)ft_arena_take(a, (size_t)(n) * sizeof(T), cat))
+
+/* ---- tensors ---- */
+
+static ft_dt *tensor(ft_cuda_model *dm, float *w, float *g, size_t n, int matrix)
+{
+	if (!w)
+		return NULL;
+	for (int i = 0; i < dm->ntens; i++)
+		if (dm->tens[i].hw == w)
+			return &dm->tens[i];
+	ft_dt *t = &dm->tens[dm->ntens++];
+	memset(t, 0, sizeof *t);
+	t->hw = w;
+	t->hg = g;
+	t->n = n;
+	t->matrix = matrix;
+	t->pidx = -1;
+	for (size_t i = 0; i < dm->v.nparams; i++)
+		if (dm->v.params[i].w == w)
+			t->pidx = (int)i;
+	return t;
+}
+
+/* The tensors of the view, shared ones (tied lm_head) once. */
+static void build_tensors(ft_cuda_model *dm)
+{
+	ft_cuda_view *v = &dm->v;
+	int cap = 3 + v->L * (2 + FT_CV_NLIN * 3 + 3);
+	dm->tens = (ft_dt *)ft_xcalloc(cap, sizeof *dm->tens);
+	dm->layers = (ft_dlayer *)ft_xcalloc(v->L ? v->L : 1, sizeof *dm->layers);
+	size_t VD = (size_t)v->V * v->D;
+	dm->wte = tensor(dm, v->wte.w, v->wte.g, VD, 1);
+	dm->lm_head = tensor(dm, v->lm_head.w, v->lm_head.g, VD, 1);
+	dm->norm = tensor(dm, v->norm.w, v->norm.g, v->D, 0);
+	for (int l = 0; l < v->L; l++) {
+		ft_cv_layer *y = &v->layers[l];
+		ft_dlayer *d = &dm->layers[l];
+		d->ln1 = tensor(dm, y->ln1.w, y->ln1.g, v->D, 0);
+		d->ln2 = tensor(dm, y->ln2.w, y->ln2.g, v->D, 0);
+		for (int j = 0; j < FT_CV_NLIN; j++) {
+			size_t in = v->lin_in[j], out = v->lin_out[j];
+			d->lin[j] = tensor(dm, y->lin[j].w, y->lin[j].g, in * out, 1);
+			if (j < 3)
+				d->bias[j] = tensor(dm, y->bias[j].w, y->bias[j].g, out, 0);
+			ft_cv_lora *lo = &y->lora[j];
+			d->lora[j].on = lo->on;
+			if (!lo->on)
+				continue;
+			d->lora[j].r = lo->r;
+			d->lora[j].scale = lo->scale;
+			d->lora[j].A = tensor(dm, lo->A.w, lo->A.g, (size_t)lo->r * in, 0);
+			d->lora[j].B = tensor(dm, lo->B.w, lo->B.g, out * lo->r, 0);
+		}
+	}
+}
+
+static int max_in(const ft_cuda_view *v)
+{
+	int mx = v->D, a = v->Hq * v->hd;
+	if (a > mx) mx = a;
+	if (v->F > mx) mx = v->F;
+	return mx;
+}
+
+static int lora_rank(const ft_cuda_model *dm)
+{
+	int r = 0;
+	for (int l = 0; l < dm->v.L; l++)
+		for (int j = 0; j < FT_CV_NLIN; j++)
+			if (dm->layers[l].lora[j].on && dm->layers[l].lora[j].r > r)
+				r = dm->layers[l].lora[j].r;
+	return r;
+}
+
+static void layout_acts(ft_cuda_model *dm, ft_arena *a, ft_dacts *x, size_t N, size_t r)
+{
+	const ft_cuda_view *v = &dm->v;
+	size_t D = v->D, qd = (size_t)v->Hq * v->hd, kd = (size_t)v->Hk * v->hd, F = v->F;
+	x->ln1 = TAKE(a, N * D, float, A_ACTS);
+	x->rstd1 = TAKE(a, N, float, A_ACTS);
+	x->q = TAKE(a, N * qd, float, A_ACTS);
+	x->k = TAKE(a, N * kd, float, A_ACTS);
+	x->v = TAKE(a, N * kd, float, A_ACTS);
+	x->lse = TAKE(a, N * v->Hq, float, A_ACTS);
+	x->att = TAKE(a, N * qd, float, A_ACTS);
+	x->xmid = TAKE(a, N * D, float, A_ACTS);
+	x->ln2 = TAKE(a, N * D, float, A_ACTS);
+	x->rstd2 = TAKE(a, N, float, A_ACTS);
+	x->gate = TAKE(a, N * F, float, A_ACTS);
+	x->up = TAKE(a, N * F, float, A_ACTS);
+	for (int j = 0; j < FT_CV_NLIN; j++)
+		x->lh[j] = r ? TAKE(a, N * r, float, A_ACTS) : NULL;
+}
+
+/* Every device buffer, in one pass that either counts (base 0) or
+ * assigns.  The sizes follow ft_model_prepare (lib/model_fwd.c). */
+static void layout(ft_cuda_model *dm, ft_arena *a)
+{
+	const ft_cuda_view *v = &dm->v;
+	for (int i = 0; i < dm->ntens; i++) {
+		ft_dt *t = &dm->tens[i];
+		int half = dm->half && t->matrix;
+		if (half)
+			t->h = TAKE(a, t->n, uint16_t, A_WEIGHTS);
+		t->w = !half ? TAKE(a, t->n, float, A_WEIGHTS)
+			     : t->hg ? TAKE(a, t->n, float, A_MASTER) : NULL;
+		if (t->hg) {
+			t->g = TAKE(a, t->n, float, A_GRADS);
+			t->m = TAKE(a, t->n, float, A_OPTIM);
+			t->v = TAKE(a, t->n, float, A_OPTIM);
+		}
+	}
+	size_t N = dm->o.max_tokens, T = dm->o.max_seq, D = v->D, F = v->F, L = v->L;
+	size_t qd = (size_t)v->Hq * v->hd, kd = (size_t)v->Hk * v->hd, mi = max_in(v);
+	size_t r = lora_rank(dm), V = v->V;
+	dm->n_acts = v->gradient_checkpointing ? 1 : (int)L;
+	for (int i = 0; i < dm->n_acts; i++)
+		layout_acts(dm, a, &dm->acts[i], N, r);
+	dm->xs = TAKE(a, (L + 1) * N * D, float, A_ACTS);
+	dm->lnf = TAKE(a, N * D, float, A_ACTS);
+	dm->rstdf = TAKE(a, N, float, A_ACTS);
+	dm->cos_t = TAKE(a, N * v->hd / 2, float, A_SCRATCH);
+	dm->sin_t = TAKE(a, N * v->hd / 2, float, A_SCRATCH);
+	int32_t **ip[] = { &dm->ids, &dm->pos, &dm->targets, &dm->rows, &dm->seg };
+	for (size_t i = 0; i < sizeof ip / sizeof *ip; i++)
+		*ip[i] = TAKE(a, N, int32_t, A_SCRATCH);
+	float **nd[] = { &dm->d_a, &dm->d_b, &dm->d_ln, &dm->head_x, &dm->head_dx };
+	for (size_t i = 0; i < sizeof nd / sizeof *nd; i++)
+		*nd[i] = TAKE(a, N * D, float, A_SCRATCH);
+	dm->d_att = TAKE(a, N * qd, float, A_SCRATCH);
+	dm->dq = TAKE(a, N * qd, float, A_SCRATCH);
+	dm->dk = TAKE(a, N * kd, float, A_SCRATCH);
+	dm->dv = TAKE(a, N * kd, float, A_SCRATCH);
+	float **nf[] = { &dm->hbuf, &dm->dh, &dm->dgate, &dm->dup };
+	for (size_t i = 0; i < sizeof nf / sizeof *nf; i++)
+		*nf[i] = TAKE(a, N * F, float, A_SCRATCH);
+	dm->tmp = TAKE(a, N * (mi > D ? mi : D), float, A_SCRATCH);
+	dm->drop = TAKE(a, N * mi, float, A_SCRATCH);
+	dm->ddrop = TAKE(a, N * mi, float, A_SCRATCH);
+	dm->lhs = TAKE(a, N * (r ? r : 1), float, A_SCRATCH);
+	size_t chunk = HEAD_BUDGET / V;
+	if (chunk < 1) chunk = 1;
+	if (chunk > N) chunk = N;
+	dm->head_chunk = (int)chunk;
+	dm->head_scratch = TAKE(a, chunk * V, float, A_SCRATCH);
+	dm->row_loss = TAKE(a, N, double, A_SCRATCH);
+	if (dm->half) {
+		dm->hx = TAKE(a, N * mi, uint16_t, A_SCRATCH);
+		dm->hy = TAKE(a, N * mi, uint16_t, A_SCRATCH);
+		dm->hhead = TAKE(a, chunk * V, uint16_t, A_SCRATCH);
+	}
+	dm->att_s = TAKE(a, (size_t)v->Hk * T * T, float, A_SCRATCH);
+	dm->att_p = TAKE(a, (size_t)v->Hk * T * T, float, A_SCRATCH);
+	dm->att_di = TAKE(a, N * v->Hq, float, A_SCRATCH);
+	dm->sumsq = TAKE(a, (size_t)dm->ntens * FT_SUMSQ_BLOCKS, double, A_SCRATCH);
+	dm->flag = TAKE(a, 1, int, A_SCRATCH);
+	dm->blas_ws_size = BLAS_WS;
+	dm->blas_ws = ft_arena_take(a, BLAS_WS, A_SCRATCH);
+}
+
+static void plan_of(const ft_arena *a, ft_cuda_plan *p)
+{
+	p->weights = a->cat[A_WEIGHTS];
+	p->master = a->cat[A_MASTER];
+	p->grads = a->cat[A_GRADS];
+	p->optim = a->cat[A_OPTIM];
+	p->acts = a->cat[A_ACTS];
+	p->scratch = a->cat[A_SCRATCH];
+	p->total = a->off;
+}
+
+static int check_opts(const ft_cuda_opts *o)
+{
+	if (o->max_tokens <= 0 || o->max_seq <= 0 || o->max_seq > o->max_tokens)
+		return ft_fail("CUDA model: max_tokens %d and max_seq %d must be positive, "
+			       "max_seq <= max_tokens", o->max_tokens, o->max_seq);
+	if (o->precision < FT_CUDA_F32 || o->precision > FT_CUDA_F16)
+		return ft_fail("CUDA model: unknown precision %d", (int)o->precision);
+	return 0;
+}
+
+/* A device model with its host-side description but no device memory. */
+static ft_cuda_model *skeleton(const ft_cuda_view *v, const ft_cuda_opts *o)
+{
+	if (check_opts(o) < 0)
+		return NULL;
+	ft_cuda_model *dm = (ft_cuda_model *)ft_xcalloc(1, sizeof *dm);
+	dm->v = *v;
+	dm->o = *o;
+	dm->half = o->precision != FT_CUDA_F32;
+	dm->loss_scale = o->precision == FT_CUDA_F16 ? (o->loss_scale > 0 ? o->loss_scale : 65536)
+						     : 1;
+	build_tensors(dm);
+	dm->acts = (ft_dacts *)ft_xcalloc(v->L ? v->L : 1, sizeof *dm->acts);
+	ft_arena a = { 0, 0, { 0 } };
+	layout(dm, &a);
+	plan_of(&a, &dm->plan);
+	return dm;
+}
+
+static void free_host(ft_cuda_model *dm)
+{
+	free(dm->tens); free(dm->layers); free(dm->acts);
+	free(dm->h_pos); free(dm->h_targets); free(dm->h_rows); free(dm->h_tg2);
+	free(dm->h_cos); free(dm->h_sin); free(dm->h_inv); free(dm->h_row_loss);
+	free(dm->h_sumsq);
+}
+
+int ft_cuda_plan_memory(const ft_cuda_view *v, const ft_cuda_opts *o, ft_cuda_plan *p)
+{
+	ft_cuda_view copy = *v;
+	ft_cuda_model *dm = skeleton(&copy, o);
+	if (!dm)
+		return -1;
+	*p = dm->plan;
+	free_host(dm);
+	free(dm);
+	return 0;
+}
+
+#define GIB(x) ((double)(x) / (1 << 30))
+
+void ft_cuda_plan_format(const ft_cuda_plan *p, char *buf, size_t n)
+{
+	snprintf(buf, n, "%.2f GiB (weights %.2f, fp32 masters %.2f, grads %.2f, "
+		 "AdamW %.2f, activations %.2f, scratch %.2f)", GIB(p->total),
+		 GIB(p->weights), GIB(p->master), GIB(p->grads), GIB(p->optim),
+		 GIB(p->acts), GIB(p->scratch));
+}
+
+/* The message when the plan does not fit, with the most useful advice. */
+static int too_big(ft_cuda_model *dm, size_t avail)
+{
+	char what[256];
+	ft_cuda_plan_format(&dm->plan, what, sizeof what);
+	const ft_cuda_plan *p = &dm->plan;
+	const char *tip;
+	if (p->acts > p->total / 3 && !dm->v.gradient_checkpointing)
+		tip = "turn on --gradient_checkpointing, or lower "
+		      "--per_device_train_batch_size / --cutoff_len";
+	else if (p->acts > p->total / 3)
+		tip = "lower --per_device_train_batch_size or --cutoff_len (raise "
+		      "--gradient_accumulation_steps to keep the effective batch)";
+	else if (p->optim + p->grads + p->master > p->total / 2)
+		tip = "use --finetuning_type lora (fp32 gradients and AdamW state for "
+		      "every weight do not fit)";
+	else if (!dm->half)
+		tip = "use --bf16 (half-precision frozen weights)";
+	else
+		tip = "use a GPU with more memory or a smaller model";
+	return ft_fail("the GPU has %.2f GiB available but training needs %s for %d "
+		       "tokens per micro-batch: %s", GIB(avail), what, dm->o.max_tokens, tip);
+}
+
+/* Host weights of t -> device: the fp32 copy as is, the half copy cast
+ * on the host with the same rounding as lib/dtype.c. */
+int ft_cu_upload(ft_cuda_model *dm, ft_dt *t)
+{
+	if (t->w)
+		TRY(ft_cu_copy(dm, t->w, t->hw, t->n * sizeof(float), cudaMemcpyHostToDevice,
+			       "fp32 weights"));
+	if (!t->h)
+		return 0;
+	size_t chunk = (size_t)1 << 24;
+	uint16_t *buf = (uint16_t *)ft_xmalloc((t->n < chunk ? t->n : chunk) * 2);
+	int bf = dm->o.precision == FT_CUDA_BF16;
+	for (size_t i0 = 0; i0 < t->n; i0 += chunk) {
+		size_t nn = t->n - i0 < chunk ? t->n - i0 : chunk;
+		for (size_t i = 0; i < nn; i++)
+			buf[i] = bf ? ft_k_f32_to_bf16(t->hw[i0 + i]) : ft_k_f32_to_f16(t->hw[i0 + i]);
+		if (ft_cu_copy(dm, t->h + i0, buf, nn * 2, cudaMemcpyHostToDevice,
+			       "half weights") < 0) {
+			free(buf);
+			return -1;
+		}
+	}
+	free(buf);
+	return 0;
+}
+
+void ft_cu_sample_peak(ft_cuda_model *dm)
+{
+	size_t fr = 0, tot = 0;
+	if (cudaMemGetInfo(&fr, &tot) == cudaSuccess && tot - fr > dm->peak)
+		dm->peak = tot - fr;
+}
+
+static int device_init(ft_cuda_model *dm)
+{
+	CU(cudaSetDevice(dm->o.device), "device %d", dm->o.device);
+	size_t fr = 0, tot = 0;
+	CU(cudaMemGetInfo(&fr, &tot), "device %d", dm->o.device);
+	dm->dev_total = tot;
+	size_t avail = dm->o.mem_limit ? dm->o.mem_limit : fr;
+	if (avail < CTX_MARGIN || dm->plan.total > avail - CTX_MARGIN)
+		return too_big(dm, avail > CTX_MARGIN ? avail - CTX_MARGIN : 0);
+	CU(cudaMalloc(&dm->mem, dm->plan.total), "%zu bytes (the planned total)", dm->plan.total);
+	ft_arena a = { (uintptr_t)dm->mem, 0, { 0 } };
+	layout(dm, &a);
+	CU(cudaStreamCreateWithFlags(&dm->stream, cudaStreamNonBlocking), "%s", "");
+	CB(cublasCreate(&dm->blas), "%s", "");
+	CB(cublasSetStream(dm->blas, dm->stream), "%s", "");
+	CB(cublasSetWorkspace(dm->blas, dm->blas_ws, dm->blas_ws_size), "%zu bytes",
+	   dm->blas_ws_size);
+	/* fp32 mode: no TF32 (parity); the half modes choose per call */
+	CB(cublasSetMathMode(dm->blas, CUBLAS_DEFAULT_MATH), "%s", "");
+	/* zero everything: gradients and AdamW moments start at 0 */
+	TRY(ft_cu_zero(dm, dm->mem, dm->plan.total));
+	for (int i = 0; i < dm->ntens; i++)
+		TRY(ft_cu_upload(dm, &dm->tens[i]));
+	ft_cu_sample_peak(dm);
+	return 0;
+}
+
+ft_cuda_model *ft_cuda_model_new(struct ft_model *m, const ft_cuda_opts *o)
+{
+	ft_cuda_view v;
+	if (ft_cuda_view_of(m, &v) < 0)
+		return NULL;
+	ft_cuda_model *dm = skeleton(&v, o);
+	if (!dm) {
+		ft_cuda_view_free(&v);
+		return NULL;
+	}
+	dm->host = m;
+	size_t N = o->max_tokens, half = v.hd / 2;
+	dm->h_pos = (int32_t *)ft_xmalloc(N * sizeof(int32_t));
+	dm->h_targets = (int32_t *)ft_xmalloc(N * sizeof(int32_t));
+	dm->h_rows = (int32_t *)ft_xmalloc(N * sizeof(int32_t));
+	dm->h_tg2 = (int32_t *)ft_xmalloc(N * sizeof(int32_t));
+	dm->h_cos = (float *)ft_xmalloc(N * half * sizeof(float));
+	dm->h_sin = (float *)ft_xmalloc(N * half * sizeof(float));
+	dm->h_inv = (float *)ft_xmalloc((half ? half : 1) * sizeof(float));
+	dm->h_row_loss = (double *)ft_xmalloc(N * sizeof(double));
+	dm->h_sumsq = (double *)ft_xmalloc(((size_t)dm->ntens * FT_SUMSQ_BLOCKS + 1) * sizeof(double));
+	if (device_init(dm) < 0) {
+		ft_cuda_model_free(dm);
+		return NULL;
+	}
+	return dm;
+}
+
+void ft_cuda_model_free(ft_cuda_model *dm)
+{
+	if (!dm)
+		return;
+	if (dm->blas)
+		cublasDestroy(dm->blas);
+	if (dm->stream)
+		cudaStreamDestroy(dm->stream);
+	if (dm->mem)
+		cudaFree(dm->mem);
+	ft_cuda_view_free(&dm->v);
+	free_host(dm);
+	free(dm);
+}
+
+const ft_cuda_plan *ft_cuda_model_plan(const ft_cuda_model *dm) { return &dm->plan; }
+
+/* ---- forward and backward (mirrors lib/model_fwd.c) ---- */
+
+static uint64_t mix64(uint64_t z)
+{
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static uint64_t drop_seed(const ft_cuda_model *dm, int l, int j)
+{
+	return mix64(dm->v.seed ^ mix64(dm->dropout_calls * 0x9e3779b97f4a7c15ULL +
+					(uint64_t)(l * FT_CV_NLIN + j + 1)));
+}
+
+static int lora_input(ft_cuda_model *dm, int l, int j, const float *x, size_t n,
+		      const float **xd)
+{
+	*xd = x;
+	if (!dm->training || dm->v.lora_dropout <= 0)
+		return 0;
+	TRY(ft_cu_dropout(dm, dm->drop, x, n, (float)dm->v.lora_dropout, drop_seed(dm, l, j)));
+	*xd = dm->drop;
+	return 0;
+}
+
+static int lin_fwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const float *x,
+		   int N)
+{
+	ft_dlayer *d = &dm->layers[l];
+	int in = dm->v.lin_in[j], out = dm->v.lin_out[j];
+	ft_mat w = ft_cu_weight(dm, d->lin[j]), xo;
+	TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, w.half));
+	TRY(ft_cu_gemm(dm, 0, 1, N, out, in, 1, xo, in, w, in, 0, y, out,
+		       ft_cuda_view_lin_name(j)));
+	if (j < 3 && d->bias[j])
+		TRY(ft_cu_bias_forward(dm, y, d->bias[j]->w, N, out));
+	ft_dlora *lo = &d->lora[j];
+	if (!lo->on)
+		return 0;
+	const float *xd;
+	TRY(lora_input(dm, l, j, x, (size_t)N * in, &xd));
+	ft_mat xm = { xd, 0 }, A = { lo->A->w, 0 }, B = { lo->B->w, 0 }, h = { a->lh[j], 0 };
+	TRY(ft_cu_gemm(dm, 0, 1, N, lo->r, in, 1, xm, in, A, in, 0, a->lh[j], lo->r, "lora_A"));
+	TRY(ft_cu_gemm(dm, 0, 1, N, out, lo->r, lo->scale, h, lo->r, B, lo->r, 1, y, out,
+		       "lora_B"));
+	return 0;
+}
+
+/* dx += dy W (dx may be NULL); dW += dy^T x; db += sum dy; LoRA grads. */
+static int lin_bwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
+		   const float *dy, const float *x, int N)
+{
+	ft_dlayer *d = &dm->layers[l];
+	int in = dm->v.lin_in[j], out = dm->v.lin_out[j];
+	const char *nm = ft_cuda_view_lin_name(j);
+	ft_dt *W = d->lin[j];
+	ft_mat w = ft_cu_weight(dm, W), dyo, xo;
+	if (dx || W->g)
+		TRY(ft_cu_operand(dm, &dyo, dy, (size_t)N * out, dm->hy, w.half));
+	if (dx)
+		TRY(ft_cu_gemm(dm, 0, 0, N, in, out, 1, dyo, out, w, in, 1, dx, in, nm));
+	if (W->g) {
+		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, w.half));
+		TRY(ft_cu_gemm(dm, 1, 0, out, in, N, 1, dyo, out, xo, in, 1, W->g, in, nm));
+	}
+	if (j < 3 && d->bias[j] && d->bias[j]->g)
+		TRY(ft_cu_bias_backward(dm, d->bias[j]->g, dy, N, out));
+	ft_dlora *lo = &d->lora[j];
+	if (!lo->on)
+		return 0;
+	size_t n = (size_t)N * in;
+	const float *xd;
+	TRY(lora_input(dm, l, j, x, n, &xd));
+	int r = lo->r;
+	float *dxd = xd == x || !dx ? dx : dm->ddrop;
+	if (dxd && dxd == dm->ddrop)
+		TRY(ft_cu_zero(dm, dm->ddrop, n * sizeof(float)));
+	ft_mat dyf = { dy, 0 }, h = { a->lh[j], 0 }, B = { lo->B->w, 0 }, A = { lo->A->w, 0 };
+	ft_mat hs = { dm->lhs, 0 }, xm = { xd, 0 };
+	if (lo->B->g)
+		TRY(ft_cu_gemm(dm, 1, 0, out, r, N, lo->scale, dyf, out, h, r, 1, lo->B->g, r,
+			       "lora_B grad"));
+	TRY(ft_cu_gemm(dm, 0, 0, N, r, out, lo->scale, dyf, out, B, r, 0, dm->lhs, r,
+		       "lora dh"));
+	if (lo->A->g)
+		TRY(ft_cu_gemm(dm, 1, 0, r, in, N, 1, hs, r, xm, in, 1, lo->A->g, in,
+			       "lora_A grad"));
+	if (dxd)
+		TRY(ft_cu_gemm(dm, 0, 0, N, in, r, 1, hs, r, A, in, 1, dxd, in, "lora dx"));
+	if (dxd && dxd == dm->ddrop) {
+		TRY(ft_cu_dropout(dm, dm->ddrop, dm->ddrop, n, (float)dm->v.lora_dropout,
+				  drop_seed(dm, l, j)));
+		TRY(ft_cu_add(dm, dx, dx, dm->ddrop, n));
+	}
+	return 0;
+}
+
+static ft_cu_attn attn_shape(const ft_cuda_model *dm, const ft_cuda_batch *b)
+{
+	ft_cu_attn s = { b->B, b->T, dm->v.Hq, dm->v.Hk, dm->v.hd, dm->v.window,
+			 b->segment_ids ? dm->seg : NULL };
+	return s;
+}
+
+static int layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
+			 float *x_out, const ft_cuda_batch *b)
+{
+	const ft_cuda_view *c = &dm->v;
+	int N = b->B * b->T, D = c->D, hd = c->hd;
+	ft_dlayer *y = &dm->layers[l];
+	ft_cu_attn s = attn_shape(dm, b);
+	TRY(ft_cu_rmsnorm_forward(dm, a->ln1, a->rstd1, x_in, y->ln1->w, N, D, c->eps));
+	TRY(lin_fwd(dm, l, 0, a, a->q, a->ln1, N));
+	TRY(lin_fwd(dm, l, 1, a, a->k, a->ln1, N));
+	TRY(lin_fwd(dm, l, 2, a, a->v, a->ln1, N));
+	TRY(ft_cu_rope(dm, a->q, dm->cos_t, dm->sin_t, N, c->Hq, hd, 1));
+	TRY(ft_cu_rope(dm, a->k, dm->cos_t, dm->sin_t, N, c->Hk, hd, 1));
+	TRY(ft_cu_attention_forward(dm, a->att, a->lse, a->q, a->k, a->v, &s));
+	TRY(lin_fwd(dm, l, 3, a, dm->tmp, a->att, N));
+	TRY(ft_cu_add(dm, a->xmid, x_in, dm->tmp, (size_t)N * D));
+	TRY(ft_cu_rmsnorm_forward(dm, a->ln2, a->rstd2, a->xmid, y->ln2->w, N, D, c->eps));
+	TRY(lin_fwd(dm, l, 4, a, a->gate, a->ln2, N));
+	TRY(lin_fwd(dm, l, 5, a, a->up, a->ln2, N));
+	TRY(ft_cu_swiglu_forward(dm, dm->hbuf, a->gate, a->up, (size_t)N * c->F));
+	TRY(lin_fwd(dm, l, 6, a, dm->tmp, dm->hbuf, N));
+	TRY(ft_cu_add(dm, x_out, a->xmid, dm->tmp, (size_t)N * D));
+	return 0;
+}
+
+/* dm->d_a holds dL/dx_out on entry and dL/dx_in on return (unless
+ * need_dx is 0). */
+static int layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
+			  const ft_cuda_batch *b, int need_dx)
+{
+	const ft_cuda_view *c = &dm->v;
+	int N = b->B * b->T, D = c->D, hd = c->hd;
+	size_t nF = (size_t)N * c->F, nq = (size_t)N * c->Hq * hd;
+	ft_dlayer *y = &dm->layers[l];
+	ft_cu_attn s = attn_shape(dm, b);
+	TRY(ft_cu_swiglu_forward(dm, dm->hbuf, a->gate, a->up, nF));
+	TRY(ft_cu_zero(dm, dm->dh, nF * sizeof(float)));
+	TRY(lin_bwd(dm, l, 6, a, dm->dh, dm->d_a, dm->hbuf, N));
+	TRY(ft_cu_swiglu_backward(dm, dm->dgate, dm->dup, dm->dh, a->gate, a->up, nF));
+	TRY(ft_cu_zero(dm, dm->d_ln, (size_t)N * D * sizeof(float)));
+	TRY(lin_bwd(dm, l, 4, a, dm->d_ln, dm->dgate, a->ln2, N));
+	TRY(lin_bwd(dm, l, 5, a, dm->d_ln, dm->dup, a->ln2, N));
+	TRY(ft_cu_rmsnorm_backward(dm, dm->d_a, y->ln2->g, dm->d_ln, a->xmid, y->ln2->w,
+				   a->rstd2, N, D));
+	TRY(ft_cu_zero(dm, dm->d_att, nq * sizeof(float)));
+	TRY(lin_bwd(dm, l, 3, a, dm->d_att, dm->d_a, a->att, N));
+	TRY(ft_cu_attention_backward(dm, dm->dq, dm->dk, dm->dv, dm->d_att, a->q, a->k, a->v,
+				     a->att, a->lse, &s));
+	TRY(ft_cu_rope(dm, dm->dq, dm->cos_t, dm->sin_t, N, c->Hq, hd, -1));
+	TRY(ft_cu_rope(dm, dm->dk, dm->cos_t, dm->sin_t, N, c->Hk, hd, -1));
+	float *dln = need_dx || y->ln1->g ? dm->d_ln : NULL;
+	if (dln)
+		TRY(ft_cu_zero(dm, dln, (size_t)N * D * sizeof(float)));
+	TRY(lin_bwd(dm, l, 0, a, dln, dm->dq, a->ln1, N));
+	TRY(lin_bwd(dm, l, 1, a, dln, dm->dk, a->ln1, N));
+	TRY(lin_bwd(dm, l, 2, a, dln, dm->dv, a->ln1, N));
+	if (dln)
+		TRY(ft_cu_rmsnorm_backward(dm, dm->d_a, y->ln1->g, dln, x_in, y->ln1->w,
+					   a->rstd1, N, D));
+	return 0;
+}
+
+static int layer_has_grad(const ft_cuda_model *dm, int l)
+{
+	const ft_dlayer *y = &dm->layers[l];
+	if (y->ln1->g || y->ln2->g)
+		return 1;
+	for (int j = 0; j < FT_CV_NLIN; j++)
+		if (y->lin[j]->g || y->lora[j].on || (j < 3 && y->bias[j] && y->bias[j]->g))
+			return 1;
+	return 0;
+}
+
+/* As check_batch in lib/model_fwd.c, plus the planned capacity. */
+static int check_batch(const ft_cuda_model *dm, const ft_cuda_batch *b)
+{
+	if (b->B <= 0 || b->T <= 0)
+		return ft_fail("batch: empty shape %dx%d", b->B, b->T);
+	size_t N = (size_t)b->B * b->T;
+	if (N > (size_t)dm->o.max_tokens || b->T > dm->o.max_seq)
+		return ft_fail("batch %dx%d is larger than the CUDA model was planned for "
+			       "(%d tokens, rows of %d)", b->B, b->T, dm->o.max_tokens,
+			       dm->o.max_seq);
+	int V = dm->v.V;
+	for (size_t i = 0; i < N; i++) {
+		if (b->input_ids[i] < 0 || b->input_ids[i] >= V)
+			return ft_fail("batch: token id %d at %zu is outside the vocabulary (%d)",
+				       b->input_ids[i], i, V);
+		if (b->labels && b->labels[i] != -100 && (b->labels[i] < 0 || b->labels[i] >= V))
+			return ft_fail("batch: label %d at %zu is outside the vocabulary (%d)",
+				       b->labels[i], i, V);
+		if (b->position_ids && b->position_ids[i] < 0)
+			return ft_fail("batch: negative position id at %zu", i);
+	}
+	return 0;
+}
+
+static int upload(ft_cuda_model *dm, void *dst, const void *src, size_t bytes,
+		  const char *what)
+{
+	CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, dm->stream),
+	   "%s, %zu bytes", what, bytes);
+	return 0;
+}
+
+static int forward_body(ft_cuda_model *dm, const ft_cuda_batch *b)
+{
+	const ft_cuda_view *c = &dm->v;
+	int N = b->B * b->T, D = c->D, L = c->L;
+	TRY(check_batch(dm, b));
+	int maxpos = 0;
+	for (int r = 0; r < b->B; r++)
+		for (int t = 0; t < b->T; t++) {
+			int i = r * b->T + t;
+			dm->h_pos[i] = b->position_ids ? b->position_ids[i] : t;
+			if (dm->h_pos[i] > maxpos)
+				maxpos = dm->h_pos[i];
+			dm->h_targets[i] = t + 1 < b->T && b->labels ? b->labels[i + 1] : -100;
+		}
+	ft_rope_params rp = c->rope;
+	TRY(ft_rope_inv_freq(dm->h_inv, c->hd, &rp, maxpos + 1));
+	ft_rope_tables(dm->h_cos, dm->h_sin, dm->h_pos, N, dm->h_inv, c->hd);
+	size_t nh = (size_t)N * (c->hd / 2) * sizeof(float);
+	TRY(upload(dm, dm->cos_t, dm->h_cos, nh, "rope cos"));
+	TRY(upload(dm, dm->sin_t, dm->h_sin, nh, "rope sin"));
+	TRY(upload(dm, dm->ids, b->input_ids, (size_t)N * 4, "input_ids"));
+	if (b->segment_ids)
+		TRY(upload(dm, dm->seg, b->segment_ids, (size_t)N * 4, "segment_ids"));
+	TRY(ft_cu_embedding_forward(dm, dm->xs, dm->ids, dm->wte, N, D));
+	for (int l = 0; l < L; l++) {
+		ft_dacts *a = &dm->acts[c->gradient_checkpointing ? 0 : l];
+		TRY(layer_forward(dm, l, a, dm->xs + (size_t)l * N * D,
+				  dm->xs + (size_t)(l + 1) * N * D, b));
+	}
+	TRY(ft_cu_rmsnorm_forward(dm, dm->lnf, dm->rstdf, dm->xs + (size_t)L * N * D,
+				  dm->norm->w, N, D, c->eps));
+	return 0;
+}
+
+int ft_cuda_forward(ft_cuda_model *dm, const ft_cuda_batch *b, float *logits,
+		    double *loss_sum, int64_t *n_tokens)
+{
+	dm->training = 0;
+	TRY(forward_body(dm, b));
+	int N = b->B * b->T;
+	int64_t nt = 0;
+	for (int i = 0; i < N; i++)
+		nt += dm->h_targets[i] != -100;
+	TRY(upload(dm, dm->targets, dm->h_targets, (size_t)N * 4, "targets"));
+	double loss = 0;
+	TRY(ft_cu_lm_head_loss(dm, NULL, logits, dm->lnf, dm->targets, N, 1, &loss));
+	ft_cu_sample_peak(dm);
+	if (loss_sum)
+		*loss_sum = loss;
+	if (n_tokens)
+		*n_tokens = nt;
+	return 0;
+}
+
+/* LM head over the rows with a target, then d(lnf) scattered back. */
+static int head_backward(ft_cuda_model *dm, int N, float grad_scale, double *loss, int *nrows)
+{
+	int D = dm->v.D, n = 0;
+	for (int i = 0; i < N; i++)
+		if (dm->h_targets[i] != -100) {
+			dm->h_rows[n] = i;
+			dm->h_tg2[n++] = dm->h_targets[i];
+		}
+	*nrows = n;
+	TRY(upload(dm, dm->rows, dm->h_rows, (size_t)n * 4, "head rows"));
+	TRY(upload(dm, dm->targets, dm->h_tg2, (size_t)n * 4, "targets"));
+	TRY(ft_cu_gather_rows(dm, dm->head_x, dm->lnf, dm->rows, n, D));
+	TRY(ft_cu_lm_head_loss(dm, dm->head_dx, NULL, dm->head_x, dm->targets, n,
+			       grad_scale, loss));
+	return 0;
+}
+
+int ft_cuda_forward_backward(ft_cuda_model *dm, const ft_cuda_batch *b, float grad_scale,
+			     double *loss_sum, int64_t *n_tokens)
+{
+	const ft_cuda_view *c = &dm->v;
+	dm->training = 1;
+	dm->dropout_calls++;
+	TRY(forward_body(dm, b));
+	int N = b->B * b->T, D = c->D, L = c->L, n = 0;
+	double loss = 0;
+	/* fp16: the loss scale rides on grad_scale; ft_cuda_step unscales */
+	TRY(head_backward(dm, N, grad_scale * (float)dm->loss_scale, &loss, &n));
+	if (loss_sum)
+		*loss_sum = loss;
+	if (n_tokens)
+		*n_tokens = n;
+	int stop = L;
+	for (int l = 0; l < L; l++)
+		if (layer_has_grad(dm, l)) {
+			stop = l;
+			break;
+		}
+	int emb = dm->wte->g && c->full;
+	if (emb)
+		stop = 0;
+	if (stop == L && !dm->norm->g)
+		return 0;
+	size_t nd = (size_t)N * D * sizeof(float);
+	TRY(ft_cu_zero(dm, dm->d_ln, nd));
+	TRY(ft_cu_scatter_rows(dm, dm->d_ln, dm->head_dx, dm->rows, n, D));
+	TRY(ft_cu_zero(dm, dm->d_a, nd));
+	TRY(ft_cu_rmsnorm_backward(dm, dm->d_a, dm->norm->g, dm->d_ln, dm->xs + (size_t)L * N * D,
+				   dm->norm->w, dm->rstdf, N, D));
+	for (int l = L - 1; l >= stop; l--) {
+		const float *x_in = dm->xs + (size_t)l * N * D;
+		ft_dacts *a = &dm->acts[c->gradient_checkpointing ? 0 : l];
+		if (c->gradient_checkpointing)
+			TRY(layer_forward(dm, l, a, x_in, dm->d_b, b));
+		TRY(layer_backward(dm, l, a, x_in, b, l > stop || emb));
+	}
+	if (emb)
+		TRY(ft_cu_embedding_backward(dm, dm->wte->g, dm->d_a, dm->ids, N, D));
+	ft_cu_sample_peak(dm);
+	return 0;
+}

@@ -1,0 +1,387 @@
+/* ops.cu - element and row kernels of the CUDA backend, named after the
+ * CPU layers they mirror (lib/layers.c).  The arithmetic per element or
+ * per row is in lib/kernels.h (shared with the host and unit-tested
+ * there); these kernels add the parallel part: a grid over elements, or
+ * one block per row with a shared-memory reduction. */
+#include "cuda/common.cuh"
+
+#define TPB 256
+
+static unsigned nblk(size_t n)
+{
+	size_t b = (n + TPB - 1) / TPB;
+	return (unsigned)(b > 65535u * 32u ? 65535u * 32u : (b ? b : 1));
+}
+
+/* grid-stride loop over n elements */
+#define FOR_N(i, n) for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; \
+			 i < (n); i += (size_t)gridDim.x * blockDim.x)
+
+/* Block-wide sum; every thread gets the result.  sh: blockDim.x floats. */
+template <typename T>
+static __device__ T block_sum(T x, T *sh)
+{
+	sh[threadIdx.x] = x;
+	__syncthreads();
+	for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+		if (threadIdx.x < (unsigned)s)
+			sh[threadIdx.x] += sh[threadIdx.x + s];
+		__syncthreads();
+	}
+	T r = sh[0];
+	__syncthreads();
+	return r;
+}
+
+/* ---- embedding ---- */
+
+static __global__ void embedding_forward_k(float *out, const int32_t *ids, const float *w,
+					   const uint16_t *h, int bf16, size_t N, int D)
+{
+	FOR_N(i, N * D) {
+		size_t n = i / D, d = i % D, src = (size_t)ids[n] * D + d;
+		out[i] = w ? w[src] : bf16 ? ft_k_bf16_to_f32(h[src]) : ft_k_f16_to_f32(h[src]);
+	}
+}
+
+int ft_cu_embedding_forward(ft_cuda_model *dm, float *out, const int32_t *ids,
+			    const ft_dt *wte, int N, int D)
+{
+	size_t n = (size_t)N * D;
+	/* the fp32 master when there is one: exact, and current */
+	embedding_forward_k<<<nblk(n), TPB, 0, dm->stream>>>(out, ids, wte->w, wte->h,
+		dm->o.precision == FT_CUDA_BF16, N, D);
+	LAUNCHED("embedding_forward", "N=%d D=%d", N, D);
+	return 0;
+}
+
+/* One thread per column d adds every token's row in token order: no
+ * atomics, the same order as the CPU (deterministic). */
+static __global__ void embedding_backward_k(float *dw, const float *dout, const int32_t *ids,
+					    int N, int D)
+{
+	int d = blockIdx.x * blockDim.x + threadIdx.x;
+	if (d >= D)
+		return;
+	for (int n = 0; n < N; n++)
+		dw[(size_t)ids[n] * D + d] += dout[(size_t)n * D + d];
+}
+
+int ft_cu_embedding_backward(ft_cuda_model *dm, float *dwte, const float *dout,
+			     const int32_t *ids, int N, int D)
+{
+	embedding_backward_k<<<(D + TPB - 1) / TPB, TPB, 0, dm->stream>>>(dwte, dout, ids, N, D);
+	LAUNCHED("embedding_backward", "N=%d D=%d", N, D);
+	return 0;
+}
+
+/* ---- RMSNorm: one block per row ---- */
+
+static __global__ void rmsnorm_forward_k(float *out, float *rstd, const float *x,
+					 const float *w, int D, float eps)
+{
+	__shared__ float sh[TPB];
+	const float *xr = x + (size_t)blockIdx.x * D;
+	float *o = out + (size_t)blockIdx.x * D;
+	float ss = 0;
+	for (int d = threadIdx.x; d < D; d += blockDim.x)
+		ss += xr[d] * xr[d];
+	float r = ft_k_rmsnorm_rstd(block_sum(ss, sh), D, eps);
+	if (threadIdx.x == 0)
+		rstd[blockIdx.x] = r;
+	for (int d = threadIdx.x; d < D; d += blockDim.x)
+		o[d] = ft_k_rmsnorm_out(xr[d], w[d], r);
+}
+
+int ft_cu_rmsnorm_forward(ft_cuda_model *dm, float *out, float *rstd, const float *x,
+			  const float *w, int N, int D, float eps)
+{
+	if (N <= 0)
+		return 0;
+	rmsnorm_forward_k<<<N, TPB, 0, dm->stream>>>(out, rstd, x, w, D, eps);
+	LAUNCHED("rmsnorm_forward", "N=%d D=%d", N, D);
+	return 0;
+}
+
+static __global__ void rmsnorm_backward_k(float *dx, const float *dout,
+					  const float *x, const float *w, const float *rstd,
+					  int D)
+{
+	__shared__ float sh[TPB];
+	size_t row = (size_t)blockIdx.x * D;
+	const float *xr = x + row, *g = dout + row;
+	float r = rstd[blockIdx.x], dot = 0;
+	for (int d = threadIdx.x; d < D; d += blockDim.x)
+		dot += g[d] * w[d] * xr[d];
+	float s = ft_k_rmsnorm_dot_scale(block_sum(dot, sh), r, D);
+	for (int d = threadIdx.x; d < D; d += blockDim.x)
+		dx[row + d] += ft_k_rmsnorm_dx(g[d], w[d], xr[d], r, s);
+}
+
+/* dw: one thread per column, rows in order (deterministic, no atomics) */
+static __global__ void rmsnorm_dw_k(float *dw, const float *dout, const float *x,
+				    const float *rstd, int N, int D)
+{
+	int d = blockIdx.x * blockDim.x + threadIdx.x;
+	if (d >= D)
+		return;
+	float s = 0;
+	for (int n = 0; n < N; n++)
+		s += ft_k_rmsnorm_dw(dout[(size_t)n * D + d], x[(size_t)n * D + d], rstd[n]);
+	dw[d] += s;
+}
+
+int ft_cu_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float *dout,
+			   const float *x, const float *w, const float *rstd, int N, int D)
+{
+	if (N <= 0)
+		return 0;
+	rmsnorm_backward_k<<<N, TPB, 0, dm->stream>>>(dx, dout, x, w, rstd, D);
+	LAUNCHED("rmsnorm_backward", "N=%d D=%d", N, D);
+	if (dw) {
+		rmsnorm_dw_k<<<(D + TPB - 1) / TPB, TPB, 0, dm->stream>>>(dw, dout, x, rstd, N, D);
+		LAUNCHED("rmsnorm_backward dw", "N=%d D=%d", N, D);
+	}
+	return 0;
+}
+
+/* ---- RoPE (rotate-half), in place; sign -1 = backward ---- */
+
+static __global__ void rope_k(float *x, const float *cos_t, const float *sin_t,
+			      size_t N, int H, int hd, float sign)
+{
+	int half = hd / 2;
+	FOR_N(i, N * H * half) {
+		size_t n = i / ((size_t)H * half);
+		int h = (int)(i / half % H), j = (int)(i % half);
+		float *v = x + (n * H + h) * hd;
+		ft_k_rope_pair(v + j, v + j + half, cos_t[n * half + j], sin_t[n * half + j], sign);
+	}
+}
+
+int ft_cu_rope(ft_cuda_model *dm, float *x, const float *cos_t, const float *sin_t,
+	       int N, int H, int hd, float sign)
+{
+	size_t n = (size_t)N * H * (hd / 2);
+	rope_k<<<nblk(n), TPB, 0, dm->stream>>>(x, cos_t, sin_t, N, H, hd, sign);
+	LAUNCHED(sign > 0 ? "rope_forward" : "rope_backward", "N=%d H=%d hd=%d", N, H, hd);
+	return 0;
+}
+
+/* ---- SwiGLU ---- */
+
+static __global__ void swiglu_forward_k(float *h, const float *g, const float *u, size_t n)
+{
+	FOR_N(i, n)
+		h[i] = ft_k_swiglu(g[i], u[i]);
+}
+
+static __global__ void swiglu_backward_k(float *dg, float *du, const float *dh,
+					 const float *g, const float *u, size_t n)
+{
+	FOR_N(i, n)
+		ft_k_swiglu_backward(dh[i], g[i], u[i], dg + i, du + i);
+}
+
+int ft_cu_swiglu_forward(ft_cuda_model *dm, float *h, const float *g, const float *u,
+			 size_t n)
+{
+	swiglu_forward_k<<<nblk(n), TPB, 0, dm->stream>>>(h, g, u, n);
+	LAUNCHED("swiglu_forward", "n=%zu", n);
+	return 0;
+}
+
+int ft_cu_swiglu_backward(ft_cuda_model *dm, float *dg, float *du, const float *dh,
+			  const float *g, const float *u, size_t n)
+{
+	swiglu_backward_k<<<nblk(n), TPB, 0, dm->stream>>>(dg, du, dh, g, u, n);
+	LAUNCHED("swiglu_backward", "n=%zu", n);
+	return 0;
+}
+
+/* ---- residual adds, biases, dropout ---- */
+
+static __global__ void add_k(float *dst, const float *a, const float *b, size_t n)
+{
+	FOR_N(i, n)
+		dst[i] = a[i] + b[i];
+}
+
+int ft_cu_add(ft_cuda_model *dm, float *dst, const float *a, const float *b, size_t n)
+{
+	add_k<<<nblk(n), TPB, 0, dm->stream>>>(dst, a, b, n);
+	LAUNCHED("add", "n=%zu", n);
+	return 0;
+}
+
+static __global__ void bias_forward_k(float *y, const float *b, size_t N, int out)
+{
+	FOR_N(i, N * out)
+		y[i] += b[i % out];
+}
+
+int ft_cu_bias_forward(ft_cuda_model *dm, float *y, const float *b, int N, int out)
+{
+	size_t n = (size_t)N * out;
+	bias_forward_k<<<nblk(n), TPB, 0, dm->stream>>>(y, b, N, out);
+	LAUNCHED("bias_forward", "N=%d out=%d", N, out);
+	return 0;
+}
+
+/* one thread per output column, rows in order (deterministic) */
+static __global__ void bias_backward_k(float *db, const float *dy, int N, int out)
+{
+	int o = blockIdx.x * blockDim.x + threadIdx.x;
+	if (o >= out)
+		return;
+	float s = 0;
+	for (int n = 0; n < N; n++)
+		s += dy[(size_t)n * out + o];
+	db[o] += s;
+}
+
+int ft_cu_bias_backward(ft_cuda_model *dm, float *db, const float *dy, int N, int out)
+{
+	bias_backward_k<<<(out + TPB - 1) / TPB, TPB, 0, dm->stream>>>(db, dy, N, out);
+	LAUNCHED("bias_backward", "N=%d out=%d", N, out);
+	return 0;
+}
+
+static __global__ void dropout_k(float *out, const float *x, size_t n, ft_k_dropout d,
+				 uint64_t seed)
+{
+	FOR_N(i, n)
+		out[i] = ft_k_dropout_elem(x[i], seed, i, &d);
+}
+
+int ft_cu_dropout(ft_cuda_model *dm, float *out, const float *x, size_t n, float p,
+		  uint64_t seed)
+{
+	if (p <= 0) {
+		if (out != x)
+			CU(cudaMemcpyAsync(out, x, n * sizeof(float), cudaMemcpyDeviceToDevice,
+					   dm->stream), "n=%zu", n);
+		return 0;
+	}
+	dropout_k<<<nblk(n), TPB, 0, dm->stream>>>(out, x, n, ft_k_dropout_prepare(p), seed);
+	LAUNCHED("dropout", "n=%zu p=%g", n, p);
+	return 0;
+}
+
+/* ---- casts, row moves, zero ---- */
+
+static __global__ void cast_half_k(uint16_t *dst, const float *src, size_t n, int bf16)
+{
+	FOR_N(i, n)
+		dst[i] = bf16 ? ft_k_f32_to_bf16(src[i]) : ft_k_f32_to_f16(src[i]);
+}
+
+int ft_cu_cast_to_half(ft_cuda_model *dm, uint16_t *dst, const float *src, size_t n)
+{
+	cast_half_k<<<nblk(n), TPB, 0, dm->stream>>>(dst, src, n,
+						     dm->o.precision == FT_CUDA_BF16);
+	LAUNCHED("cast_to_half", "n=%zu", n);
+	return 0;
+}
+
+static __global__ void move_rows_k(float *dst, const float *src, const int32_t *rows,
+				   size_t n, int D, int scatter)
+{
+	FOR_N(i, n * D) {
+		size_t k = i / D, d = i % D, r = (size_t)rows[k] * D + d;
+		if (scatter)
+			dst[r] = src[i];
+		else
+			dst[i] = src[r];
+	}
+}
+
+int ft_cu_gather_rows(ft_cuda_model *dm, float *dst, const float *src,
+		      const int32_t *rows, int n, int D)
+{
+	if (n <= 0)
+		return 0;
+	move_rows_k<<<nblk((size_t)n * D), TPB, 0, dm->stream>>>(dst, src, rows, n, D, 0);
+	LAUNCHED("gather_rows", "n=%d D=%d", n, D);
+	return 0;
+}
+
+int ft_cu_scatter_rows(ft_cuda_model *dm, float *dst, const float *src,
+		       const int32_t *rows, int n, int D)
+{
+	if (n <= 0)
+		return 0;
+	move_rows_k<<<nblk((size_t)n * D), TPB, 0, dm->stream>>>(dst, src, rows, n, D, 1);
+	LAUNCHED("scatter_rows", "n=%d D=%d", n, D);
+	return 0;
+}
+
+int ft_cu_zero(ft_cuda_model *dm, void *p, size_t bytes)
+{
+	if (bytes)
+		CU(cudaMemsetAsync(p, 0, bytes, dm->stream), "%zu bytes", bytes);
+	return 0;
+}
+
+/* ---- optimizer ---- */
+
+static __global__ void adamw_k(float *p, const float *g, float *m, float *v, size_t n,
+			       ft_k_adamw k)
+{
+	FOR_N(i, n)
+		ft_k_adamw_elem(p + i, g[i], m + i, v + i, &k);
+}
+
+int ft_cu_adamw(ft_cuda_model *dm, ft_dt *t, const ft_k_adamw *k)
+{
+	adamw_k<<<nblk(t->n), TPB, 0, dm->stream>>>(t->w, t->g, t->m, t->v, t->n, *k);
+	LAUNCHED("adamw", "n=%zu", t->n);
+	return 0;
+}
+
+/* Sum of squares in double: block b writes partial out[b] (grid fixed
+ * at FT_SUMSQ_BLOCKS), the host adds them in order: deterministic. */
+static __global__ void sumsq_k(double *out, const float *g, size_t n)
+{
+	__shared__ double sh[TPB];
+	double s = 0;
+	FOR_N(i, n)
+		s += (double)g[i] * g[i];
+	s = block_sum(s, sh);
+	if (threadIdx.x == 0)
+		out[blockIdx.x] = s;
+}
+
+int ft_cu_sumsq(ft_cuda_model *dm, double *out, const float *g, size_t n)
+{
+	sumsq_k<<<FT_SUMSQ_BLOCKS, TPB, 0, dm->stream>>>(out, g, n);
+	LAUNCHED("grad_sumsq", "n=%zu", n);
+	return 0;
+}
+
+static __global__ void scale_k(float *g, float s, size_t n)
+{
+	FOR_N(i, n)
+		g[i] *= s;
+}
+
+int ft_cu_scale(ft_cuda_model *dm, float *g, float s, size_t n)
+{
+	scale_k<<<nblk(n), TPB, 0, dm->stream>>>(g, s, n);
+	LAUNCHED("grad_scale", "n=%zu", n);
+	return 0;
+}
+
+static __global__ void nonfinite_k(int *flag, const float *g, size_t n)
+{
+	FOR_N(i, n)
+		if (!isfinite(g[i]))
+			*flag = 1;
+}
+
+int ft_cu_nonfinite(ft_cuda_model *dm, int *flag, const float *g, size_t n)
+{
+	nonfinite_k<<<nblk(n), TPB, 0, dm->stream>>>(flag, g, n);
+	LAUNCHED("nonfinite_check", "n=%zu", n);
+	return 0;
+}

@@ -1,0 +1,211 @@
+/* optim.cu - the optimizer step on the device (AdamW as lib/optim.c,
+ * clip_grad_norm_ as torch, dynamic loss scaling for fp16), transfers
+ * between the device model and the CPU model, and the device probe. */
+#include <stdio.h>
+#include <string.h>
+#include "cuda/common.cuh"
+
+/* torch.cuda.amp.GradScaler defaults */
+#define SCALE_GROWTH_INTERVAL 2000
+
+int ft_cuda_zero_grad(ft_cuda_model *dm)
+{
+	dm->unscaled = 0;
+	for (int i = 0; i < dm->ntens; i++)
+		if (dm->tens[i].g)
+			TRY(ft_cu_zero(dm, dm->tens[i].g, dm->tens[i].n * sizeof(float)));
+	return 0;
+}
+
+/* fp16: any inf/nan in the scaled gradients? */
+static int overflowed(ft_cuda_model *dm, int *yes)
+{
+	TRY(ft_cu_zero(dm, dm->flag, sizeof(int)));
+	for (int i = 0; i < dm->ntens; i++)
+		if (dm->tens[i].g)
+			TRY(ft_cu_nonfinite(dm, dm->flag, dm->tens[i].g, dm->tens[i].n));
+	CU(cudaMemcpyAsync(yes, dm->flag, sizeof(int), cudaMemcpyDeviceToHost, dm->stream),
+	   "%s", "overflow flag");
+	CU(cudaStreamSynchronize(dm->stream), "%s", "overflow check");
+	return 0;
+}
+
+/* Per-tensor float norms combined in double, as ft_clip_grad_norm. */
+static int grad_norm(ft_cuda_model *dm, float *total)
+{
+	size_t nb = (size_t)dm->ntens * FT_SUMSQ_BLOCKS;
+	for (int i = 0; i < dm->ntens; i++)
+		if (dm->tens[i].g)
+			TRY(ft_cu_sumsq(dm, dm->sumsq + (size_t)i * FT_SUMSQ_BLOCKS, dm->tens[i].g,
+					dm->tens[i].n));
+	TRY(ft_cu_copy(dm, dm->h_sumsq, dm->sumsq, nb * sizeof(double), cudaMemcpyDeviceToHost,
+		       "gradient norm partials"));
+	double t2 = 0;
+	for (int i = 0; i < dm->ntens; i++) {
+		if (!dm->tens[i].g)
+			continue;
+		double s = 0;
+		for (int b = 0; b < FT_SUMSQ_BLOCKS; b++)
+			s += dm->h_sumsq[(size_t)i * FT_SUMSQ_BLOCKS + b];
+		float nrm = (float)sqrt(s);   /* per-tensor float norm, as torch */
+		t2 += (double)nrm * nrm;
+	}
+	*total = (float)sqrt(t2);
+	return 0;
+}
+
+static int scale_grads(ft_cuda_model *dm, float s)
+{
+	for (int i = 0; i < dm->ntens; i++)
+		if (dm->tens[i].g)
+			TRY(ft_cu_scale(dm, dm->tens[i].g, s, dm->tens[i].n));
+	return 0;
+}
+
+int ft_cuda_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr,
+		 double max_grad_norm, double *grad_norm_out, int *skipped)
+{
+	if (skipped)
+		*skipped = 0;
+	if (dm->o.precision == FT_CUDA_F16) {
+		int bad = 0;
+		TRY(overflowed(dm, &bad));
+		if (bad) {
+			dm->loss_scale *= 0.5;
+			dm->good_steps = 0;
+			if (skipped)
+				*skipped = 1;
+			if (grad_norm_out)
+				*grad_norm_out = INFINITY;
+			return 0;
+		}
+		TRY(scale_grads(dm, (float)(1.0 / dm->loss_scale)));
+		dm->unscaled = 1;
+	}
+	float total = 0;
+	TRY(grad_norm(dm, &total));
+	if (grad_norm_out)
+		*grad_norm_out = total;
+	if (max_grad_norm > 0)
+		TRY(scale_grads(dm, ft_k_clip_coef(total, max_grad_norm)));
+	dm->step++;
+	for (int i = 0; i < dm->ntens; i++) {
+		ft_dt *t = &dm->tens[i];
+		if (!t->g)
+			continue;
+		int decay = t->pidx >= 0 && dm->v.params[t->pidx].decay;
+		ft_k_adamw k = ft_k_adamw_prepare(lr, decay ? o->weight_decay : 0.0, o->beta1,
+						  o->beta2, o->eps, (double)(float)dm->step);
+		TRY(ft_cu_adamw(dm, t, &k));
+		if (t->h)
+			TRY(ft_cu_cast_to_half(dm, t->h, t->w, t->n));
+	}
+	if (dm->o.precision == FT_CUDA_F16 && ++dm->good_steps >= SCALE_GROWTH_INTERVAL) {
+		dm->loss_scale *= 2;
+		dm->good_steps = 0;
+	}
+	ft_cu_sample_peak(dm);
+	return 0;
+}
+
+int64_t ft_cuda_steps(const ft_cuda_model *dm) { return dm->step; }
+double ft_cuda_loss_scale(const ft_cuda_model *dm) { return dm->loss_scale; }
+
+int ft_cuda_sync(ft_cuda_model *dm)
+{
+	CU(cudaStreamSynchronize(dm->stream), "%s", "sync");
+	return 0;
+}
+
+int ft_cuda_copy_grads_to_host(ft_cuda_model *dm)
+{
+	TRY(ft_cuda_sync(dm));
+	for (int i = 0; i < dm->ntens; i++) {
+		ft_dt *t = &dm->tens[i];
+		if (!t->g || !t->hg)
+			continue;
+		TRY(ft_cu_copy(dm, t->hg, t->g, t->n * sizeof(float), cudaMemcpyDeviceToHost,
+			       "gradient"));
+		if (dm->o.precision == FT_CUDA_F16 && !dm->unscaled) {   /* true gradients */
+			float s = (float)(1.0 / dm->loss_scale);
+			for (size_t j = 0; j < t->n; j++)
+				t->hg[j] *= s;
+		}
+	}
+	return 0;
+}
+
+int ft_cuda_copy_weights_to_host(ft_cuda_model *dm)
+{
+	TRY(ft_cuda_sync(dm));
+	for (int i = 0; i < dm->ntens; i++) {
+		ft_dt *t = &dm->tens[i];
+		if (t->g && t->w)
+			TRY(ft_cu_copy(dm, t->hw, t->w, t->n * sizeof(float),
+				       cudaMemcpyDeviceToHost, "weights"));
+	}
+	return 0;
+}
+
+int ft_cuda_copy_weights_to_device(ft_cuda_model *dm)
+{
+	TRY(ft_cuda_sync(dm));
+	for (int i = 0; i < dm->ntens; i++)
+		if (dm->tens[i].g)
+			TRY(ft_cu_upload(dm, &dm->tens[i]));
+	return 0;
+}
+
+static ft_dt *by_param(ft_cuda_model *dm, size_t i)
+{
+	for (int k = 0; k < dm->ntens; k++)
+		if (dm->tens[k].pidx == (int)i && dm->tens[k].g)
+			return &dm->tens[k];
+	ft_fail("parameter %zu has no optimizer state on the device (frozen?)", i);
+	return NULL;
+}
+
+int ft_cuda_adamw_get(ft_cuda_model *dm, size_t i, float *exp_avg, float *exp_avg_sq)
+{
+	ft_dt *t = by_param(dm, i);
+	if (!t)
+		return -1;
+	TRY(ft_cuda_sync(dm));
+	TRY(ft_cu_copy(dm, exp_avg, t->m, t->n * 4, cudaMemcpyDeviceToHost, "exp_avg"));
+	TRY(ft_cu_copy(dm, exp_avg_sq, t->v, t->n * 4, cudaMemcpyDeviceToHost, "exp_avg_sq"));
+	return 0;
+}
+
+int ft_cuda_adamw_set(ft_cuda_model *dm, size_t i, const float *exp_avg,
+		      const float *exp_avg_sq, int64_t step)
+{
+	ft_dt *t = by_param(dm, i);
+	if (!t)
+		return -1;
+	TRY(ft_cuda_sync(dm));
+	TRY(ft_cu_copy(dm, t->m, exp_avg, t->n * 4, cudaMemcpyHostToDevice, "exp_avg"));
+	TRY(ft_cu_copy(dm, t->v, exp_avg_sq, t->n * 4, cudaMemcpyHostToDevice, "exp_avg_sq"));
+	dm->step = step;
+	return 0;
+}
+
+size_t ft_cuda_peak_bytes(const ft_cuda_model *dm) { return dm->peak; }
+
+void ft_cuda_set_position(ft_cuda_model *dm, int64_t n) { dm->dropout_calls = (uint64_t)n; }
+
+extern "C" int ft_cuda_probe(char *desc, size_t desc_size)
+{
+	int n = 0;
+	cudaError_t e = cudaGetDeviceCount(&n);
+	if (e == cudaErrorNoDevice)
+		return 0;
+	if (e != cudaSuccess)
+		return ft_cu_fail(e, "cudaGetDeviceCount", "%s", "probe");
+	if (n > 0 && desc && desc_size) {
+		cudaDeviceProp p;
+		CU(cudaGetDeviceProperties(&p, 0), "%s", "device 0");
+		snprintf(desc, desc_size, "%s, %.1f GiB, sm_%d%d", p.name,
+			 (double)p.totalGlobalMem / (1 << 30), p.major, p.minor);
+	}
+	return n;
+}

@@ -1,0 +1,312 @@
+#!/usr/bin/env bats
+# ft-train: flags, errors, outputs, checkpoints, resume equality, SIGINT.
+# Batches: tests/fixtures/trainer/{train,val}.jsonl (16 and 4 batches of
+# 2 x 16 tokens for tiny-llama, made by tests/reference/make_trainer_fixtures.py)
+# turned into streams with ft-cat --encode.
+load helper
+
+MODEL="$FIXTURES/models/tiny-llama"
+# a tiny model: threads only add overhead, and spin badly on a busy machine
+export OMP_NUM_THREADS=1
+
+setup() {
+	cd "$BATS_TEST_TMPDIR"
+	command -v ft-cat >/dev/null || skip "ft-cat is not built"
+	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
+	ft-cat --encode < "$FIXTURES/trainer/val.jsonl" > val.zst
+}
+need_jq() { command -v jq >/dev/null || skip "jq is not installed"; }
+# the fields that must not depend on timing
+steady() { jq -c '{current_steps, total_steps, loss, eval_loss, lr, epoch, grad_norm, total_tokens}' "$1"; }
+train() { ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir out "$@"; }
+
+@test "--help: usage, every section, EXIT STATUS and an example pipeline" {
+	run ft-train --help
+	assert_success
+	assert_output --partial "Usage: ft-train"
+	assert_output --partial "EXIT STATUS"
+	assert_output --partial "| ft-pack"
+	assert_output --partial "--resume_from_checkpoint"
+}
+
+@test "no arguments: usage on stderr, exit 2" {
+	run -2 ft-train
+	assert_output --partial "Usage: ft-train"
+}
+
+@test "unknown flag: exit 2 naming it" {
+	run -2 train --no_such_flag 3
+	assert_output --partial "unknown option --no_such_flag"
+	assert_output --partial "Try 'ft-train --help'"
+}
+
+@test "a flag of another tool: exit 2 naming the owner" {
+	run -2 train --dataset alpaca_en_demo
+	assert_output --partial "--dataset belongs to ft-tokenize"
+	run -2 train --neat_packing true
+	assert_output --partial "belongs to ft-pack"
+	run -2 train --export_dir x
+	assert_output --partial "belongs to ft-merge"
+}
+
+@test "bad values: exit 2" {
+	run -2 train --learning_rate abc
+	assert_output --partial "not a number"
+	run -2 train --lr_scheduler_type cosin
+	assert_output --partial "cosine_with_restarts"
+	run -2 train --finetuning_type qlora
+	run -2 train --lora_target q_proj,z_proj
+	assert_output --partial "z_proj"
+	run -2 train --stage rm
+	assert_output --partial "not supported"
+	run -2 train --device cuda
+	assert_output --partial "no CUDA backend"
+	run -2 ft-train --model_name_or_path "$MODEL" --output_dir out
+	assert_output --partial "--train"
+}
+
+@test "stage mismatch with the batches' header: exit 1" {
+	sed '1s/"stage": "sft"/"stage": "pt"/' "$FIXTURES/trainer/train.jsonl" | ft-cat --encode > pt.zst
+	run -1 ft-train --model_name_or_path "$MODEL" --train pt.zst --output_dir out --stage sft
+	assert_output --partial "packed for stage 'pt'"
+	[ ! -e out ]
+}
+
+@test "--per_device_train_batch_size differing from the batches: exit 1 before training" {
+	run -1 train --per_device_train_batch_size 4
+	assert_output --partial "does not match the batches (batch_size 2"
+	[ ! -e out ]
+	run train --per_device_train_batch_size 2 --max_steps 1
+	assert_success
+}
+
+@test "bad inputs: not a stream, a directory without manifest, a missing model: exit 1" {
+	echo "hello" > junk.zst
+	run -1 ft-train --model_name_or_path "$MODEL" --train junk.zst --output_dir out
+	mkdir empty
+	run -1 ft-train --model_name_or_path "$MODEL" --train empty --output_dir out
+	assert_output --partial "manifest"
+	run -1 ft-train --model_name_or_path nowhere --train train.zst --output_dir out --max_steps 1
+	mkdir badman && echo '{"batch_size": 2, "seq_len": 16}' > badman/manifest.json
+	run -1 ft-train --model_name_or_path "$MODEL" --train badman --output_dir out
+	assert_output --partial "badman/manifest.json"
+	[ ! -e out ]
+}
+
+@test "non-empty output_dir needs --overwrite_output_dir" {
+	mkdir out && touch out/something
+	run -1 train --max_steps 1
+	assert_output --partial "--overwrite_output_dir"
+	run train --max_steps 1 --overwrite_output_dir
+	assert_success
+}
+
+@test "lora run: adapter, log lines with LLaMA-Factory's fields, results, checkpoints, save_total_limit" {
+	need_jq
+	run train --val val.zst --finetuning_type lora --lora_rank 4 --lora_target q_proj,v_proj \
+		--learning_rate 1e-3 --num_train_epochs 1.5 --gradient_accumulation_steps 3 \
+		--lr_scheduler_type cosine --warmup_ratio 0.1 --logging_steps 2 --save_steps 3 \
+		--save_total_limit 2 --eval_steps 4 -q
+	assert_success
+	# ceil(16/3) = 6 steps per epoch, ceil(1.5 * 6) = 9 steps
+	[ -f out/adapter_model.safetensors ] && [ -f out/adapter_config.json ]
+	[ "$(jq -r .r out/adapter_config.json)" = 4 ]
+	[ "$(ls -d out/checkpoint-* | xargs -n1 basename | sort -V | tr '\n' ' ')" = "checkpoint-6 checkpoint-9 " ]
+	for f in adapter_model.safetensors optimizer.safetensors scheduler.json rng_state.json trainer_state.json; do
+		[ -f out/checkpoint-9/$f ]
+	done
+	[ "$(jq -s 'map(select(.loss)) | map(.current_steps) | join(",")' -r out/trainer_log.jsonl)" = "2,4,6,8" ]
+	[ "$(jq -s 'map(select(.eval_loss)) | map(.current_steps) | join(",")' -r out/trainer_log.jsonl)" = "4,8,9" ]
+	jq -s -e 'map(select(.loss)) | all(has("lr") and has("epoch") and has("percentage") and has("elapsed_time")
+		and has("remaining_time") and has("throughput") and .total_steps == 9)' out/trainer_log.jsonl
+	[ "$(jq -s '.[0].epoch' out/trainer_log.jsonl)" = 0.375 ]
+	# HF's epoch: pass + micro-batches done / batches per pass = 1 + 9/16
+	jq -e '.eval_loss and .perplexity and .train_loss and .train_runtime and .epoch == 1.5625' out/all_results.json
+	jq -e '.train_loss and (has("eval_loss") | not)' out/train_results.json
+	jq -e '.global_step == 9 and .max_steps == 9 and (.log_history | length) > 4' out/trainer_state.json
+}
+
+@test "full fine-tuning writes a HF model directory" {
+	run train --finetuning_type full --max_steps 2 -q
+	assert_success
+	[ -f out/config.json ] && [ -f out/model.safetensors ] && [ -f out/checkpoint-2/model.safetensors ]
+}
+
+@test "freeze fine-tuning and gradient checkpointing run" {
+	run train --finetuning_type freeze --freeze_trainable_layers 1 --freeze_trainable_modules mlp \
+		--gradient_checkpointing --max_steps 2 -q
+	assert_success
+	[ -f out/model.safetensors ]
+}
+
+@test "resume from a checkpoint: the log after it equals the uninterrupted run's" {
+	need_jq
+	args=(--finetuning_type lora --learning_rate 5e-3 --max_steps 12 --gradient_accumulation_steps 2
+	      --lr_scheduler_type cosine --warmup_steps 2 --logging_steps 1 --save_steps 5 -q)
+	run train "${args[@]}"
+	assert_success
+	mkdir b && cp -r out/checkpoint-5 b/
+	head -n 5 out/trainer_log.jsonl > b/trainer_log.jsonl
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b "${args[@]}" \
+		--resume_from_checkpoint true
+	assert_success
+	diff <(steady out/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	cmp out/adapter_model.safetensors b/adapter_model.safetensors
+	[ "$(jq .train_loss out/train_results.json)" = "$(jq .train_loss b/train_results.json)" ]
+}
+
+@test "resume with LoRA dropout: the dropout masks continue, so the run still matches" {
+	need_jq
+	args=(--finetuning_type lora --lora_dropout 0.2 --learning_rate 5e-3 --max_steps 10
+	      --logging_steps 1 --save_steps 4 -q)
+	run train "${args[@]}"
+	assert_success
+	mkdir b && cp -r out/checkpoint-4 b/
+	head -n 4 out/trainer_log.jsonl > b/trainer_log.jsonl
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b "${args[@]}" \
+		--resume_from_checkpoint b/checkpoint-4
+	assert_success
+	diff <(steady out/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	# and dropout is really on: a run without it differs
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir c --finetuning_type lora \
+		--learning_rate 5e-3 --max_steps 10 --logging_steps 1 -q
+	! diff -q <(steady out/trainer_log.jsonl) <(steady c/trainer_log.jsonl)
+}
+
+@test "resume refuses other settings" {
+	run train --max_steps 4 --save_steps 2 -q
+	assert_success
+	run -1 train --max_steps 4 --gradient_accumulation_steps 2 --resume_from_checkpoint out/checkpoint-2
+	assert_output --partial "gradient_accumulation_steps"
+	run -1 train --max_steps 4 --resume_from_checkpoint out/nothing
+}
+
+@test "SIGINT: finishes the step, writes a checkpoint, exits 1 with the resume command; resuming matches" {
+	need_jq
+	args=(--finetuning_type lora --max_steps 4000 --logging_steps 1 --save_steps 100000 -q)
+	ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir a "${args[@]}"
+	ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir out "${args[@]}" 2> err &
+	pid=$!
+	for i in $(seq 100); do [ -s out/trainer_log.jsonl ] && break; sleep 0.05; done
+	sleep 0.1
+	kill -INT $pid
+	rc=0; wait $pid || rc=$?
+	[ "$rc" = 1 ]
+	grep -q "interrupted (SIGINT) at step" err
+	grep -q "resume with:" err
+	ck=$(ls -d out/checkpoint-* | head -n 1)
+	[ -f "$ck/optimizer.safetensors" ] && [ -f "$ck/trainer_state.json" ]
+	grep -q -- "--resume_from_checkpoint $ck" err
+	[ ! -e out/train_results.json ]
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir out "${args[@]}" \
+		--resume_from_checkpoint "$ck"
+	assert_success
+	diff <(steady a/trainer_log.jsonl) <(steady out/trainer_log.jsonl)
+}
+
+@test "--do_eval alone on a trained adapter" {
+	need_jq
+	train --max_steps 2 -q
+	run ft-train --model_name_or_path "$MODEL" --adapter_name_or_path out --do_eval --val val.zst \
+		--output_dir ev -q
+	assert_success
+	jq -e '.eval_loss > 0 and .perplexity > 1' ev/eval_results.json
+	run -2 ft-train --model_name_or_path "$MODEL" --do_eval --output_dir ev2
+	assert_output --partial "--val"
+}
+
+@test "YAML config with overrides; keys of other tools in it are ignored with a warning" {
+	need_jq
+	cat > cfg.yaml <<-YAML
+	model_name_or_path: $MODEL
+	stage: sft
+	do_train: true
+	finetuning_type: lora
+	lora_target: all
+	dataset: identity
+	template: llama3
+	report_to: none
+	output_dir: out
+	max_steps: 3
+	logging_steps: 1
+	YAML
+	run ft-train cfg.yaml --train train.zst max_steps=2
+	assert_success
+	assert_output --partial "'dataset' ignored: it belongs to ft-tokenize"
+	[ "$(jq -s 'map(select(.loss)) | length' out/trainer_log.jsonl)" = 2 ]
+}
+
+@test "batches on stdin: one epoch works, a second is refused" {
+	run bash -c "ft-train --model_name_or_path '$MODEL' --train - --output_dir out --num_train_epochs 1 -q < train.zst"
+	assert_success
+	run bash -c "ft-train --model_name_or_path '$MODEL' --train - --output_dir out2 --num_train_epochs 2 -q < train.zst"
+	assert_failure 2
+	assert_output --partial "read only once"
+}
+
+@test "--bf16 is accepted with a note; --plot_loss draws the loss" {
+	run train --bf16 --max_steps 2 --logging_steps 1 --plot_loss
+	assert_success
+	assert_output --partial "float32"
+	[ -s out/training_loss.png ]
+}
+
+@test "progress is drawn when forced, not otherwise" {
+	run --separate-stderr env FT_FORCE_PROGRESS=1 ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir p --max_steps 3
+	assert_success
+	[[ "$stderr" == *"/3 ["* ]]
+	[ -z "$output" ]
+}
+
+@test "pipeline: ft-pack directory output (manifest.json, val/) and a pipe from ft-pack" {
+	need_jq
+	ft-cat --encode < "$FIXTURES/trainer/tokens.jsonl" > tok.zst
+	ft-pack -q --per_device_train_batch_size 2 --val_size 8 -o packed/ tok.zst
+	run ft-train --model_name_or_path "$MODEL" --train packed --val packed/val --output_dir out \
+		--num_train_epochs 2 --logging_steps 4 -q
+	assert_success
+	# 16 batches, 2 epochs
+	[ "$(jq .global_step out/trainer_state.json)" = 32 ]
+	jq -e '.eval_loss and .perplexity' out/all_results.json
+	run bash -c "set -o pipefail; ft-pack -q --per_device_train_batch_size 4 tok.zst |
+		ft-train --model_name_or_path '$MODEL' --train - --output_dir piped --num_train_epochs 1 -q"
+	assert_success
+	[ "$(jq .global_step piped/trainer_state.json)" = 10 ]
+}
+
+@test "--train_from_scratch with --config: full training from a random init" {
+	run ft-train --train_from_scratch --config "$MODEL/config.json" --finetuning_type full \
+		--train train.zst --output_dir out --max_steps 2 -q
+	assert_success
+	[ -f out/model.safetensors ] && [ -f out/config.json ]
+	run -2 ft-train --train_from_scratch --train train.zst --output_dir out2 --max_steps 1
+	assert_output --partial "--config"
+}
+
+# The tool end to end against PyTorch: the 10-step runs of
+# tests/fixtures/parity/README.md (20 micro-batches, accumulation 2, AdamW
+# with weight decay 0.1, cosine with 2 warmup steps, clipping at 1.0);
+# every logged step loss within 1e-5 relative of transformers'.
+parity_run() {
+	local mode=$1; shift
+	ft-cat --encode < "$FIXTURES/trainer/parity20.jsonl" > p20.zst
+	run ft-train --model_name_or_path "$MODEL" --train p20.zst --output_dir "$mode" --finetuning_type "$mode" \
+		--weight_decay 0.1 --max_grad_norm 1.0 --lr_scheduler_type cosine --warmup_steps 2 \
+		--gradient_accumulation_steps 2 --num_train_epochs 1 --logging_steps 1 -q "$@"
+	assert_success
+	jq -r 'select(.loss) | .loss' "$mode/trainer_log.jsonl" > got
+	grep "^$mode " "$FIXTURES/trainer/parity_losses.txt" | tr ' ' '\n' | tail -n +2 > want
+	[ "$(wc -l < got)" = 10 ]
+	paste got want | awk '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > 1e-5) { print "step " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }'
+}
+
+@test "parity with PyTorch through the tool: lora from PEFT's initial adapter" {
+	need_jq
+	parity_run lora --learning_rate 2e-3 --adapter_name_or_path "$FIXTURES/parity/llama-lora-init"
+}
+
+@test "parity with PyTorch through the tool: freeze (last layer) and full" {
+	need_jq
+	parity_run freeze --learning_rate 1e-3 --freeze_trainable_layers 1
+	parity_run full --learning_rate 1e-3
+}

@@ -1,0 +1,48 @@
+#!/bin/sh
+# tests/gpu/run.sh - checks of the CUDA backend (tests/gpu/*.c).
+# Run from anywhere; it works in the repository root (or a bench bundle).
+#   test_cuda_plan   host only: the memory plan against docs/CUDA.md;
+#                    runs whenever the tests could be built (nvcc present)
+#   test_gpu_parity  needs a GPU: parity with the PyTorch fixtures
+# Without a usable GPU (nvidia-smi absent or failing) the GPU tests are
+# skipped with a message and the exit status is 0 (unless the host-only
+# test failed).  FT_GPU_TEST_DIR: prebuilt test binaries (the bundle);
+# otherwise `make gpu-tests` builds them when nvcc is there.
+# Tolerances are stated in each test's header comment.
+set -u
+cd "$(dirname "$0")/../.." || exit 1
+dir=${FT_GPU_TEST_DIR:-build/gpu}
+built=1
+if [ -z "${FT_GPU_TEST_DIR:-}" ]; then
+	if [ -x "${NVCC:-/usr/local/cuda/bin/nvcc}" ]; then
+		make -s gpu-tests >/dev/null || { echo "tests/gpu: build failed"; exit 1; }
+	else
+		built=0
+	fi
+fi
+fail=0
+if [ $built -eq 1 ] && [ -x "$dir/test_cuda_plan" ]; then
+	echo "# $dir/test_cuda_plan"
+	"$dir/test_cuda_plan" || fail=1
+fi
+gpu=""
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+	gpu="nvidia-smi not found (no NVIDIA GPU or driver)"
+elif ! nvidia-smi -L >/dev/null 2>&1; then
+	gpu="nvidia-smi fails: $(nvidia-smi -L 2>&1 | head -1)"
+elif [ $built -eq 0 ]; then
+	gpu="no nvcc to build the GPU tests (set FT_GPU_TEST_DIR to prebuilt ones)"
+fi
+if [ -n "$gpu" ]; then
+	echo "tests/gpu: GPU tests skipped: $gpu"
+	exit $fail
+fi
+nvidia-smi -L
+for t in "$dir"/test_*; do
+	[ -x "$t" ] || continue
+	[ "$(basename "$t")" = test_cuda_plan ] && continue
+	echo "# $t"
+	"$t" || fail=1
+done
+[ $fail -eq 0 ] && echo "tests/gpu: all passed" || echo "tests/gpu: FAILED"
+exit $fail

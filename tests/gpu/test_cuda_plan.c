@@ -1,0 +1,166 @@
+/* test_cuda_plan.c - the CUDA backend's memory plan, host only (runs
+ * without a GPU): the byte counts of ft_cuda_plan_memory against the
+ * formula in docs/CUDA.md, computed independently here, for the tiny
+ * fixture model and for a Llama-2-7B-shaped view.  Each device buffer is
+ * rounded up to 256 bytes, so a category may exceed the formula by at
+ * most 256 bytes per buffer.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include "tap.h"
+#include "cuda/ft_cuda.h"
+#include "error.h"
+#include "model.h"
+
+#define GIB (1024.0 * 1024 * 1024)
+
+typedef struct { double weights, master, grads, optim, acts, scratch; } want_t;
+
+/* docs/CUDA.md's formula; nmat/nvec: matrix / vector+LoRA params,
+ * tmat/tvec: the trainable ones. */
+static want_t formula(const ft_cuda_view *v, const ft_cuda_opts *o, double nmat,
+		      double nvec, double tmat, double tvec, double ntens)
+{
+	double N = o->max_tokens, T = o->max_seq, D = v->D, F = v->F, L = v->L, V = v->V;
+	double qd = (double)v->Hq * v->hd, kd = (double)v->Hk * v->hd, mi = D;
+	if (qd > mi) mi = qd;
+	if (F > mi) mi = F;
+	double r = 0;
+	for (int l = 0; l < v->L; l++)
+		for (int j = 0; j < FT_CV_NLIN; j++)
+			if (v->layers[l].lora[j].on && v->layers[l].lora[j].r > r)
+				r = v->layers[l].lora[j].r;
+	int half = o->precision != FT_CUDA_F32;
+	double chunk = (double)(((size_t)1 << 26) / (size_t)V);
+	if (chunk < 1) chunk = 1;
+	if (chunk > N) chunk = N;
+	double sets = v->gradient_checkpointing ? 1 : L;
+	want_t w;
+	w.weights = half ? 2 * nmat + 4 * nvec : 4 * (nmat + nvec);
+	w.master = half ? 4 * tmat : 0;
+	w.grads = 4 * (tmat + tvec);
+	w.optim = 8 * (tmat + tvec);
+	w.acts = 4 * sets * N * (3 * D + 2 * qd + 2 * kd + 2 * F + v->Hq + 2 + 7 * r) +
+		 4 * (L + 1) * N * D + 4 * N * (D + 1);
+	w.scratch = 4 * N * (5 * D + 2 * qd + 2 * kd + 4 * F + 3 * mi + (r > 1 ? r : 1) + v->Hq +
+			     v->hd + 7) +
+		    4 * chunk * V + (half ? 2 * chunk * V + 4 * N * mi : 0) + 8 * v->Hk * T * T +
+		    32.0 * 1024 * 1024 + 1024 * ntens;
+	return w;
+}
+
+static void check(const char *what, const ft_cuda_view *v, const ft_cuda_opts *o,
+		  double nmat, double nvec, double tmat, double tvec, double ntens, int nbuf)
+{
+	ft_cuda_plan p;
+	int rc = ft_cuda_plan_memory(v, o, &p);
+	if (!ok(rc == 0, "%s: plan%s%s", what, rc ? ": " : "", rc ? ft_errmsg() : ""))
+		return;
+	want_t w = formula(v, o, nmat, nvec, tmat, tvec, ntens);
+	double got[6] = { p.weights, p.master, p.grads, p.optim, p.acts, p.scratch };
+	double exp_[6] = { w.weights, w.master, w.grads, w.optim, w.acts, w.scratch };
+	const char *nm[6] = { "weights", "masters", "grads", "AdamW", "activations", "scratch" };
+	double slack = 256.0 * nbuf;
+	int good = 1;
+	for (int i = 0; i < 6; i++)
+		if (got[i] < exp_[i] || got[i] > exp_[i] + slack) {
+			printf("# %s: %s %.0f, formula %.0f\n", what, nm[i], got[i], exp_[i]);
+			good = 0;
+		}
+	size_t sum = p.weights + p.master + p.grads + p.optim + p.acts + p.scratch;
+	char s[300];
+	ft_cuda_plan_format(&p, s, sizeof s);
+	ok(good && sum == p.total, "%s: plan matches docs/CUDA.md: %s", what, s);
+}
+
+static void tiny(void)
+{
+	ft_tune_opts o = { .type = FT_FT_FULL };
+	ft_model *m = ft_model_load("tests/fixtures/models/tiny-llama", &o);
+	ft_cuda_view v;
+	if (!m || ft_cuda_view_of(m, &v) < 0) {
+		ok(0, "tiny-llama view: %s", ft_errmsg());
+		return;
+	}
+	double nmat = 0, nvec = 0;
+	for (size_t i = 0; i < v.nparams; i++) {
+		/* matrices: embeddings and linear weights */
+		int mat = strstr(v.params[i].name, "proj.weight") || strstr(v.params[i].name, "embed") ||
+			  strstr(v.params[i].name, "lm_head");
+		*(mat ? &nmat : &nvec) += v.params[i].n;
+	}
+	ft_cuda_opts co = { .precision = FT_CUDA_F32, .max_tokens = 32, .max_seq = 16 };
+	int nbuf = (int)v.nparams * 4 + 100;
+	check("tiny-llama full fp32", &v, &co, nmat, nvec, nmat, nvec, (double)v.nparams, nbuf);
+	co.precision = FT_CUDA_BF16;
+	check("tiny-llama full bf16", &v, &co, nmat, nvec, nmat, nvec, (double)v.nparams, nbuf);
+	v.gradient_checkpointing = 1;
+	check("tiny-llama full bf16 checkpointing", &v, &co, nmat, nvec, nmat, nvec, (double)v.nparams, nbuf);
+	co.max_seq = 64;
+	ft_cuda_plan p;
+	ok(ft_cuda_plan_memory(&v, &co, &p) < 0 && strstr(ft_errmsg(), "max_seq"),
+	   "rows longer than max_tokens refused: %s", ft_errmsg());
+	ft_cuda_view_free(&v);
+	ft_model_free(m);
+}
+
+/* A Llama-2-7B-shaped view with fake (never dereferenced) pointers:
+ * LoRA r=8 on q_proj, v_proj, bf16, batch 4 x 1024. */
+static void llama7b(int ckpt)
+{
+	ft_cuda_view v;
+	memset(&v, 0, sizeof v);
+	v.V = 32000; v.D = 4096; v.F = 11008; v.L = 32; v.Hq = 32; v.Hk = 32; v.hd = 128;
+	v.eps = 1e-5f;
+	v.gradient_checkpointing = ckpt;
+	int in[7] = { 4096, 4096, 4096, 4096, 4096, 4096, 11008 };
+	int out[7] = { 4096, 4096, 4096, 4096, 11008, 11008, 4096 };
+	memcpy(v.lin_in, in, sizeof in);
+	memcpy(v.lin_out, out, sizeof out);
+	uintptr_t next = 4096;
+#define FAKE() ((float *)(next += 64))
+	v.wte.w = FAKE();
+	v.lm_head.w = FAKE();
+	v.norm.w = FAKE();
+	v.layers = calloc(v.L, sizeof *v.layers);
+	double nmat = 2.0 * v.V * v.D, nvec = v.D, tvec = 0;
+	for (int l = 0; l < v.L; l++) {
+		ft_cv_layer *y = &v.layers[l];
+		y->ln1.w = FAKE();
+		y->ln2.w = FAKE();
+		nvec += 2 * v.D;
+		for (int j = 0; j < 7; j++) {
+			y->lin[j].w = FAKE();
+			nmat += (double)in[j] * out[j];
+			if (j == 0 || j == 2) {
+				y->lora[j].on = 1;
+				y->lora[j].r = 8;
+				y->lora[j].scale = 2;
+				y->lora[j].A.w = FAKE();
+				y->lora[j].A.g = FAKE();
+				y->lora[j].B.w = FAKE();
+				y->lora[j].B.g = FAKE();
+				nvec += 8.0 * (in[j] + out[j]);
+				tvec += 8.0 * (in[j] + out[j]);
+			}
+		}
+	}
+	ft_cuda_opts co = { .precision = FT_CUDA_BF16, .max_tokens = 4096, .max_seq = 1024 };
+	check(ckpt ? "llama-2-7b lora r8 bf16 4x1024, checkpointing" : "llama-2-7b lora r8 bf16 4x1024",
+	      &v, &co, nmat, nvec, 0, tvec, 3 + 32 * 13, 2000);
+	ft_cuda_plan p;
+	ft_cuda_plan_memory(&v, &co, &p);
+	ok(p.weights > 12.5 * GIB && p.weights < 13 * GIB && p.total < (ckpt ? 30 : 60) * GIB,
+	   "7B bf16 weights %.2f GiB, total %.2f GiB fits an 80 GiB card", p.weights / GIB,
+	   p.total / GIB);
+	free(v.layers);
+}
+
+int main(void)
+{
+	tiny();
+	llama7b(0);
+	llama7b(1);
+	return tap_done();
+}

@@ -1,0 +1,58 @@
+/* ft-generate.h - shared state of the ft-generate tool's files. */
+#ifndef FT_GENERATE_TOOL_H
+#define FT_GENERATE_TOOL_H
+
+#include <stdio.h>
+#include "chat.h"
+#include "generate.h"
+#include "model.h"
+
+typedef struct {
+	/* model */
+	const char *model_dir, *adapters, *tokenizer_path, *template_name;
+	const char *default_system;
+	/* input / output */
+	const char *input, *output;
+	int lines, strict, interactive, skip_special;
+	/* prediction */
+	int do_predict;
+	const char *dataset, *dataset_dir, *output_dir;
+	long long max_samples, cutoff_len;
+	int overwrite_output_dir;
+	ft_gen_opts gen;
+} gen_cli;
+
+typedef struct {
+	ft_model *model;
+	ft_tokenizer *tok;
+	ft_template *tmpl;
+	ft_prep *prep;
+	int32_t stop[64];
+	size_t n_stop;
+} gen_env;
+
+/* One prompt to answer. */
+typedef struct {
+	ft_i32vec ids;
+	char *label;        /* reference answer or NULL */
+} gen_item;
+
+typedef struct {
+	gen_item *v;
+	size_t n, cap;
+	size_t skipped;     /* malformed inputs skipped */
+} gen_items;
+
+void gen_items_free(gen_items *it);
+
+/* input.c: prompts from JSON lines, plain lines, an ft stream of prompt
+ * records, or a dataset (prediction). */
+int read_prompts(const gen_cli *o, const gen_env *e, gen_items *out);
+int read_dataset_prompts(const gen_cli *o, const gen_env *e, gen_items *out);
+
+/* output.c */
+int write_results(const gen_cli *o, const gen_env *e, const gen_items *it,
+		  const ft_i32vec *outs, double seconds);
+int run_interactive(const gen_cli *o, gen_env *e);
+
+#endif

@@ -1,0 +1,88 @@
+/* ft-run - run a LLaMA-Factory experiment (its flags or YAML/JSON config)
+ * as an ft pipeline, printing the equivalent shell commands first. */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/wait.h>
+#include "cli.h"
+#include "lfargs.h"
+#include "runplan.h"
+
+static void usage(void)
+{
+	printf("Usage: ft-run [-n] [train|export|chat] [CONFIG.yaml|CONFIG.json] [KEY=VALUE | --KEY VALUE]...\n"
+"Run what `llamafactory-cli train|export|chat` would, with ft's tools: the\n"
+"settings (a config file, then overrides, later ones winning) are routed to\n"
+"ft-tokenize, ft-pack, ft-train, ft-generate and ft-merge, the equivalent\n"
+"shell pipeline is printed on stderr, and then it runs (bash, pipefail).\n"
+"Intermediate batches go to <output_dir>-data/.  A setting ft does not\n"
+"support is an error; settings with no effect in ft are named in a note.\n"
+"\n"
+"  -n, --dry_run   print the pipeline on stdout and run nothing\n"
+"  -q, --quiet     do not echo the pipeline before running it\n"
+"  -v, --verbose   also name the settings that have no effect in ft\n"
+"  -h, --help      this help\n"
+"\n"
+"Exit status: 0 success; 1 a stage failed (its status) or bad config; 2 usage.\n"
+"\n"
+"Examples:\n"
+"  ft-run train examples/llama3_lora_sft.yaml learning_rate=1e-4\n"
+"  ft-run -n --stage sft --model_name_or_path M --dataset alpaca_en_demo \\\n"
+"      --template llama3 --finetuning_type lora --output_dir saves/x\n"
+"  ft-run export --model_name_or_path M --adapter_name_or_path saves/x --export_dir merged\n");
+}
+
+static int is_config(const char *s)
+{
+	size_t n = strlen(s);
+	return (n > 5 && !strcmp(s + n - 5, ".yaml")) || (n > 4 && !strcmp(s + n - 4, ".yml")) ||
+	       (n > 5 && !strcmp(s + n - 5, ".json"));
+}
+
+int main(int argc, char **argv)
+{
+	ft_cli_init(argc, argv);
+	int dry = 0, i = 1;
+	/* ft-run's own options come first; everything after is settings. */
+	for (; i < argc; i++) {
+		const char *a = argv[i];
+		if (!strcmp(a, "-n") || !strcmp(a, "--dry_run")) dry = 1;
+		else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) ft_verbose--;
+		else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) ft_verbose++;
+		else if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(); return 0; }
+		else break;
+	}
+	const char *command = "train";
+	if (i < argc && (!strcmp(argv[i], "train") || !strcmp(argv[i], "export") || !strcmp(argv[i], "chat")))
+		command = argv[i++];
+	ft_lfargs a = {0};
+	if (i < argc && is_config(argv[i]))
+		if (ft_lfargs_load_file(&a, argv[i++]) < 0) die_lib();
+	if (ft_lfargs_parse_argv(&a, argc - i, argv + i) < 0) die_usage("%s", ft_errmsg());
+	if (a.n == 0) die_usage("no settings: give a config file or flags");
+	ft_runplan p;
+	if (ft_runplan_build(&a, command, &p) < 0) die("%s", ft_errmsg());
+	for (size_t k = 0; k < p.n_notes; k++) note("%s", p.notes[k]);
+	char *script = ft_runplan_script(&p);
+	if (dry) {
+		fputs(script, stdout);
+	} else {
+		if (ft_verbose >= 1) fprintf(stderr, "%s: running:\n%s", ft_progname, script + strlen("set -euo pipefail\n"));
+		fflush(NULL);
+		pid_t pid = fork();
+		if (pid == 0) {
+			execlp("bash", "bash", "-c", script, (char *)NULL);
+			_exit(127);
+		}
+		int status = 0;
+		if (pid < 0 || waitpid(pid, &status, 0) < 0) die("cannot run bash:");
+		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+			free(script);
+			die("the pipeline failed (status %d)", WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+		}
+	}
+	free(script);
+	ft_runplan_free(&p);
+	ft_lfargs_free(&a);
+	return 0;
+}

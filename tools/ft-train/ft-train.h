@@ -1,0 +1,23 @@
+/* ft-train.h - pieces of the ft-train tool */
+#ifndef FT_TRAIN_TOOL_H
+#define FT_TRAIN_TOOL_H
+
+#include "cli.h"
+#include "lfargs.h"
+#include "model.h"
+#include "trainer.h"
+
+typedef struct {
+	ft_train_opts t;
+	ft_tune_opts tune;
+	char stage[8];
+	const char *model, *adapter, *config, *output_dir, *resume;
+	int from_scratch, overwrite, plot_loss, bf16, fp16, do_train, do_eval, eval_strategy_no;
+	int batch_size, eval_batch_size;
+	char **train, **val;
+	size_t n_train, n_val;
+} ft_cli_args;
+
+void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c);
+
+#endif

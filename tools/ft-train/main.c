@@ -1,0 +1,438 @@
+/* ft-train - fine-tune a Hugging Face model on ft-pack batches (CPU). */
+#define _GNU_SOURCE
+#include "ft-train.h"
+#include "plot.h"
+#include "atomicfile.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char usage[] =
+"Usage: ft-train [CONFIG.yaml] [key=value ...] [--key value ...]\n"
+"Fine-tune a LLaMA / Mistral / Qwen2 model on micro-batches made by ft-pack,\n"
+"as LLaMA-Factory's `llamafactory-cli train` does (CPU, float32).  Options\n"
+"take LLaMA-Factory's names, with underscores or dashes; a YAML or JSON\n"
+"config file may come first and later settings override it.\n"
+"\n"
+"Data and model:\n"
+"  --train PATH[,PATH]        ft-pack output (directory, stream file, or - for stdin)\n"
+"  --val PATH                 validation batches (ft-pack --val_size: DIR/val)\n"
+"  --stage pt|sft             must match the batches' stage (default sft)\n"
+"  --model_name_or_path DIR   Hugging Face model directory (config.json + safetensors)\n"
+"  --train_from_scratch       random init (normal(0, initializer_range)) from --config\n"
+"  --config FILE              config.json for --train_from_scratch (default: the model's)\n"
+"  --adapter_name_or_path DIR PEFT LoRA adapter to continue training, or to evaluate alone\n"
+"  --output_dir DIR           adapter or weights, checkpoints, logs (required)\n"
+"  --overwrite_output_dir     allow a non-empty output_dir\n"
+"  --resume_from_checkpoint DIR|true   continue a run (true: the latest checkpoint)\n"
+"  --device cpu               the only device of this build\n"
+"Fine-tuning:\n"
+"  --finetuning_type lora|freeze|full (lora)\n"
+"  --lora_rank N (8)  --lora_alpha X (2*rank)  --lora_dropout P (0)  --use_rslora\n"
+"  --lora_target all|q_proj,v_proj,...       (all linear layers)\n"
+"  --freeze_trainable_layers N (2; negative: the first N)\n"
+"  --freeze_trainable_modules all|mlp,self_attn,q_proj,...\n"
+"  --gradient_checkpointing   recompute activations in backward (less memory)\n"
+"  --bf16, --fp16             accepted; the CPU computes in float32 and full weights\n"
+"                             are saved in the model config's dtype\n"
+"Optimisation (transformers' Trainer semantics):\n"
+"  --learning_rate (5e-5) --weight_decay (0) --adam_beta1 (0.9) --adam_beta2 (0.999)\n"
+"  --adam_epsilon (1e-8) --max_grad_norm (1.0; 0 disables clipping)\n"
+"  --lr_scheduler_type linear|cosine|cosine_with_restarts|polynomial|constant|\n"
+"                      constant_with_warmup|inverse_sqrt (linear)\n"
+"  --warmup_steps N (>= 1 steps, < 1 a ratio)  --warmup_ratio R\n"
+"  --gradient_accumulation_steps N (1)  --per_device_train_batch_size N (the batches')\n"
+"  --num_train_epochs X (3.0, fractional allowed)  --max_steps N (overrides epochs)\n"
+"  --seed N (42: LoRA init and dropout)\n"
+"Logging, evaluation, checkpoints:\n"
+"  --logging_steps N (500) --logging_first_step  --eval_steps N (logging_steps)\n"
+"  --save_steps N (500) --save_total_limit N  --do_train --do_eval  --plot_loss\n"
+"  -q, -v                     quieter, more verbose;  -h, --help\n"
+"\n"
+"Outputs in output_dir: the adapter (adapter_model.safetensors,\n"
+"adapter_config.json) or the model; trainer_log.jsonl; checkpoint-N/;\n"
+"trainer_state.json; train_results.json, eval_results.json, all_results.json.\n"
+"SIGINT/SIGTERM finish the current step, write a checkpoint and exit 1 with\n"
+"the command that resumes.  See docs/FORMAT.md section 4.\n"
+"\n"
+"EXIT STATUS\n"
+"  0 success; 1 bad input, runtime error or interrupted (checkpoint written);\n"
+"  2 usage error.\n"
+"\n"
+"Example:\n"
+"  ft-tokenize --dataset identity --template qwen --model_name_or_path Qwen2-0.5B | ft-pack -o batches/\n"
+"  ft-train --stage sft --model_name_or_path Qwen2-0.5B --train batches/ \\\n"
+"    --finetuning_type lora --lora_target all --learning_rate 1e-4 \\\n"
+"    --num_train_epochs 3 --gradient_accumulation_steps 8 --lr_scheduler_type cosine \\\n"
+"    --warmup_ratio 0.1 --logging_steps 10 --save_steps 100 --output_dir out/ --plot_loss\n"
+"  ft-plot out/trainer_log.jsonl\n";
+
+static volatile sig_atomic_t stop_flag;
+
+static void on_signal(int sig)
+{
+	if (stop_flag) {   /* second signal: give up now, cleaning temporaries */
+		ft_atomic_install_signal_cleanup();
+		raise(sig);
+		return;
+	}
+	stop_flag = sig;
+	/* the next signal takes the default path */
+	ft_atomic_install_signal_cleanup();
+}
+
+static void install_signals(void)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+}
+
+/* ---- progress and log display ------------------------------------------- */
+
+static void on_event(void *ctx, ft_train_event ev, const ft_trainlog_entry *e, const char *detail)
+{
+	(void)ctx;
+	switch (ev) {
+	case FT_EV_STEP:
+		ft_progress("%lld/%lld [%s<%s] %3.0f%% loss %.4f lr %.3g epoch %.2f %.0f tok/s",
+			    (long long)e->current_steps, (long long)e->total_steps, e->elapsed_time,
+			    e->remaining_time, e->percentage, e->loss, e->lr, e->epoch,
+			    isnan(e->throughput) ? 0.0 : e->throughput);
+		break;
+	case FT_EV_LOG:
+		if (ft_verbose >= 1) {
+			ft_progress_done();
+			fprintf(stderr, "{'loss': %.4f, 'grad_norm': %.4g, 'learning_rate': %.4e, 'epoch': %.2f, "
+				"'throughput': %.2f}\n", e->loss, e->grad_norm, e->lr, e->epoch, e->throughput);
+		}
+		break;
+	case FT_EV_EVAL:
+		if (ft_verbose >= 1) {
+			ft_progress_done();
+			fprintf(stderr, "{'eval_loss': %.4f, 'epoch': %.2f}\n", e->eval_loss, e->epoch);
+		}
+		break;
+	case FT_EV_SAVE:
+		note("saved %s", detail);
+		break;
+	}
+}
+
+/* ---- helpers --------------------------------------------------------------- */
+
+static int dir_nonempty(const char *path)
+{
+	DIR *d = opendir(path);
+	if (!d) return 0;
+	struct dirent *e;
+	int n = 0;
+	while ((e = readdir(d)))
+		if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) { n = 1; break; }
+	closedir(d);
+	return n;
+}
+
+static const char *const tokenizer_files[] = {
+	"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+	"vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json",
+};
+
+static char **extra_files(const char *model_dir)
+{
+	size_t n = sizeof tokenizer_files / sizeof *tokenizer_files, k = 0;
+	char **v = ft_xcalloc(n + 1, sizeof *v);
+	for (size_t i = 0; model_dir && i < n; i++) {
+		char *p = ft_xasprintf("%s/%s", model_dir, tokenizer_files[i]);
+		if (access(p, R_OK) == 0) v[k++] = p;
+		else free(p);
+	}
+	return v;
+}
+
+/* The command line again, shell-quoted, with --resume_from_checkpoint
+ * replaced, for the message after an interruption. */
+static char *resume_command(int argc, char **argv, const char *ckpt)
+{
+	size_t cap = 256, n = 0;
+	char *s = ft_xmalloc(cap);
+	s[0] = 0;
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i];
+		if (!strncmp(a, "--resume_from_checkpoint", 24)) {
+			if (!a[24] && i + 1 < argc) i++;
+			continue;
+		}
+		if (!strncmp(a, "resume_from_checkpoint=", 23)) continue;
+		char *q;
+		if (a[strcspn(a, " \t\n'\"\\$`*?[]#~;&|<>(){}!")] == 0 && *a) q = ft_xstrdup(a);
+		else {
+			size_t l = strlen(a);
+			q = ft_xmalloc(4 * l + 3);
+			char *p = q;
+			*p++ = '\'';
+			for (; *a; a++) {
+				if (*a == '\'') { memcpy(p, "'\\''", 4); p += 4; }
+				else *p++ = *a;
+			}
+			*p++ = '\'';
+			*p = 0;
+		}
+		size_t need = n + strlen(q) + 2 + strlen(ckpt) + 40;
+		if (need > cap) s = ft_xrealloc(s, cap = 2 * need);
+		n += (size_t)sprintf(s + n, "%s%s", i ? " " : "", q);
+		free(q);
+	}
+	s = ft_xrealloc(s, n + strlen(ckpt) + 64);
+	sprintf(s + n, " --resume_from_checkpoint %s", ckpt);
+	return s;
+}
+
+/* The manifest of each --train input, summed; checks stage and batch size. */
+static void load_manifests(ft_cli_args *c, char **paths, size_t n, const char *what, ft_manifest *sum,
+			   ft_batch_source *stdin_src)
+{
+	memset(sum, 0, sizeof *sum);
+	for (size_t i = 0; i < n; i++) {
+		ft_manifest m;
+		/* stdin can be read once: its manifest comes from the header the
+		 * batch source reads (see main) */
+		if (!strcmp(paths[i], "-")) {
+			if (n > 1) die_usage("--%s: '-' (stdin) cannot be combined with other inputs", what);
+			if (ft_batch_source_open(stdin_src, (const char *const *)paths, n) < 0 ||
+			    ft_batch_source_manifest(stdin_src, &m) < 0)
+				die("--%s: <stdin>: %s", what, ft_errmsg());
+		} else if (ft_manifest_load(paths[i], &m) < 0) {
+			die("--%s: %s", what, ft_errmsg());
+		}
+		if (m.stage[0] && strcmp(m.stage, c->stage) != 0)
+			die("%s: the batches were packed for stage '%s' but --stage is %s "
+			    "(re-tokenize with --stage %s, or pass --stage %s)",
+			    ft_display_name(paths[i]), m.stage, c->stage, c->stage, m.stage);
+		if (m.pairwise)
+			die("%s: pairwise batches (stage rm/dpo) are not supported by this ft-train",
+			    ft_display_name(paths[i]));
+		if (i && m.batch_size != sum->batch_size)
+			die("%s: batch_size %d differs from the other inputs' %d", paths[i], m.batch_size,
+			    sum->batch_size);
+		sum->batch_size = m.batch_size;
+		sum->seq_len = m.seq_len;
+		sum->n_batches += m.n_batches;
+		sum->n_examples += m.n_examples;
+		sum->n_tokens += m.n_tokens;
+		memcpy(sum->stage, m.stage, sizeof m.stage);
+	}
+}
+
+static ft_model *load_model(ft_cli_args *c)
+{
+	ft_model *m;
+	if (c->from_scratch) {
+		char *cfg = c->config ? ft_xstrdup(c->config)
+			  : c->model ? ft_xasprintf("%s/config.json", c->model) : NULL;
+		if (!cfg) die_usage("--train_from_scratch needs --config CONFIG.json (or --model_name_or_path)");
+		ft_config conf;
+		if (ft_config_load(cfg, &conf) < 0) die("%s", ft_errmsg());
+		m = ft_model_from_config(&conf, &c->tune);
+		free(cfg);
+	} else {
+		if (!c->model) die_usage("--model_name_or_path is required (or --train_from_scratch --config FILE)");
+		m = ft_model_load(c->model, &c->tune);
+	}
+	if (!m) die("%s", ft_errmsg());
+	if (c->adapter) {
+		if (c->tune.type != FT_FT_LORA)
+			die_usage("--adapter_name_or_path needs --finetuning_type lora");
+		if (ft_model_load_adapter(m, c->adapter) < 0) die("%s", ft_errmsg());
+	}
+	return m;
+}
+
+/* --do_eval without --do_train: evaluate and write the results files. */
+static int eval_only(ft_cli_args *c, ft_train_model *tm, ft_batch_source *val)
+{
+	double loss;
+	int64_t nb, rows;
+	if (ft_mkdirs(c->output_dir) < 0) die("%s", ft_errmsg());
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	if (ft_evaluate(tm, val, &loss, &nb, &rows) < 0) die("evaluation: %s", ft_errmsg());
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	double rt = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
+	const char *k[] = { "eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second",
+			    "perplexity" };
+	double v[] = { loss, round(rt * 1e4) / 1e4, rt > 0 ? round(rows / rt * 1e3) / 1e3 : 0,
+		       rt > 0 ? round(nb / rt * 1e3) / 1e3 : 0, exp(loss) };
+	if (ft_save_results(c->output_dir, "eval_results.json", k, v, 5) < 0 ||
+	    ft_save_results(c->output_dir, "all_results.json", k, v, 5) < 0)
+		die("%s", ft_errmsg());
+	if (ft_verbose >= 1)
+		fprintf(stderr, "***** eval metrics *****\n  eval_loss  = %.4f\n  perplexity = %.4f\n"
+			"  batches    = %lld\n", loss, exp(loss), (long long)nb);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	ft_cli_init(argc, argv);
+	ft_lfargs a = {0};
+	int first = 1;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+			fputs(usage, stdout);
+			return 0;
+		}
+	}
+	/* -q / -v are ours, not LLaMA-Factory keys */
+	char **rest = ft_xcalloc(argc + 1, sizeof *rest);
+	int nrest = 0;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "-q")) ft_verbose--;
+		else if (!strcmp(argv[i], "-v")) ft_verbose++;
+		else rest[nrest++] = argv[i];
+	}
+	if (nrest == 0) {
+		fputs(usage, stderr);
+		return FT_EXIT_USAGE;
+	}
+	size_t l0 = strlen(rest[0]);
+	if (rest[0][0] != '-' && !strchr(rest[0], '=') &&
+	    ((l0 > 5 && !strcmp(rest[0] + l0 - 5, ".yaml")) || (l0 > 4 && !strcmp(rest[0] + l0 - 4, ".yml")) ||
+	     (l0 > 5 && !strcmp(rest[0] + l0 - 5, ".json")))) {
+		if (ft_lfargs_load_file(&a, rest[0]) < 0) die("%s", ft_errmsg());
+		first = 1;
+	} else {
+		first = 0;
+	}
+	if (ft_lfargs_parse_argv(&a, nrest - first, rest + first) < 0) die_usage("%s", ft_errmsg());
+	ft_cli_args c;
+	memset(&c, 0, sizeof c);
+	ft_train_args_parse(&a, &c);
+
+	if (!c.output_dir) die_usage("--output_dir is required");
+	if (c.do_train < 0) c.do_train = c.do_eval > 0 ? 0 : 1;
+	if (c.do_eval < 0) c.do_eval = c.n_val > 0 && !c.eval_strategy_no;
+	if (c.do_eval && c.n_val == 0) die_usage("--do_eval needs --val BATCHES");
+	if (c.do_train && c.n_train == 0) die_usage("--train BATCHES is required (the output of ft-pack)");
+	if (c.bf16 || c.fp16)
+		warn("note: --%s: the CPU computes in float32; full weights are saved in the config's dtype",
+		     c.bf16 ? "bf16" : "fp16");
+	if (c.resume && !c.do_train) die_usage("--resume_from_checkpoint needs training");
+
+	/* data first: counts and stage come from the manifests, before any work */
+	ft_manifest tm_, vm_;
+	ft_batch_source train = {0}, val = {0};
+	if (c.do_train) {
+		load_manifests(&c, c.train, c.n_train, "train", &tm_, &train);
+		if (!train.self && ft_batch_source_open(&train, (const char *const *)c.train, c.n_train) < 0)
+			die("--train: %s", ft_errmsg());
+		if (c.batch_size && c.batch_size != tm_.batch_size)
+			die("--per_device_train_batch_size %d does not match the batches (batch_size %d in the "
+			    "manifest): re-pack with ft-pack --per_device_train_batch_size %d, or drop the flag",
+			    c.batch_size, tm_.batch_size, c.batch_size);
+		c.t.n_batches = tm_.n_batches;
+		c.t.train_batch_size = tm_.batch_size;
+		if (tm_.n_batches == 0) die("%s: no batches to train on", c.train[0]);
+		ft_train_plan plan;
+		if (ft_train_plan_make(&c.t, &plan) < 0) die_usage("%s", ft_errmsg());
+		if (!strcmp(c.train[0], "-") && (plan.num_epochs > 1 || c.resume))
+			die_usage("--train -: stdin can be read only once, and this run needs %s "
+				  "(give the ft-pack output as a file or directory)",
+				  c.resume ? "to skip to the checkpoint's position in a new process"
+					   : "more than one pass over the batches");
+		if (c.n_val && !strcmp(c.val[0], "-"))
+			die_usage("--val -: evaluation reads the batches again at every --eval_steps: give a file");
+	}
+	if (c.n_val) {
+		load_manifests(&c, c.val, c.n_val, "val", &vm_, &val);
+		if (!val.self && ft_batch_source_open(&val, (const char *const *)c.val, c.n_val) < 0)
+			die("--val: %s", ft_errmsg());
+		if (c.eval_batch_size && c.eval_batch_size != vm_.batch_size)
+			die("--per_device_eval_batch_size %d does not match the validation batches (%d)",
+			    c.eval_batch_size, vm_.batch_size);
+	}
+
+	/* output directory rules */
+	char *resume = NULL;
+	if (c.resume) {
+		if (!strcasecmp(c.resume, "true")) {
+			resume = ft_last_checkpoint(c.output_dir);
+			if (!resume) die("--resume_from_checkpoint true: %s", ft_errmsg());
+		} else {
+			resume = ft_xstrdup(c.resume);
+		}
+		struct stat st;
+		if (stat(resume, &st) < 0 || !S_ISDIR(st.st_mode))
+			die("--resume_from_checkpoint %s: not a checkpoint directory", resume);
+	} else if (c.do_train && dir_nonempty(c.output_dir) && !c.overwrite) {
+		die("output directory %s is not empty: use --overwrite_output_dir, or "
+		    "--resume_from_checkpoint true to continue its last checkpoint", c.output_dir);
+	}
+	c.t.resume_dir = resume;
+	c.t.output_dir = c.output_dir;
+
+	ft_model *m = load_model(&c);
+	ft_train_model tm = ft_train_model_of(m);
+	int rc = 0;
+	if (!c.do_train) {
+		rc = eval_only(&c, &tm, &val);
+	} else {
+		if (ft_mkdirs(c.output_dir) < 0) die("%s", ft_errmsg());
+		char **extra = extra_files(c.from_scratch ? NULL : c.model);
+		c.t.extra_files = (const char *const *)extra;
+		c.t.stop = &stop_flag;
+		c.t.on_event = on_event;
+		install_signals();
+		ft_train_result r;
+		if (ft_train(&c.t, &tm, &train, c.do_eval ? &val : NULL, &r) < 0) die("%s", ft_errmsg());
+		ft_progress_done();
+		if (r.interrupted) {
+			char *cmd = resume_command(argc, argv, r.checkpoint);
+			fprintf(stderr, "%s: interrupted (%s) at step %lld of %lld; checkpoint saved in %s\n"
+				"%s: resume with:\n  %s\n", ft_progname, stop_flag == SIGTERM ? "SIGTERM" : "SIGINT",
+				(long long)r.global_step, (long long)r.total_steps, r.checkpoint, ft_progname, cmd);
+			if (c.n_train == 1 && !strcmp(c.train[0], "-"))
+				fprintf(stderr, "%s: (the batches came from stdin: feed the same stream again)\n",
+					ft_progname);
+			free(cmd);
+			rc = FT_EXIT_DATA;
+		} else {
+			if (ft_verbose >= 1) {
+				fprintf(stderr, "***** train metrics *****\n  epoch      = %.4g\n  train_loss = %.4f\n"
+					"  train_runtime = %.2fs\n  tokens = %lld\n", r.epoch, r.train_loss,
+					r.train_runtime, (long long)r.tokens_seen);
+				if (!isnan(r.eval_loss))
+					fprintf(stderr, "  eval_loss  = %.4f\n  perplexity = %.4f\n", r.eval_loss,
+						exp(r.eval_loss));
+			}
+			if (c.plot_loss) {
+				int n = ft_plot_loss_files(c.output_dir);
+				if (n < 0) warn("--plot_loss: %s", ft_errmsg());
+			}
+		}
+		for (char **x = extra; *x; x++) free(*x);
+		free(extra);
+		train.close(train.self);
+	}
+	if (val.self) val.close(val.self);
+	ft_model_free(m);
+	free(resume);
+	for (size_t i = 0; i < c.n_train; i++) free(c.train[i]);
+	for (size_t i = 0; i < c.n_val; i++) free(c.val[i]);
+	free(c.train);
+	free(c.val);
+	free(rest);
+	ft_lfargs_free(&a);
+	return rc;
+}
