@@ -268,16 +268,19 @@ const uint16_t tk_byte2cp[256] = {
 };
 #undef R
 
+static int16_t cp_inv[324];
+
+static void cp_inv_init(void)
+{
+	for (int i = 0; i < 324; i++) cp_inv[i] = -1;
+	for (int b = 0; b < 256; b++) cp_inv[tk_byte2cp[b]] = (int16_t)b;
+}
+
 int tk_cp2byte(int32_t cp)
 {
-	static int16_t inv[324];
-	static int ready;   /* benign race: every thread writes the same table */
-	if (!ready) {
-		for (int i = 0; i < 324; i++) inv[i] = -1;
-		for (int b = 0; b < 256; b++) inv[tk_byte2cp[b]] = (int16_t)b;
-		__atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
-	}
-	return cp >= 0 && cp < 324 ? inv[cp] : -1;
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+	pthread_once(&once, cp_inv_init);
+	return cp >= 0 && cp < 324 ? cp_inv[cp] : -1;
 }
 
 /* ---- vocabulary ---- */
