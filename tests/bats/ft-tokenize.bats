@@ -106,7 +106,7 @@ nrec() { records "$@" | wc -l; }
 	[ "$(nrec)" -eq 2 ]
 	records | head -1 | grep -q ',2\]}$'
 	! records | grep -q labels
-	header | grep -q '"add_bos_token":true'
+	header | grep -q '"add_bos_token":'
 	header | grep -q '"stage":"pt"'
 }
 
