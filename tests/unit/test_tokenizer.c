@@ -232,6 +232,27 @@ static void normalized_added(void)
 	ft_tokenizer_free(t);
 }
 
+/* tokenizer.model with a precompiled charsmap (nmt_nfkc): ids only */
+static void nfkc_ids(void)
+{
+	size_t nc, ne, bad = 0;
+	json_t **cases = read_jsonl(FIX "/cases.jsonl", &nc);
+	json_t **exp = read_jsonl(FIX "/small-sp-nfkc.ids.jsonl", &ne);
+	ft_tokenizer *t = ft_tokenizer_load(FIX "/small-sp-nfkc.model");
+	if (ok(t && ne == 150 && nc >= ne, "nmt_nfkc tokenizer.model loads")) {
+		for (size_t i = 0; i < ne; i++) {
+			const json_t *tx = json_object_get(cases[i], "text");
+			ft_i32vec a = {0};
+			ft_tokenizer_encode(t, json_string_value(tx), json_string_length(tx), 0, &a);
+			if (!ids_equal(&a, exp[i]) && ++bad <= 3) show("nfkc", i, json_string_value(tx), &a, exp[i]);
+			ft_i32vec_free(&a);
+		}
+		ok(!bad, "nmt_nfkc tokenizer.model: ids equal sentencepiece on 150 cases (%zu differ)", bad);
+	}
+	ft_tokenizer_free(t);
+	free_jsonl(cases, nc); free_jsonl(exp, ne);
+}
+
 static void put(const char *path, const char *text)
 {
 	FILE *f = fopen(path, "w");
@@ -312,6 +333,7 @@ int main(void)
 	parity("synth-words", FIX "/synth-words", FIX "/synth-words.expected.jsonl");
 	errors();
 	model_dir();
+	nfkc_ids();
 	if (!is_dir(shared())) {
 		skip("../shared is absent: qwen3 and mistral-sp parity");
 		return tap_done();
