@@ -240,6 +240,7 @@ struct tk_spm_scratch {
 	sym *s; size_t ns, caps;
 	pair *h; size_t nh, caph;
 	tk_strmap rev;          /* unused piece -> length of its left part */
+	int prev_unk;
 };
 
 void tk_spm_scratch_free(tk_spm_scratch *s)
@@ -396,7 +397,7 @@ static void emit(const ft_tokenizer *t, tk_spm_scratch *w, const char *p, size_t
 			return;
 		}
 	}
-	if (id >= 0 && t->ptype[id] != SP_UNKNOWN) { ft_i32vec_push(out, id); return; }
+	if (id >= 0 && t->ptype[id] != SP_UNKNOWN) { ft_i32vec_push(out, id); w->prev_unk = 0; return; }
 	if (t->byte_fallback) {   /* unknown: its UTF-8 bytes as <0xNN> pieces */
 		for (size_t k = 0; k < n; k++) {
 			int32_t b = t->fallback_id[(unsigned char)p[k]];
@@ -404,7 +405,10 @@ static void emit(const ft_tokenizer *t, tk_spm_scratch *w, const char *p, size_t
 		}
 		return;
 	}
-	if (t->unk_id >= 0) ft_i32vec_push(out, t->unk_id);
+	/* without byte_fallback a run of unknown pieces is one <unk>, as
+	 * SentencePieceProcessor::Encode merges them */
+	if (t->unk_id >= 0 && !w->prev_unk) ft_i32vec_push(out, t->unk_id);
+	w->prev_unk = 1;
 }
 
 int tk_spm_encode_piece(const ft_tokenizer *t, tk_work *wk, const char *s, size_t n,
@@ -447,6 +451,7 @@ int tk_spm_encode_piece(const ft_tokenizer *t, tk_work *wk, const char *s, size_
 		maybe_pair(t, w, l->prev, top.left);
 		maybe_pair(t, w, top.left, l->next);
 	}
+	w->prev_unk = 0;
 	for (int32_t i = 0; i >= 0; i = w->s[i].next)
 		emit(t, w, p + w->s[i].off, w->s[i].len, out);
 	return 0;

@@ -17,6 +17,7 @@ Writes tests/fixtures/tokenizer/:
   small-sp-nfkc.model, small-sp-nfkc.ids.jsonl  a tokenizer.model with
                       sentencepiece's default nmt_nfkc charsmap and
                       remove_extra_whitespaces, and its ids for 150 cases
+  small-sp-nobf.model, small-sp-nobf.ids.jsonl  one without byte_fallback
   <name>.expected.jsonl  one line per case: {"ids": encode without special
                       tokens, "ids_special": with them, "text": decode(ids),
                       "text_skip": decode(ids_special, skip_special_tokens)};
@@ -173,6 +174,22 @@ def nfkc_model(cases):
     os.remove(prefix + ".vocab")
     sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
     enc = sp_encoder(sp)
+    with open(prefix + ".ids.jsonl", "w") as f:
+        for x in cases[:150]:
+            f.write(json.dumps(enc(x), separators=(",", ":")) + "\n")
+
+
+def nobf_model(cases):
+    """A tokenizer.model without byte_fallback (runs of unknown characters
+    become one <unk>), English only; ids for the first 150 cases."""
+    with open(os.path.join(DATA, "alpaca_en_demo.json"), encoding="utf-8") as f:
+        texts = [r["output"] for r in json.load(f)]
+    prefix = os.path.join(OUT, "small-sp-nobf")
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_prefix=prefix, model_type="bpe",
+        vocab_size=500, normalization_rule_name="identity", num_threads=2, minloglevel=2)
+    os.remove(prefix + ".vocab")
+    enc = sp_encoder(spm.SentencePieceProcessor(model_file=prefix + ".model"))
     with open(prefix + ".ids.jsonl", "w") as f:
         for x in cases[:150]:
             f.write(json.dumps(enc(x), separators=(",", ":")) + "\n")
@@ -355,3 +372,4 @@ def synthetic(cases):
 if __name__ == "__main__" and os.environ.get("FT_SYNTH", "1") == "1":
     synthetic(HAND + demo_texts())
     nfkc_model(HAND + demo_texts())
+    nobf_model(HAND + demo_texts())
