@@ -234,7 +234,7 @@ void ft_tokenizer_free(ft_tokenizer *t)
 	free(t->tok); free(t->toklen);
 	tk_strmap_free(&t->vocab); tk_strmap_free(&t->enc);
 	tk_mergemap_free(&t->merges);
-	free(t->score); free(t->ptype);
+	free(t->score); free(t->ptype); free(t->sp_trie); free(t->sp_normstr);
 	tk_trie_free(&t->sp_user);
 	for (size_t i = 0; i < t->sp_nuser; i++) free(t->sp_user_tok[i].content);
 	free(t->sp_user_tok);

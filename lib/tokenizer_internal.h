@@ -183,6 +183,8 @@ struct ft_tokenizer {
 	size_t capscore;
 	uint8_t *ptype;                  /* per id: 1 normal .. 6 byte */
 	int sp_dummy_prefix, sp_remove_ws, sp_escape_ws;
+	uint32_t *sp_trie; size_t sp_ntrie;   /* precompiled charsmap (darts) */
+	char *sp_normstr; size_t sp_nnormstr;
 	tk_trie sp_user;                 /* USER_DEFINED pieces */
 	tk_added *sp_user_tok; size_t sp_nuser;
 

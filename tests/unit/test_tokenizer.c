@@ -232,6 +232,32 @@ static void normalized_added(void)
 	ft_tokenizer_free(t);
 }
 
+/* tokenizer.model files compared on ids only (no tokenizers twin):
+ * small-sp-nfkc (precompiled nmt_nfkc charsmap), small-sp-nobf (no
+ * byte_fallback: runs of unknown pieces become one <unk>) */
+static void model_ids(const char *name)
+{
+	size_t nc, ne, bad = 0;
+	char mp[256], ip[256];
+	snprintf(mp, sizeof mp, FIX "/%s.model", name);
+	snprintf(ip, sizeof ip, FIX "/%s.ids.jsonl", name);
+	json_t **cases = read_jsonl(FIX "/cases.jsonl", &nc);
+	json_t **exp = read_jsonl(ip, &ne);
+	ft_tokenizer *t = ft_tokenizer_load(mp);
+	if (ok(t && ne == 150 && nc >= ne, "%s.model loads", name)) {
+		for (size_t i = 0; i < ne; i++) {
+			const json_t *tx = json_object_get(cases[i], "text");
+			ft_i32vec a = {0};
+			ft_tokenizer_encode(t, json_string_value(tx), json_string_length(tx), 0, &a);
+			if (!ids_equal(&a, exp[i]) && ++bad <= 3) show(name, i, json_string_value(tx), &a, exp[i]);
+			ft_i32vec_free(&a);
+		}
+		ok(!bad, "%s.model: ids equal sentencepiece on 150 cases (%zu differ)", name, bad);
+	}
+	ft_tokenizer_free(t);
+	free_jsonl(cases, nc); free_jsonl(exp, ne);
+}
+
 static void put(const char *path, const char *text)
 {
 	FILE *f = fopen(path, "w");
@@ -312,6 +338,8 @@ int main(void)
 	parity("synth-words", FIX "/synth-words", FIX "/synth-words.expected.jsonl");
 	errors();
 	model_dir();
+	model_ids("small-sp-nfkc");
+	model_ids("small-sp-nobf");
 	if (!is_dir(shared())) {
 		skip("../shared is absent: qwen3 and mistral-sp parity");
 		return tap_done();
