@@ -43,8 +43,22 @@ static char *temp_name(const char *path)
 			    __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED));
 }
 
+static int open_direct(ft_atomic *a, const char *path)
+{
+	a->direct = 1;
+	a->tmp = NULL;
+	a->fp = fopen(path, "wb");
+	if (!a->fp) return ft_fail("%s:", path);
+	a->path = ft_xstrdup(path);
+	return 0;
+}
+
 int ft_atomic_open(ft_atomic *a, const char *path)
 {
+	struct stat st;
+	if (stat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
+		return open_direct(a, path);
+	a->direct = 0;
 	a->path = ft_xstrdup(path);
 	a->tmp = temp_name(path);
 	a->fp = fopen(a->tmp, "wb");
@@ -66,8 +80,20 @@ static void atomic_free(ft_atomic *a)
 	a->fp = NULL;
 }
 
+static int commit_direct(ft_atomic *a)
+{
+	int bad = fflush(a->fp) != 0 || ferror(a->fp);
+	if (fclose(a->fp) != 0) bad = 1;
+	if (bad) ft_fail("%s: write failed:", a->path);
+	free(a->path);
+	a->path = NULL;
+	a->fp = NULL;
+	return bad ? -1 : 0;
+}
+
 int ft_atomic_commit(ft_atomic *a)
 {
+	if (a->direct) return commit_direct(a);
 	int bad = fflush(a->fp) != 0 || ferror(a->fp) || fsync(fileno(a->fp)) != 0;
 	if (fclose(a->fp) != 0) bad = 1;
 	a->fp = NULL;
@@ -89,6 +115,12 @@ int ft_atomic_commit(ft_atomic *a)
 
 void ft_atomic_abort(ft_atomic *a)
 {
+	if (a->direct) {
+		if (a->fp) fclose(a->fp);
+		free(a->path);
+		a->path = NULL, a->fp = NULL, a->direct = 0;
+		return;
+	}
 	if (!a->tmp) return;
 	if (a->fp) fclose(a->fp);
 	unlink(a->tmp);
@@ -98,6 +130,7 @@ void ft_atomic_abort(ft_atomic *a)
 int ft_atomic_dir_open(ft_atomic *a, const char *path)
 {
 	a->fp = NULL;
+	a->direct = 0;
 	a->path = ft_xstrdup(path);
 	a->tmp = temp_name(path);
 	if (mkdir(a->tmp, 0777) != 0) {

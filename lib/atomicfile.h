@@ -15,9 +15,12 @@ typedef struct ft_atomic {
 	char *path;   /* final name */
 	char *tmp;    /* temporary name: ".<name>.tmp.<pid>.<n>" beside it */
 	FILE *fp;     /* open for writing (files only) */
+	int direct;   /* the path is a device or FIFO: written in place */
 } ft_atomic;
 
-/* Open a temporary file for `path`.  Returns -1 with a message. */
+/* Open a temporary file for `path`.  Returns -1 with a message.  An
+ * existing path that is not a regular file (/dev/null, /dev/full, a FIFO)
+ * is written in place: renaming over it would replace the device. */
 int ft_atomic_open(ft_atomic *a, const char *path);
 /* Flush, fsync, close and rename into place.  Returns -1 with a message
  * (and removes the temporary) on any write error. */

@@ -73,6 +73,7 @@ int ft_dataset_resolve(const char *dir, const char *name, ft_dataset_attr *a)
 	const json_t *e = json_object_get(info, name);
 	attr_defaults(a);
 	a->name = ft_xstrdup(name);
+	a->detected = 1;   /* the registry says it all */
 	if (!e) {
 		ft_fail("dataset '%s' is not defined in %s", name, info_path);
 		goto out;
@@ -144,6 +145,7 @@ void ft_dataset_from_path(const char *path, int formatting, ft_dataset_attr *a)
 	a->name = ft_xstrdup(path);
 	a->path = ft_xstrdup(path);
 	a->formatting = formatting;
+	a->detected = 0;
 }
 
 /* ---- examples -------------------------------------------------------- */
@@ -399,14 +401,19 @@ fail:
 
 /* ---- files ----------------------------------------------------------- */
 
-/* The format of a path-given dataset, from its first row's fields. */
+/* A path-given dataset's format (unless given) and columns, from its first
+ * row's fields. */
 static void detect(ft_dataset_attr *a, const json_t *row)
 {
-	if (a->formatting != FT_FMT_AUTO) return;
+	if (a->detected) return;
+	a->detected = 1;
 	const char *mcol = json_object_get(row, "conversations") ? "conversations"
 			 : json_object_get(row, "messages") ? "messages" : NULL;
-	if (mcol) {
-		a->formatting = FT_FMT_SHAREGPT;
+	if (a->formatting == FT_FMT_AUTO)
+		a->formatting = mcol ? FT_FMT_SHAREGPT
+			      : json_object_get(row, "instruction") || json_object_get(row, "output") ? FT_FMT_ALPACA
+			      : FT_FMT_TEXT;
+	if (a->formatting == FT_FMT_SHAREGPT && mcol) {
 		free(a->messages);
 		a->messages = ft_xstrdup(mcol);
 		const json_t *m0 = json_array_get(json_object_get(row, mcol), 0);
@@ -416,16 +423,10 @@ static void detect(ft_dataset_attr *a, const json_t *row)
 			const char *val[] = { "role", "content", "user", "assistant", "observation", "function" };
 			for (int i = 0; i < 6; i++) { free(*dst[i]); *dst[i] = ft_xstrdup(val[i]); }
 		}
-		if (json_object_get(row, "system")) a->system = ft_xstrdup("system");
-		if (json_object_get(row, "tools")) a->tools = ft_xstrdup("tools");
-	} else if (json_object_get(row, "instruction") || json_object_get(row, "output")) {
-		a->formatting = FT_FMT_ALPACA;
-		if (json_object_get(row, "system")) a->system = ft_xstrdup("system");
-		if (json_object_get(row, "history")) a->history = ft_xstrdup("history");
-		if (json_object_get(row, "tools")) a->tools = ft_xstrdup("tools");
-	} else {
-		a->formatting = FT_FMT_TEXT;
 	}
+	if (a->formatting == FT_FMT_ALPACA && json_object_get(row, "history")) a->history = ft_xstrdup("history");
+	if (json_object_get(row, "system")) a->system = ft_xstrdup("system");
+	if (json_object_get(row, "tools")) a->tools = ft_xstrdup("tools");
 	if (json_object_get(row, "chosen") && json_object_get(row, "rejected")) {
 		a->ranking = 1;
 		a->chosen = ft_xstrdup("chosen");

@@ -30,6 +30,7 @@ typedef struct {
 	int formatting;          /* FT_FMT_* */
 	int ranking;
 	long long num_samples;   /* -1: unset */
+	int detected;            /* columns settled (registry, or first row seen) */
 	/* columns (NULL: not used) */
 	char *prompt, *query, *response, *history, *messages, *system, *tools;
 	char *chosen, *rejected, *kto_tag;

@@ -86,7 +86,7 @@ static const char *token_text(const json_t *v)
 	return NULL;
 }
 
-static void set_token(ft_tokenizer *t, char **slot, const char *text)
+static void set_token(char **slot, const char *text)
 {
 	if (!text || *slot) return;
 	*slot = ft_xstrdup(text);
@@ -111,7 +111,7 @@ static int load_configs(ft_tokenizer *t, const char *dir)
 		if (v && json_is_null(v)) { free(*slots[i]); *slots[i] = NULL; continue; }
 		const char *s = cfg ? token_text(v) : NULL;
 		if (s) { free(*slots[i]); *slots[i] = ft_xstrdup(s); continue; }
-		if (map) set_token(t, slots[i], token_text(json_object_get(map, keys[i])));
+		if (map) set_token(slots[i], token_text(json_object_get(map, keys[i])));
 	}
 	if (cfg) {
 		const json_t *v;
@@ -193,11 +193,13 @@ ft_tokenizer *ft_tokenizer_load(const char *path)
 	    ft_sha256_file(file, hex) || load_configs(t, cdir))
 		goto fail;
 	if (!spm) {
-		/* add_bos/add_eos default to what the post-processor adds */
-		if (!t->info.add_bos && t->npost_pre) t->info.add_bos = 1;
-		if (!t->info.add_eos && t->npost_post) t->info.add_eos = 1;
+		/* transformers 5 encodes with tokenizer.json's post-processor
+		 * whatever add_bos_token/add_eos_token say, so report that */
+		t->info.add_bos = t->npost_pre > 0;
+		t->info.add_eos = t->npost_post > 0;
 	} else {
-		/* LlamaTokenizer: bos, and eos when add_eos_token */
+		/* LlamaTokenizer: bos unless add_bos_token is false, eos when
+		 * add_eos_token (from tokenizer_config.json) */
 		free(t->post_pre); free(t->post_post);
 		t->post_pre = t->post_post = NULL; t->npost_pre = t->npost_post = 0;
 	}
@@ -232,7 +234,7 @@ void ft_tokenizer_free(ft_tokenizer *t)
 	free(t->tok); free(t->toklen);
 	tk_strmap_free(&t->vocab); tk_strmap_free(&t->enc);
 	tk_mergemap_free(&t->merges);
-	free(t->score); free(t->ptype);
+	free(t->score); free(t->ptype); free(t->sp_trie); free(t->sp_normstr);
 	tk_trie_free(&t->sp_user);
 	for (size_t i = 0; i < t->sp_nuser; i++) free(t->sp_user_tok[i].content);
 	free(t->sp_user_tok);

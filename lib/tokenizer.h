@@ -31,6 +31,11 @@ int32_t ft_tokenizer_token_to_id(const ft_tokenizer *t, const char *piece); /* -
 const char *ft_tokenizer_id_to_token(const ft_tokenizer *t, int32_t id);    /* NULL */
 int ft_tokenizer_is_special(const ft_tokenizer *t, int32_t id);
 
+/* Special-token settings.  add_bos/add_eos say what encode(add_special)
+ * adds: for tokenizer.json what its post-processor adds (transformers 5
+ * follows the post-processor, not tokenizer_config.json's add_bos_token);
+ * for tokenizer.model, LlamaTokenizer's rule: add_bos_token (default true)
+ * and add_eos_token (default false) from tokenizer_config.json. */
 typedef struct {
 	int32_t bos_id, eos_id, pad_id, unk_id;   /* -1 when absent */
 	int add_bos, add_eos;

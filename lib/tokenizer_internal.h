@@ -164,7 +164,7 @@ struct ft_tokenizer {
 	int model;                       /* M_BPE or M_SPM */
 
 	/* vocabulary: id -> token string (model vocab plus added tokens) */
-	char **tok; uint32_t *toklen; size_t ntok;
+	char **tok; uint32_t *toklen; size_t ntok, captok;
 	tk_strmap vocab;                 /* token string -> id (model vocab) */
 	tk_strmap enc;                   /* what words are looked up in: raw
 					    bytes when ByteLevel maps them */
@@ -180,8 +180,11 @@ struct ft_tokenizer {
 
 	/* SentencePiece (tokenizer.model) */
 	float *score;                    /* per id */
+	size_t capscore;
 	uint8_t *ptype;                  /* per id: 1 normal .. 6 byte */
 	int sp_dummy_prefix, sp_remove_ws, sp_escape_ws;
+	uint32_t *sp_trie; size_t sp_ntrie;   /* precompiled charsmap (darts) */
+	char *sp_normstr; size_t sp_nnormstr;
 	tk_trie sp_user;                 /* USER_DEFINED pieces */
 	tk_added *sp_user_tok; size_t sp_nuser;
 

@@ -55,7 +55,7 @@ typedef struct {
 	int model_type, byte_fallback, ws_suffix;
 	int32_t unk, bos, eos, pad;
 	int dummy, remove_ws, escape_ws;
-	size_t charsmap;
+	const unsigned char *charsmap; size_t ncharsmap;
 	char *name;
 } spec;
 
@@ -88,7 +88,7 @@ static int parse_normalizer(pb b, spec *s)
 			s->name = ft_xmalloc(v + 1);
 			memcpy(s->name, sub.p, v); s->name[v] = 0;
 		}
-		if (num == 2 && wt == 2) s->charsmap = v;
+		if (num == 2 && wt == 2) { s->charsmap = sub.p; s->ncharsmap = v; }
 		if (wt != 0) continue;
 		if (num == 3) s->dummy = (int)v;
 		if (num == 4) s->remove_ws = (int)v;
@@ -112,8 +112,11 @@ static int parse_piece(ft_tokenizer *t, pb b, int32_t id)
 	tk_add_token(t, piece, plen, id);
 	if (tk_strmap_get(&t->vocab, piece, plen) < 0)   /* the first one wins */
 		tk_strmap_put(&t->vocab, piece, plen, id);
-	t->score = ft_xrealloc(t->score, ((size_t)id + 1) * sizeof *t->score);
-	t->ptype = ft_xrealloc(t->ptype, (size_t)id + 1);
+	if (t->capscore < t->captok) {
+		t->score = ft_xrealloc(t->score, t->captok * sizeof *t->score);
+		t->ptype = ft_xrealloc(t->ptype, t->captok);
+		t->capscore = t->captok;
+	}
 	t->score[id] = score;
 	t->ptype[id] = (uint8_t)type;
 	return 0;
@@ -125,6 +128,27 @@ static void add_special(ft_tokenizer *t, int32_t id, int special)
 	memset(a, 0, sizeof *a);
 	a->content = ft_xstrdup(t->tok[id]); a->len = t->toklen[id];
 	a->id = id; a->special = special;
+}
+
+/* precompiled_charsmap: uint32 trie size, a darts-clone double array,
+ * then the NUL-terminated replacement strings its values point into. */
+static int load_charsmap(ft_tokenizer *t, const unsigned char *p, size_t n)
+{
+	uint32_t tn;
+	if (n < 4) return ft_fail("precompiled_charsmap is truncated");
+	tn = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+	if (tn > n - 4 || tn % 4 || !tn) return ft_fail("precompiled_charsmap is malformed");
+	t->sp_ntrie = tn / 4;
+	t->sp_trie = ft_xmalloc(tn);
+	for (size_t i = 0; i < t->sp_ntrie; i++) {
+		const unsigned char *u = p + 4 + 4 * i;
+		t->sp_trie[i] = (uint32_t)u[0] | (uint32_t)u[1] << 8 | (uint32_t)u[2] << 16 | (uint32_t)u[3] << 24;
+	}
+	t->sp_nnormstr = n - 4 - tn;
+	t->sp_normstr = ft_xmalloc(t->sp_nnormstr + 1);
+	memcpy(t->sp_normstr, p + 4 + tn, t->sp_nnormstr);
+	t->sp_normstr[t->sp_nnormstr] = 0;
+	return 0;
 }
 
 int tk_load_spm(ft_tokenizer *t, const char *path)
@@ -159,11 +183,7 @@ int tk_load_spm(ft_tokenizer *t, const char *path)
 			s.model_type == 1 ? "unigram" : s.model_type == 3 ? "word" : "char");
 		goto out;
 	}
-	if (s.charsmap) {
-		ft_fail("normalization rule '%s' (a precompiled charsmap) is not supported; "
-			"only 'identity'", s.name ? s.name : "?");
-		goto out;
-	}
+	if (s.ncharsmap && load_charsmap(t, s.charsmap, s.ncharsmap)) goto out;
 	if (s.ws_suffix) { ft_fail("treat_whitespace_as_suffix is not supported"); goto out; }
 	t->sp_dummy_prefix = s.dummy;
 	t->sp_remove_ws = s.remove_ws;
@@ -220,6 +240,7 @@ struct tk_spm_scratch {
 	sym *s; size_t ns, caps;
 	pair *h; size_t nh, caph;
 	tk_strmap rev;          /* unused piece -> length of its left part */
+	int prev_unk;
 };
 
 void tk_spm_scratch_free(tk_spm_scratch *s)
@@ -231,26 +252,75 @@ void tk_spm_scratch_free(tk_spm_scratch *s)
 	free(s);
 }
 
+/* Longest charsmap rule matching a prefix of s (darts-clone
+ * commonPrefixSearch): its length, and *val the replacement's offset. */
+static size_t charsmap_match(const ft_tokenizer *t, const char *s, size_t n, uint32_t *val)
+{
+	const uint32_t *a = t->sp_trie;
+	size_t best = 0, id = 0;
+	uint32_t u = a[0];
+	id ^= (u >> 10) << ((u & (1u << 9)) >> 6);
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		id ^= c;
+		if (id >= t->sp_ntrie) break;
+		u = a[id];
+		if ((u & ((1u << 31) | 0xFF)) != c) break;
+		id ^= (u >> 10) << ((u & (1u << 9)) >> 6);
+		if (id >= t->sp_ntrie) break;
+		if ((u >> 8) & 1) { best = i + 1; *val = a[id] & ((1u << 31) - 1); }
+	}
+	return best;
+}
+
+/* Normalizer::NormalizePrefix: a user-defined piece as is, else the
+ * longest charsmap rule, else one character. */
+static size_t norm_prefix(const ft_tokenizer *t, const char *s, size_t n,
+			  const char **out, size_t *olen)
+{
+	size_t ml = 0;
+	if (!t->sp_user.empty && tk_trie_match(&t->sp_user, s, n, &ml) >= 0) {
+		*out = s; *olen = ml;
+		return ml;
+	}
+	uint32_t v = 0;
+	if (t->sp_trie && (ml = charsmap_match(t, s, n, &v)) > 0 && v < t->sp_nnormstr) {
+		*out = t->sp_normstr + v; *olen = strlen(*out);
+		return ml;
+	}
+	ml = (size_t)tk_u8len((unsigned char)s[0]);
+	if (ml > n) ml = n;
+	*out = s; *olen = ml;
+	return ml;
+}
+
 static void sp_normalize(const ft_tokenizer *t, const char *s, size_t n, tk_buf *out)
 {
 	const char *ws = t->sp_escape_ws ? "\xE2\x96\x81" : " ";
 	size_t wl = t->sp_escape_ws ? 3 : 1, i = 0;
+	const char *p; size_t pl;
 	tk_buf_clear(out);
 	tk_buf_add(out, "", 0);
-	if (t->sp_remove_ws) while (i < n && s[i] == ' ') i++;
+	if (t->sp_remove_ws)   /* leading spaces, after normalization */
+		while (i < n) {
+			size_t k = norm_prefix(t, s + i, n - i, &p, &pl);
+			if (!(pl == 1 && p[0] == ' ')) break;
+			i += k;
+		}
 	if (i == n) return;
 	if (t->sp_dummy_prefix) tk_buf_add(out, ws, wl);
 	int prev_space = t->sp_remove_ws;
 	while (i < n) {
-		size_t k = (size_t)tk_u8len((unsigned char)s[i]);
-		if (s[i] == ' ') {
-			if (!prev_space) { tk_buf_add(out, ws, wl); prev_space = 1; }
-		} else {
-			tk_buf_add(out, s + i, k);
-			prev_space = 0;
+		i += norm_prefix(t, s + i, n - i, &p, &pl);
+		while (prev_space && pl && p[0] == ' ') { p++; pl--; }
+		if (pl) {
+			for (size_t k = 0; k < pl; k++) {
+				if (p[k] == ' ' && t->sp_escape_ws) tk_buf_add(out, ws, wl);
+				else tk_buf_add(out, p + k, 1);
+			}
+			prev_space = p[pl - 1] == ' ';
 		}
 		if (!t->sp_remove_ws) prev_space = 0;
-		i += k;
 	}
 	if (t->sp_remove_ws)
 		while (out->n >= wl && !memcmp(out->p + out->n - wl, ws, wl)) out->n -= wl;
@@ -327,7 +397,7 @@ static void emit(const ft_tokenizer *t, tk_spm_scratch *w, const char *p, size_t
 			return;
 		}
 	}
-	if (id >= 0 && t->ptype[id] != SP_UNKNOWN) { ft_i32vec_push(out, id); return; }
+	if (id >= 0 && t->ptype[id] != SP_UNKNOWN) { ft_i32vec_push(out, id); w->prev_unk = 0; return; }
 	if (t->byte_fallback) {   /* unknown: its UTF-8 bytes as <0xNN> pieces */
 		for (size_t k = 0; k < n; k++) {
 			int32_t b = t->fallback_id[(unsigned char)p[k]];
@@ -335,7 +405,10 @@ static void emit(const ft_tokenizer *t, tk_spm_scratch *w, const char *p, size_t
 		}
 		return;
 	}
-	if (t->unk_id >= 0) ft_i32vec_push(out, t->unk_id);
+	/* without byte_fallback a run of unknown pieces is one <unk>, as
+	 * SentencePieceProcessor::Encode merges them */
+	if (t->unk_id >= 0 && !w->prev_unk) ft_i32vec_push(out, t->unk_id);
+	w->prev_unk = 1;
 }
 
 int tk_spm_encode_piece(const ft_tokenizer *t, tk_work *wk, const char *s, size_t n,
@@ -378,6 +451,7 @@ int tk_spm_encode_piece(const ft_tokenizer *t, tk_work *wk, const char *s, size_
 		maybe_pair(t, w, l->prev, top.left);
 		maybe_pair(t, w, top.left, l->next);
 	}
+	w->prev_unk = 0;
 	for (int32_t i = 0; i >= 0; i = w->s[i].next)
 		emit(t, w, p + w->s[i].off, w->s[i].len, out);
 	return 0;

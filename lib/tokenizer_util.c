@@ -268,16 +268,19 @@ const uint16_t tk_byte2cp[256] = {
 };
 #undef R
 
+static int16_t cp_inv[324];
+
+static void cp_inv_init(void)
+{
+	for (int i = 0; i < 324; i++) cp_inv[i] = -1;
+	for (int b = 0; b < 256; b++) cp_inv[tk_byte2cp[b]] = (int16_t)b;
+}
+
 int tk_cp2byte(int32_t cp)
 {
-	static int16_t inv[324];
-	static int ready;   /* benign race: every thread writes the same table */
-	if (!ready) {
-		for (int i = 0; i < 324; i++) inv[i] = -1;
-		for (int b = 0; b < 256; b++) inv[tk_byte2cp[b]] = (int16_t)b;
-		__atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
-	}
-	return cp >= 0 && cp < 324 ? inv[cp] : -1;
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+	pthread_once(&once, cp_inv_init);
+	return cp >= 0 && cp < 324 ? cp_inv[cp] : -1;
 }
 
 /* ---- vocabulary ---- */
@@ -286,8 +289,13 @@ int32_t tk_add_token(ft_tokenizer *t, const char *s, size_t len, int32_t id)
 	if (id < 0 || id > 50000000) return ft_fail("token id %d out of range", id);
 	if ((size_t)id >= t->ntok) {
 		size_t n = (size_t)id + 1;
-		t->tok = ft_xrealloc(t->tok, n * sizeof *t->tok);
-		t->toklen = ft_xrealloc(t->toklen, n * sizeof *t->toklen);
+		if (n > t->captok) {   /* geometric: ids mostly arrive in order */
+			size_t cap = t->captok ? t->captok * 2 : 1024;
+			while (cap < n) cap *= 2;
+			t->tok = ft_xrealloc(t->tok, cap * sizeof *t->tok);
+			t->toklen = ft_xrealloc(t->toklen, cap * sizeof *t->toklen);
+			t->captok = cap;
+		}
 		for (size_t i = t->ntok; i < n; i++) { t->tok[i] = NULL; t->toklen[i] = 0; }
 		t->ntok = n;
 	}

@@ -3,6 +3,7 @@
 #   corpus.jsonl   pretraining text ({"text": ...}), simple English sentences
 #   identity.json  alpaca-format SFT set: who the assistant is
 #   heldout.jsonl  held-out prompts ({"prompt","label"}) never seen in training
+# DEMO_CORPUS_LINES sets the corpus size (default 3000).
 # The sft answers name "ft-bot" and "the ft project", which the pretraining
 # corpus never mentions, so the base model cannot answer them and the
 # tuned one can: accuracy is "answer contains ft-bot".
@@ -10,7 +11,7 @@ set -euo pipefail
 out=${1:?usage: demo-data.sh OUTDIR}
 mkdir -p "$out"
 
-awk -v seed=1234 '
+awk -v seed=1234 -v lines="${DEMO_CORPUS_LINES:-3000}" '
 function pick(a, n) { return a[int(rand() * n) + 1] }
 BEGIN {
 	srand(seed)
@@ -18,7 +19,7 @@ BEGIN {
 	nv = split("sees likes finds watches follows helps hears reads", verb, " ")
 	no = split("the ball|a book|the sun|a song|the road|an apple|the moon|a letter", obj, "|")
 	na = split("quickly slowly today again quietly happily", adv, " ")
-	for (i = 0; i < 3000; i++) {
+	for (i = 0; i < lines; i++) {
 		line = ""
 		for (k = 0; k < 3; k++)
 			line = line sprintf("The %s %s %s %s. ", pick(subj, ns), pick(verb, nv), pick(obj, no), pick(adv, na))

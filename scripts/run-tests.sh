@@ -38,6 +38,22 @@ for t in build/asan/tests/test_*; do
 	fi
 done
 
+# CUDA: the host-only plan test when nvcc is present; the GPU tests skip
+# (counted as skipped) without a GPU.
+if [ -x tests/gpu/run.sh ]; then
+	echo "# gpu: tests/gpu/run.sh"
+	out=$(tests/gpu/run.sh 2>&1); rc=$?
+	count_tap <<< "$out"
+	if grep -q "GPU tests skipped" <<< "$out"; then
+		line="ok - # skip $(grep -m1 "GPU tests skipped" <<< "$out")"
+		count_tap <<< "$line"
+	fi
+	if [ $rc -ne 0 ] && ! grep -q '^not ok' <<< "$out"; then
+		echo "not ok - tests/gpu/run.sh exited with status $rc"
+		failed=$((failed + 1))
+	fi
+fi
+
 shopt -s nullglob
 bats_files=(tests/bats/*.bats)
 if [ ${#bats_files[@]} -gt 0 ]; then

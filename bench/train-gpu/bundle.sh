@@ -17,7 +17,8 @@ cp build/gpu/test_* build/gpu/bench_gpu "$out/bin/"
 cp tests/gpu/run.sh "$out/tests/gpu/"
 cp -r tests/fixtures/models tests/fixtures/parity "$out/tests/fixtures/"
 cp bench/train-gpu/run.sh bench/train-gpu/torch_gpu.py "$out/bench/train-gpu/"
-ln -sf bench/train-gpu/run.sh "$out/run.sh"
+printf '#!/bin/sh\nexec "$(dirname "$0")/bench/train-gpu/run.sh" "$@"\n' > "$out/run.sh"
+chmod +x "$out/run.sh"
 # Shared libraries: everything ldd resolves except glibc's own and the
 # CUDA/driver ones (the GPU machine has those, matched to its driver).
 for b in "$out"/bin/*; do

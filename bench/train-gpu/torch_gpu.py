@@ -44,8 +44,9 @@ def train(argv):
                       num_attention_heads=A, num_key_value_heads=K, max_position_embeddings=4096,
                       rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)
     base_dtype = dt_ if mode == "lora" else torch.float32
-    with torch.device("cuda"):
-        m = LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa", torch_dtype=base_dtype)
+    with torch.device("cuda"):   # initialise on the GPU (fast), then cast
+        m = LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa")
+    m = m.to(base_dtype)
     if ckpt:
         m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if mode == "lora":

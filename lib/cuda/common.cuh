@@ -104,6 +104,7 @@ struct ft_cuda_model {
 	int64_t step;
 	double loss_scale;
 	int good_steps;
+	int unscaled;                  /* fp16: grads already divided by the scale */
 	/* host staging for a batch */
 	int32_t *h_pos, *h_targets, *h_rows, *h_tg2;
 	float *h_cos, *h_sin, *h_inv;

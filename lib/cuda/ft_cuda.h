@@ -85,7 +85,8 @@ int ft_cuda_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr,
 int64_t ft_cuda_steps(const ft_cuda_model *dm);
 double ft_cuda_loss_scale(const ft_cuda_model *dm);
 
-/* fp32 gradients -> the CPU model's g arrays. */
+/* fp32 gradients -> the CPU model's g arrays (fp16: divided by the loss
+ * scale, whether or not ft_cuda_step has unscaled them yet). */
 int ft_cuda_copy_grads_to_host(ft_cuda_model *dm);
 /* Trainable weights (fp32 masters) -> the CPU model's w arrays, and back
  * (after a checkpoint was loaded into the CPU model). */
@@ -96,6 +97,10 @@ int ft_cuda_copy_weights_to_device(ft_cuda_model *dm);
 int ft_cuda_adamw_get(ft_cuda_model *dm, size_t i, float *exp_avg, float *exp_avg_sq);
 int ft_cuda_adamw_set(ft_cuda_model *dm, size_t i, const float *exp_avg,
 		      const float *exp_avg_sq, int64_t step);
+
+/* The number of forward_backward calls made so far, which draws the
+ * LoRA dropout masks (as the CPU model's): set on resume. */
+void ft_cuda_set_position(ft_cuda_model *dm, int64_t micro_batches_done);
 
 /* Peak device bytes in use (cudaMemGetInfo high-water mark, including
  * cuBLAS and the CUDA context), sampled at each call of the API. */

@@ -10,6 +10,7 @@
 
 int ft_cuda_zero_grad(ft_cuda_model *dm)
 {
+	dm->unscaled = 0;
 	for (int i = 0; i < dm->ntens; i++)
 		if (dm->tens[i].g)
 			TRY(ft_cu_zero(dm, dm->tens[i].g, dm->tens[i].n * sizeof(float)));
@@ -79,6 +80,7 @@ int ft_cuda_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr,
 			return 0;
 		}
 		TRY(scale_grads(dm, (float)(1.0 / dm->loss_scale)));
+		dm->unscaled = 1;
 	}
 	float total = 0;
 	TRY(grad_norm(dm, &total));
@@ -124,7 +126,7 @@ int ft_cuda_copy_grads_to_host(ft_cuda_model *dm)
 			continue;
 		TRY(ft_cu_copy(dm, t->hg, t->g, t->n * sizeof(float), cudaMemcpyDeviceToHost,
 			       "gradient"));
-		if (dm->loss_scale != 1) {   /* fp16: hand back true gradients */
+		if (dm->o.precision == FT_CUDA_F16 && !dm->unscaled) {   /* true gradients */
 			float s = (float)(1.0 / dm->loss_scale);
 			for (size_t j = 0; j < t->n; j++)
 				t->hg[j] *= s;
@@ -188,6 +190,8 @@ int ft_cuda_adamw_set(ft_cuda_model *dm, size_t i, const float *exp_avg,
 }
 
 size_t ft_cuda_peak_bytes(const ft_cuda_model *dm) { return dm->peak; }
+
+void ft_cuda_set_position(ft_cuda_model *dm, int64_t n) { dm->dropout_calls = (uint64_t)n; }
 
 extern "C" int ft_cuda_probe(char *desc, size_t desc_size)
 {

@@ -37,3 +37,15 @@ setup() {
 	assert_failure
 	assert_output --partial "set MODEL="
 }
+
+@test "examples/pt.mk: continued pretraining with a validation split and eval loss" {
+	skip_without_shared
+	run make -f "$FT_ROOT/examples/pt.mk" MODEL="$FT_ROOT/tests/fixtures/models/tiny-llama" \
+		TOKENIZER="$FT_ROOT/tests/fixtures/generate/tokenizer" DATASET=c4_demo \
+		DATASET_DIR="$SHARED/data/llamafactory" OUT=pt CUTOFF_LEN=32 MAX_SAMPLES=3 VAL_SIZE=0.2
+	assert_success
+	[ -s pt/model/model.safetensors ]
+	[ -s pt/loss.svg ]
+	run cat pt/model/all_results.json
+	assert_output --partial '"eval_loss"'
+}

@@ -5,7 +5,8 @@ load '/usr/lib/bats/bats-support/load'
 load '/usr/lib/bats/bats-assert/load'
 
 FT_ROOT="$(cd "$BATS_TEST_DIRNAME/../.." && pwd)"
-PATH="$FT_ROOT/bin:$PATH"
+# FT_BIN: run the tools from another build (e.g. build/asan/bin)
+PATH="${FT_BIN:-$FT_ROOT/bin}:$PATH"
 FIXTURES="$FT_ROOT/tests/fixtures"
 SHARED="${FT_SHARED:-$FT_ROOT/../shared}"
 

@@ -48,6 +48,7 @@ from llamafactory.data.template import TEMPLATES  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OUT = os.path.join(ROOT, "tests", "fixtures", "llamafactory")
+TINY = os.path.join(OUT, "data")
 SHARED = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "..", "shared")
 
 TEMPLATE_NAMES = ["default", "empty", "alpaca", "vicuna", "llama2", "llama2_zh", "llama3", "mistral",
@@ -148,7 +149,24 @@ RUNS = [
     ("kto", "kto_en_demo", "kto", {}),
     ("c4", "c4_demo", "pt", {"cutoff_len": 1000000}),
     ("ppo", "alpaca_en_demo", "ppo", {"cutoff_len": 64, "max_samples": 200}),
+    ("under", "identity,alpaca_en_demo", "sft", {"mix_strategy": "interleave_under", "max_samples": 30}),
+    ("over", "identity,alpaca_zh_demo", "sft", {"mix_strategy": "interleave_over", "max_samples": 40,
+                                               "interleave_probs": "0.2,0.8"}),
+    ("under_p", "alpaca_en_demo,identity", "sft", {"mix_strategy": "interleave_under", "interleave_probs": "0.5,0.5",
+                                                   "seed": 7}),
+    # the small datasets of tests/fixtures/llamafactory/data
+    ("t_history", "tiny_history", "sft", {"dataset_dir": "TINY"}),
+    ("t_sharegpt", "tiny_sharegpt", "sft", {"dataset_dir": "TINY"}),
+    ("t_roles", "tiny_roles", "sft", {"dataset_dir": "TINY"}),
+    ("t_rank", "tiny_rank", "rm", {"dataset_dir": "TINY"}),
+    ("t_kto", "tiny_kto", "kto", {"dataset_dir": "TINY"}),
+    ("t_text", "tiny_text", "pt", {"dataset_dir": "TINY", "cutoff_len": 1000000}),
+    # (no directory dataset: llamafactory reads its files in os.listdir order)
 ]
+# other templates on the same data (template name as the key suffix)
+for _t in ["default", "alpaca", "vicuna", "empty", "llama2", "llama2_zh", "deepseek", "chatml", "yi"]:
+    RUNS.append((f"tmpl_{_t}", "alpaca_en_demo,tiny_sharegpt", "sft",
+                 {"max_samples": 40, "template": _t, "dataset_dir": "BOTH"}))
 HEAD = 2
 
 
@@ -184,11 +202,24 @@ def run_llamafactory():
     for tok_dir, template in TOKENIZERS:
         for name, dataset, stage, extra in RUNS:
             tok = load_tokenizer(tok_dir)
+            if extra.get("template") in ("chatml", "yi") and not tok_dir.startswith("qwen"):
+                continue  # needs <|im_start|>/<|im_end|>, which llamafactory would add
             args = dict(template=template, dataset=dataset, dataset_dir=data_dir, cutoff_len=2048,
                         overwrite_cache=True, packing=False, preprocessing_num_workers=None)
             args.update(extra)
+            if args["dataset_dir"] in ("TINY", "BOTH"):
+                if args["dataset_dir"] == "BOTH":  # a registry naming files in both places
+                    both = tempfile.mkdtemp()
+                    info = json.load(open(os.path.join(TINY, "dataset_info.json")))
+                    info["alpaca_en_demo"] = {"file_name": os.path.join(data_dir, "alpaca_en_demo.json")}
+                    info["tiny_sharegpt"]["file_name"] = os.path.join(TINY, "tiny_sharegpt.json")
+                    json.dump(info, open(os.path.join(both, "dataset_info.json"), "w"))
+                    args["dataset_dir"] = both
+                else:
+                    args["dataset_dir"] = TINY
+            seed = args.pop("seed", 42)
             data_args = DataArguments(**args)
-            training_args = Seq2SeqTrainingArguments(output_dir=tmp, seed=42, report_to="none")
+            training_args = Seq2SeqTrainingArguments(output_dir=tmp, seed=seed, report_to="none")
             model_args = SimpleNamespace(cache_dir=None, hf_hub_token=None, ms_hub_token=None,
                                          om_hub_token=None)
             tmpl = get_template_and_fix_tokenizer(tok, data_args)
@@ -205,7 +236,7 @@ def run_llamafactory():
                     head.append(json.loads(line))
                 n += 1
             key = f"{tok_dir}/{name}"
-            expected[key] = {"tokenizer": tok_dir, "template": template, "dataset": dataset,
+            expected[key] = {"tokenizer": tok_dir, "template": args["template"], "dataset": dataset,
                              "stage": stage, "options": extra, "count": n,
                              "sha256": h.hexdigest(), "head": head,
                              "eos_id": tok.eos_token_id, "bos_id": tok.bos_token_id,

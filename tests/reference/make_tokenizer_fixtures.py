@@ -14,6 +14,10 @@ Writes tests/fixtures/tokenizer/:
   small-sp/tokenizer.json   that model converted by transformers
                       (LlamaTokenizerFast), to test the tokenizer.json path
   small-sp.ids.jsonl  ft-tokenize --encode output for the first 120 cases
+  small-sp-nfkc.model, small-sp-nfkc.ids.jsonl  a tokenizer.model with
+                      sentencepiece's default nmt_nfkc charsmap and
+                      remove_extra_whitespaces, and its ids for 150 cases
+  small-sp-nobf.model, small-sp-nobf.ids.jsonl  one without byte_fallback
   <name>.expected.jsonl  one line per case: {"ids": encode without special
                       tokens, "ids_special": with them, "text": decode(ids),
                       "text_skip": decode(ids_special, skip_special_tokens)};
@@ -125,6 +129,70 @@ def compact(x, r):
     if r.get("ids_special") == r.get("ids"):
         r.pop("ids_special", None)
     return r
+
+
+def sp_encoder(sp):
+    """sentencepiece, with control/unknown pieces matched in the text as
+    special tokens (leftmost-longest) and each piece between them encoded on
+    its own, as ft does with a tokenizer.model"""
+    controls = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())
+                if sp.is_control(i) or sp.is_unknown(i)}
+
+    def enc(x):
+        ids, i, start = [], 0, 0
+        while i < len(x):
+            m = max((c for c in controls if x.startswith(c, i)), key=len, default=None)
+            if m is None:
+                i += 1
+                continue
+            if start < i:
+                ids += sp.encode(x[start:i])
+            ids.append(controls[m])
+            i = start = i + len(m)
+        if start < len(x):
+            ids += sp.encode(x[start:])
+        return ids
+    return enc
+
+
+def nfkc_model(cases):
+    """A second tokenizer.model with sentencepiece's defaults: the nmt_nfkc
+    precompiled charsmap and remove_extra_whitespaces; ids from sentencepiece
+    for the first 150 cases (decode is not compared: no tokenizers twin)."""
+    texts = []
+    with open(os.path.join(DATA, "alpaca_zh_demo.json"), encoding="utf-8") as f:
+        for r in json.load(f):
+            texts.extend(v for v in r.values() if isinstance(v, str) and v)
+    with open(os.path.join(DATA, "alpaca_en_demo.json"), encoding="utf-8") as f:
+        for r in json.load(f):
+            texts.extend(v for v in r.values() if isinstance(v, str) and v)
+    prefix = os.path.join(OUT, "small-sp-nfkc")
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_prefix=prefix, model_type="bpe",
+        vocab_size=2000, byte_fallback=True, character_coverage=0.995,
+        num_threads=2, minloglevel=2)
+    os.remove(prefix + ".vocab")
+    sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
+    enc = sp_encoder(sp)
+    with open(prefix + ".ids.jsonl", "w") as f:
+        for x in cases[:150]:
+            f.write(json.dumps(enc(x), separators=(",", ":")) + "\n")
+
+
+def nobf_model(cases):
+    """A tokenizer.model without byte_fallback (runs of unknown characters
+    become one <unk>), English only; ids for the first 150 cases."""
+    with open(os.path.join(DATA, "alpaca_en_demo.json"), encoding="utf-8") as f:
+        texts = [r["output"] for r in json.load(f)]
+    prefix = os.path.join(OUT, "small-sp-nobf")
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_prefix=prefix, model_type="bpe",
+        vocab_size=500, normalization_rule_name="identity", num_threads=2, minloglevel=2)
+    os.remove(prefix + ".vocab")
+    enc = sp_encoder(spm.SentencePieceProcessor(model_file=prefix + ".model"))
+    with open(prefix + ".ids.jsonl", "w") as f:
+        for x in cases[:150]:
+            f.write(json.dumps(enc(x), separators=(",", ":")) + "\n")
 
 
 def dump(path, rows, cases=None):
@@ -303,3 +371,5 @@ def synthetic(cases):
 
 if __name__ == "__main__" and os.environ.get("FT_SYNTH", "1") == "1":
     synthetic(HAND + demo_texts())
+    nfkc_model(HAND + demo_texts())
+    nobf_model(HAND + demo_texts())

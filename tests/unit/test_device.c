@@ -6,6 +6,7 @@
 #include "tap.h"
 #include "device.h"
 #include "error.h"
+#include "cuda_train.h"
 
 int main(void)
 {
@@ -23,6 +24,10 @@ int main(void)
 		   !strncmp(ft_errmsg(), "--device cuda: ", 15), "cuda refused: %s", ft_errmsg());
 		ok(ft_device_resolve(NULL, &idx) == FT_DEV_CPU &&
 		   ft_device_resolve("auto", &idx) == FT_DEV_CPU, "auto falls back to the CPU");
+		ft_train_model t = { 0 };
+		ft_cuda_opts o = { .precision = FT_CUDA_BF16, .max_tokens = 32, .max_seq = 16 };
+		ok(ft_train_model_of_cuda(NULL, &o, &t) < 0 && strstr(ft_errmsg(), "CUDA_LINK=1") &&
+		   !t.self, "trainer binding refuses without the backend: %s", ft_errmsg());
 	} else if (n < 0) {
 		ok(ft_device_resolve("cuda", &idx) < 0, "no GPU: cuda refused: %s", ft_errmsg());
 		ok(ft_device_resolve("auto", &idx) == FT_DEV_CPU, "no GPU: auto is the CPU");

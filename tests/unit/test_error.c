@@ -54,6 +54,18 @@ static void test_atomic_file(const char *dir)
 	if (f) fclose(f);
 	free(tmp);
 
+	ok(ft_atomic_open(&a, "/dev/null") == 0 && a.direct && fputs("x", a.fp) >= 0 &&
+	   ft_atomic_commit(&a) == 0, "a device is written in place");
+	struct stat st;
+	ok(stat("/dev/null", &st) == 0 && S_ISCHR(st.st_mode), "/dev/null is still a device");
+	if (ft_atomic_open(&a, "/dev/full") == 0) {
+		char big[8192] = {0};
+		fwrite(big, 1, sizeof big, a.fp);
+		ok(ft_atomic_commit(&a) == -1 && strstr(ft_errmsg(), "/dev/full"), "/dev/full: write failure reported");
+	} else {
+		ok(0, "/dev/full opens");
+	}
+	ok(stat("/dev/full", &st) == 0 && S_ISCHR(st.st_mode), "/dev/full is still a device");
 	ok(ft_atomic_open(&a, "/nonexistent-dir/x") == -1, "open in missing dir fails");
 	ok(strstr(ft_errmsg(), "nonexistent-dir") != NULL, "message names the path");
 }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <jansson.h>
 #include "tap.h"
 #include "error.h"
@@ -231,6 +232,79 @@ static void normalized_added(void)
 	ft_tokenizer_free(t);
 }
 
+/* tokenizer.model files compared on ids only (no tokenizers twin):
+ * small-sp-nfkc (precompiled nmt_nfkc charsmap), small-sp-nobf (no
+ * byte_fallback: runs of unknown pieces become one <unk>) */
+static void model_ids(const char *name)
+{
+	size_t nc, ne, bad = 0;
+	char mp[256], ip[256];
+	snprintf(mp, sizeof mp, FIX "/%s.model", name);
+	snprintf(ip, sizeof ip, FIX "/%s.ids.jsonl", name);
+	json_t **cases = read_jsonl(FIX "/cases.jsonl", &nc);
+	json_t **exp = read_jsonl(ip, &ne);
+	ft_tokenizer *t = ft_tokenizer_load(mp);
+	if (ok(t && ne == 150 && nc >= ne, "%s.model loads", name)) {
+		for (size_t i = 0; i < ne; i++) {
+			const json_t *tx = json_object_get(cases[i], "text");
+			ft_i32vec a = {0};
+			ft_tokenizer_encode(t, json_string_value(tx), json_string_length(tx), 0, &a);
+			if (!ids_equal(&a, exp[i]) && ++bad <= 3) show(name, i, json_string_value(tx), &a, exp[i]);
+			ft_i32vec_free(&a);
+		}
+		ok(!bad, "%s.model: ids equal sentencepiece on 150 cases (%zu differ)", name, bad);
+	}
+	ft_tokenizer_free(t);
+	free_jsonl(cases, nc); free_jsonl(exp, ne);
+}
+
+static void put(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	fputs(text, f);
+	fclose(f);
+}
+
+/* A tokenizer.model directory with the three config files. */
+static void model_dir(void)
+{
+	mkdir("build/test-tok-spdir", 0755);
+	FILE *in = fopen(FIX "/small-sp.model", "rb"), *out = fopen("build/test-tok-spdir/tokenizer.model", "wb");
+	char buf[4096];
+	size_t k;
+	while ((k = fread(buf, 1, sizeof buf, in)) > 0) fwrite(buf, 1, k, out);
+	fclose(in); fclose(out);
+	put("build/test-tok-spdir/tokenizer_config.json",
+	    "{\"add_bos_token\": false, \"add_eos_token\": true, \"model_max_length\": 4096,"
+	    " \"eos_token\": {\"content\": \"</s>\", \"lstrip\": false}}");
+	put("build/test-tok-spdir/special_tokens_map.json", "{\"pad_token\": \"<unk>\", \"eos_token\": \"<s>\"}");
+	put("build/test-tok-spdir/generation_config.json", "{\"eos_token_id\": [2, 7]}");
+	ft_tokenizer *t = ft_tokenizer_load("build/test-tok-spdir/");
+	if (ok(t != NULL, "tokenizer.model directory with configs loads")) {
+		const ft_tokenizer_info *in = ft_tokenizer_info_get(t);
+		ft_i32vec v = {0};
+		ft_tokenizer_encode(t, "a", 1, 1, &v);
+		ok(v.n == 2 && v.v[0] == 261 && v.v[1] == 2, "add_bos_token false / add_eos_token true applied");
+		ok(!in->add_bos && in->add_eos && in->model_max_length == 4096, "add_bos/add_eos/model_max_length reported");
+		ok(in->eos_id == 2 && in->pad_id == 0 && in->bos_id == 1,
+		   "tokenizer_config wins over special_tokens_map, which fills pad (%d %d %d)", in->eos_id, in->pad_id, in->bos_id);
+		ok(in->n_extra_eos == 2 && in->extra_eos_ids[0] == 2 && in->extra_eos_ids[1] == 7,
+		   "generation_config eos_token_id list");
+		ok(!strncmp(ft_tokenizer_identity(t), "test-tok-spdir:8dc56e6f", 23), "identity of a directory (%s)",
+		   ft_tokenizer_identity(t));
+		ft_i32vec_free(&v);
+	}
+	ft_tokenizer_free(t);
+	put("build/test-tok-spdir/tokenizer_config.json", "{\"add_bos_token\": tru");
+	t = ft_tokenizer_load("build/test-tok-spdir");
+	ok(!t && strstr(ft_errmsg(), "tokenizer_config.json:1:"), "a broken tokenizer_config.json is an error (%s)", ft_errmsg());
+	remove("build/test-tok-spdir/tokenizer_config.json");
+	remove("build/test-tok-spdir/special_tokens_map.json");
+	remove("build/test-tok-spdir/generation_config.json");
+	remove("build/test-tok-spdir/tokenizer.model");
+	rmdir("build/test-tok-spdir");
+}
+
 static void errors(void)
 {
 	ft_tokenizer *t = ft_tokenizer_load("tests/fixtures/tokenizer/no-such-file.json");
@@ -263,6 +337,9 @@ int main(void)
 	parity("synth-metaspace", FIX "/synth-metaspace", FIX "/synth-metaspace.expected.jsonl");
 	parity("synth-words", FIX "/synth-words", FIX "/synth-words.expected.jsonl");
 	errors();
+	model_dir();
+	model_ids("small-sp-nfkc");
+	model_ids("small-sp-nobf");
 	if (!is_dir(shared())) {
 		skip("../shared is absent: qwen3 and mistral-sp parity");
 		return tap_done();

@@ -245,13 +245,8 @@ static void resolve_all(const opts *o, char **names, size_t n, ft_dataset_attr *
 }
 
 /* Read, count and mix the datasets as llamafactory's _get_merged_dataset. */
-static void load_datasets(const opts *o, ft_dataset *merged, char ***names_out, size_t *n_out)
+static void load_datasets(const opts *o, char **names, size_t n, ft_dataset_attr *attrs, ft_dataset *merged)
 {
-	char **names;
-	size_t n = split_list(o->datasets, &names);
-	if (!n) die_usage("--dataset is empty");
-	ft_dataset_attr *attrs = ft_xcalloc(n, sizeof *attrs);
-	resolve_all(o, names, n, attrs);
 	ft_dataset *ds = ft_xcalloc(n, sizeof *ds);
 	for (size_t i = 0; i < n; i++) {
 		long long max = o->max_samples;
@@ -284,8 +279,6 @@ static void load_datasets(const opts *o, ft_dataset *merged, char ***names_out, 
 	if (ft_dataset_mix(ds, n, ft_mix_parse(o->mix), probs, (uint64_t)o->seed, merged) < 0) die_lib();
 	free(probs);
 	free(ds);
-	*names_out = names;
-	*n_out = n;
 }
 
 /* ---- records --------------------------------------------------------- */
@@ -568,10 +561,24 @@ int tokenize_dataset_main(int argc, char **argv)
 	parse_args(argc, argv, &o);
 	ft_atomic_install_signal_cleanup();
 	const char *output = o.output ? o.output : "-";
+	struct stat ost;
+	if (!ft_is_stdio(output) && stat(output, &ost) == 0 && !S_ISREG(ost.st_mode)) {
+		/* a device or pipe: write into it, never rename over it */
+		if (!freopen(output, "wb", stdout)) die("%s:", output);
+		output = "-";
+	}
 	if (ft_is_stdio(output)) ft_check_binary_output(stdout, o.force);
+	char **names;
+	size_t n = split_list(o.datasets, &names);
+	if (!n) die_usage("--dataset is empty");
+	ft_dataset_attr *attrs = ft_xcalloc(n, sizeof *attrs);
+	resolve_all(&o, names, n, attrs);
 
 	ft_template *t = ft_template_open(o.template ? o.template : "empty");
-	if (!t) die_lib();
+	if (!t) {   /* a bad name is a usage error, a bad file a data error */
+		if (o.template && (strchr(o.template, '/') || strstr(o.template, ".json"))) die_lib();
+		die_usage("--template: %s", ft_errmsg());
+	}
 	if (!o.template) warn("no --template: using 'empty' (llamafactory would parse the tokenizer's chat template)");
 	if (o.default_system) ft_template_set_default_system(t, o.default_system);
 	if (o.tool_format) ft_template_set_tool_format(t, ft_tool_format_parse(o.tool_format));
@@ -591,9 +598,8 @@ int tokenize_dataset_main(int argc, char **argv)
 	if (cached && !o.overwrite_cache && use_cache(cached, output)) goto done;
 
 	ft_dataset d;
-	char **names;
-	size_t n;
-	load_datasets(&o, &d, &names, &n);
+	load_datasets(&o, names, n, attrs, &d);
+	attrs = NULL;
 	records rs = { 0 };
 	process(&o, prep, &d, &rs);
 	json_t *header = make_header(&o, tok, t, prep, names, n, &rs);
@@ -611,10 +617,13 @@ int tokenize_dataset_main(int argc, char **argv)
 	for (size_t i = 0; i < rs.n; i++) { ft_prep_rec_free(&rs.v[i]); free(rs.label_text[i]); }
 	free(rs.v);
 	free(rs.label_text);
-	for (size_t i = 0; i < n; i++) free(names[i]);
-	free(names);
 	ft_dataset_free(&d);
 done:
+	if (attrs)
+		for (size_t i = 0; i < n; i++) ft_dataset_attr_free(&attrs[i]);
+	free(attrs);
+	for (size_t i = 0; i < n; i++) free(names[i]);
+	free(names);
 	free(cached);
 	free(key);
 	free(cdir);

@@ -24,7 +24,7 @@ static const char usage[] =
 "\n"
 "Data and model:\n"
 "  --train PATH[,PATH]        ft-pack output (directory, stream file, or - for stdin)\n"
-"  --val PATH                 validation batches (ft-pack --split val)\n"
+"  --val PATH                 validation batches (ft-pack --val_size: DIR/val)\n"
 "  --stage pt|sft             must match the batches' stage (default sft)\n"
 "  --model_name_or_path DIR   Hugging Face model directory (config.json + safetensors)\n"
 "  --train_from_scratch       random init (normal(0, initializer_range)) from --config\n"
