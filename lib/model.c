@@ -93,6 +93,7 @@ static int config_from_json(const json_t *j, ft_config *c, const char *path)
 		return ft_fail("%s: head_dim %d must be positive and even", path, c->head_dim);
 	c->max_position_embeddings = (int)ft_json_int(j, "max_position_embeddings", 2048);
 	c->rms_norm_eps = ft_json_num(j, "rms_norm_eps", 1e-6);
+	c->initializer_range = ft_json_num(j, "initializer_range", 0.02);
 	c->tie_word_embeddings = ft_json_bool(j, "tie_word_embeddings", 0);
 	const char *act = ft_json_str(j, "hidden_act", "silu");
 	if (strcmp(act, "silu") && strcmp(act, "swish"))
@@ -409,12 +410,14 @@ ft_model *ft_model_from_config(const ft_config *c, const ft_tune_opts *o)
 	ft_model *m = model_alloc(c, o);
 	if (!m)
 		return NULL;
-	/* transformers' _init_weights: normal(0, 0.02), norms 1, biases 0 */
+	/* transformers' _init_weights: normal(0, initializer_range), norms 1,
+	 * biases 0 */
 	uint64_t seed = m->o.seed;
+	float std = c->initializer_range > 0 ? (float)c->initializer_range : 0.02f;
 	int D = c->hidden_size, V = c->vocab_size;
-	fill_normal(m->wte.w, (size_t)V * D, 0.02f, seed, "embed_tokens");
+	fill_normal(m->wte.w, (size_t)V * D, std, seed, "embed_tokens");
 	if (!c->tie_word_embeddings)
-		fill_normal(m->lm_head.w, (size_t)V * D, 0.02f, seed, "lm_head");
+		fill_normal(m->lm_head.w, (size_t)V * D, std, seed, "lm_head");
 	for (int d = 0; d < D; d++)
 		m->norm.w[d] = 1;
 	char nm[64];
@@ -426,7 +429,7 @@ ft_model *ft_model_from_config(const ft_config *c, const ft_tune_opts *o)
 			int in, out;
 			ft_lin_dims(c, j, &in, &out);
 			snprintf(nm, sizeof nm, "layers.%d.%s", l, ft_lin_names[j]);
-			fill_normal(y->lin[j].w, (size_t)in * out, 0.02f, seed, nm);
+			fill_normal(y->lin[j].w, (size_t)in * out, std, seed, nm);
 		}
 	}
 	return model_finish(m);

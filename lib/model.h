@@ -26,6 +26,7 @@ typedef struct {
 	int attention_bias;            /* q/k/v biases (Qwen2) */
 	char torch_dtype[16];
 	int sliding_window;            /* Mistral; 0 = none */
+	double initializer_range;      /* std of the random init (default 0.02) */
 } ft_config;
 
 int ft_config_load(const char *config_json, ft_config *c);

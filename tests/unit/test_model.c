@@ -544,6 +544,25 @@ static void test_save(void)
 	ft_st_close(st);
 }
 
+/* --train_from_scratch draws weights with the config's initializer_range. */
+static void test_init_range(void)
+{
+	ft_config c;
+	if (!ok(ft_config_load(LLAMA "/config.json", &c) == 0, "config loads for init test")) return;
+	ok(c.initializer_range == 0.02, "initializer_range read from config.json (%g)", c.initializer_range);
+	double want[2] = {0.02, 0.1};
+	for (int k = 0; k < 2; k++) {
+		c.initializer_range = want[k];
+		ft_model *m = ft_model_from_config(&c, &(ft_tune_opts){ .type = FT_FT_FULL, .seed = 1 });
+		ft_param *p = m ? ft_model_find_param(m, "model.embed_tokens.weight") : NULL;
+		double ss = 0;
+		for (size_t i = 0; p && i < p->n; i++) ss += (double)p->w[i] * p->w[i];
+		double sd = p ? sqrt(ss / p->n) : 0;
+		ok(p && fabs(sd - want[k]) < 0.1 * want[k], "random init std %.4f for initializer_range %g", sd, want[k]);
+		ft_model_free(m);
+	}
+}
+
 int main(void)
 {
 	if (access(LLAMA "/model.safetensors", R_OK)) {
@@ -587,5 +606,6 @@ int main(void)
 	test_configs();
 	test_sharded();
 	test_save();
+	test_init_range();
 	return tap_done();
 }
