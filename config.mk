@@ -13,7 +13,7 @@ PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 WARN    = -Wall -Wextra -Werror -Wno-unused-parameter
-OPT     ?= -O2 -march=x86-64-v2
+OPT     ?= -O2 -march=x86-64-v3 -ffp-contract=off -fno-math-errno
 CFLAGS  ?= $(OPT) -g
 ALL_CFLAGS = -std=gnu11 $(WARN) -fopenmp -iquote lib $(PKG_CFLAGS) $(CFLAGS)
 LDLIBS  = $(PKG_LIBS) -lopenblas -fopenmp -lm -lpthread

@@ -15,6 +15,7 @@
 #include "error.h"
 #include "layers.h"
 #include "model.h"
+#include "optim.h"
 
 static double now(void)
 {
@@ -50,25 +51,6 @@ static int sgemm_rate(int n, int reps)
 }
 
 /* torch.optim.AdamW's update (lr 1e-5, wd 0.01 on decay params). */
-static void adamw(ft_model *m, float **mo, float **ve, int step)
-{
-	const float lr = 1e-5f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
-	float bc1 = 1 - powf(b1, step), bc2 = 1 - powf(b2, step);
-	for (size_t i = 0; i < ft_model_nparams(m); i++) {
-		ft_param *p = ft_model_param(m, i);
-		if (!p->trainable)
-			continue;
-		float wd = p->decay ? 0.01f : 0, *w = p->w, *g = p->g, *a = mo[i], *v = ve[i];
-#pragma omp parallel for schedule(static)
-		for (size_t k = 0; k < p->n; k++) {
-			w[k] *= 1 - lr * wd;
-			a[k] = b1 * a[k] + (1 - b1) * g[k];
-			v[k] = b2 * v[k] + (1 - b2) * g[k] * g[k];
-			w[k] -= lr * (a[k] / bc1) / (sqrtf(v[k] / bc2) + eps);
-		}
-	}
-}
-
 int main(int argc, char **argv)
 {
 	if (argc == 4 && !strcmp(argv[1], "sgemm"))
@@ -93,13 +75,18 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	size_t np = 0, nemb = (size_t)c.vocab_size * c.hidden_size;
-	float **mo = calloc(ft_model_nparams(m), sizeof *mo), **ve = calloc(ft_model_nparams(m), sizeof *ve);
+	/* the optimizer ft-train uses (lib/optim.c), as torch.optim.AdamW */
+	ft_param **train = calloc(ft_model_nparams(m), sizeof *train);
+	size_t nt = 0;
 	for (size_t i = 0; i < ft_model_nparams(m); i++) {
 		ft_param *p = ft_model_param(m, i);
 		np += p->n;
-		mo[i] = calloc(p->n, 4);
-		ve[i] = calloc(p->n, 4);
+		if (p->trainable) train[nt++] = p;
 	}
+	ft_adamw_opts ao;
+	ft_adamw_opts_default(&ao);
+	ao.weight_decay = 0.01;
+	ft_adamw *opt = ft_adamw_new(train, nt, &ao);
 	ft_batch b = { .B = B, .T = T };
 	b.input_ids = malloc((size_t)B * T * 4);
 	b.labels = malloc((size_t)B * T * 4);
@@ -117,7 +104,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "bench_train: %s\n", ft_errmsg());
 			return 1;
 		}
-		adamw(m, mo, ve, st + 1);
+		ft_adamw_step(opt, 1e-5);
 		if (st >= warm)
 			times[st - warm] = now() - t0;
 	}
@@ -129,11 +116,8 @@ int main(int argc, char **argv)
 	       "\"step_s\": %.4f, \"gflops_6N\": %.1f, \"loss\": %.4f}\n", np,
 	       np - nemb * (c.tie_word_embeddings ? 1 : 2), tps, dt, 6.0 * np * tps / 1e9,
 	       loss / b.n_label_tokens);
-	for (size_t i = 0; i < ft_model_nparams(m); i++) {
-		free(mo[i]);
-		free(ve[i]);
-	}
-	free(mo); free(ve); free(b.input_ids); free(b.labels);
+	ft_adamw_free(opt);
+	free(train); free(b.input_ids); free(b.labels);
 	ft_model_free(m);
 	return 0;
 }
