@@ -1,5 +1,6 @@
 /* infer.c - KV-cache decoding over the layer functions; see infer.h */
 #include "infer.h"
+#include "vexp.h"
 #include "model_internal.h"
 #include "error.h"
 
@@ -132,7 +133,7 @@ static void cached_attention(const ft_model *m, const ft_kvcache *c, int l,
 				if (s[t] > mx) mx = s[t];
 			}
 			float z = 0;
-			for (int t = first; t <= p; t++) z += s[t] = expf(s[t] - mx);
+			for (int t = first; t <= p; t++) z += s[t] = ft_vexpf(s[t] - mx);
 			float *o = b->att + ((size_t)i * Hq + h) * hd;
 			memset(o, 0, hd * sizeof(float));
 			for (int t = first; t <= p; t++) {

@@ -17,6 +17,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#include "vexp.h"
 
 #ifdef __CUDACC__
 #define FT_HD __host__ __device__
@@ -166,17 +167,17 @@ static inline FT_HD void ft_k_rope_pair(float *a, float *b, float c, float s,
 	*b = x1 * c + x0 * si;
 }
 
-/* ---- SwiGLU: h = silu(gate) * up ---- */
+/* ---- SwiGLU: h = silu(gate) * up (exp from vexp.h, as the CPU layers) ---- */
 
 static inline FT_HD float ft_k_swiglu(float g, float u)
 {
-	return g / (1.0f + expf(-g)) * u;
+	return g / (1.0f + ft_vexpf(-g)) * u;
 }
 
 static inline FT_HD void ft_k_swiglu_backward(float dh, float g, float u,
 					      float *dg, float *du)
 {
-	float sg = 1.0f / (1.0f + expf(-g)), silu = g * sg;
+	float sg = 1.0f / (1.0f + ft_vexpf(-g)), silu = g * sg;
 	*du = dh * silu;
 	*dg = dh * u * sg * (1.0f + g * (1.0f - sg));
 }
@@ -216,39 +217,56 @@ static inline FT_HD float ft_k_dropout_elem(float x, uint64_t seed, uint64_t i,
 /* ---- AdamW (torch.optim.AdamW single-tensor path, see lib/optim.c) ---- */
 
 typedef struct {
-	float decay, w1, b2, w2, neg_step_size, bc2_sqrt, eps;
-	int use_decay, small;
+	float decay, w1, b2, w2, neg_step_size, bc2_sqrt, inv_bc2_sqrt, eps;
+	int small;
 } ft_k_adamw;
 
 /* The per-tensor scalars, computed in double and rounded as torch does.
- * step is the (float-exact) step number starting at 1. */
+ * step is the (float-exact) step number starting at 1.  Without weight
+ * decay the factor is 1, and x * 1.0f == x exactly, so the element needs
+ * no branch on it. */
 static inline FT_HD ft_k_adamw ft_k_adamw_prepare(double lr, double wd, double beta1,
 						  double beta2, double eps, double step)
 {
 	ft_k_adamw k;
-	k.decay = (float)(1.0 - lr * wd);
+	k.decay = wd != 0.0 ? (float)(1.0 - lr * wd) : 1.0f;
 	k.w1 = (float)(1.0 - beta1);
 	k.b2 = (float)beta2;
 	k.w2 = (float)(1.0 - beta2);
 	double bc1 = 1.0 - pow(beta1, step), bc2 = 1.0 - pow(beta2, step);
 	k.neg_step_size = (float)-(lr / bc1);
 	k.bc2_sqrt = (float)sqrt(bc2);
+	k.inv_bc2_sqrt = 1.0f / k.bc2_sqrt;
 	k.eps = (float)eps;
-	k.use_decay = wd != 0.0;
 	k.small = k.w1 < 0.5f;
 	return k;
 }
 
+/* x / c for x = sqrt(v) (0, [2^-75, 2^64), inf or NaN) and c in (0, 1] the
+ * per-tensor constant, without a divide (the divider is what bounds the
+ * update on a CPU): q = x * (1/c) is within an ulp, and one FMA correction
+ * gives the correctly rounded quotient (Markstein's theorem; checked
+ * exhaustively for x in [2^-75, 2^64) and 60 divisors, bc2_sqrt of steps
+ * 1..100 among them).  inf and NaN keep q, which is then x / c too.
+ * Bit-identical to torch's sqrt(v) / bias_correction2_sqrt. */
+static inline FT_HD float ft_k_div_by_const(float x, float c, float inv_c)
+{
+	float q = x * inv_c;
+	float r = fmaf(fmaf(-q, c, x), inv_c, q);
+	return x < INFINITY ? r : q;
+}
+
+/* ATen's expression shapes: lerp is fma(weight, end - self, self) for
+ * weight < 0.5; addcmul is self + value*t1*t2 and addcdiv
+ * self + value*t1/t2, left to right. */
 static inline FT_HD void ft_k_adamw_elem(float *p, float g, float *m, float *v,
 					 const ft_k_adamw *k)
 {
-	float pi = *p, mi = *m;
-	if (k->use_decay)
-		pi = pi * k->decay;
+	float pi = *p * k->decay, mi = *m;
 	mi = k->small ? fmaf(k->w1, g - mi, mi) : fmaf(k->w1 - 1.0f, g - mi, g);
 	float vi = *v * k->b2;
 	vi = vi + k->w2 * g * g;
-	float den = sqrtf(vi) / k->bc2_sqrt + k->eps;
+	float den = ft_k_div_by_const(sqrtf(vi), k->bc2_sqrt, k->inv_bc2_sqrt) + k->eps;
 	*p = pi + k->neg_step_size * mi / den;
 	*m = mi;
 	*v = vi;

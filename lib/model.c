@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <omp.h>
 #include "error.h"
 #include "json.h"
 #include "model_internal.h"
@@ -510,9 +511,29 @@ ft_param *ft_model_find_param(ft_model *m, const char *name)
 	return NULL;
 }
 
+/* One parallel region over all gradients laid end to end (as AdamW's
+ * step): per-tensor regions would cost a small model more than the
+ * memset itself. */
 void ft_model_zero_grad(ft_model *m)
 {
+	size_t total = 0;
 	for (size_t i = 0; i < m->nparams; i++)
 		if (m->params[i].g)
-			memset(m->params[i].g, 0, m->params[i].n * sizeof(float));
+			total += m->params[i].n;
+#pragma omp parallel if (total > 65536)
+	{
+		size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num();
+		size_t lo = total * t / nt, hi = total * (t + 1) / nt, base = 0;
+		for (size_t i = 0; i < m->nparams && base < hi; i++) {
+			ft_param *p = &m->params[i];
+			if (!p->g)
+				continue;
+			size_t end = base + p->n;
+			if (end > lo) {
+				size_t i0 = lo > base ? lo - base : 0, i1 = (hi < end ? hi : end) - base;
+				memset(p->g + i0, 0, (i1 - i0) * sizeof(float));
+			}
+			base = end;
+		}
+	}
 }

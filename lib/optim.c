@@ -1,9 +1,11 @@
 /* optim.c - AdamW and gradient clipping; see optim.h */
 #include "optim.h"
 #include "optim_impl.h"
+#include "kernels.h"
 #include "error.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,63 +48,51 @@ void ft_adamw_free(ft_adamw *a)
 
 int64_t ft_adamw_steps(const ft_adamw *a) { return a->step; }
 
-/* One tensor.  Every scalar is computed in double as Python does, then
- * rounded to float where ATen converts the Python scalar for a float32
- * kernel.  The expression shapes follow ATen's CPU kernels: lerp is
- * fma(weight, end - self, self) for weight < 0.5; addcmul is
- * self + value*t1*t2 and addcdiv self + value*t1/t2, left to right. */
-static void adamw_tensor(float *restrict p, const float *restrict g, float *restrict m,
-			 float *restrict v, size_t n, double lr, double wd, double beta1,
-			 double beta2, double eps, double step)
+/* Elements [i0, i1) of one tensor, on the calling thread; the element is
+ * lib/kernels.h's, shared with the CUDA backend. */
+static void adamw_range(float *restrict p, const float *restrict g, float *restrict m,
+			float *restrict v, size_t i0, size_t i1, const ft_k_adamw *c)
 {
-	const float decay = (float)(1.0 - lr * wd);
-	const float w1 = (float)(1.0 - beta1);
-	const float b2 = (float)beta2;
-	const float w2 = (float)(1.0 - beta2);
-	const double bc1 = 1.0 - pow(beta1, step);
-	const double bc2 = 1.0 - pow(beta2, step);
-	const float neg_step_size = (float)-(lr / bc1);
-	const float bc2_sqrt = (float)sqrt(bc2);
-	const float feps = (float)eps;
-	/* Without decay the factor is 1, and x * 1.0f == x exactly, so one
-	 * branch-free loop per lerp form serves both and vectorizes. */
-	const float dec = wd != 0.0 ? decay : 1.0f;
-	if (w1 < 0.5f) {
-#pragma omp parallel for simd schedule(static) if (n > 16384)
-		for (size_t i = 0; i < n; i++) {
-			float gi = g[i], mi = fmaf(w1, gi - m[i], m[i]);
-			float vi = v[i] * b2;
-			vi = vi + w2 * gi * gi;
-			float den = sqrtf(vi) / bc2_sqrt + feps;
-			p[i] = p[i] * dec + neg_step_size * mi / den;
-			m[i] = mi;
-			v[i] = vi;
+	const ft_k_adamw k = *c;
+#pragma omp simd
+	for (size_t i = i0; i < i1; i++)
+		ft_k_adamw_elem(&p[i], g[i], &m[i], &v[i], &k);
+}
+
+/* Thread t of nt takes the t-th slice of all parameters laid end to end,
+ * so one parallel region covers the whole update: a small model's many
+ * small tensors would otherwise each pay a fork and a join. */
+static void adamw_slice(ft_adamw *a, const ft_k_adamw *c, size_t total, int t, int nt)
+{
+	size_t lo = total * (size_t)t / (size_t)nt, hi = total * (size_t)(t + 1) / (size_t)nt;
+	size_t base = 0;
+	for (size_t k = 0; k < a->n && base < hi; k++) {
+		ft_param *p = a->p[k];
+		size_t end = base + p->n;
+		if (end > lo) {
+			size_t i0 = lo > base ? lo - base : 0, i1 = (hi < end ? hi : end) - base;
+			adamw_range(p->w, p->g, a->m[k], a->v[k], i0, i1, &c[k]);
 		}
-	} else {
-#pragma omp parallel for simd schedule(static) if (n > 16384)
-		for (size_t i = 0; i < n; i++) {
-			float gi = g[i], mi = fmaf(w1 - 1.0f, gi - m[i], gi);
-			float vi = v[i] * b2;
-			vi = vi + w2 * gi * gi;
-			float den = sqrtf(vi) / bc2_sqrt + feps;
-			p[i] = p[i] * dec + neg_step_size * mi / den;
-			m[i] = mi;
-			v[i] = vi;
-		}
+		base = end;
 	}
 }
 
 void ft_adamw_step(ft_adamw *a, double lr)
 {
 	a->step++;
-	for (size_t i = 0; i < a->n; i++) {
-		ft_param *p = a->p[i];
-		double wd = p->decay ? a->o.weight_decay : 0.0;
-		/* torch keeps step as a float32 tensor and reads it back with
-		 * .item(): exact for any realistic step count. */
-		adamw_tensor(p->w, p->g, a->m[i], a->v[i], p->n, lr, wd, a->o.beta1, a->o.beta2,
-			     a->o.eps, (double)(float)a->step);
+	/* torch keeps step as a float32 tensor and reads it back with
+	 * .item(): exact for any realistic step count. */
+	double step = (double)(float)a->step;
+	ft_k_adamw *c = ft_xcalloc(a->n ? a->n : 1, sizeof *c);
+	size_t total = 0;
+	for (size_t k = 0; k < a->n; k++) {
+		double wd = a->p[k]->decay ? a->o.weight_decay : 0.0;
+		c[k] = ft_k_adamw_prepare(lr, wd, a->o.beta1, a->o.beta2, a->o.eps, step);
+		total += a->p[k]->n;
 	}
+#pragma omp parallel if (total > 65536)
+	adamw_slice(a, c, total, omp_get_thread_num(), omp_get_num_threads());
+	free(c);
 }
 
 /* torch.linalg.vector_norm of each gradient (float32 result), then the

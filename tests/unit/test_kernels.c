@@ -147,6 +147,30 @@ static void test_swiglu_dropout(void)
 	free(g); free(u); free(dh); free(h1); free(dg1); free(du1);
 }
 
+/* The divide-free x / c of the AdamW denominator against the division,
+ * for the bias corrections of steps 1..2000 and x spread over every
+ * binade sqrt(v) can reach, plus 0, inf and NaN. */
+static void test_div_by_const(void)
+{
+	long bad = 0, n = 0;
+	unsigned long long s = 12345;
+	for (int step = 1; step <= 2000; step++) {
+		float c = (float)sqrt(1.0 - pow(0.999, step)), ic = 1.0f / c;
+		for (int i = 0; i < 2000; i++) {
+			s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+			uint32_t bits = 0x1a000000u + (uint32_t)((s >> 33) % (0x5f800000u - 0x1a000000u));
+			float x;
+			memcpy(&x, &bits, 4);
+			bad += ft_k_div_by_const(x, c, ic) != x / c;
+			n++;
+		}
+		bad += ft_k_div_by_const(0.0f, c, ic) != 0.0f;
+		bad += ft_k_div_by_const(INFINITY, c, ic) != INFINITY;
+		bad += !isnan(ft_k_div_by_const(NAN, c, ic));
+	}
+	ok(bad == 0, "divide-free x / bc2_sqrt = x / bc2_sqrt (%ld values, %ld differ)", n, bad);
+}
+
 static void test_adamw(void)
 {
 	size_t n = 300;
@@ -269,6 +293,7 @@ int main(void)
 	test_rmsnorm();
 	test_rope();
 	test_swiglu_dropout();
+	test_div_by_const();
 	test_adamw();
 	test_ce();
 	test_attn_mask();

@@ -11,6 +11,8 @@
 #include <string.h>
 #include "tap.h"
 #include "layers.h"
+#include "vexp.h"
+#include <math.h>
 #include "safetensors.h"
 
 static unsigned long long rs = 88172645463325252ULL;
@@ -244,6 +246,41 @@ static void test_swiglu(void)
 	free(a.g); free(a.u); free(a.h); free(a.R); free(dg); free(du);
 }
 
+/* ft_vexpf (the exp of SiLU and the softmaxes) against glibc's expf,
+ * which is correctly rounded: a sweep over every 257th float of
+ * [-104, 89], at most 1 ulp apart; exact at the edges and special values. */
+static int ulp_apart(float a, float b)
+{
+	int32_t ia, ib;
+	memcpy(&ia, &a, 4);
+	memcpy(&ib, &b, 4);
+	return ia > ib ? ia - ib : ib - ia;
+}
+static void test_vexp(void)
+{
+	int worst = 0;
+	float at = 0;
+	for (float x = -104.0f; x < 89.0f;) {
+		float a = ft_vexpf(x), b = expf(x);
+		int d = isinf(a) && isinf(b) ? 0 : ulp_apart(a, b);
+		if (d > worst) { worst = d; at = x; }
+		uint32_t bits, mag;   /* next: 257 floats on, through zero */
+		memcpy(&bits, &x, 4);
+		mag = bits & 0x7fffffffu;
+		if (x < 0)
+			bits = mag > 257 ? bits - 257 : 0;
+		else
+			bits += 257;
+		memcpy(&x, &bits, 4);
+	}
+	ok(worst <= 1, "ft_vexpf within 1 ulp of expf on [-104, 89] (worst %d at %g)", worst, at);
+	ok(ft_vexpf(0) == 1.0f && ft_vexpf(-200) == 0.0f && isinf(ft_vexpf(100)) &&
+	   ft_vexpf(-INFINITY) == 0.0f && isinf(ft_vexpf(INFINITY)) && isnan(ft_vexpf(NAN)),
+	   "ft_vexpf: exp(0) = 1, 0 below the range, inf above it, NaN for NaN");
+	ok(ft_vexpf(88.72f) == expf(88.72f) && ft_vexpf(-103.9f) == expf(-103.9f),
+	   "ft_vexpf: the largest finite and the subnormal results");
+}
+
 /* ---- linear + LoRA ---- */
 struct li { int N, in, out, r; float *x, *W, *b, *A, *B, *y, *h, *R; };
 static double li_f(void *c)
@@ -364,6 +401,7 @@ int main(void)
 	test_attention(80, 5, 1);     /* window and segments past the first tile */
 	test_attention(70, 0, 2);     /* non-contiguous segment ids */
 	test_swiglu();
+	test_vexp();
 	test_linear(0);
 	test_linear(1);
 	test_lm_head();
