@@ -21,7 +21,7 @@ TOKENIZE_ARGS = --stage pt --model_name_or_path $(TOKENIZER) --dataset $(DATASET
 	--dataset_dir $(DATASET_DIR) --template $(TEMPLATE) --cutoff_len $(CUTOFF_LEN) \
 	--max_samples $(MAX_SAMPLES)
 PACK_ARGS = --stage pt --packing --cutoff_len $(CUTOFF_LEN) --per_device_train_batch_size $(BATCH) \
-	--val_size $(VAL_SIZE)
+	--val_size $(VAL_SIZE) --num_train_epochs $(EPOCHS)
 TRAIN_ARGS = --stage pt --model_name_or_path $(MODEL) --do_train --do_eval \
 	--finetuning_type $(FINETUNING) --learning_rate $(LR) --num_train_epochs $(EPOCHS) \
 	--lr_scheduler_type cosine --warmup_ratio 0.1 --logging_steps 10 --save_steps 500 \

@@ -33,7 +33,7 @@ include $(dir $(lastword $(MAKEFILE_LIST)))common.mk
 TOKENIZE_ARGS = --stage sft --model_name_or_path $(TOKENIZER) --dataset $(DATASET) \
 	--dataset_dir $(DATASET_DIR) --template $(TEMPLATE) --cutoff_len $(CUTOFF_LEN) \
 	--max_samples $(MAX_SAMPLES) --overwrite_cache
-PACK_ARGS = --stage sft --per_device_train_batch_size $(BATCH)
+PACK_ARGS = --stage sft --per_device_train_batch_size $(BATCH) --num_train_epochs $(EPOCHS)
 TRAIN_ARGS = --stage sft --model_name_or_path $(MODEL) --do_train --finetuning_type lora \
 	--lora_target q_proj,v_proj --overwrite_output_dir \
 	--gradient_accumulation_steps $(ACCUM) --lr_scheduler_type cosine \

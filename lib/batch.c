@@ -137,6 +137,7 @@ int ft_manifest_from_json(const json_t *obj, ft_manifest *m)
 	m->cutoff_len = (int)ft_json_int(obj, "cutoff_len", m->seq_len);
 	m->pad_id = (int32_t)ft_json_int(obj, "pad_id", 0);
 	m->seed = (uint64_t)ft_json_int(obj, "seed", 0);
+	long long ep = ft_json_int(obj, "epochs", 1);
 	copy_str(m->layout, sizeof m->layout, ft_json_str(obj, "layout", ""));
 	copy_str(m->stage, sizeof m->stage, ft_json_str(obj, "stage", ""));
 	copy_str(m->split, sizeof m->split, ft_json_str(obj, "split", "train"));
@@ -144,6 +145,9 @@ int ft_manifest_from_json(const json_t *obj, ft_manifest *m)
 	if (m->n_batches < 0 || m->batch_size < 1 || m->seq_len < 0)
 		return ft_fail("bad counts (batches %lld, batch_size %d, seq_len %d)",
 			       (long long)m->n_batches, m->batch_size, m->seq_len);
+	if (ep < 1 || ep > 100000)
+		return ft_fail("bad epochs %lld (1 to 100000)", ep);
+	m->epochs = (int)ep;
 	return 0;
 }
 

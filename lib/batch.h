@@ -45,6 +45,8 @@ typedef struct {
 	int64_t n_pad_tokens;
 	int32_t pad_id;
 	char split[8];            /* "train" | "val" */
+	int epochs;               /* the records are epochs runs of n_batches,
+				     each reshuffled (absent: 1) */
 	char tokenizer[256];      /* identity carried from the token stream */
 } ft_manifest;
 

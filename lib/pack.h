@@ -134,6 +134,13 @@ void ft_split_units(uint64_t seed, int64_t n_units, int64_t n_val,
  * length (descending) inside mega-batches of 50 * batch_size. */
 void ft_group_by_length(const ft_rows *r, int64_t *units, size_t n, int batch_size);
 
+/* The training order of one epoch, as the HF Trainer's sampler makes it:
+ * the split's units (base, n) reshuffled with a generator seeded by
+ * seed + epoch (accelerate's set_epoch), then grouped by length when
+ * asked.  Epoch 0 is the order ft-pack has always written.  out: n. */
+void ft_epoch_order(uint64_t seed, int shuffle, int group_by_length, int batch_size,
+		    const ft_rows *r, const int64_t *base, size_t n, int64_t epoch, int64_t *out);
+
 typedef struct {
 	int stage, layout;
 	int batch_size;            /* units per batch */

@@ -72,6 +72,18 @@ void ft_group_by_length(const ft_rows *r, int64_t *units, size_t n, int batch_si
 	free(tmp);
 }
 
+void ft_epoch_order(uint64_t seed, int shuffle, int group_by_length, int batch_size,
+		    const ft_rows *r, const int64_t *base, size_t n, int64_t epoch, int64_t *out)
+{
+	memcpy(out, base, n * sizeof *out);
+	if (shuffle) {
+		ft_rng g;
+		ft_rng_seed(&g, seed + (uint64_t)epoch);
+		ft_shuffle_i64(&g, out, n);
+	}
+	if (group_by_length) ft_group_by_length(r, out, n, batch_size);
+}
+
 /* ---- batches ------------------------------------------------------- */
 
 int64_t ft_pack_n_batches(size_t n, const ft_batch_opts *o)

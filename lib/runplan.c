@@ -31,7 +31,7 @@ static const route routes[] = {
 	{"learning_rate", R, NULL}, {"weight_decay", R, NULL}, {"adam_beta1", R, NULL},
 	{"adam_beta2", R, NULL}, {"adam_epsilon", R, NULL}, {"max_grad_norm", R, NULL},
 	{"lr_scheduler_type", R, NULL}, {"warmup_steps", R, NULL}, {"warmup_ratio", R, NULL},
-	{"gradient_accumulation_steps", R, NULL}, {"num_train_epochs", R, NULL},
+	{"gradient_accumulation_steps", R, NULL}, {"num_train_epochs", P | R, NULL},
 	{"max_steps", R, NULL}, {"logging_steps", R, NULL}, {"save_steps", R, NULL},
 	{"save_total_limit", R, NULL}, {"eval_steps", R, NULL}, {"do_train", R, NULL},
 	{"do_eval", R, NULL}, {"output_dir", R | G, NULL}, {"overwrite_output_dir", R | G, NULL},
@@ -156,6 +156,10 @@ static int plan_train(const ft_lfargs *a, ft_runplan *p)
 		add_routed(&tok, a, T, NULL);
 		add_word(&pack, "ft-pack");
 		add_routed(&pack, a, P, NULL);
+		/* ft-pack writes one reshuffled epoch per pass, as the HF Trainer
+		 * samples them; ft-train's default is 3 epochs */
+		if (!ft_lfargs_get(a, "num_train_epochs", NULL) && !ft_lfargs_get(a, "max_steps", NULL))
+			add_flag(&pack, "num_train_epochs", "3");
 		add_flag(&pack, "overwrite_output_dir", NULL);
 		add_flag(&pack, "output_dir", data);
 		add_word(&pack, "-");

@@ -337,11 +337,16 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	m->zero_grad(m->self);
 
 	int stop = st.global_step >= p.total_steps;
-	for (int64_t ep = st.epoch_idx; ep < p.num_epochs && !stop; ep++) {
-		if (train->rewind(train->self) < 0) goto out;
-		int64_t done = 0, skip = ep == st.epoch_idx ? st.batches_done : 0;
-		/* data position: skip what the checkpoint already consumed */
-		if (skip_batches(train, skip) < 0) goto out;
+	const int64_t runs = o->data_epochs > 1 ? o->data_epochs : 1, first_ep = st.epoch_idx;
+	for (int64_t ep = first_ep; ep < p.num_epochs && !stop; ep++) {
+		int64_t done = 0, skip = ep == first_ep ? st.batches_done : 0;
+		/* Epoch ep reads run ep % runs of the stream: the next run follows
+		 * where the last epoch stopped, so the stream is reopened only
+		 * to start over or to reach a checkpoint's position. */
+		if (ep == first_ep || ep % runs == 0) {
+			if (train->rewind(train->self) < 0) goto out;
+			if (skip_batches(train, (ep % runs) * o->n_batches + skip) < 0) goto out;
+		}
 		done = skip;
 		st.epoch_idx = ep;
 		int64_t first = done / ga;

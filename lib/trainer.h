@@ -87,6 +87,10 @@ typedef struct {
 	const char *resume_dir;        /* checkpoint directory or NULL */
 	/* batches per epoch (from the manifest, known before reading) */
 	int64_t n_batches;
+	/* epochs the training stream holds, one after the other, each
+	 * reshuffled by ft-pack (manifest "epochs"; 0 or 1: one, reread
+	 * every epoch); epoch e reads run e mod data_epochs */
+	int64_t data_epochs;
 	/* set asynchronously (SIGINT/SIGTERM): finish the step, checkpoint */
 	volatile sig_atomic_t *stop;
 	/* events for the tool's display: STEP after every optimizer step (e->loss

@@ -115,6 +115,34 @@ in_pairs() { tail -n +2 "$FIXTURES/pack/$1.jsonl" | jq -r '[.input_ids, .labels]
 	! cmp -s a.zst c.zst
 }
 
+@test "--num_train_epochs 3: three epochs of the same examples, each reshuffled; the first as before" {
+	need_jq; enc sft
+	ft-pack -q --per_device_train_batch_size 4 --val_size 8 --num_train_epochs 3 -o ep/ sft.zst
+	ft-pack -q --per_device_train_batch_size 4 --val_size 8 -o one/ sft.zst
+	[ "$(jq .epochs ep/manifest.json)" = 3 ] && [ "$(jq .epochs one/manifest.json)" = 1 ]
+	[ "$(jq .counts.batches ep/manifest.json)" = 8 ]
+	[ "$(jq '.shards | map(.records) | add' ep/manifest.json)" = 24 ]
+	[ "$(recs ep | jq -s 'map(.index) == [range(0; 24)]')" = true ]
+	# validation is written once, as before
+	[ "$(jq .epochs ep/val/manifest.json)" = 1 ]
+	cmp ep/val/shard-00000.ftb.zst one/val/shard-00000.ftb.zst
+	# epoch 0 is the one-epoch order; every epoch holds the same examples
+	diff <(recs one | jq -c .input_ids) <(recs ep | head -n 8 | jq -c .input_ids)
+	for e in 0 1 2; do
+		recs ep | sed -n "$((e * 8 + 1)),$((e * 8 + 8))p" | jq -r '.input_ids[] | select(. != 0)' | sort > e$e
+	done
+	cmp e0 e1 && cmp e0 e2
+	# but in another order: the first id of each row differs between epochs
+	first() { recs ep | sed -n "$(($1 * 8 + 1)),$(($1 * 8 + 8))p" | jq -c '[.input_ids[0]]'; }
+	! diff -q <(first 0) <(first 1) && ! diff -q <(first 1) <(first 2)
+	# fractional epochs round up, as the trainer's passes over the data
+	ft-pack -q --per_device_train_batch_size 4 --num_train_epochs 1.5 -o f.zst sft.zst
+	[ "$(hdr f.zst | jq .meta.epochs)" = 2 ] && [ "$(recs f.zst | wc -l)" = 20 ]
+	run -2 ft-pack --num_train_epochs 0 sft.zst -o x.zst
+	assert_output --partial "--num_train_epochs"
+	run -2 ft-pack --num-train-epochs abc sft.zst -o x.zst
+}
+
 @test "--val_size 0.25 --output_dir: val and train disjoint and complete" {
 	need_jq; enc sft
 	run --separate-stderr ft-pack --val_size 0.25 --output_dir out sft.zst

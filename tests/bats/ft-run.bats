@@ -18,7 +18,7 @@ load helper
 	assert_success
 	assert_line --index 0 "set -euo pipefail"
 	assert_output --partial "ft-tokenize --stage sft --model_name_or_path llama/chinese-alpaca-2-13b-hf --dataset cail_law_train --template default --overwrite_cache --max_samples 100000 | \\"
-	assert_output --partial "ft-pack --stage sft --per_device_train_batch_size 4 --overwrite_output_dir --output_dir saves/cail-data -"
+	assert_output --partial "ft-pack --stage sft --per_device_train_batch_size 4 --num_train_epochs 20.0 --overwrite_output_dir --output_dir saves/cail-data -"
 	assert_output --partial "ft-train --stage sft --model_name_or_path llama/chinese-alpaca-2-13b-hf --do_train --finetuning_type lora --lora_target q_proj,v_proj --output_dir saves/cail"
 	assert_output --partial "--learning_rate 5e-4 --num_train_epochs 20.0 --plot_loss --fp16 --train saves/cail-data"
 }
@@ -29,6 +29,8 @@ load helper
 	assert_success
 	assert_output --partial "--learning_rate 2e-4"
 	assert_output --partial "--val o-data/val"
+	# ft-train's default of 3 epochs, packed reshuffled as the HF Trainer samples them
+	assert_output --partial "--num_train_epochs 3 --overwrite_output_dir --output_dir o-data -"
 	[[ "$stderr" == *"c.yaml:5: trust_remote_code accepted with no effect"* ]]
 }
 

@@ -274,6 +274,76 @@ train() { ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir 
 	[ "$(jq .global_step piped/trainer_state.json)" = 10 ]
 }
 
+# ft-pack --num_train_epochs N writes N reshuffled epochs; epoch e must read
+# the e-th.  Reference: the same records relabelled as one long epoch
+# (same steps, same schedule when batches divide by the accumulation).
+multi_epoch_pack() {
+	ft-cat --encode < "$FIXTURES/trainer/tokens.jsonl" > tok.zst
+	ft-pack -q --per_device_train_batch_size 2 --num_train_epochs 3 -o multi/ tok.zst
+}
+
+@test "per-epoch reshuffle: epoch e reads ft-pack's e-th epoch, in order" {
+	need_jq
+	multi_epoch_pack
+	[ "$(jq .epochs multi/manifest.json)" = 3 ]
+	ft-cat multi | jq -c 'if .kind then .meta.epochs = 1 | .meta.counts.batches *= 3 else . end' |
+		ft-cat --encode > flat.zst
+	args=(--logging_steps 1 --gradient_accumulation_steps 2 --learning_rate 5e-3 -q)
+	run ft-train --model_name_or_path "$MODEL" --train multi --output_dir a --num_train_epochs 3 "${args[@]}"
+	assert_success
+	run ft-train --model_name_or_path "$MODEL" --train flat.zst --output_dir b --num_train_epochs 1 "${args[@]}"
+	assert_success
+	[ "$(jq -s "map(select(.loss)) | length" a/trainer_log.jsonl)" = 30 ]
+	diff <(jq -c '{current_steps, loss, lr, grad_norm}' a/trainer_log.jsonl) \
+	     <(jq -c '{current_steps, loss, lr, grad_norm}' b/trainer_log.jsonl)
+	# and a one-epoch pack, reread every epoch, trains differently
+	ft-pack -q --per_device_train_batch_size 2 -o one.zst tok.zst
+	run ft-train --model_name_or_path "$MODEL" --train one.zst --output_dir c --num_train_epochs 3 "${args[@]}"
+	assert_success
+	! diff -q <(jq -c .loss a/trainer_log.jsonl) <(jq -c .loss c/trainer_log.jsonl)
+}
+
+@test "per-epoch reshuffle: resuming inside the second packed epoch matches the uninterrupted run" {
+	need_jq
+	multi_epoch_pack
+	args=(--logging_steps 1 --gradient_accumulation_steps 2 --learning_rate 5e-3 --num_train_epochs 3
+	      --save_steps 11 -q)
+	run ft-train --model_name_or_path "$MODEL" --train multi --output_dir out "${args[@]}"
+	assert_success
+	mkdir b && cp -r out/checkpoint-11 b/
+	head -n 11 out/trainer_log.jsonl > b/trainer_log.jsonl
+	run ft-train --model_name_or_path "$MODEL" --train multi --output_dir b "${args[@]}" \
+		--resume_from_checkpoint b/checkpoint-11
+	assert_success
+	diff <(steady out/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	cmp out/adapter_model.safetensors b/adapter_model.safetensors
+}
+
+@test "per-epoch reshuffle: stdin carries as many epochs as were packed; a note when orders repeat" {
+	need_jq
+	ft-cat --encode < "$FIXTURES/trainer/tokens.jsonl" > tok.zst
+	run bash -c "set -o pipefail; ft-pack -q --per_device_train_batch_size 4 --num_train_epochs 2 tok.zst |
+		ft-train --model_name_or_path '$MODEL' --train - --output_dir piped --num_train_epochs 2 -q"
+	assert_success
+	[ "$(jq .global_step piped/trainer_state.json)" = 20 ]
+	run bash -c "ft-pack -q --per_device_train_batch_size 4 --num_train_epochs 2 tok.zst |
+		ft-train --model_name_or_path '$MODEL' --train - --output_dir p3 --num_train_epochs 3"
+	[ "$status" -eq 2 ]
+	assert_output --partial "ft-pack --num_train_epochs 3"
+	ft-pack -q --per_device_train_batch_size 4 -o one.zst tok.zst
+	run --separate-stderr ft-train --model_name_or_path "$MODEL" --train one.zst --output_dir n \
+		--num_train_epochs 2 --logging_steps 100
+	assert_success
+	[[ "$stderr" == *"one.zst holds 1 epoch of batches and this run makes 2"* ]]
+	[[ "$stderr" == *"ft-pack --num_train_epochs 2"* ]]
+	run --separate-stderr ft-train --model_name_or_path "$MODEL" --train one.zst --output_dir q \
+		--num_train_epochs 2 --logging_steps 100 -q
+	[[ "$stderr" != *"note:"* ]]
+	ft-pack -q --per_device_train_batch_size 4 --num_train_epochs 2 -o two.zst tok.zst
+	run -2 ft-train --model_name_or_path "$MODEL" --train two.zst,one.zst --output_dir m -q
+	assert_output --partial "holds 2 epochs of batches"
+}
+
 @test "--train_from_scratch with --config: full training from a random init" {
 	run ft-train --train_from_scratch --config "$MODEL/config.json" --finetuning_type full \
 		--train train.zst --output_dir out --max_steps 2 -q

@@ -23,6 +23,7 @@ typedef struct {
 	int window;
 	int drop_last;
 	int shuffle;
+	int epochs;                /* --num_train_epochs, rounded up */
 	uint64_t seed;
 	double val_size;
 	/* outputs */
@@ -53,10 +54,12 @@ typedef struct {
 	const ft_examples *e;
 	const ft_rows *rows;
 	const ft_rows_stats *rst;
-	const int64_t *units;
+	const int64_t *units;      /* the first epoch's order */
 	size_t n_units;
 	const ft_batch_opts *bo;
-	const ft_pack_totals *tot;
+	const ft_pack_totals *tot; /* of the first epoch */
+	const int64_t *base;       /* the split's order before shuffling */
+	int epochs;                /* epochs written, each reshuffled from base */
 } split_out;
 
 /* Write one split to a stream file/stdout (path) or a shard directory

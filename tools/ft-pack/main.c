@@ -8,6 +8,7 @@
 
 #include <dirent.h>
 #include <getopt.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,6 +55,10 @@ static void usage(FILE *f)
 "                            held out as a validation set\n"
 "  --seed N                  shuffle and split seed (default 42)\n"
 "  --shuffle BOOL            shuffle the training batches (default true)\n"
+"  --num_train_epochs X      write ceil(X) epochs of training batches, each\n"
+"                            reshuffled (seed + epoch) as the HF Trainer's\n"
+"                            sampler does; ft-train reads epoch e from the\n"
+"                            e-th (default 1: every epoch repeats the order)\n"
 "  --dataloader_drop_last [BOOL]\n"
 "                            drop the last incomplete batch (default false)\n"
 "Output:\n"
@@ -89,7 +94,7 @@ static void usage(FILE *f)
 
 enum {
 	O_CUTOFF = 256, O_BS, O_PADM, O_PACKING, O_NEAT, O_GROUP, O_WINDOW, O_STAGE, O_MAX,
-	O_VAL, O_SEED, O_SHUFFLE, O_DROP, O_VALOUT, O_DIR, O_SHARD, O_OVERWRITE, O_EBS,
+	O_VAL, O_SEED, O_SHUFFLE, O_EPOCHS, O_DROP, O_VALOUT, O_DIR, O_SHARD, O_OVERWRITE, O_EBS,
 };
 
 static const struct option long_opts[] = {
@@ -106,6 +111,7 @@ static const struct option long_opts[] = {
 	{ "val_size", required_argument, 0, O_VAL },
 	{ "seed", required_argument, 0, O_SEED },
 	{ "shuffle", optional_argument, 0, O_SHUFFLE },
+	{ "num_train_epochs", required_argument, 0, O_EPOCHS },
 	{ "dataloader_drop_last", optional_argument, 0, O_DROP },
 	{ "drop_last", optional_argument, 0, O_DROP },
 	{ "output", required_argument, 0, 'o' },
@@ -161,7 +167,7 @@ static void parse_args(int argc, char **argv, pack_opts *o)
 {
 	*o = (pack_opts){ .stage = -1, .max_samples = -1, .packing = -1, .cutoff_len = 0,
 			  .batch_size = 8, .eval_batch_size = 8, .pad_to_multiple_of = 8, .window = 1000, .shuffle = 1,
-			  .seed = 42 };
+			  .seed = 42, .epochs = 1 };
 	int c;
 	while ((c = getopt_long(argc, argv, "o:fqvh", long_opts, NULL)) != -1) {
 		switch (c) {
@@ -190,6 +196,13 @@ static void parse_args(int argc, char **argv, pack_opts *o)
 			break;
 		}
 		case O_SHUFFLE: o->shuffle = bool_arg("shuffle", argc, argv); break;
+		case O_EPOCHS: {
+			double x = ft_parse_double("num_train_epochs", optarg);
+			if (!(x > 0) || x > 100000)
+				die_usage("--num_train_epochs: '%s' must be more than 0 (and at most 100000)", optarg);
+			o->epochs = (int)ceil(x);
+			break;
+		}
 		case O_DROP: o->drop_last = bool_arg("dataloader_drop_last", argc, argv); break;
 		case 'o': o->output = optarg; break;
 		case O_VALOUT: o->val_output = optarg; break;
@@ -362,14 +375,11 @@ int main(int argc, char **argv)
 	int64_t n_val = ft_val_count(o.val_size, nu), n_train;
 	if (n_val >= nu)
 		die("--val_size %g leaves no training examples (%lld in all)", o.val_size, (long long)nu);
-	int64_t *train, *val;
-	ft_split_units(o.seed, nu, n_val, &train, &n_train, &val);
-	if (o.shuffle) {
-		ft_rng g;
-		ft_rng_seed(&g, o.seed);
-		ft_shuffle_i64(&g, train, (size_t)n_train);
-	}
-	if (o.group_by_length) ft_group_by_length(&rows, train, (size_t)n_train, o.batch_size);
+	int64_t *base, *val;
+	ft_split_units(o.seed, nu, n_val, &base, &n_train, &val);
+	int64_t *train = ft_xmalloc((size_t)(n_train ? n_train : 1) * sizeof *train);
+	ft_epoch_order(o.seed, o.shuffle, o.group_by_length, o.batch_size, &rows, base,
+		       (size_t)n_train, 0, train);
 
 	ft_pack_totals tt, tv;
 	ft_pack_totals_compute(&e, &rows, train, (size_t)n_train, &bo, &tt);
@@ -380,10 +390,13 @@ int main(int argc, char **argv)
 		die("no training batches: %lld examples and --dataloader_drop_last with batch size %d",
 		    (long long)n_train, o.batch_size);
 	report_split("train", &tt);
+	if (o.epochs > 1)
+		stat_line("train: %d epochs of %lld batches, each epoch reshuffled", o.epochs,
+			  (long long)tt.batches);
 	if (n_val) report_split("val", &tv);
 
-	split_out st = { "train", &e, &rows, &rst, train, (size_t)n_train, &bo, &tt };
-	split_out sv = { "val", &e, &rows, &rst, val, (size_t)n_val, &bv, &tv };
+	split_out st = { "train", &e, &rows, &rst, train, (size_t)n_train, &bo, &tt, base, o.epochs };
+	split_out sv = { "val", &e, &rows, &rst, val, (size_t)n_val, &bv, &tv, val, 1 };
 	if (o.output_dir) {
 		prepare_dir(&o);
 		char *vdir = ft_xasprintf("%s/val", o.output_dir);
@@ -399,7 +412,7 @@ int main(int argc, char **argv)
 		}
 		write_split(&o, &in, &st, o.output, NULL, NULL);
 	}
-	free(train); free(val);
+	free(train); free(base); free(val);
 	ft_rows_free(&rows);
 	ft_examples_free(&e);
 	free(in.tokenizer);

@@ -37,6 +37,8 @@ json_t *split_meta(const pack_opts *o, const input_info *in, const split_out *s)
 	json_object_set_new(m, "shuffled", json_boolean(o->shuffle && strcmp(s->split, "train") == 0));
 	json_object_set_new(m, "group_by_length", json_boolean(o->group_by_length));
 	json_object_set_new(m, "drop_last", json_boolean(bo->drop_last));
+	/* the records are `epochs` runs of counts.batches batches */
+	json_object_set_new(m, "epochs", json_integer(s->epochs));
 	json_t *c = json_object();
 	json_object_set_new(c, "batches", json_integer(t->batches));
 	json_object_set_new(c, "examples", json_integer(t->units));
@@ -71,9 +73,9 @@ static void write_manifest(const char *dir, json_t *meta, const ft_writer *w, co
 		json_array_append_new(shards, e);
 		total += ft_writer_shard_records(w, i);
 	}
-	if (total != (uint64_t)s->tot->batches)
+	if (total != (uint64_t)s->tot->batches * (uint64_t)s->epochs)
 		die("%s: the shards hold %llu batches, expected %lld", dir, (unsigned long long)total,
-		    (long long)s->tot->batches);
+		    (long long)s->tot->batches * s->epochs);
 	json_object_set_new(man, "shards", shards);
 	if (val_rel) json_object_set_new(man, "validation", json_string(val_rel));
 	char *path = ft_xasprintf("%s/manifest.json", dir);
@@ -100,17 +102,28 @@ void write_split(const pack_opts *o, const input_info *in, const split_out *s,
 	if (!w) die_lib();
 	ft_batch b = { 0 };
 	size_t bs = (size_t)s->bo->batch_size;
-	for (int64_t i = 0; i < s->tot->batches; i++) {
-		size_t j0 = (size_t)i * bs, m = s->n_units - j0 < bs ? s->n_units - j0 : bs;
-		ft_batch_fill(s->e, s->rows, s->units + j0, m, s->bo, &b);
-		b.index = i;
-		if (ft_batch_write(w, &b) < 0) {
-			ft_writer_abort(w);
-			die_lib();
+	int64_t nb = s->tot->batches, all = nb * s->epochs;
+	int64_t *order = s->epochs > 1 ? ft_xmalloc((s->n_units ? s->n_units : 1) * sizeof *order) : NULL;
+	for (int ep = 0; ep < s->epochs; ep++) {
+		const int64_t *units = s->units;
+		if (ep > 0) {
+			ft_epoch_order(o->seed, o->shuffle, o->group_by_length, s->bo->batch_size, s->rows,
+				       s->base, s->n_units, ep, order);
+			units = order;
 		}
-		ft_progress("%s: batch %lld of %lld", s->split, (long long)i + 1, (long long)s->tot->batches);
+		for (int64_t i = 0; i < nb; i++) {
+			size_t j0 = (size_t)i * bs, m = s->n_units - j0 < bs ? s->n_units - j0 : bs;
+			ft_batch_fill(s->e, s->rows, units + j0, m, s->bo, &b);
+			b.index = ep * nb + i;
+			if (ft_batch_write(w, &b) < 0) {
+				ft_writer_abort(w);
+				die_lib();
+			}
+			ft_progress("%s: batch %lld of %lld", s->split, (long long)b.index + 1, (long long)all);
+		}
 	}
 	ft_progress_done();
+	free(order);
 	ft_batch_free(&b);
 	if (ft_writer_finish(w) < 0) {
 		ft_writer_close(w);

@@ -226,6 +226,11 @@ static void load_manifests(ft_cli_args *c, char **paths, size_t n, const char *w
 		if (i && m.batch_size != sum->batch_size)
 			die("%s: batch_size %d differs from the other inputs' %d", paths[i], m.batch_size,
 			    sum->batch_size);
+		if (m.epochs > 1 && n > 1)
+			die_usage("--%s: %s holds %d epochs of batches; several inputs are read as one "
+				  "epoch, so give it alone (or pack all the data in one ft-pack run)", what,
+				  ft_display_name(paths[i]), m.epochs);
+		sum->epochs = m.epochs;
 		sum->batch_size = m.batch_size;
 		sum->seq_len = m.seq_len;
 		sum->n_batches += m.n_batches;
@@ -233,6 +238,18 @@ static void load_manifests(ft_cli_args *c, char **paths, size_t n, const char *w
 		sum->n_tokens += m.n_tokens;
 		memcpy(sum->stage, m.stage, sizeof m.stage);
 	}
+}
+
+/* The HF Trainer reshuffles every epoch; batches packed for fewer epochs
+ * than the run makes are read again in the same order.  Said once, on
+ * stderr, with the fix. */
+static void note_epoch_reuse(const ft_cli_args *c, const ft_manifest *m, int64_t need)
+{
+	if (ft_verbose < 1) return;
+	warn("note: %s holds %d epoch%s of batches and this run makes %lld, so batch orders repeat "
+	     "(ft-pack --num_train_epochs %lld reshuffles every epoch, as the HF Trainer does)",
+	     ft_display_name(c->train[0]), m->epochs, m->epochs == 1 ? "" : "s", (long long)need,
+	     (long long)need);
 }
 
 static ft_model *load_model(ft_cli_args *c)
@@ -342,15 +359,20 @@ int main(int argc, char **argv)
 			    "manifest): re-pack with ft-pack --per_device_train_batch_size %d, or drop the flag",
 			    c.batch_size, tm_.batch_size, c.batch_size);
 		c.t.n_batches = tm_.n_batches;
+		c.t.data_epochs = tm_.epochs;
 		c.t.train_batch_size = tm_.batch_size;
 		if (tm_.n_batches == 0) die("%s: no batches to train on", c.train[0]);
 		ft_train_plan plan;
 		if (ft_train_plan_make(&c.t, &plan) < 0) die_usage("%s", ft_errmsg());
-		if (!strcmp(c.train[0], "-") && (plan.num_epochs > 1 || c.resume))
+		if (!strcmp(c.train[0], "-") && (plan.num_epochs > tm_.epochs || c.resume))
 			die_usage("--train -: stdin can be read only once, and this run needs %s "
-				  "(give the ft-pack output as a file or directory)",
+				  "(give the ft-pack output as a file or directory, or pack %lld epochs "
+				  "with ft-pack --num_train_epochs %lld)",
 				  c.resume ? "to skip to the checkpoint's position in a new process"
-					   : "more than one pass over the batches");
+					   : "more than one pass over the batches",
+				  (long long)plan.num_epochs, (long long)plan.num_epochs);
+		if (plan.num_epochs > tm_.epochs && tm_.epochs > 0)
+			note_epoch_reuse(&c, &tm_, plan.num_epochs);
 		if (c.n_val && !strcmp(c.val[0], "-"))
 			die_usage("--val -: evaluation reads the batches again at every --eval_steps: give a file");
 	}
