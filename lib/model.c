@@ -511,6 +511,11 @@ ft_param *ft_model_find_param(ft_model *m, const char *name)
 	return NULL;
 }
 
+void ft_model_set_dropout_position(ft_model *m, uint64_t calls)
+{
+	m->dropout_calls = calls;
+}
+
 /* One parallel region over all gradients laid end to end (as AdamW's
  * step): per-tensor regions would cost a small model more than the
  * memset itself. */

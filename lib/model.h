@@ -97,6 +97,10 @@ void ft_model_zero_grad(ft_model *m);
  * (grad_scale = 1 / label tokens in the whole accumulated step). */
 int ft_model_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
 			      double *loss_sum, int64_t *n_tokens);
+/* LoRA dropout masks depend on the number of forward_backward calls so
+ * far; a resumed run sets it to the micro-batches already trained on, and
+ * the masks continue exactly. */
+void ft_model_set_dropout_position(ft_model *m, uint64_t calls);
 /* Forward only: loss as above; logits [B*T*vocab] when logits != NULL. */
 int ft_model_forward(ft_model *m, const ft_batch *b, float *logits,
 		     double *loss_sum, int64_t *n_tokens);

@@ -1,6 +1,6 @@
 /* trainer_model.c - ft_model behind the trainer's model interface */
 #include "trainer.h"
-#include "model_internal.h"
+#include "model.h"
 
 static size_t tm_nparams(void *self) { return ft_model_nparams(self); }
 static ft_param *tm_param(void *self, size_t i) { return ft_model_param(self, i); }
@@ -21,11 +21,9 @@ static int tm_save(void *self, const char *dir)
 	return ft_model_save(self, dir);
 }
 
-/* LoRA dropout masks are drawn from (seed, number of forward_backward
- * calls): setting the count continues the stream exactly on resume. */
 static void tm_set_position(void *self, int64_t n)
 {
-	((ft_model *)self)->dropout_calls = (uint64_t)n;
+	ft_model_set_dropout_position(self, (uint64_t)n);
 }
 
 ft_train_model ft_train_model_of(ft_model *m)
