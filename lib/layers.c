@@ -21,7 +21,7 @@ void openblas_set_num_threads(int n);
 
 /* Elementwise loops go parallel only above this many elements: below it
  * waking the other threads costs more than the loop. */
-#define SPLIT(n) ((n) >= 32768)
+#define SPLIT(n) ((n) >= 4096)
 
 /* Row-major sgemm: C[M,N] = alpha op(A) op(B) + beta C, on the calling
  * thread.  OpenBLAS runs single-threaded: its own thread pool and OpenMP's
@@ -82,6 +82,85 @@ static void mmp(int ta, int tb, int M, int N, int K, float alpha,
 			mm(ta, tb, M, i1 - i0, K, alpha, A, lda,
 			   tb ? B + (size_t)i0 * ldb : B + i0, ldb, beta, C + i0, ldc);
 	}
+}
+
+/* One product's arguments, for mm_pair. */
+typedef struct {
+	int ta, tb, M, N, K;
+	float alpha;
+	const float *A;
+	int lda;
+	const float *B;
+	int ldb;
+	float beta;
+	float *C;
+	int ldc;
+} gemm;
+
+static void mm_of(const gemm *g)
+{
+	mm(g->ta, g->tb, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta, g->C, g->ldc);
+}
+
+static void mmp_of(const gemm *g)
+{
+	mmp(g->ta, g->tb, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta, g->C, g->ldc);
+}
+
+static double mnk(const gemm *g) { return (double)g->M * g->N * g->K; }
+
+/* Products below this many multiply-adds are not split between threads
+ * when there are others to run beside them. */
+#define GROUP_SMALL 4194304.0
+
+/* Independent products (a backward's dx and dW; a layer's q, k and v).
+ * Small ones run side by side, each whole on one thread, the threads
+ * balanced by size: split in halves, such products run at a fraction of
+ * OpenBLAS's speed, and one fork serves them all.  Otherwise each is
+ * split over all threads in turn.  NULL entries are skipped. */
+static void mm_group(const gemm *const *g, int n)
+{
+	int live = 0, small = 1;
+	for (int i = 0; i < n; i++)
+		if (g[i]) {
+			live++;
+			small &= mnk(g[i]) < GROUP_SMALL;
+		}
+	int nt = omp_get_max_threads() < live ? omp_get_max_threads() : live;
+	if (nt < 2 || !small || n > 8 || omp_in_parallel()) {
+		for (int i = 0; i < n; i++)
+			if (g[i]) mmp_of(g[i]);
+		return;
+	}
+	blas_init();
+	/* largest first, each to the least loaded thread */
+	int owner[8];
+	double load[8] = { 0 };
+	for (int i = 0; i < n; i++) owner[i] = -1;
+	for (int k = 0; k < n; k++) {
+		int best = -1;
+		for (int i = 0; i < n; i++)
+			if (g[i] && owner[i] < 0 && (best < 0 || mnk(g[i]) > mnk(g[best]))) best = i;
+		if (best < 0) break;
+		int t = 0;
+		for (int j = 1; j < nt; j++)
+			if (load[j] < load[t]) t = j;
+		owner[best] = t;
+		load[t] += mnk(g[best]);
+	}
+#pragma omp parallel num_threads(nt)
+	{
+		int t = omp_get_thread_num();
+		for (int i = 0; i < n; i++)
+			if (g[i] && owner[i] == t)
+				mm_of(g[i]);
+	}
+}
+
+static void mm_pair(const gemm *a, const gemm *b)
+{
+	const gemm *g[2] = { a, b };
+	mm_group(g, 2);
 }
 
 void ft_sgemm(int ta, int tb, int M, int N, int K, float alpha,
@@ -352,7 +431,7 @@ void ft_attention_forward(float *out, float *lse, const float *q,
 	int T = s->T, ldq = s->Hq * s->hd, ldk = s->Hk * s->hd, grp = s->Hq / s->Hk;
 	int nbh = s->B * s->Hq;
 	blas_init();
-#pragma omp parallel if (nbh > 1 && (double)nbh * T * T * s->hd > 2e5)
+#pragma omp parallel if (nbh > 1 && (double)nbh * T * T * s->hd > 3e4)
 	{
 		float *S = ft_xmalloc((size_t)ATT_TILE * T * sizeof(float));
 #pragma omp for schedule(dynamic)
@@ -414,7 +493,7 @@ void ft_attention_backward(float *dq, float *dk, float *dv, const float *dout,
 	memset(dk, 0, nk * sizeof(float));
 	memset(dv, 0, nk * sizeof(float));
 	blas_init();
-#pragma omp parallel if (nbg > 1 && (double)s->B * s->Hq * T * T * s->hd > 1e5)
+#pragma omp parallel if (nbg > 1 && (double)s->B * s->Hq * T * T * s->hd > 3e4)
 	{
 		float *P = ft_xmalloc((size_t)ATT_TILE * T * sizeof(float));
 		float *dP = ft_xmalloc((size_t)ATT_TILE * T * sizeof(float));
@@ -452,25 +531,43 @@ void ft_swiglu_backward(float *dgate, float *dup, const float *dh,
 	}
 }
 
+static void add_bias(float *y, const float *b, int N, int out)
+{
+#pragma omp parallel for schedule(static) if (SPLIT((size_t)N * out))
+	for (int n = 0; n < N; n++)
+		for (int o = 0; o < out; o++)
+			y[(size_t)n * out + o] += b[o];
+}
+
 void ft_linear_forward(float *y, const float *x, const float *W,
 		       const float *b, int N, int in, int out)
 {
 	mmp(0, 1, N, out, in, 1, x, in, W, in, 0, y, out);
-	if (b) {
-#pragma omp parallel for schedule(static) if (SPLIT((size_t)N * out))
-		for (int n = 0; n < N; n++)
-			for (int o = 0; o < out; o++)
-				y[(size_t)n * out + o] += b[o];
+	if (b)
+		add_bias(y, b, N, out);
+}
+
+void ft_linear_forward_many(const ft_linear_out *o, int n, const float *x, int N, int in)
+{
+	gemm g[8];
+	const gemm *gp[8] = { 0 };
+	if (n > 8) n = 8;
+	for (int i = 0; i < n; i++) {
+		g[i] = (gemm){ 0, 1, N, o[i].out, in, 1, x, in, o[i].W, in, 0, o[i].y, o[i].out };
+		gp[i] = &g[i];
 	}
+	mm_group(gp, n);
+	for (int i = 0; i < n; i++)
+		if (o[i].b)
+			add_bias(o[i].y, o[i].b, N, o[i].out);
 }
 
 void ft_linear_backward(float *dx, float *dW, float *db, const float *dy,
 			const float *x, const float *W, int N, int in, int out)
 {
-	if (dx)
-		mmp(0, 0, N, in, out, 1, dy, out, W, in, 1, dx, in);
-	if (dW)
-		mmp(1, 0, out, in, N, 1, dy, out, x, in, 1, dW, in);
+	gemm dxp = { 0, 0, N, in, out, 1, dy, out, W, in, 1, dx, in };
+	gemm dwp = { 1, 0, out, in, N, 1, dy, out, x, in, 1, dW, in };
+	mm_pair(dx ? &dxp : NULL, dW ? &dwp : NULL);
 	if (db) {
 #pragma omp parallel for schedule(static) if (SPLIT((size_t)N * out))
 		for (int o = 0; o < out; o++) {
@@ -576,9 +673,9 @@ double ft_lm_head_loss(float *dx, float *dW, float *logits, const float *x,
 		loss += part;
 		cnt += c;
 		if (dx) {
-			mmp(0, 0, nr, D, V, 1, scratch, V, W, D, 0, dx + (size_t)r0 * D, D);
-			if (dW)
-				mmp(1, 0, V, D, nr, 1, scratch, V, xc, D, 1, dW, D);
+			gemm dxp = { 0, 0, nr, D, V, 1, scratch, V, W, D, 0, dx + (size_t)r0 * D, D };
+			gemm dwp = { 1, 0, V, D, nr, 1, scratch, V, xc, D, 1, dW, D };
+			mm_pair(&dxp, dW ? &dwp : NULL);
 		}
 	}
 	if (n_tok)

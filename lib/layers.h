@@ -90,6 +90,14 @@ void ft_linear_forward(float *y, const float *x, const float *W,
 		       const float *b, int N, int in, int out);
 void ft_linear_backward(float *dx, float *dW, float *db, const float *dy,
 			const float *x, const float *W, int N, int in, int out);
+/* Up to 8 linear layers on the same input (q, k, v; gate, up): the same
+ * results as ft_linear_forward on each, small ones run side by side. */
+typedef struct {
+	float *y;
+	const float *W, *b;    /* b may be NULL */
+	int out;
+} ft_linear_out;
+void ft_linear_forward_many(const ft_linear_out *o, int n, const float *x, int N, int in);
 
 /* LoRA branch (PEFT): h[N,r] = xd A^T, y += scale * h B^T, where xd is the
  * (dropped-out) input.  backward: dB += scale dy^T h, dA += dh^T xd and

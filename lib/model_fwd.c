@@ -135,18 +135,34 @@ static const float *lora_input(ft_model *m, int l, int j, const float *x, size_t
 	return m->drop;
 }
 
+/* Linear modules js[0..n) of layer l on the same input x (q, k, v; gate,
+ * up): the base products together (ft_linear_forward_many runs small ones
+ * side by side), then each module's LoRA branch. */
+static void lin_fwd_many(ft_model *m, int l, const int *js, float *const *ys, int n, ft_acts *a,
+			 const float *x, int N)
+{
+	ft_layer *y_ = &m->layers[l];
+	ft_linear_out o[3] = { { 0 } };
+	int in = 0, out;
+	for (int i = 0; i < n; i++) {
+		ft_lin_dims(&m->c, js[i], &in, &out);
+		o[i] = (ft_linear_out){ ys[i], y_->lin[js[i]].w, js[i] <= L_V ? y_->bias[js[i]].w : NULL, out };
+	}
+	ft_linear_forward_many(o, n, x, N, in);
+	for (int i = 0; i < n; i++) {
+		ft_lora *lo = &y_->lora[js[i]];
+		if (!lo->on)
+			continue;
+		const float *xd = lora_input(m, l, js[i], x, (size_t)N * in);
+		ft_lora_forward(ys[i], a->lh[js[i]], xd, lo->A.w, lo->B.w, N, in, o[i].out, lo->r,
+				lo->scale);
+	}
+}
+
 static void lin_fwd(ft_model *m, int l, int j, ft_acts *a, float *y,
 		    const float *x, int N)
 {
-	ft_layer *y_ = &m->layers[l];
-	int in, out;
-	ft_lin_dims(&m->c, j, &in, &out);
-	ft_linear_forward(y, x, y_->lin[j].w, j <= L_V ? y_->bias[j].w : NULL, N, in, out);
-	ft_lora *lo = &y_->lora[j];
-	if (lo->on) {
-		const float *xd = lora_input(m, l, j, x, (size_t)N * in);
-		ft_lora_forward(y, a->lh[j], xd, lo->A.w, lo->B.w, N, in, out, lo->r, lo->scale);
-	}
+	lin_fwd_many(m, l, &j, &y, 1, a, x, N);
 }
 
 /* dx += dy d(y)/dx (dx may be NULL), parameter gradients accumulated. */
@@ -185,7 +201,7 @@ static ft_attn_shape attn_shape(const ft_model *m, const ft_batch *b)
 
 static void add_into(float *dst, const float *a, const float *b, size_t n)
 {
-#pragma omp parallel for schedule(static) if (n >= 32768)
+#pragma omp parallel for schedule(static) if (n >= 4096)
 	for (size_t i = 0; i < n; i++)
 		dst[i] = a[i] + b[i];
 }
@@ -198,17 +214,16 @@ static void layer_forward(ft_model *m, int l, ft_acts *a, const float *x_in,
 	ft_layer *y = &m->layers[l];
 	ft_attn_shape s = attn_shape(m, b);
 	ft_rmsnorm_forward(a->ln1, a->rstd1, x_in, y->ln1.w, N, D, (float)c->rms_norm_eps);
-	lin_fwd(m, l, L_Q, a, a->q, a->ln1, N);
-	lin_fwd(m, l, L_K, a, a->k, a->ln1, N);
-	lin_fwd(m, l, L_V, a, a->v, a->ln1, N);
+	lin_fwd_many(m, l, (const int[]){ L_Q, L_K, L_V }, (float *const[]){ a->q, a->k, a->v }, 3,
+		     a, a->ln1, N);
 	ft_rope_forward(a->q, m->cos_t, m->sin_t, N, c->num_attention_heads, hd);
 	ft_rope_forward(a->k, m->cos_t, m->sin_t, N, c->num_key_value_heads, hd);
 	ft_attention_forward(a->att, a->lse, a->q, a->k, a->v, &s);
 	lin_fwd(m, l, L_O, a, m->tmp, a->att, N);
 	add_into(a->xmid, x_in, m->tmp, (size_t)N * D);
 	ft_rmsnorm_forward(a->ln2, a->rstd2, a->xmid, y->ln2.w, N, D, (float)c->rms_norm_eps);
-	lin_fwd(m, l, L_GATE, a, a->gate, a->ln2, N);
-	lin_fwd(m, l, L_UP, a, a->up, a->ln2, N);
+	lin_fwd_many(m, l, (const int[]){ L_GATE, L_UP }, (float *const[]){ a->gate, a->up }, 2,
+		     a, a->ln2, N);
 	ft_swiglu_forward(m->hbuf, a->gate, a->up, (size_t)N * c->intermediate_size);
 	lin_fwd(m, l, L_DOWN, a, m->tmp, m->hbuf, N);
 	add_into(x_out, a->xmid, m->tmp, (size_t)N * D);

@@ -281,6 +281,35 @@ static void test_vexp(void)
 	   "ft_vexpf: the largest finite and the subnormal results");
 }
 
+/* ft_linear_forward_many = ft_linear_forward on each output (q, k, v with
+ * biases; small products run side by side on their own threads):
+ * relative error <= 1e-6 (OpenBLAS may block a whole product and a split
+ * one differently). */
+static void test_linear_many(void)
+{
+	int N = 24, in = 40, outs[3] = { 40, 16, 16 };
+	float *x = rnd((size_t)N * in, 1), *W[3], *b[3], *y[3], *ref[3];
+	ft_linear_out o[3];
+	for (int i = 0; i < 3; i++) {
+		W[i] = rnd((size_t)outs[i] * in, 0.5f);
+		b[i] = i ? rnd((size_t)outs[i], 0.1f) : NULL;
+		y[i] = zeros((size_t)N * outs[i]);
+		ref[i] = zeros((size_t)N * outs[i]);
+		o[i] = (ft_linear_out){ y[i], W[i], b[i], outs[i] };
+		ft_linear_forward(ref[i], x, W[i], b[i], N, in, outs[i]);
+	}
+	ft_linear_forward_many(o, 3, x, N, in);
+	double worst = 0;
+	for (int i = 0; i < 3; i++)
+		for (size_t k = 0; k < (size_t)N * outs[i]; k++) {
+			double e = fabs((double)y[i][k] - ref[i][k]) / (fabs(ref[i][k]) + 1e-3);
+			if (e > worst) worst = e;
+		}
+	ok(worst <= 1e-6, "ft_linear_forward_many = ft_linear_forward per output (rel %.2g)", worst);
+	for (int i = 0; i < 3; i++) { free(W[i]); free(b[i]); free(y[i]); free(ref[i]); }
+	free(x);
+}
+
 /* ---- linear + LoRA ---- */
 struct li { int N, in, out, r; float *x, *W, *b, *A, *B, *y, *h, *R; };
 static double li_f(void *c)
@@ -402,6 +431,7 @@ int main(void)
 	test_attention(70, 0, 2);     /* non-contiguous segment ids */
 	test_swiglu();
 	test_vexp();
+	test_linear_many();
 	test_linear(0);
 	test_linear(1);
 	test_lm_head();
