@@ -1,5 +1,6 @@
 /* bench_train.c - times full fine-tuning steps of a Llama-shaped model on
- * the CPU through lib/model.h (forward + backward + a plain AdamW update),
+ * the CPU through lib/model.h (forward + backward) and lib/optim.h (the
+ * AdamW step ft-train takes, as torch.optim.AdamW),
  * or measures the machine's sgemm rate.  Built and run by run.sh.
  *
  *   bench_train sgemm N REPS
@@ -50,7 +51,6 @@ static int sgemm_rate(int n, int reps)
 	return 0;
 }
 
-/* torch.optim.AdamW's update (lr 1e-5, wd 0.01 on decay params). */
 int main(int argc, char **argv)
 {
 	if (argc == 4 && !strcmp(argv[1], "sgemm"))
