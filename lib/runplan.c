@@ -47,7 +47,7 @@ static const route routes[] = {
 	{"dataloader_num_workers", N, "batches are prepared by ft-pack before training"},
 	{"ddp_timeout", N, "ft-train runs one process"},
 	{"report_to", N, "ft-train logs to trainer_log.jsonl only"},
-	{"eval_strategy", N, "evaluation runs when there is validation data (val_size), every eval_steps"},
+	{"eval_strategy", R, NULL}, {"save_strategy", R, NULL}, {"logging_strategy", R, NULL},
 	{"save_only_model", N, "checkpoints always hold the optimizer state, so resuming is exact"},
 	{"flash_attn", N, "the CPU path has one attention implementation"},
 	{"use_fast_tokenizer", N, "ft has one tokenizer implementation"},

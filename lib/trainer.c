@@ -61,6 +61,22 @@ int ft_train_plan_make(const ft_train_opts *o, ft_train_plan *p)
 	return 0;
 }
 
+int ft_strategy_parse(const char *name)
+{
+	static const char *const names[] = { "steps", "epoch", "no" };
+	for (int i = 0; i < 3; i++)
+		if (!strcmp(name, names[i])) return i;
+	return ft_fail("'%s' is not a strategy (steps, epoch, no)", name);
+}
+
+/* DefaultFlowCallback: every `every` steps, or at an epoch's end, or never. */
+static int strategy_due(int strategy, int64_t every, int64_t step, int epoch_end)
+{
+	if (strategy == FT_STRATEGY_EPOCH) return epoch_end;
+	if (strategy == FT_STRATEGY_NO) return 0;
+	return every > 0 && step % every == 0;
+}
+
 static double now_s(void)
 {
 	struct timespec t;
@@ -382,7 +398,8 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 			st.global_step++;
 			st.batches_done = done;
 			st.epoch = (double)ep + (double)done / (double)o->n_batches;
-			if (done == o->n_batches) {   /* position: start of next epoch */
+			int epoch_end = done == o->n_batches;
+			if (epoch_end) {   /* position: start of next epoch */
 				st.epoch_idx = ep + 1;
 				st.batches_done = 0;
 			}
@@ -395,15 +412,18 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 				e.loss = this_step;   /* this step's loss, not a window mean */
 				o->on_event(o->ctx, FT_EV_STEP, &e, NULL);
 			}
-			if ((o->logging_steps > 0 && st.global_step % o->logging_steps == 0) ||
+			if (strategy_due(o->logging_strategy, o->logging_steps, st.global_step, epoch_end) ||
 			    (o->logging_first_step && st.global_step == 1))
 				if (do_log(&c, &st, gnorm, lr) < 0) goto out;
-			if (val && eval_every > 0 && (st.global_step % eval_every == 0 || last)) {
+			if (val && o->eval_strategy != FT_STRATEGY_NO &&
+			    (strategy_due(o->eval_strategy, eval_every, st.global_step, epoch_end) ||
+			     (last && (eval_every > 0 || o->eval_strategy == FT_STRATEGY_EPOCH)))) {
 				if (do_eval(&c, &st, m, val, &eval_loss) < 0) goto out;
 				eval_step = st.global_step;
 			}
 			int interrupted = o->stop && *o->stop;
-			if ((o->save_steps > 0 && st.global_step % o->save_steps == 0) || last || interrupted) {
+			if (strategy_due(o->save_strategy, o->save_steps, st.global_step, epoch_end) ||
+			    (last && o->save_strategy != FT_STRATEGY_NO) || interrupted) {
 				if (ft_ckpt_save(o, &p, m, opt, &sched, &st, r->checkpoint, sizeof r->checkpoint) < 0)
 					goto out;
 				if (o->on_event) o->on_event(o->ctx, FT_EV_SAVE, NULL, r->checkpoint);

@@ -81,6 +81,11 @@ typedef struct {
 	int64_t save_steps;            /* 500; 0 = only at the end */
 	int64_t save_total_limit;      /* 0 = keep all */
 	int64_t eval_steps;            /* 0 = logging_steps; needs a val source */
+	/* when to log, evaluate and save (transformers' *_strategy):
+	 * FT_STRATEGY_STEPS (0, the default) every *_steps, _EPOCH at the end
+	 * of each epoch, _NO never (the end of training still evaluates and
+	 * saves the final model; an interrupt still checkpoints) */
+	int logging_strategy, eval_strategy, save_strategy;
 	int train_batch_size;          /* rows per micro-batch (trainer_state) */
 	uint64_t seed;
 	const char *output_dir;
@@ -105,6 +110,10 @@ typedef struct {
 } ft_train_opts;
 
 void ft_train_opts_default(ft_train_opts *o);
+
+enum { FT_STRATEGY_STEPS, FT_STRATEGY_EPOCH, FT_STRATEGY_NO };
+/* "steps", "epoch" or "no"; -1 (with a message) otherwise. */
+int ft_strategy_parse(const char *name);
 
 /* Step counts as transformers' set_initial_training_values. */
 typedef struct {

@@ -274,6 +274,36 @@ train() { ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir 
 	[ "$(jq .global_step piped/trainer_state.json)" = 10 ]
 }
 
+@test "--logging_strategy/--eval_strategy/--save_strategy epoch: at each epoch's end (16 batches, accumulation 4)" {
+	need_jq
+	run train --val val.zst --num_train_epochs 3 --gradient_accumulation_steps 4 --logging_strategy epoch \
+		--eval_strategy epoch --save_strategy epoch --logging_steps 1 --save_steps 1 -q
+	assert_success
+	# 4 steps per epoch: logs, evaluations and checkpoints at 4, 8, 12 (steps ignore *_steps)
+	[ "$(jq -s -c 'map(select(.loss)) | map(.current_steps)' out/trainer_log.jsonl)" = "[4,8,12]" ]
+	[ "$(jq -s -c 'map(select(.eval_loss)) | map(.current_steps)' out/trainer_log.jsonl)" = "[4,8,12]" ]
+	[ "$(ls -d out/checkpoint-* | sed 's/.*-//' | sort -n | tr '\n' ' ')" = "4 8 12 " ]
+	# the epoch's logged loss is the mean of its 4 steps, as with --logging_steps 4
+	run train --num_train_epochs 3 --gradient_accumulation_steps 4 --logging_steps 4 -q --output_dir s
+	diff <(jq -c 'select(.loss) | .loss' out/trainer_log.jsonl) <(jq -c 'select(.loss) | .loss' s/trainer_log.jsonl)
+}
+
+@test "--save_strategy no: no checkpoint, the final model still saved; --logging_strategy no; bad names" {
+	need_jq
+	run train --max_steps 4 --save_strategy no --logging_strategy no --logging_steps 1 -q
+	assert_success
+	! ls -d out/checkpoint-* 2>/dev/null
+	[ -f out/adapter_model.safetensors ]
+	[ "$(jq -s 'map(select(.loss)) | length' out/trainer_log.jsonl)" = 0 ]
+	run train --val val.zst --max_steps 4 --eval_strategy no --logging_steps 1 -q --output_dir e
+	assert_success
+	[ "$(jq -s 'map(select(.eval_loss)) | length' e/trainer_log.jsonl)" = 0 ]
+	run -2 train --save_strategy best
+	assert_output --partial "steps, epoch, no"
+	run -2 train --logging_strategy epochs
+	assert_output --partial "--logging_strategy"
+}
+
 # ft-pack --num_train_epochs N writes N reshuffled epochs; epoch e must read
 # the e-th.  Reference: the same records relabelled as one long epoch
 # (same steps, same schedule when batches divide by the accumulation).

@@ -102,6 +102,14 @@ static int get_bool(const ft_lfargs *a, const char *k, int def)
 	return v ? ft_parse_bool(k, v) : def;
 }
 
+static int strategy(const ft_lfargs *a, const char *k)
+{
+	const char *v = get(a, k);
+	int s = v ? ft_strategy_parse(v) : FT_STRATEGY_STEPS;
+	if (s < 0) die_usage("--%s: %s", k, ft_errmsg());
+	return s;
+}
+
 static unsigned module_bit(const char *name)
 {
 	static const struct { const char *n; unsigned bit; } m[] = {
@@ -178,12 +186,10 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 			die_usage("--device %s: this ft-train has no CUDA backend (only --device cpu)", dev);
 		die_usage("--device: '%s' is not a device (cpu)", dev);
 	}
-	for (const char **s = (const char *[]){ "eval_strategy", "save_strategy", "logging_strategy", NULL }; *s; s++) {
-		const char *v = get(a, *s);
-		if (v && strcmp(v, "steps") && !(strcmp(*s, "eval_strategy") == 0 && !strcmp(v, "no")))
-			die_usage("--%s %s: only 'steps' is supported", *s, v);
-	}
-	c->eval_strategy_no = get(a, "eval_strategy") && !strcmp(get(a, "eval_strategy"), "no");
+	c->t.logging_strategy = strategy(a, "logging_strategy");
+	c->t.eval_strategy = strategy(a, "eval_strategy");
+	c->t.save_strategy = strategy(a, "save_strategy");
+	c->eval_strategy_no = c->t.eval_strategy == FT_STRATEGY_NO;
 	split_paths(get(a, "train"), &c->train, &c->n_train);
 	split_paths(get(a, "val"), &c->val, &c->n_val);
 
