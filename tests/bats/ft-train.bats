@@ -372,6 +372,8 @@ multi_epoch_pack() {
 	ft-pack -q --per_device_train_batch_size 4 --num_train_epochs 2 -o two.zst tok.zst
 	run -2 ft-train --model_name_or_path "$MODEL" --train two.zst,one.zst --output_dir m -q
 	assert_output --partial "holds 2 epochs of batches"
+	run -2 ft-train --model_name_or_path "$MODEL" --train one.zst --val two.zst --output_dir m -q
+	assert_output --partial "--val: two.zst holds 2 epochs of training batches"
 }
 
 @test "--train_from_scratch with --config: full training from a random init" {

@@ -229,6 +229,9 @@ static void load_manifests(ft_cli_args *c, char **paths, size_t n, const char *w
 		if (i && m.batch_size != sum->batch_size)
 			die("%s: batch_size %d differs from the other inputs' %d", paths[i], m.batch_size,
 			    sum->batch_size);
+		if (m.epochs > 1 && !strcmp(what, "val"))
+			die_usage("--val: %s holds %d epochs of training batches; give the validation split "
+				  "(ft-pack --val_size: DIR/val)", ft_display_name(paths[i]), m.epochs);
 		if (m.epochs > 1 && n > 1)
 			die_usage("--%s: %s holds %d epochs of batches; several inputs are read as one "
 				  "epoch, so give it alone (or pack all the data in one ft-pack run)", what,
