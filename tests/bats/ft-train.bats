@@ -347,6 +347,11 @@ multi_epoch_pack() {
 	assert_success
 	diff <(steady out/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
 	cmp out/adapter_model.safetensors b/adapter_model.safetensors
+	# other data under the checkpoint is refused
+	ft-pack -q --per_device_train_batch_size 2 --num_train_epochs 2 -o two/ tok.zst
+	run -1 ft-train --model_name_or_path "$MODEL" --train two --output_dir b "${args[@]}" \
+		--resume_from_checkpoint b/checkpoint-11
+	assert_output --partial "packed for 3 epochs; these hold 2"
 }
 
 @test "per-epoch reshuffle: stdin carries as many epochs as were packed; a note when orders repeat" {
