@@ -59,22 +59,44 @@ static void adamw_range(float *restrict p, const float *restrict g, float *restr
 		ft_k_adamw_elem(&p[i], g[i], &m[i], &v[i], &k);
 }
 
-/* Thread t of nt takes the t-th slice of all parameters laid end to end,
- * so one parallel region covers the whole update: a small model's many
- * small tensors would otherwise each pay a fork and a join. */
-static void adamw_slice(ft_adamw *a, const ft_k_adamw *c, size_t total, int t, int nt)
+/* Thread t of nt takes the t-th slice of all parameters laid end to end
+ * and calls fn on each tensor's part of it, so one parallel region covers
+ * a whole pass: a small model's many small tensors would otherwise each
+ * pay a fork and a join. */
+typedef void (*slice_fn)(ft_param *p, size_t k, size_t i0, size_t i1, void *ctx);
+
+static void param_slice(ft_param *const *ps, size_t n, size_t total, int t, int nt, slice_fn fn,
+			void *ctx)
 {
 	size_t lo = total * (size_t)t / (size_t)nt, hi = total * (size_t)(t + 1) / (size_t)nt;
 	size_t base = 0;
-	for (size_t k = 0; k < a->n && base < hi; k++) {
-		ft_param *p = a->p[k];
-		size_t end = base + p->n;
+	for (size_t k = 0; k < n && base < hi; k++) {
+		size_t end = base + ps[k]->n;
 		if (end > lo) {
 			size_t i0 = lo > base ? lo - base : 0, i1 = (hi < end ? hi : end) - base;
-			adamw_range(p->w, p->g, a->m[k], a->v[k], i0, i1, &c[k]);
+			fn(ps[k], k, i0, i1, ctx);
 		}
 		base = end;
 	}
+}
+
+/* ft_param.n summed */
+static size_t total_elements(ft_param *const *ps, size_t n)
+{
+	size_t total = 0;
+	for (size_t k = 0; k < n; k++) total += ps[k]->n;
+	return total;
+}
+
+/* Passes below this many elements stay on one thread. */
+#define PASS_SPLIT 65536
+
+typedef struct { ft_adamw *a; const ft_k_adamw *c; } adamw_ctx;
+
+static void adamw_part(ft_param *p, size_t k, size_t i0, size_t i1, void *ctx)
+{
+	adamw_ctx *x = ctx;
+	adamw_range(p->w, p->g, x->a->m[k], x->a->v[k], i0, i1, &x->c[k]);
 }
 
 void ft_adamw_step(ft_adamw *a, double lr)
@@ -84,41 +106,67 @@ void ft_adamw_step(ft_adamw *a, double lr)
 	 * .item(): exact for any realistic step count. */
 	double step = (double)(float)a->step;
 	ft_k_adamw *c = ft_xcalloc(a->n ? a->n : 1, sizeof *c);
-	size_t total = 0;
 	for (size_t k = 0; k < a->n; k++) {
 		double wd = a->p[k]->decay ? a->o.weight_decay : 0.0;
 		c[k] = ft_k_adamw_prepare(lr, wd, a->o.beta1, a->o.beta2, a->o.eps, step);
-		total += a->p[k]->n;
 	}
-#pragma omp parallel if (total > 65536)
-	adamw_slice(a, c, total, omp_get_thread_num(), omp_get_num_threads());
+	size_t total = total_elements(a->p, a->n);
+	adamw_ctx x = { a, c };
+#pragma omp parallel if (total > PASS_SPLIT)
+	param_slice(a->p, a->n, total, omp_get_thread_num(), omp_get_num_threads(), adamw_part, &x);
 	free(c);
 }
 
-/* torch.linalg.vector_norm of each gradient (float32 result), then the
- * norm of those norms; clip_coef = max_norm / (total + 1e-6) clamped to 1
- * and every gradient multiplied by it (torch multiplies even when 1). */
+/* Sums of squares of each tensor's part of a slice, into this thread's
+ * row of per-tensor partial sums. */
+static void sumsq_part(ft_param *p, size_t k, size_t i0, size_t i1, void *ctx)
+{
+	double *row = ctx, s = 0;
+	const float *g = p->g;
+#pragma omp simd reduction(+ : s)
+	for (size_t j = i0; j < i1; j++) s += (double)g[j] * g[j];
+	row[k] += s;
+}
+
+static void scale_part(ft_param *p, size_t k, size_t i0, size_t i1, void *ctx)
+{
+	const float coef = *(const float *)ctx;
+	float *g = p->g;
+	(void)k;
+#pragma omp simd
+	for (size_t j = i0; j < i1; j++) g[j] *= coef;
+}
+
+/* torch.linalg.vector_norm of each gradient (float32 result; the squares
+ * summed in double, so the order of the partial sums does not show), then
+ * the norm of those norms; clip_coef = max_norm / (total + 1e-6) clamped
+ * to 1 and every gradient multiplied by it (torch multiplies even when 1).
+ * Both passes are one parallel region over all gradients. */
 double ft_clip_grad_norm(ft_param *const *params, size_t n, double max_norm)
 {
+	size_t total = total_elements(params, n);
+	int nt = total > PASS_SPLIT ? omp_get_max_threads() : 1;
+	double *part = ft_xcalloc((size_t)nt * (n ? n : 1), sizeof *part);
+#pragma omp parallel num_threads(nt)
+	{
+		int t = omp_get_thread_num(), got = omp_get_num_threads();
+		param_slice(params, n, total, t, got, sumsq_part, part + (size_t)t * n);
+	}
 	double total2 = 0;
-	for (size_t i = 0; i < n; i++) {
-		const float *g = params[i]->g;
+	for (size_t k = 0; k < n; k++) {
 		double s = 0;
-#pragma omp parallel for reduction(+ : s) schedule(static) if (params[i]->n > 65536)
-		for (size_t j = 0; j < params[i]->n; j++) s += (double)g[j] * g[j];
+		for (int t = 0; t < nt; t++) s += part[(size_t)t * n + k];
 		float norm = (float)sqrt(s);
 		total2 += (double)norm * norm;
 	}
-	float total = (float)sqrt(total2);
+	free(part);
+	float tnorm = (float)sqrt(total2);
 	if (max_norm > 0) {
-		float coef = (float)max_norm / (total + 1e-6f);
+		float coef = (float)max_norm / (tnorm + 1e-6f);
 		if (coef > 1.0f) coef = 1.0f;
-		for (size_t i = 0; i < n; i++) {
-			float *g = params[i]->g;
-#pragma omp parallel for schedule(static) if (params[i]->n > 65536)
-			for (size_t j = 0; j < params[i]->n; j++) g[j] *= coef;
-		}
+#pragma omp parallel if (total > PASS_SPLIT)
+		param_slice(params, n, total, omp_get_thread_num(), omp_get_num_threads(), scale_part,
+			    &coef);
 	}
-	return total;
+	return tnorm;
 }
-
