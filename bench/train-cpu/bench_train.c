@@ -104,6 +104,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "bench_train: %s\n", ft_errmsg());
 			return 1;
 		}
+		ft_clip_grad_norm(train, nt, 1.0);   /* max_grad_norm, as ft-train */
 		ft_adamw_step(opt, 1e-5);
 		if (st >= warm)
 			times[st - warm] = now() - t0;

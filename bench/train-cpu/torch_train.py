@@ -28,6 +28,7 @@ for st in range(warm + steps):
     opt.zero_grad(set_to_none=False)
     out = m(input_ids=ids, labels=ids)
     out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)   # the Trainer's max_grad_norm
     opt.step()
     if st >= warm:
         times.append(time.perf_counter() - t0)
