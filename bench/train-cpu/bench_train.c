@@ -4,8 +4,11 @@
  * or measures the machine's sgemm rate.  Built and run by run.sh.
  *
  *   bench_train sgemm N REPS
- *   bench_train train HIDDEN LAYERS HEADS KV_HEADS INTER VOCAB B T STEPS WARMUP
- * prints one JSON line.
+ *   bench_train train HIDDEN LAYERS HEADS KV_HEADS INTER VOCAB B T STEPS WARMUP [lora]
+ * prints one JSON line.  "lora": LoRA rank 8, alpha 16 on every linear
+ * module (LLaMA-Factory's lora_target all) instead of full fine-tuning;
+ * GFLOP/s are then counted as 4N (forward and input gradients of the
+ * frozen weights) instead of 6N.
  */
 #include <cblas.h>   /* built with -iquote lib, so <sched.h> is the system's */
 #include <math.h>
@@ -55,9 +58,10 @@ int main(int argc, char **argv)
 {
 	if (argc == 4 && !strcmp(argv[1], "sgemm"))
 		return sgemm_rate(atoi(argv[2]), atoi(argv[3]));
-	if (argc != 12 || strcmp(argv[1], "train")) {
+	int lora = argc == 13 && !strcmp(argv[12], "lora");
+	if ((argc != 12 && !lora) || strcmp(argv[1], "train")) {
 		fprintf(stderr, "usage: bench_train sgemm N REPS | train HIDDEN LAYERS HEADS "
-			"KV INTER VOCAB B T STEPS WARMUP\n");
+			"KV INTER VOCAB B T STEPS WARMUP [lora]\n");
 		return 2;
 	}
 	ft_config c = { .arch = FT_ARCH_LLAMA, .hidden_size = atoi(argv[2]),
@@ -69,6 +73,9 @@ int main(int argc, char **argv)
 	c.head_dim = c.hidden_size / c.num_attention_heads;
 	int B = atoi(argv[8]), T = atoi(argv[9]), steps = atoi(argv[10]), warm = atoi(argv[11]);
 	ft_tune_opts o = { .type = FT_FT_FULL, .seed = 1 };
+	if (lora)
+		o = (ft_tune_opts){ .type = FT_FT_LORA, .lora_rank = 8, .lora_alpha = 16,
+				    .lora_targets = FT_MOD_ALL_LINEAR, .seed = 1 };
 	ft_model *m = ft_model_from_config(&c, &o);
 	if (!m) {
 		fprintf(stderr, "bench_train: %s\n", ft_errmsg());
@@ -114,8 +121,8 @@ int main(int argc, char **argv)
 	double dt = times[0], tps = B * T / dt;
 	free(times);
 	printf("{\"impl\": \"ft\", \"params\": %zu, \"params_no_emb\": %zu, \"tokens_per_s\": %.1f, "
-	       "\"step_s\": %.4f, \"gflops_6N\": %.1f, \"loss\": %.4f}\n", np,
-	       np - nemb * (c.tie_word_embeddings ? 1 : 2), tps, dt, 6.0 * np * tps / 1e9,
+	       "\"step_s\": %.4f, \"gflops\": %.1f, \"loss\": %.4f}\n", np,
+	       np - nemb * (c.tie_word_embeddings ? 1 : 2), tps, dt, (lora ? 4.0 : 6.0) * np * tps / 1e9,
 	       loss / b.n_label_tokens);
 	ft_adamw_free(opt);
 	free(train); free(b.input_ids); free(b.labels);
