@@ -29,7 +29,7 @@ static const route routes[] = {
 	{"lora_dropout", R, NULL}, {"lora_target", R, NULL}, {"use_rslora", R, NULL},
 	{"freeze_trainable_layers", R, NULL}, {"freeze_trainable_modules", R, NULL},
 	{"learning_rate", R, NULL}, {"weight_decay", R, NULL}, {"adam_beta1", R, NULL},
-	{"adam_beta2", R, NULL}, {"adam_epsilon", R, NULL}, {"max_grad_norm", R, NULL},
+	{"adam_beta2", R, NULL}, {"adam_epsilon", R, NULL}, {"optim", R, NULL}, {"max_grad_norm", R, NULL},
 	{"lr_scheduler_type", R, NULL}, {"warmup_steps", R, NULL}, {"warmup_ratio", R, NULL},
 	{"gradient_accumulation_steps", R, NULL}, {"num_train_epochs", P | R, NULL},
 	{"max_steps", R, NULL}, {"logging_steps", R, NULL}, {"save_steps", R, NULL},

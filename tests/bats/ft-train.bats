@@ -54,6 +54,8 @@ train() { ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir 
 	assert_output --partial "not a number"
 	run -2 train --lr_scheduler_type cosin
 	assert_output --partial "cosine_with_restarts"
+	run -2 train --optim sgd
+	assert_output --partial "adamw_torch"
 	run -2 train --finetuning_type qlora
 	run -2 train --lora_target q_proj,z_proj
 	assert_output --partial "z_proj"

@@ -38,7 +38,7 @@ static const char *const known[] = {
 	"logging_first_step", "save_steps", "save_total_limit", "eval_steps", "do_train", "do_eval",
 	"val", "train", "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
 	"gradient_checkpointing", "bf16", "fp16", "plot_loss", "device", "eval_strategy",
-	"save_strategy", "logging_strategy", NULL,
+	"save_strategy", "logging_strategy", "optim", NULL,
 };
 
 static int in_list(const char *const *l, const char *k)
@@ -222,6 +222,12 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	o->adam_beta1 = get_num(a, "adam_beta1", 0.9);
 	o->adam_beta2 = get_num(a, "adam_beta2", 0.999);
 	o->adam_epsilon = get_num(a, "adam_epsilon", 1e-8);
+	/* the optimizer is torch.optim.AdamW; its fused kernel computes the same
+	 * update, so the names that select either are accepted */
+	const char *optim = get(a, "optim");
+	if (optim && strcmp(optim, "adamw_torch") && strcmp(optim, "adamw_torch_fused"))
+		die_usage("--optim %s: ft-train's optimizer is torch.optim.AdamW (adamw_torch, "
+			  "adamw_torch_fused)", optim);
 	o->max_grad_norm = get_num(a, "max_grad_norm", 1.0);
 	if (ft_sched_parse(ft_lfargs_get(a, "lr_scheduler_type", "linear"), &o->lr_scheduler_type) < 0)
 		die_usage("--lr_scheduler_type: %s", ft_errmsg());

@@ -46,6 +46,7 @@ static const char usage[] =
 "Optimisation (transformers' Trainer semantics):\n"
 "  --learning_rate (5e-5) --weight_decay (0) --adam_beta1 (0.9) --adam_beta2 (0.999)\n"
 "  --adam_epsilon (1e-8) --max_grad_norm (1.0; 0 disables clipping)\n"
+"  --optim adamw_torch|adamw_torch_fused (the only optimizer: torch's AdamW)\n"
 "  --lr_scheduler_type linear|cosine|cosine_with_restarts|polynomial|constant|\n"
 "                      constant_with_warmup|inverse_sqrt (linear)\n"
 "  --warmup_steps N (>= 1 steps, < 1 a ratio)  --warmup_ratio R\n"
