@@ -158,9 +158,9 @@ int ft_parse_bool(const char *opt, const char *s)
 
 static int is_bool_word(const char *s)
 {
-	static const char *const words[] = {"true", "false", "1", "0", "yes", "no", "True", "False"};
+	static const char *const words[] = {"true", "false", "1", "0", "yes", "no"};
 	for (size_t i = 0; i < sizeof words / sizeof *words; i++)
-		if (!strcmp(s, words[i])) return 1;
+		if (!strcasecmp(s, words[i])) return 1;
 	return 0;
 }
 

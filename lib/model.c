@@ -262,8 +262,10 @@ void ft_model_free_params(ft_model *m)
 	for (size_t i = 0; i < m->nparams; i++)
 		free(m->params[i].name);
 	free(m->params);
+	free(m->grads);
 	m->params = NULL;
-	m->nparams = 0;
+	m->grads = NULL;
+	m->nparams = m->ngrads = 0;
 }
 
 int ft_model_build_params(ft_model *m)
@@ -313,6 +315,10 @@ int ft_model_build_params(ft_model *m)
 				 l, grp, ft_lin_names[j]);
 			add_param(m, &cap, nm, &a->B, 2, out, a->r, 1, 1);
 		}
+	m->grads = ft_xcalloc(m->nparams ? m->nparams : 1, sizeof *m->grads);
+	for (size_t i = 0; i < m->nparams; i++)
+		if (m->params[i].g)
+			m->grads[m->ngrads++] = &m->params[i];
 	return 0;
 }
 
@@ -516,29 +522,38 @@ void ft_model_set_dropout_position(ft_model *m, uint64_t calls)
 	m->dropout_calls = calls;
 }
 
-/* One parallel region over all gradients laid end to end (as AdamW's
- * step): per-tensor regions would cost a small model more than the
- * memset itself. */
-void ft_model_zero_grad(ft_model *m)
+size_t ft_params_elements(ft_param *const *ps, size_t n)
 {
 	size_t total = 0;
-	for (size_t i = 0; i < m->nparams; i++)
-		if (m->params[i].g)
-			total += m->params[i].n;
-#pragma omp parallel if (total > 65536)
-	{
-		size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num();
-		size_t lo = total * t / nt, hi = total * (t + 1) / nt, base = 0;
-		for (size_t i = 0; i < m->nparams && base < hi; i++) {
-			ft_param *p = &m->params[i];
-			if (!p->g)
-				continue;
-			size_t end = base + p->n;
-			if (end > lo) {
-				size_t i0 = lo > base ? lo - base : 0, i1 = (hi < end ? hi : end) - base;
-				memset(p->g + i0, 0, (i1 - i0) * sizeof(float));
-			}
-			base = end;
+	for (size_t k = 0; k < n; k++) total += ps[k]->n;
+	return total;
+}
+
+void ft_params_slice(ft_param *const *ps, size_t n, size_t total, int t, int nt,
+		     ft_param_part_fn fn, void *ctx)
+{
+	size_t lo = total * (size_t)t / (size_t)nt, hi = total * (size_t)(t + 1) / (size_t)nt;
+	size_t base = 0;
+	for (size_t k = 0; k < n && base < hi; k++) {
+		size_t end = base + ps[k]->n;
+		if (end > lo) {
+			size_t i0 = lo > base ? lo - base : 0, i1 = (hi < end ? hi : end) - base;
+			fn(ps[k], k, i0, i1, ctx);
 		}
+		base = end;
 	}
+}
+
+static void zero_part(ft_param *p, size_t k, size_t i0, size_t i1, void *ctx)
+{
+	(void)k; (void)ctx;
+	memset(p->g + i0, 0, (i1 - i0) * sizeof(float));
+}
+
+void ft_model_zero_grad(ft_model *m)
+{
+	size_t total = ft_params_elements(m->grads, m->ngrads);
+#pragma omp parallel if (total > FT_PARAMS_SPLIT)
+	ft_params_slice(m->grads, m->ngrads, total, omp_get_thread_num(), omp_get_num_threads(),
+			zero_part, NULL);
 }

@@ -79,6 +79,19 @@ typedef struct {
 	int decay;                     /* weight decay applies (not bias/norm) */
 } ft_param;
 
+/* Passes over many tensors as one range, elements laid end to end:
+ * thread t of nt takes the t-th slice of the `total` elements (the sum of
+ * ps[k]->n) and fn gets each tensor's part of it, [i0, i1) of tensor k.
+ * One parallel region then covers a whole pass (zero_grad, AdamW,
+ * clipping): a small model's many small tensors would otherwise each pay
+ * a fork and a join.  Passes below FT_PARAMS_SPLIT elements stay on one
+ * thread. */
+#define FT_PARAMS_SPLIT 65536
+typedef void (*ft_param_part_fn)(ft_param *p, size_t k, size_t i0, size_t i1, void *ctx);
+size_t ft_params_elements(ft_param *const *ps, size_t n);
+void ft_params_slice(ft_param *const *ps, size_t n, size_t total, int t, int nt,
+		     ft_param_part_fn fn, void *ctx);
+
 typedef struct ft_model ft_model;
 
 ft_model *ft_model_load(const char *model_dir, const ft_tune_opts *o);

@@ -43,6 +43,8 @@ struct ft_model {
 	ft_layer *layers;
 	ft_param *params;
 	size_t nparams;
+	ft_param **grads;            /* the params with a gradient, for zero_grad */
+	size_t ngrads;
 	int lora_dropout_on;
 	uint64_t dropout_calls;      /* advances the dropout masks per call */
 

@@ -59,38 +59,6 @@ static void adamw_range(float *restrict p, const float *restrict g, float *restr
 		ft_k_adamw_elem(&p[i], g[i], &m[i], &v[i], &k);
 }
 
-/* Thread t of nt takes the t-th slice of all parameters laid end to end
- * and calls fn on each tensor's part of it, so one parallel region covers
- * a whole pass: a small model's many small tensors would otherwise each
- * pay a fork and a join. */
-typedef void (*slice_fn)(ft_param *p, size_t k, size_t i0, size_t i1, void *ctx);
-
-static void param_slice(ft_param *const *ps, size_t n, size_t total, int t, int nt, slice_fn fn,
-			void *ctx)
-{
-	size_t lo = total * (size_t)t / (size_t)nt, hi = total * (size_t)(t + 1) / (size_t)nt;
-	size_t base = 0;
-	for (size_t k = 0; k < n && base < hi; k++) {
-		size_t end = base + ps[k]->n;
-		if (end > lo) {
-			size_t i0 = lo > base ? lo - base : 0, i1 = (hi < end ? hi : end) - base;
-			fn(ps[k], k, i0, i1, ctx);
-		}
-		base = end;
-	}
-}
-
-/* ft_param.n summed */
-static size_t total_elements(ft_param *const *ps, size_t n)
-{
-	size_t total = 0;
-	for (size_t k = 0; k < n; k++) total += ps[k]->n;
-	return total;
-}
-
-/* Passes below this many elements stay on one thread. */
-#define PASS_SPLIT 65536
-
 typedef struct { ft_adamw *a; const ft_k_adamw *c; } adamw_ctx;
 
 static void adamw_part(ft_param *p, size_t k, size_t i0, size_t i1, void *ctx)
@@ -110,10 +78,10 @@ void ft_adamw_step(ft_adamw *a, double lr)
 		double wd = a->p[k]->decay ? a->o.weight_decay : 0.0;
 		c[k] = ft_k_adamw_prepare(lr, wd, a->o.beta1, a->o.beta2, a->o.eps, step);
 	}
-	size_t total = total_elements(a->p, a->n);
+	size_t total = ft_params_elements(a->p, a->n);
 	adamw_ctx x = { a, c };
-#pragma omp parallel if (total > PASS_SPLIT)
-	param_slice(a->p, a->n, total, omp_get_thread_num(), omp_get_num_threads(), adamw_part, &x);
+#pragma omp parallel if (total > FT_PARAMS_SPLIT)
+	ft_params_slice(a->p, a->n, total, omp_get_thread_num(), omp_get_num_threads(), adamw_part, &x);
 	free(c);
 }
 
@@ -144,13 +112,13 @@ static void scale_part(ft_param *p, size_t k, size_t i0, size_t i1, void *ctx)
  * Both passes are one parallel region over all gradients. */
 double ft_clip_grad_norm(ft_param *const *params, size_t n, double max_norm)
 {
-	size_t total = total_elements(params, n);
-	int nt = total > PASS_SPLIT ? omp_get_max_threads() : 1;
+	size_t total = ft_params_elements(params, n);
+	int nt = total > FT_PARAMS_SPLIT ? omp_get_max_threads() : 1;
 	double *part = ft_xcalloc((size_t)nt * (n ? n : 1), sizeof *part);
 #pragma omp parallel num_threads(nt)
 	{
 		int t = omp_get_thread_num(), got = omp_get_num_threads();
-		param_slice(params, n, total, t, got, sumsq_part, part + (size_t)t * n);
+		ft_params_slice(params, n, total, t, got, sumsq_part, part + (size_t)t * n);
 	}
 	double total2 = 0;
 	for (size_t k = 0; k < n; k++) {
@@ -164,8 +132,8 @@ double ft_clip_grad_norm(ft_param *const *params, size_t n, double max_norm)
 	if (max_norm > 0) {
 		float coef = (float)max_norm / (tnorm + 1e-6f);
 		if (coef > 1.0f) coef = 1.0f;
-#pragma omp parallel if (total > PASS_SPLIT)
-		param_slice(params, n, total, omp_get_thread_num(), omp_get_num_threads(), scale_part,
+#pragma omp parallel if (total > FT_PARAMS_SPLIT)
+		ft_params_slice(params, n, total, omp_get_thread_num(), omp_get_num_threads(), scale_part,
 			    &coef);
 	}
 	return tnorm;

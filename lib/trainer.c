@@ -353,7 +353,7 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	m->zero_grad(m->self);
 
 	int stop = st.global_step >= p.total_steps;
-	const int64_t runs = o->data_epochs > 1 ? o->data_epochs : 1, first_ep = st.epoch_idx;
+	const int64_t runs = ft_data_runs(o), first_ep = st.epoch_idx;
 	for (int64_t ep = first_ep; ep < p.num_epochs && !stop; ep++) {
 		int64_t done = 0, skip = ep == first_ep ? st.batches_done : 0;
 		/* Epoch ep reads run ep % runs of the stream: the next run follows

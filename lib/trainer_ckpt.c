@@ -117,7 +117,7 @@ json_t *ft_trainer_state_json(const ft_train_opts *o, const ft_train_plan *p, co
 	char total_loss[40];
 	snprintf(total_loss, sizeof total_loss, "%a", st->total_loss);
 	json_object_set_new(ft, "total_loss_hex", json_string(total_loss));
-	json_object_set_new(ft, "data_epochs", json_integer(o->data_epochs > 1 ? o->data_epochs : 1));
+	json_object_set_new(ft, "data_epochs", json_integer(ft_data_runs(o)));
 	int64_t eval_steps = o->eval_steps > 0 ? o->eval_steps : o->logging_steps;
 	return json_pack("{s:n, s:n, s:n, s:f, s:I, s:I, s:b, s:b, s:b, s:O, s:I, s:I, s:I, "
 			 "s:I, s:I, s:{}, s:f, s:I, s:n, s:n, s:o}",
@@ -232,10 +232,10 @@ int ft_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt, 
 	}
 	/* absent in checkpoints of before ft-pack --num_train_epochs: one */
 	long long de = json_integer_value(json_object_get(ft, "data_epochs"));
-	if ((de > 1 ? de : 1) != (o->data_epochs > 1 ? o->data_epochs : 1)) {
+	if (de < 1) de = 1;
+	if (de != ft_data_runs(o)) {
 		ft_fail("%s: the checkpoint was made on batches packed for %lld epochs; these hold %lld: "
-			"resume with the same ft-pack output", o->resume_dir, de > 1 ? de : 1,
-			(long long)(o->data_epochs > 1 ? o->data_epochs : 1));
+			"resume with the same ft-pack output", o->resume_dir, de, (long long)ft_data_runs(o));
 		goto out;
 	}
 	if (ms != p->total_steps) {

@@ -32,4 +32,10 @@ int ft_json_write_atomic(const json_t *v, const char *path, int indent, int sort
 /* Copy a file into dir unless a file of that name is there. */
 int ft_copy_into(const char *src, const char *dir);
 
+/* Epochs the training stream holds (ft_train_opts.data_epochs; 0 means 1). */
+static inline int64_t ft_data_runs(const ft_train_opts *o)
+{
+	return o->data_epochs > 1 ? o->data_epochs : 1;
+}
+
 #endif

@@ -65,6 +65,9 @@ train() { ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir 
 	assert_output --partial "no CUDA backend"
 	run -2 ft-train --model_name_or_path "$MODEL" --output_dir out
 	assert_output --partial "--train"
+	# the optimizer ft-train has, by its transformers name
+	run train --optim adamw_torch --max_steps 1 -q --output_dir optim
+	assert_success
 }
 
 @test "stage mismatch with the batches' header: exit 1" {

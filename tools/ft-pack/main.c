@@ -126,22 +126,6 @@ static const struct option long_opts[] = {
 	{ 0, 0, 0, 0 },
 };
 
-static int is_bool_word(const char *s)
-{
-	static const char *w[] = { "true", "false", "1", "0", "yes", "no" };
-	for (size_t i = 0; s && i < sizeof w / sizeof *w; i++)
-		if (!strcasecmp(s, w[i])) return 1;
-	return 0;
-}
-
-/* --flag, --flag=BOOL and LLaMA-Factory's "--flag BOOL" all work. */
-static int bool_arg(const char *name, int argc, char **argv)
-{
-	if (optarg) return ft_parse_bool(name, optarg);
-	if (optind < argc && is_bool_word(argv[optind])) return ft_parse_bool(name, argv[optind++]);
-	return 1;
-}
-
 static int pos_int(const char *name, const char *s, long long lo)
 {
 	long long v = ft_parse_int(name, s);
@@ -175,9 +159,9 @@ static void parse_args(int argc, char **argv, pack_opts *o)
 		case O_BS: o->batch_size = pos_int("per_device_train_batch_size", optarg, 1); break;
 		case O_EBS: o->eval_batch_size = pos_int("per_device_eval_batch_size", optarg, 1); break;
 		case O_PADM: o->pad_to_multiple_of = pos_int("pad_to_multiple_of", optarg, 1); break;
-		case O_PACKING: o->packing = bool_arg("packing", argc, argv); break;
-		case O_NEAT: o->neat_packing = bool_arg("neat_packing", argc, argv); break;
-		case O_GROUP: o->group_by_length = bool_arg("group_by_length", argc, argv); break;
+		case O_PACKING: o->packing = ft_optarg_bool("packing", argc, argv); break;
+		case O_NEAT: o->neat_packing = ft_optarg_bool("neat_packing", argc, argv); break;
+		case O_GROUP: o->group_by_length = ft_optarg_bool("group_by_length", argc, argv); break;
 		case O_WINDOW: o->window = pos_int("preprocessing_batch_size", optarg, 1); break;
 		case O_STAGE:
 			if ((o->stage = ft_stage_parse(optarg)) < 0) die_usage("--stage: %s", ft_errmsg());
@@ -195,7 +179,7 @@ static void parse_args(int argc, char **argv, pack_opts *o)
 			o->seed = (uint64_t)v;
 			break;
 		}
-		case O_SHUFFLE: o->shuffle = bool_arg("shuffle", argc, argv); break;
+		case O_SHUFFLE: o->shuffle = ft_optarg_bool("shuffle", argc, argv); break;
 		case O_EPOCHS: {
 			double x = ft_parse_double("num_train_epochs", optarg);
 			if (!(x > 0) || x > 100000)
@@ -203,12 +187,12 @@ static void parse_args(int argc, char **argv, pack_opts *o)
 			o->epochs = (int)ceil(x);
 			break;
 		}
-		case O_DROP: o->drop_last = bool_arg("dataloader_drop_last", argc, argv); break;
+		case O_DROP: o->drop_last = ft_optarg_bool("dataloader_drop_last", argc, argv); break;
 		case 'o': o->output = optarg; break;
 		case O_VALOUT: o->val_output = optarg; break;
 		case O_DIR: o->output_dir = optarg; break;
 		case O_SHARD: parse_shard_size(o, optarg); break;
-		case O_OVERWRITE: o->overwrite = bool_arg("overwrite_output_dir", argc, argv); break;
+		case O_OVERWRITE: o->overwrite = ft_optarg_bool("overwrite_output_dir", argc, argv); break;
 		case 'f': o->force = 1; break;
 		case 'q': ft_verbose--; break;
 		case 'v': ft_verbose++; break;

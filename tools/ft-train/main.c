@@ -378,7 +378,7 @@ int main(int argc, char **argv)
 				  c.resume ? "to skip to the checkpoint's position in a new process"
 					   : "more than one pass over the batches",
 				  (long long)plan.num_epochs, (long long)plan.num_epochs);
-		if (plan.num_epochs > tm_.epochs && tm_.epochs > 0)
+		if (plan.num_epochs > tm_.epochs)
 			note_epoch_reuse(&c, &tm_, plan.num_epochs);
 		if (c.n_val && !strcmp(c.val[0], "-"))
 			die_usage("--val -: evaluation reads the batches again at every --eval_steps: give a file");
