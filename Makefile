@@ -1,12 +1,31 @@
 # ft - fine-tuning toolkit.  Targets: all test install clean demo
 include config.mk
 
-LIB_SRC   := $(sort $(wildcard lib/*.c))
-LIB_HDR   := $(wildcard lib/*.h)
+# The library, one explicit source list per subsystem folder of lib/ (the
+# folders and which may include which: docs/ARCHITECTURE.md).
+LIB_UTIL   := atomicfile dtype error json rng sbuf sha256
+LIB_FORMAT := batch_io safetensors stream stream_codec trainlog
+LIB_TEXT   := template template_tools tokenizer tokenizer_bpe tokenizer_decode \
+              tokenizer_json tokenizer_pipeline tokenizer_spm tokenizer_util
+LIB_DATA   := dataset dataset_mix pack pack_batch preprocess
+LIB_MODEL  := cuda_view device infer layers model model_fwd model_io
+LIB_TRAIN  := cuda_train lr_sched optim optim_state trainer trainer_array \
+              trainer_ckpt trainer_data trainer_model
+LIB_GEN    := chat generate metrics sample
+LIB_EXPORT := merge merge_lora
+LIB_PLOT   := plot plot_ascii plot_cairo plot_log
+LIB_CLI    := cli lfargs runplan
+LIB_CUDA   := attention gemm lmhead model ops optim probe
+
+LIB_SRC   := $(LIB_UTIL:%=lib/util/%.c) $(LIB_FORMAT:%=lib/format/%.c) \
+             $(LIB_TEXT:%=lib/text/%.c) $(LIB_DATA:%=lib/data/%.c) \
+             $(LIB_MODEL:%=lib/model/%.c) $(LIB_TRAIN:%=lib/train/%.c) \
+             $(LIB_GEN:%=lib/gen/%.c) $(LIB_EXPORT:%=lib/export/%.c) \
+             $(LIB_PLOT:%=lib/plot/%.c) $(LIB_CLI:%=lib/cli/%.c)
+CU_SRC    := $(LIB_CUDA:%=lib/cuda/%.cu)
 TOOLS     := $(notdir $(sort $(wildcard tools/ft-*)))
 BINS      := $(addprefix bin/,$(TOOLS))
 UNIT_SRC  := $(sort $(wildcard tests/unit/test_*.c))
-CU_SRC    := $(sort $(wildcard lib/cuda/*.cu))
 
 OBJ       := $(LIB_SRC:%.c=build/obj/%.o)
 ASAN_OBJ  := $(LIB_SRC:%.c=build/asan/%.o)
@@ -49,21 +68,21 @@ build/asan/bin/%: $$(wildcard tools/%/*.c) $$(wildcard tools/%/*.h) build/asan/l
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -iquote tools/$* $(filter %.c,$^) build/asan/libft.a $(LDLIBS) -o $@
 
-# CUDA sources compile whenever nvcc is present, so CI catches errors without a GPU
+# CUDA sources compile whenever nvcc is present, so CI catches errors
+# without a GPU; nvcc -MMD writes their header dependencies as cc does.
 build/cuda/%.o: %.cu
 	@mkdir -p $(@D)
-	$(NVCC) -O2 -std=c++17 $(CUDA_ARCH) -Ilib -Xcompiler -Wall,-Werror -c $< -o $@
+	$(NVCC) -O2 -std=c++17 $(CUDA_ARCH) -Ilib -Xcompiler -Wall,-Werror -MMD -MP -c $< -o $@
 
 build/libft_cuda.a: $(CU_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
 # Opt-in (make CUDA_LINK=1): link the tools with the CUDA backend.  The
-# probe symbol is forced in so lib/device.c sees the backend; libft.a is
+# probe symbol is forced in so lib/model/device.c sees the backend; libft.a is
 # repeated because libft_cuda.a calls back into it.  cudart is static so
 # a bundle needs only cuBLAS from the target machine.  `make gpu-tests`
 # builds tests/gpu/*.c against the backend (run by tests/gpu/run.sh).
 ifeq ($(CUDA),1)
-$(CU_OBJ): $(wildcard lib/cuda/*.cuh lib/cuda/*.h) lib/kernels.h lib/cuda_view.h lib/layers.h lib/error.h
 CUDA_LIBDIR ?= $(dir $(NVCC))../lib64
 CUDA_LDLIBS = -Wl,--as-needed -Wl,--undefined=ft_cuda_probe build/libft_cuda.a build/libft.a \
 	-L$(CUDA_LIBDIR) -lcublas -lcublasLt -lcudart_static -ldl -lrt -lstdc++ \
@@ -101,4 +120,4 @@ clean:
 
 .PHONY: all test unit asan-tools demo install clean
 .SECONDARY:
--include $(OBJ:.o=.d) $(ASAN_OBJ:.o=.d)
+-include $(OBJ:.o=.d) $(ASAN_OBJ:.o=.d) $(CU_OBJ:.o=.d)

@@ -16,10 +16,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include "error.h"
-#include "layers.h"
-#include "model.h"
-#include "optim.h"
+#include "util/error.h"
+#include "model/layers.h"
+#include "model/model.h"
+#include "train/optim.h"
 
 static double now(void)
 {

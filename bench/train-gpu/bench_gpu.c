@@ -12,8 +12,8 @@
 #include <string.h>
 #include <time.h>
 #include "cuda/ft_cuda.h"
-#include "error.h"
-#include "model.h"
+#include "util/error.h"
+#include "model/model.h"
 
 static double now(void)
 {

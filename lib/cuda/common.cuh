@@ -9,9 +9,9 @@
 #include <stddef.h>
 
 extern "C" {
-#include "error.h"
+#include "util/error.h"
 }
-#include "kernels.h"
+#include "model/kernels.h"
 #include "cuda/ft_cuda.h"
 
 /* ---- errors: every call checked, message names call and shapes ---- */

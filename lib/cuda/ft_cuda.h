@@ -16,7 +16,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include "cuda_view.h"
+#include "model/cuda_view.h"
 
 #ifdef __cplusplus
 extern "C" {

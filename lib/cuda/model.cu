@@ -11,7 +11,7 @@
 #include "cuda/common.cuh"
 
 extern "C" {
-#include "layers.h"
+#include "model/layers.h"
 }
 
 #define HEAD_BUDGET ((size_t)1 << 26)   /* fp32 logits at once (256 MiB) */

@@ -1,6 +1,7 @@
 /* optim.cu - the optimizer step on the device (AdamW as lib/optim.c,
  * clip_grad_norm_ as torch, dynamic loss scaling for fp16), transfers
- * between the device model and the CPU model, and the device probe. */
+ * between the device model and the CPU model.  The device probe is in
+ * probe.cu. */
 #include <stdio.h>
 #include <string.h>
 #include "cuda/common.cuh"
@@ -192,20 +193,3 @@ int ft_cuda_adamw_set(ft_cuda_model *dm, size_t i, const float *exp_avg,
 size_t ft_cuda_peak_bytes(const ft_cuda_model *dm) { return dm->peak; }
 
 void ft_cuda_set_position(ft_cuda_model *dm, int64_t n) { dm->dropout_calls = (uint64_t)n; }
-
-extern "C" int ft_cuda_probe(char *desc, size_t desc_size)
-{
-	int n = 0;
-	cudaError_t e = cudaGetDeviceCount(&n);
-	if (e == cudaErrorNoDevice)
-		return 0;
-	if (e != cudaSuccess)
-		return ft_cu_fail(e, "cudaGetDeviceCount", "%s", "probe");
-	if (n > 0 && desc && desc_size) {
-		cudaDeviceProp p;
-		CU(cudaGetDeviceProperties(&p, 0), "%s", "device 0");
-		snprintf(desc, desc_size, "%s, %.1f GiB, sm_%d%d", p.name,
-			 (double)p.totalGlobalMem / (1 << 30), p.major, p.minor);
-	}
-	return n;
-}

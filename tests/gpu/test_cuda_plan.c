@@ -10,8 +10,8 @@
 #include <string.h>
 #include "tap.h"
 #include "cuda/ft_cuda.h"
-#include "error.h"
-#include "model.h"
+#include "util/error.h"
+#include "model/model.h"
 
 #define GIB (1024.0 * 1024 * 1024)
 

@@ -17,10 +17,10 @@
 #include <string.h>
 #include "tap.h"
 #include "cuda/ft_cuda.h"
-#include "error.h"
-#include "model.h"
-#include "safetensors.h"
-#include "cuda_train.h"
+#include "util/error.h"
+#include "model/model.h"
+#include "format/safetensors.h"
+#include "train/cuda_train.h"
 #include <unistd.h>
 
 #define LLAMA "tests/fixtures/models/tiny-llama"

@@ -1,10 +1,10 @@
 /* test_batch.c - batch records and manifests (lib/batch.c) through the
  * stream module: write, read back, and refuse malformed records. */
 #include "tap.h"
-#include "batch.h"
-#include "error.h"
-#include "json.h"
-#include "atomicfile.h"
+#include "format/batch.h"
+#include "util/error.h"
+#include "util/json.h"
+#include "util/atomicfile.h"
 
 #include <stdlib.h>
 #include <string.h>

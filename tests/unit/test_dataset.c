@@ -5,13 +5,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include "tap.h"
-#include "dataset.h"
-#include "error.h"
-#include "json.h"
-#include "pack.h"
-#include "preprocess.h"
-#include "sha256.h"
-#include "template_internal.h"
+#include "data/dataset.h"
+#include "util/error.h"
+#include "util/json.h"
+#include "data/pack.h"
+#include "data/preprocess.h"
+#include "util/sha256.h"
+#include "util/sbuf.h"
 
 #define FIX "tests/fixtures/llamafactory/"
 #define TINY FIX "data"

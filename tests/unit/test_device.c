@@ -4,9 +4,9 @@
  * without a GPU the message must say so instead. */
 #include <string.h>
 #include "tap.h"
-#include "device.h"
-#include "error.h"
-#include "cuda_train.h"
+#include "model/device.h"
+#include "util/error.h"
+#include "train/cuda_train.h"
 
 int main(void)
 {

@@ -2,9 +2,9 @@
  * Fixture: tests/fixtures/safetensors/dtype.json, from
  * tests/reference/make_safetensors_fixture.py (see it for how the input
  * sets and hashes are made; the generator below mirrors dtype_inputs()). */
-#include "dtype.h"
-#include "error.h"
-#include "json.h"
+#include "util/dtype.h"
+#include "util/error.h"
+#include "util/json.h"
 #include "tap.h"
 
 #include <stdlib.h>

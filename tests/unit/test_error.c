@@ -5,8 +5,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "tap.h"
-#include "error.h"
-#include "atomicfile.h"
+#include "util/error.h"
+#include "util/atomicfile.h"
 
 static int exists(const char *p)
 {

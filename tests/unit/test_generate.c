@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include "tap.h"
-#include "generate.h"
-#include "model.h"
-#include "error.h"
+#include "gen/generate.h"
+#include "model/model.h"
+#include "util/error.h"
 
 static json_t *fixture;
 

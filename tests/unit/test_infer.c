@@ -8,9 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include "tap.h"
-#include "infer.h"
-#include "model.h"
-#include "error.h"
+#include "model/infer.h"
+#include "model/model.h"
+#include "util/error.h"
 
 #define SEQ 12
 

@@ -1,9 +1,9 @@
 /* test_json.c - lib/json.c: error positions, JSON lines, getters, atomic
  * save and exact round trips of doubles. */
 #define _GNU_SOURCE
-#include "json.h"
-#include "atomicfile.h"
-#include "error.h"
+#include "util/json.h"
+#include "util/atomicfile.h"
+#include "util/error.h"
 #include "tap.h"
 
 #include <stdint.h>

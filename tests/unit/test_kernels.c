@@ -9,10 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include "tap.h"
-#include "dtype.h"
-#include "kernels.h"
-#include "layers.h"
-#include "optim.h"
+#include "util/dtype.h"
+#include "model/kernels.h"
+#include "model/layers.h"
+#include "train/optim.h"
 
 static uint64_t rs = 0x1234567;
 

@@ -10,10 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include "tap.h"
-#include "layers.h"
-#include "vexp.h"
+#include "model/layers.h"
+#include "model/vexp.h"
 #include <math.h>
-#include "safetensors.h"
+#include "format/safetensors.h"
 
 static unsigned long long rs = 88172645463325252ULL;
 static float frand(void)

@@ -4,8 +4,8 @@
 #include <string.h>
 #include <unistd.h>
 #include "tap.h"
-#include "lfargs.h"
-#include "error.h"
+#include "cli/lfargs.h"
+#include "util/error.h"
 
 static char *write_tmp(const char *suffix, const char *text)
 {

@@ -9,11 +9,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "tap.h"
-#include "dtype.h"
-#include "error.h"
-#include "merge.h"
-#include "model.h"
-#include "safetensors.h"
+#include "util/dtype.h"
+#include "util/error.h"
+#include "export/merge.h"
+#include "model/model.h"
+#include "format/safetensors.h"
 
 #define MODELS "tests/fixtures/models"
 #define MERGE "tests/fixtures/merge"

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "tap.h"
-#include "metrics.h"
+#include "gen/metrics.h"
 
 static void test_segmentation(void)
 {

@@ -12,10 +12,10 @@
 #include <string.h>
 #include <unistd.h>
 #include "tap.h"
-#include "error.h"
-#include "json.h"
-#include "model.h"
-#include "safetensors.h"
+#include "util/error.h"
+#include "util/json.h"
+#include "model/model.h"
+#include "format/safetensors.h"
 
 #define LLAMA "tests/fixtures/models/tiny-llama"
 #define QWEN2 "tests/fixtures/models/tiny-qwen2"

@@ -7,8 +7,8 @@
  * reduces in a different order). */
 #define _GNU_SOURCE
 #include "tap.h"
-#include "optim.h"
-#include "error.h"
+#include "train/optim.h"
+#include "util/error.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -7,7 +7,7 @@
  * ids, segment and position ids change exactly at example boundaries.
  */
 #include "tap.h"
-#include "pack.h"
+#include "data/pack.h"
 
 #include <jansson.h>
 #include <stdlib.h>

@@ -9,8 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 #include "tap.h"
-#include "error.h"
-#include "plot.h"
+#include "util/error.h"
+#include "plot/plot.h"
 
 #define FIX "tests/fixtures/plot"
 

@@ -5,10 +5,10 @@
  * With FT_ST_EXPORT_DIR set, also writes ours.safetensors and
  * ours_stream.safetensors there for the script to load with Python. */
 #define _GNU_SOURCE
-#include "safetensors.h"
-#include "atomicfile.h"
-#include "error.h"
-#include "json.h"
+#include "format/safetensors.h"
+#include "util/atomicfile.h"
+#include "util/error.h"
+#include "util/json.h"
 #include "tap.h"
 
 #include <dirent.h>

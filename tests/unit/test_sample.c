@@ -4,8 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include "tap.h"
-#include "sample.h"
-#include "error.h"
+#include "gen/sample.h"
+#include "util/error.h"
 
 static int32_t pick(const ft_sampling *s, const float *in, size_t v, ft_rng *rng)
 {

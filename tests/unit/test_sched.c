@@ -4,8 +4,8 @@
  * difference is allowed and reported. */
 #define _GNU_SOURCE
 #include "tap.h"
-#include "lr_sched.h"
-#include "error.h"
+#include "train/lr_sched.h"
+#include "util/error.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -1,6 +1,6 @@
 /* test_sha256.c - FIPS 180-4 test vectors, streaming in odd pieces, files */
 #include "tap.h"
-#include "sha256.h"
+#include "util/sha256.h"
 
 #include <stdlib.h>
 #include <string.h>

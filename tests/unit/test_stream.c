@@ -4,9 +4,9 @@
  * hostile inputs and to find frame boundaries. */
 #define _GNU_SOURCE
 #include "tap.h"
-#include "stream.h"
-#include "sha256.h"
-#include "error.h"
+#include "format/stream.h"
+#include "util/sha256.h"
+#include "util/error.h"
 
 #include <dirent.h>
 #include <math.h>

@@ -6,8 +6,8 @@
 #include <string.h>
 #include <unistd.h>
 #include "tap.h"
-#include "error.h"
-#include "template.h"
+#include "util/error.h"
+#include "text/template.h"
 
 #define FIX "tests/fixtures/llamafactory/"
 

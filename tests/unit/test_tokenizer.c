@@ -10,8 +10,8 @@
 #include <unistd.h>
 #include <jansson.h>
 #include "tap.h"
-#include "error.h"
-#include "tokenizer.h"
+#include "util/error.h"
+#include "text/tokenizer.h"
 
 #define FIX "tests/fixtures/tokenizer"
 

@@ -9,11 +9,11 @@
  * save_total_limit, interruption, and bit-identical resume. */
 #define _GNU_SOURCE
 #include "tap.h"
-#include "trainer.h"
-#include "trainlog.h"
-#include "optim.h"
-#include "error.h"
-#include "atomicfile.h"
+#include "train/trainer.h"
+#include "format/trainlog.h"
+#include "train/optim.h"
+#include "util/error.h"
+#include "util/atomicfile.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -440,7 +440,7 @@ static void test_eval_and_limit(void)
 
 /* ---- parity with PyTorch (tests/fixtures/parity/README.md) ------------------------ */
 
-#include "safetensors.h"
+#include "format/safetensors.h"
 
 static const char *PAR = "tests/fixtures/parity";
 

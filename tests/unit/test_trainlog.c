@@ -1,7 +1,7 @@
 /* test_trainlog.c - trainer_log.jsonl format and reader */
 #include "tap.h"
-#include "trainlog.h"
-#include "error.h"
+#include "format/trainlog.h"
+#include "util/error.h"
 
 #include <math.h>
 #include <stdlib.h>

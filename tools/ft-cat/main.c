@@ -4,10 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "atomicfile.h"
-#include "cli.h"
-#include "json.h"
-#include "stream.h"
+#include "util/atomicfile.h"
+#include "cli/cli.h"
+#include "util/json.h"
+#include "format/stream.h"
 
 static void usage(FILE *fp)
 {

@@ -3,9 +3,9 @@
 #define FT_GENERATE_TOOL_H
 
 #include <stdio.h>
-#include "chat.h"
-#include "generate.h"
-#include "model.h"
+#include "gen/chat.h"
+#include "gen/generate.h"
+#include "model/model.h"
 
 typedef struct {
 	/* model */

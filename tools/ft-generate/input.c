@@ -5,11 +5,11 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include "cli.h"
-#include "dataset.h"
+#include "cli/cli.h"
+#include "data/dataset.h"
 #include "ft-generate.h"
-#include "json.h"
-#include "stream.h"
+#include "util/json.h"
+#include "format/stream.h"
 
 void gen_items_free(gen_items *it)
 {

@@ -4,9 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include "cli.h"
+#include "cli/cli.h"
 #include "ft-generate.h"
-#include "pack.h"
+#include "data/pack.h"
 
 static void usage(void)
 {

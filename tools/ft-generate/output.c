@@ -7,11 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include "atomicfile.h"
-#include "cli.h"
+#include "util/atomicfile.h"
+#include "cli/cli.h"
 #include "ft-generate.h"
-#include "json.h"
-#include "metrics.h"
+#include "util/json.h"
+#include "gen/metrics.h"
 
 /* Text of generated ids.  Ids the tokenizer does not know (a model whose
  * vocabulary is larger than its tokenizer's) are dropped, as the

@@ -5,10 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
-#include "cli.h"
-#include "dtype.h"
-#include "lfargs.h"
-#include "merge.h"
+#include "cli/cli.h"
+#include "util/dtype.h"
+#include "cli/lfargs.h"
+#include "export/merge.h"
 
 static void usage(FILE *fp)
 {

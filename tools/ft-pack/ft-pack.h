@@ -4,7 +4,7 @@
 
 #include <stdint.h>
 #include <jansson.h>
-#include "pack.h"
+#include "data/pack.h"
 
 typedef struct {
 	/* inputs */

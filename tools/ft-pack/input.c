@@ -1,8 +1,8 @@
 /* input.c - read token streams (docs/FORMAT.md §2/§3) into ft_examples */
 #include "ft-pack.h"
-#include "cli.h"
-#include "json.h"
-#include "stream.h"
+#include "cli/cli.h"
+#include "util/json.h"
+#include "format/stream.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -2,9 +2,9 @@
  * with a manifest.  Options, input/output choice and statistics live
  * here; the packing itself is lib/pack.c. */
 #include "ft-pack.h"
-#include "atomicfile.h"
-#include "cli.h"
-#include "stream.h"
+#include "util/atomicfile.h"
+#include "cli/cli.h"
+#include "format/stream.h"
 
 #include <dirent.h>
 #include <getopt.h>

@@ -1,9 +1,9 @@
 /* output.c - write a split as a batch stream or shards + manifest.json */
 #include "ft-pack.h"
-#include "atomicfile.h"
-#include "cli.h"
-#include "json.h"
-#include "stream.h"
+#include "util/atomicfile.h"
+#include "cli/cli.h"
+#include "util/json.h"
+#include "format/stream.h"
 
 #include <stdlib.h>
 #include <string.h>

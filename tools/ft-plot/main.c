@@ -9,9 +9,9 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include "atomicfile.h"
-#include "cli.h"
-#include "plot.h"
+#include "util/atomicfile.h"
+#include "cli/cli.h"
+#include "plot/plot.h"
 
 static void usage(FILE *fp)
 {

@@ -4,9 +4,9 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/wait.h>
-#include "cli.h"
-#include "lfargs.h"
-#include "runplan.h"
+#include "cli/cli.h"
+#include "cli/lfargs.h"
+#include "cli/runplan.h"
 
 static void usage(void)
 {

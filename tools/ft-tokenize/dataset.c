@@ -7,17 +7,17 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include "atomicfile.h"
-#include "cli.h"
-#include "dataset.h"
+#include "util/atomicfile.h"
+#include "cli/cli.h"
+#include "data/dataset.h"
 #include "ft-tokenize.h"
-#include "json.h"
-#include "pack.h"
-#include "preprocess.h"
-#include "sha256.h"
-#include "stream.h"
-#include "template.h"
-#include "tokenizer.h"
+#include "util/json.h"
+#include "data/pack.h"
+#include "data/preprocess.h"
+#include "util/sha256.h"
+#include "format/stream.h"
+#include "text/template.h"
+#include "text/tokenizer.h"
 
 static const char usage_text[] =
 "Usage: ft-tokenize --dataset NAMES --tokenizer PATH [--template NAME] [options] [-o FILE]\n"

@@ -1,7 +1,7 @@
 /* ft-tokenize - datasets + chat template + HF tokenizer -> token records.
  * main only picks the mode; see text.c and dataset.c. */
 #include <string.h>
-#include "cli.h"
+#include "cli/cli.h"
 #include "ft-tokenize.h"
 
 int main(int argc, char **argv)

@@ -8,9 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <jansson.h>
-#include "atomicfile.h"
-#include "cli.h"
-#include "tokenizer.h"
+#include "util/atomicfile.h"
+#include "cli/cli.h"
+#include "text/tokenizer.h"
 #include "ft-tokenize.h"
 
 #define BATCH_LINES 8192

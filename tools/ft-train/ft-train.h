@@ -2,10 +2,10 @@
 #ifndef FT_TRAIN_TOOL_H
 #define FT_TRAIN_TOOL_H
 
-#include "cli.h"
-#include "lfargs.h"
-#include "model.h"
-#include "trainer.h"
+#include "cli/cli.h"
+#include "cli/lfargs.h"
+#include "model/model.h"
+#include "train/trainer.h"
 
 typedef struct {
 	ft_train_opts t;

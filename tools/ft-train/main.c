@@ -1,8 +1,8 @@
 /* ft-train - fine-tune a Hugging Face model on ft-pack batches (CPU). */
 #define _GNU_SOURCE
 #include "ft-train.h"
-#include "plot.h"
-#include "atomicfile.h"
+#include "plot/plot.h"
+#include "util/atomicfile.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -1,0 +1,863 @@
+/* stream.c - ft record streams: zstd frames holding msgpack maps.
+ *
+ * Writing: each record is packed into a buffer and fed to one zstd
+ * compression context; a frame (with a content checksum) is closed after
+ * every ~1 MiB of input so a reader needs bounded memory, and a shard
+ * (file) is closed after a byte or record budget.  Every shard starts
+ * with the header record, so each is a valid stream on its own.
+ *
+ * Reading: zstd output goes straight into the msgpack unpacker's buffer.
+ * A small scanner (ft_scan, in stream_codec.c) walks those bytes
+ * first to find record boundaries and bound lengths, because
+ * msgpack_unpacker allocates an array of N objects as soon as it sees an
+ * array header claiming N elements: corrupt input must not reach it.
+ * Records are handed out only once the zstd frame that holds them has
+ * passed its checksum, so a corrupt frame yields an error, never wrong
+ * records.  See docs/FORMAT.md section 1.
+ *
+ * Conversion between msgpack objects and JSON lives in stream_codec.c.
+ */
+#define _GNU_SOURCE
+#include "format/stream.h"
+#include "format/stream_internal.h"
+#include "util/atomicfile.h"
+#include "util/error.h"
+#include "util/sha256.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#define DEFAULT_FRAME_BYTES  ((uint64_t)1 << 20)
+/* Records in a frame are released unverified once this much of the frame
+ * is buffered (only frames from other writers get this big). */
+#define UNVERIFIED_MAX       ((uint64_t)64 << 20)
+
+/* ==== writer ========================================================= */
+
+typedef struct {
+	char *path;
+	uint64_t records;
+	char sha[65];
+} shard_info;
+
+struct ft_writer {
+	char *path;                /* single file, or NULL: stdout */
+	char *dir, *suffix;        /* shard directory mode when dir != NULL */
+	uint64_t shard_bytes, shard_records, frame_bytes;
+	int replace;
+
+	ft_buf hdr;                /* the packed header record */
+	json_t *header;            /* and as given, with the version */
+	ft_buf rec;                /* record being built */
+	msgpack_packer pk;
+	int64_t fields_left;       /* -1: no record open */
+	int bad_record;            /* a field call came outside a record */
+
+	ZSTD_CCtx *cctx;
+	uint8_t *zout;
+	size_t zout_cap;
+
+	int shard_open;
+	ft_atomic at;              /* file or shard output */
+	FILE *fp;
+	ft_sha256_ctx sha;
+	uint64_t out_bytes;        /* compressed bytes in this shard */
+	uint64_t shard_nrec;       /* data records in this shard */
+	uint64_t frame_in;         /* uncompressed bytes in the open frame */
+	uint64_t total_records;
+	int rotate_pending;
+
+	shard_info *shards;
+	size_t nshards;
+	int finished, failed;
+};
+
+static const char *out_name(const ft_writer *w)
+{
+	return w->fp == stdout ? "<stdout>" : w->at.path;
+}
+
+static int fail_writer(ft_writer *w)
+{
+	w->failed = 1;
+	return -1;
+}
+
+static int out_write(ft_writer *w, const void *p, size_t n)
+{
+	if (n == 0) return 0;
+	if (fwrite(p, 1, n, w->fp) != n)
+		return ft_fail("%s: write error:", out_name(w));
+	ft_sha256_update(&w->sha, p, n);
+	w->out_bytes += n;
+	return 0;
+}
+
+/* Feed bytes to zstd; ZSTD_e_end also closes the frame. */
+static int compress(ft_writer *w, const void *src, size_t n, ZSTD_EndDirective mode)
+{
+	ZSTD_inBuffer in = {src, n, 0};
+	for (;;) {
+		ZSTD_outBuffer out = {w->zout, w->zout_cap, 0};
+		size_t r = ZSTD_compressStream2(w->cctx, &out, &in, mode);
+		if (ZSTD_isError(r))
+			return ft_fail("zstd: %s", ZSTD_getErrorName(r));
+		if (out_write(w, w->zout, out.pos) < 0) return -1;
+		if (mode == ZSTD_e_end ? r == 0 : in.pos == in.size) return 0;
+	}
+}
+
+static char *shard_name(const ft_writer *w, size_t i)
+{
+	return ft_xasprintf("%s/shard-%05zu.%s", w->dir, i, w->suffix);
+}
+
+static int shard_start(ft_writer *w)
+{
+	if (w->dir) {
+		char *name = shard_name(w, w->nshards);
+		int rc = ft_atomic_open(&w->at, name);
+		free(name);
+		if (rc < 0) return -1;
+		w->fp = w->at.fp;
+	} else if (w->path) {
+		if (ft_atomic_open(&w->at, w->path) < 0) return -1;
+		w->fp = w->at.fp;
+	} else {
+		w->fp = stdout;
+	}
+	w->shard_open = 1;
+	ft_sha256_init(&w->sha);
+	w->out_bytes = w->shard_nrec = w->frame_in = 0;
+	w->rotate_pending = 0;
+	ZSTD_CCtx_reset(w->cctx, ZSTD_reset_session_only);
+	if (compress(w, w->hdr.p, w->hdr.n, ZSTD_e_continue) < 0) return -1;
+	w->frame_in += w->hdr.n;
+	return 0;
+}
+
+static int shard_finish(ft_writer *w)
+{
+	if (compress(w, NULL, 0, ZSTD_e_end) < 0) return -1;
+	shard_info s = {0};
+	s.records = w->shard_nrec;
+	uint8_t d[32];
+	ft_sha256_final(&w->sha, d);
+	ft_hex(d, 32, s.sha);
+	w->shard_open = 0;
+	if (w->fp == stdout) {
+		if (fflush(stdout) != 0 || ferror(stdout))
+			return ft_fail("<stdout>: write error:");
+		s.path = ft_xstrdup("-");
+	} else {
+		s.path = ft_xstrdup(w->at.path);
+		w->fp = NULL;
+		if (ft_atomic_commit(&w->at) < 0) {
+			free(s.path);
+			return -1;
+		}
+	}
+	w->shards = ft_xrealloc(w->shards, (w->nshards + 1) * sizeof *w->shards);
+	w->shards[w->nshards++] = s;
+	return 0;
+}
+
+/* Header as given, with "format" and "version" put first. */
+static int pack_header(ft_writer *w, const json_t *header)
+{
+	if (!json_is_object(header))
+		return ft_fail("stream header: not a JSON object");
+	const json_t *f = json_object_get(header, "format");
+	if (f && (!json_is_string(f) || strcmp(json_string_value(f), FT_STREAM_FORMAT)))
+		return ft_fail("stream header: \"format\" must be \"%s\"", FT_STREAM_FORMAT);
+	const json_t *v = json_object_get(header, "version");
+	if (v && (!json_is_integer(v) || json_integer_value(v) != FT_STREAM_VERSION))
+		return ft_fail("stream header: version must be %d (this is version %d of the format)",
+			       FT_STREAM_VERSION, FT_STREAM_VERSION);
+	const json_t *kind = json_object_get(header, "kind");
+	if (!json_is_string(kind) || !json_string_length(kind))
+		return ft_fail("stream header: \"kind\" must be a non-empty string");
+	const json_t *prod = json_object_get(header, "producer");
+	if (prod && !json_is_string(prod))
+		return ft_fail("stream header: \"producer\" must be a string");
+	const json_t *meta = json_object_get(header, "meta");
+	if (meta && !json_is_object(meta))
+		return ft_fail("stream header: \"meta\" must be an object");
+
+	msgpack_packer pk;
+	msgpack_packer_init(&pk, &w->hdr, ft_buf_write);
+	size_t n = json_object_size(header) + !f + !v;
+	msgpack_pack_map(&pk, n);
+	ft_pack_key(&pk, "format");
+	ft_pack_str(&pk, FT_STREAM_FORMAT, strlen(FT_STREAM_FORMAT));
+	ft_pack_key(&pk, "version");
+	msgpack_pack_int64(&pk, FT_STREAM_VERSION);
+	const char *key;
+	json_t *val;
+	json_object_foreach((json_t *)header, key, val) {
+		if (!strcmp(key, "format") || !strcmp(key, "version")) continue;
+		ft_pack_key(&pk, key);
+		if (ft_pack_json(&pk, val, 1) < 0)
+			return ft_fail_ctx("stream header: \"%s\": ", key);
+	}
+	return 0;
+}
+
+ft_writer *ft_writer_open(const ft_writer_opts *opts, const json_t *header)
+{
+	ft_writer *w = ft_xcalloc(1, sizeof *w);
+	w->fields_left = -1;
+	if (opts->dir) {
+		w->dir = ft_xstrdup(opts->dir);
+		w->suffix = ft_xstrdup(opts->suffix && *opts->suffix ? opts->suffix : "ftb.zst");
+		if (strchr(w->suffix, '/')) {
+			ft_fail("shard suffix '%s' contains '/'", w->suffix);
+			goto fail;
+		}
+	} else if (opts->path && strcmp(opts->path, "-")) {
+		w->path = ft_xstrdup(opts->path);
+	}
+	if (!opts->dir && (opts->shard_bytes || opts->shard_records)) {
+		ft_fail("%s: shard rotation needs an output directory",
+			opts->path ? opts->path : "<stdout>");
+		goto fail;
+	}
+	w->shard_bytes = opts->shard_bytes;
+	w->shard_records = opts->shard_records;
+	w->frame_bytes = opts->frame_bytes ? opts->frame_bytes : DEFAULT_FRAME_BYTES;
+	/* Small shards need small frames, or a shard could only end after a
+	 * whole frame's worth of compressed output. */
+	if (w->shard_bytes && w->shard_bytes < w->frame_bytes)
+		w->frame_bytes = w->shard_bytes;
+	w->replace = opts->replace;
+	if (pack_header(w, header) < 0) goto fail;
+	w->header = json_deep_copy(header);
+	json_object_set_new(w->header, "version", json_integer(FT_STREAM_VERSION));
+	msgpack_packer_init(&w->pk, &w->rec, ft_buf_write);
+
+	w->cctx = ZSTD_createCCtx();
+	if (!w->cctx) {
+		ft_fail("zstd: cannot create a compression context");
+		goto fail;
+	}
+	int level = opts->level ? opts->level : 3;
+	size_t r = ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_compressionLevel, level);
+	if (!ZSTD_isError(r)) r = ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_checksumFlag, 1);
+	if (ZSTD_isError(r)) {
+		ft_fail("zstd level %d: %s", level, ZSTD_getErrorName(r));
+		goto fail;
+	}
+	w->zout_cap = ZSTD_CStreamOutSize();
+	w->zout = ft_xmalloc(w->zout_cap);
+	if (w->dir && ft_mkdirs(w->dir) < 0) goto fail;
+	if (w->dir && !w->replace) {
+		char *first = shard_name(w, 0);
+		int exists = access(first, F_OK) == 0;
+		free(first);
+		if (exists) {
+			ft_fail("%s: already holds shards (remove them, or overwrite)", w->dir);
+			goto fail;
+		}
+	}
+	if (shard_start(w) < 0) goto fail;
+	return w;
+fail:
+	ft_writer_abort(w);
+	return NULL;
+}
+
+/* Old shards past the new last one would be read as part of the stream. */
+static int remove_stale_shards(ft_writer *w)
+{
+	for (size_t i = w->nshards;; i++) {
+		char *name = shard_name(w, i);
+		int rc = unlink(name);
+		int err = errno;
+		free(name);
+		if (rc != 0) {
+			if (err == ENOENT) return 0;
+			errno = err;
+			return ft_fail("%s: cannot remove an old shard:", w->dir);
+		}
+	}
+}
+
+int ft_writer_finish(ft_writer *w)
+{
+	if (w->finished) return w->failed ? -1 : 0;
+	w->finished = 1;
+	if (w->failed) return ft_fail("stream writer: an earlier write failed");
+	if (w->fields_left >= 0)
+		return fail_writer(w), ft_fail("stream writer: a record was begun but not ended");
+	if (shard_finish(w) < 0) return fail_writer(w);
+	if (w->dir && w->replace && remove_stale_shards(w) < 0) return fail_writer(w);
+	return 0;
+}
+
+static void writer_free(ft_writer *w)
+{
+	if (w->shard_open && w->fp != stdout) ft_atomic_abort(&w->at);
+	for (size_t i = 0; i < w->nshards; i++) free(w->shards[i].path);
+	free(w->shards);
+	free(w->hdr.p);
+	json_decref(w->header);
+	free(w->rec.p);
+	free(w->zout);
+	ZSTD_freeCCtx(w->cctx);
+	free(w->path);
+	free(w->dir);
+	free(w->suffix);
+	free(w);
+}
+
+int ft_writer_close(ft_writer *w)
+{
+	if (!w) return 0;
+	int rc = ft_writer_finish(w);
+	writer_free(w);
+	return rc;
+}
+
+void ft_writer_abort(ft_writer *w)
+{
+	if (!w) return;
+	writer_free(w);
+}
+
+size_t ft_writer_nshards(const ft_writer *w) { return w->nshards; }
+const char *ft_writer_shard_path(const ft_writer *w, size_t i) { return w->shards[i].path; }
+uint64_t ft_writer_shard_records(const ft_writer *w, size_t i) { return w->shards[i].records; }
+const char *ft_writer_shard_sha256(const ft_writer *w, size_t i) { return w->shards[i].sha; }
+uint64_t ft_writer_records(const ft_writer *w) { return w->total_records; }
+
+/* ---- records ---- */
+
+void ft_w_begin(ft_writer *w, uint32_t nfields)
+{
+	if (w->fields_left >= 0) w->bad_record = 1;
+	w->rec.n = 0;
+	w->fields_left = nfields;
+	msgpack_pack_map(&w->pk, nfields);
+}
+
+/* Every field call goes through here: counts it and writes the key. */
+static int field(ft_writer *w, const char *key)
+{
+	if (w->fields_left <= 0) {
+		w->bad_record = 1;
+		return 0;
+	}
+	w->fields_left--;
+	ft_pack_key(&w->pk, key);
+	return 1;
+}
+
+void ft_w_int(ft_writer *w, const char *key, int64_t v)
+{
+	if (field(w, key)) msgpack_pack_int64(&w->pk, v);
+}
+
+void ft_w_float(ft_writer *w, const char *key, double v)
+{
+	if (field(w, key)) msgpack_pack_double(&w->pk, v);
+}
+
+void ft_w_bool(ft_writer *w, const char *key, int v)
+{
+	if (!field(w, key)) return;
+	if (v) msgpack_pack_true(&w->pk);
+	else msgpack_pack_false(&w->pk);
+}
+
+void ft_w_nil(ft_writer *w, const char *key)
+{
+	if (field(w, key)) msgpack_pack_nil(&w->pk);
+}
+
+void ft_w_str(ft_writer *w, const char *key, const char *s)
+{
+	ft_w_strn(w, key, s, strlen(s));
+}
+
+void ft_w_strn(ft_writer *w, const char *key, const char *s, size_t n)
+{
+	if (field(w, key)) ft_pack_str(&w->pk, s, n);
+}
+
+/* The smallest msgpack encoding of v, as msgpack_pack_int32() chooses
+ * it, written straight into the record buffer: a packer call per token
+ * would cost a callback and a memcpy each. */
+static size_t put_i32(uint8_t *q, int32_t v)
+{
+	uint32_t u = (uint32_t)v;
+	if (v >= 0) {
+		if (v < 128) return q[0] = (uint8_t)v, 1;
+		if (v < 256) return q[0] = 0xcc, q[1] = (uint8_t)v, 2;
+		if (v < 65536) return q[0] = 0xcd, q[1] = (uint8_t)(u >> 8), q[2] = (uint8_t)u, 3;
+		q[0] = 0xce;
+	} else {
+		if (v >= -32) return q[0] = (uint8_t)v, 1;
+		if (v >= -128) return q[0] = 0xd0, q[1] = (uint8_t)v, 2;
+		if (v >= -32768) return q[0] = 0xd1, q[1] = (uint8_t)(u >> 8), q[2] = (uint8_t)u, 3;
+		q[0] = 0xd2;
+	}
+	q[1] = (uint8_t)(u >> 24), q[2] = (uint8_t)(u >> 16), q[3] = (uint8_t)(u >> 8), q[4] = (uint8_t)u;
+	return 5;
+}
+
+void ft_w_i32s(ft_writer *w, const char *key, const int32_t *v, size_t n)
+{
+	if (!field(w, key)) return;
+	msgpack_pack_array(&w->pk, n);
+	ft_buf *b = &w->rec;
+	if (b->n + 5 * n > b->cap) {
+		size_t cap = b->cap ? b->cap : 4096;
+		while (cap < b->n + 5 * n) cap *= 2;
+		b->p = ft_xrealloc(b->p, cap);
+		b->cap = cap;
+	}
+	uint8_t *q = (uint8_t *)b->p + b->n;
+	for (size_t i = 0; i < n; i++) q += put_i32(q, v[i]);
+	b->n = (size_t)(q - (uint8_t *)b->p);
+}
+
+void ft_w_f32s(ft_writer *w, const char *key, const float *v, size_t n)
+{
+	if (!field(w, key)) return;
+	msgpack_pack_array(&w->pk, n);
+	for (size_t i = 0; i < n; i++) msgpack_pack_float(&w->pk, v[i]);
+}
+
+void ft_w_json(ft_writer *w, const char *key, const json_t *v)
+{
+	if (field(w, key) && ft_pack_json(&w->pk, v, 1) < 0) {
+		w->bad_record = 2;
+		msgpack_pack_nil(&w->pk);
+	}
+}
+
+/* Compress the packed record; rotate shards and close frames on budget. */
+static int emit_record(ft_writer *w)
+{
+	if (w->rec.n > FT_STREAM_MAX_RECORD)
+		return ft_fail("record %llu: %zu bytes is over the %llu-byte record limit",
+			       (unsigned long long)w->total_records, w->rec.n,
+			       (unsigned long long)FT_STREAM_MAX_RECORD);
+	if (w->rotate_pending) {
+		if (shard_finish(w) < 0 || shard_start(w) < 0) return fail_writer(w);
+	}
+	if (compress(w, w->rec.p, w->rec.n, ZSTD_e_continue) < 0) return fail_writer(w);
+	w->frame_in += w->rec.n;
+	w->shard_nrec++;
+	w->total_records++;
+	if (w->frame_in >= w->frame_bytes) {
+		if (compress(w, NULL, 0, ZSTD_e_end) < 0) return fail_writer(w);
+		w->frame_in = 0;
+	}
+	if ((w->shard_records && w->shard_nrec >= w->shard_records) ||
+	    (w->shard_bytes && w->out_bytes >= w->shard_bytes))
+		w->rotate_pending = w->dir != NULL;
+	return 0;
+}
+
+int ft_w_end(ft_writer *w)
+{
+	int64_t left = w->fields_left;
+	int bad = w->bad_record;
+	w->fields_left = -1;
+	w->bad_record = 0;
+	if (w->failed || w->finished)
+		return ft_fail("stream writer: %s", w->failed ? "an earlier write failed" : "already closed");
+	if (bad == 2) return -1;   /* ft_pack_json's message */
+	if (bad || left != 0)
+		return ft_fail("stream writer: record %llu: field count does not match ft_w_begin()",
+			       (unsigned long long)w->total_records);
+	return emit_record(w);
+}
+
+int ft_writer_put_json(ft_writer *w, const json_t *rec)
+{
+	if (w->failed || w->finished)
+		return ft_fail("stream writer: %s", w->failed ? "an earlier write failed" : "already closed");
+	if (!json_is_object(rec)) return ft_fail("record is not a JSON object");
+	/* A header among the records (JSON of concatenated streams): the
+	 * reader would skip it if compatible, so do that now, or refuse it
+	 * now rather than write a stream no reader accepts. */
+	const json_t *f = json_object_get(rec, "format");
+	if (json_is_string(f) && !strcmp(json_string_value(f), FT_STREAM_FORMAT)) {
+		if (ft_headers_compatible(w->header, rec)) return 0;
+		char *why = ft_header_difference(w->header, rec);
+		ft_fail("a header record that does not match the first header (%s)", why);
+		free(why);
+		return -1;
+	}
+	w->rec.n = 0;
+	if (ft_pack_json(&w->pk, rec, 0) < 0) return -1;
+	return emit_record(w);
+}
+
+/* ==== reader ========================================================= */
+
+struct ft_reader {
+	char **paths;              /* files in reading order ("-" is stdin) */
+	size_t npaths, ipath;
+	int fd;                    /* -1: no file open */
+	const char *name;          /* display name of the open file */
+
+	ZSTD_DCtx *dctx;
+	uint8_t *inbuf;
+	size_t in_cap;
+	ZSTD_inBuffer in;
+	size_t zret;               /* last ZSTD_decompressStream() result */
+	int out_full;              /* zstd may hold more output */
+	int eof;                   /* read() returned 0 */
+	uint64_t file_off;         /* compressed bytes of this file consumed */
+	uint64_t frame_dec;        /* decompressed bytes of the open frame */
+
+	msgpack_unpacker mp;
+	int mp_init;
+	ft_scanner sc;
+	uint64_t verified;         /* records (of sc.ready) that may be unpacked */
+	uint64_t taken;            /* records unpacked from this file */
+
+	msgpack_unpacked cur;      /* the record last returned */
+	msgpack_unpacked hdr_raw;  /* the first header */
+	json_t *header;
+	ft_rec rec;
+	uint64_t returned;         /* data records returned */
+	int failed;
+};
+
+static int reader_fail(ft_reader *r, const char *fmt, ...) FT_PRINTF(2, 3);
+static int reader_fail(ft_reader *r, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	r->failed = 1;
+	return ft_fail("%s: byte %llu, record %llu: %s", r->name,
+		       (unsigned long long)r->file_off, (unsigned long long)r->returned, msg);
+}
+
+/* Input that is not a stream at all: no offsets to report. */
+static int not_stream(ft_reader *r, const char *why)
+{
+	r->failed = 1;
+	return ft_fail("%s: not an ft stream (%s)", r->name, why);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* A directory stands for its *.zst files in name order. */
+static int add_path(ft_reader *r, const char *path, size_t *cap)
+{
+	struct stat st;
+	char **names = NULL;
+	size_t n = 0;
+	if (strcmp(path, "-") && stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+		DIR *d = opendir(path);
+		if (!d) return ft_fail("%s:", path);
+		struct dirent *e;
+		size_t ncap = 0;
+		while ((e = readdir(d))) {
+			size_t len = strlen(e->d_name);
+			if (e->d_name[0] == '.' || len < 5 || strcmp(e->d_name + len - 4, ".zst")) continue;
+			if (n == ncap) names = ft_xrealloc(names, (ncap = ncap ? 2 * ncap : 16) * sizeof *names);
+			names[n++] = ft_xasprintf("%s/%s", path, e->d_name);
+		}
+		closedir(d);
+		if (n == 0) return ft_fail("%s: no stream shards (*.zst) in this directory", path);
+		qsort(names, n, sizeof *names, cmp_str);
+	} else {
+		names = ft_xmalloc(sizeof *names);
+		names[n++] = ft_xstrdup(path);
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (r->npaths == *cap) r->paths = ft_xrealloc(r->paths, (*cap = *cap ? 2 * *cap : 8) * sizeof *r->paths);
+		r->paths[r->npaths++] = names[i];
+	}
+	free(names);
+	return 0;
+}
+
+static void close_file(ft_reader *r)
+{
+	if (r->fd > 0) close(r->fd);   /* never stdin */
+	r->fd = -1;
+}
+
+static int open_file(ft_reader *r)
+{
+	const char *p = r->paths[r->ipath];
+	int is_stdin = !strcmp(p, "-");
+	r->name = is_stdin ? "<stdin>" : p;
+	r->fd = is_stdin ? 0 : open(p, O_RDONLY | O_CLOEXEC);
+	if (r->fd < 0) return r->failed = 1, ft_fail("%s:", p);
+	ZSTD_DCtx_reset(r->dctx, ZSTD_reset_session_only);
+	r->in.src = r->inbuf;
+	r->in.size = r->in.pos = 0;
+	r->zret = 0;
+	r->out_full = r->eof = 0;
+	r->file_off = r->frame_dec = 0;
+	if (r->mp_init) msgpack_unpacker_destroy(&r->mp);
+	if (!msgpack_unpacker_init(&r->mp, MSGPACK_UNPACKER_INIT_BUFFER_SIZE))
+		return r->failed = 1, ft_fail("out of memory");
+	r->mp_init = 1;
+	memset(&r->sc, 0, sizeof r->sc);
+	r->verified = r->taken = 0;
+	return 0;
+}
+
+/* Decompress one step (reading more input when zstd wants it).
+ * 1: progress, 0: end of this file, -1: error. */
+static int pump(ft_reader *r)
+{
+	if (r->in.pos == r->in.size && !r->out_full) {
+		if (r->eof) return 0;
+		ssize_t n;
+		do n = read(r->fd, r->inbuf, r->in_cap);
+		while (n < 0 && errno == EINTR);
+		if (n < 0) return reader_fail(r, "read error: %s", strerror(errno));
+		if (n == 0) {
+			r->eof = 1;
+			return 0;
+		}
+		r->in.size = (size_t)n;
+		r->in.pos = 0;
+	}
+	/* Ask for at least as much room as the unparsed bytes held (up to a
+	 * frame awaiting its checksum): msgpack-c copies those bytes into a
+	 * new buffer whenever it grows, so growth must be geometric. */
+	size_t want = ZSTD_DStreamOutSize(), held = r->mp.used - r->mp.off;
+	if (want < held) want = held;
+	if (!msgpack_unpacker_reserve_buffer(&r->mp, want))
+		return reader_fail(r, "out of memory");
+	ZSTD_outBuffer out = {msgpack_unpacker_buffer(&r->mp), msgpack_unpacker_buffer_capacity(&r->mp), 0};
+	size_t before = r->in.pos;
+	size_t ret = ZSTD_decompressStream(r->dctx, &out, &r->in);
+	r->file_off += r->in.pos - before;
+	if (ZSTD_isError(ret)) {
+		if (r->file_off < 4 && r->taken == 0 && r->sc.ready == 0)
+			return not_stream(r, "not zstd data");
+		return reader_fail(r, "corrupt zstd data: %s", ZSTD_getErrorName(ret));
+	}
+	if (ft_scan(&r->sc, out.dst, out.pos) < 0)
+		return reader_fail(r, "corrupt record at decompressed offset %llu: %s",
+				   (unsigned long long)r->sc.rec_start, r->sc.err);
+	msgpack_unpacker_buffer_consumed(&r->mp, out.pos);
+	r->out_full = out.pos == out.size;
+	r->zret = ret;
+	r->frame_dec += out.pos;
+	if (ret == 0) {
+		/* frame complete and its checksum verified */
+		r->verified = r->sc.ready;
+		r->frame_dec = 0;
+	} else if (r->frame_dec > UNVERIFIED_MAX) {
+		r->verified = r->sc.ready;
+	}
+	return 1;
+}
+
+static int is_header(const msgpack_object *o)
+{
+	const msgpack_object *f = ft_mp_get(o, "format");
+	return f && f->type == MSGPACK_OBJECT_STR && f->via.str.size == strlen(FT_STREAM_FORMAT) &&
+	       !memcmp(f->via.str.ptr, FT_STREAM_FORMAT, f->via.str.size);
+}
+
+/* Check a header record and, for the first, keep it. */
+static int take_header(ft_reader *r)
+{
+	json_t *h = ft_mp_to_json(&r->cur.data);
+	if (!h) return reader_fail(r, "bad header: %s", ft_errmsg());
+	json_t *v = json_object_get(h, "version");
+	json_t *kind = json_object_get(h, "kind");
+	int rc = 0;
+	if (!json_is_integer(v) || json_integer_value(v) < 1)
+		rc = reader_fail(r, "bad header: \"version\" is not a positive integer");
+	else if (json_integer_value(v) > FT_STREAM_VERSION)
+		rc = reader_fail(r, "stream format version %lld is newer than this program reads (%d)",
+				 (long long)json_integer_value(v), FT_STREAM_VERSION);
+	else if (!json_is_string(kind) || !json_string_length(kind))
+		rc = reader_fail(r, "bad header: \"kind\" is not a non-empty string");
+	else if (json_object_get(h, "meta") && !json_is_object(json_object_get(h, "meta")))
+		rc = reader_fail(r, "bad header: \"meta\" is not an object");
+	else if (!r->header) {
+		r->header = h;
+		r->hdr_raw = r->cur;
+		msgpack_unpacked_init(&r->cur);
+		return 0;
+	} else if (!ft_headers_compatible(r->header, h)) {
+		char *why = ft_header_difference(r->header, h);
+		rc = reader_fail(r, "header does not match the first input's header (%s)", why);
+		free(why);
+	}
+	json_decref(h);
+	return rc;
+}
+
+/* Next raw record of the open file: 1, 0 at its end, -1 error. */
+static int file_next(ft_reader *r)
+{
+	for (;;) {
+		if (r->taken < r->verified) {
+			msgpack_unpack_return ret = msgpack_unpacker_next(&r->mp, &r->cur);
+			if (ret != MSGPACK_UNPACK_SUCCESS)
+				return reader_fail(r, "corrupt record (msgpack error %d)", (int)ret);
+			r->taken++;
+			return 1;
+		}
+		int p = pump(r);
+		if (p < 0) return -1;
+		if (p > 0) continue;
+		/* End of input.  Cut inside a frame: what decoded is intact so
+		 * far, so hand it out before reporting the truncation. */
+		if (r->zret != 0 && r->verified < r->sc.ready) {
+			r->verified = r->sc.ready;
+			continue;
+		}
+		if (r->zret != 0)
+			return reader_fail(r, "truncated stream (input ends inside a zstd frame)");
+		if (r->sc.active || msgpack_unpacker_message_size(&r->mp) != 0)
+			return reader_fail(r, "truncated stream (input ends inside a record)");
+		return 0;
+	}
+}
+
+/* Next data record across files, skipping repeated headers. */
+static int reader_advance(ft_reader *r)
+{
+	for (;;) {
+		if (r->fd < 0) {
+			if (r->ipath == r->npaths) return 0;
+			if (open_file(r) < 0) return -1;
+		}
+		uint64_t before = r->taken;
+		int rc = file_next(r);
+		if (rc < 0) return -1;
+		if (rc == 0) {
+			if (r->taken == 0) return not_stream(r, "empty input, no header");
+			close_file(r);
+			r->ipath++;
+			continue;
+		}
+		if (is_header(&r->cur.data)) {
+			if (take_header(r) < 0) return -1;
+			continue;
+		}
+		if (before == 0) return not_stream(r, "the first record is not a header");
+		return 1;
+	}
+}
+
+ft_reader *ft_reader_open_many(const char *const *paths, size_t n)
+{
+	static const char *const stdin_only[] = {"-"};
+	if (n == 0) {
+		paths = stdin_only;
+		n = 1;
+	}
+	ft_reader *r = ft_xcalloc(1, sizeof *r);
+	r->fd = -1;
+	msgpack_unpacked_init(&r->cur);
+	msgpack_unpacked_init(&r->hdr_raw);
+	size_t cap = 0;
+	for (size_t i = 0; i < n; i++)
+		if (add_path(r, paths[i], &cap) < 0) goto fail;
+	r->dctx = ZSTD_createDCtx();
+	if (!r->dctx) {
+		ft_fail("zstd: cannot create a decompression context");
+		goto fail;
+	}
+	r->in_cap = ZSTD_DStreamInSize();
+	r->inbuf = ft_xmalloc(r->in_cap);
+	/* Read up to the first header; a data record found on the way is
+	 * an error (reader_advance checks each file starts with a header). */
+	if (open_file(r) < 0) goto fail;
+	int rc = file_next(r);
+	if (rc == 0) {
+		not_stream(r, "empty input, no header");
+		goto fail;
+	}
+	if (rc < 0) goto fail;
+	if (!is_header(&r->cur.data)) {
+		not_stream(r, "the first record is not a header");
+		goto fail;
+	}
+	if (take_header(r) < 0) goto fail;
+	return r;
+fail:
+	ft_reader_close(r);
+	return NULL;
+}
+
+ft_reader *ft_reader_open(const char *path)
+{
+	return ft_reader_open_many(&path, 1);
+}
+
+void ft_reader_close(ft_reader *r)
+{
+	if (!r) return;
+	close_file(r);
+	for (size_t i = 0; i < r->npaths; i++) free(r->paths[i]);
+	free(r->paths);
+	if (r->mp_init) msgpack_unpacker_destroy(&r->mp);
+	msgpack_unpacked_destroy(&r->cur);
+	msgpack_unpacked_destroy(&r->hdr_raw);
+	json_decref(r->header);
+	ZSTD_freeDCtx(r->dctx);
+	free(r->inbuf);
+	free(r);
+}
+
+const json_t *ft_reader_header(const ft_reader *r) { return r->header; }
+
+const char *ft_reader_kind(const ft_reader *r)
+{
+	return json_string_value(json_object_get(r->header, "kind"));
+}
+
+int ft_reader_next(ft_reader *r, ft_rec **rec)
+{
+	*rec = NULL;
+	if (r->failed) return ft_fail("stream reader: used after an error");
+	int rc = reader_advance(r);
+	if (rc <= 0) return rc;
+	r->returned++;
+	r->rec.obj = r->cur.data;
+	*rec = &r->rec;
+	return 1;
+}
+
+uint64_t ft_reader_index(const ft_reader *r) { return r->returned ? r->returned - 1 : 0; }
+
+const char *ft_reader_path(const ft_reader *r)
+{
+	return r->name ? r->name : "<stdin>";
+}
+
+int ft_reader_write_header_json(const ft_reader *r, FILE *fp)
+{
+	return ft_mp_write_json_line(&r->hdr_raw.data, fp);
+}
+
+int ft_rec_write_json(const ft_rec *rec, FILE *fp)
+{
+	return ft_mp_write_json_line(&rec->obj, fp);
+}
+
+

@@ -1,0 +1,81 @@
+/* cuda_view.c - copy an ft_model's shapes and pointers into the plain-C
+ * view the CUDA backend reads (see cuda_view.h). */
+#include <stdlib.h>
+#include <string.h>
+#include "model/cuda_view.h"
+#include "util/error.h"
+#include "model/model_internal.h"
+
+static ft_cv_wg wg(ft_wg x)
+{
+	ft_cv_wg r = { x.w, x.g };
+	return r;
+}
+
+const char *ft_cuda_view_lin_name(int j)
+{
+	return j >= 0 && j < L_NLIN ? ft_lin_names[j] : "?";
+}
+
+int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
+{
+	const ft_config *c = &m->c;
+	memset(v, 0, sizeof *v);
+	if (c->head_dim % 2 || c->num_attention_heads % c->num_key_value_heads)
+		return ft_fail("model shape not supported on CUDA: head_dim %d, %d heads, "
+			       "%d kv heads", c->head_dim, c->num_attention_heads,
+			       c->num_key_value_heads);
+	v->V = c->vocab_size; v->D = c->hidden_size; v->F = c->intermediate_size;
+	v->L = c->num_hidden_layers; v->Hq = c->num_attention_heads;
+	v->Hk = c->num_key_value_heads; v->hd = c->head_dim;
+	v->window = c->sliding_window; v->eps = (float)c->rms_norm_eps;
+	for (int j = 0; j < L_NLIN; j++)
+		ft_lin_dims(c, j, &v->lin_in[j], &v->lin_out[j]);
+	ft_rope_params rp = { "", c->rope_theta, c->rope_factor, c->rope_low_freq_factor,
+			      c->rope_high_freq_factor, c->rope_original_max_pos,
+			      c->max_position_embeddings };
+	snprintf(rp.type, sizeof rp.type, "%s", c->rope_type);
+	v->rope = rp;
+	v->full = m->o.type == FT_FT_FULL;
+	v->lora_rank = m->o.lora_rank;
+	v->gradient_checkpointing = m->o.gradient_checkpointing;
+	v->lora_dropout = m->lora_dropout_on ? m->o.lora_dropout : 0;
+	v->seed = m->o.seed;
+	v->wte = wg(m->wte);
+	v->lm_head = wg(m->lm_head);
+	v->norm = wg(m->norm);
+	v->layers = ft_xcalloc(v->L ? v->L : 1, sizeof *v->layers);
+	for (int l = 0; l < v->L; l++) {
+		ft_layer *y = &m->layers[l];
+		ft_cv_layer *d = &v->layers[l];
+		d->ln1 = wg(y->ln1);
+		d->ln2 = wg(y->ln2);
+		for (int j = 0; j < L_NLIN; j++) {
+			d->lin[j] = wg(y->lin[j]);
+			ft_lora *lo = &y->lora[j];
+			d->lora[j].on = lo->on;
+			d->lora[j].r = lo->r;
+			d->lora[j].scale = lo->scale;
+			d->lora[j].A = wg(lo->A);
+			d->lora[j].B = wg(lo->B);
+		}
+		for (int j = 0; j < 3; j++)
+			d->bias[j] = wg(y->bias[j]);
+	}
+	v->nparams = m->nparams;
+	v->params = ft_xcalloc(m->nparams ? m->nparams : 1, sizeof *v->params);
+	for (size_t i = 0; i < m->nparams; i++) {
+		ft_param *p = &m->params[i];
+		ft_cv_param q = { p->name, p->w, p->g, p->n, p->trainable, p->decay };
+		v->params[i] = q;
+	}
+	return 0;
+}
+
+void ft_cuda_view_free(ft_cuda_view *v)
+{
+	free(v->layers);
+	free(v->params);
+	v->layers = NULL;
+	v->params = NULL;
+}

@@ -1,0 +1,79 @@
+/* cuda_view.h - a plain-C view of an ft_model for the CUDA backend.
+ *
+ * the .cu files under lib/cuda are C++ and cannot include model_internal.h (its chain
+ * pulls in lib/vec.h, which relies on C's implicit void* conversion), so
+ * lib/cuda_view.c (C, in libft.a) copies what the device model needs out
+ * of the CPU model into these structs: shapes, options, and the host
+ * pointers of every weight and gradient (borrowed; valid while the model
+ * lives and its parameters are not rebuilt).
+ */
+#ifndef FT_CUDA_VIEW_H
+#define FT_CUDA_VIEW_H
+
+#include <stddef.h>
+#include <stdint.h>
+#ifdef __cplusplus
+extern "C" {
+#include "model/layers.h"
+}
+#else
+#include "model/layers.h"
+#endif
+
+#define FT_CV_NLIN 7    /* q k v o gate up down, as model_internal.h */
+
+typedef struct { float *w, *g; } ft_cv_wg;   /* g NULL when frozen */
+
+typedef struct {
+	int on, r;
+	float scale;
+	ft_cv_wg A, B;      /* A [r, in], B [out, r] */
+} ft_cv_lora;
+
+typedef struct {
+	ft_cv_wg ln1, ln2, lin[FT_CV_NLIN], bias[3];
+	ft_cv_lora lora[FT_CV_NLIN];
+} ft_cv_layer;
+
+typedef struct {
+	const char *name;
+	float *w, *g;
+	size_t n;
+	int trainable, decay;
+} ft_cv_param;
+
+typedef struct {
+	int V, D, F, L, Hq, Hk, hd, window;
+	float eps;
+	int lin_in[FT_CV_NLIN], lin_out[FT_CV_NLIN];
+	ft_rope_params rope;
+	int full;               /* finetuning type full (embedding trains) */
+	int lora_rank, gradient_checkpointing;
+	double lora_dropout;
+	uint64_t seed;
+	ft_cv_wg wte, lm_head, norm;   /* lm_head.w == wte.w when tied */
+	ft_cv_layer *layers;           /* [L], owned by the view */
+	ft_cv_param *params;           /* [nparams], owned by the view */
+	size_t nparams;
+} ft_cuda_view;
+
+/* The same batch fields as ft_batch (lib/batch.h), without its header. */
+typedef struct {
+	int B, T;
+	const int32_t *input_ids, *labels, *position_ids, *segment_ids;
+} ft_cuda_batch;
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+struct ft_model;
+/* Fill v from m (v->layers, v->params allocated; free with ..._free). */
+int ft_cuda_view_of(struct ft_model *m, ft_cuda_view *v);
+void ft_cuda_view_free(ft_cuda_view *v);
+/* The names of the seven linear modules ("q_proj" ...). */
+const char *ft_cuda_view_lin_name(int j);
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,253 @@
+/* infer.c - KV-cache decoding over the layer functions; see infer.h */
+#include "model/infer.h"
+#include "model/vexp.h"
+#include "model/model_internal.h"
+#include "util/error.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct ft_kvcache {
+	int rows, cap, L, kvdim;
+	float *k, *v;            /* [L][rows][cap][kvdim], rotated keys */
+	int *len;
+};
+
+ft_kvcache *ft_kvcache_new(const ft_model *m, int rows, int cap)
+{
+	const ft_config *c = &m->c;
+	ft_kvcache *kv = ft_xcalloc(1, sizeof *kv);
+	kv->rows = rows, kv->cap = cap, kv->L = c->num_hidden_layers;
+	kv->kvdim = c->num_key_value_heads * c->head_dim;
+	size_t n = (size_t)kv->L * rows * cap * kv->kvdim;
+	kv->k = ft_xmalloc(n * sizeof(float));
+	kv->v = ft_xmalloc(n * sizeof(float));
+	kv->len = ft_xcalloc(rows, sizeof(int));
+	return kv;
+}
+
+void ft_kvcache_free(ft_kvcache *c)
+{
+	if (!c) return;
+	free(c->k);
+	free(c->v);
+	free(c->len);
+	free(c);
+}
+
+void ft_kvcache_reset(ft_kvcache *c, int row) { c->len[row] = 0; }
+int ft_kvcache_len(const ft_kvcache *c, int row) { return c->len[row]; }
+int ft_kvcache_cap(const ft_kvcache *c) { return c->cap; }
+
+static float *kv_at(const ft_kvcache *c, float *base, int l, int row, int pos)
+{
+	return base + (((size_t)l * c->rows + row) * c->cap + pos) * c->kvdim;
+}
+
+static int max_lora_rank(const ft_model *m)
+{
+	int r = 1;
+	for (int l = 0; l < m->c.num_hidden_layers; l++)
+		for (int j = 0; j < L_NLIN; j++)
+			if (m->layers[l].lora[j].on && m->layers[l].lora[j].r > r) r = m->layers[l].lora[j].r;
+	return r;
+}
+
+/* Per-call working memory, sized for N tokens. */
+typedef struct {
+	int N, *pos;
+	float *x, *ln, *q, *k, *v, *att, *tmp, *gate, *up, *h, *lh, *cos_t, *sin_t, *inv_freq, *scores;
+} infer_buf;
+
+static void buf_alloc(infer_buf *b, const ft_model *m, int N, int maxlen)
+{
+	const ft_config *c = &m->c;
+	size_t D = c->hidden_size, I = c->intermediate_size, hd = c->head_dim;
+	size_t qd = (size_t)c->num_attention_heads * hd, kvd = (size_t)c->num_key_value_heads * hd;
+	size_t wide = I > qd ? I : qd;
+	if (wide < D) wide = D;
+	b->N = N;
+	b->pos = ft_xmalloc(N * sizeof(int));
+	b->x = ft_xmalloc(N * D * sizeof(float));
+	b->ln = ft_xmalloc(N * D * sizeof(float));
+	b->q = ft_xmalloc(N * qd * sizeof(float));
+	b->k = ft_xmalloc(N * kvd * sizeof(float));
+	b->v = ft_xmalloc(N * kvd * sizeof(float));
+	b->att = ft_xmalloc(N * qd * sizeof(float));
+	b->tmp = ft_xmalloc(N * wide * sizeof(float));
+	b->gate = ft_xmalloc(N * I * sizeof(float));
+	b->up = ft_xmalloc(N * I * sizeof(float));
+	b->h = ft_xmalloc(N * I * sizeof(float));
+	b->lh = ft_xmalloc((size_t)N * max_lora_rank(m) * sizeof(float));
+	b->cos_t = ft_xmalloc(N * (hd / 2) * sizeof(float));
+	b->sin_t = ft_xmalloc(N * (hd / 2) * sizeof(float));
+	b->inv_freq = ft_xmalloc((hd / 2) * sizeof(float));
+	b->scores = ft_xmalloc((size_t)omp_get_max_threads() * maxlen * sizeof(float));
+}
+
+static void buf_free(infer_buf *b)
+{
+	float *f[] = {b->x, b->ln, b->q, b->k, b->v, b->att, b->tmp, b->gate, b->up, b->h,
+		      b->lh, b->cos_t, b->sin_t, b->inv_freq, b->scores};
+	for (size_t i = 0; i < sizeof f / sizeof *f; i++) free(f[i]);
+	free(b->pos);
+}
+
+/* A linear module of layer l with its LoRA branch, as training's lin_fwd
+ * without dropout. */
+static void lin(ft_model *m, int l, int j, float *y, const float *x, int N, float *lh)
+{
+	ft_layer *ly = &m->layers[l];
+	int in, out;
+	ft_lin_dims(&m->c, j, &in, &out);
+	ft_linear_forward(y, x, ly->lin[j].w, j <= L_V ? ly->bias[j].w : NULL, N, in, out);
+	ft_lora *lo = &ly->lora[j];
+	if (lo->on)
+		ft_lora_forward(y, lh, x, lo->A.w, lo->B.w, N, in, out, lo->r, lo->scale);
+}
+
+/* Attention of each new token over its row's cached keys and values
+ * (itself included), GQA and the sliding window as in training. */
+static void cached_attention(const ft_model *m, const ft_kvcache *c, int l,
+			     const int *rows, infer_buf *b, int maxlen)
+{
+	const ft_config *cf = &m->c;
+	int Hq = cf->num_attention_heads, Hk = cf->num_key_value_heads, hd = cf->head_dim;
+	int group = Hq / Hk, window = cf->sliding_window;
+	float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for collapse(2) schedule(static)
+	for (int i = 0; i < b->N; i++)
+		for (int h = 0; h < Hq; h++) {
+			int p = b->pos[i], first = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+			const float *q = b->q + ((size_t)i * Hq + h) * hd;
+			float *s = b->scores + (size_t)omp_get_thread_num() * maxlen, mx = -INFINITY;
+			int kvh = h / group;
+			for (int t = first; t <= p; t++) {
+				const float *k = kv_at(c, c->k, l, rows[i], t) + kvh * hd;
+				float d = 0;
+				for (int e = 0; e < hd; e++) d += q[e] * k[e];
+				s[t] = d * scale;
+				if (s[t] > mx) mx = s[t];
+			}
+			float z = 0;
+			for (int t = first; t <= p; t++) z += s[t] = ft_vexpf(s[t] - mx);
+			float *o = b->att + ((size_t)i * Hq + h) * hd;
+			memset(o, 0, hd * sizeof(float));
+			for (int t = first; t <= p; t++) {
+				const float *v = kv_at(c, c->v, l, rows[i], t) + kvh * hd;
+				float w = s[t] / z;
+				for (int e = 0; e < hd; e++) o[e] += w * v[e];
+			}
+		}
+}
+
+static void add_to(float *x, const float *y, size_t n)
+{
+	for (size_t i = 0; i < n; i++) x[i] += y[i];
+}
+
+static void layer_step(ft_model *m, ft_kvcache *c, int l, const int *rows, infer_buf *b, int maxlen)
+{
+	const ft_config *cf = &m->c;
+	int N = b->N, D = cf->hidden_size, hd = cf->head_dim;
+	float eps = (float)cf->rms_norm_eps;
+	ft_layer *ly = &m->layers[l];
+	ft_rmsnorm_forward(b->ln, b->tmp, b->x, ly->ln1.w, N, D, eps);
+	lin(m, l, L_Q, b->q, b->ln, N, b->lh);
+	lin(m, l, L_K, b->k, b->ln, N, b->lh);
+	lin(m, l, L_V, b->v, b->ln, N, b->lh);
+	ft_rope_forward(b->q, b->cos_t, b->sin_t, N, cf->num_attention_heads, hd);
+	ft_rope_forward(b->k, b->cos_t, b->sin_t, N, cf->num_key_value_heads, hd);
+	for (int i = 0; i < N; i++) {
+		memcpy(kv_at(c, c->k, l, rows[i], b->pos[i]), b->k + (size_t)i * c->kvdim, c->kvdim * sizeof(float));
+		memcpy(kv_at(c, c->v, l, rows[i], b->pos[i]), b->v + (size_t)i * c->kvdim, c->kvdim * sizeof(float));
+	}
+	cached_attention(m, c, l, rows, b, maxlen);
+	lin(m, l, L_O, b->tmp, b->att, N, b->lh);
+	add_to(b->x, b->tmp, (size_t)N * D);
+	ft_rmsnorm_forward(b->ln, b->tmp, b->x, ly->ln2.w, N, D, eps);
+	lin(m, l, L_GATE, b->gate, b->ln, N, b->lh);
+	lin(m, l, L_UP, b->up, b->ln, N, b->lh);
+	ft_swiglu_forward(b->h, b->gate, b->up, (size_t)N * cf->intermediate_size);
+	lin(m, l, L_DOWN, b->tmp, b->h, N, b->lh);
+	add_to(b->x, b->tmp, (size_t)N * D);
+}
+
+/* Positions of the new tokens and the rope tables for them. */
+static int place_tokens(const ft_model *m, const ft_kvcache *c, const int32_t *tokens,
+			const int *rows, infer_buf *b, int *maxpos)
+{
+	int *next = ft_xmalloc(c->rows * sizeof(int));
+	memcpy(next, c->len, c->rows * sizeof(int));
+	*maxpos = 0;
+	for (int i = 0; i < b->N; i++) {
+		if (rows[i] < 0 || rows[i] >= c->rows) {
+			free(next);
+			return ft_fail("token %d: row %d is not in the cache (%d rows)", i, rows[i], c->rows);
+		}
+		if (tokens[i] < 0 || tokens[i] >= m->c.vocab_size) {
+			free(next);
+			return ft_fail("token id %d is outside the vocabulary (%d)", tokens[i], m->c.vocab_size);
+		}
+		if (next[rows[i]] >= c->cap) {
+			free(next);
+			return ft_fail("row %d is longer than the cache (%d tokens)", rows[i], c->cap);
+		}
+		b->pos[i] = next[rows[i]]++;
+		if (b->pos[i] > *maxpos) *maxpos = b->pos[i];
+	}
+	free(next);
+	return 0;
+}
+
+static int rope_setup(const ft_model *m, infer_buf *b, int maxpos)
+{
+	const ft_config *c = &m->c;
+	ft_rope_params rp = {"", c->rope_theta, c->rope_factor, c->rope_low_freq_factor,
+			     c->rope_high_freq_factor, c->rope_original_max_pos, c->max_position_embeddings};
+	snprintf(rp.type, sizeof rp.type, "%s", c->rope_type);
+	if (ft_rope_inv_freq(b->inv_freq, c->head_dim, &rp, maxpos + 1) < 0) return -1;
+	int32_t *pos32 = ft_xmalloc(b->N * sizeof *pos32);
+	for (int i = 0; i < b->N; i++) pos32[i] = b->pos[i];
+	ft_rope_tables(b->cos_t, b->sin_t, pos32, b->N, b->inv_freq, c->head_dim);
+	free(pos32);
+	return 0;
+}
+
+static void head_logits(ft_model *m, infer_buf *b, const int *want, float *logits)
+{
+	const ft_config *c = &m->c;
+	int D = c->hidden_size, n = 0;
+	for (int i = 0; i < b->N; i++) {
+		if (want && !want[i]) continue;
+		memmove(b->x + (size_t)n * D, b->x + (size_t)i * D, D * sizeof(float));
+		n++;
+	}
+	ft_rmsnorm_forward(b->ln, b->tmp, b->x, m->norm.w, n, D, (float)c->rms_norm_eps);
+	ft_linear_forward(logits, b->ln, m->lm_head.w, NULL, n, D, c->vocab_size);
+}
+
+int ft_infer_forward(ft_model *m, ft_kvcache *c, const int32_t *tokens,
+		     const int *rows, int N, const int *want, float *logits)
+{
+	if (N <= 0) return 0;
+	int maxpos;
+	infer_buf b;
+	buf_alloc(&b, m, N, c->cap);
+	m->training = 0;
+	int rc = place_tokens(m, c, tokens, rows, &b, &maxpos);
+	if (rc == 0) rc = rope_setup(m, &b, maxpos);
+	if (rc == 0) {
+		ft_embedding_forward(b.x, tokens, m->wte.w, N, m->c.hidden_size);
+		for (int l = 0; l < m->c.num_hidden_layers; l++)
+			layer_step(m, c, l, rows, &b, c->cap);
+		for (int i = 0; i < N; i++)
+			if (b.pos[i] + 1 > c->len[rows[i]]) c->len[rows[i]] = b.pos[i] + 1;
+		head_logits(m, &b, want, logits);
+	}
+	buf_free(&b);
+	return rc;
+}

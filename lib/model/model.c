@@ -1,0 +1,559 @@
+/* model.c - configuration, weights and the parameter list of LLaMA /
+ * Mistral / Qwen2 decoders (forward/backward in model_fwd.c, files in
+ * model_io.c). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+#include "util/error.h"
+#include "util/json.h"
+#include "model/model_internal.h"
+
+const char *const ft_lin_names[L_NLIN] = {
+	"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+};
+
+static int cfg_int(const json_t *j, const char *key, int *out, const char *path)
+{
+	long long v;
+	if (ft_json_req_int(j, key, &v) < 0)
+		return ft_fail_ctx("%s: ", path);
+	if (v <= 0 || v > (1LL << 30))
+		return ft_fail("%s: %s = %lld is out of range", path, key, v);
+	*out = (int)v;
+	return 0;
+}
+
+/* rope_theta and rope scaling, in transformers 5's "rope_parameters" or
+ * 4.x's "rope_theta" + "rope_scaling" spelling. */
+static int cfg_rope(const json_t *j, ft_config *c, const char *path)
+{
+	const json_t *rp = json_object_get(j, "rope_parameters");
+	if (!json_is_object(rp))
+		rp = json_object_get(j, "rope_scaling");
+	c->rope_theta = ft_json_num(j, "rope_theta", 10000.0);
+	snprintf(c->rope_type, sizeof c->rope_type, "default");
+	c->rope_factor = 1;
+	c->rope_low_freq_factor = 1;
+	c->rope_high_freq_factor = 4;
+	c->rope_original_max_pos = c->max_position_embeddings;
+	if (!json_is_object(rp))
+		return 0;
+	c->rope_theta = ft_json_num(rp, "rope_theta", c->rope_theta);
+	const char *t = ft_json_str(rp, "rope_type", ft_json_str(rp, "type", "default"));
+	if (strcmp(t, "default") && strcmp(t, "linear") && strcmp(t, "dynamic") &&
+	    strcmp(t, "llama3"))
+		return ft_fail("%s: rope type '%s' is not supported (default, "
+			       "linear, dynamic, llama3)", path, t);
+	snprintf(c->rope_type, sizeof c->rope_type, "%s", t);
+	c->rope_factor = ft_json_num(rp, "factor", 1.0);
+	c->rope_low_freq_factor = ft_json_num(rp, "low_freq_factor", 1.0);
+	c->rope_high_freq_factor = ft_json_num(rp, "high_freq_factor", 4.0);
+	c->rope_original_max_pos = (int)ft_json_int(rp, "original_max_position_embeddings",
+						    c->max_position_embeddings);
+	if (strcmp(t, "default") && !(c->rope_factor > 0))
+		return ft_fail("%s: rope factor must be positive", path);
+	return 0;
+}
+
+static int config_from_json(const json_t *j, ft_config *c, const char *path)
+{
+	memset(c, 0, sizeof *c);
+	const json_t *archs = json_object_get(j, "architectures");
+	const char *arch = json_is_array(archs) && json_array_size(archs)
+		? json_string_value(json_array_get(archs, 0)) : NULL;
+	const char *mt = ft_json_str(j, "model_type", "");
+	if (!arch)
+		arch = !strcmp(mt, "llama") ? "LlamaForCausalLM"
+		     : !strcmp(mt, "mistral") ? "MistralForCausalLM"
+		     : !strcmp(mt, "qwen2") ? "Qwen2ForCausalLM" : "(none)";
+	if (!strcmp(arch, "LlamaForCausalLM"))
+		c->arch = FT_ARCH_LLAMA;
+	else if (!strcmp(arch, "MistralForCausalLM"))
+		c->arch = FT_ARCH_MISTRAL;
+	else if (!strcmp(arch, "Qwen2ForCausalLM"))
+		c->arch = FT_ARCH_QWEN2;
+	else
+		return ft_fail("%s: architecture %s is not supported (LlamaForCausalLM, "
+			       "MistralForCausalLM, Qwen2ForCausalLM)", path, arch);
+	if (cfg_int(j, "vocab_size", &c->vocab_size, path) < 0 ||
+	    cfg_int(j, "hidden_size", &c->hidden_size, path) < 0 ||
+	    cfg_int(j, "intermediate_size", &c->intermediate_size, path) < 0 ||
+	    cfg_int(j, "num_hidden_layers", &c->num_hidden_layers, path) < 0 ||
+	    cfg_int(j, "num_attention_heads", &c->num_attention_heads, path) < 0)
+		return -1;
+	c->num_key_value_heads = (int)ft_json_int(j, "num_key_value_heads", c->num_attention_heads);
+	const json_t *hdj = json_object_get(j, "head_dim");
+	c->head_dim = json_is_integer(hdj) ? (int)json_integer_value(hdj)
+					   : c->hidden_size / c->num_attention_heads;
+	if (c->num_key_value_heads <= 0 || c->num_attention_heads % c->num_key_value_heads)
+		return ft_fail("%s: num_attention_heads %d is not a multiple of "
+			       "num_key_value_heads %d", path, c->num_attention_heads,
+			       c->num_key_value_heads);
+	if (c->head_dim <= 0 || c->head_dim % 2)
+		return ft_fail("%s: head_dim %d must be positive and even", path, c->head_dim);
+	c->max_position_embeddings = (int)ft_json_int(j, "max_position_embeddings", 2048);
+	c->rms_norm_eps = ft_json_num(j, "rms_norm_eps", 1e-6);
+	c->initializer_range = ft_json_num(j, "initializer_range", 0.02);
+	c->tie_word_embeddings = ft_json_bool(j, "tie_word_embeddings", 0);
+	const char *act = ft_json_str(j, "hidden_act", "silu");
+	if (strcmp(act, "silu") && strcmp(act, "swish"))
+		return ft_fail("%s: hidden_act %s is not supported (silu)", path, act);
+	if (ft_json_bool(j, "mlp_bias", 0))
+		return ft_fail("%s: mlp_bias true is not supported", path);
+	if (c->arch == FT_ARCH_QWEN2) {
+		c->attention_bias = 1;
+		if (ft_json_bool(j, "use_sliding_window", 0))
+			return ft_fail("%s: Qwen2 use_sliding_window true is not supported", path);
+	} else if (ft_json_bool(j, "attention_bias", 0))
+		return ft_fail("%s: attention_bias true is not supported for %s", path, arch);
+	if (c->arch == FT_ARCH_MISTRAL) {
+		const json_t *sw = json_object_get(j, "sliding_window");
+		c->sliding_window = json_is_integer(sw) ? (int)json_integer_value(sw) : 0;
+	}
+	const char *dt = ft_json_str(j, "dtype", ft_json_str(j, "torch_dtype", "float32"));
+	snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", dt);
+	return cfg_rope(j, c, path);
+}
+
+int ft_config_load(const char *config_json, ft_config *c)
+{
+	json_t *j = ft_json_load_file(config_json);
+	if (!j)
+		return -1;
+	int rc = config_from_json(j, c, config_json);
+	json_decref(j);
+	return rc;
+}
+
+int ft_lin_dims(const ft_config *c, int which, int *in, int *out)
+{
+	int D = c->hidden_size, qd = c->num_attention_heads * c->head_dim;
+	int kd = c->num_key_value_heads * c->head_dim, F = c->intermediate_size;
+	switch (which) {
+	case L_Q: *in = D; *out = qd; break;
+	case L_K: case L_V: *in = D; *out = kd; break;
+	case L_O: *in = qd; *out = D; break;
+	case L_GATE: case L_UP: *in = D; *out = F; break;
+	default: *in = F; *out = D; break;
+	}
+	return 0;
+}
+
+/* ---- seeded random numbers: xoshiro256** seeded by splitmix64 of
+ * (seed ^ FNV-1a(name)), one stream per tensor, so a tensor's values do
+ * not depend on which other tensors exist. */
+typedef struct { uint64_t s[4]; } rng;
+
+static uint64_t sm64(uint64_t *x)
+{
+	uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static void rng_seed(rng *r, uint64_t seed, const char *name)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+	for (const char *p = name; *p; p++)
+		h = (h ^ (unsigned char)*p) * 0x100000001b3ULL;
+	uint64_t x = seed ^ h;
+	for (int i = 0; i < 4; i++)
+		r->s[i] = sm64(&x);
+}
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t rng_next(rng *r)
+{
+	uint64_t *s = r->s, res = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+	s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
+	s[2] ^= t; s[3] = rotl(s[3], 45);
+	return res;
+}
+
+static double rng_uniform(rng *r) { return (rng_next(r) >> 11) * 0x1.0p-53; }
+
+static void fill_uniform(float *w, size_t n, float bound, uint64_t seed, const char *name)
+{
+	rng r;
+	rng_seed(&r, seed, name);
+	for (size_t i = 0; i < n; i++)
+		w[i] = (float)((2 * rng_uniform(&r) - 1) * bound);
+}
+
+static void fill_normal(float *w, size_t n, float std, uint64_t seed, const char *name)
+{
+	rng r;
+	rng_seed(&r, seed, name);
+	for (size_t i = 0; i < n; i += 2) {
+		double u1 = rng_uniform(&r), u2 = rng_uniform(&r);
+		double rad = sqrt(-2 * log(1 - u1)), a = 2 * M_PI * u2;
+		w[i] = (float)(std * rad * cos(a));
+		if (i + 1 < n)
+			w[i + 1] = (float)(std * rad * sin(a));
+	}
+}
+
+/* ---- the list of base tensors, in transformers' parameter order ---- */
+
+static void add_param(ft_model *m, size_t *cap, const char *name, ft_wg *p,
+		      int ndim, int64_t d0, int64_t d1, int trainable, int decay)
+{
+	if (m->nparams == *cap) {
+		*cap = *cap ? *cap * 2 : 64;
+		m->params = ft_xrealloc(m->params, *cap * sizeof *m->params);
+	}
+	size_t n = (size_t)d0 * (ndim == 2 ? (size_t)d1 : 1);
+	if (trainable && !p->g)
+		p->g = ft_xcalloc(n, sizeof(float));
+	if (!trainable && p->g) {
+		free(p->g);
+		p->g = NULL;
+	}
+	ft_param *q = &m->params[m->nparams++];
+	q->name = ft_xstrdup(name);
+	q->w = p->w;
+	q->g = p->g;
+	q->n = n;
+	q->ndim = ndim;
+	q->shape[0] = d0;
+	q->shape[1] = ndim == 2 ? d1 : 0;
+	q->trainable = trainable;
+	q->decay = decay;
+}
+
+/* transformers' get_decay_parameter_names: no decay for names matching
+ * bias, layernorm, rmsnorm, (^|.)norm($|.) or _norm($|.) (lower case). */
+static int decays(const char *name)
+{
+	if (strstr(name, "bias") || strstr(name, "layernorm") || strstr(name, "rmsnorm"))
+		return 0;
+	for (const char *p = name; (p = strstr(p, "norm")); p++) {
+		char before = p == name ? '.' : p[-1], after = p[4];
+		if ((before == '.' || before == '_') && (after == '.' || after == 0))
+			return 0;
+	}
+	return 1;
+}
+
+static int layer_trainable(const ft_model *m, int l)
+{
+	int L = m->c.num_hidden_layers, n = m->o.freeze_trainable_layers;
+	if (m->o.type == FT_FT_FULL)
+		return 1;
+	if (m->o.type != FT_FT_FREEZE)
+		return 0;
+	return n >= 0 ? l >= L - n : l < -n;
+}
+
+static int module_trainable(const ft_model *m, int l, int lin)
+{
+	if (!layer_trainable(m, l))
+		return 0;
+	if (m->o.type == FT_FT_FULL || !m->o.freeze_trainable_modules)
+		return 1;
+	return lin >= 0 && (m->o.freeze_trainable_modules >> lin & 1);
+}
+
+void ft_model_free_params(ft_model *m)
+{
+	for (size_t i = 0; i < m->nparams; i++)
+		free(m->params[i].name);
+	free(m->params);
+	free(m->grads);
+	m->params = NULL;
+	m->grads = NULL;
+	m->nparams = m->ngrads = 0;
+}
+
+int ft_model_build_params(ft_model *m)
+{
+	const ft_config *c = &m->c;
+	int D = c->hidden_size, full = m->o.type == FT_FT_FULL;
+	size_t cap = 0;
+	char nm[160];
+	ft_model_free_params(m);
+	add_param(m, &cap, "model.embed_tokens.weight", &m->wte, 2, c->vocab_size, D, full, 1);
+	for (int l = 0; l < c->num_hidden_layers; l++) {
+		ft_layer *y = &m->layers[l];
+		for (int j = 0; j < L_NLIN; j++) {
+			int in, out, tr = module_trainable(m, l, j);
+			const char *grp = j < L_GATE ? "self_attn" : "mlp";
+			ft_lin_dims(c, j, &in, &out);
+			snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.weight", l, grp, ft_lin_names[j]);
+			add_param(m, &cap, nm, &y->lin[j], 2, out, in, tr, decays(nm));
+			if (j <= L_V && c->attention_bias) {
+				snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.bias", l, grp, ft_lin_names[j]);
+				add_param(m, &cap, nm, &y->bias[j], 1, out, 0, tr, 0);
+			}
+		}
+		int tn = module_trainable(m, l, -1);
+		snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", l);
+		add_param(m, &cap, nm, &y->ln1, 1, D, 0, tn, 0);
+		snprintf(nm, sizeof nm, "model.layers.%d.post_attention_layernorm.weight", l);
+		add_param(m, &cap, nm, &y->ln2, 1, D, 0, tn, 0);
+	}
+	add_param(m, &cap, "model.norm.weight", &m->norm, 1, D, 0, full, 0);
+	if (c->tie_word_embeddings)
+		m->lm_head = m->wte;
+	else
+		add_param(m, &cap, "lm_head.weight", &m->lm_head, 2, c->vocab_size, D, full, 1);
+	for (int l = 0; l < c->num_hidden_layers; l++)
+		for (int j = 0; j < L_NLIN; j++) {
+			ft_lora *a = &m->layers[l].lora[j];
+			int in, out;
+			if (!a->on)
+				continue;
+			ft_lin_dims(c, j, &in, &out);
+			const char *grp = j < L_GATE ? "self_attn" : "mlp";
+			snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.%s.lora_A.weight",
+				 l, grp, ft_lin_names[j]);
+			add_param(m, &cap, nm, &a->A, 2, a->r, in, 1, 1);
+			snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.%s.lora_B.weight",
+				 l, grp, ft_lin_names[j]);
+			add_param(m, &cap, nm, &a->B, 2, out, a->r, 1, 1);
+		}
+	m->grads = ft_xcalloc(m->nparams ? m->nparams : 1, sizeof *m->grads);
+	for (size_t i = 0; i < m->nparams; i++)
+		if (m->params[i].g)
+			m->grads[m->ngrads++] = &m->params[i];
+	return 0;
+}
+
+static void lora_free(ft_lora *a)
+{
+	free(a->A.w); free(a->A.g); free(a->B.w); free(a->B.g);
+	memset(a, 0, sizeof *a);
+}
+
+/* Adapters on the `targets` modules of every layer: A kaiming-uniform
+ * (a=sqrt(5)) as torch's nn.Linear default, i.e. U(-1/sqrt(in), 1/sqrt(in)),
+ * B zero, as PEFT's init_lora_weights=True.  Does not rebuild the list. */
+void ft_lora_setup(ft_model *m, int rank, double alpha, int rslora, unsigned targets)
+{
+	m->o.lora_rank = rank;
+	m->o.lora_alpha = alpha;
+	m->o.use_rslora = rslora;
+	m->o.lora_targets = targets;
+	char nm[160];
+	for (int l = 0; l < m->c.num_hidden_layers; l++)
+		for (int j = 0; j < L_NLIN; j++) {
+			ft_lora *a = &m->layers[l].lora[j];
+			lora_free(a);
+			if (!(targets >> j & 1))
+				continue;
+			int in, out;
+			ft_lin_dims(&m->c, j, &in, &out);
+			a->on = 1;
+			a->r = rank;
+			a->scale = (float)(rslora ? alpha / sqrt(rank) : alpha / rank);
+			a->A.w = ft_xmalloc((size_t)rank * in * sizeof(float));
+			a->B.w = ft_xcalloc((size_t)out * rank, sizeof(float));
+			snprintf(nm, sizeof nm, "layers.%d.%s.lora_A", l, ft_lin_names[j]);
+			fill_uniform(a->A.w, (size_t)rank * in, 1.0f / sqrtf((float)in), m->o.seed, nm);
+		}
+}
+
+static float *wnew(size_t n) { return ft_xmalloc(n * sizeof(float)); }
+
+/* Allocates every base weight (uninitialised) for configuration c. */
+static ft_model *model_alloc(const ft_config *c, const ft_tune_opts *o)
+{
+	if (c->num_hidden_layers <= 0 || c->hidden_size <= 0 || c->vocab_size <= 0 ||
+	    c->num_key_value_heads <= 0 || c->num_attention_heads % c->num_key_value_heads ||
+	    c->head_dim <= 0 || c->head_dim % 2) {
+		ft_fail("model config: inconsistent sizes");
+		return NULL;
+	}
+	ft_model *m = ft_xcalloc(1, sizeof *m);
+	m->c = *c;
+	if (o)
+		m->o = *o;
+	else
+		m->o.type = FT_FT_LORA;
+	if (m->o.lora_rank <= 0)
+		m->o.lora_rank = 8;
+	if (m->o.lora_alpha <= 0)
+		m->o.lora_alpha = 2.0 * m->o.lora_rank;
+	if (!m->o.lora_targets)
+		m->o.lora_targets = FT_MOD_Q | FT_MOD_V;
+	int D = c->hidden_size, V = c->vocab_size;
+	m->wte.w = wnew((size_t)V * D);
+	m->norm.w = wnew(D);
+	if (!c->tie_word_embeddings)
+		m->lm_head.w = wnew((size_t)V * D);
+	m->layers = ft_xcalloc(c->num_hidden_layers, sizeof *m->layers);
+	for (int l = 0; l < c->num_hidden_layers; l++) {
+		ft_layer *y = &m->layers[l];
+		y->ln1.w = wnew(D);
+		y->ln2.w = wnew(D);
+		for (int j = 0; j < L_NLIN; j++) {
+			int in, out;
+			ft_lin_dims(c, j, &in, &out);
+			y->lin[j].w = wnew((size_t)in * out);
+			if (j <= L_V && c->attention_bias)
+				y->bias[j].w = ft_xcalloc(out, sizeof(float));
+		}
+	}
+	return m;
+}
+
+/* Finishes a model whose base weights are set: adapters, parameter list. */
+static ft_model *model_finish(ft_model *m)
+{
+	if (m->o.type == FT_FT_LORA) {
+		ft_lora_setup(m, m->o.lora_rank, m->o.lora_alpha, m->o.use_rslora,
+			      m->o.lora_targets);
+		m->lora_dropout_on = m->o.lora_dropout > 0;
+	}
+	ft_model_build_params(m);
+	return m;
+}
+
+ft_model *ft_model_from_config(const ft_config *c, const ft_tune_opts *o)
+{
+	ft_model *m = model_alloc(c, o);
+	if (!m)
+		return NULL;
+	/* transformers' _init_weights: normal(0, initializer_range), norms 1,
+	 * biases 0 */
+	uint64_t seed = m->o.seed;
+	float std = c->initializer_range > 0 ? (float)c->initializer_range : 0.02f;
+	int D = c->hidden_size, V = c->vocab_size;
+	fill_normal(m->wte.w, (size_t)V * D, std, seed, "embed_tokens");
+	if (!c->tie_word_embeddings)
+		fill_normal(m->lm_head.w, (size_t)V * D, std, seed, "lm_head");
+	for (int d = 0; d < D; d++)
+		m->norm.w[d] = 1;
+	char nm[64];
+	for (int l = 0; l < c->num_hidden_layers; l++) {
+		ft_layer *y = &m->layers[l];
+		for (int d = 0; d < D; d++)
+			y->ln1.w[d] = y->ln2.w[d] = 1;
+		for (int j = 0; j < L_NLIN; j++) {
+			int in, out;
+			ft_lin_dims(c, j, &in, &out);
+			snprintf(nm, sizeof nm, "layers.%d.%s", l, ft_lin_names[j]);
+			fill_normal(y->lin[j].w, (size_t)in * out, std, seed, nm);
+		}
+	}
+	return model_finish(m);
+}
+
+/* lib/model_io.c */
+int ft_model_read_weights(ft_model *m, const char *dir);
+
+ft_model *ft_model_load(const char *model_dir, const ft_tune_opts *o)
+{
+	char *path = ft_xasprintf("%s/config.json", model_dir);
+	json_t *j = ft_json_load_file(path);
+	ft_config c;
+	if (!j || config_from_json(j, &c, path) < 0) {
+		free(path);
+		json_decref(j);
+		return NULL;
+	}
+	free(path);
+	ft_model *m = model_alloc(&c, o);
+	if (!m) {
+		json_decref(j);
+		return NULL;
+	}
+	m->config_json = j;
+	m->model_dir = ft_xstrdup(model_dir);
+	model_finish(m);
+	if (ft_model_read_weights(m, model_dir) < 0) {
+		ft_model_free(m);
+		return NULL;
+	}
+	return m;
+}
+
+void ft_model_free(ft_model *m)
+{
+	if (!m)
+		return;
+	ft_model_free_buffers(m);
+	ft_model_free_params(m);
+	free(m->wte.w); free(m->wte.g);
+	if (!m->c.tie_word_embeddings) {
+		free(m->lm_head.w);
+		free(m->lm_head.g);
+	}
+	free(m->norm.w); free(m->norm.g);
+	for (int l = 0; m->layers && l < m->c.num_hidden_layers; l++) {
+		ft_layer *y = &m->layers[l];
+		free(y->ln1.w); free(y->ln1.g); free(y->ln2.w); free(y->ln2.g);
+		for (int j = 0; j < L_NLIN; j++) {
+			free(y->lin[j].w); free(y->lin[j].g);
+			lora_free(&y->lora[j]);
+		}
+		for (int j = 0; j < 3; j++) {
+			free(y->bias[j].w);
+			free(y->bias[j].g);
+		}
+	}
+	free(m->layers);
+	json_decref(m->config_json);
+	free(m->model_dir);
+	free(m);
+}
+
+const ft_config *ft_model_config(const ft_model *m) { return &m->c; }
+size_t ft_model_nparams(const ft_model *m) { return m->nparams; }
+
+ft_param *ft_model_param(ft_model *m, size_t i)
+{
+	return i < m->nparams ? &m->params[i] : NULL;
+}
+
+ft_param *ft_model_find_param(ft_model *m, const char *name)
+{
+	for (size_t i = 0; i < m->nparams; i++)
+		if (!strcmp(m->params[i].name, name))
+			return &m->params[i];
+	return NULL;
+}
+
+void ft_model_set_dropout_position(ft_model *m, uint64_t calls)
+{
+	m->dropout_calls = calls;
+}
+
+size_t ft_params_elements(ft_param *const *ps, size_t n)
+{
+	size_t total = 0;
+	for (size_t k = 0; k < n; k++) total += ps[k]->n;
+	return total;
+}
+
+void ft_params_slice(ft_param *const *ps, size_t n, size_t total, int t, int nt,
+		     ft_param_part_fn fn, void *ctx)
+{
+	size_t lo = total * (size_t)t / (size_t)nt, hi = total * (size_t)(t + 1) / (size_t)nt;
+	size_t base = 0;
+	for (size_t k = 0; k < n && base < hi; k++) {
+		size_t end = base + ps[k]->n;
+		if (end > lo) {
+			size_t i0 = lo > base ? lo - base : 0, i1 = (hi < end ? hi : end) - base;
+			fn(ps[k], k, i0, i1, ctx);
+		}
+		base = end;
+	}
+}
+
+static void zero_part(ft_param *p, size_t k, size_t i0, size_t i1, void *ctx)
+{
+	(void)k; (void)ctx;
+	memset(p->g + i0, 0, (i1 - i0) * sizeof(float));
+}
+
+void ft_model_zero_grad(ft_model *m)
+{
+	size_t total = ft_params_elements(m->grads, m->ngrads);
+#pragma omp parallel if (total > FT_PARAMS_SPLIT)
+	ft_params_slice(m->grads, m->ngrads, total, omp_get_thread_num(), omp_get_num_threads(),
+			zero_part, NULL);
+}

@@ -1,0 +1,143 @@
+/* model.h - LLaMA / Mistral / Qwen2 decoder models for training and
+ * inference: configuration, parameters, forward and backward.
+ *
+ * The CPU path (lib/model*.c, lib/layers*.c) is the readable reference;
+ * the CUDA path mirrors it layer by layer with the same function names.
+ */
+#ifndef FT_MODEL_H
+#define FT_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "format/batch.h"
+
+typedef enum { FT_ARCH_LLAMA, FT_ARCH_MISTRAL, FT_ARCH_QWEN2 } ft_arch;
+
+typedef struct {
+	ft_arch arch;
+	int vocab_size, hidden_size, intermediate_size;
+	int num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim;
+	int max_position_embeddings;
+	double rms_norm_eps, rope_theta;
+	char rope_type[16];            /* "default" linear dynamic llama3 */
+	double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+	int rope_original_max_pos;
+	int tie_word_embeddings;
+	int attention_bias;            /* q/k/v biases (Qwen2) */
+	char torch_dtype[16];
+	int sliding_window;            /* Mistral; 0 = none */
+	double initializer_range;      /* std of the random init (default 0.02) */
+} ft_config;
+
+int ft_config_load(const char *config_json, ft_config *c);
+
+typedef enum { FT_FT_LORA, FT_FT_FREEZE, FT_FT_FULL } ft_finetuning_type;
+
+/* Bits for LoRA targets and freeze modules. */
+enum {
+	FT_MOD_Q = 1, FT_MOD_K = 2, FT_MOD_V = 4, FT_MOD_O = 8,
+	FT_MOD_GATE = 16, FT_MOD_UP = 32, FT_MOD_DOWN = 64,
+	FT_MOD_ALL_LINEAR = 127,
+	FT_MOD_SELF_ATTN = FT_MOD_Q | FT_MOD_K | FT_MOD_V | FT_MOD_O,
+	FT_MOD_MLP = FT_MOD_GATE | FT_MOD_UP | FT_MOD_DOWN,
+};
+
+typedef struct {
+	ft_finetuning_type type;
+	int lora_rank;                 /* default 8 */
+	double lora_alpha;             /* default 2*rank */
+	double lora_dropout;
+	unsigned lora_targets;         /* FT_MOD_* */
+	int use_rslora;
+	int freeze_trainable_layers;   /* last N; negative = first N */
+	unsigned freeze_trainable_modules; /* FT_MOD_*, 0 = all in those layers */
+	int gradient_checkpointing;
+	uint64_t seed;
+} ft_tune_opts;
+/* Defaults applied when a field is 0: lora_rank 8, lora_alpha 2*rank (as
+ * LLaMA-Factory), lora_targets q_proj|v_proj.
+ * Random numbers (ft_model_from_config weights, LoRA A init) come from
+ * xoshiro256** seeded with splitmix64(seed ^ FNV-1a(tensor name)): one
+ * stream per tensor, reproducible, not torch's generator (parity tests
+ * load A/B from fixtures).  LoRA A is U(-1/sqrt(in), 1/sqrt(in)) as
+ * torch's kaiming_uniform_(a=sqrt(5)), B zero.  lora_dropout masks are a
+ * hash of (seed, call number, layer, module, element): recomputed, never
+ * stored, identical under gradient checkpointing. */
+
+/* One tensor of the model.  `name` uses Hugging Face names for base
+ * weights and PEFT's saved names for adapters
+ * ("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight").
+ * Every tensor is listed; frozen ones have trainable == 0 and g == NULL.
+ * A tied lm_head is the single "model.embed_tokens.weight". */
+typedef struct {
+	char *name;
+	float *w, *g;
+	size_t n;
+	int ndim;
+	int64_t shape[2];
+	int trainable;
+	int decay;                     /* weight decay applies (not bias/norm) */
+} ft_param;
+
+/* Passes over many tensors as one range, elements laid end to end:
+ * thread t of nt takes the t-th slice of the `total` elements (the sum of
+ * ps[k]->n) and fn gets each tensor's part of it, [i0, i1) of tensor k.
+ * One parallel region then covers a whole pass (zero_grad, AdamW,
+ * clipping): a small model's many small tensors would otherwise each pay
+ * a fork and a join.  Passes below FT_PARAMS_SPLIT elements stay on one
+ * thread. */
+#define FT_PARAMS_SPLIT 65536
+typedef void (*ft_param_part_fn)(ft_param *p, size_t k, size_t i0, size_t i1, void *ctx);
+size_t ft_params_elements(ft_param *const *ps, size_t n);
+void ft_params_slice(ft_param *const *ps, size_t n, size_t total, int t, int nt,
+		     ft_param_part_fn fn, void *ctx);
+
+typedef struct ft_model ft_model;
+
+ft_model *ft_model_load(const char *model_dir, const ft_tune_opts *o);
+ft_model *ft_model_from_config(const ft_config *c, const ft_tune_opts *o);
+void ft_model_free(ft_model *m);
+const ft_config *ft_model_config(const ft_model *m);
+
+size_t ft_model_nparams(const ft_model *m);
+ft_param *ft_model_param(ft_model *m, size_t i);
+void ft_model_zero_grad(ft_model *m);
+
+/* Forward and backward over one micro-batch.  Accumulates into the
+ * gradients d(grad_scale * sum of token losses)/dparam, and returns the
+ * summed cross-entropy over label tokens and their count, so callers can
+ * reduce exactly as transformers does across accumulation steps
+ * (grad_scale = 1 / label tokens in the whole accumulated step). */
+int ft_model_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
+			      double *loss_sum, int64_t *n_tokens);
+/* LoRA dropout masks depend on the number of forward_backward calls so
+ * far; a resumed run sets it to the micro-batches already trained on, and
+ * the masks continue exactly. */
+void ft_model_set_dropout_position(ft_model *m, uint64_t calls);
+/* Forward only: loss as above; logits [B*T*vocab] when logits != NULL. */
+int ft_model_forward(ft_model *m, const ft_batch *b, float *logits,
+		     double *loss_sum, int64_t *n_tokens);
+
+/* PEFT-format adapter (adapter_model.safetensors + adapter_config.json)
+ * or full weights as a HF model directory. */
+int ft_model_save(ft_model *m, const char *dir);
+int ft_model_load_adapter(ft_model *m, const char *adapter_dir);
+
+/* Extensions (lib/model_io.c).
+ * ft_model_save_full: HF model directory whatever the finetuning type;
+ * dtype "float32" / "float16" / "bfloat16", or NULL for the config's
+ * torch dtype ("dtype"/"torch_dtype"; float32 when absent).
+ * ft_model_save_adapter: the PEFT adapter only (LoRA models).
+ * ft_model_merge_lora: W += scale * B A into the base weights and drops
+ * the adapters (the model becomes a plain frozen model).
+ * ft_model_load_adapter rebuilds the LoRA parameters from the adapter's
+ * config (r, lora_alpha, use_rslora, target_modules): pointers from
+ * ft_model_param() taken before it are invalid afterwards. */
+int ft_model_save_full(ft_model *m, const char *dir, const char *dtype);
+int ft_model_save_adapter(ft_model *m, const char *dir);
+int ft_model_merge_lora(ft_model *m);
+
+/* Parameter names (HF/PEFT) to find a tensor; NULL if absent. */
+ft_param *ft_model_find_param(ft_model *m, const char *name);
+
+#endif

@@ -1,0 +1,75 @@
+/* model_internal.h - the ft_model structure shared by lib/model*.c.
+ * Not part of the public API (use model.h). */
+#ifndef FT_MODEL_INTERNAL_H
+#define FT_MODEL_INTERNAL_H
+
+#include <jansson.h>
+#include "model/model.h"
+#include "model/layers.h"
+
+/* The seven linear modules of a layer, in FT_MOD_* bit order. */
+enum { L_Q, L_K, L_V, L_O, L_GATE, L_UP, L_DOWN, L_NLIN };
+extern const char *const ft_lin_names[L_NLIN];   /* "q_proj" ... */
+
+typedef struct { float *w, *g; } ft_wg;          /* g NULL when frozen */
+
+typedef struct {
+	int on, r;
+	float scale;
+	ft_wg A, B;          /* A [r, in], B [out, r] */
+} ft_lora;
+
+typedef struct {
+	ft_wg ln1, ln2, lin[L_NLIN], bias[3];   /* bias: q, k, v (Qwen2) */
+	ft_lora lora[L_NLIN];
+} ft_layer;
+
+/* Saved activations of one layer for the backward pass. */
+typedef struct {
+	float *ln1, *rstd1, *q, *k, *v, *lse, *att, *xmid, *ln2, *rstd2;
+	float *gate, *up;
+	float *block;        /* the allocation holding all of them */
+	float *lh[L_NLIN];   /* LoRA hidden [N, r] */
+} ft_acts;
+
+struct ft_model {
+	ft_config c;
+	ft_tune_opts o;
+	json_t *config_json;     /* config.json as loaded (NULL: from config) */
+	char *model_dir;         /* base_model_name_or_path for adapters */
+	char save_dtype[16];     /* "" = as config (torch dtype), else F32 etc. */
+
+	ft_wg wte, lm_head, norm;    /* lm_head aliases wte when tied */
+	ft_layer *layers;
+	ft_param *params;
+	size_t nparams;
+	ft_param **grads;            /* the params with a gradient, for zero_grad */
+	size_t ngrads;
+	int lora_dropout_on;
+	uint64_t dropout_calls;      /* advances the dropout masks per call */
+
+	/* activation buffers, sized for cap_N tokens */
+	int cap_N, buf_rank, n_acts;
+	float *xs;                   /* residual stream [(L+1), N, D] */
+	ft_acts *acts;               /* L sets, or 1 with checkpointing */
+	float *cos_t, *sin_t, *inv_freq;
+	int32_t *pos, *targets, *rows;
+	float *lnf, *rstdf;
+	/* backward scratch */
+	float *d_a, *d_b, *d_ln, *d_att, *dq, *dk, *dv, *hbuf, *dh, *dgate,
+	      *dup, *tmp, *drop, *ddrop, *lhs, *head_x, *head_dx,
+	      *head_scratch;
+	int head_chunk, training;
+};
+
+/* lib/model_fwd.c */
+int ft_model_prepare(ft_model *m, int N);
+void ft_model_free_buffers(ft_model *m);
+/* lib/model.c */
+int ft_model_build_params(ft_model *m);
+void ft_model_free_params(ft_model *m);
+void ft_lora_setup(ft_model *m, int rank, double alpha, int rslora,
+		   unsigned targets);
+int ft_lin_dims(const ft_config *c, int which, int *in, int *out);
+
+#endif

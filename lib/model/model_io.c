@@ -1,0 +1,356 @@
+/* model_io.c - model weights and PEFT adapters in and out (safetensors
+ * through lib/safetensors.h, JSON through lib/json.h). */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include "util/error.h"
+#include "util/json.h"
+#include "format/safetensors.h"
+#include "model/model_internal.h"
+
+static int is_adapter(const ft_param *p)
+{
+	return !strncmp(p->name, "base_model.", 11);
+}
+
+static int check_shape(const ft_st_tensor *t, const ft_param *p, const char *where)
+{
+	int ok = t->ndim == p->ndim && t->shape[0] == p->shape[0] &&
+		 (p->ndim == 1 || t->shape[1] == p->shape[1]);
+	if (ok)
+		return 0;
+	char got[64] = "", want[64];
+	for (int i = 0; i < t->ndim && i < 4; i++)
+		snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld",
+			 i ? ", " : "", (long long)t->shape[i]);
+	if (p->ndim == 1)
+		snprintf(want, sizeof want, "%lld", (long long)p->shape[0]);
+	else
+		snprintf(want, sizeof want, "%lld, %lld", (long long)p->shape[0],
+			 (long long)p->shape[1]);
+	return ft_fail("%s: tensor %s has shape [%s], expected [%s]", where, p->name, got, want);
+}
+
+/* Base weights from a HF model directory (after the parameter list is
+ * built, which names and shapes every expected tensor). */
+int ft_model_read_weights(ft_model *m, const char *dir)
+{
+	ft_st *st = ft_st_open(dir);
+	if (!st)
+		return -1;
+	int rc = 0;
+	for (size_t i = 0; i < m->nparams && !rc; i++) {
+		ft_param *p = &m->params[i];
+		if (is_adapter(p))
+			continue;
+		const ft_st_tensor *t = ft_st_find(st, p->name);
+		if (!t) {
+			rc = ft_fail("%s: tensor %s is missing", dir, p->name);
+			break;
+		}
+		if (check_shape(t, p, t->file ? t->file : dir) < 0)
+			rc = -1;
+		else if (ft_st_read_f32(t, p->w) < 0)
+			rc = ft_fail_ctx("%s: %s: ", t->file ? t->file : dir, p->name);
+	}
+	ft_st_close(st);
+	return rc;
+}
+
+static int mkdir_p(const char *dir)
+{
+	char *p = ft_xstrdup(dir);
+	for (char *s = p + 1; *s; s++)
+		if (*s == '/') {
+			*s = 0;
+			if (mkdir(p, 0777) < 0 && errno != EEXIST) {
+				free(p);
+				return ft_fail("%s:", dir);
+			}
+			*s = '/';
+		}
+	int rc = mkdir(p, 0777) < 0 && errno != EEXIST ? ft_fail("%s:", dir) : 0;
+	free(p);
+	return rc;
+}
+
+static const char *arch_name(ft_arch a)
+{
+	return a == FT_ARCH_QWEN2 ? "Qwen2ForCausalLM"
+	     : a == FT_ARCH_MISTRAL ? "MistralForCausalLM" : "LlamaForCausalLM";
+}
+
+static json_t *config_json(const ft_model *m, const char *dtype)
+{
+	if (m->config_json) {
+		json_t *j = json_deep_copy(m->config_json);
+		json_object_set_new(j, "dtype", json_string(dtype));
+		if (json_object_get(j, "torch_dtype"))
+			json_object_set_new(j, "torch_dtype", json_string(dtype));
+		return j;
+	}
+	const ft_config *c = &m->c;
+	const char *mt = c->arch == FT_ARCH_QWEN2 ? "qwen2"
+		       : c->arch == FT_ARCH_MISTRAL ? "mistral" : "llama";
+	json_t *rp = json_pack("{s:s, s:f}", "rope_type", c->rope_type, "rope_theta", c->rope_theta);
+	if (strcmp(c->rope_type, "default"))
+		json_object_set_new(rp, "factor", json_real(c->rope_factor));
+	if (!strcmp(c->rope_type, "llama3")) {
+		json_object_set_new(rp, "low_freq_factor", json_real(c->rope_low_freq_factor));
+		json_object_set_new(rp, "high_freq_factor", json_real(c->rope_high_freq_factor));
+		json_object_set_new(rp, "original_max_position_embeddings",
+				    json_integer(c->rope_original_max_pos));
+	}
+	return json_pack("{s:[s], s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:o, "
+			 "s:b, s:s, s:s}",
+			 "architectures", arch_name(c->arch), "model_type", mt,
+			 "vocab_size", c->vocab_size, "hidden_size", c->hidden_size,
+			 "intermediate_size", c->intermediate_size,
+			 "num_hidden_layers", c->num_hidden_layers,
+			 "num_attention_heads", c->num_attention_heads,
+			 "num_key_value_heads", c->num_key_value_heads, "head_dim", c->head_dim,
+			 "max_position_embeddings", c->max_position_embeddings,
+			 "rms_norm_eps", c->rms_norm_eps, "rope_parameters", rp,
+			 "tie_word_embeddings", c->tie_word_embeddings, "hidden_act", "silu",
+			 "dtype", dtype);
+}
+
+int ft_model_save_full(ft_model *m, const char *dir, const char *dtype)
+{
+	ft_dtype dt;
+	if (!dtype)
+		dtype = m->c.torch_dtype[0] ? m->c.torch_dtype : "float32";
+	if (ft_dtype_parse_torch(dtype, &dt) < 0 || (dt != FT_F32 && dt != FT_F16 && dt != FT_BF16))
+		return ft_fail("%s: cannot save weights as %s (float32, float16, bfloat16)", dir, dtype);
+	if (mkdir_p(dir) < 0)
+		return -1;
+	json_t *cj = config_json(m, ft_dtype_torch_name(dt));
+	char *path = ft_xasprintf("%s/config.json", dir);
+	int rc = ft_json_save_file(cj, path, 2);
+	json_decref(cj);
+	free(path);
+	if (rc < 0)
+		return -1;
+	ft_st_writer *w = ft_st_writer_new();
+	ft_st_writer_meta(w, "format", "pt");
+	size_t maxn = 0;
+	for (size_t i = 0; i < m->nparams; i++) {
+		ft_param *p = &m->params[i];
+		if (is_adapter(p))
+			continue;
+		ft_st_writer_add(w, p->name, dt, p->ndim, p->shape, NULL);
+		if (p->n > maxn)
+			maxn = p->n;
+	}
+	path = ft_xasprintf("%s/model.safetensors", dir);
+	void *buf = ft_xmalloc(maxn * ft_dtype_size(dt) + 1);
+	rc = ft_st_stream_begin(w, path);
+	for (size_t i = 0; i < m->nparams && !rc; i++) {
+		ft_param *p = &m->params[i];
+		if (is_adapter(p))
+			continue;
+		ft_convert_from_f32(buf, dt, p->w, p->n);
+		rc = ft_st_stream_put(w, buf, p->n * ft_dtype_size(dt));
+	}
+	if (!rc)
+		rc = ft_st_stream_end(w);
+	else
+		ft_st_stream_abort(w);
+	free(buf);
+	free(path);
+	ft_st_writer_free(w);
+	return rc;
+}
+
+static json_t *targets_json(unsigned t)
+{
+	json_t *a = json_array();
+	for (int j = 0; j < L_NLIN; j++)
+		if (t >> j & 1)
+			json_array_append_new(a, json_string(ft_lin_names[j]));
+	return a;
+}
+
+int ft_model_save_adapter(ft_model *m, const char *dir)
+{
+	if (m->o.type != FT_FT_LORA)
+		return ft_fail("%s: the model has no LoRA adapter to save", dir);
+	if (mkdir_p(dir) < 0)
+		return -1;
+	const ft_tune_opts *o = &m->o;
+	double a = o->lora_alpha;
+	json_t *alpha = a == floor(a) && fabs(a) < 1e15 ? json_integer((json_int_t)a) : json_real(a);
+	json_t *j = json_pack(
+		"{s:{}, s:n, s:s, s:s, s:b, s:b, s:b, s:n, s:n, s:n, s:{}, s:o, s:b, s:f, "
+		"s:n, s:s, s:n, s:s, s:i, s:{}, s:n, s:o, s:s, s:b, s:b}",
+		"alpha_pattern", "auto_mapping", "base_model_name_or_path",
+		m->model_dir ? m->model_dir : "", "bias", "none", "fan_in_fan_out", 0,
+		"inference_mode", 1, "init_lora_weights", 1, "layer_replication",
+		"layers_pattern", "layers_to_transform", "loftq_config", "lora_alpha", alpha,
+		"lora_bias", 0, "lora_dropout", o->lora_dropout, "megatron_config",
+		"megatron_core", "megatron.core", "modules_to_save", "peft_type", "LORA",
+		"r", o->lora_rank, "rank_pattern", "revision", "target_modules",
+		targets_json(o->lora_targets), "task_type", "CAUSAL_LM", "use_dora", 0,
+		"use_rslora", o->use_rslora);
+	if (!j)
+		return ft_fail("%s: cannot build adapter_config.json", dir);
+	char *path = ft_xasprintf("%s/adapter_config.json", dir);
+	int rc = ft_json_save_file(j, path, 2);
+	json_decref(j);
+	free(path);
+	if (rc < 0)
+		return -1;
+	ft_st_writer *w = ft_st_writer_new();
+	ft_st_writer_meta(w, "format", "pt");
+	for (size_t i = 0; i < m->nparams; i++)
+		if (is_adapter(&m->params[i]))
+			ft_st_writer_add(w, m->params[i].name, FT_F32, 2, m->params[i].shape,
+					 m->params[i].w);
+	path = ft_xasprintf("%s/adapter_model.safetensors", dir);
+	rc = ft_st_writer_write(w, path);
+	free(path);
+	ft_st_writer_free(w);
+	return rc;
+}
+
+int ft_model_save(ft_model *m, const char *dir)
+{
+	return m->o.type == FT_FT_LORA ? ft_model_save_adapter(m, dir)
+				       : ft_model_save_full(m, dir, NULL);
+}
+
+static int parse_targets(const json_t *tm, unsigned *out, const char *path)
+{
+	*out = 0;
+	if (json_is_string(tm)) {
+		const char *s = json_string_value(tm);
+		if (!strcmp(s, "all-linear")) {
+			*out = FT_MOD_ALL_LINEAR;
+			return 0;
+		}
+		for (int j = 0; j < L_NLIN; j++)
+			if (!strcmp(s, ft_lin_names[j]))
+				*out = 1u << j;
+		return *out ? 0 : ft_fail("%s: target_modules '%s' is not supported", path, s);
+	}
+	if (!json_is_array(tm) || !json_array_size(tm))
+		return ft_fail("%s: target_modules must be a non-empty list", path);
+	size_t i;
+	json_t *v;
+	json_array_foreach(tm, i, v) {
+		const char *s = json_string_value(v);
+		int found = 0;
+		for (int j = 0; s && j < L_NLIN; j++)
+			if (!strcmp(s, ft_lin_names[j])) {
+				*out |= 1u << j;
+				found = 1;
+			}
+		if (!found)
+			return ft_fail("%s: target module %s is not supported (q_proj k_proj "
+				       "v_proj o_proj gate_proj up_proj down_proj)", path,
+				       s ? s : "(not a string)");
+	}
+	return 0;
+}
+
+static int nonempty(const json_t *j, const char *key)
+{
+	const json_t *v = json_object_get(j, key);
+	return v && !json_is_null(v) && !(json_is_object(v) && !json_object_size(v)) &&
+	       !(json_is_false(v));
+}
+
+int ft_model_load_adapter(ft_model *m, const char *dir)
+{
+	if (m->o.type != FT_FT_LORA)
+		return ft_fail("%s: loading an adapter needs finetuning type lora", dir);
+	char *path = ft_xasprintf("%s/adapter_config.json", dir);
+	json_t *j = ft_json_load_file(path);
+	int rc = -1;
+	long long r;
+	double alpha;
+	unsigned targets;
+	if (!j)
+		goto out;
+	if (strcmp(ft_json_str(j, "peft_type", "LORA"), "LORA")) {
+		ft_fail("%s: peft_type %s is not supported (LORA)", path,
+			ft_json_str(j, "peft_type", ""));
+		goto out;
+	}
+	static const char *const unsup[] = { "use_dora", "rank_pattern", "alpha_pattern",
+					     "layers_to_transform", "modules_to_save" };
+	for (size_t i = 0; i < sizeof unsup / sizeof *unsup; i++)
+		if (nonempty(j, unsup[i])) {
+			ft_fail("%s: %s is not supported", path, unsup[i]);
+			goto out;
+		}
+	if (ft_json_req_int(j, "r", &r) < 0 || ft_json_req_num(j, "lora_alpha", &alpha) < 0) {
+		ft_fail_ctx("%s: ", path);
+		goto out;
+	}
+	if (r <= 0 || r > 65536) {
+		ft_fail("%s: r = %lld is out of range", path, r);
+		goto out;
+	}
+	if (parse_targets(json_object_get(j, "target_modules"), &targets, path) < 0)
+		goto out;
+	ft_lora_setup(m, (int)r, alpha, ft_json_bool(j, "use_rslora", 0), targets);
+	ft_model_build_params(m);
+	free(path);
+	path = ft_xasprintf("%s/adapter_model.safetensors", dir);
+	ft_st *st = ft_st_open(path);
+	if (!st)
+		goto out;
+	size_t found = 0;
+	for (size_t i = 0; i < m->nparams; i++) {
+		ft_param *p = &m->params[i];
+		if (!is_adapter(p))
+			continue;
+		const ft_st_tensor *t = ft_st_find(st, p->name);
+		if (!t) {
+			ft_fail("%s: tensor %s is missing", path, p->name);
+			ft_st_close(st);
+			goto out;
+		}
+		if (check_shape(t, p, path) < 0 || ft_st_read_f32(t, p->w) < 0) {
+			ft_st_close(st);
+			goto out;
+		}
+		found++;
+	}
+	if (ft_st_count(st) != found) {
+		for (size_t i = 0; i < ft_st_count(st); i++)
+			if (!ft_model_find_param(m, ft_st_at(st, i)->name)) {
+				ft_fail("%s: tensor %s is not a LoRA weight of the target "
+					"modules", path, ft_st_at(st, i)->name);
+				break;
+			}
+		ft_st_close(st);
+		goto out;
+	}
+	ft_st_close(st);
+	rc = 0;
+out:
+	free(path);
+	json_decref(j);
+	return rc;
+}
+
+int ft_model_merge_lora(ft_model *m)
+{
+	for (int l = 0; l < m->c.num_hidden_layers; l++)
+		for (int j = 0; j < L_NLIN; j++) {
+			ft_lora *a = &m->layers[l].lora[j];
+			int in, out;
+			if (!a->on)
+				continue;
+			ft_lin_dims(&m->c, j, &in, &out);
+			ft_sgemm(0, 0, out, in, a->r, a->scale, a->B.w, a->r, a->A.w, in, 1.0f,
+				 m->layers[l].lin[j].w, in);
+		}
+	if (m->o.type == FT_FT_LORA)
+		ft_lora_setup(m, m->o.lora_rank, m->o.lora_alpha, m->o.use_rslora, 0);
+	return ft_model_build_params(m);
+}

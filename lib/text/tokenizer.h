@@ -1,0 +1,51 @@
+/* tokenizer.h - Hugging Face tokenizers in C: tokenizer.json (BPE,
+ * byte-level or SentencePiece-style) and tokenizer.model (SentencePiece
+ * protobuf, BPE with byte fallback), with the special-token settings of
+ * tokenizer_config.json / special_tokens_map.json / generation_config.json.
+ * Ids equal the `tokenizers` package's for the same input.
+ */
+#ifndef FT_TOKENIZER_H
+#define FT_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "util/vec.h"
+
+typedef struct ft_tokenizer ft_tokenizer;
+
+/* A model directory, a tokenizer.json, or a tokenizer.model. */
+ft_tokenizer *ft_tokenizer_load(const char *path);
+void ft_tokenizer_free(ft_tokenizer *t);
+
+/* Append the ids of text[0..len) to out.  add_special: the post-processor's
+ * bos/eos as HF's add_special_tokens=True.  Thread-safe for one tokenizer
+ * used by several threads. */
+int ft_tokenizer_encode(const ft_tokenizer *t, const char *text, size_t len,
+			int add_special, ft_i32vec *out);
+/* New string; skip_special drops special tokens.  NULL on a bad id. */
+char *ft_tokenizer_decode(const ft_tokenizer *t, const int32_t *ids, size_t n,
+			  int skip_special);
+
+size_t ft_tokenizer_vocab_size(const ft_tokenizer *t);   /* incl. added tokens */
+int32_t ft_tokenizer_token_to_id(const ft_tokenizer *t, const char *piece); /* -1 */
+const char *ft_tokenizer_id_to_token(const ft_tokenizer *t, int32_t id);    /* NULL */
+int ft_tokenizer_is_special(const ft_tokenizer *t, int32_t id);
+
+/* Special-token settings.  add_bos/add_eos say what encode(add_special)
+ * adds: for tokenizer.json what its post-processor adds (transformers 5
+ * follows the post-processor, not tokenizer_config.json's add_bos_token);
+ * for tokenizer.model, LlamaTokenizer's rule: add_bos_token (default true)
+ * and add_eos_token (default false) from tokenizer_config.json. */
+typedef struct {
+	int32_t bos_id, eos_id, pad_id, unk_id;   /* -1 when absent */
+	int add_bos, add_eos;
+	long long model_max_length;               /* 0 when unset */
+	const char *bos_token, *eos_token, *pad_token; /* NULL when absent */
+	int32_t extra_eos_ids[8];                 /* generation_config eos list */
+	int n_extra_eos;
+} ft_tokenizer_info;
+const ft_tokenizer_info *ft_tokenizer_info_get(const ft_tokenizer *t);
+/* Stable identity for stream headers: "<name>:<sha256 of tokenizer file>". */
+const char *ft_tokenizer_identity(const ft_tokenizer *t);
+
+#endif

@@ -1,0 +1,53 @@
+/* optim.h - AdamW exactly as torch.optim.AdamW (single-tensor CPU path)
+ * and gradient clipping as torch.nn.utils.clip_grad_norm_.
+ *
+ * Per step and element, in float32 with double scalars cast to float
+ * where torch casts them:
+ *   p  *= 1 - lr*wd                          (decay params only, wd != 0)
+ *   m   = lerp(m, g, 1 - beta1)              (fma(w, g - m, m) as ATen)
+ *   v   = v*beta2 + ((1 - beta2)*g)*g
+ *   den = sqrt(v) / sqrt(1 - beta2^t) + eps
+ *   p  += (-(lr / (1 - beta1^t)) * m) / den
+ * Weight decay applies only to params with ft_param.decay set, which is
+ * how transformers groups parameters (no decay on biases and norms).
+ */
+#ifndef FT_OPTIM_H
+#define FT_OPTIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "model/model.h"
+
+typedef struct {
+	double beta1, beta2, eps, weight_decay;
+} ft_adamw_opts;
+
+/* torch/transformers defaults: 0.9, 0.999, 1e-8, 0.0 */
+void ft_adamw_opts_default(ft_adamw_opts *o);
+
+typedef struct ft_adamw ft_adamw;
+
+/* Optimize the given params (borrowed; the trainer passes the trainable
+ * ones).  Moments start at zero, step at 0. */
+ft_adamw *ft_adamw_new(ft_param *const *params, size_t n, const ft_adamw_opts *o);
+void ft_adamw_free(ft_adamw *a);
+
+/* One update with learning rate lr using each param's g. */
+void ft_adamw_step(ft_adamw *a, double lr);
+int64_t ft_adamw_steps(const ft_adamw *a);
+
+/* L2 norm of all gradients (per-tensor norms combined as torch does),
+ * then, when max_norm > 0, scale every gradient by
+ * min(1, max_norm / (norm + 1e-6)).  Returns the norm before clipping. */
+double ft_clip_grad_norm(ft_param *const *params, size_t n, double max_norm);
+
+/* Optimizer state file (docs/FORMAT.md 4): safetensors with, per param,
+ * "<param>" (its exact f32 weights), "<param>.exp_avg" and
+ * "<param>.exp_avg_sq" (F32, the param's shape)
+ * and __metadata__ format=ft-adamw, version, step, betas, eps,
+ * weight_decay.  Loading checks every param is present with its size
+ * and restores the weights as well as the moments and step. */
+int ft_adamw_save(const ft_adamw *a, const char *path);
+int ft_adamw_load(ft_adamw *a, const char *path);
+
+#endif

@@ -1,0 +1,100 @@
+/* optim_state.c - AdamW state file (save/load); see optim.h.  Kept apart
+ * from optim.c so the update itself links without the safetensors module. */
+#include "train/optim_internal.h"
+#include "util/error.h"
+#include "format/safetensors.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- state file ------------------------------------------------------- */
+
+static char *fmt_g(double x)
+{
+	return ft_xasprintf("%.17g", x);
+}
+
+int ft_adamw_save(const ft_adamw *a, const char *path)
+{
+	ft_st_writer *w = ft_st_writer_new();
+	char **names = ft_xcalloc(2 * a->n + 1, sizeof *names);
+	/* The fp32 weights themselves go in too: the model saved beside this
+	 * file may be bf16/f16, and resuming must continue from the exact
+	 * values. */
+	for (size_t i = 0; i < a->n; i++) {
+		const ft_param *p = a->p[i];
+		int64_t shape[2] = { p->shape[0], p->shape[1] };
+		int ndim = p->ndim > 0 ? p->ndim : 1;
+		if (p->ndim <= 0) shape[0] = (int64_t)p->n;
+		names[2 * i] = ft_xasprintf("%s.exp_avg", p->name);
+		names[2 * i + 1] = ft_xasprintf("%s.exp_avg_sq", p->name);
+		ft_st_writer_add(w, p->name, FT_F32, ndim, shape, p->w);
+		ft_st_writer_add(w, names[2 * i], FT_F32, ndim, shape, a->m[i]);
+		ft_st_writer_add(w, names[2 * i + 1], FT_F32, ndim, shape, a->v[i]);
+	}
+	char *step = ft_xasprintf("%lld", (long long)a->step);
+	char *b1 = fmt_g(a->o.beta1), *b2 = fmt_g(a->o.beta2), *eps = fmt_g(a->o.eps),
+	     *wd = fmt_g(a->o.weight_decay);
+	ft_st_writer_meta(w, "format", "ft-adamw");
+	ft_st_writer_meta(w, "version", "1");
+	ft_st_writer_meta(w, "step", step);
+	ft_st_writer_meta(w, "beta1", b1);
+	ft_st_writer_meta(w, "beta2", b2);
+	ft_st_writer_meta(w, "eps", eps);
+	ft_st_writer_meta(w, "weight_decay", wd);
+	int rc = ft_st_writer_write(w, path);
+	ft_st_writer_free(w);
+	for (size_t i = 0; i < 2 * a->n; i++) free(names[i]);
+	free(names);
+	free(step); free(b1); free(b2); free(eps); free(wd);
+	return rc;
+}
+
+static int load_moment(ft_st *st, const char *path, const ft_param *p, const char *what, float *dst)
+{
+	char *name = *what ? ft_xasprintf("%s.%s", p->name, what) : ft_xstrdup(p->name);
+	const ft_st_tensor *t = ft_st_find(st, name);
+	int rc = 0;
+	if (!t)
+		rc = ft_fail("%s: no tensor '%s' (the checkpoint was made for other parameters)", path, name);
+	else if (t->dtype != FT_F32 || t->numel != p->n)
+		rc = ft_fail("%s: tensor '%s' has %zu elements, expected %zu F32", path, name, t->numel, p->n);
+	else
+		rc = ft_st_read_f32(t, dst);
+	free(name);
+	return rc;
+}
+
+int ft_adamw_load(ft_adamw *a, const char *path)
+{
+	ft_st *st = ft_st_open(path);
+	if (!st) return -1;
+	int rc = -1;
+	const json_t *meta = ft_st_metadata(st);
+	const json_t *fmt = meta ? json_object_get(meta, "format") : NULL;
+	const json_t *step = meta ? json_object_get(meta, "step") : NULL;
+	if (!fmt || !json_is_string(fmt) || strcmp(json_string_value(fmt), "ft-adamw") != 0) {
+		ft_fail("%s: not an ft optimizer state (metadata format != ft-adamw)", path);
+		goto out;
+	}
+	if (!step || !json_is_string(step)) {
+		ft_fail("%s: metadata has no step", path);
+		goto out;
+	}
+	if (ft_st_count(st) != 3 * a->n) {
+		ft_fail("%s: %zu tensors, expected %zu for %zu trainable parameters", path,
+			ft_st_count(st), 3 * a->n, a->n);
+		goto out;
+	}
+	for (size_t i = 0; i < a->n; i++)
+		if (load_moment(st, path, a->p[i], "", a->p[i]->w) ||
+		    load_moment(st, path, a->p[i], "exp_avg", a->m[i]) ||
+		    load_moment(st, path, a->p[i], "exp_avg_sq", a->v[i]))
+			goto out;
+	a->step = strtoll(json_string_value(step), NULL, 10);
+	rc = 0;
+out:
+	ft_st_close(st);
+	return rc;
+}

@@ -1,0 +1,533 @@
+/* trainer.c - the training loop; see trainer.h.
+ *
+ * The structure follows transformers' Trainer._inner_training_loop (5.x):
+ * an epoch is ceil(n_batches / accum) optimizer steps, the last one taking
+ * the remaining micro-batches; the micro-batches of a step are read first
+ * so the loss can be divided by the label tokens of the whole step
+ * (num_items_in_batch); then clip, AdamW with the scheduled lr, scheduler
+ * advance, and log / evaluate / save as DefaultFlowCallback decides.
+ */
+#define _GNU_SOURCE
+#include "train/trainer.h"
+#include "train/trainer_internal.h"
+#include "util/error.h"
+#include "util/atomicfile.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+void ft_train_opts_default(ft_train_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	o->learning_rate = 5e-5;
+	o->adam_beta1 = 0.9;
+	o->adam_beta2 = 0.999;
+	o->adam_epsilon = 1e-8;
+	o->max_grad_norm = 1.0;
+	o->lr_scheduler_type = FT_SCHED_LINEAR;
+	o->gradient_accumulation_steps = 1;
+	o->num_train_epochs = 3.0;
+	o->max_steps = -1;
+	o->logging_steps = 500;
+	o->save_steps = 500;
+	o->train_batch_size = 1;
+	o->seed = 42;
+}
+
+int ft_train_plan_make(const ft_train_opts *o, ft_train_plan *p)
+{
+	memset(p, 0, sizeof *p);
+	int64_t ga = o->gradient_accumulation_steps;
+	if (ga < 1) return ft_fail("gradient_accumulation_steps must be >= 1");
+	if (o->n_batches < 1) return ft_fail("the training data holds no batches");
+	p->steps_per_epoch = o->n_batches / ga + (o->n_batches % ga > 0);
+	if (p->steps_per_epoch < 1) p->steps_per_epoch = 1;
+	if (o->max_steps > 0) {
+		p->total_steps = o->max_steps;
+		p->num_epochs = o->max_steps / p->steps_per_epoch + (o->max_steps % p->steps_per_epoch > 0);
+	} else {
+		if (!(o->num_train_epochs > 0))
+			return ft_fail("num_train_epochs must be > 0 (or give max_steps)");
+		p->total_steps = (int64_t)ceil(o->num_train_epochs * (double)p->steps_per_epoch);
+		p->num_epochs = (int64_t)ceil(o->num_train_epochs);
+	}
+	p->warmup_steps = ft_sched_warmup_steps(o->warmup, p->total_steps);
+	return 0;
+}
+
+int ft_strategy_parse(const char *name)
+{
+	static const char *const names[] = { "steps", "epoch", "no" };
+	for (int i = 0; i < 3; i++)
+		if (!strcmp(name, names[i])) return i;
+	return ft_fail("'%s' is not a strategy (steps, epoch, no)", name);
+}
+
+/* DefaultFlowCallback: every `every` steps, or at an epoch's end, or never. */
+static int strategy_due(int strategy, int64_t every, int64_t step, int epoch_end)
+{
+	if (strategy == FT_STRATEGY_EPOCH) return epoch_end;
+	if (strategy == FT_STRATEGY_NO) return 0;
+	return every > 0 && step % every == 0;
+}
+
+static double now_s(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+/* ---- batches held for one accumulation step ----------------------------- */
+
+typedef struct {
+	ft_batch *b;
+	int n, cap;
+} mbatches;
+
+static int read_step_batches(ft_batch_source *src, mbatches *mb, int want, int64_t *done)
+{
+	if (want > mb->cap) {
+		mb->b = ft_xrealloc(mb->b, want * sizeof *mb->b);
+		memset(mb->b + mb->cap, 0, (want - mb->cap) * sizeof *mb->b);
+		mb->cap = want;
+	}
+	mb->n = 0;
+	for (int i = 0; i < want; i++) {
+		int rc = src->next(src->self, &mb->b[i]);
+		if (rc < 0) return -1;
+		if (rc == 0)
+			return ft_fail("the training data ended after %lld batches of this epoch, "
+				       "fewer than its manifest says", (long long)*done);
+		mb->n++;
+		(*done)++;
+	}
+	return 0;
+}
+
+/* transformers counts num_items_in_batch over labels[..., 1:]: the loss
+ * shifts labels, so position 0 of a row is never a target. */
+static int64_t shifted_label_count(const ft_batch *b)
+{
+	int64_t n = 0;
+	for (int r = 0; r < b->B; r++) {
+		const int32_t *l = b->labels + (size_t)r * b->T;
+		for (int t = 1; t < b->T; t++) n += l[t] != -100;
+	}
+	return n;
+}
+
+static int skip_batches(ft_batch_source *src, int64_t n)
+{
+	ft_batch b = {0};
+	int rc = 0;
+	for (int64_t i = 0; i < n && rc == 0; i++) {
+		int r = src->next(src->self, &b);
+		if (r < 0) rc = -1;
+		else if (r == 0) rc = ft_fail("the training data ended while skipping to the checkpoint's "
+					      "position (batch %lld): is it the same data?", (long long)n);
+	}
+	ft_batch_release(&b);
+	return rc;
+}
+
+static int64_t batch_tokens(const ft_batch *b)
+{
+	return b->n_tokens > 0 ? b->n_tokens : (int64_t)b->B * b->T;
+}
+
+/* ---- evaluation ---------------------------------------------------------- */
+
+int ft_evaluate(ft_train_model *m, ft_batch_source *val, double *eval_loss, int64_t *n_batches,
+		int64_t *n_rows)
+{
+	if (val->rewind(val->self) < 0) return -1;
+	ft_batch b = {0};
+	double num = 0, rows = 0;
+	int64_t nb = 0;
+	int rc;
+	while ((rc = val->next(val->self, &b)) == 1) {
+		double ls;
+		int64_t n;
+		if (m->forward(m->self, &b, &ls, &n) < 0) { rc = -1; break; }
+		nb++;
+		if (n == 0) continue;   /* no label tokens: nothing to average */
+		/* transformers: per-batch mean loss (float32), repeated batch_size
+		 * times, then the mean of all of them */
+		float lb = (float)(ls / (double)n);
+		num += (double)lb * b.B;
+		rows += b.B;
+	}
+	ft_batch_release(&b);
+	if (rc < 0) return -1;
+	if (rows == 0) return ft_fail("the validation data holds no label tokens");
+	*eval_loss = (double)(float)(num / rows);
+	if (n_batches) *n_batches = nb;
+	if (n_rows) *n_rows = (int64_t)rows;
+	return 0;
+}
+
+/* ---- logging --------------------------------------------------------------- */
+
+typedef struct {
+	const ft_train_opts *o;
+	const ft_train_plan *p;
+	FILE *log;
+	double t0;
+	int64_t start_step, start_tokens;
+	ft_eval_stats ev;             /* the last evaluation */
+} runctx;
+
+static void fill_entry(const runctx *c, const ft_tstate *st, ft_trainlog_entry *e)
+{
+	ft_trainlog_entry_init(e);
+	e->current_steps = st->global_step;
+	e->total_steps = c->p->total_steps;
+	e->epoch = st->epoch;
+	e->percentage = c->p->total_steps
+		? round((double)st->global_step / c->p->total_steps * 100 * 100) / 100 : 100;
+	double el = now_s() - c->t0;
+	int64_t done = st->global_step - c->start_step;
+	double rem = done > 0 ? (c->p->total_steps - st->global_step) * (el / done) : 0;
+	ft_trainlog_timedelta(el, e->elapsed_time);
+	ft_trainlog_timedelta(rem, e->remaining_time);
+	if (el > 0 && st->tokens_seen > 0) {
+		e->throughput = round((st->tokens_seen - c->start_tokens) / el * 100) / 100;
+		e->total_tokens = st->tokens_seen;
+	}
+}
+
+static int write_log(runctx *c, const ft_trainlog_entry *e)
+{
+	if (!c->log) return 0;
+	return ft_trainlog_write(c->log, e);
+}
+
+static void history_add(ft_tstate *st, json_t *obj)
+{
+	json_object_set_new(obj, "epoch", json_real(st->epoch));
+	json_object_set_new(obj, "step", json_integer(st->global_step));
+	json_array_append_new(st->log_history, obj);
+}
+
+static int do_log(runctx *c, ft_tstate *st, double grad_norm, double lr)
+{
+	ft_trainlog_entry e;
+	fill_entry(c, st, &e);
+	/* transformers: tr_loss / (global_step - last_logged), in double */
+	e.loss = (double)st->tr_loss / (double)(st->global_step - st->last_logged);
+	e.lr = lr;
+	e.grad_norm = grad_norm;
+	st->total_loss += (double)st->tr_loss;
+	st->tr_loss = 0;
+	st->last_logged = st->global_step;
+	history_add(st, json_pack("{s:f, s:f, s:f}", "loss", e.loss, "grad_norm", grad_norm,
+				  "learning_rate", lr));
+	if (write_log(c, &e) < 0) return -1;
+	if (c->o->on_event) c->o->on_event(c->o->ctx, FT_EV_LOG, &e, NULL);
+	return 0;
+}
+
+static int do_eval(runctx *c, ft_tstate *st, ft_train_model *m, ft_batch_source *val, double *out)
+{
+	double t = now_s(), loss;
+	int64_t nb, rows;
+	if (ft_evaluate(m, val, &loss, &nb, &rows) < 0) return ft_fail_ctx("evaluation: ");
+	double rt = now_s() - t;
+	*out = loss;
+	c->ev = (ft_eval_stats){ loss, rt, nb, rows };
+	ft_trainlog_entry e;
+	fill_entry(c, st, &e);
+	e.eval_loss = loss;
+	history_add(st, json_pack("{s:f, s:f}", "eval_loss", loss, "eval_runtime", round(rt * 1e4) / 1e4));
+	if (write_log(c, &e) < 0) return -1;
+	if (c->o->on_event) c->o->on_event(c->o->ctx, FT_EV_EVAL, &e, NULL);
+	return 0;
+}
+
+/* ---- the loop ---------------------------------------------------------------- */
+
+static ft_param **trainable_params(ft_train_model *m, size_t *n)
+{
+	size_t np = m->nparams(m->self), k = 0;
+	ft_param **v = ft_xcalloc(np ? np : 1, sizeof *v);
+	for (size_t i = 0; i < np; i++) {
+		ft_param *p = m->param(m->self, i);
+		if (p->trainable && p->g) v[k++] = p;
+	}
+	*n = k;
+	return v;
+}
+
+/* trainer_log.jsonl: fresh for a new run; on resume keep only the lines
+ * up to the checkpoint's step, so the log reads as one uninterrupted run. */
+static FILE *open_log(const ft_train_opts *o, int64_t resume_step)
+{
+	char *path = ft_xasprintf("%s/%s", o->output_dir, FT_TRAINLOG_NAME);
+	FILE *fp = NULL;
+	if (o->resume_dir) {
+		FILE *in = fopen(path, "r");
+		char *keep = NULL;
+		size_t keepn = 0;
+		if (in) {
+			FILE *mem = open_memstream(&keep, &keepn);
+			char *line = NULL;
+			size_t cap = 0;
+			ssize_t n;
+			ft_trainlog_entry e;
+			while ((n = getline(&line, &cap, in)) > 0)
+				if (ft_trainlog_parse(line, (size_t)n, &e) == 0 && e.current_steps <= resume_step)
+					fwrite(line, 1, (size_t)n, mem);
+			ft_errclear();
+			free(line);
+			fclose(in);
+			fclose(mem);
+		}
+		fp = fopen(path, "w");
+		if (fp && keepn) fwrite(keep, 1, keepn, fp);
+		free(keep);
+	} else {
+		fp = fopen(path, "w");
+	}
+	if (!fp) ft_fail("%s:", path);
+	free(path);
+	return fp;
+}
+
+static int64_t count_nonembed(ft_train_model *m)
+{
+	int64_t n = 0;
+	for (size_t i = 0; i < m->nparams(m->self); i++) {
+		ft_param *p = m->param(m->self, i);
+		if (!strstr(p->name, "embed_tokens")) n += (int64_t)p->n;
+	}
+	return n;
+}
+
+static int finish(const ft_train_opts *o, const ft_train_plan *p, ft_train_model *m,
+		  ft_batch_source *val, runctx *c, ft_tstate *st, ft_train_result *r,
+		  double eval_loss_last, int64_t eval_step);
+
+int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
+	     ft_batch_source *val, ft_train_result *r)
+{
+	memset(r, 0, sizeof *r);
+	r->eval_loss = NAN;
+	ft_train_plan p;
+	if (ft_train_plan_make(o, &p) < 0) return -1;
+	ft_sched sched;
+	if (ft_sched_init(&sched, o->lr_scheduler_type, o->learning_rate, p.warmup_steps, p.total_steps) < 0)
+		return -1;
+	size_t np;
+	ft_param **params = trainable_params(m, &np);
+	if (np == 0) {
+		free(params);
+		return ft_fail("the model has no trainable parameters");
+	}
+	ft_adamw_opts ao = { o->adam_beta1, o->adam_beta2, o->adam_epsilon, o->weight_decay };
+	ft_adamw *opt = ft_adamw_new(params, np, &ao);
+	ft_tstate st = { .log_history = json_array() };
+	mbatches mb = {0};
+	runctx c = { .o = o, .p = &p };
+	int rc = -1;
+	int64_t eval_step = -1;
+	double eval_loss = NAN;
+	const int64_t ga = o->gradient_accumulation_steps;
+	const int64_t eval_every = o->eval_steps > 0 ? o->eval_steps : o->logging_steps;
+
+	if (ft_mkdirs(o->output_dir) < 0) goto out;
+	if (o->resume_dir && ft_ckpt_load(o, &p, opt, &st) < 0) goto out;
+	if (o->resume_dir && m->set_position)
+		m->set_position(m->self, st.epoch_idx * o->n_batches + st.batches_done);
+	if (!(c.log = open_log(o, st.global_step))) goto out;
+	c.t0 = now_s();
+	c.start_step = st.global_step;
+	c.start_tokens = st.tokens_seen;
+	const double flos_per_token = 6.0 * (double)count_nonembed(m);
+	m->zero_grad(m->self);
+
+	int stop = st.global_step >= p.total_steps;
+	const int64_t runs = ft_data_runs(o), first_ep = st.epoch_idx;
+	for (int64_t ep = first_ep; ep < p.num_epochs && !stop; ep++) {
+		int64_t done = 0, skip = ep == first_ep ? st.batches_done : 0;
+		/* Epoch ep reads run ep % runs of the stream: the next run follows
+		 * where the last epoch stopped, so the stream is reopened only
+		 * to start over or to reach a checkpoint's position. */
+		if (ep == first_ep || ep % runs == 0) {
+			if (train->rewind(train->self) < 0) goto out;
+			if (skip_batches(train, (ep % runs) * o->n_batches + skip) < 0) goto out;
+		}
+		done = skip;
+		st.epoch_idx = ep;
+		int64_t first = done / ga;
+		int64_t remainder = o->n_batches % ga ? o->n_batches % ga : ga;
+		for (int64_t us = first; us < p.steps_per_epoch; us++) {
+			int want = (int)(us != p.steps_per_epoch - 1 ? ga : remainder);
+			if (read_step_batches(train, &mb, want, &done) < 0) goto out;
+			int64_t ntok = 0;
+			for (int i = 0; i < mb.n; i++) ntok += shifted_label_count(&mb.b[i]);
+			/* num_items_in_batch: the model divides each micro-batch's
+			 * summed loss by the label tokens of the whole step */
+			float scale = ntok > 0 ? (float)(1.0 / (double)ntok) : 0.0f;
+			float this_step = 0;
+			for (int i = 0; i < mb.n; i++) {
+				double ls;
+				int64_t n;
+				if (m->forward_backward(m->self, &mb.b[i], scale, &ls, &n) < 0) goto out;
+				float step_loss = ntok > 0 ? (float)(ls / (double)ntok) : 0.0f;
+				/* logging_nan_inf_filter: a nan/inf loss counts as the mean
+				 * of the window so far, as transformers does */
+				if (!isfinite(step_loss))
+					st.tr_loss += st.tr_loss / (float)(1 + st.global_step - st.last_logged);
+				else
+					st.tr_loss += step_loss;
+				this_step += step_loss;
+				st.tokens_seen += batch_tokens(&mb.b[i]);
+				st.total_flos += flos_per_token * mb.b[i].B * mb.b[i].T;
+			}
+			double gnorm = ft_clip_grad_norm(params, np, o->max_grad_norm);
+			double lr = ft_sched_lr(&sched, st.global_step);
+			ft_adamw_step(opt, lr);
+			m->zero_grad(m->self);
+			st.global_step++;
+			st.batches_done = done;
+			st.epoch = (double)ep + (double)done / (double)o->n_batches;
+			int epoch_end = done == o->n_batches;
+			if (epoch_end) {   /* position: start of next epoch */
+				st.epoch_idx = ep + 1;
+				st.batches_done = 0;
+			}
+			int last = st.global_step >= p.total_steps;
+			if (o->on_event) {
+				ft_trainlog_entry e;
+				fill_entry(&c, &st, &e);
+				e.lr = lr;
+				e.grad_norm = gnorm;
+				e.loss = this_step;   /* this step's loss, not a window mean */
+				o->on_event(o->ctx, FT_EV_STEP, &e, NULL);
+			}
+			if (strategy_due(o->logging_strategy, o->logging_steps, st.global_step, epoch_end) ||
+			    (o->logging_first_step && st.global_step == 1))
+				if (do_log(&c, &st, gnorm, lr) < 0) goto out;
+			if (val && o->eval_strategy != FT_STRATEGY_NO &&
+			    (strategy_due(o->eval_strategy, eval_every, st.global_step, epoch_end) ||
+			     (last && (eval_every > 0 || o->eval_strategy == FT_STRATEGY_EPOCH)))) {
+				if (do_eval(&c, &st, m, val, &eval_loss) < 0) goto out;
+				eval_step = st.global_step;
+			}
+			int interrupted = o->stop && *o->stop;
+			if (strategy_due(o->save_strategy, o->save_steps, st.global_step, epoch_end) ||
+			    (last && o->save_strategy != FT_STRATEGY_NO) || interrupted) {
+				if (ft_ckpt_save(o, &p, m, opt, &sched, &st, r->checkpoint, sizeof r->checkpoint) < 0)
+					goto out;
+				if (o->on_event) o->on_event(o->ctx, FT_EV_SAVE, NULL, r->checkpoint);
+				if (o->save_total_limit > 0 && ft_ckpt_rotate(o->output_dir, o->save_total_limit) < 0)
+					goto out;
+			}
+			if (interrupted) {
+				r->interrupted = 1;
+				stop = 1;
+				break;
+			}
+			if (last) {
+				stop = 1;
+				break;
+			}
+		}
+	}
+	if (r->interrupted) {
+		r->global_step = st.global_step;
+		r->total_steps = p.total_steps;
+		r->epoch = st.epoch;
+		rc = 0;
+		goto out;
+	}
+	rc = finish(o, &p, m, val, &c, &st, r, eval_loss, eval_step);
+out:
+	if (c.log) fclose(c.log);
+	for (int i = 0; i < mb.cap; i++) ft_batch_release(&mb.b[i]);
+	free(mb.b);
+	json_decref(st.log_history);
+	ft_adamw_free(opt);
+	free(params);
+	return rc;
+}
+
+/* End of training: the final log line, the model and the results files. */
+static int finish(const ft_train_opts *o, const ft_train_plan *p, ft_train_model *m,
+		  ft_batch_source *val, runctx *c, ft_tstate *st, ft_train_result *r,
+		  double eval_loss, int64_t eval_step)
+{
+	double runtime = now_s() - c->t0;
+	st->total_loss += (double)st->tr_loss;
+	st->tr_loss = 0;
+	int64_t steps = st->global_step;
+	double train_loss = st->total_loss / (double)(steps > 0 ? steps : 1);
+	int64_t run_steps = st->global_step - c->start_step;
+	double samples = o->max_steps > 0
+		? (double)p->total_steps * o->train_batch_size * o->gradient_accumulation_steps
+		: (double)o->n_batches * o->train_batch_size * o->num_train_epochs;
+	samples = samples * run_steps / (double)(p->total_steps ? p->total_steps : 1);
+	double total_flos = st->total_flos;
+
+	if (val && eval_step != st->global_step) {
+		if (do_eval(c, st, m, val, &eval_loss) < 0) return -1;
+		eval_step = st->global_step;
+	}
+	history_add(st, json_pack("{s:f, s:f, s:f, s:f, s:f}", "train_loss", train_loss,
+				  "train_runtime", round(runtime * 1e4) / 1e4,
+				  "train_samples_per_second", runtime > 0 ? round(samples / runtime * 1e3) / 1e3 : 0.0,
+				  "train_steps_per_second", runtime > 0 ? round(run_steps / runtime * 1e3) / 1e3 : 0.0,
+				  "total_flos", total_flos));
+	ft_trainlog_entry e;
+	fill_entry(c, st, &e);
+	if (write_log(c, &e) < 0) return -1;
+
+	if (m->save(m->self, o->output_dir) < 0) return ft_fail_ctx("%s: saving the model: ", o->output_dir);
+	for (const char *const *f = o->extra_files; f && *f; f++)
+		if (ft_copy_into(*f, o->output_dir) < 0) return -1;
+	json_t *ts = ft_trainer_state_json(o, p, st);
+	char *path = ft_xasprintf("%s/trainer_state.json", o->output_dir);
+	int rc = ft_json_write_atomic(ts, path, 2, 1);
+	free(path);
+	json_decref(ts);
+	if (rc < 0) return -1;
+
+	const char *tk[] = { "epoch", "total_flos", "train_loss", "train_runtime",
+			     "train_samples_per_second", "train_steps_per_second" };
+	double tv[] = { st->epoch, total_flos, train_loss, round(runtime * 1e4) / 1e4,
+			runtime > 0 ? round(samples / runtime * 1e3) / 1e3 : 0,
+			runtime > 0 ? round(run_steps / runtime * 1e3) / 1e3 : 0 };
+	if (ft_save_results(o->output_dir, "train_results.json", tk, tv, 6) < 0) return -1;
+	if (!isnan(eval_loss)) {
+		double ert = round(c->ev.runtime * 1e4) / 1e4;
+		double esps = c->ev.runtime > 0 ? round(c->ev.rows / c->ev.runtime * 1e3) / 1e3 : 0;
+		double ests = c->ev.runtime > 0 ? round(c->ev.batches / c->ev.runtime * 1e3) / 1e3 : 0;
+		const char *ek[] = { "epoch", "eval_loss", "eval_runtime", "eval_samples_per_second",
+				     "eval_steps_per_second", "perplexity" };
+		double ev[] = { st->epoch, eval_loss, ert, esps, ests, exp(eval_loss) };
+		if (ft_save_results(o->output_dir, "eval_results.json", ek, ev, 6) < 0) return -1;
+		const char *ak[] = { "epoch", "eval_loss", "eval_runtime", "eval_samples_per_second",
+				     "eval_steps_per_second", "perplexity", "total_flos", "train_loss",
+				     "train_runtime", "train_samples_per_second", "train_steps_per_second" };
+		double av[] = { st->epoch, eval_loss, ert, esps, ests, exp(eval_loss),
+				tv[1], tv[2], tv[3], tv[4], tv[5] };
+		if (ft_save_results(o->output_dir, "all_results.json", ak, av, 11) < 0) return -1;
+	} else if (ft_save_results(o->output_dir, "all_results.json", tk, tv, 6) < 0) {
+		return -1;
+	}
+	r->global_step = st->global_step;
+	r->total_steps = p->total_steps;
+	r->epoch = st->epoch;
+	r->train_loss = train_loss;
+	r->train_runtime = runtime;
+	r->tokens_seen = st->tokens_seen;
+	r->eval_loss = eval_loss;
+	return 0;
+}

@@ -1,0 +1,168 @@
+/* trainer.h - the training loop of ft-train, as transformers' Trainer with
+ * LLaMA-Factory's callbacks: gradient accumulation with num_items_in_batch
+ * loss reduction, clipping, AdamW, LR schedule, logging to
+ * trainer_log.jsonl, evaluation, checkpoints with exact resume.
+ *
+ *   lib/trainer.c        options, step counts, the loop, evaluation
+ *   lib/trainer_ckpt.c   checkpoint directories, trainer_state.json, resume
+ *   lib/trainer_data.c   batch sources (ft-pack streams; in-memory arrays)
+ *   lib/trainer_model.c  the ft_model binding of ft_train_model
+ *
+ * The model and the data are reached through small interfaces so the loop
+ * can be tested with a toy model and in-memory batches.
+ */
+#ifndef FT_TRAINER_H
+#define FT_TRAINER_H
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "format/batch.h"
+#include "model/model.h"
+#include "train/lr_sched.h"
+#include "format/trainlog.h"
+
+/* What the loop needs from a model. */
+typedef struct {
+	void *self;
+	size_t (*nparams)(void *self);
+	ft_param *(*param)(void *self, size_t i);
+	void (*zero_grad)(void *self);
+	int (*forward_backward)(void *self, const ft_batch *b, float grad_scale,
+				double *loss_sum, int64_t *n_tokens);
+	int (*forward)(void *self, const ft_batch *b, double *loss_sum, int64_t *n_tokens);
+	/* Write the model (adapter or full weights) into an existing dir. */
+	int (*save)(void *self, const char *dir);
+	/* Optional: on resume, the number of forward_backward calls made
+	 * before the checkpoint, so random streams (LoRA dropout) continue
+	 * where they were. */
+	void (*set_position)(void *self, int64_t micro_batches_done);
+} ft_train_model;
+
+/* The ft_model binding (lib/trainer_model.c). */
+ft_train_model ft_train_model_of(ft_model *m);
+
+/* A re-readable sequence of micro-batches (one pass = one epoch). */
+typedef struct {
+	void *self;
+	int (*rewind)(void *self);                 /* back to the first batch */
+	int (*next)(void *self, ft_batch *b);      /* 1, 0 at the end, -1 */
+	void (*close)(void *self);
+} ft_batch_source;
+
+/* ft-pack output: files, shard directories or "-" (stdin: one pass only;
+ * rewinding it fails with a message). */
+int ft_batch_source_open(ft_batch_source *s, const char *const *paths, size_t n);
+/* The counts of an opened stream source from its header (for stdin, whose
+ * manifest cannot be read separately). */
+int ft_batch_source_manifest(ft_batch_source *s, ft_manifest *m);
+/* Free a batch's arrays and zero it (ft_batch_free without the stream
+ * module, so the loop links on its own). */
+void ft_batch_release(ft_batch *b);
+/* Borrowed array of batches (tests). */
+ft_batch_source ft_batch_source_array(const ft_batch *b, size_t n);
+
+typedef enum { FT_EV_STEP, FT_EV_LOG, FT_EV_EVAL, FT_EV_SAVE } ft_train_event;
+
+typedef struct {
+	/* optimisation */
+	double learning_rate;          /* 5e-5 */
+	double weight_decay;           /* 0 */
+	double adam_beta1, adam_beta2, adam_epsilon;
+	double max_grad_norm;          /* 1.0; <= 0 disables clipping */
+	ft_sched_type lr_scheduler_type;   /* linear */
+	double warmup;                 /* >= 1 steps, < 1 ratio (get_warmup_steps) */
+	int gradient_accumulation_steps;   /* 1 */
+	double num_train_epochs;       /* 3.0 */
+	int64_t max_steps;             /* > 0 overrides epochs */
+	/* bookkeeping */
+	int64_t logging_steps;         /* 500 */
+	int logging_first_step;
+	int64_t save_steps;            /* 500; 0 = only at the end */
+	int64_t save_total_limit;      /* 0 = keep all */
+	int64_t eval_steps;            /* 0 = logging_steps; needs a val source */
+	/* when to log, evaluate and save (transformers' *_strategy):
+	 * FT_STRATEGY_STEPS (0, the default) every *_steps, _EPOCH at the end
+	 * of each epoch, _NO never (the end of training still evaluates and
+	 * saves the final model; an interrupt still checkpoints) */
+	int logging_strategy, eval_strategy, save_strategy;
+	int train_batch_size;          /* rows per micro-batch (trainer_state) */
+	uint64_t seed;
+	const char *output_dir;
+	const char *resume_dir;        /* checkpoint directory or NULL */
+	/* batches per epoch (from the manifest, known before reading) */
+	int64_t n_batches;
+	/* epochs the training stream holds, one after the other, each
+	 * reshuffled by ft-pack (manifest "epochs"; 0 or 1: one, reread
+	 * every epoch); epoch e reads run e mod data_epochs */
+	int64_t data_epochs;
+	/* set asynchronously (SIGINT/SIGTERM): finish the step, checkpoint */
+	volatile sig_atomic_t *stop;
+	/* events for the tool's display: STEP after every optimizer step (e->loss
+	 * is that step's loss), LOG and EVAL with the line just written, SAVE
+	 * with the checkpoint directory in detail (e NULL) */
+	void (*on_event)(void *ctx, ft_train_event ev, const ft_trainlog_entry *e,
+			 const char *detail);
+	void *ctx;
+	/* Extra files copied into every checkpoint and the output dir when
+	 * absent there (tokenizer files): full paths, NULL-terminated. */
+	const char *const *extra_files;
+} ft_train_opts;
+
+void ft_train_opts_default(ft_train_opts *o);
+
+enum { FT_STRATEGY_STEPS, FT_STRATEGY_EPOCH, FT_STRATEGY_NO };
+/* "steps", "epoch" or "no"; -1 (with a message) otherwise. */
+int ft_strategy_parse(const char *name);
+
+/* Step counts as transformers' set_initial_training_values. */
+typedef struct {
+	int64_t steps_per_epoch;       /* max(ceil(n_batches / accum), 1) */
+	int64_t total_steps;           /* max_steps or ceil(epochs * steps_per_epoch) */
+	int64_t num_epochs;            /* passes over the data */
+	int64_t warmup_steps;
+} ft_train_plan;
+
+int ft_train_plan_make(const ft_train_opts *o, ft_train_plan *p);
+
+typedef struct {
+	int64_t global_step, total_steps;
+	double epoch;
+	double train_loss;             /* mean of the step losses */
+	double train_runtime;          /* seconds (this run) */
+	int64_t tokens_seen;
+	int interrupted;               /* stopped by *stop; see checkpoint */
+	char checkpoint[4096];         /* last checkpoint written ("" none) */
+	double eval_loss;              /* NAN when not evaluated */
+} ft_train_result;
+
+/* Train.  Writes output_dir/trainer_log.jsonl, checkpoint-N/ directories,
+ * and at the end the model, trainer_state.json, train_results.json and
+ * all_results.json (with eval results when val is given).  val may be
+ * NULL.  On interruption a checkpoint is written and r->interrupted set;
+ * the return value is still 0. */
+int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
+	     ft_batch_source *val, ft_train_result *r);
+
+/* Evaluation loss as transformers' evaluate(): the mean over batches of
+ * each batch's token-mean loss, weighted by rows.  n_batches and n_rows
+ * may be NULL. */
+int ft_evaluate(ft_train_model *m, ft_batch_source *val, double *eval_loss, int64_t *n_batches,
+		int64_t *n_rows);
+
+/* Timing of an evaluation, for the results files. */
+typedef struct {
+	double loss, runtime;
+	int64_t batches, rows;
+} ft_eval_stats;
+
+/* Latest checkpoint-N in dir (NULL + message when there is none); the
+ * result is malloc'd. */
+char *ft_last_checkpoint(const char *dir);
+
+/* Write results JSON (train_results.json etc.) atomically: keys and
+ * values as given, sorted, indent 4 as transformers writes them. */
+int ft_save_results(const char *dir, const char *name, const char *const *keys,
+		    const double *vals, size_t n);
+
+#endif

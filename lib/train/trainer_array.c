@@ -1,0 +1,73 @@
+/* trainer_array.c - an in-memory batch source (tests, tools that build
+ * batches themselves); apart from trainer_data.c so it links without the
+ * stream module. */
+#include "train/trainer.h"
+#include "util/error.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void ft_batch_release(ft_batch *b)
+{
+	free(b->input_ids);
+	free(b->labels);
+	free(b->position_ids);
+	free(b->segment_ids);
+	free(b->kto_tags);
+	memset(b, 0, sizeof *b);
+}
+
+/* ---- in-memory arrays ------------------------------------------------------ */
+
+typedef struct {
+	const ft_batch *b;
+	size_t n, i;
+} array_src;
+
+static int array_rewind(void *self)
+{
+	((array_src *)self)->i = 0;
+	return 0;
+}
+
+/* Copies into the caller's batch (it owns and frees its arrays). */
+static int array_next(void *self, ft_batch *out)
+{
+	array_src *s = self;
+	if (s->i >= s->n) return 0;
+	const ft_batch *b = &s->b[s->i++];
+	size_t n = (size_t)b->B * b->T;
+	ft_batch_release(out);
+	*out = *b;
+	out->input_ids = ft_xmalloc(n * sizeof(int32_t));
+	memcpy(out->input_ids, b->input_ids, n * sizeof(int32_t));
+	out->labels = ft_xmalloc(n * sizeof(int32_t));
+	memcpy(out->labels, b->labels, n * sizeof(int32_t));
+	out->position_ids = NULL;
+	out->segment_ids = NULL;
+	out->kto_tags = NULL;
+	if (b->position_ids) {
+		out->position_ids = ft_xmalloc(n * sizeof(int32_t));
+		memcpy(out->position_ids, b->position_ids, n * sizeof(int32_t));
+	}
+	if (b->segment_ids) {
+		out->segment_ids = ft_xmalloc(n * sizeof(int32_t));
+		memcpy(out->segment_ids, b->segment_ids, n * sizeof(int32_t));
+	}
+	out->cap_ = n;
+	return 1;
+}
+
+static void array_close(void *self)
+{
+	free(self);
+}
+
+ft_batch_source ft_batch_source_array(const ft_batch *b, size_t n)
+{
+	array_src *s = ft_xcalloc(1, sizeof *s);
+	s->b = b;
+	s->n = n;
+	ft_batch_source src = { s, array_rewind, array_next, array_close };
+	return src;
+}

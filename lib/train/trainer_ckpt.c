@@ -1,0 +1,327 @@
+/* trainer_ckpt.c - checkpoint-N directories, trainer_state.json, resume,
+ * save_total_limit, results files; see trainer.h and docs/FORMAT.md 4. */
+#define _GNU_SOURCE
+#include "train/trainer.h"
+#include "train/trainer_internal.h"
+#include "util/atomicfile.h"
+#include "util/error.h"
+#include "format/trainlog.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+int ft_json_write_atomic(const json_t *v, const char *path, int indent, int sort)
+{
+	ft_atomic a;
+	if (ft_atomic_open(&a, path) < 0) return -1;
+	size_t flags = JSON_INDENT(indent) | JSON_REAL_PRECISION(17) | (sort ? JSON_SORT_KEYS : 0);
+	if (json_dumpf(v, a.fp, flags) < 0 || fputc('\n', a.fp) == EOF) {
+		ft_atomic_abort(&a);
+		return ft_fail("%s: write failed:", path);
+	}
+	return ft_atomic_commit(&a);
+}
+
+static json_t *load_json(const char *path)
+{
+	json_error_t err;
+	json_t *v = json_load_file(path, 0, &err);
+	if (!v) {
+		if (err.line < 0) ft_fail("%s: %s", path, err.text);
+		else ft_fail("%s:%d:%d: %s", path, err.line, err.column, err.text);
+	}
+	return v;
+}
+
+int ft_copy_into(const char *src, const char *dir)
+{
+	const char *base = strrchr(src, '/');
+	base = base ? base + 1 : src;
+	char *dst = ft_xasprintf("%s/%s", dir, base);
+	struct stat st;
+	int rc = 0;
+	if (stat(dst, &st) == 0) goto out;
+	FILE *in = fopen(src, "rb");
+	if (!in) { rc = ft_fail("%s:", src); goto out; }
+	ft_atomic a;
+	if (ft_atomic_open(&a, dst) < 0) { fclose(in); rc = -1; goto out; }
+	char buf[65536];
+	size_t n;
+	while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+		if (fwrite(buf, 1, n, a.fp) != n) break;
+	int bad = ferror(in);
+	fclose(in);
+	if (bad) {
+		ft_atomic_abort(&a);
+		rc = ft_fail("%s: read failed:", src);
+		goto out;
+	}
+	rc = ft_atomic_commit(&a);
+out:
+	free(dst);
+	return rc;
+}
+
+/* As transformers' save_metrics: json.dump(indent=4, sort_keys=True),
+ * numbers as Python writes floats. */
+int ft_save_results(const char *dir, const char *name, const char *const *keys, const double *vals, size_t n)
+{
+	size_t *ord = ft_xcalloc(n ? n : 1, sizeof *ord);
+	for (size_t i = 0; i < n; i++) ord[i] = i;
+	for (size_t i = 1; i < n; i++)
+		for (size_t j = i; j > 0 && strcmp(keys[ord[j - 1]], keys[ord[j]]) > 0; j--) {
+			size_t t = ord[j]; ord[j] = ord[j - 1]; ord[j - 1] = t;
+		}
+	char *path = ft_xasprintf("%s/%s", dir, name);
+	ft_atomic a;
+	int rc = -1;
+	if (ft_atomic_open(&a, path) < 0) goto out;
+	fputs("{\n", a.fp);
+	for (size_t i = 0; i < n; i++) {
+		const char *k = keys[ord[i]];
+		double v = vals[ord[i]];
+		char num[40];
+		ft_fmt_double_repr(num, sizeof num, v);   /* all floats in transformers too */
+		fprintf(a.fp, "    \"%s\": %s%s\n", k, num, i + 1 < n ? "," : "");
+	}
+	fputs("}", a.fp);
+	rc = ft_atomic_commit(&a);
+out:
+	free(path);
+	free(ord);
+	return rc;
+}
+
+/* ---- trainer_state.json -------------------------------------------------- */
+
+json_t *ft_trainer_state_json(const ft_train_opts *o, const ft_train_plan *p, const ft_tstate *st)
+{
+	char tr_loss[40];
+	snprintf(tr_loss, sizeof tr_loss, "%a", (double)st->tr_loss);
+	json_t *ft = json_pack("{s:I, s:I, s:s, s:f, s:I, s:I, s:I, s:I, s:I, s:s}",
+			       "epoch_idx", (json_int_t)st->epoch_idx,
+			       "batches_done", (json_int_t)st->batches_done,
+			       "tr_loss", tr_loss,
+			       "total_loss", st->total_loss,
+			       "last_logged", (json_int_t)st->last_logged,
+			       "n_batches", (json_int_t)o->n_batches,
+			       "gradient_accumulation_steps", (json_int_t)o->gradient_accumulation_steps,
+			       "warmup_steps", (json_int_t)p->warmup_steps,
+			       "seed", (json_int_t)o->seed,
+			       "lr_scheduler_type", ft_sched_name(o->lr_scheduler_type));
+	char total_loss[40];
+	snprintf(total_loss, sizeof total_loss, "%a", st->total_loss);
+	json_object_set_new(ft, "total_loss_hex", json_string(total_loss));
+	json_object_set_new(ft, "data_epochs", json_integer(ft_data_runs(o)));
+	int64_t eval_steps = o->eval_steps > 0 ? o->eval_steps : o->logging_steps;
+	return json_pack("{s:n, s:n, s:n, s:f, s:I, s:I, s:b, s:b, s:b, s:O, s:I, s:I, s:I, "
+			 "s:I, s:I, s:{}, s:f, s:I, s:n, s:n, s:o}",
+			 "best_global_step", "best_metric", "best_model_checkpoint",
+			 "epoch", st->epoch,
+			 "eval_steps", (json_int_t)eval_steps,
+			 "global_step", (json_int_t)st->global_step,
+			 "is_hyper_param_search", 0, "is_local_process_zero", 1, "is_world_process_zero", 1,
+			 "log_history", st->log_history,
+			 "logging_steps", (json_int_t)o->logging_steps,
+			 "max_steps", (json_int_t)p->total_steps,
+			 "num_input_tokens_seen", (json_int_t)st->tokens_seen,
+			 "num_train_epochs", (json_int_t)p->num_epochs,
+			 "save_steps", (json_int_t)o->save_steps,
+			 "stateful_callbacks",
+			 "total_flos", st->total_flos,
+			 "train_batch_size", (json_int_t)o->train_batch_size,
+			 "trial_name", "trial_params",
+			 "ft", ft);
+}
+
+/* ---- save ------------------------------------------------------------------ */
+
+int ft_ckpt_save(const ft_train_opts *o, const ft_train_plan *p, ft_train_model *m,
+		 const ft_adamw *opt, const ft_sched *s, const ft_tstate *st, char *out, size_t outsz)
+{
+	char *dir = ft_xasprintf("%s/checkpoint-%lld", o->output_dir, (long long)st->global_step);
+	ft_atomic a;
+	int rc = -1;
+	char *f = NULL;
+	json_t *j = NULL;
+	if (ft_atomic_dir_open(&a, dir) < 0) goto out;
+	if (m->save(m->self, a.tmp) < 0) {
+		ft_fail_ctx("%s: saving the model: ", dir);
+		goto abort;
+	}
+	f = ft_xasprintf("%s/optimizer.safetensors", a.tmp);
+	if (ft_adamw_save(opt, f) < 0) goto abort;
+	free(f);
+	j = json_pack("{s:s, s:f, s:I, s:I, s:I, s:[f]}",
+		      "lr_scheduler_type", ft_sched_name(s->type), "learning_rate", s->lr,
+		      "warmup_steps", (json_int_t)s->warmup_steps, "total_steps", (json_int_t)s->total_steps,
+		      "last_epoch", (json_int_t)st->global_step,
+		      "_last_lr", ft_sched_lr(s, st->global_step));
+	f = ft_xasprintf("%s/scheduler.json", a.tmp);
+	if (ft_json_write_atomic(j, f, 2, 1) < 0) goto abort;
+	free(f);
+	json_decref(j);
+	/* The only randomness left in training is LoRA dropout, derived by
+	 * the model from the seed; the data order is fixed by ft-pack. */
+	j = json_pack("{s:I, s:I, s:I}", "seed", (json_int_t)o->seed,
+		      "epoch", (json_int_t)st->epoch_idx, "batches_done", (json_int_t)st->batches_done);
+	f = ft_xasprintf("%s/rng_state.json", a.tmp);
+	if (ft_json_write_atomic(j, f, 2, 1) < 0) goto abort;
+	free(f);
+	json_decref(j);
+	j = ft_trainer_state_json(o, p, st);
+	f = ft_xasprintf("%s/trainer_state.json", a.tmp);
+	if (ft_json_write_atomic(j, f, 2, 1) < 0) goto abort;
+	free(f);
+	f = NULL;
+	json_decref(j);
+	j = NULL;
+	for (const char *const *x = o->extra_files; x && *x; x++)
+		if (ft_copy_into(*x, a.tmp) < 0) goto abort;
+	if (ft_atomic_dir_commit(&a, 1) < 0) goto out;
+	snprintf(out, outsz, "%s", dir);
+	rc = 0;
+	goto out;
+abort:
+	ft_atomic_dir_abort(&a);
+out:
+	free(f);
+	json_decref(j);
+	free(dir);
+	return rc;
+}
+
+/* ---- load ------------------------------------------------------------------ */
+
+static int hexnum(const json_t *o, const char *key, double *out)
+{
+	const char *s = json_string_value(json_object_get(o, key));
+	if (!s) return -1;
+	char *end;
+	*out = strtod(s, &end);
+	return *end ? -1 : 0;
+}
+
+int ft_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt, ft_tstate *st)
+{
+	char *path = ft_xasprintf("%s/trainer_state.json", o->resume_dir);
+	json_t *ts = load_json(path);
+	int rc = -1;
+	if (!ts) goto out;
+	json_t *ft = json_object_get(ts, "ft");
+	json_t *hist = json_object_get(ts, "log_history");
+	double tr_loss, total_loss;
+	if (!json_is_object(ft) || !json_is_array(hist) || hexnum(ft, "tr_loss", &tr_loss) ||
+	    hexnum(ft, "total_loss_hex", &total_loss) || !json_is_integer(json_object_get(ts, "global_step"))) {
+		ft_fail("%s: not written by ft-train (no \"ft\" state, log_history or global_step)", path);
+		goto out;
+	}
+	long long nb = json_integer_value(json_object_get(ft, "n_batches"));
+	long long ga = json_integer_value(json_object_get(ft, "gradient_accumulation_steps"));
+	long long ms = json_integer_value(json_object_get(ts, "max_steps"));
+	if (nb != o->n_batches || ga != o->gradient_accumulation_steps) {
+		ft_fail("%s: the checkpoint was made with %lld batches per epoch and gradient_accumulation_steps "
+			"%lld; this run has %lld and %d: resume with the same data and settings",
+			o->resume_dir, nb, ga, (long long)o->n_batches, o->gradient_accumulation_steps);
+		goto out;
+	}
+	/* absent in checkpoints of before ft-pack --num_train_epochs: one */
+	long long de = json_integer_value(json_object_get(ft, "data_epochs"));
+	if (de < 1) de = 1;
+	if (de != ft_data_runs(o)) {
+		ft_fail("%s: the checkpoint was made on batches packed for %lld epochs; these hold %lld: "
+			"resume with the same ft-pack output", o->resume_dir, de, (long long)ft_data_runs(o));
+		goto out;
+	}
+	if (ms != p->total_steps) {
+		ft_fail("%s: the checkpoint was made for %lld total steps; this run has %lld "
+			"(num_train_epochs/max_steps differ): the schedule would not continue",
+			o->resume_dir, ms, (long long)p->total_steps);
+		goto out;
+	}
+	st->global_step = json_integer_value(json_object_get(ts, "global_step"));
+	st->epoch = json_number_value(json_object_get(ts, "epoch"));
+	st->tokens_seen = json_integer_value(json_object_get(ts, "num_input_tokens_seen"));
+	st->total_flos = json_number_value(json_object_get(ts, "total_flos"));
+	st->epoch_idx = json_integer_value(json_object_get(ft, "epoch_idx"));
+	st->batches_done = json_integer_value(json_object_get(ft, "batches_done"));
+	st->last_logged = json_integer_value(json_object_get(ft, "last_logged"));
+	st->tr_loss = (float)tr_loss;
+	st->total_loss = total_loss;
+	json_array_extend(st->log_history, hist);
+	free(path);
+	path = ft_xasprintf("%s/optimizer.safetensors", o->resume_dir);
+	if (ft_adamw_load(opt, path) < 0) goto out;
+	if (ft_adamw_steps(opt) != st->global_step) {
+		ft_fail("%s: optimizer step %lld but global_step %lld", path,
+			(long long)ft_adamw_steps(opt), (long long)st->global_step);
+		goto out;
+	}
+	rc = 0;
+out:
+	json_decref(ts);
+	free(path);
+	return rc;
+}
+
+/* ---- checkpoint listing ----------------------------------------------------- */
+
+static int64_t ckpt_step(const char *name)
+{
+	if (strncmp(name, "checkpoint-", 11) != 0) return -1;
+	char *end;
+	long long n = strtoll(name + 11, &end, 10);
+	return *end || end == name + 11 || n < 0 ? -1 : n;
+}
+
+static int64_t *list_ckpts(const char *dir, size_t *n)
+{
+	*n = 0;
+	DIR *d = opendir(dir);
+	if (!d) return NULL;
+	int64_t *v = NULL;
+	size_t cap = 0;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		int64_t s = ckpt_step(e->d_name);
+		if (s < 0) continue;
+		if (*n == cap) v = ft_xrealloc(v, (cap = cap ? 2 * cap : 16) * sizeof *v);
+		v[(*n)++] = s;
+	}
+	closedir(d);
+	for (size_t i = 1; i < *n; i++)   /* few entries: insertion sort */
+		for (size_t j = i; j > 0 && v[j - 1] > v[j]; j--) {
+			int64_t t = v[j]; v[j] = v[j - 1]; v[j - 1] = t;
+		}
+	return v;
+}
+
+char *ft_last_checkpoint(const char *dir)
+{
+	size_t n;
+	int64_t *v = list_ckpts(dir, &n);
+	char *r = NULL;
+	if (n == 0) ft_fail("%s: no checkpoint-N directory to resume from", dir);
+	else r = ft_xasprintf("%s/checkpoint-%lld", dir, (long long)v[n - 1]);
+	free(v);
+	return r;
+}
+
+int ft_ckpt_rotate(const char *output_dir, int64_t limit)
+{
+	size_t n;
+	int64_t *v = list_ckpts(output_dir, &n);
+	int rc = 0;
+	for (size_t i = 0; limit > 0 && i + (size_t)limit < n && rc == 0; i++) {
+		char *d = ft_xasprintf("%s/checkpoint-%lld", output_dir, (long long)v[i]);
+		rc = ft_remove_tree(d);
+		free(d);
+	}
+	free(v);
+	return rc;
+}

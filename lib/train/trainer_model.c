@@ -1,0 +1,34 @@
+/* trainer_model.c - ft_model behind the trainer's model interface */
+#include "train/trainer.h"
+#include "model/model.h"
+
+static size_t tm_nparams(void *self) { return ft_model_nparams(self); }
+static ft_param *tm_param(void *self, size_t i) { return ft_model_param(self, i); }
+static void tm_zero_grad(void *self) { ft_model_zero_grad(self); }
+
+static int tm_fwd_bwd(void *self, const ft_batch *b, float scale, double *ls, int64_t *n)
+{
+	return ft_model_forward_backward(self, b, scale, ls, n);
+}
+
+static int tm_fwd(void *self, const ft_batch *b, double *ls, int64_t *n)
+{
+	return ft_model_forward(self, b, NULL, ls, n);
+}
+
+static int tm_save(void *self, const char *dir)
+{
+	return ft_model_save(self, dir);
+}
+
+static void tm_set_position(void *self, int64_t n)
+{
+	ft_model_set_dropout_position(self, (uint64_t)n);
+}
+
+ft_train_model ft_train_model_of(ft_model *m)
+{
+	ft_train_model t = { m, tm_nparams, tm_param, tm_zero_grad, tm_fwd_bwd, tm_fwd, tm_save,
+			     tm_set_position };
+	return t;
+}
