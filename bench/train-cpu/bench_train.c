@@ -1,5 +1,5 @@
 /* bench_train.c - times full fine-tuning steps of a Llama-shaped model on
- * the CPU through lib/model.h (forward + backward) and lib/optim.h (the
+ * the CPU through lib/model/model.h (forward + backward) and lib/train/optim.h (the
  * AdamW step ft-train takes, as torch.optim.AdamW),
  * or measures the machine's sgemm rate.  Built and run by run.sh.
  *
@@ -82,7 +82,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	size_t np = 0, nemb = (size_t)c.vocab_size * c.hidden_size;
-	/* the optimizer ft-train uses (lib/optim.c), as torch.optim.AdamW */
+	/* the optimizer ft-train uses (lib/train/optim.c), as torch.optim.AdamW */
 	ft_param **train = calloc(ft_model_nparams(m), sizeof *train);
 	size_t nt = 0;
 	for (size_t i = 0; i < ft_model_nparams(m); i++) {

@@ -1,5 +1,5 @@
 /* attention.cu - causal softmax attention with segment ids, sliding
- * window and GQA, as ft_attention_forward/backward (lib/layers.c).
+ * window and GQA, as ft_attention_forward/backward (lib/model/layers.c).
  *
  * Implementation: cuBLAS strided-batched products plus fused masked
  * softmax kernels, NOT a fused flash kernel.  For each batch row b and

@@ -1,8 +1,8 @@
 /* ft_cuda.h - the CUDA backend's C API (build/libft_cuda.a).
  *
- * A device copy of a CPU ft_model (lib/model.h) that runs the same
+ * A device copy of a CPU ft_model (lib/model/model.h) that runs the same
  * forward and backward passes layer by layer (lib/cuda/model.cu mirrors
- * lib/model_fwd.c), plus AdamW, gradient clipping and fp16 loss scaling
+ * lib/model/model_fwd.c), plus AdamW, gradient clipping and fp16 loss scaling
  * on the device.  The CPU model stays the owner of names, shapes,
  * checkpoints and file formats: gradients and trained weights are copied
  * back into it (ft_cuda_copy_*_to_host) when the trainer needs them.
@@ -65,7 +65,7 @@ void ft_cuda_model_free(ft_cuda_model *dm);
 const ft_cuda_plan *ft_cuda_model_plan(const ft_cuda_model *dm);
 
 int ft_cuda_zero_grad(ft_cuda_model *dm);
-/* As ft_model_forward_backward / ft_model_forward (lib/model.h). */
+/* As ft_model_forward_backward / ft_model_forward (lib/model/model.h). */
 int ft_cuda_forward_backward(ft_cuda_model *dm, const ft_cuda_batch *b, float grad_scale,
 			     double *loss_sum, int64_t *n_tokens);
 int ft_cuda_forward(ft_cuda_model *dm, const ft_cuda_batch *b, float *logits,
@@ -78,7 +78,7 @@ typedef struct {
 /* One optimizer step over the trainable parameters: (fp16: unscale, and
  * on inf/nan skip the step, halve the scale and set *skipped), then
  * clip_grad_norm_ (max_norm <= 0: norm only), AdamW exactly as
- * lib/optim.c, and refresh of the half-precision working copies.
+ * lib/train/optim.c, and refresh of the half-precision working copies.
  * Gradients are left as they are (call ft_cuda_zero_grad). */
 int ft_cuda_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr,
 		 double max_grad_norm, double *grad_norm, int *skipped);

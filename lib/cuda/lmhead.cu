@@ -1,5 +1,5 @@
 /* lmhead.cu - LM head + cross-entropy in row chunks, as ft_lm_head_loss
- * (lib/layers.c): logits for `head_chunk` rows at a time (fp32, from
+ * (lib/model/layers.c): logits for `head_chunk` rows at a time (fp32, from
  * half or fp32 operands), one block per row for the log-sum-exp, loss and
  * in-place gradient, then dx = G W and dW += G^T x for the chunk.
  * Per-row losses are summed on the host in row order (deterministic). */

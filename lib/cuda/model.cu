@@ -1,5 +1,5 @@
 /* model.cu - the device model: memory plan, upload, and the whole-model
- * forward and backward passes, mirroring lib/model_fwd.c function by
+ * forward and backward passes, mirroring lib/model/model_fwd.c function by
  * function (layer_forward, layer_backward, forward_body, ...).  Batch
  * bookkeeping (positions, targets, the rows that reach the LM head, the
  * RoPE tables) is done on the host with the CPU's own functions and
@@ -123,7 +123,7 @@ static void layout_acts(ft_cuda_model *dm, ft_arena *a, ft_dacts *x, size_t N, s
 }
 
 /* Every device buffer, in one pass that either counts (base 0) or
- * assigns.  The sizes follow ft_model_prepare (lib/model_fwd.c). */
+ * assigns.  The sizes follow ftp_model_prepare (lib/model/model_fwd.c). */
 static void layout(ft_cuda_model *dm, ft_arena *a)
 {
 	const ft_cuda_view *v = &dm->v;
@@ -283,7 +283,7 @@ static int too_big(ft_cuda_model *dm, size_t avail)
 }
 
 /* Host weights of t -> device: the fp32 copy as is, the half copy cast
- * on the host with the same rounding as lib/dtype.c. */
+ * on the host with the same rounding as lib/util/dtype.c. */
 int ft_cu_upload(ft_cuda_model *dm, ft_dt *t)
 {
 	if (t->w)
@@ -387,7 +387,7 @@ void ft_cuda_model_free(ft_cuda_model *dm)
 
 const ft_cuda_plan *ft_cuda_model_plan(const ft_cuda_model *dm) { return &dm->plan; }
 
-/* ---- forward and backward (mirrors lib/model_fwd.c) ---- */
+/* ---- forward and backward (mirrors lib/model/model_fwd.c) ---- */
 
 static uint64_t mix64(uint64_t z)
 {
@@ -565,7 +565,7 @@ static int layer_has_grad(const ft_cuda_model *dm, int l)
 	return 0;
 }
 
-/* As check_batch in lib/model_fwd.c, plus the planned capacity. */
+/* As check_batch in lib/model/model_fwd.c, plus the planned capacity. */
 static int check_batch(const ft_cuda_model *dm, const ft_cuda_batch *b)
 {
 	if (b->B <= 0 || b->T <= 0)

@@ -1,6 +1,6 @@
 /* ops.cu - element and row kernels of the CUDA backend, named after the
- * CPU layers they mirror (lib/layers.c).  The arithmetic per element or
- * per row is in lib/kernels.h (shared with the host and unit-tested
+ * CPU layers they mirror (lib/model/layers.c).  The arithmetic per element or
+ * per row is in lib/model/kernels.h (shared with the host and unit-tested
  * there); these kernels add the parallel part: a grid over elements, or
  * one block per row with a shared-memory reduction. */
 #include "cuda/common.cuh"

@@ -1,4 +1,4 @@
-/* optim.cu - the optimizer step on the device (AdamW as lib/optim.c,
+/* optim.cu - the optimizer step on the device (AdamW as lib/train/optim.c,
  * clip_grad_norm_ as torch, dynamic loss scaling for fp16), transfers
  * between the device model and the CPU model.  The device probe is in
  * probe.cu. */

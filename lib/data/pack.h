@@ -116,7 +116,7 @@ size_t ft_greedy_knapsack(const int32_t *lengths, size_t n, int32_t capacity,
 
 /* ---- split, shuffle, batches --------------------------------------- */
 
-/* Shuffles use lib/rng.h (splitmix64-seeded xoshiro256**). */
+/* Shuffles use lib/util/rng.h (splitmix64-seeded xoshiro256**). */
 #include "util/rng.h"
 
 /* Validation size: a fraction in (0, 1) or a count >= 1 (as LLaMA-Factory's

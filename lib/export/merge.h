@@ -2,9 +2,9 @@
  * Hugging Face model directory, as PEFT's merge_and_unload() +
  * save_pretrained() (and `llamafactory-cli export`) do.
  *
- *   lib/merge_lora.c  adapters: PEFT adapter_config.json +
+ *   lib/export/merge_lora.c  adapters: PEFT adapter_config.json +
  *                     adapter_model.safetensors, checks, W += s * B A
- *   lib/merge.c       the export: streaming tensor by tensor, shards and
+ *   lib/export/merge.c       the export: streaming tensor by tensor, shards and
  *                     index, config and tokenizer files, atomic directory
  *
  * For each targeted linear layer W [out, in] with A [r, in], B [out, r]:

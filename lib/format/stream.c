@@ -7,7 +7,7 @@
  * with the header record, so each is a valid stream on its own.
  *
  * Reading: zstd output goes straight into the msgpack unpacker's buffer.
- * A small scanner (ft_scan, in stream_codec.c) walks those bytes
+ * A small scanner (ftp_scan, in stream_codec.c) walks those bytes
  * first to find record boundaries and bound lengths, because
  * msgpack_unpacker allocates an array of N objects as soon as it sees an
  * array header claiming N elements: corrupt input must not reach it.
@@ -54,9 +54,9 @@ struct ft_writer {
 	uint64_t shard_bytes, shard_records, frame_bytes;
 	int replace;
 
-	ft_buf hdr;                /* the packed header record */
+	ftp_buf hdr;                /* the packed header record */
 	json_t *header;            /* and as given, with the version */
-	ft_buf rec;                /* record being built */
+	ftp_buf rec;                /* record being built */
 	msgpack_packer pk;
 	int64_t fields_left;       /* -1: no record open */
 	int bad_record;            /* a field call came outside a record */
@@ -193,19 +193,19 @@ static int pack_header(ft_writer *w, const json_t *header)
 		return ft_fail("stream header: \"meta\" must be an object");
 
 	msgpack_packer pk;
-	msgpack_packer_init(&pk, &w->hdr, ft_buf_write);
+	msgpack_packer_init(&pk, &w->hdr, ftp_buf_write);
 	size_t n = json_object_size(header) + !f + !v;
 	msgpack_pack_map(&pk, n);
-	ft_pack_key(&pk, "format");
-	ft_pack_str(&pk, FT_STREAM_FORMAT, strlen(FT_STREAM_FORMAT));
-	ft_pack_key(&pk, "version");
+	ftp_pack_key(&pk, "format");
+	ftp_pack_str(&pk, FT_STREAM_FORMAT, strlen(FT_STREAM_FORMAT));
+	ftp_pack_key(&pk, "version");
 	msgpack_pack_int64(&pk, FT_STREAM_VERSION);
 	const char *key;
 	json_t *val;
 	json_object_foreach((json_t *)header, key, val) {
 		if (!strcmp(key, "format") || !strcmp(key, "version")) continue;
-		ft_pack_key(&pk, key);
-		if (ft_pack_json(&pk, val, 1) < 0)
+		ftp_pack_key(&pk, key);
+		if (ftp_pack_json(&pk, val, 1) < 0)
 			return ft_fail_ctx("stream header: \"%s\": ", key);
 	}
 	return 0;
@@ -241,7 +241,7 @@ ft_writer *ft_writer_open(const ft_writer_opts *opts, const json_t *header)
 	if (pack_header(w, header) < 0) goto fail;
 	w->header = json_deep_copy(header);
 	json_object_set_new(w->header, "version", json_integer(FT_STREAM_VERSION));
-	msgpack_packer_init(&w->pk, &w->rec, ft_buf_write);
+	msgpack_packer_init(&w->pk, &w->rec, ftp_buf_write);
 
 	w->cctx = ZSTD_createCCtx();
 	if (!w->cctx) {
@@ -356,7 +356,7 @@ static int field(ft_writer *w, const char *key)
 		return 0;
 	}
 	w->fields_left--;
-	ft_pack_key(&w->pk, key);
+	ftp_pack_key(&w->pk, key);
 	return 1;
 }
 
@@ -389,7 +389,7 @@ void ft_w_str(ft_writer *w, const char *key, const char *s)
 
 void ft_w_strn(ft_writer *w, const char *key, const char *s, size_t n)
 {
-	if (field(w, key)) ft_pack_str(&w->pk, s, n);
+	if (field(w, key)) ftp_pack_str(&w->pk, s, n);
 }
 
 /* The smallest msgpack encoding of v, as msgpack_pack_int32() chooses
@@ -417,7 +417,7 @@ void ft_w_i32s(ft_writer *w, const char *key, const int32_t *v, size_t n)
 {
 	if (!field(w, key)) return;
 	msgpack_pack_array(&w->pk, n);
-	ft_buf *b = &w->rec;
+	ftp_buf *b = &w->rec;
 	if (b->n + 5 * n > b->cap) {
 		size_t cap = b->cap ? b->cap : 4096;
 		while (cap < b->n + 5 * n) cap *= 2;
@@ -438,7 +438,7 @@ void ft_w_f32s(ft_writer *w, const char *key, const float *v, size_t n)
 
 void ft_w_json(ft_writer *w, const char *key, const json_t *v)
 {
-	if (field(w, key) && ft_pack_json(&w->pk, v, 1) < 0) {
+	if (field(w, key) && ftp_pack_json(&w->pk, v, 1) < 0) {
 		w->bad_record = 2;
 		msgpack_pack_nil(&w->pk);
 	}
@@ -476,7 +476,7 @@ int ft_w_end(ft_writer *w)
 	w->bad_record = 0;
 	if (w->failed || w->finished)
 		return ft_fail("stream writer: %s", w->failed ? "an earlier write failed" : "already closed");
-	if (bad == 2) return -1;   /* ft_pack_json's message */
+	if (bad == 2) return -1;   /* ftp_pack_json's message */
 	if (bad || left != 0)
 		return ft_fail("stream writer: record %llu: field count does not match ft_w_begin()",
 			       (unsigned long long)w->total_records);
@@ -494,13 +494,13 @@ int ft_writer_put_json(ft_writer *w, const json_t *rec)
 	const json_t *f = json_object_get(rec, "format");
 	if (json_is_string(f) && !strcmp(json_string_value(f), FT_STREAM_FORMAT)) {
 		if (ft_headers_compatible(w->header, rec)) return 0;
-		char *why = ft_header_difference(w->header, rec);
+		char *why = ftp_header_difference(w->header, rec);
 		ft_fail("a header record that does not match the first header (%s)", why);
 		free(why);
 		return -1;
 	}
 	w->rec.n = 0;
-	if (ft_pack_json(&w->pk, rec, 0) < 0) return -1;
+	if (ftp_pack_json(&w->pk, rec, 0) < 0) return -1;
 	return emit_record(w);
 }
 
@@ -524,7 +524,7 @@ struct ft_reader {
 
 	msgpack_unpacker mp;
 	int mp_init;
-	ft_scanner sc;
+	ftp_scanner sc;
 	uint64_t verified;         /* records (of sc.ready) that may be unpacked */
 	uint64_t taken;            /* records unpacked from this file */
 
@@ -654,7 +654,7 @@ static int pump(ft_reader *r)
 			return not_stream(r, "not zstd data");
 		return reader_fail(r, "corrupt zstd data: %s", ZSTD_getErrorName(ret));
 	}
-	if (ft_scan(&r->sc, out.dst, out.pos) < 0)
+	if (ftp_scan(&r->sc, out.dst, out.pos) < 0)
 		return reader_fail(r, "corrupt record at decompressed offset %llu: %s",
 				   (unsigned long long)r->sc.rec_start, r->sc.err);
 	msgpack_unpacker_buffer_consumed(&r->mp, out.pos);
@@ -673,7 +673,7 @@ static int pump(ft_reader *r)
 
 static int is_header(const msgpack_object *o)
 {
-	const msgpack_object *f = ft_mp_get(o, "format");
+	const msgpack_object *f = ftp_mp_get(o, "format");
 	return f && f->type == MSGPACK_OBJECT_STR && f->via.str.size == strlen(FT_STREAM_FORMAT) &&
 	       !memcmp(f->via.str.ptr, FT_STREAM_FORMAT, f->via.str.size);
 }
@@ -681,7 +681,7 @@ static int is_header(const msgpack_object *o)
 /* Check a header record and, for the first, keep it. */
 static int take_header(ft_reader *r)
 {
-	json_t *h = ft_mp_to_json(&r->cur.data);
+	json_t *h = ftp_mp_to_json(&r->cur.data);
 	if (!h) return reader_fail(r, "bad header: %s", ft_errmsg());
 	json_t *v = json_object_get(h, "version");
 	json_t *kind = json_object_get(h, "kind");
@@ -701,7 +701,7 @@ static int take_header(ft_reader *r)
 		msgpack_unpacked_init(&r->cur);
 		return 0;
 	} else if (!ft_headers_compatible(r->header, h)) {
-		char *why = ft_header_difference(r->header, h);
+		char *why = ftp_header_difference(r->header, h);
 		rc = reader_fail(r, "header does not match the first input's header (%s)", why);
 		free(why);
 	}
@@ -852,12 +852,12 @@ const char *ft_reader_path(const ft_reader *r)
 
 int ft_reader_write_header_json(const ft_reader *r, FILE *fp)
 {
-	return ft_mp_write_json_line(&r->hdr_raw.data, fp);
+	return ftp_mp_write_json_line(&r->hdr_raw.data, fp);
 }
 
 int ft_rec_write_json(const ft_rec *rec, FILE *fp)
 {
-	return ft_mp_write_json_line(&rec->obj, fp);
+	return ftp_mp_write_json_line(&rec->obj, fp);
 }
 
 

@@ -1,5 +1,5 @@
 /* stream_codec.c - the msgpack side of the stream module: record framing
- * (ft_scan), JSON <-> msgpack conversion, JSON lines, field access. */
+ * (ftp_scan), JSON <-> msgpack conversion, JSON lines, field access. */
 #define _GNU_SOURCE
 #include "format/stream.h"
 #include "format/stream_internal.h"
@@ -11,9 +11,9 @@
 
 /* ==== packing ======================================================== */
 
-int ft_buf_write(void *data, const char *s, size_t n)
+int ftp_buf_write(void *data, const char *s, size_t n)
 {
-	ft_buf *b = data;
+	ftp_buf *b = data;
 	if (b->n + n > b->cap) {
 		size_t cap = b->cap ? b->cap : 4096;
 		while (cap < b->n + n) cap *= 2;
@@ -25,15 +25,15 @@ int ft_buf_write(void *data, const char *s, size_t n)
 	return 0;
 }
 
-void ft_pack_str(msgpack_packer *pk, const char *s, size_t n)
+void ftp_pack_str(msgpack_packer *pk, const char *s, size_t n)
 {
 	msgpack_pack_str(pk, n);
 	msgpack_pack_str_body(pk, s, n);
 }
 
-void ft_pack_key(msgpack_packer *pk, const char *key)
+void ftp_pack_key(msgpack_packer *pk, const char *key)
 {
-	ft_pack_str(pk, key, strlen(key));
+	ftp_pack_str(pk, key, strlen(key));
 }
 
 static int pack_json(msgpack_packer *pk, const json_t *v, int depth)
@@ -41,14 +41,14 @@ static int pack_json(msgpack_packer *pk, const json_t *v, int depth)
 	const char *key;
 	json_t *item;
 	size_t i;
-	/* depth 0 is the record's own map; ft_scan allows as many levels */
+	/* depth 0 is the record's own map; ftp_scan allows as many levels */
 	if (depth >= FT_SCAN_MAX_DEPTH - 1)
 		return ft_fail("value nested deeper than %d levels", FT_SCAN_MAX_DEPTH - 2);
 	switch (json_typeof(v)) {
 	case JSON_OBJECT:
 		msgpack_pack_map(pk, json_object_size(v));
 		json_object_foreach((json_t *)v, key, item) {
-			ft_pack_key(pk, key);
+			ftp_pack_key(pk, key);
 			if (pack_json(pk, item, depth + 1) < 0) return -1;
 		}
 		return 0;
@@ -58,7 +58,7 @@ static int pack_json(msgpack_packer *pk, const json_t *v, int depth)
 			if (pack_json(pk, item, depth + 1) < 0) return -1;
 		return 0;
 	case JSON_STRING:
-		ft_pack_str(pk, json_string_value(v), json_string_length(v));
+		ftp_pack_str(pk, json_string_value(v), json_string_length(v));
 		return 0;
 	case JSON_INTEGER:
 		return msgpack_pack_int64(pk, json_integer_value(v)), 0;
@@ -74,7 +74,7 @@ static int pack_json(msgpack_packer *pk, const json_t *v, int depth)
 	return ft_fail("unknown JSON value type");
 }
 
-int ft_pack_json(msgpack_packer *pk, const json_t *v, int depth)
+int ftp_pack_json(msgpack_packer *pk, const json_t *v, int depth)
 {
 	return pack_json(pk, v, depth);
 }
@@ -120,7 +120,7 @@ static inline int classify(uint8_t b, unsigned *lenb, uint64_t *fixed)
 	return T_BAD;   /* 0xc1, never used */
 }
 
-static int scan_fail(ft_scanner *s, const char *why)
+static int scan_fail(ftp_scanner *s, const char *why)
 {
 	s->err = why;
 	return -1;
@@ -128,7 +128,7 @@ static int scan_fail(ft_scanner *s, const char *why)
 
 /* An item ended: close every container it completes; a record ends when
  * the outermost map does. */
-static inline void item_done(ft_scanner *s)
+static inline void item_done(ftp_scanner *s)
 {
 	while (s->depth > 0) {
 		if (--s->left[s->depth - 1] > 0) return;
@@ -138,7 +138,7 @@ static inline void item_done(ft_scanner *s)
 	s->active = 0;
 }
 
-static int item_start(ft_scanner *s)
+static int item_start(ftp_scanner *s)
 {
 	unsigned lenb;
 	uint64_t n;
@@ -170,7 +170,7 @@ static int item_start(ft_scanner *s)
 /* Sizes of 0xcc..0xd3 (uint8..int64) payloads. */
 static const uint8_t int_size[8] = {1, 2, 4, 8, 1, 2, 4, 8};
 
-int ft_scan(ft_scanner *s, const uint8_t *p, size_t n)
+int ftp_scan(ftp_scanner *s, const uint8_t *p, size_t n)
 {
 	size_t i = 0;
 	while (i < n) {
@@ -237,7 +237,7 @@ int ft_scan(ft_scanner *s, const uint8_t *p, size_t n)
 
 /* ==== msgpack -> JSON ================================================ */
 
-const msgpack_object *ft_mp_get(const msgpack_object *map, const char *key)
+const msgpack_object *ftp_mp_get(const msgpack_object *map, const char *key)
 {
 	if (map->type != MSGPACK_OBJECT_MAP) return NULL;
 	size_t len = strlen(key);
@@ -273,26 +273,26 @@ static size_t utf8_seq(const uint8_t *p, size_t n)
 }
 
 /* Invalid UTF-8 becomes U+FFFD: JSON text must be Unicode. */
-static void put_utf8(ft_buf *b, const char *s, size_t n)
+static void put_utf8(ftp_buf *b, const char *s, size_t n)
 {
 	const uint8_t *p = (const uint8_t *)s;
 	for (size_t i = 0; i < n;) {
 		size_t k = utf8_seq(p + i, n - i);
-		if (k) ft_buf_write(b, s + i, k), i += k;
-		else ft_buf_write(b, "\xef\xbf\xbd", 3), i++;
+		if (k) ftp_buf_write(b, s + i, k), i += k;
+		else ftp_buf_write(b, "\xef\xbf\xbd", 3), i++;
 	}
 }
 
 static char *valid_utf8(const char *s, size_t n, size_t *outlen)
 {
-	ft_buf b = {0};
+	ftp_buf b = {0};
 	put_utf8(&b, s, n);
-	ft_buf_write(&b, "", 1);
+	ftp_buf_write(&b, "", 1);
 	*outlen = b.n - 1;
 	return b.p;
 }
 
-json_t *ft_mp_to_json(const msgpack_object *o)
+json_t *ftp_mp_to_json(const msgpack_object *o)
 {
 	json_t *v;
 	switch (o->type) {
@@ -319,7 +319,7 @@ json_t *ft_mp_to_json(const msgpack_object *o)
 	case MSGPACK_OBJECT_ARRAY:
 		v = json_array();
 		for (uint32_t i = 0; i < o->via.array.size; i++) {
-			json_t *e = ft_mp_to_json(&o->via.array.ptr[i]);
+			json_t *e = ftp_mp_to_json(&o->via.array.ptr[i]);
 			if (!e) return json_decref(v), NULL;
 			json_array_append_new(v, e);
 		}
@@ -332,7 +332,7 @@ json_t *ft_mp_to_json(const msgpack_object *o)
 				ft_fail("map key is not a string");
 				return json_decref(v), NULL;
 			}
-			json_t *e = ft_mp_to_json(&kv->val);
+			json_t *e = ftp_mp_to_json(&kv->val);
 			if (!e) return json_decref(v), NULL;
 			size_t n;
 			char *k = valid_utf8(kv->key.via.str.ptr, kv->key.via.str.size, &n);
@@ -348,9 +348,9 @@ json_t *ft_mp_to_json(const msgpack_object *o)
 
 /* ---- JSON text, written directly (exact doubles, shortest form) ---- */
 
-static void put_str(ft_buf *b, const char *s, size_t n)
+static void put_str(ftp_buf *b, const char *s, size_t n)
 {
-	ft_buf_write(b, "\"", 1);
+	ftp_buf_write(b, "\"", 1);
 	size_t run = 0;   /* bytes copied verbatim, batched */
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
@@ -358,37 +358,37 @@ static void put_str(ft_buf *b, const char *s, size_t n)
 			run++;
 			continue;
 		}
-		if (run) ft_buf_write(b, s + i - run, run), run = 0;
+		if (run) ftp_buf_write(b, s + i - run, run), run = 0;
 		char esc[8];
 		switch (c) {
-		case '"': ft_buf_write(b, "\\\"", 2); continue;
-		case '\\': ft_buf_write(b, "\\\\", 2); continue;
-		case '\n': ft_buf_write(b, "\\n", 2); continue;
-		case '\t': ft_buf_write(b, "\\t", 2); continue;
-		case '\r': ft_buf_write(b, "\\r", 2); continue;
-		case '\b': ft_buf_write(b, "\\b", 2); continue;
-		case '\f': ft_buf_write(b, "\\f", 2); continue;
+		case '"': ftp_buf_write(b, "\\\"", 2); continue;
+		case '\\': ftp_buf_write(b, "\\\\", 2); continue;
+		case '\n': ftp_buf_write(b, "\\n", 2); continue;
+		case '\t': ftp_buf_write(b, "\\t", 2); continue;
+		case '\r': ftp_buf_write(b, "\\r", 2); continue;
+		case '\b': ftp_buf_write(b, "\\b", 2); continue;
+		case '\f': ftp_buf_write(b, "\\f", 2); continue;
 		}
 		if (c < 0x20) {
 			snprintf(esc, sizeof esc, "\\u%04x", c);
-			ft_buf_write(b, esc, 6);
+			ftp_buf_write(b, esc, 6);
 			continue;
 		}
 		size_t k = utf8_seq((const uint8_t *)s + i, n - i);
-		if (k) ft_buf_write(b, s + i, k), i += k - 1;
-		else ft_buf_write(b, "\xef\xbf\xbd", 3);
+		if (k) ftp_buf_write(b, s + i, k), i += k - 1;
+		else ftp_buf_write(b, "\xef\xbf\xbd", 3);
 	}
-	if (run) ft_buf_write(b, s + n - run, run);
-	ft_buf_write(b, "\"", 1);
+	if (run) ftp_buf_write(b, s + n - run, run);
+	ftp_buf_write(b, "\"", 1);
 }
 
 /* The shortest %.Ng that reads back as the same double, always with a
  * '.' or exponent so it reads back as a float, not an integer. */
-static void put_double(ft_buf *b, double d)
+static void put_double(ftp_buf *b, double d)
 {
 	char s[40];
 	if (!isfinite(d)) {
-		ft_buf_write(b, "null", 4);
+		ftp_buf_write(b, "null", 4);
 		return;
 	}
 	for (int prec = 15; prec <= 17; prec++) {
@@ -396,26 +396,26 @@ static void put_double(ft_buf *b, double d)
 		if (strtod(s, NULL) == d) break;
 	}
 	if (!strpbrk(s, ".e")) strcat(s, ".0");
-	ft_buf_write(b, s, strlen(s));
+	ftp_buf_write(b, s, strlen(s));
 }
 
-static int put_value(ft_buf *b, const msgpack_object *o)
+static int put_value(ftp_buf *b, const msgpack_object *o)
 {
 	char num[32];
 	switch (o->type) {
-	case MSGPACK_OBJECT_NIL: ft_buf_write(b, "null", 4); return 0;
+	case MSGPACK_OBJECT_NIL: ftp_buf_write(b, "null", 4); return 0;
 	case MSGPACK_OBJECT_BOOLEAN:
-		if (o->via.boolean) ft_buf_write(b, "true", 4);
-		else ft_buf_write(b, "false", 5);
+		if (o->via.boolean) ftp_buf_write(b, "true", 4);
+		else ftp_buf_write(b, "false", 5);
 		return 0;
 	case MSGPACK_OBJECT_POSITIVE_INTEGER:
 		if (o->via.u64 > INT64_MAX)
 			return ft_fail("integer %llu does not fit in a signed 64-bit JSON integer",
 				       (unsigned long long)o->via.u64);
-		ft_buf_write(b, num, (size_t)snprintf(num, sizeof num, "%llu", (unsigned long long)o->via.u64));
+		ftp_buf_write(b, num, (size_t)snprintf(num, sizeof num, "%llu", (unsigned long long)o->via.u64));
 		return 0;
 	case MSGPACK_OBJECT_NEGATIVE_INTEGER:
-		ft_buf_write(b, num, (size_t)snprintf(num, sizeof num, "%lld", (long long)o->via.i64));
+		ftp_buf_write(b, num, (size_t)snprintf(num, sizeof num, "%lld", (long long)o->via.i64));
 		return 0;
 	case MSGPACK_OBJECT_FLOAT32:
 	case MSGPACK_OBJECT_FLOAT64:
@@ -425,36 +425,36 @@ static int put_value(ft_buf *b, const msgpack_object *o)
 		put_str(b, o->via.str.ptr, o->via.str.size);
 		return 0;
 	case MSGPACK_OBJECT_ARRAY:
-		ft_buf_write(b, "[", 1);
+		ftp_buf_write(b, "[", 1);
 		for (uint32_t i = 0; i < o->via.array.size; i++) {
-			if (i) ft_buf_write(b, ",", 1);
+			if (i) ftp_buf_write(b, ",", 1);
 			if (put_value(b, &o->via.array.ptr[i]) < 0) return -1;
 		}
-		ft_buf_write(b, "]", 1);
+		ftp_buf_write(b, "]", 1);
 		return 0;
 	case MSGPACK_OBJECT_MAP:
-		ft_buf_write(b, "{", 1);
+		ftp_buf_write(b, "{", 1);
 		for (uint32_t i = 0; i < o->via.map.size; i++) {
 			const msgpack_object_kv *kv = &o->via.map.ptr[i];
 			if (kv->key.type != MSGPACK_OBJECT_STR) return ft_fail("map key is not a string");
-			if (i) ft_buf_write(b, ",", 1);
+			if (i) ftp_buf_write(b, ",", 1);
 			put_str(b, kv->key.via.str.ptr, kv->key.via.str.size);
-			ft_buf_write(b, ":", 1);
+			ftp_buf_write(b, ":", 1);
 			if (put_value(b, &kv->val) < 0) return -1;
 		}
-		ft_buf_write(b, "}", 1);
+		ftp_buf_write(b, "}", 1);
 		return 0;
 	default:
 		return ft_fail("binary and extension values have no JSON form");
 	}
 }
 
-int ft_mp_write_json_line(const msgpack_object *o, FILE *fp)
+int ftp_mp_write_json_line(const msgpack_object *o, FILE *fp)
 {
-	ft_buf b = {0};
+	ftp_buf b = {0};
 	int rc = put_value(&b, o);
 	if (rc == 0) {
-		ft_buf_write(&b, "\n", 1);
+		ftp_buf_write(&b, "\n", 1);
 		if (fwrite(b.p, 1, b.n, fp) != b.n) rc = ft_fail("write error:");
 	}
 	free(b.p);
@@ -489,7 +489,7 @@ int ft_headers_compatible(const json_t *a, const json_t *b)
 	return eq;
 }
 
-char *ft_header_difference(const json_t *a, const json_t *b)
+char *ftp_header_difference(const json_t *a, const json_t *b)
 {
 	const char *ka = json_string_value(json_object_get(a, "kind"));
 	const char *kb = json_string_value(json_object_get(b, "kind"));
@@ -516,7 +516,7 @@ char *ft_header_difference(const json_t *a, const json_t *b)
 
 static const msgpack_object *field(const ft_rec *rec, const char *key)
 {
-	const msgpack_object *v = ft_mp_get(&rec->obj, key);
+	const msgpack_object *v = ftp_mp_get(&rec->obj, key);
 	if (!v) ft_fail("field '%s' is missing", key);
 	return v;
 }
@@ -528,7 +528,7 @@ static int wrong(const char *key, const char *what)
 
 int ft_rec_has(const ft_rec *rec, const char *key)
 {
-	return ft_mp_get(&rec->obj, key) != NULL;
+	return ftp_mp_get(&rec->obj, key) != NULL;
 }
 
 static int as_int(const msgpack_object *v, int64_t *out)
@@ -624,12 +624,12 @@ json_t *ft_rec_get_json(const ft_rec *rec, const char *key)
 {
 	const msgpack_object *v = field(rec, key);
 	if (!v) return NULL;
-	json_t *j = ft_mp_to_json(v);
+	json_t *j = ftp_mp_to_json(v);
 	if (!j) ft_fail_ctx("field '%s': ", key);
 	return j;
 }
 
 json_t *ft_rec_to_json(const ft_rec *rec)
 {
-	return ft_mp_to_json(&rec->obj);
+	return ftp_mp_to_json(&rec->obj);
 }

@@ -16,24 +16,24 @@ struct ft_rec {
 typedef struct {
 	char *p;
 	size_t n, cap;
-} ft_buf;
-int ft_buf_write(void *data, const char *s, size_t n);
+} ftp_buf;
+int ftp_buf_write(void *data, const char *s, size_t n);
 
-void ft_pack_str(msgpack_packer *pk, const char *s, size_t n);
-void ft_pack_key(msgpack_packer *pk, const char *key);
+void ftp_pack_str(msgpack_packer *pk, const char *s, size_t n);
+void ftp_pack_key(msgpack_packer *pk, const char *key);
 /* Any JSON value at nesting `depth` (0: a whole record, 1: a field);
- * -1 with a message when nested deeper than ft_scan accepts. */
-int ft_pack_json(msgpack_packer *pk, const json_t *v, int depth);
+ * -1 with a message when nested deeper than ftp_scan accepts. */
+int ftp_pack_json(msgpack_packer *pk, const json_t *v, int depth);
 
 /* Map lookup by string key; NULL when absent or not a map. */
-const msgpack_object *ft_mp_get(const msgpack_object *map, const char *key);
+const msgpack_object *ftp_mp_get(const msgpack_object *map, const char *key);
 /* New reference, or NULL with a message. */
-json_t *ft_mp_to_json(const msgpack_object *o);
+json_t *ftp_mp_to_json(const msgpack_object *o);
 /* One compact JSON line; -1 on a value JSON cannot hold or write error. */
-int ft_mp_write_json_line(const msgpack_object *o, FILE *fp);
+int ftp_mp_write_json_line(const msgpack_object *o, FILE *fp);
 
 /* Which header field differs ("kind", "meta.vocab_size", ...): malloc'd. */
-char *ft_header_difference(const json_t *a, const json_t *b);
+char *ftp_header_difference(const json_t *a, const json_t *b);
 
 /* Record framing: walks decompressed bytes before the unpacker sees them,
  * counting complete records and rejecting what would make the unpacker
@@ -50,8 +50,8 @@ typedef struct {
 	uint64_t ready;       /* complete records seen */
 	int active;           /* inside a record */
 	const char *err;
-} ft_scanner;
+} ftp_scanner;
 /* 0, or -1 with s->err set (and s->rec_start naming the record). */
-int ft_scan(ft_scanner *s, const uint8_t *p, size_t n);
+int ftp_scan(ftp_scanner *s, const uint8_t *p, size_t n);
 
 #endif

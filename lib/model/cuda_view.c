@@ -6,7 +6,7 @@
 #include "util/error.h"
 #include "model/model_internal.h"
 
-static ft_cv_wg wg(ft_wg x)
+static ft_cv_wg wg(ftp_wg x)
 {
 	ft_cv_wg r = { x.w, x.g };
 	return r;
@@ -30,7 +30,7 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 	v->Hk = c->num_key_value_heads; v->hd = c->head_dim;
 	v->window = c->sliding_window; v->eps = (float)c->rms_norm_eps;
 	for (int j = 0; j < L_NLIN; j++)
-		ft_lin_dims(c, j, &v->lin_in[j], &v->lin_out[j]);
+		ftp_lin_dims(c, j, &v->lin_in[j], &v->lin_out[j]);
 	ft_rope_params rp = { "", c->rope_theta, c->rope_factor, c->rope_low_freq_factor,
 			      c->rope_high_freq_factor, c->rope_original_max_pos,
 			      c->max_position_embeddings };
@@ -46,13 +46,13 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 	v->norm = wg(m->norm);
 	v->layers = ft_xcalloc(v->L ? v->L : 1, sizeof *v->layers);
 	for (int l = 0; l < v->L; l++) {
-		ft_layer *y = &m->layers[l];
+		ftp_layer *y = &m->layers[l];
 		ft_cv_layer *d = &v->layers[l];
 		d->ln1 = wg(y->ln1);
 		d->ln2 = wg(y->ln2);
 		for (int j = 0; j < L_NLIN; j++) {
 			d->lin[j] = wg(y->lin[j]);
-			ft_lora *lo = &y->lora[j];
+			ftp_lora *lo = &y->lora[j];
 			d->lora[j].on = lo->on;
 			d->lora[j].r = lo->r;
 			d->lora[j].scale = lo->scale;

@@ -1,8 +1,8 @@
 /* cuda_view.h - a plain-C view of an ft_model for the CUDA backend.
  *
  * the .cu files under lib/cuda are C++ and cannot include model_internal.h (its chain
- * pulls in lib/vec.h, which relies on C's implicit void* conversion), so
- * lib/cuda_view.c (C, in libft.a) copies what the device model needs out
+ * pulls in lib/util/vec.h, which relies on C's implicit void* conversion), so
+ * lib/model/cuda_view.c (C, in libft.a) copies what the device model needs out
  * of the CPU model into these structs: shapes, options, and the host
  * pointers of every weight and gradient (borrowed; valid while the model
  * lives and its parameters are not rebuilt).
@@ -57,7 +57,7 @@ typedef struct {
 	size_t nparams;
 } ft_cuda_view;
 
-/* The same batch fields as ft_batch (lib/batch.h), without its header. */
+/* The same batch fields as ft_batch (lib/format/batch.h), without its header. */
 typedef struct {
 	int B, T;
 	const int32_t *input_ids, *labels, *position_ids, *segment_ids;

@@ -100,11 +100,11 @@ static void buf_free(infer_buf *b)
  * without dropout. */
 static void lin(ft_model *m, int l, int j, float *y, const float *x, int N, float *lh)
 {
-	ft_layer *ly = &m->layers[l];
+	ftp_layer *ly = &m->layers[l];
 	int in, out;
-	ft_lin_dims(&m->c, j, &in, &out);
+	ftp_lin_dims(&m->c, j, &in, &out);
 	ft_linear_forward(y, x, ly->lin[j].w, j <= L_V ? ly->bias[j].w : NULL, N, in, out);
-	ft_lora *lo = &ly->lora[j];
+	ftp_lora *lo = &ly->lora[j];
 	if (lo->on)
 		ft_lora_forward(y, lh, x, lo->A.w, lo->B.w, N, in, out, lo->r, lo->scale);
 }
@@ -154,7 +154,7 @@ static void layer_step(ft_model *m, ft_kvcache *c, int l, const int *rows, infer
 	const ft_config *cf = &m->c;
 	int N = b->N, D = cf->hidden_size, hd = cf->head_dim;
 	float eps = (float)cf->rms_norm_eps;
-	ft_layer *ly = &m->layers[l];
+	ftp_layer *ly = &m->layers[l];
 	ft_rmsnorm_forward(b->ln, b->tmp, b->x, ly->ln1.w, N, D, eps);
 	lin(m, l, L_Q, b->q, b->ln, N, b->lh);
 	lin(m, l, L_K, b->k, b->ln, N, b->lh);

@@ -5,7 +5,7 @@
  * nvcc, plain static inline under gcc, so the arithmetic a CUDA kernel
  * does for one element (or one row) is the same source line that
  * tests/unit/test_kernels.c compiles for the host and compares with the
- * CPU layers in lib/layers.c and AdamW in lib/optim.c.  A GPU kernel adds
+ * CPU layers in lib/model/layers.c and AdamW in lib/train/optim.c.  A GPU kernel adds
  * only the parallel part (which thread takes which element, and the
  * reductions over a row); the formulas live here.
  *
@@ -25,7 +25,7 @@
 #define FT_HD
 #endif
 
-/* ---- dtype casts (round to nearest even, as lib/dtype.c and torch) ---- */
+/* ---- dtype casts (round to nearest even, as lib/util/dtype.c and torch) ---- */
 
 static inline FT_HD uint32_t ft_k_f32_bits(float f)
 {
@@ -214,7 +214,7 @@ static inline FT_HD float ft_k_dropout_elem(float x, uint64_t seed, uint64_t i,
 	return ft_k_splitmix64(seed + i) >= d->thr && !d->all ? x * d->keep : 0.0f;
 }
 
-/* ---- AdamW (torch.optim.AdamW single-tensor path, see lib/optim.c) ---- */
+/* ---- AdamW (torch.optim.AdamW single-tensor path, see lib/train/optim.c) ---- */
 
 typedef struct {
 	float decay, w1, b2, w2, neg_step_size, bc2_sqrt, inv_bc2_sqrt, eps;

@@ -126,7 +126,7 @@ int ft_config_load(const char *config_json, ft_config *c)
 	return rc;
 }
 
-int ft_lin_dims(const ft_config *c, int which, int *in, int *out)
+int ftp_lin_dims(const ft_config *c, int which, int *in, int *out)
 {
 	int D = c->hidden_size, qd = c->num_attention_heads * c->head_dim;
 	int kd = c->num_key_value_heads * c->head_dim, F = c->intermediate_size;
@@ -198,7 +198,7 @@ static void fill_normal(float *w, size_t n, float std, uint64_t seed, const char
 
 /* ---- the list of base tensors, in transformers' parameter order ---- */
 
-static void add_param(ft_model *m, size_t *cap, const char *name, ft_wg *p,
+static void add_param(ft_model *m, size_t *cap, const char *name, ftp_wg *p,
 		      int ndim, int64_t d0, int64_t d1, int trainable, int decay)
 {
 	if (m->nparams == *cap) {
@@ -257,7 +257,7 @@ static int module_trainable(const ft_model *m, int l, int lin)
 	return lin >= 0 && (m->o.freeze_trainable_modules >> lin & 1);
 }
 
-void ft_model_free_params(ft_model *m)
+void ftp_model_free_params(ft_model *m)
 {
 	for (size_t i = 0; i < m->nparams; i++)
 		free(m->params[i].name);
@@ -268,20 +268,20 @@ void ft_model_free_params(ft_model *m)
 	m->nparams = m->ngrads = 0;
 }
 
-int ft_model_build_params(ft_model *m)
+int ftp_model_build_params(ft_model *m)
 {
 	const ft_config *c = &m->c;
 	int D = c->hidden_size, full = m->o.type == FT_FT_FULL;
 	size_t cap = 0;
 	char nm[160];
-	ft_model_free_params(m);
+	ftp_model_free_params(m);
 	add_param(m, &cap, "model.embed_tokens.weight", &m->wte, 2, c->vocab_size, D, full, 1);
 	for (int l = 0; l < c->num_hidden_layers; l++) {
-		ft_layer *y = &m->layers[l];
+		ftp_layer *y = &m->layers[l];
 		for (int j = 0; j < L_NLIN; j++) {
 			int in, out, tr = module_trainable(m, l, j);
 			const char *grp = j < L_GATE ? "self_attn" : "mlp";
-			ft_lin_dims(c, j, &in, &out);
+			ftp_lin_dims(c, j, &in, &out);
 			snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.weight", l, grp, ft_lin_names[j]);
 			add_param(m, &cap, nm, &y->lin[j], 2, out, in, tr, decays(nm));
 			if (j <= L_V && c->attention_bias) {
@@ -302,11 +302,11 @@ int ft_model_build_params(ft_model *m)
 		add_param(m, &cap, "lm_head.weight", &m->lm_head, 2, c->vocab_size, D, full, 1);
 	for (int l = 0; l < c->num_hidden_layers; l++)
 		for (int j = 0; j < L_NLIN; j++) {
-			ft_lora *a = &m->layers[l].lora[j];
+			ftp_lora *a = &m->layers[l].lora[j];
 			int in, out;
 			if (!a->on)
 				continue;
-			ft_lin_dims(c, j, &in, &out);
+			ftp_lin_dims(c, j, &in, &out);
 			const char *grp = j < L_GATE ? "self_attn" : "mlp";
 			snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.%s.lora_A.weight",
 				 l, grp, ft_lin_names[j]);
@@ -322,7 +322,7 @@ int ft_model_build_params(ft_model *m)
 	return 0;
 }
 
-static void lora_free(ft_lora *a)
+static void lora_free(ftp_lora *a)
 {
 	free(a->A.w); free(a->A.g); free(a->B.w); free(a->B.g);
 	memset(a, 0, sizeof *a);
@@ -331,7 +331,7 @@ static void lora_free(ft_lora *a)
 /* Adapters on the `targets` modules of every layer: A kaiming-uniform
  * (a=sqrt(5)) as torch's nn.Linear default, i.e. U(-1/sqrt(in), 1/sqrt(in)),
  * B zero, as PEFT's init_lora_weights=True.  Does not rebuild the list. */
-void ft_lora_setup(ft_model *m, int rank, double alpha, int rslora, unsigned targets)
+void ftp_lora_setup(ft_model *m, int rank, double alpha, int rslora, unsigned targets)
 {
 	m->o.lora_rank = rank;
 	m->o.lora_alpha = alpha;
@@ -340,12 +340,12 @@ void ft_lora_setup(ft_model *m, int rank, double alpha, int rslora, unsigned tar
 	char nm[160];
 	for (int l = 0; l < m->c.num_hidden_layers; l++)
 		for (int j = 0; j < L_NLIN; j++) {
-			ft_lora *a = &m->layers[l].lora[j];
+			ftp_lora *a = &m->layers[l].lora[j];
 			lora_free(a);
 			if (!(targets >> j & 1))
 				continue;
 			int in, out;
-			ft_lin_dims(&m->c, j, &in, &out);
+			ftp_lin_dims(&m->c, j, &in, &out);
 			a->on = 1;
 			a->r = rank;
 			a->scale = (float)(rslora ? alpha / sqrt(rank) : alpha / rank);
@@ -386,12 +386,12 @@ static ft_model *model_alloc(const ft_config *c, const ft_tune_opts *o)
 		m->lm_head.w = wnew((size_t)V * D);
 	m->layers = ft_xcalloc(c->num_hidden_layers, sizeof *m->layers);
 	for (int l = 0; l < c->num_hidden_layers; l++) {
-		ft_layer *y = &m->layers[l];
+		ftp_layer *y = &m->layers[l];
 		y->ln1.w = wnew(D);
 		y->ln2.w = wnew(D);
 		for (int j = 0; j < L_NLIN; j++) {
 			int in, out;
-			ft_lin_dims(c, j, &in, &out);
+			ftp_lin_dims(c, j, &in, &out);
 			y->lin[j].w = wnew((size_t)in * out);
 			if (j <= L_V && c->attention_bias)
 				y->bias[j].w = ft_xcalloc(out, sizeof(float));
@@ -404,11 +404,11 @@ static ft_model *model_alloc(const ft_config *c, const ft_tune_opts *o)
 static ft_model *model_finish(ft_model *m)
 {
 	if (m->o.type == FT_FT_LORA) {
-		ft_lora_setup(m, m->o.lora_rank, m->o.lora_alpha, m->o.use_rslora,
+		ftp_lora_setup(m, m->o.lora_rank, m->o.lora_alpha, m->o.use_rslora,
 			      m->o.lora_targets);
 		m->lora_dropout_on = m->o.lora_dropout > 0;
 	}
-	ft_model_build_params(m);
+	ftp_model_build_params(m);
 	return m;
 }
 
@@ -429,12 +429,12 @@ ft_model *ft_model_from_config(const ft_config *c, const ft_tune_opts *o)
 		m->norm.w[d] = 1;
 	char nm[64];
 	for (int l = 0; l < c->num_hidden_layers; l++) {
-		ft_layer *y = &m->layers[l];
+		ftp_layer *y = &m->layers[l];
 		for (int d = 0; d < D; d++)
 			y->ln1.w[d] = y->ln2.w[d] = 1;
 		for (int j = 0; j < L_NLIN; j++) {
 			int in, out;
-			ft_lin_dims(c, j, &in, &out);
+			ftp_lin_dims(c, j, &in, &out);
 			snprintf(nm, sizeof nm, "layers.%d.%s", l, ft_lin_names[j]);
 			fill_normal(y->lin[j].w, (size_t)in * out, std, seed, nm);
 		}
@@ -442,7 +442,7 @@ ft_model *ft_model_from_config(const ft_config *c, const ft_tune_opts *o)
 	return model_finish(m);
 }
 
-/* lib/model_io.c */
+/* lib/model/model_io.c */
 int ft_model_read_weights(ft_model *m, const char *dir);
 
 ft_model *ft_model_load(const char *model_dir, const ft_tune_opts *o)
@@ -475,8 +475,8 @@ void ft_model_free(ft_model *m)
 {
 	if (!m)
 		return;
-	ft_model_free_buffers(m);
-	ft_model_free_params(m);
+	ftp_model_free_buffers(m);
+	ftp_model_free_params(m);
 	free(m->wte.w); free(m->wte.g);
 	if (!m->c.tie_word_embeddings) {
 		free(m->lm_head.w);
@@ -484,7 +484,7 @@ void ft_model_free(ft_model *m)
 	}
 	free(m->norm.w); free(m->norm.g);
 	for (int l = 0; m->layers && l < m->c.num_hidden_layers; l++) {
-		ft_layer *y = &m->layers[l];
+		ftp_layer *y = &m->layers[l];
 		free(y->ln1.w); free(y->ln1.g); free(y->ln2.w); free(y->ln2.g);
 		for (int j = 0; j < L_NLIN; j++) {
 			free(y->lin[j].w); free(y->lin[j].g);

@@ -123,7 +123,7 @@ int ft_model_forward(ft_model *m, const ft_batch *b, float *logits,
 int ft_model_save(ft_model *m, const char *dir);
 int ft_model_load_adapter(ft_model *m, const char *adapter_dir);
 
-/* Extensions (lib/model_io.c).
+/* Extensions (lib/model/model_io.c).
  * ft_model_save_full: HF model directory whatever the finetuning type;
  * dtype "float32" / "float16" / "bfloat16", or NULL for the config's
  * torch dtype ("dtype"/"torch_dtype"; float32 when absent).

@@ -21,7 +21,7 @@ static int max_in(const ft_config *c)
 	return mx;
 }
 
-void ft_model_free_buffers(ft_model *m)
+void ftp_model_free_buffers(ft_model *m)
 {
 	for (int i = 0; m->acts && i < m->n_acts; i++)
 		free(m->acts[i].block);
@@ -42,7 +42,7 @@ void ft_model_free_buffers(ft_model *m)
 
 static float *fa(size_t n) { return ft_xmalloc((n ? n : 1) * sizeof(float)); }
 
-static void acts_alloc(ft_model *m, ft_acts *a, size_t N)
+static void acts_alloc(ft_model *m, ftp_acts *a, size_t N)
 {
 	const ft_config *c = &m->c;
 	size_t D = c->hidden_size, qd = (size_t)c->num_attention_heads * c->head_dim;
@@ -68,11 +68,11 @@ static void acts_alloc(ft_model *m, ft_acts *a, size_t N)
 }
 
 /* Buffers for N tokens (reallocated only when N grows or LoRA rank changes). */
-int ft_model_prepare(ft_model *m, int N)
+int ftp_model_prepare(ft_model *m, int N)
 {
 	if (N <= m->cap_N && m->buf_rank == m->o.lora_rank)
 		return 0;
-	ft_model_free_buffers(m);
+	ftp_model_free_buffers(m);
 	m->buf_rank = m->o.lora_rank;
 	const ft_config *c = &m->c;
 	size_t D = c->hidden_size, qd = (size_t)c->num_attention_heads * c->head_dim;
@@ -138,19 +138,19 @@ static const float *lora_input(ft_model *m, int l, int j, const float *x, size_t
 /* Linear modules js[0..n) of layer l on the same input x (q, k, v; gate,
  * up): the base products together (ft_linear_forward_many runs small ones
  * side by side), then each module's LoRA branch. */
-static void lin_fwd_many(ft_model *m, int l, const int *js, float *const *ys, int n, ft_acts *a,
+static void lin_fwd_many(ft_model *m, int l, const int *js, float *const *ys, int n, ftp_acts *a,
 			 const float *x, int N)
 {
-	ft_layer *y_ = &m->layers[l];
+	ftp_layer *y_ = &m->layers[l];
 	ft_linear_out o[3] = { { 0 } };
 	int in = 0, out;
 	for (int i = 0; i < n; i++) {
-		ft_lin_dims(&m->c, js[i], &in, &out);
+		ftp_lin_dims(&m->c, js[i], &in, &out);
 		o[i] = (ft_linear_out){ ys[i], y_->lin[js[i]].w, js[i] <= L_V ? y_->bias[js[i]].w : NULL, out };
 	}
 	ft_linear_forward_many(o, n, x, N, in);
 	for (int i = 0; i < n; i++) {
-		ft_lora *lo = &y_->lora[js[i]];
+		ftp_lora *lo = &y_->lora[js[i]];
 		if (!lo->on)
 			continue;
 		const float *xd = lora_input(m, l, js[i], x, (size_t)N * in);
@@ -159,22 +159,22 @@ static void lin_fwd_many(ft_model *m, int l, const int *js, float *const *ys, in
 	}
 }
 
-static void lin_fwd(ft_model *m, int l, int j, ft_acts *a, float *y,
+static void lin_fwd(ft_model *m, int l, int j, ftp_acts *a, float *y,
 		    const float *x, int N)
 {
 	lin_fwd_many(m, l, &j, &y, 1, a, x, N);
 }
 
 /* dx += dy d(y)/dx (dx may be NULL), parameter gradients accumulated. */
-static void lin_bwd(ft_model *m, int l, int j, ft_acts *a, float *dx,
+static void lin_bwd(ft_model *m, int l, int j, ftp_acts *a, float *dx,
 		    const float *dy, const float *x, int N)
 {
-	ft_layer *y_ = &m->layers[l];
+	ftp_layer *y_ = &m->layers[l];
 	int in, out;
-	ft_lin_dims(&m->c, j, &in, &out);
+	ftp_lin_dims(&m->c, j, &in, &out);
 	ft_linear_backward(dx, y_->lin[j].g, j <= L_V ? y_->bias[j].g : NULL, dy, x,
 			   y_->lin[j].w, N, in, out);
-	ft_lora *lo = &y_->lora[j];
+	ftp_lora *lo = &y_->lora[j];
 	if (!lo->on)
 		return;
 	size_t n = (size_t)N * in;
@@ -206,12 +206,12 @@ static void add_into(float *dst, const float *a, const float *b, size_t n)
 		dst[i] = a[i] + b[i];
 }
 
-static void layer_forward(ft_model *m, int l, ft_acts *a, const float *x_in,
+static void layer_forward(ft_model *m, int l, ftp_acts *a, const float *x_in,
 			  float *x_out, const ft_batch *b)
 {
 	const ft_config *c = &m->c;
 	int N = b->B * b->T, D = c->hidden_size, hd = c->head_dim;
-	ft_layer *y = &m->layers[l];
+	ftp_layer *y = &m->layers[l];
 	ft_attn_shape s = attn_shape(m, b);
 	ft_rmsnorm_forward(a->ln1, a->rstd1, x_in, y->ln1.w, N, D, (float)c->rms_norm_eps);
 	lin_fwd_many(m, l, (const int[]){ L_Q, L_K, L_V }, (float *const[]){ a->q, a->k, a->v }, 3,
@@ -231,14 +231,14 @@ static void layer_forward(ft_model *m, int l, ft_acts *a, const float *x_in,
 
 /* m->d_a holds dL/dx_out on entry and dL/dx_in on return (unless
  * need_dx is 0: then the input gradient is not computed). */
-static void layer_backward(ft_model *m, int l, ft_acts *a, const float *x_in,
+static void layer_backward(ft_model *m, int l, ftp_acts *a, const float *x_in,
 			   const ft_batch *b, int need_dx)
 {
 	const ft_config *c = &m->c;
 	int N = b->B * b->T, D = c->hidden_size, hd = c->head_dim;
 	size_t nF = (size_t)N * c->intermediate_size;
 	size_t nq = (size_t)N * c->num_attention_heads * hd;
-	ft_layer *y = &m->layers[l];
+	ftp_layer *y = &m->layers[l];
 	ft_attn_shape s = attn_shape(m, b);
 	ft_swiglu_forward(m->hbuf, a->gate, a->up, nF);
 	memset(m->dh, 0, nF * sizeof(float));
@@ -266,7 +266,7 @@ static void layer_backward(ft_model *m, int l, ft_acts *a, const float *x_in,
 
 static int layer_has_grad(const ft_model *m, int l)
 {
-	const ft_layer *y = &m->layers[l];
+	const ftp_layer *y = &m->layers[l];
 	if (y->ln1.g || y->ln2.g)
 		return 1;
 	for (int j = 0; j < L_NLIN; j++)
@@ -300,7 +300,7 @@ static int forward_body(ft_model *m, const ft_batch *b)
 {
 	const ft_config *c = &m->c;
 	int N = b->B * b->T, D = c->hidden_size, L = c->num_hidden_layers;
-	if (check_batch(m, b) < 0 || ft_model_prepare(m, N) < 0)
+	if (check_batch(m, b) < 0 || ftp_model_prepare(m, N) < 0)
 		return -1;
 	int maxpos = 0;
 	for (int r = 0; r < b->B; r++)
@@ -320,7 +320,7 @@ static int forward_body(ft_model *m, const ft_batch *b)
 	ft_rope_tables(m->cos_t, m->sin_t, m->pos, N, m->inv_freq, c->head_dim);
 	ft_embedding_forward(m->xs, b->input_ids, m->wte.w, N, D);
 	for (int l = 0; l < L; l++) {
-		ft_acts *a = &m->acts[m->o.gradient_checkpointing ? 0 : l];
+		ftp_acts *a = &m->acts[m->o.gradient_checkpointing ? 0 : l];
 		layer_forward(m, l, a, m->xs + (size_t)l * N * D, m->xs + (size_t)(l + 1) * N * D, b);
 	}
 	ft_rmsnorm_forward(m->lnf, m->rstdf, m->xs + (size_t)L * N * D, m->norm.w, N, D,
@@ -401,7 +401,7 @@ int ft_model_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
 			    m->rstdf, N, D);
 	for (int l = L - 1; l >= stop; l--) {
 		const float *x_in = m->xs + (size_t)l * N * D;
-		ft_acts *a = &m->acts[m->o.gradient_checkpointing ? 0 : l];
+		ftp_acts *a = &m->acts[m->o.gradient_checkpointing ? 0 : l];
 		if (m->o.gradient_checkpointing)
 			layer_forward(m, l, a, x_in, m->d_b, b);
 		layer_backward(m, l, a, x_in, b, l > stop || emb);

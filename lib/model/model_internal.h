@@ -11,18 +11,18 @@
 enum { L_Q, L_K, L_V, L_O, L_GATE, L_UP, L_DOWN, L_NLIN };
 extern const char *const ft_lin_names[L_NLIN];   /* "q_proj" ... */
 
-typedef struct { float *w, *g; } ft_wg;          /* g NULL when frozen */
+typedef struct { float *w, *g; } ftp_wg;          /* g NULL when frozen */
 
 typedef struct {
 	int on, r;
 	float scale;
-	ft_wg A, B;          /* A [r, in], B [out, r] */
-} ft_lora;
+	ftp_wg A, B;          /* A [r, in], B [out, r] */
+} ftp_lora;
 
 typedef struct {
-	ft_wg ln1, ln2, lin[L_NLIN], bias[3];   /* bias: q, k, v (Qwen2) */
-	ft_lora lora[L_NLIN];
-} ft_layer;
+	ftp_wg ln1, ln2, lin[L_NLIN], bias[3];   /* bias: q, k, v (Qwen2) */
+	ftp_lora lora[L_NLIN];
+} ftp_layer;
 
 /* Saved activations of one layer for the backward pass. */
 typedef struct {
@@ -30,7 +30,7 @@ typedef struct {
 	float *gate, *up;
 	float *block;        /* the allocation holding all of them */
 	float *lh[L_NLIN];   /* LoRA hidden [N, r] */
-} ft_acts;
+} ftp_acts;
 
 struct ft_model {
 	ft_config c;
@@ -39,8 +39,8 @@ struct ft_model {
 	char *model_dir;         /* base_model_name_or_path for adapters */
 	char save_dtype[16];     /* "" = as config (torch dtype), else F32 etc. */
 
-	ft_wg wte, lm_head, norm;    /* lm_head aliases wte when tied */
-	ft_layer *layers;
+	ftp_wg wte, lm_head, norm;    /* lm_head aliases wte when tied */
+	ftp_layer *layers;
 	ft_param *params;
 	size_t nparams;
 	ft_param **grads;            /* the params with a gradient, for zero_grad */
@@ -51,7 +51,7 @@ struct ft_model {
 	/* activation buffers, sized for cap_N tokens */
 	int cap_N, buf_rank, n_acts;
 	float *xs;                   /* residual stream [(L+1), N, D] */
-	ft_acts *acts;               /* L sets, or 1 with checkpointing */
+	ftp_acts *acts;               /* L sets, or 1 with checkpointing */
 	float *cos_t, *sin_t, *inv_freq;
 	int32_t *pos, *targets, *rows;
 	float *lnf, *rstdf;
@@ -62,14 +62,14 @@ struct ft_model {
 	int head_chunk, training;
 };
 
-/* lib/model_fwd.c */
-int ft_model_prepare(ft_model *m, int N);
-void ft_model_free_buffers(ft_model *m);
-/* lib/model.c */
-int ft_model_build_params(ft_model *m);
-void ft_model_free_params(ft_model *m);
-void ft_lora_setup(ft_model *m, int rank, double alpha, int rslora,
+/* lib/model/model_fwd.c */
+int ftp_model_prepare(ft_model *m, int N);
+void ftp_model_free_buffers(ft_model *m);
+/* lib/model/model.c */
+int ftp_model_build_params(ft_model *m);
+void ftp_model_free_params(ft_model *m);
+void ftp_lora_setup(ft_model *m, int rank, double alpha, int rslora,
 		   unsigned targets);
-int ft_lin_dims(const ft_config *c, int which, int *in, int *out);
+int ftp_lin_dims(const ft_config *c, int which, int *in, int *out);
 
 #endif

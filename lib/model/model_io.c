@@ -1,5 +1,5 @@
 /* model_io.c - model weights and PEFT adapters in and out (safetensors
- * through lib/safetensors.h, JSON through lib/json.h). */
+ * through lib/format/safetensors.h, JSON through lib/util/json.h). */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -296,8 +296,8 @@ int ft_model_load_adapter(ft_model *m, const char *dir)
 	}
 	if (parse_targets(json_object_get(j, "target_modules"), &targets, path) < 0)
 		goto out;
-	ft_lora_setup(m, (int)r, alpha, ft_json_bool(j, "use_rslora", 0), targets);
-	ft_model_build_params(m);
+	ftp_lora_setup(m, (int)r, alpha, ft_json_bool(j, "use_rslora", 0), targets);
+	ftp_model_build_params(m);
 	free(path);
 	path = ft_xasprintf("%s/adapter_model.safetensors", dir);
 	ft_st *st = ft_st_open(path);
@@ -342,15 +342,15 @@ int ft_model_merge_lora(ft_model *m)
 {
 	for (int l = 0; l < m->c.num_hidden_layers; l++)
 		for (int j = 0; j < L_NLIN; j++) {
-			ft_lora *a = &m->layers[l].lora[j];
+			ftp_lora *a = &m->layers[l].lora[j];
 			int in, out;
 			if (!a->on)
 				continue;
-			ft_lin_dims(&m->c, j, &in, &out);
+			ftp_lin_dims(&m->c, j, &in, &out);
 			ft_sgemm(0, 0, out, in, a->r, a->scale, a->B.w, a->r, a->A.w, in, 1.0f,
 				 m->layers[l].lin[j].w, in);
 		}
 	if (m->o.type == FT_FT_LORA)
-		ft_lora_setup(m, m->o.lora_rank, m->o.lora_alpha, m->o.use_rslora, 0);
-	return ft_model_build_params(m);
+		ftp_lora_setup(m, m->o.lora_rank, m->o.lora_alpha, m->o.use_rslora, 0);
+	return ftp_model_build_params(m);
 }

@@ -18,7 +18,7 @@
 #include <string.h>
 #include <math.h>
 
-/* Shared with the CUDA kernels through lib/kernels.h.  The quiet
+/* Shared with the CUDA kernels through lib/model/kernels.h.  The quiet
  * comparison builtins are GCC's; device code has no traps to avoid. */
 #ifdef __CUDACC__
 #define FT_VEXP_HD __host__ __device__

@@ -2,10 +2,10 @@
  * --plot_loss draws them (raw and smoothed), to PNG/SVG/PDF via cairo or
  * as text for a terminal.
  *
- *   lib/plot.c        series, smoothing, ticks, ft_plot_loss_files()
- *   lib/plot_log.c    incremental reader of trainer logs (bad lines counted)
- *   lib/plot_cairo.c  PNG / SVG / PDF
- *   lib/plot_ascii.c  text plot
+ *   lib/plot/plot.c        series, smoothing, ticks, ft_plot_loss_files()
+ *   lib/plot/plot_log.c    incremental reader of trainer logs (bad lines counted)
+ *   lib/plot/plot_cairo.c  PNG / SVG / PDF
+ *   lib/plot/plot_ascii.c  text plot
  */
 #ifndef FT_PLOT_H
 #define FT_PLOT_H

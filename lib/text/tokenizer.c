@@ -122,8 +122,8 @@ static int load_configs(ft_tokenizer *t, const char *dir)
 			in->model_max_length = d >= 9.2e18 ? LLONG_MAX : d < 0 ? 0 : (long long)d;
 		}
 		const char *unk = token_text(json_object_get(cfg, "unk_token"));
-		if (unk && tk_strmap_get(&t->vocab, unk, strlen(unk)) >= 0 && t->info.unk_id < 0)
-			t->info.unk_id = tk_strmap_get(&t->vocab, unk, strlen(unk));
+		if (unk && ftp_tk_strmap_get(&t->vocab, unk, strlen(unk)) >= 0 && t->info.unk_id < 0)
+			t->info.unk_id = ftp_tk_strmap_get(&t->vocab, unk, strlen(unk));
 	}
 	if (gen) {
 		const json_t *e = json_object_get(gen, "eos_token_id"), *x;
@@ -182,14 +182,14 @@ ft_tokenizer *ft_tokenizer_load(const char *path)
 	}
 	ft_tokenizer *t = ft_xcalloc(1, sizeof *t);
 	pthread_mutex_init(&t->lock, NULL);
-	tk_strmap_init(&t->vocab);
-	tk_strmap_init(&t->enc);
+	ftp_tk_strmap_init(&t->vocab);
+	ftp_tk_strmap_init(&t->enc);
 	t->unk_id = -1;
 	t->path = ft_xstrdup(path);
 	t->info.bos_id = t->info.eos_id = t->info.pad_id = t->info.unk_id = -1;
 	int spm = ends_with(file, ".model");
 	char hex[65];
-	if ((spm ? tk_load_spm(t, file) : tk_load_json(t, file)) || tk_finish_load(t) ||
+	if ((spm ? ftp_tk_load_spm(t, file) : ftp_tk_load_json(t, file)) || ftp_tk_finish_load(t) ||
 	    ft_sha256_file(file, hex) || load_configs(t, cdir))
 		goto fail;
 	if (!spm) {
@@ -227,20 +227,20 @@ fail:
 void ft_tokenizer_free(ft_tokenizer *t)
 {
 	if (!t) return;
-	for (size_t i = 0; i < t->npool; i++) tk_work_free(t->pool[i]);
+	for (size_t i = 0; i < t->npool; i++) ftp_tk_work_free(t->pool[i]);
 	free(t->pool);
 	pthread_mutex_destroy(&t->lock);
 	for (size_t i = 0; i < t->ntok; i++) free(t->tok[i]);
 	free(t->tok); free(t->toklen);
-	tk_strmap_free(&t->vocab); tk_strmap_free(&t->enc);
-	tk_mergemap_free(&t->merges);
+	ftp_tk_strmap_free(&t->vocab); ftp_tk_strmap_free(&t->enc);
+	ftp_tk_mergemap_free(&t->merges);
 	free(t->score); free(t->ptype); free(t->sp_trie); free(t->sp_normstr);
-	tk_trie_free(&t->sp_user);
+	ftp_tk_trie_free(&t->sp_user);
 	for (size_t i = 0; i < t->sp_nuser; i++) free(t->sp_user_tok[i].content);
 	free(t->sp_user_tok);
 	for (size_t i = 0; i < t->nadded; i++) { free(t->added[i].content); free(t->added[i].orig); }
 	free(t->added);
-	tk_trie_free(&t->trie_raw); tk_trie_free(&t->trie_norm);
+	ftp_tk_trie_free(&t->trie_raw); ftp_tk_trie_free(&t->trie_norm);
 	free(t->raw_tok); free(t->norm_tok); free(t->is_special);
 	for (size_t i = 0; i < t->nnorm; i++) {
 		free(t->norm[i].a); free(t->norm[i].b);
@@ -263,10 +263,10 @@ int32_t ft_tokenizer_token_to_id(const ft_tokenizer *t, const char *piece)
 {
 	size_t n = strlen(piece);
 	for (size_t i = 0; i < t->nadded; i++) {
-		const tk_added *a = &t->added[i];
+		const ftp_tk_added *a = &t->added[i];
 		if (!strcmp(a->orig ? a->orig : a->content, piece)) return a->id;
 	}
-	return tk_strmap_get(&t->vocab, piece, n);
+	return ftp_tk_strmap_get(&t->vocab, piece, n);
 }
 
 const char *ft_tokenizer_id_to_token(const ft_tokenizer *t, int32_t id)

@@ -16,7 +16,7 @@
 typedef struct { int32_t rank, pos, id; } heap_ent;
 typedef struct { uint64_t hash; uint32_t koff, klen, ioff, nids; } cache_ent;
 
-struct tk_bpe_scratch {
+struct ftp_tk_bpe_scratch {
 	int32_t *sym, *prev, *next;
 	size_t cap;
 	heap_ent *heap;
@@ -25,29 +25,29 @@ struct tk_bpe_scratch {
 	uint32_t *slot;
 	cache_ent *ent;
 	size_t nent;
-	tk_buf keys;
+	ftp_tk_buf keys;
 	ft_i32vec ids;
 };
 
-tk_bpe_scratch *tk_bpe_scratch_new(void)
+ftp_tk_bpe_scratch *ftp_tk_bpe_scratch_new(void)
 {
-	tk_bpe_scratch *s = ft_xcalloc(1, sizeof *s);
+	ftp_tk_bpe_scratch *s = ft_xcalloc(1, sizeof *s);
 	s->slot = ft_xcalloc(CACHE_SLOTS, sizeof *s->slot);
 	s->ent = ft_xmalloc(CACHE_MAX * sizeof *s->ent);
 	return s;
 }
 
-void tk_bpe_scratch_free(tk_bpe_scratch *s)
+void ftp_tk_bpe_scratch_free(ftp_tk_bpe_scratch *s)
 {
 	if (!s) return;
 	free(s->sym); free(s->prev); free(s->next); free(s->heap);
 	free(s->slot); free(s->ent);
-	tk_buf_free(&s->keys);
+	ftp_tk_buf_free(&s->keys);
 	ft_i32vec_free(&s->ids);
 	free(s);
 }
 
-static void sym_reserve(tk_bpe_scratch *s, size_t n)
+static void sym_reserve(ftp_tk_bpe_scratch *s, size_t n)
 {
 	if (n <= s->cap) return;
 	size_t cap = s->cap ? s->cap : 64;
@@ -64,7 +64,7 @@ static inline int heap_less(const heap_ent *a, const heap_ent *b)
 	return a->rank != b->rank ? a->rank < b->rank : a->pos < b->pos;
 }
 
-static void heap_push(tk_bpe_scratch *s, int32_t rank, int32_t pos, int32_t id)
+static void heap_push(ftp_tk_bpe_scratch *s, int32_t rank, int32_t pos, int32_t id)
 {
 	if (s->hn == s->hcap) {
 		s->hcap = s->hcap ? s->hcap * 2 : 64;
@@ -81,7 +81,7 @@ static void heap_push(tk_bpe_scratch *s, int32_t rank, int32_t pos, int32_t id)
 	s->heap[i] = e;
 }
 
-static heap_ent heap_pop(tk_bpe_scratch *s)
+static heap_ent heap_pop(ftp_tk_bpe_scratch *s)
 {
 	heap_ent top = s->heap[0], last = s->heap[--s->hn];
 	size_t i = 0, n = s->hn;
@@ -97,7 +97,7 @@ static heap_ent heap_pop(tk_bpe_scratch *s)
 	return top;
 }
 
-size_t tk_bpe_merge(const ft_tokenizer *t, tk_bpe_scratch *s, int32_t *sym, size_t n)
+size_t ftp_tk_bpe_merge(const ft_tokenizer *t, ftp_tk_bpe_scratch *s, int32_t *sym, size_t n)
 {
 	if (n < 2) return n;
 	sym_reserve(s, n);
@@ -107,7 +107,7 @@ size_t tk_bpe_merge(const ft_tokenizer *t, tk_bpe_scratch *s, int32_t *sym, size
 	for (size_t i = 0; i < n; i++) {
 		prev[i] = (int32_t)i - 1;
 		next[i] = i + 1 < n ? (int32_t)i + 1 : -1;
-		if (i + 1 < n && tk_mergemap_get(&t->merges, sym[i], sym[i + 1], &rank, &id))
+		if (i + 1 < n && ftp_tk_mergemap_get(&t->merges, sym[i], sym[i + 1], &rank, &id))
 			heap_push(s, rank, (int32_t)i, id);
 	}
 	while (s->hn) {
@@ -116,15 +116,15 @@ size_t tk_bpe_merge(const ft_tokenizer *t, tk_bpe_scratch *s, int32_t *sym, size
 		if (sym[p] < 0 || next[p] < 0) continue;
 		int32_t r = next[p];
 		/* an entry is stale unless the pair there still merges to its id */
-		if (!tk_mergemap_get(&t->merges, sym[p], sym[r], &rank, &id) || id != top.id)
+		if (!ftp_tk_mergemap_get(&t->merges, sym[p], sym[r], &rank, &id) || id != top.id)
 			continue;
 		sym[p] = top.id;
 		sym[r] = -1;
 		next[p] = next[r];
 		if (next[r] >= 0) prev[next[r]] = p;
-		if (prev[p] >= 0 && tk_mergemap_get(&t->merges, sym[prev[p]], sym[p], &rank, &id))
+		if (prev[p] >= 0 && ftp_tk_mergemap_get(&t->merges, sym[prev[p]], sym[p], &rank, &id))
 			heap_push(s, rank, prev[p], id);
-		if (next[p] >= 0 && tk_mergemap_get(&t->merges, sym[p], sym[next[p]], &rank, &id))
+		if (next[p] >= 0 && ftp_tk_mergemap_get(&t->merges, sym[p], sym[next[p]], &rank, &id))
 			heap_push(s, rank, p, id);
 	}
 	size_t k = 0;
@@ -133,7 +133,7 @@ size_t tk_bpe_merge(const ft_tokenizer *t, tk_bpe_scratch *s, int32_t *sym, size
 }
 
 /* ---- cache ---- */
-static const cache_ent *cache_get(const tk_bpe_scratch *s, const char *w, size_t n, uint64_t h)
+static const cache_ent *cache_get(const ftp_tk_bpe_scratch *s, const char *w, size_t n, uint64_t h)
 {
 	size_t i = h & (CACHE_SLOTS - 1);
 	for (;;) {
@@ -145,7 +145,7 @@ static const cache_ent *cache_get(const tk_bpe_scratch *s, const char *w, size_t
 	}
 }
 
-static void cache_put(tk_bpe_scratch *s, const char *w, size_t n, uint64_t h,
+static void cache_put(ftp_tk_bpe_scratch *s, const char *w, size_t n, uint64_t h,
 		      const int32_t *ids, size_t nids)
 {
 	if (s->nent == CACHE_MAX) {   /* full: start over rather than evict */
@@ -157,7 +157,7 @@ static void cache_put(tk_bpe_scratch *s, const char *w, size_t n, uint64_t h,
 	cache_ent *c = &s->ent[s->nent];
 	c->hash = h; c->klen = (uint32_t)n; c->koff = (uint32_t)s->keys.n;
 	c->ioff = (uint32_t)s->ids.n; c->nids = (uint32_t)nids;
-	tk_buf_add(&s->keys, w, n);
+	ftp_tk_buf_add(&s->keys, w, n);
 	ft_i32vec_append(&s->ids, ids, nids);
 	size_t i = h & (CACHE_SLOTS - 1);
 	while (s->slot[i]) i = (i + 1) & (CACHE_SLOTS - 1);
@@ -166,7 +166,7 @@ static void cache_put(tk_bpe_scratch *s, const char *w, size_t n, uint64_t h,
 
 static inline int32_t enc_get(const ft_tokenizer *t, const char *s, size_t n)
 {
-	return tk_strmap_get(t->bytelevel ? &t->enc : &t->vocab, s, n);
+	return ftp_tk_strmap_get(t->bytelevel ? &t->enc : &t->vocab, s, n);
 }
 
 /* Symbols of a word as BPE::merge_word makes them, appended to out. */
@@ -181,12 +181,12 @@ static void initial_symbols(const ft_tokenizer *t, const char *w, size_t n, ft_i
 			unsigned char b = (unsigned char)w[i];
 			id = t->byte_id[b];
 			adv = 1;
-			c = tmp; clen = (size_t)tk_u8enc(tk_byte2cp[b], tmp);
+			c = tmp; clen = (size_t)ftp_tk_u8enc(ftp_tk_byte2cp[b], tmp);
 		} else {
-			adv = clen = (size_t)tk_u8len((unsigned char)w[i]);
+			adv = clen = (size_t)ftp_tk_u8len((unsigned char)w[i]);
 			if (i + clen > n) adv = clen = n - i;
 			c = w + i;
-			id = tk_strmap_get(&t->vocab, c, clen);
+			id = ftp_tk_strmap_get(&t->vocab, c, clen);
 		}
 		i += adv;
 		if (id >= 0) {
@@ -211,7 +211,7 @@ static void initial_symbols(const ft_tokenizer *t, const char *w, size_t n, ft_i
 	if (unk) ft_i32vec_push(out, t->unk_id);
 }
 
-int tk_bpe_word(const ft_tokenizer *t, tk_bpe_scratch *s, const char *w, size_t n,
+int ftp_tk_bpe_word(const ft_tokenizer *t, ftp_tk_bpe_scratch *s, const char *w, size_t n,
 		ft_i32vec *out)
 {
 	if (!n) return 0;
@@ -221,13 +221,13 @@ int tk_bpe_word(const ft_tokenizer *t, tk_bpe_scratch *s, const char *w, size_t 
 	}
 	uint64_t h = 0;
 	if (n < CACHE_WORD) {
-		h = tk_hash(w, n);
+		h = ftp_tk_hash(w, n);
 		const cache_ent *c = cache_get(s, w, n, h);
 		if (c) { ft_i32vec_append(out, s->ids.v + c->ioff, c->nids); return 0; }
 	}
 	size_t start = out->n;
 	initial_symbols(t, w, n, out);
-	size_t k = tk_bpe_merge(t, s, out->v + start, out->n - start);
+	size_t k = ftp_tk_bpe_merge(t, s, out->v + start, out->n - start);
 	out->n = start + k;
 	if (n < CACHE_WORD) cache_put(s, w, n, h, out->v + start, k);
 	return 0;

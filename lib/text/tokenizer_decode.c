@@ -8,9 +8,9 @@
 #include "util/error.h"
 #include "text/tokenizer_internal.h"
 
-typedef struct { tk_buf *v; size_t n, cap; } toklist;
+typedef struct { ftp_tk_buf *v; size_t n, cap; } toklist;
 
-static tk_buf *tl_push(toklist *l)
+static ftp_tk_buf *tl_push(toklist *l)
 {
 	if (l->n == l->cap) {
 		l->cap = l->cap ? l->cap * 2 : 64;
@@ -22,56 +22,56 @@ static tk_buf *tl_push(toklist *l)
 
 static void tl_free(toklist *l)
 {
-	for (size_t i = 0; i < l->n; i++) tk_buf_free(&l->v[i]);
+	for (size_t i = 0; i < l->n; i++) ftp_tk_buf_free(&l->v[i]);
 	free(l->v);
 	memset(l, 0, sizeof *l);
 }
 
 static void tl_add(toklist *l, const char *s, size_t n)
 {
-	tk_buf *b = tl_push(l);
-	tk_buf_add(b, s, n);
+	ftp_tk_buf *b = tl_push(l);
+	ftp_tk_buf_add(b, s, n);
 }
 
 static void dec_bytelevel(toklist *in, toklist *out)
 {
-	tk_buf raw = {0};
+	ftp_tk_buf raw = {0};
 	for (size_t i = 0; i < in->n; i++) {
 		const char *s = in->v[i].p ? in->v[i].p : "";
 		size_t n = in->v[i].n, k = 0, mark = raw.n;
 		while (k < n) {
 			int l;
-			int b = tk_cp2byte(tk_u8dec(s + k, &l));
+			int b = ftp_tk_cp2byte(ftp_tk_u8dec(s + k, &l));
 			if (b < 0) break;
 			char c = (char)b;
-			tk_buf_add(&raw, &c, 1);
+			ftp_tk_buf_add(&raw, &c, 1);
 			k += (size_t)l;
 		}
 		if (k < n) {   /* a character outside the mapping: the token as is */
 			raw.n = mark;
-			tk_buf_add(&raw, s, n);
+			ftp_tk_buf_add(&raw, s, n);
 		}
 	}
-	tk_buf *o = tl_push(out);
-	tk_u8lossy(o, raw.p ? raw.p : "", raw.n);
-	tk_buf_free(&raw);
+	ftp_tk_buf *o = tl_push(out);
+	ftp_tk_u8lossy(o, raw.p ? raw.p : "", raw.n);
+	ftp_tk_buf_free(&raw);
 }
 
-static void dec_replace(const tk_dec *d, toklist *in, toklist *out)
+static void dec_replace(const ftp_tk_dec *d, toklist *in, toklist *out)
 {
 	for (size_t i = 0; i < in->n; i++) {
-		tk_buf *o = tl_push(out);
+		ftp_tk_buf *o = tl_push(out);
 		const char *s = in->v[i].p ? in->v[i].p : "";
 		size_t n = in->v[i].n, prev = 0;
-		tk_buf_add(o, "", 0);
+		ftp_tk_buf_add(o, "", 0);
 		for (size_t k = 0; d->alen && k + d->alen <= n;) {
 			if (!memcmp(s + k, d->a, d->alen)) {
-				tk_buf_add(o, s + prev, k - prev);
-				tk_buf_add(o, d->b, d->blen);
+				ftp_tk_buf_add(o, s + prev, k - prev);
+				ftp_tk_buf_add(o, d->b, d->blen);
 				k += d->alen; prev = k;
 			} else k++;
 		}
-		tk_buf_add(o, s + prev, n - prev);
+		ftp_tk_buf_add(o, s + prev, n - prev);
 	}
 }
 
@@ -83,70 +83,70 @@ static int hexval(int c)
 	return -1;
 }
 
-static void flush_bytes(tk_buf *bytes, toklist *out)
+static void flush_bytes(ftp_tk_buf *bytes, toklist *out)
 {
 	if (!bytes->n) return;
-	if (tk_u8invalid(bytes->p, bytes->n) < 0) tl_add(out, bytes->p, bytes->n);
+	if (ftp_tk_u8invalid(bytes->p, bytes->n) < 0) tl_add(out, bytes->p, bytes->n);
 	else for (size_t k = 0; k < bytes->n; k++) tl_add(out, "\xEF\xBF\xBD", 3);
 	bytes->n = 0;
 }
 
 static void dec_bytefallback(toklist *in, toklist *out)
 {
-	tk_buf bytes = {0};
+	ftp_tk_buf bytes = {0};
 	for (size_t i = 0; i < in->n; i++) {
 		const char *s = in->v[i].p ? in->v[i].p : "";
 		int hi, lo;
 		if (in->v[i].n == 6 && !memcmp(s, "<0x", 3) && s[5] == '>' &&
 		    (hi = hexval(s[3])) >= 0 && (lo = hexval(s[4])) >= 0) {
 			char c = (char)(hi * 16 + lo);
-			tk_buf_add(&bytes, &c, 1);
+			ftp_tk_buf_add(&bytes, &c, 1);
 			continue;
 		}
 		flush_bytes(&bytes, out);
 		tl_add(out, s, in->v[i].n);
 	}
 	flush_bytes(&bytes, out);
-	tk_buf_free(&bytes);
+	ftp_tk_buf_free(&bytes);
 }
 
 static void dec_fuse(toklist *in, toklist *out)
 {
-	tk_buf *o = tl_push(out);
-	tk_buf_add(o, "", 0);
-	for (size_t i = 0; i < in->n; i++) tk_buf_add(o, in->v[i].p, in->v[i].n);
+	ftp_tk_buf *o = tl_push(out);
+	ftp_tk_buf_add(o, "", 0);
+	for (size_t i = 0; i < in->n; i++) ftp_tk_buf_add(o, in->v[i].p, in->v[i].n);
 }
 
-static void dec_strip(const tk_dec *d, toklist *in, toklist *out)
+static void dec_strip(const ftp_tk_dec *d, toklist *in, toklist *out)
 {
 	for (size_t i = 0; i < in->n; i++) {
 		const char *s = in->v[i].p ? in->v[i].p : "";
 		size_t a = 0, b = in->v[i].n;
 		int l;
-		for (int k = 0; k < d->start && a < b && tk_u8dec(s + a, &l) == d->ch; k++)
+		for (int k = 0; k < d->start && a < b && ftp_tk_u8dec(s + a, &l) == d->ch; k++)
 			a += (size_t)l;
 		for (int k = 0; k < d->stop && b > a; k++) {
 			size_t p = b - 1;
 			while (p > a && ((unsigned char)s[p] & 0xC0) == 0x80) p--;
-			if (tk_u8dec(s + p, &l) != d->ch) break;
+			if (ftp_tk_u8dec(s + p, &l) != d->ch) break;
 			b = p;
 		}
 		tl_add(out, s + a, b - a);
 	}
 }
 
-static void dec_metaspace(const tk_dec *d, toklist *in, toklist *out)
+static void dec_metaspace(const ftp_tk_dec *d, toklist *in, toklist *out)
 {
 	for (size_t i = 0; i < in->n; i++) {
 		const char *s = in->v[i].p ? in->v[i].p : "";
 		size_t n = in->v[i].n, rl = (size_t)d->replen;
-		tk_buf *o = tl_push(out);
-		tk_buf_add(o, "", 0);
+		ftp_tk_buf *o = tl_push(out);
+		ftp_tk_buf_add(o, "", 0);
 		for (size_t k = 0; k < n;) {
 			if (k + rl <= n && !memcmp(s + k, d->rep, rl)) {
-				if (!(i == 0 && d->prepend_scheme != PS_NEVER)) tk_buf_add(o, " ", 1);
+				if (!(i == 0 && d->prepend_scheme != PS_NEVER)) ftp_tk_buf_add(o, " ", 1);
 				k += rl;
-			} else { tk_buf_add(o, s + k, 1); k++; }
+			} else { ftp_tk_buf_add(o, s + k, 1); k++; }
 		}
 	}
 }
@@ -164,15 +164,15 @@ char *ft_tokenizer_decode(const ft_tokenizer *t, const int32_t *ids, size_t n,
 		if (skip_special && t->is_special[ids[i]]) continue;
 		tl_add(&a, t->tok[ids[i]], t->toklen[ids[i]]);
 	}
-	tk_buf res = {0};
+	ftp_tk_buf res = {0};
 	if (!t->have_decoder) {
 		for (size_t i = 0; i < a.n; i++) {
-			if (i) tk_buf_add(&res, " ", 1);
-			tk_buf_add(&res, a.v[i].p, a.v[i].n);
+			if (i) ftp_tk_buf_add(&res, " ", 1);
+			ftp_tk_buf_add(&res, a.v[i].p, a.v[i].n);
 		}
 	} else {
 		for (size_t k = 0; k < t->ndec; k++) {
-			const tk_dec *d = &t->dec[k];
+			const ftp_tk_dec *d = &t->dec[k];
 			switch (d->kind) {
 			case D_BYTELEVEL: dec_bytelevel(&a, &b); break;
 			case D_REPLACE: dec_replace(d, &a, &b); break;
@@ -185,9 +185,9 @@ char *ft_tokenizer_decode(const ft_tokenizer *t, const int32_t *ids, size_t n,
 			a = b;
 			memset(&b, 0, sizeof b);
 		}
-		for (size_t i = 0; i < a.n; i++) tk_buf_add(&res, a.v[i].p, a.v[i].n);
+		for (size_t i = 0; i < a.n; i++) ftp_tk_buf_add(&res, a.v[i].p, a.v[i].n);
 	}
 	tl_free(&a);
-	tk_buf_add(&res, "", 0);
+	ftp_tk_buf_add(&res, "", 0);
 	return res.p;
 }

@@ -25,28 +25,28 @@ typedef struct {
 	uint32_t *klen;
 	int32_t *val;
 	size_t n, ncap;
-} tk_strmap;
+} ftp_tk_strmap;
 
-void tk_strmap_init(tk_strmap *m);
-void tk_strmap_free(tk_strmap *m);
+void ftp_tk_strmap_init(ftp_tk_strmap *m);
+void ftp_tk_strmap_free(ftp_tk_strmap *m);
 /* Insert or overwrite. */
-void tk_strmap_put(tk_strmap *m, const char *k, size_t len, int32_t v);
+void ftp_tk_strmap_put(ftp_tk_strmap *m, const char *k, size_t len, int32_t v);
 /* -1 when absent. */
-int32_t tk_strmap_get(const tk_strmap *m, const char *k, size_t len);
-uint64_t tk_hash(const void *p, size_t n);
+int32_t ftp_tk_strmap_get(const ftp_tk_strmap *m, const char *k, size_t len);
+uint64_t ftp_tk_hash(const void *p, size_t n);
 
 /* ---- (id, id) -> (rank, new id) merge map ---- */
 typedef struct {
 	uint64_t *key;         /* (a << 32 | b) + 1, 0 = empty */
 	int32_t *rank, *id;
 	size_t cap, n;
-} tk_mergemap;
+} ftp_tk_mergemap;
 
-void tk_mergemap_init(tk_mergemap *m, size_t expect);
-void tk_mergemap_free(tk_mergemap *m);
-void tk_mergemap_put(tk_mergemap *m, int32_t a, int32_t b, int32_t rank, int32_t id);
+void ftp_tk_mergemap_init(ftp_tk_mergemap *m, size_t expect);
+void ftp_tk_mergemap_free(ftp_tk_mergemap *m);
+void ftp_tk_mergemap_put(ftp_tk_mergemap *m, int32_t a, int32_t b, int32_t rank, int32_t id);
 /* 1 and *rank, *id when present. */
-static inline int tk_mergemap_get(const tk_mergemap *m, int32_t a, int32_t b,
+static inline int ftp_tk_mergemap_get(const ftp_tk_mergemap *m, int32_t a, int32_t b,
 				  int32_t *rank, int32_t *id)
 {
 	uint64_t k = (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) + 1;
@@ -60,35 +60,35 @@ static inline int tk_mergemap_get(const tk_mergemap *m, int32_t a, int32_t b,
 }
 
 /* ---- growable byte buffer ---- */
-typedef struct { char *p; size_t n, cap; } tk_buf;
-void tk_buf_reserve(tk_buf *b, size_t need);
-void tk_buf_add(tk_buf *b, const void *p, size_t n);
-static inline void tk_buf_clear(tk_buf *b) { b->n = 0; }
-void tk_buf_free(tk_buf *b);
+typedef struct { char *p; size_t n, cap; } ftp_tk_buf;
+void ftp_tk_buf_reserve(ftp_tk_buf *b, size_t need);
+void ftp_tk_buf_add(ftp_tk_buf *b, const void *p, size_t n);
+static inline void ftp_tk_buf_clear(ftp_tk_buf *b) { b->n = 0; }
+void ftp_tk_buf_free(ftp_tk_buf *b);
 
 /* ---- UTF-8 ---- */
 /* Length of the UTF-8 sequence starting with byte c (1 for bad bytes). */
-static inline int tk_u8len(unsigned char c)
+static inline int ftp_tk_u8len(unsigned char c)
 {
 	return c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
 }
 /* Decode one code point at s (valid UTF-8 assumed); *n gets its length. */
-int32_t tk_u8dec(const char *s, int *n);
-int tk_u8enc(int32_t cp, char *out);
+int32_t ftp_tk_u8dec(const char *s, int *n);
+int ftp_tk_u8enc(int32_t cp, char *out);
 /* Offset of the first invalid byte, or -1 when s is valid UTF-8. */
-long tk_u8invalid(const char *s, size_t n);
+long ftp_tk_u8invalid(const char *s, size_t n);
 /* Append bytes as Rust's String::from_utf8_lossy does (U+FFFD per
  * maximal invalid subpart). */
-void tk_u8lossy(tk_buf *out, const char *s, size_t n);
+void ftp_tk_u8lossy(ftp_tk_buf *out, const char *s, size_t n);
 /* Unicode White_Space, as Rust's char::is_whitespace. */
-int tk_is_space(int32_t cp);
+int ftp_tk_is_space(int32_t cp);
 /* Regex \w as Rust's regex crate (alphabetic, marks, digits, Pc, ZWJ/ZWNJ). */
-int tk_is_word(int32_t cp);
+int ftp_tk_is_word(int32_t cp);
 
 /* ---- GPT-2 byte <-> char mapping ---- */
-extern const uint16_t tk_byte2cp[256];
+extern const uint16_t ftp_tk_byte2cp[256];
 /* Byte for a code point of the mapping, -1 for others. */
-int tk_cp2byte(int32_t cp);
+int ftp_tk_cp2byte(int32_t cp);
 
 /* ---- pipeline components ---- */
 enum { N_NFC, N_NFKC, N_NFD, N_NFKD, N_PREPEND, N_REPLACE, N_LOWER, N_STRIP };
@@ -98,7 +98,7 @@ typedef struct {
 	size_t alen, blen;
 	pcre2_code *re;         /* Replace with a Regex pattern */
 	int left, right;        /* Strip */
-} tk_norm;
+} ftp_tk_norm;
 
 enum { P_SPLIT, P_BYTELEVEL, P_METASPACE, P_DIGITS, P_WSPLIT };
 enum { B_REMOVED, B_ISOLATED, B_PREV, B_NEXT, B_CONTIG };
@@ -111,7 +111,7 @@ typedef struct {
 	char rep[8]; int replen; /* Metaspace replacement (UTF-8) */
 	int prepend_scheme, split;
 	int individual_digits;
-} tk_pre;
+} ftp_tk_pre;
 
 enum { D_BYTELEVEL, D_REPLACE, D_BYTEFALLBACK, D_FUSE, D_STRIP, D_METASPACE };
 typedef struct {
@@ -119,14 +119,14 @@ typedef struct {
 	char *a, *b; size_t alen, blen;  /* Replace pattern/content */
 	int32_t ch; int start, stop;     /* Strip */
 	char rep[8]; int replen; int prepend_scheme; /* Metaspace */
-} tk_dec;
+} ftp_tk_dec;
 
 typedef struct {
 	char *content; size_t len;       /* as matched: normalized if `normalized` */
 	char *orig;                      /* as written, when normalizing changed it */
 	int32_t id;
 	int single_word, lstrip, rstrip, normalized, special;
-} tk_added;
+} ftp_tk_added;
 
 /* Added-token matcher: a byte trie, leftmost-longest as aho-corasick's
  * MatchKind::LeftmostLongest. */
@@ -136,28 +136,28 @@ typedef struct {
 	size_t n, cap;
 	uint8_t first[256];     /* bytes that can start a match */
 	int empty;
-} tk_trie;
+} ftp_tk_trie;
 
 enum { M_BPE, M_SPM };
 
-typedef struct { size_t s, e; int32_t tok; } tk_span;
-typedef struct { tk_span *v; size_t n, cap; } tk_spanvec;
-typedef struct tk_bpe_scratch tk_bpe_scratch;
-typedef struct tk_spm_scratch tk_spm_scratch;
+typedef struct { size_t s, e; int32_t tok; } ftp_tk_span;
+typedef struct { ftp_tk_span *v; size_t n, cap; } ftp_tk_spanvec;
+typedef struct ftp_tk_bpe_scratch ftp_tk_bpe_scratch;
+typedef struct ftp_tk_spm_scratch ftp_tk_spm_scratch;
 
 /* Per-call scratch space, pooled so that threads never share one. */
 typedef struct {
-	tk_bpe_scratch *bpe;
-	tk_spm_scratch *spm;
+	ftp_tk_bpe_scratch *bpe;
+	ftp_tk_spm_scratch *spm;
 	pcre2_match_data *md;
 	pcre2_match_context *mctx;
 	pcre2_jit_stack *jit;
-	tk_buf nb[2];            /* normalizer ping-pong */
-	tk_spanvec added1, added2;
-	tk_buf *pbuf;            /* one per pre-tokenizer step */
-	tk_spanvec *pspan;
+	ftp_tk_buf nb[2];            /* normalizer ping-pong */
+	ftp_tk_spanvec added1, added2;
+	ftp_tk_buf *pbuf;            /* one per pre-tokenizer step */
+	ftp_tk_spanvec *pspan;
 	size_t npre;
-} tk_work;
+} ftp_tk_work;
 
 struct ft_tokenizer {
 	char *path, *identity, *name;
@@ -165,8 +165,8 @@ struct ft_tokenizer {
 
 	/* vocabulary: id -> token string (model vocab plus added tokens) */
 	char **tok; uint32_t *toklen; size_t ntok, captok;
-	tk_strmap vocab;                 /* token string -> id (model vocab) */
-	tk_strmap enc;                   /* what words are looked up in: raw
+	ftp_tk_strmap vocab;                 /* token string -> id (model vocab) */
+	ftp_tk_strmap enc;                   /* what words are looked up in: raw
 					    bytes when ByteLevel maps them */
 	int bytelevel;                   /* vocab is byte-level mapped */
 	int32_t byte_id[256];            /* byte-level: id of each byte's char */
@@ -174,7 +174,7 @@ struct ft_tokenizer {
 	int have_fallback;               /* all 256 <0xNN> present */
 
 	/* BPE */
-	tk_mergemap merges;
+	ftp_tk_mergemap merges;
 	int32_t unk_id;
 	int fuse_unk, byte_fallback, ignore_merges;
 
@@ -185,58 +185,58 @@ struct ft_tokenizer {
 	int sp_dummy_prefix, sp_remove_ws, sp_escape_ws;
 	uint32_t *sp_trie; size_t sp_ntrie;   /* precompiled charsmap (darts) */
 	char *sp_normstr; size_t sp_nnormstr;
-	tk_trie sp_user;                 /* USER_DEFINED pieces */
-	tk_added *sp_user_tok; size_t sp_nuser;
+	ftp_tk_trie sp_user;                 /* USER_DEFINED pieces */
+	ftp_tk_added *sp_user_tok; size_t sp_nuser;
 
 	/* added tokens */
-	tk_added *added; size_t nadded;
-	tk_trie trie_raw, trie_norm;     /* non-normalized / normalized */
-	tk_added **raw_tok, **norm_tok;  /* trie token index -> token */
+	ftp_tk_added *added; size_t nadded;
+	ftp_tk_trie trie_raw, trie_norm;     /* non-normalized / normalized */
+	ftp_tk_added **raw_tok, **norm_tok;  /* trie token index -> token */
 	uint8_t *is_special;             /* per id */
 
-	tk_norm *norm; size_t nnorm;
-	tk_pre *pre; size_t npre;
-	tk_dec *dec; size_t ndec; int have_decoder;
+	ftp_tk_norm *norm; size_t nnorm;
+	ftp_tk_pre *pre; size_t npre;
+	ftp_tk_dec *dec; size_t ndec; int have_decoder;
 	int32_t *post_pre, *post_post; size_t npost_pre, npost_post;
 
 	ft_tokenizer_info info;
 	char *bos_s, *eos_s, *pad_s;
 
 	pthread_mutex_t lock;
-	tk_work **pool; size_t npool, cappool;
+	ftp_tk_work **pool; size_t npool, cappool;
 };
 
 /* tokenizer_util.c */
-int32_t tk_add_token(ft_tokenizer *t, const char *s, size_t len, int32_t id);
-void tk_trie_build(tk_trie *tr, tk_added **toks, size_t n);
-void tk_trie_free(tk_trie *tr);
+int32_t ftp_tk_add_token(ft_tokenizer *t, const char *s, size_t len, int32_t id);
+void ftp_tk_trie_build(ftp_tk_trie *tr, ftp_tk_added **toks, size_t n);
+void ftp_tk_trie_free(ftp_tk_trie *tr);
 /* Longest match starting at s[0..n): token index or -1, *mlen its length. */
-int tk_trie_match(const tk_trie *tr, const char *s, size_t n, size_t *mlen);
-pcre2_code *tk_regex(const char *pattern, int literal);
+int ftp_tk_trie_match(const ftp_tk_trie *tr, const char *s, size_t n, size_t *mlen);
+pcre2_code *ftp_tk_regex(const char *pattern, int literal);
 
 /* tokenizer_json.c */
-int tk_load_json(ft_tokenizer *t, const char *path);
+int ftp_tk_load_json(ft_tokenizer *t, const char *path);
 /* tokenizer_spm.c */
-int tk_load_spm(ft_tokenizer *t, const char *path);
-int tk_spm_encode_piece(const ft_tokenizer *t, tk_work *w, const char *s,
+int ftp_tk_load_spm(ft_tokenizer *t, const char *path);
+int ftp_tk_spm_encode_piece(const ft_tokenizer *t, ftp_tk_work *w, const char *s,
 			size_t n, ft_i32vec *out);
 /* tokenizer_pipeline.c */
-int tk_finish_load(ft_tokenizer *t);
-void tk_work_free(tk_work *w);
+int ftp_tk_finish_load(ft_tokenizer *t);
+void ftp_tk_work_free(ftp_tk_work *w);
 /* Regex matches of re in s[0..n) (spans with tok 1 for a match, 0 for
  * the text between), covering the whole string, as Pattern::find_matches. */
-int tk_find_matches(tk_work *w, const pcre2_code *re, const char *s, size_t n,
-		    tk_spanvec *out);
-void tk_span_push(tk_spanvec *v, size_t s, size_t e, int32_t tok);
+int ftp_tk_find_matches(ftp_tk_work *w, const pcre2_code *re, const char *s, size_t n,
+		    ftp_tk_spanvec *out);
+void ftp_tk_span_push(ftp_tk_spanvec *v, size_t s, size_t e, int32_t tok);
 /* tokenizer_spm.c */
-void tk_spm_scratch_free(tk_spm_scratch *s);
+void ftp_tk_spm_scratch_free(ftp_tk_spm_scratch *s);
 /* tokenizer_bpe.c */
-tk_bpe_scratch *tk_bpe_scratch_new(void);
-void tk_bpe_scratch_free(tk_bpe_scratch *s);
+ftp_tk_bpe_scratch *ftp_tk_bpe_scratch_new(void);
+void ftp_tk_bpe_scratch_free(ftp_tk_bpe_scratch *s);
 /* One pre-tokenized word through the BPE model. */
-int tk_bpe_word(const ft_tokenizer *t, tk_bpe_scratch *s, const char *w,
+int ftp_tk_bpe_word(const ft_tokenizer *t, ftp_tk_bpe_scratch *s, const char *w,
 		size_t n, ft_i32vec *out);
 /* Merge-rank BPE over initial symbols (in place; returns the new count). */
-size_t tk_bpe_merge(const ft_tokenizer *t, tk_bpe_scratch *s, int32_t *sym, size_t n);
+size_t ftp_tk_bpe_merge(const ft_tokenizer *t, ftp_tk_bpe_scratch *s, int32_t *sym, size_t n);
 
 #endif

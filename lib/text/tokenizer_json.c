@@ -24,8 +24,8 @@ static int jbool(const json_t *o, const char *k, int def)
 static pcre2_code *pattern(const json_t *p, const char **str)
 {
 	const char *s;
-	if ((s = jstr(p, "String"))) { if (str) *str = s; return tk_regex(s, 1); }
-	if ((s = jstr(p, "Regex"))) { if (str) *str = NULL; return tk_regex(s, 0); }
+	if ((s = jstr(p, "String"))) { if (str) *str = s; return ftp_tk_regex(s, 1); }
+	if ((s = jstr(p, "Regex"))) { if (str) *str = NULL; return ftp_tk_regex(s, 0); }
 	ft_fail("pattern is neither String nor Regex");
 	return NULL;
 }
@@ -41,7 +41,7 @@ static int add_norm(ft_tokenizer *t, const json_t *n)
 		json_array_foreach(a, i, x) if (add_norm(t, x)) return -1;
 		return 0;
 	}
-	tk_norm m = {0};
+	ftp_tk_norm m = {0};
 	if (!strcmp(type, "NFC")) m.kind = N_NFC;
 	else if (!strcmp(type, "NFKC")) m.kind = N_NFKC;
 	else if (!strcmp(type, "NFD")) m.kind = N_NFD;
@@ -85,7 +85,7 @@ static int replacement(const json_t *n, char *rep, int *len)
 	const char *r = jstr(n, "replacement");
 	if (!r) r = "\xE2\x96\x81";
 	int k = 0;
-	if (*r) tk_u8dec(r, &k);
+	if (*r) ftp_tk_u8dec(r, &k);
 	if (!k || (size_t)k != strlen(r)) return ft_fail("Metaspace replacement must be one character");
 	memcpy(rep, r, (size_t)k); rep[k] = 0; *len = k;
 	return 0;
@@ -105,7 +105,7 @@ static int add_pre(ft_tokenizer *t, const json_t *n)
 		json_array_foreach(a, i, x) if (add_pre(t, x)) return -1;
 		return 0;
 	}
-	tk_pre p = {0};
+	ftp_tk_pre p = {0};
 	if (!strcmp(type, "Split")) {
 		static const char *names[] = { "Removed", "Isolated", "MergedWithPrevious",
 					       "MergedWithNext", "Contiguous" };
@@ -121,7 +121,7 @@ static int add_pre(ft_tokenizer *t, const json_t *n)
 		p.kind = P_BYTELEVEL;
 		p.add_prefix_space = jbool(n, "add_prefix_space", 1);
 		p.use_regex = jbool(n, "use_regex", 1);
-		if (p.use_regex && !(p.re = tk_regex(GPT2_RE, 0))) return -1;
+		if (p.use_regex && !(p.re = ftp_tk_regex(GPT2_RE, 0))) return -1;
 	} else if (!strcmp(type, "Metaspace")) {
 		p.kind = P_METASPACE;
 		if (replacement(n, p.rep, &p.replen)) return -1;
@@ -131,16 +131,16 @@ static int add_pre(ft_tokenizer *t, const json_t *n)
 		/* split(char::is_numeric, Isolated or Contiguous) */
 		p.kind = P_SPLIT;
 		p.behavior = jbool(n, "individual_digits", 0) ? B_ISOLATED : B_CONTIG;
-		if (!(p.re = tk_regex("\\p{N}", 0))) return -1;
+		if (!(p.re = ftp_tk_regex("\\p{N}", 0))) return -1;
 	} else if (!strcmp(type, "WhitespaceSplit")) {
 		p.kind = P_SPLIT;               /* split(char::is_whitespace, Removed) */
 		p.behavior = B_REMOVED;
-		if (!(p.re = tk_regex("\\s", 0))) return -1;
+		if (!(p.re = ftp_tk_regex("\\s", 0))) return -1;
 	} else if (!strcmp(type, "Whitespace")) {
 		p.kind = P_SPLIT;               /* \w+|[^\w\s]+, inverted, Removed */
 		p.behavior = B_REMOVED;
 		p.invert = 1;
-		if (!(p.re = tk_regex("\\w+|[^\\w\\s]+", 0))) return -1;
+		if (!(p.re = ftp_tk_regex("\\w+|[^\\w\\s]+", 0))) return -1;
 	} else
 		return ft_fail("pre_tokenizer type '%s' is not supported", type);
 	t->pre = ft_xrealloc(t->pre, (t->npre + 1) * sizeof *t->pre);
@@ -160,7 +160,7 @@ static int add_dec(ft_tokenizer *t, const json_t *n)
 		json_array_foreach(a, i, x) if (add_dec(t, x)) return -1;
 		return 0;
 	}
-	tk_dec d = {0};
+	ftp_tk_dec d = {0};
 	if (!strcmp(type, "ByteLevel")) d.kind = D_BYTELEVEL;
 	else if (!strcmp(type, "ByteFallback")) d.kind = D_BYTEFALLBACK;
 	else if (!strcmp(type, "Fuse")) d.kind = D_FUSE;
@@ -168,7 +168,7 @@ static int add_dec(ft_tokenizer *t, const json_t *n)
 		const char *c = jstr(n, "content");
 		int k = 0;
 		d.kind = D_STRIP;
-		d.ch = c && *c ? tk_u8dec(c, &k) : ' ';
+		d.ch = c && *c ? ftp_tk_u8dec(c, &k) : ' ';
 		d.start = (int)json_integer_value(json_object_get(n, "start"));
 		d.stop = (int)json_integer_value(json_object_get(n, "stop"));
 	} else if (!strcmp(type, "Replace")) {
@@ -260,20 +260,20 @@ static int load_model(ft_tokenizer *t, const json_t *m)
 		if (!json_is_integer(v)) return ft_fail("vocab entry '%s' is not an integer", k);
 		int32_t id = (int32_t)json_integer_value(v);
 		size_t len = strlen(k);
-		if (tk_add_token(t, k, len, id) < 0) return ft_fail_ctx("vocab entry '%s': ", k);
-		tk_strmap_put(&t->vocab, k, len, id);
+		if (ftp_tk_add_token(t, k, len, id) < 0) return ft_fail_ctx("vocab entry '%s': ", k);
+		ftp_tk_strmap_put(&t->vocab, k, len, id);
 	}
 	t->fuse_unk = jbool(m, "fuse_unk", 0);
 	t->byte_fallback = jbool(m, "byte_fallback", 0);
 	t->ignore_merges = jbool(m, "ignore_merges", 0);
 	const char *unk = jstr(m, "unk_token");
 	t->unk_id = -1;
-	if (unk && (t->unk_id = tk_strmap_get(&t->vocab, unk, strlen(unk))) < 0)
+	if (unk && (t->unk_id = ftp_tk_strmap_get(&t->vocab, unk, strlen(unk))) < 0)
 		return ft_fail("unk_token '%s' is not in the vocabulary", unk);
 
 	size_t nm = json_array_size(merges);
-	tk_mergemap_init(&t->merges, nm);
-	tk_buf b = {0};
+	ftp_tk_mergemap_init(&t->merges, nm);
+	ftp_tk_buf b = {0};
 	for (size_t i = 0; i < nm; i++) {
 		const json_t *e = json_array_get(merges, i);
 		const char *l, *r;
@@ -291,18 +291,18 @@ static int load_model(ft_tokenizer *t, const json_t *m)
 			r = json_string_value(json_array_get(e, 1)); rl = strlen(r);
 		} else
 			return ft_fail("merge %zu is neither \"a b\" nor [a, b]", i);
-		int32_t a = tk_strmap_get(&t->vocab, l, ll), c = tk_strmap_get(&t->vocab, r, rl);
-		tk_buf_clear(&b);
-		tk_buf_add(&b, l, ll); tk_buf_add(&b, r, rl);
-		int32_t id = tk_strmap_get(&t->vocab, b.p, b.n);
+		int32_t a = ftp_tk_strmap_get(&t->vocab, l, ll), c = ftp_tk_strmap_get(&t->vocab, r, rl);
+		ftp_tk_buf_clear(&b);
+		ftp_tk_buf_add(&b, l, ll); ftp_tk_buf_add(&b, r, rl);
+		int32_t id = ftp_tk_strmap_get(&t->vocab, b.p, b.n);
 		if (a < 0 || c < 0 || id < 0) {
-			tk_buf_free(&b);
+			ftp_tk_buf_free(&b);
 			return ft_fail("merge %zu (%.*s %.*s) uses a token not in the vocabulary",
 				       i, (int)ll, l, (int)rl, r);
 		}
-		tk_mergemap_put(&t->merges, a, c, (int32_t)i, id);
+		ftp_tk_mergemap_put(&t->merges, a, c, (int32_t)i, id);
 	}
-	tk_buf_free(&b);
+	ftp_tk_buf_free(&b);
 	return 0;
 }
 
@@ -312,7 +312,7 @@ static int load_added(ft_tokenizer *t, const json_t *arr)
 	t->nadded = json_array_size(arr);
 	t->added = ft_xcalloc(t->nadded ? t->nadded : 1, sizeof *t->added);
 	json_array_foreach(arr, i, x) {
-		tk_added *a = &t->added[i];
+		ftp_tk_added *a = &t->added[i];
 		const char *c = jstr(x, "content");
 		if (!c || !json_is_integer(json_object_get(x, "id")))
 			return ft_fail("added_tokens[%zu] needs content and id", i);
@@ -323,13 +323,13 @@ static int load_added(ft_tokenizer *t, const json_t *arr)
 		a->rstrip = jbool(x, "rstrip", 0);
 		a->special = jbool(x, "special", 0);
 		a->normalized = jbool(x, "normalized", !a->special);
-		if (tk_add_token(t, a->content, a->len, a->id) < 0)
+		if (ftp_tk_add_token(t, a->content, a->len, a->id) < 0)
 			return ft_fail_ctx("added_tokens[%zu]: ", i);
 	}
 	return 0;
 }
 
-int tk_load_json(ft_tokenizer *t, const char *path)
+int ftp_tk_load_json(ft_tokenizer *t, const char *path)
 {
 	json_t *j = ft_json_load_file(path);
 	if (!j) return -1;

@@ -108,10 +108,10 @@ static int parse_piece(ft_tokenizer *t, pb b, int32_t id)
 		else if (num == 2 && wt == 5) { uint32_t x = (uint32_t)v; memcpy(&score, &x, 4); }
 		else if (num == 3 && wt == 0) type = (int)v;
 	}
-	if (tk_u8invalid(piece, plen) >= 0) return ft_fail("piece %d is not UTF-8", id);
-	tk_add_token(t, piece, plen, id);
-	if (tk_strmap_get(&t->vocab, piece, plen) < 0)   /* the first one wins */
-		tk_strmap_put(&t->vocab, piece, plen, id);
+	if (ftp_tk_u8invalid(piece, plen) >= 0) return ft_fail("piece %d is not UTF-8", id);
+	ftp_tk_add_token(t, piece, plen, id);
+	if (ftp_tk_strmap_get(&t->vocab, piece, plen) < 0)   /* the first one wins */
+		ftp_tk_strmap_put(&t->vocab, piece, plen, id);
 	if (t->capscore < t->captok) {
 		t->score = ft_xrealloc(t->score, t->captok * sizeof *t->score);
 		t->ptype = ft_xrealloc(t->ptype, t->captok);
@@ -124,7 +124,7 @@ static int parse_piece(ft_tokenizer *t, pb b, int32_t id)
 
 static void add_special(ft_tokenizer *t, int32_t id, int special)
 {
-	tk_added *a = &t->added[t->nadded++];
+	ftp_tk_added *a = &t->added[t->nadded++];
 	memset(a, 0, sizeof *a);
 	a->content = ft_xstrdup(t->tok[id]); a->len = t->toklen[id];
 	a->id = id; a->special = special;
@@ -151,17 +151,17 @@ static int load_charsmap(ft_tokenizer *t, const unsigned char *p, size_t n)
 	return 0;
 }
 
-int tk_load_spm(ft_tokenizer *t, const char *path)
+int ftp_tk_load_spm(ft_tokenizer *t, const char *path)
 {
 	FILE *f = fopen(path, "rb");
 	if (!f) return ft_fail("%s:", path);
-	tk_buf data = {0};
+	ftp_tk_buf data = {0};
 	char chunk[1 << 16];
 	size_t k;
-	while ((k = fread(chunk, 1, sizeof chunk, f)) > 0) tk_buf_add(&data, chunk, k);
+	while ((k = fread(chunk, 1, sizeof chunk, f)) > 0) ftp_tk_buf_add(&data, chunk, k);
 	int bad = ferror(f);
 	fclose(f);
-	if (bad) { tk_buf_free(&data); return ft_fail("%s: read error", path); }
+	if (bad) { ftp_tk_buf_free(&data); return ft_fail("%s: read error", path); }
 
 	spec s = { .model_type = 1, .unk = 0, .bos = 1, .eos = 2, .pad = -1,
 		   .dummy = 1, .remove_ws = 1, .escape_ws = 1 };
@@ -198,26 +198,26 @@ int tk_load_spm(ft_tokenizer *t, const char *path)
 		if (t->ptype[i] == SP_USER) nuser++;
 	}
 	t->sp_user_tok = ft_xcalloc(nuser + 1, sizeof *t->sp_user_tok);
-	tk_added **up = ft_xcalloc(nuser + 1, sizeof *up);
+	ftp_tk_added **up = ft_xcalloc(nuser + 1, sizeof *up);
 	for (int32_t i = 0; i < n; i++)
 		if (t->ptype[i] == SP_USER) {
-			tk_added *a = &t->sp_user_tok[t->sp_nuser];
+			ftp_tk_added *a = &t->sp_user_tok[t->sp_nuser];
 			a->content = ft_xstrdup(t->tok[i]); a->len = t->toklen[i]; a->id = i;
 			up[t->sp_nuser] = a;
 			t->sp_nuser++;
 		}
-	tk_trie_build(&t->sp_user, up, t->sp_nuser);
+	ftp_tk_trie_build(&t->sp_user, up, t->sp_nuser);
 	free(up);
 
 	/* the decoder of the tokenizers conversion */
 	t->have_decoder = 1;
 	t->dec = ft_xcalloc(4, sizeof *t->dec);
-	t->dec[0] = (tk_dec){ .kind = D_REPLACE, .a = ft_xstrdup("\xE2\x96\x81"), .alen = 3,
+	t->dec[0] = (ftp_tk_dec){ .kind = D_REPLACE, .a = ft_xstrdup("\xE2\x96\x81"), .alen = 3,
 			      .b = ft_xstrdup(" "), .blen = 1 };
-	t->dec[1] = (tk_dec){ .kind = D_BYTEFALLBACK };
-	t->dec[2] = (tk_dec){ .kind = D_FUSE };
+	t->dec[1] = (ftp_tk_dec){ .kind = D_BYTEFALLBACK };
+	t->dec[2] = (ftp_tk_dec){ .kind = D_FUSE };
 	t->ndec = 3;
-	if (s.dummy) t->dec[t->ndec++] = (tk_dec){ .kind = D_STRIP, .ch = ' ', .start = 1 };
+	if (s.dummy) t->dec[t->ndec++] = (ftp_tk_dec){ .kind = D_STRIP, .ch = ' ', .start = 1 };
 
 	t->info.add_bos = 1;
 	if (s.bos >= 0 && s.bos < n) t->bos_s = ft_xstrdup(t->tok[s.bos]);
@@ -226,7 +226,7 @@ int tk_load_spm(ft_tokenizer *t, const char *path)
 	rc = 0;
 out:
 	free(s.name);
-	tk_buf_free(&data);
+	ftp_tk_buf_free(&data);
 	if (rc) ft_fail_ctx("%s: ", path);
 	return rc;
 }
@@ -235,20 +235,20 @@ out:
 typedef struct { uint32_t off, len; int32_t prev, next; int freeze; } sym;
 typedef struct { float score; int32_t left, right; uint32_t size; } pair;
 
-struct tk_spm_scratch {
-	tk_buf norm;
+struct ftp_tk_spm_scratch {
+	ftp_tk_buf norm;
 	sym *s; size_t ns, caps;
 	pair *h; size_t nh, caph;
-	tk_strmap rev;          /* unused piece -> length of its left part */
+	ftp_tk_strmap rev;          /* unused piece -> length of its left part */
 	int prev_unk;
 };
 
-void tk_spm_scratch_free(tk_spm_scratch *s)
+void ftp_tk_spm_scratch_free(ftp_tk_spm_scratch *s)
 {
 	if (!s) return;
-	tk_buf_free(&s->norm);
+	ftp_tk_buf_free(&s->norm);
 	free(s->s); free(s->h);
-	if (s->rev.slot) tk_strmap_free(&s->rev);
+	if (s->rev.slot) ftp_tk_strmap_free(&s->rev);
 	free(s);
 }
 
@@ -279,7 +279,7 @@ static size_t norm_prefix(const ft_tokenizer *t, const char *s, size_t n,
 			  const char **out, size_t *olen)
 {
 	size_t ml = 0;
-	if (!t->sp_user.empty && tk_trie_match(&t->sp_user, s, n, &ml) >= 0) {
+	if (!t->sp_user.empty && ftp_tk_trie_match(&t->sp_user, s, n, &ml) >= 0) {
 		*out = s; *olen = ml;
 		return ml;
 	}
@@ -288,19 +288,19 @@ static size_t norm_prefix(const ft_tokenizer *t, const char *s, size_t n,
 		*out = t->sp_normstr + v; *olen = strlen(*out);
 		return ml;
 	}
-	ml = (size_t)tk_u8len((unsigned char)s[0]);
+	ml = (size_t)ftp_tk_u8len((unsigned char)s[0]);
 	if (ml > n) ml = n;
 	*out = s; *olen = ml;
 	return ml;
 }
 
-static void sp_normalize(const ft_tokenizer *t, const char *s, size_t n, tk_buf *out)
+static void sp_normalize(const ft_tokenizer *t, const char *s, size_t n, ftp_tk_buf *out)
 {
 	const char *ws = t->sp_escape_ws ? "\xE2\x96\x81" : " ";
 	size_t wl = t->sp_escape_ws ? 3 : 1, i = 0;
 	const char *p; size_t pl;
-	tk_buf_clear(out);
-	tk_buf_add(out, "", 0);
+	ftp_tk_buf_clear(out);
+	ftp_tk_buf_add(out, "", 0);
 	if (t->sp_remove_ws)   /* leading spaces, after normalization */
 		while (i < n) {
 			size_t k = norm_prefix(t, s + i, n - i, &p, &pl);
@@ -308,15 +308,15 @@ static void sp_normalize(const ft_tokenizer *t, const char *s, size_t n, tk_buf 
 			i += k;
 		}
 	if (i == n) return;
-	if (t->sp_dummy_prefix) tk_buf_add(out, ws, wl);
+	if (t->sp_dummy_prefix) ftp_tk_buf_add(out, ws, wl);
 	int prev_space = t->sp_remove_ws;
 	while (i < n) {
 		i += norm_prefix(t, s + i, n - i, &p, &pl);
 		while (prev_space && pl && p[0] == ' ') { p++; pl--; }
 		if (pl) {
 			for (size_t k = 0; k < pl; k++) {
-				if (p[k] == ' ' && t->sp_escape_ws) tk_buf_add(out, ws, wl);
-				else tk_buf_add(out, p + k, 1);
+				if (p[k] == ' ' && t->sp_escape_ws) ftp_tk_buf_add(out, ws, wl);
+				else ftp_tk_buf_add(out, p + k, 1);
 			}
 			prev_space = p[pl - 1] == ' ';
 		}
@@ -331,7 +331,7 @@ static inline int pair_less(const pair *a, const pair *b)   /* a below b */
 	return a->score < b->score || (a->score == b->score && a->left > b->left);
 }
 
-static void heap_push(tk_spm_scratch *w, pair e)
+static void heap_push(ftp_tk_spm_scratch *w, pair e)
 {
 	if (w->nh == w->caph) {
 		w->caph = w->caph ? w->caph * 2 : 64;
@@ -347,7 +347,7 @@ static void heap_push(tk_spm_scratch *w, pair e)
 	w->h[i] = e;
 }
 
-static pair heap_pop(tk_spm_scratch *w)
+static pair heap_pop(ftp_tk_spm_scratch *w)
 {
 	pair top = w->h[0], last = w->h[--w->nh];
 	size_t i = 0, n = w->nh;
@@ -366,13 +366,13 @@ static pair heap_pop(tk_spm_scratch *w)
 /* An id in sentencepiece's pieces_ (normal, user-defined, unused), or -1. */
 static int32_t piece_id(const ft_tokenizer *t, const char *p, size_t n)
 {
-	int32_t id = tk_strmap_get(&t->vocab, p, n);
+	int32_t id = ftp_tk_strmap_get(&t->vocab, p, n);
 	if (id < 0) return -1;
 	int ty = t->ptype[id];
 	return ty == SP_NORMAL || ty == SP_USER || ty == SP_UNUSED ? id : -1;
 }
 
-static void maybe_pair(const ft_tokenizer *t, tk_spm_scratch *w, int32_t l, int32_t r)
+static void maybe_pair(const ft_tokenizer *t, ftp_tk_spm_scratch *w, int32_t l, int32_t r)
 {
 	if (l < 0 || r < 0 || w->s[l].freeze || w->s[r].freeze) return;
 	const char *p = w->norm.p + w->s[l].off;
@@ -381,16 +381,16 @@ static void maybe_pair(const ft_tokenizer *t, tk_spm_scratch *w, int32_t l, int3
 	if (id < 0) return;
 	heap_push(w, (pair){ t->score[id], l, r, size });
 	if (t->ptype[id] == SP_UNUSED) {
-		if (!w->rev.slot) tk_strmap_init(&w->rev);
-		tk_strmap_put(&w->rev, p, size, (int32_t)w->s[l].len);
+		if (!w->rev.slot) ftp_tk_strmap_init(&w->rev);
+		ftp_tk_strmap_put(&w->rev, p, size, (int32_t)w->s[l].len);
 	}
 }
 
-static void emit(const ft_tokenizer *t, tk_spm_scratch *w, const char *p, size_t n, ft_i32vec *out)
+static void emit(const ft_tokenizer *t, ftp_tk_spm_scratch *w, const char *p, size_t n, ft_i32vec *out)
 {
-	int32_t id = tk_strmap_get(&t->vocab, p, n);
+	int32_t id = ftp_tk_strmap_get(&t->vocab, p, n);
 	if (id >= 0 && t->ptype[id] == SP_UNUSED && w->rev.slot) {
-		int32_t left = tk_strmap_get(&w->rev, p, n);
+		int32_t left = ftp_tk_strmap_get(&w->rev, p, n);
 		if (left > 0) {
 			emit(t, w, p, (size_t)left, out);
 			emit(t, w, p + left, n - (size_t)left, out);
@@ -411,22 +411,22 @@ static void emit(const ft_tokenizer *t, tk_spm_scratch *w, const char *p, size_t
 	w->prev_unk = 1;
 }
 
-int tk_spm_encode_piece(const ft_tokenizer *t, tk_work *wk, const char *s, size_t n,
+int ftp_tk_spm_encode_piece(const ft_tokenizer *t, ftp_tk_work *wk, const char *s, size_t n,
 			ft_i32vec *out)
 {
 	if (!wk->spm) wk->spm = ft_xcalloc(1, sizeof *wk->spm);
-	tk_spm_scratch *w = wk->spm;
+	ftp_tk_spm_scratch *w = wk->spm;
 	sp_normalize(t, s, n, &w->norm);
 	const char *p = w->norm.p;
 	size_t len = w->norm.n;
 	if (!len) return 0;
-	if (w->rev.slot) tk_strmap_free(&w->rev);
+	if (w->rev.slot) ftp_tk_strmap_free(&w->rev);
 	/* characters, or whole user-defined pieces (frozen) */
 	w->ns = 0;
 	for (size_t i = 0; i < len;) {
 		size_t ml = 0;
-		int freeze = !t->sp_user.empty && tk_trie_match(&t->sp_user, p + i, len - i, &ml) >= 0;
-		if (!freeze) ml = (size_t)tk_u8len((unsigned char)p[i]);
+		int freeze = !t->sp_user.empty && ftp_tk_trie_match(&t->sp_user, p + i, len - i, &ml) >= 0;
+		if (!freeze) ml = (size_t)ftp_tk_u8len((unsigned char)p[i]);
 		if (ml > len - i) ml = len - i;
 		if (w->ns == w->caps) {
 			w->caps = w->caps ? w->caps * 2 : 256;

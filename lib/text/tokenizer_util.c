@@ -7,7 +7,7 @@
 #include "text/tokenizer_internal.h"
 
 /* ---- hashing: FNV-1a over 8-byte words, good enough for short keys ---- */
-uint64_t tk_hash(const void *p, size_t n)
+uint64_t ftp_tk_hash(const void *p, size_t n)
 {
 	const unsigned char *s = p;
 	uint64_t h = 0xcbf29ce484222325ull ^ (n * 0x9E3779B97F4A7C15ull);
@@ -23,23 +23,23 @@ uint64_t tk_hash(const void *p, size_t n)
 	return h * 0x9E3779B97F4A7C15ull;
 }
 
-void tk_strmap_init(tk_strmap *m)
+void ftp_tk_strmap_init(ftp_tk_strmap *m)
 {
 	memset(m, 0, sizeof *m);
 	m->cap = 64;
 	m->slot = ft_xcalloc(m->cap, sizeof *m->slot);
 }
 
-void tk_strmap_free(tk_strmap *m)
+void ftp_tk_strmap_free(ftp_tk_strmap *m)
 {
 	for (size_t i = 0; i < m->n; i++) free(m->key[i]);
 	free(m->key); free(m->klen); free(m->val); free(m->slot);
 	memset(m, 0, sizeof *m);
 }
 
-static size_t strmap_find(const tk_strmap *m, const char *k, size_t len)
+static size_t strmap_find(const ftp_tk_strmap *m, const char *k, size_t len)
 {
-	size_t mask = m->cap - 1, i = tk_hash(k, len) & mask;
+	size_t mask = m->cap - 1, i = ftp_tk_hash(k, len) & mask;
 	for (;;) {
 		uint32_t e = m->slot[i];
 		if (!e) return i;
@@ -49,7 +49,7 @@ static size_t strmap_find(const tk_strmap *m, const char *k, size_t len)
 	}
 }
 
-static void strmap_grow(tk_strmap *m)
+static void strmap_grow(ftp_tk_strmap *m)
 {
 	free(m->slot);
 	m->cap *= 2;
@@ -58,7 +58,7 @@ static void strmap_grow(tk_strmap *m)
 		m->slot[strmap_find(m, m->key[e], m->klen[e])] = (uint32_t)e + 1;
 }
 
-void tk_strmap_put(tk_strmap *m, const char *k, size_t len, int32_t v)
+void ftp_tk_strmap_put(ftp_tk_strmap *m, const char *k, size_t len, int32_t v)
 {
 	size_t i = strmap_find(m, k, len);
 	if (m->slot[i]) { m->val[m->slot[i] - 1] = v; return; }
@@ -75,14 +75,14 @@ void tk_strmap_put(tk_strmap *m, const char *k, size_t len, int32_t v)
 	if (m->n * 2 > m->cap) strmap_grow(m);
 }
 
-int32_t tk_strmap_get(const tk_strmap *m, const char *k, size_t len)
+int32_t ftp_tk_strmap_get(const ftp_tk_strmap *m, const char *k, size_t len)
 {
 	if (!m->slot) return -1;
 	uint32_t e = m->slot[strmap_find(m, k, len)];
 	return e ? m->val[e - 1] : -1;
 }
 
-void tk_mergemap_init(tk_mergemap *m, size_t expect)
+void ftp_tk_mergemap_init(ftp_tk_mergemap *m, size_t expect)
 {
 	m->cap = 64;
 	while (m->cap < expect * 2 + 2) m->cap *= 2;
@@ -92,7 +92,7 @@ void tk_mergemap_init(tk_mergemap *m, size_t expect)
 	m->n = 0;
 }
 
-void tk_mergemap_free(tk_mergemap *m)
+void ftp_tk_mergemap_free(ftp_tk_mergemap *m)
 {
 	free(m->key); free(m->rank); free(m->id);
 	memset(m, 0, sizeof *m);
@@ -100,18 +100,18 @@ void tk_mergemap_free(tk_mergemap *m)
 
 /* A repeated pair overwrites: the `tokenizers` merge map is a HashMap
  * collected from the ordered list, where the last duplicate wins. */
-void tk_mergemap_put(tk_mergemap *m, int32_t a, int32_t b, int32_t rank, int32_t id)
+void ftp_tk_mergemap_put(ftp_tk_mergemap *m, int32_t a, int32_t b, int32_t rank, int32_t id)
 {
 	if ((m->n + 1) * 2 > m->cap) {
-		tk_mergemap old = *m;
-		tk_mergemap_init(m, old.cap);
+		ftp_tk_mergemap old = *m;
+		ftp_tk_mergemap_init(m, old.cap);
 		for (size_t i = 0; i < old.cap; i++)
 			if (old.key[i]) {
 				uint64_t k = old.key[i] - 1;
-				tk_mergemap_put(m, (int32_t)(k >> 32), (int32_t)(uint32_t)k,
+				ftp_tk_mergemap_put(m, (int32_t)(k >> 32), (int32_t)(uint32_t)k,
 						old.rank[i], old.id[i]);
 			}
-		tk_mergemap_free(&old);
+		ftp_tk_mergemap_free(&old);
 	}
 	uint64_t k = (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) + 1;
 	uint64_t h = k * 0x9E3779B97F4A7C15ull;
@@ -124,7 +124,7 @@ void tk_mergemap_put(tk_mergemap *m, int32_t a, int32_t b, int32_t rank, int32_t
 	m->key[i] = k; m->rank[i] = rank; m->id[i] = id; m->n++;
 }
 
-void tk_buf_reserve(tk_buf *b, size_t need)
+void ftp_tk_buf_reserve(ftp_tk_buf *b, size_t need)
 {
 	if (need <= b->cap) return;
 	size_t cap = b->cap ? b->cap * 2 : 256;
@@ -133,18 +133,18 @@ void tk_buf_reserve(tk_buf *b, size_t need)
 	b->cap = cap;
 }
 
-void tk_buf_add(tk_buf *b, const void *p, size_t n)
+void ftp_tk_buf_add(ftp_tk_buf *b, const void *p, size_t n)
 {
-	tk_buf_reserve(b, b->n + n + 1);
+	ftp_tk_buf_reserve(b, b->n + n + 1);
 	if (n) memcpy(b->p + b->n, p, n);
 	b->n += n;
 	b->p[b->n] = 0;
 }
 
-void tk_buf_free(tk_buf *b) { free(b->p); memset(b, 0, sizeof *b); }
+void ftp_tk_buf_free(ftp_tk_buf *b) { free(b->p); memset(b, 0, sizeof *b); }
 
 /* ---- UTF-8 ---- */
-int32_t tk_u8dec(const char *s, int *n)
+int32_t ftp_tk_u8dec(const char *s, int *n)
 {
 	const unsigned char *u = (const unsigned char *)s;
 	if (u[0] < 0x80) { *n = 1; return u[0]; }
@@ -157,7 +157,7 @@ int32_t tk_u8dec(const char *s, int *n)
 	return ((u[0] & 0x07) << 18) | ((u[1] & 0x3F) << 12) | ((u[2] & 0x3F) << 6) | (u[3] & 0x3F);
 }
 
-int tk_u8enc(int32_t cp, char *out)
+int ftp_tk_u8enc(int32_t cp, char *out)
 {
 	unsigned char *o = (unsigned char *)out;
 	if (cp < 0x80) { o[0] = (unsigned char)cp; return 1; }
@@ -197,7 +197,7 @@ static int u8_check(const unsigned char *s, size_t n)
 	return len;
 }
 
-long tk_u8invalid(const char *s, size_t n)
+long ftp_tk_u8invalid(const char *s, size_t n)
 {
 	const unsigned char *u = (const unsigned char *)s;
 	size_t i = 0;
@@ -210,29 +210,29 @@ long tk_u8invalid(const char *s, size_t n)
 	return -1;
 }
 
-void tk_u8lossy(tk_buf *out, const char *s, size_t n)
+void ftp_tk_u8lossy(ftp_tk_buf *out, const char *s, size_t n)
 {
 	const unsigned char *u = (const unsigned char *)s;
 	size_t i = 0, run = 0;
 	while (i < n) {
 		int k = u[i] < 0x80 ? 1 : u8_check(u + i, n - i);
 		if (k > 0) { i += (size_t)k; continue; }
-		tk_buf_add(out, s + run, i - run);
-		tk_buf_add(out, "\xEF\xBF\xBD", 3);
+		ftp_tk_buf_add(out, s + run, i - run);
+		ftp_tk_buf_add(out, "\xEF\xBF\xBD", 3);
 		i += (size_t)-k;
 		run = i;
 	}
-	tk_buf_add(out, s + run, n - run);
+	ftp_tk_buf_add(out, s + run, n - run);
 }
 
-int tk_is_space(int32_t c)
+int ftp_tk_is_space(int32_t c)
 {
 	return (c >= 9 && c <= 13) || c == 32 || c == 0x85 || c == 0xA0 ||
 	       c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 ||
 	       c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
-int tk_is_word(int32_t c)
+int ftp_tk_is_word(int32_t c)
 {
 	if (c < 0x80)
 		return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
@@ -253,7 +253,7 @@ int tk_is_word(int32_t c)
 
 /* ---- GPT-2 bytes_to_unicode ---- */
 #define R(a) a, a + 1, a + 2, a + 3, a + 4, a + 5, a + 6, a + 7
-const uint16_t tk_byte2cp[256] = {
+const uint16_t ftp_tk_byte2cp[256] = {
 	/* 0..32 -> 256..288 */
 	R(256), R(264), R(272), R(280), 288,
 	/* 33..126 -> themselves */
@@ -273,10 +273,10 @@ static int16_t cp_inv[324];
 static void cp_inv_init(void)
 {
 	for (int i = 0; i < 324; i++) cp_inv[i] = -1;
-	for (int b = 0; b < 256; b++) cp_inv[tk_byte2cp[b]] = (int16_t)b;
+	for (int b = 0; b < 256; b++) cp_inv[ftp_tk_byte2cp[b]] = (int16_t)b;
 }
 
-int tk_cp2byte(int32_t cp)
+int ftp_tk_cp2byte(int32_t cp)
 {
 	static pthread_once_t once = PTHREAD_ONCE_INIT;
 	pthread_once(&once, cp_inv_init);
@@ -284,7 +284,7 @@ int tk_cp2byte(int32_t cp)
 }
 
 /* ---- vocabulary ---- */
-int32_t tk_add_token(ft_tokenizer *t, const char *s, size_t len, int32_t id)
+int32_t ftp_tk_add_token(ft_tokenizer *t, const char *s, size_t len, int32_t id)
 {
 	if (id < 0 || id > 50000000) return ft_fail("token id %d out of range", id);
 	if ((size_t)id >= t->ntok) {
@@ -308,7 +308,7 @@ int32_t tk_add_token(ft_tokenizer *t, const char *s, size_t len, int32_t id)
 }
 
 /* ---- added-token trie ---- */
-static int32_t trie_node(tk_trie *tr)
+static int32_t trie_node(ftp_tk_trie *tr)
 {
 	if (tr->n == tr->cap) {
 		tr->cap = tr->cap ? tr->cap * 2 : 64;
@@ -320,7 +320,7 @@ static int32_t trie_node(tk_trie *tr)
 	return (int32_t)tr->n++;
 }
 
-void tk_trie_build(tk_trie *tr, tk_added **toks, size_t n)
+void ftp_tk_trie_build(ftp_tk_trie *tr, ftp_tk_added **toks, size_t n)
 {
 	memset(tr, 0, sizeof *tr);
 	trie_node(tr);
@@ -343,13 +343,13 @@ void tk_trie_build(tk_trie *tr, tk_added **toks, size_t n)
 	tr->empty = tr->n == 1;
 }
 
-void tk_trie_free(tk_trie *tr)
+void ftp_tk_trie_free(ftp_tk_trie *tr)
 {
 	free(tr->next); free(tr->tok);
 	memset(tr, 0, sizeof *tr);
 }
 
-int tk_trie_match(const tk_trie *tr, const char *s, size_t n, size_t *mlen)
+int ftp_tk_trie_match(const ftp_tk_trie *tr, const char *s, size_t n, size_t *mlen)
 {
 	const unsigned char *u = (const unsigned char *)s;
 	int32_t node = 0, best = -1;
@@ -367,39 +367,39 @@ int tk_trie_match(const tk_trie *tr, const char *s, size_t n, size_t *mlen)
 static char *onig_compat(const char *p)
 {
 	static const char W[] = "\\p{L}\\p{M}\\p{N}\\p{Pc}";
-	tk_buf b = {0};
+	ftp_tk_buf b = {0};
 	int in_class = 0;
 	for (size_t i = 0; p[i]; i++) {
 		if (p[i] == '\\' && p[i + 1]) {
 			if (p[i + 1] == 'w') {
-				if (!in_class) tk_buf_add(&b, "[", 1);
-				tk_buf_add(&b, W, sizeof W - 1);
-				if (!in_class) tk_buf_add(&b, "]", 1);
+				if (!in_class) ftp_tk_buf_add(&b, "[", 1);
+				ftp_tk_buf_add(&b, W, sizeof W - 1);
+				if (!in_class) ftp_tk_buf_add(&b, "]", 1);
 			} else if (p[i + 1] == 'W' && !in_class) {
-				tk_buf_add(&b, "[^", 2);
-				tk_buf_add(&b, W, sizeof W - 1);
-				tk_buf_add(&b, "]", 1);
+				ftp_tk_buf_add(&b, "[^", 2);
+				ftp_tk_buf_add(&b, W, sizeof W - 1);
+				ftp_tk_buf_add(&b, "]", 1);
 			} else
-				tk_buf_add(&b, p + i, 2);
+				ftp_tk_buf_add(&b, p + i, 2);
 			i++;
 			continue;
 		}
 		if (p[i] == '[' && !in_class) {
 			in_class = 1;
-			tk_buf_add(&b, p + i, 1);
+			ftp_tk_buf_add(&b, p + i, 1);
 			/* a ']' right after '[' or '[^' is literal */
-			if (p[i + 1] == '^') tk_buf_add(&b, p + ++i, 1);
-			if (p[i + 1] == ']') tk_buf_add(&b, p + ++i, 1);
+			if (p[i + 1] == '^') ftp_tk_buf_add(&b, p + ++i, 1);
+			if (p[i + 1] == ']') ftp_tk_buf_add(&b, p + ++i, 1);
 			continue;
 		}
 		if (p[i] == ']' && in_class) in_class = 0;
-		tk_buf_add(&b, p + i, 1);
+		ftp_tk_buf_add(&b, p + i, 1);
 	}
-	tk_buf_add(&b, "", 0);
+	ftp_tk_buf_add(&b, "", 0);
 	return b.p;
 }
 
-pcre2_code *tk_regex(const char *pattern, int literal)
+pcre2_code *ftp_tk_regex(const char *pattern, int literal)
 {
 	int err; PCRE2_SIZE off;
 	char *conv = literal ? NULL : onig_compat(pattern);

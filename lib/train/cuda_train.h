@@ -1,7 +1,7 @@
 /* cuda_train.h - the trainer's model interface (ft_train_model, see
  * trainer.h) backed by the CUDA backend: forward and backward run on the
  * GPU, gradients come back to the CPU model after every micro-batch and
- * the trainer's own clipping and AdamW (lib/optim.c) update the CPU
+ * the trainer's own clipping and AdamW (lib/train/optim.c) update the CPU
  * model's weights, which go back to the GPU before the next micro-batch.
  *
  * That makes `ft-train --device cuda` a one-line change in the tool

@@ -49,7 +49,7 @@ void ft_adamw_free(ft_adamw *a)
 int64_t ft_adamw_steps(const ft_adamw *a) { return a->step; }
 
 /* Elements [i0, i1) of one tensor, on the calling thread; the element is
- * lib/kernels.h's, shared with the CUDA backend. */
+ * lib/model/kernels.h's, shared with the CUDA backend. */
 static void adamw_range(float *restrict p, const float *restrict g, float *restrict m,
 			float *restrict v, size_t i0, size_t i1, const ft_k_adamw *c)
 {

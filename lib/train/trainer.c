@@ -184,7 +184,7 @@ typedef struct {
 	ft_eval_stats ev;             /* the last evaluation */
 } runctx;
 
-static void fill_entry(const runctx *c, const ft_tstate *st, ft_trainlog_entry *e)
+static void fill_entry(const runctx *c, const ftp_tstate *st, ft_trainlog_entry *e)
 {
 	ft_trainlog_entry_init(e);
 	e->current_steps = st->global_step;
@@ -209,14 +209,14 @@ static int write_log(runctx *c, const ft_trainlog_entry *e)
 	return ft_trainlog_write(c->log, e);
 }
 
-static void history_add(ft_tstate *st, json_t *obj)
+static void history_add(ftp_tstate *st, json_t *obj)
 {
 	json_object_set_new(obj, "epoch", json_real(st->epoch));
 	json_object_set_new(obj, "step", json_integer(st->global_step));
 	json_array_append_new(st->log_history, obj);
 }
 
-static int do_log(runctx *c, ft_tstate *st, double grad_norm, double lr)
+static int do_log(runctx *c, ftp_tstate *st, double grad_norm, double lr)
 {
 	ft_trainlog_entry e;
 	fill_entry(c, st, &e);
@@ -234,7 +234,7 @@ static int do_log(runctx *c, ft_tstate *st, double grad_norm, double lr)
 	return 0;
 }
 
-static int do_eval(runctx *c, ft_tstate *st, ft_train_model *m, ft_batch_source *val, double *out)
+static int do_eval(runctx *c, ftp_tstate *st, ft_train_model *m, ft_batch_source *val, double *out)
 {
 	double t = now_s(), loss;
 	int64_t nb, rows;
@@ -311,7 +311,7 @@ static int64_t count_nonembed(ft_train_model *m)
 }
 
 static int finish(const ft_train_opts *o, const ft_train_plan *p, ft_train_model *m,
-		  ft_batch_source *val, runctx *c, ft_tstate *st, ft_train_result *r,
+		  ft_batch_source *val, runctx *c, ftp_tstate *st, ft_train_result *r,
 		  double eval_loss_last, int64_t eval_step);
 
 int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
@@ -332,7 +332,7 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	}
 	ft_adamw_opts ao = { o->adam_beta1, o->adam_beta2, o->adam_epsilon, o->weight_decay };
 	ft_adamw *opt = ft_adamw_new(params, np, &ao);
-	ft_tstate st = { .log_history = json_array() };
+	ftp_tstate st = { .log_history = json_array() };
 	mbatches mb = {0};
 	runctx c = { .o = o, .p = &p };
 	int rc = -1;
@@ -342,7 +342,7 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	const int64_t eval_every = o->eval_steps > 0 ? o->eval_steps : o->logging_steps;
 
 	if (ft_mkdirs(o->output_dir) < 0) goto out;
-	if (o->resume_dir && ft_ckpt_load(o, &p, opt, &st) < 0) goto out;
+	if (o->resume_dir && ftp_ckpt_load(o, &p, opt, &st) < 0) goto out;
 	if (o->resume_dir && m->set_position)
 		m->set_position(m->self, st.epoch_idx * o->n_batches + st.batches_done);
 	if (!(c.log = open_log(o, st.global_step))) goto out;
@@ -424,10 +424,10 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 			int interrupted = o->stop && *o->stop;
 			if (strategy_due(o->save_strategy, o->save_steps, st.global_step, epoch_end) ||
 			    (last && o->save_strategy != FT_STRATEGY_NO) || interrupted) {
-				if (ft_ckpt_save(o, &p, m, opt, &sched, &st, r->checkpoint, sizeof r->checkpoint) < 0)
+				if (ftp_ckpt_save(o, &p, m, opt, &sched, &st, r->checkpoint, sizeof r->checkpoint) < 0)
 					goto out;
 				if (o->on_event) o->on_event(o->ctx, FT_EV_SAVE, NULL, r->checkpoint);
-				if (o->save_total_limit > 0 && ft_ckpt_rotate(o->output_dir, o->save_total_limit) < 0)
+				if (o->save_total_limit > 0 && ftp_ckpt_rotate(o->output_dir, o->save_total_limit) < 0)
 					goto out;
 			}
 			if (interrupted) {
@@ -461,7 +461,7 @@ out:
 
 /* End of training: the final log line, the model and the results files. */
 static int finish(const ft_train_opts *o, const ft_train_plan *p, ft_train_model *m,
-		  ft_batch_source *val, runctx *c, ft_tstate *st, ft_train_result *r,
+		  ft_batch_source *val, runctx *c, ftp_tstate *st, ft_train_result *r,
 		  double eval_loss, int64_t eval_step)
 {
 	double runtime = now_s() - c->t0;
@@ -491,8 +491,8 @@ static int finish(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 
 	if (m->save(m->self, o->output_dir) < 0) return ft_fail_ctx("%s: saving the model: ", o->output_dir);
 	for (const char *const *f = o->extra_files; f && *f; f++)
-		if (ft_copy_into(*f, o->output_dir) < 0) return -1;
-	json_t *ts = ft_trainer_state_json(o, p, st);
+		if (ftp_copy_into(*f, o->output_dir) < 0) return -1;
+	json_t *ts = ftp_trainer_state_json(o, p, st);
 	char *path = ft_xasprintf("%s/trainer_state.json", o->output_dir);
 	int rc = ft_json_write_atomic(ts, path, 2, 1);
 	free(path);

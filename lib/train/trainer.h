@@ -3,10 +3,10 @@
  * loss reduction, clipping, AdamW, LR schedule, logging to
  * trainer_log.jsonl, evaluation, checkpoints with exact resume.
  *
- *   lib/trainer.c        options, step counts, the loop, evaluation
- *   lib/trainer_ckpt.c   checkpoint directories, trainer_state.json, resume
- *   lib/trainer_data.c   batch sources (ft-pack streams; in-memory arrays)
- *   lib/trainer_model.c  the ft_model binding of ft_train_model
+ *   lib/train/trainer.c        options, step counts, the loop, evaluation
+ *   lib/train/trainer_ckpt.c   checkpoint directories, trainer_state.json, resume
+ *   lib/train/trainer_data.c   batch sources (ft-pack streams; in-memory arrays)
+ *   lib/train/trainer_model.c  the ft_model binding of ft_train_model
  *
  * The model and the data are reached through small interfaces so the loop
  * can be tested with a toy model and in-memory batches.
@@ -39,7 +39,7 @@ typedef struct {
 	void (*set_position)(void *self, int64_t micro_batches_done);
 } ft_train_model;
 
-/* The ft_model binding (lib/trainer_model.c). */
+/* The ft_model binding (lib/train/trainer_model.c). */
 ft_train_model ft_train_model_of(ft_model *m);
 
 /* A re-readable sequence of micro-batches (one pass = one epoch). */

@@ -38,7 +38,7 @@ static json_t *load_json(const char *path)
 	return v;
 }
 
-int ft_copy_into(const char *src, const char *dir)
+int ftp_copy_into(const char *src, const char *dir)
 {
 	const char *base = strrchr(src, '/');
 	base = base ? base + 1 : src;
@@ -99,7 +99,7 @@ out:
 
 /* ---- trainer_state.json -------------------------------------------------- */
 
-json_t *ft_trainer_state_json(const ft_train_opts *o, const ft_train_plan *p, const ft_tstate *st)
+json_t *ftp_trainer_state_json(const ft_train_opts *o, const ft_train_plan *p, const ftp_tstate *st)
 {
 	char tr_loss[40];
 	snprintf(tr_loss, sizeof tr_loss, "%a", (double)st->tr_loss);
@@ -141,8 +141,8 @@ json_t *ft_trainer_state_json(const ft_train_opts *o, const ft_train_plan *p, co
 
 /* ---- save ------------------------------------------------------------------ */
 
-int ft_ckpt_save(const ft_train_opts *o, const ft_train_plan *p, ft_train_model *m,
-		 const ft_adamw *opt, const ft_sched *s, const ft_tstate *st, char *out, size_t outsz)
+int ftp_ckpt_save(const ft_train_opts *o, const ft_train_plan *p, ft_train_model *m,
+		 const ft_adamw *opt, const ft_sched *s, const ftp_tstate *st, char *out, size_t outsz)
 {
 	char *dir = ft_xasprintf("%s/checkpoint-%lld", o->output_dir, (long long)st->global_step);
 	ft_atomic a;
@@ -174,7 +174,7 @@ int ft_ckpt_save(const ft_train_opts *o, const ft_train_plan *p, ft_train_model 
 	if (ft_json_write_atomic(j, f, 2, 1) < 0) goto abort;
 	free(f);
 	json_decref(j);
-	j = ft_trainer_state_json(o, p, st);
+	j = ftp_trainer_state_json(o, p, st);
 	f = ft_xasprintf("%s/trainer_state.json", a.tmp);
 	if (ft_json_write_atomic(j, f, 2, 1) < 0) goto abort;
 	free(f);
@@ -182,7 +182,7 @@ int ft_ckpt_save(const ft_train_opts *o, const ft_train_plan *p, ft_train_model 
 	json_decref(j);
 	j = NULL;
 	for (const char *const *x = o->extra_files; x && *x; x++)
-		if (ft_copy_into(*x, a.tmp) < 0) goto abort;
+		if (ftp_copy_into(*x, a.tmp) < 0) goto abort;
 	if (ft_atomic_dir_commit(&a, 1) < 0) goto out;
 	snprintf(out, outsz, "%s", dir);
 	rc = 0;
@@ -207,7 +207,7 @@ static int hexnum(const json_t *o, const char *key, double *out)
 	return *end ? -1 : 0;
 }
 
-int ft_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt, ft_tstate *st)
+int ftp_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt, ftp_tstate *st)
 {
 	char *path = ft_xasprintf("%s/trainer_state.json", o->resume_dir);
 	json_t *ts = load_json(path);
@@ -312,7 +312,7 @@ char *ft_last_checkpoint(const char *dir)
 	return r;
 }
 
-int ft_ckpt_rotate(const char *output_dir, int64_t limit)
+int ftp_ckpt_rotate(const char *output_dir, int64_t limit)
 {
 	size_t n;
 	int64_t *v = list_ckpts(output_dir, &n);

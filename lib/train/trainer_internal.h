@@ -18,19 +18,19 @@ typedef struct {
 	int64_t tokens_seen;
 	double total_flos;        /* transformers: 6 x non-embedding params x input_ids.numel() */
 	json_t *log_history;      /* HF log_history entries */
-} ft_tstate;
+} ftp_tstate;
 
-int ft_ckpt_save(const ft_train_opts *o, const ft_train_plan *p, ft_train_model *m,
-		 const ft_adamw *opt, const ft_sched *s, const ft_tstate *st, char *out, size_t outsz);
-int ft_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt, ft_tstate *st);
+int ftp_ckpt_save(const ft_train_opts *o, const ft_train_plan *p, ft_train_model *m,
+		 const ft_adamw *opt, const ft_sched *s, const ftp_tstate *st, char *out, size_t outsz);
+int ftp_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt, ftp_tstate *st);
 /* Remove the oldest checkpoint-N beyond save_total_limit. */
-int ft_ckpt_rotate(const char *output_dir, int64_t limit);
+int ftp_ckpt_rotate(const char *output_dir, int64_t limit);
 /* trainer_state.json as transformers writes it (plus an "ft" object). */
-json_t *ft_trainer_state_json(const ft_train_opts *o, const ft_train_plan *p, const ft_tstate *st);
+json_t *ftp_trainer_state_json(const ft_train_opts *o, const ft_train_plan *p, const ftp_tstate *st);
 /* JSON file written atomically with indent (sorted keys when sort). */
 int ft_json_write_atomic(const json_t *v, const char *path, int indent, int sort);
 /* Copy a file into dir unless a file of that name is there. */
-int ft_copy_into(const char *src, const char *dir);
+int ftp_copy_into(const char *src, const char *dir);
 
 /* Epochs the training stream holds (ft_train_opts.data_epochs; 0 means 1). */
 static inline int64_t ft_data_runs(const ft_train_opts *o)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""make_safetensors_fixture.py - reference fixtures for lib/safetensors.c and
-lib/dtype.c (checked by tests/unit/test_safetensors.c and test_dtype.c).
+"""make_safetensors_fixture.py - reference fixtures for lib/format/safetensors.c and
+lib/util/dtype.c (checked by tests/unit/test_safetensors.c and test_dtype.c).
 
 Run from the repository root:
 

@@ -1,4 +1,4 @@
-/* test_batch.c - batch records and manifests (lib/batch.c) through the
+/* test_batch.c - batch records and manifests (lib/format/batch_io.c) through the
  * stream module: write, read back, and refuse malformed records. */
 #include "tap.h"
 #include "format/batch.h"

@@ -1,4 +1,4 @@
-/* test_device.c - device selection (lib/device.c).  In the default build
+/* test_device.c - device selection (lib/model/device.c).  In the default build
  * (no CUDA_LINK) "cuda" must fail with a message naming the fix and
  * "auto" must fall back to the CPU; in a CUDA-linked build on a machine
  * without a GPU the message must say so instead. */

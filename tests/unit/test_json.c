@@ -1,4 +1,4 @@
-/* test_json.c - lib/json.c: error positions, JSON lines, getters, atomic
+/* test_json.c - lib/util/json.c: error positions, JSON lines, getters, atomic
  * save and exact round trips of doubles. */
 #define _GNU_SOURCE
 #include "util/json.h"

@@ -1,7 +1,7 @@
-/* test_kernels.c - the shared kernel bodies of lib/kernels.h (what the
+/* test_kernels.c - the shared kernel bodies of lib/model/kernels.h (what the
  * CUDA kernels compute per element / per row), compiled for the host and
- * compared with the CPU reference layers (lib/layers.c), AdamW and
- * clipping (lib/optim.c) and the dtype casts (lib/dtype.c).
+ * compared with the CPU reference layers (lib/model/layers.c), AdamW and
+ * clipping (lib/train/optim.c) and the dtype casts (lib/util/dtype.c).
  * Tolerance: relative 1e-6 (max |a - b| / max |b|); the casts, RoPE,
  * SwiGLU, dropout and AdamW are the same expressions and must agree
  * bit for bit.
@@ -51,7 +51,7 @@ static void test_casts(void)
 		b = ft_bf16_to_f32((uint16_t)h);
 		badb += memcmp(&a, &b, 4) != 0;
 	}
-	ok(!bad16 && !badb, "f16/bf16 -> f32: all 65536 codes as lib/dtype.c");
+	ok(!bad16 && !badb, "f16/bf16 -> f32: all 65536 codes as lib/util/dtype.c");
 	int bad = 0;
 	/* a stride through every exponent plus the special values */
 	for (uint64_t u = 0; u < 0x100000000ULL; u += 0x10001) {
@@ -65,7 +65,7 @@ static void test_casts(void)
 		bad += ft_k_f32_to_f16(sp[i]) != ft_f32_to_f16(sp[i]);
 		bad += ft_k_f32_to_bf16(sp[i]) != ft_f32_to_bf16(sp[i]);
 	}
-	ok(bad == 0, "f32 -> f16/bf16 rounding as lib/dtype.c (%d mismatches)", bad);
+	ok(bad == 0, "f32 -> f16/bf16 rounding as lib/util/dtype.c (%d mismatches)", bad);
 }
 
 static void test_rmsnorm(void)

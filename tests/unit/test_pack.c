@@ -1,4 +1,4 @@
-/* test_pack.c - rows, knapsacks, split, shuffle and batches (lib/pack.h).
+/* test_pack.c - rows, knapsacks, split, shuffle and batches (lib/data/pack.h).
  *
  * Token ids in the synthetic data encode where they come from:
  *   id = ex * 4096 + pos * 2 + which      (which: 0 chosen/plain, 1 rejected)

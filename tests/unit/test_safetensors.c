@@ -1,4 +1,4 @@
-/* test_safetensors.c - lib/safetensors.c: Python-written fixture read
+/* test_safetensors.c - lib/format/safetensors.c: Python-written fixture read
  * exactly, our writer byte-identical to the Python package, round trips,
  * sharded models, every header validation error, and a fuzz loop.
  * Fixtures: tests/fixtures/safetensors/ (make_safetensors_fixture.py).

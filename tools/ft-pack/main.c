@@ -1,6 +1,6 @@
 /* ft-pack - token records -> shuffled fixed-shape micro-batches, sharded,
  * with a manifest.  Options, input/output choice and statistics live
- * here; the packing itself is lib/pack.c. */
+ * here; the packing itself is lib/data/pack.c. */
 #include "ft-pack.h"
 #include "util/atomicfile.h"
 #include "cli/cli.h"

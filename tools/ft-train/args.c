@@ -1,5 +1,5 @@
 /* args.c - ft-train's options: LLaMA-Factory names from the command line
- * or a YAML/JSON config (lib/lfargs.h), checked against one table. */
+ * or a YAML/JSON config (lib/cli/lfargs.h), checked against one table. */
 #include "ft-train.h"
 
 #include <math.h>
