@@ -27,6 +27,10 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export FT_SHARED="${FT_SHARED:-$(cd .. && pwd)/shared}"
 
+echo "# layers: scripts/check-layers.sh (rules in docs/ARCHITECTURE.md)"
+out=$(scripts/check-layers.sh 2>&1)
+count_tap <<< "$out"
+
 for t in build/asan/tests/test_*; do
 	[ -x "$t" ] || continue
 	echo "# unit: $t"

@@ -8,9 +8,9 @@
 #include "model/kernels.h"   /* the SwiGLU element, shared with lib/cuda */
 #include "model/vexp.h"
 
-/* OpenBLAS's CBLAS, declared here instead of including <cblas.h>: that
- * header (and <pthread.h>) pull in <sched.h>, which -Ilib would resolve
- * to lib/sched.h.  OpenBLAS's integers are int (LP64 build). */
+/* OpenBLAS's CBLAS, the two functions used, declared here: Debian's
+ * <cblas.h> is an alternatives link that may name netlib's header, which
+ * lacks openblas_set_num_threads.  OpenBLAS's integers are int (LP64). */
 enum CBLAS_ORDER { CblasRowMajor = 101 };
 enum CBLAS_TRANSPOSE { CblasNoTrans = 111, CblasTrans = 112 };
 void cblas_sgemm(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE ta,

@@ -39,10 +39,9 @@ rows() { recs "$1" | jq -c '. as $b | range(0; .B) as $r | {input_ids: $b.input_
 	[ "$(rows out.zst | jq '[.input_ids, .labels] | transpose | map(if .[0] == 2 then .[1] == -100 else .[1] == .[0] end) | all' | sort -u)" = true ]
 }
 
-# The whole pipeline on the demo data, once ft-tokenize has its dataset mode.
+# The whole pipeline on the demo data (LLaMA-Factory's, from ../shared).
 need_tokenize() {
 	skip_without_shared
-	ft-tokenize --help 2>&1 | grep -q -- "--dataset_dir" || skip "ft-tokenize has no dataset mode in this build"
 }
 
 @test "ft-tokenize | ft-pack = LLaMA-Factory's batches (alpaca_en_demo, qwen, padded)" {

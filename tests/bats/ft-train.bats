@@ -11,7 +11,8 @@ export OMP_NUM_THREADS=1
 
 setup() {
 	cd "$BATS_TEST_TMPDIR"
-	command -v ft-cat >/dev/null || skip "ft-cat is not built"
+	# no ft-cat is a broken build: fail here rather than skip every test
+	command -v ft-cat >/dev/null || { echo "ft-cat is not built (run make)" >&2; return 1; }
 	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
 	ft-cat --encode < "$FIXTURES/trainer/val.jsonl" > val.zst
 }

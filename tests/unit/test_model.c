@@ -127,9 +127,16 @@ static void check_parity(ft_model *m, const char *fixture, const char *what)
 	double want = scalar(st, "loss_sum");
 	ok(rel_err(loss, want, 1e-6) <= 1e-5, "%s: loss sum %.6f vs torch %.6f", what, loss, want);
 	ok(nt == (int64_t)scalar(st, "n_tokens"), "%s: %lld label tokens", what, (long long)nt);
+	/* forward_backward's LM head sees only the rows with a target, as
+	 * ft_model_forward does when asked for no logits: the same products
+	 * in the same order, so the same loss.  (The all-rows product above
+	 * is blocked differently by OpenBLAS and can differ in the last bits
+	 * on some CPUs; it is held to torch's value instead.) */
+	double loss_rows = 0;
+	ok(ft_model_forward(m, &b, NULL, &loss_rows, NULL) == 0, "%s: forward without logits", what);
 	ft_model_zero_grad(m);
 	ok(ft_model_forward_backward(m, &b, 1.0f, &loss2, &nt2) == 0 &&
-	   rel_err(loss2, loss, 1e-6) <= 1e-9 && nt2 == nt,
+	   rel_err(loss2, loss_rows, 1e-6) <= 1e-9 && nt2 == nt,
 	   "%s: forward_backward gives the same loss", what);
 	double worst = 0;
 	const char *wname = "";

@@ -231,8 +231,13 @@ static void test_llamafactory_fixture(void)
 	json_t *root = json_load_file(path, 0, &err);
 	if (!root) { ok(0, "load %s: %s", path, err.text); return; }
 	size_t ci;
-	json_t *c;
-	json_array_foreach(json_object_get(root, "knapsack"), ci, c) {
+	json_t *c, *knapsack = json_object_get(root, "knapsack"), *pt_blocks = json_object_get(root, "pt_blocks");
+	/* a renamed or emptied key must fail, not leave the loops below with
+	 * nothing to check */
+	ok(json_array_size(knapsack) > 0 && json_array_size(pt_blocks) > 0,
+	   "%s: %zu knapsack and %zu pt_blocks cases", path, json_array_size(knapsack),
+	   json_array_size(pt_blocks));
+	json_array_foreach(knapsack, ci, c) {
 		json_t *jl = json_object_get(c, "lengths"), *jb = json_object_get(c, "bins");
 		size_t n = json_array_size(jl);
 		int32_t cap = (int32_t)json_integer_value(json_object_get(c, "capacity"));
@@ -250,7 +255,7 @@ static void test_llamafactory_fixture(void)
 		ok(same, "greedy_knapsack = LLaMA-Factory's (capacity %d, %zu items, %zu bins)", cap, n, nb);
 		free(len); free(items); free(off);
 	}
-	json_array_foreach(json_object_get(root, "pt_blocks"), ci, c) {
+	json_array_foreach(pt_blocks, ci, c) {
 		int block = (int)json_integer_value(json_object_get(c, "block"));
 		json_t *texts = json_object_get(c, "texts"), *want = json_object_get(c, "blocks");
 		ft_examples e;
@@ -258,9 +263,11 @@ static void test_llamafactory_fixture(void)
 		size_t ti;
 		json_t *t;
 		json_array_foreach(texts, ti, t) {
-			int32_t ids[64];
-			for (size_t j = 0; j < json_array_size(t); j++) ids[j] = (int32_t)json_integer_value(json_array_get(t, j));
-			ft_examples_add_seq(&e, ids, NULL, json_array_size(t));
+			size_t nt = json_array_size(t);
+			int32_t *ids = malloc((nt ? nt : 1) * sizeof *ids);
+			for (size_t j = 0; j < nt; j++) ids[j] = (int32_t)json_integer_value(json_array_get(t, j));
+			ft_examples_add_seq(&e, ids, NULL, nt);
+			free(ids);
 		}
 		ft_rows r;
 		ft_rows_stats st;
