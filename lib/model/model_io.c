@@ -1,10 +1,9 @@
 /* model_io.c - model weights and PEFT adapters in and out (safetensors
  * through lib/format/safetensors.h, JSON through lib/util/json.h). */
-#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#include "util/atomicfile.h"
 #include "util/error.h"
 #include "util/json.h"
 #include "format/safetensors.h"
@@ -59,23 +58,6 @@ int ft_model_read_weights(ft_model *m, const char *dir)
 	return rc;
 }
 
-static int mkdir_p(const char *dir)
-{
-	char *p = ft_xstrdup(dir);
-	for (char *s = p + 1; *s; s++)
-		if (*s == '/') {
-			*s = 0;
-			if (mkdir(p, 0777) < 0 && errno != EEXIST) {
-				free(p);
-				return ft_fail("%s:", dir);
-			}
-			*s = '/';
-		}
-	int rc = mkdir(p, 0777) < 0 && errno != EEXIST ? ft_fail("%s:", dir) : 0;
-	free(p);
-	return rc;
-}
-
 static const char *arch_name(ft_arch a)
 {
 	return a == FT_ARCH_QWEN2 ? "Qwen2ForCausalLM"
@@ -124,7 +106,7 @@ int ft_model_save_full(ft_model *m, const char *dir, const char *dtype)
 		dtype = m->c.torch_dtype[0] ? m->c.torch_dtype : "float32";
 	if (ft_dtype_parse_torch(dtype, &dt) < 0 || (dt != FT_F32 && dt != FT_F16 && dt != FT_BF16))
 		return ft_fail("%s: cannot save weights as %s (float32, float16, bfloat16)", dir, dtype);
-	if (mkdir_p(dir) < 0)
+	if (ft_mkdirs(dir) < 0)
 		return -1;
 	json_t *cj = config_json(m, ft_dtype_torch_name(dt));
 	char *path = ft_xasprintf("%s/config.json", dir);
@@ -177,7 +159,7 @@ int ft_model_save_adapter(ft_model *m, const char *dir)
 {
 	if (m->o.type != FT_FT_LORA)
 		return ft_fail("%s: the model has no LoRA adapter to save", dir);
-	if (mkdir_p(dir) < 0)
+	if (ft_mkdirs(dir) < 0)
 		return -1;
 	const ft_tune_opts *o = &m->o;
 	double a = o->lora_alpha;
