@@ -4,10 +4,10 @@ include config.mk
 # The library, one explicit source list per subsystem folder of lib/ (the
 # folders and which may include which: docs/ARCHITECTURE.md).
 LIB_UTIL   := atomicfile dtype error json rng sbuf sha256
-LIB_FORMAT := batch_io safetensors stream stream_codec trainlog
+LIB_FORMAT := adapter_config batch batch_io safetensors stream stream_codec trainlog
 LIB_TEXT   := template template_tools tokenizer tokenizer_bpe tokenizer_decode \
               tokenizer_json tokenizer_pipeline tokenizer_spm tokenizer_util
-LIB_DATA   := dataset dataset_mix pack pack_batch preprocess
+LIB_DATA   := dataset dataset_mix pack pack_batch preprocess stage
 LIB_MODEL  := cuda_view device infer layers model model_fwd model_io
 LIB_TRAIN  := cuda_train lr_sched optim optim_state trainer trainer_array \
               trainer_ckpt trainer_data trainer_model

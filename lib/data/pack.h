@@ -20,18 +20,9 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "data/stage.h"
 #include "format/batch.h"
 #include "util/vec.h"
-
-#define FT_IGNORE_INDEX (-100)
-
-enum { FT_STAGE_PT, FT_STAGE_SFT, FT_STAGE_RM, FT_STAGE_DPO, FT_STAGE_KTO,
-       FT_STAGE_PPO, FT_STAGE_COUNT };
-/* -1 (with a message) for an unknown name. */
-int ft_stage_parse(const char *name);
-const char *ft_stage_name(int stage);
-/* rm and dpo carry a chosen and a rejected sequence per example. */
-int ft_stage_pairwise(int stage);
 
 enum { FT_LAYOUT_PADDED, FT_LAYOUT_PACKED, FT_LAYOUT_NEAT };
 const char *ft_layout_name(int layout);

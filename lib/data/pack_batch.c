@@ -218,15 +218,3 @@ void ft_pack_totals_compute(const ft_examples *e, const ft_rows *r, const int64_
 	ft_batch_free(&b);
 	free(seen);
 }
-
-/* Declared in batch.h; defined here so the packing logic (and its unit
- * test) links without the stream module that batch.c needs. */
-void ft_batch_free(ft_batch *b)
-{
-	free(b->input_ids);
-	free(b->labels);
-	free(b->position_ids);
-	free(b->segment_ids);
-	free(b->kto_tags);
-	memset(b, 0, sizeof *b);
-}

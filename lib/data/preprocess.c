@@ -1,11 +1,9 @@
 /* preprocess.c - llamafactory 0.9.5's dataset processors; see preprocess.h */
 #include <stdlib.h>
 #include <string.h>
-#include "data/pack.h"
 #include "data/preprocess.h"
+#include "data/stage.h"
 #include "util/sbuf.h"
-
-#define IGNORE (-100)
 
 struct ft_prep {
 	const ft_tokenizer *tok;
@@ -221,9 +219,9 @@ static int prep_sft(ft_prep *p, ft_example *e, ft_prep_rec *r)
 		ft_i32vec_append(&in, src->v, (size_t)sl);
 		ft_i32vec_append(&in, tgt->v, (size_t)tl);
 		if (p->o.train_on_prompt) ft_i32vec_append(&lab, src->v, (size_t)sl);
-		else if (eff && k != 0) { ft_i32vec_push(&lab, p->eos_id); push_n(&lab, IGNORE, sl - 1); }
-		else push_n(&lab, IGNORE, sl);
-		if (mh && k != 0) push_n(&lab, IGNORE, tl);
+		else if (eff && k != 0) { ft_i32vec_push(&lab, p->eos_id); push_n(&lab, FT_IGNORE_INDEX, sl - 1); }
+		else push_n(&lab, FT_IGNORE_INDEX, sl);
+		if (mh && k != 0) push_n(&lab, FT_IGNORE_INDEX, tl);
 		else ft_i32vec_append(&lab, tgt->v, (size_t)tl);
 		if (mh) {   /* prepend */
 			ft_i32vec_append(&in, r->ids.v, r->ids.n);
@@ -255,11 +253,11 @@ static int prep_pairwise(ft_prep *p, ft_example *e, ft_prep_rec *r)
 		long long tc = tl < (long long)ch.n ? tl : (long long)ch.n, tr = tl < (long long)rj.n ? tl : (long long)rj.n;
 		ft_i32vec_append(&r->ids, prompt.v, (size_t)sl);
 		ft_i32vec_append(&r->ids, ch.v, (size_t)tc);
-		push_n(&r->labels, IGNORE, sl);
+		push_n(&r->labels, FT_IGNORE_INDEX, sl);
 		ft_i32vec_append(&r->labels, ch.v, (size_t)tc);
 		ft_i32vec_append(&r->ids2, prompt.v, (size_t)sl);
 		ft_i32vec_append(&r->ids2, rj.v, (size_t)tr);
-		push_n(&r->labels2, IGNORE, sl);
+		push_n(&r->labels2, FT_IGNORE_INDEX, sl);
 		ft_i32vec_append(&r->labels2, rj.v, (size_t)tr);
 	}
 	ft_i32vec_free(&prompt); ft_i32vec_free(&prompt2); ft_i32vec_free(&ch); ft_i32vec_free(&rj);
@@ -279,7 +277,7 @@ static int feedback_seq(ft_prep *p, ft_example *e, const ft_message *resp, ft_i3
 		*truncated |= sl < (long long)prompt.n || tl < (long long)res.n;
 		ft_i32vec_append(ids, prompt.v, (size_t)sl);
 		ft_i32vec_append(ids, res.v, (size_t)tl);
-		push_n(labels, IGNORE, sl);
+		push_n(labels, FT_IGNORE_INDEX, sl);
 		ft_i32vec_append(labels, res.v, (size_t)tl);
 	}
 	ft_i32vec_free(&prompt); ft_i32vec_free(&res);

@@ -22,7 +22,7 @@
 #include "util/vec.h"
 
 typedef struct {
-	int stage;               /* FT_STAGE_* (pack.h) */
+	int stage;               /* FT_STAGE_* (stage.h) */
 	int predict;             /* prompt records (sft prediction) */
 	long long cutoff_len;
 	int train_on_prompt, mask_history;

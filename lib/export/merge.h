@@ -2,8 +2,9 @@
  * Hugging Face model directory, as PEFT's merge_and_unload() +
  * save_pretrained() (and `llamafactory-cli export`) do.
  *
- *   lib/export/merge_lora.c  adapters: PEFT adapter_config.json +
- *                     adapter_model.safetensors, checks, W += s * B A
+ *   lib/export/merge_lora.c  adapters: PEFT adapter_config.json (read by
+ *                     format/adapter_config.h) + adapter_model.safetensors,
+ *                     checks, W += s * B A
  *   lib/export/merge.c       the export: streaming tensor by tensor, shards and
  *                     index, config and tokenizer files, atomic directory
  *

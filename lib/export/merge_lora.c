@@ -7,16 +7,13 @@
  *   base_model.model.<name>.lora_B[.default].bias   (lora_bias=True)
  *   base_model.model.<name>                          (modules_to_save: replaces <name>)
  */
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <jansson.h>
 #include <math.h>
-#include <pcre2.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include "util/error.h"
-#include "util/json.h"
 #include "export/merge.h"
+#include "format/adapter_config.h"
 #include "format/safetensors.h"
 
 #define PREFIX "base_model.model."
@@ -38,22 +35,14 @@ typedef struct {
 	const ft_st_tensor *t;
 } lora_full;
 
-typedef struct {
-	pcre2_code *re;
-	double value;
-} pattern;
-
 struct ft_lora {
 	char *dir;
+	ft_adapter_config cfg;        /* r and alpha per module, rslora */
 	ft_st *st;
 	lora_mod *m;
 	size_t nm;
 	lora_full *full;
 	size_t nfull;
-	int r, use_rslora;
-	double alpha;
-	pattern *rank_pat, *alpha_pat;
-	size_t nrank_pat, nalpha_pat;
 };
 
 static int known_module(const char *module)
@@ -65,87 +54,27 @@ static int known_module(const char *module)
 	return 0;
 }
 
-/* PEFT's get_pattern_key(): re.match(rf"(.*\.)?({key})$", module). */
-static int compile_patterns(const char *cfg, const json_t *obj, const char *field,
-			    pattern **out, size_t *n)
+static int check_config(const ft_adapter_config *c)
 {
-	*out = NULL;
-	*n = 0;
-	if (!obj || json_is_null(obj)) return 0;
-	if (!json_is_object(obj)) return ft_fail("%s: %s is not an object", cfg, field);
-	*out = ft_xcalloc(json_object_size(obj) + 1, sizeof **out);
-	const char *key;
-	json_t *v;
-	json_object_foreach((json_t *)obj, key, v) {
-		if (!json_is_number(v)) return ft_fail("%s: %s[\"%s\"] is not a number", cfg, field, key);
-		char *src = ft_xasprintf("^(?:.*\\.)?(?:%s)$", key);
-		int err;
-		PCRE2_SIZE off;
-		pcre2_code *re = pcre2_compile((PCRE2_SPTR)src, PCRE2_ZERO_TERMINATED, 0, &err, &off, NULL);
-		free(src);
-		if (!re) return ft_fail("%s: %s key \"%s\" is not a regular expression", cfg, field, key);
-		(*out)[*n].re = re;
-		(*out)[(*n)++].value = json_number_value(v);
-	}
-	return 0;
-}
-
-static int pattern_value(const pattern *p, size_t n, const char *module, double *v)
-{
-	for (size_t i = 0; i < n; i++) {
-		pcre2_match_data *md = pcre2_match_data_create_from_pattern(p[i].re, NULL);
-		int rc = pcre2_match(p[i].re, (PCRE2_SPTR)module, strlen(module), 0, 0, md, NULL);
-		pcre2_match_data_free(md);
-		if (rc >= 0) {
-			*v = p[i].value;
-			return 1;
-		}
-	}
-	return 0;
-}
-
-static int check_config(ft_lora *l, const char *cfg, const json_t *c)
-{
-	const char *type = json_string_value(json_object_get(c, "peft_type"));
-	if (!type) return ft_fail("%s: no peft_type (not a PEFT adapter)", cfg);
-	if (strcmp(type, "LORA") != 0)
-		return ft_fail("%s: peft_type is %s; only LoRA adapters can be merged", cfg, type);
-	if (json_is_true(json_object_get(c, "use_dora")))
-		return ft_fail("%s: DoRA adapters (use_dora) are not supported", cfg);
-	if (json_is_true(json_object_get(c, "fan_in_fan_out")))
+	const char *cfg = c->path;
+	if (!c->peft_type) return ft_fail("%s: no peft_type (not a PEFT adapter)", cfg);
+	if (strcmp(c->peft_type, "LORA") != 0)
+		return ft_fail("%s: peft_type is %s; only LoRA adapters can be merged", cfg, c->peft_type);
+	if (c->use_dora) return ft_fail("%s: DoRA adapters (use_dora) are not supported", cfg);
+	if (c->fan_in_fan_out)
 		return ft_fail("%s: fan_in_fan_out adapters (GPT-2 Conv1D) are not supported", cfg);
 	static const char *const unsupported[] = {
 		"target_parameters", "trainable_token_indices", "layer_replication", "alora_invocation_tokens",
 	};
-	for (size_t i = 0; i < sizeof unsupported / sizeof *unsupported; i++) {
-		const json_t *v = json_object_get(c, unsupported[i]);
-		if (v && !json_is_null(v) && !(json_is_array(v) && !json_array_size(v)) &&
-		    !(json_is_object(v) && !json_object_size(v)))
+	for (size_t i = 0; i < sizeof unsupported / sizeof *unsupported; i++)
+		if (ft_adapter_config_sets(c, unsupported[i]))
 			return ft_fail("%s: %s is not supported", cfg, unsupported[i]);
-	}
-	const json_t *r = json_object_get(c, "r"), *alpha = json_object_get(c, "lora_alpha");
-	if (!json_is_integer(r) || json_integer_value(r) <= 0) return ft_fail("%s: r is not a positive integer", cfg);
-	if (!json_is_number(alpha)) return ft_fail("%s: lora_alpha is not a number", cfg);
-	l->r = (int)json_integer_value(r);
-	l->alpha = json_number_value(alpha);
-	l->use_rslora = json_is_true(json_object_get(c, "use_rslora"));
-	const json_t *t = json_object_get(c, "target_modules");
-	if (json_is_array(t)) {
-		size_t i;
-		json_t *v;
-		json_array_foreach(t, i, v) {
-			const char *s = json_string_value(v);
-			if (!s) return ft_fail("%s: target_modules[%zu] is not a string", cfg, i);
-			if (!known_module(s))
-				return ft_fail("%s: unknown target module '%s' (ft-merge knows q_proj k_proj v_proj "
-					       "o_proj gate_proj up_proj down_proj)", cfg, s);
-		}
-	}
 	/* a string target_modules is a regular expression; the tensor names
 	 * are checked one by one below instead */
-	if (compile_patterns(cfg, json_object_get(c, "rank_pattern"), "rank_pattern", &l->rank_pat, &l->nrank_pat) < 0 ||
-	    compile_patterns(cfg, json_object_get(c, "alpha_pattern"), "alpha_pattern", &l->alpha_pat, &l->nalpha_pat) < 0)
-		return -1;
+	for (size_t i = 0; i < c->n_target_modules; i++)
+		if (!known_module(c->target_modules[i]))
+			return ft_fail("%s: unknown target module '%s' (ft-merge knows q_proj k_proj v_proj "
+				       "o_proj gate_proj up_proj down_proj)", cfg, c->target_modules[i]);
 	return 0;
 }
 
@@ -219,13 +148,12 @@ static int check_module(ft_lora *l, const char *file, lora_mod *m, const ft_st *
 		return ft_fail("%s: module %s: lora_A %s and lora_B %s do not multiply (need [r, in] and [out, r])",
 			       file, m->module, m->A->ndim == 2 ? "2-D" : "not 2-D", m->B->ndim == 2 ? "2-D" : "not 2-D");
 	m->r = (int)m->A->shape[0];
-	double r = l->r, alpha = l->alpha;
-	pattern_value(l->rank_pat, l->nrank_pat, m->module, &r);
-	pattern_value(l->alpha_pat, l->nalpha_pat, m->module, &alpha);
-	if ((int)r != m->r)
-		return ft_fail("%s: module %s has rank %d but adapter_config.json says %d", file, m->module, m->r, (int)r);
+	int r = ft_adapter_config_rank(&l->cfg, m->module);
+	double alpha = ft_adapter_config_alpha(&l->cfg, m->module);
+	if (r != m->r)
+		return ft_fail("%s: module %s has rank %d but adapter_config.json says %d", file, m->module, m->r, r);
 	m->alpha = alpha;
-	m->scale = l->use_rslora ? alpha / sqrt(r) : alpha / r;
+	m->scale = l->cfg.use_rslora ? alpha / sqrt(r) : alpha / r;
 	if (m->Bbias && (m->Bbias->ndim != 1 || m->Bbias->shape[0] != m->B->shape[0]))
 		return ft_fail("%s: module %s: lora_B bias does not match lora_B", file, m->module);
 	if (!base) return 0;
@@ -299,22 +227,15 @@ ft_lora *ft_lora_open(const char *dir, const struct ft_st *base)
 {
 	ft_lora *l = ft_xcalloc(1, sizeof *l);
 	l->dir = ft_xstrdup(dir);
-	char *cfg = ft_xasprintf("%s/adapter_config.json", dir);
-	json_t *c = ft_json_load_file(cfg);
-	int ok = c && check_config(l, cfg, c) == 0 && open_tensors(l, base) == 0;
-	json_decref(c);
+	char *cfg = ft_xasprintf("%s/" FT_ADAPTER_CONFIG_NAME, dir);
+	int ok = ft_adapter_config_load(cfg, &l->cfg) == 0 && check_config(&l->cfg) == 0 &&
+		 open_tensors(l, base) == 0;
 	free(cfg);
 	if (!ok) {
 		ft_lora_close(l);
 		return NULL;
 	}
 	return l;
-}
-
-static void free_patterns(pattern *p, size_t n)
-{
-	for (size_t i = 0; i < n; i++) pcre2_code_free(p[i].re);
-	free(p);
 }
 
 void ft_lora_close(ft_lora *l)
@@ -324,8 +245,7 @@ void ft_lora_close(ft_lora *l)
 	for (size_t i = 0; i < l->nfull; i++) free(l->full[i].name);
 	free(l->m);
 	free(l->full);
-	free_patterns(l->rank_pat, l->nrank_pat);
-	free_patterns(l->alpha_pat, l->nalpha_pat);
+	ft_adapter_config_free(&l->cfg);
 	if (l->st) ft_st_close(l->st);
 	free(l->dir);
 	free(l);

@@ -1,5 +1,5 @@
-/* batch.c - batch records and manifests; see batch.h and docs/FORMAT.md §3 */
-#include "format/batch.h"
+/* batch_io.c - batch records and manifests; see batch_io.h and docs/FORMAT.md §3 */
+#include "format/batch_io.h"
 #include "util/error.h"
 #include "util/json.h"
 

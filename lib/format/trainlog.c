@@ -4,10 +4,14 @@
 #include "util/error.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 void ft_trainlog_entry_init(ft_trainlog_entry *e)
 {
@@ -50,17 +54,9 @@ static int get_str(const json_t *o, const char *key, char *buf, size_t size)
 	return 0;
 }
 
-int ft_trainlog_parse(const char *line, size_t len, ft_trainlog_entry *e)
+static int parse_object(const json_t *o, ft_trainlog_entry *e)
 {
-	ft_trainlog_entry_init(e);
-	json_error_t err;
-	json_t *o = json_loadb(line, len, 0, &err);
-	if (!o) return ft_fail("column %d: %s", err.column, err.text);
-	int rc = -1;
-	if (!json_is_object(o)) {
-		ft_fail("line is not a JSON object");
-		goto out;
-	}
+	if (!json_is_object(o)) return ft_fail("line is not a JSON object");
 	if (get_int(o, "current_steps", &e->current_steps) || get_int(o, "total_steps", &e->total_steps) ||
 	    get_num(o, "loss", &e->loss) || get_num(o, "eval_loss", &e->eval_loss) ||
 	    get_num(o, "lr", &e->lr) || get_num(o, "epoch", &e->epoch) ||
@@ -68,15 +64,37 @@ int ft_trainlog_parse(const char *line, size_t len, ft_trainlog_entry *e)
 	    get_num(o, "grad_norm", &e->grad_norm) || get_int(o, "total_tokens", &e->total_tokens) ||
 	    get_str(o, "elapsed_time", e->elapsed_time, sizeof e->elapsed_time) ||
 	    get_str(o, "remaining_time", e->remaining_time, sizeof e->remaining_time))
-		goto out;
-	if (e->current_steps < 0 && e->total_steps < 0 && isnan(e->loss) && isnan(e->eval_loss)) {
-		ft_fail("no current_steps, total_steps, loss or eval_loss");
-		goto out;
+		return -1;
+	if (e->current_steps < 0 && e->total_steps < 0 && isnan(e->loss) && isnan(e->eval_loss))
+		return ft_fail("no current_steps, total_steps, loss or eval_loss");
+	return 0;
+}
+
+static void get_fields(const json_t *o, ft_trainlog_field *f, size_t nf)
+{
+	for (size_t i = 0; i < nf; i++) {
+		const json_t *v = json_object_get(o, f[i].key);
+		f[i].present = v != NULL;
+		f[i].value = json_is_number(v) ? json_number_value(v) : NAN;
 	}
-	rc = 0;
-out:
+}
+
+int ft_trainlog_parse_fields(const char *line, size_t len, ft_trainlog_entry *e,
+			     ft_trainlog_field *f, size_t nf)
+{
+	ft_trainlog_entry_init(e);
+	json_error_t err;
+	json_t *o = json_loadb(line, len, 0, &err);
+	if (!o) return ft_fail("column %d: %s", err.column, err.text);
+	int rc = parse_object(o, e);
+	if (rc == 0) get_fields(o, f, nf);
 	json_decref(o);
 	return rc;
+}
+
+int ft_trainlog_parse(const char *line, size_t len, ft_trainlog_entry *e)
+{
+	return ft_trainlog_parse_fields(line, len, e, NULL, 0);
 }
 
 /* ---- writing ---------------------------------------------------------- */
@@ -191,57 +209,156 @@ void ft_trainlog_timedelta(double seconds, char buf[32])
 
 /* ---- reading ---------------------------------------------------------- */
 
+/* Bytes are read with read(2) into a buffer of our own rather than with
+ * getline(), because a log that is still being written may end in half a
+ * line: following it, that part must wait for the rest of its line. */
 struct ft_trainlog_reader {
-	FILE *fp;
-	int close_fp;
+	int fd, close_fd;
 	char *path;
-	char *line;
-	size_t cap;
+	char *buf;
+	size_t start, len, cap;   /* bytes not yet taken: buf[start, len) */
+	long long pos;            /* bytes read from the file */
 	long lineno, entry_line, skipped;
 	char *first_bad;
+	ft_trainlog_field *f;     /* the caller's, filled for every entry */
+	size_t nf;
 };
 
 ft_trainlog_reader *ft_trainlog_open(const char *path)
 {
 	int is_stdin = !path || strcmp(path, "-") == 0;
-	FILE *fp = is_stdin ? stdin : fopen(path, "r");
-	if (!fp) {
+	int fd = is_stdin ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
 		ft_fail("%s:", path);
 		return NULL;
 	}
 	ft_trainlog_reader *r = ft_xcalloc(1, sizeof *r);
-	r->fp = fp;
-	r->close_fp = !is_stdin;
+	r->fd = fd;
+	r->close_fd = !is_stdin;
 	r->path = ft_xstrdup(is_stdin ? "<stdin>" : path);
 	return r;
 }
 
-static int blank(const char *s, size_t n)
+void ft_trainlog_set_fields(ft_trainlog_reader *r, ft_trainlog_field *f, size_t nf)
 {
-	for (size_t i = 0; i < n; i++)
-		if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r' && s[i] != '\n') return 0;
+	r->f = f;
+	r->nf = nf;
+}
+
+/* The next complete line, or with `final` what is left; NULL when more
+ * bytes are needed.  Trailing white space is cut, so a message about the
+ * line reads the same with or without its newline. */
+static char *take_line(ft_trainlog_reader *r, int final, size_t *n)
+{
+	if (r->start == r->len) return NULL;
+	char *s = r->buf + r->start, *nl = memchr(s, '\n', r->len - r->start);
+	if (!nl && !final) return NULL;
+	size_t l = nl ? (size_t)(nl - s) + 1 : r->len - r->start;
+	r->start += l;
+	while (l && (s[l - 1] == '\n' || s[l - 1] == '\r' || s[l - 1] == ' ' || s[l - 1] == '\t')) l--;
+	*n = l;
+	return s;
+}
+
+/* Can the descriptor be read without blocking?  Regular files always can
+ * (read returns 0 at the current end); pipes and terminals only when
+ * poll says so. */
+static int readable_now(int fd)
+{
+	struct stat st;
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) return 1;
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	return poll(&p, 1, 0) > 0;
+}
+
+/* Read more bytes: their count, 0 at the end (for now, with nowait), or
+ * -1 on a read error. */
+static ssize_t fill(ft_trainlog_reader *r, int nowait)
+{
+	if (nowait && !readable_now(r->fd)) return 0;
+	if (r->start) {
+		memmove(r->buf, r->buf + r->start, r->len - r->start);
+		r->len -= r->start;
+		r->start = 0;
+	}
+	if (r->cap - r->len < 65536) {
+		r->cap = r->cap ? 2 * r->cap : 131072;
+		r->buf = ft_xrealloc(r->buf, r->cap);
+	}
+	ssize_t n;
+	while ((n = read(r->fd, r->buf + r->len, r->cap - r->len)) < 0)
+		if (errno != EINTR) return ft_fail("%s: read failed:", r->path);
+	r->len += (size_t)n;
+	r->pos += n;
+	return n;
+}
+
+static void forget_bad(ft_trainlog_reader *r)
+{
+	r->lineno = r->entry_line = r->skipped = 0;
+	free(r->first_bad);
+	r->first_bad = NULL;
+}
+
+/* The log was truncated or replaced by a shorter one (a new run): read it
+ * again from the start. */
+static int restarted(ft_trainlog_reader *r)
+{
+	struct stat st;
+	if (fstat(r->fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size >= r->pos) return 0;
+	r->start = r->len = 0;
+	r->pos = 0;
+	forget_bad(r);
+	lseek(r->fd, 0, SEEK_SET);
 	return 1;
+}
+
+static void count_bad(ft_trainlog_reader *r, long line, const char *why)
+{
+	if (r->skipped++ == 0) r->first_bad = ft_xasprintf("%s:%ld: %s", r->path, line, why);
+}
+
+enum { NOWAIT = 1, WATCH = 2 };
+
+/* NOWAIT: never block, keep a last line without its newline for later;
+ * WATCH: notice a log that got shorter.  Without NOWAIT, read to the end
+ * of the file. */
+static int read_entry(ft_trainlog_reader *r, int how, ft_trainlog_entry *e)
+{
+	for (;;) {
+		size_t n;
+		char *line = take_line(r, 0, &n);
+		if (!line) {
+			if ((how & WATCH) && restarted(r)) return FT_TRAINLOG_RESTART;
+			ssize_t got = fill(r, how & NOWAIT);
+			if (got < 0) return -1;
+			if (got > 0) continue;
+			if ((how & NOWAIT) || !(line = take_line(r, 1, &n))) return 0;
+		}
+		r->lineno++;
+		if (n == 0) continue;   /* blank lines are not errors */
+		if (ft_trainlog_parse_fields(line, n, e, r->f, r->nf) == 0) {
+			r->entry_line = r->lineno;
+			return 1;
+		}
+		count_bad(r, r->lineno, ft_errmsg());
+		ft_errclear();
+	}
 }
 
 int ft_trainlog_next(ft_trainlog_reader *r, ft_trainlog_entry *e)
 {
-	for (;;) {
-		errno = 0;
-		ssize_t n = getline(&r->line, &r->cap, r->fp);
-		if (n < 0) {
-			if (ferror(r->fp)) return ft_fail("%s: read failed:", r->path);
-			return 0;
-		}
-		r->lineno++;
-		if (blank(r->line, (size_t)n)) continue;
-		if (ft_trainlog_parse(r->line, (size_t)n, e) == 0) {
-			r->entry_line = r->lineno;
-			return 1;
-		}
-		if (r->skipped++ == 0)
-			r->first_bad = ft_xasprintf("%s:%ld: %s", r->path, r->lineno, ft_errmsg());
-		ft_errclear();
-	}
+	return read_entry(r, 0, e);
+}
+
+int ft_trainlog_poll(ft_trainlog_reader *r, int final, ft_trainlog_entry *e)
+{
+	return read_entry(r, final ? WATCH : NOWAIT | WATCH, e);
+}
+
+void ft_trainlog_reject(ft_trainlog_reader *r, const char *why)
+{
+	count_bad(r, r->entry_line, why);
 }
 
 long ft_trainlog_line(const ft_trainlog_reader *r) { return r->entry_line; }
@@ -251,8 +368,8 @@ const char *ft_trainlog_first_bad(const ft_trainlog_reader *r) { return r->first
 void ft_trainlog_close(ft_trainlog_reader *r)
 {
 	if (!r) return;
-	if (r->close_fp) fclose(r->fp);
-	free(r->line);
+	if (r->close_fd) close(r->fd);
+	free(r->buf);
 	free(r->path);
 	free(r->first_bad);
 	free(r);

@@ -2,9 +2,11 @@
  * fields LLaMA-Factory's LogCallback writes (see docs/FORMAT.md section 4).
  *
  * Writer: ft-train appends one line per logging step, per evaluation and
- * one at the end.  Reader: ft-plot and tests parse lines into
- * ft_trainlog_entry; a line that is not a JSON object with the fields'
+ * one at the end.  Reader: the one parser of these lines (ft-train's
+ * resume, ft-plot, tests), into ft_trainlog_entry plus any other numeric
+ * field a caller names; a line that is not a JSON object with the fields'
  * types is skipped and counted, so a log cut short by a crash still plots.
+ * The reader can follow a log that a trainer is still writing.
  */
 #ifndef FT_TRAINLOG_H
 #define FT_TRAINLOG_H
@@ -37,6 +39,17 @@ void ft_trainlog_entry_init(ft_trainlog_entry *e);
  * otherwise.  Unknown fields are ignored. */
 int ft_trainlog_parse(const char *line, size_t len, ft_trainlog_entry *e);
 
+/* Fields beyond ft_trainlog_entry's, by name: ft-plot draws any numeric
+ * field, and reads transformers' spellings ("step", "learning_rate"). */
+typedef struct {
+	const char *key;      /* set by the caller */
+	int present;          /* the line has the key (null or any type counts) */
+	double value;         /* its number; NAN when absent or not a number */
+} ft_trainlog_field;
+/* ft_trainlog_parse, also filling f[0..nf) when the line is good. */
+int ft_trainlog_parse_fields(const char *line, size_t len, ft_trainlog_entry *e,
+			     ft_trainlog_field *f, size_t nf);
+
 /* Format one entry as a JSON line (with '\n') in LLaMA-Factory's field
  * order, numbers in the shortest form that reads back exactly.  Absent
  * fields are left out.  Returns a malloc'd string. */
@@ -52,12 +65,28 @@ void ft_fmt_double_repr(char *buf, size_t size, double x);
  * "1 day, 2:03:04".  buf must hold 32 bytes. */
 void ft_trainlog_timedelta(double seconds, char buf[32]);
 
-/* Reading a whole log ("-" for stdin). */
+/* Reading a log ("-" for stdin).  Bad lines are skipped and counted,
+ * never returned; blank lines are neither. */
 typedef struct ft_trainlog_reader ft_trainlog_reader;
 ft_trainlog_reader *ft_trainlog_open(const char *path);   /* NULL + message */
-/* 1: *e filled; 0: end of file; -1: read error (message set).  Bad lines
- * are skipped and counted, never returned. */
+/* Fill f[0..nf) for every entry read from now on (f stays the caller's). */
+void ft_trainlog_set_fields(ft_trainlog_reader *r, ft_trainlog_field *f, size_t nf);
+/* The whole file: 1: *e filled; 0: end of file (a last line without a
+ * newline is still a line); -1: read error (message set). */
 int ft_trainlog_next(ft_trainlog_reader *r, ft_trainlog_entry *e);
+/* Following a log a trainer is still writing (ft-plot --follow): as
+ * ft_trainlog_next, but 0 means nothing more for now: it never blocks
+ * and keeps a last line without its newline for a later call.  `final`
+ * (the writer is done) reads to the end as ft_trainlog_next does.  A
+ * regular file that became shorter than what was read (a new run
+ * replaced it) is read again from its start: FT_TRAINLOG_RESTART is
+ * returned once, the line and skip counts start over, and the caller
+ * drops what it kept of the old log. */
+enum { FT_TRAINLOG_RESTART = 2 };
+int ft_trainlog_poll(ft_trainlog_reader *r, int final, ft_trainlog_entry *e);
+/* Count the entry just returned as a skipped line after all (a caller's
+ * own rule, e.g. ft-plot needs a step); `why` goes into first_bad. */
+void ft_trainlog_reject(ft_trainlog_reader *r, const char *why);
 long ft_trainlog_line(const ft_trainlog_reader *r);      /* of the last entry */
 long ft_trainlog_skipped(const ft_trainlog_reader *r);
 /* "path:LINE: why" for the first skipped line, or NULL. */

@@ -131,7 +131,9 @@ int ft_model_load_adapter(ft_model *m, const char *adapter_dir);
  * ft_model_merge_lora: W += scale * B A into the base weights and drops
  * the adapters (the model becomes a plain frozen model).
  * ft_model_load_adapter rebuilds the LoRA parameters from the adapter's
- * config (r, lora_alpha, use_rslora, target_modules): pointers from
+ * config (format/adapter_config.h: r, lora_alpha, use_rslora,
+ * target_modules; refused: other PEFT types, DoRA, rank_pattern,
+ * alpha_pattern, layers_to_transform, modules_to_save): pointers from
  * ft_model_param() taken before it are invalid afterwards. */
 int ft_model_save_full(ft_model *m, const char *dir, const char *dtype);
 int ft_model_save_adapter(ft_model *m, const char *dir);

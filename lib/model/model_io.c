@@ -1,12 +1,12 @@
 /* model_io.c - model weights and PEFT adapters in and out (safetensors
  * through lib/format/safetensors.h, JSON through lib/util/json.h). */
-#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#include "util/atomicfile.h"
 #include "util/error.h"
 #include "util/json.h"
+#include "format/adapter_config.h"
 #include "format/safetensors.h"
 #include "model/model_internal.h"
 
@@ -59,23 +59,6 @@ int ft_model_read_weights(ft_model *m, const char *dir)
 	return rc;
 }
 
-static int mkdir_p(const char *dir)
-{
-	char *p = ft_xstrdup(dir);
-	for (char *s = p + 1; *s; s++)
-		if (*s == '/') {
-			*s = 0;
-			if (mkdir(p, 0777) < 0 && errno != EEXIST) {
-				free(p);
-				return ft_fail("%s:", dir);
-			}
-			*s = '/';
-		}
-	int rc = mkdir(p, 0777) < 0 && errno != EEXIST ? ft_fail("%s:", dir) : 0;
-	free(p);
-	return rc;
-}
-
 static const char *arch_name(ft_arch a)
 {
 	return a == FT_ARCH_QWEN2 ? "Qwen2ForCausalLM"
@@ -124,7 +107,7 @@ int ft_model_save_full(ft_model *m, const char *dir, const char *dtype)
 		dtype = m->c.torch_dtype[0] ? m->c.torch_dtype : "float32";
 	if (ft_dtype_parse_torch(dtype, &dt) < 0 || (dt != FT_F32 && dt != FT_F16 && dt != FT_BF16))
 		return ft_fail("%s: cannot save weights as %s (float32, float16, bfloat16)", dir, dtype);
-	if (mkdir_p(dir) < 0)
+	if (ft_mkdirs(dir) < 0)
 		return -1;
 	json_t *cj = config_json(m, ft_dtype_torch_name(dt));
 	char *path = ft_xasprintf("%s/config.json", dir);
@@ -177,7 +160,7 @@ int ft_model_save_adapter(ft_model *m, const char *dir)
 {
 	if (m->o.type != FT_FT_LORA)
 		return ft_fail("%s: the model has no LoRA adapter to save", dir);
-	if (mkdir_p(dir) < 0)
+	if (ft_mkdirs(dir) < 0)
 		return -1;
 	const ft_tune_opts *o = &m->o;
 	double a = o->lora_alpha;
@@ -221,11 +204,13 @@ int ft_model_save(ft_model *m, const char *dir)
 				       : ft_model_save_full(m, dir, NULL);
 }
 
-static int parse_targets(const json_t *tm, unsigned *out, const char *path)
+/* The LoRA targets as module bits: ft applies one set of linear layers to
+ * every decoder layer, so names must be the layers' own (q_proj, ...). */
+static int parse_targets(const ft_adapter_config *c, unsigned *out)
 {
 	*out = 0;
-	if (json_is_string(tm)) {
-		const char *s = json_string_value(tm);
+	if (c->target_regex) {
+		const char *s = c->target_regex;
 		if (!strcmp(s, "all-linear")) {
 			*out = FT_MOD_ALL_LINEAR;
 			return 0;
@@ -233,70 +218,61 @@ static int parse_targets(const json_t *tm, unsigned *out, const char *path)
 		for (int j = 0; j < L_NLIN; j++)
 			if (!strcmp(s, ft_lin_names[j]))
 				*out = 1u << j;
-		return *out ? 0 : ft_fail("%s: target_modules '%s' is not supported", path, s);
+		return *out ? 0 : ft_fail("%s: target_modules '%s' is not supported", c->path, s);
 	}
-	if (!json_is_array(tm) || !json_array_size(tm))
-		return ft_fail("%s: target_modules must be a non-empty list", path);
-	size_t i;
-	json_t *v;
-	json_array_foreach(tm, i, v) {
-		const char *s = json_string_value(v);
+	if (!c->n_target_modules)
+		return ft_fail("%s: target_modules must be a non-empty list", c->path);
+	for (size_t i = 0; i < c->n_target_modules; i++) {
+		const char *s = c->target_modules[i];
 		int found = 0;
-		for (int j = 0; s && j < L_NLIN; j++)
+		for (int j = 0; j < L_NLIN; j++)
 			if (!strcmp(s, ft_lin_names[j])) {
 				*out |= 1u << j;
 				found = 1;
 			}
 		if (!found)
 			return ft_fail("%s: target module %s is not supported (q_proj k_proj "
-				       "v_proj o_proj gate_proj up_proj down_proj)", path,
-				       s ? s : "(not a string)");
+				       "v_proj o_proj gate_proj up_proj down_proj)", c->path, s);
 	}
 	return 0;
 }
 
-static int nonempty(const json_t *j, const char *key)
+/* What the model's LoRA cannot represent: one rank, alpha and set of
+ * modules for every layer, plain LoRA. */
+static const char *unsupported(const ft_adapter_config *c)
 {
-	const json_t *v = json_object_get(j, key);
-	return v && !json_is_null(v) && !(json_is_object(v) && !json_object_size(v)) &&
-	       !(json_is_false(v));
+	if (c->use_dora) return "use_dora";
+	if (c->n_rank_pattern) return "rank_pattern";
+	if (c->n_alpha_pattern) return "alpha_pattern";
+	if (ft_adapter_config_sets(c, "layers_to_transform")) return "layers_to_transform";
+	if (c->n_modules_to_save) return "modules_to_save";
+	return NULL;
+}
+
+static int check_config(const ft_adapter_config *c)
+{
+	if (c->peft_type && strcmp(c->peft_type, "LORA"))
+		return ft_fail("%s: peft_type %s is not supported (LORA)", c->path, c->peft_type);
+	const char *what = unsupported(c);
+	if (what)
+		return ft_fail("%s: %s is not supported", c->path, what);
+	if (c->r > 65536)
+		return ft_fail("%s: r = %d is out of range", c->path, c->r);
+	return 0;
 }
 
 int ft_model_load_adapter(ft_model *m, const char *dir)
 {
 	if (m->o.type != FT_FT_LORA)
 		return ft_fail("%s: loading an adapter needs finetuning type lora", dir);
-	char *path = ft_xasprintf("%s/adapter_config.json", dir);
-	json_t *j = ft_json_load_file(path);
+	char *path = ft_xasprintf("%s/" FT_ADAPTER_CONFIG_NAME, dir);
+	ft_adapter_config c;
 	int rc = -1;
-	long long r;
-	double alpha;
 	unsigned targets;
-	if (!j)
+	if (ft_adapter_config_load(path, &c) < 0 || check_config(&c) < 0 ||
+	    parse_targets(&c, &targets) < 0)
 		goto out;
-	if (strcmp(ft_json_str(j, "peft_type", "LORA"), "LORA")) {
-		ft_fail("%s: peft_type %s is not supported (LORA)", path,
-			ft_json_str(j, "peft_type", ""));
-		goto out;
-	}
-	static const char *const unsup[] = { "use_dora", "rank_pattern", "alpha_pattern",
-					     "layers_to_transform", "modules_to_save" };
-	for (size_t i = 0; i < sizeof unsup / sizeof *unsup; i++)
-		if (nonempty(j, unsup[i])) {
-			ft_fail("%s: %s is not supported", path, unsup[i]);
-			goto out;
-		}
-	if (ft_json_req_int(j, "r", &r) < 0 || ft_json_req_num(j, "lora_alpha", &alpha) < 0) {
-		ft_fail_ctx("%s: ", path);
-		goto out;
-	}
-	if (r <= 0 || r > 65536) {
-		ft_fail("%s: r = %lld is out of range", path, r);
-		goto out;
-	}
-	if (parse_targets(json_object_get(j, "target_modules"), &targets, path) < 0)
-		goto out;
-	ftp_lora_setup(m, (int)r, alpha, ft_json_bool(j, "use_rslora", 0), targets);
+	ftp_lora_setup(m, c.r, c.lora_alpha, c.use_rslora, targets);
 	ftp_model_build_params(m);
 	free(path);
 	path = ft_xasprintf("%s/adapter_model.safetensors", dir);
@@ -334,7 +310,7 @@ int ft_model_load_adapter(ft_model *m, const char *dir)
 	rc = 0;
 out:
 	free(path);
-	json_decref(j);
+	ft_adapter_config_free(&c);
 	return rc;
 }
 

@@ -3,7 +3,7 @@
  * as text for a terminal.
  *
  *   lib/plot/plot.c        series, smoothing, ticks, ft_plot_loss_files()
- *   lib/plot/plot_log.c    incremental reader of trainer logs (bad lines counted)
+ *   lib/plot/plot_log.c    runs: trainer logs (format/trainlog.h) into series
  *   lib/plot/plot_cairo.c  PNG / SVG / PDF
  *   lib/plot/plot_ascii.c  text plot
  */
@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdio.h>
+#include "format/trainlog.h"
 
 /* What ft-train --plot_loss calls at the end of training: reads
  * <output_dir>/trainer_log.jsonl and writes <output_dir>/training_loss.png
@@ -47,23 +48,21 @@ void ft_series_push(ft_series *s, double x, double y);
 void ft_series_free(ft_series *s);
 
 /* One run (one log file): a series per requested key.  Logs are read
- * incrementally so --follow can pick up lines a trainer appends; a line
- * that is not complete yet is kept for the next poll. */
+ * through format/trainlog.h's reader, incrementally, so --follow can pick
+ * up lines a trainer appends; a line that is not complete yet is kept for
+ * the next poll. */
 typedef struct ft_plot_run {
-	char *path;            /* as given; "-" is stdin */
+	char *path;            /* the log file; "-" is stdin */
 	char *label;           /* legend: name of the directory holding the log */
 	size_t nkeys;
 	char **keys;
 	ft_series *s;          /* nkeys series */
-	long nlines;           /* complete lines read */
 	long nbad;             /* skipped: not JSON / not an object / no step */
-	char *first_bad;       /* "path:line: why" of the first skipped line */
+	const char *first_bad; /* "path:line: why" of the first skipped line
+				  (the reader's, valid until the next poll) */
 	/* reader state */
-	FILE *fp;
-	int own_fp;
-	char *buf;
-	size_t blen, bcap;
-	long long pos;         /* bytes read from the file */
+	ft_trainlog_reader *log;
+	ft_trainlog_field *fields;   /* step, learning_rate, then the keys */
 } ft_plot_run;
 
 /* `path` is a log file, "-", or a directory holding trainer_log.jsonl.
@@ -74,8 +73,6 @@ ft_plot_run *ft_plot_run_open(const char *path, const char *const *keys, size_t 
  * a read error.  A regular file that became shorter (a new run replaced
  * the log) is read again from the start, its old values dropped. */
 long ft_plot_run_poll(ft_plot_run *r, int at_eof);
-/* Feed one line directly (tests, other readers): 1 used, 0 skipped. */
-int ft_plot_run_line(ft_plot_run *r, const char *line, size_t len);
 void ft_plot_run_free(ft_plot_run *r);
 /* The series of `key`, or NULL when the run was not opened with it. */
 const ft_series *ft_plot_run_series(const ft_plot_run *r, const char *key);

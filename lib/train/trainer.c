@@ -133,7 +133,7 @@ static int skip_batches(ft_batch_source *src, int64_t n)
 		else if (r == 0) rc = ft_fail("the training data ended while skipping to the checkpoint's "
 					      "position (batch %lld): is it the same data?", (long long)n);
 	}
-	ft_batch_release(&b);
+	ft_batch_free(&b);
 	return rc;
 }
 
@@ -164,7 +164,7 @@ int ft_evaluate(ft_train_model *m, ft_batch_source *val, double *eval_loss, int6
 		num += (double)lb * b.B;
 		rows += b.B;
 	}
-	ft_batch_release(&b);
+	ft_batch_free(&b);
 	if (rc < 0) return -1;
 	if (rows == 0) return ft_fail("the validation data holds no label tokens");
 	*eval_loss = (double)(float)(num / rows);
@@ -451,7 +451,7 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	rc = finish(o, &p, m, val, &c, &st, r, eval_loss, eval_step);
 out:
 	if (c.log) fclose(c.log);
-	for (int i = 0; i < mb.cap; i++) ft_batch_release(&mb.b[i]);
+	for (int i = 0; i < mb.cap; i++) ft_batch_free(&mb.b[i]);
 	free(mb.b);
 	json_decref(st.log_history);
 	ft_adamw_free(opt);

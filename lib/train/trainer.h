@@ -54,11 +54,10 @@ typedef struct {
  * rewinding it fails with a message). */
 int ft_batch_source_open(ft_batch_source *s, const char *const *paths, size_t n);
 /* The counts of an opened stream source from its header (for stdin, whose
- * manifest cannot be read separately). */
-int ft_batch_source_manifest(ft_batch_source *s, ft_manifest *m);
-/* Free a batch's arrays and zero it (ft_batch_free without the stream
- * module, so the loop links on its own). */
-void ft_batch_release(ft_batch *b);
+ * manifest cannot be read separately).  ft_manifest is format/batch_io.h's;
+ * named by its tag so this header does not pull in the stream API. */
+struct ft_manifest;
+int ft_batch_source_manifest(ft_batch_source *s, struct ft_manifest *m);
 /* Borrowed array of batches (tests). */
 ft_batch_source ft_batch_source_array(const ft_batch *b, size_t n);
 

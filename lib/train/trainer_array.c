@@ -7,16 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-void ft_batch_release(ft_batch *b)
-{
-	free(b->input_ids);
-	free(b->labels);
-	free(b->position_ids);
-	free(b->segment_ids);
-	free(b->kto_tags);
-	memset(b, 0, sizeof *b);
-}
-
 /* ---- in-memory arrays ------------------------------------------------------ */
 
 typedef struct {
@@ -37,7 +27,7 @@ static int array_next(void *self, ft_batch *out)
 	if (s->i >= s->n) return 0;
 	const ft_batch *b = &s->b[s->i++];
 	size_t n = (size_t)b->B * b->T;
-	ft_batch_release(out);
+	ft_batch_free(out);
 	*out = *b;
 	out->input_ids = ft_xmalloc(n * sizeof(int32_t));
 	memcpy(out->input_ids, b->input_ids, n * sizeof(int32_t));

@@ -1,5 +1,6 @@
 /* trainer_data.c - batch sources for the training loop; see trainer.h */
 #include "train/trainer.h"
+#include "format/batch_io.h"
 #include "util/error.h"
 
 #include <stdlib.h>

@@ -1,7 +1,7 @@
 /* test_batch.c - batch records and manifests (lib/format/batch_io.c) through the
  * stream module: write, read back, and refuse malformed records. */
 #include "tap.h"
-#include "format/batch.h"
+#include "format/batch_io.h"
 #include "util/error.h"
 #include "util/json.h"
 #include "util/atomicfile.h"

@@ -8,7 +8,7 @@
 #include "data/dataset.h"
 #include "util/error.h"
 #include "util/json.h"
-#include "data/pack.h"
+#include "data/stage.h"
 #include "data/preprocess.h"
 #include "util/sha256.h"
 #include "util/sbuf.h"

@@ -8,6 +8,7 @@
  */
 #include "tap.h"
 #include "data/pack.h"
+#include "data/stage.h"
 
 #include <jansson.h>
 #include <stdlib.h>

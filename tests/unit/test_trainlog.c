@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define FIX "tests/fixtures/trainer/"
 
@@ -74,10 +75,49 @@ static void test_reader(void)
 	ok(ft_trainlog_open(FIX "no-such.jsonl") == NULL && strstr(ft_errmsg(), "no-such"), "missing file");
 }
 
+static void test_fields_and_follow(void)
+{
+	ft_trainlog_entry e;
+	ft_trainlog_field f[3] = { { .key = "step" }, { .key = "learning_rate" }, { .key = "nope" } };
+	const char *l = "{\"step\": 3, \"learning_rate\": null, \"loss\": 1.5}";
+	ok(ft_trainlog_parse_fields(l, strlen(l), &e, f, 3) == 0 && f[0].present && f[0].value == 3 &&
+	   f[1].present && isnan(f[1].value) && !f[2].present && isnan(f[2].value) && e.loss == 1.5,
+	   "fields: a number, a null (present, NAN), an absent key");
+
+	char path[] = "/tmp/ft-trainlog-test-XXXXXX";
+	int fd = mkstemp(path);
+	FILE *w = fdopen(fd, "w");
+	fputs("{\"current_steps\": 1, \"loss\": 2.0}\n{\"loss\": 1.0}\n{\"current_steps\": 3, \"lo", w);
+	fflush(w);
+	ft_trainlog_reader *r = ft_trainlog_open(path);
+	int n = 0;
+	while (ft_trainlog_poll(r, 0, &e) == 1)
+		if (n++ == 1) ft_trainlog_reject(r, "no step");
+	ok(n == 2 && ft_trainlog_skipped(r) == 1 && strstr(ft_trainlog_first_bad(r), ":2: no step"),
+	   "poll: 2 entries, the partial line held back, a rejected entry counted: %s",
+	   ft_trainlog_first_bad(r) ? ft_trainlog_first_bad(r) : "(null)");
+	fputs("ss\": 0.5}\n", w);
+	fflush(w);
+	ok(ft_trainlog_poll(r, 0, &e) == 1 && e.current_steps == 3 && e.loss == 0.5 &&
+	   ft_trainlog_poll(r, 0, &e) == 0, "poll: the line completes");
+	if (ftruncate(fd, 0) == 0) {
+		rewind(w);
+		fputs("{\"current_steps\": 1, \"loss\": 9.0}\n", w);
+		fflush(w);
+	}
+	ok(ft_trainlog_poll(r, 0, &e) == FT_TRAINLOG_RESTART && ft_trainlog_skipped(r) == 0 &&
+	   ft_trainlog_poll(r, 0, &e) == 1 && e.loss == 9.0 && ft_trainlog_line(r) == 1,
+	   "poll: a shorter log restarts from its first line");
+	ft_trainlog_close(r);
+	fclose(w);
+	unlink(path);
+}
+
 int main(void)
 {
 	test_format_roundtrip();
 	test_parse_errors();
 	test_reader();
+	test_fields_and_follow();
 	return tap_done();
 }

@@ -6,7 +6,7 @@
 #include <time.h>
 #include "cli/cli.h"
 #include "ft-generate.h"
-#include "data/pack.h"
+#include "data/stage.h"
 
 static void usage(void)
 {

@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <jansson.h>
 #include "data/pack.h"
+#include "data/stage.h"
 
 typedef struct {
 	/* inputs */

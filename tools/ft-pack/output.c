@@ -3,6 +3,7 @@
 #include "util/atomicfile.h"
 #include "cli/cli.h"
 #include "util/json.h"
+#include "format/batch_io.h"
 #include "format/stream.h"
 
 #include <stdlib.h>

@@ -12,7 +12,7 @@
 #include "data/dataset.h"
 #include "ft-tokenize.h"
 #include "util/json.h"
-#include "data/pack.h"
+#include "data/stage.h"
 #include "data/preprocess.h"
 #include "util/sha256.h"
 #include "format/stream.h"

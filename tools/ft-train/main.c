@@ -1,6 +1,7 @@
 /* ft-train - fine-tune a Hugging Face model on ft-pack batches (CPU). */
 #define _GNU_SOURCE
 #include "ft-train.h"
+#include "format/batch_io.h"
 #include "plot/plot.h"
 #include "util/atomicfile.h"
 
