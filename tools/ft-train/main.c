@@ -4,8 +4,6 @@
 #include "plot/plot.h"
 #include "util/atomicfile.h"
 
-#include <dirent.h>
-#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -135,18 +133,6 @@ static void on_event(void *ctx, ft_train_event ev, const ft_trainlog_entry *e, c
 }
 
 /* ---- helpers --------------------------------------------------------------- */
-
-static int dir_nonempty(const char *path)
-{
-	DIR *d = opendir(path);
-	if (!d) return 0;
-	struct dirent *e;
-	int n = 0;
-	while ((e = readdir(d)))
-		if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) { n = 1; break; }
-	closedir(d);
-	return n;
-}
 
 static const char *const tokenizer_files[] = {
 	"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -392,7 +378,8 @@ int main(int argc, char **argv)
 			    c.eval_batch_size, vm_.batch_size);
 	}
 
-	/* output directory rules */
+	/* output directory rules (one that cannot be listed is not refused here:
+	 * it fails where it is written) */
 	char *resume = NULL;
 	if (c.resume) {
 		if (!strcasecmp(c.resume, "true")) {
@@ -404,7 +391,7 @@ int main(int argc, char **argv)
 		struct stat st;
 		if (stat(resume, &st) < 0 || !S_ISDIR(st.st_mode))
 			die("--resume_from_checkpoint %s: not a checkpoint directory", resume);
-	} else if (c.do_train && dir_nonempty(c.output_dir) && !c.overwrite) {
+	} else if (c.do_train && ft_dir_is_empty(c.output_dir) == 0 && !c.overwrite) {
 		die("output directory %s is not empty: use --overwrite_output_dir, or "
 		    "--resume_from_checkpoint true to continue its last checkpoint", c.output_dir);
 	}
