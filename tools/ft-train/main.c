@@ -1,6 +1,7 @@
 /* ft-train - fine-tune a Hugging Face model on ft-pack batches (CPU). */
 #define _GNU_SOURCE
 #include "ft-train.h"
+#include "cli/runplan.h"
 #include "plot/plot.h"
 #include "util/atomicfile.h"
 
@@ -165,20 +166,7 @@ static char *resume_command(int argc, char **argv, const char *ckpt)
 			continue;
 		}
 		if (!strncmp(a, "resume_from_checkpoint=", 23)) continue;
-		char *q;
-		if (a[strcspn(a, " \t\n'\"\\$`*?[]#~;&|<>(){}!")] == 0 && *a) q = ft_xstrdup(a);
-		else {
-			size_t l = strlen(a);
-			q = ft_xmalloc(4 * l + 3);
-			char *p = q;
-			*p++ = '\'';
-			for (; *a; a++) {
-				if (*a == '\'') { memcpy(p, "'\\''", 4); p += 4; }
-				else *p++ = *a;
-			}
-			*p++ = '\'';
-			*p = 0;
-		}
+		char *q = ft_shell_quote(a);
 		size_t need = n + strlen(q) + 2 + strlen(ckpt) + 40;
 		if (need > cap) s = ft_xrealloc(s, cap = 2 * need);
 		n += (size_t)sprintf(s + n, "%s%s", i ? " " : "", q);
