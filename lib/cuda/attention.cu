@@ -33,20 +33,6 @@ static __device__ float block_max(float x, float *sh)
 	return r;
 }
 
-static __device__ float block_add(float x, float *sh)
-{
-	sh[threadIdx.x] = x;
-	__syncthreads();
-	for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-		if (threadIdx.x < (unsigned)s)
-			sh[threadIdx.x] += sh[threadIdx.x + s];
-		__syncthreads();
-	}
-	float r = sh[0];
-	__syncthreads();
-	return r;
-}
-
 static __device__ int allowed(const int32_t *seg, int t, int u, int window)
 {
 	return ft_k_attn_allowed(t, u, window, seg ? seg[t] : 1, seg ? seg[u] : 1);
@@ -70,7 +56,7 @@ static __global__ void softmax_fwd_k(float *S, float *lse, const int32_t *seg, i
 		row[u] = e;
 		sum += e;
 	}
-	sum = block_add(sum, sh);
+	sum = ft_cu_block_sum(sum, sh);
 	float inv = 1.0f / sum;
 	for (int u = threadIdx.x; u <= t; u += blockDim.x)
 		row[u] *= inv;
