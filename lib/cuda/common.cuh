@@ -51,6 +51,21 @@ static __device__ T ft_cu_block_sum(T x, T *sh)
 	return r;
 }
 
+/* Block-wide maximum (fmaxf: a NaN loses to a number), as above. */
+static __device__ inline float ft_cu_block_max(float x, float *sh)
+{
+	sh[threadIdx.x] = x;
+	__syncthreads();
+	for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+		if (threadIdx.x < (unsigned)s)
+			sh[threadIdx.x] = fmaxf(sh[threadIdx.x], sh[threadIdx.x + s]);
+		__syncthreads();
+	}
+	float r = sh[0];
+	__syncthreads();
+	return r;
+}
+
 /* ---- the device model ---- */
 
 /* One tensor: fp32 weights (always for vectors and LoRA; for matrices in
