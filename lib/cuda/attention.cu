@@ -19,34 +19,6 @@
 
 #define ATPB 128
 
-static __device__ float block_max(float x, float *sh)
-{
-	sh[threadIdx.x] = x;
-	__syncthreads();
-	for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-		if (threadIdx.x < (unsigned)s)
-			sh[threadIdx.x] = fmaxf(sh[threadIdx.x], sh[threadIdx.x + s]);
-		__syncthreads();
-	}
-	float r = sh[0];
-	__syncthreads();
-	return r;
-}
-
-static __device__ float block_add(float x, float *sh)
-{
-	sh[threadIdx.x] = x;
-	__syncthreads();
-	for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-		if (threadIdx.x < (unsigned)s)
-			sh[threadIdx.x] += sh[threadIdx.x + s];
-		__syncthreads();
-	}
-	float r = sh[0];
-	__syncthreads();
-	return r;
-}
-
 static __device__ int allowed(const int32_t *seg, int t, int u, int window)
 {
 	return ft_k_attn_allowed(t, u, window, seg ? seg[t] : 1, seg ? seg[u] : 1);
@@ -63,14 +35,14 @@ static __global__ void softmax_fwd_k(float *S, float *lse, const int32_t *seg, i
 	for (int u = threadIdx.x; u <= t; u += blockDim.x)
 		if (allowed(seg, t, u, window))
 			mx = fmaxf(mx, row[u]);
-	mx = block_max(mx, sh);
+	mx = ft_cu_block_max(mx, sh);
 	float sum = 0;
 	for (int u = threadIdx.x; u < T; u += blockDim.x) {
 		float e = u <= t && allowed(seg, t, u, window) ? expf(row[u] - mx) : 0.0f;
 		row[u] = e;
 		sum += e;
 	}
-	sum = block_add(sum, sh);
+	sum = ft_cu_block_sum(sum, sh);
 	float inv = 1.0f / sum;
 	for (int u = threadIdx.x; u <= t; u += blockDim.x)
 		row[u] *= inv;

@@ -31,6 +31,41 @@ int ft_cublas_fail(cublasStatus_t s, const char *call, const char *fmt, ...)
 	if (e_ != cudaSuccess) return ft_cu_fail(e_, name, __VA_ARGS__); } while (0)
 #define TRY(x) do { if ((x) < 0) return -1; } while (0)
 
+/* ---- block reductions (one block per row) ---- */
+
+/* Block-wide sum; every thread gets the result.  sh: blockDim.x elements;
+ * blockDim.x a power of two.  The tree order is fixed, so a row sums the
+ * same way in every kernel that reduces with it. */
+template <typename T>
+static __device__ T ft_cu_block_sum(T x, T *sh)
+{
+	sh[threadIdx.x] = x;
+	__syncthreads();
+	for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+		if (threadIdx.x < (unsigned)s)
+			sh[threadIdx.x] += sh[threadIdx.x + s];
+		__syncthreads();
+	}
+	T r = sh[0];
+	__syncthreads();
+	return r;
+}
+
+/* Block-wide maximum (fmaxf: a NaN loses to a number), as above. */
+static __device__ inline float ft_cu_block_max(float x, float *sh)
+{
+	sh[threadIdx.x] = x;
+	__syncthreads();
+	for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+		if (threadIdx.x < (unsigned)s)
+			sh[threadIdx.x] = fmaxf(sh[threadIdx.x], sh[threadIdx.x + s]);
+		__syncthreads();
+	}
+	float r = sh[0];
+	__syncthreads();
+	return r;
+}
+
 /* ---- the device model ---- */
 
 /* One tensor: fp32 weights (always for vectors and LoRA; for matrices in

@@ -26,25 +26,11 @@ static __global__ void ce_k(float *l, double *loss, const int32_t *targets, int 
 	float mx = -INFINITY;
 	for (int j = threadIdx.x; j < V; j += blockDim.x)
 		mx = fmaxf(mx, row[j]);
-	shf[threadIdx.x] = mx;
-	__syncthreads();
-	for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-		if (threadIdx.x < (unsigned)s)
-			shf[threadIdx.x] = fmaxf(shf[threadIdx.x], shf[threadIdx.x + s]);
-		__syncthreads();
-	}
-	mx = shf[0];
+	mx = ft_cu_block_max(mx, shf);
 	double sum = 0;
 	for (int j = threadIdx.x; j < V; j += blockDim.x)
 		sum += expf(row[j] - mx);
-	shd[threadIdx.x] = sum;
-	__syncthreads();
-	for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-		if (threadIdx.x < (unsigned)s)
-			shd[threadIdx.x] += shd[threadIdx.x + s];
-		__syncthreads();
-	}
-	sum = shd[0];
+	sum = ft_cu_block_sum(sum, shd);
 	float lt = row[tg];
 	__syncthreads();   /* everyone has read row[tg] before it changes */
 	if (threadIdx.x == 0)

@@ -17,22 +17,6 @@ static unsigned nblk(size_t n)
 #define FOR_N(i, n) for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; \
 			 i < (n); i += (size_t)gridDim.x * blockDim.x)
 
-/* Block-wide sum; every thread gets the result.  sh: blockDim.x floats. */
-template <typename T>
-static __device__ T block_sum(T x, T *sh)
-{
-	sh[threadIdx.x] = x;
-	__syncthreads();
-	for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-		if (threadIdx.x < (unsigned)s)
-			sh[threadIdx.x] += sh[threadIdx.x + s];
-		__syncthreads();
-	}
-	T r = sh[0];
-	__syncthreads();
-	return r;
-}
-
 /* ---- embedding ---- */
 
 static __global__ void embedding_forward_k(float *out, const int32_t *ids, const float *w,
@@ -86,7 +70,7 @@ static __global__ void rmsnorm_forward_k(float *out, float *rstd, const float *x
 	float ss = 0;
 	for (int d = threadIdx.x; d < D; d += blockDim.x)
 		ss += xr[d] * xr[d];
-	float r = ft_k_rmsnorm_rstd(block_sum(ss, sh), D, eps);
+	float r = ft_k_rmsnorm_rstd(ft_cu_block_sum(ss, sh), D, eps);
 	if (threadIdx.x == 0)
 		rstd[blockIdx.x] = r;
 	for (int d = threadIdx.x; d < D; d += blockDim.x)
@@ -113,7 +97,7 @@ static __global__ void rmsnorm_backward_k(float *dx, const float *dout,
 	float r = rstd[blockIdx.x], dot = 0;
 	for (int d = threadIdx.x; d < D; d += blockDim.x)
 		dot += g[d] * w[d] * xr[d];
-	float s = ft_k_rmsnorm_dot_scale(block_sum(dot, sh), r, D);
+	float s = ft_k_rmsnorm_dot_scale(ft_cu_block_sum(dot, sh), r, D);
 	for (int d = threadIdx.x; d < D; d += blockDim.x)
 		dx[row + d] += ft_k_rmsnorm_dx(g[d], w[d], xr[d], r, s);
 }
@@ -347,7 +331,7 @@ static __global__ void sumsq_k(double *out, const float *g, size_t n)
 	double s = 0;
 	FOR_N(i, n)
 		s += (double)g[i] * g[i];
-	s = block_sum(s, sh);
+	s = ft_cu_block_sum(s, sh);
 	if (threadIdx.x == 0)
 		out[blockIdx.x] = s;
 }

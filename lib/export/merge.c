@@ -17,7 +17,6 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
-#include <dirent.h>
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include "util/atomicfile.h"
@@ -138,18 +137,6 @@ static int check_space(const merge_job *j, const char *parent, uint64_t extra)
 	return 0;
 }
 
-static int dir_is_empty(const char *path)
-{
-	DIR *d = opendir(path);
-	if (!d) return 1;
-	struct dirent *e;
-	int empty = 1;
-	while ((e = readdir(d)))
-		if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = 0;
-	closedir(d);
-	return empty;
-}
-
 static int same_path(const char *a, const char *b)
 {
 	char *ra = realpath(a, NULL), *rb = realpath(b, NULL);
@@ -171,7 +158,8 @@ static int check_export_dir(const ft_merge_opts *o, int *exists, char **parent)
 	for (size_t i = 0; i < o->nadapters; i++)
 		if (*exists && same_path(o->export_dir, o->adapters[i]))
 			return ft_fail("%s: the export directory is an adapter directory", o->export_dir);
-	if (*exists && !o->overwrite && !dir_is_empty(o->export_dir))
+	/* == 0: one that cannot be listed is not taken for a full one (as before) */
+	if (*exists && !o->overwrite && ft_dir_is_empty(o->export_dir) == 0)
 		return ft_fail("%s: export directory is not empty (use --overwrite to replace it)", o->export_dir);
 	char *p = ft_xstrdup(o->export_dir);
 	size_t n = strlen(p);

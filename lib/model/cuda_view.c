@@ -1,10 +1,36 @@
 /* cuda_view.c - copy an ft_model's shapes and pointers into the plain-C
  * view the CUDA backend reads (see cuda_view.h). */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include "model/cuda_view.h"
 #include "util/error.h"
 #include "model/model_internal.h"
+
+/* cuda_view.h mirrors model_internal.h's structures for the C++ side,
+ * which cannot include it; this file is the one that sees both, so the
+ * mirror is checked here and a field added on one side fails the build
+ * until the other side (and the copy below) follows. */
+#define SAME_FIELD(a, b, f) \
+	_Static_assert(offsetof(a, f) == offsetof(b, f) && \
+		       sizeof(((a *)0)->f) == sizeof(((b *)0)->f), \
+		       #a "." #f " mirrors " #b "." #f)
+_Static_assert(FT_CV_NLIN == L_NLIN, "FT_CV_NLIN is model_internal.h's L_NLIN");
+_Static_assert(sizeof(ft_cv_wg) == sizeof(ftp_wg), "ft_cv_wg mirrors ftp_wg");
+SAME_FIELD(ft_cv_wg, ftp_wg, w);
+SAME_FIELD(ft_cv_wg, ftp_wg, g);
+_Static_assert(sizeof(ft_cv_lora) == sizeof(ftp_lora), "ft_cv_lora mirrors ftp_lora");
+SAME_FIELD(ft_cv_lora, ftp_lora, on);
+SAME_FIELD(ft_cv_lora, ftp_lora, r);
+SAME_FIELD(ft_cv_lora, ftp_lora, scale);
+SAME_FIELD(ft_cv_lora, ftp_lora, A);
+SAME_FIELD(ft_cv_lora, ftp_lora, B);
+_Static_assert(sizeof(ft_cv_layer) == sizeof(ftp_layer), "ft_cv_layer mirrors ftp_layer");
+SAME_FIELD(ft_cv_layer, ftp_layer, ln1);
+SAME_FIELD(ft_cv_layer, ftp_layer, ln2);
+SAME_FIELD(ft_cv_layer, ftp_layer, lin);
+SAME_FIELD(ft_cv_layer, ftp_layer, bias);
+SAME_FIELD(ft_cv_layer, ftp_layer, lora);
 
 static ft_cv_wg wg(ftp_wg x)
 {

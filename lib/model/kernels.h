@@ -18,14 +18,10 @@
 #include <stdint.h>
 #include <string.h>
 #include "model/vexp.h"
+#include "util/dtype_inline.h"   /* FT_HD and the bf16 rounding */
 
-#ifdef __CUDACC__
-#define FT_HD __host__ __device__
-#else
-#define FT_HD
-#endif
-
-/* ---- dtype casts (round to nearest even, as lib/util/dtype.c and torch) ---- */
+/* ---- dtype casts (round to nearest even, as lib/util/dtype.c and torch; the
+ * bf16 rounding is util/dtype_inline.h's, which dtype.c calls too) ---- */
 
 static inline FT_HD uint32_t ft_k_f32_bits(float f)
 {
@@ -48,11 +44,7 @@ static inline FT_HD float ft_k_bf16_to_f32(uint16_t h)
 
 static inline FT_HD uint16_t ft_k_f32_to_bf16(float f)
 {
-	uint32_t u = ft_k_f32_bits(f);
-	if ((u & 0x7fffffffu) > 0x7f800000u)
-		return 0xffff;               /* NaN stays NaN */
-	u += 0x7fffu + ((u >> 16) & 1u);
-	return (uint16_t)(u >> 16);
+	return ft_bf16_round(f);
 }
 
 static inline FT_HD float ft_k_f16_to_f32(uint16_t h)

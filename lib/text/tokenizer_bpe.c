@@ -19,8 +19,7 @@ typedef struct { uint64_t hash; uint32_t koff, klen, ioff, nids; } cache_ent;
 struct ftp_tk_bpe_scratch {
 	int32_t *sym, *prev, *next;
 	size_t cap;
-	heap_ent *heap;
-	size_t hn, hcap;
+	ftp_tk_heap heap;           /* of heap_ent */
 	/* word cache */
 	uint32_t *slot;
 	cache_ent *ent;
@@ -40,7 +39,7 @@ ftp_tk_bpe_scratch *ftp_tk_bpe_scratch_new(void)
 void ftp_tk_bpe_scratch_free(ftp_tk_bpe_scratch *s)
 {
 	if (!s) return;
-	free(s->sym); free(s->prev); free(s->next); free(s->heap);
+	free(s->sym); free(s->prev); free(s->next); free(s->heap.v);
 	free(s->slot); free(s->ent);
 	ftp_tk_buf_free(&s->keys);
 	ft_i32vec_free(&s->ids);
@@ -58,42 +57,23 @@ static void sym_reserve(ftp_tk_bpe_scratch *s, size_t n)
 	s->cap = cap;
 }
 
-/* ---- min-heap on (rank, pos) ---- */
-static inline int heap_less(const heap_ent *a, const heap_ent *b)
+/* ---- the merge queue: lowest (rank, pos) first ---- */
+static int ent_before(const void *a, const void *b)
 {
-	return a->rank != b->rank ? a->rank < b->rank : a->pos < b->pos;
+	const heap_ent *x = a, *y = b;
+	return x->rank != y->rank ? x->rank < y->rank : x->pos < y->pos;
 }
 
 static void heap_push(ftp_tk_bpe_scratch *s, int32_t rank, int32_t pos, int32_t id)
 {
-	if (s->hn == s->hcap) {
-		s->hcap = s->hcap ? s->hcap * 2 : 64;
-		s->heap = ft_xrealloc(s->heap, s->hcap * sizeof *s->heap);
-	}
-	size_t i = s->hn++;
 	heap_ent e = { rank, pos, id };
-	while (i) {
-		size_t p = (i - 1) / 2;
-		if (!heap_less(&e, &s->heap[p])) break;
-		s->heap[i] = s->heap[p];
-		i = p;
-	}
-	s->heap[i] = e;
+	ftp_tk_heap_push(&s->heap, &e, sizeof e, ent_before);
 }
 
 static heap_ent heap_pop(ftp_tk_bpe_scratch *s)
 {
-	heap_ent top = s->heap[0], last = s->heap[--s->hn];
-	size_t i = 0, n = s->hn;
-	for (;;) {
-		size_t c = 2 * i + 1;
-		if (c >= n) break;
-		if (c + 1 < n && heap_less(&s->heap[c + 1], &s->heap[c])) c++;
-		if (!heap_less(&s->heap[c], &last)) break;
-		s->heap[i] = s->heap[c];
-		i = c;
-	}
-	if (n) s->heap[i] = last;
+	heap_ent top;
+	ftp_tk_heap_pop(&s->heap, &top, sizeof top, ent_before);
 	return top;
 }
 
@@ -103,14 +83,14 @@ size_t ftp_tk_bpe_merge(const ft_tokenizer *t, ftp_tk_bpe_scratch *s, int32_t *s
 	sym_reserve(s, n);
 	int32_t *prev = s->prev, *next = s->next;
 	int32_t rank, id;
-	s->hn = 0;
+	s->heap.n = 0;
 	for (size_t i = 0; i < n; i++) {
 		prev[i] = (int32_t)i - 1;
 		next[i] = i + 1 < n ? (int32_t)i + 1 : -1;
 		if (i + 1 < n && ftp_tk_mergemap_get(&t->merges, sym[i], sym[i + 1], &rank, &id))
 			heap_push(s, rank, (int32_t)i, id);
 	}
-	while (s->hn) {
+	while (s->heap.n) {
 		heap_ent top = heap_pop(s);
 		int32_t p = top.pos;
 		if (sym[p] < 0 || next[p] < 0) continue;

@@ -15,7 +15,9 @@
 #include <pcre2.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <string.h>
 #include "text/tokenizer.h"
+#include "util/error.h"
 
 /* ---- string -> id hash map (keys copied into the map) ---- */
 typedef struct {
@@ -57,6 +59,47 @@ static inline int ftp_tk_mergemap_get(const ftp_tk_mergemap *m, int32_t a, int32
 		if (!m->key[i]) return 0;
 		i = (i + 1) & mask;
 	}
+}
+
+/* ---- binary heap: the merge queues of BPE (tokenizer_bpe.c, by rank) and
+ * SentencePiece (tokenizer_spm.c, by score) ----
+ * Elements of `size` bytes; the top is one that no other is before().
+ * static inline so that each caller's size and before() are constants
+ * folded into its merge loop, the hot loop of encoding. */
+typedef struct { char *v; size_t n, cap; } ftp_tk_heap;
+typedef int (*ftp_tk_before)(const void *a, const void *b);
+
+static inline void ftp_tk_heap_push(ftp_tk_heap *h, const void *e, size_t size, ftp_tk_before before)
+{
+	if (h->n == h->cap) {
+		h->cap = h->cap ? h->cap * 2 : 64;
+		h->v = ft_xrealloc(h->v, h->cap * size);
+	}
+	size_t i = h->n++;
+	while (i) {
+		size_t p = (i - 1) / 2;
+		if (!before(e, h->v + p * size)) break;
+		memcpy(h->v + i * size, h->v + p * size, size);
+		i = p;
+	}
+	memcpy(h->v + i * size, e, size);
+}
+
+/* The top into *top, off the heap (h->n > 0). */
+static inline void ftp_tk_heap_pop(ftp_tk_heap *h, void *top, size_t size, ftp_tk_before before)
+{
+	memcpy(top, h->v, size);
+	size_t n = --h->n, i = 0;
+	const char *last = h->v + n * size;   /* moves into the hole; not overwritten below */
+	for (;;) {
+		size_t c = 2 * i + 1;
+		if (c >= n) break;
+		if (c + 1 < n && before(h->v + (c + 1) * size, h->v + c * size)) c++;
+		if (!before(h->v + c * size, last)) break;
+		memcpy(h->v + i * size, h->v + c * size, size);
+		i = c;
+	}
+	if (n) memcpy(h->v + i * size, last, size);
 }
 
 /* ---- growable byte buffer ---- */

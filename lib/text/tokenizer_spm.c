@@ -238,7 +238,7 @@ typedef struct { float score; int32_t left, right; uint32_t size; } pair;
 struct ftp_tk_spm_scratch {
 	ftp_tk_buf norm;
 	sym *s; size_t ns, caps;
-	pair *h; size_t nh, caph;
+	ftp_tk_heap h;              /* of pair */
 	ftp_tk_strmap rev;          /* unused piece -> length of its left part */
 	int prev_unk;
 };
@@ -247,7 +247,7 @@ void ftp_tk_spm_scratch_free(ftp_tk_spm_scratch *s)
 {
 	if (!s) return;
 	ftp_tk_buf_free(&s->norm);
-	free(s->s); free(s->h);
+	free(s->s); free(s->h.v);
 	if (s->rev.slot) ftp_tk_strmap_free(&s->rev);
 	free(s);
 }
@@ -326,40 +326,22 @@ static void sp_normalize(const ft_tokenizer *t, const char *s, size_t n, ftp_tk_
 		while (out->n >= wl && !memcmp(out->p + out->n - wl, ws, wl)) out->n -= wl;
 }
 
-static inline int pair_less(const pair *a, const pair *b)   /* a below b */
+/* The merge queue: highest score first, leftmost on ties. */
+static int pair_before(const void *a, const void *b)
 {
-	return a->score < b->score || (a->score == b->score && a->left > b->left);
+	const pair *x = a, *y = b;
+	return x->score > y->score || (x->score == y->score && x->left < y->left);
 }
 
 static void heap_push(ftp_tk_spm_scratch *w, pair e)
 {
-	if (w->nh == w->caph) {
-		w->caph = w->caph ? w->caph * 2 : 64;
-		w->h = ft_xrealloc(w->h, w->caph * sizeof *w->h);
-	}
-	size_t i = w->nh++;
-	while (i) {
-		size_t p = (i - 1) / 2;
-		if (!pair_less(&w->h[p], &e)) break;
-		w->h[i] = w->h[p];
-		i = p;
-	}
-	w->h[i] = e;
+	ftp_tk_heap_push(&w->h, &e, sizeof e, pair_before);
 }
 
 static pair heap_pop(ftp_tk_spm_scratch *w)
 {
-	pair top = w->h[0], last = w->h[--w->nh];
-	size_t i = 0, n = w->nh;
-	for (;;) {
-		size_t c = 2 * i + 1;
-		if (c >= n) break;
-		if (c + 1 < n && pair_less(&w->h[c], &w->h[c + 1])) c++;
-		if (!pair_less(&last, &w->h[c])) break;
-		w->h[i] = w->h[c];
-		i = c;
-	}
-	if (n) w->h[i] = last;
+	pair top;
+	ftp_tk_heap_pop(&w->h, &top, sizeof top, pair_before);
 	return top;
 }
 
@@ -438,9 +420,9 @@ int ftp_tk_spm_encode_piece(const ft_tokenizer *t, ftp_tk_work *wk, const char *
 		i += ml;
 	}
 	w->s[w->ns - 1].next = -1;
-	w->nh = 0;
+	w->h.n = 0;
 	for (size_t i = 1; i < w->ns; i++) maybe_pair(t, w, (int32_t)i - 1, (int32_t)i);
-	while (w->nh) {
+	while (w->h.n) {
 		pair top = heap_pop(w);
 		sym *l = &w->s[top.left], *r = &w->s[top.right];
 		if (!l->len || !r->len || l->len + r->len != top.size) continue;

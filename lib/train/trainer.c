@@ -12,6 +12,7 @@
 #include "train/trainer_internal.h"
 #include "util/error.h"
 #include "util/atomicfile.h"
+#include "util/json.h"
 
 #include <errno.h>
 #include <math.h>
@@ -494,7 +495,7 @@ static int finish(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 		if (ftp_copy_into(*f, o->output_dir) < 0) return -1;
 	json_t *ts = ftp_trainer_state_json(o, p, st);
 	char *path = ft_xasprintf("%s/trainer_state.json", o->output_dir);
-	int rc = ft_json_write_atomic(ts, path, 2, 1);
+	int rc = ft_json_save_file_sorted(ts, path, 2);
 	free(path);
 	json_decref(ts);
 	if (rc < 0) return -1;

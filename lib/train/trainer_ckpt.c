@@ -5,6 +5,7 @@
 #include "train/trainer_internal.h"
 #include "util/atomicfile.h"
 #include "util/error.h"
+#include "util/json.h"
 #include "format/trainlog.h"
 
 #include <dirent.h>
@@ -14,29 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-
-int ft_json_write_atomic(const json_t *v, const char *path, int indent, int sort)
-{
-	ft_atomic a;
-	if (ft_atomic_open(&a, path) < 0) return -1;
-	size_t flags = JSON_INDENT(indent) | JSON_REAL_PRECISION(17) | (sort ? JSON_SORT_KEYS : 0);
-	if (json_dumpf(v, a.fp, flags) < 0 || fputc('\n', a.fp) == EOF) {
-		ft_atomic_abort(&a);
-		return ft_fail("%s: write failed:", path);
-	}
-	return ft_atomic_commit(&a);
-}
-
-static json_t *load_json(const char *path)
-{
-	json_error_t err;
-	json_t *v = json_load_file(path, 0, &err);
-	if (!v) {
-		if (err.line < 0) ft_fail("%s: %s", path, err.text);
-		else ft_fail("%s:%d:%d: %s", path, err.line, err.column, err.text);
-	}
-	return v;
-}
 
 int ftp_copy_into(const char *src, const char *dir)
 {
@@ -163,7 +141,7 @@ int ftp_ckpt_save(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 		      "last_epoch", (json_int_t)st->global_step,
 		      "_last_lr", ft_sched_lr(s, st->global_step));
 	f = ft_xasprintf("%s/scheduler.json", a.tmp);
-	if (ft_json_write_atomic(j, f, 2, 1) < 0) goto abort;
+	if (ft_json_save_file_sorted(j, f, 2) < 0) goto abort;
 	free(f);
 	json_decref(j);
 	/* The only randomness left in training is LoRA dropout, derived by
@@ -171,12 +149,12 @@ int ftp_ckpt_save(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 	j = json_pack("{s:I, s:I, s:I}", "seed", (json_int_t)o->seed,
 		      "epoch", (json_int_t)st->epoch_idx, "batches_done", (json_int_t)st->batches_done);
 	f = ft_xasprintf("%s/rng_state.json", a.tmp);
-	if (ft_json_write_atomic(j, f, 2, 1) < 0) goto abort;
+	if (ft_json_save_file_sorted(j, f, 2) < 0) goto abort;
 	free(f);
 	json_decref(j);
 	j = ftp_trainer_state_json(o, p, st);
 	f = ft_xasprintf("%s/trainer_state.json", a.tmp);
-	if (ft_json_write_atomic(j, f, 2, 1) < 0) goto abort;
+	if (ft_json_save_file_sorted(j, f, 2) < 0) goto abort;
 	free(f);
 	f = NULL;
 	json_decref(j);
@@ -210,7 +188,7 @@ static int hexnum(const json_t *o, const char *key, double *out)
 int ftp_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt, ftp_tstate *st)
 {
 	char *path = ft_xasprintf("%s/trainer_state.json", o->resume_dir);
-	json_t *ts = load_json(path);
+	json_t *ts = ft_json_load_file(path);
 	int rc = -1;
 	if (!ts) goto out;
 	json_t *ft = json_object_get(ts, "ft");

@@ -27,8 +27,6 @@ int ftp_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt,
 int ftp_ckpt_rotate(const char *output_dir, int64_t limit);
 /* trainer_state.json as transformers writes it (plus an "ft" object). */
 json_t *ftp_trainer_state_json(const ft_train_opts *o, const ft_train_plan *p, const ftp_tstate *st);
-/* JSON file written atomically with indent (sorted keys when sort). */
-int ft_json_write_atomic(const json_t *v, const char *path, int indent, int sort);
 /* Copy a file into dir unless a file of that name is there. */
 int ftp_copy_into(const char *src, const char *dir);
 

@@ -3,6 +3,7 @@
 #include "util/atomicfile.h"
 #include "util/error.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <ftw.h>
 #include <signal.h>
@@ -221,6 +222,18 @@ int ft_mkdirs(const char *path)
 	}
 	free(p);
 	return 0;
+}
+
+int ft_dir_is_empty(const char *path)
+{
+	DIR *d = opendir(path);
+	if (!d) return errno == ENOENT ? 1 : ft_fail("%s:", path);
+	struct dirent *e;
+	int empty = 1;
+	while (empty && (e = readdir(d)))
+		empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
+	closedir(d);
+	return empty;
 }
 
 /* Async-signal-safe: unlink/rmdir of files in a pending directory is not

@@ -39,6 +39,10 @@ void ft_atomic_dir_abort(ft_atomic *a);
 int ft_remove_tree(const char *path);
 /* mkdir -p */
 int ft_mkdirs(const char *path);
+/* 1: path is an empty directory or does not exist (an output directory
+ * that may be written); 0: it holds an entry; -1 with a message: it cannot
+ * be read (not a directory, no permission). */
+int ft_dir_is_empty(const char *path);
 
 void ft_atomic_install_signal_cleanup(void);
 

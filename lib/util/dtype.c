@@ -17,6 +17,7 @@
  *   bf16 -> f32: exact, NaN payload kept as is (a shift, in torch too).
  */
 #include "util/dtype.h"
+#include "util/dtype_inline.h"
 #include "util/error.h"
 
 #include <string.h>
@@ -121,14 +122,7 @@ uint16_t ft_f32_to_f16(float f)
 
 float ft_bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
 
-uint16_t ft_f32_to_bf16(float f)
-{
-	uint32_t u = f32_bits(f);
-	if ((u & 0x7fffffff) > 0x7f800000)
-		return 0xffff;
-	u += 0x7fff + ((u >> 16) & 1);
-	return (uint16_t)(u >> 16);
-}
+uint16_t ft_f32_to_bf16(float f) { return ft_bf16_round(f); }
 
 /* Loads go through memcpy: tensor data inside an mmap need not be aligned. */
 int ft_convert_to_f32(float *dst, const void *src, ft_dtype from, size_t n)

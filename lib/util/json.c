@@ -191,12 +191,12 @@ static int dump_cb(const char *buf, size_t size, void *data)
 	return fwrite(buf, 1, size, data) == size ? 0 : -1;
 }
 
-int ft_json_save_file(const json_t *v, const char *path, int indent)
+static int save_file(const json_t *v, const char *path, int indent, size_t flags)
 {
 	ft_atomic a;
 	if (ft_atomic_open(&a, path) < 0)
 		return -1;
-	size_t flags = DUMP_PREC | JSON_ENCODE_ANY;
+	flags |= DUMP_PREC | JSON_ENCODE_ANY;
 	if (indent > 0) flags |= JSON_INDENT(indent > 31 ? 31 : indent);
 	else flags |= JSON_COMPACT;
 	if (json_dump_callback(v, dump_cb, a.fp, flags) != 0 || fputc('\n', a.fp) == EOF) {
@@ -205,6 +205,16 @@ int ft_json_save_file(const json_t *v, const char *path, int indent)
 		return -1;
 	}
 	return ft_atomic_commit(&a);
+}
+
+int ft_json_save_file(const json_t *v, const char *path, int indent)
+{
+	return save_file(v, path, indent, 0);
+}
+
+int ft_json_save_file_sorted(const json_t *v, const char *path, int indent)
+{
+	return save_file(v, path, indent, JSON_SORT_KEYS);
 }
 
 int ft_json_write_line(const json_t *v, FILE *fp)

@@ -33,6 +33,9 @@ int ft_json_req_num(const json_t *obj, const char *key, double *out);
 /* Write atomically (temp + rename), indented (indent 0: compact), keys in
  * insertion order, doubles with 17 digits, with a final newline. */
 int ft_json_save_file(const json_t *v, const char *path, int indent);
+/* The same with object keys sorted, as Python's json.dump(sort_keys=True)
+ * (transformers' trainer_state.json). */
+int ft_json_save_file_sorted(const json_t *v, const char *path, int indent);
 /* One compact line to fp (for JSONL logs); -1 on write error. */
 int ft_json_write_line(const json_t *v, FILE *fp);
 

@@ -27,17 +27,6 @@
 #define QWEN2 "tests/fixtures/models/tiny-qwen2"
 #define PAR "tests/fixtures/parity/"
 
-static double max_rel(const float *a, const float *ref, size_t n)
-{
-	double d = 0, s = 0;
-	for (size_t i = 0; i < n; i++) {
-		double e = fabs((double)a[i] - ref[i]);
-		if (e > d || e != e) d = e != e ? INFINITY : e;
-		if (fabs(ref[i]) > s) s = fabs(ref[i]);
-	}
-	return d / (s > 1e-30 ? s : 1e-30);
-}
-
 static float *tensor_f32(const ft_st *st, const char *name, size_t n)
 {
 	const ft_st_tensor *t = ft_st_find(st, name);

@@ -5,6 +5,7 @@
 #ifndef FT_TAP_H
 #define FT_TAP_H
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdarg.h>
 #include <math.h>
@@ -42,6 +43,20 @@ static double rel_err(double got, double want, double floor_)
 {
 	double d = fabs(got - want), s = fabs(want);
 	return d / (s > floor_ ? s : floor_);
+}
+
+/* max |a - ref| / max |ref| over n floats (floor 1e-30); a NaN difference
+ * makes it infinite, so it never passes a bound. */
+__attribute__((unused))
+static double max_rel(const float *a, const float *ref, size_t n)
+{
+	double d = 0, s = 0;
+	for (size_t i = 0; i < n; i++) {
+		double e = fabs((double)a[i] - ref[i]);
+		if (e > d || e != e) d = e != e ? INFINITY : e;
+		if (fabs(ref[i]) > s) s = fabs(ref[i]);
+	}
+	return d / (s > 1e-30 ? s : 1e-30);
 }
 
 static int tap_done(void)

@@ -30,17 +30,6 @@ static float *rnd(size_t n, float scale)
 	return p;
 }
 
-static double max_rel(const float *a, const float *ref, size_t n)
-{
-	double d = 0, s = 0;
-	for (size_t i = 0; i < n; i++) {
-		double e = fabs((double)a[i] - ref[i]);
-		if (e > d || e != e) d = e != e ? INFINITY : e;
-		if (fabs(ref[i]) > s) s = fabs(ref[i]);
-	}
-	return d / (s > 1e-30 ? s : 1e-30);
-}
-
 static void test_casts(void)
 {
 	int bad16 = 0, badb = 0;

@@ -1,7 +1,5 @@
 /* output.c - ft-generate's results: JSON lines, prediction files with
  * LLaMA-Factory's metrics, and the interactive chat. */
-#include <dirent.h>
-#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
@@ -51,18 +49,6 @@ static int write_lines(FILE *f, const gen_cli *o, const gen_env *e, const gen_it
 	return 0;
 }
 
-static int dir_is_empty(const char *path)
-{
-	DIR *d = opendir(path);
-	if (!d) return errno == ENOENT;
-	struct dirent *de;
-	int empty = 1;
-	while (empty && (de = readdir(d)))
-		empty = !strcmp(de->d_name, ".") || !strcmp(de->d_name, "..");
-	closedir(d);
-	return empty;
-}
-
 static json_t *predict_metrics(const gen_cli *o, const gen_env *e, const gen_items *it,
 			       const ft_i32vec *outs, double secs)
 {
@@ -92,7 +78,8 @@ static json_t *predict_metrics(const gen_cli *o, const gen_env *e, const gen_ite
 static int write_predictions(const gen_cli *o, const gen_env *e, const gen_items *it,
 			     const ft_i32vec *outs, double secs)
 {
-	if (!o->overwrite_output_dir && !dir_is_empty(o->output_dir))
+	/* != 1: one that cannot be listed is refused too */
+	if (!o->overwrite_output_dir && ft_dir_is_empty(o->output_dir) != 1)
 		return ft_fail("%s: output directory is not empty (use --overwrite_output_dir)", o->output_dir);
 	if (ft_mkdirs(o->output_dir) < 0) return -1;
 	char *path = ft_xasprintf("%s/generated_predictions.jsonl", o->output_dir);

@@ -1,12 +1,11 @@
 /* ft-train - fine-tune a Hugging Face model on ft-pack batches (CPU). */
 #define _GNU_SOURCE
 #include "ft-train.h"
+#include "cli/runplan.h"
 #include "format/batch_io.h"
 #include "plot/plot.h"
 #include "util/atomicfile.h"
 
-#include <dirent.h>
-#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -137,18 +136,6 @@ static void on_event(void *ctx, ft_train_event ev, const ft_trainlog_entry *e, c
 
 /* ---- helpers --------------------------------------------------------------- */
 
-static int dir_nonempty(const char *path)
-{
-	DIR *d = opendir(path);
-	if (!d) return 0;
-	struct dirent *e;
-	int n = 0;
-	while ((e = readdir(d)))
-		if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) { n = 1; break; }
-	closedir(d);
-	return n;
-}
-
 static const char *const tokenizer_files[] = {
 	"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
 	"vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json",
@@ -180,20 +167,7 @@ static char *resume_command(int argc, char **argv, const char *ckpt)
 			continue;
 		}
 		if (!strncmp(a, "resume_from_checkpoint=", 23)) continue;
-		char *q;
-		if (a[strcspn(a, " \t\n'\"\\$`*?[]#~;&|<>(){}!")] == 0 && *a) q = ft_xstrdup(a);
-		else {
-			size_t l = strlen(a);
-			q = ft_xmalloc(4 * l + 3);
-			char *p = q;
-			*p++ = '\'';
-			for (; *a; a++) {
-				if (*a == '\'') { memcpy(p, "'\\''", 4); p += 4; }
-				else *p++ = *a;
-			}
-			*p++ = '\'';
-			*p = 0;
-		}
+		char *q = ft_shell_quote(a);
 		size_t need = n + strlen(q) + 2 + strlen(ckpt) + 40;
 		if (need > cap) s = ft_xrealloc(s, cap = 2 * need);
 		n += (size_t)sprintf(s + n, "%s%s", i ? " " : "", q);
@@ -393,7 +367,8 @@ int main(int argc, char **argv)
 			    c.eval_batch_size, vm_.batch_size);
 	}
 
-	/* output directory rules */
+	/* output directory rules (one that cannot be listed is not refused here:
+	 * it fails where it is written) */
 	char *resume = NULL;
 	if (c.resume) {
 		if (!strcasecmp(c.resume, "true")) {
@@ -405,7 +380,7 @@ int main(int argc, char **argv)
 		struct stat st;
 		if (stat(resume, &st) < 0 || !S_ISDIR(st.st_mode))
 			die("--resume_from_checkpoint %s: not a checkpoint directory", resume);
-	} else if (c.do_train && dir_nonempty(c.output_dir) && !c.overwrite) {
+	} else if (c.do_train && ft_dir_is_empty(c.output_dir) == 0 && !c.overwrite) {
 		die("output directory %s is not empty: use --overwrite_output_dir, or "
 		    "--resume_from_checkpoint true to continue its last checkpoint", c.output_dir);
 	}
