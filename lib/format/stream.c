@@ -22,6 +22,7 @@
 #include "format/stream_internal.h"
 #include "util/atomicfile.h"
 #include "util/error.h"
+#include "util/json.h"
 #include "util/sha256.h"
 
 #include <dirent.h>
@@ -508,7 +509,9 @@ int ft_writer_put_json(ft_writer *w, const json_t *rec)
 
 struct ft_reader {
 	char **paths;              /* files in reading order ("-" is stdin) */
+	char **expect;             /* per file: manifest.json's sha256, or NULL */
 	size_t npaths, ipath;
+	ft_sha256_ctx sha;         /* of the open file's bytes, while read */
 	int fd;                    /* -1: no file open */
 	const char *name;          /* display name of the open file */
 
@@ -556,6 +559,60 @@ static int not_stream(ft_reader *r, const char *why)
 	return ft_fail("%s: not an ft stream (%s)", r->name, why);
 }
 
+/* ---- manifest.json: the sha256 of every shard of a directory ---------- */
+
+static const char *base_name(const char *path)
+{
+	const char *s = strrchr(path, '/');
+	return s ? s + 1 : path;
+}
+
+/* A directory written by ft-pack lists its shards with their sha256:
+ * every *.zst found must be listed, every listed one present, and each
+ * file's hash (computed while it is read) is checked at its end.  The
+ * hashes are those of names[0..n) in `expect`. */
+static int manifest_hashes(const char *dir, char **names, size_t n, char **expect)
+{
+	char *mpath = ft_xasprintf("%s/manifest.json", dir);
+	struct stat st;
+	int rc = 0;
+	if (stat(mpath, &st) != 0) goto done;   /* not an ft-pack directory */
+	json_t *man = ft_json_load_file(mpath);
+	if (!man) { rc = -1; goto done; }
+	json_t *shards = json_object_get(man, "shards");
+	size_t i, k;
+	json_t *e;
+	if (!json_is_array(shards)) {
+		rc = ft_fail("%s: no \"shards\" list", mpath);
+		goto free_man;
+	}
+	json_array_foreach(shards, k, e) {
+		const char *f = ft_json_str(e, "file", NULL), *h = ft_json_str(e, "sha256", NULL);
+		if (!f || !h || strlen(h) != 64) {
+			rc = ft_fail("%s: shard %zu has no \"file\" and 64-digit \"sha256\"", mpath, k);
+			goto free_man;
+		}
+		for (i = 0; i < n && strcmp(base_name(names[i]), f); i++) {}
+		if (i == n) {
+			rc = ft_fail("%s/%s: listed in %s but missing (an incomplete copy?)", dir, f, mpath);
+			goto free_man;
+		}
+		free(expect[i]);
+		expect[i] = ft_xstrdup(h);
+	}
+	for (i = 0; i < n; i++)
+		if (!expect[i]) {
+			rc = ft_fail("%s: not listed in %s (a stray shard from another run: remove it, "
+				     "or pack again)", names[i], mpath);
+			goto free_man;
+		}
+free_man:
+	json_decref(man);
+done:
+	free(mpath);
+	return rc;
+}
+
 static int cmp_str(const void *a, const void *b)
 {
 	return strcmp(*(char *const *)a, *(char *const *)b);
@@ -585,12 +642,35 @@ static int add_path(ft_reader *r, const char *path, size_t *cap)
 		names = ft_xmalloc(sizeof *names);
 		names[n++] = ft_xstrdup(path);
 	}
+	char **expect = ft_xcalloc(n, sizeof *expect);
+	int rc = n > 1 || strcmp(names[0], path) ? manifest_hashes(path, names, n, expect) : 0;
 	for (size_t i = 0; i < n; i++) {
-		if (r->npaths == *cap) r->paths = ft_xrealloc(r->paths, (*cap = *cap ? 2 * *cap : 8) * sizeof *r->paths);
+		if (r->npaths == *cap) {
+			*cap = *cap ? 2 * *cap : 8;
+			r->paths = ft_xrealloc(r->paths, *cap * sizeof *r->paths);
+			r->expect = ft_xrealloc(r->expect, *cap * sizeof *r->expect);
+		}
+		r->expect[r->npaths] = expect[i];
 		r->paths[r->npaths++] = names[i];
 	}
 	free(names);
-	return 0;
+	free(expect);
+	return rc;
+}
+
+/* At the end of a file: its bytes against manifest.json's sha256. */
+static int check_file_hash(ft_reader *r)
+{
+	const char *want = r->expect[r->ipath];
+	if (!want) return 0;
+	uint8_t d[32];
+	char hex[65];
+	ft_sha256_final(&r->sha, d);
+	ft_hex(d, 32, hex);
+	if (strcmp(hex, want) == 0) return 0;
+	r->failed = 1;
+	return ft_fail("%s: sha256 %.12s... differs from manifest.json's %.12s... (the shard was "
+		       "changed or replaced after ft-pack wrote it)", r->name, hex, want);
 }
 
 static void close_file(ft_reader *r)
@@ -612,6 +692,7 @@ static int open_file(ft_reader *r)
 	r->zret = 0;
 	r->out_full = r->eof = 0;
 	r->file_off = r->frame_dec = 0;
+	ft_sha256_init(&r->sha);
 	if (r->mp_init) msgpack_unpacker_destroy(&r->mp);
 	if (!msgpack_unpacker_init(&r->mp, MSGPACK_UNPACKER_INIT_BUFFER_SIZE))
 		return r->failed = 1, ft_fail("out of memory");
@@ -633,8 +714,9 @@ static int pump(ft_reader *r)
 		if (n < 0) return reader_fail(r, "read error: %s", strerror(errno));
 		if (n == 0) {
 			r->eof = 1;
-			return 0;
+			return check_file_hash(r);
 		}
+		if (r->expect[r->ipath]) ft_sha256_update(&r->sha, r->inbuf, (size_t)n);
 		r->in.size = (size_t)n;
 		r->in.pos = 0;
 	}
@@ -813,8 +895,12 @@ void ft_reader_close(ft_reader *r)
 {
 	if (!r) return;
 	close_file(r);
-	for (size_t i = 0; i < r->npaths; i++) free(r->paths[i]);
+	for (size_t i = 0; i < r->npaths; i++) {
+		free(r->paths[i]);
+		free(r->expect[i]);
+	}
 	free(r->paths);
+	free(r->expect);
 	if (r->mp_init) msgpack_unpacker_destroy(&r->mp);
 	msgpack_unpacked_destroy(&r->cur);
 	msgpack_unpacked_destroy(&r->hdr_raw);
@@ -841,6 +927,17 @@ int ft_reader_next(ft_reader *r, ft_rec **rec)
 	r->rec.obj = r->cur.data;
 	*rec = &r->rec;
 	return 1;
+}
+
+int ft_reader_expect_end(ft_reader *r)
+{
+	if (r->failed) return ft_fail("stream reader: used after an error");
+	int rc = reader_advance(r);
+	if (rc < 0) return -1;
+	if (rc > 0)
+		return ft_fail("%s: record %llu: more records than expected (%llu)", ft_reader_path(r),
+			       (unsigned long long)r->returned, (unsigned long long)r->returned);
+	return 0;
 }
 
 uint64_t ft_reader_index(const ft_reader *r) { return r->returned ? r->returned - 1 : 0; }

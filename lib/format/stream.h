@@ -93,7 +93,10 @@ typedef struct ft_rec ft_rec;   /* valid until the next ft_reader_next() */
 
 /* Open a file, "-" for stdin, or a directory of shards; several paths are
  * read in order as one stream (none: stdin).  The header is read at open:
- * a file that does not start with one is "not an ft stream". */
+ * a file that does not start with one is "not an ft stream".  A directory
+ * with a manifest.json (ft-pack) must hold exactly the shards it lists,
+ * and each shard's sha256, computed while it is read, is checked against
+ * the manifest when the shard ends: a swapped shard is an error. */
 ft_reader *ft_reader_open(const char *path);
 ft_reader *ft_reader_open_many(const char *const *paths, size_t n);
 void ft_reader_close(ft_reader *r);
@@ -103,6 +106,11 @@ const char *ft_reader_kind(const ft_reader *r);
 /* 1: a record; 0: end of input; -1: error naming the file, the record
  * index and the byte offset (truncation, corruption, mixed headers). */
 int ft_reader_next(ft_reader *r, ft_rec **rec);
+/* For a reader that stops after the records it expects (ft-train reads
+ * the manifest's count): read on to the end, so that a last frame cut
+ * short (its checksum missing) or a wrong sha256 is still an error.
+ * 0 at a clean end; -1 on such an error or when more records follow. */
+int ft_reader_expect_end(ft_reader *r);
 /* Index of the last record returned (0-based, headers not counted) and
  * the file it came from. */
 uint64_t ft_reader_index(const ft_reader *r);

@@ -159,20 +159,37 @@ static char *dir_of(const char *file)
 	return d;
 }
 
+/* The file a directory's tokenizer is read from: tokenizer.json, else
+ * tokenizer.model; NULL when it has neither. */
+static char *tokenizer_file_in(const char *dir)
+{
+	char *file = ft_xasprintf("%s/tokenizer.json", dir);
+	if (exists(file)) return file;
+	free(file);
+	file = ft_xasprintf("%s/tokenizer.model", dir);
+	if (exists(file)) return file;
+	free(file);
+	return NULL;
+}
+
+int ft_tokenizer_dir_sha256(const char *dir, char hex[65])
+{
+	char *file = is_dir(dir) ? tokenizer_file_in(dir) : NULL;
+	if (!file) return 0;
+	int rc = ft_sha256_file(file, hex) < 0 ? -1 : 1;
+	free(file);
+	return rc;
+}
+
 ft_tokenizer *ft_tokenizer_load(const char *path)
 {
 	int dir = is_dir(path);
 	char *file = NULL, *cdir = NULL;
 	if (dir) {
-		file = ft_xasprintf("%s/tokenizer.json", path);
-		if (!exists(file)) {
-			free(file);
-			file = ft_xasprintf("%s/tokenizer.model", path);
-			if (!exists(file)) {
-				free(file);
-				ft_fail("%s: no tokenizer.json or tokenizer.model in this directory", path);
-				return NULL;
-			}
+		file = tokenizer_file_in(path);
+		if (!file) {
+			ft_fail("%s: no tokenizer.json or tokenizer.model in this directory", path);
+			return NULL;
 		}
 		cdir = ft_xstrdup(path);
 	} else {

@@ -47,5 +47,9 @@ typedef struct {
 const ft_tokenizer_info *ft_tokenizer_info_get(const ft_tokenizer *t);
 /* Stable identity for stream headers: "<name>:<sha256 of tokenizer file>". */
 const char *ft_tokenizer_identity(const ft_tokenizer *t);
+/* The sha256 part of that identity for a model directory, without loading
+ * the tokenizer: 1 with hex filled, 0 when the directory holds no
+ * tokenizer.json or tokenizer.model, -1 on a read error. */
+int ft_tokenizer_dir_sha256(const char *dir, char hex[65]);
 
 #endif

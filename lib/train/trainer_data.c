@@ -13,7 +13,28 @@ typedef struct {
 	size_t n;
 	ft_reader *r;
 	int is_stdin, started;
+	/* The training loop stops after the manifests' count of batches, so
+	 * the last one is followed by a check that the input ends there
+	 * intact (frame checksum, manifest sha256): 0 when not known. */
+	uint64_t total, served;
 } stream_src;
+
+/* Batches the inputs hold: each manifest's count times its epochs. */
+static uint64_t expected_batches(stream_src *s)
+{
+	uint64_t total = 0;
+	for (size_t i = 0; i < s->n; i++) {
+		ft_manifest m;
+		int rc = s->is_stdin ? ft_manifest_from_json(json_object_get(ft_reader_header(s->r), "meta"), &m)
+				     : ft_manifest_load(s->paths[i], &m);
+		if (rc < 0) {
+			ft_errclear();
+			return 0;
+		}
+		total += (uint64_t)m.n_batches * (uint64_t)m.epochs;
+	}
+	return total;
+}
 
 static int stream_rewind(void *self)
 {
@@ -23,6 +44,7 @@ static int stream_rewind(void *self)
 			       "or evaluation data on stdin): give a file or directory instead");
 	if (s->r && s->is_stdin) return 0;   /* opened but nothing read yet */
 	if (s->r) ft_reader_close(s->r);
+	s->served = 0;
 	s->r = ft_reader_open_many((const char *const *)s->paths, s->n);
 	return s->r ? 0 : -1;
 }
@@ -32,7 +54,10 @@ static int stream_next(void *self, ft_batch *b)
 	stream_src *s = self;
 	if (!s->r && stream_rewind(s) < 0) return -1;
 	s->started = 1;
-	return ft_batch_read(s->r, b);
+	int rc = ft_batch_read(s->r, b);
+	if (rc == 1 && s->total && ++s->served == s->total && ft_reader_expect_end(s->r) < 0)
+		return -1;
+	return rc;
 }
 
 static void stream_close(void *self)
@@ -68,6 +93,7 @@ int ft_batch_source_open(ft_batch_source *src, const char *const *paths, size_t 
 		stream_close(s);
 		return -1;
 	}
+	s->total = expected_batches(s);
 	return 0;
 }
 

@@ -38,7 +38,7 @@ static const char *const known[] = {
 	"logging_first_step", "save_steps", "save_total_limit", "eval_steps", "do_train", "do_eval",
 	"val", "train", "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
 	"gradient_checkpointing", "bf16", "fp16", "plot_loss", "device", "eval_strategy",
-	"save_strategy", "logging_strategy", "optim", NULL,
+	"save_strategy", "logging_strategy", "optim", "allow_tokenizer_mismatch", "skip_nonfinite", NULL,
 };
 
 static int in_list(const char *const *l, const char *k)
@@ -175,6 +175,7 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	c->config = get(a, "config");
 	c->output_dir = get(a, "output_dir");
 	c->overwrite = get_bool(a, "overwrite_output_dir", 0);
+	c->allow_tokenizer_mismatch = get_bool(a, "allow_tokenizer_mismatch", 0);
 	c->plot_loss = get_bool(a, "plot_loss", 0);
 	c->bf16 = get_bool(a, "bf16", 0);
 	c->fp16 = get_bool(a, "fp16", 0);

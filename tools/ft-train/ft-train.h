@@ -14,10 +14,14 @@ typedef struct {
 	const char *model, *adapter, *config, *output_dir, *resume;
 	int from_scratch, overwrite, plot_loss, bf16, fp16, do_train, do_eval, eval_strategy_no;
 	int batch_size, eval_batch_size;
+	int allow_tokenizer_mismatch;
 	char **train, **val;
 	size_t n_train, n_val;
 } ft_cli_args;
 
 void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c);
+/* checks.c: die unless the batches of `path` were tokenized with the
+ * model's tokenizer (both hashed; unknown on either side passes). */
+void check_tokenizer(const ft_cli_args *c, const char *path, const ft_manifest *m);
 
 #endif

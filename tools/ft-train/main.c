@@ -32,6 +32,8 @@ static const char usage[] =
 "  --adapter_name_or_path DIR PEFT LoRA adapter to continue training, or to evaluate alone\n"
 "  --output_dir DIR           adapter or weights, checkpoints, logs (required)\n"
 "  --overwrite_output_dir     allow a non-empty output_dir\n"
+"  --allow_tokenizer_mismatch train on batches whose tokenizer (manifest) differs\n"
+"                             from the model's (refused by default)\n"
 "  --resume_from_checkpoint DIR|true   continue a run (true: the latest checkpoint)\n"
 "  --device cpu               the only device of this build\n"
 "Fine-tuning:\n"
@@ -199,6 +201,7 @@ static void load_manifests(ft_cli_args *c, char **paths, size_t n, const char *w
 			die("%s: the batches were packed for stage '%s' but --stage is %s "
 			    "(re-tokenize with --stage %s, or pass --stage %s)",
 			    ft_display_name(paths[i]), m.stage, c->stage, c->stage, m.stage);
+		check_tokenizer(c, paths[i], &m);
 		if (m.pairwise)
 			die("%s: pairwise batches (stage rm/dpo) are not supported by this ft-train",
 			    ft_display_name(paths[i]));

@@ -1,0 +1,89 @@
+#!/usr/bin/env bats
+# Reliability (docs/RELIABILITY.md): shard integrity, tokenizer identity,
+# atomic and reclaimable output directories, validation before allocation,
+# non-finite training stops, and messages that name the user's file.
+load helper
+
+MODEL="$FIXTURES/models/tiny-llama"
+export OMP_NUM_THREADS=1
+
+# tokens for tiny-llama (41 examples, vocab 256) packed into a directory
+pack_dir() { ft-pack --per_device_train_batch_size 2 --shard_size 4 --output_dir "$1" tok.zst; }
+train() { ft-train --model_name_or_path "$MODEL" --max_steps 2 --output_dir out "$@"; }
+
+setup() {
+	cd "$BATS_TEST_TMPDIR"
+	ft-cat --encode < "$FIXTURES/trainer/tokens.jsonl" > tok.zst
+}
+
+@test "integrity: a shard missing its last bytes (the frame checksum) is refused by ft-train" {
+	pack_dir data
+	last=$(ls data/shard-*.ftb.zst | tail -n 1)
+	size=$(stat -c %s "$last")
+	truncate -s $((size - 2)) "$last"
+	run --separate-stderr ft-train --model_name_or_path "$MODEL" --num_train_epochs 1 --train data --output_dir out
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"$last"* ]]
+	# a single stream file has no manifest: the missing checksum itself is the error
+	ft-pack --per_device_train_batch_size 2 -o one.ftb.zst tok.zst
+	size=$(stat -c %s one.ftb.zst)
+	truncate -s $((size - 3)) one.ftb.zst
+	run --separate-stderr ft-train --model_name_or_path "$MODEL" --num_train_epochs 1 --train one.ftb.zst --output_dir out2
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"one.ftb.zst"*"truncated stream"* ]]
+}
+
+@test "integrity: a shard swapped for another valid one fails manifest.json's sha256" {
+	pack_dir data
+	pack_dir other
+	# same layout, other shuffle: a valid shard with other bytes
+	ft-pack --per_device_train_batch_size 2 --shard_size 4 --seed 7 --output_dir other2 tok.zst
+	cp other2/shard-00000.ftb.zst data/shard-00000.ftb.zst
+	run --separate-stderr train --train data
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"data/shard-00000.ftb.zst"*"sha256"*"manifest.json"* ]]
+}
+
+@test "integrity: a shard not listed in manifest.json is refused" {
+	pack_dir data
+	cp data/shard-00000.ftb.zst data/shard-00099.ftb.zst
+	run --separate-stderr train --train data
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"shard-00099.ftb.zst"*"not listed in"*"manifest.json"* ]]
+}
+
+@test "integrity: ft-cat checks manifest.json's sha256 as well" {
+	pack_dir data
+	ft-pack --per_device_train_batch_size 2 --shard_size 4 --seed 7 --output_dir other tok.zst
+	cp other/shard-00000.ftb.zst data/shard-00000.ftb.zst
+	run --separate-stderr ft-cat data
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"sha256"* ]]
+}
+
+# a tiny-llama copy with a tokenizer, and batches whose header names a tokenizer by hash
+tok_model() {
+	mkdir -p model && cp "$MODEL"/* model/ && cp "$FT_ROOT/demo/tokenizer.json" model/
+	sha=$(sha256sum "${2:-model/tokenizer.json}" | cut -d' ' -f1)
+	jq -c "if .format then .meta.tokenizer = \"$1:$sha\" else . end" "$FIXTURES/trainer/tokens.jsonl" |
+		ft-cat --encode > named.zst
+	ft-pack --per_device_train_batch_size 2 --output_dir "$1-data" named.zst
+}
+
+@test "tokenizer: batches from another tokenizer are refused naming both; --allow_tokenizer_mismatch overrides" {
+	tok_model other "$FIXTURES/trainer/tokens.jsonl"
+	run --separate-stderr ft-train --model_name_or_path model --max_steps 2 --train other-data --output_dir out0
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"other-data: the batches were tokenized with 'other'"*"--model_name_or_path model"* ]] || {
+		echo "$stderr"; false; }
+	[[ "$stderr" == *"--allow_tokenizer_mismatch"* ]]
+	run ft-train --model_name_or_path model --max_steps 2 --train other-data --output_dir out \
+		--allow_tokenizer_mismatch
+	assert_success
+}
+
+@test "tokenizer: batches made with the model's own tokenizer train" {
+	tok_model same
+	run ft-train --model_name_or_path model --max_steps 2 --train same-data --output_dir out
+	assert_success
+}
