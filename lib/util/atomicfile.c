@@ -130,12 +130,22 @@ void ft_atomic_abort(ft_atomic *a)
 
 int ft_atomic_dir_open(ft_atomic *a, const char *path)
 {
+	if (ft_atomic_reclaim(path) < 0) return -1;
 	a->fp = NULL;
 	a->direct = 0;
 	a->path = ft_xstrdup(path);
-	a->tmp = temp_name(path);
-	if (mkdir(a->tmp, 0777) != 0) {
-		ft_fail("%s: cannot create:", path);
+	size_t l = strlen(a->path);
+	while (l > 1 && a->path[l - 1] == '/') a->path[--l] = 0;   /* "out/" names out */
+	a->tmp = temp_name(a->path);
+	int made = mkdir(a->tmp, 0777) == 0;
+	if (!made && errno == ENOENT && strchr(a->path, '/')) {   /* parents first */
+		char *parent = ft_xstrdup(a->path);
+		*strrchr(parent, '/') = 0;
+		made = *parent && ft_mkdirs(parent) == 0 && mkdir(a->tmp, 0777) == 0;
+		free(parent);
+	}
+	if (!made) {
+		ft_fail("%s: cannot create:", a->tmp);
 		free(a->path); free(a->tmp);
 		a->path = a->tmp = NULL;
 		return -1;
@@ -147,12 +157,7 @@ int ft_atomic_dir_open(ft_atomic *a, const char *path)
 int ft_atomic_dir_commit(ft_atomic *a, int replace)
 {
 	struct stat st;
-	if (stat(a->path, &st) == 0) {
-		if (!replace) {
-			ft_fail("%s: already exists", a->path);
-			ft_atomic_dir_abort(a);
-			return -1;
-		}
+	if (replace && stat(a->path, &st) == 0) {
 		/* Move the old one aside first so the name is never missing a
 		 * complete directory for longer than two renames. */
 		char *old = temp_name(a->path);
@@ -175,8 +180,13 @@ int ft_atomic_dir_commit(ft_atomic *a, int replace)
 		atomic_free(a);
 		return 0;
 	}
+	/* rename(2) replaces only an empty directory: of two runs claiming
+	 * one new name, the second fails here and leaves nothing in it */
 	if (rename(a->tmp, a->path) != 0) {
-		ft_fail("%s: rename failed:", a->path);
+		if (errno == ENOTEMPTY || errno == EEXIST)
+			ft_fail("%s: already exists and is not empty (another run wrote it first?)", a->path);
+		else
+			ft_fail("%s: rename failed:", a->path);
 		ft_atomic_dir_abort(a);
 		return -1;
 	}
@@ -189,6 +199,70 @@ void ft_atomic_dir_abort(ft_atomic *a)
 	if (!a->tmp) return;
 	ft_remove_tree(a->tmp);
 	atomic_free(a);
+}
+
+/* ".<base>.tmp.<pid>.<n>" (temp_name): the pid, or 0 when `name` is not
+ * one of those or not for `base` (NULL: any base). */
+static pid_t temp_owner(const char *name, const char *base)
+{
+	if (name[0] != '.') return 0;
+	const char *t = strstr(name + 1, ".tmp.");
+	if (!t || t == name + 1) return 0;
+	if (base && ((size_t)(t - name - 1) != strlen(base) || strncmp(name + 1, base, strlen(base))))
+		return 0;
+	char *end;
+	long pid = strtol(t + 5, &end, 10);
+	if (pid <= 0 || *end != '.' || !end[1]) return 0;
+	strtol(end + 1, &end, 10);
+	return *end ? 0 : (pid_t)pid;
+}
+
+/* A temporary whose writer is gone: its pid no longer runs, and it is
+ * ours (a live process, or another user's file, is left alone). */
+static int abandoned(const char *path, pid_t pid)
+{
+	struct stat st;
+	if (pid == getpid() || lstat(path, &st) != 0 || st.st_uid != getuid()) return 0;
+	return kill(pid, 0) != 0 && errno == ESRCH;
+}
+
+static int reclaim_in(const char *dir, const char *base)
+{
+	DIR *d = opendir(dir);
+	if (!d) return errno == ENOENT ? 0 : ft_fail("%s:", dir);
+	struct dirent *e;
+	int n = 0, rc = 0;
+	while ((e = readdir(d)) && rc == 0) {
+		pid_t pid = temp_owner(e->d_name, base);
+		if (!pid) continue;
+		char *p = ft_xasprintf("%s/%s", dir, e->d_name);
+		if (abandoned(p, pid)) {
+			rc = ft_remove_tree(p);
+			n++;
+		}
+		free(p);
+	}
+	closedir(d);
+	return rc < 0 ? -1 : n;
+}
+
+int ft_atomic_reclaim(const char *path)
+{
+	char *p = ft_xstrdup(path);
+	size_t l = strlen(p);
+	while (l > 1 && p[l - 1] == '/') p[--l] = 0;   /* "out/" names out */
+	char *slash = strrchr(p, '/');
+	const char *base = slash ? slash + 1 : p, *dir = ".";
+	if (slash == p) dir = "/";
+	else if (slash) *slash = 0, dir = p;
+	int rc = reclaim_in(dir, base);
+	free(p);
+	return rc;
+}
+
+int ft_atomic_reclaim_in(const char *dir)
+{
+	return reclaim_in(dir, NULL);
 }
 
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
@@ -253,8 +327,23 @@ static void on_signal(int sig)
 	raise(sig);
 }
 
+/* A tool that dies (exit 1) with a temporary pending: remove it whole,
+ * so only a kill -9 leaves one (for ft_atomic_reclaim to find). */
+static void on_exit_cleanup(void)
+{
+	for (int i = 0; i < MAX_PENDING; i++) {
+		char *t = pending[i];
+		if (!t) continue;
+		if (pending_is_dir[i]) ft_remove_tree(t);
+		else unlink(t);
+		pending[i] = NULL;
+	}
+}
+
 void ft_atomic_install_signal_cleanup(void)
 {
+	static int registered;
+	if (!registered++) atexit(on_exit_cleanup);
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
 	signal(SIGHUP, on_signal);

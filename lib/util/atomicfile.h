@@ -28,12 +28,24 @@ int ft_atomic_commit(ft_atomic *a);
 /* Close and remove the temporary. */
 void ft_atomic_abort(ft_atomic *a);
 
-/* Directories (checkpoints, exports): make a temporary sibling directory,
- * fill it, then ft_atomic_dir_commit() renames it to `path`, replacing an
- * existing directory of that name only when `replace` is set. */
+/* Directories (checkpoints, exports, ft-pack outputs): make a temporary
+ * sibling directory (created exclusively: the claim of one run), fill it,
+ * then ft_atomic_dir_commit() renames it to `path`.  Without `replace`
+ * the rename succeeds only when `path` is absent or an empty directory,
+ * so of two runs into one new name the second fails cleanly and leaves
+ * nothing in the first's output; with `replace` an existing directory is
+ * replaced whole.  Opening first reclaims the abandoned temporaries of
+ * `path` (ft_atomic_reclaim). */
 int ft_atomic_dir_open(ft_atomic *a, const char *path);
 int ft_atomic_dir_commit(ft_atomic *a, int replace);
 void ft_atomic_dir_abort(ft_atomic *a);
+
+/* Remove what killed runs left: the temporaries ".<name>.tmp.<pid>.<n>"
+ * of `path` (ft_atomic_reclaim) or of any name in `dir`
+ * (ft_atomic_reclaim_in) whose process no longer runs and which belong
+ * to this user.  Returns how many were removed, or -1 with a message. */
+int ft_atomic_reclaim(const char *path);
+int ft_atomic_reclaim_in(const char *dir);
 
 /* Remove a directory tree (used for replaced or aborted directories). */
 int ft_remove_tree(const char *path);
@@ -44,6 +56,8 @@ int ft_mkdirs(const char *path);
  * be read (not a directory, no permission). */
 int ft_dir_is_empty(const char *path);
 
+/* Tools call this once: temporaries still pending are removed on
+ * SIGINT/SIGTERM/SIGHUP and at exit (a tool that dies on an error). */
 void ft_atomic_install_signal_cleanup(void);
 
 #endif

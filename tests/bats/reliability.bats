@@ -87,3 +87,74 @@ tok_model() {
 	run ft-train --model_name_or_path model --max_steps 2 --train same-data --output_dir out
 	assert_success
 }
+
+# a pid that ran and is gone
+dead_pid() { bash -c 'echo $$'; }
+
+@test "ft-pack --output_dir: killed while writing, it leaves no directory that looks usable" {
+	# the file size limit kills ft-pack (SIGXFSZ) when it writes manifest.json,
+	# after the shards: before, DIR held shards and no manifest
+	run bash -c 'ulimit -f 2; ft-pack -q --per_device_train_batch_size 2 --shard_size 1 --output_dir data tok.zst'
+	assert_failure
+	[ ! -e data ]
+	[ -n "$(ls -A | grep '^\.data\.tmp\.')" ]
+	run --separate-stderr ft-cat data
+	[ "$status" -eq 1 ]
+	# the rerun reclaims the killed run's temporary and writes a complete directory
+	pack_dir data
+	[ -z "$(ls -A | grep '^\.data\.tmp\.')" ]
+	[ -f data/manifest.json ]
+	ft-cat data > /dev/null
+}
+
+@test "reruns reclaim leftovers of killed runs (.out.tmp.*, .checkpoint-N.tmp.*), never a live run's" {
+	pid=$(dead_pid)
+	mkdir -p ".data.tmp.$pid.0" && touch ".data.tmp.$pid.0/shard-00000.ftb.zst"
+	touch ".out.zst.tmp.$pid.3"
+	sleep 1000 & live=$!
+	touch ".out.zst.tmp.$live.0"
+	pack_dir data
+	ft-pack -q --per_device_train_batch_size 2 -o out.zst tok.zst
+	[ ! -e ".data.tmp.$pid.0" ] && [ ! -e ".out.zst.tmp.$pid.3" ]
+	[ -e ".out.zst.tmp.$live.0" ]
+	kill $live
+	# ft-train: a killed run's checkpoint temporary does not make out "not empty"
+	mkdir -p out/.checkpoint-2.tmp.$pid.0
+	run train --train data
+	assert_success
+	[ ! -e "out/.checkpoint-2.tmp.$pid.0" ]
+	[ -d out/checkpoint-2 ]
+}
+
+@test "ft-train: a failed run's empty trainer_log.jsonl does not block its own rerun" {
+	pack_dir data
+	mkdir out && : > out/trainer_log.jsonl
+	run train --train data
+	assert_success
+}
+
+@test "ft-pack: two runs into one new --output_dir: one wins, the other fails and leaves nothing in it" {
+	for i in 1 2 3 4 5 6; do
+		rm -rf "d$i"
+		ft-pack -q --per_device_train_batch_size 2 --shard_size 1 --output_dir "d$i" tok.zst 2> a.err & a=$!
+		ft-pack -q --per_device_train_batch_size 1 --shard_size 1 --output_dir "d$i" tok.zst 2> b.err & b=$!
+		ra=0; rb=0
+		wait $a || ra=$?
+		wait $b || rb=$?
+		# exactly one succeeded
+		[ $(( (ra == 0) + (rb == 0) )) -eq 1 ]
+		# the directory holds exactly the winner's shards (the reader checks the list)
+		ft-cat "d$i" > /dev/null
+		[ -z "$(ls -A | grep "^\.d$i\.tmp\.")" ]
+	done
+}
+
+@test "ft-pack --overwrite_output_dir replaces an ft-pack output whole, and refuses a directory holding other files" {
+	pack_dir data
+	ft-pack -q --per_device_train_batch_size 1 --overwrite_output_dir --output_dir data tok.zst
+	[ "$(jq .batch_size data/manifest.json)" = 1 ]
+	touch data/notes.txt
+	run ft-pack -q --per_device_train_batch_size 2 --overwrite_output_dir --output_dir data tok.zst
+	assert_failure 1
+	assert_output --partial "notes.txt in it was not written by ft-pack"
+}

@@ -7,6 +7,7 @@
 #include "format/stream.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
@@ -227,39 +228,42 @@ static void parse_args(int argc, char **argv, pack_opts *o)
 		die_usage("-o and --val_output cannot both be standard output");
 }
 
-/* --output_dir: create it, or clear an earlier ft-pack output when asked. */
-static void prepare_dir(const pack_opts *o)
+/* ft-pack's own names in an output directory */
+static int pack_entry(const char *n)
+{
+	size_t l = strlen(n);
+	return !strcmp(n, "manifest.json") || !strcmp(n, "val") ||
+	       (!strncmp(n, "shard-", 6) && l > 8 && !strcmp(n + l - 8, ".ftb.zst"));
+}
+
+/* --output_dir: 1 when it holds an earlier ft-pack output to replace
+ * (--overwrite_output_dir), 0 when absent or empty.  The output itself
+ * is written into a temporary sibling and renamed when complete
+ * (main), so a killed run never leaves shards that look usable. */
+static int check_dir(const pack_opts *o)
 {
 	const char *d = o->output_dir;
 	DIR *dir = opendir(d);
 	if (!dir) {
-		if (ft_mkdirs(d) < 0) die_lib();
-		return;
+		if (errno != ENOENT) die("%s:", d);
+		return 0;
 	}
 	struct dirent *de;
+	const char *foreign = NULL;
 	int busy = 0;
 	while ((de = readdir(dir)))
-		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) busy = 1;
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+			busy = 1;
+			if (!foreign && !pack_entry(de->d_name)) foreign = ft_xstrdup(de->d_name);
+		}
 	closedir(dir);
-	if (!busy) return;
+	if (!busy) return 0;
 	if (!o->overwrite)
 		die("%s: output directory is not empty (use --overwrite_output_dir to replace it)", d);
-	dir = opendir(d);
-	if (!dir) die("%s:", d);
-	while ((de = readdir(dir))) {
-		const char *n = de->d_name;
-		size_t l = strlen(n);
-		int ours = !strcmp(n, "manifest.json") ||
-			   (!strncmp(n, "shard-", 6) && l > 8 && !strcmp(n + l - 8, ".ftb.zst"));
-		char *p = ft_xasprintf("%s/%s", d, n);
-		if (ours && unlink(p) < 0) die("%s:", p);
-		free(p);
-	}
-	closedir(dir);
-	char *v = ft_xasprintf("%s/val", d);
-	struct stat st;
-	if (stat(v, &st) == 0 && ft_remove_tree(v) < 0) die_lib();
-	free(v);
+	if (foreign)
+		die("%s: --overwrite_output_dir replaces the whole directory, and %s in it was not "
+		    "written by ft-pack: move it, or choose another --output_dir", d, foreign);
+	return 1;
 }
 
 static void resolve_layout(pack_opts *o, int stage, ft_batch_opts *bo)
@@ -382,15 +386,22 @@ int main(int argc, char **argv)
 	split_out st = { "train", &e, &rows, &rst, train, (size_t)n_train, &bo, &tt, base, o.epochs };
 	split_out sv = { "val", &e, &rows, &rst, val, (size_t)n_val, &bv, &tv, val, 1 };
 	if (o.output_dir) {
-		prepare_dir(&o);
-		char *vdir = ft_xasprintf("%s/val", o.output_dir);
+		int replace = check_dir(&o);
+		ft_atomic out;
+		if (ft_atomic_dir_open(&out, o.output_dir) < 0) die_lib();
+		char *vdir = ft_xasprintf("%s/val", out.tmp);
 		if (n_val && tv.batches) {
-			if (ft_mkdirs(vdir) < 0) die_lib();
+			if (mkdir(vdir, 0777) < 0) die("%s:", vdir);
 			write_split(&o, &in, &sv, NULL, vdir, NULL);
 		}
-		write_split(&o, &in, &st, NULL, o.output_dir, n_val && tv.batches ? "val" : NULL);
+		write_split(&o, &in, &st, NULL, out.tmp, n_val && tv.batches ? "val" : NULL);
 		free(vdir);
+		if (ft_atomic_dir_commit(&out, replace) < 0) die_lib();
 	} else {
+		/* what killed runs left beside the output files */
+		if (!ft_is_stdio(o.output) && ft_atomic_reclaim(o.output) < 0) die_lib();
+		if (o.val_output && !ft_is_stdio(o.val_output) && ft_atomic_reclaim(o.val_output) < 0)
+			die_lib();
 		if (n_val) {
 			write_split(&o, &in, &sv, o.val_output, NULL, NULL);
 		}

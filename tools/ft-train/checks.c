@@ -1,9 +1,32 @@
-/* checks.c - ft-train's refusals of inputs that would train wrongly but
- * silently: batches made with another tokenizer than the model's. */
+/* checks.c - ft-train's checks of its inputs and output directory:
+ * batches made with another tokenizer than the model's are refused, and
+ * a killed or failed run's leftovers do not block its rerun. */
 #include "ft-train.h"
 #include "text/tokenizer.h"
+#include "util/atomicfile.h"
 
+#include <dirent.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+
+int output_dir_in_use(const char *dir)
+{
+	if (ft_atomic_reclaim_in(dir) < 0) die("%s", ft_errmsg());
+	DIR *d = opendir(dir);
+	if (!d) return 0;
+	struct dirent *e;
+	int n = 0;
+	while (!n && (e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+		struct stat st;
+		char *p = ft_xasprintf("%s/%s", dir, e->d_name);
+		n = strcmp(e->d_name, "trainer_log.jsonl") || stat(p, &st) != 0 || st.st_size > 0;
+		free(p);
+	}
+	closedir(d);
+	return n;
+}
 
 void check_tokenizer(const ft_cli_args *c, const char *path, const ft_manifest *m)
 {

@@ -22,6 +22,10 @@ typedef struct {
 void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c);
 /* checks.c: die unless the batches of `path` were tokenized with the
  * model's tokenizer (both hashed; unknown on either side passes). */
+/* Whether output_dir holds an earlier run's outputs.  What only a failed
+ * or killed run left is not that: the temporaries of killed runs are
+ * removed (ft_atomic_reclaim_in) and an empty trainer_log.jsonl ignored. */
+int output_dir_in_use(const char *dir);
 void check_tokenizer(const ft_cli_args *c, const char *path, const ft_manifest *m);
 
 #endif

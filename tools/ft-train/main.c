@@ -383,7 +383,7 @@ int main(int argc, char **argv)
 		struct stat st;
 		if (stat(resume, &st) < 0 || !S_ISDIR(st.st_mode))
 			die("--resume_from_checkpoint %s: not a checkpoint directory", resume);
-	} else if (c.do_train && ft_dir_is_empty(c.output_dir) == 0 && !c.overwrite) {
+	} else if (c.do_train && output_dir_in_use(c.output_dir) && !c.overwrite) {
 		die("output directory %s is not empty: use --overwrite_output_dir, or "
 		    "--resume_from_checkpoint true to continue its last checkpoint", c.output_dir);
 	}
