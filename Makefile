@@ -8,7 +8,7 @@ LIB_FORMAT := adapter_config batch batch_io safetensors stream stream_codec trai
 LIB_TEXT   := template template_tools tokenizer tokenizer_bpe tokenizer_decode \
               tokenizer_json tokenizer_pipeline tokenizer_spm tokenizer_util
 LIB_DATA   := dataset dataset_mix pack pack_batch preprocess stage
-LIB_MODEL  := cuda_view device infer layers model model_fwd model_io
+LIB_MODEL  := config_check cuda_view device infer layers model model_fwd model_io
 LIB_TRAIN  := cuda_train lr_sched optim optim_state trainer trainer_array \
               trainer_ckpt trainer_data trainer_model
 LIB_GEN    := chat generate metrics sample

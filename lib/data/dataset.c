@@ -285,7 +285,12 @@ static int convert_alpaca(const ft_dataset_attr *a, const json_t *row, ft_exampl
 		push_msg(&e->response, &e->n_response, FT_ROLE_ASSISTANT, json_string_value(col(row, a->rejected)));
 	} else if (a->response && resp && json_is_string(resp)) {
 		push_msg(&e->response, &e->n_response, FT_ROLE_ASSISTANT, json_string_value(resp));
-	}   /* else unsupervised: no response */
+	} else if (a->response) {
+		/* unsupervised: no response; said if a stage needs one */
+		free(e->why);
+		e->why = ft_xasprintf("column \"%s\" (dataset_info.json columns.response) is %s",
+				      a->response, resp ? "not a string" : "missing");
+	}
 	if (str_col(e, row, a->system, &e->system, 1) < 0) return -1;
 	return str_col(e, row, a->tools, &e->tools, 0);
 }

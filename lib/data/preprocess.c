@@ -352,7 +352,14 @@ int ft_prep_example(ft_prep *p, ft_example *e, const ft_example *kl, ft_prep_rec
 			       e->n_prompt ? "the prompt needs an odd number of messages" : "no prompt");
 	if (stage == FT_STAGE_PPO || p->o.predict) return prep_unsupervised(p, e, r);
 	if (stage == FT_STAGE_SFT) {
-		if (e->n_response != 1) return invalid(e, FT_BAD_RESPONSE, "no response (or more than one)");
+		if (e->n_response != 1) {
+			/* the loader says which column was missing, when it knows */
+			char *why = e->n_response == 0 && e->why ? ft_xasprintf("no response: %s", e->why)
+				  : ft_xstrdup("no response (or more than one)");
+			invalid(e, FT_BAD_RESPONSE, why);
+			free(why);
+			return 1;
+		}
 		return prep_sft(p, e, r);
 	}
 	if (e->n_response < 2)

@@ -22,6 +22,7 @@
 #include "util/atomicfile.h"
 #include "util/dtype.h"
 #include "util/error.h"
+#include "util/sbuf.h"
 #include "util/json.h"
 #include "export/merge.h"
 #include "format/safetensors.h"
@@ -131,9 +132,13 @@ static int check_space(const merge_job *j, const char *parent, uint64_t extra)
 	const char *fake = getenv("FT_MERGE_DISK_FREE");
 	if (fake && *fake) avail = strtoull(fake, NULL, 10);
 	uint64_t need = j->total + extra + (uint64_t)j->n * 256 + 65536;
-	if (avail < need)
-		return ft_fail("not enough disk space in %s: the merged model needs %.2f GB, %.2f GB available",
-			       parent, need / 1e9, avail / 1e9);
+	if (avail < need) {
+		char n[32], a[32];
+		ft_bytes_fmt((double)need, n, sizeof n);
+		ft_bytes_fmt((double)avail, a, sizeof a);
+		return ft_fail("not enough disk space in %s: the merged model needs %s, %s available",
+			       parent, n, a);
+	}
 	return 0;
 }
 

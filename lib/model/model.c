@@ -113,7 +113,8 @@ static int config_from_json(const json_t *j, ft_config *c, const char *path)
 	}
 	const char *dt = ft_json_str(j, "dtype", ft_json_str(j, "torch_dtype", "float32"));
 	snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", dt);
-	return cfg_rope(j, c, path);
+	if (cfg_rope(j, c, path) < 0) return -1;
+	return ftp_config_check(c, path);
 }
 
 int ft_config_load(const char *config_json, ft_config *c)
@@ -359,7 +360,7 @@ void ftp_lora_setup(ft_model *m, int rank, double alpha, int rslora, unsigned ta
 static float *wnew(size_t n) { return ft_xmalloc(n * sizeof(float)); }
 
 /* Allocates every base weight (uninitialised) for configuration c. */
-static ft_model *model_alloc(const ft_config *c, const ft_tune_opts *o)
+static ft_model *model_alloc(const ft_config *c, const ft_tune_opts *o, const char *what)
 {
 	if (c->num_hidden_layers <= 0 || c->hidden_size <= 0 || c->vocab_size <= 0 ||
 	    c->num_key_value_heads <= 0 || c->num_attention_heads % c->num_key_value_heads ||
@@ -367,6 +368,7 @@ static ft_model *model_alloc(const ft_config *c, const ft_tune_opts *o)
 		ft_fail("model config: inconsistent sizes");
 		return NULL;
 	}
+	if (ftp_config_memory_plan(c, what) < 0) return NULL;
 	ft_model *m = ft_xcalloc(1, sizeof *m);
 	m->c = *c;
 	if (o)
@@ -414,7 +416,7 @@ static ft_model *model_finish(ft_model *m)
 
 ft_model *ft_model_from_config(const ft_config *c, const ft_tune_opts *o)
 {
-	ft_model *m = model_alloc(c, o);
+	ft_model *m = model_alloc(c, o, "model config");
 	if (!m)
 		return NULL;
 	/* transformers' _init_weights: normal(0, initializer_range), norms 1,
@@ -456,7 +458,7 @@ ft_model *ft_model_load(const char *model_dir, const ft_tune_opts *o)
 		return NULL;
 	}
 	free(path);
-	ft_model *m = model_alloc(&c, o);
+	ft_model *m = model_alloc(&c, o, model_dir);
 	if (!m) {
 		json_decref(j);
 		return NULL;

@@ -29,7 +29,11 @@ typedef struct {
 	double initializer_range;      /* std of the random init (default 0.02) */
 } ft_config;
 
+/* Parses and checks every number's range (the loaders' one check). */
 int ft_config_load(const char *config_json, ft_config *c);
+/* Bytes of the base weights in float32: the memory plan checked (against
+ * MemAvailable, or FT_MEMORY_AVAILABLE) before a model is allocated. */
+double ft_config_weight_bytes(const ft_config *c);
 
 typedef enum { FT_FT_LORA, FT_FT_FREEZE, FT_FT_FULL } ft_finetuning_type;
 

@@ -71,5 +71,9 @@ void ftp_model_free_params(ft_model *m);
 void ftp_lora_setup(ft_model *m, int rank, double alpha, int rslora,
 		   unsigned targets);
 int ftp_lin_dims(const ft_config *c, int which, int *in, int *out);
+/* config_check.c: every number of a parsed config in range (-1 naming
+ * path and the key), and the weights' bytes against available memory. */
+int ftp_config_check(const ft_config *c, const char *path);
+int ftp_config_memory_plan(const ft_config *c, const char *what);
 
 #endif

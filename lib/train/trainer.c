@@ -124,6 +124,17 @@ static int64_t shifted_label_count(const ft_batch *b)
 	return n;
 }
 
+/* LLaMA-Factory's most reported failure, "loss 0 / grad_norm nan", said
+ * at the step it happens with what usually causes it. */
+static int nonfinite_fail(int64_t step, int64_t batch, double loss, double gnorm)
+{
+	return ft_fail("step %lld (from batch %lld of the epoch): the %s is %g: stopped before the "
+		       "update. Lower --learning_rate, check the model's config (rms_norm_eps, "
+		       "dtype) and the data's labels; --skip_nonfinite skips such steps instead",
+		       (long long)step, (long long)batch, isfinite(loss) ? "gradient norm" : "loss",
+		       isfinite(loss) ? gnorm : loss);
+}
+
 static int skip_batches(ft_batch_source *src, int64_t n)
 {
 	ft_batch b = {0};
@@ -394,7 +405,12 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 			}
 			double gnorm = ft_clip_grad_norm(params, np, o->max_grad_norm);
 			double lr = ft_sched_lr(&sched, st.global_step);
-			ft_adamw_step(opt, lr);
+			int finite = isfinite(this_step) && isfinite(gnorm);
+			if (!finite && !o->skip_nonfinite) {
+				nonfinite_fail(st.global_step + 1, done - mb.n, this_step, gnorm);
+				goto out;
+			}
+			if (finite) ft_adamw_step(opt, lr);   /* skipped: no update from NaN */
 			m->zero_grad(m->self);
 			st.global_step++;
 			st.batches_done = done;

@@ -69,6 +69,8 @@ typedef struct {
 	double weight_decay;           /* 0 */
 	double adam_beta1, adam_beta2, adam_epsilon;
 	double max_grad_norm;          /* 1.0; <= 0 disables clipping */
+	int skip_nonfinite;            /* a NaN/Inf loss or gradient norm skips the
+					  step (no update) instead of stopping */
 	ft_sched_type lr_scheduler_type;   /* linear */
 	double warmup;                 /* >= 1 steps, < 1 ratio (get_warmup_steps) */
 	int gradient_accumulation_steps;   /* 1 */

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,10 +68,16 @@ static void *check(void *p, size_t n)
 	return p;
 }
 
-void *ft_xmalloc(size_t n) { return check(malloc(n ? n : 1), 1); }
-void *ft_xcalloc(size_t n, size_t size) { return check(calloc(n ? n : 1, size ? size : 1), 1); }
-void *ft_xrealloc(void *p, size_t n) { return check(realloc(p, n ? n : 1), 1); }
-char *ft_xstrdup(const char *s) { return check(strdup(s), 1); }
+/* The message carries the size asked for (a count times a size may
+ * overflow: then the product is reported as the maximum). */
+void *ft_xmalloc(size_t n) { return check(malloc(n ? n : 1), n ? n : 1); }
+void *ft_xcalloc(size_t n, size_t size)
+{
+	size_t total = size && n > SIZE_MAX / size ? SIZE_MAX : n * size;
+	return check(calloc(n ? n : 1, size ? size : 1), total ? total : 1);
+}
+void *ft_xrealloc(void *p, size_t n) { return check(realloc(p, n ? n : 1), n ? n : 1); }
+char *ft_xstrdup(const char *s) { return check(strdup(s), strlen(s) + 1); }
 
 char *ft_xasprintf(const char *fmt, ...)
 {

@@ -66,3 +66,11 @@ char *ft_str_replace(const char *s, const char *from, const char *to, int all)
 	ft_sbuf_add(&b, p);
 	return ft_sbuf_take(&b);
 }
+
+void ft_bytes_fmt(double b, char *out, size_t cap)
+{
+	static const char *const unit[] = { "bytes", "KB", "MB", "GB", "TB", "PB" };
+	int u = 0;
+	while (b >= 1000 && u < 5) b /= 1000, u++;
+	snprintf(out, cap, u ? "%.2f %s" : "%.0f %s", b, unit[u]);
+}

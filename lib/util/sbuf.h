@@ -23,6 +23,9 @@ char *ft_sbuf_take(ft_sbuf *b);
 
 /* s with the first occurrence of `from` replaced by `to` (Python's
  * str.replace(from, to, 1)); all occurrences when all != 0. */
+/* A byte count in the unit that fits (powers of 1000, as --export_size):
+ * "3.15 MB", "0 bytes". */
+void ft_bytes_fmt(double bytes, char *out, size_t cap);
 char *ft_str_replace(const char *s, const char *from, const char *to, int all);
 
 #endif

@@ -423,12 +423,12 @@ nrec() { records "$@" | wc -l; }
 	[[ "$stderr" == *"broken.jsonl:2:"* ]]
 }
 
-@test "every example skipped: a warning, an empty stream" {
+@test "every example skipped: exit 1 with LLaMA-Factory's 'Cannot find valid samples', the warning names the column" {
 	printf '[{"instruction": "a"}]' > noresp.json
-	tok --dataset ./noresp.json --template alpaca
-	assert_success
-	[[ "$stderr" == *"no records"* ]]
-	[ "$(nrec)" -eq 0 ]
+	tok -v --dataset ./noresp.json --template alpaca
+	assert_failure 1
+	[[ "$stderr" == *"Cannot find valid samples"* ]]
+	[[ "$stderr" == *'no response: column "output" (dataset_info.json columns.response) is missing'* ]]
 }
 
 # ---- against LLaMA-Factory (needs ../shared) ------------------------------

@@ -158,3 +158,94 @@ dead_pid() { bash -c 'echo $$'; }
 	assert_failure 1
 	assert_output --partial "notes.txt in it was not written by ft-pack"
 }
+
+# a tiny-llama copy whose config.json has KEY set to VALUE (JSON)
+bad_model() { mkdir -p "$1" && cp "$MODEL"/* "$1"/ && jq ".$2 = $3" "$MODEL/config.json" > "$1/config.json"; }
+GEN_TOK="$FIXTURES/generate/tokenizer"
+gen() { echo '{"prompt": "hi"}' | ft-generate --tokenizer "$GEN_TOK" --template default --max_new_tokens 2 "$@"; }
+
+@test "config: out-of-range numbers are refused by every loader (ft-train, ft-generate, ft-merge) naming key and file" {
+	pack_dir data
+	for kv in "num_hidden_layers 1000000" "hidden_size 1048577" "rms_norm_eps -1" "rms_norm_eps 0" \
+		  "vocab_size 0" "num_key_value_heads 8" "max_position_embeddings 0" "initializer_range -1" \
+		  "rope_parameters.rope_theta -5"; do
+		set -- $kv
+		rm -rf bad && bad_model bad "$1" "$2"
+		key=${1##*.}; [ "$key" = rope_theta ] && key=rope_theta
+		run --separate-stderr ft-train --model_name_or_path bad --max_steps 1 --train data --output_dir out
+		[ "$status" -eq 1 ] || { echo "ft-train accepted $kv"; false; }
+		[[ "$stderr" == *"bad/config.json: "*"$key"* ]] || { echo "$kv: $stderr"; false; }
+		run --separate-stderr gen --model_name_or_path bad
+		[ "$status" -eq 1 ] || { echo "ft-generate accepted $kv"; false; }
+		[[ "$stderr" == *"bad/config.json: "*"$key"* ]]
+		run --separate-stderr ft-merge --model_name_or_path bad --adapter_name_or_path "$FIXTURES/merge/llama-r4/adapter" --export_dir merged
+		[ "$status" -eq 1 ] || { echo "ft-merge accepted $kv"; false; }
+		[[ "$stderr" == *"bad/config.json: "*"$key"* ]]
+		[ ! -e merged ]
+	done
+}
+
+@test "config: the memory plan refuses before allocating, with needed and available bytes" {
+	run --separate-stderr env FT_MEMORY_AVAILABLE=100000 ft-generate --model_name_or_path "$MODEL" \
+		--tokenizer "$GEN_TOK" --template default --max_new_tokens 2 --lines < /dev/null
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"tiny-llama: the model's float32 weights need 378.11 KB, 100.00 KB of memory available"* ]] || { echo "$stderr"; false; }
+}
+
+@test "out of memory: the message carries the size asked for" {
+	[[ "${FT_BIN:-}" != *asan* ]] || skip "ASan reserves more address space than the limit"
+	# a config whose embeddings (1 GiB each) pass the plan but not a 1 GB address space
+	bad_model big hidden_size 1048576
+	run bash -c 'ulimit -v 1000000; FT_MEMORY_AVAILABLE=1e15 ft-generate --model_name_or_path big --tokenizer "'"$GEN_TOK"'" --template default --lines < /dev/null'
+	assert_failure
+	[[ "$output" == *"out of memory allocating 1073741824 bytes"* ]] || { echo "$output"; false; }
+	[[ "$output" != *"allocating 1 bytes"* ]]
+}
+
+@test "training: a NaN loss stops the run with the step, the batch and a hint; --skip_nonfinite goes on" {
+	pack_dir data
+	mkdir nan && cp "$MODEL"/* nan/
+	# model.norm.weight[0] = NaN (float32 0x7fc00000, little-endian)
+	hlen=$(head -c 8 nan/model.safetensors | od -An -tu8 | tr -d ' ')
+	off=$(dd if=nan/model.safetensors bs=1 skip=8 count="$hlen" 2>/dev/null | jq '.["model.norm.weight"].data_offsets[0]')
+	printf '\x00\x00\xc0\x7f' | dd of=nan/model.safetensors bs=1 seek=$((8 + hlen + off)) conv=notrunc 2>/dev/null
+	run --separate-stderr ft-train --model_name_or_path nan --max_steps 2 --train data --output_dir out
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"step 1 (from batch 0 of the epoch): the loss is nan"*"--skip_nonfinite"* ]] || { echo "$stderr"; false; }
+	run ft-train --model_name_or_path nan --max_steps 2 --train data --output_dir out2 --skip_nonfinite
+	assert_success
+}
+
+@test "flags: nonsense values are usage errors (ft-generate --cutoff_len, ft-train --per_device_train_batch_size)" {
+	pack_dir data
+	for v in 0 -1; do
+		run -2 gen --model_name_or_path "$MODEL" --cutoff_len $v
+		assert_output --partial "--cutoff_len must be >= 1"
+		run -2 train --train data --per_device_train_batch_size $v
+		assert_output --partial "--per_device_train_batch_size must be >= 1"
+		refute_output --partial "re-pack"
+	done
+}
+
+@test "messages: a bad batch names its file; ft-generate names the user's file, not its temporary copy" {
+	# token id 99999 in a batch for a vocabulary of 256
+	jq -c 'if .input_ids then .input_ids[0] = 99999 else . end' "$FIXTURES/trainer/train.jsonl" | ft-cat --encode > oov.zst
+	run --separate-stderr train --train oov.zst
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"oov.zst: batch 0: token id 99999"*"outside the vocabulary (256)"* ]] || { echo "$stderr"; false; }
+	# a cut prompt stream
+	ft-cat --encode < "$FIXTURES/trainer/tokens.jsonl" > p.zst
+	head -c 300 p.zst > cut.zst
+	run --separate-stderr ft-generate --model_name_or_path "$MODEL" --tokenizer "$GEN_TOK" --template default cut.zst
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"cut.zst"* ]]
+	[[ "$stderr" != *"/tmp/ft-generate-"* ]]
+}
+
+@test "messages: ft-merge's disk check prints a unit that fits a small model" {
+	run -1 env FT_MERGE_DISK_FREE=1000 ft-merge --model_name_or_path "$MODEL" \
+		--adapter_name_or_path "$FIXTURES/merge/llama-r4/adapter" --export_dir out
+	assert_output --partial "needs "
+	assert_output --partial " KB, 1.00 KB available"
+	refute_output --partial "0.00 GB"
+}

@@ -66,7 +66,19 @@ static char *decode_label(const gen_env *e, const int32_t *ids, size_t n)
 	return s;
 }
 
-static int read_records(const char *buf, size_t len, const gen_env *e, gen_items *out)
+/* An error about the temporary copy names the user's input instead. */
+static int name_input(const char *tmp, const char *name)
+{
+	const char *msg = ft_errmsg();
+	size_t n = strlen(tmp);
+	if (strncmp(msg, tmp, n) != 0) return -1;
+	char *rest = ft_xstrdup(msg + n);
+	ft_fail("%s%s", name, rest);
+	free(rest);
+	return -1;
+}
+
+static int read_records(const char *buf, size_t len, const gen_env *e, gen_items *out, const char *name)
 {
 	char tmp[] = "/tmp/ft-generate-XXXXXX";
 	int fd = mkstemp(tmp);
@@ -76,7 +88,7 @@ static int read_records(const char *buf, size_t len, const gen_env *e, gen_items
 	if (bad) { unlink(tmp); return ft_fail("%s: write failed:", tmp); }
 	ft_reader *r = ft_reader_open(tmp);
 	unlink(tmp);
-	if (!r) return -1;
+	if (!r) return name_input(tmp, name);
 	const json_t *meta = json_object_get(ft_reader_header(r), "meta");
 	if (!json_is_true(json_object_get(meta, "predict")) &&
 	    strcmp(json_string_value(json_object_get(meta, "stage")) ?: "", "ppo")) {
@@ -93,6 +105,7 @@ static int read_records(const char *buf, size_t len, const gen_env *e, gen_items
 			it->label = decode_label(e, labels.v, labels.n);
 	}
 	ft_i32vec_free(&labels);
+	if (rc < 0) name_input(tmp, name);
 	ft_reader_close(r);
 	return rc;
 }
@@ -196,7 +209,7 @@ int read_prompts(const gen_cli *o, const gen_env *e, gen_items *out)
 {
 	size_t len;
 	char *buf = slurp(o->input, &len);
-	int rc = is_stream((const unsigned char *)buf, len) ? read_records(buf, len, e, out)
+	int rc = is_stream((const unsigned char *)buf, len) ? read_records(buf, len, e, out, ft_display_name(o->input))
 							     : read_text(o, e, buf, out);
 	free(buf);
 	return rc;

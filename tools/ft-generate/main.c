@@ -113,7 +113,10 @@ static void parse_number_option(gen_cli *o, int c, const char *a)
 	case O_SEED: o->gen.seed = (uint64_t)ft_parse_int("seed", a); break;
 	case O_BATCH: o->gen.batch_size = (int)ft_parse_int("per_device_eval_batch_size", a); break;
 	case O_MAX_SAMPLES: o->max_samples = ft_parse_int("max_samples", a); break;
-	case O_CUTOFF: o->cutoff_len = ft_parse_int("cutoff_len", a); break;
+	case O_CUTOFF:
+		o->cutoff_len = ft_parse_int("cutoff_len", a);
+		if (o->cutoff_len < 1) die_usage("--cutoff_len must be >= 1");
+		break;
 	}
 }
 

@@ -9,6 +9,7 @@
 #include "util/dtype.h"
 #include "cli/lfargs.h"
 #include "export/merge.h"
+#include "model/model.h"
 
 static void usage(FILE *fp)
 {
@@ -181,6 +182,12 @@ int main(int argc, char **argv)
 	o.model_dir = ft_lfargs_get(&args, "model_name_or_path", NULL);
 	o.export_dir = ft_lfargs_get(&args, "export_dir", NULL);
 	if (!o.model_dir) die_usage("--model_name_or_path is required");
+	/* the export copies config.json: check it with the loaders' code
+	 * first, so that no export is written that no tool loads */
+	ft_config conf;
+	char *cfg = ft_xasprintf("%s/config.json", o.model_dir);
+	if (ft_config_load(cfg, &conf) < 0) die("%s", ft_errmsg());
+	free(cfg);
 	if (!o.export_dir) die_usage("--export_dir is required");
 	const char *al = ft_lfargs_get(&args, "adapter_name_or_path", NULL);
 	if (!al) die_usage("--adapter_name_or_path is required");

@@ -603,7 +603,11 @@ int tokenize_dataset_main(int argc, char **argv)
 	records rs = { 0 };
 	process(&o, prep, &d, &rs);
 	json_t *header = make_header(&o, tok, t, prep, names, n, &rs);
-	if (rs.n == 0) warn("no records: every example was skipped");
+	/* LLaMA-Factory: "Cannot find valid samples" (and no output) */
+	if (rs.n == 0)
+		die("Cannot find valid samples: every one of the %lld examples was skipped (run with -v "
+		    "for the reasons, e.g. a column missing from the data or from dataset_info.json)",
+		    rs.read);
 	if (cached && ft_mkdirs(cdir) == 0) {
 		write_records(&o, cached, header, &rs);
 		copy_out(cached, output);

@@ -230,6 +230,7 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 		die_usage("--optim %s: ft-train's optimizer is torch.optim.AdamW (adamw_torch, "
 			  "adamw_torch_fused)", optim);
 	o->max_grad_norm = get_num(a, "max_grad_norm", 1.0);
+	o->skip_nonfinite = get_bool(a, "skip_nonfinite", 0);
 	if (ft_sched_parse(ft_lfargs_get(a, "lr_scheduler_type", "linear"), &o->lr_scheduler_type) < 0)
 		die_usage("--lr_scheduler_type: %s", ft_errmsg());
 	double ws = get_num(a, "warmup_steps", 0), wr = get_num(a, "warmup_ratio", 0);
@@ -239,6 +240,10 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	if (o->gradient_accumulation_steps < 1) die_usage("--gradient_accumulation_steps must be >= 1");
 	c->batch_size = (int)get_int(a, "per_device_train_batch_size", 0);
 	c->eval_batch_size = (int)get_int(a, "per_device_eval_batch_size", 0);
+	if (get(a, "per_device_train_batch_size") && c->batch_size < 1)
+		die_usage("--per_device_train_batch_size must be >= 1");
+	if (get(a, "per_device_eval_batch_size") && c->eval_batch_size < 1)
+		die_usage("--per_device_eval_batch_size must be >= 1");
 	o->num_train_epochs = get_num(a, "num_train_epochs", 3.0);
 	o->max_steps = get_int(a, "max_steps", -1);
 	if (o->max_steps == 0 || (o->max_steps < 0 && !(o->num_train_epochs > 0)))

@@ -48,6 +48,8 @@ static const char usage[] =
 "Optimisation (transformers' Trainer semantics):\n"
 "  --learning_rate (5e-5) --weight_decay (0) --adam_beta1 (0.9) --adam_beta2 (0.999)\n"
 "  --adam_epsilon (1e-8) --max_grad_norm (1.0; 0 disables clipping)\n"
+"  --skip_nonfinite           a NaN/Inf loss or gradient norm skips that step's update\n"
+"                             (default: stop with the step, the batch and a hint)\n"
 "  --optim adamw_torch|adamw_torch_fused (the only optimizer: torch's AdamW)\n"
 "  --lr_scheduler_type linear|cosine|cosine_with_restarts|polynomial|constant|\n"
 "                      constant_with_warmup|inverse_sqrt (linear)\n"
@@ -403,7 +405,12 @@ int main(int argc, char **argv)
 		c.t.on_event = on_event;
 		install_signals();
 		ft_train_result r;
-		if (ft_train(&c.t, &tm, &train, c.do_eval ? &val : NULL, &r) < 0) die("%s", ft_errmsg());
+		if (ft_train(&c.t, &tm, &train, c.do_eval ? &val : NULL, &r) < 0) {
+			/* a bad batch names the data it came from */
+			if (!strncmp(ft_errmsg(), "batch ", 6))
+				die("%s: %s", ft_display_name(c.train[0]), ft_errmsg());
+			die("%s", ft_errmsg());
+		}
 		ft_progress_done();
 		if (r.interrupted) {
 			char *cmd = resume_command(argc, argv, r.checkpoint);
