@@ -102,6 +102,41 @@ endif
 endif
 .PHONY: gpu-tests
 
+# Fuzzing (not part of `make test`): one libFuzzer target per parser,
+# tests/fuzz/fuzz_*.c, over the library built with clang's coverage and
+# ASan/UBSan; each runs FUZZ_SECONDS from its committed seed corpus
+# tests/fuzz/corpus/NAME/ (new inputs go to build/fuzz/corpus/NAME/, crashes
+# to build/fuzz/crash-NAME-*).  Needs clang (Debian: apt-get install clang).
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 20
+FUZZ_FLAGS    = -std=gnu11 -g -O1 -fopenmp -iquote lib -iquote tests/fuzz $(PKG_CFLAGS) \
+	-fsanitize=address,undefined -fno-sanitize-recover=undefined -Wno-pass-failed
+FUZZ_OBJ     := $(LIB_SRC:%.c=build/fuzz/%.o)
+FUZZ_NAMES   := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BINS    := $(FUZZ_NAMES:%=build/fuzz/fuzz_%)
+
+build/fuzz/%.o: %.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+build/fuzz/libft.a: $(FUZZ_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h build/fuzz/libft.a
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer $< build/fuzz/libft.a $(LDLIBS) -o $@
+
+fuzz: $(FUZZ_BINS)
+	@command -v $(FUZZ_CC) >/dev/null || { echo "fuzz: $(FUZZ_CC) is not installed (apt-get install clang)"; exit 1; }
+	@set -e; for n in $(FUZZ_NAMES); do \
+		mkdir -p build/fuzz/corpus/$$n; \
+		echo "fuzz: $$n for $(FUZZ_SECONDS) s"; \
+		ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 build/fuzz/fuzz_$$n \
+			-max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
+			-print_final_stats=1 -artifact_prefix=build/fuzz/crash-$$n- \
+			build/fuzz/corpus/$$n tests/fuzz/corpus/$$n 2>&1 | grep -E "^(stat::number_of_executed_units|==|SUMMARY)|Done|ERROR" || true; \
+		ls build/fuzz/crash-$$n-* >/dev/null 2>&1 && { echo "fuzz: $$n: crash, see build/fuzz/crash-$$n-*"; exit 1; }; \
+	done; echo "fuzz: every target ran $(FUZZ_SECONDS) s without a finding"
+
 unit: $(UNIT_BINS)
 asan-tools: $(ASAN_BINS)
 
@@ -118,6 +153,6 @@ install: all
 clean:
 	rm -rf build bin
 
-.PHONY: all test unit asan-tools demo install clean
+.PHONY: all test unit asan-tools demo install clean fuzz
 .SECONDARY:
--include $(OBJ:.o=.d) $(ASAN_OBJ:.o=.d) $(CU_OBJ:.o=.d)
+-include $(OBJ:.o=.d) $(ASAN_OBJ:.o=.d) $(CU_OBJ:.o=.d) $(FUZZ_OBJ:.o=.d)

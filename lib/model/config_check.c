@@ -4,6 +4,7 @@
  * ft_model_load, ft_model_from_config). */
 #include "model/model.h"
 #include "model/model_internal.h"
+#include "format/safetensors.h"
 #include "util/error.h"
 #include "util/sbuf.h"
 
@@ -97,4 +98,39 @@ int ftp_config_memory_plan(const ft_config *c, const char *what)
 	ft_bytes_fmt(avail, a, sizeof a);
 	return ft_fail("%s: the model's float32 weights need %s, %s of memory available "
 		       "(is num_hidden_layers / hidden_size / vocab_size right?)", what, n, a);
+}
+
+/* tensor `name` has shape [d0] (d1 < 0) or [d0, d1] */
+static int tensor_is(const ft_st *st, const char *dir, const char *name, int64_t d0, int64_t d1)
+{
+	const ft_st_tensor *t = ft_st_find(st, name);
+	if (!t) return ft_fail("%s: tensor %s is missing (config.json and the weights disagree)", dir, name);
+	if (t->ndim == (d1 < 0 ? 1 : 2) && t->shape[0] == d0 && (d1 < 0 || t->shape[1] == d1)) return 0;
+	return ft_fail("%s: tensor %s has shape [%lld%s%lld], config.json says [%lld%s%lld]", dir, name,
+		       (long long)t->shape[0], t->ndim > 1 ? ", " : "", t->ndim > 1 ? (long long)t->shape[1] : 0LL,
+		       (long long)d0, d1 < 0 ? "" : ", ", d1 < 0 ? 0LL : (long long)d1);
+}
+
+int ftp_config_check_weights(const ft_config *c, const char *dir)
+{
+	ft_st *st = ft_st_open(dir);
+	if (!st) return -1;
+	/* the sizes that drive the allocation, checked before it: every
+	 * tensor's shape is checked again when the weights are read */
+	char nm[96];
+	int L = c->num_hidden_layers, rc;
+	snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", L - 1);
+	rc = tensor_is(st, dir, "model.embed_tokens.weight", c->vocab_size, c->hidden_size);
+	if (!rc) rc = tensor_is(st, dir, nm, c->hidden_size, -1);
+	if (!rc) {
+		int in, out;
+		ftp_lin_dims(c, L_GATE, &in, &out);
+		snprintf(nm, sizeof nm, "model.layers.%d.mlp.gate_proj.weight", L - 1);
+		rc = tensor_is(st, dir, nm, out, in);
+	}
+	snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", L);
+	if (!rc && ft_st_find(st, nm))
+		rc = ft_fail("%s: the weights hold more layers than num_hidden_layers %d", dir, L);
+	ft_st_close(st);
+	return rc;
 }

@@ -458,7 +458,7 @@ ft_model *ft_model_load(const char *model_dir, const ft_tune_opts *o)
 		return NULL;
 	}
 	free(path);
-	ft_model *m = model_alloc(&c, o, model_dir);
+	ft_model *m = ftp_config_check_weights(&c, model_dir) < 0 ? NULL : model_alloc(&c, o, model_dir);
 	if (!m) {
 		json_decref(j);
 		return NULL;

@@ -75,5 +75,7 @@ int ftp_lin_dims(const ft_config *c, int which, int *in, int *out);
  * path and the key), and the weights' bytes against available memory. */
 int ftp_config_check(const ft_config *c, const char *path);
 int ftp_config_memory_plan(const ft_config *c, const char *what);
+/* The weights in dir (headers only) agree with the config's sizes. */
+int ftp_config_check_weights(const ft_config *c, const char *dir);
 
 #endif

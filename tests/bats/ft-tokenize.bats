@@ -94,10 +94,11 @@ nrec() { records "$@" | wc -l; }
 	tok --dataset - --formatting text --stage pt < in4
 	assert_success
 	[ "$(nrec)" -eq 3 ]
-	# alpaca rows read as sharegpt have no conversations
+	# alpaca rows read as sharegpt have no conversations: nothing valid, exit 1
 	tok --dataset - --template alpaca --formatting sharegpt < in1
-	assert_success
+	assert_failure 1
 	[[ "$stderr" == *"<stdin>: example 0 skipped: missing column"* ]]
+	[[ "$stderr" == *"Cannot find valid samples"* ]]
 }
 
 @test "--stage pt: text + eos, no labels; add_bos_token in the header" {

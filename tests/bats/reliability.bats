@@ -192,11 +192,28 @@ gen() { echo '{"prompt": "hi"}' | ft-generate --tokenizer "$GEN_TOK" --template 
 	[[ "$stderr" == *"tiny-llama: the model's float32 weights need 378.11 KB, 100.00 KB of memory available"* ]] || { echo "$stderr"; false; }
 }
 
+@test "config: the weights' sizes are checked against config.json before allocating" {
+	# fewer layers than the weights hold: before, the extra layers were silently ignored
+	bad_model fewer num_hidden_layers 1
+	run --separate-stderr gen --model_name_or_path fewer
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"fewer: the weights hold more layers than num_hidden_layers 1"* ]] || { echo "$stderr"; false; }
+	bad_model more num_hidden_layers 3
+	run --separate-stderr gen --model_name_or_path more
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"tensor model.layers.2.input_layernorm.weight is missing (config.json and the weights disagree)"* ]]
+	bad_model wide intermediate_size 97
+	run --separate-stderr gen --model_name_or_path wide
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"gate_proj.weight has shape [96, 64], config.json says [97, 64]"* ]] || { echo "$stderr"; false; }
+}
+
 @test "out of memory: the message carries the size asked for" {
 	[[ "${FT_BIN:-}" != *asan* ]] || skip "ASan reserves more address space than the limit"
 	# a config whose embeddings (1 GiB each) pass the plan but not a 1 GB address space
+	pack_dir data
 	bad_model big hidden_size 1048576
-	run bash -c 'ulimit -v 1000000; FT_MEMORY_AVAILABLE=1e15 ft-generate --model_name_or_path big --tokenizer "'"$GEN_TOK"'" --template default --lines < /dev/null'
+	run bash -c 'ulimit -v 1000000; FT_MEMORY_AVAILABLE=1e15 ft-train --train_from_scratch --config big/config.json --train data --output_dir out'
 	assert_failure
 	[[ "$output" == *"out of memory allocating 1073741824 bytes"* ]] || { echo "$output"; false; }
 	[[ "$output" != *"allocating 1 bytes"* ]]

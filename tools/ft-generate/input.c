@@ -209,8 +209,9 @@ int read_prompts(const gen_cli *o, const gen_env *e, gen_items *out)
 {
 	size_t len;
 	char *buf = slurp(o->input, &len);
-	int rc = is_stream((const unsigned char *)buf, len) ? read_records(buf, len, e, out, ft_display_name(o->input))
-							     : read_text(o, e, buf, out);
+	int rc = is_stream((const unsigned char *)buf, len)
+		 ? read_records(buf, len, e, out, ft_display_name(o->input))
+		 : read_text(o, e, buf, out);
 	free(buf);
 	return rc;
 }

@@ -182,12 +182,6 @@ int main(int argc, char **argv)
 	o.model_dir = ft_lfargs_get(&args, "model_name_or_path", NULL);
 	o.export_dir = ft_lfargs_get(&args, "export_dir", NULL);
 	if (!o.model_dir) die_usage("--model_name_or_path is required");
-	/* the export copies config.json: check it with the loaders' code
-	 * first, so that no export is written that no tool loads */
-	ft_config conf;
-	char *cfg = ft_xasprintf("%s/config.json", o.model_dir);
-	if (ft_config_load(cfg, &conf) < 0) die("%s", ft_errmsg());
-	free(cfg);
 	if (!o.export_dir) die_usage("--export_dir is required");
 	const char *al = ft_lfargs_get(&args, "adapter_name_or_path", NULL);
 	if (!al) die_usage("--adapter_name_or_path is required");
@@ -204,6 +198,12 @@ int main(int argc, char **argv)
 	o.overwrite = ow;
 	o.progress = progress;
 	o.progress_ctx = &quiet;
+	/* the export copies config.json: check it with the loaders' code
+	 * first, so that no export is written that no tool loads */
+	ft_config conf;
+	char *cfg = ft_xasprintf("%s/config.json", o.model_dir);
+	if (ft_config_load(cfg, &conf) < 0) die("%s", ft_errmsg());
+	free(cfg);
 	struct sigaction sa = { .sa_handler = on_signal };
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
