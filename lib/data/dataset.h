@@ -75,7 +75,8 @@ void ft_example_free(ft_example *e);
 
 /* Read a dataset's file(s) and convert each row (max_samples < 0: all).
  * The stage decides how text rows are read (pt: the whole text is the
- * prompt).  -1 on I/O or syntax errors (file:line:col). */
+ * prompt).  -1 on I/O or syntax errors (file:line:col); `out` then keeps
+ * what was read before the error, so free it either way. */
 int ft_dataset_read(ft_dataset_attr *a, long long max_samples, ft_dataset *out);
 
 /* Keep the first n examples, or cycle through them up to n. */

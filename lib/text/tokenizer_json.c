@@ -282,15 +282,19 @@ static int load_model(ft_tokenizer *t, const json_t *m)
 			/* "a b": split at the first space, as tokenizers does */
 			l = json_string_value(e);
 			const char *sp = strchr(l, ' ');
-			if (!sp || strchr(sp + 1, ' '))
+			if (!sp || strchr(sp + 1, ' ')) {
+				ftp_tk_buf_free(&b);   /* found by make fuzz: b held an earlier merge */
 				return ft_fail("merge %zu '%s' is not two tokens", i, l);
+			}
 			ll = (size_t)(sp - l); r = sp + 1; rl = strlen(r);
 		} else if (json_is_array(e) && json_array_size(e) == 2 &&
 			   json_is_string(json_array_get(e, 0)) && json_is_string(json_array_get(e, 1))) {
 			l = json_string_value(json_array_get(e, 0)); ll = strlen(l);
 			r = json_string_value(json_array_get(e, 1)); rl = strlen(r);
-		} else
+		} else {
+			ftp_tk_buf_free(&b);
 			return ft_fail("merge %zu is neither \"a b\" nor [a, b]", i);
+		}
 		int32_t a = ftp_tk_strmap_get(&t->vocab, l, ll), c = ftp_tk_strmap_get(&t->vocab, r, rl);
 		ftp_tk_buf_clear(&b);
 		ftp_tk_buf_add(&b, l, ll); ftp_tk_buf_add(&b, r, rl);

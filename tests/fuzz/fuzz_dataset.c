@@ -6,8 +6,9 @@ static void read_as(const char *path, int formatting)
 {
 	ft_dataset_attr a;
 	ft_dataset_from_path(path, formatting, &a);
-	ft_dataset d;
-	if (ft_dataset_read(&a, -1, &d) == 0) ft_dataset_free(&d);
+	ft_dataset d = {0};
+	ft_dataset_read(&a, -1, &d);
+	ft_dataset_free(&d);   /* also after an error: d keeps what was read */
 	ft_dataset_attr_free(&a);
 }
 
