@@ -162,6 +162,8 @@ int ftp_tk_load_spm(ft_tokenizer *t, const char *path)
 	int bad = ferror(f);
 	fclose(f);
 	if (bad) { ftp_tk_buf_free(&data); return ft_fail("%s: read error", path); }
+	/* found by make fuzz: an empty file left data.p NULL (NULL + 0 below) */
+	if (data.n == 0) { ftp_tk_buf_free(&data); return ft_fail("%s: empty file", path); }
 
 	spec s = { .model_type = 1, .unk = 0, .bos = 1, .eos = 2, .pad = -1,
 		   .dummy = 1, .remove_ws = 1, .escape_ws = 1 };
