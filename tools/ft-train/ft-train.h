@@ -4,6 +4,7 @@
 
 #include "cli/cli.h"
 #include "cli/lfargs.h"
+#include "format/batch_io.h"
 #include "model/model.h"
 #include "train/trainer.h"
 
