@@ -1,5 +1,6 @@
 /* lfargs.c - LLaMA-Factory config files and overrides; see lfargs.h */
 #include "cli/lfargs.h"
+#include "util/sbuf.h"
 #include "util/error.h"
 
 #include <jansson.h>
@@ -149,8 +150,11 @@ static int yaml_fail_here(yaml_reader *y, const char *what)
 	return rc;
 }
 
-/* A value: a scalar, or a sequence of scalars joined with commas. */
-static int yaml_value(yaml_reader *y, char **out)
+/* A value: a scalar, a sequence of scalars joined with commas, or a
+ * mapping of scalars (e.g. gradient_checkpointing_kwargs) kept as the
+ * text "{k: v, ...}" for the setting's owner to judge.  Errors name the
+ * setting. */
+static int yaml_value(yaml_reader *y, const char *key, char **out)
 {
 	if (yaml_next(y)) return -1;
 	if (y->ev.type == YAML_SCALAR_EVENT) {
@@ -158,21 +162,36 @@ static int yaml_value(yaml_reader *y, char **out)
 		yaml_event_delete(&y->ev);
 		return 0;
 	}
-	if (y->ev.type != YAML_SEQUENCE_START_EVENT)
-		return yaml_fail_here(y, "expected a scalar or a list of scalars");
+	int map = y->ev.type == YAML_MAPPING_START_EVENT;
+	if (!map && y->ev.type != YAML_SEQUENCE_START_EVENT) {
+		char *what = ft_xasprintf("%s: expected a value, a list or a mapping of values", key);
+		int rc = yaml_fail_here(y, what);
+		free(what);
+		return rc;
+	}
+	yaml_event_type_t end = map ? YAML_MAPPING_END_EVENT : YAML_SEQUENCE_END_EVENT;
 	yaml_event_delete(&y->ev);
-	char *text = ft_xstrdup("");
-	for (int first = 1;; first = 0) {
-		if (yaml_next(y)) { free(text); return -1; }
-		if (y->ev.type == YAML_SEQUENCE_END_EVENT) break;
-		if (y->ev.type != YAML_SCALAR_EVENT) { free(text); return yaml_fail_here(y, "nested lists are not settings"); }
-		char *t = ft_xasprintf("%s%s%s", text, first ? "" : ",", (const char *)y->ev.data.scalar.value);
-		free(text);
-		text = t;
+	ft_sbuf text = {0};
+	if (map) ft_sbuf_addc(&text, '{');
+	for (int i = 0;; i++) {
+		if (yaml_next(y)) { free(ft_sbuf_take(&text)); return -1; }
+		if (y->ev.type == end) break;
+		if (y->ev.type != YAML_SCALAR_EVENT) {
+			free(ft_sbuf_take(&text));
+			char *what = ft_xasprintf("%s: a %s inside a %s is not a setting ft can read", key,
+						  y->ev.type == YAML_MAPPING_START_EVENT ? "mapping" : "list",
+						  map ? "mapping" : "list");
+			int rc = yaml_fail_here(y, what);
+			free(what);
+			return rc;
+		}
+		if (i) ft_sbuf_add(&text, map && i % 2 ? ": " : ", ");
+		ft_sbuf_add(&text, (const char *)y->ev.data.scalar.value);
 		yaml_event_delete(&y->ev);
 	}
 	yaml_event_delete(&y->ev);
-	*out = text;
+	if (map) ft_sbuf_addc(&text, '}');
+	*out = ft_sbuf_take(&text);
 	return 0;
 }
 
@@ -186,7 +205,7 @@ static int yaml_mapping(yaml_reader *y, ft_lfargs *a)
 		char *origin = ft_xasprintf("%s:%zu", y->path, y->ev.start_mark.line + 1);
 		yaml_event_delete(&y->ev);
 		char *value = NULL;
-		int rc = yaml_value(y, &value);
+		int rc = yaml_value(y, key, &value);
 		if (rc == 0) {
 			ft_lfargs_set(a, key, value, origin);
 			free(value);
