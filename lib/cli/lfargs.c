@@ -61,6 +61,20 @@ int ft_lfargs_bool(const ft_lfargs *a, const char *key, int def)
 	return -1;
 }
 
+void ft_lfargs_unset(ft_lfargs *a, const char *key)
+{
+	char *k = ft_xstrdup(key);
+	for (char *c = k; *c; c++) if (*c == '-') *c = '_';
+	for (size_t i = 0; i < a->n; i++)
+		if (!strcmp(a->v[i].key, k)) {
+			free(a->v[i].key); free(a->v[i].value); free(a->v[i].origin);
+			memmove(&a->v[i], &a->v[i + 1], (a->n - i - 1) * sizeof *a->v);
+			a->n--;
+			break;
+		}
+	free(k);
+}
+
 void ft_lfargs_free(ft_lfargs *a)
 {
 	for (size_t i = 0; i < a->n; i++) {
@@ -110,6 +124,9 @@ static int load_json(ft_lfargs *a, const char *path)
 				free(text); free(s);
 				text = t;
 			}
+		} else if (json_is_null(v)) {   /* None: the default applies */
+			ft_lfargs_unset(a, key);
+			continue;
 		} else {
 			text = json_scalar_text(v);
 		}
@@ -150,7 +167,7 @@ static int yaml_fail_here(yaml_reader *y, const char *what)
 	return rc;
 }
 
-/* A value: a scalar, a sequence of scalars joined with commas, or a
+/* A value (NULL for YAML's null): a scalar, a sequence of scalars joined with commas, or a
  * mapping of scalars (e.g. gradient_checkpointing_kwargs) kept as the
  * text "{k: v, ...}" for the setting's owner to judge.  Errors name the
  * setting. */
@@ -158,7 +175,11 @@ static int yaml_value(yaml_reader *y, const char *key, char **out)
 {
 	if (yaml_next(y)) return -1;
 	if (y->ev.type == YAML_SCALAR_EVENT) {
-		*out = ft_xstrdup((const char *)y->ev.data.scalar.value);
+		const char *v = (const char *)y->ev.data.scalar.value;
+		/* a plain null, ~ or nothing is YAML's null: None in Python */
+		int null = y->ev.data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
+			   (!*v || !strcmp(v, "~") || !strcasecmp(v, "null"));
+		*out = null ? NULL : ft_xstrdup(v);
 		yaml_event_delete(&y->ev);
 		return 0;
 	}
@@ -206,9 +227,11 @@ static int yaml_mapping(yaml_reader *y, ft_lfargs *a)
 		yaml_event_delete(&y->ev);
 		char *value = NULL;
 		int rc = yaml_value(y, key, &value);
-		if (rc == 0) {
+		if (rc == 0 && value) {
 			ft_lfargs_set(a, key, value, origin);
 			free(value);
+		} else if (rc == 0) {
+			ft_lfargs_unset(a, key);   /* null: the default applies */
 		}
 		free(key);
 		free(origin);
