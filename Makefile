@@ -14,7 +14,7 @@ LIB_TRAIN  := cuda_train lr_sched optim optim_state trainer trainer_array \
 LIB_GEN    := chat generate metrics sample
 LIB_EXPORT := merge merge_lora
 LIB_PLOT   := plot plot_ascii plot_cairo plot_log
-LIB_CLI    := cli lfargs runplan
+LIB_CLI    := cli lfargs runplan runplan_settings
 LIB_CUDA   := attention gemm lmhead model ops optim probe
 
 LIB_SRC   := $(LIB_UTIL:%=lib/util/%.c) $(LIB_FORMAT:%=lib/format/%.c) \

@@ -8,7 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh >/dev/null
-make -j"$(nproc)" >/dev/null
+printf '== 0. build (make -j%s): one line per file compiled\n' "$(nproc)"
+# the build briefly: the file each compiler call makes, not its flags
+make -j"$(nproc)" 2>&1 | sed -n 's/.* -o \([^ ]*\)$/   built \1/p; /error/p'
 export PATH="$PWD/bin:$PATH"
 
 out=${DEMO_OUT:-demo-out}
@@ -31,31 +33,31 @@ wc -l "$out/data/corpus.jsonl" "$out/data/heldout.jsonl" | sed 's/^/   /'
 
 step "2. pretrain a ~0.8M-parameter Llama from scratch on the corpus ($pt_epochs epochs)"
 show ft-tokenize --stage pt --dataset "$out/data/corpus.jsonl" --tokenizer demo --template empty \
-	--cutoff_len 128 -q -o "$out/pt.ftb.zst"
-show ft-pack --stage pt --packing --cutoff_len 128 --per_device_train_batch_size 8 -q \
+	--cutoff_len 128 -o "$out/pt.ftb.zst"
+show ft-pack --stage pt --packing --cutoff_len 128 --per_device_train_batch_size 8 \
 	--num_train_epochs "$pt_epochs" --output_dir "$out/pt-data" "$out/pt.ftb.zst"
 show ft-train --stage pt --train "$out/pt-data" --train_from_scratch --config demo/config.json \
 	--finetuning_type full --learning_rate 3e-3 --num_train_epochs "$pt_epochs" \
 	--lr_scheduler_type cosine --warmup_ratio 0.05 --logging_steps 20 --save_steps 100000 \
-	--output_dir "$out/base" -q
+	--output_dir "$out/base"
 cp demo/tokenizer.json demo/tokenizer_config.json "$out/base/"
 
 step "3. LoRA sft on the identity set with the default template ($sft_epochs epochs)"
 show ft-tokenize --stage sft --dataset "$out/data/identity.json" --tokenizer "$out/base" \
-	--template default --cutoff_len 128 -q -o "$out/sft.ftb.zst"
-show ft-pack --per_device_train_batch_size 8 --num_train_epochs "$sft_epochs" -q \
+	--template default --cutoff_len 128 -o "$out/sft.ftb.zst"
+show ft-pack --per_device_train_batch_size 8 --num_train_epochs "$sft_epochs" \
 	--output_dir "$out/sft-data" "$out/sft.ftb.zst"
 show ft-train --stage sft --model_name_or_path "$out/base" --train "$out/sft-data" \
 	--finetuning_type lora --lora_target all --lora_rank 8 --learning_rate 3e-3 \
 	--num_train_epochs "$sft_epochs" --lr_scheduler_type cosine --logging_steps 5 \
-	--save_steps 100000 --output_dir "$out/lora" --plot_loss -q
+	--save_steps 100000 --output_dir "$out/lora" --plot_loss
 
 step "4. the loss curve"
 show ft-plot --ascii --width 72 --height 12 "$out/lora/trainer_log.jsonl"
 
 step "5. merge the adapter into the base model"
 show ft-merge --model_name_or_path "$out/base" --adapter_name_or_path "$out/lora" \
-	--export_dir "$out/merged" -q
+	--export_dir "$out/merged"
 
 step "6. held-out prompts, base vs tuned (greedy)"
 for m in base merged; do

@@ -1,5 +1,6 @@
 /* lfargs.c - LLaMA-Factory config files and overrides; see lfargs.h */
 #include "cli/lfargs.h"
+#include "util/sbuf.h"
 #include "util/error.h"
 
 #include <jansson.h>
@@ -60,6 +61,20 @@ int ft_lfargs_bool(const ft_lfargs *a, const char *key, int def)
 	return -1;
 }
 
+void ft_lfargs_unset(ft_lfargs *a, const char *key)
+{
+	char *k = ft_xstrdup(key);
+	for (char *c = k; *c; c++) if (*c == '-') *c = '_';
+	for (size_t i = 0; i < a->n; i++)
+		if (!strcmp(a->v[i].key, k)) {
+			free(a->v[i].key); free(a->v[i].value); free(a->v[i].origin);
+			memmove(&a->v[i], &a->v[i + 1], (a->n - i - 1) * sizeof *a->v);
+			a->n--;
+			break;
+		}
+	free(k);
+}
+
 void ft_lfargs_free(ft_lfargs *a)
 {
 	for (size_t i = 0; i < a->n; i++) {
@@ -109,6 +124,9 @@ static int load_json(ft_lfargs *a, const char *path)
 				free(text); free(s);
 				text = t;
 			}
+		} else if (json_is_null(v)) {   /* None: the default applies */
+			ft_lfargs_unset(a, key);
+			continue;
 		} else {
 			text = json_scalar_text(v);
 		}
@@ -149,30 +167,52 @@ static int yaml_fail_here(yaml_reader *y, const char *what)
 	return rc;
 }
 
-/* A value: a scalar, or a sequence of scalars joined with commas. */
-static int yaml_value(yaml_reader *y, char **out)
+/* A value (NULL for YAML's null): a scalar, a sequence of scalars joined with commas, or a
+ * mapping of scalars (e.g. gradient_checkpointing_kwargs) kept as the
+ * text "{k: v, ...}" for the setting's owner to judge.  Errors name the
+ * setting. */
+static int yaml_value(yaml_reader *y, const char *key, char **out)
 {
 	if (yaml_next(y)) return -1;
 	if (y->ev.type == YAML_SCALAR_EVENT) {
-		*out = ft_xstrdup((const char *)y->ev.data.scalar.value);
+		const char *v = (const char *)y->ev.data.scalar.value;
+		/* a plain null, ~ or nothing is YAML's null: None in Python */
+		int null = y->ev.data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
+			   (!*v || !strcmp(v, "~") || !strcasecmp(v, "null"));
+		*out = null ? NULL : ft_xstrdup(v);
 		yaml_event_delete(&y->ev);
 		return 0;
 	}
-	if (y->ev.type != YAML_SEQUENCE_START_EVENT)
-		return yaml_fail_here(y, "expected a scalar or a list of scalars");
+	int map = y->ev.type == YAML_MAPPING_START_EVENT;
+	if (!map && y->ev.type != YAML_SEQUENCE_START_EVENT) {
+		char *what = ft_xasprintf("%s: expected a value, a list or a mapping of values", key);
+		int rc = yaml_fail_here(y, what);
+		free(what);
+		return rc;
+	}
+	yaml_event_type_t end = map ? YAML_MAPPING_END_EVENT : YAML_SEQUENCE_END_EVENT;
 	yaml_event_delete(&y->ev);
-	char *text = ft_xstrdup("");
-	for (int first = 1;; first = 0) {
-		if (yaml_next(y)) { free(text); return -1; }
-		if (y->ev.type == YAML_SEQUENCE_END_EVENT) break;
-		if (y->ev.type != YAML_SCALAR_EVENT) { free(text); return yaml_fail_here(y, "nested lists are not settings"); }
-		char *t = ft_xasprintf("%s%s%s", text, first ? "" : ",", (const char *)y->ev.data.scalar.value);
-		free(text);
-		text = t;
+	ft_sbuf text = {0};
+	if (map) ft_sbuf_addc(&text, '{');
+	for (int i = 0;; i++) {
+		if (yaml_next(y)) { free(ft_sbuf_take(&text)); return -1; }
+		if (y->ev.type == end) break;
+		if (y->ev.type != YAML_SCALAR_EVENT) {
+			free(ft_sbuf_take(&text));
+			char *what = ft_xasprintf("%s: a %s inside a %s is not a setting ft can read", key,
+						  y->ev.type == YAML_MAPPING_START_EVENT ? "mapping" : "list",
+						  map ? "mapping" : "list");
+			int rc = yaml_fail_here(y, what);
+			free(what);
+			return rc;
+		}
+		if (i) ft_sbuf_add(&text, map && i % 2 ? ": " : ", ");
+		ft_sbuf_add(&text, (const char *)y->ev.data.scalar.value);
 		yaml_event_delete(&y->ev);
 	}
 	yaml_event_delete(&y->ev);
-	*out = text;
+	if (map) ft_sbuf_addc(&text, '}');
+	*out = ft_sbuf_take(&text);
 	return 0;
 }
 
@@ -186,10 +226,12 @@ static int yaml_mapping(yaml_reader *y, ft_lfargs *a)
 		char *origin = ft_xasprintf("%s:%zu", y->path, y->ev.start_mark.line + 1);
 		yaml_event_delete(&y->ev);
 		char *value = NULL;
-		int rc = yaml_value(y, &value);
-		if (rc == 0) {
+		int rc = yaml_value(y, key, &value);
+		if (rc == 0 && value) {
 			ft_lfargs_set(a, key, value, origin);
 			free(value);
+		} else if (rc == 0) {
+			ft_lfargs_unset(a, key);   /* null: the default applies */
 		}
 		free(key);
 		free(origin);

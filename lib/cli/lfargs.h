@@ -20,12 +20,15 @@ typedef struct {
 } ft_lfargs;
 
 /* Load a .yaml/.yml/.json file (a flat mapping; lists become comma-joined
- * strings as LLaMA-Factory accepts for dataset/lora_target).  -1 with
+ * strings as LLaMA-Factory accepts for dataset/lora_target; a null value
+ * unsets the key, as None leaves a default).  -1 with
  * "file:line:col: message". */
 int ft_lfargs_load_file(ft_lfargs *a, const char *path);
 /* key=value, --key value, --key=value, --flag.  -1 on a malformed item. */
 int ft_lfargs_parse_argv(ft_lfargs *a, int argc, char **argv);
 void ft_lfargs_set(ft_lfargs *a, const char *key, const char *value, const char *origin);
+/* Forget key (a config's `key: null`: the default applies). */
+void ft_lfargs_unset(ft_lfargs *a, const char *key);
 const ft_lfarg *ft_lfargs_find(const ft_lfargs *a, const char *key);
 const char *ft_lfargs_get(const ft_lfargs *a, const char *key, const char *def);
 /* true/false/1/0/yes/no; def when absent; -1 when unparseable. */

@@ -1,65 +1,10 @@
 /* runplan.c - LLaMA-Factory settings to ft commands; see runplan.h */
-#include "cli/runplan.h"
-#include "util/error.h"
-
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-
-/* Where each LLaMA-Factory setting goes.  T tokenize, P pack, R train,
- * G generate (prediction / chat), M merge; N: accepted, no effect in ft
- * (the note says why); V: accepted only with the listed value. */
-enum { T = 1, P = 2, R = 4, G = 8, M = 16, N = 32 };
-
-typedef struct { const char *key; unsigned to; const char *why; } route;
-
-static const route routes[] = {
-	{"stage", T | P | R, NULL},
-	{"model_name_or_path", T | R | G | M, NULL},
-	{"adapter_name_or_path", R | G | M, NULL},
-	{"dataset", T, NULL}, {"eval_dataset", G, NULL}, {"dataset_dir", T | G, NULL}, {"template", T | G, NULL},
-	{"cutoff_len", T | P, NULL}, {"max_samples", T, NULL}, {"overwrite_cache", T, NULL},
-	{"train_on_prompt", T, NULL}, {"mask_history", T, NULL}, {"mix_strategy", T, NULL},
-	{"interleave_probs", T, NULL}, {"default_system", T | G, NULL}, {"tool_format", T, NULL},
-	{"preprocessing_batch_size", T | P, NULL},
-	{"per_device_train_batch_size", P | R, NULL}, {"per_device_eval_batch_size", P | G, NULL},
-	{"packing", P, NULL}, {"neat_packing", P, NULL}, {"val_size", P, NULL},
-	{"seed", P | R | G, NULL}, {"dataloader_drop_last", P, NULL}, {"group_by_length", P, NULL},
-	{"finetuning_type", R, NULL}, {"lora_rank", R, NULL}, {"lora_alpha", R, NULL},
-	{"lora_dropout", R, NULL}, {"lora_target", R, NULL}, {"use_rslora", R, NULL},
-	{"freeze_trainable_layers", R, NULL}, {"freeze_trainable_modules", R, NULL},
-	{"learning_rate", R, NULL}, {"weight_decay", R, NULL}, {"adam_beta1", R, NULL},
-	{"adam_beta2", R, NULL}, {"adam_epsilon", R, NULL}, {"optim", R, NULL}, {"max_grad_norm", R, NULL},
-	{"lr_scheduler_type", R, NULL}, {"warmup_steps", R, NULL}, {"warmup_ratio", R, NULL},
-	{"gradient_accumulation_steps", R, NULL}, {"num_train_epochs", P | R, NULL},
-	{"max_steps", R, NULL}, {"logging_steps", R, NULL}, {"save_steps", R, NULL},
-	{"save_total_limit", R, NULL}, {"eval_steps", R, NULL}, {"do_train", R, NULL},
-	{"do_eval", R, NULL}, {"output_dir", R | G, NULL}, {"overwrite_output_dir", R | G, NULL},
-	{"resume_from_checkpoint", R, NULL}, {"gradient_checkpointing", R, NULL},
-	{"bf16", R, NULL}, {"fp16", R, NULL}, {"plot_loss", R, NULL},
-	{"train_from_scratch", R, NULL},
-	{"do_predict", G, NULL}, {"predict_with_generate", G, NULL}, {"max_new_tokens", G, NULL},
-	{"do_sample", G, NULL}, {"temperature", G, NULL}, {"top_p", G, NULL}, {"top_k", G, NULL},
-	{"repetition_penalty", G, NULL},
-	{"export_dir", M, NULL}, {"export_size", M, NULL}, {"export_dtype", M, NULL},
-	{"trust_remote_code", N, "ft runs no model code from the hub"},
-	{"preprocessing_num_workers", N, "ft-tokenize uses every core"},
-	{"dataloader_num_workers", N, "batches are prepared by ft-pack before training"},
-	{"ddp_timeout", N, "ft-train runs one process"},
-	{"report_to", N, "ft-train logs to trainer_log.jsonl only"},
-	{"eval_strategy", R, NULL}, {"save_strategy", R, NULL}, {"logging_strategy", R, NULL},
-	{"save_only_model", N, "checkpoints always hold the optimizer state, so resuming is exact"},
-	{"flash_attn", N, "the CPU path has one attention implementation"},
-	{"use_fast_tokenizer", N, "ft has one tokenizer implementation"},
-	{"tokenized_path", N, "the pipeline keeps its batches in <output_dir>-data"},
-};
-
-static const route *find_route(const char *key)
-{
-	for (size_t i = 0; i < sizeof routes / sizeof *routes; i++)
-		if (!strcmp(routes[i].key, key)) return &routes[i];
-	return NULL;
-}
+#include <sys/stat.h>
+#include "cli/runplan_internal.h"
+#include "util/error.h"
 
 char *ft_shell_quote(const char *s)
 {
@@ -107,7 +52,7 @@ static void add_flag(cmd *c, const char *key, const char *value)
 static void add_routed(cmd *c, const ft_lfargs *a, unsigned tool, const char *const *skip)
 {
 	for (size_t i = 0; i < a->n; i++) {
-		const route *r = find_route(a->v[i].key);
+		const ftp_route *r = ftp_route_find(a->v[i].key);
 		int skipped = 0;
 		for (const char *const *s = skip; s && *s && !skipped; s++) skipped = !strcmp(*s, a->v[i].key);
 		if (r && (r->to & tool) && !skipped) add_flag(c, a->v[i].key, a->v[i].value);
@@ -120,86 +65,108 @@ static void plan_add(ft_runplan *p, char *line)
 	p->lines[p->n++] = line;
 }
 
-static void plan_note(ft_runplan *p, char *note)
+static int exists(const char *path)
 {
-	p->notes = ft_xrealloc(p->notes, (p->n_notes + 1) * sizeof *p->notes);
-	p->notes[p->n_notes++] = note;
+	struct stat st;
+	return stat(path, &st) == 0;
 }
 
-static int check_settings(const ft_lfargs *a, ft_runplan *p)
+/* ft-tokenize | ft-pack into dir. */
+static void plan_pack(const ft_lfargs *a, ft_runplan *p, const char *dir, int replace)
 {
-	for (size_t i = 0; i < a->n; i++) {
-		const route *r = find_route(a->v[i].key);
-		if (!r)
-			return ft_fail("%s: setting '%s' is not supported by ft (see README's flag table)",
-				       a->v[i].origin, a->v[i].key);
-		if (r->to == N)
-			plan_note(p, ft_xasprintf("%s: %s accepted with no effect: %s", a->v[i].origin, r->key, r->why));
+	cmd tok = {0}, pack = {0};
+	add_word(&tok, "ft-tokenize");
+	add_routed(&tok, a, FTP_T, NULL);
+	add_word(&pack, "ft-pack");
+	add_routed(&pack, a, FTP_P, NULL);
+	/* ft-pack writes one reshuffled epoch per pass, as the HF Trainer
+	 * samples them; ft-train's default is 3 epochs */
+	if (!ft_lfargs_get(a, "num_train_epochs", NULL) && !ft_lfargs_get(a, "max_steps", NULL))
+		add_flag(&pack, "num_train_epochs", "3");
+	if (replace) add_flag(&pack, "overwrite_output_dir", NULL);
+	add_flag(&pack, "output_dir", dir);
+	add_word(&pack, "-");
+	plan_add(p, ft_xasprintf("%s | \\\n  %s", tok.s, pack.s));
+	free(tok.s);
+	free(pack.s);
+}
+
+static void plan_fit(const ft_lfargs *a, ft_runplan *p, const char *data)
+{
+	cmd train = {0};
+	add_word(&train, "ft-train");
+	add_routed(&train, a, FTP_R, NULL);
+	add_flag(&train, "train", data);
+	if (ft_lfargs_get(a, "val_size", NULL)) {
+		char *val = ft_xasprintf("%s/val", data);
+		add_flag(&train, "val", val);
+		free(val);
 	}
-	const char *stage = ft_lfargs_get(a, "stage", "sft");
-	if (strcmp(stage, "sft") && strcmp(stage, "pt"))
-		return ft_fail("stage %s: ft-train supports pt and sft in this version", stage);
-	return 0;
+	plan_add(p, train.s);
+}
+
+static void plan_predict(const ft_lfargs *a, ft_runplan *p, int trained)
+{
+	static const char *const not_to_gen[] = {"output_dir", "adapter_name_or_path", "dataset_dir",
+						 "do_predict", "eval_dataset", "overwrite_output_dir", NULL};
+	static const char *const not_dataset[] = {"dataset", NULL};
+	const char *out = ft_lfargs_get(a, "output_dir", NULL);
+	const char *eval = ft_lfargs_get(a, "eval_dataset", NULL);
+	cmd tok = {0}, gen = {0};
+	add_word(&tok, "ft-tokenize");
+	add_routed(&tok, a, FTP_T, eval ? not_dataset : NULL);
+	if (eval) add_flag(&tok, "dataset", eval);
+	add_flag(&tok, "predict_with_generate", NULL);
+	add_word(&gen, "ft-generate");
+	add_routed(&gen, a, FTP_G, not_to_gen);
+	/* after training a LoRA model, predict with the new adapter */
+	const char *lora = ft_lfargs_get(a, "finetuning_type", "lora");
+	const char *adapter = trained && !strcmp(lora, "lora") ? out : ft_lfargs_get(a, "adapter_name_or_path", NULL);
+	if (adapter) add_flag(&gen, "adapter_name_or_path", adapter);
+	add_flag(&gen, "do_predict", NULL);
+	/* LLaMA-Factory writes a predict-only run's files into output_dir */
+	char *pred = trained ? ft_xasprintf("%s/predict", out) : ft_xstrdup(out);
+	add_flag(&gen, "output_dir", pred);
+	add_flag(&gen, "overwrite_output_dir", NULL);
+	add_word(&gen, "-");
+	plan_add(p, ft_xasprintf("%s | \\\n  %s", tok.s, gen.s));
+	free(pred); free(tok.s); free(gen.s);
 }
 
 static int plan_train(const ft_lfargs *a, ft_runplan *p)
 {
 	const char *out = ft_lfargs_get(a, "output_dir", NULL);
 	if (!out) return ft_fail("output_dir is required");
-	if (!ft_lfargs_get(a, "dataset", NULL) && !ft_lfargs_get(a, "eval_dataset", NULL))
-		return ft_fail("dataset is required");
-	char *data = ft_xasprintf("%s-data", out);
-	int do_train = ft_lfargs_bool(a, "do_train", 1), do_predict = ft_lfargs_bool(a, "do_predict", 0);
+	/* as transformers' TrainingArguments: nothing runs unless asked */
+	int do_train = ft_lfargs_bool(a, "do_train", 0), do_predict = ft_lfargs_bool(a, "do_predict", 0);
+	if (do_train < 0 || do_predict < 0) return ft_fail("do_train and do_predict take true or false");
+	if (!do_train && !do_predict) return ft_fail("nothing to do: set do_train or do_predict");
+	if (do_train && !ft_lfargs_get(a, "dataset", NULL))
+		return ft_fail("do_train needs a dataset");
+	if (do_predict && !do_train && !ft_lfargs_get(a, "eval_dataset", NULL) && !ft_lfargs_get(a, "dataset", NULL))
+		return ft_fail("do_predict needs an eval_dataset (or a dataset)");
+	const char *tokenized = ft_lfargs_get(a, "tokenized_path", NULL);
 	if (do_train) {
-		cmd tok = {0}, pack = {0}, train = {0};
-		add_word(&tok, "ft-tokenize");
-		add_routed(&tok, a, T, NULL);
-		add_word(&pack, "ft-pack");
-		add_routed(&pack, a, P, NULL);
-		/* ft-pack writes one reshuffled epoch per pass, as the HF Trainer
-		 * samples them; ft-train's default is 3 epochs */
-		if (!ft_lfargs_get(a, "num_train_epochs", NULL) && !ft_lfargs_get(a, "max_steps", NULL))
-			add_flag(&pack, "num_train_epochs", "3");
-		add_flag(&pack, "overwrite_output_dir", NULL);
-		add_flag(&pack, "output_dir", data);
-		add_word(&pack, "-");
-		plan_add(p, ft_xasprintf("%s | \\\n  %s", tok.s, pack.s));
-		add_word(&train, "ft-train");
-		add_routed(&train, a, R, NULL);
-		add_flag(&train, "train", data);
-		if (ft_lfargs_get(a, "val_size", NULL)) {
-			char *val = ft_xasprintf("%s/val", data);
-			add_flag(&train, "val", val);
-			free(val);
+		char *data = tokenized ? ft_xstrdup(tokenized) : ft_xasprintf("%s-data", out);
+		if (tokenized && !exists(tokenized)) {
+			/* LLaMA-Factory saves the dataset there and exits */
+			plan_pack(a, p, data, 0);
+			ftp_plan_note(p, ft_xasprintf("tokenized_path %s does not exist yet: the batches are "
+						      "written there and the run stops, as LLaMA-Factory does; run "
+						      "again to train from them", tokenized));
+			free(data);
+			return 0;
 		}
-		plan_add(p, train.s);
-		free(tok.s); free(pack.s);
+		if (tokenized)
+			ftp_plan_note(p, ft_xasprintf("tokenized_path %s: training from the batches there "
+						      "(dataset settings are not read again)", tokenized));
+		else
+			plan_pack(a, p, data, 1);
+		plan_fit(a, p, data);
+		free(data);
 	}
-	if (do_predict) {
-		static const char *const not_to_gen[] = {"output_dir", "adapter_name_or_path", "dataset_dir",
-							 "do_predict", "eval_dataset", NULL};
-		static const char *const not_dataset[] = {"dataset", NULL};
-		const char *eval = ft_lfargs_get(a, "eval_dataset", NULL);
-		cmd tok = {0}, gen = {0};
-		add_word(&tok, "ft-tokenize");
-		add_routed(&tok, a, T, eval ? not_dataset : NULL);
-		if (eval) add_flag(&tok, "dataset", eval);
-		add_flag(&tok, "predict_with_generate", NULL);
-		add_word(&gen, "ft-generate");
-		add_routed(&gen, a, G, not_to_gen);
-		const char *lora = ft_lfargs_get(a, "finetuning_type", "lora");
-		const char *adapter = do_train && !strcmp(lora, "lora") ? out : ft_lfargs_get(a, "adapter_name_or_path", NULL);
-		if (adapter) add_flag(&gen, "adapter_name_or_path", adapter);
-		add_flag(&gen, "do_predict", NULL);
-		char *pred = ft_xasprintf("%s/predict", out);
-		add_flag(&gen, "output_dir", pred);
-		add_flag(&gen, "overwrite_output_dir", NULL);
-		add_word(&gen, "-");
-		plan_add(p, ft_xasprintf("%s | \\\n  %s", tok.s, gen.s));
-		free(pred); free(tok.s); free(gen.s);
-	}
-	free(data);
-	if (!p->n) return ft_fail("nothing to do: set do_train or do_predict");
+	if (do_predict)
+		plan_predict(a, p, do_train);
 	return 0;
 }
 
@@ -208,7 +175,10 @@ static int plan_export(const ft_lfargs *a, ft_runplan *p)
 	if (!ft_lfargs_get(a, "export_dir", NULL)) return ft_fail("export_dir is required");
 	cmd c = {0};
 	add_word(&c, "ft-merge");
-	add_routed(&c, a, M, NULL);
+	add_routed(&c, a, FTP_M, NULL);
+	if (!ft_lfargs_get(a, "adapter_name_or_path", NULL))
+		ftp_plan_note(p, ft_xasprintf("no adapter_name_or_path: %s is exported as it is "
+					      "(dtype and shards as asked)", ft_lfargs_get(a, "model_name_or_path", "the model")));
 	plan_add(p, c.s);
 	return 0;
 }
@@ -219,7 +189,7 @@ static int plan_chat(const ft_lfargs *a, ft_runplan *p)
 	cmd c = {0};
 	add_word(&c, "ft-generate");
 	add_word(&c, "-i");
-	add_routed(&c, a, G, skip);
+	add_routed(&c, a, FTP_G, skip);
 	plan_add(p, c.s);
 	return 0;
 }
@@ -227,15 +197,21 @@ static int plan_chat(const ft_lfargs *a, ft_runplan *p)
 int ft_runplan_build(const ft_lfargs *a, const char *command, ft_runplan *p)
 {
 	memset(p, 0, sizeof *p);
-	int rc = check_settings(a, p);
-	if (rc == 0) {
-		if (!strcmp(command, "train")) rc = plan_train(a, p);
-		else if (!strcmp(command, "export")) rc = plan_export(a, p);
-		else if (!strcmp(command, "chat")) rc = plan_chat(a, p);
-		else rc = ft_fail("unknown command '%s' (train, export or chat)", command);
-	}
-	if (rc < 0) ft_runplan_free(p);
-	return rc;
+	if (strcmp(command, "train") && strcmp(command, "export") && strcmp(command, "chat"))
+		return ft_fail("unknown command '%s' (train, export or chat)", command);
+	ftp_check_settings(a, p);
+	if (p->n_problems)
+		return ft_fail("%zu setting%s ft cannot run", p->n_problems, p->n_problems == 1 ? "" : "s");
+	if (!strcmp(command, "train")) return plan_train(a, p);
+	if (!strcmp(command, "export")) return plan_export(a, p);
+	return plan_chat(a, p);
+}
+
+int ft_runplan_accepts(const char *key, const char **why)
+{
+	const ftp_route *r = ftp_route_find(key);
+	*why = r ? r->why : NULL;
+	return !r ? -1 : r->to == FTP_X ? 0 : 1;
 }
 
 char *ft_runplan_script(const ft_runplan *p)
@@ -253,7 +229,9 @@ void ft_runplan_free(ft_runplan *p)
 {
 	for (size_t i = 0; i < p->n; i++) free(p->lines[i]);
 	for (size_t i = 0; i < p->n_notes; i++) free(p->notes[i]);
+	for (size_t i = 0; i < p->n_problems; i++) free(p->problems[i]);
 	free(p->lines);
 	free(p->notes);
+	free(p->problems);
 	memset(p, 0, sizeof *p);
 }

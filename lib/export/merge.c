@@ -432,6 +432,13 @@ static int open_inputs(merge_job *j, const ft_merge_opts *o)
 	char *cfg = ft_xasprintf("%s/config.json", o->model_dir);
 	int rc = -1;
 	if (!(j->config = ft_json_load_file(cfg))) goto out;
+	const json_t *quant = json_object_get(j->config, "quantization_config");
+	if (quant) {   /* LLaMA-Factory's refusal; packed weights are not tensors to merge */
+		ft_fail(o->nadapters ? "%s: Cannot merge adapters to a quantized model (%s)"
+				     : "%s: a pre-quantized checkpoint (%s): ft exports unquantized weights only",
+			cfg, ft_json_str(quant, "quant_method", "unknown method"));
+		goto out;
+	}
 	if (!(j->base = ft_st_open(o->model_dir))) goto out;
 	if (pick_dtype(j, o->export_dtype, cfg) < 0) goto out;
 	j->ad = ft_xcalloc(o->nadapters + 1, sizeof *j->ad);

@@ -67,6 +67,10 @@ static int config_from_json(const json_t *j, ft_config *c, const char *path)
 		arch = !strcmp(mt, "llama") ? "LlamaForCausalLM"
 		     : !strcmp(mt, "mistral") ? "MistralForCausalLM"
 		     : !strcmp(mt, "qwen2") ? "Qwen2ForCausalLM" : "(none)";
+	const json_t *quant = json_object_get(j, "quantization_config");
+	if (quant)   /* gptq, awq, aqlm, fp8...: packed weights, not plain tensors */
+		return ft_fail("%s: a pre-quantized checkpoint (%s): ft loads unquantized weights "
+			       "only", path, ft_json_str(quant, "quant_method", "unknown method"));
 	if (!strcmp(arch, "LlamaForCausalLM"))
 		c->arch = FT_ARCH_LLAMA;
 	else if (!strcmp(arch, "MistralForCausalLM"))

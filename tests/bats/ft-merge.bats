@@ -146,7 +146,6 @@ AD="$FIXTURES/merge/llama-r4/adapter"
 @test "ft-merge usage errors exit 2" {
 	run -2 ft-merge --adapter_name_or_path x --export_dir o
 	assert_output --partial "--model_name_or_path is required"
-	run -2 ft-merge --model_name_or_path x --export_dir o
 	run -2 ft-merge --model_name_or_path x --adapter_name_or_path y
 	run -2 ft-merge --model_name_or_path x --adapter_name_or_path y --export_dir o --export_dtype int8
 	run -2 ft-merge --model_name_or_path x --adapter_name_or_path y --export_dir o --export_size lots
@@ -154,4 +153,19 @@ AD="$FIXTURES/merge/llama-r4/adapter"
 	assert_output --partial "unknown option 'bogus'"
 	run -2 ft-merge --model_name_or_path x --adapter_name_or_path y --export_dir o --export_legacy_format true
 	run -2 ft-merge -x
+	# settings of a LLaMA-Factory config: ft-run's refusals, with the reason
+	run -2 ft-merge --model_name_or_path x --adapter_name_or_path y --export_dir o --image_max_pixels 9
+	assert_output --partial "'image_max_pixels' is not supported: ft trains text-only models"
+}
+
+@test "ft-merge: no adapter exports the model itself (dtype, shards), LLaMA-Factory keys ignored" {
+	run ft-merge -v --model_name_or_path "$BASE" --export_dir out --export_dtype bf16 \
+		--export_device cpu --report_to none --template qwen
+	assert_success
+	assert_output --partial "ignoring export_device"
+	assert_output --partial "exported"
+	grep -q '"dtype": "bfloat16"' out/config.json
+	[ -f out/model.safetensors ]
+	run ft-merge --model_name_or_path "$BASE" --export_dir out2 --finetuning_type full
+	assert_success
 }

@@ -24,21 +24,22 @@ load helper
 }
 
 @test "ft-run: config file, key=value overrides, notes for settings without effect" {
-	printf 'stage: sft\nmodel_name_or_path: m\ndataset: d\noutput_dir: o\ntrust_remote_code: true\nlearning_rate: 1.0e-4\nval_size: 0.1\n' > c.yaml
+	printf 'stage: sft\ndo_train: true\nmodel_name_or_path: m\ndataset: d\noutput_dir: o\ntrust_remote_code: true\nlearning_rate: 1.0e-4\nval_size: 0.1\n' > c.yaml
 	run --separate-stderr ft-run -v -n train c.yaml learning_rate=2e-4 --do_sample false
 	assert_success
 	assert_output --partial "--learning_rate 2e-4"
 	assert_output --partial "--val o-data/val"
 	# ft-train's default of 3 epochs, packed reshuffled as the HF Trainer samples them
 	assert_output --partial "--num_train_epochs 3 --overwrite_output_dir --output_dir o-data -"
-	[[ "$stderr" == *"c.yaml:5: trust_remote_code accepted with no effect"* ]]
+	[[ "$stderr" == *"c.yaml:6: trust_remote_code accepted with no effect"* ]]
 }
 
 @test "ft-run: predict with eval_dataset and export/chat plans" {
 	run ft-run -n --stage sft --model_name_or_path m --dataset d --eval_dataset e --output_dir o --do_train false --do_predict --do_sample false
 	assert_success
 	assert_output --partial "ft-tokenize --stage sft --model_name_or_path m --dataset e --predict_with_generate"
-	assert_output --partial "ft-generate --model_name_or_path m --do_sample=false --do_predict --output_dir o/predict"
+	# predict only: LLaMA-Factory writes generated_predictions.jsonl into output_dir
+	assert_output --partial "ft-generate --model_name_or_path m --do_sample=false --do_predict --output_dir o --overwrite_output_dir -"
 	run ft-run -n export --model_name_or_path m --adapter_name_or_path a --export_dir x --export_size 2
 	assert_success
 	assert_output --partial "ft-merge --model_name_or_path m --adapter_name_or_path a --export_dir x --export_size 2"
@@ -99,4 +100,106 @@ load helper
 	run ft-run -q train sft.yaml learning_rate=-1
 	assert_failure 1
 	assert_output --partial "pipeline failed"
+}
+
+@test "ft-run names every setting it cannot run at once, each with its reason" {
+	cat > c.yaml <<-EOT
+	stage: dpo
+	do_train: true
+	model_name_or_path: m
+	dataset: d
+	template: nosuch
+	finetuning_type: oft
+	deepspeed: ds.json
+	image_max_pixels: 262144
+	apollo_rank: 16
+	made_up_key: 1
+	output_dir: o
+	EOT
+	run --separate-stderr ft-run -n c.yaml
+	assert_failure 1
+	[[ "$stderr" == *"c.yaml:1: stage dpo: ft-train supports pt and sft"* ]]
+	[[ "$stderr" == *"c.yaml:5: template nosuch is not one ft has (default, "* ]]
+	[[ "$stderr" == *"c.yaml:6: finetuning_type oft: ft supports lora, freeze and full"* ]]
+	[[ "$stderr" == *"c.yaml:7: 'deepspeed' is not supported: ft does not use DeepSpeed"* ]]
+	[[ "$stderr" == *"c.yaml:8: 'image_max_pixels' is not supported: ft trains text-only models"* ]]
+	[[ "$stderr" == *"c.yaml:9: 'apollo_rank' is not supported: the APOLLO optimizer"* ]]
+	[[ "$stderr" == *"c.yaml:10: 'made_up_key' is not a LLaMA-Factory setting ft knows"* ]]
+	[[ "$stderr" == *"7 settings ft cannot run"* ]]
+	[ -z "$output" ]
+}
+
+@test "ft-run accepts harmless settings with a note, refuses export_legacy_format true" {
+	run --separate-stderr ft-run -v -n chat --model_name_or_path m --template qwen --infer_backend vllm \
+		--run_name r --report_to wandb --export_device cpu --export_legacy_format false --plot_loss true
+	assert_success
+	[[ "$stderr" == *"infer_backend vllm: runs with ft-generate"* ]]
+	[[ "$stderr" == *"report_to wandb: ft-train logs to trainer_log.jsonl only"* ]]
+	[[ "$stderr" == *"run_name accepted with no effect"* ]]
+	[[ "$stderr" == *"export_device accepted with no effect"* ]]
+	run ft-run -n chat --model_name_or_path m --infer_backend huggingface
+	assert_success
+	run ft-run -n chat --model_name_or_path m --infer_backend ktransformers
+	assert_failure 1
+	assert_output --partial "infer_backend ktransformers is not supported"
+	run ft-run -n export --model_name_or_path m --export_dir x --export_legacy_format true
+	assert_failure 1
+	assert_output --partial "export_legacy_format true is not supported"
+}
+
+@test "ft-run: YAML shapes name the setting; a mapping value is read" {
+	printf 'stage: sft\ngradient_checkpointing_kwargs:\n  use_reentrant: false\ndo_train: true\nmodel_name_or_path: m\ndataset: d\noutput_dir: o\n' > ok.yaml
+	run --separate-stderr ft-run -v -n ok.yaml
+	assert_success
+	[[ "$stderr" == *"gradient_checkpointing_kwargs accepted with no effect"* ]]
+	printf 'stage: sft\nlora_target:\n  - [q_proj, v_proj]\n' > bad.yaml
+	run ft-run -n bad.yaml
+	assert_failure 1
+	assert_output --partial "bad.yaml:3:5: lora_target: a list inside a list is not a setting ft can read"
+}
+
+@test "ft-run checks dataset names against dataset_dir and refuses pre-quantized models" {
+	mkdir data q
+	echo '{"local": {"file_name": "local.json"}, "hub": {"hf_hub_url": "org/set"}}' > data/dataset_info.json
+	echo '[]' > data/local.json
+	echo '{"model_type": "llama", "quantization_config": {"quant_method": "gptq", "bits": 4}}' > q/config.json
+	run ft-run -n --stage sft --do_train --model_name_or_path m --dataset local --dataset_dir data --output_dir o
+	assert_success
+	run --separate-stderr ft-run -n --stage sft --do_train --model_name_or_path q --dataset local,hub,gone \
+		--dataset_dir data --output_dir o
+	assert_failure 1
+	[[ "$stderr" == *"dataset 'hub'"*"hf_hub_url"* ]]
+	[[ "$stderr" == *"gone"* ]]
+	[[ "$stderr" == *"q is a pre-quantized checkpoint (gptq)"* ]]
+	[[ "$stderr" == *"3 settings ft cannot run"* ]]
+}
+
+@test "ft-run: tokenized_path packs there and stops, then trains from it; predict-only configs" {
+	run --separate-stderr ft-run -v -n --stage sft --do_train --model_name_or_path m --dataset d \
+		--tokenized_path tok --output_dir o
+	assert_success
+	assert_output --partial "ft-pack --stage sft --num_train_epochs 3 --output_dir tok -"
+	refute_output --partial "ft-train"
+	[[ "$stderr" == *"tokenized_path tok does not exist yet"* ]]
+	mkdir tok
+	run ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --tokenized_path tok --output_dir o
+	assert_success
+	refute_output --partial "ft-pack"
+	assert_output --partial "ft-train --stage sft --do_train --model_name_or_path m --output_dir o --train tok"
+	# predict only: nothing trained, the config's adapter, predictions in output_dir
+	run ft-run -n --stage sft --model_name_or_path m --adapter_name_or_path a --do_predict \
+		--eval_dataset e --output_dir p
+	assert_success
+	refute_output --partial "ft-train"
+	assert_output --partial "--adapter_name_or_path a --do_predict --output_dir p"
+	run ft-run -n --stage sft --model_name_or_path m --dataset d --output_dir o
+	assert_failure 1
+	assert_output --partial "nothing to do: set do_train or do_predict"
+}
+
+@test "ft-run finds its sibling tools beside its own executable, not only on PATH" {
+	mkdir model && cp "$FT_ROOT/tests/fixtures/models/tiny-llama/"* model/
+	run env PATH=/usr/bin:/bin "$FT_ROOT/bin/ft-run" -q export --model_name_or_path model --export_dir out
+	assert_success
+	[ -f out/model.safetensors ]
 }

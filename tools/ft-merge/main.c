@@ -8,13 +8,14 @@
 #include "cli/cli.h"
 #include "util/dtype.h"
 #include "cli/lfargs.h"
+#include "cli/runplan.h"
 #include "export/merge.h"
 #include "model/model.h"
 
 static void usage(FILE *fp)
 {
 	fprintf(fp,
-"Usage: ft-merge [CONFIG.yaml] --model_name_or_path BASE --adapter_name_or_path A[,B...]\n"
+"Usage: ft-merge [CONFIG.yaml] --model_name_or_path BASE [--adapter_name_or_path A[,B...]]\n"
 "                --export_dir DIR [OPTION]...\n"
 "Merge LoRA adapters into their base model (W' = W + alpha/r * B A, rsLoRA\n"
 "alpha/sqrt(r), per-module rank_pattern/alpha_pattern; computed in float32)\n"
@@ -23,12 +24,14 @@ static void usage(FILE *fp)
 "config.json with its dtype updated, generation_config.json and the tokenizer\n"
 "files.  Adapters are PEFT LoRA adapters (adapter_config.json +\n"
 "adapter_model.safetensors) for Llama/Mistral/Qwen2 models: ft-train's or any\n"
-"other, e.g. LLaMA-Factory's.  Several are applied in the order given.\n"
-"A LLaMA-Factory merge YAML (examples/merge_lora/*.yaml) may come first;\n"
-"flags after it override its keys.  Options may be spelt with - or _.\n"
+"other, e.g. LLaMA-Factory's.  Several are applied in the order given; with\n"
+"none, the model itself is exported (dtype, shards), as llamafactory-cli\n"
+"export does for a full fine-tune.  A LLaMA-Factory merge YAML may come\n"
+"first; flags after it override its keys; its other settings are ignored or\n"
+"refused as ft-run does.  Options may be spelt with - or _.\n"
 "\n"
 "      --model_name_or_path DIR     base model directory\n"
-"      --adapter_name_or_path LIST  adapter directories, comma-separated\n"
+"      --adapter_name_or_path LIST  adapter directories, comma-separated (optional)\n"
 "      --export_dir DIR             output directory (written atomically)\n"
 "      --export_dtype T             auto (the base config's dtype), bf16, fp16, fp32\n"
 "      --export_size SIZE           largest shard: GB as a bare number (LLaMA-Factory's\n"
@@ -52,14 +55,9 @@ static void usage(FILE *fp)
 "  ft-train sft_lora.yaml output_dir=out/lora        # writes out/lora/adapter_*\n"
 "  ft-merge --model_name_or_path models/Qwen2.5-0.5B --adapter_name_or_path out/lora \\\n"
 "           --export_dir out/merged --export_dtype bf16 --export_size 2GB\n"
-"  ft-merge examples/merge_lora/llama3_lora_sft.yaml   # LLaMA-Factory's merge config\n");
+"  ft-merge examples/lf/qwen_lora_merge.yaml          # a LLaMA-Factory merge config\n");
 }
 
-/* LLaMA-Factory export keys that make no difference here. */
-static const char *const ignored_keys[] = {
-	"template", "trust_remote_code", "export_device", "infer_backend", "stage", "do_train",
-	"export_hub_model_id", "flash_attn", "use_fast_tokenizer",
-};
 
 static int export_dtype(const char *s)
 {
@@ -165,15 +163,18 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < args.n; i++) {
 		int ok = 0;
 		for (size_t k = 0; k < sizeof known / sizeof *known; k++) ok |= !strcmp(args.v[i].key, known[k]);
-		for (size_t k = 0; k < sizeof ignored_keys / sizeof *ignored_keys; k++)
-			if (!strcmp(args.v[i].key, ignored_keys[k])) {
-				note("%s: ignoring %s (no effect on a merge)", args.v[i].origin, args.v[i].key);
-				ok = 1;
-			}
-		if (!ok) die_usage("%s: unknown option '%s'", args.v[i].origin, args.v[i].key);
+		if (ok) continue;
+		/* the rest of a LLaMA-Factory config: what ft-run accepts is
+		 * ignored here, what it refuses is refused with its reason */
+		const char *why = NULL;
+		int acc = ft_runplan_accepts(args.v[i].key, &why);
+		if (acc < 0) die_usage("%s: unknown option '%s'", args.v[i].origin, args.v[i].key);
+		if (acc == 0) die_usage("%s: '%s' is not supported: %s", args.v[i].origin, args.v[i].key, why);
+		note("%s: ignoring %s (no effect on a merge)", args.v[i].origin, args.v[i].key);
 	}
+	const char *al = ft_lfargs_get(&args, "adapter_name_or_path", NULL);
 	const char *ft = ft_lfargs_get(&args, "finetuning_type", "lora");
-	if (strcmp(ft, "lora") != 0) die_usage("finetuning_type %s: only LoRA adapters can be merged", ft);
+	if (al && strcmp(ft, "lora") != 0) die_usage("finetuning_type %s: only LoRA adapters can be merged", ft);
 	if (ft_lfargs_bool(&args, "export_legacy_format", 0) != 0)
 		die_usage("export_legacy_format (.bin weights) is not supported: ft-merge writes safetensors");
 	if (ft_lfargs_find(&args, "export_quantization_bit"))
@@ -183,11 +184,11 @@ int main(int argc, char **argv)
 	o.export_dir = ft_lfargs_get(&args, "export_dir", NULL);
 	if (!o.model_dir) die_usage("--model_name_or_path is required");
 	if (!o.export_dir) die_usage("--export_dir is required");
-	const char *al = ft_lfargs_get(&args, "adapter_name_or_path", NULL);
-	if (!al) die_usage("--adapter_name_or_path is required");
-	size_t nad;
-	char **ad = split_list(al, &nad);
-	if (nad == 0) die_usage("--adapter_name_or_path is empty");
+	/* no adapter: export the model itself (dtype, shards), as
+	 * llamafactory-cli export does for a full fine-tune */
+	size_t nad = 0;
+	char **ad = al ? split_list(al, &nad) : NULL;
+	if (al && nad == 0) die_usage("--adapter_name_or_path is empty");
 	o.adapters = (const char *const *)ad;
 	o.nadapters = nad;
 	o.export_dtype = export_dtype(ft_lfargs_get(&args, "export_dtype", "auto"));
@@ -218,7 +219,10 @@ int main(int argc, char **argv)
 		die_lib();
 	}
 	ft_progress_done();
-	note("merged %zu adapter%s into %s", nad, nad == 1 ? "" : "s", o.export_dir);
+	if (nad)
+		note("merged %zu adapter%s into %s", nad, nad == 1 ? "" : "s", o.export_dir);
+	else
+		note("exported %s to %s", o.model_dir, o.export_dir);
 	for (size_t i = 0; i < nad; i++) free(ad[i]);
 	free(ad);
 	ft_lfargs_free(&args);

@@ -15,8 +15,10 @@ static void usage(void)
 "settings (a config file, then overrides, later ones winning) are routed to\n"
 "ft-tokenize, ft-pack, ft-train, ft-generate and ft-merge, the equivalent\n"
 "shell pipeline is printed on stderr, and then it runs (bash, pipefail).\n"
-"Intermediate batches go to <output_dir>-data/.  A setting ft does not\n"
-"support is an error; settings with no effect in ft are named in a note.\n"
+"Intermediate batches go to <output_dir>-data/ (or tokenized_path).  Every\n"
+"setting ft cannot run is named at once, each with its reason; settings with\n"
+"no effect in ft are named in a note.  The tools run are the ones beside\n"
+"ft-run's own executable, then those on PATH.\n"
 "\n"
 "  -n, --dry_run   print the pipeline on stdout and run nothing\n"
 "  -q, --quiet     do not echo the pipeline before running it\n"
@@ -26,10 +28,28 @@ static void usage(void)
 "Exit status: 0 success; 1 a stage failed (its status) or bad config; 2 usage.\n"
 "\n"
 "Examples:\n"
-"  ft-run train examples/llama3_lora_sft.yaml learning_rate=1e-4\n"
+"  ft-run train examples/lf/qwen_lora_sft.yaml learning_rate=1e-4\n"
 "  ft-run -n --stage sft --model_name_or_path M --dataset alpaca_en_demo \\\n"
 "      --template llama3 --finetuning_type lora --output_dir saves/x\n"
 "  ft-run export --model_name_or_path M --adapter_name_or_path saves/x --export_dir merged\n");
+}
+
+/* The pipeline calls ft-tokenize, ft-pack, ... by name: find the ones
+ * beside this executable first (as git finds git-* commands), so a
+ * checkout's bin/ works without being on PATH. */
+static void find_siblings(void)
+{
+	char self[4096];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+	if (n <= 0) return;
+	self[n] = 0;
+	char *slash = strrchr(self, '/');
+	if (!slash) return;
+	*slash = 0;
+	const char *path = getenv("PATH");
+	char *np = ft_xasprintf("%s%s%s", self, path && *path ? ":" : "", path ? path : "");
+	setenv("PATH", np, 1);
+	free(np);
 }
 
 static int is_config(const char *s)
@@ -61,7 +81,10 @@ int main(int argc, char **argv)
 	if (ft_lfargs_parse_argv(&a, argc - i, argv + i) < 0) die_usage("%s", ft_errmsg());
 	if (a.n == 0) die_usage("no settings: give a config file or flags");
 	ft_runplan p;
-	if (ft_runplan_build(&a, command, &p) < 0) die("%s", ft_errmsg());
+	if (ft_runplan_build(&a, command, &p) < 0) {
+		for (size_t k = 0; k < p.n_problems; k++) warn("%s", p.problems[k]);
+		die("%s", ft_errmsg());
+	}
 	for (size_t k = 0; k < p.n_notes; k++) note("%s", p.notes[k]);
 	char *script = ft_runplan_script(&p);
 	if (dry) {
@@ -69,6 +92,7 @@ int main(int argc, char **argv)
 	} else {
 		if (ft_verbose >= 1) fprintf(stderr, "%s: running:\n%s", ft_progname, script + strlen("set -euo pipefail\n"));
 		fflush(NULL);
+		find_siblings();
 		pid_t pid = fork();
 		if (pid == 0) {
 			execlp("bash", "bash", "-c", script, (char *)NULL);

@@ -1,0 +1,292 @@
+/* runplan_settings.c - which tool each LLaMA-Factory setting goes to, the
+ * settings ft accepts with no effect (and why), the ones it refuses (and
+ * why), and the checks of names that can be made before anything runs.
+ * See runplan.h; runplan.c builds the pipeline from this. */
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include "cli/runplan_internal.h"
+#include "data/dataset.h"
+#include "text/template.h"
+#include "util/error.h"
+#include "util/json.h"
+
+/* Refusals shared by several keys. */
+#define MULTIMODAL "ft trains text-only models (no image, video or audio inputs)"
+#define NOT_YET "not implemented in ft yet"
+#define DEEPSPEED "ft does not use DeepSpeed or FSDP: ft-train runs one process and keeps " \
+	"every tensor on its device (see README, 'Coming from LLaMA-Factory')"
+
+static const ftp_route routes[] = {
+	{"stage", FTP_T | FTP_P | FTP_R, NULL},
+	{"model_name_or_path", FTP_T | FTP_R | FTP_G | FTP_M, NULL},
+	{"adapter_name_or_path", FTP_R | FTP_G | FTP_M, NULL},
+	{"dataset", FTP_T, NULL}, {"eval_dataset", FTP_G, NULL}, {"dataset_dir", FTP_T | FTP_G, NULL},
+	{"template", FTP_T | FTP_G, NULL},
+	{"cutoff_len", FTP_T | FTP_P, NULL}, {"max_samples", FTP_T, NULL}, {"overwrite_cache", FTP_T, NULL},
+	{"train_on_prompt", FTP_T, NULL}, {"mask_history", FTP_T, NULL}, {"mix_strategy", FTP_T, NULL},
+	{"interleave_probs", FTP_T, NULL}, {"default_system", FTP_T | FTP_G, NULL},
+	{"tool_format", FTP_T, NULL}, {"preprocessing_batch_size", FTP_T | FTP_P, NULL},
+	{"per_device_train_batch_size", FTP_P | FTP_R, NULL},
+	{"per_device_eval_batch_size", FTP_P | FTP_G, NULL},
+	{"packing", FTP_P, NULL}, {"neat_packing", FTP_P, NULL}, {"val_size", FTP_P, NULL},
+	{"seed", FTP_P | FTP_R | FTP_G, NULL}, {"dataloader_drop_last", FTP_P, NULL},
+	{"group_by_length", FTP_P, NULL},
+	{"finetuning_type", FTP_R, NULL}, {"lora_rank", FTP_R, NULL}, {"lora_alpha", FTP_R, NULL},
+	{"lora_dropout", FTP_R, NULL}, {"lora_target", FTP_R, NULL}, {"use_rslora", FTP_R, NULL},
+	{"freeze_trainable_layers", FTP_R, NULL}, {"freeze_trainable_modules", FTP_R, NULL},
+	{"learning_rate", FTP_R, NULL}, {"weight_decay", FTP_R, NULL}, {"adam_beta1", FTP_R, NULL},
+	{"adam_beta2", FTP_R, NULL}, {"adam_epsilon", FTP_R, NULL}, {"optim", FTP_R, NULL},
+	{"max_grad_norm", FTP_R, NULL}, {"lr_scheduler_type", FTP_R, NULL},
+	{"warmup_steps", FTP_R, NULL}, {"warmup_ratio", FTP_R, NULL},
+	{"gradient_accumulation_steps", FTP_R, NULL}, {"num_train_epochs", FTP_P | FTP_R, NULL},
+	{"max_steps", FTP_R, NULL}, {"logging_steps", FTP_R, NULL}, {"save_steps", FTP_R, NULL},
+	{"save_total_limit", FTP_R, NULL}, {"eval_steps", FTP_R, NULL}, {"do_train", FTP_R, NULL},
+	{"do_eval", FTP_R, NULL}, {"output_dir", FTP_R | FTP_G, NULL},
+	{"overwrite_output_dir", FTP_R | FTP_G, NULL}, {"resume_from_checkpoint", FTP_R, NULL},
+	{"gradient_checkpointing", FTP_R, NULL}, {"bf16", FTP_R, NULL}, {"fp16", FTP_R, NULL},
+	{"plot_loss", FTP_R, NULL}, {"train_from_scratch", FTP_R, NULL},
+	{"eval_strategy", FTP_R, NULL}, {"save_strategy", FTP_R, NULL}, {"logging_strategy", FTP_R, NULL},
+	{"do_predict", FTP_G, NULL}, {"predict_with_generate", FTP_G, NULL},
+	{"max_new_tokens", FTP_G, NULL}, {"do_sample", FTP_G, NULL}, {"temperature", FTP_G, NULL},
+	{"top_p", FTP_G, NULL}, {"top_k", FTP_G, NULL}, {"repetition_penalty", FTP_G, NULL},
+	{"export_dir", FTP_M, NULL}, {"export_size", FTP_M, NULL}, {"export_dtype", FTP_M, NULL},
+	/* accepted, no effect (value-dependent ones are checked in value_problem) */
+	{"tokenized_path", FTP_N, NULL},
+	{"infer_backend", FTP_N, NULL}, {"export_legacy_format", FTP_N, NULL}, {"report_to", FTP_N, NULL},
+	{"trust_remote_code", FTP_N, "ft runs no model code from the hub"},
+	{"preprocessing_num_workers", FTP_N, "ft-tokenize uses every core"},
+	{"dataloader_num_workers", FTP_N, "batches are prepared by ft-pack before training"},
+	{"ddp_timeout", FTP_N, "ft-train runs one process"},
+	{"run_name", FTP_N, "ft-train names a run by its output_dir"},
+	{"save_only_model", FTP_N, "checkpoints always hold the optimizer state, so resuming is exact"},
+	{"flash_attn", FTP_N, "the CPU path has one attention implementation"},
+	{"use_fast_tokenizer", FTP_N, "ft has one tokenizer implementation"},
+	{"export_device", FTP_N, "ft-merge merges on the CPU, one tensor at a time"},
+	{"gradient_checkpointing_kwargs", FTP_N, "ft's checkpointing recomputes each layer; "
+	 "use_reentrant is a torch detail"},
+	{"enable_thinking", FTP_N, "the template decides the thinking tags"},
+	{"use_reentrant_gc", FTP_N, "ft's checkpointing recomputes each layer; reentrancy is a torch detail"},
+	{"pure_bf16", FTP_N, "ft keeps fp32 master weights; bf16 is its mixed precision"},
+	{"export_hub_model_id", FTP_N, "ft uploads nothing"},
+	/* refused, each with its reason */
+	{"deepspeed", FTP_X, DEEPSPEED},
+	{"fsdp", FTP_X, DEEPSPEED}, {"fsdp_config", FTP_X, DEEPSPEED},
+	{"ray_num_workers", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
+	{"ray_run_name", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
+	{"ray_storage_path", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
+	{"resources_per_worker", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
+	{"placement_strategy", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
+	{"fp8", FTP_X, "fp8 training needs transformer-engine kernels ft does not have"},
+	{"fp8_backend", FTP_X, "fp8 training needs transformer-engine kernels ft does not have"},
+	{"fp8_enable_fsdp_float8_all_gather", FTP_X, "fp8 training is not supported"},
+	{"image_max_pixels", FTP_X, MULTIMODAL}, {"image_min_pixels", FTP_X, MULTIMODAL},
+	{"video_max_pixels", FTP_X, MULTIMODAL}, {"video_min_pixels", FTP_X, MULTIMODAL},
+	{"video_fps", FTP_X, MULTIMODAL}, {"video_maxlen", FTP_X, MULTIMODAL},
+	{"audio_sampling_rate", FTP_X, MULTIMODAL}, {"media_dir", FTP_X, MULTIMODAL},
+	{"freeze_vision_tower", FTP_X, MULTIMODAL}, {"freeze_multi_modal_projector", FTP_X, MULTIMODAL},
+	{"freeze_language_model", FTP_X, MULTIMODAL},
+	{"use_dft_loss", FTP_X, "the DFT loss is " NOT_YET},
+	{"use_eaft_loss", FTP_X, "the EAFT loss is " NOT_YET},
+	{"use_asft_loss", FTP_X, "the ASFT loss is " NOT_YET},
+	{"asft_alpha", FTP_X, "the ASFT loss is " NOT_YET},
+	{"eaft_alpha", FTP_X, "the EAFT loss is " NOT_YET},
+	{"mixture_of_depths", FTP_X, "Mixture-of-Depths is " NOT_YET},
+	{"oft_rank", FTP_X, "OFT is " NOT_YET}, {"oft_block_size", FTP_X, "OFT is " NOT_YET},
+	{"oft_target", FTP_X, "OFT is " NOT_YET}, {"module_dropout", FTP_X, "OFT is " NOT_YET},
+	{"export_quantization_bit", FTP_X, "quantized (GPTQ) export is not supported: ft-merge "
+	 "writes bf16, fp16 or fp32 safetensors"},
+	{"export_quantization_dataset", FTP_X, "quantized (GPTQ) export is not supported"},
+	{"quantization_bit", FTP_X, "QLoRA is " NOT_YET},
+	{"quantization_method", FTP_X, "QLoRA is " NOT_YET},
+	{"quantization_type", FTP_X, "QLoRA is " NOT_YET},
+	{"double_quantization", FTP_X, "QLoRA is " NOT_YET},
+	{"use_unsloth", FTP_X, "unsloth's kernels are torch code ft does not run"},
+	{"use_adam_mini", FTP_X, "the Adam-mini optimizer is " NOT_YET},
+	{"use_apollo", FTP_X, "the APOLLO optimizer is " NOT_YET},
+	{"use_badam", FTP_X, "BAdam is " NOT_YET},
+	{"use_galore", FTP_X, "GaLore is " NOT_YET},
+	{"use_muon", FTP_X, "the Muon optimizer is " NOT_YET},
+	{"use_llama_pro", FTP_X, "LLaMA Pro is " NOT_YET},
+	{"loraplus_lr_ratio", FTP_X, "LoRA+ is " NOT_YET},
+	{"loraplus_lr_embedding", FTP_X, "LoRA+ is " NOT_YET},
+	{"pissa_init", FTP_X, "PiSSA is " NOT_YET}, {"pissa_iter", FTP_X, "PiSSA is " NOT_YET},
+	{"pissa_convert", FTP_X, "PiSSA is " NOT_YET},
+	{"use_dora", FTP_X, "DoRA is " NOT_YET},
+	{"neftune_noise_alpha", FTP_X, "NEFTune is " NOT_YET},
+	{"pref_beta", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},
+	{"pref_loss", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},
+	{"pref_ftx", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},
+	{"simpo_gamma", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},
+	{"dpo_label_smoothing", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},
+	{"kto_chosen_weight", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},
+	{"kto_rejected_weight", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},
+	{"rope_scaling", FTP_X, "a rope_scaling override is " NOT_YET},
+	{"use_kt", FTP_X, "KTransformers is a torch backend ft does not run"},
+	{"kt_optimize_rule", FTP_X, "KTransformers is a torch backend ft does not run"},
+};
+
+/* Families of settings that belong to a refused method. */
+static const ftp_route families[] = {
+	{"apollo_", FTP_X, "the APOLLO optimizer is " NOT_YET},
+	{"galore_", FTP_X, "GaLore is " NOT_YET},
+	{"badam_", FTP_X, "BAdam is " NOT_YET},
+	{"oft_", FTP_X, "OFT is " NOT_YET},
+	{"ray_", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
+	{"pissa_", FTP_X, "PiSSA is " NOT_YET},
+	{"loraplus_", FTP_X, "LoRA+ is " NOT_YET},
+	{"kt_", FTP_X, "KTransformers is a torch backend ft does not run"},
+	{"fp8_", FTP_X, "fp8 training is not supported"},
+	{"image_", FTP_X, MULTIMODAL}, {"video_", FTP_X, MULTIMODAL}, {"audio_", FTP_X, MULTIMODAL},
+	{"mod_", FTP_X, "Mixture-of-Depths is " NOT_YET},
+	{"asft_", FTP_X, "the ASFT loss is " NOT_YET}, {"eaft_", FTP_X, "the EAFT loss is " NOT_YET},
+	{"dft_", FTP_X, "the DFT loss is " NOT_YET},
+};
+
+/* Stages ft-train runs, and the finetuning types. */
+static const char *const stages[] = {"pt", "sft", NULL};
+static const char *const tune_types[] = {"lora", "freeze", "full", NULL};
+
+const ftp_route *ftp_route_find(const char *key)
+{
+	for (size_t i = 0; i < sizeof routes / sizeof *routes; i++)
+		if (!strcmp(routes[i].key, key)) return &routes[i];
+	for (size_t i = 0; i < sizeof families / sizeof *families; i++)
+		if (!strncmp(families[i].key, key, strlen(families[i].key))) return &families[i];
+	return NULL;
+}
+
+static int in_list(const char *const *list, const char *s)
+{
+	for (; *list; list++)
+		if (!strcmp(*list, s)) return 1;
+	return 0;
+}
+
+static void push(char ***v, size_t *n, char *s)
+{
+	*v = ft_xrealloc(*v, (*n + 1) * sizeof **v);
+	(*v)[(*n)++] = s;
+}
+
+void ftp_plan_problem(ft_runplan *p, char *s) { push(&p->problems, &p->n_problems, s); }
+void ftp_plan_note(ft_runplan *p, char *s) { push(&p->notes, &p->n_notes, s); }
+
+/* A setting whose effect depends on its value: a note, a problem, or
+ * nothing. */
+static void value_check(ft_runplan *p, const ft_lfarg *s)
+{
+	const char *k = s->key, *v = s->value;
+	if (!strcmp(k, "infer_backend")) {
+		if (!strcmp(v, "huggingface"))
+			ftp_plan_note(p, ft_xasprintf("%s: infer_backend huggingface: ft-generate is the backend", s->origin));
+		else if (!strcmp(v, "vllm") || !strcmp(v, "sglang"))
+			ftp_plan_note(p, ft_xasprintf("%s: infer_backend %s: runs with ft-generate "
+						      "(KV cache, batched decoding) instead", s->origin, v));
+		else
+			ftp_plan_problem(p, ft_xasprintf("%s: infer_backend %s is not supported: ft-generate "
+							 "is ft's backend (huggingface, vllm and sglang map to it)",
+							 s->origin, v));
+	} else if (!strcmp(k, "export_legacy_format")) {
+		if (!strcasecmp(v, "true"))
+			ftp_plan_problem(p, ft_xasprintf("%s: export_legacy_format true is not supported: pickled "
+							 ".bin weights can run code when loaded; ft-merge writes "
+							 "safetensors only", s->origin));
+	} else if (!strcmp(k, "report_to")) {
+		if (strcmp(v, "none"))
+			ftp_plan_note(p, ft_xasprintf("%s: report_to %s: ft-train logs to trainer_log.jsonl "
+						      "only (ft-plot draws it)", s->origin, v));
+	} else if (!strcmp(k, "stage")) {
+		if (!in_list(stages, v))
+			ftp_plan_problem(p, ft_xasprintf("%s: stage %s: ft-train supports pt and sft in this "
+							 "version", s->origin, v));
+	} else if (!strcmp(k, "finetuning_type")) {
+		if (!in_list(tune_types, v))
+			ftp_plan_problem(p, ft_xasprintf("%s: finetuning_type %s: ft supports lora, freeze "
+							 "and full", s->origin, v));
+	} else if (!strcmp(k, "template")) {
+		struct stat st;
+		ft_template *t = stat(v, &st) == 0 ? NULL : ft_template_get(v);
+		if (t)
+			ft_template_free(t);
+		else if (stat(v, &st) != 0)
+			ftp_plan_problem(p, ft_xasprintf("%s: template %s is not one ft has (%s)", s->origin,
+							 v, ft_template_names()));
+	}
+}
+
+/* Each comma-separated name of `key` against dataset_dir's registry, when
+ * the registry is there (LLaMA-Factory's default dataset_dir is "data"). */
+static void check_datasets(ft_runplan *p, const ft_lfargs *a, const char *key)
+{
+	const ft_lfarg *s = ft_lfargs_find(a, key);
+	if (!s) return;
+	const char *dir = ft_lfargs_get(a, "dataset_dir", "data");
+	char *info = ft_xasprintf("%s/dataset_info.json", dir);
+	struct stat st;
+	int have = stat(info, &st) == 0;
+	free(info);
+	if (!have) return;
+	char *names = ft_xstrdup(s->value), *save = NULL;
+	for (char *n = strtok_r(names, ",", &save); n; n = strtok_r(NULL, ",", &save)) {
+		while (*n == ' ') n++;
+		if (!*n || stat(n, &st) == 0) continue;   /* a path is read as it is */
+		ft_dataset_attr at;
+		memset(&at, 0, sizeof at);
+		if (ft_dataset_resolve(dir, n, &at) < 0)
+			ftp_plan_problem(p, ft_xasprintf("%s: %s", s->origin, ft_errmsg()));
+		else
+			ft_dataset_attr_free(&at);
+	}
+	free(names);
+}
+
+/* A model directory whose config.json says it is already quantized. */
+static void check_model(ft_runplan *p, const ft_lfargs *a)
+{
+	const ft_lfarg *s = ft_lfargs_find(a, "model_name_or_path");
+	if (!s) return;
+	char *path = ft_xasprintf("%s/config.json", s->value);
+	struct stat st;
+	if (stat(path, &st) == 0) {
+		json_t *c = ft_json_load_file(path);
+		json_t *q = c ? json_object_get(c, "quantization_config") : NULL;
+		if (q)
+			ftp_plan_problem(p, ft_xasprintf("%s: %s is a pre-quantized checkpoint (%s): ft "
+							 "trains and runs unquantized weights only", s->origin,
+							 s->value, ft_json_str(q, "quant_method", "unknown method")));
+		json_decref(c);
+	}
+	free(path);
+}
+
+void ftp_check_settings(const ft_lfargs *a, ft_runplan *p)
+{
+	size_t known = 0;
+	for (size_t i = 0; i < a->n; i++) {
+		const ft_lfarg *s = &a->v[i];
+		const ftp_route *r = ftp_route_find(s->key);
+		if (!r) {
+			ftp_plan_problem(p, ft_xasprintf("%s: '%s' is not a LLaMA-Factory setting ft knows",
+							 s->origin, s->key));
+			continue;
+		}
+		known++;
+		if (r->to == FTP_X)
+			ftp_plan_problem(p, ft_xasprintf("%s: '%s' is not supported: %s", s->origin, s->key, r->why));
+		else if (r->to == FTP_N && r->why)
+			ftp_plan_note(p, ft_xasprintf("%s: %s accepted with no effect: %s", s->origin, s->key, r->why));
+		value_check(p, s);
+	}
+	if (a->n && !known) {
+		for (size_t i = 0; i < p->n_problems; i++) free(p->problems[i]);
+		p->n_problems = 0;
+		ftp_plan_problem(p, ft_xasprintf("%s: none of its %zu keys is a LLaMA-Factory setting: "
+						 "not a run config", a->v[0].origin, a->n));
+		return;
+	}
+	check_datasets(p, a, "dataset");
+	check_datasets(p, a, "eval_dataset");
+	check_model(p, a);
+}

@@ -1,0 +1,140 @@
+#!/usr/bin/env bats
+# LLaMA-Factory's own example configs (tests/fixtures/lf-examples, see its
+# NOTICE) through ft-run, with a tiny local model for the hub ids: each one
+# either runs, or is refused with every reason at once.
+load helper
+
+EX="$FT_ROOT/tests/fixtures/lf-examples"
+
+# train, export or chat, as llamafactory-cli is called for the folder
+command_for() {
+	case "$1" in
+	merge_lora/*) echo export ;;
+	inference/*) echo chat ;;
+	*) echo train ;;
+	esac
+}
+
+# The configs ft-run accepts today (the others are refused, with reasons).
+RUNNABLE="extras/nlg_eval/llama3_lora_predict.yaml
+inference/qwen3.yaml
+inference/qwen3_full_sft.yaml
+inference/qwen3_lora_sft.yaml
+merge_lora/qwen3_full_sft.yaml
+merge_lora/qwen3_lora_sft.yaml
+train_lora/qwen3_lora_pretrain.yaml
+train_lora/qwen3_lora_sft.yaml
+train_lora/qwen3_preprocess.yaml
+train_qlora/llama3_lora_sft_aqlm.yaml
+train_qlora/llama3_lora_sft_awq.yaml
+train_qlora/llama3_lora_sft_gptq.yaml"
+
+@test "every example config: a plan, or each problem on its own line with the count" {
+	cd "$EX"
+	accepted=""
+	n=0
+	for f in $(find . -name '*.yaml' | sed 's|^\./||' | sort); do
+		n=$((n + 1))
+		cmd=$(command_for "$f")
+		run --separate-stderr ft-run -n "$cmd" "$f" model_name_or_path=model
+		if [ "$status" -eq 0 ]; then
+			accepted+="$f"$'\n'
+			[[ "$output" == "set -euo pipefail"* ]] || { echo "$f: no plan"; return 1; }
+			continue
+		fi
+		[ "$status" -eq 1 ] || { echo "$f: status $status"; return 1; }
+		# every line but the last names the config, its line, and why
+		probs=$(sed '$d' <<< "$stderr")
+		count=$(tail -1 <<< "$stderr" | sed -n 's/^ft-run: \([0-9]*\) settings\{0,1\} ft cannot run$/\1/p')
+		[ -n "$count" ] || { echo "$f: last line: $(tail -1 <<< "$stderr")"; return 1; }
+		[ "$(wc -l <<< "$probs")" -eq "$count" ] || { echo "$f: $count problems, lines:"; echo "$probs"; return 1; }
+		if grep -v "^ft-run: $f:[0-9]*: " <<< "$probs"; then echo "$f: a line without its origin"; return 1; fi
+	done
+	[ "$n" -eq 52 ]
+	diff <(echo "$RUNNABLE") <(printf '%s' "$accepted")
+}
+
+# The runnable ones, end to end on a tiny model in the order a user would
+# run them: the merge and chat configs use the adapter the sft config
+# trains (the paths in the configs line up).
+run_example() {
+	local f=$1; shift
+	run ft-run -q "$(command_for "$f")" "$EX/$f" model_name_or_path=model \
+		dataset_dir="$SHARED/data/llamafactory" "$@" < /dev/null
+	[ "$status" -eq 0 ] || { echo "$f: $output"; return 1; }
+}
+
+# A tiny Qwen2 with the real Qwen3 tokenizer (the templates qwen3_nothink
+# and llama3 need its special tokens): random weights from ft-train's
+# --train_from_scratch, one step on the trainer fixture's batches.
+tiny_qwen() {
+	cat > qwen.json <<-EOT
+	{"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 16,
+	 "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+	 "num_key_value_heads": 1, "vocab_size": 151669, "max_position_embeddings": 128,
+	 "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": true,
+	 "bos_token_id": 151643, "eos_token_id": 151645, "hidden_act": "silu", "dtype": "float32"}
+	EOT
+	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > init.zst
+	ft-train -q --train_from_scratch --config qwen.json --finetuning_type full --train init.zst \
+		--output_dir model --max_steps 1
+	cp "$SHARED/tokenizers/qwen3/"tokenizer*.json model/
+}
+
+@test "the runnable example configs run end to end on a tiny model" {
+	skip_without_shared
+	tiny_qwen
+	small="max_samples=8 cutoff_len=64 max_steps=2 logging_steps=1"
+	run_example train_lora/qwen3_lora_sft.yaml $small
+	[ -s saves/qwen3-4b/lora/sft/adapter_model.safetensors ]
+	[ -s saves/qwen3-4b/lora/sft/training_loss.png ]
+	run_example train_lora/qwen3_lora_pretrain.yaml $small
+	[ -s saves/qwen3-4b/lora/pretrain/adapter_model.safetensors ]
+	# tokenized_path: the first run packs and stops, the second trains
+	run_example train_lora/qwen3_preprocess.yaml $small
+	[ -s saves/qwen3-4b/dataset/sft/manifest.json ]
+	[ ! -e saves/qwen3-4b/lora/sft-preprocessed ]
+	run_example train_lora/qwen3_preprocess.yaml $small output_dir=saves/pre
+	[ -s saves/pre/adapter_model.safetensors ]
+	run_example merge_lora/qwen3_lora_sft.yaml
+	[ -s saves/qwen3_sft_merged/model.safetensors ]
+	# both merge configs export to saves/qwen3_sft_merged
+	run_example merge_lora/qwen3_full_sft.yaml export_dir=saves/full_merged
+	[ -s saves/full_merged/model.safetensors ]
+	run_example inference/qwen3_lora_sft.yaml max_new_tokens=2
+	run_example inference/qwen3.yaml max_new_tokens=2
+	# the llama3 configs: ../shared has no Llama-3 tokenizer, so the tiny
+	# model's Qwen template stands in for the llama3 one
+	run_example extras/nlg_eval/llama3_lora_predict.yaml adapter_name_or_path=saves/qwen3-4b/lora/sft \
+		max_samples=4 max_new_tokens=2 template=qwen3_nothink
+	[ -s saves/llama3-8b/lora/predict/generated_predictions.jsonl ]
+	for q in aqlm awq gptq; do
+		run_example train_qlora/llama3_lora_sft_$q.yaml $small template=qwen3_nothink
+	done
+}
+
+@test "a pre-quantized checkpoint is refused by name, as its config says" {
+	cp -r "$FT_ROOT/tests/fixtures/models/tiny-llama" model
+	jq '. + {quantization_config: {quant_method: "awq", bits: 4}}' model/config.json > c && mv c model/config.json
+	run --separate-stderr ft-run -n "$EX/train_qlora/llama3_lora_sft_awq.yaml" model_name_or_path=model
+	assert_failure 1
+	[[ "$stderr" == *"model is a pre-quantized checkpoint (awq)"* ]]
+}
+
+@test "every tool that loads a pre-quantized checkpoint refuses it by method" {
+	cp -r "$FT_ROOT/tests/fixtures/models/tiny-llama" model
+	jq '. + {quantization_config: {quant_method: "gptq", bits: 4}}' model/config.json > c && mv c model/config.json
+	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
+	run ft-train --model_name_or_path model --train train.zst --output_dir o --max_steps 1
+	assert_failure 1
+	assert_output --partial "a pre-quantized checkpoint (gptq)"
+	run ft-merge --model_name_or_path model --export_dir x
+	assert_failure 1
+	assert_output --partial "a pre-quantized checkpoint (gptq)"
+	run ft-merge --model_name_or_path model --adapter_name_or_path "$FIXTURES/merge/llama-r4/adapter" --export_dir x
+	assert_failure 1
+	assert_output --partial "Cannot merge adapters to a quantized model (gptq)"
+	run ft-generate --model_name_or_path model --do_predict --output_dir g < /dev/null
+	assert_failure
+	assert_output --partial "pre-quantized checkpoint (gptq)"
+}
