@@ -17,6 +17,7 @@
 #include <string.h>
 #include "tap.h"
 #include "cuda/ft_cuda.h"
+#include "model/device.h"
 #include "util/error.h"
 #include "model/model.h"
 #include "format/safetensors.h"
@@ -553,9 +554,9 @@ static void error_cases(void)
 int main(void)
 {
 	char desc[256];
-	int n = ft_cuda_probe(desc, sizeof desc);
+	int n = ft_device_cuda_count(desc, sizeof desc);
 	if (n <= 0) {
-		printf("1..0 # skip no CUDA device (%s)\n", n < 0 ? ft_errmsg() : "none found");
+		printf("1..0 # skip no CUDA device (%s)\n", ft_errmsg());
 		return 0;
 	}
 	printf("# device: %s\n", desc);
