@@ -140,8 +140,10 @@ struct ft_cuda_model {
 	double loss_scale;
 	int good_steps;
 	int unscaled;                  /* fp16: grads already divided by the scale */
-	/* host staging for a batch */
-	int32_t *h_pos, *h_targets, *h_rows, *h_tg2;
+	double grads_scale;            /* fp16: the scale the gradients carry */
+	/* host staging for a batch (pinned, one block) */
+	void *staging;
+	int32_t *h_pos, *h_targets, *h_rows, *h_tg2, *h_ids, *h_seg;
 	float *h_cos, *h_sin, *h_inv;
 	double *h_row_loss, *h_sumsq;
 };
@@ -218,7 +220,7 @@ int ft_cu_upload(ft_cuda_model *dm, ft_dt *t);
  * plain cudaMemcpy (legacy stream) would not be ordered with its work. */
 int ft_cu_copy(ft_cuda_model *dm, void *dst, const void *src, size_t bytes,
 	       cudaMemcpyKind kind, const char *what);
-/* Sample cudaMemGetInfo into dm->peak. */
+/* Update dm->peak, the allocator's high-water mark. */
 void ft_cu_sample_peak(ft_cuda_model *dm);
 
 #endif
