@@ -132,6 +132,7 @@ struct ft_cuda_model {
 	float *att_di;                 /* [N, Hq] rowsum(O * dO) */
 	double *sumsq;                 /* [ntens][FT_SUMSQ_BLOCKS] grad-norm partials */
 	int *flag;                     /* non-finite gradient seen */
+	float *colpart;                /* [FT_COLSUM_CHUNKS, mi] column-sum partials */
 	void *blas_ws;
 	size_t blas_ws_size;
 	int head_chunk, training;

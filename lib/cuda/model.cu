@@ -184,6 +184,7 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	dm->att_di = TAKE(a, N * v->Hq, float, A_SCRATCH);
 	dm->sumsq = TAKE(a, (size_t)dm->ntens * FT_SUMSQ_BLOCKS, double, A_SCRATCH);
 	dm->flag = TAKE(a, 1, int, A_SCRATCH);
+	dm->colpart = TAKE(a, (size_t)FT_COLSUM_CHUNKS * mi, float, A_SCRATCH);
 	dm->blas_ws_size = BLAS_WS;
 	dm->blas_ws = ft_arena_take(a, BLAS_WS, A_SCRATCH);
 }
