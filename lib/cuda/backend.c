@@ -57,53 +57,54 @@ ft_cuda_model *ft_cuda_model_new(struct ft_model *m, const ft_cuda_opts *o)
 	return a ? a->model_new(m, o) : NULL;
 }
 
-/* A model exists only when the table was loaded: t is set below. */
-#define T (api())
+/* The calls below take a model, which exists only once the table was
+ * loaded by ft_cuda_model_new: api() is then the cached table. */
+#define BACKEND (api())
 
 void ft_cuda_model_free(ft_cuda_model *dm)
 {
 	if (dm)
-		T->model_free(dm);
+		BACKEND->model_free(dm);
 }
 
-const ft_cuda_plan *ft_cuda_model_plan(const ft_cuda_model *dm) { return T->model_plan(dm); }
-int ft_cuda_zero_grad(ft_cuda_model *dm) { return T->zero_grad(dm); }
+const ft_cuda_plan *ft_cuda_model_plan(const ft_cuda_model *dm) { return BACKEND->model_plan(dm); }
+int ft_cuda_zero_grad(ft_cuda_model *dm) { return BACKEND->zero_grad(dm); }
 
 int ft_cuda_forward_backward(ft_cuda_model *dm, const ft_cuda_batch *b, float grad_scale,
 			     double *loss_sum, int64_t *n_tokens)
 {
-	return T->forward_backward(dm, b, grad_scale, loss_sum, n_tokens);
+	return BACKEND->forward_backward(dm, b, grad_scale, loss_sum, n_tokens);
 }
 
 int ft_cuda_forward(ft_cuda_model *dm, const ft_cuda_batch *b, float *logits,
 		    double *loss_sum, int64_t *n_tokens)
 {
-	return T->forward(dm, b, logits, loss_sum, n_tokens);
+	return BACKEND->forward(dm, b, logits, loss_sum, n_tokens);
 }
 
 int ft_cuda_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr,
 		 double max_grad_norm, double *grad_norm, int *skipped)
 {
-	return T->step(dm, o, lr, max_grad_norm, grad_norm, skipped);
+	return BACKEND->step(dm, o, lr, max_grad_norm, grad_norm, skipped);
 }
 
-int64_t ft_cuda_steps(const ft_cuda_model *dm) { return T->steps(dm); }
-double ft_cuda_loss_scale(const ft_cuda_model *dm) { return T->loss_scale(dm); }
-int ft_cuda_copy_grads_to_host(ft_cuda_model *dm) { return T->copy_grads_to_host(dm); }
-int ft_cuda_copy_weights_to_host(ft_cuda_model *dm) { return T->copy_weights_to_host(dm); }
-int ft_cuda_copy_weights_to_device(ft_cuda_model *dm) { return T->copy_weights_to_device(dm); }
+int64_t ft_cuda_steps(const ft_cuda_model *dm) { return BACKEND->steps(dm); }
+double ft_cuda_loss_scale(const ft_cuda_model *dm) { return BACKEND->loss_scale(dm); }
+int ft_cuda_copy_grads_to_host(ft_cuda_model *dm) { return BACKEND->copy_grads_to_host(dm); }
+int ft_cuda_copy_weights_to_host(ft_cuda_model *dm) { return BACKEND->copy_weights_to_host(dm); }
+int ft_cuda_copy_weights_to_device(ft_cuda_model *dm) { return BACKEND->copy_weights_to_device(dm); }
 
 int ft_cuda_adamw_get(ft_cuda_model *dm, size_t i, float *exp_avg, float *exp_avg_sq)
 {
-	return T->adamw_get(dm, i, exp_avg, exp_avg_sq);
+	return BACKEND->adamw_get(dm, i, exp_avg, exp_avg_sq);
 }
 
 int ft_cuda_adamw_set(ft_cuda_model *dm, size_t i, const float *exp_avg,
 		      const float *exp_avg_sq, int64_t step)
 {
-	return T->adamw_set(dm, i, exp_avg, exp_avg_sq, step);
+	return BACKEND->adamw_set(dm, i, exp_avg, exp_avg_sq, step);
 }
 
-void ft_cuda_set_position(ft_cuda_model *dm, int64_t n) { T->set_position(dm, n); }
-size_t ft_cuda_peak_bytes(const ft_cuda_model *dm) { return T->peak_bytes(dm); }
-int ft_cuda_sync(ft_cuda_model *dm) { return T->sync(dm); }
+void ft_cuda_set_position(ft_cuda_model *dm, int64_t n) { BACKEND->set_position(dm, n); }
+size_t ft_cuda_peak_bytes(const ft_cuda_model *dm) { return BACKEND->peak_bytes(dm); }
+int ft_cuda_sync(ft_cuda_model *dm) { return BACKEND->sync(dm); }
