@@ -107,10 +107,10 @@ static __global__ void rmsnorm_backward_k(float *dx, const float *dout,
 
 #define COL_TPB 128
 
-/* Stage 1 of dw: block (column tile, chunk) sums its chunk's rows in
- * order into part[chunk][d]. */
-static __global__ void rmsnorm_dw_part_k(float *part, const float *dout, const float *x,
-					 const float *rstd, int N, int D)
+/* Stage 1: block (column tile, chunk) sums e(n, d) over its chunk's rows
+ * in order into part[chunk][d]. */
+template <class Elem>
+static __global__ void col_part_k(float *part, int N, int D, Elem e)
 {
 	int d = blockIdx.x * blockDim.x + threadIdx.x, r0, r1;
 	if (d >= D)
@@ -118,21 +118,24 @@ static __global__ void rmsnorm_dw_part_k(float *part, const float *dout, const f
 	ft_k_colsum_chunk(blockIdx.y, N, &r0, &r1);
 	float s = 0;
 	for (int n = r0; n < r1; n++)
-		s += ft_k_rmsnorm_dw(dout[(size_t)n * D + d], x[(size_t)n * D + d], rstd[n]);
+		s += e(n, d);
 	part[(size_t)blockIdx.y * D + d] = s;
 }
 
-static __global__ void col_part_k(float *part, const float *y, int N, int D)
-{
-	int d = blockIdx.x * blockDim.x + threadIdx.x, r0, r1;
-	if (d >= D)
-		return;
-	ft_k_colsum_chunk(blockIdx.y, N, &r0, &r1);
-	float s = 0;
-	for (int n = r0; n < r1; n++)
-		s += y[(size_t)n * D + d];
-	part[(size_t)blockIdx.y * D + d] = s;
-}
+struct rmsnorm_dw_elem {   /* RMSNorm weight gradient terms */
+	const float *dout, *x, *rstd;
+	int D;
+	__device__ float operator()(int n, int d) const
+	{
+		return ft_k_rmsnorm_dw(dout[(size_t)n * D + d], x[(size_t)n * D + d], rstd[n]);
+	}
+};
+
+struct plain_elem {        /* a bias gradient: the rows of dy */
+	const float *y;
+	int D;
+	__device__ float operator()(int n, int d) const { return y[(size_t)n * D + d]; }
+};
 
 /* Stage 2: out[d] += the chunk partials in chunk order. */
 static __global__ void col_finish_k(float *out, const float *part, int D)
@@ -156,8 +159,8 @@ int ft_cu_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float 
 	rmsnorm_backward_k<<<N, TPB, 0, dm->stream>>>(dx, dout, x, w, rstd, D);
 	LAUNCHED("rmsnorm_backward", "N=%d D=%d", N, D);
 	if (dw) {
-		rmsnorm_dw_part_k<<<col_grid(D), COL_TPB, 0, dm->stream>>>(dm->colpart, dout, x,
-									   rstd, N, D);
+		rmsnorm_dw_elem e = { dout, x, rstd, D };
+		col_part_k<<<col_grid(D), COL_TPB, 0, dm->stream>>>(dm->colpart, N, D, e);
 		LAUNCHED("rmsnorm_backward dw partials", "N=%d D=%d", N, D);
 		col_finish_k<<<(D + COL_TPB - 1) / COL_TPB, COL_TPB, 0, dm->stream>>>(dw, dm->colpart, D);
 		LAUNCHED("rmsnorm_backward dw", "N=%d D=%d", N, D);
@@ -253,7 +256,8 @@ int ft_cu_bias_backward(ft_cuda_model *dm, float *db, const float *dy, int N, in
 {
 	if (N <= 0)
 		return 0;
-	col_part_k<<<col_grid(out), COL_TPB, 0, dm->stream>>>(dm->colpart, dy, N, out);
+	plain_elem e = { dy, out };
+	col_part_k<<<col_grid(out), COL_TPB, 0, dm->stream>>>(dm->colpart, N, out, e);
 	LAUNCHED("bias_backward partials", "N=%d out=%d", N, out);
 	col_finish_k<<<(out + COL_TPB - 1) / COL_TPB, COL_TPB, 0, dm->stream>>>(db, dm->colpart, out);
 	LAUNCHED("bias_backward", "N=%d out=%d", N, out);
