@@ -15,13 +15,15 @@ LIB_GEN    := chat generate metrics sample
 LIB_EXPORT := merge merge_lora
 LIB_PLOT   := plot plot_ascii plot_cairo plot_log
 LIB_CLI    := cli lfargs runplan runplan_settings
-LIB_CUDA   := attention gemm lmhead model ops optim probe
+LIB_CUDA_C := backend
+LIB_CUDA   := api attention gemm lmhead model ops optim probe
 
 LIB_SRC   := $(LIB_UTIL:%=lib/util/%.c) $(LIB_FORMAT:%=lib/format/%.c) \
              $(LIB_TEXT:%=lib/text/%.c) $(LIB_DATA:%=lib/data/%.c) \
              $(LIB_MODEL:%=lib/model/%.c) $(LIB_TRAIN:%=lib/train/%.c) \
              $(LIB_GEN:%=lib/gen/%.c) $(LIB_EXPORT:%=lib/export/%.c) \
-             $(LIB_PLOT:%=lib/plot/%.c) $(LIB_CLI:%=lib/cli/%.c)
+             $(LIB_PLOT:%=lib/plot/%.c) $(LIB_CLI:%=lib/cli/%.c) \
+             $(LIB_CUDA_C:%=lib/cuda/%.c)
 CU_SRC    := $(LIB_CUDA:%=lib/cuda/%.cu)
 TOOLS     := $(notdir $(sort $(wildcard tools/ft-*)))
 BINS      := $(addprefix bin/,$(TOOLS))
@@ -36,7 +38,7 @@ ifeq ($(CUDA),1)
 CU_OBJ    := $(CU_SRC:%.cu=build/cuda/%.o)
 endif
 
-all: $(BINS) $(if $(CU_OBJ),build/libft_cuda.a)
+all: $(BINS) $(if $(CU_OBJ),build/libft_cuda.so)
 
 build/libft.a: $(OBJ)
 	@mkdir -p $(@D)
@@ -70,37 +72,41 @@ build/asan/bin/%: $$(wildcard tools/%/*.c) $$(wildcard tools/%/*.h) build/asan/l
 
 # CUDA sources compile whenever nvcc is present, so CI catches errors
 # without a GPU; nvcc -MMD writes their header dependencies as cc does.
+# They form build/libft_cuda.so, which the tools dlopen at --device
+# cuda|auto (lib/model/device.c): every symbol but its two entry points is
+# hidden, cudart is static, cuBLAS is found through the rpath or
+# LD_LIBRARY_PATH.  The .so calls the library's helpers back in the
+# executable, which is why the tools link with -rdynamic.
 build/cuda/%.o: %.cu
 	@mkdir -p $(@D)
-	$(NVCC) -O2 -std=c++17 $(CUDA_ARCH) -Ilib -Xcompiler -Wall,-Werror -MMD -MP -c $< -o $@
+	$(NVCC) -O2 -std=c++17 $(CUDA_ARCH) -Ilib -Xcompiler -Wall,-Werror,-fPIC,-fvisibility=hidden \
+		-MMD -MP -c $< -o $@
 
-build/libft_cuda.a: $(CU_OBJ)
-	rm -f $@ && ar rcs $@ $^
-
-# Opt-in (make CUDA_LINK=1): link the tools with the CUDA backend.  The
-# probe symbol is forced in so lib/model/device.c sees the backend; libft.a is
-# repeated because libft_cuda.a calls back into it.  cudart is static so
-# a bundle needs only cuBLAS from the target machine.  `make gpu-tests`
-# builds tests/gpu/*.c against the backend (run by tests/gpu/run.sh).
 ifeq ($(CUDA),1)
 CUDA_LIBDIR ?= $(dir $(NVCC))../lib64
-CUDA_LDLIBS = -Wl,--as-needed -Wl,--undefined=ft_cuda_probe build/libft_cuda.a build/libft.a \
-	-L$(CUDA_LIBDIR) -lcublas -lcublasLt -lcudart_static -ldl -lrt -lstdc++ \
-	$(PKG_LIBS) -lopenblas -fopenmp -lm -lpthread
+build/libft_cuda.so: $(CU_OBJ)
+	$(NVCC) -shared -o $@ $^ -Xlinker -rpath,'$$ORIGIN':$(abspath $(CUDA_LIBDIR)) \
+		-Xlinker -Bsymbolic -L$(CUDA_LIBDIR) -lcublas -lcublasLt -lcudart_static -ldl -lrt -lpthread
+# `make gpu-tests` builds tests/gpu/*.c (run by tests/gpu/run.sh); like
+# the tools they load the backend at run time.
 GPU_TESTS := $(patsubst tests/gpu/%.c,build/gpu/%,$(wildcard tests/gpu/*.c))
-build/gpu/%: tests/gpu/%.c tests/unit/tap.h build/libft.a build/libft_cuda.a
+build/gpu/%: tests/gpu/%.c tests/unit/tap.h build/libft.a build/libft_cuda.so
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -iquote tests/unit $< build/libft.a $(CUDA_LDLIBS) -o $@
+	$(CC) $(ALL_CFLAGS) -iquote tests/unit $< build/libft.a $(LDLIBS) -o $@
 gpu-tests: $(GPU_TESTS)
-build/gpu/bench_gpu: bench/train-gpu/bench_gpu.c build/libft.a build/libft_cuda.a
+build/gpu/bench_gpu: bench/train-gpu/bench_gpu.c build/libft.a build/libft_cuda.so
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) $< build/libft.a $(CUDA_LDLIBS) -o $@
-ifeq ($(CUDA_LINK),1)
-bin/%: LDLIBS += $(CUDA_LDLIBS)
-$(BINS): build/libft_cuda.a
+	$(CC) $(ALL_CFLAGS) $< build/libft.a $(LDLIBS) -o $@
 endif
-endif
-.PHONY: gpu-tests
+.PHONY: gpu-tests gpu-check
+
+# The one device check: a self-contained bundle/ (bench/train-gpu/bundle.sh)
+# and its script, which on a GPU machine runs the parity tests, ft-train
+# on the GPU vs the CPU and the throughput table, and here runs the
+# CPU-runnable parts and skips the rest (docs/CUDA.md).
+gpu-check: all
+	bench/train-gpu/bundle.sh
+	bundle/run.sh
 
 # Fuzzing (not part of `make test`): one libFuzzer target per parser,
 # tests/fuzz/fuzz_*.c, over the library built with clang's coverage and
@@ -149,6 +155,8 @@ demo:
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	if [ -f build/libft_cuda.so ]; then install -d $(DESTDIR)$(PREFIX)/lib/ft && \
+		install -m 755 build/libft_cuda.so $(DESTDIR)$(PREFIX)/lib/ft/; fi
 
 clean:
 	rm -rf build bin

@@ -19,5 +19,5 @@ WARN    = -Wall -Wextra -Werror -Wno-unused-parameter
 OPT     ?= -O2 -march=x86-64-v3 -ffp-contract=off -fno-math-errno -fno-trapping-math
 CFLAGS  ?= $(OPT) -g
 ALL_CFLAGS = -std=gnu11 $(WARN) -fopenmp -iquote lib $(PKG_CFLAGS) $(CFLAGS)
-LDLIBS  = $(PKG_LIBS) -lopenblas -fopenmp -lm -lpthread
+LDLIBS  = -rdynamic $(PKG_LIBS) -lopenblas -fopenmp -lm -lpthread -ldl
 SAN     = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined

@@ -9,14 +9,15 @@ cd "$(dirname "$0")/../.."
 root=$(pwd)
 out=$root/bundle
 command -v /usr/local/cuda/bin/nvcc >/dev/null || { echo "bundle.sh: nvcc not found" >&2; exit 1; }
-make -j2 build/libft.a build/libft_cuda.a
-make -j2 gpu-tests build/gpu/bench_gpu
+make -j2 all gpu-tests build/gpu/bench_gpu
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib" "$out/tests/gpu" "$out/tests/fixtures" "$out/bench/train-gpu"
-cp build/gpu/test_* build/gpu/bench_gpu "$out/bin/"
+# the tools find libft_cuda.so beside themselves (lib/model/device.h)
+cp build/gpu/test_* build/gpu/bench_gpu bin/ft-train bin/ft-cat build/libft_cuda.so "$out/bin/"
 cp tests/gpu/run.sh "$out/tests/gpu/"
-cp -r tests/fixtures/models tests/fixtures/parity "$out/tests/fixtures/"
-cp bench/train-gpu/run.sh bench/train-gpu/torch_gpu.py "$out/bench/train-gpu/"
+cp -r tests/fixtures/models tests/fixtures/parity tests/fixtures/trainer "$out/tests/fixtures/"
+cp bench/train-gpu/run.sh bench/train-gpu/train_check.sh bench/train-gpu/torch_gpu.py \
+	"$out/bench/train-gpu/"
 printf '#!/bin/sh\nexec "$(dirname "$0")/bench/train-gpu/run.sh" "$@"\n' > "$out/run.sh"
 chmod +x "$out/run.sh"
 # Shared libraries: everything ldd resolves except glibc's own and the
@@ -29,7 +30,8 @@ done | sort -u | while read -r so; do
 	libcuda.so*|libcublas*|libcudart*|libnvidia*|libnvrtc*) ;;
 	# every PyTorch machine has these; ours (Debian 12) need glibc 2.36,
 	# so they are used only where the machine lacks them (run.sh)
-	libstdc++.so*|libgcc_s.so*) mkdir -p "$out/lib/fallback"; cp -L "$so" "$out/lib/fallback/" ;;
+	# (libexpat: Debian 12's needs glibc 2.36; every Python has one)
+	libstdc++.so*|libgcc_s.so*|libexpat.so*) mkdir -p "$out/lib/fallback"; cp -L "$so" "$out/lib/fallback/" ;;
 	*) cp -L "$so" "$out/lib/" ;;
 	esac
 done

@@ -132,6 +132,7 @@ struct ft_cuda_model {
 	float *att_di;                 /* [N, Hq] rowsum(O * dO) */
 	double *sumsq;                 /* [ntens][FT_SUMSQ_BLOCKS] grad-norm partials */
 	int *flag;                     /* non-finite gradient seen */
+	float *colpart;                /* [FT_COLSUM_CHUNKS, mi] column-sum partials */
 	void *blas_ws;
 	size_t blas_ws_size;
 	int head_chunk, training;
@@ -140,8 +141,10 @@ struct ft_cuda_model {
 	double loss_scale;
 	int good_steps;
 	int unscaled;                  /* fp16: grads already divided by the scale */
-	/* host staging for a batch */
-	int32_t *h_pos, *h_targets, *h_rows, *h_tg2;
+	double grads_scale;            /* fp16: the scale the gradients carry */
+	/* host staging for a batch (pinned, one block) */
+	void *staging;
+	int32_t *h_pos, *h_targets, *h_rows, *h_tg2, *h_ids, *h_seg;
 	float *h_cos, *h_sin, *h_inv;
 	double *h_row_loss, *h_sumsq;
 };
@@ -218,7 +221,7 @@ int ft_cu_upload(ft_cuda_model *dm, ft_dt *t);
  * plain cudaMemcpy (legacy stream) would not be ordered with its work. */
 int ft_cu_copy(ft_cuda_model *dm, void *dst, const void *src, size_t bytes,
 	       cudaMemcpyKind kind, const char *what);
-/* Sample cudaMemGetInfo into dm->peak. */
+/* Update dm->peak, the allocator's high-water mark. */
 void ft_cu_sample_peak(ft_cuda_model *dm);
 
 #endif

@@ -1,4 +1,10 @@
-/* ft_cuda.h - the CUDA backend's C API (build/libft_cuda.a).
+/* ft_cuda.h - the CUDA backend's C API.
+ *
+ * The kernels live in build/libft_cuda.so (the .cu files of lib/cuda), loaded on first
+ * use; in libft.a, lib/cuda/backend.c implements these functions by calling
+ * into it, and they fail with ft_fail (the .so is missing, or no driver)
+ * rather than crash when the backend cannot be loaded.  Devices are
+ * found with lib/model/device.h.
  *
  * A device copy of a CPU ft_model (lib/model/model.h) that runs the same
  * forward and backward passes layer by layer (lib/cuda/model.cu mirrors
@@ -86,7 +92,8 @@ int64_t ft_cuda_steps(const ft_cuda_model *dm);
 double ft_cuda_loss_scale(const ft_cuda_model *dm);
 
 /* fp32 gradients -> the CPU model's g arrays (fp16: divided by the loss
- * scale, whether or not ft_cuda_step has unscaled them yet). */
+ * scale they were computed with, whether or not ft_cuda_step has
+ * unscaled them yet or halved the scale since). */
 int ft_cuda_copy_grads_to_host(ft_cuda_model *dm);
 /* Trainable weights (fp32 masters) -> the CPU model's w arrays, and back
  * (after a checkpoint was loaded into the CPU model). */
@@ -102,14 +109,12 @@ int ft_cuda_adamw_set(ft_cuda_model *dm, size_t i, const float *exp_avg,
  * LoRA dropout masks (as the CPU model's): set on resume. */
 void ft_cuda_set_position(ft_cuda_model *dm, int64_t micro_batches_done);
 
-/* Peak device bytes in use (cudaMemGetInfo high-water mark, including
- * cuBLAS and the CUDA context), sampled at each call of the API. */
+/* Peak device bytes allocated by ft (the allocator's high-water mark:
+ * the planned allocation, cuBLAS's workspace inside it; not the CUDA
+ * context or other processes). */
 size_t ft_cuda_peak_bytes(const ft_cuda_model *dm);
 /* Wait for the device and report any asynchronous error. */
 int ft_cuda_sync(ft_cuda_model *dm);
-
-/* Device count (>= 0), or -1 with ft_fail; desc gets device 0's name. */
-int ft_cuda_probe(char *desc, size_t desc_size);
 
 #ifdef __cplusplus
 }

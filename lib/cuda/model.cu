@@ -184,6 +184,7 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	dm->att_di = TAKE(a, N * v->Hq, float, A_SCRATCH);
 	dm->sumsq = TAKE(a, (size_t)dm->ntens * FT_SUMSQ_BLOCKS, double, A_SCRATCH);
 	dm->flag = TAKE(a, 1, int, A_SCRATCH);
+	dm->colpart = TAKE(a, (size_t)FT_COLSUM_CHUNKS * mi, float, A_SCRATCH);
 	dm->blas_ws_size = BLAS_WS;
 	dm->blas_ws = ft_arena_take(a, BLAS_WS, A_SCRATCH);
 }
@@ -231,9 +232,8 @@ static ft_cuda_model *skeleton(const ft_cuda_view *v, const ft_cuda_opts *o)
 static void free_host(ft_cuda_model *dm)
 {
 	free(dm->tens); free(dm->layers); free(dm->acts);
-	free(dm->h_pos); free(dm->h_targets); free(dm->h_rows); free(dm->h_tg2);
-	free(dm->h_cos); free(dm->h_sin); free(dm->h_inv); free(dm->h_row_loss);
-	free(dm->h_sumsq);
+	if (dm->staging)
+		cudaFreeHost(dm->staging);
 }
 
 int ft_cuda_plan_memory(const ft_cuda_view *v, const ft_cuda_opts *o, ft_cuda_plan *p)
@@ -308,11 +308,40 @@ int ft_cu_upload(ft_cuda_model *dm, ft_dt *t)
 	return 0;
 }
 
+/* The allocator's high-water mark: the plan is the one device allocation
+ * ft makes (cuBLAS's workspace is inside it), so the peak is its size
+ * once made; the CUDA context and other processes are not counted. */
 void ft_cu_sample_peak(ft_cuda_model *dm)
 {
-	size_t fr = 0, tot = 0;
-	if (cudaMemGetInfo(&fr, &tot) == cudaSuccess && tot - fr > dm->peak)
-		dm->peak = tot - fr;
+	size_t used = dm->mem ? dm->plan.total : 0;
+	if (used > dm->peak)
+		dm->peak = used;
+}
+
+/* Host staging of the per-batch arrays in pinned memory, so the uploads
+ * are true DMA (pageable copies go through a driver bounce buffer).  One
+ * block, carved in order. */
+static int alloc_staging(ft_cuda_model *dm)
+{
+	size_t N = dm->o.max_tokens, half = dm->v.hd / 2;
+	size_t nsum = (size_t)dm->ntens * FT_SUMSQ_BLOCKS + 1;
+	size_t bytes = 6 * N * sizeof(int32_t) + 2 * N * half * sizeof(float) +
+		       (half + 1) * sizeof(float) + (N + nsum) * sizeof(double) + 64;
+	CU(cudaMallocHost(&dm->staging, bytes), "%zu bytes of pinned host staging", bytes);
+	char *p = (char *)dm->staging;
+	/* doubles first: every later piece stays 4-byte aligned */
+	dm->h_row_loss = (double *)p; p += N * sizeof(double);
+	dm->h_sumsq = (double *)p; p += nsum * sizeof(double);
+	int32_t **ints[] = { &dm->h_pos, &dm->h_targets, &dm->h_rows, &dm->h_tg2, &dm->h_ids,
+			     &dm->h_seg };
+	for (size_t k = 0; k < sizeof ints / sizeof *ints; k++) {
+		*ints[k] = (int32_t *)p;
+		p += N * sizeof(int32_t);
+	}
+	dm->h_cos = (float *)p; p += N * half * sizeof(float);
+	dm->h_sin = (float *)p; p += N * half * sizeof(float);
+	dm->h_inv = (float *)p;
+	return 0;
 }
 
 static int device_init(ft_cuda_model *dm)
@@ -353,17 +382,7 @@ ft_cuda_model *ft_cuda_model_new(struct ft_model *m, const ft_cuda_opts *o)
 		return NULL;
 	}
 	dm->host = m;
-	size_t N = o->max_tokens, half = v.hd / 2;
-	dm->h_pos = (int32_t *)ft_xmalloc(N * sizeof(int32_t));
-	dm->h_targets = (int32_t *)ft_xmalloc(N * sizeof(int32_t));
-	dm->h_rows = (int32_t *)ft_xmalloc(N * sizeof(int32_t));
-	dm->h_tg2 = (int32_t *)ft_xmalloc(N * sizeof(int32_t));
-	dm->h_cos = (float *)ft_xmalloc(N * half * sizeof(float));
-	dm->h_sin = (float *)ft_xmalloc(N * half * sizeof(float));
-	dm->h_inv = (float *)ft_xmalloc((half ? half : 1) * sizeof(float));
-	dm->h_row_loss = (double *)ft_xmalloc(N * sizeof(double));
-	dm->h_sumsq = (double *)ft_xmalloc(((size_t)dm->ntens * FT_SUMSQ_BLOCKS + 1) * sizeof(double));
-	if (device_init(dm) < 0) {
+	if (device_init(dm) < 0 || alloc_staging(dm) < 0) {
 		ft_cuda_model_free(dm);
 		return NULL;
 	}
@@ -617,9 +636,12 @@ static int forward_body(ft_cuda_model *dm, const ft_cuda_batch *b)
 	size_t nh = (size_t)N * (c->hd / 2) * sizeof(float);
 	TRY(upload(dm, dm->cos_t, dm->h_cos, nh, "rope cos"));
 	TRY(upload(dm, dm->sin_t, dm->h_sin, nh, "rope sin"));
-	TRY(upload(dm, dm->ids, b->input_ids, (size_t)N * 4, "input_ids"));
-	if (b->segment_ids)
-		TRY(upload(dm, dm->seg, b->segment_ids, (size_t)N * 4, "segment_ids"));
+	memcpy(dm->h_ids, b->input_ids, (size_t)N * 4);
+	TRY(upload(dm, dm->ids, dm->h_ids, (size_t)N * 4, "input_ids"));
+	if (b->segment_ids) {
+		memcpy(dm->h_seg, b->segment_ids, (size_t)N * 4);
+		TRY(upload(dm, dm->seg, dm->h_seg, (size_t)N * 4, "segment_ids"));
+	}
 	TRY(ft_cu_embedding_forward(dm, dm->xs, dm->ids, dm->wte, N, D));
 	for (int l = 0; l < L; l++) {
 		ft_dacts *a = &dm->acts[c->gradient_checkpointing ? 0 : l];
@@ -680,6 +702,7 @@ int ft_cuda_forward_backward(ft_cuda_model *dm, const ft_cuda_batch *b, float gr
 	double loss = 0;
 	/* fp16: the loss scale rides on grad_scale; ft_cuda_step unscales */
 	TRY(head_backward(dm, N, grad_scale * (float)dm->loss_scale, &loss, &n));
+	dm->grads_scale = dm->loss_scale;
 	if (loss_sum)
 		*loss_sum = loss;
 	if (n_tokens)

@@ -54,7 +54,8 @@ static __global__ void embedding_backward_k(float *dw, const float *dout, const 
 int ft_cu_embedding_backward(ft_cuda_model *dm, float *dwte, const float *dout,
 			     const int32_t *ids, int N, int D)
 {
-	embedding_backward_k<<<(D + TPB - 1) / TPB, TPB, 0, dm->stream>>>(dwte, dout, ids, N, D);
+	/* 32-thread blocks: D/32 of them (128 at D 4096) rather than D/256 */
+	embedding_backward_k<<<(D + 31) / 32, 32, 0, dm->stream>>>(dwte, dout, ids, N, D);
 	LAUNCHED("embedding_backward", "N=%d D=%d", N, D);
 	return 0;
 }
@@ -102,18 +103,53 @@ static __global__ void rmsnorm_backward_k(float *dx, const float *dout,
 		dx[row + d] += ft_k_rmsnorm_dx(g[d], w[d], xr[d], r, s);
 }
 
-/* dw: one thread per column, rows in order (deterministic, no atomics) */
-static __global__ void rmsnorm_dw_k(float *dw, const float *dout, const float *x,
-				    const float *rstd, int N, int D)
+/* ---- deterministic two-stage column sums (ft_k_colsum_chunk) ---- */
+
+#define COL_TPB 128
+
+/* Stage 1: block (column tile, chunk) sums e(n, d) over its chunk's rows
+ * in order into part[chunk][d]. */
+template <class Elem>
+static __global__ void col_part_k(float *part, int N, int D, Elem e)
+{
+	int d = blockIdx.x * blockDim.x + threadIdx.x, r0, r1;
+	if (d >= D)
+		return;
+	ft_k_colsum_chunk(blockIdx.y, N, &r0, &r1);
+	float s = 0;
+	for (int n = r0; n < r1; n++)
+		s += e(n, d);
+	part[(size_t)blockIdx.y * D + d] = s;
+}
+
+struct rmsnorm_dw_elem {   /* RMSNorm weight gradient terms */
+	const float *dout, *x, *rstd;
+	int D;
+	__device__ float operator()(int n, int d) const
+	{
+		return ft_k_rmsnorm_dw(dout[(size_t)n * D + d], x[(size_t)n * D + d], rstd[n]);
+	}
+};
+
+struct plain_elem {        /* a bias gradient: the rows of dy */
+	const float *y;
+	int D;
+	__device__ float operator()(int n, int d) const { return y[(size_t)n * D + d]; }
+};
+
+/* Stage 2: out[d] += the chunk partials in chunk order. */
+static __global__ void col_finish_k(float *out, const float *part, int D)
 {
 	int d = blockIdx.x * blockDim.x + threadIdx.x;
 	if (d >= D)
 		return;
 	float s = 0;
-	for (int n = 0; n < N; n++)
-		s += ft_k_rmsnorm_dw(dout[(size_t)n * D + d], x[(size_t)n * D + d], rstd[n]);
-	dw[d] += s;
+	for (int c = 0; c < FT_COLSUM_CHUNKS; c++)
+		s += part[(size_t)c * D + d];
+	out[d] += s;
 }
+
+static dim3 col_grid(int D) { return dim3((D + COL_TPB - 1) / COL_TPB, FT_COLSUM_CHUNKS); }
 
 int ft_cu_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float *dout,
 			   const float *x, const float *w, const float *rstd, int N, int D)
@@ -123,7 +159,10 @@ int ft_cu_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float 
 	rmsnorm_backward_k<<<N, TPB, 0, dm->stream>>>(dx, dout, x, w, rstd, D);
 	LAUNCHED("rmsnorm_backward", "N=%d D=%d", N, D);
 	if (dw) {
-		rmsnorm_dw_k<<<(D + TPB - 1) / TPB, TPB, 0, dm->stream>>>(dw, dout, x, rstd, N, D);
+		rmsnorm_dw_elem e = { dout, x, rstd, D };
+		col_part_k<<<col_grid(D), COL_TPB, 0, dm->stream>>>(dm->colpart, N, D, e);
+		LAUNCHED("rmsnorm_backward dw partials", "N=%d D=%d", N, D);
+		col_finish_k<<<(D + COL_TPB - 1) / COL_TPB, COL_TPB, 0, dm->stream>>>(dw, dm->colpart, D);
 		LAUNCHED("rmsnorm_backward dw", "N=%d D=%d", N, D);
 	}
 	return 0;
@@ -212,21 +251,15 @@ int ft_cu_bias_forward(ft_cuda_model *dm, float *y, const float *b, int N, int o
 	return 0;
 }
 
-/* one thread per output column, rows in order (deterministic) */
-static __global__ void bias_backward_k(float *db, const float *dy, int N, int out)
-{
-	int o = blockIdx.x * blockDim.x + threadIdx.x;
-	if (o >= out)
-		return;
-	float s = 0;
-	for (int n = 0; n < N; n++)
-		s += dy[(size_t)n * out + o];
-	db[o] += s;
-}
-
+/* column sums of dy in two deterministic stages (ft_k_colsum_chunk) */
 int ft_cu_bias_backward(ft_cuda_model *dm, float *db, const float *dy, int N, int out)
 {
-	bias_backward_k<<<(out + TPB - 1) / TPB, TPB, 0, dm->stream>>>(db, dy, N, out);
+	if (N <= 0)
+		return 0;
+	plain_elem e = { dy, out };
+	col_part_k<<<col_grid(out), COL_TPB, 0, dm->stream>>>(dm->colpart, N, out, e);
+	LAUNCHED("bias_backward partials", "N=%d out=%d", N, out);
+	col_finish_k<<<(out + COL_TPB - 1) / COL_TPB, COL_TPB, 0, dm->stream>>>(db, dm->colpart, out);
 	LAUNCHED("bias_backward", "N=%d out=%d", N, out);
 	return 0;
 }

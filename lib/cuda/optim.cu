@@ -128,7 +128,9 @@ int ft_cuda_copy_grads_to_host(ft_cuda_model *dm)
 		TRY(ft_cu_copy(dm, t->hg, t->g, t->n * sizeof(float), cudaMemcpyDeviceToHost,
 			       "gradient"));
 		if (dm->o.precision == FT_CUDA_F16 && !dm->unscaled) {   /* true gradients */
-			float s = (float)(1.0 / dm->loss_scale);
+			/* the scale they were computed with: after an overflow
+			 * ft_cuda_step has already halved dm->loss_scale */
+			float s = (float)(1.0 / dm->grads_scale);
 			for (size_t j = 0; j < t->n; j++)
 				t->hg[j] *= s;
 		}

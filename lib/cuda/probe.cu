@@ -1,9 +1,12 @@
-/* probe.cu - is there a CUDA device, and which (lib/model/device.c calls
- * this through a weak symbol, so a build without the backend links). */
+/* probe.cu - is there a CUDA device, and which.  Exported from
+ * libft_cuda.so (backend_internal.h): lib/model/device.c calls it through
+ * dlsym to resolve --device before any model exists. */
 #include <stdio.h>
 #include "cuda/common.cuh"
+#include "cuda/backend_internal.h"
 
-extern "C" int ft_cuda_probe(char *desc, size_t desc_size)
+extern "C" __attribute__((visibility("default")))
+int ftp_cuda_backend_probe(char *desc, size_t desc_size)
 {
 	int n = 0;
 	cudaError_t e = cudaGetDeviceCount(&n);

@@ -120,6 +120,19 @@ static inline FT_HD float ft_k_rmsnorm_dw(float g, float x, float rstd)
 	return g * x * rstd;
 }
 
+/* Deterministic two-stage column sums (the GPU's RMSNorm-weight and bias
+ * gradients, lib/cuda/ops.cu): the N rows are cut into FT_COLSUM_CHUNKS
+ * fixed chunks, each summed in row order, and the chunk partials are
+ * added in chunk order.  A fixed order (no atomics) with enough blocks
+ * to fill a GPU.  Rows [*r0, *r1) of chunk c. */
+#define FT_COLSUM_CHUNKS 64
+static inline FT_HD void ft_k_colsum_chunk(int c, int N, int *r0, int *r1)
+{
+	int per = (N + FT_COLSUM_CHUNKS - 1) / FT_COLSUM_CHUNKS;
+	*r0 = c * per < N ? c * per : N;
+	*r1 = *r0 + per < N ? *r0 + per : N;
+}
+
 /* One row, serially (the host reference of the GPU row kernel). */
 static inline FT_HD float ft_k_rmsnorm_row_forward(float *out, const float *x,
 						   const float *w, int D, float eps)

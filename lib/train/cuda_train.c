@@ -1,26 +1,13 @@
-/* cuda_train.c - ft_train_model on the CUDA backend (see cuda_train.h).
- *
- * The ft_cuda_* functions are weak references: libft.a links without the
- * backend, and then ft_cuda_model_new is NULL and the binding refuses.
- * With `make CUDA_LINK=1` the backend is linked in whole (the probe is
- * forced in and pulls the rest). */
+/* cuda_train.c - ft_train_model on the CUDA backend (see cuda_train.h). */
 #include <stdlib.h>
 #include "train/cuda_train.h"
 #include "util/error.h"
 
-#pragma weak ft_cuda_model_new
-#pragma weak ft_cuda_model_free
-#pragma weak ft_cuda_zero_grad
-#pragma weak ft_cuda_forward_backward
-#pragma weak ft_cuda_forward
-#pragma weak ft_cuda_copy_grads_to_host
-#pragma weak ft_cuda_copy_weights_to_device
-#pragma weak ft_cuda_set_position
-
 typedef struct {
 	ft_model *m;
 	ft_cuda_model *dm;
-	int stale;           /* the CPU weights changed since the last upload */
+	int need_zero;       /* the trainer asked for zeroed gradients */
+	int64_t skipped;     /* fp16 steps skipped for overflow */
 } binding;
 
 static ft_cuda_batch cb(const ft_batch *b)
@@ -30,17 +17,6 @@ static ft_cuda_batch cb(const ft_batch *b)
 	return c;
 }
 
-/* Bring the device up to date with the CPU model after an optimizer step. */
-static int sync_weights(binding *x)
-{
-	if (!x->stale)
-		return 0;
-	if (ft_cuda_copy_weights_to_device(x->dm) < 0 || ft_cuda_zero_grad(x->dm) < 0)
-		return ft_fail_ctx("GPU: ");
-	x->stale = 0;
-	return 0;
-}
-
 static size_t b_nparams(void *self) { return ft_model_nparams(((binding *)self)->m); }
 
 static ft_param *b_param(void *self, size_t i)
@@ -48,38 +24,87 @@ static ft_param *b_param(void *self, size_t i)
 	return ft_model_param(((binding *)self)->m, i);
 }
 
-/* Called at the start and after every optimizer step: the device gets the
- * new weights (and zeroed gradients) lazily, where errors can be returned. */
-static void b_zero_grad(void *self)
-{
-	binding *x = self;
-	ft_model_zero_grad(x->m);
-	x->stale = 1;
-}
+/* The interface's zero_grad cannot fail; the device zeroes lazily at the
+ * next forward_backward, where an error can be returned. */
+static void b_zero_grad(void *self) { ((binding *)self)->need_zero = 1; }
 
 static int b_fwd_bwd(void *self, const ft_batch *b, float scale, double *ls, int64_t *n)
 {
 	binding *x = self;
 	ft_cuda_batch c = cb(b);
-	if (sync_weights(x) < 0 || ft_cuda_forward_backward(x->dm, &c, scale, ls, n) < 0 ||
-	    ft_cuda_copy_grads_to_host(x->dm) < 0)
-		return -1;
-	return 0;
+	if (x->need_zero && ft_cuda_zero_grad(x->dm) < 0)
+		return ft_fail_ctx("GPU: ");
+	x->need_zero = 0;
+	return ft_cuda_forward_backward(x->dm, &c, scale, ls, n);
 }
 
 static int b_fwd(void *self, const ft_batch *b, double *ls, int64_t *n)
 {
-	binding *x = self;
 	ft_cuda_batch c = cb(b);
-	if (sync_weights(x) < 0)
-		return -1;
-	return ft_cuda_forward(x->dm, &c, NULL, ls, n);
+	return ft_cuda_forward(((binding *)self)->dm, &c, NULL, ls, n);
 }
 
-/* The CPU model holds the current weights (the optimizer runs there). */
+static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm, double *gnorm)
+{
+	binding *x = self;
+	ft_cuda_adamw_opts co = { o->beta1, o->beta2, o->eps, o->weight_decay };
+	int skipped = 0;
+	if (ft_cuda_step(x->dm, &co, lr, max_norm, gnorm, &skipped) < 0)
+		return -1;
+	x->skipped += skipped;
+	x->need_zero = 1;
+	return 0;
+}
+
+/* The CPU model index of the optimizer's k-th param (same objects). */
+static long model_index(binding *x, const ft_param *p)
+{
+	size_t n = ft_model_nparams(x->m);
+	for (size_t i = 0; i < n; i++)
+		if (ft_model_param(x->m, i) == p)
+			return (long)i;
+	return ft_fail("optimizer parameter %s is not the model's", p->name);
+}
+
+static int b_state_out(void *self, ft_adamw *opt)
+{
+	binding *x = self;
+	if (ft_cuda_copy_weights_to_host(x->dm) < 0)
+		return -1;
+	for (size_t k = 0; opt && k < ft_adamw_count(opt); k++) {
+		long i = model_index(x, ft_adamw_param(opt, k));
+		if (i < 0 || ft_cuda_adamw_get(x->dm, (size_t)i, ft_adamw_exp_avg(opt, k),
+					       ft_adamw_exp_avg_sq(opt, k)) < 0)
+			return -1;
+	}
+	if (opt)
+		ft_adamw_set_steps(opt, ft_cuda_steps(x->dm));
+	return 0;
+}
+
+static int b_state_in(void *self, const ft_adamw *opt)
+{
+	binding *x = self;
+	if (ft_cuda_copy_weights_to_device(x->dm) < 0)
+		return -1;
+	ft_adamw *o = (ft_adamw *)opt;   /* read only: the accessors are shared */
+	for (size_t k = 0; k < ft_adamw_count(o); k++) {
+		long i = model_index(x, ft_adamw_param(o, k));
+		if (i < 0 || ft_cuda_adamw_set(x->dm, (size_t)i, ft_adamw_exp_avg(o, k),
+					       ft_adamw_exp_avg_sq(o, k), ft_adamw_steps(o)) < 0)
+			return -1;
+	}
+	x->need_zero = 1;
+	return 0;
+}
+
+/* The CPU model writes the files, from the device's current weights. */
 static int b_save(void *self, const char *dir)
 {
-	return ft_model_save(((binding *)self)->m, dir);
+	binding *x = self;
+	if (ft_cuda_copy_weights_to_host(x->dm) < 0)
+		return -1;
+	return ft_model_save(x->m, dir);
 }
 
 static void b_set_position(void *self, int64_t n)
@@ -87,24 +112,18 @@ static void b_set_position(void *self, int64_t n)
 	ft_cuda_set_position(((binding *)self)->dm, n);
 }
 
+static size_t b_peak(void *self) { return ft_cuda_peak_bytes(((binding *)self)->dm); }
+
 int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t)
 {
-	if (!ft_cuda_model_new)
-		return ft_fail("this build has no CUDA backend (rebuild with "
-			       "`make CUDA_LINK=1` on a machine with nvcc)");
-	if (o->precision == FT_CUDA_F16)
-		return ft_fail("fp16 training through the trainer's CPU optimizer is not "
-			       "supported (dynamic loss scaling needs the device optimizer); "
-			       "use bf16");
 	binding *x = ft_xcalloc(1, sizeof *x);
 	x->m = m;
-	x->stale = 1;
 	if (!(x->dm = ft_cuda_model_new(m, o))) {
 		free(x);
 		return -1;
 	}
 	ft_train_model r = { x, b_nparams, b_param, b_zero_grad, b_fwd_bwd, b_fwd, b_save,
-			     b_set_position };
+			     b_set_position, b_step, b_state_out, b_state_in, b_peak };
 	*t = r;
 	return 0;
 }
@@ -114,13 +133,17 @@ ft_cuda_model *ft_cuda_train_device(const ft_train_model *t)
 	return t && t->self ? ((binding *)t->self)->dm : NULL;
 }
 
+int64_t ft_cuda_train_skipped(const ft_train_model *t)
+{
+	return t && t->self ? ((binding *)t->self)->skipped : 0;
+}
+
 void ft_cuda_train_free(ft_train_model *t)
 {
 	if (!t || !t->self)
 		return;
 	binding *x = t->self;
-	if (ft_cuda_model_free)
-		ft_cuda_model_free(x->dm);
+	ft_cuda_model_free(x->dm);
 	free(x);
 	t->self = NULL;
 }

@@ -1,18 +1,19 @@
 /* cuda_train.h - the trainer's model interface (ft_train_model, see
- * trainer.h) backed by the CUDA backend: forward and backward run on the
- * GPU, gradients come back to the CPU model after every micro-batch and
- * the trainer's own clipping and AdamW (lib/train/optim.c) update the CPU
- * model's weights, which go back to the GPU before the next micro-batch.
+ * trainer.h) on the CUDA backend.
  *
- * That makes `ft-train --device cuda` a one-line change in the tool
- * (this instead of ft_train_model_of) with checkpoints, resume and logs
- * unchanged.  The price is a host round trip of the trainable
- * parameters per step: small for LoRA, large for full fine-tuning, where
- * the device optimizer (ft_cuda_step, docs/CUDA.md) is the fast path.
- * fp32 and bf16 only (fp16's loss scaling needs ft_cuda_step).
+ * Forward, backward, clipping and AdamW all run on the GPU: the
+ * gradients, the fp32 masters of the trainable weights and the AdamW
+ * moments live there for the whole run (no per-micro-batch gradient
+ * copies, no per-step uploads).  The trainer's loop, schedules, logs and
+ * checkpoint files are the CPU path's: the binding's step/state_out/
+ * state_in hooks copy the trainable weights and moments out once per
+ * checkpoint and back once on resume, and save copies the weights into
+ * the CPU model, which writes the adapter or model files.  fp16 uses the
+ * device's dynamic loss scaling (a step whose gradients overflow is
+ * skipped and the scale halved, as torch's GradScaler).
  *
- * Works in every build: without the CUDA backend linked (make
- * CUDA_LINK=1), ft_train_model_of_cuda fails with a message saying so.
+ * Works in every build: without libft_cuda.so (or a driver)
+ * ft_train_model_of_cuda fails with the loader's message.
  */
 #ifndef FT_CUDA_TRAIN_H
 #define FT_CUDA_TRAIN_H
@@ -21,10 +22,12 @@
 #include "cuda/ft_cuda.h"
 
 /* Fill *t for model m (borrowed; it must outlive *t). o->max_tokens and
- * o->max_seq bound the micro-batches (B*T and T from the manifest). */
+ * o->max_seq bound the micro-batches (B*T and T from the manifests). */
 int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t);
 /* The device model behind t (peak memory etc.), and freeing it. */
 ft_cuda_model *ft_cuda_train_device(const ft_train_model *t);
+/* Optimizer steps skipped for fp16 overflow so far. */
+int64_t ft_cuda_train_skipped(const ft_train_model *t);
 void ft_cuda_train_free(ft_train_model *t);
 
 #endif

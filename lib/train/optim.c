@@ -47,6 +47,11 @@ void ft_adamw_free(ft_adamw *a)
 }
 
 int64_t ft_adamw_steps(const ft_adamw *a) { return a->step; }
+size_t ft_adamw_count(const ft_adamw *a) { return a->n; }
+ft_param *ft_adamw_param(const ft_adamw *a, size_t k) { return a->p[k]; }
+float *ft_adamw_exp_avg(ft_adamw *a, size_t k) { return a->m[k]; }
+float *ft_adamw_exp_avg_sq(ft_adamw *a, size_t k) { return a->v[k]; }
+void ft_adamw_set_steps(ft_adamw *a, int64_t step) { a->step = step; }
 
 /* Elements [i0, i1) of one tensor, on the calling thread; the element is
  * lib/model/kernels.h's, shared with the CUDA backend. */

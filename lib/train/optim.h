@@ -36,6 +36,16 @@ void ft_adamw_free(ft_adamw *a);
 void ft_adamw_step(ft_adamw *a, double lr);
 int64_t ft_adamw_steps(const ft_adamw *a);
 
+/* The state of an optimizer stepped elsewhere (the CUDA binding keeps it
+ * on the device and copies it here for checkpoints): the k-th param (of
+ * the n given to ft_adamw_new), its moments (param->n floats each,
+ * writable), and the step count. */
+size_t ft_adamw_count(const ft_adamw *a);
+ft_param *ft_adamw_param(const ft_adamw *a, size_t k);
+float *ft_adamw_exp_avg(ft_adamw *a, size_t k);
+float *ft_adamw_exp_avg_sq(ft_adamw *a, size_t k);
+void ft_adamw_set_steps(ft_adamw *a, int64_t step);
+
 /* L2 norm of all gradients (per-tensor norms combined as torch does),
  * then, when max_norm > 0, scale every gradient by
  * min(1, max_norm / (norm + 1e-6)).  Returns the norm before clipping. */

@@ -355,6 +355,7 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 
 	if (ft_mkdirs(o->output_dir) < 0) goto out;
 	if (o->resume_dir && ftp_ckpt_load(o, &p, opt, &st) < 0) goto out;
+	if (o->resume_dir && m->state_in && m->state_in(m->self, opt) < 0) goto out;
 	if (o->resume_dir && m->set_position)
 		m->set_position(m->self, st.epoch_idx * o->n_batches + st.batches_done);
 	if (!(c.log = open_log(o, st.global_step))) goto out;
@@ -403,15 +404,23 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 				st.tokens_seen += batch_tokens(&mb.b[i]);
 				st.total_flos += flos_per_token * mb.b[i].B * mb.b[i].T;
 			}
-			double gnorm = ft_clip_grad_norm(params, np, o->max_grad_norm);
-			double lr = ft_sched_lr(&sched, st.global_step);
-			int finite = isfinite(this_step) && isfinite(gnorm);
+			double gnorm, lr = ft_sched_lr(&sched, st.global_step);
+			int finite;
+			if (m->step) {   /* the optimizer lives with the weights (GPU):
+					    clipping and the update are one call there */
+				if (m->step(m->self, &ao, lr, o->max_grad_norm, &gnorm) < 0) goto out;
+				finite = isfinite(this_step) && isfinite(gnorm);
+			} else {
+				gnorm = ft_clip_grad_norm(params, np, o->max_grad_norm);
+				finite = isfinite(this_step) && isfinite(gnorm);
+				if (finite) ft_adamw_step(opt, lr);   /* skipped: no update from NaN */
+			}
 			if (!finite && !o->skip_nonfinite) {
 				nonfinite_fail(st.global_step + 1, done - mb.n, this_step, gnorm);
 				goto out;
 			}
-			if (finite) ft_adamw_step(opt, lr);   /* skipped: no update from NaN */
 			m->zero_grad(m->self);
+			if (m->peak_bytes) st.peak_bytes = m->peak_bytes(m->self);
 			st.global_step++;
 			st.batches_done = done;
 			st.epoch = (double)ep + (double)done / (double)o->n_batches;
@@ -441,6 +450,7 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 			int interrupted = o->stop && *o->stop;
 			if (strategy_due(o->save_strategy, o->save_steps, st.global_step, epoch_end) ||
 			    (last && o->save_strategy != FT_STRATEGY_NO) || interrupted) {
+				if (m->state_out && m->state_out(m->self, opt) < 0) goto out;
 				if (ftp_ckpt_save(o, &p, m, opt, &sched, &st, r->checkpoint, sizeof r->checkpoint) < 0)
 					goto out;
 				if (o->on_event) o->on_event(o->ctx, FT_EV_SAVE, NULL, r->checkpoint);

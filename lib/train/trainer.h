@@ -20,6 +20,7 @@
 #include "format/batch.h"
 #include "model/model.h"
 #include "train/lr_sched.h"
+#include "train/optim.h"
 #include "format/trainlog.h"
 
 /* What the loop needs from a model. */
@@ -37,6 +38,22 @@ typedef struct {
 	 * before the checkpoint, so random streams (LoRA dropout) continue
 	 * where they were. */
 	void (*set_position)(void *self, int64_t micro_batches_done);
+	/* Optional, all four together (the CUDA binding, cuda_train.h): the
+	 * model keeps its optimizer state where its weights are and steps
+	 * itself.  step clips to max_grad_norm (<= 0: norm only) and applies
+	 * one AdamW update with lr exactly as ft_clip_grad_norm and
+	 * ft_adamw_step would, setting *grad_norm (before clipping); the
+	 * trainer's own ft_adamw then only carries the state to and from
+	 * checkpoints: state_out copies the trainable weights, moments and
+	 * step count into the host params and opt before a checkpoint or the
+	 * final save, state_in copies them back after a resume loaded them. */
+	int (*step)(void *self, const ft_adamw_opts *o, double lr, double max_grad_norm,
+		    double *grad_norm);
+	int (*state_out)(void *self, ft_adamw *opt);
+	int (*state_in)(void *self, const ft_adamw *opt);
+	/* Optional: peak device memory in bytes (the allocator's high-water
+	 * mark), written to trainer_state.json. */
+	size_t (*peak_bytes)(void *self);
 } ft_train_model;
 
 /* The ft_model binding (lib/train/trainer_model.c). */
@@ -108,6 +125,9 @@ typedef struct {
 	/* Extra files copied into every checkpoint and the output dir when
 	 * absent there (tokenizer files): full paths, NULL-terminated. */
 	const char *const *extra_files;
+	/* Where the model runs ("cpu", "cuda:0 (NVIDIA H100 ..., bf16)"),
+	 * recorded in trainer_state.json's "ft" object; NULL: not recorded. */
+	const char *device;
 } ft_train_opts;
 
 void ft_train_opts_default(ft_train_opts *o);

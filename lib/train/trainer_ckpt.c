@@ -96,6 +96,10 @@ json_t *ftp_trainer_state_json(const ft_train_opts *o, const ft_train_plan *p, c
 	snprintf(total_loss, sizeof total_loss, "%a", st->total_loss);
 	json_object_set_new(ft, "total_loss_hex", json_string(total_loss));
 	json_object_set_new(ft, "data_epochs", json_integer(ft_data_runs(o)));
+	if (o->device)
+		json_object_set_new(ft, "device", json_string(o->device));
+	if (st->peak_bytes)
+		json_object_set_new(ft, "peak_memory_bytes", json_integer((json_int_t)st->peak_bytes));
 	int64_t eval_steps = o->eval_steps > 0 ? o->eval_steps : o->logging_steps;
 	return json_pack("{s:n, s:n, s:n, s:f, s:I, s:I, s:b, s:b, s:b, s:O, s:I, s:I, s:I, "
 			 "s:I, s:I, s:{}, s:f, s:I, s:n, s:n, s:o}",
@@ -235,7 +239,9 @@ int ftp_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt,
 	free(path);
 	path = ft_xasprintf("%s/optimizer.safetensors", o->resume_dir);
 	if (ft_adamw_load(opt, path) < 0) goto out;
-	if (ft_adamw_steps(opt) != st->global_step) {
+	/* fp16 on the GPU skips the update of a step whose gradients
+	 * overflowed (as torch's GradScaler), so the optimizer may be behind */
+	if (ft_adamw_steps(opt) > st->global_step || ft_adamw_steps(opt) < 0) {
 		ft_fail("%s: optimizer step %lld but global_step %lld", path,
 			(long long)ft_adamw_steps(opt), (long long)st->global_step);
 		goto out;

@@ -18,6 +18,7 @@ typedef struct {
 	int64_t tokens_seen;
 	double total_flos;        /* transformers: 6 x non-embedding params x input_ids.numel() */
 	json_t *log_history;      /* HF log_history entries */
+	size_t peak_bytes;        /* ft_train_model.peak_bytes (0: not known) */
 } ftp_tstate;
 
 int ftp_ckpt_save(const ft_train_opts *o, const ft_train_plan *p, ft_train_model *m,

@@ -28,7 +28,8 @@ static void tm_set_position(void *self, int64_t n)
 
 ft_train_model ft_train_model_of(ft_model *m)
 {
-	ft_train_model t = { m, tm_nparams, tm_param, tm_zero_grad, tm_fwd_bwd, tm_fwd, tm_save,
-			     tm_set_position };
+	ft_train_model t = { .self = m, .nparams = tm_nparams, .param = tm_param,
+			     .zero_grad = tm_zero_grad, .forward_backward = tm_fwd_bwd,
+			     .forward = tm_fwd, .save = tm_save, .set_position = tm_set_position };
 	return t;
 }

@@ -62,13 +62,36 @@ train() { ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir 
 	assert_output --partial "z_proj"
 	run -2 train --stage rm
 	assert_output --partial "not supported"
-	run -2 train --device cuda
-	assert_output --partial "no CUDA backend"
+	run -2 train --device gpu
+	assert_output --partial "'gpu' is not a device"
+	run -2 train --device cuda:x
+	assert_output --partial "bad device index"
 	run -2 ft-train --model_name_or_path "$MODEL" --output_dir out
 	assert_output --partial "--train"
 	# the optimizer ft-train has, by its transformers name
 	run train --optim adamw_torch --max_steps 1 -q --output_dir optim
 	assert_success
+}
+
+@test "--device: cuda without a usable GPU fails in one line; auto trains on the CPU and says so" {
+	need_jq
+	# no backend at all (FT_CUDA_LIB names the only place looked at)
+	FT_CUDA_LIB=/nonexistent/libft_cuda.so run -1 --separate-stderr train --device cuda --max_steps 1
+	assert_equal "$stderr" "ft-train: --device cuda: FT_CUDA_LIB=/nonexistent/libft_cuda.so: no such file"
+	[ ! -e out ]
+	FT_CUDA_LIB=/nonexistent/libft_cuda.so run -0 --separate-stderr train --device auto --max_steps 2
+	[[ "$stderr" == *"note: --device auto: running on the CPU (FT_CUDA_LIB=/nonexistent"* ]]
+	run jq -r .ft.device out/trainer_state.json
+	assert_output cpu
+	# the same run with the default device: identical log
+	train --max_steps 2 -q --output_dir cpu 2>/dev/null
+	diff <(steady out/trainer_log.jsonl) <(steady cpu/trainer_log.jsonl)
+	# the backend of this tree (built where nvcc is), on a machine without a GPU
+	if [ -e "$BATS_TEST_DIRNAME/../../build/libft_cuda.so" ] && ! nvidia-smi -L >/dev/null 2>&1; then
+		run -1 --separate-stderr train --device cuda:0 --max_steps 1 --output_dir c0
+		[[ "$stderr" == "ft-train: --device cuda:0: CUDA: cudaGetDeviceCount"* ]]
+		[ "$(printf '%s\n' "$stderr" | wc -l)" -eq 1 ]
+	fi
 }
 
 @test "stage mismatch with the batches' header: exit 1" {

@@ -12,6 +12,7 @@
 #include "cuda/ft_cuda.h"
 #include "util/error.h"
 #include "model/model.h"
+#include "model/kernels.h"
 
 #define GIB (1024.0 * 1024 * 1024)
 
@@ -46,7 +47,7 @@ static want_t formula(const ft_cuda_view *v, const ft_cuda_opts *o, double nmat,
 	w.scratch = 4 * N * (5 * D + 2 * qd + 2 * kd + 4 * F + 3 * mi + (r > 1 ? r : 1) + v->Hq +
 			     v->hd + 7) +
 		    4 * chunk * V + (half ? 2 * chunk * V + 4 * N * mi : 0) + 8 * v->Hk * T * T +
-		    32.0 * 1024 * 1024 + 1024 * ntens;
+		    32.0 * 1024 * 1024 + 1024 * ntens + 4.0 * FT_COLSUM_CHUNKS * mi;
 	return w;
 }
 

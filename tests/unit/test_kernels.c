@@ -276,6 +276,52 @@ static void test_attn_mask(void)
 	free(q); free(k); free(v); free(o1); free(o2); free(lse);
 }
 
+/* The GPU's two-stage column sums (ft_k_colsum_chunk): the chunks cover
+ * every row once, in order, for N below, at and above the chunk count;
+ * the chunked sum of a column is within float rounding of the row-order
+ * sum the CPU computes (both orders add the same numbers). */
+static void test_colsum_chunks(void)
+{
+	static const int Ns[] = { 1, 5, 63, 64, 65, 520, 4096, 4097 };
+	int cover = 1;
+	for (size_t k = 0; k < sizeof Ns / sizeof *Ns; k++) {
+		int next = 0;
+		for (int c = 0; c < FT_COLSUM_CHUNKS; c++) {
+			int r0, r1;
+			ft_k_colsum_chunk(c, Ns[k], &r0, &r1);
+			if (r0 != next || r1 < r0 || r1 > Ns[k]) cover = 0;
+			next = r1;
+		}
+		if (next != Ns[k]) cover = 0;
+	}
+	ok(cover, "column-sum chunks cover rows 0..N once, in order, for N 1 to 4097");
+	enum { N = 4097 };
+	static float y[N];
+	unsigned x = 7;
+	for (int n = 0; n < N; n++) {
+		x = x * 1103515245u + 12345u;
+		y[n] = (float)((int)(x >> 9) % 2001 - 1000) / 1000.0f;
+	}
+	float plain = 0, chunked = 0;
+	double exact = 0, mag = 0;
+	for (int n = 0; n < N; n++) {
+		plain += y[n];
+		exact += y[n];
+		mag += fabs(y[n]);
+	}
+	for (int c = 0; c < FT_COLSUM_CHUNKS; c++) {
+		int r0, r1;
+		ft_k_colsum_chunk(c, N, &r0, &r1);
+		float part = 0;
+		for (int n = r0; n < r1; n++) part += y[n];
+		chunked += part;
+	}
+	/* float sums of N terms: error bounded by ~N eps sum|y| (row order) */
+	double bound = N * 6e-8 * mag;
+	ok(fabs(chunked - exact) <= bound && fabs(plain - exact) <= bound,
+	   "two-stage sum %.7g, row order %.7g, exact %.7g (bound %.2g)", chunked, plain, exact, bound);
+}
+
 int main(void)
 {
 	test_casts();
@@ -286,5 +332,6 @@ int main(void)
 	test_adamw();
 	test_ce();
 	test_attn_mask();
+	test_colsum_chunks();
 	return tap_done();
 }

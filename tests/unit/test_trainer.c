@@ -113,7 +113,8 @@ static void toy_init(toy *t)
 
 static ft_train_model toy_model(toy *t)
 {
-	ft_train_model m = { t, toy_n, toy_p, toy_zero, toy_fb, toy_f, toy_save, NULL };
+	ft_train_model m = { .self = t, .nparams = toy_n, .param = toy_p, .zero_grad = toy_zero,
+			     .forward_backward = toy_fb, .forward = toy_f, .save = toy_save };
 	return m;
 }
 
@@ -321,6 +322,59 @@ static void test_logging_window(void)
 	free(out);
 }
 
+/* ---- a toy that steps its own optimizer (the CUDA binding's hooks) ------ */
+
+/* Its AdamW state is private, as the GPU's is: the trainer's ft_adamw
+ * only carries it through checkpoints (state_out / state_in). */
+typedef struct {
+	toy t;
+	ft_adamw *own;
+	const ft_adamw *loaded;   /* state_in's, taken at the first step */
+	int steps, outs, ins;
+} stepper_toy;
+
+static void copy_moments(ft_adamw *dst, ft_adamw *src)
+{
+	for (size_t k = 0; k < ft_adamw_count(src); k++) {
+		size_t n = ft_adamw_param(src, k)->n * sizeof(float);
+		memcpy(ft_adamw_exp_avg(dst, k), ft_adamw_exp_avg(src, k), n);
+		memcpy(ft_adamw_exp_avg_sq(dst, k), ft_adamw_exp_avg_sq(src, k), n);
+	}
+	ft_adamw_set_steps(dst, ft_adamw_steps(src));
+}
+
+static int st_step(void *s, const ft_adamw_opts *o, double lr, double max_norm, double *gnorm)
+{
+	stepper_toy *x = s;
+	ft_param *ps[2] = { &x->t.p[0], &x->t.p[1] };
+	if (!x->own) {   /* the options come with the step, as ft_cuda_step's */
+		x->own = ft_adamw_new(ps, 2, o);
+		if (x->loaded) copy_moments(x->own, (ft_adamw *)x->loaded);
+	}
+	*gnorm = ft_clip_grad_norm(ps, 2, max_norm);
+	ft_adamw_step(x->own, lr);
+	x->steps++;
+	return 0;
+}
+
+static int st_out(void *s, ft_adamw *opt)
+{
+	stepper_toy *x = s;
+	x->outs++;
+	if (x->own) copy_moments(opt, x->own);
+	return 0;
+}
+
+static int st_in(void *s, const ft_adamw *opt)
+{
+	stepper_toy *x = s;
+	x->loaded = opt;
+	x->ins++;
+	return 0;
+}
+
+static size_t st_peak(void *s) { (void)s; return 12345; }
+
 static volatile sig_atomic_t stop_at_flag;
 static int64_t stop_at;
 
@@ -330,8 +384,36 @@ static void stopper(void *ctx, ft_train_event ev, const ft_trainlog_entry *e, co
 	if (ev == FT_EV_STEP && e->current_steps == stop_at) stop_at_flag = 1;
 }
 
+static int run_model(const char *out, ft_train_model *m, int64_t stop, const char *resume, int limit,
+		     int save_steps, ft_train_result *r, int with_val);
+
 static int run_toy(const char *out, toy *t, int64_t stop, const char *resume, int limit, int save_steps,
 		   ft_train_result *r, int with_val)
+{
+	toy_init(t);
+	ft_train_model m = toy_model(t);
+	return run_model(out, &m, stop, resume, limit, save_steps, r, with_val);
+}
+
+static int run_stepper(const char *out, stepper_toy *x, int64_t stop, const char *resume,
+		       ft_train_result *r)
+{
+	memset(x, 0, sizeof *x);
+	toy_init(&x->t);
+	ft_train_model m = toy_model(&x->t);
+	m.step = st_step;
+	m.state_out = st_out;
+	m.state_in = st_in;
+	m.peak_bytes = st_peak;
+	m.self = x;   /* the toy is the first member: its hooks see a toy */
+	int rc = run_model(out, &m, stop, resume, 0, 3, r, 1);
+	ft_adamw_free(x->own);
+	x->own = NULL;
+	return rc;
+}
+
+static int run_model(const char *out, ft_train_model *m, int64_t stop, const char *resume, int limit,
+		     int save_steps, ft_train_result *r, int with_val)
 {
 	ft_train_opts o;
 	base_opts(&o, out);
@@ -344,11 +426,9 @@ static int run_toy(const char *out, toy *t, int64_t stop, const char *resume, in
 	stop_at_flag = 0;
 	o.stop = &stop_at_flag;
 	o.on_event = stopper;
-	toy_init(t);
-	ft_train_model m = toy_model(t);
 	ft_batch_source src = ft_batch_source_array(batches, NB);
 	ft_batch_source val = ft_batch_source_array(batches + NB, 2);
-	int rc = ft_train(&o, &m, &src, with_val ? &val : NULL, r);
+	int rc = ft_train(&o, m, &src, with_val ? &val : NULL, r);
 	src.close(src.self);
 	val.close(val.self);
 	return rc;
@@ -407,6 +487,46 @@ static void test_resume(void)
 	free((char *)o.resume_dir);
 	free(da);
 	free(db);
+}
+
+/* The model steps itself (the CUDA binding): the same weights and log as
+ * the trainer's own optimizer, checkpoints that carry its state, and a
+ * bit-identical resume in either direction. */
+static void test_model_steps(void)
+{
+	toy a;
+	stepper_toy x, y;
+	ft_train_result ra, rx, ry, rz;
+	char *da = outdir("plain"), *dx = outdir("stepper"), *dy = outdir("stepper-stop");
+	ok(run_toy(da, &a, -1, NULL, 0, 3, &ra, 1) == 0, "plain run");
+	int rcx = run_stepper(dx, &x, -1, NULL, &rx);
+	ok(rcx == 0 && x.steps == 9 && x.outs == 3,
+	   "model-stepped run: 9 steps, state copied out for 3 checkpoints (%d, %d)", x.steps, x.outs);
+	ok(memcmp(a.w, x.t.w, sizeof a.w) == 0 && memcmp(a.b, x.t.b, sizeof a.b) == 0 &&
+	   ra.train_loss == rx.train_loss && ra.eval_loss == rx.eval_loss,
+	   "model-stepped weights and losses bit-identical to the trainer's optimizer");
+	ok(run_stepper(dy, &y, 5, NULL, &ry) == 0 && ry.interrupted, "model-stepped run stopped at 5");
+	char *ck = ft_last_checkpoint(dy);
+	int rcy = ck ? run_stepper(dy, &y, -1, ck, &rz) : -1;
+	ok(rcy == 0 && y.ins == 1 && y.steps == 4,
+	   "resumed: state copied in once, 4 more steps (%d)", y.steps);
+	ok(memcmp(a.w, y.t.w, sizeof a.w) == 0 && memcmp(a.b, y.t.b, sizeof a.b) == 0 &&
+	   rz.train_loss == ra.train_loss, "model-stepped resume bit-identical to the plain run");
+	/* the checkpoint holds the whole state: the CPU optimizer continues it */
+	toy c;
+	ft_train_result rc_;
+	ok(run_toy(dy, &c, -1, ck, 0, 3, &rc_, 1) == 0 && memcmp(a.w, c.w, sizeof a.w) == 0,
+	   "its checkpoint resumed by the trainer's own optimizer: bit-identical");
+	char *ts = ft_xasprintf("%s/trainer_state.json", dx);
+	json_t *j = json_load_file(ts, 0, NULL);
+	ok(j && json_integer_value(json_object_get(json_object_get(j, "ft"), "peak_memory_bytes")) == 12345,
+	   "peak memory recorded in trainer_state.json");
+	json_decref(j);
+	free(ts);
+	free(ck);
+	free(da);
+	free(dx);
+	free(dy);
 }
 
 static void test_eval_and_limit(void)
@@ -567,6 +687,7 @@ int main(void)
 	test_loop_semantics();
 	test_logging_window();
 	test_resume();
+	test_model_steps();
 	test_eval_and_limit();
 	const char *kinds[] = { "llama", "qwen2" }, *modes[] = { "lora", "freeze", "full" };
 	for (int k = 0; k < 2; k++)

@@ -26,7 +26,7 @@ static void usage(void)
 "  --tokenizer PATH             tokenizer (default: the model directory)\n"
 "  --template NAME|FILE         chat template (default: empty)\n"
 "  --default_system TEXT        replace the template's system prompt\n"
-"  --device cpu                 where to run (this build: cpu)\n"
+"  --device cpu                 where to run (ft-generate: the CPU only)\n"
 "Sampling (defaults as LLaMA-Factory's generating arguments):\n"
 "  --do_sample BOOL             sample (default true); false = greedy\n"
 "  --temperature X              default 0.95\n"
@@ -132,7 +132,8 @@ static void parse_args(gen_cli *o, int argc, char **argv)
 		case O_SYSTEM: o->default_system = optarg; break;
 		case O_DEVICE:
 			if (strcmp(optarg, "cpu"))
-				die_usage("--device %s: this build runs on the CPU only (cpu)", optarg);
+				die_usage("--device %s: ft-generate decodes on the CPU only (cpu); the GPU "
+					  "decoder is not written yet (docs/CUDA.md)", optarg);
 			break;
 		case O_DO_SAMPLE: o->gen.sampling.do_sample = ft_optarg_bool("do_sample", argc, argv); break;
 		case O_SKIP: o->skip_special = ft_optarg_bool("skip_special_tokens", argc, argv); break;

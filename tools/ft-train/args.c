@@ -181,12 +181,10 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	c->fp16 = get_bool(a, "fp16", 0);
 	c->do_train = get_bool(a, "do_train", -1);
 	c->do_eval = get_bool(a, "do_eval", -1);
-	const char *dev = ft_lfargs_get(a, "device", "cpu");
-	if (strcmp(dev, "cpu") != 0) {
-		if (!strncmp(dev, "cuda", 4) || !strcmp(dev, "auto") || !strcmp(dev, "gpu"))
-			die_usage("--device %s: this ft-train has no CUDA backend (only --device cpu)", dev);
-		die_usage("--device: '%s' is not a device (cpu)", dev);
-	}
+	/* resolved (and refused when unknown) in main, once the data is known */
+	c->device = ft_lfargs_get(a, "device", NULL);
+	c->device_given = c->device != NULL;
+	if (!c->device) c->device = "cpu";
 	c->t.logging_strategy = strategy(a, "logging_strategy");
 	c->t.eval_strategy = strategy(a, "eval_strategy");
 	c->t.save_strategy = strategy(a, "save_strategy");

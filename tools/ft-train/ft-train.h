@@ -13,6 +13,8 @@ typedef struct {
 	ft_tune_opts tune;
 	char stage[8];
 	const char *model, *adapter, *config, *output_dir, *resume;
+	const char *device;       /* --device as given: cpu (default), cuda[:N], auto */
+	int device_given;
 	int from_scratch, overwrite, plot_loss, bf16, fp16, do_train, do_eval, eval_strategy_no;
 	int batch_size, eval_batch_size;
 	int allow_tokenizer_mismatch;

@@ -3,6 +3,8 @@
 #include "ft-train.h"
 #include "cli/runplan.h"
 #include "format/batch_io.h"
+#include "model/device.h"
+#include "train/cuda_train.h"
 #include "plot/plot.h"
 #include "util/atomicfile.h"
 
@@ -35,7 +37,8 @@ static const char usage[] =
 "  --allow_tokenizer_mismatch train on batches whose tokenizer (manifest) differs\n"
 "                             from the model's (refused by default)\n"
 "  --resume_from_checkpoint DIR|true   continue a run (true: the latest checkpoint)\n"
-"  --device cpu               the only device of this build\n"
+"  --device cpu|cuda|cuda:N|auto (cpu)  where to train; auto: the GPU when one is\n"
+"                             usable, else the CPU (libft_cuda.so, docs/CUDA.md)\n"
 "Fine-tuning:\n"
 "  --finetuning_type lora|freeze|full (lora)\n"
 "  --lora_rank N (8)  --lora_alpha X (2*rank)  --lora_dropout P (0)  --use_rslora\n"
@@ -43,8 +46,9 @@ static const char usage[] =
 "  --freeze_trainable_layers N (2; negative: the first N)\n"
 "  --freeze_trainable_modules all|mlp,self_attn,q_proj,...\n"
 "  --gradient_checkpointing   recompute activations in backward (less memory)\n"
-"  --bf16, --fp16             accepted; the CPU computes in float32 and full weights\n"
-"                             are saved in the model config's dtype\n"
+"  --bf16, --fp16             GPU: half-precision weights and matmul inputs, fp32\n"
+"                             masters (fp16 with dynamic loss scaling); CPU: float32\n"
+"                             as before, full weights saved in the config's dtype\n"
 "Optimisation (transformers' Trainer semantics):\n"
 "  --learning_rate (5e-5) --weight_decay (0) --adam_beta1 (0.9) --adam_beta2 (0.999)\n"
 "  --adam_epsilon (1e-8) --max_grad_norm (1.0; 0 disables clipping)\n"
@@ -263,6 +267,53 @@ static ft_model *load_model(ft_cli_args *c)
 	return m;
 }
 
+/* Tokens (B*T) and row length of a pack output's micro-batches. */
+static void batch_shape(const ft_manifest *m, int *max_tokens, int *max_seq)
+{
+	int rows = m->rows_per_batch > 0 ? m->rows_per_batch : m->batch_size;
+	if (rows * m->seq_len > *max_tokens) *max_tokens = rows * m->seq_len;
+	if (m->seq_len > *max_seq) *max_seq = m->seq_len;
+}
+
+/* --device: bind the model on the CPU or the GPU; desc says which, for
+ * the log (trainer_state.json) and stderr.  Returns 1 on the GPU. */
+static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const ft_manifest *vm,
+		      ft_train_model *t, char *desc, size_t n)
+{
+	int idx;
+	char why[5000];
+	int kind = ft_device_resolve(c->device, &idx, why, sizeof why);
+	if (kind < 0) {
+		if (strcmp(c->device, "auto") && strncmp(c->device, "cuda", 4))
+			die_usage("--device: '%s' is not a device (cpu, cuda, cuda:N, auto)", c->device);
+		if (!strncmp(ft_errmsg(), "--device '", 10)) die_usage("%s", ft_errmsg());   /* cuda:x */
+		die("%s", ft_errmsg());
+	}
+	if (kind == FT_DEV_CPU) {
+		if (c->device_given && why[0]) warn("note: --device %s: running on the CPU (%s)", c->device, why);
+		if (c->bf16 || c->fp16)
+			warn("note: --%s: the CPU computes in float32; full weights are saved in the config's dtype",
+			     c->bf16 ? "bf16" : "fp16");
+		snprintf(desc, n, "cpu");
+		*t = ft_train_model_of(m);
+		return 0;
+	}
+	ft_cuda_opts o = { .precision = c->bf16 ? FT_CUDA_BF16 : c->fp16 ? FT_CUDA_F16 : FT_CUDA_F32,
+			   .device = idx };
+	if (c->do_train) batch_shape(tm, &o.max_tokens, &o.max_seq);
+	if (c->n_val) batch_shape(vm, &o.max_tokens, &o.max_seq);
+	char name[256];
+	ft_device_cuda_count(name, sizeof name);
+	if (ft_train_model_of_cuda(m, &o, t) < 0) die("--device %s: %s", c->device, ft_errmsg());
+	char plan[256];
+	ft_cuda_plan_format(ft_cuda_model_plan(ft_cuda_train_device(t)), plan, sizeof plan);
+	const char *prec = c->bf16 ? "bf16" : c->fp16 ? "fp16" : "fp32";
+	if (idx == 0) snprintf(desc, n, "cuda:0 (%s), %s", name, prec);   /* the probe names device 0 */
+	else snprintf(desc, n, "cuda:%d, %s", idx, prec);
+	warn("note: training on %s; device memory planned %s", desc, plan);
+	return 1;
+}
+
 /* --do_eval without --do_train: evaluate and write the results files. */
 static int eval_only(ft_cli_args *c, ft_train_model *tm, ft_batch_source *val)
 {
@@ -329,9 +380,6 @@ int main(int argc, char **argv)
 	if (c.do_eval < 0) c.do_eval = c.n_val > 0 && !c.eval_strategy_no;
 	if (c.do_eval && c.n_val == 0) die_usage("--do_eval needs --val BATCHES");
 	if (c.do_train && c.n_train == 0) die_usage("--train BATCHES is required (the output of ft-pack)");
-	if (c.bf16 || c.fp16)
-		warn("note: --%s: the CPU computes in float32; full weights are saved in the config's dtype",
-		     c.bf16 ? "bf16" : "fp16");
 	if (c.resume && !c.do_train) die_usage("--resume_from_checkpoint needs training");
 
 	/* data first: counts and stage come from the manifests, before any work */
@@ -393,7 +441,10 @@ int main(int argc, char **argv)
 	c.t.output_dir = c.output_dir;
 
 	ft_model *m = load_model(&c);
-	ft_train_model tm = ft_train_model_of(m);
+	ft_train_model tm;
+	char device[512];
+	int on_gpu = bind_model(&c, m, &tm_, &vm_, &tm, device, sizeof device);
+	c.t.device = device;
 	int rc = 0;
 	if (!c.do_train) {
 		rc = eval_only(&c, &tm, &val);
@@ -441,6 +492,16 @@ int main(int argc, char **argv)
 		train.close(train.self);
 	}
 	if (val.self) val.close(val.self);
+	if (on_gpu) {
+		ft_cuda_model *dm = ft_cuda_train_device(&tm);
+		if (ft_verbose >= 0)
+			warn("note: peak GPU memory %.2f GiB", (double)ft_cuda_peak_bytes(dm) / (1 << 30));
+		if (c.fp16 && ft_verbose >= 0)
+			warn("note: fp16 loss scale %g at the end, %lld step%s skipped for overflow",
+			     ft_cuda_loss_scale(dm), (long long)ft_cuda_train_skipped(&tm),
+			     ft_cuda_train_skipped(&tm) == 1 ? "" : "s");
+		ft_cuda_train_free(&tm);
+	}
 	ft_model_free(m);
 	free(resume);
 	for (size_t i = 0; i < c.n_train; i++) free(c.train[i]);

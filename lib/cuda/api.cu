@@ -1,0 +1,34 @@
+/* api.cu - the exported table of libft_cuda.so (backend_internal.h).
+ * Every other symbol of the .so is hidden (-fvisibility=hidden), so its
+ * internal calls never bind to libft.a's forwarding wrappers of the same
+ * names in the tool. */
+#include "cuda/common.cuh"
+#include "cuda/backend_internal.h"
+
+#define FTP_EXPORT __attribute__((visibility("default")))
+
+static const ftp_cuda_api api = {
+	FTP_CUDA_ABI,
+	sizeof(ftp_cuda_api),
+	ft_cuda_plan_memory,
+	ft_cuda_plan_format,
+	ft_cuda_model_new,
+	ft_cuda_model_free,
+	ft_cuda_model_plan,
+	ft_cuda_zero_grad,
+	ft_cuda_forward_backward,
+	ft_cuda_forward,
+	ft_cuda_step,
+	ft_cuda_steps,
+	ft_cuda_loss_scale,
+	ft_cuda_copy_grads_to_host,
+	ft_cuda_copy_weights_to_host,
+	ft_cuda_copy_weights_to_device,
+	ft_cuda_adamw_get,
+	ft_cuda_adamw_set,
+	ft_cuda_set_position,
+	ft_cuda_peak_bytes,
+	ft_cuda_sync,
+};
+
+extern "C" FTP_EXPORT const ftp_cuda_api *ftp_cuda_backend_api(void) { return &api; }

@@ -1,0 +1,110 @@
+/* backend.c - ft_cuda.h in libft.a: every call forwards to libft_cuda.so
+ * through its table (backend_internal.h), loaded on first use by
+ * lib/model/device.c.  Without the .so each call fails with the loader's
+ * message; the model functions that cannot fail (plan, steps, ...) are
+ * only reachable with a model, which needs the .so. */
+#include <stdio.h>
+#include "cuda/backend_internal.h"
+#include "model/device.h"
+#include "model/layers.h"
+#include "util/error.h"
+
+/* The .so calls these back in the executable (-rdynamic); naming them
+ * here links them into every tool that can load the backend. */
+void *const ftp_cuda_host_helpers[] = {
+	(void *)ft_fail, (void *)ft_xmalloc, (void *)ft_xcalloc, (void *)ft_cuda_view_of,
+	(void *)ft_cuda_view_free, (void *)ft_cuda_view_lin_name, (void *)ft_rope_tables,
+	(void *)ft_rope_inv_freq,
+};
+
+static const ftp_cuda_api *api(void)
+{
+	static const ftp_cuda_api *t;
+	if (t)
+		return t;
+	const ftp_cuda_api *(*get)(void) =
+		(const ftp_cuda_api *(*)(void))ft_device_cuda_symbol(FTP_CUDA_API_SYMBOL);
+	if (!get)
+		return NULL;
+	const ftp_cuda_api *a = get();
+	if (!a || a->abi != FTP_CUDA_ABI || a->size != sizeof *a) {
+		ft_fail("%s is from another build of ft (backend ABI %d, this tool's %d): "
+			"rebuild it with this tree's make", ft_device_cuda_path(), a ? a->abi : -1,
+			FTP_CUDA_ABI);
+		return NULL;
+	}
+	return t = a;
+}
+
+int ft_cuda_plan_memory(const ft_cuda_view *v, const ft_cuda_opts *o, ft_cuda_plan *p)
+{
+	const ftp_cuda_api *a = api();
+	return a ? a->plan_memory(v, o, p) : -1;
+}
+
+void ft_cuda_plan_format(const ft_cuda_plan *p, char *buf, size_t n)
+{
+	const ftp_cuda_api *a = api();
+	if (a)
+		a->plan_format(p, buf, n);
+	else if (n)
+		snprintf(buf, n, "%zu bytes", p->total);
+}
+
+ft_cuda_model *ft_cuda_model_new(struct ft_model *m, const ft_cuda_opts *o)
+{
+	const ftp_cuda_api *a = api();
+	return a ? a->model_new(m, o) : NULL;
+}
+
+/* The calls below take a model, which exists only once the table was
+ * loaded by ft_cuda_model_new: api() is then the cached table. */
+#define BACKEND (api())
+
+void ft_cuda_model_free(ft_cuda_model *dm)
+{
+	if (dm)
+		BACKEND->model_free(dm);
+}
+
+const ft_cuda_plan *ft_cuda_model_plan(const ft_cuda_model *dm) { return BACKEND->model_plan(dm); }
+int ft_cuda_zero_grad(ft_cuda_model *dm) { return BACKEND->zero_grad(dm); }
+
+int ft_cuda_forward_backward(ft_cuda_model *dm, const ft_cuda_batch *b, float grad_scale,
+			     double *loss_sum, int64_t *n_tokens)
+{
+	return BACKEND->forward_backward(dm, b, grad_scale, loss_sum, n_tokens);
+}
+
+int ft_cuda_forward(ft_cuda_model *dm, const ft_cuda_batch *b, float *logits,
+		    double *loss_sum, int64_t *n_tokens)
+{
+	return BACKEND->forward(dm, b, logits, loss_sum, n_tokens);
+}
+
+int ft_cuda_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr,
+		 double max_grad_norm, double *grad_norm, int *skipped)
+{
+	return BACKEND->step(dm, o, lr, max_grad_norm, grad_norm, skipped);
+}
+
+int64_t ft_cuda_steps(const ft_cuda_model *dm) { return BACKEND->steps(dm); }
+double ft_cuda_loss_scale(const ft_cuda_model *dm) { return BACKEND->loss_scale(dm); }
+int ft_cuda_copy_grads_to_host(ft_cuda_model *dm) { return BACKEND->copy_grads_to_host(dm); }
+int ft_cuda_copy_weights_to_host(ft_cuda_model *dm) { return BACKEND->copy_weights_to_host(dm); }
+int ft_cuda_copy_weights_to_device(ft_cuda_model *dm) { return BACKEND->copy_weights_to_device(dm); }
+
+int ft_cuda_adamw_get(ft_cuda_model *dm, size_t i, float *exp_avg, float *exp_avg_sq)
+{
+	return BACKEND->adamw_get(dm, i, exp_avg, exp_avg_sq);
+}
+
+int ft_cuda_adamw_set(ft_cuda_model *dm, size_t i, const float *exp_avg,
+		      const float *exp_avg_sq, int64_t step)
+{
+	return BACKEND->adamw_set(dm, i, exp_avg, exp_avg_sq, step);
+}
+
+void ft_cuda_set_position(ft_cuda_model *dm, int64_t n) { BACKEND->set_position(dm, n); }
+size_t ft_cuda_peak_bytes(const ft_cuda_model *dm) { return BACKEND->peak_bytes(dm); }
+int ft_cuda_sync(ft_cuda_model *dm) { return BACKEND->sync(dm); }

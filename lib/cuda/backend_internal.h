@@ -1,0 +1,61 @@
+/* backend_internal.h - the one table between libft.a and libft_cuda.so.
+ *
+ * The CUDA backend is a shared object loaded with dlopen (lib/model/device.c
+ * finds it), so a tool starts and trains on the CPU on a machine without a
+ * CUDA driver or without the .so.  Everything in the .so is hidden except
+ * the two entry points below; lib/cuda/backend.c implements ft_cuda.h in
+ * libft.a by calling through this table.  The .so calls back into the tool
+ * for the library's helpers (ft_fail, ft_xmalloc, ft_cuda_view_of,
+ * ft_rope_tables, ...): the tools are linked with -rdynamic, and
+ * backend.c references those helpers so they are always linked in.
+ *
+ * FTP_CUDA_ABI changes whenever this struct does; a .so from another build
+ * is refused with a message rather than called with the wrong layout.
+ */
+#ifndef FTP_CUDA_BACKEND_INTERNAL_H
+#define FTP_CUDA_BACKEND_INTERNAL_H
+
+#include "cuda/ft_cuda.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FTP_CUDA_ABI 2
+
+typedef struct {
+	int abi;
+	size_t size;             /* sizeof(ftp_cuda_api) where it was built */
+	int (*plan_memory)(const ft_cuda_view *, const ft_cuda_opts *, ft_cuda_plan *);
+	void (*plan_format)(const ft_cuda_plan *, char *, size_t);
+	ft_cuda_model *(*model_new)(struct ft_model *, const ft_cuda_opts *);
+	void (*model_free)(ft_cuda_model *);
+	const ft_cuda_plan *(*model_plan)(const ft_cuda_model *);
+	int (*zero_grad)(ft_cuda_model *);
+	int (*forward_backward)(ft_cuda_model *, const ft_cuda_batch *, float, double *, int64_t *);
+	int (*forward)(ft_cuda_model *, const ft_cuda_batch *, float *, double *, int64_t *);
+	int (*step)(ft_cuda_model *, const ft_cuda_adamw_opts *, double, double, double *, int *);
+	int64_t (*steps)(const ft_cuda_model *);
+	double (*loss_scale)(const ft_cuda_model *);
+	int (*copy_grads_to_host)(ft_cuda_model *);
+	int (*copy_weights_to_host)(ft_cuda_model *);
+	int (*copy_weights_to_device)(ft_cuda_model *);
+	int (*adamw_get)(ft_cuda_model *, size_t, float *, float *);
+	int (*adamw_set)(ft_cuda_model *, size_t, const float *, const float *, int64_t);
+	void (*set_position)(ft_cuda_model *, int64_t);
+	size_t (*peak_bytes)(const ft_cuda_model *);
+	int (*sync)(ft_cuda_model *);
+} ftp_cuda_api;
+
+/* The .so's entry points (exported; looked up by name with dlsym). */
+#define FTP_CUDA_API_SYMBOL "ftp_cuda_backend_api"
+#define FTP_CUDA_PROBE_SYMBOL "ftp_cuda_backend_probe"
+const ftp_cuda_api *ftp_cuda_backend_api(void);
+/* Device count (>= 0), or -1 after ft_fail; desc gets device 0's name. */
+int ftp_cuda_backend_probe(char *desc, size_t desc_size);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
