@@ -206,7 +206,7 @@ static int yaml_value(yaml_reader *y, const char *key, char **out)
 			free(what);
 			return rc;
 		}
-		if (i) ft_sbuf_add(&text, map && i % 2 ? ": " : ", ");
+		if (i) ft_sbuf_add(&text, !map ? "," : i % 2 ? ": " : ", ");
 		ft_sbuf_add(&text, (const char *)y->ev.data.scalar.value);
 		yaml_event_delete(&y->ev);
 	}

@@ -133,7 +133,7 @@ tiny_qwen() {
 	assert_output --partial "a pre-quantized checkpoint (gptq)"
 	run ft-merge --model_name_or_path model --adapter_name_or_path "$FIXTURES/merge/llama-r4/adapter" --export_dir x
 	assert_failure 1
-	assert_output --partial "Cannot merge adapters to a quantized model (gptq)"
+	assert_output --partial "a pre-quantized checkpoint (gptq)"
 	run ft-generate --model_name_or_path model --do_predict --output_dir g < /dev/null
 	assert_failure
 	assert_output --partial "pre-quantized checkpoint (gptq)"
