@@ -9,7 +9,7 @@
  * frames, and directories of shards (*.zst, read in name order).  See
  * docs/FORMAT.md for every kind and field.
  *
- * This module (stream.c, stream_codec.c) is the only caller of zstd and
+ * This module (stream.c, stream_write.c, stream_codec.c) is the only caller of zstd and
  * msgpack in the project.  Readers are never given a wrong record: each
  * zstd frame's checksum is verified before its records are returned, and
  * lengths are bounded before anything is allocated.

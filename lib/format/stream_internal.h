@@ -1,4 +1,4 @@
-/* stream_internal.h - shared by stream.c and stream_codec.c only (the
+/* stream_internal.h - shared by stream.c, stream_write.c and stream_codec.c only (the
  * stream module; nothing else includes msgpack.h). */
 #ifndef FT_STREAM_INTERNAL_H
 #define FT_STREAM_INTERNAL_H

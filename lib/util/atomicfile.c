@@ -280,6 +280,10 @@ int ft_remove_tree(const char *path)
 
 int ft_mkdirs(const char *path)
 {
+	if (!*path) {   /* the loop below starts past the first character */
+		errno = ENOENT;
+		return ft_fail("cannot create a directory with an empty name");
+	}
 	char *p = ft_xstrdup(path);
 	for (char *s = p + 1; ; s++) {
 		if (*s == '/' || *s == 0) {

@@ -89,6 +89,7 @@ static void test_atomic_dir(const char *dir)
 	ok(!exists(inner), "replaced directory has the new contents");
 	snprintf(inner, sizeof inner, "%s/a/b/c", dir);
 	ok(ft_mkdirs(inner) == 0 && exists(inner), "mkdirs");
+	ok(ft_mkdirs("") == -1 && strstr(ft_errmsg(), "empty name"), "mkdirs refuses an empty name");
 	ok(ft_remove_tree(path) == 0 && !exists(path), "remove tree");
 }
 
