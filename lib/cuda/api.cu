@@ -29,6 +29,15 @@ static const ftp_cuda_api api = {
 	ft_cuda_set_position,
 	ft_cuda_peak_bytes,
 	ft_cuda_sync,
+	ft_cuda_infer_plan_memory,
+	ft_cuda_infer_plan_format,
+	ft_cuda_infer_new,
+	ft_cuda_infer_free,
+	ft_cuda_infer_options,
+	ft_cuda_infer_get_plan,
+	ft_cuda_infer_reset,
+	ft_cuda_infer_len,
+	ft_cuda_infer_forward,
 };
 
 extern "C" FTP_EXPORT const ftp_cuda_api *ftp_cuda_backend_api(void) { return &api; }

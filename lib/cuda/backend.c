@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include "cuda/backend_internal.h"
 #include "model/device.h"
+#include "model/infer_batch.h"
 #include "model/layers.h"
 #include "util/error.h"
 
@@ -14,7 +15,8 @@
 void *const ftp_cuda_host_helpers[] = {
 	(void *)ft_fail, (void *)ft_xmalloc, (void *)ft_xcalloc, (void *)ft_cuda_view_of,
 	(void *)ft_cuda_view_free, (void *)ft_cuda_view_lin_name, (void *)ft_rope_tables,
-	(void *)ft_rope_inv_freq,
+	(void *)ft_rope_inv_freq, (void *)ft_infer_batch_plan, (void *)ft_infer_batch_free,
+	(void *)ft_infer_batch_commit,
 };
 
 static const ftp_cuda_api *api(void)
@@ -108,3 +110,52 @@ int ft_cuda_adamw_set(ft_cuda_model *dm, size_t i, const float *exp_avg,
 void ft_cuda_set_position(ft_cuda_model *dm, int64_t n) { BACKEND->set_position(dm, n); }
 size_t ft_cuda_peak_bytes(const ft_cuda_model *dm) { return BACKEND->peak_bytes(dm); }
 int ft_cuda_sync(ft_cuda_model *dm) { return BACKEND->sync(dm); }
+
+/* ---- KV-cache decoding ---- */
+
+int ft_cuda_infer_plan_memory(const ft_cuda_view *v, const ft_cuda_infer_opts *o,
+			      ft_cuda_infer_plan *p)
+{
+	const ftp_cuda_api *a = api();
+	return a ? a->infer_plan_memory(v, o, p) : -1;
+}
+
+void ft_cuda_infer_plan_format(const ft_cuda_infer_plan *p, char *buf, size_t n)
+{
+	const ftp_cuda_api *a = api();
+	if (a)
+		a->infer_plan_format(p, buf, n);
+	else if (n)
+		snprintf(buf, n, "%zu bytes", p->total);
+}
+
+ft_cuda_infer *ft_cuda_infer_new(struct ft_model *m, const ft_cuda_infer_opts *o)
+{
+	const ftp_cuda_api *a = api();
+	return a ? a->infer_new(m, o) : NULL;
+}
+
+void ft_cuda_infer_free(ft_cuda_infer *c)
+{
+	if (c)
+		BACKEND->infer_free(c);
+}
+
+const ft_cuda_infer_opts *ft_cuda_infer_options(const ft_cuda_infer *c)
+{
+	return BACKEND->infer_options(c);
+}
+
+const ft_cuda_infer_plan *ft_cuda_infer_get_plan(const ft_cuda_infer *c)
+{
+	return BACKEND->infer_get_plan(c);
+}
+
+void ft_cuda_infer_reset(ft_cuda_infer *c) { BACKEND->infer_reset(c); }
+int ft_cuda_infer_len(const ft_cuda_infer *c, int row) { return BACKEND->infer_len(c, row); }
+
+int ft_cuda_infer_forward(ft_cuda_infer *c, const int32_t *tokens, const int *rows, int N,
+			  const int *want, float *logits)
+{
+	return BACKEND->infer_forward(c, tokens, rows, N, want, logits);
+}

@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define FTP_CUDA_ABI 2
+#define FTP_CUDA_ABI 3
 
 typedef struct {
 	int abi;
@@ -45,6 +45,18 @@ typedef struct {
 	void (*set_position)(ft_cuda_model *, int64_t);
 	size_t (*peak_bytes)(const ft_cuda_model *);
 	int (*sync)(ft_cuda_model *);
+	/* ABI 3: KV-cache decoding */
+	int (*infer_plan_memory)(const ft_cuda_view *, const ft_cuda_infer_opts *,
+				 ft_cuda_infer_plan *);
+	void (*infer_plan_format)(const ft_cuda_infer_plan *, char *, size_t);
+	ft_cuda_infer *(*infer_new)(struct ft_model *, const ft_cuda_infer_opts *);
+	void (*infer_free)(ft_cuda_infer *);
+	const ft_cuda_infer_opts *(*infer_options)(const ft_cuda_infer *);
+	const ft_cuda_infer_plan *(*infer_get_plan)(const ft_cuda_infer *);
+	void (*infer_reset)(ft_cuda_infer *);
+	int (*infer_len)(const ft_cuda_infer *, int);
+	int (*infer_forward)(ft_cuda_infer *, const int32_t *, const int *, int, const int *,
+			     float *);
 } ftp_cuda_api;
 
 /* The .so's entry points (exported; looked up by name with dlsym). */

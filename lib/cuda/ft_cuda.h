@@ -43,6 +43,8 @@ typedef struct {
 	int max_seq;             /* T of the longest row */
 	size_t mem_limit;        /* bytes; 0 = what the device has free */
 	double loss_scale;       /* fp16 initial scale; 0 = 65536 */
+	int inference;           /* forward only (ft_cuda_infer_*): no gradients,
+				    AdamW state or masters, one activation set */
 } ft_cuda_opts;
 
 /* Device bytes by purpose (the whole plan is one allocation). */
@@ -115,6 +117,47 @@ void ft_cuda_set_position(ft_cuda_model *dm, int64_t micro_batches_done);
 size_t ft_cuda_peak_bytes(const ft_cuda_model *dm);
 /* Wait for the device and report any asynchronous error. */
 int ft_cuda_sync(ft_cuda_model *dm);
+
+/* ---- KV-cache decoding (lib/cuda/infer.cu mirrors lib/model/infer.c) ----
+ * A forward-only device model plus a device KV cache for `rows`
+ * sequences of up to `cap` tokens.  ft_cuda_infer_forward has the
+ * contract of ft_infer_forward (lib/model/infer.h): a call whose rows all
+ * start empty is a prefill (the prompts right-padded into one [B, T]
+ * batch through the training attention), any other call attends over the
+ * cache with the decode kernel, at most `rows` tokens at a time.  Only
+ * the requested logits rows come back to the host.  LoRA adapters of m
+ * are applied on the fly, as on the CPU. */
+typedef struct {
+	ft_cuda_precision precision;   /* weights as training's: fp32, bf16, fp16 */
+	int device;
+	int rows;                /* sequences decoded together */
+	int cap;                 /* tokens per sequence (prompt + new) */
+	int max_prompt;          /* longest prefill run: the [rows, max_prompt] batch */
+	size_t mem_limit;        /* bytes; 0 = what the device has free */
+} ft_cuda_infer_opts;
+
+typedef struct {
+	ft_cuda_plan model;      /* weights + forward buffers of the prefill batch */
+	size_t kv;               /* K and V of every layer, fp32 [L, rows, cap, Hk*hd] */
+	size_t decode;           /* decode-attention scores [rows, Hq, cap], token maps */
+	size_t total;
+} ft_cuda_infer_plan;
+
+typedef struct ft_cuda_infer ft_cuda_infer;
+
+int ft_cuda_infer_plan_memory(const ft_cuda_view *v, const ft_cuda_infer_opts *o,
+			      ft_cuda_infer_plan *p);
+/* "1.23 GiB (weights 0.50, KV cache 0.40, prefill buffers 0.30, decode 0.03)" */
+void ft_cuda_infer_plan_format(const ft_cuda_infer_plan *p, char *buf, size_t n);
+/* Plans first and refuses (needed and available bytes) before allocating. */
+ft_cuda_infer *ft_cuda_infer_new(struct ft_model *m, const ft_cuda_infer_opts *o);
+void ft_cuda_infer_free(ft_cuda_infer *c);
+const ft_cuda_infer_opts *ft_cuda_infer_options(const ft_cuda_infer *c);
+const ft_cuda_infer_plan *ft_cuda_infer_get_plan(const ft_cuda_infer *c);
+void ft_cuda_infer_reset(ft_cuda_infer *c);           /* every row empty */
+int ft_cuda_infer_len(const ft_cuda_infer *c, int row);
+int ft_cuda_infer_forward(ft_cuda_infer *c, const int32_t *tokens, const int *rows, int N,
+			  const int *want, float *logits);
 
 #ifdef __cplusplus
 }

@@ -129,12 +129,12 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	const ft_cuda_view *v = &dm->v;
 	for (int i = 0; i < dm->ntens; i++) {
 		ft_dt *t = &dm->tens[i];
-		int half = dm->half && t->matrix;
+		int half = dm->half && t->matrix, train = t->hg && !dm->o.inference;
 		if (half)
 			t->h = TAKE(a, t->n, uint16_t, A_WEIGHTS);
 		t->w = !half ? TAKE(a, t->n, float, A_WEIGHTS)
-			     : t->hg ? TAKE(a, t->n, float, A_MASTER) : NULL;
-		if (t->hg) {
+			     : train ? TAKE(a, t->n, float, A_MASTER) : NULL;
+		if (train) {
 			t->g = TAKE(a, t->n, float, A_GRADS);
 			t->m = TAKE(a, t->n, float, A_OPTIM);
 			t->v = TAKE(a, t->n, float, A_OPTIM);
@@ -143,10 +143,11 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	size_t N = dm->o.max_tokens, T = dm->o.max_seq, D = v->D, F = v->F, L = v->L;
 	size_t qd = (size_t)v->Hq * v->hd, kd = (size_t)v->Hk * v->hd, mi = max_in(v);
 	size_t r = lora_rank(dm), V = v->V;
-	dm->n_acts = v->gradient_checkpointing ? 1 : (int)L;
+	dm->n_acts = v->gradient_checkpointing || dm->o.inference ? 1 : (int)L;
 	for (int i = 0; i < dm->n_acts; i++)
 		layout_acts(dm, a, &dm->acts[i], N, r);
-	dm->xs = TAKE(a, (L + 1) * N * D, float, A_ACTS);
+	/* inference keeps only a layer's input and output (lib/cuda/infer.cu) */
+	dm->xs = TAKE(a, (dm->o.inference ? 2 : L + 1) * N * D, float, A_ACTS);
 	dm->lnf = TAKE(a, N * D, float, A_ACTS);
 	dm->rstdf = TAKE(a, N, float, A_ACTS);
 	dm->cos_t = TAKE(a, N * v->hd / 2, float, A_SCRATCH);
@@ -735,4 +736,18 @@ int ft_cuda_forward_backward(ft_cuda_model *dm, const ft_cuda_batch *b, float gr
 		TRY(ft_cu_embedding_backward(dm, dm->wte->g, dm->d_a, dm->ids, N, D));
 	ft_cu_sample_peak(dm);
 	return 0;
+}
+
+/* For lib/cuda/infer.cu (KV-cache decoding): one layer over a batch, and
+ * one linear module with its LoRA branch (a->lh[j] its hidden). */
+int ft_cu_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in, float *x_out,
+			const ft_cuda_batch *b)
+{
+	return layer_forward(dm, l, a, x_in, x_out, b);
+}
+
+int ft_cu_lin_forward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const float *x,
+		      int N)
+{
+	return lin_fwd(dm, l, j, a, y, x, N);
 }

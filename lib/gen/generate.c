@@ -34,10 +34,10 @@ typedef struct {
 
 /* Choose each row's next token from its logits row; returns the number
  * of rows still running. */
-static int choose(const ft_model *m, const ft_gen_opts *o, group *g, const int *active,
+static int choose(int V, const ft_gen_opts *o, group *g, const int *active,
 		  int n_active, ft_i32vec *outs, int32_t *next, ft_gen_token_fn fn, void *ctx)
 {
-	int V = ft_model_config(m)->vocab_size, running = 0;
+	int running = 0;
 	for (int k = 0; k < n_active; k++) {
 		int r = active[k];
 		float *lg = g->logits + (size_t)k * V;
@@ -53,8 +53,8 @@ static int choose(const ft_model *m, const ft_gen_opts *o, group *g, const int *
 	return running;
 }
 
-static int run_group(ft_model *m, const ft_i32vec *prompts, group *g, const ft_gen_opts *o,
-		     ft_i32vec *outs, ft_gen_token_fn fn, void *ctx)
+static int run_group(const ft_decoder *d, const ft_i32vec *prompts, group *g,
+		     const ft_gen_opts *o, ft_i32vec *outs, ft_gen_token_fn fn, void *ctx)
 {
 	size_t longest = 0, total = 0;
 	for (int r = 0; r < g->n; r++) {
@@ -64,7 +64,8 @@ static int run_group(ft_model *m, const ft_i32vec *prompts, group *g, const ft_g
 		if (p->n > longest) longest = p->n;
 	}
 	int cap = (int)(longest + o->max_new_tokens);
-	ft_kvcache *kv = ft_kvcache_new(m, g->n, cap);
+	void *kv = d->open(d->ctx, g->n, cap);
+	if (!kv) return -1;
 	int32_t *toks = ft_xmalloc(total * sizeof *toks), *next = ft_xcalloc(g->n, sizeof *next);
 	int *rows = ft_xmalloc(total * sizeof *rows), *want = ft_xcalloc(total, sizeof *want);
 	int *active = ft_xmalloc(g->n * sizeof *active);
@@ -74,26 +75,43 @@ static int run_group(ft_model *m, const ft_i32vec *prompts, group *g, const ft_g
 		for (size_t i = 0; i < p->n; i++, k++) toks[k] = p->v[i], rows[k] = r, want[k] = i + 1 == p->n;
 		active[r] = r;
 	}
-	int rc = ft_infer_forward(m, kv, toks, rows, (int)total, want, g->logits);
-	int running = rc == 0 ? choose(m, o, g, active, g->n, outs, next, fn, ctx) : 0;
+	int rc = d->forward(d->ctx, kv, toks, rows, (int)total, want, g->logits);
+	int running = rc == 0 ? choose(d->vocab, o, g, active, g->n, outs, next, fn, ctx) : 0;
 	while (rc == 0 && running > 0) {          /* one token per unfinished row */
 		int n = 0;
 		for (int r = 0; r < g->n; r++)
 			if (!g->done[r]) toks[n] = next[r], rows[n] = r, active[n++] = r;
-		rc = ft_infer_forward(m, kv, toks, rows, n, NULL, g->logits);
-		if (rc == 0) running = choose(m, o, g, active, n, outs, next, fn, ctx);
+		rc = d->forward(d->ctx, kv, toks, rows, n, NULL, g->logits);
+		if (rc == 0) running = choose(d->vocab, o, g, active, n, outs, next, fn, ctx);
 	}
-	ft_kvcache_free(kv);
+	d->close(d->ctx, kv);
 	free(toks); free(next); free(rows); free(want); free(active);
 	return rc;
+}
+
+/* The CPU decoder: ft_kvcache and ft_infer_forward. */
+static void *cpu_open(void *m, int rows, int cap) { return ft_kvcache_new(m, rows, cap); }
+static void cpu_close(void *m, void *kv) { (void)m; ft_kvcache_free(kv); }
+
+static int cpu_forward(void *m, void *kv, const int32_t *tokens, const int *rows, int N,
+		       const int *want, float *logits)
+{
+	return ft_infer_forward(m, kv, tokens, rows, N, want, logits);
 }
 
 int ft_generate(ft_model *m, const ft_i32vec *prompts, size_t n, const ft_gen_opts *o,
 		ft_i32vec *outs, ft_gen_token_fn on_token, void *ctx)
 {
+	ft_decoder d = { m, ft_model_config(m)->vocab_size, cpu_open, cpu_forward, cpu_close };
+	return ft_generate_on(&d, prompts, n, o, outs, on_token, ctx);
+}
+
+int ft_generate_on(const ft_decoder *d, const ft_i32vec *prompts, size_t n,
+		   const ft_gen_opts *o, ft_i32vec *outs, ft_gen_token_fn on_token, void *ctx)
+{
 	if (ft_sampling_check(&o->sampling) < 0) return -1;
 	if (o->max_new_tokens < 1) return ft_fail("max_new_tokens must be at least 1");
-	int V = ft_model_config(m)->vocab_size, bs = o->batch_size > 0 ? o->batch_size : 1;
+	int V = d->vocab, bs = o->batch_size > 0 ? o->batch_size : 1;
 	group g = {0};
 	g.rng = ft_xmalloc(bs * sizeof *g.rng);
 	g.done = ft_xmalloc(bs * sizeof *g.done);
@@ -111,7 +129,7 @@ int ft_generate(ft_model *m, const ft_i32vec *prompts, size_t n, const ft_gen_op
 			ft_i32vec_append(&g.ctx[r], prompts[first + r].v, prompts[first + r].n);
 			outs[first + r].n = 0;
 		}
-		rc = run_group(m, prompts, &g, o, outs, on_token, ctx);
+		rc = run_group(d, prompts, &g, o, outs, on_token, ctx);
 	}
 	for (int r = 0; r < bs; r++) ft_i32vec_free(&g.ctx[r]);
 	free(g.rng); free(g.done); free(g.ctx); free(g.logits); free(g.scratch);

@@ -1,5 +1,6 @@
 /* infer.c - KV-cache decoding over the layer functions; see infer.h */
 #include "model/infer.h"
+#include "model/infer_batch.h"
 #include "model/vexp.h"
 #include "model/model_internal.h"
 #include "util/error.h"
@@ -176,30 +177,18 @@ static void layer_step(ft_model *m, ft_kvcache *c, int l, const int *rows, infer
 	add_to(b->x, b->tmp, (size_t)N * D);
 }
 
-/* Positions of the new tokens and the rope tables for them. */
+/* Positions of the new tokens (the bookkeeping the CUDA decoder shares,
+ * infer_batch.h). */
 static int place_tokens(const ft_model *m, const ft_kvcache *c, const int32_t *tokens,
 			const int *rows, infer_buf *b, int *maxpos)
 {
-	int *next = ft_xmalloc(c->rows * sizeof(int));
-	memcpy(next, c->len, c->rows * sizeof(int));
-	*maxpos = 0;
-	for (int i = 0; i < b->N; i++) {
-		if (rows[i] < 0 || rows[i] >= c->rows) {
-			free(next);
-			return ft_fail("token %d: row %d is not in the cache (%d rows)", i, rows[i], c->rows);
-		}
-		if (tokens[i] < 0 || tokens[i] >= m->c.vocab_size) {
-			free(next);
-			return ft_fail("token id %d is outside the vocabulary (%d)", tokens[i], m->c.vocab_size);
-		}
-		if (next[rows[i]] >= c->cap) {
-			free(next);
-			return ft_fail("row %d is longer than the cache (%d tokens)", rows[i], c->cap);
-		}
-		b->pos[i] = next[rows[i]]++;
-		if (b->pos[i] > *maxpos) *maxpos = b->pos[i];
-	}
-	free(next);
+	ft_infer_batch p;
+	if (ft_infer_batch_plan(&p, c->len, c->rows, c->cap, m->c.vocab_size, tokens, rows,
+				b->N, NULL) < 0)
+		return -1;
+	memcpy(b->pos, p.pos, b->N * sizeof *b->pos);
+	*maxpos = p.maxpos;
+	ft_infer_batch_free(&p);
 	return 0;
 }
 

@@ -20,7 +20,12 @@ typedef struct {
 	long long max_samples, cutoff_len;
 	int overwrite_output_dir;
 	ft_gen_opts gen;
+	/* device (device.c) */
+	const char *device;
+	int device_given, device_kind, device_index, bf16, fp16;
 } gen_cli;
+
+typedef struct gen_device gen_device;
 
 typedef struct {
 	ft_model *model;
@@ -29,6 +34,7 @@ typedef struct {
 	ft_prep *prep;
 	int32_t stop[64];
 	size_t n_stop;
+	gen_device *dev;     /* the GPU decoder, NULL on the CPU */
 } gen_env;
 
 /* One prompt to answer. */
@@ -49,6 +55,17 @@ void gen_items_free(gen_items *it);
  * records, or a dataset (prediction). */
 int read_prompts(const gen_cli *o, const gen_env *e, gen_items *out);
 int read_dataset_prompts(const gen_cli *o, const gen_env *e, gen_items *out);
+
+/* device.c: --device as ft-train resolves it (usage errors exit 2, a
+ * missing GPU 1), the GPU decoder planned for the prompts (nothing on the
+ * CPU; `extra`: a prompt length to plan for beyond these), and
+ * ft_generate on whichever it is. */
+void gen_device_resolve(gen_cli *o);
+void gen_device_bind(const gen_cli *o, gen_env *e, const ft_i32vec *prompts, size_t n,
+		     size_t extra);
+int gen_run(gen_env *e, const ft_i32vec *prompts, size_t n, const ft_gen_opts *g,
+	    ft_i32vec *outs, ft_gen_token_fn fn, void *ctx);
+void gen_device_free(gen_env *e);
 
 /* output.c */
 int write_results(const gen_cli *o, const gen_env *e, const gen_items *it,

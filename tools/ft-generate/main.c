@@ -26,7 +26,10 @@ static void usage(void)
 "  --tokenizer PATH             tokenizer (default: the model directory)\n"
 "  --template NAME|FILE         chat template (default: empty)\n"
 "  --default_system TEXT        replace the template's system prompt\n"
-"  --device cpu                 where to run (ft-generate: the CPU only)\n"
+"  --device cpu|cuda|cuda:N|auto  where to decode (cpu); auto: the GPU when one\n"
+"                               is present, else the CPU with a note\n"
+"  --bf16, --fp16               GPU: half-precision weights and matmul inputs (as\n"
+"                               ft-train); CPU: float32 with a note\n"
 "Sampling (defaults as LLaMA-Factory's generating arguments):\n"
 "  --do_sample BOOL             sample (default true); false = greedy\n"
 "  --temperature X              default 0.95\n"
@@ -64,6 +67,7 @@ enum {
 	O_MODEL = 256, O_ADAPTER, O_TOKENIZER, O_TEMPLATE, O_SYSTEM, O_DEVICE, O_DO_SAMPLE,
 	O_TEMP, O_TOP_P, O_TOP_K, O_REP, O_MAX_NEW, O_SEED, O_BATCH, O_SKIP, O_LINES, O_STRICT,
 	O_PREDICT, O_DATASET, O_DATASET_DIR, O_MAX_SAMPLES, O_CUTOFF, O_OUTPUT_DIR, O_OVERWRITE,
+	O_BF16, O_FP16,
 };
 
 static const struct option longopts[] = {
@@ -96,6 +100,8 @@ static const struct option longopts[] = {
 	{"cutoff_len", required_argument, 0, O_CUTOFF},
 	{"output_dir", required_argument, 0, O_OUTPUT_DIR},
 	{"overwrite_output_dir", optional_argument, 0, O_OVERWRITE},
+	{"bf16", optional_argument, 0, O_BF16},
+	{"fp16", optional_argument, 0, O_FP16},
 	{"quiet", no_argument, 0, 'q'},
 	{"verbose", no_argument, 0, 'v'},
 	{"help", no_argument, 0, 'h'},
@@ -130,11 +136,9 @@ static void parse_args(gen_cli *o, int argc, char **argv)
 		case O_TOKENIZER: o->tokenizer_path = optarg; break;
 		case O_TEMPLATE: o->template_name = optarg; break;
 		case O_SYSTEM: o->default_system = optarg; break;
-		case O_DEVICE:
-			if (strcmp(optarg, "cpu"))
-				die_usage("--device %s: ft-generate decodes on the CPU only (cpu); the GPU "
-					  "decoder is not written yet (docs/CUDA.md)", optarg);
-			break;
+		case O_DEVICE: o->device = optarg, o->device_given = 1; break;
+		case O_BF16: o->bf16 = ft_optarg_bool("bf16", argc, argv); break;
+		case O_FP16: o->fp16 = ft_optarg_bool("fp16", argc, argv); break;
 		case O_DO_SAMPLE: o->gen.sampling.do_sample = ft_optarg_bool("do_sample", argc, argv); break;
 		case O_SKIP: o->skip_special = ft_optarg_bool("skip_special_tokens", argc, argv); break;
 		case O_LINES: o->lines = 1; break;
@@ -162,6 +166,7 @@ static void parse_args(gen_cli *o, int argc, char **argv)
 	if (ft_sampling_check(&o->gen.sampling) < 0) die_usage("%s", ft_errmsg());
 	if (o->gen.max_new_tokens < 1) die_usage("--max_new_tokens must be at least 1");
 	if (o->gen.batch_size < 1) die_usage("--per_device_eval_batch_size must be at least 1");
+	if (o->bf16 && o->fp16) die_usage("--bf16 and --fp16 exclude each other");
 }
 
 /* All adapters but the last are merged into the base weights, the last is
@@ -206,6 +211,7 @@ static void load_env(const gen_cli *o, gen_env *e)
 
 static void free_env(gen_env *e)
 {
+	gen_device_free(e);
 	ft_prep_free(e->prep);
 	ft_template_free(e->tmpl);
 	ft_tokenizer_free(e->tok);
@@ -216,6 +222,7 @@ int main(int argc, char **argv)
 {
 	ft_cli_init(argc, argv);
 	gen_cli o = {0};
+	o.device = "cpu";
 	ft_gen_defaults(&o.gen);
 	o.gen.seed = 42;
 	o.skip_special = 1;
@@ -225,10 +232,13 @@ int main(int argc, char **argv)
 		usage();
 		return FT_EXIT_USAGE;
 	}
+	gen_device_resolve(&o);
 	gen_env e = {0};
 	load_env(&o, &e);
 	o.gen.stop_ids = e.stop, o.gen.n_stop = e.n_stop;
 	if (o.interactive) {
+		/* one row; a conversation up to cutoff_len tokens prefills in one batch */
+		gen_device_bind(&o, &e, NULL, 0, (size_t)o.cutoff_len);
 		int rc = run_interactive(&o, &e);
 		free_env(&e);
 		return rc;
@@ -240,9 +250,10 @@ int main(int argc, char **argv)
 	ft_i32vec *outs = ft_xcalloc(it.n ? it.n : 1, sizeof *outs);
 	ft_i32vec *prompts = ft_xcalloc(it.n ? it.n : 1, sizeof *prompts);
 	for (size_t i = 0; i < it.n; i++) prompts[i] = it.v[i].ids;
+	gen_device_bind(&o, &e, prompts, it.n, 0);
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	if (ft_generate(e.model, prompts, it.n, &o.gen, outs, NULL, NULL) < 0) die_lib();
+	if (gen_run(&e, prompts, it.n, &o.gen, outs, NULL, NULL) < 0) die_lib();
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	double secs = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
 	if (write_results(&o, &e, &it, outs, secs) < 0) die_lib();

@@ -162,7 +162,7 @@ static int chat_turn(const gen_cli *o, gen_env *e, history *h)
 	int rc = ft_chat_prompt(e->prep, e->tmpl, h->v, h->n, NULL, NULL, &prompt);
 	fputs("Assistant: ", stdout);
 	fflush(stdout);
-	if (rc == 0) rc = ft_generate(e->model, &prompt, 1, &o->gen, &out, on_token, &s);
+	if (rc == 0) rc = gen_run(e, &prompt, 1, &o->gen, &out, on_token, &s);
 	fputs("\n\n", stdout);
 	if (rc == 0) {
 		char *answer = decode_ids(e, &out, 1);
