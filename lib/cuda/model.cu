@@ -155,20 +155,22 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	int32_t **ip[] = { &dm->ids, &dm->pos, &dm->targets, &dm->rows, &dm->seg };
 	for (size_t i = 0; i < sizeof ip / sizeof *ip; i++)
 		*ip[i] = TAKE(a, N, int32_t, A_SCRATCH);
+	/* backward and dropout buffers: empty (never used) for inference */
+	size_t Nb = dm->o.inference ? 0 : N;
 	float **nd[] = { &dm->d_a, &dm->d_b, &dm->d_ln, &dm->head_x, &dm->head_dx };
 	for (size_t i = 0; i < sizeof nd / sizeof *nd; i++)
-		*nd[i] = TAKE(a, N * D, float, A_SCRATCH);
-	dm->d_att = TAKE(a, N * qd, float, A_SCRATCH);
-	dm->dq = TAKE(a, N * qd, float, A_SCRATCH);
-	dm->dk = TAKE(a, N * kd, float, A_SCRATCH);
-	dm->dv = TAKE(a, N * kd, float, A_SCRATCH);
+		*nd[i] = TAKE(a, (nd[i] == &dm->head_x ? N : Nb) * D, float, A_SCRATCH);
+	dm->d_att = TAKE(a, Nb * qd, float, A_SCRATCH);
+	dm->dq = TAKE(a, Nb * qd, float, A_SCRATCH);
+	dm->dk = TAKE(a, Nb * kd, float, A_SCRATCH);
+	dm->dv = TAKE(a, Nb * kd, float, A_SCRATCH);
 	float **nf[] = { &dm->hbuf, &dm->dh, &dm->dgate, &dm->dup };
 	for (size_t i = 0; i < sizeof nf / sizeof *nf; i++)
-		*nf[i] = TAKE(a, N * F, float, A_SCRATCH);
+		*nf[i] = TAKE(a, (i ? Nb : N) * F, float, A_SCRATCH);
 	dm->tmp = TAKE(a, N * (mi > D ? mi : D), float, A_SCRATCH);
-	dm->drop = TAKE(a, N * mi, float, A_SCRATCH);
-	dm->ddrop = TAKE(a, N * mi, float, A_SCRATCH);
-	dm->lhs = TAKE(a, N * (r ? r : 1), float, A_SCRATCH);
+	dm->drop = TAKE(a, Nb * mi, float, A_SCRATCH);
+	dm->ddrop = TAKE(a, Nb * mi, float, A_SCRATCH);
+	dm->lhs = TAKE(a, Nb * (r ? r : 1), float, A_SCRATCH);
 	size_t chunk = HEAD_BUDGET / V;
 	if (chunk < 1) chunk = 1;
 	if (chunk > N) chunk = N;

@@ -102,7 +102,8 @@ static int cpu_forward(void *m, void *kv, const int32_t *tokens, const int *rows
 int ft_generate(ft_model *m, const ft_i32vec *prompts, size_t n, const ft_gen_opts *o,
 		ft_i32vec *outs, ft_gen_token_fn on_token, void *ctx)
 {
-	ft_decoder d = { m, ft_model_config(m)->vocab_size, cpu_open, cpu_forward, cpu_close };
+	/* m NULL: only the option checks of ft_generate_on run */
+	ft_decoder d = { m, m ? ft_model_config(m)->vocab_size : 0, cpu_open, cpu_forward, cpu_close };
 	return ft_generate_on(&d, prompts, n, o, outs, on_token, ctx);
 }
 

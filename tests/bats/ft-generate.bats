@@ -121,7 +121,7 @@ gen() { ft-generate --model_name_or_path "$MODEL" --tokenizer "$TOK" --template 
 	assert_output --partial "temperature"
 	run gen --max_new_tokens 0 x
 	assert_failure 2
-	run gen --device cuda x
+	run gen --device gpu x
 	assert_failure 2
 	run gen --bogus
 	assert_failure 2
