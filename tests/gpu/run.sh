@@ -1,9 +1,11 @@
 #!/bin/sh
 # tests/gpu/run.sh - checks of the CUDA backend (tests/gpu/*.c).
 # Run from anywhere; it works in the repository root (or a bench bundle).
-#   test_cuda_plan   host only: the memory plan against docs/CUDA.md;
-#                    runs whenever the tests could be built (nvcc present)
+#   test_cuda_plan, test_cuda_infer_plan   host only: the memory plans
+#                    (training, decoding) against docs/CUDA.md; run
+#                    whenever the tests could be built (nvcc present)
 #   test_gpu_parity  needs a GPU: parity with the PyTorch fixtures
+#   test_gpu_generate  needs a GPU: the KV-cache decoder against the CPU's
 # Without a usable GPU (nvidia-smi absent or failing) the GPU tests are
 # skipped with a message and the exit status is 0 (unless the host-only
 # test failed).  FT_GPU_TEST_DIR: prebuilt test binaries (the bundle);
@@ -21,10 +23,12 @@ if [ -z "${FT_GPU_TEST_DIR:-}" ]; then
 	fi
 fi
 fail=0
-if [ $built -eq 1 ] && [ -x "$dir/test_cuda_plan" ]; then
-	echo "# $dir/test_cuda_plan"
-	"$dir/test_cuda_plan" || fail=1
-fi
+host_only="test_cuda_plan test_cuda_infer_plan"
+for h in $host_only; do
+	[ $built -eq 1 ] && [ -x "$dir/$h" ] || continue
+	echo "# $dir/$h"
+	"$dir/$h" || fail=1
+done
 gpu=""
 if ! command -v nvidia-smi >/dev/null 2>&1; then
 	gpu="nvidia-smi not found (no NVIDIA GPU or driver)"
@@ -40,7 +44,7 @@ fi
 nvidia-smi -L
 for t in "$dir"/test_*; do
 	[ -x "$t" ] || continue
-	[ "$(basename "$t")" = test_cuda_plan ] && continue
+	case " $host_only " in *" $(basename "$t") "*) continue ;; esac
 	echo "# $t"
 	"$t" || fail=1
 done
