@@ -13,11 +13,12 @@ make -j2 all gpu-tests build/gpu/bench_gpu
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib" "$out/tests/gpu" "$out/tests/fixtures" "$out/bench/train-gpu"
 # the tools find libft_cuda.so beside themselves (lib/model/device.h)
-cp build/gpu/test_* build/gpu/bench_gpu bin/ft-train bin/ft-cat build/libft_cuda.so "$out/bin/"
+cp build/gpu/test_* build/gpu/bench_gpu bin/ft-train bin/ft-cat bin/ft-generate build/libft_cuda.so "$out/bin/"
 cp tests/gpu/run.sh "$out/tests/gpu/"
-cp -r tests/fixtures/models tests/fixtures/parity tests/fixtures/trainer "$out/tests/fixtures/"
+cp -r tests/fixtures/models tests/fixtures/parity tests/fixtures/trainer tests/fixtures/generate \
+	tests/fixtures/merge "$out/tests/fixtures/"
 cp bench/train-gpu/run.sh bench/train-gpu/train_check.sh bench/train-gpu/torch_gpu.py \
-	"$out/bench/train-gpu/"
+	bench/train-gpu/gen_torch.py "$out/bench/train-gpu/"
 printf '#!/bin/sh\nexec "$(dirname "$0")/bench/train-gpu/run.sh" "$@"\n' > "$out/run.sh"
 chmod +x "$out/run.sh"
 # Shared libraries: everything ldd resolves except glibc's own and the

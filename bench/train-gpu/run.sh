@@ -6,7 +6,9 @@
 # transformers + PEFT, same model, batch and steps, in the same run.
 # Without a GPU every GPU part is skipped with a message (exit 0 when the
 # CPU-runnable parts pass).  Budget: under 8 minutes on an H100/H200.
-#   bundle/run.sh [all|parity|train|bench]       (default all)
+#   bundle/run.sh [all|parity|train|bench|gen]   (default all)
+# gen: ft-generate --device cuda vs transformers generate(), same random
+# TinyLlama-1.1B-shaped model, bf16, batch 8, 128 new tokens (gen_torch.py).
 # Env: PYTHON (python3), STEPS (5), WARMUP (2), CASES ("0.5b-full 7b-lora"; also 1b-full, 7b-lora-ckpt),
 # CASE_TIMEOUT (100 s per side and case).
 # Results: printed, and written to results.md (and $OUT/ when set).
@@ -136,6 +138,42 @@ if [ "$what" = all ] || [ "$what" = bench ]; then
 		save
 	done
 	table
+fi
+
+# Generation throughput: one line, ft-generate --device cuda (tokens it
+# generated / the seconds of its decoding loop, prefill included:
+# predict_results.json) vs transformers generate() on the same model.
+if [ "$what" = all ] || [ "$what" = gen ]; then
+	GEN_B=${GEN_B:-8} GEN_NEW=${GEN_NEW:-128}
+	gdev=${DEVICE:-cuda} gshape="TinyLlama-1.1B shape"
+	[ "$gdev" = cpu ] && gshape="2-layer script-check model on the CPU"
+	if [ "$gdev" = cuda ] && ! nvidia-smi -L >/dev/null 2>&1; then
+		echo "gen: generation throughput skipped: no usable GPU (DEVICE=cpu checks the script)" | tee gen.log
+	else
+		gd=$(mktemp -d)
+		{
+			[ "$gdev" = cpu ] && export GEN_CHECK=1
+			$PY bench/train-gpu/gen_torch.py make "$gd" tests/fixtures/generate/tokenizer "$GEN_B" 48 &&
+			rm -rf "$gd/ft" &&
+			timeout "${CASE_TIMEOUT:-100}" bin/ft-generate --model_name_or_path "$gd" \
+				--tokenizer tests/fixtures/generate/tokenizer --device "$gdev" --bf16 \
+				--do_sample false --max_new_tokens "$GEN_NEW" \
+				--per_device_eval_batch_size "$GEN_B" --do_predict --output_dir "$gd/ft" \
+				"$gd/prompts.jsonl"
+		} > gen.log 2>&1 || { echo "gen: ft side failed" >> gen.log; status=1; }
+		ft=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["predict_tokens_per_second"])' \
+			"$gd/ft/predict_results.json" 2>/dev/null)
+		pt=$(timeout "${CASE_TIMEOUT:-100}" $PY bench/train-gpu/gen_torch.py run "$gd" "$GEN_B" "$GEN_NEW" 2>>gen.log) ||
+			{ echo "gen: torch side failed" >> gen.log; pt='{}'; }
+		ptt=$($PY -c 'import json,sys; print(json.loads(sys.argv[1]).get("tokens_per_s", ""))' "$pt" 2>/dev/null)
+		ratio=$($PY -c 'import sys; print("%.2f" % (float(sys.argv[1]) / float(sys.argv[2])))' "$ft" "$ptt" 2>/dev/null)
+		echo "generation ($gshape, bf16, batch $GEN_B, $GEN_NEW new tokens, greedy):" \
+			"ft-generate --device $gdev ${ft:-failed} tokens/s, transformers generate ${ptt:-failed}" \
+			"tokens/s, ratio ${ratio:-n/a}" | tee -a gen.log
+		rm -rf "$gd"
+	fi
+	{ echo "## Generation"; echo; echo '```'; tail -1 gen.log; echo '```'; echo; } >> "$res"
+	[ -n "${OUT:-}" ] && cp gen.log "$OUT/" 2>/dev/null
 fi
 save
 exit $status
