@@ -378,8 +378,8 @@ static int prefill(ft_cuda_infer *c, const ft_infer_batch *p, const int32_t *tok
 	return head_logits(c, x, p->nwant, logits);
 }
 
-/* Tokens [i0, i0 + n) over the cache; logits of the wanted ones after
- * the `done` rows already written. */
+/* Tokens [i0, i0 + n) over the cache; the logits of the wanted ones to
+ * `logits` (this pass's first row). */
 static int cache_pass(ft_cuda_infer *c, const ft_infer_batch *p, const int32_t *tokens,
 		      const int *rows, const int *want, int i0, int n, float *logits)
 {
@@ -418,7 +418,8 @@ int ft_cuda_infer_forward(ft_cuda_infer *c, const int32_t *tokens, const int *ro
 		size_t V = c->dm->v.V, done = 0;
 		for (int i0 = 0; rc == 0 && i0 < N; i0 += c->o.rows) {
 			int n = N - i0 < c->o.rows ? N - i0 : c->o.rows;
-			rc = cache_pass(c, &p, tokens, rows, want, i0, n, logits ? logits + done * V : NULL);
+			float *lg = logits ? logits + done * V : NULL;
+			rc = cache_pass(c, &p, tokens, rows, want, i0, n, lg);
 			for (int k = 0; k < n; k++)
 				done += !want || want[i0 + k];
 		}
