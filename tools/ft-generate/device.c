@@ -81,15 +81,15 @@ static void dev_close(void *ctx, void *cache) { (void)ctx, (void)cache; }
  * the batch size and the longest prompt, so a plan that does not fit is
  * refused before any generation. */
 void gen_device_bind(const gen_cli *o, gen_env *e, const ft_i32vec *prompts, size_t n,
-		     size_t longest_extra)
+		     size_t extra)
 {
-	if (o->device_kind != FT_DEV_CUDA) return;
+	if (o->device_kind != FT_DEV_CUDA || (n == 0 && extra == 0)) return;   /* nothing to decode */
 	gen_device *d = ft_xcalloc(1, sizeof *d);
 	d->m = e->model;
 	d->index = o->device_index;
 	d->precision = o->bf16 ? FT_CUDA_BF16 : o->fp16 ? FT_CUDA_F16 : FT_CUDA_F32;
 	d->max_new = o->gen.max_new_tokens;
-	size_t longest = longest_extra;
+	size_t longest = extra;
 	for (size_t i = 0; i < n; i++)
 		if (prompts[i].n > longest) longest = prompts[i].n;
 	if (longest < 1) longest = 1;
