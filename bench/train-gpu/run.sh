@@ -16,6 +16,7 @@ set -u
 here=$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)
 cd "$here" || exit 1
 what=${1:-all}
+asked=$what   # what= falls back to parity when the table cannot run
 PY=${PYTHON:-python3}
 STEPS=${STEPS:-5}
 WARMUP=${WARMUP:-2}
@@ -143,7 +144,7 @@ fi
 # Generation throughput: one line, ft-generate --device cuda (tokens it
 # generated / the seconds of its decoding loop, prefill included:
 # predict_results.json) vs transformers generate() on the same model.
-if [ "$what" = all ] || [ "$what" = gen ]; then
+if [ "$asked" = all ] || [ "$asked" = gen ]; then
 	GEN_B=${GEN_B:-8} GEN_NEW=${GEN_NEW:-128}
 	gdev=${DEVICE:-cuda} gshape="TinyLlama-1.1B shape"
 	[ "$gdev" = cpu ] && gshape="2-layer script-check model on the CPU"

@@ -349,18 +349,7 @@ static int prefill(ft_cuda_infer *c, const ft_infer_batch *p, const int32_t *tok
 	ft_cuda_model *dm = c->dm;
 	int B = p->B, T = p->T, N = B * T, D = dm->v.D;
 	TRY(staging_free(c));
-	for (int s = 0; s < N; s++) {
-		dm->h_ids[s] = 0;          /* pads: any valid id; nothing reads them */
-		dm->h_pos[s] = s % T;
-		c->h_mrow[s] = 0;
-		c->h_mpos[s] = -1;
-	}
-	for (int i = 0; i < p->N; i++) {
-		int s = p->slot[i];
-		dm->h_ids[s] = tokens[i];
-		c->h_mrow[s] = rows[i];
-		c->h_mpos[s] = p->pos[i];
-	}
+	ft_infer_batch_prefill_maps(p, tokens, rows, dm->h_ids, dm->h_pos, c->h_mrow, c->h_mpos);
 	TRY(upload_tokens(c, N, p->maxpos));
 	float *x = dm->xs, *y = dm->xs + (size_t)N * D;
 	TRY(ft_cu_embedding_forward(dm, x, dm->ids, dm->wte, N, D));

@@ -91,3 +91,22 @@ void ft_infer_batch_commit(const ft_infer_batch *p, const int *row_of, int *len)
 		if (p->pos[i] + 1 > len[row_of[i]])
 			len[row_of[i]] = p->pos[i] + 1;
 }
+
+void ft_infer_batch_prefill_maps(const ft_infer_batch *p, const int32_t *tokens,
+				 const int *row_of, int32_t *ids, int32_t *rope_pos,
+				 int32_t *cache_row, int32_t *cache_pos)
+{
+	int n = p->B * p->T;
+	for (int s = 0; s < n; s++) {
+		ids[s] = 0;
+		rope_pos[s] = s % p->T;
+		cache_row[s] = 0;
+		cache_pos[s] = -1;
+	}
+	for (int i = 0; i < p->N; i++) {
+		int s = p->slot[i];
+		ids[s] = tokens[i];
+		cache_row[s] = row_of[i];
+		cache_pos[s] = p->pos[i];
+	}
+}

@@ -34,6 +34,13 @@ typedef struct {
 int ft_infer_batch_plan(ft_infer_batch *p, const int *len, int rows, int cap, int vocab,
 			const int32_t *tokens, const int *row_of, int N, const int *want);
 void ft_infer_batch_free(ft_infer_batch *p);
+/* The prefill's padded batch, B * T slots: each slot's token id and RoPE
+ * position (pads: id 0 and their column, never read by a real token),
+ * and the cache row and position its key and value go to (pads: -1).
+ * Only for p->prefill. */
+void ft_infer_batch_prefill_maps(const ft_infer_batch *p, const int32_t *tokens,
+				 const int *row_of, int32_t *ids, int32_t *rope_pos,
+				 int32_t *cache_row, int32_t *cache_pos);
 /* len[r] after the call (positions placed). */
 void ft_infer_batch_commit(const ft_infer_batch *p, const int *row_of, int *len);
 

@@ -33,6 +33,13 @@ static void test_plan(void)
 		      p.slot[4] == 5;
 	ok(slot_ok, "slots are b * T + position (right padding)");
 	ok(p.nwant == 2 && p.want_idx[0] == 2 && p.want_idx[1] == 4, "logits rows: the wanted tokens in order");
+	int32_t ids[6], rp[6], cr[6], cp[6];
+	ft_infer_batch_prefill_maps(&p, tok, rows, ids, rp, cr, cp);
+	/* padded row 0 = cache row 2 (tokens 7, 9, pad), row 1 = cache row 0 (8, 10, 11) */
+	int32_t wids[6] = { 7, 9, 0, 8, 10, 11 }, wrp[6] = { 0, 1, 2, 0, 1, 2 };
+	int32_t wcr[6] = { 2, 2, 0, 0, 0, 0 }, wcp[6] = { 0, 1, -1, 0, 1, 2 };
+	ok(!memcmp(ids, wids, sizeof ids) && !memcmp(rp, wrp, sizeof rp) && !memcmp(cr, wcr, sizeof cr) &&
+	   !memcmp(cp, wcp, sizeof cp), "prefill maps: ids, RoPE positions, cache slots; pads -1");
 	ft_infer_batch_commit(&p, rows, len);
 	ok(len[0] == 3 && len[1] == 0 && len[2] == 2, "commit: the rows' lengths");
 	ft_infer_batch_free(&p);
