@@ -238,7 +238,7 @@ static int write_log_metrics(runctx *c, const ft_trainlog_entry *e, json_t *hist
 {
 	for (size_t i = 0; i < n; i++)
 		json_object_set_new(hist, k[i], json_real(v[i]));
-	if (!c->log) return 0;
+	if (!c->log || n == 0) return 0;   /* then the caller writes the plain line */
 	return ft_trainlog_write_extra(c->log, e, k, v, n);
 }
 

@@ -6,7 +6,9 @@
 #include "model/model_pref.h"
 #include "plot/plot.h"
 #include "util/atomicfile.h"
+#include "util/json.h"
 
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,9 +144,28 @@ static void load_value_head(ft_cli_args *c, ft_pref *p)
 	}
 }
 
+/* TRL's ValueHead: dropout config.summary_dropout_prob when the model's
+ * config.json has it, else 0.1. */
+static double value_dropout(const ft_cli_args *c)
+{
+	char *path = c->from_scratch && c->config ? ft_xstrdup(c->config)
+		   : c->model ? ft_xasprintf("%s/config.json", c->model) : NULL;
+	double p = 0.1;
+	json_t *j = path ? ft_json_load_file(path) : NULL;
+	json_t *v = j ? json_object_get(j, "summary_dropout_prob") : NULL;
+	if (v && json_is_number(v)) p = json_number_value(v);
+	else if (v && json_is_null(v)) p = 0;
+	if (p < 0 || p >= 1) die("%s: summary_dropout_prob %g is not in [0, 1)", path, p);
+	json_decref(j);
+	ft_errclear();
+	free(path);
+	return p;
+}
+
 ft_train_model pref_bind(ft_cli_args *c, ft_model *m)
 {
 	ft_pref_opts *o = &c->pref_opts;
+	if (o->stage == FT_PREF_RM) o->value_dropout = value_dropout(c);
 	ft_model *ref = NULL;
 	if (ft_pref_uses_ref(o)) {
 		if (c->ref_model)
