@@ -283,6 +283,9 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 {
 	int idx;
 	char why[5000];
+	if (c->pref && !strncmp(c->device, "cuda", 4))
+		die_usage("--device %s: --stage %s runs on the CPU only in this ft-train (--device cpu)",
+			  c->device, c->stage);
 	int kind = ft_device_resolve(c->device, &idx, why, sizeof why);
 	if (kind < 0) {
 		if (strcmp(c->device, "auto") && strncmp(c->device, "cuda", 4))
