@@ -54,7 +54,7 @@ load helper
 	assert_output --partial "'deepspeed' is not supported"
 	run ft-run -n --stage ppo --dataset d --output_dir o
 	assert_failure 1
-	assert_output --partial "pt and sft"
+	assert_output --partial "pt, sft, rm, dpo and kto"
 	run ft-run -n --stage sft --dataset d
 	assert_failure 1
 	assert_output --partial "output_dir"
