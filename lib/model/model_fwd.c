@@ -36,6 +36,9 @@ void ftp_model_free_buffers(ft_model *m)
 		*f[i] = NULL;
 	}
 	free(m->pos); free(m->targets); free(m->rows);
+	free(m->keep); free(m->keep_sum); free(m->wmean);   /* model_pref.c */
+	m->keep = NULL; m->keep_sum = NULL; m->wmean = NULL;
+	m->keep_cap = 0; m->keep_n = 0;
 	m->pos = m->targets = m->rows = NULL;
 	m->cap_N = 0;
 }

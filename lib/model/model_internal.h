@@ -60,6 +60,14 @@ struct ft_model {
 	      *dup, *tmp, *drop, *ddrop, *lhs, *head_x, *head_dx,
 	      *head_scratch;
 	int head_chunk, training;
+	/* model_pref.c: the softmax of the last training log-prob pass, kept
+	 * for its backward when small enough (keep_n rows, 0: recompute), and
+	 * the mean LM-head row (for frozen heads, computed once) */
+	float *keep;
+	double *keep_sum;
+	size_t keep_cap;
+	int keep_n;
+	double *wmean;
 };
 
 /* lib/model/model_fwd.c */

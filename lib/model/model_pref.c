@@ -1,10 +1,11 @@
 /* model_pref.c - log-probabilities of the labels, their backward pass and
  * the value head, over the decoder of model_fwd.c (see model_pref.h).
  *
- * The LM head runs only on the positions with a target, `head_chunk` rows
- * at a time as ft_lm_head_loss does, so the [N, V] logits never exist.
- * The backward pass computes those logits again: keeping them would cost
- * N*V floats, and the product is one of the LM head's three.
+ * The LM head runs only on the positions with a target.  A training pass
+ * keeps exp(logits - max) of those rows for its backward pass when they
+ * fit 64 MiB (one product fewer); otherwise both passes go `head_chunk`
+ * rows at a time as ft_lm_head_loss does, and the backward pass computes
+ * the logits again.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -49,16 +50,24 @@ static float exp_row(float *l, int V, double *sum_out)
 	return mx;
 }
 
+/* The mean over the vocabulary of each position's logits is h . mean(W).
+ * A frozen head's mean row is computed once (the buffers' lifetime); a
+ * trained one's every call. */
 static void logit_means(ft_model *m, const ft_batch *b, float *lmean)
 {
 	int N = b->B * b->T, D = m->c.hidden_size, V = m->c.vocab_size;
 	const float *W = m->lm_head.w;
-	double *wm = ft_xcalloc((size_t)D, sizeof *wm);
-	for (int v = 0; v < V; v++)
+	if (!m->wmean || m->lm_head.g) {
+		double *w = m->wmean ? m->wmean : ft_xmalloc((size_t)D * sizeof *w);
+		for (int d = 0; d < D; d++) w[d] = 0;
+		for (int v = 0; v < V; v++)
+			for (int d = 0; d < D; d++)
+				w[d] += W[(size_t)v * D + d];
 		for (int d = 0; d < D; d++)
-			wm[d] += W[(size_t)v * D + d];
-	for (int d = 0; d < D; d++)
-		wm[d] /= V;
+			w[d] /= V;
+		m->wmean = w;
+	}
+	const double *wm = m->wmean;
 #pragma omp parallel for schedule(static) if (N >= 64)
 	for (int i = 0; i < N; i++) {
 		double s = 0;
@@ -67,7 +76,26 @@ static void logit_means(ft_model *m, const ft_batch *b, float *lmean)
 			s += h[d] * wm[d];
 		lmean[i] = (float)s;
 	}
-	free(wm);
+}
+
+/* Where a training pass leaves its exp(logits - max): the kept buffer
+ * when n rows of V fit KEEP_BUDGET floats (the backward pass then needs no
+ * second product), else the chunk scratch (recomputed there). */
+#define KEEP_BUDGET ((size_t)1 << 24)   /* 64 MiB, as the LM head's scratch */
+static float *keep_rows(ft_model *m, int train, int n)
+{
+	size_t need = (size_t)n * m->c.vocab_size;
+	m->keep_n = 0;
+	if (!train || n == 0 || need > KEEP_BUDGET)
+		return NULL;
+	if (need > m->keep_cap) {
+		free(m->keep);
+		free(m->keep_sum);
+		m->keep = ft_xmalloc(need * sizeof(float));
+		m->keep_sum = ft_xmalloc((size_t)n * sizeof(double));
+		m->keep_cap = need;
+	}
+	return m->keep;
 }
 
 int ft_model_logps_forward(ft_model *m, const ft_batch *b, int train, float *logp, float *lmean)
@@ -84,22 +112,29 @@ int ft_model_logps_forward(ft_model *m, const ft_batch *b, int train, float *log
 	if (lmean)
 		logit_means(m, b, lmean);
 	int n = gather_targets(m, b), ch = m->head_chunk;
+	float *keep = keep_rows(m, train, n);
+	if (keep)
+		ch = n;   /* one product straight into the kept rows */
 	for (int r0 = 0; r0 < n; r0 += ch) {
 		int nr = n - r0 < ch ? n - r0 : ch;
-		ft_sgemm(0, 1, nr, V, D, 1, m->head_x + (size_t)r0 * D, D, m->lm_head.w, D, 0,
-			 m->head_scratch, V);
+		float *out = keep ? keep : m->head_scratch;
+		ft_sgemm(0, 1, nr, V, D, 1, m->head_x + (size_t)r0 * D, D, m->lm_head.w, D, 0, out, V);
 #pragma omp parallel for schedule(static) if ((size_t)nr * V >= 4096)
 		for (int i = 0; i < nr; i++) {
-			float *l = m->head_scratch + (size_t)i * V;
+			float *l = out + (size_t)i * V;
 			int tg = m->targets[r0 + i];
 			if (tg < 0 || tg >= V)
 				continue;   /* refused by check_batch before we get here */
 			float lt = l[tg];
 			double sum;
 			float mx = exp_row(l, V, &sum);
+			if (keep)
+				m->keep_sum[r0 + i] = sum;
 			logp[m->rows[r0 + i]] = (float)((double)lt - (mx + log(sum)));
 		}
 	}
+	if (keep)
+		m->keep_n = n;
 	return 0;
 }
 
@@ -107,28 +142,36 @@ int ft_model_logps_backward(ft_model *m, const ft_batch *b, const float *dlogp)
 {
 	int N = b->B * b->T, D = m->c.hidden_size, V = m->c.vocab_size;
 	int n = gather_targets(m, b), ch = m->head_chunk;
+	int kept = m->keep_n == n && n > 0;   /* the forward's exp(logits) are at hand */
+	if (kept)
+		ch = n;
 	for (int r0 = 0; r0 < n; r0 += ch) {
 		int nr = n - r0 < ch ? n - r0 : ch;
 		const float *xc = m->head_x + (size_t)r0 * D;
-		ft_sgemm(0, 1, nr, V, D, 1, xc, D, m->lm_head.w, D, 0, m->head_scratch, V);
+		float *lg = kept ? m->keep : m->head_scratch;
+		if (!kept)
+			ft_sgemm(0, 1, nr, V, D, 1, xc, D, m->lm_head.w, D, 0, lg, V);
 #pragma omp parallel for schedule(static) if ((size_t)nr * V >= 4096)
 		for (int i = 0; i < nr; i++) {
-			float *l = m->head_scratch + (size_t)i * V;
+			float *l = lg + (size_t)i * V;
 			int tg = m->targets[r0 + i];
 			float g = dlogp[m->rows[r0 + i]];
 			/* d logp / d logits = onehot - softmax */
 			double sum;
-			exp_row(l, V, &sum);
+			if (kept)
+				sum = m->keep_sum[r0 + i];
+			else
+				exp_row(l, V, &sum);
 			float s = (float)(-(double)g / sum);
 			for (int j = 0; j < V; j++)
 				l[j] *= s;
 			l[tg] += g;
 		}
-		ft_sgemm(0, 0, nr, D, V, 1, m->head_scratch, V, m->lm_head.w, D, 0,
-			 m->head_dx + (size_t)r0 * D, D);
+		ft_sgemm(0, 0, nr, D, V, 1, lg, V, m->lm_head.w, D, 0, m->head_dx + (size_t)r0 * D, D);
 		if (m->lm_head.g)
-			ft_sgemm(1, 0, V, D, nr, 1, m->head_scratch, V, xc, D, 1, m->lm_head.g, D);
+			ft_sgemm(1, 0, V, D, nr, 1, lg, V, xc, D, 1, m->lm_head.g, D);
 	}
+	m->keep_n = 0;
 	memset(m->d_ln, 0, (size_t)N * D * sizeof(float));
 	for (int k = 0; k < n; k++)
 		memcpy(m->d_ln + (size_t)m->rows[k] * D, m->head_dx + (size_t)k * D, D * sizeof(float));
