@@ -22,7 +22,8 @@ Writes tests/fixtures/pref/:
   <kind>-model-nodrop/    config.json with summary_dropout_prob 0 (TRL's
                           ValueHead reads it) beside links to the model files
   {dpo,rm,kto}.jsonl      batch streams as JSON lines (ft-cat --encode)
-  <kind>-<case>.safetensors   one batch: "loss", "m.<metric>", "grad.<param>"
+  <kind>-<case>-b<i>.safetensors   batch i: "loss", "m.<metric>", "grad.<param>"
+  <kind>-full_sigmoid-b1.safetensors   full fine-tuning, frozen base as reference
   <kind>-steps.txt        "<case> <loss step 1> ... <loss step 5>"
 A value head saved by ft is checked to load with torch (trl 1.16 has no
 AutoModelForCausalLMWithValueHead) by check_value_head(DIR).
@@ -315,6 +316,28 @@ def one_batch(kind, case, batch):
     return t
 
 
+def full_case(kind, batch):
+    """dpo sigmoid with full fine-tuning: the reference is a frozen copy
+    of the base, so the gradients reach every weight (embeddings and the
+    LM head, tied in Qwen2) and the loss starts at log 2."""
+    cls = LlamaForCausalLM if kind == "llama" else Qwen2ForCausalLM
+    src = os.path.join(MODELS, "tiny-" + kind)
+    pol = cls.from_pretrained(src, dtype=torch.float32, attn_implementation="eager")
+    ref = cls.from_pretrained(src, dtype=torch.float32, attn_implementation="eager").eval()
+    ids, lab, am = batch
+    n = ids.shape[0] // 2
+    lp = logps(pol, ids, lab, am)[0]
+    with torch.no_grad():
+        rp = logps(ref, ids, lab, am)[0]
+    z = (lp[:n] - lp[n:]) - (rp[:n] - rp[n:])
+    loss = (-F.logsigmoid(0.1 * z)).mean()
+    loss.backward()
+    t = {"loss": loss.detach().double().reshape(1)}
+    for name, p in pol.named_parameters():
+        t["grad." + name] = p.grad.detach().clone().contiguous()
+    return t
+
+
 def run_steps(kind, case, batches):
     """The HF Trainer's loop: one micro-batch per step, clip 1.0, AdamW
     (lr LR, linear decay over STEPS, no warmup), batches in order."""
@@ -382,6 +405,7 @@ def main():
                 save_file(t, os.path.join(OUT, f"{kind}-{case['name']}-b{bi}.safetensors"))
             steps = run_steps(kind, case, bt)
             lines.append(" ".join([case["name"]] + [repr(x) for x in steps]))
+        save_file(full_case(kind, pth[1]), os.path.join(OUT, f"{kind}-full_sigmoid-b1.safetensors"))
         with open(os.path.join(OUT, kind + "-steps.txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
         print(kind, "done")
