@@ -322,7 +322,8 @@ static int rm_scores(ft_pref *p, const ft_batch *b, int train, double *c, double
 {
 	int ns = p->nseq;
 	float *sc = ft_xmalloc((size_t)ns * sizeof *sc);
-	p->drop_calls++;
+	if (train)   /* one mask per training micro-batch, so a resume continues them */
+		p->drop_calls++;
 	int rc = ft_model_value_forward(p->pol, b, train, p->last, ns, p->vh[0].w, p->vh[1].w[0],
 					(float)p->o.value_dropout, p->o.seed ^ (p->drop_calls * 0x9e3779b97f4a7c15ULL),
 					p->hd, sc);

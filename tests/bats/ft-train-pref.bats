@@ -240,3 +240,34 @@ run_case() {
 	run -1 ft-tokenize --stage dpo --dataset d --dataset_dir data --tokenizer tok --template alpaca -o t.zst
 	assert_output --partial "The dataset is not applicable in the current training stage."
 }
+
+@test "resume from a checkpoint: the same losses and value head as an uninterrupted run (rm, dpo, kto)" {
+	need_jq
+	for s in rm dpo kto; do
+		args="--stage $s --model_name_or_path $LLAMA --train $s.zst --max_steps 4 --save_steps 2 --logging_steps 1 --learning_rate 5e-3 -q"
+		run ft-train $args --output_dir a-$s
+		assert_success
+		run ft-train $args --output_dir b-$s --max_steps 4
+		assert_success
+		rm -rf b-$s/checkpoint-4
+		run ft-train $args --output_dir b-$s --resume_from_checkpoint b-$s/checkpoint-2
+		assert_success
+		[ "$(jq -c .loss a-$s/trainer_log.jsonl)" = "$(jq -c .loss b-$s/trainer_log.jsonl)" ]
+		cmp a-$s/adapter_model.safetensors b-$s/adapter_model.safetensors
+	done
+	cmp a-rm/value_head.safetensors b-rm/value_head.safetensors
+}
+
+@test "gradient accumulation: the step loss is the mean of its micro-batches' losses" {
+	need_jq
+	run ft-train --stage dpo --model_name_or_path "$LLAMA" --adapter_name_or_path "$PREF/llama-lora" \
+		--train dpo.zst --output_dir one --max_steps 2 --logging_steps 1 --learning_rate 0 -q
+	assert_success
+	run ft-train --stage dpo --model_name_or_path "$LLAMA" --adapter_name_or_path "$PREF/llama-lora" \
+		--train dpo.zst --output_dir two --max_steps 1 --gradient_accumulation_steps 2 --logging_steps 1 \
+		--learning_rate 0 -q
+	assert_success
+	run jq -n --slurpfile a one/trainer_log.jsonl --slurpfile b two/trainer_log.jsonl \
+		'(($a[0].loss + $a[1].loss) / 2 - $b[0].loss) | fabs < 1e-6'
+	assert_output true
+}
