@@ -271,3 +271,28 @@ run_case() {
 		'(($a[0].loss + $a[1].loss) / 2 - $b[0].loss) | fabs < 1e-6'
 	assert_output true
 }
+
+@test "rm on neat-packed pairs: every pair scores as in padded batches (segments, positions)" {
+	python3 - > tok.jsonl <<-'EOT'
+	import json, random
+	random.seed(3)
+	print(json.dumps({"format": "ft-stream", "version": 1, "kind": "tokens", "producer": "test",
+	                  "meta": {"stage": "rm", "tokenizer": "tiny", "pad_id": 0, "eos_id": 2, "vocab_size": 256}}))
+	for i in range(10):
+	    p = [random.randrange(3, 256) for _ in range(random.randrange(2, 6))]
+	    c = [random.randrange(3, 256) for _ in range(random.randrange(2, 9))] + [2]
+	    r = [random.randrange(3, 256) for _ in range(random.randrange(2, 9))] + [2]
+	    print(json.dumps({"chosen_input_ids": p + c, "chosen_labels": [-100] * len(p) + c,
+	                      "rejected_input_ids": p + r, "rejected_labels": [-100] * len(p) + r}))
+	EOT
+	ft-cat --encode < tok.jsonl > tok.zst
+	ft-pack -q --stage rm --per_device_train_batch_size 2 --cutoff_len 32 --output_dir pad tok.zst
+	ft-pack -q --stage rm --neat_packing --per_device_train_batch_size 1 --cutoff_len 40 --output_dir neat tok.zst
+	for d in pad neat; do
+		run ft-train --stage rm --model_name_or_path "$PREF/llama-model-nodrop" \
+			--adapter_name_or_path "$PREF/llama-lora" --val $d --do_predict --output_dir p$d -q
+		assert_success
+	done
+	[ "$(grep -c chosen ppad/generated_predictions.jsonl)" -eq 10 ]
+	diff <(sort ppad/generated_predictions.jsonl) <(sort pneat/generated_predictions.jsonl)
+}
