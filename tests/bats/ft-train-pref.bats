@@ -296,3 +296,19 @@ run_case() {
 	[ "$(grep -c chosen ppad/generated_predictions.jsonl)" -eq 10 ]
 	diff <(sort ppad/generated_predictions.jsonl) <(sort pneat/generated_predictions.jsonl)
 }
+
+@test "ft-run: the preference settings reach ft-train; rm do_predict is refused with the ft-train command" {
+	run --separate-stderr ft-run -n train --stage dpo --dataset d --output_dir o --do_train true \
+		--pref_beta 0.2 --pref_loss ipo --pref_ftx 0.1 --simpo_gamma 0.7 --dpo_label_smoothing 0 \
+		--ref_model r --ref_model_adapters ra
+	assert_success
+	[[ "$output" == *"ft-train"*"--stage dpo"*"--pref_beta 0.2 --pref_loss ipo --pref_ftx 0.1 --simpo_gamma 0.7"* ]]
+	[[ "$output" == *"--ref_model r --ref_model_adapters ra"* ]]
+	run --separate-stderr ft-run -n train --stage kto --dataset d --output_dir o --do_train true \
+		--kto_chosen_weight 2 --kto_rejected_weight 0.5
+	assert_success
+	[[ "$output" == *"--kto_chosen_weight 2 --kto_rejected_weight 0.5"* ]]
+	run --separate-stderr ft-run -n train --stage rm --dataset d --output_dir o --do_predict true
+	assert_failure 1
+	[[ "$stderr" == *"ft-train --stage rm --do_predict"* ]]
+}

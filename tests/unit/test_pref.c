@@ -21,6 +21,7 @@
 #include <string.h>
 #include "tap.h"
 #include "format/safetensors.h"
+#include "format/trainlog.h"
 #include "model/model.h"
 #include "model/model_pref.h"
 #include "train/pref.h"
@@ -253,8 +254,34 @@ static void run_full(const char *kind)
 	ft_batch_free(&b);
 }
 
+/* trainer_log.jsonl lines with the metrics after LLaMA-Factory's fields,
+ * read back by the one parser. */
+static void check_log_line(void)
+{
+	ft_trainlog_entry e;
+	ft_trainlog_entry_init(&e);
+	e.current_steps = 3;
+	e.total_steps = 10;
+	e.loss = 0.5;
+	const char *k[] = { "rewards/chosen", "kl" };
+	double v[] = { 0.25, 1e-05 };
+	char *s = ft_trainlog_format_extra(&e, k, v, 2);
+	ok(!strcmp(s, "{\"current_steps\": 3, \"total_steps\": 10, \"loss\": 0.5, "
+		      "\"rewards/chosen\": 0.25, \"kl\": 1e-05}\n"), "log line with metrics: %s", s);
+	ft_trainlog_field f[2] = { { .key = "rewards/chosen" }, { .key = "kl" } };
+	ft_trainlog_entry back;
+	ok(ft_trainlog_parse_fields(s, strlen(s), &back, f, 2) == 0 && f[0].value == 0.25 &&
+	   f[1].value == 1e-05 && back.loss == 0.5, "read back");
+	free(s);
+	ft_trainlog_entry_init(&e);
+	s = ft_trainlog_format_extra(&e, k, v, 1);
+	ok(!strcmp(s, "{\"rewards/chosen\": 0.25}\n"), "only metrics: %s", s);
+	free(s);
+}
+
 int main(void)
 {
+	check_log_line();
 	run_full("llama");
 	run_full("qwen2");
 	check_loss_grads();
