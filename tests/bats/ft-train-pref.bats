@@ -312,3 +312,12 @@ run_case() {
 	assert_failure 1
 	[[ "$stderr" == *"ft-train --stage rm --do_predict"* ]]
 }
+
+@test "full fine-tuning from scratch has no base to refer to: --ref_model is asked for" {
+	run -2 ft-train --stage dpo --train_from_scratch --config "$LLAMA/config.json" --finetuning_type full \
+		--train dpo.zst --output_dir o
+	assert_output --partial "give --ref_model DIR"
+	run ft-train --stage dpo --train_from_scratch --config "$LLAMA/config.json" --finetuning_type full \
+		--ref_model "$LLAMA" --train dpo.zst --output_dir o --max_steps 1 -q
+	assert_success
+}

@@ -105,7 +105,7 @@ void pref_check_manifest(const ft_cli_args *c, const char *path, const ft_manife
 
 /* A frozen model: loaded with LoRA, the adapter (if any) merged, so the
  * weights are the base (plus the adapter) and nothing is trainable. */
-static ft_model *frozen_model(const char *dir, const char *adapters, uint64_t seed)
+static ft_model *frozen_model(const char *what, const char *dir, const char *adapters, uint64_t seed)
 {
 	ft_tune_opts t;
 	memset(&t, 0, sizeof t);
@@ -115,11 +115,11 @@ static ft_model *frozen_model(const char *dir, const char *adapters, uint64_t se
 	t.lora_targets = FT_MOD_Q | FT_MOD_V;
 	t.seed = seed;
 	ft_model *m = ft_model_load(dir, &t);
-	if (!m) die("--ref_model %s: %s", dir, ft_errmsg());
+	if (!m) die("%s %s: %s", what, dir, ft_errmsg());
 	if (adapters) {
 		char *s = ft_xstrdup(adapters), *save = NULL;
 		for (char *a = strtok_r(s, ",", &save); a; a = strtok_r(NULL, ",", &save)) {
-			if (ft_model_load_adapter(m, a) < 0) die("--ref_model_adapters %s: %s", a, ft_errmsg());
+			if (ft_model_load_adapter(m, a) < 0) die("%s: adapter %s: %s", what, a, ft_errmsg());
 			if (ft_model_merge_lora(m) < 0) die("%s", ft_errmsg());
 		}
 		free(s);
@@ -168,15 +168,18 @@ ft_train_model pref_bind(ft_cli_args *c, ft_model *m)
 	if (o->stage == FT_PREF_RM) o->value_dropout = value_dropout(c);
 	ft_model *ref = NULL;
 	if (ft_pref_uses_ref(o)) {
-		if (c->ref_model)
-			ref = frozen_model(c->ref_model, c->ref_model_adapters, c->tune.seed);
-		else if (!c->do_train)
+		if (c->ref_model) {
+			ref = frozen_model("--ref_model", c->ref_model, c->ref_model_adapters, c->tune.seed);
+		} else if (!c->do_train) {
 			ref = m;   /* LLaMA-Factory evaluates against the model itself */
-		else if (c->tune.type != FT_FT_LORA)
-			ref = frozen_model(c->model, c->adapter, c->tune.seed);
-		if (c->from_scratch && !ref && c->tune.type != FT_FT_LORA)
-			die_usage("--stage %s --train_from_scratch: the reference model is the base; give "
-				  "--ref_model", c->stage);
+		} else if (c->tune.type != FT_FT_LORA) {
+			if (c->from_scratch)
+				die_usage("--stage %s --train_from_scratch --finetuning_type %s: the reference "
+					  "would be the base, which is random here; give --ref_model DIR",
+					  c->stage, c->tune.type == FT_FT_FULL ? "full" : "freeze");
+			ref = frozen_model("the reference (a frozen copy of the base)", c->model, c->adapter,
+					   c->tune.seed);
+		}
 	}
 	c->ref = ref != m ? ref : NULL;
 	c->ref_is_policy = ref == m;
