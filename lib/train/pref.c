@@ -56,7 +56,8 @@ static void put(metrics *m, int k, double v, double cnt)
 /* ---- the binding's state ------------------------------------------------- */
 
 struct ft_pref {
-	ft_model *pol, *ref;
+	ft_pref_model pm, rm;     /* the policy, and the reference when has_ref */
+	int has_ref;
 	ft_pref_opts o;
 	size_t np_model;
 	ft_param vh[2];           /* rm: v_head.summary.weight [1, D], .bias [1] */
@@ -126,7 +127,7 @@ static int seq_map(ft_pref *p, const ft_batch *b)
 		units += s0;
 	}
 	size_t N = (size_t)b->B * T;
-	grow(p, N, (size_t)units * 2, ft_model_config(p->pol)->hidden_size);
+	grow(p, N, (size_t)units * 2, p->pm.hidden_size);
 	p->nseq = units * 2;
 	for (int s = 0; s < p->nseq; s++) {
 		p->last[s] = -1;
@@ -196,11 +197,12 @@ static void logit_sums(ft_pref *p, const ft_batch *b)
 /* The reference's log-probs into lp_ref: no graph, no dropout. */
 static int ref_logps(ft_pref *p, const ft_batch *b)
 {
-	if (p->ref)
-		return ft_model_logps_forward(p->ref, b, 0, p->lp_ref, NULL);
-	ft_model_set_adapters(p->pol, 0);
-	int rc = ft_model_logps_forward(p->pol, b, 0, p->lp_ref, NULL);
-	ft_model_set_adapters(p->pol, 1);
+	if (p->has_ref)
+		return p->rm.logps_forward(p->rm.base.self, b, 0, p->lp_ref, NULL);
+	void *pol = p->pm.base.self;
+	p->pm.set_adapters(pol, 0);
+	int rc = p->pm.logps_forward(pol, b, 0, p->lp_ref, NULL);
+	p->pm.set_adapters(pol, 1);
 	return rc;
 }
 
@@ -211,7 +213,7 @@ static int dpo_step(ft_pref *p, const ft_batch *b, int train, float scale, doubl
 	int ref = ft_pref_uses_ref(&p->o), avg = ft_pref_avg_logps(&p->o);
 	if (seq_map(p, b) < 0) return -1;
 	if (ref && ref_logps(p, b) < 0) return -1;
-	if (ft_model_logps_forward(p->pol, b, train, p->lp, p->lmean) < 0) return -1;
+	if (p->pm.logps_forward(p->pm.base.self, b, train, p->lp, p->lmean) < 0) return -1;
 	seq_sums(p, b, p->lp, p->sum);
 	if (ref) seq_sums(p, b, p->lp_ref, p->sum_ref);
 	logit_sums(p, b);
@@ -262,7 +264,7 @@ static int dpo_step(ft_pref *p, const ft_batch *b, int train, float scale, doubl
 		}
 		p->dlp[i] = g;
 	}
-	return ft_model_logps_backward(p->pol, b, p->dlp);
+	return p->pm.logps_backward(p->pm.base.self, b, p->dlp);
 }
 
 /* ---- kto ------------------------------------------------------------------ */
@@ -275,7 +277,7 @@ static int kto_step(ft_pref *p, const ft_batch *b, int train, float scale, doubl
 	if (b->segment_ids)
 		return ft_fail("batch %lld: kto batches must be padded (no neat packing)", (long long)b->index);
 	if (seq_map(p, b) < 0 || ref_logps(p, b) < 0) return -1;
-	if (ft_model_logps_forward(p->pol, b, train, p->lp, p->lmean) < 0) return -1;
+	if (p->pm.logps_forward(p->pm.base.self, b, train, p->lp, p->lmean) < 0) return -1;
 	seq_sums(p, b, p->lp, p->sum);
 	seq_sums(p, b, p->lp_ref, p->sum_ref);
 	logit_sums(p, b);
@@ -302,7 +304,7 @@ static int kto_step(ft_pref *p, const ft_batch *b, int train, float scale, doubl
 		/* sums and counts: logged as sum / count over the window */
 		put(m, c ? K_RC : K_RR, rew[i], 1);
 		put(m, c ? K_LC : K_LR, pol[i], 1);
-		put(m, c ? K_GC : K_GR, p->lsum[2 * i] * ft_model_config(p->pol)->vocab_size, 1);
+		put(m, c ? K_GC : K_GR, p->lsum[2 * i] * p->pm.vocab_size, 1);
 	}
 	put(m, K_KL, kl, 1);   /* logged as the sum over the window, as TRL */
 	free(des);
@@ -312,7 +314,7 @@ static int kto_step(ft_pref *p, const ft_batch *b, int train, float scale, doubl
 		int q = p->seq_of[i];
 		p->dlp[i] = q >= 0 && !(q & 1) ? (float)(dpol[q / 2] * scale) : 0.0f;
 	}
-	return ft_model_logps_backward(p->pol, b, p->dlp);
+	return p->pm.logps_backward(p->pm.base.self, b, p->dlp);
 }
 
 /* ---- rm ------------------------------------------------------------------- */
@@ -324,7 +326,7 @@ static int rm_scores(ft_pref *p, const ft_batch *b, int train, double *c, double
 	float *sc = ft_xmalloc((size_t)ns * sizeof *sc);
 	if (train)   /* one mask per training micro-batch, so a resume continues them */
 		p->drop_calls++;
-	int rc = ft_model_value_forward(p->pol, b, train, p->last, ns, p->vh[0].w, p->vh[1].w[0],
+	int rc = p->pm.value_forward(p->pm.base.self, b, train, p->last, ns, p->vh[0].w, p->vh[1].w[0],
 					(float)p->o.value_dropout, p->o.seed ^ (p->drop_calls * 0x9e3779b97f4a7c15ULL),
 					p->hd, sc);
 	for (int i = 0; rc == 0 && i < ns / 2; i++) {
@@ -352,7 +354,7 @@ static int rm_step(ft_pref *p, const ft_batch *b, int train, float scale, double
 		ds[2 * i + 1] = (float)(dr[i] * scale);
 	}
 	double db = 0;
-	int rc = ft_model_value_backward(p->pol, b, p->last, 2 * n, p->vh[0].w, (float)p->o.value_dropout,
+	int rc = p->pm.value_backward(p->pm.base.self, b, p->last, 2 * n, p->vh[0].w, (float)p->o.value_dropout,
 					 p->o.seed ^ (p->drop_calls * 0x9e3779b97f4a7c15ULL), p->hd, ds,
 					 p->vh[0].g, &db);
 	p->vh[1].g[0] += (float)db;
@@ -380,13 +382,13 @@ static size_t pf_nparams(void *self)
 static ft_param *pf_param(void *self, size_t i)
 {
 	ft_pref *p = self;
-	return i < p->np_model ? ft_model_param(p->pol, i) : &p->vh[i - p->np_model];
+	return i < p->np_model ? p->pm.base.param(p->pm.base.self, i) : &p->vh[i - p->np_model];
 }
 
 static void pf_zero_grad(void *self)
 {
 	ft_pref *p = self;
-	ft_model_zero_grad(p->pol);
+	p->pm.base.zero_grad(p->pm.base.self);
 	if (p->o.stage == FT_PREF_RM)
 		for (int k = 0; k < 2; k++) memset(p->vh[k].g, 0, p->vh[k].n * sizeof(float));
 }
@@ -420,14 +422,14 @@ static int save_value_head(ft_pref *p, const char *dir)
 static int pf_save(void *self, const char *dir)
 {
 	ft_pref *p = self;
-	if (ft_model_save(p->pol, dir) < 0) return -1;
+	if (p->pm.base.save(p->pm.base.self, dir) < 0) return -1;
 	return p->o.stage == FT_PREF_RM ? save_value_head(p, dir) : 0;
 }
 
 static void pf_set_position(void *self, int64_t n)
 {
 	ft_pref *p = self;
-	ft_model_set_dropout_position(p->pol, (uint64_t)n);
+	if (p->pm.base.set_position) p->pm.base.set_position(p->pm.base.self, n);
 	p->drop_calls = (uint64_t)n;
 }
 
@@ -461,31 +463,106 @@ static size_t pf_metrics(void *self, int eval, const char **keys, double *vals, 
 	return k;
 }
 
+/* A device optimizer steps the model's own weights: passed through. */
+static int pf_step(void *self, const ft_adamw_opts *o, double lr, double max_norm, double *gn)
+{
+	ft_pref *p = self;
+	return p->pm.base.step(p->pm.base.self, o, lr, max_norm, gn);
+}
+static int pf_state_out(void *self, ft_adamw *opt)
+{
+	ft_pref *p = self;
+	return p->pm.base.state_out(p->pm.base.self, opt);
+}
+static int pf_state_in(void *self, const ft_adamw *opt)
+{
+	ft_pref *p = self;
+	return p->pm.base.state_in(p->pm.base.self, opt);
+}
+static size_t pf_peak(void *self)
+{
+	ft_pref *p = self;
+	return p->pm.base.peak_bytes(p->pm.base.self);
+}
+
 ft_train_model ft_pref_train_model(ft_pref *p)
 {
 	ft_train_model t = { .self = p, .nparams = pf_nparams, .param = pf_param,
 			     .zero_grad = pf_zero_grad, .forward_backward = pf_fwd_bwd,
 			     .forward = pf_fwd, .save = pf_save, .set_position = pf_set_position,
 			     .batch_mean = 1, .metrics = pf_metrics };
+	if (p->pm.base.step) {
+		t.step = pf_step;
+		t.state_out = pf_state_out;
+		t.state_in = pf_state_in;
+	}
+	if (p->pm.base.peak_bytes) t.peak_bytes = pf_peak;
 	return t;
+}
+
+/* ---- the CPU model -------------------------------------------------------- */
+
+static int cpu_logps_fwd(void *m, const ft_batch *b, int train, float *lp, float *lmean)
+{
+	return ft_model_logps_forward(m, b, train, lp, lmean);
+}
+static int cpu_logps_bwd(void *m, const ft_batch *b, const float *d)
+{
+	return ft_model_logps_backward(m, b, d);
+}
+static void cpu_adapters(void *m, int on) { ft_model_set_adapters(m, on); }
+static int cpu_value_fwd(void *m, const ft_batch *b, int train, const int32_t *pos, int n,
+			 const float *vw, float vb, float p_drop, uint64_t seed, float *hd, float *score)
+{
+	return ft_model_value_forward(m, b, train, pos, n, vw, vb, p_drop, seed, hd, score);
+}
+static int cpu_value_bwd(void *m, const ft_batch *b, const int32_t *pos, int n, const float *vw,
+			 float p_drop, uint64_t seed, const float *hd, const float *ds, float *dvw,
+			 double *dvb)
+{
+	return ft_model_value_backward(m, b, pos, n, vw, p_drop, seed, hd, ds, dvw, dvb);
+}
+
+ft_pref_model ft_pref_model_of(ft_model *m)
+{
+	const ft_config *c = ft_model_config(m);
+	ft_pref_model pm = { .base = ft_train_model_of(m), .hidden_size = c->hidden_size,
+			     .vocab_size = c->vocab_size, .has_adapters = ft_model_has_adapters(m),
+			     .logps_forward = cpu_logps_fwd, .logps_backward = cpu_logps_bwd,
+			     .set_adapters = cpu_adapters, .value_forward = cpu_value_fwd,
+			     .value_backward = cpu_value_bwd };
+	return pm;
 }
 
 /* ---- construction --------------------------------------------------------- */
 
 ft_pref *ft_pref_new(ft_model *policy, ft_model *ref, const ft_pref_opts *o)
 {
-	if (ft_pref_uses_ref(o) && !ref && !ft_model_has_adapters(policy)) {
+	ft_pref_model pm = ft_pref_model_of(policy), rm;
+	if (ref) rm = ft_pref_model_of(ref);
+	return ft_pref_new_with(&pm, ref ? &rm : NULL, o);
+}
+
+ft_pref *ft_pref_new_with(const ft_pref_model *policy, const ft_pref_model *ref,
+			  const ft_pref_opts *o)
+{
+	if (ft_pref_uses_ref(o) && !ref && !policy->has_adapters) {
 		ft_fail("a reference model is needed: LoRA (whose reference is the model with its "
 			"adapters disabled), or --ref_model");
 		return NULL;
 	}
+	if (o->stage == FT_PREF_RM && policy->base.step) {
+		ft_fail("the value head is a host tensor: rm needs a model the trainer steps");
+		return NULL;
+	}
 	ft_pref *p = ft_xcalloc(1, sizeof *p);
-	p->pol = policy;
-	p->ref = ft_pref_uses_ref(o) ? ref : NULL;
+	p->pm = *policy;
+	p->has_ref = ref && ft_pref_uses_ref(o);
+	if (p->has_ref) p->rm = *ref;
 	p->o = *o;
-	p->np_model = ft_model_nparams(policy);
+	p->np_model = policy->base.nparams(policy->base.self);
 	if (o->stage == FT_PREF_RM) {
-		int D = ft_model_config(policy)->hidden_size;
+		int D = policy->hidden_size;
 		const char *names[2] = { "v_head.summary.weight", "v_head.summary.bias" };
 		size_t ns[2] = { (size_t)D, 1 };
 		ft_rng g;

@@ -66,6 +66,27 @@ double ft_pref_kto_loss(const ft_pref_opts *o, int n, const int *desirable, cons
 /* rm: -logsigmoid(c - r) averaged over n pairs; dL/dc, dL/dr. */
 double ft_pref_rm_loss(int n, const double *c, const double *r, double *dc, double *dr);
 
+/* ---- the model the stages drive (pref.c) -------------------------------- */
+
+/* What the stages need from a model, so that a device binding can supply
+ * it: the trainer's interface (parameters, zero_grad, save, dropout
+ * position; step/state_in/state_out/peak_bytes when the optimizer lives on
+ * a device) plus the model_pref.h operations.  ft_pref_model_of() is the
+ * CPU model's. */
+typedef struct {
+	ft_train_model base;
+	int hidden_size, vocab_size, has_adapters;
+	int (*logps_forward)(void *self, const ft_batch *b, int train, float *logp, float *lmean);
+	int (*logps_backward)(void *self, const ft_batch *b, const float *dlogp);
+	void (*set_adapters)(void *self, int on);
+	int (*value_forward)(void *self, const ft_batch *b, int train, const int32_t *pos, int n,
+			     const float *vw, float vb, float p_drop, uint64_t seed, float *hd, float *score);
+	int (*value_backward)(void *self, const ft_batch *b, const int32_t *pos, int n, const float *vw,
+			      float p_drop, uint64_t seed, const float *hd, const float *dscore, float *dvw,
+			      double *dvb);
+} ft_pref_model;
+ft_pref_model ft_pref_model_of(ft_model *m);
+
 /* ---- the binding (pref.c) --------------------------------------------- */
 
 typedef struct ft_pref ft_pref;
@@ -77,6 +98,11 @@ typedef struct ft_pref ft_pref;
  * head (v_head.summary) to the trainable parameters, initialised as
  * nn.Linear(hidden, 1) is (uniform in +-1/sqrt(hidden), seeded). */
 ft_pref *ft_pref_new(ft_model *policy, ft_model *ref, const ft_pref_opts *o);
+/* The same over any model (ref NULL as above).  The binding passes a
+ * device optimizer (base.step ...) through for dpo and kto; rm's value
+ * head is a host tensor, so rm refuses a model that steps itself. */
+ft_pref *ft_pref_new_with(const ft_pref_model *policy, const ft_pref_model *ref,
+			  const ft_pref_opts *o);
 void ft_pref_free(ft_pref *p);
 ft_train_model ft_pref_train_model(ft_pref *p);
 /* rm: value_head.safetensors (v_head.summary.weight [1, hidden], .bias
