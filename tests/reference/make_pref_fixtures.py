@@ -384,6 +384,8 @@ def main():
         pm = load(kind)
         ad = os.path.join(OUT, kind + "-lora")
         pm.save_pretrained(ad)
+        if os.path.exists(os.path.join(ad, "README.md")):
+            os.remove(os.path.join(ad, "README.md"))   # PEFT's model card template
         vh = value_head(kind)
         save_file({"v_head.summary.weight": vh.weight.detach().contiguous(),
                    "v_head.summary.bias": vh.bias.detach().contiguous()},
