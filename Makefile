@@ -19,6 +19,9 @@ LIB_CUDA_C := backend
 LIB_CUDA   := api attention gemm lmhead model ops optim probe
 LIB_MODEL  += infer_batch
 LIB_CUDA   += infer
+LIB_MODEL  += model_pref
+LIB_TRAIN  += pref pref_loss
+LIB_FORMAT += trainlog_extra
 
 LIB_SRC   := $(LIB_UTIL:%=lib/util/%.c) $(LIB_FORMAT:%=lib/format/%.c) \
              $(LIB_TEXT:%=lib/text/%.c) $(LIB_DATA:%=lib/data/%.c) \

@@ -145,6 +145,10 @@ static int plan_train(const ft_lfargs *a, ft_runplan *p)
 		return ft_fail("do_train needs a dataset");
 	if (do_predict && !do_train && !ft_lfargs_get(a, "eval_dataset", NULL) && !ft_lfargs_get(a, "dataset", NULL))
 		return ft_fail("do_predict needs an eval_dataset (or a dataset)");
+	const char *stage = ft_lfargs_get(a, "stage", "sft");
+	if (do_predict && (!strcmp(stage, "rm") || !strcmp(stage, "dpo") || !strcmp(stage, "kto")))
+		return ft_fail("do_predict with stage %s: ft-run plans generation only; score rm pairs with "
+			       "ft-train --stage rm --do_predict --val BATCHES", stage);
 	const char *tokenized = ft_lfargs_get(a, "tokenized_path", NULL);
 	if (do_train) {
 		char *data = tokenized ? ft_xstrdup(tokenized) : ft_xasprintf("%s-data", out);

@@ -115,13 +115,14 @@ static const ftp_route routes[] = {
 	{"pissa_convert", FTP_X, "PiSSA is " NOT_YET},
 	{"use_dora", FTP_X, "DoRA is " NOT_YET},
 	{"neftune_noise_alpha", FTP_X, "NEFTune is " NOT_YET},
-	{"pref_beta", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},
-	{"pref_loss", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},
-	{"pref_ftx", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},
-	{"simpo_gamma", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},
-	{"dpo_label_smoothing", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},
-	{"kto_chosen_weight", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},
-	{"kto_rejected_weight", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},
+	{"pref_beta", FTP_R, NULL},
+	{"pref_loss", FTP_R, NULL},
+	{"pref_ftx", FTP_R, NULL},
+	{"simpo_gamma", FTP_R, NULL},
+	{"dpo_label_smoothing", FTP_R, NULL},
+	{"kto_chosen_weight", FTP_R, NULL},
+	{"kto_rejected_weight", FTP_R, NULL},
+	{"ref_model", FTP_R, NULL}, {"ref_model_adapters", FTP_R, NULL},
 	{"rope_scaling", FTP_X, "a rope_scaling override is " NOT_YET},
 	{"use_kt", FTP_X, "KTransformers is a torch backend ft does not run"},
 	{"kt_optimize_rule", FTP_X, "KTransformers is a torch backend ft does not run"},
@@ -145,7 +146,7 @@ static const ftp_route families[] = {
 };
 
 /* Stages ft-train runs, and the finetuning types. */
-static const char *const stages[] = {"pt", "sft", NULL};
+static const char *const stages[] = {"pt", "sft", "rm", "dpo", "kto", NULL};
 static const char *const tune_types[] = {"lora", "freeze", "full", NULL};
 
 const ftp_route *ftp_route_find(const char *key)
@@ -199,8 +200,8 @@ static void value_check(ft_runplan *p, const ft_lfarg *s)
 						      "only (ft-plot draws it)", s->origin, v));
 	} else if (!strcmp(k, "stage")) {
 		if (!in_list(stages, v))
-			ftp_plan_problem(p, ft_xasprintf("%s: stage %s: ft-train supports pt and sft in this "
-							 "version", s->origin, v));
+			ftp_plan_problem(p, ft_xasprintf("%s: stage %s: ft-train supports pt, sft, rm, dpo "
+							 "and kto in this version", s->origin, v));
 	} else if (!strcmp(k, "finetuning_type")) {
 		if (!in_list(tune_types, v))
 			ftp_plan_problem(p, ft_xasprintf("%s: finetuning_type %s: ft supports lora, freeze "

@@ -32,6 +32,7 @@ static const char *const copied_files[] = {
 	"generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
 	"special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json",
 	"vocab.json", "merges.txt", "preprocessor_config.json",
+	"value_head.safetensors",   /* a reward model's head (ft-train --stage rm), as LLaMA-Factory's export */
 };
 
 char *ft_merge_shard_name(size_t i, size_t nshards)

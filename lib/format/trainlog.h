@@ -56,6 +56,12 @@ int ft_trainlog_parse_fields(const char *line, size_t len, ft_trainlog_entry *e,
 char *ft_trainlog_format(const ft_trainlog_entry *e);
 /* Append the formatted line to fp and flush: -1 with a message on error. */
 int ft_trainlog_write(FILE *fp, const ft_trainlog_entry *e);
+/* The same line followed by n more numeric fields keys[i]: vals[i] (the
+ * preference stages' TRL metrics; lib/format/trainlog_extra.c). */
+char *ft_trainlog_format_extra(const ft_trainlog_entry *e, const char *const *keys,
+			       const double *vals, size_t n);
+int ft_trainlog_write_extra(FILE *fp, const ft_trainlog_entry *e, const char *const *keys,
+			    const double *vals, size_t n);
 
 /* A double as Python's repr() writes it (shortest round-trip digits,
  * "1e-05", "100.0"); "null" for NaN/inf.  size >= 32. */

@@ -36,6 +36,9 @@ void ftp_model_free_buffers(ft_model *m)
 		*f[i] = NULL;
 	}
 	free(m->pos); free(m->targets); free(m->rows);
+	free(m->keep); free(m->keep_sum); free(m->wmean);   /* model_pref.c */
+	m->keep = NULL; m->keep_sum = NULL; m->wmean = NULL;
+	m->keep_cap = 0; m->keep_n = 0;
 	m->pos = m->targets = m->rows = NULL;
 	m->cap_N = 0;
 }
@@ -296,7 +299,7 @@ static int check_batch(const ft_model *m, const ft_batch *b)
 }
 
 /* Embedding, every layer and the final norm; positions, targets, rope. */
-static int forward_body(ft_model *m, const ft_batch *b)
+int ftp_model_forward_body(ft_model *m, const ft_batch *b)
 {
 	const ft_config *c = &m->c;
 	int N = b->B * b->T, D = c->hidden_size, L = c->num_hidden_layers;
@@ -332,7 +335,7 @@ int ft_model_forward(ft_model *m, const ft_batch *b, float *logits,
 		     double *loss_sum, int64_t *n_tokens)
 {
 	m->training = 0;
-	if (forward_body(m, b) < 0)
+	if (ftp_model_forward_body(m, b) < 0)
 		return -1;
 	int N = b->B * b->T, D = m->c.hidden_size;
 	int64_t nt = 0;
@@ -362,9 +365,9 @@ int ft_model_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
 	const ft_config *c = &m->c;
 	m->training = 1;
 	m->dropout_calls++;
-	if (forward_body(m, b) < 0)
+	if (ftp_model_forward_body(m, b) < 0)
 		return -1;
-	int N = b->B * b->T, D = c->hidden_size, L = c->num_hidden_layers;
+	int N = b->B * b->T, D = c->hidden_size;
 	/* Only rows with a target reach the LM head (prompt and padding rows
 	 * have zero gradient there). */
 	int n = 0;
@@ -382,6 +385,19 @@ int ft_model_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
 		*loss_sum = loss;
 	if (n_tokens)
 		*n_tokens = nt;
+	memset(m->d_ln, 0, (size_t)N * D * sizeof(float));
+	for (int k = 0; k < n; k++)
+		memcpy(m->d_ln + (size_t)m->rows[k] * D, m->head_dx + (size_t)k * D, D * sizeof(float));
+	ftp_model_backward_body(m, b);
+	return 0;
+}
+
+/* From m->d_ln = dL/d(final norm output) [N, D] back through the layers
+ * that have a gradient (the preference stages enter here too). */
+void ftp_model_backward_body(ft_model *m, const ft_batch *b)
+{
+	const ft_config *c = &m->c;
+	int N = b->B * b->T, D = c->hidden_size, L = c->num_hidden_layers;
 	int stop = L;
 	for (int l = 0; l < L; l++)
 		if (layer_has_grad(m, l)) {
@@ -392,10 +408,7 @@ int ft_model_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
 	if (emb)
 		stop = 0;
 	if (stop == L && !m->norm.g)
-		return 0;
-	memset(m->d_ln, 0, (size_t)N * D * sizeof(float));
-	for (int k = 0; k < n; k++)
-		memcpy(m->d_ln + (size_t)m->rows[k] * D, m->head_dx + (size_t)k * D, D * sizeof(float));
+		return;
 	memset(m->d_a, 0, (size_t)N * D * sizeof(float));
 	ft_rmsnorm_backward(m->d_a, m->norm.g, m->d_ln, m->xs + (size_t)L * N * D, m->norm.w,
 			    m->rstdf, N, D);
@@ -408,5 +421,4 @@ int ft_model_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
 	}
 	if (emb)
 		ft_embedding_backward(m->wte.g, m->d_a, b->input_ids, N, D);
-	return 0;
 }

@@ -60,11 +60,25 @@ struct ft_model {
 	      *dup, *tmp, *drop, *ddrop, *lhs, *head_x, *head_dx,
 	      *head_scratch;
 	int head_chunk, training;
+	/* model_pref.c: the softmax of the last training log-prob pass, kept
+	 * for its backward when small enough (keep_n rows, 0: recompute), and
+	 * the mean LM-head row (for frozen heads, computed once) */
+	float *keep;
+	double *keep_sum;
+	size_t keep_cap;
+	int keep_n;
+	double *wmean;
 };
 
 /* lib/model/model_fwd.c */
 int ftp_model_prepare(ft_model *m, int N);
 void ftp_model_free_buffers(ft_model *m);
+/* The body of a forward pass (embedding, layers, final norm into m->lnf;
+ * m->targets = the shifted labels), and the backward pass from
+ * m->d_ln = dL/d(lnf) [N, D]: what the preference stages
+ * (model_pref.c) wrap with their own heads. */
+int ftp_model_forward_body(ft_model *m, const ft_batch *b);
+void ftp_model_backward_body(ft_model *m, const ft_batch *b);
 /* lib/model/model.c */
 int ftp_model_build_params(ft_model *m);
 void ftp_model_free_params(ft_model *m);

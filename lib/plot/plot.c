@@ -137,8 +137,13 @@ int ft_plot_panel_layout(const ft_plot_spec *p, size_t key, int max_xt, int max_
 int ft_plot_loss_files(const char *output_dir)
 {
 	static const char *const keys[] = { "loss", "eval_loss" };
+	return ft_plot_loss_files_keys(output_dir, keys, 2);
+}
+
+int ft_plot_loss_files_keys(const char *output_dir, const char *const *keys, size_t nkeys)
+{
 	char *log = ft_xasprintf("%s/trainer_log.jsonl", output_dir);
-	ft_plot_run *run = ft_plot_run_open(log, keys, 2);
+	ft_plot_run *run = ft_plot_run_open(log, keys, nkeys);
 	free(log);
 	if (!run) return -1;
 	if (ft_plot_run_poll(run, 1) < 0) {
@@ -146,10 +151,13 @@ int ft_plot_loss_files(const char *output_dir)
 		return -1;
 	}
 	int written = 0;
-	for (size_t k = 0; k < 2; k++) {
+	for (size_t k = 0; k < nkeys; k++) {
 		if (run->s[k].n == 0) continue;   /* LLaMA-Factory: "No metric" */
 		char *title = ft_xasprintf("training %s of %s", keys[k], output_dir);
+		/* LLaMA-Factory: training_{key.replace("/", "_")}.png */
 		char *png = ft_xasprintf("%s/training_%s.png", output_dir, keys[k]);
+		for (char *q = png + strlen(output_dir) + 1; *q; q++)
+			if (*q == '/') *q = '_';
 		ft_plot_spec p = {
 			.title = title, .xlabel = "step", .nkeys = 1, .keys = &keys[k],
 			.nruns = 1, .runs = &run, .smooth = 1,

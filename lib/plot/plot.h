@@ -22,6 +22,9 @@
  * Returns the number of figures written (0 when the log holds no loss),
  * or -1 with a message. */
 int ft_plot_loss_files(const char *output_dir);
+/* The same for other keys of trainer_log.jsonl (the preference stages:
+ * "loss", "rewards/accuracies", "eval_loss" -> training_rewards_accuracies.png). */
+int ft_plot_loss_files_keys(const char *output_dir, const char *const *keys, size_t nkeys);
 
 /* LLaMA-Factory's smooth() (extras/ploting.py): an EMA whose weight is
  * 1.8 * (sigmoid(0.05 * n) - 0.5), starting from the first value.

@@ -194,6 +194,9 @@ typedef struct {
 	double t0;
 	int64_t start_step, start_tokens;
 	ft_eval_stats ev;             /* the last evaluation */
+	const char *evk[FT_MAX_METRICS];   /* its model metrics (ft_train_model.metrics) */
+	double evv[FT_MAX_METRICS];
+	size_t nev;
 } runctx;
 
 static void fill_entry(const runctx *c, const ftp_tstate *st, ft_trainlog_entry *e)
@@ -228,7 +231,18 @@ static void history_add(ftp_tstate *st, json_t *obj)
 	json_array_append_new(st->log_history, obj);
 }
 
-static int do_log(runctx *c, ftp_tstate *st, double grad_norm, double lr)
+/* The log line with the model's metrics after LLaMA-Factory's fields, and
+ * the same metrics in the log_history entry. */
+static int write_log_metrics(runctx *c, const ft_trainlog_entry *e, json_t *hist,
+			     const char *const *k, const double *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		json_object_set_new(hist, k[i], json_real(v[i]));
+	if (!c->log || n == 0) return 0;   /* then the caller writes the plain line */
+	return ft_trainlog_write_extra(c->log, e, k, v, n);
+}
+
+static int do_log(runctx *c, ftp_tstate *st, double grad_norm, double lr, ft_train_model *m)
 {
 	ft_trainlog_entry e;
 	fill_entry(c, st, &e);
@@ -239,9 +253,17 @@ static int do_log(runctx *c, ftp_tstate *st, double grad_norm, double lr)
 	st->total_loss += (double)st->tr_loss;
 	st->tr_loss = 0;
 	st->last_logged = st->global_step;
-	history_add(st, json_pack("{s:f, s:f, s:f}", "loss", e.loss, "grad_norm", grad_norm,
-				  "learning_rate", lr));
-	if (write_log(c, &e) < 0) return -1;
+	json_t *h = json_pack("{s:f, s:f, s:f}", "loss", e.loss, "grad_norm", grad_norm,
+			      "learning_rate", lr);
+	const char *mk[FT_MAX_METRICS];
+	double mv[FT_MAX_METRICS];
+	size_t nm = m->metrics ? m->metrics(m->self, 0, mk, mv, FT_MAX_METRICS) : 0;
+	if (write_log_metrics(c, &e, h, mk, mv, nm) < 0) {
+		json_decref(h);
+		return -1;
+	}
+	history_add(st, h);
+	if (!nm && write_log(c, &e) < 0) return -1;
 	if (c->o->on_event) c->o->on_event(c->o->ctx, FT_EV_LOG, &e, NULL);
 	return 0;
 }
@@ -257,8 +279,14 @@ static int do_eval(runctx *c, ftp_tstate *st, ft_train_model *m, ft_batch_source
 	ft_trainlog_entry e;
 	fill_entry(c, st, &e);
 	e.eval_loss = loss;
-	history_add(st, json_pack("{s:f, s:f}", "eval_loss", loss, "eval_runtime", round(rt * 1e4) / 1e4));
-	if (write_log(c, &e) < 0) return -1;
+	json_t *h = json_pack("{s:f, s:f}", "eval_loss", loss, "eval_runtime", round(rt * 1e4) / 1e4);
+	c->nev = m->metrics ? m->metrics(m->self, 1, c->evk, c->evv, FT_MAX_METRICS) : 0;
+	if (write_log_metrics(c, &e, h, c->evk, c->evv, c->nev) < 0) {
+		json_decref(h);
+		return -1;
+	}
+	history_add(st, h);
+	if (!c->nev && write_log(c, &e) < 0) return -1;
 	if (c->o->on_event) c->o->on_event(c->o->ctx, FT_EV_EVAL, &e, NULL);
 	return 0;
 }
@@ -385,6 +413,7 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 			if (read_step_batches(train, &mb, want, &done) < 0) goto out;
 			int64_t ntok = 0;
 			for (int i = 0; i < mb.n; i++) ntok += shifted_label_count(&mb.b[i]);
+			if (m->batch_mean) ntok = mb.n;   /* mean of the micro-batches' means */
 			/* num_items_in_batch: the model divides each micro-batch's
 			 * summed loss by the label tokens of the whole step */
 			float scale = ntok > 0 ? (float)(1.0 / (double)ntok) : 0.0f;
@@ -440,7 +469,7 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 			}
 			if (strategy_due(o->logging_strategy, o->logging_steps, st.global_step, epoch_end) ||
 			    (o->logging_first_step && st.global_step == 1))
-				if (do_log(&c, &st, gnorm, lr) < 0) goto out;
+				if (do_log(&c, &st, gnorm, lr, m) < 0) goto out;
 			if (val && o->eval_strategy != FT_STRATEGY_NO &&
 			    (strategy_due(o->eval_strategy, eval_every, st.global_step, epoch_end) ||
 			     (last && (eval_every > 0 || o->eval_strategy == FT_STRATEGY_EPOCH)))) {
@@ -536,16 +565,28 @@ static int finish(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 		double ert = round(c->ev.runtime * 1e4) / 1e4;
 		double esps = c->ev.runtime > 0 ? round(c->ev.rows / c->ev.runtime * 1e3) / 1e3 : 0;
 		double ests = c->ev.runtime > 0 ? round(c->ev.batches / c->ev.runtime * 1e3) / 1e3 : 0;
-		const char *ek[] = { "epoch", "eval_loss", "eval_runtime", "eval_samples_per_second",
-				     "eval_steps_per_second", "perplexity" };
-		double ev[] = { st->epoch, eval_loss, ert, esps, ests, exp(eval_loss) };
-		if (ft_save_results(o->output_dir, "eval_results.json", ek, ev, 6) < 0) return -1;
-		const char *ak[] = { "epoch", "eval_loss", "eval_runtime", "eval_samples_per_second",
-				     "eval_steps_per_second", "perplexity", "total_flos", "train_loss",
-				     "train_runtime", "train_samples_per_second", "train_steps_per_second" };
-		double av[] = { st->epoch, eval_loss, ert, esps, ests, exp(eval_loss),
-				tv[1], tv[2], tv[3], tv[4], tv[5] };
-		if (ft_save_results(o->output_dir, "all_results.json", ak, av, 11) < 0) return -1;
+		const char *ek[6 + FT_MAX_METRICS] = { "epoch", "eval_loss", "eval_runtime",
+						       "eval_samples_per_second", "eval_steps_per_second",
+						       "perplexity" };
+		double ev[6 + FT_MAX_METRICS] = { st->epoch, eval_loss, ert, esps, ests, exp(eval_loss) };
+		/* the preference stages: no perplexity, their eval_ metrics instead */
+		size_t ne = m->batch_mean ? 5 : 6;
+		for (size_t i = 0; i < c->nev; i++) {
+			ek[ne] = c->evk[i];
+			ev[ne++] = c->evv[i];
+		}
+		if (ft_save_results(o->output_dir, "eval_results.json", ek, ev, ne) < 0) return -1;
+		const char *ak[11 + FT_MAX_METRICS];
+		double av[11 + FT_MAX_METRICS];
+		memcpy(ak, ek, ne * sizeof *ak);
+		memcpy(av, ev, ne * sizeof *av);
+		const char *tk2[] = { "total_flos", "train_loss", "train_runtime", "train_samples_per_second",
+				      "train_steps_per_second" };
+		for (size_t i = 0; i < 5; i++) {
+			ak[ne + i] = tk2[i];
+			av[ne + i] = tv[1 + i];
+		}
+		if (ft_save_results(o->output_dir, "all_results.json", ak, av, ne + 5) < 0) return -1;
 	} else if (ft_save_results(o->output_dir, "all_results.json", tk, tv, 6) < 0) {
 		return -1;
 	}

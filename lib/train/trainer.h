@@ -23,6 +23,9 @@
 #include "train/optim.h"
 #include "format/trainlog.h"
 
+/* The most metrics a model reports per log (ft_train_model.metrics). */
+#define FT_MAX_METRICS 16
+
 /* What the loop needs from a model. */
 typedef struct {
 	void *self;
@@ -54,6 +57,17 @@ typedef struct {
 	/* Optional: peak device memory in bytes (the allocator's high-water
 	 * mark), written to trainer_state.json. */
 	size_t (*peak_bytes)(void *self);
+	/* Optional (the preference stages, train/pref.h): forward_backward and
+	 * forward return each micro-batch's mean loss with *n_tokens = 1; the
+	 * step's loss is then the mean of its micro-batches' and grad_scale is
+	 * 1 / micro-batches (transformers without num_items_in_batch).  No
+	 * perplexity is reported. */
+	int batch_mean;
+	/* Optional: the metrics gathered since the last call (training ones at
+	 * each log, eval=1 after an evaluation), up to cap of them, as keys
+	 * (owned by the model, already "eval_" prefixed) and values; the
+	 * trainer adds them to the log line, log_history and the eval results. */
+	size_t (*metrics)(void *self, int eval, const char **keys, double *vals, size_t cap);
 } ft_train_model;
 
 /* The ft_model binding (lib/train/trainer_model.c). */

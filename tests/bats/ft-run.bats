@@ -54,7 +54,7 @@ load helper
 	assert_output --partial "'deepspeed' is not supported"
 	run ft-run -n --stage ppo --dataset d --output_dir o
 	assert_failure 1
-	assert_output --partial "pt and sft"
+	assert_output --partial "pt, sft, rm, dpo and kto"
 	run ft-run -n --stage sft --dataset d
 	assert_failure 1
 	assert_output --partial "output_dir"
@@ -104,7 +104,7 @@ load helper
 
 @test "ft-run names every setting it cannot run at once, each with its reason" {
 	cat > c.yaml <<-EOT
-	stage: dpo
+	stage: ppo
 	do_train: true
 	model_name_or_path: m
 	dataset: d
@@ -118,7 +118,7 @@ load helper
 	EOT
 	run --separate-stderr ft-run -n c.yaml
 	assert_failure 1
-	[[ "$stderr" == *"c.yaml:1: stage dpo: ft-train supports pt and sft"* ]]
+	[[ "$stderr" == *"c.yaml:1: stage ppo: ft-train supports pt, sft, rm, dpo and kto"* ]]
 	[[ "$stderr" == *"c.yaml:5: template nosuch is not one ft has (default, "* ]]
 	[[ "$stderr" == *"c.yaml:6: finetuning_type oft: ft supports lora, freeze and full"* ]]
 	[[ "$stderr" == *"c.yaml:7: 'deepspeed' is not supported: ft does not use DeepSpeed"* ]]

@@ -60,7 +60,7 @@ train() { ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir 
 	run -2 train --finetuning_type qlora
 	run -2 train --lora_target q_proj,z_proj
 	assert_output --partial "z_proj"
-	run -2 train --stage rm
+	run -2 train --stage ppo
 	assert_output --partial "not supported"
 	run -2 train --device gpu
 	assert_output --partial "'gpu' is not a device"

@@ -22,7 +22,10 @@ inference/qwen3_full_sft.yaml
 inference/qwen3_lora_sft.yaml
 merge_lora/qwen3_full_sft.yaml
 merge_lora/qwen3_lora_sft.yaml
+train_lora/qwen3_lora_dpo.yaml
+train_lora/qwen3_lora_kto.yaml
 train_lora/qwen3_lora_pretrain.yaml
+train_lora/qwen3_lora_reward.yaml
 train_lora/qwen3_lora_sft.yaml
 train_lora/qwen3_preprocess.yaml
 train_qlora/llama3_lora_sft_aqlm.yaml
@@ -137,4 +140,19 @@ tiny_qwen() {
 	run ft-generate --model_name_or_path model --do_predict --output_dir g < /dev/null
 	assert_failure
 	assert_output --partial "pre-quantized checkpoint (gptq)"
+}
+
+@test "the dpo, kto and reward example configs run end to end on a tiny model" {
+	skip_without_shared
+	tiny_qwen
+	small="max_samples=8 cutoff_len=64 max_steps=2 logging_steps=1"
+	run_example train_lora/qwen3_lora_dpo.yaml $small
+	[ -s saves/qwen3-4b/lora/dpo/adapter_model.safetensors ]
+	[ -s saves/qwen3-4b/lora/dpo/training_rewards_accuracies.png ]
+	grep -q '"rewards/accuracies"' saves/qwen3-4b/lora/dpo/trainer_log.jsonl
+	run_example train_lora/qwen3_lora_kto.yaml $small
+	[ -s saves/qwen3-4b/lora/kto/adapter_model.safetensors ]
+	grep -q '"kl"' saves/qwen3-4b/lora/kto/trainer_log.jsonl
+	run_example train_lora/qwen3_lora_reward.yaml $small
+	[ -s saves/qwen3-4b/lora/reward/value_head.safetensors ]
 }

@@ -261,7 +261,8 @@ static void load_datasets(const opts *o, char **names, size_t n, ft_dataset_attr
 		}
 		int pairwise = o->stage == FT_STAGE_RM || o->stage == FT_STAGE_DPO;
 		if (attrs[i].ranking != pairwise)
-			die("dataset '%s' %s a ranking dataset: it cannot be used for stage %s", names[i],
+			die("dataset '%s' %s a ranking dataset: it cannot be used for stage %s (LLaMA-Factory: "
+			    "The dataset is not applicable in the current training stage.)", names[i],
 			    attrs[i].ranking ? "is" : "is not", ft_stage_name(o->stage));
 		note("%s: %zu rows", names[i], ds[i].n);
 		ft_dataset_attr_free(&attrs[i]);

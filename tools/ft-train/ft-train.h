@@ -7,6 +7,7 @@
 #include "format/batch_io.h"
 #include "model/model.h"
 #include "train/trainer.h"
+#include "train/pref.h"
 
 typedef struct {
 	ft_train_opts t;
@@ -20,6 +21,12 @@ typedef struct {
 	int allow_tokenizer_mismatch;
 	char **train, **val;
 	size_t n_train, n_val;
+	/* the preference stages (pref.c) */
+	int pref, do_predict, ref_is_policy;
+	ft_pref_opts pref_opts;
+	const char *ref_model, *ref_model_adapters;
+	ft_model *ref;
+	ft_pref *pref_state;
 } ft_cli_args;
 
 void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c);
@@ -30,5 +37,15 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c);
  * removed (ft_atomic_reclaim_in) and an empty trainer_log.jsonl ignored. */
 int output_dir_in_use(const char *dir);
 void check_tokenizer(const ft_cli_args *c, const char *path, const ft_manifest *m);
+/* pref.c: --stage rm, dpo, kto */
+int pref_known_key(const char *k);
+int pref_stage_of(const char *stage);     /* FT_PREF_*, -1 for pt/sft */
+void pref_args_parse(ft_lfargs *a, ft_cli_args *c);
+void pref_check_manifest(const ft_cli_args *c, const char *path, const ft_manifest *m);
+ft_train_model pref_bind(ft_cli_args *c, ft_model *m);
+void pref_free(ft_cli_args *c);
+int pref_eval_only(ft_cli_args *c, ft_train_model *tm, ft_batch_source *val);
+void pref_predict(ft_cli_args *c, ft_batch_source *val);
+void pref_plot(const ft_cli_args *c);
 
 #endif

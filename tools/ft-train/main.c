@@ -27,7 +27,7 @@ static const char usage[] =
 "Data and model:\n"
 "  --train PATH[,PATH]        ft-pack output (directory, stream file, or - for stdin)\n"
 "  --val PATH                 validation batches (ft-pack --val_size: DIR/val)\n"
-"  --stage pt|sft             must match the batches' stage (default sft)\n"
+"  --stage pt|sft|rm|dpo|kto  must match the batches' stage (default sft)\n"
 "  --model_name_or_path DIR   Hugging Face model directory (config.json + safetensors)\n"
 "  --train_from_scratch       random init (normal(0, initializer_range)) from --config\n"
 "  --config FILE              config.json for --train_from_scratch (default: the model's)\n"
@@ -67,6 +67,13 @@ static const char usage[] =
 "  --logging_strategy, --eval_strategy, --save_strategy steps|epoch|no (steps):\n"
 "                             every *_steps, at each epoch's end, or never (the\n"
 "                             end still evaluates and saves the final model)\n"
+"Preference stages (--stage rm|dpo|kto, on the CPU; docs/PREFERENCE.md):\n"
+"  --pref_loss sigmoid|hinge|ipo|orpo|simpo (sigmoid)  --pref_beta B (0.1)\n"
+"  --pref_ftx X (0: adds X * the chosen sft loss)  --dpo_label_smoothing E (0)\n"
+"  --simpo_gamma G (0.5)  --kto_chosen_weight W  --kto_rejected_weight W (1.0)\n"
+"  --ref_model DIR [--ref_model_adapters DIR[,DIR]]  the reference (default: LoRA\n"
+"                             with its adapters disabled; full/freeze: the base)\n"
+"  --do_predict               rm: score the --val pairs into generated_predictions.jsonl\n"
 "  -q, -v                     quieter, more verbose;  -h, --help\n"
 "\n"
 "Outputs in output_dir: the adapter (adapter_model.safetensors,\n"
@@ -208,9 +215,10 @@ static void load_manifests(ft_cli_args *c, char **paths, size_t n, const char *w
 			    "(re-tokenize with --stage %s, or pass --stage %s)",
 			    ft_display_name(paths[i]), m.stage, c->stage, c->stage, m.stage);
 		check_tokenizer(c, paths[i], &m);
-		if (m.pairwise)
-			die("%s: pairwise batches (stage rm/dpo) are not supported by this ft-train",
+		if (m.pairwise && !c->pref)
+			die("%s: pairwise batches (stage rm/dpo) need --stage rm or dpo",
 			    ft_display_name(paths[i]));
+		if (c->pref) pref_check_manifest(c, paths[i], &m);
 		if (i && m.batch_size != sum->batch_size)
 			die("%s: batch_size %d differs from the other inputs' %d", paths[i], m.batch_size,
 			    sum->batch_size);
@@ -282,6 +290,9 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 {
 	int idx;
 	char why[5000];
+	if (c->pref && !strncmp(c->device, "cuda", 4))
+		die_usage("--device %s: --stage %s runs on the CPU only in this ft-train (--device cpu)",
+			  c->device, c->stage);
 	int kind = ft_device_resolve(c->device, &idx, why, sizeof why);
 	if (kind < 0) {
 		if (strcmp(c->device, "auto") && strncmp(c->device, "cuda", 4))
@@ -295,9 +306,12 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 			warn("note: --%s: the CPU computes in float32; full weights are saved in the config's dtype",
 			     c->bf16 ? "bf16" : "fp16");
 		snprintf(desc, n, "cpu");
-		*t = ft_train_model_of(m);
+		*t = c->pref ? pref_bind(c, m) : ft_train_model_of(m);
 		return 0;
 	}
+	if (c->pref)
+		die_usage("--device %s: --stage %s runs on the CPU only in this ft-train (--device cpu)",
+			  c->device, c->stage);
 	ft_cuda_opts o = { .precision = c->bf16 ? FT_CUDA_BF16 : c->fp16 ? FT_CUDA_F16 : FT_CUDA_F32,
 			   .device = idx };
 	if (c->do_train) batch_shape(tm, &o.max_tokens, &o.max_seq);
@@ -376,7 +390,8 @@ int main(int argc, char **argv)
 	ft_train_args_parse(&a, &c);
 
 	if (!c.output_dir) die_usage("--output_dir is required");
-	if (c.do_train < 0) c.do_train = c.do_eval > 0 ? 0 : 1;
+	if (c.do_train < 0) c.do_train = c.do_eval > 0 || c.do_predict ? 0 : 1;
+	if (c.do_predict && c.n_val == 0) die_usage("--do_predict needs --val BATCHES (the pairs to score)");
 	if (c.do_eval < 0) c.do_eval = c.n_val > 0 && !c.eval_strategy_no;
 	if (c.do_eval && c.n_val == 0) die_usage("--do_eval needs --val BATCHES");
 	if (c.do_train && c.n_train == 0) die_usage("--train BATCHES is required (the output of ft-pack)");
@@ -447,7 +462,7 @@ int main(int argc, char **argv)
 	c.t.device = device;
 	int rc = 0;
 	if (!c.do_train) {
-		rc = eval_only(&c, &tm, &val);
+		if (c.do_eval) rc = c.pref ? pref_eval_only(&c, &tm, &val) : eval_only(&c, &tm, &val);
 	} else {
 		if (ft_mkdirs(c.output_dir) < 0) die("%s", ft_errmsg());
 		char **extra = extra_files(c.from_scratch ? NULL : c.model);
@@ -482,7 +497,9 @@ int main(int argc, char **argv)
 					fprintf(stderr, "  eval_loss  = %.4f\n  perplexity = %.4f\n", r.eval_loss,
 						exp(r.eval_loss));
 			}
-			if (c.plot_loss) {
+			if (c.plot_loss && c.pref) {
+				pref_plot(&c);
+			} else if (c.plot_loss) {
 				int n = ft_plot_loss_files(c.output_dir);
 				if (n < 0) warn("--plot_loss: %s", ft_errmsg());
 			}
@@ -491,7 +508,9 @@ int main(int argc, char **argv)
 		free(extra);
 		train.close(train.self);
 	}
+	if (rc == 0 && c.do_predict) pref_predict(&c, &val);
 	if (val.self) val.close(val.self);
+	if (c.pref) pref_free(&c);
 	if (on_gpu) {
 		ft_cuda_model *dm = ft_cuda_train_device(&tm);
 		if (ft_verbose >= 0)

@@ -1,0 +1,116 @@
+/* pref.h - LLaMA-Factory's preference stages over TRL: rm (a value head,
+ * pairwise loss), dpo (sigmoid, hinge, ipo, orpo, simpo) and kto, as
+ * ft_train_model bindings for the training loop (lib/train/trainer.h).
+ *
+ *   lib/train/pref_loss.c   the losses, their gradients and the metrics, on
+ *                           per-sequence numbers only (unit-tested alone)
+ *   lib/train/pref.c        batches -> sequences, the reference model, the
+ *                           value head, the binding, rm predictions
+ *
+ * The model is reached through model/model_pref.h (per-position label
+ * log-probabilities with their backward pass, value-head scores), the
+ * operations a device binding would supply.
+ *
+ * Batches are ft-pack's (docs/FORMAT.md 3.2): pairwise rows 2i (chosen) and
+ * 2i+1 (rejected), or with neat packing segment k of both rows as pair k;
+ * kto rows 2i (example) and 2i+1 (its KL sequence) with kto_tags.
+ */
+#ifndef FT_PREF_H
+#define FT_PREF_H
+
+#include <stdio.h>
+#include "model/model.h"
+#include "train/trainer.h"
+
+enum { FT_PREF_RM, FT_PREF_DPO, FT_PREF_KTO };
+enum { FT_PREF_SIGMOID, FT_PREF_HINGE, FT_PREF_IPO, FT_PREF_ORPO, FT_PREF_SIMPO };
+
+typedef struct {
+	int stage;                     /* FT_PREF_* */
+	int loss;                      /* dpo: --pref_loss (sigmoid) */
+	double beta;                   /* --pref_beta 0.1 */
+	double ftx;                    /* --pref_ftx 0 */
+	double label_smoothing;        /* --dpo_label_smoothing 0 (sigmoid) */
+	double simpo_gamma;            /* --simpo_gamma 0.5 */
+	double kto_chosen_weight, kto_rejected_weight;   /* 1.0 each */
+	double value_dropout;          /* rm: TRL ValueHead summary_dropout_prob 0.1 */
+	uint64_t seed;                 /* value-head init and dropout */
+} ft_pref_opts;
+
+void ft_pref_opts_default(ft_pref_opts *o, int stage);
+/* "sigmoid" ... "simpo" -> FT_PREF_*; -1 with a message otherwise. */
+int ft_pref_loss_parse(const char *name);
+const char *ft_pref_loss_name(int loss);
+/* Whether a loss needs a reference model (orpo and simpo do not). */
+int ft_pref_uses_ref(const ft_pref_opts *o);
+/* Whether the sequence log-probability is the per-token mean (ipo, orpo,
+ * simpo) rather than the sum. */
+int ft_pref_avg_logps(const ft_pref_opts *o);
+
+/* ---- losses on per-sequence numbers (pref_loss.c) ---------------------- */
+
+/* dpo over n pairs: pc, pr the policy's chosen/rejected log-probs (summed
+ * or averaged as ft_pref_avg_logps says), rc, rr the reference's (ignored
+ * by orpo/simpo), len_c the chosen label counts (for --pref_ftx).  Writes
+ * each pair's loss, dL/dpc and dL/dpr of the batch loss (the mean over
+ * pairs), and the rewards; returns the batch loss. */
+double ft_pref_dpo_loss(const ft_pref_opts *o, int n, const double *pc, const double *pr,
+			const double *rc, const double *rr, const double *len_c, double *loss,
+			double *dpc, double *dpr, double *rew_c, double *rew_r);
+/* kto over n examples (desirable[i]): pol, ref their summed log-probs,
+ * len their label counts; kl the batch's KL estimate (already clamped at
+ * 0).  Returns the batch loss (mean over examples) and dL/dpol. */
+double ft_pref_kto_loss(const ft_pref_opts *o, int n, const int *desirable, const double *pol,
+			const double *ref, const double *len, double kl, double *dpol,
+			double *rewards);
+/* rm: -logsigmoid(c - r) averaged over n pairs; dL/dc, dL/dr. */
+double ft_pref_rm_loss(int n, const double *c, const double *r, double *dc, double *dr);
+
+/* ---- the model the stages drive (pref.c) -------------------------------- */
+
+/* What the stages need from a model, so that a device binding can supply
+ * it: the trainer's interface (parameters, zero_grad, save, dropout
+ * position; step/state_in/state_out/peak_bytes when the optimizer lives on
+ * a device) plus the model_pref.h operations.  ft_pref_model_of() is the
+ * CPU model's. */
+typedef struct {
+	ft_train_model base;
+	int hidden_size, vocab_size, has_adapters;
+	int (*logps_forward)(void *self, const ft_batch *b, int train, float *logp, float *lmean);
+	int (*logps_backward)(void *self, const ft_batch *b, const float *dlogp);
+	void (*set_adapters)(void *self, int on);
+	int (*value_forward)(void *self, const ft_batch *b, int train, const int32_t *pos, int n,
+			     const float *vw, float vb, float p_drop, uint64_t seed, float *hd, float *score);
+	int (*value_backward)(void *self, const ft_batch *b, const int32_t *pos, int n, const float *vw,
+			      float p_drop, uint64_t seed, const float *hd, const float *dscore, float *dvw,
+			      double *dvb);
+} ft_pref_model;
+ft_pref_model ft_pref_model_of(ft_model *m);
+
+/* ---- the binding (pref.c) --------------------------------------------- */
+
+typedef struct ft_pref ft_pref;
+
+/* policy is trained; ref is the reference model (a frozen model), or NULL:
+ * then a LoRA policy with its adapters disabled serves as the reference
+ * (PEFT's disable_adapter), as LLaMA-Factory does; NULL with a model
+ * without adapters is refused for losses that need one.  rm adds the value
+ * head (v_head.summary) to the trainable parameters, initialised as
+ * nn.Linear(hidden, 1) is (uniform in +-1/sqrt(hidden), seeded). */
+ft_pref *ft_pref_new(ft_model *policy, ft_model *ref, const ft_pref_opts *o);
+/* The same over any model (ref NULL as above).  The binding passes a
+ * device optimizer (base.step ...) through for dpo and kto; rm's value
+ * head is a host tensor, so rm refuses a model that steps itself. */
+ft_pref *ft_pref_new_with(const ft_pref_model *policy, const ft_pref_model *ref,
+			  const ft_pref_opts *o);
+void ft_pref_free(ft_pref *p);
+ft_train_model ft_pref_train_model(ft_pref *p);
+/* rm: value_head.safetensors (v_head.summary.weight [1, hidden], .bias
+ * [1]) from dir, replacing the initial head. */
+int ft_pref_load_value_head(ft_pref *p, const char *dir);
+/* rm --do_predict: each pair's scores, LLaMA-Factory's
+ * generated_predictions.jsonl ({"chosen": s, "rejected": s} per line,
+ * rounded to 2 decimals, no final newline), written atomically. */
+int ft_pref_predict(ft_pref *p, ft_batch_source *src, const char *path, int64_t *n_pairs);
+
+#endif
