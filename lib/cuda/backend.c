@@ -108,3 +108,8 @@ int ft_cuda_adamw_set(ft_cuda_model *dm, size_t i, const float *exp_avg,
 void ft_cuda_set_position(ft_cuda_model *dm, int64_t n) { BACKEND->set_position(dm, n); }
 size_t ft_cuda_peak_bytes(const ft_cuda_model *dm) { return BACKEND->peak_bytes(dm); }
 int ft_cuda_sync(ft_cuda_model *dm) { return BACKEND->sync(dm); }
+
+int ft_cuda_grads_each(ft_cuda_model *dm, ft_cuda_grad_fn fn, void *ctx)
+{
+	return BACKEND->grads_each(dm, fn, ctx);
+}

@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define FTP_CUDA_ABI 2
+#define FTP_CUDA_ABI 3
 
 typedef struct {
 	int abi;
@@ -45,6 +45,7 @@ typedef struct {
 	void (*set_position)(ft_cuda_model *, int64_t);
 	size_t (*peak_bytes)(const ft_cuda_model *);
 	int (*sync)(ft_cuda_model *);
+	int (*grads_each)(ft_cuda_model *, ft_cuda_grad_fn, void *);
 } ftp_cuda_api;
 
 /* The .so's entry points (exported; looked up by name with dlsym). */

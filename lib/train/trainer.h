@@ -23,6 +23,8 @@
 #include "train/optim.h"
 #include "format/trainlog.h"
 
+struct ft_dist;   /* lib/train/dist.h */
+
 /* What the loop needs from a model. */
 typedef struct {
 	void *self;
@@ -54,6 +56,10 @@ typedef struct {
 	/* Optional: peak device memory in bytes (the allocator's high-water
 	 * mark), written to trainer_state.json. */
 	size_t (*peak_bytes)(void *self);
+	/* Optional (the CUDA binding): sum the gradients over the ranks of d
+	 * where they live (NCCL); without it the trainer sums the params' g
+	 * with MPI.  Only called with more than one rank (lib/train/dist.h). */
+	int (*sum_grads)(void *self, struct ft_dist *d);
 } ft_train_model;
 
 /* The ft_model binding (lib/train/trainer_model.c). */
@@ -128,6 +134,12 @@ typedef struct {
 	/* Where the model runs ("cpu", "cuda:0 (NVIDIA H100 ..., bf16)"),
 	 * recorded in trainer_state.json's "ft" object; NULL: not recorded. */
 	const char *device;
+	/* Data parallel (lib/train/dist.h): the job this process is a rank
+	 * of (NULL: one process).  Rank r runs every n-th micro-batch of a
+	 * step of n x gradient_accumulation_steps micro-batches; only rank 0
+	 * writes files.  zero = 1: ZeRO-1, AdamW state sharded over ranks. */
+	struct ft_dist *dist;
+	int zero;
 } ft_train_opts;
 
 void ft_train_opts_default(ft_train_opts *o);

@@ -7,6 +7,7 @@
 #include "format/batch_io.h"
 #include "model/model.h"
 #include "train/trainer.h"
+#include "train/dist.h"
 
 typedef struct {
 	ft_train_opts t;
@@ -18,6 +19,8 @@ typedef struct {
 	int from_scratch, overwrite, plot_loss, bf16, fp16, do_train, do_eval, eval_strategy_no;
 	int batch_size, eval_batch_size;
 	int allow_tokenizer_mismatch;
+	int zero;                 /* --zero 0|1 (ZeRO stage) */
+	double ddp_timeout;       /* --ddp_timeout seconds (1800) */
 	char **train, **val;
 	size_t n_train, n_val;
 } ft_cli_args;
@@ -30,5 +33,10 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c);
  * removed (ft_atomic_reclaim_in) and an empty trainer_log.jsonl ignored. */
 int output_dir_in_use(const char *dir);
 void check_tokenizer(const ft_cli_args *c, const char *path, const ft_manifest *m);
+/* dist.c: join `mpirun -np N ft-train` (NULL: one process); dist_finish
+ * leaves it; dist_test_fault is the tests' FT_DIST_TEST_FAULT hook. */
+ft_dist *dist_start(ft_cli_args *c);
+void dist_finish(ft_dist *d);
+void dist_test_fault(int64_t step);
 
 #endif

@@ -1,0 +1,85 @@
+/* dist_mpi.c - libft_mpi.so, the MPI shim (see dist_internal.h).
+ * Built with mpicc, never part of libft.a; each function is the plain
+ * MPI call over MPI_COMM_WORLD, split where MPI's int counts require. */
+#include <limits.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <string.h>
+#include "train/dist_internal.h"
+
+/* 2^30 elements per call: below INT_MAX for any element size we use */
+#define PIECE ((size_t)1 << 30)
+
+static int s_init(int *rank, int *size)
+{
+	int inited = 0, rc;
+	MPI_Initialized(&inited);
+	if (!inited && (rc = MPI_Init(NULL, NULL)) != MPI_SUCCESS)
+		return rc;
+	/* errors come back as codes, so the trainer can say which
+	 * collective failed instead of MPI aborting the job silently */
+	MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+	MPI_Comm_rank(MPI_COMM_WORLD, rank);
+	return MPI_Comm_size(MPI_COMM_WORLD, size);
+}
+
+static int s_allreduce_sum(void *buf, size_t n, int f64)
+{
+	size_t es = f64 ? sizeof(double) : sizeof(float);
+	for (size_t off = 0; off < n; off += PIECE) {
+		size_t k = n - off < PIECE ? n - off : PIECE;
+		int rc = MPI_Allreduce(MPI_IN_PLACE, (char *)buf + off * es, (int)k,
+				       f64 ? MPI_DOUBLE : MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+		if (rc != MPI_SUCCESS)
+			return rc;
+	}
+	return 0;
+}
+
+static int s_bcast(void *buf, size_t bytes, int root)
+{
+	for (size_t off = 0; off < bytes; off += PIECE) {
+		size_t k = bytes - off < PIECE ? bytes - off : PIECE;
+		int rc = MPI_Bcast((char *)buf + off, (int)k, MPI_BYTE, root, MPI_COMM_WORLD);
+		if (rc != MPI_SUCCESS)
+			return rc;
+	}
+	return 0;
+}
+
+static int s_barrier(void) { return MPI_Barrier(MPI_COMM_WORLD); }
+static void s_abort(int code) { MPI_Abort(MPI_COMM_WORLD, code); }
+
+static int s_finalize(void)
+{
+	int fin = 0;
+	MPI_Finalized(&fin);
+	return fin ? 0 : MPI_Finalize();
+}
+
+static void s_errstr(int code, char *buf, size_t n)
+{
+	char s[MPI_MAX_ERROR_STRING];
+	int len = 0;
+	if (MPI_Error_string(code, s, &len) != MPI_SUCCESS)
+		snprintf(s, sizeof s, "MPI error %d", code);
+	snprintf(buf, n, "%s", s);
+}
+
+static void s_version(char *buf, size_t n)
+{
+	char s[MPI_MAX_LIBRARY_VERSION_STRING];
+	int len = 0;
+	MPI_Get_library_version(s, &len);
+	char *nl = strchr(s, '\n');
+	if (nl)
+		*nl = 0;
+	snprintf(buf, n, "%s", s);
+}
+
+static const ftp_mpi_api api = {
+	FTP_MPI_ABI, sizeof(ftp_mpi_api), s_init, s_allreduce_sum, s_bcast, s_barrier,
+	s_abort, s_finalize, s_errstr, s_version,
+};
+
+__attribute__((visibility("default"))) const ftp_mpi_api *ftp_mpi_api_get(void) { return &api; }
