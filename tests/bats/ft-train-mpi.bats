@@ -157,3 +157,57 @@ compare_with_one_process() {
 	run ft-train $(base) --output_dir out --max_steps 1 --ddp_timeout 180000000 --zero 1
 	assert_success
 }
+
+@test "ft-run: --nproc N and NPROC_PER_NODE start ft-train under mpirun; ddp_timeout routed" {
+	args=(-n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o --ddp_timeout 600)
+	run ft-run --nproc 2 "${args[@]}"
+	assert_success
+	assert_output --partial "mpirun -np 2 ft-train --stage sft"
+	assert_output --partial "--ddp_timeout 600"
+	run env NPROC_PER_NODE=4 FORCE_TORCHRUN=1 ft-run "${args[@]}"
+	assert_success
+	assert_output --partial "mpirun -np 4 ft-train"
+	# one rank: the plain command
+	run env NPROC_PER_NODE=1 ft-run "${args[@]}"
+	assert_success
+	refute_output --partial "mpirun"
+	run -2 env NNODES=2 NPROC_PER_NODE=8 ft-run "${args[@]}"
+	assert_output --partial "--hostfile"
+	run -2 env FORCE_TORCHRUN=1 ft-run "${args[@]}"
+	assert_output --partial "NPROC_PER_NODE=N"
+	run -2 ft-run -np 2 -n export --model_name_or_path m --export_dir x
+	assert_output --partial "only training"
+	run -1 ft-run -n --stage sft --do_train --dataset d --output_dir o --deepspeed ds.json
+	assert_output --partial "mpirun -np N ft-train ... --zero 1"
+}
+
+@test "ft-run --nproc 2 trains end to end: one log, one adapter" {
+	need_mpi
+	skip_without_shared
+	cp -r "$MODEL" model
+	cp "$FT_ROOT/tests/fixtures/generate/tokenizer/"* model/
+	cat > sft.yaml <<-EOT
+	stage: sft
+	do_train: true
+	model_name_or_path: model
+	dataset: identity
+	dataset_dir: $SHARED/data/llamafactory
+	template: default
+	finetuning_type: lora
+	cutoff_len: 64
+	max_samples: 16
+	output_dir: saves
+	logging_steps: 1
+	per_device_train_batch_size: 2
+	gradient_accumulation_steps: 1
+	num_train_epochs: 1.0
+	ddp_timeout: 180000000
+	EOT
+	run env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
+		ft-run -q --nproc 2 train sft.yaml
+	assert_success
+	[ -s saves/adapter_model.safetensors ]
+	[ "$(jq .ft.world_size saves/trainer_state.json)" = 2 ]
+	# 16 examples in 8 micro-batches of 2, 2 per step: 4 steps, each logged once
+	[ "$(jq -s '[.[] | select(.loss)] | length' saves/trainer_log.jsonl)" = 4 ]
+}
