@@ -46,6 +46,7 @@ struct ft_dist {
 	const char *what;        /* the collective in progress, NULL when none */
 	double since;
 	int64_t step;
+	double t0, comm_s;       /* the collective in progress began; all of them took */
 	/* NCCL */
 	void *nccl, *comm;
 	nccl_allreduce_fn allreduce;
@@ -151,6 +152,7 @@ static void *watchdog(void *arg)
 
 static void arm(ft_dist *d, const char *what)
 {
+	d->t0 = now_s();
 	if (!d->wd_on) return;
 	pthread_mutex_lock(&d->mu);
 	d->what = what;
@@ -160,6 +162,7 @@ static void arm(ft_dist *d, const char *what)
 
 static void disarm(ft_dist *d)
 {
+	d->comm_s += now_s() - d->t0;
 	if (!d->wd_on) return;
 	pthread_mutex_lock(&d->mu);
 	d->what = NULL;
@@ -231,6 +234,8 @@ void ft_dist_abort(ft_dist *d, int code)
 int ft_dist_rank(const ft_dist *d) { return d ? d->rank : 0; }
 int ft_dist_size(const ft_dist *d) { return d ? d->size : 1; }
 const char *ft_dist_version(const ft_dist *d) { return d ? d->version : ""; }
+
+double ft_dist_comm_seconds(const ft_dist *d) { return d ? d->comm_s : 0; }
 
 void ft_dist_set_step(ft_dist *d, int64_t step)
 {
@@ -339,5 +344,5 @@ void ft_dist_watch(ft_dist *d, const char *what)
 
 void ft_dist_unwatch(ft_dist *d)
 {
-	if (d) disarm(d);
+	if (d && d->size > 1) disarm(d);
 }

@@ -47,6 +47,9 @@ int ft_dist_rank(const ft_dist *d);   /* 0 for NULL */
 int ft_dist_size(const ft_dist *d);   /* 1 for NULL */
 /* "Open MPI v4.1.4, ..." (the library's own words), "" for NULL. */
 const char *ft_dist_version(const ft_dist *d);
+/* Seconds this rank spent in collectives so far (waiting for slower ranks
+ * included): the communication share of a run. */
+double ft_dist_comm_seconds(const ft_dist *d);
 /* The optimizer step the collectives belong to, for the watchdog's words. */
 void ft_dist_set_step(ft_dist *d, int64_t step);
 

@@ -71,7 +71,7 @@ static void s_version(char *buf, size_t n)
 	char s[MPI_MAX_LIBRARY_VERSION_STRING];
 	int len = 0;
 	MPI_Get_library_version(s, &len);
-	char *nl = strchr(s, '\n');
+	char *nl = strpbrk(s, ",\n");   /* "Open MPI v4.1.4" of "Open MPI v4.1.4, package: ..." */
 	if (nl)
 		*nl = 0;
 	snprintf(buf, n, "%s", s);

@@ -9,10 +9,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static ft_dist *job;          /* open until dist_finish */
 static char progname[64];
+static struct timespec started;
 
 /* The watchdog's end: the blocked collective cannot be cancelled, so the
  * process goes, and the launcher takes the others down. */
@@ -47,6 +49,7 @@ ft_dist *dist_start(ft_cli_args *c)
 		return NULL;
 	}
 	job = d;
+	clock_gettime(CLOCK_MONOTONIC, &started);
 	atexit(abort_job);
 	/* every message says which rank it comes from; only rank 0 shows
 	 * progress and notes, as LLaMA-Factory logs on the main process */
@@ -60,6 +63,14 @@ void dist_finish(ft_dist *d)
 {
 	if (!d) return;
 	job = NULL;
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	double run = (t.tv_sec - started.tv_sec) + 1e-9 * (t.tv_nsec - started.tv_nsec);
+	double comm = ft_dist_comm_seconds(d);
+	/* rank 0 waits for the others too: its share is the job's overhead */
+	if (ft_verbose >= 1)
+		warn("note: %d ranks (%s): %.3f s of %.3f s (%.1f%%) in collectives on rank 0",
+		     ft_dist_size(d), ft_dist_version(d), comm, run, run > 0 ? 100 * comm / run : 0.0);
 	ft_dist_close(d);
 }
 
