@@ -124,6 +124,12 @@ static int b_sum_grads(void *self, ft_dist *d)
 	binding *x = self;
 	if (!ft_dist_nccl_active(d))
 		return ft_fail("rank %d: the GPU gradients need NCCL (ft_dist_nccl_open)", ft_dist_rank(d));
+	/* a rank with no micro-batch in this step (the epoch's last, shorter
+	 * one) has not run the lazy zeroing: it contributes zeros, not the
+	 * last step's gradients */
+	if (x->need_zero && ft_cuda_zero_grad(x->dm) < 0)
+		return ft_fail_ctx("GPU: ");
+	x->need_zero = 0;
 	ft_dist_watch(d, "NCCL gradient all-reduce");
 	int rc = ft_dist_nccl_group(d, 1);
 	if (rc == 0) rc = ft_cuda_grads_each(x->dm, ft_dist_nccl_sum, d);

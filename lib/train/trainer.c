@@ -547,8 +547,9 @@ static int finish(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 	int64_t steps = st->global_step;
 	double train_loss = st->total_loss / (double)(steps > 0 ? steps : 1);
 	int64_t run_steps = st->global_step - c->start_step;
-	double samples = o->max_steps > 0
-		? (double)p->total_steps * o->train_batch_size * o->gradient_accumulation_steps
+	double samples = o->max_steps > 0   /* the global batch: x ranks */
+		? (double)p->total_steps * o->train_batch_size * o->gradient_accumulation_steps *
+		  ft_dist_size(o->dist)
 		: (double)o->n_batches * o->train_batch_size * o->num_train_epochs;
 	samples = samples * run_steps / (double)(p->total_steps ? p->total_steps : 1);
 	double total_flos = st->total_flos;

@@ -35,9 +35,10 @@ need_mpi() {
 }
 mpi2() { mpirun --oversubscribe --allow-run-as-root -np 2 "$@"; }
 base() { echo --model_name_or_path "$MODEL" --train train.zst --logging_steps 1 --learning_rate 1e-4 -q; }
-# largest |a - b| over the losses of two logs, line by line
+# largest |a - b| over the losses (or field $3) of two logs, line by line
 loss_diff() {
-	paste <(jq '.loss // 0' "$1") <(jq '.loss // 0' "$2") |
+	local f=${3:-loss}
+	paste <(jq ".$f // 0" "$1") <(jq ".$f // 0" "$2") |
 		awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > m) m = d } END { printf "%g\n", m + 0 }'
 }
 within() { awk -v x="$1" -v t="$2" 'BEGIN { exit !(x <= t) }'; }
@@ -210,4 +211,36 @@ compare_with_one_process() {
 	[ "$(jq .ft.world_size saves/trainer_state.json)" = 2 ]
 	# 16 examples in 8 micro-batches of 2, 2 per step: 4 steps, each logged once
 	[ "$(jq -s '[.[] | select(.loss)] | length' saves/trainer_log.jsonl)" = 4 ]
+}
+
+@test "an epoch's shorter last step and sharded evaluation match one process" {
+	need_mpi
+	ft-cat --encode < "$FIXTURES/trainer/val.jsonl" > val.zst
+	# 16 batches in steps of 6: 6, 6 and a last step of 4 (2 per rank)
+	args=($(base) --val val.zst --eval_steps 2 --num_train_epochs 2 --save_strategy no)
+	run ft-train "${args[@]}" --gradient_accumulation_steps 6 --output_dir one
+	assert_success
+	run mpi2 ft-train "${args[@]}" --gradient_accumulation_steps 3 --output_dir two
+	assert_success
+	diff <(jq -c '[.current_steps, .epoch, (.eval_loss != null)]' one/trainer_log.jsonl) \
+	     <(jq -c '[.current_steps, .epoch, (.eval_loss != null)]' two/trainer_log.jsonl)
+	within "$(loss_diff one/trainer_log.jsonl two/trainer_log.jsonl)" 1e-6
+	within "$(loss_diff one/trainer_log.jsonl two/trainer_log.jsonl eval_loss)" 1e-6
+}
+
+@test "SIGTERM to mpirun: all ranks stop at the same step, rank 0 checkpoints and says how to resume" {
+	need_mpi
+	mpirun --oversubscribe --allow-run-as-root -np 2 ft-train $(base) --max_steps 1000000 \
+		--save_steps 1000000 --output_dir out 2> err &
+	pid=$!
+	for i in $(seq 200); do [ -s out/trainer_log.jsonl ] && break; sleep 0.05; done
+	sleep 0.2
+	kill -TERM $pid
+	rc=0; wait $pid || rc=$?
+	[ "$rc" -ne 0 ]
+	grep -q "rank 0: interrupted (SIGTERM)" err
+	grep -q "resume with:" err
+	grep -q "mpirun -np 2 ft-train" err
+	ck=$(ls -d out/checkpoint-*)
+	[ -f "$ck/optimizer.safetensors" ]
 }

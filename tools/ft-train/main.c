@@ -492,9 +492,11 @@ int main(int argc, char **argv)
 			rc = FT_EXIT_DATA;   /* rank 0 says where the checkpoint is */
 		} else if (r.interrupted) {
 			char *cmd = resume_command(argc, argv, r.checkpoint);
+			char ranks[32] = "";   /* data parallel: the same launch */
+			if (ft_dist_size(dist) > 1) snprintf(ranks, sizeof ranks, "mpirun -np %d ", ft_dist_size(dist));
 			fprintf(stderr, "%s: interrupted (%s) at step %lld of %lld; checkpoint saved in %s\n"
-				"%s: resume with:\n  %s\n", ft_progname, stop_flag == SIGTERM ? "SIGTERM" : "SIGINT",
-				(long long)r.global_step, (long long)r.total_steps, r.checkpoint, ft_progname, cmd);
+				"%s: resume with:\n  %s%s\n", ft_progname, stop_flag == SIGTERM ? "SIGTERM" : "SIGINT",
+				(long long)r.global_step, (long long)r.total_steps, r.checkpoint, ft_progname, ranks, cmd);
 			if (c.n_train == 1 && !strcmp(c.train[0], "-"))
 				fprintf(stderr, "%s: (the batches came from stdin: feed the same stream again)\n",
 					ft_progname);
