@@ -269,6 +269,20 @@ int ft_dist_bcast(ft_dist *d, void *buf, size_t bytes, int root, const char *wha
 	return done(d, d->mpi->bcast(buf, bytes, root), what);
 }
 
+int ft_dist_send(ft_dist *d, const void *buf, size_t bytes, int dest, const char *what)
+{
+	if (!d || d->size < 2 || bytes == 0) return 0;
+	arm(d, what);
+	return done(d, d->mpi->send(buf, bytes, dest), what);
+}
+
+int ft_dist_recv(ft_dist *d, void *buf, size_t bytes, int src, const char *what)
+{
+	if (!d || d->size < 2 || bytes == 0) return 0;
+	arm(d, what);
+	return done(d, d->mpi->recv(buf, bytes, src), what);
+}
+
 int ft_dist_barrier(ft_dist *d, const char *what)
 {
 	if (!d || d->size < 2) return 0;

@@ -58,6 +58,9 @@ int ft_dist_sum_f32(ft_dist *d, float *x, size_t n, const char *what);
 int ft_dist_sum_f64(ft_dist *d, double *x, size_t n, const char *what);
 int ft_dist_bcast(ft_dist *d, void *buf, size_t bytes, int root, const char *what);
 int ft_dist_barrier(ft_dist *d, const char *what);
+/* Point to point (blocking): bytes from this rank to dest, or from src. */
+int ft_dist_send(ft_dist *d, const void *buf, size_t bytes, int dest, const char *what);
+int ft_dist_recv(ft_dist *d, void *buf, size_t bytes, int src, const char *what);
 /* The watchdog around work that waits on other ranks without a call
  * here (NCCL's asynchronous all-reduce, until the step synchronizes). */
 void ft_dist_watch(ft_dist *d, const char *what);
@@ -89,15 +92,17 @@ static inline int64_t ft_dist_step_batches(int accum, int n) { return (int64_t)a
 /* ZeRO-1: this rank's AdamW over its slice of the trainable parameters
  * (concatenated in order and split by ft_dist_shard), so each rank keeps
  * 1/n of the moments.  step updates the slice, then every rank's updated
- * slice is broadcast to the others; full state (all moments, on every
- * rank) comes and goes through a whole ft_adamw for checkpoints, in the
- * single-process format, so a run resumes on any number of ranks. */
+ * slice is broadcast to the others; the whole state comes and goes
+ * through a whole ft_adamw for checkpoints, in the single-process format,
+ * so a run resumes on any number of ranks. */
 typedef struct ft_zero1 ft_zero1;
 ft_zero1 *ft_zero1_new(ft_dist *d, ft_param *const *params, size_t n, const ft_adamw_opts *o);
 void ft_zero1_free(ft_zero1 *z);
 int ft_zero1_step(ft_zero1 *z, double lr);
 /* Moments and step of all slices into full (a whole-model ft_adamw over
- * the same params); every rank takes part. */
+ * the same params) on rank 0, which writes checkpoints; every rank takes
+ * part, and only rank 0's full is written to (the others' stays
+ * untouched, so its calloc'ed pages cost no memory). */
 int ft_zero1_gather(ft_zero1 *z, ft_adamw *full);
 /* This rank's slice out of full (after a checkpoint was loaded into it). */
 void ft_zero1_scatter(ft_zero1 *z, ft_adamw *full);

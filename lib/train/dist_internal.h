@@ -28,6 +28,9 @@ typedef struct {
 	/* in place, over MPI_COMM_WORLD; f64: double, else float */
 	int (*allreduce_sum)(void *buf, size_t n, int f64);
 	int (*bcast)(void *buf, size_t bytes, int root);
+	/* point to point, blocking (ZeRO-1's gather to rank 0) */
+	int (*send)(const void *buf, size_t bytes, int dest);
+	int (*recv)(void *buf, size_t bytes, int src);
 	int (*barrier)(void);
 	void (*abort)(int code);
 	int (*finalize)(void);

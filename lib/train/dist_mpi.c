@@ -47,6 +47,29 @@ static int s_bcast(void *buf, size_t bytes, int root)
 	return 0;
 }
 
+static int s_send(const void *buf, size_t bytes, int dest)
+{
+	for (size_t off = 0; off < bytes; off += PIECE) {
+		size_t k = bytes - off < PIECE ? bytes - off : PIECE;
+		int rc = MPI_Send((const char *)buf + off, (int)k, MPI_BYTE, dest, 0, MPI_COMM_WORLD);
+		if (rc != MPI_SUCCESS)
+			return rc;
+	}
+	return 0;
+}
+
+static int s_recv(void *buf, size_t bytes, int src)
+{
+	for (size_t off = 0; off < bytes; off += PIECE) {
+		size_t k = bytes - off < PIECE ? bytes - off : PIECE;
+		int rc = MPI_Recv((char *)buf + off, (int)k, MPI_BYTE, src, 0, MPI_COMM_WORLD,
+				  MPI_STATUS_IGNORE);
+		if (rc != MPI_SUCCESS)
+			return rc;
+	}
+	return 0;
+}
+
 static int s_barrier(void) { return MPI_Barrier(MPI_COMM_WORLD); }
 static void s_abort(int code) { MPI_Abort(MPI_COMM_WORLD, code); }
 
@@ -78,7 +101,7 @@ static void s_version(char *buf, size_t n)
 }
 
 static const ftp_mpi_api api = {
-	FTP_MPI_ABI, sizeof(ftp_mpi_api), s_init, s_allreduce_sum, s_bcast, s_barrier,
+	FTP_MPI_ABI, sizeof(ftp_mpi_api), s_init, s_allreduce_sum, s_bcast, s_send, s_recv, s_barrier,
 	s_abort, s_finalize, s_errstr, s_version,
 };
 

@@ -8,7 +8,8 @@
  * slice's only and the update is element for element the one
  * ft_adamw_step makes over the whole model: ZeRO-1 changes no bit of the
  * result.  The slices then travel from their owner to the others, one
- * broadcast per (rank, tensor) piece, straight into the tensors. */
+ * broadcast per (rank, tensor) piece, straight into the tensors.  For a
+ * checkpoint the moments go the same way, but only to rank 0. */
 #include <stdlib.h>
 #include <string.h>
 #include "train/dist.h"
@@ -107,15 +108,17 @@ static int bcast_weights(ft_zero1 *z, size_t k, size_t a, size_t b, void *ctx)
 			     "ZeRO-1 parameter all-gather");
 }
 
-static int bcast_moments(ft_zero1 *z, size_t k, size_t a, size_t b, void *ctx)
+static const char gather_what[] = "ZeRO-1 optimizer-state gather";
+
+/* On rank 0: rank c->root's piece of the moments, received in the order
+ * that rank sends its views (tensor order, exp_avg then exp_avg_sq). */
+static int recv_moments(ft_zero1 *z, size_t k, size_t a, size_t b, void *ctx)
 {
 	const bc_ctx *c = ctx;
 	size_t bytes = (b - a) * sizeof(float);
-	if (ft_dist_bcast(z->d, ft_adamw_exp_avg(c->full, k) + a, bytes, c->root,
-			  "ZeRO-1 optimizer-state gather") < 0)
+	if (ft_dist_recv(z->d, ft_adamw_exp_avg(c->full, k) + a, bytes, c->root, gather_what) < 0)
 		return -1;
-	return ft_dist_bcast(z->d, ft_adamw_exp_avg_sq(c->full, k) + a, bytes, c->root,
-			     "ZeRO-1 optimizer-state gather");
+	return ft_dist_recv(z->d, ft_adamw_exp_avg_sq(c->full, k) + a, bytes, c->root, gather_what);
 }
 
 int ft_zero1_step(ft_zero1 *z, double lr)
@@ -136,21 +139,30 @@ int ft_zero1_gather(ft_zero1 *z, ft_adamw *full)
 	if (ft_adamw_count(full) != z->n)
 		return ft_fail("ZeRO-1: the full optimizer has %zu tensors, the slices %zu",
 			       ft_adamw_count(full), z->n);
-	/* this rank's moments into the full state, then every slice to all */
-	for (size_t i = 0; i < z->nv; i++) {
-		size_t k = z->vk[i], a = z->voff[i], len = z->vp[i]->n;
-		memcpy(ft_adamw_exp_avg(full, k) + a, ft_adamw_exp_avg(z->opt, i), len * sizeof(float));
-		memcpy(ft_adamw_exp_avg_sq(full, k) + a, ft_adamw_exp_avg_sq(z->opt, i),
-		       len * sizeof(float));
-	}
-	int n = ft_dist_size(z->d);
-	for (int r = 0; r < n; r++) {
-		size_t lo, hi;
-		ft_dist_shard(z->total, n, r, &lo, &hi);
-		bc_ctx c = { r, full };
-		if (each_piece(z, lo, hi, bcast_moments, &c) < 0) return -1;
-	}
+	int rank = ft_dist_rank(z->d), n = ft_dist_size(z->d);
 	ft_adamw_set_steps(full, ft_adamw_steps(z->opt));
+	if (rank == 0) {   /* rank 0's own slice, then every other rank's */
+		for (size_t i = 0; i < z->nv; i++) {
+			size_t k = z->vk[i], a = z->voff[i], len = z->vp[i]->n;
+			memcpy(ft_adamw_exp_avg(full, k) + a, ft_adamw_exp_avg(z->opt, i), len * sizeof(float));
+			memcpy(ft_adamw_exp_avg_sq(full, k) + a, ft_adamw_exp_avg_sq(z->opt, i),
+			       len * sizeof(float));
+		}
+		for (int r = 1; r < n; r++) {
+			size_t lo, hi;
+			ft_dist_shard(z->total, n, r, &lo, &hi);
+			bc_ctx c = { r, full };
+			if (each_piece(z, lo, hi, recv_moments, &c) < 0) return -1;
+		}
+		return 0;
+	}
+	/* the others send their slice's moments from their slice optimizer */
+	for (size_t i = 0; i < z->nv; i++) {
+		size_t bytes = z->vp[i]->n * sizeof(float);
+		if (ft_dist_send(z->d, ft_adamw_exp_avg(z->opt, i), bytes, 0, gather_what) < 0 ||
+		    ft_dist_send(z->d, ft_adamw_exp_avg_sq(z->opt, i), bytes, 0, gather_what) < 0)
+			return -1;
+	}
 	return 0;
 }
 
