@@ -214,6 +214,7 @@ static void fill_entry(const runctx *c, const ftp_tstate *st, ft_trainlog_entry 
 	ft_trainlog_entry_init(e);
 	e->current_steps = st->global_step;
 	e->total_steps = c->p->total_steps;
+	if (ft_dist_size(c->o->dist) > 1) e->world_size = ft_dist_size(c->o->dist);
 	e->epoch = st->epoch;
 	e->percentage = c->p->total_steps
 		? round((double)st->global_step / c->p->total_steps * 100 * 100) / 100 : 100;

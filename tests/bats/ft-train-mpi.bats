@@ -61,6 +61,9 @@ compare_with_one_process() {
 	within "$w" 1e-6 || { echo "weights differ by $w"; return 1; }
 	[ "$(jq .ft.world_size two/trainer_state.json)" = 2 ]
 	[ "$(jq .ft.world_size one/trainer_state.json)" = 1 ]
+	# every log line says how many ranks made it; one process writes none
+	[ "$(jq -s 'map(.world_size) | unique' two/trainer_log.jsonl)" = "$(jq -n '[2]')" ]
+	[ "$(jq -s 'map(.world_size) | unique' one/trainer_log.jsonl)" = "$(jq -n '[null]')" ]
 }
 
 @test "plain ft-train does not link MPI" {

@@ -6,6 +6,7 @@
 #include "tap.h"
 #include "train/dist.h"
 #include "train/optim.h"
+#include "format/trainlog.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -105,6 +106,20 @@ int main(void)
 	same = 1;
 	for (int k = 0; k < 3; k++) same &= !memcmp(a[k].w, b[k].w, a[k].n * sizeof(float));
 	ok(same, "scatter then step: still bit-identical (resume path)");
+	/* trainer_log.jsonl: world_size on a DP run's lines only */
+	ft_trainlog_entry e, back;
+	ft_trainlog_entry_init(&e);
+	e.current_steps = 3;
+	e.loss = 1.5;
+	char *one = ft_trainlog_format(&e);
+	e.world_size = 4;
+	char *four = ft_trainlog_format(&e);
+	ok(!strstr(one, "world_size") && strstr(four, "\"world_size\": 4") &&
+	   ft_trainlog_parse(four, strlen(four), &back) == 0 && back.world_size == 4 &&
+	   ft_trainlog_parse(one, strlen(one), &back) == 0 && back.world_size == -1,
+	   "log lines: world_size written when > 1 and read back");
+	free(one);
+	free(four);
 	ft_zero1_free(z);
 	ft_zero1_free(z2);
 	ft_adamw_free(ref);
