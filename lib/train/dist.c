@@ -239,7 +239,10 @@ double ft_dist_comm_seconds(const ft_dist *d) { return d ? d->comm_s : 0; }
 
 void ft_dist_set_step(ft_dist *d, int64_t step)
 {
-	if (d) d->step = step;
+	if (!d) return;
+	if (d->wd_on) pthread_mutex_lock(&d->mu);   /* the watchdog reads it */
+	d->step = step;
+	if (d->wd_on) pthread_mutex_unlock(&d->mu);
 }
 
 static int done(ft_dist *d, int rc, const char *what)
