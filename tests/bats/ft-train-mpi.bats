@@ -248,3 +248,27 @@ compare_with_one_process() {
 	ck=$(ls -d out/checkpoint-*)
 	[ -f "$ck/optimizer.safetensors" ]
 }
+
+@test "under mpirun, --train - is refused: only rank 0 gets stdin" {
+	need_mpi
+	run -2 bash -c "mpirun --oversubscribe --allow-run-as-root -np 2 ft-train $(base) --train - \
+		--output_dir out < train.zst 2>&1"
+	assert_output --partial "--train -: under mpirun every rank reads the batches"
+}
+
+# Where a machine has two GPUs (never in CI here: skipped): NCCL sums the
+# device gradients; fp32 on the GPU, so the same 1e-6 as on the CPU.
+@test "GPU: 2 ranks x 1 GPU == 1 GPU with twice the accumulation (NCCL)" {
+	need_mpi
+	command -v nvidia-smi >/dev/null && [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ] ||
+		skip "needs 2 NVIDIA GPUs"
+	ldconfig -p | grep -q libnccl.so.2 || [ -n "${FT_NCCL_LIB:-}" ] || skip "libnccl.so.2 is absent"
+	run ft-train $(base) --device cuda --max_steps 6 --gradient_accumulation_steps 4 --output_dir one \
+		--save_strategy no
+	assert_success
+	run mpi2 ft-train $(base) --device cuda --max_steps 6 --gradient_accumulation_steps 2 --output_dir two \
+		--save_strategy no
+	assert_success
+	within "$(loss_diff one/trainer_log.jsonl two/trainer_log.jsonl)" 1e-6
+	within "$("$MAXDIFF" one/adapter_model.safetensors two/adapter_model.safetensors)" 1e-6
+}

@@ -28,10 +28,12 @@ static void on_timeout(void *ctx, const char *msg)
 }
 
 /* A rank that exits before dist_finish (die, an error) ends the job at
- * once rather than leave the others in a collective until --ddp_timeout. */
-static void abort_job(void)
+ * once rather than leave the others in a collective until --ddp_timeout,
+ * with its exit status (2: usage) as the job's. */
+static void abort_job(int status, void *arg)
 {
-	if (job) ft_dist_abort(job, FT_EXIT_DATA);
+	(void)arg;
+	if (job) ft_dist_abort(job, status ? status : FT_EXIT_DATA);
 }
 
 ft_dist *dist_start(ft_cli_args *c)
@@ -50,7 +52,13 @@ ft_dist *dist_start(ft_cli_args *c)
 	}
 	job = d;
 	clock_gettime(CLOCK_MONOTONIC, &started);
-	atexit(abort_job);
+	on_exit(abort_job, NULL);
+	/* every rank reads the batches; mpirun gives stdin to rank 0 only */
+	for (size_t i = 0; i < c->n_train + c->n_val; i++)
+		if (!strcmp(i < c->n_train ? c->train[i] : c->val[i - c->n_train], "-"))
+			die_usage("--%s -: under mpirun every rank reads the batches, and only rank 0 "
+				  "gets stdin: give the ft-pack output as a file or directory",
+				  i < c->n_train ? "train" : "val");
 	/* every message says which rank it comes from; only rank 0 shows
 	 * progress and notes, as LLaMA-Factory logs on the main process */
 	snprintf(progname, sizeof progname, "ft-train: rank %d", ft_dist_rank(d));
