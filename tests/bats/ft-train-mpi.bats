@@ -165,10 +165,11 @@ compare_with_one_process() {
 
 @test "ft-run: --nproc N and NPROC_PER_NODE start ft-train under mpirun; ddp_timeout routed" {
 	args=(-n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o --ddp_timeout 600)
-	run ft-run --nproc 2 "${args[@]}"
+	run ft-run --nproc 2 "${args[@]}" zero=1
 	assert_success
 	assert_output --partial "mpirun -np 2 ft-train --stage sft"
 	assert_output --partial "--ddp_timeout 600"
+	assert_output --partial "--zero 1"
 	run env NPROC_PER_NODE=4 FORCE_TORCHRUN=1 ft-run "${args[@]}"
 	assert_success
 	assert_output --partial "mpirun -np 4 ft-train"
