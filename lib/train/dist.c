@@ -265,6 +265,41 @@ int ft_dist_sum_f64(ft_dist *d, double *x, size_t n, const char *what)
 	return done(d, d->mpi->allreduce_sum(x, n, 1), what);
 }
 
+/* The timeout found by the polling call: rank 0 knows who did not come. */
+static int watched_timeout(ft_dist *d, const unsigned char *missing, const char *what)
+{
+	char who[256] = "";
+	size_t k = 0;
+	int n = 0;
+	for (int r = 0; r < d->size && k + 16 < sizeof who; r++)
+		if (missing[r]) k += (size_t)snprintf(who + k, sizeof who - k, "%s%d", n++ ? ", " : "", r);
+	char msg[768];
+	if (n)
+		snprintf(msg, sizeof msg, "rank %d of %d: rank%s %s did not reach the %s of step %lld "
+			 "within %.0f s (--ddp_timeout): dead or hung; stopping the job", d->rank, d->size,
+			 n > 1 ? "s" : "", who, what, (long long)d->step, d->timeout);
+	else
+		snprintf(msg, sizeof msg, "rank %d of %d: the %s of step %lld has waited %.0f s "
+			 "(--ddp_timeout): another rank died or hangs; stopping the job", d->rank, d->size,
+			 what, (long long)d->step, d->timeout);
+	d->on_timeout(d->ctx, msg);   /* does not return */
+	return ft_fail("%s", msg);
+}
+
+int ft_dist_sum_f64_watched(ft_dist *d, double *x, size_t n, const char *what)
+{
+	if (!d || d->size < 2 || n == 0) return 0;
+	if (!d->wd_on || n >= ((size_t)1 << 30)) return ft_dist_sum_f64(d, x, n, what);
+	unsigned char *missing = ft_xcalloc((size_t)d->size, 1);
+	d->t0 = now_s();
+	int rc = d->mpi->sum_watched(x, n, 1, d->timeout, missing);
+	d->comm_s += now_s() - d->t0;
+	if (rc == FTP_MPI_TIMEOUT) rc = watched_timeout(d, missing, what);
+	else if (rc) rc = mpi_fail(d, rc, what);
+	free(missing);
+	return rc;
+}
+
 int ft_dist_bcast(ft_dist *d, void *buf, size_t bytes, int root, const char *what)
 {
 	if (!d || d->size < 2 || bytes == 0) return 0;

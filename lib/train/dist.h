@@ -56,6 +56,10 @@ void ft_dist_set_step(ft_dist *d, int64_t step);
 /* In place over all ranks; `what` names the exchange in errors. */
 int ft_dist_sum_f32(ft_dist *d, float *x, size_t n, const char *what);
 int ft_dist_sum_f64(ft_dist *d, double *x, size_t n, const char *what);
+/* As ft_dist_sum_f64 for a few values (the per-step loss sum, the first
+ * exchange of every step), polled: when it times out, rank 0 names the
+ * ranks that never reached it (each rank tells rank 0 it arrived). */
+int ft_dist_sum_f64_watched(ft_dist *d, double *x, size_t n, const char *what);
 int ft_dist_bcast(ft_dist *d, void *buf, size_t bytes, int root, const char *what);
 int ft_dist_barrier(ft_dist *d, const char *what);
 /* Point to point (blocking): bytes from this rank to dest, or from src. */

@@ -20,6 +20,7 @@
 
 #define FTP_MPI_ABI 1
 #define FTP_MPI_API_SYMBOL "ftp_mpi_api_get"
+#define FTP_MPI_TIMEOUT (-2)
 
 typedef struct {
 	int abi;
@@ -31,6 +32,11 @@ typedef struct {
 	/* point to point, blocking (ZeRO-1's gather to rank 0) */
 	int (*send)(const void *buf, size_t bytes, int dest);
 	int (*recv)(void *buf, size_t bytes, int src);
+	/* allreduce_sum of n < 2^30 elements that gives up after timeout
+	 * seconds (> 0), returning FTP_MPI_TIMEOUT; then on rank 0 the
+	 * ranks that have not reached the call are flagged in missing[size]
+	 * (every rank tells rank 0 it arrived, point to point). */
+	int (*sum_watched)(void *buf, size_t n, int f64, double timeout, unsigned char *missing);
 	int (*barrier)(void);
 	void (*abort)(int code);
 	int (*finalize)(void);

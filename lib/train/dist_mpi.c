@@ -3,6 +3,8 @@
  * MPI call over MPI_COMM_WORLD, split where MPI's int counts require. */
 #include <limits.h>
 #include <mpi.h>
+#include <sched.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include "train/dist_internal.h"
@@ -70,6 +72,53 @@ static int s_recv(void *buf, size_t bytes, int src)
 	return 0;
 }
 
+#define ARRIVED_TAG 7019
+
+/* The arrival notes to rank 0 and a non-blocking all-reduce, polled until
+ * it completes or the time is up.  Small messages only (the per-step loss
+ * sum), where MPI_Iallreduce costs what MPI_Allreduce does. */
+static int s_sum_watched(void *buf, size_t n, int f64, double timeout, unsigned char *missing)
+{
+	int rank, size, rc, one = 1, flag = 0;
+	MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+	MPI_Comm_size(MPI_COMM_WORLD, &size);
+	MPI_Request *arr = calloc((size_t)size, sizeof *arr), red;
+	int *got = calloc((size_t)size, sizeof *got);
+	if (!arr || !got) {
+		free(arr);
+		free(got);
+		return MPI_ERR_NO_MEM;
+	}
+	for (int r = 0; r < size; r++) arr[r] = MPI_REQUEST_NULL;
+	if (rank == 0) {
+		for (int r = 1; r < size; r++)
+			MPI_Irecv(&got[r], 1, MPI_INT, r, ARRIVED_TAG, MPI_COMM_WORLD, &arr[r]);
+	} else {
+		MPI_Isend(&one, 1, MPI_INT, 0, ARRIVED_TAG, MPI_COMM_WORLD, &arr[0]);
+	}
+	rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)n, f64 ? MPI_DOUBLE : MPI_FLOAT, MPI_SUM,
+			    MPI_COMM_WORLD, &red);
+	double deadline = MPI_Wtime() + timeout;
+	while (rc == MPI_SUCCESS && (rc = MPI_Test(&red, &flag, MPI_STATUS_IGNORE)) == MPI_SUCCESS && !flag) {
+		if (MPI_Wtime() > deadline) {
+			for (int r = 0; r < size; r++) {
+				int done = 1;
+				if (rank == 0 && r > 0) MPI_Test(&arr[r], &done, MPI_STATUS_IGNORE);
+				missing[r] = rank == 0 && !done;
+			}
+			/* arr and got stay allocated: a late peer may still
+			 * complete the requests, and the caller ends the job */
+			return FTP_MPI_TIMEOUT;
+		}
+		sched_yield();
+	}
+	if (rc == MPI_SUCCESS)   /* everyone arrived: the notes are in */
+		rc = MPI_Waitall(size, arr, MPI_STATUSES_IGNORE);
+	free(arr);
+	free(got);
+	return rc;
+}
+
 static int s_barrier(void) { return MPI_Barrier(MPI_COMM_WORLD); }
 static void s_abort(int code) { MPI_Abort(MPI_COMM_WORLD, code); }
 
@@ -101,8 +150,8 @@ static void s_version(char *buf, size_t n)
 }
 
 static const ftp_mpi_api api = {
-	FTP_MPI_ABI, sizeof(ftp_mpi_api), s_init, s_allreduce_sum, s_bcast, s_send, s_recv, s_barrier,
-	s_abort, s_finalize, s_errstr, s_version,
+	FTP_MPI_ABI, sizeof(ftp_mpi_api), s_init, s_allreduce_sum, s_bcast, s_send, s_recv,
+	s_sum_watched, s_barrier, s_abort, s_finalize, s_errstr, s_version,
 };
 
 __attribute__((visibility("default"))) const ftp_mpi_api *ftp_mpi_api_get(void) { return &api; }

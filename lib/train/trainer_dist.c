@@ -67,7 +67,7 @@ int ftp_dist_reduce(const ft_train_opts *o, ft_train_model *m, ft_param **params
 	/* the per-micro-batch losses (zeros where another rank's) and, in
 	 * the last slot, any rank's stop request: every rank then logs the
 	 * same global losses and stops at the same step */
-	if (ft_dist_sum_f64(d, ls, (size_t)n + 1, "loss all-reduce") < 0) return -1;
+	if (ft_dist_sum_f64_watched(d, ls, (size_t)n + 1, "loss all-reduce") < 0) return -1;
 	if (m->sum_grads) return m->sum_grads(m->self, d);
 	return sum_grads_cpu(d, params, np);
 }

@@ -129,14 +129,19 @@ compare_with_one_process() {
 	[ ! -e out/adapter_model.safetensors ]
 }
 
-@test "a hung rank: the others give up after --ddp_timeout with the rank and step" {
+@test "a hung rank: the others give up after --ddp_timeout; rank 0 names the missing rank" {
 	need_mpi
 	SECONDS=0
 	run --separate-stderr env FT_DIST_TEST_FAULT=stop:1:3 timeout 120 mpirun --oversubscribe \
 		--allow-run-as-root -np 2 ft-train $(base) --max_steps 100000 --output_dir out --ddp_timeout 2
 	[ "$status" -ne 0 ] && [ "$status" -ne 124 ]
 	[ "$SECONDS" -lt 60 ]
-	[[ "$stderr" == *"ft-train: rank 0 of 2: the loss all-reduce of step 4 has waited 2 s (--ddp_timeout)"* ]]
+	[[ "$stderr" == *"ft-train: rank 0 of 2: rank 1 did not reach the loss all-reduce of step 4 within 2 s (--ddp_timeout)"* ]]
+	# rank 0 hung: the others cannot tell who is missing, but still stop
+	run --separate-stderr env FT_DIST_TEST_FAULT=stop:0:3 timeout 120 mpirun --oversubscribe \
+		--allow-run-as-root -np 2 ft-train $(base) --max_steps 100000 --output_dir out2 --ddp_timeout 2
+	[ "$status" -ne 0 ] && [ "$status" -ne 124 ]
+	[[ "$stderr" == *"ft-train: rank 1 of 2: the loss all-reduce of step 4 has waited 2 s (--ddp_timeout): another rank died or hangs"* ]]
 }
 
 @test "a rank's error ends the job at once, with the rank in the message" {
