@@ -70,6 +70,8 @@ int main(void)
 	   "NULL job: rank 0 of 1, no NCCL");
 	ok(ft_dist_sum_f32(NULL, x, 3, "t") == 0 && ft_dist_sum_f64(NULL, y, 2, "t") == 0 &&
 	   ft_dist_bcast(NULL, x, sizeof x, 0, "t") == 0 && ft_dist_barrier(NULL, "t") == 0 &&
+	   ft_dist_sum_f64_watched(NULL, y, 2, "t") == 0 && ft_dist_send(NULL, x, 4, 0, "t") == 0 &&
+	   ft_dist_recv(NULL, x, 4, 0, "t") == 0 && ft_dist_comm_seconds(NULL) == 0 &&
 	   x[2] == 3 && y[1] == 5, "NULL job: collectives are no-ops");
 
 	/* ZeRO-1 on one rank: the sliced optimizer over views == ft_adamw */
