@@ -22,6 +22,8 @@ LIB_CUDA   += infer
 LIB_MODEL  += model_pref
 LIB_TRAIN  += pref pref_loss
 LIB_FORMAT += trainlog_extra
+# data parallel (lib/train/dist.h); dist_mpi.c is the MPI shim below, not in libft.a
+LIB_TRAIN  += dist dist_shard trainer_dist
 
 LIB_SRC   := $(LIB_UTIL:%=lib/util/%.c) $(LIB_FORMAT:%=lib/format/%.c) \
              $(LIB_TEXT:%=lib/text/%.c) $(LIB_DATA:%=lib/data/%.c) \
@@ -105,6 +107,19 @@ build/gpu/bench_gpu: bench/train-gpu/bench_gpu.c build/libft.a build/libft_cuda.
 endif
 .PHONY: gpu-tests gpu-check
 
+# The MPI shim: build/libft_mpi.so from lib/train/dist_mpi.c, compiled
+# against <mpi.h> whenever mpicc is present (Debian: libopenmpi-dev) and
+# dlopen'ed by ft-train only when mpirun or srun started it, so the tools
+# never link libmpi (lib/train/dist_internal.h).
+MPICC ?= mpicc
+MPI   ?= $(shell command -v $(MPICC) >/dev/null 2>&1 && echo 1 || echo 0)
+ifeq ($(MPI),1)
+all: build/libft_mpi.so
+endif
+build/libft_mpi.so: lib/train/dist_mpi.c lib/train/dist_internal.h
+	@mkdir -p $(@D)
+	$(MPICC) -std=gnu11 $(WARN) -O2 -fPIC -shared -fvisibility=hidden -iquote lib $< -o $@
+
 # The one device check: a self-contained bundle/ (bench/train-gpu/bundle.sh)
 # and its script, which on a GPU machine runs the parity tests, ft-train
 # on the GPU vs the CPU and the throughput table, and here runs the
@@ -149,6 +164,12 @@ fuzz: $(FUZZ_BINS)
 	done; echo "fuzz: every target ran $(FUZZ_SECONDS) s without a finding"
 
 unit: $(UNIT_BINS)
+# helpers the bats tests run (tests/tools/*.c)
+TEST_TOOLS := $(patsubst tests/tools/%.c,build/tests/%,$(wildcard tests/tools/*.c))
+unit: $(TEST_TOOLS)
+build/tests/%: tests/tools/%.c build/libft.a
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $< build/libft.a $(LDLIBS) -o $@
 asan-tools: $(ASAN_BINS)
 
 test: all unit asan-tools
@@ -162,6 +183,8 @@ install: all
 	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
 	if [ -f build/libft_cuda.so ]; then install -d $(DESTDIR)$(PREFIX)/lib/ft && \
 		install -m 755 build/libft_cuda.so $(DESTDIR)$(PREFIX)/lib/ft/; fi
+	if [ -f build/libft_mpi.so ]; then install -d $(DESTDIR)$(PREFIX)/lib/ft && \
+		install -m 755 build/libft_mpi.so $(DESTDIR)$(PREFIX)/lib/ft/; fi
 
 clean:
 	rm -rf build bin

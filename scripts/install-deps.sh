@@ -14,9 +14,11 @@
 #   bats bats-assert bats-support   command-line tests
 #   pkg-config make gcc zstd        build and test tools
 #   jq               bats tests check batch streams as JSON (ft-cat | jq)
+#   openmpi-bin libopenmpi-dev   mpirun ft-train (data parallel; build/libft_mpi.so)
 set -e
 PKGS="libzstd-dev libmsgpack-dev libjansson-dev libpcre2-dev libutf8proc-dev
-libopenblas-dev libcairo2-dev libyaml-dev bats bats-assert bats-support pkg-config make gcc zstd jq"
+libopenblas-dev libcairo2-dev libyaml-dev bats bats-assert bats-support pkg-config make gcc zstd jq
+openmpi-bin libopenmpi-dev"
 
 missing=""
 for p in $PKGS; do

@@ -44,14 +44,24 @@ void ft_cli_init(int argc, char **argv)
 	}
 }
 
+/* One write per line: the ranks of `mpirun -np N ft-train` share stderr,
+ * and a line written in pieces interleaves with another rank's. */
 static void vmessage(const char *fmt, va_list ap)
 {
 	int saved = errno;
-	fprintf(stderr, "%s: ", ft_progname);
-	vfprintf(stderr, fmt, ap);
+	va_list aq;
+	va_copy(aq, ap);
+	int len = vsnprintf(NULL, 0, fmt, aq);
+	va_end(aq);
+	char *msg = ft_xmalloc(len > 0 ? (size_t)len + 1 : 1);
+	if (len < 0 || vsnprintf(msg, (size_t)len + 1, fmt, ap) < 0) msg[0] = 0;
 	size_t n = strlen(fmt);
-	if (n && fmt[n - 1] == ':') fprintf(stderr, " %s", strerror(saved));
-	fputc('\n', stderr);
+	int colon = n && fmt[n - 1] == ':';
+	char *line = ft_xasprintf("%s: %s%s%s\n", ft_progname, msg, colon ? " " : "",
+				  colon ? strerror(saved) : "");
+	fputs(line, stderr);
+	free(line);
+	free(msg);
 }
 
 void die(const char *fmt, ...)

@@ -15,8 +15,9 @@
 /* Refusals shared by several keys. */
 #define MULTIMODAL "ft trains text-only models (no image, video or audio inputs)"
 #define NOT_YET "not implemented in ft yet"
-#define DEEPSPEED "ft does not use DeepSpeed or FSDP: ft-train runs one process and keeps " \
-	"every tensor on its device (see README, 'Coming from LLaMA-Factory')"
+#define DEEPSPEED "ft does not use DeepSpeed or FSDP: for data parallel training with the " \
+	"optimizer state sharded across ranks run mpirun -np N ft-train ... --zero 1 " \
+	"(ft-run --nproc N ... zero=1; docs/DISTRIBUTED.md)"
 
 static const ftp_route routes[] = {
 	{"stage", FTP_T | FTP_P | FTP_R, NULL},
@@ -58,7 +59,8 @@ static const ftp_route routes[] = {
 	{"trust_remote_code", FTP_N, "ft runs no model code from the hub"},
 	{"preprocessing_num_workers", FTP_N, "ft-tokenize uses every core"},
 	{"dataloader_num_workers", FTP_N, "batches are prepared by ft-pack before training"},
-	{"ddp_timeout", FTP_N, "ft-train runs one process"},
+	{"ddp_timeout", FTP_R, NULL},
+	{"zero", FTP_R, NULL},   /* ft's own: ZeRO-1 under mpirun (ft-train --zero) */
 	{"run_name", FTP_N, "ft-train names a run by its output_dir"},
 	{"save_only_model", FTP_N, "checkpoints always hold the optimizer state, so resuming is exact"},
 	{"flash_attn", FTP_N, "the CPU path has one attention implementation"},

@@ -38,6 +38,7 @@ static const ftp_cuda_api api = {
 	ft_cuda_infer_reset,
 	ft_cuda_infer_len,
 	ft_cuda_infer_forward,
+	ft_cuda_grads_each,
 };
 
 extern "C" FTP_EXPORT const ftp_cuda_api *ftp_cuda_backend_api(void) { return &api; }

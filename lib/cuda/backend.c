@@ -159,3 +159,8 @@ int ft_cuda_infer_forward(ft_cuda_infer *c, const int32_t *tokens, const int *ro
 {
 	return BACKEND->infer_forward(c, tokens, rows, N, want, logits);
 }
+
+int ft_cuda_grads_each(ft_cuda_model *dm, ft_cuda_grad_fn fn, void *ctx)
+{
+	return BACKEND->grads_each(dm, fn, ctx);
+}

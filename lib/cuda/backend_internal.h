@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define FTP_CUDA_ABI 3
+#define FTP_CUDA_ABI 4
 
 typedef struct {
 	int abi;
@@ -57,6 +57,8 @@ typedef struct {
 	int (*infer_len)(const ft_cuda_infer *, int);
 	int (*infer_forward)(ft_cuda_infer *, const int32_t *, const int *, int, const int *,
 			     float *);
+	/* ABI 4: per-gradient device pointers (NCCL sums) */
+	int (*grads_each)(ft_cuda_model *, ft_cuda_grad_fn, void *);
 } ftp_cuda_api;
 
 /* The .so's entry points (exported; looked up by name with dlsym). */

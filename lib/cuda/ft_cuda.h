@@ -111,6 +111,13 @@ int ft_cuda_adamw_set(ft_cuda_model *dm, size_t i, const float *exp_avg,
  * LoRA dropout masks (as the CPU model's): set on resume. */
 void ft_cuda_set_position(ft_cuda_model *dm, int64_t micro_batches_done);
 
+/* Data parallel: fn(ctx, g, n, stream) for each trainable parameter's fp32
+ * gradient in device memory (n floats), with the model's cudaStream_t as
+ * void *, in parameter order; stops at the first fn < 0.  The trainer's
+ * NCCL all-reduce goes through it (lib/train/cuda_train.c). */
+typedef int (*ft_cuda_grad_fn)(void *ctx, float *g, size_t n, void *stream);
+int ft_cuda_grads_each(ft_cuda_model *dm, ft_cuda_grad_fn fn, void *ctx);
+
 /* Peak device bytes allocated by ft (the allocator's high-water mark:
  * the planned allocation, cuBLAS's workspace inside it; not the CUDA
  * context or other processes). */

@@ -9,6 +9,14 @@
 /* torch.cuda.amp.GradScaler defaults */
 #define SCALE_GROWTH_INTERVAL 2000
 
+int ft_cuda_grads_each(ft_cuda_model *dm, ft_cuda_grad_fn fn, void *ctx)
+{
+	for (int i = 0; i < dm->ntens; i++)
+		if (dm->tens[i].g && fn(ctx, dm->tens[i].g, dm->tens[i].n, (void *)dm->stream) < 0)
+			return -1;
+	return 0;
+}
+
 int ft_cuda_zero_grad(ft_cuda_model *dm)
 {
 	dm->unscaled = 0;

@@ -16,7 +16,7 @@
 void ft_trainlog_entry_init(ft_trainlog_entry *e)
 {
 	memset(e, 0, sizeof *e);
-	e->current_steps = e->total_steps = e->total_tokens = -1;
+	e->current_steps = e->total_steps = e->total_tokens = e->world_size = -1;
 	e->loss = e->eval_loss = e->lr = e->epoch = NAN;
 	e->percentage = e->throughput = e->grad_norm = NAN;
 }
@@ -62,6 +62,7 @@ static int parse_object(const json_t *o, ft_trainlog_entry *e)
 	    get_num(o, "lr", &e->lr) || get_num(o, "epoch", &e->epoch) ||
 	    get_num(o, "percentage", &e->percentage) || get_num(o, "throughput", &e->throughput) ||
 	    get_num(o, "grad_norm", &e->grad_norm) || get_int(o, "total_tokens", &e->total_tokens) ||
+	    get_int(o, "world_size", &e->world_size) ||
 	    get_str(o, "elapsed_time", e->elapsed_time, sizeof e->elapsed_time) ||
 	    get_str(o, "remaining_time", e->remaining_time, sizeof e->remaining_time))
 		return -1;
@@ -184,6 +185,7 @@ char *ft_trainlog_format(const ft_trainlog_entry *e)
 	sb_num(&b, "throughput", e->throughput);
 	sb_int(&b, "total_tokens", e->total_tokens);
 	sb_num(&b, "grad_norm", e->grad_norm);
+	if (e->world_size > 1) sb_int(&b, "world_size", e->world_size);
 	sb_add(&b, "}\n");
 	return b.s;
 }

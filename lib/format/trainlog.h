@@ -28,6 +28,8 @@ typedef struct {
 	double throughput;    /* tokens/s since the start of this run */
 	double grad_norm;     /* ft extension (HF log_history has it) */
 	int64_t total_tokens; /* input tokens seen, -1 when absent */
+	int64_t world_size;   /* ft extension: ranks of a data parallel run
+				 (written only when > 1), -1 when absent */
 	char elapsed_time[32], remaining_time[32];  /* "H:MM:SS" ("" absent) */
 } ft_trainlog_entry;
 /* Every double above is NAN when the field is absent from the line. */

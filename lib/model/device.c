@@ -25,7 +25,7 @@ static struct {
 	char path[PATH_MAX], why[PATH_MAX + 512];
 } be;
 
-static int exe_dir(char *dir, size_t n)
+int ft_device_exe_dir(char *dir, size_t n)
 {
 	ssize_t k = readlink("/proc/self/exe", dir, n - 1);
 	if (k <= 0)
@@ -66,7 +66,7 @@ static void load_once(void)
 		return;
 	}
 	char dir[PATH_MAX - 64];
-	if (exe_dir(dir, sizeof dir) < 0) {
+	if (ft_device_exe_dir(dir, sizeof dir) < 0) {
 		snprintf(be.why, sizeof be.why, "cannot read /proc/self/exe to find " SO_NAME
 			 " (set FT_CUDA_LIB)");
 		return;

@@ -40,4 +40,8 @@ int ft_device_cuda_count(char *desc, size_t desc_size);
  * the CPU, why (may be NULL) receives the reason, else "". */
 int ft_device_resolve(const char *want, int *index, char *why, size_t why_size);
 
+/* The directory of the running executable (/proc/self/exe), where the
+ * backends are looked for (also libft_mpi.so, lib/train/dist.c). */
+int ft_device_exe_dir(char *dir, size_t n);
+
 #endif

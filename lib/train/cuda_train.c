@@ -1,6 +1,7 @@
 /* cuda_train.c - ft_train_model on the CUDA backend (see cuda_train.h). */
 #include <stdlib.h>
 #include "train/cuda_train.h"
+#include "train/dist.h"
 #include "util/error.h"
 
 typedef struct {
@@ -112,6 +113,32 @@ static void b_set_position(void *self, int64_t n)
 	ft_cuda_set_position(((binding *)self)->dm, n);
 }
 
+/* Data parallel on GPUs: one NCCL group over every gradient, on the
+ * model's stream, waited for here so the watchdog covers it and the step
+ * that follows sees the sums.  Not overlapped with the backward: the
+ * device backward is one call (ft_cuda_forward_backward) with no hook per
+ * layer, and with accumulation a layer's gradient is final only after the
+ * last micro-batch (docs/DISTRIBUTED.md). */
+static int b_sum_grads(void *self, ft_dist *d)
+{
+	binding *x = self;
+	if (!ft_dist_nccl_active(d))
+		return ft_fail("rank %d: the GPU gradients need NCCL (ft_dist_nccl_open)", ft_dist_rank(d));
+	/* a rank with no micro-batch in this step (the epoch's last, shorter
+	 * one) has not run the lazy zeroing: it contributes zeros, not the
+	 * last step's gradients */
+	if (x->need_zero && ft_cuda_zero_grad(x->dm) < 0)
+		return ft_fail_ctx("GPU: ");
+	x->need_zero = 0;
+	ft_dist_watch(d, "NCCL gradient all-reduce");
+	int rc = ft_dist_nccl_group(d, 1);
+	if (rc == 0) rc = ft_cuda_grads_each(x->dm, ft_dist_nccl_sum, d);
+	if (ft_dist_nccl_group(d, 0) < 0) rc = -1;
+	if (rc == 0) rc = ft_cuda_sync(x->dm);
+	ft_dist_unwatch(d);
+	return rc;
+}
+
 static size_t b_peak(void *self) { return ft_cuda_peak_bytes(((binding *)self)->dm); }
 
 int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t)
@@ -123,7 +150,8 @@ int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t
 		return -1;
 	}
 	ft_train_model r = { x, b_nparams, b_param, b_zero_grad, b_fwd_bwd, b_fwd, b_save,
-			     b_set_position, b_step, b_state_out, b_state_in, b_peak, 0, NULL };
+			     b_set_position, b_step, b_state_out, b_state_in, b_peak, 0, NULL,
+			     b_sum_grads };
 	*t = r;
 	return 0;
 }

@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include "train/trainer.h"
 #include "train/trainer_internal.h"
+#include "train/dist.h"
 #include "util/error.h"
 #include "util/atomicfile.h"
 #include "util/json.h"
@@ -46,6 +47,7 @@ int ft_train_plan_make(const ft_train_opts *o, ft_train_plan *p)
 	memset(p, 0, sizeof *p);
 	int64_t ga = o->gradient_accumulation_steps;
 	if (ga < 1) return ft_fail("gradient_accumulation_steps must be >= 1");
+	ga = ft_dist_step_batches((int)ga, ft_dist_size(o->dist));   /* the global batch */
 	if (o->n_batches < 1) return ft_fail("the training data holds no batches");
 	p->steps_per_epoch = o->n_batches / ga + (o->n_batches % ga > 0);
 	if (p->steps_per_epoch < 1) p->steps_per_epoch = 1;
@@ -156,17 +158,19 @@ static int64_t batch_tokens(const ft_batch *b)
 
 /* ---- evaluation ---------------------------------------------------------- */
 
-int ft_evaluate(ft_train_model *m, ft_batch_source *val, double *eval_loss, int64_t *n_batches,
-		int64_t *n_rows)
+/* With ranks, each evaluates every n-th batch and the sums are summed. */
+static int evaluate_on(ft_train_model *m, ft_batch_source *val, struct ft_dist *d, double *eval_loss,
+		       int64_t *n_batches, int64_t *n_rows)
 {
 	if (val->rewind(val->self) < 0) return -1;
 	ft_batch b = {0};
 	double num = 0, rows = 0;
-	int64_t nb = 0;
+	int64_t nb = 0, idx = 0;
 	int rc;
 	while ((rc = val->next(val->self, &b)) == 1) {
 		double ls;
 		int64_t n;
+		if (ft_dist_owner(idx++, ft_dist_size(d)) != ft_dist_rank(d)) continue;
 		if (m->forward(m->self, &b, &ls, &n) < 0) { rc = -1; break; }
 		nb++;
 		if (n == 0) continue;   /* no label tokens: nothing to average */
@@ -178,11 +182,20 @@ int ft_evaluate(ft_train_model *m, ft_batch_source *val, double *eval_loss, int6
 	}
 	ft_batch_free(&b);
 	if (rc < 0) return -1;
+	double sums[3] = { num, rows, (double)nb };
+	if (ft_dist_sum_f64(d, sums, 3, "evaluation all-reduce") < 0) return -1;
+	num = sums[0], rows = sums[1], nb = (int64_t)sums[2];
 	if (rows == 0) return ft_fail("the validation data holds no label tokens");
 	*eval_loss = (double)(float)(num / rows);
 	if (n_batches) *n_batches = nb;
 	if (n_rows) *n_rows = (int64_t)rows;
 	return 0;
+}
+
+int ft_evaluate(ft_train_model *m, ft_batch_source *val, double *eval_loss, int64_t *n_batches,
+		int64_t *n_rows)
+{
+	return evaluate_on(m, val, NULL, eval_loss, n_batches, n_rows);
 }
 
 /* ---- logging --------------------------------------------------------------- */
@@ -204,6 +217,7 @@ static void fill_entry(const runctx *c, const ftp_tstate *st, ft_trainlog_entry 
 	ft_trainlog_entry_init(e);
 	e->current_steps = st->global_step;
 	e->total_steps = c->p->total_steps;
+	if (ft_dist_size(c->o->dist) > 1) e->world_size = ft_dist_size(c->o->dist);
 	e->epoch = st->epoch;
 	e->percentage = c->p->total_steps
 		? round((double)st->global_step / c->p->total_steps * 100 * 100) / 100 : 100;
@@ -272,7 +286,7 @@ static int do_eval(runctx *c, ftp_tstate *st, ft_train_model *m, ft_batch_source
 {
 	double t = now_s(), loss;
 	int64_t nb, rows;
-	if (ft_evaluate(m, val, &loss, &nb, &rows) < 0) return ft_fail_ctx("evaluation: ");
+	if (evaluate_on(m, val, c->o->dist, &loss, &nb, &rows) < 0) return ft_fail_ctx("evaluation: ");
 	double rt = now_s() - t;
 	*out = loss;
 	c->ev = (ft_eval_stats){ loss, rt, nb, rows };
@@ -372,21 +386,31 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	}
 	ft_adamw_opts ao = { o->adam_beta1, o->adam_beta2, o->adam_epsilon, o->weight_decay };
 	ft_adamw *opt = ft_adamw_new(params, np, &ao);
+	/* data parallel: ZeRO-1 keeps this rank's slice of the moments; opt
+	 * then only carries the whole state to and from checkpoints */
+	const int rank = ft_dist_rank(o->dist), world = ft_dist_size(o->dist);
+	ft_zero1 *zero = o->zero && world > 1 ? ft_zero1_new(o->dist, params, np, &ao) : NULL;
+	double *lsv = NULL;   /* a step's micro-batch losses and the stop flag */
 	ftp_tstate st = { .log_history = json_array() };
 	mbatches mb = {0};
 	runctx c = { .o = o, .p = &p };
 	int rc = -1;
 	int64_t eval_step = -1;
 	double eval_loss = NAN;
-	const int64_t ga = o->gradient_accumulation_steps;
+	const int64_t ga = ft_dist_step_batches(o->gradient_accumulation_steps, world);
 	const int64_t eval_every = o->eval_steps > 0 ? o->eval_steps : o->logging_steps;
 
 	if (ft_mkdirs(o->output_dir) < 0) goto out;
 	if (o->resume_dir && ftp_ckpt_load(o, &p, opt, &st) < 0) goto out;
+	if (o->resume_dir && zero) {   /* keep the slice, give back the rest */
+		ft_zero1_scatter(zero, opt);
+		ft_adamw_free(opt);
+		opt = ft_adamw_new(params, np, &ao);
+	}
 	if (o->resume_dir && m->state_in && m->state_in(m->self, opt) < 0) goto out;
 	if (o->resume_dir && m->set_position)
 		m->set_position(m->self, st.epoch_idx * o->n_batches + st.batches_done);
-	if (!(c.log = open_log(o, st.global_step))) goto out;
+	if (rank == 0 && !(c.log = open_log(o, st.global_step))) goto out;
 	c.t0 = now_s();
 	c.start_step = st.global_step;
 	c.start_tokens = st.tokens_seen;
@@ -418,10 +442,22 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 			 * summed loss by the label tokens of the whole step */
 			float scale = ntok > 0 ? (float)(1.0 / (double)ntok) : 0.0f;
 			float this_step = 0;
+			lsv = ft_xrealloc(lsv, (mb.n + 1) * sizeof *lsv);
+			ft_dist_set_step(o->dist, st.global_step + 1);
 			for (int i = 0; i < mb.n; i++) {
-				double ls;
 				int64_t n;
-				if (m->forward_backward(m->self, &mb.b[i], scale, &ls, &n) < 0) goto out;
+				lsv[i] = 0;
+				if (ft_dist_owner(i, world) != rank) continue;
+				/* dropout masks follow the global micro-batch count,
+				 * as on one process */
+				if (world > 1 && m->set_position)
+					m->set_position(m->self, ep * o->n_batches + done - mb.n + i);
+				if (m->forward_backward(m->self, &mb.b[i], scale, &lsv[i], &n) < 0) goto out;
+			}
+			lsv[mb.n] = o->stop && *o->stop;
+			if (ftp_dist_reduce(o, m, params, np, lsv, mb.n) < 0) goto out;
+			for (int i = 0; i < mb.n; i++) {
+				double ls = lsv[i];
 				float step_loss = ntok > 0 ? (float)(ls / (double)ntok) : 0.0f;
 				/* logging_nan_inf_filter: a nan/inf loss counts as the mean
 				 * of the window so far, as transformers does */
@@ -442,7 +478,11 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 			} else {
 				gnorm = ft_clip_grad_norm(params, np, o->max_grad_norm);
 				finite = isfinite(this_step) && isfinite(gnorm);
-				if (finite) ft_adamw_step(opt, lr);   /* skipped: no update from NaN */
+				if (finite && zero) {   /* skipped: no update from NaN */
+					if (ft_zero1_step(zero, lr) < 0) goto out;
+				} else if (finite) {
+					ft_adamw_step(opt, lr);
+				}
 			}
 			if (!finite && !o->skip_nonfinite) {
 				nonfinite_fail(st.global_step + 1, done - mb.n, this_step, gnorm);
@@ -476,15 +516,24 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 				if (do_eval(&c, &st, m, val, &eval_loss) < 0) goto out;
 				eval_step = st.global_step;
 			}
-			int interrupted = o->stop && *o->stop;
+			/* all ranks stop together, at the step any rank was asked to */
+			int interrupted = world > 1 ? lsv[mb.n] > 0 : o->stop && *o->stop;
 			if (strategy_due(o->save_strategy, o->save_steps, st.global_step, epoch_end) ||
 			    (last && o->save_strategy != FT_STRATEGY_NO) || interrupted) {
-				if (m->state_out && m->state_out(m->self, opt) < 0) goto out;
-				if (ftp_ckpt_save(o, &p, m, opt, &sched, &st, r->checkpoint, sizeof r->checkpoint) < 0)
+				if (zero && ft_zero1_gather(zero, opt) < 0) goto out;
+				/* only rank 0 writes files */
+				if (rank == 0 && m->state_out && m->state_out(m->self, opt) < 0) goto out;
+				if (rank == 0 &&
+				    ftp_ckpt_save(o, &p, m, opt, &sched, &st, r->checkpoint, sizeof r->checkpoint) < 0)
 					goto out;
-				if (o->on_event) o->on_event(o->ctx, FT_EV_SAVE, NULL, r->checkpoint);
-				if (o->save_total_limit > 0 && ftp_ckpt_rotate(o->output_dir, o->save_total_limit) < 0)
+				if (rank == 0 && o->on_event) o->on_event(o->ctx, FT_EV_SAVE, NULL, r->checkpoint);
+				if (rank == 0 && o->save_total_limit > 0 &&
+				    ftp_ckpt_rotate(o->output_dir, o->save_total_limit) < 0)
 					goto out;
+				if (zero) {   /* the whole state again only at the next save */
+					ft_adamw_free(opt);
+					opt = ft_adamw_new(params, np, &ao);
+				}
 			}
 			if (interrupted) {
 				r->interrupted = 1;
@@ -511,6 +560,8 @@ out:
 	free(mb.b);
 	json_decref(st.log_history);
 	ft_adamw_free(opt);
+	ft_zero1_free(zero);
+	free(lsv);
 	free(params);
 	return rc;
 }
@@ -526,8 +577,9 @@ static int finish(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 	int64_t steps = st->global_step;
 	double train_loss = st->total_loss / (double)(steps > 0 ? steps : 1);
 	int64_t run_steps = st->global_step - c->start_step;
-	double samples = o->max_steps > 0
-		? (double)p->total_steps * o->train_batch_size * o->gradient_accumulation_steps
+	double samples = o->max_steps > 0   /* the global batch: x ranks */
+		? (double)p->total_steps * o->train_batch_size * o->gradient_accumulation_steps *
+		  ft_dist_size(o->dist)
 		: (double)o->n_batches * o->train_batch_size * o->num_train_epochs;
 	samples = samples * run_steps / (double)(p->total_steps ? p->total_steps : 1);
 	double total_flos = st->total_flos;
@@ -544,6 +596,7 @@ static int finish(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 	ft_trainlog_entry e;
 	fill_entry(c, st, &e);
 	if (write_log(c, &e) < 0) return -1;
+	if (ft_dist_rank(o->dist) != 0) goto result;   /* rank 0 writes the files */
 
 	if (m->save(m->self, o->output_dir) < 0) return ft_fail_ctx("%s: saving the model: ", o->output_dir);
 	for (const char *const *f = o->extra_files; f && *f; f++)
@@ -590,6 +643,7 @@ static int finish(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 	} else if (ft_save_results(o->output_dir, "all_results.json", tk, tv, 6) < 0) {
 		return -1;
 	}
+result:
 	r->global_step = st->global_step;
 	r->total_steps = p->total_steps;
 	r->epoch = st->epoch;

@@ -25,6 +25,7 @@
 
 /* The most metrics a model reports per log (ft_train_model.metrics). */
 #define FT_MAX_METRICS 16
+struct ft_dist;   /* lib/train/dist.h */
 
 /* What the loop needs from a model. */
 typedef struct {
@@ -68,6 +69,10 @@ typedef struct {
 	 * (owned by the model, already "eval_" prefixed) and values; the
 	 * trainer adds them to the log line, log_history and the eval results. */
 	size_t (*metrics)(void *self, int eval, const char **keys, double *vals, size_t cap);
+	/* Optional (the CUDA binding): sum the gradients over the ranks of d
+	 * where they live (NCCL); without it the trainer sums the params' g
+	 * with MPI.  Only called with more than one rank (lib/train/dist.h). */
+	int (*sum_grads)(void *self, struct ft_dist *d);
 } ft_train_model;
 
 /* The ft_model binding (lib/train/trainer_model.c). */
@@ -142,6 +147,12 @@ typedef struct {
 	/* Where the model runs ("cpu", "cuda:0 (NVIDIA H100 ..., bf16)"),
 	 * recorded in trainer_state.json's "ft" object; NULL: not recorded. */
 	const char *device;
+	/* Data parallel (lib/train/dist.h): the job this process is a rank
+	 * of (NULL: one process).  Rank r runs every n-th micro-batch of a
+	 * step of n x gradient_accumulation_steps micro-batches; only rank 0
+	 * writes files.  zero = 1: ZeRO-1, AdamW state sharded over ranks. */
+	struct ft_dist *dist;
+	int zero;
 } ft_train_opts;
 
 void ft_train_opts_default(ft_train_opts *o);

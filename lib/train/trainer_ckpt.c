@@ -7,6 +7,7 @@
 #include "util/error.h"
 #include "util/json.h"
 #include "format/trainlog.h"
+#include "train/dist.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -96,6 +97,10 @@ json_t *ftp_trainer_state_json(const ft_train_opts *o, const ft_train_plan *p, c
 	snprintf(total_loss, sizeof total_loss, "%a", st->total_loss);
 	json_object_set_new(ft, "total_loss_hex", json_string(total_loss));
 	json_object_set_new(ft, "data_epochs", json_integer(ft_data_runs(o)));
+	/* data parallel: ranks and ZeRO stage of the run (the state saved is
+	 * whole either way, so any number of ranks resumes it) */
+	json_object_set_new(ft, "world_size", json_integer(ft_dist_size(o->dist)));
+	json_object_set_new(ft, "zero", json_integer(o->zero));
 	if (o->device)
 		json_object_set_new(ft, "device", json_string(o->device));
 	if (st->peak_bytes)
@@ -206,10 +211,23 @@ int ftp_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt,
 	long long nb = json_integer_value(json_object_get(ft, "n_batches"));
 	long long ga = json_integer_value(json_object_get(ft, "gradient_accumulation_steps"));
 	long long ms = json_integer_value(json_object_get(ts, "max_steps"));
-	if (nb != o->n_batches || ga != o->gradient_accumulation_steps) {
-		ft_fail("%s: the checkpoint was made with %lld batches per epoch and gradient_accumulation_steps "
-			"%lld; this run has %lld and %d: resume with the same data and settings",
-			o->resume_dir, nb, ga, (long long)o->n_batches, o->gradient_accumulation_steps);
+	/* the global batch in micro-batches must be the same; ranks x
+	 * accumulation may be split another way (absent: one rank) */
+	long long ws = json_integer_value(json_object_get(ft, "world_size"));
+	if (ws < 1) ws = 1;
+	int world = ft_dist_size(o->dist);
+	if (nb != o->n_batches || ga * ws != (long long)o->gradient_accumulation_steps * world) {
+		if (ws == 1 && world == 1)
+			ft_fail("%s: the checkpoint was made with %lld batches per epoch and "
+				"gradient_accumulation_steps %lld; this run has %lld and %d: resume with the "
+				"same data and settings", o->resume_dir, nb, ga, (long long)o->n_batches,
+				o->gradient_accumulation_steps);
+		else
+			ft_fail("%s: the checkpoint was made with %lld batches per epoch and %lld rank%s x "
+				"gradient_accumulation_steps %lld; this run has %lld and %d x %d: keep the "
+				"data and ranks x gradient_accumulation_steps (the global batch) the same",
+				o->resume_dir, nb, ws, ws == 1 ? "" : "s", ga, (long long)o->n_batches, world,
+				o->gradient_accumulation_steps);
 		goto out;
 	}
 	/* absent in checkpoints of before ft-pack --num_train_epochs: one */

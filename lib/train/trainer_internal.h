@@ -31,6 +31,11 @@ json_t *ftp_trainer_state_json(const ft_train_opts *o, const ft_train_plan *p, c
 /* Copy a file into dir unless a file of that name is there. */
 int ftp_copy_into(const char *src, const char *dir);
 
+/* Data parallel (trainer_dist.c): sum ls[0..n] (n micro-batch losses and
+ * a stop flag) and the gradients over the ranks; nothing on one. */
+int ftp_dist_reduce(const ft_train_opts *o, ft_train_model *m, ft_param **params, size_t np,
+		    double *ls, int n);
+
 /* Epochs the training stream holds (ft_train_opts.data_epochs; 0 means 1). */
 static inline int64_t ft_data_runs(const ft_train_opts *o)
 {

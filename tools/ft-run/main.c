@@ -2,6 +2,7 @@
  * as an ft pipeline, printing the equivalent shell commands first. */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 #include <sys/wait.h>
 #include "cli/cli.h"
@@ -23,6 +24,8 @@ static void usage(void)
 "  -n, --dry_run   print the pipeline on stdout and run nothing\n"
 "  -q, --quiet     do not echo the pipeline before running it\n"
 "  -v, --verbose   also name the settings that have no effect in ft\n"
+"  --nproc N, -np N  train data parallel on N ranks: mpirun -np N ft-train ...\n"
+"                  (also from LLaMA-Factory's NPROC_PER_NODE; docs/DISTRIBUTED.md)\n"
 "  -h, --help      this help\n"
 "\n"
 "Exit status: 0 success; 1 a stage failed (its status) or bad config; 2 usage.\n"
@@ -52,6 +55,33 @@ static void find_siblings(void)
 	free(np);
 }
 
+/* LLaMA-Factory launches torchrun when FORCE_TORCHRUN is set (or it sees
+ * several GPUs), with NPROC_PER_NODE processes on each of NNODES nodes;
+ * ft's ranks are started by mpirun.  0: one process. */
+static int ranks_from_env(void)
+{
+	const char *nn = getenv("NNODES"), *np = getenv("NPROC_PER_NODE"), *force = getenv("FORCE_TORCHRUN");
+	if (nn && *nn && strcmp(nn, "1"))
+		die_usage("NNODES=%s: ft runs across nodes with an MPI hostfile or srun, not torchrun's "
+			  "rendezvous: mpirun -np N --hostfile HOSTS ft-train ... (docs/DISTRIBUTED.md)", nn);
+	if (np && *np) return (int)ft_parse_int("NPROC_PER_NODE", np);
+	if (force && *force && strcmp(force, "0") && strcasecmp(force, "false"))
+		die_usage("FORCE_TORCHRUN=%s: set NPROC_PER_NODE=N (or ft-run --nproc N) to start N ranks "
+			  "with mpirun", force);
+	return 0;
+}
+
+/* The ft-train line of the plan, started on nproc ranks. */
+static void launch_ranks(ft_runplan *p, int nproc)
+{
+	for (size_t k = 0; nproc > 1 && k < p->n; k++) {
+		if (strncmp(p->lines[k], "ft-train ", 9)) continue;
+		char *l = ft_xasprintf("mpirun -np %d %s", nproc, p->lines[k]);
+		free(p->lines[k]);
+		p->lines[k] = l;
+	}
+}
+
 static int is_config(const char *s)
 {
 	size_t n = strlen(s);
@@ -62,7 +92,7 @@ static int is_config(const char *s)
 int main(int argc, char **argv)
 {
 	ft_cli_init(argc, argv);
-	int dry = 0, i = 1;
+	int dry = 0, i = 1, nproc = -1;
 	/* ft-run's own options come first; everything after is settings. */
 	for (; i < argc; i++) {
 		const char *a = argv[i];
@@ -70,6 +100,8 @@ int main(int argc, char **argv)
 		else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) ft_verbose--;
 		else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) ft_verbose++;
 		else if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(); return 0; }
+		else if ((!strcmp(a, "--nproc") || !strcmp(a, "-np")) && i + 1 < argc)
+			nproc = (int)ft_parse_int("nproc", argv[++i]);
 		else break;
 	}
 	const char *command = "train";
@@ -85,6 +117,11 @@ int main(int argc, char **argv)
 		for (size_t k = 0; k < p.n_problems; k++) warn("%s", p.problems[k]);
 		die("%s", ft_errmsg());
 	}
+	if (nproc < 0) nproc = ranks_from_env();
+	if (nproc < 0 || nproc > 1000000) die_usage("--nproc %d: give a number of ranks >= 1", nproc);
+	if (nproc > 1 && strcmp(command, "train"))
+		die_usage("--nproc %d: only training runs on several ranks", nproc);
+	launch_ranks(&p, nproc);
 	for (size_t k = 0; k < p.n_notes; k++) note("%s", p.notes[k]);
 	char *script = ft_runplan_script(&p);
 	if (dry) {

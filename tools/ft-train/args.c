@@ -23,7 +23,7 @@ static const struct { const char *key, *owner; } owned[] = {
 };
 /* Keys common in LLaMA-Factory YAML files that mean nothing here. */
 static const char *const meaningless[] = {
-	"report_to", "ddp_timeout", "trust_remote_code", "dataloader_num_workers",
+	"report_to", "trust_remote_code", "dataloader_num_workers",
 	"save_only_model", "flash_attn", "plot_loss_smoothing", "run_name", "logging_dir",
 	"predict_with_generate", "include_num_input_tokens_seen", NULL,
 };
@@ -38,7 +38,8 @@ static const char *const known[] = {
 	"logging_first_step", "save_steps", "save_total_limit", "eval_steps", "do_train", "do_eval",
 	"val", "train", "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
 	"gradient_checkpointing", "bf16", "fp16", "plot_loss", "device", "eval_strategy",
-	"save_strategy", "logging_strategy", "optim", "allow_tokenizer_mismatch", "skip_nonfinite", NULL,
+	"save_strategy", "logging_strategy", "optim", "allow_tokenizer_mismatch", "skip_nonfinite",
+	"ddp_timeout", "zero", "deepspeed", NULL,
 };
 
 static int in_list(const char *const *l, const char *k)
@@ -257,4 +258,18 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	const char *r = get(a, "resume_from_checkpoint");
 	c->resume = is_null(r) ? NULL : r;
 	pref_args_parse(a, c);
+
+	/* data parallel (tools/ft-train/dist.c) */
+	const char *ds = get(a, "deepspeed");
+	if (!is_null(ds))
+		die_usage("--deepspeed %s: ft does not run DeepSpeed; for data parallel training with the "
+			  "optimizer state sharded across ranks (ZeRO-1) run: mpirun -np N ft-train ... "
+			  "--zero 1 (docs/DISTRIBUTED.md)", ds);
+	/* LLaMA-Factory's default; its examples set 180000000 */
+	c->ddp_timeout = get_num(a, "ddp_timeout", 1800);
+	if (!(c->ddp_timeout > 0)) die_usage("--ddp_timeout must be > 0 seconds");
+	c->zero = (int)get_int(a, "zero", 0);
+	if (c->zero == 2 || c->zero == 3)
+		die_usage("--zero %d: only ZeRO stage 1 (sharded optimizer state) is implemented", c->zero);
+	if (c->zero != 0 && c->zero != 1) die_usage("--zero: %d is not a ZeRO stage (0 or 1)", c->zero);
 }

@@ -8,6 +8,7 @@
 #include "model/model.h"
 #include "train/trainer.h"
 #include "train/pref.h"
+#include "train/dist.h"
 
 typedef struct {
 	ft_train_opts t;
@@ -19,6 +20,8 @@ typedef struct {
 	int from_scratch, overwrite, plot_loss, bf16, fp16, do_train, do_eval, eval_strategy_no;
 	int batch_size, eval_batch_size;
 	int allow_tokenizer_mismatch;
+	int zero;                 /* --zero 0|1 (ZeRO stage) */
+	double ddp_timeout;       /* --ddp_timeout seconds (1800) */
 	char **train, **val;
 	size_t n_train, n_val;
 	/* the preference stages (pref.c) */
@@ -47,5 +50,10 @@ void pref_free(ft_cli_args *c);
 int pref_eval_only(ft_cli_args *c, ft_train_model *tm, ft_batch_source *val);
 void pref_predict(ft_cli_args *c, ft_batch_source *val);
 void pref_plot(const ft_cli_args *c);
+/* dist.c: join `mpirun -np N ft-train` (NULL: one process); dist_finish
+ * leaves it; dist_test_fault is the tests' FT_DIST_TEST_FAULT hook. */
+ft_dist *dist_start(ft_cli_args *c);
+void dist_finish(ft_dist *d);
+void dist_test_fault(int64_t step);
 
 #endif

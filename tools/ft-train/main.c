@@ -74,6 +74,12 @@ static const char usage[] =
 "  --ref_model DIR [--ref_model_adapters DIR[,DIR]]  the reference (default: LoRA\n"
 "                             with its adapters disabled; full/freeze: the base)\n"
 "  --do_predict               rm: score the --val pairs into generated_predictions.jsonl\n"
+"Data parallel (docs/DISTRIBUTED.md):\n"
+"  mpirun -np N ft-train ...  N ranks, each taking every N-th micro-batch: the\n"
+"                             global batch is N x batch x accumulation; only rank 0\n"
+"                             writes files (MPI on the CPU, NCCL on GPUs)\n"
+"  --zero 0|1 (0)             1: ZeRO-1, the AdamW state sharded across the ranks\n"
+"  --ddp_timeout S (1800)     a rank waiting longer on the others ends the job\n"
 "  -q, -v                     quieter, more verbose;  -h, --help\n"
 "\n"
 "Outputs in output_dir: the adapter (adapter_model.safetensors,\n"
@@ -125,6 +131,7 @@ static void on_event(void *ctx, ft_train_event ev, const ft_trainlog_entry *e, c
 	(void)ctx;
 	switch (ev) {
 	case FT_EV_STEP:
+		dist_test_fault(e->current_steps);
 		ft_progress("%lld/%lld [%s<%s] %3.0f%% loss %.4f lr %.3g epoch %.2f %.0f tok/s",
 			    (long long)e->current_steps, (long long)e->total_steps, e->elapsed_time,
 			    e->remaining_time, e->percentage, e->loss, e->lr, e->epoch,
@@ -312,6 +319,18 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	if (c->pref)
 		die_usage("--device %s: --stage %s runs on the CPU only in this ft-train (--device cpu)",
 			  c->device, c->stage);
+	ft_dist *d = c->t.dist;
+	if (d && c->zero)
+		die_usage("--zero 1 is implemented on the CPU path; on GPUs run plain data parallel "
+			  "(mpirun -np N ft-train ... --device cuda)");
+	/* one GPU per rank: the rank on this node picks it, unless named */
+	if (d && strchr(c->device, ':') == NULL) {
+		int ngpu = ft_device_cuda_count(NULL, 0);
+		idx = ft_dist_local_rank();
+		if (ngpu > 0 && idx >= ngpu)
+			die("--device %s: rank %d is local rank %d but this node has %d GPU%s: start at most "
+			    "%d ranks per node", c->device, ft_dist_rank(d), idx, ngpu, ngpu == 1 ? "" : "s", ngpu);
+	}
 	ft_cuda_opts o = { .precision = c->bf16 ? FT_CUDA_BF16 : c->fp16 ? FT_CUDA_F16 : FT_CUDA_F32,
 			   .device = idx };
 	if (c->do_train) batch_shape(tm, &o.max_tokens, &o.max_seq);
@@ -319,6 +338,8 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	char name[256];
 	ft_device_cuda_count(name, sizeof name);
 	if (ft_train_model_of_cuda(m, &o, t) < 0) die("--device %s: %s", c->device, ft_errmsg());
+	/* after the device model exists: NCCL binds to this thread's device */
+	if (d && ft_dist_nccl_open(d) < 0) die("%s", ft_errmsg());
 	char plan[256];
 	ft_cuda_plan_format(ft_cuda_model_plan(ft_cuda_train_device(t)), plan, sizeof plan);
 	const char *prec = c->bf16 ? "bf16" : c->fp16 ? "fp16" : "fp32";
@@ -333,6 +354,7 @@ static int eval_only(ft_cli_args *c, ft_train_model *tm, ft_batch_source *val)
 {
 	double loss;
 	int64_t nb, rows;
+	if (ft_dist_rank(c->t.dist) != 0) return 0;   /* rank 0 evaluates and writes */
 	if (ft_mkdirs(c->output_dir) < 0) die("%s", ft_errmsg());
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -388,6 +410,11 @@ int main(int argc, char **argv)
 	ft_cli_args c;
 	memset(&c, 0, sizeof c);
 	ft_train_args_parse(&a, &c);
+	ft_dist *dist = dist_start(&c);
+	c.t.dist = dist;
+	c.t.zero = c.zero;
+	if (dist && c.pref)   /* their batch-mean losses are not yet split across ranks */
+		die_usage("--stage %s runs on one process in this ft-train (not under mpirun)", c.stage);
 
 	if (!c.output_dir) die_usage("--output_dir is required");
 	if (c.do_train < 0) c.do_train = c.do_eval > 0 || c.do_predict ? 0 : 1;
@@ -448,7 +475,7 @@ int main(int argc, char **argv)
 		struct stat st;
 		if (stat(resume, &st) < 0 || !S_ISDIR(st.st_mode))
 			die("--resume_from_checkpoint %s: not a checkpoint directory", resume);
-	} else if (c.do_train && output_dir_in_use(c.output_dir) && !c.overwrite) {
+	} else if (c.do_train && ft_dist_rank(dist) == 0 && output_dir_in_use(c.output_dir) && !c.overwrite) {
 		die("output directory %s is not empty: use --overwrite_output_dir, or "
 		    "--resume_from_checkpoint true to continue its last checkpoint", c.output_dir);
 	}
@@ -478,11 +505,15 @@ int main(int argc, char **argv)
 			die("%s", ft_errmsg());
 		}
 		ft_progress_done();
-		if (r.interrupted) {
+		if (r.interrupted && ft_dist_rank(dist) != 0) {
+			rc = FT_EXIT_DATA;   /* rank 0 says where the checkpoint is */
+		} else if (r.interrupted) {
 			char *cmd = resume_command(argc, argv, r.checkpoint);
+			char ranks[32] = "";   /* data parallel: the same launch */
+			if (ft_dist_size(dist) > 1) snprintf(ranks, sizeof ranks, "mpirun -np %d ", ft_dist_size(dist));
 			fprintf(stderr, "%s: interrupted (%s) at step %lld of %lld; checkpoint saved in %s\n"
-				"%s: resume with:\n  %s\n", ft_progname, stop_flag == SIGTERM ? "SIGTERM" : "SIGINT",
-				(long long)r.global_step, (long long)r.total_steps, r.checkpoint, ft_progname, cmd);
+				"%s: resume with:\n  %s%s\n", ft_progname, stop_flag == SIGTERM ? "SIGTERM" : "SIGINT",
+				(long long)r.global_step, (long long)r.total_steps, r.checkpoint, ft_progname, ranks, cmd);
 			if (c.n_train == 1 && !strcmp(c.train[0], "-"))
 				fprintf(stderr, "%s: (the batches came from stdin: feed the same stream again)\n",
 					ft_progname);
@@ -497,9 +528,9 @@ int main(int argc, char **argv)
 					fprintf(stderr, "  eval_loss  = %.4f\n  perplexity = %.4f\n", r.eval_loss,
 						exp(r.eval_loss));
 			}
-			if (c.plot_loss && c.pref) {
+			if (c.plot_loss && ft_dist_rank(dist) == 0 && c.pref) {
 				pref_plot(&c);
-			} else if (c.plot_loss) {
+			} else if (c.plot_loss && ft_dist_rank(dist) == 0) {
 				int n = ft_plot_loss_files(c.output_dir);
 				if (n < 0) warn("--plot_loss: %s", ft_errmsg());
 			}
@@ -522,6 +553,7 @@ int main(int argc, char **argv)
 		ft_cuda_train_free(&tm);
 	}
 	ft_model_free(m);
+	dist_finish(dist);
 	free(resume);
 	for (size_t i = 0; i < c.n_train; i++) free(c.train[i]);
 	for (size_t i = 0; i < c.n_val; i++) free(c.val[i]);
