@@ -17,6 +17,9 @@ LIB_PLOT   := plot plot_ascii plot_cairo plot_log
 LIB_CLI    := cli lfargs runplan runplan_settings
 LIB_CUDA_C := backend
 LIB_CUDA   := api attention gemm lmhead model ops optim probe
+# LLaMA-Factory's self-contained extras (issue 22 part 4)
+LIB_MODEL  += extras
+LIB_TRAIN  += optim_ext optim_loraplus optim_badam
 
 LIB_SRC   := $(LIB_UTIL:%=lib/util/%.c) $(LIB_FORMAT:%=lib/format/%.c) \
              $(LIB_TEXT:%=lib/text/%.c) $(LIB_DATA:%=lib/data/%.c) \

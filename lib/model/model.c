@@ -250,6 +250,8 @@ static int layer_trainable(const ft_model *m, int l)
 		return 1;
 	if (m->o.type != FT_FT_FREEZE)
 		return 0;
+	if (m->o.use_llama_pro)
+		return ftp_llama_pro_layer(m, l);
 	return n >= 0 ? l >= L - n : l < -n;
 }
 

@@ -57,6 +57,10 @@ typedef struct {
 	unsigned freeze_trainable_modules; /* FT_MOD_*, 0 = all in those layers */
 	int gradient_checkpointing;
 	uint64_t seed;
+	/* extras (lib/model/extras.c): NEFTune's alpha (0 = off), LLaMA Pro's
+	 * trainable layers (every (L/n)-th, freeze tuning) */
+	double neftune_noise_alpha;
+	int use_llama_pro;
 } ft_tune_opts;
 /* Defaults applied when a field is 0: lora_rank 8, lora_alpha 2*rank (as
  * LLaMA-Factory), lora_targets q_proj|v_proj.

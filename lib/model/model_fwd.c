@@ -319,6 +319,8 @@ static int forward_body(ft_model *m, const ft_batch *b)
 		return -1;
 	ft_rope_tables(m->cos_t, m->sin_t, m->pos, N, m->inv_freq, c->head_dim);
 	ft_embedding_forward(m->xs, b->input_ids, m->wte.w, N, D);
+	if (m->training && m->o.neftune_noise_alpha > 0)
+		ftp_neftune_apply(m, m->xs, b->B, b->T);
 	for (int l = 0; l < L; l++) {
 		ftp_acts *a = &m->acts[m->o.gradient_checkpointing ? 0 : l];
 		layer_forward(m, l, a, m->xs + (size_t)l * N * D, m->xs + (size_t)(l + 1) * N * D, b);

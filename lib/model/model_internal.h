@@ -62,6 +62,11 @@ struct ft_model {
 	int head_chunk, training;
 };
 
+/* lib/model/extras.c: NEFTune's noise on the embedding output x [B, T, D]
+ * (training forward only); the layer ids LLaMA Pro trains. */
+void ftp_neftune_apply(const ft_model *m, float *x, int B, int T);
+int ftp_llama_pro_layer(const ft_model *m, int l);
+
 /* lib/model/model_fwd.c */
 int ftp_model_prepare(ft_model *m, int N);
 void ftp_model_free_buffers(ft_model *m);

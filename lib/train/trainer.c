@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include "train/trainer.h"
 #include "train/trainer_internal.h"
+#include "train/optim_ext.h"
 #include "util/error.h"
 #include "util/atomicfile.h"
 #include "util/json.h"
@@ -353,6 +354,10 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	const int64_t ga = o->gradient_accumulation_steps;
 	const int64_t eval_every = o->eval_steps > 0 ? o->eval_steps : o->logging_steps;
 
+	if (o->optim_ext && m->step) {
+		ft_fail("LoRA+ and BAdam run on the CPU only (--device cpu)");
+		goto out;
+	}
 	if (ft_mkdirs(o->output_dir) < 0) goto out;
 	if (o->resume_dir && ftp_ckpt_load(o, &p, opt, &st) < 0) goto out;
 	if (o->resume_dir && m->state_in && m->state_in(m->self, opt) < 0) goto out;
@@ -411,9 +416,16 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 				if (m->step(m->self, &ao, lr, o->max_grad_norm, &gnorm) < 0) goto out;
 				finite = isfinite(this_step) && isfinite(gnorm);
 			} else {
+				const ft_optim_ext *x = o->optim_ext;
+				if (x && x->pre_clip) x->pre_clip(x->self);
 				gnorm = ft_clip_grad_norm(params, np, o->max_grad_norm);
 				finite = isfinite(this_step) && isfinite(gnorm);
-				if (finite) ft_adamw_step(opt, lr);   /* skipped: no update from NaN */
+				if (finite && x) {
+					if (x->step(x->self, opt, lr, ft_sched_lambda(&sched, st.global_step)) < 0)
+						goto out;
+				} else if (finite) {
+					ft_adamw_step(opt, lr);   /* skipped: no update from NaN */
+				}
 			}
 			if (!finite && !o->skip_nonfinite) {
 				nonfinite_fail(st.global_step + 1, done - mb.n, this_step, gnorm);

@@ -128,6 +128,9 @@ typedef struct {
 	/* Where the model runs ("cpu", "cuda:0 (NVIDIA H100 ..., bf16)"),
 	 * recorded in trainer_state.json's "ft" object; NULL: not recorded. */
 	const char *device;
+	/* An optimizer in place of plain AdamW (LoRA+, BAdam: optim_ext.h),
+	 * borrowed; NULL: AdamW.  CPU only (not with ft_train_model.step). */
+	struct ft_optim_ext *optim_ext;
 } ft_train_opts;
 
 void ft_train_opts_default(ft_train_opts *o);

@@ -58,7 +58,7 @@ static void check_keys(const ft_lfargs *a)
 {
 	for (size_t i = 0; i < a->n; i++) {
 		const ft_lfarg *x = &a->v[i];
-		if (in_list(known, x->key)) continue;
+		if (in_list(known, x->key) || ft_train_extras_known(x->key)) continue;
 		for (size_t j = 0; j < sizeof owned / sizeof *owned; j++)
 			if (!strcmp(owned[j].key, x->key)) {
 				if (!from_cmdline(x)) {
@@ -255,4 +255,5 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 		die_usage("--logging_steps, --save_steps, --eval_steps and --save_total_limit must be >= 0");
 	const char *r = get(a, "resume_from_checkpoint");
 	c->resume = is_null(r) ? NULL : r;
+	ft_train_extras_parse(a, c);
 }

@@ -8,6 +8,13 @@
 #include "model/model.h"
 #include "train/trainer.h"
 
+/* extras.c: LoRA+ and BAdam settings (NEFTune and LLaMA Pro are in tune) */
+typedef struct {
+	int loraplus, badam, badam_mode, badam_interval, badam_has_start, badam_start, badam_verbose;
+	double loraplus_ratio, loraplus_embedding;
+	ft_param **params;        /* BAdam's: the model's trainable params */
+} ft_train_extras;
+
 typedef struct {
 	ft_train_opts t;
 	ft_tune_opts tune;
@@ -20,7 +27,15 @@ typedef struct {
 	int allow_tokenizer_mismatch;
 	char **train, **val;
 	size_t n_train, n_val;
+	ft_train_extras x;
 } ft_cli_args;
+
+struct ft_optim_ext;
+int ft_train_extras_known(const char *key);
+void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c);
+/* After the model is bound: the optimizer extension (NULL: AdamW). */
+struct ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu);
+void ft_train_extras_free(ft_cli_args *c, struct ft_optim_ext *e);
 
 void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c);
 /* checks.c: die unless the batches of `path` were tokenized with the

@@ -61,6 +61,15 @@ static const char usage[] =
 "  --gradient_accumulation_steps N (1)  --per_device_train_batch_size N (the batches')\n"
 "  --num_train_epochs X (3.0, fractional allowed)  --max_steps N (overrides epochs)\n"
 "  --seed N (42: LoRA init and dropout)\n"
+"Extras (LLaMA-Factory's; CPU only, docs/EXTRAS.md):\n"
+"  --neftune_noise_alpha A    NEFTune: U(-A/sqrt(T*d), +) noise on the embeddings\n"
+"  --loraplus_lr_ratio R      LoRA+: lora_B at learning_rate * R\n"
+"  --loraplus_lr_embedding X  (1e-6)\n"
+"  --use_llama_pro            freeze tuning of LLaMA Pro's expanded layers: every\n"
+"                             (L / freeze_trainable_layers)-th layer\n"
+"  --use_badam                BAdam, layer-wise (full): one layer trained at a time\n"
+"  --badam_switch_mode ascending|descending|random|fixed (ascending)\n"
+"  --badam_switch_interval N (50)  --badam_start_block N  --badam_verbose N (0)\n"
 "Logging, evaluation, checkpoints:\n"
 "  --logging_steps N (500) --logging_first_step  --eval_steps N (logging_steps)\n"
 "  --save_steps N (500) --save_total_limit N  --do_train --do_eval  --plot_loss\n"
@@ -445,6 +454,7 @@ int main(int argc, char **argv)
 	char device[512];
 	int on_gpu = bind_model(&c, m, &tm_, &vm_, &tm, device, sizeof device);
 	c.t.device = device;
+	c.t.optim_ext = ft_train_extras_setup(&c, m, on_gpu);
 	int rc = 0;
 	if (!c.do_train) {
 		rc = eval_only(&c, &tm, &val);
@@ -502,6 +512,7 @@ int main(int argc, char **argv)
 			     ft_cuda_train_skipped(&tm) == 1 ? "" : "s");
 		ft_cuda_train_free(&tm);
 	}
+	ft_train_extras_free(&c, c.t.optim_ext);
 	ft_model_free(m);
 	free(resume);
 	for (size_t i = 0; i < c.n_train; i++) free(c.train[i]);

@@ -1,0 +1,66 @@
+/* optim_ext.h - the optimizers of LLaMA-Factory's create_custom_optimizer
+ * that ft-train runs in place of plain AdamW, behind one small interface
+ * the training loop calls (ft_train_opts.optim_ext):
+ *
+ *   LoRA+ (lib/train/optim_loraplus.c)  AdamW with lora_B at lr x ratio
+ *   BAdam (lib/train/optim_badam.c)     block-coordinate AdamW, one layer
+ *                                       at a time (badam's BlockOptimizer)
+ *
+ * The loop still owns clipping, the schedule and the checkpoint of the
+ * weights (optimizer.safetensors); an extension adds its own state files
+ * to a checkpoint directory and reads them back on resume.
+ */
+#ifndef FT_OPTIM_EXT_H
+#define FT_OPTIM_EXT_H
+
+#include <stddef.h>
+#include "train/optim.h"
+
+typedef struct ft_optim_ext {
+	void *self;
+	/* Before clipping: BAdam zeroes the gradients outside the active
+	 * block, which then count in the norm as the None gradients of
+	 * frozen params do in torch (not at all).  May be NULL. */
+	void (*pre_clip)(void *self);
+	/* One update in place of ft_adamw_step(opt, lr): lr is the scheduled
+	 * learning rate, lambda the schedule's factor (lr = base * lambda),
+	 * so a group with its own base lr gets base_g * lambda as LambdaLR
+	 * computes it. */
+	int (*step)(void *self, ft_adamw *opt, double lr, double lambda);
+	/* Extra state into / from a checkpoint directory.  May be NULL. */
+	int (*save)(void *self, const char *dir);
+	int (*load)(void *self, const char *dir);
+	void (*free)(void *self);
+} ft_optim_ext;
+
+void ft_optim_ext_free(ft_optim_ext *e);
+
+/* LoRA+ as LLaMA-Factory's _create_loraplus_optimizer: lora_B weights
+ * (and 1-D params) at learning_rate * ratio, everything else at
+ * learning_rate; lora_embedding_B at lr_embedding (ft puts no LoRA on
+ * embeddings, so that group is always empty). */
+ft_optim_ext *ft_loraplus_new(double learning_rate, double ratio, double lr_embedding);
+
+typedef enum { FT_BADAM_ASCENDING, FT_BADAM_DESCENDING, FT_BADAM_RANDOM, FT_BADAM_FIXED } ft_badam_mode;
+
+typedef struct {
+	ft_badam_mode mode;            /* ascending (LLaMA-Factory's default) */
+	int switch_interval;           /* 50 */
+	int has_start_block, start_block;  /* else by mode (first, last, random);
+					      a Python index (-1: the last) */
+	double beta1, beta2, eps;      /* the base AdamW's */
+	uint64_t seed;                 /* the random order */
+	int verbose;                   /* badam_verbose: the switches go to on_switch */
+	void (*on_switch)(void *ctx, int block, const char *prefix);
+	void *ctx;
+} ft_badam_opts;
+
+/* "ascending" ... ; -1 with a message otherwise. */
+int ft_badam_mode_parse(const char *s);
+
+/* BAdam over the params (borrowed; the model's, in its order) whose names
+ * hold a layer prefix ("model.layers.N."); the others are never updated.
+ * NULL with a message when no param is in a layer. */
+ft_optim_ext *ft_badam_new(ft_param *const *params, size_t n, const ft_badam_opts *o);
+
+#endif

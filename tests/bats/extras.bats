@@ -1,0 +1,213 @@
+#!/usr/bin/env bats
+# ft-train's LLaMA-Factory extras (docs/EXTRAS.md): NEFTune, LoRA+, LLaMA
+# Pro, BAdam.  Parity runs against tests/fixtures/extras/losses.txt
+# (tests/reference/make_extras_fixtures.py: PEFT, LLaMA-Factory's optimizer
+# groups and the badam package's BlockOptimizer), the flags, the refusals,
+# and resume equality for the state the extras add.
+load helper
+
+MODEL="$FIXTURES/models/tiny-llama"
+export OMP_NUM_THREADS=1
+
+setup() {
+	cd "$BATS_TEST_TMPDIR"
+	command -v ft-cat >/dev/null || { echo "ft-cat is not built (run make)" >&2; return 1; }
+	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
+}
+need_jq() { command -v jq >/dev/null || skip "jq is not installed"; }
+steady() { jq -c '{current_steps, total_steps, loss, eval_loss, lr, epoch, grad_norm, total_tokens}' "$1"; }
+train() { ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir out "$@"; }
+
+# The 10-step parity run of tests/bats/ft-train.bats, against losses.txt's
+# line $1: every step loss within 1e-5 relative (the same bound as the
+# plain lora/freeze/full parity runs: float32 sums in another order).
+parity_run() {
+	local name=$1 mode=$2; shift 2
+	ft-cat --encode < "$FIXTURES/trainer/parity20.jsonl" > p20.zst
+	run ft-train --model_name_or_path "$MODEL" --train p20.zst --output_dir "$name" --finetuning_type "$mode" \
+		--weight_decay 0.1 --max_grad_norm 1.0 --lr_scheduler_type cosine --warmup_steps 2 \
+		--gradient_accumulation_steps 2 --num_train_epochs 1 --logging_steps 1 -q "$@"
+	assert_success
+	jq -r 'select(.loss) | .loss' "$name/trainer_log.jsonl" > got
+	grep "^$name " "$FIXTURES/extras/losses.txt" | tr ' ' '\n' | tail -n +2 > want
+	[ "$(wc -l < got)" = 10 ]
+	paste got want | awk '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > 1e-5) { print "step " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }'
+}
+
+@test "--help lists the extras" {
+	run ft-train --help
+	assert_success
+	assert_output --partial "--neftune_noise_alpha"
+	assert_output --partial "--loraplus_lr_ratio"
+	assert_output --partial "--use_llama_pro"
+	assert_output --partial "--badam_switch_mode"
+}
+
+# ---- LoRA+ ------------------------------------------------------------------
+
+@test "LoRA+: parity with LLaMA-Factory's loraplus param groups (ratio 16)" {
+	need_jq
+	parity_run loraplus lora --learning_rate 2e-3 --adapter_name_or_path "$FIXTURES/parity/llama-lora-init" \
+		--loraplus_lr_ratio 16
+}
+
+@test "LoRA+: ratio 1 is plain LoRA, bit for bit; the embedding lr is accepted" {
+	need_jq
+	run train --learning_rate 5e-3 --max_steps 3 --logging_steps 1 -q
+	assert_success
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b --learning_rate 5e-3 \
+		--max_steps 3 --logging_steps 1 -q --loraplus_lr_ratio 1 --loraplus_lr_embedding 1e-5
+	assert_success
+	diff <(steady out/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	cmp out/adapter_model.safetensors b/adapter_model.safetensors
+}
+
+@test "LoRA+: refused outside LoRA, negative ratios refused" {
+	run -2 train --finetuning_type full --loraplus_lr_ratio 16
+	assert_output --partial "only valid for LoRA training"
+	run -2 train --loraplus_lr_ratio -1
+	assert_output --partial "must be >= 0"
+	run -2 train --loraplus_lr_ratio x
+	assert_output --partial "loraplus_lr_ratio"
+}
+
+@test "LoRA+: resume from a checkpoint matches the uninterrupted run" {
+	need_jq
+	args=(--learning_rate 5e-3 --max_steps 8 --logging_steps 1 --save_steps 4 --loraplus_lr_ratio 8 -q)
+	run train "${args[@]}"
+	assert_success
+	mkdir b && cp -r out/checkpoint-4 b/ && head -n 4 out/trainer_log.jsonl > b/trainer_log.jsonl
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b "${args[@]}" \
+		--resume_from_checkpoint b/checkpoint-4
+	assert_success
+	diff <(steady out/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	cmp out/adapter_model.safetensors b/adapter_model.safetensors
+}
+
+# ---- NEFTune ----------------------------------------------------------------
+
+@test "NEFTune: noise changes training, not evaluation; resume continues the noise exactly" {
+	need_jq
+	ft-cat --encode < "$FIXTURES/trainer/val.jsonl" > val.zst
+	args=(--learning_rate 5e-3 --max_steps 8 --logging_steps 1 --save_steps 4 -q)
+	run train "${args[@]}" --neftune_noise_alpha 5
+	assert_success
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir plain "${args[@]}"
+	assert_success
+	# the first step's loss is already computed on noisy embeddings
+	[ "$(jq -s '.[0].loss' out/trainer_log.jsonl)" != "$(jq -s '.[0].loss' plain/trainer_log.jsonl)" ]
+	mkdir b && cp -r out/checkpoint-4 b/ && head -n 4 out/trainer_log.jsonl > b/trainer_log.jsonl
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b "${args[@]}" \
+		--neftune_noise_alpha 5 --resume_from_checkpoint b/checkpoint-4
+	assert_success
+	diff <(steady out/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	cmp out/adapter_model.safetensors b/adapter_model.safetensors
+	# evaluation of the same adapter is noise free: equal with and without the flag
+	run ft-train --model_name_or_path "$MODEL" --adapter_name_or_path out --val val.zst --do_eval \
+		--output_dir e1 -q
+	assert_success
+	run ft-train --model_name_or_path "$MODEL" --adapter_name_or_path out --val val.zst --do_eval \
+		--output_dir e2 -q --neftune_noise_alpha 5
+	assert_success
+	[ "$(jq .eval_loss e1/eval_results.json)" = "$(jq .eval_loss e2/eval_results.json)" ]
+}
+
+@test "NEFTune: negative alpha refused; alpha 0 is no noise; works with full tuning" {
+	need_jq
+	run -2 train --neftune_noise_alpha -1
+	assert_output --partial "neftune_noise_alpha must be >= 0"
+	run train --max_steps 2 --logging_steps 1 -q --neftune_noise_alpha 0
+	assert_success
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b --max_steps 2 --logging_steps 1 -q
+	assert_success
+	diff <(steady out/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir full --finetuning_type full \
+		--max_steps 2 -q --neftune_noise_alpha 5
+	assert_success
+}
+
+# ---- LLaMA Pro --------------------------------------------------------------
+
+@test "LLaMA Pro: freeze tuning trains every stride-th layer (4 layers, 2 expanded: 1 and 3)" {
+	need_jq
+	jq '.num_hidden_layers = 4' "$MODEL/config.json" > cfg4.json
+	run ft-train --train_from_scratch --config cfg4.json --finetuning_type full --train train.zst \
+		--output_dir base --max_steps 1 -q
+	assert_success
+	run ft-train --model_name_or_path base --train train.zst --output_dir out --finetuning_type freeze \
+		--use_llama_pro --freeze_trainable_layers 2 --learning_rate 1e-2 --max_steps 2 -q
+	assert_success
+	# the optimizer state names exactly the trainable tensors (its
+	# safetensors header: 8-byte length, then JSON)
+	f=out/checkpoint-2/optimizer.safetensors
+	keys=$(tail -c +9 "$f" | head -c "$(od -An -t u8 -N8 "$f" | tr -d ' ')" | jq -r 'keys[]')
+	layers=$(grep -o 'model\.layers\.[0-9]*\.' <<< "$keys" | sort -u | tr '\n' ' ')
+	[ "$layers" = "model.layers.1. model.layers.3. " ] || { echo "trained: $layers"; return 1; }
+	run ft-train --model_name_or_path base --train train.zst --output_dir out3 --finetuning_type freeze \
+		--use_llama_pro --freeze_trainable_layers 3 --max_steps 1 -q
+	[ "$status" -eq 2 ]
+	assert_output --partial "divisible by freeze_trainable_layers 3"
+}
+
+@test "LLaMA Pro: refused with full tuning, with LoRA (not yet) and with negative layers" {
+	run -2 train --finetuning_type full --use_llama_pro
+	assert_output --partial "only valid for Freeze or LoRA training"
+	run -2 train --finetuning_type lora --use_llama_pro
+	assert_output --partial "not implemented in ft yet"
+	run -2 train --finetuning_type freeze --use_llama_pro --freeze_trainable_layers -1
+	assert_output --partial "positive --freeze_trainable_layers"
+}
+
+# ---- BAdam ------------------------------------------------------------------
+
+@test "BAdam: parity with badam's BlockOptimizer (ascending/3, descending/4, fixed/3 from block 1)" {
+	need_jq
+	parity_run badam_asc3 full --learning_rate 1e-3 --use_badam --badam_switch_interval 3 \
+		--badam_switch_mode ascending
+	parity_run badam_desc4 full --learning_rate 1e-3 --use_badam --badam_switch_interval 4 \
+		--badam_switch_mode descending
+	parity_run badam_fixed3 full --learning_rate 1e-3 --use_badam --badam_switch_interval 3 \
+		--badam_switch_mode fixed --badam_start_block 1
+}
+
+@test "BAdam: resume mid-block and across a switch matches the uninterrupted run (random order too)" {
+	need_jq
+	for mode in ascending random; do
+		args=(--finetuning_type full --learning_rate 1e-3 --max_steps 9 --logging_steps 1 --save_steps 4
+		      --use_badam --badam_switch_interval 3 --badam_switch_mode $mode -q)
+		run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir "a$mode" "${args[@]}"
+		assert_success
+		[ -f "a$mode/checkpoint-4/badam_state.json" ]
+		mkdir "b$mode" && cp -r "a$mode/checkpoint-4" "b$mode/"
+		head -n 4 "a$mode/trainer_log.jsonl" > "b$mode/trainer_log.jsonl"
+		run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir "b$mode" "${args[@]}" \
+			--resume_from_checkpoint "b$mode/checkpoint-4"
+		assert_success
+		diff <(steady "a$mode/trainer_log.jsonl") <(steady "b$mode/trainer_log.jsonl")
+		cmp "a$mode/model.safetensors" "b$mode/model.safetensors"
+	done
+}
+
+@test "BAdam: --badam_verbose 1 names each block as it switches; the example's keys are accepted" {
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir out --finetuning_type full \
+		--max_steps 4 --use_badam --badam_mode layer --badam_switch_interval 2 --badam_verbose 1 \
+		--badam_update_ratio 0.05 --badam_mask_mode adjacent
+	assert_success
+	assert_output --partial "BAdam: training block 0 (model.layers.0.*)"
+	assert_output --partial "BAdam: training block 1 (model.layers.1.*)"
+}
+
+@test "BAdam: refusals with one reason each" {
+	run -2 train --use_badam
+	assert_output --partial "cannot use LoRA with GaLore, APOLLO or BAdam together"
+	run -2 train --finetuning_type freeze --use_badam
+	assert_output --partial "needs --finetuning_type full"
+	run -2 train --finetuning_type full --use_badam --badam_mode ratio
+	assert_output --partial "badam_mode ratio"
+	run -2 train --finetuning_type full --use_badam --badam_switch_mode sideways
+	assert_output --partial "not a BAdam switch mode"
+	run -2 train --finetuning_type full --use_badam --badam_switch_interval 0
+	assert_output --partial "must not be 0"
+	run -1 train --finetuning_type full --use_badam --badam_start_block 2 --max_steps 1
+	assert_output --partial "the model has 2 blocks"
+}

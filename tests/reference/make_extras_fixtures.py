@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""make_extras_fixtures.py - reference values for LLaMA-Factory's
+self-contained extras in ft-train (docs/EXTRAS.md).
+
+Run from the repository root, with the badam package (1.4, pure Python) on
+the path:
+    pip install --no-deps --target /tmp/badam_pkg badam
+    PYTHONPATH=/tmp/badam_pkg /work/venv/bin/python tests/reference/make_extras_fixtures.py
+Writes tests/fixtures/extras/:
+  neftune.txt     "<alpha> <T> <D> <mag>": mag_norm as transformers'
+                  neftune_post_forward_hook computes it (float32, hex), and
+                  "max <alpha> <T> <D> <max |noise|>" from the hook itself on
+                  zeros (the noise stays within mag)
+  llama_pro.txt   "<num_layers> <freeze_trainable_layers> <ids...>": the
+                  trainable layer ids of LLaMA-Factory's _setup_freeze_tuning
+                  with use_llama_pro (model/adapter.py)
+  losses.txt      "<run> <loss per step...>" for the 10-step runs of
+                  tests/fixtures/parity/README.md (20 micro-batches of the
+                  llama parity batches, accumulation 2, cosine with 2 warmup
+                  steps, clipping at 1.0, weight_decay 0.1) with:
+    loraplus      LoRA from parity/llama-lora-init, lr 2e-3, LoRA+ ratio 16:
+                  the param groups of LLaMA-Factory's _create_loraplus_optimizer
+    badam_asc3    full, lr 1e-3, badam.BlockOptimizer as LLaMA-Factory's
+                  _create_badam_optimizer makes it (layer mode, ascending,
+                  switch_block_every 3)
+    badam_desc4   the same, descending, every 4
+    badam_fixed3  the same, fixed, every 3, start_block 1
+Made with torch 2.15.0, transformers 5.24.0, peft 0.21.2, badam 1.4 (CPU,
+float32, 1 thread).
+"""
+import os
+import sys
+import torch
+from safetensors.torch import load_file
+from transformers import get_cosine_schedule_with_warmup
+from transformers.integrations.neftune import neftune_post_forward_hook
+from peft import PeftModel
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_model_fixtures import (build_from, loss_sum, decay_names,  # noqa: E402
+                                 STEPS, ACCUM, WARMUP, MAX_GRAD_NORM, BETAS, EPS,
+                                 WEIGHT_DECAY)
+
+torch.set_num_threads(1)
+OUT = "tests/fixtures/extras"
+MODEL = "tests/fixtures/models/tiny-llama"
+PARITY = "tests/fixtures/parity"
+
+
+def hx(x):
+    return float(x).hex()
+
+
+def neftune():
+    lines = []
+    for alpha, t, d in [(5.0, 16, 64), (5.0, 2048, 4096), (0.1, 7, 3), (15.0, 512, 896)]:
+        dims = torch.tensor(t * d)
+        mag = alpha / torch.sqrt(dims)
+        lines.append(f"{alpha!r} {t} {d} {hx(mag)}")
+
+    class Emb(torch.nn.Module):
+        pass
+    mod = Emb()
+    mod.neftune_noise_alpha = 5.0
+    mod.train()
+    torch.manual_seed(0)
+    for t, d in [(16, 64), (8, 32)]:
+        out = neftune_post_forward_hook(mod, None, torch.zeros(4, t, d))
+        lines.append(f"max 5.0 {t} {d} {hx(out.abs().max())}")
+    with open(os.path.join(OUT, "neftune.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def llama_pro():
+    lines = []
+    for n_layers, n in [(8, 2), (8, 8), (32, 8), (40, 8), (4, 1), (2, 1), (4, 2)]:
+        stride = n_layers // n
+        ids = list(range(stride - 1, n_layers + stride - 1, stride))
+        lines.append(f"{n_layers} {n} " + " ".join(map(str, ids)))
+    with open(os.path.join(OUT, "llama_pro.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def batches():
+    t = load_file(os.path.join(PARITY, "llama-train-batches.safetensors"))
+    out = []
+    i = 0
+    while f"batch.{i}.input_ids" in t:
+        out.append((t[f"batch.{i}.input_ids"], t[f"batch.{i}.labels"]))
+        i += 1
+    return out
+
+
+def run(m, named, opt, sch, bs):
+    """transformers' inner loop: accumulate, clip the params that have a
+    gradient (BAdam's frozen ones have none), step, schedule, zero."""
+    m.train()
+    losses = []
+    for step in range(STEPS):
+        mb = bs[step * ACCUM:(step + 1) * ACCUM]
+        ntok = sum(int((lab[:, 1:] != -100).sum()) for _, lab in mb)
+        tot = 0.0
+        for ids, lab in mb:
+            ls, _ = loss_sum(m(input_ids=ids.long()).logits, lab)
+            (ls / ntok).backward()
+            tot += float(ls) / ntok
+        torch.nn.utils.clip_grad_norm_([p for p in m.parameters() if p.grad is not None], MAX_GRAD_NORM)
+        opt.step()
+        sch.step()
+        m.zero_grad(set_to_none=False)
+        losses.append(tot)
+    return losses
+
+
+def loraplus(bs):
+    base = build_from(MODEL, "llama")
+    m = PeftModel.from_pretrained(base, os.path.join(PARITY, "llama-lora-init"), is_trainable=True)
+    lr, ratio, emb_lr = 2e-3, 16.0, 1e-6
+    decay = decay_names(m)
+    g = {"lora_a": [], "lora_b": [], "lora_b_nodecay": [], "embedding": []}
+    for n, p in m.named_parameters():   # as _create_loraplus_optimizer
+        if not p.requires_grad:
+            continue
+        if "lora_embedding_B" in n:
+            g["embedding"].append(p)
+        elif "lora_B" in n or p.ndim == 1:
+            g["lora_b" if n in decay else "lora_b_nodecay"].append(p)
+        else:
+            g["lora_a"].append(p)
+    groups = [dict(params=g["lora_a"], lr=lr, weight_decay=WEIGHT_DECAY),
+              dict(params=g["lora_b"], lr=lr * ratio, weight_decay=WEIGHT_DECAY),
+              dict(params=g["lora_b_nodecay"], lr=lr * ratio, weight_decay=0.0),
+              dict(params=g["embedding"], lr=emb_lr, weight_decay=WEIGHT_DECAY)]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=BETAS, eps=EPS)
+    sch = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
+    return run(m, None, opt, sch, bs)
+
+
+def badam(bs, mode, every, start=None):
+    from badam import BlockOptimizer
+    m = build_from(MODEL, "llama")
+    decay = decay_names(m)
+    dp = [p for n, p in m.named_parameters() if p.requires_grad and n in decay]
+    ndp = [p for n, p in m.named_parameters() if p.requires_grad and n not in decay]
+    # _create_badam_optimizer: AdamW with LLaMA-Factory's groups and the
+    # Trainer's kwargs (lr, betas, eps: no weight_decay, so the defaults
+    # hold torch's 0.01)
+    base = torch.optim.AdamW([dict(params=ndp, weight_decay=0.0),
+                              dict(params=dp, weight_decay=WEIGHT_DECAY)],
+                             lr=1e-3, betas=BETAS, eps=EPS)
+    opt = BlockOptimizer(base_optimizer=base, named_parameters_list=list(m.named_parameters()),
+                         block_prefix_list=None, switch_block_every=every, start_block=start,
+                         switch_mode=mode, verbose=0)
+    sch = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
+    return run(m, None, opt, sch, bs)
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    neftune()
+    llama_pro()
+    bs = batches()
+    runs = [("loraplus", loraplus(bs)),
+            ("badam_asc3", badam(bs, "ascending", 3)),
+            ("badam_desc4", badam(bs, "descending", 4)),
+            ("badam_fixed3", badam(bs, "fixed", 3, 1))]
+    with open(os.path.join(OUT, "losses.txt"), "w") as f:
+        for name, losses in runs:
+            f.write(name + " " + " ".join(repr(x) for x in losses) + "\n")
+            print(name, [round(x, 5) for x in losses])
+
+
+if __name__ == "__main__":
+    main()

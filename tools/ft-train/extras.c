@@ -1,0 +1,133 @@
+/* extras.c - ft-train's options for LLaMA-Factory's self-contained extras
+ * (NEFTune, LoRA+, LLaMA Pro, BAdam), with LLaMA-Factory's names,
+ * defaults and refusals (hparams/finetuning_args.py __post_init__). */
+#include "ft-train.h"
+#include "train/optim_ext.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const extras_keys[] = {
+	"neftune_noise_alpha", "loraplus_lr_ratio", "loraplus_lr_embedding", "use_llama_pro",
+	"use_badam", "badam_mode", "badam_start_block", "badam_switch_mode", "badam_switch_interval",
+	"badam_update_ratio", "badam_mask_mode", "badam_verbose", NULL,
+};
+
+int ft_train_extras_known(const char *key)
+{
+	for (const char *const *k = extras_keys; *k; k++)
+		if (!strcmp(*k, key)) return 1;
+	return 0;
+}
+
+static const char *get(const ft_lfargs *a, const char *k) { return ft_lfargs_get(a, k, NULL); }
+
+/* LLaMA-Factory's Optional fields: "null"/"none" is the default */
+static int given(const ft_lfargs *a, const char *k)
+{
+	const char *v = get(a, k);
+	return v && strcasecmp(v, "null") && strcasecmp(v, "none") && *v;
+}
+
+void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
+{
+	ft_train_extras *x = &c->x;
+	memset(x, 0, sizeof *x);
+	int type = c->tune.type;
+	if (given(a, "neftune_noise_alpha")) {
+		double al = ft_parse_double("neftune_noise_alpha", get(a, "neftune_noise_alpha"));
+		if (al < 0) die_usage("--neftune_noise_alpha must be >= 0");
+		c->tune.neftune_noise_alpha = al;
+	}
+	x->loraplus = given(a, "loraplus_lr_ratio");
+	if (x->loraplus) {
+		if (type != FT_FT_LORA) die_usage("--loraplus_lr_ratio is only valid for LoRA training");
+		x->loraplus_ratio = ft_parse_double("loraplus_lr_ratio", get(a, "loraplus_lr_ratio"));
+		if (x->loraplus_ratio < 0) die_usage("--loraplus_lr_ratio must be >= 0");
+	}
+	x->loraplus_embedding = 1e-6;
+	if (get(a, "loraplus_lr_embedding"))
+		x->loraplus_embedding = ft_parse_double("loraplus_lr_embedding", get(a, "loraplus_lr_embedding"));
+
+	const char *lp = get(a, "use_llama_pro");
+	c->tune.use_llama_pro = lp ? ft_parse_bool("use_llama_pro", lp) : 0;
+	if (c->tune.use_llama_pro) {
+		if (type == FT_FT_FULL) die_usage("--use_llama_pro is only valid for Freeze or LoRA training");
+		if (type == FT_FT_LORA)
+			die_usage("--use_llama_pro with --finetuning_type lora is not implemented in ft yet "
+				  "(LoRA on the expanded layers only); use --finetuning_type freeze");
+		if (c->tune.freeze_trainable_layers < 0)
+			die_usage("--use_llama_pro needs a positive --freeze_trainable_layers (the number of "
+				  "expanded layers)");
+	}
+
+	const char *ub = get(a, "use_badam");
+	x->badam = ub ? ft_parse_bool("use_badam", ub) : 0;
+	if (!x->badam) return;
+	if (type == FT_FT_LORA) die_usage("--use_badam: cannot use LoRA with GaLore, APOLLO or BAdam together");
+	if (type == FT_FT_FREEZE)
+		die_usage("--use_badam needs --finetuning_type full in ft (BAdam turns every layer on in turn)");
+	const char *mode = ft_lfargs_get(a, "badam_mode", "layer");
+	if (!strcmp(mode, "ratio"))
+		die_usage("--badam_mode ratio (BlockOptimizerRatio's sparse masks) is not implemented in ft; "
+			  "layer is");
+	if (strcmp(mode, "layer")) die_usage("--badam_mode: '%s' (layer or ratio)", mode);
+	const char *sm = given(a, "badam_switch_mode") ? get(a, "badam_switch_mode") : "ascending";
+	int m = ft_badam_mode_parse(sm);
+	if (m < 0) die_usage("--badam_switch_mode: %s", ft_errmsg());
+	x->badam_mode = m;
+	x->badam_interval = given(a, "badam_switch_interval")
+		? (int)ft_parse_int("badam_switch_interval", get(a, "badam_switch_interval")) : 50;
+	if (x->badam_interval == 0) die_usage("--badam_switch_interval must not be 0");
+	x->badam_has_start = given(a, "badam_start_block");
+	if (x->badam_has_start)
+		x->badam_start = (int)ft_parse_int("badam_start_block", get(a, "badam_start_block"));
+	x->badam_verbose = get(a, "badam_verbose") ? (int)ft_parse_int("badam_verbose", get(a, "badam_verbose")) : 0;
+	if (get(a, "weight_decay") && ft_verbose >= 0)
+		warn("note: --use_badam: the active block's weight decay is torch AdamW's default 0.01, "
+		     "not --weight_decay, as LLaMA-Factory's BAdam runs it");
+	if (x->badam_interval == -1 && ft_verbose >= 0)
+		warn("note: --badam_switch_interval -1 switches blocks after every step, as the badam "
+		     "package computes (step + 1) %% -1 == 0");
+}
+
+static void on_switch(void *ctx, int block, const char *prefix)
+{
+	(void)ctx;
+	warn("BAdam: training block %d (%s*)", block, prefix);
+}
+
+ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
+{
+	ft_train_extras *x = &c->x;
+	const ft_config *cf = ft_model_config(m);
+	if (c->tune.use_llama_pro && cf->num_hidden_layers % c->tune.freeze_trainable_layers)
+		die_usage("--use_llama_pro: num_layers %d should be divisible by freeze_trainable_layers %d",
+			  cf->num_hidden_layers, c->tune.freeze_trainable_layers);
+	if (on_gpu && (x->loraplus || x->badam || c->tune.neftune_noise_alpha > 0))
+		die_usage("--%s runs on the CPU only in ft (use --device cpu)",
+			  x->loraplus ? "loraplus_lr_ratio" : x->badam ? "use_badam" : "neftune_noise_alpha");
+	if (x->loraplus) return ft_loraplus_new(c->t.learning_rate, x->loraplus_ratio, x->loraplus_embedding);
+	if (!x->badam) return NULL;
+	size_t n = 0, np = ft_model_nparams(m);
+	x->params = ft_xcalloc(np ? np : 1, sizeof *x->params);
+	for (size_t i = 0; i < np; i++) {
+		ft_param *p = ft_model_param(m, i);
+		if (p->trainable && p->g) x->params[n++] = p;
+	}
+	ft_badam_opts o = { .mode = x->badam_mode, .switch_interval = x->badam_interval,
+			    .has_start_block = x->badam_has_start, .start_block = x->badam_start,
+			    .beta1 = c->t.adam_beta1, .beta2 = c->t.adam_beta2, .eps = c->t.adam_epsilon,
+			    .seed = c->t.seed, .verbose = x->badam_verbose };
+	if (x->badam_verbose >= 1 && ft_verbose >= 0) o.on_switch = on_switch;
+	ft_optim_ext *e = ft_badam_new(x->params, n, &o);
+	if (!e) die("--use_badam: %s", ft_errmsg());
+	return e;
+}
+
+void ft_train_extras_free(ft_cli_args *c, ft_optim_ext *e)
+{
+	ft_optim_ext_free(e);
+	free(c->x.params);
+	c->x.params = NULL;
+}
