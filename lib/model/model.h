@@ -147,6 +147,14 @@ int ft_model_save_full(ft_model *m, const char *dir, const char *dtype);
 int ft_model_save_adapter(ft_model *m, const char *dir);
 int ft_model_merge_lora(ft_model *m);
 
+/* Extras (lib/model/extras.c).  NEFTune: mag_norm = alpha / sqrt(T * d)
+ * in float32 as transformers' hook computes it, and U(-mag, mag) noise
+ * added to x from ft's generator (seed: one stream).  LLaMA Pro: whether
+ * layer l of L is one of the n expanded, trainable ones. */
+float ft_neftune_magnitude(double alpha, int T, int D);
+void ft_neftune_add(float *x, size_t n, float mag, uint64_t seed);
+int ft_llama_pro_layer(int L, int n, int l);
+
 /* Parameter names (HF/PEFT) to find a tensor; NULL if absent. */
 ft_param *ft_model_find_param(ft_model *m, const char *name);
 
