@@ -54,7 +54,8 @@ static const ftp_route routes[] = {
 	/* LLaMA-Factory's extras ft-train runs (docs/EXTRAS.md) */
 	{"neftune_noise_alpha", FTP_R, NULL}, {"loraplus_lr_ratio", FTP_R, NULL},
 	{"loraplus_lr_embedding", FTP_R, NULL}, {"use_llama_pro", FTP_R, NULL},
-	{"use_badam", FTP_R, NULL},
+	{"use_badam", FTP_R, NULL}, {"pissa_init", FTP_R, NULL}, {"pissa_iter", FTP_R, NULL},
+	{"pissa_convert", FTP_R, NULL},
 	{"export_dir", FTP_M, NULL}, {"export_size", FTP_M, NULL}, {"export_dtype", FTP_M, NULL},
 	/* accepted, no effect (value-dependent ones are checked in value_problem) */
 	{"tokenized_path", FTP_N, NULL},
@@ -111,8 +112,6 @@ static const ftp_route routes[] = {
 	{"use_apollo", FTP_X, "the APOLLO optimizer is " NOT_YET},
 	{"use_galore", FTP_X, "GaLore is " NOT_YET},
 	{"use_muon", FTP_X, "the Muon optimizer is " NOT_YET},
-	{"pissa_init", FTP_X, "PiSSA is " NOT_YET}, {"pissa_iter", FTP_X, "PiSSA is " NOT_YET},
-	{"pissa_convert", FTP_X, "PiSSA is " NOT_YET},
 	{"use_dora", FTP_X, "DoRA is " NOT_YET},
 	{"pref_beta", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},
 	{"pref_loss", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},
@@ -133,7 +132,6 @@ static const ftp_route families[] = {
 	{"badam_", FTP_R, NULL},   /* ft-train checks each (layer mode only) */
 	{"oft_", FTP_X, "OFT is " NOT_YET},
 	{"ray_", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
-	{"pissa_", FTP_X, "PiSSA is " NOT_YET},
 	{"loraplus_", FTP_R, NULL},
 	{"kt_", FTP_X, "KTransformers is a torch backend ft does not run"},
 	{"fp8_", FTP_X, "fp8 training is not supported"},

@@ -61,6 +61,11 @@ static int check_config(const ft_adapter_config *c)
 	if (strcmp(c->peft_type, "LORA") != 0)
 		return ft_fail("%s: peft_type is %s; only LoRA adapters can be merged", cfg, c->peft_type);
 	if (c->use_dora) return ft_fail("%s: DoRA adapters (use_dora) are not supported", cfg);
+	if (c->init_lora_weights)   /* PiSSA and friends: trained on a residual base */
+		return ft_fail("%s: init_lora_weights \"%s\": the adapter was trained on a base its init "
+			       "changed, which ft-merge does not recompute; merge the plain LoRA adapter "
+			       "LLaMA-Factory's pissa_convert writes (OUTPUT_DIR/pissa_converted)", cfg,
+			       c->init_lora_weights);
 	if (c->fan_in_fan_out)
 		return ft_fail("%s: fan_in_fan_out adapters (GPT-2 Conv1D) are not supported", cfg);
 	static const char *const unsupported[] = {

@@ -67,6 +67,10 @@ struct ft_model {
 void ftp_neftune_apply(const ft_model *m, float *x, int B, int T);
 int ftp_llama_pro_layer(const ft_model *m, int l);
 
+/* lib/model/model_io.c: adapter_config.json with rank r and alpha;
+ * plain: init_lora_weights true even for a PiSSA adapter. */
+int ftp_adapter_config_save(ft_model *m, const char *dir, int r, double alpha, int plain);
+
 /* lib/model/model_fwd.c */
 int ftp_model_prepare(ft_model *m, int N);
 void ftp_model_free_buffers(ft_model *m);

@@ -211,3 +211,83 @@ parity_run() {
 	run -1 train --finetuning_type full --use_badam --badam_start_block 2 --max_steps 1
 	assert_output --partial "the model has 2 blocks"
 }
+
+# ---- PiSSA ------------------------------------------------------------------
+
+pissa_args=(--lora_rank 4 --lora_alpha 8 --lora_target all --learning_rate 2e-3 --pissa_init)
+
+@test "PiSSA: parity with PEFT's init_lora_weights pissa (exact SVD)" {
+	need_jq
+	parity_run pissa lora "${pissa_args[@]}" --pissa_iter -1
+}
+
+# torch.svd_lowrank starts from torch.randn, ft from its own generator: on
+# these random weights (flat spectra, so 16 power iterations leave ~1e-4 of
+# the top-4 subspace unconverged) torch's own niter16 run is 1.3e-4 from the
+# exact one and ft's 2.2e-4, so the bound is 1e-3 against either.
+@test "PiSSA: pissa_niter_16 (the default) within the randomized SVD's spread of PEFT's" {
+	need_jq
+	ft-cat --encode < "$FIXTURES/trainer/parity20.jsonl" > p20.zst
+	run ft-train --model_name_or_path "$MODEL" --train p20.zst --output_dir n16 --weight_decay 0.1 \
+		--lr_scheduler_type cosine --warmup_steps 2 --gradient_accumulation_steps 2 --num_train_epochs 1 \
+		--logging_steps 1 -q "${pissa_args[@]}"
+	assert_success
+	jq -r 'select(.loss) | .loss' n16/trainer_log.jsonl > got
+	for ref in pissa_niter16 pissa; do
+		grep "^$ref " "$FIXTURES/extras/losses.txt" | tr ' ' '\n' | tail -n +2 > want
+		paste got want | awk '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > 1e-3) { print "step " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }'
+	done
+	[ "$(jq -r .init_lora_weights n16/adapter_config.json)" = pissa_niter_16 ]
+}
+
+@test "PiSSA: pissa_convert writes pissa_init, pissa_backup and a rank-2r plain LoRA that evaluates the same" {
+	need_jq
+	ft-cat --encode < "$FIXTURES/trainer/val.jsonl" > val.zst
+	run train "${pissa_args[@]}" --pissa_iter -1 --pissa_convert --max_steps 4 -q
+	assert_success
+	[ "$(jq -r .init_lora_weights out/adapter_config.json)" = pissa ]
+	for d in pissa_init pissa_backup; do
+		[ "$(jq -c '[.r, .lora_alpha, .init_lora_weights]' out/$d/adapter_config.json)" = '[4,8,true]' ]
+	done
+	[ "$(jq -c '[.r, .lora_alpha, .init_lora_weights]' out/pissa_converted/adapter_config.json)" = '[8,16,true]' ]
+	cmp out/adapter_model.safetensors out/pissa_backup/adapter_model.safetensors
+	# the PiSSA adapter (its load redoes the init on the base) and the plain
+	# conversion on the untouched base: the same model up to float32 rounding
+	for a in out out/pissa_converted; do
+		run ft-train --model_name_or_path "$MODEL" --adapter_name_or_path "$a" --val val.zst --do_eval \
+			--output_dir "e${a//\//_}" -q
+		assert_success
+	done
+	jq -n --slurpfile a eout/eval_results.json --slurpfile b eout_pissa_converted/eval_results.json \
+		'($a[0].eval_loss - $b[0].eval_loss) / $b[0].eval_loss | fabs < 1e-5' | grep -qx true
+	# ft-merge: the converted adapter merges; the PiSSA one is refused with the way out
+	run ft-merge --model_name_or_path "$MODEL" --adapter_name_or_path out/pissa_converted --export_dir m -q
+	assert_success
+	run ft-merge --model_name_or_path "$MODEL" --adapter_name_or_path out --export_dir m2 -q
+	assert_failure 1
+	assert_output --partial "pissa_converted"
+}
+
+@test "PiSSA: resume recomputes the residual and continues bit for bit" {
+	need_jq
+	args=("${pissa_args[@]}" --max_steps 8 --logging_steps 1 --save_steps 4 -q)
+	run train "${args[@]}"
+	assert_success
+	mkdir b && cp -r out/checkpoint-4 b/ && head -n 4 out/trainer_log.jsonl > b/trainer_log.jsonl
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b "${args[@]}" \
+		--resume_from_checkpoint b/checkpoint-4
+	assert_success
+	diff <(steady out/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	cmp out/adapter_model.safetensors b/adapter_model.safetensors
+}
+
+@test "PiSSA: refusals" {
+	run -2 train --finetuning_type full --pissa_init
+	assert_output --partial "only valid for LoRA training"
+	run -2 train --pissa_init --pissa_iter -2
+	assert_output --partial "--pissa_iter must be -1"
+	run -2 train --pissa_init --adapter_name_or_path "$FIXTURES/parity/llama-lora-init"
+	assert_output --partial "initializes a new adapter"
+	run -1 train --pissa_init --lora_rank 40 --max_steps 1
+	assert_output --partial "exceeds the module's smaller side"
+}

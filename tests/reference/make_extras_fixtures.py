@@ -6,6 +6,14 @@ Run from the repository root, with the badam package (1.4, pure Python) on
 the path:
     pip install --no-deps --target /tmp/badam_pkg badam
     PYTHONPATH=/tmp/badam_pkg /work/venv/bin/python tests/reference/make_extras_fixtures.py
+    /work/venv/bin/python tests/reference/make_extras_fixtures.py --check-pissa DIR
+        DIR is an ft-train --pissa_init --pissa_iter -1 --pissa_convert output
+        on tiny-llama (the exact SVD: PEFT's pissa_niter_K draws a new random
+        start each time it loads an adapter, so only "pissa" recomputes):
+        PEFT loads DIR (redoing the PiSSA init on the base, as for its own
+        adapters) and DIR/pissa_converted (a plain LoRA on the original
+        base); their logits on the parity batch 0 must agree (max relative
+        error <= 1e-4) and differ from the base's.  Exit 1 if not.
 Writes tests/fixtures/extras/:
   neftune.txt     "<alpha> <T> <D> <mag>": mag_norm as transformers'
                   neftune_post_forward_hook computes it (float32, hex), and
@@ -25,6 +33,10 @@ Writes tests/fixtures/extras/:
                   switch_block_every 3)
     badam_desc4   the same, descending, every 4
     badam_fixed3  the same, fixed, every 3, start_block 1
+    pissa         LoRA r=4, alpha 8, all linears, lr 2e-3, PEFT's init_lora_weights
+                  "pissa" (exact SVD)
+    pissa_niter4, pissa_niter16  the same with "pissa_niter_4" / "_16"
+                  (torch.svd_lowrank from torch's random start)
 Made with torch 2.15.0, transformers 5.24.0, peft 0.21.2, badam 1.4 (CPU,
 float32, 1 thread).
 """
@@ -136,6 +148,23 @@ def loraplus(bs):
     return run(m, None, opt, sch, bs)
 
 
+def pissa(bs, init):
+    """LoRA r=4, alpha 8 on all seven linears, initialised by PEFT's PiSSA."""
+    from peft import LoraConfig, get_peft_model
+    base = build_from(MODEL, "llama")
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=init, bias="none",
+                     task_type="CAUSAL_LM", target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                            "gate_proj", "up_proj", "down_proj"])
+    m = get_peft_model(base, cfg)
+    decay = decay_names(m)
+    named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if n in decay], "weight_decay": WEIGHT_DECAY},
+              {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=2e-3, betas=BETAS, eps=EPS)
+    sch = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
+    return run(m, None, opt, sch, bs)
+
+
 def badam(bs, mode, every, start=None):
     from badam import BlockOptimizer
     m = build_from(MODEL, "llama")
@@ -155,6 +184,23 @@ def badam(bs, mode, every, start=None):
     return run(m, None, opt, sch, bs)
 
 
+def check_pissa(d):
+    t = load_file(os.path.join(PARITY, "llama-train-batches.safetensors"))
+    ids = t["batch.0.input_ids"].long()
+    out = {}
+    for a in (d, os.path.join(d, "pissa_converted")):
+        m = PeftModel.from_pretrained(build_from(MODEL, "llama"), a).eval()
+        with torch.no_grad():
+            out[a] = m(input_ids=ids).logits
+    with torch.no_grad():
+        base = build_from(MODEL, "llama").eval()(input_ids=ids).logits
+    p, c = out.values()
+    err = float((p - c).abs().max() / p.abs().max())
+    moved = float((p - base).abs().max())
+    print(f"pissa vs converted: max relative error {err:.3g}; vs the base {moved:.3g}")
+    return 0 if err <= 1e-4 and moved > 1e-3 else 1
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     neftune()
@@ -163,7 +209,10 @@ def main():
     runs = [("loraplus", loraplus(bs)),
             ("badam_asc3", badam(bs, "ascending", 3)),
             ("badam_desc4", badam(bs, "descending", 4)),
-            ("badam_fixed3", badam(bs, "fixed", 3, 1))]
+            ("badam_fixed3", badam(bs, "fixed", 3, 1)),
+            ("pissa", pissa(bs, "pissa")),
+            ("pissa_niter4", pissa(bs, "pissa_niter_4")),
+            ("pissa_niter16", pissa(bs, "pissa_niter_16"))]
     with open(os.path.join(OUT, "losses.txt"), "w") as f:
         for name, losses in runs:
             f.write(name + " " + " ".join(repr(x) for x in losses) + "\n")
@@ -171,4 +220,6 @@ def main():
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--check-pissa":
+        sys.exit(check_pissa(sys.argv[2]))
     main()

@@ -6,11 +6,13 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char *const extras_keys[] = {
 	"neftune_noise_alpha", "loraplus_lr_ratio", "loraplus_lr_embedding", "use_llama_pro",
 	"use_badam", "badam_mode", "badam_start_block", "badam_switch_mode", "badam_switch_interval",
-	"badam_update_ratio", "badam_mask_mode", "badam_verbose", NULL,
+	"badam_update_ratio", "badam_mask_mode", "badam_verbose", "pissa_init", "pissa_iter",
+	"pissa_convert", NULL,
 };
 
 int ft_train_extras_known(const char *key)
@@ -61,6 +63,17 @@ void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 				  "expanded layers)");
 	}
 
+	const char *pi = get(a, "pissa_init"), *pc = get(a, "pissa_convert");
+	x->pissa = pi ? ft_parse_bool("pissa_init", pi) : 0;
+	x->pissa_convert = pc ? ft_parse_bool("pissa_convert", pc) : 0;
+	x->pissa_iter = get(a, "pissa_iter") ? (int)ft_parse_int("pissa_iter", get(a, "pissa_iter")) : 16;
+	if (x->pissa && type != FT_FT_LORA) die_usage("--pissa_init is only valid for LoRA training");
+	if (x->pissa_convert && type != FT_FT_LORA) die_usage("--pissa_convert is only valid for LoRA training");
+	if (x->pissa_iter < -1) die_usage("--pissa_iter must be -1 (exact SVD) or >= 0 (power iterations)");
+	if (x->pissa && c->adapter)
+		die_usage("--pissa_init initializes a new adapter; --adapter_name_or_path's own "
+			  "adapter_config.json says how it was initialized");
+
 	const char *ub = get(a, "use_badam");
 	x->badam = ub ? ft_parse_bool("use_badam", ub) : 0;
 	if (!x->badam) return;
@@ -91,6 +104,46 @@ void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 		     "package computes (step + 1) %% -1 == 0");
 }
 
+/* Right after loading, before the model is bound to a device. */
+void ft_train_extras_model(ft_cli_args *c, ft_model *m)
+{
+	const ft_config *cf = ft_model_config(m);
+	if (c->tune.use_llama_pro && cf->num_hidden_layers % c->tune.freeze_trainable_layers)
+		die_usage("--use_llama_pro: num_layers %d should be divisible by freeze_trainable_layers %d",
+			  cf->num_hidden_layers, c->tune.freeze_trainable_layers);
+	if (c->x.pissa && ft_model_pissa_init(m, c->x.pissa_iter) < 0) die("--pissa_init: %s", ft_errmsg());
+}
+
+/* LLaMA-Factory's PissaConvertCallback: the initial adapter (as plain
+ * LoRA) in output_dir/pissa_init before training; after it, the trained
+ * one in pissa_backup and the plain LoRA equivalent in pissa_converted. */
+void ft_train_extras_begin(ft_cli_args *c, ft_model *m)
+{
+	if (!c->x.pissa_convert) return;
+	char *d = ft_xasprintf("%s/pissa_init", c->output_dir);
+	if (c->resume && access(d, F_OK) == 0) {   /* the first run wrote it */
+		free(d);
+		return;
+	}
+	if (ft_model_pissa_save_plain(m, d) < 0) die("--pissa_convert: %s", ft_errmsg());
+	if (ft_verbose >= 1) warn("note: initial PiSSA adapter saved in %s", d);
+	free(d);
+}
+
+void ft_train_extras_end(ft_cli_args *c, ft_model *m)
+{
+	if (!c->x.pissa_convert) return;
+	char *init = ft_xasprintf("%s/pissa_init", c->output_dir);
+	char *backup = ft_xasprintf("%s/pissa_backup", c->output_dir);
+	char *conv = ft_xasprintf("%s/pissa_converted", c->output_dir);
+	if (ft_model_pissa_save_plain(m, backup) < 0 || ft_model_pissa_save_converted(m, init, conv) < 0)
+		die("--pissa_convert: %s", ft_errmsg());
+	if (ft_verbose >= 1) warn("note: converted PiSSA adapter saved in %s", conv);
+	free(init);
+	free(backup);
+	free(conv);
+}
+
 static void on_switch(void *ctx, int block, const char *prefix)
 {
 	(void)ctx;
@@ -100,10 +153,6 @@ static void on_switch(void *ctx, int block, const char *prefix)
 ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
 {
 	ft_train_extras *x = &c->x;
-	const ft_config *cf = ft_model_config(m);
-	if (c->tune.use_llama_pro && cf->num_hidden_layers % c->tune.freeze_trainable_layers)
-		die_usage("--use_llama_pro: num_layers %d should be divisible by freeze_trainable_layers %d",
-			  cf->num_hidden_layers, c->tune.freeze_trainable_layers);
 	if (on_gpu && (x->loraplus || x->badam || c->tune.neftune_noise_alpha > 0))
 		die_usage("--%s runs on the CPU only in ft (use --device cpu)",
 			  x->loraplus ? "loraplus_lr_ratio" : x->badam ? "use_badam" : "neftune_noise_alpha");

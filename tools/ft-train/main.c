@@ -70,6 +70,9 @@ static const char usage[] =
 "  --use_badam                BAdam, layer-wise (full): one layer trained at a time\n"
 "  --badam_switch_mode ascending|descending|random|fixed (ascending)\n"
 "  --badam_switch_interval N (50)  --badam_start_block N  --badam_verbose N (0)\n"
+"  --pissa_init               PiSSA: LoRA from the top singular vectors, base = residual\n"
+"  --pissa_iter N (16; -1: exact SVD)  --pissa_convert  (also write pissa_converted/,\n"
+"                             a plain LoRA adapter of rank 2r)\n"
 "Logging, evaluation, checkpoints:\n"
 "  --logging_steps N (500) --logging_first_step  --eval_steps N (logging_steps)\n"
 "  --save_steps N (500) --save_total_limit N  --do_train --do_eval  --plot_loss\n"
@@ -450,6 +453,7 @@ int main(int argc, char **argv)
 	c.t.output_dir = c.output_dir;
 
 	ft_model *m = load_model(&c);
+	ft_train_extras_model(&c, m);
 	ft_train_model tm;
 	char device[512];
 	int on_gpu = bind_model(&c, m, &tm_, &vm_, &tm, device, sizeof device);
@@ -465,6 +469,7 @@ int main(int argc, char **argv)
 		c.t.stop = &stop_flag;
 		c.t.on_event = on_event;
 		install_signals();
+		ft_train_extras_begin(&c, m);
 		ft_train_result r;
 		if (ft_train(&c.t, &tm, &train, c.do_eval ? &val : NULL, &r) < 0) {
 			/* a bad batch names the data it came from */
@@ -473,6 +478,7 @@ int main(int argc, char **argv)
 			die("%s", ft_errmsg());
 		}
 		ft_progress_done();
+		if (!r.interrupted) ft_train_extras_end(&c, m);
 		if (r.interrupted) {
 			char *cmd = resume_command(argc, argv, r.checkpoint);
 			fprintf(stderr, "%s: interrupted (%s) at step %lld of %lld; checkpoint saved in %s\n"
