@@ -18,7 +18,7 @@ LIB_CLI    := cli lfargs runplan runplan_settings
 LIB_CUDA_C := backend
 LIB_CUDA   := api attention gemm lmhead model ops optim probe
 # LLaMA-Factory's self-contained extras (issue 22 part 4)
-LIB_MODEL  += extras lora_pissa
+LIB_MODEL  += extras lora_pissa lora_dora
 LIB_TRAIN  += optim_ext optim_loraplus optim_badam
 
 LIB_SRC   := $(LIB_UTIL:%=lib/util/%.c) $(LIB_FORMAT:%=lib/format/%.c) \

@@ -64,6 +64,8 @@ typedef struct {
 	/* set by ft_model_pissa_init (lib/model/lora_pissa.c), saved as
 	 * init_lora_weights "pissa" (iter < 0) or "pissa_niter_<iter>" */
 	int pissa_init, pissa_iter;
+	/* set by ft_model_dora_init / a use_dora adapter (lib/model/lora_dora.c) */
+	int use_dora;
 } ft_tune_opts;
 /* Defaults applied when a field is 0: lora_rank 8, lora_alpha 2*rank (as
  * LLaMA-Factory), lora_targets q_proj|v_proj.
@@ -172,6 +174,12 @@ int ft_llama_pro_layer(int L, int n, int l);
 int ft_model_pissa_init(ft_model *m, int niter);
 int ft_model_pissa_save_plain(ft_model *m, const char *dir);
 int ft_model_pissa_save_converted(ft_model *m, const char *init_dir, const char *dir);
+
+/* DoRA (lib/model/lora_dora.c), PEFT's use_dora: a trainable magnitude
+ * per output row of every adapted linear (initially ||W||; saved as
+ * "...lora_magnitude_vector"), the output scaled by magnitude / ||W + s B A||
+ * (that norm detached).  Rebuilds the parameter list. */
+int ft_model_dora_init(ft_model *m);
 
 /* Parameter names (HF/PEFT) to find a tensor; NULL if absent. */
 ft_param *ft_model_find_param(ft_model *m, const char *name);

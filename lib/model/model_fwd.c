@@ -35,6 +35,9 @@ void ftp_model_free_buffers(ft_model *m)
 		free(*f[i]);
 		*f[i] = NULL;
 	}
+	free(m->dora_dy);
+	m->dora_dy = NULL;
+	m->dora_dy_n = 0;
 	free(m->pos); free(m->targets); free(m->rows);
 	m->pos = m->targets = m->rows = NULL;
 	m->cap_N = 0;
@@ -156,6 +159,8 @@ static void lin_fwd_many(ft_model *m, int l, const int *js, float *const *ys, in
 		const float *xd = lora_input(m, l, js[i], x, (size_t)N * in);
 		ft_lora_forward(ys[i], a->lh[js[i]], xd, lo->A.w, lo->B.w, N, in, o[i].out, lo->r,
 				lo->scale);
+		if (ftp_dora_of(m, l, js[i]))
+			ftp_dora_forward(m, l, js[i], ys[i], N);
 	}
 }
 
@@ -172,6 +177,8 @@ static void lin_bwd(ft_model *m, int l, int j, ftp_acts *a, float *dx,
 	ftp_layer *y_ = &m->layers[l];
 	int in, out;
 	ftp_lin_dims(&m->c, j, &in, &out);
+	if (y_->lora[j].on && ftp_dora_of(m, l, j))
+		dy = ftp_dora_backward(m, l, j, dy, N);
 	ft_linear_backward(dx, y_->lin[j].g, j <= L_V ? y_->bias[j].g : NULL, dy, x,
 			   y_->lin[j].w, N, in, out);
 	ftp_lora *lo = &y_->lora[j];

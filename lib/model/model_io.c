@@ -179,7 +179,7 @@ int ft_model_save_adapter(ft_model *m, const char *dir)
 	ft_st_writer_meta(w, "format", "pt");
 	for (size_t i = 0; i < m->nparams; i++)
 		if (is_adapter(&m->params[i]))
-			ft_st_writer_add(w, m->params[i].name, FT_F32, 2, m->params[i].shape,
+			ft_st_writer_add(w, m->params[i].name, FT_F32, m->params[i].ndim, m->params[i].shape,
 					 m->params[i].w);
 	char *path = ft_xasprintf("%s/adapter_model.safetensors", dir);
 	int rc = ft_st_writer_write(w, path);
@@ -202,7 +202,7 @@ int ftp_adapter_config_save(ft_model *m, const char *dir, int r, double a, int p
 		"lora_bias", 0, "lora_dropout", o->lora_dropout, "megatron_config",
 		"megatron_core", "megatron.core", "modules_to_save", "peft_type", "LORA",
 		"r", r, "rank_pattern", "revision", "target_modules",
-		targets_json(o->lora_targets), "task_type", "CAUSAL_LM", "use_dora", 0,
+		targets_json(o->lora_targets), "task_type", "CAUSAL_LM", "use_dora", o->use_dora,
 		"use_rslora", o->use_rslora);
 	if (!j)
 		return ft_fail("%s: cannot build adapter_config.json", dir);
@@ -256,7 +256,6 @@ static int parse_targets(const ft_adapter_config *c, unsigned *out)
  * modules for every layer, plain LoRA. */
 static const char *unsupported(const ft_adapter_config *c)
 {
-	if (c->use_dora) return "use_dora";
 	if (c->n_rank_pattern) return "rank_pattern";
 	if (c->n_alpha_pattern) return "alpha_pattern";
 	if (ft_adapter_config_sets(c, "layers_to_transform")) return "layers_to_transform";
@@ -310,6 +309,9 @@ int ft_model_load_adapter(ft_model *m, const char *dir)
 	    parse_targets(&c, &targets) < 0)
 		goto out;
 	ftp_lora_setup(m, c.r, c.lora_alpha, c.use_rslora, targets);
+	m->o.use_dora = 0;
+	if (c.use_dora)   /* the magnitudes are read below */
+		ftp_dora_enable(m);
 	ftp_model_build_params(m);
 	/* a PiSSA adapter was trained on the residual base: PEFT redoes the
 	 * init on the base when it loads one, and so does ft */
@@ -352,6 +354,9 @@ int ft_model_load_adapter(ft_model *m, const char *dir)
 		goto out;
 	}
 	ft_st_close(st);
+	for (int l = 0; c.use_dora && l < m->c.num_hidden_layers; l++)
+		for (int j = 0; j < L_NLIN; j++)
+			if (ftp_dora_of(m, l, j)) ftp_dora_scale(m, l, j);
 	rc = 0;
 out:
 	free(path);
@@ -368,10 +373,15 @@ int ft_model_merge_lora(ft_model *m)
 			if (!a->on)
 				continue;
 			ftp_lin_dims(&m->c, j, &in, &out);
+			if (ftp_dora_of(m, l, j)) {
+				ftp_dora_merge(m, l, j);
+				continue;
+			}
 			ft_sgemm(0, 0, out, in, a->r, a->scale, a->B.w, a->r, a->A.w, in, 1.0f,
 				 m->layers[l].lin[j].w, in);
 		}
 	if (m->o.type == FT_FT_LORA)
 		ftp_lora_setup(m, m->o.lora_rank, m->o.lora_alpha, m->o.use_rslora, 0);
+	m->o.use_dora = 0;
 	return ftp_model_build_params(m);
 }

@@ -291,3 +291,68 @@ pissa_args=(--lora_rank 4 --lora_alpha 8 --lora_target all --learning_rate 2e-3 
 	run -1 train --pissa_init --lora_rank 40 --max_steps 1
 	assert_output --partial "exceeds the module's smaller side"
 }
+
+# ---- DoRA -------------------------------------------------------------------
+
+@test "DoRA: parity with PEFT's use_dora from its own adapter (all linears, B != 0)" {
+	need_jq
+	parity_run dora lora --learning_rate 2e-3 --adapter_name_or_path "$FIXTURES/extras/llama-dora-init"
+}
+
+@test "DoRA: a new adapter starts as the base (magnitude ||W||); saved with PEFT's names" {
+	need_jq
+	run train --max_steps 2 --logging_steps 1 --learning_rate 5e-3 -q --use_dora
+	assert_success
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir plain --max_steps 2 --logging_steps 1 \
+		--learning_rate 5e-3 -q
+	assert_success
+	# step 1 is computed before any update: the same model
+	[ "$(jq -s '.[0].loss' out/trainer_log.jsonl)" = "$(jq -s '.[0].loss' plain/trainer_log.jsonl)" ]
+	[ "$(jq -s '.[1].loss' out/trainer_log.jsonl)" != "$(jq -s '.[1].loss' plain/trainer_log.jsonl)" ]
+	[ "$(jq .use_dora out/adapter_config.json)" = true ]
+	f=out/adapter_model.safetensors
+	n=$(tail -c +9 "$f" | head -c "$(od -An -t u8 -N8 "$f" | tr -d ' ')" | jq '[keys[] | select(endswith(".lora_magnitude_vector"))] | length')
+	[ "$n" = 14 ]
+}
+
+@test "DoRA: ft-merge folds the magnitude in as PEFT's merge: the merged model evaluates as the adapter" {
+	need_jq
+	ft-cat --encode < "$FIXTURES/trainer/val.jsonl" > val.zst
+	run train --max_steps 3 --learning_rate 1e-2 -q --use_dora
+	assert_success
+	run ft-merge --model_name_or_path "$MODEL" --adapter_name_or_path out --export_dir merged -q
+	assert_success
+	run ft-train --model_name_or_path "$MODEL" --adapter_name_or_path out --val val.zst --do_eval --output_dir e1 -q
+	assert_success
+	run ft-train --model_name_or_path merged --finetuning_type full --val val.zst --do_eval --output_dir e2 -q
+	assert_success
+	# float32 rounding of W + sBA and its scaling against the unmerged sum
+	jq -n --slurpfile a e1/eval_results.json --slurpfile b e2/eval_results.json \
+		'($a[0].eval_loss - $b[0].eval_loss) / $b[0].eval_loss | fabs < 1e-5' | grep -qx true
+	run ft-train --model_name_or_path "$MODEL" --val val.zst --do_eval --output_dir e0 -q --finetuning_type full
+	[ "$(jq .eval_loss e0/eval_results.json)" != "$(jq .eval_loss e2/eval_results.json)" ]
+}
+
+@test "DoRA: resume continues bit for bit" {
+	need_jq
+	args=(--use_dora --learning_rate 5e-3 --max_steps 8 --logging_steps 1 --save_steps 4 -q)
+	run train "${args[@]}"
+	assert_success
+	mkdir b && cp -r out/checkpoint-4 b/ && head -n 4 out/trainer_log.jsonl > b/trainer_log.jsonl
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b "${args[@]}" \
+		--resume_from_checkpoint b/checkpoint-4
+	assert_success
+	diff <(steady out/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	cmp out/adapter_model.safetensors b/adapter_model.safetensors
+}
+
+@test "DoRA: refusals" {
+	run -2 train --finetuning_type freeze --use_dora
+	assert_output --partial "only valid for LoRA training"
+	run -2 train --use_dora --lora_dropout 0.1
+	assert_output --partial "lora_dropout > 0 is not implemented"
+	run -2 train --use_dora --pissa_init
+	assert_output --partial "not implemented in ft yet"
+	run -2 train --use_dora --adapter_name_or_path "$FIXTURES/extras/llama-dora-init"
+	assert_output --partial "says whether it is DoRA"
+}

@@ -37,13 +37,20 @@ Writes tests/fixtures/extras/:
                   "pissa" (exact SVD)
     pissa_niter4, pissa_niter16  the same with "pissa_niter_4" / "_16"
                   (torch.svd_lowrank from torch's random start)
+    dora          DoRA from llama-dora-init/ (written here: PEFT's use_dora
+                  init on all seven linears, r=4, alpha 8, then lora_B =
+                  0.1 N(0,1)), lr 2e-3
+  llama-dora-init/  that PEFT adapter (adapter_config.json use_dora true,
+                  lora_magnitude_vector tensors)
+  llama-dora-merged.safetensors  PEFT's merge_and_unload of it: layer 0's
+                  q_proj and layer 1's down_proj weights
 Made with torch 2.15.0, transformers 5.24.0, peft 0.21.2, badam 1.4 (CPU,
 float32, 1 thread).
 """
 import os
 import sys
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import get_cosine_schedule_with_warmup
 from transformers.integrations.neftune import neftune_post_forward_hook
 from peft import PeftModel
@@ -165,6 +172,38 @@ def pissa(bs, init):
     return run(m, None, opt, sch, bs)
 
 
+def dora(bs):
+    """DoRA r=4, alpha 8 on all seven linears: PEFT's init (magnitude ||W||),
+    then lora_B = 0.1 N(0, 1) so the norm and the magnitude differ from the
+    first step; saved as the starting adapter ft-train loads."""
+    from peft import LoraConfig, get_peft_model
+    base = build_from(MODEL, "llama")
+    torch.manual_seed(5)
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, use_dora=True, bias="none",
+                     task_type="CAUSAL_LM", target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                            "gate_proj", "up_proj", "down_proj"])
+    m = get_peft_model(base, cfg)
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    m.save_pretrained(os.path.join(OUT, "llama-dora-init"))
+    # PEFT's merge of that adapter (DoraLinearVariant.merge_safe), two modules
+    merged = PeftModel.from_pretrained(build_from(MODEL, "llama"),
+                                       os.path.join(OUT, "llama-dora-init")).merge_and_unload()
+    sd = merged.state_dict()
+    keep = ["model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight"]
+    save_file({k: sd[k].contiguous() for k in keep}, os.path.join(OUT, "llama-dora-merged.safetensors"))
+    decay = decay_names(m)
+    named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if n in decay], "weight_decay": WEIGHT_DECAY},
+              {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=2e-3, betas=BETAS, eps=EPS)
+    sch = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
+    return run(m, None, opt, sch, bs)
+
+
 def badam(bs, mode, every, start=None):
     from badam import BlockOptimizer
     m = build_from(MODEL, "llama")
@@ -212,7 +251,8 @@ def main():
             ("badam_fixed3", badam(bs, "fixed", 3, 1)),
             ("pissa", pissa(bs, "pissa")),
             ("pissa_niter4", pissa(bs, "pissa_niter_4")),
-            ("pissa_niter16", pissa(bs, "pissa_niter_16"))]
+            ("pissa_niter16", pissa(bs, "pissa_niter_16")),
+            ("dora", dora(bs))]
     with open(os.path.join(OUT, "losses.txt"), "w") as f:
         for name, losses in runs:
             f.write(name + " " + " ".join(repr(x) for x in losses) + "\n")

@@ -12,7 +12,7 @@ static const char *const extras_keys[] = {
 	"neftune_noise_alpha", "loraplus_lr_ratio", "loraplus_lr_embedding", "use_llama_pro",
 	"use_badam", "badam_mode", "badam_start_block", "badam_switch_mode", "badam_switch_interval",
 	"badam_update_ratio", "badam_mask_mode", "badam_verbose", "pissa_init", "pissa_iter",
-	"pissa_convert", NULL,
+	"pissa_convert", "use_dora", NULL,
 };
 
 int ft_train_extras_known(const char *key)
@@ -74,6 +74,19 @@ void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 		die_usage("--pissa_init initializes a new adapter; --adapter_name_or_path's own "
 			  "adapter_config.json says how it was initialized");
 
+	const char *ud = get(a, "use_dora");
+	x->dora = ud ? ft_parse_bool("use_dora", ud) : 0;
+	if (x->dora) {
+		if (type != FT_FT_LORA) die_usage("--use_dora is only valid for LoRA training");
+		if (c->tune.lora_dropout > 0)
+			die_usage("--use_dora with --lora_dropout > 0 is not implemented in ft yet (PEFT then "
+				  "recomputes the base product on the dropped-out input)");
+		if (x->pissa) die_usage("--use_dora with --pissa_init is not implemented in ft yet");
+		if (c->adapter)
+			die_usage("--use_dora makes a new adapter; --adapter_name_or_path's adapter_config.json "
+				  "says whether it is DoRA");
+	}
+
 	const char *ub = get(a, "use_badam");
 	x->badam = ub ? ft_parse_bool("use_badam", ub) : 0;
 	if (!x->badam) return;
@@ -112,6 +125,7 @@ void ft_train_extras_model(ft_cli_args *c, ft_model *m)
 		die_usage("--use_llama_pro: num_layers %d should be divisible by freeze_trainable_layers %d",
 			  cf->num_hidden_layers, c->tune.freeze_trainable_layers);
 	if (c->x.pissa && ft_model_pissa_init(m, c->x.pissa_iter) < 0) die("--pissa_init: %s", ft_errmsg());
+	if (c->x.dora && ft_model_dora_init(m) < 0) die("--use_dora: %s", ft_errmsg());
 }
 
 /* LLaMA-Factory's PissaConvertCallback: the initial adapter (as plain
