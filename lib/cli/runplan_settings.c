@@ -55,7 +55,7 @@ static const ftp_route routes[] = {
 	{"neftune_noise_alpha", FTP_R, NULL}, {"loraplus_lr_ratio", FTP_R, NULL},
 	{"loraplus_lr_embedding", FTP_R, NULL}, {"use_llama_pro", FTP_R, NULL},
 	{"use_badam", FTP_R, NULL}, {"pissa_init", FTP_R, NULL}, {"pissa_iter", FTP_R, NULL},
-	{"pissa_convert", FTP_R, NULL}, {"use_dora", FTP_R, NULL},
+	{"pissa_convert", FTP_R, NULL}, {"use_dora", FTP_R, NULL}, {"use_muon", FTP_R, NULL},
 	{"export_dir", FTP_M, NULL}, {"export_size", FTP_M, NULL}, {"export_dtype", FTP_M, NULL},
 	/* accepted, no effect (value-dependent ones are checked in value_problem) */
 	{"tokenized_path", FTP_N, NULL},
@@ -111,7 +111,6 @@ static const ftp_route routes[] = {
 	{"use_adam_mini", FTP_X, "the Adam-mini optimizer is " NOT_YET},
 	{"use_apollo", FTP_X, "the APOLLO optimizer is " NOT_YET},
 	{"use_galore", FTP_X, "GaLore is " NOT_YET},
-	{"use_muon", FTP_X, "the Muon optimizer is " NOT_YET},
 	{"pref_beta", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},
 	{"pref_loss", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},
 	{"pref_ftx", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},

@@ -5,6 +5,7 @@
  *   LoRA+ (lib/train/optim_loraplus.c)  AdamW with lora_B at lr x ratio
  *   BAdam (lib/train/optim_badam.c)     block-coordinate AdamW, one layer
  *                                       at a time (badam's BlockOptimizer)
+ *   Muon  (lib/train/optim_muon.c)      Newton-Schulz orthogonalized momentum
  *
  * The loop still owns clipping, the schedule and the checkpoint of the
  * weights (optimizer.safetensors); an extension adds its own state files
@@ -62,5 +63,11 @@ int ft_badam_mode_parse(const char *s);
  * hold a layer prefix ("model.layers.N."); the others are never updated.
  * NULL with a message when no param is in a layer. */
 ft_optim_ext *ft_badam_new(ft_param *const *params, size_t n, const ft_badam_opts *o);
+
+/* Muon as LLaMA-Factory's use_muon (lib/train/optim_muon.c): Muon for the
+ * 2-D params outside embeddings and lm_head, that file's AdamW for the
+ * rest; weight decay wd on all.  params borrowed (the trainable ones). */
+ft_optim_ext *ft_muon_new(ft_param *const *params, size_t n, double wd, double beta1, double beta2,
+			  double eps);
 
 #endif

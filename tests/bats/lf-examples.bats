@@ -19,6 +19,7 @@ command_for() {
 RUNNABLE="extras/badam/llama3_full_sft.yaml
 extras/llama_pro/llama3_freeze_sft.yaml
 extras/loraplus/llama3_lora_sft.yaml
+extras/muon/qwen2_full_sft.yaml
 extras/nlg_eval/llama3_lora_predict.yaml
 extras/pissa/llama3_lora_sft.yaml
 inference/qwen3.yaml
@@ -123,6 +124,8 @@ tiny_qwen() {
 	[ -s saves/llama3-8b/full/sft/model.safetensors ]
 	run_example extras/llama_pro/llama3_freeze_sft.yaml $small template=qwen3_nothink freeze_trainable_layers=1
 	[ -s saves/llama3-8b-pro/freeze/sft/model.safetensors ]
+	run_example extras/muon/qwen2_full_sft.yaml $small
+	[ -s saves/qwen2-1_5b/full/sft/model.safetensors ]
 	# PiSSA with pissa_convert (the loraplus run above used the same output_dir)
 	run_example extras/pissa/llama3_lora_sft.yaml $small template=qwen3_nothink lora_rank=4
 	[ -s saves/llama3-8b/lora/sft/pissa_converted/adapter_model.safetensors ]

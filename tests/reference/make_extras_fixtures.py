@@ -5,7 +5,8 @@ self-contained extras in ft-train (docs/EXTRAS.md).
 Run from the repository root, with the badam package (1.4, pure Python) on
 the path:
     pip install --no-deps --target /tmp/badam_pkg badam
-    PYTHONPATH=/tmp/badam_pkg /work/venv/bin/python tests/reference/make_extras_fixtures.py
+    PYTHONHASHSEED=0 PYTHONPATH=/tmp/badam_pkg /work/venv/bin/python tests/reference/make_extras_fixtures.py
+(PYTHONHASHSEED fixes the order PEFT writes target_modules in.)
     /work/venv/bin/python tests/reference/make_extras_fixtures.py --check-pissa DIR
         DIR is an ft-train --pissa_init --pissa_iter -1 --pissa_convert output
         on tiny-llama (the exact SVD: PEFT's pissa_niter_K draws a new random
@@ -40,6 +41,9 @@ Writes tests/fixtures/extras/:
     dora          DoRA from llama-dora-init/ (written here: PEFT's use_dora
                   init on all seven linears, r=4, alpha 8, then lora_B =
                   0.1 N(0,1)), lr 2e-3
+    muon_full     full, lr 1e-3, LLaMA-Factory's third_party Muon (its own
+                  file, LF_SRC=/work/lf/src by default) as _create_muon_optimizer
+    muon_lora     LoRA from parity/llama-lora-init, lr 2e-3, the same
   llama-dora-init/  that PEFT adapter (adapter_config.json use_dora true,
                   lora_magnitude_vector tensors)
   llama-dora-merged.safetensors  PEFT's merge_and_unload of it: layer 0's
@@ -204,6 +208,36 @@ def dora(bs):
     return run(m, None, opt, sch, bs)
 
 
+def lf_muon():
+    """LLaMA-Factory's own Muon (src/llamafactory/third_party/muon/muon.py),
+    loaded as a file so the package's dependencies are not needed."""
+    import importlib.util
+    path = os.environ.get("LF_SRC", "/work/lf/src") + "/llamafactory/third_party/muon/muon.py"
+    spec = importlib.util.spec_from_file_location("lf_muon", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.Muon
+
+
+def muon(bs, mode):
+    """_create_muon_optimizer: Muon for 2-D params outside embed/lm_head."""
+    if mode == "lora":
+        m = PeftModel.from_pretrained(build_from(MODEL, "llama"), os.path.join(PARITY, "llama-lora-init"),
+                                      is_trainable=True)
+        lr = 2e-3
+    else:
+        m = build_from(MODEL, "llama")
+        lr = 1e-3
+    mu, aw = [], []
+    for n, p in m.named_parameters():
+        if p.requires_grad:
+            (mu if p.ndim == 2 and "embed" not in n and "lm_head" not in n else aw).append(p)
+    opt = lf_muon()(lr=lr, wd=WEIGHT_DECAY, muon_params=mu, adamw_params=aw, adamw_betas=BETAS,
+                    adamw_eps=EPS)
+    sch = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
+    return run(m, None, opt, sch, bs)
+
+
 def badam(bs, mode, every, start=None):
     from badam import BlockOptimizer
     m = build_from(MODEL, "llama")
@@ -252,7 +286,9 @@ def main():
             ("pissa", pissa(bs, "pissa")),
             ("pissa_niter4", pissa(bs, "pissa_niter_4")),
             ("pissa_niter16", pissa(bs, "pissa_niter_16")),
-            ("dora", dora(bs))]
+            ("dora", dora(bs)),
+            ("muon_full", muon(bs, "full")),
+            ("muon_lora", muon(bs, "lora"))]
     with open(os.path.join(OUT, "losses.txt"), "w") as f:
         for name, losses in runs:
             f.write(name + " " + " ".join(repr(x) for x in losses) + "\n")

@@ -12,7 +12,7 @@ static const char *const extras_keys[] = {
 	"neftune_noise_alpha", "loraplus_lr_ratio", "loraplus_lr_embedding", "use_llama_pro",
 	"use_badam", "badam_mode", "badam_start_block", "badam_switch_mode", "badam_switch_interval",
 	"badam_update_ratio", "badam_mask_mode", "badam_verbose", "pissa_init", "pissa_iter",
-	"pissa_convert", "use_dora", NULL,
+	"pissa_convert", "use_dora", "use_muon", NULL,
 };
 
 int ft_train_extras_known(const char *key)
@@ -86,6 +86,11 @@ void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 			die_usage("--use_dora makes a new adapter; --adapter_name_or_path's adapter_config.json "
 				  "says whether it is DoRA");
 	}
+
+	const char *um = get(a, "use_muon");
+	x->muon = um ? ft_parse_bool("use_muon", um) : 0;
+	if (x->muon && x->loraplus && ft_verbose >= 0)   /* create_custom_optimizer's order */
+		warn("note: --use_muon is ignored with --loraplus_lr_ratio, as in LLaMA-Factory");
 
 	const char *ub = get(a, "use_badam");
 	x->badam = ub ? ft_parse_bool("use_badam", ub) : 0;
@@ -167,17 +172,21 @@ static void on_switch(void *ctx, int block, const char *prefix)
 ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
 {
 	ft_train_extras *x = &c->x;
-	if (on_gpu && (x->loraplus || x->badam || c->tune.neftune_noise_alpha > 0))
+	if (on_gpu && (x->loraplus || x->badam || x->muon || c->tune.neftune_noise_alpha > 0))
 		die_usage("--%s runs on the CPU only in ft (use --device cpu)",
-			  x->loraplus ? "loraplus_lr_ratio" : x->badam ? "use_badam" : "neftune_noise_alpha");
+			  x->loraplus ? "loraplus_lr_ratio" : x->badam ? "use_badam"
+			  : x->muon ? "use_muon" : "neftune_noise_alpha");
 	if (x->loraplus) return ft_loraplus_new(c->t.learning_rate, x->loraplus_ratio, x->loraplus_embedding);
-	if (!x->badam) return NULL;
+	if (!x->badam && !x->muon) return NULL;
 	size_t n = 0, np = ft_model_nparams(m);
 	x->params = ft_xcalloc(np ? np : 1, sizeof *x->params);
 	for (size_t i = 0; i < np; i++) {
 		ft_param *p = ft_model_param(m, i);
 		if (p->trainable && p->g) x->params[n++] = p;
 	}
+	if (!x->badam)   /* Muon (after BAdam in LLaMA-Factory's order) */
+		return ft_muon_new(x->params, n, c->t.weight_decay, c->t.adam_beta1, c->t.adam_beta2,
+				   c->t.adam_epsilon);
 	ft_badam_opts o = { .mode = x->badam_mode, .switch_interval = x->badam_interval,
 			    .has_start_block = x->badam_has_start, .start_block = x->badam_start,
 			    .beta1 = c->t.adam_beta1, .beta2 = c->t.adam_beta2, .eps = c->t.adam_epsilon,

@@ -70,6 +70,7 @@ static const char usage[] =
 "  --use_badam                BAdam, layer-wise (full): one layer trained at a time\n"
 "  --badam_switch_mode ascending|descending|random|fixed (ascending)\n"
 "  --badam_switch_interval N (50)  --badam_start_block N  --badam_verbose N (0)\n"
+"  --use_muon                 Muon for 2-D weights, its AdamW for the rest\n"
 "  --use_dora                 DoRA: a trained magnitude per output row (lora_dropout 0)\n"
 "  --pissa_init               PiSSA: LoRA from the top singular vectors, base = residual\n"
 "  --pissa_iter N (16; -1: exact SVD)  --pissa_convert  (also write pissa_converted/,\n"
