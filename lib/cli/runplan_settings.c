@@ -56,6 +56,7 @@ static const ftp_route routes[] = {
 	{"loraplus_lr_embedding", FTP_R, NULL}, {"use_llama_pro", FTP_R, NULL},
 	{"use_badam", FTP_R, NULL}, {"pissa_init", FTP_R, NULL}, {"pissa_iter", FTP_R, NULL},
 	{"pissa_convert", FTP_R, NULL}, {"use_dora", FTP_R, NULL}, {"use_muon", FTP_R, NULL},
+	{"use_adam_mini", FTP_R, NULL},
 	{"export_dir", FTP_M, NULL}, {"export_size", FTP_M, NULL}, {"export_dtype", FTP_M, NULL},
 	/* accepted, no effect (value-dependent ones are checked in value_problem) */
 	{"tokenized_path", FTP_N, NULL},
@@ -108,7 +109,6 @@ static const ftp_route routes[] = {
 	{"quantization_type", FTP_X, "QLoRA is " NOT_YET},
 	{"double_quantization", FTP_X, "QLoRA is " NOT_YET},
 	{"use_unsloth", FTP_X, "unsloth's kernels are torch code ft does not run"},
-	{"use_adam_mini", FTP_X, "the Adam-mini optimizer is " NOT_YET},
 	{"use_apollo", FTP_X, "the APOLLO optimizer is " NOT_YET},
 	{"use_galore", FTP_X, "GaLore is " NOT_YET},
 	{"pref_beta", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},

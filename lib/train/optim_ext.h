@@ -6,6 +6,7 @@
  *   BAdam (lib/train/optim_badam.c)     block-coordinate AdamW, one layer
  *                                       at a time (badam's BlockOptimizer)
  *   Muon  (lib/train/optim_muon.c)      Newton-Schulz orthogonalized momentum
+ *   Adam-mini (lib/train/optim_adam_mini.c)  one second moment per block
  *
  * The loop still owns clipping, the schedule and the checkpoint of the
  * weights (optimizer.safetensors); an extension adds its own state files
@@ -69,5 +70,12 @@ ft_optim_ext *ft_badam_new(ft_param *const *params, size_t n, const ft_badam_opt
  * rest; weight decay wd on all.  params borrowed (the trainable ones). */
 ft_optim_ext *ft_muon_new(ft_param *const *params, size_t n, double wd, double beta1, double beta2,
 			  double eps);
+
+/* Adam-mini as LLaMA-Factory's use_adam_mini (lib/train/optim_adam_mini.c,
+ * the adam_mini package 1.1.1): dim = hidden_size, n_heads =
+ * num_attention_heads.  NULL with a message when a q/k tensor is not made
+ * of whole heads (LoRA factors). */
+ft_optim_ext *ft_adam_mini_new(ft_param *const *params, size_t n, int dim, int n_heads, double wd,
+			       double beta1, double beta2, double eps);
 
 #endif

@@ -387,3 +387,29 @@ pissa_args=(--lora_rank 4 --lora_alpha 8 --lora_target all --learning_rate 2e-3 
 	assert_success
 	assert_output --partial "--use_muon is ignored with --loraplus_lr_ratio"
 }
+
+# ---- Adam-mini --------------------------------------------------------------
+
+@test "Adam-mini: parity with the adam_mini package (full, and freeze)" {
+	need_jq
+	parity_run adam_mini_full full --learning_rate 1e-3 --use_adam_mini
+	parity_run adam_mini_freeze freeze --learning_rate 1e-3 --freeze_trainable_layers 1 --optim adam_mini
+}
+
+@test "Adam-mini: resume continues bit for bit; refused with LoRA" {
+	need_jq
+	args=(--finetuning_type full --use_adam_mini --learning_rate 1e-3 --max_steps 8 --logging_steps 1 --save_steps 4 -q)
+	run train "${args[@]}"
+	assert_success
+	[ -f out/checkpoint-4/adam_mini_optimizer.safetensors ]
+	mkdir b && cp -r out/checkpoint-4 b/ && head -n 4 out/trainer_log.jsonl > b/trainer_log.jsonl
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b "${args[@]}" \
+		--resume_from_checkpoint b/checkpoint-4
+	assert_success
+	diff <(steady out/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	cmp out/model.safetensors b/model.safetensors
+	run -2 train --use_adam_mini
+	assert_output --partial "LoRA factors are not"
+	run -2 train --optim adam_mini
+	assert_output --partial "LoRA factors are not"
+}

@@ -16,7 +16,8 @@ command_for() {
 }
 
 # The configs ft-run accepts today (the others are refused, with reasons).
-RUNNABLE="extras/badam/llama3_full_sft.yaml
+RUNNABLE="extras/adam_mini/qwen2_full_sft.yaml
+extras/badam/llama3_full_sft.yaml
 extras/llama_pro/llama3_freeze_sft.yaml
 extras/loraplus/llama3_lora_sft.yaml
 extras/muon/qwen2_full_sft.yaml
@@ -124,7 +125,9 @@ tiny_qwen() {
 	[ -s saves/llama3-8b/full/sft/model.safetensors ]
 	run_example extras/llama_pro/llama3_freeze_sft.yaml $small template=qwen3_nothink freeze_trainable_layers=1
 	[ -s saves/llama3-8b-pro/freeze/sft/model.safetensors ]
-	run_example extras/muon/qwen2_full_sft.yaml $small
+	run_example extras/adam_mini/qwen2_full_sft.yaml $small
+	[ -s saves/qwen2-1_5b/full/sft/model.safetensors ]
+	run_example extras/muon/qwen2_full_sft.yaml $small overwrite_output_dir=true
 	[ -s saves/qwen2-1_5b/full/sft/model.safetensors ]
 	# PiSSA with pissa_convert (the loraplus run above used the same output_dir)
 	run_example extras/pissa/llama3_lora_sft.yaml $small template=qwen3_nothink lora_rank=4

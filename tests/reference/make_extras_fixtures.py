@@ -2,9 +2,9 @@
 """make_extras_fixtures.py - reference values for LLaMA-Factory's
 self-contained extras in ft-train (docs/EXTRAS.md).
 
-Run from the repository root, with the badam package (1.4, pure Python) on
-the path:
-    pip install --no-deps --target /tmp/badam_pkg badam
+Run from the repository root, with the badam (1.4) and adam-mini (1.1.1)
+packages (pure Python) on the path:
+    pip install --no-deps --target /tmp/badam_pkg badam adam-mini
     PYTHONHASHSEED=0 PYTHONPATH=/tmp/badam_pkg /work/venv/bin/python tests/reference/make_extras_fixtures.py
 (PYTHONHASHSEED fixes the order PEFT writes target_modules in.)
     /work/venv/bin/python tests/reference/make_extras_fixtures.py --check-pissa DIR
@@ -44,12 +44,14 @@ Writes tests/fixtures/extras/:
     muon_full     full, lr 1e-3, LLaMA-Factory's third_party Muon (its own
                   file, LF_SRC=/work/lf/src by default) as _create_muon_optimizer
     muon_lora     LoRA from parity/llama-lora-init, lr 2e-3, the same
+    adam_mini_full, adam_mini_freeze  full / last layer, lr 1e-3, the
+                  adam_mini package's Adam_mini as _create_adam_mini_optimizer
   llama-dora-init/  that PEFT adapter (adapter_config.json use_dora true,
                   lora_magnitude_vector tensors)
   llama-dora-merged.safetensors  PEFT's merge_and_unload of it: layer 0's
                   q_proj and layer 1's down_proj weights
 Made with torch 2.15.0, transformers 5.24.0, peft 0.21.2, badam 1.4 (CPU,
-float32, 1 thread).
+float32, 1 thread), adam-mini 1.1.1.
 """
 import os
 import sys
@@ -238,6 +240,23 @@ def muon(bs, mode):
     return run(m, None, opt, sch, bs)
 
 
+def adam_mini(bs, mode):
+    """_create_adam_mini_optimizer: the adam_mini package (1.1.1) over all
+    trainable params with the model's hidden_size and head counts."""
+    from adam_mini import Adam_mini
+    m = build_from(MODEL, "llama")
+    if mode == "freeze":
+        last = m.config.num_hidden_layers - 1
+        for n, p in m.named_parameters():
+            p.requires_grad_(f".layers.{last}." in n)
+    opt = Adam_mini(named_parameters=m.named_parameters(), lr=1e-3, betas=BETAS, eps=EPS,
+                    weight_decay=WEIGHT_DECAY, model_sharding=False, dim=m.config.hidden_size,
+                    n_heads=m.config.num_attention_heads, n_kv_heads=m.config.num_key_value_heads,
+                    verbose=False)
+    sch = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
+    return run(m, None, opt, sch, bs)
+
+
 def badam(bs, mode, every, start=None):
     from badam import BlockOptimizer
     m = build_from(MODEL, "llama")
@@ -288,7 +307,9 @@ def main():
             ("pissa_niter16", pissa(bs, "pissa_niter_16")),
             ("dora", dora(bs)),
             ("muon_full", muon(bs, "full")),
-            ("muon_lora", muon(bs, "lora"))]
+            ("muon_lora", muon(bs, "lora")),
+            ("adam_mini_full", adam_mini(bs, "full")),
+            ("adam_mini_freeze", adam_mini(bs, "freeze"))]
     with open(os.path.join(OUT, "losses.txt"), "w") as f:
         for name, losses in runs:
             f.write(name + " " + " ".join(repr(x) for x in losses) + "\n")

@@ -224,9 +224,10 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	/* the optimizer is torch.optim.AdamW; its fused kernel computes the same
 	 * update, so the names that select either are accepted */
 	const char *optim = get(a, "optim");
-	if (optim && strcmp(optim, "adamw_torch") && strcmp(optim, "adamw_torch_fused"))
-		die_usage("--optim %s: ft-train's optimizer is torch.optim.AdamW (adamw_torch, "
-			  "adamw_torch_fused)", optim);
+	if (optim && strcmp(optim, "adamw_torch") && strcmp(optim, "adamw_torch_fused") &&
+	    strcmp(optim, "adam_mini"))   /* adam_mini: tools/ft-train/extras.c */
+		die_usage("--optim %s: ft-train's optimizers are torch.optim.AdamW (adamw_torch, "
+			  "adamw_torch_fused) and adam_mini (or --use_adam_mini, --use_muon)", optim);
 	o->max_grad_norm = get_num(a, "max_grad_norm", 1.0);
 	o->skip_nonfinite = get_bool(a, "skip_nonfinite", 0);
 	if (ft_sched_parse(ft_lfargs_get(a, "lr_scheduler_type", "linear"), &o->lr_scheduler_type) < 0)

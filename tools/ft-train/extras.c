@@ -12,7 +12,7 @@ static const char *const extras_keys[] = {
 	"neftune_noise_alpha", "loraplus_lr_ratio", "loraplus_lr_embedding", "use_llama_pro",
 	"use_badam", "badam_mode", "badam_start_block", "badam_switch_mode", "badam_switch_interval",
 	"badam_update_ratio", "badam_mask_mode", "badam_verbose", "pissa_init", "pissa_iter",
-	"pissa_convert", "use_dora", "use_muon", NULL,
+	"pissa_convert", "use_dora", "use_muon", "use_adam_mini", NULL,
 };
 
 int ft_train_extras_known(const char *key)
@@ -91,6 +91,12 @@ void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 	x->muon = um ? ft_parse_bool("use_muon", um) : 0;
 	if (x->muon && x->loraplus && ft_verbose >= 0)   /* create_custom_optimizer's order */
 		warn("note: --use_muon is ignored with --loraplus_lr_ratio, as in LLaMA-Factory");
+
+	const char *uam = get(a, "use_adam_mini"), *optim = get(a, "optim");
+	x->adam_mini = (uam && ft_parse_bool("use_adam_mini", uam)) || (optim && !strcmp(optim, "adam_mini"));
+	if (x->adam_mini && type == FT_FT_LORA)
+		die_usage("--use_adam_mini with LoRA: Adam-mini's q/k blocks are whole attention heads, which "
+			  "LoRA factors are not (the adam_mini package fails on them); use freeze or full");
 
 	const char *ub = get(a, "use_badam");
 	x->badam = ub ? ft_parse_bool("use_badam", ub) : 0;
@@ -172,19 +178,27 @@ static void on_switch(void *ctx, int block, const char *prefix)
 ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
 {
 	ft_train_extras *x = &c->x;
-	if (on_gpu && (x->loraplus || x->badam || x->muon || c->tune.neftune_noise_alpha > 0))
+	if (on_gpu && (x->loraplus || x->badam || x->muon || x->adam_mini || c->tune.neftune_noise_alpha > 0))
 		die_usage("--%s runs on the CPU only in ft (use --device cpu)",
-			  x->loraplus ? "loraplus_lr_ratio" : x->badam ? "use_badam"
+			  x->loraplus ? "loraplus_lr_ratio" : x->badam ? "use_badam" : x->adam_mini ? "use_adam_mini"
 			  : x->muon ? "use_muon" : "neftune_noise_alpha");
 	if (x->loraplus) return ft_loraplus_new(c->t.learning_rate, x->loraplus_ratio, x->loraplus_embedding);
-	if (!x->badam && !x->muon) return NULL;
+	if (!x->badam && !x->muon && !x->adam_mini) return NULL;
 	size_t n = 0, np = ft_model_nparams(m);
 	x->params = ft_xcalloc(np ? np : 1, sizeof *x->params);
 	for (size_t i = 0; i < np; i++) {
 		ft_param *p = ft_model_param(m, i);
 		if (p->trainable && p->g) x->params[n++] = p;
 	}
-	if (!x->badam)   /* Muon (after BAdam in LLaMA-Factory's order) */
+	if (!x->badam && x->adam_mini) {   /* LLaMA-Factory's order: BAdam, Adam-mini, Muon */
+		const ft_config *cf = ft_model_config(m);
+		ft_optim_ext *e = ft_adam_mini_new(x->params, n, cf->hidden_size, cf->num_attention_heads,
+						   c->t.weight_decay, c->t.adam_beta1, c->t.adam_beta2,
+						   c->t.adam_epsilon);
+		if (!e) die("--use_adam_mini: %s", ft_errmsg());
+		return e;
+	}
+	if (!x->badam)
 		return ft_muon_new(x->params, n, c->t.weight_decay, c->t.adam_beta1, c->t.adam_beta2,
 				   c->t.adam_epsilon);
 	ft_badam_opts o = { .mode = x->badam_mode, .switch_interval = x->badam_interval,

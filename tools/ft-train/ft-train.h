@@ -11,7 +11,7 @@
 /* extras.c: LoRA+ and BAdam settings (NEFTune and LLaMA Pro are in tune) */
 typedef struct {
 	int loraplus, badam, badam_mode, badam_interval, badam_has_start, badam_start, badam_verbose;
-	int pissa, pissa_iter, pissa_convert, dora, muon;
+	int pissa, pissa_iter, pissa_convert, dora, muon, adam_mini;
 	double loraplus_ratio, loraplus_embedding;
 	ft_param **params;        /* BAdam's: the model's trainable params */
 } ft_train_extras;
