@@ -19,7 +19,7 @@ LIB_CUDA_C := backend
 LIB_CUDA   := api attention gemm lmhead model ops optim probe
 # LLaMA-Factory's self-contained extras (issue 22 part 4)
 LIB_MODEL  += extras lora_pissa lora_dora
-LIB_TRAIN  += optim_ext optim_loraplus optim_badam optim_muon optim_adam_mini
+LIB_TRAIN  += optim_ext optim_loraplus optim_badam optim_muon optim_adam_mini optim_galore
 
 LIB_SRC   := $(LIB_UTIL:%=lib/util/%.c) $(LIB_FORMAT:%=lib/format/%.c) \
              $(LIB_TEXT:%=lib/text/%.c) $(LIB_DATA:%=lib/data/%.c) \

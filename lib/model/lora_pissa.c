@@ -28,6 +28,7 @@
 #include "util/error.h"
 #include "util/rng.h"
 #include "model/model_internal.h"
+#include "model/layers.h"
 
 /* LAPACK (Fortran ABI; the trailing size_t is gfortran's hidden length of
  * the character argument). */
@@ -39,24 +40,26 @@ void sgeqrf_(const int *m, const int *n, float *a, const int *lda, float *tau, f
 void sorgqr_(const int *m, const int *n, const int *k, float *a, const int *lda, const float *tau,
 	     float *work, const int *lwork, int *info);
 
-/* Thin SVD of the row-major X [p, n]: X = U diag(S) Vh with U [p, k],
- * Vh [k, n], k = min(p, n), S descending.  X's buffer is the column-major
- * X^T, whose SVD X^T = U' S V'^T gives U = V' (LAPACK's vt buffer read
- * row-major) and Vh = U'^T (LAPACK's u buffer). */
-static int svd_rm(const float *X, int p, int n, float *U, float *S, float *Vh)
+/* See layers.h.  X is copied column-major, as torch.linalg.svd hands it to
+ * LAPACK, so the singular vectors' signs come out as torch's. */
+int ft_svd_thin(const float *X, int p, int n, float *U, float *S, float *Vh)
 {
 	int k = p < n ? p : n, info = 0, lwork = -1;
 	float *a = ft_xmalloc((size_t)p * n * sizeof *a), wq;
+	float *u = ft_xmalloc((size_t)p * k * sizeof *u), *vt = ft_xmalloc((size_t)k * n * sizeof *vt);
 	int *iwork = ft_xmalloc((size_t)8 * k * sizeof *iwork);
-	memcpy(a, X, (size_t)p * n * sizeof *a);
-	sgesdd_("S", &n, &p, a, &n, S, Vh, &n, U, &k, &wq, &lwork, iwork, &info, 1);
+	for (int i = 0; i < p; i++)
+		for (int j = 0; j < n; j++) a[i + (size_t)j * p] = X[(size_t)i * n + j];
+	sgesdd_("S", &p, &n, a, &p, S, u, &p, vt, &k, &wq, &lwork, iwork, &info, 1);
 	lwork = info ? 0 : (int)wq + 1;
 	float *work = ft_xmalloc((size_t)(lwork > 0 ? lwork : 1) * sizeof *work);
-	if (!info) sgesdd_("S", &n, &p, a, &n, S, Vh, &n, U, &k, work, &lwork, iwork, &info, 1);
-	free(work);
-	free(iwork);
-	free(a);
-	return info ? ft_fail("PiSSA: LAPACK sgesdd failed (info %d)", info) : 0;
+	if (!info) sgesdd_("S", &p, &n, a, &p, S, u, &p, vt, &k, work, &lwork, iwork, &info, 1);
+	for (int i = 0; i < p && !info; i++)
+		for (int j = 0; j < k; j++) U[(size_t)i * k + j] = u[i + (size_t)j * p];
+	for (int j = 0; j < k && !info; j++)
+		for (int c = 0; c < n; c++) Vh[(size_t)j * n + c] = vt[j + (size_t)c * k];
+	free(work); free(iwork); free(a); free(u); free(vt);
+	return info ? ft_fail("LAPACK sgesdd failed (info %d)", info) : 0;
 }
 
 /* Q of the reduced QR of the row-major X [p, q] (p >= q), in place, as
@@ -128,7 +131,7 @@ static int svd_lowrank(const float *W, int m, int n, int q, int niter, uint64_t 
 		Ub = ft_xmalloc((size_t)q * q * sizeof *Ub);
 		Vh = ft_xmalloc((size_t)q * na * sizeof *Vh);
 		mm(1, 0, q, na, ma, Q, A, B);          /* B = Q^T A */
-		rc = svd_rm(B, q, na, Ub, S, Vh);
+		rc = ft_svd_thin(B, q, na, Ub, S, Vh);
 	}
 	if (!rc) {
 		/* U_a = Q Ub [ma, q], V_a = Vh^T [na, q]; swapped back when tr */
@@ -151,7 +154,7 @@ static int pissa_module(ftp_wg *w, ftp_lora *lo, int in, int out, int niter, uin
 	int rc;
 	if (niter < 0) {   /* "pissa": the exact SVD, then the first r */
 		float *V = ft_xmalloc((size_t)out * k * sizeof *V), *Uh = ft_xmalloc((size_t)k * in * sizeof *Uh);
-		rc = svd_rm(w->w, out, in, V, Sr, Uh);
+		rc = ft_svd_thin(w->w, out, in, V, Sr, Uh);
 		for (int o = 0; o < out && !rc; o++) memcpy(Vr + (size_t)o * r, V + (size_t)o * k, r * sizeof *Vr);
 		if (!rc) memcpy(Uhr, Uh, (size_t)r * in * sizeof *Uhr);
 		free(V);

@@ -7,6 +7,7 @@
  *                                       at a time (badam's BlockOptimizer)
  *   Muon  (lib/train/optim_muon.c)      Newton-Schulz orthogonalized momentum
  *   Adam-mini (lib/train/optim_adam_mini.c)  one second moment per block
+ *   GaLore (lib/train/optim_galore.c)   Adam in a low-rank gradient subspace
  *
  * The loop still owns clipping, the schedule and the checkpoint of the
  * weights (optimizer.safetensors); an extension adds its own state files
@@ -77,5 +78,20 @@ ft_optim_ext *ft_muon_new(ft_param *const *params, size_t n, double wd, double b
  * of whole heads (LoRA factors). */
 ft_optim_ext *ft_adam_mini_new(ft_param *const *params, size_t n, int dim, int n_heads, double wd,
 			       double beta1, double beta2, double eps);
+
+/* GaLore as LLaMA-Factory's use_galore (lib/train/optim_galore.c,
+ * galore_torch 1.0's GaLoreAdamW).  is_galore[k]: params[k] is a weight
+ * of a galore_target module. */
+typedef enum { FT_GALORE_STD, FT_GALORE_REVERSE_STD, FT_GALORE_RIGHT, FT_GALORE_LEFT } ft_galore_proj;
+typedef struct {
+	int rank;                      /* galore_rank (16) */
+	int update_interval;           /* galore_update_interval (200) */
+	double scale;                  /* galore_scale (2.0) */
+	ft_galore_proj proj_type;      /* std */
+	double beta1, beta2, eps, weight_decay;
+} ft_galore_opts;
+int ft_galore_proj_parse(const char *s);
+ft_optim_ext *ft_galore_new(ft_param *const *params, size_t n, const int *is_galore,
+			    const ft_galore_opts *o);
 
 #endif

@@ -2,9 +2,9 @@
 """make_extras_fixtures.py - reference values for LLaMA-Factory's
 self-contained extras in ft-train (docs/EXTRAS.md).
 
-Run from the repository root, with the badam (1.4) and adam-mini (1.1.1)
-packages (pure Python) on the path:
-    pip install --no-deps --target /tmp/badam_pkg badam adam-mini
+Run from the repository root, with the badam (1.4), adam-mini (1.1.1) and
+galore-torch (1.0) packages (pure Python) on the path:
+    pip install --no-deps --target /tmp/badam_pkg badam adam-mini galore-torch
     PYTHONHASHSEED=0 PYTHONPATH=/tmp/badam_pkg /work/venv/bin/python tests/reference/make_extras_fixtures.py
 (PYTHONHASHSEED fixes the order PEFT writes target_modules in.)
     /work/venv/bin/python tests/reference/make_extras_fixtures.py --check-pissa DIR
@@ -46,6 +46,15 @@ Writes tests/fixtures/extras/:
     muon_lora     LoRA from parity/llama-lora-init, lr 2e-3, the same
     adam_mini_full, adam_mini_freeze  full / last layer, lr 1e-3, the
                   adam_mini package's Adam_mini as _create_adam_mini_optimizer
+    galore_full   full, lr 1e-3, galore_torch's GaLoreAdamW as
+                  _create_galore_optimizer: all linears, rank 4, update
+                  interval 200 (the default: one projection in 10 steps),
+                  scale 2.0, std
+    galore_freeze last layer, galore_target mlp, rank 8, interval 200,
+                  scale 0.5, proj_type right
+    galore_reproj galore_full with update interval 3 (new projections at
+                  steps 3, 6, 9: the moments carry over, so the singular
+                  vectors' signs, LAPACK's choice, matter from there on)
   llama-dora-init/  that PEFT adapter (adapter_config.json use_dora true,
                   lora_magnitude_vector tensors)
   llama-dora-merged.safetensors  PEFT's merge_and_unload of it: layer 0's
@@ -257,6 +266,34 @@ def adam_mini(bs, mode):
     return run(m, None, opt, sch, bs)
 
 
+def galore(bs, mode, targets, rank, gap, scale, proj):
+    """_create_galore_optimizer (not layerwise) with galore_torch's
+    GaLoreAdamW: the 2-D weights of the nn.Linear modules named by targets
+    get the projection, every trainable param the same AdamW."""
+    from galore_torch import GaLoreAdamW
+    m = build_from(MODEL, "llama")
+    if mode == "freeze":
+        last = m.config.num_hidden_layers - 1
+        for n, p in m.named_parameters():
+            p.requires_grad_(f".layers.{last}." in n)
+    lin = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    tg = lin if targets == "all" else targets.split(",")
+    gp = []
+    for name, mod in m.named_modules():
+        if isinstance(mod, torch.nn.Linear) and any(t in name for t in tg):
+            gp += [p for p in mod.parameters() if p.requires_grad and p.ndim > 1]
+    ids = {id(p) for p in gp}
+    decay = decay_names(m)
+    dp = [p for n, p in m.named_parameters() if p.requires_grad and id(p) not in ids and n in decay]
+    ndp = [p for n, p in m.named_parameters() if p.requires_grad and id(p) not in ids and n not in decay]
+    groups = [dict(params=ndp, weight_decay=0.0), dict(params=dp, weight_decay=WEIGHT_DECAY),
+              dict(params=gp, weight_decay=WEIGHT_DECAY, rank=rank, update_proj_gap=gap, scale=scale,
+                   proj_type=proj)]
+    opt = GaLoreAdamW(groups, lr=1e-3, betas=BETAS, eps=EPS)
+    sch = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
+    return run(m, None, opt, sch, bs)
+
+
 def badam(bs, mode, every, start=None):
     from badam import BlockOptimizer
     m = build_from(MODEL, "llama")
@@ -309,7 +346,10 @@ def main():
             ("muon_full", muon(bs, "full")),
             ("muon_lora", muon(bs, "lora")),
             ("adam_mini_full", adam_mini(bs, "full")),
-            ("adam_mini_freeze", adam_mini(bs, "freeze"))]
+            ("adam_mini_freeze", adam_mini(bs, "freeze")),
+            ("galore_full", galore(bs, "full", "all", 4, 200, 2.0, "std")),
+            ("galore_freeze", galore(bs, "freeze", "mlp", 8, 200, 0.5, "right")),
+            ("galore_reproj", galore(bs, "full", "all", 4, 3, 2.0, "std"))]
     with open(os.path.join(OUT, "losses.txt"), "w") as f:
         for name, losses in runs:
             f.write(name + " " + " ".join(repr(x) for x in losses) + "\n")

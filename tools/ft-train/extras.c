@@ -12,7 +12,8 @@ static const char *const extras_keys[] = {
 	"neftune_noise_alpha", "loraplus_lr_ratio", "loraplus_lr_embedding", "use_llama_pro",
 	"use_badam", "badam_mode", "badam_start_block", "badam_switch_mode", "badam_switch_interval",
 	"badam_update_ratio", "badam_mask_mode", "badam_verbose", "pissa_init", "pissa_iter",
-	"pissa_convert", "use_dora", "use_muon", "use_adam_mini", NULL,
+	"pissa_convert", "use_dora", "use_muon", "use_adam_mini", "use_galore", "galore_target",
+	"galore_rank", "galore_update_interval", "galore_scale", "galore_proj_type", "galore_layerwise", NULL,
 };
 
 int ft_train_extras_known(const char *key)
@@ -98,6 +99,33 @@ void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 		die_usage("--use_adam_mini with LoRA: Adam-mini's q/k blocks are whole attention heads, which "
 			  "LoRA factors are not (the adam_mini package fails on them); use freeze or full");
 
+	const char *ug = get(a, "use_galore");
+	x->galore = ug ? ft_parse_bool("use_galore", ug) : 0;
+	if (x->galore) {
+		if (type == FT_FT_LORA) die_usage("--use_galore: cannot use LoRA with GaLore, APOLLO or BAdam together");
+		const char *gb = get(a, "use_badam");
+		if (gb && ft_parse_bool("use_badam", gb)) die_usage("--use_galore: cannot use GaLore, APOLLO or BAdam together");
+		if (optim && strcmp(optim, "adamw_torch"))
+			die_usage("--use_galore runs GaLoreAdamW, LLaMA-Factory's choice for --optim adamw_torch "
+				  "(its 8-bit and Adafactor variants are not in ft)");
+		const char *gl = get(a, "galore_layerwise");
+		if (gl && ft_parse_bool("galore_layerwise", gl))
+			die_usage("--galore_layerwise (updates inside the backward pass) is not implemented in ft");
+		x->galore_target = ft_lfargs_get(a, "galore_target", "all");
+		x->galore_rank = get(a, "galore_rank") ? (int)ft_parse_int("galore_rank", get(a, "galore_rank")) : 16;
+		x->galore_interval = get(a, "galore_update_interval")
+			? (int)ft_parse_int("galore_update_interval", get(a, "galore_update_interval")) : 200;
+		x->galore_scale = get(a, "galore_scale") ? ft_parse_double("galore_scale", get(a, "galore_scale")) : 2.0;
+		int pt = ft_galore_proj_parse(ft_lfargs_get(a, "galore_proj_type", "std"));
+		if (pt < 0) die_usage("--galore_proj_type: %s", ft_errmsg());
+		x->galore_proj = pt;
+		if (x->galore_rank < 1 || x->galore_interval < 1)
+			die_usage("--galore_rank and --galore_update_interval must be >= 1");
+		if ((x->muon || x->adam_mini) && ft_verbose >= 0)
+			warn("note: --use_galore takes precedence over --use_%s, as in LLaMA-Factory",
+			     x->adam_mini ? "adam_mini" : "muon");
+	}
+
 	const char *ub = get(a, "use_badam");
 	x->badam = ub ? ft_parse_bool("use_badam", ub) : 0;
 	if (!x->badam) return;
@@ -169,6 +197,27 @@ void ft_train_extras_end(ft_cli_args *c, ft_model *m)
 	free(conv);
 }
 
+/* LLaMA-Factory's galore params: the 2-D weights of nn.Linear modules
+ * whose names hold a galore_target ("all": every linear but lm_head, as
+ * find_all_linear_modules). */
+static int galore_param(const char *targets, const ft_param *p)
+{
+	static const char *const lin[] = { "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+					   "down_proj", NULL };
+	size_t l = strlen(p->name);
+	if (p->ndim != 2 || l < 7 || strcmp(p->name + l - 7, ".weight")) return 0;
+	char *module = ft_xasprintf("%.*s", (int)(l - 7), p->name);
+	const char *last = strrchr(module, '.') ? strrchr(module, '.') + 1 : module;
+	int linear = !strcmp(last, "lm_head"), hit = 0;
+	for (const char *const *q = lin; *q; q++) linear |= !strcmp(last, *q);
+	char *t = ft_xstrdup(targets), *save = NULL;
+	for (char *tok = strtok_r(t, ", ", &save); tok && linear && !hit; tok = strtok_r(NULL, ", ", &save))
+		hit = !strcmp(tok, "all") ? strcmp(last, "lm_head") != 0 : strstr(module, tok) != NULL;
+	free(t);
+	free(module);
+	return hit;
+}
+
 static void on_switch(void *ctx, int block, const char *prefix)
 {
 	(void)ctx;
@@ -178,17 +227,30 @@ static void on_switch(void *ctx, int block, const char *prefix)
 ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
 {
 	ft_train_extras *x = &c->x;
-	if (on_gpu && (x->loraplus || x->badam || x->muon || x->adam_mini || c->tune.neftune_noise_alpha > 0))
+	if (on_gpu && (x->loraplus || x->badam || x->muon || x->adam_mini || x->galore ||
+		       c->tune.neftune_noise_alpha > 0))
 		die_usage("--%s runs on the CPU only in ft (use --device cpu)",
-			  x->loraplus ? "loraplus_lr_ratio" : x->badam ? "use_badam" : x->adam_mini ? "use_adam_mini"
-			  : x->muon ? "use_muon" : "neftune_noise_alpha");
+			  x->loraplus ? "loraplus_lr_ratio" : x->badam ? "use_badam" : x->galore ? "use_galore"
+			  : x->adam_mini ? "use_adam_mini" : x->muon ? "use_muon" : "neftune_noise_alpha");
 	if (x->loraplus) return ft_loraplus_new(c->t.learning_rate, x->loraplus_ratio, x->loraplus_embedding);
-	if (!x->badam && !x->muon && !x->adam_mini) return NULL;
+	if (!x->badam && !x->muon && !x->adam_mini && !x->galore) return NULL;
 	size_t n = 0, np = ft_model_nparams(m);
 	x->params = ft_xcalloc(np ? np : 1, sizeof *x->params);
 	for (size_t i = 0; i < np; i++) {
 		ft_param *p = ft_model_param(m, i);
 		if (p->trainable && p->g) x->params[n++] = p;
+	}
+	if (x->galore) {   /* first in create_custom_optimizer */
+		int *is = ft_xcalloc(n ? n : 1, sizeof *is);
+		for (size_t i = 0; i < n; i++) is[i] = galore_param(x->galore_target, x->params[i]);
+		ft_galore_opts go = { .rank = x->galore_rank, .update_interval = x->galore_interval,
+				      .scale = x->galore_scale, .proj_type = x->galore_proj,
+				      .beta1 = c->t.adam_beta1, .beta2 = c->t.adam_beta2, .eps = c->t.adam_epsilon,
+				      .weight_decay = c->t.weight_decay };
+		ft_optim_ext *e = ft_galore_new(x->params, n, is, &go);
+		free(is);
+		if (!e) die_usage("--use_galore: %s", ft_errmsg());
+		return e;
 	}
 	if (!x->badam && x->adam_mini) {   /* LLaMA-Factory's order: BAdam, Adam-mini, Muon */
 		const ft_config *cf = ft_model_config(m);

@@ -12,6 +12,9 @@
 typedef struct {
 	int loraplus, badam, badam_mode, badam_interval, badam_has_start, badam_start, badam_verbose;
 	int pissa, pissa_iter, pissa_convert, dora, muon, adam_mini;
+	int galore, galore_rank, galore_interval, galore_proj;
+	double galore_scale;
+	const char *galore_target;
 	double loraplus_ratio, loraplus_embedding;
 	ft_param **params;        /* BAdam's: the model's trainable params */
 } ft_train_extras;
