@@ -310,6 +310,11 @@ int ft_model_load_adapter(ft_model *m, const char *dir)
 		goto out;
 	ftp_lora_setup(m, c.r, c.lora_alpha, c.use_rslora, targets);
 	m->o.use_dora = 0;
+	if (c.use_dora && m->lora_dropout_on && m->o.lora_dropout > 0) {
+		ft_fail("%s: a DoRA adapter with lora_dropout > 0 is not implemented in ft yet (PEFT then "
+			"recomputes the base product on the dropped-out input)", c.path);
+		goto out;
+	}
 	if (c.use_dora)   /* the magnitudes are read below */
 		ftp_dora_enable(m);
 	ftp_model_build_params(m);

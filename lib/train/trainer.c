@@ -355,7 +355,8 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	const int64_t eval_every = o->eval_steps > 0 ? o->eval_steps : o->logging_steps;
 
 	if (o->optim_ext && m->step) {
-		ft_fail("LoRA+ and BAdam run on the CPU only (--device cpu)");
+		ft_fail("the optimizers of LLaMA-Factory's extras (LoRA+, BAdam, Muon, Adam-mini, GaLore) "
+			"run on the CPU only (--device cpu)");
 		goto out;
 	}
 	if (ft_mkdirs(o->output_dir) < 0) goto out;

@@ -355,6 +355,8 @@ pissa_args=(--lora_rank 4 --lora_alpha 8 --lora_target all --learning_rate 2e-3 
 	assert_output --partial "not implemented in ft yet"
 	run -2 train --use_dora --adapter_name_or_path "$FIXTURES/extras/llama-dora-init"
 	assert_output --partial "says whether it is DoRA"
+	run -1 train --adapter_name_or_path "$FIXTURES/extras/llama-dora-init" --lora_dropout 0.1 --max_steps 1
+	assert_output --partial "lora_dropout > 0 is not implemented"
 }
 
 # ---- Muon -------------------------------------------------------------------
