@@ -52,6 +52,12 @@ static const ftp_route routes[] = {
 	{"do_predict", FTP_G, NULL}, {"predict_with_generate", FTP_G, NULL},
 	{"max_new_tokens", FTP_G, NULL}, {"do_sample", FTP_G, NULL}, {"temperature", FTP_G, NULL},
 	{"top_p", FTP_G, NULL}, {"top_k", FTP_G, NULL}, {"repetition_penalty", FTP_G, NULL},
+	/* LLaMA-Factory's extras ft-train runs (docs/EXTRAS.md) */
+	{"neftune_noise_alpha", FTP_R, NULL}, {"loraplus_lr_ratio", FTP_R, NULL},
+	{"loraplus_lr_embedding", FTP_R, NULL}, {"use_llama_pro", FTP_R, NULL},
+	{"use_badam", FTP_R, NULL}, {"pissa_init", FTP_R, NULL}, {"pissa_iter", FTP_R, NULL},
+	{"pissa_convert", FTP_R, NULL}, {"use_dora", FTP_R, NULL}, {"use_muon", FTP_R, NULL},
+	{"use_adam_mini", FTP_R, NULL}, {"use_galore", FTP_R, NULL},
 	{"export_dir", FTP_M, NULL}, {"export_size", FTP_M, NULL}, {"export_dtype", FTP_M, NULL},
 	/* accepted, no effect (value-dependent ones are checked in value_problem) */
 	{"tokenized_path", FTP_N, NULL},
@@ -105,18 +111,7 @@ static const ftp_route routes[] = {
 	{"quantization_type", FTP_X, "QLoRA is " NOT_YET},
 	{"double_quantization", FTP_X, "QLoRA is " NOT_YET},
 	{"use_unsloth", FTP_X, "unsloth's kernels are torch code ft does not run"},
-	{"use_adam_mini", FTP_X, "the Adam-mini optimizer is " NOT_YET},
 	{"use_apollo", FTP_X, "the APOLLO optimizer is " NOT_YET},
-	{"use_badam", FTP_X, "BAdam is " NOT_YET},
-	{"use_galore", FTP_X, "GaLore is " NOT_YET},
-	{"use_muon", FTP_X, "the Muon optimizer is " NOT_YET},
-	{"use_llama_pro", FTP_X, "LLaMA Pro is " NOT_YET},
-	{"loraplus_lr_ratio", FTP_X, "LoRA+ is " NOT_YET},
-	{"loraplus_lr_embedding", FTP_X, "LoRA+ is " NOT_YET},
-	{"pissa_init", FTP_X, "PiSSA is " NOT_YET}, {"pissa_iter", FTP_X, "PiSSA is " NOT_YET},
-	{"pissa_convert", FTP_X, "PiSSA is " NOT_YET},
-	{"use_dora", FTP_X, "DoRA is " NOT_YET},
-	{"neftune_noise_alpha", FTP_X, "NEFTune is " NOT_YET},
 	{"pref_beta", FTP_R, NULL},
 	{"pref_loss", FTP_R, NULL},
 	{"pref_ftx", FTP_R, NULL},
@@ -133,12 +128,11 @@ static const ftp_route routes[] = {
 /* Families of settings that belong to a refused method. */
 static const ftp_route families[] = {
 	{"apollo_", FTP_X, "the APOLLO optimizer is " NOT_YET},
-	{"galore_", FTP_X, "GaLore is " NOT_YET},
-	{"badam_", FTP_X, "BAdam is " NOT_YET},
+	{"badam_", FTP_R, NULL},   /* ft-train checks each (layer mode only) */
+	{"galore_", FTP_R, NULL},  /* ft-train checks each (galore_layerwise refused) */
 	{"oft_", FTP_X, "OFT is " NOT_YET},
 	{"ray_", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
-	{"pissa_", FTP_X, "PiSSA is " NOT_YET},
-	{"loraplus_", FTP_X, "LoRA+ is " NOT_YET},
+	{"loraplus_", FTP_R, NULL},
 	{"kt_", FTP_X, "KTransformers is a torch backend ft does not run"},
 	{"fp8_", FTP_X, "fp8 training is not supported"},
 	{"image_", FTP_X, MULTIMODAL}, {"video_", FTP_X, MULTIMODAL}, {"audio_", FTP_X, MULTIMODAL},
@@ -196,6 +190,16 @@ static void value_check(ft_runplan *p, const ft_lfarg *s)
 			ftp_plan_problem(p, ft_xasprintf("%s: export_legacy_format true is not supported: pickled "
 							 ".bin weights can run code when loaded; ft-merge writes "
 							 "safetensors only", s->origin));
+	} else if (!strcmp(k, "galore_layerwise") || !strcmp(k, "badam_mode")) {
+		/* the extras' modes ft-train does not have (docs/EXTRAS.md) */
+		if (!strcmp(k, "galore_layerwise") && !strcasecmp(v, "true"))
+			ftp_plan_problem(p, ft_xasprintf("%s: galore_layerwise true is not supported: per-layer "
+							 "GaLore updates inside the backward pass, not implemented "
+							 "in ft (false runs)", s->origin));
+		if (!strcmp(k, "badam_mode") && !strcmp(v, "ratio"))
+			ftp_plan_problem(p, ft_xasprintf("%s: badam_mode ratio is not supported: "
+							 "BlockOptimizerRatio's sparse masks are not implemented in "
+							 "ft (layer runs)", s->origin));
 	} else if (!strcmp(k, "report_to")) {
 		if (strcmp(v, "none"))
 			ftp_plan_note(p, ft_xasprintf("%s: report_to %s: ft-train logs to trainer_log.jsonl "

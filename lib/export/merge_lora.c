@@ -5,6 +5,7 @@
  *   base_model.model.model.layers.N.self_attn.q_proj.lora_A[.default].weight  [r, in]
  *   base_model.model.model.layers.N.self_attn.q_proj.lora_B[.default].weight  [out, r]
  *   base_model.model.<name>.lora_B[.default].bias   (lora_bias=True)
+ *   base_model.model.<name>.lora_magnitude_vector[.default.weight]  [out]  (DoRA)
  *   base_model.model.<name>                          (modules_to_save: replaces <name>)
  */
 #include <math.h>
@@ -26,6 +27,7 @@ static const char *const known_modules[] = {
 typedef struct {
 	char *module;                 /* "model.layers.0.self_attn.q_proj" */
 	const ft_st_tensor *A, *B, *Bbias;
+	const ft_st_tensor *mag;      /* DoRA's lora_magnitude_vector [out] */
 	int r;
 	double alpha, scale;
 } lora_mod;
@@ -60,7 +62,11 @@ static int check_config(const ft_adapter_config *c)
 	if (!c->peft_type) return ft_fail("%s: no peft_type (not a PEFT adapter)", cfg);
 	if (strcmp(c->peft_type, "LORA") != 0)
 		return ft_fail("%s: peft_type is %s; only LoRA adapters can be merged", cfg, c->peft_type);
-	if (c->use_dora) return ft_fail("%s: DoRA adapters (use_dora) are not supported", cfg);
+	if (c->init_lora_weights)   /* PiSSA and friends: trained on a residual base */
+		return ft_fail("%s: init_lora_weights \"%s\": the adapter was trained on a base its init "
+			       "changed, which ft-merge does not recompute; merge the plain LoRA adapter "
+			       "LLaMA-Factory's pissa_convert writes (OUTPUT_DIR/pissa_converted)", cfg,
+			       c->init_lora_weights);
 	if (c->fan_in_fan_out)
 		return ft_fail("%s: fan_in_fan_out adapters (GPT-2 Conv1D) are not supported", cfg);
 	static const char *const unsupported[] = {
@@ -89,6 +95,30 @@ static lora_mod *module_for(ft_lora *l, const char *module)
 	return m;
 }
 
+/* DoRA: "<module>.lora_magnitude_vector" as PEFT saves it (or with
+ * ".default.weight" as its state dict names it). */
+static int place_magnitude(ft_lora *l, const char *file, const ft_st_tensor *t, const char *name,
+			   const char *mg)
+{
+	const char *rest = mg + strlen(".lora_magnitude_vector");
+	if (*rest && strcmp(rest, ".default.weight") && strcmp(rest, ".weight"))
+		return ft_fail("%s: tensor %s: unexpected name after lora_magnitude_vector", file, t->name);
+	if (!l->cfg.use_dora)
+		return ft_fail("%s: tensor %s: a DoRA magnitude, but adapter_config.json has no use_dora", file,
+			       t->name);
+	char *module = ft_xasprintf("%.*s", (int)(mg - name), name);
+	if (!known_module(module)) {
+		ft_fail("%s: tensor %s: unknown target module '%s'", file, t->name, module);
+		free(module);
+		return -1;
+	}
+	lora_mod *m = module_for(l, module);
+	free(module);
+	if (m->mag) return ft_fail("%s: tensor %s appears twice", file, t->name);
+	m->mag = t;
+	return 0;
+}
+
 /* Place one adapter tensor: a LoRA factor of a module or a full tensor. */
 static int place_tensor(ft_lora *l, const char *file, const ft_st_tensor *t)
 {
@@ -97,6 +127,8 @@ static int place_tensor(ft_lora *l, const char *file, const ft_st_tensor *t)
 	const char *name = t->name + strlen(PREFIX);
 	const char *a = strstr(name, ".lora_A."), *b = strstr(name, ".lora_B.");
 	const char *p = a ? a : b;
+	const char *mg = strstr(name, ".lora_magnitude_vector");
+	if (mg && !p) return place_magnitude(l, file, t, name, mg);
 	if (!p) {
 		if (strstr(name, "lora_"))
 			return ft_fail("%s: tensor %s: unsupported LoRA variant (only lora_A/lora_B of linear layers)",
@@ -156,6 +188,12 @@ static int check_module(ft_lora *l, const char *file, lora_mod *m, const ft_st *
 	m->scale = l->cfg.use_rslora ? alpha / sqrt(r) : alpha / r;
 	if (m->Bbias && (m->Bbias->ndim != 1 || m->Bbias->shape[0] != m->B->shape[0]))
 		return ft_fail("%s: module %s: lora_B bias does not match lora_B", file, m->module);
+	if (l->cfg.use_dora && !m->mag)
+		return ft_fail("%s: module %s: a DoRA adapter (use_dora) without its lora_magnitude_vector", file,
+			       m->module);
+	if (m->mag && (check_float(file, m->mag) < 0 || m->mag->ndim != 1 || m->mag->shape[0] != m->B->shape[0]))
+		return ft_fail("%s: module %s: lora_magnitude_vector is not [%lld]", file, m->module,
+			       (long long)m->B->shape[0]);
 	if (!base) return 0;
 	char *wname = ft_xasprintf("%s.weight", m->module);
 	const ft_st_tensor *w = ft_st_find(base, wname);
@@ -316,6 +354,23 @@ static void add_delta(float *w, const float *B, const float *A, int out, int in,
 	else add_delta_plain(w, B, A, out, in, r, scale);
 }
 
+/* DoRA, as PEFT's merge: w = W + delta, then each row times
+ * magnitude / ||row|| (the norm of W + delta, float32 as torch's). */
+static int dora_rescale(const lora_mod *m, float *w, int out, int in)
+{
+	float *mag = read_f32(m->mag);
+	if (!mag) return -1;
+	for (int o = 0; o < out; o++) {
+		float *row = w + (size_t)o * in;
+		double s = 0;
+		for (int i = 0; i < in; i++) s += (double)row[i] * row[i];
+		float f = mag[o] / (float)sqrt(s);
+		for (int i = 0; i < in; i++) row[i] *= f;
+	}
+	free(mag);
+	return 0;
+}
+
 /* "X.weight" / "X.bias" -> the module X and which part. */
 static const lora_mod *find_module(const ft_lora *l, const char *name, int *is_bias)
 {
@@ -367,5 +422,6 @@ int ft_lora_apply(const ft_lora *l, const char *name, float *w, size_t numel)
 	add_delta(w, B, A, out, in, r, (float)m->scale);
 	free(A);
 	free(B);
+	if (m->mag && dora_rescale(m, w, out, in) < 0) return -1;
 	return 1;
 }

@@ -117,6 +117,8 @@ static int get_lora(ft_adapter_config *c, const json_t *o)
 	c->use_rslora = get_flag(o, "use_rslora");
 	c->use_dora = get_flag(o, "use_dora");
 	c->fan_in_fan_out = get_flag(o, "fan_in_fan_out");
+	const json_t *init = json_object_get(o, "init_lora_weights");
+	if (json_is_string(init)) c->init_lora_weights = ft_xstrdup(json_string_value(init));
 	if (get_targets(c, o) < 0 ||
 	    get_patterns(c, o, "rank_pattern", 1, &c->rank_pattern, &c->n_rank_pattern) < 0 ||
 	    get_patterns(c, o, "alpha_pattern", 0, &c->alpha_pattern, &c->n_alpha_pattern) < 0)
@@ -177,6 +179,7 @@ void ft_adapter_config_free(ft_adapter_config *c)
 	free(c->path);
 	free(c->peft_type);
 	free_names(c->target_modules, c->n_target_modules);
+	free(c->init_lora_weights);
 	free(c->target_regex);
 	free_patterns(c->rank_pattern, c->n_rank_pattern);
 	free_patterns(c->alpha_pattern, c->n_alpha_pattern);

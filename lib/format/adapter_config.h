@@ -43,6 +43,9 @@ typedef struct {
 	size_t n_modules_to_save;
 	char *bias;                   /* "none" (also when absent), "all", "lora_only" */
 	char *base_model_name_or_path;   /* NULL when absent */
+	/* init_lora_weights when a string ("pissa", "pissa_niter_16", "olora",
+	 * ...): an init that changed the base weights; NULL for a boolean */
+	char *init_lora_weights;
 	/* private: the top-level keys that are set (ft_adapter_config_sets) */
 	char **set_;
 	size_t nset_;

@@ -108,6 +108,8 @@ static void lin(ft_model *m, int l, int j, float *y, const float *x, int N, floa
 	ftp_lora *lo = &ly->lora[j];
 	if (lo->on)
 		ft_lora_forward(y, lh, x, lo->A.w, lo->B.w, N, in, out, lo->r, lo->scale);
+	if (lo->on && ftp_dora_of(m, l, j))
+		ftp_dora_infer(m, l, j, y, N);
 }
 
 /* Attention of each new token over its row's cached keys and values

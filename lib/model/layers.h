@@ -25,6 +25,12 @@ void ft_sgemm(int ta, int tb, int M, int N, int K, float alpha,
 	      const float *A, int lda, const float *B, int ldb, float beta,
 	      float *C, int ldc);
 
+/* Thin SVD of the row-major X [p, n] through LAPACK's sgesdd (as
+ * torch.linalg.svd on the CPU): X = U diag(S) Vh, U [p, k], Vh [k, n],
+ * k = min(p, n), S descending (lib/model/lora_pissa.c).  -1 with a
+ * message if LAPACK fails. */
+int ft_svd_thin(const float *X, int p, int n, float *U, float *S, float *Vh);
+
 /* Embedding: out[n] = wte[ids[n]];  dwte[ids[n]] += dout[n]. */
 void ft_embedding_forward(float *out, const int32_t *ids, const float *wte,
 			  int N, int D);

@@ -250,6 +250,8 @@ static int layer_trainable(const ft_model *m, int l)
 		return 1;
 	if (m->o.type != FT_FT_FREEZE)
 		return 0;
+	if (m->o.use_llama_pro)
+		return ftp_llama_pro_layer(m, l);
 	return n >= 0 ? l >= L - n : l < -n;
 }
 
@@ -319,6 +321,11 @@ int ftp_model_build_params(ft_model *m)
 			snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.%s.lora_B.weight",
 				 l, grp, ft_lin_names[j]);
 			add_param(m, &cap, nm, &a->B, 2, out, a->r, 1, 1);
+			if (ftp_dora_of(m, l, j)) {   /* lib/model/lora_dora.c */
+				snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.%s.lora_magnitude_vector",
+					 l, grp, ft_lin_names[j]);
+				add_param(m, &cap, nm, &ftp_dora_of(m, l, j)->mag, 1, out, 0, 1, decays(nm));
+			}
 		}
 	m->grads = ft_xcalloc(m->nparams ? m->nparams : 1, sizeof *m->grads);
 	for (size_t i = 0; i < m->nparams; i++)
@@ -342,6 +349,7 @@ void ftp_lora_setup(ft_model *m, int rank, double alpha, int rslora, unsigned ta
 	m->o.lora_alpha = alpha;
 	m->o.use_rslora = rslora;
 	m->o.lora_targets = targets;
+	ftp_dora_free(m);   /* new adapters: DoRA is turned on again by its caller */
 	char nm[160];
 	for (int l = 0; l < m->c.num_hidden_layers; l++)
 		for (int j = 0; j < L_NLIN; j++) {
@@ -501,6 +509,7 @@ void ft_model_free(ft_model *m)
 			free(y->bias[j].g);
 		}
 	}
+	ftp_dora_free(m);
 	free(m->layers);
 	json_decref(m->config_json);
 	free(m->model_dir);

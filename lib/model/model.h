@@ -57,6 +57,15 @@ typedef struct {
 	unsigned freeze_trainable_modules; /* FT_MOD_*, 0 = all in those layers */
 	int gradient_checkpointing;
 	uint64_t seed;
+	/* extras (lib/model/extras.c): NEFTune's alpha (0 = off), LLaMA Pro's
+	 * trainable layers (every (L/n)-th, freeze tuning) */
+	double neftune_noise_alpha;
+	int use_llama_pro;
+	/* set by ft_model_pissa_init (lib/model/lora_pissa.c), saved as
+	 * init_lora_weights "pissa" (iter < 0) or "pissa_niter_<iter>" */
+	int pissa_init, pissa_iter;
+	/* set by ft_model_dora_init / a use_dora adapter (lib/model/lora_dora.c) */
+	int use_dora;
 } ft_tune_opts;
 /* Defaults applied when a field is 0: lora_rank 8, lora_alpha 2*rank (as
  * LLaMA-Factory), lora_targets q_proj|v_proj.
@@ -142,6 +151,35 @@ int ft_model_load_adapter(ft_model *m, const char *adapter_dir);
 int ft_model_save_full(ft_model *m, const char *dir, const char *dtype);
 int ft_model_save_adapter(ft_model *m, const char *dir);
 int ft_model_merge_lora(ft_model *m);
+
+/* Extras (lib/model/extras.c).  NEFTune: mag_norm = alpha / sqrt(T * d)
+ * in float32 as transformers' hook computes it, and U(-mag, mag) noise
+ * added to x from ft's generator (seed: one stream).  LLaMA Pro: whether
+ * layer l of L is one of the n expanded, trainable ones. */
+float ft_neftune_magnitude(double alpha, int T, int D);
+void ft_neftune_add(float *x, size_t n, float mag, uint64_t seed);
+int ft_llama_pro_layer(int L, int n, int l);
+
+/* PiSSA (lib/model/lora_pissa.c), PEFT's init_lora_weights "pissa"
+ * (niter < 0: exact SVD) or "pissa_niter_<niter>" (torch.svd_lowrank):
+ * A, B from the top-r singular triplets of each adapted base weight, the
+ * base replaced by the residual W - scale B A.  The adapter is then saved
+ * with that init_lora_weights, and loading it (ft_model_load_adapter)
+ * redoes the init on the base before reading A and B, as PEFT does.
+ * ft_model_pissa_save_plain: the adapter with init_lora_weights true
+ * (LLaMA-Factory's pissa_init/ and pissa_backup/ directories).
+ * ft_model_pissa_save_converted: PEFT's conversion to a plain LoRA
+ * adapter of rank 2r against the initial adapter in init_dir:
+ * A' = [A; A0], B' = [B, -B0], alpha x2 (x sqrt 2 with rslora). */
+int ft_model_pissa_init(ft_model *m, int niter);
+int ft_model_pissa_save_plain(ft_model *m, const char *dir);
+int ft_model_pissa_save_converted(ft_model *m, const char *init_dir, const char *dir);
+
+/* DoRA (lib/model/lora_dora.c), PEFT's use_dora: a trainable magnitude
+ * per output row of every adapted linear (initially ||W||; saved as
+ * "...lora_magnitude_vector"), the output scaled by magnitude / ||W + s B A||
+ * (that norm detached).  Rebuilds the parameter list. */
+int ft_model_dora_init(ft_model *m);
 
 /* Parameter names (HF/PEFT) to find a tensor; NULL if absent. */
 ft_param *ft_model_find_param(ft_model *m, const char *name);

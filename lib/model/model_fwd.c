@@ -35,6 +35,9 @@ void ftp_model_free_buffers(ft_model *m)
 		free(*f[i]);
 		*f[i] = NULL;
 	}
+	free(m->dora_dy);
+	m->dora_dy = NULL;
+	m->dora_dy_n = 0;
 	free(m->pos); free(m->targets); free(m->rows);
 	free(m->keep); free(m->keep_sum); free(m->wmean);   /* model_pref.c */
 	m->keep = NULL; m->keep_sum = NULL; m->wmean = NULL;
@@ -159,6 +162,8 @@ static void lin_fwd_many(ft_model *m, int l, const int *js, float *const *ys, in
 		const float *xd = lora_input(m, l, js[i], x, (size_t)N * in);
 		ft_lora_forward(ys[i], a->lh[js[i]], xd, lo->A.w, lo->B.w, N, in, o[i].out, lo->r,
 				lo->scale);
+		if (ftp_dora_of(m, l, js[i]))
+			ftp_dora_forward(m, l, js[i], ys[i], N);
 	}
 }
 
@@ -175,6 +180,8 @@ static void lin_bwd(ft_model *m, int l, int j, ftp_acts *a, float *dx,
 	ftp_layer *y_ = &m->layers[l];
 	int in, out;
 	ftp_lin_dims(&m->c, j, &in, &out);
+	if (y_->lora[j].on && ftp_dora_of(m, l, j))
+		dy = ftp_dora_backward(m, l, j, dy, N);
 	ft_linear_backward(dx, y_->lin[j].g, j <= L_V ? y_->bias[j].g : NULL, dy, x,
 			   y_->lin[j].w, N, in, out);
 	ftp_lora *lo = &y_->lora[j];
@@ -322,6 +329,8 @@ int ftp_model_forward_body(ft_model *m, const ft_batch *b)
 		return -1;
 	ft_rope_tables(m->cos_t, m->sin_t, m->pos, N, m->inv_freq, c->head_dim);
 	ft_embedding_forward(m->xs, b->input_ids, m->wte.w, N, D);
+	if (m->training && m->o.neftune_noise_alpha > 0)
+		ftp_neftune_apply(m, m->xs, b->B, b->T);
 	for (int l = 0; l < L; l++) {
 		ftp_acts *a = &m->acts[m->o.gradient_checkpointing ? 0 : l];
 		layer_forward(m, l, a, m->xs + (size_t)l * N * D, m->xs + (size_t)(l + 1) * N * D, b);

@@ -19,6 +19,17 @@ typedef struct {
 	ftp_wg A, B;          /* A [r, in], B [out, r] */
 } ftp_lora;
 
+/* DoRA on one LoRA module (lib/model/lora_dora.c), beside ftp_lora (which
+ * the CUDA view mirrors): the magnitude [out]; per forward the detached
+ * norm of W + s B A [out], the factor mag / norm [out], and the pre-scale
+ * output [pre_n] the backward pass needs. */
+typedef struct {
+	int on;
+	ftp_wg mag;
+	float *dnorm, *dscale, *pre;
+	size_t pre_n;
+} ftp_dora;
+
 typedef struct {
 	ftp_wg ln1, ln2, lin[L_NLIN], bias[3];   /* bias: q, k, v (Qwen2) */
 	ftp_lora lora[L_NLIN];
@@ -68,7 +79,42 @@ struct ft_model {
 	size_t keep_cap;
 	int keep_n;
 	double *wmean;
+	ftp_dora *dora;              /* [L * L_NLIN], NULL without DoRA */
+	float *dora_dy;              /* DoRA: the scaled output gradient */
+	size_t dora_dy_n;
 };
+
+/* The DoRA state of module j of layer l, NULL when it has none. */
+static inline ftp_dora *ftp_dora_of(const ft_model *m, int l, int j)
+{
+	return m->dora && m->dora[l * L_NLIN + j].on ? &m->dora[l * L_NLIN + j] : NULL;
+}
+
+/* lib/model/extras.c: NEFTune's noise on the embedding output x [B, T, D]
+ * (training forward only); the layer ids LLaMA Pro trains. */
+void ftp_neftune_apply(const ft_model *m, float *x, int B, int T);
+int ftp_llama_pro_layer(const ft_model *m, int l);
+
+/* lib/model/model_io.c: adapter_config.json with rank r and alpha;
+ * plain: init_lora_weights true even for a PiSSA adapter. */
+int ftp_adapter_config_save(ft_model *m, const char *dir, int r, double alpha, int plain);
+
+/* lib/model/lora_dora.c: DoRA on the LoRA modules of layer l.  forward:
+ * y (the base output with the LoRA branch added) becomes bias + (mag /
+ * norm) * (y - bias); backward: returns the gradient at y - bias (dy
+ * scaled, in m->dora_dy) and accumulates mag's gradient.  scale: the
+ * norm and factor from the current weights (inference).  free: all DoRA
+ * state (DoRA off). */
+void ftp_dora_forward(ft_model *m, int l, int j, float *y, int N);
+const float *ftp_dora_backward(ft_model *m, int l, int j, const float *dy, int N);
+void ftp_dora_scale(ft_model *m, int l, int j);
+void ftp_dora_infer(ft_model *m, int l, int j, float *y, int N);
+void ftp_dora_free(ft_model *m);
+/* Turn DoRA on for every adapted module, the magnitude = ||W + s B A||
+ * per output row (PEFT's init); does not rebuild the parameter list. */
+void ftp_dora_enable(ft_model *m);
+/* W := (mag / ||W + s B A||) (W + s B A) per row, as PEFT's merge. */
+void ftp_dora_merge(ft_model *m, int l, int j);
 
 /* lib/model/model_fwd.c */
 int ftp_model_prepare(ft_model *m, int N);

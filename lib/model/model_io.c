@@ -156,26 +156,53 @@ static json_t *targets_json(unsigned t)
 	return a;
 }
 
+/* init_lora_weights as PEFT saves it: true, or a PiSSA adapter's method
+ * (its base weights are the residual; loading it redoes the init) */
+static json_t *init_json(const ft_model *m, int plain)
+{
+	char buf[32];
+	if (plain || !m->o.pissa_init) return json_true();
+	if (m->o.pissa_iter < 0) return json_string("pissa");
+	snprintf(buf, sizeof buf, "pissa_niter_%d", m->o.pissa_iter);
+	return json_string(buf);
+}
+
 int ft_model_save_adapter(ft_model *m, const char *dir)
 {
 	if (m->o.type != FT_FT_LORA)
 		return ft_fail("%s: the model has no LoRA adapter to save", dir);
 	if (ft_mkdirs(dir) < 0)
 		return -1;
+	if (ftp_adapter_config_save(m, dir, m->o.lora_rank, m->o.lora_alpha, 0) < 0)
+		return -1;
+	ft_st_writer *w = ft_st_writer_new();
+	ft_st_writer_meta(w, "format", "pt");
+	for (size_t i = 0; i < m->nparams; i++)
+		if (is_adapter(&m->params[i]))
+			ft_st_writer_add(w, m->params[i].name, FT_F32, m->params[i].ndim, m->params[i].shape,
+					 m->params[i].w);
+	char *path = ft_xasprintf("%s/adapter_model.safetensors", dir);
+	int rc = ft_st_writer_write(w, path);
+	free(path);
+	ft_st_writer_free(w);
+	return rc;
+}
+
+int ftp_adapter_config_save(ft_model *m, const char *dir, int r, double a, int plain)
+{
 	const ft_tune_opts *o = &m->o;
-	double a = o->lora_alpha;
 	json_t *alpha = a == floor(a) && fabs(a) < 1e15 ? json_integer((json_int_t)a) : json_real(a);
 	json_t *j = json_pack(
-		"{s:{}, s:n, s:s, s:s, s:b, s:b, s:b, s:n, s:n, s:n, s:{}, s:o, s:b, s:f, "
+		"{s:{}, s:n, s:s, s:s, s:b, s:b, s:o, s:n, s:n, s:n, s:{}, s:o, s:b, s:f, "
 		"s:n, s:s, s:n, s:s, s:i, s:{}, s:n, s:o, s:s, s:b, s:b}",
 		"alpha_pattern", "auto_mapping", "base_model_name_or_path",
 		m->model_dir ? m->model_dir : "", "bias", "none", "fan_in_fan_out", 0,
-		"inference_mode", 1, "init_lora_weights", 1, "layer_replication",
+		"inference_mode", 1, "init_lora_weights", init_json(m, plain), "layer_replication",
 		"layers_pattern", "layers_to_transform", "loftq_config", "lora_alpha", alpha,
 		"lora_bias", 0, "lora_dropout", o->lora_dropout, "megatron_config",
 		"megatron_core", "megatron.core", "modules_to_save", "peft_type", "LORA",
-		"r", o->lora_rank, "rank_pattern", "revision", "target_modules",
-		targets_json(o->lora_targets), "task_type", "CAUSAL_LM", "use_dora", 0,
+		"r", r, "rank_pattern", "revision", "target_modules",
+		targets_json(o->lora_targets), "task_type", "CAUSAL_LM", "use_dora", o->use_dora,
 		"use_rslora", o->use_rslora);
 	if (!j)
 		return ft_fail("%s: cannot build adapter_config.json", dir);
@@ -183,18 +210,6 @@ int ft_model_save_adapter(ft_model *m, const char *dir)
 	int rc = ft_json_save_file(j, path, 2);
 	json_decref(j);
 	free(path);
-	if (rc < 0)
-		return -1;
-	ft_st_writer *w = ft_st_writer_new();
-	ft_st_writer_meta(w, "format", "pt");
-	for (size_t i = 0; i < m->nparams; i++)
-		if (is_adapter(&m->params[i]))
-			ft_st_writer_add(w, m->params[i].name, FT_F32, 2, m->params[i].shape,
-					 m->params[i].w);
-	path = ft_xasprintf("%s/adapter_model.safetensors", dir);
-	rc = ft_st_writer_write(w, path);
-	free(path);
-	ft_st_writer_free(w);
 	return rc;
 }
 
@@ -241,7 +256,6 @@ static int parse_targets(const ft_adapter_config *c, unsigned *out)
  * modules for every layer, plain LoRA. */
 static const char *unsupported(const ft_adapter_config *c)
 {
-	if (c->use_dora) return "use_dora";
 	if (c->n_rank_pattern) return "rank_pattern";
 	if (c->n_alpha_pattern) return "alpha_pattern";
 	if (ft_adapter_config_sets(c, "layers_to_transform")) return "layers_to_transform";
@@ -261,8 +275,30 @@ static int check_config(const ft_adapter_config *c)
 	return 0;
 }
 
+/* "pissa" (-1) or "pissa_niter_K"; other inits that move the base
+ * (olora, corda, loftq, ...) are refused */
+static int pissa_iter(const ft_adapter_config *c, int *niter)
+{
+	const char *s = c->init_lora_weights;
+	char *end;
+	if (!strcmp(s, "pissa")) {
+		*niter = -1;
+		return 0;
+	}
+	if (!strncmp(s, "pissa_niter_", 12)) {
+		long v = strtol(s + 12, &end, 10);
+		if (!*end && end != s + 12 && v >= 0 && v < 1000000) {
+			*niter = (int)v;
+			return 0;
+		}
+	}
+	return ft_fail("%s: init_lora_weights \"%s\" is not supported (true, pissa, pissa_niter_K)",
+		       c->path, s);
+}
+
 int ft_model_load_adapter(ft_model *m, const char *dir)
 {
+	int niter = 0;
 	if (m->o.type != FT_FT_LORA)
 		return ft_fail("%s: loading an adapter needs finetuning type lora", dir);
 	char *path = ft_xasprintf("%s/" FT_ADAPTER_CONFIG_NAME, dir);
@@ -273,7 +309,23 @@ int ft_model_load_adapter(ft_model *m, const char *dir)
 	    parse_targets(&c, &targets) < 0)
 		goto out;
 	ftp_lora_setup(m, c.r, c.lora_alpha, c.use_rslora, targets);
+	m->o.use_dora = 0;
+	if (c.use_dora && m->lora_dropout_on && m->o.lora_dropout > 0) {
+		ft_fail("%s: a DoRA adapter with lora_dropout > 0 is not implemented in ft yet (PEFT then "
+			"recomputes the base product on the dropped-out input)", c.path);
+		goto out;
+	}
+	if (c.use_dora)   /* the magnitudes are read below */
+		ftp_dora_enable(m);
 	ftp_model_build_params(m);
+	/* a PiSSA adapter was trained on the residual base: PEFT redoes the
+	 * init on the base when it loads one, and so does ft */
+	if (c.init_lora_weights && pissa_iter(&c, &niter) < 0)
+		goto out;
+	if (c.init_lora_weights && ft_model_pissa_init(m, niter) < 0) {
+		ft_fail_ctx("%s: ", dir);
+		goto out;
+	}
 	free(path);
 	path = ft_xasprintf("%s/adapter_model.safetensors", dir);
 	ft_st *st = ft_st_open(path);
@@ -307,6 +359,9 @@ int ft_model_load_adapter(ft_model *m, const char *dir)
 		goto out;
 	}
 	ft_st_close(st);
+	for (int l = 0; c.use_dora && l < m->c.num_hidden_layers; l++)
+		for (int j = 0; j < L_NLIN; j++)
+			if (ftp_dora_of(m, l, j)) ftp_dora_scale(m, l, j);
 	rc = 0;
 out:
 	free(path);
@@ -323,10 +378,15 @@ int ft_model_merge_lora(ft_model *m)
 			if (!a->on)
 				continue;
 			ftp_lin_dims(&m->c, j, &in, &out);
+			if (ftp_dora_of(m, l, j)) {
+				ftp_dora_merge(m, l, j);
+				continue;
+			}
 			ft_sgemm(0, 0, out, in, a->r, a->scale, a->B.w, a->r, a->A.w, in, 1.0f,
 				 m->layers[l].lin[j].w, in);
 		}
 	if (m->o.type == FT_FT_LORA)
 		ftp_lora_setup(m, m->o.lora_rank, m->o.lora_alpha, m->o.use_rslora, 0);
+	m->o.use_dora = 0;
 	return ftp_model_build_params(m);
 }

@@ -72,7 +72,12 @@ static void adamw_part(ft_param *p, size_t k, size_t i0, size_t i1, void *ctx)
 	adamw_range(p->w, p->g, x->a->m[k], x->a->v[k], i0, i1, &x->c[k]);
 }
 
-void ft_adamw_step(ft_adamw *a, double lr)
+static void adamw_step(ft_adamw *a, double lr, const double *lrs);
+
+void ft_adamw_step(ft_adamw *a, double lr) { adamw_step(a, lr, NULL); }
+void ft_adamw_step_lrs(ft_adamw *a, const double *lr) { adamw_step(a, 0, lr); }
+
+static void adamw_step(ft_adamw *a, double lr, const double *lrs)
 {
 	a->step++;
 	/* torch keeps step as a float32 tensor and reads it back with
@@ -81,7 +86,7 @@ void ft_adamw_step(ft_adamw *a, double lr)
 	ft_k_adamw *c = ft_xcalloc(a->n ? a->n : 1, sizeof *c);
 	for (size_t k = 0; k < a->n; k++) {
 		double wd = a->p[k]->decay ? a->o.weight_decay : 0.0;
-		c[k] = ft_k_adamw_prepare(lr, wd, a->o.beta1, a->o.beta2, a->o.eps, step);
+		c[k] = ft_k_adamw_prepare(lrs ? lrs[k] : lr, wd, a->o.beta1, a->o.beta2, a->o.eps, step);
 	}
 	size_t total = ft_params_elements(a->p, a->n);
 	adamw_ctx x = { a, c };

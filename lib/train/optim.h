@@ -34,6 +34,8 @@ void ft_adamw_free(ft_adamw *a);
 
 /* One update with learning rate lr using each param's g. */
 void ft_adamw_step(ft_adamw *a, double lr);
+/* The same with the k-th param at lr[k] (param groups, optim_ext.h). */
+void ft_adamw_step_lrs(ft_adamw *a, const double *lr);
 int64_t ft_adamw_steps(const ft_adamw *a);
 
 /* The state of an optimizer stepped elsewhere (the CUDA binding keeps it

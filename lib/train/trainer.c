@@ -11,6 +11,7 @@
 #include "train/trainer.h"
 #include "train/trainer_internal.h"
 #include "train/dist.h"
+#include "train/optim_ext.h"
 #include "util/error.h"
 #include "util/atomicfile.h"
 #include "util/json.h"
@@ -389,6 +390,12 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	/* data parallel: ZeRO-1 keeps this rank's slice of the moments; opt
 	 * then only carries the whole state to and from checkpoints */
 	const int rank = ft_dist_rank(o->dist), world = ft_dist_size(o->dist);
+	if (o->zero && world > 1 && o->optim_ext) {
+		free(params);
+		ft_adamw_free(opt);
+		return ft_fail("--zero 1 shards plain AdamW's state; the extras' optimizers (LoRA+, BAdam, "
+			       "Muon, Adam-mini, GaLore) run under mpirun without --zero");
+	}
 	ft_zero1 *zero = o->zero && world > 1 ? ft_zero1_new(o->dist, params, np, &ao) : NULL;
 	double *lsv = NULL;   /* a step's micro-batch losses and the stop flag */
 	ftp_tstate st = { .log_history = json_array() };
@@ -400,6 +407,11 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	const int64_t ga = ft_dist_step_batches(o->gradient_accumulation_steps, world);
 	const int64_t eval_every = o->eval_steps > 0 ? o->eval_steps : o->logging_steps;
 
+	if (o->optim_ext && m->step) {
+		ft_fail("the optimizers of LLaMA-Factory's extras (LoRA+, BAdam, Muon, Adam-mini, GaLore) "
+			"run on the CPU only (--device cpu)");
+		goto out;
+	}
 	if (ft_mkdirs(o->output_dir) < 0) goto out;
 	if (o->resume_dir && ftp_ckpt_load(o, &p, opt, &st) < 0) goto out;
 	if (o->resume_dir && zero) {   /* keep the slice, give back the rest */
@@ -476,10 +488,15 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 				if (m->step(m->self, &ao, lr, o->max_grad_norm, &gnorm) < 0) goto out;
 				finite = isfinite(this_step) && isfinite(gnorm);
 			} else {
+				const ft_optim_ext *x = o->optim_ext;
+				if (x && x->pre_clip) x->pre_clip(x->self);
 				gnorm = ft_clip_grad_norm(params, np, o->max_grad_norm);
 				finite = isfinite(this_step) && isfinite(gnorm);
 				if (finite && zero) {   /* skipped: no update from NaN */
 					if (ft_zero1_step(zero, lr) < 0) goto out;
+				} else if (finite && x) {
+					if (x->step(x->self, opt, lr, ft_sched_lambda(&sched, st.global_step)) < 0)
+						goto out;
 				} else if (finite) {
 					ft_adamw_step(opt, lr);
 				}

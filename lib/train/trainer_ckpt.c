@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "train/trainer.h"
 #include "train/trainer_internal.h"
+#include "train/optim_ext.h"
 #include "util/atomicfile.h"
 #include "util/error.h"
 #include "util/json.h"
@@ -143,6 +144,8 @@ int ftp_ckpt_save(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 	}
 	f = ft_xasprintf("%s/optimizer.safetensors", a.tmp);
 	if (ft_adamw_save(opt, f) < 0) goto abort;
+	if (o->optim_ext && o->optim_ext->save && o->optim_ext->save(o->optim_ext->self, a.tmp) < 0)
+		goto abort;
 	free(f);
 	j = json_pack("{s:s, s:f, s:I, s:I, s:I, s:[f]}",
 		      "lr_scheduler_type", ft_sched_name(s->type), "learning_rate", s->lr,
@@ -257,6 +260,8 @@ int ftp_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt,
 	free(path);
 	path = ft_xasprintf("%s/optimizer.safetensors", o->resume_dir);
 	if (ft_adamw_load(opt, path) < 0) goto out;
+	if (o->optim_ext && o->optim_ext->load && o->optim_ext->load(o->optim_ext->self, o->resume_dir) < 0)
+		goto out;
 	/* fp16 on the GPU skips the update of a step whose gradients
 	 * overflowed (as torch's GradScaler), so the optimizer may be behind */
 	if (ft_adamw_steps(opt) > st->global_step || ft_adamw_steps(opt) < 0) {

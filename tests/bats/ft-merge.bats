@@ -123,7 +123,7 @@ AD="$FIXTURES/merge/llama-r4/adapter"
 	[ ! -e out ]
 }
 
-@test "ft-merge refuses non-LoRA, DoRA, unknown targets, .bin adapters (shape mismatches: test_merge.c)" {
+@test "ft-merge refuses non-LoRA, DoRA without magnitudes, unknown targets, .bin adapters (shape mismatches: test_merge.c)" {
 	mkdir ia3 dora tgt bin
 	for d in ia3 dora tgt; do cp "$AD"/* $d/; done
 	sed -i 's/"LORA"/"IA3"/' ia3/adapter_config.json

@@ -16,7 +16,13 @@ command_for() {
 }
 
 # The configs ft-run accepts today (the others are refused, with reasons).
-RUNNABLE="extras/nlg_eval/llama3_lora_predict.yaml
+RUNNABLE="extras/adam_mini/qwen2_full_sft.yaml
+extras/badam/llama3_full_sft.yaml
+extras/llama_pro/llama3_freeze_sft.yaml
+extras/loraplus/llama3_lora_sft.yaml
+extras/muon/qwen2_full_sft.yaml
+extras/nlg_eval/llama3_lora_predict.yaml
+extras/pissa/llama3_lora_sft.yaml
 inference/qwen3.yaml
 inference/qwen3_full_sft.yaml
 inference/qwen3_lora_sft.yaml
@@ -114,6 +120,21 @@ tiny_qwen() {
 	for q in aqlm awq gptq; do
 		run_example train_qlora/llama3_lora_sft_$q.yaml $small template=qwen3_nothink
 	done
+	# the extras ft-train runs (the tiny model has one layer: LLaMA Pro
+	# expands it as its only trainable layer)
+	run_example extras/loraplus/llama3_lora_sft.yaml $small template=qwen3_nothink
+	[ -s saves/llama3-8b/lora/sft/adapter_model.safetensors ]
+	run_example extras/badam/llama3_full_sft.yaml $small template=qwen3_nothink
+	[ -s saves/llama3-8b/full/sft/model.safetensors ]
+	run_example extras/llama_pro/llama3_freeze_sft.yaml $small template=qwen3_nothink freeze_trainable_layers=1
+	[ -s saves/llama3-8b-pro/freeze/sft/model.safetensors ]
+	run_example extras/adam_mini/qwen2_full_sft.yaml $small
+	[ -s saves/qwen2-1_5b/full/sft/model.safetensors ]
+	run_example extras/muon/qwen2_full_sft.yaml $small overwrite_output_dir=true
+	[ -s saves/qwen2-1_5b/full/sft/model.safetensors ]
+	# PiSSA with pissa_convert (the loraplus run above used the same output_dir)
+	run_example extras/pissa/llama3_lora_sft.yaml $small template=qwen3_nothink lora_rank=4
+	[ -s saves/llama3-8b/lora/sft/pissa_converted/adapter_model.safetensors ]
 }
 
 @test "a pre-quantized checkpoint is refused by name, as its config says" {

@@ -59,7 +59,7 @@ static void check_keys(const ft_lfargs *a)
 {
 	for (size_t i = 0; i < a->n; i++) {
 		const ft_lfarg *x = &a->v[i];
-		if (in_list(known, x->key) || pref_known_key(x->key)) continue;
+		if (in_list(known, x->key) || pref_known_key(x->key) || ft_train_extras_known(x->key)) continue;
 		for (size_t j = 0; j < sizeof owned / sizeof *owned; j++)
 			if (!strcmp(owned[j].key, x->key)) {
 				if (!from_cmdline(x)) {
@@ -226,9 +226,10 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	/* the optimizer is torch.optim.AdamW; its fused kernel computes the same
 	 * update, so the names that select either are accepted */
 	const char *optim = get(a, "optim");
-	if (optim && strcmp(optim, "adamw_torch") && strcmp(optim, "adamw_torch_fused"))
-		die_usage("--optim %s: ft-train's optimizer is torch.optim.AdamW (adamw_torch, "
-			  "adamw_torch_fused)", optim);
+	if (optim && strcmp(optim, "adamw_torch") && strcmp(optim, "adamw_torch_fused") &&
+	    strcmp(optim, "adam_mini"))   /* adam_mini: tools/ft-train/extras.c */
+		die_usage("--optim %s: ft-train's optimizers are torch.optim.AdamW (adamw_torch, "
+			  "adamw_torch_fused) and adam_mini (or --use_adam_mini, --use_muon)", optim);
 	o->max_grad_norm = get_num(a, "max_grad_norm", 1.0);
 	o->skip_nonfinite = get_bool(a, "skip_nonfinite", 0);
 	if (ft_sched_parse(ft_lfargs_get(a, "lr_scheduler_type", "linear"), &o->lr_scheduler_type) < 0)
@@ -272,4 +273,5 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	if (c->zero == 2 || c->zero == 3)
 		die_usage("--zero %d: only ZeRO stage 1 (sharded optimizer state) is implemented", c->zero);
 	if (c->zero != 0 && c->zero != 1) die_usage("--zero: %d is not a ZeRO stage (0 or 1)", c->zero);
+	ft_train_extras_parse(a, c);
 }

@@ -10,6 +10,17 @@
 #include "train/pref.h"
 #include "train/dist.h"
 
+/* extras.c: LoRA+ and BAdam settings (NEFTune and LLaMA Pro are in tune) */
+typedef struct {
+	int loraplus, badam, badam_mode, badam_interval, badam_has_start, badam_start, badam_verbose;
+	int pissa, pissa_iter, pissa_convert, dora, muon, adam_mini;
+	int galore, galore_rank, galore_interval, galore_proj;
+	double galore_scale;
+	const char *galore_target;
+	double loraplus_ratio, loraplus_embedding;
+	ft_param **params;        /* BAdam's: the model's trainable params */
+} ft_train_extras;
+
 typedef struct {
 	ft_train_opts t;
 	ft_tune_opts tune;
@@ -30,7 +41,19 @@ typedef struct {
 	const char *ref_model, *ref_model_adapters;
 	ft_model *ref;
 	ft_pref *pref_state;
+	ft_train_extras x;
 } ft_cli_args;
+
+struct ft_optim_ext;
+int ft_train_extras_known(const char *key);
+void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c);
+/* After the model is bound: the optimizer extension (NULL: AdamW). */
+struct ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu);
+void ft_train_extras_free(ft_cli_args *c, struct ft_optim_ext *e);
+/* PiSSA: the init after loading; pissa_convert's directories around training */
+void ft_train_extras_model(ft_cli_args *c, ft_model *m);
+void ft_train_extras_begin(ft_cli_args *c, ft_model *m);
+void ft_train_extras_end(ft_cli_args *c, ft_model *m);
 
 void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c);
 /* checks.c: die unless the batches of `path` were tokenized with the

@@ -54,13 +54,32 @@ static const char usage[] =
 "  --adam_epsilon (1e-8) --max_grad_norm (1.0; 0 disables clipping)\n"
 "  --skip_nonfinite           a NaN/Inf loss or gradient norm skips that step's update\n"
 "                             (default: stop with the step, the batch and a hint)\n"
-"  --optim adamw_torch|adamw_torch_fused (the only optimizer: torch's AdamW)\n"
+"  --optim adamw_torch|adamw_torch_fused|adam_mini (torch's AdamW; see Extras)\n"
 "  --lr_scheduler_type linear|cosine|cosine_with_restarts|polynomial|constant|\n"
 "                      constant_with_warmup|inverse_sqrt (linear)\n"
 "  --warmup_steps N (>= 1 steps, < 1 a ratio)  --warmup_ratio R\n"
 "  --gradient_accumulation_steps N (1)  --per_device_train_batch_size N (the batches')\n"
 "  --num_train_epochs X (3.0, fractional allowed)  --max_steps N (overrides epochs)\n"
 "  --seed N (42: LoRA init and dropout)\n"
+"Extras (LLaMA-Factory's; CPU only, docs/EXTRAS.md):\n"
+"  --neftune_noise_alpha A    NEFTune: U(-A/sqrt(T*d), +) noise on the embeddings\n"
+"  --loraplus_lr_ratio R      LoRA+: lora_B at learning_rate * R\n"
+"  --loraplus_lr_embedding X  (1e-6)\n"
+"  --use_llama_pro            freeze tuning of LLaMA Pro's expanded layers: every\n"
+"                             (L / freeze_trainable_layers)-th layer\n"
+"  --use_badam                BAdam, layer-wise (full): one layer trained at a time\n"
+"  --badam_switch_mode ascending|descending|random|fixed (ascending)\n"
+"  --badam_switch_interval N (50)  --badam_start_block N  --badam_verbose N (0)\n"
+"  --use_adam_mini, --optim adam_mini   Adam-mini (freeze/full): one second moment\n"
+"                             per head, row or tensor\n"
+"  --use_galore               GaLore (freeze/full): Adam on low-rank projected gradients\n"
+"  --galore_target all|q_proj,... --galore_rank N (16) --galore_update_interval N (200)\n"
+"  --galore_scale X (2.0) --galore_proj_type std|reverse_std|right|left (std)\n"
+"  --use_muon                 Muon for 2-D weights, its AdamW for the rest\n"
+"  --use_dora                 DoRA: a trained magnitude per output row (lora_dropout 0)\n"
+"  --pissa_init               PiSSA: LoRA from the top singular vectors, base = residual\n"
+"  --pissa_iter N (16; -1: exact SVD)  --pissa_convert  (also write pissa_converted/,\n"
+"                             a plain LoRA adapter of rank 2r)\n"
 "Logging, evaluation, checkpoints:\n"
 "  --logging_steps N (500) --logging_first_step  --eval_steps N (logging_steps)\n"
 "  --save_steps N (500) --save_total_limit N  --do_train --do_eval  --plot_loss\n"
@@ -483,10 +502,12 @@ int main(int argc, char **argv)
 	c.t.output_dir = c.output_dir;
 
 	ft_model *m = load_model(&c);
+	ft_train_extras_model(&c, m);
 	ft_train_model tm;
 	char device[512];
 	int on_gpu = bind_model(&c, m, &tm_, &vm_, &tm, device, sizeof device);
 	c.t.device = device;
+	c.t.optim_ext = ft_train_extras_setup(&c, m, on_gpu);
 	int rc = 0;
 	if (!c.do_train) {
 		if (c.do_eval) rc = c.pref ? pref_eval_only(&c, &tm, &val) : eval_only(&c, &tm, &val);
@@ -497,6 +518,7 @@ int main(int argc, char **argv)
 		c.t.stop = &stop_flag;
 		c.t.on_event = on_event;
 		install_signals();
+		ft_train_extras_begin(&c, m);
 		ft_train_result r;
 		if (ft_train(&c.t, &tm, &train, c.do_eval ? &val : NULL, &r) < 0) {
 			/* a bad batch names the data it came from */
@@ -505,6 +527,7 @@ int main(int argc, char **argv)
 			die("%s", ft_errmsg());
 		}
 		ft_progress_done();
+		if (!r.interrupted && ft_dist_rank(dist) == 0) ft_train_extras_end(&c, m);
 		if (r.interrupted && ft_dist_rank(dist) != 0) {
 			rc = FT_EXIT_DATA;   /* rank 0 says where the checkpoint is */
 		} else if (r.interrupted) {
@@ -552,6 +575,7 @@ int main(int argc, char **argv)
 			     ft_cuda_train_skipped(&tm) == 1 ? "" : "s");
 		ft_cuda_train_free(&tm);
 	}
+	ft_train_extras_free(&c, c.t.optim_ext);
 	ft_model_free(m);
 	dist_finish(dist);
 	free(resume);

@@ -1,0 +1,169 @@
+/* lora_dora.c - DoRA (Liu et al. 2024) on the LoRA linears as PEFT's
+ * DoraLinearLayer (use_dora, no dropout):
+ *   norm = ||W + s B A||  per output row, detached (no gradient)
+ *   y    = bias + (mag / norm) * (x W^T + s B A x)
+ * PEFT writes it as base + (mag/norm - 1) * (x W^T) + mag/norm * s B A x;
+ * the same sum in another order.  Backward, with g = mag / norm:
+ *   d(x W^T + s B A x) = g * dy   (then the usual base and LoRA backward)
+ *   d mag_j            = sum_t dy_tj (x W^T + s B A x)_tj / norm_j
+ * The magnitude starts at the norm (PEFT's update_layer: ||W + s B A||,
+ * which is ||W|| with B = 0) and is saved as PEFT names it,
+ * "...<module>.lora_magnitude_vector" [out].  Merging (PEFT's merge_safe):
+ *   W' = (mag / ||W + s B A||) (W + s B A).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "util/error.h"
+#include "model/model_internal.h"
+
+/* Rows of W + s B A and their norms (double sums, float results as
+ * torch.linalg.norm's float32 output).  When merged != NULL it gets
+ * W + s B A. */
+static void delta_norm(ft_model *m, int l, int j, float *norm, float *merged)
+{
+	ftp_lora *lo = &m->layers[l].lora[j];
+	int in, out;
+	ftp_lin_dims(&m->c, j, &in, &out);
+	float *w = merged ? merged : ft_xmalloc((size_t)out * in * sizeof *w);
+	memcpy(w, m->layers[l].lin[j].w, (size_t)out * in * sizeof *w);
+	/* lora_weight = B @ A, then weight + scaling * lora_weight */
+	float *lw = ft_xmalloc((size_t)out * in * sizeof *lw);
+	ft_sgemm(0, 0, out, in, lo->r, 1.0f, lo->B.w, lo->r, lo->A.w, in, 0.0f, lw, in);
+	for (size_t i = 0; i < (size_t)out * in; i++) w[i] += lo->scale * lw[i];
+	free(lw);
+	for (int o = 0; o < out; o++) {
+		double s = 0;
+		const float *row = w + (size_t)o * in;
+		for (int i = 0; i < in; i++) s += (double)row[i] * row[i];
+		norm[o] = (float)sqrt(s);
+	}
+	if (!merged) free(w);
+}
+
+void ftp_dora_scale(ft_model *m, int l, int j)
+{
+	ftp_dora *lo = ftp_dora_of(m, l, j);
+	int in, out;
+	ftp_lin_dims(&m->c, j, &in, &out);
+	delta_norm(m, l, j, lo->dnorm, NULL);
+	for (int o = 0; o < out; o++) lo->dscale[o] = lo->mag.w[o] / lo->dnorm[o];
+}
+
+void ftp_dora_forward(ft_model *m, int l, int j, float *y, int N)
+{
+	ftp_dora *lo = ftp_dora_of(m, l, j);
+	int in, out;
+	ftp_lin_dims(&m->c, j, &in, &out);
+	const float *bias = j <= L_V ? m->layers[l].bias[j].w : NULL;
+	ftp_dora_scale(m, l, j);
+	size_t n = (size_t)N * out;
+	if (lo->pre_n < n) {
+		free(lo->pre);
+		lo->pre = ft_xmalloc(n * sizeof *lo->pre);
+		lo->pre_n = n;
+	}
+	for (int t = 0; t < N; t++) {
+		float *yt = y + (size_t)t * out, *pt = lo->pre + (size_t)t * out;
+		for (int o = 0; o < out; o++) {
+			float b = bias ? bias[o] : 0.0f;
+			pt[o] = yt[o] - b;
+			yt[o] = b + lo->dscale[o] * pt[o];
+		}
+	}
+}
+
+/* Inference (lib/model/infer.c): the factor as last computed (at load),
+ * since the weights do not change while generating. */
+void ftp_dora_infer(ft_model *m, int l, int j, float *y, int N)
+{
+	ftp_dora *lo = ftp_dora_of(m, l, j);
+	int in, out;
+	ftp_lin_dims(&m->c, j, &in, &out);
+	const float *bias = j <= L_V ? m->layers[l].bias[j].w : NULL;
+	for (int t = 0; t < N; t++) {
+		float *yt = y + (size_t)t * out;
+		for (int o = 0; o < out; o++) {
+			float b = bias ? bias[o] : 0.0f;
+			yt[o] = b + lo->dscale[o] * (yt[o] - b);
+		}
+	}
+}
+
+const float *ftp_dora_backward(ft_model *m, int l, int j, const float *dy, int N)
+{
+	ftp_dora *lo = ftp_dora_of(m, l, j);
+	int in, out;
+	ftp_lin_dims(&m->c, j, &in, &out);
+	size_t n = (size_t)N * out;
+	if (m->dora_dy_n < n) {
+		free(m->dora_dy);
+		m->dora_dy = ft_xmalloc(n * sizeof *m->dora_dy);
+		m->dora_dy_n = n;
+	}
+	for (int o = 0; o < out; o++) {
+		double dg = 0;
+		for (int t = 0; t < N; t++) {
+			size_t i = (size_t)t * out + o;
+			dg += (double)dy[i] * lo->pre[i];
+			m->dora_dy[i] = lo->dscale[o] * dy[i];
+		}
+		if (lo->mag.g) lo->mag.g[o] += (float)dg / lo->dnorm[o];
+	}
+	return m->dora_dy;
+}
+
+void ftp_dora_enable(ft_model *m)
+{
+	ftp_dora_free(m);
+	m->dora = ft_xcalloc((size_t)m->c.num_hidden_layers * L_NLIN, sizeof *m->dora);
+	for (int l = 0; l < m->c.num_hidden_layers; l++)
+		for (int j = 0; j < L_NLIN; j++) {
+			ftp_dora *d = &m->dora[l * L_NLIN + j];
+			int in, out;
+			if (!m->layers[l].lora[j].on) continue;
+			ftp_lin_dims(&m->c, j, &in, &out);
+			d->on = 1;
+			d->mag.w = ft_xmalloc((size_t)out * sizeof(float));
+			d->dnorm = ft_xmalloc((size_t)out * sizeof(float));
+			d->dscale = ft_xmalloc((size_t)out * sizeof(float));
+			delta_norm(m, l, j, d->mag.w, NULL);
+			ftp_dora_scale(m, l, j);
+		}
+	m->o.use_dora = 1;
+}
+
+void ftp_dora_merge(ft_model *m, int l, int j)
+{
+	ftp_dora *lo = ftp_dora_of(m, l, j);
+	int in, out;
+	ftp_lin_dims(&m->c, j, &in, &out);
+	float *w = m->layers[l].lin[j].w;
+	delta_norm(m, l, j, lo->dnorm, w);
+	for (int o = 0; o < out; o++) {
+		float f = lo->mag.w[o] / lo->dnorm[o];   /* dora_factor */
+		for (int i = 0; i < in; i++) w[(size_t)o * in + i] *= f;
+	}
+}
+
+void ftp_dora_free(ft_model *m)
+{
+	for (int i = 0; m->dora && i < m->c.num_hidden_layers * L_NLIN; i++) {
+		ftp_dora *d = &m->dora[i];
+		free(d->mag.w);
+		free(d->mag.g);
+		free(d->dnorm);
+		free(d->dscale);
+		free(d->pre);
+	}
+	free(m->dora);
+	m->dora = NULL;
+	m->o.use_dora = 0;
+}
+
+int ft_model_dora_init(ft_model *m)
+{
+	if (m->o.type != FT_FT_LORA) return ft_fail("DoRA needs finetuning type lora");
+	ftp_dora_enable(m);
+	return ftp_model_build_params(m);
+}

@@ -1,0 +1,97 @@
+/* optim_ext.h - the optimizers of LLaMA-Factory's create_custom_optimizer
+ * that ft-train runs in place of plain AdamW, behind one small interface
+ * the training loop calls (ft_train_opts.optim_ext):
+ *
+ *   LoRA+ (lib/train/optim_loraplus.c)  AdamW with lora_B at lr x ratio
+ *   BAdam (lib/train/optim_badam.c)     block-coordinate AdamW, one layer
+ *                                       at a time (badam's BlockOptimizer)
+ *   Muon  (lib/train/optim_muon.c)      Newton-Schulz orthogonalized momentum
+ *   Adam-mini (lib/train/optim_adam_mini.c)  one second moment per block
+ *   GaLore (lib/train/optim_galore.c)   Adam in a low-rank gradient subspace
+ *
+ * The loop still owns clipping, the schedule and the checkpoint of the
+ * weights (optimizer.safetensors); an extension adds its own state files
+ * to a checkpoint directory and reads them back on resume.
+ */
+#ifndef FT_OPTIM_EXT_H
+#define FT_OPTIM_EXT_H
+
+#include <stddef.h>
+#include "train/optim.h"
+
+typedef struct ft_optim_ext {
+	void *self;
+	/* Before clipping: BAdam zeroes the gradients outside the active
+	 * block, which then count in the norm as the None gradients of
+	 * frozen params do in torch (not at all).  May be NULL. */
+	void (*pre_clip)(void *self);
+	/* One update in place of ft_adamw_step(opt, lr): lr is the scheduled
+	 * learning rate, lambda the schedule's factor (lr = base * lambda),
+	 * so a group with its own base lr gets base_g * lambda as LambdaLR
+	 * computes it. */
+	int (*step)(void *self, ft_adamw *opt, double lr, double lambda);
+	/* Extra state into / from a checkpoint directory.  May be NULL. */
+	int (*save)(void *self, const char *dir);
+	int (*load)(void *self, const char *dir);
+	void (*free)(void *self);
+} ft_optim_ext;
+
+void ft_optim_ext_free(ft_optim_ext *e);
+
+/* LoRA+ as LLaMA-Factory's _create_loraplus_optimizer: lora_B weights
+ * (and 1-D params) at learning_rate * ratio, everything else at
+ * learning_rate; lora_embedding_B at lr_embedding (ft puts no LoRA on
+ * embeddings, so that group is always empty). */
+ft_optim_ext *ft_loraplus_new(double learning_rate, double ratio, double lr_embedding);
+
+typedef enum { FT_BADAM_ASCENDING, FT_BADAM_DESCENDING, FT_BADAM_RANDOM, FT_BADAM_FIXED } ft_badam_mode;
+
+typedef struct {
+	ft_badam_mode mode;            /* ascending (LLaMA-Factory's default) */
+	int switch_interval;           /* 50 */
+	int has_start_block, start_block;  /* else by mode (first, last, random);
+					      a Python index (-1: the last) */
+	double beta1, beta2, eps;      /* the base AdamW's */
+	uint64_t seed;                 /* the random order */
+	int verbose;                   /* badam_verbose: the switches go to on_switch */
+	void (*on_switch)(void *ctx, int block, const char *prefix);
+	void *ctx;
+} ft_badam_opts;
+
+/* "ascending" ... ; -1 with a message otherwise. */
+int ft_badam_mode_parse(const char *s);
+
+/* BAdam over the params (borrowed; the model's, in its order) whose names
+ * hold a layer prefix ("model.layers.N."); the others are never updated.
+ * NULL with a message when no param is in a layer. */
+ft_optim_ext *ft_badam_new(ft_param *const *params, size_t n, const ft_badam_opts *o);
+
+/* Muon as LLaMA-Factory's use_muon (lib/train/optim_muon.c): Muon for the
+ * 2-D params outside embeddings and lm_head, that file's AdamW for the
+ * rest; weight decay wd on all.  params borrowed (the trainable ones). */
+ft_optim_ext *ft_muon_new(ft_param *const *params, size_t n, double wd, double beta1, double beta2,
+			  double eps);
+
+/* Adam-mini as LLaMA-Factory's use_adam_mini (lib/train/optim_adam_mini.c,
+ * the adam_mini package 1.1.1): dim = hidden_size, n_heads =
+ * num_attention_heads.  NULL with a message when a q/k tensor is not made
+ * of whole heads (LoRA factors). */
+ft_optim_ext *ft_adam_mini_new(ft_param *const *params, size_t n, int dim, int n_heads, double wd,
+			       double beta1, double beta2, double eps);
+
+/* GaLore as LLaMA-Factory's use_galore (lib/train/optim_galore.c,
+ * galore_torch 1.0's GaLoreAdamW).  is_galore[k]: params[k] is a weight
+ * of a galore_target module. */
+typedef enum { FT_GALORE_STD, FT_GALORE_REVERSE_STD, FT_GALORE_RIGHT, FT_GALORE_LEFT } ft_galore_proj;
+typedef struct {
+	int rank;                      /* galore_rank (16) */
+	int update_interval;           /* galore_update_interval (200) */
+	double scale;                  /* galore_scale (2.0) */
+	ft_galore_proj proj_type;      /* std */
+	double beta1, beta2, eps, weight_decay;
+} ft_galore_opts;
+int ft_galore_proj_parse(const char *s);
+ft_optim_ext *ft_galore_new(ft_param *const *params, size_t n, const int *is_galore,
+			    const ft_galore_opts *o);
+
+#endif
