@@ -145,6 +145,16 @@ fuzz: $(FUZZ_BINS)
 	done; echo "fuzz: every target ran $(FUZZ_SECONDS) s without a finding"
 
 unit: $(UNIT_BINS)
+
+# The CUDA flash-attention kernels compiled for the host with emulated
+# threads (tests/emu/test_flash_emu.cc): a unit test that needs no GPU.
+CXX ?= c++
+unit: build/asan/tests/test_flash_emu
+build/asan/tests/test_flash_emu: tests/emu/test_flash_emu.cc lib/cuda/flash_kernels.cuh \
+		lib/model/flash.h lib/model/kernels.h tests/unit/tap.h build/asan/libft.a
+	@mkdir -p $(@D)
+	$(CXX) -std=c++17 $(WARN) -Wno-unknown-pragmas $(OPT) -g -O1 $(SAN) -iquote lib -iquote tests/unit -x c++ $< \
+		-x none build/asan/libft.a $(LDLIBS) -pthread -o $@
 asan-tools: $(ASAN_BINS)
 
 test: all unit asan-tools

@@ -128,7 +128,6 @@ struct ft_cuda_model {
 	      *tmp, *drop, *ddrop, *lhs, *head_x, *head_dx, *head_scratch;
 	double *row_loss;
 	uint16_t *hx, *hy, *hhead;     /* half casts of matmul operands */
-	float *att_s, *att_p;          /* attention scratch [Hk, T, T] */
 	float *att_di;                 /* [N, Hq] rowsum(O * dO) */
 	double *sumsq;                 /* [ntens][FT_SUMSQ_BLOCKS] grad-norm partials */
 	int *flag;                     /* non-finite gradient seen */

@@ -140,7 +140,7 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 			t->v = TAKE(a, t->n, float, A_OPTIM);
 		}
 	}
-	size_t N = dm->o.max_tokens, T = dm->o.max_seq, D = v->D, F = v->F, L = v->L;
+	size_t N = dm->o.max_tokens, D = v->D, F = v->F, L = v->L;
 	size_t qd = (size_t)v->Hq * v->hd, kd = (size_t)v->Hk * v->hd, mi = max_in(v);
 	size_t r = lora_rank(dm), V = v->V;
 	dm->n_acts = v->gradient_checkpointing ? 1 : (int)L;
@@ -179,8 +179,8 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 		dm->hy = TAKE(a, N * mi, uint16_t, A_SCRATCH);
 		dm->hhead = TAKE(a, chunk * V, uint16_t, A_SCRATCH);
 	}
-	dm->att_s = TAKE(a, (size_t)v->Hk * T * T, float, A_SCRATCH);
-	dm->att_p = TAKE(a, (size_t)v->Hk * T * T, float, A_SCRATCH);
+	/* flash attention (attention.cu) keeps its tiles in shared memory:
+	 * only rowsum(O * dO), no [T, T] scratch */
 	dm->att_di = TAKE(a, N * v->Hq, float, A_SCRATCH);
 	dm->sumsq = TAKE(a, (size_t)dm->ntens * FT_SUMSQ_BLOCKS, double, A_SCRATCH);
 	dm->flag = TAKE(a, 1, int, A_SCRATCH);

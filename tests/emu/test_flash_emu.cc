@@ -1,0 +1,190 @@
+/* test_flash_emu.cc - the CUDA flash-attention kernels themselves
+ * (lib/cuda/flash_kernels.cuh, the source nvcc compiles into
+ * libft_cuda.so) run on the host with emulated CUDA built-ins, against
+ * the CPU attention ft_attention_forward/backward.  No GPU needed.
+ *
+ * The emulation: a block is 256 std::threads; __syncthreads and
+ * __syncwarp are barriers over the block and over each 32-thread warp;
+ * __shfl_xor_sync exchanges through a per-block array between two warp
+ * barriers; __shared__ arrays are statics (blocks run one after
+ * another); the dynamic shared memory is a heap block of exactly the
+ * launcher's size (fa_smem_*), filled with NaN before every block, so
+ * ASan reports any access past it and a read of a tile element that was
+ * never loaded turns the result into NaN.  What it cannot show: timing,
+ * races the barriers here would hide (none: every shared write is
+ * followed by a barrier before another thread reads it, which is what
+ * the emulation enforces too), occupancy and the shared-memory opt-in.
+ *
+ * Tolerance: as tests/unit/test_flash.c (1e-5 of the largest element):
+ * the kernels use fmaf and butterfly sums where the CPU uses BLAS sums.
+ */
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+#include <pthread.h>
+extern "C" {
+#include "model/flash.h"
+#include "model/layers.h"
+}
+#include "tap.h"
+
+/* ---- the CUDA built-ins the kernels use ---- */
+struct emu_dim3 { unsigned x, y, z; };
+static thread_local emu_dim3 threadIdx, blockIdx;
+static emu_dim3 blockDim = { 256, 1, 1 }, gridDim;
+static float *emu_smem;
+static pthread_barrier_t emu_block, emu_warp[8];
+static float emu_xchg[256];
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(n)
+#define __shared__ static
+#define FA_DYNAMIC_SMEM(name) float *name = emu_smem
+
+static void __syncthreads() { pthread_barrier_wait(&emu_block); }
+static void __syncwarp() { pthread_barrier_wait(&emu_warp[threadIdx.x / 32]); }
+
+static float __shfl_xor_sync(unsigned mask, float v, int o, int width)
+{
+	(void)mask;
+	unsigned t = threadIdx.x, lane = t % 32;
+	unsigned src = (lane & ~(unsigned)(width - 1)) | ((lane ^ (unsigned)o) & (width - 1));
+	emu_xchg[t] = v;
+	__syncwarp();
+	float r = emu_xchg[t - lane + src];
+	__syncwarp();
+	return r;
+}
+
+#include "cuda/flash_kernels.cuh"
+
+/* Run body (a kernel call) over grid with 256 threads per block, one
+ * block at a time. */
+template <typename F>
+static void launch(F body, emu_dim3 grid, size_t smem)
+{
+	float *mem = (float *)malloc(smem ? smem : 1);
+	emu_smem = mem;
+	gridDim = grid;
+	auto poison = [&] {
+		for (size_t i = 0; i < smem / sizeof(float); i++)
+			mem[i] = NAN;
+	};
+	poison();
+	std::vector<std::thread> ts;
+	for (unsigned t = 0; t < 256; t++)
+		ts.emplace_back([&, t] {
+			threadIdx = { t, 0, 0 };
+			for (unsigned z = 0; z < grid.z; z++)
+				for (unsigned y = 0; y < grid.y; y++)
+					for (unsigned x = 0; x < grid.x; x++) {
+						blockIdx = { x, y, z };
+						body();
+						pthread_barrier_wait(&emu_block);
+						if (t == 0)
+							poison();
+						pthread_barrier_wait(&emu_block);
+					}
+		});
+	for (auto &t : ts)
+		t.join();
+	free(mem);
+}
+
+template <int NDR>
+static void run(fa_args<float> &p, int B, int backward)
+{
+	unsigned tiles = (unsigned)((p.T + FT_FA_BR - 1) / FT_FA_BR);
+	if (!backward) {
+		launch([&] { fa_fwd_k<float, NDR>(p); }, { tiles, (unsigned)p.Hq, (unsigned)B },
+		       fa_smem_fwd(p.hd));
+		return;
+	}
+	size_t NH = (size_t)B * p.T * p.Hq;
+	launch([&] { rowdot_k<float>(p.Di, p.o, p.dout, NH, p.hd); },
+	       { (unsigned)((NH + 255) / 256), 1, 1 }, 0);
+	launch([&] { fa_dkdv_k<float, NDR>(p); }, { tiles, (unsigned)p.Hk, (unsigned)B },
+	       fa_smem_dkdv(p.hd));
+	launch([&] { fa_dq_k<float, NDR>(p); }, { tiles, (unsigned)p.Hq, (unsigned)B },
+	       fa_smem_dq(p.hd));
+}
+
+/* as err() in tests/unit/test_flash.c */
+static double err(const float *a, const float *ref, size_t n)
+{
+	double d = 0, s = 0.1;
+	for (size_t i = 0; i < n; i++) {
+		double e = fabs((double)a[i] - ref[i]);
+		if (e > d || e != e) d = e != e ? INFINITY : e;
+		if (fabs(ref[i]) > s) s = fabs(ref[i]);
+	}
+	return d / s;
+}
+
+static unsigned rng = 777;
+static std::vector<float> rnd(size_t n, float amp)
+{
+	std::vector<float> x(n);
+	for (auto &v : x) {
+		rng = rng * 1103515245u + 12345u;
+		v = amp * (((rng >> 8) & 0xffff) / 32768.0f - 1.0f);
+	}
+	return x;
+}
+
+static void test_case(int B, int T, int Hq, int Hk, int hd, int window, int packed)
+{
+	size_t N = (size_t)B * T, nq = N * Hq * hd, nk = N * Hk * hd, nl = N * Hq;
+	std::vector<float> q = rnd(nq, 1.5f), k = rnd(nk, 1.5f), v = rnd(nk, 1), go = rnd(nq, 1);
+	std::vector<int32_t> seg(N);
+	for (int b = 0; b < B; b++)              /* ft-pack's neat packing */
+		for (int t = 0; t < T; t++)
+			seg[(size_t)b * T + t] = t >= T - 5 - b ? 0 : 1 + (t + 7 * b) / 23;
+	ft_attn_shape s = { B, T, Hq, Hk, hd, window, packed ? seg.data() : NULL };
+	std::vector<float> o1(nq), o2(nq), l1(nl), l2(nl), Di(nl);
+	std::vector<float> g1[3] = { std::vector<float>(nq), std::vector<float>(nk),
+				     std::vector<float>(nk) };
+	std::vector<float> g2[3] = { std::vector<float>(nq, NAN), std::vector<float>(nk, NAN),
+				     std::vector<float>(nk, NAN) };
+	ft_attention_forward(o1.data(), l1.data(), q.data(), k.data(), v.data(), &s);
+	ft_attention_backward(g1[0].data(), g1[1].data(), g1[2].data(), go.data(), q.data(),
+			      k.data(), v.data(), o1.data(), l1.data(), &s);
+	fa_args<float> p;
+	memset(&p, 0, sizeof p);
+	p.q = q.data(), p.k = k.data(), p.v = v.data(), p.o = o2.data(), p.dout = go.data();
+	p.out = o2.data(), p.lse = l2.data(), p.Di = Di.data(), p.seg = s.seg;
+	p.dq = g2[0].data(), p.dk = g2[1].data(), p.dv = g2[2].data();
+	p.T = T, p.Hq = Hq, p.Hk = Hk, p.hd = hd, p.window = window;
+	p.scale = 1.0f / sqrtf((float)hd);
+	for (int pass = 0; pass < 2; pass++) {
+		if (hd <= 64) run<8>(p, B, pass);
+		else if (hd <= 128) run<16>(p, B, pass);
+		else run<32>(p, B, pass);
+	}
+	double eo = err(o2.data(), o1.data(), nq), el = err(l2.data(), l1.data(), nl);
+	double e0 = err(g2[0].data(), g1[0].data(), nq), e1 = err(g2[1].data(), g1[1].data(), nk);
+	double e2 = err(g2[2].data(), g1[2].data(), nk);
+	ok(eo <= 1e-5 && el <= 1e-5 && e0 <= 1e-5 && e1 <= 1e-5 && e2 <= 1e-5,
+	   "kernels B=%d T=%d Hq=%d Hk=%d hd=%d window=%d packed=%d: out %.2g lse %.2g "
+	   "dq %.2g dk %.2g dv %.2g", B, T, Hq, Hk, hd, window, packed, eo, el, e0, e1, e2);
+}
+
+int main(void)
+{
+	pthread_barrier_init(&emu_block, NULL, 256);
+	for (int w = 0; w < 8; w++)
+		pthread_barrier_init(&emu_warp[w], NULL, 32);
+	test_case(1, 1, 1, 1, 8, 0, 0);
+	test_case(2, 31, 4, 2, 16, 0, 0);
+	test_case(1, 70, 4, 1, 36, 0, 0);     /* hd off the 8 lanes, 4 heads per kv */
+	test_case(1, 100, 2, 1, 8, 17, 0);    /* window: tiles skipped */
+	test_case(2, 97, 4, 2, 16, 0, 1);     /* packed rows: tiles skipped */
+	test_case(1, 45, 2, 2, 72, 9, 1);     /* 16 accumulators per lane */
+	test_case(1, 33, 2, 1, 136, 0, 0);    /* 32 accumulators per lane */
+	return tap_done();
+}
