@@ -29,6 +29,7 @@ static const ftp_cuda_api api = {
 	ft_cuda_set_position,
 	ft_cuda_peak_bytes,
 	ft_cuda_sync,
+	ft_cuda_attention_run,
 };
 
 extern "C" FTP_EXPORT const ftp_cuda_api *ftp_cuda_backend_api(void) { return &api; }

@@ -42,6 +42,7 @@ static __device__ __forceinline__ float to_f(__half x) { return __half2float(x);
 static __device__ __forceinline__ void put(__nv_bfloat16 *p, float x) { *p = __float2bfloat16_rn(x); }
 static __device__ __forceinline__ void put(__half *p, float x) { *p = __float2half_rn(x); }
 #include "cuda/flash_kernels.cuh"
+static_assert(FT_CU_ATTN_MAX_HD <= FA_LANES * FA_MAX_NDR, "head_dim bound of run_pass");
 
 /* ---- launchers ---- */
 
@@ -85,14 +86,16 @@ static int run_pass(const fa_args<E> &p, int B, int pass, cudaStream_t st)
 		return launch<E, 8>(p, B, pass, st);
 	if (p.hd <= 128)
 		return launch<E, 16>(p, B, pass, st);
-	return launch<E, 32>(p, B, pass, st);
+	return launch<E, FA_MAX_NDR>(p, B, pass, st);
 }
 
 static int check_shape(const ft_cu_attn *s)
 {
-	if (s->Hk <= 0 || s->Hq % s->Hk || s->hd <= 0 || s->hd > FA_MAX_HD || s->T <= 0 || s->B <= 0)
+	if (s->Hk <= 0 || s->Hq % s->Hk || s->hd <= 0 || s->hd > FT_CU_ATTN_MAX_HD ||
+	    s->T <= 0 || s->B <= 0)
 		return ft_fail("attention: %d heads over %d kv heads, head_dim %d (at most %d), "
-			       "B=%d T=%d: unsupported", s->Hq, s->Hk, s->hd, FA_MAX_HD, s->B, s->T);
+			       "B=%d T=%d: unsupported", s->Hq, s->Hk, s->hd, FT_CU_ATTN_MAX_HD,
+			       s->B, s->T);
 	return 0;
 }
 
@@ -169,4 +172,67 @@ int ft_cu_attention_backward(ft_cuda_model *dm, float *dq, float *dk, float *dv,
 {
 	return flash_backward<float>(dm->stream, dq, dk, dv, dm->att_di, dout, q, k, v, out,
 				     lse, s);
+}
+
+/* ---- the attention alone, for tests/gpu ---- */
+
+typedef struct {
+	float *q, *k, *v, *dout, *out, *lse, *Di, *dq, *dk, *dv;
+	int32_t *seg;
+} att_bufs;
+
+static int attention_run_on(cudaStream_t st, const att_bufs *d, const ft_cuda_attn_shape *s,
+			    const float *const in[4], float *const res[5])
+{
+	size_t N = (size_t)s->B * s->T, nq = N * s->Hq * s->hd, nk = N * s->Hk * s->hd;
+	size_t n_in[4] = { nq, nk, nk, nq }, n_res[5] = { nq, N * s->Hq, nq, nk, nk };
+	float *const din[4] = { d->q, d->k, d->v, d->dout };
+	float *const dres[5] = { d->out, d->lse, d->dq, d->dk, d->dv };
+	for (int i = 0; i < 4; i++)
+		CU(cudaMemcpyAsync(din[i], in[i], n_in[i] * 4, cudaMemcpyHostToDevice, st),
+		   "attention input %d", i);
+	if (s->seg)
+		CU(cudaMemcpyAsync(d->seg, s->seg, N * 4, cudaMemcpyHostToDevice, st), "segment ids");
+	ft_cu_attn ds = *s;
+	ds.seg = s->seg ? d->seg : NULL;
+	TRY(flash_forward<float>(st, d->out, d->lse, d->q, d->k, d->v, &ds));
+	TRY(flash_backward<float>(st, d->dq, d->dk, d->dv, d->Di, d->dout, d->q, d->k, d->v,
+				  d->out, d->lse, &ds));
+	for (int i = 0; i < 5; i++)
+		CU(cudaMemcpyAsync(res[i], dres[i], n_res[i] * 4, cudaMemcpyDeviceToHost, st),
+		   "attention result %d", i);
+	CU(cudaStreamSynchronize(st), "attention B=%d T=%d Hq=%d Hk=%d hd=%d", s->B, s->T,
+	   s->Hq, s->Hk, s->hd);
+	return 0;
+}
+
+int ft_cuda_attention_run(int device, const ft_cuda_attn_shape *s, const float *q,
+			  const float *k, const float *v, const float *dout, float *out,
+			  float *lse, float *dq, float *dk, float *dv)
+{
+	TRY(check_shape(s));
+	size_t N = (size_t)s->B * s->T, nq = N * s->Hq * s->hd, nk = N * s->Hk * s->hd;
+	size_t nl = N * s->Hq, total = 4 * (4 * nq + 4 * nk + 2 * nl + N);
+	CU(cudaSetDevice(device), "device %d", device);
+	float *mem = NULL;
+	cudaStream_t st = NULL;
+	CU(cudaMalloc(&mem, total), "%zu bytes", total);
+	att_bufs d;
+	float *at = mem;
+	float **bufs[] = { &d.q, &d.dout, &d.out, &d.dq, &d.k, &d.v, &d.dk, &d.dv, &d.lse, &d.Di };
+	size_t sizes[] = { nq, nq, nq, nq, nk, nk, nk, nk, nl, nl };
+	for (int i = 0; i < 10; i++) {
+		*bufs[i] = at;
+		at += sizes[i];
+	}
+	d.seg = (int32_t *)at;
+	const float *const in[4] = { q, k, v, dout };
+	float *const res[5] = { out, lse, dq, dk, dv };
+	cudaError_t e = cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
+	int rc = e != cudaSuccess ? ft_cu_fail(e, "cudaStreamCreateWithFlags", "attention")
+				  : attention_run_on(st, &d, s, in, res);
+	if (st)
+		cudaStreamDestroy(st);
+	cudaFree(mem);
+	return rc;
 }

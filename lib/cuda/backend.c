@@ -108,3 +108,11 @@ int ft_cuda_adamw_set(ft_cuda_model *dm, size_t i, const float *exp_avg,
 void ft_cuda_set_position(ft_cuda_model *dm, int64_t n) { BACKEND->set_position(dm, n); }
 size_t ft_cuda_peak_bytes(const ft_cuda_model *dm) { return BACKEND->peak_bytes(dm); }
 int ft_cuda_sync(ft_cuda_model *dm) { return BACKEND->sync(dm); }
+
+int ft_cuda_attention_run(int device, const ft_cuda_attn_shape *s, const float *q,
+			  const float *k, const float *v, const float *dout, float *out,
+			  float *lse, float *dq, float *dk, float *dv)
+{
+	const ftp_cuda_api *a = api();   /* no model: the table may not be loaded yet */
+	return a ? a->attention_run(device, s, q, k, v, dout, out, lse, dq, dk, dv) : -1;
+}

@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define FTP_CUDA_ABI 2
+#define FTP_CUDA_ABI 3
 
 typedef struct {
 	int abi;
@@ -45,6 +45,9 @@ typedef struct {
 	void (*set_position)(ft_cuda_model *, int64_t);
 	size_t (*peak_bytes)(const ft_cuda_model *);
 	int (*sync)(ft_cuda_model *);
+	int (*attention_run)(int, const ft_cuda_attn_shape *, const float *, const float *,
+			     const float *, const float *, float *, float *, float *, float *,
+			     float *);
 } ftp_cuda_api;
 
 /* The .so's entry points (exported; looked up by name with dlsym). */

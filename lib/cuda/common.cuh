@@ -200,7 +200,9 @@ int ft_cu_scale(ft_cuda_model *dm, float *g, float s, size_t n);
 int ft_cu_nonfinite(ft_cuda_model *dm, int *flag, const float *g, size_t n);
 
 /* ---- attention.cu ---- */
-typedef struct { int B, T, Hq, Hk, hd, window; const int32_t *seg; } ft_cu_attn;
+/* Flash attention (no [T, T] buffer).  head_dim at most FT_CU_ATTN_MAX_HD. */
+#define FT_CU_ATTN_MAX_HD 256
+typedef ft_cuda_attn_shape ft_cu_attn;
 int ft_cu_attention_forward(ft_cuda_model *dm, float *out, float *lse, const float *q,
 			    const float *k, const float *v, const ft_cu_attn *s);
 int ft_cu_attention_backward(ft_cuda_model *dm, float *dq, float *dk, float *dv,

@@ -17,7 +17,7 @@
 #define FA_THREADS 256
 #define FA_LANES 8
 #define FA_SPR (FT_FA_BC / FA_LANES)      /* scores per lane and row */
-#define FA_MAX_HD 256
+#define FA_MAX_NDR 32                       /* accumulators per lane: hd <= 256 */
 static_assert(FT_FA_BR == FT_FA_BC && FT_FA_BR * FA_LANES == FA_THREADS,
 	      "one 8-lane group per tile row");
 

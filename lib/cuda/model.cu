@@ -215,6 +215,11 @@ static ft_cuda_model *skeleton(const ft_cuda_view *v, const ft_cuda_opts *o)
 {
 	if (check_opts(o) < 0)
 		return NULL;
+	if (v->hd > FT_CU_ATTN_MAX_HD) {
+		ft_fail("CUDA model: head_dim %d; the attention kernels take at most %d",
+			v->hd, FT_CU_ATTN_MAX_HD);
+		return NULL;
+	}
 	ft_cuda_model *dm = (ft_cuda_model *)ft_xcalloc(1, sizeof *dm);
 	dm->v = *v;
 	dm->o = *o;
