@@ -51,11 +51,14 @@ static_assert(FT_CU_ATTN_MAX_HD <= FA_LANES * FA_MAX_NDR, "head_dim bound of run
 static int allow_smem(const void *f, size_t bytes, int hd, const char *what)
 {
 	int dev = 0, most = 0;
+	cudaFuncAttributes fa;
 	CU(cudaGetDevice(&dev), "%s", what);
 	CU(cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "%s", what);
-	if (bytes > (size_t)most)
+	CU(cudaFuncGetAttributes(&fa, f), "%s", what);
+	/* the opt-in bounds static + dynamic shared memory together */
+	if (bytes + fa.sharedSizeBytes > (size_t)most)
 		return ft_fail("%s: head_dim %d needs %zu bytes of shared memory per block, "
-			       "the device allows %d", what, hd, bytes, most);
+			       "the device allows %d", what, hd, bytes + fa.sharedSizeBytes, most);
 	CU(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes),
 	   "%s (%zu bytes of shared memory)", what, bytes);
 	return 0;
