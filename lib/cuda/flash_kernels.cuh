@@ -39,12 +39,25 @@ static __device__ __forceinline__ float grp_sum(float x)
 	return x;
 }
 
-static __device__ __forceinline__ float dotp(const float *a, const float *b, int n)
+/* The FA_SPR dot products of the shared row a with the rows lane + 8 j
+ * of the tile b: a[d] is read once for all of them (shared-memory
+ * bandwidth bounds these loops). */
+static __device__ __forceinline__ void dots(float *out, const float *a, const float *b,
+					    int lane, int hp, int hd)
 {
-	float r = 0;
-	for (int i = 0; i < n; i++)
-		r = fmaf(a[i], b[i], r);
-	return r;
+	float r[FA_SPR];
+#pragma unroll
+	for (int j = 0; j < FA_SPR; j++)
+		r[j] = 0;
+	for (int d = 0; d < hd; d++) {
+		float x = a[d];
+#pragma unroll
+		for (int j = 0; j < FA_SPR; j++)
+			r[j] = fmaf(x, b[(lane + FA_LANES * j) * hp + d], r[j]);
+	}
+#pragma unroll
+	for (int j = 0; j < FA_SPR; j++)
+		out[j] = r[j];
 }
 
 template <typename E> struct fa_args {
@@ -107,12 +120,13 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_fwd_k(fa_args<E> p)
 			segk[threadIdx.x] = seg && (int)threadIdx.x < nc ? seg[c0 + threadIdx.x] : 1;
 		__syncthreads();
 		float s[FA_SPR], tmax = -INFINITY, psum = 0;
+		dots(s, Qs + row * hp, Ks, lane, hp, hd);
 #pragma unroll
 		for (int j = 0; j < FA_SPR; j++) {
 			int c = lane + FA_LANES * j;
-			s[j] = -INFINITY;
-			if (row < nr && c < nc && ft_k_attn_allowed(t, c0 + c, p.window, seg_t, segk[c]))
-				s[j] = dotp(Qs + row * hp, Ks + c * hp, hd) * p.scale;
+			int allow = row < nr && c < nc &&
+				 ft_k_attn_allowed(t, c0 + c, p.window, seg_t, segk[c]);
+			s[j] = allow ? s[j] * p.scale : -INFINITY;
 			tmax = fmaxf(tmax, s[j]);
 		}
 		float alpha = ft_fa_rescale(&m, grp_max(tmax));
@@ -126,14 +140,15 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_fwd_k(fa_args<E> p)
 		__syncwarp();
 		const float *pr = Ps + row * (FT_FA_BC + 1);
 #pragma unroll
-		for (int i = 0; i < NDR; i++) {
-			int d = lane + FA_LANES * i;
-			if (d < hd) {
-				float x = acc[i] * alpha;
-				for (int c = 0; c < nc; c++)
-					x = fmaf(pr[c], Vs[c * hp + d], x);
-				acc[i] = x;
-			}
+		for (int i = 0; i < NDR; i++)
+			acc[i] *= alpha;
+		for (int c = 0; c < nc; c++) {       /* P[row][c] read once per c */
+			float pc = pr[c];
+			const float *vr = Vs + c * hp + lane;
+#pragma unroll
+			for (int i = 0; i < NDR; i++)
+				if (lane + FA_LANES * i < hd)
+					acc[i] = fmaf(pc, vr[FA_LANES * i], acc[i]);
 		}
 		__syncthreads();
 	}
@@ -205,33 +220,32 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dkdv_k(fa_args<E> p)
 				segq[threadIdx.x] = seg ? seg[t] : 1;
 			}
 			__syncthreads();
+			float sq[FA_SPR], dp[FA_SPR];
+			dots(sq, Ks + col * hp, Qs, lane, hp, hd);
+			dots(dp, Vs + col * hp, dOs, lane, hp, hd);
 #pragma unroll
 			for (int j = 0; j < FA_SPR; j++) {
 				int r = lane + FA_LANES * j;
 				float pv = 0, dsv = 0;
 				if (r < nr && col < nc &&
 				    ft_k_attn_allowed(r0 + r, u, p.window, segq[r], seg_u)) {
-					float sc = dotp(Qs + r * hp, Ks + col * hp, hd) * p.scale;
-					pv = ft_fa_bwd_p(sc, Ls[r], 1);
-					dsv = ft_fa_ds(pv, dotp(dOs + r * hp, Vs + col * hp, hd), Ds[r]);
+					pv = ft_fa_bwd_p(sq[j] * p.scale, Ls[r], 1);
+					dsv = ft_fa_ds(pv, dp[j], Ds[r]);
 				}
 				Ps[col * (FT_FA_BR + 1) + r] = pv;
 				dSs[col * (FT_FA_BR + 1) + r] = dsv;
 			}
 			__syncwarp();
 			const float *pc = Ps + col * (FT_FA_BR + 1), *sc = dSs + col * (FT_FA_BR + 1);
+			for (int r = 0; r < nr; r++) {
+				float pv = pc[r], sv = sc[r];
+				const float *gr = dOs + r * hp + lane, *qr = Qs + r * hp + lane;
 #pragma unroll
-			for (int i = 0; i < NDR; i++) {
-				int d = lane + FA_LANES * i;
-				if (d < hd) {
-					float sv = av[i], sk = ak[i];
-					for (int r = 0; r < nr; r++) {
-						sv = fmaf(pc[r], dOs[r * hp + d], sv);
-						sk = fmaf(sc[r], Qs[r * hp + d], sk);
+				for (int i = 0; i < NDR; i++)
+					if (lane + FA_LANES * i < hd) {
+						av[i] = fmaf(pv, gr[FA_LANES * i], av[i]);
+						ak[i] = fmaf(sv, qr[FA_LANES * i], ak[i]);
 					}
-					av[i] = sv;
-					ak[i] = sk;
-				}
 			}
 			__syncthreads();
 		}
@@ -284,28 +298,26 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dq_k(fa_args<E> p)
 		if (threadIdx.x < FT_FA_BC)
 			segk[threadIdx.x] = seg && (int)threadIdx.x < nc ? seg[c0 + threadIdx.x] : 1;
 		__syncthreads();
+		float sq[FA_SPR], dp[FA_SPR];
+		dots(sq, Qs + row * hp, Ks, lane, hp, hd);
+		dots(dp, dOs + row * hp, Vs, lane, hp, hd);
 #pragma unroll
 		for (int j = 0; j < FA_SPR; j++) {
 			int c = lane + FA_LANES * j;
 			float dsv = 0;
-			if (row < nr && c < nc && ft_k_attn_allowed(t, c0 + c, p.window, seg_t, segk[c])) {
-				float sc = dotp(Qs + row * hp, Ks + c * hp, hd) * p.scale;
-				float pv = ft_fa_bwd_p(sc, L, 1);
-				dsv = ft_fa_ds(pv, dotp(dOs + row * hp, Vs + c * hp, hd), D);
-			}
+			if (row < nr && c < nc && ft_k_attn_allowed(t, c0 + c, p.window, seg_t, segk[c]))
+				dsv = ft_fa_ds(ft_fa_bwd_p(sq[j] * p.scale, L, 1), dp[j], D);
 			dSs[row * (FT_FA_BC + 1) + c] = dsv;
 		}
 		__syncwarp();
 		const float *sr = dSs + row * (FT_FA_BC + 1);
+		for (int c = 0; c < nc; c++) {
+			float sv = sr[c];
+			const float *kr = Ks + c * hp + lane;
 #pragma unroll
-		for (int i = 0; i < NDR; i++) {
-			int d = lane + FA_LANES * i;
-			if (d < hd) {
-				float a = acc[i];
-				for (int c = 0; c < nc; c++)
-					a = fmaf(sr[c], Ks[c * hp + d], a);
-				acc[i] = a;
-			}
+			for (int i = 0; i < NDR; i++)
+				if (lane + FA_LANES * i < hd)
+					acc[i] = fmaf(sv, kr[FA_LANES * i], acc[i]);
 		}
 		__syncthreads();
 	}
