@@ -146,11 +146,12 @@ fuzz: $(FUZZ_BINS)
 
 unit: $(UNIT_BINS)
 
-# The CUDA flash-attention kernels compiled for the host with emulated
-# threads (tests/emu/test_flash_emu.cc): a unit test that needs no GPU.
+# CUDA kernel headers compiled for the host with emulated threads
+# (tests/emu/emu.h): unit tests of the kernels that need no GPU.
 CXX ?= c++
-unit: build/asan/tests/test_flash_emu
-build/asan/tests/test_flash_emu: tests/emu/test_flash_emu.cc lib/cuda/flash_kernels.cuh \
+EMU_BINS := $(patsubst tests/emu/%.cc,build/asan/tests/%,$(wildcard tests/emu/test_*.cc))
+unit: $(EMU_BINS)
+$(EMU_BINS): build/asan/tests/%: tests/emu/%.cc tests/emu/emu.h $(wildcard lib/cuda/*.cuh) \
 		lib/model/flash.h lib/model/kernels.h tests/unit/tap.h build/asan/libft.a
 	@mkdir -p $(@D)
 	$(CXX) -std=c++17 $(WARN) -Wno-unknown-pragmas $(OPT) -g -O1 $(SAN) -iquote lib -iquote tests/unit -x c++ $< \

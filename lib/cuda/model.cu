@@ -531,8 +531,8 @@ static int layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_i
 	TRY(ft_cu_rope(dm, a->k, dm->cos_t, dm->sin_t, N, c->Hk, hd, 1));
 	TRY(ft_cu_attention_forward(dm, a->att, a->lse, a->q, a->k, a->v, &s));
 	TRY(lin_fwd(dm, l, 3, a, dm->tmp, a->att, N));
-	TRY(ft_cu_add(dm, a->xmid, x_in, dm->tmp, (size_t)N * D));
-	TRY(ft_cu_rmsnorm_forward(dm, a->ln2, a->rstd2, a->xmid, y->ln2->w, N, D, c->eps));
+	TRY(ft_cu_add_rmsnorm_forward(dm, a->xmid, a->ln2, a->rstd2, x_in, dm->tmp, y->ln2->w,
+				      N, D, c->eps));
 	TRY(lin_fwd(dm, l, 4, a, a->gate, a->ln2, N));
 	TRY(lin_fwd(dm, l, 5, a, a->up, a->ln2, N));
 	TRY(ft_cu_swiglu_forward(dm, dm->hbuf, a->gate, a->up, (size_t)N * c->F));

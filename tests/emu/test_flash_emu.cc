@@ -3,64 +3,21 @@
  * libft_cuda.so) run on the host with emulated CUDA built-ins, against
  * the CPU attention ft_attention_forward/backward.  No GPU needed.
  *
- * The emulation: a block is 256 std::threads; __syncthreads and
- * __syncwarp are barriers over the block and over each 32-thread warp;
- * __shfl_xor_sync exchanges through a per-block array between two warp
- * barriers; __shared__ arrays are statics (blocks run one after
- * another); the dynamic shared memory is a heap block of exactly the
- * launcher's size (fa_smem_*), filled with NaN before every block, so
+ * The emulation is tests/emu/emu.h; the dynamic shared memory is of
+ * exactly the launcher's size (fa_smem_*) and NaN before every block, so
  * ASan reports any access past it and a read of a tile element that was
- * never loaded turns the result into NaN.  What it cannot show: timing,
- * races the barriers here would hide (none: every shared write is
- * followed by a barrier before another thread reads it, which is what
- * the emulation enforces too), occupancy and the shared-memory opt-in.
+ * never loaded turns the result into NaN.
  *
  * Tolerance: as tests/unit/test_flash.c (1e-5 of the largest element):
  * the kernels use fmaf and butterfly sums where the CPU uses BLAS sums
  * (measured at most 8e-7).  The bf16 instantiation: see test_bf16.
  */
-#include <cmath>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <thread>
-#include <vector>
-#include <pthread.h>
+#include "emu.h"
 extern "C" {
 #include "model/flash.h"
 #include "model/layers.h"
 }
 #include "tap.h"
-
-/* ---- the CUDA built-ins the kernels use ---- */
-struct emu_dim3 { unsigned x, y, z; };
-static thread_local emu_dim3 threadIdx, blockIdx;
-static emu_dim3 blockDim = { 256, 1, 1 }, gridDim;
-static float *emu_smem;
-static pthread_barrier_t emu_block, emu_warp[8];
-static float emu_xchg[256];
-
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __launch_bounds__(n)
-#define __shared__ static
-#define FA_DYNAMIC_SMEM(name) float *name = emu_smem
-
-static void __syncthreads() { pthread_barrier_wait(&emu_block); }
-static void __syncwarp() { pthread_barrier_wait(&emu_warp[threadIdx.x / 32]); }
-
-static float __shfl_xor_sync(unsigned mask, float v, int o, int width)
-{
-	(void)mask;
-	unsigned t = threadIdx.x, lane = t % 32;
-	unsigned src = (lane & ~(unsigned)(width - 1)) | ((lane ^ (unsigned)o) & (width - 1));
-	emu_xchg[t] = v;
-	__syncwarp();
-	float r = emu_xchg[t - lane + src];
-	__syncwarp();
-	return r;
-}
 
 /* A bf16 element type, as cuda_bf16.h's __nv_bfloat16 is to the
  * kernels: loaded through to_f, stored through put (round to nearest
@@ -70,39 +27,6 @@ static inline float to_f(emu_bf16 x) { return ft_k_bf16_to_f32(x.h); }
 static inline void put(emu_bf16 *p, float x) { p->h = ft_k_f32_to_bf16(x); }
 
 #include "cuda/flash_kernels.cuh"
-
-/* Run body (a kernel call) over grid with 256 threads per block, one
- * block at a time. */
-template <typename F>
-static void launch(F body, emu_dim3 grid, size_t smem)
-{
-	float *mem = (float *)malloc(smem ? smem : 1);
-	emu_smem = mem;
-	gridDim = grid;
-	auto poison = [&] {
-		for (size_t i = 0; i < smem / sizeof(float); i++)
-			mem[i] = NAN;
-	};
-	poison();
-	std::vector<std::thread> ts;
-	for (unsigned t = 0; t < 256; t++)
-		ts.emplace_back([&, t] {
-			threadIdx = { t, 0, 0 };
-			for (unsigned z = 0; z < grid.z; z++)
-				for (unsigned y = 0; y < grid.y; y++)
-					for (unsigned x = 0; x < grid.x; x++) {
-						blockIdx = { x, y, z };
-						body();
-						pthread_barrier_wait(&emu_block);
-						if (t == 0)
-							poison();
-						pthread_barrier_wait(&emu_block);
-					}
-		});
-	for (auto &t : ts)
-		t.join();
-	free(mem);
-}
 
 template <typename E, int NDR>
 static void run(fa_args<E> &p, int B, int backward)
@@ -233,9 +157,7 @@ static void test_bf16(int B, int T, int Hq, int Hk, int hd)
 
 int main(void)
 {
-	pthread_barrier_init(&emu_block, NULL, 256);
-	for (int w = 0; w < 8; w++)
-		pthread_barrier_init(&emu_warp[w], NULL, 32);
+	emu_init();
 	test_case(1, 1, 1, 1, 8, 0, 0);
 	test_case(2, 31, 4, 2, 16, 0, 0);
 	test_case(1, 70, 4, 1, 36, 0, 0);     /* hd off the 8 lanes, 4 heads per kv */
