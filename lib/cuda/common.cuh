@@ -141,7 +141,7 @@ int ft_cu_embedding_backward(ft_cuda_model *dm, float *dwte, const float *dout,
 int ft_cu_rmsnorm_forward(ft_cuda_model *dm, float *out, float *rstd, const float *x,
 			  const float *w, int N, int D, float eps);
 /* The residual add fused into the norm after it: x_out = a + b, then
- * RMSNorm(x_out); bit-identical to ft_cu_add + ft_cu_rmsnorm_forward. */
+ * RMSNorm(x_out); the operations of ft_cu_add + ft_cu_rmsnorm_forward. */
 int ft_cu_add_rmsnorm_forward(ft_cuda_model *dm, float *x_out, float *out, float *rstd,
 			      const float *a, const float *b, const float *w, int N, int D,
 			      float eps);

@@ -15,7 +15,7 @@
  * RMSNorm(sum) * w, rstd saved.  The element arithmetic (a + b, then the
  * sum of squares in thread-strided order, the block tree sum, and
  * ft_k_rmsnorm_*) is add_k's followed by rmsnorm_forward_k's (ops.cu),
- * so the fused result is bit-identical to the two kernels. */
+ * the same operations in the same order, so it gives their bits. */
 static __global__ void add_rmsnorm_forward_k(float *sum, float *out, float *rstd,
 					     const float *a, const float *b, const float *w,
 					     int D, float eps)
