@@ -27,6 +27,7 @@ LIB_TRAIN  += dist dist_shard trainer_dist
 # LLaMA-Factory's self-contained extras (issue 22 part 4)
 LIB_MODEL  += extras lora_pissa lora_dora
 LIB_TRAIN  += optim_ext optim_loraplus optim_badam optim_muon optim_adam_mini optim_galore
+LIB_MODEL  += flash_ref
 
 LIB_SRC   := $(LIB_UTIL:%=lib/util/%.c) $(LIB_FORMAT:%=lib/format/%.c) \
              $(LIB_TEXT:%=lib/text/%.c) $(LIB_DATA:%=lib/data/%.c) \
@@ -173,6 +174,17 @@ unit: $(TEST_TOOLS)
 build/tests/%: tests/tools/%.c build/libft.a
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $< build/libft.a $(LDLIBS) -o $@
+
+# CUDA kernel headers compiled for the host with emulated threads
+# (tests/emu/emu.h): unit tests of the kernels that need no GPU.
+CXX ?= c++
+EMU_BINS := $(patsubst tests/emu/%.cc,build/asan/tests/%,$(wildcard tests/emu/test_*.cc))
+unit: $(EMU_BINS)
+$(EMU_BINS): build/asan/tests/%: tests/emu/%.cc tests/emu/emu.h $(wildcard lib/cuda/*.cuh) \
+		lib/model/flash.h lib/model/kernels.h tests/unit/tap.h build/asan/libft.a
+	@mkdir -p $(@D)
+	$(CXX) -std=c++17 $(WARN) -Wno-unknown-pragmas $(OPT) -g -O1 $(SAN) -iquote lib -iquote tests/unit -x c++ $< \
+		-x none build/asan/libft.a $(LDLIBS) -pthread -o $@
 asan-tools: $(ASAN_BINS)
 
 test: all unit asan-tools

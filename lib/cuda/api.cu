@@ -39,6 +39,7 @@ static const ftp_cuda_api api = {
 	ft_cuda_infer_len,
 	ft_cuda_infer_forward,
 	ft_cuda_grads_each,
+	ft_cuda_attention_run,
 };
 
 extern "C" FTP_EXPORT const ftp_cuda_api *ftp_cuda_backend_api(void) { return &api; }

@@ -1,116 +1,171 @@
-/* attention.cu - causal softmax attention with segment ids, sliding
- * window and GQA, as ft_attention_forward/backward (lib/model/layers.c).
+/* attention.cu - fused ("flash") causal softmax attention with segment
+ * ids, sliding window and GQA, as ft_attention_forward/backward
+ * (lib/model/layers.c).
  *
- * Implementation: cuBLAS strided-batched products plus fused masked
- * softmax kernels, NOT a fused flash kernel.  For each batch row b and
- * each position j inside a kv group, one batched product over the Hk kv
- * heads computes the scores S[g] = scale Q[b, g*grp+j] K[b, g]^T into a
- * [Hk, T, T] fp32 scratch; a kernel masks and normalises them in place
- * (saving the log-sum-exp per row, as the CPU does); a second batched
- * product gives O = P V.  The backward pass recomputes S and P from the
- * saved lse (no [T, T] is kept between passes) and forms dS = P (dP - D)
- * with D = rowsum(O dO), then dQ = scale dS K, dK += scale dS^T Q,
- * dV += P^T dO.
- * Limits: scratch is 2 * Hk * T^2 floats (T = 4096, Hk = 32: 4 GiB);
- * the masked upper triangle is computed and discarded (2x the FLOPs of a
- * causal flash kernel); products are fp32 (TF32 in the half modes).
+ * FlashAttention-2's algorithm; the per-tile arithmetic (online softmax,
+ * mask, tile skipping) is lib/model/flash.h's, shared with the host
+ * reference lib/model/flash_ref.c that tests/unit/test_flash.c checks
+ * against the CPU attention.  Three kernels, no [T, T] buffer anywhere:
+ *   forward  one block per (query tile, q head, batch row): Q tile in
+ *            shared memory, K/V tiles streamed through it, running max /
+ *            sum / output in registers; writes O and the row lse.
+ *   dK, dV   one block per (key tile, kv head, batch row): loops over
+ *            the group's q heads and the query tiles that can see the
+ *            keys, recomputing P = exp(s - lse); GQA groups accumulate in
+ *            registers (no K/V copies, no atomics).
+ *   dQ       one block per (query tile, q head, batch row): a second
+ *            pass over key tiles, so dQ too is written once.
+ * Every output element is written by one thread in a fixed order: the
+ * results are run-to-run identical.  Tile pairs that the mask leaves
+ * empty (above the diagonal, outside the window, other segments) are
+ * skipped.
+ *
+ * Thread mapping: 256 threads = 32 groups of 8 lanes; a group owns one
+ * row of the tile (a query; a key in the dK/dV kernel), its 8 lanes take
+ * every 8th score of the row and every 8th feature d of the accumulator
+ * (hd <= 256: at most 32 registers per accumulator).  Shared rows are
+ * padded to hd + 1 floats so the lanes of a warp hit distinct banks.
+ *
+ * Element type E of Q, K, V, O, dO and the gradients: float today (the
+ * activations are fp32); the kernels load into fp32 shared tiles and
+ * accumulate in fp32, and are instantiated for bf16 and fp16 as well so
+ * half activations drop in.  Products run on CUDA cores in fp32 (no
+ * tensor cores yet): this kernel removes the O(T^2) memory and the
+ * masked half of the work, it is not yet the fast one.
  */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include "cuda/common.cuh"
 
-#define ATPB 128
+static __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+static __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+static __device__ __forceinline__ void put(__nv_bfloat16 *p, float x) { *p = __float2bfloat16_rn(x); }
+static __device__ __forceinline__ void put(__half *p, float x) { *p = __float2half_rn(x); }
+#include "cuda/flash_kernels.cuh"
+static_assert(FT_CU_ATTN_MAX_HD <= FA_LANES * FA_MAX_NDR, "head_dim bound of run_pass");
 
-static __device__ int allowed(const int32_t *seg, int t, int u, int window)
-{
-	return ft_k_attn_allowed(t, u, window, seg ? seg[t] : 1, seg ? seg[u] : 1);
-}
+/* ---- launchers ---- */
 
-/* Block (t, g): row t of S[g] -> probabilities in place; lse saved. */
-static __global__ void softmax_fwd_k(float *S, float *lse, const int32_t *seg, int T,
-				     int window, int b, int j, int grp, int Hq)
+/* Allow kernel f `bytes` of dynamic shared memory (over the default 48
+ * KiB needs the opt-in), or fail naming what does not fit. */
+static int allow_smem(const void *f, size_t bytes, int hd, const char *what)
 {
-	__shared__ float sh[ATPB];
-	int t = blockIdx.x, g = blockIdx.y, h = g * grp + j;
-	float *row = S + ((size_t)g * T + t) * T;
-	float mx = -INFINITY;
-	for (int u = threadIdx.x; u <= t; u += blockDim.x)
-		if (allowed(seg, t, u, window))
-			mx = fmaxf(mx, row[u]);
-	mx = ft_cu_block_max(mx, sh);
-	float sum = 0;
-	for (int u = threadIdx.x; u < T; u += blockDim.x) {
-		float e = u <= t && allowed(seg, t, u, window) ? expf(row[u] - mx) : 0.0f;
-		row[u] = e;
-		sum += e;
-	}
-	sum = ft_cu_block_sum(sum, sh);
-	float inv = 1.0f / sum;
-	for (int u = threadIdx.x; u <= t; u += blockDim.x)
-		row[u] *= inv;
-	if (threadIdx.x == 0)
-		lse[((size_t)b * Hq + h) * T + t] = mx + logf(sum);
-}
-
-/* Block (t, g): P = exp(S - lse) masked (into S), dS = P (dP - D) (into dP). */
-static __global__ void softmax_bwd_k(float *S, float *dP, const float *lse, const float *Di,
-				     const int32_t *seg, int T, int window, int b, int j,
-				     int grp, int Hq)
-{
-	int t = blockIdx.x, g = blockIdx.y, h = g * grp + j;
-	float *p = S + ((size_t)g * T + t) * T, *dp = dP + ((size_t)g * T + t) * T;
-	float L = lse[((size_t)b * Hq + h) * T + t];
-	float di = Di[((size_t)b * T + t) * Hq + h];
-	for (int u = threadIdx.x; u < T; u += blockDim.x) {
-		float pu = u <= t && allowed(seg, t, u, window) ? expf(p[u] - L) : 0.0f;
-		p[u] = pu;
-		dp[u] = pu * (dp[u] - di);
-	}
-}
-
-/* Di[n, h] = sum_d O[n, h, d] dO[n, h, d] */
-static __global__ void rowdot_k(float *Di, const float *O, const float *dO, size_t NH, int hd)
-{
-	for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < NH;
-	     i += (size_t)gridDim.x * blockDim.x) {
-		const float *o = O + i * hd, *g = dO + i * hd;
-		float s = 0;
-		for (int d = 0; d < hd; d++)
-			s += o[d] * g[d];
-		Di[i] = s;
-	}
-}
-
-static int check_shape(const ft_cuda_model *dm, const ft_cu_attn *s)
-{
-	if (s->T > dm->o.max_seq || s->Hq % s->Hk)
-		return ft_fail("attention: T=%d over the planned %d, or %d heads not a "
-			       "multiple of %d kv heads", s->T, dm->o.max_seq, s->Hq, s->Hk);
+	int dev = 0, most = 0;
+	cudaFuncAttributes fa;
+	CU(cudaGetDevice(&dev), "%s", what);
+	CU(cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "%s", what);
+	CU(cudaFuncGetAttributes(&fa, f), "%s", what);
+	/* the opt-in bounds static + dynamic shared memory together */
+	if (bytes + fa.sharedSizeBytes > (size_t)most)
+		return ft_fail("%s: head_dim %d needs %zu bytes of shared memory per block, "
+			       "the device allows %d", what, hd, bytes + fa.sharedSizeBytes, most);
+	CU(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes),
+	   "%s (%zu bytes of shared memory)", what, bytes);
 	return 0;
 }
+
+template <typename E, int NDR>
+static int launch(const fa_args<E> &p, int B, int pass, cudaStream_t st)
+{
+	int tiles = (p.T + FT_FA_BR - 1) / FT_FA_BR;
+	static const char *names[] = { "flash attention forward", "flash attention dK/dV",
+				       "flash attention dQ" };
+	void (*k)(fa_args<E>) = pass == 0 ? fa_fwd_k<E, NDR> : pass == 1 ? fa_dkdv_k<E, NDR>
+									   : fa_dq_k<E, NDR>;
+	size_t sm = pass == 0 ? fa_smem_fwd(p.hd) : pass == 1 ? fa_smem_dkdv(p.hd) : fa_smem_dq(p.hd);
+	TRY(allow_smem((const void *)k, sm, p.hd, names[pass]));
+	dim3 grid(tiles, pass == 1 ? p.Hk : p.Hq, B);
+	k<<<grid, FA_THREADS, sm, st>>>(p);
+	LAUNCHED(names[pass], "B=%d T=%d Hq=%d Hk=%d hd=%d", B, p.T, p.Hq, p.Hk, p.hd);
+	return 0;
+}
+
+/* pass 0: forward; 1: dK/dV; 2: dQ.  The accumulators' register count
+ * follows hd (8 lanes share a row: hd/8 per thread). */
+template <typename E>
+static int run_pass(const fa_args<E> &p, int B, int pass, cudaStream_t st)
+{
+	if (p.hd <= 64)
+		return launch<E, 8>(p, B, pass, st);
+	if (p.hd <= 128)
+		return launch<E, 16>(p, B, pass, st);
+	return launch<E, FA_MAX_NDR>(p, B, pass, st);
+}
+
+static int check_shape(const ft_cu_attn *s)
+{
+	if (s->Hk <= 0 || s->Hq % s->Hk || s->hd <= 0 || s->hd > FT_CU_ATTN_MAX_HD ||
+	    s->T <= 0 || s->B <= 0)
+		return ft_fail("attention: %d heads over %d kv heads, head_dim %d (at most %d), "
+			       "B=%d T=%d: unsupported", s->Hq, s->Hk, s->hd, FT_CU_ATTN_MAX_HD,
+			       s->B, s->T);
+	return 0;
+}
+
+template <typename E>
+static fa_args<E> args_of(const ft_cu_attn *s)
+{
+	fa_args<E> p;
+	memset(&p, 0, sizeof p);
+	p.seg = s->seg;
+	p.T = s->T;
+	p.Hq = s->Hq;
+	p.Hk = s->Hk;
+	p.hd = s->hd;
+	p.window = s->window;
+	p.scale = 1.0f / sqrtf((float)s->hd);
+	return p;
+}
+
+template <typename E>
+static int flash_forward(cudaStream_t st, E *out, float *lse, const E *q, const E *k,
+			 const E *v, const ft_cu_attn *s)
+{
+	TRY(check_shape(s));
+	fa_args<E> p = args_of<E>(s);
+	p.q = q, p.k = k, p.v = v, p.out = out, p.lse = lse;
+	return run_pass(p, s->B, 0, st);
+}
+
+/* Di: [B*T, Hq] scratch.  Writes (does not add to) dq, dk, dv. */
+template <typename E>
+static int flash_backward(cudaStream_t st, E *dq, E *dk, E *dv, float *Di, const E *dout,
+			  const E *q, const E *k, const E *v, const E *out,
+			  const float *lse, const ft_cu_attn *s)
+{
+	TRY(check_shape(s));
+	fa_args<E> p = args_of<E>(s);
+	p.q = q, p.k = k, p.v = v, p.o = out, p.dout = dout, p.lse = (float *)lse, p.Di = Di;
+	p.dq = dq, p.dk = dk, p.dv = dv;
+	size_t NH = (size_t)s->B * s->T * s->Hq;
+	unsigned blocks = (unsigned)((NH + 255) / 256);
+	rowdot_k<E><<<blocks, 256, 0, st>>>(Di, out, dout, NH, s->hd);
+	LAUNCHED("attention rowdot", "N*Hq=%zu hd=%d", NH, s->hd);
+	TRY(run_pass(p, s->B, 1, st));
+	return run_pass(p, s->B, 2, st);
+}
+
+/* The half element types compile with the fp32 one, so half activations
+ * are a change of pointer types in model.cu, not new kernels. */
+template int flash_forward<__nv_bfloat16>(cudaStream_t, __nv_bfloat16 *, float *,
+					  const __nv_bfloat16 *, const __nv_bfloat16 *,
+					  const __nv_bfloat16 *, const ft_cu_attn *);
+template int flash_forward<__half>(cudaStream_t, __half *, float *, const __half *,
+				   const __half *, const __half *, const ft_cu_attn *);
+template int flash_backward<__nv_bfloat16>(cudaStream_t, __nv_bfloat16 *, __nv_bfloat16 *,
+					   __nv_bfloat16 *, float *, const __nv_bfloat16 *,
+					   const __nv_bfloat16 *, const __nv_bfloat16 *,
+					   const __nv_bfloat16 *, const __nv_bfloat16 *,
+					   const float *, const ft_cu_attn *);
+template int flash_backward<__half>(cudaStream_t, __half *, __half *, __half *, float *,
+				    const __half *, const __half *, const __half *,
+				    const __half *, const __half *, const float *,
+				    const ft_cu_attn *);
 
 int ft_cu_attention_forward(ft_cuda_model *dm, float *out, float *lse, const float *q,
 			    const float *k, const float *v, const ft_cu_attn *s)
 {
-	TRY(check_shape(dm, s));
-	int T = s->T, hd = s->hd, grp = s->Hq / s->Hk, ldq = s->Hq * hd, ldk = s->Hk * hd;
-	float scale = 1.0f / sqrtf((float)hd);
-	long long TT = (long long)T * T;
-	for (int b = 0; b < s->B; b++) {
-		const int32_t *seg = s->seg ? s->seg + (size_t)b * T : NULL;
-		const float *qb = q + (size_t)b * T * ldq, *kb = k + (size_t)b * T * ldk;
-		const float *vb = v + (size_t)b * T * ldk;
-		for (int j = 0; j < grp; j++) {
-			TRY(ft_cu_gemm_batched(dm, 0, 1, T, T, hd, scale, qb + j * hd, ldq,
-					       (long long)grp * hd, kb, ldk, hd, 0, dm->att_s, T,
-					       TT, s->Hk, "attention scores"));
-			softmax_fwd_k<<<dim3(T, s->Hk), ATPB, 0, dm->stream>>>(
-				dm->att_s, lse, seg, T, s->window, b, j, grp, s->Hq);
-			LAUNCHED("attention softmax", "T=%d Hk=%d", T, s->Hk);
-			TRY(ft_cu_gemm_batched(dm, 0, 0, T, hd, T, 1, dm->att_s, T, TT, vb, ldk,
-					       hd, 0, out + (size_t)b * T * ldq + j * hd, ldq,
-					       (long long)grp * hd, s->Hk, "attention P V"));
-		}
-	}
-	return 0;
+	return flash_forward<float>(dm->stream, out, lse, q, k, v, s);
 }
 
 int ft_cu_attention_backward(ft_cuda_model *dm, float *dq, float *dk, float *dv,
@@ -118,38 +173,69 @@ int ft_cu_attention_backward(ft_cuda_model *dm, float *dq, float *dk, float *dv,
 			     const float *v, const float *out, const float *lse,
 			     const ft_cu_attn *s)
 {
-	TRY(check_shape(dm, s));
-	int T = s->T, hd = s->hd, grp = s->Hq / s->Hk, ldq = s->Hq * hd, ldk = s->Hk * hd;
-	float scale = 1.0f / sqrtf((float)hd);
-	long long TT = (long long)T * T, sq = (long long)grp * hd;
-	size_t N = (size_t)s->B * T, nk = N * ldk;
-	TRY(ft_cu_zero(dm, dk, nk * sizeof(float)));
-	TRY(ft_cu_zero(dm, dv, nk * sizeof(float)));
-	size_t NH = N * s->Hq;
-	rowdot_k<<<(unsigned)((NH + 255) / 256), 256, 0, dm->stream>>>(dm->att_di, out, dout,
-									NH, hd);
-	LAUNCHED("attention rowdot", "N=%zu Hq=%d hd=%d", N, s->Hq, hd);
-	for (int b = 0; b < s->B; b++) {
-		const int32_t *seg = s->seg ? s->seg + (size_t)b * T : NULL;
-		size_t oq = (size_t)b * T * ldq, ok = (size_t)b * T * ldk;
-		for (int j = 0; j < grp; j++) {
-			size_t oj = oq + (size_t)j * hd;
-			TRY(ft_cu_gemm_batched(dm, 0, 1, T, T, hd, scale, q + oj, ldq, sq, k + ok,
-					       ldk, hd, 0, dm->att_s, T, TT, s->Hk,
-					       "attention scores (backward)"));
-			TRY(ft_cu_gemm_batched(dm, 0, 1, T, T, hd, 1, dout + oj, ldq, sq, v + ok,
-					       ldk, hd, 0, dm->att_p, T, TT, s->Hk, "attention dO V^T"));
-			softmax_bwd_k<<<dim3(T, s->Hk), ATPB, 0, dm->stream>>>(
-				dm->att_s, dm->att_p, lse, dm->att_di, seg, T, s->window, b, j,
-				grp, s->Hq);
-			LAUNCHED("attention softmax backward", "T=%d Hk=%d", T, s->Hk);
-			TRY(ft_cu_gemm_batched(dm, 0, 0, T, hd, T, scale, dm->att_p, T, TT, k + ok,
-					       ldk, hd, 0, dq + oj, ldq, sq, s->Hk, "attention dQ"));
-			TRY(ft_cu_gemm_batched(dm, 1, 0, T, hd, T, scale, dm->att_p, T, TT, q + oj,
-					       ldq, sq, 1, dk + ok, ldk, hd, s->Hk, "attention dK"));
-			TRY(ft_cu_gemm_batched(dm, 1, 0, T, hd, T, 1, dm->att_s, T, TT, dout + oj,
-					       ldq, sq, 1, dv + ok, ldk, hd, s->Hk, "attention dV"));
-		}
-	}
+	return flash_backward<float>(dm->stream, dq, dk, dv, dm->att_di, dout, q, k, v, out,
+				     lse, s);
+}
+
+/* ---- the attention alone, for tests/gpu ---- */
+
+typedef struct {
+	float *q, *k, *v, *dout, *out, *lse, *Di, *dq, *dk, *dv;
+	int32_t *seg;
+} att_bufs;
+
+static int attention_run_on(cudaStream_t st, const att_bufs *d, const ft_cuda_attn_shape *s,
+			    const float *const in[4], float *const res[5])
+{
+	size_t N = (size_t)s->B * s->T, nq = N * s->Hq * s->hd, nk = N * s->Hk * s->hd;
+	size_t n_in[4] = { nq, nk, nk, nq }, n_res[5] = { nq, N * s->Hq, nq, nk, nk };
+	float *const din[4] = { d->q, d->k, d->v, d->dout };
+	float *const dres[5] = { d->out, d->lse, d->dq, d->dk, d->dv };
+	for (int i = 0; i < 4; i++)
+		CU(cudaMemcpyAsync(din[i], in[i], n_in[i] * 4, cudaMemcpyHostToDevice, st),
+		   "attention input %d", i);
+	if (s->seg)
+		CU(cudaMemcpyAsync(d->seg, s->seg, N * 4, cudaMemcpyHostToDevice, st), "segment ids");
+	ft_cu_attn ds = *s;
+	ds.seg = s->seg ? d->seg : NULL;
+	TRY(flash_forward<float>(st, d->out, d->lse, d->q, d->k, d->v, &ds));
+	TRY(flash_backward<float>(st, d->dq, d->dk, d->dv, d->Di, d->dout, d->q, d->k, d->v,
+				  d->out, d->lse, &ds));
+	for (int i = 0; i < 5; i++)
+		CU(cudaMemcpyAsync(res[i], dres[i], n_res[i] * 4, cudaMemcpyDeviceToHost, st),
+		   "attention result %d", i);
+	CU(cudaStreamSynchronize(st), "attention B=%d T=%d Hq=%d Hk=%d hd=%d", s->B, s->T,
+	   s->Hq, s->Hk, s->hd);
 	return 0;
+}
+
+int ft_cuda_attention_run(int device, const ft_cuda_attn_shape *s, const float *q,
+			  const float *k, const float *v, const float *dout, float *out,
+			  float *lse, float *dq, float *dk, float *dv)
+{
+	TRY(check_shape(s));
+	size_t N = (size_t)s->B * s->T, nq = N * s->Hq * s->hd, nk = N * s->Hk * s->hd;
+	size_t nl = N * s->Hq, total = 4 * (4 * nq + 4 * nk + 2 * nl + N);
+	CU(cudaSetDevice(device), "device %d", device);
+	float *mem = NULL;
+	cudaStream_t st = NULL;
+	CU(cudaMalloc(&mem, total), "%zu bytes", total);
+	att_bufs d;
+	float *at = mem;
+	float **bufs[] = { &d.q, &d.dout, &d.out, &d.dq, &d.k, &d.v, &d.dk, &d.dv, &d.lse, &d.Di };
+	size_t sizes[] = { nq, nq, nq, nq, nk, nk, nk, nk, nl, nl };
+	for (int i = 0; i < 10; i++) {
+		*bufs[i] = at;
+		at += sizes[i];
+	}
+	d.seg = (int32_t *)at;
+	const float *const in[4] = { q, k, v, dout };
+	float *const res[5] = { out, lse, dq, dk, dv };
+	cudaError_t e = cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
+	int rc = e != cudaSuccess ? ft_cu_fail(e, "cudaStreamCreateWithFlags", "attention")
+				  : attention_run_on(st, &d, s, in, res);
+	if (st)
+		cudaStreamDestroy(st);
+	cudaFree(mem);
+	return rc;
 }

@@ -164,3 +164,11 @@ int ft_cuda_grads_each(ft_cuda_model *dm, ft_cuda_grad_fn fn, void *ctx)
 {
 	return BACKEND->grads_each(dm, fn, ctx);
 }
+
+int ft_cuda_attention_run(int device, const ft_cuda_attn_shape *s, const float *q,
+			  const float *k, const float *v, const float *dout, float *out,
+			  float *lse, float *dq, float *dk, float *dv)
+{
+	const ftp_cuda_api *a = api();   /* no model: the table may not be loaded yet */
+	return a ? a->attention_run(device, s, q, k, v, dout, out, lse, dq, dk, dv) : -1;
+}

@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define FTP_CUDA_ABI 4
+#define FTP_CUDA_ABI 5
 
 typedef struct {
 	int abi;
@@ -59,6 +59,10 @@ typedef struct {
 			     float *);
 	/* ABI 4: per-gradient device pointers (NCCL sums) */
 	int (*grads_each)(ft_cuda_model *, ft_cuda_grad_fn, void *);
+	/* ABI 5: the device attention alone (tests/gpu) */
+	int (*attention_run)(int, const ft_cuda_attn_shape *, const float *, const float *,
+			     const float *, const float *, float *, float *, float *, float *,
+			     float *);
 } ftp_cuda_api;
 
 /* The .so's entry points (exported; looked up by name with dlsym). */

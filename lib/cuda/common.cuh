@@ -31,40 +31,7 @@ int ft_cublas_fail(cublasStatus_t s, const char *call, const char *fmt, ...)
 	if (e_ != cudaSuccess) return ft_cu_fail(e_, name, __VA_ARGS__); } while (0)
 #define TRY(x) do { if ((x) < 0) return -1; } while (0)
 
-/* ---- block reductions (one block per row) ---- */
-
-/* Block-wide sum; every thread gets the result.  sh: blockDim.x elements;
- * blockDim.x a power of two.  The tree order is fixed, so a row sums the
- * same way in every kernel that reduces with it. */
-template <typename T>
-static __device__ T ft_cu_block_sum(T x, T *sh)
-{
-	sh[threadIdx.x] = x;
-	__syncthreads();
-	for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-		if (threadIdx.x < (unsigned)s)
-			sh[threadIdx.x] += sh[threadIdx.x + s];
-		__syncthreads();
-	}
-	T r = sh[0];
-	__syncthreads();
-	return r;
-}
-
-/* Block-wide maximum (fmaxf: a NaN loses to a number), as above. */
-static __device__ inline float ft_cu_block_max(float x, float *sh)
-{
-	sh[threadIdx.x] = x;
-	__syncthreads();
-	for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-		if (threadIdx.x < (unsigned)s)
-			sh[threadIdx.x] = fmaxf(sh[threadIdx.x], sh[threadIdx.x + s]);
-		__syncthreads();
-	}
-	float r = sh[0];
-	__syncthreads();
-	return r;
-}
+#include "cuda/reduce.cuh"
 
 /* ---- the device model ---- */
 
@@ -128,7 +95,6 @@ struct ft_cuda_model {
 	      *tmp, *drop, *ddrop, *lhs, *head_x, *head_dx, *head_scratch;
 	double *row_loss;
 	uint16_t *hx, *hy, *hhead;     /* half casts of matmul operands */
-	float *att_s, *att_p;          /* attention scratch [Hk, T, T] */
 	float *att_di;                 /* [N, Hq] rowsum(O * dO) */
 	double *sumsq;                 /* [ntens][FT_SUMSQ_BLOCKS] grad-norm partials */
 	int *flag;                     /* non-finite gradient seen */
@@ -174,6 +140,11 @@ int ft_cu_embedding_backward(ft_cuda_model *dm, float *dwte, const float *dout,
 			     const int32_t *ids, int N, int D);
 int ft_cu_rmsnorm_forward(ft_cuda_model *dm, float *out, float *rstd, const float *x,
 			  const float *w, int N, int D, float eps);
+/* The residual add fused into the norm after it: x_out = a + b, then
+ * RMSNorm(x_out); the operations of ft_cu_add + ft_cu_rmsnorm_forward. */
+int ft_cu_add_rmsnorm_forward(ft_cuda_model *dm, float *x_out, float *out, float *rstd,
+			      const float *a, const float *b, const float *w, int N, int D,
+			      float eps);
 int ft_cu_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float *dout,
 			   const float *x, const float *w, const float *rstd, int N, int D);
 int ft_cu_rope(ft_cuda_model *dm, float *x, const float *cos_t, const float *sin_t,
@@ -201,7 +172,9 @@ int ft_cu_scale(ft_cuda_model *dm, float *g, float s, size_t n);
 int ft_cu_nonfinite(ft_cuda_model *dm, int *flag, const float *g, size_t n);
 
 /* ---- attention.cu ---- */
-typedef struct { int B, T, Hq, Hk, hd, window; const int32_t *seg; } ft_cu_attn;
+/* Flash attention (no [T, T] buffer).  head_dim at most FT_CU_ATTN_MAX_HD. */
+#define FT_CU_ATTN_MAX_HD 256
+typedef ft_cuda_attn_shape ft_cu_attn;
 int ft_cu_attention_forward(ft_cuda_model *dm, float *out, float *lse, const float *q,
 			    const float *k, const float *v, const ft_cu_attn *s);
 int ft_cu_attention_backward(ft_cuda_model *dm, float *dq, float *dk, float *dv,

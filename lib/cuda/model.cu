@@ -140,7 +140,7 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 			t->v = TAKE(a, t->n, float, A_OPTIM);
 		}
 	}
-	size_t N = dm->o.max_tokens, T = dm->o.max_seq, D = v->D, F = v->F, L = v->L;
+	size_t N = dm->o.max_tokens, D = v->D, F = v->F, L = v->L;
 	size_t qd = (size_t)v->Hq * v->hd, kd = (size_t)v->Hk * v->hd, mi = max_in(v);
 	size_t r = lora_rank(dm), V = v->V;
 	dm->n_acts = v->gradient_checkpointing || dm->o.inference ? 1 : (int)L;
@@ -182,8 +182,8 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 		dm->hy = TAKE(a, N * mi, uint16_t, A_SCRATCH);
 		dm->hhead = TAKE(a, chunk * V, uint16_t, A_SCRATCH);
 	}
-	dm->att_s = TAKE(a, (size_t)v->Hk * T * T, float, A_SCRATCH);
-	dm->att_p = TAKE(a, (size_t)v->Hk * T * T, float, A_SCRATCH);
+	/* flash attention (attention.cu) keeps its tiles in shared memory:
+	 * only rowsum(O * dO), no [T, T] scratch */
 	dm->att_di = TAKE(a, N * v->Hq, float, A_SCRATCH);
 	dm->sumsq = TAKE(a, (size_t)dm->ntens * FT_SUMSQ_BLOCKS, double, A_SCRATCH);
 	dm->flag = TAKE(a, 1, int, A_SCRATCH);
@@ -218,6 +218,11 @@ static ft_cuda_model *skeleton(const ft_cuda_view *v, const ft_cuda_opts *o)
 {
 	if (check_opts(o) < 0)
 		return NULL;
+	if (v->hd > FT_CU_ATTN_MAX_HD) {
+		ft_fail("CUDA model: head_dim %d; the attention kernels take at most %d",
+			v->hd, FT_CU_ATTN_MAX_HD);
+		return NULL;
+	}
 	ft_cuda_model *dm = (ft_cuda_model *)ft_xcalloc(1, sizeof *dm);
 	dm->v = *v;
 	dm->o = *o;
@@ -529,8 +534,8 @@ static int layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_i
 	TRY(ft_cu_rope(dm, a->k, dm->cos_t, dm->sin_t, N, c->Hk, hd, 1));
 	TRY(ft_cu_attention_forward(dm, a->att, a->lse, a->q, a->k, a->v, &s));
 	TRY(lin_fwd(dm, l, 3, a, dm->tmp, a->att, N));
-	TRY(ft_cu_add(dm, a->xmid, x_in, dm->tmp, (size_t)N * D));
-	TRY(ft_cu_rmsnorm_forward(dm, a->ln2, a->rstd2, a->xmid, y->ln2->w, N, D, c->eps));
+	TRY(ft_cu_add_rmsnorm_forward(dm, a->xmid, a->ln2, a->rstd2, x_in, dm->tmp, y->ln2->w,
+				      N, D, c->eps));
 	TRY(lin_fwd(dm, l, 4, a, a->gate, a->ln2, N));
 	TRY(lin_fwd(dm, l, 5, a, a->up, a->ln2, N));
 	TRY(ft_cu_swiglu_forward(dm, dm->hbuf, a->gate, a->up, (size_t)N * c->F));

@@ -4,6 +4,7 @@
  * there); these kernels add the parallel part: a grid over elements, or
  * one block per row with a shared-memory reduction. */
 #include "cuda/common.cuh"
+#include "cuda/norm_kernels.cuh"
 
 #define TPB 256
 
@@ -150,6 +151,19 @@ static __global__ void col_finish_k(float *out, const float *part, int D)
 }
 
 static dim3 col_grid(int D) { return dim3((D + COL_TPB - 1) / COL_TPB, FT_COLSUM_CHUNKS); }
+
+/* x_out = a + b and out = RMSNorm(x_out) in one pass (norm_kernels.cuh). */
+int ft_cu_add_rmsnorm_forward(ft_cuda_model *dm, float *x_out, float *out, float *rstd,
+			      const float *a, const float *b, const float *w, int N, int D,
+			      float eps)
+{
+	if (N <= 0)
+		return 0;
+	add_rmsnorm_forward_k<<<N, FT_NORM_TPB, 0, dm->stream>>>(x_out, out, rstd, a, b, w, D,
+								  eps);
+	LAUNCHED("add_rmsnorm_forward", "N=%d D=%d", N, D);
+	return 0;
+}
 
 int ft_cu_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float *dout,
 			   const float *x, const float *w, const float *rstd, int N, int D)

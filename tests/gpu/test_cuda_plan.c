@@ -23,7 +23,7 @@ typedef struct { double weights, master, grads, optim, acts, scratch; } want_t;
 static want_t formula(const ft_cuda_view *v, const ft_cuda_opts *o, double nmat,
 		      double nvec, double tmat, double tvec, double ntens)
 {
-	double N = o->max_tokens, T = o->max_seq, D = v->D, F = v->F, L = v->L, V = v->V;
+	double N = o->max_tokens, D = v->D, F = v->F, L = v->L, V = v->V;
 	double qd = (double)v->Hq * v->hd, kd = (double)v->Hk * v->hd, mi = D;
 	if (qd > mi) mi = qd;
 	if (F > mi) mi = F;
@@ -46,7 +46,7 @@ static want_t formula(const ft_cuda_view *v, const ft_cuda_opts *o, double nmat,
 		 4 * (L + 1) * N * D + 4 * N * (D + 1);
 	w.scratch = 4 * N * (5 * D + 2 * qd + 2 * kd + 4 * F + 3 * mi + (r > 1 ? r : 1) + v->Hq +
 			     v->hd + 7) +
-		    4 * chunk * V + (half ? 2 * chunk * V + 4 * N * mi : 0) + 8 * v->Hk * T * T +
+		    4 * chunk * V + (half ? 2 * chunk * V + 4 * N * mi : 0) +
 		    32.0 * 1024 * 1024 + 1024 * ntens + 4.0 * FT_COLSUM_CHUNKS * mi;
 	return w;
 }
@@ -155,6 +155,15 @@ static void llama7b(int ckpt)
 	ok(p.weights > 12.5 * GIB && p.weights < 13 * GIB && p.total < (ckpt ? 30 : 60) * GIB,
 	   "7B bf16 weights %.2f GiB, total %.2f GiB fits an 80 GiB card", p.weights / GIB,
 	   p.total / GIB);
+	/* flash attention: no [T, T] scratch, so one 4096-token row needs
+	 * what four rows of 1024 do (the cuBLAS attention it replaced took
+	 * 8 Hk T^2 bytes more: 4 GiB here) */
+	ft_cuda_plan p4;
+	co.max_seq = 4096;
+	int rc = ft_cuda_plan_memory(&v, &co, &p4);
+	ok(rc == 0 && p4.scratch == p.scratch && p4.total == p.total,
+	   "attention scratch does not grow with T: 1x4096 scratch %.2f GiB = 4x1024 %.2f GiB",
+	   p4.scratch / GIB, p.scratch / GIB);
 	free(v.layers);
 }
 

@@ -20,6 +20,7 @@
 #include "model/device.h"
 #include "util/error.h"
 #include "model/model.h"
+#include "model/layers.h"
 #include "format/safetensors.h"
 #include "format/batch.h"
 #include "train/cuda_train.h"
@@ -555,10 +556,12 @@ static void error_cases(void)
 /* A mid-size random model against the CPU model, so every kernel's loops
  * run many iterations: D 512, T 520 (no multiple of a 64 or 128 tile),
  * V 8192, 8 query heads over 2 kv heads (4 per group), a sliding window
- * shorter than T on the Mistral variant, some unlabelled positions.
+ * shorter than T on the Mistral variant, some unlabelled positions;
+ * packed: segment ids (runs of 97 tokens, 13 padding at the end) with
+ * positions restarting per segment, as ft-pack's neat packing.
  * Gradients of every parameter (full fine-tuning) per tensor: fp32 1e-4,
  * bf16/fp16 1e-1, as the fixture cases. */
-static void midsize_case(ft_arch arch, ft_cuda_precision prec)
+static void midsize_case(ft_arch arch, ft_cuda_precision prec, int packed)
 {
 	ft_config c = { .arch = arch, .vocab_size = 8192, .hidden_size = 512,
 			.intermediate_size = 1408, .num_hidden_layers = 2, .num_attention_heads = 8,
@@ -568,19 +571,25 @@ static void midsize_case(ft_arch arch, ft_cuda_precision prec)
 	snprintf(c.rope_type, sizeof c.rope_type, "default");
 	snprintf(c.torch_dtype, sizeof c.torch_dtype, "float32");
 	ft_tune_opts to = { .type = FT_FT_FULL, .seed = 3 };
-	const char *what = arch == FT_ARCH_MISTRAL ? "mid-size mistral (window 200)" : "mid-size llama";
+	const char *what = arch == FT_ARCH_MISTRAL ? "mid-size mistral (window 200)"
+			   : packed ? "mid-size llama packed" : "mid-size llama";
 	enum { B = 1, T = 520 };
-	static int32_t ids[B * T], lab[B * T];
+	static int32_t ids[B * T], lab[B * T], pos[B * T], seg[B * T];
 	unsigned x = 99;
 	for (int i = 0; i < B * T; i++) {
 		x = x * 1103515245u + 12345u;
 		ids[i] = (int32_t)((x >> 8) % 8192);
 		lab[i] = i % 7 == 3 ? -100 : ids[i];
+		seg[i] = i % T >= T - 13 ? 0 : 1 + i % T / 97;
+		pos[i] = seg[i] ? i % T % 97 : 0;
+		if (packed && !seg[i])
+			lab[i] = -100;
 	}
 	ft_model *m = ft_model_from_config(&c, &to);
 	if (!ok(m != NULL, "%s %s: model: %s", what, pname(prec), m ? "" : ft_errmsg()))
 		return;
-	ft_batch bt = { .B = B, .T = T, .input_ids = ids, .labels = lab };
+	ft_batch bt = { .B = B, .T = T, .input_ids = ids, .labels = lab,
+			.position_ids = packed ? pos : NULL, .segment_ids = packed ? seg : NULL };
 	double lc = 0, lg = 0;
 	int64_t nc = 0, ng = 0;
 	ft_model_zero_grad(m);
@@ -594,7 +603,7 @@ static void midsize_case(ft_arch arch, ft_cuda_precision prec)
 		memcpy(ref[i], p->g, p->n * sizeof(float));
 	}
 	ft_cuda_model *dm = rc == 0 ? dev(m, prec, B * T, T) : NULL;
-	ft_cuda_batch cbt = { B, T, ids, lab, NULL, NULL };
+	ft_cuda_batch cbt = { B, T, ids, lab, bt.position_ids, bt.segment_ids };
 	rc = !dm || ft_cuda_zero_grad(dm) || ft_cuda_forward_backward(dm, &cbt, 1.0f, &lg, &ng) ||
 	     ft_cuda_copy_grads_to_host(dm);
 	double tg = prec == FT_CUDA_F32 ? 1e-4 : 1e-1, tl = prec == FT_CUDA_F32 ? 1e-5 : 1e-2;
@@ -614,6 +623,69 @@ static void midsize_case(ft_arch arch, ft_cuda_precision prec)
 	free(ref);
 	ft_cuda_model_free(dm);
 	ft_model_free(m);
+}
+
+/* The device attention alone against the CPU's ft_attention_* on
+ * mid-size shapes: rows of up to 1100 keys, T off the 32-row tile,
+ * several q heads per kv head, head sizes 64..256 (80: not a multiple of
+ * 8 lanes x 16), sliding windows, packed segment ids with padding.
+ * Tolerance: 2e-5 of each tensor's largest element.  Both are fp32 with
+ * the same exp; they differ in summation order only (online softmax over
+ * 32-key tiles, fmaf and 8-lane butterfly sums against BLAS sums), a few
+ * ulps per term: tests/unit/test_flash.c and tests/emu measure ~1e-6 on
+ * rows of up to 200 keys; 2e-5 leaves room for 1100-key rows while a
+ * mask or indexing error is O(1).  A second run must be bit-identical
+ * (no atomics anywhere in the kernels). */
+static void attention_case(int B, int T, int Hq, int Hk, int hd, int window, int packed)
+{
+	size_t N = (size_t)B * T, nq = N * Hq * hd, nk = N * Hk * hd, nl = N * Hq;
+	float *in[4], *cpu[5], *gpu[5], *again[5];
+	size_t nin[4] = { nq, nk, nk, nq }, nres[5] = { nq, nl, nq, nk, nk };
+	unsigned x = (unsigned)(T * 31 + hd);
+	for (int i = 0; i < 4; i++) {
+		in[i] = malloc(nin[i] * sizeof(float));
+		for (size_t j = 0; j < nin[i]; j++) {
+			x = x * 1103515245u + 12345u;
+			in[i][j] = (i < 2 ? 1.5f : 1.0f) * (((x >> 8) & 0xffff) / 32768.0f - 1.0f);
+		}
+	}
+	for (int i = 0; i < 5; i++) {
+		cpu[i] = malloc(nres[i] * sizeof(float));
+		gpu[i] = malloc(nres[i] * sizeof(float));
+		again[i] = malloc(nres[i] * sizeof(float));
+	}
+	int32_t *seg = packed ? malloc(N * sizeof *seg) : NULL;
+	for (size_t i = 0; seg && i < N; i++) {      /* ft-pack's neat packing */
+		int t = (int)(i % T);
+		seg[i] = t >= T - 13 ? 0 : 1 + t / 97;
+	}
+	ft_attn_shape cs = { B, T, Hq, Hk, hd, window, seg };
+	ft_cuda_attn_shape gs = { B, T, Hq, Hk, hd, window, seg };
+	ft_attention_forward(cpu[0], cpu[1], in[0], in[1], in[2], &cs);
+	ft_attention_backward(cpu[2], cpu[3], cpu[4], in[3], in[0], in[1], in[2], cpu[0], cpu[1], &cs);
+	int rc = ft_cuda_attention_run(0, &gs, in[0], in[1], in[2], in[3], gpu[0], gpu[1], gpu[2],
+				       gpu[3], gpu[4]);
+	int rc2 = rc ? rc : ft_cuda_attention_run(0, &gs, in[0], in[1], in[2], in[3], again[0],
+						  again[1], again[2], again[3], again[4]);
+	double e[5] = { 0 }, worst = 0;
+	int same = 1;
+	for (int i = 0; i < 5; i++) {
+		e[i] = rc ? INFINITY : max_rel(gpu[i], cpu[i], nres[i]);
+		worst = e[i] > worst || e[i] != e[i] ? (e[i] != e[i] ? INFINITY : e[i]) : worst;
+		same = same && rc2 == 0 && memcmp(gpu[i], again[i], nres[i] * sizeof(float)) == 0;
+	}
+	ok(rc == 0 && worst <= 2e-5, "device attention B=%d T=%d Hq=%d Hk=%d hd=%d window=%d "
+	   "packed=%d: out %.2g lse %.2g dq %.2g dk %.2g dv %.2g%s%s", B, T, Hq, Hk, hd, window,
+	   packed, e[0], e[1], e[2], e[3], e[4], rc ? ": " : "", rc ? ft_errmsg() : "");
+	ok(same, "device attention T=%d hd=%d: a second run is bit-identical", T, hd);
+	for (int i = 0; i < 4; i++)
+		free(in[i]);
+	for (int i = 0; i < 5; i++) {
+		free(cpu[i]);
+		free(gpu[i]);
+		free(again[i]);
+	}
+	free(seg);
 }
 
 int main(void)
@@ -652,7 +724,13 @@ int main(void)
 	ckpt_case(QWEN2, FT_FT_LORA, "qwen2 lora");
 	error_cases();
 	for (int i = 0; i < 3; i++)
-		midsize_case(FT_ARCH_LLAMA, ps[i]);
-	midsize_case(FT_ARCH_MISTRAL, FT_CUDA_F32);
+		midsize_case(FT_ARCH_LLAMA, ps[i], 0);
+	midsize_case(FT_ARCH_MISTRAL, FT_CUDA_F32, 0);
+	midsize_case(FT_ARCH_LLAMA, FT_CUDA_F32, 1);
+	attention_case(2, 520, 8, 2, 64, 0, 0);
+	attention_case(1, 1100, 16, 4, 128, 0, 1);
+	attention_case(1, 777, 8, 8, 128, 256, 0);
+	attention_case(1, 600, 12, 4, 80, 100, 1);
+	attention_case(1, 300, 4, 1, 256, 0, 0);
 	return tap_done();
 }

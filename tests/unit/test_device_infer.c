@@ -1,5 +1,5 @@
 /* test_device_infer.c - the GPU decoder's entry points through the lazy
- * backend (lib/cuda/backend.c's table, ABI 3), on any machine: with the
+ * backend (lib/cuda/backend.c's table), on any machine: with the
  * tree's libft_cuda.so but no GPU, the plan (host only) comes back through
  * the table and ft_cuda_infer_new fails in one line naming the CUDA call;
  * without the .so both fail with the loader's message.  On a GPU machine

@@ -1,0 +1,349 @@
+/* flash_kernels.cuh - the flash-attention kernels (see attention.cu for
+ * the algorithm and the thread mapping).  A header of its own so that
+ * tests/emu/test_flash_emu.cc can compile these very kernels for the host
+ * with emulated threads, barriers and warp shuffles (no GPU needed) and
+ * check them against the CPU attention.  It includes only
+ * model/flash.h; the includer provides the CUDA built-ins and any
+ * to_f / put overloads for half element types before including it. */
+#ifndef FT_CUDA_FLASH_KERNELS_CUH
+#define FT_CUDA_FLASH_KERNELS_CUH
+
+#include "model/flash.h"
+
+#ifndef FA_DYNAMIC_SMEM
+#define FA_DYNAMIC_SMEM(name) extern __shared__ float name[]
+#endif
+
+#define FA_THREADS 256
+#define FA_LANES 8
+#define FA_SPR (FT_FA_BC / FA_LANES)      /* scores per lane and row */
+#define FA_MAX_NDR 32                       /* accumulators per lane: hd <= 256 */
+static_assert(FT_FA_BR == FT_FA_BC && FT_FA_BR * FA_LANES == FA_THREADS,
+	      "one 8-lane group per tile row");
+
+static __device__ __forceinline__ float to_f(float x) { return x; }
+static __device__ __forceinline__ void put(float *p, float x) { *p = x; }
+
+/* Reductions over the 8 lanes of a group (fixed butterfly order). */
+static __device__ __forceinline__ float grp_max(float x)
+{
+	for (int o = FA_LANES / 2; o > 0; o >>= 1)
+		x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o, FA_LANES));
+	return x;
+}
+
+static __device__ __forceinline__ float grp_sum(float x)
+{
+	for (int o = FA_LANES / 2; o > 0; o >>= 1)
+		x += __shfl_xor_sync(0xffffffffu, x, o, FA_LANES);
+	return x;
+}
+
+/* The FA_SPR dot products of the shared row a with the rows lane + 8 j
+ * of the tile b: a[d] is read once for all of them (shared-memory
+ * bandwidth bounds these loops). */
+static __device__ __forceinline__ void dots(float *out, const float *a, const float *b,
+					    int lane, int hp, int hd)
+{
+	float r[FA_SPR];
+#pragma unroll
+	for (int j = 0; j < FA_SPR; j++)
+		r[j] = 0;
+	for (int d = 0; d < hd; d++) {
+		float x = a[d];
+#pragma unroll
+		for (int j = 0; j < FA_SPR; j++)
+			r[j] = fmaf(x, b[(lane + FA_LANES * j) * hp + d], r[j]);
+	}
+#pragma unroll
+	for (int j = 0; j < FA_SPR; j++)
+		out[j] = r[j];
+}
+
+template <typename E> struct fa_args {
+	const E *q, *k, *v, *o, *dout;
+	E *out, *dq, *dk, *dv;
+	float *lse, *Di;
+	const int32_t *seg;              /* [B, T] or NULL */
+	int T, Hq, Hk, hd, window;
+	float scale;
+};
+
+/* Rows [0, FT_FA_BR) of a tile (row r at src + r * ld) into dst with
+ * stride hd + 1; rows >= n are zero. */
+template <typename E>
+static __device__ void load_tile(float *dst, const E *src, size_t ld, int n, int hd)
+{
+	for (int i = threadIdx.x; i < FT_FA_BR * hd; i += blockDim.x) {
+		int r = i / hd, d = i - r * hd;
+		dst[r * (hd + 1) + d] = r < n ? to_f(src[(size_t)r * ld + d]) : 0.0f;
+	}
+}
+
+static __device__ __forceinline__ int tile_len(int start, int T)
+{
+	return T - start < FT_FA_BR ? T - start : FT_FA_BR;
+}
+
+/* ---- forward ---- */
+
+template <typename E, int NDR>
+static __global__ void __launch_bounds__(FA_THREADS) fa_fwd_k(fa_args<E> p)
+{
+	FA_DYNAMIC_SMEM(sm);
+	__shared__ int32_t segk[FT_FA_BC];
+	int hd = p.hd, hp = hd + 1, b = blockIdx.z, h = blockIdx.y, g = h / (p.Hq / p.Hk);
+	float *Qs = sm, *Ks = Qs + FT_FA_BR * hp, *Vs = Ks + FT_FA_BC * hp;
+	float *Ps = Vs + FT_FA_BC * hp;                          /* [BR][BC + 1] */
+	int r0 = blockIdx.x * FT_FA_BR, nr = tile_len(r0, p.T);
+	size_t ldq = (size_t)p.Hq * hd, ldk = (size_t)p.Hk * hd;
+	int row = threadIdx.x / FA_LANES, lane = threadIdx.x % FA_LANES, t = r0 + row;
+	const int32_t *seg = p.seg ? p.seg + (size_t)b * p.T : NULL;
+	const E *kb = p.k + (size_t)b * p.T * ldk + (size_t)g * hd;
+	const E *vb = p.v + (size_t)b * p.T * ldk + (size_t)g * hd;
+	load_tile(Qs, p.q + ((size_t)b * p.T + r0) * ldq + (size_t)h * hd, ldq, nr, hd);
+	ft_fa_segs qs = ft_fa_tile_segs(seg ? seg + r0 : NULL, nr);
+	int32_t seg_t = seg && row < nr ? seg[t] : 1;
+	float acc[NDR], m = -INFINITY, l = 0;
+#pragma unroll
+	for (int i = 0; i < NDR; i++)
+		acc[i] = 0;
+	__syncthreads();
+	for (int ct = 0; ct < ft_fa_key_tiles(r0, nr); ct++) {
+		int c0 = ct * FT_FA_BC, nc = tile_len(c0, p.T);
+		ft_fa_segs ks = ft_fa_tile_segs(seg ? seg + c0 : NULL, nc);
+		if (ft_fa_tile_skip(r0, nr, c0, nc, p.window, &qs, &ks))
+			continue;                  /* the same for every thread */
+		load_tile(Ks, kb + (size_t)c0 * ldk, ldk, nc, hd);
+		load_tile(Vs, vb + (size_t)c0 * ldk, ldk, nc, hd);
+		if (threadIdx.x < FT_FA_BC)
+			segk[threadIdx.x] = seg && (int)threadIdx.x < nc ? seg[c0 + threadIdx.x] : 1;
+		__syncthreads();
+		float s[FA_SPR], tmax = -INFINITY, psum = 0;
+		dots(s, Qs + row * hp, Ks, lane, hp, hd);
+#pragma unroll
+		for (int j = 0; j < FA_SPR; j++) {
+			int c = lane + FA_LANES * j;
+			int allow = row < nr && c < nc &&
+				 ft_k_attn_allowed(t, c0 + c, p.window, seg_t, segk[c]);
+			s[j] = allow ? s[j] * p.scale : -INFINITY;
+			tmax = fmaxf(tmax, s[j]);
+		}
+		float alpha = ft_fa_rescale(&m, grp_max(tmax));
+#pragma unroll
+		for (int j = 0; j < FA_SPR; j++) {
+			float e = ft_fa_p(s[j], m);
+			psum += e;
+			Ps[row * (FT_FA_BC + 1) + lane + FA_LANES * j] = e;
+		}
+		l = l * alpha + grp_sum(psum);
+		__syncwarp();
+		const float *pr = Ps + row * (FT_FA_BC + 1);
+#pragma unroll
+		for (int i = 0; i < NDR; i++)
+			acc[i] *= alpha;
+		for (int c = 0; c < nc; c++) {       /* P[row][c] read once per c */
+			float pc = pr[c];
+			const float *vr = Vs + c * hp + lane;
+#pragma unroll
+			for (int i = 0; i < NDR; i++)
+				if (lane + FA_LANES * i < hd)
+					acc[i] = fmaf(pc, vr[FA_LANES * i], acc[i]);
+		}
+		__syncthreads();
+	}
+	if (row >= nr)
+		return;
+	float inv = 1.0f / l;
+	E *o = p.out + ((size_t)b * p.T + t) * ldq + (size_t)h * hd;
+#pragma unroll
+	for (int i = 0; i < NDR; i++)
+		if (lane + FA_LANES * i < hd)
+			put(o + lane + FA_LANES * i, acc[i] * inv);
+	if (lane == 0)
+		p.lse[((size_t)b * p.Hq + h) * p.T + t] = ft_fa_lse(m, l);
+}
+
+/* ---- backward ---- */
+
+/* Di[n, h] = sum_d O[n, h, d] dO[n, h, d] */
+template <typename E>
+static __global__ void rowdot_k(float *Di, const E *O, const E *dO, size_t NH, int hd)
+{
+	for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < NH;
+	     i += (size_t)gridDim.x * blockDim.x) {
+		const E *o = O + i * hd, *g = dO + i * hd;
+		float s = 0;
+		for (int d = 0; d < hd; d++)
+			s = fmaf(to_f(o[d]), to_f(g[d]), s);
+		Di[i] = s;
+	}
+}
+
+template <typename E, int NDR>
+static __global__ void __launch_bounds__(FA_THREADS) fa_dkdv_k(fa_args<E> p)
+{
+	FA_DYNAMIC_SMEM(sm);
+	__shared__ float Ls[FT_FA_BR], Ds[FT_FA_BR];
+	__shared__ int32_t segq[FT_FA_BR];
+	int hd = p.hd, hp = hd + 1, b = blockIdx.z, g = blockIdx.y, grp = p.Hq / p.Hk;
+	float *Ks = sm, *Vs = Ks + FT_FA_BC * hp, *Qs = Vs + FT_FA_BC * hp;
+	float *dOs = Qs + FT_FA_BR * hp, *Ps = dOs + FT_FA_BR * hp;   /* [BC][BR + 1] */
+	float *dSs = Ps + FT_FA_BC * (FT_FA_BR + 1);
+	int c0 = blockIdx.x * FT_FA_BC, nc = tile_len(c0, p.T);
+	size_t ldq = (size_t)p.Hq * hd, ldk = (size_t)p.Hk * hd;
+	int col = threadIdx.x / FA_LANES, lane = threadIdx.x % FA_LANES, u = c0 + col;
+	const int32_t *seg = p.seg ? p.seg + (size_t)b * p.T : NULL;
+	size_t kofs = ((size_t)b * p.T + c0) * ldk + (size_t)g * hd;
+	load_tile(Ks, p.k + kofs, ldk, nc, hd);
+	load_tile(Vs, p.v + kofs, ldk, nc, hd);
+	ft_fa_segs ks = ft_fa_tile_segs(seg ? seg + c0 : NULL, nc);
+	int32_t seg_u = seg && col < nc ? seg[u] : 1;
+	float ak[NDR], av[NDR];
+#pragma unroll
+	for (int i = 0; i < NDR; i++)
+		ak[i] = av[i] = 0;
+	__syncthreads();
+	for (int h = g * grp; h < (g + 1) * grp; h++)
+		for (int r0 = c0 / FT_FA_BR * FT_FA_BR; r0 < p.T; r0 += FT_FA_BR) {
+			int nr = tile_len(r0, p.T);
+			ft_fa_segs qs = ft_fa_tile_segs(seg ? seg + r0 : NULL, nr);
+			if (ft_fa_tile_skip(r0, nr, c0, nc, p.window, &qs, &ks))
+				continue;
+			size_t qofs = ((size_t)b * p.T + r0) * ldq + (size_t)h * hd;
+			load_tile(Qs, p.q + qofs, ldq, nr, hd);
+			load_tile(dOs, p.dout + qofs, ldq, nr, hd);
+			if ((int)threadIdx.x < nr) {
+				int t = r0 + threadIdx.x;
+				Ls[threadIdx.x] = p.lse[((size_t)b * p.Hq + h) * p.T + t];
+				Ds[threadIdx.x] = p.Di[((size_t)b * p.T + t) * p.Hq + h];
+				segq[threadIdx.x] = seg ? seg[t] : 1;
+			}
+			__syncthreads();
+			float sq[FA_SPR], dp[FA_SPR];
+			dots(sq, Ks + col * hp, Qs, lane, hp, hd);
+			dots(dp, Vs + col * hp, dOs, lane, hp, hd);
+#pragma unroll
+			for (int j = 0; j < FA_SPR; j++) {
+				int r = lane + FA_LANES * j;
+				float pv = 0, dsv = 0;
+				if (r < nr && col < nc &&
+				    ft_k_attn_allowed(r0 + r, u, p.window, segq[r], seg_u)) {
+					pv = ft_fa_bwd_p(sq[j] * p.scale, Ls[r], 1);
+					dsv = ft_fa_ds(pv, dp[j], Ds[r]);
+				}
+				Ps[col * (FT_FA_BR + 1) + r] = pv;
+				dSs[col * (FT_FA_BR + 1) + r] = dsv;
+			}
+			__syncwarp();
+			const float *pc = Ps + col * (FT_FA_BR + 1), *sc = dSs + col * (FT_FA_BR + 1);
+			for (int r = 0; r < nr; r++) {
+				float pv = pc[r], sv = sc[r];
+				const float *gr = dOs + r * hp + lane, *qr = Qs + r * hp + lane;
+#pragma unroll
+				for (int i = 0; i < NDR; i++)
+					if (lane + FA_LANES * i < hd) {
+						av[i] = fmaf(pv, gr[FA_LANES * i], av[i]);
+						ak[i] = fmaf(sv, qr[FA_LANES * i], ak[i]);
+					}
+			}
+			__syncthreads();
+		}
+	if (col >= nc)
+		return;
+	size_t o = ((size_t)b * p.T + u) * ldk + (size_t)g * hd;
+#pragma unroll
+	for (int i = 0; i < NDR; i++) {
+		int d = lane + FA_LANES * i;
+		if (d < hd) {
+			put(p.dk + o + d, ak[i] * p.scale);
+			put(p.dv + o + d, av[i]);
+		}
+	}
+}
+
+template <typename E, int NDR>
+static __global__ void __launch_bounds__(FA_THREADS) fa_dq_k(fa_args<E> p)
+{
+	FA_DYNAMIC_SMEM(sm);
+	__shared__ int32_t segk[FT_FA_BC];
+	int hd = p.hd, hp = hd + 1, b = blockIdx.z, h = blockIdx.y, g = h / (p.Hq / p.Hk);
+	float *Qs = sm, *dOs = Qs + FT_FA_BR * hp, *Ks = dOs + FT_FA_BR * hp;
+	float *Vs = Ks + FT_FA_BC * hp, *dSs = Vs + FT_FA_BC * hp;     /* [BR][BC + 1] */
+	int r0 = blockIdx.x * FT_FA_BR, nr = tile_len(r0, p.T);
+	size_t ldq = (size_t)p.Hq * hd, ldk = (size_t)p.Hk * hd;
+	int row = threadIdx.x / FA_LANES, lane = threadIdx.x % FA_LANES, t = r0 + row;
+	const int32_t *seg = p.seg ? p.seg + (size_t)b * p.T : NULL;
+	size_t qofs = ((size_t)b * p.T + r0) * ldq + (size_t)h * hd;
+	const E *kb = p.k + (size_t)b * p.T * ldk + (size_t)g * hd;
+	const E *vb = p.v + (size_t)b * p.T * ldk + (size_t)g * hd;
+	load_tile(Qs, p.q + qofs, ldq, nr, hd);
+	load_tile(dOs, p.dout + qofs, ldq, nr, hd);
+	ft_fa_segs qs = ft_fa_tile_segs(seg ? seg + r0 : NULL, nr);
+	int32_t seg_t = seg && row < nr ? seg[t] : 1;
+	float L = row < nr ? p.lse[((size_t)b * p.Hq + h) * p.T + t] : 0;
+	float D = row < nr ? p.Di[((size_t)b * p.T + t) * p.Hq + h] : 0;
+	float acc[NDR];
+#pragma unroll
+	for (int i = 0; i < NDR; i++)
+		acc[i] = 0;
+	__syncthreads();
+	for (int ct = 0; ct < ft_fa_key_tiles(r0, nr); ct++) {
+		int c0 = ct * FT_FA_BC, nc = tile_len(c0, p.T);
+		ft_fa_segs ks = ft_fa_tile_segs(seg ? seg + c0 : NULL, nc);
+		if (ft_fa_tile_skip(r0, nr, c0, nc, p.window, &qs, &ks))
+			continue;
+		load_tile(Ks, kb + (size_t)c0 * ldk, ldk, nc, hd);
+		load_tile(Vs, vb + (size_t)c0 * ldk, ldk, nc, hd);
+		if (threadIdx.x < FT_FA_BC)
+			segk[threadIdx.x] = seg && (int)threadIdx.x < nc ? seg[c0 + threadIdx.x] : 1;
+		__syncthreads();
+		float sq[FA_SPR], dp[FA_SPR];
+		dots(sq, Qs + row * hp, Ks, lane, hp, hd);
+		dots(dp, dOs + row * hp, Vs, lane, hp, hd);
+#pragma unroll
+		for (int j = 0; j < FA_SPR; j++) {
+			int c = lane + FA_LANES * j;
+			float dsv = 0;
+			if (row < nr && c < nc && ft_k_attn_allowed(t, c0 + c, p.window, seg_t, segk[c]))
+				dsv = ft_fa_ds(ft_fa_bwd_p(sq[j] * p.scale, L, 1), dp[j], D);
+			dSs[row * (FT_FA_BC + 1) + c] = dsv;
+		}
+		__syncwarp();
+		const float *sr = dSs + row * (FT_FA_BC + 1);
+		for (int c = 0; c < nc; c++) {
+			float sv = sr[c];
+			const float *kr = Ks + c * hp + lane;
+#pragma unroll
+			for (int i = 0; i < NDR; i++)
+				if (lane + FA_LANES * i < hd)
+					acc[i] = fmaf(sv, kr[FA_LANES * i], acc[i]);
+		}
+		__syncthreads();
+	}
+	if (row >= nr)
+		return;
+	E *o = p.dq + ((size_t)b * p.T + t) * ldq + (size_t)h * hd;
+#pragma unroll
+	for (int i = 0; i < NDR; i++)
+		if (lane + FA_LANES * i < hd)
+			put(o + lane + FA_LANES * i, acc[i] * p.scale);
+}
+
+/* Dynamic shared bytes of each kernel for head size hd. */
+static inline size_t fa_smem_fwd(int hd)
+{
+	return 4 * ((size_t)3 * FT_FA_BR * (hd + 1) + FT_FA_BR * (FT_FA_BC + 1));
+}
+
+static inline size_t fa_smem_dkdv(int hd)
+{
+	return 4 * ((size_t)4 * FT_FA_BR * (hd + 1) + 2 * FT_FA_BR * (FT_FA_BC + 1));
+}
+
+static inline size_t fa_smem_dq(int hd)
+{
+	return 4 * ((size_t)4 * FT_FA_BR * (hd + 1) + FT_FA_BR * (FT_FA_BC + 1));
+}
+
+#endif

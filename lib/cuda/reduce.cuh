@@ -1,0 +1,43 @@
+/* reduce.cuh - block-wide reductions of the CUDA backend (one block per
+ * row).  Included by common.cuh; a header of its own so that tests/emu
+ * compiles the row kernels that use them (norm_kernels.cuh) for the host
+ * with emulated threads.  Needs only the CUDA built-ins. */
+#ifndef FT_CUDA_REDUCE_CUH
+#define FT_CUDA_REDUCE_CUH
+
+/* ---- block reductions (one block per row) ---- */
+
+/* Block-wide sum; every thread gets the result.  sh: blockDim.x elements;
+ * blockDim.x a power of two.  The tree order is fixed, so a row sums the
+ * same way in every kernel that reduces with it. */
+template <typename T>
+static __device__ T ft_cu_block_sum(T x, T *sh)
+{
+	sh[threadIdx.x] = x;
+	__syncthreads();
+	for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+		if (threadIdx.x < (unsigned)s)
+			sh[threadIdx.x] += sh[threadIdx.x + s];
+		__syncthreads();
+	}
+	T r = sh[0];
+	__syncthreads();
+	return r;
+}
+
+/* Block-wide maximum (fmaxf: a NaN loses to a number), as above. */
+static __device__ inline float ft_cu_block_max(float x, float *sh)
+{
+	sh[threadIdx.x] = x;
+	__syncthreads();
+	for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+		if (threadIdx.x < (unsigned)s)
+			sh[threadIdx.x] = fmaxf(sh[threadIdx.x], sh[threadIdx.x + s]);
+		__syncthreads();
+	}
+	float r = sh[0];
+	__syncthreads();
+	return r;
+}
+
+#endif

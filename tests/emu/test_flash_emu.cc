@@ -1,0 +1,170 @@
+/* test_flash_emu.cc - the CUDA flash-attention kernels themselves
+ * (lib/cuda/flash_kernels.cuh, the source nvcc compiles into
+ * libft_cuda.so) run on the host with emulated CUDA built-ins, against
+ * the CPU attention ft_attention_forward/backward.  No GPU needed.
+ *
+ * The emulation is tests/emu/emu.h; the dynamic shared memory is of
+ * exactly the launcher's size (fa_smem_*) and NaN before every block, so
+ * ASan reports any access past it and a read of a tile element that was
+ * never loaded turns the result into NaN.
+ *
+ * Tolerance: as tests/unit/test_flash.c (1e-5 of the largest element):
+ * the kernels use fmaf and butterfly sums where the CPU uses BLAS sums
+ * (measured at most 8e-7).  The bf16 instantiation: see test_bf16.
+ */
+#include "emu.h"
+extern "C" {
+#include "model/flash.h"
+#include "model/layers.h"
+}
+#include "tap.h"
+
+/* A bf16 element type, as cuda_bf16.h's __nv_bfloat16 is to the
+ * kernels: loaded through to_f, stored through put (round to nearest
+ * even, kernels.h's). */
+struct emu_bf16 { uint16_t h; };
+static inline float to_f(emu_bf16 x) { return ft_k_bf16_to_f32(x.h); }
+static inline void put(emu_bf16 *p, float x) { p->h = ft_k_f32_to_bf16(x); }
+
+#include "cuda/flash_kernels.cuh"
+
+template <typename E, int NDR>
+static void run(fa_args<E> &p, int B, int backward)
+{
+	unsigned tiles = (unsigned)((p.T + FT_FA_BR - 1) / FT_FA_BR);
+	if (!backward) {
+		launch([&] { fa_fwd_k<E, NDR>(p); }, { tiles, (unsigned)p.Hq, (unsigned)B },
+		       fa_smem_fwd(p.hd));
+		return;
+	}
+	size_t NH = (size_t)B * p.T * p.Hq;
+	launch([&] { rowdot_k<E>(p.Di, p.o, p.dout, NH, p.hd); },
+	       { (unsigned)((NH + 255) / 256), 1, 1 }, 0);
+	launch([&] { fa_dkdv_k<E, NDR>(p); }, { tiles, (unsigned)p.Hk, (unsigned)B },
+	       fa_smem_dkdv(p.hd));
+	launch([&] { fa_dq_k<E, NDR>(p); }, { tiles, (unsigned)p.Hq, (unsigned)B },
+	       fa_smem_dq(p.hd));
+}
+
+/* as err() in tests/unit/test_flash.c */
+static double err(const float *a, const float *ref, size_t n)
+{
+	double d = 0, s = 0.1;
+	for (size_t i = 0; i < n; i++) {
+		double e = fabs((double)a[i] - ref[i]);
+		if (e > d || e != e) d = e != e ? INFINITY : e;
+		if (fabs(ref[i]) > s) s = fabs(ref[i]);
+	}
+	return d / s;
+}
+
+static unsigned rng = 777;
+static std::vector<float> rnd(size_t n, float amp)
+{
+	std::vector<float> x(n);
+	for (auto &v : x) {
+		rng = rng * 1103515245u + 12345u;
+		v = amp * (((rng >> 8) & 0xffff) / 32768.0f - 1.0f);
+	}
+	return x;
+}
+
+static void test_case(int B, int T, int Hq, int Hk, int hd, int window, int packed)
+{
+	size_t N = (size_t)B * T, nq = N * Hq * hd, nk = N * Hk * hd, nl = N * Hq;
+	std::vector<float> q = rnd(nq, 1.5f), k = rnd(nk, 1.5f), v = rnd(nk, 1), go = rnd(nq, 1);
+	std::vector<int32_t> seg(N);
+	for (int b = 0; b < B; b++)              /* ft-pack's neat packing */
+		for (int t = 0; t < T; t++)
+			seg[(size_t)b * T + t] = t >= T - 5 - b ? 0 : 1 + (t + 7 * b) / 23;
+	ft_attn_shape s = { B, T, Hq, Hk, hd, window, packed ? seg.data() : NULL };
+	std::vector<float> o1(nq), o2(nq), l1(nl), l2(nl), Di(nl);
+	std::vector<float> g1[3] = { std::vector<float>(nq), std::vector<float>(nk),
+				     std::vector<float>(nk) };
+	std::vector<float> g2[3] = { std::vector<float>(nq, NAN), std::vector<float>(nk, NAN),
+				     std::vector<float>(nk, NAN) };
+	ft_attention_forward(o1.data(), l1.data(), q.data(), k.data(), v.data(), &s);
+	ft_attention_backward(g1[0].data(), g1[1].data(), g1[2].data(), go.data(), q.data(),
+			      k.data(), v.data(), o1.data(), l1.data(), &s);
+	fa_args<float> p;
+	memset(&p, 0, sizeof p);
+	p.q = q.data(), p.k = k.data(), p.v = v.data(), p.o = o2.data(), p.dout = go.data();
+	p.out = o2.data(), p.lse = l2.data(), p.Di = Di.data(), p.seg = s.seg;
+	p.dq = g2[0].data(), p.dk = g2[1].data(), p.dv = g2[2].data();
+	p.T = T, p.Hq = Hq, p.Hk = Hk, p.hd = hd, p.window = window;
+	p.scale = 1.0f / sqrtf((float)hd);
+	for (int pass = 0; pass < 2; pass++) {
+		if (hd <= 64) run<float, 8>(p, B, pass);
+		else if (hd <= 128) run<float, 16>(p, B, pass);
+		else run<float, 32>(p, B, pass);
+	}
+	double eo = err(o2.data(), o1.data(), nq), el = err(l2.data(), l1.data(), nl);
+	double e0 = err(g2[0].data(), g1[0].data(), nq), e1 = err(g2[1].data(), g1[1].data(), nk);
+	double e2 = err(g2[2].data(), g1[2].data(), nk);
+	ok(eo <= 1e-5 && el <= 1e-5 && e0 <= 1e-5 && e1 <= 1e-5 && e2 <= 1e-5,
+	   "kernels B=%d T=%d Hq=%d Hk=%d hd=%d window=%d packed=%d: out %.2g lse %.2g "
+	   "dq %.2g dk %.2g dv %.2g", B, T, Hq, Hk, hd, window, packed, eo, el, e0, e1, e2);
+}
+
+/* bf16 Q, K, V, dO, O and gradients (fp32 tiles, accumulation, lse)
+ * against the CPU attention on the same bf16-rounded inputs.
+ * Tolerance 1e-2 of the largest element: each bf16 output is one rounding
+ * (2^-9 = 2e-3 relative) and D = rowsum(dO O) uses the rounded O, one
+ * more such error carried into dS; reading elements at wrong offsets (the
+ * template's pointer arithmetic) would be an O(1) error. */
+static void test_bf16(int B, int T, int Hq, int Hk, int hd)
+{
+	size_t N = (size_t)B * T, nq = N * Hq * hd, nk = N * Hk * hd, nl = N * Hq;
+	std::vector<float> f[4] = { rnd(nq, 1.5f), rnd(nk, 1.5f), rnd(nk, 1), rnd(nq, 1) };
+	std::vector<emu_bf16> h[4];
+	for (int i = 0; i < 4; i++) {
+		h[i].resize(f[i].size());
+		for (size_t j = 0; j < f[i].size(); j++) {
+			h[i][j].h = ft_k_f32_to_bf16(f[i][j]);
+			f[i][j] = ft_k_bf16_to_f32(h[i][j].h);
+		}
+	}
+	ft_attn_shape s = { B, T, Hq, Hk, hd, 0, NULL };
+	std::vector<float> o1(nq), l1(nl), l2(nl), Di(nl), g1[3] = { std::vector<float>(nq),
+		std::vector<float>(nk), std::vector<float>(nk) };
+	ft_attention_forward(o1.data(), l1.data(), f[0].data(), f[1].data(), f[2].data(), &s);
+	ft_attention_backward(g1[0].data(), g1[1].data(), g1[2].data(), f[3].data(), f[0].data(),
+			      f[1].data(), f[2].data(), o1.data(), l1.data(), &s);
+	std::vector<emu_bf16> o2(nq), g2[3] = { std::vector<emu_bf16>(nq),
+		std::vector<emu_bf16>(nk), std::vector<emu_bf16>(nk) };
+	fa_args<emu_bf16> p;
+	memset(&p, 0, sizeof p);
+	p.q = h[0].data(), p.k = h[1].data(), p.v = h[2].data(), p.dout = h[3].data();
+	p.o = o2.data(), p.out = o2.data(), p.lse = l2.data(), p.Di = Di.data();
+	p.dq = g2[0].data(), p.dk = g2[1].data(), p.dv = g2[2].data();
+	p.T = T, p.Hq = Hq, p.Hk = Hk, p.hd = hd, p.scale = 1.0f / sqrtf((float)hd);
+	run<emu_bf16, 16>(p, B, 0);
+	run<emu_bf16, 16>(p, B, 1);
+	auto widen = [](const std::vector<emu_bf16> &x) {
+		std::vector<float> r(x.size());
+		for (size_t i = 0; i < x.size(); i++)
+			r[i] = ft_k_bf16_to_f32(x[i].h);
+		return r;
+	};
+	double eo = err(widen(o2).data(), o1.data(), nq), el = err(l2.data(), l1.data(), nl);
+	double e[3];
+	for (int i = 0; i < 3; i++)
+		e[i] = err(widen(g2[i]).data(), g1[i].data(), g1[i].size());
+	ok(eo <= 1e-2 && el <= 1e-2 && e[0] <= 1e-2 && e[1] <= 1e-2 && e[2] <= 1e-2,
+	   "bf16 kernels B=%d T=%d Hq=%d Hk=%d hd=%d: out %.2g lse %.2g dq %.2g dk %.2g dv %.2g",
+	   B, T, Hq, Hk, hd, eo, el, e[0], e[1], e[2]);
+}
+
+int main(void)
+{
+	emu_init();
+	test_case(1, 1, 1, 1, 8, 0, 0);
+	test_case(2, 31, 4, 2, 16, 0, 0);
+	test_case(1, 70, 4, 1, 36, 0, 0);     /* hd off the 8 lanes, 4 heads per kv */
+	test_case(1, 100, 2, 1, 8, 17, 0);    /* window: tiles skipped */
+	test_case(2, 97, 4, 2, 16, 0, 1);     /* packed rows: tiles skipped */
+	test_case(1, 45, 2, 2, 72, 9, 1);     /* 16 accumulators per lane */
+	test_case(1, 33, 2, 1, 136, 0, 0);    /* 32 accumulators per lane */
+	test_bf16(2, 40, 4, 2, 80);
+	return tap_done();
+}
