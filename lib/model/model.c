@@ -445,7 +445,7 @@ ft_model *ft_model_from_config(const ft_config *c, const ft_tune_opts *o)
 			fill_normal(y->lin[j].w, (size_t)in * out, std, seed, nm);
 		}
 	}
-	return model_finish(m);
+	return ftp_model_quantize(model_finish(m));
 }
 
 /* lib/model/model_io.c */
@@ -474,7 +474,7 @@ ft_model *ft_model_load(const char *model_dir, const ft_tune_opts *o)
 		ft_model_free(m);
 		return NULL;
 	}
-	return m;
+	return ftp_model_quantize(m);
 }
 
 void ft_model_free(ft_model *m)
@@ -482,6 +482,7 @@ void ft_model_free(ft_model *m)
 	if (!m)
 		return;
 	ftp_model_free_buffers(m);
+	ftp_model_quant_free(m);
 	ftp_model_free_params(m);
 	free(m->wte.w); free(m->wte.g);
 	if (!m->c.tie_word_embeddings) {

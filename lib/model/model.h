@@ -57,6 +57,9 @@ typedef struct {
 	unsigned freeze_trainable_modules; /* FT_MOD_*, 0 = all in those layers */
 	int gradient_checkpointing;
 	uint64_t seed;
+	/* QLoRA (lib/model/quant.h): 0, 4 or 8 bits for the decoder's base
+	 * linears; 4-bit FP4 instead of NF4; 4-bit absmaxes quantized too */
+	int quantization_bit, quantization_fp4, double_quantization;
 } ft_tune_opts;
 /* Defaults applied when a field is 0: lora_rank 8, lora_alpha 2*rank (as
  * LLaMA-Factory), lora_targets q_proj|v_proj.

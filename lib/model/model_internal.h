@@ -60,6 +60,11 @@ struct ft_model {
 	      *dup, *tmp, *drop, *ddrop, *lhs, *head_x, *head_dx,
 	      *head_scratch;
 	int head_chunk, training;
+	/* QLoRA (model_quant.c): the decoder linears quantized, [L * L_NLIN],
+	 * and the scratch a tile of dequantized rows goes through */
+	struct ft_qweight_s *qw;
+	float *qscratch;
+	size_t qscratch_n;
 };
 
 /* lib/model/model_fwd.c */
@@ -77,5 +82,11 @@ int ftp_config_check(const ft_config *c, const char *path);
 int ftp_config_memory_plan(const ft_config *c, const char *what);
 /* The weights in dir (headers only) agree with the config's sizes. */
 int ftp_config_check_weights(const ft_config *c, const char *dir);
+
+/* lib/model/model_quant.c */
+ft_model *ftp_model_quantize(ft_model *m);
+void ftp_model_quant_free(ft_model *m);
+void ftp_qlin_forward(ft_model *m, int l, int j, float *y, const float *x, int N, int eval);
+void ftp_qlin_backward(ft_model *m, int l, int j, float *dx, const float *dy, int N);
 
 #endif

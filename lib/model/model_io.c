@@ -103,6 +103,9 @@ static json_t *config_json(const ft_model *m, const char *dtype)
 int ft_model_save_full(ft_model *m, const char *dir, const char *dtype)
 {
 	ft_dtype dt;
+	if (m->qw)   /* LLaMA-Factory's export refuses the same */
+		return ft_fail("%s: cannot save the full weights of a quantized model "
+			       "(load the base without --quantization_bit)", dir);
 	if (!dtype)
 		dtype = m->c.torch_dtype[0] ? m->c.torch_dtype : "float32";
 	if (ft_dtype_parse_torch(dtype, &dt) < 0 || (dt != FT_F32 && dt != FT_F16 && dt != FT_BF16))
@@ -316,6 +319,8 @@ out:
 
 int ft_model_merge_lora(ft_model *m)
 {
+	if (m->qw)   /* LLaMA-Factory's export_model words it so */
+		return ft_fail("Cannot merge adapters to a quantized model.");
 	for (int l = 0; l < m->c.num_hidden_layers; l++)
 		for (int j = 0; j < L_NLIN; j++) {
 			ftp_lora *a = &m->layers[l].lora[j];

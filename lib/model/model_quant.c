@@ -1,0 +1,257 @@
+/* model_quant.c - a model whose decoder linears are held quantized
+ * (QLoRA, lib/model/quant.h), on the CPU.
+ *
+ * Each base linear y = x W^T runs a tile of W's rows at a time: the rows
+ * are dequantized into one scratch buffer (float32, as bnb's compute
+ * dtype) and multiplied with ft_sgemm, so no dequantized copy of a whole
+ * layer is ever resident.  The backward pass does the same for
+ * dx += dy W; quantized weights get no gradient.  Gradient checkpointing
+ * recomputes through the same tiles.
+ *
+ * bnb's CPU paths, which these follow: Linear4bit in training dequantizes
+ * in float32 and calls F.linear; Linear8bitLt in training (MatMul8bitFp)
+ * dequantizes CB * (SCB / 127) and calls F.linear; Linear8bitLt in eval
+ * (MatMul8bitLt) is LLM.int8(), ftp_qlin_forward's int8 branch.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include "util/dtype.h"
+#include "util/error.h"
+#include "model/model_internal.h"
+#include "model/quant.h"
+#include "model/quant_kernels.h"
+
+#define TILE_FLOATS (1 << 19)   /* 2 MiB of dequantized rows per product */
+#define INT8_THRESHOLD 6.0f     /* BitsAndBytesConfig's llm_int8_threshold */
+
+static ft_qweight *qw_of(const ft_model *m, int l, int j)
+{
+	return &m->qw[(size_t)l * L_NLIN + j];
+}
+
+int ft_model_is_quantized(const ft_model *m) { return m->qw != NULL; }
+
+void ftp_model_quant_free(ft_model *m)
+{
+	if (!m->qw)
+		return;
+	for (size_t i = 0; i < (size_t)m->c.num_hidden_layers * L_NLIN; i++)
+		ft_qweight_free(&m->qw[i]);
+	free(m->qw);
+	free(m->qscratch);
+	m->qw = NULL;
+	m->qscratch = NULL;
+}
+
+/* Quantizes every decoder linear as o.quantization_* say, freeing its
+ * float32 weight; returns m, or NULL (m freed) on failure. */
+ft_model *ftp_model_quantize(ft_model *m)
+{
+	if (!m || !m->o.quantization_bit)
+		return m;
+	const ft_config *c = &m->c;
+	int L = c->num_hidden_layers, mx = 0;
+	m->qw = ft_xcalloc((size_t)L * L_NLIN, sizeof *m->qw);
+	for (int l = 0; l < L; l++)
+		for (int j = 0; j < L_NLIN; j++) {
+			int in, out;
+			ftp_lin_dims(c, j, &in, &out);
+			ftp_wg *w = &m->layers[l].lin[j];
+			ft_qweight_make(qw_of(m, l, j), w->w, out, in, m->o.quantization_bit,
+					m->o.quantization_fp4, m->o.double_quantization);
+			free(w->w);
+			free(w->g);
+			w->w = w->g = NULL;
+			if (in > mx)
+				mx = in;
+		}
+	m->qscratch_n = (size_t)TILE_FLOATS > (size_t)mx ? TILE_FLOATS : (size_t)mx;
+	m->qscratch = ft_xmalloc(m->qscratch_n * sizeof(float));
+	ftp_model_build_params(m);   /* the base linears' pointers are now NULL */
+	return m;
+}
+
+double ft_model_resident_bytes(const ft_model *m)
+{
+	double b = 0;
+	for (size_t i = 0; i < m->nparams; i++)
+		if (m->params[i].w && strncmp(m->params[i].name, "base_model.", 11))
+			b += 4.0 * m->params[i].n;   /* base weights, not adapters */
+	if (m->qw)
+		for (size_t i = 0; i < (size_t)m->c.num_hidden_layers * L_NLIN; i++)
+			b += (double)ft_qweight_bytes(&m->qw[i]);
+	return b;
+}
+
+static int tile_rows(const ft_model *m, int in, int out)
+{
+	size_t r = m->qscratch_n / (size_t)in;
+	return r < 1 ? 1 : r > (size_t)out ? out : (int)r;
+}
+
+/* Rows [r0, r1) of W dequantized, split over threads by rows. */
+static void dequant_rows(const ft_qweight *q, int r0, int r1, float *dst)
+{
+	int n = r1 - r0;
+#pragma omp parallel if ((size_t)n * q->in >= 65536)
+	{
+		int t = 0, nt = 1;
+
+		t = omp_get_thread_num();
+		nt = omp_get_num_threads();
+
+		int a = r0 + (int)((long)n * t / nt), b = r0 + (int)((long)n * (t + 1) / nt);
+		if (a < b)
+			ft_qweight_rows(q, a, b, dst + (size_t)(a - r0) * q->in);
+	}
+}
+
+/* LLM.int8() as bnb's MatMul8bitLt with llm_int8_threshold 6 (eval): the
+ * activations rounded to float16; input columns holding any |x| >= 6 are
+ * outliers, multiplied in float32 with their dequantized weight columns;
+ * the rest quantized row-wise to int8 (outlier elements zeroed first),
+ * multiplied with CB in int32 and scaled by SCA * SCB / 127^2. */
+static void int8_forward(const ft_qweight *q, float *y, const float *x, int N)
+{
+	int in = q->in, out = q->out;
+	int8_t *ca = ft_xmalloc((size_t)N * in);
+	float *sca = ft_xmalloc((size_t)N * sizeof(float));
+	char *outl = ft_xcalloc(in, 1);
+	for (size_t i = 0; i < (size_t)N * in; i++)
+		if (fabsf(ft_f16_to_f32(ft_f32_to_f16(x[i]))) >= INT8_THRESHOLD)
+			outl[i % in] = 1;
+	for (int n = 0; n < N; n++) {
+		const float *xr = x + (size_t)n * in;
+		float am = 0;
+		for (int k = 0; k < in; k++) {
+			float h = fabsf(ft_f16_to_f32(ft_f32_to_f16(xr[k])));
+			if (h < INT8_THRESHOLD)
+				am = fmaxf(am, h);
+		}
+		sca[n] = am;
+		float s = (1.0f / am) * 127.0f;   /* torch's 127 / t is t.reciprocal() * 127 */
+		for (int k = 0; k < in; k++) {
+			float h = ft_f16_to_f32(ft_f32_to_f16(xr[k]));
+			int zero = am == 0 || fabsf(h) >= INT8_THRESHOLD || (N > 1 && outl[k]);
+			ca[(size_t)n * in + k] = zero ? 0 : (int8_t)nearbyintf(h * s);
+		}
+	}
+#pragma omp parallel for schedule(static) if ((size_t)N * out * in >= 1 << 20)
+	for (int n = 0; n < N; n++)
+		for (int o = 0; o < out; o++) {
+			const int8_t *a = ca + (size_t)n * in, *b = q->cb + (size_t)o * in;
+			int32_t acc = 0;
+			for (int k = 0; k < in; k++)
+				acc += (int32_t)a[k] * b[k];
+			float v = (float)acc * (sca[n] * q->scb[o]) * 6.200124e-05f;
+			for (int k = 0; k < in; k++)   /* outlier columns, float32 */
+				if (outl[k])
+					v += x[(size_t)n * in + k] *
+					     ((float)b[k] * q->scb[o] * 7.874015718698502e-3f);
+			y[(size_t)n * out + o] = v;
+		}
+	free(ca);
+	free(sca);
+	free(outl);
+}
+
+void ftp_qlin_forward(ft_model *m, int l, int j, float *y, const float *x, int N, int eval)
+{
+	const ft_qweight *q = qw_of(m, l, j);
+	int in = q->in, out = q->out;
+	if (q->bits == 8 && eval)
+		int8_forward(q, y, x, N);
+	else
+		for (int r0 = 0, R = tile_rows(m, in, out); r0 < out; r0 += R) {
+			int r1 = r0 + R < out ? r0 + R : out;
+			dequant_rows(q, r0, r1, m->qscratch);
+			ft_sgemm(0, 1, N, r1 - r0, in, 1, x, in, m->qscratch, in, 0, y + r0, out);
+		}
+	const float *b = j <= L_V ? m->layers[l].bias[j].w : NULL;
+	if (b)
+#pragma omp parallel for schedule(static) if ((size_t)N * out >= 65536)
+		for (int n = 0; n < N; n++)
+			for (int o = 0; o < out; o++)
+				y[(size_t)n * out + o] += b[o];
+}
+
+/* dx += dy W through the dequantized tiles (the weight is frozen). */
+void ftp_qlin_backward(ft_model *m, int l, int j, float *dx, const float *dy, int N)
+{
+	if (!dx)
+		return;
+	const ft_qweight *q = qw_of(m, l, j);
+	int in = q->in, out = q->out;
+	for (int r0 = 0, R = tile_rows(m, in, out); r0 < out; r0 += R) {
+		int r1 = r0 + R < out ? r0 + R : out;
+		dequant_rows(q, r0, r1, m->qscratch);
+		ft_sgemm(0, 0, N, in, r1 - r0, 1, dy + r0, out, m->qscratch, in, 1, dx, in);
+	}
+}
+
+const ft_qweight *ftp_model_qweight(const ft_model *m, int l, int j)
+{
+	return m->qw ? qw_of(m, l, j) : NULL;
+}
+
+/* ---- LLaMA-Factory's arguments and the memory plan ------------------- */
+
+static int is_true(const char *v, int *out)
+{
+	if (!strcmp(v, "true") || !strcmp(v, "True") || !strcmp(v, "1")) *out = 1;
+	else if (!strcmp(v, "false") || !strcmp(v, "False") || !strcmp(v, "0")) *out = 0;
+	else return -1;
+	return 0;
+}
+
+int ft_quant_parse(ft_tune_opts *o, const char *bit, const char *type, const char *double_q,
+		   const char *method)
+{
+	o->quantization_bit = 0;
+	o->quantization_fp4 = 0;
+	o->double_quantization = 1;   /* LLaMA-Factory's default */
+	if (method && strcmp(method, "bnb") && strcmp(method, "bitsandbytes")) {
+		if (!strcmp(method, "gptq") || !strcmp(method, "awq") || !strcmp(method, "hqq") ||
+		    !strcmp(method, "eetq") || !strcmp(method, "aqlm") || !strcmp(method, "quanto"))
+			return ft_fail("--quantization_method %s: only bnb (bitsandbytes) "
+				       "quantization is implemented", method);
+		return ft_fail("--quantization_method '%s': not a quantization method (bnb)", method);
+	}
+	if (type && strcmp(type, "nf4") && strcmp(type, "fp4"))
+		return ft_fail("--quantization_type '%s': use nf4 or fp4", type);
+	o->quantization_fp4 = type && !strcmp(type, "fp4");
+	if (double_q && is_true(double_q, &o->double_quantization) < 0)
+		return ft_fail("--double_quantization '%s': use true or false", double_q);
+	if (!bit || !*bit || !strcmp(bit, "null") || !strcmp(bit, "None"))
+		return 0;
+	char *end;
+	long b = strtol(bit, &end, 10);
+	if (*end || end == bit || (b != 4 && b != 8))   /* quantization.py's words */
+		return ft_fail("--quantization_bit %s: Bitsandbytes only accepts 4-bit or 8-bit "
+			       "quantization.", bit);
+	if (o->type != FT_FT_LORA)   /* hparams/parser.py's check */
+		return ft_fail("--quantization_bit: Quantization is only compatible with the LoRA "
+			       "or OFT method.");
+	o->quantization_bit = (int)b;
+	return 0;
+}
+
+double ft_config_weight_bytes_quant(const ft_config *c, int bits, int double_quant)
+{
+	double all = ft_config_weight_bytes(c), lin = 0, q = 0;
+	for (int j = 0; j < L_NLIN; j++) {
+		int in, out;
+		ftp_lin_dims(c, j, &in, &out);
+		ft_qweight w = { .bits = bits, .in = in, .out = out };
+		uint8_t one;
+		if (bits == 4 && double_quant)
+			w.qabsmax = &one;   /* only its presence counts */
+		lin += 4.0 * in * out;
+		q += (double)ft_qweight_bytes(&w);
+	}
+	if (!bits)
+		return all;
+	return all - c->num_hidden_layers * (lin - q);
+}
