@@ -255,3 +255,36 @@ double ft_config_weight_bytes_quant(const ft_config *c, int bits, int double_qua
 		return all;
 	return all - c->num_hidden_layers * (lin - q);
 }
+
+/* Bytes of a LoRA run on the model, by purpose: the base weights (the
+ * quantized linears packed, the rest in 2-byte bf16 when half, else
+ * float32), the adapters (float32 weight, gradient and AdamW's two
+ * moments), and the activations of `tokens` tokens: the residual stream of
+ * every layer boundary, each layer's saved tensors (one layer's with
+ * gradient checkpointing), the backward buffers and the LM head's chunk,
+ * in the working precision.  The same sizes as lib/model/model_fwd.c
+ * allocates on the CPU. */
+void ft_quant_plan(const ft_config *c, int bits, int double_quant, int rank, unsigned targets,
+		   int tokens, int checkpointing, int half, ft_quant_plan_t *p)
+{
+	double L = c->num_hidden_layers, D = c->hidden_size, F = c->intermediate_size;
+	double H = c->num_attention_heads, qd = H * c->head_dim;
+	double kd = (double)c->num_key_value_heads * c->head_dim, V = c->vocab_size, n = tokens;
+	double lin = 0, ad = 0, es = half ? 2 : 4;
+	for (int j = 0; j < L_NLIN; j++) {
+		int in, out;
+		ftp_lin_dims(c, j, &in, &out);
+		lin += 4.0 * in * out;
+		if (targets >> j & 1)
+			ad += ((double)in + out) * rank;
+	}
+	double rest = ft_config_weight_bytes(c) - L * lin;   /* embeddings, norms, head */
+	double qlin = ft_config_weight_bytes_quant(c, bits, double_quant) - rest;
+	p->weights = rest * es / 4 + (bits ? qlin : L * lin * es / 4);
+	p->adapters = 16.0 * ad * L;
+	double layer = 3 * D + 2 + 2 * qd + 2 * kd + H + 2 * F + L_NLIN * rank;
+	double scratch = 4 * D + 3 * qd + 2 * kd + 5 * F;
+	double head = (double)(1 << 24) < n * V ? (double)(1 << 24) : n * V;
+	p->acts = es * (n * ((L + 1) * D + (checkpointing ? 1 : L) * layer + scratch) + head);
+	p->total = p->weights + p->adapters + p->acts;
+}

@@ -68,4 +68,12 @@ double ft_config_weight_bytes_quant(const ft_config *c, int bits, int double_qua
 double ft_model_resident_bytes(const ft_model *m);
 int ft_model_is_quantized(const ft_model *m);
 
+/* The memory a LoRA run plans (lib/model/model_quant.c: ft_quant_plan
+ * says what is counted); half: bf16 working precision (the GPU's). */
+typedef struct {
+	double weights, adapters, acts, total;
+} ft_quant_plan_t;
+void ft_quant_plan(const ft_config *c, int bits, int double_quant, int rank, unsigned targets,
+		   int tokens, int checkpointing, int half, ft_quant_plan_t *p);
+
 #endif

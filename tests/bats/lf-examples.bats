@@ -16,7 +16,8 @@ command_for() {
 }
 
 # The configs ft-run accepts today (the others are refused, with reasons).
-RUNNABLE="extras/nlg_eval/llama3_lora_predict.yaml
+RUNNABLE="extras/fsdp_qlora/llama3_lora_sft.yaml
+extras/nlg_eval/llama3_lora_predict.yaml
 inference/qwen3.yaml
 inference/qwen3_full_sft.yaml
 inference/qwen3_lora_sft.yaml
@@ -27,7 +28,9 @@ train_lora/qwen3_lora_sft.yaml
 train_lora/qwen3_preprocess.yaml
 train_qlora/llama3_lora_sft_aqlm.yaml
 train_qlora/llama3_lora_sft_awq.yaml
-train_qlora/llama3_lora_sft_gptq.yaml"
+train_qlora/llama3_lora_sft_gptq.yaml
+train_qlora/qwen3_lora_sft_bnb_npu.yaml
+train_qlora/qwen3_lora_sft_otfq.yaml"
 
 @test "every example config: a plan, or each problem on its own line with the count" {
 	cd "$EX"
@@ -111,6 +114,11 @@ tiny_qwen() {
 	for q in aqlm awq gptq; do
 		run_example train_qlora/llama3_lora_sft_$q.yaml $small template=qwen3_nothink
 	done
+	# QLoRA (bitsandbytes 4-bit on the fly): NF4, with and without double quantization
+	run_example train_qlora/qwen3_lora_sft_otfq.yaml $small output_dir=saves/qlora
+	[ -s saves/qlora/adapter_model.safetensors ]
+	run_example train_qlora/qwen3_lora_sft_bnb_npu.yaml $small output_dir=saves/qlora_npu
+	[ -s saves/qlora_npu/adapter_model.safetensors ]
 }
 
 @test "a pre-quantized checkpoint is refused by name, as its config says" {

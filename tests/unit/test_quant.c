@@ -17,6 +17,7 @@
 #include "util/atomicfile.h"
 #include "model/model.h"
 #include "model/quant.h"
+#include "model/cuda_view.h"
 #include "format/safetensors.h"
 #include "format/trainlog.h"
 #include "train/trainer.h"
@@ -402,6 +403,17 @@ static void test_memory(void)
 	ok(q4 <= 0.3 * f, "1B shape: 4-bit model %.0f MB <= 0.3 x float32 %.0f MB (%.3f)", q4 / 1e6,
 	   f / 1e6, q4 / f);
 	ok(q8 < 0.4 * f, "1B shape: 8-bit model %.0f MB (%.3f of float32)", q8 / 1e6, q8 / f);
+	/* LLaMA-Factory's table: a 7B QLoRA-4bit run needs ~6 GB of GPU */
+	ft_config l2 = { .arch = FT_ARCH_LLAMA, .vocab_size = 32000, .hidden_size = 4096,
+			 .intermediate_size = 11008, .num_hidden_layers = 32, .num_attention_heads = 32,
+			 .num_key_value_heads = 32, .head_dim = 128 };
+	ft_quant_plan_t p4, p8, p0;
+	ft_quant_plan(&l2, 4, 1, 8, FT_MOD_ALL_LINEAR, 512, 1, 1, &p4);
+	ft_quant_plan(&l2, 8, 0, 8, FT_MOD_ALL_LINEAR, 512, 1, 1, &p8);
+	ft_quant_plan(&l2, 0, 0, 8, FT_MOD_ALL_LINEAR, 512, 1, 1, &p0);
+	ok(p4.total <= 6e9 && p8.total <= 10e9 && p0.total > p8.total,
+	   "Llama-2-7B LoRA r=8, 1x512, GPU bf16: 4-bit plans %.2f GB (<= 6), 8-bit %.2f GB (<= 10), "
+	   "unquantized %.2f GB", p4.total / 1e9, p8.total / 1e9, p0.total / 1e9);
 	ft_model *m = qmodel("llama", 4, 0, 1, NULL, FT_MOD_Q | FT_MOD_V, 4, 0);
 	ft_config tc = *ft_model_config(m);
 	double plan = ft_config_weight_bytes_quant(&tc, 4, 1), have = ft_model_resident_bytes(m);
@@ -413,6 +425,10 @@ static void test_memory(void)
 	   !strcmp(ft_errmsg(), "Cannot merge adapters to a quantized model."),
 	   "merging into a quantized model refused: %s", ft_errmsg());
 	ok(ft_model_save_full(m, "/tmp/ft-test-quant-never", NULL) < 0, "full save of a quantized model refused");
+	ft_cuda_view v;
+	rc = ft_cuda_view_of(m, &v);
+	ok(rc < 0 && strstr(ft_errmsg(), "CPU only"), "the CUDA view of a quantized model is refused: %s",
+	   ft_errmsg());
 	ft_model_free(m);
 }
 

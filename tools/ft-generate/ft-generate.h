@@ -20,6 +20,8 @@ typedef struct {
 	long long max_samples, cutoff_len;
 	int overwrite_output_dir;
 	ft_gen_opts gen;
+	/* QLoRA: --quantization_bit/_type/_method, --double_quantization */
+	const char *q_bit, *q_type, *q_double, *q_method;
 } gen_cli;
 
 typedef struct {

@@ -30,5 +30,8 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c);
  * removed (ft_atomic_reclaim_in) and an empty trainer_log.jsonl ignored. */
 int output_dir_in_use(const char *dir);
 void check_tokenizer(const ft_cli_args *c, const char *path, const ft_manifest *m);
+/* qlora.c: --help's memory note; the loaded quantized model's bytes */
+void print_quant_help(FILE *f);
+void note_quant_memory(const ft_model *m, const ft_tune_opts *t);
 
 #endif
