@@ -1,0 +1,89 @@
+/* bench_qlora.c - a QLoRA training step against a LoRA step of the same
+ * model on the CPU (lib/model: forward + backward, clipping and AdamW on
+ * the adapters, as ft-train steps).  Built and run by run.sh.
+ *
+ *   bench_qlora HIDDEN LAYERS HEADS KV INTER VOCAB B T STEPS WARMUP MODE
+ * MODE: lora, nf4 (4-bit NF4 with double quantization, LLaMA-Factory's
+ * default), fp4, int8.  Prints one JSON line; the fastest step counts (the
+ * machine may be shared).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "util/error.h"
+#include "model/model.h"
+#include "model/quant.h"
+#include "train/optim.h"
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 12) {
+		fprintf(stderr, "usage: bench_qlora HIDDEN LAYERS HEADS KV INTER VOCAB B T STEPS WARMUP "
+			"lora|nf4|fp4|int8\n");
+		return 2;
+	}
+	ft_config c = { .arch = FT_ARCH_LLAMA, .hidden_size = atoi(argv[1]),
+			.num_hidden_layers = atoi(argv[2]), .num_attention_heads = atoi(argv[3]),
+			.num_key_value_heads = atoi(argv[4]), .intermediate_size = atoi(argv[5]),
+			.vocab_size = atoi(argv[6]), .max_position_embeddings = 4096,
+			.rms_norm_eps = 1e-5, .rope_theta = 10000, .rope_type = "default",
+			.rope_factor = 1, .torch_dtype = "float32" };
+	c.head_dim = c.hidden_size / c.num_attention_heads;
+	int B = atoi(argv[7]), T = atoi(argv[8]), steps = atoi(argv[9]), warm = atoi(argv[10]);
+	const char *mode = argv[11];
+	ft_tune_opts o = { .type = FT_FT_LORA, .lora_rank = 8, .lora_alpha = 16,
+			   .lora_targets = FT_MOD_ALL_LINEAR, .seed = 1 };
+	o.quantization_bit = !strcmp(mode, "int8") ? 8 : strcmp(mode, "lora") ? 4 : 0;
+	o.quantization_fp4 = !strcmp(mode, "fp4");
+	o.double_quantization = !strcmp(mode, "nf4");
+	ft_model *m = ft_model_from_config(&c, &o);
+	if (!m) {
+		fprintf(stderr, "bench_qlora: %s\n", ft_errmsg());
+		return 1;
+	}
+	ft_param **train = calloc(ft_model_nparams(m), sizeof *train);
+	size_t nt = 0;
+	for (size_t i = 0; i < ft_model_nparams(m); i++)
+		if (ft_model_param(m, i)->trainable) train[nt++] = ft_model_param(m, i);
+	ft_adamw_opts ao;
+	ft_adamw_opts_default(&ao);
+	ft_adamw *opt = ft_adamw_new(train, nt, &ao);
+	ft_batch b = { .B = B, .T = T };
+	b.input_ids = malloc((size_t)B * T * 4);
+	b.labels = malloc((size_t)B * T * 4);
+	unsigned s = 12345;
+	for (int i = 0; i < B * T; i++) {
+		s = s * 1103515245u + 12345u;
+		b.input_ids[i] = b.labels[i] = (int32_t)((s >> 8) % (unsigned)c.vocab_size);
+	}
+	b.n_label_tokens = (int64_t)B * (T - 1);
+	double loss = 0, best = 1e30;
+	for (int st = 0; st < warm + steps; st++) {
+		double t0 = now();
+		ft_model_zero_grad(m);
+		if (ft_model_forward_backward(m, &b, 1.0f / b.n_label_tokens, &loss, NULL) < 0) {
+			fprintf(stderr, "bench_qlora: %s\n", ft_errmsg());
+			return 1;
+		}
+		ft_clip_grad_norm(train, nt, 1.0);
+		ft_adamw_step(opt, 1e-4);
+		double dt = now() - t0;
+		if (st >= warm && dt < best)
+			best = dt;
+	}
+	printf("{\"mode\": \"%s\", \"step_s\": %.4f, \"tokens_per_s\": %.1f, \"resident_bytes\": %.0f, "
+	       "\"fp32_bytes\": %.0f, \"loss\": %.4f}\n", mode, best, B * T / best,
+	       ft_model_resident_bytes(m), ft_config_weight_bytes(&c), loss / b.n_label_tokens);
+	ft_adamw_free(opt);
+	free(train); free(b.input_ids); free(b.labels);
+	ft_model_free(m);
+	return 0;
+}
