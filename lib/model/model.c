@@ -372,7 +372,8 @@ static ft_model *model_alloc(const ft_config *c, const ft_tune_opts *o, const ch
 		ft_fail("model config: inconsistent sizes");
 		return NULL;
 	}
-	if (ftp_config_memory_plan(c, what) < 0) return NULL;
+	if ((o && o->quantization_bit ? ftp_quant_memory_plan(c, o, what)
+	     : ftp_config_memory_plan(c, what)) < 0) return NULL;
 	ft_model *m = ft_xcalloc(1, sizeof *m);
 	m->c = *c;
 	if (o)

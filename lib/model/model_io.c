@@ -54,6 +54,8 @@ int ft_model_read_weights(ft_model *m, const char *dir)
 			rc = -1;
 		else if (ft_st_read_f32(t, p->w) < 0)
 			rc = ft_fail_ctx("%s: %s: ", t->file ? t->file : dir, p->name);
+		else if (m->o.quantization_bit)   /* QLoRA: held quantized from here */
+			ftp_model_quantize_param(m, p);
 	}
 	ft_st_close(st);
 	return rc;

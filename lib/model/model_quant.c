@@ -16,6 +16,7 @@
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include "util/dtype.h"
 #include "util/error.h"
@@ -45,25 +46,61 @@ void ftp_model_quant_free(ft_model *m)
 	m->qscratch = NULL;
 }
 
-/* Quantizes every decoder linear as o.quantization_* say, freeing its
- * float32 weight; returns m, or NULL (m freed) on failure. */
+/* Linear j of layer l: quantized, its float32 weight freed.  Pages of a
+ * weight malloc never touched are not resident, so a model quantized
+ * tensor by tensor as it is read never holds its float32 linears at once. */
+static void quantize_lin(ft_model *m, int l, int j)
+{
+	const ft_config *c = &m->c;
+	if (!m->qw)
+		m->qw = ft_xcalloc((size_t)c->num_hidden_layers * L_NLIN, sizeof *m->qw);
+	ftp_wg *w = &m->layers[l].lin[j];
+	if (!w->w)
+		return;   /* already quantized */
+	int in, out;
+	ftp_lin_dims(c, j, &in, &out);
+	ft_qweight_make(qw_of(m, l, j), w->w, out, in, m->o.quantization_bit, m->o.quantization_fp4,
+			m->o.double_quantization);
+	free(w->w);
+	free(w->g);
+	w->w = w->g = NULL;
+}
+
+/* After the weight of p was read (lib/model/model_io.c): quantized now if
+ * it is a decoder linear. */
+void ftp_model_quantize_param(ft_model *m, ft_param *p)
+{
+	for (int l = 0; l < m->c.num_hidden_layers; l++)
+		for (int j = 0; j < L_NLIN; j++)
+			if (m->layers[l].lin[j].w == p->w && p->w) {
+				quantize_lin(m, l, j);
+				p->w = NULL;
+				return;
+			}
+}
+
+/* The memory plan of a quantized model: its resident bytes, not float32. */
+int ftp_quant_memory_plan(const ft_config *c, const ft_tune_opts *o, const char *what)
+{
+	char kind[48];
+	snprintf(kind, sizeof kind, "%d-bit quantized", o->quantization_bit);
+	return ftp_memory_plan_check(ft_config_weight_bytes_quant(c, o->quantization_bit,
+								  o->double_quantization), kind, what);
+}
+
+/* Quantizes every decoder linear not yet quantized as o.quantization_*
+ * say; returns m, or NULL (m freed) on failure. */
 ft_model *ftp_model_quantize(ft_model *m)
 {
 	if (!m || !m->o.quantization_bit)
 		return m;
 	const ft_config *c = &m->c;
-	int L = c->num_hidden_layers, mx = 0;
-	m->qw = ft_xcalloc((size_t)L * L_NLIN, sizeof *m->qw);
-	for (int l = 0; l < L; l++)
+	int mx = 0;
+	for (int l = 0; l < c->num_hidden_layers; l++)
 		for (int j = 0; j < L_NLIN; j++) {
 			int in, out;
 			ftp_lin_dims(c, j, &in, &out);
-			ftp_wg *w = &m->layers[l].lin[j];
-			ft_qweight_make(qw_of(m, l, j), w->w, out, in, m->o.quantization_bit,
-					m->o.quantization_fp4, m->o.double_quantization);
-			free(w->w);
-			free(w->g);
-			w->w = w->g = NULL;
+			quantize_lin(m, l, j);
 			if (in > mx)
 				mx = in;
 		}

@@ -432,6 +432,27 @@ static void test_memory(void)
 	ft_model_free(m);
 }
 
+/* The memory plan counts the quantized bytes: a 4-bit model fits where
+ * its float32 weights would not (FT_MEMORY_AVAILABLE stands in for the
+ * machine's memory). */
+static void test_memory_plan(void)
+{
+	ft_config c;
+	if (ft_config_load("tests/fixtures/models/tiny-llama/config.json", &c) < 0)
+		return;
+	char v[32];
+	snprintf(v, sizeof v, "%.0f", (ft_config_weight_bytes(&c) + ft_config_weight_bytes_quant(&c, 4, 1)) / 2);
+	setenv("FT_MEMORY_AVAILABLE", v, 1);
+	ft_model *q = qmodel("llama", 4, 0, 1, NULL, FT_MOD_Q | FT_MOD_V, 4, 0);
+	ok(q != NULL, "4-bit tiny-llama loads within %s bytes%s%s", v, q ? "" : ": ", q ? "" : ft_errmsg());
+	ft_model *f = qmodel("llama", 0, 0, 0, NULL, FT_MOD_Q | FT_MOD_V, 4, 0);
+	ok(!f && strstr(ft_errmsg(), "float32 weights need"), "float32 tiny-llama refused there: %s",
+	   ft_errmsg());
+	unsetenv("FT_MEMORY_AVAILABLE");
+	ft_model_free(q);
+	ft_model_free(f);
+}
+
 static void test_parse(void)
 {
 	ft_tune_opts o = { .type = FT_FT_LORA };
@@ -477,6 +498,7 @@ int main(void)
 	}
 	test_checkpointing();
 	test_memory();
+	test_memory_plan();
 	test_parse();
 	return tap_done();
 }
