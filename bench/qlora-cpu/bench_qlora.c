@@ -4,7 +4,9 @@
  *
  *   bench_qlora HIDDEN LAYERS HEADS KV INTER VOCAB B T STEPS WARMUP MODE
  * MODE: lora, nf4 (4-bit NF4 with double quantization, LLaMA-Factory's
- * default), fp4, int8.  Prints one JSON line; the fastest step counts (the
+ * default), fp4, int8.
+ *   bench_qlora dequant OUT IN N REPS
+ * times dequantizing one weight against the sgemm it feeds.  Prints one JSON line; the fastest step counts (the
  * machine may be shared).
  */
 #include <stdio.h>
@@ -14,6 +16,7 @@
 #include "util/error.h"
 #include "model/model.h"
 #include "model/quant.h"
+#include "model/layers.h"
 #include "train/optim.h"
 
 static double now(void)
@@ -23,8 +26,45 @@ static double now(void)
 	return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* The dequantization alone against the product it feeds: one [out, in]
+ * weight, N tokens; both timed in the same loop, so a shared machine slows
+ * both alike (the ratio is what the QLoRA step adds per linear). */
+static int dequant_cost(int out, int in, int N, int reps)
+{
+	float *w = malloc((size_t)out * in * sizeof(float)), *d = malloc((size_t)out * in * sizeof(float));
+	float *x = malloc((size_t)N * in * sizeof(float)), *y = malloc((size_t)N * out * sizeof(float));
+	for (size_t i = 0; i < (size_t)out * in; i++)
+		w[i] = (float)((i * 2654435761u) % 1000) / 1000 - 0.5f;
+	for (size_t i = 0; i < (size_t)N * in; i++)
+		x[i] = (float)(i % 13) / 13;
+	const char *names[3] = { "nf4", "fp4", "int8" };
+	for (int v = 0; v < 3; v++) {
+		ft_qweight q;
+		ft_qweight_make(&q, w, out, in, v == 2 ? 8 : 4, v == 1, v == 0);
+		double bd = 1e30, bg = 1e30;
+		for (int r = 0; r < reps; r++) {
+			double t = now();
+			ft_qweight_rows(&q, 0, out, d);
+			t = now() - t;
+			if (t < bd) bd = t;
+			t = now();
+			ft_sgemm(0, 1, N, out, in, 1, x, in, d, in, 0, y, out);
+			t = now() - t;
+			if (t < bg) bg = t;
+		}
+		printf("{\"dequant\": \"%s\", \"out\": %d, \"in\": %d, \"N\": %d, \"dequant_s\": %.5f, "
+		       "\"sgemm_s\": %.5f, \"ratio\": %.3f, \"weights_per_ns\": %.2f}\n", names[v], out, in, N,
+		       bd, bg, bd / bg, (double)out * in / bd / 1e9);
+		ft_qweight_free(&q);
+	}
+	free(w); free(d); free(x); free(y);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 6 && !strcmp(argv[1], "dequant"))
+		return dequant_cost(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
 	if (argc != 12) {
 		fprintf(stderr, "usage: bench_qlora HIDDEN LAYERS HEADS KV INTER VOCAB B T STEPS WARMUP "
 			"lora|nf4|fp4|int8\n");

@@ -21,6 +21,7 @@ cc -std=gnu11 -O3 -march=x86-64-v3 -fno-math-errno -fopenmp -iquote lib "$here/b
 	-lopenblas -lm -lpthread -ldl -o "$out/bench_qlora"
 export OMP_NUM_THREADS="$THREADS" OPENBLAS_NUM_THREADS="$THREADS"
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $THREADS threads"
+"$out/bench_qlora" dequant 2816 1024 512 5
 SHAPE=${SHAPE:-"1024 8 16 8 2816 8000 2 256 ${STEPS:-3} 1"}
 lora=""
 for mode in lora nf4 fp4 int8; do

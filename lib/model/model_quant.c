@@ -24,7 +24,7 @@
 #include "model/quant.h"
 #include "model/quant_kernels.h"
 
-#define TILE_FLOATS (1 << 19)   /* 2 MiB of dequantized rows per product */
+#define TILE_FLOATS (1 << 21)   /* 8 MiB of dequantized rows per product: wide tiles, few parallel regions */
 #define INT8_THRESHOLD 6.0f     /* BitsAndBytesConfig's llm_int8_threshold */
 
 static ft_qweight *qw_of(const ft_model *m, int l, int j)
@@ -156,9 +156,13 @@ static void int8_forward(const ft_qweight *q, float *y, const float *x, int N)
 	int8_t *ca = ft_xmalloc((size_t)N * in);
 	float *sca = ft_xmalloc((size_t)N * sizeof(float));
 	char *outl = ft_xcalloc(in, 1);
+	int *cols = ft_xmalloc((size_t)in * sizeof(int)), nc = 0;
 	for (size_t i = 0; i < (size_t)N * in; i++)
 		if (fabsf(ft_f16_to_f32(ft_f32_to_f16(x[i]))) >= INT8_THRESHOLD)
 			outl[i % in] = 1;
+	for (int k = 0; k < in; k++)
+		if (outl[k])
+			cols[nc++] = k;   /* few: the outlier features of LLM.int8() */
 	for (int n = 0; n < N; n++) {
 		const float *xr = x + (size_t)n * in;
 		float am = 0;
@@ -183,15 +187,15 @@ static void int8_forward(const ft_qweight *q, float *y, const float *x, int N)
 			for (int k = 0; k < in; k++)
 				acc += (int32_t)a[k] * b[k];
 			float v = (float)acc * (sca[n] * q->scb[o]) * 6.200124e-05f;
-			for (int k = 0; k < in; k++)   /* outlier columns, float32 */
-				if (outl[k])
-					v += x[(size_t)n * in + k] *
-					     ((float)b[k] * q->scb[o] * 7.874015718698502e-3f);
+			for (int c = 0; c < nc; c++)   /* outlier columns, float32 */
+				v += x[(size_t)n * in + cols[c]] *
+				     ((float)b[cols[c]] * q->scb[o] * 7.874015718698502e-3f);
 			y[(size_t)n * out + o] = v;
 		}
 	free(ca);
 	free(sca);
 	free(outl);
+	free(cols);
 }
 
 void ftp_qlin_forward(ft_model *m, int l, int j, float *y, const float *x, int N, int eval)

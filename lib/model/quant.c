@@ -333,13 +333,27 @@ void ft_qweight_rows(const ft_qweight *q, int r0, int r1, float *dst)
 		return;
 	}
 	const float *code = q->fp4 ? ft_fp4_code : ft_nf4_code;
+	/* both codes of each byte value: one load per two weights */
+	float pair[256][2];
+	for (int v = 0; v < 256; v++) {
+		pair[v][0] = code[v >> 4];
+		pair[v][1] = code[v & 15];
+	}
 	size_t i = i0;
 	while (i < i1) {
 		size_t b = i / FT_Q4_BLOCK, e = (b + 1) * FT_Q4_BLOCK;
 		if (e > i1) e = i1;
 		float a = ft_k_q4_absmax(q->absmax, q->qabsmax, q->absmax2, ft_dynamic_code,
 					 q->offset, b);
-		for (; i < e; i++)
-			dst[i - i0] = code[ft_k_nibble(q->packed, i)] * a;
+		float *d = dst - i0;
+		if (i < e && (i & 1))   /* a segment starting on a low nibble */
+			d[i] = code[ft_k_nibble(q->packed, i)] * a, i++;
+		for (; i + 1 < e; i += 2) {
+			const float *p = pair[q->packed[i >> 1]];
+			d[i] = p[0] * a;
+			d[i + 1] = p[1] * a;
+		}
+		if (i < e)
+			d[i] = code[ft_k_nibble(q->packed, i)] * a, i++;
 	}
 }
