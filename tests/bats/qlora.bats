@@ -53,6 +53,29 @@ train() { ft-train --model_name_or_path "$MODEL" --train train.zst --max_steps 2
 	assert_failure
 }
 
+@test "a QLoRA run resumed from its checkpoint matches the uninterrupted run" {
+	args=(--quantization_bit 4 --learning_rate 5e-3 --max_steps 6 --gradient_accumulation_steps 2
+	      --logging_steps 1 --save_steps 3 -q)
+	ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir out "${args[@]}"
+	mkdir b && cp -r out/checkpoint-3 b/
+	head -n 3 out/trainer_log.jsonl > b/trainer_log.jsonl
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b "${args[@]}" \
+		--resume_from_checkpoint true
+	assert_success
+	diff <(jq -c '{current_steps, loss, grad_norm}' out/trainer_log.jsonl) \
+		<(jq -c '{current_steps, loss, grad_norm}' b/trainer_log.jsonl)
+	cmp out/adapter_model.safetensors b/adapter_model.safetensors
+}
+
+@test "--val evaluates the quantized model (8-bit: LLM.int8(), as bnb in eval mode)" {
+	ft-cat --encode < "$FIXTURES/trainer/val.jsonl" > val.zst
+	for b in 4 8; do
+		run train --quantization_bit $b --val val.zst --eval_steps 2 --output_dir v$b
+		assert_success
+		jq -e '.eval_loss > 0' v$b/eval_results.json
+	done
+}
+
 @test "the flags come from a YAML config too, with dashes accepted" {
 	printf 'quantization_bit: 4\nquantization_method: bnb\ndouble_quantization: false\n' > q.yaml
 	run ft-train q.yaml --model_name_or_path "$MODEL" --train train.zst --max_steps 1 --output_dir o \
