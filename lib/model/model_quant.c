@@ -145,18 +145,15 @@ static void dequant_rows(const ft_qweight *q, int r0, int r1, float *dst)
 	}
 }
 
-/* LLM.int8() as bnb's MatMul8bitLt with llm_int8_threshold 6 (eval): the
- * activations rounded to float16; input columns holding any |x| >= 6 are
- * outliers, multiplied in float32 with their dequantized weight columns;
- * the rest quantized row-wise to int8 (outlier elements zeroed first),
- * multiplied with CB in int32 and scaled by SCA * SCB / 127^2. */
-static void int8_forward(const ft_qweight *q, float *y, const float *x, int N)
+/* The activations as LLM.int8() quantizes them (MatMul8bitLt): rounded to
+ * float16; input columns holding any |x| >= 6 are the outliers (listed in
+ * cols); each row scaled to int8 by 127 / its absmax over the rest, the
+ * outlier elements (and, with several rows, whole outlier columns) zero.
+ * The int8 values are stored as floats for the product. */
+static int int8_activations(const float *x, int N, int in, float *caf, float *sca, int *cols)
 {
-	int in = q->in, out = q->out;
-	int8_t *ca = ft_xmalloc((size_t)N * in);
-	float *sca = ft_xmalloc((size_t)N * sizeof(float));
 	char *outl = ft_xcalloc(in, 1);
-	int *cols = ft_xmalloc((size_t)in * sizeof(int)), nc = 0;
+	int nc = 0;
 	for (size_t i = 0; i < (size_t)N * in; i++)
 		if (fabsf(ft_f16_to_f32(ft_f32_to_f16(x[i]))) >= INT8_THRESHOLD)
 			outl[i % in] = 1;
@@ -176,26 +173,57 @@ static void int8_forward(const ft_qweight *q, float *y, const float *x, int N)
 		for (int k = 0; k < in; k++) {
 			float h = ft_f16_to_f32(ft_f32_to_f16(xr[k]));
 			int zero = am == 0 || fabsf(h) >= INT8_THRESHOLD || (N > 1 && outl[k]);
-			ca[(size_t)n * in + k] = zero ? 0 : (int8_t)nearbyintf(h * s);
+			caf[(size_t)n * in + k] = zero ? 0 : nearbyintf(h * s);
 		}
 	}
-#pragma omp parallel for schedule(static) if ((size_t)N * out * in >= 1 << 20)
-	for (int n = 0; n < N; n++)
-		for (int o = 0; o < out; o++) {
-			const int8_t *a = ca + (size_t)n * in, *b = q->cb + (size_t)o * in;
-			int32_t acc = 0;
-			for (int k = 0; k < in; k++)
-				acc += (int32_t)a[k] * b[k];
-			float v = (float)acc * (sca[n] * q->scb[o]) * 6.200124e-05f;
-			for (int c = 0; c < nc; c++)   /* outlier columns, float32 */
-				v += x[(size_t)n * in + cols[c]] *
-				     ((float)b[cols[c]] * q->scb[o] * 7.874015718698502e-3f);
-			y[(size_t)n * out + o] = v;
-		}
-	free(ca);
-	free(sca);
 	free(outl);
-	free(cols);
+	return nc;
+}
+
+/* LLM.int8() as bnb's MatMul8bitLt with llm_int8_threshold 6 (eval): the
+ * int8 product CA CB^T accumulated exactly in int32, scaled by SCA * SCB
+ * / 127^2, plus the outlier columns multiplied in float32 with their
+ * dequantized weight columns.  The integer product runs through sgemm on
+ * int-valued floats in chunks of K_EXACT inputs: every partial sum is an
+ * integer below 1024 * 127 * 127 < 2^24, so float32 holds it exactly in any
+ * order, and the chunks add up in int32. */
+#define K_EXACT 1024
+#define R_INT8 1024
+static void int8_forward(const ft_qweight *q, float *y, const float *x, int N)
+{
+	int in = q->in, out = q->out;
+	float *caf = ft_xmalloc((size_t)N * in * sizeof(float));
+	float *sca = ft_xmalloc((size_t)N * sizeof(float));
+	int *cols = ft_xmalloc((size_t)in * sizeof(int));
+	int nc = int8_activations(x, N, in, caf, sca, cols);
+	float *wt = ft_xmalloc((size_t)R_INT8 * K_EXACT * sizeof(float));
+	float *tmp = ft_xmalloc((size_t)N * R_INT8 * sizeof(float));
+	int32_t *acc = ft_xmalloc((size_t)N * R_INT8 * sizeof(int32_t));
+	for (int r0 = 0; r0 < out; r0 += R_INT8) {
+		int R = r0 + R_INT8 < out ? R_INT8 : out - r0;
+		memset(acc, 0, (size_t)N * R * sizeof(int32_t));
+		for (int k0 = 0; k0 < in; k0 += K_EXACT) {
+			int K = k0 + K_EXACT < in ? K_EXACT : in - k0;
+			for (int r = 0; r < R; r++)
+				for (int k = 0; k < K; k++)
+					wt[(size_t)r * K + k] = q->cb[(size_t)(r0 + r) * in + k0 + k];
+			ft_sgemm(0, 1, N, R, K, 1, caf + k0, in, wt, K, 0, tmp, R);
+			for (size_t i = 0; i < (size_t)N * R; i++)
+				acc[i] += (int32_t)tmp[i];
+		}
+#pragma omp parallel for schedule(static) if ((size_t)N * R >= 16384)
+		for (int n = 0; n < N; n++)
+			for (int r = 0; r < R; r++) {
+				int o = r0 + r;
+				const int8_t *b = q->cb + (size_t)o * in;
+				float v = (float)acc[(size_t)n * R + r] * (sca[n] * q->scb[o]) * 6.200124e-05f;
+				for (int c = 0; c < nc; c++)   /* outlier columns, float32 */
+					v += x[(size_t)n * in + cols[c]] *
+					     ((float)b[cols[c]] * q->scb[o] * 7.874015718698502e-3f);
+				y[(size_t)n * out + o] = v;
+			}
+	}
+	free(caf); free(sca); free(cols); free(wt); free(tmp); free(acc);
 }
 
 void ftp_qlin_forward(ft_model *m, int l, int j, float *y, const float *x, int N, int eval)
