@@ -134,11 +134,7 @@ static void dequant_rows(const ft_qweight *q, int r0, int r1, float *dst)
 	int n = r1 - r0;
 #pragma omp parallel if ((size_t)n * q->in >= 65536)
 	{
-		int t = 0, nt = 1;
-
-		t = omp_get_thread_num();
-		nt = omp_get_num_threads();
-
+		int t = omp_get_thread_num(), nt = omp_get_num_threads();
 		int a = r0 + (int)((long)n * t / nt), b = r0 + (int)((long)n * (t + 1) / nt);
 		if (a < b)
 			ft_qweight_rows(q, a, b, dst + (size_t)(a - r0) * q->in);
