@@ -28,6 +28,8 @@ LIB_TRAIN  += dist dist_shard trainer_dist
 LIB_MODEL  += extras lora_pissa lora_dora
 LIB_TRAIN  += optim_ext optim_loraplus optim_badam optim_muon optim_adam_mini optim_galore
 LIB_MODEL  += flash_ref
+LIB_MODEL  += quant model_quant
+LIB_CUDA   += quant
 
 LIB_SRC   := $(LIB_UTIL:%=lib/util/%.c) $(LIB_FORMAT:%=lib/format/%.c) \
              $(LIB_TEXT:%=lib/text/%.c) $(LIB_DATA:%=lib/data/%.c) \

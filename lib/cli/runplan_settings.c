@@ -106,10 +106,10 @@ static const ftp_route routes[] = {
 	{"export_quantization_bit", FTP_X, "quantized (GPTQ) export is not supported: ft-merge "
 	 "writes bf16, fp16 or fp32 safetensors"},
 	{"export_quantization_dataset", FTP_X, "quantized (GPTQ) export is not supported"},
-	{"quantization_bit", FTP_X, "QLoRA is " NOT_YET},
-	{"quantization_method", FTP_X, "QLoRA is " NOT_YET},
-	{"quantization_type", FTP_X, "QLoRA is " NOT_YET},
-	{"double_quantization", FTP_X, "QLoRA is " NOT_YET},
+	{"quantization_bit", FTP_R | FTP_G | FTP_M, NULL},   /* QLoRA (bnb); ft-merge refuses */
+	{"quantization_method", FTP_R | FTP_G | FTP_M, NULL},
+	{"quantization_type", FTP_R | FTP_G | FTP_M, NULL},
+	{"double_quantization", FTP_R | FTP_G | FTP_M, NULL},
 	{"use_unsloth", FTP_X, "unsloth's kernels are torch code ft does not run"},
 	{"use_apollo", FTP_X, "the APOLLO optimizer is " NOT_YET},
 	{"pref_beta", FTP_R, NULL},

@@ -88,7 +88,12 @@ static double available_bytes(void)
 
 int ftp_config_memory_plan(const ft_config *c, const char *what)
 {
-	double need = ft_config_weight_bytes(c), avail = available_bytes();
+	return ftp_memory_plan_check(ft_config_weight_bytes(c), "float32", what);
+}
+
+int ftp_memory_plan_check(double need, const char *kind, const char *what)
+{
+	double avail = available_bytes();
 	/* FT_MEMORY_AVAILABLE (bytes) stands in for the machine's, in tests */
 	const char *env = getenv("FT_MEMORY_AVAILABLE");
 	if (env && *env) avail = strtod(env, NULL);
@@ -96,8 +101,8 @@ int ftp_config_memory_plan(const ft_config *c, const char *what)
 	char n[32], a[32];
 	ft_bytes_fmt(need, n, sizeof n);
 	ft_bytes_fmt(avail, a, sizeof a);
-	return ft_fail("%s: the model's float32 weights need %s, %s of memory available "
-		       "(is num_hidden_layers / hidden_size / vocab_size right?)", what, n, a);
+	return ft_fail("%s: the model's %s weights need %s, %s of memory available "
+		       "(is num_hidden_layers / hidden_size / vocab_size right?)", what, kind, n, a);
 }
 
 /* tensor `name` has shape [d0] (d1 < 0) or [d0, d1] */

@@ -49,6 +49,9 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 	memset(v, 0, sizeof *v);
 	if (m->dora)   /* lib/model/lora_dora.c has no GPU twin yet */
 		return ft_fail("DoRA (use_dora) runs on the CPU only: use --device cpu");
+	if (m->qw)
+		return ft_fail("--quantization_bit: quantized models run on the CPU only "
+			       "(the CUDA dequantize kernel is not wired into the device model)");
 	if (c->head_dim % 2 || c->num_attention_heads % c->num_key_value_heads)
 		return ft_fail("model shape not supported on CUDA: head_dim %d, %d heads, "
 			       "%d kv heads", c->head_dim, c->num_attention_heads,

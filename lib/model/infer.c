@@ -104,7 +104,10 @@ static void lin(ft_model *m, int l, int j, float *y, const float *x, int N, floa
 	ftp_layer *ly = &m->layers[l];
 	int in, out;
 	ftp_lin_dims(&m->c, j, &in, &out);
-	ft_linear_forward(y, x, ly->lin[j].w, j <= L_V ? ly->bias[j].w : NULL, N, in, out);
+	if (m->qw)
+		ftp_qlin_forward(m, l, j, y, x, N, 1);
+	else
+		ft_linear_forward(y, x, ly->lin[j].w, j <= L_V ? ly->bias[j].w : NULL, N, in, out);
 	ftp_lora *lo = &ly->lora[j];
 	if (lo->on)
 		ft_lora_forward(y, lh, x, lo->A.w, lo->B.w, N, in, out, lo->r, lo->scale);

@@ -380,7 +380,8 @@ static ft_model *model_alloc(const ft_config *c, const ft_tune_opts *o, const ch
 		ft_fail("model config: inconsistent sizes");
 		return NULL;
 	}
-	if (ftp_config_memory_plan(c, what) < 0) return NULL;
+	if ((o && o->quantization_bit ? ftp_quant_memory_plan(c, o, what)
+	     : ftp_config_memory_plan(c, what)) < 0) return NULL;
 	ft_model *m = ft_xcalloc(1, sizeof *m);
 	m->c = *c;
 	if (o)
@@ -453,7 +454,7 @@ ft_model *ft_model_from_config(const ft_config *c, const ft_tune_opts *o)
 			fill_normal(y->lin[j].w, (size_t)in * out, std, seed, nm);
 		}
 	}
-	return model_finish(m);
+	return ftp_model_quantize(model_finish(m));
 }
 
 /* lib/model/model_io.c */
@@ -482,7 +483,7 @@ ft_model *ft_model_load(const char *model_dir, const ft_tune_opts *o)
 		ft_model_free(m);
 		return NULL;
 	}
-	return m;
+	return ftp_model_quantize(m);
 }
 
 void ft_model_free(ft_model *m)
@@ -490,6 +491,7 @@ void ft_model_free(ft_model *m)
 	if (!m)
 		return;
 	ftp_model_free_buffers(m);
+	ftp_model_quant_free(m);
 	ftp_model_free_params(m);
 	free(m->wte.w); free(m->wte.g);
 	if (!m->c.tie_word_embeddings) {

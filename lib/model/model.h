@@ -66,6 +66,9 @@ typedef struct {
 	int pissa_init, pissa_iter;
 	/* set by ft_model_dora_init / a use_dora adapter (lib/model/lora_dora.c) */
 	int use_dora;
+	/* QLoRA (lib/model/quant.h): 0, 4 or 8 bits for the decoder's base
+	 * linears; 4-bit FP4 instead of NF4; 4-bit absmaxes quantized too */
+	int quantization_bit, quantization_fp4, double_quantization;
 } ft_tune_opts;
 /* Defaults applied when a field is 0: lora_rank 8, lora_alpha 2*rank (as
  * LLaMA-Factory), lora_targets q_proj|v_proj.

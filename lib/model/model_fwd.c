@@ -154,7 +154,11 @@ static void lin_fwd_many(ft_model *m, int l, const int *js, float *const *ys, in
 		ftp_lin_dims(&m->c, js[i], &in, &out);
 		o[i] = (ft_linear_out){ ys[i], y_->lin[js[i]].w, js[i] <= L_V ? y_->bias[js[i]].w : NULL, out };
 	}
-	ft_linear_forward_many(o, n, x, N, in);
+	if (m->qw)
+		for (int i = 0; i < n; i++)
+			ftp_qlin_forward(m, l, js[i], ys[i], x, N, !m->training);
+	else
+		ft_linear_forward_many(o, n, x, N, in);
 	for (int i = 0; i < n; i++) {
 		ftp_lora *lo = &y_->lora[js[i]];
 		if (!lo->on)
@@ -182,8 +186,11 @@ static void lin_bwd(ft_model *m, int l, int j, ftp_acts *a, float *dx,
 	ftp_lin_dims(&m->c, j, &in, &out);
 	if (y_->lora[j].on && ftp_dora_of(m, l, j))
 		dy = ftp_dora_backward(m, l, j, dy, N);
-	ft_linear_backward(dx, y_->lin[j].g, j <= L_V ? y_->bias[j].g : NULL, dy, x,
-			   y_->lin[j].w, N, in, out);
+	if (m->qw)   /* frozen (LoRA only): the input gradient alone */
+		ftp_qlin_backward(m, l, j, dx, dy, N);
+	else
+		ft_linear_backward(dx, y_->lin[j].g, j <= L_V ? y_->bias[j].g : NULL, dy, x,
+				   y_->lin[j].w, N, in, out);
 	ftp_lora *lo = &y_->lora[j];
 	if (!lo->on)
 		return;

@@ -82,6 +82,11 @@ struct ft_model {
 	ftp_dora *dora;              /* [L * L_NLIN], NULL without DoRA */
 	float *dora_dy;              /* DoRA: the scaled output gradient */
 	size_t dora_dy_n;
+	/* QLoRA (model_quant.c): the decoder linears quantized, [L * L_NLIN],
+	 * and the scratch a tile of dequantized rows goes through */
+	struct ft_qweight_s *qw;
+	float *qscratch;
+	size_t qscratch_n;
 };
 
 /* The DoRA state of module j of layer l, NULL when it has none. */
@@ -135,7 +140,17 @@ int ftp_lin_dims(const ft_config *c, int which, int *in, int *out);
  * path and the key), and the weights' bytes against available memory. */
 int ftp_config_check(const ft_config *c, const char *path);
 int ftp_config_memory_plan(const ft_config *c, const char *what);
+/* need bytes of `kind` ("float32") weights against available memory */
+int ftp_memory_plan_check(double need, const char *kind, const char *what);
 /* The weights in dir (headers only) agree with the config's sizes. */
 int ftp_config_check_weights(const ft_config *c, const char *dir);
+
+/* lib/model/model_quant.c */
+ft_model *ftp_model_quantize(ft_model *m);
+void ftp_model_quantize_param(ft_model *m, ft_param *p);
+int ftp_quant_memory_plan(const ft_config *c, const ft_tune_opts *o, const char *what);
+void ftp_model_quant_free(ft_model *m);
+void ftp_qlin_forward(ft_model *m, int l, int j, float *y, const float *x, int N, int eval);
+void ftp_qlin_backward(ft_model *m, int l, int j, float *dx, const float *dy, int N);
 
 #endif

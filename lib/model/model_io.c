@@ -54,6 +54,8 @@ int ft_model_read_weights(ft_model *m, const char *dir)
 			rc = -1;
 		else if (ft_st_read_f32(t, p->w) < 0)
 			rc = ft_fail_ctx("%s: %s: ", t->file ? t->file : dir, p->name);
+		else if (m->o.quantization_bit)   /* QLoRA: held quantized from here */
+			ftp_model_quantize_param(m, p);
 	}
 	ft_st_close(st);
 	return rc;
@@ -103,6 +105,9 @@ static json_t *config_json(const ft_model *m, const char *dtype)
 int ft_model_save_full(ft_model *m, const char *dir, const char *dtype)
 {
 	ft_dtype dt;
+	if (m->qw)   /* LLaMA-Factory's export refuses the same */
+		return ft_fail("%s: cannot save the full weights of a quantized model "
+			       "(load the base without --quantization_bit)", dir);
 	if (!dtype)
 		dtype = m->c.torch_dtype[0] ? m->c.torch_dtype : "float32";
 	if (ft_dtype_parse_torch(dtype, &dt) < 0 || (dt != FT_F32 && dt != FT_F16 && dt != FT_BF16))
@@ -315,6 +320,12 @@ int ft_model_load_adapter(ft_model *m, const char *dir)
 			"recomputes the base product on the dropped-out input)", c.path);
 		goto out;
 	}
+	int pissa = c.init_lora_weights && !strncmp(c.init_lora_weights, "pissa", 5);
+	if ((c.use_dora || pissa) && m->qw) {   /* both need the fp32 base */
+		ft_fail("%s: a %s adapter on a quantized base (--quantization_bit) is not implemented in ft yet",
+			c.path, c.use_dora ? "DoRA" : "PiSSA");
+		goto out;
+	}
 	if (c.use_dora)   /* the magnitudes are read below */
 		ftp_dora_enable(m);
 	ftp_model_build_params(m);
@@ -371,6 +382,8 @@ out:
 
 int ft_model_merge_lora(ft_model *m)
 {
+	if (m->qw)   /* LLaMA-Factory's export_model words it so */
+		return ft_fail("Cannot merge adapters to a quantized model.");
 	for (int l = 0; l < m->c.num_hidden_layers; l++)
 		for (int j = 0; j < L_NLIN; j++) {
 			ftp_lora *a = &m->layers[l].lora[j];

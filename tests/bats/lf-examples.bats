@@ -18,6 +18,7 @@ command_for() {
 # The configs ft-run accepts today (the others are refused, with reasons).
 RUNNABLE="extras/adam_mini/qwen2_full_sft.yaml
 extras/badam/llama3_full_sft.yaml
+extras/fsdp_qlora/llama3_lora_sft.yaml
 extras/llama_pro/llama3_freeze_sft.yaml
 extras/loraplus/llama3_lora_sft.yaml
 extras/muon/qwen2_full_sft.yaml
@@ -36,7 +37,9 @@ train_lora/qwen3_lora_sft.yaml
 train_lora/qwen3_preprocess.yaml
 train_qlora/llama3_lora_sft_aqlm.yaml
 train_qlora/llama3_lora_sft_awq.yaml
-train_qlora/llama3_lora_sft_gptq.yaml"
+train_qlora/llama3_lora_sft_gptq.yaml
+train_qlora/qwen3_lora_sft_bnb_npu.yaml
+train_qlora/qwen3_lora_sft_otfq.yaml"
 
 @test "every example config: a plan, or each problem on its own line with the count" {
 	cd "$EX"
@@ -135,6 +138,11 @@ tiny_qwen() {
 	# PiSSA with pissa_convert (the loraplus run above used the same output_dir)
 	run_example extras/pissa/llama3_lora_sft.yaml $small template=qwen3_nothink lora_rank=4
 	[ -s saves/llama3-8b/lora/sft/pissa_converted/adapter_model.safetensors ]
+	# QLoRA (bitsandbytes 4-bit on the fly): NF4, with and without double quantization
+	run_example train_qlora/qwen3_lora_sft_otfq.yaml $small output_dir=saves/qlora
+	[ -s saves/qlora/adapter_model.safetensors ]
+	run_example train_qlora/qwen3_lora_sft_bnb_npu.yaml $small output_dir=saves/qlora_npu
+	[ -s saves/qlora_npu/adapter_model.safetensors ]
 }
 
 @test "a pre-quantized checkpoint is refused by name, as its config says" {

@@ -23,6 +23,8 @@ typedef struct {
 	/* device (device.c) */
 	const char *device;
 	int device_given, device_kind, device_index, bf16, fp16;
+	/* QLoRA: --quantization_bit/_type/_method, --double_quantization */
+	const char *q_bit, *q_type, *q_double, *q_method;
 } gen_cli;
 
 typedef struct gen_device gen_device;

@@ -7,6 +7,7 @@
 #include "cli/cli.h"
 #include "ft-generate.h"
 #include "data/stage.h"
+#include "model/quant.h"
 
 static void usage(void)
 {
@@ -30,6 +31,10 @@ static void usage(void)
 "                               is present, else the CPU with a note\n"
 "  --bf16, --fp16               GPU: half-precision weights and matmul inputs (as\n"
 "                               ft-train); CPU: float32 with a note\n"
+"  --quantization_bit 4|8       QLoRA base: bitsandbytes 4-bit (NF4/FP4) or 8-bit\n"
+"                               (LLM.int8()) weights, as the adapter was trained on\n"
+"  --quantization_type nf4|fp4 (nf4)  --double_quantization BOOL (true)\n"
+"  --quantization_method bnb    (gptq, awq, hqq, eetq: not implemented)\n"
 "Sampling (defaults as LLaMA-Factory's generating arguments):\n"
 "  --do_sample BOOL             sample (default true); false = greedy\n"
 "  --temperature X              default 0.95\n"
@@ -68,6 +73,7 @@ enum {
 	O_TEMP, O_TOP_P, O_TOP_K, O_REP, O_MAX_NEW, O_SEED, O_BATCH, O_SKIP, O_LINES, O_STRICT,
 	O_PREDICT, O_DATASET, O_DATASET_DIR, O_MAX_SAMPLES, O_CUTOFF, O_OUTPUT_DIR, O_OVERWRITE,
 	O_BF16, O_FP16,
+	O_QBIT, O_QTYPE, O_QDOUBLE, O_QMETHOD,
 };
 
 static const struct option longopts[] = {
@@ -102,6 +108,10 @@ static const struct option longopts[] = {
 	{"overwrite_output_dir", optional_argument, 0, O_OVERWRITE},
 	{"bf16", optional_argument, 0, O_BF16},
 	{"fp16", optional_argument, 0, O_FP16},
+	{"quantization_bit", required_argument, 0, O_QBIT},
+	{"quantization_type", required_argument, 0, O_QTYPE},
+	{"double_quantization", optional_argument, 0, O_QDOUBLE},
+	{"quantization_method", required_argument, 0, O_QMETHOD},
 	{"quiet", no_argument, 0, 'q'},
 	{"verbose", no_argument, 0, 'v'},
 	{"help", no_argument, 0, 'h'},
@@ -150,6 +160,12 @@ static void parse_args(gen_cli *o, int argc, char **argv)
 		case O_DATASET_DIR: o->dataset_dir = optarg; break;
 		case O_OUTPUT_DIR: o->output_dir = optarg; break;
 		case O_OVERWRITE: o->overwrite_output_dir = ft_optarg_bool("overwrite_output_dir", argc, argv); break;
+		case O_QBIT: o->q_bit = optarg; break;
+		case O_QTYPE: o->q_type = optarg; break;
+		case O_QDOUBLE:
+			o->q_double = ft_optarg_bool("double_quantization", argc, argv) ? "true" : "false";
+			break;
+		case O_QMETHOD: o->q_method = optarg; break;
 		case 'q': ft_verbose--; break;
 		case 'v': ft_verbose++; break;
 		case 'h': usage(); exit(0);
@@ -167,6 +183,13 @@ static void parse_args(gen_cli *o, int argc, char **argv)
 	if (o->gen.max_new_tokens < 1) die_usage("--max_new_tokens must be at least 1");
 	if (o->gen.batch_size < 1) die_usage("--per_device_eval_batch_size must be at least 1");
 	if (o->bf16 && o->fp16) die_usage("--bf16 and --fp16 exclude each other");
+	/* LLaMA-Factory checks these against finetuning_type lora, which
+	 * inference with adapters is; a bare quantized model is fine too */
+	ft_tune_opts q = { .type = FT_FT_LORA };
+	if (ft_quant_parse(&q, o->q_bit, o->q_type, o->q_double, o->q_method) < 0)
+		die_usage("%s", ft_errmsg());
+	if (q.quantization_bit && o->adapters && strchr(o->adapters, ','))   /* adapter.py's words */
+		die_usage("--quantization_bit: Quantized model only accepts a single adapter.");
 }
 
 /* All adapters but the last are merged into the base weights, the last is
@@ -176,6 +199,11 @@ static void load_model(const gen_cli *o, gen_env *e)
 	ft_tune_opts t = {0};
 	t.type = o->adapters ? FT_FT_LORA : FT_FT_FREEZE;   /* freeze, 0 layers: no gradients */
 	t.lora_rank = 8, t.lora_alpha = 16, t.lora_targets = FT_MOD_Q | FT_MOD_V;
+	ft_tune_opts q = { .type = FT_FT_LORA };
+	ft_quant_parse(&q, o->q_bit, o->q_type, o->q_double, o->q_method);   /* checked in parse_args */
+	t.quantization_bit = q.quantization_bit;
+	t.quantization_fp4 = q.quantization_fp4;
+	t.double_quantization = q.double_quantization;
 	e->model = ft_model_load(o->model_dir, &t);
 	if (!e->model) die_lib();
 	if (!o->adapters) return;

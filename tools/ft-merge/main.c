@@ -159,6 +159,7 @@ int main(int argc, char **argv)
 	static const char *const known[] = {
 		"model_name_or_path", "adapter_name_or_path", "export_dir", "export_dtype", "export_size",
 		"overwrite", "finetuning_type", "export_legacy_format", "export_quantization_bit",
+		"quantization_bit", "quantization_type", "double_quantization", "quantization_method",
 	};
 	for (size_t i = 0; i < args.n; i++) {
 		int ok = 0;
@@ -179,6 +180,13 @@ int main(int argc, char **argv)
 		die_usage("export_legacy_format (.bin weights) is not supported: ft-merge writes safetensors");
 	if (ft_lfargs_find(&args, "export_quantization_bit"))
 		die_usage("export_quantization_bit: quantized export is not supported");
+	/* a QLoRA adapter merges into the unquantized base (LLaMA-Factory's
+	 * export refuses a quantized one with these words) */
+	const char *qb = ft_lfargs_get(&args, "quantization_bit", NULL);
+	if (qb && strcmp(qb, "null") && strcmp(qb, "None") && *qb)
+		die_usage(al ? "Cannot merge adapters to a quantized model. (drop quantization_bit: "
+			       "the adapter merges into the unquantized base)"
+			     : "quantization_bit: quantized export is not supported");
 	ft_merge_opts o = { .threads = threads, .export_dtype = FT_MERGE_DTYPE_AUTO };
 	o.model_dir = ft_lfargs_get(&args, "model_name_or_path", NULL);
 	o.export_dir = ft_lfargs_get(&args, "export_dir", NULL);

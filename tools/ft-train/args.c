@@ -1,6 +1,7 @@
 /* args.c - ft-train's options: LLaMA-Factory names from the command line
  * or a YAML/JSON config (lib/cli/lfargs.h), checked against one table. */
 #include "ft-train.h"
+#include "model/quant.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -39,7 +40,8 @@ static const char *const known[] = {
 	"val", "train", "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
 	"gradient_checkpointing", "bf16", "fp16", "plot_loss", "device", "eval_strategy",
 	"save_strategy", "logging_strategy", "optim", "allow_tokenizer_mismatch", "skip_nonfinite",
-	"ddp_timeout", "zero", "deepspeed", NULL,
+	"ddp_timeout", "zero", "deepspeed",
+	"quantization_bit", "quantization_type", "double_quantization", "quantization_method", NULL,
 };
 
 static int in_list(const char *const *l, const char *k)
@@ -215,6 +217,9 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	t->freeze_trainable_modules = !strcmp(fm, "all") ? 0 : parse_modules("freeze_trainable_modules", fm, 1);
 	t->gradient_checkpointing = get_bool(a, "gradient_checkpointing", 0);
 	t->seed = (uint64_t)get_int(a, "seed", 42);
+	if (ft_quant_parse(t, get(a, "quantization_bit"), get(a, "quantization_type"),
+			   get(a, "double_quantization"), get(a, "quantization_method")) < 0)
+		die_usage("%s", ft_errmsg());
 
 	/* optimisation and bookkeeping */
 	o->seed = t->seed;

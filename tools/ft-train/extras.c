@@ -71,6 +71,8 @@ void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 	if (x->pissa && type != FT_FT_LORA) die_usage("--pissa_init is only valid for LoRA training");
 	if (x->pissa_convert && type != FT_FT_LORA) die_usage("--pissa_convert is only valid for LoRA training");
 	if (x->pissa_iter < -1) die_usage("--pissa_iter must be -1 (exact SVD) or >= 0 (power iterations)");
+	if (x->pissa && c->tune.quantization_bit)   /* PiSSA rewrites the base weights */
+		die_usage("--pissa_init with --quantization_bit is not implemented in ft yet");
 	if (x->pissa && c->adapter)
 		die_usage("--pissa_init initializes a new adapter; --adapter_name_or_path's own "
 			  "adapter_config.json says how it was initialized");
@@ -83,6 +85,8 @@ void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 			die_usage("--use_dora with --lora_dropout > 0 is not implemented in ft yet (PEFT then "
 				  "recomputes the base product on the dropped-out input)");
 		if (x->pissa) die_usage("--use_dora with --pissa_init is not implemented in ft yet");
+		if (c->tune.quantization_bit)   /* its magnitude needs the base weight's norm */
+			die_usage("--use_dora with --quantization_bit (QDoRA) is not implemented in ft yet");
 		if (c->adapter)
 			die_usage("--use_dora makes a new adapter; --adapter_name_or_path's adapter_config.json "
 				  "says whether it is DoRA");

@@ -78,5 +78,8 @@ void pref_plot(const ft_cli_args *c);
 ft_dist *dist_start(ft_cli_args *c);
 void dist_finish(ft_dist *d);
 void dist_test_fault(int64_t step);
+/* qlora.c: --help's memory note; the loaded quantized model's bytes */
+void print_quant_help(FILE *f);
+void note_quant_memory(const ft_model *m, const ft_tune_opts *t);
 
 #endif

@@ -46,6 +46,11 @@ static const char usage[] =
 "  --freeze_trainable_layers N (2; negative: the first N)\n"
 "  --freeze_trainable_modules all|mlp,self_attn,q_proj,...\n"
 "  --gradient_checkpointing   recompute activations in backward (less memory)\n"
+"QLoRA (bitsandbytes' Linear4bit / Linear8bitLt; --finetuning_type lora only):\n"
+"  --quantization_bit 4|8     hold the decoder's q,k,v,o,gate,up,down base weights\n"
+"                             quantized (embeddings, norms, LM head stay float32)\n"
+"  --quantization_type nf4|fp4 (nf4)  --double_quantization true|false (true)\n"
+"  --quantization_method bnb  (gptq, awq, hqq, eetq are not implemented)\n"
 "  --bf16, --fp16             GPU: half-precision weights and matmul inputs, fp32\n"
 "                             masters (fp16 with dynamic loss scaling); CPU: float32\n"
 "                             as before, full weights saved in the config's dtype\n"
@@ -298,6 +303,7 @@ static ft_model *load_model(ft_cli_args *c)
 			die_usage("--adapter_name_or_path needs --finetuning_type lora");
 		if (ft_model_load_adapter(m, c->adapter) < 0) die("%s", ft_errmsg());
 	}
+	note_quant_memory(m, &c->tune);
 	return m;
 }
 
@@ -325,6 +331,11 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 			die_usage("--device: '%s' is not a device (cpu, cuda, cuda:N, auto)", c->device);
 		if (!strncmp(ft_errmsg(), "--device '", 10)) die_usage("%s", ft_errmsg());   /* cuda:x */
 		die("%s", ft_errmsg());
+	}
+	if (kind != FT_DEV_CPU && c->tune.quantization_bit && !strcmp(c->device, "auto")) {
+		warn("note: --device auto: --quantization_bit runs on the CPU (docs/QLORA.md)");
+		kind = FT_DEV_CPU;
+		why[0] = 0;
 	}
 	if (kind == FT_DEV_CPU) {
 		if (c->device_given && why[0]) warn("note: --device %s: running on the CPU (%s)", c->device, why);
@@ -401,6 +412,7 @@ int main(int argc, char **argv)
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
 			fputs(usage, stdout);
+			print_quant_help(stdout);
 			return 0;
 		}
 	}
