@@ -31,6 +31,8 @@ SAME_FIELD(ft_cv_layer, ftp_layer, ln2);
 SAME_FIELD(ft_cv_layer, ftp_layer, lin);
 SAME_FIELD(ft_cv_layer, ftp_layer, bias);
 SAME_FIELD(ft_cv_layer, ftp_layer, lora);
+SAME_FIELD(ft_cv_layer, ftp_layer, qn);
+SAME_FIELD(ft_cv_layer, ftp_layer, kn);
 
 static ft_cv_wg wg(ftp_wg x)
 {
@@ -55,6 +57,7 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 	v->L = c->num_hidden_layers; v->Hq = c->num_attention_heads;
 	v->Hk = c->num_key_value_heads; v->hd = c->head_dim;
 	v->window = c->sliding_window; v->eps = (float)c->rms_norm_eps;
+	v->qk_norm = c->qk_norm;
 	for (int j = 0; j < L_NLIN; j++)
 		ftp_lin_dims(c, j, &v->lin_in[j], &v->lin_out[j]);
 	ft_rope_params rp = { "", c->rope_theta, c->rope_factor, c->rope_low_freq_factor,

@@ -159,6 +159,9 @@ static void layer_step(ft_model *m, ft_kvcache *c, int l, const int *rows, infer
 	lin(m, l, L_Q, b->q, b->ln, N, b->lh);
 	lin(m, l, L_K, b->k, b->ln, N, b->lh);
 	lin(m, l, L_V, b->v, b->ln, N, b->lh);
+	if (cf->qk_norm)   /* Qwen3: in place, each row read before it is written */
+		ftp_qk_norm_forward(cf, ly, b->q, b->k, b->q, b->k, b->tmp,
+				    b->tmp + (size_t)N * cf->num_attention_heads, N);
 	ft_rope_forward(b->q, b->cos_t, b->sin_t, N, cf->num_attention_heads, hd);
 	ft_rope_forward(b->k, b->cos_t, b->sin_t, N, cf->num_key_value_heads, hd);
 	for (int i = 0; i < N; i++) {

@@ -64,22 +64,13 @@ static int config_from_json(const json_t *j, ft_config *c, const char *path)
 		? json_string_value(json_array_get(archs, 0)) : NULL;
 	const char *mt = ft_json_str(j, "model_type", "");
 	if (!arch)
-		arch = !strcmp(mt, "llama") ? "LlamaForCausalLM"
-		     : !strcmp(mt, "mistral") ? "MistralForCausalLM"
-		     : !strcmp(mt, "qwen2") ? "Qwen2ForCausalLM" : "(none)";
+		arch = *mt ? mt : "(none)";
 	const json_t *quant = json_object_get(j, "quantization_config");
 	if (quant)   /* gptq, awq, aqlm, fp8...: packed weights, not plain tensors */
 		return ft_fail("%s: a pre-quantized checkpoint (%s): ft loads unquantized weights "
 			       "only", path, ft_json_str(quant, "quant_method", "unknown method"));
-	if (!strcmp(arch, "LlamaForCausalLM"))
-		c->arch = FT_ARCH_LLAMA;
-	else if (!strcmp(arch, "MistralForCausalLM"))
-		c->arch = FT_ARCH_MISTRAL;
-	else if (!strcmp(arch, "Qwen2ForCausalLM"))
-		c->arch = FT_ARCH_QWEN2;
-	else
-		return ft_fail("%s: architecture %s is not supported (LlamaForCausalLM, "
-			       "MistralForCausalLM, Qwen2ForCausalLM)", path, arch);
+	if (ftp_arch_from_name(arch, &c->arch, path) < 0)
+		return -1;
 	if (cfg_int(j, "vocab_size", &c->vocab_size, path) < 0 ||
 	    cfg_int(j, "hidden_size", &c->hidden_size, path) < 0 ||
 	    cfg_int(j, "intermediate_size", &c->intermediate_size, path) < 0 ||
@@ -109,7 +100,7 @@ static int config_from_json(const json_t *j, ft_config *c, const char *path)
 		c->attention_bias = 1;
 		if (ft_json_bool(j, "use_sliding_window", 0))
 			return ft_fail("%s: Qwen2 use_sliding_window true is not supported", path);
-	} else if (ft_json_bool(j, "attention_bias", 0))
+	} else if (c->arch != FT_ARCH_QWEN3 && ft_json_bool(j, "attention_bias", 0))
 		return ft_fail("%s: attention_bias true is not supported for %s", path, arch);
 	if (c->arch == FT_ARCH_MISTRAL) {
 		const json_t *sw = json_object_get(j, "sliding_window");
@@ -117,7 +108,7 @@ static int config_from_json(const json_t *j, ft_config *c, const char *path)
 	}
 	const char *dt = ft_json_str(j, "dtype", ft_json_str(j, "torch_dtype", "float32"));
 	snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", dt);
-	if (cfg_rope(j, c, path) < 0) return -1;
+	if (cfg_rope(j, c, path) < 0 || ftp_arch_config(j, c, path) < 0) return -1;
 	return ftp_config_check(c, path);
 }
 
@@ -262,6 +253,22 @@ static int module_trainable(const ft_model *m, int l, int lin)
 	return lin >= 0 && (m->o.freeze_trainable_modules >> lin & 1);
 }
 
+/* Qwen3's self_attn.q_norm / k_norm: trainable where the layer's norms
+ * are, or where freeze_trainable_modules names all of self_attn (their
+ * names are under it, as llamafactory's substring match sees them). */
+static void add_qk_norm_params(ft_model *m, size_t *cap, int l)
+{
+	ftp_layer *y = &m->layers[l];
+	unsigned mods = m->o.freeze_trainable_modules;
+	int tn = module_trainable(m, l, -1) ||
+		 (layer_trainable(m, l) && (mods & FT_MOD_SELF_ATTN) == FT_MOD_SELF_ATTN);
+	char nm[160];
+	snprintf(nm, sizeof nm, "model.layers.%d.self_attn.q_norm.weight", l);
+	add_param(m, cap, nm, &y->qn, 1, m->c.head_dim, 0, tn, 0);
+	snprintf(nm, sizeof nm, "model.layers.%d.self_attn.k_norm.weight", l);
+	add_param(m, cap, nm, &y->kn, 1, m->c.head_dim, 0, tn, 0);
+}
+
 void ftp_model_free_params(ft_model *m)
 {
 	for (size_t i = 0; i < m->nparams; i++)
@@ -293,6 +300,8 @@ int ftp_model_build_params(ft_model *m)
 				snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.bias", l, grp, ft_lin_names[j]);
 				add_param(m, &cap, nm, &y->bias[j], 1, out, 0, tr, 0);
 			}
+			if (j == L_O && c->qk_norm)
+				add_qk_norm_params(m, &cap, l);
 		}
 		int tn = module_trainable(m, l, -1);
 		snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", l);
@@ -395,6 +404,10 @@ static ft_model *model_alloc(const ft_config *c, const ft_tune_opts *o, const ch
 		ftp_layer *y = &m->layers[l];
 		y->ln1.w = wnew(D);
 		y->ln2.w = wnew(D);
+		if (c->qk_norm) {
+			y->qn.w = wnew(c->head_dim);
+			y->kn.w = wnew(c->head_dim);
+		}
 		for (int j = 0; j < L_NLIN; j++) {
 			int in, out;
 			ftp_lin_dims(c, j, &in, &out);
@@ -438,6 +451,8 @@ ft_model *ft_model_from_config(const ft_config *c, const ft_tune_opts *o)
 		ftp_layer *y = &m->layers[l];
 		for (int d = 0; d < D; d++)
 			y->ln1.w[d] = y->ln2.w[d] = 1;
+		for (int d = 0; c->qk_norm && d < c->head_dim; d++)
+			y->qn.w[d] = y->kn.w[d] = 1;
 		for (int j = 0; j < L_NLIN; j++) {
 			int in, out;
 			ftp_lin_dims(c, j, &in, &out);
@@ -492,6 +507,7 @@ void ft_model_free(ft_model *m)
 	for (int l = 0; m->layers && l < m->c.num_hidden_layers; l++) {
 		ftp_layer *y = &m->layers[l];
 		free(y->ln1.w); free(y->ln1.g); free(y->ln2.w); free(y->ln2.g);
+		free(y->qn.w); free(y->qn.g); free(y->kn.w); free(y->kn.g);
 		for (int j = 0; j < L_NLIN; j++) {
 			free(y->lin[j].w); free(y->lin[j].g);
 			lora_free(&y->lora[j]);

@@ -11,7 +11,8 @@
 #include <stdint.h>
 #include "format/batch.h"
 
-typedef enum { FT_ARCH_LLAMA, FT_ARCH_MISTRAL, FT_ARCH_QWEN2 } ft_arch;
+typedef enum { FT_ARCH_LLAMA, FT_ARCH_MISTRAL, FT_ARCH_QWEN2,
+	       FT_ARCH_QWEN3 /* lib/model/arch.c */ } ft_arch;
 
 typedef struct {
 	ft_arch arch;
@@ -27,6 +28,7 @@ typedef struct {
 	char torch_dtype[16];
 	int sliding_window;            /* Mistral; 0 = none */
 	double initializer_range;      /* std of the random init (default 0.02) */
+	int qk_norm;                   /* per-head RMSNorm on q and k before RoPE (Qwen3) */
 } ft_config;
 
 /* Parses and checks every number's range (the loaders' one check). */

@@ -48,10 +48,14 @@ static void acts_alloc(ft_model *m, ftp_acts *a, size_t N)
 	size_t D = c->hidden_size, qd = (size_t)c->num_attention_heads * c->head_dim;
 	size_t kd = (size_t)c->num_key_value_heads * c->head_dim, F = c->intermediate_size;
 	size_t r = m->o.type == FT_FT_LORA ? (size_t)m->o.lora_rank : 0;
+	size_t qn = c->qk_norm ? 1 : 0;   /* Qwen3: raw q, k and their rstd */
 	size_t sz[] = { N * D, N, N * qd, N * kd, N * kd, N * c->num_attention_heads,
-			N * qd, N * D, N * D, N, N * F, N * F };
+			N * qd, N * D, N * D, N, N * F, N * F,
+			qn * N * qd, qn * N * kd, qn * N * c->num_attention_heads,
+			qn * N * c->num_key_value_heads };
 	float **dst[] = { &a->ln1, &a->rstd1, &a->q, &a->k, &a->v, &a->lse, &a->att,
-			  &a->xmid, &a->ln2, &a->rstd2, &a->gate, &a->up };
+			  &a->xmid, &a->ln2, &a->rstd2, &a->gate, &a->up,
+			  &a->qr, &a->kr, &a->rstdq, &a->rstdk };
 	size_t tot = N * r * L_NLIN;
 	for (size_t i = 0; i < sizeof sz / sizeof *sz; i++)
 		tot += sz[i];
@@ -214,8 +218,11 @@ static void layer_forward(ft_model *m, int l, ftp_acts *a, const float *x_in,
 	ftp_layer *y = &m->layers[l];
 	ft_attn_shape s = attn_shape(m, b);
 	ft_rmsnorm_forward(a->ln1, a->rstd1, x_in, y->ln1.w, N, D, (float)c->rms_norm_eps);
-	lin_fwd_many(m, l, (const int[]){ L_Q, L_K, L_V }, (float *const[]){ a->q, a->k, a->v }, 3,
+	float *qo = c->qk_norm ? a->qr : a->q, *ko = c->qk_norm ? a->kr : a->k;
+	lin_fwd_many(m, l, (const int[]){ L_Q, L_K, L_V }, (float *const[]){ qo, ko, a->v }, 3,
 		     a, a->ln1, N);
+	if (c->qk_norm)
+		ftp_qk_norm_forward(c, y, a->q, a->k, a->qr, a->kr, a->rstdq, a->rstdk, N);
 	ft_rope_forward(a->q, m->cos_t, m->sin_t, N, c->num_attention_heads, hd);
 	ft_rope_forward(a->k, m->cos_t, m->sin_t, N, c->num_key_value_heads, hd);
 	ft_attention_forward(a->att, a->lse, a->q, a->k, a->v, &s);
@@ -254,11 +261,19 @@ static void layer_backward(ft_model *m, int l, ftp_acts *a, const float *x_in,
 			      a->lse, &s);
 	ft_rope_backward(m->dq, m->cos_t, m->sin_t, N, c->num_attention_heads, hd);
 	ft_rope_backward(m->dk, m->cos_t, m->sin_t, N, c->num_key_value_heads, hd);
+	/* Qwen3: through q_norm/k_norm into d_att (free once attention's
+	 * backward has read it) and tmp (unused in the backward pass) */
+	float *dq = m->dq, *dk = m->dk;
+	if (c->qk_norm) {
+		ftp_qk_norm_backward(c, y, m->d_att, m->tmp, m->dq, m->dk, a, N);
+		dq = m->d_att;
+		dk = m->tmp;
+	}
 	float *dln = need_dx || y->ln1.g ? m->d_ln : NULL;
 	if (dln)
 		memset(dln, 0, (size_t)N * D * sizeof(float));
-	lin_bwd(m, l, L_Q, a, dln, m->dq, a->ln1, N);
-	lin_bwd(m, l, L_K, a, dln, m->dk, a->ln1, N);
+	lin_bwd(m, l, L_Q, a, dln, dq, a->ln1, N);
+	lin_bwd(m, l, L_K, a, dln, dk, a->ln1, N);
 	lin_bwd(m, l, L_V, a, dln, m->dv, a->ln1, N);
 	if (dln)
 		ft_rmsnorm_backward(m->d_a, y->ln1.g, dln, x_in, y->ln1.w, a->rstd1, N, D);
@@ -267,7 +282,7 @@ static void layer_backward(ft_model *m, int l, ftp_acts *a, const float *x_in,
 static int layer_has_grad(const ft_model *m, int l)
 {
 	const ftp_layer *y = &m->layers[l];
-	if (y->ln1.g || y->ln2.g)
+	if (y->ln1.g || y->ln2.g || y->qn.g || y->kn.g)
 		return 1;
 	for (int j = 0; j < L_NLIN; j++)
 		if (y->lin[j].g || y->lora[j].on || (j <= L_V && y->bias[j].g))

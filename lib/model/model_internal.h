@@ -22,6 +22,7 @@ typedef struct {
 typedef struct {
 	ftp_wg ln1, ln2, lin[L_NLIN], bias[3];   /* bias: q, k, v (Qwen2) */
 	ftp_lora lora[L_NLIN];
+	ftp_wg qn, kn;        /* q_norm, k_norm [head_dim] (Qwen3); NULL w when absent */
 } ftp_layer;
 
 /* Saved activations of one layer for the backward pass. */
@@ -30,6 +31,7 @@ typedef struct {
 	float *gate, *up;
 	float *block;        /* the allocation holding all of them */
 	float *lh[L_NLIN];   /* LoRA hidden [N, r] */
+	float *qr, *kr, *rstdq, *rstdk;   /* q, k before q_norm/k_norm (Qwen3) */
 } ftp_acts;
 
 struct ft_model {
@@ -77,5 +79,17 @@ int ftp_config_check(const ft_config *c, const char *path);
 int ftp_config_memory_plan(const ft_config *c, const char *what);
 /* The weights in dir (headers only) agree with the config's sizes. */
 int ftp_config_check_weights(const ft_config *c, const char *dir);
+/* lib/model/arch.c: the families beyond Llama/Mistral/Qwen2. */
+int ftp_arch_from_name(const char *arch, ft_arch *a, const char *path);
+const char *ftp_arch_name(ft_arch a);
+const char *ftp_arch_model_type(ft_arch a);
+int ftp_arch_config(const json_t *j, ft_config *c, const char *path);
+/* q_norm/k_norm: q,k [N, H*hd] normalised per head from the raw
+ * projections a->qr, a->kr; backward turns dq, dk (after RoPE's backward)
+ * into the raw projections' gradients in dqr, dkr (written). */
+void ftp_qk_norm_forward(const ft_config *c, const ftp_layer *y, float *q, float *k,
+			 const float *qr, const float *kr, float *rstdq, float *rstdk, int N);
+void ftp_qk_norm_backward(const ft_config *c, ftp_layer *y, float *dqr, float *dkr,
+			  const float *dq, const float *dk, const ftp_acts *a, int N);
 
 #endif

@@ -61,8 +61,7 @@ int ft_model_read_weights(ft_model *m, const char *dir)
 
 static const char *arch_name(ft_arch a)
 {
-	return a == FT_ARCH_QWEN2 ? "Qwen2ForCausalLM"
-	     : a == FT_ARCH_MISTRAL ? "MistralForCausalLM" : "LlamaForCausalLM";
+	return ftp_arch_name(a);
 }
 
 static json_t *config_json(const ft_model *m, const char *dtype)
@@ -75,8 +74,7 @@ static json_t *config_json(const ft_model *m, const char *dtype)
 		return j;
 	}
 	const ft_config *c = &m->c;
-	const char *mt = c->arch == FT_ARCH_QWEN2 ? "qwen2"
-		       : c->arch == FT_ARCH_MISTRAL ? "mistral" : "llama";
+	const char *mt = ftp_arch_model_type(c->arch);
 	json_t *rp = json_pack("{s:s, s:f}", "rope_type", c->rope_type, "rope_theta", c->rope_theta);
 	if (strcmp(c->rope_type, "default"))
 		json_object_set_new(rp, "factor", json_real(c->rope_factor));

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""make_family_fixtures.py - transformers/PEFT reference for the model
+families of lib/model/arch.c (tests/unit/test_families.c,
+tests/bats/families.bats).
+
+Run from the repository root:
+
+    /work/venv/bin/python tests/reference/make_family_fixtures.py
+
+writes tests/fixtures/families/<family>/ for each family (see the README
+there): a tiny random model saved sharded, full and LoRA gradients, one
+AdamW step, a greedy generation and the PEFT adapter used for the merge
+check.  Batches, losses and the LoRA construction are those of
+make_model_fixtures.py (imported, one copy of each helper).
+
+Made with torch 2.15.0, transformers 5.25.0, peft 0.21.2 (float32,
+1 thread, eager attention, fixed seeds).
+"""
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+from transformers import Qwen3Config, Qwen3ForCausalLM
+from peft import get_peft_model
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_model_fixtures as mm  # noqa: E402  (B, T, batches, losses, LoRA)
+
+torch.set_num_threads(1)
+torch.set_default_dtype(torch.float32)
+
+OUT = "tests/fixtures/families"
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LR, WD = 1e-3, 0.1
+
+
+def qwen3_config():
+    # head_dim 24 is not hidden/heads (16): Qwen3 states it explicitly.
+    return Qwen3Config(
+        vocab_size=256, hidden_size=64, intermediate_size=96,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=24, max_position_embeddings=64, rms_norm_eps=1e-6,
+        rope_theta=1000000.0, tie_word_embeddings=True, attention_bias=False,
+        use_sliding_window=False, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        dtype="float32")
+
+
+FAMILIES = {"qwen3": (Qwen3ForCausalLM, qwen3_config, 2025)}
+
+
+def build(fam):
+    cls, cfg, seed = FAMILIES[fam]
+    torch.manual_seed(seed)
+    m = cls._from_config(cfg(), attn_implementation="eager")
+    with torch.no_grad():   # random norms so q_norm/k_norm matter
+        for n, p in m.named_parameters():
+            if "norm" in n:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+    return m.float().eval()
+
+
+def load(fam, d):
+    return FAMILIES[fam][0].from_pretrained(d, dtype=torch.float32,
+                                            attn_implementation="eager").eval()
+
+
+def grads_of(m, ids, lab, peft_names=False):
+    m.zero_grad()
+    out = m(input_ids=ids.long())
+    ls, n = mm.loss_sum(out.logits, lab)
+    ls.backward()
+    t = {"batch.input_ids": ids, "batch.labels": lab,
+         "logits": out.logits.detach().reshape(mm.B * mm.T, -1).contiguous(),
+         "loss_sum": ls.detach().reshape(1), "n_tokens": torch.tensor([float(n)])}
+    for name, p in m.named_parameters():
+        if p.requires_grad and p.grad is not None:
+            nm = name.replace(".default", "") if peft_names else name
+            t["grad." + nm] = p.grad.detach().clone()
+    return t
+
+
+def adamw_step(m, ids, lab):
+    """One AdamW step of full fine-tuning on the batch (grad_scale
+    1/n_tokens, no clipping), decay groups as transformers'."""
+    decay = mm.decay_names(m)
+    named = [(n, p) for n, p in m.named_parameters()]
+    opt = torch.optim.AdamW(
+        [{"params": [p for n, p in named if n in decay], "weight_decay": WD},
+         {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}],
+        lr=LR, betas=mm.BETAS, eps=mm.EPS)
+    m.zero_grad()
+    ls, n = mm.loss_sum(m(input_ids=ids.long()).logits, lab)
+    (ls / n).backward()
+    opt.step()
+    return {"after." + n: p.detach().clone() for n, p in named}
+
+
+def greedy(m, prompt, n=20):
+    with torch.no_grad():
+        out = m.generate(input_ids=prompt[None].long(), max_new_tokens=n, do_sample=False,
+                         min_new_tokens=n, use_cache=True, pad_token_id=0)
+    return out[0, prompt.numel():].to(torch.int32).contiguous()
+
+
+def family(fam):
+    d = os.path.join(OUT, fam)
+    mdir = os.path.join(d, "model")
+    os.makedirs(d, exist_ok=True)
+    build(fam).save_pretrained(mdir, safe_serialization=True, max_shard_size="60KB")
+    (ids, lab), = mm.make_batches(1, 77)
+    save_file(grads_of(load(fam, mdir), ids, lab), os.path.join(d, "full-grads.safetensors"))
+
+    base = load(fam, mdir)
+    pm = get_peft_model(base, mm.lora_cfg(ALL_LINEAR))
+    g = torch.Generator().manual_seed(99)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    pm.save_pretrained(os.path.join(d, "lora"))
+    t = grads_of(pm, ids, lab, peft_names=True)
+    pm.eval()
+    prompt = ids[0, :6].clone()
+    t["gen.prompt"] = prompt
+    t["gen.lora_tokens"] = greedy(pm, prompt)
+    save_file(t, os.path.join(d, "lora-grads.safetensors"))
+
+    m = load(fam, mdir)
+    extra = {"gen.prompt": prompt, "gen.tokens": greedy(m, prompt)}
+    extra.update(adamw_step(m, ids, lab))
+    save_file(extra, os.path.join(d, "step.safetensors"))
+    print(fam, "ok")
+
+
+if __name__ == "__main__":
+    for f in (sys.argv[1:] or FAMILIES):
+        family(f)

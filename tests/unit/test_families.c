@@ -1,0 +1,306 @@
+/* test_families.c - the model families of lib/model/arch.c against
+ * transformers/PEFT (tests/reference/make_family_fixtures.py, fixtures in
+ * tests/fixtures/families/<family>/).  Tolerances, fp32 throughout:
+ *   logits and every gradient (full and LoRA): max |ours - torch| /
+ *     max |torch| <= 1e-4 (different summation orders, as test_model.c);
+ *   summed loss: relative error <= 1e-5;
+ *   one AdamW step: every element within lr/100 of torch's (absolute):
+ *     the first step moves by about lr * g/(|g| + eps), so gradient
+ *     elements near eps turn the gradients' 1e-6 differences into update
+ *     differences that a relative bound on the weights would hide;
+ *   greedy generation of 20 tokens: token-equal (base and with adapter);
+ *   merged model's logits vs base+adapter: max rel error <= 1e-5 (the
+ *     merge rounds W + s*B*A to float once);
+ *   save and reload: bit-identical logits.
+ * Also the config refusals (unsupported architecture names the supported
+ * ones, Qwen3 attention_bias). */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "tap.h"
+#include "util/error.h"
+#include "util/json.h"
+#include "model/model.h"
+#include "model/infer.h"
+#include "train/optim.h"
+#include "format/safetensors.h"
+
+#define FAM "tests/fixtures/families/"
+
+static float *tensor_f32(const ft_st *st, const char *name, size_t *n)
+{
+	const ft_st_tensor *t = ft_st_find(st, name);
+	if (!t) return NULL;
+	float *v = malloc(t->numel * sizeof(float));
+	ft_st_read_f32(t, v);
+	if (n) *n = t->numel;
+	return v;
+}
+
+static int32_t *tensor_i32(const ft_st *st, const char *name, size_t *n)
+{
+	const ft_st_tensor *t = ft_st_find(st, name);
+	if (!t || t->dtype != FT_I32) return NULL;
+	int32_t *v = malloc(t->nbytes);
+	memcpy(v, t->data, t->nbytes);
+	if (n) *n = t->numel;
+	return v;
+}
+
+static double cmp(const ft_st *st, const char *name, const float *got, size_t n)
+{
+	size_t m = 0;
+	float *ref = tensor_f32(st, name, &m);
+	double e = ref && m == n ? max_rel(got, ref, n) : INFINITY;
+	if (!ref || m != n) printf("# %s missing or of another size\n", name);
+	free(ref);
+	return e;
+}
+
+static int batch_of(const ft_st *st, ft_batch *b)
+{
+	const ft_st_tensor *t = ft_st_find(st, "batch.input_ids");
+	memset(b, 0, sizeof *b);
+	if (!t) return -1;
+	b->B = (int)t->shape[0];
+	b->T = (int)t->shape[1];
+	b->input_ids = tensor_i32(st, "batch.input_ids", NULL);
+	b->labels = tensor_i32(st, "batch.labels", NULL);
+	for (int i = 0; i < b->B * b->T; i++) b->n_label_tokens += b->labels[i] != -100;
+	return 0;
+}
+
+static ft_tune_opts opts(ft_finetuning_type t)
+{
+	ft_tune_opts o = { .type = t, .lora_rank = 4, .lora_alpha = 8,
+			   .lora_targets = FT_MOD_ALL_LINEAR, .seed = 42 };
+	return o;
+}
+
+static float *logits_of(ft_model *m, const ft_batch *b, double *loss)
+{
+	size_t n = (size_t)b->B * b->T * ft_model_config(m)->vocab_size;
+	float *lg = malloc(n * sizeof(float));
+	if (ft_model_forward(m, b, lg, loss, NULL) < 0) { free(lg); return NULL; }
+	return lg;
+}
+
+/* Logits, loss and the gradient of every tensor the fixture names. */
+static void check_grads(ft_model *m, const char *fx, const char *what)
+{
+	ft_st *st = ft_st_open(fx);
+	ft_batch b;
+	if (!ok(st && batch_of(st, &b) == 0, "%s: fixture %s", what, fx)) { ft_st_close(st); return; }
+	double loss = 0, want = 0, l2 = 0;
+	size_t N = (size_t)b.B * b.T, V = ft_model_config(m)->vocab_size;
+	float *lg = logits_of(m, &b, &loss), *w = tensor_f32(st, "loss_sum", NULL);
+	want = w ? w[0] : NAN;
+	double e = lg ? cmp(st, "logits", lg, N * V) : INFINITY;
+	ok(e <= 1e-4, "%s: logits within 1e-4 (max rel err %.2g)", what, e);
+	ok(rel_err(loss, want, 1e-6) <= 1e-5, "%s: loss sum %.6f vs torch %.6f", what, loss, want);
+	ft_model_zero_grad(m);
+	ok(ft_model_forward_backward(m, &b, 1.0f, &l2, NULL) == 0, "%s: forward_backward", what);
+	double worst = 0;
+	int n = 0, missing = 0;
+	for (size_t i = 0; i < ft_model_nparams(m); i++) {
+		ft_param *p = ft_model_param(m, i);
+		if (!p->g) continue;
+		char nm[256];
+		snprintf(nm, sizeof nm, "grad.%s", p->name);
+		if (!ft_st_find(st, nm)) { printf("# no fixture gradient %s\n", nm); missing++; continue; }
+		double ge = cmp(st, nm, p->g, p->n);
+		if (ge > worst) worst = ge;
+		if (ge > 1e-4) printf("# %s: %.2g\n", p->name, ge);
+		n++;
+	}
+	ok(n > 0 && !missing && worst <= 1e-4, "%s: %d gradients within 1e-4 (worst %.2g)", what, n, worst);
+	free(lg); free(w); free(b.input_ids); free(b.labels);
+	ft_st_close(st);
+}
+
+/* Greedy decoding through the KV cache, n tokens after the prompt. */
+static int greedy_equal(ft_model *m, const int32_t *prompt, int np, const int32_t *want, int n)
+{
+	int V = ft_model_config(m)->vocab_size, rows[64] = { 0 }, eq = 1;
+	ft_kvcache *c = ft_kvcache_new(m, 1, np + n + 1);
+	float *lg = malloc((size_t)np * V * sizeof(float));
+	int32_t tok[64];
+	memcpy(tok, prompt, np * sizeof *tok);
+	int len = np, rc = 0;
+	const int32_t *in = tok;
+	for (int k = 0; k < n && !rc; k++) {
+		int want_last[64] = { 0 };
+		want_last[len - 1] = 1;
+		rc = ft_infer_forward(m, c, in, rows, len, want_last, lg);
+		int best = 0;
+		for (int v = 1; v < V; v++) if (lg[v] > lg[best]) best = v;
+		if (best != want[k]) { printf("# token %d: %d, transformers %d\n", k, best, want[k]); eq = 0; }
+		tok[0] = best;
+		in = tok;
+		len = 1;
+	}
+	ft_kvcache_free(c);
+	free(lg);
+	return !rc && eq;
+}
+
+static void check_generate(ft_model *m, const char *fx, const char *key, const char *what)
+{
+	ft_st *st = ft_st_open(fx);
+	size_t np = 0, n = 0;
+	int32_t *p = st ? tensor_i32(st, "gen.prompt", &np) : NULL, *t = st ? tensor_i32(st, key, &n) : NULL;
+	ok(p && t && greedy_equal(m, p, (int)np, t, (int)n), "%s: greedy %zu tokens equal transformers' generate",
+	   what, n);
+	free(p); free(t);
+	ft_st_close(st);
+}
+
+/* One AdamW step (lr 1e-3, weight decay 0.1 on decay params, grad_scale
+ * 1/n_tokens) against torch.optim.AdamW. */
+static void check_adamw(const char *dir, const char *fam)
+{
+	char fx[256], gfx[256];
+	snprintf(fx, sizeof fx, FAM "%s/step.safetensors", fam);
+	snprintf(gfx, sizeof gfx, FAM "%s/full-grads.safetensors", fam);
+	ft_tune_opts o = opts(FT_FT_FULL);
+	ft_model *m = ft_model_load(dir, &o);
+	ft_st *st = ft_st_open(fx), *gs = ft_st_open(gfx);
+	ft_batch b;
+	if (!ok(m && st && gs && batch_of(gs, &b) == 0, "%s: AdamW fixtures", fam)) return;
+	ft_param **ps = malloc(ft_model_nparams(m) * sizeof *ps);
+	size_t np = 0;
+	for (size_t i = 0; i < ft_model_nparams(m); i++)
+		if (ft_model_param(m, i)->g) ps[np++] = ft_model_param(m, i);
+	ft_adamw_opts ao;
+	ft_adamw_opts_default(&ao);
+	ao.weight_decay = 0.1;
+	ft_adamw *a = ft_adamw_new(ps, np, &ao);
+	ft_model_zero_grad(m);
+	ft_model_forward_backward(m, &b, 1.0f / (float)b.n_label_tokens, NULL, NULL);
+	ft_adamw_step(a, 1e-3);
+	double worst = 0;
+	for (size_t i = 0; i < np; i++) {
+		char nm[256];
+		size_t n = 0;
+		snprintf(nm, sizeof nm, "after.%s", ps[i]->name);
+		float *ref = tensor_f32(st, nm, &n);
+		if (!ref || n != ps[i]->n) { worst = INFINITY; free(ref); continue; }
+		for (size_t k = 0; k < n; k++) worst = fmax(worst, fabs(ps[i]->w[k] - ref[k]));
+		free(ref);
+	}
+	ok(worst <= 1e-2 * 1e-3, "%s: one AdamW step matches torch on %zu tensors within lr/100 "
+	   "(worst %.2g)", fam, np, worst);
+	ft_adamw_free(a);
+	free(ps); free(b.input_ids); free(b.labels);
+	ft_st_close(st); ft_st_close(gs);
+	ft_model_free(m);
+}
+
+/* LoRA: gradients, generation, merge equals base+adapter, reload. */
+static void check_lora(const char *dir, const char *fam)
+{
+	char fx[256], ad[256];
+	snprintf(fx, sizeof fx, FAM "%s/lora-grads.safetensors", fam);
+	snprintf(ad, sizeof ad, FAM "%s/lora", fam);
+	ft_tune_opts o = opts(FT_FT_LORA);
+	ft_model *m = ft_model_load(dir, &o);
+	int rc = m ? ft_model_load_adapter(m, ad) : -1;
+	if (!ok(rc == 0, "%s: PEFT adapter loads%s%s", fam, rc ? ": " : "", rc ? ft_errmsg() : "")) {
+		ft_model_free(m);
+		return;
+	}
+	char what[64];
+	snprintf(what, sizeof what, "%s lora", fam);
+	check_grads(m, fx, what);
+	check_generate(m, fx, "gen.lora_tokens", what);
+	ft_st *st = ft_st_open(fx);
+	ft_batch b;
+	batch_of(st, &b);
+	double l0, l1;
+	float *before = logits_of(m, &b, &l0);
+	ok(ft_model_merge_lora(m) == 0, "%s: merge", what);
+	float *after = logits_of(m, &b, &l1);
+	size_t n = (size_t)b.B * b.T * ft_model_config(m)->vocab_size;
+	double e = before && after ? max_rel(after, before, n) : INFINITY;
+	double ep = after ? cmp(st, "logits", after, n) : INFINITY;
+	ok(e <= 1e-5, "%s: merged logits equal base+adapter within 1e-5 (%.2g; vs PEFT %.2g)", what, e, ep);
+	char tmp[] = "/tmp/ft-test-families-XXXXXX";
+	int saved = mkdtemp(tmp) && ft_model_save_full(m, tmp, "float32") == 0;
+	ft_tune_opts fo = opts(FT_FT_FULL);
+	ft_model *r = saved ? ft_model_load(tmp, &fo) : NULL;
+	float *again = r ? logits_of(r, &b, NULL) : NULL;
+	ok(again && !memcmp(again, after, n * sizeof(float)),
+	   "%s: merged model saved and reloaded gives identical logits", what);
+	char cmd[300];
+	snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+	if (system(cmd) != 0) printf("# cleanup of %s failed\n", tmp);
+	free(before); free(after); free(again); free(b.input_ids); free(b.labels);
+	ft_st_close(st);
+	ft_model_free(r);
+	ft_model_free(m);
+}
+
+static void check_family(const char *fam, ft_arch arch)
+{
+	char dir[256], fx[256], cfg[300];
+	snprintf(dir, sizeof dir, FAM "%s/model", fam);
+	snprintf(fx, sizeof fx, FAM "%s/full-grads.safetensors", fam);
+	snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+	ft_config c;
+	ok(ft_config_load(cfg, &c) == 0 && c.arch == arch, "%s: config parses", fam);
+	ft_tune_opts o = opts(FT_FT_FULL);
+	ft_model *m = ft_model_load(dir, &o);
+	if (!ok(m != NULL, "%s: sharded model loads%s%s", fam, m ? "" : ": ", m ? "" : ft_errmsg()))
+		return;
+	check_grads(m, fx, fam);
+	ft_model_free(m);
+	o = opts(FT_FT_LORA);
+	m = ft_model_load(dir, &o);   /* base generation: LoRA B is zero */
+	snprintf(fx, sizeof fx, FAM "%s/step.safetensors", fam);
+	check_generate(m, fx, "gen.tokens", fam);
+	ft_model_free(m);
+	check_adamw(dir, fam);
+	check_lora(dir, fam);
+}
+
+/* A config.json written from a JSON text; the loader's error. */
+static const char *refusal(const char *json)
+{
+	static char msg[512];
+	char p[] = "/tmp/ft-test-cfg-XXXXXX";
+	int fd = mkstemp(p);
+	if (fd < 0 || write(fd, json, strlen(json)) != (ssize_t)strlen(json)) return "(write failed)";
+	close(fd);
+	ft_config c;
+	int rc = ft_config_load(p, &c);
+	unlink(p);
+	snprintf(msg, sizeof msg, "%s", rc < 0 ? ft_errmsg() : "(accepted)");
+	return msg;
+}
+
+#define SIZES "\"vocab_size\": 32, \"hidden_size\": 16, \"intermediate_size\": 32, " \
+	      "\"num_hidden_layers\": 1, \"num_attention_heads\": 2"
+
+static void check_refusals(void)
+{
+	const char *e = refusal("{\"architectures\": [\"Qwen3MoeForCausalLM\"], " SIZES "}");
+	ok(strstr(e, "Qwen3MoeForCausalLM is not supported") && strstr(e, "Qwen3ForCausalLM") &&
+	   strstr(e, "LlamaForCausalLM"), "an unsupported architecture is refused naming the supported ones: %s", e);
+	e = refusal("{\"model_type\": \"qwen3_moe\", " SIZES "}");
+	ok(strstr(e, "qwen3_moe is not supported") != NULL, "model_type alone: %s", e);
+	e = refusal("{\"architectures\": [\"Qwen3ForCausalLM\"], \"attention_bias\": true, " SIZES "}");
+	ok(strstr(e, "attention_bias true is not supported") != NULL, "Qwen3 attention_bias refused: %s", e);
+	e = refusal("{\"model_type\": \"qwen3\", " SIZES "}");
+	ok(!strcmp(e, "(accepted)"), "model_type qwen3 without architectures loads: %s", e);
+}
+
+int main(void)
+{
+	if (access(FAM "qwen3/model/config.json", R_OK) != 0) {
+		skip("no fixtures under " FAM " (run from the repository root)");
+		return tap_done();
+	}
+	check_refusals();
+	check_family("qwen3", FT_ARCH_QWEN3);
+	return tap_done();
+}
