@@ -18,6 +18,8 @@ LIB_CLI    := cli lfargs runplan runplan_settings
 LIB_CUDA_C := backend
 LIB_CUDA   := api attention gemm lmhead model ops optim probe
 LIB_MODEL  += arch
+LIB_TEXT   += template_think
+LIB_DATA   += preprocess_think
 
 LIB_SRC   := $(LIB_UTIL:%=lib/util/%.c) $(LIB_FORMAT:%=lib/format/%.c) \
              $(LIB_TEXT:%=lib/text/%.c) $(LIB_DATA:%=lib/data/%.c) \

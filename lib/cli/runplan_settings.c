@@ -66,7 +66,7 @@ static const ftp_route routes[] = {
 	{"export_device", FTP_N, "ft-merge merges on the CPU, one tensor at a time"},
 	{"gradient_checkpointing_kwargs", FTP_N, "ft's checkpointing recomputes each layer; "
 	 "use_reentrant is a torch detail"},
-	{"enable_thinking", FTP_N, "the template decides the thinking tags"},
+	{"enable_thinking", FTP_T | FTP_G, NULL}, {"preserve_thinking", FTP_T | FTP_G, NULL},
 	{"use_reentrant_gc", FTP_N, "ft's checkpointing recomputes each layer; reentrancy is a torch detail"},
 	{"pure_bf16", FTP_N, "ft keeps fp32 master weights; bf16 is its mixed precision"},
 	{"export_hub_model_id", FTP_N, "ft uploads nothing"},

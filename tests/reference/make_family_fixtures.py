@@ -13,9 +13,20 @@ AdamW step, a greedy generation and the PEFT adapter used for the merge
 check.  Batches, losses and the LoRA construction are those of
 make_model_fixtures.py (imported, one copy of each helper).
 
+    /work/venv/bin/python tests/reference/make_family_fixtures.py templates [../shared]
+
+writes tests/fixtures/families/templates.json: the family templates
+(qwen3, qwen3_nothink, deepseekr1) encoded by llamafactory's own
+Template.encode_oneturn / encode_multiturn (/work/lf/src imported as
+llamafactory) with the Qwen3 tokenizer of ../shared/tokenizers/qwen3, for
+single-turn, multi-turn (thoughts in earlier turns), system and tool
+conversations, under each enable_thinking / preserve_thinking /
+mask_history setting that changes the result.
+
 Made with torch 2.15.0, transformers 5.25.0, peft 0.21.2 (float32,
 1 thread, eager attention, fixed seeds).
 """
+import json
 import os
 import sys
 
@@ -133,6 +144,65 @@ def family(fam):
     print(fam, "ok")
 
 
+THINK = "<think>\nLet me see.\n</think>\n\n"
+TOOLS = json.dumps([{"name": "get_weather", "description": "Get the weather in a city",
+                     "parameters": {"type": "object",
+                                    "properties": {"city": {"type": "string"}},
+                                    "required": ["city"]}}])
+CASES = [
+    ("single", "", "", [("user", "Hi there"), ("assistant", "Hello.")]),
+    ("single_thought", "", "", [("user", "2+2?"), ("assistant", THINK + "4")]),
+    ("multi", "", "", [("user", "Hi"), ("assistant", THINK + "Hello."),
+                       ("user", "2+2?"), ("assistant", "<think>\nadd\n</think>\n\n4"),
+                       ("user", "Thanks"), ("assistant", "You're welcome!")]),
+    ("system", "You are terse.", "", [("user", "Say hi"), ("assistant", "hi")]),
+    ("tools", "", TOOLS, [("user", "Weather in Paris?"),
+                          ("function", '{"name": "get_weather", "arguments": {"city": "Paris"}}'),
+                          ("observation", '{"temp": 21}'), ("assistant", "It is 21 degrees.")]),
+]
+SETTINGS = [  # (template, enable_thinking, preserve_thinking, mask_history)
+    ("qwen3", True, False, False), ("qwen3", False, False, False),
+    ("qwen3", True, True, False), ("qwen3", True, False, True),
+    ("qwen3_nothink", True, False, False), ("deepseekr1", True, False, False),
+    ("deepseekr1", False, False, False),
+]
+
+
+def templates(shared):
+    import copy
+    import importlib.machinery
+    import types
+    os.environ.setdefault("DISABLE_VERSION_CHECK", "1")
+    ta = types.ModuleType("torchaudio")
+    ta.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
+    sys.modules.setdefault("torchaudio", ta)
+    sys.path.insert(0, "/work/lf/src")
+    from llamafactory.data.template import TEMPLATES
+    from transformers import AutoTokenizer
+    rows = []
+    for name, think, keep, mask in SETTINGS:
+        tok = AutoTokenizer.from_pretrained(os.path.join(shared, "tokenizers", "qwen3"))
+        t = copy.deepcopy(TEMPLATES[name])
+        t.enable_thinking, t.preserve_thinking = think, keep
+        t.fix_special_tokens(tok)
+        for case, system, tools, msgs in CASES:
+            messages = [{"role": r, "content": c} for r, c in msgs]
+            pairs = t.encode_multiturn(tok, copy.deepcopy(messages), system, tools,
+                                       mask and not keep)
+            prompt, response = t.encode_oneturn(tok, copy.deepcopy(messages), system, tools)
+            rows.append({"template": name, "enable_thinking": think, "preserve_thinking": keep,
+                         "mask_history": mask, "case": case, "system": system, "tools": tools,
+                         "messages": messages, "multiturn": [list(p) for p in pairs],
+                         "oneturn": [prompt, response]})
+    with open(os.path.join(OUT, "templates.json"), "w") as f:
+        json.dump(rows, f, ensure_ascii=False, indent=0)
+        f.write("\n")
+    print("templates.json:", len(rows), "cases")
+
+
 if __name__ == "__main__":
-    for f in (sys.argv[1:] or FAMILIES):
-        family(f)
+    if sys.argv[1:2] == ["templates"]:
+        templates(sys.argv[2] if len(sys.argv) > 2 else "../shared")
+    else:
+        for f in (sys.argv[1:] or FAMILIES):
+            family(f)

@@ -11,6 +11,7 @@ typedef struct {
 	/* model */
 	const char *model_dir, *adapters, *tokenizer_path, *template_name;
 	const char *default_system;
+	int enable_thinking, preserve_thinking;   /* reasoning templates */
 	/* input / output */
 	const char *input, *output;
 	int lines, strict, interactive, skip_special;

@@ -26,6 +26,9 @@ static void usage(void)
 "  --tokenizer PATH             tokenizer (default: the model directory)\n"
 "  --template NAME|FILE         chat template (default: empty)\n"
 "  --default_system TEXT        replace the template's system prompt\n"
+"  --enable_thinking[=B]        reasoning templates (qwen3, deepseekr1): false puts\n"
+"                               an empty thought in the prompt (default true)\n"
+"  --preserve_thinking[=B]      keep earlier turns' thoughts (default false)\n"
 "  --device cpu                 where to run (ft-generate: the CPU only)\n"
 "Sampling (defaults as LLaMA-Factory's generating arguments):\n"
 "  --do_sample BOOL             sample (default true); false = greedy\n"
@@ -64,6 +67,7 @@ enum {
 	O_MODEL = 256, O_ADAPTER, O_TOKENIZER, O_TEMPLATE, O_SYSTEM, O_DEVICE, O_DO_SAMPLE,
 	O_TEMP, O_TOP_P, O_TOP_K, O_REP, O_MAX_NEW, O_SEED, O_BATCH, O_SKIP, O_LINES, O_STRICT,
 	O_PREDICT, O_DATASET, O_DATASET_DIR, O_MAX_SAMPLES, O_CUTOFF, O_OUTPUT_DIR, O_OVERWRITE,
+	O_ENABLE_THINKING, O_PRESERVE_THINKING,
 };
 
 static const struct option longopts[] = {
@@ -72,6 +76,8 @@ static const struct option longopts[] = {
 	{"tokenizer", required_argument, 0, O_TOKENIZER},
 	{"template", required_argument, 0, O_TEMPLATE},
 	{"default_system", required_argument, 0, O_SYSTEM},
+	{"enable_thinking", optional_argument, 0, O_ENABLE_THINKING},
+	{"preserve_thinking", optional_argument, 0, O_PRESERVE_THINKING},
 	{"device", required_argument, 0, O_DEVICE},
 	{"do_sample", optional_argument, 0, O_DO_SAMPLE},
 	{"temperature", required_argument, 0, O_TEMP},
@@ -130,6 +136,10 @@ static void parse_args(gen_cli *o, int argc, char **argv)
 		case O_TOKENIZER: o->tokenizer_path = optarg; break;
 		case O_TEMPLATE: o->template_name = optarg; break;
 		case O_SYSTEM: o->default_system = optarg; break;
+		case O_ENABLE_THINKING: o->enable_thinking = ft_optarg_bool("enable_thinking", argc, argv); break;
+		case O_PRESERVE_THINKING:
+			o->preserve_thinking = ft_optarg_bool("preserve_thinking", argc, argv);
+			break;
 		case O_DEVICE:
 			if (strcmp(optarg, "cpu"))
 				die_usage("--device %s: ft-generate decodes on the CPU only (cpu); the GPU "
@@ -192,6 +202,7 @@ static void load_env(const gen_cli *o, gen_env *e)
 	e->tmpl = ft_template_open(o->template_name ? o->template_name : "empty");
 	if (!e->tmpl) die_usage("%s", ft_errmsg());
 	if (o->default_system) ft_template_set_default_system(e->tmpl, o->default_system);
+	ft_template_set_thinking(e->tmpl, o->enable_thinking, o->preserve_thinking);
 	ft_prep_opts po = {0};
 	po.stage = FT_STAGE_SFT, po.predict = 1, po.cutoff_len = o->cutoff_len;
 	e->prep = ft_prep_new(e->tok, e->tmpl, &po);
@@ -220,6 +231,7 @@ int main(int argc, char **argv)
 	o.gen.seed = 42;
 	o.skip_special = 1;
 	o.cutoff_len = 2048;
+	o.enable_thinking = 1;   /* llamafactory's data_args default */
 	parse_args(&o, argc, argv);
 	if (!o.input && !o.dataset && !o.interactive && ft_stdin_is_terminal()) {
 		usage();

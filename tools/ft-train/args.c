@@ -13,7 +13,7 @@ static const struct { const char *key, *owner; } owned[] = {
 	{"preprocessing_num_workers", "ft-tokenize"}, {"max_samples", "ft-tokenize"},
 	{"tokenized_path", "ft-tokenize"}, {"train_on_prompt", "ft-tokenize"},
 	{"mask_history", "ft-tokenize"}, {"default_system", "ft-tokenize"},
-	{"enable_thinking", "ft-tokenize"}, {"tool_format", "ft-tokenize"},
+	{"enable_thinking", "ft-tokenize"}, {"preserve_thinking", "ft-tokenize"}, {"tool_format", "ft-tokenize"},
 	{"streaming", "ft-tokenize"}, {"mix_strategy", "ft-tokenize"},
 	{"interleave_probs", "ft-tokenize"}, {"media_dir", "ft-tokenize"},
 	{"packing", "ft-pack"}, {"neat_packing", "ft-pack"}, {"val_size", "ft-pack"},
