@@ -673,6 +673,7 @@ static int forward_body(ft_cuda_model *dm, const ft_cuda_batch *b)
 	ft_rope_params rp = c->rope;
 	TRY(ft_rope_inv_freq(dm->h_inv, c->hd, &rp, maxpos + 1));
 	ft_rope_tables(dm->h_cos, dm->h_sin, dm->h_pos, N, dm->h_inv, c->hd);
+	ft_rope_scale_tables(dm->h_cos, dm->h_sin, (size_t)N * (c->hd / 2), &rp);
 	size_t nh = (size_t)N * (c->hd / 2) * sizeof(float);
 	TRY(upload(dm, dm->cos_t, dm->h_cos, nh, "rope cos"));
 	TRY(upload(dm, dm->sin_t, dm->h_sin, nh, "rope sin"));

@@ -60,11 +60,7 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 	v->qk_norm = c->qk_norm;
 	for (int j = 0; j < L_NLIN; j++)
 		ftp_lin_dims(c, j, &v->lin_in[j], &v->lin_out[j]);
-	ft_rope_params rp = { "", c->rope_theta, c->rope_factor, c->rope_low_freq_factor,
-			      c->rope_high_freq_factor, c->rope_original_max_pos,
-			      c->max_position_embeddings };
-	snprintf(rp.type, sizeof rp.type, "%s", c->rope_type);
-	v->rope = rp;
+	ftp_rope_params_of(c, &v->rope);
 	v->full = m->o.type == FT_FT_FULL;
 	v->lora_rank = m->o.lora_rank;
 	v->gradient_checkpointing = m->o.gradient_checkpointing;

@@ -209,13 +209,13 @@ static int place_tokens(const ft_model *m, const ft_kvcache *c, const int32_t *t
 static int rope_setup(const ft_model *m, infer_buf *b, int maxpos)
 {
 	const ft_config *c = &m->c;
-	ft_rope_params rp = {"", c->rope_theta, c->rope_factor, c->rope_low_freq_factor,
-			     c->rope_high_freq_factor, c->rope_original_max_pos, c->max_position_embeddings};
-	snprintf(rp.type, sizeof rp.type, "%s", c->rope_type);
+	ft_rope_params rp;
+	ftp_rope_params_of(c, &rp);
 	if (ft_rope_inv_freq(b->inv_freq, c->head_dim, &rp, maxpos + 1) < 0) return -1;
 	int32_t *pos32 = ft_xmalloc(b->N * sizeof *pos32);
 	for (int i = 0; i < b->N; i++) pos32[i] = b->pos[i];
 	ft_rope_tables(b->cos_t, b->sin_t, pos32, b->N, b->inv_freq, c->head_dim);
+	ft_rope_scale_tables(b->cos_t, b->sin_t, (size_t)b->N * (c->head_dim / 2), &rp);
 	free(pos32);
 	return 0;
 }

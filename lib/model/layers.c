@@ -258,10 +258,13 @@ int ft_rope_inv_freq(float *inv, int hd, const ft_rope_params *p, int seq_len)
 		float f = (float)p->factor * (float)seq_len / (float)p->max_pos
 			  - (float)(p->factor - 1);
 		base = base * powf(f, (float)((double)hd / (hd - 2)));
+	} else if (!strcmp(p->type, "yarn")) {
+		ft_rope_yarn_inv_freq(inv, hd, p);
+		return 0;
 	} else if (strcmp(p->type, "default") && strcmp(p->type, "linear") &&
 		   strcmp(p->type, "dynamic") && strcmp(p->type, "llama3"))
 		return ft_fail("rope_scaling type '%s' is not supported "
-			       "(default, linear, dynamic, llama3)", p->type);
+			       "(default, linear, dynamic, llama3, yarn)", p->type);
 	for (int i = 0; i < half; i++)
 		inv[i] = 1.0f / powf(base, (float)(2 * i) / (float)hd);
 	if (!strcmp(p->type, "linear"))

@@ -47,9 +47,18 @@ typedef struct {
 	char type[16];
 	double theta, factor, low_freq_factor, high_freq_factor;
 	int original_max_pos, max_pos;
+	/* yarn (lib/model/rope.c): beta_fast/beta_slow (32, 1), truncate
+	 * (1), and the cos/sin scale attention_factor (0 or 1 = none) */
+	double beta_fast, beta_slow, attention_factor;
+	int truncate;
 } ft_rope_params;
 int ft_rope_inv_freq(float *inv_freq, int head_dim, const ft_rope_params *p,
 		     int seq_len);
+/* rope.c: yarn's inverse frequencies (_compute_yarn_parameters), and the
+ * cos/sin tables (n floats each) times attention_factor, as transformers
+ * scales them (no-op when it is 0 or 1). */
+void ft_rope_yarn_inv_freq(float *inv_freq, int head_dim, const ft_rope_params *p);
+void ft_rope_scale_tables(float *cos_t, float *sin_t, size_t n, const ft_rope_params *p);
 /* cos/sin tables [N, hd/2] for the token positions. */
 void ft_rope_tables(float *cos_t, float *sin_t, const int32_t *pos, int N,
 		    const float *inv_freq, int head_dim);

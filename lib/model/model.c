@@ -42,15 +42,17 @@ static int cfg_rope(const json_t *j, ft_config *c, const char *path)
 	c->rope_theta = ft_json_num(rp, "rope_theta", c->rope_theta);
 	const char *t = ft_json_str(rp, "rope_type", ft_json_str(rp, "type", "default"));
 	if (strcmp(t, "default") && strcmp(t, "linear") && strcmp(t, "dynamic") &&
-	    strcmp(t, "llama3"))
+	    strcmp(t, "llama3") && strcmp(t, "yarn"))
 		return ft_fail("%s: rope type '%s' is not supported (default, "
-			       "linear, dynamic, llama3)", path, t);
+			       "linear, dynamic, llama3, yarn)", path, t);
 	snprintf(c->rope_type, sizeof c->rope_type, "%s", t);
 	c->rope_factor = ft_json_num(rp, "factor", 1.0);
 	c->rope_low_freq_factor = ft_json_num(rp, "low_freq_factor", 1.0);
 	c->rope_high_freq_factor = ft_json_num(rp, "high_freq_factor", 4.0);
 	c->rope_original_max_pos = (int)ft_json_int(rp, "original_max_position_embeddings",
 						    c->max_position_embeddings);
+	if (!strcmp(t, "yarn") && ftp_rope_yarn_config(rp, c, path) < 0)
+		return -1;
 	if (strcmp(t, "default") && !(c->rope_factor > 0))
 		return ft_fail("%s: rope factor must be positive", path);
 	return 0;
@@ -382,8 +384,13 @@ static ft_model *model_alloc(const ft_config *c, const ft_tune_opts *o, const ch
 		return NULL;
 	}
 	if (ftp_config_memory_plan(c, what) < 0) return NULL;
+	ft_config cc = *c;
+	const char *why;
+	if (o && o->rope_scaling &&
+	    ft_config_rope_override(&cc, o->rope_scaling, o->model_max_length, &why) < 0)
+		return NULL;
 	ft_model *m = ft_xcalloc(1, sizeof *m);
-	m->c = *c;
+	m->c = cc;
 	if (o)
 		m->o = *o;
 	else
@@ -483,6 +490,15 @@ ft_model *ft_model_load(const char *model_dir, const ft_tune_opts *o)
 		return NULL;
 	}
 	m->config_json = j;
+	if (o && o->rope_scaling && (strcmp(m->c.rope_type, c.rope_type) ||
+				     m->c.rope_factor != c.rope_factor ||
+				     m->c.max_position_embeddings != c.max_position_embeddings)) {
+		/* --rope_scaling: saved configs carry it, as llamafactory's do */
+		json_object_del(j, "rope_scaling");
+		json_object_set_new(j, "rope_parameters", ftp_rope_json(&m->c));
+		json_object_set_new(j, "max_position_embeddings",
+				    json_integer(m->c.max_position_embeddings));
+	}
 	m->model_dir = ft_xstrdup(model_dir);
 	model_finish(m);
 	if (ft_model_read_weights(m, model_dir) < 0) {

@@ -29,8 +29,15 @@ typedef struct {
 	int sliding_window;            /* Mistral; 0 = none */
 	double initializer_range;      /* std of the random init (default 0.02) */
 	int qk_norm;                   /* per-head RMSNorm on q and k before RoPE (Qwen3) */
+	double rope_beta_fast, rope_beta_slow, rope_attention_factor;   /* yarn */
+	int rope_truncate;
 } ft_config;
 
+/* llamafactory's configure_rope on a parsed config (lib/model/rope.c):
+ * 0 applied, 1 left alone (model_max_length within the original length;
+ * *why says so), -1 on an unknown type. */
+int ft_config_rope_override(ft_config *c, const char *type, long long model_max_length,
+			    const char **why);
 /* Parses and checks every number's range (the loaders' one check). */
 int ft_config_load(const char *config_json, ft_config *c);
 /* Bytes of the base weights in float32: the memory plan checked (against
@@ -59,6 +66,11 @@ typedef struct {
 	unsigned freeze_trainable_modules; /* FT_MOD_*, 0 = all in those layers */
 	int gradient_checkpointing;
 	uint64_t seed;
+	/* --rope_scaling (llamafactory's configure_rope): "linear", "dynamic",
+	 * "yarn" or "llama3", NULL for the config's; model_max_length is the
+	 * training cutoff_len (0: inference, factor 2). */
+	const char *rope_scaling;
+	long long model_max_length;
 } ft_tune_opts;
 /* Defaults applied when a field is 0: lora_rank 8, lora_alpha 2*rank (as
  * LLaMA-Factory), lora_targets q_proj|v_proj.

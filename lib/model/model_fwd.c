@@ -326,13 +326,12 @@ static int forward_body(ft_model *m, const ft_batch *b)
 				maxpos = m->pos[i];
 			m->targets[i] = t + 1 < b->T && b->labels ? b->labels[i + 1] : -100;
 		}
-	ft_rope_params rp = { "", c->rope_theta, c->rope_factor, c->rope_low_freq_factor,
-			      c->rope_high_freq_factor, c->rope_original_max_pos,
-			      c->max_position_embeddings };
-	snprintf(rp.type, sizeof rp.type, "%s", c->rope_type);
+	ft_rope_params rp;
+	ftp_rope_params_of(c, &rp);
 	if (ft_rope_inv_freq(m->inv_freq, c->head_dim, &rp, maxpos + 1) < 0)
 		return -1;
 	ft_rope_tables(m->cos_t, m->sin_t, m->pos, N, m->inv_freq, c->head_dim);
+	ft_rope_scale_tables(m->cos_t, m->sin_t, (size_t)N * (c->head_dim / 2), &rp);
 	ft_embedding_forward(m->xs, b->input_ids, m->wte.w, N, D);
 	for (int l = 0; l < L; l++) {
 		ftp_acts *a = &m->acts[m->o.gradient_checkpointing ? 0 : l];

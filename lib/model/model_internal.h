@@ -79,6 +79,12 @@ int ftp_config_check(const ft_config *c, const char *path);
 int ftp_config_memory_plan(const ft_config *c, const char *what);
 /* The weights in dir (headers only) agree with the config's sizes. */
 int ftp_config_check_weights(const ft_config *c, const char *dir);
+/* lib/model/rope.c: the config's RoPE as layers.h takes it; yarn's keys
+ * of a rope_parameters / rope_scaling object (rp) into c. */
+void ftp_rope_params_of(const ft_config *c, ft_rope_params *p);
+int ftp_rope_yarn_config(const json_t *rp, ft_config *c, const char *path);
+/* The rope_parameters object of c (config.json as saved). */
+json_t *ftp_rope_json(const ft_config *c);
 /* lib/model/arch.c: the families beyond Llama/Mistral/Qwen2. */
 int ftp_arch_from_name(const char *arch, ft_arch *a, const char *path);
 const char *ftp_arch_name(ft_arch a);

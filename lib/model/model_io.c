@@ -75,15 +75,7 @@ static json_t *config_json(const ft_model *m, const char *dtype)
 	}
 	const ft_config *c = &m->c;
 	const char *mt = ftp_arch_model_type(c->arch);
-	json_t *rp = json_pack("{s:s, s:f}", "rope_type", c->rope_type, "rope_theta", c->rope_theta);
-	if (strcmp(c->rope_type, "default"))
-		json_object_set_new(rp, "factor", json_real(c->rope_factor));
-	if (!strcmp(c->rope_type, "llama3")) {
-		json_object_set_new(rp, "low_freq_factor", json_real(c->rope_low_freq_factor));
-		json_object_set_new(rp, "high_freq_factor", json_real(c->rope_high_freq_factor));
-		json_object_set_new(rp, "original_max_position_embeddings",
-				    json_integer(c->rope_original_max_pos));
-	}
+	json_t *rp = ftp_rope_json(c);
 	return json_pack("{s:[s], s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:o, "
 			 "s:b, s:s, s:s}",
 			 "architectures", arch_name(c->arch), "model_type", mt,

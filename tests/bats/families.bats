@@ -140,3 +140,41 @@ tiny_qwen3() {
 	assert_output --partial "ft-generate"
 	assert_output --partial "--enable_thinking=false"
 }
+
+@test "ft-train --rope_scaling: factor from the batches' cutoff_len, saved in the config; within it, a warning" {
+	sed '1s/"cutoff_len": 16/"cutoff_len": 200/' "$FIXTURES/trainer/train.jsonl" | ft-cat --encode > long.zst
+	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > short.zst
+	run ft-train -q --model_name_or_path "$QWEN3" --train long.zst --output_dir o --max_steps 1 \
+		--finetuning_type full --rope_scaling yarn
+	assert_success
+	[ "$(jq -c '[.rope_parameters.rope_type, .rope_parameters.factor, .max_position_embeddings]' o/config.json)" = '["yarn",4,256]' ]
+	echo '{"prompt": "a"}' > p.jsonl
+	run gen --model_name_or_path o p.jsonl
+	assert_success
+	run --separate-stderr ft-train --model_name_or_path "$QWEN3" --train short.zst --output_dir s \
+		--max_steps 1 --rope_scaling llama3
+	assert_success
+	[[ "$stderr" == *"--rope_scaling llama3: the input length is within the model's"* ]]
+	run ft-train --model_name_or_path "$QWEN3" --train short.zst --output_dir x --rope_scaling ntk
+	assert_failure 2
+	assert_output --partial "not one of linear, dynamic, yarn, llama3"
+}
+
+@test "ft-generate --rope_scaling stretches 2x for chat; a bad type is a usage error" {
+	echo '{"prompt": "who are you"}' > p.jsonl
+	run gen --model_name_or_path "$QWEN3" --rope_scaling linear --max_new_tokens 4 p.jsonl
+	assert_success
+	run gen --model_name_or_path "$QWEN3" --rope_scaling ntk p.jsonl
+	assert_failure 2
+	assert_output --partial "--rope_scaling ntk: not one of"
+}
+
+@test "ft-run routes rope_scaling to ft-train and ft-generate" {
+	run ft-run -n train --stage sft --do_train --model_name_or_path m --dataset identity \
+		--template qwen3 --output_dir out --rope_scaling yarn
+	assert_success
+	assert_output --regexp "ft-train .*--rope_scaling yarn"
+	run ft-run -n chat --model_name_or_path m --template qwen3 --rope_scaling dynamic
+	assert_success
+	assert_output --regexp "ft-generate .*--rope_scaling dynamic"
+}

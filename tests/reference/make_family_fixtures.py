@@ -13,6 +13,14 @@ AdamW step, a greedy generation and the PEFT adapter used for the merge
 check.  Batches, losses and the LoRA construction are those of
 make_model_fixtures.py (imported, one copy of each helper).
 
+    /work/venv/bin/python tests/reference/make_family_fixtures.py rope
+
+writes tests/fixtures/families/rope.safetensors: yarn's inverse
+frequencies and attention factor from transformers' ROPE_INIT_FUNCTIONS
+for several parameter sets, and the qwen3 fixture's logits and greedy
+generation under llamafactory's own configure_rope (--rope_scaling
+linear, dynamic, yarn, llama3 with model_max_length 200).
+
     /work/venv/bin/python tests/reference/make_family_fixtures.py templates [../shared]
 
 writes tests/fixtures/families/templates.json: the family templates
@@ -170,13 +178,7 @@ SETTINGS = [  # (template, enable_thinking, preserve_thinking, mask_history)
 
 def templates(shared):
     import copy
-    import importlib.machinery
-    import types
-    os.environ.setdefault("DISABLE_VERSION_CHECK", "1")
-    ta = types.ModuleType("torchaudio")
-    ta.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
-    sys.modules.setdefault("torchaudio", ta)
-    sys.path.insert(0, "/work/lf/src")
+    import_llamafactory()
     from llamafactory.data.template import TEMPLATES
     from transformers import AutoTokenizer
     rows = []
@@ -200,8 +202,96 @@ def templates(shared):
     print("templates.json:", len(rows), "cases")
 
 
+def import_llamafactory():
+    import importlib.machinery
+    import types
+    os.environ.setdefault("DISABLE_VERSION_CHECK", "1")
+    ta = types.ModuleType("torchaudio")
+    ta.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
+    sys.modules.setdefault("torchaudio", ta)
+    sys.path.insert(0, "/work/lf/src")
+    # llamafactory.model imports TRL's value-head model, which this TRL no
+    # longer has; rope.py does not use it.
+    import trl
+    if not hasattr(trl, "AutoModelForCausalLMWithValueHead"):
+        trl.AutoModelForCausalLMWithValueHead = object
+
+
+YARN_CASES = {  # name: (rope_parameters beyond rope_theta 1e6, max_position_embeddings)
+    "yarn": ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}, 64),
+    "yarn_mscale": ({"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 16,
+                     "mscale": 0.707, "mscale_all_dim": 1.0, "beta_fast": 16, "beta_slow": 2}, 128),
+    "yarn_notrunc": ({"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32,
+                      "truncate": False, "attention_factor": 1.25}, 64),
+    "yarn_nofactor": ({"rope_type": "yarn", "factor": None, "original_max_position_embeddings": 16}, 64),
+}
+
+
+class Recorder:
+    """A config stand-in that records what configure_rope sets."""
+    def __init__(self, cfg):
+        self.__dict__["_cfg"], self.__dict__["set"] = cfg, {}
+
+    def __getattr__(self, k):
+        return self.set[k] if k in self.set else getattr(self._cfg, k)
+
+    def __setattr__(self, k, v):
+        self.set[k] = v
+
+
+def lf_configure_rope(configure_rope, cfg, args):
+    """llamafactory's configure_rope, its settings applied to a
+    transformers 5 config.  Run directly it fails there: it sets
+    max_position_embeddings to a float (old * factor), which the strict
+    config refuses, and its rope_scaling dict has no rope_theta (which
+    transformers 5 then sets to None).  So the integer value is set and
+    rope_theta kept, the only working reading of it."""
+    rec = Recorder(cfg)
+    configure_rope(rec, args)
+    cfg.max_position_embeddings = int(rec.set["max_position_embeddings"])
+    cfg.rope_parameters = dict(rec.set["rope_scaling"], rope_theta=cfg.rope_parameters["rope_theta"])
+
+
+def rope():
+    """yarn's inv_freq and attention factor (transformers), and the Qwen3
+    fixture under llamafactory's --rope_scaling (configure_rope with
+    model_max_length 200, as cutoff_len 200 in training): logits and a
+    greedy generation for each type."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    import_llamafactory()
+    from types import SimpleNamespace
+    from llamafactory.extras.constants import RopeScaling
+    from llamafactory.model.model_utils.rope import configure_rope
+    t = {}
+    for name, (rp, mp) in YARN_CASES.items():
+        cfg = qwen3_config()
+        cfg.max_position_embeddings = mp
+        cfg.rope_parameters = dict(rp, rope_theta=1000000.0)
+        inv, att = ROPE_INIT_FUNCTIONS["yarn"](cfg, "cpu")
+        t["inv_freq." + name] = inv.float().contiguous()
+        t["attention_factor." + name] = torch.tensor([float(att)], dtype=torch.float64)
+    mdir = os.path.join(OUT, "qwen3", "model")
+    (ids, lab), = mm.make_batches(1, 77)
+    prompt = ids[0, :6].clone()
+    for kind in ["linear", "dynamic", "yarn", "llama3"]:
+        cfg = Qwen3Config.from_pretrained(mdir)
+        lf_configure_rope(configure_rope, cfg,
+                          SimpleNamespace(rope_scaling=RopeScaling(kind), model_max_length=200))
+        m = Qwen3ForCausalLM.from_pretrained(mdir, config=cfg, dtype=torch.float32,
+                                             attn_implementation="eager").eval()
+        with torch.no_grad():
+            t["logits." + kind] = m(input_ids=ids.long()).logits.reshape(mm.B * mm.T, -1).contiguous()
+        t["gen." + kind] = greedy(m, prompt)
+        t["max_pos." + kind] = torch.tensor([cfg.max_position_embeddings], dtype=torch.int32)
+    t["batch.input_ids"], t["gen.prompt"] = ids, prompt
+    save_file(t, os.path.join(OUT, "rope.safetensors"))
+    print("rope.safetensors:", len(t), "tensors")
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["templates"]:
+    if sys.argv[1:2] == ["rope"]:
+        rope()
+    elif sys.argv[1:2] == ["templates"]:
         templates(sys.argv[2] if len(sys.argv) > 2 else "../shared")
     else:
         for f in (sys.argv[1:] or FAMILIES):

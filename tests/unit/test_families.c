@@ -22,6 +22,7 @@
 #include "util/json.h"
 #include "model/model.h"
 #include "model/infer.h"
+#include "model/layers.h"
 #include "train/optim.h"
 #include "format/safetensors.h"
 
@@ -294,6 +295,104 @@ static void check_refusals(void)
 	ok(!strcmp(e, "(accepted)"), "model_type qwen3 without architectures loads: %s", e);
 }
 
+/* yarn against transformers' ROPE_INIT_FUNCTIONS: the config parsed as
+ * ft_config_load does, inv_freq within 1e-6 (float32 powf against torch's
+ * pow: an ulp apart at most), the attention factor to 1e-12. */
+static void check_yarn(void)
+{
+	static const struct { const char *name, *rp; int max_pos; } cases[] = {
+		{ "yarn", "\"factor\": 4.0, \"original_max_position_embeddings\": 16", 64 },
+		{ "yarn_mscale", "\"factor\": 8.0, \"original_max_position_embeddings\": 16, \"mscale\": 0.707, "
+		  "\"mscale_all_dim\": 1.0, \"beta_fast\": 16, \"beta_slow\": 2", 128 },
+		{ "yarn_notrunc", "\"factor\": 2.0, \"original_max_position_embeddings\": 32, \"truncate\": false, "
+		  "\"attention_factor\": 1.25", 64 },
+		{ "yarn_nofactor", "\"factor\": null, \"original_max_position_embeddings\": 16", 64 },
+	};
+	ft_st *st = ft_st_open(FAM "rope.safetensors");
+	if (!ok(st != NULL, "rope fixture")) return;
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		char js[768], p[] = "/tmp/ft-test-rope-XXXXXX", nm[64];
+		snprintf(js, sizeof js, "{\"architectures\": [\"Qwen3ForCausalLM\"], \"vocab_size\": 256, "
+			 "\"hidden_size\": 64, \"intermediate_size\": 96, \"num_hidden_layers\": 2, "
+			 "\"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"head_dim\": 24, "
+			 "\"max_position_embeddings\": %d, \"rope_parameters\": {\"rope_type\": \"yarn\", "
+			 "\"rope_theta\": 1000000.0, %s}}", cases[i].max_pos, cases[i].rp);
+		int fd = mkstemp(p);
+		ft_config c;
+		int rc = fd >= 0 && write(fd, js, strlen(js)) == (ssize_t)strlen(js) ? 0 : -1;
+		if (fd >= 0) close(fd);
+		rc = rc ? rc : ft_config_load(p, &c);
+		unlink(p);
+		if (!ok(rc == 0, "%s: config parses%s%s", cases[i].name, rc ? ": " : "", rc ? ft_errmsg() : ""))
+			continue;
+		ft_rope_params rp = { "", c.rope_theta, c.rope_factor, c.rope_low_freq_factor,
+				      c.rope_high_freq_factor, c.rope_original_max_pos,
+				      c.max_position_embeddings, c.rope_beta_fast, c.rope_beta_slow,
+				      c.rope_attention_factor, c.rope_truncate };
+		snprintf(rp.type, sizeof rp.type, "%s", c.rope_type);
+		float inv[12];
+		ft_rope_inv_freq(inv, c.head_dim, &rp, 1);
+		snprintf(nm, sizeof nm, "inv_freq.%s", cases[i].name);
+		double e = cmp(st, nm, inv, 12);
+		snprintf(nm, sizeof nm, "attention_factor.%s", cases[i].name);
+		const ft_st_tensor *t = ft_st_find(st, nm);
+		double want = t ? *(const double *)t->data : NAN;
+		ok(e <= 1e-6 && fabs(c.rope_attention_factor - want) <= 1e-12,
+		   "%s: inv_freq within 1e-6 (%.2g), attention factor %.6f vs %.6f", cases[i].name, e,
+		   c.rope_attention_factor, want);
+	}
+	ft_st_close(st);
+}
+
+/* --rope_scaling on the qwen3 fixture (model_max_length 200 over 64
+ * positions: factor 4) against transformers under llamafactory's
+ * configure_rope: logits within 1e-4, greedy generation token-equal. */
+static void check_rope_override(void)
+{
+	ft_st *st = ft_st_open(FAM "rope.safetensors");
+	if (!st) return;
+	ft_batch b = { 0 };
+	const ft_st_tensor *it = ft_st_find(st, "batch.input_ids");
+	b.B = (int)it->shape[0], b.T = (int)it->shape[1];
+	b.input_ids = tensor_i32(st, "batch.input_ids", NULL);
+	size_t np = 0;
+	int32_t *prompt = tensor_i32(st, "gen.prompt", &np);
+	const char *kinds[] = { "linear", "dynamic", "yarn", "llama3" };
+	for (int k = 0; k < 4; k++) {
+		ft_tune_opts o = opts(FT_FT_FREEZE);
+		o.freeze_trainable_layers = 1;
+		o.rope_scaling = kinds[k];
+		o.model_max_length = 200;
+		ft_model *m = ft_model_load(FAM "qwen3/model", &o);
+		char nm[64];
+		if (!ok(m != NULL, "--rope_scaling %s: loads", kinds[k])) continue;
+		snprintf(nm, sizeof nm, "max_pos.%s", kinds[k]);
+		int32_t *mp = tensor_i32(st, nm, NULL);
+		size_t n = (size_t)b.B * b.T * ft_model_config(m)->vocab_size, ng = 0;
+		float *lg = logits_of(m, &b, NULL);
+		snprintf(nm, sizeof nm, "logits.%s", kinds[k]);
+		double e = lg ? cmp(st, nm, lg, n) : INFINITY;
+		snprintf(nm, sizeof nm, "gen.%s", kinds[k]);
+		int32_t *want = tensor_i32(st, nm, &ng);
+		ok(e <= 1e-4 && mp && ft_model_config(m)->max_position_embeddings == mp[0],
+		   "--rope_scaling %s: logits within 1e-4 (%.2g), max_position_embeddings %d", kinds[k], e,
+		   ft_model_config(m)->max_position_embeddings);
+		ok(want && greedy_equal(m, prompt, (int)np, want, (int)ng),
+		   "--rope_scaling %s: greedy generation equals transformers'", kinds[k]);
+		free(lg); free(mp); free(want);
+		ft_model_free(m);
+	}
+	ft_config c;
+	const char *why = NULL;
+	ft_config_load(FAM "qwen3/model/config.json", &c);
+	int rc = ft_config_rope_override(&c, "yarn", 64, &why);
+	ok(rc == 1 && why, "--rope_scaling within the original length is not applied (%s)", why ? why : "");
+	rc = ft_config_rope_override(&c, "ntk", 0, &why);
+	ok(rc < 0, "--rope_scaling ntk is refused: %s", ft_errmsg());
+	free(b.input_ids); free(prompt);
+	ft_st_close(st);
+}
+
 int main(void)
 {
 	if (access(FAM "qwen3/model/config.json", R_OK) != 0) {
@@ -302,5 +401,7 @@ int main(void)
 	}
 	check_refusals();
 	check_family("qwen3", FT_ARCH_QWEN3);
+	check_yarn();
+	check_rope_override();
 	return tap_done();
 }

@@ -29,6 +29,8 @@ static void usage(void)
 "  --enable_thinking[=B]        reasoning templates (qwen3, deepseekr1): false puts\n"
 "                               an empty thought in the prompt (default true)\n"
 "  --preserve_thinking[=B]      keep earlier turns' thoughts (default false)\n"
+"  --rope_scaling TYPE          linear, dynamic, yarn or llama3: RoPE stretched 2x,\n"
+"                               as LLaMA-Factory's inference\n"
 "  --device cpu                 where to run (ft-generate: the CPU only)\n"
 "Sampling (defaults as LLaMA-Factory's generating arguments):\n"
 "  --do_sample BOOL             sample (default true); false = greedy\n"
@@ -67,7 +69,7 @@ enum {
 	O_MODEL = 256, O_ADAPTER, O_TOKENIZER, O_TEMPLATE, O_SYSTEM, O_DEVICE, O_DO_SAMPLE,
 	O_TEMP, O_TOP_P, O_TOP_K, O_REP, O_MAX_NEW, O_SEED, O_BATCH, O_SKIP, O_LINES, O_STRICT,
 	O_PREDICT, O_DATASET, O_DATASET_DIR, O_MAX_SAMPLES, O_CUTOFF, O_OUTPUT_DIR, O_OVERWRITE,
-	O_ENABLE_THINKING, O_PRESERVE_THINKING,
+	O_ENABLE_THINKING, O_PRESERVE_THINKING, O_ROPE_SCALING,
 };
 
 static const struct option longopts[] = {
@@ -77,6 +79,7 @@ static const struct option longopts[] = {
 	{"template", required_argument, 0, O_TEMPLATE},
 	{"default_system", required_argument, 0, O_SYSTEM},
 	{"enable_thinking", optional_argument, 0, O_ENABLE_THINKING},
+	{"rope_scaling", required_argument, 0, O_ROPE_SCALING},
 	{"preserve_thinking", optional_argument, 0, O_PRESERVE_THINKING},
 	{"device", required_argument, 0, O_DEVICE},
 	{"do_sample", optional_argument, 0, O_DO_SAMPLE},
@@ -136,6 +139,7 @@ static void parse_args(gen_cli *o, int argc, char **argv)
 		case O_TOKENIZER: o->tokenizer_path = optarg; break;
 		case O_TEMPLATE: o->template_name = optarg; break;
 		case O_SYSTEM: o->default_system = optarg; break;
+		case O_ROPE_SCALING: o->rope_scaling = optarg; break;
 		case O_ENABLE_THINKING: o->enable_thinking = ft_optarg_bool("enable_thinking", argc, argv); break;
 		case O_PRESERVE_THINKING:
 			o->preserve_thinking = ft_optarg_bool("preserve_thinking", argc, argv);
@@ -181,6 +185,18 @@ static void load_model(const gen_cli *o, gen_env *e)
 	ft_tune_opts t = {0};
 	t.type = o->adapters ? FT_FT_LORA : FT_FT_FREEZE;   /* freeze, 0 layers: no gradients */
 	t.lora_rank = 8, t.lora_alpha = 16, t.lora_targets = FT_MOD_Q | FT_MOD_V;
+	if (o->rope_scaling) {   /* llamafactory: prediction stretches to cutoff_len, chat 2x */
+		ft_config conf;
+		const char *why;
+		char *cfg = ft_xasprintf("%s/config.json", o->model_dir);
+		if (ft_config_load(cfg, &conf) < 0) die_lib();
+		free(cfg);
+		t.model_max_length = o->do_predict ? o->cutoff_len : 0;
+		int rc = ft_config_rope_override(&conf, o->rope_scaling, t.model_max_length, &why);
+		if (rc < 0) die_usage("%s", ft_errmsg());
+		if (rc == 1) warn("--rope_scaling %s: %s", o->rope_scaling, why);
+		else t.rope_scaling = o->rope_scaling;
+	}
 	e->model = ft_model_load(o->model_dir, &t);
 	if (!e->model) die_lib();
 	if (!o->adapters) return;

@@ -38,7 +38,8 @@ static const char *const known[] = {
 	"logging_first_step", "save_steps", "save_total_limit", "eval_steps", "do_train", "do_eval",
 	"val", "train", "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
 	"gradient_checkpointing", "bf16", "fp16", "plot_loss", "device", "eval_strategy",
-	"save_strategy", "logging_strategy", "optim", "allow_tokenizer_mismatch", "skip_nonfinite", NULL,
+	"save_strategy", "logging_strategy", "optim", "allow_tokenizer_mismatch", "skip_nonfinite",
+	"rope_scaling", NULL,
 };
 
 static int in_list(const char *const *l, const char *k)
@@ -213,6 +214,7 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	t->freeze_trainable_modules = !strcmp(fm, "all") ? 0 : parse_modules("freeze_trainable_modules", fm, 1);
 	t->gradient_checkpointing = get_bool(a, "gradient_checkpointing", 0);
 	t->seed = (uint64_t)get_int(a, "seed", 42);
+	t->rope_scaling = get(a, "rope_scaling");   /* checked in main, with the config */
 
 	/* optimisation and bookkeeping */
 	o->seed = t->seed;

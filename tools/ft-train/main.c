@@ -46,6 +46,8 @@ static const char usage[] =
 "  --freeze_trainable_layers N (2; negative: the first N)\n"
 "  --freeze_trainable_modules all|mlp,self_attn,q_proj,...\n"
 "  --gradient_checkpointing   recompute activations in backward (less memory)\n"
+"  --rope_scaling linear|dynamic|yarn|llama3  stretch RoPE to the batches' cutoff_len\n"
+"                             as LLaMA-Factory (factor ceil(cutoff_len / original))\n"
 "  --bf16, --fp16             GPU: half-precision weights and matmul inputs, fp32\n"
 "                             masters (fp16 with dynamic loss scaling); CPU: float32\n"
 "                             as before, full weights saved in the config's dtype\n"
@@ -224,6 +226,7 @@ static void load_manifests(ft_cli_args *c, char **paths, size_t n, const char *w
 		sum->epochs = m.epochs;
 		sum->batch_size = m.batch_size;
 		sum->seq_len = m.seq_len;
+		sum->cutoff_len = m.cutoff_len;
 		sum->n_batches += m.n_batches;
 		sum->n_examples += m.n_examples;
 		sum->n_tokens += m.n_tokens;
@@ -243,9 +246,33 @@ static void note_epoch_reuse(const ft_cli_args *c, const ft_manifest *m, int64_t
 	     (long long)need);
 }
 
+/* --rope_scaling as llamafactory's configure_rope: its factor from the
+ * batches' cutoff_len, and the reason when it does not apply. */
+static void rope_scaling(ft_cli_args *c, const char *cfg)
+{
+	ft_config conf;
+	const char *why;
+	if (!c->tune.rope_scaling) return;
+	if (ft_config_load(cfg, &conf) < 0) die("%s", ft_errmsg());
+	int rc = ft_config_rope_override(&conf, c->tune.rope_scaling, c->tune.model_max_length, &why);
+	if (rc < 0) die_usage("%s", ft_errmsg());
+	if (rc == 1) {
+		warn("--rope_scaling %s: %s (cutoff_len %lld)", c->tune.rope_scaling, why,
+		     c->tune.model_max_length);
+		c->tune.rope_scaling = NULL;
+	} else if (ft_verbose >= 1) {
+		warn("--rope_scaling %s: factor %g, max_position_embeddings %d", conf.rope_type,
+		     conf.rope_factor, conf.max_position_embeddings);
+	}
+}
+
 static ft_model *load_model(ft_cli_args *c)
 {
 	ft_model *m;
+	char *rcfg = c->from_scratch && c->config ? ft_xstrdup(c->config)
+		   : c->model ? ft_xasprintf("%s/config.json", c->model) : NULL;
+	if (rcfg) rope_scaling(c, rcfg);
+	free(rcfg);
 	if (c->from_scratch) {
 		char *cfg = c->config ? ft_xstrdup(c->config)
 			  : c->model ? ft_xasprintf("%s/config.json", c->model) : NULL;
@@ -440,6 +467,8 @@ int main(int argc, char **argv)
 	c.t.resume_dir = resume;
 	c.t.output_dir = c.output_dir;
 
+	/* llamafactory: model_max_length = cutoff_len */
+	c.tune.model_max_length = c.do_train ? tm_.cutoff_len : c.n_val ? vm_.cutoff_len : 0;
 	ft_model *m = load_model(&c);
 	ft_train_model tm;
 	char device[512];
