@@ -122,7 +122,7 @@ static const ftp_route routes[] = {
 	{"dpo_label_smoothing", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},
 	{"kto_chosen_weight", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},
 	{"kto_rejected_weight", FTP_X, "the preference stages (rm, dpo, kto) are " NOT_YET},
-	{"rope_scaling", FTP_R | FTP_G, NULL},
+	{"rope_scaling", FTP_R | FTP_G | FTP_M, NULL},
 	{"use_kt", FTP_X, "KTransformers is a torch backend ft does not run"},
 	{"kt_optimize_rule", FTP_X, "KTransformers is a torch backend ft does not run"},
 };

@@ -494,10 +494,7 @@ ft_model *ft_model_load(const char *model_dir, const ft_tune_opts *o)
 				     m->c.rope_factor != c.rope_factor ||
 				     m->c.max_position_embeddings != c.max_position_embeddings)) {
 		/* --rope_scaling: saved configs carry it, as llamafactory's do */
-		json_object_del(j, "rope_scaling");
-		json_object_set_new(j, "rope_parameters", ftp_rope_json(&m->c));
-		json_object_set_new(j, "max_position_embeddings",
-				    json_integer(m->c.max_position_embeddings));
+		ft_config_rope_to_json(j, &m->c);
 	}
 	m->model_dir = ft_xstrdup(model_dir);
 	model_finish(m);

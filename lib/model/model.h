@@ -38,6 +38,9 @@ typedef struct {
  * *why says so), -1 on an unknown type. */
 int ft_config_rope_override(ft_config *c, const char *type, long long model_max_length,
 			    const char **why);
+/* config.json (a jansson json_t *) made to carry c's RoPE: its
+ * rope_parameters and max_position_embeddings (rope_scaling dropped). */
+void ft_config_rope_to_json(void *config_json, const ft_config *c);
 /* Parses and checks every number's range (the loaders' one check). */
 int ft_config_load(const char *config_json, ft_config *c);
 /* Bytes of the base weights in float32: the memory plan checked (against

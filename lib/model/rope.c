@@ -152,3 +152,11 @@ json_t *ftp_rope_json(const ft_config *c)
 	}
 	return rp;
 }
+
+void ft_config_rope_to_json(void *config_json, const ft_config *c)
+{
+	json_t *j = config_json;
+	json_object_del(j, "rope_scaling");
+	json_object_set_new(j, "rope_parameters", ftp_rope_json(c));
+	json_object_set_new(j, "max_position_embeddings", json_integer(c->max_position_embeddings));
+}

@@ -178,3 +178,18 @@ tiny_qwen3() {
 	assert_success
 	assert_output --regexp "ft-generate .*--rope_scaling dynamic"
 }
+
+@test "ft-merge --rope_scaling writes the stretched RoPE into the export's config (factor 2)" {
+	run ft-merge --model_name_or_path "$QWEN3" --adapter_name_or_path "$QWEN3_LORA" --export_dir m \
+		--rope_scaling yarn
+	assert_success
+	[ "$(jq -c '[.rope_parameters.rope_type, .rope_parameters.factor, .max_position_embeddings]' m/config.json)" = '["yarn",2,128]' ]
+	echo '{"prompt": "a"}' > p.jsonl
+	run gen --model_name_or_path m p.jsonl
+	assert_success
+	run ft-merge --model_name_or_path "$QWEN3" --export_dir n --rope_scaling ntk
+	assert_failure 2
+	[ ! -e n ]
+	run ft-run -n export --model_name_or_path m --export_dir x --rope_scaling yarn
+	assert_output --partial "ft-merge --model_name_or_path m --export_dir x --rope_scaling yarn"
+}
