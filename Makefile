@@ -17,7 +17,7 @@ LIB_PLOT   := plot plot_ascii plot_cairo plot_log
 LIB_CLI    := cli lfargs runplan runplan_settings
 LIB_CUDA_C := backend
 LIB_CUDA   := api attention gemm lmhead model ops optim probe
-LIB_MODEL  += arch rope
+LIB_MODEL  += arch rope model_gemma layers_gemma
 LIB_TEXT   += template_think
 LIB_DATA   += preprocess_think
 

@@ -16,6 +16,8 @@ static const struct {
 	{ FT_ARCH_MISTRAL, "MistralForCausalLM", "mistral" },
 	{ FT_ARCH_QWEN2, "Qwen2ForCausalLM", "qwen2" },
 	{ FT_ARCH_QWEN3, "Qwen3ForCausalLM", "qwen3" },
+	{ FT_ARCH_GEMMA2, "Gemma2ForCausalLM", "gemma2" },
+	{ FT_ARCH_GEMMA3, "Gemma3ForCausalLM", "gemma3_text" },
 };
 #define N_ARCHS (sizeof ARCHS / sizeof ARCHS[0])
 
@@ -51,6 +53,8 @@ const char *ftp_arch_model_type(ft_arch a)
 /* Family fields of config.json, after the common ones (config_from_json). */
 int ftp_arch_config(const json_t *j, ft_config *c, const char *path)
 {
+	if (c->arch == FT_ARCH_GEMMA2 || c->arch == FT_ARCH_GEMMA3)
+		return ftp_gemma_config(j, c, path);
 	if (c->arch != FT_ARCH_QWEN3)
 		return 0;
 	/* Qwen3Attention: q_norm/k_norm always; attention_bias puts a bias on
@@ -65,21 +69,23 @@ int ftp_arch_config(const json_t *j, ft_config *c, const char *path)
 
 /* Qwen3RMSNorm over each head's head_dim values: the same RMSNorm as the
  * layer norms, on N*H rows of hd. */
-void ftp_qk_norm_forward(const ft_config *c, const ftp_layer *y, float *q, float *k,
+void ftp_qk_norm_forward(ft_model *m, const ftp_layer *y, float *q, float *k,
 			 const float *qr, const float *kr, float *rstdq, float *rstdk, int N)
 {
+	const ft_config *c = &m->c;
 	float eps = (float)c->rms_norm_eps;
 	int hd = c->head_dim;
-	ft_rmsnorm_forward(q, rstdq, qr, y->qn.w, N * c->num_attention_heads, hd, eps);
-	ft_rmsnorm_forward(k, rstdk, kr, y->kn.w, N * c->num_key_value_heads, hd, eps);
+	ft_rmsnorm_forward(q, rstdq, qr, ftp_norm_w(m, y->qn.w, hd), N * c->num_attention_heads, hd, eps);
+	ft_rmsnorm_forward(k, rstdk, kr, ftp_norm_w(m, y->kn.w, hd), N * c->num_key_value_heads, hd, eps);
 }
 
-void ftp_qk_norm_backward(const ft_config *c, ftp_layer *y, float *dqr, float *dkr,
+void ftp_qk_norm_backward(ft_model *m, ftp_layer *y, float *dqr, float *dkr,
 			  const float *dq, const float *dk, const ftp_acts *a, int N)
 {
+	const ft_config *c = &m->c;
 	int hd = c->head_dim, nq = N * c->num_attention_heads, nk = N * c->num_key_value_heads;
 	memset(dqr, 0, (size_t)nq * hd * sizeof(float));
 	memset(dkr, 0, (size_t)nk * hd * sizeof(float));
-	ft_rmsnorm_backward(dqr, y->qn.g, dq, a->qr, y->qn.w, a->rstdq, nq, hd);
-	ft_rmsnorm_backward(dkr, y->kn.g, dk, a->kr, y->kn.w, a->rstdk, nk, hd);
+	ft_rmsnorm_backward(dqr, y->qn.g, dq, a->qr, ftp_norm_w(m, y->qn.w, hd), a->rstdq, nq, hd);
+	ft_rmsnorm_backward(dkr, y->kn.g, dk, a->kr, ftp_norm_w(m, y->kn.w, hd), a->rstdk, nk, hd);
 }

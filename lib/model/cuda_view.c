@@ -33,6 +33,8 @@ SAME_FIELD(ft_cv_layer, ftp_layer, bias);
 SAME_FIELD(ft_cv_layer, ftp_layer, lora);
 SAME_FIELD(ft_cv_layer, ftp_layer, qn);
 SAME_FIELD(ft_cv_layer, ftp_layer, kn);
+SAME_FIELD(ft_cv_layer, ftp_layer, ln3);
+SAME_FIELD(ft_cv_layer, ftp_layer, ln4);
 
 static ft_cv_wg wg(ftp_wg x)
 {
@@ -53,6 +55,9 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 		return ft_fail("model shape not supported on CUDA: head_dim %d, %d heads, "
 			       "%d kv heads", c->head_dim, c->num_attention_heads,
 			       c->num_key_value_heads);
+	if (c->gemma)
+		return ft_fail("Gemma models train on the CPU only for now (--device cpu): the CUDA "
+			       "backend has no soft-capped attention, GeGLU or post norms yet");
 	v->V = c->vocab_size; v->D = c->hidden_size; v->F = c->intermediate_size;
 	v->L = c->num_hidden_layers; v->Hq = c->num_attention_heads;
 	v->Hk = c->num_key_value_heads; v->hd = c->head_dim;

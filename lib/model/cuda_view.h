@@ -34,6 +34,7 @@ typedef struct {
 	ft_cv_wg ln1, ln2, lin[FT_CV_NLIN], bias[3];
 	ft_cv_lora lora[FT_CV_NLIN];
 	ft_cv_wg qn, kn;    /* q_norm, k_norm [hd] (Qwen3), w NULL when absent */
+	ft_cv_wg ln3, ln4;  /* Gemma (not on the GPU yet: ft_cuda_view_of refuses it) */
 } ft_cv_layer;
 
 typedef struct {

@@ -80,6 +80,9 @@ void ft_rope_backward(float *dx, const float *cos_t, const float *sin_t,
 typedef struct {
 	int B, T, Hq, Hk, hd, window;
 	const int32_t *seg;
+	/* scores times scale (0: 1/sqrt(hd)), then softcap * tanh(x / softcap)
+	 * when softcap > 0 (Gemma 2) */
+	float scale, softcap;
 } ft_attn_shape;
 void ft_attention_forward(float *out, float *lse, const float *q,
 			  const float *k, const float *v, const ft_attn_shape *s);
@@ -88,6 +91,11 @@ void ft_attention_backward(float *dq, float *dk, float *dv, const float *dout,
 			   const float *out, const float *lse,
 			   const ft_attn_shape *s);
 
+/* GeGLU (Gemma): h = gelu_pytorch_tanh(gate) * up, backward WRITES dgate,
+ * dup (lib/model/layers_gemma.c). */
+void ft_geglu_forward(float *h, const float *gate, const float *up, size_t n);
+void ft_geglu_backward(float *dgate, float *dup, const float *dh,
+		       const float *gate, const float *up, size_t n);
 /* SwiGLU: h = silu(gate) * up (n elements).  backward WRITES dgate, dup. */
 void ft_swiglu_forward(float *h, const float *gate, const float *up, size_t n);
 void ft_swiglu_backward(float *dgate, float *dup, const float *dh,
@@ -131,6 +139,12 @@ void ft_dropout_apply(float *out, const float *x, size_t n, float p,
  * in double and the count of targets in *n_tok.  When dx != NULL the
  * gradient of grad_scale * loss is WRITTEN to dx[n,D] and ADDED to dW
  * (dW may be NULL).  logits (NULL or [n,V]) receives the raw logits. */
+/* The same with the logits soft-capped first, softcap * tanh(z / softcap)
+ * (Gemma 2's final_logit_softcapping; 0 = off), logits returned capped. */
+double ft_lm_head_loss_cap(float *dx, float *dW, float *logits, const float *x,
+			   const float *W, const int32_t *targets, int n, int D,
+			   int V, float grad_scale, float *scratch, int chunk,
+			   int64_t *n_tok, float softcap);
 double ft_lm_head_loss(float *dx, float *dW, float *logits, const float *x,
 		       const float *W, const int32_t *targets, int n, int D,
 		       int V, float grad_scale, float *scratch, int chunk,

@@ -26,7 +26,7 @@ static int cfg_int(const json_t *j, const char *key, int *out, const char *path)
 
 /* rope_theta and rope scaling, in transformers 5's "rope_parameters" or
  * 4.x's "rope_theta" + "rope_scaling" spelling. */
-static int cfg_rope(const json_t *j, ft_config *c, const char *path)
+int ftp_config_rope(const json_t *j, ft_config *c, const char *path)
 {
 	const json_t *rp = json_object_get(j, "rope_parameters");
 	if (!json_is_object(rp))
@@ -92,9 +92,10 @@ static int config_from_json(const json_t *j, ft_config *c, const char *path)
 	c->max_position_embeddings = (int)ft_json_int(j, "max_position_embeddings", 2048);
 	c->rms_norm_eps = ft_json_num(j, "rms_norm_eps", 1e-6);
 	c->initializer_range = ft_json_num(j, "initializer_range", 0.02);
-	c->tie_word_embeddings = ft_json_bool(j, "tie_word_embeddings", 0);
+	int gemma = c->arch == FT_ARCH_GEMMA2 || c->arch == FT_ARCH_GEMMA3;
+	c->tie_word_embeddings = ft_json_bool(j, "tie_word_embeddings", gemma);   /* Gemma ties */
 	const char *act = ft_json_str(j, "hidden_act", "silu");
-	if (strcmp(act, "silu") && strcmp(act, "swish"))
+	if (!gemma && strcmp(act, "silu") && strcmp(act, "swish"))
 		return ft_fail("%s: hidden_act %s is not supported (silu)", path, act);
 	if (ft_json_bool(j, "mlp_bias", 0))
 		return ft_fail("%s: mlp_bias true is not supported", path);
@@ -110,7 +111,7 @@ static int config_from_json(const json_t *j, ft_config *c, const char *path)
 	}
 	const char *dt = ft_json_str(j, "dtype", ft_json_str(j, "torch_dtype", "float32"));
 	snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", dt);
-	if (cfg_rope(j, c, path) < 0 || ftp_arch_config(j, c, path) < 0) return -1;
+	if (ftp_config_rope(j, c, path) < 0 || ftp_arch_config(j, c, path) < 0) return -1;
 	return ftp_config_check(c, path);
 }
 
@@ -310,6 +311,12 @@ int ftp_model_build_params(ft_model *m)
 		add_param(m, &cap, nm, &y->ln1, 1, D, 0, tn, 0);
 		snprintf(nm, sizeof nm, "model.layers.%d.post_attention_layernorm.weight", l);
 		add_param(m, &cap, nm, &y->ln2, 1, D, 0, tn, 0);
+		if (c->gemma) {
+			snprintf(nm, sizeof nm, "model.layers.%d.pre_feedforward_layernorm.weight", l);
+			add_param(m, &cap, nm, &y->ln3, 1, D, 0, tn, 0);
+			snprintf(nm, sizeof nm, "model.layers.%d.post_feedforward_layernorm.weight", l);
+			add_param(m, &cap, nm, &y->ln4, 1, D, 0, tn, 0);
+		}
 	}
 	add_param(m, &cap, "model.norm.weight", &m->norm, 1, D, 0, full, 0);
 	if (c->tie_word_embeddings)
@@ -407,6 +414,8 @@ static ft_model *model_alloc(const ft_config *c, const ft_tune_opts *o, const ch
 	if (!c->tie_word_embeddings)
 		m->lm_head.w = wnew((size_t)V * D);
 	m->layers = ft_xcalloc(c->num_hidden_layers, sizeof *m->layers);
+	if (c->gemma)   /* (1 + weight) of one norm at a time */
+		m->norm_eff = wnew(D > c->head_dim ? D : c->head_dim);
 	for (int l = 0; l < c->num_hidden_layers; l++) {
 		ftp_layer *y = &m->layers[l];
 		y->ln1.w = wnew(D);
@@ -414,6 +423,10 @@ static ft_model *model_alloc(const ft_config *c, const ft_tune_opts *o, const ch
 		if (c->qk_norm) {
 			y->qn.w = wnew(c->head_dim);
 			y->kn.w = wnew(c->head_dim);
+		}
+		if (c->gemma) {
+			y->ln3.w = wnew(D);
+			y->ln4.w = wnew(D);
 		}
 		for (int j = 0; j < L_NLIN; j++) {
 			int in, out;
@@ -440,6 +453,11 @@ static ft_model *model_finish(ft_model *m)
 
 ft_model *ft_model_from_config(const ft_config *c, const ft_tune_opts *o)
 {
+	if (c->gemma) {   /* its config.json would lose the Gemma fields */
+		ft_fail("model config: training Gemma from scratch is not supported; start from "
+			"a Gemma checkpoint (--model_name_or_path)");
+		return NULL;
+	}
 	ft_model *m = model_alloc(c, o, "model config");
 	if (!m)
 		return NULL;
@@ -521,6 +539,7 @@ void ft_model_free(ft_model *m)
 		ftp_layer *y = &m->layers[l];
 		free(y->ln1.w); free(y->ln1.g); free(y->ln2.w); free(y->ln2.g);
 		free(y->qn.w); free(y->qn.g); free(y->kn.w); free(y->kn.g);
+		free(y->ln3.w); free(y->ln3.g); free(y->ln4.w); free(y->ln4.g);
 		for (int j = 0; j < L_NLIN; j++) {
 			free(y->lin[j].w); free(y->lin[j].g);
 			lora_free(&y->lora[j]);
@@ -531,6 +550,7 @@ void ft_model_free(ft_model *m)
 		}
 	}
 	free(m->layers);
+	free(m->norm_eff);
 	json_decref(m->config_json);
 	free(m->model_dir);
 	free(m);

@@ -12,7 +12,7 @@
 #include "format/batch.h"
 
 typedef enum { FT_ARCH_LLAMA, FT_ARCH_MISTRAL, FT_ARCH_QWEN2,
-	       FT_ARCH_QWEN3 /* lib/model/arch.c */ } ft_arch;
+	       FT_ARCH_QWEN3, FT_ARCH_GEMMA2, FT_ARCH_GEMMA3 /* lib/model/arch.c */ } ft_arch;
 
 typedef struct {
 	ft_arch arch;
@@ -31,6 +31,14 @@ typedef struct {
 	int qk_norm;                   /* per-head RMSNorm on q and k before RoPE (Qwen3) */
 	double rope_beta_fast, rope_beta_slow, rope_attention_factor;   /* yarn */
 	int rope_truncate;
+	/* Gemma 2/3 (lib/model/model_gemma.c): norms scale by 1 + weight,
+	 * post-attention and post-MLP norms, embeddings times sqrt(hidden),
+	 * gelu_pytorch_tanh, scores scaled by query_pre_attn_scalar^-0.5 and
+	 * soft-capped (0 = off); sliding layers (bit l of sliding_layers) use
+	 * sliding_window and the default RoPE with rope_local_theta. */
+	int gemma;
+	double query_pre_attn_scalar, attn_softcap, final_softcap, rope_local_theta;
+	uint64_t sliding_layers[4];
 } ft_config;
 
 /* llamafactory's configure_rope on a parsed config (lib/model/rope.c):

@@ -120,6 +120,12 @@ static const builtin BUILTINS[] = {
 	  .system = { "{{content}}\n\n" },
 	  .observation = { "<start_of_turn>tool\n{{content}}<end_of_turn>\n<start_of_turn>model\n" },
 	  .prefix = { BOS }, .stop = { "<end_of_turn>" }, .replace_eos = 1, .llama2 = 1 },
+	{ .name = "gemma3",   /* llamafactory's gemma3: gemma's text, an image plugin ft has not */
+	  .user = { "<start_of_turn>user\n{{content}}<end_of_turn>\n<start_of_turn>model\n" },
+	  .assistant = { "{{content}}<end_of_turn>\n" },
+	  .system = { "{{content}}\n\n" },
+	  .observation = { "<start_of_turn>tool\n{{content}}<end_of_turn>\n<start_of_turn>model\n" },
+	  .prefix = { BOS }, .stop = { "<end_of_turn>" }, .replace_eos = 1, .llama2 = 1 },
 	{ .name = "deepseek",
 	  .user = { "User: {{content}}\n\nAssistant:" },
 	  .system = { "{{content}}\n\n" }, .prefix = { BOS } },

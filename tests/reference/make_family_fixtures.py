@@ -40,7 +40,8 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig,
+                          Qwen3Config, Qwen3ForCausalLM)
 from peft import get_peft_model
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +66,31 @@ def qwen3_config():
         dtype="float32")
 
 
-FAMILIES = {"qwen3": (Qwen3ForCausalLM, qwen3_config, 2025)}
+def gemma2_config():
+    # small soft-caps and a 4-token window so tanh and the mask matter at
+    # T=16; query_pre_attn_scalar 24 is not head_dim
+    return Gemma2Config(
+        vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24,
+        sliding_window=4, attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
+        max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=10000.0,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0, dtype="float32")
+
+
+def gemma3_config():
+    return Gemma3TextConfig(
+        vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24,
+        sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+        max_position_embeddings=64, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, dtype="float32")
+
+
+FAMILIES = {"qwen3": (Qwen3ForCausalLM, qwen3_config, 2025),
+            "gemma2": (Gemma2ForCausalLM, gemma2_config, 2026),
+            "gemma3": (Gemma3ForCausalLM, gemma3_config, 2027)}
 
 
 def build(fam):

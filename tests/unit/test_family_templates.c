@@ -114,9 +114,31 @@ static void check_remove_thought(void)
 	ft_template_free(t);
 }
 
+/* llamafactory's gemma3 renders text as gemma (it adds an image plugin);
+ * gemma itself is in tests/fixtures/llamafactory/templates.jsonl. */
+static void check_gemma3(void)
+{
+	ft_message m[4] = { { FT_ROLE_USER, "Hi" }, { FT_ROLE_ASSISTANT, "Hello." },
+			    { FT_ROLE_USER, "2+2?" }, { FT_ROLE_ASSISTANT, "4" } };
+	ft_template *a = ft_template_get("gemma"), *b = ft_template_get("gemma3");
+	ft_elements ea[4] = { { 0 } }, eb[4] = { { 0 } };
+	int eq = a && b && ft_template_render(a, m, 4, "Be brief.", NULL, ea) == 0 &&
+		 ft_template_render(b, m, 4, "Be brief.", NULL, eb) == 0;
+	for (int i = 0; i < 4; i++) {
+		char *x = ft_elements_to_string(&ea[i], "<bos>", "<eos>"), *y = ft_elements_to_string(&eb[i], "<bos>", "<eos>");
+		eq = eq && !strcmp(x, y);
+		free(x); free(y);
+		ft_elements_free(&ea[i]); ft_elements_free(&eb[i]);
+	}
+	ok(eq, "gemma3 renders as gemma (system, multi-turn)");
+	ft_template_free(a);
+	ft_template_free(b);
+}
+
 int main(void)
 {
 	check_remove_thought();
+	check_gemma3();
 	const char *shared = getenv("FT_SHARED") ? getenv("FT_SHARED") : "../shared";
 	char *td = ft_xasprintf("%s/tokenizers/qwen3", shared);
 	json_t *cases = ft_json_load_file("tests/fixtures/families/templates.json");

@@ -244,7 +244,7 @@ static void test_attn_mask(void)
 	float *o1 = calloc(nq, 4), *o2 = calloc(nq, 4), *lse = calloc((size_t)B * Hq * T, 4);
 	int32_t seg[18] = { 1, 1, 1, 2, 2, 2, 2, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1 };
 	for (int win = 0; win <= 3; win += 3) {
-		ft_attn_shape s = { B, T, Hq, Hk, hd, win, seg };
+		ft_attn_shape s = { B, T, Hq, Hk, hd, win, seg, 0, 0 };
 		ft_attention_forward(o1, lse, q, k, v, &s);
 		float sc = 1.0f / sqrtf((float)hd);
 		for (int b = 0; b < B; b++)
