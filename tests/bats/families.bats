@@ -19,7 +19,7 @@ moe_model() {
 
 @test "an unsupported architecture is refused naming the supported ones, by every loader" {
 	moe_model
-	want="architecture Qwen3MoeForCausalLM is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)"
+	want="architecture Qwen3MoeForCausalLM is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM)"
 	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
 	run --separate-stderr ft-train --model_name_or_path moe --train train.zst --output_dir o --max_steps 1
 	assert_failure 1
@@ -192,4 +192,40 @@ tiny_qwen3() {
 	[ ! -e n ]
 	run ft-run -n export --model_name_or_path m --export_dir x --rope_scaling yarn
 	assert_output --partial "ft-merge --model_name_or_path m --export_dir x --rope_scaling yarn"
+}
+
+@test "Gemma 2 and 3: ft-generate, ft-merge answers as base + adapter, ft-train LoRA and full" {
+	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
+	printf '%s\n' '{"prompt": "who are you"}' '{"prompt": "the tea is hot"}' > p.jsonl
+	for g in gemma2 gemma3; do
+		dir="$FT_ROOT/tests/fixtures/families/$g"
+		gen --model_name_or_path "$dir/model" --adapter_name_or_path "$dir/lora" p.jsonl > $g-tuned.jsonl
+		run ft-merge --model_name_or_path "$dir/model" --adapter_name_or_path "$dir/lora" --export_dir $g-merged
+		assert_success
+		gen --model_name_or_path $g-merged p.jsonl > $g-merged.jsonl
+		cmp $g-tuned.jsonl $g-merged.jsonl
+		run ft-train -q --model_name_or_path "$dir/model" --train train.zst --output_dir $g-lora --max_steps 2
+		assert_success
+		[ -s $g-lora/adapter_model.safetensors ]
+		run ft-train -q --model_name_or_path "$dir/model" --train train.zst --output_dir $g-full \
+			--finetuning_type full --max_steps 1
+		assert_success
+		grep -aq 'model.layers.1.post_feedforward_layernorm.weight' $g-full/model.safetensors
+		run gen --model_name_or_path $g-full p.jsonl
+		assert_success
+	done
+}
+
+@test "Gemma: training from scratch and other activations are refused with the reason" {
+	g="$FT_ROOT/tests/fixtures/families/gemma2/model"
+	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
+	run ft-train --train_from_scratch --config "$g/config.json" --train train.zst --output_dir o --max_steps 1
+	assert_failure 1
+	assert_output --partial "training Gemma from scratch is not supported"
+	mkdir -p b && cp "$g"/*.safetensors* b/
+	jq '.hidden_activation = "gelu"' "$g/config.json" > b/config.json
+	echo '{"prompt": "a"}' > p.jsonl
+	run gen --model_name_or_path b p.jsonl
+	assert_failure
+	assert_output --partial "Gemma hidden_activation gelu is not supported (gelu_pytorch_tanh)"
 }
