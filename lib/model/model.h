@@ -1,4 +1,4 @@
-/* model.h - LLaMA / Mistral / Qwen2 decoder models for training and
+/* model.h - Llama / Mistral / Qwen2 / Qwen3 / Gemma 2-3 decoder models for training and
  * inference: configuration, parameters, forward and backward.
  *
  * The CPU path (lib/model*.c, lib/layers*.c) is the readable reference;

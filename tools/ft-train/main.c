@@ -19,8 +19,9 @@
 
 static const char usage[] =
 "Usage: ft-train [CONFIG.yaml] [key=value ...] [--key value ...]\n"
-"Fine-tune a LLaMA / Mistral / Qwen2 model on micro-batches made by ft-pack,\n"
-"as LLaMA-Factory's `llamafactory-cli train` does (CPU, float32).  Options\n"
+"Fine-tune a Llama / Mistral / Qwen2 / Qwen3 / Gemma 2/3 model on micro-batches\n"
+"made by ft-pack, as LLaMA-Factory's `llamafactory-cli train` does (CPU,\n"
+"float32).  Options\n"
 "take LLaMA-Factory's names, with underscores or dashes; a YAML or JSON\n"
 "config file may come first and later settings override it.\n"
 "\n"
