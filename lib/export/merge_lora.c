@@ -21,6 +21,7 @@
 /* The linear layers of Llama / Mistral / Qwen2 decoder layers. */
 static const char *const known_modules[] = {
 	"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+	"qkv_proj", "gate_up_proj",   /* Phi-3's fused modules */
 };
 
 typedef struct {

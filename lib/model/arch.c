@@ -18,6 +18,7 @@ static const struct {
 	{ FT_ARCH_QWEN3, "Qwen3ForCausalLM", "qwen3" },
 	{ FT_ARCH_GEMMA2, "Gemma2ForCausalLM", "gemma2" },
 	{ FT_ARCH_GEMMA3, "Gemma3ForCausalLM", "gemma3_text" },
+	{ FT_ARCH_PHI3, "Phi3ForCausalLM", "phi3" },
 };
 #define N_ARCHS (sizeof ARCHS / sizeof ARCHS[0])
 
@@ -50,11 +51,66 @@ const char *ftp_arch_model_type(ft_arch a)
 	return "llama";
 }
 
+/* Phi3ForCausalLM: fused projections, Mistral's sliding window; the
+ * dropouts it trains with and partial rotary embeddings are refused. */
+static int phi3_config(const json_t *j, ft_config *c, const char *path)
+{
+	c->fused = 1;
+	const json_t *sw = json_object_get(j, "sliding_window");
+	c->sliding_window = json_is_integer(sw) ? (int)json_integer_value(sw) : 0;
+	if (ft_json_num(j, "partial_rotary_factor", 1.0) != 1.0)
+		return ft_fail("%s: Phi-3 partial_rotary_factor %g is not supported (1)", path,
+			       ft_json_num(j, "partial_rotary_factor", 1.0));
+	if (ft_json_num(j, "resid_pdrop", 0) > 0 || ft_json_num(j, "embd_pdrop", 0) > 0)
+		return ft_fail("%s: Phi-3 resid_pdrop / embd_pdrop above 0 are not supported", path);
+	return 0;
+}
+
+int ftp_fused_lead(const ft_config *c, int j)
+{
+	if (!c->fused) return j;
+	return j == L_K || j == L_V ? L_Q : j == L_UP ? L_GATE : j;
+}
+
+int ftp_fused_row(const ft_config *c, int j)
+{
+	int qd = c->num_attention_heads * c->head_dim, kd = c->num_key_value_heads * c->head_dim;
+	if (!c->fused) return 0;
+	return j == L_K ? qd : j == L_V ? qd + kd : j == L_UP ? c->intermediate_size : 0;
+}
+
+int ftp_fused_rows(const ft_config *c, int j)
+{
+	int in, out;
+	ftp_lin_dims(c, j, &in, &out);
+	if (!c->fused) return out;
+	if (j == L_Q) return out + 2 * c->num_key_value_heads * c->head_dim;
+	return j == L_GATE ? 2 * c->intermediate_size : out;
+}
+
+const char *ftp_module_name(const ft_config *c, int j)
+{
+	if (c->fused && ftp_fused_lead(c, j) == L_Q) return "qkv_proj";
+	if (c->fused && ftp_fused_lead(c, j) == L_GATE) return "gate_up_proj";
+	return ft_lin_names[j];
+}
+
+int ftp_check_targets(const ft_config *c, unsigned t)
+{
+	unsigned qkv = FT_MOD_Q | FT_MOD_K | FT_MOD_V, gu = FT_MOD_GATE | FT_MOD_UP;
+	if (c->fused && (((t & qkv) && (t & qkv) != qkv) || ((t & gu) && (t & gu) != gu)))
+		return ft_fail("Phi-3 fuses q/k/v and gate/up: LoRA targets are qkv_proj, o_proj, "
+			       "gate_up_proj, down_proj");
+	return 0;
+}
+
 /* Family fields of config.json, after the common ones (config_from_json). */
 int ftp_arch_config(const json_t *j, ft_config *c, const char *path)
 {
 	if (c->arch == FT_ARCH_GEMMA2 || c->arch == FT_ARCH_GEMMA3)
 		return ftp_gemma_config(j, c, path);
+	if (c->arch == FT_ARCH_PHI3)
+		return phi3_config(j, c, path);
 	if (c->arch != FT_ARCH_QWEN3)
 		return 0;
 	/* Qwen3Attention: q_norm/k_norm always; attention_bias puts a bias on

@@ -55,6 +55,9 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 		return ft_fail("model shape not supported on CUDA: head_dim %d, %d heads, "
 			       "%d kv heads", c->head_dim, c->num_attention_heads,
 			       c->num_key_value_heads);
+	if (c->fused)
+		return ft_fail("Phi-3 models train on the CPU only for now (--device cpu): the CUDA "
+			       "model has no fused qkv_proj / gate_up_proj yet");
 	if (c->gemma)
 		return ft_fail("Gemma models train on the CPU only for now (--device cpu): the CUDA "
 			       "backend has no soft-capped attention, GeGLU or post norms yet");

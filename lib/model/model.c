@@ -294,11 +294,16 @@ int ftp_model_build_params(ft_model *m)
 	for (int l = 0; l < c->num_hidden_layers; l++) {
 		ftp_layer *y = &m->layers[l];
 		for (int j = 0; j < L_NLIN; j++) {
-			int in, out, tr = module_trainable(m, l, j);
+			int in, out, tr = module_trainable(m, l, j), lead = ftp_fused_lead(c, j);
 			const char *grp = j < L_GATE ? "self_attn" : "mlp";
 			ftp_lin_dims(c, j, &in, &out);
-			snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.weight", l, grp, ft_lin_names[j]);
-			add_param(m, &cap, nm, &y->lin[j], 2, out, in, tr, decays(nm));
+			if (lead != j) {   /* a row block of its lead's tensor */
+				size_t off = (size_t)ftp_fused_row(c, j) * in;
+				y->lin[j].g = y->lin[lead].g ? y->lin[lead].g + off : NULL;
+				continue;
+			}
+			snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.weight", l, grp, ftp_module_name(c, j));
+			add_param(m, &cap, nm, &y->lin[j], 2, ftp_fused_rows(c, j), in, tr, decays(nm));
 			if (j <= L_V && c->attention_bias) {
 				snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.bias", l, grp, ft_lin_names[j]);
 				add_param(m, &cap, nm, &y->bias[j], 1, out, 0, tr, 0);
@@ -325,18 +330,23 @@ int ftp_model_build_params(ft_model *m)
 		add_param(m, &cap, "lm_head.weight", &m->lm_head, 2, c->vocab_size, D, full, 1);
 	for (int l = 0; l < c->num_hidden_layers; l++)
 		for (int j = 0; j < L_NLIN; j++) {
-			ftp_lora *a = &m->layers[l].lora[j];
+			ftp_lora *a = &m->layers[l].lora[j], *lead = &m->layers[l].lora[ftp_fused_lead(c, j)];
 			int in, out;
 			if (!a->on)
 				continue;
 			ftp_lin_dims(c, j, &in, &out);
+			if (lead != a) {   /* Phi-3: views of the fused module's adapter */
+				a->A.g = lead->A.g;
+				a->B.g = lead->B.g + (size_t)ftp_fused_row(c, j) * a->r;
+				continue;
+			}
 			const char *grp = j < L_GATE ? "self_attn" : "mlp";
 			snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.%s.lora_A.weight",
-				 l, grp, ft_lin_names[j]);
+				 l, grp, ftp_module_name(c, j));
 			add_param(m, &cap, nm, &a->A, 2, a->r, in, 1, 1);
 			snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.%s.lora_B.weight",
-				 l, grp, ft_lin_names[j]);
-			add_param(m, &cap, nm, &a->B, 2, out, a->r, 1, 1);
+				 l, grp, ftp_module_name(c, j));
+			add_param(m, &cap, nm, &a->B, 2, ftp_fused_rows(c, j), a->r, 1, 1);
 		}
 	m->grads = ft_xcalloc(m->nparams ? m->nparams : 1, sizeof *m->grads);
 	for (size_t i = 0; i < m->nparams; i++)
@@ -351,6 +361,13 @@ static void lora_free(ftp_lora *a)
 	memset(a, 0, sizeof *a);
 }
 
+/* A fused member's adapter is views of its lead's: forgotten, not freed. */
+static void lora_release(const ft_config *c, int j, ftp_lora *a)
+{
+	if (ftp_fused_lead(c, j) == j) lora_free(a);
+	else memset(a, 0, sizeof *a);
+}
+
 /* Adapters on the `targets` modules of every layer: A kaiming-uniform
  * (a=sqrt(5)) as torch's nn.Linear default, i.e. U(-1/sqrt(in), 1/sqrt(in)),
  * B zero, as PEFT's init_lora_weights=True.  Does not rebuild the list. */
@@ -361,10 +378,11 @@ void ftp_lora_setup(ft_model *m, int rank, double alpha, int rslora, unsigned ta
 	m->o.use_rslora = rslora;
 	m->o.lora_targets = targets;
 	char nm[160];
-	for (int l = 0; l < m->c.num_hidden_layers; l++)
+	for (int l = 0; l < m->c.num_hidden_layers; l++) {
+		for (int j = L_NLIN - 1; j >= 0; j--)   /* members before their lead */
+			lora_release(&m->c, j, &m->layers[l].lora[j]);
 		for (int j = 0; j < L_NLIN; j++) {
-			ftp_lora *a = &m->layers[l].lora[j];
-			lora_free(a);
+			ftp_lora *a = &m->layers[l].lora[j], *lead = &m->layers[l].lora[ftp_fused_lead(&m->c, j)];
 			if (!(targets >> j & 1))
 				continue;
 			int in, out;
@@ -372,11 +390,17 @@ void ftp_lora_setup(ft_model *m, int rank, double alpha, int rslora, unsigned ta
 			a->on = 1;
 			a->r = rank;
 			a->scale = (float)(rslora ? alpha / sqrt(rank) : alpha / rank);
+			if (lead != a) {   /* Phi-3: the fused module's one A, B's row block */
+				a->A.w = lead->A.w;
+				a->B.w = lead->B.w + (size_t)ftp_fused_row(&m->c, j) * rank;
+				continue;
+			}
 			a->A.w = ft_xmalloc((size_t)rank * in * sizeof(float));
-			a->B.w = ft_xcalloc((size_t)out * rank, sizeof(float));
-			snprintf(nm, sizeof nm, "layers.%d.%s.lora_A", l, ft_lin_names[j]);
+			a->B.w = ft_xcalloc((size_t)ftp_fused_rows(&m->c, j) * rank, sizeof(float));
+			snprintf(nm, sizeof nm, "layers.%d.%s.lora_A", l, ftp_module_name(&m->c, j));
 			fill_uniform(a->A.w, (size_t)rank * in, 1.0f / sqrtf((float)in), m->o.seed, nm);
 		}
+	}
 }
 
 static float *wnew(size_t n) { return ft_xmalloc(n * sizeof(float)); }
@@ -408,6 +432,10 @@ static ft_model *model_alloc(const ft_config *c, const ft_tune_opts *o, const ch
 		m->o.lora_alpha = 2.0 * m->o.lora_rank;
 	if (!m->o.lora_targets)
 		m->o.lora_targets = FT_MOD_Q | FT_MOD_V;
+	if (m->o.type == FT_FT_LORA && ftp_check_targets(c, m->o.lora_targets) < 0) {
+		free(m);
+		return NULL;
+	}
 	int D = c->hidden_size, V = c->vocab_size;
 	m->wte.w = wnew((size_t)V * D);
 	m->norm.w = wnew(D);
@@ -429,9 +457,11 @@ static ft_model *model_alloc(const ft_config *c, const ft_tune_opts *o, const ch
 			y->ln4.w = wnew(D);
 		}
 		for (int j = 0; j < L_NLIN; j++) {
-			int in, out;
+			int in, out, lead = ftp_fused_lead(c, j);
 			ftp_lin_dims(c, j, &in, &out);
-			y->lin[j].w = wnew((size_t)in * out);
+			/* Phi-3: members are row blocks of their group's tensor */
+			y->lin[j].w = lead != j ? y->lin[lead].w + (size_t)ftp_fused_row(c, j) * in
+				    : wnew((size_t)in * ftp_fused_rows(c, j));
 			if (j <= L_V && c->attention_bias)
 				y->bias[j].w = ft_xcalloc(out, sizeof(float));
 		}
@@ -541,8 +571,11 @@ void ft_model_free(ft_model *m)
 		free(y->qn.w); free(y->qn.g); free(y->kn.w); free(y->kn.g);
 		free(y->ln3.w); free(y->ln3.g); free(y->ln4.w); free(y->ln4.g);
 		for (int j = 0; j < L_NLIN; j++) {
-			free(y->lin[j].w); free(y->lin[j].g);
-			lora_free(&y->lora[j]);
+			if (ftp_fused_lead(&m->c, j) == j) {   /* members share their lead's */
+				free(y->lin[j].w);
+				free(y->lin[j].g);
+			}
+			lora_release(&m->c, j, &y->lora[j]);
 		}
 		for (int j = 0; j < 3; j++) {
 			free(y->bias[j].w);

@@ -12,7 +12,7 @@
 #include "format/batch.h"
 
 typedef enum { FT_ARCH_LLAMA, FT_ARCH_MISTRAL, FT_ARCH_QWEN2,
-	       FT_ARCH_QWEN3, FT_ARCH_GEMMA2, FT_ARCH_GEMMA3 /* lib/model/arch.c */ } ft_arch;
+	       FT_ARCH_QWEN3, FT_ARCH_GEMMA2, FT_ARCH_GEMMA3, FT_ARCH_PHI3 /* lib/model/arch.c */ } ft_arch;
 
 typedef struct {
 	ft_arch arch;
@@ -39,6 +39,9 @@ typedef struct {
 	int gemma;
 	double query_pre_attn_scalar, attn_softcap, final_softcap, rope_local_theta;
 	uint64_t sliding_layers[4];
+	/* Phi-3: q, k, v stored as one qkv_proj and gate, up as gate_up_proj
+	 * (row blocks of one tensor; LoRA on the fused module, one A) */
+	int fused;
 } ft_config;
 
 /* llamafactory's configure_rope on a parsed config (lib/model/rope.c):

@@ -133,6 +133,7 @@ static uint64_t mix64(uint64_t z)
 /* The dropout mask of module j in layer l for the current call. */
 static uint64_t drop_seed(const ft_model *m, int l, int j)
 {
+	j = ftp_fused_lead(&m->c, j);   /* Phi-3: one dropout on a fused module's input */
 	return mix64(m->o.seed ^ mix64(m->dropout_calls * 0x9e3779b97f4a7c15ULL +
 				       (uint64_t)(l * L_NLIN + j + 1)));
 }

@@ -107,6 +107,15 @@ void ftp_gemma_layer_forward(ft_model *m, int l, ftp_acts *a, const float *x_in,
 void ftp_gemma_layer_backward(ft_model *m, int l, ftp_acts *a, const float *x_in,
 			      const ft_batch *b, int need_dx);
 /* lib/model/arch.c: the families beyond Llama/Mistral/Qwen2. */
+/* Phi-3's fused modules: the group's first module (q for q, k, v; gate
+ * for gate, up; else j itself), the member's first row in the fused
+ * tensor, the fused tensor's rows, and the module name PEFT uses. */
+int ftp_fused_lead(const ft_config *c, int j);
+int ftp_fused_row(const ft_config *c, int j);
+int ftp_fused_rows(const ft_config *c, int j);
+const char *ftp_module_name(const ft_config *c, int j);
+/* LoRA targets of a config: 0, or -1 when they split a fused module. */
+int ftp_check_targets(const ft_config *c, unsigned targets);
 int ftp_arch_from_name(const char *arch, ft_arch *a, const char *path);
 const char *ftp_arch_name(ft_arch a);
 const char *ftp_arch_model_type(ft_arch a);

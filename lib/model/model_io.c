@@ -137,12 +137,12 @@ int ft_model_save_full(ft_model *m, const char *dir, const char *dtype)
 	return rc;
 }
 
-static json_t *targets_json(unsigned t)
+static json_t *targets_json(const ft_config *c, unsigned t)
 {
 	json_t *a = json_array();
 	for (int j = 0; j < L_NLIN; j++)
-		if (t >> j & 1)
-			json_array_append_new(a, json_string(ft_lin_names[j]));
+		if (t >> j & 1 && ftp_fused_lead(c, j) == j)
+			json_array_append_new(a, json_string(ftp_module_name(c, j)));
 	return a;
 }
 
@@ -165,7 +165,7 @@ int ft_model_save_adapter(ft_model *m, const char *dir)
 		"lora_bias", 0, "lora_dropout", o->lora_dropout, "megatron_config",
 		"megatron_core", "megatron.core", "modules_to_save", "peft_type", "LORA",
 		"r", o->lora_rank, "rank_pattern", "revision", "target_modules",
-		targets_json(o->lora_targets), "task_type", "CAUSAL_LM", "use_dora", 0,
+		targets_json(&m->c, o->lora_targets), "task_type", "CAUSAL_LM", "use_dora", 0,
 		"use_rslora", o->use_rslora);
 	if (!j)
 		return ft_fail("%s: cannot build adapter_config.json", dir);
@@ -196,7 +196,7 @@ int ft_model_save(ft_model *m, const char *dir)
 
 /* The LoRA targets as module bits: ft applies one set of linear layers to
  * every decoder layer, so names must be the layers' own (q_proj, ...). */
-static int parse_targets(const ft_adapter_config *c, unsigned *out)
+static int parse_targets(const ft_config *mc, const ft_adapter_config *c, unsigned *out)
 {
 	*out = 0;
 	if (c->target_regex) {
@@ -206,8 +206,8 @@ static int parse_targets(const ft_adapter_config *c, unsigned *out)
 			return 0;
 		}
 		for (int j = 0; j < L_NLIN; j++)
-			if (!strcmp(s, ft_lin_names[j]))
-				*out = 1u << j;
+			if (!strcmp(s, ftp_module_name(mc, j)))
+				*out |= 1u << j;
 		return *out ? 0 : ft_fail("%s: target_modules '%s' is not supported", c->path, s);
 	}
 	if (!c->n_target_modules)
@@ -216,13 +216,15 @@ static int parse_targets(const ft_adapter_config *c, unsigned *out)
 		const char *s = c->target_modules[i];
 		int found = 0;
 		for (int j = 0; j < L_NLIN; j++)
-			if (!strcmp(s, ft_lin_names[j])) {
+			if (!strcmp(s, ftp_module_name(mc, j))) {   /* qkv_proj: q, k, v */
 				*out |= 1u << j;
 				found = 1;
 			}
 		if (!found)
-			return ft_fail("%s: target module %s is not supported (q_proj k_proj "
-				       "v_proj o_proj gate_proj up_proj down_proj)", c->path, s);
+			return ft_fail(mc->fused ? "%s: target module %s is not supported (qkv_proj "
+				       "o_proj gate_up_proj down_proj)" : "%s: target module %s is not "
+				       "supported (q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)",
+				       c->path, s);
 	}
 	return 0;
 }
@@ -260,7 +262,7 @@ int ft_model_load_adapter(ft_model *m, const char *dir)
 	int rc = -1;
 	unsigned targets;
 	if (ft_adapter_config_load(path, &c) < 0 || check_config(&c) < 0 ||
-	    parse_targets(&c, &targets) < 0)
+	    parse_targets(&m->c, &c, &targets) < 0)
 		goto out;
 	ftp_lora_setup(m, c.r, c.lora_alpha, c.use_rslora, targets);
 	ftp_model_build_params(m);

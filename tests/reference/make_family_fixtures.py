@@ -41,7 +41,7 @@ import sys
 import torch
 from safetensors.torch import save_file
 from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig,
-                          Qwen3Config, Qwen3ForCausalLM)
+                          Phi3Config, Phi3ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 from peft import get_peft_model
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -52,6 +52,7 @@ torch.set_default_dtype(torch.float32)
 
 OUT = "tests/fixtures/families"
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PHI3_LINEAR = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]   # PEFT's names for Phi-3
 LR, WD = 1e-3, 0.1
 
 
@@ -88,7 +89,17 @@ def gemma3_config():
         bos_token_id=1, eos_token_id=2, pad_token_id=0, dtype="float32")
 
 
+def phi3_config():
+    return Phi3Config(
+        vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        original_max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=10000.0,
+        sliding_window=None, tie_word_embeddings=False, resid_pdrop=0.0, embd_pdrop=0.0,
+        attention_dropout=0.0, bos_token_id=1, eos_token_id=2, pad_token_id=0, dtype="float32")
+
+
 FAMILIES = {"qwen3": (Qwen3ForCausalLM, qwen3_config, 2025),
+            "phi3": (Phi3ForCausalLM, phi3_config, 2028),
             "gemma2": (Gemma2ForCausalLM, gemma2_config, 2026),
             "gemma3": (Gemma3ForCausalLM, gemma3_config, 2027)}
 
@@ -156,7 +167,7 @@ def family(fam):
     save_file(grads_of(load(fam, mdir), ids, lab), os.path.join(d, "full-grads.safetensors"))
 
     base = load(fam, mdir)
-    pm = get_peft_model(base, mm.lora_cfg(ALL_LINEAR))
+    pm = get_peft_model(base, mm.lora_cfg(PHI3_LINEAR if fam == "phi3" else ALL_LINEAR))
     g = torch.Generator().manual_seed(99)
     with torch.no_grad():
         for n, p in pm.named_parameters():

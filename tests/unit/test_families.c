@@ -417,6 +417,7 @@ int main(void)
 	check_family("qwen3", FT_ARCH_QWEN3);
 	check_family("gemma2", FT_ARCH_GEMMA2);
 	check_family("gemma3", FT_ARCH_GEMMA3);
+	check_family("phi3", FT_ARCH_PHI3);
 	check_yarn();
 	check_rope_override();
 	return tap_done();

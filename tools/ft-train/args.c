@@ -117,6 +117,8 @@ static unsigned module_bit(const char *name)
 		{"q_proj", FT_MOD_Q}, {"k_proj", FT_MOD_K}, {"v_proj", FT_MOD_V}, {"o_proj", FT_MOD_O},
 		{"gate_proj", FT_MOD_GATE}, {"up_proj", FT_MOD_UP}, {"down_proj", FT_MOD_DOWN},
 		{"self_attn", FT_MOD_SELF_ATTN}, {"mlp", FT_MOD_MLP}, {"all", FT_MOD_ALL_LINEAR},
+		/* Phi-3's fused modules (the model refuses a split of them) */
+		{"qkv_proj", FT_MOD_Q | FT_MOD_K | FT_MOD_V}, {"gate_up_proj", FT_MOD_GATE | FT_MOD_UP},
 	};
 	for (size_t i = 0; i < sizeof m / sizeof *m; i++)
 		if (!strcmp(m[i].n, name)) return m[i].bit;
@@ -131,7 +133,8 @@ static unsigned parse_modules(const char *opt, const char *list, int allow_group
 		unsigned b = module_bit(t);
 		if (!b || (!allow_groups && (!strcmp(t, "self_attn") || !strcmp(t, "mlp"))))
 			die_usage("--%s: unknown module '%s' (q_proj k_proj v_proj o_proj gate_proj up_proj "
-				  "down_proj%s, or all)", opt, t, allow_groups ? " self_attn mlp" : "");
+				  "down_proj, Phi-3's qkv_proj gate_up_proj%s, or all)", opt, t,
+				  allow_groups ? " self_attn mlp" : "");
 		bits |= b;
 	}
 	free(s);
