@@ -430,8 +430,8 @@ static ft_model *model_alloc(const ft_config *c, const ft_tune_opts *o, const ch
 		m->o.lora_rank = 8;
 	if (m->o.lora_alpha <= 0)
 		m->o.lora_alpha = 2.0 * m->o.lora_rank;
-	if (!m->o.lora_targets)
-		m->o.lora_targets = FT_MOD_Q | FT_MOD_V;
+	if (!m->o.lora_targets)   /* Phi-3: qkv_proj holds q_proj and v_proj */
+		m->o.lora_targets = c->fused ? FT_MOD_Q | FT_MOD_K | FT_MOD_V : FT_MOD_Q | FT_MOD_V;
 	if (m->o.type == FT_FT_LORA && ftp_check_targets(c, m->o.lora_targets) < 0) {
 		free(m);
 		return NULL;

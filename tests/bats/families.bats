@@ -229,3 +229,38 @@ tiny_qwen3() {
 	assert_failure
 	assert_output --partial "Gemma hidden_activation gelu is not supported (gelu_pytorch_tanh)"
 }
+
+@test "Phi-3: fused modules through ft-generate, ft-merge and ft-train; split targets refused" {
+	dir="$FT_ROOT/tests/fixtures/families/phi3"
+	printf '%s\n' '{"prompt": "who are you"}' '{"prompt": "the tea is hot"}' > p.jsonl
+	gen --model_name_or_path "$dir/model" --adapter_name_or_path "$dir/lora" p.jsonl > tuned.jsonl
+	run ft-merge --model_name_or_path "$dir/model" --adapter_name_or_path "$dir/lora" --export_dir merged
+	assert_success
+	gen --model_name_or_path merged p.jsonl > merged.jsonl
+	cmp tuned.jsonl merged.jsonl
+	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
+	run ft-train -q --model_name_or_path "$dir/model" --train train.zst --output_dir lora \
+		--lora_target qkv_proj,gate_up_proj --max_steps 2
+	assert_success
+	[ "$(jq -c '.target_modules | sort' lora/adapter_config.json)" = '["gate_up_proj","qkv_proj"]' ]
+	grep -aq 'self_attn.qkv_proj.lora_A.weight' lora/adapter_model.safetensors
+	run gen --model_name_or_path "$dir/model" --adapter_name_or_path lora p.jsonl
+	assert_success
+	run ft-train --model_name_or_path "$dir/model" --train train.zst --output_dir x --lora_target q_proj,v_proj
+	assert_failure 1
+	assert_output --partial "LoRA targets are qkv_proj, o_proj, gate_up_proj, down_proj"
+}
+
+@test "Phi-3 longrope and partial rotary embeddings are refused by name" {
+	dir="$FT_ROOT/tests/fixtures/families/phi3/model"
+	mkdir -p a b && cp "$dir"/*.safetensors* a/ && cp "$dir"/*.safetensors* b/
+	jq '.rope_parameters = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1], "long_factor": [1]}' "$dir/config.json" > a/config.json
+	jq '.partial_rotary_factor = 0.75' "$dir/config.json" > b/config.json
+	echo '{"prompt": "a"}' > p.jsonl
+	run gen --model_name_or_path a p.jsonl
+	assert_failure
+	assert_output --partial "rope type 'longrope' is not supported"
+	run gen --model_name_or_path b p.jsonl
+	assert_failure
+	assert_output --partial "partial_rotary_factor 0.75 is not supported"
+}

@@ -232,6 +232,28 @@ def templates(shared):
                          "mask_history": mask, "case": case, "system": system, "tools": tools,
                          "messages": messages, "multiturn": [list(p) for p in pairs],
                          "oneturn": [prompt, response]})
+    # templates whose tokens the Qwen3 tokenizer lacks (llamafactory would
+    # add them): Template._encode's elements as text, bos "<s>", eos the
+    # first stop word, as make_llamafactory_fixtures.py renders
+    for name in ["phi4", "gemma3"]:
+        t = copy.deepcopy(TEMPLATES[name])
+        eos = t.stop_words[0]
+
+        def to_text(tokenizer, elements, eos=eos):
+            out = ""
+            for e in elements:
+                out += e if isinstance(e, str) else e["token"] if isinstance(e, dict) else \
+                    "<s>" if "bos_token" in e else eos
+            return [out]
+
+        t._convert_elements_to_ids = to_text
+        for case, system, tools, msgs in CASES:
+            if tools:
+                continue  # neither has a tool format in llamafactory
+            messages = [{"role": r, "content": c} for r, c in msgs]
+            rows.append({"template": name, "case": case, "system": system, "tools": tools,
+                         "messages": messages, "eos": eos,
+                         "rendered": [m[0] for m in t._encode(None, messages, system, tools)]})
     with open(os.path.join(OUT, "templates.json"), "w") as f:
         json.dump(rows, f, ensure_ascii=False, indent=0)
         f.write("\n")

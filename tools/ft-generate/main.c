@@ -184,7 +184,9 @@ static void load_model(const gen_cli *o, gen_env *e)
 {
 	ft_tune_opts t = {0};
 	t.type = o->adapters ? FT_FT_LORA : FT_FT_FREEZE;   /* freeze, 0 layers: no gradients */
-	t.lora_rank = 8, t.lora_alpha = 16, t.lora_targets = FT_MOD_Q | FT_MOD_V;
+	/* placeholders until the adapter's config replaces them (all linear:
+	 * valid for every family, Phi-3's fused modules included) */
+	t.lora_rank = 8, t.lora_alpha = 16, t.lora_targets = FT_MOD_ALL_LINEAR;
 	if (o->rope_scaling) {   /* llamafactory: prediction stretches to cutoff_len, chat 2x */
 		ft_config conf;
 		const char *why;
