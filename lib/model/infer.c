@@ -241,7 +241,7 @@ static int rope_setup(const ft_model *m, infer_buf *b, int maxpos)
 	ft_rope_scale_tables(b->cos_t, b->sin_t, (size_t)b->N * (c->head_dim / 2), &rp);
 	if (c->gemma) {   /* sliding layers: default RoPE with their base */
 		ft_rope_params lp = { "default", c->rope_local_theta, 1, 1, 4, c->max_position_embeddings,
-				      c->max_position_embeddings, 0, 0, 0, 0 };
+				      c->max_position_embeddings, 0, 0, 0, 0, NULL, NULL };
 		float *inv = ft_xmalloc((c->head_dim / 2) * sizeof(float));
 		ft_rope_inv_freq(inv, c->head_dim, &lp, maxpos + 1);
 		ft_rope_tables(b->cos_l, b->sin_l, pos32, b->N, inv, c->head_dim);

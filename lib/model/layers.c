@@ -261,10 +261,13 @@ int ft_rope_inv_freq(float *inv, int hd, const ft_rope_params *p, int seq_len)
 	} else if (!strcmp(p->type, "yarn")) {
 		ft_rope_yarn_inv_freq(inv, hd, p);
 		return 0;
+	} else if (!strcmp(p->type, "longrope") && p->short_factor && p->long_factor) {
+		ft_rope_longrope_inv_freq(inv, hd, p, seq_len);
+		return 0;
 	} else if (strcmp(p->type, "default") && strcmp(p->type, "linear") &&
 		   strcmp(p->type, "dynamic") && strcmp(p->type, "llama3"))
 		return ft_fail("rope_scaling type '%s' is not supported "
-			       "(default, linear, dynamic, llama3, yarn)", p->type);
+			       "(default, linear, dynamic, llama3, yarn, longrope)", p->type);
 	for (int i = 0; i < half; i++)
 		inv[i] = 1.0f / powf(base, (float)(2 * i) / (float)hd);
 	if (!strcmp(p->type, "linear"))

@@ -51,6 +51,9 @@ typedef struct {
 	 * (1), and the cos/sin scale attention_factor (0 or 1 = none) */
 	double beta_fast, beta_slow, attention_factor;
 	int truncate;
+	/* longrope: head_dim/2 factors each (borrowed), the long ones when
+	 * seq_len exceeds original_max_pos */
+	const float *short_factor, *long_factor;
 } ft_rope_params;
 int ft_rope_inv_freq(float *inv_freq, int head_dim, const ft_rope_params *p,
 		     int seq_len);
@@ -58,6 +61,7 @@ int ft_rope_inv_freq(float *inv_freq, int head_dim, const ft_rope_params *p,
  * cos/sin tables (n floats each) times attention_factor, as transformers
  * scales them (no-op when it is 0 or 1). */
 void ft_rope_yarn_inv_freq(float *inv_freq, int head_dim, const ft_rope_params *p);
+void ft_rope_longrope_inv_freq(float *inv_freq, int head_dim, const ft_rope_params *p, int seq_len);
 void ft_rope_scale_tables(float *cos_t, float *sin_t, size_t n, const ft_rope_params *p);
 /* cos/sin tables [N, hd/2] for the token positions. */
 void ft_rope_tables(float *cos_t, float *sin_t, const int32_t *pos, int N,

@@ -42,9 +42,9 @@ int ftp_config_rope(const json_t *j, ft_config *c, const char *path)
 	c->rope_theta = ft_json_num(rp, "rope_theta", c->rope_theta);
 	const char *t = ft_json_str(rp, "rope_type", ft_json_str(rp, "type", "default"));
 	if (strcmp(t, "default") && strcmp(t, "linear") && strcmp(t, "dynamic") &&
-	    strcmp(t, "llama3") && strcmp(t, "yarn"))
+	    strcmp(t, "llama3") && strcmp(t, "yarn") && strcmp(t, "longrope"))
 		return ft_fail("%s: rope type '%s' is not supported (default, "
-			       "linear, dynamic, llama3, yarn)", path, t);
+			       "linear, dynamic, llama3, yarn, longrope)", path, t);
 	snprintf(c->rope_type, sizeof c->rope_type, "%s", t);
 	c->rope_factor = ft_json_num(rp, "factor", 1.0);
 	c->rope_low_freq_factor = ft_json_num(rp, "low_freq_factor", 1.0);
@@ -52,6 +52,8 @@ int ftp_config_rope(const json_t *j, ft_config *c, const char *path)
 	c->rope_original_max_pos = (int)ft_json_int(rp, "original_max_position_embeddings",
 						    c->max_position_embeddings);
 	if (!strcmp(t, "yarn") && ftp_rope_yarn_config(rp, c, path) < 0)
+		return -1;
+	if (!strcmp(t, "longrope") && ftp_rope_longrope_config(rp, j, c, path) < 0)
 		return -1;
 	if (strcmp(t, "default") && !(c->rope_factor > 0))
 		return ft_fail("%s: rope factor must be positive", path);

@@ -91,6 +91,7 @@ int ftp_config_rope(const json_t *j, ft_config *c, const char *path);
  * of a rope_parameters / rope_scaling object (rp) into c. */
 void ftp_rope_params_of(const ft_config *c, ft_rope_params *p);
 int ftp_rope_yarn_config(const json_t *rp, ft_config *c, const char *path);
+int ftp_rope_longrope_config(const json_t *rp, const json_t *j, ft_config *c, const char *path);
 /* The rope_parameters object of c (config.json as saved). */
 json_t *ftp_rope_json(const ft_config *c);
 /* lib/model/model_fwd.c: a layer's linear modules with their LoRA. */

@@ -69,6 +69,57 @@ void ftp_rope_params_of(const ft_config *c, ft_rope_params *p)
 	p->beta_slow = c->rope_beta_slow;
 	p->truncate = c->rope_truncate;
 	p->attention_factor = c->rope_attention_factor;
+	p->short_factor = c->rope_short;
+	p->long_factor = c->rope_long;
+}
+
+/* transformers' _compute_longrope_parameters: 1 / (ext * base^(2i/dim)),
+ * ext the long factors when seq_len exceeds the original length (its
+ * longrope_frequency_update, from the longest position + 1), else the
+ * short ones. */
+void ft_rope_longrope_inv_freq(float *inv, int hd, const ft_rope_params *p, int seq_len)
+{
+	const float *ext = seq_len > p->original_max_pos ? p->long_factor : p->short_factor;
+	for (int i = 0; i < hd / 2; i++)
+		inv[i] = 1.0f / (ext[i] * powf((float)p->theta, (float)(2 * i) / (float)hd));
+}
+
+static int factors(const json_t *rp, const char *key, float *out, int n, const char *path)
+{
+	const json_t *a = json_object_get(rp, key);
+	if (!json_is_array(a) || (int)json_array_size(a) != n)
+		return ft_fail("%s: longrope %s must list head_dim/2 = %d numbers", path, key, n);
+	for (int i = 0; i < n; i++) {
+		const json_t *v = json_array_get(a, i);
+		if (!json_is_number(v) || !(json_number_value(v) > 0))
+			return ft_fail("%s: longrope %s[%d] must be a positive number", path, key, i);
+		out[i] = (float)json_number_value(v);
+	}
+	return 0;
+}
+
+/* longrope's keys; the original length from the config's top level
+ * first (Phi-3 keeps it there, and transformers prefers it). */
+int ftp_rope_longrope_config(const json_t *rp, const json_t *j, ft_config *c, const char *path)
+{
+	int n = c->head_dim / 2;
+	if (n > 128) return ft_fail("%s: longrope with head_dim %d: ft supports 256", path, c->head_dim);
+	if (factors(rp, "short_factor", c->rope_short, n, path) < 0 ||
+	    factors(rp, "long_factor", c->rope_long, n, path) < 0)
+		return -1;
+	if (ft_json_num(rp, "partial_rotary_factor", 1.0) != 1.0)
+		return ft_fail("%s: partial_rotary_factor %g is not supported (1)", path,
+			       ft_json_num(rp, "partial_rotary_factor", 1.0));
+	const json_t *top = json_object_get(j, "original_max_position_embeddings");
+	if (json_is_integer(top)) c->rope_original_max_pos = (int)json_integer_value(top);
+	const json_t *f = json_object_get(rp, "factor");
+	c->rope_factor = json_is_number(f) ? json_number_value(f)
+			 : (double)c->max_position_embeddings / c->rope_original_max_pos;
+	const json_t *af = json_object_get(rp, "attention_factor");
+	c->rope_attention_factor = json_is_number(af) ? json_number_value(af)
+				 : c->rope_factor <= 1 ? 1.0
+				 : sqrt(1 + log(c->rope_factor) / log(c->rope_original_max_pos));
+	return 0;
 }
 
 /* yarn's keys; factor absent or null: max_position_embeddings / original
@@ -144,6 +195,17 @@ json_t *ftp_rope_json(const ft_config *c)
 	    !strcmp(c->rope_type, "dynamic"))
 		json_object_set_new(rp, "original_max_position_embeddings",
 				    json_integer(c->rope_original_max_pos));
+	if (!strcmp(c->rope_type, "longrope")) {
+		json_t *sf = json_array(), *lf = json_array();
+		for (int i = 0; i < c->head_dim / 2; i++) {
+			json_array_append_new(sf, json_real(c->rope_short[i]));
+			json_array_append_new(lf, json_real(c->rope_long[i]));
+		}
+		json_object_set_new(rp, "short_factor", sf);
+		json_object_set_new(rp, "long_factor", lf);
+		json_object_set_new(rp, "original_max_position_embeddings",
+				    json_integer(c->rope_original_max_pos));
+	}
 	if (!strcmp(c->rope_type, "yarn")) {
 		json_object_set_new(rp, "beta_fast", json_real(c->rope_beta_fast));
 		json_object_set_new(rp, "beta_slow", json_real(c->rope_beta_slow));

@@ -19,7 +19,7 @@ moe_model() {
 
 @test "an unsupported architecture is refused naming the supported ones, by every loader" {
 	moe_model
-	want="architecture Qwen3MoeForCausalLM is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM)"
+	want="architecture Qwen3MoeForCausalLM is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM)"
 	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
 	run --separate-stderr ft-train --model_name_or_path moe --train train.zst --output_dir o --max_steps 1
 	assert_failure 1
@@ -251,7 +251,7 @@ tiny_qwen3() {
 	assert_output --partial "LoRA targets are qkv_proj, o_proj, gate_up_proj, down_proj"
 }
 
-@test "Phi-3 longrope and partial rotary embeddings are refused by name" {
+@test "Phi-3: malformed longrope factors and partial rotary embeddings are refused by name" {
 	dir="$FT_ROOT/tests/fixtures/families/phi3/model"
 	mkdir -p a b && cp "$dir"/*.safetensors* a/ && cp "$dir"/*.safetensors* b/
 	jq '.rope_parameters = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1], "long_factor": [1]}' "$dir/config.json" > a/config.json
@@ -259,7 +259,7 @@ tiny_qwen3() {
 	echo '{"prompt": "a"}' > p.jsonl
 	run gen --model_name_or_path a p.jsonl
 	assert_failure
-	assert_output --partial "rope type 'longrope' is not supported"
+	assert_output --partial "longrope short_factor must list head_dim/2 = 8 numbers"
 	run gen --model_name_or_path b p.jsonl
 	assert_failure
 	assert_output --partial "partial_rotary_factor 0.75 is not supported"

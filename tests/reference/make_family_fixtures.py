@@ -21,6 +21,12 @@ for several parameter sets, and the qwen3 fixture's logits and greedy
 generation under llamafactory's own configure_rope (--rope_scaling
 linear, dynamic, yarn, llama3 with model_max_length 200).
 
+    /work/venv/bin/python tests/reference/make_family_fixtures.py longrope
+
+writes tests/fixtures/families/phi3-longrope/: a Phi-3 with longrope RoPE
+and its logits, gradients and greedy generation across the switch from
+the short to the long factors.
+
     /work/venv/bin/python tests/reference/make_family_fixtures.py templates [../shared]
 
 writes tests/fixtures/families/templates.json: the family templates
@@ -346,8 +352,47 @@ def rope():
     print("rope.safetensors:", len(t), "tensors")
 
 
+def longrope():
+    """Phi-3 with longrope (original 16 of 64 positions): logits of a
+    24-token batch (long factors) and of its first 12 tokens (short),
+    gradients of the long one, and a greedy generation of 20 tokens after
+    6 (it crosses 16, where transformers switches to the long factors)."""
+    cfg = phi3_config()
+    cfg.original_max_position_embeddings = 16
+    hd = cfg.hidden_size // cfg.num_attention_heads
+    g = torch.Generator().manual_seed(3)
+    cfg.rope_parameters = {"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 1.0,
+                           "short_factor": (1 + torch.rand(hd // 2, generator=g)).tolist(),
+                           "long_factor": (1 + 4 * torch.rand(hd // 2, generator=g)).tolist()}
+    torch.manual_seed(2029)
+    m = Phi3ForCausalLM._from_config(cfg, attn_implementation="eager").float().eval()
+    d = os.path.join(OUT, "phi3-longrope")
+    m.save_pretrained(os.path.join(d, "model"), safe_serialization=True)
+    m = Phi3ForCausalLM.from_pretrained(os.path.join(d, "model"), dtype=torch.float32,
+                                        attn_implementation="eager").eval()
+    ids = torch.randint(3, 256, (1, 24), generator=g, dtype=torch.int32)
+    lab = ids.clone()
+    lab[0, :4] = -100
+    m.zero_grad()
+    out = m(input_ids=ids.long())
+    ls, n = mm.loss_sum(out.logits, lab)
+    ls.backward()
+    t = {"batch.input_ids": ids, "batch.labels": lab, "logits": out.logits[0].detach().contiguous(),
+         "loss_sum": ls.detach().reshape(1)}
+    for name, p in m.named_parameters():
+        t["grad." + name] = p.grad.detach().clone()
+    with torch.no_grad():
+        t["logits.short"] = m(input_ids=ids[:, :12].long()).logits[0].contiguous()
+    t["gen.prompt"] = ids[0, :6].clone()
+    t["gen.tokens"] = greedy(m, ids[0, :6])
+    save_file(t, os.path.join(d, "longrope.safetensors"))
+    print("phi3-longrope ok")
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["rope"]:
+    if sys.argv[1:2] == ["longrope"]:
+        longrope()
+    elif sys.argv[1:2] == ["rope"]:
         rope()
     elif sys.argv[1:2] == ["templates"]:
         templates(sys.argv[2] if len(sys.argv) > 2 else "../shared")

@@ -342,7 +342,7 @@ static void check_yarn(void)
 		ft_rope_params rp = { "", c.rope_theta, c.rope_factor, c.rope_low_freq_factor,
 				      c.rope_high_freq_factor, c.rope_original_max_pos,
 				      c.max_position_embeddings, c.rope_beta_fast, c.rope_beta_slow,
-				      c.rope_attention_factor, c.rope_truncate };
+				      c.rope_attention_factor, c.rope_truncate, c.rope_short, c.rope_long };
 		snprintf(rp.type, sizeof rp.type, "%s", c.rope_type);
 		float inv[12];
 		ft_rope_inv_freq(inv, c.head_dim, &rp, 1);
@@ -407,6 +407,29 @@ static void check_rope_override(void)
 	ft_st_close(st);
 }
 
+/* Phi-3 longrope: the long factors past the original 16 positions, the
+ * short ones within (logits within 1e-4), gradients of the long batch,
+ * greedy generation across the switch token-equal. */
+static void check_longrope(void)
+{
+	const char *fx = FAM "phi3-longrope/longrope.safetensors";
+	ft_tune_opts o = opts(FT_FT_FULL);
+	ft_model *m = ft_model_load(FAM "phi3-longrope/model", &o);
+	if (!ok(m != NULL, "longrope: loads%s%s", m ? "" : ": ", m ? "" : ft_errmsg())) return;
+	check_grads(m, fx, "phi3 longrope (24 tokens)");
+	ft_st *st = ft_st_open(fx);
+	ft_batch b = { 0 };
+	b.B = 1, b.T = 12;
+	b.input_ids = tensor_i32(st, "batch.input_ids", NULL);
+	float *lg = logits_of(m, &b, NULL);
+	double e = lg ? cmp(st, "logits.short", lg, (size_t)12 * 256) : INFINITY;
+	ok(e <= 1e-4, "phi3 longrope: short factors within the original length (%.2g)", e);
+	free(lg); free(b.input_ids);
+	ft_st_close(st);
+	check_generate(m, fx, "gen.tokens", "phi3 longrope (crossing the original length)");
+	ft_model_free(m);
+}
+
 int main(void)
 {
 	if (access(FAM "qwen3/model/config.json", R_OK) != 0) {
@@ -418,6 +441,7 @@ int main(void)
 	check_family("gemma2", FT_ARCH_GEMMA2);
 	check_family("gemma3", FT_ARCH_GEMMA3);
 	check_family("phi3", FT_ARCH_PHI3);
+	check_longrope();
 	check_yarn();
 	check_rope_override();
 	return tap_done();

@@ -88,7 +88,7 @@ static void test_rope(void)
 	memcpy(x2, x1, n * 4);
 	float inv[4];
 	int32_t pos[6] = { 0, 1, 2, 7, 100, 3 };
-	ft_rope_params p = { "default", 10000, 1, 1, 4, 8192, 8192, 0, 0, 0, 0 };
+	ft_rope_params p = { "default", 10000, 1, 1, 4, 8192, 8192, 0, 0, 0, 0, NULL, NULL };
 	ft_rope_inv_freq(inv, hd, &p, 101);
 	ft_rope_tables(c, s, pos, N, inv, hd);
 	for (int dir = 0; dir < 2; dir++) {
