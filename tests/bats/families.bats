@@ -264,3 +264,15 @@ tiny_qwen3() {
 	assert_failure
 	assert_output --partial "partial_rotary_factor 0.75 is not supported"
 }
+
+@test "every family: gradient checkpointing gives bit-identical losses" {
+	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > t.zst
+	for g in qwen3 gemma2 gemma3 phi3; do
+		for gc in false true; do
+			ft-train -q --model_name_or_path "$FT_ROOT/tests/fixtures/families/$g/model" --train t.zst \
+				--output_dir $g-$gc --max_steps 2 --logging_steps 1 --finetuning_type full \
+				--gradient_checkpointing $gc
+		done
+		cmp <(jq -c .loss $g-false/trainer_log.jsonl) <(jq -c .loss $g-true/trainer_log.jsonl)
+	done
+}
