@@ -249,6 +249,13 @@ tiny_qwen3() {
 	run ft-train --model_name_or_path "$dir/model" --train train.zst --output_dir x --lora_target q_proj,v_proj
 	assert_failure 1
 	assert_output --partial "LoRA targets are qkv_proj, o_proj, gate_up_proj, down_proj"
+	# PEFT finds modules by name: Phi-3's unfused names, and its fused ones elsewhere
+	run ft-train --model_name_or_path "$dir/model" --train train.zst --output_dir x --lora_target q_proj,k_proj,v_proj
+	assert_failure 1
+	assert_output --partial "--lora_target q_proj: the model has no such module (Phi-3 fuses them"
+	run ft-train --model_name_or_path "$QWEN3" --train train.zst --output_dir x --lora_target qkv_proj
+	assert_failure 1
+	assert_output --partial "--lora_target qkv_proj: the model has no such module (qkv_proj and gate_up_proj are Phi-3's)"
 }
 
 @test "Phi-3: malformed longrope factors and partial rotary embeddings are refused by name" {

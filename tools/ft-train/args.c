@@ -209,7 +209,8 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	t->lora_alpha = get_num(a, "lora_alpha", 2.0 * t->lora_rank);
 	t->lora_dropout = get_num(a, "lora_dropout", 0.0);
 	if (t->lora_dropout < 0 || t->lora_dropout >= 1) die_usage("--lora_dropout must be in [0, 1)");
-	t->lora_targets = parse_modules("lora_target", ft_lfargs_get(a, "lora_target", "all"), 0);
+	c->lora_target = ft_lfargs_get(a, "lora_target", "all");
+	t->lora_targets = parse_modules("lora_target", c->lora_target, 0);
 	t->use_rslora = get_bool(a, "use_rslora", 0);
 	t->freeze_trainable_layers = (int)get_int(a, "freeze_trainable_layers", 2);
 	if (t->freeze_trainable_layers == 0) die_usage("--freeze_trainable_layers must not be 0");

@@ -267,6 +267,25 @@ static void rope_scaling(ft_cli_args *c, const char *cfg)
 	}
 }
 
+/* PEFT finds target modules by name: Phi-3 has qkv_proj and gate_up_proj
+ * where the others have q/k/v_proj and gate/up_proj, and a name the
+ * model lacks is an error there ("Target modules ... not found"). */
+static void check_target_names(const ft_cli_args *c, const ft_model *m)
+{
+	static const char *const split[] = { "q_proj", "k_proj", "v_proj", "gate_proj", "up_proj" };
+	static const char *const fused[] = { "qkv_proj", "gate_up_proj" };
+	int phi3 = ft_model_config(m)->fused;
+	if (c->tune.type != FT_FT_LORA || c->adapter) return;
+	char *s = ft_xstrdup(c->lora_target), *save = NULL;
+	for (char *t = strtok_r(s, ", ", &save); t; t = strtok_r(NULL, ", ", &save))
+		for (size_t i = 0; i < (phi3 ? 5 : 2); i++)
+			if (!strcmp(t, phi3 ? split[i] : fused[i]))
+				die("--lora_target %s: the model has no such module (%s)", t,
+				    phi3 ? "Phi-3 fuses them: qkv_proj, o_proj, gate_up_proj, down_proj"
+					 : "qkv_proj and gate_up_proj are Phi-3's");
+	free(s);
+}
+
 static ft_model *load_model(ft_cli_args *c)
 {
 	ft_model *m;
@@ -287,6 +306,7 @@ static ft_model *load_model(ft_cli_args *c)
 		m = ft_model_load(c->model, &c->tune);
 	}
 	if (!m) die("%s", ft_errmsg());
+	check_target_names(c, m);
 	if (c->adapter) {
 		if (c->tune.type != FT_FT_LORA)
 			die_usage("--adapter_name_or_path needs --finetuning_type lora");
