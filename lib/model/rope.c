@@ -217,8 +217,11 @@ json_t *ftp_rope_json(const ft_config *c)
 
 void ft_config_rope_to_json(void *config_json, const ft_config *c)
 {
-	json_t *j = config_json;
+	json_t *j = config_json, *rp = json_object_get(j, "rope_parameters");
 	json_object_del(j, "rope_scaling");
-	json_object_set_new(j, "rope_parameters", ftp_rope_json(c));
+	if (json_is_object(rp) && json_is_object(json_object_get(rp, "full_attention")))
+		json_object_set_new(rp, "full_attention", ftp_rope_json(c));   /* Gemma 3: global layers */
+	else
+		json_object_set_new(j, "rope_parameters", ftp_rope_json(c));
 	json_object_set_new(j, "max_position_embeddings", json_integer(c->max_position_embeddings));
 }
