@@ -187,6 +187,13 @@ tiny_qwen3() {
 	echo '{"prompt": "a"}' > p.jsonl
 	run gen --model_name_or_path m p.jsonl
 	assert_success
+	# Gemma 3: the global layers' entry only; the sliding layers keep theirs
+	run ft-merge --model_name_or_path "$FT_ROOT/tests/fixtures/families/gemma3/model" --export_dir g3 \
+		--rope_scaling linear
+	assert_success
+	[ "$(jq -c '[.rope_parameters.full_attention.rope_type, .rope_parameters.full_attention.factor, .rope_parameters.sliding_attention.rope_theta]' g3/config.json)" = '["linear",2,10000]' ]
+	run gen --model_name_or_path g3 p.jsonl
+	assert_success
 	run ft-merge --model_name_or_path "$QWEN3" --export_dir n --rope_scaling ntk
 	assert_failure 2
 	[ ! -e n ]
