@@ -30,6 +30,9 @@ LIB_TRAIN  += optim_ext optim_loraplus optim_badam optim_muon optim_adam_mini op
 LIB_MODEL  += flash_ref
 LIB_MODEL  += quant model_quant
 LIB_CUDA   += quant
+LIB_MODEL  += arch rope model_gemma layers_gemma
+LIB_TEXT   += template_think
+LIB_DATA   += preprocess_think
 
 LIB_SRC   := $(LIB_UTIL:%=lib/util/%.c) $(LIB_FORMAT:%=lib/format/%.c) \
              $(LIB_TEXT:%=lib/text/%.c) $(LIB_DATA:%=lib/data/%.c) \

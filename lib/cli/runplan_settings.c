@@ -74,7 +74,7 @@ static const ftp_route routes[] = {
 	{"export_device", FTP_N, "ft-merge merges on the CPU, one tensor at a time"},
 	{"gradient_checkpointing_kwargs", FTP_N, "ft's checkpointing recomputes each layer; "
 	 "use_reentrant is a torch detail"},
-	{"enable_thinking", FTP_N, "the template decides the thinking tags"},
+	{"enable_thinking", FTP_T | FTP_G, NULL}, {"preserve_thinking", FTP_T | FTP_G, NULL},
 	{"use_reentrant_gc", FTP_N, "ft's checkpointing recomputes each layer; reentrancy is a torch detail"},
 	{"pure_bf16", FTP_N, "ft keeps fp32 master weights; bf16 is its mixed precision"},
 	{"export_hub_model_id", FTP_N, "ft uploads nothing"},
@@ -120,7 +120,7 @@ static const ftp_route routes[] = {
 	{"kto_chosen_weight", FTP_R, NULL},
 	{"kto_rejected_weight", FTP_R, NULL},
 	{"ref_model", FTP_R, NULL}, {"ref_model_adapters", FTP_R, NULL},
-	{"rope_scaling", FTP_X, "a rope_scaling override is " NOT_YET},
+	{"rope_scaling", FTP_R | FTP_G | FTP_M, NULL},
 	{"use_kt", FTP_X, "KTransformers is a torch backend ft does not run"},
 	{"kt_optimize_rule", FTP_X, "KTransformers is a torch backend ft does not run"},
 };

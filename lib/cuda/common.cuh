@@ -54,11 +54,13 @@ typedef struct { int on, r; float scale; ft_dt *A, *B; } ft_dlora;
 typedef struct {
 	ft_dt *ln1, *ln2, *lin[FT_CV_NLIN], *bias[3];
 	ft_dlora lora[FT_CV_NLIN];
+	ft_dt *qn, *kn;      /* q_norm, k_norm (Qwen3); NULL when absent */
 } ft_dlayer;
 
 typedef struct {
 	float *ln1, *rstd1, *q, *k, *v, *lse, *att, *xmid, *ln2, *rstd2, *gate, *up;
 	float *lh[FT_CV_NLIN];
+	float *qr, *kr, *rstdq, *rstdk;   /* q, k before q_norm/k_norm (Qwen3) */
 } ft_dacts;
 
 /* Bump allocator over the single device allocation; with base 0 it only

@@ -55,7 +55,7 @@ static ft_dt *tensor(ft_cuda_model *dm, float *w, float *g, size_t n, int matrix
 static void build_tensors(ft_cuda_model *dm)
 {
 	ft_cuda_view *v = &dm->v;
-	int cap = 3 + v->L * (2 + FT_CV_NLIN * 3 + 3);
+	int cap = 3 + v->L * (2 + FT_CV_NLIN * 3 + 3 + 2);
 	dm->tens = (ft_dt *)ft_xcalloc(cap, sizeof *dm->tens);
 	dm->layers = (ft_dlayer *)ft_xcalloc(v->L ? v->L : 1, sizeof *dm->layers);
 	size_t VD = (size_t)v->V * v->D;
@@ -67,6 +67,8 @@ static void build_tensors(ft_cuda_model *dm)
 		ft_dlayer *d = &dm->layers[l];
 		d->ln1 = tensor(dm, y->ln1.w, y->ln1.g, v->D, 0);
 		d->ln2 = tensor(dm, y->ln2.w, y->ln2.g, v->D, 0);
+		d->qn = tensor(dm, y->qn.w, y->qn.g, v->hd, 0);
+		d->kn = tensor(dm, y->kn.w, y->kn.g, v->hd, 0);
 		for (int j = 0; j < FT_CV_NLIN; j++) {
 			size_t in = v->lin_in[j], out = v->lin_out[j];
 			d->lin[j] = tensor(dm, y->lin[j].w, y->lin[j].g, in * out, 1);
@@ -120,6 +122,12 @@ static void layout_acts(ft_cuda_model *dm, ft_arena *a, ft_dacts *x, size_t N, s
 	x->up = TAKE(a, N * F, float, A_ACTS);
 	for (int j = 0; j < FT_CV_NLIN; j++)
 		x->lh[j] = r ? TAKE(a, N * r, float, A_ACTS) : NULL;
+	if (v->qk_norm) {
+		x->qr = TAKE(a, N * qd, float, A_ACTS);
+		x->kr = TAKE(a, N * kd, float, A_ACTS);
+		x->rstdq = TAKE(a, N * v->Hq, float, A_ACTS);
+		x->rstdk = TAKE(a, N * v->Hk, float, A_ACTS);
+	}
 }
 
 /* Every device buffer, in one pass that either counts (base 0) or
@@ -519,6 +527,30 @@ static ft_cu_attn attn_shape(const ft_cuda_model *dm, const ft_cuda_batch *b)
 	return s;
 }
 
+/* As ftp_qk_norm_forward/backward (lib/model/arch.c): Qwen3's per-head
+ * RMSNorm, N*H rows of hd. */
+static int qk_norm_forward(ft_cuda_model *dm, const ft_dlayer *y, ft_dacts *a, int N)
+{
+	const ft_cuda_view *c = &dm->v;
+	TRY(ft_cu_rmsnorm_forward(dm, a->q, a->rstdq, a->qr, y->qn->w, N * c->Hq, c->hd, c->eps));
+	TRY(ft_cu_rmsnorm_forward(dm, a->k, a->rstdk, a->kr, y->kn->w, N * c->Hk, c->hd, c->eps));
+	return 0;
+}
+
+static int qk_norm_backward(ft_cuda_model *dm, ft_dlayer *y, float *dqr, float *dkr,
+			    const ft_dacts *a, int N)
+{
+	const ft_cuda_view *c = &dm->v;
+	size_t nq = (size_t)N * c->Hq, nk = (size_t)N * c->Hk;
+	TRY(ft_cu_zero(dm, dqr, nq * c->hd * sizeof(float)));
+	TRY(ft_cu_zero(dm, dkr, nk * c->hd * sizeof(float)));
+	TRY(ft_cu_rmsnorm_backward(dm, dqr, y->qn->g, dm->dq, a->qr, y->qn->w, a->rstdq,
+				   (int)nq, c->hd));
+	TRY(ft_cu_rmsnorm_backward(dm, dkr, y->kn->g, dm->dk, a->kr, y->kn->w, a->rstdk,
+				   (int)nk, c->hd));
+	return 0;
+}
+
 static int layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
 			 float *x_out, const ft_cuda_batch *b)
 {
@@ -527,9 +559,11 @@ static int layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_i
 	ft_dlayer *y = &dm->layers[l];
 	ft_cu_attn s = attn_shape(dm, b);
 	TRY(ft_cu_rmsnorm_forward(dm, a->ln1, a->rstd1, x_in, y->ln1->w, N, D, c->eps));
-	TRY(lin_fwd(dm, l, 0, a, a->q, a->ln1, N));
-	TRY(lin_fwd(dm, l, 1, a, a->k, a->ln1, N));
+	TRY(lin_fwd(dm, l, 0, a, c->qk_norm ? a->qr : a->q, a->ln1, N));
+	TRY(lin_fwd(dm, l, 1, a, c->qk_norm ? a->kr : a->k, a->ln1, N));
 	TRY(lin_fwd(dm, l, 2, a, a->v, a->ln1, N));
+	if (c->qk_norm)
+		TRY(qk_norm_forward(dm, y, a, N));
 	TRY(ft_cu_rope(dm, a->q, dm->cos_t, dm->sin_t, N, c->Hq, hd, 1));
 	TRY(ft_cu_rope(dm, a->k, dm->cos_t, dm->sin_t, N, c->Hk, hd, 1));
 	TRY(ft_cu_attention_forward(dm, a->att, a->lse, a->q, a->k, a->v, &s));
@@ -569,11 +603,17 @@ static int layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_
 				     a->att, a->lse, &s));
 	TRY(ft_cu_rope(dm, dm->dq, dm->cos_t, dm->sin_t, N, c->Hq, hd, -1));
 	TRY(ft_cu_rope(dm, dm->dk, dm->cos_t, dm->sin_t, N, c->Hk, hd, -1));
+	float *dq = dm->dq, *dk = dm->dk;
+	if (c->qk_norm) {   /* into d_att and tmp, as the CPU path */
+		TRY(qk_norm_backward(dm, y, dm->d_att, dm->tmp, a, N));
+		dq = dm->d_att;
+		dk = dm->tmp;
+	}
 	float *dln = need_dx || y->ln1->g ? dm->d_ln : NULL;
 	if (dln)
 		TRY(ft_cu_zero(dm, dln, (size_t)N * D * sizeof(float)));
-	TRY(lin_bwd(dm, l, 0, a, dln, dm->dq, a->ln1, N));
-	TRY(lin_bwd(dm, l, 1, a, dln, dm->dk, a->ln1, N));
+	TRY(lin_bwd(dm, l, 0, a, dln, dq, a->ln1, N));
+	TRY(lin_bwd(dm, l, 1, a, dln, dk, a->ln1, N));
 	TRY(lin_bwd(dm, l, 2, a, dln, dm->dv, a->ln1, N));
 	if (dln)
 		TRY(ft_cu_rmsnorm_backward(dm, dm->d_a, y->ln1->g, dln, x_in, y->ln1->w,
@@ -584,7 +624,7 @@ static int layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_
 static int layer_has_grad(const ft_cuda_model *dm, int l)
 {
 	const ft_dlayer *y = &dm->layers[l];
-	if (y->ln1->g || y->ln2->g)
+	if (y->ln1->g || y->ln2->g || (y->qn && y->qn->g) || (y->kn && y->kn->g))
 		return 1;
 	for (int j = 0; j < FT_CV_NLIN; j++)
 		if (y->lin[j]->g || y->lora[j].on || (j < 3 && y->bias[j] && y->bias[j]->g))
@@ -641,6 +681,7 @@ static int forward_body(ft_cuda_model *dm, const ft_cuda_batch *b)
 	ft_rope_params rp = c->rope;
 	TRY(ft_rope_inv_freq(dm->h_inv, c->hd, &rp, maxpos + 1));
 	ft_rope_tables(dm->h_cos, dm->h_sin, dm->h_pos, N, dm->h_inv, c->hd);
+	ft_rope_scale_tables(dm->h_cos, dm->h_sin, (size_t)N * (c->hd / 2), &rp);
 	size_t nh = (size_t)N * (c->hd / 2) * sizeof(float);
 	TRY(upload(dm, dm->cos_t, dm->h_cos, nh, "rope cos"));
 	TRY(upload(dm, dm->sin_t, dm->h_sin, nh, "rope sin"));

@@ -115,6 +115,7 @@ const char *ft_prep_eos_token(const ft_prep *p) { return p->eos_token; }
 int32_t ft_prep_pad_id(const ft_prep *p) { return p->pad_id; }
 int32_t ft_prep_bos_id(const ft_prep *p) { return p->bos_id; }
 const char *ft_prep_eos_warning(const ft_prep *p) { return p->warning; }
+const ft_template *ft_prep_get_template(const ft_prep *p) { return p->t; }
 
 void ft_prep_rec_free(ft_prep_rec *r)
 {
@@ -149,6 +150,16 @@ int ft_prep_elements(const ft_prep *p, const ft_elements *e, ft_i32vec *out)
  * rendered (marked), -1 on a tokenizer error. */
 static int encode_messages(ft_prep *p, ft_example *e, const ft_message *m, size_t n, ft_i32vec *ids)
 {
+	if (ft_template_is_reasoning(p->t)) {   /* ReasoningTemplate.encode_multiturn */
+		int rc = ft_prep_think_multiturn(p, m, n, e->system, e->tools,
+						 p->o.mask_history && !ft_template_preserve_thinking(p->t), ids);
+		if (rc == 1) {
+			e->bad = FT_BAD_RENDER;
+			free(e->why);
+			e->why = ft_xstrdup(ft_errmsg());
+		}
+		return rc;
+	}
 	ft_elements *els = ft_xcalloc(n, sizeof *els);
 	int rc = ft_template_render(p->t, m, n, e->system, e->tools, els);
 	if (rc < 0) {
@@ -184,8 +195,15 @@ static int oneturn(ft_prep *p, ft_example *e, const ft_message *resp, ft_i32vec 
 	memcpy(m, e->prompt, e->n_prompt * sizeof *m);
 	m[n - 1] = *resp;
 	ft_i32vec *ids = ft_xcalloc(n, sizeof *ids);
-	int rc = encode_messages(p, e, m, n, ids);
-	if (rc == 0) {
+	int rc = ft_template_is_reasoning(p->t) ? 2 : encode_messages(p, e, m, n, ids);
+	if (rc == 2) {   /* ReasoningTemplate.encode_oneturn */
+		rc = ft_prep_think_oneturn(p, m, n, e->system, e->tools, prompt, response);
+		if (rc == 1) {
+			e->bad = FT_BAD_RENDER;
+			free(e->why);
+			e->why = ft_xstrdup(ft_errmsg());
+		}
+	} else if (rc == 0) {
 		for (size_t i = 0; i + 1 < n; i++) ft_i32vec_append(prompt, ids[i].v, ids[i].n);
 		ft_i32vec_append(response, ids[n - 1].v, ids[n - 1].n);
 	}

@@ -42,6 +42,16 @@ int32_t ft_prep_bos_id(const ft_prep *p);
 /* A warning to show (the template's stop word is not the model's eos, so
  * generation may not stop), or NULL. */
 const char *ft_prep_eos_warning(const ft_prep *p);
+const ft_template *ft_prep_get_template(const ft_prep *p);
+/* A reasoning template's encode_oneturn (messages[n-1] is the response:
+ * prompt and response ids appended) and encode_multiturn (ids[0..n) per
+ * message, discard_history = mask_history and not preserve_thinking), in
+ * preprocess_think.c.  1 when the template cannot render the messages
+ * (message in ft_errmsg), -1 on a tokenizer error. */
+int ft_prep_think_oneturn(const ft_prep *p, const ft_message *m, size_t n, const char *system,
+			  const char *tools, ft_i32vec *prompt, ft_i32vec *response);
+int ft_prep_think_multiturn(const ft_prep *p, const ft_message *m, size_t n, const char *system,
+			    const char *tools, int discard_history, ft_i32vec *ids);
 
 typedef struct {
 	ft_i32vec ids, labels;     /* sft/kto/ppo; rm: chosen */

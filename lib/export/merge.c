@@ -376,6 +376,18 @@ done:
 	return rc;
 }
 
+/* The caller's edit of the exported config (re-serialized only then). */
+static int edit_config(const ft_merge_opts *o, const char *dir)
+{
+	if (!o->config_edit) return 0;
+	char *dst = ft_xasprintf("%s/config.json", dir);
+	json_t *cj = ft_json_load_file(dst);
+	int rc = !cj || o->config_edit(cj, o->config_edit_ctx) < 0 || ft_json_save_file(cj, dst, 2) < 0 ? -1 : 0;
+	json_decref(cj);
+	free(dst);
+	return rc;
+}
+
 /* Tokenizer and generation files: from the base, else from the last
  * adapter that has them (LLaMA-Factory saves the tokenizer beside the
  * adapter). */
@@ -475,7 +487,7 @@ int ft_merge(const ft_merge_opts *opts)
 	if (check_space(&j, parent, copied_size(o)) < 0) goto out;
 	if (ft_atomic_dir_open(&dir, o->export_dir) < 0) goto out;
 	if (write_shards(&j, dir.tmp, o) < 0 || (j.nshards > 1 && write_index(&j, dir.tmp) < 0) ||
-	    write_config(&j, o->model_dir, dir.tmp) < 0 || copy_files(o, dir.tmp) < 0) {
+	    write_config(&j, o->model_dir, dir.tmp) < 0 || edit_config(o, dir.tmp) < 0 || copy_files(o, dir.tmp) < 0) {
 		ft_atomic_dir_abort(&dir);
 		goto out;
 	}

@@ -66,6 +66,10 @@ typedef struct {
 	int (*progress)(void *ctx, size_t done, size_t total, uint64_t bytes_done,
 			uint64_t bytes_total);
 	void *progress_ctx;
+	/* may be NULL: edits the exported config.json (a jansson json_t *)
+	 * before the directory appears, e.g. --rope_scaling; 0 or -1 */
+	int (*config_edit)(void *config_json, void *ctx);
+	void *config_edit_ctx;
 } ft_merge_opts;
 
 /* Merge and write.  Nothing appears at export_dir unless everything

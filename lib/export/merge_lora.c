@@ -19,9 +19,10 @@
 
 #define PREFIX "base_model.model."
 
-/* The linear layers of Llama / Mistral / Qwen2 decoder layers. */
+/* The linear layers of the decoder layers ft loads (lib/model/arch.c). */
 static const char *const known_modules[] = {
 	"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+	"qkv_proj", "gate_up_proj",   /* Phi-3's fused modules */
 };
 
 typedef struct {
@@ -80,7 +81,8 @@ static int check_config(const ft_adapter_config *c)
 	for (size_t i = 0; i < c->n_target_modules; i++)
 		if (!known_module(c->target_modules[i]))
 			return ft_fail("%s: unknown target module '%s' (ft-merge knows q_proj k_proj v_proj "
-				       "o_proj gate_proj up_proj down_proj)", cfg, c->target_modules[i]);
+				       "o_proj gate_proj up_proj down_proj, Phi-3's qkv_proj gate_up_proj)", cfg,
+				       c->target_modules[i]);
 	return 0;
 }
 
@@ -152,7 +154,7 @@ static int place_tensor(ft_lora *l, const char *file, const ft_st_tensor *t)
 	}
 	if (!known_module(module)) {
 		ft_fail("%s: tensor %s: unknown target module '%s' (ft-merge knows q_proj k_proj v_proj o_proj "
-			"gate_proj up_proj down_proj)", file, t->name, module);
+			"gate_proj up_proj down_proj, Phi-3's qkv_proj gate_up_proj)", file, t->name, module);
 		free(module);
 		return -1;
 	}

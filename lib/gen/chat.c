@@ -13,6 +13,13 @@ int ft_chat_prompt(const ft_prep *p, const ft_template *t, const ft_message *mes
 	ft_message *all = ft_xmalloc((n + 1) * sizeof *all);
 	memcpy(all, messages, n * sizeof *all);
 	all[n] = (ft_message){FT_ROLE_ASSISTANT, ""};
+	if (ft_template_is_reasoning(t)) {   /* the empty thought, history thoughts */
+		ft_i32vec resp = {0};
+		int rc = ft_prep_think_oneturn(p, all, n + 1, system, tools, out, &resp);
+		ft_i32vec_free(&resp);
+		free(all);
+		return rc == 1 ? -1 : rc;
+	}
 	ft_elements *els = ft_xcalloc(n + 1, sizeof *els);
 	int rc = ft_template_render(t, all, n + 1, system, tools, els);
 	for (size_t i = 0; rc == 0 && i < n; i++)

@@ -130,8 +130,8 @@ int ftp_config_check_weights(const ft_config *c, const char *dir)
 	if (!rc) {
 		int in, out;
 		ftp_lin_dims(c, L_GATE, &in, &out);
-		snprintf(nm, sizeof nm, "model.layers.%d.mlp.gate_proj.weight", L - 1);
-		rc = tensor_is(st, dir, nm, out, in);
+		snprintf(nm, sizeof nm, "model.layers.%d.mlp.%s.weight", L - 1, ftp_module_name(c, L_GATE));
+		rc = tensor_is(st, dir, nm, ftp_fused_rows(c, L_GATE), in);
 	}
 	snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", L);
 	if (!rc && ft_st_find(st, nm))

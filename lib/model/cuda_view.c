@@ -31,6 +31,10 @@ SAME_FIELD(ft_cv_layer, ftp_layer, ln2);
 SAME_FIELD(ft_cv_layer, ftp_layer, lin);
 SAME_FIELD(ft_cv_layer, ftp_layer, bias);
 SAME_FIELD(ft_cv_layer, ftp_layer, lora);
+SAME_FIELD(ft_cv_layer, ftp_layer, qn);
+SAME_FIELD(ft_cv_layer, ftp_layer, kn);
+SAME_FIELD(ft_cv_layer, ftp_layer, ln3);
+SAME_FIELD(ft_cv_layer, ftp_layer, ln4);
 
 static ft_cv_wg wg(ftp_wg x)
 {
@@ -56,17 +60,20 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 		return ft_fail("model shape not supported on CUDA: head_dim %d, %d heads, "
 			       "%d kv heads", c->head_dim, c->num_attention_heads,
 			       c->num_key_value_heads);
+	if (c->fused)
+		return ft_fail("Phi-3 models train on the CPU only for now (--device cpu): the CUDA "
+			       "model has no fused qkv_proj / gate_up_proj yet");
+	if (c->gemma)
+		return ft_fail("Gemma models train on the CPU only for now (--device cpu): the CUDA "
+			       "backend has no soft-capped attention, GeGLU or post norms yet");
 	v->V = c->vocab_size; v->D = c->hidden_size; v->F = c->intermediate_size;
 	v->L = c->num_hidden_layers; v->Hq = c->num_attention_heads;
 	v->Hk = c->num_key_value_heads; v->hd = c->head_dim;
 	v->window = c->sliding_window; v->eps = (float)c->rms_norm_eps;
+	v->qk_norm = c->qk_norm;
 	for (int j = 0; j < L_NLIN; j++)
 		ftp_lin_dims(c, j, &v->lin_in[j], &v->lin_out[j]);
-	ft_rope_params rp = { "", c->rope_theta, c->rope_factor, c->rope_low_freq_factor,
-			      c->rope_high_freq_factor, c->rope_original_max_pos,
-			      c->max_position_embeddings };
-	snprintf(rp.type, sizeof rp.type, "%s", c->rope_type);
-	v->rope = rp;
+	ftp_rope_params_of(c, &v->rope);
 	v->full = m->o.type == FT_FT_FULL;
 	v->lora_rank = m->o.lora_rank;
 	v->gradient_checkpointing = m->o.gradient_checkpointing;

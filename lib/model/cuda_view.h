@@ -33,6 +33,8 @@ typedef struct {
 typedef struct {
 	ft_cv_wg ln1, ln2, lin[FT_CV_NLIN], bias[3];
 	ft_cv_lora lora[FT_CV_NLIN];
+	ft_cv_wg qn, kn;    /* q_norm, k_norm [hd] (Qwen3), w NULL when absent */
+	ft_cv_wg ln3, ln4;  /* Gemma (not on the GPU yet: ft_cuda_view_of refuses it) */
 } ft_cv_layer;
 
 typedef struct {
@@ -45,6 +47,7 @@ typedef struct {
 typedef struct {
 	int V, D, F, L, Hq, Hk, hd, window;
 	float eps;
+	int qk_norm;            /* Qwen3: per-head RMSNorm of q and k before RoPE */
 	int lin_in[FT_CV_NLIN], lin_out[FT_CV_NLIN];
 	ft_rope_params rope;
 	int full;               /* finetuning type full (embedding trains) */

@@ -61,6 +61,7 @@ static int max_lora_rank(const ft_model *m)
 typedef struct {
 	int N, *pos;
 	float *x, *ln, *q, *k, *v, *att, *tmp, *gate, *up, *h, *lh, *cos_t, *sin_t, *inv_freq, *scores;
+	float *cos_l, *sin_l;   /* Gemma's sliding layers */
 } infer_buf;
 
 static void buf_alloc(infer_buf *b, const ft_model *m, int N, int maxlen)
@@ -86,13 +87,15 @@ static void buf_alloc(infer_buf *b, const ft_model *m, int N, int maxlen)
 	b->cos_t = ft_xmalloc(N * (hd / 2) * sizeof(float));
 	b->sin_t = ft_xmalloc(N * (hd / 2) * sizeof(float));
 	b->inv_freq = ft_xmalloc((hd / 2) * sizeof(float));
+	b->cos_l = ft_xmalloc(N * (hd / 2) * sizeof(float));
+	b->sin_l = ft_xmalloc(N * (hd / 2) * sizeof(float));
 	b->scores = ft_xmalloc((size_t)omp_get_max_threads() * maxlen * sizeof(float));
 }
 
 static void buf_free(infer_buf *b)
 {
 	float *f[] = {b->x, b->ln, b->q, b->k, b->v, b->att, b->tmp, b->gate, b->up, b->h,
-		      b->lh, b->cos_t, b->sin_t, b->inv_freq, b->scores};
+		      b->lh, b->cos_t, b->sin_t, b->inv_freq, b->scores, b->cos_l, b->sin_l};
 	for (size_t i = 0; i < sizeof f / sizeof *f; i++) free(f[i]);
 	free(b->pos);
 }
@@ -123,7 +126,11 @@ static void cached_attention(const ft_model *m, const ft_kvcache *c, int l,
 	const ft_config *cf = &m->c;
 	int Hq = cf->num_attention_heads, Hk = cf->num_key_value_heads, hd = cf->head_dim;
 	int group = Hq / Hk, window = cf->sliding_window;
-	float scale = 1.0f / sqrtf((float)hd);
+	float scale = 1.0f / sqrtf((float)hd), cap = (float)cf->attn_softcap;
+	if (cf->gemma) {   /* per layer window, query_pre_attn_scalar */
+		window = ftp_layer_sliding(cf, l) ? cf->sliding_window : 0;
+		scale = (float)(1.0 / sqrt(cf->query_pre_attn_scalar));
+	}
 #pragma omp parallel for collapse(2) schedule(static)
 	for (int i = 0; i < b->N; i++)
 		for (int h = 0; h < Hq; h++) {
@@ -136,6 +143,7 @@ static void cached_attention(const ft_model *m, const ft_kvcache *c, int l,
 				float d = 0;
 				for (int e = 0; e < hd; e++) d += q[e] * k[e];
 				s[t] = d * scale;
+				if (cap > 0) s[t] = tanhf(s[t] / cap) * cap;
 				if (s[t] > mx) mx = s[t];
 			}
 			float z = 0;
@@ -155,30 +163,48 @@ static void add_to(float *x, const float *y, size_t n)
 	for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
 
+/* Gemma's post-attention / post-MLP norm of b->tmp, in place (b->gate,
+ * free at both points, holds the rstd). */
+static void post_norm(ft_model *m, const float *w, infer_buf *b)
+{
+	int D = m->c.hidden_size;
+	if (!m->c.gemma) return;
+	ft_rmsnorm_forward(b->ln, b->gate, b->tmp, ftp_norm_w(m, w, D), b->N, D, (float)m->c.rms_norm_eps);
+	memcpy(b->tmp, b->ln, (size_t)b->N * D * sizeof(float));
+}
+
 static void layer_step(ft_model *m, ft_kvcache *c, int l, const int *rows, infer_buf *b, int maxlen)
 {
 	const ft_config *cf = &m->c;
 	int N = b->N, D = cf->hidden_size, hd = cf->head_dim;
 	float eps = (float)cf->rms_norm_eps;
 	ftp_layer *ly = &m->layers[l];
-	ft_rmsnorm_forward(b->ln, b->tmp, b->x, ly->ln1.w, N, D, eps);
+	const float *cs = ftp_layer_sliding(cf, l) ? b->cos_l : b->cos_t;
+	const float *sn = ftp_layer_sliding(cf, l) ? b->sin_l : b->sin_t;
+	ft_rmsnorm_forward(b->ln, b->tmp, b->x, ftp_norm_w(m, ly->ln1.w, D), N, D, eps);
 	lin(m, l, L_Q, b->q, b->ln, N, b->lh);
 	lin(m, l, L_K, b->k, b->ln, N, b->lh);
 	lin(m, l, L_V, b->v, b->ln, N, b->lh);
-	ft_rope_forward(b->q, b->cos_t, b->sin_t, N, cf->num_attention_heads, hd);
-	ft_rope_forward(b->k, b->cos_t, b->sin_t, N, cf->num_key_value_heads, hd);
+	if (cf->qk_norm)   /* Qwen3: in place, each row read before it is written */
+		ftp_qk_norm_forward(m, ly, b->q, b->k, b->q, b->k, b->tmp,
+				    b->tmp + (size_t)N * cf->num_attention_heads, N);
+	ft_rope_forward(b->q, cs, sn, N, cf->num_attention_heads, hd);
+	ft_rope_forward(b->k, cs, sn, N, cf->num_key_value_heads, hd);
 	for (int i = 0; i < N; i++) {
 		memcpy(kv_at(c, c->k, l, rows[i], b->pos[i]), b->k + (size_t)i * c->kvdim, c->kvdim * sizeof(float));
 		memcpy(kv_at(c, c->v, l, rows[i], b->pos[i]), b->v + (size_t)i * c->kvdim, c->kvdim * sizeof(float));
 	}
 	cached_attention(m, c, l, rows, b, maxlen);
 	lin(m, l, L_O, b->tmp, b->att, N, b->lh);
+	post_norm(m, ly->ln2.w, b);   /* Gemma */
 	add_to(b->x, b->tmp, (size_t)N * D);
-	ft_rmsnorm_forward(b->ln, b->tmp, b->x, ly->ln2.w, N, D, eps);
+	ft_rmsnorm_forward(b->ln, b->tmp, b->x, ftp_norm_w(m, (cf->gemma ? ly->ln3 : ly->ln2).w, D), N, D, eps);
 	lin(m, l, L_GATE, b->gate, b->ln, N, b->lh);
 	lin(m, l, L_UP, b->up, b->ln, N, b->lh);
-	ft_swiglu_forward(b->h, b->gate, b->up, (size_t)N * cf->intermediate_size);
+	if (cf->gemma) ft_geglu_forward(b->h, b->gate, b->up, (size_t)N * cf->intermediate_size);
+	else ft_swiglu_forward(b->h, b->gate, b->up, (size_t)N * cf->intermediate_size);
 	lin(m, l, L_DOWN, b->tmp, b->h, N, b->lh);
+	post_norm(m, ly->ln4.w, b);
 	add_to(b->x, b->tmp, (size_t)N * D);
 }
 
@@ -200,13 +226,21 @@ static int place_tokens(const ft_model *m, const ft_kvcache *c, const int32_t *t
 static int rope_setup(const ft_model *m, infer_buf *b, int maxpos)
 {
 	const ft_config *c = &m->c;
-	ft_rope_params rp = {"", c->rope_theta, c->rope_factor, c->rope_low_freq_factor,
-			     c->rope_high_freq_factor, c->rope_original_max_pos, c->max_position_embeddings};
-	snprintf(rp.type, sizeof rp.type, "%s", c->rope_type);
+	ft_rope_params rp;
+	ftp_rope_params_of(c, &rp);
 	if (ft_rope_inv_freq(b->inv_freq, c->head_dim, &rp, maxpos + 1) < 0) return -1;
 	int32_t *pos32 = ft_xmalloc(b->N * sizeof *pos32);
 	for (int i = 0; i < b->N; i++) pos32[i] = b->pos[i];
 	ft_rope_tables(b->cos_t, b->sin_t, pos32, b->N, b->inv_freq, c->head_dim);
+	ft_rope_scale_tables(b->cos_t, b->sin_t, (size_t)b->N * (c->head_dim / 2), &rp);
+	if (c->gemma) {   /* sliding layers: default RoPE with their base */
+		ft_rope_params lp = { "default", c->rope_local_theta, 1, 1, 4, c->max_position_embeddings,
+				      c->max_position_embeddings, 0, 0, 0, 0, NULL, NULL };
+		float *inv = ft_xmalloc((c->head_dim / 2) * sizeof(float));
+		ft_rope_inv_freq(inv, c->head_dim, &lp, maxpos + 1);
+		ft_rope_tables(b->cos_l, b->sin_l, pos32, b->N, inv, c->head_dim);
+		free(inv);
+	}
 	free(pos32);
 	return 0;
 }
@@ -220,8 +254,11 @@ static void head_logits(ft_model *m, infer_buf *b, const int *want, float *logit
 		memmove(b->x + (size_t)n * D, b->x + (size_t)i * D, D * sizeof(float));
 		n++;
 	}
-	ft_rmsnorm_forward(b->ln, b->tmp, b->x, m->norm.w, n, D, (float)c->rms_norm_eps);
+	ft_rmsnorm_forward(b->ln, b->tmp, b->x, ftp_norm_w(m, m->norm.w, D), n, D, (float)c->rms_norm_eps);
 	ft_linear_forward(logits, b->ln, m->lm_head.w, NULL, n, D, c->vocab_size);
+	float cap = (float)c->final_softcap;   /* Gemma 2 */
+	for (size_t i = 0; cap > 0 && i < (size_t)n * c->vocab_size; i++)
+		logits[i] = tanhf(logits[i] / cap) * cap;
 }
 
 int ft_infer_forward(ft_model *m, ft_kvcache *c, const int32_t *tokens,
@@ -236,6 +273,8 @@ int ft_infer_forward(ft_model *m, ft_kvcache *c, const int32_t *tokens,
 	if (rc == 0) rc = rope_setup(m, &b, maxpos);
 	if (rc == 0) {
 		ft_embedding_forward(b.x, tokens, m->wte.w, N, m->c.hidden_size);
+		for (size_t i = 0; m->c.gemma && i < (size_t)N * m->c.hidden_size; i++)
+			b.x[i] *= (float)sqrt((double)m->c.hidden_size);   /* Gemma */
 		for (int l = 0; l < m->c.num_hidden_layers; l++)
 			layer_step(m, c, l, rows, &b, c->cap);
 		for (int i = 0; i < N; i++)

@@ -258,10 +258,16 @@ int ft_rope_inv_freq(float *inv, int hd, const ft_rope_params *p, int seq_len)
 		float f = (float)p->factor * (float)seq_len / (float)p->max_pos
 			  - (float)(p->factor - 1);
 		base = base * powf(f, (float)((double)hd / (hd - 2)));
+	} else if (!strcmp(p->type, "yarn")) {
+		ft_rope_yarn_inv_freq(inv, hd, p);
+		return 0;
+	} else if (!strcmp(p->type, "longrope") && p->short_factor && p->long_factor) {
+		ft_rope_longrope_inv_freq(inv, hd, p, seq_len);
+		return 0;
 	} else if (strcmp(p->type, "default") && strcmp(p->type, "linear") &&
 		   strcmp(p->type, "dynamic") && strcmp(p->type, "llama3"))
 		return ft_fail("rope_scaling type '%s' is not supported "
-			       "(default, linear, dynamic, llama3)", p->type);
+			       "(default, linear, dynamic, llama3, yarn, longrope)", p->type);
 	for (int i = 0; i < half; i++)
 		inv[i] = 1.0f / powf(base, (float)(2 * i) / (float)hd);
 	if (!strcmp(p->type, "linear"))
@@ -398,12 +404,15 @@ static void attn_head_fwd(float *O, float *L, const float *Q, const float *K,
 			  const ft_attn_shape *s, float *S)
 {
 	int T = s->T, hd = s->hd, ldq = s->Hq * hd, ldk = s->Hk * hd;
-	float scale = 1.0f / sqrtf((float)hd);
+	float scale = s->scale > 0 ? s->scale : 1.0f / sqrtf((float)hd);
 	for (int r0 = 0; r0 < T; r0 += ATT_TILE) {
 		int nr = T - r0 < ATT_TILE ? T - r0 : ATT_TILE, kc = r0 + nr;
 		int k0 = tile_kstart(s, seg, contig, r0), nk = kc - k0;
 		mm(0, 1, nr, nk, hd, scale, Q + (size_t)r0 * ldq, ldq, K + (size_t)k0 * ldk, ldk,
 		   0, S, nk);
+		if (s->softcap > 0)   /* Gemma 2: after the scale, before the mask */
+			for (size_t e = 0; e < (size_t)nr * nk; e++)
+				S[e] = tanhf(S[e] / s->softcap) * s->softcap;
 		for (int i = 0; i < nr; i++) {
 			int t = r0 + i;
 			float *row = S + (size_t)i * nk, mx = -INFINITY;   /* row[u - k0] */
@@ -454,7 +463,7 @@ static void attn_head_bwd(float *dQ, float *dK, float *dV, const float *dO,
 			  const ft_attn_shape *s, float *P, float *dP)
 {
 	int T = s->T, hd = s->hd, ldq = s->Hq * hd, ldk = s->Hk * hd;
-	float scale = 1.0f / sqrtf((float)hd);
+	float scale = s->scale > 0 ? s->scale : 1.0f / sqrtf((float)hd), cap = s->softcap;
 	for (int r0 = 0; r0 < T; r0 += ATT_TILE) {
 		int nr = T - r0 < ATT_TILE ? T - r0 : ATT_TILE, kc = r0 + nr;
 		int k0 = tile_kstart(s, seg, contig, r0), nk = kc - k0;
@@ -469,9 +478,11 @@ static void attn_head_bwd(float *dQ, float *dK, float *dV, const float *dO,
 			for (int d = 0; d < hd; d++)
 				di += o[d] * g[d];
 			for (int u = k0; u < kc; u++) {
-				float pu = attn_allowed(s, seg, t, u) ? ft_vexpf(p[u - k0] - L[t]) : 0;
+				float th = cap > 0 ? tanhf(p[u - k0] / cap) : 0;   /* softcap */
+				float sc = cap > 0 ? th * cap : p[u - k0];
+				float pu = attn_allowed(s, seg, t, u) ? ft_vexpf(sc - L[t]) : 0;
 				p[u - k0] = pu;
-				dp[u - k0] = pu * (dp[u - k0] - di);
+				dp[u - k0] = pu * (dp[u - k0] - di) * (cap > 0 ? 1 - th * th : 1);
 			}
 		}
 		mm(0, 0, nr, hd, nk, scale, dP, nk, Kk, ldk, 0, dQ + (size_t)r0 * ldq, ldq);
@@ -629,12 +640,24 @@ double ft_lm_head_loss(float *dx, float *dW, float *logits, const float *x,
 		       int V, float grad_scale, float *scratch, int chunk,
 		       int64_t *n_tok)
 {
+	return ft_lm_head_loss_cap(dx, dW, logits, x, W, targets, n, D, V, grad_scale, scratch,
+				   chunk, n_tok, 0);
+}
+
+double ft_lm_head_loss_cap(float *dx, float *dW, float *logits, const float *x,
+			   const float *W, const int32_t *targets, int n, int D,
+			   int V, float grad_scale, float *scratch, int chunk,
+			   int64_t *n_tok, float cap)
+{
 	double loss = 0;
 	int64_t cnt = 0;
 	for (int r0 = 0; r0 < n; r0 += chunk) {
 		int nr = n - r0 < chunk ? n - r0 : chunk;
 		const float *xc = x + (size_t)r0 * D;
 		mmp(0, 1, nr, V, D, 1, xc, D, W, D, 0, scratch, V);
+		if (cap > 0)   /* logits / cap, tanh, * cap, as transformers' Gemma 2 */
+			for (size_t e = 0; e < (size_t)nr * V; e++)
+				scratch[e] = tanhf(scratch[e] / cap) * cap;
 		if (logits)
 			memcpy(logits + (size_t)r0 * V, scratch, (size_t)nr * V * sizeof(float));
 		double part = 0;
@@ -647,6 +670,11 @@ double ft_lm_head_loss(float *dx, float *dW, float *logits, const float *x,
 				if (dx)
 					memset(l, 0, V * sizeof(float));
 				continue;
+			}
+			float *zc = NULL;   /* the capped logits, for the gradient */
+			if (cap > 0 && dx) {
+				zc = ft_xmalloc(V * sizeof(float));
+				memcpy(zc, l, V * sizeof(float));
 			}
 			float mx = l[0], lt = l[tg];
 			for (int j = 1; j < V; j++)
@@ -668,7 +696,12 @@ double ft_lm_head_loss(float *dx, float *dW, float *logits, const float *x,
 				for (int j = 0; j < V; j++)
 					l[j] *= sc;
 				l[tg] -= grad_scale;
+				for (int j = 0; zc && j < V; j++) {   /* through the cap */
+					float th = zc[j] / cap;
+					l[j] *= 1 - th * th;
+				}
 			}
+			free(zc);
 		}
 		loss += part;
 		cnt += c;

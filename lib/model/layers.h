@@ -53,9 +53,22 @@ typedef struct {
 	char type[16];
 	double theta, factor, low_freq_factor, high_freq_factor;
 	int original_max_pos, max_pos;
+	/* yarn (lib/model/rope.c): beta_fast/beta_slow (32, 1), truncate
+	 * (1), and the cos/sin scale attention_factor (0 or 1 = none) */
+	double beta_fast, beta_slow, attention_factor;
+	int truncate;
+	/* longrope: head_dim/2 factors each (borrowed), the long ones when
+	 * seq_len exceeds original_max_pos */
+	const float *short_factor, *long_factor;
 } ft_rope_params;
 int ft_rope_inv_freq(float *inv_freq, int head_dim, const ft_rope_params *p,
 		     int seq_len);
+/* rope.c: yarn's inverse frequencies (_compute_yarn_parameters), and the
+ * cos/sin tables (n floats each) times attention_factor, as transformers
+ * scales them (no-op when it is 0 or 1). */
+void ft_rope_yarn_inv_freq(float *inv_freq, int head_dim, const ft_rope_params *p);
+void ft_rope_longrope_inv_freq(float *inv_freq, int head_dim, const ft_rope_params *p, int seq_len);
+void ft_rope_scale_tables(float *cos_t, float *sin_t, size_t n, const ft_rope_params *p);
 /* cos/sin tables [N, hd/2] for the token positions. */
 void ft_rope_tables(float *cos_t, float *sin_t, const int32_t *pos, int N,
 		    const float *inv_freq, int head_dim);
@@ -77,6 +90,9 @@ void ft_rope_backward(float *dx, const float *cos_t, const float *sin_t,
 typedef struct {
 	int B, T, Hq, Hk, hd, window;
 	const int32_t *seg;
+	/* scores times scale (0: 1/sqrt(hd)), then softcap * tanh(x / softcap)
+	 * when softcap > 0 (Gemma 2) */
+	float scale, softcap;
 } ft_attn_shape;
 void ft_attention_forward(float *out, float *lse, const float *q,
 			  const float *k, const float *v, const ft_attn_shape *s);
@@ -85,6 +101,11 @@ void ft_attention_backward(float *dq, float *dk, float *dv, const float *dout,
 			   const float *out, const float *lse,
 			   const ft_attn_shape *s);
 
+/* GeGLU (Gemma): h = gelu_pytorch_tanh(gate) * up, backward WRITES dgate,
+ * dup (lib/model/layers_gemma.c). */
+void ft_geglu_forward(float *h, const float *gate, const float *up, size_t n);
+void ft_geglu_backward(float *dgate, float *dup, const float *dh,
+		       const float *gate, const float *up, size_t n);
 /* SwiGLU: h = silu(gate) * up (n elements).  backward WRITES dgate, dup. */
 void ft_swiglu_forward(float *h, const float *gate, const float *up, size_t n);
 void ft_swiglu_backward(float *dgate, float *dup, const float *dh,
@@ -128,6 +149,12 @@ void ft_dropout_apply(float *out, const float *x, size_t n, float p,
  * in double and the count of targets in *n_tok.  When dx != NULL the
  * gradient of grad_scale * loss is WRITTEN to dx[n,D] and ADDED to dW
  * (dW may be NULL).  logits (NULL or [n,V]) receives the raw logits. */
+/* The same with the logits soft-capped first, softcap * tanh(z / softcap)
+ * (Gemma 2's final_logit_softcapping; 0 = off), logits returned capped. */
+double ft_lm_head_loss_cap(float *dx, float *dW, float *logits, const float *x,
+			   const float *W, const int32_t *targets, int n, int D,
+			   int V, float grad_scale, float *scratch, int chunk,
+			   int64_t *n_tok, float softcap);
 double ft_lm_head_loss(float *dx, float *dW, float *logits, const float *x,
 		       const float *W, const int32_t *targets, int n, int D,
 		       int V, float grad_scale, float *scratch, int chunk,

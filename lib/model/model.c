@@ -26,7 +26,7 @@ static int cfg_int(const json_t *j, const char *key, int *out, const char *path)
 
 /* rope_theta and rope scaling, in transformers 5's "rope_parameters" or
  * 4.x's "rope_theta" + "rope_scaling" spelling. */
-static int cfg_rope(const json_t *j, ft_config *c, const char *path)
+int ftp_config_rope(const json_t *j, ft_config *c, const char *path)
 {
 	const json_t *rp = json_object_get(j, "rope_parameters");
 	if (!json_is_object(rp))
@@ -42,15 +42,19 @@ static int cfg_rope(const json_t *j, ft_config *c, const char *path)
 	c->rope_theta = ft_json_num(rp, "rope_theta", c->rope_theta);
 	const char *t = ft_json_str(rp, "rope_type", ft_json_str(rp, "type", "default"));
 	if (strcmp(t, "default") && strcmp(t, "linear") && strcmp(t, "dynamic") &&
-	    strcmp(t, "llama3"))
+	    strcmp(t, "llama3") && strcmp(t, "yarn") && strcmp(t, "longrope"))
 		return ft_fail("%s: rope type '%s' is not supported (default, "
-			       "linear, dynamic, llama3)", path, t);
+			       "linear, dynamic, llama3, yarn, longrope)", path, t);
 	snprintf(c->rope_type, sizeof c->rope_type, "%s", t);
 	c->rope_factor = ft_json_num(rp, "factor", 1.0);
 	c->rope_low_freq_factor = ft_json_num(rp, "low_freq_factor", 1.0);
 	c->rope_high_freq_factor = ft_json_num(rp, "high_freq_factor", 4.0);
 	c->rope_original_max_pos = (int)ft_json_int(rp, "original_max_position_embeddings",
 						    c->max_position_embeddings);
+	if (!strcmp(t, "yarn") && ftp_rope_yarn_config(rp, c, path) < 0)
+		return -1;
+	if (!strcmp(t, "longrope") && ftp_rope_longrope_config(rp, j, c, path) < 0)
+		return -1;
 	if (strcmp(t, "default") && !(c->rope_factor > 0))
 		return ft_fail("%s: rope factor must be positive", path);
 	return 0;
@@ -64,22 +68,13 @@ static int config_from_json(const json_t *j, ft_config *c, const char *path)
 		? json_string_value(json_array_get(archs, 0)) : NULL;
 	const char *mt = ft_json_str(j, "model_type", "");
 	if (!arch)
-		arch = !strcmp(mt, "llama") ? "LlamaForCausalLM"
-		     : !strcmp(mt, "mistral") ? "MistralForCausalLM"
-		     : !strcmp(mt, "qwen2") ? "Qwen2ForCausalLM" : "(none)";
+		arch = *mt ? mt : "(none)";
 	const json_t *quant = json_object_get(j, "quantization_config");
 	if (quant)   /* gptq, awq, aqlm, fp8...: packed weights, not plain tensors */
 		return ft_fail("%s: a pre-quantized checkpoint (%s): ft loads unquantized weights "
 			       "only", path, ft_json_str(quant, "quant_method", "unknown method"));
-	if (!strcmp(arch, "LlamaForCausalLM"))
-		c->arch = FT_ARCH_LLAMA;
-	else if (!strcmp(arch, "MistralForCausalLM"))
-		c->arch = FT_ARCH_MISTRAL;
-	else if (!strcmp(arch, "Qwen2ForCausalLM"))
-		c->arch = FT_ARCH_QWEN2;
-	else
-		return ft_fail("%s: architecture %s is not supported (LlamaForCausalLM, "
-			       "MistralForCausalLM, Qwen2ForCausalLM)", path, arch);
+	if (ftp_arch_from_name(arch, &c->arch, path) < 0)
+		return -1;
 	if (cfg_int(j, "vocab_size", &c->vocab_size, path) < 0 ||
 	    cfg_int(j, "hidden_size", &c->hidden_size, path) < 0 ||
 	    cfg_int(j, "intermediate_size", &c->intermediate_size, path) < 0 ||
@@ -99,9 +94,10 @@ static int config_from_json(const json_t *j, ft_config *c, const char *path)
 	c->max_position_embeddings = (int)ft_json_int(j, "max_position_embeddings", 2048);
 	c->rms_norm_eps = ft_json_num(j, "rms_norm_eps", 1e-6);
 	c->initializer_range = ft_json_num(j, "initializer_range", 0.02);
-	c->tie_word_embeddings = ft_json_bool(j, "tie_word_embeddings", 0);
+	int gemma = c->arch == FT_ARCH_GEMMA2 || c->arch == FT_ARCH_GEMMA3;
+	c->tie_word_embeddings = ft_json_bool(j, "tie_word_embeddings", gemma);   /* Gemma ties */
 	const char *act = ft_json_str(j, "hidden_act", "silu");
-	if (strcmp(act, "silu") && strcmp(act, "swish"))
+	if (!gemma && strcmp(act, "silu") && strcmp(act, "swish"))
 		return ft_fail("%s: hidden_act %s is not supported (silu)", path, act);
 	if (ft_json_bool(j, "mlp_bias", 0))
 		return ft_fail("%s: mlp_bias true is not supported", path);
@@ -109,7 +105,7 @@ static int config_from_json(const json_t *j, ft_config *c, const char *path)
 		c->attention_bias = 1;
 		if (ft_json_bool(j, "use_sliding_window", 0))
 			return ft_fail("%s: Qwen2 use_sliding_window true is not supported", path);
-	} else if (ft_json_bool(j, "attention_bias", 0))
+	} else if (c->arch != FT_ARCH_QWEN3 && ft_json_bool(j, "attention_bias", 0))
 		return ft_fail("%s: attention_bias true is not supported for %s", path, arch);
 	if (c->arch == FT_ARCH_MISTRAL) {
 		const json_t *sw = json_object_get(j, "sliding_window");
@@ -117,7 +113,7 @@ static int config_from_json(const json_t *j, ft_config *c, const char *path)
 	}
 	const char *dt = ft_json_str(j, "dtype", ft_json_str(j, "torch_dtype", "float32"));
 	snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", dt);
-	if (cfg_rope(j, c, path) < 0) return -1;
+	if (ftp_config_rope(j, c, path) < 0 || ftp_arch_config(j, c, path) < 0) return -1;
 	return ftp_config_check(c, path);
 }
 
@@ -264,6 +260,22 @@ static int module_trainable(const ft_model *m, int l, int lin)
 	return lin >= 0 && (m->o.freeze_trainable_modules >> lin & 1);
 }
 
+/* Qwen3's self_attn.q_norm / k_norm: trainable where the layer's norms
+ * are, or where freeze_trainable_modules names all of self_attn (their
+ * names are under it, as llamafactory's substring match sees them). */
+static void add_qk_norm_params(ft_model *m, size_t *cap, int l)
+{
+	ftp_layer *y = &m->layers[l];
+	unsigned mods = m->o.freeze_trainable_modules;
+	int tn = module_trainable(m, l, -1) ||
+		 (layer_trainable(m, l) && (mods & FT_MOD_SELF_ATTN) == FT_MOD_SELF_ATTN);
+	char nm[160];
+	snprintf(nm, sizeof nm, "model.layers.%d.self_attn.q_norm.weight", l);
+	add_param(m, cap, nm, &y->qn, 1, m->c.head_dim, 0, tn, 0);
+	snprintf(nm, sizeof nm, "model.layers.%d.self_attn.k_norm.weight", l);
+	add_param(m, cap, nm, &y->kn, 1, m->c.head_dim, 0, tn, 0);
+}
+
 void ftp_model_free_params(ft_model *m)
 {
 	for (size_t i = 0; i < m->nparams; i++)
@@ -286,21 +298,34 @@ int ftp_model_build_params(ft_model *m)
 	for (int l = 0; l < c->num_hidden_layers; l++) {
 		ftp_layer *y = &m->layers[l];
 		for (int j = 0; j < L_NLIN; j++) {
-			int in, out, tr = module_trainable(m, l, j);
+			int in, out, tr = module_trainable(m, l, j), lead = ftp_fused_lead(c, j);
 			const char *grp = j < L_GATE ? "self_attn" : "mlp";
 			ftp_lin_dims(c, j, &in, &out);
-			snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.weight", l, grp, ft_lin_names[j]);
-			add_param(m, &cap, nm, &y->lin[j], 2, out, in, tr, decays(nm));
+			if (lead != j) {   /* a row block of its lead's tensor */
+				size_t off = (size_t)ftp_fused_row(c, j) * in;
+				y->lin[j].g = y->lin[lead].g ? y->lin[lead].g + off : NULL;
+				continue;
+			}
+			snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.weight", l, grp, ftp_module_name(c, j));
+			add_param(m, &cap, nm, &y->lin[j], 2, ftp_fused_rows(c, j), in, tr, decays(nm));
 			if (j <= L_V && c->attention_bias) {
 				snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.bias", l, grp, ft_lin_names[j]);
 				add_param(m, &cap, nm, &y->bias[j], 1, out, 0, tr, 0);
 			}
+			if (j == L_O && c->qk_norm)
+				add_qk_norm_params(m, &cap, l);
 		}
 		int tn = module_trainable(m, l, -1);
 		snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", l);
 		add_param(m, &cap, nm, &y->ln1, 1, D, 0, tn, 0);
 		snprintf(nm, sizeof nm, "model.layers.%d.post_attention_layernorm.weight", l);
 		add_param(m, &cap, nm, &y->ln2, 1, D, 0, tn, 0);
+		if (c->gemma) {
+			snprintf(nm, sizeof nm, "model.layers.%d.pre_feedforward_layernorm.weight", l);
+			add_param(m, &cap, nm, &y->ln3, 1, D, 0, tn, 0);
+			snprintf(nm, sizeof nm, "model.layers.%d.post_feedforward_layernorm.weight", l);
+			add_param(m, &cap, nm, &y->ln4, 1, D, 0, tn, 0);
+		}
 	}
 	add_param(m, &cap, "model.norm.weight", &m->norm, 1, D, 0, full, 0);
 	if (c->tie_word_embeddings)
@@ -309,21 +334,26 @@ int ftp_model_build_params(ft_model *m)
 		add_param(m, &cap, "lm_head.weight", &m->lm_head, 2, c->vocab_size, D, full, 1);
 	for (int l = 0; l < c->num_hidden_layers; l++)
 		for (int j = 0; j < L_NLIN; j++) {
-			ftp_lora *a = &m->layers[l].lora[j];
+			ftp_lora *a = &m->layers[l].lora[j], *lead = &m->layers[l].lora[ftp_fused_lead(c, j)];
 			int in, out;
 			if (!a->on)
 				continue;
 			ftp_lin_dims(c, j, &in, &out);
+			if (lead != a) {   /* Phi-3: views of the fused module's adapter */
+				a->A.g = lead->A.g;
+				a->B.g = lead->B.g + (size_t)ftp_fused_row(c, j) * a->r;
+				continue;
+			}
 			const char *grp = j < L_GATE ? "self_attn" : "mlp";
 			snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.%s.lora_A.weight",
-				 l, grp, ft_lin_names[j]);
+				 l, grp, ftp_module_name(c, j));
 			add_param(m, &cap, nm, &a->A, 2, a->r, in, 1, 1);
 			snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.%s.lora_B.weight",
-				 l, grp, ft_lin_names[j]);
-			add_param(m, &cap, nm, &a->B, 2, out, a->r, 1, 1);
+				 l, grp, ftp_module_name(c, j));
+			add_param(m, &cap, nm, &a->B, 2, ftp_fused_rows(c, j), a->r, 1, 1);
 			if (ftp_dora_of(m, l, j)) {   /* lib/model/lora_dora.c */
 				snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.%s.lora_magnitude_vector",
-					 l, grp, ft_lin_names[j]);
+					 l, grp, ftp_module_name(c, j));
 				add_param(m, &cap, nm, &ftp_dora_of(m, l, j)->mag, 1, out, 0, 1, decays(nm));
 			}
 		}
@@ -340,6 +370,13 @@ static void lora_free(ftp_lora *a)
 	memset(a, 0, sizeof *a);
 }
 
+/* A fused member's adapter is views of its lead's: forgotten, not freed. */
+static void lora_release(const ft_config *c, int j, ftp_lora *a)
+{
+	if (ftp_fused_lead(c, j) == j) lora_free(a);
+	else memset(a, 0, sizeof *a);
+}
+
 /* Adapters on the `targets` modules of every layer: A kaiming-uniform
  * (a=sqrt(5)) as torch's nn.Linear default, i.e. U(-1/sqrt(in), 1/sqrt(in)),
  * B zero, as PEFT's init_lora_weights=True.  Does not rebuild the list. */
@@ -351,10 +388,11 @@ void ftp_lora_setup(ft_model *m, int rank, double alpha, int rslora, unsigned ta
 	m->o.lora_targets = targets;
 	ftp_dora_free(m);   /* new adapters: DoRA is turned on again by its caller */
 	char nm[160];
-	for (int l = 0; l < m->c.num_hidden_layers; l++)
+	for (int l = 0; l < m->c.num_hidden_layers; l++) {
+		for (int j = L_NLIN - 1; j >= 0; j--)   /* members before their lead */
+			lora_release(&m->c, j, &m->layers[l].lora[j]);
 		for (int j = 0; j < L_NLIN; j++) {
-			ftp_lora *a = &m->layers[l].lora[j];
-			lora_free(a);
+			ftp_lora *a = &m->layers[l].lora[j], *lead = &m->layers[l].lora[ftp_fused_lead(&m->c, j)];
 			if (!(targets >> j & 1))
 				continue;
 			int in, out;
@@ -362,11 +400,17 @@ void ftp_lora_setup(ft_model *m, int rank, double alpha, int rslora, unsigned ta
 			a->on = 1;
 			a->r = rank;
 			a->scale = (float)(rslora ? alpha / sqrt(rank) : alpha / rank);
+			if (lead != a) {   /* Phi-3: the fused module's one A, B's row block */
+				a->A.w = lead->A.w;
+				a->B.w = lead->B.w + (size_t)ftp_fused_row(&m->c, j) * rank;
+				continue;
+			}
 			a->A.w = ft_xmalloc((size_t)rank * in * sizeof(float));
-			a->B.w = ft_xcalloc((size_t)out * rank, sizeof(float));
-			snprintf(nm, sizeof nm, "layers.%d.%s.lora_A", l, ft_lin_names[j]);
+			a->B.w = ft_xcalloc((size_t)ftp_fused_rows(&m->c, j) * rank, sizeof(float));
+			snprintf(nm, sizeof nm, "layers.%d.%s.lora_A", l, ftp_module_name(&m->c, j));
 			fill_uniform(a->A.w, (size_t)rank * in, 1.0f / sqrtf((float)in), m->o.seed, nm);
 		}
+	}
 }
 
 static float *wnew(size_t n) { return ft_xmalloc(n * sizeof(float)); }
@@ -382,8 +426,13 @@ static ft_model *model_alloc(const ft_config *c, const ft_tune_opts *o, const ch
 	}
 	if ((o && o->quantization_bit ? ftp_quant_memory_plan(c, o, what)
 	     : ftp_config_memory_plan(c, what)) < 0) return NULL;
+	ft_config cc = *c;
+	const char *why;
+	if (o && o->rope_scaling &&
+	    ft_config_rope_override(&cc, o->rope_scaling, o->model_max_length, &why) < 0)
+		return NULL;
 	ft_model *m = ft_xcalloc(1, sizeof *m);
-	m->c = *c;
+	m->c = cc;
 	if (o)
 		m->o = *o;
 	else
@@ -392,22 +441,38 @@ static ft_model *model_alloc(const ft_config *c, const ft_tune_opts *o, const ch
 		m->o.lora_rank = 8;
 	if (m->o.lora_alpha <= 0)
 		m->o.lora_alpha = 2.0 * m->o.lora_rank;
-	if (!m->o.lora_targets)
-		m->o.lora_targets = FT_MOD_Q | FT_MOD_V;
+	if (!m->o.lora_targets)   /* Phi-3: qkv_proj holds q_proj and v_proj */
+		m->o.lora_targets = c->fused ? FT_MOD_Q | FT_MOD_K | FT_MOD_V : FT_MOD_Q | FT_MOD_V;
+	if (m->o.type == FT_FT_LORA && ftp_check_targets(c, m->o.lora_targets) < 0) {
+		free(m);
+		return NULL;
+	}
 	int D = c->hidden_size, V = c->vocab_size;
 	m->wte.w = wnew((size_t)V * D);
 	m->norm.w = wnew(D);
 	if (!c->tie_word_embeddings)
 		m->lm_head.w = wnew((size_t)V * D);
 	m->layers = ft_xcalloc(c->num_hidden_layers, sizeof *m->layers);
+	if (c->gemma)   /* (1 + weight) of one norm at a time */
+		m->norm_eff = wnew(D > c->head_dim ? D : c->head_dim);
 	for (int l = 0; l < c->num_hidden_layers; l++) {
 		ftp_layer *y = &m->layers[l];
 		y->ln1.w = wnew(D);
 		y->ln2.w = wnew(D);
+		if (c->qk_norm) {
+			y->qn.w = wnew(c->head_dim);
+			y->kn.w = wnew(c->head_dim);
+		}
+		if (c->gemma) {
+			y->ln3.w = wnew(D);
+			y->ln4.w = wnew(D);
+		}
 		for (int j = 0; j < L_NLIN; j++) {
-			int in, out;
+			int in, out, lead = ftp_fused_lead(c, j);
 			ftp_lin_dims(c, j, &in, &out);
-			y->lin[j].w = wnew((size_t)in * out);
+			/* Phi-3: members are row blocks of their group's tensor */
+			y->lin[j].w = lead != j ? y->lin[lead].w + (size_t)ftp_fused_row(c, j) * in
+				    : wnew((size_t)in * ftp_fused_rows(c, j));
 			if (j <= L_V && c->attention_bias)
 				y->bias[j].w = ft_xcalloc(out, sizeof(float));
 		}
@@ -429,6 +494,11 @@ static ft_model *model_finish(ft_model *m)
 
 ft_model *ft_model_from_config(const ft_config *c, const ft_tune_opts *o)
 {
+	if (c->gemma) {   /* its config.json would lose the Gemma fields */
+		ft_fail("model config: training Gemma from scratch is not supported; start from "
+			"a Gemma checkpoint (--model_name_or_path)");
+		return NULL;
+	}
 	ft_model *m = model_alloc(c, o, "model config");
 	if (!m)
 		return NULL;
@@ -447,6 +517,8 @@ ft_model *ft_model_from_config(const ft_config *c, const ft_tune_opts *o)
 		ftp_layer *y = &m->layers[l];
 		for (int d = 0; d < D; d++)
 			y->ln1.w[d] = y->ln2.w[d] = 1;
+		for (int d = 0; c->qk_norm && d < c->head_dim; d++)
+			y->qn.w[d] = y->kn.w[d] = 1;
 		for (int j = 0; j < L_NLIN; j++) {
 			int in, out;
 			ftp_lin_dims(c, j, &in, &out);
@@ -477,6 +549,12 @@ ft_model *ft_model_load(const char *model_dir, const ft_tune_opts *o)
 		return NULL;
 	}
 	m->config_json = j;
+	if (o && o->rope_scaling && (strcmp(m->c.rope_type, c.rope_type) ||
+				     m->c.rope_factor != c.rope_factor ||
+				     m->c.max_position_embeddings != c.max_position_embeddings)) {
+		/* --rope_scaling: saved configs carry it, as llamafactory's do */
+		ft_config_rope_to_json(j, &m->c);
+	}
 	m->model_dir = ft_xstrdup(model_dir);
 	model_finish(m);
 	if (ft_model_read_weights(m, model_dir) < 0) {
@@ -502,9 +580,14 @@ void ft_model_free(ft_model *m)
 	for (int l = 0; m->layers && l < m->c.num_hidden_layers; l++) {
 		ftp_layer *y = &m->layers[l];
 		free(y->ln1.w); free(y->ln1.g); free(y->ln2.w); free(y->ln2.g);
+		free(y->qn.w); free(y->qn.g); free(y->kn.w); free(y->kn.g);
+		free(y->ln3.w); free(y->ln3.g); free(y->ln4.w); free(y->ln4.g);
 		for (int j = 0; j < L_NLIN; j++) {
-			free(y->lin[j].w); free(y->lin[j].g);
-			lora_free(&y->lora[j]);
+			if (ftp_fused_lead(&m->c, j) == j) {   /* members share their lead's */
+				free(y->lin[j].w);
+				free(y->lin[j].g);
+			}
+			lora_release(&m->c, j, &y->lora[j]);
 		}
 		for (int j = 0; j < 3; j++) {
 			free(y->bias[j].w);
@@ -513,6 +596,7 @@ void ft_model_free(ft_model *m)
 	}
 	ftp_dora_free(m);
 	free(m->layers);
+	free(m->norm_eff);
 	json_decref(m->config_json);
 	free(m->model_dir);
 	free(m);

@@ -1,4 +1,4 @@
-/* model.h - LLaMA / Mistral / Qwen2 decoder models for training and
+/* model.h - Llama / Mistral / Qwen2 / Qwen3 / Gemma 2-3 decoder models for training and
  * inference: configuration, parameters, forward and backward.
  *
  * The CPU path (lib/model*.c, lib/layers*.c) is the readable reference;
@@ -11,7 +11,8 @@
 #include <stdint.h>
 #include "format/batch.h"
 
-typedef enum { FT_ARCH_LLAMA, FT_ARCH_MISTRAL, FT_ARCH_QWEN2 } ft_arch;
+typedef enum { FT_ARCH_LLAMA, FT_ARCH_MISTRAL, FT_ARCH_QWEN2,
+	       FT_ARCH_QWEN3, FT_ARCH_GEMMA2, FT_ARCH_GEMMA3, FT_ARCH_PHI3 /* lib/model/arch.c */ } ft_arch;
 
 typedef struct {
 	ft_arch arch;
@@ -27,8 +28,33 @@ typedef struct {
 	char torch_dtype[16];
 	int sliding_window;            /* Mistral; 0 = none */
 	double initializer_range;      /* std of the random init (default 0.02) */
+	int qk_norm;                   /* per-head RMSNorm on q and k before RoPE (Qwen3) */
+	double rope_beta_fast, rope_beta_slow, rope_attention_factor;   /* yarn */
+	int rope_truncate;
+	/* Gemma 2/3 (lib/model/model_gemma.c): norms scale by 1 + weight,
+	 * post-attention and post-MLP norms, embeddings times sqrt(hidden),
+	 * gelu_pytorch_tanh, scores scaled by query_pre_attn_scalar^-0.5 and
+	 * soft-capped (0 = off); sliding layers (bit l of sliding_layers) use
+	 * sliding_window and the default RoPE with rope_local_theta. */
+	int gemma;
+	double query_pre_attn_scalar, attn_softcap, final_softcap, rope_local_theta;
+	uint64_t sliding_layers[4];
+	/* Phi-3: q, k, v stored as one qkv_proj and gate, up as gate_up_proj
+	 * (row blocks of one tensor; LoRA on the fused module, one A) */
+	int fused;
+	/* longrope (lib/model/rope.c): per-frequency factors, head_dim/2 each;
+	 * the long ones beyond rope_original_max_pos positions */
+	float rope_short[128], rope_long[128];
 } ft_config;
 
+/* llamafactory's configure_rope on a parsed config (lib/model/rope.c):
+ * 0 applied, 1 left alone (model_max_length within the original length;
+ * *why says so), -1 on an unknown type. */
+int ft_config_rope_override(ft_config *c, const char *type, long long model_max_length,
+			    const char **why);
+/* config.json (a jansson json_t *) made to carry c's RoPE: its
+ * rope_parameters and max_position_embeddings (rope_scaling dropped). */
+void ft_config_rope_to_json(void *config_json, const ft_config *c);
 /* Parses and checks every number's range (the loaders' one check). */
 int ft_config_load(const char *config_json, ft_config *c);
 /* Bytes of the base weights in float32: the memory plan checked (against
@@ -69,6 +95,11 @@ typedef struct {
 	/* QLoRA (lib/model/quant.h): 0, 4 or 8 bits for the decoder's base
 	 * linears; 4-bit FP4 instead of NF4; 4-bit absmaxes quantized too */
 	int quantization_bit, quantization_fp4, double_quantization;
+	/* --rope_scaling (llamafactory's configure_rope): "linear", "dynamic",
+	 * "yarn" or "llama3", NULL for the config's; model_max_length is the
+	 * training cutoff_len (0: inference, factor 2). */
+	const char *rope_scaling;
+	long long model_max_length;
 } ft_tune_opts;
 /* Defaults applied when a field is 0: lora_rank 8, lora_alpha 2*rank (as
  * LLaMA-Factory), lora_targets q_proj|v_proj.

@@ -27,7 +27,8 @@ void ftp_model_free_buffers(ft_model *m)
 		free(m->acts[i].block);
 	free(m->acts);
 	m->acts = NULL;
-	float **f[] = { &m->xs, &m->cos_t, &m->sin_t, &m->inv_freq, &m->lnf, &m->rstdf,
+	float **f[] = { &m->xs, &m->cos_t, &m->sin_t, &m->inv_freq, &m->cos_l, &m->sin_l,
+			&m->inv_freq_l, &m->lnf, &m->rstdf,
 			&m->d_a, &m->d_b, &m->d_ln, &m->d_att, &m->dq, &m->dk, &m->dv,
 			&m->hbuf, &m->dh, &m->dgate, &m->dup, &m->tmp, &m->drop, &m->ddrop,
 			&m->lhs, &m->head_x, &m->head_dx, &m->head_scratch };
@@ -54,10 +55,15 @@ static void acts_alloc(ft_model *m, ftp_acts *a, size_t N)
 	size_t D = c->hidden_size, qd = (size_t)c->num_attention_heads * c->head_dim;
 	size_t kd = (size_t)c->num_key_value_heads * c->head_dim, F = c->intermediate_size;
 	size_t r = m->o.type == FT_FT_LORA ? (size_t)m->o.lora_rank : 0;
+	size_t qn = c->qk_norm ? 1 : 0;   /* Qwen3: raw q, k and their rstd */
+	size_t gm = c->gemma ? 1 : 0;     /* Gemma: outputs before the post norms */
 	size_t sz[] = { N * D, N, N * qd, N * kd, N * kd, N * c->num_attention_heads,
-			N * qd, N * D, N * D, N, N * F, N * F };
+			N * qd, N * D, N * D, N, N * F, N * F,
+			qn * N * qd, qn * N * kd, qn * N * c->num_attention_heads,
+			qn * N * c->num_key_value_heads, gm * N * D, gm * N, gm * N * D, gm * N };
 	float **dst[] = { &a->ln1, &a->rstd1, &a->q, &a->k, &a->v, &a->lse, &a->att,
-			  &a->xmid, &a->ln2, &a->rstd2, &a->gate, &a->up };
+			  &a->xmid, &a->ln2, &a->rstd2, &a->gate, &a->up,
+			  &a->qr, &a->kr, &a->rstdq, &a->rstdk, &a->ao, &a->rstd_ao, &a->mo, &a->rstd_mo };
 	size_t tot = N * r * L_NLIN;
 	for (size_t i = 0; i < sizeof sz / sizeof *sz; i++)
 		tot += sz[i];
@@ -93,6 +99,11 @@ int ftp_model_prepare(ft_model *m, int N)
 	m->cos_t = fa(n * c->head_dim / 2);
 	m->sin_t = fa(n * c->head_dim / 2);
 	m->inv_freq = fa(c->head_dim / 2);
+	if (c->gemma) {   /* the sliding layers' RoPE */
+		m->cos_l = fa(n * c->head_dim / 2);
+		m->sin_l = fa(n * c->head_dim / 2);
+		m->inv_freq_l = fa(c->head_dim / 2);
+	}
 	m->lnf = fa(n * D);
 	m->rstdf = fa(n);
 	m->d_a = fa(n * D); m->d_b = fa(n * D); m->d_ln = fa(n * D);
@@ -128,6 +139,7 @@ static uint64_t mix64(uint64_t z)
 /* The dropout mask of module j in layer l for the current call. */
 static uint64_t drop_seed(const ft_model *m, int l, int j)
 {
+	j = ftp_fused_lead(&m->c, j);   /* Phi-3: one dropout on a fused module's input */
 	return mix64(m->o.seed ^ mix64(m->dropout_calls * 0x9e3779b97f4a7c15ULL +
 				       (uint64_t)(l * L_NLIN + j + 1)));
 }
@@ -171,6 +183,12 @@ static void lin_fwd_many(ft_model *m, int l, const int *js, float *const *ys, in
 	}
 }
 
+void ftp_lin_forward_many(ft_model *m, int l, const int *js, float *const *ys, int n,
+			  ftp_acts *a, const float *x, int N)
+{
+	lin_fwd_many(m, l, js, ys, n, a, x, N);
+}
+
 static void lin_fwd(ft_model *m, int l, int j, ftp_acts *a, float *y,
 		    const float *x, int N)
 {
@@ -209,10 +227,16 @@ static void lin_bwd(ft_model *m, int l, int j, ftp_acts *a, float *dx,
 		dx[i] += m->ddrop[i];
 }
 
+void ftp_lin_backward(ft_model *m, int l, int j, ftp_acts *a, float *dx, const float *dy,
+		      const float *x, int N)
+{
+	lin_bwd(m, l, j, a, dx, dy, x, N);
+}
+
 static ft_attn_shape attn_shape(const ft_model *m, const ft_batch *b)
 {
 	ft_attn_shape s = { b->B, b->T, m->c.num_attention_heads, m->c.num_key_value_heads,
-			    m->c.head_dim, m->c.sliding_window, b->segment_ids };
+			    m->c.head_dim, m->c.sliding_window, b->segment_ids, 0, 0 };
 	return s;
 }
 
@@ -230,9 +254,16 @@ static void layer_forward(ft_model *m, int l, ftp_acts *a, const float *x_in,
 	int N = b->B * b->T, D = c->hidden_size, hd = c->head_dim;
 	ftp_layer *y = &m->layers[l];
 	ft_attn_shape s = attn_shape(m, b);
+	if (c->gemma) {
+		ftp_gemma_layer_forward(m, l, a, x_in, x_out, b);
+		return;
+	}
 	ft_rmsnorm_forward(a->ln1, a->rstd1, x_in, y->ln1.w, N, D, (float)c->rms_norm_eps);
-	lin_fwd_many(m, l, (const int[]){ L_Q, L_K, L_V }, (float *const[]){ a->q, a->k, a->v }, 3,
+	float *qo = c->qk_norm ? a->qr : a->q, *ko = c->qk_norm ? a->kr : a->k;
+	lin_fwd_many(m, l, (const int[]){ L_Q, L_K, L_V }, (float *const[]){ qo, ko, a->v }, 3,
 		     a, a->ln1, N);
+	if (c->qk_norm)
+		ftp_qk_norm_forward(m, y, a->q, a->k, a->qr, a->kr, a->rstdq, a->rstdk, N);
 	ft_rope_forward(a->q, m->cos_t, m->sin_t, N, c->num_attention_heads, hd);
 	ft_rope_forward(a->k, m->cos_t, m->sin_t, N, c->num_key_value_heads, hd);
 	ft_attention_forward(a->att, a->lse, a->q, a->k, a->v, &s);
@@ -257,6 +288,10 @@ static void layer_backward(ft_model *m, int l, ftp_acts *a, const float *x_in,
 	size_t nq = (size_t)N * c->num_attention_heads * hd;
 	ftp_layer *y = &m->layers[l];
 	ft_attn_shape s = attn_shape(m, b);
+	if (c->gemma) {
+		ftp_gemma_layer_backward(m, l, a, x_in, b, need_dx);
+		return;
+	}
 	ft_swiglu_forward(m->hbuf, a->gate, a->up, nF);
 	memset(m->dh, 0, nF * sizeof(float));
 	lin_bwd(m, l, L_DOWN, a, m->dh, m->d_a, m->hbuf, N);
@@ -271,11 +306,19 @@ static void layer_backward(ft_model *m, int l, ftp_acts *a, const float *x_in,
 			      a->lse, &s);
 	ft_rope_backward(m->dq, m->cos_t, m->sin_t, N, c->num_attention_heads, hd);
 	ft_rope_backward(m->dk, m->cos_t, m->sin_t, N, c->num_key_value_heads, hd);
+	/* Qwen3: through q_norm/k_norm into d_att (free once attention's
+	 * backward has read it) and tmp (unused in the backward pass) */
+	float *dq = m->dq, *dk = m->dk;
+	if (c->qk_norm) {
+		ftp_qk_norm_backward(m, y, m->d_att, m->tmp, m->dq, m->dk, a, N);
+		dq = m->d_att;
+		dk = m->tmp;
+	}
 	float *dln = need_dx || y->ln1.g ? m->d_ln : NULL;
 	if (dln)
 		memset(dln, 0, (size_t)N * D * sizeof(float));
-	lin_bwd(m, l, L_Q, a, dln, m->dq, a->ln1, N);
-	lin_bwd(m, l, L_K, a, dln, m->dk, a->ln1, N);
+	lin_bwd(m, l, L_Q, a, dln, dq, a->ln1, N);
+	lin_bwd(m, l, L_K, a, dln, dk, a->ln1, N);
 	lin_bwd(m, l, L_V, a, dln, m->dv, a->ln1, N);
 	if (dln)
 		ft_rmsnorm_backward(m->d_a, y->ln1.g, dln, x_in, y->ln1.w, a->rstd1, N, D);
@@ -284,7 +327,7 @@ static void layer_backward(ft_model *m, int l, ftp_acts *a, const float *x_in,
 static int layer_has_grad(const ft_model *m, int l)
 {
 	const ftp_layer *y = &m->layers[l];
-	if (y->ln1.g || y->ln2.g)
+	if (y->ln1.g || y->ln2.g || y->qn.g || y->kn.g || y->ln3.g || y->ln4.g)
 		return 1;
 	for (int j = 0; j < L_NLIN; j++)
 		if (y->lin[j].g || y->lora[j].on || (j <= L_V && y->bias[j].g))
@@ -328,22 +371,29 @@ int ftp_model_forward_body(ft_model *m, const ft_batch *b)
 				maxpos = m->pos[i];
 			m->targets[i] = t + 1 < b->T && b->labels ? b->labels[i + 1] : -100;
 		}
-	ft_rope_params rp = { "", c->rope_theta, c->rope_factor, c->rope_low_freq_factor,
-			      c->rope_high_freq_factor, c->rope_original_max_pos,
-			      c->max_position_embeddings };
-	snprintf(rp.type, sizeof rp.type, "%s", c->rope_type);
+	ft_rope_params rp;
+	ftp_rope_params_of(c, &rp);
 	if (ft_rope_inv_freq(m->inv_freq, c->head_dim, &rp, maxpos + 1) < 0)
 		return -1;
 	ft_rope_tables(m->cos_t, m->sin_t, m->pos, N, m->inv_freq, c->head_dim);
+	ft_rope_scale_tables(m->cos_t, m->sin_t, (size_t)N * (c->head_dim / 2), &rp);
+	if (c->gemma) {   /* sliding layers: default RoPE, their own base */
+		ft_rope_params lp = { "default", c->rope_local_theta, 1, 1, 4, c->max_position_embeddings,
+				      c->max_position_embeddings, 0, 0, 0, 0, NULL, NULL };
+		ft_rope_inv_freq(m->inv_freq_l, c->head_dim, &lp, maxpos + 1);
+		ft_rope_tables(m->cos_l, m->sin_l, m->pos, N, m->inv_freq_l, c->head_dim);
+	}
 	ft_embedding_forward(m->xs, b->input_ids, m->wte.w, N, D);
 	if (m->training && m->o.neftune_noise_alpha > 0)
 		ftp_neftune_apply(m, m->xs, b->B, b->T);
+	if (c->gemma)   /* Gemma: embeddings times sqrt(hidden), in float32 as the weights */
+		for (size_t i = 0; i < (size_t)N * D; i++) m->xs[i] *= (float)sqrt((double)D);
 	for (int l = 0; l < L; l++) {
 		ftp_acts *a = &m->acts[m->o.gradient_checkpointing ? 0 : l];
 		layer_forward(m, l, a, m->xs + (size_t)l * N * D, m->xs + (size_t)(l + 1) * N * D, b);
 	}
-	ft_rmsnorm_forward(m->lnf, m->rstdf, m->xs + (size_t)L * N * D, m->norm.w, N, D,
-			   (float)c->rms_norm_eps);
+	ft_rmsnorm_forward(m->lnf, m->rstdf, m->xs + (size_t)L * N * D, ftp_norm_w(m, m->norm.w, D),
+			   N, D, (float)c->rms_norm_eps);
 	return 0;
 }
 
@@ -366,8 +416,9 @@ int ft_model_forward(ft_model *m, const ft_batch *b, float *logits,
 		N = n;
 		x = m->head_x;
 	}
-	double loss = ft_lm_head_loss(NULL, NULL, logits, x, m->lm_head.w, m->targets, N, D,
-				      m->c.vocab_size, 1, m->head_scratch, m->head_chunk, &nt);
+	double loss = ft_lm_head_loss_cap(NULL, NULL, logits, x, m->lm_head.w, m->targets, N, D,
+					  m->c.vocab_size, 1, m->head_scratch, m->head_chunk, &nt,
+					  (float)m->c.final_softcap);
 	if (loss_sum)
 		*loss_sum = loss;
 	if (n_tokens)
@@ -394,9 +445,9 @@ int ft_model_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
 			m->targets[n++] = m->targets[i];
 		}
 	int64_t nt = 0;
-	double loss = ft_lm_head_loss(m->head_dx, m->lm_head.g, NULL, m->head_x, m->lm_head.w,
-				      m->targets, n, D, c->vocab_size, grad_scale,
-				      m->head_scratch, m->head_chunk, &nt);
+	double loss = ft_lm_head_loss_cap(m->head_dx, m->lm_head.g, NULL, m->head_x, m->lm_head.w,
+					  m->targets, n, D, c->vocab_size, grad_scale,
+					  m->head_scratch, m->head_chunk, &nt, (float)c->final_softcap);
 	if (loss_sum)
 		*loss_sum = loss;
 	if (n_tokens)
@@ -426,8 +477,8 @@ void ftp_model_backward_body(ft_model *m, const ft_batch *b)
 	if (stop == L && !m->norm.g)
 		return;
 	memset(m->d_a, 0, (size_t)N * D * sizeof(float));
-	ft_rmsnorm_backward(m->d_a, m->norm.g, m->d_ln, m->xs + (size_t)L * N * D, m->norm.w,
-			    m->rstdf, N, D);
+	ft_rmsnorm_backward(m->d_a, m->norm.g, m->d_ln, m->xs + (size_t)L * N * D,
+			    ftp_norm_w(m, m->norm.w, D), m->rstdf, N, D);
 	for (int l = L - 1; l >= stop; l--) {
 		const float *x_in = m->xs + (size_t)l * N * D;
 		ftp_acts *a = &m->acts[m->o.gradient_checkpointing ? 0 : l];
@@ -435,6 +486,8 @@ void ftp_model_backward_body(ft_model *m, const ft_batch *b)
 			layer_forward(m, l, a, x_in, m->d_b, b);
 		layer_backward(m, l, a, x_in, b, l > stop || emb);
 	}
+	if (emb && c->gemma)   /* through the sqrt(hidden) scale */
+		for (size_t i = 0; i < (size_t)N * D; i++) m->d_a[i] *= (float)sqrt((double)D);
 	if (emb)
 		ft_embedding_backward(m->wte.g, m->d_a, b->input_ids, N, D);
 }

@@ -33,6 +33,9 @@ typedef struct {
 typedef struct {
 	ftp_wg ln1, ln2, lin[L_NLIN], bias[3];   /* bias: q, k, v (Qwen2) */
 	ftp_lora lora[L_NLIN];
+	ftp_wg qn, kn;        /* q_norm, k_norm [head_dim] (Qwen3); NULL w when absent */
+	ftp_wg ln3, ln4;      /* Gemma: pre/post_feedforward_layernorm (ln2 is its
+			       * post_attention_layernorm, on the attention output) */
 } ftp_layer;
 
 /* Saved activations of one layer for the backward pass. */
@@ -41,6 +44,9 @@ typedef struct {
 	float *gate, *up;
 	float *block;        /* the allocation holding all of them */
 	float *lh[L_NLIN];   /* LoRA hidden [N, r] */
+	float *qr, *kr, *rstdq, *rstdk;   /* q, k before q_norm/k_norm (Qwen3) */
+	float *ao, *rstd_ao, *mo, *rstd_mo;   /* Gemma: attention and MLP outputs
+					       * before their post norms */
 } ftp_acts;
 
 struct ft_model {
@@ -87,6 +93,8 @@ struct ft_model {
 	struct ft_qweight_s *qw;
 	float *qscratch;
 	size_t qscratch_n;
+	float *cos_l, *sin_l, *inv_freq_l;   /* Gemma: sliding layers' RoPE */
+	float *norm_eff;                     /* Gemma: 1 + weight of one norm */
 };
 
 /* The DoRA state of module j of layer l, NULL when it has none. */
@@ -144,6 +152,49 @@ int ftp_config_memory_plan(const ft_config *c, const char *what);
 int ftp_memory_plan_check(double need, const char *kind, const char *what);
 /* The weights in dir (headers only) agree with the config's sizes. */
 int ftp_config_check_weights(const ft_config *c, const char *dir);
+/* model.c: rope_theta and the rope_parameters / rope_scaling object of j. */
+int ftp_config_rope(const json_t *j, ft_config *c, const char *path);
+/* lib/model/rope.c: the config's RoPE as layers.h takes it; yarn's keys
+ * of a rope_parameters / rope_scaling object (rp) into c. */
+void ftp_rope_params_of(const ft_config *c, ft_rope_params *p);
+int ftp_rope_yarn_config(const json_t *rp, ft_config *c, const char *path);
+int ftp_rope_longrope_config(const json_t *rp, const json_t *j, ft_config *c, const char *path);
+/* The rope_parameters object of c (config.json as saved). */
+json_t *ftp_rope_json(const ft_config *c);
+/* lib/model/model_fwd.c: a layer's linear modules with their LoRA. */
+void ftp_lin_forward_many(ft_model *m, int l, const int *js, float *const *ys, int n,
+			  ftp_acts *a, const float *x, int N);
+void ftp_lin_backward(ft_model *m, int l, int j, ftp_acts *a, float *dx, const float *dy,
+		      const float *x, int N);
+/* lib/model/model_gemma.c */
+int ftp_gemma_config(const json_t *j, ft_config *c, const char *path);
+int ftp_layer_sliding(const ft_config *c, int l);
+const float *ftp_norm_w(ft_model *m, const float *w, int n);
+void ftp_gemma_layer_forward(ft_model *m, int l, ftp_acts *a, const float *x_in, float *x_out,
+			     const ft_batch *b);
+void ftp_gemma_layer_backward(ft_model *m, int l, ftp_acts *a, const float *x_in,
+			      const ft_batch *b, int need_dx);
+/* lib/model/arch.c: the families beyond Llama/Mistral/Qwen2. */
+/* Phi-3's fused modules: the group's first module (q for q, k, v; gate
+ * for gate, up; else j itself), the member's first row in the fused
+ * tensor, the fused tensor's rows, and the module name PEFT uses. */
+int ftp_fused_lead(const ft_config *c, int j);
+int ftp_fused_row(const ft_config *c, int j);
+int ftp_fused_rows(const ft_config *c, int j);
+const char *ftp_module_name(const ft_config *c, int j);
+/* LoRA targets of a config: 0, or -1 when they split a fused module. */
+int ftp_check_targets(const ft_config *c, unsigned targets);
+int ftp_arch_from_name(const char *arch, ft_arch *a, const char *path);
+const char *ftp_arch_name(ft_arch a);
+const char *ftp_arch_model_type(ft_arch a);
+int ftp_arch_config(const json_t *j, ft_config *c, const char *path);
+/* q_norm/k_norm: q,k [N, H*hd] normalised per head from the raw
+ * projections a->qr, a->kr; backward turns dq, dk (after RoPE's backward)
+ * into the raw projections' gradients in dqr, dkr (written). */
+void ftp_qk_norm_forward(ft_model *m, const ftp_layer *y, float *q, float *k,
+			 const float *qr, const float *kr, float *rstdq, float *rstdk, int N);
+void ftp_qk_norm_backward(ft_model *m, ftp_layer *y, float *dqr, float *dkr,
+			  const float *dq, const float *dk, const ftp_acts *a, int N);
 
 /* lib/model/model_quant.c */
 ft_model *ftp_model_quantize(ft_model *m);

@@ -63,8 +63,7 @@ int ft_model_read_weights(ft_model *m, const char *dir)
 
 static const char *arch_name(ft_arch a)
 {
-	return a == FT_ARCH_QWEN2 ? "Qwen2ForCausalLM"
-	     : a == FT_ARCH_MISTRAL ? "MistralForCausalLM" : "LlamaForCausalLM";
+	return ftp_arch_name(a);
 }
 
 static json_t *config_json(const ft_model *m, const char *dtype)
@@ -77,17 +76,8 @@ static json_t *config_json(const ft_model *m, const char *dtype)
 		return j;
 	}
 	const ft_config *c = &m->c;
-	const char *mt = c->arch == FT_ARCH_QWEN2 ? "qwen2"
-		       : c->arch == FT_ARCH_MISTRAL ? "mistral" : "llama";
-	json_t *rp = json_pack("{s:s, s:f}", "rope_type", c->rope_type, "rope_theta", c->rope_theta);
-	if (strcmp(c->rope_type, "default"))
-		json_object_set_new(rp, "factor", json_real(c->rope_factor));
-	if (!strcmp(c->rope_type, "llama3")) {
-		json_object_set_new(rp, "low_freq_factor", json_real(c->rope_low_freq_factor));
-		json_object_set_new(rp, "high_freq_factor", json_real(c->rope_high_freq_factor));
-		json_object_set_new(rp, "original_max_position_embeddings",
-				    json_integer(c->rope_original_max_pos));
-	}
+	const char *mt = ftp_arch_model_type(c->arch);
+	json_t *rp = ftp_rope_json(c);
 	return json_pack("{s:[s], s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:o, "
 			 "s:b, s:s, s:s}",
 			 "architectures", arch_name(c->arch), "model_type", mt,
@@ -152,12 +142,12 @@ int ft_model_save_full(ft_model *m, const char *dir, const char *dtype)
 	return rc;
 }
 
-static json_t *targets_json(unsigned t)
+static json_t *targets_json(const ft_config *c, unsigned t)
 {
 	json_t *a = json_array();
 	for (int j = 0; j < L_NLIN; j++)
-		if (t >> j & 1)
-			json_array_append_new(a, json_string(ft_lin_names[j]));
+		if (t >> j & 1 && ftp_fused_lead(c, j) == j)
+			json_array_append_new(a, json_string(ftp_module_name(c, j)));
 	return a;
 }
 
@@ -207,7 +197,7 @@ int ftp_adapter_config_save(ft_model *m, const char *dir, int r, double a, int p
 		"lora_bias", 0, "lora_dropout", o->lora_dropout, "megatron_config",
 		"megatron_core", "megatron.core", "modules_to_save", "peft_type", "LORA",
 		"r", r, "rank_pattern", "revision", "target_modules",
-		targets_json(o->lora_targets), "task_type", "CAUSAL_LM", "use_dora", o->use_dora,
+		targets_json(&m->c, o->lora_targets), "task_type", "CAUSAL_LM", "use_dora", o->use_dora,
 		"use_rslora", o->use_rslora);
 	if (!j)
 		return ft_fail("%s: cannot build adapter_config.json", dir);
@@ -226,7 +216,7 @@ int ft_model_save(ft_model *m, const char *dir)
 
 /* The LoRA targets as module bits: ft applies one set of linear layers to
  * every decoder layer, so names must be the layers' own (q_proj, ...). */
-static int parse_targets(const ft_adapter_config *c, unsigned *out)
+static int parse_targets(const ft_config *mc, const ft_adapter_config *c, unsigned *out)
 {
 	*out = 0;
 	if (c->target_regex) {
@@ -236,8 +226,8 @@ static int parse_targets(const ft_adapter_config *c, unsigned *out)
 			return 0;
 		}
 		for (int j = 0; j < L_NLIN; j++)
-			if (!strcmp(s, ft_lin_names[j]))
-				*out = 1u << j;
+			if (!strcmp(s, ftp_module_name(mc, j)))
+				*out |= 1u << j;
 		return *out ? 0 : ft_fail("%s: target_modules '%s' is not supported", c->path, s);
 	}
 	if (!c->n_target_modules)
@@ -246,13 +236,15 @@ static int parse_targets(const ft_adapter_config *c, unsigned *out)
 		const char *s = c->target_modules[i];
 		int found = 0;
 		for (int j = 0; j < L_NLIN; j++)
-			if (!strcmp(s, ft_lin_names[j])) {
+			if (!strcmp(s, ftp_module_name(mc, j))) {   /* qkv_proj: q, k, v */
 				*out |= 1u << j;
 				found = 1;
 			}
 		if (!found)
-			return ft_fail("%s: target module %s is not supported (q_proj k_proj "
-				       "v_proj o_proj gate_proj up_proj down_proj)", c->path, s);
+			return ft_fail(mc->fused ? "%s: target module %s is not supported (qkv_proj "
+				       "o_proj gate_up_proj down_proj)" : "%s: target module %s is not "
+				       "supported (q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)",
+				       c->path, s);
 	}
 	return 0;
 }
@@ -311,7 +303,7 @@ int ft_model_load_adapter(ft_model *m, const char *dir)
 	int rc = -1;
 	unsigned targets;
 	if (ft_adapter_config_load(path, &c) < 0 || check_config(&c) < 0 ||
-	    parse_targets(&c, &targets) < 0)
+	    parse_targets(&m->c, &c, &targets) < 0)
 		goto out;
 	ftp_lora_setup(m, c.r, c.lora_alpha, c.use_rslora, targets);
 	m->o.use_dora = 0;
@@ -321,6 +313,11 @@ int ft_model_load_adapter(ft_model *m, const char *dir)
 		goto out;
 	}
 	int pissa = c.init_lora_weights && !strncmp(c.init_lora_weights, "pissa", 5);
+	if ((c.use_dora || pissa) && m->c.fused) {
+		ft_fail("%s: a %s adapter on Phi-3's fused modules is not implemented in ft yet", c.path,
+			c.use_dora ? "DoRA" : "PiSSA");
+		goto out;
+	}
 	if ((c.use_dora || pissa) && m->qw) {   /* both need the fp32 base */
 		ft_fail("%s: a %s adapter on a quantized base (--quantization_bit) is not implemented in ft yet",
 			c.path, c.use_dora ? "DoRA" : "PiSSA");

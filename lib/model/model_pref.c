@@ -105,6 +105,9 @@ int ft_model_logps_forward(ft_model *m, const ft_batch *b, int train, float *log
 		m->dropout_calls++;
 	if (!b->labels)
 		return ft_fail("batch %lld: no labels", (long long)b->index);
+	if (m->c.final_softcap > 0)   /* the log-prob head has no soft-capping yet */
+		return ft_fail("the preference stages on Gemma 2 (final_logit_softcapping) are not "
+			       "implemented in ft yet");
 	if (ftp_model_forward_body(m, b) < 0)
 		return -1;
 	int N = b->B * b->T, D = m->c.hidden_size, V = m->c.vocab_size;

@@ -95,6 +95,11 @@ ft_model *ftp_model_quantize(ft_model *m)
 	if (!m || !m->o.quantization_bit)
 		return m;
 	const ft_config *c = &m->c;
+	if (c->fused) {   /* q|k|v share one tensor there: quantize_lin works per module */
+		ft_fail("--quantization_bit on Phi-3's fused qkv_proj/gate_up_proj is not implemented in ft yet");
+		ft_model_free(m);
+		return NULL;
+	}
 	int mx = 0;
 	for (int l = 0; l < c->num_hidden_layers; l++)
 		for (int j = 0; j < L_NLIN; j++) {

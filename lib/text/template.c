@@ -26,6 +26,7 @@ struct ft_template {
 	size_t n_stop;
 	char *thought[2], *tool_call[2];
 	int efficient_eos, replace_eos, llama2;
+	int reasoning, enable_thinking, preserve_thinking;   /* ReasoningTemplate */
 	const char **tokens;        /* named tokens used by the slots */
 	size_t n_tokens;
 };
@@ -39,6 +40,7 @@ typedef struct {
 	const char *default_system;
 	const char *stop[3];
 	int efficient_eos, replace_eos, llama2;
+	int reasoning;              /* template_class=ReasoningTemplate */
 } builtin;
 
 #define IM_USER "<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n"
@@ -97,6 +99,14 @@ static const builtin BUILTINS[] = {
 	  .function = { "{{content}}<|im_end|>\n" }, .fn_tools = FT_TOOLS_QWEN,
 	  .observation = { QWEN_OBS }, .tools_fmt = FT_TOOLS_QWEN,
 	  .stop = { "<|im_end|>" }, .replace_eos = 1 },
+	{ .name = "qwen3",
+	  .user = { IM_USER }, .assistant = { "{{content}}<|im_end|>\n" }, .system = { IM_SYSTEM },
+	  .function = { "{{content}}<|im_end|>\n" }, .fn_tools = FT_TOOLS_QWEN,
+	  .observation = { QWEN_OBS }, .tools_fmt = FT_TOOLS_QWEN,
+	  .stop = { "<|im_end|>" }, .replace_eos = 1, .reasoning = 1 },
+	{ .name = "deepseekr1",
+	  .user = { "<｜User｜>{{content}}<｜Assistant｜>" },
+	  .prefix = { BOS }, .reasoning = 1 },
 	{ .name = "chatml",
 	  .user = { IM_USER }, .assistant = { "{{content}}<|im_end|>\n" }, .system = { IM_SYSTEM },
 	  .observation = { "<|im_start|>tool\n{{content}}<|im_end|>\n<|im_start|>assistant\n" },
@@ -110,6 +120,17 @@ static const builtin BUILTINS[] = {
 	  .system = { "{{content}}\n\n" },
 	  .observation = { "<start_of_turn>tool\n{{content}}<end_of_turn>\n<start_of_turn>model\n" },
 	  .prefix = { BOS }, .stop = { "<end_of_turn>" }, .replace_eos = 1, .llama2 = 1 },
+	{ .name = "gemma3",   /* llamafactory's gemma3: gemma's text, an image plugin ft has not */
+	  .user = { "<start_of_turn>user\n{{content}}<end_of_turn>\n<start_of_turn>model\n" },
+	  .assistant = { "{{content}}<end_of_turn>\n" },
+	  .system = { "{{content}}\n\n" },
+	  .observation = { "<start_of_turn>tool\n{{content}}<end_of_turn>\n<start_of_turn>model\n" },
+	  .prefix = { BOS }, .stop = { "<end_of_turn>" }, .replace_eos = 1, .llama2 = 1 },
+	{ .name = "phi4",
+	  .user = { "<|im_start|>user<|im_sep|>{{content}}<|im_end|><|im_start|>assistant<|im_sep|>" },
+	  .assistant = { "{{content}}<|im_end|>" },
+	  .system = { "<|im_start|>system<|im_sep|>{{content}}<|im_end|>" },
+	  .stop = { "<|im_end|>" }, .replace_eos = 1 },
 	{ .name = "deepseek",
 	  .user = { "User: {{content}}\n\nAssistant:" },
 	  .system = { "{{content}}\n\n" }, .prefix = { BOS } },
@@ -199,6 +220,7 @@ static ft_template *new_template(const char *name)
 	t->thought[1] = ft_xstrdup("\n</think>\n\n");
 	t->tool_call[0] = ft_xstrdup("<tool_call>");
 	t->tool_call[1] = ft_xstrdup("</tool_call>");
+	t->enable_thinking = 1;   /* llamafactory's data_args default */
 	return t;
 }
 
@@ -235,6 +257,7 @@ static ft_template *from_builtin(const builtin *b)
 	t->efficient_eos = b->efficient_eos;
 	t->replace_eos = b->replace_eos;
 	t->llama2 = b->llama2;
+	t->reasoning = b->reasoning;
 	t->fn_tools = b->fn_tools;
 	t->tools_fmt = b->tools_fmt;
 	if (b->user[0]) slots_from_strs(t, &t->user, b->user, 5);
@@ -347,7 +370,8 @@ static int load_fields(ft_template *t, const json_t *o)
 	if (cls) {
 		if (!strcmp(cls, "llama2")) t->llama2 = 1;
 		else if (!strcmp(cls, "default")) t->llama2 = 0;
-		else return ft_fail("template_class must be \"default\" or \"llama2\"");
+		else if (!strcmp(cls, "reasoning")) t->reasoning = 1;
+		else return ft_fail("template_class must be \"default\", \"llama2\" or \"reasoning\"");
 	}
 	const char *tf = ft_json_str(o, "tool_format", NULL);
 	if (tf) {
@@ -449,6 +473,15 @@ size_t ft_template_n_stop_words(const ft_template *t) { return t->n_stop; }
 const char *ft_template_stop_word(const ft_template *t, size_t i) { return t->stop_words[i]; }
 int ft_template_efficient_eos(const ft_template *t) { return t->efficient_eos; }
 int ft_template_replace_eos(const ft_template *t) { return t->replace_eos; }
+int ft_template_is_reasoning(const ft_template *t) { return t->reasoning; }
+int ft_template_enable_thinking(const ft_template *t) { return t->enable_thinking; }
+int ft_template_preserve_thinking(const ft_template *t) { return t->preserve_thinking; }
+void ft_template_set_thinking(ft_template *t, int enable_thinking, int preserve_thinking)
+{
+	t->enable_thinking = enable_thinking;
+	t->preserve_thinking = preserve_thinking;
+}
+const char *ft_template_thought_word(const ft_template *t, int i) { return t->thought[i != 0]; }
 size_t ft_template_tokens(const ft_template *t, const char ***out)
 {
 	*out = t->tokens;

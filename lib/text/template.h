@@ -66,6 +66,23 @@ size_t ft_template_n_stop_words(const ft_template *t);
 const char *ft_template_stop_word(const ft_template *t, size_t i);
 int ft_template_efficient_eos(const ft_template *t);
 int ft_template_replace_eos(const ft_template *t);
+/* Reasoning templates (llamafactory's ReasoningTemplate: qwen3,
+ * deepseekr1): --enable_thinking (default on) and --preserve_thinking
+ * (default off) decide which thoughts are removed and where an empty
+ * thought goes; the encoders in lib/data/preprocess_think.c apply them.
+ * thought word 0 opens a thought, 1 closes it. */
+int ft_template_is_reasoning(const ft_template *t);
+int ft_template_enable_thinking(const ft_template *t);
+int ft_template_preserve_thinking(const ft_template *t);
+void ft_template_set_thinking(ft_template *t, int enable_thinking, int preserve_thinking);
+const char *ft_template_thought_word(const ft_template *t, int i);
+/* template_think.c: remove_thought (every "<open>...<close>" span, then
+ * leading newlines), whether content holds either thought word (without
+ * surrounding whitespace), and add_thought("") (the two words). */
+char *ft_template_remove_thought(const ft_template *t, const char *content);
+int ft_template_has_thought(const ft_template *t, const char *content);
+char *ft_template_empty_thought(const ft_template *t);
+
 /* Every named token ({"token": ...}) used by the template's slots. */
 size_t ft_template_tokens(const ft_template *t, const char ***out);
 

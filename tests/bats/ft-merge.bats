@@ -128,14 +128,14 @@ AD="$FIXTURES/merge/llama-r4/adapter"
 	for d in ia3 dora tgt; do cp "$AD"/* $d/; done
 	sed -i 's/"LORA"/"IA3"/' ia3/adapter_config.json
 	sed -i 's/"use_dora": false/"use_dora": true/' dora/adapter_config.json
-	sed -i 's/"q_proj"/"qkv_proj"/' tgt/adapter_config.json
+	sed -i 's/"q_proj"/"wqkv"/' tgt/adapter_config.json
 	cp "$AD/adapter_config.json" bin/ && echo x > bin/adapter_model.bin
 	run -1 ft-merge --model_name_or_path "$BASE" --adapter_name_or_path ia3 --export_dir o
 	assert_output --partial "peft_type is IA3; only LoRA"
 	run -1 ft-merge --model_name_or_path "$BASE" --adapter_name_or_path dora --export_dir o
 	assert_output --partial "DoRA"
 	run -1 ft-merge --model_name_or_path "$BASE" --adapter_name_or_path tgt --export_dir o
-	assert_output --partial "unknown target module 'qkv_proj'"
+	assert_output --partial "unknown target module 'wqkv'"
 	run -1 ft-merge --model_name_or_path "$BASE" --adapter_name_or_path bin --export_dir o
 	assert_output --partial "safetensors only"
 	[ ! -e o ]

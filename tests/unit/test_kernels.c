@@ -88,7 +88,7 @@ static void test_rope(void)
 	memcpy(x2, x1, n * 4);
 	float inv[4];
 	int32_t pos[6] = { 0, 1, 2, 7, 100, 3 };
-	ft_rope_params p = { "default", 10000, 1, 1, 4, 8192, 8192 };
+	ft_rope_params p = { "default", 10000, 1, 1, 4, 8192, 8192, 0, 0, 0, 0, NULL, NULL };
 	ft_rope_inv_freq(inv, hd, &p, 101);
 	ft_rope_tables(c, s, pos, N, inv, hd);
 	for (int dir = 0; dir < 2; dir++) {
@@ -244,7 +244,7 @@ static void test_attn_mask(void)
 	float *o1 = calloc(nq, 4), *o2 = calloc(nq, 4), *lse = calloc((size_t)B * Hq * T, 4);
 	int32_t seg[18] = { 1, 1, 1, 2, 2, 2, 2, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1 };
 	for (int win = 0; win <= 3; win += 3) {
-		ft_attn_shape s = { B, T, Hq, Hk, hd, win, seg };
+		ft_attn_shape s = { B, T, Hq, Hk, hd, win, seg, 0, 0 };
 		ft_attention_forward(o1, lse, q, k, v, &s);
 		float sc = 1.0f / sqrtf((float)hd);
 		for (int b = 0; b < B; b++)

@@ -89,7 +89,7 @@ static void test_rope(void)
 	ft_st *st = ft_st_open("tests/fixtures/parity/rope.safetensors");
 	const char *types[] = { "default", "linear", "dynamic", "llama3" };
 	for (int i = 0; st && i < 4; i++) {
-		ft_rope_params p = { "", 10000.0, i == 3 ? 8.0 : 2.0, 1.0, 4.0, 16, 8 };
+		ft_rope_params p = { "", 10000.0, i == 3 ? 8.0 : 2.0, 1.0, 4.0, 16, 8, 0, 0, 0, 0, NULL, NULL };
 		snprintf(p.type, sizeof p.type, "%s", types[i]);
 		float inv[8], ref[8];
 		char name[64];
@@ -108,11 +108,12 @@ static void test_rope(void)
 	if (!st)
 		ok(0, "rope fixture: run from the repository root");
 	ft_st_close(st);
-	ft_rope_params bad = { "yarn", 10000, 2, 1, 4, 16, 8 };
+	ft_rope_params bad = { "ntk", 10000, 2, 1, 4, 16, 8, 0, 0, 0, 0, NULL, NULL };
 	float inv[8];
-	ok(ft_rope_inv_freq(inv, 16, &bad, 8) < 0, "rope type yarn refused");
+	ok(ft_rope_inv_freq(inv, 16, &bad, 8) < 0, "an unknown rope type is refused");
 	/* dynamic does nothing up to max_position_embeddings */
-	ft_rope_params d = { "dynamic", 10000, 2, 1, 4, 16, 8 }, z = { "default", 10000, 1, 1, 4, 16, 8 };
+	ft_rope_params d = { "dynamic", 10000, 2, 1, 4, 16, 8, 0, 0, 0, 0, NULL, NULL },
+		       z = { "default", 10000, 1, 1, 4, 16, 8, 0, 0, 0, 0, NULL, NULL };
 	float a[8], b[8];
 	ft_rope_inv_freq(a, 16, &d, 8);
 	ft_rope_inv_freq(b, 16, &z, 8);

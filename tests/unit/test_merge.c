@@ -270,7 +270,7 @@ static void test_refusals(void)
 	char *d = bad_adapter("bad-shape", NULL, NULL, 32);
 	refuse(d, "adapter is for a [64, 32] weight but the base model's is [64, 96]", "lora_A with the wrong width");
 	free(d);
-	d = bad_adapter("bad-module", "self_attn.q_proj.", "self_attn.qkv_proj.", 0);
+	d = bad_adapter("bad-module", "self_attn.q_proj.", "self_attn.wqkv.", 0);
 	refuse(d, "unknown target module", "unknown module name in the tensors");
 	free(d);
 	/* an adapter for a deeper model than the base */

@@ -438,9 +438,9 @@ static void test_configs(void)
 	   "mistral config, 4.x rope_scaling spelling, head_dim derived");
 	write_file(path, "{\"architectures\": [\"LlamaForCausalLM\"], \"vocab_size\": 100, "
 		   "\"hidden_size\": 64, \"intermediate_size\": 96, \"num_hidden_layers\": 2, "
-		   "\"num_attention_heads\": 8, \"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}}");
+		   "\"num_attention_heads\": 8, \"rope_scaling\": {\"rope_type\": \"longrope\", \"factor\": 4.0}}");
 	rc = ft_config_load(path, &c);
-	ok(rc < 0 && strstr(ft_errmsg(), "yarn"), "rope type yarn refused: %s", ft_errmsg());
+	ok(rc < 0 && strstr(ft_errmsg(), "longrope"), "rope type longrope refused: %s", ft_errmsg());
 	write_file(path, "{\"architectures\": [\"LlamaForCausalLM\"], \"vocab_size\": 100, "
 		   "\"hidden_size\": 64, \"intermediate_size\": 96, \"num_hidden_layers\": 2, "
 		   "\"num_attention_heads\": 8, \"num_key_value_heads\": 3}");

@@ -11,6 +11,8 @@ typedef struct {
 	/* model */
 	const char *model_dir, *adapters, *tokenizer_path, *template_name;
 	const char *default_system;
+	int enable_thinking, preserve_thinking;   /* reasoning templates */
+	const char *rope_scaling;                 /* --rope_scaling, inference factor 2 */
 	/* input / output */
 	const char *input, *output;
 	int lines, strict, interactive, skip_special;

@@ -35,6 +35,11 @@ static void usage(void)
 "                               (LLM.int8()) weights, as the adapter was trained on\n"
 "  --quantization_type nf4|fp4 (nf4)  --double_quantization BOOL (true)\n"
 "  --quantization_method bnb    (gptq, awq, hqq, eetq: not implemented)\n"
+"  --enable_thinking[=B]        reasoning templates (qwen3, deepseekr1): false puts\n"
+"                               an empty thought in the prompt (default true)\n"
+"  --preserve_thinking[=B]      keep earlier turns' thoughts (default false)\n"
+"  --rope_scaling TYPE          linear, dynamic, yarn or llama3: RoPE stretched 2x,\n"
+"                               as LLaMA-Factory's inference\n"
 "Sampling (defaults as LLaMA-Factory's generating arguments):\n"
 "  --do_sample BOOL             sample (default true); false = greedy\n"
 "  --temperature X              default 0.95\n"
@@ -74,6 +79,7 @@ enum {
 	O_PREDICT, O_DATASET, O_DATASET_DIR, O_MAX_SAMPLES, O_CUTOFF, O_OUTPUT_DIR, O_OVERWRITE,
 	O_BF16, O_FP16,
 	O_QBIT, O_QTYPE, O_QDOUBLE, O_QMETHOD,
+	O_ENABLE_THINKING, O_PRESERVE_THINKING, O_ROPE_SCALING,
 };
 
 static const struct option longopts[] = {
@@ -82,6 +88,9 @@ static const struct option longopts[] = {
 	{"tokenizer", required_argument, 0, O_TOKENIZER},
 	{"template", required_argument, 0, O_TEMPLATE},
 	{"default_system", required_argument, 0, O_SYSTEM},
+	{"enable_thinking", optional_argument, 0, O_ENABLE_THINKING},
+	{"rope_scaling", required_argument, 0, O_ROPE_SCALING},
+	{"preserve_thinking", optional_argument, 0, O_PRESERVE_THINKING},
 	{"device", required_argument, 0, O_DEVICE},
 	{"do_sample", optional_argument, 0, O_DO_SAMPLE},
 	{"temperature", required_argument, 0, O_TEMP},
@@ -149,6 +158,11 @@ static void parse_args(gen_cli *o, int argc, char **argv)
 		case O_DEVICE: o->device = optarg, o->device_given = 1; break;
 		case O_BF16: o->bf16 = ft_optarg_bool("bf16", argc, argv); break;
 		case O_FP16: o->fp16 = ft_optarg_bool("fp16", argc, argv); break;
+		case O_ROPE_SCALING: o->rope_scaling = optarg; break;
+		case O_ENABLE_THINKING: o->enable_thinking = ft_optarg_bool("enable_thinking", argc, argv); break;
+		case O_PRESERVE_THINKING:
+			o->preserve_thinking = ft_optarg_bool("preserve_thinking", argc, argv);
+			break;
 		case O_DO_SAMPLE: o->gen.sampling.do_sample = ft_optarg_bool("do_sample", argc, argv); break;
 		case O_SKIP: o->skip_special = ft_optarg_bool("skip_special_tokens", argc, argv); break;
 		case O_LINES: o->lines = 1; break;
@@ -198,12 +212,26 @@ static void load_model(const gen_cli *o, gen_env *e)
 {
 	ft_tune_opts t = {0};
 	t.type = o->adapters ? FT_FT_LORA : FT_FT_FREEZE;   /* freeze, 0 layers: no gradients */
-	t.lora_rank = 8, t.lora_alpha = 16, t.lora_targets = FT_MOD_Q | FT_MOD_V;
+	/* placeholders until the adapter's config replaces them (all linear:
+	 * valid for every family, Phi-3's fused modules included) */
+	t.lora_rank = 8, t.lora_alpha = 16, t.lora_targets = FT_MOD_ALL_LINEAR;
 	ft_tune_opts q = { .type = FT_FT_LORA };
 	ft_quant_parse(&q, o->q_bit, o->q_type, o->q_double, o->q_method);   /* checked in parse_args */
 	t.quantization_bit = q.quantization_bit;
 	t.quantization_fp4 = q.quantization_fp4;
 	t.double_quantization = q.double_quantization;
+	if (o->rope_scaling) {   /* llamafactory: prediction stretches to cutoff_len, chat 2x */
+		ft_config conf;
+		const char *why;
+		char *cfg = ft_xasprintf("%s/config.json", o->model_dir);
+		if (ft_config_load(cfg, &conf) < 0) die_lib();
+		free(cfg);
+		t.model_max_length = o->do_predict ? o->cutoff_len : 0;
+		int rc = ft_config_rope_override(&conf, o->rope_scaling, t.model_max_length, &why);
+		if (rc < 0) die_usage("%s", ft_errmsg());
+		if (rc == 1) warn("--rope_scaling %s: %s", o->rope_scaling, why);
+		else t.rope_scaling = o->rope_scaling;
+	}
 	e->model = ft_model_load(o->model_dir, &t);
 	if (!e->model) die_lib();
 	if (!o->adapters) return;
@@ -225,6 +253,7 @@ static void load_env(const gen_cli *o, gen_env *e)
 	e->tmpl = ft_template_open(o->template_name ? o->template_name : "empty");
 	if (!e->tmpl) die_usage("%s", ft_errmsg());
 	if (o->default_system) ft_template_set_default_system(e->tmpl, o->default_system);
+	ft_template_set_thinking(e->tmpl, o->enable_thinking, o->preserve_thinking);
 	ft_prep_opts po = {0};
 	po.stage = FT_STAGE_SFT, po.predict = 1, po.cutoff_len = o->cutoff_len;
 	e->prep = ft_prep_new(e->tok, e->tmpl, &po);
@@ -255,6 +284,7 @@ int main(int argc, char **argv)
 	o.gen.seed = 42;
 	o.skip_special = 1;
 	o.cutoff_len = 2048;
+	o.enable_thinking = 1;   /* llamafactory's data_args default */
 	parse_args(&o, argc, argv);
 	if (!o.input && !o.dataset && !o.interactive && ft_stdin_is_terminal()) {
 		usage();

@@ -23,8 +23,8 @@ static void usage(FILE *fp)
 "(sharded with model.safetensors.index.json when larger than --export_size),\n"
 "config.json with its dtype updated, generation_config.json and the tokenizer\n"
 "files.  Adapters are PEFT LoRA adapters (adapter_config.json +\n"
-"adapter_model.safetensors) for Llama/Mistral/Qwen2 models: ft-train's or any\n"
-"other, e.g. LLaMA-Factory's.  Several are applied in the order given; with\n"
+"adapter_model.safetensors) for Llama/Mistral/Qwen2/Qwen3/Gemma models:\n"
+"ft-train's or any other, e.g. LLaMA-Factory's.  Several are applied in the order given; with\n"
 "none, the model itself is exported (dtype, shards), as llamafactory-cli\n"
 "export does for a full fine-tune.  A LLaMA-Factory merge YAML may come\n"
 "first; flags after it override its keys; its other settings are ignored or\n"
@@ -34,6 +34,8 @@ static void usage(FILE *fp)
 "      --adapter_name_or_path LIST  adapter directories, comma-separated (optional)\n"
 "      --export_dir DIR             output directory (written atomically)\n"
 "      --export_dtype T             auto (the base config's dtype), bf16, fp16, fp32\n"
+"      --rope_scaling TYPE          linear, dynamic, yarn or llama3: the exported\n"
+"                                   config stretches RoPE 2x (LLaMA-Factory's export)\n"
 "      --export_size SIZE           largest shard: GB as a bare number (LLaMA-Factory's\n"
 "                                   export_size, default 5), or 2GB, 500MB, 1GiB\n"
 "      --overwrite                  replace a non-empty export directory\n"
@@ -137,6 +139,12 @@ static int take_short(int *argc, char **argv, int *threads, int *quiet)
 	return 0;
 }
 
+static int rope_edit(void *config_json, void *ctx)
+{
+	ft_config_rope_to_json(config_json, ctx);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	ft_cli_init(argc, argv);
@@ -160,6 +168,7 @@ int main(int argc, char **argv)
 		"model_name_or_path", "adapter_name_or_path", "export_dir", "export_dtype", "export_size",
 		"overwrite", "finetuning_type", "export_legacy_format", "export_quantization_bit",
 		"quantization_bit", "quantization_type", "double_quantization", "quantization_method",
+		"rope_scaling",
 	};
 	for (size_t i = 0; i < args.n; i++) {
 		int ok = 0;
@@ -213,6 +222,12 @@ int main(int argc, char **argv)
 	char *cfg = ft_xasprintf("%s/config.json", o.model_dir);
 	if (ft_config_load(cfg, &conf) < 0) die("%s", ft_errmsg());
 	free(cfg);
+	const char *rope = ft_lfargs_get(&args, "rope_scaling", NULL), *why;
+	if (rope) {   /* llamafactory's export loads for inference: factor 2 */
+		if (ft_config_rope_override(&conf, rope, 0, &why) < 0) die_usage("%s", ft_errmsg());
+		o.config_edit = rope_edit;
+		o.config_edit_ctx = &conf;
+	}
 	struct sigaction sa = { .sa_handler = on_signal };
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);

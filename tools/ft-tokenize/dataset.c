@@ -44,6 +44,10 @@ static const char usage_text[] =
 "                           empty); --template list prints the built-in names\n"
 "  --default_system TEXT    replace the template's default system prompt\n"
 "  --tool_format NAME       default, qwen, mistral, glm4 or llama3 tool formatting\n"
+"  --enable_thinking[=B]    reasoning templates (qwen3, deepseekr1): true (default)\n"
+"                           trains on an empty thought where a response has none;\n"
+"                           false removes thoughts and puts the empty one in the prompt\n"
+"  --preserve_thinking[=B]  keep the thoughts of earlier turns (default false)\n"
 "\n"
 "Records:\n"
 "  --stage S                pt, sft (default), rm, dpo, kto or ppo\n"
@@ -86,11 +90,13 @@ typedef struct {
 	char *mix, *probs, *output, *cache_dir;
 	long long max_samples, cutoff_len, seed, window;
 	int stage, predict, train_on_prompt, mask_history, strict, force, overwrite_cache, no_cache;
+	int enable_thinking, preserve_thinking;
 } opts;
 
 enum { O_DATASET = 256, O_DATASET_DIR, O_FORMATTING, O_TOKENIZER, O_TEMPLATE, O_DEFAULT_SYSTEM,
        O_TOOL_FORMAT, O_MIX, O_PROBS, O_SEED, O_MAX_SAMPLES, O_CUTOFF, O_STAGE, O_PREDICT,
-       O_TRAIN_ON_PROMPT, O_MASK_HISTORY, O_WINDOW, O_STRICT, O_CACHE_DIR, O_OVERWRITE, O_NO_CACHE };
+       O_TRAIN_ON_PROMPT, O_MASK_HISTORY, O_WINDOW, O_STRICT, O_CACHE_DIR, O_OVERWRITE, O_NO_CACHE,
+       O_ENABLE_THINKING, O_PRESERVE_THINKING };
 
 static void parse_args(int argc, char **argv, opts *o)
 {
@@ -112,6 +118,8 @@ static void parse_args(int argc, char **argv, opts *o)
 		{ "predict_with_generate", optional_argument, 0, O_PREDICT },
 		{ "train_on_prompt", optional_argument, 0, O_TRAIN_ON_PROMPT },
 		{ "mask_history", optional_argument, 0, O_MASK_HISTORY },
+		{ "enable_thinking", optional_argument, 0, O_ENABLE_THINKING },
+		{ "preserve_thinking", optional_argument, 0, O_PRESERVE_THINKING },
 		{ "preprocessing_batch_size", required_argument, 0, O_WINDOW },
 		{ "strict", no_argument, 0, O_STRICT },
 		{ "cache_dir", required_argument, 0, O_CACHE_DIR },
@@ -127,6 +135,7 @@ static void parse_args(int argc, char **argv, opts *o)
 	o->dataset_dir = "data";
 	o->max_samples = -1;
 	o->cutoff_len = 2048;
+	o->enable_thinking = 1;   /* llamafactory's data_args default */
 	o->seed = 42;
 	o->window = 1000;
 	o->stage = FT_STAGE_SFT;
@@ -156,6 +165,8 @@ static void parse_args(int argc, char **argv, opts *o)
 		case O_PREDICT: o->predict = optarg ? ft_parse_bool(name, optarg) : 1; break;
 		case O_TRAIN_ON_PROMPT: o->train_on_prompt = optarg ? ft_parse_bool(name, optarg) : 1; break;
 		case O_MASK_HISTORY: o->mask_history = optarg ? ft_parse_bool(name, optarg) : 1; break;
+		case O_ENABLE_THINKING: o->enable_thinking = optarg ? ft_parse_bool(name, optarg) : 1; break;
+		case O_PRESERVE_THINKING: o->preserve_thinking = optarg ? ft_parse_bool(name, optarg) : 1; break;
 		case O_OVERWRITE: o->overwrite_cache = optarg ? ft_parse_bool(name, optarg) : 1; break;
 		case O_STRICT: o->strict = 1; break;
 		case O_CACHE_DIR: o->cache_dir = optarg; break;
@@ -377,6 +388,10 @@ static json_t *make_header(const opts *o, const ft_tokenizer *tok, const ft_temp
 	json_object_set_new(meta, "cutoff_len", json_integer(o->cutoff_len));
 	json_object_set_new(meta, "train_on_prompt", json_boolean(o->train_on_prompt));
 	json_object_set_new(meta, "mask_history", json_boolean(o->mask_history));
+	if (ft_template_is_reasoning(t)) {
+		json_object_set_new(meta, "enable_thinking", json_boolean(o->enable_thinking));
+		json_object_set_new(meta, "preserve_thinking", json_boolean(o->preserve_thinking));
+	}
 	json_object_set_new(meta, "datasets", ds);
 	json_object_set_new(meta, "counts", counts_json(rs));
 	json_t *h = json_object();
@@ -583,6 +598,7 @@ int tokenize_dataset_main(int argc, char **argv)
 	if (!o.template) warn("no --template: using 'empty' (llamafactory would parse the tokenizer's chat template)");
 	if (o.default_system) ft_template_set_default_system(t, o.default_system);
 	if (o.tool_format) ft_template_set_tool_format(t, ft_tool_format_parse(o.tool_format));
+	ft_template_set_thinking(t, o.enable_thinking, o.preserve_thinking);
 	if (o.train_on_prompt && ft_template_efficient_eos(t))
 		die_usage("template '%s' does not support --train_on_prompt (efficient_eos)", ft_template_name(t));
 	ft_tokenizer *tok = ft_tokenizer_load(o.tokenizer);

@@ -14,7 +14,7 @@ static const struct { const char *key, *owner; } owned[] = {
 	{"preprocessing_num_workers", "ft-tokenize"}, {"max_samples", "ft-tokenize"},
 	{"tokenized_path", "ft-tokenize"}, {"train_on_prompt", "ft-tokenize"},
 	{"mask_history", "ft-tokenize"}, {"default_system", "ft-tokenize"},
-	{"enable_thinking", "ft-tokenize"}, {"tool_format", "ft-tokenize"},
+	{"enable_thinking", "ft-tokenize"}, {"preserve_thinking", "ft-tokenize"}, {"tool_format", "ft-tokenize"},
 	{"streaming", "ft-tokenize"}, {"mix_strategy", "ft-tokenize"},
 	{"interleave_probs", "ft-tokenize"}, {"media_dir", "ft-tokenize"},
 	{"packing", "ft-pack"}, {"neat_packing", "ft-pack"}, {"val_size", "ft-pack"},
@@ -41,7 +41,8 @@ static const char *const known[] = {
 	"gradient_checkpointing", "bf16", "fp16", "plot_loss", "device", "eval_strategy",
 	"save_strategy", "logging_strategy", "optim", "allow_tokenizer_mismatch", "skip_nonfinite",
 	"ddp_timeout", "zero", "deepspeed",
-	"quantization_bit", "quantization_type", "double_quantization", "quantization_method", NULL,
+	"quantization_bit", "quantization_type", "double_quantization", "quantization_method",
+	"rope_scaling", NULL,
 };
 
 static int in_list(const char *const *l, const char *k)
@@ -119,6 +120,8 @@ static unsigned module_bit(const char *name)
 		{"q_proj", FT_MOD_Q}, {"k_proj", FT_MOD_K}, {"v_proj", FT_MOD_V}, {"o_proj", FT_MOD_O},
 		{"gate_proj", FT_MOD_GATE}, {"up_proj", FT_MOD_UP}, {"down_proj", FT_MOD_DOWN},
 		{"self_attn", FT_MOD_SELF_ATTN}, {"mlp", FT_MOD_MLP}, {"all", FT_MOD_ALL_LINEAR},
+		/* Phi-3's fused modules (the model refuses a split of them) */
+		{"qkv_proj", FT_MOD_Q | FT_MOD_K | FT_MOD_V}, {"gate_up_proj", FT_MOD_GATE | FT_MOD_UP},
 	};
 	for (size_t i = 0; i < sizeof m / sizeof *m; i++)
 		if (!strcmp(m[i].n, name)) return m[i].bit;
@@ -133,7 +136,8 @@ static unsigned parse_modules(const char *opt, const char *list, int allow_group
 		unsigned b = module_bit(t);
 		if (!b || (!allow_groups && (!strcmp(t, "self_attn") || !strcmp(t, "mlp"))))
 			die_usage("--%s: unknown module '%s' (q_proj k_proj v_proj o_proj gate_proj up_proj "
-				  "down_proj%s, or all)", opt, t, allow_groups ? " self_attn mlp" : "");
+				  "down_proj, Phi-3's qkv_proj gate_up_proj%s, or all)", opt, t,
+				  allow_groups ? " self_attn mlp" : "");
 		bits |= b;
 	}
 	free(s);
@@ -209,7 +213,8 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	t->lora_alpha = get_num(a, "lora_alpha", 2.0 * t->lora_rank);
 	t->lora_dropout = get_num(a, "lora_dropout", 0.0);
 	if (t->lora_dropout < 0 || t->lora_dropout >= 1) die_usage("--lora_dropout must be in [0, 1)");
-	t->lora_targets = parse_modules("lora_target", ft_lfargs_get(a, "lora_target", "all"), 0);
+	c->lora_target = ft_lfargs_get(a, "lora_target", "all");
+	t->lora_targets = parse_modules("lora_target", c->lora_target, 0);
 	t->use_rslora = get_bool(a, "use_rslora", 0);
 	t->freeze_trainable_layers = (int)get_int(a, "freeze_trainable_layers", 2);
 	if (t->freeze_trainable_layers == 0) die_usage("--freeze_trainable_layers must not be 0");
@@ -220,6 +225,7 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	if (ft_quant_parse(t, get(a, "quantization_bit"), get(a, "quantization_type"),
 			   get(a, "double_quantization"), get(a, "quantization_method")) < 0)
 		die_usage("%s", ft_errmsg());
+	t->rope_scaling = get(a, "rope_scaling");   /* checked in main, with the config */
 
 	/* optimisation and bookkeeping */
 	o->seed = t->seed;

@@ -27,6 +27,7 @@ typedef struct {
 	char stage[8];
 	const char *model, *adapter, *config, *output_dir, *resume;
 	const char *device;       /* --device as given: cpu (default), cuda[:N], auto */
+	const char *lora_target;  /* --lora_target as given (module names per family) */
 	int device_given;
 	int from_scratch, overwrite, plot_loss, bf16, fp16, do_train, do_eval, eval_strategy_no;
 	int batch_size, eval_batch_size;

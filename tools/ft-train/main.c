@@ -19,8 +19,9 @@
 
 static const char usage[] =
 "Usage: ft-train [CONFIG.yaml] [key=value ...] [--key value ...]\n"
-"Fine-tune a LLaMA / Mistral / Qwen2 model on micro-batches made by ft-pack,\n"
-"as LLaMA-Factory's `llamafactory-cli train` does (CPU, float32).  Options\n"
+"Fine-tune a Llama / Mistral / Qwen2 / Qwen3 / Gemma 2/3 model on micro-batches\n"
+"made by ft-pack, as LLaMA-Factory's `llamafactory-cli train` does (CPU,\n"
+"float32).  Options\n"
 "take LLaMA-Factory's names, with underscores or dashes; a YAML or JSON\n"
 "config file may come first and later settings override it.\n"
 "\n"
@@ -51,6 +52,8 @@ static const char usage[] =
 "                             quantized (embeddings, norms, LM head stay float32)\n"
 "  --quantization_type nf4|fp4 (nf4)  --double_quantization true|false (true)\n"
 "  --quantization_method bnb  (gptq, awq, hqq, eetq are not implemented)\n"
+"  --rope_scaling linear|dynamic|yarn|llama3  stretch RoPE to the batches' cutoff_len\n"
+"                             as LLaMA-Factory (factor ceil(cutoff_len / original))\n"
 "  --bf16, --fp16             GPU: half-precision weights and matmul inputs, fp32\n"
 "                             masters (fp16 with dynamic loss scaling); CPU: float32\n"
 "                             as before, full weights saved in the config's dtype\n"
@@ -263,6 +266,7 @@ static void load_manifests(ft_cli_args *c, char **paths, size_t n, const char *w
 		sum->epochs = m.epochs;
 		sum->batch_size = m.batch_size;
 		sum->seq_len = m.seq_len;
+		sum->cutoff_len = m.cutoff_len;
 		sum->n_batches += m.n_batches;
 		sum->n_examples += m.n_examples;
 		sum->n_tokens += m.n_tokens;
@@ -282,9 +286,52 @@ static void note_epoch_reuse(const ft_cli_args *c, const ft_manifest *m, int64_t
 	     (long long)need);
 }
 
+/* --rope_scaling as llamafactory's configure_rope: its factor from the
+ * batches' cutoff_len, and the reason when it does not apply. */
+static void rope_scaling(ft_cli_args *c, const char *cfg)
+{
+	ft_config conf;
+	const char *why;
+	if (!c->tune.rope_scaling) return;
+	if (ft_config_load(cfg, &conf) < 0) die("%s", ft_errmsg());
+	int rc = ft_config_rope_override(&conf, c->tune.rope_scaling, c->tune.model_max_length, &why);
+	if (rc < 0) die_usage("%s", ft_errmsg());
+	if (rc == 1) {
+		warn("--rope_scaling %s: %s (cutoff_len %lld)", c->tune.rope_scaling, why,
+		     c->tune.model_max_length);
+		c->tune.rope_scaling = NULL;
+	} else if (ft_verbose >= 1) {
+		warn("--rope_scaling %s: factor %g, max_position_embeddings %d", conf.rope_type,
+		     conf.rope_factor, conf.max_position_embeddings);
+	}
+}
+
+/* PEFT finds target modules by name: Phi-3 has qkv_proj and gate_up_proj
+ * where the others have q/k/v_proj and gate/up_proj, and a name the
+ * model lacks is an error there ("Target modules ... not found"). */
+static void check_target_names(const ft_cli_args *c, const ft_model *m)
+{
+	static const char *const split[] = { "q_proj", "k_proj", "v_proj", "gate_proj", "up_proj" };
+	static const char *const fused[] = { "qkv_proj", "gate_up_proj" };
+	int phi3 = ft_model_config(m)->fused;
+	if (c->tune.type != FT_FT_LORA || c->adapter) return;
+	char *s = ft_xstrdup(c->lora_target), *save = NULL;
+	for (char *t = strtok_r(s, ", ", &save); t; t = strtok_r(NULL, ", ", &save))
+		for (size_t i = 0; i < (phi3 ? 5 : 2); i++)
+			if (!strcmp(t, phi3 ? split[i] : fused[i]))
+				die("--lora_target %s: the model has no such module (%s)", t,
+				    phi3 ? "Phi-3 fuses them: qkv_proj, o_proj, gate_up_proj, down_proj"
+					 : "qkv_proj and gate_up_proj are Phi-3's");
+	free(s);
+}
+
 static ft_model *load_model(ft_cli_args *c)
 {
 	ft_model *m;
+	char *rcfg = c->from_scratch && c->config ? ft_xstrdup(c->config)
+		   : c->model ? ft_xasprintf("%s/config.json", c->model) : NULL;
+	if (rcfg) rope_scaling(c, rcfg);
+	free(rcfg);
 	if (c->from_scratch) {
 		char *cfg = c->config ? ft_xstrdup(c->config)
 			  : c->model ? ft_xasprintf("%s/config.json", c->model) : NULL;
@@ -298,6 +345,7 @@ static ft_model *load_model(ft_cli_args *c)
 		m = ft_model_load(c->model, &c->tune);
 	}
 	if (!m) die("%s", ft_errmsg());
+	check_target_names(c, m);
 	if (c->adapter) {
 		if (c->tune.type != FT_FT_LORA)
 			die_usage("--adapter_name_or_path needs --finetuning_type lora");
@@ -513,6 +561,8 @@ int main(int argc, char **argv)
 	c.t.resume_dir = resume;
 	c.t.output_dir = c.output_dir;
 
+	/* llamafactory: model_max_length = cutoff_len */
+	c.tune.model_max_length = c.do_train ? tm_.cutoff_len : c.n_val ? vm_.cutoff_len : 0;
 	ft_model *m = load_model(&c);
 	ft_train_extras_model(&c, m);
 	ft_train_model tm;
