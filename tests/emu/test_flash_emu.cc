@@ -77,7 +77,7 @@ static void test_case(int B, int T, int Hq, int Hk, int hd, int window, int pack
 	for (int b = 0; b < B; b++)              /* ft-pack's neat packing */
 		for (int t = 0; t < T; t++)
 			seg[(size_t)b * T + t] = t >= T - 5 - b ? 0 : 1 + (t + 7 * b) / 23;
-	ft_attn_shape s = { B, T, Hq, Hk, hd, window, packed ? seg.data() : NULL };
+	ft_attn_shape s = { B, T, Hq, Hk, hd, window, packed ? seg.data() : NULL, 0, 0 };
 	std::vector<float> o1(nq), o2(nq), l1(nl), l2(nl), Di(nl);
 	std::vector<float> g1[3] = { std::vector<float>(nq), std::vector<float>(nk),
 				     std::vector<float>(nk) };
@@ -124,7 +124,7 @@ static void test_bf16(int B, int T, int Hq, int Hk, int hd)
 			f[i][j] = ft_k_bf16_to_f32(h[i][j].h);
 		}
 	}
-	ft_attn_shape s = { B, T, Hq, Hk, hd, 0, NULL };
+	ft_attn_shape s = { B, T, Hq, Hk, hd, 0, NULL, 0, 0 };
 	std::vector<float> o1(nq), l1(nl), l2(nl), Di(nl), g1[3] = { std::vector<float>(nq),
 		std::vector<float>(nk), std::vector<float>(nk) };
 	ft_attention_forward(o1.data(), l1.data(), f[0].data(), f[1].data(), f[2].data(), &s);

@@ -24,7 +24,7 @@ typedef struct { double weights, acts, scratch, kv, decode; } want_t;
 static want_t formula(const ft_cuda_view *v, const ft_cuda_infer_opts *o, double nmat,
 		      double nvec, double ntens)
 {
-	double N = (double)o->rows * o->max_prompt, T = o->max_prompt, D = v->D, F = v->F;
+	double N = (double)o->rows * o->max_prompt, D = v->D, F = v->F;
 	double V = v->V, qd = (double)v->Hq * v->hd, kd = (double)v->Hk * v->hd, mi = D;
 	if (qd > mi) mi = qd;
 	if (F > mi) mi = F;
@@ -42,7 +42,7 @@ static want_t formula(const ft_cuda_view *v, const ft_cuda_infer_opts *o, double
 	w.acts = 4 * N * (3 * D + 2 * qd + 2 * kd + 2 * F + v->Hq + 2 + 7 * r) + 4 * 2 * N * D +
 		 4 * N * (D + 1);
 	w.scratch = 4 * N * (D + F + mi + v->Hq + v->hd + 7) + 4 * chunk * V +
-		    (half ? 2 * chunk * V + 4 * N * mi : 0) + 8 * v->Hk * T * T +
+		    (half ? 2 * chunk * V + 4 * N * mi : 0) +
 		    32.0 * 1024 * 1024 + 1024 * ntens + 4.0 * FT_COLSUM_CHUNKS * mi;
 	w.kv = 2 * 4.0 * v->L * o->rows * o->cap * kd;
 	w.decode = 4.0 * o->rows * v->Hq * o->cap + 2 * 4 * N;

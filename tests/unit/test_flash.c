@@ -92,7 +92,7 @@ static void test_case(int B, int T, int Hq, int Hk, int hd, int window, int mode
 	size_t N = (size_t)B * T, nq = N * Hq * hd, nk = N * Hk * hd, nl = N * Hq;
 	float *q = rnd(nq, 1.5f), *k = rnd(nk, 1.5f), *v = rnd(nk, 1), *go = rnd(nq, 1);
 	int32_t *seg = segs(B, T, mode);
-	ft_attn_shape s = { B, T, Hq, Hk, hd, window, seg };
+	ft_attn_shape s = { B, T, Hq, Hk, hd, window, seg, 0, 0 };
 	float *o1 = malloc(nq * 4), *o2 = malloc(nq * 4), *o3 = malloc(nq * 4);
 	float *l1 = malloc(nl * 4), *l2 = malloc(nl * 4), *l3 = malloc(nl * 4);
 	ft_attention_forward(o1, l1, q, k, v, &s);
