@@ -16,7 +16,7 @@
 void ft_trainlog_entry_init(ft_trainlog_entry *e)
 {
 	memset(e, 0, sizeof *e);
-	e->current_steps = e->total_steps = e->total_tokens = e->world_size = -1;
+	e->current_steps = e->total_steps = e->total_tokens = e->world_size = e->peak_memory_bytes = -1;
 	e->loss = e->eval_loss = e->lr = e->epoch = NAN;
 	e->percentage = e->throughput = e->grad_norm = NAN;
 }
@@ -63,6 +63,7 @@ static int parse_object(const json_t *o, ft_trainlog_entry *e)
 	    get_num(o, "percentage", &e->percentage) || get_num(o, "throughput", &e->throughput) ||
 	    get_num(o, "grad_norm", &e->grad_norm) || get_int(o, "total_tokens", &e->total_tokens) ||
 	    get_int(o, "world_size", &e->world_size) ||
+	    get_int(o, "peak_memory_bytes", &e->peak_memory_bytes) ||
 	    get_str(o, "elapsed_time", e->elapsed_time, sizeof e->elapsed_time) ||
 	    get_str(o, "remaining_time", e->remaining_time, sizeof e->remaining_time))
 		return -1;
@@ -186,6 +187,7 @@ char *ft_trainlog_format(const ft_trainlog_entry *e)
 	sb_int(&b, "total_tokens", e->total_tokens);
 	sb_num(&b, "grad_norm", e->grad_norm);
 	if (e->world_size > 1) sb_int(&b, "world_size", e->world_size);
+	if (e->peak_memory_bytes > 0) sb_int(&b, "peak_memory_bytes", e->peak_memory_bytes);
 	sb_add(&b, "}\n");
 	return b.s;
 }

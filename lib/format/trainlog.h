@@ -30,6 +30,8 @@ typedef struct {
 	int64_t total_tokens; /* input tokens seen, -1 when absent */
 	int64_t world_size;   /* ft extension: ranks of a data parallel run
 				 (written only when > 1), -1 when absent */
+	int64_t peak_memory_bytes;   /* ft extension: the GPU allocator's
+				 high-water mark so far (device runs only), -1 absent */
 	char elapsed_time[32], remaining_time[32];  /* "H:MM:SS" ("" absent) */
 } ft_trainlog_entry;
 /* Every double above is NAN when the field is absent from the line. */

@@ -219,6 +219,7 @@ static void fill_entry(const runctx *c, const ftp_tstate *st, ft_trainlog_entry 
 	e->current_steps = st->global_step;
 	e->total_steps = c->p->total_steps;
 	if (ft_dist_size(c->o->dist) > 1) e->world_size = ft_dist_size(c->o->dist);
+	if (st->peak_bytes) e->peak_memory_bytes = (int64_t)st->peak_bytes;
 	e->epoch = st->epoch;
 	e->percentage = c->p->total_steps
 		? round((double)st->global_step / c->p->total_steps * 100 * 100) / 100 : 100;
@@ -625,12 +626,14 @@ static int finish(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 	json_decref(ts);
 	if (rc < 0) return -1;
 
+	/* ft extension on device runs: the allocator's high-water mark */
 	const char *tk[] = { "epoch", "total_flos", "train_loss", "train_runtime",
-			     "train_samples_per_second", "train_steps_per_second" };
+			     "train_samples_per_second", "train_steps_per_second", "peak_memory_bytes" };
 	double tv[] = { st->epoch, total_flos, train_loss, round(runtime * 1e4) / 1e4,
 			runtime > 0 ? round(samples / runtime * 1e3) / 1e3 : 0,
-			runtime > 0 ? round(run_steps / runtime * 1e3) / 1e3 : 0 };
-	if (ft_save_results(o->output_dir, "train_results.json", tk, tv, 6) < 0) return -1;
+			runtime > 0 ? round(run_steps / runtime * 1e3) / 1e3 : 0, (double)st->peak_bytes };
+	const size_t nt = st->peak_bytes ? 7 : 6;
+	if (ft_save_results(o->output_dir, "train_results.json", tk, tv, nt) < 0) return -1;
 	if (!isnan(eval_loss)) {
 		double ert = round(c->ev.runtime * 1e4) / 1e4;
 		double esps = c->ev.runtime > 0 ? round(c->ev.rows / c->ev.runtime * 1e3) / 1e3 : 0;
@@ -646,8 +649,8 @@ static int finish(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 			ev[ne++] = c->evv[i];
 		}
 		if (ft_save_results(o->output_dir, "eval_results.json", ek, ev, ne) < 0) return -1;
-		const char *ak[11 + FT_MAX_METRICS];
-		double av[11 + FT_MAX_METRICS];
+		const char *ak[12 + FT_MAX_METRICS];
+		double av[12 + FT_MAX_METRICS];
 		memcpy(ak, ek, ne * sizeof *ak);
 		memcpy(av, ev, ne * sizeof *av);
 		const char *tk2[] = { "total_flos", "train_loss", "train_runtime", "train_samples_per_second",
@@ -656,8 +659,12 @@ static int finish(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 			ak[ne + i] = tk2[i];
 			av[ne + i] = tv[1 + i];
 		}
-		if (ft_save_results(o->output_dir, "all_results.json", ak, av, ne + 5) < 0) return -1;
-	} else if (ft_save_results(o->output_dir, "all_results.json", tk, tv, 6) < 0) {
+		if (st->peak_bytes) {
+			ak[ne + 5] = tk[6];
+			av[ne + 5] = tv[6];
+		}
+		if (ft_save_results(o->output_dir, "all_results.json", ak, av, ne + nt - 1) < 0) return -1;
+	} else if (ft_save_results(o->output_dir, "all_results.json", tk, tv, nt) < 0) {
 		return -1;
 	}
 result:

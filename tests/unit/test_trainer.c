@@ -523,6 +523,31 @@ static void test_model_steps(void)
 	   "peak memory recorded in trainer_state.json");
 	json_decref(j);
 	free(ts);
+	/* ... and in every log line and the results files (ft extension) */
+	ts = ft_xasprintf("%s/trainer_log.jsonl", dx);
+	FILE *lf = fopen(ts, "r");
+	char line[4096];
+	int lines = 0, with = 0;
+	while (lf && fgets(line, sizeof line, lf)) {
+		ft_trainlog_entry e;
+		lines++;
+		with += ft_trainlog_parse(line, strlen(line), &e) == 0 && e.peak_memory_bytes == 12345;
+	}
+	if (lf) fclose(lf);
+	ok(lines > 0 && with == lines, "peak_memory_bytes on every trainer_log.jsonl line (%d of %d)",
+	   with, lines);
+	free(ts);
+	ts = ft_xasprintf("%s/train_results.json", dx);
+	j = json_load_file(ts, 0, NULL);
+	ok(j && json_number_value(json_object_get(j, "peak_memory_bytes")) == 12345,
+	   "peak_memory_bytes in train_results.json");
+	json_decref(j);
+	free(ts);
+	ts = ft_xasprintf("%s/train_results.json", da);
+	j = json_load_file(ts, 0, NULL);
+	ok(j && !json_object_get(j, "peak_memory_bytes"), "not on a CPU run");
+	json_decref(j);
+	free(ts);
 	free(ck);
 	free(da);
 	free(dx);
