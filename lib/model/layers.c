@@ -644,6 +644,24 @@ double ft_lm_head_loss(float *dx, float *dW, float *logits, const float *x,
 				   chunk, n_tok, 0);
 }
 
+/* One exp per logit, kept in place (needed for the gradient): the exp
+ * loop vectorizes, the double sum runs after it in order. */
+float ft_exp_row(float *l, int V, double *sum_out)
+{
+	float mx = l[0];
+	for (int j = 1; j < V; j++)
+		if (l[j] > mx)
+			mx = l[j];
+	double sum = 0;
+#pragma omp simd
+	for (int j = 0; j < V; j++)
+		l[j] = ft_vexpf(l[j] - mx);
+	for (int j = 0; j < V; j++)
+		sum += l[j];
+	*sum_out = sum;
+	return mx;
+}
+
 double ft_lm_head_loss_cap(float *dx, float *dW, float *logits, const float *x,
 			   const float *W, const int32_t *targets, int n, int D,
 			   int V, float grad_scale, float *scratch, int chunk,
@@ -676,19 +694,9 @@ double ft_lm_head_loss_cap(float *dx, float *dW, float *logits, const float *x,
 				zc = ft_xmalloc(V * sizeof(float));
 				memcpy(zc, l, V * sizeof(float));
 			}
-			float mx = l[0], lt = l[tg];
-			for (int j = 1; j < V; j++)
-				if (l[j] > mx)
-					mx = l[j];
-			/* one exp per logit, kept in place (needed for the
-			 * gradient); the exp loop vectorizes, the double sum
-			 * runs after it in order */
-			double sum = 0;
-#pragma omp simd
-			for (int j = 0; j < V; j++)
-				l[j] = ft_vexpf(l[j] - mx);
-			for (int j = 0; j < V; j++)
-				sum += l[j];
+			float lt = l[tg], mx;
+			double sum;
+			mx = ft_exp_row(l, V, &sum);
 			part += mx + log(sum) - lt;
 			c++;
 			if (dx) {   /* softmax * grad_scale, minus grad_scale at the target */

@@ -143,6 +143,11 @@ void ft_lora_backward(float *dxd, float *dA, float *dB, float *hs,
 void ft_dropout_apply(float *out, const float *x, size_t n, float p,
 		      uint64_t seed);
 
+/* l = exp(l - max(l)) in place and *sum their sum (double, in order):
+ * the softmax numerators of one row, as ft_lm_head_loss computes them;
+ * returns max(l). */
+float ft_exp_row(float *l, int V, double *sum);
+
 /* LM head + cross-entropy over n rows x[n,D] with targets[n] (-100 =
  * ignored), computed `chunk` rows at a time so the [n, V] logits never
  * exist at once (scratch holds chunk*V floats).  Returns the summed loss

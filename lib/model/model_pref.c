@@ -32,24 +32,6 @@ static int gather_targets(ft_model *m, const ft_batch *b)
 	return n;
 }
 
-/* l = exp(l - max(l)) in place, *sum their sum (double, in order, as
- * ft_lm_head_loss); returns the max. */
-static float exp_row(float *l, int V, double *sum_out)
-{
-	float mx = l[0];
-	for (int j = 1; j < V; j++)
-		if (l[j] > mx)
-			mx = l[j];
-	double sum = 0;
-#pragma omp simd
-	for (int j = 0; j < V; j++)
-		l[j] = ft_vexpf(l[j] - mx);
-	for (int j = 0; j < V; j++)
-		sum += l[j];
-	*sum_out = sum;
-	return mx;
-}
-
 /* The mean over the vocabulary of each position's logits is h . mean(W).
  * A frozen head's mean row is computed once (the buffers' lifetime); a
  * trained one's every call. */
@@ -130,7 +112,7 @@ int ft_model_logps_forward(ft_model *m, const ft_batch *b, int train, float *log
 				continue;   /* refused by check_batch before we get here */
 			float lt = l[tg];
 			double sum;
-			float mx = exp_row(l, V, &sum);
+			float mx = ft_exp_row(l, V, &sum);
 			if (keep)
 				m->keep_sum[r0 + i] = sum;
 			logp[m->rows[r0 + i]] = (float)((double)lt - (mx + log(sum)));
@@ -164,7 +146,7 @@ int ft_model_logps_backward(ft_model *m, const ft_batch *b, const float *dlogp)
 			if (kept)
 				sum = m->keep_sum[r0 + i];
 			else
-				exp_row(l, V, &sum);
+				ft_exp_row(l, V, &sum);
 			float s = (float)(-(double)g / sum);
 			for (int j = 0; j < V; j++)
 				l[j] *= s;
