@@ -18,6 +18,7 @@
  * "<param>.v" (one value per block) and the step in the metadata.
  */
 #include "train/optim_ext.h"
+#include "train/optim_ext_internal.h"
 #include "format/safetensors.h"
 #include "util/error.h"
 
@@ -131,16 +132,6 @@ static int am_save(void *self, const char *dir)
 	return rc;
 }
 
-static int read_vec(ft_st *st, const char *f, const char *pname, const char *what, size_t n, float *dst)
-{
-	char *nm = ft_xasprintf("%s.%s", pname, what);
-	const ft_st_tensor *t = ft_st_find(st, nm);
-	int rc = !t || t->numel != n ? ft_fail("%s: %s is missing or has another size", f, nm)
-				     : ft_st_read_f32(t, dst);
-	free(nm);
-	return rc;
-}
-
 static int am_load(void *self, const char *dir)
 {
 	adam_mini *x = self;
@@ -148,13 +139,10 @@ static int am_load(void *self, const char *dir)
 	ft_st *st = ft_st_open(f);
 	int rc = st ? 0 : -1;
 	for (size_t k = 0; k < x->n && !rc; k++) {
-		rc = read_vec(st, f, x->p[k]->name, "m", x->p[k]->n, x->m[k]);
-		if (!rc) rc = read_vec(st, f, x->p[k]->name, "v", x->nblocks[k], x->v[k]);
+		rc = ftp_ext_read_vec(st, f, x->p[k]->name, "m", x->p[k]->n, x->m[k]);
+		if (!rc) rc = ftp_ext_read_vec(st, f, x->p[k]->name, "v", x->nblocks[k], x->v[k]);
 	}
-	const json_t *meta = st ? ft_st_metadata(st) : NULL;
-	const char *s = meta ? json_string_value(json_object_get(meta, "step")) : NULL;
-	if (!rc && !s) rc = ft_fail("%s: no step in the metadata", f);
-	if (!rc) x->step = strtoll(s, NULL, 10);
+	if (!rc) rc = ftp_ext_read_step(st, f, &x->step);
 	if (st) ft_st_close(st);
 	free(f);
 	return rc;

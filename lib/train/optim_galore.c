@@ -23,6 +23,7 @@
  * the metadata.
  */
 #include "train/optim_ext.h"
+#include "train/optim_ext_internal.h"
 #include "format/safetensors.h"
 #include "model/layers.h"
 #include "util/error.h"
@@ -169,16 +170,6 @@ static int ga_save(void *self, const char *dir)
 	return rc;
 }
 
-static int read_vec(ft_st *st, const char *f, const char *pname, const char *what, size_t n, float *dst)
-{
-	char *nm = ft_xasprintf("%s.%s", pname, what);
-	const ft_st_tensor *t = ft_st_find(st, nm);
-	int rc = !t || t->numel != n ? ft_fail("%s: %s is missing or has another size", f, nm)
-				     : ft_st_read_f32(t, dst);
-	free(nm);
-	return rc;
-}
-
 static int ga_load(void *self, const char *dir)
 {
 	galore *x = self;
@@ -188,15 +179,12 @@ static int ga_load(void *self, const char *dir)
 	for (size_t k = 0; k < x->n && !rc; k++) {
 		gstate *s = &x->s[k];
 		size_t nl = s->galore ? s->nlow : x->p[k]->n;
-		rc = read_vec(st, f, x->p[k]->name, "exp_avg", nl, s->m);
-		if (!rc) rc = read_vec(st, f, x->p[k]->name, "exp_avg_sq", nl, s->v);
+		rc = ftp_ext_read_vec(st, f, x->p[k]->name, "exp_avg", nl, s->m);
+		if (!rc) rc = ftp_ext_read_vec(st, f, x->p[k]->name, "exp_avg_sq", nl, s->v);
 		size_t np = (size_t)s->r * (size_t)(s->right ? x->p[k]->shape[1] : x->p[k]->shape[0]);
-		if (!rc && s->galore) rc = read_vec(st, f, x->p[k]->name, "ortho", np, s->P);
+		if (!rc && s->galore) rc = ftp_ext_read_vec(st, f, x->p[k]->name, "ortho", np, s->P);
 	}
-	const json_t *meta = st ? ft_st_metadata(st) : NULL;
-	const char *s = meta ? json_string_value(json_object_get(meta, "step")) : NULL;
-	if (!rc && !s) rc = ft_fail("%s: no step in the metadata", f);
-	if (!rc) x->step = strtoll(s, NULL, 10);
+	if (!rc) rc = ftp_ext_read_step(st, f, &x->step);
 	if (st) ft_st_close(st);
 	free(f);
 	return rc;

@@ -19,6 +19,7 @@
  * or "<param>.moment1" / ".moment2", and the AdamW step in the metadata.
  */
 #include "train/optim_ext.h"
+#include "train/optim_ext_internal.h"
 #include "format/safetensors.h"
 #include "model/layers.h"
 #include "util/dtype.h"
@@ -159,16 +160,6 @@ static int mu_save(void *self, const char *dir)
 	return rc;
 }
 
-static int read_state(ft_st *st, const char *f, const ft_param *p, const char *what, float *dst)
-{
-	char *nm = ft_xasprintf("%s.%s", p->name, what);
-	const ft_st_tensor *t = ft_st_find(st, nm);
-	int rc = !t || t->numel != p->n ? ft_fail("%s: %s is missing or has another size", f, nm)
-					: ft_st_read_f32(t, dst);
-	free(nm);
-	return rc;
-}
-
 static int mu_load(void *self, const char *dir)
 {
 	muon *x = self;
@@ -176,13 +167,12 @@ static int mu_load(void *self, const char *dir)
 	ft_st *st = ft_st_open(f);
 	int rc = st ? 0 : -1;
 	for (size_t k = 0; k < x->n && !rc; k++) {
-		rc = read_state(st, f, x->p[k], x->muon[k] ? "momentum_buffer" : "moment1", x->s1[k]);
-		if (!rc && !x->muon[k]) rc = read_state(st, f, x->p[k], "moment2", x->s2[k]);
+		const char *nm = x->p[k]->name;
+		rc = ftp_ext_read_vec(st, f, nm, x->muon[k] ? "momentum_buffer" : "moment1", x->p[k]->n,
+				      x->s1[k]);
+		if (!rc && !x->muon[k]) rc = ftp_ext_read_vec(st, f, nm, "moment2", x->p[k]->n, x->s2[k]);
 	}
-	const json_t *meta = st ? ft_st_metadata(st) : NULL;
-	const char *s = meta ? json_string_value(json_object_get(meta, "step")) : NULL;
-	if (!rc && !s) rc = ft_fail("%s: no step in the metadata", f);
-	if (!rc) x->step = strtoll(s, NULL, 10);
+	if (!rc) rc = ftp_ext_read_step(st, f, &x->step);
 	if (st) ft_st_close(st);
 	free(f);
 	return rc;
