@@ -21,6 +21,7 @@
 #include "format/trainlog.h"
 #include "model/model_pref.h"
 #include "train/pref.h"
+#include "train/dist.h"
 #include "util/atomicfile.h"
 #include "util/error.h"
 #include "util/rng.h"
@@ -46,6 +47,8 @@ enum { K_RC, K_RR, K_ACC, K_MARGIN, K_LC, K_LR, K_GC, K_GR, K_SFT, K_ODDS, K_KL,
 typedef struct {
 	double sum[NKEYS], cnt[NKEYS];
 } metrics;
+/* summed over the ranks as one array */
+_Static_assert(sizeof(metrics) == 2 * NKEYS * sizeof(double), "metrics is two packed arrays");
 
 static void put(metrics *m, int k, double v, double cnt)
 {
@@ -441,6 +444,11 @@ static size_t pf_metrics(void *self, int eval, const char **keys, double *vals, 
 	metrics *m = &p->mt[eval != 0];
 	const char *const *names = eval ? keys_eval : keys_train;
 	size_t k = 0;
+	/* the global batch's sums and counts, as one process would have them;
+	 * a failed sum leaves this rank's (the job is ending: the next
+	 * collective fails too) */
+	if (ft_dist_size(p->o.dist) > 1)
+		(void)ft_dist_sum_f64(p->o.dist, m->sum, 2 * NKEYS, "metrics all-reduce");
 	int have[NKEYS] = { 0 };
 	double v[NKEYS];
 	for (int i = 0; i < NKEYS; i++) {
@@ -535,6 +543,8 @@ ft_pref_model ft_pref_model_of(ft_model *m)
 }
 
 /* ---- construction --------------------------------------------------------- */
+
+void ft_pref_set_dist(ft_pref *p, struct ft_dist *d) { p->o.dist = d; }
 
 ft_pref *ft_pref_new(ft_model *policy, ft_model *ref, const ft_pref_opts *o)
 {

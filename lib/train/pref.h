@@ -35,6 +35,10 @@ typedef struct {
 	double kto_chosen_weight, kto_rejected_weight;   /* 1.0 each */
 	double value_dropout;          /* rm: TRL ValueHead summary_dropout_prob 0.1 */
 	uint64_t seed;                 /* value-head init and dropout */
+	/* data parallel (train/dist.h): the metrics' sums and counts are
+	 * summed over the ranks when drained, so every rank must drain them
+	 * together (the trainer's logs and evaluations do); NULL: one process */
+	struct ft_dist *dist;
 } ft_pref_opts;
 
 void ft_pref_opts_default(ft_pref_opts *o, int stage);
@@ -104,6 +108,9 @@ ft_pref *ft_pref_new(ft_model *policy, ft_model *ref, const ft_pref_opts *o);
 ft_pref *ft_pref_new_with(const ft_pref_model *policy, const ft_pref_model *ref,
 			  const ft_pref_opts *o);
 void ft_pref_free(ft_pref *p);
+/* Replace opts.dist (NULL: this process's metrics alone, e.g. when only
+ * rank 0 evaluates). */
+void ft_pref_set_dist(ft_pref *p, struct ft_dist *d);
 ft_train_model ft_pref_train_model(ft_pref *p);
 /* rm: value_head.safetensors (v_head.summary.weight [1, hidden], .bias
  * [1]) from dir, replacing the initial head. */

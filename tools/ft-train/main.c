@@ -492,8 +492,6 @@ int main(int argc, char **argv)
 	ft_dist *dist = dist_start(&c);
 	c.t.dist = dist;
 	c.t.zero = c.zero;
-	if (dist && c.pref)   /* their batch-mean losses are not yet split across ranks */
-		die_usage("--stage %s runs on one process in this ft-train (not under mpirun)", c.stage);
 
 	if (!c.output_dir) die_usage("--output_dir is required");
 	if (c.do_train < 0) c.do_train = c.do_eval > 0 || c.do_predict ? 0 : 1;

@@ -183,6 +183,7 @@ ft_train_model pref_bind(ft_cli_args *c, ft_model *m)
 	}
 	c->ref = ref != m ? ref : NULL;
 	c->ref_is_policy = ref == m;
+	o->dist = c->t.dist;   /* mpirun: metrics over the global batch */
 	ft_pref *p = ft_pref_new(m, ref, o);
 	if (!p) die("--stage %s: %s", c->stage, ft_errmsg());
 	if (o->stage == FT_PREF_RM) load_value_head(c, p);
@@ -203,6 +204,8 @@ int pref_eval_only(ft_cli_args *c, ft_train_model *tm, ft_batch_source *val)
 {
 	double loss;
 	int64_t nb, rows;
+	if (ft_dist_rank(c->t.dist) != 0) return 0;   /* rank 0 evaluates and writes */
+	ft_pref_set_dist(c->pref_state, NULL);
 	if (ft_mkdirs(c->output_dir) < 0) die("%s", ft_errmsg());
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -234,6 +237,7 @@ int pref_eval_only(ft_cli_args *c, ft_train_model *tm, ft_batch_source *val)
 /* rm --do_predict on the --val batches. */
 void pref_predict(ft_cli_args *c, ft_batch_source *val)
 {
+	if (ft_dist_rank(c->t.dist) != 0) return;   /* rank 0 scores and writes */
 	if (ft_mkdirs(c->output_dir) < 0) die("%s", ft_errmsg());
 	char *path = ft_xasprintf("%s/generated_predictions.jsonl", c->output_dir);
 	int64_t n;
