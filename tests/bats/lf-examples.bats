@@ -18,6 +18,8 @@ command_for() {
 # The configs ft-run accepts today (the others are refused, with reasons).
 RUNNABLE="extras/adam_mini/qwen2_full_sft.yaml
 extras/badam/llama3_full_sft.yaml
+extras/dft/qwen2_full_sft.yaml
+extras/eaft/qwen25_05b_eaft_full.yaml
 extras/fsdp_qlora/llama3_lora_sft.yaml
 extras/llama_pro/llama3_freeze_sft.yaml
 extras/loraplus/llama3_lora_sft.yaml
@@ -143,6 +145,11 @@ tiny_qwen() {
 	[ -s saves/qlora/adapter_model.safetensors ]
 	run_example train_qlora/qwen3_lora_sft_bnb_npu.yaml $small output_dir=saves/qlora_npu
 	[ -s saves/qlora_npu/adapter_model.safetensors ]
+	# the DFT and EAFT losses
+	run_example extras/dft/qwen2_full_sft.yaml $small overwrite_output_dir=true output_dir=saves/dft
+	[ -s saves/dft/model.safetensors ]
+	run_example extras/eaft/qwen25_05b_eaft_full.yaml $small output_dir=saves/eaft
+	[ -s saves/eaft/model.safetensors ]
 }
 
 @test "a pre-quantized checkpoint is refused by name, as its config says" {

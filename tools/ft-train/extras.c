@@ -13,7 +13,8 @@ static const char *const extras_keys[] = {
 	"use_badam", "badam_mode", "badam_start_block", "badam_switch_mode", "badam_switch_interval",
 	"badam_update_ratio", "badam_mask_mode", "badam_verbose", "pissa_init", "pissa_iter",
 	"pissa_convert", "use_dora", "use_muon", "use_adam_mini", "use_galore", "galore_target",
-	"galore_rank", "galore_update_interval", "galore_scale", "galore_proj_type", "galore_layerwise", NULL,
+	"galore_rank", "galore_update_interval", "galore_scale", "galore_proj_type", "galore_layerwise",
+	"use_dft_loss", "use_eaft_loss", "eaft_alpha", NULL,
 };
 
 int ft_train_extras_known(const char *key)
@@ -32,11 +33,31 @@ static int given(const ft_lfargs *a, const char *k)
 	return v && strcasecmp(v, "null") && strcasecmp(v, "none") && *v;
 }
 
+/* The SFT token losses: LLaMA-Factory's sft trainer takes DFT, else EAFT
+ * (its elif); the other stages' trainers never read the flags. */
+static void sft_loss_parse(ft_lfargs *a, ft_cli_args *c)
+{
+	const char *ud = get(a, "use_dft_loss"), *ue = get(a, "use_eaft_loss");
+	int dft = ud ? ft_parse_bool("use_dft_loss", ud) : 0, eaft = ue ? ft_parse_bool("use_eaft_loss", ue) : 0;
+	c->tune.eaft_alpha = get(a, "eaft_alpha") ? ft_parse_double("eaft_alpha", get(a, "eaft_alpha")) : 1.0;
+	if (!dft && !eaft) return;
+	if (strcmp(c->stage, "sft")) {
+		if (ft_verbose >= 0)
+			warn("note: --use_%s_loss is ignored by --stage %s, as in LLaMA-Factory (only its sft "
+			     "trainer uses it)", dft ? "dft" : "eaft", c->stage);
+		return;
+	}
+	if (dft && eaft && ft_verbose >= 0)
+		warn("note: --use_dft_loss takes precedence over --use_eaft_loss, as in LLaMA-Factory");
+	c->tune.sft_loss = dft ? FT_SFT_LOSS_DFT : FT_SFT_LOSS_EAFT;
+}
+
 void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 {
 	ft_train_extras *x = &c->x;
 	memset(x, 0, sizeof *x);
 	int type = c->tune.type;
+	sft_loss_parse(a, c);
 	if (given(a, "neftune_noise_alpha")) {
 		double al = ft_parse_double("neftune_noise_alpha", get(a, "neftune_noise_alpha"));
 		if (al < 0) die_usage("--neftune_noise_alpha must be >= 0");
@@ -232,10 +253,12 @@ ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
 {
 	ft_train_extras *x = &c->x;
 	if (on_gpu && (x->loraplus || x->badam || x->muon || x->adam_mini || x->galore ||
-		       c->tune.neftune_noise_alpha > 0))
+		       c->tune.neftune_noise_alpha > 0 || c->tune.sft_loss))
 		die_usage("--%s runs on the CPU only in ft (use --device cpu)",
 			  x->loraplus ? "loraplus_lr_ratio" : x->badam ? "use_badam" : x->galore ? "use_galore"
-			  : x->adam_mini ? "use_adam_mini" : x->muon ? "use_muon" : "neftune_noise_alpha");
+			  : x->adam_mini ? "use_adam_mini" : x->muon ? "use_muon"
+			  : c->tune.sft_loss == FT_SFT_LOSS_DFT ? "use_dft_loss"
+			  : c->tune.sft_loss ? "use_eaft_loss" : "neftune_noise_alpha");
 	if (x->loraplus) return ft_loraplus_new(c->t.learning_rate, x->loraplus_ratio, x->loraplus_embedding);
 	if (!x->badam && !x->muon && !x->adam_mini && !x->galore) return NULL;
 	size_t n = 0, np = ft_model_nparams(m);

@@ -83,6 +83,8 @@ static const char usage[] =
 "  --use_galore               GaLore (freeze/full): Adam on low-rank projected gradients\n"
 "  --galore_target all|q_proj,... --galore_rank N (16) --galore_update_interval N (200)\n"
 "  --galore_scale X (2.0) --galore_proj_type std|reverse_std|right|left (std)\n"
+"  --use_dft_loss             sft: each token's loss times its (detached) probability\n"
+"  --use_eaft_loss --eaft_alpha X (1.0)  sft: times (top-20 entropy / 3)^alpha\n"
 "  --use_muon                 Muon for 2-D weights, its AdamW for the rest\n"
 "  --use_dora                 DoRA: a trained magnitude per output row (lora_dropout 0)\n"
 "  --pissa_init               PiSSA: LoRA from the top singular vectors, base = residual\n"
