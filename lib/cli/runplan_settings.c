@@ -128,7 +128,7 @@ static const ftp_route routes[] = {
 static const ftp_route families[] = {
 	{"apollo_", FTP_X, "the APOLLO optimizer is " NOT_YET},
 	{"badam_", FTP_R, NULL},   /* ft-train checks each (layer mode only) */
-	{"galore_", FTP_R, NULL},  /* ft-train checks each (galore_layerwise refused) */
+	{"galore_", FTP_R, NULL},  /* ft-train checks each */
 	{"oft_", FTP_X, "OFT is " NOT_YET},
 	{"ray_", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
 	{"loraplus_", FTP_R, NULL},
@@ -189,12 +189,8 @@ static void value_check(ft_runplan *p, const ft_lfarg *s)
 			ftp_plan_problem(p, ft_xasprintf("%s: export_legacy_format true is not supported: pickled "
 							 ".bin weights can run code when loaded; ft-merge writes "
 							 "safetensors only", s->origin));
-	} else if (!strcmp(k, "galore_layerwise") || !strcmp(k, "badam_mode")) {
+	} else if (!strcmp(k, "badam_mode")) {
 		/* the extras' modes ft-train does not have (docs/EXTRAS.md) */
-		if (!strcmp(k, "galore_layerwise") && !strcasecmp(v, "true"))
-			ftp_plan_problem(p, ft_xasprintf("%s: galore_layerwise true is not supported: per-layer "
-							 "GaLore updates inside the backward pass, not implemented "
-							 "in ft (false runs)", s->origin));
 		if (!strcmp(k, "badam_mode") && !strcmp(v, "ratio"))
 			ftp_plan_problem(p, ft_xasprintf("%s: badam_mode ratio is not supported: "
 							 "BlockOptimizerRatio's sparse masks are not implemented in "

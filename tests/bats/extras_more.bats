@@ -1,8 +1,9 @@
 #!/usr/bin/env bats
 # More of ft-train's LLaMA-Factory extras (docs/EXTRAS.md): the DFT and
-# EAFT losses.  Parity runs against tests/fixtures/extras/sft_losses.txt
-# (tests/reference/make_sftloss_fixtures.py: LLaMA-Factory's own loss
-# functions in transformers' accumulation loop), the flags, the refusals.
+# EAFT losses, layer-wise GaLore.  Parity runs against
+# tests/fixtures/extras/sft_losses.txt (tests/reference/make_sftloss_fixtures.py:
+# LLaMA-Factory's own loss functions in transformers' accumulation loop) and
+# layerwise_losses.txt (make_layerwise_fixtures.py), the flags, the refusals.
 load helper
 
 MODEL="$FIXTURES/models/tiny-llama"
@@ -73,4 +74,50 @@ parity_run() {
 	assert_output --partial "--use_dft_loss is ignored by --stage pt"
 	run -2 train --use_dft_loss maybe
 	assert_output --partial "use_dft_loss"
+}
+
+# ---- GaLore layer-wise ------------------------------------------------------
+
+# 10 steps of one micro-batch (layer-wise GaLore refuses accumulation),
+# against layerwise_losses.txt's line $1 (make_layerwise_fixtures.py:
+# LLaMA-Factory's per-param optimizers and schedulers in gradient hooks).
+layerwise_run() {
+	local name=$1 tol=${TOL:-1e-5}; shift
+	ft-cat --encode < "$FIXTURES/trainer/parity20.jsonl" > p20.zst
+	run ft-train --model_name_or_path "$MODEL" --train p20.zst --output_dir "$name" --finetuning_type full \
+		--weight_decay 0.1 --lr_scheduler_type cosine --warmup_steps 2 --max_steps 10 --logging_steps 1 \
+		--learning_rate 1e-3 --use_galore --galore_layerwise --galore_rank 4 -q "$@"
+	assert_success
+	jq -r 'select(.loss) | .loss' "$name/trainer_log.jsonl" > got
+	grep "^$name " "$FIXTURES/extras/layerwise_losses.txt" | tr ' ' '\n' | tail -n +2 > want
+	[ "$(wc -l < got)" = 10 ]
+	paste got want | awk -v tol="$tol" '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > tol + 0) { print "step " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }'
+}
+
+# Same bounds as extras.bats' GaLore runs: 1e-5 with one projection, 1e-3
+# after re-projections (the singular vectors' signs are each LAPACK's own).
+@test "GaLore layer-wise: parity with LLaMA-Factory's per-param hooks (clipping has no effect)" {
+	need_jq
+	layerwise_run galore_lw_full
+	TOL=1e-3 layerwise_run galore_lw_reproj --galore_update_interval 3
+	# max_grad_norm does nothing there: the same losses with a tiny one
+	rm -rf galore_lw_full
+	TOL=1e-5 layerwise_run galore_lw_full --max_grad_norm 1e-3
+}
+
+@test "GaLore layer-wise: the note, and LLaMA-Factory's refusal of accumulation" {
+	run train --finetuning_type full --use_galore --galore_layerwise --max_steps 1
+	assert_success
+	assert_output --partial "--galore_layerwise: no gradient clipping"
+	run -2 train --finetuning_type full --use_galore --galore_layerwise --gradient_accumulation_steps 2
+	assert_output --partial "Per-layer GaLore does not support gradient accumulation"
+}
+
+@test "GaLore layer-wise under mpirun: LLaMA-Factory's refusal" {
+	command -v mpirun >/dev/null || skip "mpirun is absent"
+	[ -f "$FT_ROOT/build/libft_mpi.so" ] || skip "build/libft_mpi.so is not built (make with mpicc present)"
+	run mpirun --oversubscribe --allow-run-as-root -np 2 ft-train --model_name_or_path "$MODEL" \
+		--train train.zst --output_dir out --finetuning_type full --use_galore --galore_layerwise --max_steps 1
+	assert_failure
+	assert_output --partial "Distributed training does not support layer-wise GaLore"
 }

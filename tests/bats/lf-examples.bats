@@ -21,6 +21,7 @@ extras/badam/llama3_full_sft.yaml
 extras/dft/qwen2_full_sft.yaml
 extras/eaft/qwen25_05b_eaft_full.yaml
 extras/fsdp_qlora/llama3_lora_sft.yaml
+extras/galore/llama3_full_sft.yaml
 extras/llama_pro/llama3_freeze_sft.yaml
 extras/loraplus/llama3_lora_sft.yaml
 extras/muon/qwen2_full_sft.yaml
@@ -150,6 +151,9 @@ tiny_qwen() {
 	[ -s saves/dft/model.safetensors ]
 	run_example extras/eaft/qwen25_05b_eaft_full.yaml $small output_dir=saves/eaft
 	[ -s saves/eaft/model.safetensors ]
+	# layer-wise GaLore (its galore_rank 128 is above the tiny model's dimensions: the full space)
+	run_example extras/galore/llama3_full_sft.yaml $small template=qwen3_nothink output_dir=saves/galore
+	[ -s saves/galore/model.safetensors ]
 }
 
 @test "a pre-quantized checkpoint is refused by name, as its config says" {

@@ -134,8 +134,22 @@ void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 			die_usage("--use_galore runs GaLoreAdamW, LLaMA-Factory's choice for --optim adamw_torch "
 				  "(its 8-bit and Adafactor variants are not in ft)");
 		const char *gl = get(a, "galore_layerwise");
-		if (gl && ft_parse_bool("galore_layerwise", gl))
-			die_usage("--galore_layerwise (updates inside the backward pass) is not implemented in ft");
+		x->galore_layerwise = gl ? ft_parse_bool("galore_layerwise", gl) : 0;
+		if (x->galore_layerwise) {
+			/* LLaMA-Factory steps each param in its post-accumulate-grad
+			 * hook and frees its gradient: with one micro-batch per step
+			 * and the trainer's clipping then finding no gradients, that
+			 * is the same update as a step after the whole backward pass
+			 * with clipping off */
+			if (c->t.gradient_accumulation_steps != 1)
+				die_usage("--galore_layerwise: Per-layer GaLore does not support gradient accumulation "
+					  "(--gradient_accumulation_steps must be 1), as in LLaMA-Factory");
+			if (c->t.max_grad_norm > 0 && ft_verbose >= 0)
+				warn("note: --galore_layerwise: no gradient clipping (LLaMA-Factory updates each "
+				     "parameter inside the backward pass, before the trainer clips); ft logs the "
+				     "gradient norm where LLaMA-Factory shows 0");
+			c->t.max_grad_norm = 0;
+		}
 		x->galore_target = ft_lfargs_get(a, "galore_target", "all");
 		x->galore_rank = get(a, "galore_rank") ? (int)ft_parse_int("galore_rank", get(a, "galore_rank")) : 16;
 		x->galore_interval = get(a, "galore_update_interval")
@@ -259,6 +273,9 @@ ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
 			  : x->adam_mini ? "use_adam_mini" : x->muon ? "use_muon"
 			  : c->tune.sft_loss == FT_SFT_LOSS_DFT ? "use_dft_loss"
 			  : c->tune.sft_loss ? "use_eaft_loss" : "neftune_noise_alpha");
+	if (x->galore && x->galore_layerwise && c->t.dist)
+		die_usage("--galore_layerwise: Distributed training does not support layer-wise GaLore, as in "
+			  "LLaMA-Factory");
 	if (x->loraplus) return ft_loraplus_new(c->t.learning_rate, x->loraplus_ratio, x->loraplus_embedding);
 	if (!x->badam && !x->muon && !x->adam_mini && !x->galore) return NULL;
 	size_t n = 0, np = ft_model_nparams(m);

@@ -15,6 +15,7 @@ typedef struct {
 	int loraplus, badam, badam_mode, badam_interval, badam_has_start, badam_start, badam_verbose;
 	int pissa, pissa_iter, pissa_convert, dora, muon, adam_mini;
 	int galore, galore_rank, galore_interval, galore_proj;
+	int galore_layerwise;          /* as the stepped-after-backward equivalent (docs/EXTRAS.md) */
 	double galore_scale;
 	const char *galore_target;
 	double loraplus_ratio, loraplus_embedding;

@@ -83,6 +83,7 @@ static const char usage[] =
 "  --use_galore               GaLore (freeze/full): Adam on low-rank projected gradients\n"
 "  --galore_target all|q_proj,... --galore_rank N (16) --galore_update_interval N (200)\n"
 "  --galore_scale X (2.0) --galore_proj_type std|reverse_std|right|left (std)\n"
+"  --galore_layerwise         per-param GaLore steps (accumulation 1, no clipping)\n"
 "  --use_dft_loss             sft: each token's loss times its (detached) probability\n"
 "  --use_eaft_loss --eaft_alpha X (1.0)  sft: times (top-20 entropy / 3)^alpha\n"
 "  --use_muon                 Muon for 2-D weights, its AdamW for the rest\n"
