@@ -65,6 +65,16 @@ parity_run() {
 	awk -v a="$dft" -v b="$plain" 'BEGIN { exit !(a > 0 && a < b) }'
 }
 
+@test "DFT/EAFT: gradient checkpointing gives the same weights bit for bit" {
+	for l in dft eaft; do
+		run train --finetuning_type lora --max_steps 3 --use_${l}_loss -q --output_dir a$l
+		assert_success
+		run train --finetuning_type lora --max_steps 3 --use_${l}_loss -q --output_dir b$l --gradient_checkpointing
+		assert_success
+		cmp a$l/adapter_model.safetensors b$l/adapter_model.safetensors
+	done
+}
+
 @test "DFT/EAFT: DFT over EAFT with a note, ignored by other stages, a bad boolean" {
 	run train --finetuning_type lora --max_steps 1 --use_dft_loss --use_eaft_loss
 	assert_success
