@@ -110,7 +110,7 @@ static const ftp_route routes[] = {
 	{"quantization_type", FTP_R | FTP_G | FTP_M, NULL},
 	{"double_quantization", FTP_R | FTP_G | FTP_M, NULL},
 	{"use_unsloth", FTP_X, "unsloth's kernels are torch code ft does not run"},
-	{"use_apollo", FTP_X, "the APOLLO optimizer is " NOT_YET},
+	{"use_apollo", FTP_R, NULL},
 	{"pref_beta", FTP_R, NULL},
 	{"pref_loss", FTP_R, NULL},
 	{"pref_ftx", FTP_R, NULL},
@@ -126,7 +126,7 @@ static const ftp_route routes[] = {
 
 /* Families of settings that belong to a refused method. */
 static const ftp_route families[] = {
-	{"apollo_", FTP_X, "the APOLLO optimizer is " NOT_YET},
+	{"apollo_", FTP_R, NULL},  /* ft-train checks each (apollo_proj svd refused) */
 	{"badam_", FTP_R, NULL},   /* ft-train checks each (layer mode only) */
 	{"galore_", FTP_R, NULL},  /* ft-train checks each */
 	{"oft_", FTP_X, "OFT is " NOT_YET},

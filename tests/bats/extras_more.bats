@@ -1,9 +1,10 @@
 #!/usr/bin/env bats
 # More of ft-train's LLaMA-Factory extras (docs/EXTRAS.md): the DFT and
-# EAFT losses, layer-wise GaLore.  Parity runs against
+# EAFT losses, layer-wise GaLore, APOLLO.  Parity runs against
 # tests/fixtures/extras/sft_losses.txt (tests/reference/make_sftloss_fixtures.py:
 # LLaMA-Factory's own loss functions in transformers' accumulation loop) and
-# layerwise_losses.txt (make_layerwise_fixtures.py), the flags, the refusals.
+# layerwise_losses.txt (make_layerwise_fixtures.py) and apollo_losses.txt
+# (make_apollo_fixtures.py: apollo-torch's APOLLOAdamW), the flags, the refusals.
 load helper
 
 MODEL="$FIXTURES/models/tiny-llama"
@@ -123,11 +124,76 @@ layerwise_run() {
 	assert_output --partial "Per-layer GaLore does not support gradient accumulation"
 }
 
-@test "GaLore layer-wise under mpirun: LLaMA-Factory's refusal" {
+@test "GaLore and APOLLO layer-wise under mpirun: LLaMA-Factory's refusal" {
 	command -v mpirun >/dev/null || skip "mpirun is absent"
 	[ -f "$FT_ROOT/build/libft_mpi.so" ] || skip "build/libft_mpi.so is not built (make with mpicc present)"
 	run mpirun --oversubscribe --allow-run-as-root -np 2 ft-train --model_name_or_path "$MODEL" \
 		--train train.zst --output_dir out --finetuning_type full --use_galore --galore_layerwise --max_steps 1
 	assert_failure
 	assert_output --partial "Distributed training does not support layer-wise GaLore"
+	run mpirun --oversubscribe --allow-run-as-root -np 2 ft-train --model_name_or_path "$MODEL" \
+		--train train.zst --output_dir out --finetuning_type full --use_apollo --apollo_layerwise --max_steps 1
+	assert_failure
+	assert_output --partial "Distributed training does not support layer-wise APOLLO"
+}
+
+# ---- APOLLO -------------------------------------------------------------------
+
+# The random projections are torch.randn from torch's mt19937, reproduced
+# (SLEEF's log/sin/cos in torch's AVX2 path against libm here: ~1 ulp in
+# P), so re-projections carry no sign choice: 1e-5 throughout (measured
+# 1.3e-7, 9.6e-8 with new projections every 3 steps, 1.1e-7 layer-wise).
+apollo_run() {
+	local name=$1; shift
+	ft-cat --encode < "$FIXTURES/trainer/parity20.jsonl" > p20.zst
+	run ft-train --model_name_or_path "$MODEL" --train p20.zst --output_dir "$name" --finetuning_type full \
+		--weight_decay 0.1 --lr_scheduler_type cosine --warmup_steps 2 --logging_steps 1 \
+		--learning_rate 1e-3 --use_apollo -q "$@"
+	assert_success
+	jq -r 'select(.loss) | .loss' "$name/trainer_log.jsonl" > got
+	grep "^$name " "$FIXTURES/extras/apollo_losses.txt" | tr ' ' '\n' | tail -n +2 > want
+	[ "$(wc -l < got)" = 10 ]
+	paste got want | awk '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > 1e-5) { print "step " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }'
+}
+
+@test "APOLLO: parity with apollo-torch's APOLLOAdamW (channel, tensor + scale_front + re-projections, layer-wise)" {
+	need_jq
+	local acc=(--max_grad_norm 1.0 --gradient_accumulation_steps 2 --num_train_epochs 1)
+	apollo_run apollo_full "${acc[@]}" --apollo_rank 4
+	apollo_run apollo_tensor "${acc[@]}" --apollo_rank 8 --apollo_update_interval 3 --apollo_scale 16 \
+		--apollo_scale_type tensor --apollo_scale_front
+	apollo_run apollo_lw --max_steps 10 --apollo_rank 4 --apollo_layerwise
+}
+
+@test "APOLLO: resume across a re-projection continues bit for bit" {
+	need_jq
+	args=(--finetuning_type full --use_apollo --apollo_rank 4 --apollo_update_interval 3 --learning_rate 1e-3
+	      --max_steps 8 --logging_steps 1 --save_steps 4 -q)
+	run train "${args[@]}"
+	assert_success
+	[ -f out/checkpoint-4/apollo_optimizer.safetensors ]
+	mkdir b && cp -r out/checkpoint-4 b/ && head -n 4 out/trainer_log.jsonl > b/trainer_log.jsonl
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b "${args[@]}" \
+		--resume_from_checkpoint b/checkpoint-4
+	assert_success
+	cmp out/model.safetensors b/model.safetensors
+}
+
+@test "APOLLO: refusals, as LLaMA-Factory's and where ft differs" {
+	run -2 train --use_apollo
+	assert_output --partial "cannot use LoRA with GaLore, APOLLO or BAdam together"
+	run -2 train --finetuning_type full --use_apollo --use_galore
+	assert_output --partial "cannot use GaLore, APOLLO or BAdam together"
+	run -2 train --finetuning_type full --use_apollo --apollo_layerwise --gradient_accumulation_steps 2
+	assert_output --partial "Per-layer APOLLO does not support gradient accumulation"
+	run -2 train --finetuning_type full --use_apollo --apollo_proj svd
+	assert_output --partial "not implemented in ft yet"
+	run -2 train --finetuning_type full --use_apollo --apollo_proj_type left
+	assert_output --partial "channel scaling fails on that side"
+	run -2 train --finetuning_type full --use_apollo --apollo_scale_type row
+	assert_output --partial "channel or tensor"
+	run -2 train --finetuning_type full --use_apollo --optim adamw_torch_fused
+	assert_output --partial "APOLLOAdamW"
+	run -2 train --finetuning_type full --use_apollo --apollo_rank 0
+	assert_output --partial "must be >= 1"
 }

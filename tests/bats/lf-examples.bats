@@ -17,6 +17,7 @@ command_for() {
 
 # The configs ft-run accepts today (the others are refused, with reasons).
 RUNNABLE="extras/adam_mini/qwen2_full_sft.yaml
+extras/apollo/llama3_full_sft.yaml
 extras/badam/llama3_full_sft.yaml
 extras/dft/qwen2_full_sft.yaml
 extras/eaft/qwen25_05b_eaft_full.yaml
@@ -154,6 +155,9 @@ tiny_qwen() {
 	# layer-wise GaLore (its galore_rank 128 is above the tiny model's dimensions: the full space)
 	run_example extras/galore/llama3_full_sft.yaml $small template=qwen3_nothink output_dir=saves/galore
 	[ -s saves/galore/model.safetensors ]
+	# layer-wise APOLLO (apollo_rank 128: random projections need no cap)
+	run_example extras/apollo/llama3_full_sft.yaml $small template=qwen3_nothink output_dir=saves/apollo
+	[ -s saves/apollo/model.safetensors ]
 }
 
 @test "a pre-quantized checkpoint is refused by name, as its config says" {

@@ -9,6 +9,7 @@
 #include "train/trainer.h"
 #include "train/pref.h"
 #include "train/dist.h"
+#include "train/optim_ext.h"
 
 /* extras.c: LoRA+ and BAdam settings (NEFTune and LLaMA Pro are in tune) */
 typedef struct {
@@ -16,6 +17,9 @@ typedef struct {
 	int pissa, pissa_iter, pissa_convert, dora, muon, adam_mini;
 	int galore, galore_rank, galore_interval, galore_proj;
 	int galore_layerwise;          /* as the stepped-after-backward equivalent (docs/EXTRAS.md) */
+	int apollo, apollo_layerwise;  /* APOLLO (lib/train/optim_apollo.c) */
+	ft_apollo_opts apollo_o;
+	const char *apollo_target;
 	double galore_scale;
 	const char *galore_target;
 	double loraplus_ratio, loraplus_embedding;
