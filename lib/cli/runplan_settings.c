@@ -126,7 +126,7 @@ static const ftp_route routes[] = {
 
 /* Families of settings that belong to a refused method. */
 static const ftp_route families[] = {
-	{"apollo_", FTP_R, NULL},  /* ft-train checks each (apollo_proj svd refused) */
+	{"apollo_", FTP_R, NULL},  /* ft-train checks each */
 	{"badam_", FTP_R, NULL},   /* ft-train checks each (layer mode only) */
 	{"galore_", FTP_R, NULL},  /* ft-train checks each */
 	{"oft_", FTP_X, "OFT is " NOT_YET},

@@ -5,7 +5,8 @@
  * - APOLLO params: the 2-D weights of the apollo_target linears; the other
  *   trainable params get the same AdamW without a projection.
  * - Each APOLLO param's gradient G [out, in] is projected by a random
- *   matrix (GradientProjector, apollo_proj random): std picks R = G P^T
+ *   matrix (GradientProjector, apollo_proj random; svd: GaLore's top
+ *   singular vectors of G instead): std picks R = G P^T
  *   with P [rank, in] when out >= in, else R = P^T G with P [out, rank];
  *   P is torch.randn from a torch.Generator seeded with the projector's
  *   seed, / sqrt(rank), drawn again at steps 0, interval, 2 interval, ...
@@ -123,13 +124,31 @@ typedef struct {
 	int64_t step;
 } apollo;
 
-static void draw(astate *st)
+/* A new projection.  random: GradientProjector's randn / sqrt(rank), the
+ * seed advanced; svd: GaLoreProjector's top-r right (Vh[:r]) or left
+ * (U[:, :r]) singular vectors of the gradient (LAPACK's sgesdd, as
+ * torch.linalg.svd). */
+static int draw(astate *st, int svd, const float *G, int out, int in)
 {
+	if (svd) {
+		int k = out < in ? out : in;
+		float *U = ft_xmalloc((size_t)out * k * sizeof *U), *S = ft_xmalloc((size_t)k * sizeof *S);
+		float *Vh = ft_xmalloc((size_t)k * in * sizeof *Vh);
+		int rc = ft_svd_thin(G, out, in, U, S, Vh);
+		if (!rc && st->right)
+			memcpy(st->P, Vh, (size_t)st->r * in * sizeof *st->P);
+		else if (!rc)
+			for (int o = 0; o < out; o++)
+				memcpy(st->P + (size_t)o * st->r, U + (size_t)o * k, st->r * sizeof *st->P);
+		free(U); free(S); free(Vh);
+		return rc;
+	}
 	size_t n = st->np;   /* >= 16: checked by ft_apollo_new */
 	torch_randn(st->P, n, st->seed);
 	float rs = (float)sqrt((double)st->r);
 	for (size_t i = 0; i < n; i++) st->P[i] /= rs;
 	st->seed = next_seed(st->seed);
+	return 0;
 }
 
 static double norm2(const float *x, size_t n)
@@ -201,7 +220,8 @@ static int ap_step(void *self, ft_adamw *opt, double lr, double lambda)
 		float *R = NULL, *N = NULL;
 		int out = (int)p->shape[0], in = (int)p->shape[1];
 		if (st->apollo) {
-			if (t % x->o.update_interval == 0) draw(st);
+			if (t % x->o.update_interval == 0 && draw(st, x->o.svd, g, out, in) < 0)
+				return ft_fail_ctx("APOLLO: %s: ", p->name);
 			R = ft_xmalloc(st->nlow * sizeof *R);
 			if (st->right)   /* G [out, in] @ P^T [in, r] */
 				ft_sgemm(0, 1, out, st->r, in, 1.0f, g, in, st->P, in, 0.0f, R, st->r);
@@ -351,7 +371,7 @@ ft_optim_ext *ft_apollo_new(ft_param *const *params, size_t n, const int *is_apo
 			return ft_fail("apollo_proj_type %s on %s [%lld, %lld]: apollo-torch's channel scaling "
 				       "fails on that side (use std)", right ? "right" : "left", p->name,
 				       (long long)out, (long long)in), NULL;
-		if ((size_t)o->rank * (size_t)(right ? in : out) < 16)
+		if (!o->svd && (size_t)o->rank * (size_t)(right ? in : out) < 16)
 			return ft_fail("apollo: %s's projection has under 16 elements; torch.randn draws those "
 				       "another way, which ft does not reproduce", p->name), NULL;
 	}
@@ -372,7 +392,8 @@ ft_optim_ext *ft_apollo_new(ft_param *const *params, size_t n, const int *is_apo
 			int64_t out = p->shape[0], in = p->shape[1];
 			int right = o->proj_type == FT_GALORE_RIGHT ? 1 : o->proj_type == FT_GALORE_LEFT ? 0 : out >= in;
 			st->right = right;
-			st->r = o->rank;   /* randn (rank, in): no cap at the dimensions */
+			int64_t kk = out < in ? out : in;   /* svd: Vh[:rank] keeps what there is */
+			st->r = o->svd && o->rank > kk ? (int)kk : o->rank;   /* randn (rank, in): no cap */
 			st->nlow = (size_t)st->r * (size_t)(right ? out : in);
 			st->np = (size_t)st->r * (size_t)(right ? in : out);
 			st->P = ft_xcalloc(st->np, sizeof(float));

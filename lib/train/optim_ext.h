@@ -95,7 +95,7 @@ int ft_galore_proj_parse(const char *s);
 ft_optim_ext *ft_galore_new(ft_param *const *params, size_t n, const int *is_galore,
 			    const ft_galore_opts *o);
 /* APOLLO as LLaMA-Factory's use_apollo (lib/train/optim_apollo.c,
- * apollo-torch 1.0's APOLLOAdamW with apollo_proj random).  proj_type:
+ * apollo-torch 1.0's APOLLOAdamW; apollo_proj random, or svd).  proj_type:
  * std, or right/left where they pick std's side. */
 typedef struct {
 	int rank;                      /* apollo_rank (16) */
@@ -105,6 +105,7 @@ typedef struct {
 	int scale_tensor;              /* apollo_scale_type tensor (else channel) */
 	int scale_front;               /* apollo_scale_front */
 	int layerwise;                 /* one optimizer per param: every projector seeded 1 */
+	int svd;                       /* apollo_proj svd (else random) */
 	double beta1, beta2, eps, weight_decay;
 } ft_apollo_opts;
 ft_optim_ext *ft_apollo_new(ft_param *const *params, size_t n, const int *is_apollo,

@@ -156,13 +156,16 @@ apollo_run() {
 	paste got want | awk '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > 1e-5) { print "step " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }'
 }
 
-@test "APOLLO: parity with apollo-torch's APOLLOAdamW (channel, tensor + scale_front + re-projections, layer-wise)" {
+@test "APOLLO: parity with apollo-torch's APOLLOAdamW (channel, tensor + scale_front + re-projections, layer-wise, svd)" {
 	need_jq
 	local acc=(--max_grad_norm 1.0 --gradient_accumulation_steps 2 --num_train_epochs 1)
 	apollo_run apollo_full "${acc[@]}" --apollo_rank 4
 	apollo_run apollo_tensor "${acc[@]}" --apollo_rank 8 --apollo_update_interval 3 --apollo_scale 16 \
 		--apollo_scale_type tensor --apollo_scale_front
 	apollo_run apollo_lw --max_steps 10 --apollo_rank 4 --apollo_layerwise
+	# svd: GaLore's projector, one projection in the run (its signs are
+	# each LAPACK's choice only from a re-projection on)
+	apollo_run apollo_svd "${acc[@]}" --apollo_rank 4 --apollo_proj svd
 }
 
 @test "APOLLO: resume across a re-projection continues bit for bit" {
@@ -186,8 +189,8 @@ apollo_run() {
 	assert_output --partial "cannot use GaLore, APOLLO or BAdam together"
 	run -2 train --finetuning_type full --use_apollo --apollo_layerwise --gradient_accumulation_steps 2
 	assert_output --partial "Per-layer APOLLO does not support gradient accumulation"
-	run -2 train --finetuning_type full --use_apollo --apollo_proj svd
-	assert_output --partial "not implemented in ft yet"
+	run -2 train --finetuning_type full --use_apollo --apollo_proj qr
+	assert_output --partial "svd or random"
 	run -2 train --finetuning_type full --use_apollo --apollo_proj_type left
 	assert_output --partial "channel scaling fails on that side"
 	run -2 train --finetuning_type full --use_apollo --apollo_scale_type row

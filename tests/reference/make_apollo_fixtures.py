@@ -16,6 +16,7 @@ per step...>", full, lr 1e-3, weight_decay 0.1, cosine with 2 warmup steps:
     apollo_full     all linears, rank 4, interval 200, scale 32, channel
     apollo_tensor   rank 8, interval 3 (new projections), scale 16,
                     scale_type tensor, scale_front
+    apollo_svd      apollo_full with apollo_proj svd (one projection in the run)
   10 steps of one micro-batch (batches 0..9), apollo_layerwise:
     apollo_lw       all linears, rank 4, interval 200, scale 32, channel
 Made with torch 2.15.0, transformers 5.24.0, apollo-torch 1.0.3 (CPU, float32, 1 thread).
@@ -46,16 +47,16 @@ def split(m):
     return ap, dp, ndp
 
 
-def kwargs(rank, gap, scale, stype):
-    return dict(rank=rank, proj="random", proj_type="std", update_proj_gap=gap, scale=scale, scale_type=stype)
+def kwargs(rank, gap, scale, stype, proj="random"):
+    return dict(rank=rank, proj=proj, proj_type="std", update_proj_gap=gap, scale=scale, scale_type=stype)
 
 
-def apollo(rank, gap, scale, stype, front):
+def apollo(rank, gap, scale, stype, front, proj="random"):
     from apollo_torch import APOLLOAdamW
     m = build_from(MODEL, "llama")
     ap, dp, ndp = split(m)
     groups = [dict(params=ndp, weight_decay=0.0), dict(params=dp, weight_decay=WEIGHT_DECAY),
-              dict(params=ap, weight_decay=WEIGHT_DECAY, **kwargs(rank, gap, scale, stype))]
+              dict(params=ap, weight_decay=WEIGHT_DECAY, **kwargs(rank, gap, scale, stype, proj))]
     opt = APOLLOAdamW(groups, lr=1e-3, betas=BETAS, eps=EPS, scale_front=front)
     sch = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
     return run(m, None, opt, sch, batches())
@@ -104,7 +105,8 @@ def main():
     assert ACCUM == 2
     runs = [("apollo_full", apollo(4, 200, 32.0, "channel", False)),
             ("apollo_tensor", apollo(8, 3, 16.0, "tensor", True)),
-            ("apollo_lw", apollo_lw(4, 200, 32.0, "channel"))]
+            ("apollo_lw", apollo_lw(4, 200, 32.0, "channel")),
+            ("apollo_svd", apollo(4, 200, 32.0, "channel", False, "svd"))]
     with open(os.path.join(OUT, "apollo_losses.txt"), "w") as f:
         for name, losses in runs:
             f.write(name + " " + " ".join(repr(x) for x in losses) + "\n")

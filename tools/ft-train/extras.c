@@ -97,10 +97,8 @@ static void apollo_parse(ft_lfargs *a, ft_cli_args *c, const char *optim)
 	if (o->rank < 1 || o->update_interval < 1)
 		die_usage("--apollo_rank and --apollo_update_interval must be >= 1");
 	const char *pj = ft_lfargs_get(a, "apollo_proj", "random");
-	if (!strcmp(pj, "svd"))
-		die_usage("--apollo_proj svd (GaLore's SVD projector inside APOLLO) is not implemented in ft yet; "
-			  "random (the default) is");
-	if (strcmp(pj, "random")) die_usage("--apollo_proj: '%s' (svd or random)", pj);
+	if (strcmp(pj, "random") && strcmp(pj, "svd")) die_usage("--apollo_proj: '%s' (svd or random)", pj);
+	o->svd = !strcmp(pj, "svd");
 	const char *pt = ft_lfargs_get(a, "apollo_proj_type", "std");
 	if (strcmp(pt, "std") && strcmp(pt, "right") && strcmp(pt, "left"))
 		die_usage("--apollo_proj_type: '%s' (std, right or left)", pt);

@@ -87,7 +87,7 @@ static const char usage[] =
 "  --use_apollo               APOLLO (freeze/full): AdamW scaled by random-projected moments\n"
 "  --apollo_target all|... --apollo_rank N (16) --apollo_update_interval N (200)\n"
 "  --apollo_scale X (32) --apollo_scale_type channel|tensor --apollo_scale_front\n"
-"  --apollo_proj random --apollo_proj_type std --apollo_layerwise\n"
+"  --apollo_proj random|svd --apollo_proj_type std --apollo_layerwise\n"
 "  --use_dft_loss             sft: each token's loss times its (detached) probability\n"
 "  --use_eaft_loss --eaft_alpha X (1.0)  sft: times (top-20 entropy / 3)^alpha\n"
 "  --use_muon                 Muon for 2-D weights, its AdamW for the rest\n"
