@@ -31,6 +31,8 @@ LIB_MODEL  += flash_ref
 LIB_MODEL  += quant model_quant
 LIB_CUDA   += quant
 LIB_MODEL  += arch rope model_gemma layers_gemma
+LIB_MODEL  += model_tokloss
+LIB_TRAIN  += optim_apollo
 LIB_TEXT   += template_think
 LIB_DATA   += preprocess_think
 

@@ -95,11 +95,10 @@ static const ftp_route routes[] = {
 	{"audio_sampling_rate", FTP_X, MULTIMODAL}, {"media_dir", FTP_X, MULTIMODAL},
 	{"freeze_vision_tower", FTP_X, MULTIMODAL}, {"freeze_multi_modal_projector", FTP_X, MULTIMODAL},
 	{"freeze_language_model", FTP_X, MULTIMODAL},
-	{"use_dft_loss", FTP_X, "the DFT loss is " NOT_YET},
-	{"use_eaft_loss", FTP_X, "the EAFT loss is " NOT_YET},
+	{"use_dft_loss", FTP_R, NULL}, {"use_eaft_loss", FTP_R, NULL},
 	{"use_asft_loss", FTP_X, "the ASFT loss is " NOT_YET},
 	{"asft_alpha", FTP_X, "the ASFT loss is " NOT_YET},
-	{"eaft_alpha", FTP_X, "the EAFT loss is " NOT_YET},
+	{"eaft_alpha", FTP_R, NULL},
 	{"mixture_of_depths", FTP_X, "Mixture-of-Depths is " NOT_YET},
 	{"oft_rank", FTP_X, "OFT is " NOT_YET}, {"oft_block_size", FTP_X, "OFT is " NOT_YET},
 	{"oft_target", FTP_X, "OFT is " NOT_YET}, {"module_dropout", FTP_X, "OFT is " NOT_YET},
@@ -111,7 +110,7 @@ static const ftp_route routes[] = {
 	{"quantization_type", FTP_R | FTP_G | FTP_M, NULL},
 	{"double_quantization", FTP_R | FTP_G | FTP_M, NULL},
 	{"use_unsloth", FTP_X, "unsloth's kernels are torch code ft does not run"},
-	{"use_apollo", FTP_X, "the APOLLO optimizer is " NOT_YET},
+	{"use_apollo", FTP_R, NULL},
 	{"pref_beta", FTP_R, NULL},
 	{"pref_loss", FTP_R, NULL},
 	{"pref_ftx", FTP_R, NULL},
@@ -127,9 +126,9 @@ static const ftp_route routes[] = {
 
 /* Families of settings that belong to a refused method. */
 static const ftp_route families[] = {
-	{"apollo_", FTP_X, "the APOLLO optimizer is " NOT_YET},
+	{"apollo_", FTP_R, NULL},  /* ft-train checks each */
 	{"badam_", FTP_R, NULL},   /* ft-train checks each (layer mode only) */
-	{"galore_", FTP_R, NULL},  /* ft-train checks each (galore_layerwise refused) */
+	{"galore_", FTP_R, NULL},  /* ft-train checks each */
 	{"oft_", FTP_X, "OFT is " NOT_YET},
 	{"ray_", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
 	{"loraplus_", FTP_R, NULL},
@@ -190,12 +189,8 @@ static void value_check(ft_runplan *p, const ft_lfarg *s)
 			ftp_plan_problem(p, ft_xasprintf("%s: export_legacy_format true is not supported: pickled "
 							 ".bin weights can run code when loaded; ft-merge writes "
 							 "safetensors only", s->origin));
-	} else if (!strcmp(k, "galore_layerwise") || !strcmp(k, "badam_mode")) {
+	} else if (!strcmp(k, "badam_mode")) {
 		/* the extras' modes ft-train does not have (docs/EXTRAS.md) */
-		if (!strcmp(k, "galore_layerwise") && !strcasecmp(v, "true"))
-			ftp_plan_problem(p, ft_xasprintf("%s: galore_layerwise true is not supported: per-layer "
-							 "GaLore updates inside the backward pass, not implemented "
-							 "in ft (false runs)", s->origin));
 		if (!strcmp(k, "badam_mode") && !strcmp(v, "ratio"))
 			ftp_plan_problem(p, ft_xasprintf("%s: badam_mode ratio is not supported: "
 							 "BlockOptimizerRatio's sparse masks are not implemented in "

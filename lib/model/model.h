@@ -62,6 +62,7 @@ int ft_config_load(const char *config_json, ft_config *c);
 double ft_config_weight_bytes(const ft_config *c);
 
 typedef enum { FT_FT_LORA, FT_FT_FREEZE, FT_FT_FULL } ft_finetuning_type;
+enum { FT_SFT_LOSS_CE, FT_SFT_LOSS_DFT, FT_SFT_LOSS_EAFT };
 
 /* Bits for LoRA targets and freeze modules. */
 enum {
@@ -92,6 +93,10 @@ typedef struct {
 	int pissa_init, pissa_iter;
 	/* set by ft_model_dora_init / a use_dora adapter (lib/model/lora_dora.c) */
 	int use_dora;
+	/* SFT token losses (lib/model/model_tokloss.c): FT_SFT_LOSS_* and
+	 * EAFT's alpha (LLaMA-Factory's use_dft_loss / use_eaft_loss) */
+	int sft_loss;
+	double eaft_alpha;
 	/* QLoRA (lib/model/quant.h): 0, 4 or 8 bits for the decoder's base
 	 * linears; 4-bit FP4 instead of NF4; 4-bit absmaxes quantized too */
 	int quantization_bit, quantization_fp4, double_quantization;

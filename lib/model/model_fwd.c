@@ -400,6 +400,8 @@ int ftp_model_forward_body(ft_model *m, const ft_batch *b)
 int ft_model_forward(ft_model *m, const ft_batch *b, float *logits,
 		     double *loss_sum, int64_t *n_tokens)
 {
+	if (m->o.sft_loss && !logits)
+		return ftp_tokloss_forward(m, b, loss_sum, n_tokens);
 	m->training = 0;
 	if (ftp_model_forward_body(m, b) < 0)
 		return -1;
@@ -429,6 +431,8 @@ int ft_model_forward(ft_model *m, const ft_batch *b, float *logits,
 int ft_model_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
 			      double *loss_sum, int64_t *n_tokens)
 {
+	if (m->o.sft_loss)
+		return ftp_tokloss_forward_backward(m, b, grad_scale, loss_sum, n_tokens);
 	const ft_config *c = &m->c;
 	m->training = 1;
 	m->dropout_calls++;

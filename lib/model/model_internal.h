@@ -108,6 +108,12 @@ static inline ftp_dora *ftp_dora_of(const ft_model *m, int l, int j)
 void ftp_neftune_apply(const ft_model *m, float *x, int B, int T);
 int ftp_llama_pro_layer(const ft_model *m, int l);
 
+/* lib/model/model_tokloss.c: ft_model_forward_backward / ft_model_forward
+ * (loss only) with the DFT or EAFT token weights (o.sft_loss != 0). */
+int ftp_tokloss_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
+				 double *loss_sum, int64_t *n_tokens);
+int ftp_tokloss_forward(ft_model *m, const ft_batch *b, double *loss_sum, int64_t *n_tokens);
+
 /* lib/model/model_io.c: adapter_config.json with rank r and alpha;
  * plain: init_lora_weights true even for a PiSSA adapter. */
 int ftp_adapter_config_save(ft_model *m, const char *dir, int r, double alpha, int plain);

@@ -8,6 +8,7 @@
  *   Muon  (lib/train/optim_muon.c)      Newton-Schulz orthogonalized momentum
  *   Adam-mini (lib/train/optim_adam_mini.c)  one second moment per block
  *   GaLore (lib/train/optim_galore.c)   Adam in a low-rank gradient subspace
+ *   APOLLO (lib/train/optim_apollo.c)   AdamW scaled by random-projected moments
  *
  * The loop still owns clipping, the schedule and the checkpoint of the
  * weights (optimizer.safetensors); an extension adds its own state files
@@ -93,5 +94,21 @@ typedef struct {
 int ft_galore_proj_parse(const char *s);
 ft_optim_ext *ft_galore_new(ft_param *const *params, size_t n, const int *is_galore,
 			    const ft_galore_opts *o);
+/* APOLLO as LLaMA-Factory's use_apollo (lib/train/optim_apollo.c,
+ * apollo-torch 1.0's APOLLOAdamW; apollo_proj random, or svd).  proj_type:
+ * std, or right/left where they pick std's side. */
+typedef struct {
+	int rank;                      /* apollo_rank (16) */
+	int update_interval;           /* apollo_update_interval (200) */
+	double scale;                  /* apollo_scale (32.0) */
+	ft_galore_proj proj_type;      /* std */
+	int scale_tensor;              /* apollo_scale_type tensor (else channel) */
+	int scale_front;               /* apollo_scale_front */
+	int layerwise;                 /* one optimizer per param: every projector seeded 1 */
+	int svd;                       /* apollo_proj svd (else random) */
+	double beta1, beta2, eps, weight_decay;
+} ft_apollo_opts;
+ft_optim_ext *ft_apollo_new(ft_param *const *params, size_t n, const int *is_apollo,
+			    const ft_apollo_opts *o);
 
 #endif

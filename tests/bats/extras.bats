@@ -453,7 +453,7 @@ pissa_args=(--lora_rank 4 --lora_alpha 8 --lora_target all --learning_rate 2e-3 
 	assert_output --partial "cannot use LoRA with GaLore"
 	run -2 train --finetuning_type full --use_galore --use_badam
 	assert_output --partial "cannot use GaLore, APOLLO or BAdam together"
-	run -2 train --finetuning_type full --use_galore --galore_layerwise
+	run -2 train --finetuning_type full --use_galore --galore_layerwise --gradient_accumulation_steps 2
 	assert_output --partial "galore_layerwise"
 	run -2 train --finetuning_type full --use_galore --galore_proj_type full
 	assert_output --partial "not implemented in ft"

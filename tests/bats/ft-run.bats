@@ -112,7 +112,7 @@ load helper
 	finetuning_type: oft
 	deepspeed: ds.json
 	image_max_pixels: 262144
-	apollo_rank: 16
+	mixture_of_depths: convert
 	made_up_key: 1
 	output_dir: o
 	EOT
@@ -123,7 +123,7 @@ load helper
 	[[ "$stderr" == *"c.yaml:6: finetuning_type oft: ft supports lora, freeze and full"* ]]
 	[[ "$stderr" == *"c.yaml:7: 'deepspeed' is not supported: ft does not use DeepSpeed"* ]]
 	[[ "$stderr" == *"c.yaml:8: 'image_max_pixels' is not supported: ft trains text-only models"* ]]
-	[[ "$stderr" == *"c.yaml:9: 'apollo_rank' is not supported: the APOLLO optimizer"* ]]
+	[[ "$stderr" == *"c.yaml:9: 'mixture_of_depths' is not supported: Mixture-of-Depths"* ]]
 	[[ "$stderr" == *"c.yaml:10: 'made_up_key' is not a LLaMA-Factory setting ft knows"* ]]
 	[[ "$stderr" == *"7 settings ft cannot run"* ]]
 	[ -z "$output" ]

@@ -17,8 +17,12 @@ command_for() {
 
 # The configs ft-run accepts today (the others are refused, with reasons).
 RUNNABLE="extras/adam_mini/qwen2_full_sft.yaml
+extras/apollo/llama3_full_sft.yaml
 extras/badam/llama3_full_sft.yaml
+extras/dft/qwen2_full_sft.yaml
+extras/eaft/qwen25_05b_eaft_full.yaml
 extras/fsdp_qlora/llama3_lora_sft.yaml
+extras/galore/llama3_full_sft.yaml
 extras/llama_pro/llama3_freeze_sft.yaml
 extras/loraplus/llama3_lora_sft.yaml
 extras/muon/qwen2_full_sft.yaml
@@ -143,6 +147,17 @@ tiny_qwen() {
 	[ -s saves/qlora/adapter_model.safetensors ]
 	run_example train_qlora/qwen3_lora_sft_bnb_npu.yaml $small output_dir=saves/qlora_npu
 	[ -s saves/qlora_npu/adapter_model.safetensors ]
+	# the DFT and EAFT losses
+	run_example extras/dft/qwen2_full_sft.yaml $small overwrite_output_dir=true output_dir=saves/dft
+	[ -s saves/dft/model.safetensors ]
+	run_example extras/eaft/qwen25_05b_eaft_full.yaml $small output_dir=saves/eaft
+	[ -s saves/eaft/model.safetensors ]
+	# layer-wise GaLore (its galore_rank 128 is above the tiny model's dimensions: the full space)
+	run_example extras/galore/llama3_full_sft.yaml $small template=qwen3_nothink output_dir=saves/galore
+	[ -s saves/galore/model.safetensors ]
+	# layer-wise APOLLO (apollo_rank 128: random projections need no cap)
+	run_example extras/apollo/llama3_full_sft.yaml $small template=qwen3_nothink output_dir=saves/apollo
+	[ -s saves/apollo/model.safetensors ]
 }
 
 @test "a pre-quantized checkpoint is refused by name, as its config says" {

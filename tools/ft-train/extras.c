@@ -13,7 +13,10 @@ static const char *const extras_keys[] = {
 	"use_badam", "badam_mode", "badam_start_block", "badam_switch_mode", "badam_switch_interval",
 	"badam_update_ratio", "badam_mask_mode", "badam_verbose", "pissa_init", "pissa_iter",
 	"pissa_convert", "use_dora", "use_muon", "use_adam_mini", "use_galore", "galore_target",
-	"galore_rank", "galore_update_interval", "galore_scale", "galore_proj_type", "galore_layerwise", NULL,
+	"galore_rank", "galore_update_interval", "galore_scale", "galore_proj_type", "galore_layerwise",
+	"use_dft_loss", "use_eaft_loss", "eaft_alpha", "use_apollo", "apollo_target", "apollo_rank",
+	"apollo_update_interval", "apollo_scale", "apollo_proj", "apollo_proj_type", "apollo_scale_type",
+	"apollo_scale_front", "apollo_layerwise", NULL,
 };
 
 int ft_train_extras_known(const char *key)
@@ -32,11 +35,95 @@ static int given(const ft_lfargs *a, const char *k)
 	return v && strcasecmp(v, "null") && strcasecmp(v, "none") && *v;
 }
 
+/* The SFT token losses: LLaMA-Factory's sft trainer takes DFT, else EAFT
+ * (its elif); the other stages' trainers never read the flags. */
+static void sft_loss_parse(ft_lfargs *a, ft_cli_args *c)
+{
+	const char *ud = get(a, "use_dft_loss"), *ue = get(a, "use_eaft_loss");
+	int dft = ud ? ft_parse_bool("use_dft_loss", ud) : 0, eaft = ue ? ft_parse_bool("use_eaft_loss", ue) : 0;
+	c->tune.eaft_alpha = get(a, "eaft_alpha") ? ft_parse_double("eaft_alpha", get(a, "eaft_alpha")) : 1.0;
+	if (!dft && !eaft) return;
+	if (strcmp(c->stage, "sft")) {
+		if (ft_verbose >= 0)
+			warn("note: --use_%s_loss is ignored by --stage %s, as in LLaMA-Factory (only its sft "
+			     "trainer uses it)", dft ? "dft" : "eaft", c->stage);
+		return;
+	}
+	if (dft && eaft && ft_verbose >= 0)
+		warn("note: --use_dft_loss takes precedence over --use_eaft_loss, as in LLaMA-Factory");
+	c->tune.sft_loss = dft ? FT_SFT_LOSS_DFT : FT_SFT_LOSS_EAFT;
+}
+
+/* LLaMA-Factory's layer-wise GaLore/APOLLO steps each param in its
+ * post-accumulate-grad hook and frees its gradient: with one micro-batch
+ * per step and the trainer's clipping then finding no gradients, that is
+ * the same update as a step after the whole backward pass with clipping
+ * off. */
+static void layerwise(ft_cli_args *c, const char *flag, const char *name)
+{
+	if (c->t.gradient_accumulation_steps != 1)
+		die_usage("--%s_layerwise: Per-layer %s does not support gradient accumulation "
+			  "(--gradient_accumulation_steps must be 1), as in LLaMA-Factory", flag, name);
+	if (c->t.max_grad_norm > 0 && ft_verbose >= 0)
+		warn("note: --%s_layerwise: no gradient clipping (LLaMA-Factory updates each parameter "
+		     "inside the backward pass, before the trainer clips); ft logs the gradient norm where "
+		     "LLaMA-Factory shows 0", flag);
+	c->t.max_grad_norm = 0;
+}
+
+static int get_int_or(const ft_lfargs *a, const char *k, int def)
+{
+	return get(a, k) ? (int)ft_parse_int(k, get(a, k)) : def;
+}
+
+/* use_apollo and its keys as _create_apollo_optimizer passes them on */
+static void apollo_parse(ft_lfargs *a, ft_cli_args *c, const char *optim)
+{
+	ft_train_extras *x = &c->x;
+	const char *ua = get(a, "use_apollo");
+	x->apollo = ua ? ft_parse_bool("use_apollo", ua) : 0;
+	if (!x->apollo) return;
+	if (c->tune.type == FT_FT_LORA) die_usage("--use_apollo: cannot use LoRA with GaLore, APOLLO or BAdam together");
+	const char *ub = get(a, "use_badam");
+	if (x->galore || (ub && ft_parse_bool("use_badam", ub)))
+		die_usage("--use_apollo: cannot use GaLore, APOLLO or BAdam together");
+	if (optim && strcmp(optim, "adamw_torch"))
+		die_usage("--use_apollo runs APOLLOAdamW, LLaMA-Factory's only choice (--optim adamw_torch)");
+	ft_apollo_opts *o = &x->apollo_o;
+	x->apollo_target = ft_lfargs_get(a, "apollo_target", "all");
+	o->rank = get_int_or(a, "apollo_rank", 16);
+	o->update_interval = get_int_or(a, "apollo_update_interval", 200);
+	o->scale = get(a, "apollo_scale") ? ft_parse_double("apollo_scale", get(a, "apollo_scale")) : 32.0;
+	if (o->rank < 1 || o->update_interval < 1)
+		die_usage("--apollo_rank and --apollo_update_interval must be >= 1");
+	const char *pj = ft_lfargs_get(a, "apollo_proj", "random");
+	if (strcmp(pj, "random") && strcmp(pj, "svd")) die_usage("--apollo_proj: '%s' (svd or random)", pj);
+	o->svd = !strcmp(pj, "svd");
+	const char *pt = ft_lfargs_get(a, "apollo_proj_type", "std");
+	if (strcmp(pt, "std") && strcmp(pt, "right") && strcmp(pt, "left"))
+		die_usage("--apollo_proj_type: '%s' (std, right or left)", pt);
+	o->proj_type = ft_galore_proj_parse(pt);
+	const char *st = ft_lfargs_get(a, "apollo_scale_type", "channel");
+	if (strcmp(st, "channel") && strcmp(st, "tensor"))
+		die_usage("--apollo_scale_type: '%s' (channel or tensor)", st);
+	o->scale_tensor = !strcmp(st, "tensor");
+	const char *sf = get(a, "apollo_scale_front"), *al = get(a, "apollo_layerwise");
+	o->scale_front = sf ? ft_parse_bool("apollo_scale_front", sf) : 0;
+	x->apollo_layerwise = o->layerwise = al ? ft_parse_bool("apollo_layerwise", al) : 0;
+	if (x->apollo_layerwise) layerwise(c, "apollo", "APOLLO");
+	o->beta1 = c->t.adam_beta1, o->beta2 = c->t.adam_beta2, o->eps = c->t.adam_epsilon;
+	o->weight_decay = c->t.weight_decay;
+	if ((x->muon || x->adam_mini) && ft_verbose >= 0)
+		warn("note: --use_apollo takes precedence over --use_%s, as in LLaMA-Factory",
+		     x->adam_mini ? "adam_mini" : "muon");
+}
+
 void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 {
 	ft_train_extras *x = &c->x;
 	memset(x, 0, sizeof *x);
 	int type = c->tune.type;
+	sft_loss_parse(a, c);
 	if (given(a, "neftune_noise_alpha")) {
 		double al = ft_parse_double("neftune_noise_alpha", get(a, "neftune_noise_alpha"));
 		if (al < 0) die_usage("--neftune_noise_alpha must be >= 0");
@@ -113,8 +200,8 @@ void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 			die_usage("--use_galore runs GaLoreAdamW, LLaMA-Factory's choice for --optim adamw_torch "
 				  "(its 8-bit and Adafactor variants are not in ft)");
 		const char *gl = get(a, "galore_layerwise");
-		if (gl && ft_parse_bool("galore_layerwise", gl))
-			die_usage("--galore_layerwise (updates inside the backward pass) is not implemented in ft");
+		x->galore_layerwise = gl ? ft_parse_bool("galore_layerwise", gl) : 0;
+		if (x->galore_layerwise) layerwise(c, "galore", "GaLore");
 		x->galore_target = ft_lfargs_get(a, "galore_target", "all");
 		x->galore_rank = get(a, "galore_rank") ? (int)ft_parse_int("galore_rank", get(a, "galore_rank")) : 16;
 		x->galore_interval = get(a, "galore_update_interval")
@@ -129,6 +216,8 @@ void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 			warn("note: --use_galore takes precedence over --use_%s, as in LLaMA-Factory",
 			     x->adam_mini ? "adam_mini" : "muon");
 	}
+
+	apollo_parse(a, c, optim);
 
 	const char *ub = get(a, "use_badam");
 	x->badam = ub ? ft_parse_bool("use_badam", ub) : 0;
@@ -232,12 +321,21 @@ ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
 {
 	ft_train_extras *x = &c->x;
 	if (on_gpu && (x->loraplus || x->badam || x->muon || x->adam_mini || x->galore ||
-		       c->tune.neftune_noise_alpha > 0))
+		       c->tune.neftune_noise_alpha > 0 || c->tune.sft_loss))
 		die_usage("--%s runs on the CPU only in ft (use --device cpu)",
 			  x->loraplus ? "loraplus_lr_ratio" : x->badam ? "use_badam" : x->galore ? "use_galore"
-			  : x->adam_mini ? "use_adam_mini" : x->muon ? "use_muon" : "neftune_noise_alpha");
+			  : x->adam_mini ? "use_adam_mini" : x->muon ? "use_muon"
+			  : c->tune.sft_loss == FT_SFT_LOSS_DFT ? "use_dft_loss"
+			  : c->tune.sft_loss ? "use_eaft_loss" : "neftune_noise_alpha");
+	if (x->galore && x->galore_layerwise && c->t.dist)
+		die_usage("--galore_layerwise: Distributed training does not support layer-wise GaLore, as in "
+			  "LLaMA-Factory");
+	if (x->apollo && x->apollo_layerwise && c->t.dist)
+		die_usage("--apollo_layerwise: Distributed training does not support layer-wise APOLLO, as in "
+			  "LLaMA-Factory");
+	if (on_gpu && x->apollo) die_usage("--use_apollo runs on the CPU only in ft (use --device cpu)");
 	if (x->loraplus) return ft_loraplus_new(c->t.learning_rate, x->loraplus_ratio, x->loraplus_embedding);
-	if (!x->badam && !x->muon && !x->adam_mini && !x->galore) return NULL;
+	if (!x->badam && !x->muon && !x->adam_mini && !x->galore && !x->apollo) return NULL;
 	size_t n = 0, np = ft_model_nparams(m);
 	x->params = ft_xcalloc(np ? np : 1, sizeof *x->params);
 	for (size_t i = 0; i < np; i++) {
@@ -254,6 +352,14 @@ ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
 		ft_optim_ext *e = ft_galore_new(x->params, n, is, &go);
 		free(is);
 		if (!e) die_usage("--use_galore: %s", ft_errmsg());
+		return e;
+	}
+	if (x->apollo) {   /* second in create_custom_optimizer */
+		int *is = ft_xcalloc(n ? n : 1, sizeof *is);
+		for (size_t i = 0; i < n; i++) is[i] = galore_param(x->apollo_target, x->params[i]);
+		ft_optim_ext *e = ft_apollo_new(x->params, n, is, &x->apollo_o);
+		free(is);
+		if (!e) die_usage("--use_apollo: %s", ft_errmsg());
 		return e;
 	}
 	if (!x->badam && x->adam_mini) {   /* LLaMA-Factory's order: BAdam, Adam-mini, Muon */

@@ -9,12 +9,17 @@
 #include "train/trainer.h"
 #include "train/pref.h"
 #include "train/dist.h"
+#include "train/optim_ext.h"
 
 /* extras.c: LoRA+ and BAdam settings (NEFTune and LLaMA Pro are in tune) */
 typedef struct {
 	int loraplus, badam, badam_mode, badam_interval, badam_has_start, badam_start, badam_verbose;
 	int pissa, pissa_iter, pissa_convert, dora, muon, adam_mini;
 	int galore, galore_rank, galore_interval, galore_proj;
+	int galore_layerwise;          /* as the stepped-after-backward equivalent (docs/EXTRAS.md) */
+	int apollo, apollo_layerwise;  /* APOLLO (lib/train/optim_apollo.c) */
+	ft_apollo_opts apollo_o;
+	const char *apollo_target;
 	double galore_scale;
 	const char *galore_target;
 	double loraplus_ratio, loraplus_embedding;
