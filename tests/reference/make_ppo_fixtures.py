@@ -171,6 +171,62 @@ def case(seed, whiten_rewards, B=3, T=6, kl_coef=0.2):
     }
 
 
+def model_case():
+    """One PPO mini-batch of TRL's step() on the tiny Llama with the
+    preference fixtures' LoRA (tests/fixtures/pref/llama-lora) and a value
+    head: fixed responses, so sampling is out of the comparison.  Rows are
+    prompt + response, right-padded; the value head's dropout is 0 (TRL's
+    is random).  The first mini-batch of the first PPO epoch sees the
+    parameters the old logprobs came from, so its ratio is 1: the grads
+    are those of the unclipped objective (clipping is covered above)."""
+    import sys
+    sys.path.insert(0, HERE)
+    from make_pref_fixtures import load, value_head
+    from safetensors.torch import save_file
+    pm = load("llama")
+    vh = value_head("llama")
+    B, T = 2, 10
+    rows = [([1, 17, 33, 9], [44, 12, 7, 2]), ([1, 25, 5], [60, 61, 3, 18, 2])]
+    ids = torch.zeros(B, T, dtype=torch.long)
+    lab = torch.full((B, T), -100, dtype=torch.long)
+    am = torch.zeros(B, T, dtype=torch.long)
+    mask = torch.zeros(B, T - 1)
+    for b, (q, r) in enumerate(rows):
+        seq = q + r
+        ids[b, :len(seq)] = torch.tensor(seq)
+        lab[b, len(q):len(seq)] = torch.tensor(r)
+        am[b, :len(seq)] = 1
+        mask[b, len(q) - 1:len(seq) - 1] = 1
+
+    def fwd():   # batched_forward_pass: logprobs_from_logits(logits[:, :-1], ids[:, 1:]), values[:, :-1]
+        out = pm(input_ids=ids, attention_mask=am, output_hidden_states=True)
+        lp = torch.gather(out.logits[:, :-1].log_softmax(-1), 2, ids[:, 1:].unsqueeze(2)).squeeze(2)
+        return lp, vh(out.hidden_states[-1]).squeeze(-1)[:, :-1]
+
+    with torch.no_grad():
+        old_logp, old_values = fwd()
+        with pm.disable_adapter():
+            ref_logp, _ = fwd()
+    scores = torch.tensor([0.7, -0.3])
+    rewards = compute_rewards(scores, old_logp, ref_logp, mask, 0.2)
+    mvalues, adv, ret = compute_advantages(old_values, rewards, mask, False)
+    pm.zero_grad()
+    logp, vpred = fwd()
+    total, stats = loss(old_logp, mvalues, vpred, logp, mask, adv, ret)
+    total.backward()
+    t = {"old_logp": old_logp, "values": old_values, "ref_logp": ref_logp, "loss": total.detach().reshape(1)}
+    for n, p in pm.named_parameters():
+        if p.requires_grad:
+            t["grad." + n.replace(".default", "")] = p.grad
+    t["grad.v_head.summary.weight"] = vh.weight.grad
+    t["grad.v_head.summary.bias"] = vh.bias.grad
+    save_file({k: v.detach().float().contiguous() for k, v in t.items()},
+              os.path.join(OUT, "llama-minibatch.safetensors"))
+    return {"B": B, "T": T, "input_ids": ids.reshape(-1).tolist(), "labels": lab.reshape(-1).tolist(),
+            "scores": scores.tolist(), "kl_coef": 0.2, "vh_weight": lst(vh.weight), "vh_bias": vh.bias.item(),
+            "stats": stats}
+
+
 def main():
     torch.manual_seed(0)
     kl = AdaptiveKLController(0.2, 6.0, 10000)
@@ -193,6 +249,7 @@ def main():
         "klctl": kl_trace,
         "moments": {"batches": batches, "normalized": norm, "mean": rm.mean, "std": rm.std},
     }
+    out["model"] = model_case()
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, "math.json"), "w") as f:
         json.dump(out, f, indent=0)

@@ -15,6 +15,10 @@
 #include "tap.h"
 #include "train/ppo.h"
 #include "train/ppo_reward.h"
+#include "train/ppo_model.h"
+#include "format/safetensors.h"
+#include "model/model.h"
+#include "model/model_pref.h"
 #include "util/error.h"
 #include "util/json.h"
 
@@ -178,6 +182,130 @@ static void check_reward_cmd(void)
 	free(ss);
 }
 
+static int32_t *ints(const json_t *c, const char *k)
+{
+	json_t *a = json_object_get(c, k);
+	int32_t *v = malloc(json_array_size(a) * sizeof *v);
+	for (size_t i = 0; i < json_array_size(a); i++) v[i] = (int32_t)json_integer_value(json_array_get(a, i));
+	return v;
+}
+
+/* [B, T-1] fixture tensor against the [B*T] grid (last column unused), on
+ * the response positions (padding attends differently: torch masks it) */
+static double worst_grid(const ft_st *st, const char *name, const float *got, const float *mask,
+			 int B, int T)
+{
+	const ft_st_tensor *t = ft_st_find(st, name);
+	if (!t) return INFINITY;
+	float *w = malloc((size_t)B * (T - 1) * sizeof *w), *g = malloc((size_t)B * (T - 1) * sizeof *g);
+	ft_st_read_f32(t, w);
+	for (int b = 0; b < B; b++)
+		for (int i = 0; i < T - 1; i++) {
+			if (!mask[b * T + i]) w[b * (T - 1) + i] = 0;
+			g[b * (T - 1) + i] = mask[b * T + i] ? got[b * T + i] : 0;
+		}
+	double e = max_rel(g, w, (size_t)B * (T - 1));
+	free(w);
+	free(g);
+	return e;
+}
+
+/* One PPO mini-batch on the tiny Llama with LoRA and a value head, as
+ * TRL's step() (make_ppo_fixtures.py model_case): the old/ref passes, the
+ * advantages, the loss and every gradient.  Tolerance 1e-4: the model's
+ * float32 forward and backward run in a different order from torch's
+ * (BLAS blocking), as in test_pref. */
+static void check_model(const json_t *c)
+{
+	ft_tune_opts to = { .type = FT_FT_LORA, .lora_rank = 4, .lora_alpha = 8,
+			    .lora_targets = FT_MOD_ALL_LINEAR, .seed = 1 };
+	ft_model *m = ft_model_load("tests/fixtures/models/tiny-llama", &to);
+	ft_st *st = ft_st_open("tests/fixtures/ppo/llama-minibatch.safetensors");
+	if (!m || !st || ft_model_load_adapter(m, "tests/fixtures/pref/llama-lora") < 0) {
+		ok(0, "model fixtures load (%s)", ft_errmsg());
+		return;
+	}
+	ft_batch b = { 0 };
+	b.B = (int)ft_json_int(c, "B", 0);
+	b.T = (int)ft_json_int(c, "T", 0);
+	b.input_ids = ints(c, "input_ids");
+	b.labels = ints(c, "labels");
+	size_t n = (size_t)b.B * b.T, D;
+	float *vw = arr(c, "vh_weight", &D), vb = (float)ft_json_num(c, "vh_bias", 0), *score = arr(c, "scores", &D);
+	D = ft_model_config(m)->hidden_size;
+	float *mask = calloc(n, 4), *old = calloc(n, 4), *val = calloc(n, 4), *ref = calloc(n, 4);
+	float *rew = calloc(n, 4), *adv = calloc(n, 4), *ret = calloc(n, 4), *dl = calloc(n, 4), *dv = calloc(n, 4);
+	ft_ppo_mask(&b, mask);
+	int rc = ft_ppo_forward(m, &b, 1, vw, vb, 0, 0, old, val);
+	ft_model_set_adapters(m, 0);
+	float *scratch = calloc(n, 4);
+	if (rc == 0) rc = ft_ppo_forward(m, &b, 0, vw, vb, 0, 0, ref, scratch);
+	ft_model_set_adapters(m, 1);
+	free(scratch);
+	ok(rc == 0, "PPO forward passes%s%s", rc ? ": " : "", rc ? ft_errmsg() : "");
+	for (size_t i = 0; i < n; i++) {   /* off-mask logps are 0 here, any value in TRL */
+		if (!mask[i] && (i + 1) % b.T) old[i] = ref[i] = 0;
+	}
+	double e1 = worst_grid(st, "values", val, mask, b.B, b.T);
+	double e2 = worst_grid(st, "old_logp", old, mask, b.B, b.T);
+	double e3 = worst_grid(st, "ref_logp", ref, mask, b.B, b.T);
+	ok(e1 < 1e-4 && e2 < 1e-4 && e3 < 1e-4,
+	   "old values, old and reference (adapters off) logprobs on the responses (%.2g %.2g %.2g)", e1, e2, e3);
+	ft_ppo_opts o;
+	ft_ppo_opts_default(&o);
+	rc = ft_ppo_rewards(score, old, ref, mask, b.B, b.T, ft_json_num(c, "kl_coef", 0), rew, NULL);
+	for (size_t i = 0; i < n; i++) val[i] *= mask[i];
+	if (rc == 0) rc = ft_ppo_advantages(&o, val, rew, mask, b.B, b.T, adv, ret);
+	ft_ppo_loss_stats ls;
+	if (rc == 0) rc = ft_ppo_loss(&o, old, val, old, val, mask, adv, ret, n, &ls, dl, dv);
+	const ft_st_tensor *lt = ft_st_find(st, "loss");
+	float wl = NAN;
+	if (lt) ft_st_read_f32(lt, &wl);
+	ok(rc == 0 && rel_err(ls.loss_total, wl, 1e-3) < 1e-4, "mini-batch loss %.8g vs %.8g", ls.loss_total, wl);
+	float *dvw = calloc(D, 4);
+	double dvb = 0;
+	ft_model_zero_grad(m);
+	rc = ft_ppo_backward(m, &b, vw, vb, 0, 0, dl, dv, dvw, &dvb);
+	double worst_g = 0;
+	int ng = 0, want_n = 0;
+	for (size_t i = 0; i < ft_st_count(st); i++)
+		if (!strncmp(ft_st_at(st, i)->name, "grad.", 5)) want_n++;
+	for (size_t j = 0; j < ft_model_nparams(m); j++) {
+		ft_param *q = ft_model_param(m, j);
+		if (!q->trainable) continue;
+		char key[256];
+		snprintf(key, sizeof key, "grad.%s", q->name);
+		const ft_st_tensor *t = ft_st_find(st, key);
+		if (!t) { printf("# no fixture gradient %s\n", key); continue; }
+		float *w = malloc(q->n * sizeof *w);
+		ft_st_read_f32(t, w);
+		double e = max_rel(q->g, w, q->n);
+		if (e > worst_g) worst_g = e;
+		free(w);
+		ng++;
+	}
+	const ft_st_tensor *tw = ft_st_find(st, "grad.v_head.summary.weight");
+	const ft_st_tensor *tb = ft_st_find(st, "grad.v_head.summary.bias");
+	if (tw && tb) {
+		float *w = malloc(D * sizeof *w), wb;
+		ft_st_read_f32(tw, w);
+		ft_st_read_f32(tb, &wb);
+		double e = max_rel(dvw, w, D), eb = rel_err(dvb, wb, 1e-3);
+		if (e > worst_g) worst_g = e;
+		if (eb > worst_g) worst_g = eb;
+		free(w);
+		ng += 2;
+	}
+	ok(rc == 0 && ng == want_n && ng > 2, "%d gradients: every LoRA matrix and the value head (%d in the fixture)",
+	   ng, want_n);
+	ok(worst_g < 1e-4, "gradients of one PPO mini-batch within 1e-4 (worst %.2e)", worst_g);
+	float *bl[] = { vw, score, mask, old, val, ref, rew, adv, ret, dl, dv, dvw };
+	for (size_t i = 0; i < sizeof bl / sizeof *bl; i++) free(bl[i]);
+	ft_batch_free(&b);
+	ft_st_close(st);
+	ft_model_free(m);
+}
+
 int main(void)
 {
 	json_t *root = ft_json_load_file("tests/fixtures/ppo/math.json");
@@ -188,6 +316,7 @@ int main(void)
 	const json_t *cases = json_object_get(root, "cases");
 	for (size_t i = 0; i < json_array_size(cases); i++) check_case(json_array_get(cases, i), (int)i);
 	check_klctl_moments(root);
+	check_model(json_object_get(root, "model"));
 	json_decref(root);
 	check_whiten();
 	check_reward_cmd();
