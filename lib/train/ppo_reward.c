@@ -16,19 +16,28 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* The whole stdin of the command: one compact JSON object per line. */
+/* The whole stdin of the command: one compact JSON object per line.
+ * NULL (with the response named) when a text is not UTF-8: the caller
+ * decodes with replacement characters, as transformers' decode does. */
 static char *request_text(const char *const *prompts, const char *const *responses, size_t n,
 			  size_t *len)
 {
 	ft_sbuf b = { 0 };
 	for (size_t i = 0; i < n; i++) {
-		json_t *o = json_object();
-		json_object_set_new(o, "prompt", json_string(prompts[i]));
-		json_object_set_new(o, "response", json_string(responses[i]));
+		json_t *o = json_object(), *jp = json_string(prompts[i]), *jr = json_string(responses[i]);
+		if (!jp || !jr) {
+			json_decref(jp);
+			json_decref(jr);
+			json_decref(o);
+			free(ft_sbuf_take(&b));
+			ft_fail("reward command: response %zu: the %s is not valid UTF-8", i + 1,
+				jp ? "response" : "prompt");
+			return NULL;
+		}
+		json_object_set_new(o, "prompt", jp);
+		json_object_set_new(o, "response", jr);
 		char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
 		json_decref(o);
-		/* json_string refuses invalid UTF-8: encode what the bytes allow */
-		if (!s) s = strdup("{\"prompt\":null,\"response\":null}");
 		ft_sbuf_add(&b, s);
 		ft_sbuf_addc(&b, '\n');
 		free(s);
@@ -131,6 +140,7 @@ int ft_ppo_reward_cmd(const char *cmd, const char *const *prompts, const char *c
 {
 	size_t len;
 	char *req = request_text(prompts, responses, n, &len);
+	if (!req) return -1;
 	/* a command that exits before reading all would otherwise kill us */
 	struct sigaction ign = { 0 }, old;
 	ign.sa_handler = SIG_IGN;

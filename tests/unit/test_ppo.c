@@ -171,6 +171,10 @@ static void check_reward_cmd(void)
 		ok(rc < 0 && strstr(ft_errmsg(), bad[i].want), "%s: %s", bad[i].what, ft_errmsg());
 		ft_errclear();
 	}
+	const char *badp[1] = { "ok" }, *badr[1] = { "\xff\xfe" };
+	rc = ft_ppo_reward_cmd("cat", badp, badr, 1, s);
+	ok(rc < 0 && strstr(ft_errmsg(), "response 1: the response is not valid UTF-8"), "%s", ft_errmsg());
+	ft_errclear();
 	/* a large batch: the pipe buffers fill both ways at once */
 	enum { N = 20000 };
 	const char **pp = malloc(N * sizeof *pp);
