@@ -35,6 +35,8 @@ LIB_MODEL  += model_tokloss
 LIB_TRAIN  += optim_apollo
 LIB_TEXT   += template_think
 LIB_DATA   += preprocess_think
+# PPO (issue 17): TRL 0.9 PPOTrainer arithmetic and the reward filter
+LIB_TRAIN  += ppo ppo_reward ppo_model
 
 LIB_SRC   := $(LIB_UTIL:%=lib/util/%.c) $(LIB_FORMAT:%=lib/format/%.c) \
              $(LIB_TEXT:%=lib/text/%.c) $(LIB_DATA:%=lib/data/%.c) \
