@@ -28,6 +28,7 @@
  * ".exp_avg_sq", ".ortho" and ".seed"/".limit" in the metadata.
  */
 #include "train/optim_ext.h"
+#include "train/optim_ext_internal.h"
 #include "format/safetensors.h"
 #include "model/layers.h"
 #include "util/error.h"
@@ -297,16 +298,6 @@ static int ap_save(void *self, const char *dir)
 	return rc;
 }
 
-static int read_vec(ft_st *st, const char *f, const char *pname, const char *what, size_t n, float *dst)
-{
-	char *nm = ft_xasprintf("%s.%s", pname, what);
-	const ft_st_tensor *t = ft_st_find(st, nm);
-	int rc = !t || t->numel != n ? ft_fail("%s: %s is missing or has another size", f, nm)
-				     : ft_st_read_f32(t, dst);
-	free(nm);
-	return rc;
-}
-
 static int read_seed(const json_t *meta, const char *f, const char *pname, astate *s)
 {
 	char *nm = ft_xasprintf("%s.seed", pname);
@@ -331,14 +322,12 @@ static int ap_load(void *self, const char *dir)
 	for (size_t k = 0; k < x->n && !rc; k++) {
 		astate *s = &x->s[k];
 		size_t nl = s->apollo ? s->nlow : x->p[k]->n;
-		rc = read_vec(st, f, x->p[k]->name, "exp_avg", nl, s->m);
-		if (!rc) rc = read_vec(st, f, x->p[k]->name, "exp_avg_sq", nl, s->v);
-		if (!rc && s->apollo) rc = read_vec(st, f, x->p[k]->name, "ortho", s->np, s->P);
+		rc = ftp_ext_read_vec(st, f, x->p[k]->name, "exp_avg", nl, s->m);
+		if (!rc) rc = ftp_ext_read_vec(st, f, x->p[k]->name, "exp_avg_sq", nl, s->v);
+		if (!rc && s->apollo) rc = ftp_ext_read_vec(st, f, x->p[k]->name, "ortho", s->np, s->P);
 		if (!rc && s->apollo) rc = read_seed(meta, f, x->p[k]->name, s);
 	}
-	const char *s = meta ? json_string_value(json_object_get(meta, "step")) : NULL;
-	if (!rc && !s) rc = ft_fail("%s: no step in the metadata", f);
-	if (!rc) x->step = strtoll(s, NULL, 10);
+	if (!rc) rc = ftp_ext_read_step(st, f, &x->step);
 	if (st) ft_st_close(st);
 	free(f);
 	return rc;
