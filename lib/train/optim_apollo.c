@@ -269,20 +269,9 @@ static int ap_save(void *self, const char *dir)
 	for (size_t k = 0; k < x->n; k++) {
 		ft_param *p = x->p[k];
 		astate *st = &x->s[k];
-		int64_t *ls = shapes[2 * k], *ps = shapes[2 * k + 1];
-		ls[0] = st->right ? p->shape[0] : st->r;
-		ls[1] = st->right ? st->r : p->shape[1];
-		ps[0] = st->right ? st->r : p->shape[0];
-		ps[1] = st->right ? p->shape[1] : st->r;
-		const int64_t *mshape = st->apollo ? ls : p->shape;
-		int nd = st->apollo ? 2 : p->ndim;
-		names[nn] = ft_xasprintf("%s.exp_avg", p->name);
-		ft_st_writer_add(w, names[nn++], FT_F32, nd, mshape, st->m);
-		names[nn] = ft_xasprintf("%s.exp_avg_sq", p->name);
-		ft_st_writer_add(w, names[nn++], FT_F32, nd, mshape, st->v);
+		ftp_ext_add_lowrank(w, p, st->apollo, st->right, st->r, st->m, st->v, st->P, names, &nn,
+				    &shapes[2 * k]);
 		if (!st->apollo) continue;
-		names[nn] = ft_xasprintf("%s.ortho", p->name);
-		ft_st_writer_add(w, names[nn++], FT_F32, 2, ps, st->P);
 		names[nn] = ft_xasprintf("%s.seed", p->name);
 		char *v = ft_xasprintf("%llu %d %a", (unsigned long long)st->seed, st->has_limit, st->limit);
 		ft_st_writer_meta(w, names[nn++], v);

@@ -33,3 +33,23 @@ int ftp_ext_read_step(ft_st *st, const char *f, int64_t *step)
 	*step = strtoll(s, NULL, 10);
 	return 0;
 }
+
+void ftp_ext_add_lowrank(ft_st_writer *w, const ft_param *p, int lowrank, int right, int r,
+			 const float *m, const float *v, const float *P, char **names, size_t *nn,
+			 int64_t shape[2][2])
+{
+	int64_t *ls = shape[0], *ps = shape[1];
+	ls[0] = right ? p->shape[0] : r;
+	ls[1] = right ? r : p->shape[1];
+	ps[0] = right ? r : p->shape[0];
+	ps[1] = right ? p->shape[1] : r;
+	const int64_t *ms = lowrank ? ls : p->shape;
+	int nd = lowrank ? 2 : p->ndim;
+	names[*nn] = ft_xasprintf("%s.exp_avg", p->name);
+	ft_st_writer_add(w, names[(*nn)++], FT_F32, nd, ms, m);
+	names[*nn] = ft_xasprintf("%s.exp_avg_sq", p->name);
+	ft_st_writer_add(w, names[(*nn)++], FT_F32, nd, ms, v);
+	if (!lowrank) return;
+	names[*nn] = ft_xasprintf("%s.ortho", p->name);
+	ft_st_writer_add(w, names[(*nn)++], FT_F32, 2, ps, P);
+}

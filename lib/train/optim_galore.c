@@ -145,20 +145,8 @@ static int ga_save(void *self, const char *dir)
 	for (size_t k = 0; k < x->n; k++) {
 		ft_param *p = x->p[k];
 		gstate *st = &x->s[k];
-		int64_t *ls = shapes[2 * k], *ps = shapes[2 * k + 1];
-		ls[0] = st->right ? p->shape[0] : st->r;
-		ls[1] = st->right ? st->r : p->shape[1];
-		ps[0] = st->right ? st->r : p->shape[0];
-		ps[1] = st->right ? p->shape[1] : st->r;
-		const int64_t *mshape = st->galore ? ls : p->shape;
-		int nd = st->galore ? 2 : p->ndim;
-		names[nn] = ft_xasprintf("%s.exp_avg", p->name);
-		ft_st_writer_add(w, names[nn++], FT_F32, nd, mshape, st->m);
-		names[nn] = ft_xasprintf("%s.exp_avg_sq", p->name);
-		ft_st_writer_add(w, names[nn++], FT_F32, nd, mshape, st->v);
-		if (!st->galore) continue;
-		names[nn] = ft_xasprintf("%s.ortho", p->name);
-		ft_st_writer_add(w, names[nn++], FT_F32, 2, ps, st->P);
+		ftp_ext_add_lowrank(w, p, st->galore, st->right, st->r, st->m, st->v, st->P, names, &nn,
+				    &shapes[2 * k]);
 	}
 	char *f = ft_xasprintf("%s/galore_optimizer.safetensors", dir);
 	int rc = ft_st_writer_write(w, f);
