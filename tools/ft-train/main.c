@@ -494,6 +494,7 @@ int main(int argc, char **argv)
 	}
 	if (ft_lfargs_parse_argv(&a, nrest - first, rest + first) < 0) die_usage("%s", ft_errmsg());
 	ft_cli_args c;
+	int rc_ppo;
 	memset(&c, 0, sizeof c);
 	ft_train_args_parse(&a, &c);
 	ft_dist *dist = dist_start(&c);
@@ -532,7 +533,7 @@ int main(int argc, char **argv)
 				  c.resume ? "to skip to the checkpoint's position in a new process"
 					   : "more than one pass over the batches",
 				  (long long)plan.num_epochs, (long long)plan.num_epochs);
-		if (plan.num_epochs > tm_.epochs)
+		if (plan.num_epochs > tm_.epochs && !ppo_stage(&c))   /* ppo reads its prompts once */
 			note_epoch_reuse(&c, &tm_, plan.num_epochs);
 		if (c.n_val && !strcmp(c.val[0], "-"))
 			die_usage("--val -: evaluation reads the batches again at every --eval_steps: give a file");
@@ -569,6 +570,14 @@ int main(int argc, char **argv)
 	/* llamafactory: model_max_length = cutoff_len */
 	c.tune.model_max_length = c.do_train ? tm_.cutoff_len : c.n_val ? vm_.cutoff_len : 0;
 	ft_model *m = load_model(&c);
+	if (ppo_stage(&c)) {   /* its own loop (tools/ft-train/ppo.c) */
+		if (!c.do_train || c.n_val) die_usage("--stage ppo trains (no --do_eval, --val or --do_predict)");
+		rc_ppo = ppo_run(&c, m, &train, &tm_);
+		train.close(train.self);
+		ft_model_free(m);
+		dist_finish(dist);
+		return rc_ppo;
+	}
 	ft_train_extras_model(&c, m);
 	ft_train_model tm;
 	char device[512];
