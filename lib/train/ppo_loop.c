@@ -24,14 +24,19 @@ static void rollout_free(rollout *r)
 	memset(r, 0, sizeof *r);
 }
 
-/* get_inputs: the response as generated (the stop token dropped by the
- * generator); when eos is the pad token a response that stopped keeps
- * it, as LLaMA-Factory does; an empty response keeps one token. */
+/* get_inputs on what HF's generate() returns (the tokens, then the eos
+ * when it stopped; ft's generator drops the stop token): the response up
+ * to its last non-pad token, one more (the eos) when eos is the pad
+ * token, and one token when all are pad. */
 static void fix_response(const ft_ppo_loop_opts *o, ft_i32vec *r)
 {
-	int stopped = (int)r->n < o->max_new_tokens;
-	if (stopped && o->eos_id >= 0 && o->eos_id == o->pad_id) ft_i32vec_push(r, o->eos_id);
-	if (r->n == 0) ft_i32vec_push(r, o->eos_id >= 0 ? o->eos_id : o->pad_id);
+	if ((int)r->n < o->max_new_tokens && o->eos_id >= 0) ft_i32vec_push(r, o->eos_id);
+	int last = (int)r->n - 1;
+	while (last >= 0 && r->v[last] == o->pad_id) last--;
+	size_t len = last < 0 ? 1 : o->eos_id == o->pad_id ? (size_t)last + 2 : (size_t)last + 1;
+	if (len > r->n) len = r->n;
+	if (r->n == 0) ft_i32vec_push(r, o->pad_id);
+	else r->n = len;
 }
 
 static void rollout_grid(rollout *r, const ft_ppo_loop_opts *o, const ft_i32vec *q, const ft_i32vec *a, int N)
@@ -201,7 +206,7 @@ static void write_log(const ft_ppo_loop_opts *o, loop_state *s, double lr, const
 	/* LLaMA-Factory: round(x, 4), epoch round(x, 2) */
 	e.loss = round(s->loss_sum / s->n_logged * 1e4) / 1e4;
 	e.lr = lr;
-	e.epoch = round(s->step / o->steps_per_epoch * 1e2) / 1e2;
+	e.epoch = round((s->step - 1) / o->steps_per_epoch * 1e2) / 1e2;   /* its 0-based step */
 	e.percentage = round(s->step * 1e4 / o->max_steps) / 1e2;
 	double v[NSTAT + 1];
 	const char *k[NSTAT + 1];
@@ -251,7 +256,7 @@ static int ppo_step(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const
 		s->loss_sum += acc[2] / (nmb ? nmb : 1);
 		s->reward_sum += mean_score;
 		s->n_logged++;
-		if (o->log && (s->step % o->logging_steps == 0 || s->step == o->max_steps))
+		if (o->log && s->step % o->logging_steps == 0)   /* LLaMA-Factory: (step + 1) % logging_steps */
 			write_log(o, s, lr, acc, nmb, okl, coef);
 	}
 	free(klv);

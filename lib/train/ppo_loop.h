@@ -33,7 +33,7 @@ typedef struct {
 	ft_ppo_opts ppo;
 	int batch_size, grad_accum, buffer_size, ppo_epochs;
 	int64_t max_steps;          /* PPO steps */
-	double steps_per_epoch;     /* for the log's epoch */
+	double steps_per_epoch;     /* the log's epoch: max_steps when given, else the steps of one pass */
 	int logging_steps;
 	ft_ppo_gen_fn generate;
 	void *gen_ctx;

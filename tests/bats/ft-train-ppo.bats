@@ -26,19 +26,22 @@ ppo() {
 
 @test "ppo: a greedy run with a reward filter logs LLaMA-Factory's and TRL's keys, saves adapter and value head" {
 	need_jq
-	run ppo --output_dir a --reward_model_type api --reward_model "$REWARD"
+	run ppo --output_dir a --reward_model_type api --reward_model "$REWARD" --plot_loss true
 	assert_success
+	[ -f a/training_loss.png ] && [ -f a/training_reward.png ]
 	[ -f a/adapter_model.safetensors ] && [ -f a/adapter_config.json ] && [ -f a/value_head.safetensors ]
 	[ "$(wc -l < a/trainer_log.jsonl)" -eq 3 ]
 	run jq -r '[.current_steps, .total_steps, (.loss|type), (.reward|type), (.lr|type), .epoch,
 		(."ppo/loss/total"|type), (."ppo/policy/clipfrac"|type), (."ppo/val/error"|type),
 		(."objective/kl"|type), ."objective/kl_coef"] | @tsv' a/trainer_log.jsonl
 	assert_success
-	[ "${lines[0]}" = "$(printf '1\t3\tnumber\tnumber\tnumber\t0.5\tnumber\tnumber\tnumber\tnumber\t0.2')" ]
+	[ "${lines[0]}" = "$(printf '1\t3\tnumber\tnumber\tnumber\t0\tnumber\tnumber\tnumber\tnumber\t0.2')" ]
 	# the adaptive KL controller moved the coefficient after the first step
 	[ "$(jq -r '."objective/kl_coef"' a/trainer_log.jsonl | sort -u | wc -l)" -eq 3 ]
 	head -c 300 a/value_head.safetensors | grep -q v_head.summary.weight
 	head -c 300 a/value_head.safetensors | grep -q v_head.summary.bias
+	# LLaMA-Factory's epoch: the 0-based step over max_steps
+	[ "$(jq -r .epoch a/trainer_log.jsonl | tr '\n' ' ')" = "0.0 0.33 0.67 " ] || [ "$(jq -r .epoch a/trainer_log.jsonl | tr '\n' ' ')" = "0 0.33 0.67 " ]
 }
 
 @test "ppo: greedy runs are deterministic (two runs, identical logs and adapters)" {

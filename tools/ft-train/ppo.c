@@ -12,6 +12,7 @@
 #include "train/ppo_loop.h"
 #include "train/ppo_reward.h"
 #include "format/safetensors.h"
+#include "plot/plot.h"
 #include "util/atomicfile.h"
 #include "util/json.h"
 #include "util/rng.h"
@@ -345,9 +346,10 @@ int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manife
 	o.ppo_epochs = P.ppo_epochs;
 	int64_t N = (int64_t)o.batch_size * o.grad_accum * o.buffer_size;
 	int64_t per_epoch = ((int64_t)n + N - 1) / N;   /* LLaMA-Factory: ceil(len(dataset) / N) */
-	o.max_steps = c->t.max_steps > 0 ? c->t.max_steps : (int64_t)(c->t.num_train_epochs * per_epoch);
+	/* ppo_train: max_steps overrides (and is then the epoch's length) */
+	o.max_steps = c->t.max_steps > 0 ? c->t.max_steps : (int64_t)ceil(c->t.num_train_epochs * per_epoch);
 	if (o.max_steps < 1) o.max_steps = 1;
-	o.steps_per_epoch = (double)per_epoch;
+	o.steps_per_epoch = c->t.max_steps > 0 ? (double)c->t.max_steps : (double)per_epoch;
 	o.logging_steps = c->t.logging_steps > 0 ? (int)c->t.logging_steps : 1;
 	gen_ctx G;
 	ft_gen_defaults(&G.g);
@@ -371,7 +373,7 @@ int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manife
 		die_usage("%s", ft_errmsg());
 	o.pad_id = man->pad_id;
 	o.eos_id = eos;
-	o.value_dropout = 0.1f;   /* TRL ValueHead's summary_dropout_prob default */
+	o.value_dropout = (float)pref_value_dropout(c);   /* TRL's ValueHead, as rm's */
 	o.seed = c->t.seed;
 	o.score = score;
 	o.score_ctx = &R;
@@ -391,6 +393,9 @@ int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manife
 	if (rc < 0) die("--stage ppo: %s", ft_errmsg());
 	save_outputs(c, m, vw, D, &vb);
 	note("saved the PPO adapter and value head to %s", c->output_dir);
+	static const char *const plot_keys[] = { "loss", "reward" };   /* LLaMA-Factory's ppo workflow */
+	if (c->plot_loss && ft_plot_loss_files_keys(c->output_dir, plot_keys, 2) < 0)
+		warn("--plot_loss: %s", ft_errmsg());
 	free(logp);
 	free(vw);
 	reward_close(&R);
