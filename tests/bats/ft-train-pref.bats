@@ -203,7 +203,7 @@ run_case() {
 		--train dpo.zst --output_dir o
 	assert_output --partial "only valid for sigmoid loss"
 	run -2 ft-train --stage ppo --model_name_or_path "$LLAMA" --train dpo.zst --output_dir o
-	assert_output --partial "--stage ppo is not supported"
+	assert_output --partial "--stage ppo needs --reward_model"
 	run -2 ft-train --stage dpo --do_predict --model_name_or_path "$LLAMA" --val dpo.zst --output_dir o
 	assert_output --partial "--do_predict"
 	run -2 ft-train --stage dpo --pref_loss simpo --ref_model "$LLAMA" --model_name_or_path "$LLAMA" \

@@ -61,7 +61,7 @@ train() { ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir 
 	run -2 train --lora_target q_proj,z_proj
 	assert_output --partial "z_proj"
 	run -2 train --stage ppo
-	assert_output --partial "not supported"
+	assert_output --partial "--stage ppo needs --reward_model"
 	run -2 train --device gpu
 	assert_output --partial "'gpu' is not a device"
 	run -2 train --device cuda:x

@@ -79,6 +79,13 @@ void pref_free(ft_cli_args *c);
 int pref_eval_only(ft_cli_args *c, ft_train_model *tm, ft_batch_source *val);
 void pref_predict(ft_cli_args *c, ft_batch_source *val);
 void pref_plot(const ft_cli_args *c);
+/* TRL ValueHead's dropout: config.json's summary_dropout_prob, else 0.1 */
+double pref_value_dropout(const ft_cli_args *c);
+/* ppo.c: --stage ppo (docs/PPO.md) */
+int ppo_known_key(const char *k);
+void ppo_args_parse(ft_lfargs *a, ft_cli_args *c);
+int ppo_stage(const ft_cli_args *c);
+int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manifest *man);
 /* dist.c: join `mpirun -np N ft-train` (NULL: one process); dist_finish
  * leaves it; dist_test_fault is the tests' FT_DIST_TEST_FAULT hook. */
 ft_dist *dist_start(ft_cli_args *c);

@@ -28,7 +28,7 @@ static const char usage[] =
 "Data and model:\n"
 "  --train PATH[,PATH]        ft-pack output (directory, stream file, or - for stdin)\n"
 "  --val PATH                 validation batches (ft-pack --val_size: DIR/val)\n"
-"  --stage pt|sft|rm|dpo|kto  must match the batches' stage (default sft)\n"
+"  --stage pt|sft|rm|dpo|kto|ppo  must match the batches' stage (default sft)\n"
 "  --model_name_or_path DIR   Hugging Face model directory (config.json + safetensors)\n"
 "  --train_from_scratch       random init (normal(0, initializer_range)) from --config\n"
 "  --config FILE              config.json for --train_from_scratch (default: the model's)\n"
@@ -108,6 +108,12 @@ static const char usage[] =
 "  --ref_model DIR [--ref_model_adapters DIR[,DIR]]  the reference (default: LoRA\n"
 "                             with its adapters disabled; full/freeze: the base)\n"
 "  --do_predict               rm: score the --val pairs into generated_predictions.jsonl\n"
+"PPO (--stage ppo, LoRA policy, on the CPU; docs/PPO.md):\n"
+"  --reward_model_type api --reward_model 'CMD'  JSON lines in, one number per line out\n"
+"  --reward_model_type lora --reward_model DIR   an rm adapter with value_head.safetensors\n"
+"  --ppo_buffer_size N (1) --ppo_epochs N (4) --ppo_target KL (6.0) --ppo_score_norm\n"
+"  --ppo_whiten_rewards  --max_new_tokens N (1024) --do_sample BOOL (true)\n"
+"  --temperature T (0.95) --top_p P (0.7) --top_k K (50) --repetition_penalty R (1.0)\n"
 "Data parallel (docs/DISTRIBUTED.md):\n"
 "  mpirun -np N ft-train ...  N ranks, each taking every N-th micro-batch: the\n"
 "                             global batch is N x batch x accumulation; only rank 0\n"
@@ -494,6 +500,7 @@ int main(int argc, char **argv)
 	}
 	if (ft_lfargs_parse_argv(&a, nrest - first, rest + first) < 0) die_usage("%s", ft_errmsg());
 	ft_cli_args c;
+	int rc_ppo;
 	memset(&c, 0, sizeof c);
 	ft_train_args_parse(&a, &c);
 	ft_dist *dist = dist_start(&c);
@@ -532,7 +539,7 @@ int main(int argc, char **argv)
 				  c.resume ? "to skip to the checkpoint's position in a new process"
 					   : "more than one pass over the batches",
 				  (long long)plan.num_epochs, (long long)plan.num_epochs);
-		if (plan.num_epochs > tm_.epochs)
+		if (plan.num_epochs > tm_.epochs && !ppo_stage(&c))   /* ppo reads its prompts once */
 			note_epoch_reuse(&c, &tm_, plan.num_epochs);
 		if (c.n_val && !strcmp(c.val[0], "-"))
 			die_usage("--val -: evaluation reads the batches again at every --eval_steps: give a file");
@@ -569,6 +576,16 @@ int main(int argc, char **argv)
 	/* llamafactory: model_max_length = cutoff_len */
 	c.tune.model_max_length = c.do_train ? tm_.cutoff_len : c.n_val ? vm_.cutoff_len : 0;
 	ft_model *m = load_model(&c);
+	if (ppo_stage(&c)) {   /* its own loop (tools/ft-train/ppo.c) */
+		if (!c.do_train || c.n_val) die_usage("--stage ppo trains (no --do_eval, --val or --do_predict)");
+		if (c.resume) die_usage("--resume_from_checkpoint: --stage ppo does not resume (as LLaMA-Factory's ppo_train)");
+		if (ft_dist_size(dist) > 1) die_usage("--stage ppo runs in one process (not under mpirun -np N)");
+		rc_ppo = ppo_run(&c, m, &train, &tm_);
+		train.close(train.self);
+		ft_model_free(m);
+		dist_finish(dist);
+		return rc_ppo;
+	}
 	ft_train_extras_model(&c, m);
 	ft_train_model tm;
 	char device[512];

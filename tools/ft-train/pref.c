@@ -146,7 +146,7 @@ static void load_value_head(ft_cli_args *c, ft_pref *p)
 
 /* TRL's ValueHead: dropout config.summary_dropout_prob when the model's
  * config.json has it, else 0.1. */
-static double value_dropout(const ft_cli_args *c)
+double pref_value_dropout(const ft_cli_args *c)
 {
 	char *path = c->from_scratch && c->config ? ft_xstrdup(c->config)
 		   : c->model ? ft_xasprintf("%s/config.json", c->model) : NULL;
@@ -165,7 +165,7 @@ static double value_dropout(const ft_cli_args *c)
 ft_train_model pref_bind(ft_cli_args *c, ft_model *m)
 {
 	ft_pref_opts *o = &c->pref_opts;
-	if (o->stage == FT_PREF_RM) o->value_dropout = value_dropout(c);
+	if (o->stage == FT_PREF_RM) o->value_dropout = pref_value_dropout(c);
 	ft_model *ref = NULL;
 	if (ft_pref_uses_ref(o)) {
 		if (c->ref_model) {

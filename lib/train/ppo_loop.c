@@ -1,0 +1,305 @@
+/* ppo_loop.c - the PPO stage's loop (ppo_loop.h). */
+#include "train/ppo_loop.h"
+#include "format/trainlog.h"
+#include "model/model_pref.h"
+#include "train/ppo_model.h"
+#include "util/error.h"
+#include "util/rng.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* One rollout: N rows of prompt + response in a right-padded [N, T] grid. */
+typedef struct {
+	int N, T;
+	int32_t *ids, *labels;
+	float *score, *logp, *ref, *val, *mask, *rew, *adv, *ret;
+} rollout;
+
+static void rollout_free(rollout *r)
+{
+	free(r->ids); free(r->labels); free(r->score); free(r->logp); free(r->ref);
+	free(r->val); free(r->mask); free(r->rew); free(r->adv); free(r->ret);
+	memset(r, 0, sizeof *r);
+}
+
+/* get_inputs on what HF's generate() returns (the tokens, then the eos
+ * when it stopped; ft's generator drops the stop token): the response up
+ * to its last non-pad token, one more (the eos) when eos is the pad
+ * token, and one token when all are pad. */
+static void fix_response(const ft_ppo_loop_opts *o, ft_i32vec *r)
+{
+	if ((int)r->n < o->max_new_tokens && o->eos_id >= 0) ft_i32vec_push(r, o->eos_id);
+	int last = (int)r->n - 1;
+	while (last >= 0 && r->v[last] == o->pad_id) last--;
+	size_t len = last < 0 ? 1 : o->eos_id == o->pad_id ? (size_t)last + 2 : (size_t)last + 1;
+	if (len > r->n) len = r->n;
+	if (r->n == 0) ft_i32vec_push(r, o->pad_id);
+	else r->n = len;
+}
+
+static void rollout_grid(rollout *r, const ft_ppo_loop_opts *o, const ft_i32vec *q, const ft_i32vec *a, int N)
+{
+	int T = 0;
+	for (int i = 0; i < N; i++)
+		if ((int)(q[i].n + a[i].n) > T) T = (int)(q[i].n + a[i].n);
+	r->N = N;
+	r->T = T;
+	size_t n = (size_t)N * T;
+	r->ids = ft_xmalloc(n * sizeof *r->ids);
+	r->labels = ft_xmalloc(n * sizeof *r->labels);
+	float **f[] = { &r->logp, &r->ref, &r->val, &r->mask, &r->rew, &r->adv, &r->ret };
+	for (size_t k = 0; k < sizeof f / sizeof *f; k++) *f[k] = ft_xcalloc(n, sizeof(float));
+	r->score = ft_xcalloc((size_t)N, sizeof(float));
+	for (int i = 0; i < N; i++)
+		for (int t = 0; t < T; t++) {
+			size_t k = (size_t)i * T + t, lq = q[i].n, la = a[i].n;
+			r->ids[k] = t < (int)lq ? q[i].v[t] : t < (int)(lq + la) ? a[i].v[t - lq] : o->pad_id;
+			r->labels[k] = t >= (int)lq && t < (int)(lq + la) ? a[i].v[t - lq] : -100;
+		}
+}
+
+/* The rows rows[0..n) of the grid as a batch. */
+static void sub_batch(const rollout *r, const int64_t *rows, int n, ft_batch *b, float *const *src,
+		      float *const *dst, int nf)
+{
+	memset(b, 0, sizeof *b);
+	b->B = n;
+	b->T = r->T;
+	b->input_ids = ft_xmalloc((size_t)n * r->T * sizeof(int32_t));
+	b->labels = ft_xmalloc((size_t)n * r->T * sizeof(int32_t));
+	for (int i = 0; i < n; i++) {
+		size_t s = (size_t)rows[i] * r->T, d = (size_t)i * r->T;
+		memcpy(b->input_ids + d, r->ids + s, r->T * sizeof(int32_t));
+		memcpy(b->labels + d, r->labels + s, r->T * sizeof(int32_t));
+		for (int k = 0; k < nf; k++) memcpy(dst[k] + d, src[k] + s, r->T * sizeof(float));
+		for (int t = 0; t < r->T; t++) b->n_label_tokens += r->labels[d + t] != -100;
+	}
+}
+
+static void batch_release(ft_batch *b)
+{
+	free(b->input_ids);
+	free(b->labels);
+	memset(b, 0, sizeof *b);
+}
+
+/* Old logprobs and values (train mode, as TRL's step() after
+ * model.train()), reference logprobs with the adapters off. */
+static int old_passes(ft_model *m, rollout *r, const float *vw, float vb, float pd, uint64_t seed)
+{
+	ft_batch b = { .B = r->N, .T = r->T, .input_ids = r->ids, .labels = r->labels };
+	ft_ppo_mask(&b, r->mask);
+	for (size_t k = 0; k < (size_t)r->N * r->T; k++) b.n_label_tokens += r->labels[k] != -100;
+	if (ft_ppo_forward(m, &b, 1, vw, vb, pd, seed, r->logp, r->val) < 0) return -1;
+	float *scratch = ft_xmalloc((size_t)r->N * r->T * sizeof(float));
+	ft_model_set_adapters(m, 0);
+	int rc = ft_ppo_forward(m, &b, 0, vw, vb, 0, 0, r->ref, scratch);
+	ft_model_set_adapters(m, 1);
+	free(scratch);
+	return rc;
+}
+
+typedef struct {
+	ft_param **ps;
+	size_t np;
+	ft_adamw *opt;
+	ft_param vh[2];
+	int64_t step;            /* PPO steps done */
+	double loss_sum, reward_sum;
+	int n_logged;
+	ft_rng rng;
+} loop_state;
+
+#define NSTAT 16
+static const char *const stat_keys[NSTAT] = {
+	"ppo/loss/policy", "ppo/loss/value", "ppo/loss/total", "ppo/policy/approxkl",
+	"ppo/policy/policykl", "ppo/policy/clipfrac", "ppo/policy/advantages_mean",
+	"ppo/returns/mean", "ppo/returns/var", "ppo/val/vpred", "ppo/val/error", "ppo/val/clipfrac",
+	"ppo/val/mean", "ppo/val/var", "objective/kl", "objective/kl_coef",
+};
+
+static void stats_add(double *acc, const ft_ppo_loss_stats *s)
+{
+	const double v[14] = { s->loss_policy, s->loss_value, s->loss_total, s->policy_approxkl,
+			       s->policy_policykl, s->policy_clipfrac, s->policy_advantages_mean,
+			       s->returns_mean, s->returns_var, s->val_vpred, s->val_error,
+			       s->val_clipfrac, s->val_mean, s->val_var };
+	for (int k = 0; k < 14; k++) acc[k] += v[k];
+}
+
+/* One mini-batch: forward, loss, backward (scaled 1/grad_accum as
+ * accelerate's backward under accumulate()). */
+static int minibatch(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const rollout *r,
+		     const int64_t *rows, int n, double *acc, uint64_t seed)
+{
+	size_t cnt = (size_t)n * r->T;
+	float *buf = ft_xcalloc(cnt * 9, sizeof(float));
+	float *old = buf, *val = buf + cnt, *mask = buf + 2 * cnt, *adv = buf + 3 * cnt,
+	      *ret = buf + 4 * cnt, *lp = buf + 5 * cnt, *vp = buf + 6 * cnt, *dl = buf + 7 * cnt,
+	      *dv = buf + 8 * cnt;
+	float *const src[5] = { r->logp, r->val, r->mask, r->adv, r->ret };
+	float *const dst[5] = { old, val, mask, adv, ret };
+	ft_batch b;
+	sub_batch(r, rows, n, &b, src, dst, 5);
+	ft_ppo_loss_stats st;
+	float *vw = s->vh[0].w, vb = s->vh[1].w[0];
+	int rc = ft_ppo_forward(m, &b, 1, vw, vb, o->value_dropout, seed, lp, vp);
+	if (rc == 0) rc = ft_ppo_loss(&o->ppo, old, val, lp, vp, mask, adv, ret, cnt, &st, dl, dv);
+	if (rc == 0) {
+		stats_add(acc, &st);
+		for (size_t k = 0; k < cnt; k++) {
+			dl[k] /= o->grad_accum;
+			dv[k] /= o->grad_accum;
+		}
+		double dvb = 0;
+		rc = ft_ppo_backward(m, &b, vw, vb, o->value_dropout, seed, dl, dv, s->vh[0].g, &dvb);
+		s->vh[1].g[0] += (float)dvb;
+	}
+	batch_release(&b);
+	free(buf);
+	return rc;
+}
+
+static void zero_grads(ft_model *m, loop_state *s)
+{
+	ft_model_zero_grad(m);
+	memset(s->vh[0].g, 0, s->vh[0].n * sizeof(float));
+	s->vh[1].g[0] = 0;
+}
+
+/* ppo_epochs epochs, each a permutation cut into backward batches of
+ * batch * accumulation rows and mini-batches of batch rows. */
+static int update(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const rollout *r, double lr,
+		  double *acc, int *nmb)
+{
+	int64_t *perm = ft_xmalloc((size_t)r->N * sizeof *perm);
+	int rc = 0;
+	for (int e = 0; e < o->ppo_epochs && rc == 0; e++) {
+		for (int i = 0; i < r->N; i++) perm[i] = i;
+		ft_shuffle_i64(&s->rng, perm, (size_t)r->N);
+		zero_grads(m, s);
+		int k = 0;
+		for (int i = 0; i < r->N && rc == 0; i += o->batch_size) {
+			int n = r->N - i < o->batch_size ? r->N - i : o->batch_size;
+			rc = minibatch(m, s, o, r, perm + i, n, acc, ft_rng_next(&s->rng));
+			(*nmb)++;
+			if (rc == 0 && ++k % o->grad_accum == 0) {
+				if (o->max_grad_norm > 0) ft_clip_grad_norm(s->ps, s->np, o->max_grad_norm);
+				ft_adamw_step(s->opt, lr);
+				zero_grads(m, s);
+			}
+		}
+	}
+	free(perm);
+	return rc;
+}
+
+static void write_log(const ft_ppo_loop_opts *o, loop_state *s, double lr, const double *acc, int nmb,
+		      double kl, double kl_coef)
+{
+	ft_trainlog_entry e;
+	ft_trainlog_entry_init(&e);
+	e.current_steps = s->step;
+	e.total_steps = o->max_steps;
+	/* LLaMA-Factory: round(x, 4), epoch round(x, 2) */
+	e.loss = round(s->loss_sum / s->n_logged * 1e4) / 1e4;
+	e.lr = lr;
+	e.epoch = round((s->step - 1) / o->steps_per_epoch * 1e2) / 1e2;   /* its 0-based step */
+	e.percentage = round(s->step * 1e4 / o->max_steps) / 1e2;
+	double v[NSTAT + 1];
+	const char *k[NSTAT + 1];
+	k[0] = "reward";
+	v[0] = round(s->reward_sum / s->n_logged * 1e4) / 1e4;
+	for (int i = 0; i < NSTAT; i++) {
+		k[i + 1] = stat_keys[i];
+		v[i + 1] = i < 14 ? acc[i] / (nmb ? nmb : 1) : i == 14 ? kl : kl_coef;
+	}
+	ft_trainlog_write_extra(o->log, &e, k, v, NSTAT + 1);
+	fflush(o->log);
+	s->loss_sum = s->reward_sum = 0;
+	s->n_logged = 0;
+}
+
+/* One PPO step on the rows q[0..N). */
+static int ppo_step(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const ft_i32vec *q, int N,
+		    ft_ppo_klctl *kl, ft_ppo_moments *mom)
+{
+	ft_i32vec *a = ft_xcalloc((size_t)N, sizeof *a);
+	rollout r = { 0 };
+	int rc = o->generate(o->gen_ctx, m, q, (size_t)N, o->seed + (uint64_t)s->step * 1000003u, a);
+	if (rc == 0) {
+		for (int i = 0; i < N; i++) fix_response(o, &a[i]);
+		rollout_grid(&r, o, q, a, N);
+		rc = o->score(o->score_ctx, q, a, (size_t)N, r.score);
+	}
+	if (rc == 0) rc = old_passes(m, &r, s->vh[0].w, s->vh[1].w[0], o->value_dropout, ft_rng_next(&s->rng));
+	double mean_score = 0;
+	for (int i = 0; rc == 0 && i < N; i++) mean_score += r.score[i] / N;
+	if (rc == 0 && o->ppo.score_norm) rc = ft_ppo_normalize_scores(mom, r.score, (size_t)N);
+	float *klv = rc == 0 ? ft_xcalloc((size_t)N * r.T, sizeof(float)) : NULL;
+	if (rc == 0) rc = ft_ppo_rewards(r.score, r.logp, r.ref, r.mask, N, r.T, kl->value, r.rew, klv);
+	if (rc == 0) rc = ft_ppo_advantages(&o->ppo, r.val, r.rew, r.mask, N, r.T, r.adv, r.ret);
+	double acc[14] = { 0 };
+	int nmb = 0;
+	double lr = ft_sched_lr(&o->sched, s->step);
+	if (rc == 0) rc = update(m, s, o, &r, lr, acc, &nmb);
+	if (rc == 0) {
+		/* objective/kl: the mean over responses of the summed per-token KL */
+		double okl = 0;
+		for (size_t k = 0; k < (size_t)N * r.T; k++) okl += klv[k] * r.mask[k];
+		okl /= N;
+		double coef = kl->value;
+		ft_ppo_klctl_update(kl, okl, (double)N);
+		s->step++;
+		s->loss_sum += acc[2] / (nmb ? nmb : 1);
+		s->reward_sum += mean_score;
+		s->n_logged++;
+		if (o->log && s->step % o->logging_steps == 0)   /* LLaMA-Factory: (step + 1) % logging_steps */
+			write_log(o, s, lr, acc, nmb, okl, coef);
+	}
+	free(klv);
+	rollout_free(&r);
+	for (int i = 0; i < N; i++) ft_i32vec_free(&a[i]);
+	free(a);
+	return rc;
+}
+
+int ft_ppo_train(ft_model *m, const ft_i32vec *prompts, size_t n, float *vw, float *vb,
+		 const ft_ppo_loop_opts *o)
+{
+	if (n == 0) return ft_fail("no prompts");
+	loop_state s;
+	memset(&s, 0, sizeof s);
+	ft_rng_seed(&s.rng, o->seed);
+	int D = ft_model_config(m)->hidden_size;
+	s.vh[0] = (ft_param){ .name = "v_head.summary.weight", .w = vw, .g = ft_xcalloc((size_t)D, sizeof(float)),
+			      .n = (size_t)D, .ndim = 2, .shape = { 1, D }, .trainable = 1, .decay = 1 };
+	s.vh[1] = (ft_param){ .name = "v_head.summary.bias", .w = vb, .g = ft_xcalloc(1, sizeof(float)),
+			      .n = 1, .ndim = 1, .shape = { 1 }, .trainable = 1 };
+	size_t np = ft_model_nparams(m);
+	s.ps = ft_xmalloc((np + 2) * sizeof *s.ps);
+	for (size_t i = 0; i < np; i++)
+		if (ft_model_param(m, i)->trainable) s.ps[s.np++] = ft_model_param(m, i);
+	s.ps[s.np++] = &s.vh[0];
+	s.ps[s.np++] = &s.vh[1];
+	s.opt = ft_adamw_new(s.ps, s.np, &o->adamw);
+	ft_ppo_klctl kl;
+	ft_ppo_klctl_init(&kl, &o->ppo);
+	ft_ppo_moments mom;
+	ft_ppo_moments_init(&mom);
+	int N = o->batch_size * o->grad_accum * o->buffer_size, rc = 0;
+	ft_i32vec *q = ft_xmalloc((size_t)N * sizeof *q);
+	size_t next = 0;
+	while (rc == 0 && s.step < o->max_steps) {
+		for (int i = 0; i < N; i++) q[i] = prompts[next++ % n];   /* borrowed */
+		rc = ppo_step(m, &s, o, q, N, &kl, &mom);
+	}
+	free(q);
+	ft_adamw_free(s.opt);
+	free(s.ps);
+	free(s.vh[0].g);
+	free(s.vh[1].g);
+	return rc;
+}

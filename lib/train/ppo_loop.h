@@ -1,0 +1,58 @@
+/* ppo_loop.h - the PPO stage's loop, as LLaMA-Factory's
+ * CustomPPOTrainer.ppo_train over TRL 0.9.6's PPOTrainer.step(): per PPO
+ * step it takes batch x accumulation x ppo_buffer_size prompts, generates
+ * the responses through the caller's generator (gen/ sits above train/
+ * in the layers: ft-train passes ft_generate), scores them through the caller's
+ * reward, computes old/reference log-probabilities and values
+ * (ppo_model.h), the KL-penalised rewards and GAE (ppo.h), then
+ * ppo_epochs epochs of shuffled mini-batch updates with AdamW, one
+ * scheduler step per PPO step, and one trainer_log.jsonl line per
+ * logging step.  The policy is a LoRA model: the reference is the same
+ * model with its adapters off (PEFT's disable_adapter). */
+#ifndef FT_PPO_LOOP_H
+#define FT_PPO_LOOP_H
+
+#include <stdio.h>
+#include "model/model.h"
+#include "train/lr_sched.h"
+#include "train/optim.h"
+#include "train/ppo.h"
+#include "util/vec.h"
+
+/* scores[i] of prompts[i] + responses[i], i < n; -1 with a message (then
+ * nothing of the step is applied). */
+typedef int (*ft_ppo_score_fn)(void *ctx, const ft_i32vec *prompts, const ft_i32vec *responses,
+			       size_t n, float *scores);
+
+/* outs[i]: the new tokens of prompts[i] (the stop token dropped), i < n,
+ * decoded from m in eval mode with the given seed. */
+typedef int (*ft_ppo_gen_fn)(void *ctx, ft_model *m, const ft_i32vec *prompts, size_t n,
+			     uint64_t seed, ft_i32vec *outs);
+
+typedef struct {
+	ft_ppo_opts ppo;
+	int batch_size, grad_accum, buffer_size, ppo_epochs;
+	int64_t max_steps;          /* PPO steps */
+	double steps_per_epoch;     /* the log's epoch: max_steps when given, else the steps of one pass */
+	int logging_steps;
+	ft_ppo_gen_fn generate;
+	void *gen_ctx;
+	int max_new_tokens;
+	ft_adamw_opts adamw;
+	double max_grad_norm;       /* <= 0: no clipping */
+	ft_sched sched;             /* over max_steps */
+	int32_t pad_id, eos_id;     /* eos_id < 0: none */
+	float value_dropout;        /* TRL ValueHead's summary dropout */
+	uint64_t seed;
+	ft_ppo_score_fn score;
+	void *score_ctx;
+	FILE *log;                  /* trainer_log.jsonl */
+} ft_ppo_loop_opts;
+
+/* prompts: n of them, read in order, reused cyclically as
+ * LLaMA-Factory's dataloader iterator restarts.  vw [hidden] and *vb are
+ * the value head, trained in place. */
+int ft_ppo_train(ft_model *m, const ft_i32vec *prompts, size_t n, float *vw, float *vb,
+		 const ft_ppo_loop_opts *o);
+
+#endif

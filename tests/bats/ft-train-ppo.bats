@@ -1,0 +1,125 @@
+#!/usr/bin/env bats
+# ft-train --stage ppo (docs/PPO.md): an end-to-end greedy run on the tiny
+# Llama with a reward filter (deterministic: two runs give the same log),
+# an rm adapter as the reward (--reward_model_type lora), a failing
+# filter (nothing saved), and the refusals.
+load helper
+
+LLAMA="$FIXTURES/models/tiny-llama"
+export OMP_NUM_THREADS=1
+
+setup() {
+	cd "$BATS_TEST_TMPDIR"
+	command -v ft-cat >/dev/null || { echo "ft-cat is not built (run make)" >&2; return 1; }
+	ft-cat --encode < "$FIXTURES/ppo/prompts.jsonl" > ppo.zst
+}
+need_jq() { command -v jq >/dev/null || skip "jq is not installed"; }
+
+# the tiny model has no tokenizer: the filter sees token ids, space-separated;
+# the reward counts the responses' tokens equal to 42
+REWARD="awk -F'\"response\":\"' '{ n = split(\$2, t, /[ \"]/); c = 0; for (i = 1; i <= n; i++) c += t[i] == \"42\"; print c }'"
+
+ppo() {
+	ft-train --stage ppo --model_name_or_path "$LLAMA" --train ppo.zst --do_sample false \
+		--max_new_tokens 6 --max_steps 3 --logging_steps 1 --learning_rate 1e-3 -q "$@"
+}
+
+@test "ppo: a greedy run with a reward filter logs LLaMA-Factory's and TRL's keys, saves adapter and value head" {
+	need_jq
+	run ppo --output_dir a --reward_model_type api --reward_model "$REWARD" --plot_loss true
+	assert_success
+	[ -f a/training_loss.png ] && [ -f a/training_reward.png ]
+	[ -f a/adapter_model.safetensors ] && [ -f a/adapter_config.json ] && [ -f a/value_head.safetensors ]
+	[ "$(wc -l < a/trainer_log.jsonl)" -eq 3 ]
+	run jq -r '[.current_steps, .total_steps, (.loss|type), (.reward|type), (.lr|type), .epoch,
+		(."ppo/loss/total"|type), (."ppo/policy/clipfrac"|type), (."ppo/val/error"|type),
+		(."objective/kl"|type), ."objective/kl_coef"] | @tsv' a/trainer_log.jsonl
+	assert_success
+	[ "${lines[0]}" = "$(printf '1\t3\tnumber\tnumber\tnumber\t0\tnumber\tnumber\tnumber\tnumber\t0.2')" ]
+	# the adaptive KL controller moved the coefficient after the first step
+	[ "$(jq -r '."objective/kl_coef"' a/trainer_log.jsonl | sort -u | wc -l)" -eq 3 ]
+	head -c 300 a/value_head.safetensors | grep -q v_head.summary.weight
+	head -c 300 a/value_head.safetensors | grep -q v_head.summary.bias
+	# LLaMA-Factory's epoch: the 0-based step over max_steps
+	[ "$(jq -r .epoch a/trainer_log.jsonl | tr '\n' ' ')" = "0.0 0.33 0.67 " ] || [ "$(jq -r .epoch a/trainer_log.jsonl | tr '\n' ' ')" = "0 0.33 0.67 " ]
+}
+
+@test "ppo: greedy runs are deterministic (two runs, identical logs and adapters)" {
+	ppo --output_dir a --reward_model_type api --reward_model "$REWARD"
+	ppo --output_dir b --reward_model_type api --reward_model "$REWARD"
+	cmp a/trainer_log.jsonl b/trainer_log.jsonl
+	cmp a/adapter_model.safetensors b/adapter_model.safetensors
+	cmp a/value_head.safetensors b/value_head.safetensors
+}
+
+@test "ppo: the reward filter sees one JSON line per response (batch x accumulation x buffer)" {
+	run ppo --output_dir a --reward_model_type api --max_steps 1 --gradient_accumulation_steps 2 \
+		--reward_model "tee -a $BATS_TEST_TMPDIR/seen | awk '{ print 1 }'"
+	assert_success
+	[ "$(wc -l < seen)" -eq 4 ]
+	grep -q '"prompt":"1 17 33 54 70","response":"' seen
+	rm seen
+	run ppo --output_dir b --reward_model_type api --max_steps 1 --ppo_buffer_size 2 \
+		--reward_model "tee -a $BATS_TEST_TMPDIR/seen | awk '{ print 1 }'"
+	assert_success
+	[ "$(wc -l < seen)" -eq 4 ]
+}
+
+@test "ppo: a reward filter that fails names the line, exits 1 and saves nothing" {
+	run ppo --output_dir a --reward_model_type api --reward_model "awk 'NR == 2 { print \"x2\"; next } { print 1 }'"
+	[ "$status" -eq 1 ]
+	assert_output --partial "reward command: line 2 of its output, 'x2', is not a number"
+	[ "${#lines[@]}" -eq 1 ]
+	[ ! -e a/adapter_model.safetensors ] && [ ! -e a/value_head.safetensors ]
+	run ppo --output_dir b --reward_model_type api --reward_model "exit 3"
+	[ "$status" -eq 1 ]
+	assert_output --partial "exited with status 3"
+	[ ! -e b/adapter_model.safetensors ]
+}
+
+@test "ppo: an rm adapter with its value head as the reward (--reward_model_type lora)" {
+	ft-cat --encode < "$FIXTURES/pref/rm.jsonl" > rm.zst
+	ft-train --stage rm --model_name_or_path "$LLAMA" --train rm.zst --output_dir rm --max_steps 1 -q
+	[ -f rm/value_head.safetensors ]
+	run ppo --output_dir a --reward_model rm
+	assert_success
+	[ -f a/adapter_model.safetensors ] && [ -f a/value_head.safetensors ]
+	[ "$(wc -l < a/trainer_log.jsonl)" -eq 3 ]
+	mkdir nohead && cp "$FIXTURES"/pref/llama-lora/adapter_* nohead/
+	run ppo --output_dir b --reward_model nohead
+	[ "$status" -eq 1 ]
+	assert_output --partial "value_head.safetensors"
+}
+
+@test "ppo: refusals" {
+	run ppo --output_dir a
+	[ "$status" -eq 2 ]
+	assert_output --partial "--stage ppo needs --reward_model"
+	run ppo --output_dir a --reward_model_type api --reward_model cat --ppo_buffer_size 0
+	[ "$status" -eq 2 ]
+	assert_output --partial "--ppo_buffer_size must be >= 1"
+	run ppo --output_dir a --reward_model_type api --reward_model cat --device cuda
+	[ "$status" -eq 2 ]
+	assert_output --partial "runs on the CPU only"
+	run ppo --output_dir a --reward_model_type full --reward_model "$LLAMA"
+	[ "$status" -eq 2 ]
+	assert_output --partial "--reward_model_type full"
+	run ppo --output_dir a --reward_model_type api --reward_model cat --finetuning_type full
+	[ "$status" -eq 2 ]
+	assert_output --partial "LoRA policies only"
+	run ppo --output_dir a --reward_model_type api --reward_model cat --finetuning_type freeze
+	[ "$status" -eq 2 ]
+	assert_output --partial "LoRA policies only"
+	# stage / records mismatch, both ways
+	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > sft.zst
+	run ppo --output_dir a --reward_model_type api --reward_model cat --train sft.zst
+	[ "$status" -eq 1 ]
+	assert_output --partial "packed for stage 'sft' but --stage is ppo"
+	run ft-train --stage sft --model_name_or_path "$LLAMA" --train ppo.zst --output_dir a -q
+	[ "$status" -eq 1 ]
+	assert_output --partial "packed for stage 'ppo' but --stage is sft"
+	run ft-train --stage sft --model_name_or_path "$LLAMA" --train sft.zst --output_dir a --ppo_epochs 2 -q
+	[ "$status" -eq 2 ]
+	assert_output --partial "only --stage ppo uses it"
+	[ ! -e a/adapter_model.safetensors ]
+}

@@ -1,0 +1,405 @@
+/* ppo.c - ft-train --stage ppo: LLaMA-Factory's CustomPPOTrainer over
+ * TRL 0.9.6's PPOTrainer (docs/PPO.md), a LoRA policy with a value head,
+ * rewards from a Unix filter (--reward_model_type api) or an rm adapter
+ * on the same base (--reward_model_type lora).  The loop is
+ * lib/train/ppo_loop.c; here are the options, the prompts, the generator,
+ * the reward and the outputs. */
+#define _GNU_SOURCE
+#include "ft-train.h"
+#include "gen/generate.h"
+#include "model/model_pref.h"
+#include "text/tokenizer.h"
+#include "train/ppo_loop.h"
+#include "train/ppo_reward.h"
+#include "format/safetensors.h"
+#include "plot/plot.h"
+#include "util/atomicfile.h"
+#include "util/json.h"
+#include "util/rng.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char *const ppo_keys[] = {
+	"reward_model", "reward_model_type", "reward_model_adapters", "ppo_buffer_size", "ppo_epochs",
+	"ppo_target", "ppo_score_norm", "ppo_whiten_rewards", "max_new_tokens", "top_k", "top_p",
+	"temperature", "do_sample", "repetition_penalty", NULL,
+};
+
+static struct {
+	int on;
+	const char *reward_model, *reward_type;
+	int buffer_size, ppo_epochs, max_new_tokens;
+	ft_ppo_opts o;
+	ft_sampling s;
+} P;
+
+int ppo_known_key(const char *k)
+{
+	for (const char *const *p = ppo_keys; *p; p++)
+		if (!strcmp(*p, k)) return 1;
+	return 0;
+}
+
+static double num(const ft_lfargs *a, const char *k, double def)
+{
+	const char *v = ft_lfargs_get(a, k, NULL);
+	return v ? ft_parse_double(k, v) : def;
+}
+
+static int flag(const ft_lfargs *a, const char *k, int def)
+{
+	const char *v = ft_lfargs_get(a, k, NULL);
+	return v ? ft_parse_bool(k, v) : def;
+}
+
+void ppo_args_parse(ft_lfargs *a, ft_cli_args *c)
+{
+	P.on = !strcmp(c->stage, "ppo");
+	if (!P.on) {
+		for (const char *const *p = ppo_keys; *p; p++)
+			if (ft_lfargs_get(a, *p, NULL))
+				die_usage("--%s: only --stage ppo uses it (this is --stage %s)", *p, c->stage);
+		return;
+	}
+	if (c->tune.type != FT_FT_LORA)
+		die_usage("--stage ppo --finetuning_type %s: this ft-train trains LoRA policies only "
+			  "(the reference is the policy with its adapters off)",
+			  c->tune.type == FT_FT_FULL ? "full" : "freeze");
+	if (!strncmp(c->device, "cuda", 4))
+		die_usage("--device %s: --stage ppo runs on the CPU only in this ft-train (--device cpu)",
+			  c->device);
+	P.reward_model = ft_lfargs_get(a, "reward_model", NULL);
+	if (!P.reward_model)
+		die_usage("--stage ppo needs --reward_model (an rm adapter directory with "
+			  "--reward_model_type lora, or a command with --reward_model_type api)");
+	P.reward_type = ft_lfargs_get(a, "reward_model_type", "lora");
+	if (!strcmp(P.reward_type, "full"))
+		die_usage("--reward_model_type full: a separate reward model is not supported by this "
+			  "ft-train yet (use an rm adapter on the same base with lora, or api)");
+	if (strcmp(P.reward_type, "lora") && strcmp(P.reward_type, "api"))
+		die_usage("--reward_model_type: '%s' (lora, full or api)", P.reward_type);
+	if (ft_lfargs_get(a, "reward_model_adapters", NULL))
+		die_usage("--reward_model_adapters: used with --reward_model_type full, which this "
+			  "ft-train does not support yet");
+	P.buffer_size = (int)num(a, "ppo_buffer_size", 1);
+	if (P.buffer_size < 1) die_usage("--ppo_buffer_size must be >= 1 (got %d)", P.buffer_size);
+	P.ppo_epochs = (int)num(a, "ppo_epochs", 4);
+	if (P.ppo_epochs < 1) die_usage("--ppo_epochs must be >= 1");
+	ft_ppo_opts_default(&P.o);
+	P.o.target = num(a, "ppo_target", 6.0);
+	P.o.score_norm = flag(a, "ppo_score_norm", 0);
+	P.o.whiten_rewards = flag(a, "ppo_whiten_rewards", 0);
+	ft_sampling_defaults(&P.s);
+	P.s.do_sample = flag(a, "do_sample", 1);
+	P.s.temperature = num(a, "temperature", P.s.temperature);
+	P.s.top_p = num(a, "top_p", P.s.top_p);
+	P.s.top_k = (int)num(a, "top_k", P.s.top_k);
+	P.s.repetition_penalty = num(a, "repetition_penalty", P.s.repetition_penalty);
+	if (ft_sampling_check(&P.s) < 0) die_usage("%s", ft_errmsg());
+	P.max_new_tokens = (int)num(a, "max_new_tokens", 1024);
+	if (P.max_new_tokens < 1) die_usage("--max_new_tokens must be >= 1");
+}
+
+int ppo_stage(const ft_cli_args *c)
+{
+	(void)c;
+	return P.on;
+}
+
+/* The prompts of one pass over the batches: each row's ids up to its
+ * right padding (ft-pack pads ppo rows with pad_id, labels all -100). */
+static ft_i32vec *read_prompts(ft_batch_source *src, const ft_manifest *man, size_t *n)
+{
+	ft_i32vec *q = NULL;
+	size_t cap = 0;
+	*n = 0;
+	ft_batch b = { 0 };
+	for (int64_t k = 0; k < man->n_batches; k++) {
+		int rc = src->next(src->self, &b);
+		if (rc < 0) die("--train: %s", ft_errmsg());
+		if (rc == 0) break;
+		for (int i = 0; i < b.B; i++) {
+			const int32_t *r = b.input_ids + (size_t)i * b.T;
+			int len = b.T;
+			if (b.segment_ids) {
+				while (len > 0 && b.segment_ids[(size_t)i * b.T + len - 1] == 0) len--;
+			} else {
+				while (len > 0 && r[len - 1] == man->pad_id) len--;
+			}
+			if (len == 0) continue;
+			if (*n == cap) q = realloc(q, (cap = cap ? 2 * cap : 64) * sizeof *q);
+			q[*n] = (ft_i32vec){ 0 };
+			ft_i32vec_append(&q[(*n)++], r, (size_t)len);
+		}
+	}
+	ft_batch_free(&b);
+	return q;
+}
+
+/* eos_token_id of the model's generation_config.json, else config.json
+ * (the first of a list); -1 when neither has one. */
+static int32_t model_eos(const char *dir)
+{
+	const char *files[2] = { "generation_config.json", "config.json" };
+	for (int i = 0; i < 2; i++) {
+		char *p = ft_xasprintf("%s/%s", dir, files[i]);
+		json_t *j = access(p, R_OK) == 0 ? ft_json_load_file(p) : NULL;
+		free(p);
+		json_t *v = j ? json_object_get(j, "eos_token_id") : NULL;
+		if (v && json_is_array(v)) v = json_array_get(v, 0);
+		int32_t id = v && json_is_integer(v) ? (int32_t)json_integer_value(v) : -1;
+		json_decref(j);
+		ft_errclear();
+		if (id >= 0) return id;
+	}
+	return -1;
+}
+
+typedef struct {
+	ft_gen_opts g;
+} gen_ctx;
+
+static int gen(void *ctx, ft_model *m, const ft_i32vec *q, size_t n, uint64_t seed, ft_i32vec *outs)
+{
+	gen_ctx *G = ctx;
+	ft_gen_opts o = G->g;
+	o.seed = seed;
+	return ft_generate(m, q, n, &o, outs, NULL, NULL);
+}
+
+/* A value head [D] + bias from dir/value_head.safetensors (rm's). */
+static int read_value_head(const char *dir, int D, float *w, float *b)
+{
+	char *path = ft_xasprintf("%s/value_head.safetensors", dir);
+	ft_st *st = ft_st_open(path);
+	int rc = -1;
+	if (!st) goto out;
+	const char *names[2] = { "v_head.summary.weight", "v_head.summary.bias" };
+	float *dst[2] = { w, b };
+	size_t want[2] = { (size_t)D, 1 };
+	for (int k = 0; k < 2; k++) {
+		const ft_st_tensor *t = ft_st_find(st, names[k]);
+		if (!t) { ft_fail("%s: no tensor %s", path, names[k]); goto out; }
+		size_t numel = 1;
+		for (int d = 0; d < t->ndim; d++) numel *= (size_t)t->shape[d];
+		if (numel != want[k]) {
+			ft_fail("%s: %s has %zu elements, the policy's hidden size needs %zu", path, names[k],
+				numel, want[k]);
+			goto out;
+		}
+		if (ft_st_read_f32(t, dst[k]) < 0) goto out;
+	}
+	rc = 0;
+out:
+	if (st) ft_st_close(st);
+	free(path);
+	return rc;
+}
+
+typedef struct {
+	const char *cmd;
+	ft_tokenizer *tok;       /* NULL: the text is the token ids, space-separated */
+	ft_model *rm;            /* lora: the base with the rm adapter */
+	float *rm_vw, rm_vb;
+} reward_ctx;
+
+static char *as_text(const reward_ctx *R, const ft_i32vec *v)
+{
+	if (R->tok) return ft_tokenizer_decode(R->tok, v->v, v->n, 1);   /* skip_special_tokens */
+	size_t cap = 12 * v->n + 1, len = 0;
+	char *s = ft_xmalloc(cap);
+	s[0] = 0;
+	for (size_t i = 0; i < v->n; i++) len += (size_t)snprintf(s + len, cap - len, i ? " %d" : "%d", v->v[i]);
+	return s;
+}
+
+static int score_api(reward_ctx *R, const ft_i32vec *q, const ft_i32vec *a, size_t n, float *scores)
+{
+	char **pq = ft_xcalloc(n, sizeof *pq), **pa = ft_xcalloc(n, sizeof *pa);
+	int rc = 0;
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		pq[i] = as_text(R, &q[i]);
+		pa[i] = as_text(R, &a[i]);
+		if (!pq[i] || !pa[i]) rc = -1;
+	}
+	if (rc == 0) rc = ft_ppo_reward_cmd(R->cmd, (const char *const *)pq, (const char *const *)pa, n, scores);
+	for (size_t i = 0; i < n; i++) { free(pq[i]); free(pa[i]); }
+	free(pq);
+	free(pa);
+	return rc;
+}
+
+/* lora: the rm's value head at the last token of prompt + response
+ * (LLaMA-Factory's get_rewards with the reward adapter in place). */
+static int score_lora(reward_ctx *R, const ft_i32vec *q, const ft_i32vec *a, size_t n, float *scores)
+{
+	int T = 0;
+	for (size_t i = 0; i < n; i++)
+		if ((int)(q[i].n + a[i].n) > T) T = (int)(q[i].n + a[i].n);
+	ft_batch b = { .B = (int)n, .T = T };
+	b.input_ids = ft_xcalloc(n * T, sizeof(int32_t));
+	b.labels = ft_xmalloc(n * T * sizeof(int32_t));
+	int32_t *pos = ft_xmalloc(n * sizeof *pos);
+	for (size_t i = 0; i < n; i++) {
+		memcpy(b.input_ids + i * T, q[i].v, q[i].n * sizeof(int32_t));
+		memcpy(b.input_ids + i * T + q[i].n, a[i].v, a[i].n * sizeof(int32_t));
+		for (int t = 0; t < T; t++) b.labels[i * T + t] = -100;
+		pos[i] = (int32_t)(i * T + q[i].n + a[i].n - 1);
+	}
+	int rc = ft_model_value_forward(R->rm, &b, 0, pos, (int)n, R->rm_vw, R->rm_vb, 0, 0, NULL, scores);
+	free(b.input_ids);
+	free(b.labels);
+	free(pos);
+	return rc;
+}
+
+static int score(void *ctx, const ft_i32vec *q, const ft_i32vec *a, size_t n, float *scores)
+{
+	reward_ctx *R = ctx;
+	return R->rm ? score_lora(R, q, a, n, scores) : score_api(R, q, a, n, scores);
+}
+
+static void reward_open(ft_cli_args *c, ft_model *m, reward_ctx *R)
+{
+	memset(R, 0, sizeof *R);
+	R->cmd = P.reward_model;
+	if (!strcmp(P.reward_type, "api")) {
+		char *tj = ft_xasprintf("%s/tokenizer.json", c->model);
+		if (access(tj, R_OK) == 0 && !(R->tok = ft_tokenizer_load(c->model)))
+			die("%s: %s", c->model, ft_errmsg());
+		free(tj);
+		return;
+	}
+	R->rm = ft_model_load(c->model, &c->tune);
+	if (!R->rm) die("--reward_model: %s", ft_errmsg());
+	if (ft_model_load_adapter(R->rm, P.reward_model) < 0)
+		die("--reward_model %s: %s", P.reward_model, ft_errmsg());
+	int D = ft_model_config(m)->hidden_size;
+	R->rm_vw = ft_xmalloc((size_t)D * sizeof(float));
+	if (read_value_head(P.reward_model, D, R->rm_vw, &R->rm_vb) < 0)
+		die("--reward_model %s: %s", P.reward_model, ft_errmsg());
+}
+
+static void reward_close(reward_ctx *R)
+{
+	if (R->tok) ft_tokenizer_free(R->tok);
+	if (R->rm) ft_model_free(R->rm);
+	free(R->rm_vw);
+}
+
+static int write_value_head(const char *dir, const float *w, int D, const float *b)
+{
+	ft_st_writer *wr = ft_st_writer_new();
+	int64_t sw[2] = { 1, D }, sb[1] = { 1 };
+	ft_st_writer_add(wr, "v_head.summary.weight", FT_F32, 2, sw, w);
+	ft_st_writer_add(wr, "v_head.summary.bias", FT_F32, 1, sb, b);
+	ft_st_writer_meta(wr, "format", "pt");
+	char *path = ft_xasprintf("%s/value_head.safetensors", dir);
+	int rc = ft_st_writer_write(wr, path);
+	free(path);
+	ft_st_writer_free(wr);
+	return rc;
+}
+
+/* The adapter and value head, written in a temporary sibling then moved
+ * into output_dir file by file (each rename atomic). */
+static void save_outputs(const ft_cli_args *c, ft_model *m, const float *vw, int D, const float *vb)
+{
+	char *stage = ft_xasprintf("%s/ppo-final", c->output_dir);
+	ft_atomic a;
+	if (ft_atomic_dir_open(&a, stage) < 0) die("%s", ft_errmsg());
+	if (ft_model_save_adapter(m, a.tmp) < 0 || write_value_head(a.tmp, vw, D, vb) < 0) {
+		ft_atomic_dir_abort(&a);
+		die("saving to %s: %s", c->output_dir, ft_errmsg());
+	}
+	const char *files[] = { "adapter_model.safetensors", "adapter_config.json", "value_head.safetensors" };
+	for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+		char *from = ft_xasprintf("%s/%s", a.tmp, files[i]), *to = ft_xasprintf("%s/%s", c->output_dir, files[i]);
+		if (access(from, F_OK) == 0 && rename(from, to) < 0) die("rename %s: %m", to);
+		free(from);
+		free(to);
+	}
+	ft_atomic_dir_abort(&a);
+	free(stage);
+}
+
+int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manifest *man)
+{
+	if (!ft_model_has_adapters(m))
+		die("--stage ppo: the policy has no LoRA adapters (--finetuning_type lora)");
+	size_t n;
+	ft_i32vec *q = read_prompts(train, man, &n);
+	if (n == 0) die("%s: no prompts", ft_display_name(c->train[0]));
+	reward_ctx R;
+	reward_open(c, m, &R);
+	ft_ppo_loop_opts o;
+	memset(&o, 0, sizeof o);
+	o.ppo = P.o;
+	o.batch_size = man->batch_size;
+	o.grad_accum = c->t.gradient_accumulation_steps;
+	o.buffer_size = P.buffer_size;
+	o.ppo_epochs = P.ppo_epochs;
+	int64_t N = (int64_t)o.batch_size * o.grad_accum * o.buffer_size;
+	int64_t per_epoch = ((int64_t)n + N - 1) / N;   /* LLaMA-Factory: ceil(len(dataset) / N) */
+	/* ppo_train: max_steps overrides (and is then the epoch's length) */
+	o.max_steps = c->t.max_steps > 0 ? c->t.max_steps : (int64_t)ceil(c->t.num_train_epochs * per_epoch);
+	if (o.max_steps < 1) o.max_steps = 1;
+	o.steps_per_epoch = c->t.max_steps > 0 ? (double)c->t.max_steps : (double)per_epoch;
+	o.logging_steps = c->t.logging_steps > 0 ? (int)c->t.logging_steps : 1;
+	gen_ctx G;
+	ft_gen_defaults(&G.g);
+	G.g.sampling = P.s;
+	G.g.max_new_tokens = P.max_new_tokens;
+	int32_t eos = model_eos(c->model);
+	G.g.stop_ids = eos >= 0 ? &eos : NULL;
+	G.g.n_stop = eos >= 0;
+	G.g.batch_size = (int)N;
+	o.generate = gen;
+	o.gen_ctx = &G;
+	o.max_new_tokens = P.max_new_tokens;
+	ft_adamw_opts_default(&o.adamw);
+	o.adamw.beta1 = c->t.adam_beta1;
+	o.adamw.beta2 = c->t.adam_beta2;
+	o.adamw.eps = c->t.adam_epsilon;
+	o.adamw.weight_decay = c->t.weight_decay;
+	o.max_grad_norm = c->t.max_grad_norm;
+	int64_t warm = c->t.warmup >= 1 ? (int64_t)c->t.warmup : (int64_t)ceil(c->t.warmup * o.max_steps);
+	if (ft_sched_init(&o.sched, c->t.lr_scheduler_type, c->t.learning_rate, warm, o.max_steps) < 0)
+		die_usage("%s", ft_errmsg());
+	o.pad_id = man->pad_id;
+	o.eos_id = eos;
+	o.value_dropout = (float)pref_value_dropout(c);   /* TRL's ValueHead, as rm's */
+	o.seed = c->t.seed;
+	o.score = score;
+	o.score_ctx = &R;
+	int D = ft_model_config(m)->hidden_size;
+	float *vw = ft_xmalloc((size_t)D * sizeof(float)), vb;
+	ft_rng g;
+	ft_rng_seed(&g, c->t.seed ^ 0x76686561645f7631ULL);   /* as rm's initial head */
+	double bound = 1 / sqrt((double)D);   /* nn.Linear's kaiming_uniform(a=sqrt(5)) */
+	for (int i = 0; i < D; i++) vw[i] = (float)((2 * ft_rng_uniform(&g) - 1) * bound);
+	vb = (float)((2 * ft_rng_uniform(&g) - 1) * bound);
+	if (ft_mkdirs(c->output_dir) < 0) die("%s", ft_errmsg());
+	char *logp = ft_xasprintf("%s/trainer_log.jsonl", c->output_dir);
+	o.log = fopen(logp, "w");
+	if (!o.log) die("%s: %m", logp);
+	int rc = ft_ppo_train(m, q, n, vw, &vb, &o);
+	fclose(o.log);
+	if (rc < 0) die("--stage ppo: %s", ft_errmsg());
+	save_outputs(c, m, vw, D, &vb);
+	note("saved the PPO adapter and value head to %s", c->output_dir);
+	static const char *const plot_keys[] = { "loss", "reward" };   /* LLaMA-Factory's ppo workflow */
+	if (c->plot_loss && ft_plot_loss_files_keys(c->output_dir, plot_keys, 2) < 0)
+		warn("--plot_loss: %s", ft_errmsg());
+	free(logp);
+	free(vw);
+	reward_close(&R);
+	for (size_t i = 0; i < n; i++) ft_i32vec_free(&q[i]);
+	free(q);
+	return 0;
+}
