@@ -71,6 +71,14 @@ static int exists(const char *path)
 	return stat(path, &st) == 0;
 }
 
+/* LLaMA-Factory trains and generates on the GPU when there is one; so
+ * does ft-run unless the settings name a device (ft-train's and
+ * ft-generate's own default is the CPU). */
+static void add_device(cmd *c, const ft_lfargs *a)
+{
+	if (!ft_lfargs_get(a, "device", NULL)) add_flag(c, "device", "auto");
+}
+
 /* ft-tokenize | ft-pack into dir. */
 static void plan_pack(const ft_lfargs *a, ft_runplan *p, const char *dir, int replace)
 {
@@ -96,6 +104,7 @@ static void plan_fit(const ft_lfargs *a, ft_runplan *p, const char *data)
 	cmd train = {0};
 	add_word(&train, "ft-train");
 	add_routed(&train, a, FTP_R, NULL);
+	add_device(&train, a);
 	add_flag(&train, "train", data);
 	if (ft_lfargs_get(a, "val_size", NULL)) {
 		char *val = ft_xasprintf("%s/val", data);
@@ -119,6 +128,7 @@ static void plan_predict(const ft_lfargs *a, ft_runplan *p, int trained)
 	add_flag(&tok, "predict_with_generate", NULL);
 	add_word(&gen, "ft-generate");
 	add_routed(&gen, a, FTP_G, not_to_gen);
+	add_device(&gen, a);
 	/* after training a LoRA model, predict with the new adapter */
 	const char *lora = ft_lfargs_get(a, "finetuning_type", "lora");
 	const char *adapter = trained && !strcmp(lora, "lora") ? out : ft_lfargs_get(a, "adapter_name_or_path", NULL);
@@ -194,6 +204,7 @@ static int plan_chat(const ft_lfargs *a, ft_runplan *p)
 	add_word(&c, "ft-generate");
 	add_word(&c, "-i");
 	add_routed(&c, a, FTP_G, skip);
+	add_device(&c, a);
 	plan_add(p, c.s);
 	return 0;
 }

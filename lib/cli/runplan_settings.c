@@ -67,6 +67,7 @@ static const ftp_route routes[] = {
 	{"dataloader_num_workers", FTP_N, "batches are prepared by ft-pack before training"},
 	{"ddp_timeout", FTP_R, NULL},
 	{"zero", FTP_R, NULL},   /* ft's own: ZeRO-1 under mpirun (ft-train --zero) */
+	{"device", FTP_R | FTP_G, NULL},   /* ft's own: cpu, cuda, cuda:N; ft-run's default is auto */
 	{"run_name", FTP_N, "ft-train names a run by its output_dir"},
 	{"save_only_model", FTP_N, "checkpoints always hold the optimizer state, so resuming is exact"},
 	{"flash_attn", FTP_N, "the CPU path has one attention implementation"},

@@ -164,8 +164,10 @@ static int check_export_dir(const ft_merge_opts *o, int *exists, char **parent)
 	for (size_t i = 0; i < o->nadapters; i++)
 		if (*exists && same_path(o->export_dir, o->adapters[i]))
 			return ft_fail("%s: the export directory is an adapter directory", o->export_dir);
-	/* == 0: one that cannot be listed is not taken for a full one (as before) */
-	if (*exists && !o->overwrite && ft_dir_is_empty(o->export_dir) == 0)
+	/* one that cannot be listed is refused with the reason, not taken for empty */
+	int empty = *exists && !o->overwrite ? ft_dir_is_empty(o->export_dir) : 1;
+	if (empty < 0) return -1;
+	if (!empty)
 		return ft_fail("%s: export directory is not empty (use --overwrite to replace it)", o->export_dir);
 	char *p = ft_xstrdup(o->export_dir);
 	size_t n = strlen(p);

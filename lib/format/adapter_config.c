@@ -63,6 +63,15 @@ static int get_targets(ft_adapter_config *c, const json_t *o)
 	const json_t *v = json_object_get(o, "target_modules");
 	if (json_is_string(v)) {
 		c->target_regex = ft_xstrdup(json_string_value(v));
+		if (!strcmp(c->target_regex, "all-linear")) return 0;
+		int err;
+		PCRE2_SIZE off;
+		/* re.fullmatch: anchored at both ends */
+		c->target_re_ = pcre2_compile((PCRE2_SPTR)c->target_regex, PCRE2_ZERO_TERMINATED,
+					      PCRE2_ANCHORED | PCRE2_ENDANCHORED, &err, &off, NULL);
+		if (!c->target_re_)
+			return ft_fail("%s: target_modules \"%s\" is not a regular expression", c->path,
+				       c->target_regex);
 		return 0;
 	}
 	if (v && !json_is_null(v) && !json_is_array(v))
@@ -181,6 +190,7 @@ void ft_adapter_config_free(ft_adapter_config *c)
 	free_names(c->target_modules, c->n_target_modules);
 	free(c->init_lora_weights);
 	free(c->target_regex);
+	pcre2_code_free(c->target_re_);
 	free_patterns(c->rank_pattern, c->n_rank_pattern);
 	free_patterns(c->alpha_pattern, c->n_alpha_pattern);
 	free_names(c->modules_to_save, c->n_modules_to_save);
@@ -197,16 +207,33 @@ int ft_adapter_config_sets(const ft_adapter_config *c, const char *key)
 	return 0;
 }
 
+static int matches(void *re, const char *s)
+{
+	pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
+	int rc = pcre2_match(re, (PCRE2_SPTR)s, strlen(s), 0, 0, md, NULL);
+	pcre2_match_data_free(md);
+	return rc >= 0;
+}
+
 /* The first pattern matching `module`, or NULL. */
 static const ft_adapter_pattern *match(const ft_adapter_pattern *p, size_t n, const char *module)
 {
-	for (size_t i = 0; i < n; i++) {
-		pcre2_match_data *md = pcre2_match_data_create_from_pattern(p[i].re_, NULL);
-		int rc = pcre2_match(p[i].re_, (PCRE2_SPTR)module, strlen(module), 0, 0, md, NULL);
-		pcre2_match_data_free(md);
-		if (rc >= 0) return &p[i];
-	}
+	for (size_t i = 0; i < n; i++)
+		if (matches(p[i].re_, module)) return &p[i];
 	return NULL;
+}
+
+int ft_adapter_config_targets(const ft_adapter_config *c, const char *module)
+{
+	if (c->target_regex) return c->target_re_ && matches(c->target_re_, module);
+	size_t n = strlen(module);
+	for (size_t i = 0; i < c->n_target_modules; i++) {
+		const char *t = c->target_modules[i];
+		size_t k = strlen(t);
+		if (!strcmp(module, t) || (n > k && module[n - k - 1] == '.' && !strcmp(module + n - k, t)))
+			return 1;
+	}
+	return 0;
 }
 
 int ft_adapter_config_rank(const ft_adapter_config *c, const char *module)

@@ -37,6 +37,7 @@ typedef struct {
 	char **target_modules;
 	size_t n_target_modules;
 	char *target_regex;           /* the string form; NULL for a list */
+	void *target_re_;             /* target_regex compiled (pcre2_code); NULL for all-linear */
 	ft_adapter_pattern *rank_pattern, *alpha_pattern;
 	size_t n_rank_pattern, n_alpha_pattern;
 	char **modules_to_save;       /* trained copies of whole modules */
@@ -60,6 +61,14 @@ void ft_adapter_config_free(ft_adapter_config *c);
 /* Whether the file sets option `key`: present and truthy as Python sees
  * it (not null, false, 0, "", [] or {}), as PEFT tests its options. */
 int ft_adapter_config_sets(const ft_adapter_config *c, const char *key);
+
+/* Whether PEFT adapts the module named `module` (a whole dotted name as
+ * the base model's named_modules() gives it,
+ * "model.layers.0.self_attn.v_proj"), as check_target_module_exists: a
+ * string target_modules must match the whole name (re.fullmatch), a list
+ * entry must equal the name or its end after a dot.  "all-linear" is left
+ * to the caller (0 here): it depends on the architecture. */
+int ft_adapter_config_targets(const ft_adapter_config *c, const char *module);
 
 /* The rank and alpha of one module ("model.layers.0.self_attn.v_proj"):
  * the first rank_pattern / alpha_pattern key, in file order, that matches

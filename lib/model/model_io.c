@@ -214,37 +214,60 @@ int ft_model_save(ft_model *m, const char *dir)
 				       : ft_model_save_full(m, dir, NULL);
 }
 
+/* How many decoder layers PEFT would adapt module j in, by its whole
+ * name ("model.layers.3.self_attn.q_proj"). */
+static int layers_targeted(const ft_config *mc, const ft_adapter_config *c, int j)
+{
+	char nm[160];
+	int n = 0;
+	for (int l = 0; l < mc->num_hidden_layers; l++) {
+		snprintf(nm, sizeof nm, "model.layers.%d.%s.%s", l, j < L_GATE ? "self_attn" : "mlp",
+			 ftp_module_name(mc, j));
+		n += ft_adapter_config_targets(c, nm);
+	}
+	return n;
+}
+
 /* The LoRA targets as module bits: ft applies one set of linear layers to
- * every decoder layer, so names must be the layers' own (q_proj, ...). */
+ * every decoder layer, so a target must select a module in all layers or
+ * none, and nothing outside the decoder's linears. */
 static int parse_targets(const ft_config *mc, const ft_adapter_config *c, unsigned *out)
 {
 	*out = 0;
-	if (c->target_regex) {
-		const char *s = c->target_regex;
-		if (!strcmp(s, "all-linear")) {
-			*out = FT_MOD_ALL_LINEAR;
-			return 0;
-		}
-		for (int j = 0; j < L_NLIN; j++)
-			if (!strcmp(s, ftp_module_name(mc, j)))
-				*out |= 1u << j;
-		return *out ? 0 : ft_fail("%s: target_modules '%s' is not supported", c->path, s);
+	if (c->target_regex && !strcmp(c->target_regex, "all-linear")) {
+		*out = FT_MOD_ALL_LINEAR;
+		return 0;
 	}
-	if (!c->n_target_modules)
+	if (!c->target_regex && !c->n_target_modules)
 		return ft_fail("%s: target_modules must be a non-empty list", c->path);
+	for (int j = 0; j < L_NLIN; j++) {
+		int n = layers_targeted(mc, c, j);
+		if (n && n != mc->num_hidden_layers)
+			return ft_fail("%s: target_modules selects %s in %d of the %d layers: ft adapts the "
+				       "same modules in every layer", c->path, ftp_module_name(mc, j), n,
+				       mc->num_hidden_layers);
+		if (n) *out |= 1u << j;
+	}
+	static const char *const outside[] = {"lm_head", "model.embed_tokens"};
+	for (size_t i = 0; i < 2; i++)
+		if (ft_adapter_config_targets(c, outside[i]))
+			return ft_fail("%s: target_modules selects %s: ft adapts only the decoder layers' "
+				       "linear modules", c->path, outside[i]);
+	if (c->target_regex)
+		return *out ? 0 : ft_fail("%s: target_modules '%s' selects none of the decoder layers' "
+					  "linear modules", c->path, c->target_regex);
+	/* a list name that is none of the linears is refused, not ignored */
 	for (size_t i = 0; i < c->n_target_modules; i++) {
-		const char *s = c->target_modules[i];
+		ft_adapter_config one = *c;
+		one.target_modules = &c->target_modules[i];
+		one.n_target_modules = 1;
 		int found = 0;
-		for (int j = 0; j < L_NLIN; j++)
-			if (!strcmp(s, ftp_module_name(mc, j))) {   /* qkv_proj: q, k, v */
-				*out |= 1u << j;
-				found = 1;
-			}
+		for (int j = 0; j < L_NLIN && !found; j++) found = layers_targeted(mc, &one, j) > 0;
 		if (!found)
 			return ft_fail(mc->fused ? "%s: target module %s is not supported (qkv_proj "
 				       "o_proj gate_up_proj down_proj)" : "%s: target module %s is not "
 				       "supported (q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)",
-				       c->path, s);
+				       c->path, c->target_modules[i]);
 	}
 	return 0;
 }
@@ -257,6 +280,8 @@ static const char *unsupported(const ft_adapter_config *c)
 	if (c->n_alpha_pattern) return "alpha_pattern";
 	if (ft_adapter_config_sets(c, "layers_to_transform")) return "layers_to_transform";
 	if (c->n_modules_to_save) return "modules_to_save";
+	if (ft_adapter_config_sets(c, "exclude_modules")) return "exclude_modules";
+	if (ft_adapter_config_sets(c, "layer_replication")) return "layer_replication";
 	return NULL;
 }
 
@@ -267,6 +292,8 @@ static int check_config(const ft_adapter_config *c)
 	const char *what = unsupported(c);
 	if (what)
 		return ft_fail("%s: %s is not supported", c->path, what);
+	/* fan_in_fan_out is not read: PEFT resets it to False, with a warning,
+	 * for nn.Linear targets, and every module ft adapts is one */
 	if (c->r > 65536)
 		return ft_fail("%s: r = %d is out of range", c->path, c->r);
 	return 0;

@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include "train/cuda_train.h"
 #include "train/dist.h"
+#include "model/cuda_view.h"
 #include "util/error.h"
 
 typedef struct {
@@ -174,4 +175,12 @@ void ft_cuda_train_free(ft_train_model *t)
 	ft_cuda_model_free(x->dm);
 	free(x);
 	t->self = NULL;
+}
+
+int ft_train_cuda_supports(ft_model *m)
+{
+	ft_cuda_view v;
+	int r = ft_cuda_view_of(m, &v);
+	ft_cuda_view_free(&v);
+	return r;
 }

@@ -24,6 +24,10 @@
 /* Fill *t for model m (borrowed; it must outlive *t). o->max_tokens and
  * o->max_seq bound the micro-batches (B*T and T from the manifests). */
 int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t);
+/* 0 when the CUDA backend can train m as it is set up (fine-tuning type,
+ * family, quantization); -1 with the reason otherwise.  Needs no GPU, so
+ * --device auto can choose the CPU before anything is allocated. */
+int ft_train_cuda_supports(ft_model *m);
 /* The device model behind t (peak memory etc.), and freeing it. */
 ft_cuda_model *ft_cuda_train_device(const ft_train_model *t);
 /* Optimizer steps skipped for fp16 overflow so far. */

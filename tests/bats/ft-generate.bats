@@ -54,6 +54,28 @@ gen() { ft-generate --model_name_or_path "$MODEL" --tokenizer "$TOK" --template 
 	! cmp -s base.jsonl tuned.jsonl
 }
 
+@test "ft-generate: a string target_modules is PEFT's regular expression over whole module names" {
+	printf '%s\n' '{"prompt": "who are you"}' > p.jsonl
+	gen --do_sample false --max_new_tokens 12 --adapter_name_or_path "$ADAPTER" p.jsonl > list.jsonl
+	cp -r "$ADAPTER" re
+	retarget() { jq --arg t "$1" '.target_modules = $t' "$ADAPTER/adapter_config.json" > re/adapter_config.json; }
+	retarget 'model\.layers\.\d+\.(self_attn|mlp)\.(q|k|v|o|gate|up|down)_proj'
+	gen --do_sample false --max_new_tokens 12 --adapter_name_or_path re p.jsonl > re.jsonl
+	cmp list.jsonl re.jsonl
+	retarget 'model\.layers\.0\..*_proj'
+	run --separate-stderr gen --do_sample false --adapter_name_or_path re p.jsonl
+	assert_failure 1
+	[[ "$stderr" == *"target_modules selects q_proj in 1 of the 2 layers"* ]]
+	retarget '.*'
+	run --separate-stderr gen --do_sample false --adapter_name_or_path re p.jsonl
+	assert_failure 1
+	[[ "$stderr" == *"target_modules selects lm_head"* ]]
+	retarget 'q_proj'   # fullmatch: a bare name matches no whole module name
+	run --separate-stderr gen --do_sample false --adapter_name_or_path re p.jsonl
+	assert_failure 1
+	[[ "$stderr" == *"target_modules 'q_proj' selects none"* ]]
+}
+
 @test "ft-generate skips malformed lines with a count, --strict makes them fatal" {
 	printf '%s\n' '{"prompt": "a"}' 'not json' '{"nothing": 1}' '{"messages": [{"role": "wizard", "content": "x"}]}' > p.jsonl
 	run --separate-stderr gen --do_sample false p.jsonl

@@ -20,7 +20,7 @@ load helper
 	assert_output --partial "ft-tokenize --stage sft --model_name_or_path llama/chinese-alpaca-2-13b-hf --dataset cail_law_train --template default --overwrite_cache --max_samples 100000 | \\"
 	assert_output --partial "ft-pack --stage sft --per_device_train_batch_size 4 --num_train_epochs 20.0 --overwrite_output_dir --output_dir saves/cail-data -"
 	assert_output --partial "ft-train --stage sft --model_name_or_path llama/chinese-alpaca-2-13b-hf --do_train --finetuning_type lora --lora_target q_proj,v_proj --output_dir saves/cail"
-	assert_output --partial "--learning_rate 5e-4 --num_train_epochs 20.0 --plot_loss --fp16 --train saves/cail-data"
+	assert_output --partial "--learning_rate 5e-4 --num_train_epochs 20.0 --plot_loss --fp16 --device auto --train saves/cail-data"
 }
 
 @test "ft-run: config file, key=value overrides, notes for settings without effect" {
@@ -39,7 +39,7 @@ load helper
 	assert_success
 	assert_output --partial "ft-tokenize --stage sft --model_name_or_path m --dataset e --predict_with_generate"
 	# predict only: LLaMA-Factory writes generated_predictions.jsonl into output_dir
-	assert_output --partial "ft-generate --model_name_or_path m --do_sample=false --do_predict --output_dir o --overwrite_output_dir -"
+	assert_output --partial "ft-generate --model_name_or_path m --do_sample=false --device auto --do_predict --output_dir o --overwrite_output_dir -"
 	run ft-run -n export --model_name_or_path m --adapter_name_or_path a --export_dir x --export_size 2
 	assert_success
 	assert_output --partial "ft-merge --model_name_or_path m --adapter_name_or_path a --export_dir x --export_size 2"
@@ -185,7 +185,7 @@ load helper
 	run ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --tokenized_path tok --output_dir o
 	assert_success
 	refute_output --partial "ft-pack"
-	assert_output --partial "ft-train --stage sft --do_train --model_name_or_path m --output_dir o --train tok"
+	assert_output --partial "ft-train --stage sft --do_train --model_name_or_path m --output_dir o --device auto --train tok"
 	# predict only: nothing trained, the config's adapter, predictions in output_dir
 	run ft-run -n --stage sft --model_name_or_path m --adapter_name_or_path a --do_predict \
 		--eval_dataset e --output_dir p
@@ -202,4 +202,20 @@ load helper
 	run env PATH=/usr/bin:/bin "$FT_ROOT/bin/ft-run" -q export --model_name_or_path model --export_dir out
 	assert_success
 	[ -f out/model.safetensors ]
+}
+
+@test "ft-run trains and generates on the GPU when there is one (--device auto), unless device names one" {
+	run ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o
+	assert_success
+	assert_output --partial "--device auto --train o-data"
+	run ft-run -n chat --model_name_or_path m --template qwen
+	assert_success
+	assert_output --partial "ft-generate -i --model_name_or_path m --template qwen --device auto"
+	run ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o --device cpu
+	assert_success
+	assert_output --partial "--device cpu --train o-data"
+	refute_output --partial "auto"
+	run ft-run -n export --model_name_or_path m --export_dir e
+	assert_success
+	refute_output --partial "--device"
 }

@@ -87,6 +87,46 @@ static void test_patterns(void)
 	free(p);
 }
 
+/* PEFT's check_target_module_exists: a string is re.fullmatch over the
+ * whole name, a list entry the name or its end after a dot. */
+static void test_targets(void)
+{
+	char *p = config("targets", "{\"r\": 8, \"lora_alpha\": 16,"
+			 " \"target_modules\": \".*\\\\.(q|v)_proj\"}");
+	ft_adapter_config c;
+	int rc = ft_adapter_config_load(p, &c);
+	ok(rc == 0 && ft_adapter_config_targets(&c, "model.layers.0.self_attn.q_proj") &&
+	   ft_adapter_config_targets(&c, "model.layers.7.self_attn.v_proj") &&
+	   !ft_adapter_config_targets(&c, "model.layers.0.self_attn.k_proj"),
+	   "a string target_modules is a regular expression over the whole name");
+	ok(!ft_adapter_config_targets(&c, "model.layers.0.self_attn.q_proj.base"),
+	   "... matched to the end (fullmatch), not as a prefix");
+	ft_adapter_config_free(&c);
+	free(p);
+	p = config("targets2", "{\"r\": 8, \"lora_alpha\": 16, \"target_modules\": \"q_proj\"}");
+	rc = ft_adapter_config_load(p, &c);
+	ok(rc == 0 && !ft_adapter_config_targets(&c, "model.layers.0.self_attn.q_proj") &&
+	   ft_adapter_config_targets(&c, "q_proj"), "... and from the start: a bare name matches only itself");
+	ft_adapter_config_free(&c);
+	free(p);
+	p = config("targets3", "{\"r\": 8, \"lora_alpha\": 16,"
+		   " \"target_modules\": [\"v_proj\", \"layers.1.self_attn.q_proj\"]}");
+	rc = ft_adapter_config_load(p, &c);
+	ok(rc == 0 && ft_adapter_config_targets(&c, "model.layers.3.self_attn.v_proj") &&
+	   ft_adapter_config_targets(&c, "model.layers.1.self_attn.q_proj") &&
+	   !ft_adapter_config_targets(&c, "model.layers.11.self_attn.q_proj") &&
+	   !ft_adapter_config_targets(&c, "model.layers.0.self_attn.xv_proj"),
+	   "a list entry matches the name or its end after a dot");
+	ft_adapter_config_free(&c);
+	free(p);
+	p = config("targets4", "{\"r\": 8, \"lora_alpha\": 16, \"target_modules\": \"(q_proj\"}");
+	rc = ft_adapter_config_load(p, &c);
+	ok(rc < 0 && strstr(ft_errmsg(), "target_modules \"(q_proj\" is not a regular expression"),
+	   "a string that does not compile is refused by name");
+	ft_adapter_config_free(&c);
+	free(p);
+}
+
 static void test_truthiness(void)
 {
 	char *p = config("truth", "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, \"target_modules\": null,"
@@ -167,6 +207,7 @@ int main(void)
 	}
 	test_fixtures();
 	test_patterns();
+	test_targets();
 	test_truthiness();
 	test_errors();
 	ft_remove_tree(tmpdir);

@@ -393,10 +393,16 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 		if (!strncmp(ft_errmsg(), "--device '", 10)) die_usage("%s", ft_errmsg());   /* cuda:x */
 		die("%s", ft_errmsg());
 	}
-	if (kind != FT_DEV_CPU && c->tune.quantization_bit && !strcmp(c->device, "auto")) {
-		warn("note: --device auto: --quantization_bit runs on the CPU (docs/QLORA.md)");
-		kind = FT_DEV_CPU;
-		why[0] = 0;
+	if (kind != FT_DEV_CPU && !strcmp(c->device, "auto")) {
+		/* auto means the GPU when it can run this job, else the CPU */
+		const char *cpu_only = c->tune.quantization_bit ? "--quantization_bit runs on the CPU (docs/QLORA.md)"
+				       : c->pref ? "this stage runs on the CPU (docs/CUDA.md)"
+				       : ft_train_cuda_supports(m) < 0 ? ft_errmsg() : NULL;
+		if (cpu_only) {
+			warn("note: --device auto: training on the CPU: %s", cpu_only);
+			kind = FT_DEV_CPU;
+			why[0] = 0;
+		}
 	}
 	if (kind == FT_DEV_CPU) {
 		if (c->device_given && why[0]) warn("note: --device %s: running on the CPU (%s)", c->device, why);
