@@ -306,11 +306,14 @@ void ft_rope_tables(float *cos_t, float *sin_t, const int32_t *pos, int N,
 		}
 }
 
-/* sign = +1: forward rotation; -1: its transpose (the backward pass). */
+/* sign = +1: forward rotation; -1: its transpose (the backward pass).
+ * The first rd of each head's hd values rotate (rotate-half over rd, as
+ * transformers' apply_rotary_pos_emb on q[..., :rotary_dim]); the rest
+ * pass through (partial rotary, Phi-4-mini). */
 static void rope_rotate(float *x, const float *cos_t, const float *sin_t,
-			int N, int H, int hd, float sign)
+			int N, int H, int hd, int rd, float sign)
 {
-	int half = hd / 2;
+	int half = rd / 2;
 #pragma omp parallel for schedule(static) if (SPLIT((size_t)N * H * hd))
 	for (int n = 0; n < N; n++) {
 		const float *c = cos_t + (size_t)n * half, *s = sin_t + (size_t)n * half;
@@ -326,15 +329,15 @@ static void rope_rotate(float *x, const float *cos_t, const float *sin_t,
 }
 
 void ft_rope_forward(float *x, const float *cos_t, const float *sin_t,
-		     int N, int H, int hd)
+		     int N, int H, int hd, int rd)
 {
-	rope_rotate(x, cos_t, sin_t, N, H, hd, 1.0f);
+	rope_rotate(x, cos_t, sin_t, N, H, hd, rd, 1.0f);
 }
 
 void ft_rope_backward(float *dx, const float *cos_t, const float *sin_t,
-		      int N, int H, int hd)
+		      int N, int H, int hd, int rd)
 {
-	rope_rotate(dx, cos_t, sin_t, N, H, hd, -1.0f);
+	rope_rotate(dx, cos_t, sin_t, N, H, hd, rd, -1.0f);
 }
 
 #define ATT_TILE 64

@@ -7,8 +7,9 @@ Run from the repository root:
 
     /work/venv/bin/python tests/reference/make_family_fixtures.py
 
-writes tests/fixtures/families/<family>/ for each family (see the README
-there): a tiny random model saved sharded, full and LoRA gradients, one
+writes tests/fixtures/families/<family>/ for each family (qwen3, phi3,
+phi4mini: Phi-4-mini's partial rotary embeddings with longrope, gemma2,
+gemma3; or those named as arguments): a tiny random model saved sharded, full and LoRA gradients, one
 AdamW step, a greedy generation and the PEFT adapter used for the merge
 check.  Batches, losses and the LoRA construction are those of
 make_model_fixtures.py (imported, one copy of each helper).
@@ -104,8 +105,28 @@ def phi3_config():
         attention_dropout=0.0, bos_token_id=1, eos_token_id=2, pad_token_id=0, dtype="float32")
 
 
+def phi4mini_config():
+    """Phi-4-mini's shape: partial_rotary_factor 0.75 (RoPE on 12 of each
+    head's 16 values), longrope, tied embeddings.  The original length 12
+    is below the batches' 16 tokens, so training uses the long factors,
+    the greedy generation's 6-token prefill the short ones and then the
+    long ones."""
+    g = torch.Generator().manual_seed(4)
+    rd = int(16 * 0.75)
+    return Phi3Config(
+        vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        original_max_position_embeddings=12, rms_norm_eps=1e-5, partial_rotary_factor=0.75,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
+                         "short_factor": (1 + torch.rand(rd // 2, generator=g)).tolist(),
+                         "long_factor": (1 + 4 * torch.rand(rd // 2, generator=g)).tolist()},
+        sliding_window=None, tie_word_embeddings=True, resid_pdrop=0.0, embd_pdrop=0.0,
+        attention_dropout=0.0, bos_token_id=1, eos_token_id=2, pad_token_id=0, dtype="float32")
+
+
 FAMILIES = {"qwen3": (Qwen3ForCausalLM, qwen3_config, 2025),
             "phi3": (Phi3ForCausalLM, phi3_config, 2028),
+            "phi4mini": (Phi3ForCausalLM, phi4mini_config, 2030),
             "gemma2": (Gemma2ForCausalLM, gemma2_config, 2026),
             "gemma3": (Gemma3ForCausalLM, gemma3_config, 2027)}
 
@@ -173,7 +194,7 @@ def family(fam):
     save_file(grads_of(load(fam, mdir), ids, lab), os.path.join(d, "full-grads.safetensors"))
 
     base = load(fam, mdir)
-    pm = get_peft_model(base, mm.lora_cfg(PHI3_LINEAR if fam == "phi3" else ALL_LINEAR))
+    pm = get_peft_model(base, mm.lora_cfg(PHI3_LINEAR if fam.startswith("phi") else ALL_LINEAR))
     g = torch.Generator().manual_seed(99)
     with torch.no_grad():
         for n, p in pm.named_parameters():

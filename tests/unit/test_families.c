@@ -455,6 +455,17 @@ static void check_longrope(void)
 	ft_model_free(m);
 }
 
+/* Phi-4-mini's shape: partial rotary embeddings (12 of 16 values per
+ * head) with longrope, tied embeddings; the family checks as above. */
+static void check_phi4mini(void)
+{
+	ft_config c;
+	int rc = ft_config_load(FAM "phi4mini/model/config.json", &c);
+	ok(rc == 0 && c.rotary_dim == 12 && !strcmp(c.rope_type, "longrope") && c.tie_word_embeddings,
+	   "phi4mini: partial_rotary_factor 0.75 of head_dim 16 rotates 12 values, longrope, tied");
+	check_family("phi4mini", FT_ARCH_PHI3);
+}
+
 int main(void)
 {
 	if (access(FAM "qwen3/model/config.json", R_OK) != 0) {
@@ -466,6 +477,7 @@ int main(void)
 	check_family("gemma2", FT_ARCH_GEMMA2);
 	check_family("gemma3", FT_ARCH_GEMMA3);
 	check_family("phi3", FT_ARCH_PHI3);
+	check_phi4mini();
 	check_longrope();
 	check_yarn();
 	check_rope_override();
