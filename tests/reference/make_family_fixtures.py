@@ -32,8 +32,8 @@ the short to the long factors.
 
 writes tests/fixtures/families/templates.json: the family templates
 (qwen3, qwen3_nothink, deepseekr1) encoded by llamafactory's own
-Template.encode_oneturn / encode_multiturn (/work/lf/src imported as
-llamafactory) with the Qwen3 tokenizer of ../shared/tokenizers/qwen3, for
+Template.encode_oneturn / encode_multiturn ($LF_SRC, default /work/lf/src,
+imported as llamafactory: src/ of github:hiyouga/LLaMA-Factory) with the Qwen3 tokenizer of ../shared/tokenizers/qwen3, for
 single-turn, multi-turn (thoughts in earlier turns), system and tool
 conversations, under each enable_thinking / preserve_thinking /
 mask_history setting that changes the result.
@@ -261,8 +261,10 @@ def templates(shared):
                          "oneturn": [prompt, response]})
     # templates whose tokens the Qwen3 tokenizer lacks (llamafactory would
     # add them): Template._encode's elements as text, bos "<s>", eos the
-    # first stop word, as make_llamafactory_fixtures.py renders
-    for name in ["phi4", "gemma3"]:
+    # first stop word, a named token ({"<|endoftext|>"}) as itself, as
+    # make_llamafactory_fixtures.py renders; the Phi templates with tools
+    # too (phi4_mini's format_tools is a StringFormatter)
+    for name in ["phi4", "gemma3", "phi4_mini", "phi", "phi_small"]:
         t = copy.deepcopy(TEMPLATES[name])
         eos = t.stop_words[0]
 
@@ -270,13 +272,13 @@ def templates(shared):
             out = ""
             for e in elements:
                 out += e if isinstance(e, str) else e["token"] if isinstance(e, dict) else \
-                    "<s>" if "bos_token" in e else eos
+                    "<s>" if "bos_token" in e else eos if "eos_token" in e else next(iter(e))
             return [out]
 
         t._convert_elements_to_ids = to_text
         for case, system, tools, msgs in CASES:
-            if tools:
-                continue  # neither has a tool format in llamafactory
+            if tools and name in ("phi4", "gemma3"):
+                continue  # as first made: without tools
             messages = [{"role": r, "content": c} for r, c in msgs]
             rows.append({"template": name, "case": case, "system": system, "tools": tools,
                          "messages": messages, "eos": eos,
@@ -294,7 +296,7 @@ def import_llamafactory():
     ta = types.ModuleType("torchaudio")
     ta.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
     sys.modules.setdefault("torchaudio", ta)
-    sys.path.insert(0, "/work/lf/src")
+    sys.path.insert(0, os.environ.get("LF_SRC", "/work/lf/src"))
     # llamafactory.model imports TRL's value-head model, which this TRL no
     # longer has; rope.py does not use it.
     import trl
