@@ -665,6 +665,20 @@ float ft_exp_row(float *l, int V, double *sum_out)
 	return mx;
 }
 
+void ft_softcap_forward(float *x, size_t n, float cap)
+{
+	for (size_t e = 0; e < n; e++)   /* logits / cap, tanh, * cap, as transformers' Gemma 2 */
+		x[e] = tanhf(x[e] / cap) * cap;
+}
+
+void ft_softcap_backward(float *d, const float *c, size_t n, float cap)
+{
+	for (size_t e = 0; e < n; e++) {
+		float th = c[e] / cap;
+		d[e] *= 1 - th * th;
+	}
+}
+
 double ft_lm_head_loss_cap(float *dx, float *dW, float *logits, const float *x,
 			   const float *W, const int32_t *targets, int n, int D,
 			   int V, float grad_scale, float *scratch, int chunk,
@@ -676,9 +690,8 @@ double ft_lm_head_loss_cap(float *dx, float *dW, float *logits, const float *x,
 		int nr = n - r0 < chunk ? n - r0 : chunk;
 		const float *xc = x + (size_t)r0 * D;
 		mmp(0, 1, nr, V, D, 1, xc, D, W, D, 0, scratch, V);
-		if (cap > 0)   /* logits / cap, tanh, * cap, as transformers' Gemma 2 */
-			for (size_t e = 0; e < (size_t)nr * V; e++)
-				scratch[e] = tanhf(scratch[e] / cap) * cap;
+		if (cap > 0)
+			ft_softcap_forward(scratch, (size_t)nr * V, cap);
 		if (logits)
 			memcpy(logits + (size_t)r0 * V, scratch, (size_t)nr * V * sizeof(float));
 		double part = 0;
@@ -707,10 +720,8 @@ double ft_lm_head_loss_cap(float *dx, float *dW, float *logits, const float *x,
 				for (int j = 0; j < V; j++)
 					l[j] *= sc;
 				l[tg] -= grad_scale;
-				for (int j = 0; zc && j < V; j++) {   /* through the cap */
-					float th = zc[j] / cap;
-					l[j] *= 1 - th * th;
-				}
+				if (zc)   /* through the cap */
+					ft_softcap_backward(l, zc, V, cap);
 			}
 			free(zc);
 		}

@@ -150,6 +150,11 @@ void ft_dropout_apply(float *out, const float *x, size_t n, float p,
  * the softmax numerators of one row, as ft_lm_head_loss computes them;
  * returns max(l). */
 float ft_exp_row(float *l, int V, double *sum);
+/* Gemma 2's final_logit_softcapping on n values in place: cap * tanh(x /
+ * cap), float32 in transformers' order; and the gradient through it,
+ * d *= 1 - (c / cap)^2 with c the capped values. */
+void ft_softcap_forward(float *x, size_t n, float cap);
+void ft_softcap_backward(float *d, const float *c, size_t n, float cap);
 
 /* LM head + cross-entropy over n rows x[n,D] with targets[n] (-100 =
  * ignored), computed `chunk` rows at a time so the [n, V] logits never

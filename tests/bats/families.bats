@@ -323,3 +323,16 @@ tiny_qwen3() {
 		cmp <(jq -c .loss $g-false/trainer_log.jsonl) <(jq -c .loss $g-true/trainer_log.jsonl)
 	done
 }
+
+@test "Gemma 2 (final soft-cap): dpo and kto train through the capped log-probabilities" {
+	g="$FT_ROOT/tests/fixtures/families/gemma2/model"
+	ft-cat --encode < "$FIXTURES/pref/dpo.jsonl" > dpo.zst
+	ft-cat --encode < "$FIXTURES/pref/kto.jsonl" > kto.zst
+	run ft-train -q --stage dpo --model_name_or_path "$g" --train dpo.zst --output_dir dpo --max_steps 2 \
+		--logging_steps 1
+	assert_success
+	[ "$(jq -s 'map(select(.loss != null and (.loss | isnan | not))) | length' dpo/trainer_log.jsonl)" -eq 2 ]
+	run ft-train -q --stage kto --model_name_or_path "$g" --train kto.zst --output_dir kto --max_steps 2
+	assert_success
+	[ -s kto/adapter_model.safetensors ]
+}

@@ -28,6 +28,12 @@ writes tests/fixtures/families/phi3-longrope/: a Phi-3 with longrope RoPE
 and its logits, gradients and greedy generation across the switch from
 the short to the long factors.
 
+    /work/venv/bin/python tests/reference/make_family_fixtures.py pref
+
+writes tests/fixtures/families/gemma2/pref.safetensors: the preference
+stages' log-probabilities of Gemma 2's soft-capped logits, the logit
+means and the gradients of a weighted sum of them, full and LoRA.
+
     /work/venv/bin/python tests/reference/make_family_fixtures.py templates [../shared]
 
 writes tests/fixtures/families/templates.json: the family templates
@@ -412,9 +418,53 @@ def longrope():
     print("phi3-longrope ok")
 
 
+def pref_logps(m, ids, lab, w):
+    """The preference stages' log-probabilities (llamafactory's
+    get_batch_logps on the model's logits, soft-capped by Gemma 2's
+    forward), every position's logit mean (the logits/ metrics), and the
+    gradients of sum(w * logp)."""
+    m.zero_grad()
+    logits = m(input_ids=ids.long()).logits.float()
+    tg = lab[:, 1:].long()
+    mask = tg != -100
+    lp = torch.gather(logits[:, :-1].log_softmax(-1), 2, tg.clamp(min=0).unsqueeze(2)).squeeze(2) * mask
+    full = torch.zeros(ids.shape)
+    full[:, :-1] = lp
+    (full * w).sum().backward()
+    t = {"logp": full.detach().reshape(-1).contiguous(),
+         "lmean": logits.detach().mean(-1).reshape(-1).contiguous()}
+    for name, p in m.named_parameters():
+        if p.requires_grad and p.grad is not None:
+            t["grad." + name.replace(".default", "")] = p.grad.detach().clone()
+    return t
+
+
+def pref():
+    """Gemma 2 (final_logit_softcapping 3) through the preference stages'
+    log-prob head: logp, logit means and the gradients of sum(w * logp)
+    for random weights w, full and with the fixture's LoRA adapter."""
+    from peft import PeftModel
+    d = os.path.join(OUT, "gemma2")
+    (ids, lab), = mm.make_batches(1, 77)
+    w = torch.randn(ids.shape, generator=torch.Generator().manual_seed(5))
+    w[:, :-1] *= lab[:, 1:] != -100
+    w[:, -1] = 0
+    t = {"batch.input_ids": ids, "batch.labels": lab, "w": w.reshape(-1).contiguous()}
+    for k, v in pref_logps(load("gemma2", os.path.join(d, "model")), ids, lab, w).items():
+        t["full." + k] = v
+    pm = PeftModel.from_pretrained(load("gemma2", os.path.join(d, "model")), os.path.join(d, "lora"),
+                                   is_trainable=True)
+    for k, v in pref_logps(pm, ids, lab, w).items():
+        t["lora." + k] = v
+    save_file(t, os.path.join(d, "pref.safetensors"))
+    print("gemma2/pref.safetensors:", len(t), "tensors")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["longrope"]:
         longrope()
+    elif sys.argv[1:2] == ["pref"]:
+        pref()
     elif sys.argv[1:2] == ["rope"]:
         rope()
     elif sys.argv[1:2] == ["templates"]:

@@ -25,6 +25,7 @@
 #include "util/json.h"
 #include "model/model.h"
 #include "model/infer.h"
+#include "model/model_pref.h"
 #include "model/layers.h"
 #include "train/optim.h"
 #include "format/safetensors.h"
@@ -455,6 +456,54 @@ static void check_longrope(void)
 	ft_model_free(m);
 }
 
+/* The preference stages' log-prob head on Gemma 2 (final soft-cap 3):
+ * logp and the logit means within 1e-4 of transformers' (relative to the
+ * largest), the gradients of sum(w * logp) within 1e-4 as above; full
+ * and with the LoRA adapter (only its tensors train). */
+static void check_pref_softcap(ft_finetuning_type type, const char *pre)
+{
+	const char *fx = FAM "gemma2/pref.safetensors";
+	ft_st *st = ft_st_open(fx);
+	ft_tune_opts o = opts(type);
+	ft_model *m = ft_model_load(FAM "gemma2/model", &o);
+	int rc = m && type == FT_FT_LORA ? ft_model_load_adapter(m, FAM "gemma2/lora") : 0;
+	ft_batch b;
+	if (!ok(st && m && rc == 0 && batch_of(st, &b) == 0, "gemma2 pref %s: model and fixture", pre)) {
+		ft_model_free(m);
+		ft_st_close(st);
+		return;
+	}
+	size_t N = (size_t)b.B * b.T;
+	float *logp = malloc(N * sizeof(float)), *lmean = malloc(N * sizeof(float));
+	float *w = tensor_f32(st, "w", NULL);
+	char nm[256];
+	ft_model_zero_grad(m);
+	rc = ft_model_logps_forward(m, &b, 1, logp, lmean);
+	snprintf(nm, sizeof nm, "%s.logp", pre);
+	double el = rc == 0 ? cmp(st, nm, logp, N) : INFINITY;
+	snprintf(nm, sizeof nm, "%s.lmean", pre);
+	double em = rc == 0 ? cmp(st, nm, lmean, N) : INFINITY;
+	ok(el <= 1e-4 && em <= 1e-4, "gemma2 pref %s: soft-capped logp (%.2g) and logit means (%.2g)%s%s", pre,
+	   el, em, rc ? ": " : "", rc ? ft_errmsg() : "");
+	rc = rc == 0 ? ft_model_logps_backward(m, &b, w) : -1;
+	double worst = rc == 0 ? 0 : INFINITY;
+	int n = 0;
+	for (size_t i = 0; rc == 0 && i < ft_model_nparams(m); i++) {
+		ft_param *p = ft_model_param(m, i);
+		if (!p->g) continue;
+		snprintf(nm, sizeof nm, "%s.grad.%s", pre, p->name);
+		double ge = cmp(st, nm, p->g, p->n);
+		if (ge > 1e-4) printf("# %s: %.2g\n", p->name, ge);
+		worst = fmax(worst, ge);
+		n++;
+	}
+	ok(n > 0 && worst <= 1e-4, "gemma2 pref %s: %d gradients of sum(w logp) within 1e-4 (worst %.2g)", pre, n,
+	   worst);
+	free(logp); free(lmean); free(w); free(b.input_ids); free(b.labels);
+	ft_model_free(m);
+	ft_st_close(st);
+}
+
 /* Phi-4-mini's shape: partial rotary embeddings (12 of 16 values per
  * head) with longrope, tied embeddings; the family checks as above. */
 static void check_phi4mini(void)
@@ -479,6 +528,8 @@ int main(void)
 	check_family("phi3", FT_ARCH_PHI3);
 	check_phi4mini();
 	check_longrope();
+	check_pref_softcap(FT_FT_FULL, "full");
+	check_pref_softcap(FT_FT_LORA, "lora");
 	check_yarn();
 	check_rope_override();
 	return tap_done();
