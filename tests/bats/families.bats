@@ -314,7 +314,7 @@ tiny_qwen3() {
 
 @test "every family: gradient checkpointing gives bit-identical losses" {
 	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > t.zst
-	for g in qwen3 gemma2 gemma3 phi3 phi4mini; do
+	for g in qwen3 r1distill gemma2 gemma3 phi3 phi4mini; do
 		for gc in false true; do
 			ft-train -q --model_name_or_path "$FT_ROOT/tests/fixtures/families/$g/model" --train t.zst \
 				--output_dir $g-$gc --max_steps 2 --logging_steps 1 --finetuning_type full \

@@ -7,9 +7,10 @@ Run from the repository root:
 
     /work/venv/bin/python tests/reference/make_family_fixtures.py
 
-writes tests/fixtures/families/<family>/ for each family (qwen3, phi3,
-phi4mini: Phi-4-mini's partial rotary embeddings with longrope, gemma2,
-gemma3; or those named as arguments): a tiny random model saved sharded, full and LoRA gradients, one
+writes tests/fixtures/families/<family>/ for each family (qwen3,
+r1distill: DeepSeek-R1-Distill-Qwen's Qwen2 shape, phi3, phi4mini:
+Phi-4-mini's partial rotary embeddings with longrope, gemma2, gemma3; or
+those named as arguments): a tiny random model saved sharded, full and LoRA gradients, one
 AdamW step, a greedy generation and the PEFT adapter used for the merge
 check.  Batches, losses and the LoRA construction are those of
 make_model_fixtures.py (imported, one copy of each helper).
@@ -54,7 +55,8 @@ import sys
 import torch
 from safetensors.torch import save_file
 from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig,
-                          Phi3Config, Phi3ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+                          Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM)
 from peft import get_peft_model
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -130,7 +132,19 @@ def phi4mini_config():
         attention_dropout=0.0, bos_token_id=1, eos_token_id=2, pad_token_id=0, dtype="float32")
 
 
+def r1distill_config():
+    """DeepSeek-R1-Distill-Qwen's shape: a Qwen2 (q/k/v biases, untied,
+    sliding_window set but use_sliding_window false, as its config)."""
+    return Qwen2Config(
+        vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        rms_norm_eps=1e-6, rope_theta=10000.0, sliding_window=4096, use_sliding_window=False,
+        max_window_layers=2, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0, dtype="float32")
+
+
 FAMILIES = {"qwen3": (Qwen3ForCausalLM, qwen3_config, 2025),
+            "r1distill": (Qwen2ForCausalLM, r1distill_config, 2031),
             "phi3": (Phi3ForCausalLM, phi3_config, 2028),
             "phi4mini": (Phi3ForCausalLM, phi4mini_config, 2030),
             "gemma2": (Gemma2ForCausalLM, gemma2_config, 2026),

@@ -523,6 +523,7 @@ int main(void)
 	}
 	check_refusals();
 	check_family("qwen3", FT_ARCH_QWEN3);
+	check_family("r1distill", FT_ARCH_QWEN2);   /* DeepSeek-R1-Distill-Qwen */
 	check_family("gemma2", FT_ARCH_GEMMA2);
 	check_family("gemma3", FT_ARCH_GEMMA3);
 	check_family("phi3", FT_ARCH_PHI3);
