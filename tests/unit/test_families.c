@@ -513,6 +513,28 @@ static void check_phi4mini(void)
 	ok(rc == 0 && c.rotary_dim == 12 && !strcmp(c.rope_type, "longrope") && c.tie_word_embeddings,
 	   "phi4mini: partial_rotary_factor 0.75 of head_dim 16 rotates 12 values, longrope, tied");
 	check_family("phi4mini", FT_ARCH_PHI3);
+	/* the published config's shape (top-level partial_rotary_factor,
+	 * rope_scaling with "type", 48 factors of a 128-wide head) */
+	char js[4096], p[] = "/tmp/ft-test-phi4mini-XXXXXX";
+	int k = snprintf(js, sizeof js, "{\"architectures\": [\"Phi3ForCausalLM\"], \"model_type\": \"phi3\", "
+			 "\"vocab_size\": 200064, \"hidden_size\": 3072, \"intermediate_size\": 8192, "
+			 "\"num_hidden_layers\": 32, \"num_attention_heads\": 24, \"num_key_value_heads\": 8, "
+			 "\"max_position_embeddings\": 131072, \"original_max_position_embeddings\": 4096, "
+			 "\"partial_rotary_factor\": 0.75, \"rope_theta\": 10000.0, \"sliding_window\": 262144, "
+			 "\"tie_word_embeddings\": true, \"resid_pdrop\": 0.0, \"embd_pdrop\": 0.0, "
+			 "\"rope_scaling\": {\"type\": \"longrope\", \"short_factor\": [");
+	for (int i = 0; i < 48; i++) k += snprintf(js + k, sizeof js - k, "%s1.0", i ? ", " : "");
+	k += snprintf(js + k, sizeof js - k, "], \"long_factor\": [");
+	for (int i = 0; i < 48; i++) k += snprintf(js + k, sizeof js - k, "%s2.5", i ? ", " : "");
+	snprintf(js + k, sizeof js - k, "]}}");
+	int fd = mkstemp(p);
+	rc = fd >= 0 && write(fd, js, strlen(js)) == (ssize_t)strlen(js) ? 0 : -1;
+	if (fd >= 0) close(fd);
+	rc = rc ? rc : ft_config_load(p, &c);
+	unlink(p);
+	ok(rc == 0 && c.rotary_dim == 96 && c.rope_original_max_pos == 4096 && c.rope_long[47] == 2.5f,
+	   "Phi-4-mini's published config shape parses: 96 of 128 values rotate, 48 longrope factors%s%s",
+	   rc ? ": " : "", rc ? ft_errmsg() : "");
 }
 
 int main(void)
