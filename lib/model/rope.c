@@ -1,7 +1,8 @@
 /* rope.c - RoPE scaling beyond layers.c's default/linear/dynamic/llama3:
  * yarn as transformers' _compute_yarn_parameters (float32 tensor ops in
  * torch's order, the correction range in double as Python computes it),
- * the attention factor it puts on cos/sin, and llamafactory's
+ * the attention factor it puts on cos/sin, longrope, partial rotary
+ * embeddings (Phi-4-mini's partial_rotary_factor), and llamafactory's
  * --rope_scaling (model/model_utils/rope.py: configure_rope). */
 #include <math.h>
 #include <string.h>
