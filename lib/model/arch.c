@@ -52,15 +52,13 @@ const char *ftp_arch_model_type(ft_arch a)
 }
 
 /* Phi3ForCausalLM: fused projections, Mistral's sliding window; the
- * dropouts it trains with and partial rotary embeddings are refused. */
+ * dropouts it trains with are refused (partial rotary embeddings:
+ * rope.c's ftp_rope_partial_config). */
 static int phi3_config(const json_t *j, ft_config *c, const char *path)
 {
 	c->fused = 1;
 	const json_t *sw = json_object_get(j, "sliding_window");
 	c->sliding_window = json_is_integer(sw) ? (int)json_integer_value(sw) : 0;
-	if (ft_json_num(j, "partial_rotary_factor", 1.0) != 1.0)
-		return ft_fail("%s: Phi-3 partial_rotary_factor %g is not supported (1)", path,
-			       ft_json_num(j, "partial_rotary_factor", 1.0));
 	if (ft_json_num(j, "resid_pdrop", 0) > 0 || ft_json_num(j, "embd_pdrop", 0) > 0)
 		return ft_fail("%s: Phi-3 resid_pdrop / embd_pdrop above 0 are not supported", path);
 	return 0;

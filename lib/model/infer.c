@@ -188,8 +188,8 @@ static void layer_step(ft_model *m, ft_kvcache *c, int l, const int *rows, infer
 	if (cf->qk_norm)   /* Qwen3: in place, each row read before it is written */
 		ftp_qk_norm_forward(m, ly, b->q, b->k, b->q, b->k, b->tmp,
 				    b->tmp + (size_t)N * cf->num_attention_heads, N);
-	ft_rope_forward(b->q, cs, sn, N, cf->num_attention_heads, hd);
-	ft_rope_forward(b->k, cs, sn, N, cf->num_key_value_heads, hd);
+	ft_rope_forward(b->q, cs, sn, N, cf->num_attention_heads, hd, ftp_rotary_dim(cf));
+	ft_rope_forward(b->k, cs, sn, N, cf->num_key_value_heads, hd, ftp_rotary_dim(cf));
 	for (int i = 0; i < N; i++) {
 		memcpy(kv_at(c, c->k, l, rows[i], b->pos[i]), b->k + (size_t)i * c->kvdim, c->kvdim * sizeof(float));
 		memcpy(kv_at(c, c->v, l, rows[i], b->pos[i]), b->v + (size_t)i * c->kvdim, c->kvdim * sizeof(float));
@@ -228,17 +228,18 @@ static int rope_setup(const ft_model *m, infer_buf *b, int maxpos)
 	const ft_config *c = &m->c;
 	ft_rope_params rp;
 	ftp_rope_params_of(c, &rp);
-	if (ft_rope_inv_freq(b->inv_freq, c->head_dim, &rp, maxpos + 1) < 0) return -1;
+	int rd = ftp_rotary_dim(c);
+	if (ft_rope_inv_freq(b->inv_freq, rd, &rp, maxpos + 1) < 0) return -1;
 	int32_t *pos32 = ft_xmalloc(b->N * sizeof *pos32);
 	for (int i = 0; i < b->N; i++) pos32[i] = b->pos[i];
-	ft_rope_tables(b->cos_t, b->sin_t, pos32, b->N, b->inv_freq, c->head_dim);
-	ft_rope_scale_tables(b->cos_t, b->sin_t, (size_t)b->N * (c->head_dim / 2), &rp);
+	ft_rope_tables(b->cos_t, b->sin_t, pos32, b->N, b->inv_freq, rd);
+	ft_rope_scale_tables(b->cos_t, b->sin_t, (size_t)b->N * (rd / 2), &rp);
 	if (c->gemma) {   /* sliding layers: default RoPE with their base */
 		ft_rope_params lp = { "default", c->rope_local_theta, 1, 1, 4, c->max_position_embeddings,
 				      c->max_position_embeddings, 0, 0, 0, 0, NULL, NULL };
 		float *inv = ft_xmalloc((c->head_dim / 2) * sizeof(float));
-		ft_rope_inv_freq(inv, c->head_dim, &lp, maxpos + 1);
-		ft_rope_tables(b->cos_l, b->sin_l, pos32, b->N, inv, c->head_dim);
+		ft_rope_inv_freq(inv, rd, &lp, maxpos + 1);
+		ft_rope_tables(b->cos_l, b->sin_l, pos32, b->N, inv, rd);
 		free(inv);
 	}
 	free(pos32);

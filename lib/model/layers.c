@@ -306,11 +306,14 @@ void ft_rope_tables(float *cos_t, float *sin_t, const int32_t *pos, int N,
 		}
 }
 
-/* sign = +1: forward rotation; -1: its transpose (the backward pass). */
+/* sign = +1: forward rotation; -1: its transpose (the backward pass).
+ * The first rd of each head's hd values rotate (rotate-half over rd, as
+ * transformers' apply_rotary_pos_emb on q[..., :rotary_dim]); the rest
+ * pass through (partial rotary, Phi-4-mini). */
 static void rope_rotate(float *x, const float *cos_t, const float *sin_t,
-			int N, int H, int hd, float sign)
+			int N, int H, int hd, int rd, float sign)
 {
-	int half = hd / 2;
+	int half = rd / 2;
 #pragma omp parallel for schedule(static) if (SPLIT((size_t)N * H * hd))
 	for (int n = 0; n < N; n++) {
 		const float *c = cos_t + (size_t)n * half, *s = sin_t + (size_t)n * half;
@@ -326,15 +329,15 @@ static void rope_rotate(float *x, const float *cos_t, const float *sin_t,
 }
 
 void ft_rope_forward(float *x, const float *cos_t, const float *sin_t,
-		     int N, int H, int hd)
+		     int N, int H, int hd, int rd)
 {
-	rope_rotate(x, cos_t, sin_t, N, H, hd, 1.0f);
+	rope_rotate(x, cos_t, sin_t, N, H, hd, rd, 1.0f);
 }
 
 void ft_rope_backward(float *dx, const float *cos_t, const float *sin_t,
-		      int N, int H, int hd)
+		      int N, int H, int hd, int rd)
 {
-	rope_rotate(dx, cos_t, sin_t, N, H, hd, -1.0f);
+	rope_rotate(dx, cos_t, sin_t, N, H, hd, rd, -1.0f);
 }
 
 #define ATT_TILE 64
@@ -662,6 +665,20 @@ float ft_exp_row(float *l, int V, double *sum_out)
 	return mx;
 }
 
+void ft_softcap_forward(float *x, size_t n, float cap)
+{
+	for (size_t e = 0; e < n; e++)   /* logits / cap, tanh, * cap, as transformers' Gemma 2 */
+		x[e] = tanhf(x[e] / cap) * cap;
+}
+
+void ft_softcap_backward(float *d, const float *c, size_t n, float cap)
+{
+	for (size_t e = 0; e < n; e++) {
+		float th = c[e] / cap;
+		d[e] *= 1 - th * th;
+	}
+}
+
 double ft_lm_head_loss_cap(float *dx, float *dW, float *logits, const float *x,
 			   const float *W, const int32_t *targets, int n, int D,
 			   int V, float grad_scale, float *scratch, int chunk,
@@ -673,9 +690,8 @@ double ft_lm_head_loss_cap(float *dx, float *dW, float *logits, const float *x,
 		int nr = n - r0 < chunk ? n - r0 : chunk;
 		const float *xc = x + (size_t)r0 * D;
 		mmp(0, 1, nr, V, D, 1, xc, D, W, D, 0, scratch, V);
-		if (cap > 0)   /* logits / cap, tanh, * cap, as transformers' Gemma 2 */
-			for (size_t e = 0; e < (size_t)nr * V; e++)
-				scratch[e] = tanhf(scratch[e] / cap) * cap;
+		if (cap > 0)
+			ft_softcap_forward(scratch, (size_t)nr * V, cap);
 		if (logits)
 			memcpy(logits + (size_t)r0 * V, scratch, (size_t)nr * V * sizeof(float));
 		double part = 0;
@@ -704,10 +720,8 @@ double ft_lm_head_loss_cap(float *dx, float *dW, float *logits, const float *x,
 				for (int j = 0; j < V; j++)
 					l[j] *= sc;
 				l[tg] -= grad_scale;
-				for (int j = 0; zc && j < V; j++) {   /* through the cap */
-					float th = zc[j] / cap;
-					l[j] *= 1 - th * th;
-				}
+				if (zc)   /* through the cap */
+					ft_softcap_backward(l, zc, V, cap);
 			}
 			free(zc);
 		}

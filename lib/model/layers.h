@@ -57,7 +57,7 @@ typedef struct {
 	 * (1), and the cos/sin scale attention_factor (0 or 1 = none) */
 	double beta_fast, beta_slow, attention_factor;
 	int truncate;
-	/* longrope: head_dim/2 factors each (borrowed), the long ones when
+	/* longrope: rotary_dim/2 factors each (borrowed), the long ones when
 	 * seq_len exceeds original_max_pos */
 	const float *short_factor, *long_factor;
 } ft_rope_params;
@@ -69,15 +69,18 @@ int ft_rope_inv_freq(float *inv_freq, int head_dim, const ft_rope_params *p,
 void ft_rope_yarn_inv_freq(float *inv_freq, int head_dim, const ft_rope_params *p);
 void ft_rope_longrope_inv_freq(float *inv_freq, int head_dim, const ft_rope_params *p, int seq_len);
 void ft_rope_scale_tables(float *cos_t, float *sin_t, size_t n, const ft_rope_params *p);
-/* cos/sin tables [N, hd/2] for the token positions. */
+/* cos/sin tables [N, hd/2] for the token positions (hd: the rotary
+ * dim; ft_rope_inv_freq takes it as head_dim too). */
 void ft_rope_tables(float *cos_t, float *sin_t, const int32_t *pos, int N,
 		    const float *inv_freq, int head_dim);
-/* In place on x[N, H*hd], rotate-half convention (HF). backward applies the
- * transposed rotation to the gradient, in place. */
+/* In place on x[N, H*hd], rotate-half convention (HF), on the first rd
+ * values of each head (rd = hd but for partial rotary embeddings; the
+ * tables are [N, rd/2]).  backward applies the transposed rotation to
+ * the gradient, in place. */
 void ft_rope_forward(float *x, const float *cos_t, const float *sin_t,
-		     int N, int H, int hd);
+		     int N, int H, int hd, int rd);
 void ft_rope_backward(float *dx, const float *cos_t, const float *sin_t,
-		      int N, int H, int hd);
+		      int N, int H, int hd, int rd);
 
 /* Causal softmax attention with GQA (Hq query heads share Hk kv heads)
  * over q[N,Hq*hd], k,v[N,Hk*hd] (N = B*T).  seg (NULL or [N]): a token
@@ -147,6 +150,11 @@ void ft_dropout_apply(float *out, const float *x, size_t n, float p,
  * the softmax numerators of one row, as ft_lm_head_loss computes them;
  * returns max(l). */
 float ft_exp_row(float *l, int V, double *sum);
+/* Gemma 2's final_logit_softcapping on n values in place: cap * tanh(x /
+ * cap), float32 in transformers' order; and the gradient through it,
+ * d *= 1 - (c / cap)^2 with c the capped values. */
+void ft_softcap_forward(float *x, size_t n, float cap);
+void ft_softcap_backward(float *d, const float *c, size_t n, float cap);
 
 /* LM head + cross-entropy over n rows x[n,D] with targets[n] (-100 =
  * ignored), computed `chunk` rows at a time so the [n, V] logits never

@@ -37,6 +37,8 @@ int ftp_config_rope(const json_t *j, ft_config *c, const char *path)
 	c->rope_low_freq_factor = 1;
 	c->rope_high_freq_factor = 4;
 	c->rope_original_max_pos = c->max_position_embeddings;
+	if (ftp_rope_partial_config(json_is_object(rp) ? rp : NULL, j, c, path) < 0)
+		return -1;
 	if (!json_is_object(rp))
 		return 0;
 	c->rope_theta = ft_json_num(rp, "rope_theta", c->rope_theta);

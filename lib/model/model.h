@@ -42,9 +42,14 @@ typedef struct {
 	/* Phi-3: q, k, v stored as one qkv_proj and gate, up as gate_up_proj
 	 * (row blocks of one tensor; LoRA on the fused module, one A) */
 	int fused;
-	/* longrope (lib/model/rope.c): per-frequency factors, head_dim/2 each;
-	 * the long ones beyond rope_original_max_pos positions */
+	/* longrope (lib/model/rope.c): per-frequency factors, rotary_dim/2
+	 * each; the long ones beyond rope_original_max_pos positions */
 	float rope_short[128], rope_long[128];
+	/* partial rotary embeddings (Phi-4-mini's partial_rotary_factor):
+	 * RoPE on the first rotary_dim = int(head_dim * factor) values of each
+	 * head; 0 = all of head_dim (ftp_rotary_dim) */
+	double partial_rotary_factor;
+	int rotary_dim;
 } ft_config;
 
 /* llamafactory's configure_rope on a parsed config (lib/model/rope.c):

@@ -264,8 +264,8 @@ static void layer_forward(ft_model *m, int l, ftp_acts *a, const float *x_in,
 		     a, a->ln1, N);
 	if (c->qk_norm)
 		ftp_qk_norm_forward(m, y, a->q, a->k, a->qr, a->kr, a->rstdq, a->rstdk, N);
-	ft_rope_forward(a->q, m->cos_t, m->sin_t, N, c->num_attention_heads, hd);
-	ft_rope_forward(a->k, m->cos_t, m->sin_t, N, c->num_key_value_heads, hd);
+	ft_rope_forward(a->q, m->cos_t, m->sin_t, N, c->num_attention_heads, hd, ftp_rotary_dim(c));
+	ft_rope_forward(a->k, m->cos_t, m->sin_t, N, c->num_key_value_heads, hd, ftp_rotary_dim(c));
 	ft_attention_forward(a->att, a->lse, a->q, a->k, a->v, &s);
 	lin_fwd(m, l, L_O, a, m->tmp, a->att, N);
 	add_into(a->xmid, x_in, m->tmp, (size_t)N * D);
@@ -304,8 +304,8 @@ static void layer_backward(ft_model *m, int l, ftp_acts *a, const float *x_in,
 	lin_bwd(m, l, L_O, a, m->d_att, m->d_a, a->att, N);
 	ft_attention_backward(m->dq, m->dk, m->dv, m->d_att, a->q, a->k, a->v, a->att,
 			      a->lse, &s);
-	ft_rope_backward(m->dq, m->cos_t, m->sin_t, N, c->num_attention_heads, hd);
-	ft_rope_backward(m->dk, m->cos_t, m->sin_t, N, c->num_key_value_heads, hd);
+	ft_rope_backward(m->dq, m->cos_t, m->sin_t, N, c->num_attention_heads, hd, ftp_rotary_dim(c));
+	ft_rope_backward(m->dk, m->cos_t, m->sin_t, N, c->num_key_value_heads, hd, ftp_rotary_dim(c));
 	/* Qwen3: through q_norm/k_norm into d_att (free once attention's
 	 * backward has read it) and tmp (unused in the backward pass) */
 	float *dq = m->dq, *dk = m->dk;
@@ -373,15 +373,16 @@ int ftp_model_forward_body(ft_model *m, const ft_batch *b)
 		}
 	ft_rope_params rp;
 	ftp_rope_params_of(c, &rp);
-	if (ft_rope_inv_freq(m->inv_freq, c->head_dim, &rp, maxpos + 1) < 0)
+	int rd = ftp_rotary_dim(c);
+	if (ft_rope_inv_freq(m->inv_freq, rd, &rp, maxpos + 1) < 0)
 		return -1;
-	ft_rope_tables(m->cos_t, m->sin_t, m->pos, N, m->inv_freq, c->head_dim);
-	ft_rope_scale_tables(m->cos_t, m->sin_t, (size_t)N * (c->head_dim / 2), &rp);
+	ft_rope_tables(m->cos_t, m->sin_t, m->pos, N, m->inv_freq, rd);
+	ft_rope_scale_tables(m->cos_t, m->sin_t, (size_t)N * (rd / 2), &rp);
 	if (c->gemma) {   /* sliding layers: default RoPE, their own base */
 		ft_rope_params lp = { "default", c->rope_local_theta, 1, 1, 4, c->max_position_embeddings,
 				      c->max_position_embeddings, 0, 0, 0, 0, NULL, NULL };
-		ft_rope_inv_freq(m->inv_freq_l, c->head_dim, &lp, maxpos + 1);
-		ft_rope_tables(m->cos_l, m->sin_l, m->pos, N, m->inv_freq_l, c->head_dim);
+		ft_rope_inv_freq(m->inv_freq_l, rd, &lp, maxpos + 1);
+		ft_rope_tables(m->cos_l, m->sin_l, m->pos, N, m->inv_freq_l, rd);
 	}
 	ft_embedding_forward(m->xs, b->input_ids, m->wte.w, N, D);
 	if (m->training && m->o.neftune_noise_alpha > 0)

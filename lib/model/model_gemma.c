@@ -140,8 +140,8 @@ void ftp_gemma_layer_forward(ft_model *m, int l, ftp_acts *a, const float *x_in,
 			     3, a, a->ln1, N);
 	if (c->qk_norm)
 		ftp_qk_norm_forward(m, y, a->q, a->k, a->qr, a->kr, a->rstdq, a->rstdk, N);
-	ft_rope_forward(a->q, cs, sn, N, c->num_attention_heads, hd);
-	ft_rope_forward(a->k, cs, sn, N, c->num_key_value_heads, hd);
+	ft_rope_forward(a->q, cs, sn, N, c->num_attention_heads, hd, ftp_rotary_dim(c));
+	ft_rope_forward(a->k, cs, sn, N, c->num_key_value_heads, hd, ftp_rotary_dim(c));
 	ft_attention_forward(a->att, a->lse, a->q, a->k, a->v, &s);
 	ftp_lin_forward_many(m, l, (const int[]){ L_O }, (float *const[]){ a->ao }, 1, a, a->att, N);
 	ft_rmsnorm_forward(m->tmp, a->rstd_ao, a->ao, ftp_norm_w(m, y->ln2.w, D), N, D, eps);
@@ -183,8 +183,8 @@ void ftp_gemma_layer_backward(ft_model *m, int l, ftp_acts *a, const float *x_in
 	memset(m->d_att, 0, nq * sizeof(float));
 	ftp_lin_backward(m, l, L_O, a, m->d_att, m->d_b, a->att, N);
 	ft_attention_backward(m->dq, m->dk, m->dv, m->d_att, a->q, a->k, a->v, a->att, a->lse, &s);
-	ft_rope_backward(m->dq, cs, sn, N, c->num_attention_heads, hd);
-	ft_rope_backward(m->dk, cs, sn, N, c->num_key_value_heads, hd);
+	ft_rope_backward(m->dq, cs, sn, N, c->num_attention_heads, hd, ftp_rotary_dim(c));
+	ft_rope_backward(m->dk, cs, sn, N, c->num_key_value_heads, hd, ftp_rotary_dim(c));
 	float *dq = m->dq, *dk = m->dk;
 	if (c->qk_norm) {   /* as model_fwd.c: into d_att and tmp */
 		ftp_qk_norm_backward(m, y, m->d_att, m->tmp, m->dq, m->dk, a, N);

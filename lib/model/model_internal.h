@@ -167,6 +167,11 @@ int ftp_rope_yarn_config(const json_t *rp, ft_config *c, const char *path);
 int ftp_rope_longrope_config(const json_t *rp, const json_t *j, ft_config *c, const char *path);
 /* The rope_parameters object of c (config.json as saved). */
 json_t *ftp_rope_json(const ft_config *c);
+/* The values of each head that RoPE rotates: rotary_dim, or head_dim. */
+int ftp_rotary_dim(const ft_config *c);
+/* partial_rotary_factor (rope_parameters' first, then the top level's,
+ * as Phi3Config); rp may be NULL. */
+int ftp_rope_partial_config(const json_t *rp, const json_t *j, ft_config *c, const char *path);
 /* lib/model/model_fwd.c: a layer's linear modules with their LoRA. */
 void ftp_lin_forward_many(ft_model *m, int l, const int *js, float *const *ys, int n,
 			  ftp_acts *a, const float *x, int N);

@@ -6,6 +6,12 @@
  * fit 64 MiB (one product fewer); otherwise both passes go `head_chunk`
  * rows at a time as ft_lm_head_loss does, and the backward pass computes
  * the logits again.
+ *
+ * Gemma 2's final_logit_softcapping: the log-probabilities are those of
+ * the capped logits cap * tanh(z / cap), as transformers' forward returns
+ * them; the backward pass recomputes the logits (the kept exp() has lost
+ * the tanh it needs) and goes through the cap; the logit means are then
+ * those of the capped logits, from the full [N, V] product in chunks.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -35,10 +41,34 @@ static int gather_targets(ft_model *m, const ft_batch *b)
 /* The mean over the vocabulary of each position's logits is h . mean(W).
  * A frozen head's mean row is computed once (the buffers' lifetime); a
  * trained one's every call. */
+/* Soft-capped logits have no linear mean: every row's, head_chunk rows
+ * at a time into the head's scratch. */
+static void capped_means(ft_model *m, int N, float *lmean)
+{
+	int D = m->c.hidden_size, V = m->c.vocab_size, ch = m->head_chunk;
+	float cap = (float)m->c.final_softcap;
+	for (int r0 = 0; r0 < N; r0 += ch) {
+		int nr = N - r0 < ch ? N - r0 : ch;
+		ft_sgemm(0, 1, nr, V, D, 1, m->lnf + (size_t)r0 * D, D, m->lm_head.w, D, 0,
+			 m->head_scratch, V);
+		ft_softcap_forward(m->head_scratch, (size_t)nr * V, cap);
+		for (int i = 0; i < nr; i++) {
+			double s = 0;
+			for (int j = 0; j < V; j++)
+				s += m->head_scratch[(size_t)i * V + j];
+			lmean[r0 + i] = (float)(s / V);
+		}
+	}
+}
+
 static void logit_means(ft_model *m, const ft_batch *b, float *lmean)
 {
 	int N = b->B * b->T, D = m->c.hidden_size, V = m->c.vocab_size;
 	const float *W = m->lm_head.w;
+	if (m->c.final_softcap > 0) {
+		capped_means(m, N, lmean);
+		return;
+	}
 	if (!m->wmean || m->lm_head.g) {
 		double *w = m->wmean ? m->wmean : ft_xmalloc((size_t)D * sizeof *w);
 		for (int d = 0; d < D; d++) w[d] = 0;
@@ -68,7 +98,7 @@ static float *keep_rows(ft_model *m, int train, int n)
 {
 	size_t need = (size_t)n * m->c.vocab_size;
 	m->keep_n = 0;
-	if (!train || n == 0 || need > KEEP_BUDGET)
+	if (!train || n == 0 || need > KEEP_BUDGET || m->c.final_softcap > 0)
 		return NULL;
 	if (need > m->keep_cap) {
 		free(m->keep);
@@ -87,9 +117,6 @@ int ft_model_logps_forward(ft_model *m, const ft_batch *b, int train, float *log
 		m->dropout_calls++;
 	if (!b->labels)
 		return ft_fail("batch %lld: no labels", (long long)b->index);
-	if (m->c.final_softcap > 0)   /* the log-prob head has no soft-capping yet */
-		return ft_fail("the preference stages on Gemma 2 (final_logit_softcapping) are not "
-			       "implemented in ft yet");
 	if (ftp_model_forward_body(m, b) < 0)
 		return -1;
 	int N = b->B * b->T, D = m->c.hidden_size, V = m->c.vocab_size;
@@ -97,13 +124,15 @@ int ft_model_logps_forward(ft_model *m, const ft_batch *b, int train, float *log
 	if (lmean)
 		logit_means(m, b, lmean);
 	int n = gather_targets(m, b), ch = m->head_chunk;
-	float *keep = keep_rows(m, train, n);
+	float *keep = keep_rows(m, train, n), cap = (float)m->c.final_softcap;
 	if (keep)
 		ch = n;   /* one product straight into the kept rows */
 	for (int r0 = 0; r0 < n; r0 += ch) {
 		int nr = n - r0 < ch ? n - r0 : ch;
 		float *out = keep ? keep : m->head_scratch;
 		ft_sgemm(0, 1, nr, V, D, 1, m->head_x + (size_t)r0 * D, D, m->lm_head.w, D, 0, out, V);
+		if (cap > 0)
+			ft_softcap_forward(out, (size_t)nr * V, cap);
 #pragma omp parallel for schedule(static) if ((size_t)nr * V >= 4096)
 		for (int i = 0; i < nr; i++) {
 			float *l = out + (size_t)i * V;
@@ -128,6 +157,7 @@ int ft_model_logps_backward(ft_model *m, const ft_batch *b, const float *dlogp)
 	int N = b->B * b->T, D = m->c.hidden_size, V = m->c.vocab_size;
 	int n = gather_targets(m, b), ch = m->head_chunk;
 	int kept = m->keep_n == n && n > 0;   /* the forward's exp(logits) are at hand */
+	float cap = (float)m->c.final_softcap;
 	if (kept)
 		ch = n;
 	for (int r0 = 0; r0 < n; r0 += ch) {
@@ -136,11 +166,18 @@ int ft_model_logps_backward(ft_model *m, const ft_batch *b, const float *dlogp)
 		float *lg = kept ? m->keep : m->head_scratch;
 		if (!kept)
 			ft_sgemm(0, 1, nr, V, D, 1, xc, D, m->lm_head.w, D, 0, lg, V);
+		if (cap > 0)   /* never kept: see keep_rows */
+			ft_softcap_forward(lg, (size_t)nr * V, cap);
 #pragma omp parallel for schedule(static) if ((size_t)nr * V >= 4096)
 		for (int i = 0; i < nr; i++) {
 			float *l = lg + (size_t)i * V;
 			int tg = m->targets[r0 + i];
 			float g = dlogp[m->rows[r0 + i]];
+			float *zc = NULL;   /* the capped logits, for the gradient through the cap */
+			if (cap > 0) {
+				zc = ft_xmalloc(V * sizeof(float));
+				memcpy(zc, l, V * sizeof(float));
+			}
 			/* d logp / d logits = onehot - softmax */
 			double sum;
 			if (kept)
@@ -151,6 +188,9 @@ int ft_model_logps_backward(ft_model *m, const ft_batch *b, const float *dlogp)
 			for (int j = 0; j < V; j++)
 				l[j] *= s;
 			l[tg] += g;
+			if (zc)
+				ft_softcap_backward(l, zc, V, cap);
+			free(zc);
 		}
 		ft_sgemm(0, 0, nr, D, V, 1, lg, V, m->lm_head.w, D, 0, m->head_dx + (size_t)r0 * D, D);
 		if (m->lm_head.g)

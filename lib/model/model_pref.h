@@ -14,7 +14,8 @@
 #include "model/model.h"
 
 /* logp[i] = log softmax(logits_i)[target_i] for every position with a
- * target, 0 elsewhere ([B*T]).  lmean (NULL or [B*T]): the mean over the
+ * target, 0 elsewhere ([B*T]); the logits soft-capped where the model
+ * caps them (Gemma 2), as its forward returns them.  lmean (NULL or [B*T]): the mean over the
  * vocabulary of each position's logits, every position (the logits/...
  * metrics), computed as h_i . mean(W) without the [N, V] logits.
  * train: dropout on and the activations kept for ft_model_logps_backward;

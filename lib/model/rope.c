@@ -1,7 +1,8 @@
 /* rope.c - RoPE scaling beyond layers.c's default/linear/dynamic/llama3:
  * yarn as transformers' _compute_yarn_parameters (float32 tensor ops in
  * torch's order, the correction range in double as Python computes it),
- * the attention factor it puts on cos/sin, and llamafactory's
+ * the attention factor it puts on cos/sin, longrope, partial rotary
+ * embeddings (Phi-4-mini's partial_rotary_factor), and llamafactory's
  * --rope_scaling (model/model_utils/rope.py: configure_rope). */
 #include <math.h>
 #include <string.h>
@@ -84,11 +85,40 @@ void ft_rope_longrope_inv_freq(float *inv, int hd, const ft_rope_params *p, int 
 		inv[i] = 1.0f / (ext[i] * powf((float)p->theta, (float)(2 * i) / (float)hd));
 }
 
-static int factors(const json_t *rp, const char *key, float *out, int n, const char *path)
+int ftp_rotary_dim(const ft_config *c)
+{
+	return c->rotary_dim > 0 ? c->rotary_dim : c->head_dim;
+}
+
+/* transformers' dim = int(head_dim * partial_rotary_factor): the double
+ * product truncated, as Python's int() of a float. */
+int ftp_rope_partial_config(const json_t *rp, const json_t *j, ft_config *c, const char *path)
+{
+	const json_t *v = rp ? json_object_get(rp, "partial_rotary_factor") : NULL;
+	if (!v) v = json_object_get(j, "partial_rotary_factor");
+	if (!v || json_is_null(v)) return 0;
+	if (!json_is_number(v) || !(json_number_value(v) > 0 && json_number_value(v) <= 1))
+		return ft_fail("%s: partial_rotary_factor must be a number in (0, 1]", path);
+	double f = json_number_value(v);
+	if (f == 1) return 0;
+	if (c->arch != FT_ARCH_PHI3)
+		return ft_fail("%s: partial_rotary_factor %g is supported for Phi3ForCausalLM only", path, f);
+	int rd = (int)(c->head_dim * f);
+	if (rd < 2 || rd % 2)
+		return ft_fail("%s: partial_rotary_factor %g gives %d rotary values of head_dim %d "
+			       "(ft needs an even number)", path, f, rd, c->head_dim);
+	c->partial_rotary_factor = f;
+	c->rotary_dim = rd;
+	return 0;
+}
+
+/* n factors; dim names what n is half of (head_dim, or the rotary dim) */
+static int factors(const json_t *rp, const char *key, float *out, int n, const char *dim,
+		   const char *path)
 {
 	const json_t *a = json_object_get(rp, key);
 	if (!json_is_array(a) || (int)json_array_size(a) != n)
-		return ft_fail("%s: longrope %s must list head_dim/2 = %d numbers", path, key, n);
+		return ft_fail("%s: longrope %s must list %s/2 = %d numbers", path, key, dim, n);
 	for (int i = 0; i < n; i++) {
 		const json_t *v = json_array_get(a, i);
 		if (!json_is_number(v) || !(json_number_value(v) > 0))
@@ -102,14 +132,12 @@ static int factors(const json_t *rp, const char *key, float *out, int n, const c
  * first (Phi-3 keeps it there, and transformers prefers it). */
 int ftp_rope_longrope_config(const json_t *rp, const json_t *j, ft_config *c, const char *path)
 {
-	int n = c->head_dim / 2;
+	int n = ftp_rotary_dim(c) / 2;
+	const char *dim = c->rotary_dim ? "head_dim*partial_rotary_factor" : "head_dim";
 	if (n > 128) return ft_fail("%s: longrope with head_dim %d: ft supports 256", path, c->head_dim);
-	if (factors(rp, "short_factor", c->rope_short, n, path) < 0 ||
-	    factors(rp, "long_factor", c->rope_long, n, path) < 0)
+	if (factors(rp, "short_factor", c->rope_short, n, dim, path) < 0 ||
+	    factors(rp, "long_factor", c->rope_long, n, dim, path) < 0)
 		return -1;
-	if (ft_json_num(rp, "partial_rotary_factor", 1.0) != 1.0)
-		return ft_fail("%s: partial_rotary_factor %g is not supported (1)", path,
-			       ft_json_num(rp, "partial_rotary_factor", 1.0));
 	const json_t *top = json_object_get(j, "original_max_position_embeddings");
 	if (json_is_integer(top)) c->rope_original_max_pos = (int)json_integer_value(top);
 	const json_t *f = json_object_get(rp, "factor");
@@ -197,7 +225,7 @@ json_t *ftp_rope_json(const ft_config *c)
 				    json_integer(c->rope_original_max_pos));
 	if (!strcmp(c->rope_type, "longrope")) {
 		json_t *sf = json_array(), *lf = json_array();
-		for (int i = 0; i < c->head_dim / 2; i++) {
+		for (int i = 0; i < ftp_rotary_dim(c) / 2; i++) {
 			json_array_append_new(sf, json_real(c->rope_short[i]));
 			json_array_append_new(lf, json_real(c->rope_long[i]));
 		}
@@ -206,6 +234,8 @@ json_t *ftp_rope_json(const ft_config *c)
 		json_object_set_new(rp, "original_max_position_embeddings",
 				    json_integer(c->rope_original_max_pos));
 	}
+	if (c->rotary_dim)   /* Phi3Config keeps it here (and at the top level) */
+		json_object_set_new(rp, "partial_rotary_factor", json_real(c->partial_rotary_factor));
 	if (!strcmp(c->rope_type, "yarn")) {
 		json_object_set_new(rp, "beta_fast", json_real(c->rope_beta_fast));
 		json_object_set_new(rp, "beta_slow", json_real(c->rope_beta_slow));

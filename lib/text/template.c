@@ -20,6 +20,7 @@ typedef struct {
 struct ft_template {
 	char *name;
 	slots user, assistant, system, function, observation, prefix;
+	slots tools;                /* format_tools as a StringFormatter (phi4_mini); empty: ToolFormatter */
 	int fn_tools, tools_fmt;    /* tool formats of function and tools */
 	char *default_system;
 	char **stop_words;
@@ -36,6 +37,7 @@ struct ft_template {
 typedef struct {
 	const char *name;
 	const char *user[5], *assistant[4], *system[4], *function[3], *observation[5], *prefix[3];
+	const char *tools[2];       /* a StringFormatter format_tools */
 	int fn_tools, tools_fmt;
 	const char *default_system;
 	const char *stop[3];
@@ -126,11 +128,27 @@ static const builtin BUILTINS[] = {
 	  .system = { "{{content}}\n\n" },
 	  .observation = { "<start_of_turn>tool\n{{content}}<end_of_turn>\n<start_of_turn>model\n" },
 	  .prefix = { BOS }, .stop = { "<end_of_turn>" }, .replace_eos = 1, .llama2 = 1 },
+	{ .name = "phi",
+	  .user = { "<|user|>\n{{content}}<|end|>\n<|assistant|>\n" },
+	  .assistant = { "{{content}}<|end|>\n" },
+	  .system = { "<|system|>\n{{content}}<|end|>\n" },
+	  .stop = { "<|end|>" }, .replace_eos = 1 },
+	{ .name = "phi_small",
+	  .user = { "<|user|>\n{{content}}<|end|>\n<|assistant|>\n" },
+	  .assistant = { "{{content}}<|end|>\n" },
+	  .system = { "<|system|>\n{{content}}<|end|>\n" },
+	  .prefix = { TOK("<|endoftext|>") }, .stop = { "<|end|>" }, .replace_eos = 1 },
 	{ .name = "phi4",
 	  .user = { "<|im_start|>user<|im_sep|>{{content}}<|im_end|><|im_start|>assistant<|im_sep|>" },
 	  .assistant = { "{{content}}<|im_end|>" },
 	  .system = { "<|im_start|>system<|im_sep|>{{content}}<|im_end|>" },
 	  .stop = { "<|im_end|>" }, .replace_eos = 1 },
+	{ .name = "phi4_mini",
+	  .user = { "<|user|>{{content}}<|end|><|assistant|>" },
+	  .assistant = { "{{content}}<|end|>" },
+	  .system = { "<|system|>{{content}}<|end|>" },
+	  .tools = { "<|tool|>{{content}}<|/tool|>" },
+	  .stop = { "<|end|>" }, .replace_eos = 1 },
 	{ .name = "deepseek",
 	  .user = { "User: {{content}}\n\nAssistant:" },
 	  .system = { "{{content}}\n\n" }, .prefix = { BOS } },
@@ -266,6 +284,7 @@ static ft_template *from_builtin(const builtin *b)
 	if (b->function[0]) slots_from_strs(t, &t->function, b->function, 3);
 	if (b->observation[0]) slots_from_strs(t, &t->observation, b->observation, 5);
 	if (b->prefix[0]) slots_from_strs(t, &t->prefix, b->prefix, 3);
+	if (b->tools[0]) slots_from_strs(t, &t->tools, b->tools, 2);
 	for (int i = 0; i < 3 && b->stop[i]; i++) add_stop_word(t, b->stop[i]);
 	fill_defaults(t, b->assistant[0] != NULL, b->function[0] != NULL, b->observation[0] != NULL,
 		      b->user[0] != NULL);
@@ -285,6 +304,7 @@ void ft_template_free(ft_template *t)
 	if (!t) return;
 	slots_free(&t->user); slots_free(&t->assistant); slots_free(&t->system);
 	slots_free(&t->function); slots_free(&t->observation); slots_free(&t->prefix);
+	slots_free(&t->tools);
 	for (size_t i = 0; i < t->n_stop; i++) free(t->stop_words[i]);
 	free(t->stop_words);
 	free(t->tokens);
@@ -354,8 +374,9 @@ static int load_fields(ft_template *t, const json_t *o)
 		for (int i = 0; known[i]; i++) ok |= !strcmp(k, known[i]);
 		if (!ok) return ft_fail("unknown key \"%s\"", k);
 	}
-	int hu, ha, hs, hf, ho, hp;
-	if (json_slots(t, o, "format_user", &t->user, &hu) < 0 ||
+	int hu, ha, hs, hf, ho, hp, ht;
+	if (json_slots(t, o, "format_tools", &t->tools, &ht) < 0 ||
+	    json_slots(t, o, "format_user", &t->user, &hu) < 0 ||
 	    json_slots(t, o, "format_assistant", &t->assistant, &ha) < 0 ||
 	    json_slots(t, o, "format_system", &t->system, &hs) < 0 ||
 	    json_slots(t, o, "format_function", &t->function, &hf) < 0 ||
@@ -378,6 +399,7 @@ static int load_fields(ft_template *t, const json_t *o)
 		int f = ft_tool_format_parse(tf);
 		if (f < 0) return -1;
 		t->fn_tools = t->tools_fmt = f;
+		if (!ht) slots_free(&t->tools);   /* a base's StringFormatter gives way */
 	}
 	const json_t *sw = json_object_get(o, "stop_words");
 	if (sw) {
@@ -429,14 +451,14 @@ ft_template *ft_template_load(const char *path)
 	ft_template *t;
 	if (base) {
 		t = ft_template_get(base);
-		if (!t) { ft_fail_ctx("%s: base", path); json_decref(o); return NULL; }
+		if (!t) { ft_fail_ctx("%s: base: ", path); json_decref(o); return NULL; }
 		free(t->name);
 		t->name = ft_xstrdup(name);
 	} else {
 		t = new_template(name);
 	}
 	if (load_fields(t, o) < 0) {
-		ft_fail_ctx("%s", path);
+		ft_fail_ctx("%s: ", path);
 		ft_template_free(t);
 		t = NULL;
 	}
@@ -467,6 +489,7 @@ void ft_template_set_tool_format(ft_template *t, int fmt)
 	static const char *const content_eos[] = { "{{content}}", EOS, NULL };
 	slots_free(&t->function);
 	slots_from_strs(t, &t->function, t->efficient_eos ? content : content_eos, 2);
+	slots_free(&t->tools);   /* format_tools = ToolFormatter(tool_format) */
 	t->fn_tools = t->tools_fmt = fmt;
 }
 size_t ft_template_n_stop_words(const ft_template *t) { return t->n_stop; }
@@ -550,8 +573,12 @@ int ft_template_render(const ft_template *t, const ft_message *m, size_t n,
 		if (i == 0) {
 			apply(&t->prefix, NULL, NULL, e);
 			if (*system || has_tools) {
-				char *tool_text = has_tools ? ft_tools_format(t->tools_fmt, tools) : ft_xstrdup("");
-				if (!tool_text) return ft_fail_ctx("tools");
+				/* format_tools.apply(content=tools)[0]: a StringFormatter
+				 * takes the tools' JSON text as it is */
+				char *tool_text = !has_tools ? ft_xstrdup("")
+						  : t->tools.n ? apply_first(&t->tools, tools)
+						  : ft_tools_format(t->tools_fmt, tools);
+				if (!tool_text) return ft_fail_ctx("tools: ");
 				char *s = ft_xasprintf("%s%s", system, tool_text);
 				free(tool_text);
 				if (t->llama2) sys_text = apply_first(&t->system, s);
@@ -579,7 +606,7 @@ int ft_template_render(const ft_template *t, const ft_message *m, size_t n,
 			const char *const tc[2] = { t->tool_call[0], t->tool_call[1] };
 			char *f = ft_function_format(t->fn_tools, m[i].content, t->llama2 ? NULL : th,
 						     t->llama2 ? NULL : tc);
-			if (!f) { free(sys_text); return ft_fail_ctx("message %zu", i); }
+			if (!f) { free(sys_text); return ft_fail_ctx("message %zu: ", i); }
 			apply(&t->function, f, NULL, e);
 			free(f);
 			break;

@@ -267,21 +267,54 @@ tiny_qwen3() {
 
 @test "Phi-3: malformed longrope factors and partial rotary embeddings are refused by name" {
 	dir="$FT_ROOT/tests/fixtures/families/phi3/model"
-	mkdir -p a b && cp "$dir"/*.safetensors* a/ && cp "$dir"/*.safetensors* b/
+	mini="$FT_ROOT/tests/fixtures/families/phi4mini/model"
+	mkdir -p a b c d && cp "$dir"/*.safetensors* a/ && cp "$dir"/*.safetensors* b/
+	cp "$mini"/*.safetensors* c/ && cp "$QWEN3"/*.safetensors* d/
 	jq '.rope_parameters = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1], "long_factor": [1]}' "$dir/config.json" > a/config.json
-	jq '.partial_rotary_factor = 0.75' "$dir/config.json" > b/config.json
+	jq '.rope_parameters.partial_rotary_factor = 0.1' "$dir/config.json" > b/config.json
+	jq '.rope_parameters.short_factor = [1, 1, 1, 1, 1, 1, 1, 1]' "$mini/config.json" > c/config.json
+	jq '.partial_rotary_factor = 0.5' "$QWEN3/config.json" > d/config.json
 	echo '{"prompt": "a"}' > p.jsonl
 	run gen --model_name_or_path a p.jsonl
 	assert_failure
 	assert_output --partial "longrope short_factor must list head_dim/2 = 8 numbers"
 	run gen --model_name_or_path b p.jsonl
 	assert_failure
-	assert_output --partial "partial_rotary_factor 0.75 is not supported"
+	assert_output --partial "partial_rotary_factor 0.1 gives 1 rotary values of head_dim 16"
+	run gen --model_name_or_path c p.jsonl
+	assert_failure
+	assert_output --partial "longrope short_factor must list head_dim*partial_rotary_factor/2 = 6 numbers"
+	run gen --model_name_or_path d p.jsonl
+	assert_failure
+	assert_output --partial "partial_rotary_factor 0.5 is supported for Phi3ForCausalLM only"
+}
+
+@test "Phi-4-mini (partial rotary, longrope, tied): ft-generate, ft-merge answers as base + adapter, ft-train" {
+	dir="$FT_ROOT/tests/fixtures/families/phi4mini"
+	printf '%s\n' '{"prompt": "who are you"}' '{"prompt": "the tea is hot"}' > p.jsonl
+	gen --model_name_or_path "$dir/model" p.jsonl > base.jsonl
+	gen --model_name_or_path "$dir/model" --adapter_name_or_path "$dir/lora" p.jsonl > tuned.jsonl
+	! cmp -s base.jsonl tuned.jsonl
+	run ft-merge --model_name_or_path "$dir/model" --adapter_name_or_path "$dir/lora" --export_dir merged
+	assert_success
+	[ "$(jq -c '[.partial_rotary_factor, .rope_parameters.partial_rotary_factor, .rope_parameters.rope_type]' merged/config.json)" = '[0.75,0.75,"longrope"]' ]
+	gen --model_name_or_path merged p.jsonl > merged.jsonl
+	cmp tuned.jsonl merged.jsonl
+	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
+	run ft-train -q --model_name_or_path "$dir/model" --train train.zst --output_dir lora --max_steps 2
+	assert_success
+	grep -aq 'self_attn.qkv_proj.lora_A.weight' lora/adapter_model.safetensors
+	run ft-train -q --model_name_or_path "$dir/model" --train train.zst --output_dir full \
+		--finetuning_type full --max_steps 1
+	assert_success
+	[ "$(jq -c .rope_parameters.partial_rotary_factor full/config.json)" = 0.75 ]
+	run gen --model_name_or_path full p.jsonl
+	assert_success
 }
 
 @test "every family: gradient checkpointing gives bit-identical losses" {
 	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > t.zst
-	for g in qwen3 gemma2 gemma3 phi3; do
+	for g in qwen3 r1distill gemma2 gemma3 phi3 phi4mini; do
 		for gc in false true; do
 			ft-train -q --model_name_or_path "$FT_ROOT/tests/fixtures/families/$g/model" --train t.zst \
 				--output_dir $g-$gc --max_steps 2 --logging_steps 1 --finetuning_type full \
@@ -289,4 +322,17 @@ tiny_qwen3() {
 		done
 		cmp <(jq -c .loss $g-false/trainer_log.jsonl) <(jq -c .loss $g-true/trainer_log.jsonl)
 	done
+}
+
+@test "Gemma 2 (final soft-cap): dpo and kto train through the capped log-probabilities" {
+	g="$FT_ROOT/tests/fixtures/families/gemma2/model"
+	ft-cat --encode < "$FIXTURES/pref/dpo.jsonl" > dpo.zst
+	ft-cat --encode < "$FIXTURES/pref/kto.jsonl" > kto.zst
+	run ft-train -q --stage dpo --model_name_or_path "$g" --train dpo.zst --output_dir dpo --max_steps 2 \
+		--logging_steps 1
+	assert_success
+	[ "$(jq -s 'map(select(.loss != null and (.loss | isnan | not))) | length' dpo/trainer_log.jsonl)" -eq 2 ]
+	run ft-train -q --stage kto --model_name_or_path "$g" --train kto.zst --output_dir kto --max_steps 2
+	assert_success
+	[ -s kto/adapter_model.safetensors ]
 }

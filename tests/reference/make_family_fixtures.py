@@ -7,8 +7,10 @@ Run from the repository root:
 
     /work/venv/bin/python tests/reference/make_family_fixtures.py
 
-writes tests/fixtures/families/<family>/ for each family (see the README
-there): a tiny random model saved sharded, full and LoRA gradients, one
+writes tests/fixtures/families/<family>/ for each family (qwen3,
+r1distill: DeepSeek-R1-Distill-Qwen's Qwen2 shape, phi3, phi4mini:
+Phi-4-mini's partial rotary embeddings with longrope, gemma2, gemma3; or
+those named as arguments): a tiny random model saved sharded, full and LoRA gradients, one
 AdamW step, a greedy generation and the PEFT adapter used for the merge
 check.  Batches, losses and the LoRA construction are those of
 make_model_fixtures.py (imported, one copy of each helper).
@@ -27,12 +29,18 @@ writes tests/fixtures/families/phi3-longrope/: a Phi-3 with longrope RoPE
 and its logits, gradients and greedy generation across the switch from
 the short to the long factors.
 
+    /work/venv/bin/python tests/reference/make_family_fixtures.py pref
+
+writes tests/fixtures/families/gemma2/pref.safetensors: the preference
+stages' log-probabilities of Gemma 2's soft-capped logits, the logit
+means and the gradients of a weighted sum of them, full and LoRA.
+
     /work/venv/bin/python tests/reference/make_family_fixtures.py templates [../shared]
 
 writes tests/fixtures/families/templates.json: the family templates
 (qwen3, qwen3_nothink, deepseekr1) encoded by llamafactory's own
-Template.encode_oneturn / encode_multiturn (/work/lf/src imported as
-llamafactory) with the Qwen3 tokenizer of ../shared/tokenizers/qwen3, for
+Template.encode_oneturn / encode_multiturn ($LF_SRC, default /work/lf/src,
+imported as llamafactory: src/ of github:hiyouga/LLaMA-Factory) with the Qwen3 tokenizer of ../shared/tokenizers/qwen3, for
 single-turn, multi-turn (thoughts in earlier turns), system and tool
 conversations, under each enable_thinking / preserve_thinking /
 mask_history setting that changes the result.
@@ -47,7 +55,8 @@ import sys
 import torch
 from safetensors.torch import save_file
 from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig,
-                          Phi3Config, Phi3ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+                          Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM)
 from peft import get_peft_model
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -104,8 +113,40 @@ def phi3_config():
         attention_dropout=0.0, bos_token_id=1, eos_token_id=2, pad_token_id=0, dtype="float32")
 
 
+def phi4mini_config():
+    """Phi-4-mini's shape: partial_rotary_factor 0.75 (RoPE on 12 of each
+    head's 16 values), longrope, tied embeddings.  The original length 12
+    is below the batches' 16 tokens, so training uses the long factors,
+    the greedy generation's 6-token prefill the short ones and then the
+    long ones."""
+    g = torch.Generator().manual_seed(4)
+    rd = int(16 * 0.75)
+    return Phi3Config(
+        vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        original_max_position_embeddings=12, rms_norm_eps=1e-5, partial_rotary_factor=0.75,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
+                         "short_factor": (1 + torch.rand(rd // 2, generator=g)).tolist(),
+                         "long_factor": (1 + 4 * torch.rand(rd // 2, generator=g)).tolist()},
+        sliding_window=None, tie_word_embeddings=True, resid_pdrop=0.0, embd_pdrop=0.0,
+        attention_dropout=0.0, bos_token_id=1, eos_token_id=2, pad_token_id=0, dtype="float32")
+
+
+def r1distill_config():
+    """DeepSeek-R1-Distill-Qwen's shape: a Qwen2 (q/k/v biases, untied,
+    sliding_window set but use_sliding_window false, as its config)."""
+    return Qwen2Config(
+        vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        rms_norm_eps=1e-6, rope_theta=10000.0, sliding_window=4096, use_sliding_window=False,
+        max_window_layers=2, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0, dtype="float32")
+
+
 FAMILIES = {"qwen3": (Qwen3ForCausalLM, qwen3_config, 2025),
+            "r1distill": (Qwen2ForCausalLM, r1distill_config, 2031),
             "phi3": (Phi3ForCausalLM, phi3_config, 2028),
+            "phi4mini": (Phi3ForCausalLM, phi4mini_config, 2030),
             "gemma2": (Gemma2ForCausalLM, gemma2_config, 2026),
             "gemma3": (Gemma3ForCausalLM, gemma3_config, 2027)}
 
@@ -173,7 +214,7 @@ def family(fam):
     save_file(grads_of(load(fam, mdir), ids, lab), os.path.join(d, "full-grads.safetensors"))
 
     base = load(fam, mdir)
-    pm = get_peft_model(base, mm.lora_cfg(PHI3_LINEAR if fam == "phi3" else ALL_LINEAR))
+    pm = get_peft_model(base, mm.lora_cfg(PHI3_LINEAR if fam.startswith("phi") else ALL_LINEAR))
     g = torch.Generator().manual_seed(99)
     with torch.no_grad():
         for n, p in pm.named_parameters():
@@ -240,8 +281,10 @@ def templates(shared):
                          "oneturn": [prompt, response]})
     # templates whose tokens the Qwen3 tokenizer lacks (llamafactory would
     # add them): Template._encode's elements as text, bos "<s>", eos the
-    # first stop word, as make_llamafactory_fixtures.py renders
-    for name in ["phi4", "gemma3"]:
+    # first stop word, a named token ({"<|endoftext|>"}) as itself, as
+    # make_llamafactory_fixtures.py renders; the Phi templates with tools
+    # too (phi4_mini's format_tools is a StringFormatter)
+    for name in ["phi4", "gemma3", "phi4_mini", "phi", "phi_small"]:
         t = copy.deepcopy(TEMPLATES[name])
         eos = t.stop_words[0]
 
@@ -249,13 +292,13 @@ def templates(shared):
             out = ""
             for e in elements:
                 out += e if isinstance(e, str) else e["token"] if isinstance(e, dict) else \
-                    "<s>" if "bos_token" in e else eos
+                    "<s>" if "bos_token" in e else eos if "eos_token" in e else next(iter(e))
             return [out]
 
         t._convert_elements_to_ids = to_text
         for case, system, tools, msgs in CASES:
-            if tools:
-                continue  # neither has a tool format in llamafactory
+            if tools and name in ("phi4", "gemma3"):
+                continue  # as first made: without tools
             messages = [{"role": r, "content": c} for r, c in msgs]
             rows.append({"template": name, "case": case, "system": system, "tools": tools,
                          "messages": messages, "eos": eos,
@@ -273,7 +316,7 @@ def import_llamafactory():
     ta = types.ModuleType("torchaudio")
     ta.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
     sys.modules.setdefault("torchaudio", ta)
-    sys.path.insert(0, "/work/lf/src")
+    sys.path.insert(0, os.environ.get("LF_SRC", "/work/lf/src"))
     # llamafactory.model imports TRL's value-head model, which this TRL no
     # longer has; rope.py does not use it.
     import trl
@@ -389,9 +432,53 @@ def longrope():
     print("phi3-longrope ok")
 
 
+def pref_logps(m, ids, lab, w):
+    """The preference stages' log-probabilities (llamafactory's
+    get_batch_logps on the model's logits, soft-capped by Gemma 2's
+    forward), every position's logit mean (the logits/ metrics), and the
+    gradients of sum(w * logp)."""
+    m.zero_grad()
+    logits = m(input_ids=ids.long()).logits.float()
+    tg = lab[:, 1:].long()
+    mask = tg != -100
+    lp = torch.gather(logits[:, :-1].log_softmax(-1), 2, tg.clamp(min=0).unsqueeze(2)).squeeze(2) * mask
+    full = torch.zeros(ids.shape)
+    full[:, :-1] = lp
+    (full * w).sum().backward()
+    t = {"logp": full.detach().reshape(-1).contiguous(),
+         "lmean": logits.detach().mean(-1).reshape(-1).contiguous()}
+    for name, p in m.named_parameters():
+        if p.requires_grad and p.grad is not None:
+            t["grad." + name.replace(".default", "")] = p.grad.detach().clone()
+    return t
+
+
+def pref():
+    """Gemma 2 (final_logit_softcapping 3) through the preference stages'
+    log-prob head: logp, logit means and the gradients of sum(w * logp)
+    for random weights w, full and with the fixture's LoRA adapter."""
+    from peft import PeftModel
+    d = os.path.join(OUT, "gemma2")
+    (ids, lab), = mm.make_batches(1, 77)
+    w = torch.randn(ids.shape, generator=torch.Generator().manual_seed(5))
+    w[:, :-1] *= lab[:, 1:] != -100
+    w[:, -1] = 0
+    t = {"batch.input_ids": ids, "batch.labels": lab, "w": w.reshape(-1).contiguous()}
+    for k, v in pref_logps(load("gemma2", os.path.join(d, "model")), ids, lab, w).items():
+        t["full." + k] = v
+    pm = PeftModel.from_pretrained(load("gemma2", os.path.join(d, "model")), os.path.join(d, "lora"),
+                                   is_trainable=True)
+    for k, v in pref_logps(pm, ids, lab, w).items():
+        t["lora." + k] = v
+    save_file(t, os.path.join(d, "pref.safetensors"))
+    print("gemma2/pref.safetensors:", len(t), "tensors")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["longrope"]:
         longrope()
+    elif sys.argv[1:2] == ["pref"]:
+        pref()
     elif sys.argv[1:2] == ["rope"]:
         rope()
     elif sys.argv[1:2] == ["templates"]:

@@ -25,6 +25,7 @@
 #include "util/json.h"
 #include "model/model.h"
 #include "model/infer.h"
+#include "model/model_pref.h"
 #include "model/layers.h"
 #include "train/optim.h"
 #include "format/safetensors.h"
@@ -455,6 +456,87 @@ static void check_longrope(void)
 	ft_model_free(m);
 }
 
+/* The preference stages' log-prob head on Gemma 2 (final soft-cap 3):
+ * logp and the logit means within 1e-4 of transformers' (relative to the
+ * largest), the gradients of sum(w * logp) within 1e-4 as above; full
+ * and with the LoRA adapter (only its tensors train). */
+static void check_pref_softcap(ft_finetuning_type type, const char *pre)
+{
+	const char *fx = FAM "gemma2/pref.safetensors";
+	ft_st *st = ft_st_open(fx);
+	ft_tune_opts o = opts(type);
+	ft_model *m = ft_model_load(FAM "gemma2/model", &o);
+	int rc = m && type == FT_FT_LORA ? ft_model_load_adapter(m, FAM "gemma2/lora") : 0;
+	ft_batch b;
+	if (!ok(st && m && rc == 0 && batch_of(st, &b) == 0, "gemma2 pref %s: model and fixture", pre)) {
+		ft_model_free(m);
+		ft_st_close(st);
+		return;
+	}
+	size_t N = (size_t)b.B * b.T;
+	float *logp = malloc(N * sizeof(float)), *lmean = malloc(N * sizeof(float));
+	float *w = tensor_f32(st, "w", NULL);
+	char nm[256];
+	ft_model_zero_grad(m);
+	rc = ft_model_logps_forward(m, &b, 1, logp, lmean);
+	snprintf(nm, sizeof nm, "%s.logp", pre);
+	double el = rc == 0 ? cmp(st, nm, logp, N) : INFINITY;
+	snprintf(nm, sizeof nm, "%s.lmean", pre);
+	double em = rc == 0 ? cmp(st, nm, lmean, N) : INFINITY;
+	ok(el <= 1e-4 && em <= 1e-4, "gemma2 pref %s: soft-capped logp (%.2g) and logit means (%.2g)%s%s", pre,
+	   el, em, rc ? ": " : "", rc ? ft_errmsg() : "");
+	rc = rc == 0 ? ft_model_logps_backward(m, &b, w) : -1;
+	double worst = rc == 0 ? 0 : INFINITY;
+	int n = 0;
+	for (size_t i = 0; rc == 0 && i < ft_model_nparams(m); i++) {
+		ft_param *p = ft_model_param(m, i);
+		if (!p->g) continue;
+		snprintf(nm, sizeof nm, "%s.grad.%s", pre, p->name);
+		double ge = cmp(st, nm, p->g, p->n);
+		if (ge > 1e-4) printf("# %s: %.2g\n", p->name, ge);
+		worst = fmax(worst, ge);
+		n++;
+	}
+	ok(n > 0 && worst <= 1e-4, "gemma2 pref %s: %d gradients of sum(w logp) within 1e-4 (worst %.2g)", pre, n,
+	   worst);
+	free(logp); free(lmean); free(w); free(b.input_ids); free(b.labels);
+	ft_model_free(m);
+	ft_st_close(st);
+}
+
+/* Phi-4-mini's shape: partial rotary embeddings (12 of 16 values per
+ * head) with longrope, tied embeddings; the family checks as above. */
+static void check_phi4mini(void)
+{
+	ft_config c;
+	int rc = ft_config_load(FAM "phi4mini/model/config.json", &c);
+	ok(rc == 0 && c.rotary_dim == 12 && !strcmp(c.rope_type, "longrope") && c.tie_word_embeddings,
+	   "phi4mini: partial_rotary_factor 0.75 of head_dim 16 rotates 12 values, longrope, tied");
+	check_family("phi4mini", FT_ARCH_PHI3);
+	/* the published config's shape (top-level partial_rotary_factor,
+	 * rope_scaling with "type", 48 factors of a 128-wide head) */
+	char js[4096], p[] = "/tmp/ft-test-phi4mini-XXXXXX";
+	int k = snprintf(js, sizeof js, "{\"architectures\": [\"Phi3ForCausalLM\"], \"model_type\": \"phi3\", "
+			 "\"vocab_size\": 200064, \"hidden_size\": 3072, \"intermediate_size\": 8192, "
+			 "\"num_hidden_layers\": 32, \"num_attention_heads\": 24, \"num_key_value_heads\": 8, "
+			 "\"max_position_embeddings\": 131072, \"original_max_position_embeddings\": 4096, "
+			 "\"partial_rotary_factor\": 0.75, \"rope_theta\": 10000.0, \"sliding_window\": 262144, "
+			 "\"tie_word_embeddings\": true, \"resid_pdrop\": 0.0, \"embd_pdrop\": 0.0, "
+			 "\"rope_scaling\": {\"type\": \"longrope\", \"short_factor\": [");
+	for (int i = 0; i < 48; i++) k += snprintf(js + k, sizeof js - k, "%s1.0", i ? ", " : "");
+	k += snprintf(js + k, sizeof js - k, "], \"long_factor\": [");
+	for (int i = 0; i < 48; i++) k += snprintf(js + k, sizeof js - k, "%s2.5", i ? ", " : "");
+	snprintf(js + k, sizeof js - k, "]}}");
+	int fd = mkstemp(p);
+	rc = fd >= 0 && write(fd, js, strlen(js)) == (ssize_t)strlen(js) ? 0 : -1;
+	if (fd >= 0) close(fd);
+	rc = rc ? rc : ft_config_load(p, &c);
+	unlink(p);
+	ok(rc == 0 && c.rotary_dim == 96 && c.rope_original_max_pos == 4096 && c.rope_long[47] == 2.5f,
+	   "Phi-4-mini's published config shape parses: 96 of 128 values rotate, 48 longrope factors%s%s",
+	   rc ? ": " : "", rc ? ft_errmsg() : "");
+}
+
 int main(void)
 {
 	if (access(FAM "qwen3/model/config.json", R_OK) != 0) {
@@ -463,10 +545,14 @@ int main(void)
 	}
 	check_refusals();
 	check_family("qwen3", FT_ARCH_QWEN3);
+	check_family("r1distill", FT_ARCH_QWEN2);   /* DeepSeek-R1-Distill-Qwen */
 	check_family("gemma2", FT_ARCH_GEMMA2);
 	check_family("gemma3", FT_ARCH_GEMMA3);
 	check_family("phi3", FT_ARCH_PHI3);
+	check_phi4mini();
 	check_longrope();
+	check_pref_softcap(FT_FT_FULL, "full");
+	check_pref_softcap(FT_FT_LORA, "lora");
 	check_yarn();
 	check_rope_override();
 	return tap_done();

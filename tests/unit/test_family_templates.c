@@ -43,7 +43,8 @@ static int plain_encode(const ft_prep *p, const ft_message *m, size_t n, const c
 	return rc;
 }
 
-/* A text rendering (no tokenizer): elements joined, bos "<s>". */
+/* A text rendering (no tokenizer): elements joined, bos "<s>", a named
+ * token as its text. */
 static void run_rendering(const json_t *c)
 {
 	const char *name = ft_json_str(c, "template", ""), *cs = ft_json_str(c, "case", "");
@@ -56,7 +57,8 @@ static void run_rendering(const json_t *c)
 	}
 	ft_template *t = ft_template_get(name);
 	ft_elements *e = ft_xcalloc(n, sizeof *e);
-	int eq = t && ft_template_render(t, m, n, ft_json_str(c, "system", ""), NULL, e) == 0;
+	int eq = t && ft_template_render(t, m, n, ft_json_str(c, "system", ""), ft_json_str(c, "tools", ""),
+					 e) == 0;
 	for (size_t i = 0; i < n; i++) {
 		char *x = ft_elements_to_string(&e[i], "<s>", ft_json_str(c, "eos", ""));
 		eq = eq && !strcmp(x, json_string_value(json_array_get(want, i)));
@@ -165,10 +167,41 @@ static void check_gemma3(void)
 	ft_template_free(b);
 }
 
+/* A template file's format_tools is a StringFormatter (as phi4_mini's):
+ * the tools' JSON text goes in as it is; --tool_format replaces it with
+ * the ToolFormatter, as llamafactory's get_template_and_fix_tokenizer. */
+static void check_format_tools(void)
+{
+	char p[] = "/tmp/ft-test-tpl-XXXXXX";
+	const char *js = "{\"name\": \"x\", \"format_user\": \"U:{{content}}\\n\", "
+			 "\"format_tools\": \"<tools>{{content}}</tools>\"}";
+	int fd = mkstemp(p);
+	int w = fd >= 0 && write(fd, js, strlen(js)) == (ssize_t)strlen(js);
+	if (fd >= 0) close(fd);
+	ft_template *t = w ? ft_template_load(p) : NULL;
+	unlink(p);
+	ft_message m[1] = { { FT_ROLE_USER, "hi" } };
+	ft_elements e = { 0 };
+	char *x = t && ft_template_render(t, m, 1, "S", "[1]", &e) == 0 ? ft_elements_to_string(&e, "", "") : NULL;
+	ok(x && !strcmp(x, "S<tools>[1]</tools>U:hi\n"), "a template file's format_tools takes the tools' text: %s",
+	   x ? x : ft_errmsg());
+	free(x);
+	ft_elements_free(&e);
+	memset(&e, 0, sizeof e);
+	if (t) ft_template_set_tool_format(t, FT_TOOLS_DEFAULT);
+	x = t && ft_template_render(t, m, 1, "S", "[{\"name\": \"f\", \"parameters\": {\"properties\": {}}}]", &e) == 0 ? ft_elements_to_string(&e, "", "") : NULL;
+	ok(x && !strstr(x, "<tools>") && strstr(x, "f"), "--tool_format replaces it with the ToolFormatter: %s",
+	   x ? x : ft_errmsg());
+	free(x);
+	ft_elements_free(&e);
+	ft_template_free(t);
+}
+
 int main(void)
 {
 	check_remove_thought();
 	check_gemma3();
+	check_format_tools();
 	const char *shared = getenv("FT_SHARED") ? getenv("FT_SHARED") : "../shared";
 	char *td = ft_xasprintf("%s/tokenizers/qwen3", shared);
 	json_t *cases = ft_json_load_file("tests/fixtures/families/templates.json");

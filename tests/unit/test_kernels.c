@@ -94,9 +94,9 @@ static void test_rope(void)
 	for (int dir = 0; dir < 2; dir++) {
 		float sign = dir ? -1.0f : 1.0f;
 		if (dir)
-			ft_rope_backward(x1, c, s, N, H, hd);
+			ft_rope_backward(x1, c, s, N, H, hd, hd);
 		else
-			ft_rope_forward(x1, c, s, N, H, hd);
+			ft_rope_forward(x1, c, s, N, H, hd, hd);
 		for (int t = 0; t < N; t++)
 			for (int h = 0; h < H; h++)
 				for (int i = 0; i < half; i++) {

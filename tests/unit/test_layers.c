@@ -128,12 +128,29 @@ static void test_rope(void)
 	float *x = rnd(n, 1), *y = rnd(n, 1), *rx = malloc(n * 4), *ry = malloc(n * 4);
 	memcpy(rx, x, n * 4);
 	memcpy(ry, y, n * 4);
-	ft_rope_forward(rx, cs, sn, N, H, hd);
-	ft_rope_backward(ry, cs, sn, N, H, hd);
+	ft_rope_forward(rx, cs, sn, N, H, hd, hd);
+	ft_rope_backward(ry, cs, sn, N, H, hd, hd);
 	ok(fabs(dot(rx, y, n) - dot(x, ry, n)) < 1e-4, "rope backward is the transposed rotation");
 	/* position 0 is the identity; a rotation keeps the norm */
 	ok(!memcmp(rx, x, (size_t)H * hd * 4) && fabs(dot(rx, rx, n) - dot(x, x, n)) < 1e-3,
 	   "rope: identity at position 0, norm preserved");
+	/* partial rotary (rd 4 of hd 8): the first 4 values of each head
+	 * rotate as a 4-wide head would, the last 4 pass through */
+	float inv4[2], cs4[12], sn4[12], *px = malloc(n * 4), *q4 = malloc(n / 2 * 4);
+	ft_rope_inv_freq(inv4, 4, &z, N);
+	ft_rope_tables(cs4, sn4, pos, N, inv4, 4);
+	memcpy(px, x, n * 4);
+	for (size_t r = 0; r < (size_t)N * H; r++) memcpy(q4 + r * 4, x + r * hd, 16);
+	ft_rope_forward(px, cs4, sn4, N, H, hd, 4);
+	ft_rope_forward(q4, cs4, sn4, N, H, 4, 4);
+	int same = 1;
+	for (size_t r = 0; r < (size_t)N * H; r++)
+		same &= !memcmp(px + r * hd, q4 + r * 4, 16) && !memcmp(px + r * hd + 4, x + r * hd + 4, 16);
+	memcpy(ry, y, n * 4);
+	ft_rope_backward(ry, cs4, sn4, N, H, hd, 4);
+	ok(same && fabs(dot(px, y, n) - dot(x, ry, n)) < 1e-4,
+	   "partial rope: the rotary part as a narrow head, the rest passed through, backward its transpose");
+	free(px); free(q4);
 	free(x); free(y); free(rx); free(ry);
 }
 
