@@ -625,6 +625,12 @@ void ft_model_set_dropout_position(ft_model *m, uint64_t calls)
 	m->dropout_calls = calls;
 }
 
+void ft_model_set_grads_ready(ft_model *m, ft_grads_ready_fn fn, void *ctx)
+{
+	m->grads_ready = fn;
+	m->grads_ready_ctx = ctx;
+}
+
 size_t ft_params_elements(ft_param *const *ps, size_t n)
 {
 	size_t total = 0;

@@ -171,6 +171,15 @@ int ft_model_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
  * far; a resumed run sets it to the micro-batches already trained on, and
  * the masks continue exactly. */
 void ft_model_set_dropout_position(ft_model *m, uint64_t calls);
+/* Called inside the backward pass of ft_model_forward_backward as each
+ * group of gradients becomes final for this call, so a data-parallel
+ * caller can start summing them while the rest of the backward runs:
+ * group = num_hidden_layers for the final norm and an untied lm_head,
+ * then l for decoder layer l from the last layer down, then -1 for the
+ * embeddings (a tied lm_head included).  Groups without gradients may be
+ * skipped.  fn NULL turns it off. */
+typedef void (*ft_grads_ready_fn)(void *ctx, int group);
+void ft_model_set_grads_ready(ft_model *m, ft_grads_ready_fn fn, void *ctx);
 /* Forward only: loss as above; logits [B*T*vocab] when logits != NULL. */
 int ft_model_forward(ft_model *m, const ft_batch *b, float *logits,
 		     double *loss_sum, int64_t *n_tokens);

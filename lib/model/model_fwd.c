@@ -464,6 +464,11 @@ int ft_model_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
 	return 0;
 }
 
+static void grads_ready(ft_model *m, int group)
+{
+	if (m->grads_ready) m->grads_ready(m->grads_ready_ctx, group);
+}
+
 /* From m->d_ln = dL/d(final norm output) [N, D] back through the layers
  * that have a gradient (the preference stages enter here too). */
 void ftp_model_backward_body(ft_model *m, const ft_batch *b)
@@ -484,15 +489,18 @@ void ftp_model_backward_body(ft_model *m, const ft_batch *b)
 	memset(m->d_a, 0, (size_t)N * D * sizeof(float));
 	ft_rmsnorm_backward(m->d_a, m->norm.g, m->d_ln, m->xs + (size_t)L * N * D,
 			    ftp_norm_w(m, m->norm.w, D), m->rstdf, N, D);
+	grads_ready(m, L);
 	for (int l = L - 1; l >= stop; l--) {
 		const float *x_in = m->xs + (size_t)l * N * D;
 		ftp_acts *a = &m->acts[m->o.gradient_checkpointing ? 0 : l];
 		if (m->o.gradient_checkpointing)
 			layer_forward(m, l, a, x_in, m->d_b, b);
 		layer_backward(m, l, a, x_in, b, l > stop || emb);
+		grads_ready(m, l);
 	}
 	if (emb && c->gemma)   /* through the sqrt(hidden) scale */
 		for (size_t i = 0; i < (size_t)N * D; i++) m->d_a[i] *= (float)sqrt((double)D);
 	if (emb)
 		ft_embedding_backward(m->wte.g, m->d_a, b->input_ids, N, D);
+	grads_ready(m, -1);
 }

@@ -64,6 +64,8 @@ struct ft_model {
 	size_t ngrads;
 	int lora_dropout_on;
 	uint64_t dropout_calls;      /* advances the dropout masks per call */
+	ft_grads_ready_fn grads_ready;   /* ft_model_set_grads_ready */
+	void *grads_ready_ctx;
 
 	/* activation buffers, sized for cap_N tokens */
 	int cap_N, buf_rank, n_acts;

@@ -152,7 +152,7 @@ int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t
 	}
 	ft_train_model r = { x, b_nparams, b_param, b_zero_grad, b_fwd_bwd, b_fwd, b_save,
 			     b_set_position, b_step, b_state_out, b_state_in, b_peak, 0, NULL,
-			     b_sum_grads };
+			     b_sum_grads, NULL };
 	*t = r;
 	return 0;
 }

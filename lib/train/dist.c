@@ -32,6 +32,9 @@ enum { NCCL_FLOAT32 = 7, NCCL_SUM = 0 };
 
 struct ft_dist {
 	int rank, size;
+	int serialized;              /* MPI_THREAD_SERIALIZED provided */
+	int64_t overlapped;          /* gradient sums run beside a backward */
+	double exposed_s;            /* their time not hidden by it */
 	void *so;
 	const ftp_mpi_api *mpi;
 	char version[256];
@@ -190,7 +193,7 @@ ft_dist *ft_dist_open(double timeout_s, void (*on_timeout)(void *, const char *)
 	ft_dist *d = ft_xcalloc(1, sizeof *d);
 	d->so = so;
 	d->mpi = a;
-	int rc = a->init(&d->rank, &d->size);
+	int rc = a->init(&d->rank, &d->size, &d->serialized);
 	if (rc) {
 		mpi_fail(d, rc, "MPI_Init");
 		free(d);
@@ -236,6 +239,20 @@ int ft_dist_size(const ft_dist *d) { return d ? d->size : 1; }
 const char *ft_dist_version(const ft_dist *d) { return d ? d->version : ""; }
 
 double ft_dist_comm_seconds(const ft_dist *d) { return d ? d->comm_s : 0; }
+int ft_dist_serialized(const ft_dist *d) { return d && d->serialized; }
+
+void ft_dist_note_overlap(ft_dist *d, double exposed_s)
+{
+	if (!d) return;
+	d->overlapped++;
+	d->exposed_s += exposed_s;
+}
+
+int64_t ft_dist_overlapped(const ft_dist *d, double *exposed_s)
+{
+	if (exposed_s) *exposed_s = d ? d->exposed_s : 0;
+	return d ? d->overlapped : 0;
+}
 
 void ft_dist_set_step(ft_dist *d, int64_t step)
 {

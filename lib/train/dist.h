@@ -50,6 +50,13 @@ const char *ft_dist_version(const ft_dist *d);
 /* Seconds this rank spent in collectives so far (waiting for slower ranks
  * included): the communication share of a run. */
 double ft_dist_comm_seconds(const ft_dist *d);
+/* Whether a thread other than the one that opened d may make the calls
+ * (one thread at a time): MPI provided MPI_THREAD_SERIALIZED or more. */
+int ft_dist_serialized(const ft_dist *d);
+/* The trainer counts the gradient sums it ran beside a backward pass and
+ * the seconds it still waited for them after the backward ended. */
+void ft_dist_note_overlap(ft_dist *d, double exposed_s);
+int64_t ft_dist_overlapped(const ft_dist *d, double *exposed_s);
 /* The optimizer step the collectives belong to, for the watchdog's words. */
 void ft_dist_set_step(ft_dist *d, int64_t step);
 

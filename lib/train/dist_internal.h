@@ -18,14 +18,16 @@
 
 #include <stddef.h>
 
-#define FTP_MPI_ABI 1
+#define FTP_MPI_ABI 2
 #define FTP_MPI_API_SYMBOL "ftp_mpi_api_get"
 #define FTP_MPI_TIMEOUT (-2)
 
 typedef struct {
 	int abi;
 	size_t size;                 /* sizeof(ftp_mpi_api) where it was built */
-	int (*init)(int *rank, int *size);
+	/* *serialized: 1 when any thread may call MPI, one at a time
+	 * (MPI_THREAD_SERIALIZED or more was provided) */
+	int (*init)(int *rank, int *size, int *serialized);
 	/* in place, over MPI_COMM_WORLD; f64: double, else float */
 	int (*allreduce_sum)(void *buf, size_t n, int f64);
 	int (*bcast)(void *buf, size_t bytes, int root);

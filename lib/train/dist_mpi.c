@@ -12,12 +12,16 @@
 /* 2^30 elements per call: below INT_MAX for any element size we use */
 #define PIECE ((size_t)1 << 30)
 
-static int s_init(int *rank, int *size)
+static int s_init(int *rank, int *size, int *serialized)
 {
-	int inited = 0, rc;
+	int inited = 0, rc, provided = MPI_THREAD_SINGLE;
 	MPI_Initialized(&inited);
-	if (!inited && (rc = MPI_Init(NULL, NULL)) != MPI_SUCCESS)
+	/* serialized: the gradient sum runs on a thread of its own beside the
+	 * backward (lib/train/trainer_dist.c) */
+	if (!inited && (rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided)) != MPI_SUCCESS)
 		return rc;
+	if (inited) MPI_Query_thread(&provided);
+	*serialized = provided >= MPI_THREAD_SERIALIZED;
 	/* errors come back as codes, so the trainer can say which
 	 * collective failed instead of MPI aborting the job silently */
 	MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);

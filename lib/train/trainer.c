@@ -457,6 +457,9 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 			float this_step = 0;
 			lsv = ft_xrealloc(lsv, (mb.n + 1) * sizeof *lsv);
 			ft_dist_set_step(o->dist, st.global_step + 1);
+			int last_own = -1, summed = 0;
+			for (int i = 0; i < mb.n; i++)
+				if (ft_dist_owner(i, world) == rank) last_own = i;
 			for (int i = 0; i < mb.n; i++) {
 				int64_t n;
 				lsv[i] = 0;
@@ -465,10 +468,14 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 				 * as on one process */
 				if (world > 1 && m->set_position)
 					m->set_position(m->self, ep * o->n_batches + done - mb.n + i);
-				if (m->forward_backward(m->self, &mb.b[i], scale, &lsv[i], &n) < 0) goto out;
+				/* the last backward of the step overlaps the gradient sum */
+				ftp_overlap *ov = i == last_own ? ftp_dist_overlap_begin(o, m, params, np) : NULL;
+				int fb = m->forward_backward(m->self, &mb.b[i], scale, &lsv[i], &n);
+				summed = ov != NULL;
+				if (ftp_dist_overlap_end(ov) < 0 || fb < 0) goto out;
 			}
 			lsv[mb.n] = o->stop && *o->stop;
-			if (ftp_dist_reduce(o, m, params, np, lsv, mb.n) < 0) goto out;
+			if (ftp_dist_reduce(o, m, params, np, lsv, mb.n, summed) < 0) goto out;
 			for (int i = 0; i < mb.n; i++) {
 				double ls = lsv[i];
 				float step_loss = ntok > 0 ? (float)(ls / (double)ntok) : 0.0f;

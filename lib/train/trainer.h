@@ -73,6 +73,10 @@ typedef struct {
 	 * where they live (NCCL); without it the trainer sums the params' g
 	 * with MPI.  Only called with more than one rank (lib/train/dist.h). */
 	int (*sum_grads)(void *self, struct ft_dist *d);
+	/* Optional (the CPU model): report gradient groups final during
+	 * forward_backward (ft_model_set_grads_ready), so data parallel sums
+	 * them while the backward goes on; fn NULL stops it. */
+	void (*set_grads_ready)(void *self, ft_grads_ready_fn fn, void *ctx);
 } ft_train_model;
 
 /* The ft_model binding (lib/train/trainer_model.c). */

@@ -31,10 +31,19 @@ json_t *ftp_trainer_state_json(const ft_train_opts *o, const ft_train_plan *p, c
 /* Copy a file into dir unless a file of that name is there. */
 int ftp_copy_into(const char *src, const char *dir);
 
-/* Data parallel (trainer_dist.c): sum ls[0..n] (n micro-batch losses and
- * a stop flag) and the gradients over the ranks; nothing on one. */
+/* Data parallel (trainer_dist.c): sum the gradients (unless
+ * grads_summed: an overlap did) and then ls[0..n] (n micro-batch losses
+ * and a stop flag) over the ranks; nothing on one. */
 int ftp_dist_reduce(const ft_train_opts *o, ft_train_model *m, ft_param **params, size_t np,
-		    double *ls, int n);
+		    double *ls, int n, int grads_summed);
+/* The gradient sum overlapped with a rank's last backward of a step:
+ * begin before that forward_backward call (NULL when the model or the
+ * job cannot overlap: then ftp_dist_reduce sums after), end after it
+ * returns (0, or -1 with the all-reduce's message). */
+typedef struct ftp_overlap ftp_overlap;
+ftp_overlap *ftp_dist_overlap_begin(const ft_train_opts *o, ft_train_model *m, ft_param **params,
+				    size_t np);
+int ftp_dist_overlap_end(ftp_overlap *ov);
 
 /* Epochs the training stream holds (ft_train_opts.data_epochs; 0 means 1). */
 static inline int64_t ft_data_runs(const ft_train_opts *o)

@@ -26,10 +26,16 @@ static void tm_set_position(void *self, int64_t n)
 	ft_model_set_dropout_position(self, (uint64_t)n);
 }
 
+static void tm_set_grads_ready(void *self, ft_grads_ready_fn fn, void *ctx)
+{
+	ft_model_set_grads_ready(self, fn, ctx);
+}
+
 ft_train_model ft_train_model_of(ft_model *m)
 {
 	ft_train_model t = { .self = m, .nparams = tm_nparams, .param = tm_param,
 			     .zero_grad = tm_zero_grad, .forward_backward = tm_fwd_bwd,
-			     .forward = tm_fwd, .save = tm_save, .set_position = tm_set_position };
+			     .forward = tm_fwd, .save = tm_save, .set_position = tm_set_position,
+			     .set_grads_ready = tm_set_grads_ready };
 	return t;
 }

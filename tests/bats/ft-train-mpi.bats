@@ -119,6 +119,26 @@ compare_with_one_process() {
 	assert_output --partial "2 ranks x gradient_accumulation_steps 2"
 }
 
+@test "the gradient sum runs beside the backward, with the same numbers as summing after it" {
+	need_mpi
+	for ft in lora full; do
+		run --separate-stderr mpi2 ft-train $(base) -v --finetuning_type $ft --max_steps 4 \
+			--gradient_accumulation_steps 2 --gradient_checkpointing --output_dir ov-$ft --save_strategy no
+		assert_success
+		[[ "$stderr" == *"the gradient sums of 4 steps ran beside the backward"* ]]
+		run --separate-stderr env FT_DIST_NO_OVERLAP=1 mpirun --oversubscribe --allow-run-as-root -np 2 \
+			ft-train $(base) -v --finetuning_type $ft --max_steps 4 --gradient_accumulation_steps 2 \
+			--gradient_checkpointing --output_dir after-$ft --save_strategy no
+		assert_success
+		[[ "$stderr" != *"beside the backward"* ]]
+		# two ranks: each element is one float addition either way
+		cmp <(jq -c 'del(.elapsed_time, .remaining_time, .throughput, .peak_memory_bytes)' ov-$ft/trainer_log.jsonl) \
+			<(jq -c 'del(.elapsed_time, .remaining_time, .throughput, .peak_memory_bytes)' after-$ft/trainer_log.jsonl)
+	done
+	cmp ov-lora/adapter_model.safetensors after-lora/adapter_model.safetensors
+	cmp ov-full/model.safetensors after-full/model.safetensors
+}
+
 @test "a killed rank ends the job non-zero, naming it; no half-written checkpoint" {
 	need_mpi
 	run env FT_DIST_TEST_FAULT=kill:1:5 timeout 120 mpirun --oversubscribe --allow-run-as-root -np 2 \
@@ -136,12 +156,12 @@ compare_with_one_process() {
 		--allow-run-as-root -np 2 ft-train $(base) --max_steps 100000 --output_dir out --ddp_timeout 2
 	[ "$status" -ne 0 ] && [ "$status" -ne 124 ]
 	[ "$SECONDS" -lt 60 ]
-	[[ "$stderr" == *"ft-train: rank 0 of 2: rank 1 did not reach the loss all-reduce of step 4 within 2 s (--ddp_timeout)"* ]]
+	[[ "$stderr" == *"ft-train: rank 0 of 2: rank 1 did not reach the gradient all-reduce of step 4 within 2 s (--ddp_timeout)"* ]]
 	# rank 0 hung: the others cannot tell who is missing, but still stop
 	run --separate-stderr env FT_DIST_TEST_FAULT=stop:0:3 timeout 120 mpirun --oversubscribe \
 		--allow-run-as-root -np 2 ft-train $(base) --max_steps 100000 --output_dir out2 --ddp_timeout 2
 	[ "$status" -ne 0 ] && [ "$status" -ne 124 ]
-	[[ "$stderr" == *"ft-train: rank 1 of 2: the loss all-reduce of step 4 has waited 2 s (--ddp_timeout): another rank died or hangs"* ]]
+	[[ "$stderr" == *"ft-train: rank 1 of 2: the gradient all-reduce of step 4 has waited 2 s (--ddp_timeout): another rank died or hangs"* ]]
 }
 
 @test "a rank's error ends the job at once, with the rank in the message" {

@@ -76,7 +76,13 @@ void dist_finish(ft_dist *d)
 	double run = (t.tv_sec - started.tv_sec) + 1e-9 * (t.tv_nsec - started.tv_nsec);
 	double comm = ft_dist_comm_seconds(d);
 	/* rank 0 waits for the others too: its share is the job's overhead */
-	if (ft_verbose >= 1)
+	double exposed;
+	long long ov = (long long)ft_dist_overlapped(d, &exposed);
+	if (ft_verbose >= 1 && ov)
+		warn("note: %d ranks (%s): %.3f s of %.3f s in collectives on rank 0; the gradient sums of "
+		     "%lld step%s ran beside the backward, %.3f s of them not hidden by it", ft_dist_size(d),
+		     ft_dist_version(d), comm, run, ov, ov == 1 ? "" : "s", exposed);
+	else if (ft_verbose >= 1)
 		warn("note: %d ranks (%s): %.3f s of %.3f s (%.1f%%) in collectives on rank 0",
 		     ft_dist_size(d), ft_dist_version(d), comm, run, run > 0 ? 100 * comm / run : 0.0);
 	ft_dist_close(d);
