@@ -38,6 +38,9 @@ LIB_DATA   += preprocess_think
 # PPO (issue 17): TRL 0.9 PPOTrainer arithmetic and the reward filter
 LIB_TRAIN  += ppo ppo_reward ppo_model
 LIB_TRAIN  += ppo_loop
+# the preference stages on the GPU (lib/cuda/pref.cu, lib/train/cuda_pref.c)
+LIB_CUDA   += pref
+LIB_TRAIN  += cuda_pref
 
 LIB_SRC   := $(LIB_UTIL:%=lib/util/%.c) $(LIB_FORMAT:%=lib/format/%.c) \
              $(LIB_TEXT:%=lib/text/%.c) $(LIB_DATA:%=lib/data/%.c) \
