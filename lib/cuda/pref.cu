@@ -43,6 +43,16 @@ static int nblocks(size_t n)
 	return (int)(b < 1 ? 1 : b > 4096 ? 4096 : b);
 }
 
+/* The host staging holds max_tokens rows: checked before it is written
+ * (forward_body checks the batch too, but not every entry runs it first). */
+static int check_size(const ft_cuda_model *dm, const ft_cuda_batch *b)
+{
+	if (b->B <= 0 || b->T <= 0 || (size_t)b->B * b->T > (size_t)dm->o.max_tokens)
+		return ft_fail("batch %dx%d: the CUDA model was planned for %d tokens", b->B, b->T,
+			       dm->o.max_tokens);
+	return 0;
+}
+
 static int upload_rows(ft_cuda_model *dm, const int32_t *rows, const int32_t *targets, int n)
 {
 	if (n <= 0)
@@ -64,6 +74,7 @@ static int gather_targets(ft_cuda_pref *p, const ft_cuda_batch *b, int *n_out)
 {
 	ft_cuda_model *dm = p->dm;
 	int N = b->B * b->T, n = 0;
+	TRY(check_size(dm, b));
 	for (int i = 0; i < N; i++) {
 		int t = i % b->T;
 		int tg = t + 1 < b->T && b->labels ? b->labels[i + 1] : -100;
@@ -183,6 +194,7 @@ static int check_pos(ft_cuda_pref *p, const ft_cuda_batch *b, const int32_t *pos
 	int N = b->B * b->T;
 	if (!p->value_head)
 		return ft_fail("CUDA: this device model was made without a value head");
+	TRY(check_size(p->dm, b));
 	memset(p->h_seen, 0, (size_t)N);
 	for (int k = 0; k < n; k++) {
 		if (pos[k] < 0 || pos[k] >= N)
