@@ -101,7 +101,7 @@ static const char usage[] =
 "  --logging_strategy, --eval_strategy, --save_strategy steps|epoch|no (steps):\n"
 "                             every *_steps, at each epoch's end, or never (the\n"
 "                             end still evaluates and saves the final model)\n"
-"Preference stages (--stage rm|dpo|kto, on the CPU; docs/PREFERENCE.md):\n"
+"Preference stages (--stage rm|dpo|kto, CPU or --device cuda; docs/PREFERENCE.md):\n"
 "  --pref_loss sigmoid|hinge|ipo|orpo|simpo (sigmoid)  --pref_beta B (0.1)\n"
 "  --pref_ftx X (0: adds X * the chosen sft loss)  --dpo_label_smoothing E (0)\n"
 "  --simpo_gamma G (0.5)  --kto_chosen_weight W  --kto_rejected_weight W (1.0)\n"
