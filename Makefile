@@ -38,6 +38,9 @@ LIB_DATA   += preprocess_think
 # PPO (issue 17): TRL 0.9 PPOTrainer arithmetic and the reward filter
 LIB_TRAIN  += ppo ppo_reward ppo_model
 LIB_TRAIN  += ppo_loop
+# the preference stages on the GPU (lib/cuda/pref.cu, lib/train/cuda_pref.c)
+LIB_CUDA   += pref
+LIB_TRAIN  += cuda_pref
 
 LIB_SRC   := $(LIB_UTIL:%=lib/util/%.c) $(LIB_FORMAT:%=lib/format/%.c) \
              $(LIB_TEXT:%=lib/text/%.c) $(LIB_DATA:%=lib/data/%.c) \
@@ -195,6 +198,15 @@ $(EMU_BINS): build/asan/tests/%: tests/emu/%.cc tests/emu/emu.h $(wildcard lib/c
 	@mkdir -p $(@D)
 	$(CXX) -std=c++17 $(WARN) -Wno-unknown-pragmas $(OPT) -g -O1 $(SAN) -iquote lib -iquote tests/unit -x c++ $< \
 		-x none build/asan/libft.a $(LDLIBS) -pthread -o $@
+# The backend table over the CPU model (tests/emu/fake_backend.c): what
+# tests/bats/ft-train-pref-device.bats loads with FT_CUDA_LIB to run the
+# tools' device wiring without a GPU.  Its undefined symbols are the
+# library's, resolved in the tool (-rdynamic) as libft_cuda.so's are.
+FAKE_CUDA := build/tests/libft_fake_cuda.so
+unit: $(FAKE_CUDA)
+$(FAKE_CUDA): tests/emu/fake_backend.c lib/cuda/backend_internal.h lib/cuda/ft_cuda.h
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -fPIC -shared -fvisibility=hidden $< -o $@
 asan-tools: $(ASAN_BINS)
 
 test: all unit asan-tools

@@ -40,6 +40,17 @@ static const ftp_cuda_api api = {
 	ft_cuda_infer_forward,
 	ft_cuda_grads_each,
 	ft_cuda_attention_run,
+	ft_cuda_pref_new,
+	ft_cuda_pref_free,
+	ft_cuda_logps_forward,
+	ft_cuda_logps_backward,
+	ft_cuda_set_adapters,
+	ft_cuda_value_forward,
+	ft_cuda_value_backward,
+	ft_cuda_value_head_set,
+	ft_cuda_value_head_get,
+	ft_cuda_pref_zero_grad,
+	ft_cuda_pref_step,
 };
 
 extern "C" FTP_EXPORT const ftp_cuda_api *ftp_cuda_backend_api(void) { return &api; }

@@ -172,3 +172,59 @@ int ft_cuda_attention_run(int device, const ft_cuda_attn_shape *s, const float *
 	const ftp_cuda_api *a = api();   /* no model: the table may not be loaded yet */
 	return a ? a->attention_run(device, s, q, k, v, dout, out, lse, dq, dk, dv) : -1;
 }
+
+/* ---- the preference stages ---- */
+
+ft_cuda_pref *ft_cuda_pref_new(ft_cuda_model *dm, int value_head)
+{
+	return BACKEND->pref_new(dm, value_head);
+}
+
+void ft_cuda_pref_free(ft_cuda_pref *p)
+{
+	if (p)
+		BACKEND->pref_free(p);
+}
+
+int ft_cuda_logps_forward(ft_cuda_pref *p, const ft_cuda_batch *b, int train, float *logp,
+			  float *lmean)
+{
+	return BACKEND->logps_forward(p, b, train, logp, lmean);
+}
+
+int ft_cuda_logps_backward(ft_cuda_pref *p, const ft_cuda_batch *b, const float *dlogp)
+{
+	return BACKEND->logps_backward(p, b, dlogp);
+}
+
+void ft_cuda_set_adapters(ft_cuda_model *dm, int on) { BACKEND->set_adapters(dm, on); }
+
+int ft_cuda_value_forward(ft_cuda_pref *p, const ft_cuda_batch *b, int train, const int32_t *pos,
+			  int n, float p_drop, uint64_t seed, float *score)
+{
+	return BACKEND->value_forward(p, b, train, pos, n, p_drop, seed, score);
+}
+
+int ft_cuda_value_backward(ft_cuda_pref *p, const ft_cuda_batch *b, const int32_t *pos, int n,
+			   float p_drop, uint64_t seed, const float *dscore)
+{
+	return BACKEND->value_backward(p, b, pos, n, p_drop, seed, dscore);
+}
+
+int ft_cuda_value_head_set(ft_cuda_pref *p, int k, const float *w, const float *m, const float *v)
+{
+	return BACKEND->value_head_set(p, k, w, m, v);
+}
+
+int ft_cuda_value_head_get(ft_cuda_pref *p, int k, float *w, float *m, float *v)
+{
+	return BACKEND->value_head_get(p, k, w, m, v);
+}
+
+int ft_cuda_pref_zero_grad(ft_cuda_pref *p) { return BACKEND->pref_zero_grad(p); }
+
+int ft_cuda_pref_step(ft_cuda_pref *p, const ft_cuda_adamw_opts *o, double lr,
+		      double max_grad_norm, double *grad_norm, int *skipped)
+{
+	return BACKEND->pref_step(p, o, lr, max_grad_norm, grad_norm, skipped);
+}

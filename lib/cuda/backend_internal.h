@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define FTP_CUDA_ABI 5
+#define FTP_CUDA_ABI 6
 
 typedef struct {
 	int abi;
@@ -63,6 +63,20 @@ typedef struct {
 	int (*attention_run)(int, const ft_cuda_attn_shape *, const float *, const float *,
 			     const float *, const float *, float *, float *, float *, float *,
 			     float *);
+	/* ABI 6: the preference stages (pref.cu) */
+	ft_cuda_pref *(*pref_new)(ft_cuda_model *, int);
+	void (*pref_free)(ft_cuda_pref *);
+	int (*logps_forward)(ft_cuda_pref *, const ft_cuda_batch *, int, float *, float *);
+	int (*logps_backward)(ft_cuda_pref *, const ft_cuda_batch *, const float *);
+	void (*set_adapters)(ft_cuda_model *, int);
+	int (*value_forward)(ft_cuda_pref *, const ft_cuda_batch *, int, const int32_t *, int, float,
+			     uint64_t, float *);
+	int (*value_backward)(ft_cuda_pref *, const ft_cuda_batch *, const int32_t *, int, float,
+			      uint64_t, const float *);
+	int (*value_head_set)(ft_cuda_pref *, int, const float *, const float *, const float *);
+	int (*value_head_get)(ft_cuda_pref *, int, float *, float *, float *);
+	int (*pref_zero_grad)(ft_cuda_pref *);
+	int (*pref_step)(ft_cuda_pref *, const ft_cuda_adamw_opts *, double, double, double *, int *);
 } ftp_cuda_api;
 
 /* The .so's entry points (exported; looked up by name with dlsym). */

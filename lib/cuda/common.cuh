@@ -203,5 +203,25 @@ int ft_cu_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in
 			const ft_cuda_batch *b);
 int ft_cu_lin_forward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const float *x,
 		      int N);
+/* For pref.cu: forward_body of model.cu (the decoder up to dm->lnf), and
+ * the backward pass from the n rows dm->head_dx of d(lnf), placed at
+ * rows dm->rows (distinct), through every layer that trains. */
+int ft_cu_forward_body(ft_cuda_model *dm, const ft_cuda_batch *b);
+int ft_cu_backward_body(ft_cuda_model *dm, const ft_cuda_batch *b, int n);
+
+/* ---- optim.cu ---- */
+/* Parameters outside the model's tensors that step with them (rm's value
+ * head, pref.cu): in the fp16 overflow check, the gradient norm and the
+ * clipping, and AdamW (decay[k] as ft_param.decay).  sumsq: device room
+ * for n * FT_SUMSQ_BLOCKS partials. */
+typedef struct {
+	ft_dt *t[2];
+	int decay[2];
+	int n;
+	double *sumsq;
+} ft_cu_extra;
+/* ft_cuda_step over the model's tensors and x's (x NULL: the model's). */
+int ft_cu_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr, double max_grad_norm,
+	       double *grad_norm, int *skipped, const ft_cu_extra *x);
 
 #endif

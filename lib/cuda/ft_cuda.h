@@ -176,6 +176,36 @@ int ft_cuda_attention_run(int device, const ft_cuda_attn_shape *s, const float *
 			  const float *k, const float *v, const float *dout, float *out,
 			  float *lse, float *dq, float *dk, float *dv);
 
+/* ---- the preference stages (lib/cuda/pref.cu mirrors lib/model/model_pref.c) ----
+ * The operations of model/model_pref.h on a device model, for the
+ * ft_pref_model binding of lib/train/cuda_pref.h: per-position label
+ * log-probabilities (logp [B*T], 0 where no target; lmean NULL or [B*T]
+ * the mean logit of every position) with their backward pass from
+ * dL/dlogp [B*T]; PEFT's disable_adapter; and, with value_head, TRL's
+ * value head (weight [D], bias [1], its gradient and AdamW moments on the
+ * device) at distinct positions pos[0..n), whose backward pass adds the
+ * head's gradient and the model's.  ft_cuda_pref_step steps the model's
+ * parameters and the head together (ft_cuda_step's arithmetic, one norm),
+ * ft_cuda_pref_zero_grad zeroes both.  Host arrays throughout. */
+typedef struct ft_cuda_pref ft_cuda_pref;
+ft_cuda_pref *ft_cuda_pref_new(ft_cuda_model *dm, int value_head);
+void ft_cuda_pref_free(ft_cuda_pref *p);
+int ft_cuda_logps_forward(ft_cuda_pref *p, const ft_cuda_batch *b, int train, float *logp,
+			  float *lmean);
+int ft_cuda_logps_backward(ft_cuda_pref *p, const ft_cuda_batch *b, const float *dlogp);
+void ft_cuda_set_adapters(ft_cuda_model *dm, int on);
+int ft_cuda_value_forward(ft_cuda_pref *p, const ft_cuda_batch *b, int train, const int32_t *pos,
+			  int n, float p_drop, uint64_t seed, float *score);
+int ft_cuda_value_backward(ft_cuda_pref *p, const ft_cuda_batch *b, const int32_t *pos, int n,
+			   float p_drop, uint64_t seed, const float *dscore);
+/* Tensor k (0 weight, 1 bias) of the head: weights and moments, each NULL
+ * to leave it. */
+int ft_cuda_value_head_set(ft_cuda_pref *p, int k, const float *w, const float *m, const float *v);
+int ft_cuda_value_head_get(ft_cuda_pref *p, int k, float *w, float *m, float *v);
+int ft_cuda_pref_zero_grad(ft_cuda_pref *p);
+int ft_cuda_pref_step(ft_cuda_pref *p, const ft_cuda_adamw_opts *o, double lr,
+		      double max_grad_norm, double *grad_norm, int *skipped);
+
 #ifdef __cplusplus
 }
 #endif

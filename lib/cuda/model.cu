@@ -740,22 +740,13 @@ static int head_backward(ft_cuda_model *dm, int N, float grad_scale, double *los
 	return 0;
 }
 
-int ft_cuda_forward_backward(ft_cuda_model *dm, const ft_cuda_batch *b, float grad_scale,
-			     double *loss_sum, int64_t *n_tokens)
+/* From d(lnf) rows head_dx at dm->rows (n of them) to every gradient:
+ * the final norm's backward, then the layers from the last down to the
+ * first that has something to train (the embedding's when trained). */
+static int backward_body(ft_cuda_model *dm, const ft_cuda_batch *b, int n)
 {
 	const ft_cuda_view *c = &dm->v;
-	dm->training = 1;
-	dm->dropout_calls++;
-	TRY(forward_body(dm, b));
-	int N = b->B * b->T, D = c->D, L = c->L, n = 0;
-	double loss = 0;
-	/* fp16: the loss scale rides on grad_scale; ft_cuda_step unscales */
-	TRY(head_backward(dm, N, grad_scale * (float)dm->loss_scale, &loss, &n));
-	dm->grads_scale = dm->loss_scale;
-	if (loss_sum)
-		*loss_sum = loss;
-	if (n_tokens)
-		*n_tokens = n;
+	int N = b->B * b->T, D = c->D, L = c->L;
 	int stop = L;
 	for (int l = 0; l < L; l++)
 		if (layer_has_grad(dm, l)) {
@@ -786,6 +777,24 @@ int ft_cuda_forward_backward(ft_cuda_model *dm, const ft_cuda_batch *b, float gr
 	return 0;
 }
 
+int ft_cuda_forward_backward(ft_cuda_model *dm, const ft_cuda_batch *b, float grad_scale,
+			     double *loss_sum, int64_t *n_tokens)
+{
+	dm->training = 1;
+	dm->dropout_calls++;
+	TRY(forward_body(dm, b));
+	int N = b->B * b->T, n = 0;
+	double loss = 0;
+	/* fp16: the loss scale rides on grad_scale; ft_cuda_step unscales */
+	TRY(head_backward(dm, N, grad_scale * (float)dm->loss_scale, &loss, &n));
+	dm->grads_scale = dm->loss_scale;
+	if (loss_sum)
+		*loss_sum = loss;
+	if (n_tokens)
+		*n_tokens = n;
+	return backward_body(dm, b, n);
+}
+
 /* For lib/cuda/infer.cu (KV-cache decoding): one layer over a batch, and
  * one linear module with its LoRA branch (a->lh[j] its hidden). */
 int ft_cu_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in, float *x_out,
@@ -798,4 +807,16 @@ int ft_cu_lin_forward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, co
 		      int N)
 {
 	return lin_fwd(dm, l, j, a, y, x, N);
+}
+
+/* For lib/cuda/pref.cu (the preference stages): the decoder up to the
+ * final norm (dm->lnf), and the backward pass from d(lnf) rows. */
+int ft_cu_forward_body(ft_cuda_model *dm, const ft_cuda_batch *b)
+{
+	return forward_body(dm, b);
+}
+
+int ft_cu_backward_body(ft_cuda_model *dm, const ft_cuda_batch *b, int n)
+{
+	return backward_body(dm, b, n);
 }

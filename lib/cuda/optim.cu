@@ -26,13 +26,25 @@ int ft_cuda_zero_grad(ft_cuda_model *dm)
 	return 0;
 }
 
+/* The k-th tensor with a gradient: the model's, then x's (NULL past the
+ * end).  Every loop of the step walks this one order. */
+static ft_dt *grad_tensor(ft_cuda_model *dm, const ft_cu_extra *x, int k)
+{
+	if (k < dm->ntens)
+		return &dm->tens[k];
+	k -= dm->ntens;
+	return x && k < x->n ? x->t[k] : NULL;
+}
+#define EACH_GRAD(t, k, dm, x) \
+	for (int k = 0; grad_tensor(dm, x, k); k++) \
+		for (ft_dt *t = grad_tensor(dm, x, k); t && t->g; t = NULL)
+
 /* fp16: any inf/nan in the scaled gradients? */
-static int overflowed(ft_cuda_model *dm, int *yes)
+static int overflowed(ft_cuda_model *dm, const ft_cu_extra *x, int *yes)
 {
 	TRY(ft_cu_zero(dm, dm->flag, sizeof(int)));
-	for (int i = 0; i < dm->ntens; i++)
-		if (dm->tens[i].g)
-			TRY(ft_cu_nonfinite(dm, dm->flag, dm->tens[i].g, dm->tens[i].n));
+	EACH_GRAD(t, k, dm, x)
+		TRY(ft_cu_nonfinite(dm, dm->flag, t->g, t->n));
 	CU(cudaMemcpyAsync(yes, dm->flag, sizeof(int), cudaMemcpyDeviceToHost, dm->stream),
 	   "%s", "overflow flag");
 	CU(cudaStreamSynchronize(dm->stream), "%s", "overflow check");
@@ -40,22 +52,26 @@ static int overflowed(ft_cuda_model *dm, int *yes)
 }
 
 /* Per-tensor float norms combined in double, as ft_clip_grad_norm. */
-static int grad_norm(ft_cuda_model *dm, float *total)
+static int grad_norm(ft_cuda_model *dm, const ft_cu_extra *x, float *total)
 {
 	size_t nb = (size_t)dm->ntens * FT_SUMSQ_BLOCKS;
-	for (int i = 0; i < dm->ntens; i++)
-		if (dm->tens[i].g)
-			TRY(ft_cu_sumsq(dm, dm->sumsq + (size_t)i * FT_SUMSQ_BLOCKS, dm->tens[i].g,
-					dm->tens[i].n));
+	EACH_GRAD(t, k, dm, x)
+		TRY(ft_cu_sumsq(dm, k < dm->ntens ? dm->sumsq + (size_t)k * FT_SUMSQ_BLOCKS
+						 : x->sumsq + (size_t)(k - dm->ntens) * FT_SUMSQ_BLOCKS,
+				t->g, t->n));
 	TRY(ft_cu_copy(dm, dm->h_sumsq, dm->sumsq, nb * sizeof(double), cudaMemcpyDeviceToHost,
 		       "gradient norm partials"));
+	double xs[2 * FT_SUMSQ_BLOCKS];
+	if (x && x->n)
+		TRY(ft_cu_copy(dm, xs, x->sumsq, (size_t)x->n * FT_SUMSQ_BLOCKS * sizeof(double),
+			       cudaMemcpyDeviceToHost, "gradient norm partials (extra)"));
 	double t2 = 0;
-	for (int i = 0; i < dm->ntens; i++) {
-		if (!dm->tens[i].g)
-			continue;
+	EACH_GRAD(t, k, dm, x) {
+		const double *part = k < dm->ntens ? dm->h_sumsq + (size_t)k * FT_SUMSQ_BLOCKS
+						   : xs + (size_t)(k - dm->ntens) * FT_SUMSQ_BLOCKS;
 		double s = 0;
 		for (int b = 0; b < FT_SUMSQ_BLOCKS; b++)
-			s += dm->h_sumsq[(size_t)i * FT_SUMSQ_BLOCKS + b];
+			s += part[b];
 		float nrm = (float)sqrt(s);   /* per-tensor float norm, as torch */
 		t2 += (double)nrm * nrm;
 	}
@@ -63,22 +79,29 @@ static int grad_norm(ft_cuda_model *dm, float *total)
 	return 0;
 }
 
-static int scale_grads(ft_cuda_model *dm, float s)
+static int scale_grads(ft_cuda_model *dm, const ft_cu_extra *x, float s)
 {
-	for (int i = 0; i < dm->ntens; i++)
-		if (dm->tens[i].g)
-			TRY(ft_cu_scale(dm, dm->tens[i].g, s, dm->tens[i].n));
+	EACH_GRAD(t, k, dm, x)
+		TRY(ft_cu_scale(dm, t->g, s, t->n));
 	return 0;
 }
 
 int ft_cuda_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr,
 		 double max_grad_norm, double *grad_norm_out, int *skipped)
 {
+	return ft_cu_step(dm, o, lr, max_grad_norm, grad_norm_out, skipped, NULL);
+}
+
+int ft_cu_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr, double max_grad_norm,
+	       double *grad_norm_out, int *skipped, const ft_cu_extra *x)
+{
+	if (x && x->n > 2)
+		return ft_fail("CUDA step: %d extra tensors (at most 2)", x->n);
 	if (skipped)
 		*skipped = 0;
 	if (dm->o.precision == FT_CUDA_F16) {
 		int bad = 0;
-		TRY(overflowed(dm, &bad));
+		TRY(overflowed(dm, x, &bad));
 		if (bad) {
 			dm->loss_scale *= 0.5;
 			dm->good_steps = 0;
@@ -88,24 +111,22 @@ int ft_cuda_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr,
 				*grad_norm_out = INFINITY;
 			return 0;
 		}
-		TRY(scale_grads(dm, (float)(1.0 / dm->loss_scale)));
+		TRY(scale_grads(dm, x, (float)(1.0 / dm->loss_scale)));
 		dm->unscaled = 1;
 	}
 	float total = 0;
-	TRY(grad_norm(dm, &total));
+	TRY(grad_norm(dm, x, &total));
 	if (grad_norm_out)
 		*grad_norm_out = total;
 	if (max_grad_norm > 0)
-		TRY(scale_grads(dm, ft_k_clip_coef(total, max_grad_norm)));
+		TRY(scale_grads(dm, x, ft_k_clip_coef(total, max_grad_norm)));
 	dm->step++;
-	for (int i = 0; i < dm->ntens; i++) {
-		ft_dt *t = &dm->tens[i];
-		if (!t->g)
-			continue;
-		int decay = t->pidx >= 0 && dm->v.params[t->pidx].decay;
-		ft_k_adamw k = ft_k_adamw_prepare(lr, decay ? o->weight_decay : 0.0, o->beta1,
-						  o->beta2, o->eps, (double)(float)dm->step);
-		TRY(ft_cu_adamw(dm, t, &k));
+	EACH_GRAD(t, k, dm, x) {
+		int decay = k < dm->ntens ? t->pidx >= 0 && dm->v.params[t->pidx].decay
+					  : x->decay[k - dm->ntens];
+		ft_k_adamw kk = ft_k_adamw_prepare(lr, decay ? o->weight_decay : 0.0, o->beta1,
+						   o->beta2, o->eps, (double)(float)dm->step);
+		TRY(ft_cu_adamw(dm, t, &kk));
 		if (t->h)
 			TRY(ft_cu_cast_to_half(dm, t->h, t->w, t->n));
 	}

@@ -487,10 +487,14 @@ static int pf_state_in(void *self, const ft_adamw *opt)
 	ft_pref *p = self;
 	return p->pm.base.state_in(p->pm.base.self, opt);
 }
+/* The policy's device memory, plus a reference model's of its own. */
 static size_t pf_peak(void *self)
 {
 	ft_pref *p = self;
-	return p->pm.base.peak_bytes(p->pm.base.self);
+	size_t n = p->pm.base.peak_bytes(p->pm.base.self);
+	if (p->has_ref && p->rm.base.self != p->pm.base.self && p->rm.base.peak_bytes)
+		n += p->rm.base.peak_bytes(p->rm.base.self);
+	return n;
 }
 
 ft_train_model ft_pref_train_model(ft_pref *p)
@@ -561,8 +565,8 @@ ft_pref *ft_pref_new_with(const ft_pref_model *policy, const ft_pref_model *ref,
 			"adapters disabled), or --ref_model");
 		return NULL;
 	}
-	if (o->stage == FT_PREF_RM && policy->base.step) {
-		ft_fail("the value head is a host tensor: rm needs a model the trainer steps");
+	if (o->stage == FT_PREF_RM && policy->base.step && !policy->own_value_head) {
+		ft_fail("rm on a model that steps itself needs it to keep the value head (own_value_head)");
 		return NULL;
 	}
 	ft_pref *p = ft_xcalloc(1, sizeof *p);
@@ -592,6 +596,7 @@ ft_pref *ft_pref_new_with(const ft_pref_model *policy, const ft_pref_model *ref,
 			for (size_t i = 0; i < ns[k]; i++)
 				q->w[i] = (float)((2 * ft_rng_uniform(&g) - 1) * bound);
 		}
+		if (policy->own_value_head) policy->own_value_head(policy->base.self, p->vh);
 	}
 	return p;
 }
@@ -616,6 +621,7 @@ int ft_pref_load_value_head(ft_pref *p, const char *dir)
 		}
 		if (ft_st_read_f32(t, p->vh[k].w) < 0) goto out;
 	}
+	if (p->pm.own_value_head) p->pm.own_value_head(p->pm.base.self, p->vh);
 	rc = 0;
 out:
 	if (st) ft_st_close(st);

@@ -88,6 +88,14 @@ typedef struct {
 	int (*value_backward)(void *self, const ft_batch *b, const int32_t *pos, int n, const float *vw,
 			      float p_drop, uint64_t seed, const float *hd, const float *dscore, float *dvw,
 			      double *dvb);
+	/* NULL for a model the trainer steps.  A model that steps itself
+	 * (base.step) keeps rm's value head with its own parameters: this
+	 * hands it the head's host tensors (vh[0] weight [D], vh[1] bias [1]),
+	 * again whenever their weights change on the host (a loaded head);
+	 * it steps the head with its parameters, copies it into vh before a
+	 * save and with state_out, and its value operations then ignore vw,
+	 * vb, hd, dvw and dvb. */
+	void (*own_value_head)(void *self, ft_param *vh);
 } ft_pref_model;
 ft_pref_model ft_pref_model_of(ft_model *m);
 
@@ -103,8 +111,8 @@ typedef struct ft_pref ft_pref;
  * nn.Linear(hidden, 1) is (uniform in +-1/sqrt(hidden), seeded). */
 ft_pref *ft_pref_new(ft_model *policy, ft_model *ref, const ft_pref_opts *o);
 /* The same over any model (ref NULL as above).  The binding passes a
- * device optimizer (base.step ...) through for dpo and kto; rm's value
- * head is a host tensor, so rm refuses a model that steps itself. */
+ * device optimizer (base.step ...) through; for rm such a model must
+ * keep the value head (own_value_head). */
 ft_pref *ft_pref_new_with(const ft_pref_model *policy, const ft_pref_model *ref,
 			  const ft_pref_opts *o);
 void ft_pref_free(ft_pref *p);

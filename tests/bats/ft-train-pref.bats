@@ -217,7 +217,7 @@ run_case() {
 	assert_output --partial "--ref_model_adapters needs --ref_model"
 }
 
-@test "refusals: a pairwise stage on sft batches, sft on pairwise ones, kto on dpo ones, the GPU" {
+@test "refusals: a pairwise stage on sft batches, sft on pairwise ones, kto on dpo ones" {
 	run -1 ft-train --stage dpo --model_name_or_path "$LLAMA" --train sft.zst --output_dir o
 	assert_output --partial "packed for stage 'sft' but --stage is dpo"
 	[ "${#lines[@]}" -eq 1 ]
@@ -225,8 +225,23 @@ run_case() {
 	assert_output --partial "packed for stage 'dpo' but --stage is sft"
 	run -1 ft-train --stage rm --model_name_or_path "$LLAMA" --train kto.zst --output_dir o
 	assert_output --partial "packed for stage 'kto' but --stage is rm"
-	run -2 ft-train --stage rm --device cuda --model_name_or_path "$LLAMA" --train rm.zst --output_dir o
-	assert_output --partial "runs on the CPU only"
+}
+
+@test "--device cuda without a usable GPU: rm, dpo, kto fail in one line as sft does; auto trains on the CPU" {
+	for s in rm dpo kto; do
+		FT_CUDA_LIB=/nonexistent/libft_cuda.so run -1 --separate-stderr ft-train --stage $s --device cuda \
+			--model_name_or_path "$LLAMA" --train $s.zst --output_dir o --max_steps 1
+		assert_equal "$stderr" "ft-train: --device cuda: FT_CUDA_LIB=/nonexistent/libft_cuda.so: no such file"
+	done
+	FT_CUDA_LIB=/nonexistent/libft_cuda.so run -0 --separate-stderr ft-train --stage dpo --device auto \
+		--model_name_or_path "$LLAMA" --train dpo.zst --output_dir a --max_steps 1
+	[[ "$stderr" == *"note: --device auto: running on the CPU (FT_CUDA_LIB=/nonexistent"* ]]
+	# the tree's .so, no GPU here: the loader's or the driver's one line, never a refusal
+	if [ -f "$BATS_TEST_DIRNAME/../../build/libft_cuda.so" ] && ! nvidia-smi -L >/dev/null 2>&1; then
+		run -1 --separate-stderr ft-train --stage rm --device cuda:0 --model_name_or_path "$LLAMA" \
+			--train rm.zst --output_dir c0 --max_steps 1
+		[[ "$stderr" == "ft-train: --device cuda:0: CUDA: cudaGetDeviceCount"* ]]
+	fi
 }
 
 @test "a dataset without chosen/rejected for a pairwise stage: LLaMA-Factory's error" {

@@ -8,6 +8,7 @@
 #include "model/model.h"
 #include "train/trainer.h"
 #include "train/pref.h"
+#include "train/cuda_pref.h"
 #include "train/dist.h"
 #include "train/optim_ext.h"
 
@@ -47,6 +48,10 @@ typedef struct {
 	const char *ref_model, *ref_model_adapters;
 	ft_model *ref;
 	ft_pref *pref_state;
+	/* --device cuda: the device bindings of the policy and of a reference
+	 * model of its own (pref_gpu 2) */
+	int pref_gpu;
+	ft_pref_model pref_pm, pref_rpm;
 	ft_train_extras x;
 } ft_cli_args;
 
@@ -74,7 +79,8 @@ int pref_known_key(const char *k);
 int pref_stage_of(const char *stage);     /* FT_PREF_*, -1 for pt/sft */
 void pref_args_parse(ft_lfargs *a, ft_cli_args *c);
 void pref_check_manifest(const ft_cli_args *c, const char *path, const ft_manifest *m);
-ft_train_model pref_bind(ft_cli_args *c, ft_model *m);
+/* o NULL: the CPU model; else the device's options (train/cuda_pref.h) */
+ft_train_model pref_bind(ft_cli_args *c, ft_model *m, const ft_cuda_opts *o);
 void pref_free(ft_cli_args *c);
 int pref_eval_only(ft_cli_args *c, ft_train_model *tm, ft_batch_source *val);
 void pref_predict(ft_cli_args *c, ft_batch_source *val);

@@ -101,7 +101,7 @@ static const char usage[] =
 "  --logging_strategy, --eval_strategy, --save_strategy steps|epoch|no (steps):\n"
 "                             every *_steps, at each epoch's end, or never (the\n"
 "                             end still evaluates and saves the final model)\n"
-"Preference stages (--stage rm|dpo|kto, on the CPU; docs/PREFERENCE.md):\n"
+"Preference stages (--stage rm|dpo|kto, CPU or --device cuda; docs/PREFERENCE.md):\n"
 "  --pref_loss sigmoid|hinge|ipo|orpo|simpo (sigmoid)  --pref_beta B (0.1)\n"
 "  --pref_ftx X (0: adds X * the chosen sft loss)  --dpo_label_smoothing E (0)\n"
 "  --simpo_gamma G (0.5)  --kto_chosen_weight W  --kto_rejected_weight W (1.0)\n"
@@ -383,9 +383,6 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 {
 	int idx;
 	char why[5000];
-	if (c->pref && !strncmp(c->device, "cuda", 4))
-		die_usage("--device %s: --stage %s runs on the CPU only in this ft-train (--device cpu)",
-			  c->device, c->stage);
 	int kind = ft_device_resolve(c->device, &idx, why, sizeof why);
 	if (kind < 0) {
 		if (strcmp(c->device, "auto") && strncmp(c->device, "cuda", 4))
@@ -410,13 +407,13 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 			warn("note: --%s: the CPU computes in float32; full weights are saved in the config's dtype",
 			     c->bf16 ? "bf16" : "fp16");
 		snprintf(desc, n, "cpu");
-		*t = c->pref ? pref_bind(c, m) : ft_train_model_of(m);
+		*t = c->pref ? pref_bind(c, m, NULL) : ft_train_model_of(m);
 		return 0;
 	}
-	if (c->pref)
-		die_usage("--device %s: --stage %s runs on the CPU only in this ft-train (--device cpu)",
-			  c->device, c->stage);
 	ft_dist *d = c->t.dist;
+	if (d && c->pref)
+		die_usage("--stage %s runs in one process on GPUs (no mpirun -np N with --device %s)",
+			  c->stage, c->device);
 	if (d && c->zero)
 		die_usage("--zero 1 is implemented on the CPU path; on GPUs run plain data parallel "
 			  "(mpirun -np N ft-train ... --device cuda)");
@@ -434,11 +431,13 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	if (c->n_val) batch_shape(vm, &o.max_tokens, &o.max_seq);
 	char name[256];
 	ft_device_cuda_count(name, sizeof name);
-	if (ft_train_model_of_cuda(m, &o, t) < 0) die("--device %s: %s", c->device, ft_errmsg());
+	if (c->pref) *t = pref_bind(c, m, &o);
+	else if (ft_train_model_of_cuda(m, &o, t) < 0) die("--device %s: %s", c->device, ft_errmsg());
 	/* after the device model exists: NCCL binds to this thread's device */
 	if (d && ft_dist_nccl_open(d) < 0) die("%s", ft_errmsg());
 	char plan[256];
-	ft_cuda_plan_format(ft_cuda_model_plan(ft_cuda_train_device(t)), plan, sizeof plan);
+	ft_cuda_model *dm = c->pref ? ft_pref_model_cuda_device(&c->pref_pm) : ft_cuda_train_device(t);
+	ft_cuda_plan_format(ft_cuda_model_plan(dm), plan, sizeof plan);
 	const char *prec = c->bf16 ? "bf16" : c->fp16 ? "fp16" : "fp32";
 	if (idx == 0) snprintf(desc, n, "cuda:0 (%s), %s", name, prec);   /* the probe names device 0 */
 	else snprintf(desc, n, "cuda:%d, %s", idx, prec);
@@ -654,17 +653,17 @@ int main(int argc, char **argv)
 	}
 	if (rc == 0 && c.do_predict) pref_predict(&c, &val);
 	if (val.self) val.close(val.self);
-	if (c.pref) pref_free(&c);
 	if (on_gpu) {
-		ft_cuda_model *dm = ft_cuda_train_device(&tm);
-		if (ft_verbose >= 0)
-			warn("note: peak GPU memory %.2f GiB", (double)ft_cuda_peak_bytes(dm) / (1 << 30));
+		ft_cuda_model *dm = c.pref ? ft_pref_model_cuda_device(&c.pref_pm) : ft_cuda_train_device(&tm);
+		int64_t skipped = c.pref ? ft_pref_model_cuda_skipped(&c.pref_pm) : ft_cuda_train_skipped(&tm);
+		if (ft_verbose >= 0)   /* the preference stages: a reference model's included */
+			warn("note: peak GPU memory %.2f GiB", (double)tm.peak_bytes(tm.self) / (1 << 30));
 		if (c.fp16 && ft_verbose >= 0)
 			warn("note: fp16 loss scale %g at the end, %lld step%s skipped for overflow",
-			     ft_cuda_loss_scale(dm), (long long)ft_cuda_train_skipped(&tm),
-			     ft_cuda_train_skipped(&tm) == 1 ? "" : "s");
-		ft_cuda_train_free(&tm);
+			     ft_cuda_loss_scale(dm), (long long)skipped, skipped == 1 ? "" : "s");
+		if (!c.pref) ft_cuda_train_free(&tm);
 	}
+	if (c.pref) pref_free(&c);   /* with its device bindings */
 	ft_train_extras_free(&c, c.t.optim_ext);
 	ft_model_free(m);
 	dist_finish(dist);

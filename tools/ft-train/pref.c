@@ -162,7 +162,7 @@ double pref_value_dropout(const ft_cli_args *c)
 	return p;
 }
 
-ft_train_model pref_bind(ft_cli_args *c, ft_model *m)
+ft_train_model pref_bind(ft_cli_args *c, ft_model *m, const ft_cuda_opts *dev)
 {
 	ft_pref_opts *o = &c->pref_opts;
 	if (o->stage == FT_PREF_RM) o->value_dropout = pref_value_dropout(c);
@@ -184,7 +184,20 @@ ft_train_model pref_bind(ft_cli_args *c, ft_model *m)
 	c->ref = ref != m ? ref : NULL;
 	c->ref_is_policy = ref == m;
 	o->dist = c->t.dist;   /* mpirun: metrics over the global batch */
-	ft_pref *p = ft_pref_new(m, ref, o);
+	ft_pref *p;
+	if (dev) {   /* the device bindings, the reference's own when it is another model */
+		if (ft_pref_model_of_cuda(m, dev, o->stage == FT_PREF_RM, &c->pref_pm) < 0)
+			die("--device %s: %s", c->device, ft_errmsg());
+		c->pref_gpu = 1;
+		if (ref && ref != m) {
+			if (ft_pref_model_of_cuda(ref, dev, 0, &c->pref_rpm) < 0)
+				die("--device %s: the reference model: %s", c->device, ft_errmsg());
+			c->pref_gpu = 2;
+		}
+		p = ft_pref_new_with(&c->pref_pm, !ref ? NULL : ref == m ? &c->pref_pm : &c->pref_rpm, o);
+	} else {
+		p = ft_pref_new(m, ref, o);
+	}
 	if (!p) die("--stage %s: %s", c->stage, ft_errmsg());
 	if (o->stage == FT_PREF_RM) load_value_head(c, p);
 	c->pref_state = p;
@@ -194,6 +207,9 @@ ft_train_model pref_bind(ft_cli_args *c, ft_model *m)
 void pref_free(ft_cli_args *c)
 {
 	ft_pref_free(c->pref_state);
+	if (c->pref_gpu == 2) ft_pref_model_cuda_free(&c->pref_rpm);
+	if (c->pref_gpu) ft_pref_model_cuda_free(&c->pref_pm);
+	c->pref_gpu = 0;
 	if (c->ref) ft_model_free(c->ref);
 }
 

@@ -1,0 +1,241 @@
+/* cuda_pref.c - ft_pref_model on the CUDA backend (see cuda_pref.h).  The
+ * functions follow ft_pref_model_of's order in pref.c: the trainer's
+ * interface, then the model_pref.h operations. */
+#include <stdlib.h>
+#include "model/model_pref.h"
+#include "train/cuda_pref.h"
+#include "util/error.h"
+
+typedef struct {
+	ft_model *m;
+	ft_cuda_model *dm;
+	ft_cuda_pref *dp;
+	int need_zero;       /* the trainer asked for zeroed gradients */
+	int64_t skipped;     /* fp16 steps skipped for overflow */
+	ft_param *vh;        /* rm: the value head's host tensors (pref.c's) */
+	int vh_stale;        /* the host head changed: upload before use */
+} binding;
+
+static ft_cuda_batch cb(const ft_batch *b)
+{
+	ft_cuda_batch c = { b->B, b->T, b->input_ids, b->labels, b->position_ids,
+			    b->segment_ids };
+	return c;
+}
+
+/* The host value head -> the device, when it changed there. */
+static int head_up(binding *x)
+{
+	if (!x->vh || !x->vh_stale)
+		return 0;
+	for (int k = 0; k < 2; k++)
+		if (ft_cuda_value_head_set(x->dp, k, x->vh[k].w, NULL, NULL) < 0)
+			return -1;
+	x->vh_stale = 0;
+	return 0;
+}
+
+static int head_down(binding *x)
+{
+	for (int k = 0; x->vh && k < 2; k++)
+		if (ft_cuda_value_head_get(x->dp, k, x->vh[k].w, NULL, NULL) < 0)
+			return -1;
+	return 0;
+}
+
+/* The gradients the trainer asked to zero, before the first backward pass
+ * after it (zero_grad itself cannot fail). */
+static int zero_now(binding *x)
+{
+	if (!x->need_zero)
+		return 0;
+	if (ft_cuda_pref_zero_grad(x->dp) < 0)
+		return ft_fail_ctx("GPU: ");
+	x->need_zero = 0;
+	return 0;
+}
+
+/* ---- the trainer's interface ---- */
+
+static size_t b_nparams(void *self) { return ft_model_nparams(((binding *)self)->m); }
+static ft_param *b_param(void *self, size_t i) { return ft_model_param(((binding *)self)->m, i); }
+static void b_zero_grad(void *self) { ((binding *)self)->need_zero = 1; }
+
+static int b_save(void *self, const char *dir)
+{
+	binding *x = self;
+	if (ft_cuda_copy_weights_to_host(x->dm) < 0 || head_down(x) < 0)
+		return -1;
+	return ft_model_save(x->m, dir);
+}
+
+static void b_set_position(void *self, int64_t n) { ft_cuda_set_position(((binding *)self)->dm, n); }
+
+static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm, double *gnorm)
+{
+	binding *x = self;
+	ft_cuda_adamw_opts co = { o->beta1, o->beta2, o->eps, o->weight_decay };
+	int skipped = 0;
+	if (zero_now(x) < 0 || head_up(x) < 0 ||
+	    ft_cuda_pref_step(x->dp, &co, lr, max_norm, gnorm, &skipped) < 0)
+		return -1;
+	x->skipped += skipped;
+	x->need_zero = 1;
+	return 0;
+}
+
+/* The k-th optimizer param: the model's (index >= 0), the head's weight
+ * (-2) or bias (-3); -1 after ft_fail. */
+static long param_index(binding *x, const ft_param *p)
+{
+	size_t n = ft_model_nparams(x->m);
+	for (size_t i = 0; i < n; i++)
+		if (ft_model_param(x->m, i) == p)
+			return (long)i;
+	for (int k = 0; x->vh && k < 2; k++)
+		if (p == &x->vh[k])
+			return -2 - k;
+	return ft_fail("optimizer parameter %s is not the model's", p->name);
+}
+
+static int b_state_out(void *self, ft_adamw *opt)
+{
+	binding *x = self;
+	if (ft_cuda_copy_weights_to_host(x->dm) < 0 || head_down(x) < 0)
+		return -1;
+	for (size_t k = 0; opt && k < ft_adamw_count(opt); k++) {
+		long i = param_index(x, ft_adamw_param(opt, k));
+		float *m = ft_adamw_exp_avg(opt, k), *v = ft_adamw_exp_avg_sq(opt, k);
+		int rc = i >= 0 ? ft_cuda_adamw_get(x->dm, (size_t)i, m, v)
+		       : i < -1 ? ft_cuda_value_head_get(x->dp, (int)(-2 - i), NULL, m, v) : -1;
+		if (rc < 0)
+			return -1;
+	}
+	if (opt)
+		ft_adamw_set_steps(opt, ft_cuda_steps(x->dm));
+	return 0;
+}
+
+static int b_state_in(void *self, const ft_adamw *opt)
+{
+	binding *x = self;
+	if (ft_cuda_copy_weights_to_device(x->dm) < 0)
+		return -1;
+	x->vh_stale = x->vh != NULL;
+	if (head_up(x) < 0)
+		return -1;
+	ft_adamw *o = (ft_adamw *)opt;   /* read only: the accessors are shared */
+	for (size_t k = 0; k < ft_adamw_count(o); k++) {
+		long i = param_index(x, ft_adamw_param(o, k));
+		const float *m = ft_adamw_exp_avg(o, k), *v = ft_adamw_exp_avg_sq(o, k);
+		int rc = i >= 0 ? ft_cuda_adamw_set(x->dm, (size_t)i, m, v, ft_adamw_steps(o))
+		       : i < -1 ? ft_cuda_value_head_set(x->dp, (int)(-2 - i), NULL, m, v) : -1;
+		if (rc < 0)
+			return -1;
+	}
+	x->need_zero = 1;
+	return 0;
+}
+
+static size_t b_peak(void *self) { return ft_cuda_peak_bytes(((binding *)self)->dm); }
+
+/* ---- the model_pref.h operations ---- */
+
+static int b_logps_fwd(void *self, const ft_batch *b, int train, float *lp, float *lmean)
+{
+	ft_cuda_batch c = cb(b);
+	return ft_cuda_logps_forward(((binding *)self)->dp, &c, train, lp, lmean);
+}
+
+static int b_logps_bwd(void *self, const ft_batch *b, const float *d)
+{
+	binding *x = self;
+	ft_cuda_batch c = cb(b);
+	if (zero_now(x) < 0)
+		return -1;
+	return ft_cuda_logps_backward(x->dp, &c, d);
+}
+
+static void b_adapters(void *self, int on) { ft_cuda_set_adapters(((binding *)self)->dm, on); }
+
+/* vw, vb and hd are pref.c's host copies: the device has its own */
+static int b_value_fwd(void *self, const ft_batch *b, int train, const int32_t *pos, int n,
+		       const float *vw, float vb, float p_drop, uint64_t seed, float *hd, float *score)
+{
+	binding *x = self;
+	(void)vw, (void)vb, (void)hd;
+	ft_cuda_batch c = cb(b);
+	if (head_up(x) < 0)
+		return -1;
+	return ft_cuda_value_forward(x->dp, &c, train, pos, n, p_drop, seed, score);
+}
+
+static int b_value_bwd(void *self, const ft_batch *b, const int32_t *pos, int n, const float *vw,
+		       float p_drop, uint64_t seed, const float *hd, const float *ds, float *dvw,
+		       double *dvb)
+{
+	binding *x = self;
+	(void)vw, (void)hd, (void)dvw, (void)dvb;   /* the head's gradient stays on the device */
+	ft_cuda_batch c = cb(b);
+	if (zero_now(x) < 0)
+		return -1;
+	return ft_cuda_value_backward(x->dp, &c, pos, n, p_drop, seed, ds);
+}
+
+static void b_own_head(void *self, ft_param *vh)
+{
+	binding *x = self;
+	x->vh = vh;
+	x->vh_stale = 1;
+}
+
+int ft_pref_model_of_cuda(ft_model *m, const ft_cuda_opts *o, int value_head, ft_pref_model *pm)
+{
+	binding *x = ft_xcalloc(1, sizeof *x);
+	x->m = m;
+	if (!(x->dm = ft_cuda_model_new(m, o))) {
+		free(x);
+		return -1;
+	}
+	if (!(x->dp = ft_cuda_pref_new(x->dm, value_head))) {
+		ft_cuda_model_free(x->dm);
+		free(x);
+		return -1;
+	}
+	const ft_config *c = ft_model_config(m);
+	/* forward_backward / forward (the sft loss) are not part of these
+	 * stages: pref.c calls the operations below */
+	ft_pref_model r = {
+		.base = { .self = x, .nparams = b_nparams, .param = b_param, .zero_grad = b_zero_grad,
+			  .save = b_save, .set_position = b_set_position, .step = b_step,
+			  .state_out = b_state_out, .state_in = b_state_in, .peak_bytes = b_peak },
+		.hidden_size = c->hidden_size, .vocab_size = c->vocab_size,
+		.has_adapters = ft_model_has_adapters(m),
+		.logps_forward = b_logps_fwd, .logps_backward = b_logps_bwd, .set_adapters = b_adapters,
+		.value_forward = b_value_fwd, .value_backward = b_value_bwd,
+		.own_value_head = value_head ? b_own_head : NULL,
+	};
+	*pm = r;
+	return 0;
+}
+
+ft_cuda_model *ft_pref_model_cuda_device(const ft_pref_model *pm)
+{
+	return pm && pm->base.self ? ((binding *)pm->base.self)->dm : NULL;
+}
+
+int64_t ft_pref_model_cuda_skipped(const ft_pref_model *pm)
+{
+	return pm && pm->base.self ? ((binding *)pm->base.self)->skipped : 0;
+}
+
+void ft_pref_model_cuda_free(ft_pref_model *pm)
+{
+	if (!pm || !pm->base.self)
+		return;
+	binding *x = pm->base.self;
+	ft_cuda_pref_free(x->dp);
+	ft_cuda_model_free(x->dm);
+	free(x);
+	pm->base.self = NULL;
+}

@@ -1,0 +1,27 @@
+/* cuda_pref.h - the preference stages' model (ft_pref_model, train/pref.h)
+ * on the CUDA backend: the CPU binding's operations (model/model_pref.h)
+ * run by lib/cuda/pref.cu, the optimizer on the device as cuda_train.h's,
+ * and rm's value head kept and stepped there with the model's parameters
+ * (own_value_head).  lib/train/pref.c drives it unchanged: the losses and
+ * metrics stay on the host, on per-sequence scalars.
+ *
+ * A frozen model (the reference: --ref_model, or a frozen copy of the
+ * base for full/freeze) binds the same way; it then only runs
+ * logps_forward without a graph.  Data parallel is not wired (no
+ * sum_grads): the tool refuses mpirun with these stages on GPUs.
+ */
+#ifndef FT_CUDA_PREF_H
+#define FT_CUDA_PREF_H
+
+#include "train/pref.h"
+#include "cuda/ft_cuda.h"
+
+/* Bind m (borrowed; it must outlive *pm) as a device model with the
+ * options of ft_train_model_of_cuda; value_head: rm's policy. */
+int ft_pref_model_of_cuda(ft_model *m, const ft_cuda_opts *o, int value_head, ft_pref_model *pm);
+ft_cuda_model *ft_pref_model_cuda_device(const ft_pref_model *pm);
+/* Optimizer steps skipped for fp16 overflow so far. */
+int64_t ft_pref_model_cuda_skipped(const ft_pref_model *pm);
+void ft_pref_model_cuda_free(ft_pref_model *pm);
+
+#endif
