@@ -393,7 +393,7 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	if (kind != FT_DEV_CPU && !strcmp(c->device, "auto")) {
 		/* auto means the GPU when it can run this job, else the CPU */
 		const char *cpu_only = c->tune.quantization_bit ? "--quantization_bit runs on the CPU (docs/QLORA.md)"
-				       : c->pref ? "this stage runs on the CPU (docs/CUDA.md)"
+				       : c->pref && c->t.dist ? "under mpirun the preference stages run on the CPU"
 				       : ft_train_cuda_supports(m) < 0 ? ft_errmsg() : NULL;
 		if (cpu_only) {
 			warn("note: --device auto: training on the CPU: %s", cpu_only);
