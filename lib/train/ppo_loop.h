@@ -47,6 +47,16 @@ typedef struct {
 	ft_ppo_score_fn score;
 	void *score_ctx;
 	FILE *log;                  /* trainer_log.jsonl */
+	/* Replay (the whole-step parity test): ppo_epochs row orders of the
+	 * step's N rows per PPO step, n_perms orders in all, instead of the
+	 * loop's own shuffles (TRL draws them from np.random.permutation).
+	 * NULL: shuffled with the loop's generator. */
+	const int64_t *perms;
+	int64_t n_perms;
+	/* NULL, or called once per step after GAE with TRL's [N, T] grids
+	 * (T = the longest prompt + response - 1): mask, advantages, returns. */
+	void (*inspect)(void *ctx, int N, int T, const float *mask, const float *adv, const float *ret);
+	void *inspect_ctx;
 } ft_ppo_loop_opts;
 
 /* prompts: n of them, read in order, reused cyclically as
