@@ -107,17 +107,18 @@ static void batch_release(ft_batch *b)
 }
 
 /* Old logprobs and values (train mode, as TRL's step() after
- * model.train()), reference logprobs with the adapters off. */
-static int old_passes(ft_model *m, rollout *r, const float *vw, float vb, float pd, uint64_t seed)
+ * model.train()), reference logprobs from ref, or with the adapters off. */
+static int old_passes(ft_model *m, ft_model *ref, rollout *r, const float *vw, float vb, float pd,
+		      uint64_t seed)
 {
 	ft_batch b = { .B = r->N, .T = r->T, .input_ids = r->ids, .labels = r->labels };
 	ft_ppo_mask(&b, r->mask);
 	for (size_t k = 0; k < (size_t)r->N * r->T; k++) b.n_label_tokens += r->labels[k] != -100;
 	if (ft_ppo_forward(m, &b, 1, vw, vb, pd, seed, r->logp, r->val) < 0) return -1;
 	float *scratch = ft_xmalloc((size_t)r->N * r->T * sizeof(float));
-	ft_model_set_adapters(m, 0);
-	int rc = ft_ppo_forward(m, &b, 0, vw, vb, 0, 0, r->ref, scratch);
-	ft_model_set_adapters(m, 1);
+	if (!ref) ft_model_set_adapters(m, 0);
+	int rc = ft_ppo_forward(ref ? ref : m, &b, 0, vw, vb, 0, 0, r->ref, scratch);
+	if (!ref) ft_model_set_adapters(m, 1);
 	free(scratch);
 	return rc;
 }
@@ -323,7 +324,7 @@ static int ppo_step(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const
 		rollout_grid(&r, o, q, a, N);
 		rc = o->score(o->score_ctx, q, a, (size_t)N, r.score);
 	}
-	if (rc == 0) rc = old_passes(m, &r, s->vh[0].w, s->vh[1].w[0], o->value_dropout, ft_rng_next(&s->rng));
+	if (rc == 0) rc = old_passes(m, o->ref, &r, s->vh[0].w, s->vh[1].w[0], o->value_dropout, ft_rng_next(&s->rng));
 	if (rc == 0) {
 		r.Tc = r.T - 1;
 		float *g[] = { r.logp, r.ref, r.val, r.mask };

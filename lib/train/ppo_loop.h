@@ -7,8 +7,9 @@
  * (ppo_model.h), the KL-penalised rewards and GAE (ppo.h), then
  * ppo_epochs epochs of shuffled mini-batch updates with AdamW, one
  * scheduler step per PPO step, and one trainer_log.jsonl line per
- * logging step.  The policy is a LoRA model: the reference is the same
- * model with its adapters off (PEFT's disable_adapter). */
+ * logging step.  A LoRA policy's reference is the same model with its
+ * adapters off (PEFT's disable_adapter); a freeze or full policy's is a
+ * separate frozen model (o->ref). */
 #ifndef FT_PPO_LOOP_H
 #define FT_PPO_LOOP_H
 
@@ -46,6 +47,10 @@ typedef struct {
 	uint64_t seed;
 	ft_ppo_score_fn score;
 	void *score_ctx;
+	/* The reference: NULL for a LoRA policy (the policy with its adapters
+	 * off, PEFT's disable_adapter), else a frozen model (LLaMA-Factory's
+	 * create_ref_model: a copy of the base for freeze and full). */
+	ft_model *ref;
 	FILE *log;                  /* trainer_log.jsonl */
 	/* Replay (the whole-step parity test): ppo_epochs row orders of the
 	 * step's N rows per PPO step, n_perms orders in all, instead of the

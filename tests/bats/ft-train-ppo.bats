@@ -109,6 +109,50 @@ ppo() {
 	assert_output --partial "value_head.safetensors"
 }
 
+@test "ppo: freeze and full policies against a frozen copy of the base; the whole model is saved" {
+	need_jq
+	for ft in full freeze; do
+		run ppo --output_dir $ft --reward_model_type api --reward_model "$REWARD" --finetuning_type $ft
+		assert_success
+		[ -f $ft/model.safetensors ] && [ -f $ft/config.json ] && [ -f $ft/value_head.safetensors ]
+		[ ! -e $ft/adapter_model.safetensors ]
+		# the first step's policy is the reference: KL 0, then the policy moves away
+		[ "$(jq -r '."objective/kl"' $ft/trainer_log.jsonl | head -1)" = 0 ]
+		[ "$(jq -r '."objective/kl" > 0' $ft/trainer_log.jsonl | tail -1)" = true ]
+	done
+	run ft-train --stage ppo --model_name_or_path "$LLAMA" --train ppo.zst --output_dir s -q \
+		--finetuning_type freeze --train_from_scratch true --reward_model_type api --reward_model cat
+	[ "$status" -eq 2 ]
+	assert_output --partial "the reference would be the base"
+}
+
+@test "ppo: a separate full reward model (--reward_model_type full) and one of another vocabulary" {
+	need_jq
+	ft-cat --encode < "$FIXTURES/pref/rm.jsonl" > rm.zst
+	ft-train --stage rm --model_name_or_path "$LLAMA" --train rm.zst --output_dir rm --max_steps 1 -q \
+		--finetuning_type full
+	[ -f rm/model.safetensors ] && [ -f rm/value_head.safetensors ]
+	run ppo --output_dir a --reward_model_type full --reward_model rm
+	assert_success
+	[ "$(wc -l < a/trainer_log.jsonl)" -eq 3 ]
+	[ "$(jq -r '.reward != 0' a/trainer_log.jsonl | sort -u)" = true ]
+	# with an adapter merged into it, the same flags as LLaMA-Factory's
+	ft-train --stage rm --model_name_or_path "$LLAMA" --train rm.zst --output_dir rml --max_steps 1 -q
+	run ppo --output_dir b --reward_model_type full --reward_model rm --reward_model_adapters rml
+	assert_success
+	mkdir v300 && jq '.vocab_size = 300' "$LLAMA/config.json" > v300/config.json
+	ft-train --stage rm --model_name_or_path v300 --train_from_scratch true --train rm.zst --output_dir rm300 \
+		--max_steps 1 -q --finetuning_type full
+	run ppo --output_dir c --reward_model_type full --reward_model rm300
+	[ "$status" -eq 1 ]
+	assert_output --partial "--reward_model rm300: vocabulary 300 and hidden size 64, the policy's are 256 and 64"
+	[ "${#lines[@]}" -eq 1 ]
+	[ ! -e c/value_head.safetensors ]
+	run ppo --output_dir d --reward_model_type full --reward_model "$LLAMA"
+	[ "$status" -eq 1 ]
+	assert_output --partial "value_head.safetensors"
+}
+
 @test "ppo: refusals" {
 	run ppo --output_dir a
 	[ "$status" -eq 2 ]
@@ -119,15 +163,12 @@ ppo() {
 	run ppo --output_dir a --reward_model_type api --reward_model cat --device cuda
 	[ "$status" -eq 2 ]
 	assert_output --partial "runs on the CPU only"
-	run ppo --output_dir a --reward_model_type full --reward_model "$LLAMA"
+	run ppo --output_dir a --reward_model_type api --reward_model cat --reward_model_adapters x
 	[ "$status" -eq 2 ]
-	assert_output --partial "--reward_model_type full"
-	run ppo --output_dir a --reward_model_type api --reward_model cat --finetuning_type full
+	assert_output --partial "only --reward_model_type full uses them"
+	run ppo --output_dir a --reward_model_type bogus --reward_model cat
 	[ "$status" -eq 2 ]
-	assert_output --partial "LoRA policies only"
-	run ppo --output_dir a --reward_model_type api --reward_model cat --finetuning_type freeze
-	[ "$status" -eq 2 ]
-	assert_output --partial "LoRA policies only"
+	assert_output --partial "(lora, full or api)"
 	# stage / records mismatch, both ways
 	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > sft.zst
 	run ppo --output_dir a --reward_model_type api --reward_model cat --train sft.zst
