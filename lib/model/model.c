@@ -623,6 +623,11 @@ void ft_model_set_dropout_position(ft_model *m, uint64_t calls)
 	m->dropout_calls = calls;
 }
 
+uint64_t ft_model_dropout_position(const ft_model *m)
+{
+	return m->dropout_calls;
+}
+
 size_t ft_params_elements(ft_param *const *ps, size_t n)
 {
 	size_t total = 0;

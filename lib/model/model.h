@@ -166,6 +166,8 @@ int ft_model_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
  * far; a resumed run sets it to the micro-batches already trained on, and
  * the masks continue exactly. */
 void ft_model_set_dropout_position(ft_model *m, uint64_t calls);
+/* The calls so far (what a checkpoint of a loop that is not ft_train's records). */
+uint64_t ft_model_dropout_position(const ft_model *m);
 /* Forward only: loss as above; logits [B*T*vocab] when logits != NULL. */
 int ft_model_forward(ft_model *m, const ft_batch *b, float *logits,
 		     double *loss_sum, int64_t *n_tokens);

@@ -3,10 +3,15 @@
 #include "format/trainlog.h"
 #include "model/model_pref.h"
 #include "train/ppo_model.h"
+#include "train/trainer_internal.h"   /* ftp_ckpt_rotate: save_total_limit as ft_train's */
+#include "util/atomicfile.h"
 #include "util/error.h"
+#include "util/json.h"
 #include "util/rng.h"
 
+#include <inttypes.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -361,6 +366,156 @@ static int ppo_step(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const
 	return rc;
 }
 
+/* ---- checkpoints ----------------------------------------------------------
+ * Doubles as C99 hex floats and 64-bit words as decimal strings, so the
+ * state reads back bit for bit. */
+
+static json_t *jhex(double x)
+{
+	char b[40];
+	snprintf(b, sizeof b, "%a", x);
+	return json_string(b);
+}
+
+static json_t *ju64(uint64_t x)
+{
+	char b[24];
+	snprintf(b, sizeof b, "%" PRIu64, x);
+	return json_string(b);
+}
+
+static int get_hex(const json_t *o, const char *k, double *x)
+{
+	const char *s = json_string_value(json_object_get(o, k));
+	char *end;
+	if (s) *x = strtod(s, &end);
+	return s && !*end ? 0 : -1;
+}
+
+static int get_u64(const json_t *v, uint64_t *x)
+{
+	const char *s = json_string_value(v);
+	char *end;
+	if (s) *x = strtoull(s, &end, 10);
+	return s && !*end ? 0 : -1;
+}
+
+static json_t *state_json(ft_model *m, const loop_state *s, const ft_ppo_loop_opts *o, const ft_ppo_klctl *kl,
+			  const ft_ppo_moments *mom, int N)
+{
+	json_t *j = json_object(), *rng = json_array(), *mo = json_object();
+	for (int i = 0; i < 4; i++) json_array_append_new(rng, ju64(s->rng.s[i]));
+	json_object_set_new(mo, "mean", jhex(mom->mean));
+	json_object_set_new(mo, "std", jhex(mom->std));
+	json_object_set_new(mo, "var", jhex(mom->var));
+	json_object_set_new(mo, "count", jhex(mom->count));
+	json_object_set_new(j, "format", json_string("ft-ppo-state"));
+	json_object_set_new(j, "version", json_integer(1));
+	json_object_set_new(j, "global_step", json_integer(s->step));
+	json_object_set_new(j, "max_steps", json_integer(o->max_steps));
+	json_object_set_new(j, "rows_per_step", json_integer(N));
+	json_object_set_new(j, "seed", ju64(o->seed));
+	json_object_set_new(j, "kl_coef", jhex(kl->value));
+	json_object_set_new(j, "running_moments", mo);
+	json_object_set_new(j, "rng", rng);
+	json_object_set_new(j, "clipped", json_boolean(s->clipped));
+	json_object_set_new(j, "perm_next", json_integer(s->perm_next));
+	json_object_set_new(j, "loss_sum", jhex(s->loss_sum));
+	json_object_set_new(j, "reward_sum", jhex(s->reward_sum));
+	json_object_set_new(j, "n_logged", json_integer(s->n_logged));
+	json_object_set_new(j, "dropout_position", ju64(ft_model_dropout_position(m)));
+	return j;
+}
+
+/* checkpoint-<step>: the caller's model files, optimizer.safetensors, ppo_state.json */
+static int ckpt_save(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const ft_ppo_klctl *kl,
+		     const ft_ppo_moments *mom, int N)
+{
+	char *dir = ft_xasprintf("%s/checkpoint-%lld", o->output_dir, (long long)s->step);
+	char *f = NULL, *g = NULL;
+	json_t *j = NULL;
+	ft_atomic a;
+	int rc = -1;
+	if (ft_atomic_dir_open(&a, dir) < 0) goto out;
+	f = ft_xasprintf("%s/optimizer.safetensors", a.tmp);
+	g = ft_xasprintf("%s/ppo_state.json", a.tmp);
+	j = state_json(m, s, o, kl, mom, N);
+	if (o->save_model(o->save_ctx, a.tmp) < 0 || ft_adamw_save(s->opt, f) < 0 ||
+	    ft_json_save_file_sorted(j, g, 2) < 0) {
+		ft_fail_ctx("%s: ", dir);
+		ft_atomic_dir_abort(&a);
+		goto out;
+	}
+	if (ft_atomic_dir_commit(&a, 1) < 0) goto out;
+	rc = o->save_total_limit > 0 ? ftp_ckpt_rotate(o->output_dir, o->save_total_limit) : 0;
+out:
+	json_decref(j);
+	free(f);
+	free(g);
+	free(dir);
+	return rc;
+}
+
+static json_t *load_state(const char *dir)
+{
+	char *path = ft_xasprintf("%s/ppo_state.json", dir);
+	json_t *j = ft_json_load_file(path);
+	const char *fmt = j ? json_string_value(json_object_get(j, "format")) : NULL;
+	if (j && (!fmt || strcmp(fmt, "ft-ppo-state"))) {
+		ft_fail("%s: not an ft-train PPO state", path);
+		json_decref(j);
+		j = NULL;
+	}
+	free(path);
+	return j;
+}
+
+int64_t ft_ppo_checkpoint_step(const char *dir)
+{
+	json_t *j = load_state(dir);
+	int64_t step = j ? json_integer_value(json_object_get(j, "global_step")) : -1;
+	json_decref(j);
+	return step;
+}
+
+static int ckpt_load(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, ft_ppo_klctl *kl,
+		     ft_ppo_moments *mom, int N)
+{
+	json_t *j = load_state(o->resume_dir), *mo = j ? json_object_get(j, "running_moments") : NULL;
+	if (!j) return -1;
+	int rc = -1;
+	uint64_t seed = 0, drop = 0;
+	long long n = json_integer_value(json_object_get(j, "rows_per_step"));
+	long long ms = json_integer_value(json_object_get(j, "max_steps"));
+	if (get_u64(json_object_get(j, "seed"), &seed) < 0 || n != N || ms != o->max_steps || seed != o->seed) {
+		ft_fail("%s: the checkpoint was made with %lld responses per step, %lld steps and seed %" PRIu64
+			"; this run has %d, %lld and %" PRIu64 ": resume with the same settings",
+			o->resume_dir, n, ms, seed, N, (long long)o->max_steps, o->seed);
+		goto out;
+	}
+	int bad = get_hex(j, "kl_coef", &kl->value) || get_hex(mo, "mean", &mom->mean) ||
+		  get_hex(mo, "std", &mom->std) || get_hex(mo, "var", &mom->var) ||
+		  get_hex(mo, "count", &mom->count) || get_hex(j, "loss_sum", &s->loss_sum) ||
+		  get_hex(j, "reward_sum", &s->reward_sum) ||
+		  get_u64(json_object_get(j, "dropout_position"), &drop);
+	for (size_t i = 0; i < 4; i++) bad |= get_u64(json_array_get(json_object_get(j, "rng"), i), &s->rng.s[i]);
+	if (bad) {
+		ft_fail("%s/ppo_state.json: a field is missing or malformed", o->resume_dir);
+		goto out;
+	}
+	s->step = json_integer_value(json_object_get(j, "global_step"));
+	s->clipped = json_is_true(json_object_get(j, "clipped"));
+	s->perm_next = json_integer_value(json_object_get(j, "perm_next"));
+	s->n_logged = (int)json_integer_value(json_object_get(j, "n_logged"));
+	ft_model_set_dropout_position(m, drop);
+	char *f = ft_xasprintf("%s/optimizer.safetensors", o->resume_dir);
+	rc = ft_adamw_load(s->opt, f);   /* the weights, the value head's too, and the moments */
+	free(f);
+out:
+	json_decref(j);
+	return rc;
+}
+
 int ft_ppo_train(ft_model *m, const ft_i32vec *prompts, size_t n, float *vw, float *vb,
 		 const ft_ppo_loop_opts *o)
 {
@@ -385,11 +540,14 @@ int ft_ppo_train(ft_model *m, const ft_i32vec *prompts, size_t n, float *vw, flo
 	ft_ppo_moments mom;
 	ft_ppo_moments_init(&mom);
 	int N = o->batch_size * o->grad_accum * o->buffer_size, rc = 0;
+	if (o->resume_dir) rc = ckpt_load(m, &s, o, &kl, &mom, N);
 	ft_i32vec *q = ft_xmalloc((size_t)N * sizeof *q);
-	size_t next = 0;
+	size_t next = (size_t)s.step * (size_t)N;   /* the prompts are taken in order, N per step */
 	while (rc == 0 && s.step < o->max_steps) {
 		for (int i = 0; i < N; i++) q[i] = prompts[next++ % n];   /* borrowed */
 		rc = ppo_step(m, &s, o, q, N, &kl, &mom);
+		if (rc == 0 && o->save_steps > 0 && o->save_model && s.step % o->save_steps == 0)
+			rc = ckpt_save(m, &s, o, &kl, &mom, N);
 	}
 	free(q);
 	ft_adamw_free(s.opt);

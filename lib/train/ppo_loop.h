@@ -51,6 +51,18 @@ typedef struct {
 	 * off, PEFT's disable_adapter), else a frozen model (LLaMA-Factory's
 	 * create_ref_model: a copy of the base for freeze and full). */
 	ft_model *ref;
+	/* Checkpoints (docs/PPO.md): output_dir/checkpoint-N every save_steps
+	 * PPO steps (0: none), save_model writing the policy and its value
+	 * head into a directory (what LLaMA-Factory's checkpoints hold), the
+	 * loop adding optimizer.safetensors (the trainable weights in fp32,
+	 * the value head's included, and AdamW's moments) and ppo_state.json
+	 * (step, KL controller, running moments, generator, logging window);
+	 * at most save_total_limit kept (0: all).  resume_dir: continue from
+	 * such a checkpoint, with the losses an uninterrupted run has. */
+	int64_t save_steps, save_total_limit;
+	const char *output_dir, *resume_dir;
+	int (*save_model)(void *ctx, const char *dir);
+	void *save_ctx;
 	FILE *log;                  /* trainer_log.jsonl */
 	/* Replay (the whole-step parity test): ppo_epochs row orders of the
 	 * step's N rows per PPO step, n_perms orders in all, instead of the
@@ -69,5 +81,9 @@ typedef struct {
  * the value head, trained in place. */
 int ft_ppo_train(ft_model *m, const ft_i32vec *prompts, size_t n, float *vw, float *vb,
 		 const ft_ppo_loop_opts *o);
+
+/* The PPO step a checkpoint directory was written at (-1 with a message
+ * when it is not a PPO checkpoint). */
+int64_t ft_ppo_checkpoint_step(const char *dir);
 
 #endif

@@ -153,6 +153,26 @@ ppo() {
 	assert_output --partial "value_head.safetensors"
 }
 
+@test "ppo: checkpoints every --save_steps; a resumed run gives the same log, adapter and value head" {
+	args=(--output_dir A --reward_model_type api --reward_model "$REWARD" --do_sample true --max_steps 4
+		--save_steps 2 --ppo_score_norm true --seed 5)
+	ppo "${args[@]}"
+	[ -f A/checkpoint-2/adapter_model.safetensors ] && [ -f A/checkpoint-2/value_head.safetensors ]
+	[ -f A/checkpoint-2/optimizer.safetensors ] && [ -f A/checkpoint-2/ppo_state.json ] && [ -d A/checkpoint-4 ]
+	mkdir B && cp -r A/checkpoint-2 B/ && cp A/trainer_log.jsonl B/   # the resumed run trims the log to step 2
+	ppo "${args[@]/#A/B}" --resume_from_checkpoint true
+	cmp A/trainer_log.jsonl B/trainer_log.jsonl
+	cmp A/adapter_model.safetensors B/adapter_model.safetensors
+	cmp A/value_head.safetensors B/value_head.safetensors
+	run ppo --output_dir A --reward_model_type api --reward_model "$REWARD" --max_steps 5 \
+		--resume_from_checkpoint A/checkpoint-2
+	[ "$status" -eq 1 ]
+	assert_output --partial "resume with the same settings"
+	run ppo --output_dir C --reward_model_type api --reward_model "awk '{ print 1 }'" --save_steps 1 --save_total_limit 1
+	assert_success
+	[ -d C/checkpoint-3 ] && [ ! -e C/checkpoint-2 ]
+}
+
 @test "ppo: refusals" {
 	run ppo --output_dir a
 	[ "$status" -eq 2 ]

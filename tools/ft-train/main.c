@@ -578,7 +578,6 @@ int main(int argc, char **argv)
 	ft_model *m = load_model(&c);
 	if (ppo_stage(&c)) {   /* its own loop (tools/ft-train/ppo.c) */
 		if (!c.do_train || c.n_val) die_usage("--stage ppo trains (no --do_eval, --val or --do_predict)");
-		if (c.resume) die_usage("--resume_from_checkpoint: --stage ppo does not resume (as LLaMA-Factory's ppo_train)");
 		if (ft_dist_size(dist) > 1) die_usage("--stage ppo runs in one process (not under mpirun -np N)");
 		rc_ppo = ppo_run(&c, m, &train, &tm_);
 		train.close(train.self);

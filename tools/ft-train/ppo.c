@@ -314,6 +314,22 @@ static int write_value_head(const char *dir, const float *w, int D, const float 
 	return rc;
 }
 
+typedef struct {
+	const ft_cli_args *c;
+	ft_model *m;
+	const float *vw, *vb;
+	int D;
+} save_ctx;
+
+/* A checkpoint's model files: as the final outputs */
+static int save_ckpt_model(void *ctx, const char *dir)
+{
+	save_ctx *S = ctx;
+	int lora = S->c->tune.type == FT_FT_LORA;
+	if ((lora ? ft_model_save_adapter(S->m, dir) : ft_model_save(S->m, dir)) < 0) return -1;
+	return write_value_head(dir, S->vw, S->D, S->vb);
+}
+
 /* The adapter (LoRA) or the whole model (freeze, full: LLaMA-Factory's
  * save_model writes the model directory) and the value head, written in a
  * temporary sibling then moved into output_dir file by file (each rename
@@ -404,9 +420,19 @@ int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manife
 	for (int i = 0; i < D; i++) vw[i] = (float)((2 * ft_rng_uniform(&g) - 1) * bound);
 	vb = (float)((2 * ft_rng_uniform(&g) - 1) * bound);
 	if (ft_mkdirs(c->output_dir) < 0) die("%s", ft_errmsg());
+	save_ctx S = { c, m, vw, &vb, D };
+	o.save_steps = c->t.save_steps;
+	o.save_total_limit = c->t.save_total_limit;
+	o.output_dir = c->output_dir;
+	o.resume_dir = c->t.resume_dir;
+	o.save_model = save_ckpt_model;
+	o.save_ctx = &S;
+	int64_t from = 0;
+	if (o.resume_dir && (from = ft_ppo_checkpoint_step(o.resume_dir)) < 0)
+		die("--resume_from_checkpoint: %s", ft_errmsg());
 	char *logp = ft_xasprintf("%s/trainer_log.jsonl", c->output_dir);
-	o.log = fopen(logp, "w");
-	if (!o.log) die("%s: %m", logp);
+	o.log = ft_train_log_open(c->output_dir, o.resume_dir != NULL, from);
+	if (!o.log) die("%s", ft_errmsg());
 	int rc = ft_ppo_train(m, q, n, vw, &vb, &o);
 	fclose(o.log);
 	if (rc < 0) die("--stage ppo: %s", ft_errmsg());
