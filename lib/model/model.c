@@ -631,6 +631,11 @@ void ft_model_set_grads_ready(ft_model *m, ft_grads_ready_fn fn, void *ctx)
 	m->grads_ready_ctx = ctx;
 }
 
+uint64_t ft_model_dropout_position(const ft_model *m)
+{
+	return m->dropout_calls;
+}
+
 size_t ft_params_elements(ft_param *const *ps, size_t n)
 {
 	size_t total = 0;

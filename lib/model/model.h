@@ -180,6 +180,8 @@ void ft_model_set_dropout_position(ft_model *m, uint64_t calls);
  * skipped.  fn NULL turns it off. */
 typedef void (*ft_grads_ready_fn)(void *ctx, int group);
 void ft_model_set_grads_ready(ft_model *m, ft_grads_ready_fn fn, void *ctx);
+/* The calls so far (what a checkpoint of a loop that is not ft_train's records). */
+uint64_t ft_model_dropout_position(const ft_model *m);
 /* Forward only: loss as above; logits [B*T*vocab] when logits != NULL. */
 int ft_model_forward(ft_model *m, const ft_batch *b, float *logits,
 		     double *loss_sum, int64_t *n_tokens);

@@ -120,13 +120,11 @@ static float clip_value(float x, float lo, float hi, double *dx)
 	return c;
 }
 
-static double var_unbiased(const float *x, size_t n)
+/* masked_var as a statistic: NaN with one token (TRL's 0 * 1/0) */
+static double stat_var(const float *x, const float *mask, size_t n)
 {
-	double mean = 0, s = 0;
-	for (size_t i = 0; i < n; i++) mean += x[i];
-	mean /= (double)n;
-	for (size_t i = 0; i < n; i++) s += (x[i] - mean) * (x[i] - mean);
-	return n > 1 ? s / (double)(n - 1) : NAN;
+	double v;
+	return ft_ppo_masked_var(x, mask, n, &v) < 0 ? (ft_errclear(), NAN) : v;
 }
 
 int ft_ppo_loss(const ft_ppo_opts *o, const float *old_logp, const float *values,
@@ -135,7 +133,7 @@ int ft_ppo_loss(const ft_ppo_opts *o, const float *old_logp, const float *values
 		float *dvpred)
 {
 	double ms = mask_sum(mask, n);
-	if (ms < 2) return ft_fail("PPO: %g response tokens in the mini-batch; the loss needs at least 2", ms);
+	if (ms < 1) return ft_fail("PPO: no response token in the mini-batch");
 	double vf = 0, vclipn = 0, pg = 0, pgclipn = 0, ratio_s = 0, akl = 0, pkl = 0, verr = 0;
 	/* element-wise in float as torch's float32 tensors, so the max and
 	 * the clip fractions pick the same branch on near-ties; sums in double */
@@ -186,14 +184,13 @@ int ft_ppo_loss(const ft_ppo_opts *o, const float *old_logp, const float *values
 	st->policy_approxkl = 0.5 * akl / ms;
 	st->policy_policykl = pkl / ms;
 	st->policy_advantages_mean = ft_ppo_masked_mean(adv, mask, n);
-	double rm = 0;
-	for (size_t i = 0; i < n; i++) rm += returns[i];
-	st->returns_mean = rm / (double)n;          /* torch.mean over the grid, unmasked */
-	st->returns_var = var_unbiased(returns, n); /* torch.var, likewise */
+	st->returns_mean = ft_ppo_masked_mean(returns, mask, n);   /* 0.9.6: masked, as the values' */
+	st->returns_var = stat_var(returns, mask, n);
 	st->val_vpred = ft_ppo_masked_mean(vpred, mask, n);
 	st->val_error = verr / ms;
 	st->val_mean = ft_ppo_masked_mean(values, mask, n);
-	return ft_ppo_masked_var(values, mask, n, &st->val_var);
+	st->val_var = stat_var(values, mask, n);
+	return 0;
 }
 
 void ft_ppo_klctl_init(ft_ppo_klctl *k, const ft_ppo_opts *o)

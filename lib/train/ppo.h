@@ -71,8 +71,9 @@ typedef struct {
  * larger squared error), loss = pg + vf_coef vf.  dlogp and dvpred (NULL
  * or [n]) receive d loss / d logp and d loss / d vpred as torch's autograd
  * gives them (torch.maximum/minimum split a tie's gradient in half; clamp
- * passes it on the closed range).  Fails when the mask has fewer than two
- * tokens. */
+ * passes it on the closed range).  returns/mean and /var and val/mean and
+ * /var are masked (TRL 0.9.6); the variances are NaN with one token (TRL's
+ * 0 * 1/0).  Fails when the mask is empty. */
 int ft_ppo_loss(const ft_ppo_opts *o, const float *old_logp, const float *values,
 		const float *logp, const float *vpred, const float *mask, const float *adv,
 		const float *returns, size_t n, ft_ppo_loss_stats *st, float *dlogp,

@@ -3,16 +3,25 @@
 #include "format/trainlog.h"
 #include "model/model_pref.h"
 #include "train/ppo_model.h"
+#include "train/trainer_internal.h"   /* ftp_ckpt_rotate: save_total_limit as ft_train's */
+#include "util/atomicfile.h"
 #include "util/error.h"
+#include "util/json.h"
 #include "util/rng.h"
 
+#include <inttypes.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* One rollout: N rows of prompt + response in a right-padded [N, T] grid. */
+/* One rollout: N rows of prompt + response in a right-padded [N, T] grid
+ * of ids; the float grids are TRL's [N, Tc], Tc = T - 1 (position t holds
+ * token t+1's log-probability: the last position predicts nothing), so
+ * the whole-tensor statistics (returns/mean, returns/var) see the same
+ * positions as TRL's. */
 typedef struct {
-	int N, T;
+	int N, T, Tc;
 	int32_t *ids, *labels;
 	float *score, *logp, *ref, *val, *mask, *rew, *adv, *ret;
 } rollout;
@@ -60,7 +69,23 @@ static void rollout_grid(rollout *r, const ft_ppo_loop_opts *o, const ft_i32vec 
 		}
 }
 
-/* The rows rows[0..n) of the grid as a batch. */
+/* x [rows, T] -> [rows, T - 1] in place: the last column dropped. */
+static void cols_drop(float *x, int rows, int T)
+{
+	for (int i = 0; i < rows; i++) memmove(x + (size_t)i * (T - 1), x + (size_t)i * T, (T - 1) * sizeof *x);
+}
+
+/* The inverse, the new last column 0 (x has room for rows * T). */
+static void cols_add(float *x, int rows, int T)
+{
+	for (int i = rows - 1; i >= 0; i--) {
+		memmove(x + (size_t)i * T, x + (size_t)i * (T - 1), (T - 1) * sizeof *x);
+		x[(size_t)i * T + T - 1] = 0;
+	}
+}
+
+/* The rows rows[0..n) of the grid as a batch, and of the [N, Tc] float
+ * grids src into dst. */
 static void sub_batch(const rollout *r, const int64_t *rows, int n, ft_batch *b, float *const *src,
 		      float *const *dst, int nf)
 {
@@ -73,7 +98,8 @@ static void sub_batch(const rollout *r, const int64_t *rows, int n, ft_batch *b,
 		size_t s = (size_t)rows[i] * r->T, d = (size_t)i * r->T;
 		memcpy(b->input_ids + d, r->ids + s, r->T * sizeof(int32_t));
 		memcpy(b->labels + d, r->labels + s, r->T * sizeof(int32_t));
-		for (int k = 0; k < nf; k++) memcpy(dst[k] + d, src[k] + s, r->T * sizeof(float));
+		for (int k = 0; k < nf; k++)
+			memcpy(dst[k] + (size_t)i * r->Tc, src[k] + (size_t)rows[i] * r->Tc, r->Tc * sizeof(float));
 		for (int t = 0; t < r->T; t++) b->n_label_tokens += r->labels[d + t] != -100;
 	}
 }
@@ -86,17 +112,18 @@ static void batch_release(ft_batch *b)
 }
 
 /* Old logprobs and values (train mode, as TRL's step() after
- * model.train()), reference logprobs with the adapters off. */
-static int old_passes(ft_model *m, rollout *r, const float *vw, float vb, float pd, uint64_t seed)
+ * model.train()), reference logprobs from ref, or with the adapters off. */
+static int old_passes(ft_model *m, ft_model *ref, rollout *r, const float *vw, float vb, float pd,
+		      uint64_t seed)
 {
 	ft_batch b = { .B = r->N, .T = r->T, .input_ids = r->ids, .labels = r->labels };
 	ft_ppo_mask(&b, r->mask);
 	for (size_t k = 0; k < (size_t)r->N * r->T; k++) b.n_label_tokens += r->labels[k] != -100;
 	if (ft_ppo_forward(m, &b, 1, vw, vb, pd, seed, r->logp, r->val) < 0) return -1;
 	float *scratch = ft_xmalloc((size_t)r->N * r->T * sizeof(float));
-	ft_model_set_adapters(m, 0);
-	int rc = ft_ppo_forward(m, &b, 0, vw, vb, 0, 0, r->ref, scratch);
-	ft_model_set_adapters(m, 1);
+	if (!ref) ft_model_set_adapters(m, 0);
+	int rc = ft_ppo_forward(ref ? ref : m, &b, 0, vw, vb, 0, 0, r->ref, scratch);
+	if (!ref) ft_model_set_adapters(m, 1);
 	free(scratch);
 	return rc;
 }
@@ -107,18 +134,68 @@ typedef struct {
 	ft_adamw *opt;
 	ft_param vh[2];
 	int64_t step;            /* PPO steps done */
+	int clipped;             /* max_grad_norm has clipped once (see update()) */
+	int64_t perm_next;       /* the next of o->perms */
 	double loss_sum, reward_sum;
 	int n_logged;
 	ft_rng rng;
 } loop_state;
 
-#define NSTAT 16
+/* The 14 mini-batch statistics (means over the step's mini-batches, as
+ * TRL's stack_dicts then mean), then record_step_stats' step-level ones
+ * in TRL 0.9.6's names.  Not logged: ppo/policy/entropy (the entropy of
+ * the full logits; ft's passes keep only the chosen tokens'
+ * log-probabilities) and the per-token distributions (objective/logprobs,
+ * tokens/responses_dist, ...), which are arrays. */
+#define NMB 14
+#define NSTAT (NMB + 11)
 static const char *const stat_keys[NSTAT] = {
 	"ppo/loss/policy", "ppo/loss/value", "ppo/loss/total", "ppo/policy/approxkl",
 	"ppo/policy/policykl", "ppo/policy/clipfrac", "ppo/policy/advantages_mean",
 	"ppo/returns/mean", "ppo/returns/var", "ppo/val/vpred", "ppo/val/error", "ppo/val/clipfrac",
-	"ppo/val/mean", "ppo/val/var", "objective/kl", "objective/kl_coef",
+	"ppo/val/mean", "ppo/val/var", "ppo/val/var_explained", "objective/kl", "objective/kl_coef",
+	"objective/entropy", "ppo/mean_non_score_reward", "ppo/mean_scores", "ppo/std_scores",
+	"tokens/queries_len_mean", "tokens/queries_len_std", "tokens/responses_len_mean",
+	"tokens/responses_len_std",
 };
+
+/* mean and unbiased std (torch.std) of n numbers; std NaN for n < 2 */
+static void mean_std(const double *x, int n, double *mean, double *std)
+{
+	double m = 0, v = 0;
+	for (int i = 0; i < n; i++) m += x[i] / n;
+	for (int i = 0; i < n; i++) v += (x[i] - m) * (x[i] - m);
+	*mean = m;
+	*std = n > 1 ? sqrt(v / (n - 1)) : NAN;
+}
+
+/* record_step_stats: v[NMB..NSTAT) from the step's rollout (scores as
+ * normalised for the step), the KL per token klv and its coefficient. */
+static void step_stats(const rollout *r, const ft_i32vec *q, const ft_i32vec *a, const float *klv,
+		       double coef, double *v)
+{
+	int N = r->N;
+	size_t n = (size_t)N * r->Tc;
+	double *x = ft_xmalloc((size_t)N * sizeof *x), kl = 0, ent = 0, nsr = 0, cnt = 0;
+	for (size_t k = 0; k < n; k++) {
+		kl += klv[k] * r->mask[k];
+		ent -= r->logp[k] * r->mask[k];
+		nsr += (float)(-coef * klv[k]) * r->mask[k];   /* -kl_ctl.value * kl, float32 */
+		cnt += r->mask[k];
+	}
+	v[NMB] = 1 - v[10] / v[8];   /* ppo/val/var_explained: 1 - val/error / returns/var */
+	v[NMB + 1] = kl / N;
+	v[NMB + 2] = coef;
+	v[NMB + 3] = ent / N;
+	v[NMB + 4] = nsr / cnt;
+	for (int i = 0; i < N; i++) x[i] = r->score[i];
+	mean_std(x, N, &v[NMB + 5], &v[NMB + 6]);
+	for (int i = 0; i < N; i++) x[i] = (double)q[i].n;
+	mean_std(x, N, &v[NMB + 7], &v[NMB + 8]);
+	for (int i = 0; i < N; i++) x[i] = (double)a[i].n;
+	mean_std(x, N, &v[NMB + 9], &v[NMB + 10]);
+	free(x);
+}
 
 static void stats_add(double *acc, const ft_ppo_loss_stats *s)
 {
@@ -146,13 +223,19 @@ static int minibatch(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, cons
 	ft_ppo_loss_stats st;
 	float *vw = s->vh[0].w, vb = s->vh[1].w[0];
 	int rc = ft_ppo_forward(m, &b, 1, vw, vb, o->value_dropout, seed, lp, vp);
-	if (rc == 0) rc = ft_ppo_loss(&o->ppo, old, val, lp, vp, mask, adv, ret, cnt, &st, dl, dv);
+	if (rc == 0) {
+		cols_drop(lp, n, r->T);
+		cols_drop(vp, n, r->T);
+		rc = ft_ppo_loss(&o->ppo, old, val, lp, vp, mask, adv, ret, (size_t)n * r->Tc, &st, dl, dv);
+	}
 	if (rc == 0) {
 		stats_add(acc, &st);
-		for (size_t k = 0; k < cnt; k++) {
+		for (size_t k = 0; k < (size_t)n * r->Tc; k++) {
 			dl[k] /= o->grad_accum;
 			dv[k] /= o->grad_accum;
 		}
+		cols_add(dl, n, r->T);
+		cols_add(dv, n, r->T);
 		double dvb = 0;
 		rc = ft_ppo_backward(m, &b, vw, vb, o->value_dropout, seed, dl, dv, s->vh[0].g, &dvb);
 		s->vh[1].g[0] += (float)dvb;
@@ -170,15 +253,27 @@ static void zero_grads(ft_model *m, loop_state *s)
 }
 
 /* ppo_epochs epochs, each a permutation cut into backward batches of
- * batch * accumulation rows and mini-batches of batch rows. */
+ * batch * accumulation rows and mini-batches of batch rows.
+ * max_grad_norm clips the run's first optimizer step only: TRL 0.9.6
+ * keeps the parameters to clip as `filter(lambda p: p.requires_grad,
+ * model.parameters())`, an iterator that its first clip_grad_norm_
+ * consumes, so every later clip sees no parameters (measured with TRL
+ * 0.9.6 itself: tests/reference/make_ppo_step_fixture.py). */
 static int update(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const rollout *r, double lr,
 		  double *acc, int *nmb)
 {
 	int64_t *perm = ft_xmalloc((size_t)r->N * sizeof *perm);
 	int rc = 0;
 	for (int e = 0; e < o->ppo_epochs && rc == 0; e++) {
-		for (int i = 0; i < r->N; i++) perm[i] = i;
-		ft_shuffle_i64(&s->rng, perm, (size_t)r->N);
+		if (o->perms && s->perm_next < o->n_perms) {
+			memcpy(perm, o->perms + s->perm_next++ * r->N, (size_t)r->N * sizeof *perm);
+		} else if (o->perms) {
+			rc = ft_fail("the replayed row orders ran out after %lld", (long long)o->n_perms);
+			break;
+		} else {
+			for (int i = 0; i < r->N; i++) perm[i] = i;
+			ft_shuffle_i64(&s->rng, perm, (size_t)r->N);
+		}
 		zero_grads(m, s);
 		int k = 0;
 		for (int i = 0; i < r->N && rc == 0; i += o->batch_size) {
@@ -186,7 +281,8 @@ static int update(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const r
 			rc = minibatch(m, s, o, r, perm + i, n, acc, ft_rng_next(&s->rng));
 			(*nmb)++;
 			if (rc == 0 && ++k % o->grad_accum == 0) {
-				if (o->max_grad_norm > 0) ft_clip_grad_norm(s->ps, s->np, o->max_grad_norm);
+				if (o->max_grad_norm > 0 && !s->clipped) ft_clip_grad_norm(s->ps, s->np, o->max_grad_norm);
+				s->clipped = 1;
 				ft_adamw_step(s->opt, lr);
 				zero_grads(m, s);
 			}
@@ -196,8 +292,7 @@ static int update(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const r
 	return rc;
 }
 
-static void write_log(const ft_ppo_loop_opts *o, loop_state *s, double lr, const double *acc, int nmb,
-		      double kl, double kl_coef)
+static void write_log(const ft_ppo_loop_opts *o, loop_state *s, double lr, const double *v)
 {
 	ft_trainlog_entry e;
 	ft_trainlog_entry_init(&e);
@@ -208,15 +303,15 @@ static void write_log(const ft_ppo_loop_opts *o, loop_state *s, double lr, const
 	e.lr = lr;
 	e.epoch = round((s->step - 1) / o->steps_per_epoch * 1e2) / 1e2;   /* its 0-based step */
 	e.percentage = round(s->step * 1e4 / o->max_steps) / 1e2;
-	double v[NSTAT + 1];
+	double w[NSTAT + 1];
 	const char *k[NSTAT + 1];
 	k[0] = "reward";
-	v[0] = round(s->reward_sum / s->n_logged * 1e4) / 1e4;
+	w[0] = round(s->reward_sum / s->n_logged * 1e4) / 1e4;
 	for (int i = 0; i < NSTAT; i++) {
 		k[i + 1] = stat_keys[i];
-		v[i + 1] = i < 14 ? acc[i] / (nmb ? nmb : 1) : i == 14 ? kl : kl_coef;
+		w[i + 1] = v[i];
 	}
-	ft_trainlog_write_extra(o->log, &e, k, v, NSTAT + 1);
+	ft_trainlog_write_extra(o->log, &e, k, w, NSTAT + 1);
 	fflush(o->log);
 	s->loss_sum = s->reward_sum = 0;
 	s->n_logged = 0;
@@ -234,35 +329,190 @@ static int ppo_step(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const
 		rollout_grid(&r, o, q, a, N);
 		rc = o->score(o->score_ctx, q, a, (size_t)N, r.score);
 	}
-	if (rc == 0) rc = old_passes(m, &r, s->vh[0].w, s->vh[1].w[0], o->value_dropout, ft_rng_next(&s->rng));
+	if (rc == 0) rc = old_passes(m, o->ref, &r, s->vh[0].w, s->vh[1].w[0], o->value_dropout, ft_rng_next(&s->rng));
+	if (rc == 0) {
+		r.Tc = r.T - 1;
+		float *g[] = { r.logp, r.ref, r.val, r.mask };
+		for (size_t k = 0; k < sizeof g / sizeof *g; k++) cols_drop(g[k], N, r.T);
+		for (size_t k = 0; k < (size_t)N * r.Tc; k++) r.val[k] *= r.mask[k];   /* compute_advantages' */
+	}
 	double mean_score = 0;
 	for (int i = 0; rc == 0 && i < N; i++) mean_score += r.score[i] / N;
 	if (rc == 0 && o->ppo.score_norm) rc = ft_ppo_normalize_scores(mom, r.score, (size_t)N);
-	float *klv = rc == 0 ? ft_xcalloc((size_t)N * r.T, sizeof(float)) : NULL;
-	if (rc == 0) rc = ft_ppo_rewards(r.score, r.logp, r.ref, r.mask, N, r.T, kl->value, r.rew, klv);
-	if (rc == 0) rc = ft_ppo_advantages(&o->ppo, r.val, r.rew, r.mask, N, r.T, r.adv, r.ret);
-	double acc[14] = { 0 };
+	float *klv = rc == 0 ? ft_xcalloc((size_t)N * r.Tc, sizeof(float)) : NULL;
+	if (rc == 0) rc = ft_ppo_rewards(r.score, r.logp, r.ref, r.mask, N, r.Tc, kl->value, r.rew, klv);
+	if (rc == 0) rc = ft_ppo_advantages(&o->ppo, r.val, r.rew, r.mask, N, r.Tc, r.adv, r.ret);
+	if (rc == 0 && o->inspect) o->inspect(o->inspect_ctx, N, r.Tc, r.mask, r.adv, r.ret);
+	double v[NSTAT] = { 0 };
 	int nmb = 0;
 	double lr = ft_sched_lr(&o->sched, s->step);
-	if (rc == 0) rc = update(m, s, o, &r, lr, acc, &nmb);
+	if (rc == 0) rc = update(m, s, o, &r, lr, v, &nmb);
 	if (rc == 0) {
-		/* objective/kl: the mean over responses of the summed per-token KL */
-		double okl = 0;
-		for (size_t k = 0; k < (size_t)N * r.T; k++) okl += klv[k] * r.mask[k];
-		okl /= N;
-		double coef = kl->value;
-		ft_ppo_klctl_update(kl, okl, (double)N);
+		for (int k = 0; k < NMB; k++) v[k] /= nmb ? nmb : 1;
+		step_stats(&r, q, a, klv, kl->value, v);
+		/* kl_ctl.update(objective/kl, batch_size): after the stats took the coefficient */
+		ft_ppo_klctl_update(kl, v[NMB + 1], (double)N);
 		s->step++;
-		s->loss_sum += acc[2] / (nmb ? nmb : 1);
+		s->loss_sum += v[2];
 		s->reward_sum += mean_score;
 		s->n_logged++;
 		if (o->log && s->step % o->logging_steps == 0)   /* LLaMA-Factory: (step + 1) % logging_steps */
-			write_log(o, s, lr, acc, nmb, okl, coef);
+			write_log(o, s, lr, v);
 	}
 	free(klv);
 	rollout_free(&r);
 	for (int i = 0; i < N; i++) ft_i32vec_free(&a[i]);
 	free(a);
+	return rc;
+}
+
+/* ---- checkpoints ----------------------------------------------------------
+ * Doubles as C99 hex floats and 64-bit words as decimal strings, so the
+ * state reads back bit for bit. */
+
+static json_t *jhex(double x)
+{
+	char b[40];
+	snprintf(b, sizeof b, "%a", x);
+	return json_string(b);
+}
+
+static json_t *ju64(uint64_t x)
+{
+	char b[24];
+	snprintf(b, sizeof b, "%" PRIu64, x);
+	return json_string(b);
+}
+
+static int get_hex(const json_t *o, const char *k, double *x)
+{
+	const char *s = json_string_value(json_object_get(o, k));
+	char *end;
+	if (s) *x = strtod(s, &end);
+	return s && !*end ? 0 : -1;
+}
+
+static int get_u64(const json_t *v, uint64_t *x)
+{
+	const char *s = json_string_value(v);
+	char *end;
+	if (s) *x = strtoull(s, &end, 10);
+	return s && !*end ? 0 : -1;
+}
+
+static json_t *state_json(ft_model *m, const loop_state *s, const ft_ppo_loop_opts *o, const ft_ppo_klctl *kl,
+			  const ft_ppo_moments *mom, int N)
+{
+	json_t *j = json_object(), *rng = json_array(), *mo = json_object();
+	for (int i = 0; i < 4; i++) json_array_append_new(rng, ju64(s->rng.s[i]));
+	json_object_set_new(mo, "mean", jhex(mom->mean));
+	json_object_set_new(mo, "std", jhex(mom->std));
+	json_object_set_new(mo, "var", jhex(mom->var));
+	json_object_set_new(mo, "count", jhex(mom->count));
+	json_object_set_new(j, "format", json_string("ft-ppo-state"));
+	json_object_set_new(j, "version", json_integer(1));
+	json_object_set_new(j, "global_step", json_integer(s->step));
+	json_object_set_new(j, "max_steps", json_integer(o->max_steps));
+	json_object_set_new(j, "rows_per_step", json_integer(N));
+	json_object_set_new(j, "seed", ju64(o->seed));
+	json_object_set_new(j, "kl_coef", jhex(kl->value));
+	json_object_set_new(j, "running_moments", mo);
+	json_object_set_new(j, "rng", rng);
+	json_object_set_new(j, "clipped", json_boolean(s->clipped));
+	json_object_set_new(j, "perm_next", json_integer(s->perm_next));
+	json_object_set_new(j, "loss_sum", jhex(s->loss_sum));
+	json_object_set_new(j, "reward_sum", jhex(s->reward_sum));
+	json_object_set_new(j, "n_logged", json_integer(s->n_logged));
+	json_object_set_new(j, "dropout_position", ju64(ft_model_dropout_position(m)));
+	return j;
+}
+
+/* checkpoint-<step>: the caller's model files, optimizer.safetensors, ppo_state.json */
+static int ckpt_save(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const ft_ppo_klctl *kl,
+		     const ft_ppo_moments *mom, int N)
+{
+	char *dir = ft_xasprintf("%s/checkpoint-%lld", o->output_dir, (long long)s->step);
+	char *f = NULL, *g = NULL;
+	json_t *j = NULL;
+	ft_atomic a;
+	int rc = -1;
+	if (ft_atomic_dir_open(&a, dir) < 0) goto out;
+	f = ft_xasprintf("%s/optimizer.safetensors", a.tmp);
+	g = ft_xasprintf("%s/ppo_state.json", a.tmp);
+	j = state_json(m, s, o, kl, mom, N);
+	if (o->save_model(o->save_ctx, a.tmp) < 0 || ft_adamw_save(s->opt, f) < 0 ||
+	    ft_json_save_file_sorted(j, g, 2) < 0) {
+		ft_fail_ctx("%s: ", dir);
+		ft_atomic_dir_abort(&a);
+		goto out;
+	}
+	if (ft_atomic_dir_commit(&a, 1) < 0) goto out;
+	rc = o->save_total_limit > 0 ? ftp_ckpt_rotate(o->output_dir, o->save_total_limit) : 0;
+out:
+	json_decref(j);
+	free(f);
+	free(g);
+	free(dir);
+	return rc;
+}
+
+static json_t *load_state(const char *dir)
+{
+	char *path = ft_xasprintf("%s/ppo_state.json", dir);
+	json_t *j = ft_json_load_file(path);
+	const char *fmt = j ? json_string_value(json_object_get(j, "format")) : NULL;
+	if (j && (!fmt || strcmp(fmt, "ft-ppo-state"))) {
+		ft_fail("%s: not an ft-train PPO state", path);
+		json_decref(j);
+		j = NULL;
+	}
+	free(path);
+	return j;
+}
+
+int64_t ft_ppo_checkpoint_step(const char *dir)
+{
+	json_t *j = load_state(dir);
+	int64_t step = j ? json_integer_value(json_object_get(j, "global_step")) : -1;
+	json_decref(j);
+	return step;
+}
+
+static int ckpt_load(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, ft_ppo_klctl *kl,
+		     ft_ppo_moments *mom, int N)
+{
+	json_t *j = load_state(o->resume_dir), *mo = j ? json_object_get(j, "running_moments") : NULL;
+	if (!j) return -1;
+	int rc = -1;
+	uint64_t seed = 0, drop = 0;
+	long long n = json_integer_value(json_object_get(j, "rows_per_step"));
+	long long ms = json_integer_value(json_object_get(j, "max_steps"));
+	if (get_u64(json_object_get(j, "seed"), &seed) < 0 || n != N || ms != o->max_steps || seed != o->seed) {
+		ft_fail("%s: the checkpoint was made with %lld responses per step, %lld steps and seed %" PRIu64
+			"; this run has %d, %lld and %" PRIu64 ": resume with the same settings",
+			o->resume_dir, n, ms, seed, N, (long long)o->max_steps, o->seed);
+		goto out;
+	}
+	int bad = get_hex(j, "kl_coef", &kl->value) || get_hex(mo, "mean", &mom->mean) ||
+		  get_hex(mo, "std", &mom->std) || get_hex(mo, "var", &mom->var) ||
+		  get_hex(mo, "count", &mom->count) || get_hex(j, "loss_sum", &s->loss_sum) ||
+		  get_hex(j, "reward_sum", &s->reward_sum) ||
+		  get_u64(json_object_get(j, "dropout_position"), &drop);
+	for (size_t i = 0; i < 4; i++) bad |= get_u64(json_array_get(json_object_get(j, "rng"), i), &s->rng.s[i]);
+	if (bad) {
+		ft_fail("%s/ppo_state.json: a field is missing or malformed", o->resume_dir);
+		goto out;
+	}
+	s->step = json_integer_value(json_object_get(j, "global_step"));
+	s->clipped = json_is_true(json_object_get(j, "clipped"));
+	s->perm_next = json_integer_value(json_object_get(j, "perm_next"));
+	s->n_logged = (int)json_integer_value(json_object_get(j, "n_logged"));
+	ft_model_set_dropout_position(m, drop);
+	char *f = ft_xasprintf("%s/optimizer.safetensors", o->resume_dir);
+	rc = ft_adamw_load(s->opt, f);   /* the weights, the value head's too, and the moments */
+	free(f);
+out:
+	json_decref(j);
 	return rc;
 }
 
@@ -290,11 +540,14 @@ int ft_ppo_train(ft_model *m, const ft_i32vec *prompts, size_t n, float *vw, flo
 	ft_ppo_moments mom;
 	ft_ppo_moments_init(&mom);
 	int N = o->batch_size * o->grad_accum * o->buffer_size, rc = 0;
+	if (o->resume_dir) rc = ckpt_load(m, &s, o, &kl, &mom, N);
 	ft_i32vec *q = ft_xmalloc((size_t)N * sizeof *q);
-	size_t next = 0;
+	size_t next = (size_t)s.step * (size_t)N;   /* the prompts are taken in order, N per step */
 	while (rc == 0 && s.step < o->max_steps) {
 		for (int i = 0; i < N; i++) q[i] = prompts[next++ % n];   /* borrowed */
 		rc = ppo_step(m, &s, o, q, N, &kl, &mom);
+		if (rc == 0 && o->save_steps > 0 && o->save_model && s.step % o->save_steps == 0)
+			rc = ckpt_save(m, &s, o, &kl, &mom, N);
 	}
 	free(q);
 	ft_adamw_free(s.opt);

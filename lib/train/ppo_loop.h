@@ -7,8 +7,9 @@
  * (ppo_model.h), the KL-penalised rewards and GAE (ppo.h), then
  * ppo_epochs epochs of shuffled mini-batch updates with AdamW, one
  * scheduler step per PPO step, and one trainer_log.jsonl line per
- * logging step.  The policy is a LoRA model: the reference is the same
- * model with its adapters off (PEFT's disable_adapter). */
+ * logging step.  A LoRA policy's reference is the same model with its
+ * adapters off (PEFT's disable_adapter); a freeze or full policy's is a
+ * separate frozen model (o->ref). */
 #ifndef FT_PPO_LOOP_H
 #define FT_PPO_LOOP_H
 
@@ -46,7 +47,33 @@ typedef struct {
 	uint64_t seed;
 	ft_ppo_score_fn score;
 	void *score_ctx;
+	/* The reference: NULL for a LoRA policy (the policy with its adapters
+	 * off, PEFT's disable_adapter), else a frozen model (LLaMA-Factory's
+	 * create_ref_model: a copy of the base for freeze and full). */
+	ft_model *ref;
+	/* Checkpoints (docs/PPO.md): output_dir/checkpoint-N every save_steps
+	 * PPO steps (0: none), save_model writing the policy and its value
+	 * head into a directory (what LLaMA-Factory's checkpoints hold), the
+	 * loop adding optimizer.safetensors (the trainable weights in fp32,
+	 * the value head's included, and AdamW's moments) and ppo_state.json
+	 * (step, KL controller, running moments, generator, logging window);
+	 * at most save_total_limit kept (0: all).  resume_dir: continue from
+	 * such a checkpoint, with the losses an uninterrupted run has. */
+	int64_t save_steps, save_total_limit;
+	const char *output_dir, *resume_dir;
+	int (*save_model)(void *ctx, const char *dir);
+	void *save_ctx;
 	FILE *log;                  /* trainer_log.jsonl */
+	/* Replay (the whole-step parity test): ppo_epochs row orders of the
+	 * step's N rows per PPO step, n_perms orders in all, instead of the
+	 * loop's own shuffles (TRL draws them from np.random.permutation).
+	 * NULL: shuffled with the loop's generator. */
+	const int64_t *perms;
+	int64_t n_perms;
+	/* NULL, or called once per step after GAE with TRL's [N, T] grids
+	 * (T = the longest prompt + response - 1): mask, advantages, returns. */
+	void (*inspect)(void *ctx, int N, int T, const float *mask, const float *adv, const float *ret);
+	void *inspect_ctx;
 } ft_ppo_loop_opts;
 
 /* prompts: n of them, read in order, reused cyclically as
@@ -54,5 +81,9 @@ typedef struct {
  * the value head, trained in place. */
 int ft_ppo_train(ft_model *m, const ft_i32vec *prompts, size_t n, float *vw, float *vb,
 		 const ft_ppo_loop_opts *o);
+
+/* The PPO step a checkpoint directory was written at (-1 with a message
+ * when it is not a PPO checkpoint). */
+int64_t ft_ppo_checkpoint_step(const char *dir);
 
 #endif

@@ -323,11 +323,11 @@ static ft_param **trainable_params(ft_train_model *m, size_t *n)
 
 /* trainer_log.jsonl: fresh for a new run; on resume keep only the lines
  * up to the checkpoint's step, so the log reads as one uninterrupted run. */
-static FILE *open_log(const ft_train_opts *o, int64_t resume_step)
+FILE *ft_train_log_open(const char *output_dir, int resume, int64_t resume_step)
 {
-	char *path = ft_xasprintf("%s/%s", o->output_dir, FT_TRAINLOG_NAME);
+	char *path = ft_xasprintf("%s/%s", output_dir, FT_TRAINLOG_NAME);
 	FILE *fp = NULL;
-	if (o->resume_dir) {
+	if (resume) {
 		FILE *in = fopen(path, "r");
 		char *keep = NULL;
 		size_t keepn = 0;
@@ -354,6 +354,11 @@ static FILE *open_log(const ft_train_opts *o, int64_t resume_step)
 	if (!fp) ft_fail("%s:", path);
 	free(path);
 	return fp;
+}
+
+static FILE *open_log(const ft_train_opts *o, int64_t resume_step)
+{
+	return ft_train_log_open(o->output_dir, o->resume_dir != NULL, resume_step);
 }
 
 static int64_t count_nonembed(ft_train_model *m)

@@ -212,6 +212,9 @@ typedef struct {
 /* Latest checkpoint-N in dir (NULL + message when there is none); the
  * result is malloc'd. */
 char *ft_last_checkpoint(const char *dir);
+/* output_dir/trainer_log.jsonl opened for writing: fresh, or on resume
+ * with the lines up to resume_step kept (the PPO loop's too). */
+FILE *ft_train_log_open(const char *output_dir, int resume, int64_t resume_step);
 
 /* Write results JSON (train_results.json etc.) atomically: keys and
  * values as given, sorted, indent 4 as transformers writes them. */

@@ -131,7 +131,7 @@ def loss(old_logprobs, values, vpreds, logprobs, mask, advantages, returns):
         "policy_policykl": masked_mean(old_logprobs - logprobs, mask).item(),
         "policy_clipfrac": pg_clipfrac.item(),
         "policy_advantages_mean": masked_mean(advantages, mask).item(),
-        "returns_mean": torch.mean(returns).item(), "returns_var": torch.var(returns).item(),
+        "returns_mean": masked_mean(returns, mask).item(), "returns_var": masked_var(returns, mask).item(),
         "val_vpred": masked_mean(vpreds, mask).item(),
         "val_error": masked_mean((vpreds - returns) ** 2, mask).item(),
         "val_clipfrac": vf_clipfrac.item(),

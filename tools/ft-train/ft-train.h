@@ -87,6 +87,9 @@ void pref_predict(ft_cli_args *c, ft_batch_source *val);
 void pref_plot(const ft_cli_args *c);
 /* TRL ValueHead's dropout: config.json's summary_dropout_prob, else 0.1 */
 double pref_value_dropout(const ft_cli_args *c);
+/* A frozen model: dir with the adapters (comma-separated, or NULL) merged in
+ * (LLaMA-Factory's references and full reward models); dies on error. */
+ft_model *pref_frozen_model(const char *what, const char *dir, const char *adapters, uint64_t seed);
 /* ppo.c: --stage ppo (docs/PPO.md) */
 int ppo_known_key(const char *k);
 void ppo_args_parse(ft_lfargs *a, ft_cli_args *c);

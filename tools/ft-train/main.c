@@ -108,9 +108,11 @@ static const char usage[] =
 "  --ref_model DIR [--ref_model_adapters DIR[,DIR]]  the reference (default: LoRA\n"
 "                             with its adapters disabled; full/freeze: the base)\n"
 "  --do_predict               rm: score the --val pairs into generated_predictions.jsonl\n"
-"PPO (--stage ppo, LoRA policy, on the CPU; docs/PPO.md):\n"
+"PPO (--stage ppo, LoRA, freeze or full policy, on the CPU; docs/PPO.md):\n"
 "  --reward_model_type api --reward_model 'CMD'  JSON lines in, one number per line out\n"
 "  --reward_model_type lora --reward_model DIR   an rm adapter with value_head.safetensors\n"
+"  --reward_model_type full --reward_model DIR [--reward_model_adapters DIR[,DIR]]\n"
+"                             a separate rm model directory with value_head.safetensors\n"
 "  --ppo_buffer_size N (1) --ppo_epochs N (4) --ppo_target KL (6.0) --ppo_score_norm\n"
 "  --ppo_whiten_rewards  --max_new_tokens N (1024) --do_sample BOOL (true)\n"
 "  --temperature T (0.95) --top_p P (0.7) --top_k K (50) --repetition_penalty R (1.0)\n"
@@ -583,7 +585,6 @@ int main(int argc, char **argv)
 	ft_model *m = load_model(&c);
 	if (ppo_stage(&c)) {   /* its own loop (tools/ft-train/ppo.c) */
 		if (!c.do_train || c.n_val) die_usage("--stage ppo trains (no --do_eval, --val or --do_predict)");
-		if (c.resume) die_usage("--resume_from_checkpoint: --stage ppo does not resume (as LLaMA-Factory's ppo_train)");
 		if (ft_dist_size(dist) > 1) die_usage("--stage ppo runs in one process (not under mpirun -np N)");
 		rc_ppo = ppo_run(&c, m, &train, &tm_);
 		train.close(train.self);

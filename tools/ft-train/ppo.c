@@ -1,7 +1,7 @@
 /* ppo.c - ft-train --stage ppo: LLaMA-Factory's CustomPPOTrainer over
- * TRL 0.9.6's PPOTrainer (docs/PPO.md), a LoRA policy with a value head,
- * rewards from a Unix filter (--reward_model_type api) or an rm adapter
- * on the same base (--reward_model_type lora).  The loop is
+ * TRL 0.9.6's PPOTrainer (docs/PPO.md), a LoRA, freeze or full policy
+ * with a value head, rewards from a Unix filter (--reward_model_type api),
+ * an rm adapter on the same base (lora) or a separate rm model (full).  The loop is
  * lib/train/ppo_loop.c; here are the options, the prompts, the generator,
  * the reward and the outputs. */
 #define _GNU_SOURCE
@@ -17,6 +17,7 @@
 #include "util/json.h"
 #include "util/rng.h"
 
+#include <dirent.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -32,7 +33,7 @@ static const char *const ppo_keys[] = {
 
 static struct {
 	int on;
-	const char *reward_model, *reward_type;
+	const char *reward_model, *reward_type, *reward_adapters;
 	int buffer_size, ppo_epochs, max_new_tokens;
 	ft_ppo_opts o;
 	ft_sampling s;
@@ -66,10 +67,9 @@ void ppo_args_parse(ft_lfargs *a, ft_cli_args *c)
 				die_usage("--%s: only --stage ppo uses it (this is --stage %s)", *p, c->stage);
 		return;
 	}
-	if (c->tune.type != FT_FT_LORA)
-		die_usage("--stage ppo --finetuning_type %s: this ft-train trains LoRA policies only "
-			  "(the reference is the policy with its adapters off)",
-			  c->tune.type == FT_FT_FULL ? "full" : "freeze");
+	if (c->tune.type != FT_FT_LORA && c->from_scratch)
+		die_usage("--stage ppo --train_from_scratch --finetuning_type %s: the reference would be "
+			  "the base, which is random here", c->tune.type == FT_FT_FULL ? "full" : "freeze");
 	if (!strncmp(c->device, "cuda", 4))
 		die_usage("--device %s: --stage ppo runs on the CPU only in this ft-train (--device cpu)",
 			  c->device);
@@ -78,14 +78,11 @@ void ppo_args_parse(ft_lfargs *a, ft_cli_args *c)
 		die_usage("--stage ppo needs --reward_model (an rm adapter directory with "
 			  "--reward_model_type lora, or a command with --reward_model_type api)");
 	P.reward_type = ft_lfargs_get(a, "reward_model_type", "lora");
-	if (!strcmp(P.reward_type, "full"))
-		die_usage("--reward_model_type full: a separate reward model is not supported by this "
-			  "ft-train yet (use an rm adapter on the same base with lora, or api)");
-	if (strcmp(P.reward_type, "lora") && strcmp(P.reward_type, "api"))
+	if (strcmp(P.reward_type, "lora") && strcmp(P.reward_type, "api") && strcmp(P.reward_type, "full"))
 		die_usage("--reward_model_type: '%s' (lora, full or api)", P.reward_type);
-	if (ft_lfargs_get(a, "reward_model_adapters", NULL))
-		die_usage("--reward_model_adapters: used with --reward_model_type full, which this "
-			  "ft-train does not support yet");
+	P.reward_adapters = ft_lfargs_get(a, "reward_model_adapters", NULL);
+	if (P.reward_adapters && strcmp(P.reward_type, "full"))   /* LLaMA-Factory uses them only there */
+		die_usage("--reward_model_adapters: only --reward_model_type full uses them");
 	P.buffer_size = (int)num(a, "ppo_buffer_size", 1);
 	if (P.buffer_size < 1) die_usage("--ppo_buffer_size must be >= 1 (got %d)", P.buffer_size);
 	P.ppo_epochs = (int)num(a, "ppo_epochs", 4);
@@ -204,7 +201,7 @@ out:
 typedef struct {
 	const char *cmd;
 	ft_tokenizer *tok;       /* NULL: the text is the token ids, space-separated */
-	ft_model *rm;            /* lora: the base with the rm adapter */
+	ft_model *rm;            /* lora: the base with the rm adapter; full: the rm model */
 	float *rm_vw, rm_vb;
 } reward_ctx;
 
@@ -275,11 +272,22 @@ static void reward_open(ft_cli_args *c, ft_model *m, reward_ctx *R)
 		free(tj);
 		return;
 	}
-	R->rm = ft_model_load(c->model, &c->tune);
-	if (!R->rm) die("--reward_model: %s", ft_errmsg());
-	if (ft_model_load_adapter(R->rm, P.reward_model) < 0)
-		die("--reward_model %s: %s", P.reward_model, ft_errmsg());
-	int D = ft_model_config(m)->hidden_size;
+	const ft_config *pc = ft_model_config(m);
+	if (!strcmp(P.reward_type, "full")) {
+		/* create_reward_model: the rm directory with its adapters merged, its value head */
+		R->rm = pref_frozen_model("--reward_model", P.reward_model, P.reward_adapters, c->tune.seed);
+		const ft_config *rc = ft_model_config(R->rm);
+		if (rc->vocab_size != pc->vocab_size || rc->hidden_size != pc->hidden_size)
+			die("--reward_model %s: vocabulary %d and hidden size %d, the policy's are %d and %d "
+			    "(the reward model must share the policy's tokenizer)", P.reward_model,
+			    rc->vocab_size, rc->hidden_size, pc->vocab_size, pc->hidden_size);
+	} else {
+		R->rm = ft_model_load(c->model, &c->tune);
+		if (!R->rm) die("--reward_model: %s", ft_errmsg());
+		if (ft_model_load_adapter(R->rm, P.reward_model) < 0)
+			die("--reward_model %s: %s", P.reward_model, ft_errmsg());
+	}
+	int D = pc->hidden_size;
 	R->rm_vw = ft_xmalloc((size_t)D * sizeof(float));
 	if (read_value_head(P.reward_model, D, R->rm_vw, &R->rm_vb) < 0)
 		die("--reward_model %s: %s", P.reward_model, ft_errmsg());
@@ -306,32 +314,58 @@ static int write_value_head(const char *dir, const float *w, int D, const float 
 	return rc;
 }
 
-/* The adapter and value head, written in a temporary sibling then moved
- * into output_dir file by file (each rename atomic). */
+typedef struct {
+	const ft_cli_args *c;
+	ft_model *m;
+	const float *vw, *vb;
+	int D;
+} save_ctx;
+
+/* A checkpoint's model files: as the final outputs */
+static int save_ckpt_model(void *ctx, const char *dir)
+{
+	save_ctx *S = ctx;
+	int lora = S->c->tune.type == FT_FT_LORA;
+	if ((lora ? ft_model_save_adapter(S->m, dir) : ft_model_save(S->m, dir)) < 0) return -1;
+	return write_value_head(dir, S->vw, S->D, S->vb);
+}
+
+/* The adapter (LoRA) or the whole model (freeze, full: LLaMA-Factory's
+ * save_model writes the model directory) and the value head, written in a
+ * temporary sibling then moved into output_dir file by file (each rename
+ * atomic). */
 static void save_outputs(const ft_cli_args *c, ft_model *m, const float *vw, int D, const float *vb)
 {
 	char *stage = ft_xasprintf("%s/ppo-final", c->output_dir);
 	ft_atomic a;
 	if (ft_atomic_dir_open(&a, stage) < 0) die("%s", ft_errmsg());
-	if (ft_model_save_adapter(m, a.tmp) < 0 || write_value_head(a.tmp, vw, D, vb) < 0) {
+	int lora = c->tune.type == FT_FT_LORA;
+	if ((lora ? ft_model_save_adapter(m, a.tmp) : ft_model_save(m, a.tmp)) < 0 ||
+	    write_value_head(a.tmp, vw, D, vb) < 0) {
 		ft_atomic_dir_abort(&a);
 		die("saving to %s: %s", c->output_dir, ft_errmsg());
 	}
-	const char *files[] = { "adapter_model.safetensors", "adapter_config.json", "value_head.safetensors" };
-	for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
-		char *from = ft_xasprintf("%s/%s", a.tmp, files[i]), *to = ft_xasprintf("%s/%s", c->output_dir, files[i]);
-		if (access(from, F_OK) == 0 && rename(from, to) < 0) die("rename %s: %m", to);
+	DIR *d = opendir(a.tmp);
+	if (!d) die("%s: %m", a.tmp);
+	for (struct dirent *e; (e = readdir(d));) {
+		if (e->d_name[0] == '.') continue;
+		char *from = ft_xasprintf("%s/%s", a.tmp, e->d_name), *to = ft_xasprintf("%s/%s", c->output_dir, e->d_name);
+		if (rename(from, to) < 0) die("rename %s: %m", to);
 		free(from);
 		free(to);
 	}
+	closedir(d);
 	ft_atomic_dir_abort(&a);
 	free(stage);
 }
 
 int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manifest *man)
 {
-	if (!ft_model_has_adapters(m))
+	ft_model *ref = NULL;
+	if (c->tune.type == FT_FT_LORA && !ft_model_has_adapters(m))
 		die("--stage ppo: the policy has no LoRA adapters (--finetuning_type lora)");
+	if (c->tune.type != FT_FT_LORA)   /* create_ref_model: a frozen copy of the base */
+		ref = pref_frozen_model("the reference (a frozen copy of the base)", c->model, c->adapter, c->tune.seed);
 	size_t n;
 	ft_i32vec *q = read_prompts(train, man, &n);
 	if (n == 0) die("%s: no prompts", ft_display_name(c->train[0]));
@@ -377,6 +411,7 @@ int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manife
 	o.seed = c->t.seed;
 	o.score = score;
 	o.score_ctx = &R;
+	o.ref = ref;
 	int D = ft_model_config(m)->hidden_size;
 	float *vw = ft_xmalloc((size_t)D * sizeof(float)), vb;
 	ft_rng g;
@@ -385,9 +420,19 @@ int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manife
 	for (int i = 0; i < D; i++) vw[i] = (float)((2 * ft_rng_uniform(&g) - 1) * bound);
 	vb = (float)((2 * ft_rng_uniform(&g) - 1) * bound);
 	if (ft_mkdirs(c->output_dir) < 0) die("%s", ft_errmsg());
+	save_ctx S = { c, m, vw, &vb, D };
+	o.save_steps = c->t.save_steps;
+	o.save_total_limit = c->t.save_total_limit;
+	o.output_dir = c->output_dir;
+	o.resume_dir = c->t.resume_dir;
+	o.save_model = save_ckpt_model;
+	o.save_ctx = &S;
+	int64_t from = 0;
+	if (o.resume_dir && (from = ft_ppo_checkpoint_step(o.resume_dir)) < 0)
+		die("--resume_from_checkpoint: %s", ft_errmsg());
 	char *logp = ft_xasprintf("%s/trainer_log.jsonl", c->output_dir);
-	o.log = fopen(logp, "w");
-	if (!o.log) die("%s: %m", logp);
+	o.log = ft_train_log_open(c->output_dir, o.resume_dir != NULL, from);
+	if (!o.log) die("%s", ft_errmsg());
 	int rc = ft_ppo_train(m, q, n, vw, &vb, &o);
 	fclose(o.log);
 	if (rc < 0) die("--stage ppo: %s", ft_errmsg());
@@ -399,6 +444,7 @@ int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manife
 	free(logp);
 	free(vw);
 	reward_close(&R);
+	if (ref) ft_model_free(ref);
 	for (size_t i = 0; i < n; i++) ft_i32vec_free(&q[i]);
 	free(q);
 	return 0;

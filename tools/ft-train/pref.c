@@ -105,7 +105,7 @@ void pref_check_manifest(const ft_cli_args *c, const char *path, const ft_manife
 
 /* A frozen model: loaded with LoRA, the adapter (if any) merged, so the
  * weights are the base (plus the adapter) and nothing is trainable. */
-static ft_model *frozen_model(const char *what, const char *dir, const char *adapters, uint64_t seed)
+ft_model *pref_frozen_model(const char *what, const char *dir, const char *adapters, uint64_t seed)
 {
 	ft_tune_opts t;
 	memset(&t, 0, sizeof t);
@@ -169,7 +169,7 @@ ft_train_model pref_bind(ft_cli_args *c, ft_model *m, const ft_cuda_opts *dev)
 	ft_model *ref = NULL;
 	if (ft_pref_uses_ref(o)) {
 		if (c->ref_model) {
-			ref = frozen_model("--ref_model", c->ref_model, c->ref_model_adapters, c->tune.seed);
+			ref = pref_frozen_model("--ref_model", c->ref_model, c->ref_model_adapters, c->tune.seed);
 		} else if (!c->do_train) {
 			ref = m;   /* LLaMA-Factory evaluates against the model itself */
 		} else if (c->tune.type != FT_FT_LORA) {
@@ -177,7 +177,7 @@ ft_train_model pref_bind(ft_cli_args *c, ft_model *m, const ft_cuda_opts *dev)
 				die_usage("--stage %s --train_from_scratch --finetuning_type %s: the reference "
 					  "would be the base, which is random here; give --ref_model DIR",
 					  c->stage, c->tune.type == FT_FT_FULL ? "full" : "freeze");
-			ref = frozen_model("the reference (a frozen copy of the base)", c->model, c->adapter,
+			ref = pref_frozen_model("the reference (a frozen copy of the base)", c->model, c->adapter,
 					   c->tune.seed);
 		}
 	}
