@@ -38,6 +38,8 @@ LIB_DATA   += preprocess_think
 # PPO (issue 17): TRL 0.9 PPOTrainer arithmetic and the reward filter
 LIB_TRAIN  += ppo ppo_reward ppo_model
 LIB_TRAIN  += ppo_loop
+# GRPO (issue 21): TRL 1.16 GRPOTrainer
+LIB_TRAIN  += grpo
 
 LIB_SRC   := $(LIB_UTIL:%=lib/util/%.c) $(LIB_FORMAT:%=lib/format/%.c) \
              $(LIB_TEXT:%=lib/text/%.c) $(LIB_DATA:%=lib/data/%.c) \
