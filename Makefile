@@ -39,7 +39,7 @@ LIB_DATA   += preprocess_think
 LIB_TRAIN  += ppo ppo_reward ppo_model
 LIB_TRAIN  += ppo_loop
 # GRPO (issue 21): TRL 1.16 GRPOTrainer
-LIB_TRAIN  += grpo
+LIB_TRAIN  += grpo grpo_loop grpo_reward
 
 LIB_SRC   := $(LIB_UTIL:%=lib/util/%.c) $(LIB_FORMAT:%=lib/format/%.c) \
              $(LIB_TEXT:%=lib/text/%.c) $(LIB_DATA:%=lib/data/%.c) \
