@@ -147,8 +147,27 @@ def run_case(name, loss_type, beta, eps_low, eps_high, scale, old_noise, accum, 
             "rewards": rewards.tolist(), "advantages": adv.tolist(), "loss": loss.item(), "metrics": metrics}
 
 
+def peaky_model():
+    """The tiny Llama with its lm_head scaled by 16, for the bats property
+    test (tests/bats/ft-train-grpo.bats): the fixture's logits spread about
+    0.16, so its distribution is nearly uniform and no LoRA on the layers
+    can move it far; scaled, sampling is peaked enough that a preference
+    shows within 30 GRPO steps."""
+    import shutil
+    from safetensors.torch import load_file
+    src = os.path.join(HERE, "..", "fixtures", "models", "tiny-llama")
+    dst = os.path.join(OUT, "peaky-llama")
+    os.makedirs(dst, exist_ok=True)
+    for f in ("config.json", "generation_config.json"):
+        shutil.copy(os.path.join(src, f), os.path.join(dst, f))
+    w = load_file(os.path.join(src, "model.safetensors"))
+    w["lm_head.weight"] = (w["lm_head.weight"] * 16).contiguous()
+    save_file(w, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    peaky_model()
     torch.manual_seed(0)
     cases = [
         # name, loss_type, beta, eps_low, eps_high, scale, old noise, accum, max_completion_length, temperature
