@@ -168,3 +168,20 @@ grpo() {
 	run grpo --output_dir a --reward_funcs "a'b"
 	[ "$status" -eq 2 ]; assert_output --partial "unterminated ' quote"
 }
+
+@test "examples/grpo.mk: tokenize, pack, GRPO with the arithmetic checker, plot; check.sh scores answers" {
+	need_jq
+	run sh "$FT_ROOT/examples/grpo/check.sh" <<-'IN'
+	{"prompt":"Human: What is 3+4?\nAssistant:","completion":" 7, I think"}
+	{"prompt":"Human: What is 3+4?\nAssistant:","completion":"8"}
+	{"prompt":"Human: hello","completion":"7"}
+	IN
+	[ "$output" = "$(printf '1\n0\n0')" ]
+	mkdir m && cp "$LLAMA"/* "$FIXTURES"/generate/tokenizer/* m/   # the tiny model with a tokenizer
+	run make -f "$FT_ROOT/examples/grpo.mk" MODEL="$BATS_TEST_TMPDIR/m" OUT=out MAX_STEPS=3
+	assert_success
+	[ -s out/reward.svg ] && [ -s out/adapter/adapter_model.safetensors ]
+	[ "$(wc -l < out/adapter/trainer_log.jsonl)" -eq 3 ]
+	jq -e '.prompt | test("What is [0-9]\\+[0-9]\\?")' out/adapter/completions.jsonl >/dev/null
+	[ "$(jq -r '."rewards/acc/mean" | type' out/adapter/trainer_log.jsonl | sort -u)" = number ]
+}
