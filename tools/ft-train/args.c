@@ -62,7 +62,7 @@ static void check_keys(const ft_lfargs *a)
 {
 	for (size_t i = 0; i < a->n; i++) {
 		const ft_lfarg *x = &a->v[i];
-		if (in_list(known, x->key) || pref_known_key(x->key) || ppo_known_key(x->key) || ft_train_extras_known(x->key)) continue;
+		if (in_list(known, x->key) || pref_known_key(x->key) || ppo_known_key(x->key) || grpo_known_key(x->key) || ft_train_extras_known(x->key)) continue;
 		for (size_t j = 0; j < sizeof owned / sizeof *owned; j++)
 			if (!strcmp(owned[j].key, x->key)) {
 				if (!from_cmdline(x)) {
@@ -170,8 +170,9 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	ft_train_opts_default(o);
 
 	const char *stage = ft_lfargs_get(a, "stage", "sft");
-	if (strcmp(stage, "pt") && strcmp(stage, "sft") && strcmp(stage, "ppo") && pref_stage_of(stage) < 0) {
-		die_usage("--stage: '%s' is not a stage (pt, sft, rm, dpo, kto, ppo)", stage);
+	if (strcmp(stage, "pt") && strcmp(stage, "sft") && strcmp(stage, "ppo") && strcmp(stage, "grpo") &&
+	    pref_stage_of(stage) < 0) {
+		die_usage("--stage: '%s' is not a stage (pt, sft, rm, dpo, kto, ppo, grpo)", stage);
 	}
 	snprintf(c->stage, sizeof c->stage, "%s", stage);
 	c->model = get(a, "model_name_or_path");
@@ -268,6 +269,7 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	c->resume = is_null(r) ? NULL : r;
 	pref_args_parse(a, c);
 	ppo_args_parse(a, c);
+	grpo_args_parse(a, c);
 
 	/* data parallel (tools/ft-train/dist.c) */
 	const char *ds = get(a, "deepspeed");

@@ -11,6 +11,7 @@
 #include "train/cuda_pref.h"
 #include "train/dist.h"
 #include "train/optim_ext.h"
+#include "util/vec.h"
 
 /* extras.c: LoRA+ and BAdam settings (NEFTune and LLaMA Pro are in tune) */
 typedef struct {
@@ -95,6 +96,14 @@ int ppo_known_key(const char *k);
 void ppo_args_parse(ft_lfargs *a, ft_cli_args *c);
 int ppo_stage(const ft_cli_args *c);
 int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manifest *man);
+/* the prompts of one pass over ppo batches; the model's eos (-1: none) */
+ft_i32vec *read_prompts(ft_batch_source *src, const ft_manifest *man, size_t *n);
+int32_t model_eos(const char *dir);
+/* grpo.c: --stage grpo (docs/GRPO.md) on ppo prompt batches */
+int grpo_known_key(const char *k);
+void grpo_args_parse(ft_lfargs *a, ft_cli_args *c);
+int grpo_stage(const ft_cli_args *c);
+int grpo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manifest *man);
 /* dist.c: join `mpirun -np N ft-train` (NULL: one process); dist_finish
  * leaves it; dist_test_fault is the tests' FT_DIST_TEST_FAULT hook. */
 ft_dist *dist_start(ft_cli_args *c);

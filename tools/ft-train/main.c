@@ -28,7 +28,7 @@ static const char usage[] =
 "Data and model:\n"
 "  --train PATH[,PATH]        ft-pack output (directory, stream file, or - for stdin)\n"
 "  --val PATH                 validation batches (ft-pack --val_size: DIR/val)\n"
-"  --stage pt|sft|rm|dpo|kto|ppo  must match the batches' stage (default sft)\n"
+"  --stage pt|sft|rm|dpo|kto|ppo|grpo  the batches' stage (grpo: ppo's; default sft)\n"
 "  --model_name_or_path DIR   Hugging Face model directory (config.json + safetensors)\n"
 "  --train_from_scratch       random init (normal(0, initializer_range)) from --config\n"
 "  --config FILE              config.json for --train_from_scratch (default: the model's)\n"
@@ -116,6 +116,12 @@ static const char usage[] =
 "  --ppo_buffer_size N (1) --ppo_epochs N (4) --ppo_target KL (6.0) --ppo_score_norm\n"
 "  --ppo_whiten_rewards  --max_new_tokens N (1024) --do_sample BOOL (true)\n"
 "  --temperature T (0.95) --top_p P (0.7) --top_k K (50) --repetition_penalty R (1.0)\n"
+"GRPO (--stage grpo on ppo prompt batches, LoRA policy, on the CPU; docs/GRPO.md):\n"
+"  --reward_funcs [NAME=]CMD[,...]  each started once, JSON lines in, a number per line out\n"
+"  --reward_weights W[,...] (1 each)  --num_generations G (8)  --num_iterations N (1)\n"
+"  --loss_type grpo|bnpo|dr_grpo|dapo (dapo)  --beta B (0.0)  --epsilon E (0.2)\n"
+"  --epsilon_high E (epsilon)  --scale_rewards group|batch|none (group)\n"
+"  --max_completion_length N (512)  --top_p P (1.0) --top_k K (0)  --log_completions\n"
 "Data parallel (docs/DISTRIBUTED.md):\n"
 "  mpirun -np N ft-train ...  N ranks, each taking every N-th micro-batch: the\n"
 "                             global batch is N x batch x accumulation; only rank 0\n"
@@ -259,7 +265,11 @@ static void load_manifests(ft_cli_args *c, char **paths, size_t n, const char *w
 		} else if (ft_manifest_load(paths[i], &m) < 0) {
 			die("--%s: %s", what, ft_errmsg());
 		}
-		if (m.stage[0] && strcmp(m.stage, c->stage) != 0)
+		const char *want = grpo_stage(c) ? "ppo" : c->stage;   /* grpo samples from ppo prompts */
+		if (m.stage[0] && strcmp(m.stage, want) != 0 && grpo_stage(c))
+			die("%s: the batches were packed for stage '%s'; --stage grpo reads prompt batches "
+			    "(ft-tokenize --stage ppo, then ft-pack)", ft_display_name(paths[i]), m.stage);
+		if (m.stage[0] && strcmp(m.stage, want) != 0)
 			die("%s: the batches were packed for stage '%s' but --stage is %s "
 			    "(re-tokenize with --stage %s, or pass --stage %s)",
 			    ft_display_name(paths[i]), m.stage, c->stage, c->stage, m.stage);
@@ -546,7 +556,7 @@ int main(int argc, char **argv)
 				  c.resume ? "to skip to the checkpoint's position in a new process"
 					   : "more than one pass over the batches",
 				  (long long)plan.num_epochs, (long long)plan.num_epochs);
-		if (plan.num_epochs > tm_.epochs && !ppo_stage(&c))   /* ppo reads its prompts once */
+		if (plan.num_epochs > tm_.epochs && !ppo_stage(&c) && !grpo_stage(&c))   /* ppo reads its prompts once */
 			note_epoch_reuse(&c, &tm_, plan.num_epochs);
 		if (c.n_val && !strcmp(c.val[0], "-"))
 			die_usage("--val -: evaluation reads the batches again at every --eval_steps: give a file");
@@ -583,10 +593,11 @@ int main(int argc, char **argv)
 	/* llamafactory: model_max_length = cutoff_len */
 	c.tune.model_max_length = c.do_train ? tm_.cutoff_len : c.n_val ? vm_.cutoff_len : 0;
 	ft_model *m = load_model(&c);
-	if (ppo_stage(&c)) {   /* its own loop (tools/ft-train/ppo.c) */
-		if (!c.do_train || c.n_val) die_usage("--stage ppo trains (no --do_eval, --val or --do_predict)");
-		if (ft_dist_size(dist) > 1) die_usage("--stage ppo runs in one process (not under mpirun -np N)");
-		rc_ppo = ppo_run(&c, m, &train, &tm_);
+	if (ppo_stage(&c) || grpo_stage(&c)) {   /* their own loops (tools/ft-train/ppo.c, grpo.c) */
+		if (!c.do_train || c.n_val) die_usage("--stage %s trains (no --do_eval, --val or --do_predict)", c.stage);
+		if (c.resume && grpo_stage(&c)) die_usage("--resume_from_checkpoint: --stage grpo does not resume in this ft-train");
+		if (ft_dist_size(dist) > 1) die_usage("--stage %s runs in one process (not under mpirun -np N)", c.stage);
+		rc_ppo = grpo_stage(&c) ? grpo_run(&c, m, &train, &tm_) : ppo_run(&c, m, &train, &tm_);
 		train.close(train.self);
 		ft_model_free(m);
 		dist_finish(dist);

@@ -61,6 +61,7 @@ static int flag(const ft_lfargs *a, const char *k, int def)
 void ppo_args_parse(ft_lfargs *a, ft_cli_args *c)
 {
 	P.on = !strcmp(c->stage, "ppo");
+	if (!strcmp(c->stage, "grpo")) return;   /* it shares the sampling keys (grpo.c checks them) */
 	if (!P.on) {
 		for (const char *const *p = ppo_keys; *p; p++)
 			if (ft_lfargs_get(a, *p, NULL))
@@ -110,7 +111,7 @@ int ppo_stage(const ft_cli_args *c)
 
 /* The prompts of one pass over the batches: each row's ids up to its
  * right padding (ft-pack pads ppo rows with pad_id, labels all -100). */
-static ft_i32vec *read_prompts(ft_batch_source *src, const ft_manifest *man, size_t *n)
+ft_i32vec *read_prompts(ft_batch_source *src, const ft_manifest *man, size_t *n)
 {
 	ft_i32vec *q = NULL;
 	size_t cap = 0;
@@ -140,7 +141,7 @@ static ft_i32vec *read_prompts(ft_batch_source *src, const ft_manifest *man, siz
 
 /* eos_token_id of the model's generation_config.json, else config.json
  * (the first of a list); -1 when neither has one. */
-static int32_t model_eos(const char *dir)
+int32_t model_eos(const char *dir)
 {
 	const char *files[2] = { "generation_config.json", "config.json" };
 	for (int i = 0; i < 2; i++) {

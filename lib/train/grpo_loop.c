@@ -1,0 +1,393 @@
+/* grpo_loop.c - the GRPO stage's loop (grpo_loop.h). */
+#include "train/grpo_loop.h"
+#include "format/trainlog.h"
+#include "model/model_pref.h"
+#include "train/ppo_model.h"
+#include "util/error.h"
+#include "util/rng.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* TRL's metrics, each the mean of the values recorded in the logging
+ * window (generation metrics once per generation batch, loss metrics
+ * once per micro-batch); a key with no value in the window is left out. */
+enum {
+	M_MEAN_LEN, M_MIN_LEN, M_MAX_LEN, M_CLIPPED, M_MEAN_TERM, M_MIN_TERM, M_MAX_TERM,
+	M_REWARD, M_REWARD_STD, M_FRAC_ZERO, M_KL, M_LOW_MEAN, M_LOW_MIN, M_HIGH_MEAN, M_HIGH_MAX,
+	M_REGION, M_FIXED
+};
+static const char *const metric_keys[M_FIXED] = {
+	"completions/mean_length", "completions/min_length", "completions/max_length",
+	"completions/clipped_ratio", "completions/mean_terminated_length",
+	"completions/min_terminated_length", "completions/max_terminated_length", "reward", "reward_std",
+	"frac_reward_zero_std", "kl", "clip_ratio/low_mean", "clip_ratio/low_min", "clip_ratio/high_mean",
+	"clip_ratio/high_max", "clip_ratio/region_mean",
+};
+
+typedef struct {
+	int n;                  /* M_FIXED + 2 per reward */
+	double *sum;
+	int *cnt;
+	char **keys;
+} metrics;
+
+static void metrics_init(metrics *mt, const ft_grpo_loop_opts *o)
+{
+	mt->n = M_FIXED + 2 * o->n_rewards;
+	mt->sum = ft_xcalloc((size_t)mt->n, sizeof *mt->sum);
+	mt->cnt = ft_xcalloc((size_t)mt->n, sizeof *mt->cnt);
+	mt->keys = ft_xcalloc((size_t)mt->n, sizeof *mt->keys);
+	for (int i = 0; i < M_FIXED; i++) mt->keys[i] = ft_xstrdup(metric_keys[i]);
+	for (int k = 0; k < o->n_rewards; k++) {
+		mt->keys[M_FIXED + 2 * k] = ft_xasprintf("rewards/%s/mean", o->reward_names[k]);
+		mt->keys[M_FIXED + 2 * k + 1] = ft_xasprintf("rewards/%s/std", o->reward_names[k]);
+	}
+}
+
+static void metrics_free(metrics *mt)
+{
+	for (int i = 0; i < mt->n; i++) free(mt->keys[i]);
+	free(mt->keys);
+	free(mt->sum);
+	free(mt->cnt);
+}
+
+static void put(metrics *mt, int k, double v)
+{
+	if (isnan(v)) return;   /* TRL's log() drops NaN values before averaging */
+	mt->sum[k] += v;
+	mt->cnt[k]++;
+}
+
+/* mean and unbiased std of x[0..n) (nanstd) */
+static void mean_std(const double *x, size_t n, double *mean, double *std)
+{
+	double s = 0, v = 0;
+	for (size_t i = 0; i < n; i++) s += x[i];
+	*mean = s / n;
+	for (size_t i = 0; i < n; i++) v += (x[i] - *mean) * (x[i] - *mean);
+	*std = n > 1 ? sqrt(v / (n - 1)) : NAN;
+}
+
+/* One generation batch: N rows of prompt + completion, right-padded. */
+typedef struct {
+	int N, T;
+	size_t *pidx;
+	ft_i32vec *comp;
+	int32_t *ids, *labels;
+	float *mask, *adv, *old, *ref;
+	double num_items;
+} genbatch;
+
+static void genbatch_free(genbatch *g)
+{
+	for (int i = 0; g->comp && i < g->N; i++) ft_i32vec_free(&g->comp[i]);
+	free(g->comp); free(g->pidx); free(g->ids); free(g->labels);
+	free(g->mask); free(g->adv); free(g->old); free(g->ref);
+	memset(g, 0, sizeof *g);
+}
+
+/* TRL's completion: the tokens up to and including the first eos (ft's
+ * generator drops the stop token: put it back when it stopped early). */
+static void fix_completion(const ft_grpo_loop_opts *o, ft_i32vec *c)
+{
+	if ((int)c->n < o->max_completion_length && o->eos_id >= 0) ft_i32vec_push(c, o->eos_id);
+}
+
+static void build_grid(genbatch *g, const ft_i32vec *prompts)
+{
+	int T = 0;
+	for (int i = 0; i < g->N; i++) {
+		int l = (int)(prompts[g->pidx[i]].n + g->comp[i].n);
+		if (l > T) T = l;
+	}
+	g->T = T;
+	size_t n = (size_t)g->N * T;
+	g->ids = ft_xcalloc(n, sizeof *g->ids);
+	g->labels = ft_xmalloc(n * sizeof *g->labels);
+	g->mask = ft_xcalloc(n, sizeof *g->mask);
+	for (int i = 0; i < g->N; i++) {
+		const ft_i32vec *q = &prompts[g->pidx[i]], *a = &g->comp[i];
+		for (int t = 0; t < T; t++) {
+			size_t k = (size_t)i * T + t, lq = q->n, la = a->n;
+			g->ids[k] = t < (int)lq ? q->v[t] : t < (int)(lq + la) ? a->v[t - lq] : 0;
+			g->labels[k] = t >= (int)lq && t < (int)(lq + la) ? a->v[t - lq] : -100;
+		}
+	}
+	ft_batch b = { .B = g->N, .T = T, .input_ids = g->ids, .labels = g->labels };
+	ft_ppo_mask(&b, g->mask);
+	g->num_items = 0;
+	for (size_t k = 0; k < n; k++) g->num_items += g->mask[k];
+}
+
+/* Rows rows[0..n) of the grid as a batch (ids and labels copied). */
+static void sub_batch(const genbatch *g, const int *rows, int n, ft_batch *b)
+{
+	memset(b, 0, sizeof *b);
+	b->B = n;
+	b->T = g->T;
+	b->input_ids = ft_xmalloc((size_t)n * g->T * sizeof(int32_t));
+	b->labels = ft_xmalloc((size_t)n * g->T * sizeof(int32_t));
+	for (int i = 0; i < n; i++) {
+		size_t s = (size_t)rows[i] * g->T, d = (size_t)i * g->T;
+		memcpy(b->input_ids + d, g->ids + s, g->T * sizeof(int32_t));
+		memcpy(b->labels + d, g->labels + s, g->T * sizeof(int32_t));
+		for (int t = 0; t < g->T; t++) b->n_label_tokens += g->labels[d + t] != -100;
+	}
+}
+
+static void gather_rows(const genbatch *g, const float *src, const int *rows, int n, float *dst)
+{
+	for (int i = 0; i < n; i++) memcpy(dst + (size_t)i * g->T, src + (size_t)rows[i] * g->T, g->T * sizeof(float));
+}
+
+/* logp of rows[0..n) into out rows (train: dropout on, as TRL's model in train mode) */
+static int logps_rows(ft_model *m, const genbatch *g, const int *rows, int n, int train, float *out)
+{
+	ft_batch b;
+	sub_batch(g, rows, n, &b);
+	float *lp = ft_xmalloc((size_t)n * g->T * sizeof *lp);
+	int rc = ft_model_logps_forward(m, &b, train, lp, NULL);
+	for (int i = 0; rc == 0 && i < n; i++)
+		memcpy(out + (size_t)rows[i] * g->T, lp + (size_t)i * g->T, g->T * sizeof(float));
+	free(lp);
+	ft_batch_free(&b);
+	return rc;
+}
+
+/* Old (num_iterations > 1) and reference (beta != 0) log-probabilities,
+ * in micro-batches of batch_size rows as TRL chunks them. */
+static int old_ref_passes(ft_model *m, genbatch *g, const ft_grpo_loop_opts *o)
+{
+	int rc = 0, *rows = ft_xmalloc((size_t)g->N * sizeof *rows);
+	for (int i = 0; i < g->N; i++) rows[i] = i;
+	size_t n = (size_t)g->N * g->T;
+	if (o->num_iterations > 1) g->old = ft_xcalloc(n, sizeof(float));
+	if (o->grpo.beta != 0) g->ref = ft_xcalloc(n, sizeof(float));
+	for (int i = 0; rc == 0 && i < g->N; i += o->batch_size) {
+		int k = g->N - i < o->batch_size ? g->N - i : o->batch_size;
+		if (g->old) rc = logps_rows(m, g, rows + i, k, 1, g->old);
+		if (rc == 0 && g->ref) {
+			ft_model_set_adapters(m, 0);
+			rc = logps_rows(m, g, rows + i, k, 0, g->ref);
+			ft_model_set_adapters(m, 1);
+		}
+	}
+	free(rows);
+	return rc;
+}
+
+typedef struct {
+	ft_param **ps;
+	size_t np;
+	ft_adamw *opt;
+	ft_rng rng;
+	int64_t step, gen;
+	double loss_step, loss_sum;
+	int n_logged;
+	metrics mt;
+} loop_state;
+
+static void length_metrics(loop_state *s, const ft_grpo_loop_opts *o, const genbatch *g)
+{
+	double sum = 0, mn = INFINITY, mx = 0, tsum = 0, tmn = INFINITY, tmx = 0;
+	int clipped = 0, nterm = 0;
+	for (int i = 0; i < g->N; i++) {
+		const ft_i32vec *c = &g->comp[i];
+		double l = (double)c->n;
+		sum += l; if (l < mn) mn = l; if (l > mx) mx = l;
+		int32_t last = c->n ? c->v[c->n - 1] : o->pad_id;
+		if (last != o->eos_id && last != o->pad_id) { clipped++; continue; }
+		nterm++;
+		tsum += l; if (l < tmn) tmn = l; if (l > tmx) tmx = l;
+	}
+	if (nterm == 0) tsum = tmn = tmx = 0, nterm = 1;   /* TRL: zeros(1) */
+	const double v[7] = { sum / g->N, mn, mx, (double)clipped / g->N, tsum / nterm, tmn, tmx };
+	for (int k = 0; k < 7; k++) put(&s->mt, M_MEAN_LEN + k, v[k]);
+}
+
+/* Sample, score, advantages; nothing of the model changes here. */
+static int generation(ft_model *m, loop_state *s, const ft_grpo_loop_opts *o, const ft_i32vec *prompts,
+		      const size_t *uniq, int P, genbatch *g)
+{
+	int G = o->num_generations, K = o->n_rewards;
+	g->N = P * G;
+	g->pidx = ft_xmalloc((size_t)g->N * sizeof *g->pidx);
+	g->comp = ft_xcalloc((size_t)g->N, sizeof *g->comp);
+	ft_i32vec *q = ft_xmalloc((size_t)g->N * sizeof *q);
+	for (int i = 0; i < g->N; i++) {
+		g->pidx[i] = uniq[i / G];
+		q[i] = prompts[g->pidx[i]];   /* borrowed */
+	}
+	int rc = o->generate(o->gen_ctx, m, q, (size_t)g->N, o->seed + (uint64_t)s->gen * 1000003u, g->comp);
+	free(q);
+	if (rc < 0) return -1;
+	for (int i = 0; i < g->N; i++) fix_completion(o, &g->comp[i]);
+	float *pf = ft_xcalloc((size_t)g->N * K, sizeof *pf), *rew = ft_xmalloc((size_t)g->N * sizeof *rew);
+	g->adv = ft_xmalloc((size_t)g->N * sizeof *g->adv);
+	double fz = 0;
+	rc = o->score(o->score_ctx, g->pidx, g->comp, (size_t)g->N, pf);
+	if (rc == 0) rc = ft_grpo_advantages(&o->grpo, pf, o->reward_weights, K, g->N, G, rew, g->adv, &fz);
+	if (rc == 0 && o->on_samples) rc = o->on_samples(o->samples_ctx, s->step, g->pidx, g->comp, (size_t)g->N, pf, g->adv);
+	if (rc == 0) {
+		build_grid(g, prompts);
+		rc = old_ref_passes(m, g, o);
+	}
+	if (rc == 0) {
+		length_metrics(s, o, g);
+		double *x = ft_xmalloc((size_t)g->N * sizeof *x), mean, sd;
+		for (int k = 0; k < K; k++) {
+			for (int i = 0; i < g->N; i++) x[i] = pf[(size_t)i * K + k];
+			mean_std(x, (size_t)g->N, &mean, &sd);
+			put(&s->mt, M_FIXED + 2 * k, mean);
+			put(&s->mt, M_FIXED + 2 * k + 1, sd);
+		}
+		for (int i = 0; i < g->N; i++) x[i] = rew[i];
+		mean_std(x, (size_t)g->N, &mean, &sd);
+		put(&s->mt, M_REWARD, mean);
+		put(&s->mt, M_REWARD_STD, sd);
+		put(&s->mt, M_FRAC_ZERO, fz);
+		free(x);
+	}
+	free(pf);
+	free(rew);
+	return rc;
+}
+
+/* One micro-batch: forward, loss, backward. */
+static int microbatch(ft_model *m, loop_state *s, const ft_grpo_loop_opts *o, const genbatch *g,
+		      const int *rows, int n)
+{
+	size_t cnt = (size_t)n * g->T;
+	float *buf = ft_xcalloc(cnt * 5, sizeof(float));
+	float *lp = buf, *dl = buf + cnt, *mask = buf + 2 * cnt;
+	float *old = g->old ? buf + 3 * cnt : NULL, *ref = g->ref ? buf + 4 * cnt : NULL;
+	float *adv = ft_xmalloc((size_t)n * sizeof *adv);
+	gather_rows(g, g->mask, rows, n, mask);
+	if (old) gather_rows(g, g->old, rows, n, old);
+	if (ref) gather_rows(g, g->ref, rows, n, ref);
+	for (int i = 0; i < n; i++) adv[i] = g->adv[rows[i]];
+	ft_batch b;
+	sub_batch(g, rows, n, &b);
+	ft_grpo_loss_stats st;
+	int rc = ft_model_logps_forward(m, &b, 1, lp, NULL);
+	if (rc == 0) rc = ft_grpo_loss(&o->grpo, lp, old, ref, mask, adv, n, g->T, o->grad_accum, g->num_items, &st, dl);
+	if (rc == 0) rc = ft_model_logps_backward(m, &b, dl);
+	if (rc == 0) {
+		s->loss_step += st.loss;
+		if (o->grpo.beta != 0) put(&s->mt, M_KL, st.kl);
+		put(&s->mt, M_LOW_MEAN, st.low_mean);
+		put(&s->mt, M_LOW_MIN, st.low_min);
+		put(&s->mt, M_HIGH_MEAN, st.high_mean);
+		put(&s->mt, M_HIGH_MAX, st.high_max);
+		put(&s->mt, M_REGION, st.region_mean);
+	}
+	ft_batch_free(&b);
+	free(adv);
+	free(buf);
+	return rc;
+}
+
+static void write_log(const ft_grpo_loop_opts *o, loop_state *s, double lr)
+{
+	ft_trainlog_entry e;
+	ft_trainlog_entry_init(&e);
+	e.current_steps = s->step;
+	e.total_steps = o->max_steps;
+	e.loss = round(s->loss_sum / s->n_logged * 1e4) / 1e4;   /* LLaMA-Factory's round(x, 4) */
+	e.lr = lr;
+	e.epoch = round(s->step / o->steps_per_epoch * 1e2) / 1e2;
+	e.percentage = round(s->step * 1e4 / o->max_steps) / 1e2;
+	const char **k = ft_xmalloc((size_t)s->mt.n * sizeof *k);
+	double *v = ft_xmalloc((size_t)s->mt.n * sizeof *v);
+	size_t nk = 0;
+	for (int i = 0; i < s->mt.n; i++) {
+		if (!s->mt.cnt[i]) continue;
+		k[nk] = s->mt.keys[i];
+		v[nk++] = s->mt.sum[i] / s->mt.cnt[i];
+		s->mt.sum[i] = 0;
+		s->mt.cnt[i] = 0;
+	}
+	ft_trainlog_write_extra(o->log, &e, k, v, nk);
+	fflush(o->log);
+	free(k);
+	free(v);
+	s->loss_sum = 0;
+	s->n_logged = 0;
+}
+
+/* num_iterations passes over the shuffled generation batch, each one
+ * optimizer step of grad_accum micro-batches. */
+static int updates(ft_model *m, loop_state *s, const ft_grpo_loop_opts *o, const genbatch *g)
+{
+	int64_t *perm = ft_xmalloc((size_t)g->N * sizeof *perm);
+	int *rows = ft_xmalloc((size_t)g->N * sizeof *rows), rc = 0;
+	for (int i = 0; i < g->N; i++) perm[i] = i;
+	ft_shuffle_i64(&s->rng, perm, (size_t)g->N);   /* shuffle_sequence_dict */
+	for (int i = 0; i < g->N; i++) rows[i] = (int)perm[i];
+	for (int it = 0; it < o->num_iterations && rc == 0 && s->step < o->max_steps; it++) {
+		double lr = ft_sched_lr(&o->sched, s->step);
+		ft_model_zero_grad(m);
+		s->loss_step = 0;
+		for (int i = 0; i < g->N && rc == 0; i += o->batch_size) {
+			int n = g->N - i < o->batch_size ? g->N - i : o->batch_size;
+			rc = microbatch(m, s, o, g, rows + i, n);
+		}
+		if (rc < 0) break;
+		if (o->max_grad_norm > 0) ft_clip_grad_norm(s->ps, s->np, o->max_grad_norm);
+		ft_adamw_step(s->opt, lr);
+		s->step++;
+		s->loss_sum += s->loss_step;
+		s->n_logged++;
+		if (o->log && s->step % o->logging_steps == 0) write_log(o, s, lr);
+	}
+	free(rows);
+	free(perm);
+	return rc;
+}
+
+int ft_grpo_prompts_per_generation(const ft_grpo_loop_opts *o)
+{
+	int N = o->batch_size * o->grad_accum;
+	return o->num_generations > 0 && N % o->num_generations == 0 ? N / o->num_generations : 0;
+}
+
+int ft_grpo_train(ft_model *m, const ft_i32vec *prompts, size_t n, const ft_grpo_loop_opts *o)
+{
+	int P = ft_grpo_prompts_per_generation(o);
+	if (P == 0) return ft_fail("the generation batch is not whole groups of num_generations");
+	if (n < (size_t)P) return ft_fail("%zu prompts: one generation batch needs %d", n, P);
+	loop_state s;
+	memset(&s, 0, sizeof s);
+	ft_rng_seed(&s.rng, o->seed);
+	size_t np = ft_model_nparams(m);
+	s.ps = ft_xmalloc(np * sizeof *s.ps);
+	for (size_t i = 0; i < np; i++)
+		if (ft_model_param(m, i)->trainable) s.ps[s.np++] = ft_model_param(m, i);
+	s.opt = ft_adamw_new(s.ps, s.np, &o->adamw);
+	metrics_init(&s.mt, o);
+	int64_t *order = ft_xmalloc(n * sizeof *order);
+	size_t *uniq = ft_xmalloc((size_t)P * sizeof *uniq), pos = n;
+	int rc = 0;
+	while (rc == 0 && s.step < o->max_steps) {
+		if (pos + P > n) {   /* a new pass: RepeatSampler's seeded shuffle, the tail dropped */
+			for (size_t i = 0; i < n; i++) order[i] = (int64_t)i;
+			ft_shuffle_i64(&s.rng, order, n);
+			pos = 0;
+		}
+		for (int i = 0; i < P; i++) uniq[i] = (size_t)order[pos++];
+		genbatch g = { 0 };
+		rc = generation(m, &s, o, prompts, uniq, P, &g);
+		s.gen++;
+		if (rc == 0) rc = updates(m, &s, o, &g);
+		genbatch_free(&g);
+	}
+	free(order);
+	free(uniq);
+	metrics_free(&s.mt);
+	ft_adamw_free(s.opt);
+	free(s.ps);
+	return rc;
+}

@@ -1,0 +1,67 @@
+/* grpo_loop.h - the GRPO stage's loop, as TRL 1.16's GRPOTrainer with its
+ * defaults (steps_per_generation = gradient_accumulation_steps): one
+ * generation batch of per_device_train_batch_size x accumulation
+ * completions, num_generations per prompt, is sampled through the
+ * caller's generator (gen/ sits above train/: ft-train passes
+ * ft_generate), scored through the caller's rewards, given group
+ * advantages (grpo.h), shuffled and cut into accumulation micro-batches;
+ * each of num_iterations passes over them is one AdamW step.  Old
+ * log-probabilities are computed only when num_iterations > 1, reference
+ * ones (the LoRA policy with its adapters off) only when beta != 0.  One
+ * trainer_log.jsonl line per logging step with TRL's metrics. */
+#ifndef FT_GRPO_LOOP_H
+#define FT_GRPO_LOOP_H
+
+#include <stdio.h>
+#include "model/model.h"
+#include "train/grpo.h"
+#include "train/lr_sched.h"
+#include "train/optim.h"
+#include "train/ppo_loop.h"
+#include "util/vec.h"
+
+/* per_func[i*K + k]: reward k of completion i (of prompt prompt_idx[i]),
+ * i < n; -1 with a message (then nothing of the step is applied). */
+typedef int (*ft_grpo_score_fn)(void *ctx, const size_t *prompt_idx, const ft_i32vec *completions,
+				size_t n, float *per_func);
+
+/* Called after scoring with what TRL's completions table holds (for
+ * --log_completions); -1 with a message stops the run. */
+typedef int (*ft_grpo_sample_fn)(void *ctx, int64_t step, const size_t *prompt_idx,
+				 const ft_i32vec *completions, size_t n, const float *per_func,
+				 const float *adv);
+
+typedef struct {
+	ft_grpo_opts grpo;
+	int batch_size, grad_accum;   /* completions per micro-batch; micro-batches per generation */
+	int num_generations, num_iterations;
+	int64_t max_steps;            /* optimizer steps */
+	double steps_per_epoch;       /* the log's epoch = step / steps_per_epoch */
+	int logging_steps;
+	ft_ppo_gen_fn generate;       /* stop token dropped (ppo_loop.h) */
+	void *gen_ctx;
+	int max_completion_length;
+	int32_t pad_id, eos_id;       /* eos_id < 0: none */
+	int n_rewards;
+	const float *reward_weights;  /* [n_rewards] */
+	const char *const *reward_names;   /* rewards/NAME/mean */
+	ft_grpo_score_fn score;
+	void *score_ctx;
+	ft_grpo_sample_fn on_samples; /* NULL: none */
+	void *samples_ctx;
+	ft_adamw_opts adamw;
+	double max_grad_norm;         /* <= 0: no clipping */
+	ft_sched sched;               /* over max_steps */
+	uint64_t seed;
+	FILE *log;                    /* trainer_log.jsonl */
+} ft_grpo_loop_opts;
+
+/* Unique prompts per generation batch: batch x accumulation / G; 0 when
+ * that is not whole (the caller refuses it, as GRPOConfig does). */
+int ft_grpo_prompts_per_generation(const ft_grpo_loop_opts *o);
+
+/* prompts[0..n): each pass over them a fresh seeded shuffle (TRL's
+ * RepeatSampler), the last incomplete generation batch dropped. */
+int ft_grpo_train(ft_model *m, const ft_i32vec *prompts, size_t n, const ft_grpo_loop_opts *o);
+
+#endif

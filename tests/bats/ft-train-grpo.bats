@@ -1,0 +1,187 @@
+#!/usr/bin/env bats
+# ft-train --stage grpo (docs/GRPO.md): runs on the tiny Llama with reward
+# commands (TRL's metrics in trainer_log.jsonl, completions.jsonl, the
+# plot), a property test (a reward preferring one token raises the mean
+# reward within 30 steps), determinism, reward commands that fail, and the
+# refusals.
+load helper
+
+LLAMA="$FIXTURES/models/tiny-llama"
+PEAKY="$FIXTURES/grpo/peaky-llama"
+export OMP_NUM_THREADS=1
+
+setup() {
+	cd "$BATS_TEST_TMPDIR"
+	command -v ft-cat >/dev/null || { echo "ft-cat is not built (run make)" >&2; return 1; }
+	ft-cat --encode < "$FIXTURES/grpo/prompts.jsonl" > p8.zst   # 8 prompts, batch_size 8
+	ft-cat --encode < "$FIXTURES/ppo/prompts.jsonl" > p2.zst    # 4 prompts, batch_size 2
+}
+need_jq() { command -v jq >/dev/null || skip "jq is not installed"; }
+
+# The tiny model has no tokenizer: a reward sees token ids, space-separated.
+# count TOKEN: a reward command answering, per line, how often TOKEN is in
+# the completion (a shell loop: it answers each line as it reads it).
+count() {
+	printf '%s' "while IFS= read -r l; do c=\${l#*\\\"completion\\\":\\\"}; c=\${c%%\\\"*}; n=0; for t in \$c; do [ \"\$t\" = $1 ] && n=\$((n+1)); done; echo \$n; done"
+}
+ONE='while read -r l; do echo 1; done'
+
+grpo() {
+	ft-train --stage grpo --model_name_or_path "$LLAMA" --train p8.zst --max_completion_length 6 \
+		--max_steps 3 --logging_steps 1 --learning_rate 1e-3 -q "$@"
+}
+
+@test "grpo: a run logs TRL's metrics, saves the adapter, writes completions.jsonl and plots reward beside loss" {
+	need_jq
+	run grpo --output_dir a --reward_funcs "c97=$(count 97)" --log_completions true --plot_loss true --beta 0.04
+	assert_success
+	[ -f a/adapter_model.safetensors ] && [ -f a/adapter_config.json ]
+	[ -f a/training_loss.png ] && [ -f a/training_reward.png ]
+	[ "$(wc -l < a/trainer_log.jsonl)" -eq 3 ]
+	run jq -r '[.current_steps, .total_steps, (.loss|type), (.reward|type), (.reward_std|type),
+		(."rewards/c97/mean"|type), (."rewards/c97/std"|type), (.kl|type), ."completions/mean_length",
+		(."completions/clipped_ratio"|type), (."clip_ratio/region_mean"|type), (."clip_ratio/low_min"|type),
+		(.frac_reward_zero_std|type)] | @tsv' a/trainer_log.jsonl
+	assert_success
+	[ "${lines[0]}" = "$(printf '1\t3\tnumber\tnumber\tnumber\tnumber\tnumber\tnumber\t6\tnumber\tnumber\tnumber\tnumber')" ]
+	# one JSON line per completion: 8 completions (1 prompt x 8 generations) per step
+	[ "$(wc -l < a/completions.jsonl)" -eq 24 ]
+	run jq -r '[.step, (.prompt|type), (.completion|type), (.rewards.c97|type), (.advantage|type)] | @tsv' a/completions.jsonl
+	[ "${lines[0]}" = "$(printf '0\tstring\tstring\tnumber\tnumber')" ]
+	# every completion of a step shares its prompt (a group)
+	[ "$(jq -r 'select(.step == 0) | .prompt' a/completions.jsonl | sort -u | wc -l)" -eq 1 ]
+	# ft-plot reads the keys
+	run ft-plot --ascii --width 60 --height 6 --keys loss,reward,rewards/c97/mean a/trainer_log.jsonl
+	assert_success
+	assert_output --partial reward
+}
+
+@test "grpo: property: a reward preferring one token raises the mean reward within 30 steps (fixed seed)" {
+	need_jq
+	run ft-train --stage grpo --model_name_or_path "$PEAKY" --train p8.zst --output_dir a \
+		--max_completion_length 8 --max_steps 30 --logging_steps 1 --learning_rate 1e-2 \
+		--lr_scheduler_type constant --reward_funcs "$(count 97)" -q
+	assert_success
+	first=$(jq -s '[.[:5][].reward] | add / 5' a/trainer_log.jsonl)
+	last=$(jq -s '[.[-5:][].reward] | add / 5' a/trainer_log.jsonl)
+	echo "mean reward of the first 5 steps $first, of the last 5 $last"
+	# 8 tokens per completion: from about 0.3 to nearly all of them
+	jq -en "$last > $first + 3" >/dev/null
+}
+
+@test "grpo: runs are deterministic (same seed: identical logs and adapters)" {
+	grpo --output_dir a --reward_funcs "$(count 97)" --num_iterations 2 --beta 0.1
+	grpo --output_dir b --reward_funcs "$(count 97)" --num_iterations 2 --beta 0.1
+	cmp a/trainer_log.jsonl b/trainer_log.jsonl
+	cmp a/adapter_model.safetensors b/adapter_model.safetensors
+	grpo --output_dir c --reward_funcs "$(count 97)" --num_iterations 2 --beta 0.1 --seed 7
+	! cmp -s a/adapter_model.safetensors c/adapter_model.safetensors
+}
+
+@test "grpo: each reward command starts once per run and sees one JSON line per completion" {
+	need_jq
+	run grpo --output_dir a --reward_funcs "echo started >> $BATS_TEST_TMPDIR/starts; tee -a $BATS_TEST_TMPDIR/seen | $ONE"
+	assert_success
+	[ "$(wc -l < starts)" -eq 1 ]
+	[ "$(wc -l < seen)" -eq 24 ]
+	run jq -r 'keys_unsorted | join(",")' seen
+	[ "${lines[0]}" = "prompt,completion" ]
+	jq -e '.prompt | test("^1( [0-9]+)+$")' seen >/dev/null
+}
+
+@test "grpo: several reward commands with --reward_weights: the weighted sum, one rewards/NAME each" {
+	need_jq
+	run grpo --output_dir a --max_steps 1 --reward_funcs "one=$ONE,two=while read -r l; do echo 2; done" \
+		--reward_weights 0.5,2
+	assert_success
+	run jq -r '[.reward, ."rewards/one/mean", ."rewards/two/mean", .reward_std, .frac_reward_zero_std] | @tsv' a/trainer_log.jsonl
+	[ "$output" = "$(printf '4.5\t1\t2\t0\t1')" ]
+	# a comma inside quotes or brackets does not split the command
+	run grpo --output_dir b --max_steps 1 --reward_funcs "c=while read -r l; do echo \"1,5\" | cut -d\",\" -f1; done"
+	assert_success
+	[ "$(jq -r '."rewards/c/mean"' b/trainer_log.jsonl)" = 1 ]
+}
+
+@test "grpo: beta 0 computes no KL; num_iterations 2 reuses a generation batch for two steps" {
+	need_jq
+	grpo --output_dir a --reward_funcs "$(count 97)" --num_iterations 2 --max_steps 4
+	[ "$(jq -r 'has("kl")' a/trainer_log.jsonl | sort -u)" = false ]
+	# generation metrics on steps 1 and 3 only (TRL logs what the window recorded)
+	[ "$(jq -r 'has("reward")' a/trainer_log.jsonl | tr '\n' ' ')" = "true false true false " ]
+	[ "$(jq -r 'has("clip_ratio/region_mean")' a/trainer_log.jsonl | sort -u)" = true ]
+	grpo --output_dir b --reward_funcs "$(count 97)" --beta 0.04 --max_steps 1
+	[ "$(jq -r '.kl | type' b/trainer_log.jsonl)" = number ]
+}
+
+@test "grpo: every --loss_type trains (their normalisations: tests/unit/test_grpo.c against TRL)" {
+	need_jq
+	for t in grpo bnpo dr_grpo dapo; do
+		grpo --output_dir "$t" --reward_funcs "$(count 97)" --loss_type "$t" --max_steps 2 \
+			--num_iterations 2 --scale_rewards false
+		[ -f "$t/adapter_model.safetensors" ]
+		[ "$(jq -r '.loss | type' "$t/trainer_log.jsonl" | sort -u)" = number ]
+	done
+}
+
+@test "grpo: a reward command that fails names the line, exits 1 and saves nothing" {
+	run grpo --output_dir a --reward_funcs "bad=awk -W interactive 'NR == 2 { print \"x2\"; next } { print 1 }'"
+	[ "$status" -eq 1 ]
+	assert_output --partial "reward bad: line 2 of its output (completion 2 of the batch), 'x2', is not a number"
+	[ ! -e a/adapter_model.safetensors ]
+	run grpo --output_dir b --reward_funcs "quits=read -r l; echo 1; exit 3"
+	[ "$status" -eq 1 ]
+	assert_output --partial "reward quits exited with status 3 after 1 of 8 answers"
+	[ ! -e b/adapter_model.safetensors ]
+	run grpo --output_dir c --reward_funcs "twice=while read -r l; do echo 1; echo 1; done"
+	[ "$status" -eq 1 ]
+	assert_output --partial "reward twice: line 9 of its output: more lines than the 8 completions"
+	run grpo --output_dir d --reward_funcs "no-such-command-x"
+	[ "$status" -eq 1 ]
+	assert_output --partial "status 127"
+}
+
+@test "grpo: refusals name the flag and the reason" {
+	run grpo --output_dir a
+	[ "$status" -eq 2 ]; assert_output --partial "--stage grpo needs --reward_funcs"
+	run grpo --output_dir a --reward_funcs "$ONE" --num_generations 1
+	[ "$status" -eq 2 ]; assert_output --partial "at least 2 completions per prompt"
+	run ft-train --stage grpo --model_name_or_path "$LLAMA" --train p2.zst --output_dir a --reward_funcs "$ONE" -q
+	[ "$status" -eq 2 ]; assert_output --partial "2 x 1, must be divisible by --num_generations 8"
+	run grpo --output_dir a --reward_funcs "$ONE" --loss_type cispo
+	[ "$status" -eq 2 ]; assert_output --partial "--loss_type: 'cispo'"
+	run grpo --output_dir a --reward_funcs "$ONE" --scale_rewards sometimes
+	[ "$status" -eq 2 ]; assert_output --partial "--scale_rewards: 'sometimes'"
+	run grpo --output_dir a --reward_funcs "$ONE" --temperature 0.7
+	[ "$status" -eq 2 ]; assert_output --partial "log-probability head has no temperature"
+	run grpo --output_dir a --reward_funcs "$ONE" --max_new_tokens 4
+	[ "$status" -eq 2 ]; assert_output --partial "--max_new_tokens: a --stage ppo setting; --stage grpo uses --max_completion_length"
+	run grpo --output_dir a --reward_funcs "$ONE" --reward_weights 1,2
+	[ "$status" -eq 2 ]; assert_output --partial "more weights than the 1 --reward_funcs"
+	run grpo --output_dir a --reward_funcs "$ONE" --reward_model some/rm
+	[ "$status" -eq 2 ]; assert_output --partial "--reward_model"
+	run grpo --output_dir a --reward_funcs "$ONE" --finetuning_type full
+	[ "$status" -eq 2 ]; assert_output --partial "LoRA policies only"
+	run ft-train --stage sft --model_name_or_path "$LLAMA" --train p8.zst --output_dir a --num_generations 4 -q
+	[ "$status" -eq 2 ]; assert_output --partial "--num_generations: only --stage grpo uses it"
+	run grpo --output_dir a --reward_funcs "$ONE" --num_generations 4 --max_steps 1 --ppo_epochs 2
+	[ "$status" -eq 2 ]; assert_output --partial "--ppo_epochs: a --stage ppo setting; --stage grpo uses --num_iterations"
+	run grpo --output_dir a --reward_funcs "a'b"
+	[ "$status" -eq 2 ]; assert_output --partial "unterminated ' quote"
+}
+
+@test "examples/grpo.mk: tokenize, pack, GRPO with the arithmetic checker, plot; check.sh scores answers" {
+	need_jq
+	run sh "$FT_ROOT/examples/grpo/check.sh" <<-'IN'
+	{"prompt":"Human: What is 3+4?\nAssistant:","completion":" 7, I think"}
+	{"prompt":"Human: What is 3+4?\nAssistant:","completion":"8"}
+	{"prompt":"Human: hello","completion":"7"}
+	IN
+	[ "$output" = "$(printf '1\n0\n0')" ]
+	mkdir m && cp "$LLAMA"/* "$FIXTURES"/generate/tokenizer/* m/   # the tiny model with a tokenizer
+	run make -f "$FT_ROOT/examples/grpo.mk" MODEL="$BATS_TEST_TMPDIR/m" OUT=out MAX_STEPS=3
+	assert_success
+	[ -s out/reward.svg ] && [ -s out/adapter/adapter_model.safetensors ]
+	[ "$(wc -l < out/adapter/trainer_log.jsonl)" -eq 3 ]
+	jq -e '.prompt | test("What is [0-9]\\+[0-9]\\?")' out/adapter/completions.jsonl >/dev/null
+	[ "$(jq -r '."rewards/acc/mean" | type' out/adapter/trainer_log.jsonl | sort -u)" = number ]
+}

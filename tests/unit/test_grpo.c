@@ -1,0 +1,221 @@
+/* test_grpo.c - TRL 1.16 GRPOTrainer's advantages and loss (train/grpo.h)
+ * against tests/reference/make_grpo_fixtures.py, which runs TRL's own
+ * _compute_loss on the tiny Llama with the preference fixtures' LoRA: per
+ * loss_type, the advantages, the log-probabilities, the loss, the logged
+ * kl and clip ratios, d loss / d logp per token, and every LoRA gradient.
+ *
+ * Tolerances: the advantages and the arithmetic on given log-probabilities
+ * are float32 both sides (a few ulps; 1e-5).  The model's log-probabilities
+ * and gradients come from a float32 forward and backward whose BLAS order
+ * differs from torch's: 1e-4, as test_ppo and test_pref. */
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "tap.h"
+#include "train/grpo.h"
+#include "train/ppo_model.h"
+#include "format/safetensors.h"
+#include "model/model.h"
+#include "model/model_pref.h"
+#include "util/error.h"
+#include "util/json.h"
+
+typedef struct {
+	int N, T, C;            /* rows, grid width, TRL's completion width */
+	int *lp, *lc;           /* prompt and completion lengths */
+	ft_batch b;
+	float *mask;
+} grid;
+
+static void grid_build(grid *g, const json_t *root)
+{
+	const json_t *P = json_object_get(root, "prompts"), *Cs = json_object_get(root, "completions");
+	int G = (int)ft_json_int(root, "G", 0);
+	memset(g, 0, sizeof *g);
+	g->N = (int)json_array_size(Cs);
+	g->lp = calloc(g->N, sizeof(int));
+	g->lc = calloc(g->N, sizeof(int));
+	for (int i = 0; i < g->N; i++) {
+		g->lp[i] = (int)json_array_size(json_array_get(P, i / G));
+		g->lc[i] = (int)json_array_size(json_array_get(Cs, i));
+		if (g->lp[i] + g->lc[i] > g->T) g->T = g->lp[i] + g->lc[i];
+		if (g->lc[i] > g->C) g->C = g->lc[i];
+	}
+	g->b.B = g->N;
+	g->b.T = g->T;
+	g->b.input_ids = calloc((size_t)g->N * g->T, sizeof(int32_t));
+	g->b.labels = malloc((size_t)g->N * g->T * sizeof(int32_t));
+	for (int i = 0; i < g->N; i++) {
+		const json_t *p = json_array_get(P, i / G), *c = json_array_get(Cs, i);
+		for (int t = 0; t < g->T; t++) {
+			size_t k = (size_t)i * g->T + t;
+			int lp = g->lp[i], lc = g->lc[i];
+			int id = t < lp ? (int)json_integer_value(json_array_get(p, t))
+			       : t < lp + lc ? (int)json_integer_value(json_array_get(c, t - lp)) : 0;
+			g->b.input_ids[k] = id;
+			g->b.labels[k] = t >= lp && t < lp + lc ? id : -100;
+			g->b.n_label_tokens += t >= lp && t < lp + lc;
+		}
+	}
+	g->mask = calloc((size_t)g->N * g->T, sizeof(float));
+	ft_ppo_mask(&g->b, g->mask);
+}
+
+/* TRL's [N, C] completion tensor into the grid (position lp - 1 + j) */
+static float *to_grid(const grid *g, const ft_st *st, const char *name)
+{
+	const ft_st_tensor *t = ft_st_find(st, name);
+	if (!t) return NULL;
+	float *w = malloc((size_t)g->N * g->C * sizeof *w), *out = calloc((size_t)g->N * g->T, sizeof *out);
+	ft_st_read_f32(t, w);
+	for (int i = 0; i < g->N; i++)
+		for (int j = 0; j < g->lc[i]; j++) out[(size_t)i * g->T + g->lp[i] - 1 + j] = w[(size_t)i * g->C + j];
+	free(w);
+	return out;
+}
+
+static double grid_err(const grid *g, const float *got, const float *want)
+{
+	size_t n = (size_t)g->N * g->T;
+	float *a = malloc(n * sizeof *a);
+	for (size_t i = 0; i < n; i++) a[i] = g->mask[i] ? got[i] : 0;
+	double e = max_rel(a, want, n);
+	free(a);
+	return e;
+}
+
+static double grads_err(ft_model *m, const ft_st *st, int *ng)
+{
+	double worst = 0;
+	*ng = 0;
+	for (size_t j = 0; j < ft_model_nparams(m); j++) {
+		ft_param *q = ft_model_param(m, j);
+		if (!q->trainable) continue;
+		char key[256];
+		snprintf(key, sizeof key, "grad.%s", q->name);
+		const ft_st_tensor *t = ft_st_find(st, key);
+		if (!t) continue;
+		float *w = malloc(q->n * sizeof *w);
+		ft_st_read_f32(t, w);
+		double e = max_rel(q->g, w, q->n);
+		if (e > worst || e != e) worst = e != e ? INFINITY : e;
+		free(w);
+		(*ng)++;
+	}
+	return worst;
+}
+
+static void check_case(ft_model *m, const json_t *root, const json_t *c, grid *g)
+{
+	const char *name = ft_json_str(c, "name", "?");
+	ft_grpo_opts o;
+	ft_grpo_opts_default(&o);
+	o.loss_type = ft_grpo_loss_type(ft_json_str(c, "loss_type", ""));
+	o.scale_rewards = ft_grpo_scale(ft_json_str(c, "scale_rewards", ""));
+	o.beta = ft_json_num(c, "beta", 0);
+	o.epsilon_low = ft_json_num(c, "epsilon", 0);
+	o.epsilon_high = ft_json_num(c, "epsilon_high", 0);
+	o.max_completion_length = (int)ft_json_int(c, "max_completion_length", 0);
+	int N = g->N, K = (int)json_array_size(json_object_get(root, "weights"));
+	float *pf = malloc((size_t)N * K * sizeof *pf), w[8], rew[64], adv[64], wadv[64];
+	for (int k = 0; k < K; k++) w[k] = (float)json_number_value(json_array_get(json_object_get(root, "weights"), k));
+	for (int i = 0; i < N; i++)
+		for (int k = 0; k < K; k++)
+			pf[i * K + k] = (float)json_number_value(json_array_get(json_array_get(json_object_get(root, "per_func"), i), k));
+	int rc = ft_grpo_advantages(&o, pf, w, K, N, (int)ft_json_int(root, "G", 0), rew, adv, NULL);
+	for (int i = 0; i < N; i++) wadv[i] = (float)json_number_value(json_array_get(json_object_get(c, "advantages"), i));
+	double ea = max_rel(adv, wadv, N);
+	ok(rc == 0 && ea < 1e-5, "%s: advantages (scale_rewards %s) within 1e-5 (%.2g)", name,
+	   ft_json_str(c, "scale_rewards", ""), ea);
+	char path[256];
+	snprintf(path, sizeof path, "tests/fixtures/grpo/llama-%s.safetensors", name);
+	ft_st *st = ft_st_open(path);
+	if (!st) { ok(0, "%s: %s", path, ft_errmsg()); free(pf); return; }
+	size_t n = (size_t)N * g->T;
+	float *lp = calloc(n, sizeof *lp), *dl = calloc(n, sizeof *dl), *ref = NULL;
+	float *wlp = to_grid(g, st, "logp"), *wdl = to_grid(g, st, "dlogp"), *old = to_grid(g, st, "old_logp");
+	if (o.beta != 0) {
+		ref = calloc(n, sizeof *ref);
+		ft_model_set_adapters(m, 0);
+		rc = ft_model_logps_forward(m, &g->b, 0, ref, NULL);
+		ft_model_set_adapters(m, 1);
+		float *wref = to_grid(g, st, "ref_logp");
+		double er = grid_err(g, ref, wref);
+		ok(rc == 0 && er < 1e-4, "%s: reference log-probabilities (adapters off) within 1e-4 (%.2g)", name, er);
+		free(wref);
+	}
+	ft_model_zero_grad(m);
+	rc = ft_model_logps_forward(m, &g->b, 1, lp, NULL);
+	double el = grid_err(g, lp, wlp);
+	ok(rc == 0 && el < 1e-4, "%s: log-probabilities within 1e-4 (%.2g)", name, el);
+	double items = 0;
+	for (size_t i = 0; i < n; i++) items += g->mask[i];
+	ft_grpo_loss_stats ls;
+	rc = ft_grpo_loss(&o, lp, old, ref, g->mask, adv, N, g->T, ft_json_num(c, "accum", 1), items, &ls, dl);
+	double wl = ft_json_num(c, "loss", NAN);
+	ok(rc == 0 && rel_err(ls.loss, wl, 1e-3) < 1e-4, "%s: loss %.8g vs TRL's %.8g", name, ls.loss, wl);
+	const json_t *mt = json_object_get(c, "metrics");
+	double em = 0;
+	const char *keys[] = { "kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
+			       "clip_ratio/low_min", "clip_ratio/high_max" };
+	double got[] = { ls.kl, ls.low_mean, ls.high_mean, ls.region_mean, ls.low_min, ls.high_max };
+	for (int k = 0; k < 6; k++) {
+		const json_t *v = json_object_get(mt, keys[k]);
+		if (!v) continue;
+		double e = rel_err(got[k], json_number_value(v), 1e-3);
+		if (e > em) em = e;
+	}
+	ok(em < 1e-4, "%s: kl and clip_ratio statistics within 1e-4 (%.2g)", name, em);
+	double ed = grid_err(g, dl, wdl);
+	ok(ed < 1e-4, "%s: d loss / d logp per token within 1e-4 (%.2g)", name, ed);
+	rc = ft_model_logps_backward(m, &g->b, dl);
+	int ng;
+	double eg = grads_err(m, st, &ng);
+	ok(rc == 0 && ng == 28 && eg < 1e-4, "%s: %d LoRA gradients within 1e-4 (worst %.2e)", name, ng, eg);
+	free(pf); free(lp); free(dl); free(ref); free(wlp); free(wdl); free(old);
+	ft_st_close(st);
+}
+
+static void check_refusals(void)
+{
+	ft_grpo_opts o;
+	ft_grpo_opts_default(&o);
+	float pf[4] = { 1, 2, 3, 4 }, w[1] = { 1 }, r[4], a[4];
+	int rc = ft_grpo_advantages(&o, pf, w, 1, 4, 1, r, a, NULL);
+	ok(rc < 0, "one generation per prompt refused: %s", ft_errmsg());
+	rc = ft_grpo_advantages(&o, pf, w, 1, 3, 2, r, a, NULL);
+	ok(rc < 0, "a partial group refused: %s", ft_errmsg());
+	double fz = -1;
+	float same[4] = { 1, 1, 0, 1 };
+	rc = ft_grpo_advantages(&o, same, w, 1, 4, 2, r, a, &fz);
+	ok(rc == 0 && fz == 0.5 && a[0] == 0 && a[1] == 0,
+	   "a group of equal rewards has zero advantages (frac_reward_zero_std %.2f)", fz);
+	ok(ft_grpo_loss_type("dapo") == FT_GRPO_LOSS_DAPO && ft_grpo_loss_type("cispo") < 0 &&
+	   ft_grpo_scale("false") == FT_GRPO_SCALE_NONE && ft_grpo_scale("x") < 0, "loss_type and scale_rewards words");
+	ok(o.loss_type == FT_GRPO_LOSS_DAPO && o.beta == 0 && o.epsilon_high == 0.2, "TRL 1.16 defaults: dapo, beta 0");
+}
+
+int main(void)
+{
+	json_t *root = ft_json_load_file("tests/fixtures/grpo/cases.json");
+	ft_tune_opts to = { .type = FT_FT_LORA, .lora_rank = 4, .lora_alpha = 8,
+			    .lora_targets = FT_MOD_ALL_LINEAR, .seed = 1 };
+	ft_model *m = root ? ft_model_load("tests/fixtures/models/tiny-llama", &to) : NULL;
+	if (!m || ft_model_load_adapter(m, "tests/fixtures/pref/llama-lora") < 0) {
+		ok(0, "fixtures load (%s)", ft_errmsg());
+		return tap_done();
+	}
+	grid g;
+	grid_build(&g, root);
+	const json_t *cases = json_object_get(root, "cases");
+	for (size_t i = 0; i < json_array_size(cases); i++) check_case(m, root, json_array_get(cases, i), &g);
+	check_refusals();
+	free(g.lp);
+	free(g.lc);
+	free(g.mask);
+	ft_batch_free(&g.b);
+	ft_model_free(m);
+	json_decref(root);
+	return tap_done();
+}

@@ -1,0 +1,449 @@
+/* grpo.c - ft-train --stage grpo: TRL 1.16's GRPOTrainer (docs/GRPO.md)
+ * on a LoRA policy, rewards from Unix filters (--reward_funcs), the
+ * reference the policy with its adapters off.  The loop is
+ * lib/train/grpo_loop.c; here are the options, the rewards, the
+ * completions log and the outputs. */
+#define _GNU_SOURCE
+#include "ft-train.h"
+#include "gen/generate.h"
+#include "model/model_pref.h"
+#include "text/tokenizer.h"
+#include "train/grpo_loop.h"
+#include "train/grpo_reward.h"
+#include "plot/plot.h"
+#include "util/atomicfile.h"
+
+#include <jansson.h>
+#include <utf8proc.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* GRPOConfig's names; the sampling ones are shared with --stage ppo */
+static const char *const grpo_keys[] = {
+	"reward_funcs", "reward_weights", "num_generations", "num_iterations", "epsilon", "epsilon_high",
+	"beta", "loss_type", "scale_rewards", "max_completion_length", "log_completions", NULL,
+};
+/* --stage ppo's own, with what GRPO has instead */
+static const char *const ppo_only[][2] = {
+	{ "max_new_tokens", "--max_completion_length" }, { "ppo_epochs", "--num_iterations" },
+	{ "ppo_buffer_size", "--num_generations and the batch size" }, { "ppo_target", "--beta" },
+	{ "ppo_score_norm", "--scale_rewards" }, { "ppo_whiten_rewards", "--scale_rewards" },
+	{ "reward_model_type", "--reward_funcs" }, { "reward_model_adapters", "--reward_funcs" },
+	{ "do_sample", "nothing: GRPO always samples" },
+};
+
+#define MAX_REWARDS 16
+
+static struct {
+	int on, n_rewards, log_completions;
+	char *names[MAX_REWARDS], *cmds[MAX_REWARDS];
+	float weights[MAX_REWARDS];
+	int num_generations, num_iterations, max_completion_length;
+	ft_grpo_opts o;
+	ft_sampling s;
+} P;
+
+static int in_list(const char *const *l, const char *k)
+{
+	for (; *l; l++)
+		if (!strcmp(*l, k)) return 1;
+	return 0;
+}
+
+int grpo_known_key(const char *k)
+{
+	return in_list(grpo_keys, k);
+}
+
+int grpo_stage(const ft_cli_args *c)
+{
+	return !strcmp(c->stage, "grpo");
+}
+
+static double num(const ft_lfargs *a, const char *k, double def)
+{
+	const char *v = ft_lfargs_get(a, k, NULL);
+	return v ? ft_parse_double(k, v) : def;
+}
+
+/* NAME=CMD names it; otherwise the command's first word, without its
+ * directory (TRL names a reward by its function). */
+static void add_reward(const char *spec)
+{
+	if (P.n_rewards == MAX_REWARDS) die_usage("--reward_funcs: at most %d commands", MAX_REWARDS);
+	const char *eq = strchr(spec, '='), *sp = strpbrk(spec, " \t");
+	char *name, *cmd;
+	if (eq && eq > spec && (!sp || eq < sp) && strspn(spec, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.") == (size_t)(eq - spec)) {
+		name = strndup(spec, (size_t)(eq - spec));
+		cmd = ft_xstrdup(eq + 1);
+	} else {
+		cmd = ft_xstrdup(spec);
+		size_t l = strcspn(spec, " \t");
+		char *w = strndup(spec, l), *base = strrchr(w, '/');
+		name = ft_xstrdup(base ? base + 1 : w);
+		free(w);
+	}
+	while (*cmd == ' ') memmove(cmd, cmd + 1, strlen(cmd));
+	if (!*cmd) die_usage("--reward_funcs: an empty command");
+	for (int i = 0; i < P.n_rewards; i++)
+		if (!strcmp(P.names[i], name)) {   /* two checkers run as the same program */
+			char *n2 = ft_xasprintf("%s_%d", name, P.n_rewards + 1);
+			free(name);
+			name = n2;
+			break;
+		}
+	P.names[P.n_rewards] = name;
+	P.cmds[P.n_rewards++] = cmd;
+}
+
+/* The commas of --reward_funcs that separate commands: those outside
+ * shell quotes and brackets, so `awk '{ split($0, t, ",") }'` stays one. */
+static void split_commands(const char *rf)
+{
+	char *s = ft_xstrdup(rf), *start = s;
+	char q = 0;
+	int depth = 0;
+	for (char *p = s;; p++) {
+		if (q) {
+			if (*p == '\\' && q == '"' && p[1]) p++;
+			else if (*p == q) q = 0;
+			else if (!*p) die_usage("--reward_funcs: an unterminated %c quote", q);
+			continue;
+		}
+		if (*p == '\'' || *p == '"') q = *p;
+		else if (*p == '\\' && p[1]) p++;
+		else if (*p == '(' || *p == '[' || *p == '{') depth++;
+		else if ((*p == ')' || *p == ']' || *p == '}') && depth > 0) depth--;
+		else if (!*p || (*p == ',' && depth == 0)) {
+			int end = !*p;
+			*p = 0;
+			add_reward(start);
+			if (end) break;
+			start = p + 1;
+		}
+	}
+	free(s);
+}
+
+static void parse_rewards(const ft_lfargs *a)
+{
+	const char *rf = ft_lfargs_get(a, "reward_funcs", NULL);
+	if (ft_lfargs_get(a, "reward_model", NULL))
+		die_usage("--reward_model: --stage grpo takes its rewards from --reward_funcs commands in this "
+			  "ft-train (an rm adapter as a reward is not built yet)");
+	if (!rf || !*rf)
+		die_usage("--stage grpo needs --reward_funcs CMD[,CMD...] (commands reading JSON lines, "
+			  "answering one number per line)");
+	split_commands(rf);
+	char *s, *save = NULL;
+	const char *w = ft_lfargs_get(a, "reward_weights", NULL);
+	for (int i = 0; i < P.n_rewards; i++) P.weights[i] = 1.0f;
+	if (!w) return;
+	int k = 0;
+	s = ft_xstrdup(w);
+	for (char *t = strtok_r(s, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+		if (k == P.n_rewards) die_usage("--reward_weights: more weights than the %d --reward_funcs", P.n_rewards);
+		P.weights[k++] = (float)ft_parse_double("reward_weights", t);
+	}
+	free(s);
+	if (k != P.n_rewards)
+		die_usage("--reward_weights: %d weights for %d --reward_funcs (one each)", k, P.n_rewards);
+}
+
+void grpo_args_parse(ft_lfargs *a, ft_cli_args *c)
+{
+	P.on = grpo_stage(c);
+	if (!P.on) {
+		for (const char *const *p = grpo_keys; *p; p++)
+			if (ft_lfargs_get(a, *p, NULL))
+				die_usage("--%s: only --stage grpo uses it (this is --stage %s)", *p, c->stage);
+		return;
+	}
+	for (size_t i = 0; i < sizeof ppo_only / sizeof *ppo_only; i++)
+		if (ft_lfargs_get(a, ppo_only[i][0], NULL))
+			die_usage("--%s: a --stage ppo setting; --stage grpo uses %s", ppo_only[i][0], ppo_only[i][1]);
+	if (c->tune.type != FT_FT_LORA)
+		die_usage("--stage grpo --finetuning_type %s: this ft-train trains LoRA policies only "
+			  "(the reference is the policy with its adapters off)",
+			  c->tune.type == FT_FT_FULL ? "full" : "freeze");
+	if (!strncmp(c->device, "cuda", 4))
+		die_usage("--device %s: --stage grpo runs on the CPU only in this ft-train (--device cpu)", c->device);
+	parse_rewards(a);
+	ft_grpo_opts_default(&P.o);
+	const char *lt = ft_lfargs_get(a, "loss_type", "dapo");
+	if ((P.o.loss_type = ft_grpo_loss_type(lt)) < 0)
+		die_usage("--loss_type: '%s' (grpo, bnpo, dr_grpo or dapo; TRL's cispo, sapo, vespo and luspo "
+			  "are not built)", lt);
+	const char *sr = ft_lfargs_get(a, "scale_rewards", "group");
+	if ((P.o.scale_rewards = ft_grpo_scale(sr)) < 0)
+		die_usage("--scale_rewards: '%s' (group or true, batch, none or false)", sr);
+	P.o.epsilon_low = num(a, "epsilon", 0.2);
+	P.o.epsilon_high = num(a, "epsilon_high", P.o.epsilon_low);
+	if (!(P.o.epsilon_low >= 0) || !(P.o.epsilon_high >= 0)) die_usage("--epsilon and --epsilon_high must be >= 0");
+	P.o.beta = num(a, "beta", 0.0);
+	if (!(P.o.beta >= 0)) die_usage("--beta must be >= 0");
+	P.num_generations = (int)num(a, "num_generations", 8);
+	if (P.num_generations < 2)
+		die_usage("--num_generations %d: GRPO needs at least 2 completions per prompt for the group "
+			  "advantages", P.num_generations);
+	P.num_iterations = (int)num(a, "num_iterations", 1);
+	if (P.num_iterations < 1) die_usage("--num_iterations must be >= 1");
+	P.max_completion_length = (int)num(a, "max_completion_length", 512);
+	if (P.max_completion_length < 1) die_usage("--max_completion_length must be >= 1");
+	P.o.max_completion_length = P.max_completion_length;
+	const char *lc = ft_lfargs_get(a, "log_completions", NULL);
+	P.log_completions = lc ? ft_parse_bool("log_completions", lc) : 0;
+	ft_sampling_defaults(&P.s);
+	P.s.do_sample = 1;
+	P.s.temperature = num(a, "temperature", 1.0);   /* GRPOConfig's defaults, not LLaMA-Factory's */
+	if (P.s.temperature != 1.0)
+		die_usage("--temperature %g: TRL scores completions with logits / temperature and ft's "
+			  "log-probability head has no temperature yet (use 1.0)", P.s.temperature);
+	P.s.top_p = num(a, "top_p", 1.0);
+	P.s.top_k = (int)num(a, "top_k", 0);
+	P.s.repetition_penalty = num(a, "repetition_penalty", 1.0);
+	if (ft_sampling_check(&P.s) < 0) die_usage("%s", ft_errmsg());
+}
+
+/* The text a reward sees: decoded without special tokens (as TRL's
+ * batch_decode), or the ids space-separated for a model without a
+ * tokenizer. */
+static char *text_of(ft_tokenizer *tok, const ft_i32vec *v)
+{
+	if (tok) {   /* HF tokenizers' decode skips ids it has no token for */
+		size_t V = ft_tokenizer_vocab_size(tok), k = 0;
+		int32_t *ids = ft_xmalloc((v->n + 1) * sizeof *ids);
+		for (size_t i = 0; i < v->n; i++)
+			if (v->v[i] >= 0 && (size_t)v->v[i] < V) ids[k++] = v->v[i];
+		char *s = ft_tokenizer_decode(tok, ids, k, 1);
+		free(ids);
+		return s;
+	}
+	char *s = ft_xmalloc(12 * v->n + 1);
+	size_t len = 0;
+	s[0] = 0;
+	for (size_t i = 0; i < v->n; i++) len += (size_t)sprintf(s + len, i ? " %d" : "%d", v->v[i]);
+	return s;
+}
+
+/* s with each invalid UTF-8 byte as U+FFFD (transformers decodes with
+ * errors="replace": a sampled byte-level token may end mid-character). */
+static char *lossy(char *s)
+{
+	size_t n = strlen(s), o = 0;
+	char *out = ft_xmalloc(3 * n + 1);
+	for (size_t i = 0; i < n;) {
+		utf8proc_int32_t cp;
+		utf8proc_ssize_t l = utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &cp);
+		if (l < 1) { memcpy(out + o, "\xEF\xBF\xBD", 3); o += 3; i++; continue; }
+		memcpy(out + o, s + i, (size_t)l);
+		o += (size_t)l;
+		i += (size_t)l;
+	}
+	out[o] = 0;
+	free(s);
+	return out;
+}
+
+typedef struct {
+	ft_tokenizer *tok;
+	const ft_i32vec *prompts;
+	ft_grpo_reward *r[MAX_REWARDS];
+	FILE *samples;
+	char **ptext, **ctext;      /* the last batch's texts, for the completions log */
+	size_t n;
+} reward_ctx;
+
+static void texts_free(reward_ctx *R)
+{
+	for (size_t i = 0; i < R->n; i++) { free(R->ptext[i]); free(R->ctext[i]); }
+	free(R->ptext);
+	free(R->ctext);
+	R->ptext = R->ctext = NULL;
+	R->n = 0;
+}
+
+static int score(void *ctx, const size_t *pidx, const ft_i32vec *comp, size_t n, float *per_func)
+{
+	reward_ctx *R = ctx;
+	texts_free(R);
+	R->n = n;
+	R->ptext = ft_xcalloc(n, sizeof *R->ptext);
+	R->ctext = ft_xcalloc(n, sizeof *R->ctext);
+	char **lines = ft_xcalloc(n, sizeof *lines);
+	int rc = 0;
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		R->ptext[i] = text_of(R->tok, &R->prompts[pidx[i]]);
+		R->ctext[i] = text_of(R->tok, &comp[i]);
+		if (!R->ptext[i] || !R->ctext[i]) { rc = -1; break; }
+		R->ptext[i] = lossy(R->ptext[i]);
+		R->ctext[i] = lossy(R->ctext[i]);
+		json_t *o = json_object(), *jp = json_string(R->ptext[i]), *jc = json_string(R->ctext[i]);
+		if (!jp || !jc) rc = ft_fail("completion %zu: the %s is not valid UTF-8", i + 1, jp ? "completion" : "prompt");
+		json_object_set_new(o, "prompt", jp ? jp : json_null());
+		json_object_set_new(o, "completion", jc ? jc : json_null());
+		lines[i] = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+		json_decref(o);
+	}
+	float *one = ft_xmalloc(n * sizeof *one);
+	for (int k = 0; k < P.n_rewards && rc == 0; k++) {
+		rc = ft_grpo_reward_score(R->r[k], (const char *const *)lines, n, one);
+		for (size_t i = 0; rc == 0 && i < n; i++) per_func[i * P.n_rewards + k] = one[i];
+	}
+	free(one);
+	for (size_t i = 0; i < n; i++) free(lines[i]);
+	free(lines);
+	return rc;
+}
+
+/* --log_completions: TRL's completions table as JSON lines */
+static int samples(void *ctx, int64_t step, const size_t *pidx, const ft_i32vec *comp, size_t n,
+		   const float *per_func, const float *adv)
+{
+	reward_ctx *R = ctx;
+	(void)pidx;
+	(void)comp;
+	for (size_t i = 0; i < n; i++) {
+		json_t *o = json_object(), *rw = json_object();
+		json_object_set_new(o, "step", json_integer(step));
+		json_object_set_new(o, "prompt", json_string(R->ptext[i]));
+		json_object_set_new(o, "completion", json_string(R->ctext[i]));
+		for (int k = 0; k < P.n_rewards; k++) json_object_set_new(rw, P.names[k], json_real(per_func[i * P.n_rewards + k]));
+		json_object_set_new(o, "rewards", rw);
+		json_object_set_new(o, "advantage", json_real(adv[i]));
+		char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+		json_decref(o);
+		int bad = fputs(s, R->samples) < 0 || fputc('\n', R->samples) < 0;
+		free(s);
+		if (bad) return ft_fail("completions.jsonl: write failed");
+	}
+	return fflush(R->samples) == 0 ? 0 : ft_fail("completions.jsonl: write failed");
+}
+
+static int gen(void *ctx, ft_model *m, const ft_i32vec *q, size_t n, uint64_t seed, ft_i32vec *outs)
+{
+	ft_gen_opts o = *(ft_gen_opts *)ctx;
+	o.seed = seed;
+	return ft_generate(m, q, n, &o, outs, NULL, NULL);
+}
+
+/* The adapter, written in a temporary sibling, then moved into output_dir. */
+static void save_adapter(const ft_cli_args *c, ft_model *m)
+{
+	char *stage = ft_xasprintf("%s/grpo-final", c->output_dir);
+	ft_atomic a;
+	if (ft_atomic_dir_open(&a, stage) < 0) die("%s", ft_errmsg());
+	if (ft_model_save_adapter(m, a.tmp) < 0) {
+		ft_atomic_dir_abort(&a);
+		die("saving to %s: %s", c->output_dir, ft_errmsg());
+	}
+	const char *files[] = { "adapter_model.safetensors", "adapter_config.json" };
+	for (size_t i = 0; i < 2; i++) {
+		char *from = ft_xasprintf("%s/%s", a.tmp, files[i]), *to = ft_xasprintf("%s/%s", c->output_dir, files[i]);
+		if (access(from, F_OK) == 0 && rename(from, to) < 0) die("rename %s: %m", to);
+		free(from);
+		free(to);
+	}
+	ft_atomic_dir_abort(&a);
+	free(stage);
+}
+
+static void loop_opts(const ft_cli_args *c, const ft_manifest *man, size_t n, ft_grpo_loop_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	o->grpo = P.o;
+	o->batch_size = man->batch_size;
+	o->grad_accum = c->t.gradient_accumulation_steps;
+	o->num_generations = P.num_generations;
+	o->num_iterations = P.num_iterations;
+	int per_gen = ft_grpo_prompts_per_generation(o);
+	if (per_gen == 0)
+		die_usage("the generation batch, per_device_train_batch_size x gradient_accumulation_steps = "
+			  "%d x %d, must be divisible by --num_generations %d (GRPOConfig's rule; the batch "
+			  "size is ft-pack's)", o->batch_size, o->grad_accum, P.num_generations);
+	if (n < (size_t)per_gen)
+		die("%s: %zu prompts, fewer than one generation batch needs (%d)", ft_display_name(c->train[0]), n, per_gen);
+	int64_t per_epoch = (int64_t)(n / (size_t)per_gen) * P.num_iterations;   /* RepeatSampler drops the tail */
+	o->max_steps = c->t.max_steps > 0 ? c->t.max_steps : (int64_t)ceil(c->t.num_train_epochs * per_epoch);
+	if (o->max_steps < 1) o->max_steps = 1;
+	o->steps_per_epoch = (double)per_epoch;
+	o->logging_steps = c->t.logging_steps > 0 ? (int)c->t.logging_steps : 1;
+	o->max_completion_length = P.max_completion_length;
+	o->pad_id = man->pad_id;
+	o->n_rewards = P.n_rewards;
+	o->reward_weights = P.weights;
+	o->reward_names = (const char *const *)P.names;
+	ft_adamw_opts_default(&o->adamw);
+	o->adamw.beta1 = c->t.adam_beta1;
+	o->adamw.beta2 = c->t.adam_beta2;
+	o->adamw.eps = c->t.adam_epsilon;
+	o->adamw.weight_decay = c->t.weight_decay;
+	o->max_grad_norm = c->t.max_grad_norm;
+	int64_t warm = c->t.warmup >= 1 ? (int64_t)c->t.warmup : (int64_t)ceil(c->t.warmup * o->max_steps);
+	if (ft_sched_init(&o->sched, c->t.lr_scheduler_type, c->t.learning_rate, warm, o->max_steps) < 0)
+		die_usage("%s", ft_errmsg());
+	o->seed = c->t.seed;
+}
+
+int grpo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manifest *man)
+{
+	if (!ft_model_has_adapters(m)) die("--stage grpo: the policy has no LoRA adapters (--finetuning_type lora)");
+	size_t n;
+	ft_i32vec *q = read_prompts(train, man, &n);
+	if (n == 0) die("%s: no prompts", ft_display_name(c->train[0]));
+	ft_grpo_loop_opts o;
+	loop_opts(c, man, n, &o);
+	ft_gen_opts g;
+	ft_gen_defaults(&g);
+	g.sampling = P.s;
+	g.max_new_tokens = P.max_completion_length;
+	int32_t eos = model_eos(c->model);
+	g.stop_ids = eos >= 0 ? &eos : NULL;
+	g.n_stop = eos >= 0;
+	g.batch_size = o.batch_size * o.grad_accum;
+	o.generate = gen;
+	o.gen_ctx = &g;
+	o.eos_id = eos;
+	reward_ctx R;
+	memset(&R, 0, sizeof R);
+	R.prompts = q;
+	char *tj = ft_xasprintf("%s/tokenizer.json", c->model);
+	if (access(tj, R_OK) == 0 && !(R.tok = ft_tokenizer_load(c->model))) die("%s: %s", c->model, ft_errmsg());
+	free(tj);
+	if (ft_mkdirs(c->output_dir) < 0) die("%s", ft_errmsg());
+	char *logp = ft_xasprintf("%s/trainer_log.jsonl", c->output_dir);
+	o.log = fopen(logp, "w");
+	if (!o.log) die("%s: %m", logp);
+	if (P.log_completions) {
+		char *sp = ft_xasprintf("%s/completions.jsonl", c->output_dir);
+		if (!(R.samples = fopen(sp, "w"))) die("%s: %m", sp);
+		free(sp);
+		o.on_samples = samples;
+		o.samples_ctx = &R;
+	}
+	for (int k = 0; k < P.n_rewards; k++)
+		if (!(R.r[k] = ft_grpo_reward_start(P.names[k], P.cmds[k]))) die("--reward_funcs: %s", ft_errmsg());
+	o.score = score;
+	o.score_ctx = &R;
+	int rc = ft_grpo_train(m, q, n, &o);
+	if (rc < 0) die("--stage grpo: %s", ft_errmsg());
+	for (int k = 0; k < P.n_rewards; k++)
+		if (ft_grpo_reward_close(R.r[k]) < 0) die("--reward_funcs: %s", ft_errmsg());
+	if (fclose(o.log) != 0) die("%s: %m", logp);
+	if (R.samples && fclose(R.samples) != 0) die("completions.jsonl: %m");
+	save_adapter(c, m);
+	note("saved the GRPO adapter to %s", c->output_dir);
+	static const char *const plot_keys[] = { "loss", "reward" };
+	if (c->plot_loss && ft_plot_loss_files_keys(c->output_dir, plot_keys, 2) < 0)
+		warn("--plot_loss: %s", ft_errmsg());
+	texts_free(&R);
+	if (R.tok) ft_tokenizer_free(R.tok);
+	for (int k = 0; k < P.n_rewards; k++) { free(P.names[k]); free(P.cmds[k]); }
+	free(logp);
+	for (size_t i = 0; i < n; i++) ft_i32vec_free(&q[i]);
+	free(q);
+	return 0;
+}
