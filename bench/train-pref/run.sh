@@ -1,12 +1,16 @@
 #!/bin/sh
 # bench/train-pref/run.sh - a DPO step with LoRA against an sft step on the
 # same tokens (bench_pref.c), then the same two steps in PyTorch + PEFT
-# (torch_pref.py: what TRL's DPOTrainer runs per step), same threads.
-# Run from the repository root after `make`:
-#   THREADS=2 bench/train-pref/run.sh
+# (torch_pref.py: what TRL's DPOTrainer runs per step), and through the
+# trainers themselves where the legacy environment of
+# tests/reference/make_pref_trl_fixtures.py is (trl_pref.py: LLaMA-Factory
+# 0.9.3's CustomDPOTrainer over TRL 0.9.6 against transformers' Trainer),
+# same threads.  Run from the repository root after `make`:
+#   THREADS=2 bench/train-pref/run.sh        (LEGACY=/work/legacy by default)
 set -eu
 THREADS=${THREADS:-$(nproc)}
 PYTHON=${PYTHON:-/work/venv/bin/python}
+LEGACY=${LEGACY:-/work/legacy}
 here=$(dirname "$0")
 out=build/bench
 mkdir -p "$out"
@@ -21,3 +25,7 @@ echo "shape: $shape, LoRA r 8 on every linear module, $THREADS threads"
 echo "ft:    $("$out/bench_pref" $shape 5)"
 # shellcheck disable=SC2086
 [ -x "$PYTHON" ] && echo "torch: $("$PYTHON" "$here/torch_pref.py" $shape 5 2>/dev/null | tail -1)"
+# shellcheck disable=SC2086
+[ -x "$PYTHON" ] && [ -d "$LEGACY/trl" ] &&
+	echo "trl:   $(PYTHONPATH="$LEGACY" "$PYTHON" "$here/trl_pref.py" $shape 5 2>/dev/null | tail -1)"
+exit 0

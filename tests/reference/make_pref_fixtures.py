@@ -24,9 +24,13 @@ Writes tests/fixtures/pref/:
   {dpo,rm,kto}.jsonl      batch streams as JSON lines (ft-cat --encode)
   <kind>-<case>-b<i>.safetensors   batch i: "loss", "m.<metric>", "grad.<param>"
   <kind>-full_sigmoid-b1.safetensors   full fine-tuning, frozen base as reference
-  <kind>-steps.txt        "<case> <loss step 1> ... <loss step 5>"
+  <kind>-steps.txt        "<case> <loss step 1> ... <loss step 5>"; step 1
+                          must equal step 1 of the runs of TRL 0.9.6 itself
+                          (make_pref_trl_fixtures.py, which ft-train-pref.bats
+                          compares ft's 10-step runs with)
 A value head saved by ft is checked to load with torch (trl 1.16 has no
-AutoModelForCausalLMWithValueHead) by check_value_head(DIR).
+AutoModelForCausalLMWithValueHead) by check_value_head(DIR); in TRL 0.9.6
+itself, with its scores, by make_pref_trl_fixtures.py --check-value-head.
 """
 import json
 import math
