@@ -3,7 +3,7 @@ include config.mk
 
 # The library, one explicit source list per subsystem folder of lib/ (the
 # folders and which may include which: docs/ARCHITECTURE.md).
-LIB_UTIL   := atomicfile dtype error json rng sbuf sha256
+LIB_UTIL   := atomicfile dtype error json rng sbuf sha256 spawn
 LIB_FORMAT := adapter_config batch batch_io safetensors stream stream_codec stream_write trainlog
 LIB_TEXT   := template template_tools tokenizer tokenizer_bpe tokenizer_decode \
               tokenizer_json tokenizer_pipeline tokenizer_spm tokenizer_util

@@ -1,11 +1,13 @@
 /* grpo_reward.c - a reward command kept running for the whole run
- * (grpo_reward.h).  The pipes and fork are those of ppo_reward.c, whose
+ * (grpo_reward.h).  Started as ppo_reward.c's (util/spawn.h), whose
  * command runs once per batch and answers at EOF; this one answers line
  * by line over a stdin that stays open. */
 #define _GNU_SOURCE
 #include "train/grpo_reward.h"
 #include "util/error.h"
 #include "util/sbuf.h"
+#include "util/spawn.h"
+#include <stdio.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -28,32 +30,16 @@ struct ft_grpo_reward {
 
 ft_grpo_reward *ft_grpo_reward_start(const char *name, const char *cmd)
 {
-	int in[2], out[2];
-	if (pipe2(in, O_CLOEXEC) < 0) return ft_fail("reward %s: pipe: %s", name, strerror(errno)), NULL;
-	if (pipe2(out, O_CLOEXEC) < 0) {
-		close(in[0]); close(in[1]);
-		return ft_fail("reward %s: pipe: %s", name, strerror(errno)), NULL;
-	}
-	pid_t pid = fork();
-	if (pid < 0) {
-		close(in[0]); close(in[1]); close(out[0]); close(out[1]);
-		return ft_fail("reward %s: fork: %s", name, strerror(errno)), NULL;
-	}
-	if (pid == 0) {
-		dup2(in[0], 0);
-		dup2(out[1], 1);
-		signal(SIGPIPE, SIG_DFL);
-		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-		_exit(127);
-	}
-	close(in[0]);
-	close(out[1]);
-	fcntl(in[1], F_SETFL, O_NONBLOCK);
+	char what[256];
+	snprintf(what, sizeof what, "reward %s", name);
+	int to, from;
+	pid_t pid = ft_spawn_sh(what, cmd, &to, &from);
+	if (pid < 0) return NULL;
 	ft_grpo_reward *r = ft_xcalloc(1, sizeof *r);
 	r->name = ft_xstrdup(name);
 	r->pid = pid;
-	r->to = in[1];
-	r->from = out[0];
+	r->to = to;
+	r->from = from;
 	return r;
 }
 

@@ -4,6 +4,7 @@
 #include "train/ppo_reward.h"
 #include "util/error.h"
 #include "util/sbuf.h"
+#include "util/spawn.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -44,34 +45,6 @@ static char *request_text(const char *const *prompts, const char *const *respons
 	}
 	*len = b.n;
 	return ft_sbuf_take(&b);
-}
-
-static pid_t spawn(const char *cmd, int *to, int *from)
-{
-	int in[2], out[2];
-	if (pipe2(in, O_CLOEXEC) < 0) return ft_fail("reward command: pipe: %s", strerror(errno));
-	if (pipe2(out, O_CLOEXEC) < 0) {
-		close(in[0]); close(in[1]);
-		return ft_fail("reward command: pipe: %s", strerror(errno));
-	}
-	pid_t pid = fork();
-	if (pid < 0) {
-		close(in[0]); close(in[1]); close(out[0]); close(out[1]);
-		return ft_fail("reward command: fork: %s", strerror(errno));
-	}
-	if (pid == 0) {
-		dup2(in[0], 0);
-		dup2(out[1], 1);
-		signal(SIGPIPE, SIG_DFL);
-		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-		_exit(127);
-	}
-	close(in[0]);
-	close(out[1]);
-	fcntl(in[1], F_SETFL, O_NONBLOCK);
-	*to = in[1];
-	*from = out[0];
-	return pid;
 }
 
 /* Feed req to the command and collect all it prints until EOF. */
@@ -146,7 +119,7 @@ int ft_ppo_reward_cmd(const char *cmd, const char *const *prompts, const char *c
 	ign.sa_handler = SIG_IGN;
 	sigaction(SIGPIPE, &ign, &old);
 	int to = -1, from = -1;
-	pid_t pid = spawn(cmd, &to, &from);
+	pid_t pid = ft_spawn_sh("reward command", cmd, &to, &from);
 	int rc = -1;
 	ft_sbuf outb = { 0 };
 	if (pid > 0) {
