@@ -104,6 +104,13 @@ static void plan_fit(const ft_lfargs *a, ft_runplan *p, const char *data)
 	cmd train = {0};
 	add_word(&train, "ft-train");
 	add_routed(&train, a, FTP_R, NULL);
+	/* ppo samples its responses while training: LLaMA-Factory's
+	 * generating arguments are ft-train's then */
+	static const char *const sampling[] = {"max_new_tokens", "do_sample", "temperature", "top_p",
+					       "top_k", "repetition_penalty", NULL};
+	if (!strcmp(ft_lfargs_get(a, "stage", "sft"), "ppo"))
+		for (const char *const *k = sampling; *k; k++)
+			if (ft_lfargs_get(a, *k, NULL)) add_flag(&train, *k, ft_lfargs_get(a, *k, NULL));
 	add_device(&train, a);
 	add_flag(&train, "train", data);
 	if (ft_lfargs_get(a, "val_size", NULL)) {

@@ -47,7 +47,12 @@ static const ftp_route routes[] = {
 	{"do_eval", FTP_R, NULL}, {"output_dir", FTP_R | FTP_G, NULL},
 	{"overwrite_output_dir", FTP_R | FTP_G, NULL}, {"resume_from_checkpoint", FTP_R, NULL},
 	{"gradient_checkpointing", FTP_R, NULL}, {"bf16", FTP_R, NULL}, {"fp16", FTP_R, NULL},
-	{"plot_loss", FTP_R, NULL}, {"train_from_scratch", FTP_R, NULL},
+	{"plot_loss", FTP_R, NULL},
+	/* ppo (docs/PPO.md); its generating arguments go to ft-train too (runplan.c) */
+	{"reward_model", FTP_R, NULL}, {"reward_model_type", FTP_R, NULL},
+	{"reward_model_adapters", FTP_R, NULL}, {"ppo_buffer_size", FTP_R, NULL},
+	{"ppo_epochs", FTP_R, NULL}, {"ppo_target", FTP_R, NULL}, {"ppo_score_norm", FTP_R, NULL},
+	{"ppo_whiten_rewards", FTP_R, NULL}, {"train_from_scratch", FTP_R, NULL},
 	{"eval_strategy", FTP_R, NULL}, {"save_strategy", FTP_R, NULL}, {"logging_strategy", FTP_R, NULL},
 	{"do_predict", FTP_G, NULL}, {"predict_with_generate", FTP_G, NULL},
 	{"max_new_tokens", FTP_G, NULL}, {"do_sample", FTP_G, NULL}, {"temperature", FTP_G, NULL},
@@ -142,7 +147,7 @@ static const ftp_route families[] = {
 };
 
 /* Stages ft-train runs, and the finetuning types. */
-static const char *const stages[] = {"pt", "sft", "rm", "dpo", "kto", NULL};
+static const char *const stages[] = {"pt", "sft", "rm", "dpo", "kto", "ppo", NULL};
 static const char *const tune_types[] = {"lora", "freeze", "full", NULL};
 
 const ftp_route *ftp_route_find(const char *key)
@@ -202,8 +207,9 @@ static void value_check(ft_runplan *p, const ft_lfarg *s)
 						      "only (ft-plot draws it)", s->origin, v));
 	} else if (!strcmp(k, "stage")) {
 		if (!in_list(stages, v))
-			ftp_plan_problem(p, ft_xasprintf("%s: stage %s: ft-train supports pt, sft, rm, dpo "
-							 "and kto in this version", s->origin, v));
+			ftp_plan_problem(p, ft_xasprintf("%s: stage %s: ft-run plans pt, sft, rm, dpo, kto "
+							 "and ppo, LLaMA-Factory's stages (grpo: ft-train --stage "
+							 "grpo)", s->origin, v));
 	} else if (!strcmp(k, "finetuning_type")) {
 		if (!in_list(tune_types, v))
 			ftp_plan_problem(p, ft_xasprintf("%s: finetuning_type %s: ft supports lora, freeze "

@@ -52,9 +52,9 @@ load helper
 	run ft-run -n --stage sft --dataset d --output_dir o --deepspeed ds.json
 	assert_failure 1
 	assert_output --partial "'deepspeed' is not supported"
-	run ft-run -n --stage ppo --dataset d --output_dir o
+	run ft-run -n --stage grpo --dataset d --output_dir o
 	assert_failure 1
-	assert_output --partial "pt, sft, rm, dpo and kto"
+	assert_output --partial "ft-run plans pt, sft, rm, dpo, kto and ppo, LLaMA-Factory's stages (grpo: ft-train --stage grpo)"
 	run ft-run -n --stage sft --dataset d
 	assert_failure 1
 	assert_output --partial "output_dir"
@@ -104,7 +104,7 @@ load helper
 
 @test "ft-run names every setting it cannot run at once, each with its reason" {
 	cat > c.yaml <<-EOT
-	stage: ppo
+	stage: grpo
 	do_train: true
 	model_name_or_path: m
 	dataset: d
@@ -118,7 +118,7 @@ load helper
 	EOT
 	run --separate-stderr ft-run -n c.yaml
 	assert_failure 1
-	[[ "$stderr" == *"c.yaml:1: stage ppo: ft-train supports pt, sft, rm, dpo and kto"* ]]
+	[[ "$stderr" == *"c.yaml:1: stage grpo: ft-run plans pt, sft, rm, dpo, kto and ppo"* ]]
 	[[ "$stderr" == *"c.yaml:5: template nosuch is not one ft has (default, "* ]]
 	[[ "$stderr" == *"c.yaml:6: finetuning_type oft: ft supports lora, freeze and full"* ]]
 	[[ "$stderr" == *"c.yaml:7: 'deepspeed' is not supported: ft does not use DeepSpeed"* ]]
@@ -218,4 +218,32 @@ load helper
 	run ft-run -n export --model_name_or_path m --export_dir e
 	assert_success
 	refute_output --partial "--device"
+}
+
+@test "ft-run plans ppo: reward and ppo settings and the generating arguments go to ft-train" {
+	cat > ppo.yaml <<-EOT
+	stage: ppo
+	do_train: true
+	model_name_or_path: m
+	reward_model: saves/rm
+	reward_model_type: lora
+	ppo_epochs: 2
+	ppo_score_norm: true
+	dataset: d
+	template: qwen
+	finetuning_type: lora
+	max_new_tokens: 32
+	top_k: 0
+	top_p: 0.9
+	output_dir: o
+	EOT
+	run ft-run -n ppo.yaml
+	assert_success
+	assert_output --partial "ft-tokenize --stage ppo"
+	assert_output --partial "ft-pack --stage ppo"
+	assert_output --partial "ft-train --stage ppo --do_train --model_name_or_path m --reward_model saves/rm --reward_model_type lora --ppo_epochs 2 --ppo_score_norm --finetuning_type lora --output_dir o --max_new_tokens 32 --top_p 0.9 --top_k 0 --device auto --train o-data"
+	# an sft plan keeps generating arguments for ft-generate only
+	run ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o --max_new_tokens 32
+	assert_success
+	refute_output --partial "max_new_tokens"
 }
