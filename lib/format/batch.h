@@ -9,15 +9,19 @@
 #include <stdint.h>
 #include <stddef.h>
 
+/* A label the loss skips (torch's CrossEntropyLoss ignore_index): every
+ * layer that reads labels compares with this name, never the number. */
+#define FT_IGNORE_INDEX (-100)
+
 typedef struct {
 	int B, T;                 /* rows, tokens per row */
 	int32_t *input_ids;       /* [B*T] */
-	int32_t *labels;          /* [B*T], -100 = ignored */
+	int32_t *labels;          /* [B*T], FT_IGNORE_INDEX = ignored */
 	int32_t *position_ids;    /* [B*T] or NULL (then 0..T-1 per row) */
 	int32_t *segment_ids;     /* [B*T] or NULL; 0 = padding, attention only
 				     within equal non-zero ids (neat packing) */
 	int pairwise;             /* rm/dpo: rows 2i (chosen) and 2i+1 (rejected) */
-	int64_t n_label_tokens;   /* labels != -100 */
+	int64_t n_label_tokens;   /* labels != FT_IGNORE_INDEX */
 	int64_t index;            /* batch number in the stream */
 	/* Added by ft-pack (optional in records; 0/NULL when absent): */
 	int32_t *kto_tags;        /* [B] kto: 1 desirable, 0 undesirable; or NULL */

@@ -97,7 +97,7 @@ int ft_batch_read(ft_reader *r, ft_batch *b)
 	b->n_tokens = opt_int(rec, "n_tokens", 0);
 	b->n_examples = opt_int(rec, "n_examples", 0);
 	int64_t nl = 0;
-	for (size_t i = 0; i < n; i++) nl += b->labels[i] != -100;
+	for (size_t i = 0; i < n; i++) nl += b->labels[i] != FT_IGNORE_INDEX;
 	b->n_label_tokens = nl;   /* recounted: the loss normaliser must be right */
 	const json_t *meta = json_object_get(ft_reader_header(r), "meta");
 	b->pairwise = ft_json_bool(meta, "pairwise", 0);

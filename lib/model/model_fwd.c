@@ -345,7 +345,7 @@ static int check_batch(const ft_model *m, const ft_batch *b)
 		if (b->input_ids[i] < 0 || b->input_ids[i] >= V)
 			return ft_fail("batch %lld: token id %d at %zu is outside the "
 				       "vocabulary (%d)", (long long)b->index, b->input_ids[i], i, V);
-		if (b->labels && b->labels[i] != -100 && (b->labels[i] < 0 || b->labels[i] >= V))
+		if (b->labels && b->labels[i] != FT_IGNORE_INDEX && (b->labels[i] < 0 || b->labels[i] >= V))
 			return ft_fail("batch %lld: label %d at %zu is outside the "
 				       "vocabulary (%d)", (long long)b->index, b->labels[i], i, V);
 		if (b->position_ids && b->position_ids[i] < 0)
@@ -369,7 +369,7 @@ int ftp_model_forward_body(ft_model *m, const ft_batch *b)
 			m->pos[i] = b->position_ids ? b->position_ids[i] : t;
 			if (m->pos[i] > maxpos)
 				maxpos = m->pos[i];
-			m->targets[i] = t + 1 < b->T && b->labels ? b->labels[i + 1] : -100;
+			m->targets[i] = t + 1 < b->T && b->labels ? b->labels[i + 1] : FT_IGNORE_INDEX;
 		}
 	ft_rope_params rp;
 	ftp_rope_params_of(c, &rp);
@@ -412,7 +412,7 @@ int ft_model_forward(ft_model *m, const ft_batch *b, float *logits,
 	if (!logits) {   /* the loss needs only the rows that have a target */
 		int n = 0;
 		for (int i = 0; i < N; i++)
-			if (m->targets[i] != -100) {
+			if (m->targets[i] != FT_IGNORE_INDEX) {
 				memcpy(m->head_x + (size_t)n * D, m->lnf + (size_t)i * D, D * sizeof(float));
 				m->targets[n++] = m->targets[i];
 			}
@@ -444,7 +444,7 @@ int ft_model_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
 	 * have zero gradient there). */
 	int n = 0;
 	for (int i = 0; i < N; i++)
-		if (m->targets[i] != -100) {
+		if (m->targets[i] != FT_IGNORE_INDEX) {
 			m->rows[n] = i;
 			memcpy(m->head_x + (size_t)n * D, m->lnf + (size_t)i * D, D * sizeof(float));
 			m->targets[n++] = m->targets[i];

@@ -27,8 +27,8 @@ static int gather_targets(ft_model *m, const ft_batch *b)
 	int N = b->B * b->T, D = m->c.hidden_size, n = 0;
 	for (int i = 0; i < N; i++) {
 		int t = i % b->T;
-		int tg = t + 1 < b->T && b->labels ? b->labels[i + 1] : -100;
-		if (tg == -100)
+		int tg = t + 1 < b->T && b->labels ? b->labels[i + 1] : FT_IGNORE_INDEX;
+		if (tg == FT_IGNORE_INDEX)
 			continue;
 		m->rows[n] = i;
 		m->targets[n] = tg;

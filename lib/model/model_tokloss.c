@@ -79,7 +79,7 @@ static int weighted(ft_model *m, const ft_batch *b, int train, float *logp, doub
 	int N = b->B * b->T, n = 0;
 	for (int i = 0; i < N; i++) {   /* the rows gathered into head_x, in order */
 		int t = i % b->T;
-		if (t + 1 < b->T && b->labels[i + 1] != -100)
+		if (t + 1 < b->T && b->labels[i + 1] != FT_IGNORE_INDEX)
 			n++;
 	}
 	double *we = NULL;
@@ -92,7 +92,7 @@ static int weighted(ft_model *m, const ft_batch *b, int train, float *logp, doub
 	for (int i = 0; i < N; i++) {
 		int t = i % b->T;
 		w[i] = 0;
-		if (!(t + 1 < b->T && b->labels[i + 1] != -100))
+		if (!(t + 1 < b->T && b->labels[i + 1] != FT_IGNORE_INDEX))
 			continue;
 		/* DFT: torch's exp(-ce) of the float32 per-token loss */
 		w[i] = we ? we[k] : (double)expf(logp[i]);

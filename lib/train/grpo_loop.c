@@ -113,7 +113,7 @@ static void build_grid(genbatch *g, const ft_i32vec *prompts)
 		for (int t = 0; t < T; t++) {
 			size_t k = (size_t)i * T + t, lq = q->n, la = a->n;
 			g->ids[k] = t < (int)lq ? q->v[t] : t < (int)(lq + la) ? a->v[t - lq] : 0;
-			g->labels[k] = t >= (int)lq && t < (int)(lq + la) ? a->v[t - lq] : -100;
+			g->labels[k] = t >= (int)lq && t < (int)(lq + la) ? a->v[t - lq] : FT_IGNORE_INDEX;
 		}
 	}
 	ft_batch b = { .B = g->N, .T = T, .input_ids = g->ids, .labels = g->labels };
@@ -134,7 +134,7 @@ static void sub_batch(const genbatch *g, const int *rows, int n, ft_batch *b)
 		size_t s = (size_t)rows[i] * g->T, d = (size_t)i * g->T;
 		memcpy(b->input_ids + d, g->ids + s, g->T * sizeof(int32_t));
 		memcpy(b->labels + d, g->labels + s, g->T * sizeof(int32_t));
-		for (int t = 0; t < g->T; t++) b->n_label_tokens += g->labels[d + t] != -100;
+		for (int t = 0; t < g->T; t++) b->n_label_tokens += g->labels[d + t] != FT_IGNORE_INDEX;
 	}
 }
 

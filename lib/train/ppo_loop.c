@@ -65,7 +65,7 @@ static void rollout_grid(rollout *r, const ft_ppo_loop_opts *o, const ft_i32vec 
 		for (int t = 0; t < T; t++) {
 			size_t k = (size_t)i * T + t, lq = q[i].n, la = a[i].n;
 			r->ids[k] = t < (int)lq ? q[i].v[t] : t < (int)(lq + la) ? a[i].v[t - lq] : o->pad_id;
-			r->labels[k] = t >= (int)lq && t < (int)(lq + la) ? a[i].v[t - lq] : -100;
+			r->labels[k] = t >= (int)lq && t < (int)(lq + la) ? a[i].v[t - lq] : FT_IGNORE_INDEX;
 		}
 }
 
@@ -100,7 +100,7 @@ static void sub_batch(const rollout *r, const int64_t *rows, int n, ft_batch *b,
 		memcpy(b->labels + d, r->labels + s, r->T * sizeof(int32_t));
 		for (int k = 0; k < nf; k++)
 			memcpy(dst[k] + (size_t)i * r->Tc, src[k] + (size_t)rows[i] * r->Tc, r->Tc * sizeof(float));
-		for (int t = 0; t < r->T; t++) b->n_label_tokens += r->labels[d + t] != -100;
+		for (int t = 0; t < r->T; t++) b->n_label_tokens += r->labels[d + t] != FT_IGNORE_INDEX;
 	}
 }
 
@@ -118,7 +118,7 @@ static int old_passes(ft_model *m, ft_model *ref, rollout *r, const float *vw, f
 {
 	ft_batch b = { .B = r->N, .T = r->T, .input_ids = r->ids, .labels = r->labels };
 	ft_ppo_mask(&b, r->mask);
-	for (size_t k = 0; k < (size_t)r->N * r->T; k++) b.n_label_tokens += r->labels[k] != -100;
+	for (size_t k = 0; k < (size_t)r->N * r->T; k++) b.n_label_tokens += r->labels[k] != FT_IGNORE_INDEX;
 	if (ft_ppo_forward(m, &b, 1, vw, vb, pd, seed, r->logp, r->val) < 0) return -1;
 	float *scratch = ft_xmalloc((size_t)r->N * r->T * sizeof(float));
 	if (!ref) ft_model_set_adapters(m, 0);

@@ -11,7 +11,7 @@ void ft_ppo_mask(const ft_batch *b, float *mask)
 	for (int r = 0; r < b->B; r++)
 		for (int t = 0; t < b->T; t++) {
 			size_t i = (size_t)r * b->T + t;
-			mask[i] = t + 1 < b->T && b->labels[i + 1] != -100 ? 1.0f : 0.0f;
+			mask[i] = t + 1 < b->T && b->labels[i + 1] != FT_IGNORE_INDEX ? 1.0f : 0.0f;
 		}
 }
 

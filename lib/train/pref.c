@@ -141,10 +141,10 @@ static int seq_map(ft_pref *p, const ft_batch *b)
 			size_t i = (size_t)r * T + t;
 			int sg = b->segment_ids ? b->segment_ids[i] : 1;
 			int s = sg > 0 ? 2 * (base[r / 2] + sg - 1) + (r & 1) : -1;
-			if (s >= 0 && b->labels[i] != -100)
+			if (s >= 0 && b->labels[i] != FT_IGNORE_INDEX)
 				p->last[s] = (int32_t)i;
 			p->seq_of[i] = -1;
-			if (t + 1 < T && b->labels[i + 1] != -100) {
+			if (t + 1 < T && b->labels[i + 1] != FT_IGNORE_INDEX) {
 				int sg1 = b->segment_ids ? b->segment_ids[i + 1] : 1;
 				if (sg1 > 0) {
 					p->seq_of[i] = 2 * (base[r / 2] + sg1 - 1) + (r & 1);

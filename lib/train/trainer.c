@@ -122,7 +122,7 @@ static int64_t shifted_label_count(const ft_batch *b)
 	int64_t n = 0;
 	for (int r = 0; r < b->B; r++) {
 		const int32_t *l = b->labels + (size_t)r * b->T;
-		for (int t = 1; t < b->T; t++) n += l[t] != -100;
+		for (int t = 1; t < b->T; t++) n += l[t] != FT_IGNORE_INDEX;
 	}
 	return n;
 }
