@@ -25,6 +25,7 @@ struct ft_grpo_reward {
 	int to, from;
 	ft_sbuf in;          /* what it printed and we have not consumed */
 	long long line;      /* its output lines so far */
+	size_t last_n;       /* completions of the last request */
 	int status, exited;
 };
 
@@ -96,9 +97,28 @@ static int take_lines(ft_grpo_reward *r, size_t n, float *scores, size_t *got)
 	return 0;
 }
 
+/* Output already there beyond the answers of the last request (a command
+ * that answers twice): read without waiting, refused naming its line, so
+ * an extra answer is never taken for the next request's. */
+static int leftover(ft_grpo_reward *r)
+{
+	struct pollfd p = { r->from, POLLIN, 0 };
+	while (poll(&p, 1, 0) > 0 && (p.revents & POLLIN)) {
+		char buf[4096];
+		ssize_t k = read(r->from, buf, sizeof buf);
+		if (k <= 0) break;   /* EOF: the next exchange says how it ended */
+		ft_sbuf_addn(&r->in, buf, (size_t)k);
+	}
+	if (!r->in.n) return 0;
+	return ft_fail("reward %s: line %lld of its output: more lines than the %zu completions it was "
+		       "sent", r->name, r->line + 1, r->last_n);
+}
+
 int ft_grpo_reward_score(ft_grpo_reward *r, const char *const *lines, size_t n, float *scores)
 {
 	if (r->exited) return ft_fail("reward %s is no longer running", r->name);
+	if (leftover(r) < 0) return -1;
+	r->last_n = n;
 	ft_sbuf req = { 0 };
 	for (size_t i = 0; i < n; i++) {
 		ft_sbuf_add(&req, lines[i]);
@@ -132,8 +152,8 @@ int ft_grpo_reward_score(ft_grpo_reward *r, const char *const *lines, size_t n, 
 			rc = take_lines(r, n, scores, &got);
 		}
 	}
-	if (rc == 0 && r->in.n)   /* a partial line beyond the answers */
-		rc = ft_fail("reward %s: more output than the %zu completions it was sent", r->name, n);
+	if (rc == 0)   /* what came with the answers, before the step uses them */
+		rc = leftover(r);
 	sigaction(SIGPIPE, &old, NULL);
 	free(ft_sbuf_take(&req));
 	return rc;
