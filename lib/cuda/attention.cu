@@ -146,7 +146,7 @@ static int flash_backward(cudaStream_t st, E *dq, E *dk, E *dv, float *Di, const
 }
 
 /* The half element types compile with the fp32 one, so half activations
- * are a change of pointer types in model.cu, not new kernels. */
+ * are a change of pointer types in layer.cu, not new kernels. */
 template int flash_forward<__nv_bfloat16>(cudaStream_t, __nv_bfloat16 *, float *,
 					  const __nv_bfloat16 *, const __nv_bfloat16 *,
 					  const __nv_bfloat16 *, const ft_cu_attn *);

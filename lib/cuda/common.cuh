@@ -189,7 +189,7 @@ int ft_cu_attention_backward(ft_cuda_model *dm, float *dq, float *dk, float *dv,
 int ft_cu_lm_head_loss(ft_cuda_model *dm, float *dx, float *logits, const float *x,
 		       const int32_t *targets, int n, float grad_scale, double *loss);
 
-/* ---- model.cu / optim.cu ---- */
+/* ---- model.cu / optim.cu: setup and transfers ---- */
 /* Host weights of t -> device (fp32 and/or half copy). */
 int ft_cu_upload(ft_cuda_model *dm, ft_dt *t);
 /* Copy on dm->stream and wait: the model's stream is non-blocking, so a
@@ -198,9 +198,16 @@ int ft_cu_copy(ft_cuda_model *dm, void *dst, const void *src, size_t bytes,
 	       cudaMemcpyKind kind, const char *what);
 /* Update dm->peak, the allocator's high-water mark. */
 void ft_cu_sample_peak(ft_cuda_model *dm);
-/* layer_forward and lin_fwd of model.cu, for infer.cu (dm->training 0) */
+/* ---- layer.cu: one decoder layer (mirrors lib/model/model_fwd.c) ---- */
 int ft_cu_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in, float *x_out,
 			const ft_cuda_batch *b);
+/* dm->d_a holds dL/dx_out on entry and dL/dx_in on return (unless
+ * need_dx is 0). */
+int ft_cu_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
+			 const ft_cuda_batch *b, int need_dx);
+/* Whether layer l has a trainable tensor (the backward stops below it). */
+int ft_cu_layer_has_grad(const ft_cuda_model *dm, int l);
+/* lin_fwd, for infer.cu (dm->training 0) */
 int ft_cu_lin_forward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const float *x,
 		      int N);
 

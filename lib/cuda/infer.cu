@@ -9,7 +9,7 @@
  *
  * Two paths, one contract (ft_infer_forward's):
  *  - prefill, when every row a call names starts empty: the prompts are
- *    right-padded into one [B, T] batch and run through model.cu's
+ *    right-padded into one [B, T] batch and run through layer.cu's
  *    layer_forward (the training attention: causal, so no real token sees
  *    a pad), and each layer's rotated keys and values are scattered into
  *    the cache;
