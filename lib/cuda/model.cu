@@ -49,6 +49,63 @@ static ft_dt *tensor(ft_cuda_model *dm, float *w, float *g, size_t n, int matrix
 	return t;
 }
 
+/* Tensors from `first` on form a unit: layout carves their buffers back
+ * to back, category by category. */
+static void end_unit(ft_cuda_model *dm, int first)
+{
+	if (dm->ntens - first > 1)
+		dm->tens[first].unit = dm->ntens - first;
+}
+
+static void lora_tensors(ft_cuda_model *dm, int l, int j, int a_matrix, int want_a, int want_b)
+{
+	const ft_cv_lora *lo = &dm->v.layers[l].lora[j];
+	ft_dlora *d = &dm->layers[l].lora[j];
+	size_t in = dm->v.lin_in[j], out = dm->v.lin_out[j];
+	d->on = lo->on;
+	if (!lo->on)
+		return;
+	d->r = lo->r;
+	d->scale = lo->scale;
+	if (want_a)
+		d->A = tensor(dm, lo->A.w, lo->A.g, (size_t)lo->r * in, a_matrix);
+	if (want_b)
+		d->B = tensor(dm, lo->B.w, lo->B.g, out * lo->r, 0);
+}
+
+static ft_dt *lin_tensor(ft_cuda_model *dm, int l, int j)
+{
+	const ft_cv_wg *w = &dm->v.layers[l].lin[j];
+	return tensor(dm, w->w, w->g, (size_t)dm->v.lin_in[j] * dm->v.lin_out[j], 1);
+}
+
+/* A fused group's tensors: one unit of the modules' weights and then
+ * their LoRA A matrices (in half with the weights in the half modes:
+ * they are rows of the same GEMM operand), one of the biases, then the
+ * LoRA B matrices. */
+static void group_tensors(ft_cuda_model *dm, int l, int gi)
+{
+	ft_dlayer *d = &dm->layers[l];
+	const ft_cv_layer *y = &dm->v.layers[l];
+	ft_cv_group *c = &d->grp[gi].c;
+	ft_cuda_view_group(&dm->v, l, gi, c);
+	int first = dm->ntens;
+	for (int i = 0; i < c->n; i++)
+		d->lin[c->js[i]] = lin_tensor(dm, l, c->js[i]);
+	for (int i = 0; i < c->n; i++)
+		lora_tensors(dm, l, c->js[i], 1, 1, 0);
+	end_unit(dm, first);
+	first = dm->ntens;
+	for (int i = 0; i < c->n; i++) {
+		int j = c->js[i];
+		if (j < 3)
+			d->bias[j] = tensor(dm, y->bias[j].w, y->bias[j].g, dm->v.lin_out[j], 0);
+	}
+	end_unit(dm, first);
+	for (int i = 0; i < c->n; i++)
+		lora_tensors(dm, l, c->js[i], 0, 0, 1);
+}
+
 /* The tensors of the view, shared ones (tied lm_head) once. */
 static void build_tensors(ft_cuda_model *dm)
 {
@@ -67,21 +124,61 @@ static void build_tensors(ft_cuda_model *dm)
 		d->ln2 = tensor(dm, y->ln2.w, y->ln2.g, v->D, 0);
 		d->qn = tensor(dm, y->qn.w, y->qn.g, v->hd, 0);
 		d->kn = tensor(dm, y->kn.w, y->kn.g, v->hd, 0);
-		for (int j = 0; j < FT_CV_NLIN; j++) {
-			size_t in = v->lin_in[j], out = v->lin_out[j];
-			d->lin[j] = tensor(dm, y->lin[j].w, y->lin[j].g, in * out, 1);
-			if (j < 3)
-				d->bias[j] = tensor(dm, y->bias[j].w, y->bias[j].g, out, 0);
-			ft_cv_lora *lo = &y->lora[j];
-			d->lora[j].on = lo->on;
-			if (!lo->on)
-				continue;
-			d->lora[j].r = lo->r;
-			d->lora[j].scale = lo->scale;
-			d->lora[j].A = tensor(dm, lo->A.w, lo->A.g, (size_t)lo->r * in, 0);
-			d->lora[j].B = tensor(dm, lo->B.w, lo->B.g, out * lo->r, 0);
-		}
+		group_tensors(dm, l, 0);
+		d->lin[3] = lin_tensor(dm, l, 3);
+		lora_tensors(dm, l, 3, 0, 1, 1);
+		group_tensors(dm, l, 1);
+		d->lin[6] = lin_tensor(dm, l, 6);
+		lora_tensors(dm, l, 6, 0, 1, 1);
 	}
+}
+
+/* Each layer's fused weight operands and stacked gradients, from the
+ * buffers layout_unit carved back to back. */
+static int bind_groups(ft_cuda_model *dm)
+{
+	for (int l = 0; l < dm->v.L; l++)
+		for (int gi = 0; gi < FT_CV_NGROUP; gi++) {
+			ft_dlayer *d = &dm->layers[l];
+			ft_dgroup *g = &d->grp[gi];
+			ft_dt *t[6] = { 0 };
+			int n = 0, nb;
+			for (int i = 0; i < g->c.n; i++)
+				t[n++] = d->lin[g->c.js[i]];
+			nb = n;
+			for (int i = 0; i < g->c.n; i++)
+				if (d->lora[g->c.js[i]].on)
+					t[n++] = d->lora[g->c.js[i]].A;
+			if (!n || !t[0])
+				return ft_fail("internal: layer %d: a fused module has no weight", l);
+			g->wf = ft_cu_weight(dm, t[0]);
+			size_t el = g->wf.half ? 2 : 4;
+			int gw = t[0]->g != NULL, ga = n > nb && t[nb]->g;
+			for (int k = 1; k < n; k++) {
+				ft_mat a = ft_cu_weight(dm, t[k - 1]), b = ft_cu_weight(dm, t[k]);
+				if (b.half != a.half || (const char *)b.p != (const char *)a.p + t[k - 1]->n * el)
+					return ft_fail("internal: layer %d %s: stacked weights are not "
+						       "contiguous", l, gi ? "gate|up" : "q|k|v");
+				int cont = t[k]->g && t[k]->g == t[k - 1]->g + t[k - 1]->n;
+				if (k < nb)
+					gw = gw && cont;
+				else if (k > nb)
+					ga = ga && cont;
+			}
+			g->gw = gw ? t[0]->g : NULL;
+			g->ga = ga ? t[nb]->g : NULL;
+		}
+	return 0;
+}
+
+/* Row lengths of the fused buffers: the largest over the layers. */
+static int group_width(const ft_cuda_model *dm, int gi)
+{
+	int w = 0;
+	for (int l = 0; l < dm->v.L; l++)
+		if (dm->layers[l].grp[gi].c.tot > w)
+			w = dm->layers[l].grp[gi].c.tot;
+	return w;
 }
 
 static int max_in(const ft_cuda_view *v)
@@ -105,26 +202,57 @@ static int lora_rank(const ft_cuda_model *dm)
 static void layout_acts(ft_cuda_model *dm, ft_arena *a, ft_dacts *x, size_t N, size_t r)
 {
 	const ft_cuda_view *v = &dm->v;
-	size_t D = v->D, qd = (size_t)v->Hq * v->hd, kd = (size_t)v->Hk * v->hd, F = v->F;
+	size_t D = v->D, qd = (size_t)v->Hq * v->hd, kd = (size_t)v->Hk * v->hd;
 	x->ln1 = TAKE(a, N * D, float, A_ACTS);
 	x->rstd1 = TAKE(a, N, float, A_ACTS);
-	x->q = TAKE(a, N * qd, float, A_ACTS);
-	x->k = TAKE(a, N * kd, float, A_ACTS);
-	x->v = TAKE(a, N * kd, float, A_ACTS);
+	x->qkv = TAKE(a, N * group_width(dm, 0), float, A_ACTS);
 	x->lse = TAKE(a, N * v->Hq, float, A_ACTS);
 	x->att = TAKE(a, N * qd, float, A_ACTS);
 	x->xmid = TAKE(a, N * D, float, A_ACTS);
 	x->ln2 = TAKE(a, N * D, float, A_ACTS);
 	x->rstd2 = TAKE(a, N, float, A_ACTS);
-	x->gate = TAKE(a, N * F, float, A_ACTS);
-	x->up = TAKE(a, N * F, float, A_ACTS);
-	for (int j = 0; j < FT_CV_NLIN; j++)
-		x->lh[j] = r ? TAKE(a, N * r, float, A_ACTS) : NULL;
+	x->gu = TAKE(a, N * group_width(dm, 1), float, A_ACTS);
+	/* the other modules' LoRA hiddens are columns of qkv and gu */
+	x->lh[3] = r ? TAKE(a, N * r, float, A_ACTS) : NULL;
+	x->lh[6] = r ? TAKE(a, N * r, float, A_ACTS) : NULL;
 	if (v->qk_norm) {
-		x->qr = TAKE(a, N * qd, float, A_ACTS);
-		x->kr = TAKE(a, N * kd, float, A_ACTS);
+		x->qn = TAKE(a, N * qd, float, A_ACTS);
+		x->kn = TAKE(a, N * kd, float, A_ACTS);
 		x->rstdq = TAKE(a, N * v->Hq, float, A_ACTS);
 		x->rstdk = TAKE(a, N * v->Hk, float, A_ACTS);
+	}
+}
+
+/* The buffers of the unit t[0..n), category by category, back to back
+ * (no rounding between them): a fused group's weights and gradients are
+ * then single stacked matrices.  A unit is all matrices or all vectors. */
+static void layout_unit(ft_cuda_model *dm, ft_arena *a, ft_dt *t, int n)
+{
+	int half = dm->half && t[0].matrix;
+	size_t nh = 0, nw = 0, ng = 0;
+	for (int i = 0; i < n; i++) {
+		int train = t[i].hg && !dm->o.inference;
+		nh += half ? t[i].n : 0;
+		nw += !half || train ? t[i].n : 0;
+		ng += train ? t[i].n : 0;
+	}
+	uint16_t *h = nh ? TAKE(a, nh, uint16_t, A_WEIGHTS) : NULL;
+	float *w = nw ? TAKE(a, nw, float, half ? A_MASTER : A_WEIGHTS) : NULL;
+	float *g = ng ? TAKE(a, ng, float, A_GRADS) : NULL;
+	float *m = ng ? TAKE(a, ng, float, A_OPTIM) : NULL;
+	float *v = ng ? TAKE(a, ng, float, A_OPTIM) : NULL;
+	for (int i = 0; i < n; i++) {
+		ft_dt *x = &t[i];
+		int train = x->hg && !dm->o.inference;
+		x->h = half ? h : NULL;
+		x->w = !half || train ? w : NULL;
+		x->g = x->m = x->v = NULL;
+		h += half ? x->n : 0;
+		w += !half || train ? x->n : 0;
+		if (train) {
+			x->g = g, x->m = m, x->v = v;
+			g += x->n, m += x->n, v += x->n;
+		}
 	}
 }
 
@@ -133,18 +261,9 @@ static void layout_acts(ft_cuda_model *dm, ft_arena *a, ft_dacts *x, size_t N, s
 static void layout(ft_cuda_model *dm, ft_arena *a)
 {
 	const ft_cuda_view *v = &dm->v;
-	for (int i = 0; i < dm->ntens; i++) {
-		ft_dt *t = &dm->tens[i];
-		int half = dm->half && t->matrix, train = t->hg && !dm->o.inference;
-		if (half)
-			t->h = TAKE(a, t->n, uint16_t, A_WEIGHTS);
-		t->w = !half ? TAKE(a, t->n, float, A_WEIGHTS)
-			     : train ? TAKE(a, t->n, float, A_MASTER) : NULL;
-		if (train) {
-			t->g = TAKE(a, t->n, float, A_GRADS);
-			t->m = TAKE(a, t->n, float, A_OPTIM);
-			t->v = TAKE(a, t->n, float, A_OPTIM);
-		}
+	for (int i = 0, n; i < dm->ntens; i += n) {
+		n = dm->tens[i].unit > 1 ? dm->tens[i].unit : 1;
+		layout_unit(dm, a, &dm->tens[i], n);
 	}
 	size_t N = dm->o.max_tokens, D = v->D, F = v->F, L = v->L;
 	size_t qd = (size_t)v->Hq * v->hd, kd = (size_t)v->Hk * v->hd, mi = max_in(v);
@@ -167,12 +286,17 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	for (size_t i = 0; i < sizeof nd / sizeof *nd; i++)
 		*nd[i] = TAKE(a, (nd[i] == &dm->head_x ? N : Nb) * D, float, A_SCRATCH);
 	dm->d_att = TAKE(a, Nb * qd, float, A_SCRATCH);
-	dm->dq = TAKE(a, Nb * qd, float, A_SCRATCH);
-	dm->dk = TAKE(a, Nb * kd, float, A_SCRATCH);
-	dm->dv = TAKE(a, Nb * kd, float, A_SCRATCH);
-	float **nf[] = { &dm->hbuf, &dm->dh, &dm->dgate, &dm->dup };
-	for (size_t i = 0; i < sizeof nf / sizeof *nf; i++)
-		*nf[i] = TAKE(a, (i ? Nb : N) * F, float, A_SCRATCH);
+	/* dq, dk, dv go straight into dqkv; Qwen3's dq, dk come out of
+	 * attention before their norms; gate|up's gradients overwrite their
+	 * activations (in place) */
+	size_t wq = group_width(dm, 0), wg = group_width(dm, 1), wy = mi;
+	if (wq > wy) wy = wq;
+	if (wg > wy) wy = wg;
+	dm->dqkv = TAKE(a, Nb * wq, float, A_SCRATCH);
+	dm->dq = TAKE(a, v->qk_norm ? Nb * qd : 0, float, A_SCRATCH);
+	dm->dk = TAKE(a, v->qk_norm ? Nb * kd : 0, float, A_SCRATCH);
+	dm->hbuf = TAKE(a, N * F, float, A_SCRATCH);
+	dm->dh = TAKE(a, Nb * F, float, A_SCRATCH);
 	dm->tmp = TAKE(a, N * (mi > D ? mi : D), float, A_SCRATCH);
 	dm->drop = TAKE(a, Nb * mi, float, A_SCRATCH);
 	dm->ddrop = TAKE(a, Nb * mi, float, A_SCRATCH);
@@ -185,7 +309,7 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	dm->row_loss = TAKE(a, N, double, A_SCRATCH);
 	if (dm->half) {
 		dm->hx = TAKE(a, N * mi, uint16_t, A_SCRATCH);
-		dm->hy = TAKE(a, N * mi, uint16_t, A_SCRATCH);
+		dm->hy = TAKE(a, N * wy, uint16_t, A_SCRATCH);   /* a fused dY */
 		dm->hhead = TAKE(a, chunk * V, uint16_t, A_SCRATCH);
 	}
 	/* flash attention (attention.cu) keeps its tiles in shared memory:
@@ -370,6 +494,7 @@ static int device_init(ft_cuda_model *dm)
 	CU(cudaMalloc(&dm->mem, dm->plan.total), "%zu bytes (the planned total)", dm->plan.total);
 	ft_arena a = { (uintptr_t)dm->mem, 0, { 0 } };
 	layout(dm, &a);
+	TRY(bind_groups(dm));
 	CU(cudaStreamCreateWithFlags(&dm->stream, cudaStreamNonBlocking), "%s", "");
 	CB(cublasCreate(&dm->blas), "%s", "");
 	CB(cublasSetStream(dm->blas, dm->stream), "%s", "");
