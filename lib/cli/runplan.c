@@ -96,6 +96,9 @@ static void plan_fit(const ft_lfargs *a, ft_runplan *p, const char *data)
 	cmd train = {0};
 	add_word(&train, "ft-train");
 	add_routed(&train, a, FTP_R, NULL);
+	/* DeepSpeed's ZeRO and FSDP's sharding: ZeRO-1 is ft's (a note says
+	 * what is not done); an explicit zero setting wins */
+	if (!ft_lfargs_get(a, "zero", NULL) && ftp_zero_of(a)) add_flag(&train, "zero", "1");
 	add_flag(&train, "train", data);
 	if (ft_lfargs_get(a, "val_size", NULL)) {
 		char *val = ft_xasprintf("%s/val", data);
