@@ -400,6 +400,8 @@ int ftp_model_forward_body(ft_model *m, const ft_batch *b)
 int ft_model_forward(ft_model *m, const ft_batch *b, float *logits,
 		     double *loss_sum, int64_t *n_tokens)
 {
+	if (m->o.sft_loss == FT_SFT_LOSS_ASFT && !logits)
+		return ftp_asft_forward(m, b, loss_sum, n_tokens);
 	if (m->o.sft_loss && !logits)
 		return ftp_tokloss_forward(m, b, loss_sum, n_tokens);
 	m->training = 0;
@@ -431,6 +433,8 @@ int ft_model_forward(ft_model *m, const ft_batch *b, float *logits,
 int ft_model_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
 			      double *loss_sum, int64_t *n_tokens)
 {
+	if (m->o.sft_loss == FT_SFT_LOSS_ASFT)
+		return ftp_asft_forward_backward(m, b, grad_scale, loss_sum, n_tokens);
 	if (m->o.sft_loss)
 		return ftp_tokloss_forward_backward(m, b, grad_scale, loss_sum, n_tokens);
 	const ft_config *c = &m->c;

@@ -95,6 +95,7 @@ struct ft_model {
 	size_t qscratch_n;
 	float *cos_l, *sin_l, *inv_freq_l;   /* Gemma: sliding layers' RoPE */
 	float *norm_eff;                     /* Gemma: 1 + weight of one norm */
+	struct ft_model *asft_ref;           /* ASFT's reference (not owned) */
 };
 
 /* The DoRA state of module j of layer l, NULL when it has none. */
@@ -113,6 +114,18 @@ int ftp_llama_pro_layer(const ft_model *m, int l);
 int ftp_tokloss_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
 				 double *loss_sum, int64_t *n_tokens);
 int ftp_tokloss_forward(ft_model *m, const ft_batch *b, double *loss_sum, int64_t *n_tokens);
+
+/* lib/model/model_pref.c: after a forward body, the rows with a target
+ * (labels[i+1] != -100) into m->head_x / m->rows / m->targets, in order;
+ * their count. */
+int ftp_gather_targets(ft_model *m, const ft_batch *b);
+
+/* lib/model/model_asft.c: ft_model_forward_backward / ft_model_forward
+ * (loss only) with the ASFT loss (o.sft_loss == FT_SFT_LOSS_ASFT);
+ * *loss_sum is the micro-batch's mean, *n_tokens 1. */
+int ftp_asft_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
+			      double *loss_sum, int64_t *n_tokens);
+int ftp_asft_forward(ft_model *m, const ft_batch *b, double *loss_sum, int64_t *n_tokens);
 
 /* lib/model/model_io.c: adapter_config.json with rank r and alpha;
  * plain: init_lora_weights true even for a PiSSA adapter. */

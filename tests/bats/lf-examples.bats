@@ -18,6 +18,8 @@ command_for() {
 # The configs ft-run accepts today (the others are refused, with reasons).
 RUNNABLE="extras/adam_mini/qwen2_full_sft.yaml
 extras/apollo/llama3_full_sft.yaml
+extras/asft/llama2_full_asft.yaml
+extras/asft/qwen2_full_asft.yaml
 extras/badam/llama3_full_sft.yaml
 extras/dft/qwen2_full_sft.yaml
 extras/eaft/qwen25_05b_eaft_full.yaml
@@ -160,6 +162,13 @@ tiny_qwen() {
 	[ -s saves/ds3_full/model.safetensors ]
 	run_example train_lora/qwen3_lora_sft_ds3.yaml $small output_dir=saves/ds3_lora
 	[ -s saves/ds3_lora/adapter_model.safetensors ]
+	# ASFT (a frozen copy of the model as the reference); their datasets
+	# med and math are the user's own, not in LLaMA-Factory's registry
+	run_example extras/asft/qwen2_full_asft.yaml $small dataset=alpaca_en_demo output_dir=saves/asft
+	[ -s saves/asft/model.safetensors ]
+	run_example extras/asft/llama2_full_asft.yaml $small dataset=alpaca_en_demo template=qwen3_nothink \
+		output_dir=saves/asft2
+	[ -s saves/asft2/model.safetensors ]
 	# layer-wise GaLore (its galore_rank 128 is above the tiny model's dimensions: the full space)
 	run_example extras/galore/llama3_full_sft.yaml $small template=qwen3_nothink output_dir=saves/galore
 	[ -s saves/galore/model.safetensors ]

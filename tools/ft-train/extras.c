@@ -16,7 +16,7 @@ static const char *const extras_keys[] = {
 	"galore_rank", "galore_update_interval", "galore_scale", "galore_proj_type", "galore_layerwise",
 	"use_dft_loss", "use_eaft_loss", "eaft_alpha", "use_apollo", "apollo_target", "apollo_rank",
 	"apollo_update_interval", "apollo_scale", "apollo_proj", "apollo_proj_type", "apollo_scale_type",
-	"apollo_scale_front", "apollo_layerwise", NULL,
+	"apollo_scale_front", "apollo_layerwise", "use_asft_loss", "asft_alpha", NULL,
 };
 
 int ft_train_extras_known(const char *key)
@@ -42,6 +42,18 @@ static void sft_loss_parse(ft_lfargs *a, ft_cli_args *c)
 	const char *ud = get(a, "use_dft_loss"), *ue = get(a, "use_eaft_loss");
 	int dft = ud ? ft_parse_bool("use_dft_loss", ud) : 0, eaft = ue ? ft_parse_bool("use_eaft_loss", ue) : 0;
 	c->tune.eaft_alpha = get(a, "eaft_alpha") ? ft_parse_double("eaft_alpha", get(a, "eaft_alpha")) : 1.0;
+	const char *ua = get(a, "use_asft_loss");
+	int asft = ua ? ft_parse_bool("use_asft_loss", ua) : 0;
+	c->x.asft_alpha = get(a, "asft_alpha") ? ft_parse_double("asft_alpha", get(a, "asft_alpha")) : 0.1;
+	if (asft && strcmp(c->stage, "sft") && ft_verbose >= 0)
+		warn("note: --use_asft_loss is ignored by --stage %s, as in LLaMA-Factory (only its sft "
+		     "trainer uses it)", c->stage);
+	/* its compute_loss would hand the reference logits to the DFT/EAFT
+	 * function as num_items_in_batch */
+	if (asft && (dft || eaft) && !strcmp(c->stage, "sft"))
+		die_usage("--use_asft_loss with --use_%s_loss: LLaMA-Factory's trainer mixes the two "
+			  "wrongly; choose one", dft ? "dft" : "eaft");
+	c->x.asft = asft && !strcmp(c->stage, "sft");
 	if (!dft && !eaft) return;
 	if (strcmp(c->stage, "sft")) {
 		if (ft_verbose >= 0)
@@ -250,6 +262,28 @@ void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 }
 
 /* Right after loading, before the model is bound to a device. */
+/* ASFT's reference, as LLaMA-Factory's create_ref_model: --ref_model
+ * (with --ref_model_adapters), else for full and freeze tuning a frozen
+ * copy of the model (its adapter merged); for LoRA it makes none and the
+ * trainer fails, so ft asks for --ref_model. */
+static void asft_setup(ft_cli_args *c, ft_model *m)
+{
+	ft_model *ref;
+	if (c->ref_model)
+		ref = pref_frozen_model("--ref_model", c->ref_model, c->ref_model_adapters, c->tune.seed);
+	else if (c->tune.type == FT_FT_LORA)
+		die_usage("--use_asft_loss --finetuning_type lora needs --ref_model DIR: LLaMA-Factory's "
+			  "create_ref_model makes no reference for LoRA");
+	else if (c->from_scratch)
+		die_usage("--use_asft_loss --train_from_scratch: the reference would be the base, which is "
+			  "random here; give --ref_model DIR");
+	else
+		ref = pref_frozen_model("the reference (a frozen copy of the model)", c->model, c->adapter,
+					c->tune.seed);
+	if (ft_model_set_asft(m, ref, c->x.asft_alpha) < 0) die("--use_asft_loss: %s", ft_errmsg());
+	c->ref = ref;
+}
+
 void ft_train_extras_model(ft_cli_args *c, ft_model *m)
 {
 	const ft_config *cf = ft_model_config(m);
@@ -258,6 +292,7 @@ void ft_train_extras_model(ft_cli_args *c, ft_model *m)
 			  cf->num_hidden_layers, c->tune.freeze_trainable_layers);
 	if (c->x.pissa && ft_model_pissa_init(m, c->x.pissa_iter) < 0) die("--pissa_init: %s", ft_errmsg());
 	if (c->x.dora && ft_model_dora_init(m) < 0) die("--use_dora: %s", ft_errmsg());
+	if (c->x.asft) asft_setup(c, m);
 }
 
 /* LLaMA-Factory's PissaConvertCallback: the initial adapter (as plain
@@ -321,12 +356,12 @@ ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
 {
 	ft_train_extras *x = &c->x;
 	if (on_gpu && (x->loraplus || x->badam || x->muon || x->adam_mini || x->galore ||
-		       c->tune.neftune_noise_alpha > 0 || c->tune.sft_loss))
+		       c->tune.neftune_noise_alpha > 0 || c->tune.sft_loss || x->asft))
 		die_usage("--%s runs on the CPU only in ft (use --device cpu)",
 			  x->loraplus ? "loraplus_lr_ratio" : x->badam ? "use_badam" : x->galore ? "use_galore"
 			  : x->adam_mini ? "use_adam_mini" : x->muon ? "use_muon"
 			  : c->tune.sft_loss == FT_SFT_LOSS_DFT ? "use_dft_loss"
-			  : c->tune.sft_loss ? "use_eaft_loss" : "neftune_noise_alpha");
+			  : c->tune.sft_loss ? "use_eaft_loss" : x->asft ? "use_asft_loss" : "neftune_noise_alpha");
 	if (x->galore && x->galore_layerwise && c->t.dist)
 		die_usage("--galore_layerwise: Distributed training does not support layer-wise GaLore, as in "
 			  "LLaMA-Factory");
@@ -386,6 +421,7 @@ ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
 void ft_train_extras_free(ft_cli_args *c, ft_optim_ext *e)
 {
 	ft_optim_ext_free(e);
+	if (c->x.asft && c->ref) ft_model_free(c->ref);
 	free(c->x.params);
 	c->x.params = NULL;
 }

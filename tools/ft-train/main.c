@@ -90,6 +90,7 @@ static const char usage[] =
 "  --apollo_proj random|svd --apollo_proj_type std --apollo_layerwise\n"
 "  --use_dft_loss             sft: each token's loss times its (detached) probability\n"
 "  --use_eaft_loss --eaft_alpha X (1.0)  sft: times (top-20 entropy / 3)^alpha\n"
+"  --use_asft_loss --asft_alpha X (0.1)  sft: DFT + alpha KL(reference || model)\n"
 "  --use_muon                 Muon for 2-D weights, its AdamW for the rest\n"
 "  --use_dora                 DoRA: a trained magnitude per output row (lora_dropout 0)\n"
 "  --pissa_init               PiSSA: LoRA from the top singular vectors, base = residual\n"

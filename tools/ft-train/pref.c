@@ -79,7 +79,10 @@ void pref_args_parse(ft_lfargs *a, ft_cli_args *c)
 	if (c->do_predict && st != FT_PREF_RM)
 		die_usage("--do_predict: ft-train predicts reward scores (--stage rm); for generation "
 			  "use ft-generate");
-	if (c->ref_model && !(st >= 0 && ft_pref_uses_ref(o)))
+	/* sft's reference: the ASFT loss (extras.c) */
+	int asft = ft_lfargs_get(a, "use_asft_loss", NULL) && ft_parse_bool("use_asft_loss",
+				ft_lfargs_get(a, "use_asft_loss", NULL));
+	if (c->ref_model && !(st >= 0 && ft_pref_uses_ref(o)) && !(asft && !strcmp(c->stage, "sft")))
 		die_usage("--ref_model: stage %s%s%s uses no reference model", c->stage,
 			  st == FT_PREF_DPO ? " with --pref_loss " : "", st == FT_PREF_DPO ? loss : "");
 	/* dpo and kto: LLaMA-Factory's trainers call disable_dropout_in_model,
@@ -105,7 +108,7 @@ void pref_check_manifest(const ft_cli_args *c, const char *path, const ft_manife
 
 /* A frozen model: loaded with LoRA, the adapter (if any) merged, so the
  * weights are the base (plus the adapter) and nothing is trainable. */
-static ft_model *frozen_model(const char *what, const char *dir, const char *adapters, uint64_t seed)
+ft_model *pref_frozen_model(const char *what, const char *dir, const char *adapters, uint64_t seed)
 {
 	ft_tune_opts t;
 	memset(&t, 0, sizeof t);
@@ -169,7 +172,7 @@ ft_train_model pref_bind(ft_cli_args *c, ft_model *m)
 	ft_model *ref = NULL;
 	if (ft_pref_uses_ref(o)) {
 		if (c->ref_model) {
-			ref = frozen_model("--ref_model", c->ref_model, c->ref_model_adapters, c->tune.seed);
+			ref = pref_frozen_model("--ref_model", c->ref_model, c->ref_model_adapters, c->tune.seed);
 		} else if (!c->do_train) {
 			ref = m;   /* LLaMA-Factory evaluates against the model itself */
 		} else if (c->tune.type != FT_FT_LORA) {
@@ -177,7 +180,7 @@ ft_train_model pref_bind(ft_cli_args *c, ft_model *m)
 				die_usage("--stage %s --train_from_scratch --finetuning_type %s: the reference "
 					  "would be the base, which is random here; give --ref_model DIR",
 					  c->stage, c->tune.type == FT_FT_FULL ? "full" : "freeze");
-			ref = frozen_model("the reference (a frozen copy of the base)", c->model, c->adapter,
+			ref = pref_frozen_model("the reference (a frozen copy of the base)", c->model, c->adapter,
 					   c->tune.seed);
 		}
 	}
