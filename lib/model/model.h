@@ -61,7 +61,9 @@ int ft_config_load(const char *config_json, ft_config *c);
  * MemAvailable, or FT_MEMORY_AVAILABLE) before a model is allocated. */
 double ft_config_weight_bytes(const ft_config *c);
 
-typedef enum { FT_FT_LORA, FT_FT_FREEZE, FT_FT_FULL } ft_finetuning_type;
+/* FT_FT_OFT: PEFT's OFT on the lora_targets modules (LLaMA-Factory passes
+ * lora_target to OFTConfig), lib/model/model_oft.c */
+typedef enum { FT_FT_LORA, FT_FT_FREEZE, FT_FT_FULL, FT_FT_OFT } ft_finetuning_type;
 enum { FT_SFT_LOSS_CE, FT_SFT_LOSS_DFT, FT_SFT_LOSS_EAFT, FT_SFT_LOSS_ASFT };
 
 /* Bits for LoRA targets and freeze modules. */
@@ -98,6 +100,9 @@ typedef struct {
 	int sft_loss;
 	double eaft_alpha;
 	double asft_alpha;             /* ASFT's KL weight (ft_model_set_asft) */
+	/* OFT (FT_FT_OFT): OFTConfig's r and oft_block_size (one non-zero;
+	 * LLaMA-Factory's oft_rank 0 and oft_block_size 32 by default) */
+	int oft_rank, oft_block_size;
 	/* QLoRA (lib/model/quant.h): 0, 4 or 8 bits for the decoder's base
 	 * linears; 4-bit FP4 instead of NF4; 4-bit absmaxes quantized too */
 	int quantization_bit, quantization_fp4, double_quantization;

@@ -16,7 +16,8 @@ static const char *const extras_keys[] = {
 	"galore_rank", "galore_update_interval", "galore_scale", "galore_proj_type", "galore_layerwise",
 	"use_dft_loss", "use_eaft_loss", "eaft_alpha", "use_apollo", "apollo_target", "apollo_rank",
 	"apollo_update_interval", "apollo_scale", "apollo_proj", "apollo_proj_type", "apollo_scale_type",
-	"apollo_scale_front", "apollo_layerwise", "use_asft_loss", "asft_alpha", NULL,
+	"apollo_scale_front", "apollo_layerwise", "use_asft_loss", "asft_alpha", "oft_rank", "oft_block_size", "oft_target",
+	"module_dropout", NULL,
 };
 
 int ft_train_extras_known(const char *key)
@@ -130,12 +131,44 @@ static void apollo_parse(ft_lfargs *a, ft_cli_args *c, const char *optim)
 		     x->adam_mini ? "adam_mini" : "muon");
 }
 
+/* OFT as LLaMA-Factory's _setup_lora_tuning builds its OFTConfig: r =
+ * oft_rank (0), oft_block_size (32), module_dropout, and lora_target's
+ * modules (it never reads oft_target). */
+static void oft_parse(ft_lfargs *a, ft_cli_args *c)
+{
+	ft_tune_opts *t = &c->tune;
+	int oft = t->type == FT_FT_OFT;
+	t->oft_rank = get_int_or(a, "oft_rank", 0);
+	t->oft_block_size = get_int_or(a, "oft_block_size", 32);
+	double md = get(a, "module_dropout") ? ft_parse_double("module_dropout", get(a, "module_dropout")) : 0;
+	if (!oft) {
+		if ((get(a, "oft_rank") || get(a, "oft_block_size") || get(a, "oft_target") || md > 0) &&
+		    ft_verbose >= 0)
+			warn("note: the oft_* settings are ignored: --finetuning_type is not oft");
+		return;
+	}
+	if (t->oft_rank < 0 || t->oft_block_size < 0 || (t->oft_rank != 0) == (t->oft_block_size != 0))
+		die_usage("--oft_rank %d --oft_block_size %d: You can only specify either r or oft_block_size, "
+			  "but not both simultaneously (PEFT's OFTConfig; set the other to 0)", t->oft_rank,
+			  t->oft_block_size);
+	if (md < 0 || md >= 1) die_usage("--module_dropout must be in [0, 1)");
+	if (md > 0 && ft_verbose >= 0)
+		warn("note: --module_dropout %g has no effect: PEFT's OFT Linear never applies its "
+		     "MultiplicativeDropoutLayer (nor does ft)", md);
+	const char *ot = get(a, "oft_target");
+	if (ot && strcmp(ot, c->lora_target) && ft_verbose >= 0)
+		warn("note: --oft_target %s: LLaMA-Factory applies OFT to lora_target's modules (%s) and "
+		     "never reads oft_target", ot, c->lora_target);
+	if (t->lora_dropout > 0) die_usage("--lora_dropout: OFT has no LoRA dropout (--finetuning_type oft)");
+}
+
 void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 {
 	ft_train_extras *x = &c->x;
 	memset(x, 0, sizeof *x);
 	int type = c->tune.type;
 	sft_loss_parse(a, c);
+	oft_parse(a, c);
 	if (given(a, "neftune_noise_alpha")) {
 		double al = ft_parse_double("neftune_noise_alpha", get(a, "neftune_noise_alpha"));
 		if (al < 0) die_usage("--neftune_noise_alpha must be >= 0");
@@ -355,6 +388,13 @@ static void on_switch(void *ctx, int block, const char *prefix)
 ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
 {
 	ft_train_extras *x = &c->x;
+	if (c->tune.type == FT_FT_OFT) {
+		const char *w = x->galore ? "use_galore" : x->apollo ? "use_apollo" : x->badam ? "use_badam"
+			      : x->adam_mini ? "use_adam_mini" : x->muon ? "use_muon"
+			      : c->tune.use_llama_pro ? "use_llama_pro" : NULL;
+		if (w) die_usage("--%s with --finetuning_type oft is not implemented in ft yet", w);
+		if (on_gpu) die_usage("--finetuning_type oft runs on the CPU only in ft (use --device cpu)");
+	}
 	if (on_gpu && (x->loraplus || x->badam || x->muon || x->adam_mini || x->galore ||
 		       c->tune.neftune_noise_alpha > 0 || c->tune.sft_loss || x->asft))
 		die_usage("--%s runs on the CPU only in ft (use --device cpu)",
