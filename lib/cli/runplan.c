@@ -124,7 +124,7 @@ static void plan_predict(const ft_lfargs *a, ft_runplan *p, int trained)
 	add_routed(&gen, a, FTP_G, not_to_gen);
 	/* after training a LoRA model, predict with the new adapter */
 	const char *lora = ft_lfargs_get(a, "finetuning_type", "lora");
-	const char *adapter = trained && !strcmp(lora, "lora") ? out : ft_lfargs_get(a, "adapter_name_or_path", NULL);
+	const char *adapter = trained && (!strcmp(lora, "lora") || !strcmp(lora, "oft")) ? out : ft_lfargs_get(a, "adapter_name_or_path", NULL);
 	if (adapter) add_flag(&gen, "adapter_name_or_path", adapter);
 	add_flag(&gen, "do_predict", NULL);
 	/* LLaMA-Factory writes a predict-only run's files into output_dir */

@@ -100,8 +100,8 @@ static const ftp_route routes[] = {
 	{"use_asft_loss", FTP_R, NULL}, {"asft_alpha", FTP_R, NULL},
 	{"eaft_alpha", FTP_R, NULL},
 	{"mixture_of_depths", FTP_X, "Mixture-of-Depths is " NOT_YET},
-	{"oft_rank", FTP_X, "OFT is " NOT_YET}, {"oft_block_size", FTP_X, "OFT is " NOT_YET},
-	{"oft_target", FTP_X, "OFT is " NOT_YET}, {"module_dropout", FTP_X, "OFT is " NOT_YET},
+	{"oft_rank", FTP_R, NULL}, {"oft_block_size", FTP_R, NULL},   /* OFT (docs/EXTRAS.md) */
+	{"oft_target", FTP_R, NULL}, {"module_dropout", FTP_R, NULL},
 	{"export_quantization_bit", FTP_X, "quantized (GPTQ) export is not supported: ft-merge "
 	 "writes bf16, fp16 or fp32 safetensors"},
 	{"export_quantization_dataset", FTP_X, "quantized (GPTQ) export is not supported"},
@@ -129,7 +129,8 @@ static const ftp_route families[] = {
 	{"apollo_", FTP_R, NULL},  /* ft-train checks each */
 	{"badam_", FTP_R, NULL},   /* ft-train checks each (layer mode only) */
 	{"galore_", FTP_R, NULL},  /* ft-train checks each */
-	{"oft_", FTP_X, "OFT is " NOT_YET},
+	{"oft_", FTP_X, "not an OFTConfig setting LLaMA-Factory passes (oft_rank, oft_block_size, "
+	 "oft_target, module_dropout)"},
 	{"ray_", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
 	{"loraplus_", FTP_R, NULL},
 	{"kt_", FTP_X, "KTransformers is a torch backend ft does not run"},
@@ -142,7 +143,7 @@ static const ftp_route families[] = {
 
 /* Stages ft-train runs, and the finetuning types. */
 static const char *const stages[] = {"pt", "sft", "rm", "dpo", "kto", NULL};
-static const char *const tune_types[] = {"lora", "freeze", "full", NULL};
+static const char *const tune_types[] = {"lora", "freeze", "full", "oft", NULL};
 
 const ftp_route *ftp_route_find(const char *key)
 {
@@ -268,8 +269,8 @@ static void value_check(ft_runplan *p, const ft_lfarg *s)
 							 "and kto in this version", s->origin, v));
 	} else if (!strcmp(k, "finetuning_type")) {
 		if (!in_list(tune_types, v))
-			ftp_plan_problem(p, ft_xasprintf("%s: finetuning_type %s: ft supports lora, freeze "
-							 "and full", s->origin, v));
+			ftp_plan_problem(p, ft_xasprintf("%s: finetuning_type %s: ft supports lora, freeze, "
+							 "full and oft", s->origin, v));
 	} else if (!strcmp(k, "template")) {
 		struct stat st;
 		ft_template *t = stat(v, &st) == 0 ? NULL : ft_template_get(v);

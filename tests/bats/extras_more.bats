@@ -155,6 +155,65 @@ layerwise_run() {
 	assert_failure 2
 }
 
+# ---- OFT --------------------------------------------------------------------------
+
+# oft_losses.txt (tests/reference/make_oft_fixtures.py): PEFT's OFT from the
+# oft-init adapter (random rotations, blocks adjusted 24 -> 16 on 64 inputs),
+# 10 steps; the rotations are b x b products in double here, float32 in
+# torch: the plain runs' 1e-5 bound on the losses and the gradient norms.
+@test "OFT: parity with PEFT's OFTConfig (losses and gradient norms, 10 steps from a PEFT adapter)" {
+	need_jq
+	REF=oft_losses.txt parity_run oft oft --learning_rate 2e-3 --adapter_name_or_path "$FIXTURES/extras/oft-init"
+	jq -r 'select(.loss) | .grad_norm' oft/trainer_log.jsonl > got
+	grep "^oft_gnorm " "$FIXTURES/extras/oft_losses.txt" | tr ' ' '\n' | tail -n +2 > want
+	paste got want | awk '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > 1e-5) { print "step " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }'
+}
+
+@test "OFT: a new adapter saved as PEFT's, resumed, checkpointing bit for bit, on a 4-bit base" {
+	need_jq
+	run train --finetuning_type oft --lora_target all --max_steps 2 -q --learning_rate 1e-2 --output_dir a
+	assert_success
+	[ "$(jq -r .peft_type a/adapter_config.json)" = OFT ]
+	[ "$(jq -r .oft_block_size a/adapter_config.json)" = 32 ]
+	[ "$(jq -r .use_cayley_neumann a/adapter_config.json)" = true ]
+	[ "$(jq -r '.target_modules | length' a/adapter_config.json)" = 7 ]
+	run train --finetuning_type oft --lora_target all --max_steps 2 -q --learning_rate 1e-2 --output_dir b \
+		--gradient_checkpointing
+	assert_success
+	cmp a/adapter_model.safetensors b/adapter_model.safetensors
+	# training on from the saved adapter, and through ft-merge
+	run train --finetuning_type oft --max_steps 1 -q --adapter_name_or_path a --output_dir c
+	assert_success
+	run ft-merge -q --model_name_or_path "$MODEL" --adapter_name_or_path c --export_dir merged
+	assert_success
+	[ -s merged/model.safetensors ]
+	# QLoRA's 4-bit base: the rotation runs before the quantized layer
+	run train --finetuning_type oft --lora_target q_proj,v_proj --quantization_bit 4 --max_steps 2 -q \
+		--output_dir q
+	assert_success
+	[ "$(jq -r '.target_modules | length' q/adapter_config.json)" = 2 ]
+}
+
+@test "OFT: refusals and notes (rank and block size, LoRA adapter, GaLore, dropout, oft_target)" {
+	run train --finetuning_type oft --oft_rank 4 --max_steps 1
+	assert_failure 2
+	assert_output --partial "You can only specify either r or oft_block_size"
+	run train --finetuning_type oft --adapter_name_or_path "$FIXTURES/parity/llama-lora-init" --max_steps 1
+	assert_failure
+	assert_output --partial "a LoRA adapter cannot be trained further with finetuning type oft"
+	run train --finetuning_type oft --use_galore --max_steps 1
+	assert_failure 2
+	assert_output --partial "--use_galore with --finetuning_type oft is not implemented"
+	run train --finetuning_type oft --max_steps 1 --output_dir n --module_dropout 0.1 --oft_target q_proj \
+		--oft_rank 2 --oft_block_size 0
+	assert_success
+	assert_output --partial "--module_dropout 0.1 has no effect"
+	assert_output --partial "never reads oft_target"
+	[ "$(jq -r .r n/adapter_config.json)" = 2 ]
+	run train --finetuning_type oft --lora_dropout 0.1 --max_steps 1
+	assert_failure 2
+}
+
 @test "GaLore layer-wise: parity with LLaMA-Factory's per-param hooks (clipping has no effect)" {
 	need_jq
 	layerwise_run galore_lw_full

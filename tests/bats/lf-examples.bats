@@ -29,7 +29,11 @@ extras/llama_pro/llama3_freeze_sft.yaml
 extras/loraplus/llama3_lora_sft.yaml
 extras/muon/qwen2_full_sft.yaml
 extras/nlg_eval/llama3_lora_predict.yaml
+extras/oft/llama3_oft_sft.yaml
 extras/pissa/llama3_lora_sft.yaml
+extras/qoft/llama3_oft_sft_awq.yaml
+extras/qoft/llama3_oft_sft_bnb_npu.yaml
+extras/qoft/llama3_oft_sft_gptq.yaml
 inference/qwen3.yaml
 inference/qwen3_full_sft.yaml
 inference/qwen3_lora_sft.yaml
@@ -169,6 +173,17 @@ tiny_qwen() {
 	run_example extras/asft/llama2_full_asft.yaml $small dataset=alpaca_en_demo template=qwen3_nothink \
 		output_dir=saves/asft2
 	[ -s saves/asft2/model.safetensors ]
+	# OFT (its block size 32 is above the tiny model's 16 inputs: PEFT's
+	# adjustment makes one block), on a 4-bit base too; the adapter merges
+	run_example extras/oft/llama3_oft_sft.yaml $small template=qwen3_nothink output_dir=saves/oft
+	[ "$(jq -r .peft_type saves/oft/adapter_config.json)" = OFT ]
+	run ft-merge -q --model_name_or_path model --adapter_name_or_path saves/oft --export_dir saves/oft_merged
+	assert_success
+	run_example extras/qoft/llama3_oft_sft_bnb_npu.yaml $small template=qwen3_nothink output_dir=saves/qoft
+	[ -s saves/qoft/adapter_model.safetensors ]
+	for q in awq gptq; do
+		run_example extras/qoft/llama3_oft_sft_$q.yaml $small template=qwen3_nothink output_dir=saves/qoft_$q
+	done
 	# layer-wise GaLore (its galore_rank 128 is above the tiny model's dimensions: the full space)
 	run_example extras/galore/llama3_full_sft.yaml $small template=qwen3_nothink output_dir=saves/galore
 	[ -s saves/galore/model.safetensors ]
