@@ -4,7 +4,7 @@ include config.mk
 # The library, one explicit source list per subsystem folder of lib/ (the
 # folders and which may include which: docs/ARCHITECTURE.md).
 LIB_UTIL   := atomicfile dtype error json rng sbuf sha256 spawn
-LIB_FORMAT := adapter_config batch batch_io safetensors stream stream_codec stream_write trainlog
+LIB_FORMAT := adapter_config adapter_oft batch batch_io safetensors stream stream_codec stream_write trainlog
 LIB_TEXT   := template template_tools tokenizer tokenizer_bpe tokenizer_decode \
               tokenizer_json tokenizer_pipeline tokenizer_spm tokenizer_util
 LIB_DATA   := dataset dataset_mix pack pack_batch preprocess stage
@@ -16,7 +16,7 @@ LIB_EXPORT := merge merge_lora
 LIB_PLOT   := plot plot_ascii plot_cairo plot_log
 LIB_CLI    := cli lfargs runplan runplan_settings
 LIB_CUDA_C := backend
-LIB_CUDA   := api attention gemm lmhead model ops optim probe
+LIB_CUDA   := api attention gemm layer lmhead model model_fwd ops optim probe
 LIB_MODEL  += infer_batch
 LIB_CUDA   += infer
 LIB_MODEL  += model_pref
@@ -31,7 +31,7 @@ LIB_MODEL  += flash_ref
 LIB_MODEL  += quant model_quant
 LIB_CUDA   += quant
 LIB_MODEL  += arch rope model_gemma layers_gemma
-LIB_MODEL  += model_tokloss
+LIB_MODEL  += model_tokloss model_asft model_oft
 LIB_TRAIN  += optim_apollo
 LIB_TEXT   += template_think
 LIB_DATA   += preprocess_think

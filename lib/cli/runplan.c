@@ -104,6 +104,9 @@ static void plan_fit(const ft_lfargs *a, ft_runplan *p, const char *data)
 	cmd train = {0};
 	add_word(&train, "ft-train");
 	add_routed(&train, a, FTP_R, NULL);
+	/* DeepSpeed's ZeRO and FSDP's sharding: ZeRO-1 is ft's (a note says
+	 * what is not done); an explicit zero setting wins */
+	if (!ft_lfargs_get(a, "zero", NULL) && ftp_zero_of(a)) add_flag(&train, "zero", "1");
 	/* ppo samples its responses while training: LLaMA-Factory's
 	 * generating arguments are ft-train's then */
 	static const char *const sampling[] = {"max_new_tokens", "do_sample", "temperature", "top_p",
@@ -138,7 +141,7 @@ static void plan_predict(const ft_lfargs *a, ft_runplan *p, int trained)
 	add_device(&gen, a);
 	/* after training a LoRA model, predict with the new adapter */
 	const char *lora = ft_lfargs_get(a, "finetuning_type", "lora");
-	const char *adapter = trained && !strcmp(lora, "lora") ? out : ft_lfargs_get(a, "adapter_name_or_path", NULL);
+	const char *adapter = trained && (!strcmp(lora, "lora") || !strcmp(lora, "oft")) ? out : ft_lfargs_get(a, "adapter_name_or_path", NULL);
 	if (adapter) add_flag(&gen, "adapter_name_or_path", adapter);
 	add_flag(&gen, "do_predict", NULL);
 	/* LLaMA-Factory writes a predict-only run's files into output_dir */

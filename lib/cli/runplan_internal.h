@@ -17,6 +17,9 @@ const ftp_route *ftp_route_find(const char *key);
  * template and dataset names, a pre-quantized model, each added to
  * p->problems; the settings without effect to p->notes. */
 void ftp_check_settings(const ft_lfargs *a, ft_runplan *p);
+/* 1 when the run's deepspeed config (ZeRO stage >= 1) or fsdp option
+ * shards something: ft-train then runs with --zero 1. */
+int ftp_zero_of(const ft_lfargs *a);
 void ftp_plan_problem(ft_runplan *p, char *s);   /* takes s */
 void ftp_plan_note(ft_runplan *p, char *s);      /* takes s */
 

@@ -15,9 +15,6 @@
 /* Refusals shared by several keys. */
 #define MULTIMODAL "ft trains text-only models (no image, video or audio inputs)"
 #define NOT_YET "not implemented in ft yet"
-#define DEEPSPEED "ft does not use DeepSpeed or FSDP: for data parallel training with the " \
-	"optimizer state sharded across ranks run mpirun -np N ft-train ... --zero 1 " \
-	"(ft-run --nproc N ... zero=1; docs/DISTRIBUTED.md)"
 
 static const ftp_route routes[] = {
 	{"stage", FTP_T | FTP_P | FTP_R, NULL},
@@ -85,8 +82,12 @@ static const ftp_route routes[] = {
 	{"pure_bf16", FTP_N, "ft keeps fp32 master weights; bf16 is its mixed precision"},
 	{"export_hub_model_id", FTP_N, "ft uploads nothing"},
 	/* refused, each with its reason */
-	{"deepspeed", FTP_X, DEEPSPEED},
-	{"fsdp", FTP_X, DEEPSPEED}, {"fsdp_config", FTP_X, DEEPSPEED},
+	/* ft's data parallel instead (ftp_zero_of, value_check) */
+	{"deepspeed", FTP_N, NULL}, {"fsdp", FTP_N, NULL},
+	{"fsdp_config", FTP_N, "FSDP's wrapping and prefetch settings have no ft counterpart "
+	 "(ranks hold whole models; docs/DISTRIBUTED.md)"},
+	{"fsdp_transformer_layer_cls_to_wrap", FTP_N, "ft's ranks hold whole models: no layer "
+	 "is wrapped or sharded"},
 	{"ray_num_workers", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
 	{"ray_run_name", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
 	{"ray_storage_path", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
@@ -102,12 +103,11 @@ static const ftp_route routes[] = {
 	{"freeze_vision_tower", FTP_X, MULTIMODAL}, {"freeze_multi_modal_projector", FTP_X, MULTIMODAL},
 	{"freeze_language_model", FTP_X, MULTIMODAL},
 	{"use_dft_loss", FTP_R, NULL}, {"use_eaft_loss", FTP_R, NULL},
-	{"use_asft_loss", FTP_X, "the ASFT loss is " NOT_YET},
-	{"asft_alpha", FTP_X, "the ASFT loss is " NOT_YET},
+	{"use_asft_loss", FTP_R, NULL}, {"asft_alpha", FTP_R, NULL},
 	{"eaft_alpha", FTP_R, NULL},
 	{"mixture_of_depths", FTP_X, "Mixture-of-Depths is " NOT_YET},
-	{"oft_rank", FTP_X, "OFT is " NOT_YET}, {"oft_block_size", FTP_X, "OFT is " NOT_YET},
-	{"oft_target", FTP_X, "OFT is " NOT_YET}, {"module_dropout", FTP_X, "OFT is " NOT_YET},
+	{"oft_rank", FTP_R, NULL}, {"oft_block_size", FTP_R, NULL},   /* OFT (docs/EXTRAS.md) */
+	{"oft_target", FTP_R, NULL}, {"module_dropout", FTP_R, NULL},
 	{"export_quantization_bit", FTP_X, "quantized (GPTQ) export is not supported: ft-merge "
 	 "writes bf16, fp16 or fp32 safetensors"},
 	{"export_quantization_dataset", FTP_X, "quantized (GPTQ) export is not supported"},
@@ -135,7 +135,8 @@ static const ftp_route families[] = {
 	{"apollo_", FTP_R, NULL},  /* ft-train checks each */
 	{"badam_", FTP_R, NULL},   /* ft-train checks each (layer mode only) */
 	{"galore_", FTP_R, NULL},  /* ft-train checks each */
-	{"oft_", FTP_X, "OFT is " NOT_YET},
+	{"oft_", FTP_X, "not an OFTConfig setting LLaMA-Factory passes (oft_rank, oft_block_size, "
+	 "oft_target, module_dropout)"},
 	{"ray_", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
 	{"loraplus_", FTP_R, NULL},
 	{"kt_", FTP_X, "KTransformers is a torch backend ft does not run"},
@@ -148,7 +149,7 @@ static const ftp_route families[] = {
 
 /* Stages ft-train runs, and the finetuning types. */
 static const char *const stages[] = {"pt", "sft", "rm", "dpo", "kto", "ppo", NULL};
-static const char *const tune_types[] = {"lora", "freeze", "full", NULL};
+static const char *const tune_types[] = {"lora", "freeze", "full", "oft", NULL};
 
 const ftp_route *ftp_route_find(const char *key)
 {
@@ -175,12 +176,75 @@ static void push(char ***v, size_t *n, char *s)
 void ftp_plan_problem(ft_runplan *p, char *s) { push(&p->problems, &p->n_problems, s); }
 void ftp_plan_note(ft_runplan *p, char *s) { push(&p->notes, &p->n_notes, s); }
 
+/* The ZeRO stage of a DeepSpeed config file (zero_optimization.stage;
+ * DeepSpeed's default 0), -1 when it cannot be read; *offload: it
+ * offloads the optimizer state or the parameters. */
+static int deepspeed_stage(const char *path, int *offload)
+{
+	json_t *j = ft_json_load_file(path);
+	*offload = 0;
+	if (!j) {
+		ft_errclear();
+		return -1;
+	}
+	json_t *z = json_object_get(j, "zero_optimization");
+	int stage = (int)ft_json_int(z, "stage", 0);
+	*offload = json_object_get(z, "offload_optimizer") || json_object_get(z, "offload_param");
+	json_decref(j);
+	return stage;
+}
+
+/* HF's fsdp option words that shard something (ZeRO-2/3 alike). */
+static int fsdp_shards(const char *v)
+{
+	return strstr(v, "full_shard") || strstr(v, "shard_grad_op") || strstr(v, "hybrid_shard");
+}
+
+int ftp_zero_of(const ft_lfargs *a)
+{
+	const char *ds = ft_lfargs_get(a, "deepspeed", NULL), *fsdp = ft_lfargs_get(a, "fsdp", NULL);
+	int off;
+	return (ds && deepspeed_stage(ds, &off) >= 1) || (fsdp && fsdp_shards(fsdp));
+}
+
+#define DP_NOTE "runs as ft's data parallel (ft-run --nproc N, which starts mpirun -np N ft-train)"
+#define ZERO1_NOTE DP_NOTE " with --zero 1: only the optimizer state is sharded across the " \
+	"ranks; the gradient and parameter sharding of ZeRO-2/3 is not done, every rank holds " \
+	"the whole model (docs/DISTRIBUTED.md)"
+
+/* deepspeed and fsdp: what ft's data parallel does of them. */
+static void parallel_note(ft_runplan *p, const ft_lfarg *s)
+{
+	if (!strcmp(s->key, "fsdp")) {
+		if (fsdp_shards(s->value))
+			ftp_plan_note(p, ft_xasprintf("%s: fsdp %s: " ZERO1_NOTE, s->origin, s->value));
+		else
+			ftp_plan_note(p, ft_xasprintf("%s: fsdp %s: " DP_NOTE ", nothing sharded", s->origin,
+						      s->value));
+		return;
+	}
+	int off, st = deepspeed_stage(s->value, &off);
+	if (st < 0)
+		ftp_plan_note(p, ft_xasprintf("%s: deepspeed %s cannot be read here, so its ZeRO stage is "
+					      "unknown: " DP_NOTE ", nothing sharded (zero=1 shards the "
+					      "optimizer state)", s->origin, s->value));
+	else if (st == 0)
+		ftp_plan_note(p, ft_xasprintf("%s: deepspeed %s (ZeRO stage 0): " DP_NOTE ", nothing "
+					      "sharded, as with stage 0", s->origin, s->value));
+	else
+		ftp_plan_note(p, ft_xasprintf("%s: deepspeed %s (ZeRO stage %d): " ZERO1_NOTE "%s",
+					      s->origin, s->value, st,
+					      off ? "; its CPU offload is not done either" : ""));
+}
+
 /* A setting whose effect depends on its value: a note, a problem, or
  * nothing. */
 static void value_check(ft_runplan *p, const ft_lfarg *s)
 {
 	const char *k = s->key, *v = s->value;
-	if (!strcmp(k, "infer_backend")) {
+	if (!strcmp(k, "deepspeed") || !strcmp(k, "fsdp")) {
+		parallel_note(p, s);
+	} else if (!strcmp(k, "infer_backend")) {
 		if (!strcmp(v, "huggingface"))
 			ftp_plan_note(p, ft_xasprintf("%s: infer_backend huggingface: ft-generate is the backend", s->origin));
 		else if (!strcmp(v, "vllm") || !strcmp(v, "sglang"))
@@ -212,8 +276,8 @@ static void value_check(ft_runplan *p, const ft_lfarg *s)
 							 "grpo)", s->origin, v));
 	} else if (!strcmp(k, "finetuning_type")) {
 		if (!in_list(tune_types, v))
-			ftp_plan_problem(p, ft_xasprintf("%s: finetuning_type %s: ft supports lora, freeze "
-							 "and full", s->origin, v));
+			ftp_plan_problem(p, ft_xasprintf("%s: finetuning_type %s: ft supports lora, freeze, "
+							 "full and oft", s->origin, v));
 	} else if (!strcmp(k, "template")) {
 		struct stat st;
 		ft_template *t = stat(v, &st) == 0 ? NULL : ft_template_get(v);

@@ -102,8 +102,9 @@ static int check_shape(const ft_cu_attn *s)
 	return 0;
 }
 
+/* ld NULL or 0 fields: contiguous [B*T, H*hd] */
 template <typename E>
-static fa_args<E> args_of(const ft_cu_attn *s)
+static fa_args<E> args_of(const ft_cu_attn *s, const ft_cu_attn_ld *ld)
 {
 	fa_args<E> p;
 	memset(&p, 0, sizeof p);
@@ -114,15 +115,22 @@ static fa_args<E> args_of(const ft_cu_attn *s)
 	p.hd = s->hd;
 	p.window = s->window;
 	p.scale = 1.0f / sqrtf((float)s->hd);
+	int qd = s->Hq * s->hd, kd = s->Hk * s->hd;
+	p.ldq = ld && ld->q ? ld->q : qd;
+	p.ldk = ld && ld->k ? ld->k : kd;
+	p.ldv = ld && ld->v ? ld->v : kd;
+	p.lddq = ld && ld->dq ? ld->dq : qd;
+	p.lddk = ld && ld->dk ? ld->dk : kd;
+	p.lddv = ld && ld->dv ? ld->dv : kd;
 	return p;
 }
 
 template <typename E>
 static int flash_forward(cudaStream_t st, E *out, float *lse, const E *q, const E *k,
-			 const E *v, const ft_cu_attn *s)
+			 const E *v, const ft_cu_attn *s, const ft_cu_attn_ld *ld = NULL)
 {
 	TRY(check_shape(s));
-	fa_args<E> p = args_of<E>(s);
+	fa_args<E> p = args_of<E>(s, ld);
 	p.q = q, p.k = k, p.v = v, p.out = out, p.lse = lse;
 	return run_pass(p, s->B, 0, st);
 }
@@ -131,10 +139,10 @@ static int flash_forward(cudaStream_t st, E *out, float *lse, const E *q, const 
 template <typename E>
 static int flash_backward(cudaStream_t st, E *dq, E *dk, E *dv, float *Di, const E *dout,
 			  const E *q, const E *k, const E *v, const E *out,
-			  const float *lse, const ft_cu_attn *s)
+			  const float *lse, const ft_cu_attn *s, const ft_cu_attn_ld *ld = NULL)
 {
 	TRY(check_shape(s));
-	fa_args<E> p = args_of<E>(s);
+	fa_args<E> p = args_of<E>(s, ld);
 	p.q = q, p.k = k, p.v = v, p.o = out, p.dout = dout, p.lse = (float *)lse, p.Di = Di;
 	p.dq = dq, p.dk = dk, p.dv = dv;
 	size_t NH = (size_t)s->B * s->T * s->Hq;
@@ -146,35 +154,38 @@ static int flash_backward(cudaStream_t st, E *dq, E *dk, E *dv, float *Di, const
 }
 
 /* The half element types compile with the fp32 one, so half activations
- * are a change of pointer types in model.cu, not new kernels. */
+ * are a change of pointer types in layer.cu, not new kernels. */
 template int flash_forward<__nv_bfloat16>(cudaStream_t, __nv_bfloat16 *, float *,
 					  const __nv_bfloat16 *, const __nv_bfloat16 *,
-					  const __nv_bfloat16 *, const ft_cu_attn *);
+					  const __nv_bfloat16 *, const ft_cu_attn *,
+					  const ft_cu_attn_ld *);
 template int flash_forward<__half>(cudaStream_t, __half *, float *, const __half *,
-				   const __half *, const __half *, const ft_cu_attn *);
+				   const __half *, const __half *, const ft_cu_attn *,
+				   const ft_cu_attn_ld *);
 template int flash_backward<__nv_bfloat16>(cudaStream_t, __nv_bfloat16 *, __nv_bfloat16 *,
 					   __nv_bfloat16 *, float *, const __nv_bfloat16 *,
 					   const __nv_bfloat16 *, const __nv_bfloat16 *,
 					   const __nv_bfloat16 *, const __nv_bfloat16 *,
-					   const float *, const ft_cu_attn *);
+					   const float *, const ft_cu_attn *, const ft_cu_attn_ld *);
 template int flash_backward<__half>(cudaStream_t, __half *, __half *, __half *, float *,
 				    const __half *, const __half *, const __half *,
 				    const __half *, const __half *, const float *,
-				    const ft_cu_attn *);
+				    const ft_cu_attn *, const ft_cu_attn_ld *);
 
 int ft_cu_attention_forward(ft_cuda_model *dm, float *out, float *lse, const float *q,
-			    const float *k, const float *v, const ft_cu_attn *s)
+			    const float *k, const float *v, const ft_cu_attn *s,
+			    const ft_cu_attn_ld *ld)
 {
-	return flash_forward<float>(dm->stream, out, lse, q, k, v, s);
+	return flash_forward<float>(dm->stream, out, lse, q, k, v, s, ld);
 }
 
 int ft_cu_attention_backward(ft_cuda_model *dm, float *dq, float *dk, float *dv,
 			     const float *dout, const float *q, const float *k,
 			     const float *v, const float *out, const float *lse,
-			     const ft_cu_attn *s)
+			     const ft_cu_attn *s, const ft_cu_attn_ld *ld)
 {
 	return flash_backward<float>(dm->stream, dq, dk, dv, dm->att_di, dout, q, k, v, out,
-				     lse, s);
+				     lse, s, ld);
 }
 
 /* ---- the attention alone, for tests/gpu ---- */

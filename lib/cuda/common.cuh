@@ -35,6 +35,8 @@ int ft_cublas_fail(cublasStatus_t s, const char *call, const char *fmt, ...)
 
 /* ---- the device model ---- */
 
+typedef struct { const void *p; int half; } ft_mat;   /* half: uint16 data */
+
 /* One tensor: fp32 weights (always for vectors and LoRA; for matrices in
  * fp32 mode, or as the master of a trainable half matrix), the half
  * working copy (bf16/f16 modes, matrices only), gradient and moments. */
@@ -47,20 +49,40 @@ typedef struct {
 	int pidx;            /* index into the view's params, -1 if none */
 	float *hw, *hg;      /* the CPU model's weights and gradient */
 	int matrix;          /* stored in half in the bf16/f16 modes */
+	int unit;            /* on a unit's first tensor: the unit's size (tensors
+				whose buffers are carved back to back, see layout) */
 } ft_dt;
 
 typedef struct { int on, r; float scale; ft_dt *A, *B; } ft_dlora;
+
+/* A fused projection (ft_cv_group: q|k|v or gate|up): the modules'
+ * weights and then their LoRA A matrices, stacked by rows in one
+ * contiguous working buffer, so one GEMM computes them all. */
+typedef struct {
+	ft_cv_group c;       /* the columns of the fused output */
+	ft_mat wf;           /* [c.tot rows, c.in]: weights, then the A rows */
+	float *gw;           /* [c.base, in] stacked weight gradients, or NULL
+				(a frozen module: then each module's own) */
+	float *ga;           /* [c.tot - c.base, in] stacked LoRA A gradients, or NULL */
+} ft_dgroup;
 
 typedef struct {
 	ft_dt *ln1, *ln2, *lin[FT_CV_NLIN], *bias[3];
 	ft_dlora lora[FT_CV_NLIN];
 	ft_dt *qn, *kn;      /* q_norm, k_norm (Qwen3); NULL when absent */
+	ft_dgroup grp[FT_CV_NGROUP];
 } ft_dlayer;
 
 typedef struct {
-	float *ln1, *rstd1, *q, *k, *v, *lse, *att, *xmid, *ln2, *rstd2, *gate, *up;
-	float *lh[FT_CV_NLIN];
-	float *qr, *kr, *rstdq, *rstdk;   /* q, k before q_norm/k_norm (Qwen3) */
+	float *ln1, *rstd1, *lse, *att, *xmid, *ln2, *rstd2;
+	float *qkv, *gu;                  /* fused outputs [N, grp.c.tot] with the
+					     LoRA hiddens of their modules */
+	float *lh[FT_CV_NLIN];            /* LoRA hiddens of o_proj, down_proj */
+	float *qn, *kn, *rstdq, *rstdk;   /* q, k after q_norm/k_norm (Qwen3) */
+	/* attention's inputs, bound per layer (ft_cu_bind_qkv): columns of
+	 * qkv, or qn/kn; ld their token strides */
+	float *q, *k, *v;
+	int ldq, ldk, ldv;
 } ft_dacts;
 
 /* Bump allocator over the single device allocation; with base 0 it only
@@ -93,7 +115,7 @@ struct ft_cuda_model {
 	ft_dacts *acts;
 	float *cos_t, *sin_t, *lnf, *rstdf;
 	int32_t *ids, *pos, *targets, *rows, *seg;
-	float *d_a, *d_b, *d_ln, *d_att, *dq, *dk, *dv, *hbuf, *dh, *dgate, *dup,
+	float *d_a, *d_b, *d_ln, *d_att, *dqkv, *dq, *dk, *hbuf, *dh,
 	      *tmp, *drop, *ddrop, *lhs, *head_x, *head_dx, *head_scratch;
 	double *row_loss;
 	uint16_t *hx, *hy, *hhead;     /* half casts of matmul operands */
@@ -118,7 +140,6 @@ struct ft_cuda_model {
 };
 
 /* ---- gemm.cu: cuBLAS products, row-major like ft_sgemm ---- */
-typedef struct { const void *p; int half; } ft_mat;   /* half: uint16 data */
 /* C[M,N] (fp32) = alpha op(A) op(B) + beta C.  Both operands fp32, or
  * both half (dm->o.precision tells bf16 or f16); fp32 accumulation. */
 int ft_cu_gemm(ft_cuda_model *dm, int ta, int tb, int M, int N, int K, float alpha,
@@ -136,6 +157,15 @@ int ft_cu_operand(ft_cuda_model *dm, ft_mat *out, const float *x, size_t n,
 		  uint16_t *buf, int half);
 
 /* ---- ops.cu: element and row kernels (launchers on dm->stream) ---- */
+/* Row i of a row kernel (D elements) starts at (i / H) * ld + (i % H) * D:
+ * H = 1, ld = D for a plain [N, D] array; the heads of a fused q|k|v
+ * buffer otherwise (H heads of hd per token, token stride ld). */
+typedef struct { int H, ld; } ft_cu_rows;
+static inline ft_cu_rows ft_cu_rows_of(int D) { ft_cu_rows r = { 1, D }; return r; }
+static __host__ __device__ inline size_t ft_cu_row(ft_cu_rows r, size_t i, int D)
+{
+	return i / r.H * r.ld + i % r.H * D;
+}
 int ft_cu_embedding_forward(ft_cuda_model *dm, float *out, const int32_t *ids,
 			    const ft_dt *wte, int N, int D);
 int ft_cu_embedding_backward(ft_cuda_model *dm, float *dwte, const float *dout,
@@ -149,15 +179,27 @@ int ft_cu_add_rmsnorm_forward(ft_cuda_model *dm, float *x_out, float *out, float
 			      float eps);
 int ft_cu_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float *dout,
 			   const float *x, const float *w, const float *rstd, int N, int D);
-int ft_cu_rope(ft_cuda_model *dm, float *x, const float *cos_t, const float *sin_t,
+/* Per-head RMSNorm (Qwen3's q_norm/k_norm) over the N*H heads of hd in x
+ * (token stride ld: the fused q|k|v buffer); out, dout are [N*H, hd];
+ * the backward adds into dx, laid out as x. */
+int ft_cu_head_rmsnorm_forward(ft_cuda_model *dm, float *out, float *rstd, const float *x,
+			       int ld, const float *w, int N, int H, int hd, float eps);
+int ft_cu_head_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float *dout,
+				const float *x, int ld, const float *w, const float *rstd,
+				int N, int H, int hd);
+/* In place on the H heads of each of N tokens (token stride ld). */
+int ft_cu_rope(ft_cuda_model *dm, float *x, int ld, const float *cos_t, const float *sin_t,
 	       int N, int H, int hd, float sign);
+/* h [N, F] from gate, up (rows of stride ld); the backward may write dg,
+ * du over g, u (in place). */
 int ft_cu_swiglu_forward(ft_cuda_model *dm, float *h, const float *g, const float *u,
-			 size_t n);
+			 int ld, int N, int F);
 int ft_cu_swiglu_backward(ft_cuda_model *dm, float *dg, float *du, const float *dh,
-			  const float *g, const float *u, size_t n);
+			  const float *g, const float *u, int ld, int N, int F);
 int ft_cu_add(ft_cuda_model *dm, float *dst, const float *a, const float *b, size_t n);
-int ft_cu_bias_forward(ft_cuda_model *dm, float *y, const float *b, int N, int out);
-int ft_cu_bias_backward(ft_cuda_model *dm, float *db, const float *dy, int N, int out);
+/* y, dy: N rows of `out` at stride ld (a module's columns of a fused buffer) */
+int ft_cu_bias_forward(ft_cuda_model *dm, float *y, int ld, const float *b, int N, int out);
+int ft_cu_bias_backward(ft_cuda_model *dm, float *db, const float *dy, int ld, int N, int out);
 int ft_cu_dropout(ft_cuda_model *dm, float *out, const float *x, size_t n, float p,
 		  uint64_t seed);
 int ft_cu_cast_to_half(ft_cuda_model *dm, uint16_t *dst, const float *src, size_t n);
@@ -177,19 +219,24 @@ int ft_cu_nonfinite(ft_cuda_model *dm, int *flag, const float *g, size_t n);
 /* Flash attention (no [T, T] buffer).  head_dim at most FT_CU_ATTN_MAX_HD. */
 #define FT_CU_ATTN_MAX_HD 256
 typedef ft_cuda_attn_shape ft_cu_attn;
+/* Token strides of the q, k, v inputs and the dq, dk, dv outputs (their
+ * columns of the fused q|k|v buffers); NULL or 0: contiguous [B*T, H*hd].
+ * out, dout are always contiguous [B*T, Hq*hd]. */
+typedef struct { int q, k, v, dq, dk, dv; } ft_cu_attn_ld;
 int ft_cu_attention_forward(ft_cuda_model *dm, float *out, float *lse, const float *q,
-			    const float *k, const float *v, const ft_cu_attn *s);
+			    const float *k, const float *v, const ft_cu_attn *s,
+			    const ft_cu_attn_ld *ld);
 int ft_cu_attention_backward(ft_cuda_model *dm, float *dq, float *dk, float *dv,
 			     const float *dout, const float *q, const float *k,
 			     const float *v, const float *out, const float *lse,
-			     const ft_cu_attn *s);
+			     const ft_cu_attn *s, const ft_cu_attn_ld *ld);
 
 /* ---- lmhead.cu ---- */
 /* As ft_lm_head_loss; logits (host pointer or NULL) receives [n, V]. */
 int ft_cu_lm_head_loss(ft_cuda_model *dm, float *dx, float *logits, const float *x,
 		       const int32_t *targets, int n, float grad_scale, double *loss);
 
-/* ---- model.cu / optim.cu ---- */
+/* ---- model.cu / optim.cu: setup and transfers ---- */
 /* Host weights of t -> device (fp32 and/or half copy). */
 int ft_cu_upload(ft_cuda_model *dm, ft_dt *t);
 /* Copy on dm->stream and wait: the model's stream is non-blocking, so a
@@ -198,11 +245,23 @@ int ft_cu_copy(ft_cuda_model *dm, void *dst, const void *src, size_t bytes,
 	       cudaMemcpyKind kind, const char *what);
 /* Update dm->peak, the allocator's high-water mark. */
 void ft_cu_sample_peak(ft_cuda_model *dm);
-/* layer_forward and lin_fwd of model.cu, for infer.cu (dm->training 0) */
+/* ---- layer.cu: one decoder layer (mirrors lib/model/model_fwd.c) ---- */
 int ft_cu_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in, float *x_out,
 			const ft_cuda_batch *b);
+/* dm->d_a holds dL/dx_out on entry and dL/dx_in on return (unless
+ * need_dx is 0). */
+int ft_cu_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
+			 const ft_cuda_batch *b, int need_dx);
+/* Whether layer l has a trainable tensor (the backward stops below it). */
+int ft_cu_layer_has_grad(const ft_cuda_model *dm, int l);
+/* lin_fwd, for infer.cu (dm->training 0) */
 int ft_cu_lin_forward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const float *x,
 		      int N);
+/* The fused projection grp of layer l on x into Y [N, grp.c.tot]. */
+int ft_cu_lin_forward_group(ft_cuda_model *dm, int l, int grp, float *Y, const float *x, int N);
+/* Attention's inputs from ln1 (layer_forward's first half, for infer.cu
+ * too): the q|k|v projection, q_norm/k_norm, RoPE; a->q, k, v bound. */
+int ft_cu_attn_inputs(ft_cuda_model *dm, int l, ft_dacts *a, int N);
 /* For pref.cu: forward_body of model.cu (the decoder up to dm->lnf), and
  * the backward pass from the n rows dm->head_dx of d(lnf), placed at
  * rows dm->rows (distinct), through every layer that trains. */

@@ -67,6 +67,9 @@ template <typename E> struct fa_args {
 	const int32_t *seg;              /* [B, T] or NULL */
 	int T, Hq, Hk, hd, window;
 	float scale;
+	/* token strides: q, k, v as read (their columns of the fused q|k|v
+	 * buffer), dq, dk, dv as written; o, out, dout are [B*T, Hq*hd] */
+	int ldq, ldk, ldv, lddq, lddk, lddv;
 };
 
 /* Rows [0, FT_FA_BR) of a tile (row r at src + r * ld) into dst with
@@ -96,11 +99,11 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_fwd_k(fa_args<E> p)
 	float *Qs = sm, *Ks = Qs + FT_FA_BR * hp, *Vs = Ks + FT_FA_BC * hp;
 	float *Ps = Vs + FT_FA_BC * hp;                          /* [BR][BC + 1] */
 	int r0 = blockIdx.x * FT_FA_BR, nr = tile_len(r0, p.T);
-	size_t ldq = (size_t)p.Hq * hd, ldk = (size_t)p.Hk * hd;
+	size_t ldq = p.ldq, ldk = p.ldk, ldv = p.ldv, ldo = (size_t)p.Hq * hd;
 	int row = threadIdx.x / FA_LANES, lane = threadIdx.x % FA_LANES, t = r0 + row;
 	const int32_t *seg = p.seg ? p.seg + (size_t)b * p.T : NULL;
 	const E *kb = p.k + (size_t)b * p.T * ldk + (size_t)g * hd;
-	const E *vb = p.v + (size_t)b * p.T * ldk + (size_t)g * hd;
+	const E *vb = p.v + (size_t)b * p.T * ldv + (size_t)g * hd;
 	load_tile(Qs, p.q + ((size_t)b * p.T + r0) * ldq + (size_t)h * hd, ldq, nr, hd);
 	ft_fa_segs qs = ft_fa_tile_segs(seg ? seg + r0 : NULL, nr);
 	int32_t seg_t = seg && row < nr ? seg[t] : 1;
@@ -115,7 +118,7 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_fwd_k(fa_args<E> p)
 		if (ft_fa_tile_skip(r0, nr, c0, nc, p.window, &qs, &ks))
 			continue;                  /* the same for every thread */
 		load_tile(Ks, kb + (size_t)c0 * ldk, ldk, nc, hd);
-		load_tile(Vs, vb + (size_t)c0 * ldk, ldk, nc, hd);
+		load_tile(Vs, vb + (size_t)c0 * ldv, ldv, nc, hd);
 		if (threadIdx.x < FT_FA_BC)
 			segk[threadIdx.x] = seg && (int)threadIdx.x < nc ? seg[c0 + threadIdx.x] : 1;
 		__syncthreads();
@@ -155,7 +158,7 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_fwd_k(fa_args<E> p)
 	if (row >= nr)
 		return;
 	float inv = 1.0f / l;
-	E *o = p.out + ((size_t)b * p.T + t) * ldq + (size_t)h * hd;
+	E *o = p.out + ((size_t)b * p.T + t) * ldo + (size_t)h * hd;
 #pragma unroll
 	for (int i = 0; i < NDR; i++)
 		if (lane + FA_LANES * i < hd)
@@ -191,12 +194,12 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dkdv_k(fa_args<E> p)
 	float *dOs = Qs + FT_FA_BR * hp, *Ps = dOs + FT_FA_BR * hp;   /* [BC][BR + 1] */
 	float *dSs = Ps + FT_FA_BC * (FT_FA_BR + 1);
 	int c0 = blockIdx.x * FT_FA_BC, nc = tile_len(c0, p.T);
-	size_t ldq = (size_t)p.Hq * hd, ldk = (size_t)p.Hk * hd;
+	size_t ldq = p.ldq, ldk = p.ldk, ldv = p.ldv, ldo = (size_t)p.Hq * hd;
 	int col = threadIdx.x / FA_LANES, lane = threadIdx.x % FA_LANES, u = c0 + col;
 	const int32_t *seg = p.seg ? p.seg + (size_t)b * p.T : NULL;
-	size_t kofs = ((size_t)b * p.T + c0) * ldk + (size_t)g * hd;
-	load_tile(Ks, p.k + kofs, ldk, nc, hd);
-	load_tile(Vs, p.v + kofs, ldk, nc, hd);
+	size_t tok = (size_t)b * p.T + c0, gh = (size_t)g * hd;
+	load_tile(Ks, p.k + tok * ldk + gh, ldk, nc, hd);
+	load_tile(Vs, p.v + tok * ldv + gh, ldv, nc, hd);
 	ft_fa_segs ks = ft_fa_tile_segs(seg ? seg + c0 : NULL, nc);
 	int32_t seg_u = seg && col < nc ? seg[u] : 1;
 	float ak[NDR], av[NDR];
@@ -210,9 +213,9 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dkdv_k(fa_args<E> p)
 			ft_fa_segs qs = ft_fa_tile_segs(seg ? seg + r0 : NULL, nr);
 			if (ft_fa_tile_skip(r0, nr, c0, nc, p.window, &qs, &ks))
 				continue;
-			size_t qofs = ((size_t)b * p.T + r0) * ldq + (size_t)h * hd;
-			load_tile(Qs, p.q + qofs, ldq, nr, hd);
-			load_tile(dOs, p.dout + qofs, ldq, nr, hd);
+			size_t qt = (size_t)b * p.T + r0, hh = (size_t)h * hd;
+			load_tile(Qs, p.q + qt * ldq + hh, ldq, nr, hd);
+			load_tile(dOs, p.dout + qt * ldo + hh, ldo, nr, hd);
 			if ((int)threadIdx.x < nr) {
 				int t = r0 + threadIdx.x;
 				Ls[threadIdx.x] = p.lse[((size_t)b * p.Hq + h) * p.T + t];
@@ -251,13 +254,13 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dkdv_k(fa_args<E> p)
 		}
 	if (col >= nc)
 		return;
-	size_t o = ((size_t)b * p.T + u) * ldk + (size_t)g * hd;
+	size_t ok_ = ((size_t)b * p.T + u) * p.lddk + gh, ov = ((size_t)b * p.T + u) * p.lddv + gh;
 #pragma unroll
 	for (int i = 0; i < NDR; i++) {
 		int d = lane + FA_LANES * i;
 		if (d < hd) {
-			put(p.dk + o + d, ak[i] * p.scale);
-			put(p.dv + o + d, av[i]);
+			put(p.dk + ok_ + d, ak[i] * p.scale);
+			put(p.dv + ov + d, av[i]);
 		}
 	}
 }
@@ -271,14 +274,14 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dq_k(fa_args<E> p)
 	float *Qs = sm, *dOs = Qs + FT_FA_BR * hp, *Ks = dOs + FT_FA_BR * hp;
 	float *Vs = Ks + FT_FA_BC * hp, *dSs = Vs + FT_FA_BC * hp;     /* [BR][BC + 1] */
 	int r0 = blockIdx.x * FT_FA_BR, nr = tile_len(r0, p.T);
-	size_t ldq = (size_t)p.Hq * hd, ldk = (size_t)p.Hk * hd;
+	size_t ldq = p.ldq, ldk = p.ldk, ldv = p.ldv, ldo = (size_t)p.Hq * hd;
 	int row = threadIdx.x / FA_LANES, lane = threadIdx.x % FA_LANES, t = r0 + row;
 	const int32_t *seg = p.seg ? p.seg + (size_t)b * p.T : NULL;
-	size_t qofs = ((size_t)b * p.T + r0) * ldq + (size_t)h * hd;
+	size_t qt = (size_t)b * p.T + r0, hh = (size_t)h * hd;
 	const E *kb = p.k + (size_t)b * p.T * ldk + (size_t)g * hd;
-	const E *vb = p.v + (size_t)b * p.T * ldk + (size_t)g * hd;
-	load_tile(Qs, p.q + qofs, ldq, nr, hd);
-	load_tile(dOs, p.dout + qofs, ldq, nr, hd);
+	const E *vb = p.v + (size_t)b * p.T * ldv + (size_t)g * hd;
+	load_tile(Qs, p.q + qt * ldq + hh, ldq, nr, hd);
+	load_tile(dOs, p.dout + qt * ldo + hh, ldo, nr, hd);
 	ft_fa_segs qs = ft_fa_tile_segs(seg ? seg + r0 : NULL, nr);
 	int32_t seg_t = seg && row < nr ? seg[t] : 1;
 	float L = row < nr ? p.lse[((size_t)b * p.Hq + h) * p.T + t] : 0;
@@ -294,7 +297,7 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dq_k(fa_args<E> p)
 		if (ft_fa_tile_skip(r0, nr, c0, nc, p.window, &qs, &ks))
 			continue;
 		load_tile(Ks, kb + (size_t)c0 * ldk, ldk, nc, hd);
-		load_tile(Vs, vb + (size_t)c0 * ldk, ldk, nc, hd);
+		load_tile(Vs, vb + (size_t)c0 * ldv, ldv, nc, hd);
 		if (threadIdx.x < FT_FA_BC)
 			segk[threadIdx.x] = seg && (int)threadIdx.x < nc ? seg[c0 + threadIdx.x] : 1;
 		__syncthreads();
@@ -323,7 +326,7 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dq_k(fa_args<E> p)
 	}
 	if (row >= nr)
 		return;
-	E *o = p.dq + ((size_t)b * p.T + t) * ldq + (size_t)h * hd;
+	E *o = p.dq + ((size_t)b * p.T + t) * p.lddq + (size_t)h * hd;
 #pragma unroll
 	for (int i = 0; i < NDR; i++)
 		if (lane + FA_LANES * i < hd)

@@ -7,7 +7,7 @@
  * found with lib/model/device.h.
  *
  * A device copy of a CPU ft_model (lib/model/model.h) that runs the same
- * forward and backward passes layer by layer (lib/cuda/model.cu mirrors
+ * forward and backward passes layer by layer (lib/cuda/layer.cu, model_fwd.cu mirror
  * lib/model/model_fwd.c), plus AdamW, gradient clipping and fp16 loss scaling
  * on the device.  The CPU model stays the owner of names, shapes,
  * checkpoints and file formats: gradients and trained weights are copied

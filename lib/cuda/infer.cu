@@ -9,7 +9,7 @@
  *
  * Two paths, one contract (ft_infer_forward's):
  *  - prefill, when every row a call names starts empty: the prompts are
- *    right-padded into one [B, T] batch and run through model.cu's
+ *    right-padded into one [B, T] batch and run through layer.cu's
  *    layer_forward (the training attention: causal, so no real token sees
  *    a pad), and each layer's rotated keys and values are scattered into
  *    the cache;
@@ -180,9 +180,10 @@ int ft_cuda_infer_len(const ft_cuda_infer *c, int row) { return c->len[row]; }
 
 /* ---- kernels ---- */
 
-/* Token i's rotated key and value into its row's slot; mpos < 0: a pad. */
-static __global__ void kv_store_k(float *kc, float *vc, const float *k, const float *v,
-				  const int32_t *mrow, const int32_t *mpos, int n, int kd,
+/* Token i's rotated key and value (token strides ldk, ldv: columns of
+ * the fused q|k|v buffer) into its row's slot; mpos < 0: a pad. */
+static __global__ void kv_store_k(float *kc, float *vc, const float *k, int ldk, const float *v,
+				  int ldv, const int32_t *mrow, const int32_t *mpos, int n, int kd,
 				  int cap)
 {
 	size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -192,15 +193,15 @@ static __global__ void kv_store_k(float *kc, float *vc, const float *k, const fl
 	if (mpos[i] < 0)
 		return;
 	size_t dst = ((size_t)mrow[i] * cap + mpos[i]) * kd + e;
-	kc[dst] = k[idx];
-	vc[dst] = v[idx];
+	kc[dst] = k[(size_t)i * ldk + e];
+	vc[dst] = v[(size_t)i * ldv + e];
 }
 
 /* As cached_attention in lib/model/infer.c: query head h of token i over
  * positions [first, pos] of its row (GQA: kv head h / group; sliding
  * window), scores in global scratch, softmax, then each output element
  * summed over the positions in order.  One block per (i, h). */
-static __global__ void cache_attention_k(float *out, const float *q, const float *kc,
+static __global__ void cache_attention_k(float *out, const float *q, int ldq, const float *kc,
 					 const float *vc, const int32_t *mrow,
 					 const int32_t *mpos, float *scores, int Hq, int Hk,
 					 int hd, int window, int cap, float scale)
@@ -208,7 +209,7 @@ static __global__ void cache_attention_k(float *out, const float *q, const float
 	__shared__ float sh[ATPB];
 	int i = blockIdx.x, h = blockIdx.y, kd = Hk * hd, kvh = h / (Hq / Hk);
 	int p = mpos[i], first = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
-	const float *qi = q + ((size_t)i * Hq + h) * hd;
+	const float *qi = q + (size_t)i * ldq + (size_t)h * hd;
 	const float *K = kc + (size_t)mrow[i] * cap * kd + (size_t)kvh * hd;
 	const float *V = vc + (size_t)mrow[i] * cap * kd + (size_t)kvh * hd;
 	float *s = scores + ((size_t)i * Hq + h) * cap;
@@ -244,22 +245,24 @@ static int upload(ft_cuda_model *dm, void *dst, const void *src, size_t bytes, c
 	return 0;
 }
 
-static int kv_store(ft_cuda_infer *c, int l, const float *k, const float *v, int n)
+/* The layer's bound keys and values (a->k, a->v) into the cache. */
+static int kv_store(ft_cuda_infer *c, int l, const ft_dacts *a, int n)
 {
 	size_t off = (size_t)l * c->o.rows * c->o.cap * c->kd, tot = (size_t)n * c->kd;
 	unsigned blocks = (unsigned)((tot + 255) / 256);
-	kv_store_k<<<blocks, 256, 0, c->dm->stream>>>(c->k + off, c->v + off, k, v, c->mrow,
-						       c->mpos, n, c->kd, c->o.cap);
+	kv_store_k<<<blocks, 256, 0, c->dm->stream>>>(c->k + off, c->v + off, a->k, a->ldk, a->v,
+						       a->ldv, c->mrow, c->mpos, n, c->kd,
+						       c->o.cap);
 	LAUNCHED("kv_store", "layer %d, %d tokens, kv dim %d", l, n, c->kd);
 	return 0;
 }
 
-static int cached_attention(ft_cuda_infer *c, int l, float *out, const float *q, int n)
+static int cached_attention(ft_cuda_infer *c, int l, float *out, const float *q, int ldq, int n)
 {
 	const ft_cuda_view *v = &c->dm->v;
 	size_t off = (size_t)l * c->o.rows * c->o.cap * c->kd;
 	dim3 grid((unsigned)n, (unsigned)v->Hq);
-	cache_attention_k<<<grid, ATPB, 0, c->dm->stream>>>(out, q, c->k + off, c->v + off,
+	cache_attention_k<<<grid, ATPB, 0, c->dm->stream>>>(out, q, ldq, c->k + off, c->v + off,
 							     c->mrow, c->mpos, c->scores, v->Hq,
 							     v->Hk, v->hd, v->window, c->o.cap,
 							     1.0f / sqrtf((float)v->hd));
@@ -278,19 +281,16 @@ static int layer_step(ft_cuda_infer *c, int l, float *x, int n)
 	ft_dlayer *y = &dm->layers[l];
 	size_t nD = (size_t)n * v->D;
 	TRY(ft_cu_rmsnorm_forward(dm, a->ln1, a->rstd1, x, y->ln1->w, n, v->D, v->eps));
-	TRY(ft_cu_lin_forward(dm, l, 0, a, a->q, a->ln1, n));
-	TRY(ft_cu_lin_forward(dm, l, 1, a, a->k, a->ln1, n));
-	TRY(ft_cu_lin_forward(dm, l, 2, a, a->v, a->ln1, n));
-	TRY(ft_cu_rope(dm, a->q, dm->cos_t, dm->sin_t, n, v->Hq, v->hd, 1));
-	TRY(ft_cu_rope(dm, a->k, dm->cos_t, dm->sin_t, n, v->Hk, v->hd, 1));
-	TRY(kv_store(c, l, a->k, a->v, n));
-	TRY(cached_attention(c, l, a->att, a->q, n));
+	TRY(ft_cu_attn_inputs(dm, l, a, n));   /* q|k|v, q/k norms, RoPE */
+	TRY(kv_store(c, l, a, n));
+	TRY(cached_attention(c, l, a->att, a->q, a->ldq, n));
 	TRY(ft_cu_lin_forward(dm, l, 3, a, dm->tmp, a->att, n));
 	TRY(ft_cu_add(dm, x, x, dm->tmp, nD));
 	TRY(ft_cu_rmsnorm_forward(dm, a->ln2, a->rstd2, x, y->ln2->w, n, v->D, v->eps));
-	TRY(ft_cu_lin_forward(dm, l, 4, a, a->gate, a->ln2, n));
-	TRY(ft_cu_lin_forward(dm, l, 5, a, a->up, a->ln2, n));
-	TRY(ft_cu_swiglu_forward(dm, dm->hbuf, a->gate, a->up, (size_t)n * v->F));
+	const ft_cv_group *gu = &y->grp[1].c;
+	TRY(ft_cu_lin_forward_group(dm, l, 1, a->gu, a->ln2, n));
+	TRY(ft_cu_swiglu_forward(dm, dm->hbuf, a->gu + gu->off[0], a->gu + gu->off[1], gu->tot, n,
+				 v->F));
 	TRY(ft_cu_lin_forward(dm, l, 6, a, dm->tmp, dm->hbuf, n));
 	TRY(ft_cu_add(dm, x, x, dm->tmp, nD));
 	return 0;
@@ -359,7 +359,7 @@ static int prefill(ft_cuda_infer *c, const ft_infer_batch *p, const int32_t *tok
 	for (int l = 0; l < c->L; l++) {
 		ft_dacts *a = &dm->acts[0];
 		TRY(ft_cu_layer_forward(dm, l, a, x, y, &b));
-		TRY(kv_store(c, l, a->k, a->v, N));
+		TRY(kv_store(c, l, a, N));
 		float *t = x; x = y; y = t;
 	}
 	for (int j = 0; j < p->nwant; j++)

@@ -1,9 +1,7 @@
-/* model.cu - the device model: memory plan, upload, and the whole-model
- * forward and backward passes, mirroring lib/model/model_fwd.c function by
- * function (layer_forward, layer_backward, forward_body, ...).  Batch
- * bookkeeping (positions, targets, the rows that reach the LM head, the
- * RoPE tables) is done on the host with the CPU's own functions and
- * uploaded, so it is the same by construction.
+/* model.cu - the device model's setup: its tensors, the memory plan (one
+ * arena whose sizes follow ftp_model_prepare in lib/model/model_fwd.c),
+ * upload, and creation and release.  The passes are in layer.cu and
+ * model_fwd.cu.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +49,63 @@ static ft_dt *tensor(ft_cuda_model *dm, float *w, float *g, size_t n, int matrix
 	return t;
 }
 
+/* Tensors from `first` on form a unit: layout carves their buffers back
+ * to back, category by category. */
+static void end_unit(ft_cuda_model *dm, int first)
+{
+	if (dm->ntens - first > 1)
+		dm->tens[first].unit = dm->ntens - first;
+}
+
+static void lora_tensors(ft_cuda_model *dm, int l, int j, int a_matrix, int want_a, int want_b)
+{
+	const ft_cv_lora *lo = &dm->v.layers[l].lora[j];
+	ft_dlora *d = &dm->layers[l].lora[j];
+	size_t in = dm->v.lin_in[j], out = dm->v.lin_out[j];
+	d->on = lo->on;
+	if (!lo->on)
+		return;
+	d->r = lo->r;
+	d->scale = lo->scale;
+	if (want_a)
+		d->A = tensor(dm, lo->A.w, lo->A.g, (size_t)lo->r * in, a_matrix);
+	if (want_b)
+		d->B = tensor(dm, lo->B.w, lo->B.g, out * lo->r, 0);
+}
+
+static ft_dt *lin_tensor(ft_cuda_model *dm, int l, int j)
+{
+	const ft_cv_wg *w = &dm->v.layers[l].lin[j];
+	return tensor(dm, w->w, w->g, (size_t)dm->v.lin_in[j] * dm->v.lin_out[j], 1);
+}
+
+/* A fused group's tensors: one unit of the modules' weights and then
+ * their LoRA A matrices (in half with the weights in the half modes:
+ * they are rows of the same GEMM operand), one of the biases, then the
+ * LoRA B matrices. */
+static void group_tensors(ft_cuda_model *dm, int l, int gi)
+{
+	ft_dlayer *d = &dm->layers[l];
+	const ft_cv_layer *y = &dm->v.layers[l];
+	ft_cv_group *c = &d->grp[gi].c;
+	ft_cuda_view_group(&dm->v, l, gi, c);
+	int first = dm->ntens;
+	for (int i = 0; i < c->n; i++)
+		d->lin[c->js[i]] = lin_tensor(dm, l, c->js[i]);
+	for (int i = 0; i < c->n; i++)
+		lora_tensors(dm, l, c->js[i], 1, 1, 0);
+	end_unit(dm, first);
+	first = dm->ntens;
+	for (int i = 0; i < c->n; i++) {
+		int j = c->js[i];
+		if (j < 3)
+			d->bias[j] = tensor(dm, y->bias[j].w, y->bias[j].g, dm->v.lin_out[j], 0);
+	}
+	end_unit(dm, first);
+	for (int i = 0; i < c->n; i++)
+		lora_tensors(dm, l, c->js[i], 0, 0, 1);
+}
+
 /* The tensors of the view, shared ones (tied lm_head) once. */
 static void build_tensors(ft_cuda_model *dm)
 {
@@ -69,21 +124,61 @@ static void build_tensors(ft_cuda_model *dm)
 		d->ln2 = tensor(dm, y->ln2.w, y->ln2.g, v->D, 0);
 		d->qn = tensor(dm, y->qn.w, y->qn.g, v->hd, 0);
 		d->kn = tensor(dm, y->kn.w, y->kn.g, v->hd, 0);
-		for (int j = 0; j < FT_CV_NLIN; j++) {
-			size_t in = v->lin_in[j], out = v->lin_out[j];
-			d->lin[j] = tensor(dm, y->lin[j].w, y->lin[j].g, in * out, 1);
-			if (j < 3)
-				d->bias[j] = tensor(dm, y->bias[j].w, y->bias[j].g, out, 0);
-			ft_cv_lora *lo = &y->lora[j];
-			d->lora[j].on = lo->on;
-			if (!lo->on)
-				continue;
-			d->lora[j].r = lo->r;
-			d->lora[j].scale = lo->scale;
-			d->lora[j].A = tensor(dm, lo->A.w, lo->A.g, (size_t)lo->r * in, 0);
-			d->lora[j].B = tensor(dm, lo->B.w, lo->B.g, out * lo->r, 0);
-		}
+		group_tensors(dm, l, 0);
+		d->lin[3] = lin_tensor(dm, l, 3);
+		lora_tensors(dm, l, 3, 0, 1, 1);
+		group_tensors(dm, l, 1);
+		d->lin[6] = lin_tensor(dm, l, 6);
+		lora_tensors(dm, l, 6, 0, 1, 1);
 	}
+}
+
+/* Each layer's fused weight operands and stacked gradients, from the
+ * buffers layout_unit carved back to back. */
+static int bind_groups(ft_cuda_model *dm)
+{
+	for (int l = 0; l < dm->v.L; l++)
+		for (int gi = 0; gi < FT_CV_NGROUP; gi++) {
+			ft_dlayer *d = &dm->layers[l];
+			ft_dgroup *g = &d->grp[gi];
+			ft_dt *t[6] = { 0 };
+			int n = 0, nb;
+			for (int i = 0; i < g->c.n; i++)
+				t[n++] = d->lin[g->c.js[i]];
+			nb = n;
+			for (int i = 0; i < g->c.n; i++)
+				if (d->lora[g->c.js[i]].on)
+					t[n++] = d->lora[g->c.js[i]].A;
+			if (!n || !t[0])
+				return ft_fail("internal: layer %d: a fused module has no weight", l);
+			g->wf = ft_cu_weight(dm, t[0]);
+			size_t el = g->wf.half ? 2 : 4;
+			int gw = t[0]->g != NULL, ga = n > nb && t[nb]->g;
+			for (int k = 1; k < n; k++) {
+				ft_mat a = ft_cu_weight(dm, t[k - 1]), b = ft_cu_weight(dm, t[k]);
+				if (b.half != a.half || (const char *)b.p != (const char *)a.p + t[k - 1]->n * el)
+					return ft_fail("internal: layer %d %s: stacked weights are not "
+						       "contiguous", l, gi ? "gate|up" : "q|k|v");
+				int cont = t[k]->g && t[k]->g == t[k - 1]->g + t[k - 1]->n;
+				if (k < nb)
+					gw = gw && cont;
+				else if (k > nb)
+					ga = ga && cont;
+			}
+			g->gw = gw ? t[0]->g : NULL;
+			g->ga = ga ? t[nb]->g : NULL;
+		}
+	return 0;
+}
+
+/* Row lengths of the fused buffers: the largest over the layers. */
+static int group_width(const ft_cuda_model *dm, int gi)
+{
+	int w = 0;
+	for (int l = 0; l < dm->v.L; l++)
+		if (dm->layers[l].grp[gi].c.tot > w)
+			w = dm->layers[l].grp[gi].c.tot;
+	return w;
 }
 
 static int max_in(const ft_cuda_view *v)
@@ -107,26 +202,57 @@ static int lora_rank(const ft_cuda_model *dm)
 static void layout_acts(ft_cuda_model *dm, ft_arena *a, ft_dacts *x, size_t N, size_t r)
 {
 	const ft_cuda_view *v = &dm->v;
-	size_t D = v->D, qd = (size_t)v->Hq * v->hd, kd = (size_t)v->Hk * v->hd, F = v->F;
+	size_t D = v->D, qd = (size_t)v->Hq * v->hd, kd = (size_t)v->Hk * v->hd;
 	x->ln1 = TAKE(a, N * D, float, A_ACTS);
 	x->rstd1 = TAKE(a, N, float, A_ACTS);
-	x->q = TAKE(a, N * qd, float, A_ACTS);
-	x->k = TAKE(a, N * kd, float, A_ACTS);
-	x->v = TAKE(a, N * kd, float, A_ACTS);
+	x->qkv = TAKE(a, N * group_width(dm, 0), float, A_ACTS);
 	x->lse = TAKE(a, N * v->Hq, float, A_ACTS);
 	x->att = TAKE(a, N * qd, float, A_ACTS);
 	x->xmid = TAKE(a, N * D, float, A_ACTS);
 	x->ln2 = TAKE(a, N * D, float, A_ACTS);
 	x->rstd2 = TAKE(a, N, float, A_ACTS);
-	x->gate = TAKE(a, N * F, float, A_ACTS);
-	x->up = TAKE(a, N * F, float, A_ACTS);
-	for (int j = 0; j < FT_CV_NLIN; j++)
-		x->lh[j] = r ? TAKE(a, N * r, float, A_ACTS) : NULL;
+	x->gu = TAKE(a, N * group_width(dm, 1), float, A_ACTS);
+	/* the other modules' LoRA hiddens are columns of qkv and gu */
+	x->lh[3] = r ? TAKE(a, N * r, float, A_ACTS) : NULL;
+	x->lh[6] = r ? TAKE(a, N * r, float, A_ACTS) : NULL;
 	if (v->qk_norm) {
-		x->qr = TAKE(a, N * qd, float, A_ACTS);
-		x->kr = TAKE(a, N * kd, float, A_ACTS);
+		x->qn = TAKE(a, N * qd, float, A_ACTS);
+		x->kn = TAKE(a, N * kd, float, A_ACTS);
 		x->rstdq = TAKE(a, N * v->Hq, float, A_ACTS);
 		x->rstdk = TAKE(a, N * v->Hk, float, A_ACTS);
+	}
+}
+
+/* The buffers of the unit t[0..n), category by category, back to back
+ * (no rounding between them): a fused group's weights and gradients are
+ * then single stacked matrices.  A unit is all matrices or all vectors. */
+static void layout_unit(ft_cuda_model *dm, ft_arena *a, ft_dt *t, int n)
+{
+	int half = dm->half && t[0].matrix;
+	size_t nh = 0, nw = 0, ng = 0;
+	for (int i = 0; i < n; i++) {
+		int train = t[i].hg && !dm->o.inference;
+		nh += half ? t[i].n : 0;
+		nw += !half || train ? t[i].n : 0;
+		ng += train ? t[i].n : 0;
+	}
+	uint16_t *h = nh ? TAKE(a, nh, uint16_t, A_WEIGHTS) : NULL;
+	float *w = nw ? TAKE(a, nw, float, half ? A_MASTER : A_WEIGHTS) : NULL;
+	float *g = ng ? TAKE(a, ng, float, A_GRADS) : NULL;
+	float *m = ng ? TAKE(a, ng, float, A_OPTIM) : NULL;
+	float *v = ng ? TAKE(a, ng, float, A_OPTIM) : NULL;
+	for (int i = 0; i < n; i++) {
+		ft_dt *x = &t[i];
+		int train = x->hg && !dm->o.inference;
+		x->h = half ? h : NULL;
+		x->w = !half || train ? w : NULL;
+		x->g = x->m = x->v = NULL;
+		h += half ? x->n : 0;
+		w += !half || train ? x->n : 0;
+		if (train) {
+			x->g = g, x->m = m, x->v = v;
+			g += x->n, m += x->n, v += x->n;
+		}
 	}
 }
 
@@ -135,18 +261,9 @@ static void layout_acts(ft_cuda_model *dm, ft_arena *a, ft_dacts *x, size_t N, s
 static void layout(ft_cuda_model *dm, ft_arena *a)
 {
 	const ft_cuda_view *v = &dm->v;
-	for (int i = 0; i < dm->ntens; i++) {
-		ft_dt *t = &dm->tens[i];
-		int half = dm->half && t->matrix, train = t->hg && !dm->o.inference;
-		if (half)
-			t->h = TAKE(a, t->n, uint16_t, A_WEIGHTS);
-		t->w = !half ? TAKE(a, t->n, float, A_WEIGHTS)
-			     : train ? TAKE(a, t->n, float, A_MASTER) : NULL;
-		if (train) {
-			t->g = TAKE(a, t->n, float, A_GRADS);
-			t->m = TAKE(a, t->n, float, A_OPTIM);
-			t->v = TAKE(a, t->n, float, A_OPTIM);
-		}
+	for (int i = 0, n; i < dm->ntens; i += n) {
+		n = dm->tens[i].unit > 1 ? dm->tens[i].unit : 1;
+		layout_unit(dm, a, &dm->tens[i], n);
 	}
 	size_t N = dm->o.max_tokens, D = v->D, F = v->F, L = v->L;
 	size_t qd = (size_t)v->Hq * v->hd, kd = (size_t)v->Hk * v->hd, mi = max_in(v);
@@ -169,12 +286,17 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	for (size_t i = 0; i < sizeof nd / sizeof *nd; i++)
 		*nd[i] = TAKE(a, (nd[i] == &dm->head_x ? N : Nb) * D, float, A_SCRATCH);
 	dm->d_att = TAKE(a, Nb * qd, float, A_SCRATCH);
-	dm->dq = TAKE(a, Nb * qd, float, A_SCRATCH);
-	dm->dk = TAKE(a, Nb * kd, float, A_SCRATCH);
-	dm->dv = TAKE(a, Nb * kd, float, A_SCRATCH);
-	float **nf[] = { &dm->hbuf, &dm->dh, &dm->dgate, &dm->dup };
-	for (size_t i = 0; i < sizeof nf / sizeof *nf; i++)
-		*nf[i] = TAKE(a, (i ? Nb : N) * F, float, A_SCRATCH);
+	/* dq, dk, dv go straight into dqkv; Qwen3's dq, dk come out of
+	 * attention before their norms; gate|up's gradients overwrite their
+	 * activations (in place) */
+	size_t wq = group_width(dm, 0), wg = group_width(dm, 1), wy = mi;
+	if (wq > wy) wy = wq;
+	if (wg > wy) wy = wg;
+	dm->dqkv = TAKE(a, Nb * wq, float, A_SCRATCH);
+	dm->dq = TAKE(a, v->qk_norm ? Nb * qd : 0, float, A_SCRATCH);
+	dm->dk = TAKE(a, v->qk_norm ? Nb * kd : 0, float, A_SCRATCH);
+	dm->hbuf = TAKE(a, N * F, float, A_SCRATCH);
+	dm->dh = TAKE(a, Nb * F, float, A_SCRATCH);
 	dm->tmp = TAKE(a, N * (mi > D ? mi : D), float, A_SCRATCH);
 	dm->drop = TAKE(a, Nb * mi, float, A_SCRATCH);
 	dm->ddrop = TAKE(a, Nb * mi, float, A_SCRATCH);
@@ -187,7 +309,7 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	dm->row_loss = TAKE(a, N, double, A_SCRATCH);
 	if (dm->half) {
 		dm->hx = TAKE(a, N * mi, uint16_t, A_SCRATCH);
-		dm->hy = TAKE(a, N * mi, uint16_t, A_SCRATCH);
+		dm->hy = TAKE(a, N * wy, uint16_t, A_SCRATCH);   /* a fused dY */
 		dm->hhead = TAKE(a, chunk * V, uint16_t, A_SCRATCH);
 	}
 	/* flash attention (attention.cu) keeps its tiles in shared memory:
@@ -372,6 +494,7 @@ static int device_init(ft_cuda_model *dm)
 	CU(cudaMalloc(&dm->mem, dm->plan.total), "%zu bytes (the planned total)", dm->plan.total);
 	ft_arena a = { (uintptr_t)dm->mem, 0, { 0 } };
 	layout(dm, &a);
+	TRY(bind_groups(dm));
 	CU(cudaStreamCreateWithFlags(&dm->stream, cudaStreamNonBlocking), "%s", "");
 	CB(cublasCreate(&dm->blas), "%s", "");
 	CB(cublasSetStream(dm->blas, dm->stream), "%s", "");
@@ -421,402 +544,3 @@ void ft_cuda_model_free(ft_cuda_model *dm)
 }
 
 const ft_cuda_plan *ft_cuda_model_plan(const ft_cuda_model *dm) { return &dm->plan; }
-
-/* ---- forward and backward (mirrors lib/model/model_fwd.c) ---- */
-
-static uint64_t mix64(uint64_t z)
-{
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-	return z ^ (z >> 31);
-}
-
-static uint64_t drop_seed(const ft_cuda_model *dm, int l, int j)
-{
-	return mix64(dm->v.seed ^ mix64(dm->dropout_calls * 0x9e3779b97f4a7c15ULL +
-					(uint64_t)(l * FT_CV_NLIN + j + 1)));
-}
-
-static int lora_input(ft_cuda_model *dm, int l, int j, const float *x, size_t n,
-		      const float **xd)
-{
-	*xd = x;
-	if (!dm->training || dm->v.lora_dropout <= 0)
-		return 0;
-	TRY(ft_cu_dropout(dm, dm->drop, x, n, (float)dm->v.lora_dropout, drop_seed(dm, l, j)));
-	*xd = dm->drop;
-	return 0;
-}
-
-static int lin_fwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const float *x,
-		   int N)
-{
-	ft_dlayer *d = &dm->layers[l];
-	int in = dm->v.lin_in[j], out = dm->v.lin_out[j];
-	ft_mat w = ft_cu_weight(dm, d->lin[j]), xo;
-	TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, w.half));
-	TRY(ft_cu_gemm(dm, 0, 1, N, out, in, 1, xo, in, w, in, 0, y, out,
-		       ft_cuda_view_lin_name(j)));
-	if (j < 3 && d->bias[j])
-		TRY(ft_cu_bias_forward(dm, y, d->bias[j]->w, N, out));
-	ft_dlora *lo = &d->lora[j];
-	if (!lo->on)
-		return 0;
-	const float *xd;
-	TRY(lora_input(dm, l, j, x, (size_t)N * in, &xd));
-	ft_mat xm = { xd, 0 }, A = { lo->A->w, 0 }, B = { lo->B->w, 0 }, h = { a->lh[j], 0 };
-	TRY(ft_cu_gemm(dm, 0, 1, N, lo->r, in, 1, xm, in, A, in, 0, a->lh[j], lo->r, "lora_A"));
-	TRY(ft_cu_gemm(dm, 0, 1, N, out, lo->r, lo->scale, h, lo->r, B, lo->r, 1, y, out,
-		       "lora_B"));
-	return 0;
-}
-
-/* dx += dy W (dx may be NULL); dW += dy^T x; db += sum dy; LoRA grads. */
-static int lin_bwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
-		   const float *dy, const float *x, int N)
-{
-	ft_dlayer *d = &dm->layers[l];
-	int in = dm->v.lin_in[j], out = dm->v.lin_out[j];
-	const char *nm = ft_cuda_view_lin_name(j);
-	ft_dt *W = d->lin[j];
-	ft_mat w = ft_cu_weight(dm, W), dyo, xo;
-	if (dx || W->g)
-		TRY(ft_cu_operand(dm, &dyo, dy, (size_t)N * out, dm->hy, w.half));
-	if (dx)
-		TRY(ft_cu_gemm(dm, 0, 0, N, in, out, 1, dyo, out, w, in, 1, dx, in, nm));
-	if (W->g) {
-		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, w.half));
-		TRY(ft_cu_gemm(dm, 1, 0, out, in, N, 1, dyo, out, xo, in, 1, W->g, in, nm));
-	}
-	if (j < 3 && d->bias[j] && d->bias[j]->g)
-		TRY(ft_cu_bias_backward(dm, d->bias[j]->g, dy, N, out));
-	ft_dlora *lo = &d->lora[j];
-	if (!lo->on)
-		return 0;
-	size_t n = (size_t)N * in;
-	const float *xd;
-	TRY(lora_input(dm, l, j, x, n, &xd));
-	int r = lo->r;
-	float *dxd = xd == x || !dx ? dx : dm->ddrop;
-	if (dxd && dxd == dm->ddrop)
-		TRY(ft_cu_zero(dm, dm->ddrop, n * sizeof(float)));
-	ft_mat dyf = { dy, 0 }, h = { a->lh[j], 0 }, B = { lo->B->w, 0 }, A = { lo->A->w, 0 };
-	ft_mat hs = { dm->lhs, 0 }, xm = { xd, 0 };
-	if (lo->B->g)
-		TRY(ft_cu_gemm(dm, 1, 0, out, r, N, lo->scale, dyf, out, h, r, 1, lo->B->g, r,
-			       "lora_B grad"));
-	TRY(ft_cu_gemm(dm, 0, 0, N, r, out, lo->scale, dyf, out, B, r, 0, dm->lhs, r,
-		       "lora dh"));
-	if (lo->A->g)
-		TRY(ft_cu_gemm(dm, 1, 0, r, in, N, 1, hs, r, xm, in, 1, lo->A->g, in,
-			       "lora_A grad"));
-	if (dxd)
-		TRY(ft_cu_gemm(dm, 0, 0, N, in, r, 1, hs, r, A, in, 1, dxd, in, "lora dx"));
-	if (dxd && dxd == dm->ddrop) {
-		TRY(ft_cu_dropout(dm, dm->ddrop, dm->ddrop, n, (float)dm->v.lora_dropout,
-				  drop_seed(dm, l, j)));
-		TRY(ft_cu_add(dm, dx, dx, dm->ddrop, n));
-	}
-	return 0;
-}
-
-static ft_cu_attn attn_shape(const ft_cuda_model *dm, const ft_cuda_batch *b)
-{
-	ft_cu_attn s = { b->B, b->T, dm->v.Hq, dm->v.Hk, dm->v.hd, dm->v.window,
-			 b->segment_ids ? dm->seg : NULL };
-	return s;
-}
-
-/* As ftp_qk_norm_forward/backward (lib/model/arch.c): Qwen3's per-head
- * RMSNorm, N*H rows of hd. */
-static int qk_norm_forward(ft_cuda_model *dm, const ft_dlayer *y, ft_dacts *a, int N)
-{
-	const ft_cuda_view *c = &dm->v;
-	TRY(ft_cu_rmsnorm_forward(dm, a->q, a->rstdq, a->qr, y->qn->w, N * c->Hq, c->hd, c->eps));
-	TRY(ft_cu_rmsnorm_forward(dm, a->k, a->rstdk, a->kr, y->kn->w, N * c->Hk, c->hd, c->eps));
-	return 0;
-}
-
-static int qk_norm_backward(ft_cuda_model *dm, ft_dlayer *y, float *dqr, float *dkr,
-			    const ft_dacts *a, int N)
-{
-	const ft_cuda_view *c = &dm->v;
-	size_t nq = (size_t)N * c->Hq, nk = (size_t)N * c->Hk;
-	TRY(ft_cu_zero(dm, dqr, nq * c->hd * sizeof(float)));
-	TRY(ft_cu_zero(dm, dkr, nk * c->hd * sizeof(float)));
-	TRY(ft_cu_rmsnorm_backward(dm, dqr, y->qn->g, dm->dq, a->qr, y->qn->w, a->rstdq,
-				   (int)nq, c->hd));
-	TRY(ft_cu_rmsnorm_backward(dm, dkr, y->kn->g, dm->dk, a->kr, y->kn->w, a->rstdk,
-				   (int)nk, c->hd));
-	return 0;
-}
-
-static int layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
-			 float *x_out, const ft_cuda_batch *b)
-{
-	const ft_cuda_view *c = &dm->v;
-	int N = b->B * b->T, D = c->D, hd = c->hd;
-	ft_dlayer *y = &dm->layers[l];
-	ft_cu_attn s = attn_shape(dm, b);
-	TRY(ft_cu_rmsnorm_forward(dm, a->ln1, a->rstd1, x_in, y->ln1->w, N, D, c->eps));
-	TRY(lin_fwd(dm, l, 0, a, c->qk_norm ? a->qr : a->q, a->ln1, N));
-	TRY(lin_fwd(dm, l, 1, a, c->qk_norm ? a->kr : a->k, a->ln1, N));
-	TRY(lin_fwd(dm, l, 2, a, a->v, a->ln1, N));
-	if (c->qk_norm)
-		TRY(qk_norm_forward(dm, y, a, N));
-	TRY(ft_cu_rope(dm, a->q, dm->cos_t, dm->sin_t, N, c->Hq, hd, 1));
-	TRY(ft_cu_rope(dm, a->k, dm->cos_t, dm->sin_t, N, c->Hk, hd, 1));
-	TRY(ft_cu_attention_forward(dm, a->att, a->lse, a->q, a->k, a->v, &s));
-	TRY(lin_fwd(dm, l, 3, a, dm->tmp, a->att, N));
-	TRY(ft_cu_add_rmsnorm_forward(dm, a->xmid, a->ln2, a->rstd2, x_in, dm->tmp, y->ln2->w,
-				      N, D, c->eps));
-	TRY(lin_fwd(dm, l, 4, a, a->gate, a->ln2, N));
-	TRY(lin_fwd(dm, l, 5, a, a->up, a->ln2, N));
-	TRY(ft_cu_swiglu_forward(dm, dm->hbuf, a->gate, a->up, (size_t)N * c->F));
-	TRY(lin_fwd(dm, l, 6, a, dm->tmp, dm->hbuf, N));
-	TRY(ft_cu_add(dm, x_out, a->xmid, dm->tmp, (size_t)N * D));
-	return 0;
-}
-
-/* dm->d_a holds dL/dx_out on entry and dL/dx_in on return (unless
- * need_dx is 0). */
-static int layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
-			  const ft_cuda_batch *b, int need_dx)
-{
-	const ft_cuda_view *c = &dm->v;
-	int N = b->B * b->T, D = c->D, hd = c->hd;
-	size_t nF = (size_t)N * c->F, nq = (size_t)N * c->Hq * hd;
-	ft_dlayer *y = &dm->layers[l];
-	ft_cu_attn s = attn_shape(dm, b);
-	TRY(ft_cu_swiglu_forward(dm, dm->hbuf, a->gate, a->up, nF));
-	TRY(ft_cu_zero(dm, dm->dh, nF * sizeof(float)));
-	TRY(lin_bwd(dm, l, 6, a, dm->dh, dm->d_a, dm->hbuf, N));
-	TRY(ft_cu_swiglu_backward(dm, dm->dgate, dm->dup, dm->dh, a->gate, a->up, nF));
-	TRY(ft_cu_zero(dm, dm->d_ln, (size_t)N * D * sizeof(float)));
-	TRY(lin_bwd(dm, l, 4, a, dm->d_ln, dm->dgate, a->ln2, N));
-	TRY(lin_bwd(dm, l, 5, a, dm->d_ln, dm->dup, a->ln2, N));
-	TRY(ft_cu_rmsnorm_backward(dm, dm->d_a, y->ln2->g, dm->d_ln, a->xmid, y->ln2->w,
-				   a->rstd2, N, D));
-	TRY(ft_cu_zero(dm, dm->d_att, nq * sizeof(float)));
-	TRY(lin_bwd(dm, l, 3, a, dm->d_att, dm->d_a, a->att, N));
-	TRY(ft_cu_attention_backward(dm, dm->dq, dm->dk, dm->dv, dm->d_att, a->q, a->k, a->v,
-				     a->att, a->lse, &s));
-	TRY(ft_cu_rope(dm, dm->dq, dm->cos_t, dm->sin_t, N, c->Hq, hd, -1));
-	TRY(ft_cu_rope(dm, dm->dk, dm->cos_t, dm->sin_t, N, c->Hk, hd, -1));
-	float *dq = dm->dq, *dk = dm->dk;
-	if (c->qk_norm) {   /* into d_att and tmp, as the CPU path */
-		TRY(qk_norm_backward(dm, y, dm->d_att, dm->tmp, a, N));
-		dq = dm->d_att;
-		dk = dm->tmp;
-	}
-	float *dln = need_dx || y->ln1->g ? dm->d_ln : NULL;
-	if (dln)
-		TRY(ft_cu_zero(dm, dln, (size_t)N * D * sizeof(float)));
-	TRY(lin_bwd(dm, l, 0, a, dln, dq, a->ln1, N));
-	TRY(lin_bwd(dm, l, 1, a, dln, dk, a->ln1, N));
-	TRY(lin_bwd(dm, l, 2, a, dln, dm->dv, a->ln1, N));
-	if (dln)
-		TRY(ft_cu_rmsnorm_backward(dm, dm->d_a, y->ln1->g, dln, x_in, y->ln1->w,
-					   a->rstd1, N, D));
-	return 0;
-}
-
-static int layer_has_grad(const ft_cuda_model *dm, int l)
-{
-	const ft_dlayer *y = &dm->layers[l];
-	if (y->ln1->g || y->ln2->g || (y->qn && y->qn->g) || (y->kn && y->kn->g))
-		return 1;
-	for (int j = 0; j < FT_CV_NLIN; j++)
-		if (y->lin[j]->g || y->lora[j].on || (j < 3 && y->bias[j] && y->bias[j]->g))
-			return 1;
-	return 0;
-}
-
-/* As check_batch in lib/model/model_fwd.c, plus the planned capacity. */
-static int check_batch(const ft_cuda_model *dm, const ft_cuda_batch *b)
-{
-	if (b->B <= 0 || b->T <= 0)
-		return ft_fail("batch: empty shape %dx%d", b->B, b->T);
-	size_t N = (size_t)b->B * b->T;
-	if (N > (size_t)dm->o.max_tokens || b->T > dm->o.max_seq)
-		return ft_fail("batch %dx%d is larger than the CUDA model was planned for "
-			       "(%d tokens, rows of %d)", b->B, b->T, dm->o.max_tokens,
-			       dm->o.max_seq);
-	int V = dm->v.V;
-	for (size_t i = 0; i < N; i++) {
-		if (b->input_ids[i] < 0 || b->input_ids[i] >= V)
-			return ft_fail("batch: token id %d at %zu is outside the vocabulary (%d)",
-				       b->input_ids[i], i, V);
-		if (b->labels && b->labels[i] != -100 && (b->labels[i] < 0 || b->labels[i] >= V))
-			return ft_fail("batch: label %d at %zu is outside the vocabulary (%d)",
-				       b->labels[i], i, V);
-		if (b->position_ids && b->position_ids[i] < 0)
-			return ft_fail("batch: negative position id at %zu", i);
-	}
-	return 0;
-}
-
-static int upload(ft_cuda_model *dm, void *dst, const void *src, size_t bytes,
-		  const char *what)
-{
-	CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, dm->stream),
-	   "%s, %zu bytes", what, bytes);
-	return 0;
-}
-
-static int forward_body(ft_cuda_model *dm, const ft_cuda_batch *b)
-{
-	const ft_cuda_view *c = &dm->v;
-	int N = b->B * b->T, D = c->D, L = c->L;
-	TRY(check_batch(dm, b));
-	int maxpos = 0;
-	for (int r = 0; r < b->B; r++)
-		for (int t = 0; t < b->T; t++) {
-			int i = r * b->T + t;
-			dm->h_pos[i] = b->position_ids ? b->position_ids[i] : t;
-			if (dm->h_pos[i] > maxpos)
-				maxpos = dm->h_pos[i];
-			dm->h_targets[i] = t + 1 < b->T && b->labels ? b->labels[i + 1] : -100;
-		}
-	ft_rope_params rp = c->rope;
-	TRY(ft_rope_inv_freq(dm->h_inv, c->hd, &rp, maxpos + 1));
-	ft_rope_tables(dm->h_cos, dm->h_sin, dm->h_pos, N, dm->h_inv, c->hd);
-	ft_rope_scale_tables(dm->h_cos, dm->h_sin, (size_t)N * (c->hd / 2), &rp);
-	size_t nh = (size_t)N * (c->hd / 2) * sizeof(float);
-	TRY(upload(dm, dm->cos_t, dm->h_cos, nh, "rope cos"));
-	TRY(upload(dm, dm->sin_t, dm->h_sin, nh, "rope sin"));
-	memcpy(dm->h_ids, b->input_ids, (size_t)N * 4);
-	TRY(upload(dm, dm->ids, dm->h_ids, (size_t)N * 4, "input_ids"));
-	if (b->segment_ids) {
-		memcpy(dm->h_seg, b->segment_ids, (size_t)N * 4);
-		TRY(upload(dm, dm->seg, dm->h_seg, (size_t)N * 4, "segment_ids"));
-	}
-	TRY(ft_cu_embedding_forward(dm, dm->xs, dm->ids, dm->wte, N, D));
-	for (int l = 0; l < L; l++) {
-		ft_dacts *a = &dm->acts[c->gradient_checkpointing ? 0 : l];
-		TRY(layer_forward(dm, l, a, dm->xs + (size_t)l * N * D,
-				  dm->xs + (size_t)(l + 1) * N * D, b));
-	}
-	TRY(ft_cu_rmsnorm_forward(dm, dm->lnf, dm->rstdf, dm->xs + (size_t)L * N * D,
-				  dm->norm->w, N, D, c->eps));
-	return 0;
-}
-
-int ft_cuda_forward(ft_cuda_model *dm, const ft_cuda_batch *b, float *logits,
-		    double *loss_sum, int64_t *n_tokens)
-{
-	dm->training = 0;
-	TRY(forward_body(dm, b));
-	int N = b->B * b->T;
-	int64_t nt = 0;
-	for (int i = 0; i < N; i++)
-		nt += dm->h_targets[i] != -100;
-	TRY(upload(dm, dm->targets, dm->h_targets, (size_t)N * 4, "targets"));
-	double loss = 0;
-	TRY(ft_cu_lm_head_loss(dm, NULL, logits, dm->lnf, dm->targets, N, 1, &loss));
-	ft_cu_sample_peak(dm);
-	if (loss_sum)
-		*loss_sum = loss;
-	if (n_tokens)
-		*n_tokens = nt;
-	return 0;
-}
-
-/* LM head over the rows with a target, then d(lnf) scattered back. */
-static int head_backward(ft_cuda_model *dm, int N, float grad_scale, double *loss, int *nrows)
-{
-	int D = dm->v.D, n = 0;
-	for (int i = 0; i < N; i++)
-		if (dm->h_targets[i] != -100) {
-			dm->h_rows[n] = i;
-			dm->h_tg2[n++] = dm->h_targets[i];
-		}
-	*nrows = n;
-	TRY(upload(dm, dm->rows, dm->h_rows, (size_t)n * 4, "head rows"));
-	TRY(upload(dm, dm->targets, dm->h_tg2, (size_t)n * 4, "targets"));
-	TRY(ft_cu_gather_rows(dm, dm->head_x, dm->lnf, dm->rows, n, D));
-	TRY(ft_cu_lm_head_loss(dm, dm->head_dx, NULL, dm->head_x, dm->targets, n,
-			       grad_scale, loss));
-	return 0;
-}
-
-/* From d(lnf) rows head_dx at dm->rows (n of them) to every gradient:
- * the final norm's backward, then the layers from the last down to the
- * first that has something to train (the embedding's when trained). */
-static int backward_body(ft_cuda_model *dm, const ft_cuda_batch *b, int n)
-{
-	const ft_cuda_view *c = &dm->v;
-	int N = b->B * b->T, D = c->D, L = c->L;
-	int stop = L;
-	for (int l = 0; l < L; l++)
-		if (layer_has_grad(dm, l)) {
-			stop = l;
-			break;
-		}
-	int emb = dm->wte->g && c->full;
-	if (emb)
-		stop = 0;
-	if (stop == L && !dm->norm->g)
-		return 0;
-	size_t nd = (size_t)N * D * sizeof(float);
-	TRY(ft_cu_zero(dm, dm->d_ln, nd));
-	TRY(ft_cu_scatter_rows(dm, dm->d_ln, dm->head_dx, dm->rows, n, D));
-	TRY(ft_cu_zero(dm, dm->d_a, nd));
-	TRY(ft_cu_rmsnorm_backward(dm, dm->d_a, dm->norm->g, dm->d_ln, dm->xs + (size_t)L * N * D,
-				   dm->norm->w, dm->rstdf, N, D));
-	for (int l = L - 1; l >= stop; l--) {
-		const float *x_in = dm->xs + (size_t)l * N * D;
-		ft_dacts *a = &dm->acts[c->gradient_checkpointing ? 0 : l];
-		if (c->gradient_checkpointing)
-			TRY(layer_forward(dm, l, a, x_in, dm->d_b, b));
-		TRY(layer_backward(dm, l, a, x_in, b, l > stop || emb));
-	}
-	if (emb)
-		TRY(ft_cu_embedding_backward(dm, dm->wte->g, dm->d_a, dm->ids, N, D));
-	ft_cu_sample_peak(dm);
-	return 0;
-}
-
-int ft_cuda_forward_backward(ft_cuda_model *dm, const ft_cuda_batch *b, float grad_scale,
-			     double *loss_sum, int64_t *n_tokens)
-{
-	dm->training = 1;
-	dm->dropout_calls++;
-	TRY(forward_body(dm, b));
-	int N = b->B * b->T, n = 0;
-	double loss = 0;
-	/* fp16: the loss scale rides on grad_scale; ft_cuda_step unscales */
-	TRY(head_backward(dm, N, grad_scale * (float)dm->loss_scale, &loss, &n));
-	dm->grads_scale = dm->loss_scale;
-	if (loss_sum)
-		*loss_sum = loss;
-	if (n_tokens)
-		*n_tokens = n;
-	return backward_body(dm, b, n);
-}
-
-/* For lib/cuda/infer.cu (KV-cache decoding): one layer over a batch, and
- * one linear module with its LoRA branch (a->lh[j] its hidden). */
-int ft_cu_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in, float *x_out,
-			const ft_cuda_batch *b)
-{
-	return layer_forward(dm, l, a, x_in, x_out, b);
-}
-
-int ft_cu_lin_forward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const float *x,
-		      int N)
-{
-	return lin_fwd(dm, l, j, a, y, x, N);
-}
-
-/* For lib/cuda/pref.cu (the preference stages): the decoder up to the
- * final norm (dm->lnf), and the backward pass from d(lnf) rows. */
-int ft_cu_forward_body(ft_cuda_model *dm, const ft_cuda_batch *b)
-{
-	return forward_body(dm, b);
-}
-
-int ft_cu_backward_body(ft_cuda_model *dm, const ft_cuda_batch *b, int n)
-{
-	return backward_body(dm, b, n);
-}

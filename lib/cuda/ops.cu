@@ -64,10 +64,10 @@ int ft_cu_embedding_backward(ft_cuda_model *dm, float *dwte, const float *dout,
 /* ---- RMSNorm: one block per row ---- */
 
 static __global__ void rmsnorm_forward_k(float *out, float *rstd, const float *x,
-					 const float *w, int D, float eps)
+					 ft_cu_rows xl, const float *w, int D, float eps)
 {
 	__shared__ float sh[TPB];
-	const float *xr = x + (size_t)blockIdx.x * D;
+	const float *xr = x + ft_cu_row(xl, blockIdx.x, D);
 	float *o = out + (size_t)blockIdx.x * D;
 	float ss = 0;
 	for (int d = threadIdx.x; d < D; d += blockDim.x)
@@ -84,18 +84,32 @@ int ft_cu_rmsnorm_forward(ft_cuda_model *dm, float *out, float *rstd, const floa
 {
 	if (N <= 0)
 		return 0;
-	rmsnorm_forward_k<<<N, TPB, 0, dm->stream>>>(out, rstd, x, w, D, eps);
+	rmsnorm_forward_k<<<N, TPB, 0, dm->stream>>>(out, rstd, x, ft_cu_rows_of(D), w, D, eps);
 	LAUNCHED("rmsnorm_forward", "N=%d D=%d", N, D);
 	return 0;
 }
 
+/* Qwen3's q_norm / k_norm: the N*H heads of x (row stride ld) normalised
+ * into out [N*H, hd] (contiguous). */
+int ft_cu_head_rmsnorm_forward(ft_cuda_model *dm, float *out, float *rstd, const float *x,
+			       int ld, const float *w, int N, int H, int hd, float eps)
+{
+	if (N <= 0)
+		return 0;
+	ft_cu_rows xl = { H, ld };
+	rmsnorm_forward_k<<<N * H, TPB, 0, dm->stream>>>(out, rstd, x, xl, w, hd, eps);
+	LAUNCHED("head_rmsnorm_forward", "N=%d H=%d hd=%d ld=%d", N, H, hd, ld);
+	return 0;
+}
+
+/* x and dx share the row addressing xl; dout is contiguous. */
 static __global__ void rmsnorm_backward_k(float *dx, const float *dout,
-					  const float *x, const float *w, const float *rstd,
-					  int D)
+					  const float *x, ft_cu_rows xl, const float *w,
+					  const float *rstd, int D)
 {
 	__shared__ float sh[TPB];
-	size_t row = (size_t)blockIdx.x * D;
-	const float *xr = x + row, *g = dout + row;
+	size_t row = ft_cu_row(xl, blockIdx.x, D);
+	const float *xr = x + row, *g = dout + (size_t)blockIdx.x * D;
 	float r = rstd[blockIdx.x], dot = 0;
 	for (int d = threadIdx.x; d < D; d += blockDim.x)
 		dot += g[d] * w[d] * xr[d];
@@ -125,17 +139,18 @@ static __global__ void col_part_k(float *part, int N, int D, Elem e)
 
 struct rmsnorm_dw_elem {   /* RMSNorm weight gradient terms */
 	const float *dout, *x, *rstd;
+	ft_cu_rows xl;
 	int D;
 	__device__ float operator()(int n, int d) const
 	{
-		return ft_k_rmsnorm_dw(dout[(size_t)n * D + d], x[(size_t)n * D + d], rstd[n]);
+		return ft_k_rmsnorm_dw(dout[(size_t)n * D + d], x[ft_cu_row(xl, n, D) + d], rstd[n]);
 	}
 };
 
-struct plain_elem {        /* a bias gradient: the rows of dy */
+struct plain_elem {        /* a bias gradient: the rows of dy (row stride ld) */
 	const float *y;
-	int D;
-	__device__ float operator()(int n, int d) const { return y[(size_t)n * D + d]; }
+	int ld;
+	__device__ float operator()(int n, int d) const { return y[(size_t)n * ld + d]; }
 };
 
 /* Stage 2: out[d] += the chunk partials in chunk order. */
@@ -165,15 +180,16 @@ int ft_cu_add_rmsnorm_forward(ft_cuda_model *dm, float *x_out, float *out, float
 	return 0;
 }
 
-int ft_cu_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float *dout,
-			   const float *x, const float *w, const float *rstd, int N, int D)
+static int rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float *dout,
+			    const float *x, ft_cu_rows xl, const float *w, const float *rstd,
+			    int N, int D)
 {
 	if (N <= 0)
 		return 0;
-	rmsnorm_backward_k<<<N, TPB, 0, dm->stream>>>(dx, dout, x, w, rstd, D);
+	rmsnorm_backward_k<<<N, TPB, 0, dm->stream>>>(dx, dout, x, xl, w, rstd, D);
 	LAUNCHED("rmsnorm_backward", "N=%d D=%d", N, D);
 	if (dw) {
-		rmsnorm_dw_elem e = { dout, x, rstd, D };
+		rmsnorm_dw_elem e = { dout, x, rstd, xl, D };
 		col_part_k<<<col_grid(D), COL_TPB, 0, dm->stream>>>(dm->colpart, N, D, e);
 		LAUNCHED("rmsnorm_backward dw partials", "N=%d D=%d", N, D);
 		col_finish_k<<<(D + COL_TPB - 1) / COL_TPB, COL_TPB, 0, dm->stream>>>(dw, dm->colpart, D);
@@ -182,57 +198,84 @@ int ft_cu_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float 
 	return 0;
 }
 
+int ft_cu_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float *dout,
+			   const float *x, const float *w, const float *rstd, int N, int D)
+{
+	return rmsnorm_backward(dm, dx, dw, dout, x, ft_cu_rows_of(D), w, rstd, N, D);
+}
+
+int ft_cu_head_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float *dout,
+				const float *x, int ld, const float *w, const float *rstd,
+				int N, int H, int hd)
+{
+	ft_cu_rows xl = { H, ld };
+	return rmsnorm_backward(dm, dx, dw, dout, x, xl, w, rstd, N * H, hd);
+}
+
 /* ---- RoPE (rotate-half), in place; sign -1 = backward ---- */
 
-static __global__ void rope_k(float *x, const float *cos_t, const float *sin_t,
+static __global__ void rope_k(float *x, size_t ld, const float *cos_t, const float *sin_t,
 			      size_t N, int H, int hd, float sign)
 {
 	int half = hd / 2;
 	FOR_N(i, N * H * half) {
 		size_t n = i / ((size_t)H * half);
 		int h = (int)(i / half % H), j = (int)(i % half);
-		float *v = x + (n * H + h) * hd;
+		float *v = x + n * ld + (size_t)h * hd;
 		ft_k_rope_pair(v + j, v + j + half, cos_t[n * half + j], sin_t[n * half + j], sign);
 	}
 }
 
-int ft_cu_rope(ft_cuda_model *dm, float *x, const float *cos_t, const float *sin_t,
+int ft_cu_rope(ft_cuda_model *dm, float *x, int ld, const float *cos_t, const float *sin_t,
 	       int N, int H, int hd, float sign)
 {
 	size_t n = (size_t)N * H * (hd / 2);
-	rope_k<<<nblk(n), TPB, 0, dm->stream>>>(x, cos_t, sin_t, N, H, hd, sign);
+	rope_k<<<nblk(n), TPB, 0, dm->stream>>>(x, ld, cos_t, sin_t, N, H, hd, sign);
 	LAUNCHED(sign > 0 ? "rope_forward" : "rope_backward", "N=%d H=%d hd=%d", N, H, hd);
 	return 0;
 }
 
 /* ---- SwiGLU ---- */
 
-static __global__ void swiglu_forward_k(float *h, const float *g, const float *u, size_t n)
+/* gate and up are rows of stride ld (the fused gate|up buffer); h, dh
+ * are [N, F].  Element i is read and written by one thread only, so the
+ * backward may write dg, du over g, u (in place: the layer's backward
+ * turns its gate|up activations into their gradients). */
+static __global__ void swiglu_forward_k(float *h, const float *g, const float *u, size_t ld,
+					size_t N, int F)
 {
-	FOR_N(i, n)
-		h[i] = ft_k_swiglu(g[i], u[i]);
+	FOR_N(i, N * F) {
+		size_t e = i / F * ld + i % F;
+		h[i] = ft_k_swiglu(g[e], u[e]);
+	}
 }
 
 static __global__ void swiglu_backward_k(float *dg, float *du, const float *dh,
-					 const float *g, const float *u, size_t n)
+					 const float *g, const float *u, size_t ld, size_t N,
+					 int F)
 {
-	FOR_N(i, n)
-		ft_k_swiglu_backward(dh[i], g[i], u[i], dg + i, du + i);
+	FOR_N(i, N * F) {
+		size_t e = i / F * ld + i % F;
+		float gv = g[e], uv = u[e];
+		ft_k_swiglu_backward(dh[i], gv, uv, dg + e, du + e);
+	}
 }
 
 int ft_cu_swiglu_forward(ft_cuda_model *dm, float *h, const float *g, const float *u,
-			 size_t n)
+			 int ld, int N, int F)
 {
-	swiglu_forward_k<<<nblk(n), TPB, 0, dm->stream>>>(h, g, u, n);
-	LAUNCHED("swiglu_forward", "n=%zu", n);
+	size_t n = (size_t)N * F;
+	swiglu_forward_k<<<nblk(n), TPB, 0, dm->stream>>>(h, g, u, ld, N, F);
+	LAUNCHED("swiglu_forward", "N=%d F=%d ld=%d", N, F, ld);
 	return 0;
 }
 
 int ft_cu_swiglu_backward(ft_cuda_model *dm, float *dg, float *du, const float *dh,
-			  const float *g, const float *u, size_t n)
+			  const float *g, const float *u, int ld, int N, int F)
 {
-	swiglu_backward_k<<<nblk(n), TPB, 0, dm->stream>>>(dg, du, dh, g, u, n);
-	LAUNCHED("swiglu_backward", "n=%zu", n);
+	size_t n = (size_t)N * F;
+	swiglu_backward_k<<<nblk(n), TPB, 0, dm->stream>>>(dg, du, dh, g, u, ld, N, F);
+	LAUNCHED("swiglu_backward", "N=%d F=%d ld=%d", N, F, ld);
 	return 0;
 }
 
@@ -251,26 +294,26 @@ int ft_cu_add(ft_cuda_model *dm, float *dst, const float *a, const float *b, siz
 	return 0;
 }
 
-static __global__ void bias_forward_k(float *y, const float *b, size_t N, int out)
+static __global__ void bias_forward_k(float *y, size_t ld, const float *b, size_t N, int out)
 {
 	FOR_N(i, N * out)
-		y[i] += b[i % out];
+		y[i / out * ld + i % out] += b[i % out];
 }
 
-int ft_cu_bias_forward(ft_cuda_model *dm, float *y, const float *b, int N, int out)
+int ft_cu_bias_forward(ft_cuda_model *dm, float *y, int ld, const float *b, int N, int out)
 {
 	size_t n = (size_t)N * out;
-	bias_forward_k<<<nblk(n), TPB, 0, dm->stream>>>(y, b, N, out);
+	bias_forward_k<<<nblk(n), TPB, 0, dm->stream>>>(y, ld, b, N, out);
 	LAUNCHED("bias_forward", "N=%d out=%d", N, out);
 	return 0;
 }
 
 /* column sums of dy in two deterministic stages (ft_k_colsum_chunk) */
-int ft_cu_bias_backward(ft_cuda_model *dm, float *db, const float *dy, int N, int out)
+int ft_cu_bias_backward(ft_cuda_model *dm, float *db, const float *dy, int ld, int N, int out)
 {
 	if (N <= 0)
 		return 0;
-	plain_elem e = { dy, out };
+	plain_elem e = { dy, ld };
 	col_part_k<<<col_grid(out), COL_TPB, 0, dm->stream>>>(dm->colpart, N, out, e);
 	LAUNCHED("bias_backward partials", "N=%d out=%d", N, out);
 	col_finish_k<<<(out + COL_TPB - 1) / COL_TPB, COL_TPB, 0, dm->stream>>>(db, dm->colpart, out);

@@ -7,6 +7,8 @@
  *   base_model.model.<name>.lora_B[.default].bias   (lora_bias=True)
  *   base_model.model.<name>.lora_magnitude_vector[.default.weight]  [out]  (DoRA)
  *   base_model.model.<name>                          (modules_to_save: replaces <name>)
+ * and PEFT OFT adapters (peft_type OFT, format/adapter_oft.h):
+ *   base_model.model.<name>.oft_R[.default].weight   [r, b(b-1)/2]
  */
 #include <math.h>
 #include <stdlib.h>
@@ -15,6 +17,7 @@
 #include "util/error.h"
 #include "export/merge.h"
 #include "format/adapter_config.h"
+#include "format/adapter_oft.h"
 #include "format/safetensors.h"
 
 #define PREFIX "base_model.model."
@@ -29,6 +32,8 @@ typedef struct {
 	char *module;                 /* "model.layers.0.self_attn.q_proj" */
 	const ft_st_tensor *A, *B, *Bbias;
 	const ft_st_tensor *mag;      /* DoRA's lora_magnitude_vector [out] */
+	const ft_st_tensor *oft;      /* OFT's oft_R.weight [r, b(b-1)/2] */
+	int oft_b;
 	int r;
 	double alpha, scale;
 } lora_mod;
@@ -61,8 +66,14 @@ static int check_config(const ft_adapter_config *c)
 {
 	const char *cfg = c->path;
 	if (!c->peft_type) return ft_fail("%s: no peft_type (not a PEFT adapter)", cfg);
-	if (strcmp(c->peft_type, "LORA") != 0)
-		return ft_fail("%s: peft_type is %s; only LoRA adapters can be merged", cfg, c->peft_type);
+	int oft = !strcmp(c->peft_type, "OFT");
+	if (strcmp(c->peft_type, "LORA") != 0 && !oft)
+		return ft_fail("%s: peft_type is %s; only LoRA and OFT adapters can be merged", cfg, c->peft_type);
+	const char *no = !oft ? NULL : c->coft ? "coft (constrained OFT)" : c->block_share ? "block_share"
+		       : !c->use_cayley_neumann ? "use_cayley_neumann false (the exact Cayley transform)"
+		       : strcmp(c->bias, "none") ? "an OFT bias" : NULL;
+	if (no)
+		return ft_fail("%s: %s is not implemented in ft yet", cfg, no);
 	if (c->init_lora_weights)   /* PiSSA and friends: trained on a residual base */
 		return ft_fail("%s: init_lora_weights \"%s\": the adapter was trained on a base its init "
 			       "changed, which ft-merge does not recompute; merge the plain LoRA adapter "
@@ -121,6 +132,54 @@ static int place_magnitude(ft_lora *l, const char *file, const ft_st_tensor *t, 
 	return 0;
 }
 
+static int check_float(const char *file, const ft_st_tensor *t);
+
+/* OFT: "<module>.oft_R.weight" (".oft_R.default.weight" in a state dict). */
+static int place_oft(ft_lora *l, const char *file, const ft_st_tensor *t, const char *name, const char *o)
+{
+	const char *rest = o + strlen(".oft_R.");
+	if (strcmp(rest, "weight") && strcmp(rest, "default.weight"))
+		return ft_fail("%s: tensor %s: unexpected name after oft_R", file, t->name);
+	if (!l->cfg.peft_type || strcmp(l->cfg.peft_type, "OFT"))
+		return ft_fail("%s: tensor %s: an OFT weight, but adapter_config.json's peft_type is not OFT", file,
+			       t->name);
+	char *module = ft_xasprintf("%.*s", (int)(o - name), name);
+	if (!known_module(module)) {
+		ft_fail("%s: tensor %s: unknown target module '%s'", file, t->name, module);
+		free(module);
+		return -1;
+	}
+	lora_mod *m = module_for(l, module);
+	free(module);
+	if (m->oft) return ft_fail("%s: tensor %s appears twice", file, t->name);
+	m->oft = t;
+	return 0;
+}
+
+/* OFT: the block size from the tensor, against PEFT's choice for the
+ * base's input width. */
+static int check_oft(ft_lora *l, const char *file, lora_mod *m, const ft_st *base)
+{
+	if (check_float(file, m->oft) < 0) return -1;
+	long long r = m->oft->ndim == 2 ? m->oft->shape[0] : 0, ne = m->oft->ndim == 2 ? m->oft->shape[1] : 0;
+	int b = 1;
+	while ((long long)b * (b - 1) / 2 < ne) b++;
+	if (r < 1 || (long long)b * (b - 1) / 2 != ne)
+		return ft_fail("%s: module %s: oft_R is not [r, b(b-1)/2]", file, m->module);
+	m->oft_b = b;
+	if (!base) return 0;
+	char *wname = ft_xasprintf("%s.weight", m->module);
+	const ft_st_tensor *w = ft_st_find(base, wname);
+	free(wname);
+	int pr, pb;
+	if (!w || w->ndim != 2)
+		return ft_fail("%s: module %s: the base model has no 2-D weight for it", file, m->module);
+	if (ft_oft_dims((int)w->shape[1], l->cfg.r, l->cfg.oft_block_size, &pr, &pb) < 0 || pr != r || pb != b)
+		return ft_fail("%s: module %s: oft_R is [%lld, %lld] but PEFT makes [%d, %d] for %lld inputs", file,
+			       m->module, r, ne, pr, pb * (pb - 1) / 2, (long long)w->shape[1]);
+	return 0;
+}
+
 /* Place one adapter tensor: a LoRA factor of a module or a full tensor. */
 static int place_tensor(ft_lora *l, const char *file, const ft_st_tensor *t)
 {
@@ -129,8 +188,9 @@ static int place_tensor(ft_lora *l, const char *file, const ft_st_tensor *t)
 	const char *name = t->name + strlen(PREFIX);
 	const char *a = strstr(name, ".lora_A."), *b = strstr(name, ".lora_B.");
 	const char *p = a ? a : b;
-	const char *mg = strstr(name, ".lora_magnitude_vector");
+	const char *mg = strstr(name, ".lora_magnitude_vector"), *o = strstr(name, ".oft_R.");
 	if (mg && !p) return place_magnitude(l, file, t, name, mg);
+	if (o && !p) return place_oft(l, file, t, name, o);
 	if (!p) {
 		if (strstr(name, "lora_"))
 			return ft_fail("%s: tensor %s: unsupported LoRA variant (only lora_A/lora_B of linear layers)",
@@ -175,6 +235,7 @@ static int check_float(const char *file, const ft_st_tensor *t)
 /* Shapes against each other, the configured rank, and the base. */
 static int check_module(ft_lora *l, const char *file, lora_mod *m, const ft_st *base)
 {
+	if (m->oft && !m->A && !m->B && !m->mag) return check_oft(l, file, m, base);
 	if (!m->A || !m->B) return ft_fail("%s: module %s has lora_%c but no lora_%c", file, m->module,
 					   m->A ? 'A' : 'B', m->A ? 'B' : 'A');
 	if (check_float(file, m->A) < 0 || check_float(file, m->B) < 0) return -1;
@@ -411,6 +472,17 @@ int ft_lora_apply(const ft_lora *l, const char *name, float *w, size_t numel)
 		float s = (float)m->scale;   /* PEFT: bias + lora_B.bias * scaling, in float32 */
 		for (size_t i = 0; i < numel; i++) w[i] += bb[i] * s;
 		free(bb);
+		return 1;
+	}
+	if (m->oft) {   /* W <- W . blockdiag(R)^T, as PEFT's OFT merge */
+		int b = m->oft_b, r = (int)m->oft->shape[0], in = r * b;
+		if (numel % in) return ft_fail("%s: %s: size mismatch", l->dir, name);
+		float *v = read_f32(m->oft), *R = v ? ft_xmalloc((size_t)r * b * b * sizeof *R) : NULL;
+		if (!v) return -1;
+		ft_oft_rotation(v, r, b, l->cfg.num_cayley_neumann_terms, R);
+		ft_oft_merge(w, (int)(numel / in), in, b, R);
+		free(v);
+		free(R);
 		return 1;
 	}
 	int out = (int)m->B->shape[0], in = (int)m->A->shape[1], r = m->r;

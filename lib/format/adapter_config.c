@@ -135,6 +135,34 @@ static int get_lora(ft_adapter_config *c, const json_t *o)
 	return 0;
 }
 
+/* OFTConfig: r or oft_block_size (one of them non-zero), the variant
+ * flags with PEFT's defaults when absent (an adapter from before 0.18 has
+ * no use_cayley_neumann: PEFT's default True then). */
+static int get_oft(ft_adapter_config *c, const json_t *o)
+{
+	const json_t *r = json_object_get(o, "r"), *b = json_object_get(o, "oft_block_size");
+	const json_t *t = json_object_get(o, "num_cayley_neumann_terms"), *md = json_object_get(o, "module_dropout");
+	if ((r && !json_is_integer(r)) || (r && (json_integer_value(r) < 0 || json_integer_value(r) > 1 << 20)))
+		return ft_fail("%s: r is not an integer >= 0", c->path);
+	if (!json_is_integer(b) || json_integer_value(b) < 0 || json_integer_value(b) > 1 << 20)
+		return ft_fail("%s: oft_block_size is not an integer >= 0 (an OFT adapter from before PEFT "
+			       "0.14, which PEFT no longer loads)", c->path);
+	c->r = r ? (int)json_integer_value(r) : 0;
+	c->oft_block_size = (int)json_integer_value(b);
+	if ((c->r != 0) == (c->oft_block_size != 0))
+		return ft_fail("%s: give either r (%d) or oft_block_size (%d), as PEFT's OFTConfig", c->path,
+			       c->r, c->oft_block_size);
+	c->coft = get_flag(o, "coft");
+	c->block_share = get_flag(o, "block_share");
+	c->use_cayley_neumann = json_object_get(o, "use_cayley_neumann") ? get_flag(o, "use_cayley_neumann") : 1;
+	c->num_cayley_neumann_terms = json_is_integer(t) ? (int)json_integer_value(t) : 5;
+	if (c->num_cayley_neumann_terms < 1 || c->num_cayley_neumann_terms > 64)
+		return ft_fail("%s: num_cayley_neumann_terms is not in 1..64", c->path);
+	c->module_dropout = json_is_number(md) ? json_number_value(md) : 0;
+	c->fan_in_fan_out = get_flag(o, "fan_in_fan_out");
+	return get_targets(c, o);
+}
+
 static int get_all(ft_adapter_config *c, const json_t *o)
 {
 	if (!json_is_object(o)) return ft_fail("%s: not a JSON object", c->path);
@@ -149,6 +177,7 @@ static int get_all(ft_adapter_config *c, const json_t *o)
 		      &c->modules_to_save, &c->n_modules_to_save) < 0)
 		return -1;
 	if (!c->bias) c->bias = ft_xstrdup("none");
+	if (c->peft_type && !strcmp(c->peft_type, "OFT")) return get_oft(c, o);
 	if (c->peft_type && strcmp(c->peft_type, "LORA") != 0) return 0;
 	/* Without peft_type a LoRA config is still recognised by its r (ft's
 	 * loader accepts one); without either the file is something else. */

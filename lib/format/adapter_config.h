@@ -47,6 +47,10 @@ typedef struct {
 	/* init_lora_weights when a string ("pissa", "pissa_niter_16", "olora",
 	 * ...): an init that changed the base weights; NULL for a boolean */
 	char *init_lora_weights;
+	/* OFT (peft_type "OFT"; r above is its block count, 0 when the block
+	 * size is given): PEFT's OFTConfig fields */
+	int oft_block_size, coft, block_share, use_cayley_neumann, num_cayley_neumann_terms;
+	double module_dropout;
 	/* private: the top-level keys that are set (ft_adapter_config_sets) */
 	char **set_;
 	size_t nset_;

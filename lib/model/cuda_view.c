@@ -47,6 +47,25 @@ const char *ft_cuda_view_lin_name(int j)
 	return j >= 0 && j < L_NLIN ? ft_lin_names[j] : "?";
 }
 
+void ft_cuda_view_group(const ft_cuda_view *v, int l, int g, ft_cv_group *out)
+{
+	static const int mods[FT_CV_NGROUP][3] = { { L_Q, L_K, L_V }, { L_GATE, L_UP, -1 } };
+	memset(out, 0, sizeof *out);
+	for (int i = 0; i < 3 && mods[g][i] >= 0; i++) {
+		int j = mods[g][i];
+		out->js[out->n++] = j;
+		out->off[i] = out->base;
+		out->base += v->lin_out[j];
+		out->in = v->lin_in[j];
+	}
+	out->tot = out->base;
+	for (int i = 0; i < out->n; i++) {
+		const ft_cv_lora *lo = &v->layers[l].lora[out->js[i]];
+		out->loff[i] = lo->on ? out->tot : -1;
+		out->tot += lo->on ? lo->r : 0;
+	}
+}
+
 int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 {
 	const ft_config *c = &m->c;

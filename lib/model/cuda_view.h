@@ -60,6 +60,19 @@ typedef struct {
 	size_t nparams;
 } ft_cuda_view;
 
+/* A fused projection of the CUDA model (lib/cuda/layer.cu): the modules
+ * of a layer that read the same input, q|k|v and gate|up, run as one GEMM
+ * over their weights stacked by rows, followed by the LoRA A matrices of
+ * the modules that have LoRA, so the input is read once.  The output is
+ * one row-major [N, tot] buffer: module js[i]'s output in columns
+ * [off[i], off[i] + its out), its LoRA hidden in [loff[i], loff[i] + r). */
+#define FT_CV_NGROUP 2           /* 0: q|k|v, 1: gate|up */
+typedef struct {
+	int n, js[3];            /* the modules, in order */
+	int off[3], loff[3];     /* loff -1: no LoRA on that module */
+	int base, tot, in;       /* base = the outputs' sum; tot = base + LoRA ranks */
+} ft_cv_group;
+
 /* The same batch fields as ft_batch (lib/format/batch.h), without its header. */
 typedef struct {
 	int B, T;
@@ -73,6 +86,8 @@ struct ft_model;
 /* Fill v from m (v->layers, v->params allocated; free with ..._free). */
 int ft_cuda_view_of(struct ft_model *m, ft_cuda_view *v);
 void ft_cuda_view_free(ft_cuda_view *v);
+/* Group g (FT_CV_NGROUP) of layer l, from the view's shapes and LoRA. */
+void ft_cuda_view_group(const ft_cuda_view *v, int l, int g, ft_cv_group *out);
 /* The names of the seven linear modules ("q_proj" ...). */
 const char *ft_cuda_view_lin_name(int j);
 #ifdef __cplusplus

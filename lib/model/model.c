@@ -359,6 +359,14 @@ int ftp_model_build_params(ft_model *m)
 				add_param(m, &cap, nm, &ftp_dora_of(m, l, j)->mag, 1, out, 0, 1, decays(nm));
 			}
 		}
+	for (int l = 0; l < c->num_hidden_layers; l++)
+		for (int j = 0; j < L_NLIN; j++) {
+			ftp_oft *o = ftp_oft_of(m, l, j);
+			if (!o) continue;
+			snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.%s.oft_R.weight", l,
+				 j < L_GATE ? "self_attn" : "mlp", ftp_module_name(c, j));
+			add_param(m, &cap, nm, &o->R, 2, o->r, (int64_t)o->b * (o->b - 1) / 2, 1, decays(nm));
+		}
 	m->grads = ft_xcalloc(m->nparams ? m->nparams : 1, sizeof *m->grads);
 	for (size_t i = 0; i < m->nparams; i++)
 		if (m->params[i].g)
@@ -445,7 +453,17 @@ static ft_model *model_alloc(const ft_config *c, const ft_tune_opts *o, const ch
 		m->o.lora_alpha = 2.0 * m->o.lora_rank;
 	if (!m->o.lora_targets)   /* Phi-3: qkv_proj holds q_proj and v_proj */
 		m->o.lora_targets = c->fused ? FT_MOD_Q | FT_MOD_K | FT_MOD_V : FT_MOD_Q | FT_MOD_V;
-	if (m->o.type == FT_FT_LORA && ftp_check_targets(c, m->o.lora_targets) < 0) {
+	if (m->o.type == FT_FT_OFT && (c->fused || (m->o.oft_rank != 0) == (m->o.oft_block_size != 0) ||
+				       m->o.oft_rank < 0 || m->o.oft_block_size < 0)) {
+		if (c->fused)
+			ft_fail("OFT on Phi-3's fused modules (qkv_proj, gate_up_proj) is not implemented in ft yet");
+		else
+			ft_fail("OFT: give either oft_rank (%d) or oft_block_size (%d), as PEFT's OFTConfig",
+				m->o.oft_rank, m->o.oft_block_size);
+		free(m);
+		return NULL;
+	}
+	if ((m->o.type == FT_FT_LORA || m->o.type == FT_FT_OFT) && ftp_check_targets(c, m->o.lora_targets) < 0) {
 		free(m);
 		return NULL;
 	}
@@ -490,6 +508,8 @@ static ft_model *model_finish(ft_model *m)
 			      m->o.lora_targets);
 		m->lora_dropout_on = m->o.lora_dropout > 0;
 	}
+	if (m->o.type == FT_FT_OFT)   /* PEFT's default: 5 Cayley-Neumann terms; checked in model_alloc */
+		(void)ftp_oft_setup(m, m->o.oft_rank, m->o.oft_block_size, m->o.lora_targets, 5);
 	ftp_model_build_params(m);
 	return m;
 }
@@ -573,6 +593,7 @@ void ft_model_free(ft_model *m)
 	ftp_model_free_buffers(m);
 	ftp_model_quant_free(m);
 	ftp_model_free_params(m);
+	ftp_oft_free(m);
 	free(m->wte.w); free(m->wte.g);
 	if (!m->c.tie_word_embeddings) {
 		free(m->lm_head.w);

@@ -66,8 +66,10 @@ int ft_config_load(const char *config_json, ft_config *c);
  * MemAvailable, or FT_MEMORY_AVAILABLE) before a model is allocated. */
 double ft_config_weight_bytes(const ft_config *c);
 
-typedef enum { FT_FT_LORA, FT_FT_FREEZE, FT_FT_FULL } ft_finetuning_type;
-enum { FT_SFT_LOSS_CE, FT_SFT_LOSS_DFT, FT_SFT_LOSS_EAFT };
+/* FT_FT_OFT: PEFT's OFT on the lora_targets modules (LLaMA-Factory passes
+ * lora_target to OFTConfig), lib/model/model_oft.c */
+typedef enum { FT_FT_LORA, FT_FT_FREEZE, FT_FT_FULL, FT_FT_OFT } ft_finetuning_type;
+enum { FT_SFT_LOSS_CE, FT_SFT_LOSS_DFT, FT_SFT_LOSS_EAFT, FT_SFT_LOSS_ASFT };
 
 /* Bits for LoRA targets and freeze modules. */
 enum {
@@ -102,6 +104,10 @@ typedef struct {
 	 * EAFT's alpha (LLaMA-Factory's use_dft_loss / use_eaft_loss) */
 	int sft_loss;
 	double eaft_alpha;
+	double asft_alpha;             /* ASFT's KL weight (ft_model_set_asft) */
+	/* OFT (FT_FT_OFT): OFTConfig's r and oft_block_size (one non-zero;
+	 * LLaMA-Factory's oft_rank 0 and oft_block_size 32 by default) */
+	int oft_rank, oft_block_size;
 	/* QLoRA (lib/model/quant.h): 0, 4 or 8 bits for the decoder's base
 	 * linears; 4-bit FP4 instead of NF4; 4-bit absmaxes quantized too */
 	int quantization_bit, quantization_fp4, double_quantization;
@@ -167,6 +173,14 @@ void ft_model_zero_grad(ft_model *m);
  * (grad_scale = 1 / label tokens in the whole accumulated step). */
 int ft_model_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
 			      double *loss_sum, int64_t *n_tokens);
+/* LLaMA-Factory's ASFT loss (use_asft_loss, lib/model/model_asft.c): from
+ * now on forward_backward and forward (without logits) return each
+ * micro-batch's mean DFT loss plus alpha times its mean KL(ref || model)
+ * over the label positions, with *n_tokens = 1 (grad_scale then scales
+ * that mean).  ref (frozen, same vocabulary; not owned, outlives m) gives
+ * the reference logits.  -1 when the two do not fit. */
+int ft_model_set_asft(ft_model *m, ft_model *ref, double alpha);
+int ft_model_asft_on(const ft_model *m);
 /* LoRA dropout masks depend on the number of forward_backward calls so
  * far; a resumed run sets it to the micro-batches already trained on, and
  * the masks continue exactly. */

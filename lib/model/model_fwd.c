@@ -110,7 +110,8 @@ int ftp_model_prepare(ft_model *m, int N)
 	m->d_att = fa(n * qd); m->dq = fa(n * qd); m->dk = fa(n * kd); m->dv = fa(n * kd);
 	m->hbuf = fa(n * F); m->dh = fa(n * F); m->dgate = fa(n * F); m->dup = fa(n * F);
 	m->tmp = fa(n * (mi > D ? mi : D));
-	if (m->lora_dropout_on) {   /* dropped-out LoRA inputs and their gradient */
+	/* dropped-out LoRA inputs and their gradient; OFT's rotated input and its gradient */
+	if (m->lora_dropout_on || m->o.type == FT_FT_OFT) {
 		m->drop = fa(n * mi);
 		m->ddrop = fa(n * mi);
 	}
@@ -162,6 +163,13 @@ static void lin_fwd_many(ft_model *m, int l, const int *js, float *const *ys, in
 	ftp_layer *y_ = &m->layers[l];
 	ft_linear_out o[3] = { { 0 } };
 	int in = 0, out;
+	if (m->o.type == FT_FT_OFT) {   /* each module on its own rotated input */
+		for (int i = 0; n > 1 && i < n; i++)
+			lin_fwd_many(m, l, &js[i], &ys[i], 1, a, x, N);
+		if (n > 1)
+			return;
+		x = ftp_oft_input(m, l, js[0], x, N);
+	}
 	for (int i = 0; i < n; i++) {
 		ftp_lin_dims(&m->c, js[i], &in, &out);
 		o[i] = (ft_linear_out){ ys[i], y_->lin[js[i]].w, js[i] <= L_V ? y_->bias[js[i]].w : NULL, out };
@@ -204,6 +212,15 @@ static void lin_bwd(ft_model *m, int l, int j, ftp_acts *a, float *dx,
 	ftp_lin_dims(&m->c, j, &in, &out);
 	if (y_->lora[j].on && ftp_dora_of(m, l, j))
 		dy = ftp_dora_backward(m, l, j, dy, N);
+	if (ftp_oft_of(m, l, j)) {   /* the frozen base's input gradient, then OFT's */
+		memset(m->ddrop, 0, (size_t)N * in * sizeof(float));
+		if (m->qw)
+			ftp_qlin_backward(m, l, j, m->ddrop, dy, N);
+		else
+			ft_linear_backward(m->ddrop, NULL, NULL, dy, x, y_->lin[j].w, N, in, out);
+		ftp_oft_backward(m, l, j, x, m->ddrop, dx, N);
+		return;
+	}
 	if (m->qw)   /* frozen (LoRA only): the input gradient alone */
 		ftp_qlin_backward(m, l, j, dx, dy, N);
 	else
@@ -330,7 +347,7 @@ static int layer_has_grad(const ft_model *m, int l)
 	if (y->ln1.g || y->ln2.g || y->qn.g || y->kn.g || y->ln3.g || y->ln4.g)
 		return 1;
 	for (int j = 0; j < L_NLIN; j++)
-		if (y->lin[j].g || y->lora[j].on || (j <= L_V && y->bias[j].g))
+		if (y->lin[j].g || y->lora[j].on || ftp_oft_of(m, l, j) || (j <= L_V && y->bias[j].g))
 			return 1;
 	return 0;
 }
@@ -401,6 +418,8 @@ int ftp_model_forward_body(ft_model *m, const ft_batch *b)
 int ft_model_forward(ft_model *m, const ft_batch *b, float *logits,
 		     double *loss_sum, int64_t *n_tokens)
 {
+	if (m->o.sft_loss == FT_SFT_LOSS_ASFT && !logits)
+		return ftp_asft_forward(m, b, loss_sum, n_tokens);
 	if (m->o.sft_loss && !logits)
 		return ftp_tokloss_forward(m, b, loss_sum, n_tokens);
 	m->training = 0;
@@ -432,6 +451,8 @@ int ft_model_forward(ft_model *m, const ft_batch *b, float *logits,
 int ft_model_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
 			      double *loss_sum, int64_t *n_tokens)
 {
+	if (m->o.sft_loss == FT_SFT_LOSS_ASFT)
+		return ftp_asft_forward_backward(m, b, grad_scale, loss_sum, n_tokens);
 	if (m->o.sft_loss)
 		return ftp_tokloss_forward_backward(m, b, grad_scale, loss_sum, n_tokens);
 	const ft_config *c = &m->c;

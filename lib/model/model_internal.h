@@ -30,6 +30,16 @@ typedef struct {
 	size_t pre_n;
 } ftp_dora;
 
+/* OFT on one module (lib/model/model_oft.c): r blocks of size b over its
+ * input; R is oft_R.weight [r, b(b-1)/2], rot the rotation blocks [r, b,
+ * b] of the current weights (set by each forward), drot the backward's
+ * dL/drot. */
+typedef struct {
+	int on, r, b;
+	ftp_wg R;
+	float *rot, *drot;
+} ftp_oft;
+
 typedef struct {
 	ftp_wg ln1, ln2, lin[L_NLIN], bias[3];   /* bias: q, k, v (Qwen2) */
 	ftp_lora lora[L_NLIN];
@@ -97,7 +107,17 @@ struct ft_model {
 	size_t qscratch_n;
 	float *cos_l, *sin_l, *inv_freq_l;   /* Gemma: sliding layers' RoPE */
 	float *norm_eff;                     /* Gemma: 1 + weight of one norm */
+	struct ft_model *asft_ref;           /* ASFT's reference (not owned) */
+	int oft_terms;                       /* OFT: num_cayley_neumann_terms */
+	ftp_oft *oft;                        /* [L * L_NLIN], NULL without OFT (ftp_layer
+					      * is mirrored by the CUDA view) */
 };
+
+/* The OFT state of module j of layer l, NULL when it has none. */
+static inline ftp_oft *ftp_oft_of(const ft_model *m, int l, int j)
+{
+	return m->oft && m->oft[l * L_NLIN + j].on ? &m->oft[l * L_NLIN + j] : NULL;
+}
 
 /* The DoRA state of module j of layer l, NULL when it has none. */
 static inline ftp_dora *ftp_dora_of(const ft_model *m, int l, int j)
@@ -115,6 +135,31 @@ int ftp_llama_pro_layer(const ft_model *m, int l);
 int ftp_tokloss_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
 				 double *loss_sum, int64_t *n_tokens);
 int ftp_tokloss_forward(ft_model *m, const ft_batch *b, double *loss_sum, int64_t *n_tokens);
+
+/* lib/model/model_oft.c: OFT on the `targets` modules of every layer
+ * (weights zero: the identity), PEFT's block sizes from cfg_r /
+ * cfg_block; free drops it.  input: the input module j of layer l sees
+ * (x, or x rotated into m->drop); backward: from dxr, the gradient at
+ * the rotated input, accumulates oft_R's gradient and adds the gradient
+ * at x into dx (NULL: none wanted).  merge: folds every OFT module into
+ * its base weight (W . blockdiag(R)^T) and drops OFT. */
+int ftp_oft_setup(ft_model *m, int cfg_r, int cfg_block, unsigned targets, int terms);
+void ftp_oft_free(ft_model *m);
+const float *ftp_oft_input(ft_model *m, int l, int j, const float *x, int N);
+void ftp_oft_backward(ft_model *m, int l, int j, const float *x, const float *dxr, float *dx, int N);
+void ftp_oft_merge(ft_model *m);
+
+/* lib/model/model_pref.c: after a forward body, the rows with a target
+ * (labels[i+1] != -100) into m->head_x / m->rows / m->targets, in order;
+ * their count. */
+int ftp_gather_targets(ft_model *m, const ft_batch *b);
+
+/* lib/model/model_asft.c: ft_model_forward_backward / ft_model_forward
+ * (loss only) with the ASFT loss (o.sft_loss == FT_SFT_LOSS_ASFT);
+ * *loss_sum is the micro-batch's mean, *n_tokens 1. */
+int ftp_asft_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
+			      double *loss_sum, int64_t *n_tokens);
+int ftp_asft_forward(ft_model *m, const ft_batch *b, double *loss_sum, int64_t *n_tokens);
 
 /* lib/model/model_io.c: adapter_config.json with rank r and alpha;
  * plain: init_lora_weights true even for a PiSSA adapter. */

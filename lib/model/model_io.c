@@ -162,13 +162,39 @@ static json_t *init_json(const ft_model *m, int plain)
 	return json_string(buf);
 }
 
+/* PEFT 0.21's OFTConfig as it saves one (LLaMA-Factory's kwargs, the rest
+ * at their defaults). */
+static int oft_config_save(ft_model *m, const char *dir)
+{
+	const ft_tune_opts *o = &m->o;
+	json_t *j = json_pack(
+		"{s:n, s:s, s:s, s:b, s:b, s:f, s:n, s:b, s:b, s:b, s:n, s:n, s:f, s:n, s:i, s:i, "
+		"s:s, s:i, s:n, s:o, s:s, s:b}",
+		"auto_mapping", "base_model_name_or_path", m->model_dir ? m->model_dir : "",
+		"bias", "none", "block_share", 0, "coft", 0, "eps", 6e-5, "exclude_modules",
+		"fan_in_fan_out", 0, "inference_mode", 1, "init_weights", 1, "layers_pattern",
+		"layers_to_transform", "module_dropout", 0.0, "modules_to_save",
+		"num_cayley_neumann_terms", m->oft_terms, "oft_block_size", o->oft_block_size,
+		"peft_type", "OFT", "r", o->oft_rank, "revision",
+		"target_modules", targets_json(&m->c, o->lora_targets), "task_type", "CAUSAL_LM",
+		"use_cayley_neumann", 1);
+	if (!j)
+		return ft_fail("%s: cannot build adapter_config.json", dir);
+	char *path = ft_xasprintf("%s/adapter_config.json", dir);
+	int rc = ft_json_save_file(j, path, 2);
+	json_decref(j);
+	free(path);
+	return rc;
+}
+
 int ft_model_save_adapter(ft_model *m, const char *dir)
 {
-	if (m->o.type != FT_FT_LORA)
-		return ft_fail("%s: the model has no LoRA adapter to save", dir);
+	if (m->o.type != FT_FT_LORA && m->o.type != FT_FT_OFT)
+		return ft_fail("%s: the model has no LoRA or OFT adapter to save", dir);
 	if (ft_mkdirs(dir) < 0)
 		return -1;
-	if (ftp_adapter_config_save(m, dir, m->o.lora_rank, m->o.lora_alpha, 0) < 0)
+	if (m->o.type == FT_FT_OFT ? oft_config_save(m, dir) < 0
+	    : ftp_adapter_config_save(m, dir, m->o.lora_rank, m->o.lora_alpha, 0) < 0)
 		return -1;
 	ft_st_writer *w = ft_st_writer_new();
 	ft_st_writer_meta(w, "format", "pt");
@@ -210,7 +236,7 @@ int ftp_adapter_config_save(ft_model *m, const char *dir, int r, double a, int p
 
 int ft_model_save(ft_model *m, const char *dir)
 {
-	return m->o.type == FT_FT_LORA ? ft_model_save_adapter(m, dir)
+	return m->o.type == FT_FT_LORA || m->o.type == FT_FT_OFT ? ft_model_save_adapter(m, dir)
 				       : ft_model_save_full(m, dir, NULL);
 }
 
@@ -320,16 +346,29 @@ static int pissa_iter(const ft_adapter_config *c, int *niter)
 		       c->path, s);
 }
 
+static int read_tensors(ft_model *m, const char *dir);
+static int load_oft(ft_model *m, const char *dir, const ft_adapter_config *c);
+
 int ft_model_load_adapter(ft_model *m, const char *dir)
 {
 	int niter = 0;
-	if (m->o.type != FT_FT_LORA)
-		return ft_fail("%s: loading an adapter needs finetuning type lora", dir);
+	if (m->o.type != FT_FT_LORA && m->o.type != FT_FT_OFT)
+		return ft_fail("%s: loading an adapter needs finetuning type lora or oft", dir);
 	char *path = ft_xasprintf("%s/" FT_ADAPTER_CONFIG_NAME, dir);
 	ft_adapter_config c;
 	int rc = -1;
 	unsigned targets;
-	if (ft_adapter_config_load(path, &c) < 0 || check_config(&c) < 0 ||
+	if (ft_adapter_config_load(path, &c) < 0)
+		goto out;
+	if (c.peft_type && !strcmp(c.peft_type, "OFT")) {
+		rc = load_oft(m, dir, &c);
+		goto out;
+	}
+	if (m->o.type == FT_FT_OFT) {
+		ft_fail("%s: a LoRA adapter cannot be trained further with finetuning type oft", c.path);
+		goto out;
+	}
+	if (check_config(&c) < 0 ||
 	    parse_targets(&m->c, &c, &targets) < 0)
 		goto out;
 	ftp_lora_setup(m, c.r, c.lora_alpha, c.use_rslora, targets);
@@ -361,8 +400,24 @@ int ft_model_load_adapter(ft_model *m, const char *dir)
 		ft_fail_ctx("%s: ", dir);
 		goto out;
 	}
+	if (read_tensors(m, dir) < 0)
+		goto out;
+	for (int l = 0; c.use_dora && l < m->c.num_hidden_layers; l++)
+		for (int j = 0; j < L_NLIN; j++)
+			if (ftp_dora_of(m, l, j)) ftp_dora_scale(m, l, j);
+	rc = 0;
+out:
 	free(path);
-	path = ft_xasprintf("%s/adapter_model.safetensors", dir);
+	ft_adapter_config_free(&c);
+	return rc;
+}
+
+/* Every adapter parameter from DIR/adapter_model.safetensors, which holds
+ * nothing else. */
+static int read_tensors(ft_model *m, const char *dir)
+{
+	int rc = -1;
+	char *path = ft_xasprintf("%s/adapter_model.safetensors", dir);
 	ft_st *st = ft_st_open(path);
 	if (!st)
 		goto out;
@@ -386,28 +441,61 @@ int ft_model_load_adapter(ft_model *m, const char *dir)
 	if (ft_st_count(st) != found) {
 		for (size_t i = 0; i < ft_st_count(st); i++)
 			if (!ft_model_find_param(m, ft_st_at(st, i)->name)) {
-				ft_fail("%s: tensor %s is not a LoRA weight of the target "
-					"modules", path, ft_st_at(st, i)->name);
+				ft_fail("%s: tensor %s is not a%s weight of the target "
+					"modules", path, ft_st_at(st, i)->name, m->o.type == FT_FT_OFT ? "n OFT" : " LoRA");
 				break;
 			}
 		ft_st_close(st);
 		goto out;
 	}
 	ft_st_close(st);
-	for (int l = 0; c.use_dora && l < m->c.num_hidden_layers; l++)
-		for (int j = 0; j < L_NLIN; j++)
-			if (ftp_dora_of(m, l, j)) ftp_dora_scale(m, l, j);
 	rc = 0;
 out:
 	free(path);
-	ft_adapter_config_free(&c);
 	return rc;
+}
+
+/* A PEFT OFT adapter: trained on (finetuning type oft), or folded into
+ * the base weights (a LoRA-type model: generation, references). */
+static int load_oft(ft_model *m, const char *dir, const ft_adapter_config *c)
+{
+	unsigned targets;
+	const char *no = c->coft ? "coft (constrained OFT)" : c->block_share ? "block_share"
+		       : !c->use_cayley_neumann ? "use_cayley_neumann false (the exact Cayley transform)"
+		       : c->fan_in_fan_out ? "fan_in_fan_out" : strcmp(c->bias, "none") ? "an OFT bias"
+		       : c->n_modules_to_save ? "modules_to_save" : NULL;
+	if (no)
+		return ft_fail("%s: %s is not implemented in ft yet", c->path, no);
+	if (parse_targets(&m->c, c, &targets) < 0)
+		return -1;
+	int train = m->o.type == FT_FT_OFT;
+	if (!train && m->qw)
+		return ft_fail("%s: an OFT adapter on a quantized base (--quantization_bit) for inference is "
+			       "not implemented in ft yet", c->path);
+	if (!train)   /* no LoRA modules: the OFT ones are read, then merged */
+		ftp_lora_setup(m, m->o.lora_rank, m->o.lora_alpha, m->o.use_rslora, 0);
+	if (ftp_oft_setup(m, c->r, c->oft_block_size, targets, c->num_cayley_neumann_terms) < 0)
+		return ft_fail_ctx("%s: ", c->path);
+	if (train) {
+		m->o.oft_rank = c->r;
+		m->o.oft_block_size = c->oft_block_size;
+		m->o.lora_targets = targets;
+	}
+	ftp_model_build_params(m);
+	if (read_tensors(m, dir) < 0)
+		return -1;
+	if (!train) {
+		ftp_oft_merge(m);
+		ftp_model_build_params(m);
+	}
+	return 0;
 }
 
 int ft_model_merge_lora(ft_model *m)
 {
 	if (m->qw)   /* LLaMA-Factory's export_model words it so */
 		return ft_fail("Cannot merge adapters to a quantized model.");
+	ftp_oft_merge(m);   /* OFT modules, if any */
 	for (int l = 0; l < m->c.num_hidden_layers; l++)
 		for (int j = 0; j < L_NLIN; j++) {
 			ftp_lora *a = &m->layers[l].lora[j];

@@ -21,8 +21,7 @@
 #include "model/model_pref.h"
 #include "model/vexp.h"
 
-/* Rows with a target into m->head_x / m->rows / m->targets; their count. */
-static int gather_targets(ft_model *m, const ft_batch *b)
+int ftp_gather_targets(ft_model *m, const ft_batch *b)
 {
 	int N = b->B * b->T, D = m->c.hidden_size, n = 0;
 	for (int i = 0; i < N; i++) {
@@ -123,7 +122,7 @@ int ft_model_logps_forward(ft_model *m, const ft_batch *b, int train, float *log
 	memset(logp, 0, (size_t)N * sizeof *logp);
 	if (lmean)
 		logit_means(m, b, lmean);
-	int n = gather_targets(m, b), ch = m->head_chunk;
+	int n = ftp_gather_targets(m, b), ch = m->head_chunk;
 	float *keep = keep_rows(m, train, n), cap = (float)m->c.final_softcap;
 	if (keep)
 		ch = n;   /* one product straight into the kept rows */
@@ -155,7 +154,7 @@ int ft_model_logps_forward(ft_model *m, const ft_batch *b, int train, float *log
 int ft_model_logps_backward(ft_model *m, const ft_batch *b, const float *dlogp)
 {
 	int N = b->B * b->T, D = m->c.hidden_size, V = m->c.vocab_size;
-	int n = gather_targets(m, b), ch = m->head_chunk;
+	int n = ftp_gather_targets(m, b), ch = m->head_chunk;
 	int kept = m->keep_n == n && n > 0;   /* the forward's exp(logits) are at hand */
 	float cap = (float)m->c.final_softcap;
 	if (kept)

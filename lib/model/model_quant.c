@@ -301,7 +301,7 @@ int ft_quant_parse(ft_tune_opts *o, const char *bit, const char *type, const cha
 	if (*end || end == bit || (b != 4 && b != 8))   /* quantization.py's words */
 		return ft_fail("--quantization_bit %s: Bitsandbytes only accepts 4-bit or 8-bit "
 			       "quantization.", bit);
-	if (o->type != FT_FT_LORA)   /* hparams/parser.py's check */
+	if (o->type != FT_FT_LORA && o->type != FT_FT_OFT)   /* hparams/parser.py's check */
 		return ft_fail("--quantization_bit: Quantization is only compatible with the LoRA "
 			       "or OFT method.");
 	o->quantization_bit = (int)b;

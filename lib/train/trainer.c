@@ -456,6 +456,7 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 			int64_t ntok = 0;
 			for (int i = 0; i < mb.n; i++) ntok += shifted_label_count(&mb.b[i]);
 			if (m->batch_mean) ntok = mb.n;   /* mean of the micro-batches' means */
+			if (m->batch_mean == FT_BATCH_MEAN_SUM) ntok = world;   /* their sum, mean over ranks */
 			/* num_items_in_batch: the model divides each micro-batch's
 			 * summed loss by the label tokens of the whole step */
 			float scale = ntok > 0 ? (float)(1.0 / (double)ntok) : 0.0f;

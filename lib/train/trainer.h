@@ -62,7 +62,11 @@ typedef struct {
 	 * forward return each micro-batch's mean loss with *n_tokens = 1; the
 	 * step's loss is then the mean of its micro-batches' and grad_scale is
 	 * 1 / micro-batches (transformers without num_items_in_batch).  No
-	 * perplexity is reported. */
+	 * perplexity is reported.  FT_BATCH_MEAN_SUM: the step's loss and
+	 * gradient are the sums of its micro-batches' means (transformers with
+	 * a compute_loss_func that ignores num_items_in_batch: not divided by
+	 * the accumulation steps), averaged over the ranks as DDP does:
+	 * grad_scale is 1 / ranks. */
 	int batch_mean;
 	/* Optional: the metrics gathered since the last call (training ones at
 	 * each log, eval=1 after an evaluation), up to cap of them, as keys
@@ -79,7 +83,11 @@ typedef struct {
 	void (*set_grads_ready)(void *self, ft_grads_ready_fn fn, void *ctx);
 } ft_train_model;
 
-/* The ft_model binding (lib/train/trainer_model.c). */
+enum { FT_BATCH_MEAN = 1, FT_BATCH_MEAN_SUM = 2 };
+
+/* The ft_model binding (lib/train/trainer_model.c); with the ASFT loss
+ * (ft_model_set_asft) batch_mean is FT_BATCH_MEAN_SUM, as
+ * LLaMA-Factory's trainer. */
 ft_train_model ft_train_model_of(ft_model *m);
 
 /* A re-readable sequence of micro-batches (one pass = one epoch). */

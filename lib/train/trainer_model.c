@@ -36,6 +36,7 @@ ft_train_model ft_train_model_of(ft_model *m)
 	ft_train_model t = { .self = m, .nparams = tm_nparams, .param = tm_param,
 			     .zero_grad = tm_zero_grad, .forward_backward = tm_fwd_bwd,
 			     .forward = tm_fwd, .save = tm_save, .set_position = tm_set_position,
-			     .set_grads_ready = tm_set_grads_ready };
+			     .set_grads_ready = tm_set_grads_ready,
+			     .batch_mean = ft_model_asft_on(m) ? FT_BATCH_MEAN_SUM : 0 };
 	return t;
 }

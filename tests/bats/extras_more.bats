@@ -18,7 +18,8 @@ setup() {
 need_jq() { command -v jq >/dev/null || skip "jq is not installed"; }
 train() { ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir out "$@"; }
 
-# The 10-step parity run of extras.bats against sft_losses.txt's line $1:
+# The 10-step parity run of extras.bats against sft_losses.txt's line $1
+# (or $REF's):
 # every step loss within TOL relative (default 1e-5, the bound of the plain
 # parity runs: the same float32 arithmetic summed in another order).
 parity_run() {
@@ -29,7 +30,7 @@ parity_run() {
 		--gradient_accumulation_steps 2 --num_train_epochs 1 --logging_steps 1 -q "$@"
 	assert_success
 	jq -r 'select(.loss) | .loss' "$name/trainer_log.jsonl" > got
-	grep "^$name " "$FIXTURES/extras/sft_losses.txt" | tr ' ' '\n' | tail -n +2 > want
+	grep "^$name " "$FIXTURES/extras/${REF:-sft_losses.txt}" | tr ' ' '\n' | tail -n +2 > want
 	[ "$(wc -l < got)" = 10 ]
 	paste got want | awk -v tol="$tol" '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > tol + 0) { print "step " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }'
 }
@@ -107,6 +108,112 @@ layerwise_run() {
 
 # Same bounds as extras.bats' GaLore runs: 1e-5 with one projection, 1e-3
 # after re-projections (the singular vectors' signs are each LAPACK's own).
+# ---- ASFT -------------------------------------------------------------------------
+
+# The reference's logits come from the same float32 model code as the
+# policy's, the KL in double here and float32 in torch (~1e-7 relative):
+# the plain runs' 1e-5 bound.  asft_lora's alpha 1 makes the KL term ~5%
+# of the loss by step 10, so a wrong KL or its gradient shows.
+@test "ASFT loss: parity with LLaMA-Factory's asft_loss_func (full: a frozen copy; LoRA: --ref_model)" {
+	need_jq
+	REF=asft_losses.txt parity_run asft_full full --learning_rate 1e-3 --use_asft_loss
+	REF=asft_losses.txt parity_run asft_lora lora --learning_rate 2e-3 \
+		--adapter_name_or_path "$FIXTURES/parity/llama-lora-init" --use_asft_loss --asft_alpha 1.0 \
+		--ref_model "$MODEL"
+}
+
+@test "ASFT: gradient checkpointing gives the same weights bit for bit; the eval loss is ASFT's" {
+	need_jq
+	run train --finetuning_type full --max_steps 2 --use_asft_loss -q --output_dir a
+	assert_success
+	run train --finetuning_type full --max_steps 2 --use_asft_loss -q --output_dir b --gradient_checkpointing
+	assert_success
+	cmp a/model.safetensors b/model.safetensors
+	# before any step the model is its reference: KL 0, so the eval loss is
+	# the mean of the batches' mean DFT losses (the fixture's batches hold
+	# equal label counts: the token-weighted DFT eval loss, to rounding)
+	run train --finetuning_type full --do_train=false --do_eval --val train.zst --use_asft_loss -q --output_dir e
+	assert_success
+	asft=$(jq -r .eval_loss e/eval_results.json)
+	run train --finetuning_type full --do_train=false --do_eval --val train.zst --use_dft_loss -q --output_dir d
+	assert_success
+	dft=$(jq -r .eval_loss d/eval_results.json)
+	awk -v a="$asft" -v b="$dft" 'BEGIN { d = (a - b) / b; if (d < 0) d = -d; exit !(a > 0 && d < 1e-6) }'
+}
+
+@test "ASFT: LoRA needs --ref_model, not with DFT/EAFT, ignored by other stages, a bad alpha" {
+	run train --finetuning_type lora --max_steps 1 --use_asft_loss
+	assert_failure 2
+	assert_output --partial "--use_asft_loss --finetuning_type lora needs --ref_model DIR"
+	run train --finetuning_type full --max_steps 1 --use_asft_loss --use_dft_loss
+	assert_failure 2
+	assert_output --partial "--use_asft_loss with --use_dft_loss"
+	# (the sft batches are then refused for pt, after the note)
+	run train --stage pt --finetuning_type lora --max_steps 1 --use_asft_loss --output_dir pt
+	assert_output --partial "--use_asft_loss is ignored by --stage pt"
+	run train --finetuning_type full --max_steps 1 --use_asft_loss --asft_alpha x
+	assert_failure 2
+}
+
+# ---- OFT --------------------------------------------------------------------------
+
+# oft_losses.txt (tests/reference/make_oft_fixtures.py): PEFT's OFT from the
+# oft-init adapter (random rotations, blocks adjusted 24 -> 16 on 64 inputs),
+# 10 steps; the rotations are b x b products in double here, float32 in
+# torch: the plain runs' 1e-5 bound on the losses and the gradient norms.
+@test "OFT: parity with PEFT's OFTConfig (losses and gradient norms, 10 steps from a PEFT adapter)" {
+	need_jq
+	REF=oft_losses.txt parity_run oft oft --learning_rate 2e-3 --adapter_name_or_path "$FIXTURES/extras/oft-init"
+	jq -r 'select(.loss) | .grad_norm' oft/trainer_log.jsonl > got
+	grep "^oft_gnorm " "$FIXTURES/extras/oft_losses.txt" | tr ' ' '\n' | tail -n +2 > want
+	paste got want | awk '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > 1e-5) { print "step " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }'
+}
+
+@test "OFT: a new adapter saved as PEFT's, resumed, checkpointing bit for bit, on a 4-bit base" {
+	need_jq
+	run train --finetuning_type oft --lora_target all --max_steps 2 -q --learning_rate 1e-2 --output_dir a
+	assert_success
+	[ "$(jq -r .peft_type a/adapter_config.json)" = OFT ]
+	[ "$(jq -r .oft_block_size a/adapter_config.json)" = 32 ]
+	[ "$(jq -r .use_cayley_neumann a/adapter_config.json)" = true ]
+	[ "$(jq -r '.target_modules | length' a/adapter_config.json)" = 7 ]
+	run train --finetuning_type oft --lora_target all --max_steps 2 -q --learning_rate 1e-2 --output_dir b \
+		--gradient_checkpointing
+	assert_success
+	cmp a/adapter_model.safetensors b/adapter_model.safetensors
+	# training on from the saved adapter, and through ft-merge
+	run train --finetuning_type oft --max_steps 1 -q --adapter_name_or_path a --output_dir c
+	assert_success
+	run ft-merge -q --model_name_or_path "$MODEL" --adapter_name_or_path c --export_dir merged
+	assert_success
+	[ -s merged/model.safetensors ]
+	# QLoRA's 4-bit base: the rotation runs before the quantized layer
+	run train --finetuning_type oft --lora_target q_proj,v_proj --quantization_bit 4 --max_steps 2 -q \
+		--output_dir q
+	assert_success
+	[ "$(jq -r '.target_modules | length' q/adapter_config.json)" = 2 ]
+}
+
+@test "OFT: refusals and notes (rank and block size, LoRA adapter, GaLore, dropout, oft_target)" {
+	run train --finetuning_type oft --oft_rank 4 --max_steps 1
+	assert_failure 2
+	assert_output --partial "You can only specify either r or oft_block_size"
+	run train --finetuning_type oft --adapter_name_or_path "$FIXTURES/parity/llama-lora-init" --max_steps 1
+	assert_failure
+	assert_output --partial "a LoRA adapter cannot be trained further with finetuning type oft"
+	run train --finetuning_type oft --use_galore --max_steps 1
+	assert_failure 2
+	assert_output --partial "--use_galore with --finetuning_type oft is not implemented"
+	run train --finetuning_type oft --max_steps 1 --output_dir n --module_dropout 0.1 --oft_target q_proj \
+		--oft_rank 2 --oft_block_size 0
+	assert_success
+	assert_output --partial "--module_dropout 0.1 has no effect"
+	assert_output --partial "never reads oft_target"
+	[ "$(jq -r .r n/adapter_config.json)" = 2 ]
+	run train --finetuning_type oft --lora_dropout 0.1 --max_steps 1
+	assert_failure 2
+}
+
 @test "GaLore layer-wise: parity with LLaMA-Factory's per-param hooks (clipping has no effect)" {
 	need_jq
 	layerwise_run galore_lw_full

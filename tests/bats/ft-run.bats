@@ -49,9 +49,9 @@ load helper
 }
 
 @test "ft-run refuses unsupported settings and bad input" {
-	run ft-run -n --stage sft --dataset d --output_dir o --deepspeed ds.json
+	run ft-run -n --stage sft --dataset d --output_dir o --use_unsloth true
 	assert_failure 1
-	assert_output --partial "'deepspeed' is not supported"
+	assert_output --partial "'use_unsloth' is not supported"
 	run ft-run -n --stage grpo --dataset d --output_dir o
 	assert_failure 1
 	assert_output --partial "ft-run plans pt, sft, rm, dpo, kto and ppo, LLaMA-Factory's stages (grpo: ft-train --stage grpo)"
@@ -109,8 +109,8 @@ load helper
 	model_name_or_path: m
 	dataset: d
 	template: nosuch
-	finetuning_type: oft
-	deepspeed: ds.json
+	finetuning_type: qlora
+	use_unsloth: true
 	image_max_pixels: 262144
 	mixture_of_depths: convert
 	made_up_key: 1
@@ -120,8 +120,8 @@ load helper
 	assert_failure 1
 	[[ "$stderr" == *"c.yaml:1: stage grpo: ft-run plans pt, sft, rm, dpo, kto and ppo"* ]]
 	[[ "$stderr" == *"c.yaml:5: template nosuch is not one ft has (default, "* ]]
-	[[ "$stderr" == *"c.yaml:6: finetuning_type oft: ft supports lora, freeze and full"* ]]
-	[[ "$stderr" == *"c.yaml:7: 'deepspeed' is not supported: ft does not use DeepSpeed"* ]]
+	[[ "$stderr" == *"c.yaml:6: finetuning_type qlora: ft supports lora, freeze, full and oft"* ]]
+	[[ "$stderr" == *"c.yaml:7: 'use_unsloth' is not supported: unsloth's kernels"* ]]
 	[[ "$stderr" == *"c.yaml:8: 'image_max_pixels' is not supported: ft trains text-only models"* ]]
 	[[ "$stderr" == *"c.yaml:9: 'mixture_of_depths' is not supported: Mixture-of-Depths"* ]]
 	[[ "$stderr" == *"c.yaml:10: 'made_up_key' is not a LLaMA-Factory setting ft knows"* ]]

@@ -208,8 +208,12 @@ compare_with_one_process() {
 	assert_output --partial "NPROC_PER_NODE=N"
 	run -2 ft-run -np 2 -n export --model_name_or_path m --export_dir x
 	assert_output --partial "only training"
-	run -1 ft-run -n --stage sft --do_train --dataset d --output_dir o --deepspeed ds.json
-	assert_output --partial "mpirun -np N ft-train ... --zero 1"
+	# a deepspeed config is ft's data parallel, with a note (ZeRO-1 when it shards)
+	echo '{"zero_optimization": {"stage": 2}}' > ds.json
+	run --separate-stderr ft-run -v -np 2 -n --stage sft --do_train --dataset d --output_dir o --deepspeed ds.json
+	assert_success
+	[[ "$output" == *"mpirun -np 2 ft-train "*" --zero 1 "* ]]
+	[[ "$stderr" == *"deepspeed ds.json (ZeRO stage 2): runs as ft's data parallel"* ]]
 }
 
 @test "ft-run --nproc 2 trains end to end: one log, one adapter" {

@@ -18,6 +18,8 @@ command_for() {
 # The configs ft-run accepts today (the others are refused, with reasons).
 RUNNABLE="extras/adam_mini/qwen2_full_sft.yaml
 extras/apollo/llama3_full_sft.yaml
+extras/asft/llama2_full_asft.yaml
+extras/asft/qwen2_full_asft.yaml
 extras/badam/llama3_full_sft.yaml
 extras/dft/qwen2_full_sft.yaml
 extras/eaft/qwen25_05b_eaft_full.yaml
@@ -27,17 +29,23 @@ extras/llama_pro/llama3_freeze_sft.yaml
 extras/loraplus/llama3_lora_sft.yaml
 extras/muon/qwen2_full_sft.yaml
 extras/nlg_eval/llama3_lora_predict.yaml
+extras/oft/llama3_oft_sft.yaml
 extras/pissa/llama3_lora_sft.yaml
+extras/qoft/llama3_oft_sft_awq.yaml
+extras/qoft/llama3_oft_sft_bnb_npu.yaml
+extras/qoft/llama3_oft_sft_gptq.yaml
 inference/qwen3.yaml
 inference/qwen3_full_sft.yaml
 inference/qwen3_lora_sft.yaml
 merge_lora/qwen3_full_sft.yaml
 merge_lora/qwen3_lora_sft.yaml
+train_full/qwen3_full_sft.yaml
 train_lora/qwen3_lora_dpo.yaml
 train_lora/qwen3_lora_kto.yaml
 train_lora/qwen3_lora_pretrain.yaml
 train_lora/qwen3_lora_reward.yaml
 train_lora/qwen3_lora_sft.yaml
+train_lora/qwen3_lora_sft_ds3.yaml
 train_lora/qwen3_preprocess.yaml
 train_qlora/llama3_lora_sft_aqlm.yaml
 train_qlora/llama3_lora_sft_awq.yaml
@@ -152,12 +160,72 @@ tiny_qwen() {
 	[ -s saves/dft/model.safetensors ]
 	run_example extras/eaft/qwen25_05b_eaft_full.yaml $small output_dir=saves/eaft
 	[ -s saves/eaft/model.safetensors ]
+	# DeepSpeed's ZeRO-3 configs: one process here, with --zero 1
+	ln -s "$EX" examples
+	run_example train_full/qwen3_full_sft.yaml $small output_dir=saves/ds3_full
+	[ -s saves/ds3_full/model.safetensors ]
+	run_example train_lora/qwen3_lora_sft_ds3.yaml $small output_dir=saves/ds3_lora
+	[ -s saves/ds3_lora/adapter_model.safetensors ]
+	# ASFT (a frozen copy of the model as the reference); their datasets
+	# med and math are the user's own, not in LLaMA-Factory's registry
+	run_example extras/asft/qwen2_full_asft.yaml $small dataset=alpaca_en_demo output_dir=saves/asft
+	[ -s saves/asft/model.safetensors ]
+	run_example extras/asft/llama2_full_asft.yaml $small dataset=alpaca_en_demo template=qwen3_nothink \
+		output_dir=saves/asft2
+	[ -s saves/asft2/model.safetensors ]
+	# OFT (its block size 32 is above the tiny model's 16 inputs: PEFT's
+	# adjustment makes one block), on a 4-bit base too; the adapter merges
+	run_example extras/oft/llama3_oft_sft.yaml $small template=qwen3_nothink output_dir=saves/oft
+	[ "$(jq -r .peft_type saves/oft/adapter_config.json)" = OFT ]
+	run ft-merge -q --model_name_or_path model --adapter_name_or_path saves/oft --export_dir saves/oft_merged
+	assert_success
+	run_example extras/qoft/llama3_oft_sft_bnb_npu.yaml $small template=qwen3_nothink output_dir=saves/qoft
+	[ -s saves/qoft/adapter_model.safetensors ]
+	for q in awq gptq; do
+		run_example extras/qoft/llama3_oft_sft_$q.yaml $small template=qwen3_nothink output_dir=saves/qoft_$q
+	done
 	# layer-wise GaLore (its galore_rank 128 is above the tiny model's dimensions: the full space)
 	run_example extras/galore/llama3_full_sft.yaml $small template=qwen3_nothink output_dir=saves/galore
 	[ -s saves/galore/model.safetensors ]
 	# layer-wise APOLLO (apollo_rank 128: random projections need no cap)
 	run_example extras/apollo/llama3_full_sft.yaml $small template=qwen3_nothink output_dir=saves/apollo
 	[ -s saves/apollo/model.safetensors ]
+}
+
+# The DeepSpeed configs the examples name, from the checkout's root as
+# LLaMA-Factory reads them (examples/deepspeed/...).
+@test "deepspeed and fsdp: ft's data parallel, --zero 1 when the ZeRO stage shards, with a note" {
+	ln -s "$EX" examples
+	run --separate-stderr ft-run -v -n examples/train_full/qwen3_full_sft.yaml model_name_or_path=model
+	assert_success
+	[[ "$output" == *"--zero 1 --train"* ]]
+	[[ "$stderr" == *"qwen3_full_sft.yaml:9: deepspeed examples/deepspeed/ds_z3_config.json (ZeRO stage 3): runs as ft's data parallel"*"the gradient and parameter sharding of ZeRO-2/3 is not done"* ]]
+	# stage 0 shards nothing; an explicit zero wins; an unreadable config says so
+	run --separate-stderr ft-run -v -n examples/train_full/qwen3_full_sft.yaml model_name_or_path=model \
+		deepspeed=examples/deepspeed/ds_z0_config.json
+	assert_success
+	[[ "$output" != *"--zero"* ]]
+	[[ "$stderr" == *"(ZeRO stage 0): runs as ft's data parallel"*"nothing sharded"* ]]
+	run --separate-stderr ft-run -n examples/train_full/qwen3_full_sft.yaml model_name_or_path=model zero=0
+	[[ "$output" == *"--zero 0 "* && "$output" != *"--zero 1"* ]]
+	run --separate-stderr ft-run -v -n examples/train_full/qwen3_full_sft.yaml model_name_or_path=model \
+		deepspeed=missing.json
+	assert_success
+	[[ "$output" != *"--zero"* ]]
+	[[ "$stderr" == *"deepspeed missing.json cannot be read here, so its ZeRO stage is unknown"* ]]
+	run --separate-stderr ft-run -v -n examples/train_full/qwen3_full_sft.yaml model_name_or_path=model \
+		deepspeed=examples/deepspeed/ds_z3_offload_config.json
+	[[ "$stderr" == *"its CPU offload is not done either"* ]]
+	# fsdp's sharding words are ZeRO-1 here too
+	run --separate-stderr ft-run -v -n examples/train_lora/qwen3_lora_sft.yaml model_name_or_path=model \
+		fsdp="full_shard auto_wrap" fsdp_transformer_layer_cls_to_wrap=Qwen3DecoderLayer
+	assert_success
+	[[ "$output" == *"--zero 1 --train"* ]]
+	[[ "$stderr" == *"fsdp full_shard auto_wrap: runs as ft's data parallel"* ]]
+	# ft-train itself names the equivalent
+	run ft-train --deepspeed examples/deepspeed/ds_z3_config.json --train x --output_dir o
+	assert_failure 2
+	assert_output --partial "--zero 1"
 }
 
 @test "a pre-quantized checkpoint is refused by name, as its config says" {

@@ -46,6 +46,22 @@ static void run(fa_args<E> &p, int B, int backward)
 	       fa_smem_dq(p.hd));
 }
 
+/* Contiguous [B*T, H*hd] inputs and gradients (attention.cu's default). */
+template <typename E>
+static void contiguous(fa_args<E> &p)
+{
+	p.ldq = p.lddq = p.Hq * p.hd;
+	p.ldk = p.ldv = p.lddk = p.lddv = p.Hk * p.hd;
+}
+
+template <typename E>
+static void run_hd(fa_args<E> &p, int B, int pass)
+{
+	if (p.hd <= 64) run<E, 8>(p, B, pass);
+	else if (p.hd <= 128) run<E, 16>(p, B, pass);
+	else run<E, 32>(p, B, pass);
+}
+
 /* as err() in tests/unit/test_flash.c */
 static double err(const float *a, const float *ref, size_t n)
 {
@@ -93,11 +109,9 @@ static void test_case(int B, int T, int Hq, int Hk, int hd, int window, int pack
 	p.dq = g2[0].data(), p.dk = g2[1].data(), p.dv = g2[2].data();
 	p.T = T, p.Hq = Hq, p.Hk = Hk, p.hd = hd, p.window = window;
 	p.scale = 1.0f / sqrtf((float)hd);
-	for (int pass = 0; pass < 2; pass++) {
-		if (hd <= 64) run<float, 8>(p, B, pass);
-		else if (hd <= 128) run<float, 16>(p, B, pass);
-		else run<float, 32>(p, B, pass);
-	}
+	contiguous(p);
+	for (int pass = 0; pass < 2; pass++)
+		run_hd(p, B, pass);
 	double eo = err(o2.data(), o1.data(), nq), el = err(l2.data(), l1.data(), nl);
 	double e0 = err(g2[0].data(), g1[0].data(), nq), e1 = err(g2[1].data(), g1[1].data(), nk);
 	double e2 = err(g2[2].data(), g1[2].data(), nk);
@@ -138,6 +152,7 @@ static void test_bf16(int B, int T, int Hq, int Hk, int hd)
 	p.o = o2.data(), p.out = o2.data(), p.lse = l2.data(), p.Di = Di.data();
 	p.dq = g2[0].data(), p.dk = g2[1].data(), p.dv = g2[2].data();
 	p.T = T, p.Hq = Hq, p.Hk = Hk, p.hd = hd, p.scale = 1.0f / sqrtf((float)hd);
+	contiguous(p);
 	run<emu_bf16, 16>(p, B, 0);
 	run<emu_bf16, 16>(p, B, 1);
 	auto widen = [](const std::vector<emu_bf16> &x) {
@@ -155,6 +170,54 @@ static void test_bf16(int B, int T, int Hq, int Hk, int hd)
 	   B, T, Hq, Hk, hd, eo, el, e[0], e[1], e[2]);
 }
 
+/* q, k, v read from one fused [N, tot] q|k|v buffer (tot = qd + 2 kd +
+ * 5 LoRA columns, as layer.cu's) and dq, dk, dv written into another:
+ * results bit-identical to the contiguous layout (only the addresses
+ * change), and the LoRA columns of the gradient buffer left untouched. */
+static void test_strided(int B, int T, int Hq, int Hk, int hd, int window)
+{
+	size_t N = (size_t)B * T, qd = (size_t)Hq * hd, kd = (size_t)Hk * hd, nl = N * Hq;
+	size_t tot = qd + 2 * kd + 5;
+	std::vector<float> q = rnd(N * qd, 1.5f), k = rnd(N * kd, 1.5f), v = rnd(N * kd, 1);
+	std::vector<float> go = rnd(N * qd, 1), fused(N * tot), dfused(N * tot, 12345.0f);
+	for (size_t n = 0; n < N; n++) {
+		memcpy(&fused[n * tot], &q[n * qd], qd * 4);
+		memcpy(&fused[n * tot + qd], &k[n * kd], kd * 4);
+		memcpy(&fused[n * tot + qd + kd], &v[n * kd], kd * 4);
+	}
+	std::vector<float> o1(N * qd), o2(N * qd), l1(nl), l2(nl), Di(nl);
+	std::vector<float> g[3] = { std::vector<float>(N * qd), std::vector<float>(N * kd),
+				    std::vector<float>(N * kd) };
+	fa_args<float> p;
+	memset(&p, 0, sizeof p);
+	p.T = T, p.Hq = Hq, p.Hk = Hk, p.hd = hd, p.window = window;
+	p.scale = 1.0f / sqrtf((float)hd);
+	p.q = q.data(), p.k = k.data(), p.v = v.data(), p.dout = go.data(), p.Di = Di.data();
+	p.o = p.out = o1.data(), p.lse = l1.data();
+	p.dq = g[0].data(), p.dk = g[1].data(), p.dv = g[2].data();
+	contiguous(p);
+	run_hd(p, B, 0);
+	run_hd(p, B, 1);
+	p.q = fused.data(), p.k = fused.data() + qd, p.v = fused.data() + qd + kd;
+	p.o = p.out = o2.data(), p.lse = l2.data();
+	p.dq = dfused.data(), p.dk = dfused.data() + qd, p.dv = dfused.data() + qd + kd;
+	p.ldq = p.ldk = p.ldv = p.lddq = p.lddk = p.lddv = (int)tot;
+	run_hd(p, B, 0);
+	run_hd(p, B, 1);
+	int same = !memcmp(o1.data(), o2.data(), o1.size() * 4) &&
+		   !memcmp(l1.data(), l2.data(), nl * 4), kept = 1;
+	size_t off[3] = { 0, qd, qd + kd }, w[3] = { qd, kd, kd };
+	for (size_t n = 0; n < N; n++) {
+		for (int i = 0; i < 3; i++)
+			same = same && !memcmp(&dfused[n * tot + off[i]], &g[i][n * w[i]], w[i] * 4);
+		for (size_t c = qd + 2 * kd; c < tot; c++)
+			kept = kept && dfused[n * tot + c] == 12345.0f;
+	}
+	ok(same && kept, "strided q|k|v B=%d T=%d Hq=%d Hk=%d hd=%d window=%d: out, lse, dq, dk, "
+	   "dv bit-identical to the contiguous layout%s", B, T, Hq, Hk, hd, window,
+	   kept ? "" : " (LoRA columns overwritten)");
+}
+
 int main(void)
 {
 	emu_init();
@@ -166,5 +229,7 @@ int main(void)
 	test_case(1, 45, 2, 2, 72, 9, 1);     /* 16 accumulators per lane */
 	test_case(1, 33, 2, 1, 136, 0, 0);    /* 32 accumulators per lane */
 	test_bf16(2, 40, 4, 2, 80);
+	test_strided(2, 45, 4, 2, 16, 0);
+	test_strided(1, 70, 2, 1, 72, 20);
 	return tap_done();
 }

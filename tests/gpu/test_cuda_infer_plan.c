@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include "plan_fused.h"
 #include "tap.h"
 #include "cuda/ft_cuda.h"
 #include "util/error.h"
@@ -37,12 +38,15 @@ static want_t formula(const ft_cuda_view *v, const ft_cuda_infer_opts *o, double
 	double chunk = (double)(((size_t)1 << 26) / (size_t)V);
 	if (chunk < 1) chunk = 1;
 	if (chunk > N) chunk = N;
+	fused_terms f = fused_of(v);
+	double wy = mi > f.wq ? mi : f.wq;
+	if (f.wg > wy) wy = f.wg;
 	want_t w;
-	w.weights = half ? 2 * nmat + 4 * nvec : 4 * (nmat + nvec);
-	w.acts = 4 * N * (3 * D + 2 * qd + 2 * kd + 2 * F + v->Hq + 2 + 7 * r) + 4 * 2 * N * D +
+	w.weights = half ? 2 * (nmat + f.fa) + 4 * (nvec - f.fa) : 4 * (nmat + nvec);
+	w.acts = 4 * N * (3 * D + qd + f.wq + f.wg + v->Hq + 2 + 2 * r) + 4 * 2 * N * D +
 		 4 * N * (D + 1);
 	w.scratch = 4 * N * (D + F + mi + v->Hq + v->hd + 7) + 4 * chunk * V +
-		    (half ? 2 * chunk * V + 4 * N * mi : 0) +
+		    (half ? 2 * chunk * V + 2 * N * (mi + wy) : 0) +
 		    32.0 * 1024 * 1024 + 1024 * ntens + 4.0 * FT_COLSUM_CHUNKS * mi;
 	w.kv = 2 * 4.0 * v->L * o->rows * o->cap * kd;
 	w.decode = 4.0 * o->rows * v->Hq * o->cap + 2 * 4 * N;

@@ -13,6 +13,7 @@
 #include "util/error.h"
 #include "model/model.h"
 #include "model/kernels.h"
+#include "plan_fused.h"
 
 #define GIB (1024.0 * 1024 * 1024)
 
@@ -24,7 +25,7 @@ static want_t formula(const ft_cuda_view *v, const ft_cuda_opts *o, double nmat,
 		      double nvec, double tmat, double tvec, double ntens)
 {
 	double N = o->max_tokens, D = v->D, F = v->F, L = v->L, V = v->V;
-	double qd = (double)v->Hq * v->hd, kd = (double)v->Hk * v->hd, mi = D;
+	double qd = (double)v->Hq * v->hd, mi = D;
 	if (qd > mi) mi = qd;
 	if (F > mi) mi = F;
 	double r = 0;
@@ -37,16 +38,19 @@ static want_t formula(const ft_cuda_view *v, const ft_cuda_opts *o, double nmat,
 	if (chunk < 1) chunk = 1;
 	if (chunk > N) chunk = N;
 	double sets = v->gradient_checkpointing ? 1 : L;
+	fused_terms f = fused_of(v);
+	double wy = mi > f.wq ? mi : f.wq;
+	if (f.wg > wy) wy = f.wg;
 	want_t w;
-	w.weights = half ? 2 * nmat + 4 * nvec : 4 * (nmat + nvec);
-	w.master = half ? 4 * tmat : 0;
+	w.weights = half ? 2 * (nmat + f.fa) + 4 * (nvec - f.fa) : 4 * (nmat + nvec);
+	w.master = half ? 4 * (tmat + f.fat) : 0;
 	w.grads = 4 * (tmat + tvec);
 	w.optim = 8 * (tmat + tvec);
-	w.acts = 4 * sets * N * (3 * D + 2 * qd + 2 * kd + 2 * F + v->Hq + 2 + 7 * r) +
+	w.acts = 4 * sets * N * (3 * D + qd + f.wq + f.wg + v->Hq + 2 + 2 * r) +
 		 4 * (L + 1) * N * D + 4 * N * (D + 1);
-	w.scratch = 4 * N * (5 * D + 2 * qd + 2 * kd + 4 * F + 3 * mi + (r > 1 ? r : 1) + v->Hq +
+	w.scratch = 4 * N * (5 * D + qd + f.wq + 2 * F + 3 * mi + (r > 1 ? r : 1) + v->Hq +
 			     v->hd + 7) +
-		    4 * chunk * V + (half ? 2 * chunk * V + 4 * N * mi : 0) +
+		    4 * chunk * V + (half ? 2 * chunk * V + 2 * N * (mi + wy) : 0) +
 		    32.0 * 1024 * 1024 + 1024 * ntens + 4.0 * FT_COLSUM_CHUNKS * mi;
 	return w;
 }

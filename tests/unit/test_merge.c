@@ -382,6 +382,68 @@ static void test_ours(void)
 	free(out);
 }
 
+/* OFT (tests/reference/make_oft_fixtures.py): W . blockdiag(R)^T with R
+ * from the Cayley-Neumann series; ft sums the b-term products in double,
+ * torch in float32 (errors ~b * 2^-24 relative of the row's magnitude), so
+ * 1e-5 relative plus 1e-7 absolute; the same through ft_model's merge on
+ * load (what ft-generate does with an OFT adapter). */
+static void compare_close(const char *expected, const char *got_dir, const char *what)
+{
+	ft_st *e = ft_st_open(expected), *g = ft_st_open(got_dir);
+	size_t bad = 0, total = 0, missing = 0, changed = 0;
+	ok(e && g, "%s: open expected and merged", what);
+	for (size_t i = 0; e && g && i < ft_st_count(e); i++) {
+		const ft_st_tensor *te = ft_st_at(e, i), *tg = ft_st_find(g, te->name);
+		if (!tg || tg->numel != te->numel) {
+			missing++;
+			continue;
+		}
+		float *a = malloc(te->numel * 4), *b = malloc(te->numel * 4);
+		ft_st_read_f32(te, a);
+		ft_st_read_f32(tg, b);
+		for (size_t k = 0; k < te->numel; k++)
+			bad += fabsf(a[k] - b[k]) > 1e-5f * fabsf(a[k]) + 1e-7f;
+		total += te->numel;
+		free(a);
+		free(b);
+	}
+	ft_st *base = ft_st_open(MODELS "/tiny-llama");
+	for (size_t i = 0; e && base && i < ft_st_count(e); i++) {   /* the rotations are not the identity */
+		const ft_st_tensor *te = ft_st_at(e, i), *tb = ft_st_find(base, te->name);
+		float *a = malloc(te->numel * 4), *b = malloc(te->numel * 4);
+		ft_st_read_f32(te, a);
+		ft_st_read_f32(tb, b);
+		for (size_t k = 0; k < te->numel; k++) changed += a[k] != b[k];
+		free(a);
+		free(b);
+	}
+	ok(total > 0 && !missing && !bad && changed > total / 2,
+	   "%s: %zu values within 1e-5 of PEFT's merge_and_unload (%zu differ, %zu missing, %zu changed)", what,
+	   total, bad, missing, changed);
+	if (base) ft_st_close(base);
+	if (e) ft_st_close(e);
+	if (g) ft_st_close(g);
+}
+
+static void test_oft(void)
+{
+	const char *a1[] = { "tests/fixtures/extras/oft-init" };
+	char *out = tmpdir("oft");
+	ok(run_merge(MODELS "/tiny-llama", a1, 1, out, FT_MERGE_DTYPE_AUTO, 0) == 0, "merge an OFT adapter: %s",
+	   ft_errmsg());
+	compare_close("tests/fixtures/extras/oft-merged.safetensors", out, "OFT via ft-merge");
+	free(out);
+	/* ft_model: a LoRA-type model folds the OFT adapter in on load */
+	ft_tune_opts t = { .type = FT_FT_LORA, .lora_targets = FT_MOD_ALL_LINEAR };
+	ft_model *m = ft_model_load(MODELS "/tiny-llama", &t);
+	ok(m && ft_model_load_adapter(m, a1[0]) == 0, "load the OFT adapter into a model: %s", ft_errmsg());
+	char *o2 = tmpdir("oft-model");
+	ok(m && ft_model_save_full(m, o2, NULL) == 0, "save the model with the adapter folded in");
+	compare_close("tests/fixtures/extras/oft-merged.safetensors", o2, "OFT folded by ft_model");
+	ft_model_free(m);
+	free(o2);
+}
+
 int main(void)
 {
 	snprintf(tmp, sizeof tmp, "/tmp/ft-merge-test-XXXXXX");
@@ -392,6 +454,7 @@ int main(void)
 	test_refusals();
 	test_logits();
 	test_ours();
+	test_oft();
 	char *cmd = ft_xasprintf("rm -rf %s", tmp);
 	ok(system(cmd) == 0, "temp cleaned");
 	free(cmd);

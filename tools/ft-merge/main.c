@@ -22,7 +22,8 @@ static void usage(FILE *fp)
 "and write a complete Hugging Face model directory: safetensors weights\n"
 "(sharded with model.safetensors.index.json when larger than --export_size),\n"
 "config.json with its dtype updated, generation_config.json and the tokenizer\n"
-"files.  Adapters are PEFT LoRA adapters (adapter_config.json +\n"
+"files.  PEFT OFT adapters merge too (W' = W blockdiag(R)^T, R PEFT's\n"
+"Cayley-Neumann rotations).  Adapters are PEFT LoRA adapters (adapter_config.json +\n"
 "adapter_model.safetensors) for Llama/Mistral/Qwen2/Qwen3/Gemma models:\n"
 "ft-train's or any other, e.g. LLaMA-Factory's.  Several are applied in the order given; with\n"
 "none, the model itself is exported (dtype, shards), as llamafactory-cli\n"
@@ -45,7 +46,7 @@ static void usage(FILE *fp)
 "  -h, --help                       this help\n"
 "\n"
 "Refused with a message: an adapter for another base (shapes), unknown target\n"
-"modules, non-LoRA or DoRA adapters, adapter_model.bin (safetensors only), a\n"
+"modules, adapters neither LoRA (DoRA included) nor OFT, adapter_model.bin (safetensors only), a\n"
 "non-empty export directory without --overwrite, too little disk space.\n"
 "\n"
 "EXIT STATUS\n"
@@ -184,7 +185,7 @@ int main(int argc, char **argv)
 	}
 	const char *al = ft_lfargs_get(&args, "adapter_name_or_path", NULL);
 	const char *ft = ft_lfargs_get(&args, "finetuning_type", "lora");
-	if (al && strcmp(ft, "lora") != 0) die_usage("finetuning_type %s: only LoRA adapters can be merged", ft);
+	if (al && strcmp(ft, "lora") && strcmp(ft, "oft")) die_usage("finetuning_type %s: only LoRA and OFT adapters can be merged", ft);
 	if (ft_lfargs_bool(&args, "export_legacy_format", 0) != 0)
 		die_usage("export_legacy_format (.bin weights) is not supported: ft-merge writes safetensors");
 	if (ft_lfargs_find(&args, "export_quantization_bit"))

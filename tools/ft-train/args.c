@@ -205,7 +205,8 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	if (!strcmp(ft, "lora")) t->type = FT_FT_LORA;
 	else if (!strcmp(ft, "freeze")) t->type = FT_FT_FREEZE;
 	else if (!strcmp(ft, "full")) t->type = FT_FT_FULL;
-	else die_usage("--finetuning_type: '%s' (use lora, freeze or full)", ft);
+	else if (!strcmp(ft, "oft")) t->type = FT_FT_OFT;   /* extras.c */
+	else die_usage("--finetuning_type: '%s' (use lora, freeze, full or oft)", ft);
 	t->lora_rank = (int)get_int(a, "lora_rank", 8);
 	if (t->lora_rank < 1) die_usage("--lora_rank must be >= 1");
 	t->lora_alpha = get_num(a, "lora_alpha", 2.0 * t->lora_rank);

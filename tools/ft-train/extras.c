@@ -16,7 +16,8 @@ static const char *const extras_keys[] = {
 	"galore_rank", "galore_update_interval", "galore_scale", "galore_proj_type", "galore_layerwise",
 	"use_dft_loss", "use_eaft_loss", "eaft_alpha", "use_apollo", "apollo_target", "apollo_rank",
 	"apollo_update_interval", "apollo_scale", "apollo_proj", "apollo_proj_type", "apollo_scale_type",
-	"apollo_scale_front", "apollo_layerwise", NULL,
+	"apollo_scale_front", "apollo_layerwise", "use_asft_loss", "asft_alpha", "oft_rank", "oft_block_size", "oft_target",
+	"module_dropout", NULL,
 };
 
 int ft_train_extras_known(const char *key)
@@ -42,6 +43,18 @@ static void sft_loss_parse(ft_lfargs *a, ft_cli_args *c)
 	const char *ud = get(a, "use_dft_loss"), *ue = get(a, "use_eaft_loss");
 	int dft = ud ? ft_parse_bool("use_dft_loss", ud) : 0, eaft = ue ? ft_parse_bool("use_eaft_loss", ue) : 0;
 	c->tune.eaft_alpha = get(a, "eaft_alpha") ? ft_parse_double("eaft_alpha", get(a, "eaft_alpha")) : 1.0;
+	const char *ua = get(a, "use_asft_loss");
+	int asft = ua ? ft_parse_bool("use_asft_loss", ua) : 0;
+	c->x.asft_alpha = get(a, "asft_alpha") ? ft_parse_double("asft_alpha", get(a, "asft_alpha")) : 0.1;
+	if (asft && strcmp(c->stage, "sft") && ft_verbose >= 0)
+		warn("note: --use_asft_loss is ignored by --stage %s, as in LLaMA-Factory (only its sft "
+		     "trainer uses it)", c->stage);
+	/* its compute_loss would hand the reference logits to the DFT/EAFT
+	 * function as num_items_in_batch */
+	if (asft && (dft || eaft) && !strcmp(c->stage, "sft"))
+		die_usage("--use_asft_loss with --use_%s_loss: LLaMA-Factory's trainer mixes the two "
+			  "wrongly; choose one", dft ? "dft" : "eaft");
+	c->x.asft = asft && !strcmp(c->stage, "sft");
 	if (!dft && !eaft) return;
 	if (strcmp(c->stage, "sft")) {
 		if (ft_verbose >= 0)
@@ -118,12 +131,44 @@ static void apollo_parse(ft_lfargs *a, ft_cli_args *c, const char *optim)
 		     x->adam_mini ? "adam_mini" : "muon");
 }
 
+/* OFT as LLaMA-Factory's _setup_lora_tuning builds its OFTConfig: r =
+ * oft_rank (0), oft_block_size (32), module_dropout, and lora_target's
+ * modules (it never reads oft_target). */
+static void oft_parse(ft_lfargs *a, ft_cli_args *c)
+{
+	ft_tune_opts *t = &c->tune;
+	int oft = t->type == FT_FT_OFT;
+	t->oft_rank = get_int_or(a, "oft_rank", 0);
+	t->oft_block_size = get_int_or(a, "oft_block_size", 32);
+	double md = get(a, "module_dropout") ? ft_parse_double("module_dropout", get(a, "module_dropout")) : 0;
+	if (!oft) {
+		if ((get(a, "oft_rank") || get(a, "oft_block_size") || get(a, "oft_target") || md > 0) &&
+		    ft_verbose >= 0)
+			warn("note: the oft_* settings are ignored: --finetuning_type is not oft");
+		return;
+	}
+	if (t->oft_rank < 0 || t->oft_block_size < 0 || (t->oft_rank != 0) == (t->oft_block_size != 0))
+		die_usage("--oft_rank %d --oft_block_size %d: You can only specify either r or oft_block_size, "
+			  "but not both simultaneously (PEFT's OFTConfig; set the other to 0)", t->oft_rank,
+			  t->oft_block_size);
+	if (md < 0 || md >= 1) die_usage("--module_dropout must be in [0, 1)");
+	if (md > 0 && ft_verbose >= 0)
+		warn("note: --module_dropout %g has no effect: PEFT's OFT Linear never applies its "
+		     "MultiplicativeDropoutLayer (nor does ft)", md);
+	const char *ot = get(a, "oft_target");
+	if (ot && strcmp(ot, c->lora_target) && ft_verbose >= 0)
+		warn("note: --oft_target %s: LLaMA-Factory applies OFT to lora_target's modules (%s) and "
+		     "never reads oft_target", ot, c->lora_target);
+	if (t->lora_dropout > 0) die_usage("--lora_dropout: OFT has no LoRA dropout (--finetuning_type oft)");
+}
+
 void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 {
 	ft_train_extras *x = &c->x;
 	memset(x, 0, sizeof *x);
 	int type = c->tune.type;
 	sft_loss_parse(a, c);
+	oft_parse(a, c);
 	if (given(a, "neftune_noise_alpha")) {
 		double al = ft_parse_double("neftune_noise_alpha", get(a, "neftune_noise_alpha"));
 		if (al < 0) die_usage("--neftune_noise_alpha must be >= 0");
@@ -250,6 +295,28 @@ void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 }
 
 /* Right after loading, before the model is bound to a device. */
+/* ASFT's reference, as LLaMA-Factory's create_ref_model: --ref_model
+ * (with --ref_model_adapters), else for full and freeze tuning a frozen
+ * copy of the model (its adapter merged); for LoRA it makes none and the
+ * trainer fails, so ft asks for --ref_model. */
+static void asft_setup(ft_cli_args *c, ft_model *m)
+{
+	ft_model *ref;
+	if (c->ref_model)
+		ref = pref_frozen_model("--ref_model", c->ref_model, c->ref_model_adapters, c->tune.seed);
+	else if (c->tune.type == FT_FT_LORA)
+		die_usage("--use_asft_loss --finetuning_type lora needs --ref_model DIR: LLaMA-Factory's "
+			  "create_ref_model makes no reference for LoRA");
+	else if (c->from_scratch)
+		die_usage("--use_asft_loss --train_from_scratch: the reference would be the base, which is "
+			  "random here; give --ref_model DIR");
+	else
+		ref = pref_frozen_model("the reference (a frozen copy of the model)", c->model, c->adapter,
+					c->tune.seed);
+	if (ft_model_set_asft(m, ref, c->x.asft_alpha) < 0) die("--use_asft_loss: %s", ft_errmsg());
+	c->ref = ref;
+}
+
 void ft_train_extras_model(ft_cli_args *c, ft_model *m)
 {
 	const ft_config *cf = ft_model_config(m);
@@ -258,6 +325,7 @@ void ft_train_extras_model(ft_cli_args *c, ft_model *m)
 			  cf->num_hidden_layers, c->tune.freeze_trainable_layers);
 	if (c->x.pissa && ft_model_pissa_init(m, c->x.pissa_iter) < 0) die("--pissa_init: %s", ft_errmsg());
 	if (c->x.dora && ft_model_dora_init(m) < 0) die("--use_dora: %s", ft_errmsg());
+	if (c->x.asft) asft_setup(c, m);
 }
 
 /* LLaMA-Factory's PissaConvertCallback: the initial adapter (as plain
@@ -320,13 +388,20 @@ static void on_switch(void *ctx, int block, const char *prefix)
 ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
 {
 	ft_train_extras *x = &c->x;
+	if (c->tune.type == FT_FT_OFT) {
+		const char *w = x->galore ? "use_galore" : x->apollo ? "use_apollo" : x->badam ? "use_badam"
+			      : x->adam_mini ? "use_adam_mini" : x->muon ? "use_muon"
+			      : c->tune.use_llama_pro ? "use_llama_pro" : NULL;
+		if (w) die_usage("--%s with --finetuning_type oft is not implemented in ft yet", w);
+		if (on_gpu) die_usage("--finetuning_type oft runs on the CPU only in ft (use --device cpu)");
+	}
 	if (on_gpu && (x->loraplus || x->badam || x->muon || x->adam_mini || x->galore ||
-		       c->tune.neftune_noise_alpha > 0 || c->tune.sft_loss))
+		       c->tune.neftune_noise_alpha > 0 || c->tune.sft_loss || x->asft))
 		die_usage("--%s runs on the CPU only in ft (use --device cpu)",
 			  x->loraplus ? "loraplus_lr_ratio" : x->badam ? "use_badam" : x->galore ? "use_galore"
 			  : x->adam_mini ? "use_adam_mini" : x->muon ? "use_muon"
 			  : c->tune.sft_loss == FT_SFT_LOSS_DFT ? "use_dft_loss"
-			  : c->tune.sft_loss ? "use_eaft_loss" : "neftune_noise_alpha");
+			  : c->tune.sft_loss ? "use_eaft_loss" : x->asft ? "use_asft_loss" : "neftune_noise_alpha");
 	if (x->galore && x->galore_layerwise && c->t.dist)
 		die_usage("--galore_layerwise: Distributed training does not support layer-wise GaLore, as in "
 			  "LLaMA-Factory");
@@ -386,6 +461,7 @@ ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
 void ft_train_extras_free(ft_cli_args *c, ft_optim_ext *e)
 {
 	ft_optim_ext_free(e);
+	if (c->x.asft && c->ref) ft_model_free(c->ref);
 	free(c->x.params);
 	c->x.params = NULL;
 }

@@ -25,6 +25,8 @@ typedef struct {
 	double galore_scale;
 	const char *galore_target;
 	double loraplus_ratio, loraplus_embedding;
+	int asft;                 /* use_asft_loss (lib/model/model_asft.c) */
+	double asft_alpha;
 	ft_param **params;        /* BAdam's: the model's trainable params */
 } ft_train_extras;
 
@@ -83,6 +85,8 @@ void pref_check_manifest(const ft_cli_args *c, const char *path, const ft_manife
 /* o NULL: the CPU model; else the device's options (train/cuda_pref.h) */
 ft_train_model pref_bind(ft_cli_args *c, ft_model *m, const ft_cuda_opts *o);
 void pref_free(ft_cli_args *c);
+/* A frozen model for a reference: dir with its adapters merged */
+ft_model *pref_frozen_model(const char *what, const char *dir, const char *adapters, uint64_t seed);
 int pref_eval_only(ft_cli_args *c, ft_train_model *tm, ft_batch_source *val);
 void pref_predict(ft_cli_args *c, ft_batch_source *val);
 void pref_plot(const ft_cli_args *c);

@@ -41,7 +41,8 @@ static const char usage[] =
 "  --device cpu|cuda|cuda:N|auto (cpu)  where to train; auto: the GPU when one is\n"
 "                             usable, else the CPU (libft_cuda.so, docs/CUDA.md)\n"
 "Fine-tuning:\n"
-"  --finetuning_type lora|freeze|full (lora)\n"
+"  --finetuning_type lora|freeze|full|oft (lora)\n"
+"  --oft_block_size N (32) | --oft_rank N   OFT (PEFT's OFTConfig) on --lora_target\n"
 "  --lora_rank N (8)  --lora_alpha X (2*rank)  --lora_dropout P (0)  --use_rslora\n"
 "  --lora_target all|q_proj,v_proj,...       (all linear layers)\n"
 "  --freeze_trainable_layers N (2; negative: the first N)\n"
@@ -90,6 +91,7 @@ static const char usage[] =
 "  --apollo_proj random|svd --apollo_proj_type std --apollo_layerwise\n"
 "  --use_dft_loss             sft: each token's loss times its (detached) probability\n"
 "  --use_eaft_loss --eaft_alpha X (1.0)  sft: times (top-20 entropy / 3)^alpha\n"
+"  --use_asft_loss --asft_alpha X (0.1)  sft: DFT + alpha KL(reference || model)\n"
 "  --use_muon                 Muon for 2-D weights, its AdamW for the rest\n"
 "  --use_dora                 DoRA: a trained magnitude per output row (lora_dropout 0)\n"
 "  --pissa_init               PiSSA: LoRA from the top singular vectors, base = residual\n"
@@ -339,7 +341,7 @@ static void check_target_names(const ft_cli_args *c, const ft_model *m)
 	static const char *const split[] = { "q_proj", "k_proj", "v_proj", "gate_proj", "up_proj" };
 	static const char *const fused[] = { "qkv_proj", "gate_up_proj" };
 	int phi3 = ft_model_config(m)->fused;
-	if (c->tune.type != FT_FT_LORA || c->adapter) return;
+	if ((c->tune.type != FT_FT_LORA && c->tune.type != FT_FT_OFT) || c->adapter) return;
 	char *s = ft_xstrdup(c->lora_target), *save = NULL;
 	for (char *t = strtok_r(s, ", ", &save); t; t = strtok_r(NULL, ", ", &save))
 		for (size_t i = 0; i < (phi3 ? 5 : 2); i++)
@@ -372,8 +374,8 @@ static ft_model *load_model(ft_cli_args *c)
 	if (!m) die("%s", ft_errmsg());
 	check_target_names(c, m);
 	if (c->adapter) {
-		if (c->tune.type != FT_FT_LORA)
-			die_usage("--adapter_name_or_path needs --finetuning_type lora");
+		if (c->tune.type != FT_FT_LORA && c->tune.type != FT_FT_OFT)
+			die_usage("--adapter_name_or_path needs --finetuning_type lora (or oft)");
 		if (ft_model_load_adapter(m, c->adapter) < 0) die("%s", ft_errmsg());
 	}
 	note_quant_memory(m, &c->tune);

@@ -79,7 +79,10 @@ void pref_args_parse(ft_lfargs *a, ft_cli_args *c)
 	if (c->do_predict && st != FT_PREF_RM)
 		die_usage("--do_predict: ft-train predicts reward scores (--stage rm); for generation "
 			  "use ft-generate");
-	if (c->ref_model && !(st >= 0 && ft_pref_uses_ref(o)))
+	/* sft's reference: the ASFT loss (extras.c) */
+	int asft = ft_lfargs_get(a, "use_asft_loss", NULL) && ft_parse_bool("use_asft_loss",
+				ft_lfargs_get(a, "use_asft_loss", NULL));
+	if (c->ref_model && !(st >= 0 && ft_pref_uses_ref(o)) && !(asft && !strcmp(c->stage, "sft")))
 		die_usage("--ref_model: stage %s%s%s uses no reference model", c->stage,
 			  st == FT_PREF_DPO ? " with --pref_loss " : "", st == FT_PREF_DPO ? loss : "");
 	/* dpo and kto: LLaMA-Factory's trainers call disable_dropout_in_model,

@@ -1,0 +1,455 @@
+/* layer.cu - one decoder layer on the device: the linear modules with
+ * their LoRA branches, Qwen3's q/k norms, layer_forward and
+ * layer_backward, mirroring lib/model/model_fwd.c function by function.
+ * The whole-model passes that call them are in model_fwd.cu.
+ *
+ * q|k|v and gate|up are fused projections (ft_dgroup, see cuda_view.h):
+ * one GEMM over the stacked weights (plus the LoRA A rows when the LoRA
+ * input is x itself), one output buffer read with strides by RoPE,
+ * attention and SwiGLU, and in the backward one GEMM for dx.  The CPU's
+ * lin_fwd_many runs the same modules as a group (side by side).
+ */
+#include "cuda/common.cuh"
+
+static uint64_t mix64(uint64_t z)
+{
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static uint64_t drop_seed(const ft_cuda_model *dm, int l, int j)
+{
+	return mix64(dm->v.seed ^ mix64(dm->dropout_calls * 0x9e3779b97f4a7c15ULL +
+					(uint64_t)(l * FT_CV_NLIN + j + 1)));
+}
+
+/* LoRA dropout is on: each module's LoRA input is its own dropped x. */
+static int dropping(const ft_cuda_model *dm)
+{
+	return dm->training && dm->v.lora_dropout > 0;
+}
+
+static int lora_input(ft_cuda_model *dm, int l, int j, const float *x, size_t n,
+		      const float **xd)
+{
+	*xd = x;
+	if (!dropping(dm))
+		return 0;
+	TRY(ft_cu_dropout(dm, dm->drop, x, n, (float)dm->v.lora_dropout, drop_seed(dm, l, j)));
+	*xd = dm->drop;
+	return 0;
+}
+
+/* m from element off on (a module's columns of a fused buffer) */
+static ft_mat mat_at(ft_mat m, size_t off)
+{
+	m.p = (const char *)m.p + off * (m.half ? 2 : 4);
+	return m;
+}
+
+static const char *group_name(int g) { return g ? "gate|up_proj" : "q|k|v_proj"; }
+
+static int lin_fwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const float *x,
+		   int N)
+{
+	ft_dlayer *d = &dm->layers[l];
+	int in = dm->v.lin_in[j], out = dm->v.lin_out[j];
+	ft_mat w = ft_cu_weight(dm, d->lin[j]), xo;
+	TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, w.half));
+	TRY(ft_cu_gemm(dm, 0, 1, N, out, in, 1, xo, in, w, in, 0, y, out,
+		       ft_cuda_view_lin_name(j)));
+	if (j < 3 && d->bias[j])
+		TRY(ft_cu_bias_forward(dm, y, out, d->bias[j]->w, N, out));
+	ft_dlora *lo = &d->lora[j];
+	if (!lo->on)
+		return 0;
+	const float *xd;
+	TRY(lora_input(dm, l, j, x, (size_t)N * in, &xd));
+	ft_mat xm = { xd, 0 }, A = { lo->A->w, 0 }, B = { lo->B->w, 0 }, h = { a->lh[j], 0 };
+	TRY(ft_cu_gemm(dm, 0, 1, N, lo->r, in, 1, xm, in, A, in, 0, a->lh[j], lo->r, "lora_A"));
+	TRY(ft_cu_gemm(dm, 0, 1, N, out, lo->r, lo->scale, h, lo->r, B, lo->r, 1, y, out,
+		       "lora_B"));
+	return 0;
+}
+
+/* As lin_fwd_many (lib/model/model_fwd.c): the modules of group gi on the
+ * same input x into Y [N, tot].  One GEMM over the stacked weights, over
+ * the LoRA A rows too unless dropout gives each module its own input, so
+ * x is read (and in the half modes cast) once; then the biases and each
+ * module's LoRA B product. */
+static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, float *Y, const float *x, int N)
+{
+	ft_dlayer *d = &dm->layers[l];
+	const ft_dgroup *g = &d->grp[gi];
+	int in = g->c.in, tot = g->c.tot, drop = dropping(dm);
+	ft_mat xo;
+	TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, g->wf.half));
+	TRY(ft_cu_gemm(dm, 0, 1, N, drop ? g->c.base : tot, in, 1, xo, in, g->wf, in, 0, Y, tot,
+		       group_name(gi)));
+	for (int i = 0; i < g->c.n; i++) {
+		int j = g->c.js[i], out = dm->v.lin_out[j];
+		float *y = Y + g->c.off[i], *h = Y + g->c.loff[i];
+		if (j < 3 && d->bias[j])
+			TRY(ft_cu_bias_forward(dm, y, tot, d->bias[j]->w, N, out));
+		ft_dlora *lo = &d->lora[j];
+		if (!lo->on)
+			continue;
+		if (drop) {   /* A as stacked (half in the half modes), its own input */
+			const float *xd;
+			ft_mat A = ft_cu_weight(dm, lo->A), xm;
+			TRY(lora_input(dm, l, j, x, (size_t)N * in, &xd));
+			TRY(ft_cu_operand(dm, &xm, xd, (size_t)N * in, dm->hx, A.half));
+			TRY(ft_cu_gemm(dm, 0, 1, N, lo->r, in, 1, xm, in, A, in, 0, h, tot,
+				       "lora_A"));
+		}
+		ft_mat hm = { h, 0 }, B = { lo->B->w, 0 };
+		TRY(ft_cu_gemm(dm, 0, 1, N, out, lo->r, lo->scale, hm, tot, B, lo->r, 1, y, tot,
+			       "lora_B"));
+	}
+	return 0;
+}
+
+/* dx += dy W (dx may be NULL); dW += dy^T x; db += sum dy; LoRA grads. */
+static int lin_bwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
+		   const float *dy, const float *x, int N)
+{
+	ft_dlayer *d = &dm->layers[l];
+	int in = dm->v.lin_in[j], out = dm->v.lin_out[j];
+	const char *nm = ft_cuda_view_lin_name(j);
+	ft_dt *W = d->lin[j];
+	ft_mat w = ft_cu_weight(dm, W), dyo, xo;
+	if (dx || W->g)
+		TRY(ft_cu_operand(dm, &dyo, dy, (size_t)N * out, dm->hy, w.half));
+	if (dx)
+		TRY(ft_cu_gemm(dm, 0, 0, N, in, out, 1, dyo, out, w, in, 1, dx, in, nm));
+	if (W->g) {
+		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, w.half));
+		TRY(ft_cu_gemm(dm, 1, 0, out, in, N, 1, dyo, out, xo, in, 1, W->g, in, nm));
+	}
+	if (j < 3 && d->bias[j] && d->bias[j]->g)
+		TRY(ft_cu_bias_backward(dm, d->bias[j]->g, dy, out, N, out));
+	ft_dlora *lo = &d->lora[j];
+	if (!lo->on)
+		return 0;
+	size_t n = (size_t)N * in;
+	const float *xd;
+	TRY(lora_input(dm, l, j, x, n, &xd));
+	int r = lo->r;
+	float *dxd = xd == x || !dx ? dx : dm->ddrop;
+	if (dxd && dxd == dm->ddrop)
+		TRY(ft_cu_zero(dm, dm->ddrop, n * sizeof(float)));
+	ft_mat dyf = { dy, 0 }, h = { a->lh[j], 0 }, B = { lo->B->w, 0 }, A = { lo->A->w, 0 };
+	ft_mat hs = { dm->lhs, 0 }, xm = { xd, 0 };
+	if (lo->B->g)
+		TRY(ft_cu_gemm(dm, 1, 0, out, r, N, lo->scale, dyf, out, h, r, 1, lo->B->g, r,
+			       "lora_B grad"));
+	TRY(ft_cu_gemm(dm, 0, 0, N, r, out, lo->scale, dyf, out, B, r, 0, dm->lhs, r,
+		       "lora dh"));
+	if (lo->A->g)
+		TRY(ft_cu_gemm(dm, 1, 0, r, in, N, 1, hs, r, xm, in, 1, lo->A->g, in,
+			       "lora_A grad"));
+	if (dxd)
+		TRY(ft_cu_gemm(dm, 0, 0, N, in, r, 1, hs, r, A, in, 1, dxd, in, "lora dx"));
+	if (dxd && dxd == dm->ddrop) {
+		TRY(ft_cu_dropout(dm, dm->ddrop, dm->ddrop, n, (float)dm->v.lora_dropout,
+				  drop_seed(dm, l, j)));
+		TRY(ft_cu_add(dm, dx, dx, dm->ddrop, n));
+	}
+	return 0;
+}
+
+/* The LoRA branches of a group: dB += scale dy^T h, and dL/dh = scale dy B
+ * into the LoRA columns of dY (after h was read: dY may be Y). */
+static int lora_bwd_group(ft_cuda_model *dm, int l, const ft_dgroup *g, const float *Y,
+			  float *dY, int N)
+{
+	ft_dlayer *d = &dm->layers[l];
+	int tot = g->c.tot;
+	for (int i = 0; i < g->c.n; i++) {
+		int j = g->c.js[i], out = dm->v.lin_out[j];
+		ft_dlora *lo = &d->lora[j];
+		if (!lo->on)
+			continue;
+		ft_mat dy = { dY + g->c.off[i], 0 }, h = { Y + g->c.loff[i], 0 };
+		ft_mat B = { lo->B->w, 0 };
+		if (lo->B->g)
+			TRY(ft_cu_gemm(dm, 1, 0, out, lo->r, N, lo->scale, dy, tot, h, tot, 1,
+				       lo->B->g, lo->r, "lora_B grad"));
+		TRY(ft_cu_gemm(dm, 0, 0, N, lo->r, out, lo->scale, dy, tot, B, lo->r, 0,
+			       dY + g->c.loff[i], tot, "lora dh"));
+	}
+	return 0;
+}
+
+/* With dropout: each module's A gradient from its own dropped input, and
+ * its dx through the dropout mask; dyo is the group's (cast) dY. */
+static int lora_drop_bwd(ft_cuda_model *dm, int l, const ft_dgroup *g, ft_mat dyo,
+			 float *dx, const float *x, int N)
+{
+	ft_dlayer *d = &dm->layers[l];
+	int in = g->c.in, tot = g->c.tot;
+	size_t n = (size_t)N * in;
+	for (int i = 0; i < g->c.n; i++) {
+		int j = g->c.js[i];
+		ft_dlora *lo = &d->lora[j];
+		if (!lo->on)
+			continue;
+		const float *xd;
+		ft_mat hs = mat_at(dyo, g->c.loff[i]), A = ft_cu_weight(dm, lo->A), xm;
+		TRY(lora_input(dm, l, j, x, n, &xd));
+		TRY(ft_cu_operand(dm, &xm, xd, n, dm->hx, dyo.half));
+		if (lo->A->g)
+			TRY(ft_cu_gemm(dm, 1, 0, lo->r, in, N, 1, hs, tot, xm, in, 1, lo->A->g, in,
+				       "lora_A grad"));
+		if (!dx)
+			continue;
+		TRY(ft_cu_gemm(dm, 0, 0, N, in, lo->r, 1, hs, tot, A, in, 0, dm->ddrop, in,
+			       "lora dx"));
+		TRY(ft_cu_dropout(dm, dm->ddrop, dm->ddrop, n, (float)dm->v.lora_dropout,
+				  drop_seed(dm, l, j)));
+		TRY(ft_cu_add(dm, dx, dx, dm->ddrop, n));
+	}
+	return 0;
+}
+
+/* Weight gradients of a group from the cast dY (dyo) and x (xo): one
+ * GEMM for the stacked weights (and A rows) when their gradients are
+ * stacked too, else one per module. */
+static int grads_group(ft_cuda_model *dm, int l, const ft_dgroup *g, ft_mat dyo, ft_mat xo,
+		       int N, int with_a)
+{
+	ft_dlayer *d = &dm->layers[l];
+	int in = g->c.in, tot = g->c.tot;
+	if (g->gw)
+		TRY(ft_cu_gemm(dm, 1, 0, g->c.base, in, N, 1, dyo, tot, xo, in, 1, g->gw, in,
+			       "stacked weight grad"));
+	if (with_a && g->ga)
+		TRY(ft_cu_gemm(dm, 1, 0, tot - g->c.base, in, N, 1, mat_at(dyo, g->c.base), tot, xo,
+			       in, 1, g->ga, in, "stacked lora_A grad"));
+	for (int i = 0; i < g->c.n; i++) {
+		int j = g->c.js[i], out = dm->v.lin_out[j];
+		ft_dt *W = d->lin[j], *A = d->lora[j].on ? d->lora[j].A : NULL;
+		if (W->g && !g->gw)
+			TRY(ft_cu_gemm(dm, 1, 0, out, in, N, 1, mat_at(dyo, g->c.off[i]), tot, xo,
+				       in, 1, W->g, in, ft_cuda_view_lin_name(j)));
+		if (with_a && A && A->g && !g->ga)
+			TRY(ft_cu_gemm(dm, 1, 0, d->lora[j].r, in, N, 1, mat_at(dyo, g->c.loff[i]),
+				       tot, xo, in, 1, A->g, in, "lora_A grad"));
+	}
+	return 0;
+}
+
+static int group_has_grad(const ft_cuda_model *dm, int l, const ft_dgroup *g)
+{
+	const ft_dlayer *d = &dm->layers[l];
+	for (int i = 0; i < g->c.n; i++) {
+		int j = g->c.js[i];
+		if (d->lin[j]->g || (d->lora[j].on && d->lora[j].A->g))
+			return 1;
+	}
+	return 0;
+}
+
+/* The backward of lin_fwd_group: dY [N, tot] holds dL/dy in each
+ * module's columns (dY may be Y: in place); its LoRA columns receive
+ * dL/dh; every parameter gradient accumulates; dx += dL/dx (dx may be
+ * NULL) in one GEMM over the stacked weights, A rows included unless
+ * dropout made the LoRA inputs differ. */
+static int lin_bwd_group(ft_cuda_model *dm, int l, int gi, const float *Y, float *dY,
+			 float *dx, const float *x, int N)
+{
+	ft_dlayer *d = &dm->layers[l];
+	const ft_dgroup *g = &d->grp[gi];
+	int in = g->c.in, tot = g->c.tot, drop = dropping(dm);
+	for (int i = 0; i < g->c.n; i++) {
+		int j = g->c.js[i];
+		if (j < 3 && d->bias[j] && d->bias[j]->g)
+			TRY(ft_cu_bias_backward(dm, d->bias[j]->g, dY + g->c.off[i], tot, N,
+						dm->v.lin_out[j]));
+	}
+	TRY(lora_bwd_group(dm, l, g, Y, dY, N));
+	int half = g->wf.half;
+	ft_mat dyo, xo;
+	TRY(ft_cu_operand(dm, &dyo, dY, (size_t)N * tot, dm->hy, half));
+	if (dx)
+		TRY(ft_cu_gemm(dm, 0, 0, N, in, drop ? g->c.base : tot, 1, dyo, tot, g->wf, in, 1,
+			       dx, in, group_name(gi)));
+	if (group_has_grad(dm, l, g)) {
+		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, half));
+		TRY(grads_group(dm, l, g, dyo, xo, N, !drop));
+	}
+	if (drop)
+		TRY(lora_drop_bwd(dm, l, g, dyo, dx, x, N));
+	return 0;
+}
+
+static ft_cu_attn attn_shape(const ft_cuda_model *dm, const ft_cuda_batch *b)
+{
+	ft_cu_attn s = { b->B, b->T, dm->v.Hq, dm->v.Hk, dm->v.hd, dm->v.window,
+			 b->segment_ids ? dm->seg : NULL };
+	return s;
+}
+
+/* Attention's q, k, v: columns of the fused buffer, or (Qwen3) q and k
+ * after their norms. */
+static void bind_qkv(const ft_cuda_model *dm, int l, ft_dacts *a)
+{
+	const ft_cv_group *c = &dm->layers[l].grp[0].c;
+	const ft_cuda_view *v = &dm->v;
+	a->v = a->qkv + c->off[2];
+	a->ldv = c->tot;
+	if (v->qk_norm) {
+		a->q = a->qn, a->ldq = v->Hq * v->hd;
+		a->k = a->kn, a->ldk = v->Hk * v->hd;
+	} else {
+		a->q = a->qkv + c->off[0], a->ldq = c->tot;
+		a->k = a->qkv + c->off[1], a->ldk = c->tot;
+	}
+}
+
+/* As ftp_qk_norm_forward/backward (lib/model/arch.c): Qwen3's per-head
+ * RMSNorm of the q and k columns of the fused buffer. */
+static int qk_norm_forward(ft_cuda_model *dm, const ft_dlayer *y, ft_dacts *a, int N)
+{
+	const ft_cuda_view *c = &dm->v;
+	const ft_cv_group *g = &y->grp[0].c;
+	TRY(ft_cu_head_rmsnorm_forward(dm, a->qn, a->rstdq, a->qkv + g->off[0], g->tot, y->qn->w,
+				       N, c->Hq, c->hd, c->eps));
+	TRY(ft_cu_head_rmsnorm_forward(dm, a->kn, a->rstdk, a->qkv + g->off[1], g->tot, y->kn->w,
+				       N, c->Hk, c->hd, c->eps));
+	return 0;
+}
+
+/* dm->dq, dm->dk (after the norms) -> added into dY's q and k columns. */
+static int qk_norm_backward(ft_cuda_model *dm, ft_dlayer *y, float *dY, const ft_dacts *a,
+			    int N)
+{
+	const ft_cuda_view *c = &dm->v;
+	const ft_cv_group *g = &y->grp[0].c;
+	TRY(ft_cu_head_rmsnorm_backward(dm, dY + g->off[0], y->qn->g, dm->dq, a->qkv + g->off[0],
+					g->tot, y->qn->w, a->rstdq, N, c->Hq, c->hd));
+	TRY(ft_cu_head_rmsnorm_backward(dm, dY + g->off[1], y->kn->g, dm->dk, a->qkv + g->off[1],
+					g->tot, y->kn->w, a->rstdk, N, c->Hk, c->hd));
+	return 0;
+}
+
+int ft_cu_attn_inputs(ft_cuda_model *dm, int l, ft_dacts *a, int N)
+{
+	const ft_cuda_view *c = &dm->v;
+	ft_dlayer *y = &dm->layers[l];
+	TRY(lin_fwd_group(dm, l, 0, a->qkv, a->ln1, N));
+	bind_qkv(dm, l, a);
+	if (c->qk_norm)
+		TRY(qk_norm_forward(dm, y, a, N));
+	TRY(ft_cu_rope(dm, a->q, a->ldq, dm->cos_t, dm->sin_t, N, c->Hq, c->hd, 1));
+	TRY(ft_cu_rope(dm, a->k, a->ldk, dm->cos_t, dm->sin_t, N, c->Hk, c->hd, 1));
+	return 0;
+}
+
+int ft_cu_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
+			float *x_out, const ft_cuda_batch *b)
+{
+	const ft_cuda_view *c = &dm->v;
+	int N = b->B * b->T, D = c->D;
+	ft_dlayer *y = &dm->layers[l];
+	ft_cu_attn s = attn_shape(dm, b);
+	TRY(ft_cu_rmsnorm_forward(dm, a->ln1, a->rstd1, x_in, y->ln1->w, N, D, c->eps));
+	TRY(ft_cu_attn_inputs(dm, l, a, N));
+	ft_cu_attn_ld ld = { a->ldq, a->ldk, a->ldv, 0, 0, 0 };
+	TRY(ft_cu_attention_forward(dm, a->att, a->lse, a->q, a->k, a->v, &s, &ld));
+	TRY(lin_fwd(dm, l, 3, a, dm->tmp, a->att, N));
+	TRY(ft_cu_add_rmsnorm_forward(dm, a->xmid, a->ln2, a->rstd2, x_in, dm->tmp, y->ln2->w,
+				      N, D, c->eps));
+	const ft_cv_group *gu = &y->grp[1].c;
+	TRY(lin_fwd_group(dm, l, 1, a->gu, a->ln2, N));
+	TRY(ft_cu_swiglu_forward(dm, dm->hbuf, a->gu + gu->off[0], a->gu + gu->off[1], gu->tot, N,
+				 c->F));
+	TRY(lin_fwd(dm, l, 6, a, dm->tmp, dm->hbuf, N));
+	TRY(ft_cu_add(dm, x_out, a->xmid, dm->tmp, (size_t)N * D));
+	return 0;
+}
+
+/* The MLP half of layer_backward: d_a (dL/dx_out) -> d_a += through the
+ * MLP and ln2.  SwiGLU's backward turns the gate|up activations into
+ * their gradients in place. */
+static int mlp_backward(ft_cuda_model *dm, int l, ft_dacts *a, int N)
+{
+	const ft_cuda_view *c = &dm->v;
+	ft_dlayer *y = &dm->layers[l];
+	const ft_cv_group *gu = &y->grp[1].c;
+	float *g = a->gu + gu->off[0], *u = a->gu + gu->off[1];
+	size_t nF = (size_t)N * c->F;
+	TRY(ft_cu_swiglu_forward(dm, dm->hbuf, g, u, gu->tot, N, c->F));
+	TRY(ft_cu_zero(dm, dm->dh, nF * sizeof(float)));
+	TRY(lin_bwd(dm, l, 6, a, dm->dh, dm->d_a, dm->hbuf, N));
+	TRY(ft_cu_swiglu_backward(dm, g, u, dm->dh, g, u, gu->tot, N, c->F));
+	TRY(ft_cu_zero(dm, dm->d_ln, (size_t)N * c->D * sizeof(float)));
+	TRY(lin_bwd_group(dm, l, 1, a->gu, a->gu, dm->d_ln, a->ln2, N));
+	return ft_cu_rmsnorm_backward(dm, dm->d_a, y->ln2->g, dm->d_ln, a->xmid, y->ln2->w,
+				      a->rstd2, N, c->D);
+}
+
+/* dm->d_a holds dL/dx_out on entry and dL/dx_in on return (unless
+ * need_dx is 0). */
+int ft_cu_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
+			 const ft_cuda_batch *b, int need_dx)
+{
+	const ft_cuda_view *c = &dm->v;
+	int N = b->B * b->T, D = c->D, hd = c->hd;
+	size_t nq = (size_t)N * c->Hq * hd;
+	ft_dlayer *y = &dm->layers[l];
+	const ft_cv_group *g = &y->grp[0].c;
+	ft_cu_attn s = attn_shape(dm, b);
+	TRY(mlp_backward(dm, l, a, N));
+	TRY(ft_cu_zero(dm, dm->d_att, nq * sizeof(float)));
+	TRY(lin_bwd(dm, l, 3, a, dm->d_att, dm->d_a, a->att, N));
+	/* dq, dk, dv straight into the fused gradient buffer; Qwen3's go
+	 * through q_norm/k_norm first, from dm->dq, dm->dk */
+	float *dY = dm->dqkv, *dq = dY + g->off[0], *dk = dY + g->off[1];
+	int lq = g->tot, lk = g->tot;
+	if (c->qk_norm) {
+		TRY(ft_cu_zero(dm, dY, (size_t)N * g->tot * sizeof(float)));
+		dq = dm->dq, lq = c->Hq * hd;
+		dk = dm->dk, lk = c->Hk * hd;
+	}
+	ft_cu_attn_ld ld = { a->ldq, a->ldk, a->ldv, lq, lk, g->tot };
+	TRY(ft_cu_attention_backward(dm, dq, dk, dY + g->off[2], dm->d_att, a->q, a->k, a->v,
+				     a->att, a->lse, &s, &ld));
+	TRY(ft_cu_rope(dm, dq, lq, dm->cos_t, dm->sin_t, N, c->Hq, hd, -1));
+	TRY(ft_cu_rope(dm, dk, lk, dm->cos_t, dm->sin_t, N, c->Hk, hd, -1));
+	if (c->qk_norm)
+		TRY(qk_norm_backward(dm, y, dY, a, N));
+	float *dln = need_dx || y->ln1->g ? dm->d_ln : NULL;
+	if (dln)
+		TRY(ft_cu_zero(dm, dln, (size_t)N * D * sizeof(float)));
+	TRY(lin_bwd_group(dm, l, 0, a->qkv, dY, dln, a->ln1, N));
+	if (dln)
+		TRY(ft_cu_rmsnorm_backward(dm, dm->d_a, y->ln1->g, dln, x_in, y->ln1->w,
+					   a->rstd1, N, D));
+	return 0;
+}
+
+int ft_cu_layer_has_grad(const ft_cuda_model *dm, int l)
+{
+	const ft_dlayer *y = &dm->layers[l];
+	if (y->ln1->g || y->ln2->g || (y->qn && y->qn->g) || (y->kn && y->kn->g))
+		return 1;
+	for (int j = 0; j < FT_CV_NLIN; j++)
+		if (y->lin[j]->g || y->lora[j].on || (j < 3 && y->bias[j] && y->bias[j]->g))
+			return 1;
+	return 0;
+}
+
+/* For lib/cuda/infer.cu (KV-cache decoding): one linear module with its
+ * LoRA branch (a->lh[j] its hidden), and one fused projection. */
+int ft_cu_lin_forward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const float *x,
+		      int N)
+{
+	return lin_fwd(dm, l, j, a, y, x, N);
+}
+
+int ft_cu_lin_forward_group(ft_cuda_model *dm, int l, int grp, float *Y, const float *x, int N)
+{
+	return lin_fwd_group(dm, l, grp, Y, x, N);
+}
