@@ -23,16 +23,9 @@ static __global__ void ce_k(float *l, double *loss, const int32_t *targets, int 
 			loss[blockIdx.x] = 0;
 		return;
 	}
-	float mx = -INFINITY;
-	for (int j = threadIdx.x; j < V; j += blockDim.x)
-		mx = fmaxf(mx, row[j]);
-	mx = ft_cu_block_max(mx, shf);
-	double sum = 0;
-	for (int j = threadIdx.x; j < V; j += blockDim.x)
-		sum += expf(row[j] - mx);
-	sum = ft_cu_block_sum(sum, shd);
-	float lt = row[tg];
-	__syncthreads();   /* everyone has read row[tg] before it changes */
+	float mx, lt;
+	double sum;
+	ft_cu_row_lse(row, V, tg, shf, shd, &mx, &sum, &lt);
 	if (threadIdx.x == 0)
 		loss[blockIdx.x] = mx + log(sum) - lt;
 	if (grad)

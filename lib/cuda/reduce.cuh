@@ -40,4 +40,26 @@ static __device__ inline float ft_cu_block_max(float x, float *sh)
 	return r;
 }
 
+/* ---- the log-softmax pieces of one row of logits ---- */
+
+/* For row[V] and a target tg in [0, V), by the whole block: the row's
+ * max *mx, sum of exp(row - max) *sum (double) and the target's logit
+ * *lt, for every thread; after it the row may be overwritten (the
+ * cross-entropy loss and the label log-probability both start here). */
+static __device__ inline void ft_cu_row_lse(const float *row, int V, int tg, float *shf,
+					    double *shd, float *mx, double *sum, float *lt)
+{
+	float m = -INFINITY;
+	for (int j = threadIdx.x; j < V; j += blockDim.x)
+		m = fmaxf(m, row[j]);
+	m = ft_cu_block_max(m, shf);
+	double s = 0;
+	for (int j = threadIdx.x; j < V; j += blockDim.x)
+		s += expf(row[j] - m);
+	*sum = ft_cu_block_sum(s, shd);
+	*mx = m;
+	*lt = row[tg];
+	__syncthreads();   /* everyone has read row[tg] before it changes */
+}
+
 #endif
