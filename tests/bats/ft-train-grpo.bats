@@ -123,6 +123,21 @@ grpo() {
 	done
 }
 
+@test "grpo: --temperature samples sharper and trains (its log-probabilities: tests/unit/test_grpo.c)" {
+	need_jq
+	# the peaky model at 0.05 is nearly greedy: a group's 8 completions
+	# collapse to one or two, where 1.0 gives eight different ones
+	for t in 0.05 1.0; do
+		run grpo --model_name_or_path "$PEAKY" --output_dir "t$t" --reward_funcs "$ONE" --beta 0.04 \
+			--max_steps 2 --log_completions true --temperature "$t"
+		assert_success
+		[ "$(wc -l < "t$t/trainer_log.jsonl")" -eq 2 ]
+	done
+	[ "$(jq -r 'select(.step == 0) | .completion' t0.05/completions.jsonl | sort -u | wc -l)" -le 2 ]
+	[ "$(jq -r 'select(.step == 0) | .completion' t1.0/completions.jsonl | sort -u | wc -l)" -ge 6 ]
+	[ "$(jq -r '.kl' t0.05/trainer_log.jsonl | tail -1)" != "$(jq -r '.kl' t1.0/trainer_log.jsonl | tail -1)" ]
+}
+
 @test "grpo: a reward command that fails names the line, exits 1 and saves nothing" {
 	run grpo --output_dir a --reward_funcs "bad=awk -W interactive 'NR == 2 { print \"x2\"; next } { print 1 }'"
 	[ "$status" -eq 1 ]
@@ -151,8 +166,8 @@ grpo() {
 	[ "$status" -eq 2 ]; assert_output --partial "--loss_type: 'cispo'"
 	run grpo --output_dir a --reward_funcs "$ONE" --scale_rewards sometimes
 	[ "$status" -eq 2 ]; assert_output --partial "--scale_rewards: 'sometimes'"
-	run grpo --output_dir a --reward_funcs "$ONE" --temperature 0.7
-	[ "$status" -eq 2 ]; assert_output --partial "log-probability head has no temperature"
+	run grpo --output_dir a --reward_funcs "$ONE" --temperature 0
+	[ "$status" -eq 2 ]; assert_output --partial "--temperature 0: must be > 0"
 	run grpo --output_dir a --reward_funcs "$ONE" --max_new_tokens 4
 	[ "$status" -eq 2 ]; assert_output --partial "--max_new_tokens: a --stage ppo setting; --stage grpo uses --max_completion_length"
 	run grpo --output_dir a --reward_funcs "$ONE" --reward_weights 1,2

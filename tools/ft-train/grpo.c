@@ -199,9 +199,8 @@ void grpo_args_parse(ft_lfargs *a, ft_cli_args *c)
 	ft_sampling_defaults(&P.s);
 	P.s.do_sample = 1;
 	P.s.temperature = num(a, "temperature", 1.0);   /* GRPOConfig's defaults, not LLaMA-Factory's */
-	if (P.s.temperature != 1.0)
-		die_usage("--temperature %g: TRL scores completions with logits / temperature and ft's "
-			  "log-probability head has no temperature yet (use 1.0)", P.s.temperature);
+	if (!(P.s.temperature > 0))   /* do_sample is always on: greedy is not GRPO */
+		die_usage("--temperature %g: must be > 0 (GRPO samples)", P.s.temperature);
 	P.s.top_p = num(a, "top_p", 1.0);
 	P.s.top_k = (int)num(a, "top_k", 0);
 	P.s.repetition_penalty = num(a, "repetition_penalty", 1.0);
@@ -372,6 +371,7 @@ static void loop_opts(const ft_cli_args *c, const ft_manifest *man, size_t n, ft
 	o->steps_per_epoch = (double)per_epoch;
 	o->logging_steps = c->t.logging_steps > 0 ? (int)c->t.logging_steps : 1;
 	o->max_completion_length = P.max_completion_length;
+	o->temperature = (float)P.s.temperature;   /* the log-probabilities of what was sampled at it */
 	o->pad_id = man->pad_id;
 	o->n_rewards = P.n_rewards;
 	o->reward_weights = P.weights;
