@@ -36,7 +36,7 @@ LIB_TRAIN  += optim_apollo
 LIB_TEXT   += template_think
 LIB_DATA   += preprocess_think
 # PPO (issue 17): TRL 0.9 PPOTrainer arithmetic and the reward filter
-LIB_TRAIN  += ppo ppo_reward ppo_model
+LIB_TRAIN  += ppo ppo_reward ppo_model ppo_rm
 LIB_TRAIN  += ppo_loop
 # the preference stages on the GPU (lib/cuda/pref.cu, lib/train/cuda_pref.c)
 LIB_CUDA   += pref

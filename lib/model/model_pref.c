@@ -12,6 +12,10 @@
  * them; the backward pass recomputes the logits (the kept exp() has lost
  * the tanh it needs) and goes through the cap; the logit means are then
  * those of the capped logits, from the full [N, V] product in chunks.
+ *
+ * A temperature t (GRPO) divides the (capped) logits in float, as torch's
+ * logits / t; the kept exp() is then that of the divided logits, and the
+ * gradient of log softmax(z / t) is (onehot - softmax(z / t)) / t.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -109,6 +113,24 @@ static float *keep_rows(ft_model *m, int train, int n)
 	return m->keep;
 }
 
+int ft_model_set_logp_temperature(ft_model *m, float t)
+{
+	if (!(t > 0) || !isfinite(t))
+		return ft_fail("temperature %g: must be a positive number", (double)t);
+	m->logp_temp = t == 1.0f ? 0 : t;
+	return 0;
+}
+
+/* rows of V logits divided by the temperature; nothing at 1 */
+static void temper(const ft_model *m, float *l, size_t n)
+{
+	float t = m->logp_temp;
+	if (t == 0)
+		return;
+	for (size_t i = 0; i < n; i++)
+		l[i] /= t;
+}
+
 int ft_model_logps_forward(ft_model *m, const ft_batch *b, int train, float *logp, float *lmean)
 {
 	m->training = train;
@@ -132,6 +154,7 @@ int ft_model_logps_forward(ft_model *m, const ft_batch *b, int train, float *log
 		ft_sgemm(0, 1, nr, V, D, 1, m->head_x + (size_t)r0 * D, D, m->lm_head.w, D, 0, out, V);
 		if (cap > 0)
 			ft_softcap_forward(out, (size_t)nr * V, cap);
+		temper(m, out, (size_t)nr * V);
 #pragma omp parallel for schedule(static) if ((size_t)nr * V >= 4096)
 		for (int i = 0; i < nr; i++) {
 			float *l = out + (size_t)i * V;
@@ -172,11 +195,15 @@ int ft_model_logps_backward(ft_model *m, const ft_batch *b, const float *dlogp)
 			float *l = lg + (size_t)i * V;
 			int tg = m->targets[r0 + i];
 			float g = dlogp[m->rows[r0 + i]];
+			if (m->logp_temp != 0)
+				g /= m->logp_temp;   /* d (z / t) / dz */
 			float *zc = NULL;   /* the capped logits, for the gradient through the cap */
 			if (cap > 0) {
 				zc = ft_xmalloc(V * sizeof(float));
 				memcpy(zc, l, V * sizeof(float));
 			}
+			if (!kept)
+				temper(m, l, V);
 			/* d logp / d logits = onehot - softmax */
 			double sum;
 			if (kept)

@@ -26,6 +26,14 @@ int ft_model_logps_forward(ft_model *m, const ft_batch *b, int train, float *log
  * L = sum_i dlogp[i] * logp[i] (dlogp 0 where there is no target). */
 int ft_model_logps_backward(ft_model *m, const ft_batch *b, const float *dlogp);
 
+/* TRL's GRPO scores completions as log softmax(logits / temperature)
+ * (_get_per_token_logps_and_entropies): from now on the two functions
+ * above divide the (capped) logits by t before the log-softmax, and the
+ * backward pass goes through the division; t = 1 (the default) leaves
+ * the logits untouched, bit for bit.  The logit means are not divided.
+ * Fails for t <= 0 or not finite. */
+int ft_model_set_logp_temperature(ft_model *m, float t);
+
 /* PEFT's disable_adapter(): on = 0 runs the base model (LoRA branches
  * skipped), on = 1 restores them.  No-op without adapters. */
 void ft_model_set_adapters(ft_model *m, int on);

@@ -359,6 +359,7 @@ int ft_grpo_train(ft_model *m, const ft_i32vec *prompts, size_t n, const ft_grpo
 	int P = ft_grpo_prompts_per_generation(o);
 	if (P == 0) return ft_fail("the generation batch is not whole groups of num_generations");
 	if (n < (size_t)P) return ft_fail("%zu prompts: one generation batch needs %d", n, P);
+	if (ft_model_set_logp_temperature(m, o->temperature > 0 ? o->temperature : 1) < 0) return -1;
 	loop_state s;
 	memset(&s, 0, sizeof s);
 	ft_rng_seed(&s.rng, o->seed);
@@ -389,5 +390,6 @@ int ft_grpo_train(ft_model *m, const ft_i32vec *prompts, size_t n, const ft_grpo
 	metrics_free(&s.mt);
 	ft_adamw_free(s.opt);
 	free(s.ps);
+	ft_model_set_logp_temperature(m, 1);
 	return rc;
 }

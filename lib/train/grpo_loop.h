@@ -41,6 +41,7 @@ typedef struct {
 	ft_ppo_gen_fn generate;       /* stop token dropped (ppo_loop.h) */
 	void *gen_ctx;
 	int max_completion_length;
+	float temperature;            /* logits / temperature in every log-prob pass (0: 1), as the sampler's */
 	int32_t pad_id, eos_id;       /* eos_id < 0: none */
 	int n_rewards;
 	const float *reward_weights;  /* [n_rewards] */

@@ -123,6 +123,44 @@ grpo() {
 	done
 }
 
+@test "grpo: --temperature samples sharper and trains (its log-probabilities: tests/unit/test_grpo.c)" {
+	need_jq
+	# the peaky model at 0.05 is nearly greedy: a group's 8 completions
+	# collapse to one or two, where 1.0 gives eight different ones
+	for t in 0.05 1.0; do
+		run grpo --model_name_or_path "$PEAKY" --output_dir "t$t" --reward_funcs "$ONE" --beta 0.04 \
+			--max_steps 2 --log_completions true --temperature "$t"
+		assert_success
+		[ "$(wc -l < "t$t/trainer_log.jsonl")" -eq 2 ]
+	done
+	[ "$(jq -r 'select(.step == 0) | .completion' t0.05/completions.jsonl | sort -u | wc -l)" -le 2 ]
+	[ "$(jq -r 'select(.step == 0) | .completion' t1.0/completions.jsonl | sort -u | wc -l)" -ge 6 ]
+	[ "$(jq -r '.kl' t0.05/trainer_log.jsonl | tail -1)" != "$(jq -r '.kl' t1.0/trainer_log.jsonl | tail -1)" ]
+}
+
+@test "grpo: an rm adapter as one more reward (--reward_model), weighted, with its own rewards/NAME/mean" {
+	need_jq
+	ft-cat --encode < "$FIXTURES/pref/rm.jsonl" > rm.zst
+	ft-train --stage rm --model_name_or_path "$LLAMA" --train rm.zst --output_dir myrm --max_steps 1 -q
+	run grpo --output_dir a --reward_funcs "one=$ONE" --reward_model myrm/ --reward_weights 1,2 --log_completions true
+	assert_success
+	# reward = 1 x one + 2 x the rm's score, per completion and in the mean
+	run jq -r '[(.rewards.myrm|type), (.rewards.one + 2 * .rewards.myrm)] | @tsv' a/completions.jsonl
+	assert_success
+	[ "${lines[0]%%$'\t'*}" = number ]
+	run jq -r '[."rewards/one/mean", (."rewards/myrm/mean"|type), ."rewards/myrm/std" > 0,
+		((.reward - 1 - 2 * ."rewards/myrm/mean") | fabs < 1e-5)] | @tsv' a/trainer_log.jsonl
+	assert_success
+	[ "${lines[0]}" = "$(printf '1\tnumber\ttrue\ttrue')" ]
+	# the rm alone is a reward; the same completions get the same scores (a deterministic head)
+	run grpo --output_dir b --reward_model myrm --log_completions true
+	assert_success
+	[ "$(jq -c '.rewards.myrm' b/completions.jsonl | head -8)" = "$(jq -c '.rewards.myrm' a/completions.jsonl | head -8)" ]
+	mkdir nohead && cp "$FIXTURES"/pref/llama-lora/adapter_* nohead/
+	run grpo --output_dir c --reward_model nohead
+	[ "$status" -eq 1 ]; assert_output --partial "nohead/value_head.safetensors"
+}
+
 @test "grpo: a reward command that fails names the line, exits 1 and saves nothing" {
 	run grpo --output_dir a --reward_funcs "bad=awk -W interactive 'NR == 2 { print \"x2\"; next } { print 1 }'"
 	[ "$status" -eq 1 ]
@@ -151,14 +189,14 @@ grpo() {
 	[ "$status" -eq 2 ]; assert_output --partial "--loss_type: 'cispo'"
 	run grpo --output_dir a --reward_funcs "$ONE" --scale_rewards sometimes
 	[ "$status" -eq 2 ]; assert_output --partial "--scale_rewards: 'sometimes'"
-	run grpo --output_dir a --reward_funcs "$ONE" --temperature 0.7
-	[ "$status" -eq 2 ]; assert_output --partial "log-probability head has no temperature"
+	run grpo --output_dir a --reward_funcs "$ONE" --temperature 0
+	[ "$status" -eq 2 ]; assert_output --partial "--temperature 0: must be > 0"
 	run grpo --output_dir a --reward_funcs "$ONE" --max_new_tokens 4
 	[ "$status" -eq 2 ]; assert_output --partial "--max_new_tokens: a --stage ppo setting; --stage grpo uses --max_completion_length"
 	run grpo --output_dir a --reward_funcs "$ONE" --reward_weights 1,2
-	[ "$status" -eq 2 ]; assert_output --partial "more weights than the 1 --reward_funcs"
-	run grpo --output_dir a --reward_funcs "$ONE" --reward_model some/rm
-	[ "$status" -eq 2 ]; assert_output --partial "--reward_model"
+	[ "$status" -eq 2 ]; assert_output --partial "more weights than the 1 rewards"
+	run grpo --output_dir a --reward_model some/rm --reward_model_type api
+	[ "$status" -eq 2 ]; assert_output --partial "--reward_model_type api: --stage grpo takes an rm adapter"
 	run grpo --output_dir a --reward_funcs "$ONE" --finetuning_type full
 	[ "$status" -eq 2 ]; assert_output --partial "LoRA policies only"
 	run ft-train --stage sft --model_name_or_path "$LLAMA" --train p8.zst --output_dir a --num_generations 4 -q

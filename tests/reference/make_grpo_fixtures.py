@@ -176,6 +176,8 @@ def main():
         ("dr_grpo", "dr_grpo", 0.04, 0.2, 0.2, "none", 0.3, 2, 8, 1.0),
         ("dapo", "dapo", 0.04, 0.2, 0.28, "batch", 0.3, 2, 8, 1.0),
         ("onpolicy", "dapo", 0.0, 0.2, 0.2, "group", 0, 1, 8, 1.0),
+        # --temperature: logits / 0.7 in every pass (current, old and reference)
+        ("temp", "grpo", 0.04, 0.2, 0.2, "group", 0.3, 2, 8, 0.7),
     ]
     out = {"source": "trl 1.16 GRPOTrainer._compute_loss (make_grpo_fixtures.py)",
            "prompts": PROMPTS, "completions": COMPLETIONS, "G": G, "per_func": PER_FUNC, "weights": WEIGHTS,

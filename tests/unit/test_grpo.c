@@ -1,7 +1,7 @@
 /* test_grpo.c - TRL 1.16 GRPOTrainer's advantages and loss (train/grpo.h)
  * against tests/reference/make_grpo_fixtures.py, which runs TRL's own
  * _compute_loss on the tiny Llama with the preference fixtures' LoRA: per
- * loss_type, the advantages, the log-probabilities, the loss, the logged
+ * loss_type (and one with temperature 0.7), the advantages, the log-probabilities, the loss, the logged
  * kl and clip ratios, d loss / d logp per token, and every LoRA gradient.
  *
  * Tolerances: the advantages and the arithmetic on given log-probabilities
@@ -118,6 +118,8 @@ static void check_case(ft_model *m, const json_t *root, const json_t *c, grid *g
 	o.epsilon_high = ft_json_num(c, "epsilon_high", 0);
 	o.max_completion_length = (int)ft_json_int(c, "max_completion_length", 0);
 	int N = g->N, K = (int)json_array_size(json_object_get(root, "weights"));
+	double temp = ft_json_num(c, "temperature", 1);
+	if (ft_model_set_logp_temperature(m, (float)temp) < 0) { ok(0, "%s: %s", name, ft_errmsg()); return; }
 	float *pf = malloc((size_t)N * K * sizeof *pf), w[8], rew[64], adv[64], wadv[64];
 	for (int k = 0; k < K; k++) w[k] = (float)json_number_value(json_array_get(json_object_get(root, "weights"), k));
 	for (int i = 0; i < N; i++)
@@ -148,7 +150,7 @@ static void check_case(ft_model *m, const json_t *root, const json_t *c, grid *g
 	ft_model_zero_grad(m);
 	rc = ft_model_logps_forward(m, &g->b, 1, lp, NULL);
 	double el = grid_err(g, lp, wlp);
-	ok(rc == 0 && el < 1e-4, "%s: log-probabilities within 1e-4 (%.2g)", name, el);
+	ok(rc == 0 && el < 1e-4, "%s: log-probabilities (temperature %g) within 1e-4 (%.2g)", name, temp, el);
 	double items = 0;
 	for (size_t i = 0; i < n; i++) items += g->mask[i];
 	ft_grpo_loss_stats ls;
@@ -175,6 +177,39 @@ static void check_case(ft_model *m, const json_t *root, const json_t *c, grid *g
 	ok(rc == 0 && ng == 28 && eg < 1e-4, "%s: %d LoRA gradients within 1e-4 (worst %.2e)", name, ng, eg);
 	free(pf); free(lp); free(dl); free(ref); free(wlp); free(wdl); free(old);
 	ft_st_close(st);
+	ft_model_set_logp_temperature(m, 1);
+}
+
+/* Temperature 1 after another one: the same bits as never set (the
+ * division is skipped, not done by 1), forward and gradients. */
+static void check_temperature_one(ft_model *m, grid *g)
+{
+	size_t n = (size_t)g->N * g->T, np = ft_model_nparams(m);
+	float *a = calloc(n, sizeof *a), *b = calloc(n, sizeof *b), *dl = calloc(n, sizeof *dl);
+	for (size_t i = 0; i < n; i++) dl[i] = g->mask[i] * (float)(i % 7) * 0.1f;
+	size_t ng = 0;
+	for (size_t j = 0; j < np; j++) if (ft_model_param(m, j)->trainable) ng += ft_model_param(m, j)->n;
+	float *ga = malloc(ng * sizeof *ga);
+	int same = 1;
+	for (int pass = 0; pass < 2; pass++) {
+		if (pass) { ft_model_set_logp_temperature(m, 0.5f); ft_model_set_logp_temperature(m, 1); }
+		ft_model_zero_grad(m);
+		int rc = ft_model_logps_forward(m, &g->b, 1, pass ? b : a, NULL);
+		if (rc == 0) rc = ft_model_logps_backward(m, &g->b, dl);
+		same &= rc == 0;
+		size_t k = 0;
+		for (size_t j = 0; j < np; j++) {
+			ft_param *q = ft_model_param(m, j);
+			if (!q->trainable) continue;
+			if (!pass) memcpy(ga + k, q->g, q->n * sizeof(float));
+			else same &= !memcmp(ga + k, q->g, q->n * sizeof(float));
+			k += q->n;
+		}
+	}
+	ok(same && !memcmp(a, b, n * sizeof *a), "temperature 1: log-probabilities and gradients bit-identical");
+	int rc0 = ft_model_set_logp_temperature(m, 0);
+	ok(rc0 < 0, "temperature 0 refused: %s", ft_errmsg());
+	free(a); free(b); free(dl); free(ga);
 }
 
 static void check_refusals(void)
@@ -210,6 +245,7 @@ int main(void)
 	grid_build(&g, root);
 	const json_t *cases = json_object_get(root, "cases");
 	for (size_t i = 0; i < json_array_size(cases); i++) check_case(m, root, json_array_get(cases, i), &g);
+	check_temperature_one(m, &g);
 	check_refusals();
 	free(g.lp);
 	free(g.lc);

@@ -10,6 +10,7 @@
 #include "text/tokenizer.h"
 #include "train/grpo_loop.h"
 #include "train/grpo_reward.h"
+#include "train/ppo_rm.h"
 #include "plot/plot.h"
 #include "util/atomicfile.h"
 
@@ -31,7 +32,7 @@ static const char *const ppo_only[][2] = {
 	{ "max_new_tokens", "--max_completion_length" }, { "ppo_epochs", "--num_iterations" },
 	{ "ppo_buffer_size", "--num_generations and the batch size" }, { "ppo_target", "--beta" },
 	{ "ppo_score_norm", "--scale_rewards" }, { "ppo_whiten_rewards", "--scale_rewards" },
-	{ "reward_model_type", "--reward_funcs" }, { "reward_model_adapters", "--reward_funcs" },
+	{ "reward_model_adapters", "--reward_model with an rm adapter on the same base" },
 	{ "do_sample", "nothing: GRPO always samples" },
 };
 
@@ -39,6 +40,8 @@ static const char *const ppo_only[][2] = {
 
 static struct {
 	int on, n_rewards, log_completions;
+	int rm_index;                 /* --reward_model's place among the rewards (the last); -1: none */
+	const char *rm_dir;
 	char *names[MAX_REWARDS], *cmds[MAX_REWARDS];
 	float weights[MAX_REWARDS];
 	int num_generations, num_iterations, max_completion_length;
@@ -99,6 +102,28 @@ static void add_reward(const char *spec)
 	P.cmds[P.n_rewards++] = cmd;
 }
 
+/* --reward_model DIR: the last reward, named as TRL names a reward
+ * model, by the last part of its path. */
+static void add_rm(const char *dir)
+{
+	if (P.n_rewards == MAX_REWARDS) die_usage("--reward_model: at most %d rewards in all", MAX_REWARDS);
+	char *d = ft_xstrdup(dir);
+	for (size_t l = strlen(d); l > 1 && d[l - 1] == '/'; l--) d[l - 1] = 0;
+	const char *base = strrchr(d, '/');
+	char *name = ft_xstrdup(base && base[1] ? base + 1 : d);
+	free(d);
+	for (int i = 0; i < P.n_rewards; i++)
+		if (!strcmp(P.names[i], name)) {
+			char *n2 = ft_xasprintf("%s_%d", name, P.n_rewards + 1);
+			free(name);
+			name = n2;
+			break;
+		}
+	P.rm_index = P.n_rewards;
+	P.names[P.n_rewards] = name;
+	P.cmds[P.n_rewards++] = NULL;
+}
+
 /* The commas of --reward_funcs that separate commands: those outside
  * shell quotes and brackets, so `awk '{ split($0, t, ",") }'` stays one. */
 static void split_commands(const char *rf)
@@ -131,13 +156,17 @@ static void split_commands(const char *rf)
 static void parse_rewards(const ft_lfargs *a)
 {
 	const char *rf = ft_lfargs_get(a, "reward_funcs", NULL);
-	if (ft_lfargs_get(a, "reward_model", NULL))
-		die_usage("--reward_model: --stage grpo takes its rewards from --reward_funcs commands in this "
-			  "ft-train (an rm adapter as a reward is not built yet)");
-	if (!rf || !*rf)
+	P.rm_dir = ft_lfargs_get(a, "reward_model", NULL);
+	P.rm_index = -1;
+	const char *rt = ft_lfargs_get(a, "reward_model_type", "lora");
+	if (strcmp(rt, "lora"))
+		die_usage("--reward_model_type %s: --stage grpo takes an rm adapter on the same base (lora); "
+			  "a command is a --reward_funcs entry", rt);
+	if ((!rf || !*rf) && !P.rm_dir)
 		die_usage("--stage grpo needs --reward_funcs CMD[,CMD...] (commands reading JSON lines, "
-			  "answering one number per line)");
-	split_commands(rf);
+			  "answering one number per line) or --reward_model DIR (an rm adapter)");
+	if (rf && *rf) split_commands(rf);
+	if (P.rm_dir) add_rm(P.rm_dir);
 	char *s, *save = NULL;
 	const char *w = ft_lfargs_get(a, "reward_weights", NULL);
 	for (int i = 0; i < P.n_rewards; i++) P.weights[i] = 1.0f;
@@ -145,12 +174,15 @@ static void parse_rewards(const ft_lfargs *a)
 	int k = 0;
 	s = ft_xstrdup(w);
 	for (char *t = strtok_r(s, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-		if (k == P.n_rewards) die_usage("--reward_weights: more weights than the %d --reward_funcs", P.n_rewards);
+		if (k == P.n_rewards)
+			die_usage("--reward_weights: more weights than the %d rewards (--reward_funcs, then --reward_model)",
+				  P.n_rewards);
 		P.weights[k++] = (float)ft_parse_double("reward_weights", t);
 	}
 	free(s);
 	if (k != P.n_rewards)
-		die_usage("--reward_weights: %d weights for %d --reward_funcs (one each)", k, P.n_rewards);
+		die_usage("--reward_weights: %d weights for %d rewards (one each: --reward_funcs, then --reward_model)",
+			  k, P.n_rewards);
 }
 
 void grpo_args_parse(ft_lfargs *a, ft_cli_args *c)
@@ -199,9 +231,8 @@ void grpo_args_parse(ft_lfargs *a, ft_cli_args *c)
 	ft_sampling_defaults(&P.s);
 	P.s.do_sample = 1;
 	P.s.temperature = num(a, "temperature", 1.0);   /* GRPOConfig's defaults, not LLaMA-Factory's */
-	if (P.s.temperature != 1.0)
-		die_usage("--temperature %g: TRL scores completions with logits / temperature and ft's "
-			  "log-probability head has no temperature yet (use 1.0)", P.s.temperature);
+	if (!(P.s.temperature > 0))   /* do_sample is always on: greedy is not GRPO */
+		die_usage("--temperature %g: must be > 0 (GRPO samples)", P.s.temperature);
 	P.s.top_p = num(a, "top_p", 1.0);
 	P.s.top_k = (int)num(a, "top_k", 0);
 	P.s.repetition_penalty = num(a, "repetition_penalty", 1.0);
@@ -251,7 +282,8 @@ static char *lossy(char *s)
 typedef struct {
 	ft_tokenizer *tok;
 	const ft_i32vec *prompts;
-	ft_grpo_reward *r[MAX_REWARDS];
+	ft_grpo_reward *r[MAX_REWARDS];  /* NULL at rm_index */
+	ft_ppo_rm rm;                   /* --reward_model */
 	FILE *samples;
 	char **ptext, **ctext;      /* the last batch's texts, for the completions log */
 	size_t n;
@@ -264,6 +296,22 @@ static void texts_free(reward_ctx *R)
 	free(R->ctext);
 	R->ptext = R->ctext = NULL;
 	R->n = 0;
+}
+
+/* The rm's value head at the last token of prompt + completion (the stop
+ * token dropped, as TRL's decoded completion has no special tokens). */
+static int score_rm(reward_ctx *R, const size_t *pidx, const ft_i32vec *comp, size_t n, float *out)
+{
+	ft_i32vec *q = ft_xmalloc(n * sizeof *q);
+	for (size_t i = 0; i < n; i++) q[i] = R->prompts[pidx[i]];   /* shallow: read only */
+	int rc = ft_ppo_rm_score(&R->rm, q, comp, n, out);
+	free(q);
+	if (rc < 0) {
+		char *why = ft_xstrdup(ft_errmsg());   /* ft_fail formats into the same buffer */
+		ft_fail("--reward_model %s: %s", P.rm_dir, why);
+		free(why);
+	}
+	return rc;
 }
 
 static int score(void *ctx, const size_t *pidx, const ft_i32vec *comp, size_t n, float *per_func)
@@ -290,7 +338,8 @@ static int score(void *ctx, const size_t *pidx, const ft_i32vec *comp, size_t n,
 	}
 	float *one = ft_xmalloc(n * sizeof *one);
 	for (int k = 0; k < P.n_rewards && rc == 0; k++) {
-		rc = ft_grpo_reward_score(R->r[k], (const char *const *)lines, n, one);
+		rc = k == P.rm_index ? score_rm(R, pidx, comp, n, one)
+				     : ft_grpo_reward_score(R->r[k], (const char *const *)lines, n, one);
 		for (size_t i = 0; rc == 0 && i < n; i++) per_func[i * P.n_rewards + k] = one[i];
 	}
 	free(one);
@@ -372,6 +421,7 @@ static void loop_opts(const ft_cli_args *c, const ft_manifest *man, size_t n, ft
 	o->steps_per_epoch = (double)per_epoch;
 	o->logging_steps = c->t.logging_steps > 0 ? (int)c->t.logging_steps : 1;
 	o->max_completion_length = P.max_completion_length;
+	o->temperature = (float)P.s.temperature;   /* the log-probabilities of what was sampled at it */
 	o->pad_id = man->pad_id;
 	o->n_rewards = P.n_rewards;
 	o->reward_weights = P.weights;
@@ -424,14 +474,20 @@ int grpo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manif
 		o.on_samples = samples;
 		o.samples_ctx = &R;
 	}
+	if (P.rm_dir) {
+		/* the policy's base with the rm adapter, a second copy beside the policy */
+		if (ft_ppo_rm_open_lora(&R.rm, c->model, &c->tune, P.rm_dir) < 0) die("--reward_model: %s", ft_errmsg());
+	}
 	for (int k = 0; k < P.n_rewards; k++)
-		if (!(R.r[k] = ft_grpo_reward_start(P.names[k], P.cmds[k]))) die("--reward_funcs: %s", ft_errmsg());
+		if (k != P.rm_index && !(R.r[k] = ft_grpo_reward_start(P.names[k], P.cmds[k])))
+			die("--reward_funcs: %s", ft_errmsg());
 	o.score = score;
 	o.score_ctx = &R;
 	int rc = ft_grpo_train(m, q, n, &o);
 	if (rc < 0) die("--stage grpo: %s", ft_errmsg());
 	for (int k = 0; k < P.n_rewards; k++)
-		if (ft_grpo_reward_close(R.r[k]) < 0) die("--reward_funcs: %s", ft_errmsg());
+		if (R.r[k] && ft_grpo_reward_close(R.r[k]) < 0) die("--reward_funcs: %s", ft_errmsg());
+	ft_ppo_rm_close(&R.rm);
 	if (fclose(o.log) != 0) die("%s: %m", logp);
 	if (R.samples && fclose(R.samples) != 0) die("completions.jsonl: %m");
 	save_adapter(c, m);

@@ -11,6 +11,7 @@
 #include "text/tokenizer.h"
 #include "train/ppo_loop.h"
 #include "train/ppo_reward.h"
+#include "train/ppo_rm.h"
 #include "format/safetensors.h"
 #include "plot/plot.h"
 #include "util/atomicfile.h"
@@ -170,40 +171,10 @@ static int gen(void *ctx, ft_model *m, const ft_i32vec *q, size_t n, uint64_t se
 	return ft_generate(m, q, n, &o, outs, NULL, NULL);
 }
 
-/* A value head [D] + bias from dir/value_head.safetensors (rm's). */
-static int read_value_head(const char *dir, int D, float *w, float *b)
-{
-	char *path = ft_xasprintf("%s/value_head.safetensors", dir);
-	ft_st *st = ft_st_open(path);
-	int rc = -1;
-	if (!st) goto out;
-	const char *names[2] = { "v_head.summary.weight", "v_head.summary.bias" };
-	float *dst[2] = { w, b };
-	size_t want[2] = { (size_t)D, 1 };
-	for (int k = 0; k < 2; k++) {
-		const ft_st_tensor *t = ft_st_find(st, names[k]);
-		if (!t) { ft_fail("%s: no tensor %s", path, names[k]); goto out; }
-		size_t numel = 1;
-		for (int d = 0; d < t->ndim; d++) numel *= (size_t)t->shape[d];
-		if (numel != want[k]) {
-			ft_fail("%s: %s has %zu elements, the policy's hidden size needs %zu", path, names[k],
-				numel, want[k]);
-			goto out;
-		}
-		if (ft_st_read_f32(t, dst[k]) < 0) goto out;
-	}
-	rc = 0;
-out:
-	if (st) ft_st_close(st);
-	free(path);
-	return rc;
-}
-
 typedef struct {
 	const char *cmd;
 	ft_tokenizer *tok;       /* NULL: the text is the token ids, space-separated */
-	ft_model *rm;            /* lora: the base with the rm adapter; full: the rm model */
-	float *rm_vw, rm_vb;
+	ft_ppo_rm rm;            /* lora: the base with the rm adapter; full: the rm model (rm.m NULL: api) */
 } reward_ctx;
 
 static char *as_text(const reward_ctx *R, const ft_i32vec *v)
@@ -232,34 +203,10 @@ static int score_api(reward_ctx *R, const ft_i32vec *q, const ft_i32vec *a, size
 	return rc;
 }
 
-/* lora: the rm's value head at the last token of prompt + response
- * (LLaMA-Factory's get_rewards with the reward adapter in place). */
-static int score_lora(reward_ctx *R, const ft_i32vec *q, const ft_i32vec *a, size_t n, float *scores)
-{
-	int T = 0;
-	for (size_t i = 0; i < n; i++)
-		if ((int)(q[i].n + a[i].n) > T) T = (int)(q[i].n + a[i].n);
-	ft_batch b = { .B = (int)n, .T = T };
-	b.input_ids = ft_xcalloc(n * T, sizeof(int32_t));
-	b.labels = ft_xmalloc(n * T * sizeof(int32_t));
-	int32_t *pos = ft_xmalloc(n * sizeof *pos);
-	for (size_t i = 0; i < n; i++) {
-		memcpy(b.input_ids + i * T, q[i].v, q[i].n * sizeof(int32_t));
-		memcpy(b.input_ids + i * T + q[i].n, a[i].v, a[i].n * sizeof(int32_t));
-		for (int t = 0; t < T; t++) b.labels[i * T + t] = -100;
-		pos[i] = (int32_t)(i * T + q[i].n + a[i].n - 1);
-	}
-	int rc = ft_model_value_forward(R->rm, &b, 0, pos, (int)n, R->rm_vw, R->rm_vb, 0, 0, NULL, scores);
-	free(b.input_ids);
-	free(b.labels);
-	free(pos);
-	return rc;
-}
-
 static int score(void *ctx, const ft_i32vec *q, const ft_i32vec *a, size_t n, float *scores)
 {
 	reward_ctx *R = ctx;
-	return R->rm ? score_lora(R, q, a, n, scores) : score_api(R, q, a, n, scores);
+	return R->rm.m ? ft_ppo_rm_score(&R->rm, q, a, n, scores) : score_api(R, q, a, n, scores);
 }
 
 static void reward_open(ft_cli_args *c, ft_model *m, reward_ctx *R)
@@ -276,29 +223,23 @@ static void reward_open(ft_cli_args *c, ft_model *m, reward_ctx *R)
 	const ft_config *pc = ft_model_config(m);
 	if (!strcmp(P.reward_type, "full")) {
 		/* create_reward_model: the rm directory with its adapters merged, its value head */
-		R->rm = pref_frozen_model("--reward_model", P.reward_model, P.reward_adapters, c->tune.seed);
-		const ft_config *rc = ft_model_config(R->rm);
+		ft_model *rm = pref_frozen_model("--reward_model", P.reward_model, P.reward_adapters, c->tune.seed);
+		const ft_config *rc = ft_model_config(rm);
 		if (rc->vocab_size != pc->vocab_size || rc->hidden_size != pc->hidden_size)
 			die("--reward_model %s: vocabulary %d and hidden size %d, the policy's are %d and %d "
 			    "(the reward model must share the policy's tokenizer)", P.reward_model,
 			    rc->vocab_size, rc->hidden_size, pc->vocab_size, pc->hidden_size);
-	} else {
-		R->rm = ft_model_load(c->model, &c->tune);
-		if (!R->rm) die("--reward_model: %s", ft_errmsg());
-		if (ft_model_load_adapter(R->rm, P.reward_model) < 0)
+		if (ft_ppo_rm_open_model(&R->rm, rm, P.reward_model) < 0)
 			die("--reward_model %s: %s", P.reward_model, ft_errmsg());
+	} else if (ft_ppo_rm_open_lora(&R->rm, c->model, &c->tune, P.reward_model) < 0) {
+		die("--reward_model: %s", ft_errmsg());
 	}
-	int D = pc->hidden_size;
-	R->rm_vw = ft_xmalloc((size_t)D * sizeof(float));
-	if (read_value_head(P.reward_model, D, R->rm_vw, &R->rm_vb) < 0)
-		die("--reward_model %s: %s", P.reward_model, ft_errmsg());
 }
 
 static void reward_close(reward_ctx *R)
 {
 	if (R->tok) ft_tokenizer_free(R->tok);
-	if (R->rm) ft_model_free(R->rm);
-	free(R->rm_vw);
+	ft_ppo_rm_close(&R->rm);
 }
 
 static int write_value_head(const char *dir, const float *w, int D, const float *b)
