@@ -641,6 +641,14 @@ ft_param *ft_model_find_param(ft_model *m, const char *name)
 	return NULL;
 }
 
+long ft_model_param_index(ft_model *m, const ft_param *p)
+{
+	for (size_t i = 0; i < m->nparams; i++)
+		if (&m->params[i] == p)
+			return (long)i;
+	return -1;
+}
+
 void ft_model_set_dropout_position(ft_model *m, uint64_t calls)
 {
 	m->dropout_calls = calls;

@@ -252,5 +252,8 @@ int ft_model_dora_init(ft_model *m);
 
 /* Parameter names (HF/PEFT) to find a tensor; NULL if absent. */
 ft_param *ft_model_find_param(ft_model *m, const char *name);
+/* The index i of p (ft_model_param(m, i) == p), or -1 when p is not one
+ * of m's parameters. */
+long ft_model_param_index(ft_model *m, const ft_param *p);
 
 #endif

@@ -162,6 +162,18 @@ static json_t *init_json(const ft_model *m, int plain)
 	return json_string(buf);
 }
 
+/* j (NULL: json_pack failed) as dir/adapter_config.json; j is consumed. */
+static int write_adapter_config(json_t *j, const char *dir)
+{
+	if (!j)
+		return ft_fail("%s: cannot build adapter_config.json", dir);
+	char *path = ft_xasprintf("%s/adapter_config.json", dir);
+	int rc = ft_json_save_file(j, path, 2);
+	json_decref(j);
+	free(path);
+	return rc;
+}
+
 /* PEFT 0.21's OFTConfig as it saves one (LLaMA-Factory's kwargs, the rest
  * at their defaults). */
 static int oft_config_save(ft_model *m, const char *dir)
@@ -178,13 +190,7 @@ static int oft_config_save(ft_model *m, const char *dir)
 		"peft_type", "OFT", "r", o->oft_rank, "revision",
 		"target_modules", targets_json(&m->c, o->lora_targets), "task_type", "CAUSAL_LM",
 		"use_cayley_neumann", 1);
-	if (!j)
-		return ft_fail("%s: cannot build adapter_config.json", dir);
-	char *path = ft_xasprintf("%s/adapter_config.json", dir);
-	int rc = ft_json_save_file(j, path, 2);
-	json_decref(j);
-	free(path);
-	return rc;
+	return write_adapter_config(j, dir);
 }
 
 int ft_model_save_adapter(ft_model *m, const char *dir)
@@ -225,13 +231,7 @@ int ftp_adapter_config_save(ft_model *m, const char *dir, int r, double a, int p
 		"r", r, "rank_pattern", "revision", "target_modules",
 		targets_json(&m->c, o->lora_targets), "task_type", "CAUSAL_LM", "use_dora", o->use_dora,
 		"use_rslora", o->use_rslora);
-	if (!j)
-		return ft_fail("%s: cannot build adapter_config.json", dir);
-	char *path = ft_xasprintf("%s/adapter_config.json", dir);
-	int rc = ft_json_save_file(j, path, 2);
-	json_decref(j);
-	free(path);
-	return rc;
+	return write_adapter_config(j, dir);
 }
 
 int ft_model_save(ft_model *m, const char *dir)

@@ -88,10 +88,9 @@ static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm
  * (-2) or bias (-3); -1 after ft_fail. */
 static long param_index(binding *x, const ft_param *p)
 {
-	size_t n = ft_model_nparams(x->m);
-	for (size_t i = 0; i < n; i++)
-		if (ft_model_param(x->m, i) == p)
-			return (long)i;
+	long i = ft_model_param_index(x->m, p);
+	if (i >= 0)
+		return i;
 	for (int k = 0; x->vh && k < 2; k++)
 		if (p == &x->vh[k])
 			return -2 - k;

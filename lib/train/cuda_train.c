@@ -61,11 +61,8 @@ static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm
 /* The CPU model index of the optimizer's k-th param (same objects). */
 static long model_index(binding *x, const ft_param *p)
 {
-	size_t n = ft_model_nparams(x->m);
-	for (size_t i = 0; i < n; i++)
-		if (ft_model_param(x->m, i) == p)
-			return (long)i;
-	return ft_fail("optimizer parameter %s is not the model's", p->name);
+	long i = ft_model_param_index(x->m, p);
+	return i >= 0 ? i : ft_fail("optimizer parameter %s is not the model's", p->name);
 }
 
 static int b_state_out(void *self, ft_adamw *opt)
