@@ -97,6 +97,7 @@ struct ft_model {
 	size_t keep_cap;
 	int keep_n;
 	double *wmean;
+	float *logp_entropy;         /* model_pref.c: per-position entropy out, or NULL */
 	float logp_temp;             /* model_pref.c: logits / logp_temp before the log-softmax; 0: none */
 	ftp_dora *dora;              /* [L * L_NLIN], NULL without DoRA */
 	float *dora_dy;              /* DoRA: the scaled output gradient */

@@ -121,6 +121,26 @@ int ft_model_set_logp_temperature(ft_model *m, float t)
 	return 0;
 }
 
+void ft_model_set_logp_entropy(ft_model *m, float *ent)
+{
+	m->logp_entropy = ent;
+}
+
+/* logsumexp(l) - sum softmax(l) l of one row, before ft_exp_row
+ * overwrites it (sums in double). */
+static float row_entropy(const float *l, int V)
+{
+	float mx = -INFINITY;
+	for (int j = 0; j < V; j++) mx = l[j] > mx ? l[j] : mx;
+	double s = 0, sz = 0;
+	for (int j = 0; j < V; j++) {
+		double e = exp((double)l[j] - mx);
+		s += e;
+		sz += e * ((double)l[j] - mx);
+	}
+	return (float)(log(s) - sz / s);
+}
+
 /* rows of V logits divided by the temperature; nothing at 1 */
 static void temper(const ft_model *m, float *l, size_t n)
 {
@@ -142,6 +162,7 @@ int ft_model_logps_forward(ft_model *m, const ft_batch *b, int train, float *log
 		return -1;
 	int N = b->B * b->T, D = m->c.hidden_size, V = m->c.vocab_size;
 	memset(logp, 0, (size_t)N * sizeof *logp);
+	if (m->logp_entropy) memset(m->logp_entropy, 0, (size_t)N * sizeof(float));
 	if (lmean)
 		logit_means(m, b, lmean);
 	int n = ftp_gather_targets(m, b), ch = m->head_chunk;
@@ -162,6 +183,7 @@ int ft_model_logps_forward(ft_model *m, const ft_batch *b, int train, float *log
 			if (tg < 0 || tg >= V)
 				continue;   /* refused by check_batch before we get here */
 			float lt = l[tg];
+			if (m->logp_entropy) m->logp_entropy[m->rows[r0 + i]] = row_entropy(l, V);
 			double sum;
 			float mx = ft_exp_row(l, V, &sum);
 			if (keep)

@@ -34,6 +34,12 @@ int ft_model_logps_backward(ft_model *m, const ft_batch *b, const float *dlogp);
  * Fails for t <= 0 or not finite. */
 int ft_model_set_logp_temperature(ft_model *m, float t);
 
+/* TRL's entropy_from_logits: while ent is set, ft_model_logps_forward
+ * also writes ent[i] = logsumexp(z) - sum softmax(z) z of the (capped,
+ * tempered) logits z at every position i that has a target (0
+ * elsewhere); NULL stops it.  ent must hold B*T floats of the batches. */
+void ft_model_set_logp_entropy(ft_model *m, float *ent);
+
 /* PEFT's disable_adapter(): on = 0 runs the base model (LoRA branches
  * skipped), on = 1 restores them.  No-op without adapters. */
 void ft_model_set_adapters(ft_model *m, int on);

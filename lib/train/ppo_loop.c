@@ -143,17 +143,15 @@ typedef struct {
 
 /* The 14 mini-batch statistics (means over the step's mini-batches, as
  * TRL's stack_dicts then mean), then record_step_stats' step-level ones
- * in TRL 0.9.6's names.  Not logged: ppo/policy/entropy (the entropy of
- * the full logits; ft's passes keep only the chosen tokens'
- * log-probabilities) and the per-token distributions (objective/logprobs,
- * tokens/responses_dist, ...), which are arrays. */
-#define NMB 14
+ * in TRL 0.9.6's names.  Not logged: the per-token distributions
+ * (objective/logprobs, tokens/responses_dist, ...), which are arrays. */
+#define NMB 15
 #define NSTAT (NMB + 11)
 static const char *const stat_keys[NSTAT] = {
 	"ppo/loss/policy", "ppo/loss/value", "ppo/loss/total", "ppo/policy/approxkl",
 	"ppo/policy/policykl", "ppo/policy/clipfrac", "ppo/policy/advantages_mean",
 	"ppo/returns/mean", "ppo/returns/var", "ppo/val/vpred", "ppo/val/error", "ppo/val/clipfrac",
-	"ppo/val/mean", "ppo/val/var", "ppo/val/var_explained", "objective/kl", "objective/kl_coef",
+	"ppo/val/mean", "ppo/val/var", "ppo/policy/entropy", "ppo/val/var_explained", "objective/kl", "objective/kl_coef",
 	"objective/entropy", "ppo/mean_non_score_reward", "ppo/mean_scores", "ppo/std_scores",
 	"tokens/queries_len_mean", "tokens/queries_len_std", "tokens/responses_len_mean",
 	"tokens/responses_len_std",
@@ -197,13 +195,14 @@ static void step_stats(const rollout *r, const ft_i32vec *q, const ft_i32vec *a,
 	free(x);
 }
 
-static void stats_add(double *acc, const ft_ppo_loss_stats *s)
+static void stats_add(double *acc, const ft_ppo_loss_stats *s, double entropy)
 {
 	const double v[14] = { s->loss_policy, s->loss_value, s->loss_total, s->policy_approxkl,
 			       s->policy_policykl, s->policy_clipfrac, s->policy_advantages_mean,
 			       s->returns_mean, s->returns_var, s->val_vpred, s->val_error,
 			       s->val_clipfrac, s->val_mean, s->val_var };
 	for (int k = 0; k < 14; k++) acc[k] += v[k];
+	acc[14] += entropy;   /* ppo/policy/entropy: masked_mean(entropy_from_logits) */
 }
 
 /* One mini-batch: forward, loss, backward (scaled 1/grad_accum as
@@ -212,7 +211,7 @@ static int minibatch(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, cons
 		     const int64_t *rows, int n, double *acc, uint64_t seed)
 {
 	size_t cnt = (size_t)n * r->T;
-	float *buf = ft_xcalloc(cnt * 9, sizeof(float));
+	float *buf = ft_xcalloc(cnt * 10, sizeof(float)), *ent = buf + 9 * cnt;
 	float *old = buf, *val = buf + cnt, *mask = buf + 2 * cnt, *adv = buf + 3 * cnt,
 	      *ret = buf + 4 * cnt, *lp = buf + 5 * cnt, *vp = buf + 6 * cnt, *dl = buf + 7 * cnt,
 	      *dv = buf + 8 * cnt;
@@ -222,14 +221,17 @@ static int minibatch(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, cons
 	sub_batch(r, rows, n, &b, src, dst, 5);
 	ft_ppo_loss_stats st;
 	float *vw = s->vh[0].w, vb = s->vh[1].w[0];
+	ft_model_set_logp_entropy(m, ent);
 	int rc = ft_ppo_forward(m, &b, 1, vw, vb, o->value_dropout, seed, lp, vp);
+	ft_model_set_logp_entropy(m, NULL);
 	if (rc == 0) {
 		cols_drop(lp, n, r->T);
 		cols_drop(vp, n, r->T);
+		cols_drop(ent, n, r->T);
 		rc = ft_ppo_loss(&o->ppo, old, val, lp, vp, mask, adv, ret, (size_t)n * r->Tc, &st, dl, dv);
 	}
 	if (rc == 0) {
-		stats_add(acc, &st);
+		stats_add(acc, &st, ft_ppo_masked_mean(ent, mask, (size_t)n * r->Tc));
 		for (size_t k = 0; k < (size_t)n * r->Tc; k++) {
 			dl[k] /= o->grad_accum;
 			dv[k] /= o->grad_accum;

@@ -153,6 +153,30 @@ ppo() {
 	assert_output --partial "value_head.safetensors"
 }
 
+@test "ppo: --ref_model (with --ref_model_adapters) is the reference, as create_ref_model" {
+	need_jq
+	strip() { jq -c 'del(.elapsed_time, .remaining_time, .throughput, .peak_memory_bytes)' "$1"; }
+	run ppo --output_dir a --reward_model_type api --reward_model "$REWARD"
+	assert_success
+	# the base itself as the reference: the LoRA policy with its adapters off is that model
+	run ppo --output_dir b --reward_model_type api --reward_model "$REWARD" --ref_model "$LLAMA"
+	assert_success
+	cmp <(strip a/trainer_log.jsonl) <(strip b/trainer_log.jsonl)
+	# another reference: the base with an adapter merged gives a non-zero KL from the first step
+	run ppo --output_dir c --reward_model_type api --reward_model "$REWARD" --ref_model "$LLAMA" \
+		--ref_model_adapters "$FIXTURES/pref/llama-lora"
+	assert_success
+	[ "$(jq -r '."objective/kl" != 0' c/trainer_log.jsonl | head -1)" = true ]
+	[ "$(jq -r '."objective/kl"' a/trainer_log.jsonl | head -1)" = 0 ]
+	mkdir v300 && jq '.vocab_size = 300' "$LLAMA/config.json" > v300/config.json
+	ft-cat --encode < "$FIXTURES/pref/rm.jsonl" > rm.zst
+	ft-train --stage rm --model_name_or_path v300 --train_from_scratch true --train rm.zst --output_dir r300 \
+		--max_steps 1 -q --finetuning_type full
+	run ppo --output_dir d --reward_model_type api --reward_model "$REWARD" --ref_model r300
+	[ "$status" -eq 1 ]
+	assert_output --partial "--ref_model r300: vocabulary of 300 tokens, the policy's has 256"
+}
+
 @test "ppo: checkpoints every --save_steps; a resumed run gives the same log, adapter and value head" {
 	args=(--output_dir A --reward_model_type api --reward_model "$REWARD" --do_sample true --max_steps 4
 		--save_steps 2 --ppo_score_norm true --seed 5)

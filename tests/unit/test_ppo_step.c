@@ -112,7 +112,7 @@ static void check_stats(const json_t *want, FILE *log)
 		"ppo/loss/policy", "ppo/loss/value", "ppo/loss/total", "ppo/policy/approxkl",
 		"ppo/policy/policykl", "ppo/policy/clipfrac", "ppo/policy/advantages_mean",
 		"ppo/returns/mean", "ppo/returns/var", "ppo/val/vpred", "ppo/val/error",
-		"ppo/val/clipfrac", "ppo/val/mean", "ppo/val/var", "ppo/val/var_explained",
+		"ppo/val/clipfrac", "ppo/val/mean", "ppo/val/var", "ppo/policy/entropy", "ppo/val/var_explained",
 		"objective/kl", "objective/kl_coef", "objective/entropy", "ppo/mean_non_score_reward",
 		"ppo/mean_scores", "ppo/std_scores", "tokens/queries_len_mean", "tokens/queries_len_std",
 		"tokens/responses_len_mean", "tokens/responses_len_std",
