@@ -631,7 +631,7 @@ static int finish(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 
 	if (m->save(m->self, o->output_dir) < 0) return ft_fail_ctx("%s: saving the model: ", o->output_dir);
 	for (const char *const *f = o->extra_files; f && *f; f++)
-		if (ftp_copy_into(*f, o->output_dir) < 0) return -1;
+		if (ft_copy_into(*f, o->output_dir) < 0) return -1;
 	json_t *ts = ftp_trainer_state_json(o, p, st);
 	char *path = ft_xasprintf("%s/trainer_state.json", o->output_dir);
 	int rc = ft_json_save_file_sorted(ts, path, 2);

@@ -18,35 +18,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-int ftp_copy_into(const char *src, const char *dir)
-{
-	const char *base = strrchr(src, '/');
-	base = base ? base + 1 : src;
-	char *dst = ft_xasprintf("%s/%s", dir, base);
-	struct stat st;
-	int rc = 0;
-	if (stat(dst, &st) == 0) goto out;
-	FILE *in = fopen(src, "rb");
-	if (!in) { rc = ft_fail("%s:", src); goto out; }
-	ft_atomic a;
-	if (ft_atomic_open(&a, dst) < 0) { fclose(in); rc = -1; goto out; }
-	char buf[65536];
-	size_t n;
-	while ((n = fread(buf, 1, sizeof buf, in)) > 0)
-		if (fwrite(buf, 1, n, a.fp) != n) break;
-	int bad = ferror(in);
-	fclose(in);
-	if (bad) {
-		ft_atomic_abort(&a);
-		rc = ft_fail("%s: read failed:", src);
-		goto out;
-	}
-	rc = ft_atomic_commit(&a);
-out:
-	free(dst);
-	return rc;
-}
-
 /* As transformers' save_metrics: json.dump(indent=4, sort_keys=True),
  * numbers as Python writes floats. */
 int ft_save_results(const char *dir, const char *name, const char *const *keys, const double *vals, size_t n)
@@ -172,7 +143,7 @@ int ftp_ckpt_save(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 	json_decref(j);
 	j = NULL;
 	for (const char *const *x = o->extra_files; x && *x; x++)
-		if (ftp_copy_into(*x, a.tmp) < 0) goto abort;
+		if (ft_copy_into(*x, a.tmp) < 0) goto abort;
 	if (ft_atomic_dir_commit(&a, 1) < 0) goto out;
 	snprintf(out, outsz, "%s", dir);
 	rc = 0;

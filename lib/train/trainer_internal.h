@@ -28,8 +28,6 @@ int ftp_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt,
 int ftp_ckpt_rotate(const char *output_dir, int64_t limit);
 /* trainer_state.json as transformers writes it (plus an "ft" object). */
 json_t *ftp_trainer_state_json(const ft_train_opts *o, const ft_train_plan *p, const ftp_tstate *st);
-/* Copy a file into dir unless a file of that name is there. */
-int ftp_copy_into(const char *src, const char *dir);
 
 /* Data parallel (trainer_dist.c): sum the gradients (unless
  * grads_summed: an overlap did) and then ls[0..n] (n micro-batch losses

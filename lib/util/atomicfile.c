@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <ftw.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -351,4 +352,33 @@ void ft_atomic_install_signal_cleanup(void)
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
 	signal(SIGHUP, on_signal);
+}
+
+int ft_copy_into(const char *src, const char *dir)
+{
+	const char *base = strrchr(src, '/');
+	base = base ? base + 1 : src;
+	char *dst = ft_xasprintf("%s/%s", dir, base);
+	struct stat st;
+	int rc = 0;
+	if (stat(dst, &st) == 0) goto out;
+	FILE *in = fopen(src, "rb");
+	if (!in) { rc = ft_fail("%s:", src); goto out; }
+	ft_atomic a;
+	if (ft_atomic_open(&a, dst) < 0) { fclose(in); rc = -1; goto out; }
+	char buf[65536];
+	size_t n;
+	while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+		if (fwrite(buf, 1, n, a.fp) != n) break;
+	int bad = ferror(in);
+	fclose(in);
+	if (bad) {
+		ft_atomic_abort(&a);
+		rc = ft_fail("%s: read failed:", src);
+		goto out;
+	}
+	rc = ft_atomic_commit(&a);
+out:
+	free(dst);
+	return rc;
 }

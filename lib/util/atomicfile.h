@@ -55,6 +55,9 @@ int ft_mkdirs(const char *path);
  * that may be written); 0: it holds an entry; -1 with a message: it cannot
  * be read (not a directory, no permission). */
 int ft_dir_is_empty(const char *path);
+/* Copy the file src into dir under its own name, atomically, unless a
+ * file of that name is there (the tokenizer files beside a saved model). */
+int ft_copy_into(const char *src, const char *dir);
 
 /* Tools call this once: temporaries still pending are removed on
  * SIGINT/SIGTERM/SIGHUP and at exit (a tool that dies on an error). */

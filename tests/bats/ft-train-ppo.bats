@@ -153,6 +153,17 @@ ppo() {
 	assert_output --partial "value_head.safetensors"
 }
 
+@test "ppo: the base's tokenizer files are saved beside the adapter, as sft's outputs" {
+	mkdir base && cp "$LLAMA"/* base/
+	echo '{"model_max_length": 64}' > base/tokenizer_config.json
+	echo '{"eos_token": "</s>"}' > base/special_tokens_map.json
+	ft-train --stage ppo --model_name_or_path base --train ppo.zst --do_sample false --max_new_tokens 4 \
+		--max_steps 1 -q --output_dir a --reward_model_type api --reward_model "$REWARD"
+	cmp base/tokenizer_config.json a/tokenizer_config.json
+	cmp base/special_tokens_map.json a/special_tokens_map.json
+	[ -f a/adapter_model.safetensors ] && [ -f a/value_head.safetensors ]
+}
+
 @test "ppo: --ref_model (with --ref_model_adapters) is the reference, as create_ref_model" {
 	need_jq
 	strip() { jq -c 'del(.elapsed_time, .remaining_time, .throughput, .peak_memory_bytes)' "$1"; }

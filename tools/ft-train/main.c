@@ -225,6 +225,12 @@ static char **extra_files(const char *model_dir)
 	return v;
 }
 
+static void free_strings(char **v)
+{
+	for (char **x = v; *x; x++) free(*x);
+	free(v);
+}
+
 /* The command line again, shell-quoted, with --resume_from_checkpoint
  * replaced, for the message after an interruption. */
 static char *resume_command(int argc, char **argv, const char *ckpt)
@@ -595,6 +601,8 @@ int main(int argc, char **argv)
 	/* llamafactory: model_max_length = cutoff_len */
 	c.tune.model_max_length = c.do_train ? tm_.cutoff_len : c.n_val ? vm_.cutoff_len : 0;
 	ft_model *m = load_model(&c);
+	char **extra = extra_files(c.from_scratch ? NULL : c.model);   /* copied beside the outputs */
+	c.t.extra_files = (const char *const *)extra;
 	if (ppo_stage(&c) || grpo_stage(&c)) {   /* their own loops (tools/ft-train/ppo.c, grpo.c) */
 		if (!c.do_train || c.n_val) die_usage("--stage %s trains (no --do_eval, --val or --do_predict)", c.stage);
 		if (c.resume && grpo_stage(&c)) die_usage("--resume_from_checkpoint: --stage grpo does not resume in this ft-train");
@@ -603,6 +611,7 @@ int main(int argc, char **argv)
 		train.close(train.self);
 		ft_model_free(m);
 		dist_finish(dist);
+		free_strings(extra);
 		return rc_ppo;
 	}
 	ft_train_extras_model(&c, m);
@@ -616,8 +625,6 @@ int main(int argc, char **argv)
 		if (c.do_eval) rc = c.pref ? pref_eval_only(&c, &tm, &val) : eval_only(&c, &tm, &val);
 	} else {
 		if (ft_mkdirs(c.output_dir) < 0) die("%s", ft_errmsg());
-		char **extra = extra_files(c.from_scratch ? NULL : c.model);
-		c.t.extra_files = (const char *const *)extra;
 		c.t.stop = &stop_flag;
 		c.t.on_event = on_event;
 		install_signals();
@@ -661,8 +668,6 @@ int main(int argc, char **argv)
 				if (n < 0) warn("--plot_loss: %s", ft_errmsg());
 			}
 		}
-		for (char **x = extra; *x; x++) free(*x);
-		free(extra);
 		train.close(train.self);
 	}
 	if (rc == 0 && c.do_predict) pref_predict(&c, &val);
@@ -681,6 +686,7 @@ int main(int argc, char **argv)
 	ft_train_extras_free(&c, c.t.optim_ext);
 	ft_model_free(m);
 	dist_finish(dist);
+	free_strings(extra);
 	free(resume);
 	for (size_t i = 0; i < c.n_train; i++) free(c.train[i]);
 	for (size_t i = 0; i < c.n_val; i++) free(c.val[i]);

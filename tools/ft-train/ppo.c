@@ -282,8 +282,11 @@ static void save_outputs(const ft_cli_args *c, ft_model *m, const float *vw, int
 	ft_atomic a;
 	if (ft_atomic_dir_open(&a, stage) < 0) die("%s", ft_errmsg());
 	int lora = c->tune.type == FT_FT_LORA;
-	if ((lora ? ft_model_save_adapter(m, a.tmp) : ft_model_save(m, a.tmp)) < 0 ||
-	    write_value_head(a.tmp, vw, D, vb) < 0) {
+	int bad = (lora ? ft_model_save_adapter(m, a.tmp) : ft_model_save(m, a.tmp)) < 0 ||
+		  write_value_head(a.tmp, vw, D, vb) < 0;
+	for (const char *const *f = c->t.extra_files; !bad && f && *f; f++)   /* as sft's outputs */
+		bad = ft_copy_into(*f, a.tmp) < 0;
+	if (bad) {
 		ft_atomic_dir_abort(&a);
 		die("saving to %s: %s", c->output_dir, ft_errmsg());
 	}
