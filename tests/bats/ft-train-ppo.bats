@@ -224,6 +224,9 @@ ppo() {
 	run ppo --output_dir a --reward_model_type bogus --reward_model cat
 	[ "$status" -eq 2 ]
 	assert_output --partial "(lora, full or api)"
+	run ppo --output_dir a --reward_model rm --finetuning_type full
+	[ "$status" -eq 2 ]
+	assert_output --partial "--reward_model_type lora cannot be used for freeze/full PPO training"
 	# stage / records mismatch, both ways
 	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > sft.zst
 	run ppo --output_dir a --reward_model_type api --reward_model cat --train sft.zst

@@ -82,6 +82,9 @@ void ppo_args_parse(ft_lfargs *a, ft_cli_args *c)
 	P.reward_type = ft_lfargs_get(a, "reward_model_type", "lora");
 	if (strcmp(P.reward_type, "lora") && strcmp(P.reward_type, "api") && strcmp(P.reward_type, "full"))
 		die_usage("--reward_model_type: '%s' (lora, full or api)", P.reward_type);
+	if (!strcmp(P.reward_type, "lora") && c->tune.type != FT_FT_LORA)   /* FinetuningArguments' check */
+		die_usage("--reward_model_type lora cannot be used for freeze/full PPO training (the rm adapter "
+			  "needs the LoRA policy's base): use --reward_model_type full or api");
 	P.reward_adapters = ft_lfargs_get(a, "reward_model_adapters", NULL);
 	if (P.reward_adapters && strcmp(P.reward_type, "full"))   /* LLaMA-Factory uses them only there */
 		die_usage("--reward_model_adapters: only --reward_model_type full uses them");
