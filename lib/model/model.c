@@ -586,6 +586,14 @@ ft_model *ft_model_load(const char *model_dir, const ft_tune_opts *o)
 	return ftp_model_quantize(m);
 }
 
+/* A base tensor's weights, unless borrowed from another model
+ * (ft_model_share_base). */
+static void free_base(const ft_model *m, float *w)
+{
+	if (!m->base_borrowed)
+		free(w);
+}
+
 void ft_model_free(ft_model *m)
 {
 	if (!m)
@@ -594,26 +602,26 @@ void ft_model_free(ft_model *m)
 	ftp_model_quant_free(m);
 	ftp_model_free_params(m);
 	ftp_oft_free(m);
-	free(m->wte.w); free(m->wte.g);
+	free_base(m, m->wte.w); free(m->wte.g);
 	if (!m->c.tie_word_embeddings) {
-		free(m->lm_head.w);
+		free_base(m, m->lm_head.w);
 		free(m->lm_head.g);
 	}
-	free(m->norm.w); free(m->norm.g);
+	free_base(m, m->norm.w); free(m->norm.g);
 	for (int l = 0; m->layers && l < m->c.num_hidden_layers; l++) {
 		ftp_layer *y = &m->layers[l];
-		free(y->ln1.w); free(y->ln1.g); free(y->ln2.w); free(y->ln2.g);
-		free(y->qn.w); free(y->qn.g); free(y->kn.w); free(y->kn.g);
-		free(y->ln3.w); free(y->ln3.g); free(y->ln4.w); free(y->ln4.g);
+		free_base(m, y->ln1.w); free(y->ln1.g); free_base(m, y->ln2.w); free(y->ln2.g);
+		free_base(m, y->qn.w); free(y->qn.g); free_base(m, y->kn.w); free(y->kn.g);
+		free_base(m, y->ln3.w); free(y->ln3.g); free_base(m, y->ln4.w); free(y->ln4.g);
 		for (int j = 0; j < L_NLIN; j++) {
 			if (ftp_fused_lead(&m->c, j) == j) {   /* members share their lead's */
-				free(y->lin[j].w);
+				free_base(m, y->lin[j].w);
 				free(y->lin[j].g);
 			}
 			lora_release(&m->c, j, &y->lora[j]);
 		}
 		for (int j = 0; j < 3; j++) {
-			free(y->bias[j].w);
+			free_base(m, y->bias[j].w);
 			free(y->bias[j].g);
 		}
 	}
@@ -639,6 +647,61 @@ ft_param *ft_model_find_param(ft_model *m, const char *name)
 		if (!strcmp(m->params[i].name, name))
 			return &m->params[i];
 	return NULL;
+}
+
+/* Every base tensor of m, in one order for two models of one shape. */
+static size_t base_tensors(ft_model *m, ftp_wg **out)
+{
+	size_t n = 0;
+	out[n++] = &m->wte;
+	if (!m->c.tie_word_embeddings) out[n++] = &m->lm_head;
+	out[n++] = &m->norm;
+	for (int l = 0; l < m->c.num_hidden_layers; l++) {
+		ftp_layer *y = &m->layers[l];
+		ftp_wg *t[] = { &y->ln1, &y->ln2, &y->qn, &y->kn, &y->ln3, &y->ln4, &y->bias[0], &y->bias[1],
+				&y->bias[2] };
+		for (size_t k = 0; k < sizeof t / sizeof *t; k++) out[n++] = t[k];
+		for (int j = 0; j < L_NLIN; j++) out[n++] = &y->lin[j];
+	}
+	return n;
+}
+
+int ft_model_share_base(ft_model *dst, const ft_model *src)
+{
+	const ft_config *a = &dst->c, *b = &src->c;
+	if (a->arch != b->arch || a->vocab_size != b->vocab_size || a->hidden_size != b->hidden_size ||
+	    a->intermediate_size != b->intermediate_size || a->num_hidden_layers != b->num_hidden_layers ||
+	    a->num_attention_heads != b->num_attention_heads ||
+	    a->num_key_value_heads != b->num_key_value_heads || a->head_dim != b->head_dim ||
+	    a->tie_word_embeddings != b->tie_word_embeddings || a->attention_bias != b->attention_bias)
+		return ft_fail("the two models differ in shape");
+	if (a->fused || dst->qw || src->qw || dst->oft || src->oft)
+		return ft_fail("fused, quantized or OFT-folded weights are not shared");
+	if (src->o.pissa_init || dst->o.pissa_init)
+		return ft_fail("PiSSA changed a base");
+	if (dst->o.type != FT_FT_LORA || src->o.type != FT_FT_LORA)
+		return ft_fail("only LoRA models keep their bases frozen");
+	size_t cap = 16 + (size_t)a->num_hidden_layers * (9 + L_NLIN);
+	ftp_wg **td = ft_xmalloc(cap * sizeof *td), **ts = ft_xmalloc(cap * sizeof *ts);
+	size_t n = base_tensors(dst, td);
+	base_tensors((ft_model *)src, ts);
+	int ok = 1;
+	for (size_t k = 0; k < n && ok; k++)
+		ok = !td[k]->g && !ts[k]->g && !td[k]->w == !ts[k]->w;
+	if (ok) {
+		for (size_t k = 0; k < n; k++) {
+			free(td[k]->w);
+			td[k]->w = ts[k]->w;
+		}
+		if (a->tie_word_embeddings) dst->lm_head.w = dst->wte.w;
+		dst->base_borrowed = 1;
+		free(dst->wmean);   /* derived from the old head: recomputed */
+		dst->wmean = NULL;
+	}
+	free(td);
+	free(ts);
+	if (!ok) return ft_fail("a base tensor trains or is missing in one of the models");
+	return ftp_model_build_params(dst);
 }
 
 long ft_model_param_index(ft_model *m, const ft_param *p)

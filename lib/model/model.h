@@ -252,6 +252,12 @@ int ft_model_dora_init(ft_model *m);
 
 /* Parameter names (HF/PEFT) to find a tensor; NULL if absent. */
 ft_param *ft_model_find_param(ft_model *m, const char *name);
+/* Point dst's frozen base weights at src's (same shape), freeing dst's
+ * own: two LoRA models over one base, as PEFT's adapter swap (ppo's rm
+ * adapter beside the policy).  src must outlive dst and its base must not
+ * change (LoRA keeps it frozen).  Fails, changing nothing, for other
+ * shapes, fused, quantized, OFT or PiSSA bases, or a base that trains. */
+int ft_model_share_base(ft_model *dst, const ft_model *src);
 /* The index i of p (ft_model_param(m, i) == p), or -1 when p is not one
  * of m's parameters. */
 long ft_model_param_index(ft_model *m, const ft_param *p);

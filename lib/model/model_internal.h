@@ -67,6 +67,7 @@ struct ft_model {
 	char save_dtype[16];     /* "" = as config (torch dtype), else F32 etc. */
 
 	ftp_wg wte, lm_head, norm;    /* lm_head aliases wte when tied */
+	int base_borrowed;           /* the base tensors' w are another model's (ft_model_share_base) */
 	ftp_layer *layers;
 	ft_param *params;
 	size_t nparams;

@@ -1,4 +1,5 @@
 /* ppo_rm.c - a reward model's value head as a reward (see ppo_rm.h). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "format/safetensors.h"
@@ -48,7 +49,8 @@ int ft_ppo_rm_open_model(ft_ppo_rm *r, ft_model *m, const char *dir)
 	return 0;
 }
 
-int ft_ppo_rm_open_lora(ft_ppo_rm *r, const char *base, const ft_tune_opts *t, const char *dir)
+int ft_ppo_rm_open_lora(ft_ppo_rm *r, const char *base, const ft_tune_opts *t, const char *dir,
+			const ft_model *policy, char *why, size_t why_n)
 {
 	memset(r, 0, sizeof *r);
 	ft_model *m = ft_model_load(base, t);
@@ -60,6 +62,9 @@ int ft_ppo_rm_open_lora(ft_ppo_rm *r, const char *base, const ft_tune_opts *t, c
 		free(why);
 		return -1;
 	}
+	if (why_n) why[0] = 0;
+	if (policy && ft_model_share_base(m, policy) < 0 && why_n)
+		snprintf(why, why_n, "%s", ft_errmsg());
 	return ft_ppo_rm_open_model(r, m, dir);   /* its messages name dir/value_head.safetensors */
 }
 

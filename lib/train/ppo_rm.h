@@ -17,8 +17,13 @@ typedef struct {
 } ft_ppo_rm;
 
 /* lora: the base at `base` (tuned as t) with the rm adapter of `dir` in
- * place.  Fails with a message naming dir. */
-int ft_ppo_rm_open_lora(ft_ppo_rm *r, const char *base, const ft_tune_opts *t, const char *dir);
+ * place.  With policy (the LoRA policy on the same base) the reward model
+ * then shares its base weights (ft_model_share_base), so the base is held
+ * once while training, as LLaMA-Factory's adapter swap; *why (when not
+ * NULL) is set to NULL when shared, else to the reason it is not (a
+ * static string).  Fails with a message naming dir. */
+int ft_ppo_rm_open_lora(ft_ppo_rm *r, const char *base, const ft_tune_opts *t, const char *dir,
+			const ft_model *policy, char *why, size_t why_n);
 /* Takes m (already loaded; freed by ft_ppo_rm_close) and reads the value
  * head of dir/value_head.safetensors into r. */
 int ft_ppo_rm_open_model(ft_ppo_rm *r, ft_model *m, const char *dir);

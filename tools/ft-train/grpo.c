@@ -475,8 +475,11 @@ int grpo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manif
 		o.samples_ctx = &R;
 	}
 	if (P.rm_dir) {
-		/* the policy's base with the rm adapter, a second copy beside the policy */
-		if (ft_ppo_rm_open_lora(&R.rm, c->model, &c->tune, P.rm_dir) < 0) die("--reward_model: %s", ft_errmsg());
+		/* the rm adapter over the policy's own base weights */
+		char why[256];
+		if (ft_ppo_rm_open_lora(&R.rm, c->model, &c->tune, P.rm_dir, m, why, sizeof why) < 0)
+			die("--reward_model: %s", ft_errmsg());
+		if (why[0]) warn("note: --reward_model %s: a second copy of the base (%s)", P.rm_dir, why);
 	}
 	for (int k = 0; k < P.n_rewards; k++)
 		if (k != P.rm_index && !(R.r[k] = ft_grpo_reward_start(P.names[k], P.cmds[k])))

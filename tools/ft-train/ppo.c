@@ -234,8 +234,12 @@ static void reward_open(ft_cli_args *c, ft_model *m, reward_ctx *R)
 			    rc->vocab_size, rc->hidden_size, pc->vocab_size, pc->hidden_size);
 		if (ft_ppo_rm_open_model(&R->rm, rm, P.reward_model) < 0)
 			die("--reward_model %s: %s", P.reward_model, ft_errmsg());
-	} else if (ft_ppo_rm_open_lora(&R->rm, c->model, &c->tune, P.reward_model) < 0) {
-		die("--reward_model: %s", ft_errmsg());
+	} else {   /* the rm adapter over the policy's own base weights */
+		char why[256];
+		if (ft_ppo_rm_open_lora(&R->rm, c->model, &c->tune, P.reward_model, m, why, sizeof why) < 0)
+			die("--reward_model: %s", ft_errmsg());
+		if (why[0])
+			warn("note: --reward_model %s: a second copy of the base (%s)", P.reward_model, why);
 	}
 }
 
