@@ -108,6 +108,20 @@ static lora_mod *module_for(ft_lora *l, const char *module)
 	return m;
 }
 
+/* The module a tensor name names up to `end` (name[0..end)), known and
+ * created on first use; NULL after ft_fail naming the tensor. */
+static lora_mod *module_at(ft_lora *l, const char *file, const ft_st_tensor *t, const char *name,
+			   const char *end)
+{
+	char *module = ft_xasprintf("%.*s", (int)(end - name), name);
+	lora_mod *m = known_module(module) ? module_for(l, module) : NULL;
+	if (!m)
+		ft_fail("%s: tensor %s: unknown target module '%s' (ft-merge knows q_proj k_proj v_proj o_proj "
+			"gate_proj up_proj down_proj, Phi-3's qkv_proj gate_up_proj)", file, t->name, module);
+	free(module);
+	return m;
+}
+
 /* DoRA: "<module>.lora_magnitude_vector" as PEFT saves it (or with
  * ".default.weight" as its state dict names it). */
 static int place_magnitude(ft_lora *l, const char *file, const ft_st_tensor *t, const char *name,
@@ -119,14 +133,8 @@ static int place_magnitude(ft_lora *l, const char *file, const ft_st_tensor *t, 
 	if (!l->cfg.use_dora)
 		return ft_fail("%s: tensor %s: a DoRA magnitude, but adapter_config.json has no use_dora", file,
 			       t->name);
-	char *module = ft_xasprintf("%.*s", (int)(mg - name), name);
-	if (!known_module(module)) {
-		ft_fail("%s: tensor %s: unknown target module '%s'", file, t->name, module);
-		free(module);
-		return -1;
-	}
-	lora_mod *m = module_for(l, module);
-	free(module);
+	lora_mod *m = module_at(l, file, t, name, mg);
+	if (!m) return -1;
 	if (m->mag) return ft_fail("%s: tensor %s appears twice", file, t->name);
 	m->mag = t;
 	return 0;
@@ -143,14 +151,8 @@ static int place_oft(ft_lora *l, const char *file, const ft_st_tensor *t, const 
 	if (!l->cfg.peft_type || strcmp(l->cfg.peft_type, "OFT"))
 		return ft_fail("%s: tensor %s: an OFT weight, but adapter_config.json's peft_type is not OFT", file,
 			       t->name);
-	char *module = ft_xasprintf("%.*s", (int)(o - name), name);
-	if (!known_module(module)) {
-		ft_fail("%s: tensor %s: unknown target module '%s'", file, t->name, module);
-		free(module);
-		return -1;
-	}
-	lora_mod *m = module_for(l, module);
-	free(module);
+	lora_mod *m = module_at(l, file, t, name, o);
+	if (!m) return -1;
 	if (m->oft) return ft_fail("%s: tensor %s appears twice", file, t->name);
 	m->oft = t;
 	return 0;
@@ -202,24 +204,13 @@ static int place_tensor(ft_lora *l, const char *file, const ft_st_tensor *t)
 		l->full[l->nfull++] = (lora_full){ n, t };
 		return 0;
 	}
-	char *module = ft_xmalloc((size_t)(p - name) + 1);
-	memcpy(module, name, (size_t)(p - name));
-	module[p - name] = 0;
 	const char *rest = p + 8;
 	if (!strncmp(rest, "default.", 8)) rest += 8;
 	int is_bias = !strcmp(rest, "bias");
-	if (strcmp(rest, "weight") != 0 && !(b && is_bias)) {
-		free(module);
+	if (strcmp(rest, "weight") != 0 && !(b && is_bias))
 		return ft_fail("%s: tensor %s: unexpected name after lora_%c", file, t->name, a ? 'A' : 'B');
-	}
-	if (!known_module(module)) {
-		ft_fail("%s: tensor %s: unknown target module '%s' (ft-merge knows q_proj k_proj v_proj o_proj "
-			"gate_proj up_proj down_proj, Phi-3's qkv_proj gate_up_proj)", file, t->name, module);
-		free(module);
-		return -1;
-	}
-	lora_mod *m = module_for(l, module);
-	free(module);
+	lora_mod *m = module_at(l, file, t, name, p);
+	if (!m) return -1;
 	const ft_st_tensor **slot = a ? &m->A : is_bias ? &m->Bbias : &m->B;
 	if (*slot) return ft_fail("%s: tensor %s appears twice (with and without .default?)", file, t->name);
 	*slot = t;
