@@ -456,6 +456,25 @@ static void check_longrope(void)
 	ft_model_free(m);
 }
 
+/* The largest relative error of the model's gradients against the
+ * fixture's "<pre>.grad.<name>" tensors; *n: how many were compared. */
+static double grads_worst(ft_model *m, const ft_st *st, const char *pre, int *n)
+{
+	double worst = 0;
+	char nm[256];
+	*n = 0;
+	for (size_t i = 0; i < ft_model_nparams(m); i++) {
+		ft_param *p = ft_model_param(m, i);
+		if (!p->g) continue;
+		snprintf(nm, sizeof nm, "%s.grad.%s", pre, p->name);
+		double ge = cmp(st, nm, p->g, p->n);
+		if (ge > 1e-4) printf("# %s: %.2g\n", p->name, ge);
+		worst = fmax(worst, ge);
+		(*n)++;
+	}
+	return worst;
+}
+
 /* The preference stages' log-prob head on Gemma 2 (final soft-cap 3):
  * logp and the logit means within 1e-4 of transformers' (relative to the
  * largest), the gradients of sum(w * logp) within 1e-4 as above; full
@@ -486,17 +505,8 @@ static void check_pref_softcap(ft_finetuning_type type, const char *pre)
 	ok(el <= 1e-4 && em <= 1e-4, "gemma2 pref %s: soft-capped logp (%.2g) and logit means (%.2g)%s%s", pre,
 	   el, em, rc ? ": " : "", rc ? ft_errmsg() : "");
 	rc = rc == 0 ? ft_model_logps_backward(m, &b, w) : -1;
-	double worst = rc == 0 ? 0 : INFINITY;
 	int n = 0;
-	for (size_t i = 0; rc == 0 && i < ft_model_nparams(m); i++) {
-		ft_param *p = ft_model_param(m, i);
-		if (!p->g) continue;
-		snprintf(nm, sizeof nm, "%s.grad.%s", pre, p->name);
-		double ge = cmp(st, nm, p->g, p->n);
-		if (ge > 1e-4) printf("# %s: %.2g\n", p->name, ge);
-		worst = fmax(worst, ge);
-		n++;
-	}
+	double worst = rc == 0 ? grads_worst(m, st, pre, &n) : INFINITY;
 	ok(n > 0 && worst <= 1e-4, "gemma2 pref %s: %d gradients of sum(w logp) within 1e-4 (worst %.2g)", pre, n,
 	   worst);
 	free(logp); free(lmean); free(w); free(b.input_ids); free(b.labels);
@@ -541,17 +551,8 @@ static void check_tokloss_softcap(int kind, const char *pre)
 	rc = ft_model_forward_backward(m, &b, 1.0f, &loss, NULL);
 	ok(rc == 0 && want && rel_err(loss, want[0], 1e-6) <= 1e-5, "gemma2 %s: loss %.6f vs LLaMA-Factory %.6f%s%s",
 	   pre, loss, want ? want[0] : NAN, rc ? ": " : "", rc ? ft_errmsg() : "");
-	double worst = rc == 0 ? 0 : INFINITY;
 	int n = 0;
-	for (size_t i = 0; rc == 0 && i < ft_model_nparams(m); i++) {
-		ft_param *p = ft_model_param(m, i);
-		if (!p->g) continue;
-		snprintf(nm, sizeof nm, "%s.grad.%s", pre, p->name);
-		double ge = cmp(st, nm, p->g, p->n);
-		if (ge > 1e-4) printf("# %s: %.2g\n", p->name, ge);
-		worst = fmax(worst, ge);
-		n++;
-	}
+	double worst = rc == 0 ? grads_worst(m, st, pre, &n) : INFINITY;
 	ok(n > 0 && worst <= 1e-4, "gemma2 %s: %d gradients within 1e-4 (worst %.2g)", pre, n, worst);
 	free(want); free(b.input_ids); free(b.labels);
 	ft_model_free(m);
