@@ -335,9 +335,9 @@ static inline FT_HD double ft_k_ce_row(float *grad, const float *l, int V, int t
 /* Does query t of a row with len real tokens (HF's attention_mask: 1 on
  * positions [0, len), 0 on the right padding) see no real key at all?
  * Only when len == 0 (an empty row) or a sliding window has moved past
- * the last real token; such a query attends to itself alone (HF's fully
- * masked row is undefined: eager/sdpa average every value, flash-attn
- * drops the row), so every row keeps at least one key. */
+ * the last real token; such a query attends to itself alone (what HF
+ * gives a fully masked row depends on the attention implementation), so
+ * every row keeps at least one key. */
 static inline FT_HD int ft_k_attn_blind(int t, int window, int len)
 {
 	return len <= 0 || (window > 0 && t - (len - 1) >= window);
