@@ -13,5 +13,6 @@ void ft_batch_free(ft_batch *b)
 	free(b->position_ids);
 	free(b->segment_ids);
 	free(b->kto_tags);
+	free(b->lengths);
 	memset(b, 0, sizeof *b);
 }

@@ -77,6 +77,7 @@ typedef struct {
 	size_t *pidx;
 	ft_i32vec *comp;
 	int32_t *ids, *labels;
+	int32_t *len;           /* [N] prompt + completion: the rest is padding */
 	float *mask, *adv, *old, *ref;
 	double num_items;
 } genbatch;
@@ -84,7 +85,7 @@ typedef struct {
 static void genbatch_free(genbatch *g)
 {
 	for (int i = 0; g->comp && i < g->N; i++) ft_i32vec_free(&g->comp[i]);
-	free(g->comp); free(g->pidx); free(g->ids); free(g->labels);
+	free(g->comp); free(g->pidx); free(g->ids); free(g->labels); free(g->len);
 	free(g->mask); free(g->adv); free(g->old); free(g->ref);
 	memset(g, 0, sizeof *g);
 }
@@ -108,8 +109,10 @@ static void build_grid(genbatch *g, const ft_i32vec *prompts)
 	g->ids = ft_xcalloc(n, sizeof *g->ids);
 	g->labels = ft_xmalloc(n * sizeof *g->labels);
 	g->mask = ft_xcalloc(n, sizeof *g->mask);
+	g->len = ft_xmalloc((size_t)g->N * sizeof *g->len);
 	for (int i = 0; i < g->N; i++) {
 		const ft_i32vec *q = &prompts[g->pidx[i]], *a = &g->comp[i];
+		g->len[i] = (int32_t)(q->n + a->n);
 		for (int t = 0; t < T; t++) {
 			size_t k = (size_t)i * T + t, lq = q->n, la = a->n;
 			g->ids[k] = t < (int)lq ? q->v[t] : t < (int)(lq + la) ? a->v[t - lq] : 0;
@@ -130,8 +133,10 @@ static void sub_batch(const genbatch *g, const int *rows, int n, ft_batch *b)
 	b->T = g->T;
 	b->input_ids = ft_xmalloc((size_t)n * g->T * sizeof(int32_t));
 	b->labels = ft_xmalloc((size_t)n * g->T * sizeof(int32_t));
+	b->lengths = ft_xmalloc((size_t)n * sizeof(int32_t));   /* HF's attention_mask */
 	for (int i = 0; i < n; i++) {
 		size_t s = (size_t)rows[i] * g->T, d = (size_t)i * g->T;
+		b->lengths[i] = g->len[rows[i]];
 		memcpy(b->input_ids + d, g->ids + s, g->T * sizeof(int32_t));
 		memcpy(b->labels + d, g->labels + s, g->T * sizeof(int32_t));
 		for (int t = 0; t < g->T; t++) b->n_label_tokens += g->labels[d + t] != FT_IGNORE_INDEX;

@@ -36,6 +36,11 @@ static int array_next(void *self, ft_batch *out)
 	out->position_ids = NULL;
 	out->segment_ids = NULL;
 	out->kto_tags = NULL;
+	out->lengths = NULL;
+	if (b->lengths) {
+		out->lengths = ft_xmalloc((size_t)b->B * sizeof(int32_t));
+		memcpy(out->lengths, b->lengths, (size_t)b->B * sizeof(int32_t));
+	}
 	if (b->position_ids) {
 		out->position_ids = ft_xmalloc(n * sizeof(int32_t));
 		memcpy(out->position_ids, b->position_ids, n * sizeof(int32_t));

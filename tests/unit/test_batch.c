@@ -134,10 +134,55 @@ static void test_bad_records(void)
 	free(path);
 }
 
+/* lengths [B] (padded layouts): written, read back, absent again on the
+ * next record; out of [0, T], the wrong count, or a label past a row's
+ * length refused naming the record and row. */
+static void test_lengths(void)
+{
+	char *path = ft_xasprintf("%s/len.ftb.zst", dir);
+	ft_writer *w = open_w(path, "batches", 0);
+	int32_t ids[8] = { 5, 6, 7, 0, 8, 0, 0, 0 }, lab[8] = { -100, 6, 7, -100, 8, -100, -100, -100 };
+	int32_t len[2] = { 3, 1 }, bad_hi[2] = { 3, 5 }, bad_lab[2] = { 2, 1 }, neg[2] = { -1, 1 };
+	ft_batch b = { .B = 2, .T = 4, .input_ids = ids, .labels = lab, .lengths = len };
+	ok(w && ft_batch_write(w, &b) == 0, "write a batch with lengths");
+	b.lengths = NULL;
+	ft_batch_write(w, &b);
+	int32_t *bads[3] = { bad_hi, bad_lab, neg };
+	for (int i = 0; i < 3; i++) {
+		b.lengths = bads[i];
+		ft_batch_write(w, &b);
+	}
+	ft_w_begin(w, 5);
+	ft_w_int(w, "B", 2);
+	ft_w_int(w, "T", 4);
+	ft_w_i32s(w, "input_ids", ids, 8);
+	ft_w_i32s(w, "labels", lab, 8);
+	ft_w_i32s(w, "lengths", len, 1);
+	ft_w_end(w);
+	ft_writer_close(w);
+	ft_reader *r = ft_reader_open(path);
+	ft_batch got = { 0 };
+	ok(r && ft_batch_read(r, &got) == 1 && got.lengths && got.lengths[0] == 3 &&
+	   got.lengths[1] == 1, "lengths read back");
+	ok(ft_batch_read(r, &got) == 1 && !got.lengths, "a record without lengths: none");
+	static const char *want[4] = { "record 2: row 1: length 5 outside [0, 4]",
+				       "record 3: row 0: a label at position 2, past its length 2",
+				       "record 4: row 0: length -1 outside [0, 4]",
+				       "record 5: 'lengths' has 1 values, expected 2" };
+	for (int i = 0; i < 4; i++) {
+		int rc = ft_batch_read(r, &got);
+		ok(rc == -1 && strstr(ft_errmsg(), want[i]), "refused: %s", ft_errmsg());
+	}
+	ft_batch_free(&got);
+	ft_reader_close(r);
+	free(path);
+}
+
 int main(void)
 {
 	if (!mkdtemp(dir)) { ok(0, "mkdtemp"); return tap_done(); }
 	test_roundtrip();
+	test_lengths();
 	test_manifest_json();
 	test_bad_records();
 	ft_remove_tree(dir);
