@@ -36,5 +36,8 @@ typedef struct {
 
 /* Free b's arrays and zero it (a zeroed batch is empty and reusable). */
 void ft_batch_free(ft_batch *b);
+/* dst := a deep copy of src (dst's old arrays freed first; every array
+ * src has, dst owns its own copy of). */
+void ft_batch_copy(ft_batch *dst, const ft_batch *src);
 
 #endif

@@ -178,11 +178,30 @@ static void test_lengths(void)
 	free(path);
 }
 
+/* ft_batch_copy: every array copied into memory of its own. */
+static void test_copy(void)
+{
+	int32_t ids[6] = { 1, 2, 3, 4, 5, 6 }, lab[6] = { -100, 2, 3, -100, 5, 6 };
+	int32_t pos[6] = { 0, 1, 2, 0, 1, 2 }, len[2] = { 3, 2 }, tags[2] = { 1, 0 };
+	ft_batch src = { .B = 2, .T = 3, .input_ids = ids, .labels = lab, .position_ids = pos,
+			 .lengths = len, .kto_tags = tags, .n_label_tokens = 4, .index = 7 };
+	ft_batch dst = { 0 };
+	ft_batch_copy(&dst, &src);
+	ok(dst.input_ids != ids && !memcmp(dst.input_ids, ids, sizeof ids) && !memcmp(dst.labels, lab, sizeof lab)
+	   && !memcmp(dst.position_ids, pos, sizeof pos) && !dst.segment_ids,
+	   "copy: ids, labels, positions in memory of their own; absent arrays stay NULL");
+	ok(dst.lengths != len && !memcmp(dst.lengths, len, sizeof len) && dst.kto_tags != tags &&
+	   !memcmp(dst.kto_tags, tags, sizeof tags) && dst.index == 7 && dst.n_label_tokens == 4,
+	   "copy: lengths, kto tags and the counts");
+	ft_batch_free(&dst);
+}
+
 int main(void)
 {
 	if (!mkdtemp(dir)) { ok(0, "mkdtemp"); return tap_done(); }
 	test_roundtrip();
 	test_lengths();
+	test_copy();
 	test_manifest_json();
 	test_bad_records();
 	ft_remove_tree(dir);
