@@ -21,6 +21,7 @@
 #define MOD_WHY "Mixture-of-Depths: its package (mixture-of-depth 1.2.0, the latest) fails with " \
 	"the transformers LLaMA-Factory requires (5.x: `import MoD` fails; 4.55-4.57: convert fails " \
 	"at the first forward), so ft has no behaviour to match (docs/EXTRAS.md)"
+#define RAY_NOTE "a Ray setting: ft-run starts its ranks with mpirun, not Ray (ray_num_workers under USE_RAY=1)"
 
 static const ftp_route routes[] = {
 	{"stage", FTP_T | FTP_P | FTP_R, NULL},
@@ -94,11 +95,14 @@ static const ftp_route routes[] = {
 	 "(ranks hold whole models; docs/DISTRIBUTED.md)"},
 	{"fsdp_transformer_layer_cls_to_wrap", FTP_N, "ft's ranks hold whole models: no layer "
 	 "is wrapped or sharded"},
-	{"ray_num_workers", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
-	{"ray_run_name", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
-	{"ray_storage_path", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
-	{"resources_per_worker", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
-	{"placement_strategy", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
+	/* Ray: LLaMA-Factory uses it only under USE_RAY=1, when ft-run starts
+	 * ray_num_workers ranks with mpirun instead (tools/ft-run) */
+	{"ray_num_workers", FTP_N, "with USE_RAY=1 ft-run trains on that many ranks, started by "
+	 "mpirun instead of Ray; without it LLaMA-Factory and ft-run train in one process"},
+	{"ray_init_kwargs", FTP_N, RAY_NOTE}, {"ray_run_name", FTP_N, RAY_NOTE},
+	{"ray_storage_path", FTP_N, RAY_NOTE}, {"resources_per_worker", FTP_N, RAY_NOTE},
+	{"placement_strategy", FTP_N, RAY_NOTE}, {"master_addr", FTP_N, RAY_NOTE},
+	{"master_port", FTP_N, RAY_NOTE},
 	{"fp8", FTP_X, "fp8 training needs transformer-engine kernels ft does not have"},
 	{"fp8_backend", FTP_X, "fp8 training needs transformer-engine kernels ft does not have"},
 	{"fp8_enable_fsdp_float8_all_gather", FTP_X, "fp8 training is not supported"},
@@ -143,7 +147,7 @@ static const ftp_route families[] = {
 	{"galore_", FTP_R, NULL},  /* ft-train checks each */
 	{"oft_", FTP_X, "not an OFTConfig setting LLaMA-Factory passes (oft_rank, oft_block_size, "
 	 "oft_target, module_dropout)"},
-	{"ray_", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
+	{"ray_", FTP_N, RAY_NOTE},
 	{"loraplus_", FTP_R, NULL},
 	{"kt_", FTP_X, "KTransformers is a torch backend ft does not run"},
 	{"fp8_", FTP_X, "fp8 training is not supported"},

@@ -46,6 +46,7 @@ train_lora/qwen3_lora_pretrain.yaml
 train_lora/qwen3_lora_reward.yaml
 train_lora/qwen3_lora_sft.yaml
 train_lora/qwen3_lora_sft_ds3.yaml
+train_lora/qwen3_lora_sft_ray.yaml
 train_lora/qwen3_preprocess.yaml
 train_qlora/llama3_lora_sft_aqlm.yaml
 train_qlora/llama3_lora_sft_awq.yaml
