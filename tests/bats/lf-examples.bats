@@ -229,6 +229,18 @@ tiny_qwen() {
 	assert_output --partial "--zero 1"
 }
 
+# extras/mod is the one config whose every other setting ft runs: MoD alone
+# stops it, with the reason (docs/EXTRAS.md: the mixture-of-depth package
+# fails under the transformers LLaMA-Factory requires).
+@test "extras/mod: refused for mixture_of_depths alone, with why" {
+	run --separate-stderr ft-run -n train "$EX/extras/mod/llama3_full_sft.yaml" model_name_or_path=model
+	assert_failure 1
+	[ "$(wc -l <<< "$stderr")" -eq 2 ]
+	[[ "$stderr" == *"llama3_full_sft.yaml:9: 'mixture_of_depths' is not supported: Mixture-of-Depths: its package"* ]]
+	[[ "$stderr" == *"ft-run: 1 setting ft cannot run" ]]
+	[ -z "$output" ]
+}
+
 @test "a pre-quantized checkpoint is refused by name, as its config says" {
 	cp -r "$FT_ROOT/tests/fixtures/models/tiny-llama" model
 	jq '. + {quantization_config: {quant_method: "awq", bits: 4}}' model/config.json > c && mv c model/config.json
