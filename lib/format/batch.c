@@ -3,6 +3,7 @@
  * training loop) links without the stream module. */
 #include "format/batch.h"
 
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,5 +14,6 @@ void ft_batch_free(ft_batch *b)
 	free(b->position_ids);
 	free(b->segment_ids);
 	free(b->kto_tags);
+	json_decref(b->extra_columns);
 	memset(b, 0, sizeof *b);
 }

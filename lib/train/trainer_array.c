@@ -4,6 +4,7 @@
 #include "train/trainer.h"
 #include "util/error.h"
 
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,6 +37,7 @@ static int array_next(void *self, ft_batch *out)
 	out->position_ids = NULL;
 	out->segment_ids = NULL;
 	out->kto_tags = NULL;
+	json_incref(out->extra_columns);   /* shared, read only */
 	if (b->position_ids) {
 		out->position_ids = ft_xmalloc(n * sizeof(int32_t));
 		memcpy(out->position_ids, b->position_ids, n * sizeof(int32_t));

@@ -155,7 +155,7 @@ static void check_reward_cmd(void)
 	const char *p[3] = { "hi", "say \"x\"", "q" }, *r[3] = { "a b", "x\ny", "ccc" };
 	float s[3];
 	int rc;
-	ok(ft_ppo_reward_cmd("jq -r '.response | length'", p, r, 3, s) == 0 && s[0] == 3 && s[1] == 3 &&
+	ok(ft_ppo_reward_cmd("jq -r '.response | length'", p, r, NULL, 3, s) == 0 && s[0] == 3 && s[1] == 3 &&
 	   s[2] == 3, "jq filter: one JSON line per response, escaped, one number back per line");
 	ok(ft_ppo_reward_cmd("awk '{n++} END {for (i = 1; i <= n; i++) print i / 2}'", p, r, 3, s) == 0 &&
 	   s[0] == 0.5f && s[2] == 1.5f, "a filter that answers only at EOF");
@@ -167,12 +167,12 @@ static void check_reward_cmd(void)
 		{ "seq 4", "more lines", "too many lines" },
 	};
 	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-		rc = ft_ppo_reward_cmd(bad[i].cmd, p, r, 3, s);
+		rc = ft_ppo_reward_cmd(bad[i].cmd, p, r, NULL, 3, s);
 		ok(rc < 0 && strstr(ft_errmsg(), bad[i].want), "%s: %s", bad[i].what, ft_errmsg());
 		ft_errclear();
 	}
 	const char *badp[1] = { "ok" }, *badr[1] = { "\xff\xfe" };
-	rc = ft_ppo_reward_cmd("cat", badp, badr, 1, s);
+	rc = ft_ppo_reward_cmd("cat", badp, badr, NULL, 1, s);
 	ok(rc < 0 && strstr(ft_errmsg(), "response 1: the response is not valid UTF-8"), "%s", ft_errmsg());
 	ft_errclear();
 	/* a large batch: the pipe buffers fill both ways at once */
@@ -180,7 +180,7 @@ static void check_reward_cmd(void)
 	const char **pp = malloc(N * sizeof *pp);
 	float *ss = malloc(N * sizeof *ss);
 	for (int i = 0; i < N; i++) pp[i] = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
-	ok(ft_ppo_reward_cmd("awk '{print NR}'", pp, pp, N, ss) == 0 && ss[N - 1] == N,
+	ok(ft_ppo_reward_cmd("awk '{print NR}'", pp, pp, NULL, N, ss) == 0 && ss[N - 1] == N,
 	   "20000 responses through a streaming filter without deadlock");
 	free(pp);
 	free(ss);
