@@ -49,6 +49,7 @@ static int depth_of(const json_t *v)
 
 int ft_extra_columns_check(const json_t *v)
 {
+	if (!v) return ft_fail("the extra columns are missing");
 	if (!json_is_object(v))
 		return ft_fail("the extra columns are %s, not an object", json_is_array(v) ? "an array"
 			       : json_is_string(v) ? "a string" : json_is_null(v) ? "null" : "a number or boolean");

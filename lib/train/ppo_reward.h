@@ -2,7 +2,8 @@
  * (--reward_model_type api --reward_model 'CMD').
  *
  * For one batch of responses CMD runs once under sh -c; it reads one JSON
- * object per line, {"prompt": ..., "response": ...}, on its stdin (closed
+ * object per line, {"prompt": ..., "response": ..., and the row's extra
+ * dataset columns}, on its stdin (closed
  * after the last) and writes one number per line on its stdout, the i-th
  * number the reward of the i-th response.  It may answer as it reads or
  * only at EOF (an awk or jq filter, a Python judge): stdin and stdout are
