@@ -157,7 +157,7 @@ static void check_reward_cmd(void)
 	int rc;
 	ok(ft_ppo_reward_cmd("jq -r '.response | length'", p, r, NULL, 3, s) == 0 && s[0] == 3 && s[1] == 3 &&
 	   s[2] == 3, "jq filter: one JSON line per response, escaped, one number back per line");
-	ok(ft_ppo_reward_cmd("awk '{n++} END {for (i = 1; i <= n; i++) print i / 2}'", p, r, 3, s) == 0 &&
+	ok(ft_ppo_reward_cmd("awk '{n++} END {for (i = 1; i <= n; i++) print i / 2}'", p, r, NULL, 3, s) == 0 &&
 	   s[0] == 0.5f && s[2] == 1.5f, "a filter that answers only at EOF");
 	struct { const char *cmd, *want, *what; } bad[] = {
 		{ "cat >/dev/null; printf '1\\nx2\\n3\\n'", "line 2", "a non-number names its line" },
@@ -171,6 +171,20 @@ static void check_reward_cmd(void)
 		ok(rc < 0 && strstr(ft_errmsg(), bad[i].want), "%s: %s", bad[i].what, ft_errmsg());
 		ft_errclear();
 	}
+	/* extra columns: after prompt and response, in order; their prompt/response never win */
+	json_t *x0 = json_loads("{\"prompt\": \"FAKE\", \"answer\": 5, \"response\": \"FAKE\", \"m\": [1, {\"k\": null}]}",
+				0, NULL);
+	char *line = ft_reward_request_line("hi", "completion", "c", x0);
+	ok(line && !strcmp(line, "{\"prompt\":\"hi\",\"completion\":\"c\",\"answer\":5,\"response\":\"FAKE\",\"m\":[1,{\"k\":null}]}"),
+	   "request line: prompt, completion, then the columns but prompt: %s", line ? line : ft_errmsg());
+	free(line);
+	line = ft_reward_request_line("hi", "completion", "c", NULL);
+	ok(line && !strcmp(line, "{\"prompt\":\"hi\",\"completion\":\"c\"}"), "no columns: %s", line ? line : "");
+	free(line);
+	const json_t *xs[3] = { x0, NULL, x0 };
+	ok(ft_ppo_reward_cmd("jq -r --unbuffered '(.answer // 0) + (.response | length)'", p, r, xs, 3, s) == 0 &&
+	   s[0] == 8 && s[1] == 3 && s[2] == 8, "the filter gets each line's columns (%g %g %g), its response kept", s[0], s[1], s[2]);
+	json_decref(x0);
 	const char *badp[1] = { "ok" }, *badr[1] = { "\xff\xfe" };
 	rc = ft_ppo_reward_cmd("cat", badp, badr, NULL, 1, s);
 	ok(rc < 0 && strstr(ft_errmsg(), "response 1: the response is not valid UTF-8"), "%s", ft_errmsg());
