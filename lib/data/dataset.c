@@ -159,6 +159,7 @@ void ft_example_free(ft_example *e)
 	free(e->system);
 	free(e->tools);
 	free(e->why);
+	json_decref(e->extra);
 }
 
 void ft_dataset_free(ft_dataset *d)
@@ -449,6 +450,30 @@ static void text_columns(ft_dataset_attr *a)
 	a->prompt = ft_xstrdup("text");
 }
 
+/* The columns the formatting's converter reads (llamafactory's
+ * converter.py; images, videos and audios are refused before here). */
+static int used_column(const ft_dataset_attr *a, const char *key)
+{
+	const char *alpaca[] = { a->prompt, a->query, a->response, a->history };
+	const char *both[] = { a->system, a->tools, a->kto_tag, a->ranking ? a->chosen : NULL,
+			       a->ranking ? a->rejected : NULL,
+			       a->formatting == FT_FMT_SHAREGPT ? a->messages : NULL };
+	for (size_t i = 0; i < sizeof both / sizeof *both; i++)
+		if (both[i] && !strcmp(both[i], key)) return 1;
+	for (size_t i = 0; a->formatting != FT_FMT_SHAREGPT && i < 4; i++)
+		if (alpaca[i] && !strcmp(alpaca[i], key)) return 1;
+	return 0;
+}
+
+static json_t *extra_columns(const ft_dataset_attr *a, const json_t *row)
+{
+	json_t *x = json_object(), *v;
+	const char *k;
+	json_object_foreach((json_t *)row, k, v)
+		if (!used_column(a, k)) json_object_set(x, k, v);
+	return x;
+}
+
 static int convert(ft_dataset_attr *a, const json_t *row, ft_dataset *d, size_t index)
 {
 	ft_example *e = new_example(d);
@@ -462,6 +487,7 @@ static int convert(ft_dataset_attr *a, const json_t *row, ft_dataset *d, size_t 
 	}
 	if (a->formatting == FT_FMT_SHAREGPT) convert_sharegpt(a, row, e);
 	else convert_alpaca(a, row, e);
+	if (a->keep_extra) e->extra = extra_columns(a, row);
 	return 0;
 }
 

@@ -31,6 +31,7 @@ typedef struct {
 	int ranking;
 	long long num_samples;   /* -1: unset */
 	int detected;            /* columns settled (registry, or first row seen) */
+	int keep_extra;          /* set by the caller: keep each row's unused columns (ft_example.extra) */
 	/* columns (NULL: not used) */
 	char *prompt, *query, *response, *history, *messages, *system, *tools;
 	char *chosen, *rejected, *kto_tag;
@@ -61,6 +62,13 @@ typedef struct {
 	int bad;                 /* FT_BAD_* */
 	char *why;               /* details for the warning */
 	int kto;                 /* -1: no kto tag, else the tag */
+	/* With keep_extra: the row's columns the converter did not read (not
+	 * named by the mapping for its formatting: alpaca's prompt, query,
+	 * response, history, system, tools, kto_tag, and chosen/rejected when
+	 * ranking; sharegpt's messages, system, tools, kto_tag, chosen/rejected),
+	 * in the row's order, as TRL passes a dataset's other columns to reward
+	 * functions.  An object (maybe empty), or NULL without keep_extra. */
+	json_t *extra;
 } ft_example;
 
 typedef struct {

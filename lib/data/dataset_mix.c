@@ -129,6 +129,7 @@ static void copy_example(ft_example *d, const ft_example *s)
 	d->system = s->system ? ft_xstrdup(s->system) : NULL;
 	d->tools = s->tools ? ft_xstrdup(s->tools) : NULL;
 	d->why = s->why ? ft_xstrdup(s->why) : NULL;
+	d->extra = json_incref(s->extra);   /* shared, read only */
 }
 
 static void take(ft_dataset *out, const ft_dataset *src, size_t row)

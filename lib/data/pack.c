@@ -2,6 +2,7 @@
 #include "data/pack.h"
 #include "util/error.h"
 
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,6 +33,8 @@ void ft_examples_free(ft_examples *e)
 	ft_i32vec_free(&e->labels);
 	free(e->off);
 	free(e->tags);
+	for (size_t i = 0; i < e->cap_extra; i++) json_decref(e->extra[i]);
+	free(e->extra);
 	memset(e, 0, sizeof *e);
 }
 
@@ -57,6 +60,19 @@ void ft_examples_set_tag(ft_examples *e, size_t example, int tag)
 		e->cap_tags = cap;
 	}
 	e->tags[example] = (int8_t)(tag != 0);
+}
+
+void ft_examples_set_extra(ft_examples *e, size_t example, json_t *columns)
+{
+	if (example >= e->cap_extra) {
+		size_t cap = e->cap_extra ? e->cap_extra : 64;
+		while (cap <= example) cap *= 2;
+		e->extra = ft_xrealloc(e->extra, cap * sizeof *e->extra);
+		memset(e->extra + e->cap_extra, 0, (cap - e->cap_extra) * sizeof *e->extra);
+		e->cap_extra = cap;
+	}
+	json_decref(e->extra[example]);
+	e->extra[example] = columns;
 }
 
 /* ---- rows ---------------------------------------------------------- */

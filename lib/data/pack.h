@@ -41,6 +41,9 @@ typedef struct {
 	size_t n_seq, cap_seq;
 	int8_t *tags;          /* per example (kto), NULL when none */
 	size_t cap_tags;
+	struct json_t **extra; /* per example (ppo): its extra dataset columns, an
+				  object or NULL; NULL when no input has them */
+	size_t cap_extra;
 } ft_examples;
 
 void ft_examples_init(ft_examples *e, int nseq);
@@ -50,6 +53,9 @@ void ft_examples_free(ft_examples *e);
 void ft_examples_add_seq(ft_examples *e, const int32_t *ids, const int32_t *labels, size_t n);
 /* Tag of the example whose sequences were added last. */
 void ft_examples_set_tag(ft_examples *e, size_t example, int tag);
+/* The extra columns of an example (takes the reference; NULL: none).
+ * Padded batches carry them as extra_columns, one object per row. */
+void ft_examples_set_extra(ft_examples *e, size_t example, struct json_t *columns);
 static inline size_t ft_examples_count(const ft_examples *e) { return e->n_seq / (size_t)e->nseq; }
 static inline size_t ft_examples_seq_len(const ft_examples *e, size_t s)
 { return (size_t)(e->off[s + 1] - e->off[s]); }
@@ -143,7 +149,9 @@ typedef struct {
 } ft_batch_opts;
 
 /* Fill batch `b` from units[0..n) (n <= batch_size): rows, T, ids, labels,
- * position/segment ids per layout, kto tags.  Reuses b's buffers. */
+ * position/segment ids per layout, kto tags, and (padded layout, examples
+ * with extra columns) extra_columns, {} for a row whose example has none.
+ * Reuses b's buffers. */
 void ft_batch_fill(const ft_examples *e, const ft_rows *r, const int64_t *units, size_t n,
 		   const ft_batch_opts *o, ft_batch *b);
 

@@ -2,6 +2,7 @@
 #include "data/pack.h"
 #include "util/error.h"
 
+#include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,6 +151,15 @@ static int fill_row(const ft_examples *e, const ft_rows *r, size_t row, const ft
 	return len;
 }
 
+/* Row row's example's extra columns (a new reference; {} when none). */
+static json_t *row_extra(const ft_examples *e, const ft_rows *r, size_t row)
+{
+	if (r->row_off[row] == r->row_off[row + 1]) return json_object();
+	size_t ex = (size_t)r->spans[r->row_off[row]].seq / (size_t)r->nseq;
+	json_t *x = ex < e->cap_extra ? e->extra[ex] : NULL;
+	return x ? json_incref(x) : json_object();
+}
+
 void ft_batch_fill(const ft_examples *e, const ft_rows *r, const int64_t *units, size_t n,
 		   const ft_batch_opts *o, ft_batch *b)
 {
@@ -178,6 +188,8 @@ void ft_batch_fill(const ft_examples *e, const ft_rows *r, const int64_t *units,
 	 * neat packing's segment id 0 is its own mask. */
 	int lens = o->layout == FT_LAYOUT_PADDED;
 	batch_reserve(b, (size_t)b->B * (size_t)b->T, pos, seg, tags, lens);
+	json_decref(b->extra_columns);
+	b->extra_columns = e->extra && o->layout == FT_LAYOUT_PADDED ? json_array() : NULL;
 	b->pairwise = ft_stage_pairwise(o->stage);
 	b->n_label_tokens = 0;
 	b->n_tokens = 0;
@@ -196,6 +208,7 @@ void ft_batch_fill(const ft_examples *e, const ft_rows *r, const int64_t *units,
 				size_t ex = (size_t)s / (size_t)nseq;
 				b->kto_tags[br] = ex < e->cap_tags ? e->tags[ex] : 0;
 			}
+			if (b->extra_columns) json_array_append_new(b->extra_columns, row_extra(e, r, row));
 		}
 }
 

@@ -21,6 +21,11 @@
 #include "text/tokenizer.h"
 #include "util/vec.h"
 
+/* The version of ft-tokenize's records (docs/FORMAT.md 2.1, header
+ * meta.record_version; absent: 1): 2 added the ppo/prediction records'
+ * extra_columns.  Readers take this one or older. */
+#define FT_TOKENS_RECORD_VERSION 2
+
 typedef struct {
 	int stage;               /* FT_STAGE_* (stage.h) */
 	int predict;             /* prompt records (sft prediction) */

@@ -4,6 +4,7 @@
 #include "format/batch.h"
 #include "util/error.h"
 
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,6 +16,7 @@ void ft_batch_free(ft_batch *b)
 	free(b->segment_ids);
 	free(b->kto_tags);
 	free(b->lengths);
+	json_decref(b->extra_columns);
 	memset(b, 0, sizeof *b);
 }
 
@@ -37,5 +39,6 @@ void ft_batch_copy(ft_batch *dst, const ft_batch *src)
 	dst->segment_ids = dup_i32(src->segment_ids, n);
 	dst->lengths = dup_i32(src->lengths, (size_t)src->B);
 	dst->kto_tags = dup_i32(src->kto_tags, (size_t)src->B);
+	json_incref(dst->extra_columns);   /* shared, read only */
 	dst->cap_ = n;
 }

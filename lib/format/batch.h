@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <stddef.h>
 
+struct json_t;   /* jansson's; only batch.c and batch_io.c look inside */
+
 /* A label the loss skips (torch's CrossEntropyLoss ignore_index): every
  * layer that reads labels compares with this name, never the number. */
 #define FT_IGNORE_INDEX (-100)
@@ -31,6 +33,11 @@ typedef struct {
 	int32_t *kto_tags;        /* [B] kto: 1 desirable, 0 undesirable; or NULL */
 	int64_t n_tokens;         /* real (non-padding) tokens */
 	int64_t n_examples;       /* units: examples, packed rows, or pairs */
+	/* ppo prompt batches (batch format 2): a JSON array of B objects, row
+	 * i's dataset columns that the dataset_info mapping did not use (the
+	 * extra columns TRL hands reward functions); NULL when absent.  Owned
+	 * (one reference). */
+	struct json_t *extra_columns;
 	size_t cap_;              /* elements allocated in the [B*T] arrays */
 } ft_batch;
 

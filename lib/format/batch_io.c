@@ -14,7 +14,7 @@ int ft_batch_write(ft_writer *w, const ft_batch *b)
 {
 	size_t n = (size_t)b->B * (size_t)b->T;
 	uint32_t nf = 8 + (b->position_ids != NULL) + (b->segment_ids != NULL) + (b->kto_tags != NULL) +
-		      (b->lengths != NULL);
+		      (b->lengths != NULL) + (b->extra_columns != NULL);
 	ft_w_begin(w, nf);
 	ft_w_int(w, "index", b->index);
 	ft_w_int(w, "B", b->B);
@@ -28,7 +28,66 @@ int ft_batch_write(ft_writer *w, const ft_batch *b)
 	ft_w_int(w, "n_label_tokens", b->n_label_tokens);
 	ft_w_int(w, "n_tokens", b->n_tokens);
 	ft_w_int(w, "n_examples", b->n_examples);
+	if (b->extra_columns) ft_w_json(w, "extra_columns", b->extra_columns);
 	return ft_w_end(w);
+}
+
+/* Deepest container nesting inside v (a scalar: 0). */
+static int depth_of(const json_t *v)
+{
+	int d = 0, k;
+	size_t i;
+	const char *key;
+	json_t *x;
+	if (!json_is_array(v) && !json_is_object(v)) return 0;
+	if (json_is_array(v)) {
+		json_array_foreach(v, i, x) if ((k = depth_of(x)) > d) d = k;
+	} else {
+		json_object_foreach((json_t *)v, key, x) if ((k = depth_of(x)) > d) d = k;
+	}
+	return d + 1;
+}
+
+int ft_extra_columns_check(const json_t *v)
+{
+	if (!v) return ft_fail("the extra columns are missing");
+	if (!json_is_object(v))
+		return ft_fail("the extra columns are %s, not an object", json_is_array(v) ? "an array"
+			       : json_is_string(v) ? "a string" : json_is_null(v) ? "null" : "a number or boolean");
+	size_t n = json_dumpb(v, NULL, 0, JSON_COMPACT);
+	if (n > FT_EXTRA_COLUMNS_MAX_BYTES)
+		return ft_fail("the extra columns take %zu bytes as JSON, more than the %d a row may carry",
+			       n, FT_EXTRA_COLUMNS_MAX_BYTES);
+	if (depth_of(v) > FT_EXTRA_COLUMNS_MAX_DEPTH)
+		return ft_fail("the extra columns nest deeper than %d levels", FT_EXTRA_COLUMNS_MAX_DEPTH);
+	return 0;
+}
+
+/* extra_columns: B objects, or absent (*dst NULL). */
+static int read_extra(ft_reader *r, const ft_rec *rec, int64_t B, json_t **dst)
+{
+	json_decref(*dst);
+	*dst = NULL;
+	if (!ft_rec_has(rec, "extra_columns")) return 0;
+	json_t *a = ft_rec_get_json(rec, "extra_columns");
+	if (!json_is_array(a) || (int64_t)json_array_size(a) != B) {
+		json_decref(a);
+		return ft_fail("%s: batch record %llu: 'extra_columns' is not an array of %lld objects (one per row)",
+			       ft_reader_path(r), (unsigned long long)ft_reader_index(r), (long long)B);
+	}
+	size_t i;
+	json_t *x;
+	json_array_foreach(a, i, x)
+		if (ft_extra_columns_check(x) < 0) {
+			char *why = ft_xstrdup(ft_errmsg());
+			ft_fail("%s: batch record %llu: row %zu: %s", ft_reader_path(r),
+				(unsigned long long)ft_reader_index(r), i, why);
+			free(why);
+			json_decref(a);
+			return -1;
+		}
+	*dst = a;
+	return 0;
 }
 
 static int fail_rec(ft_reader *r, const char *what)
@@ -110,6 +169,7 @@ int ft_batch_read(ft_reader *r, ft_batch *b)
 	if (!rc) rc = read_array(r, rec, "segment_ids", n, cap, &b->segment_ids, 0, &tmp);
 	if (!rc) rc = read_array(r, rec, "kto_tags", (size_t)B, (size_t)B, &b->kto_tags, 0, &tmp);
 	if (!rc) rc = read_array(r, rec, "lengths", (size_t)B, (size_t)B, &b->lengths, 0, &tmp);
+	if (!rc) rc = read_extra(r, rec, B, &b->extra_columns);
 	ft_i32vec_free(&tmp);
 	if (rc) return -1;
 	b->cap_ = cap;
@@ -146,6 +206,10 @@ int ft_manifest_from_json(const json_t *obj, ft_manifest *m)
 	long long v;
 	if (ft_json_req_int(c, "batches", &v) < 0) return -1;
 	m->n_batches = v;
+	long long rv = ft_json_int(obj, "record_version", 1);
+	if (rv > FT_BATCH_FORMAT_VERSION)
+		return ft_fail("batch format version %lld is newer than this program reads (%d)", rv,
+			       FT_BATCH_FORMAT_VERSION);
 	if (ft_json_req_int(c, "examples", &v) < 0) return -1;
 	m->n_examples = v;
 	m->n_tokens = ft_json_int(c, "tokens", 0);
@@ -179,7 +243,10 @@ static int load_json_manifest(const char *file, ft_manifest *m)
 {
 	json_t *j = ft_json_load_file(file);
 	if (!j) return -1;
-	int rc = ft_manifest_from_json(j, m);
+	long long ver = ft_json_int(j, "version", 1);
+	int rc = ver > FT_BATCH_FORMAT_VERSION
+		? ft_fail("manifest version %lld is newer than this program reads (%d)", ver, FT_BATCH_FORMAT_VERSION)
+		: ft_manifest_from_json(j, m);
 	json_decref(j);
 	return rc < 0 ? ft_fail_ctx("%s: ", file) : 0;
 }

@@ -17,6 +17,18 @@
 int ft_batch_read(ft_reader *r, ft_batch *b);          /* 1, 0 at EOF, -1 */
 int ft_batch_write(ft_writer *w, const ft_batch *b);
 
+/* The version of the batch records and of manifest.json (docs/FORMAT.md
+ * 3.3): 2 added extra_columns.  Readers take this one or older. */
+#define FT_BATCH_FORMAT_VERSION 2
+
+/* A row's extra dataset columns (token records' and batch records'
+ * extra_columns, docs/FORMAT.md 2.2): an object of at most this many bytes
+ * as compact JSON, nested at most this deep (within the record format's
+ * 30 levels), else -1 with a message saying which. */
+#define FT_EXTRA_COLUMNS_MAX_BYTES (1 << 20)
+#define FT_EXTRA_COLUMNS_MAX_DEPTH 24
+int ft_extra_columns_check(const json_t *v);
+
 typedef struct ft_manifest {
 	int64_t n_batches, n_examples, n_tokens, n_label_tokens;
 	int batch_size, seq_len;

@@ -327,9 +327,9 @@ static void write_log(const ft_ppo_loop_opts *o, loop_state *s, double lr, const
 	s->n_logged = 0;
 }
 
-/* One PPO step on the rows q[0..N). */
-static int ppo_step(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const ft_i32vec *q, int N,
-		    ft_ppo_klctl *kl, ft_ppo_moments *mom)
+/* One PPO step on the rows q[0..N), prompts qi[0..N) of the run's array. */
+static int ppo_step(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const ft_i32vec *q,
+		    const size_t *qi, int N, ft_ppo_klctl *kl, ft_ppo_moments *mom)
 {
 	ft_i32vec *a = ft_xcalloc((size_t)N, sizeof *a);
 	rollout r = { 0 };
@@ -337,7 +337,7 @@ static int ppo_step(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const
 	if (rc == 0) {
 		for (int i = 0; i < N; i++) fix_response(o, &a[i]);
 		rollout_grid(&r, o, q, a, N);
-		rc = o->score(o->score_ctx, q, a, (size_t)N, r.score);
+		rc = o->score(o->score_ctx, qi, q, a, (size_t)N, r.score);
 	}
 	if (rc == 0) rc = old_passes(m, o->ref, &r, s->vh[0].w, s->vh[1].w[0], o->value_dropout, ft_rng_next(&s->rng));
 	if (rc == 0) {
@@ -552,14 +552,19 @@ int ft_ppo_train(ft_model *m, const ft_i32vec *prompts, size_t n, float *vw, flo
 	int N = o->batch_size * o->grad_accum * o->buffer_size, rc = 0;
 	if (o->resume_dir) rc = ckpt_load(m, &s, o, &kl, &mom, N);
 	ft_i32vec *q = ft_xmalloc((size_t)N * sizeof *q);
+	size_t *qi = ft_xmalloc((size_t)N * sizeof *qi);
 	size_t next = (size_t)s.step * (size_t)N;   /* the prompts are taken in order, N per step */
 	while (rc == 0 && s.step < o->max_steps) {
-		for (int i = 0; i < N; i++) q[i] = prompts[next++ % n];   /* borrowed */
-		rc = ppo_step(m, &s, o, q, N, &kl, &mom);
+		for (int i = 0; i < N; i++) {
+			qi[i] = next++ % n;
+			q[i] = prompts[qi[i]];   /* borrowed */
+		}
+		rc = ppo_step(m, &s, o, q, qi, N, &kl, &mom);
 		if (rc == 0 && o->save_steps > 0 && o->save_model && s.step % o->save_steps == 0)
 			rc = ckpt_save(m, &s, o, &kl, &mom, N);
 	}
 	free(q);
+	free(qi);
 	ft_adamw_free(s.opt);
 	free(s.ps);
 	free(s.vh[0].g);

@@ -20,10 +20,11 @@
 #include "train/ppo.h"
 #include "util/vec.h"
 
-/* scores[i] of prompts[i] + responses[i], i < n; -1 with a message (then
- * nothing of the step is applied). */
-typedef int (*ft_ppo_score_fn)(void *ctx, const ft_i32vec *prompts, const ft_i32vec *responses,
-			       size_t n, float *scores);
+/* scores[i] of prompts[i] + responses[i], i < n; prompt_idx[i] is the
+ * index of prompts[i] in the array given to ft_ppo_train (for its row's
+ * extra columns); -1 with a message (then nothing of the step is applied). */
+typedef int (*ft_ppo_score_fn)(void *ctx, const size_t *prompt_idx, const ft_i32vec *prompts,
+			       const ft_i32vec *responses, size_t n, float *scores);
 
 /* outs[i]: the new tokens of prompts[i] (the stop token dropped), i < n,
  * decoded from m in eval mode with the given seed. */

@@ -17,28 +17,41 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+char *ft_reward_request_line(const char *prompt, const char *key, const char *text, const json_t *extra)
+{
+	json_t *jp = json_string(prompt), *jt = json_string(text);
+	if (!jp || !jt) {
+		json_decref(jp);
+		json_decref(jt);
+		ft_fail("the %s is not valid UTF-8", jp ? key : "prompt");
+		return NULL;
+	}
+	json_t *o = json_object(), *v;
+	json_object_set_new(o, "prompt", jp);
+	json_object_set_new(o, key, jt);
+	const char *k;
+	if (json_is_object(extra))
+		json_object_foreach((json_t *)extra, k, v)
+			if (strcmp(k, "prompt") && strcmp(k, key)) json_object_set(o, k, v);
+	char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(o);
+	return s;
+}
+
 /* The whole stdin of the command: one compact JSON object per line.
  * NULL (with the response named) when a text is not UTF-8: the caller
  * decodes with replacement characters, as transformers' decode does. */
-static char *request_text(const char *const *prompts, const char *const *responses, size_t n,
-			  size_t *len)
+static char *request_text(const char *const *prompts, const char *const *responses,
+			  const json_t *const *extra, size_t n, size_t *len)
 {
 	ft_sbuf b = { 0 };
 	for (size_t i = 0; i < n; i++) {
-		json_t *o = json_object(), *jp = json_string(prompts[i]), *jr = json_string(responses[i]);
-		if (!jp || !jr) {
-			json_decref(jp);
-			json_decref(jr);
-			json_decref(o);
+		char *s = ft_reward_request_line(prompts[i], "response", responses[i], extra ? extra[i] : NULL);
+		if (!s) {
 			free(ft_sbuf_take(&b));
-			ft_fail("reward command: response %zu: the %s is not valid UTF-8", i + 1,
-				jp ? "response" : "prompt");
+			ft_fail_ctx("reward command: response %zu: ", i + 1);
 			return NULL;
 		}
-		json_object_set_new(o, "prompt", jp);
-		json_object_set_new(o, "response", jr);
-		char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-		json_decref(o);
 		ft_sbuf_add(&b, s);
 		ft_sbuf_addc(&b, '\n');
 		free(s);
@@ -109,10 +122,10 @@ static int parse_scores(char *text, size_t n, float *scores)
 }
 
 int ft_ppo_reward_cmd(const char *cmd, const char *const *prompts, const char *const *responses,
-		      size_t n, float *scores)
+		      const json_t *const *extra, size_t n, float *scores)
 {
 	size_t len;
-	char *req = request_text(prompts, responses, n, &len);
+	char *req = request_text(prompts, responses, extra, n, &len);
 	if (!req) return -1;
 	/* a command that exits before reading all would otherwise kill us */
 	struct sigaction ign = { 0 }, old;

@@ -2,7 +2,8 @@
  * (--reward_model_type api --reward_model 'CMD').
  *
  * For one batch of responses CMD runs once under sh -c; it reads one JSON
- * object per line, {"prompt": ..., "response": ...}, on its stdin (closed
+ * object per line, {"prompt": ..., "response": ..., and the row's extra
+ * dataset columns}, on its stdin (closed
  * after the last) and writes one number per line on its stdout, the i-th
  * number the reward of the i-th response.  It may answer as it reads or
  * only at EOF (an awk or jq filter, a Python judge): stdin and stdout are
@@ -16,9 +17,20 @@
 #define FT_PPO_REWARD_H
 
 #include <stddef.h>
+#include <jansson.h>
 
-/* scores[i] for prompts[i] / responses[i], i < n (UTF-8 text). */
+/* scores[i] for prompts[i] / responses[i], i < n (UTF-8 text).  extra
+ * (NULL, or n objects or NULLs): each line also carries its row's extra
+ * dataset columns, as ft_reward_request_line puts them. */
 int ft_ppo_reward_cmd(const char *cmd, const char *const *prompts, const char *const *responses,
-		      size_t n, float *scores);
+		      const json_t *const *extra, size_t n, float *scores);
+
+/* One request line of a reward command, compact JSON without the newline:
+ * {"prompt": prompt, key: text} followed by extra's members in their order
+ * (a dataset row's columns the mapping did not use, TRL's reward kwargs),
+ * except members named "prompt" or key: the request's own fields win.
+ * extra may be NULL.  NULL with a message naming the field when a text is
+ * not valid UTF-8.  Shared by ppo's filter and grpo's commands. */
+char *ft_reward_request_line(const char *prompt, const char *key, const char *text, const json_t *extra);
 
 #endif

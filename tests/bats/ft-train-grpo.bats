@@ -209,12 +209,17 @@ grpo() {
 
 @test "examples/grpo.mk: tokenize, pack, GRPO with the arithmetic checker, plot; check.sh scores answers" {
 	need_jq
+	# the checker reads the dataset's answer column, passed along with the line
 	run sh "$FT_ROOT/examples/grpo/check.sh" <<-'IN'
-	{"prompt":"Human: What is 3+4?\nAssistant:","completion":" 7, I think"}
-	{"prompt":"Human: What is 3+4?\nAssistant:","completion":"8"}
-	{"prompt":"Human: hello","completion":"7"}
+	{"prompt":"Human: What is 3+4?\nAssistant:","completion":" 7, I think","answer":7}
+	{"prompt":"Human: What is 3+4?\nAssistant:","completion":"8","answer":7}
+	{"prompt":"Human: hello","completion":"no number","answer":7}
+	{"prompt":"Human: What is 9+9?\nAssistant:","completion":"18 (\"answer\":3)","answer":18}
 	IN
-	[ "$output" = "$(printf '1\n0\n0')" ]
+	[ "$output" = "$(printf '1\n0\n0\n1')" ]
+	run sh "$FT_ROOT/examples/grpo/check.sh" <<< '{"prompt":"What is 3+4?","completion":"7"}'
+	[ "$status" -eq 1 ]; assert_output --partial 'check.sh: no numeric "answer" in'
+	[ "$(jq -c 'keys_unsorted' "$FT_ROOT/examples/grpo/arith.jsonl" | sort -u)" = '["instruction","answer"]' ]
 	mkdir m && cp "$LLAMA"/* "$FIXTURES"/generate/tokenizer/* m/   # the tiny model with a tokenizer
 	run make -f "$FT_ROOT/examples/grpo.mk" MODEL="$BATS_TEST_TMPDIR/m" OUT=out MAX_STEPS=3
 	assert_success

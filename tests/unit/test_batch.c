@@ -196,6 +196,105 @@ static void test_copy(void)
 	ft_batch_free(&dst);
 }
 
+/* extra_columns: B objects written and read back equal, in order, any JSON
+ * inside; absent in the next record of a reused batch; refused when not B
+ * objects or over the limits; a newer format version refused. */
+static void test_extra_columns(void)
+{
+	char *path = ft_xasprintf("%s/x.ftb.zst", dir);
+	ft_writer *w = open_w(path, "batches", 0);
+	int32_t ids[4] = { 5, 6, 7, 0 }, lab[4] = { -100, -100, -100, -100 };
+	json_t *x = json_loads("[{\"answer\": 5, \"meta\": {\"tags\": [1, null, 2.5, \"\\u00e9\"], \"big\": 9007199254740993}},"
+			       " {}]", 0, NULL);
+	ft_batch b = { .B = 2, .T = 2, .input_ids = ids, .labels = lab, .extra_columns = x };
+	ok(ft_batch_write(w, &b) == 0, "write a batch with extra_columns");
+	b.extra_columns = NULL;
+	ok(ft_batch_write(w, &b) == 0, "write one without");
+	json_t *bad[] = { json_loads("[{}, 3]", 0, NULL), json_loads("[{}]", 0, NULL), json_loads("{}", 0, NULL) };
+	for (int i = 0; i < 3; i++) {   /* written raw: the writer does not judge them */
+		ft_w_begin(w, 5);
+		ft_w_int(w, "B", 2);
+		ft_w_int(w, "T", 2);
+		ft_w_i32s(w, "input_ids", ids, 4);
+		ft_w_i32s(w, "labels", lab, 4);
+		ft_w_json(w, "extra_columns", bad[i]);
+		ft_w_end(w);
+		json_decref(bad[i]);
+	}
+	ok(ft_writer_close(w) == 0, "close");
+	ft_reader *r = ft_reader_open(path);
+	ft_batch got = { 0 };
+	ok(r && ft_batch_read(r, &got) == 1 && got.extra_columns && json_equal(got.extra_columns, x),
+	   "extra_columns read back equal (nested values, unicode, a 2^53+1 integer)");
+	char *s = got.extra_columns ? json_dumps(got.extra_columns, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+	ok(s && !strncmp(s, "[{\"answer\":5,\"meta\":{\"tags\"", 26), "keys in their order: %s", s ? s : "");
+	free(s);
+	ok(ft_batch_read(r, &got) == 1 && got.extra_columns == NULL, "the next record without them: NULL");
+	int rc = ft_batch_read(r, &got);
+	ok(rc == -1 && strstr(ft_errmsg(), "x.ftb.zst: batch record 2: row 1: the extra columns are a number or boolean, not an object"),
+	   "a row that is not an object: %s", ft_errmsg());
+	rc = ft_batch_read(r, &got);
+	ok(rc == -1 && strstr(ft_errmsg(), "batch record 3: 'extra_columns' is not an array of 2 objects (one per row)"),
+	   "one object for two rows: %s", ft_errmsg());
+	rc = ft_batch_read(r, &got);
+	ok(rc == -1 && strstr(ft_errmsg(), "batch record 4: 'extra_columns' is not an array"), "an object: %s", ft_errmsg());
+	ft_batch_free(&got);
+	ft_reader_close(r);
+	json_decref(x);
+
+	/* the limits, at and past them */
+	char *big = ft_xmalloc(FT_EXTRA_COLUMNS_MAX_BYTES + 1);
+	size_t room = FT_EXTRA_COLUMNS_MAX_BYTES - strlen("{\"k\":\"\"}");
+	memset(big, 'a', room);
+	big[room] = 0;
+	json_t *o = json_pack("{s:s}", "k", big);
+	ok(ft_extra_columns_check(o) == 0, "exactly %d bytes pass", FT_EXTRA_COLUMNS_MAX_BYTES);
+	big[room] = 'a';
+	big[room + 1] = 0;
+	json_object_set_new(o, "k", json_string(big));
+	ok(ft_extra_columns_check(o) == -1 && strstr(ft_errmsg(), "take 1048577 bytes as JSON, more than the 1048576"),
+	   "one more byte: %s", ft_errmsg());
+	json_decref(o);
+	free(big);
+	json_t *deep = json_integer(1);
+	for (int i = 0; i < FT_EXTRA_COLUMNS_MAX_DEPTH - 1; i++) {
+		json_t *a = json_array();
+		json_array_append_new(a, deep);
+		deep = a;
+	}
+	o = json_pack("{s:o}", "d", deep);
+	ok(ft_extra_columns_check(o) == 0, "%d levels pass", FT_EXTRA_COLUMNS_MAX_DEPTH);
+	json_t *a = json_array();
+	json_array_append(a, deep);
+	json_object_set_new(o, "d", a);
+	ok(ft_extra_columns_check(o) == -1 && strstr(ft_errmsg(), "nest deeper than 24 levels"), "one more: %s", ft_errmsg());
+	json_decref(o);
+	o = json_null();
+	ok(ft_extra_columns_check(o) == -1 && strstr(ft_errmsg(), "null, not an object"), "null: %s", ft_errmsg());
+	ok(ft_extra_columns_check(NULL) == -1 && strstr(ft_errmsg(), "missing"), "none: %s", ft_errmsg());
+
+	/* versions: 1 and 2 read, 3 refused (stream meta and manifest.json) */
+	json_t *h = header("batches", 0), *meta = json_object_get(h, "meta");
+	ft_manifest m;
+	json_object_set_new(meta, "record_version", json_integer(FT_BATCH_FORMAT_VERSION));
+	ok(ft_manifest_from_json(meta, &m) == 0, "record_version 2 reads");
+	json_object_set_new(meta, "record_version", json_integer(3));
+	ok(ft_manifest_from_json(meta, &m) == -1 && strstr(ft_errmsg(), "batch format version 3 is newer than this program reads (2)"),
+	   "record_version 3: %s", ft_errmsg());
+	json_object_del(meta, "record_version");
+	char *file = ft_xasprintf("%s/manifest.json", dir);
+	json_object_set_new(meta, "version", json_integer(3));
+	ft_json_save_file(meta, file, 2);
+	ok(ft_manifest_load(file, &m) == -1 && strstr(ft_errmsg(), "manifest version 3 is newer than this program reads (2)"),
+	   "manifest version 3: %s", ft_errmsg());
+	json_object_set_new(meta, "version", json_integer(1));
+	ft_json_save_file(meta, file, 2);
+	ok(ft_manifest_load(file, &m) == 0, "manifest version 1 (before extra_columns) reads");
+	json_decref(h);
+	free(file);
+	free(path);
+}
+
 int main(void)
 {
 	if (!mkdtemp(dir)) { ok(0, "mkdtemp"); return tap_done(); }
@@ -204,6 +303,7 @@ int main(void)
 	test_copy();
 	test_manifest_json();
 	test_bad_records();
+	test_extra_columns();
 	ft_remove_tree(dir);
 	return tap_done();
 }

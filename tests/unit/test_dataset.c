@@ -12,6 +12,8 @@
 #include "data/preprocess.h"
 #include "util/sha256.h"
 #include "util/sbuf.h"
+#include "util/atomicfile.h"
+#include <unistd.h>
 
 #define FIX "tests/fixtures/llamafactory/"
 #define TINY FIX "data"
@@ -120,6 +122,87 @@ static void test_converters(void)
 	ft_dataset_take(&d, 5);
 	ok(d.n == 5 && !strcmp(d.v[4].prompt[0].content, d.v[0].prompt[0].content), "take cycles rows");
 	ft_dataset_free(&d);
+}
+
+/* keep_extra: the columns the formatting's converter does not read, in row
+ * order (docs/FORMAT.md 2.2.1), shared by copies; none without the flag. */
+static void write_text(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	if (f) { fputs(text, f); fclose(f); }
+}
+
+static int extra_is(const ft_example *e, const char *json)
+{
+	json_t *want = json_loads(json, 0, NULL);
+	char *got = e->extra ? json_dumps(e->extra, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+	int same = e->extra && want && json_equal(e->extra, want) && got && !strcmp(got, json);
+	if (!same) printf("# extra %s, want %s\n", got ? got : "NULL", json);
+	free(got);
+	json_decref(want);
+	return same;
+}
+
+static int read_keep(const char *dir, const char *name, int keep, ft_dataset *d)
+{
+	ft_dataset_attr a;
+	memset(d, 0, sizeof *d);
+	int rc = ft_dataset_resolve(dir, name, &a);
+	a.keep_extra = keep;
+	if (rc == 0) rc = ft_dataset_read(&a, -1, d);
+	ft_dataset_attr_free(&a);
+	return rc;
+}
+
+static void test_extra_columns(void)
+{
+	char dir[] = "/tmp/test_dataset.XXXXXX";
+	if (!mkdtemp(dir)) { ok(0, "mkdtemp"); return; }
+	char *p = ft_xasprintf("%s/dataset_info.json", dir);
+	write_text(p, "{\"al\": {\"file_name\": \"al.jsonl\", \"columns\": {\"prompt\": \"q\", \"response\": \"a\","
+		      " \"system\": \"sys\", \"history\": \"h\"}},"
+		      " \"sg\": {\"file_name\": \"sg.jsonl\", \"formatting\": \"sharegpt\", \"columns\": {\"messages\": \"m\"}},"
+		      " \"rk\": {\"file_name\": \"rk.jsonl\", \"ranking\": true, \"columns\": {\"prompt\": \"q\","
+		      " \"chosen\": \"c\", \"rejected\": \"r\"}},"
+		      " \"kt\": {\"file_name\": \"kt.jsonl\", \"columns\": {\"prompt\": \"instruction\", \"response\": \"output\","
+		      " \"kto_tag\": \"ok\"}}}");
+	free(p);
+	p = ft_xasprintf("%s/al.jsonl", dir);
+	write_text(p, "{\"z\": 1, \"q\": \"What?\", \"instruction\": \"kept\", \"a\": \"x\", \"sys\": \"s\", \"h\": [],"
+		      " \"answer\": {\"n\": [1, 2.5, null, \"\\u00e9\"]}}\n{\"q\": \"only\"}\n");
+	free(p);
+	p = ft_xasprintf("%s/sg.jsonl", dir);
+	write_text(p, "{\"m\": [{\"from\": \"human\", \"value\": \"hi\"}, {\"from\": \"gpt\", \"value\": \"yo\"}],"
+		      " \"instruction\": \"kept\", \"output\": \"kept too\", \"system\": \"not read: unmapped\"}\n");
+	free(p);
+	p = ft_xasprintf("%s/rk.jsonl", dir);
+	write_text(p, "{\"q\": \"p\", \"c\": \"good\", \"r\": \"bad\", \"output\": \"o\", \"id\": 7}\n");
+	free(p);
+	p = ft_xasprintf("%s/kt.jsonl", dir);
+	write_text(p, "{\"instruction\": \"p\", \"output\": \"o\", \"ok\": true, \"chosen\": \"unread without ranking\"}\n");
+	free(p);
+
+	ft_dataset d;
+	ok(read_keep(dir, "al", 1, &d) == 0 && d.n == 2, "alpaca rows read");
+	ok(extra_is(&d.v[0], "{\"z\":1,\"instruction\":\"kept\",\"answer\":{\"n\":[1,2.5,null,\"\xc3\xa9\"]}}"),
+	   "alpaca: mapped prompt/response/system/history read, the rest kept in row order");
+	ok(extra_is(&d.v[1], "{}"), "a row with nothing else: {}");
+	ft_dataset_take(&d, 4);
+	ok(d.n == 4 && d.v[2].extra == d.v[0].extra, "copies (take, mix) share the extras");
+	ft_dataset_free(&d);
+	ok(read_keep(dir, "al", 0, &d) == 0 && d.v[0].extra == NULL, "without keep_extra: none");
+	ft_dataset_free(&d);
+	ok(read_keep(dir, "sg", 1, &d) == 0 &&
+	   extra_is(&d.v[0], "{\"instruction\":\"kept\",\"output\":\"kept too\",\"system\":\"not read: unmapped\"}"),
+	   "sharegpt: messages read, alpaca's names and an unmapped system kept");
+	ft_dataset_free(&d);
+	ok(read_keep(dir, "rk", 1, &d) == 0 && extra_is(&d.v[0], "{\"output\":\"o\",\"id\":7}"),
+	   "ranking: chosen and rejected read; output kept (given columns unset the defaults, as DatasetAttr.join)");
+	ft_dataset_free(&d);
+	ok(read_keep(dir, "kt", 1, &d) == 0 && extra_is(&d.v[0], "{\"chosen\":\"unread without ranking\"}"),
+	   "kto: the tag is read; chosen without ranking is not");
+	ft_dataset_free(&d);
+	ft_remove_tree(dir);
 }
 
 static void test_mix(void)
@@ -346,6 +429,7 @@ int main(void)
 	test_numpy();
 	test_registry();
 	test_converters();
+	test_extra_columns();
 	test_mix();
 	test_llamafactory();
 	return tap_done();

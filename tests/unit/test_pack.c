@@ -368,6 +368,61 @@ static void test_val_count(void)
 	ok(ft_val_count(0, 95) == 0, "val_size 0 -> none");
 }
 
+/* ppo rows carry their example's extra columns in the units' order ({}
+ * for an example without), the same object (shared, not copied); packed
+ * rows, which mix examples, carry none. */
+static void test_extra_columns(void)
+{
+	ft_examples e;
+	ft_examples_init(&e, 1);
+	int32_t a[] = { 10, 11, 12 };
+	for (int i = 0; i < 3; i++) ft_examples_add_seq(&e, a, NULL, (size_t)(i + 1));
+	json_t *x0 = json_pack("{s:i}", "answer", 0), *x2 = json_pack("{s:[i,n]}", "tags", 2);
+	ft_examples_set_extra(&e, 0, json_incref(x0));
+	ft_examples_set_extra(&e, 2, json_incref(x2));
+	ft_rows r;
+	ft_rows_stats st;
+	ft_rows_opts ro = { FT_STAGE_PPO, FT_LAYOUT_PADDED, 16, 1000 };
+	ft_rows_build(&e, &ro, &r, &st);
+	int64_t u[] = { 2, 0, 1 };
+	ft_batch_opts bo = { FT_STAGE_PPO, FT_LAYOUT_PADDED, 3, 1, 0, 0, -1, 0 };
+	ft_batch b = { 0 };
+	ft_batch_fill(&e, &r, u, 3, &bo, &b);
+	json_t *c = b.extra_columns;
+	ok(json_array_size(c) == 3 && json_array_get(c, 0) == x2 && json_array_get(c, 1) == x0 &&
+	   json_is_object(json_array_get(c, 2)) && json_object_size(json_array_get(c, 2)) == 0,
+	   "rows in unit order: example 2's, example 0's, {} for example 1");
+	ok(b.input_ids[0] == 10 && b.input_ids[2] == 12 && b.input_ids[3] == 10 && b.input_ids[4] == 0,
+	   "ids in the same order (the pairing ft-train relies on)");
+	int64_t u1[] = { 1 };
+	ft_batch_fill(&e, &r, u1, 1, &bo, &b);
+	ok(json_array_size(b.extra_columns) == 1 && json_object_size(json_array_get(b.extra_columns, 0)) == 0,
+	   "a reused batch gets the new rows' extras");
+	ft_rows_free(&r);
+	ro.layout = bo.layout = FT_LAYOUT_PACKED;
+	bo.seq_len = 16;
+	ft_rows_build(&e, &ro, &r, &st);
+	int64_t u0[] = { 0 };
+	ft_batch_fill(&e, &r, u0, 1, &bo, &b);
+	ok(b.extra_columns == NULL, "packed rows: none");
+	ft_batch_free(&b);
+	ft_rows_free(&r);
+	ft_examples_free(&e);
+	ok(x0->refcount == 1 && x2->refcount == 1, "references released");
+	json_decref(x0);
+	json_decref(x2);
+
+	ft_examples_init(&e, 1);
+	ft_examples_add_seq(&e, a, NULL, 3);
+	ro.layout = bo.layout = FT_LAYOUT_PADDED;
+	ft_rows_build(&e, &ro, &r, &st);
+	ft_batch_fill(&e, &r, u0, 1, &bo, &b);
+	ok(b.extra_columns == NULL, "no example with extras: no extra_columns (the batch format 1 record)");
+	ft_batch_free(&b);
+	ft_rows_free(&r);
+	ft_examples_free(&e);
+}
+
 int main(void)
 {
 	cfg cases[] = {
@@ -386,6 +441,7 @@ int main(void)
 	test_group_by_length();
 	test_llamafactory_fixture();
 	test_pt_details();
+	test_extra_columns();
 	test_truncation_and_capacity();
 	test_val_count();
 	return tap_done();

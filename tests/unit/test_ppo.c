@@ -155,9 +155,9 @@ static void check_reward_cmd(void)
 	const char *p[3] = { "hi", "say \"x\"", "q" }, *r[3] = { "a b", "x\ny", "ccc" };
 	float s[3];
 	int rc;
-	ok(ft_ppo_reward_cmd("jq -r '.response | length'", p, r, 3, s) == 0 && s[0] == 3 && s[1] == 3 &&
+	ok(ft_ppo_reward_cmd("jq -r '.response | length'", p, r, NULL, 3, s) == 0 && s[0] == 3 && s[1] == 3 &&
 	   s[2] == 3, "jq filter: one JSON line per response, escaped, one number back per line");
-	ok(ft_ppo_reward_cmd("awk '{n++} END {for (i = 1; i <= n; i++) print i / 2}'", p, r, 3, s) == 0 &&
+	ok(ft_ppo_reward_cmd("awk '{n++} END {for (i = 1; i <= n; i++) print i / 2}'", p, r, NULL, 3, s) == 0 &&
 	   s[0] == 0.5f && s[2] == 1.5f, "a filter that answers only at EOF");
 	struct { const char *cmd, *want, *what; } bad[] = {
 		{ "cat >/dev/null; printf '1\\nx2\\n3\\n'", "line 2", "a non-number names its line" },
@@ -167,12 +167,26 @@ static void check_reward_cmd(void)
 		{ "seq 4", "more lines", "too many lines" },
 	};
 	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-		rc = ft_ppo_reward_cmd(bad[i].cmd, p, r, 3, s);
+		rc = ft_ppo_reward_cmd(bad[i].cmd, p, r, NULL, 3, s);
 		ok(rc < 0 && strstr(ft_errmsg(), bad[i].want), "%s: %s", bad[i].what, ft_errmsg());
 		ft_errclear();
 	}
+	/* extra columns: after prompt and response, in order; their prompt/response never win */
+	json_t *x0 = json_loads("{\"prompt\": \"FAKE\", \"answer\": 5, \"response\": \"FAKE\", \"m\": [1, {\"k\": null}]}",
+				0, NULL);
+	char *line = ft_reward_request_line("hi", "completion", "c", x0);
+	ok(line && !strcmp(line, "{\"prompt\":\"hi\",\"completion\":\"c\",\"answer\":5,\"response\":\"FAKE\",\"m\":[1,{\"k\":null}]}"),
+	   "request line: prompt, completion, then the columns but prompt: %s", line ? line : ft_errmsg());
+	free(line);
+	line = ft_reward_request_line("hi", "completion", "c", NULL);
+	ok(line && !strcmp(line, "{\"prompt\":\"hi\",\"completion\":\"c\"}"), "no columns: %s", line ? line : "");
+	free(line);
+	const json_t *xs[3] = { x0, NULL, x0 };
+	ok(ft_ppo_reward_cmd("jq -r --unbuffered '(.answer // 0) + (.response | length)'", p, r, xs, 3, s) == 0 &&
+	   s[0] == 8 && s[1] == 3 && s[2] == 8, "the filter gets each line's columns (%g %g %g), its response kept", s[0], s[1], s[2]);
+	json_decref(x0);
 	const char *badp[1] = { "ok" }, *badr[1] = { "\xff\xfe" };
-	rc = ft_ppo_reward_cmd("cat", badp, badr, 1, s);
+	rc = ft_ppo_reward_cmd("cat", badp, badr, NULL, 1, s);
 	ok(rc < 0 && strstr(ft_errmsg(), "response 1: the response is not valid UTF-8"), "%s", ft_errmsg());
 	ft_errclear();
 	/* a large batch: the pipe buffers fill both ways at once */
@@ -180,7 +194,7 @@ static void check_reward_cmd(void)
 	const char **pp = malloc(N * sizeof *pp);
 	float *ss = malloc(N * sizeof *ss);
 	for (int i = 0; i < N; i++) pp[i] = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
-	ok(ft_ppo_reward_cmd("awk '{print NR}'", pp, pp, N, ss) == 0 && ss[N - 1] == N,
+	ok(ft_ppo_reward_cmd("awk '{print NR}'", pp, pp, NULL, N, ss) == 0 && ss[N - 1] == N,
 	   "20000 responses through a streaming filter without deadlock");
 	free(pp);
 	free(ss);

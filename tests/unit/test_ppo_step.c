@@ -48,10 +48,10 @@ static int gen(void *ctx, ft_model *m, const ft_i32vec *q, size_t n, uint64_t se
 	return 0;
 }
 
-static int score(void *ctx, const ft_i32vec *q, const ft_i32vec *a, size_t n, float *s)
+static int score(void *ctx, const size_t *qi, const ft_i32vec *q, const ft_i32vec *a, size_t n, float *s)
 {
 	fix *F = ctx;
-	(void)q; (void)a;
+	(void)qi; (void)q; (void)a;
 	for (size_t i = 0; i < n; i++) s[i] = (float)json_number_value(json_array_get(F->scores, i));
 	return 0;
 }

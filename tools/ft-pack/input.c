@@ -2,6 +2,8 @@
 #include "ft-pack.h"
 #include "cli/cli.h"
 #include "util/json.h"
+#include "data/preprocess.h"
+#include "format/batch_io.h"
 #include "format/stream.h"
 
 #include <stdlib.h>
@@ -61,6 +63,19 @@ static int get_tag(const ft_rec *rec)
 	die_rec("field is not a boolean: ", "kto_tag");
 }
 
+/* ppo: the row's extra dataset columns (token records version 2), kept
+ * when there are any. */
+static void get_extra(const ft_rec *rec, ft_examples *e)
+{
+	if (!ft_rec_has(rec, "extra_columns")) return;
+	json_t *x = ft_rec_get_json(rec, "extra_columns");
+	if (!x || ft_extra_columns_check(x) < 0)
+		die("%s: record %llu: 'extra_columns': %s", ft_display_name(in_name), (unsigned long long)in_rec,
+		    ft_errmsg());
+	if (json_object_size(x) == 0) { json_decref(x); return; }
+	ft_examples_set_extra(e, ft_examples_count(e) - 1, x);
+}
+
 /* The header must be a token stream agreeing with the first input. */
 static void check_header(ft_reader *r, const pack_opts *o, input_info *info, int first)
 {
@@ -72,6 +87,10 @@ static void check_header(ft_reader *r, const pack_opts *o, input_info *info, int
 	const json_t *meta = json_object_get(ft_reader_header(r), "meta");
 	const char *stage_s = ft_json_str(meta, "stage", NULL);
 	if (!stage_s) die("%s: header has no meta.stage", name);
+	long long rv = ft_json_int(meta, "record_version", 1);
+	if (rv > FT_TOKENS_RECORD_VERSION)
+		die("%s: token record version %lld is newer than this program reads (%d)", name, rv,
+		    FT_TOKENS_RECORD_VERSION);
 	int stage = ft_stage_parse(stage_s);
 	if (stage < 0) die("%s: header: %s", name, ft_errmsg());
 	const char *tok = ft_json_str(meta, "tokenizer", "");
@@ -166,6 +185,7 @@ void read_inputs(const pack_opts *o, ft_examples *e, input_info *info)
 					ft_examples_set_tag(e, ft_examples_count(e) - 1, get_tag(rec));
 				} else {
 					ft_examples_add_seq(e, ids.v, lab.v, ids.n);
+					if (info->stage == FT_STAGE_PPO) get_extra(rec, e);
 				}
 			}
 			n++;

@@ -15,6 +15,8 @@ json_t *split_meta(const pack_opts *o, const input_info *in, const split_out *s)
 	const ft_batch_opts *bo = s->bo;
 	const ft_pack_totals *t = s->tot;
 	json_t *m = json_object();
+	/* 2: ppo rows may carry extra_columns (docs/FORMAT.md 3.3) */
+	json_object_set_new(m, "record_version", json_integer(FT_BATCH_FORMAT_VERSION));
 	json_object_set_new(m, "stage", json_string(ft_stage_name(in->stage)));
 	json_object_set_new(m, "layout", json_string(ft_layout_name(bo->layout)));
 	json_object_set_new(m, "split", json_string(s->split));
@@ -57,7 +59,7 @@ static void write_manifest(const char *dir, json_t *meta, const ft_writer *w, co
 {
 	json_t *man = json_object();
 	json_object_set_new(man, "format", json_string("ft-pack-manifest"));
-	json_object_set_new(man, "version", json_integer(1));
+	json_object_set_new(man, "version", json_integer(FT_BATCH_FORMAT_VERSION));
 	json_object_set_new(man, "producer", json_string("ft-pack"));
 	json_object_update(man, meta);
 	json_t *shards = json_array();

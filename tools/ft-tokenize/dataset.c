@@ -15,6 +15,7 @@
 #include "data/stage.h"
 #include "data/preprocess.h"
 #include "util/sha256.h"
+#include "format/batch_io.h"
 #include "format/stream.h"
 #include "text/template.h"
 #include "text/tokenizer.h"
@@ -50,7 +51,9 @@ static const char usage_text[] =
 "  --preserve_thinking[=B]  keep the thoughts of earlier turns (default false)\n"
 "\n"
 "Records:\n"
-"  --stage S                pt, sft (default), rm, dpo, kto or ppo\n"
+"  --stage S                pt, sft (default), rm, dpo, kto or ppo (ppo records keep\n"
+"                           each row's columns the mapping does not read, such as\n"
+"                           \"answer\", as extra_columns for reward commands)\n"
 "  --predict_with_generate  prompt records (prompt ids + response) for prediction\n"
 "  --cutoff_len N           longest sequence (default 2048), split between prompt\n"
 "                           and response per turn as LLaMA-Factory does\n"
@@ -252,6 +255,8 @@ static void resolve_all(const opts *o, char **names, size_t n, ft_dataset_attr *
 		} else {
 			die("dataset '%s' is neither defined in %s/dataset_info.json nor a file", nm, o->dataset_dir);
 		}
+		/* prompt records keep the other columns for reward commands */
+		attrs[i].keep_extra = o->stage == FT_STAGE_PPO || o->predict;
 	}
 }
 
@@ -298,6 +303,7 @@ static void load_datasets(const opts *o, char **names, size_t n, ft_dataset_attr
 typedef struct {
 	ft_prep_rec *v;
 	char **label_text;
+	json_t **extra;          /* ppo/prediction records: the row's extra columns */
 	size_t n, cap;
 	long long read, skipped[FT_BAD_COUNT_], tokens, label_tokens, truncated;
 } records;
@@ -338,7 +344,11 @@ static void process(const opts *o, ft_prep *prep, ft_dataset *d, records *rs)
 			rs->cap = rs->cap ? rs->cap * 2 : 1024;
 			rs->v = ft_xrealloc(rs->v, rs->cap * sizeof *rs->v);
 			rs->label_text = ft_xrealloc(rs->label_text, rs->cap * sizeof *rs->label_text);
+			rs->extra = ft_xrealloc(rs->extra, rs->cap * sizeof *rs->extra);
 		}
+		if (e->extra && ft_extra_columns_check(e->extra) < 0)
+			die("%s: example %zu: %s", e->source, e->index, ft_errmsg());
+		rs->extra[rs->n] = json_incref(e->extra);
 		rs->label_text[rs->n] = e->n_response == 1 ? ft_xstrdup(e->response[0].content) : ft_xstrdup("");
 		rs->truncated += r.truncated;
 		count_tokens(rs, &r, o->stage);
@@ -374,6 +384,8 @@ static json_t *make_header(const opts *o, const ft_tokenizer *tok, const ft_temp
 	const ft_tokenizer_info *inf = ft_tokenizer_info_get(tok);
 	json_t *meta = json_object(), *ds = json_array();
 	for (size_t i = 0; i < n; i++) json_array_append_new(ds, json_string(names[i]));
+	/* 2: ppo and prediction records carry extra_columns */
+	json_object_set_new(meta, "record_version", json_integer(FT_TOKENS_RECORD_VERSION));
 	json_object_set_new(meta, "tokenizer", json_string(ft_tokenizer_identity(tok)));
 	json_object_set_new(meta, "template", json_string(ft_template_name(t)));
 	json_object_set_new(meta, "stage", json_string(ft_stage_name(o->stage)));
@@ -430,10 +442,11 @@ static void write_records(const opts *o, const char *path, const json_t *header,
 			break;
 		default:
 			if (o->stage == FT_STAGE_PPO || o->predict) {
-				ft_w_begin(w, 3);
+				ft_w_begin(w, 3 + (rs->extra[i] != NULL));
 				ft_w_i32s(w, "input_ids", r->ids.v, r->ids.n);
 				ft_w_i32s(w, "label_ids", r->labels.v, r->labels.n);
 				ft_w_str(w, "label_text", rs->label_text[i]);
+				if (rs->extra[i]) ft_w_json(w, "extra_columns", rs->extra[i]);
 			} else {
 				ft_w_begin(w, 2);
 				ft_w_i32s(w, "input_ids", r->ids.v, r->ids.n);
@@ -492,7 +505,10 @@ static char *cache_key(const opts *o, const ft_tokenizer *tok, int argc, char **
 	size_t n = split_list(o->datasets, &names);
 	ft_sha256_ctx c;
 	ft_sha256_init(&c);
-	ft_sha256_update(&c, "ft-tokenize 1\n", 14);
+	/* the record version: a cache of older records is not reused */
+	char ver[32];
+	int vl = snprintf(ver, sizeof ver, "ft-tokenize %d\n", FT_TOKENS_RECORD_VERSION);
+	ft_sha256_update(&c, ver, (size_t)vl);
 	int cacheable = 1;
 	for (size_t i = 0; i < n; i++) {
 		if (!strcmp(names[i], "-")) cacheable = 0;
@@ -635,9 +651,10 @@ int tokenize_dataset_main(int argc, char **argv)
 	}
 	summary(json_object_get(json_object_get(header, "meta"), "counts"), "");
 	json_decref(header);
-	for (size_t i = 0; i < rs.n; i++) { ft_prep_rec_free(&rs.v[i]); free(rs.label_text[i]); }
+	for (size_t i = 0; i < rs.n; i++) { ft_prep_rec_free(&rs.v[i]); free(rs.label_text[i]); json_decref(rs.extra[i]); }
 	free(rs.v);
 	free(rs.label_text);
+	free(rs.extra);
 	ft_dataset_free(&d);
 done:
 	if (attrs)

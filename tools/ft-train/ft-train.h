@@ -100,8 +100,12 @@ int ppo_known_key(const char *k);
 void ppo_args_parse(ft_lfargs *a, ft_cli_args *c);
 int ppo_stage(const ft_cli_args *c);
 int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manifest *man);
-/* the prompts of one pass over ppo batches; the model's eos (-1: none) */
-ft_i32vec *read_prompts(ft_batch_source *src, const ft_manifest *man, size_t *n);
+/* the prompts of one pass over ppo batches and, when extra is not NULL,
+ * each one's extra dataset columns ((*extra)[i]: an object, or NULL when
+ * its batch has none); free both with prompts_free.  The model's eos
+ * (-1: none). */
+ft_i32vec *read_prompts(ft_batch_source *src, const ft_manifest *man, size_t *n, json_t ***extra);
+void prompts_free(ft_i32vec *q, json_t **extra, size_t n);
 int32_t model_eos(const char *dir);
 /* grpo.c: --stage grpo (docs/GRPO.md) on ppo prompt batches */
 int grpo_known_key(const char *k);

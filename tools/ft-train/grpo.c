@@ -10,6 +10,7 @@
 #include "text/tokenizer.h"
 #include "train/grpo_loop.h"
 #include "train/grpo_reward.h"
+#include "train/ppo_reward.h"
 #include "train/ppo_rm.h"
 #include "plot/plot.h"
 #include "util/atomicfile.h"
@@ -282,6 +283,7 @@ static char *lossy(char *s)
 typedef struct {
 	ft_tokenizer *tok;
 	const ft_i32vec *prompts;
+	json_t *const *extra;           /* each prompt's extra dataset columns (or NULL) */
 	ft_grpo_reward *r[MAX_REWARDS];  /* NULL at rm_index */
 	ft_ppo_rm rm;                   /* --reward_model */
 	FILE *samples;
@@ -329,12 +331,9 @@ static int score(void *ctx, const size_t *pidx, const ft_i32vec *comp, size_t n,
 		if (!R->ptext[i] || !R->ctext[i]) { rc = -1; break; }
 		R->ptext[i] = lossy(R->ptext[i]);
 		R->ctext[i] = lossy(R->ctext[i]);
-		json_t *o = json_object(), *jp = json_string(R->ptext[i]), *jc = json_string(R->ctext[i]);
-		if (!jp || !jc) rc = ft_fail("completion %zu: the %s is not valid UTF-8", i + 1, jp ? "completion" : "prompt");
-		json_object_set_new(o, "prompt", jp ? jp : json_null());
-		json_object_set_new(o, "completion", jc ? jc : json_null());
-		lines[i] = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-		json_decref(o);
+		/* TRL's reward kwargs: the row's other columns beside prompt and completion */
+		lines[i] = ft_reward_request_line(R->ptext[i], "completion", R->ctext[i], R->extra[pidx[i]]);
+		if (!lines[i]) rc = ft_fail_ctx("completion %zu: ", i + 1);
 	}
 	float *one = ft_xmalloc(n * sizeof *one);
 	for (int k = 0; k < P.n_rewards && rc == 0; k++) {
@@ -442,7 +441,8 @@ int grpo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manif
 {
 	if (!ft_model_has_adapters(m)) die("--stage grpo: the policy has no LoRA adapters (--finetuning_type lora)");
 	size_t n;
-	ft_i32vec *q = read_prompts(train, man, &n);
+	json_t **extra;
+	ft_i32vec *q = read_prompts(train, man, &n, &extra);
 	if (n == 0) die("%s: no prompts", ft_display_name(c->train[0]));
 	ft_grpo_loop_opts o;
 	loop_opts(c, man, n, &o);
@@ -460,6 +460,7 @@ int grpo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manif
 	reward_ctx R;
 	memset(&R, 0, sizeof R);
 	R.prompts = q;
+	R.extra = extra;
 	char *tj = ft_xasprintf("%s/tokenizer.json", c->model);
 	if (access(tj, R_OK) == 0 && !(R.tok = ft_tokenizer_load(c->model))) die("%s: %s", c->model, ft_errmsg());
 	free(tj);
@@ -502,7 +503,6 @@ int grpo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manif
 	if (R.tok) ft_tokenizer_free(R.tok);
 	for (int k = 0; k < P.n_rewards; k++) { free(P.names[k]); free(P.cmds[k]); }
 	free(logp);
-	for (size_t i = 0; i < n; i++) ft_i32vec_free(&q[i]);
-	free(q);
+	prompts_free(q, extra, n);
 	return 0;
 }

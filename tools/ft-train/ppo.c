@@ -115,10 +115,12 @@ int ppo_stage(const ft_cli_args *c)
 
 /* The prompts of one pass over the batches: each row's ids up to its
  * right padding (ft-pack pads ppo rows with pad_id, labels all -100, and
- * records each row's length; older batch files: trailing pad_ids). */
-ft_i32vec *read_prompts(ft_batch_source *src, const ft_manifest *man, size_t *n)
+ * records each row's length; older batch files: trailing pad_ids), and
+ * the row's extra columns when the batch carries them. */
+ft_i32vec *read_prompts(ft_batch_source *src, const ft_manifest *man, size_t *n, json_t ***extra)
 {
 	ft_i32vec *q = NULL;
+	json_t **x = NULL;
 	size_t cap = 0;
 	*n = 0;
 	ft_batch b = { 0 };
@@ -137,13 +139,30 @@ ft_i32vec *read_prompts(ft_batch_source *src, const ft_manifest *man, size_t *n)
 				while (len > 0 && r[len - 1] == man->pad_id) len--;
 			}
 			if (len == 0) continue;
-			if (*n == cap) q = realloc(q, (cap = cap ? 2 * cap : 64) * sizeof *q);
+			if (*n == cap) {
+				cap = cap ? 2 * cap : 64;
+				q = ft_xrealloc(q, cap * sizeof *q);
+				x = ft_xrealloc(x, cap * sizeof *x);
+			}
+			x[*n] = json_incref(json_array_get(b.extra_columns, (size_t)i));
 			q[*n] = (ft_i32vec){ 0 };
 			ft_i32vec_append(&q[(*n)++], r, (size_t)len);
 		}
 	}
 	ft_batch_free(&b);
+	if (extra) *extra = x;
+	else prompts_free(NULL, x, *n);
 	return q;
+}
+
+void prompts_free(ft_i32vec *q, json_t **extra, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (q) ft_i32vec_free(&q[i]);
+		if (extra) json_decref(extra[i]);
+	}
+	free(q);
+	free(extra);
 }
 
 /* eos_token_id of the model's generation_config.json, else config.json
@@ -179,6 +198,7 @@ static int gen(void *ctx, ft_model *m, const ft_i32vec *q, size_t n, uint64_t se
 
 typedef struct {
 	const char *cmd;
+	json_t *const *extra;    /* each prompt's extra dataset columns (or NULL) */
 	ft_tokenizer *tok;       /* NULL: the text is the token ids, space-separated */
 	ft_ppo_rm rm;            /* lora: the base with the rm adapter; full: the rm model (rm.m NULL: api) */
 } reward_ctx;
@@ -193,26 +213,32 @@ static char *as_text(const reward_ctx *R, const ft_i32vec *v)
 	return s;
 }
 
-static int score_api(reward_ctx *R, const ft_i32vec *q, const ft_i32vec *a, size_t n, float *scores)
+static int score_api(reward_ctx *R, const size_t *qi, const ft_i32vec *q, const ft_i32vec *a, size_t n,
+		     float *scores)
 {
 	char **pq = ft_xcalloc(n, sizeof *pq), **pa = ft_xcalloc(n, sizeof *pa);
+	const json_t **x = ft_xcalloc(n, sizeof *x);
 	int rc = 0;
 	for (size_t i = 0; i < n && rc == 0; i++) {
 		pq[i] = as_text(R, &q[i]);
 		pa[i] = as_text(R, &a[i]);
+		x[i] = R->extra[qi[i]];
 		if (!pq[i] || !pa[i]) rc = -1;
 	}
-	if (rc == 0) rc = ft_ppo_reward_cmd(R->cmd, (const char *const *)pq, (const char *const *)pa, n, scores);
+	if (rc == 0)
+		rc = ft_ppo_reward_cmd(R->cmd, (const char *const *)pq, (const char *const *)pa, x, n, scores);
 	for (size_t i = 0; i < n; i++) { free(pq[i]); free(pa[i]); }
 	free(pq);
 	free(pa);
+	free(x);
 	return rc;
 }
 
-static int score(void *ctx, const ft_i32vec *q, const ft_i32vec *a, size_t n, float *scores)
+/* a reward model ignores the extra columns (it scores the ids) */
+static int score(void *ctx, const size_t *qi, const ft_i32vec *q, const ft_i32vec *a, size_t n, float *scores)
 {
 	reward_ctx *R = ctx;
-	return R->rm.m ? ft_ppo_rm_score(&R->rm, q, a, n, scores) : score_api(R, q, a, n, scores);
+	return R->rm.m ? ft_ppo_rm_score(&R->rm, q, a, n, scores) : score_api(R, qi, q, a, n, scores);
 }
 
 static void reward_open(ft_cli_args *c, ft_model *m, reward_ctx *R)
@@ -330,10 +356,12 @@ int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manife
 		die("--ref_model %s: vocabulary of %d tokens, the policy's has %d", c->ref_model ? c->ref_model : c->model,
 		    ft_model_config(ref)->vocab_size, ft_model_config(m)->vocab_size);
 	size_t n;
-	ft_i32vec *q = read_prompts(train, man, &n);
+	json_t **extra;
+	ft_i32vec *q = read_prompts(train, man, &n, &extra);
 	if (n == 0) die("%s: no prompts", ft_display_name(c->train[0]));
 	reward_ctx R;
 	reward_open(c, m, &R);
+	R.extra = extra;
 	ft_ppo_loop_opts o;
 	memset(&o, 0, sizeof o);
 	o.ppo = P.o;
@@ -408,7 +436,6 @@ int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manife
 	free(vw);
 	reward_close(&R);
 	if (ref) ft_model_free(ref);
-	for (size_t i = 0; i < n; i++) ft_i32vec_free(&q[i]);
-	free(q);
+	prompts_free(q, extra, n);
 	return 0;
 }
