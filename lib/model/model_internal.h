@@ -67,6 +67,7 @@ struct ft_model {
 	char save_dtype[16];     /* "" = as config (torch dtype), else F32 etc. */
 
 	ftp_wg wte, lm_head, norm;    /* lm_head aliases wte when tied */
+	int untied;                  /* a tied base whose lm_head became a copy (modules_to_save) */
 	int base_borrowed;           /* the base tensors' w are another model's (ft_model_share_base) */
 	ftp_layer *layers;
 	ft_param *params;
@@ -196,6 +197,9 @@ int ftp_model_forward_body(ft_model *m, const ft_batch *b);
 void ftp_model_backward_body(ft_model *m, const ft_batch *b);
 /* lib/model/model.c */
 int ftp_model_build_params(ft_model *m);
+/* n normal(0, std) floats from the stream of (seed, name): Box-Muller
+ * over ft's xoshiro256** (the random init of ft_model_from_config). */
+void ftp_fill_normal(float *w, size_t n, float std, uint64_t seed, const char *name);
 void ftp_model_free_params(ft_model *m);
 void ftp_lora_setup(ft_model *m, int rank, double alpha, int rslora,
 		   unsigned targets);
