@@ -165,6 +165,11 @@ int ftp_asft_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
 			      double *loss_sum, int64_t *n_tokens);
 int ftp_asft_forward(ft_model *m, const ft_batch *b, double *loss_sum, int64_t *n_tokens);
 
+/* lib/model/model_vocab.c: embed_tokens (and an untied lm_head) with V
+ * rows, the old rows kept, new ones zero (an adapter's trained copies
+ * replace them); config vocab_size follows. */
+int ftp_vocab_rows(ft_model *m, int64_t V);
+
 /* lib/model/model_io.c: adapter_config.json with rank r and alpha;
  * plain: init_lora_weights true even for a PiSSA adapter. */
 int ftp_adapter_config_save(ft_model *m, const char *dir, int r, double alpha, int plain);

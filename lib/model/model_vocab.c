@@ -116,6 +116,36 @@ static float *grow(float *w, int64_t V, int64_t nv, int D, float std, uint64_t s
 	return g;
 }
 
+static float *rows_of(float *w, int64_t V, int64_t nv, int D)
+{
+	float *g = ft_xcalloc((size_t)nv * D, sizeof *g);
+	memcpy(g, w, (size_t)(V < nv ? V : nv) * D * sizeof *g);
+	free(w);
+	return g;
+}
+
+int ftp_vocab_rows(ft_model *m, int64_t V)
+{
+	ft_config *c = &m->c;
+	if (V == c->vocab_size) return 0;
+	if (m->base_borrowed || m->qw)
+		return ft_fail("cannot resize the embeddings of a %s model", m->qw ? "quantized" : "shared-base");
+	m->wte.w = rows_of(m->wte.w, c->vocab_size, V, c->hidden_size);
+	free(m->wte.g);
+	m->wte.g = NULL;
+	if (!c->tie_word_embeddings) {
+		m->lm_head.w = rows_of(m->lm_head.w, c->vocab_size, V, c->hidden_size);
+		free(m->lm_head.g);
+		m->lm_head.g = NULL;
+	} else {
+		m->lm_head = m->wte;
+	}
+	c->vocab_size = (int)V;
+	if (m->config_json) json_object_set_new(m->config_json, "vocab_size", json_integer(V));
+	ftp_model_free_buffers(m);
+	return ftp_model_build_params(m);
+}
+
 int ft_model_resize_vocab(ft_model *m, const ft_vocab_resize *r)
 {
 	ft_config *c = &m->c;
@@ -174,6 +204,9 @@ int ft_model_train_embeddings(ft_model *m)
 		m->lm_head.g = NULL;
 		m->c.tie_word_embeddings = 0;
 		m->untied = 1;
+		/* a merged model keeps the trained lm_head (a tied config would
+		 * drop it on load) */
+		if (m->config_json) json_object_set_new(m->config_json, "tie_word_embeddings", json_false());
 	}
 	m->o.modules_to_save = 1;
 	return ftp_model_build_params(m);
