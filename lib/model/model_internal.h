@@ -68,6 +68,10 @@ struct ft_model {
 
 	ftp_wg wte, lm_head, norm;    /* lm_head aliases wte when tied */
 	int untied;                  /* a tied base whose lm_head became a copy (modules_to_save) */
+	/* a resized vocabulary: the base's size, and with modules_to_save the
+	 * frozen rows PEFT keeps as original_module (saved beside the copies) */
+	int64_t resized_from;
+	float *wte0, *head0;
 	int base_borrowed;           /* the base tensors' w are another model's (ft_model_share_base) */
 	ftp_layer *layers;
 	ft_param *params;

@@ -25,6 +25,27 @@ static const char *module_saved_name(const ft_model *m, const ft_param *p)
 	return NULL;
 }
 
+/* PEFT's save_embedding_layers "auto" on a vocabulary resized against
+ * the base's config: each wrapped layer whole, its trained copy
+ * (".modules_to_save.weight") and the frozen rows (".original_module.weight"),
+ * beside the copy under the plain name. */
+static void add_resized_layers(ft_model *m, ft_st_writer *w)
+{
+	static const char *const base[2] = { "base_model.model.model.embed_tokens",
+					     "base_model.model.lm_head" };
+	if (!m->o.modules_to_save || !m->wte0) return;
+	int64_t shape[2] = { m->c.vocab_size, m->c.hidden_size };
+	const float *copy[2] = { m->wte.w, m->lm_head.w }, *orig[2] = { m->wte0, m->head0 };
+	for (int k = 0; k < 2; k++) {
+		char *a = ft_xasprintf("%s.modules_to_save.weight", base[k]);
+		char *b = ft_xasprintf("%s.original_module.weight", base[k]);
+		ft_st_writer_add(w, a, FT_F32, 2, shape, copy[k]);
+		ft_st_writer_add(w, b, FT_F32, 2, shape, orig[k]);
+		free(a);
+		free(b);
+	}
+}
+
 static int check_shape(const ft_st_tensor *t, const ft_param *p, const char *where)
 {
 	int ok = t->ndim == p->ndim && t->shape[0] == p->shape[0] &&
@@ -221,6 +242,7 @@ int ft_model_save_adapter(ft_model *m, const char *dir)
 		const char *nm = is_adapter(p) ? p->name : module_saved_name(m, p);
 		if (nm) ft_st_writer_add(w, nm, FT_F32, p->ndim, p->shape, p->w);
 	}
+	add_resized_layers(m, w);
 	char *path = ft_xasprintf("%s/adapter_model.safetensors", dir);
 	int rc = ft_st_writer_write(w, path);
 	free(path);
@@ -462,6 +484,32 @@ out:
 
 /* Every adapter parameter from DIR/adapter_model.safetensors, which holds
  * nothing else. */
+/* add_resized_layers' tensors, when the file has them: the frozen rows
+ * kept for the next save, the copy's duplicate checked for its shape. */
+static int read_resized_layers(ft_model *m, ft_st *st, const char *path, size_t *found)
+{
+	static const char *const base[2] = { "base_model.model.model.embed_tokens",
+					     "base_model.model.lm_head" };
+	if (!m->o.modules_to_save) return 0;
+	size_t n = (size_t)m->c.vocab_size * m->c.hidden_size;
+	float **orig[2] = { &m->wte0, &m->head0 };
+	for (int k = 0; k < 2; k++)
+		for (int j = 0; j < 2; j++) {
+			char *nm = ft_xasprintf("%s.%s.weight", base[k], j ? "original_module" : "modules_to_save");
+			const ft_st_tensor *t = ft_st_find(st, nm);
+			int bad = t && (t->ndim != 2 || t->shape[0] != m->c.vocab_size || t->shape[1] != m->c.hidden_size);
+			if (bad) ft_fail("%s: tensor %s is not [%d, %d]", path, nm, m->c.vocab_size, m->c.hidden_size);
+			free(nm);
+			if (bad) return -1;
+			if (!t) continue;
+			(*found)++;
+			if (!j) continue;
+			if (!*orig[k]) *orig[k] = ft_xmalloc(n * sizeof **orig[k]);
+			if (ft_st_read_f32(t, *orig[k]) < 0) return -1;
+		}
+	return 0;
+}
+
 static int read_tensors(ft_model *m, const char *dir)
 {
 	int rc = -1;
@@ -486,6 +534,10 @@ static int read_tensors(ft_model *m, const char *dir)
 			goto out;
 		}
 		found++;
+	}
+	if (read_resized_layers(m, st, path, &found) < 0) {
+		ft_st_close(st);
+		goto out;
 	}
 	if (ft_st_count(st) != found) {
 		for (size_t i = 0; i < ft_st_count(st); i++)

@@ -140,6 +140,7 @@ int ftp_vocab_rows(ft_model *m, int64_t V)
 	} else {
 		m->lm_head = m->wte;
 	}
+	if (!m->resized_from) m->resized_from = c->vocab_size;
 	c->vocab_size = (int)V;
 	if (m->config_json) json_object_set_new(m->config_json, "vocab_size", json_integer(V));
 	ftp_model_free_buffers(m);
@@ -171,6 +172,7 @@ int ft_model_resize_vocab(ft_model *m, const ft_vocab_resize *r)
 			m->lm_head.g = NULL;
 		}
 		c->vocab_size = (int)nv;
+		if (!m->resized_from) m->resized_from = cur;
 		if (m->config_json)
 			json_object_set_new(m->config_json, "vocab_size", json_integer(nv));
 		ftp_model_free_buffers(m);   /* the head's scratch is sized by the vocabulary */
@@ -207,6 +209,16 @@ int ft_model_train_embeddings(ft_model *m)
 		/* a merged model keeps the trained lm_head (a tied config would
 		 * drop it on load) */
 		if (m->config_json) json_object_set_new(m->config_json, "tie_word_embeddings", json_false());
+	}
+	if (m->resized_from) {
+		/* PEFT saves a resized layer whole: original_module beside the copy */
+		size_t n = (size_t)m->c.vocab_size * m->c.hidden_size;
+		free(m->wte0);
+		free(m->head0);
+		m->wte0 = ft_xmalloc(n * sizeof *m->wte0);
+		m->head0 = ft_xmalloc(n * sizeof *m->head0);
+		memcpy(m->wte0, m->wte.w, n * sizeof *m->wte0);
+		memcpy(m->head0, m->lm_head.w, n * sizeof *m->head0);
 	}
 	m->o.modules_to_save = 1;
 	return ftp_model_build_params(m);
