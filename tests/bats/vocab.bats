@@ -162,3 +162,24 @@ tokenize() {
 	[ "$(jq .vocab_size saves/svg_merged/config.json)" -eq 832 ]
 	[ "$(jq '.added_tokens | map(select(.content == "<|end_of_style|>")) | .[0].id' saves/svg_merged/tokenizer.json)" -eq 818 ]
 }
+
+@test "a tied model: PEFT's two copies train, the merge unties" {
+	setup_model
+	jq '.tie_word_embeddings = true' model/config.json > c.json
+	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > init.zst
+	ft-train -q --train_from_scratch --config c.json --finetuning_type full --train init.zst \
+		--output_dir tied --max_steps 1
+	cp model/tokenizer*.json tied/
+	rm -rf model && mv tied model
+	tokenize --add_special_tokens "<a>,<b>" -o t.zst
+	ft-pack -q --cutoff_len 64 --per_device_train_batch_size 2 -o packed t.zst
+	run ft-train -q --model_name_or_path model --train packed --output_dir out --max_steps 2 \
+		--add_special_tokens "<a>,<b>"
+	assert_success
+	grep -aq '"base_model.model.lm_head.weight"' out/adapter_model.safetensors
+	grep -aq '"base_model.model.model.embed_tokens.weight"' out/adapter_model.safetensors
+	run ft-merge -q --model_name_or_path model --adapter_name_or_path out --export_dir merged
+	assert_success
+	[ "$(jq .tie_word_embeddings merged/config.json)" = false ]
+	[ "$(jq .vocab_size merged/config.json)" -eq 832 ]
+}
