@@ -43,6 +43,10 @@ LIB_CUDA   += pref
 LIB_TRAIN  += cuda_pref
 # GRPO (issue 21): TRL 1.16 GRPOTrainer
 LIB_TRAIN  += grpo grpo_loop grpo_reward
+# vocabulary extension (add_tokens, add_special_tokens, resize_vocab)
+LIB_TEXT   += tokenizer_add
+LIB_CLI    += newtokens
+LIB_MODEL  += model_vocab
 
 LIB_SRC   := $(LIB_UTIL:%=lib/util/%.c) $(LIB_FORMAT:%=lib/format/%.c) \
              $(LIB_TEXT:%=lib/text/%.c) $(LIB_DATA:%=lib/data/%.c) \

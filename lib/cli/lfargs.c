@@ -149,6 +149,7 @@ typedef struct {
 	yaml_parser_t p;
 	yaml_event_t ev;
 	const char *path;
+	int raw;              /* keys as written, every value text (ft_lfargs_load_pairs) */
 } yaml_reader;
 
 static int yaml_next(yaml_reader *y)
@@ -221,6 +222,15 @@ static int yaml_value(yaml_reader *y, const char *key, char **out)
 	return 0;
 }
 
+static void raw_append(ft_lfargs *a, const char *key, const char *value, const char *origin)
+{
+	if (a->n == a->cap) {
+		a->cap = a->cap ? 2 * a->cap : 32;
+		a->v = ft_xrealloc(a->v, a->cap * sizeof *a->v);
+	}
+	a->v[a->n++] = (ft_lfarg){ft_xstrdup(key), ft_xstrdup(value), ft_xstrdup(origin)};
+}
+
 static int yaml_mapping(yaml_reader *y, ft_lfargs *a)
 {
 	for (;;) {
@@ -232,7 +242,14 @@ static int yaml_mapping(yaml_reader *y, ft_lfargs *a)
 		yaml_event_delete(&y->ev);
 		char *value = NULL;
 		int rc = yaml_value(y, key, &value);
-		if (rc == 0 && value) {
+		if (rc == 0 && y->raw) {
+			if (!value || ft_lfargs_find(a, key))
+				rc = ft_fail("%s: %s '%s'", origin, value ? "a second entry for" : "no value for",
+					     key);
+			else
+				raw_append(a, key, value, origin);
+			free(value);
+		} else if (rc == 0 && value) {
 			ft_lfargs_set(a, key, value, origin);
 			free(value);
 		} else if (rc == 0) {
@@ -244,11 +261,11 @@ static int yaml_mapping(yaml_reader *y, ft_lfargs *a)
 	}
 }
 
-static int load_yaml(ft_lfargs *a, const char *path)
+static int load_yaml(ft_lfargs *a, const char *path, int raw)
 {
 	FILE *f = fopen(path, "rb");
 	if (!f) return ft_fail("%s:", path);
-	yaml_reader y = {.path = path};
+	yaml_reader y = {.path = path, .raw = raw};
 	yaml_parser_initialize(&y.p);
 	yaml_parser_set_input_file(&y.p, f);
 	int rc = 0;
@@ -281,8 +298,13 @@ static int ends_with(const char *s, const char *suffix)
 int ft_lfargs_load_file(ft_lfargs *a, const char *path)
 {
 	if (ends_with(path, ".json")) return load_json(a, path);
-	if (ends_with(path, ".yaml") || ends_with(path, ".yml")) return load_yaml(a, path);
+	if (ends_with(path, ".yaml") || ends_with(path, ".yml")) return load_yaml(a, path, 0);
 	return ft_fail("%s: a config file must end in .yaml, .yml or .json", path);
+}
+
+int ft_lfargs_load_pairs(ft_lfargs *a, const char *path)
+{
+	return load_yaml(a, path, 1);
 }
 
 /* OmegaConf.from_cli reads each value as YAML, so key=null (or key=)

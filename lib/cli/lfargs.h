@@ -24,6 +24,11 @@ typedef struct {
  * unsets the key, as None leaves a default).  -1 with
  * "file:line:col: message". */
 int ft_lfargs_load_file(ft_lfargs *a, const char *path);
+/* A YAML mapping of names to text in file order, the names as written
+ * (no dash folding): LLaMA-Factory's new_special_tokens_config (OmegaConf
+ * reads any YAML; JSON is YAML too).  A null value or a repeated name is
+ * an error naming the line. */
+int ft_lfargs_load_pairs(ft_lfargs *a, const char *path);
 /* key=value, --key value, --key=value, --flag; a YAML null value (key=null,
  * key=~, key=) unsets key as OmegaConf.from_cli does.  -1 on a malformed item. */
 int ft_lfargs_parse_argv(ft_lfargs *a, int argc, char **argv);

@@ -136,6 +136,11 @@ static const ftp_route routes[] = {
 	{"kto_rejected_weight", FTP_R, NULL},
 	{"ref_model", FTP_R, NULL}, {"ref_model_adapters", FTP_R, NULL},
 	{"rope_scaling", FTP_R | FTP_G | FTP_M, NULL},
+	/* vocabulary extension (docs/VOCAB.md): the tokenizer of every tool, the model's resize */
+	{"add_tokens", FTP_T | FTP_R | FTP_G | FTP_M, NULL},
+	{"add_special_tokens", FTP_T | FTP_R | FTP_G | FTP_M, NULL},
+	{"new_special_tokens_config", FTP_T | FTP_R | FTP_G | FTP_M, NULL},
+	{"init_special_tokens", FTP_R, NULL}, {"resize_vocab", FTP_R, NULL},
 	{"use_kt", FTP_X, "KTransformers is a torch backend ft does not run"},
 	{"kt_optimize_rule", FTP_X, "KTransformers is a torch backend ft does not run"},
 };

@@ -36,7 +36,8 @@ static int token_id(const ft_tokenizer *tok, const char *piece, const char *what
 	int32_t id = ft_tokenizer_token_to_id(tok, piece);
 	if (id < 0)
 		return ft_fail("template '%s' needs the %s '%s', which this tokenizer does not have "
-			       "(llamafactory would add it and need resize_vocab; ft adds no tokens)",
+			       "(llamafactory would add it and need resize_vocab; ft adds a template's tokens "
+			       "only as given: --add_special_tokens to ft-tokenize and ft-train)",
 			       tname, what, piece);
 	return id;
 }

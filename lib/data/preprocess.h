@@ -36,7 +36,8 @@ typedef struct {
 typedef struct ft_prep ft_prep;
 
 /* Checks the template against the tokenizer (named tokens and stop words
- * must exist: ft adds no tokens) and settles eos/pad as llamafactory. */
+ * must exist: ft adds a template's tokens only as --add_special_tokens)
+ * and settles eos/pad as llamafactory. */
 ft_prep *ft_prep_new(const ft_tokenizer *tok, const ft_template *t, const ft_prep_opts *o);
 void ft_prep_free(ft_prep *p);
 

@@ -186,7 +186,7 @@ static void fill_uniform(float *w, size_t n, float bound, uint64_t seed, const c
 		w[i] = (float)((2 * rng_uniform(&r) - 1) * bound);
 }
 
-static void fill_normal(float *w, size_t n, float std, uint64_t seed, const char *name)
+void ftp_fill_normal(float *w, size_t n, float std, uint64_t seed, const char *name)
 {
 	rng r;
 	rng_seed(&r, seed, name);
@@ -293,10 +293,11 @@ int ftp_model_build_params(ft_model *m)
 {
 	const ft_config *c = &m->c;
 	int D = c->hidden_size, full = m->o.type == FT_FT_FULL;
+	int emb = full || m->o.modules_to_save;   /* PEFT's modules_to_save copies train */
 	size_t cap = 0;
 	char nm[160];
 	ftp_model_free_params(m);
-	add_param(m, &cap, "model.embed_tokens.weight", &m->wte, 2, c->vocab_size, D, full, 1);
+	add_param(m, &cap, "model.embed_tokens.weight", &m->wte, 2, c->vocab_size, D, emb, 1);
 	for (int l = 0; l < c->num_hidden_layers; l++) {
 		ftp_layer *y = &m->layers[l];
 		for (int j = 0; j < L_NLIN; j++) {
@@ -333,7 +334,7 @@ int ftp_model_build_params(ft_model *m)
 	if (c->tie_word_embeddings)
 		m->lm_head = m->wte;
 	else
-		add_param(m, &cap, "lm_head.weight", &m->lm_head, 2, c->vocab_size, D, full, 1);
+		add_param(m, &cap, "lm_head.weight", &m->lm_head, 2, c->vocab_size, D, emb, 1);
 	for (int l = 0; l < c->num_hidden_layers; l++)
 		for (int j = 0; j < L_NLIN; j++) {
 			ftp_lora *a = &m->layers[l].lora[j], *lead = &m->layers[l].lora[ftp_fused_lead(c, j)];
@@ -529,9 +530,9 @@ ft_model *ft_model_from_config(const ft_config *c, const ft_tune_opts *o)
 	uint64_t seed = m->o.seed;
 	float std = c->initializer_range > 0 ? (float)c->initializer_range : 0.02f;
 	int D = c->hidden_size, V = c->vocab_size;
-	fill_normal(m->wte.w, (size_t)V * D, std, seed, "embed_tokens");
+	ftp_fill_normal(m->wte.w, (size_t)V * D, std, seed, "embed_tokens");
 	if (!c->tie_word_embeddings)
-		fill_normal(m->lm_head.w, (size_t)V * D, std, seed, "lm_head");
+		ftp_fill_normal(m->lm_head.w, (size_t)V * D, std, seed, "lm_head");
 	for (int d = 0; d < D; d++)
 		m->norm.w[d] = 1;
 	char nm[64];
@@ -545,7 +546,7 @@ ft_model *ft_model_from_config(const ft_config *c, const ft_tune_opts *o)
 			int in, out;
 			ftp_lin_dims(c, j, &in, &out);
 			snprintf(nm, sizeof nm, "layers.%d.%s", l, ft_lin_names[j]);
-			fill_normal(y->lin[j].w, (size_t)in * out, std, seed, nm);
+			ftp_fill_normal(y->lin[j].w, (size_t)in * out, std, seed, nm);
 		}
 	}
 	return ftp_model_quantize(model_finish(m));
@@ -603,6 +604,7 @@ void ft_model_free(ft_model *m)
 	ftp_model_free_params(m);
 	ftp_oft_free(m);
 	free_base(m, m->wte.w); free(m->wte.g);
+	free(m->wte0); free(m->head0);
 	if (!m->c.tie_word_embeddings) {
 		free_base(m, m->lm_head.w);
 		free(m->lm_head.g);

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "format/batch.h"
+#include "util/vec.h"
 
 typedef enum { FT_ARCH_LLAMA, FT_ARCH_MISTRAL, FT_ARCH_QWEN2,
 	       FT_ARCH_QWEN3, FT_ARCH_GEMMA2, FT_ARCH_GEMMA3, FT_ARCH_PHI3 /* lib/model/arch.c */ } ft_arch;
@@ -116,6 +117,9 @@ typedef struct {
 	 * training cutoff_len (0: inference, factor 2). */
 	const char *rope_scaling;
 	long long model_max_length;
+	/* PEFT's modules_to_save = {embed_tokens, lm_head} beside LoRA or OFT
+	 * (set by ft_model_train_embeddings / an adapter that has them) */
+	int modules_to_save;
 } ft_tune_opts;
 /* Defaults applied when a field is 0: lora_rank 8, lora_alpha 2*rank (as
  * LLaMA-Factory), lora_targets q_proj|v_proj.
@@ -249,6 +253,41 @@ int ft_model_pissa_save_converted(ft_model *m, const char *init_dir, const char 
  * "...lora_magnitude_vector"), the output scaled by magnitude / ||W + s B A||
  * (that norm detached).  Rebuilds the parameter list. */
 int ft_model_dora_init(ft_model *m);
+
+/* LLaMA-Factory's resize_embedding_layer (lib/model/model_vocab.c).
+ * When tokenizer_len exceeds the vocabulary, embed_tokens and an untied
+ * lm_head grow to tokenizer_len rounded up to a multiple of 64, the new
+ * rows normal(0, initializer_range) as transformers' resize (ft's
+ * generator), and config vocab_size follows.  Then the rows of new_ids
+ * (sorted, unique: _resolve_new_token_ids; none: the rows the resize
+ * added) are initialized in both matrices: FT_INIT_NOISE the mean of the
+ * other rows (padding rows included, as LLaMA-Factory's mask) plus
+ * normal(0, 1/sqrt(hidden)) noise; FT_INIT_DESC each described token the
+ * mean of the input embeddings of its description's ids that are not new
+ * (the other rows' mean when none is), plus that noise with
+ * FT_INIT_DESC_NOISE.  The noise comes from ft's generator (seed, matrix,
+ * row): torch's stream is not reproduced.  Rebuilds the parameter list. */
+enum { FT_INIT_NOISE, FT_INIT_DESC, FT_INIT_DESC_NOISE };
+typedef struct {
+	int64_t tokenizer_len;
+	const int32_t *new_ids;
+	size_t n_new;
+	int method;
+	size_t n_desc;               /* descriptions, in the config's order */
+	const int32_t *desc_target;  /* each one's token id (-1: skipped) */
+	const ft_i32vec *desc_ids;   /* its text's ids (no special tokens) */
+} ft_vocab_resize;
+int ft_model_resize_vocab(ft_model *m, const ft_vocab_resize *r);
+/* The initialization alone on w [V, D] (wte: the input embeddings the
+ * descriptions read), n_new the rows a resize added; noise 0 leaves the
+ * noise out (the deterministic part, which the parity test compares). */
+void ft_vocab_init(float *w, const float *wte, int64_t V, int D, const ft_vocab_resize *r,
+		   int64_t n_new, uint64_t seed, const char *what, int noise);
+/* PEFT's modules_to_save for LLaMA-Factory's resized vocabulary: embed_tokens
+ * and lm_head train beside the adapter (a tied pair becomes two copies, as
+ * PEFT's wrappers make them) and are saved in adapter_model.safetensors as
+ * base_model.model.model.embed_tokens.weight and base_model.model.lm_head.weight. */
+int ft_model_train_embeddings(ft_model *m);
 
 /* Parameter names (HF/PEFT) to find a tensor; NULL if absent. */
 ft_param *ft_model_find_param(ft_model *m, const char *name);

@@ -67,6 +67,11 @@ struct ft_model {
 	char save_dtype[16];     /* "" = as config (torch dtype), else F32 etc. */
 
 	ftp_wg wte, lm_head, norm;    /* lm_head aliases wte when tied */
+	int untied;                  /* a tied base whose lm_head became a copy (modules_to_save) */
+	/* a resized vocabulary: the base's size, and with modules_to_save the
+	 * frozen rows PEFT keeps as original_module (saved beside the copies) */
+	int64_t resized_from;
+	float *wte0, *head0;
 	int base_borrowed;           /* the base tensors' w are another model's (ft_model_share_base) */
 	ftp_layer *layers;
 	ft_param *params;
@@ -164,6 +169,11 @@ int ftp_asft_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
 			      double *loss_sum, int64_t *n_tokens);
 int ftp_asft_forward(ft_model *m, const ft_batch *b, double *loss_sum, int64_t *n_tokens);
 
+/* lib/model/model_vocab.c: embed_tokens (and an untied lm_head) with V
+ * rows, the old rows kept, new ones zero (an adapter's trained copies
+ * replace them); config vocab_size follows. */
+int ftp_vocab_rows(ft_model *m, int64_t V);
+
 /* lib/model/model_io.c: adapter_config.json with rank r and alpha;
  * plain: init_lora_weights true even for a PiSSA adapter. */
 int ftp_adapter_config_save(ft_model *m, const char *dir, int r, double alpha, int plain);
@@ -196,6 +206,9 @@ int ftp_model_forward_body(ft_model *m, const ft_batch *b);
 void ftp_model_backward_body(ft_model *m, const ft_batch *b);
 /* lib/model/model.c */
 int ftp_model_build_params(ft_model *m);
+/* n normal(0, std) floats from the stream of (seed, name): Box-Muller
+ * over ft's xoshiro256** (the random init of ft_model_from_config). */
+void ftp_fill_normal(float *w, size_t n, float std, uint64_t seed, const char *name);
 void ftp_model_free_params(ft_model *m);
 void ftp_lora_setup(ft_model *m, int rank, double alpha, int rslora,
 		   unsigned targets);

@@ -15,6 +15,37 @@ static int is_adapter(const ft_param *p)
 	return !strncmp(p->name, "base_model.", 11);
 }
 
+/* The name PEFT saves a trained embedding copy under (modules_to_save),
+ * NULL for the other base tensors. */
+static const char *module_saved_name(const ft_model *m, const ft_param *p)
+{
+	if (!m->o.modules_to_save) return NULL;
+	if (p->w == m->wte.w) return "base_model.model.model.embed_tokens.weight";
+	if (p->w == m->lm_head.w) return "base_model.model.lm_head.weight";
+	return NULL;
+}
+
+/* PEFT's save_embedding_layers "auto" on a vocabulary resized against
+ * the base's config: each wrapped layer whole, its trained copy
+ * (".modules_to_save.weight") and the frozen rows (".original_module.weight"),
+ * beside the copy under the plain name. */
+static void add_resized_layers(ft_model *m, ft_st_writer *w)
+{
+	static const char *const base[2] = { "base_model.model.model.embed_tokens",
+					     "base_model.model.lm_head" };
+	if (!m->o.modules_to_save || !m->wte0) return;
+	int64_t shape[2] = { m->c.vocab_size, m->c.hidden_size };
+	const float *copy[2] = { m->wte.w, m->lm_head.w }, *orig[2] = { m->wte0, m->head0 };
+	for (int k = 0; k < 2; k++) {
+		char *a = ft_xasprintf("%s.modules_to_save.weight", base[k]);
+		char *b = ft_xasprintf("%s.original_module.weight", base[k]);
+		ft_st_writer_add(w, a, FT_F32, 2, shape, copy[k]);
+		ft_st_writer_add(w, b, FT_F32, 2, shape, orig[k]);
+		free(a);
+		free(b);
+	}
+}
+
 static int check_shape(const ft_st_tensor *t, const ft_param *p, const char *where)
 {
 	int ok = t->ndim == p->ndim && t->shape[0] == p->shape[0] &&
@@ -163,10 +194,12 @@ static json_t *init_json(const ft_model *m, int plain)
 }
 
 /* j (NULL: json_pack failed) as dir/adapter_config.json; j is consumed. */
-static int write_adapter_config(json_t *j, const char *dir)
+static int write_adapter_config(const ft_model *m, json_t *j, const char *dir)
 {
 	if (!j)
 		return ft_fail("%s: cannot build adapter_config.json", dir);
+	if (m->o.modules_to_save)   /* LLaMA-Factory's additional_target, a set in PEFT */
+		json_object_set_new(j, "modules_to_save", json_pack("[s,s]", "lm_head", "embed_tokens"));
 	char *path = ft_xasprintf("%s/adapter_config.json", dir);
 	int rc = ft_json_save_file(j, path, 2);
 	json_decref(j);
@@ -190,7 +223,7 @@ static int oft_config_save(ft_model *m, const char *dir)
 		"peft_type", "OFT", "r", o->oft_rank, "revision",
 		"target_modules", targets_json(&m->c, o->lora_targets), "task_type", "CAUSAL_LM",
 		"use_cayley_neumann", 1);
-	return write_adapter_config(j, dir);
+	return write_adapter_config(m, j, dir);
 }
 
 int ft_model_save_adapter(ft_model *m, const char *dir)
@@ -204,10 +237,12 @@ int ft_model_save_adapter(ft_model *m, const char *dir)
 		return -1;
 	ft_st_writer *w = ft_st_writer_new();
 	ft_st_writer_meta(w, "format", "pt");
-	for (size_t i = 0; i < m->nparams; i++)
-		if (is_adapter(&m->params[i]))
-			ft_st_writer_add(w, m->params[i].name, FT_F32, m->params[i].ndim, m->params[i].shape,
-					 m->params[i].w);
+	for (size_t i = 0; i < m->nparams; i++) {
+		const ft_param *p = &m->params[i];
+		const char *nm = is_adapter(p) ? p->name : module_saved_name(m, p);
+		if (nm) ft_st_writer_add(w, nm, FT_F32, p->ndim, p->shape, p->w);
+	}
+	add_resized_layers(m, w);
 	char *path = ft_xasprintf("%s/adapter_model.safetensors", dir);
 	int rc = ft_st_writer_write(w, path);
 	free(path);
@@ -231,7 +266,7 @@ int ftp_adapter_config_save(ft_model *m, const char *dir, int r, double a, int p
 		"r", r, "rank_pattern", "revision", "target_modules",
 		targets_json(&m->c, o->lora_targets), "task_type", "CAUSAL_LM", "use_dora", o->use_dora,
 		"use_rslora", o->use_rslora);
-	return write_adapter_config(j, dir);
+	return write_adapter_config(m, j, dir);
 }
 
 int ft_model_save(ft_model *m, const char *dir)
@@ -298,6 +333,39 @@ static int parse_targets(const ft_config *mc, const ft_adapter_config *c, unsign
 	return 0;
 }
 
+/* modules_to_save is LLaMA-Factory's resized vocabulary: embed_tokens
+ * and lm_head, both. */
+static int embeddings_to_save(const ft_adapter_config *c)
+{
+	int e = 0, h = 0;
+	for (size_t i = 0; i < c->n_modules_to_save; i++) {
+		const char *s = c->modules_to_save[i];
+		if (!strcmp(s, "embed_tokens")) e = 1;
+		else if (!strcmp(s, "lm_head")) h = 1;
+		else return 0;
+	}
+	return e && h;
+}
+
+/* The adapter's trained embeddings: the model takes their vocabulary
+ * size (a resized one), then trains or holds them as PEFT's copies. */
+static int setup_embeddings(ft_model *m, const char *dir)
+{
+	char *path = ft_xasprintf("%s/adapter_model.safetensors", dir);
+	ft_st *st = ft_st_open(path);
+	int rc = -1;
+	const ft_st_tensor *t = st ? ft_st_find(st, "base_model.model.model.embed_tokens.weight") : NULL;
+	if (st && (!t || t->ndim != 2 || t->shape[1] != m->c.hidden_size || t->shape[0] < 1 ||
+		   t->shape[0] > 16777216))
+		ft_fail("%s: modules_to_save names embed_tokens but base_model.model.model.embed_tokens.weight "
+			"is %s", path, t ? "not [vocab, hidden_size]" : "missing");
+	else if (st)
+		rc = ftp_vocab_rows(m, t->shape[0]) < 0 || ft_model_train_embeddings(m) < 0 ? -1 : 0;
+	ft_st_close(st);
+	free(path);
+	return rc;
+}
+
 /* What the model's LoRA cannot represent: one rank, alpha and set of
  * modules for every layer, plain LoRA. */
 static const char *unsupported(const ft_adapter_config *c)
@@ -305,7 +373,7 @@ static const char *unsupported(const ft_adapter_config *c)
 	if (c->n_rank_pattern) return "rank_pattern";
 	if (c->n_alpha_pattern) return "alpha_pattern";
 	if (ft_adapter_config_sets(c, "layers_to_transform")) return "layers_to_transform";
-	if (c->n_modules_to_save) return "modules_to_save";
+	if (c->n_modules_to_save && !embeddings_to_save(c)) return "modules_to_save (other than embed_tokens and lm_head together)";
 	if (ft_adapter_config_sets(c, "exclude_modules")) return "exclude_modules";
 	if (ft_adapter_config_sets(c, "layer_replication")) return "layer_replication";
 	return NULL;
@@ -391,6 +459,8 @@ int ft_model_load_adapter(ft_model *m, const char *dir)
 	}
 	if (c.use_dora)   /* the magnitudes are read below */
 		ftp_dora_enable(m);
+	if (c.n_modules_to_save && setup_embeddings(m, dir) < 0)
+		goto out;
 	ftp_model_build_params(m);
 	/* a PiSSA adapter was trained on the residual base: PEFT redoes the
 	 * init on the base when it loads one, and so does ft */
@@ -414,6 +484,32 @@ out:
 
 /* Every adapter parameter from DIR/adapter_model.safetensors, which holds
  * nothing else. */
+/* add_resized_layers' tensors, when the file has them: the frozen rows
+ * kept for the next save, the copy's duplicate checked for its shape. */
+static int read_resized_layers(ft_model *m, ft_st *st, const char *path, size_t *found)
+{
+	static const char *const base[2] = { "base_model.model.model.embed_tokens",
+					     "base_model.model.lm_head" };
+	if (!m->o.modules_to_save) return 0;
+	size_t n = (size_t)m->c.vocab_size * m->c.hidden_size;
+	float **orig[2] = { &m->wte0, &m->head0 };
+	for (int k = 0; k < 2; k++)
+		for (int j = 0; j < 2; j++) {
+			char *nm = ft_xasprintf("%s.%s.weight", base[k], j ? "original_module" : "modules_to_save");
+			const ft_st_tensor *t = ft_st_find(st, nm);
+			int bad = t && (t->ndim != 2 || t->shape[0] != m->c.vocab_size || t->shape[1] != m->c.hidden_size);
+			if (bad) ft_fail("%s: tensor %s is not [%d, %d]", path, nm, m->c.vocab_size, m->c.hidden_size);
+			free(nm);
+			if (bad) return -1;
+			if (!t) continue;
+			(*found)++;
+			if (!j) continue;
+			if (!*orig[k]) *orig[k] = ft_xmalloc(n * sizeof **orig[k]);
+			if (ft_st_read_f32(t, *orig[k]) < 0) return -1;
+		}
+	return 0;
+}
+
 static int read_tensors(ft_model *m, const char *dir)
 {
 	int rc = -1;
@@ -424,11 +520,12 @@ static int read_tensors(ft_model *m, const char *dir)
 	size_t found = 0;
 	for (size_t i = 0; i < m->nparams; i++) {
 		ft_param *p = &m->params[i];
-		if (!is_adapter(p))
+		const char *nm = is_adapter(p) ? p->name : module_saved_name(m, p);
+		if (!nm)
 			continue;
-		const ft_st_tensor *t = ft_st_find(st, p->name);
+		const ft_st_tensor *t = ft_st_find(st, nm);
 		if (!t) {
-			ft_fail("%s: tensor %s is missing", path, p->name);
+			ft_fail("%s: tensor %s is missing", path, nm);
 			ft_st_close(st);
 			goto out;
 		}
@@ -437,6 +534,10 @@ static int read_tensors(ft_model *m, const char *dir)
 			goto out;
 		}
 		found++;
+	}
+	if (read_resized_layers(m, st, path, &found) < 0) {
+		ft_st_close(st);
+		goto out;
 	}
 	if (ft_st_count(st) != found) {
 		for (size_t i = 0; i < ft_st_count(st); i++)

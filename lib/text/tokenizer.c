@@ -231,6 +231,7 @@ ft_tokenizer *ft_tokenizer_load(const char *path)
 			t->post_post[t->npost_post++] = t->info.eos_id;
 		}
 	}
+	if (!spm) t->json_file = ft_xstrdup(file);
 	t->name = identity_name(path, dir);
 	t->identity = ft_xasprintf("%s:%s", t->name, hex);
 	free(file); free(cdir);
@@ -257,6 +258,8 @@ void ft_tokenizer_free(ft_tokenizer *t)
 	free(t->sp_user_tok);
 	for (size_t i = 0; i < t->nadded; i++) { free(t->added[i].content); free(t->added[i].orig); }
 	free(t->added);
+	for (size_t i = 0; i < t->nextra; i++) free(t->extra[i].content);
+	free(t->extra); free(t->json_file);
 	ftp_tk_trie_free(&t->trie_raw); ftp_tk_trie_free(&t->trie_norm);
 	free(t->raw_tok); free(t->norm_tok); free(t->is_special);
 	for (size_t i = 0; i < t->nnorm; i++) {

@@ -31,6 +31,24 @@ int32_t ft_tokenizer_token_to_id(const ft_tokenizer *t, const char *piece); /* -
 const char *ft_tokenizer_id_to_token(const ft_tokenizer *t, int32_t id);    /* NULL */
 int ft_tokenizer_is_special(const ft_tokenizer *t, int32_t id);
 
+/* transformers' tokenizer.add_tokens(tokens, special_tokens=special)
+ * (LLaMA-Factory's add_tokens / add_special_tokens), as the `tokenizers`
+ * AddedVocabulary does it: each token becomes an added token matched
+ * whole (AddedToken defaults: normalized unless special, no strips,
+ * not single_word); its id is its id in the vocabulary or among the added
+ * tokens when it has one, else the next after the vocabulary and every
+ * added id.  An empty token, or one already added with the same settings,
+ * is ignored.  Returns how many were added (transformers' return value),
+ * -1 for a tokenizer.model (no tokenizer.json to extend).  The identity
+ * becomes that of the extended tokenizer.json. */
+int ft_tokenizer_add_tokens(ft_tokenizer *t, const char *const *tokens, size_t n, int special);
+/* How many ft_tokenizer_add_tokens entries the tokenizer holds. */
+size_t ft_tokenizer_n_added_later(const ft_tokenizer *t);
+/* The tokenizer.json with those tokens (as tokenizer.save_pretrained
+ * writes it: added_tokens sorted by id), written atomically; its sha256
+ * is the identity's. */
+int ft_tokenizer_save_json(const ft_tokenizer *t, const char *path);
+
 /* Special-token settings.  add_bos/add_eos say what encode(add_special)
  * adds: for tokenizer.json what its post-processor adds (transformers 5
  * follows the post-processor, not tokenizer_config.json's add_bos_token);

@@ -233,6 +233,11 @@ struct ft_tokenizer {
 
 	/* added tokens */
 	ftp_tk_added *added; size_t nadded;
+	/* tokens added after loading (ft_tokenizer_add_tokens, in order) and
+	 * the tokenizer.json they extend (tokenizer_add.c) */
+	struct ftp_tk_new { char *content; int32_t id; int special; } *extra;
+	size_t nextra;
+	char *json_file;
 	ftp_tk_trie trie_raw, trie_norm;     /* non-normalized / normalized */
 	ftp_tk_added **raw_tok, **norm_tok;  /* trie token index -> token */
 	uint8_t *is_special;             /* per id */
@@ -265,6 +270,9 @@ int ftp_tk_spm_encode_piece(const ft_tokenizer *t, ftp_tk_work *w, const char *s
 			size_t n, ft_i32vec *out);
 /* tokenizer_pipeline.c */
 int ftp_tk_finish_load(ft_tokenizer *t);
+/* The added-token tries and is_special again after t->added changed;
+ * entries from `first` on are new (not yet normalized). */
+int ftp_tk_added_refresh(ft_tokenizer *t, size_t first);
 void ftp_tk_work_free(ftp_tk_work *w);
 /* Regex matches of re in s[0..n) (spans with tok 1 for a match, 0 for
  * the text between), covering the whole string, as Pattern::find_matches. */

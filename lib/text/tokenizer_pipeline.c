@@ -459,31 +459,21 @@ static int byte_level_vocab(ft_tokenizer *t)
 	return 0;
 }
 
-int ftp_tk_finish_load(ft_tokenizer *t)
+/* The added-token tries and is_special from t->added; entries from
+ * `first` on are new and get their normalized form (the earlier ones
+ * have theirs).  AddedVocabulary::refresh_added_tokens: raw ones match
+ * as written, normalized ones as the normalizer would write them. */
+int ftp_tk_added_refresh(ft_tokenizer *t, size_t first)
 {
-	for (size_t i = 0; i < t->npre; i++)
-		if (t->pre[i].kind == P_BYTELEVEL) {
-			if (i + 1 != t->npre)
-				return ft_fail("a ByteLevel pre-tokenizer must be the last step");
-			t->bytelevel = 1;
-		}
-	if (t->bytelevel && t->model == M_BPE) byte_level_vocab(t);
-	t->have_fallback = 1;
-	for (int c = 0; c < 256; c++) {
-		char name[8];
-		snprintf(name, sizeof name, "<0x%02X>", c);
-		t->fallback_id[c] = ftp_tk_strmap_get(&t->vocab, name, 6);
-		if (t->fallback_id[c] < 0) t->have_fallback = 0;
-	}
-	/* added tokens: raw ones match as written, normalized ones as the
-	 * normalizer would write them (AddedVocabulary::refresh_added_tokens) */
+	free(t->raw_tok); free(t->norm_tok); free(t->is_special);
+	ftp_tk_trie_free(&t->trie_raw); ftp_tk_trie_free(&t->trie_norm);
 	size_t nr = 0, nn = 0;
 	t->raw_tok = ft_xcalloc(t->nadded + 1, sizeof *t->raw_tok);
 	t->norm_tok = ft_xcalloc(t->nadded + 1, sizeof *t->norm_tok);
 	ftp_tk_work *w = work_new(t);
 	for (size_t i = 0; i < t->nadded; i++) {
 		ftp_tk_added *a = &t->added[i];
-		if (a->normalized && t->model == M_BPE && t->nnorm) {
+		if (a->normalized && t->model == M_BPE && t->nnorm && i >= first) {
 			const char *ns; size_t nl;
 			int keep;
 			if (normalize(t, w, a->content, a->len, &ns, &nl, &keep)) { ftp_tk_work_free(w); return -1; }
@@ -511,3 +501,23 @@ int ftp_tk_finish_load(ft_tokenizer *t)
 			t->is_special[t->added[i].id] = 1;
 	return 0;
 }
+
+int ftp_tk_finish_load(ft_tokenizer *t)
+{
+	for (size_t i = 0; i < t->npre; i++)
+		if (t->pre[i].kind == P_BYTELEVEL) {
+			if (i + 1 != t->npre)
+				return ft_fail("a ByteLevel pre-tokenizer must be the last step");
+			t->bytelevel = 1;
+		}
+	if (t->bytelevel && t->model == M_BPE) byte_level_vocab(t);
+	t->have_fallback = 1;
+	for (int c = 0; c < 256; c++) {
+		char name[8];
+		snprintf(name, sizeof name, "<0x%02X>", c);
+		t->fallback_id[c] = ftp_tk_strmap_get(&t->vocab, name, 6);
+		if (t->fallback_id[c] < 0) t->have_fallback = 0;
+	}
+	return ftp_tk_added_refresh(t, 0);
+}
+

@@ -27,6 +27,8 @@ typedef struct {
 	int device_given, device_kind, device_index, bf16, fp16;
 	/* QLoRA: --quantization_bit/_type/_method, --double_quantization */
 	const char *q_bit, *q_type, *q_double, *q_method;
+	/* LLaMA-Factory's add_tokens, add_special_tokens, new_special_tokens_config */
+	const char *add_tokens, *add_special_tokens, *new_special_tokens_config;
 } gen_cli;
 
 typedef struct gen_device gen_device;

@@ -8,6 +8,7 @@
 #include "ft-generate.h"
 #include "data/stage.h"
 #include "model/quant.h"
+#include "cli/newtokens.h"
 
 static void usage(void)
 {
@@ -25,6 +26,8 @@ static void usage(void)
 "  --model_name_or_path DIR     Hugging Face model directory (required)\n"
 "  --adapter_name_or_path A[,B] LoRA adapters; all but the last are merged first\n"
 "  --tokenizer PATH             tokenizer (default: the model directory)\n"
+"  --add_tokens T,.. --add_special_tokens T,.. --new_special_tokens_config FILE\n"
+"                               the tokens the model was trained with (as ft-train)\n"
 "  --template NAME|FILE         chat template (default: empty)\n"
 "  --default_system TEXT        replace the template's system prompt\n"
 "  --device cpu|cuda|cuda:N|auto  where to decode (cpu); auto: the GPU when one\n"
@@ -80,6 +83,7 @@ enum {
 	O_BF16, O_FP16,
 	O_QBIT, O_QTYPE, O_QDOUBLE, O_QMETHOD,
 	O_ENABLE_THINKING, O_PRESERVE_THINKING, O_ROPE_SCALING,
+	O_ADD_TOKENS, O_ADD_SPECIAL, O_NEW_SPECIAL_CFG,
 };
 
 static const struct option longopts[] = {
@@ -121,6 +125,9 @@ static const struct option longopts[] = {
 	{"quantization_type", required_argument, 0, O_QTYPE},
 	{"double_quantization", optional_argument, 0, O_QDOUBLE},
 	{"quantization_method", required_argument, 0, O_QMETHOD},
+	{"add_tokens", required_argument, 0, O_ADD_TOKENS},
+	{"add_special_tokens", required_argument, 0, O_ADD_SPECIAL},
+	{"new_special_tokens_config", required_argument, 0, O_NEW_SPECIAL_CFG},
 	{"quiet", no_argument, 0, 'q'},
 	{"verbose", no_argument, 0, 'v'},
 	{"help", no_argument, 0, 'h'},
@@ -180,6 +187,9 @@ static void parse_args(gen_cli *o, int argc, char **argv)
 			o->q_double = ft_optarg_bool("double_quantization", argc, argv) ? "true" : "false";
 			break;
 		case O_QMETHOD: o->q_method = optarg; break;
+		case O_ADD_TOKENS: o->add_tokens = optarg; break;
+		case O_ADD_SPECIAL: o->add_special_tokens = optarg; break;
+		case O_NEW_SPECIAL_CFG: o->new_special_tokens_config = optarg; break;
 		case 'q': ft_verbose--; break;
 		case 'v': ft_verbose++; break;
 		case 'h': usage(); exit(0);
@@ -245,11 +255,37 @@ static void load_model(const gen_cli *o, gen_env *e)
 	free(list);
 }
 
+/* LLaMA-Factory's patch_tokenizer, and patch_model's resize where the
+ * tokens outgrow the model (an adapter trained with them brings its
+ * vocabulary: modules_to_save) */
+static void add_new_tokens(const gen_cli *o, gen_env *e)
+{
+	ft_new_tokens nt;
+	int added;
+	if (ft_new_tokens_parse(&nt, o->add_tokens, o->add_special_tokens, o->new_special_tokens_config) < 0 ||
+	    ft_new_tokens_apply(&nt, e->tok, &added) < 0)
+		die_lib();
+	int64_t len = (int64_t)ft_tokenizer_vocab_size(e->tok), V = ft_model_config(e->model)->vocab_size;
+	if (added > 0 && len > V) {
+		ft_i32vec ids = {0};
+		ft_new_tokens_ids(&nt, e->tok, (len + 63) / 64 * 64, &ids);
+		ft_vocab_resize r = { .tokenizer_len = len, .new_ids = ids.v, .n_new = ids.n,
+				      .method = FT_INIT_NOISE };
+		if (ft_model_resize_vocab(e->model, &r) < 0) die_lib();
+		warn("note: %lld new token%s beyond the model's %lld rows: resized with noise_init rows, as "
+		     "LLaMA-Factory does without an adapter that trained them", (long long)(len - V),
+		     len - V == 1 ? "" : "s", (long long)V);
+		ft_i32vec_free(&ids);
+	}
+	ft_new_tokens_free(&nt);
+}
+
 static void load_env(const gen_cli *o, gen_env *e)
 {
 	load_model(o, e);
 	e->tok = ft_tokenizer_load(o->tokenizer_path ? o->tokenizer_path : o->model_dir);
 	if (!e->tok) die_lib();
+	add_new_tokens(o, e);
 	e->tmpl = ft_template_open(o->template_name ? o->template_name : "empty");
 	if (!e->tmpl) die_usage("%s", ft_errmsg());
 	if (o->default_system) ft_template_set_default_system(e->tmpl, o->default_system);

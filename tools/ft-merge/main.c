@@ -10,6 +10,7 @@
 #include "cli/lfargs.h"
 #include "cli/runplan.h"
 #include "export/merge.h"
+#include "resized.h"
 #include "model/model.h"
 
 static void usage(FILE *fp)
@@ -169,7 +170,7 @@ int main(int argc, char **argv)
 		"model_name_or_path", "adapter_name_or_path", "export_dir", "export_dtype", "export_size",
 		"overwrite", "finetuning_type", "export_legacy_format", "export_quantization_bit",
 		"quantization_bit", "quantization_type", "double_quantization", "quantization_method",
-		"rope_scaling",
+		"rope_scaling", "add_tokens", "add_special_tokens", "new_special_tokens_config",
 	};
 	for (size_t i = 0; i < args.n; i++) {
 		int ok = 0;
@@ -229,6 +230,18 @@ int main(int argc, char **argv)
 		o.config_edit = rope_edit;
 		o.config_edit_ctx = &conf;
 	}
+	ft_tokenizer *tok = merge_tokenizer(o.model_dir, ft_lfargs_get(&args, "add_tokens", NULL),
+					    ft_lfargs_get(&args, "add_special_tokens", NULL),
+					    ft_lfargs_get(&args, "new_special_tokens_config", NULL));
+	if (nad && merge_has_modules_to_save(o.adapters, nad)) {
+		if (rope) die_usage("--rope_scaling with adapters that train the embeddings is not implemented in ft yet");
+		merge_resized(&o, tok);
+		ft_tokenizer_free(tok);
+		for (size_t i = 0; i < nad; i++) free(ad[i]);
+		free(ad);
+		ft_lfargs_free(&args);
+		return 0;
+	}
 	struct sigaction sa = { .sa_handler = on_signal };
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
@@ -243,6 +256,12 @@ int main(int argc, char **argv)
 		die_lib();
 	}
 	ft_progress_done();
+	if (tok) {   /* export's tokenizer.save_pretrained: the patched tokenizer */
+		char *p = ft_xasprintf("%s/tokenizer.json", o.export_dir);
+		if (ft_tokenizer_save_json(tok, p) < 0) die_lib();
+		free(p);
+		ft_tokenizer_free(tok);
+	}
 	if (nad)
 		note("merged %zu adapter%s into %s", nad, nad == 1 ? "" : "s", o.export_dir);
 	else

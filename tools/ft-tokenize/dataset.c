@@ -19,6 +19,7 @@
 #include "format/stream.h"
 #include "text/template.h"
 #include "text/tokenizer.h"
+#include "cli/newtokens.h"
 
 static const char usage_text[] =
 "Usage: ft-tokenize --dataset NAMES --tokenizer PATH [--template NAME] [options] [-o FILE]\n"
@@ -49,6 +50,11 @@ static const char usage_text[] =
 "                           trains on an empty thought where a response has none;\n"
 "                           false removes thoughts and puts the empty one in the prompt\n"
 "  --preserve_thinking[=B]  keep the thoughts of earlier turns (default false)\n"
+"  --add_tokens T,..        tokens added to the tokenizer (as LLaMA-Factory's\n"
+"  --add_special_tokens T,.. patch_tokenizer: matched whole, ids after the\n"
+"                           vocabulary); give ft-train the same flags\n"
+"  --new_special_tokens_config FILE  a YAML mapping token: description whose\n"
+"                           tokens are the special ones (instead of the above)\n"
 "\n"
 "Records:\n"
 "  --stage S                pt, sft (default), rm, dpo, kto or ppo (ppo records keep\n"
@@ -91,6 +97,7 @@ static const char usage_text[] =
 typedef struct {
 	char *datasets, *dataset_dir, *formatting, *tokenizer, *template, *default_system, *tool_format;
 	char *mix, *probs, *output, *cache_dir;
+	char *add_tokens, *add_special_tokens, *new_special_tokens_config;
 	long long max_samples, cutoff_len, seed, window;
 	int stage, predict, train_on_prompt, mask_history, strict, force, overwrite_cache, no_cache;
 	int enable_thinking, preserve_thinking;
@@ -99,7 +106,7 @@ typedef struct {
 enum { O_DATASET = 256, O_DATASET_DIR, O_FORMATTING, O_TOKENIZER, O_TEMPLATE, O_DEFAULT_SYSTEM,
        O_TOOL_FORMAT, O_MIX, O_PROBS, O_SEED, O_MAX_SAMPLES, O_CUTOFF, O_STAGE, O_PREDICT,
        O_TRAIN_ON_PROMPT, O_MASK_HISTORY, O_WINDOW, O_STRICT, O_CACHE_DIR, O_OVERWRITE, O_NO_CACHE,
-       O_ENABLE_THINKING, O_PRESERVE_THINKING };
+       O_ENABLE_THINKING, O_PRESERVE_THINKING, O_ADD_TOKENS, O_ADD_SPECIAL, O_NEW_SPECIAL_CFG };
 
 static void parse_args(int argc, char **argv, opts *o)
 {
@@ -124,6 +131,9 @@ static void parse_args(int argc, char **argv, opts *o)
 		{ "enable_thinking", optional_argument, 0, O_ENABLE_THINKING },
 		{ "preserve_thinking", optional_argument, 0, O_PRESERVE_THINKING },
 		{ "preprocessing_batch_size", required_argument, 0, O_WINDOW },
+		{ "add_tokens", required_argument, 0, O_ADD_TOKENS },
+		{ "add_special_tokens", required_argument, 0, O_ADD_SPECIAL },
+		{ "new_special_tokens_config", required_argument, 0, O_NEW_SPECIAL_CFG },
 		{ "strict", no_argument, 0, O_STRICT },
 		{ "cache_dir", required_argument, 0, O_CACHE_DIR },
 		{ "overwrite_cache", optional_argument, 0, O_OVERWRITE },
@@ -173,6 +183,9 @@ static void parse_args(int argc, char **argv, opts *o)
 		case O_OVERWRITE: o->overwrite_cache = optarg ? ft_parse_bool(name, optarg) : 1; break;
 		case O_STRICT: o->strict = 1; break;
 		case O_CACHE_DIR: o->cache_dir = optarg; break;
+		case O_ADD_TOKENS: o->add_tokens = optarg; break;
+		case O_ADD_SPECIAL: o->add_special_tokens = optarg; break;
+		case O_NEW_SPECIAL_CFG: o->new_special_tokens_config = optarg; break;
 		case O_NO_CACHE: o->no_cache = 1; break;
 		case 'o': o->output = optarg; break;
 		case 'f': o->force = 1; break;
@@ -585,6 +598,23 @@ static int use_cache(const char *cached, const char *output)
 	return 1;
 }
 
+/* LLaMA-Factory's patch_tokenizer: the new tokens before any record (the
+ * stream's tokenizer identity and vocab_size are the extended ones) */
+static void add_new_tokens(const opts *o, ft_tokenizer *tok)
+{
+	ft_new_tokens nt;
+	int added;
+	if (ft_new_tokens_parse(&nt, o->add_tokens, o->add_special_tokens, o->new_special_tokens_config) < 0)
+		die_lib();
+	if (nt.both)
+		warn("Both 'new_special_tokens_config' and 'add_special_tokens' are set: using the tokens from %s",
+		     o->new_special_tokens_config);
+	if (ft_new_tokens_apply(&nt, tok, &added) < 0) die_lib();
+	if (ft_new_tokens_any(&nt))
+		note("added %d token%s: vocab_size %zu", added, added == 1 ? "" : "s", ft_tokenizer_vocab_size(tok));
+	ft_new_tokens_free(&nt);
+}
+
 /* ---- main -------------------------------------------------------------- */
 
 int tokenize_dataset_main(int argc, char **argv)
@@ -619,6 +649,7 @@ int tokenize_dataset_main(int argc, char **argv)
 		die_usage("template '%s' does not support --train_on_prompt (efficient_eos)", ft_template_name(t));
 	ft_tokenizer *tok = ft_tokenizer_load(o.tokenizer);
 	if (!tok) die_lib();
+	add_new_tokens(&o, tok);
 	ft_prep_opts po = { .stage = o.stage, .predict = o.predict, .cutoff_len = o.cutoff_len,
 			    .train_on_prompt = o.train_on_prompt, .mask_history = o.mask_history };
 	ft_prep *prep = ft_prep_new(tok, t, &po);

@@ -63,7 +63,8 @@ static void check_keys(const ft_lfargs *a)
 {
 	for (size_t i = 0; i < a->n; i++) {
 		const ft_lfarg *x = &a->v[i];
-		if (in_list(known, x->key) || pref_known_key(x->key) || ppo_known_key(x->key) || grpo_known_key(x->key) || ft_train_extras_known(x->key)) continue;
+		if (in_list(known, x->key) || pref_known_key(x->key) || ppo_known_key(x->key) || grpo_known_key(x->key) || ft_train_extras_known(x->key) ||
+		    vocab_known_key(x->key)) continue;
 		for (size_t j = 0; j < sizeof owned / sizeof *owned; j++)
 			if (!strcmp(owned[j].key, x->key)) {
 				if (!from_cmdline(x)) {
@@ -203,6 +204,7 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	c->t.eval_strategy = strategy(a, "eval_strategy");
 	c->t.save_strategy = strategy(a, "save_strategy");
 	c->eval_strategy_no = c->t.eval_strategy == FT_STRATEGY_NO;
+	vocab_args_parse(a, c);
 	split_paths(get(a, "train"), &c->train, &c->n_train);
 	split_paths(get(a, "val"), &c->val, &c->n_val);
 

@@ -33,11 +33,15 @@ void check_tokenizer(const ft_cli_args *c, const char *path, const ft_manifest *
 	const char *colon = strrchr(m->tokenizer, ':');
 	if (c->allow_tokenizer_mismatch || !c->model || !colon || strlen(colon + 1) != 64) return;
 	char hex[65];
-	int rc = ft_tokenizer_dir_sha256(c->model, hex);
+	const char *ext = vocab_identity_sha(c);   /* the model's tokenizer with the new tokens */
+	int rc = ext ? 1 : ft_tokenizer_dir_sha256(c->model, hex);
+	if (ext) snprintf(hex, sizeof hex, "%s", ext + 1);
 	if (rc < 0) die("%s", ft_errmsg());
 	if (rc == 0 || strcmp(hex, colon + 1) == 0) return;
 	die("%s: the batches were tokenized with '%.*s' (sha256 %.12s...) but --model_name_or_path %s "
-	    "has another tokenizer (sha256 %.12s...): tokenize again with this model, or pass "
+	    "has another tokenizer%s (sha256 %.12s...): tokenize again with this model%s, or pass "
 	    "--allow_tokenizer_mismatch if that is deliberate", ft_display_name(path),
-	    (int)(colon - m->tokenizer), m->tokenizer, colon + 1, c->model, hex);
+	    (int)(colon - m->tokenizer), m->tokenizer, colon + 1, c->model,
+	    ext ? " with the new tokens" : "", hex,
+	    ext ? " and the same add_tokens / add_special_tokens" : " (and the same new tokens, if any)");
 }

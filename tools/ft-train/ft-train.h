@@ -4,6 +4,7 @@
 
 #include "cli/cli.h"
 #include "cli/lfargs.h"
+#include "cli/newtokens.h"
 #include "format/batch_io.h"
 #include "model/model.h"
 #include "train/trainer.h"
@@ -29,6 +30,13 @@ typedef struct {
 	double asft_alpha;
 	ft_param **params;        /* BAdam's: the model's trainable params */
 } ft_train_extras;
+
+/* vocab.c: LLaMA-Factory's vocabulary extension */
+typedef struct {
+	ft_new_tokens nt;
+	int resize, init;         /* resize_vocab (or set by added tokens), FT_INIT_* */
+	ft_tokenizer *tok;        /* the model's tokenizer with the new tokens */
+} ft_vocab_args;
 
 typedef struct {
 	ft_train_opts t;
@@ -56,7 +64,21 @@ typedef struct {
 	int pref_gpu;
 	ft_pref_model pref_pm, pref_rpm;
 	ft_train_extras x;
+	ft_vocab_args v;
 } ft_cli_args;
+
+int vocab_known_key(const char *k);
+void vocab_args_parse(ft_lfargs *a, ft_cli_args *c);
+/* before the batches are checked: the tokenizer with the new tokens */
+void vocab_tokenizer(ft_cli_args *c);
+/* ":<sha256>" of that tokenizer when it has new tokens, else NULL */
+const char *vocab_identity_sha(const ft_cli_args *c);
+/* after the base is loaded, before an adapter: resize and initialize the
+ * embeddings, and train them beside a new LoRA adapter */
+void vocab_model(ft_cli_args *c, ft_model *m);
+/* the extended tokenizer.json instead of the model's among the copied files */
+void vocab_extra_files(ft_cli_args *c, char **extra);
+void vocab_free(ft_cli_args *c);
 
 struct ft_optim_ext;
 int ft_train_extras_known(const char *key);

@@ -55,6 +55,11 @@ static const char usage[] =
 "  --quantization_method bnb  (gptq, awq, hqq, eetq are not implemented)\n"
 "  --rope_scaling linear|dynamic|yarn|llama3  stretch RoPE to the batches' cutoff_len\n"
 "                             as LLaMA-Factory (factor ceil(cutoff_len / original))\n"
+"New tokens (docs/VOCAB.md; the batches must be tokenized with the same ones):\n"
+"  --add_tokens T,..  --add_special_tokens T,..  --new_special_tokens_config FILE\n"
+"  --init_special_tokens noise_init|desc_init|desc_init_w_noise  --resize_vocab\n"
+"                             embeddings resized (multiple of 64) and initialized\n"
+"                             as LLaMA-Factory; LoRA trains embed_tokens, lm_head too\n"
 "  --bf16, --fp16             GPU: half-precision weights and matmul inputs, fp32\n"
 "                             masters (fp16 with dynamic loss scaling); CPU: float32\n"
 "                             as before, full weights saved in the config's dtype\n"
@@ -382,6 +387,7 @@ static ft_model *load_model(ft_cli_args *c)
 	}
 	if (!m) die("%s", ft_errmsg());
 	check_target_names(c, m);
+	vocab_model(c, m);   /* LLaMA-Factory's patch_model, before init_adapter */
 	if (c->adapter) {
 		if (c->tune.type != FT_FT_LORA && c->tune.type != FT_FT_OFT)
 			die_usage("--adapter_name_or_path needs --finetuning_type lora (or oft)");
@@ -398,6 +404,9 @@ static void batch_shape(const ft_manifest *m, int *max_tokens, int *max_seq)
 	if (rows * m->seq_len > *max_tokens) *max_tokens = rows * m->seq_len;
 	if (m->seq_len > *max_seq) *max_seq = m->seq_len;
 }
+
+#define MTS_CPU "training embed_tokens and lm_head beside LoRA (resize_vocab: modules_to_save) runs " \
+		"on the CPU only for now (--device cpu)"
 
 /* --device: bind the model on the CPU or the GPU; desc says which, for
  * the log (trainer_state.json) and stderr.  Returns 1 on the GPU. */
@@ -416,6 +425,7 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	if (kind != FT_DEV_CPU && !strcmp(c->device, "auto")) {
 		/* auto means the GPU when it can run this job, else the CPU */
 		const char *cpu_only = c->tune.quantization_bit ? "--quantization_bit runs on the CPU (docs/QLORA.md)"
+				       : c->tune.modules_to_save ? MTS_CPU
 				       : c->pref && c->t.dist ? "under mpirun the preference stages run on the CPU"
 				       : ft_train_cuda_supports(m) < 0 ? ft_errmsg() : NULL;
 		if (cpu_only) {
@@ -424,6 +434,7 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 			why[0] = 0;
 		}
 	}
+	if (kind != FT_DEV_CPU && c->tune.modules_to_save) die_usage("--device %s: %s", c->device, MTS_CPU);
 	if (kind == FT_DEV_CPU) {
 		if (c->device_given && why[0]) warn("note: --device %s: running on the CPU (%s)", c->device, why);
 		if (c->bf16 || c->fp16)
@@ -543,6 +554,7 @@ int main(int argc, char **argv)
 	if (c.do_train && c.n_train == 0) die_usage("--train BATCHES is required (the output of ft-pack)");
 	if (c.resume && !c.do_train) die_usage("--resume_from_checkpoint needs training");
 
+	vocab_tokenizer(&c);   /* the batches must come from the tokenizer with the new tokens */
 	/* data first: counts and stage come from the manifests, before any work */
 	ft_manifest tm_, vm_;
 	ft_batch_source train = {0}, val = {0};
@@ -605,6 +617,7 @@ int main(int argc, char **argv)
 	c.tune.model_max_length = c.do_train ? tm_.cutoff_len : c.n_val ? vm_.cutoff_len : 0;
 	ft_model *m = load_model(&c);
 	char **extra = extra_files(c.from_scratch ? NULL : c.model);   /* copied beside the outputs */
+	vocab_extra_files(&c, extra);
 	c.t.extra_files = (const char *const *)extra;
 	if (ppo_stage(&c) || grpo_stage(&c)) {   /* their own loops (tools/ft-train/ppo.c, grpo.c) */
 		if (!c.do_train || c.n_val) die_usage("--stage %s trains (no --do_eval, --val or --do_predict)", c.stage);
@@ -690,6 +703,7 @@ int main(int argc, char **argv)
 	}
 	if (c.pref) pref_free(&c);   /* with its device bindings */
 	ft_train_extras_free(&c, c.t.optim_ext);
+	vocab_free(&c);
 	ft_model_free(m);
 	dist_finish(dist);
 	free_strings(extra);
