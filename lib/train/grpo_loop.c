@@ -1,10 +1,9 @@
 /* grpo_loop.c - the GRPO stage's loop (grpo_loop.h). */
-#include "train/grpo_loop.h"
+#include "train/grpo_internal.h"
 #include "format/trainlog.h"
 #include "model/model_pref.h"
 #include "train/ppo_model.h"
 #include "util/error.h"
-#include "util/rng.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -16,24 +15,17 @@
 enum {
 	M_MEAN_LEN, M_MIN_LEN, M_MAX_LEN, M_CLIPPED, M_MEAN_TERM, M_MIN_TERM, M_MAX_TERM,
 	M_REWARD, M_REWARD_STD, M_FRAC_ZERO, M_KL, M_LOW_MEAN, M_LOW_MIN, M_HIGH_MEAN, M_HIGH_MAX,
-	M_REGION, M_FIXED
+	M_REGION, M_ENTROPY, M_FIXED
 };
 static const char *const metric_keys[M_FIXED] = {
 	"completions/mean_length", "completions/min_length", "completions/max_length",
 	"completions/clipped_ratio", "completions/mean_terminated_length",
 	"completions/min_terminated_length", "completions/max_terminated_length", "reward", "reward_std",
 	"frac_reward_zero_std", "kl", "clip_ratio/low_mean", "clip_ratio/low_min", "clip_ratio/high_mean",
-	"clip_ratio/high_max", "clip_ratio/region_mean",
+	"clip_ratio/high_max", "clip_ratio/region_mean", "entropy",
 };
 
-typedef struct {
-	int n;                  /* M_FIXED + 2 per reward */
-	double *sum;
-	int *cnt;
-	char **keys;
-} metrics;
-
-static void metrics_init(metrics *mt, const ft_grpo_loop_opts *o)
+static void metrics_init(ftp_grpo_metrics *mt, const ft_grpo_loop_opts *o)
 {
 	mt->n = M_FIXED + 2 * o->n_rewards;
 	mt->sum = ft_xcalloc((size_t)mt->n, sizeof *mt->sum);
@@ -46,7 +38,7 @@ static void metrics_init(metrics *mt, const ft_grpo_loop_opts *o)
 	}
 }
 
-static void metrics_free(metrics *mt)
+static void metrics_free(ftp_grpo_metrics *mt)
 {
 	for (int i = 0; i < mt->n; i++) free(mt->keys[i]);
 	free(mt->keys);
@@ -54,7 +46,7 @@ static void metrics_free(metrics *mt)
 	free(mt->cnt);
 }
 
-static void put(metrics *mt, int k, double v)
+static void put(ftp_grpo_metrics *mt, int k, double v)
 {
 	if (isnan(v)) return;   /* TRL's log() drops NaN values before averaging */
 	mt->sum[k] += v;
@@ -71,21 +63,11 @@ static void mean_std(const double *x, size_t n, double *mean, double *std)
 	*std = n > 1 ? sqrt(v / (n - 1)) : NAN;
 }
 
-/* One generation batch: N rows of prompt + completion, right-padded. */
-typedef struct {
-	int N, T;
-	size_t *pidx;
-	ft_i32vec *comp;
-	int32_t *ids, *labels;
-	float *mask, *adv, *old, *ref;
-	double num_items;
-} genbatch;
-
-static void genbatch_free(genbatch *g)
+void ftp_grpo_gen_free(ftp_grpo_gen *g)
 {
 	for (int i = 0; g->comp && i < g->N; i++) ft_i32vec_free(&g->comp[i]);
 	free(g->comp); free(g->pidx); free(g->ids); free(g->labels);
-	free(g->mask); free(g->adv); free(g->old); free(g->ref);
+	free(g->mask); free(g->adv); free(g->old); free(g->ref); free(g->rows);
 	memset(g, 0, sizeof *g);
 }
 
@@ -96,7 +78,14 @@ static void fix_completion(const ft_grpo_loop_opts *o, ft_i32vec *c)
 	if ((int)c->n < o->max_completion_length && o->eos_id >= 0) ft_i32vec_push(c, o->eos_id);
 }
 
-static void build_grid(genbatch *g, const ft_i32vec *prompts)
+/* TRL's is_truncated: the last token is neither eos nor pad */
+static int truncated(const ft_grpo_loop_opts *o, const ft_i32vec *c)
+{
+	int32_t last = c->n ? c->v[c->n - 1] : o->pad_id;
+	return last != o->eos_id && last != o->pad_id;
+}
+
+void ftp_grpo_build_grid(ftp_grpo_gen *g, const ft_i32vec *prompts, const ft_grpo_loop_opts *o)
 {
 	int T = 0;
 	for (int i = 0; i < g->N; i++) {
@@ -118,12 +107,14 @@ static void build_grid(genbatch *g, const ft_i32vec *prompts)
 	}
 	ft_batch b = { .B = g->N, .T = T, .input_ids = g->ids, .labels = g->labels };
 	ft_ppo_mask(&b, g->mask);
+	for (int i = 0; o->mask_truncated && i < g->N; i++)   /* before num_items_in_batch, as TRL */
+		if (truncated(o, &g->comp[i])) memset(g->mask + (size_t)i * T, 0, T * sizeof(float));
 	g->num_items = 0;
 	for (size_t k = 0; k < n; k++) g->num_items += g->mask[k];
 }
 
 /* Rows rows[0..n) of the grid as a batch (ids and labels copied). */
-static void sub_batch(const genbatch *g, const int *rows, int n, ft_batch *b)
+static void sub_batch(const ftp_grpo_gen *g, const int *rows, int n, ft_batch *b)
 {
 	memset(b, 0, sizeof *b);
 	b->B = n;
@@ -138,13 +129,13 @@ static void sub_batch(const genbatch *g, const int *rows, int n, ft_batch *b)
 	}
 }
 
-static void gather_rows(const genbatch *g, const float *src, const int *rows, int n, float *dst)
+static void gather_rows(const ftp_grpo_gen *g, const float *src, const int *rows, int n, float *dst)
 {
 	for (int i = 0; i < n; i++) memcpy(dst + (size_t)i * g->T, src + (size_t)rows[i] * g->T, g->T * sizeof(float));
 }
 
 /* logp of rows[0..n) into out rows (train: dropout on, as TRL's model in train mode) */
-static int logps_rows(ft_model *m, const genbatch *g, const int *rows, int n, int train, float *out)
+static int logps_rows(ft_model *m, const ftp_grpo_gen *g, const int *rows, int n, int train, float *out)
 {
 	ft_batch b;
 	sub_batch(g, rows, n, &b);
@@ -159,7 +150,7 @@ static int logps_rows(ft_model *m, const genbatch *g, const int *rows, int n, in
 
 /* Old (num_iterations > 1) and reference (beta != 0) log-probabilities,
  * in micro-batches of batch_size rows as TRL chunks them. */
-static int old_ref_passes(ft_model *m, genbatch *g, const ft_grpo_loop_opts *o)
+static int old_ref_passes(ft_model *m, ftp_grpo_gen *g, const ft_grpo_loop_opts *o)
 {
 	int rc = 0, *rows = ft_xmalloc((size_t)g->N * sizeof *rows);
 	for (int i = 0; i < g->N; i++) rows[i] = i;
@@ -169,7 +160,9 @@ static int old_ref_passes(ft_model *m, genbatch *g, const ft_grpo_loop_opts *o)
 	for (int i = 0; rc == 0 && i < g->N; i += o->batch_size) {
 		int k = g->N - i < o->batch_size ? g->N - i : o->batch_size;
 		if (g->old) rc = logps_rows(m, g, rows + i, k, 1, g->old);
-		if (rc == 0 && g->ref) {
+		if (rc == 0 && g->ref && o->ref) {
+			rc = logps_rows(o->ref, g, rows + i, k, 0, g->ref);
+		} else if (rc == 0 && g->ref) {
 			ft_model_set_adapters(m, 0);
 			rc = logps_rows(m, g, rows + i, k, 0, g->ref);
 			ft_model_set_adapters(m, 1);
@@ -179,18 +172,7 @@ static int old_ref_passes(ft_model *m, genbatch *g, const ft_grpo_loop_opts *o)
 	return rc;
 }
 
-typedef struct {
-	ft_param **ps;
-	size_t np;
-	ft_adamw *opt;
-	ft_rng rng;
-	int64_t step, gen;
-	double loss_step, loss_sum;
-	int n_logged;
-	metrics mt;
-} loop_state;
-
-static void length_metrics(loop_state *s, const ft_grpo_loop_opts *o, const genbatch *g)
+static void length_metrics(ftp_grpo_state *s, const ft_grpo_loop_opts *o, const ftp_grpo_gen *g)
 {
 	double sum = 0, mn = INFINITY, mx = 0, tsum = 0, tmn = INFINITY, tmx = 0;
 	int clipped = 0, nterm = 0;
@@ -198,8 +180,7 @@ static void length_metrics(loop_state *s, const ft_grpo_loop_opts *o, const genb
 		const ft_i32vec *c = &g->comp[i];
 		double l = (double)c->n;
 		sum += l; if (l < mn) mn = l; if (l > mx) mx = l;
-		int32_t last = c->n ? c->v[c->n - 1] : o->pad_id;
-		if (last != o->eos_id && last != o->pad_id) { clipped++; continue; }
+		if (truncated(o, c)) { clipped++; continue; }
 		nterm++;
 		tsum += l; if (l < tmn) tmn = l; if (l > tmx) tmx = l;
 	}
@@ -209,8 +190,8 @@ static void length_metrics(loop_state *s, const ft_grpo_loop_opts *o, const genb
 }
 
 /* Sample, score, advantages; nothing of the model changes here. */
-static int generation(ft_model *m, loop_state *s, const ft_grpo_loop_opts *o, const ft_i32vec *prompts,
-		      const size_t *uniq, int P, genbatch *g)
+static int generation(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o, const ft_i32vec *prompts,
+		      const size_t *uniq, int P, ftp_grpo_gen *g)
 {
 	int G = o->num_generations, K = o->n_rewards;
 	g->N = P * G;
@@ -232,7 +213,7 @@ static int generation(ft_model *m, loop_state *s, const ft_grpo_loop_opts *o, co
 	if (rc == 0) rc = ft_grpo_advantages(&o->grpo, pf, o->reward_weights, K, g->N, G, rew, g->adv, &fz);
 	if (rc == 0 && o->on_samples) rc = o->on_samples(o->samples_ctx, s->step, g->pidx, g->comp, (size_t)g->N, pf, g->adv);
 	if (rc == 0) {
-		build_grid(g, prompts);
+		ftp_grpo_build_grid(g, prompts, o);
 		rc = old_ref_passes(m, g, o);
 	}
 	if (rc == 0) {
@@ -257,12 +238,12 @@ static int generation(ft_model *m, loop_state *s, const ft_grpo_loop_opts *o, co
 }
 
 /* One micro-batch: forward, loss, backward. */
-static int microbatch(ft_model *m, loop_state *s, const ft_grpo_loop_opts *o, const genbatch *g,
+static int microbatch(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o, const ftp_grpo_gen *g,
 		      const int *rows, int n)
 {
 	size_t cnt = (size_t)n * g->T;
-	float *buf = ft_xcalloc(cnt * 5, sizeof(float));
-	float *lp = buf, *dl = buf + cnt, *mask = buf + 2 * cnt;
+	float *buf = ft_xcalloc(cnt * 6, sizeof(float));
+	float *lp = buf, *dl = buf + cnt, *mask = buf + 2 * cnt, *ent = buf + 5 * cnt;
 	float *old = g->old ? buf + 3 * cnt : NULL, *ref = g->ref ? buf + 4 * cnt : NULL;
 	float *adv = ft_xmalloc((size_t)n * sizeof *adv);
 	gather_rows(g, g->mask, rows, n, mask);
@@ -272,8 +253,11 @@ static int microbatch(ft_model *m, loop_state *s, const ft_grpo_loop_opts *o, co
 	ft_batch b;
 	sub_batch(g, rows, n, &b);
 	ft_grpo_loss_stats st;
+	ft_model_set_logp_entropy(m, ent);   /* TRL's entropy metric, from the training forward */
 	int rc = ft_model_logps_forward(m, &b, 1, lp, NULL);
-	if (rc == 0) rc = ft_grpo_loss(&o->grpo, lp, old, ref, mask, adv, n, g->T, o->grad_accum, g->num_items, &st, dl);
+	ft_model_set_logp_entropy(m, NULL);
+	if (rc == 0)
+		rc = ft_grpo_loss(&o->grpo, lp, old, ref, ent, mask, adv, n, g->T, o->grad_accum, g->num_items, &st, dl);
 	if (rc == 0) rc = ft_model_logps_backward(m, &b, dl);
 	if (rc == 0) {
 		s->loss_step += st.loss;
@@ -283,6 +267,7 @@ static int microbatch(ft_model *m, loop_state *s, const ft_grpo_loop_opts *o, co
 		put(&s->mt, M_HIGH_MEAN, st.high_mean);
 		put(&s->mt, M_HIGH_MAX, st.high_max);
 		put(&s->mt, M_REGION, st.region_mean);
+		put(&s->mt, M_ENTROPY, st.entropy);
 	}
 	ft_batch_free(&b);
 	free(adv);
@@ -290,7 +275,7 @@ static int microbatch(ft_model *m, loop_state *s, const ft_grpo_loop_opts *o, co
 	return rc;
 }
 
-static void write_log(const ft_grpo_loop_opts *o, loop_state *s, double lr)
+static void write_log(const ft_grpo_loop_opts *o, ftp_grpo_state *s, double lr)
 {
 	ft_trainlog_entry e;
 	ft_trainlog_entry_init(&e);
@@ -318,34 +303,54 @@ static void write_log(const ft_grpo_loop_opts *o, loop_state *s, double lr)
 	s->n_logged = 0;
 }
 
-/* num_iterations passes over the shuffled generation batch, each one
- * optimizer step of grad_accum micro-batches. */
-static int updates(ft_model *m, loop_state *s, const ft_grpo_loop_opts *o, const genbatch *g)
+/* One optimizer step: a pass of grad_accum micro-batches over the
+ * shuffled generation batch in hand. */
+static int update(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o)
 {
-	int64_t *perm = ft_xmalloc((size_t)g->N * sizeof *perm);
-	int *rows = ft_xmalloc((size_t)g->N * sizeof *rows), rc = 0;
-	for (int i = 0; i < g->N; i++) perm[i] = i;
-	ft_shuffle_i64(&s->rng, perm, (size_t)g->N);   /* shuffle_sequence_dict */
-	for (int i = 0; i < g->N; i++) rows[i] = (int)perm[i];
-	for (int it = 0; it < o->num_iterations && rc == 0 && s->step < o->max_steps; it++) {
-		double lr = ft_sched_lr(&o->sched, s->step);
-		ft_model_zero_grad(m);
-		s->loss_step = 0;
-		for (int i = 0; i < g->N && rc == 0; i += o->batch_size) {
-			int n = g->N - i < o->batch_size ? g->N - i : o->batch_size;
-			rc = microbatch(m, s, o, g, rows + i, n);
-		}
-		if (rc < 0) break;
-		if (o->max_grad_norm > 0) ft_clip_grad_norm(s->ps, s->np, o->max_grad_norm);
-		ft_adamw_step(s->opt, lr);
-		s->step++;
-		s->loss_sum += s->loss_step;
-		s->n_logged++;
-		if (o->log && s->step % o->logging_steps == 0) write_log(o, s, lr);
+	ftp_grpo_gen *g = &s->g;
+	double lr = ft_sched_lr(&o->sched, s->step);
+	ft_model_zero_grad(m);
+	s->loss_step = 0;
+	int rc = 0;
+	for (int i = 0; i < g->N && rc == 0; i += o->batch_size) {
+		int n = g->N - i < o->batch_size ? g->N - i : o->batch_size;
+		rc = microbatch(m, s, o, g, g->rows + i, n);
 	}
-	free(rows);
+	if (rc < 0) return -1;
+	if (o->max_grad_norm > 0) ft_clip_grad_norm(s->ps, s->np, o->max_grad_norm);
+	ft_adamw_step(s->opt, lr);
+	s->step++;
+	g->it++;
+	s->loss_sum += s->loss_step;
+	s->n_logged++;
+	if (o->log && s->step % o->logging_steps == 0) write_log(o, s, lr);
+	return 0;
+}
+
+/* The next generation batch (a new pass when this one's prompts run
+ * out), then its row order: shuffle_sequence_dict, once for all its
+ * num_iterations. */
+static int next_generation(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o, const ft_i32vec *prompts,
+			   int P, size_t *uniq)
+{
+	if (s->pos + P > s->n) {   /* a new pass: RepeatSampler's seeded shuffle, the tail dropped */
+		for (size_t i = 0; i < s->n; i++) s->order[i] = (int64_t)i;
+		ft_shuffle_i64(&s->rng, s->order, s->n);
+		s->pos = 0;
+	}
+	for (int i = 0; i < P; i++) uniq[i] = (size_t)s->order[s->pos++];
+	ftp_grpo_gen *g = &s->g;
+	int rc = generation(m, s, o, prompts, uniq, P, g);
+	s->gen++;
+	if (rc < 0) return -1;
+	int64_t *perm = ft_xmalloc((size_t)g->N * sizeof *perm);
+	for (int i = 0; i < g->N; i++) perm[i] = i;
+	ft_shuffle_i64(&s->rng, perm, (size_t)g->N);
+	g->rows = ft_xmalloc((size_t)g->N * sizeof *g->rows);
+	for (int i = 0; i < g->N; i++) g->rows[i] = (int)perm[i];
 	free(perm);
-	return rc;
+	g->it = 0;
+	return 0;
 }
 
 int ft_grpo_prompts_per_generation(const ft_grpo_loop_opts *o)
@@ -359,8 +364,10 @@ int ft_grpo_train(ft_model *m, const ft_i32vec *prompts, size_t n, const ft_grpo
 	int P = ft_grpo_prompts_per_generation(o);
 	if (P == 0) return ft_fail("the generation batch is not whole groups of num_generations");
 	if (n < (size_t)P) return ft_fail("%zu prompts: one generation batch needs %d", n, P);
-	if (ft_model_set_logp_temperature(m, o->temperature > 0 ? o->temperature : 1) < 0) return -1;
-	loop_state s;
+	float t = o->temperature > 0 ? o->temperature : 1;
+	if (ft_model_set_logp_temperature(m, t) < 0) return -1;
+	if (o->ref && ft_model_set_logp_temperature(o->ref, t) < 0) return -1;
+	ftp_grpo_state s;
 	memset(&s, 0, sizeof s);
 	ft_rng_seed(&s.rng, o->seed);
 	size_t np = ft_model_nparams(m);
@@ -369,27 +376,24 @@ int ft_grpo_train(ft_model *m, const ft_i32vec *prompts, size_t n, const ft_grpo
 		if (ft_model_param(m, i)->trainable) s.ps[s.np++] = ft_model_param(m, i);
 	s.opt = ft_adamw_new(s.ps, s.np, &o->adamw);
 	metrics_init(&s.mt, o);
-	int64_t *order = ft_xmalloc(n * sizeof *order);
-	size_t *uniq = ft_xmalloc((size_t)P * sizeof *uniq), pos = n;
-	int rc = 0;
+	s.order = ft_xmalloc(n * sizeof *s.order);
+	s.n = s.pos = n;
+	size_t *uniq = ft_xmalloc((size_t)P * sizeof *uniq);
+	int rc = o->resume_dir ? ftp_grpo_ckpt_load(m, &s, o, prompts) : 0;
 	while (rc == 0 && s.step < o->max_steps) {
-		if (pos + P > n) {   /* a new pass: RepeatSampler's seeded shuffle, the tail dropped */
-			for (size_t i = 0; i < n; i++) order[i] = (int64_t)i;
-			ft_shuffle_i64(&s.rng, order, n);
-			pos = 0;
-		}
-		for (int i = 0; i < P; i++) uniq[i] = (size_t)order[pos++];
-		genbatch g = { 0 };
-		rc = generation(m, &s, o, prompts, uniq, P, &g);
-		s.gen++;
-		if (rc == 0) rc = updates(m, &s, o, &g);
-		genbatch_free(&g);
+		if (s.g.N == 0) rc = next_generation(m, &s, o, prompts, P, uniq);
+		if (rc == 0) rc = update(m, &s, o);
+		if (s.g.N && (rc < 0 || s.g.it == o->num_iterations)) ftp_grpo_gen_free(&s.g);
+		if (rc == 0 && o->save_steps > 0 && o->save_model && s.step % o->save_steps == 0)
+			rc = ftp_grpo_ckpt_save(m, &s, o);
 	}
-	free(order);
+	ftp_grpo_gen_free(&s.g);
+	free(s.order);
 	free(uniq);
 	metrics_free(&s.mt);
 	ft_adamw_free(s.opt);
 	free(s.ps);
 	ft_model_set_logp_temperature(m, 1);
+	if (o->ref) ft_model_set_logp_temperature(o->ref, 1);
 	return rc;
 }

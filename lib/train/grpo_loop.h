@@ -7,8 +7,10 @@
  * advantages (grpo.h), shuffled and cut into accumulation micro-batches;
  * each of num_iterations passes over them is one AdamW step.  Old
  * log-probabilities are computed only when num_iterations > 1, reference
- * ones (the LoRA policy with its adapters off) only when beta != 0.  One
- * trainer_log.jsonl line per logging step with TRL's metrics. */
+ * ones (the LoRA policy with its adapters off, or a frozen copy of the
+ * base for freeze and full policies) only when beta != 0.  One
+ * trainer_log.jsonl line per logging step with TRL's metrics;
+ * checkpoints every save_steps that a resumed run continues bit for bit. */
 #ifndef FT_GRPO_LOOP_H
 #define FT_GRPO_LOOP_H
 
@@ -42,6 +44,11 @@ typedef struct {
 	void *gen_ctx;
 	int max_completion_length;
 	float temperature;            /* logits / temperature in every log-prob pass (0: 1), as the sampler's */
+	int mask_truncated;           /* mask_truncated_completions: no eos, no loss */
+	/* The reference when beta != 0: NULL for a LoRA policy (its adapters
+	 * off, PEFT's disable_adapter), else a frozen model (TRL creates one
+	 * from the policy's path for a non-PEFT model). */
+	ft_model *ref;
 	int32_t pad_id, eos_id;       /* eos_id < 0: none */
 	int n_rewards;
 	const float *reward_weights;  /* [n_rewards] */
@@ -55,6 +62,20 @@ typedef struct {
 	ft_sched sched;               /* over max_steps */
 	uint64_t seed;
 	FILE *log;                    /* trainer_log.jsonl */
+	/* Checkpoints (docs/GRPO.md): output_dir/checkpoint-N every
+	 * save_steps optimizer steps (0: none): save_model's files (the
+	 * adapter, or the model for freeze and full), optimizer.safetensors
+	 * (the trainable weights in fp32 and AdamW's moments),
+	 * grpo_state.json (step, generator, sampler position, logging window)
+	 * and grpo_buffer.safetensors (the prompt order, the window's sums and,
+	 * when the step falls inside a generation batch's num_iterations, that
+	 * batch: completions, advantages, old and reference log-probabilities);
+	 * at most save_total_limit kept (0: all).  resume_dir: continue from
+	 * such a checkpoint with the losses an uninterrupted run has. */
+	int64_t save_steps, save_total_limit;
+	const char *output_dir, *resume_dir;
+	int (*save_model)(void *ctx, const char *dir);
+	void *save_ctx;
 } ft_grpo_loop_opts;
 
 /* Unique prompts per generation batch: batch x accumulation / G; 0 when
@@ -64,5 +85,9 @@ int ft_grpo_prompts_per_generation(const ft_grpo_loop_opts *o);
 /* prompts[0..n): each pass over them a fresh seeded shuffle (TRL's
  * RepeatSampler), the last incomplete generation batch dropped. */
 int ft_grpo_train(ft_model *m, const ft_i32vec *prompts, size_t n, const ft_grpo_loop_opts *o);
+
+/* The optimizer step a checkpoint directory was written at (-1 with a
+ * message when it is not a GRPO checkpoint). */
+int64_t ft_grpo_checkpoint_step(const char *dir);
 
 #endif
