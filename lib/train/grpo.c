@@ -207,6 +207,8 @@ int ft_grpo_loss(const ft_grpo_opts *o, const float *logp, const float *old, con
 	free(em);
 	double n = ntok > 1 ? ntok : 1;
 	st->entropy = ent ? esum / n : NAN;
+	const double sums[5] = { kl, esum, low, high, reg };
+	memcpy(st->sums, sums, sizeof sums);
 	st->loss = loss;
 	st->kl = kl / n;
 	st->low_mean = low / n;

@@ -53,6 +53,9 @@ typedef struct {
 	double low_min, high_max;   /* over the rows' masked means */
 	double entropy;             /* masked mean of the per-token entropy (ent given), else NaN */
 	double n_tokens;
+	/* the masked sums behind the means (kl, entropy, low, high, region),
+	 * for means over several processes' micro-batches */
+	double sums[5];
 } ft_grpo_loss_stats;
 
 /* get_high_entropy_mask: emask[i] = 1 where mask[i] != 0 and ent[i] >=

@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { W_SEED, W_DROPOUT, W_RNG, W_N = W_RNG + 4 };
+enum { W_SEED, W_DROPOUT, W_RNG, W_SAMPLER = W_RNG + 4, W_N = W_SAMPLER + 4 };
 
 typedef struct {
 	uint64_t words[W_N];
@@ -41,7 +41,10 @@ static int write_buffer(ft_model *m, const ftp_grpo_state *s, const ft_grpo_loop
 	memset(&b, 0, sizeof b);
 	b.words[W_SEED] = o->seed;
 	b.words[W_DROPOUT] = ft_model_dropout_position(m);
-	for (int i = 0; i < 4; i++) b.words[W_RNG + i] = s->rng.s[i];
+	for (int i = 0; i < 4; i++) {
+		b.words[W_RNG + i] = s->rng.s[i];
+		b.words[W_SAMPLER + i] = s->sampler.s[i];
+	}
 	b.cnt = ft_xmalloc((size_t)s->mt.n * sizeof *b.cnt);
 	for (int i = 0; i < s->mt.n; i++) b.cnt[i] = s->mt.cnt[i];
 	ft_st_writer *w = ft_st_writer_new();
@@ -68,6 +71,8 @@ static int write_buffer(ft_model *m, const ftp_grpo_state *s, const ft_grpo_loop
 		ft_st_writer_add(w, "gen.completion_length", FT_I32, 1, sh, b.clen);
 		ft_st_writer_add(w, "gen.advantage", FT_F32, 1, sh, g->adv);
 		ft_st_writer_add(w, "gen.rows", FT_I32, 1, sh, g->rows);
+		sh[0] = 1;
+		ft_st_writer_add(w, "gen.num_items", FT_F64, 1, sh, &g->num_items);
 		sh[0] = (int64_t)b.total;
 		if (b.total) ft_st_writer_add(w, "gen.completion", FT_I32, 1, sh, b.comp);
 		sh[0] = g->N;
@@ -88,7 +93,7 @@ static json_t *state_json(const ftp_grpo_state *s, const ft_grpo_loop_opts *o)
 	json_object_set_new(j, "version", json_integer(1));
 	json_object_set_new(j, "global_step", json_integer(s->step));
 	json_object_set_new(j, "max_steps", json_integer(o->max_steps));
-	json_object_set_new(j, "completions_per_generation", json_integer((json_int_t)o->batch_size * o->grad_accum));
+	json_object_set_new(j, "completions_per_generation", json_integer((json_int_t)o->batch_size * o->grad_accum * ft_dist_size(o->dist)));
 	json_object_set_new(j, "num_generations", json_integer(o->num_generations));
 	json_object_set_new(j, "num_iterations", json_integer(o->num_iterations));
 	json_object_set_new(j, "prompts", json_integer((json_int_t)s->n));
@@ -166,7 +171,7 @@ static int read_gen(ftp_grpo_state *s, const ft_grpo_loop_opts *o, const ft_st *
 		    const ft_i32vec *prompts, int it)
 {
 	ftp_grpo_gen *g = &s->g;
-	int N = o->batch_size * o->grad_accum;
+	int N = o->batch_size * o->grad_accum;   /* one process's rows (a buffer is saved only then) */
 	g->N = N;
 	g->pidx = ft_xcalloc((size_t)N, sizeof *g->pidx);
 	g->comp = ft_xcalloc((size_t)N, sizeof *g->comp);
@@ -197,6 +202,7 @@ static int read_gen(ftp_grpo_state *s, const ft_grpo_loop_opts *o, const ft_st *
 		if (o->grpo.beta != 0) g->ref = ft_xmalloc(n * sizeof(float));
 		if (g->old) rc = take(st, path, "gen.old_logp", FT_F32, n, g->old);
 		if (rc == 0 && g->ref) rc = take(st, path, "gen.ref_logp", FT_F32, n, g->ref);
+		if (rc == 0) rc = take(st, path, "gen.num_items", FT_F64, 1, &g->num_items);   /* all ranks' */
 		g->it = it;
 	}
 	free(pidx);
@@ -224,7 +230,10 @@ static int read_buffer(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *
 	for (int i = 0; rc == 0 && i < s->mt.n; i++) s->mt.cnt[i] = b.cnt[i];
 	if (rc == 0 && it > 0) rc = read_gen(s, o, st, path, prompts, it);
 	if (rc == 0) {
-		for (int i = 0; i < 4; i++) s->rng.s[i] = b.words[W_RNG + i];
+		for (int i = 0; i < 4; i++) {
+			s->rng.s[i] = b.words[W_RNG + i];
+			s->sampler.s[i] = b.words[W_SAMPLER + i];
+		}
 		ft_model_set_dropout_position(m, b.words[W_DROPOUT]);
 	}
 	bufs_free(&b);
@@ -243,12 +252,13 @@ int ftp_grpo_ckpt_load(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *
 	long long mu = json_integer_value(json_object_get(j, "num_iterations"));
 	long long ms = json_integer_value(json_object_get(j, "max_steps"));
 	long long np = json_integer_value(json_object_get(j, "prompts"));
-	if (N != (long long)o->batch_size * o->grad_accum || G != o->num_generations || mu != o->num_iterations ||
+	long long Nw = (long long)o->batch_size * o->grad_accum * ft_dist_size(o->dist);
+	if (N != Nw || G != o->num_generations || mu != o->num_iterations ||
 	    ms != o->max_steps || np != (long long)s->n) {
 		ft_fail("%s: the checkpoint was made with %lld completions per generation batch, %lld generations, "
 			"%lld iterations, %lld steps and %lld prompts; this run has %d, %d, %d, %lld and %zu: "
 			"resume with the same settings", o->resume_dir, N, G, mu, ms, np,
-			o->batch_size * o->grad_accum, o->num_generations, o->num_iterations,
+			(int)Nw, o->num_generations, o->num_iterations,
 			(long long)o->max_steps, s->n);
 		goto out;
 	}

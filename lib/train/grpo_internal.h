@@ -32,7 +32,8 @@ typedef struct {
 	ft_param **ps;
 	size_t np;
 	ft_adamw *opt;
-	ft_rng rng;
+	ft_rng rng;             /* the row shuffles of each generation batch */
+	ft_rng sampler;         /* the prompt order of each pass */
 	int64_t step, gen;
 	double loss_step, loss_sum;
 	int n_logged;

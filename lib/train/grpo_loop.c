@@ -3,6 +3,7 @@
 #include "format/trainlog.h"
 #include "model/model_pref.h"
 #include "train/ppo_model.h"
+#include "train/trainer_internal.h"   /* ftp_dist_reduce: the gradient sum as ft_train's */
 #include "util/error.h"
 
 #include <math.h>
@@ -172,68 +173,134 @@ static int old_ref_passes(ft_model *m, ftp_grpo_gen *g, const ft_grpo_loop_opts 
 	return rc;
 }
 
-static void length_metrics(ftp_grpo_state *s, const ft_grpo_loop_opts *o, const ftp_grpo_gen *g)
+/* TRL's completions/... over the whole generation batch: len[i] and
+ * trunc[i] (0 or 1) of its N completions. */
+static void length_metrics(ftp_grpo_state *s, const double *len, const double *trunc, int N)
 {
 	double sum = 0, mn = INFINITY, mx = 0, tsum = 0, tmn = INFINITY, tmx = 0;
 	int clipped = 0, nterm = 0;
-	for (int i = 0; i < g->N; i++) {
-		const ft_i32vec *c = &g->comp[i];
-		double l = (double)c->n;
+	for (int i = 0; i < N; i++) {
+		double l = len[i];
 		sum += l; if (l < mn) mn = l; if (l > mx) mx = l;
-		if (truncated(o, c)) { clipped++; continue; }
+		if (trunc[i] != 0) { clipped++; continue; }
 		nterm++;
 		tsum += l; if (l < tmn) tmn = l; if (l > tmx) tmx = l;
 	}
 	if (nterm == 0) tsum = tmn = tmx = 0, nterm = 1;   /* TRL: zeros(1) */
-	const double v[7] = { sum / g->N, mn, mx, (double)clipped / g->N, tsum / nterm, tmn, tmx };
+	const double v[7] = { sum / N, mn, mx, (double)clipped / N, tsum / nterm, tmn, tmx };
 	for (int k = 0; k < 7; k++) put(&s->mt, M_MEAN_LEN + k, v[k]);
 }
 
-/* Sample, score, advantages; nothing of the model changes here. */
+static int world(const ft_grpo_loop_opts *o) { return ft_dist_size(o->dist); }
+
+/* This rank's rows of the generation batch: [first, first + N) of W N */
+static int first_row(const ft_grpo_loop_opts *o) { return ft_dist_rank(o->dist) * o->batch_size * o->grad_accum; }
+
+/* The generation metrics of the whole batch (every rank's rows gathered,
+ * as TRL's accelerator.gather): lengths, rewards, frac_reward_zero_std. */
+static int generation_metrics(ftp_grpo_state *s, const ft_grpo_loop_opts *o, const ftp_grpo_gen *g, const float *pf,
+			      const float *rew, double fz, int Nw)
+{
+	int K = o->n_rewards, r0 = first_row(o);
+	double *len = ft_xcalloc((size_t)Nw * 2, sizeof *len), *trunc = len + Nw;
+	for (int i = 0; i < g->N; i++) {
+		len[r0 + i] = (double)g->comp[i].n;
+		trunc[r0 + i] = truncated(o, &g->comp[i]);
+	}
+	int rc = ft_dist_sum_f64(o->dist, len, (size_t)Nw * 2, "completion lengths");
+	if (rc == 0) length_metrics(s, len, trunc, Nw);
+	free(len);
+	if (rc < 0) return -1;
+	double *x = ft_xmalloc((size_t)Nw * sizeof *x), mean, sd;
+	for (int k = 0; k < K; k++) {
+		for (int i = 0; i < Nw; i++) x[i] = pf[(size_t)i * K + k];
+		mean_std(x, (size_t)Nw, &mean, &sd);
+		put(&s->mt, M_FIXED + 2 * k, mean);
+		put(&s->mt, M_FIXED + 2 * k + 1, sd);
+	}
+	for (int i = 0; i < Nw; i++) x[i] = rew[i];
+	mean_std(x, (size_t)Nw, &mean, &sd);
+	put(&s->mt, M_REWARD, mean);
+	put(&s->mt, M_REWARD_STD, sd);
+	put(&s->mt, M_FRAC_ZERO, fz);
+	free(x);
+	return 0;
+}
+
+/* Sample and score this rank's rows, gather every rank's rewards, the
+ * group advantages over the whole batch (TRL gathers the rewards and
+ * takes its process slice of the advantages); nothing of the model
+ * changes here. */
 static int generation(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o, const ft_i32vec *prompts,
 		      const size_t *uniq, int P, ftp_grpo_gen *g)
 {
-	int G = o->num_generations, K = o->n_rewards;
-	g->N = P * G;
+	int G = o->num_generations, K = o->n_rewards, Nw = P * G, r0 = first_row(o);
+	g->N = Nw / world(o);
 	g->pidx = ft_xmalloc((size_t)g->N * sizeof *g->pidx);
 	g->comp = ft_xcalloc((size_t)g->N, sizeof *g->comp);
 	ft_i32vec *q = ft_xmalloc((size_t)g->N * sizeof *q);
 	for (int i = 0; i < g->N; i++) {
-		g->pidx[i] = uniq[i / G];
+		g->pidx[i] = uniq[(r0 + i) / G];
 		q[i] = prompts[g->pidx[i]];   /* borrowed */
 	}
-	int rc = o->generate(o->gen_ctx, m, q, (size_t)g->N, o->seed + (uint64_t)s->gen * 1000003u, g->comp);
+	int rc = o->generate(o->gen_ctx, m, q, (size_t)g->N, o->seed + (uint64_t)s->gen * 1000003u, (uint64_t)r0,
+			     g->comp);
 	free(q);
 	if (rc < 0) return -1;
 	for (int i = 0; i < g->N; i++) fix_completion(o, &g->comp[i]);
-	float *pf = ft_xcalloc((size_t)g->N * K, sizeof *pf), *rew = ft_xmalloc((size_t)g->N * sizeof *rew);
-	g->adv = ft_xmalloc((size_t)g->N * sizeof *g->adv);
+	float *pf = ft_xcalloc((size_t)Nw * K, sizeof *pf), *rew = ft_xmalloc((size_t)Nw * sizeof *rew);
+	float *adv = ft_xmalloc((size_t)Nw * sizeof *adv);
 	double fz = 0;
-	rc = o->score(o->score_ctx, g->pidx, g->comp, (size_t)g->N, pf);
-	if (rc == 0) rc = ft_grpo_advantages(&o->grpo, pf, o->reward_weights, K, g->N, G, rew, g->adv, &fz);
-	if (rc == 0 && o->on_samples) rc = o->on_samples(o->samples_ctx, s->step, g->pidx, g->comp, (size_t)g->N, pf, g->adv);
+	rc = o->score(o->score_ctx, g->pidx, g->comp, (size_t)g->N, pf + (size_t)r0 * K);
+	/* the others' rows are 0 here: the sum is the gather */
+	if (rc == 0) rc = ft_dist_sum_f32(o->dist, pf, (size_t)Nw * K, "rewards");
+	if (rc == 0) rc = ft_grpo_advantages(&o->grpo, pf, o->reward_weights, K, Nw, G, rew, adv, &fz);
+	if (rc == 0) {
+		g->adv = ft_xmalloc((size_t)g->N * sizeof *g->adv);
+		memcpy(g->adv, adv + r0, (size_t)g->N * sizeof *g->adv);
+	}
+	if (rc == 0 && o->on_samples)
+		rc = o->on_samples(o->samples_ctx, s->step, g->pidx, g->comp, (size_t)g->N, pf + (size_t)r0 * K, g->adv);
 	if (rc == 0) {
 		ftp_grpo_build_grid(g, prompts, o);
-		rc = old_ref_passes(m, g, o);
+		rc = ft_dist_sum_f64(o->dist, &g->num_items, 1, "completion tokens");   /* num_items_in_batch */
 	}
-	if (rc == 0) {
-		length_metrics(s, o, g);
-		double *x = ft_xmalloc((size_t)g->N * sizeof *x), mean, sd;
-		for (int k = 0; k < K; k++) {
-			for (int i = 0; i < g->N; i++) x[i] = pf[(size_t)i * K + k];
-			mean_std(x, (size_t)g->N, &mean, &sd);
-			put(&s->mt, M_FIXED + 2 * k, mean);
-			put(&s->mt, M_FIXED + 2 * k + 1, sd);
-		}
-		for (int i = 0; i < g->N; i++) x[i] = rew[i];
-		mean_std(x, (size_t)g->N, &mean, &sd);
-		put(&s->mt, M_REWARD, mean);
-		put(&s->mt, M_REWARD_STD, sd);
-		put(&s->mt, M_FRAC_ZERO, fz);
-		free(x);
-	}
+	if (rc == 0) rc = old_ref_passes(m, g, o);
+	if (rc == 0) rc = generation_metrics(s, o, g, pf, rew, fz, Nw);
 	free(pf);
 	free(rew);
+	free(adv);
+	return rc;
+}
+
+/* TRL's micro-batch metrics over every process's micro-batch of the same
+ * position: global_masked_mean (sums and token counts reduced) and the
+ * gathered rows' nanmin / nanmax. */
+static int reduce_stats(const ft_grpo_loop_opts *o, ft_grpo_loss_stats *st)
+{
+	int W = world(o), r = ft_dist_rank(o->dist);
+	double *x = ft_xcalloc(6 + 2 * (size_t)W, sizeof *x);
+	memcpy(x, st->sums, sizeof st->sums);
+	x[5] = st->n_tokens;
+	/* one slot per rank; a rank without a row's mean adds +-inf, not NaN */
+	x[6 + r] = isnan(st->low_min) ? INFINITY : st->low_min;
+	x[6 + W + r] = isnan(st->high_max) ? -INFINITY : st->high_max;
+	int rc = ft_dist_sum_f64(o->dist, x, 6 + 2 * (size_t)W, "GRPO metrics");
+	if (rc == 0) {
+		double n = x[5] > 1 ? x[5] : 1, mn = INFINITY, mx = -INFINITY;
+		st->kl = x[0] / n;
+		st->entropy = x[1] / n;
+		st->low_mean = x[2] / n;
+		st->high_mean = x[3] / n;
+		st->region_mean = x[4] / n;
+		for (int k = 0; k < W; k++) {
+			if (x[6 + k] < mn) mn = x[6 + k];
+			if (x[6 + W + k] > mx) mx = x[6 + W + k];
+		}
+		st->low_min = isfinite(mn) ? mn : NAN;
+		st->high_max = isfinite(mx) ? mx : NAN;
+	}
+	free(x);
 	return rc;
 }
 
@@ -256,9 +323,15 @@ static int microbatch(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o
 	ft_model_set_logp_entropy(m, ent);   /* TRL's entropy metric, from the training forward */
 	int rc = ft_model_logps_forward(m, &b, 1, lp, NULL);
 	ft_model_set_logp_entropy(m, NULL);
+	/* the ranks' gradients are summed, not averaged as DDP's: the
+	 * accumulation normaliser counts every rank's micro-batches, dapo's
+	 * the whole batch's tokens (TRL's num_items / num_processes, then
+	 * DDP's mean, is the same) */
+	double accum = (double)o->grad_accum * world(o);
 	if (rc == 0)
-		rc = ft_grpo_loss(&o->grpo, lp, old, ref, ent, mask, adv, n, g->T, o->grad_accum, g->num_items, &st, dl);
+		rc = ft_grpo_loss(&o->grpo, lp, old, ref, ent, mask, adv, n, g->T, accum, g->num_items, &st, dl);
 	if (rc == 0) rc = ft_model_logps_backward(m, &b, dl);
+	if (rc == 0 && world(o) > 1) rc = reduce_stats(o, &st);
 	if (rc == 0) {
 		s->loss_step += st.loss;
 		if (o->grpo.beta != 0) put(&s->mt, M_KL, st.kl);
@@ -317,6 +390,14 @@ static int update(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o)
 		rc = microbatch(m, s, o, g, g->rows + i, n);
 	}
 	if (rc < 0) return -1;
+	if (world(o) > 1) {   /* the gradients and the step's loss summed over the ranks */
+		ft_train_opts to = { .dist = o->dist };
+		ft_train_model tm = { 0 };
+		double ls[2] = { s->loss_step, 0 };
+		ft_dist_set_step(o->dist, s->step + 1);
+		if (ftp_dist_reduce(&to, &tm, s->ps, s->np, ls, 1, 0) < 0) return -1;
+		s->loss_step = ls[0];
+	}
 	if (o->max_grad_norm > 0) ft_clip_grad_norm(s->ps, s->np, o->max_grad_norm);
 	ft_adamw_step(s->opt, lr);
 	s->step++;
@@ -335,7 +416,7 @@ static int next_generation(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_op
 {
 	if (s->pos + P > s->n) {   /* a new pass: RepeatSampler's seeded shuffle, the tail dropped */
 		for (size_t i = 0; i < s->n; i++) s->order[i] = (int64_t)i;
-		ft_shuffle_i64(&s->rng, s->order, s->n);
+		ft_shuffle_i64(&s->sampler, s->order, s->n);
 		s->pos = 0;
 	}
 	for (int i = 0; i < P; i++) uniq[i] = (size_t)s->order[s->pos++];
@@ -355,7 +436,7 @@ static int next_generation(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_op
 
 int ft_grpo_prompts_per_generation(const ft_grpo_loop_opts *o)
 {
-	int N = o->batch_size * o->grad_accum;
+	int N = o->batch_size * o->grad_accum * world(o);
 	return o->num_generations > 0 && N % o->num_generations == 0 ? N / o->num_generations : 0;
 }
 
@@ -369,7 +450,8 @@ int ft_grpo_train(ft_model *m, const ft_i32vec *prompts, size_t n, const ft_grpo
 	if (o->ref && ft_model_set_logp_temperature(o->ref, t) < 0) return -1;
 	ftp_grpo_state s;
 	memset(&s, 0, sizeof s);
-	ft_rng_seed(&s.rng, o->seed);
+	ft_rng_seed(&s.rng, o->seed);       /* shuffle_sequence_dict's (torch's global generator) */
+	ft_rng_seed(&s.sampler, o->seed);   /* RepeatSampler's own generator, seeded with args.seed */
 	size_t np = ft_model_nparams(m);
 	s.ps = ft_xmalloc(np * sizeof *s.ps);
 	for (size_t i = 0; i < np; i++)
@@ -384,7 +466,8 @@ int ft_grpo_train(ft_model *m, const ft_i32vec *prompts, size_t n, const ft_grpo
 		if (s.g.N == 0) rc = next_generation(m, &s, o, prompts, P, uniq);
 		if (rc == 0) rc = update(m, &s, o);
 		if (s.g.N && (rc < 0 || s.g.it == o->num_iterations)) ftp_grpo_gen_free(&s.g);
-		if (rc == 0 && o->save_steps > 0 && o->save_model && s.step % o->save_steps == 0)
+		if (rc == 0 && o->save_steps > 0 && o->save_model && s.step % o->save_steps == 0 &&
+		    ft_dist_rank(o->dist) == 0)
 			rc = ftp_grpo_ckpt_save(m, &s, o);
 	}
 	ftp_grpo_gen_free(&s.g);

@@ -16,6 +16,7 @@
 
 #include <stdio.h>
 #include "model/model.h"
+#include "train/dist.h"
 #include "train/grpo.h"
 #include "train/lr_sched.h"
 #include "train/optim.h"
@@ -26,6 +27,13 @@
  * i < n; -1 with a message (then nothing of the step is applied). */
 typedef int (*ft_grpo_score_fn)(void *ctx, const size_t *prompt_idx, const ft_i32vec *completions,
 				size_t n, float *per_func);
+
+/* outs[i]: the new tokens of prompts[i] (the stop token dropped), i < n,
+ * decoded from m in eval mode with the given seed, prompts[0] drawing as
+ * the first-th prompt of the generation batch would (ft_gen_opts'
+ * first_index: a rank's rows sample what one process's would). */
+typedef int (*ft_grpo_gen_fn)(void *ctx, ft_model *m, const ft_i32vec *prompts, size_t n, uint64_t seed,
+			      uint64_t first, ft_i32vec *outs);
 
 /* Called after scoring with what TRL's completions table holds (for
  * --log_completions); -1 with a message stops the run. */
@@ -40,7 +48,15 @@ typedef struct {
 	int64_t max_steps;            /* optimizer steps */
 	double steps_per_epoch;       /* the log's epoch = step / steps_per_epoch */
 	int logging_steps;
-	ft_ppo_gen_fn generate;       /* stop token dropped (ppo_loop.h) */
+	ft_grpo_gen_fn generate;
+	/* Data parallel (NULL: one process): the generation batch is
+	 * batch x accumulation x ranks completions; rank r samples, scores
+	 * and trains rows [r N, (r + 1) N) of it (TRL's process_slice), the
+	 * rewards gathered for the group advantages and the metrics, the
+	 * gradients and losses summed.  Checkpoints then fall between
+	 * generation batches (save_steps a multiple of num_iterations: the
+	 * buffer is per rank), written by rank 0. */
+	ft_dist *dist;
 	void *gen_ctx;
 	int max_completion_length;
 	float temperature;            /* logits / temperature in every log-prob pass (0: 1), as the sampler's */
@@ -78,8 +94,8 @@ typedef struct {
 	void *save_ctx;
 } ft_grpo_loop_opts;
 
-/* Unique prompts per generation batch: batch x accumulation / G; 0 when
- * that is not whole (the caller refuses it, as GRPOConfig does). */
+/* Unique prompts per generation batch: batch x accumulation x ranks / G;
+ * 0 when that is not whole (the caller refuses it, as GRPOConfig does). */
 int ft_grpo_prompts_per_generation(const ft_grpo_loop_opts *o);
 
 /* prompts[0..n): each pass over them a fresh seeded shuffle (TRL's

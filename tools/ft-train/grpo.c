@@ -381,10 +381,11 @@ static int samples(void *ctx, int64_t step, const size_t *pidx, const ft_i32vec 
 	return fflush(R->samples) == 0 ? 0 : ft_fail("completions.jsonl: write failed");
 }
 
-static int gen(void *ctx, ft_model *m, const ft_i32vec *q, size_t n, uint64_t seed, ft_i32vec *outs)
+static int gen(void *ctx, ft_model *m, const ft_i32vec *q, size_t n, uint64_t seed, uint64_t first, ft_i32vec *outs)
 {
 	ft_gen_opts o = *(ft_gen_opts *)ctx;
 	o.seed = seed;
+	o.first_index = first;
 	return ft_generate(m, q, n, &o, outs, NULL, NULL);
 }
 
@@ -474,7 +475,12 @@ static void loop_opts(const ft_cli_args *c, const ft_manifest *man, size_t n, ft
 	o->grad_accum = c->t.gradient_accumulation_steps;
 	o->num_generations = P.num_generations;
 	o->num_iterations = P.num_iterations;
-	int per_gen = ft_grpo_prompts_per_generation(o);
+	o->dist = c->t.dist;
+	int W = ft_dist_size(o->dist), per_gen = ft_grpo_prompts_per_generation(o);
+	if (per_gen == 0 && W > 1)
+		die_usage("the generation batch, per_device_train_batch_size x gradient_accumulation_steps x "
+			  "ranks = %d x %d x %d, must be divisible by --num_generations %d (GRPOConfig's rule; "
+			  "the batch size is ft-pack's)", o->batch_size, o->grad_accum, W, P.num_generations);
 	if (per_gen == 0)
 		die_usage("the generation batch, per_device_train_batch_size x gradient_accumulation_steps = "
 			  "%d x %d, must be divisible by --num_generations %d (GRPOConfig's rule; the batch "
@@ -509,8 +515,25 @@ static void loop_opts(const ft_cli_args *c, const ft_manifest *man, size_t n, ft
 	o->resume_dir = c->t.resume_dir;
 }
 
+/* What data parallel grpo does not do, refused before any work. */
+static void check_dist(const ft_cli_args *c)
+{
+	if (ft_dist_size(c->t.dist) < 2) return;
+	if (P.log_completions)
+		die_usage("--log_completions: under mpirun each rank holds only its own completions' texts; "
+			  "run it in one process");
+	if (c->zero)
+		die_usage("--zero %d: --stage grpo under mpirun keeps the whole AdamW state on every rank", c->zero);
+	if (c->t.save_steps > 0 && c->t.save_steps % P.num_iterations)
+		die_usage("--save_steps %lld: under mpirun a checkpoint must fall between generation batches "
+			  "(a multiple of --num_iterations %d: each rank's batch is its own)",
+			  (long long)c->t.save_steps, P.num_iterations);
+}
+
 int grpo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manifest *man)
 {
+	check_dist(c);
+	int rank0 = ft_dist_rank(c->t.dist) == 0;
 	if (c->tune.type == FT_FT_LORA && !ft_model_has_adapters(m))
 		die("--stage grpo: the policy has no LoRA adapters (--finetuning_type lora)");
 	ft_model *ref = open_ref(c, m);
@@ -536,7 +559,7 @@ int grpo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manif
 	char *tj = ft_xasprintf("%s/tokenizer.json", c->model);
 	if (access(tj, R_OK) == 0 && !(R.tok = ft_tokenizer_load(c->model))) die("%s: %s", c->model, ft_errmsg());
 	free(tj);
-	if (ft_mkdirs(c->output_dir) < 0) die("%s", ft_errmsg());
+	if (rank0 && ft_mkdirs(c->output_dir) < 0) die("%s", ft_errmsg());
 	o.ref = ref;
 	void *sctx[2] = { c, m };
 	o.save_model = save_model;
@@ -544,8 +567,8 @@ int grpo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manif
 	int64_t from = 0;
 	if (o.resume_dir && (from = ft_grpo_checkpoint_step(o.resume_dir)) < 0)
 		die("--resume_from_checkpoint: %s", ft_errmsg());
-	o.log = ft_train_log_open(c->output_dir, o.resume_dir != NULL, from);
-	if (!o.log) die("%s", ft_errmsg());
+	o.log = rank0 ? ft_train_log_open(c->output_dir, o.resume_dir != NULL, from) : NULL;   /* rank 0 writes */
+	if (rank0 && !o.log) die("%s", ft_errmsg());
 	if (P.log_completions) {
 		R.samples = open_completions(c, o.resume_dir != NULL, from);
 		o.on_samples = samples;
@@ -575,12 +598,12 @@ int grpo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manif
 	for (int k = 0; k < P.n_rewards; k++)
 		if (R.r[k] && ft_grpo_reward_close(R.r[k]) < 0) die("--reward_funcs: %s", ft_errmsg());
 	ft_ppo_rm_close(&R.rm);
-	if (fclose(o.log) != 0) die("%s/trainer_log.jsonl: %m", c->output_dir);
+	if (o.log && fclose(o.log) != 0) die("%s/trainer_log.jsonl: %m", c->output_dir);
 	if (R.samples && fclose(R.samples) != 0) die("completions.jsonl: %m");
-	save_outputs(c, m);
-	note("saved the GRPO %s to %s", c->tune.type == FT_FT_LORA ? "adapter" : "model", c->output_dir);
+	if (rank0) save_outputs(c, m);
+	if (rank0) note("saved the GRPO %s to %s", c->tune.type == FT_FT_LORA ? "adapter" : "model", c->output_dir);
 	static const char *const plot_keys[] = { "loss", "reward" };
-	if (c->plot_loss && ft_plot_loss_files_keys(c->output_dir, plot_keys, 2) < 0)
+	if (rank0 && c->plot_loss && ft_plot_loss_files_keys(c->output_dir, plot_keys, 2) < 0)
 		warn("--plot_loss: %s", ft_errmsg());
 	texts_free(&R);
 	if (R.tok) ft_tokenizer_free(R.tok);
