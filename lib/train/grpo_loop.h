@@ -1,7 +1,7 @@
 /* grpo_loop.h - the GRPO stage's loop, as TRL 1.16's GRPOTrainer with its
  * defaults (steps_per_generation = gradient_accumulation_steps): one
- * generation batch of per_device_train_batch_size x accumulation
- * completions, num_generations per prompt, is sampled through the
+ * generation batch of per_device_train_batch_size x accumulation (x
+ * ranks under mpirun) completions, num_generations per prompt, is sampled through the
  * caller's generator (gen/ sits above train/: ft-train passes
  * ft_generate), scored through the caller's rewards, given group
  * advantages (grpo.h), shuffled and cut into accumulation micro-batches;
