@@ -16,7 +16,13 @@ PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 # -fno-trapping-math: ft never enables FP traps; it lets GCC if-convert and
 # so vectorize loops with float selects (lib/model/vexp.h).  Values are unchanged.
 WARN    = -Wall -Wextra -Werror -Wno-unused-parameter
-OPT     ?= -O2 -march=x86-64-v3 -ffp-contract=off -fno-math-errno -fno-trapping-math
+# x86-64-v3 (AVX2, FMA) where the building CPU has it, plain x86-64
+# otherwise: results are the same bits either way (-ffp-contract=off, and
+# an explicit fmaf is correctly rounded as an instruction or a libm call),
+# only the speed differs.  Override with ARCH=... for a machine other than
+# the one building.
+ARCH    ?= $(if $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo 2>/dev/null && echo y),-march=x86-64-v3,-march=x86-64)
+OPT     ?= -O2 $(ARCH) -ffp-contract=off -fno-math-errno -fno-trapping-math
 CFLAGS  ?= $(OPT) -g
 ALL_CFLAGS = -std=gnu11 $(WARN) -fopenmp -iquote lib $(PKG_CFLAGS) $(CFLAGS)
 LDLIBS  = -rdynamic $(PKG_LIBS) -lopenblas -fopenmp -lm -lpthread -ldl

@@ -167,6 +167,13 @@ static int yaml_fail_here(yaml_reader *y, const char *what)
 	return rc;
 }
 
+/* YAML's core-schema null (None in Python): nothing, ~, null, Null, NULL. */
+static int yaml_null(const char *v)
+{
+	return !*v || !strcmp(v, "~") || !strcmp(v, "null") || !strcmp(v, "Null") ||
+	       !strcmp(v, "NULL");
+}
+
 /* A value (NULL for YAML's null): a scalar, a sequence of scalars joined with commas, or a
  * mapping of scalars (e.g. gradient_checkpointing_kwargs) kept as the
  * text "{k: v, ...}" for the setting's owner to judge.  Errors name the
@@ -176,9 +183,7 @@ static int yaml_value(yaml_reader *y, const char *key, char **out)
 	if (yaml_next(y)) return -1;
 	if (y->ev.type == YAML_SCALAR_EVENT) {
 		const char *v = (const char *)y->ev.data.scalar.value;
-		/* a plain null, ~ or nothing is YAML's null: None in Python */
-		int null = y->ev.data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
-			   (!*v || !strcmp(v, "~") || !strcasecmp(v, "null"));
+		int null = y->ev.data.scalar.style == YAML_PLAIN_SCALAR_STYLE && yaml_null(v);
 		*out = null ? NULL : ft_xstrdup(v);
 		yaml_event_delete(&y->ev);
 		return 0;
@@ -280,6 +285,16 @@ int ft_lfargs_load_file(ft_lfargs *a, const char *path)
 	return ft_fail("%s: a config file must end in .yaml, .yml or .json", path);
 }
 
+/* OmegaConf.from_cli reads each value as YAML, so key=null (or key=)
+ * is None there: the default applies, as a null in the config file. */
+static void set_from_cli(ft_lfargs *a, const char *key, const char *value)
+{
+	if (yaml_null(value))
+		ft_lfargs_unset(a, key);
+	else
+		ft_lfargs_set(a, key, value, "command line");
+}
+
 int ft_lfargs_parse_argv(ft_lfargs *a, int argc, char **argv)
 {
 	for (int i = 0; i < argc; i++) {
@@ -291,11 +306,11 @@ int ft_lfargs_parse_argv(ft_lfargs *a, int argc, char **argv)
 			if (!eq && i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0)
 				value = argv[++i];
 			if (!*key) { free(key); return ft_fail("'%s': empty flag name", arg); }
-			ft_lfargs_set(a, key, value, "command line");
+			set_from_cli(a, key, value);
 			free(key);
 		} else if (eq && eq != arg) {
 			char *key = ft_xasprintf("%.*s", (int)(eq - arg), arg);
-			ft_lfargs_set(a, key, eq + 1, "command line");
+			set_from_cli(a, key, eq + 1);
 			free(key);
 		} else {
 			return ft_fail("'%s': expected --key value or key=value", arg);

@@ -24,7 +24,8 @@ typedef struct {
  * unsets the key, as None leaves a default).  -1 with
  * "file:line:col: message". */
 int ft_lfargs_load_file(ft_lfargs *a, const char *path);
-/* key=value, --key value, --key=value, --flag.  -1 on a malformed item. */
+/* key=value, --key value, --key=value, --flag; a YAML null value (key=null,
+ * key=~, key=) unsets key as OmegaConf.from_cli does.  -1 on a malformed item. */
 int ft_lfargs_parse_argv(ft_lfargs *a, int argc, char **argv);
 void ft_lfargs_set(ft_lfargs *a, const char *key, const char *value, const char *origin);
 /* Forget key (a config's `key: null`: the default applies). */

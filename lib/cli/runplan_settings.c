@@ -15,6 +15,13 @@
 /* Refusals shared by several keys. */
 #define MULTIMODAL "ft trains text-only models (no image, video or audio inputs)"
 #define NOT_YET "not implemented in ft yet"
+/* LLaMA-Factory's MoD is the mixture-of-depth package's; it has no behaviour
+ * to match where LLaMA-Factory runs (docs/EXTRAS.md, and
+ * tests/reference/check_mod_package.py rechecks a new release). */
+#define MOD_WHY "Mixture-of-Depths: its package (mixture-of-depth 1.2.0, the latest) fails with " \
+	"the transformers LLaMA-Factory requires (5.x: `import MoD` fails; 4.55-4.57: convert fails " \
+	"at the first forward), so ft has no behaviour to match (docs/EXTRAS.md)"
+#define RAY_NOTE "a Ray setting: ft-run starts its ranks with mpirun, not Ray (ray_num_workers under USE_RAY=1)"
 
 static const ftp_route routes[] = {
 	{"stage", FTP_T | FTP_P | FTP_R, NULL},
@@ -88,11 +95,14 @@ static const ftp_route routes[] = {
 	 "(ranks hold whole models; docs/DISTRIBUTED.md)"},
 	{"fsdp_transformer_layer_cls_to_wrap", FTP_N, "ft's ranks hold whole models: no layer "
 	 "is wrapped or sharded"},
-	{"ray_num_workers", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
-	{"ray_run_name", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
-	{"ray_storage_path", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
-	{"resources_per_worker", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
-	{"placement_strategy", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
+	/* Ray: LLaMA-Factory uses it only under USE_RAY=1, when ft-run starts
+	 * ray_num_workers ranks with mpirun instead (tools/ft-run) */
+	{"ray_num_workers", FTP_N, "with USE_RAY=1 ft-run trains on that many ranks, started by "
+	 "mpirun instead of Ray; without it LLaMA-Factory and ft-run train in one process"},
+	{"ray_init_kwargs", FTP_N, RAY_NOTE}, {"ray_run_name", FTP_N, RAY_NOTE},
+	{"ray_storage_path", FTP_N, RAY_NOTE}, {"resources_per_worker", FTP_N, RAY_NOTE},
+	{"placement_strategy", FTP_N, RAY_NOTE}, {"master_addr", FTP_N, RAY_NOTE},
+	{"master_port", FTP_N, RAY_NOTE},
 	{"fp8", FTP_X, "fp8 training needs transformer-engine kernels ft does not have"},
 	{"fp8_backend", FTP_X, "fp8 training needs transformer-engine kernels ft does not have"},
 	{"fp8_enable_fsdp_float8_all_gather", FTP_X, "fp8 training is not supported"},
@@ -105,7 +115,7 @@ static const ftp_route routes[] = {
 	{"use_dft_loss", FTP_R, NULL}, {"use_eaft_loss", FTP_R, NULL},
 	{"use_asft_loss", FTP_R, NULL}, {"asft_alpha", FTP_R, NULL},
 	{"eaft_alpha", FTP_R, NULL},
-	{"mixture_of_depths", FTP_X, "Mixture-of-Depths is " NOT_YET},
+	{"mixture_of_depths", FTP_X, MOD_WHY},
 	{"oft_rank", FTP_R, NULL}, {"oft_block_size", FTP_R, NULL},   /* OFT (docs/EXTRAS.md) */
 	{"oft_target", FTP_R, NULL}, {"module_dropout", FTP_R, NULL},
 	{"export_quantization_bit", FTP_X, "quantized (GPTQ) export is not supported: ft-merge "
@@ -137,12 +147,12 @@ static const ftp_route families[] = {
 	{"galore_", FTP_R, NULL},  /* ft-train checks each */
 	{"oft_", FTP_X, "not an OFTConfig setting LLaMA-Factory passes (oft_rank, oft_block_size, "
 	 "oft_target, module_dropout)"},
-	{"ray_", FTP_X, "ft does not use Ray: run the pipeline on each machine"},
+	{"ray_", FTP_N, RAY_NOTE},
 	{"loraplus_", FTP_R, NULL},
 	{"kt_", FTP_X, "KTransformers is a torch backend ft does not run"},
 	{"fp8_", FTP_X, "fp8 training is not supported"},
 	{"image_", FTP_X, MULTIMODAL}, {"video_", FTP_X, MULTIMODAL}, {"audio_", FTP_X, MULTIMODAL},
-	{"mod_", FTP_X, "Mixture-of-Depths is " NOT_YET},
+	{"mod_", FTP_X, MOD_WHY},
 	{"asft_", FTP_X, "the ASFT loss is " NOT_YET}, {"eaft_", FTP_X, "the EAFT loss is " NOT_YET},
 	{"dft_", FTP_X, "the DFT loss is " NOT_YET},
 };

@@ -1,5 +1,5 @@
 /* attention.cu - fused ("flash") causal softmax attention with segment
- * ids, sliding window and GQA, as ft_attention_forward/backward
+ * ids, key padding (each row's real length), sliding window and GQA, as ft_attention_forward/backward
  * (lib/model/layers.c).
  *
  * FlashAttention-2's algorithm; the per-tile arithmetic (online softmax,
@@ -17,8 +17,8 @@
  *            pass over key tiles, so dQ too is written once.
  * Every output element is written by one thread in a fixed order: the
  * results are run-to-run identical.  Tile pairs that the mask leaves
- * empty (above the diagonal, outside the window, other segments) are
- * skipped.
+ * empty (above the diagonal, outside the window, other segments, keys
+ * past the row's real length) are skipped.
  *
  * Thread mapping: 256 threads = 32 groups of 8 lanes; a group owns one
  * row of the tile (a query; a key in the dK/dV kernel), its 8 lanes take
@@ -109,6 +109,7 @@ static fa_args<E> args_of(const ft_cu_attn *s, const ft_cu_attn_ld *ld)
 	fa_args<E> p;
 	memset(&p, 0, sizeof p);
 	p.seg = s->seg;
+	p.len = s->len;
 	p.T = s->T;
 	p.Hq = s->Hq;
 	p.Hk = s->Hk;
@@ -192,7 +193,7 @@ int ft_cu_attention_backward(ft_cuda_model *dm, float *dq, float *dk, float *dv,
 
 typedef struct {
 	float *q, *k, *v, *dout, *out, *lse, *Di, *dq, *dk, *dv;
-	int32_t *seg;
+	int32_t *seg, *len;
 } att_bufs;
 
 static int attention_run_on(cudaStream_t st, const att_bufs *d, const ft_cuda_attn_shape *s,
@@ -207,8 +208,12 @@ static int attention_run_on(cudaStream_t st, const att_bufs *d, const ft_cuda_at
 		   "attention input %d", i);
 	if (s->seg)
 		CU(cudaMemcpyAsync(d->seg, s->seg, N * 4, cudaMemcpyHostToDevice, st), "segment ids");
+	if (s->len)
+		CU(cudaMemcpyAsync(d->len, s->len, (size_t)s->B * 4, cudaMemcpyHostToDevice, st),
+		   "row lengths");
 	ft_cu_attn ds = *s;
 	ds.seg = s->seg ? d->seg : NULL;
+	ds.len = s->len ? d->len : NULL;
 	TRY(flash_forward<float>(st, d->out, d->lse, d->q, d->k, d->v, &ds));
 	TRY(flash_backward<float>(st, d->dq, d->dk, d->dv, d->Di, d->dout, d->q, d->k, d->v,
 				  d->out, d->lse, &ds));
@@ -226,7 +231,7 @@ int ft_cuda_attention_run(int device, const ft_cuda_attn_shape *s, const float *
 {
 	TRY(check_shape(s));
 	size_t N = (size_t)s->B * s->T, nq = N * s->Hq * s->hd, nk = N * s->Hk * s->hd;
-	size_t nl = N * s->Hq, total = 4 * (4 * nq + 4 * nk + 2 * nl + N);
+	size_t nl = N * s->Hq, total = 4 * (4 * nq + 4 * nk + 2 * nl + N + (size_t)s->B);
 	CU(cudaSetDevice(device), "device %d", device);
 	float *mem = NULL;
 	cudaStream_t st = NULL;
@@ -240,6 +245,7 @@ int ft_cuda_attention_run(int device, const ft_cuda_attn_shape *s, const float *
 		at += sizes[i];
 	}
 	d.seg = (int32_t *)at;
+	d.len = d.seg + N;
 	const float *const in[4] = { q, k, v, dout };
 	float *const res[5] = { out, lse, dq, dk, dv };
 	cudaError_t e = cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);

@@ -21,7 +21,8 @@
 extern "C" {
 #endif
 
-#define FTP_CUDA_ABI 6
+/* 7: ft_cuda_batch.lengths, ft_cuda_attn_shape.len (key padding) */
+#define FTP_CUDA_ABI 7
 
 typedef struct {
 	int abi;

@@ -114,7 +114,7 @@ struct ft_cuda_model {
 	float *xs;                     /* [(L+1), N, D] */
 	ft_dacts *acts;
 	float *cos_t, *sin_t, *lnf, *rstdf;
-	int32_t *ids, *pos, *targets, *rows, *seg;
+	int32_t *ids, *pos, *targets, *rows, *seg, *lens;   /* lens: [B] row lengths */
 	float *d_a, *d_b, *d_ln, *d_att, *dqkv, *dq, *dk, *hbuf, *dh,
 	      *tmp, *drop, *ddrop, *lhs, *head_x, *head_dx, *head_scratch;
 	double *row_loss;
@@ -134,7 +134,7 @@ struct ft_cuda_model {
 	double grads_scale;            /* fp16: the scale the gradients carry */
 	/* host staging for a batch (pinned, one block) */
 	void *staging;
-	int32_t *h_pos, *h_targets, *h_rows, *h_tg2, *h_ids, *h_seg;
+	int32_t *h_pos, *h_targets, *h_rows, *h_tg2, *h_ids, *h_seg, *h_lens;
 	float *h_cos, *h_sin, *h_inv;
 	double *h_row_loss, *h_sumsq;
 };

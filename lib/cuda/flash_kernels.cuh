@@ -65,6 +65,7 @@ template <typename E> struct fa_args {
 	E *out, *dq, *dk, *dv;
 	float *lse, *Di;
 	const int32_t *seg;              /* [B, T] or NULL */
+	const int32_t *len;              /* [B] real lengths (HF's attention_mask) or NULL */
 	int T, Hq, Hk, hd, window;
 	float scale;
 	/* token strides: q, k, v as read (their columns of the fused q|k|v
@@ -102,6 +103,7 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_fwd_k(fa_args<E> p)
 	size_t ldq = p.ldq, ldk = p.ldk, ldv = p.ldv, ldo = (size_t)p.Hq * hd;
 	int row = threadIdx.x / FA_LANES, lane = threadIdx.x % FA_LANES, t = r0 + row;
 	const int32_t *seg = p.seg ? p.seg + (size_t)b * p.T : NULL;
+	int len = p.len ? p.len[b] : p.T;          /* keys >= len: padding */
 	const E *kb = p.k + (size_t)b * p.T * ldk + (size_t)g * hd;
 	const E *vb = p.v + (size_t)b * p.T * ldv + (size_t)g * hd;
 	load_tile(Qs, p.q + ((size_t)b * p.T + r0) * ldq + (size_t)h * hd, ldq, nr, hd);
@@ -115,7 +117,7 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_fwd_k(fa_args<E> p)
 	for (int ct = 0; ct < ft_fa_key_tiles(r0, nr); ct++) {
 		int c0 = ct * FT_FA_BC, nc = tile_len(c0, p.T);
 		ft_fa_segs ks = ft_fa_tile_segs(seg ? seg + c0 : NULL, nc);
-		if (ft_fa_tile_skip(r0, nr, c0, nc, p.window, &qs, &ks))
+		if (ft_fa_tile_skip(r0, nr, c0, nc, p.window, &qs, &ks, len))
 			continue;                  /* the same for every thread */
 		load_tile(Ks, kb + (size_t)c0 * ldk, ldk, nc, hd);
 		load_tile(Vs, vb + (size_t)c0 * ldv, ldv, nc, hd);
@@ -128,7 +130,7 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_fwd_k(fa_args<E> p)
 		for (int j = 0; j < FA_SPR; j++) {
 			int c = lane + FA_LANES * j;
 			int allow = row < nr && c < nc &&
-				 ft_k_attn_allowed(t, c0 + c, p.window, seg_t, segk[c]);
+				 ft_k_attn_allowed(t, c0 + c, p.window, seg_t, segk[c], len);
 			s[j] = allow ? s[j] * p.scale : -INFINITY;
 			tmax = fmaxf(tmax, s[j]);
 		}
@@ -197,6 +199,7 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dkdv_k(fa_args<E> p)
 	size_t ldq = p.ldq, ldk = p.ldk, ldv = p.ldv, ldo = (size_t)p.Hq * hd;
 	int col = threadIdx.x / FA_LANES, lane = threadIdx.x % FA_LANES, u = c0 + col;
 	const int32_t *seg = p.seg ? p.seg + (size_t)b * p.T : NULL;
+	int len = p.len ? p.len[b] : p.T;          /* keys >= len: padding */
 	size_t tok = (size_t)b * p.T + c0, gh = (size_t)g * hd;
 	load_tile(Ks, p.k + tok * ldk + gh, ldk, nc, hd);
 	load_tile(Vs, p.v + tok * ldv + gh, ldv, nc, hd);
@@ -211,7 +214,7 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dkdv_k(fa_args<E> p)
 		for (int r0 = c0 / FT_FA_BR * FT_FA_BR; r0 < p.T; r0 += FT_FA_BR) {
 			int nr = tile_len(r0, p.T);
 			ft_fa_segs qs = ft_fa_tile_segs(seg ? seg + r0 : NULL, nr);
-			if (ft_fa_tile_skip(r0, nr, c0, nc, p.window, &qs, &ks))
+			if (ft_fa_tile_skip(r0, nr, c0, nc, p.window, &qs, &ks, len))
 				continue;
 			size_t qt = (size_t)b * p.T + r0, hh = (size_t)h * hd;
 			load_tile(Qs, p.q + qt * ldq + hh, ldq, nr, hd);
@@ -231,7 +234,7 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dkdv_k(fa_args<E> p)
 				int r = lane + FA_LANES * j;
 				float pv = 0, dsv = 0;
 				if (r < nr && col < nc &&
-				    ft_k_attn_allowed(r0 + r, u, p.window, segq[r], seg_u)) {
+				    ft_k_attn_allowed(r0 + r, u, p.window, segq[r], seg_u, len)) {
 					pv = ft_fa_bwd_p(sq[j] * p.scale, Ls[r], 1);
 					dsv = ft_fa_ds(pv, dp[j], Ds[r]);
 				}
@@ -277,6 +280,7 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dq_k(fa_args<E> p)
 	size_t ldq = p.ldq, ldk = p.ldk, ldv = p.ldv, ldo = (size_t)p.Hq * hd;
 	int row = threadIdx.x / FA_LANES, lane = threadIdx.x % FA_LANES, t = r0 + row;
 	const int32_t *seg = p.seg ? p.seg + (size_t)b * p.T : NULL;
+	int len = p.len ? p.len[b] : p.T;          /* keys >= len: padding */
 	size_t qt = (size_t)b * p.T + r0, hh = (size_t)h * hd;
 	const E *kb = p.k + (size_t)b * p.T * ldk + (size_t)g * hd;
 	const E *vb = p.v + (size_t)b * p.T * ldv + (size_t)g * hd;
@@ -294,7 +298,7 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dq_k(fa_args<E> p)
 	for (int ct = 0; ct < ft_fa_key_tiles(r0, nr); ct++) {
 		int c0 = ct * FT_FA_BC, nc = tile_len(c0, p.T);
 		ft_fa_segs ks = ft_fa_tile_segs(seg ? seg + c0 : NULL, nc);
-		if (ft_fa_tile_skip(r0, nr, c0, nc, p.window, &qs, &ks))
+		if (ft_fa_tile_skip(r0, nr, c0, nc, p.window, &qs, &ks, len))
 			continue;
 		load_tile(Ks, kb + (size_t)c0 * ldk, ldk, nc, hd);
 		load_tile(Vs, vb + (size_t)c0 * ldv, ldv, nc, hd);
@@ -308,7 +312,8 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dq_k(fa_args<E> p)
 		for (int j = 0; j < FA_SPR; j++) {
 			int c = lane + FA_LANES * j;
 			float dsv = 0;
-			if (row < nr && c < nc && ft_k_attn_allowed(t, c0 + c, p.window, seg_t, segk[c]))
+			if (row < nr && c < nc &&
+			    ft_k_attn_allowed(t, c0 + c, p.window, seg_t, segk[c], len))
 				dsv = ft_fa_ds(ft_fa_bwd_p(sq[j] * p.scale, L, 1), dp[j], D);
 			dSs[row * (FT_FA_BC + 1) + c] = dsv;
 		}

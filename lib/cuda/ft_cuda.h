@@ -169,9 +169,10 @@ int ft_cuda_infer_forward(ft_cuda_infer *c, const int32_t *tokens, const int *ro
 /* The device attention alone (tests/gpu): as ft_attention_forward then
  * ft_attention_backward with dout (lib/model/layers.h, same layouts: q,
  * dout, out, dq [B*T, Hq*hd]; k, v, dk, dv [B*T, Hk*hd]; lse [B*Hq*T];
- * seg NULL or [B*T]), on CUDA device `device` with its own memory; every
+ * seg NULL or [B*T]; len NULL or [B], each row's real length as
+ * ft_attn_shape.len), on CUDA device `device` with its own memory; every
  * pointer is a host array. */
-typedef struct { int B, T, Hq, Hk, hd, window; const int32_t *seg; } ft_cuda_attn_shape;
+typedef struct { int B, T, Hq, Hk, hd, window; const int32_t *seg, *len; } ft_cuda_attn_shape;
 int ft_cuda_attention_run(int device, const ft_cuda_attn_shape *s, const float *q,
 			  const float *k, const float *v, const float *dout, float *out,
 			  float *lse, float *dq, float *dk, float *dv);

@@ -287,7 +287,7 @@ static int lin_bwd_group(ft_cuda_model *dm, int l, int gi, const float *Y, float
 static ft_cu_attn attn_shape(const ft_cuda_model *dm, const ft_cuda_batch *b)
 {
 	ft_cu_attn s = { b->B, b->T, dm->v.Hq, dm->v.Hk, dm->v.hd, dm->v.window,
-			 b->segment_ids ? dm->seg : NULL };
+			 b->segment_ids ? dm->seg : NULL, b->lengths ? dm->lens : NULL };
 	return s;
 }
 

@@ -277,7 +277,7 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	dm->rstdf = TAKE(a, N, float, A_ACTS);
 	dm->cos_t = TAKE(a, N * v->hd / 2, float, A_SCRATCH);
 	dm->sin_t = TAKE(a, N * v->hd / 2, float, A_SCRATCH);
-	int32_t **ip[] = { &dm->ids, &dm->pos, &dm->targets, &dm->rows, &dm->seg };
+	int32_t **ip[] = { &dm->ids, &dm->pos, &dm->targets, &dm->rows, &dm->seg, &dm->lens };
 	for (size_t i = 0; i < sizeof ip / sizeof *ip; i++)
 		*ip[i] = TAKE(a, N, int32_t, A_SCRATCH);
 	/* backward and dropout buffers: empty (never used) for inference */
@@ -463,7 +463,7 @@ static int alloc_staging(ft_cuda_model *dm)
 {
 	size_t N = dm->o.max_tokens, half = dm->v.hd / 2;
 	size_t nsum = (size_t)dm->ntens * FT_SUMSQ_BLOCKS + 1;
-	size_t bytes = 6 * N * sizeof(int32_t) + 2 * N * half * sizeof(float) +
+	size_t bytes = 7 * N * sizeof(int32_t) + 2 * N * half * sizeof(float) +
 		       (half + 1) * sizeof(float) + (N + nsum) * sizeof(double) + 64;
 	CU(cudaMallocHost(&dm->staging, bytes), "%zu bytes of pinned host staging", bytes);
 	char *p = (char *)dm->staging;
@@ -471,7 +471,7 @@ static int alloc_staging(ft_cuda_model *dm)
 	dm->h_row_loss = (double *)p; p += N * sizeof(double);
 	dm->h_sumsq = (double *)p; p += nsum * sizeof(double);
 	int32_t **ints[] = { &dm->h_pos, &dm->h_targets, &dm->h_rows, &dm->h_tg2, &dm->h_ids,
-			     &dm->h_seg };
+			     &dm->h_seg, &dm->h_lens };
 	for (size_t k = 0; k < sizeof ints / sizeof *ints; k++) {
 		*ints[k] = (int32_t *)p;
 		p += N * sizeof(int32_t);

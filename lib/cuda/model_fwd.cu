@@ -71,6 +71,10 @@ static int forward_body(ft_cuda_model *dm, const ft_cuda_batch *b)
 		memcpy(dm->h_seg, b->segment_ids, (size_t)N * 4);
 		TRY(upload(dm, dm->seg, dm->h_seg, (size_t)N * 4, "segment_ids"));
 	}
+	if (b->lengths) {   /* B <= N: the lens buffers hold N */
+		memcpy(dm->h_lens, b->lengths, (size_t)b->B * 4);
+		TRY(upload(dm, dm->lens, dm->h_lens, (size_t)b->B * 4, "row lengths"));
+	}
 	TRY(ft_cu_embedding_forward(dm, dm->xs, dm->ids, dm->wte, N, D));
 	for (int l = 0; l < L; l++) {
 		ft_dacts *a = &dm->acts[c->gradient_checkpointing ? 0 : l];

@@ -97,7 +97,7 @@ static void *grow(void *p, size_t n)
 	return ft_xrealloc(p, n ? n : 1);
 }
 
-static void batch_reserve(ft_batch *b, size_t need, int pos, int seg, int tags)
+static void batch_reserve(ft_batch *b, size_t need, int pos, int seg, int tags, int lens)
 {
 	/* The buffers are sized to the largest batch seen; cap_ remembers it. */
 	if (need > b->cap_) {
@@ -113,10 +113,13 @@ static void batch_reserve(ft_batch *b, size_t need, int pos, int seg, int tags)
 	if (!seg) { free(b->segment_ids); b->segment_ids = NULL; }
 	free(b->kto_tags); b->kto_tags = NULL;
 	if (tags) b->kto_tags = grow(NULL, (size_t)b->B * sizeof(int32_t));
+	free(b->lengths); b->lengths = NULL;
+	if (lens) b->lengths = grow(NULL, (size_t)b->B * sizeof(int32_t));
 }
 
-static void fill_row(const ft_examples *e, const ft_rows *r, size_t row, const ft_batch_opts *o,
-		     ft_batch *b, int32_t *ids, int32_t *lab, int32_t *pos, int32_t *seg)
+/* Returns the row's real tokens (the rest is padding). */
+static int fill_row(const ft_examples *e, const ft_rows *r, size_t row, const ft_batch_opts *o,
+		    ft_batch *b, int32_t *ids, int32_t *lab, int32_t *pos, int32_t *seg)
 {
 	int T = b->T, t = 0, segno = 0;
 	for (int64_t i = r->row_off[row]; i < r->row_off[row + 1]; i++) {
@@ -132,6 +135,7 @@ static void fill_row(const ft_examples *e, const ft_rows *r, size_t row, const f
 		}
 	}
 	b->n_tokens += t;
+	int len = t;
 	if (o->stage == FT_STAGE_PT && o->bos_id >= 0 && o->layout == FT_LAYOUT_PACKED && t > 0)
 		ids[0] = o->bos_id;   /* LLaMA-Factory with add_bos_token */
 	for (; t < T; t++) {
@@ -143,6 +147,7 @@ static void fill_row(const ft_examples *e, const ft_rows *r, size_t row, const f
 	if (o->stage == FT_STAGE_PT)   /* DataCollatorForLanguageModeling */
 		for (t = 0; t < T; t++) lab[t] = ids[t] == o->pad_id ? FT_IGNORE_INDEX : ids[t];
 	for (t = 0; t < T; t++) b->n_label_tokens += lab[t] != FT_IGNORE_INDEX;
+	return len;
 }
 
 void ft_batch_fill(const ft_examples *e, const ft_rows *r, const int64_t *units, size_t n,
@@ -167,7 +172,12 @@ void ft_batch_fill(const ft_examples *e, const ft_rows *r, const int64_t *units,
 	int pos = o->layout == FT_LAYOUT_NEAT || (o->layout == FT_LAYOUT_PACKED && o->stage != FT_STAGE_PT);
 	int seg = o->layout == FT_LAYOUT_NEAT;
 	int tags = e->tags != NULL && o->layout == FT_LAYOUT_PADDED;
-	batch_reserve(b, (size_t)b->B * (size_t)b->T, pos, seg, tags);
+	/* Padded rows carry their lengths: HF's collator pads with
+	 * attention_mask 0 there.  Packed rows have none: LLaMA-Factory's
+	 * packing pads with attention_mask 1 (plain causal over the row) and
+	 * neat packing's segment id 0 is its own mask. */
+	int lens = o->layout == FT_LAYOUT_PADDED;
+	batch_reserve(b, (size_t)b->B * (size_t)b->T, pos, seg, tags, lens);
 	b->pairwise = ft_stage_pairwise(o->stage);
 	b->n_label_tokens = 0;
 	b->n_tokens = 0;
@@ -176,8 +186,11 @@ void ft_batch_fill(const ft_examples *e, const ft_rows *r, const int64_t *units,
 		for (int k = 0; k < nseq; k++) {
 			size_t row = (size_t)units[j] * (size_t)nseq + (size_t)k, br = j * (size_t)nseq + (size_t)k;
 			size_t at = br * (size_t)b->T;
-			fill_row(e, r, row, o, b, b->input_ids + at, b->labels + at,
-				 pos ? b->position_ids + at : NULL, seg ? b->segment_ids + at : NULL);
+			int len = fill_row(e, r, row, o, b, b->input_ids + at, b->labels + at,
+					   pos ? b->position_ids + at : NULL,
+					   seg ? b->segment_ids + at : NULL);
+			if (lens)
+				b->lengths[br] = len;
 			if (tags) {
 				int64_t s = r->spans[r->row_off[row]].seq;
 				size_t ex = (size_t)s / (size_t)nseq;

@@ -20,6 +20,10 @@ typedef struct {
 	int32_t *position_ids;    /* [B*T] or NULL (then 0..T-1 per row) */
 	int32_t *segment_ids;     /* [B*T] or NULL; 0 = padding, attention only
 				     within equal non-zero ids (neat packing) */
+	int32_t *lengths;         /* [B] or NULL; row r's real tokens are positions
+				     [0, lengths[r]), the rest right padding that
+				     no query attends to (HF's attention_mask);
+				     NULL: every position is attended as a token */
 	int pairwise;             /* rm/dpo: rows 2i (chosen) and 2i+1 (rejected) */
 	int64_t n_label_tokens;   /* labels != FT_IGNORE_INDEX */
 	int64_t index;            /* batch number in the stream */
@@ -32,5 +36,8 @@ typedef struct {
 
 /* Free b's arrays and zero it (a zeroed batch is empty and reusable). */
 void ft_batch_free(ft_batch *b);
+/* dst := a deep copy of src (dst's old arrays freed first; every array
+ * src has, dst owns its own copy of). */
+void ft_batch_copy(ft_batch *dst, const ft_batch *src);
 
 #endif

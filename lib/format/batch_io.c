@@ -13,7 +13,8 @@
 int ft_batch_write(ft_writer *w, const ft_batch *b)
 {
 	size_t n = (size_t)b->B * (size_t)b->T;
-	uint32_t nf = 8 + (b->position_ids != NULL) + (b->segment_ids != NULL) + (b->kto_tags != NULL);
+	uint32_t nf = 8 + (b->position_ids != NULL) + (b->segment_ids != NULL) + (b->kto_tags != NULL) +
+		      (b->lengths != NULL);
 	ft_w_begin(w, nf);
 	ft_w_int(w, "index", b->index);
 	ft_w_int(w, "B", b->B);
@@ -23,6 +24,7 @@ int ft_batch_write(ft_writer *w, const ft_batch *b)
 	if (b->position_ids) ft_w_i32s(w, "position_ids", b->position_ids, n);
 	if (b->segment_ids) ft_w_i32s(w, "segment_ids", b->segment_ids, n);
 	if (b->kto_tags) ft_w_i32s(w, "kto_tags", b->kto_tags, (size_t)b->B);
+	if (b->lengths) ft_w_i32s(w, "lengths", b->lengths, (size_t)b->B);
 	ft_w_int(w, "n_label_tokens", b->n_label_tokens);
 	ft_w_int(w, "n_tokens", b->n_tokens);
 	ft_w_int(w, "n_examples", b->n_examples);
@@ -65,6 +67,25 @@ static int read_array(ft_reader *r, const ft_rec *rec, const char *key, size_t n
 	return 0;
 }
 
+/* lengths[r] in [0, T], and no label on a position past it (padding is
+ * never trained on; a label there means the lengths are wrong). */
+static int check_lengths(ft_reader *r, const ft_batch *b)
+{
+	for (int i = 0; i < b->B; i++) {
+		int32_t len = b->lengths[i];
+		if (len < 0 || len > b->T)
+			return ft_fail("%s: batch record %llu: row %d: length %d outside [0, %d]",
+				       ft_reader_path(r), (unsigned long long)ft_reader_index(r), i,
+				       (int)len, b->T);
+		for (int t = len; t < b->T; t++)
+			if (b->labels[(size_t)i * b->T + t] != FT_IGNORE_INDEX)
+				return ft_fail("%s: batch record %llu: row %d: a label at position %d, "
+					       "past its length %d", ft_reader_path(r),
+					       (unsigned long long)ft_reader_index(r), i, t, (int)len);
+	}
+	return 0;
+}
+
 int ft_batch_read(ft_reader *r, ft_batch *b)
 {
 	const char *kind = ft_reader_kind(r);
@@ -88,6 +109,7 @@ int ft_batch_read(ft_reader *r, ft_batch *b)
 	if (!rc) rc = read_array(r, rec, "position_ids", n, cap, &b->position_ids, 0, &tmp);
 	if (!rc) rc = read_array(r, rec, "segment_ids", n, cap, &b->segment_ids, 0, &tmp);
 	if (!rc) rc = read_array(r, rec, "kto_tags", (size_t)B, (size_t)B, &b->kto_tags, 0, &tmp);
+	if (!rc) rc = read_array(r, rec, "lengths", (size_t)B, (size_t)B, &b->lengths, 0, &tmp);
 	ft_i32vec_free(&tmp);
 	if (rc) return -1;
 	b->cap_ = cap;
@@ -99,6 +121,8 @@ int ft_batch_read(ft_reader *r, ft_batch *b)
 	int64_t nl = 0;
 	for (size_t i = 0; i < n; i++) nl += b->labels[i] != FT_IGNORE_INDEX;
 	b->n_label_tokens = nl;   /* recounted: the loss normaliser must be right */
+	if (b->lengths && check_lengths(r, b) < 0)
+		return -1;
 	const json_t *meta = json_object_get(ft_reader_header(r), "meta");
 	b->pairwise = ft_json_bool(meta, "pairwise", 0);
 	if (b->pairwise && B % 2)

@@ -30,6 +30,11 @@ int ftp_arch_from_name(const char *arch, ft_arch *a, const char *path)
 			*a = ARCHS[i].arch;
 			return 0;
 		}
+	/* mixture-of-depth's apply_mod_to_hf saves "LlamaMoDForCausalLM" and
+	 * the like: say what it is rather than list the families */
+	if (strstr(arch, "MoDFor"))
+		return ft_fail("%s: architecture %s is a Mixture-of-Depths model, which ft does not run "
+			       "(docs/EXTRAS.md)", path, arch);
 	char list[256] = "";
 	for (size_t i = 0; i < N_ARCHS; i++)
 		snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "",

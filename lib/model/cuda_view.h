@@ -77,6 +77,7 @@ typedef struct {
 typedef struct {
 	int B, T;
 	const int32_t *input_ids, *labels, *position_ids, *segment_ids;
+	const int32_t *lengths;  /* [B] or NULL, as ft_batch.lengths */
 } ft_cuda_batch;
 
 #ifdef __cplusplus

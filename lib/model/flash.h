@@ -16,8 +16,11 @@
  * identical).
  *
  * The mask is ft_k_attn_allowed (kernels.h), the CPU's: causal, Mistral's
- * sliding window, segment ids (0 = padding attends to itself only).  The
- * diagonal is always allowed, so no row is ever fully masked.  A (query
+ * sliding window, segment ids (0 = padding attends to itself only), the
+ * row's real length (keys past it are padding, hidden as HF's
+ * attention_mask hides them).  Every row keeps at least one allowed key
+ * (a real query its diagonal, a padding query the real tokens or, when
+ * none is in reach, itself), so no row is ever fully masked.  A (query
  * tile, key tile) pair in which provably no element is allowed is
  * skipped (ft_fa_tile_skip); a skipped tile would have changed nothing
  * (ft_fa_rescale leaves m, l, acc unchanged for a tile with no allowed
@@ -64,15 +67,22 @@ static inline FT_HD ft_fa_segs ft_fa_tile_segs(const int32_t *seg, int n)
 
 /* 1 when no query t in [r0, r0+nr) may attend to any key u in
  * [c0, c0+nc) under ft_k_attn_allowed; conservative (0 means "maybe").
- * q, k: the tiles' segment summaries. */
+ * q, k: the tiles' segment summaries; len: the row's real length (T when
+ * every position is real). */
 static inline FT_HD int ft_fa_tile_skip(int r0, int nr, int c0, int nc, int window,
-					const ft_fa_segs *q, const ft_fa_segs *k)
+					const ft_fa_segs *q, const ft_fa_segs *k, int len)
 {
 	int rl = r0 + nr - 1, cl = c0 + nc - 1;
 	if (c0 > rl)                               /* above the diagonal */
 		return 1;
 	if (window > 0 && r0 - cl >= window)       /* every t - u >= window */
 		return 1;
+	if (c0 >= len) {
+		/* only padding keys: a blind query's own diagonal, if any; the
+		 * last diagonal query is the blindest (ft_k_attn_blind grows) */
+		int dl = rl < cl ? rl : cl;
+		return !(r0 <= cl && ft_k_attn_blind(dl, window, len));
+	}
 	if (c0 <= rl && r0 <= cl)                  /* shares positions: the diagonal */
 		return 0;
 	/* strictly below the diagonal: a padding query sees only itself, a

@@ -38,6 +38,12 @@ static int tile_len(int start, int tile, int T)
 	return T - start < tile ? T - start : tile;
 }
 
+/* Row b's real length (ft_attn_shape.len; T when absent). */
+static int row_len(const fa_ctx *c, int b)
+{
+	return c->s->len ? c->s->len[b] : c->s->T;
+}
+
 /* Should query tile r0 and key tile c0 of batch row b be skipped? */
 static int skip(const fa_ctx *c, int b, int r0, int nr, int c0, int nc)
 {
@@ -46,13 +52,14 @@ static int skip(const fa_ctx *c, int b, int r0, int nr, int c0, int nc)
 	const int32_t *seg = c->s->seg ? c->s->seg + (size_t)b * c->s->T : NULL;
 	ft_fa_segs qs = ft_fa_tile_segs(seg ? seg + r0 : NULL, nr);
 	ft_fa_segs ks = ft_fa_tile_segs(seg ? seg + c0 : NULL, nc);
-	return ft_fa_tile_skip(r0, nr, c0, nc, c->s->window, &qs, &ks);
+	return ft_fa_tile_skip(r0, nr, c0, nc, c->s->window, &qs, &ks, row_len(c, b));
 }
 
 static int allowed(const fa_ctx *c, int b, int t, int u)
 {
 	const int32_t *seg = c->s->seg ? c->s->seg + (size_t)b * c->s->T : NULL;
-	return ft_k_attn_allowed(t, u, c->s->window, seg ? seg[t] : 1, seg ? seg[u] : 1);
+	return ft_k_attn_allowed(t, u, c->s->window, seg ? seg[t] : 1, seg ? seg[u] : 1,
+				 row_len(c, b));
 }
 
 /* One query tile of head h in row b (the forward kernel's block). */

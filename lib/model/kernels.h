@@ -330,17 +330,34 @@ static inline FT_HD double ft_k_ce_row(float *grad, const float *l, int V, int t
 	return mx + log(sum) - l[target];
 }
 
-/* ---- attention mask (causal, sliding window, segment ids) ---- */
+/* ---- attention mask (causal, sliding window, segment ids, key padding) ---- */
+
+/* Does query t of a row with len real tokens (HF's attention_mask: 1 on
+ * positions [0, len), 0 on the right padding) see no real key at all?
+ * Only when len == 0 (an empty row) or a sliding window has moved past
+ * the last real token; such a query attends to itself alone (what HF
+ * gives a fully masked row depends on the attention implementation), so
+ * every row keeps at least one key. */
+static inline FT_HD int ft_k_attn_blind(int t, int window, int len)
+{
+	return len <= 0 || (window > 0 && t - (len - 1) >= window);
+}
 
 /* May query t attend to key u?  seg_t/seg_u are the segment ids (pass 1
- * for both when there are none). */
+ * for both when there are none); len is the row's real length (pass T
+ * when every position is real): keys at u >= len are padding, hidden
+ * from every query as HF's attention_mask hides them.  With right
+ * padding a real query t < len never reaches such a key (u <= t), so
+ * len changes only the padding queries' rows. */
 static inline FT_HD int ft_k_attn_allowed(int t, int u, int window, int32_t seg_t,
-					  int32_t seg_u)
+					  int32_t seg_u, int len)
 {
 	if (u > t)
 		return 0;
 	if (window > 0 && t - u >= window)
 		return 0;
+	if (u >= len)
+		return u == t && ft_k_attn_blind(t, window, len);
 	if (seg_t == 0)
 		return u == t;
 	return seg_u == seg_t;

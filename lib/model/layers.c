@@ -342,19 +342,18 @@ void ft_rope_backward(float *dx, const float *cos_t, const float *sin_t,
 
 #define ATT_TILE 64
 
-static inline int attn_allowed(const ft_attn_shape *s, const int32_t *seg,
+/* The one mask (kernels.h), with a row's segment ids (or none) and real
+ * length len (T when the batch has no lengths). */
+static inline int attn_allowed(const ft_attn_shape *s, const int32_t *seg, int len,
 			       int t, int u)
 {
-	if (u > t)
-		return 0;
-	if (s->window > 0 && t - u >= s->window)
-		return 0;
-	if (seg) {
-		if (seg[t] == 0)
-			return u == t;
-		return seg[u] == seg[t];
-	}
-	return 1;
+	return ft_k_attn_allowed(t, u, s->window, seg ? seg[t] : 1, seg ? seg[u] : 1, len);
+}
+
+/* Row b's real length: positions [0, len) are real (ft_attn_shape.len). */
+static inline int attn_len(const ft_attn_shape *s, int b)
+{
+	return s->len ? s->len[b] : s->T;
 }
 
 /* Pointers to the first row of head h in batch row b. */
@@ -403,7 +402,7 @@ static int tile_kstart(const ft_attn_shape *s, const int32_t *seg, int contig, i
 /* One query head of one row: tiles of ATT_TILE queries against keys
  * [k0, last query of the tile]; S is [ATT_TILE, T] scratch. */
 static void attn_head_fwd(float *O, float *L, const float *Q, const float *K,
-			  const float *V, const int32_t *seg, int contig,
+			  const float *V, const int32_t *seg, int contig, int len,
 			  const ft_attn_shape *s, float *S)
 {
 	int T = s->T, hd = s->hd, ldq = s->Hq * hd, ldk = s->Hk * hd;
@@ -420,11 +419,11 @@ static void attn_head_fwd(float *O, float *L, const float *Q, const float *K,
 			int t = r0 + i;
 			float *row = S + (size_t)i * nk, mx = -INFINITY;   /* row[u - k0] */
 			for (int u = k0; u <= t; u++)
-				if (attn_allowed(s, seg, t, u) && row[u - k0] > mx)
+				if (attn_allowed(s, seg, len, t, u) && row[u - k0] > mx)
 					mx = row[u - k0];
 			float sum = 0;
 			for (int u = k0; u < kc; u++) {
-				float e = attn_allowed(s, seg, t, u) ? ft_vexpf(row[u - k0] - mx) : 0;
+				float e = attn_allowed(s, seg, len, t, u) ? ft_vexpf(row[u - k0] - mx) : 0;
 				row[u - k0] = e;
 				sum += e;
 			}
@@ -452,7 +451,7 @@ void ft_attention_forward(float *out, float *lse, const float *q,
 			const int32_t *seg = s->seg ? s->seg + (size_t)b * T : NULL;
 			attn_head_fwd(QP(out, b, h), lse + (size_t)bh * T, QP(q, b, h),
 				      KP(k, b, h / grp), KP(v, b, h / grp), seg,
-				      seg_contiguous(seg, T), s, S);
+				      seg_contiguous(seg, T), attn_len(s, b), s, S);
 		}
 		free(S);
 	}
@@ -463,7 +462,7 @@ void ft_attention_forward(float *out, float *lse, const float *q,
 static void attn_head_bwd(float *dQ, float *dK, float *dV, const float *dO,
 			  const float *Q, const float *K, const float *V,
 			  const float *O, const float *L, const int32_t *seg, int contig,
-			  const ft_attn_shape *s, float *P, float *dP)
+			  int len, const ft_attn_shape *s, float *P, float *dP)
 {
 	int T = s->T, hd = s->hd, ldq = s->Hq * hd, ldk = s->Hk * hd;
 	float scale = s->scale > 0 ? s->scale : 1.0f / sqrtf((float)hd), cap = s->softcap;
@@ -483,7 +482,7 @@ static void attn_head_bwd(float *dQ, float *dK, float *dV, const float *dO,
 			for (int u = k0; u < kc; u++) {
 				float th = cap > 0 ? tanhf(p[u - k0] / cap) : 0;   /* softcap */
 				float sc = cap > 0 ? th * cap : p[u - k0];
-				float pu = attn_allowed(s, seg, t, u) ? ft_vexpf(sc - L[t]) : 0;
+				float pu = attn_allowed(s, seg, len, t, u) ? ft_vexpf(sc - L[t]) : 0;
 				p[u - k0] = pu;
 				dp[u - k0] = pu * (dp[u - k0] - di) * (cap > 0 ? 1 - th * th : 1);
 			}
@@ -520,8 +519,8 @@ void ft_attention_backward(float *dq, float *dk, float *dv, const float *dout,
 				attn_head_bwd(QP(dq, b, h), KP(dk, b, g), KP(dv, b, g),
 					      QP(dout, b, h), QP(q, b, h), KP(k, b, g),
 					      KP(v, b, g), QP(out, b, h),
-					      lse + ((size_t)b * s->Hq + h) * T, seg, contig, s,
-					      P, dP);
+					      lse + ((size_t)b * s->Hq + h) * T, seg, contig,
+					      attn_len(s, b), s, P, dP);
 		}
 		free(P);
 		free(dP);

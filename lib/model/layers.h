@@ -85,7 +85,11 @@ void ft_rope_backward(float *dx, const float *cos_t, const float *sin_t,
 /* Causal softmax attention with GQA (Hq query heads share Hk kv heads)
  * over q[N,Hq*hd], k,v[N,Hk*hd] (N = B*T).  seg (NULL or [N]): a token
  * attends only to earlier tokens with the same non-zero segment id; a
- * token of segment 0 (padding) attends to itself only.  window > 0 limits
+ * token of segment 0 (padding) attends to itself only.  len (NULL or [B]):
+ * each row's real length, HF's attention_mask for right padding: keys at
+ * positions >= len[b] are hidden from every query (a padding query sees
+ * the row's real tokens; ft_k_attn_allowed, kernels.h), real queries are
+ * unchanged.  window > 0 limits
  * attention to the last `window` positions (Mistral sliding window).
  * Saves lse[B*Hq*T] (log-sum-exp of each score row) so the backward pass
  * recomputes the probabilities instead of storing [T,T] per head.
@@ -96,6 +100,7 @@ typedef struct {
 	/* scores times scale (0: 1/sqrt(hd)), then softcap * tanh(x / softcap)
 	 * when softcap > 0 (Gemma 2) */
 	float scale, softcap;
+	const int32_t *len;   /* [B] or NULL: every position real */
 } ft_attn_shape;
 void ft_attention_forward(float *out, float *lse, const float *q,
 			  const float *k, const float *v, const ft_attn_shape *s);

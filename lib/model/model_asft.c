@@ -15,7 +15,8 @@
  * (sum q = 1), which the KL term makes a full-vocabulary one, so the head
  * is this file's own: the reference's logits are recomputed from its
  * final hidden rows a chunk at a time beside the model's, never [n, V]
- * at once.  A micro-batch without label tokens is 0 here (torch: 0 for
+ * at once.  On Gemma 2 both models' logits are soft-capped first (the
+ * logits LLaMA-Factory's loss receives).  A micro-batch without label tokens is 0 here (torch: 0 for
  * the DFT term, 0/0 for the KL one).
  */
 #include <math.h>
@@ -32,8 +33,6 @@ int ft_model_set_asft(ft_model *m, ft_model *ref, double alpha)
 	if (ref->c.vocab_size != m->c.vocab_size)
 		return ft_fail("use_asft_loss: the reference model's vocabulary (%d) is not the model's (%d)",
 			       ref->c.vocab_size, m->c.vocab_size);
-	if (m->c.final_softcap > 0 || ref->c.final_softcap > 0)
-		return ft_fail("use_asft_loss on Gemma 2 (final_logit_softcapping) is not implemented in ft yet");
 	if (!isfinite(alpha))
 		return ft_fail("asft_alpha must be a number");
 	m->asft_ref = ref;
@@ -101,22 +100,35 @@ static int asft_run(ft_model *m, const ft_batch *b, int train, float gs, double 
 	int ch = m->head_chunk < r->head_chunk ? m->head_chunk : r->head_chunk;
 	double *dft = ft_xmalloc((size_t)n * sizeof *dft), *kl = ft_xmalloc((size_t)n * sizeof *kl);
 	double scale = train ? (double)gs / n : 0, alpha = m->o.asft_alpha;
+	/* Gemma 2: both models' logits soft-capped, the capped values kept
+	 * for the gradient through the cap */
+	float cap = (float)m->c.final_softcap, capr = (float)r->c.final_softcap;
+	float *capped = cap > 0 && train ? ft_xmalloc((size_t)ch * V * sizeof *capped) : NULL;
 	for (int r0 = 0; r0 < n; r0 += ch) {
 		int k = n - r0 < ch ? n - r0 : ch;
 		const float *xc = m->head_x + (size_t)r0 * D;
 		ft_sgemm(0, 1, k, V, D, 1, xc, D, m->lm_head.w, D, 0, m->head_scratch, V);
 		ft_sgemm(0, 1, k, V, Dr, 1, r->head_x + (size_t)r0 * Dr, Dr, r->lm_head.w, Dr, 0,
 			 r->head_scratch, V);
+		if (cap > 0)
+			ft_softcap_forward(m->head_scratch, (size_t)k * V, cap);
+		if (capr > 0)
+			ft_softcap_forward(r->head_scratch, (size_t)k * V, capr);
+		if (capped)
+			memcpy(capped, m->head_scratch, (size_t)k * V * sizeof *capped);
 #pragma omp parallel for schedule(static) if ((size_t)k * V >= 4096)
 		for (int i = 0; i < k; i++)
 			asft_row(m->head_scratch + (size_t)i * V, r->head_scratch + (size_t)i * V, V,
 				 m->targets[r0 + i], alpha, train, scale, &dft[r0 + i], &kl[r0 + i]);
 		if (!train)
 			continue;
+		if (capped)
+			ft_softcap_backward(m->head_scratch, capped, (size_t)k * V, cap);
 		ft_sgemm(0, 0, k, D, V, 1, m->head_scratch, V, m->lm_head.w, D, 0, m->head_dx + (size_t)r0 * D, D);
 		if (m->lm_head.g)
 			ft_sgemm(1, 0, V, D, k, 1, m->head_scratch, V, xc, D, 1, m->lm_head.g, D);
 	}
+	free(capped);
 	double sd = 0, sk = 0;
 	for (int i = 0; i < n; i++) {
 		sd += dft[i];

@@ -253,7 +253,7 @@ void ftp_lin_backward(ft_model *m, int l, int j, ftp_acts *a, float *dx, const f
 static ft_attn_shape attn_shape(const ft_model *m, const ft_batch *b)
 {
 	ft_attn_shape s = { b->B, b->T, m->c.num_attention_heads, m->c.num_key_value_heads,
-			    m->c.head_dim, m->c.sliding_window, b->segment_ids, 0, 0 };
+			    m->c.head_dim, m->c.sliding_window, b->segment_ids, 0, 0, b->lengths };
 	return s;
 }
 

@@ -115,7 +115,8 @@ static ft_attn_shape shape_of(const ft_model *m, int l, const ft_batch *b)
 	const ft_config *c = &m->c;
 	ft_attn_shape s = { b->B, b->T, c->num_attention_heads, c->num_key_value_heads, c->head_dim,
 			    ftp_layer_sliding(c, l) ? c->sliding_window : 0, b->segment_ids,
-			    (float)(1.0 / sqrt(c->query_pre_attn_scalar)), (float)c->attn_softcap };
+			    (float)(1.0 / sqrt(c->query_pre_attn_scalar)), (float)c->attn_softcap,
+			    b->lengths };
 	return s;
 }
 

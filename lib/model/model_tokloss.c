@@ -5,7 +5,8 @@
  *   EAFT: w = (H20 / 3)^alpha, H20 the entropy of the softmax over the
  *         position's 20 largest logits,
  * summed and divided by the label tokens of the accumulated step
- * (num_items_in_batch), as the plain loss.  Both go through the label
+ * (num_items_in_batch), as the plain loss.  On Gemma 2 the log-probs and
+ * EAFT's top-20 entropies are of the soft-capped logits.  Both go through the label
  * log-probabilities of model_pref.c: the loss is -sum w logp, so its
  * gradient is the log-prob backward with dlogp = -w * grad_scale (w a
  * constant, as under torch.no_grad()).
@@ -48,7 +49,8 @@ static double topk_entropy(const float *l, int V)
 }
 
 /* EAFT's weights w[k] of the n gathered target rows (m->head_x): the
- * logits again, head_chunk rows at a time into the head's scratch. */
+ * logits again, head_chunk rows at a time into the head's scratch,
+ * soft-capped on Gemma 2 as the logits LLaMA-Factory's loss receives. */
 static void eaft_weights(ft_model *m, int n, double alpha, double *w)
 {
 	int D = m->c.hidden_size, V = m->c.vocab_size, ch = m->head_chunk;
@@ -56,6 +58,8 @@ static void eaft_weights(ft_model *m, int n, double alpha, double *w)
 		int nr = n - r0 < ch ? n - r0 : ch;
 		ft_sgemm(0, 1, nr, V, D, 1, m->head_x + (size_t)r0 * D, D, m->lm_head.w, D, 0,
 			 m->head_scratch, V);
+		if (m->c.final_softcap > 0)
+			ft_softcap_forward(m->head_scratch, (size_t)nr * V, (float)m->c.final_softcap);
 #pragma omp parallel for schedule(static) if ((size_t)nr * V >= 4096)
 		for (int i = 0; i < nr; i++)
 			w[r0 + i] = pow(topk_entropy(m->head_scratch + (size_t)i * V, V) / 3.0, alpha);
@@ -68,9 +72,6 @@ static void eaft_weights(ft_model *m, int n, double alpha, double *w)
 static int weighted(ft_model *m, const ft_batch *b, int train, float *logp, double *w,
 		    double *loss, int64_t *nt)
 {
-	const char *name = m->o.sft_loss == FT_SFT_LOSS_DFT ? "use_dft_loss" : "use_eaft_loss";
-	if (m->c.final_softcap > 0)
-		return ft_fail("%s on Gemma 2 (final_logit_softcapping) is not implemented in ft yet", name);
 	if (m->o.sft_loss == FT_SFT_LOSS_EAFT && m->c.vocab_size < EAFT_TOPK)
 		return ft_fail("use_eaft_loss needs a vocabulary of at least %d tokens (its top-%d "
 			       "entropy)", EAFT_TOPK, EAFT_TOPK);

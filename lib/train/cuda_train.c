@@ -15,7 +15,7 @@ typedef struct {
 static ft_cuda_batch cb(const ft_batch *b)
 {
 	ft_cuda_batch c = { b->B, b->T, b->input_ids, b->labels, b->position_ids,
-			    b->segment_ids };
+			    b->segment_ids, b->lengths };
 	return c;
 }
 

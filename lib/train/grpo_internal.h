@@ -22,6 +22,7 @@ typedef struct {
 	size_t *pidx;
 	ft_i32vec *comp;
 	int32_t *ids, *labels;
+	int32_t *len;           /* [N] prompt + completion: the rest is padding */
 	float *mask, *adv, *old, *ref;
 	double num_items;
 	int *rows;              /* the shuffled row order the micro-batches take */

@@ -67,7 +67,7 @@ static void mean_std(const double *x, size_t n, double *mean, double *std)
 void ftp_grpo_gen_free(ftp_grpo_gen *g)
 {
 	for (int i = 0; g->comp && i < g->N; i++) ft_i32vec_free(&g->comp[i]);
-	free(g->comp); free(g->pidx); free(g->ids); free(g->labels);
+	free(g->comp); free(g->pidx); free(g->ids); free(g->labels); free(g->len);
 	free(g->mask); free(g->adv); free(g->old); free(g->ref); free(g->rows);
 	memset(g, 0, sizeof *g);
 }
@@ -98,8 +98,10 @@ void ftp_grpo_build_grid(ftp_grpo_gen *g, const ft_i32vec *prompts, const ft_grp
 	g->ids = ft_xcalloc(n, sizeof *g->ids);
 	g->labels = ft_xmalloc(n * sizeof *g->labels);
 	g->mask = ft_xcalloc(n, sizeof *g->mask);
+	g->len = ft_xmalloc((size_t)g->N * sizeof *g->len);
 	for (int i = 0; i < g->N; i++) {
 		const ft_i32vec *q = &prompts[g->pidx[i]], *a = &g->comp[i];
+		g->len[i] = (int32_t)(q->n + a->n);
 		for (int t = 0; t < T; t++) {
 			size_t k = (size_t)i * T + t, lq = q->n, la = a->n;
 			g->ids[k] = t < (int)lq ? q->v[t] : t < (int)(lq + la) ? a->v[t - lq] : 0;
@@ -122,8 +124,10 @@ static void sub_batch(const ftp_grpo_gen *g, const int *rows, int n, ft_batch *b
 	b->T = g->T;
 	b->input_ids = ft_xmalloc((size_t)n * g->T * sizeof(int32_t));
 	b->labels = ft_xmalloc((size_t)n * g->T * sizeof(int32_t));
+	b->lengths = ft_xmalloc((size_t)n * sizeof(int32_t));   /* HF's attention_mask */
 	for (int i = 0; i < n; i++) {
 		size_t s = (size_t)rows[i] * g->T, d = (size_t)i * g->T;
+		b->lengths[i] = g->len[rows[i]];
 		memcpy(b->input_ids + d, g->ids + s, g->T * sizeof(int32_t));
 		memcpy(b->labels + d, g->labels + s, g->T * sizeof(int32_t));
 		for (int t = 0; t < g->T; t++) b->n_label_tokens += g->labels[d + t] != FT_IGNORE_INDEX;

@@ -23,12 +23,13 @@
 typedef struct {
 	int N, T, Tc;
 	int32_t *ids, *labels;
+	int32_t *len;            /* [N] query + response: the rest is padding */
 	float *score, *logp, *ref, *val, *mask, *rew, *adv, *ret;
 } rollout;
 
 static void rollout_free(rollout *r)
 {
-	free(r->ids); free(r->labels); free(r->score); free(r->logp); free(r->ref);
+	free(r->ids); free(r->labels); free(r->len); free(r->score); free(r->logp); free(r->ref);
 	free(r->val); free(r->mask); free(r->rew); free(r->adv); free(r->ret);
 	memset(r, 0, sizeof *r);
 }
@@ -61,6 +62,9 @@ static void rollout_grid(rollout *r, const ft_ppo_loop_opts *o, const ft_i32vec 
 	float **f[] = { &r->logp, &r->ref, &r->val, &r->mask, &r->rew, &r->adv, &r->ret };
 	for (size_t k = 0; k < sizeof f / sizeof *f; k++) *f[k] = ft_xcalloc(n, sizeof(float));
 	r->score = ft_xcalloc((size_t)N, sizeof(float));
+	r->len = ft_xmalloc((size_t)N * sizeof *r->len);
+	for (int i = 0; i < N; i++)
+		r->len[i] = (int32_t)(q[i].n + a[i].n);
 	for (int i = 0; i < N; i++)
 		for (int t = 0; t < T; t++) {
 			size_t k = (size_t)i * T + t, lq = q[i].n, la = a[i].n;
@@ -94,8 +98,10 @@ static void sub_batch(const rollout *r, const int64_t *rows, int n, ft_batch *b,
 	b->T = r->T;
 	b->input_ids = ft_xmalloc((size_t)n * r->T * sizeof(int32_t));
 	b->labels = ft_xmalloc((size_t)n * r->T * sizeof(int32_t));
+	b->lengths = ft_xmalloc((size_t)n * sizeof(int32_t));   /* HF's attention_mask */
 	for (int i = 0; i < n; i++) {
 		size_t s = (size_t)rows[i] * r->T, d = (size_t)i * r->T;
+		b->lengths[i] = r->len[rows[i]];
 		memcpy(b->input_ids + d, r->ids + s, r->T * sizeof(int32_t));
 		memcpy(b->labels + d, r->labels + s, r->T * sizeof(int32_t));
 		for (int k = 0; k < nf; k++)
@@ -108,6 +114,7 @@ static void batch_release(ft_batch *b)
 {
 	free(b->input_ids);
 	free(b->labels);
+	free(b->lengths);
 	memset(b, 0, sizeof *b);
 }
 
@@ -116,7 +123,8 @@ static void batch_release(ft_batch *b)
 static int old_passes(ft_model *m, ft_model *ref, rollout *r, const float *vw, float vb, float pd,
 		      uint64_t seed)
 {
-	ft_batch b = { .B = r->N, .T = r->T, .input_ids = r->ids, .labels = r->labels };
+	ft_batch b = { .B = r->N, .T = r->T, .input_ids = r->ids, .labels = r->labels,
+		       .lengths = r->len };
 	ft_ppo_mask(&b, r->mask);
 	for (size_t k = 0; k < (size_t)r->N * r->T; k++) b.n_label_tokens += r->labels[k] != FT_IGNORE_INDEX;
 	if (ft_ppo_forward(m, &b, 1, vw, vb, pd, seed, r->logp, r->val) < 0) return -1;

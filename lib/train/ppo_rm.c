@@ -78,7 +78,9 @@ int ft_ppo_rm_score(ft_ppo_rm *r, const ft_i32vec *q, const ft_i32vec *a, size_t
 	b.input_ids = ft_xcalloc(n * T, sizeof(int32_t));
 	b.labels = ft_xmalloc(n * T * sizeof(int32_t));
 	int32_t *pos = ft_xmalloc(n * sizeof *pos);
+	b.lengths = ft_xmalloc(n * sizeof *b.lengths);   /* HF's attention_mask */
 	for (size_t i = 0; i < n; i++) {
+		b.lengths[i] = (int32_t)(q[i].n + a[i].n);
 		memcpy(b.input_ids + i * T, q[i].v, q[i].n * sizeof(int32_t));
 		memcpy(b.input_ids + i * T + q[i].n, a[i].v, a[i].n * sizeof(int32_t));
 		for (int t = 0; t < T; t++) b.labels[i * T + t] = -100;
@@ -87,6 +89,7 @@ int ft_ppo_rm_score(ft_ppo_rm *r, const ft_i32vec *q, const ft_i32vec *a, size_t
 	int rc = ft_model_value_forward(r->m, &b, 0, pos, (int)n, r->vw, r->vb, 0, 0, NULL, scores);
 	free(b.input_ids);
 	free(b.labels);
+	free(b.lengths);
 	free(pos);
 	return rc;
 }

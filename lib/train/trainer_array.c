@@ -2,6 +2,7 @@
  * batches themselves); apart from trainer_data.c so it links without the
  * stream module. */
 #include "train/trainer.h"
+#include "format/batch.h"
 #include "util/error.h"
 
 #include <stdlib.h>
@@ -25,26 +26,7 @@ static int array_next(void *self, ft_batch *out)
 {
 	array_src *s = self;
 	if (s->i >= s->n) return 0;
-	const ft_batch *b = &s->b[s->i++];
-	size_t n = (size_t)b->B * b->T;
-	ft_batch_free(out);
-	*out = *b;
-	out->input_ids = ft_xmalloc(n * sizeof(int32_t));
-	memcpy(out->input_ids, b->input_ids, n * sizeof(int32_t));
-	out->labels = ft_xmalloc(n * sizeof(int32_t));
-	memcpy(out->labels, b->labels, n * sizeof(int32_t));
-	out->position_ids = NULL;
-	out->segment_ids = NULL;
-	out->kto_tags = NULL;
-	if (b->position_ids) {
-		out->position_ids = ft_xmalloc(n * sizeof(int32_t));
-		memcpy(out->position_ids, b->position_ids, n * sizeof(int32_t));
-	}
-	if (b->segment_ids) {
-		out->segment_ids = ft_xmalloc(n * sizeof(int32_t));
-		memcpy(out->segment_ids, b->segment_ids, n * sizeof(int32_t));
-	}
-	out->cap_ = n;
+	ft_batch_copy(out, &s->b[s->i++]);
 	return 1;
 }
 

@@ -49,9 +49,12 @@ int ft_fail_ctx(const char *fmt, ...)
 	return -1;
 }
 
+/* Always the buffer itself, so a pointer taken before the failing call
+ * (an argument evaluated first) still shows the message it then holds. */
 const char *ft_errmsg(void)
 {
-	return errbuf[0] ? errbuf : "unknown error";
+	if (!errbuf[0]) snprintf(errbuf, sizeof errbuf, "unknown error");
+	return errbuf;
 }
 
 void ft_errclear(void)

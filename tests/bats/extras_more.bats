@@ -4,7 +4,8 @@
 # tests/fixtures/extras/sft_losses.txt (tests/reference/make_sftloss_fixtures.py:
 # LLaMA-Factory's own loss functions in transformers' accumulation loop) and
 # layerwise_losses.txt (make_layerwise_fixtures.py) and apollo_losses.txt
-# (make_apollo_fixtures.py: apollo-torch's APOLLOAdamW), the flags, the refusals.
+# (make_apollo_fixtures.py: apollo-torch's APOLLOAdamW), the flags, the refusals;
+# Mixture-of-Depths, refused everywhere with one reason.
 load helper
 
 MODEL="$FIXTURES/models/tiny-llama"
@@ -306,4 +307,27 @@ apollo_run() {
 	assert_output --partial "APOLLOAdamW"
 	run -2 train --finetuning_type full --use_apollo --apollo_rank 0
 	assert_output --partial "must be >= 1"
+}
+
+# LLaMA-Factory's MoD is the mixture-of-depth package's, which does not run
+# under the transformers LLaMA-Factory requires (docs/EXTRAS.md,
+# tests/reference/check_mod_package.py): the flag, a config key and a
+# checkpoint it saved are refused with that reason, not "unknown option".
+@test "Mixture-of-Depths: refused by ft-train, in a config, and as a saved MoD model, with the reason" {
+	run -2 train --finetuning_type full --mixture_of_depths convert
+	assert_output --partial "--mixture_of_depths is not supported: Mixture-of-Depths: its package (mixture-of-depth 1.2.0"
+	assert_output --partial "so ft has no behaviour to match"
+	refute_output --partial "unknown option"
+	printf 'finetuning_type: full\nmixture_of_depths: load\n' > c.yaml
+	run -2 ft-train c.yaml --model_name_or_path "$MODEL" --train train.zst --output_dir out
+	assert_output --partial "c.yaml:2: 'mixture_of_depths' is not supported: Mixture-of-Depths"
+	[ ! -e out ]
+	need_jq
+	mkdir mod && cp "$MODEL"/* mod/
+	jq '.architectures = ["LlamaMoDForCausalLM"]' "$MODEL/config.json" > mod/config.json
+	run -1 ft-train --model_name_or_path mod --train train.zst --output_dir out2 --finetuning_type full
+	assert_output --partial "architecture LlamaMoDForCausalLM is a Mixture-of-Depths model, which ft does not run"
+	run -1 ft-generate --model_name_or_path mod --tokenizer "$FT_ROOT/tests/fixtures/generate/tokenizer" \
+		--template default --max_new_tokens 2 <<< '{"prompt": "hi"}'
+	assert_output --partial "is a Mixture-of-Depths model"
 }

@@ -15,6 +15,9 @@ rows() { recs "$1" | jq -c '. as $b | range(0; .B) as $r | {input_ids: $b.input_
 	ft-pack -q --shuffle false --cutoff_len 256 --per_device_train_batch_size 4 sft_padded.zst -o out.zst
 	diff <(jq -c '[.input_ids, .labels]' "$FIXTURES/pack/lf_sft_padded.expect.jsonl") \
 	     <(recs out.zst | jq -c '. as $b | [[range(0; .B) | $b.input_ids[. * $b.T:(. + 1) * $b.T]], [range(0; .B) | $b.labels[. * $b.T:(. + 1) * $b.T]]]')
+	# the collator's attention_mask is 1 on each example's tokens: lengths
+	diff <(tail -n +2 "$FIXTURES/pack/lf_sft_padded.tokens.jsonl" | jq '[.input_ids | length, 256] | min') \
+	     <(recs out.zst | jq '.lengths[]')
 }
 
 @test "packed sft rows = LLaMA-Factory's packing (greedy_knapsack, position ids)" {
@@ -51,6 +54,9 @@ need_tokenize() {
 	ft-pack -q --shuffle false --per_device_train_batch_size 4 tok.zst -o out.zst
 	diff <(jq -c '[.input_ids, .labels]' "$FIXTURES/pack/lf_sft_padded.expect.jsonl") \
 	     <(recs out.zst | jq -c '. as $b | [[range(0; .B) | $b.input_ids[. * $b.T:(. + 1) * $b.T]], [range(0; .B) | $b.labels[. * $b.T:(. + 1) * $b.T]]]')
+	# the collator's attention_mask is 1 on each example's tokens: lengths
+	diff <(tail -n +2 "$FIXTURES/pack/lf_sft_padded.tokens.jsonl" | jq '[.input_ids | length, 256] | min') \
+	     <(recs out.zst | jq '.lengths[]')
 }
 
 @test "ft-tokenize --cutoff_len 255 | ft-pack --neat_packing --cutoff_len 256 = LLaMA-Factory's neat rows" {

@@ -41,6 +41,39 @@ in_pairs() { tail -n +2 "$FIXTURES/pack/$1.jsonl" | jq -r '[.input_ids, .labels]
 	[ "$(recs out.zst | jq '[.input_ids, .labels] | transpose[] | select(.[0] == 0) | .[1]' | sort -u)" = "-100" ]
 }
 
+# lengths of a padded batch: one per row, the count of its real tokens
+# (ids != 0 in these fixtures), all padding after it
+lens_ok() { jq -e '. as $b | (.lengths | length) == $b.B and
+	([range(0; $b.B) as $r | $b.input_ids[$r * $b.T:($r + 1) * $b.T] | map(select(. != 0)) | length] == $b.lengths) and
+	([range(0; $b.B) as $r | $b.input_ids[$r * $b.T + $b.lengths[$r]:($r + 1) * $b.T][]] | all(. == 0))' >/dev/null; }
+
+@test "lengths: every padded row's real tokens (HF's attention_mask), for each stage; none when packed" {
+	need_jq
+	for s in sft dpo kto; do
+		enc $s
+		ft-pack --per_device_train_batch_size 3 $s.zst -o $s.out.zst
+		recs $s.out.zst | while read -r r; do echo "$r" | lens_ok; done
+	done
+	enc pt
+	ft-pack --packing false --cutoff_len 64 pt.zst -o pt.out.zst
+	recs pt.out.zst | while read -r r; do echo "$r" | lens_ok; done
+	# packed rows: LLaMA-Factory pads them with attention_mask 1 (plain
+	# causal), neat packing masks by segment ids: no lengths
+	ft-pack --cutoff_len 16 pt.zst -o a.zst
+	ft-pack --packing --cutoff_len 64 sft.zst -o b.zst
+	ft-pack --neat_packing --cutoff_len 64 sft.zst -o c.zst
+	[ "$(recs a.zst b.zst c.zst | jq -s 'map(select(has("lengths"))) | length')" = 0 ]
+}
+
+@test "lengths count a trailing real token equal to pad_id (pad = eos)" {
+	need_jq
+	printf '%s\n' '{"format": "ft-stream", "version": 1, "kind": "tokens", "meta": {"stage": "sft", "tokenizer": "t", "pad_id": 2, "eos_id": 2}}' \
+		'{"input_ids": [5, 6, 7, 2], "labels": [-100, 6, 7, 2]}' '{"input_ids": [8, 2], "labels": [-100, 2]}' |
+		ft-cat --encode > e.zst
+	ft-pack --shuffle false --pad_to_multiple_of 1 e.zst -o out.zst
+	[ "$(recs out.zst | jq -c '[.lengths, .input_ids]')" = "[[4,2],[5,6,7,2,8,2,2,2]]" ]
+}
+
 @test "--pad_to_multiple_of 1: T is exactly the longest row" {
 	need_jq; enc sft
 	ft-pack --pad_to_multiple_of 1 sft.zst -o out.zst

@@ -216,6 +216,30 @@ compare_with_one_process() {
 	[[ "$stderr" == *"deepspeed ds.json (ZeRO stage 2): runs as ft's data parallel"* ]]
 }
 
+@test "ft-run: ray_num_workers starts that many ranks under USE_RAY=1 only, as LLaMA-Factory uses Ray" {
+	args=(-n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o ray_num_workers=4)
+	run --separate-stderr env USE_RAY=1 ft-run -v "${args[@]}" ray_init_kwargs='{a: 1}'
+	assert_success
+	assert_output --partial "mpirun -np 4 ft-train --stage sft"
+	[[ "$stderr" == *"USE_RAY=1: ray_num_workers 4: 4 ranks, started by mpirun instead of Ray"* ]]
+	# without USE_RAY LLaMA-Factory ignores the Ray settings: one process
+	run --separate-stderr ft-run -v "${args[@]}" ray_storage_path=/tmp/r
+	assert_success
+	refute_output --partial "mpirun"
+	[[ "$stderr" == *"ray_num_workers"*"without it LLaMA-Factory and ft-run train in one process"* ]]
+	# USE_RAY with the default single worker; --nproc wins over it
+	run env USE_RAY=true ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o
+	assert_success
+	refute_output --partial "mpirun"
+	run env USE_RAY=y ft-run --nproc 2 "${args[@]}"
+	assert_output --partial "mpirun -np 2 ft-train"
+	run -2 env USE_RAY=1 ft-run "${args[@]}" ray_num_workers=many
+	assert_output --partial "ray_num_workers"
+	# LLaMA-Factory's is_env_enabled: FORCE_TORCHRUN=yes is not set
+	run env FORCE_TORCHRUN=yes ft-run "${args[@]}"
+	assert_success
+}
+
 @test "ft-run --nproc 2 trains end to end: one log, one adapter" {
 	need_mpi
 	skip_without_shared

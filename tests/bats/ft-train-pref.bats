@@ -49,8 +49,15 @@ run_case() {
 # different summation orders; measured worst 1.1e-5 (ipo's loss near 23;
 # logps near -56: 7e-6).  grad_norm, a norm over every gradient that reaches
 # 50 for rm, is compared relative to its size above 1 (measured 3.5e-6).  Every key TRL logged
-# (loss, grad_norm, learning_rate as ft's lr, each metric) must be in LOG;
-# logits/ metrics are skipped on padded batches (docs/PREFERENCE.md).
+# (loss, grad_norm, learning_rate as ft's lr, each metric) must be in LOG,
+# logits/ metrics included on padded batches (their padding positions see
+# the real tokens only, the batch's lengths as HF's attention_mask).  kto's
+# logits/ are not means but per-sequence sums of T x V = 14 x 256 = 3584
+# logits (LLaMA-Factory's logits/chosen_sum / count), so float32 drift of
+# 3e-8 per logit after some AdamW steps adds up to the measured worst
+# 1.2e-4 (qwen2 kto; unpadded step 7: 3.8e-5); they are compared within
+# 1e-3, while padding positions attending to padding keys move them by
+# 0.02 to 25 (measured).
 trl_diff() {
 	jq -n -r --slurpfile ft "$3" --slurpfile ref "$PREF/trl-steps.json" --arg k "$1" --arg c "$2" '
 		def abs: if . < 0 then -. else . end;
@@ -58,10 +65,10 @@ trl_diff() {
 		| if ($r | length) != 10 or ($f | length) != 10 then "steps: \($f | length) vs \($r | length)"
 		  else [range(10) as $i | $r[$i] as $t | $f[$i] as $g | $t | to_entries[]
 			| select(.key != "step" and .key != "padded")
-			| select(($t.padded and (.key | startswith("logits/"))) | not)
 			| (if .key == "learning_rate" then "lr" else .key end) as $fk
 			| if $g[$fk] == null then "step \($t.step): no \($fk)"
-			  elif (($g[$fk] - .value) | abs) > 1e-4 * (if .key == "grad_norm" then [1, (.value | abs)] | max else 1 end)
+			  elif (($g[$fk] - .value) | abs) > (if ($c | startswith("kto")) and (.key | startswith("logits/"))
+				then 1e-3 else 1e-4 * (if .key == "grad_norm" then [1, (.value | abs)] | max else 1 end) end)
 			  then "step \($t.step) \(.key): \($g[$fk]) vs TRL \(.value)"
 			  else empty end] | first // "ok" end'
 }

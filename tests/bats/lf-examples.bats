@@ -46,6 +46,7 @@ train_lora/qwen3_lora_pretrain.yaml
 train_lora/qwen3_lora_reward.yaml
 train_lora/qwen3_lora_sft.yaml
 train_lora/qwen3_lora_sft_ds3.yaml
+train_lora/qwen3_lora_sft_ray.yaml
 train_lora/qwen3_preprocess.yaml
 train_qlora/llama3_lora_sft_aqlm.yaml
 train_qlora/llama3_lora_sft_awq.yaml
@@ -226,6 +227,18 @@ tiny_qwen() {
 	run ft-train --deepspeed examples/deepspeed/ds_z3_config.json --train x --output_dir o
 	assert_failure 2
 	assert_output --partial "--zero 1"
+}
+
+# extras/mod is the one config whose every other setting ft runs: MoD alone
+# stops it, with the reason (docs/EXTRAS.md: the mixture-of-depth package
+# fails under the transformers LLaMA-Factory requires).
+@test "extras/mod: refused for mixture_of_depths alone, with why" {
+	run --separate-stderr ft-run -n train "$EX/extras/mod/llama3_full_sft.yaml" model_name_or_path=model
+	assert_failure 1
+	[ "$(wc -l <<< "$stderr")" -eq 2 ]
+	[[ "$stderr" == *"llama3_full_sft.yaml:9: 'mixture_of_depths' is not supported: Mixture-of-Depths: its package"* ]]
+	[[ "$stderr" == *"ft-run: 1 setting ft cannot run" ]]
+	[ -z "$output" ]
 }
 
 @test "a pre-quantized checkpoint is refused by name, as its config says" {

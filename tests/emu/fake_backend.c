@@ -52,6 +52,7 @@ static ft_batch fb(const ft_cuda_batch *c)
 	b.labels = (int32_t *)c->labels;
 	b.position_ids = (int32_t *)c->position_ids;
 	b.segment_ids = (int32_t *)c->segment_ids;
+	b.lengths = (int32_t *)c->lengths;
 	return b;
 }
 

@@ -85,6 +85,8 @@ static std::vector<float> rnd(size_t n, float amp)
 	return x;
 }
 
+/* packed 1: ft-pack's neat packing; 2: right padding, rows of T - 37 b
+ * real tokens (at least 1; ft_attn_shape.len). */
 static void test_case(int B, int T, int Hq, int Hk, int hd, int window, int packed)
 {
 	size_t N = (size_t)B * T, nq = N * Hq * hd, nk = N * Hk * hd, nl = N * Hq;
@@ -93,7 +95,11 @@ static void test_case(int B, int T, int Hq, int Hk, int hd, int window, int pack
 	for (int b = 0; b < B; b++)              /* ft-pack's neat packing */
 		for (int t = 0; t < T; t++)
 			seg[(size_t)b * T + t] = t >= T - 5 - b ? 0 : 1 + (t + 7 * b) / 23;
-	ft_attn_shape s = { B, T, Hq, Hk, hd, window, packed ? seg.data() : NULL, 0, 0 };
+	std::vector<int32_t> len(B);
+	for (int b = 0; b < B; b++)
+		len[b] = T - 37 * b > 0 ? T - 37 * b : 1;
+	ft_attn_shape s = { B, T, Hq, Hk, hd, window, packed == 1 ? seg.data() : NULL, 0, 0,
+			    packed == 2 ? len.data() : NULL };
 	std::vector<float> o1(nq), o2(nq), l1(nl), l2(nl), Di(nl);
 	std::vector<float> g1[3] = { std::vector<float>(nq), std::vector<float>(nk),
 				     std::vector<float>(nk) };
@@ -105,7 +111,7 @@ static void test_case(int B, int T, int Hq, int Hk, int hd, int window, int pack
 	fa_args<float> p;
 	memset(&p, 0, sizeof p);
 	p.q = q.data(), p.k = k.data(), p.v = v.data(), p.o = o2.data(), p.dout = go.data();
-	p.out = o2.data(), p.lse = l2.data(), p.Di = Di.data(), p.seg = s.seg;
+	p.out = o2.data(), p.lse = l2.data(), p.Di = Di.data(), p.seg = s.seg, p.len = s.len;
 	p.dq = g2[0].data(), p.dk = g2[1].data(), p.dv = g2[2].data();
 	p.T = T, p.Hq = Hq, p.Hk = Hk, p.hd = hd, p.window = window;
 	p.scale = 1.0f / sqrtf((float)hd);
@@ -138,7 +144,7 @@ static void test_bf16(int B, int T, int Hq, int Hk, int hd)
 			f[i][j] = ft_k_bf16_to_f32(h[i][j].h);
 		}
 	}
-	ft_attn_shape s = { B, T, Hq, Hk, hd, 0, NULL, 0, 0 };
+	ft_attn_shape s = { B, T, Hq, Hk, hd, 0, NULL, 0, 0, NULL };
 	std::vector<float> o1(nq), l1(nl), l2(nl), Di(nl), g1[3] = { std::vector<float>(nq),
 		std::vector<float>(nk), std::vector<float>(nk) };
 	ft_attention_forward(o1.data(), l1.data(), f[0].data(), f[1].data(), f[2].data(), &s);
@@ -228,6 +234,8 @@ int main(void)
 	test_case(2, 97, 4, 2, 16, 0, 1);     /* packed rows: tiles skipped */
 	test_case(1, 45, 2, 2, 72, 9, 1);     /* 16 accumulators per lane */
 	test_case(1, 33, 2, 1, 136, 0, 0);    /* 32 accumulators per lane */
+	test_case(2, 130, 4, 2, 16, 0, 2);    /* right padding: pad key tiles skipped */
+	test_case(3, 75, 2, 1, 8, 17, 2);     /* and blind queries past the window */
 	test_bf16(2, 40, 4, 2, 80);
 	test_strided(2, 45, 4, 2, 16, 0);
 	test_strided(1, 70, 2, 1, 72, 20);

@@ -49,7 +49,7 @@ static want_t formula(const ft_cuda_view *v, const ft_cuda_opts *o, double nmat,
 	w.acts = 4 * sets * N * (3 * D + qd + f.wq + f.wg + v->Hq + 2 + 2 * r) +
 		 4 * (L + 1) * N * D + 4 * N * (D + 1);
 	w.scratch = 4 * N * (5 * D + qd + f.wq + 2 * F + 3 * mi + (r > 1 ? r : 1) + v->Hq +
-			     v->hd + 7) +
+			     v->hd + 8) +
 		    4 * chunk * V + (half ? 2 * chunk * V + 2 * N * (mi + wy) : 0) +
 		    32.0 * 1024 * 1024 + 1024 * ntens + 4.0 * FT_COLSUM_CHUNKS * mi;
 	return w;

@@ -510,7 +510,7 @@ static void packed_case(const char *dir, const char *fixture, const char *what)
 		goto out;
 	}
 	int T = (int)ti->numel;
-	ft_cuda_batch b = { 1, T, ti->data, tl->data, tp->data, ts->data };
+	ft_cuda_batch b = { 1, T, ti->data, tl->data, tp->data, ts->data, NULL };
 	double want = 0, got = 0;
 	for (size_t i = 0; i < te->numel; i++)
 		want += ((const double *)te->data)[i];
@@ -539,11 +539,11 @@ static void error_cases(void)
 	int32_t ids[64] = { 0 }, lab[64];
 	for (int i = 0; i < 64; i++)
 		lab[i] = 1;
-	ft_cuda_batch big = { 4, 16, ids, lab, NULL, NULL };
+	ft_cuda_batch big = { 4, 16, ids, lab, NULL, NULL, NULL };
 	ok(dm && ft_cuda_forward(dm, &big, NULL, NULL, NULL) < 0 &&
 	   strstr(ft_errmsg(), "larger than"), "batch over the plan refused: %s", ft_errmsg());
 	ids[3] = 1 << 20;
-	ft_cuda_batch bad = { 2, 16, ids, lab, NULL, NULL };
+	ft_cuda_batch bad = { 2, 16, ids, lab, NULL, NULL, NULL };
 	ok(dm && ft_cuda_forward(dm, &bad, NULL, NULL, NULL) < 0 &&
 	   strstr(ft_errmsg(), "outside the vocabulary"), "bad token id refused: %s",
 	   ft_errmsg());
@@ -603,7 +603,7 @@ static void midsize_case(ft_arch arch, ft_cuda_precision prec, int packed)
 		memcpy(ref[i], p->g, p->n * sizeof(float));
 	}
 	ft_cuda_model *dm = rc == 0 ? dev(m, prec, B * T, T) : NULL;
-	ft_cuda_batch cbt = { B, T, ids, lab, bt.position_ids, bt.segment_ids };
+	ft_cuda_batch cbt = { B, T, ids, lab, bt.position_ids, bt.segment_ids, bt.lengths };
 	rc = !dm || ft_cuda_zero_grad(dm) || ft_cuda_forward_backward(dm, &cbt, 1.0f, &lg, &ng) ||
 	     ft_cuda_copy_grads_to_host(dm);
 	double tg = prec == FT_CUDA_F32 ? 1e-4 : 1e-1, tl = prec == FT_CUDA_F32 ? 1e-5 : 1e-2;
@@ -628,7 +628,8 @@ static void midsize_case(ft_arch arch, ft_cuda_precision prec, int packed)
 /* The device attention alone against the CPU's ft_attention_* on
  * mid-size shapes: rows of up to 1100 keys, T off the 32-row tile,
  * several q heads per kv head, head sizes 64..256 (80: not a multiple of
- * 8 lanes x 16), sliding windows, packed segment ids with padding.
+ * 8 lanes x 16), sliding windows, packed segment ids with padding
+ * (packed 1), right padding by row lengths (packed 2).
  * Tolerance: 2e-5 of each tensor's largest element.  Both are fp32 with
  * the same exp; they differ in summation order only (online softmax over
  * 32-key tiles, fmaf and 8-lane butterfly sums against BLAS sums), a few
@@ -659,8 +660,15 @@ static void attention_case(int B, int T, int Hq, int Hk, int hd, int window, int
 		int t = (int)(i % T);
 		seg[i] = t >= T - 13 ? 0 : 1 + t / 97;
 	}
-	ft_attn_shape cs = { B, T, Hq, Hk, hd, window, seg, 0, 0 };
-	ft_cuda_attn_shape gs = { B, T, Hq, Hk, hd, window, seg };
+	int32_t *len = packed == 2 ? malloc((size_t)B * sizeof *len) : NULL;
+	for (int b = 0; len && b < B; b++)           /* right padding */
+		len[b] = T - 211 * b > 0 ? T - 211 * b : 1;
+	if (len) {
+		free(seg);
+		seg = NULL;
+	}
+	ft_attn_shape cs = { B, T, Hq, Hk, hd, window, seg, 0, 0, len };
+	ft_cuda_attn_shape gs = { B, T, Hq, Hk, hd, window, seg, len };
 	ft_attention_forward(cpu[0], cpu[1], in[0], in[1], in[2], &cs);
 	ft_attention_backward(cpu[2], cpu[3], cpu[4], in[3], in[0], in[1], in[2], cpu[0], cpu[1], &cs);
 	int rc = ft_cuda_attention_run(0, &gs, in[0], in[1], in[2], in[3], gpu[0], gpu[1], gpu[2],
@@ -686,6 +694,7 @@ static void attention_case(int B, int T, int Hq, int Hk, int hd, int window, int
 		free(again[i]);
 	}
 	free(seg);
+	free(len);
 }
 
 int main(void)
@@ -732,5 +741,7 @@ int main(void)
 	attention_case(1, 777, 8, 8, 128, 256, 0);
 	attention_case(1, 600, 12, 4, 80, 100, 1);
 	attention_case(1, 300, 4, 1, 256, 0, 0);
+	attention_case(3, 520, 8, 2, 64, 0, 2);      /* right padding: 520, 309, 98 tokens */
+	attention_case(2, 600, 4, 2, 64, 100, 2);    /* blind queries past the window */
 	return tap_done();
 }

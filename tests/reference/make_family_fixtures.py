@@ -35,6 +35,16 @@ writes tests/fixtures/families/gemma2/pref.safetensors: the preference
 stages' log-probabilities of Gemma 2's soft-capped logits, the logit
 means and the gradients of a weighted sum of them, full and LoRA.
 
+    /work/venv/bin/python tests/reference/make_family_fixtures.py tokloss
+
+writes tests/fixtures/families/gemma2/tokloss.safetensors: LLaMA-Factory's
+dft_loss_func and eaft_loss_func (eaft_alpha 0.5; taken from $LF_SRC's
+train/trainer_utils.py as make_sftloss_fixtures.py does) on Gemma 2's
+soft-capped logits with num_items_in_batch 1 (the weighted sum), and
+asft_loss_func (asft_alpha 0.5, a mean) against the model with the
+fixture's LoRA adapter as the reference; each with the gradient of every
+tensor of the full model.
+
     /work/venv/bin/python tests/reference/make_family_fixtures.py templates [../shared]
 
 writes tests/fixtures/families/templates.json: the family templates
@@ -474,8 +484,41 @@ def pref():
     print("gemma2/pref.safetensors:", len(t), "tensors")
 
 
+def tokloss():
+    """Gemma 2 under the DFT and EAFT token losses: the weighted sums and
+    the gradients of each, full fine-tuning."""
+    from peft import PeftModel
+    import make_asft_fixtures
+    import make_sftloss_fixtures
+    lf = make_sftloss_fixtures.lf_losses()
+    asft = make_asft_fixtures.lf_losses()["asft_loss_func"]
+    d = os.path.join(OUT, "gemma2")
+    (ids, lab), = mm.make_batches(1, 77)
+    t = {"batch.input_ids": ids, "batch.labels": lab}
+    ref = PeftModel.from_pretrained(load("gemma2", os.path.join(d, "model")), os.path.join(d, "lora")).eval()
+    with torch.no_grad():
+        ref_logits = ref(input_ids=ids.long()).logits
+    one = torch.tensor(1)
+    losses = {"dft": lambda o, y: lf["dft_loss_func"](o, y, one),
+              "eaft": lambda o, y: lf["eaft_loss_func"](o, y, one, 0.5),
+              "asft": lambda o, y: asft(o, y, ref_logits, asft_alpha=0.5)}
+    for name, f in losses.items():
+        m = load("gemma2", os.path.join(d, "model"))
+        m.zero_grad()
+        loss = f({"logits": m(input_ids=ids.long()).logits}, lab.long())
+        loss.backward()
+        t[name + ".loss_sum"] = loss.detach().reshape(1).double()
+        for pn, p in m.named_parameters():
+            if p.grad is not None:
+                t[name + ".grad." + pn] = p.grad.detach().clone()
+        print(name, float(loss))
+    save_file(t, os.path.join(d, "tokloss.safetensors"))
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["longrope"]:
+    if sys.argv[1:2] == ["tokloss"]:
+        tokloss()
+    elif sys.argv[1:2] == ["longrope"]:
         longrope()
     elif sys.argv[1:2] == ["pref"]:
         pref()

@@ -51,8 +51,9 @@ LR, STEPS = 5e-3, 5
 
 def pairs_data():
     """NB batches of PAIRS (prompt, chosen, rejected); batch 0 has equal
-    lengths everywhere (no padding: the logits/ metrics cover padding
-    positions, where ft's attention differs from HF's masked one)."""
+    lengths everywhere (no padding), the others are padded (the logits/
+    metrics average the padding positions too, whose outputs depend on
+    the attention_mask: ft's batches carry it as each row's `lengths`)."""
     g = torch.Generator().manual_seed(2024)
     out = []
     for b in range(NB):
@@ -101,6 +102,7 @@ def pair_batches(data):
         lab = [x for r in rows for x in r[1]]
         nt = sum(sum(r[2]) for r in rows)
         ft.append({"index": bi, "B": 2 * PAIRS, "T": T, "input_ids": ids, "labels": lab,
+                   "lengths": [sum(r[2]) for r in rows],
                    "n_label_tokens": sum(1 for x in lab if x != -100), "n_tokens": nt,
                    "n_examples": PAIRS})
         order = [rows[2 * i] for i in range(PAIRS)] + [rows[2 * i + 1] for i in range(PAIRS)]
@@ -123,7 +125,8 @@ def kto_batches(data):
         ids = [x for r in rows for x in r[0]]
         lab = [x for r in rows for x in r[1]]
         ft.append({"index": bi, "B": 2 * PAIRS, "T": T, "input_ids": ids, "labels": lab,
-                   "kto_tags": tags, "n_label_tokens": sum(1 for x in lab if x != -100),
+                   "kto_tags": tags, "lengths": [sum(r[2]) for r in rows],
+                   "n_label_tokens": sum(1 for x in lab if x != -100),
                    "n_tokens": sum(sum(r[2]) for r in rows), "n_examples": PAIRS})
         tgt = [rows[2 * i] for i in range(PAIRS)]
         kl = [rows[2 * i + 1] for i in range(PAIRS)]

@@ -29,7 +29,10 @@ transformers<=4.52.4, peft<=0.15.2); 0.9.1 (transformers 4.46) divides
 ipo/orpo/simpo's averaged log-probs by the length a second time for
 sft_loss / odds_ratio_loss / --pref_ftx, a bug 0.9.2 fixed.  kernels 0.4.4
 shadows the venv's newer one, which needs a newer huggingface_hub.  The
-install writes nothing into the repository.
+install writes nothing into the repository.  peft 0.15.2 dispatches LoRA
+layers to any importable gptqmodel / torchao; newer ones in /work/venv
+break that import, so hide them for the run (a directory on PYTHONPATH
+whose sitecustomize.py sets sys.modules[name] = None for both).
 
 Run from the repository root:
     PYTHONPATH=/work/legacy /work/venv/bin/python tests/reference/make_pref_trl_fixtures.py
@@ -114,14 +117,16 @@ def read_stream(path):
 
 
 def rows_of(meta, rec):
-    """[B, T] tensors of one record and each row's attention mask: the
-    fixture's content tokens are >= 2, pad_id 0 fills each row's tail."""
+    """[B, T] tensors of one record and each row's attention mask, from
+    the record's `lengths` (what ft-train masks by: positions >= length
+    are padding); the fixture's content tokens are >= 2 and pad_id 0
+    fills each row's tail, which the mask must agree with."""
     B, T = rec["B"], rec["T"]
     ids = torch.tensor(rec["input_ids"]).view(B, T)
     lab = torch.tensor(rec["labels"]).view(B, T)
-    am = (ids != meta["pad_id"]).long()
+    am = (torch.arange(T)[None, :] < torch.tensor(rec["lengths"])[:, None]).long()
+    assert bool((am == (ids != meta["pad_id"]).long()).all()), "lengths do not match the padding"
     assert int(am.sum()) == rec["n_tokens"], "pad positions do not match n_tokens"
-    assert bool((am[:, :-1] >= am[:, 1:]).all()), "padding is not at the end of each row"
     return ids, lab, am
 
 
@@ -220,8 +225,9 @@ class Record(TrainerCallback):
 
 def exact_loss(cls):
     """cls whose training losses are kept unrounded, with whether the
-    step's batch has padding (logits/ metrics average the pad positions,
-    where ft's plain causal attention differs from HF's masked one)."""
+    step's batch has padding (logits/ metrics average the pad positions
+    too, whose outputs depend on the attention_mask; ft masks by the
+    batches' lengths)."""
     class T(cls):
         def compute_loss(self, model, inputs, return_outputs=False, **kw):
             out = super().compute_loss(model, inputs, return_outputs, **kw)

@@ -134,10 +134,74 @@ static void test_bad_records(void)
 	free(path);
 }
 
+/* lengths [B] (padded layouts): written, read back, absent again on the
+ * next record; out of [0, T], the wrong count, or a label past a row's
+ * length refused naming the record and row. */
+static void test_lengths(void)
+{
+	char *path = ft_xasprintf("%s/len.ftb.zst", dir);
+	ft_writer *w = open_w(path, "batches", 0);
+	int32_t ids[8] = { 5, 6, 7, 0, 8, 0, 0, 0 }, lab[8] = { -100, 6, 7, -100, 8, -100, -100, -100 };
+	int32_t len[2] = { 3, 1 }, bad_hi[2] = { 3, 5 }, bad_lab[2] = { 2, 1 }, neg[2] = { -1, 1 };
+	ft_batch b = { .B = 2, .T = 4, .input_ids = ids, .labels = lab, .lengths = len };
+	ok(w && ft_batch_write(w, &b) == 0, "write a batch with lengths");
+	b.lengths = NULL;
+	ft_batch_write(w, &b);
+	int32_t *bads[3] = { bad_hi, bad_lab, neg };
+	for (int i = 0; i < 3; i++) {
+		b.lengths = bads[i];
+		ft_batch_write(w, &b);
+	}
+	ft_w_begin(w, 5);
+	ft_w_int(w, "B", 2);
+	ft_w_int(w, "T", 4);
+	ft_w_i32s(w, "input_ids", ids, 8);
+	ft_w_i32s(w, "labels", lab, 8);
+	ft_w_i32s(w, "lengths", len, 1);
+	ft_w_end(w);
+	ft_writer_close(w);
+	ft_reader *r = ft_reader_open(path);
+	ft_batch got = { 0 };
+	ok(r && ft_batch_read(r, &got) == 1 && got.lengths && got.lengths[0] == 3 &&
+	   got.lengths[1] == 1, "lengths read back");
+	ok(ft_batch_read(r, &got) == 1 && !got.lengths, "a record without lengths: none");
+	static const char *want[4] = { "record 2: row 1: length 5 outside [0, 4]",
+				       "record 3: row 0: a label at position 2, past its length 2",
+				       "record 4: row 0: length -1 outside [0, 4]",
+				       "record 5: 'lengths' has 1 values, expected 2" };
+	for (int i = 0; i < 4; i++) {
+		int rc = ft_batch_read(r, &got);
+		ok(rc == -1 && strstr(ft_errmsg(), want[i]), "refused: %s", ft_errmsg());
+	}
+	ft_batch_free(&got);
+	ft_reader_close(r);
+	free(path);
+}
+
+/* ft_batch_copy: every array copied into memory of its own. */
+static void test_copy(void)
+{
+	int32_t ids[6] = { 1, 2, 3, 4, 5, 6 }, lab[6] = { -100, 2, 3, -100, 5, 6 };
+	int32_t pos[6] = { 0, 1, 2, 0, 1, 2 }, len[2] = { 3, 2 }, tags[2] = { 1, 0 };
+	ft_batch src = { .B = 2, .T = 3, .input_ids = ids, .labels = lab, .position_ids = pos,
+			 .lengths = len, .kto_tags = tags, .n_label_tokens = 4, .index = 7 };
+	ft_batch dst = { 0 };
+	ft_batch_copy(&dst, &src);
+	ok(dst.input_ids != ids && !memcmp(dst.input_ids, ids, sizeof ids) && !memcmp(dst.labels, lab, sizeof lab)
+	   && !memcmp(dst.position_ids, pos, sizeof pos) && !dst.segment_ids,
+	   "copy: ids, labels, positions in memory of their own; absent arrays stay NULL");
+	ok(dst.lengths != len && !memcmp(dst.lengths, len, sizeof len) && dst.kto_tags != tags &&
+	   !memcmp(dst.kto_tags, tags, sizeof tags) && dst.index == 7 && dst.n_label_tokens == 4,
+	   "copy: lengths, kto tags and the counts");
+	ft_batch_free(&dst);
+}
+
 int main(void)
 {
 	if (!mkdtemp(dir)) { ok(0, "mkdtemp"); return tap_done(); }
 	test_roundtrip();
+	test_lengths();
+	test_copy();
 	test_manifest_json();
 	test_bad_records();
 	ft_remove_tree(dir);

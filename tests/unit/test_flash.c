@@ -38,13 +38,13 @@ static float *rnd(size_t n, float amp)
 	return x;
 }
 
-enum { SEG_NONE, SEG_PACKED, SEG_MIXED };
+enum { SEG_NONE, SEG_PACKED, SEG_MIXED, SEG_LENS };
 
 /* packed: ft-pack's neat packing (runs 1, 2, 3, ... then padding 0);
  * mixed: ids that come back after other ids, and padding in between. */
 static int32_t *segs(int B, int T, int mode)
 {
-	if (mode == SEG_NONE)
+	if (mode == SEG_NONE || mode == SEG_LENS)
 		return NULL;
 	int32_t *s = malloc((size_t)B * T * sizeof *s);
 	for (int b = 0; b < B; b++)
@@ -59,9 +59,22 @@ static int32_t *segs(int B, int T, int mode)
 	return s;
 }
 
+/* lens: right padding (ft_attn_shape.len), rows of T - 37 b real
+ * tokens, at least 1; the others: NULL. */
+static int32_t *lens_of(int B, int T, int mode)
+{
+	if (mode != SEG_LENS)
+		return NULL;
+	int32_t *l = malloc((size_t)B * sizeof *l);
+	for (int b = 0; b < B; b++)
+		l[b] = T - 37 * b > 0 ? T - 37 * b : 1;
+	return l;
+}
+
 static const char *seg_name(int mode)
 {
-	return mode == SEG_NONE ? "none" : mode == SEG_PACKED ? "packed" : "mixed";
+	return mode == SEG_NONE ? "none" : mode == SEG_PACKED ? "packed" :
+	       mode == SEG_MIXED ? "mixed" : "right padding";
 }
 
 /* max |a - ref| / max(max |ref|, 0.1): the inputs are O(1), so a
@@ -91,8 +104,8 @@ static void test_case(int B, int T, int Hq, int Hk, int hd, int window, int mode
 {
 	size_t N = (size_t)B * T, nq = N * Hq * hd, nk = N * Hk * hd, nl = N * Hq;
 	float *q = rnd(nq, 1.5f), *k = rnd(nk, 1.5f), *v = rnd(nk, 1), *go = rnd(nq, 1);
-	int32_t *seg = segs(B, T, mode);
-	ft_attn_shape s = { B, T, Hq, Hk, hd, window, seg, 0, 0 };
+	int32_t *seg = segs(B, T, mode), *len = lens_of(B, T, mode);
+	ft_attn_shape s = { B, T, Hq, Hk, hd, window, seg, 0, 0, len };
 	float *o1 = malloc(nq * 4), *o2 = malloc(nq * 4), *o3 = malloc(nq * 4);
 	float *l1 = malloc(nl * 4), *l2 = malloc(nl * 4), *l3 = malloc(nl * 4);
 	ft_attention_forward(o1, l1, q, k, v, &s);
@@ -129,14 +142,14 @@ static void test_case(int B, int T, int Hq, int Hk, int hd, int window, int mode
 		free(g2[i]);
 		free(g3[i]);
 	}
-	free(q); free(k); free(v); free(go); free(seg);
+	free(q); free(k); free(v); free(go); free(seg); free(len);
 	free(o1); free(o2); free(o3); free(l1); free(l2); free(l3);
 }
 
 /* ft_fa_tile_skip never skips a pair with an allowed element (checked
  * element by element over every tile pair of small rows), and does skip
  * what the masks make skippable. */
-static void test_skip(int T, int window, int mode, int want_skipped)
+static void test_skip(int T, int window, int mode, int len, int want_skipped)
 {
 	int32_t *seg = segs(1, T, mode);
 	int wrong = 0, skipped = 0, pairs = 0;
@@ -147,10 +160,10 @@ static void test_skip(int T, int window, int mode, int want_skipped)
 			for (int t = r0; t < r0 + nr; t++)
 				for (int u = c0; u < c0 + nc; u++)
 					any |= ft_k_attn_allowed(t, u, window, seg ? seg[t] : 1,
-								 seg ? seg[u] : 1);
+								 seg ? seg[u] : 1, len);
 			ft_fa_segs qs = ft_fa_tile_segs(seg ? seg + r0 : NULL, nr);
 			ft_fa_segs ks = ft_fa_tile_segs(seg ? seg + c0 : NULL, nc);
-			int sk = ft_fa_tile_skip(r0, nr, c0, nc, window, &qs, &ks);
+			int sk = ft_fa_tile_skip(r0, nr, c0, nc, window, &qs, &ks, len);
 			wrong += sk && any;
 			if (c0 <= r0 + nr - 1) {          /* causal pairs only */
 				pairs++;
@@ -159,8 +172,8 @@ static void test_skip(int T, int window, int mode, int want_skipped)
 		}
 	}
 	ok(wrong == 0 && skipped == want_skipped,
-	   "tile skip T=%d window=%d seg=%s: %d of %d causal tile pairs skipped, none wrongly",
-	   T, window, seg_name(mode), skipped, pairs);
+	   "tile skip T=%d window=%d seg=%s len=%d: %d of %d causal tile pairs skipped, "
+	   "none wrongly", T, window, seg_name(mode), len, skipped, pairs);
 	free(seg);
 }
 
@@ -176,10 +189,25 @@ int main(void)
 	test_case(1, 80, 2, 1, 8, 0, SEG_MIXED);
 	test_case(1, 90, 4, 2, 8, 25, SEG_PACKED);
 	test_case(1, 200, 2, 1, 64, 0, SEG_NONE);      /* a real head size */
-	test_skip(130, 0, SEG_NONE, 0);
-	test_skip(130, 40, SEG_NONE, 3);    /* q tiles 96, 128 vs keys < 64 */
-	test_skip(200, 0, SEG_PACKED, 15);  /* runs of 23 */
-	test_skip(97, 0, SEG_PACKED, 4);    /* and the padded tail */
-	test_skip(80, 0, SEG_MIXED, 0);
+	/* right padding: rows of 130 and 93 tokens (93 - 1 + 17 < 130: the
+	 * window moves past the real tokens, those queries see themselves) */
+	test_case(2, 130, 4, 2, 16, 0, SEG_LENS);
+	test_case(2, 130, 2, 1, 8, 17, SEG_LENS);
+	test_case(3, 70, 2, 2, 8, 0, SEG_LENS);         /* 70, 33, 1 tokens */
+	test_skip(130, 0, SEG_NONE, 130, 0);
+	test_skip(130, 40, SEG_NONE, 130, 3);    /* q tiles 96, 128 vs keys < 64 */
+	test_skip(200, 0, SEG_PACKED, 200, 15);  /* runs of 23 */
+	test_skip(97, 0, SEG_PACKED, 97, 4);     /* and the padded tail */
+	test_skip(80, 0, SEG_MIXED, 80, 0);
+	/* keys from 64 on are padding: the pairs (64, 64), (96, 64), (96, 96),
+	 * (128, 64), (128, 96), (128, 128) hold no real key and no blind query */
+	test_skip(130, 0, SEG_NONE, 50, 6);
+	/* window 17 past 50 real tokens: queries >= 66 are blind, so the
+	 * diagonal pairs (64, 64), (96, 96), (128, 128) keep their
+	 * self-attention; the window skips 6 pairs, the padding (96, 64) and
+	 * (128, 96) */
+	test_skip(130, 17, SEG_NONE, 50, 8);
+	/* an empty row: every query blind, only (32, 0) is empty */
+	test_skip(40, 0, SEG_NONE, 0, 1);
 	return tap_done();
 }

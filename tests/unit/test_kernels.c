@@ -244,7 +244,7 @@ static void test_attn_mask(void)
 	float *o1 = calloc(nq, 4), *o2 = calloc(nq, 4), *lse = calloc((size_t)B * Hq * T, 4);
 	int32_t seg[18] = { 1, 1, 1, 2, 2, 2, 2, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1 };
 	for (int win = 0; win <= 3; win += 3) {
-		ft_attn_shape s = { B, T, Hq, Hk, hd, win, seg, 0, 0 };
+		ft_attn_shape s = { B, T, Hq, Hk, hd, win, seg, 0, 0, NULL };
 		ft_attention_forward(o1, lse, q, k, v, &s);
 		float sc = 1.0f / sqrtf((float)hd);
 		for (int b = 0; b < B; b++)
@@ -257,7 +257,7 @@ static void test_attn_mask(void)
 						double d = 0;
 						for (int i = 0; i < hd; i++) d += qt[i] * ku[i];
 						p[u] = ft_k_attn_allowed(t, u, win, seg[b * T + t],
-									 seg[b * T + u]) ? d * sc : -INFINITY;
+									 seg[b * T + u], T) ? d * sc : -INFINITY;
 						if (p[u] > mx) mx = p[u];
 					}
 					for (int u = 0; u < T; u++) sum += p[u] = exp(p[u] - mx);
@@ -274,6 +274,132 @@ static void test_attn_mask(void)
 		   "ft_attention_forward (max rel %.2g)", win, e);
 	}
 	free(q); free(k); free(v); free(o1); free(o2); free(lse);
+}
+
+/* HF's attention with an attention_mask of right padding, written out
+ * in double without ft_k_attn_allowed: query t of row b sees the keys
+ * u <= t with u < len[b] (len >= 1, so the set is never empty).  The
+ * forward output, lse and the gradients for dout (pad rows included). */
+typedef struct { int B, T, Hq, Hk, hd; const int32_t *len; } kp_shape;
+
+static void kp_reference(const kp_shape *s, const float *q, const float *k, const float *v,
+			 const float *go, double *o, double *dq, double *dk, double *dv)
+{
+	int T = s->T, hd = s->hd, grp = s->Hq / s->Hk;
+	double sc = 1.0 / sqrt((double)hd), p[64];
+	size_t nq = (size_t)s->B * T * s->Hq * hd, nk = (size_t)s->B * T * s->Hk * hd;
+	memset(dq, 0, nq * sizeof *dq);
+	memset(dk, 0, nk * sizeof *dk);
+	memset(dv, 0, nk * sizeof *dv);
+	for (int b = 0; b < s->B; b++)
+		for (int h = 0; h < s->Hq; h++)
+			for (int t = 0; t < T; t++) {
+				size_t qi = ((size_t)(b * T + t) * s->Hq + h) * hd;
+				int nu = t + 1 < s->len[b] ? t + 1 : s->len[b];
+				double mx = -INFINITY, sum = 0, D = 0, dp[64];
+				for (int u = 0; u < nu; u++) {
+					size_t ki = ((size_t)(b * T + u) * s->Hk + h / grp) * hd;
+					double d = 0;
+					for (int i = 0; i < hd; i++) d += (double)q[qi + i] * k[ki + i];
+					p[u] = d * sc;
+					mx = p[u] > mx ? p[u] : mx;
+				}
+				for (int u = 0; u < nu; u++) sum += p[u] = exp(p[u] - mx);
+				for (int i = 0; i < hd; i++) o[qi + i] = 0;
+				for (int u = 0; u < nu; u++) {
+					size_t ki = ((size_t)(b * T + u) * s->Hk + h / grp) * hd;
+					p[u] /= sum;
+					dp[u] = 0;
+					for (int i = 0; i < hd; i++) {
+						o[qi + i] += p[u] * v[ki + i];
+						dp[u] += (double)go[qi + i] * v[ki + i];
+						dv[ki + i] += p[u] * go[qi + i];
+					}
+					D += p[u] * dp[u];
+				}
+				for (int u = 0; u < nu; u++) {
+					size_t ki = ((size_t)(b * T + u) * s->Hk + h / grp) * hd;
+					double ds = p[u] * (dp[u] - D) * sc;
+					for (int i = 0; i < hd; i++) {
+						dq[qi + i] += ds * k[ki + i];
+						dk[ki + i] += ds * q[qi + i];
+					}
+				}
+			}
+}
+
+static double kp_err(const float *a, const double *ref, size_t n)
+{
+	double e = 0, m = 1e-3;
+	for (size_t i = 0; i < n; i++) {
+		double d = fabs(a[i] - ref[i]);
+		e = d > e || d != d ? (d != d ? INFINITY : d) : e;
+		m = fabs(ref[i]) > m ? fabs(ref[i]) : m;
+	}
+	return e / m;
+}
+
+/* Key padding (ft_attn_shape.len): every output, padding queries
+ * included, is HF's masked attention (kp_reference); and the real
+ * queries' outputs and lse, and with dout 0 on the padding rows (as the
+ * loss gives: no label there) every gradient, are bit-identical to the
+ * attention without lengths, so losses and gradients of padded batches
+ * do not move.  Tolerance 1e-5 relative to the largest value: fp32 sums
+ * of at most 11 products against double (the masks differ by O(1)). */
+static void test_attn_key_padding(void)
+{
+	enum { B = 3, T = 11, Hq = 4, Hk = 2, hd = 8 };
+	static const int32_t len[B] = { T, 7, 1 };
+	size_t nq = (size_t)B * T * Hq * hd, nk = (size_t)B * T * Hk * hd, nl = (size_t)B * Hq * T;
+	float *q = rnd(nq, 1.5f), *k = rnd(nk, 1.5f), *v = rnd(nk, 1), *go = rnd(nq, 1);
+	float *o[2], *l[2], *g[2][3];
+	for (int j = 0; j < 2; j++) {
+		o[j] = malloc(nq * 4);
+		l[j] = malloc(nl * 4);
+		g[j][0] = malloc(nq * 4);
+		g[j][1] = malloc(nk * 4);
+		g[j][2] = malloc(nk * 4);
+	}
+	double *ro = malloc(nq * 8), *rq = malloc(nq * 8), *rk = malloc(nk * 8), *rv = malloc(nk * 8);
+	ft_attn_shape sl = { B, T, Hq, Hk, hd, 0, NULL, 0, 0, len }, s0 = sl;
+	s0.len = NULL;
+	kp_shape ks = { B, T, Hq, Hk, hd, len };
+	kp_reference(&ks, q, k, v, go, ro, rq, rk, rv);
+	ft_attention_forward(o[0], l[0], q, k, v, &sl);
+	ft_attention_backward(g[0][0], g[0][1], g[0][2], go, q, k, v, o[0], l[0], &sl);
+	double eo = kp_err(o[0], ro, nq), eq = kp_err(g[0][0], rq, nq);
+	double ek = kp_err(g[0][1], rk, nk), ev = kp_err(g[0][2], rv, nk);
+	ok(eo <= 1e-5 && eq <= 1e-5 && ek <= 1e-5 && ev <= 1e-5,
+	   "key padding: out %.2g, dq %.2g, dk %.2g, dv %.2g of HF's masked attention "
+	   "(padding queries included)", eo, eq, ek, ev);
+	ft_attention_forward(o[1], l[1], q, k, v, &s0);
+	int same_real = 1, moved_pad = 0;
+	for (int b = 0; b < B; b++)
+		for (int t = 0; t < T; t++)
+			for (int h = 0; h < Hq; h++) {
+				size_t i = ((size_t)(b * T + t) * Hq + h) * hd, li = ((size_t)b * Hq + h) * T + t;
+				int d = memcmp(o[0] + i, o[1] + i, hd * 4) || memcmp(l[0] + li, l[1] + li, 4);
+				if (t < len[b]) same_real &= !d;
+				else moved_pad |= d;
+			}
+	ok(same_real && moved_pad, "key padding: real queries' out and lse bit-identical to "
+	   "no lengths, padding queries' differ");
+	for (int b = 0; b < B; b++)           /* the loss's dout: 0 on padding */
+		memset(go + (size_t)(b * T + len[b]) * Hq * hd, 0, (size_t)(T - len[b]) * Hq * hd * 4);
+	ft_attention_backward(g[0][0], g[0][1], g[0][2], go, q, k, v, o[0], l[0], &sl);
+	ft_attention_backward(g[1][0], g[1][1], g[1][2], go, q, k, v, o[1], l[1], &s0);
+	int same = 1;
+	size_t ng[3] = { nq, nk, nk };
+	for (int j = 0; j < 3; j++)
+		for (size_t i = 0; i < ng[j]; i++)
+			same &= g[0][j][i] == g[1][j][i];
+	ok(same, "key padding: with dout 0 on padding rows dq, dk, dv are bit-identical to "
+	   "no lengths");
+	for (int j = 0; j < 2; j++) {
+		free(o[j]); free(l[j]);
+		for (int i = 0; i < 3; i++) free(g[j][i]);
+	}
+	free(q); free(k); free(v); free(go); free(ro); free(rq); free(rk); free(rv);
 }
 
 /* The GPU's two-stage column sums (ft_k_colsum_chunk): the chunks cover
@@ -332,6 +458,7 @@ int main(void)
 	test_adamw();
 	test_ce();
 	test_attn_mask();
+	test_attn_key_padding();
 	test_colsum_chunks();
 	return tap_done();
 }

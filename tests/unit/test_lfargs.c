@@ -39,6 +39,11 @@ int main(void)
 	ok(!strcmp(ft_lfargs_get(&a, "num_train_epochs", ""), "20.0"), "--dashed-key value");
 	ok(!strcmp(ft_lfargs_get(&a, "plot_loss", ""), "true") && !strcmp(ft_lfargs_get(&a, "fp16", ""), "true"),
 	   "bare flag and --key=value");
+	char *nulls[] = {"lora_target=null", "--dataset=~", "stage=", "num_train_epochs=nulls"};
+	ok(ft_lfargs_parse_argv(&a, 4, nulls) == 0, "null overrides parse");
+	ok(!ft_lfargs_find(&a, "lora_target") && !ft_lfargs_find(&a, "dataset") && !ft_lfargs_find(&a, "stage"),
+	   "key=null, --key=~ and key= unset the key (OmegaConf reads them as None)");
+	ok(!strcmp(ft_lfargs_get(&a, "num_train_epochs", ""), "nulls"), "only YAML's exact nulls unset");
 	char *bad[] = {"oops"};
 	ok(ft_lfargs_parse_argv(&a, 1, bad) == -1 && strstr(ft_errmsg(), "oops"), "stray word refused");
 	ft_lfargs_free(&a);

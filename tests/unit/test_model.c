@@ -251,6 +251,64 @@ static void test_packed(const char *dir, const char *fixture, const char *what)
 	ft_st_close(st);
 }
 
+/* Right padding with the batch's lengths (HF's attention_mask): the loss
+ * and every gradient are bit-identical to the same batch without lengths
+ * (real positions never see a padding key, and the loss has no label on
+ * padding), the real positions' logits too; only the padding positions'
+ * logits change (they now see the real tokens alone). */
+static void test_lengths(const char *dir, ft_finetuning_type t, const char *what)
+{
+	ft_st *st = fx(PAR "llama-full-grads.safetensors");
+	ft_batch b;
+	ft_model *m = ft_model_load(dir, &(ft_tune_opts){ .type = t, .lora_rank = 4,
+							 .lora_alpha = 8,
+							 .lora_targets = FT_MOD_ALL_LINEAR,
+							 .seed = 3 });
+	if (!st || load_batch(st, "batch.", &b) < 0 || !m || b.B < 2) {
+		ok(0, "%s lengths: setup: %s", what, ft_errmsg());
+		return;
+	}
+	int32_t *len = malloc(b.B * sizeof *len);
+	for (int r = 0; r < b.B; r++) {
+		len[r] = b.T - 3 * r > 1 ? b.T - 3 * r : 1;
+		for (int u = len[r]; u < b.T; u++)
+			b.labels[r * b.T + u] = -100;
+	}
+	b.n_label_tokens = 0;
+	for (int i = 0; i < b.B * b.T; i++)
+		b.n_label_tokens += b.labels[i] != -100;
+	size_t V = ft_model_config(m)->vocab_size, nl = (size_t)b.B * b.T * V;
+	float *lg[2] = { malloc(nl * 4), malloc(nl * 4) };
+	double l[2];
+	float **g = NULL;
+	for (int k = 0; k < 2; k++) {
+		b.lengths = k ? len : NULL;
+		ft_model_forward(m, &b, lg[k], NULL, NULL);
+		ft_model_zero_grad(m);
+		ft_model_forward_backward(m, &b, 0.01f, &l[k], NULL);
+		if (!k)
+			g = grads(m);
+	}
+	int real_same = 1, pad_moved = 0;
+	for (int r = 0; r < b.B; r++)
+		for (int u = 0; u < b.T; u++) {
+			int d = memcmp(lg[0] + ((size_t)r * b.T + u) * V, lg[1] + ((size_t)r * b.T + u) * V,
+				       V * 4) != 0;
+			if (u < len[r]) real_same &= !d;
+			else pad_moved |= d;
+		}
+	ok(l[0] == l[1] && same_grads(m, g) && real_same && pad_moved,
+	   "%s: right padding by lengths: loss, gradients and real logits bit-identical, "
+	   "padding logits moved", what);
+	b.lengths = NULL;
+	free(len);
+	free(lg[0]);
+	free(lg[1]);
+	free_batch(&b);
+	ft_model_free(m);
+	ft_st_close(st);
+}
+
 static void test_params(void)
 {
 	ft_tune_opts o = opts(FT_FT_FREEZE);
@@ -596,6 +654,8 @@ int main(void)
 	test_checkpointing(QWEN2, FT_FT_LORA, 0.1);
 	test_packed(LLAMA, PAR "llama-packed.safetensors", "llama");
 	test_packed(QWEN2, PAR "qwen2-packed.safetensors", "qwen2");
+	test_lengths(LLAMA, FT_FT_FULL, "llama full");
+	test_lengths(QWEN2, FT_FT_LORA, "qwen2 lora");
 	test_params();
 	test_errors();
 	test_configs();

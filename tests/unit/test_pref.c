@@ -10,9 +10,9 @@
  * reductions, ours in double), and a reward is beta times the difference
  * of two such sums of size ~50, whose float32 ulp is 4e-6; gradients 1e-4 of the tensor's largest entry, the bound the
  * model's own sft parity holds (tests/unit/test_model.c).  Batch 0 has no
- * padding; batch 1 is padded, and there logits/... is not compared: it
- * averages the logits of padding positions too, where HF's masked
- * attention and ft's plain causal one see different keys.
+ * padding; batch 1 is padded: its logits/... metrics average the logits
+ * of the padding positions too, which see the row's real tokens only
+ * (the batch's lengths, HF's attention_mask), as in HF.
  */
 #include <jansson.h>
 #include <math.h>
@@ -56,6 +56,7 @@ static int read_batch(const char *path, int k, ft_batch *b)
 	b->input_ids = ints(json_object_get(j, "input_ids"), &n);
 	b->labels = ints(json_object_get(j, "labels"), &n);
 	if (json_object_get(j, "kto_tags")) b->kto_tags = ints(json_object_get(j, "kto_tags"), &n);
+	if (json_object_get(j, "lengths")) b->lengths = ints(json_object_get(j, "lengths"), &n);
 	b->index = k;
 	json_decref(j);
 	rc = 0;
@@ -79,6 +80,34 @@ typedef struct {
 	const char *name;
 	ft_pref_opts o;
 } tcase;
+
+/* The evaluation pass on the same batch (no step was taken, dropout is
+ * off): every eval_ metric, the logits/ ones of padded batches included,
+ * is the fixture's training value. */
+static void eval_metrics(const char *kind, const tcase *tc, int bi, ft_train_model *tm,
+			 const ft_batch *b, ft_st *st)
+{
+	double el;
+	int64_t n;
+	const char *keys[FT_MAX_METRICS];
+	double vals[FT_MAX_METRICS];
+	int rc = tm->forward(tm->self, b, &el, &n);
+	size_t nm = rc == 0 ? tm->metrics(tm->self, 1, keys, vals, FT_MAX_METRICS) : 0;
+	int bad = rc != 0 || nm == 0, nlog = 0;
+	for (size_t i = 0; i < nm; i++) {
+		char key[128];
+		if (strncmp(keys[i], "eval_", 5)) { bad = 1; continue; }
+		snprintf(key, sizeof key, "m.%s", keys[i] + 5);
+		double w = scalar(st, key);
+		nlog += !strncmp(keys[i] + 5, "logits/", 7);
+		if (!(fabs(vals[i] - w) < 1e-5 || rel_err(vals[i], w, 1e-3) < 1e-5)) {
+			printf("# %s %.8g vs %.8g\n", keys[i], vals[i], w);
+			bad = 1;
+		}
+	}
+	ok(!bad && nlog == 2, "%s %s b%d: %zu eval_ metrics (eval_logits/ included) = the fixture's",
+	   kind, tc->name, bi, nm);
+}
 
 static void run_case(const char *kind, const tcase *tc, int bi)
 {
@@ -125,7 +154,6 @@ static void run_case(const char *kind, const tcase *tc, int bi)
 	for (size_t i = 0; i < nm; i++) {
 		const char *k = keys[i];
 		if (!strncmp(k, "eval_", 5)) k += 5;
-		if (bi == 1 && !strncmp(k, "logits/", 7)) continue;
 		char key[128];
 		snprintf(key, sizeof key, "m.%s", k);
 		double w = scalar(st, key);
@@ -161,6 +189,8 @@ static void run_case(const char *kind, const tcase *tc, int bi)
 	ok(ng > 0 && (size_t)ng == ntr, "%s %s b%d: %d gradients, every trainable parameter (%zu)", kind,
 	   tc->name, bi, ng, ntr);
 	ok(worst < 1e-4, "%s %s b%d: gradients within 1e-4 (worst %.2e)", kind, tc->name, bi, worst);
+	if (tc->o.stage != FT_PREF_RM)
+		eval_metrics(kind, tc, bi, &tm, &b, st);
 	ft_pref_free(p);
 	ft_model_free(m);
 	ft_st_close(st);

@@ -21,13 +21,15 @@ static void usage(void)
 "no effect in ft are named in a note.  The tools run are the ones beside\n"
 "ft-run's own executable, then those on PATH.  ft-train and ft-generate get\n"
 "--device auto (the GPU when one can run the job, as LLaMA-Factory uses it)\n"
-"unless a `device` setting names one (device=cpu).\n"
+"unless a `device` setting names one (device=cpu).  KEY=null (or ~, or\n"
+"nothing) unsets KEY, as OmegaConf reads it: the default applies.\n"
 "\n"
 "  -n, --dry_run   print the pipeline on stdout and run nothing\n"
 "  -q, --quiet     do not echo the pipeline before running it\n"
 "  -v, --verbose   also name the settings that have no effect in ft\n"
 "  --nproc N, -np N  train data parallel on N ranks: mpirun -np N ft-train ...\n"
-"                  (also from LLaMA-Factory's NPROC_PER_NODE; docs/DISTRIBUTED.md)\n"
+"                  (also from LLaMA-Factory's NPROC_PER_NODE, or ray_num_workers\n"
+"                  under USE_RAY=1; docs/DISTRIBUTED.md)\n"
 "  -h, --help      this help\n"
 "\n"
 "Exit status: 0 success; 1 a stage failed (its status) or bad config; 2 usage.\n"
@@ -57,17 +59,32 @@ static void find_siblings(void)
 	free(np);
 }
 
-/* LLaMA-Factory launches torchrun when FORCE_TORCHRUN is set (or it sees
- * several GPUs), with NPROC_PER_NODE processes on each of NNODES nodes;
- * ft's ranks are started by mpirun.  0: one process. */
-static int ranks_from_env(void)
+/* LLaMA-Factory's is_env_enabled: true, y or 1, in any case. */
+static int env_enabled(const char *name)
 {
+	const char *v = getenv(name);
+	return v && (!strcasecmp(v, "true") || !strcasecmp(v, "y") || !strcmp(v, "1"));
+}
+
+/* LLaMA-Factory launches torchrun when FORCE_TORCHRUN is set (or it sees
+ * several GPUs), with NPROC_PER_NODE processes on each of NNODES nodes,
+ * and under USE_RAY=1 instead ray_num_workers Ray workers (default 1);
+ * ft's ranks are started by mpirun either way.  0: one process. */
+static int ranks_from_env(const ft_lfargs *a)
+{
+	if (env_enabled("USE_RAY")) {
+		const ft_lfarg *w = ft_lfargs_find(a, "ray_num_workers");
+		int n = w ? (int)ft_parse_int("ray_num_workers", w->value) : 1;
+		note("USE_RAY=1: ray_num_workers %d: %d rank%s, started by mpirun instead of Ray", n, n,
+		     n == 1 ? "" : "s");
+		return n;
+	}
 	const char *nn = getenv("NNODES"), *np = getenv("NPROC_PER_NODE"), *force = getenv("FORCE_TORCHRUN");
 	if (nn && *nn && strcmp(nn, "1"))
 		die_usage("NNODES=%s: ft runs across nodes with an MPI hostfile or srun, not torchrun's "
 			  "rendezvous: mpirun -np N --hostfile HOSTS ft-train ... (docs/DISTRIBUTED.md)", nn);
 	if (np && *np) return (int)ft_parse_int("NPROC_PER_NODE", np);
-	if (force && *force && strcmp(force, "0") && strcasecmp(force, "false"))
+	if (env_enabled("FORCE_TORCHRUN"))
 		die_usage("FORCE_TORCHRUN=%s: set NPROC_PER_NODE=N (or ft-run --nproc N) to start N ranks "
 			  "with mpirun", force);
 	return 0;
@@ -119,7 +136,7 @@ int main(int argc, char **argv)
 		for (size_t k = 0; k < p.n_problems; k++) warn("%s", p.problems[k]);
 		die("%s", ft_errmsg());
 	}
-	if (nproc < 0) nproc = ranks_from_env();
+	if (nproc < 0) nproc = ranks_from_env(&a);
 	if (nproc < 0 || nproc > 1000000) die_usage("--nproc %d: give a number of ranks >= 1", nproc);
 	if (nproc > 1 && strcmp(command, "train"))
 		die_usage("--nproc %d: only training runs on several ranks", nproc);

@@ -1,6 +1,7 @@
 /* args.c - ft-train's options: LLaMA-Factory names from the command line
  * or a YAML/JSON config (lib/cli/lfargs.h), checked against one table. */
 #include "ft-train.h"
+#include "cli/runplan.h"
 #include "model/quant.h"
 
 #include <math.h>
@@ -79,6 +80,13 @@ static void check_keys(const ft_lfargs *a)
 				continue;
 			}
 			die_usage("--%s has no meaning in ft-train", x->key);
+		}
+		/* a LLaMA-Factory setting ft refuses gets ft-run's reason, not
+		 * "unknown option" (one table: lib/cli/runplan_settings.c) */
+		const char *why = NULL;
+		if (ft_runplan_accepts(x->key, &why) == 0) {
+			if (from_cmdline(x)) die_usage("--%s is not supported: %s", x->key, why);
+			die_usage("%s: '%s' is not supported: %s", x->origin, x->key, why);
 		}
 		die_usage("unknown option --%s%s%s", x->key, from_cmdline(x) ? "" : " in ",
 			  from_cmdline(x) ? "" : x->origin);

@@ -663,9 +663,12 @@ int main(int argc, char **argv)
 				fprintf(stderr, "***** train metrics *****\n  epoch      = %.4g\n  train_loss = %.4f\n"
 					"  train_runtime = %.2fs\n  tokens = %lld\n", r.epoch, r.train_loss,
 					r.train_runtime, (long long)r.tokens_seen);
-				if (!isnan(r.eval_loss))
+				/* perplexity only where the loss is a token cross-entropy */
+				if (!isnan(r.eval_loss) && !c.pref)
 					fprintf(stderr, "  eval_loss  = %.4f\n  perplexity = %.4f\n", r.eval_loss,
 						exp(r.eval_loss));
+				else if (!isnan(r.eval_loss))
+					fprintf(stderr, "  eval_loss  = %.4f\n", r.eval_loss);
 			}
 			if (c.plot_loss && ft_dist_rank(dist) == 0 && c.pref) {
 				pref_plot(&c);

@@ -114,7 +114,8 @@ int ppo_stage(const ft_cli_args *c)
 }
 
 /* The prompts of one pass over the batches: each row's ids up to its
- * right padding (ft-pack pads ppo rows with pad_id, labels all -100). */
+ * right padding (ft-pack pads ppo rows with pad_id, labels all -100, and
+ * records each row's length; older batch files: trailing pad_ids). */
 ft_i32vec *read_prompts(ft_batch_source *src, const ft_manifest *man, size_t *n)
 {
 	ft_i32vec *q = NULL;
@@ -128,7 +129,9 @@ ft_i32vec *read_prompts(ft_batch_source *src, const ft_manifest *man, size_t *n)
 		for (int i = 0; i < b.B; i++) {
 			const int32_t *r = b.input_ids + (size_t)i * b.T;
 			int len = b.T;
-			if (b.segment_ids) {
+			if (b.lengths) {
+				len = b.lengths[i];
+			} else if (b.segment_ids) {
 				while (len > 0 && b.segment_ids[(size_t)i * b.T + len - 1] == 0) len--;
 			} else {
 				while (len > 0 && r[len - 1] == man->pad_id) len--;
