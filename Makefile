@@ -42,7 +42,7 @@ LIB_TRAIN  += ppo_loop
 LIB_CUDA   += pref
 LIB_TRAIN  += cuda_pref
 # GRPO (issue 21): TRL 1.16 GRPOTrainer
-LIB_TRAIN  += grpo grpo_loop grpo_reward
+LIB_TRAIN  += grpo grpo_loop grpo_ckpt grpo_reward
 # vocabulary extension (add_tokens, add_special_tokens, resize_vocab)
 LIB_TEXT   += tokenizer_add
 LIB_CLI    += newtokens

@@ -124,7 +124,7 @@ int ft_generate_on(const ft_decoder *d, const ft_i32vec *prompts, size_t n,
 		g.first = first;
 		g.n = n - first < (size_t)bs ? (int)(n - first) : bs;
 		for (int r = 0; r < g.n; r++) {
-			ft_rng_seed(&g.rng[r], o->seed * 0x9E3779B97F4A7C15ULL + first + r);
+			ft_rng_seed(&g.rng[r], o->seed * 0x9E3779B97F4A7C15ULL + o->first_index + first + r);
 			g.done[r] = 0;
 			g.ctx[r].n = 0;
 			ft_i32vec_append(&g.ctx[r], prompts[first + r].v, prompts[first + r].n);

@@ -20,6 +20,8 @@ typedef struct {
 	size_t n_stop;
 	uint64_t seed;
 	int batch_size;              /* prompts decoded together */
+	uint64_t first_index;        /* the index prompts[0] seeds with (0): a part of a larger set
+				      * draws what the whole would (grpo's ranks) */
 } ft_gen_opts;
 
 void ft_gen_defaults(ft_gen_opts *o);

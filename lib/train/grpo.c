@@ -17,6 +17,7 @@ void ft_grpo_opts_default(ft_grpo_opts *o)
 	o->beta = 0.0;
 	o->max_completion_length = 512;
 	o->bias_correction_kl = 1;
+	o->top_entropy_quantile = 1.0;
 }
 
 int ft_grpo_loss_type(const char *s)
@@ -117,12 +118,47 @@ static void weights(const ft_grpo_opts *o, const float *mask, int B, int T, doub
 	}
 }
 
+static int cmp_float(const void *a, const void *b)
+{
+	float x = *(const float *)a, y = *(const float *)b;
+	return x < y ? -1 : x > y;
+}
+
+void ft_grpo_entropy_mask(const float *ent, const float *mask, size_t n, double q, float *emask)
+{
+	float *v = ft_xmalloc((n ? n : 1) * sizeof *v);
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++)
+		if (mask[i] != 0) v[k++] = ent[i];
+	memset(emask, 0, n * sizeof *emask);
+	if (k == 0) {   /* TRL: zeros_like when nothing is gathered */
+		free(v);
+		return;
+	}
+	qsort(v, k, sizeof *v, cmp_float);
+	/* torch.quantile: ranks = q (n - 1) in the input's dtype, lerp of the
+	 * neighbours with torch's two-sided formula */
+	float rank = (float)q * (float)(k - 1);
+	size_t lo = (size_t)rank, hi = (size_t)ceilf(rank);
+	float w = rank - (float)lo, a = v[lo], b = v[hi];
+	float thr = w < 0.5f ? a + w * (b - a) : b - (b - a) * (1.0f - w);
+	for (size_t i = 0; i < n; i++) emask[i] = mask[i] != 0 && ent[i] * mask[i] >= thr;
+	free(v);
+}
+
 int ft_grpo_loss(const ft_grpo_opts *o, const float *logp, const float *old, const float *ref,
-		 const float *mask, const float *adv, int B, int T, double accum, double num_items,
-		 ft_grpo_loss_stats *st, float *dlogp)
+		 const float *ent, const float *mask, const float *adv, int B, int T, double accum,
+		 double num_items, ft_grpo_loss_stats *st, float *dlogp)
 {
 	if (B < 1 || T < 1) return ft_fail("GRPO loss: an empty micro-batch");
-	double *rw = ft_xmalloc((size_t)B * sizeof *rw), ntok;
+	int use_em = o->top_entropy_quantile < 1.0;
+	if (use_em && !ent) return ft_fail("GRPO loss: top_entropy_quantile needs the entropies");
+	float *em = NULL;
+	if (use_em) {
+		em = ft_xmalloc((size_t)B * T * sizeof *em);
+		ft_grpo_entropy_mask(ent, mask, (size_t)B * T, 1.0 - o->top_entropy_quantile, em);
+	}
+	double *rw = ft_xmalloc((size_t)B * sizeof *rw), ntok, esum = 0;
 	weights(o, mask, B, T, accum, num_items, rw, &ntok);
 	float lo = (float)(1 - o->epsilon_low), hi = (float)(1 + o->epsilon_high);
 	double loss = 0, kl = 0, low = 0, high = 0, reg = 0, low_min = INFINITY, high_max = -INFINITY;
@@ -136,6 +172,11 @@ int ft_grpo_loss(const ft_grpo_opts *o, const float *logp, const float *old, con
 			float l1 = c * A, l2 = c2 * A;
 			float ptl = -(l1 < l2 ? l1 : l2);
 			float d = clip_grad(c, A, lo, hi) * c;
+			if (em) {   /* per_token_loss * entropy_mask, before the KL */
+				ptl = ptl * em[i];
+				d = d * em[i];
+			}
+			if (ent) esum += (double)ent[i] * mask[i];
 			if (o->beta != 0) {
 				float dr = ref[i] - lp, e = expf(dr), k3 = e - dr - 1.0f, dk3 = 1.0f - e;
 				float k = k3, dk = dk3;
@@ -163,7 +204,11 @@ int ft_grpo_loss(const ft_grpo_opts *o, const float *logp, const float *old, con
 		}
 	}
 	free(rw);
+	free(em);
 	double n = ntok > 1 ? ntok : 1;
+	st->entropy = ent ? esum / n : NAN;
+	const double sums[5] = { kl, esum, low, high, reg };
+	memcpy(st->sums, sums, sizeof sums);
 	st->loss = loss;
 	st->kl = kl / n;
 	st->low_mean = low / n;

@@ -25,6 +25,8 @@ typedef struct {
 	double beta;                /* 0.0: no KL term, no reference pass */
 	int max_completion_length;  /* dr_grpo's constant denominator (512) */
 	int bias_correction_kl;     /* use_bias_correction_kl (true): the k3 term times the ratio */
+	double top_entropy_quantile;  /* 1.0: every token; < 1: the policy term only on the tokens at or
+				       * above the micro-batch's (1 - q) entropy quantile */
 } ft_grpo_opts;
 
 void ft_grpo_opts_default(ft_grpo_opts *o);
@@ -49,19 +51,31 @@ typedef struct {
 	double kl;                  /* masked mean of the per-token KL (beta > 0) */
 	double low_mean, high_mean, region_mean;  /* clip_ratio/...: masked means */
 	double low_min, high_max;   /* over the rows' masked means */
+	double entropy;             /* masked mean of the per-token entropy (ent given), else NaN */
 	double n_tokens;
+	/* the masked sums behind the means (kl, entropy, low, high, region),
+	 * for means over several processes' micro-batches */
+	double sums[5];
 } ft_grpo_loss_stats;
+
+/* get_high_entropy_mask: emask[i] = 1 where mask[i] != 0 and ent[i] >=
+ * torch.quantile(the masked entropies, q) (linear interpolation in float,
+ * as torch), else 0; all 0 when no position is masked in.  n positions. */
+void ft_grpo_entropy_mask(const float *ent, const float *mask, size_t n, double q, float *emask);
 
 /* _compute_loss on B rows of T positions.  old: the old logprobs, NULL
  * when they are the detached current ones (num_iterations 1); ref: the
- * reference's, used when beta != 0; adv [B].  accum: the gradient
+ * reference's, used when beta != 0; ent: the per-token entropies of the
+ * same forward (NULL: no entropy statistic; needed when
+ * top_entropy_quantile < 1, whose mask multiplies the clipped term
+ * before the KL is added, as TRL's); adv [B].  accum: the gradient
  * accumulation steps (grpo, bnpo, dr_grpo divide by it); num_items: the
  * completion tokens of the whole generation batch (dapo's normaliser).
  * dlogp (NULL or [B*T]) receives d loss / d logp as autograd gives it
  * (torch.min's ties split in half, clamp passing on the closed range).
- * Fails on B < 1. */
+ * Fails on B < 1, or without ent when the entropy mask needs it. */
 int ft_grpo_loss(const ft_grpo_opts *o, const float *logp, const float *old, const float *ref,
-		 const float *mask, const float *adv, int B, int T, double accum, double num_items,
+		 const float *ent, const float *mask, const float *adv, int B, int T, double accum, double num_items,
 		 ft_grpo_loss_stats *st, float *dlogp);
 
 #endif

@@ -1,10 +1,10 @@
 /* grpo_loop.c - the GRPO stage's loop (grpo_loop.h). */
-#include "train/grpo_loop.h"
+#include "train/grpo_internal.h"
 #include "format/trainlog.h"
 #include "model/model_pref.h"
 #include "train/ppo_model.h"
+#include "train/trainer_internal.h"   /* ftp_dist_reduce: the gradient sum as ft_train's */
 #include "util/error.h"
-#include "util/rng.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -16,24 +16,17 @@
 enum {
 	M_MEAN_LEN, M_MIN_LEN, M_MAX_LEN, M_CLIPPED, M_MEAN_TERM, M_MIN_TERM, M_MAX_TERM,
 	M_REWARD, M_REWARD_STD, M_FRAC_ZERO, M_KL, M_LOW_MEAN, M_LOW_MIN, M_HIGH_MEAN, M_HIGH_MAX,
-	M_REGION, M_FIXED
+	M_REGION, M_ENTROPY, M_FIXED
 };
 static const char *const metric_keys[M_FIXED] = {
 	"completions/mean_length", "completions/min_length", "completions/max_length",
 	"completions/clipped_ratio", "completions/mean_terminated_length",
 	"completions/min_terminated_length", "completions/max_terminated_length", "reward", "reward_std",
 	"frac_reward_zero_std", "kl", "clip_ratio/low_mean", "clip_ratio/low_min", "clip_ratio/high_mean",
-	"clip_ratio/high_max", "clip_ratio/region_mean",
+	"clip_ratio/high_max", "clip_ratio/region_mean", "entropy",
 };
 
-typedef struct {
-	int n;                  /* M_FIXED + 2 per reward */
-	double *sum;
-	int *cnt;
-	char **keys;
-} metrics;
-
-static void metrics_init(metrics *mt, const ft_grpo_loop_opts *o)
+static void metrics_init(ftp_grpo_metrics *mt, const ft_grpo_loop_opts *o)
 {
 	mt->n = M_FIXED + 2 * o->n_rewards;
 	mt->sum = ft_xcalloc((size_t)mt->n, sizeof *mt->sum);
@@ -46,7 +39,7 @@ static void metrics_init(metrics *mt, const ft_grpo_loop_opts *o)
 	}
 }
 
-static void metrics_free(metrics *mt)
+static void metrics_free(ftp_grpo_metrics *mt)
 {
 	for (int i = 0; i < mt->n; i++) free(mt->keys[i]);
 	free(mt->keys);
@@ -54,7 +47,7 @@ static void metrics_free(metrics *mt)
 	free(mt->cnt);
 }
 
-static void put(metrics *mt, int k, double v)
+static void put(ftp_grpo_metrics *mt, int k, double v)
 {
 	if (isnan(v)) return;   /* TRL's log() drops NaN values before averaging */
 	mt->sum[k] += v;
@@ -71,22 +64,11 @@ static void mean_std(const double *x, size_t n, double *mean, double *std)
 	*std = n > 1 ? sqrt(v / (n - 1)) : NAN;
 }
 
-/* One generation batch: N rows of prompt + completion, right-padded. */
-typedef struct {
-	int N, T;
-	size_t *pidx;
-	ft_i32vec *comp;
-	int32_t *ids, *labels;
-	int32_t *len;           /* [N] prompt + completion: the rest is padding */
-	float *mask, *adv, *old, *ref;
-	double num_items;
-} genbatch;
-
-static void genbatch_free(genbatch *g)
+void ftp_grpo_gen_free(ftp_grpo_gen *g)
 {
 	for (int i = 0; g->comp && i < g->N; i++) ft_i32vec_free(&g->comp[i]);
 	free(g->comp); free(g->pidx); free(g->ids); free(g->labels); free(g->len);
-	free(g->mask); free(g->adv); free(g->old); free(g->ref);
+	free(g->mask); free(g->adv); free(g->old); free(g->ref); free(g->rows);
 	memset(g, 0, sizeof *g);
 }
 
@@ -97,7 +79,14 @@ static void fix_completion(const ft_grpo_loop_opts *o, ft_i32vec *c)
 	if ((int)c->n < o->max_completion_length && o->eos_id >= 0) ft_i32vec_push(c, o->eos_id);
 }
 
-static void build_grid(genbatch *g, const ft_i32vec *prompts)
+/* TRL's is_truncated: the last token is neither eos nor pad */
+static int truncated(const ft_grpo_loop_opts *o, const ft_i32vec *c)
+{
+	int32_t last = c->n ? c->v[c->n - 1] : o->pad_id;
+	return last != o->eos_id && last != o->pad_id;
+}
+
+void ftp_grpo_build_grid(ftp_grpo_gen *g, const ft_i32vec *prompts, const ft_grpo_loop_opts *o)
 {
 	int T = 0;
 	for (int i = 0; i < g->N; i++) {
@@ -121,12 +110,14 @@ static void build_grid(genbatch *g, const ft_i32vec *prompts)
 	}
 	ft_batch b = { .B = g->N, .T = T, .input_ids = g->ids, .labels = g->labels };
 	ft_ppo_mask(&b, g->mask);
+	for (int i = 0; o->mask_truncated && i < g->N; i++)   /* before num_items_in_batch, as TRL */
+		if (truncated(o, &g->comp[i])) memset(g->mask + (size_t)i * T, 0, T * sizeof(float));
 	g->num_items = 0;
 	for (size_t k = 0; k < n; k++) g->num_items += g->mask[k];
 }
 
 /* Rows rows[0..n) of the grid as a batch (ids and labels copied). */
-static void sub_batch(const genbatch *g, const int *rows, int n, ft_batch *b)
+static void sub_batch(const ftp_grpo_gen *g, const int *rows, int n, ft_batch *b)
 {
 	memset(b, 0, sizeof *b);
 	b->B = n;
@@ -143,13 +134,13 @@ static void sub_batch(const genbatch *g, const int *rows, int n, ft_batch *b)
 	}
 }
 
-static void gather_rows(const genbatch *g, const float *src, const int *rows, int n, float *dst)
+static void gather_rows(const ftp_grpo_gen *g, const float *src, const int *rows, int n, float *dst)
 {
 	for (int i = 0; i < n; i++) memcpy(dst + (size_t)i * g->T, src + (size_t)rows[i] * g->T, g->T * sizeof(float));
 }
 
 /* logp of rows[0..n) into out rows (train: dropout on, as TRL's model in train mode) */
-static int logps_rows(ft_model *m, const genbatch *g, const int *rows, int n, int train, float *out)
+static int logps_rows(ft_model *m, const ftp_grpo_gen *g, const int *rows, int n, int train, float *out)
 {
 	ft_batch b;
 	sub_batch(g, rows, n, &b);
@@ -164,7 +155,7 @@ static int logps_rows(ft_model *m, const genbatch *g, const int *rows, int n, in
 
 /* Old (num_iterations > 1) and reference (beta != 0) log-probabilities,
  * in micro-batches of batch_size rows as TRL chunks them. */
-static int old_ref_passes(ft_model *m, genbatch *g, const ft_grpo_loop_opts *o)
+static int old_ref_passes(ft_model *m, ftp_grpo_gen *g, const ft_grpo_loop_opts *o)
 {
 	int rc = 0, *rows = ft_xmalloc((size_t)g->N * sizeof *rows);
 	for (int i = 0; i < g->N; i++) rows[i] = i;
@@ -174,7 +165,9 @@ static int old_ref_passes(ft_model *m, genbatch *g, const ft_grpo_loop_opts *o)
 	for (int i = 0; rc == 0 && i < g->N; i += o->batch_size) {
 		int k = g->N - i < o->batch_size ? g->N - i : o->batch_size;
 		if (g->old) rc = logps_rows(m, g, rows + i, k, 1, g->old);
-		if (rc == 0 && g->ref) {
+		if (rc == 0 && g->ref && o->ref) {
+			rc = logps_rows(o->ref, g, rows + i, k, 0, g->ref);
+		} else if (rc == 0 && g->ref) {
 			ft_model_set_adapters(m, 0);
 			rc = logps_rows(m, g, rows + i, k, 0, g->ref);
 			ft_model_set_adapters(m, 1);
@@ -184,90 +177,144 @@ static int old_ref_passes(ft_model *m, genbatch *g, const ft_grpo_loop_opts *o)
 	return rc;
 }
 
-typedef struct {
-	ft_param **ps;
-	size_t np;
-	ft_adamw *opt;
-	ft_rng rng;
-	int64_t step, gen;
-	double loss_step, loss_sum;
-	int n_logged;
-	metrics mt;
-} loop_state;
-
-static void length_metrics(loop_state *s, const ft_grpo_loop_opts *o, const genbatch *g)
+/* TRL's completions/... over the whole generation batch: len[i] and
+ * trunc[i] (0 or 1) of its N completions. */
+static void length_metrics(ftp_grpo_state *s, const double *len, const double *trunc, int N)
 {
 	double sum = 0, mn = INFINITY, mx = 0, tsum = 0, tmn = INFINITY, tmx = 0;
 	int clipped = 0, nterm = 0;
-	for (int i = 0; i < g->N; i++) {
-		const ft_i32vec *c = &g->comp[i];
-		double l = (double)c->n;
+	for (int i = 0; i < N; i++) {
+		double l = len[i];
 		sum += l; if (l < mn) mn = l; if (l > mx) mx = l;
-		int32_t last = c->n ? c->v[c->n - 1] : o->pad_id;
-		if (last != o->eos_id && last != o->pad_id) { clipped++; continue; }
+		if (trunc[i] != 0) { clipped++; continue; }
 		nterm++;
 		tsum += l; if (l < tmn) tmn = l; if (l > tmx) tmx = l;
 	}
 	if (nterm == 0) tsum = tmn = tmx = 0, nterm = 1;   /* TRL: zeros(1) */
-	const double v[7] = { sum / g->N, mn, mx, (double)clipped / g->N, tsum / nterm, tmn, tmx };
+	const double v[7] = { sum / N, mn, mx, (double)clipped / N, tsum / nterm, tmn, tmx };
 	for (int k = 0; k < 7; k++) put(&s->mt, M_MEAN_LEN + k, v[k]);
 }
 
-/* Sample, score, advantages; nothing of the model changes here. */
-static int generation(ft_model *m, loop_state *s, const ft_grpo_loop_opts *o, const ft_i32vec *prompts,
-		      const size_t *uniq, int P, genbatch *g)
+static int world(const ft_grpo_loop_opts *o) { return ft_dist_size(o->dist); }
+
+/* This rank's rows of the generation batch: [first, first + N) of W N */
+static int first_row(const ft_grpo_loop_opts *o) { return ft_dist_rank(o->dist) * o->batch_size * o->grad_accum; }
+
+/* The generation metrics of the whole batch (every rank's rows gathered,
+ * as TRL's accelerator.gather): lengths, rewards, frac_reward_zero_std. */
+static int generation_metrics(ftp_grpo_state *s, const ft_grpo_loop_opts *o, const ftp_grpo_gen *g, const float *pf,
+			      const float *rew, double fz, int Nw)
 {
-	int G = o->num_generations, K = o->n_rewards;
-	g->N = P * G;
+	int K = o->n_rewards, r0 = first_row(o);
+	double *len = ft_xcalloc((size_t)Nw * 2, sizeof *len), *trunc = len + Nw;
+	for (int i = 0; i < g->N; i++) {
+		len[r0 + i] = (double)g->comp[i].n;
+		trunc[r0 + i] = truncated(o, &g->comp[i]);
+	}
+	int rc = ft_dist_sum_f64(o->dist, len, (size_t)Nw * 2, "completion lengths");
+	if (rc == 0) length_metrics(s, len, trunc, Nw);
+	free(len);
+	if (rc < 0) return -1;
+	double *x = ft_xmalloc((size_t)Nw * sizeof *x), mean, sd;
+	for (int k = 0; k < K; k++) {
+		for (int i = 0; i < Nw; i++) x[i] = pf[(size_t)i * K + k];
+		mean_std(x, (size_t)Nw, &mean, &sd);
+		put(&s->mt, M_FIXED + 2 * k, mean);
+		put(&s->mt, M_FIXED + 2 * k + 1, sd);
+	}
+	for (int i = 0; i < Nw; i++) x[i] = rew[i];
+	mean_std(x, (size_t)Nw, &mean, &sd);
+	put(&s->mt, M_REWARD, mean);
+	put(&s->mt, M_REWARD_STD, sd);
+	put(&s->mt, M_FRAC_ZERO, fz);
+	free(x);
+	return 0;
+}
+
+/* Sample and score this rank's rows, gather every rank's rewards, the
+ * group advantages over the whole batch (TRL gathers the rewards and
+ * takes its process slice of the advantages); nothing of the model
+ * changes here. */
+static int generation(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o, const ft_i32vec *prompts,
+		      const size_t *uniq, int P, ftp_grpo_gen *g)
+{
+	int G = o->num_generations, K = o->n_rewards, Nw = P * G, r0 = first_row(o);
+	g->N = Nw / world(o);
 	g->pidx = ft_xmalloc((size_t)g->N * sizeof *g->pidx);
 	g->comp = ft_xcalloc((size_t)g->N, sizeof *g->comp);
 	ft_i32vec *q = ft_xmalloc((size_t)g->N * sizeof *q);
 	for (int i = 0; i < g->N; i++) {
-		g->pidx[i] = uniq[i / G];
+		g->pidx[i] = uniq[(r0 + i) / G];
 		q[i] = prompts[g->pidx[i]];   /* borrowed */
 	}
-	int rc = o->generate(o->gen_ctx, m, q, (size_t)g->N, o->seed + (uint64_t)s->gen * 1000003u, g->comp);
+	int rc = o->generate(o->gen_ctx, m, q, (size_t)g->N, o->seed + (uint64_t)s->gen * 1000003u, (uint64_t)r0,
+			     g->comp);
 	free(q);
 	if (rc < 0) return -1;
 	for (int i = 0; i < g->N; i++) fix_completion(o, &g->comp[i]);
-	float *pf = ft_xcalloc((size_t)g->N * K, sizeof *pf), *rew = ft_xmalloc((size_t)g->N * sizeof *rew);
-	g->adv = ft_xmalloc((size_t)g->N * sizeof *g->adv);
+	float *pf = ft_xcalloc((size_t)Nw * K, sizeof *pf), *rew = ft_xmalloc((size_t)Nw * sizeof *rew);
+	float *adv = ft_xmalloc((size_t)Nw * sizeof *adv);
 	double fz = 0;
-	rc = o->score(o->score_ctx, g->pidx, g->comp, (size_t)g->N, pf);
-	if (rc == 0) rc = ft_grpo_advantages(&o->grpo, pf, o->reward_weights, K, g->N, G, rew, g->adv, &fz);
-	if (rc == 0 && o->on_samples) rc = o->on_samples(o->samples_ctx, s->step, g->pidx, g->comp, (size_t)g->N, pf, g->adv);
+	rc = o->score(o->score_ctx, g->pidx, g->comp, (size_t)g->N, pf + (size_t)r0 * K);
+	/* the others' rows are 0 here: the sum is the gather */
+	if (rc == 0) rc = ft_dist_sum_f32(o->dist, pf, (size_t)Nw * K, "rewards");
+	if (rc == 0) rc = ft_grpo_advantages(&o->grpo, pf, o->reward_weights, K, Nw, G, rew, adv, &fz);
 	if (rc == 0) {
-		build_grid(g, prompts);
-		rc = old_ref_passes(m, g, o);
+		g->adv = ft_xmalloc((size_t)g->N * sizeof *g->adv);
+		memcpy(g->adv, adv + r0, (size_t)g->N * sizeof *g->adv);
 	}
+	if (rc == 0 && o->on_samples)
+		rc = o->on_samples(o->samples_ctx, s->step, g->pidx, g->comp, (size_t)g->N, pf + (size_t)r0 * K, g->adv);
 	if (rc == 0) {
-		length_metrics(s, o, g);
-		double *x = ft_xmalloc((size_t)g->N * sizeof *x), mean, sd;
-		for (int k = 0; k < K; k++) {
-			for (int i = 0; i < g->N; i++) x[i] = pf[(size_t)i * K + k];
-			mean_std(x, (size_t)g->N, &mean, &sd);
-			put(&s->mt, M_FIXED + 2 * k, mean);
-			put(&s->mt, M_FIXED + 2 * k + 1, sd);
-		}
-		for (int i = 0; i < g->N; i++) x[i] = rew[i];
-		mean_std(x, (size_t)g->N, &mean, &sd);
-		put(&s->mt, M_REWARD, mean);
-		put(&s->mt, M_REWARD_STD, sd);
-		put(&s->mt, M_FRAC_ZERO, fz);
-		free(x);
+		ftp_grpo_build_grid(g, prompts, o);
+		rc = ft_dist_sum_f64(o->dist, &g->num_items, 1, "completion tokens");   /* num_items_in_batch */
 	}
+	if (rc == 0) rc = old_ref_passes(m, g, o);
+	if (rc == 0) rc = generation_metrics(s, o, g, pf, rew, fz, Nw);
 	free(pf);
 	free(rew);
+	free(adv);
+	return rc;
+}
+
+/* TRL's micro-batch metrics over every process's micro-batch of the same
+ * position: global_masked_mean (sums and token counts reduced) and the
+ * gathered rows' nanmin / nanmax. */
+static int reduce_stats(const ft_grpo_loop_opts *o, ft_grpo_loss_stats *st)
+{
+	int W = world(o), r = ft_dist_rank(o->dist);
+	double *x = ft_xcalloc(6 + 2 * (size_t)W, sizeof *x);
+	memcpy(x, st->sums, sizeof st->sums);
+	x[5] = st->n_tokens;
+	/* one slot per rank; a rank without a row's mean adds +-inf, not NaN */
+	x[6 + r] = isnan(st->low_min) ? INFINITY : st->low_min;
+	x[6 + W + r] = isnan(st->high_max) ? -INFINITY : st->high_max;
+	int rc = ft_dist_sum_f64(o->dist, x, 6 + 2 * (size_t)W, "GRPO metrics");
+	if (rc == 0) {
+		double n = x[5] > 1 ? x[5] : 1, mn = INFINITY, mx = -INFINITY;
+		st->kl = x[0] / n;
+		st->entropy = x[1] / n;
+		st->low_mean = x[2] / n;
+		st->high_mean = x[3] / n;
+		st->region_mean = x[4] / n;
+		for (int k = 0; k < W; k++) {
+			if (x[6 + k] < mn) mn = x[6 + k];
+			if (x[6 + W + k] > mx) mx = x[6 + W + k];
+		}
+		st->low_min = isfinite(mn) ? mn : NAN;
+		st->high_max = isfinite(mx) ? mx : NAN;
+	}
+	free(x);
 	return rc;
 }
 
 /* One micro-batch: forward, loss, backward. */
-static int microbatch(ft_model *m, loop_state *s, const ft_grpo_loop_opts *o, const genbatch *g,
+static int microbatch(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o, const ftp_grpo_gen *g,
 		      const int *rows, int n)
 {
 	size_t cnt = (size_t)n * g->T;
-	float *buf = ft_xcalloc(cnt * 5, sizeof(float));
-	float *lp = buf, *dl = buf + cnt, *mask = buf + 2 * cnt;
+	float *buf = ft_xcalloc(cnt * 6, sizeof(float));
+	float *lp = buf, *dl = buf + cnt, *mask = buf + 2 * cnt, *ent = buf + 5 * cnt;
 	float *old = g->old ? buf + 3 * cnt : NULL, *ref = g->ref ? buf + 4 * cnt : NULL;
 	float *adv = ft_xmalloc((size_t)n * sizeof *adv);
 	gather_rows(g, g->mask, rows, n, mask);
@@ -277,9 +324,18 @@ static int microbatch(ft_model *m, loop_state *s, const ft_grpo_loop_opts *o, co
 	ft_batch b;
 	sub_batch(g, rows, n, &b);
 	ft_grpo_loss_stats st;
+	ft_model_set_logp_entropy(m, ent);   /* TRL's entropy metric, from the training forward */
 	int rc = ft_model_logps_forward(m, &b, 1, lp, NULL);
-	if (rc == 0) rc = ft_grpo_loss(&o->grpo, lp, old, ref, mask, adv, n, g->T, o->grad_accum, g->num_items, &st, dl);
+	ft_model_set_logp_entropy(m, NULL);
+	/* the ranks' gradients are summed, not averaged as DDP's: the
+	 * accumulation normaliser counts every rank's micro-batches, dapo's
+	 * the whole batch's tokens (TRL's num_items / num_processes, then
+	 * DDP's mean, is the same) */
+	double accum = (double)o->grad_accum * world(o);
+	if (rc == 0)
+		rc = ft_grpo_loss(&o->grpo, lp, old, ref, ent, mask, adv, n, g->T, accum, g->num_items, &st, dl);
 	if (rc == 0) rc = ft_model_logps_backward(m, &b, dl);
+	if (rc == 0 && world(o) > 1) rc = reduce_stats(o, &st);
 	if (rc == 0) {
 		s->loss_step += st.loss;
 		if (o->grpo.beta != 0) put(&s->mt, M_KL, st.kl);
@@ -288,6 +344,7 @@ static int microbatch(ft_model *m, loop_state *s, const ft_grpo_loop_opts *o, co
 		put(&s->mt, M_HIGH_MEAN, st.high_mean);
 		put(&s->mt, M_HIGH_MAX, st.high_max);
 		put(&s->mt, M_REGION, st.region_mean);
+		put(&s->mt, M_ENTROPY, st.entropy);
 	}
 	ft_batch_free(&b);
 	free(adv);
@@ -295,7 +352,7 @@ static int microbatch(ft_model *m, loop_state *s, const ft_grpo_loop_opts *o, co
 	return rc;
 }
 
-static void write_log(const ft_grpo_loop_opts *o, loop_state *s, double lr)
+static void write_log(const ft_grpo_loop_opts *o, ftp_grpo_state *s, double lr)
 {
 	ft_trainlog_entry e;
 	ft_trainlog_entry_init(&e);
@@ -323,39 +380,67 @@ static void write_log(const ft_grpo_loop_opts *o, loop_state *s, double lr)
 	s->n_logged = 0;
 }
 
-/* num_iterations passes over the shuffled generation batch, each one
- * optimizer step of grad_accum micro-batches. */
-static int updates(ft_model *m, loop_state *s, const ft_grpo_loop_opts *o, const genbatch *g)
+/* One optimizer step: a pass of grad_accum micro-batches over the
+ * shuffled generation batch in hand. */
+static int update(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o)
 {
-	int64_t *perm = ft_xmalloc((size_t)g->N * sizeof *perm);
-	int *rows = ft_xmalloc((size_t)g->N * sizeof *rows), rc = 0;
-	for (int i = 0; i < g->N; i++) perm[i] = i;
-	ft_shuffle_i64(&s->rng, perm, (size_t)g->N);   /* shuffle_sequence_dict */
-	for (int i = 0; i < g->N; i++) rows[i] = (int)perm[i];
-	for (int it = 0; it < o->num_iterations && rc == 0 && s->step < o->max_steps; it++) {
-		double lr = ft_sched_lr(&o->sched, s->step);
-		ft_model_zero_grad(m);
-		s->loss_step = 0;
-		for (int i = 0; i < g->N && rc == 0; i += o->batch_size) {
-			int n = g->N - i < o->batch_size ? g->N - i : o->batch_size;
-			rc = microbatch(m, s, o, g, rows + i, n);
-		}
-		if (rc < 0) break;
-		if (o->max_grad_norm > 0) ft_clip_grad_norm(s->ps, s->np, o->max_grad_norm);
-		ft_adamw_step(s->opt, lr);
-		s->step++;
-		s->loss_sum += s->loss_step;
-		s->n_logged++;
-		if (o->log && s->step % o->logging_steps == 0) write_log(o, s, lr);
+	ftp_grpo_gen *g = &s->g;
+	double lr = ft_sched_lr(&o->sched, s->step);
+	ft_model_zero_grad(m);
+	s->loss_step = 0;
+	int rc = 0;
+	for (int i = 0; i < g->N && rc == 0; i += o->batch_size) {
+		int n = g->N - i < o->batch_size ? g->N - i : o->batch_size;
+		rc = microbatch(m, s, o, g, g->rows + i, n);
 	}
-	free(rows);
+	if (rc < 0) return -1;
+	if (world(o) > 1) {   /* the gradients and the step's loss summed over the ranks */
+		ft_train_opts to = { .dist = o->dist };
+		ft_train_model tm = { 0 };
+		double ls[2] = { s->loss_step, 0 };
+		ft_dist_set_step(o->dist, s->step + 1);
+		if (ftp_dist_reduce(&to, &tm, s->ps, s->np, ls, 1, 0) < 0) return -1;
+		s->loss_step = ls[0];
+	}
+	if (o->max_grad_norm > 0) ft_clip_grad_norm(s->ps, s->np, o->max_grad_norm);
+	ft_adamw_step(s->opt, lr);
+	s->step++;
+	g->it++;
+	s->loss_sum += s->loss_step;
+	s->n_logged++;
+	if (o->log && s->step % o->logging_steps == 0) write_log(o, s, lr);
+	return 0;
+}
+
+/* The next generation batch (a new pass when this one's prompts run
+ * out), then its row order: shuffle_sequence_dict, once for all its
+ * num_iterations. */
+static int next_generation(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o, const ft_i32vec *prompts,
+			   int P, size_t *uniq)
+{
+	if (s->pos + P > s->n) {   /* a new pass: RepeatSampler's seeded shuffle, the tail dropped */
+		for (size_t i = 0; i < s->n; i++) s->order[i] = (int64_t)i;
+		ft_shuffle_i64(&s->sampler, s->order, s->n);
+		s->pos = 0;
+	}
+	for (int i = 0; i < P; i++) uniq[i] = (size_t)s->order[s->pos++];
+	ftp_grpo_gen *g = &s->g;
+	int rc = generation(m, s, o, prompts, uniq, P, g);
+	s->gen++;
+	if (rc < 0) return -1;
+	int64_t *perm = ft_xmalloc((size_t)g->N * sizeof *perm);
+	for (int i = 0; i < g->N; i++) perm[i] = i;
+	ft_shuffle_i64(&s->rng, perm, (size_t)g->N);
+	g->rows = ft_xmalloc((size_t)g->N * sizeof *g->rows);
+	for (int i = 0; i < g->N; i++) g->rows[i] = (int)perm[i];
 	free(perm);
-	return rc;
+	g->it = 0;
+	return 0;
 }
 
 int ft_grpo_prompts_per_generation(const ft_grpo_loop_opts *o)
 {
-	int N = o->batch_size * o->grad_accum;
+	int N = o->batch_size * o->grad_accum * world(o);
 	return o->num_generations > 0 && N % o->num_generations == 0 ? N / o->num_generations : 0;
 }
 
@@ -364,37 +449,38 @@ int ft_grpo_train(ft_model *m, const ft_i32vec *prompts, size_t n, const ft_grpo
 	int P = ft_grpo_prompts_per_generation(o);
 	if (P == 0) return ft_fail("the generation batch is not whole groups of num_generations");
 	if (n < (size_t)P) return ft_fail("%zu prompts: one generation batch needs %d", n, P);
-	if (ft_model_set_logp_temperature(m, o->temperature > 0 ? o->temperature : 1) < 0) return -1;
-	loop_state s;
+	float t = o->temperature > 0 ? o->temperature : 1;
+	if (ft_model_set_logp_temperature(m, t) < 0) return -1;
+	if (o->ref && ft_model_set_logp_temperature(o->ref, t) < 0) return -1;
+	ftp_grpo_state s;
 	memset(&s, 0, sizeof s);
-	ft_rng_seed(&s.rng, o->seed);
+	ft_rng_seed(&s.rng, o->seed);       /* shuffle_sequence_dict's (torch's global generator) */
+	ft_rng_seed(&s.sampler, o->seed);   /* RepeatSampler's own generator, seeded with args.seed */
 	size_t np = ft_model_nparams(m);
 	s.ps = ft_xmalloc(np * sizeof *s.ps);
 	for (size_t i = 0; i < np; i++)
 		if (ft_model_param(m, i)->trainable) s.ps[s.np++] = ft_model_param(m, i);
 	s.opt = ft_adamw_new(s.ps, s.np, &o->adamw);
 	metrics_init(&s.mt, o);
-	int64_t *order = ft_xmalloc(n * sizeof *order);
-	size_t *uniq = ft_xmalloc((size_t)P * sizeof *uniq), pos = n;
-	int rc = 0;
+	s.order = ft_xmalloc(n * sizeof *s.order);
+	s.n = s.pos = n;
+	size_t *uniq = ft_xmalloc((size_t)P * sizeof *uniq);
+	int rc = o->resume_dir ? ftp_grpo_ckpt_load(m, &s, o, prompts) : 0;
 	while (rc == 0 && s.step < o->max_steps) {
-		if (pos + P > n) {   /* a new pass: RepeatSampler's seeded shuffle, the tail dropped */
-			for (size_t i = 0; i < n; i++) order[i] = (int64_t)i;
-			ft_shuffle_i64(&s.rng, order, n);
-			pos = 0;
-		}
-		for (int i = 0; i < P; i++) uniq[i] = (size_t)order[pos++];
-		genbatch g = { 0 };
-		rc = generation(m, &s, o, prompts, uniq, P, &g);
-		s.gen++;
-		if (rc == 0) rc = updates(m, &s, o, &g);
-		genbatch_free(&g);
+		if (s.g.N == 0) rc = next_generation(m, &s, o, prompts, P, uniq);
+		if (rc == 0) rc = update(m, &s, o);
+		if (s.g.N && (rc < 0 || s.g.it == o->num_iterations)) ftp_grpo_gen_free(&s.g);
+		if (rc == 0 && o->save_steps > 0 && o->save_model && s.step % o->save_steps == 0 &&
+		    ft_dist_rank(o->dist) == 0)
+			rc = ftp_grpo_ckpt_save(m, &s, o);
 	}
-	free(order);
+	ftp_grpo_gen_free(&s.g);
+	free(s.order);
 	free(uniq);
 	metrics_free(&s.mt);
 	ft_adamw_free(s.opt);
 	free(s.ps);
 	ft_model_set_logp_temperature(m, 1);
+	if (o->ref) ft_model_set_logp_temperature(o->ref, 1);
 	return rc;
 }

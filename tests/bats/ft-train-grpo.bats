@@ -41,9 +41,9 @@ grpo() {
 	run jq -r '[.current_steps, .total_steps, (.loss|type), (.reward|type), (.reward_std|type),
 		(."rewards/c97/mean"|type), (."rewards/c97/std"|type), (.kl|type), ."completions/mean_length",
 		(."completions/clipped_ratio"|type), (."clip_ratio/region_mean"|type), (."clip_ratio/low_min"|type),
-		(.frac_reward_zero_std|type)] | @tsv' a/trainer_log.jsonl
+		(.frac_reward_zero_std|type), .entropy > 5] | @tsv' a/trainer_log.jsonl
 	assert_success
-	[ "${lines[0]}" = "$(printf '1\t3\tnumber\tnumber\tnumber\tnumber\tnumber\tnumber\t6\tnumber\tnumber\tnumber\tnumber')" ]
+	[ "${lines[0]}" = "$(printf '1\t3\tnumber\tnumber\tnumber\tnumber\tnumber\tnumber\t6\tnumber\tnumber\tnumber\tnumber\ttrue')" ]
 	# one JSON line per completion: 8 completions (1 prompt x 8 generations) per step
 	[ "$(wc -l < a/completions.jsonl)" -eq 24 ]
 	run jq -r '[.step, (.prompt|type), (.completion|type), (.rewards.c97|type), (.advantage|type)] | @tsv' a/completions.jsonl
@@ -197,14 +197,131 @@ grpo() {
 	[ "$status" -eq 2 ]; assert_output --partial "more weights than the 1 rewards"
 	run grpo --output_dir a --reward_model some/rm --reward_model_type api
 	[ "$status" -eq 2 ]; assert_output --partial "--reward_model_type api: --stage grpo takes an rm adapter"
-	run grpo --output_dir a --reward_funcs "$ONE" --finetuning_type full
-	[ "$status" -eq 2 ]; assert_output --partial "LoRA policies only"
+	run grpo --output_dir a --reward_funcs "$ONE" --ref_model "$LLAMA"
+	[ "$status" -eq 2 ]; assert_output --partial "--ref_model: --beta 0 (the default) uses no reference"
+	run grpo --output_dir a --reward_funcs "$ONE" --finetuning_type full --train_from_scratch true --beta 0.1
+	[ "$status" -eq 2 ]; assert_output --partial "the reference would be the base, which is random here"
+	run grpo --output_dir a --reward_funcs "$ONE" --top_entropy_quantile 1.5
+	[ "$status" -eq 2 ]; assert_output --partial "--top_entropy_quantile 1.5: must be in [0, 1]"
+	run grpo --output_dir a --reward_funcs "$ONE" --mask_truncated_completions maybe
+	[ "$status" -eq 2 ]; assert_output --partial "mask_truncated_completions"
 	run ft-train --stage sft --model_name_or_path "$LLAMA" --train p8.zst --output_dir a --num_generations 4 -q
 	[ "$status" -eq 2 ]; assert_output --partial "--num_generations: only --stage grpo uses it"
 	run grpo --output_dir a --reward_funcs "$ONE" --num_generations 4 --max_steps 1 --ppo_epochs 2
 	[ "$status" -eq 2 ]; assert_output --partial "--ppo_epochs: a --stage ppo setting; --stage grpo uses --num_iterations"
 	run grpo --output_dir a --reward_funcs "a'b"
 	[ "$status" -eq 2 ]; assert_output --partial "unterminated ' quote"
+}
+
+@test "grpo: freeze and full policies against a frozen copy of the base; the whole model is saved" {
+	need_jq
+	for ft in full freeze; do
+		run grpo --output_dir $ft --reward_funcs "$(count 97)" --finetuning_type $ft --beta 0.04
+		assert_success
+		[ -f $ft/model.safetensors ] && [ -f $ft/config.json ] && [ ! -e $ft/adapter_model.safetensors ]
+		# the first step's policy is the reference: KL 0, then the policy moves away
+		[ "$(jq -r '.kl' $ft/trainer_log.jsonl | head -1)" = 0 ]
+		[ "$(jq -r '.kl > 0' $ft/trainer_log.jsonl | tail -1)" = true ]
+		cmp -s $ft/model.safetensors "$LLAMA/model.safetensors" && false
+	done
+	# a LoRA policy against --ref_model (the base): as its adapters off
+	grpo --output_dir l1 --reward_funcs "$(count 97)" --beta 0.04
+	grpo --output_dir l2 --reward_funcs "$(count 97)" --beta 0.04 --ref_model "$LLAMA"
+	cmp l1/trainer_log.jsonl l2/trainer_log.jsonl
+	# another reference: KL from the first step
+	grpo --output_dir l3 --reward_funcs "$(count 97)" --beta 0.04 --ref_model "$PEAKY"
+	[ "$(jq -r '.kl > 0' l3/trainer_log.jsonl | head -1)" = true ]
+	# a full policy with an rm adapter as its reward: the rm keeps its own base
+	ft-cat --encode < "$FIXTURES/pref/rm.jsonl" > rm.zst
+	ft-train --stage rm --model_name_or_path "$LLAMA" --train rm.zst --output_dir rm --max_steps 1 -q
+	run grpo --output_dir f2 --reward_model rm --finetuning_type full
+	assert_success
+	[ "$(jq -r '."rewards/rm/mean" | type' f2/trainer_log.jsonl | sort -u)" = number ]
+}
+
+@test "grpo: TRL's entropy metric, --mask_truncated_completions and --top_entropy_quantile" {
+	need_jq
+	# max_completion_length 6: the tiny model never stops, so every completion
+	# is truncated and, masked, nothing is trained (loss and entropy 0, the
+	# adapter as initialised)
+	grpo --output_dir m --reward_funcs "$(count 97)" --mask_truncated_completions true --save_steps 1 --max_steps 2
+	[ "$(jq -r '[."completions/clipped_ratio", .loss, .entropy] | @tsv' m/trainer_log.jsonl | sort -u)" = "$(printf '1\t0\t0')" ]
+	cmp m/checkpoint-1/adapter_model.safetensors m/adapter_model.safetensors
+	grpo --output_dir u --reward_funcs "$(count 97)" --max_steps 2
+	[ "$(jq -r '.entropy > 5' u/trainer_log.jsonl | sort -u)" = true ]
+	# the peaky model with eos 221 (a token it samples often) ends some
+	# completions: those train, the truncated ones are left out
+	mkdir e221 && cp "$PEAKY"/* e221/
+	for f in config.json generation_config.json; do jq '.eos_token_id = 221' "$PEAKY/$f" > e221/$f; done
+	grpo --model_name_or_path e221 --output_dir p --reward_funcs "$(count 97)" --max_completion_length 16 \
+		--mask_truncated_completions true --max_steps 2
+	[ "$(jq -r '."completions/clipped_ratio" < 1 and ."completions/clipped_ratio" > 0' p/trainer_log.jsonl | sort -u)" = true ]
+	[ "$(jq -r '.entropy > 0' p/trainer_log.jsonl | sort -u)" = true ]
+	grpo --model_name_or_path e221 --output_dir p2 --reward_funcs "$(count 97)" --max_completion_length 16 --max_steps 2
+	[ "$(jq -r .reward p/trainer_log.jsonl | head -1)" = "$(jq -r .reward p2/trainer_log.jsonl | head -1)" ]
+	[ "$(jq -r .entropy p/trainer_log.jsonl | head -1)" != "$(jq -r .entropy p2/trainer_log.jsonl | head -1)" ]
+	# top_entropy_quantile: the policy term on the top 20% tokens only; the
+	# same samples at step 1, another loss (on the peaky model, whose groups
+	# differ in reward)
+	grpo --model_name_or_path "$PEAKY" --output_dir q1 --reward_funcs "$(count 97)" --max_steps 2
+	grpo --model_name_or_path "$PEAKY" --output_dir q --reward_funcs "$(count 97)" --max_steps 2 --top_entropy_quantile 0.2
+	[ "$(jq -r .reward q1/trainer_log.jsonl | head -1)" = "$(jq -r .reward q/trainer_log.jsonl | head -1)" ]
+	[ "$(jq -r .loss q1/trainer_log.jsonl | head -1)" != "$(jq -r .loss q/trainer_log.jsonl | head -1)" ]
+	run cmp -s q1/adapter_model.safetensors q/adapter_model.safetensors
+	[ "$status" -eq 1 ]
+}
+
+# r.sh: the count 97 reward, killing ft-train (its pid in ft.pid) when it
+# reads line KILL_AT, as a crash would
+killer() {
+	cat > r.sh <<-'EOF'
+	n=0
+	while IFS= read -r l; do
+		n=$((n+1))
+		[ "$n" = "${KILL_AT:-0}" ] && kill -9 "$(cat ft.pid)"
+		c=${l#*\"completion\":\"}; c=${c%%\"*}; k=0
+		for t in $c; do [ "$t" = 97 ] && k=$((k+1)); done
+		echo $k
+	done
+	EOF
+}
+
+@test "grpo: killed and resumed from --save_steps checkpoints, the same log, completions and weights as an uninterrupted run" {
+	need_jq
+	killer
+	# lora: beta > 0, num_iterations 2, the checkpoint at step 3 inside the
+	# second generation batch (its completions, advantages, old and
+	# reference log-probabilities saved); the kill at line 17, the third
+	# generation batch's first completion, after the checkpoint.
+	# full: one iteration per batch, the whole model in the checkpoint; the
+	# kill in the fourth batch
+	for ft in lora full; do
+		args=(--reward_funcs "c97=sh r.sh" --finetuning_type $ft --beta 0.04 --num_iterations 2 --max_steps 6
+			--save_steps 3 --log_completions true --num_generations 4 --seed 7)
+		kill_at=17
+		[ $ft = full ] && args+=(--num_iterations 1) && kill_at=25   # 8 completions a batch, one batch a step
+		grpo --output_dir U$ft "${args[@]}"
+		[ -f U$ft/checkpoint-3/optimizer.safetensors ] && [ -f U$ft/checkpoint-3/grpo_state.json ]
+		[ -f U$ft/checkpoint-3/grpo_buffer.safetensors ] && [ -d U$ft/checkpoint-6 ]
+		(KILL_AT=$kill_at; export KILL_AT; grpo --output_dir K$ft "${args[@]}" & echo $! > ft.pid; wait $!) && false
+		[ -d K$ft/checkpoint-3 ] && [ ! -e K$ft/checkpoint-6 ]
+		grpo --output_dir K$ft "${args[@]}" --resume_from_checkpoint true
+		cmp U$ft/trainer_log.jsonl K$ft/trainer_log.jsonl
+		cmp U$ft/completions.jsonl K$ft/completions.jsonl
+		if [ $ft = lora ]; then
+			cmp U$ft/adapter_model.safetensors K$ft/adapter_model.safetensors
+			[ "$(jq -r .iterations_done U$ft/checkpoint-3/grpo_state.json)" = 1 ]
+		else
+			cmp U$ft/model.safetensors K$ft/model.safetensors
+		fi
+		cmp U$ft/checkpoint-6/optimizer.safetensors K$ft/checkpoint-6/optimizer.safetensors
+	done
+	run grpo --output_dir Klora "${args[@]}" --max_steps 8 --resume_from_checkpoint Klora/checkpoint-3
+	[ "$status" -eq 1 ]
+	assert_output --partial "resume with the same settings"
+	run grpo --output_dir S --reward_funcs "$ONE" --save_steps 1 --save_total_limit 1
+	assert_success
+	[ -d S/checkpoint-3 ] && [ ! -e S/checkpoint-2 ]
 }
 
 @test "examples/grpo.mk: tokenize, pack, GRPO with the arithmetic checker, plot; check.sh scores answers" {

@@ -14,6 +14,16 @@ old log-probabilities are fixed here.  What runs is TRL's own code:
   backpropagated: the LoRA gradients, and d loss / d logp (kept with
   retain_grad on the log-probabilities), which is the per-token loss's
   derivative the C side feeds to the model's backward.
+* Options beyond the loss types: mask_truncated_completions (the
+  completion_mask rows of completions ending in neither eos nor pad
+  zeroed, as _generate_and_score_completions does before
+  num_items_in_batch), top_entropy_quantile (TRL's own
+  get_high_entropy_mask, bound on the stand-in), TRL's `entropy` metric
+  in every case, and a full fine-tuning case: the policy a plain
+  LlamaForCausalLM (tests/fixtures/grpo/peaky-llama, every weight
+  trainable), the reference a separate frozen copy of the base
+  (tests/fixtures/models/tiny-llama, as TRL creates one from the model's
+  path for a non-PEFT policy), the gradients of all its weights.
 * The advantages are a transcription of _generate_and_score_completions'
   sum_then_normalize block (it sits inside the generation method and
   cannot be driven without a generator); nanstd is TRL's own.
@@ -31,6 +41,7 @@ from contextlib import nullcontext
 import torch
 from safetensors.torch import save_file
 from trl.trainer.grpo_trainer import GRPOTrainer
+from transformers import LlamaForCausalLM
 from trl.trainer.utils import add_fused_lm_head, nanstd
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -71,9 +82,13 @@ class Acc:
     reduce = staticmethod(lambda t, reduction="sum": t)
     gather = staticmethod(lambda t: t)
     gather_for_metrics = staticmethod(lambda t: t)
+    pad_across_processes = staticmethod(lambda t, dim=0, pad_index=0: t)
 
 
-def inputs_of(pm):
+EOS, PAD = 2, 0
+
+
+def inputs_of(pm, mask_truncated=False):
     B = len(COMPLETIONS)
     P = max(len(p) for p in PROMPTS)
     C = max(len(c) for c in COMPLETIONS)
@@ -87,26 +102,49 @@ def inputs_of(pm):
         prompt_mask[i, P - len(p):] = 1
         completion_ids[i, :len(c)] = torch.tensor(c)
         completion_mask[i, :len(c)] = 1
+        if mask_truncated and c[-1] not in (EOS, PAD):   # is_truncated
+            completion_mask[i] = 0
     return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
             "completion_mask": completion_mask}
 
 
-def run_case(name, loss_type, beta, eps_low, eps_high, scale, old_noise, accum, max_len, temperature):
-    pm = load("llama")
-    add_fused_lm_head(pm.get_base_model(), temperature=temperature, outputs=("log_probs", "entropy"))
-    inp = inputs_of(pm)
+def full_models():
+    """The full fine-tuning case: a plain policy and its frozen reference."""
+    models = os.path.join(HERE, "..", "fixtures")
+    pol = LlamaForCausalLM.from_pretrained(os.path.join(models, "grpo", "peaky-llama"), dtype=torch.float32,
+                                           attn_implementation="eager")
+    ref = LlamaForCausalLM.from_pretrained(os.path.join(models, "models", "tiny-llama"), dtype=torch.float32,
+                                           attn_implementation="eager")
+    pol.train()
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return pol, ref
+
+
+def run_case(name, loss_type, beta, eps_low, eps_high, scale, old_noise, accum, max_len, temperature,
+             mask_truncated=False, top_q=1.0, full=False):
+    if full:
+        pm, ref = full_models()
+        add_fused_lm_head(pm, temperature=temperature, outputs=("log_probs", "entropy"))
+        add_fused_lm_head(ref, temperature=temperature, outputs=("log_probs", "entropy"))
+    else:
+        pm, ref = load("llama"), None
+        add_fused_lm_head(pm.get_base_model(), temperature=temperature, outputs=("log_probs", "entropy"))
+    inp = inputs_of(pm, mask_truncated)
     rewards, adv = advantages(PER_FUNC, WEIGHTS, G, scale)
     inp["advantages"] = adv
     inp["num_items_in_batch"] = inp["completion_mask"].sum()
     kept = {}
     me = types.SimpleNamespace(
         loss_type=loss_type, beta=beta, epsilon_low=eps_low, epsilon_high=eps_high,
-        importance_sampling_level="token", top_entropy_quantile=1.0, off_policy_mask_threshold=None,
+        importance_sampling_level="token", top_entropy_quantile=top_q, off_policy_mask_threshold=None,
         use_vllm=False, vllm_importance_sampling_correction=False, _entropy_bonus_enabled=False,
         aux_loss_enabled=False, max_completion_length=max_len, current_gradient_accumulation_steps=accum,
         accelerator=Acc(), model=pm, _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
         args=types.SimpleNamespace(delta=None, use_bias_correction_kl=True, steps_per_generation=accum),
     )
+    me.get_high_entropy_mask = types.MethodType(GRPOTrainer.get_high_entropy_mask, me)
     real = GRPOTrainer._get_per_token_logps_and_entropies
 
     def logps(self, *a, **k):
@@ -121,7 +159,9 @@ def run_case(name, loss_type, beta, eps_low, eps_high, scale, old_noise, accum, 
     C = inp["completion_ids"].size(1)
     with torch.no_grad():
         cur = real(me, pm, ids, am, C)[0]
-        if beta != 0:
+        if beta != 0 and ref is not None:   # TRL's ref_model
+            inp["ref_per_token_logps"] = real(me, ref, ids, am, C)[0]
+        elif beta != 0:
             with pm.disable_adapter():
                 inp["ref_per_token_logps"] = real(me, pm, ids, am, C)[0]
     if old_noise:
@@ -140,10 +180,11 @@ def run_case(name, loss_type, beta, eps_low, eps_high, scale, old_noise, accum, 
             t["grad." + n.replace(".default", "")] = p.grad
     save_file({k: v.detach().float().contiguous() for k, v in t.items()},
               os.path.join(OUT, "llama-%s.safetensors" % name))
-    metrics = {k: v[-1] for k, v in me._metrics["train"].items() if k != "entropy"}
+    metrics = {k: v[-1] for k, v in me._metrics["train"].items()}
     return {"name": name, "loss_type": loss_type, "beta": beta, "epsilon": eps_low, "epsilon_high": eps_high,
             "scale_rewards": scale, "accum": accum, "max_completion_length": max_len,
-            "temperature": temperature, "old": bool(old_noise),
+            "temperature": temperature, "old": bool(old_noise), "mask_truncated": mask_truncated,
+            "top_entropy_quantile": top_q, "full": full,
             "rewards": rewards.tolist(), "advantages": adv.tolist(), "loss": loss.item(), "metrics": metrics}
 
 
@@ -178,6 +219,12 @@ def main():
         ("onpolicy", "dapo", 0.0, 0.2, 0.2, "group", 0, 1, 8, 1.0),
         # --temperature: logits / 0.7 in every pass (current, old and reference)
         ("temp", "grpo", 0.04, 0.2, 0.2, "group", 0.3, 2, 8, 0.7),
+        # mask_truncated_completions: rows 2 and 5 end without eos
+        ("masktrunc", "dapo", 0.04, 0.2, 0.2, "group", 0.3, 2, 8, 1.0, True),
+        # top_entropy_quantile 0.3: the policy term on the top 30% entropy tokens
+        ("topent", "grpo", 0.04, 0.2, 0.2, "group", 0.3, 2, 8, 1.0, False, 0.3),
+        # full fine-tuning: a frozen copy of the base as the reference
+        ("full", "grpo", 0.04, 0.2, 0.2, "group", 0.3, 2, 8, 1.0, False, 1.0, True),
     ]
     out = {"source": "trl 1.16 GRPOTrainer._compute_loss (make_grpo_fixtures.py)",
            "prompts": PROMPTS, "completions": COMPLETIONS, "G": G, "per_func": PER_FUNC, "weights": WEIGHTS,

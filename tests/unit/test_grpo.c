@@ -1,8 +1,12 @@
 /* test_grpo.c - TRL 1.16 GRPOTrainer's advantages and loss (train/grpo.h)
  * against tests/reference/make_grpo_fixtures.py, which runs TRL's own
  * _compute_loss on the tiny Llama with the preference fixtures' LoRA: per
- * loss_type (and one with temperature 0.7), the advantages, the log-probabilities, the loss, the logged
- * kl and clip ratios, d loss / d logp per token, and every LoRA gradient.
+ * loss_type (and one with temperature 0.7, one with
+ * mask_truncated_completions, one with top_entropy_quantile 0.3), the
+ * advantages, the log-probabilities, the loss, the logged kl, entropy and
+ * clip ratios, d loss / d logp per token, and every LoRA gradient; and a
+ * full fine-tuning case (every weight trained, the reference a separate
+ * frozen copy of the base) with the gradients of all 21 weights.
  *
  * Tolerances: the advantages and the arithmetic on given log-probabilities
  * are float32 both sides (a few ulps; 1e-5).  The model's log-probabilities
@@ -106,9 +110,28 @@ static double grads_err(ft_model *m, const ft_st *st, int *ng)
 	return worst;
 }
 
-static void check_case(ft_model *m, const json_t *root, const json_t *c, grid *g)
+/* mask_truncated_completions: the rows whose completion ends in neither
+ * eos (2) nor pad (0) leave the mask (TRL zeroes their completion_mask) */
+static float *case_mask(const grid *g, const json_t *root, int on)
+{
+	size_t n = (size_t)g->N * g->T;
+	float *mk = malloc(n * sizeof *mk);
+	memcpy(mk, g->mask, n * sizeof *mk);
+	const json_t *Cs = json_object_get(root, "completions");
+	for (int i = 0; on && i < g->N; i++) {
+		const json_t *c = json_array_get(Cs, i);
+		long long last = json_integer_value(json_array_get(c, json_array_size(c) - 1));
+		if (last != 2 && last != 0) memset(mk + (size_t)i * g->T, 0, g->T * sizeof *mk);
+	}
+	return mk;
+}
+
+static void check_case(ft_model *m, const json_t *root, const json_t *c, grid *g, ft_model *refm)
 {
 	const char *name = ft_json_str(c, "name", "?");
+	int full = ft_json_bool(c, "full", 0);
+	float *gmask = g->mask, *cmask = case_mask(g, root, ft_json_bool(c, "mask_truncated", 0));
+	g->mask = cmask;   /* the grid's mask for this case, put back at the end */
 	ft_grpo_opts o;
 	ft_grpo_opts_default(&o);
 	o.loss_type = ft_grpo_loss_type(ft_json_str(c, "loss_type", ""));
@@ -117,9 +140,13 @@ static void check_case(ft_model *m, const json_t *root, const json_t *c, grid *g
 	o.epsilon_low = ft_json_num(c, "epsilon", 0);
 	o.epsilon_high = ft_json_num(c, "epsilon_high", 0);
 	o.max_completion_length = (int)ft_json_int(c, "max_completion_length", 0);
+	o.top_entropy_quantile = ft_json_num(c, "top_entropy_quantile", 1.0);
 	int N = g->N, K = (int)json_array_size(json_object_get(root, "weights"));
 	double temp = ft_json_num(c, "temperature", 1);
-	if (ft_model_set_logp_temperature(m, (float)temp) < 0) { ok(0, "%s: %s", name, ft_errmsg()); return; }
+	if (ft_model_set_logp_temperature(m, (float)temp) < 0 || (refm && ft_model_set_logp_temperature(refm, (float)temp) < 0)) {
+		ok(0, "%s: %s", name, ft_errmsg());
+		return;
+	}
 	float *pf = malloc((size_t)N * K * sizeof *pf), w[8], rew[64], adv[64], wadv[64];
 	for (int k = 0; k < K; k++) w[k] = (float)json_number_value(json_array_get(json_object_get(root, "weights"), k));
 	for (int i = 0; i < N; i++)
@@ -135,49 +162,78 @@ static void check_case(ft_model *m, const json_t *root, const json_t *c, grid *g
 	ft_st *st = ft_st_open(path);
 	if (!st) { ok(0, "%s: %s", path, ft_errmsg()); free(pf); return; }
 	size_t n = (size_t)N * g->T;
-	float *lp = calloc(n, sizeof *lp), *dl = calloc(n, sizeof *dl), *ref = NULL;
+	float *lp = calloc(n, sizeof *lp), *dl = calloc(n, sizeof *dl), *ref = NULL, *ent = calloc(n, sizeof *ent);
 	float *wlp = to_grid(g, st, "logp"), *wdl = to_grid(g, st, "dlogp"), *old = to_grid(g, st, "old_logp");
 	if (o.beta != 0) {
 		ref = calloc(n, sizeof *ref);
-		ft_model_set_adapters(m, 0);
-		rc = ft_model_logps_forward(m, &g->b, 0, ref, NULL);
-		ft_model_set_adapters(m, 1);
+		if (refm) {
+			rc = ft_model_logps_forward(refm, &g->b, 0, ref, NULL);
+		} else {
+			ft_model_set_adapters(m, 0);
+			rc = ft_model_logps_forward(m, &g->b, 0, ref, NULL);
+			ft_model_set_adapters(m, 1);
+		}
 		float *wref = to_grid(g, st, "ref_logp");
 		double er = grid_err(g, ref, wref);
-		ok(rc == 0 && er < 1e-4, "%s: reference log-probabilities (adapters off) within 1e-4 (%.2g)", name, er);
+		ok(rc == 0 && er < 1e-4, "%s: reference log-probabilities (%s) within 1e-4 (%.2g)", name,
+		   refm ? "a frozen copy of the base" : "adapters off", er);
 		free(wref);
 	}
 	ft_model_zero_grad(m);
+	ft_model_set_logp_entropy(m, ent);
 	rc = ft_model_logps_forward(m, &g->b, 1, lp, NULL);
+	ft_model_set_logp_entropy(m, NULL);
 	double el = grid_err(g, lp, wlp);
 	ok(rc == 0 && el < 1e-4, "%s: log-probabilities (temperature %g) within 1e-4 (%.2g)", name, temp, el);
 	double items = 0;
 	for (size_t i = 0; i < n; i++) items += g->mask[i];
 	ft_grpo_loss_stats ls;
-	rc = ft_grpo_loss(&o, lp, old, ref, g->mask, adv, N, g->T, ft_json_num(c, "accum", 1), items, &ls, dl);
+	rc = ft_grpo_loss(&o, lp, old, ref, ent, g->mask, adv, N, g->T, ft_json_num(c, "accum", 1), items, &ls, dl);
 	double wl = ft_json_num(c, "loss", NAN);
 	ok(rc == 0 && rel_err(ls.loss, wl, 1e-3) < 1e-4, "%s: loss %.8g vs TRL's %.8g", name, ls.loss, wl);
 	const json_t *mt = json_object_get(c, "metrics");
 	double em = 0;
 	const char *keys[] = { "kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
-			       "clip_ratio/low_min", "clip_ratio/high_max" };
-	double got[] = { ls.kl, ls.low_mean, ls.high_mean, ls.region_mean, ls.low_min, ls.high_max };
-	for (int k = 0; k < 6; k++) {
+			       "clip_ratio/low_min", "clip_ratio/high_max", "entropy" };
+	double got[] = { ls.kl, ls.low_mean, ls.high_mean, ls.region_mean, ls.low_min, ls.high_max, ls.entropy };
+	for (int k = 0; k < 7; k++) {
 		const json_t *v = json_object_get(mt, keys[k]);
 		if (!v) continue;
 		double e = rel_err(got[k], json_number_value(v), 1e-3);
 		if (e > em) em = e;
 	}
-	ok(em < 1e-4, "%s: kl and clip_ratio statistics within 1e-4 (%.2g)", name, em);
+	ok(em < 1e-4 && json_object_get(mt, "entropy"), "%s: kl, entropy and clip_ratio statistics within 1e-4 (%.2g)",
+	   name, em);
 	double ed = grid_err(g, dl, wdl);
 	ok(ed < 1e-4, "%s: d loss / d logp per token within 1e-4 (%.2g)", name, ed);
 	rc = ft_model_logps_backward(m, &g->b, dl);
 	int ng;
 	double eg = grads_err(m, st, &ng);
-	ok(rc == 0 && ng == 28 && eg < 1e-4, "%s: %d LoRA gradients within 1e-4 (worst %.2e)", name, ng, eg);
-	free(pf); free(lp); free(dl); free(ref); free(wlp); free(wdl); free(old);
+	ok(rc == 0 && ng == (full ? 21 : 28) && eg < 1e-4, "%s: %d %s gradients within 1e-4 (worst %.2e)", name, ng,
+	   full ? "model" : "LoRA", eg);
+	free(pf); free(lp); free(dl); free(ref); free(wlp); free(wdl); free(old); free(ent);
 	ft_st_close(st);
 	ft_model_set_logp_temperature(m, 1);
+	if (refm) ft_model_set_logp_temperature(refm, 1);
+	g->mask = gmask;
+	free(cmask);
+}
+
+/* The full fine-tuning case: the peaky Llama with every weight trainable,
+ * the tiny Llama (its base) frozen as the reference. */
+static void check_full(const json_t *root, const json_t *c, grid *g)
+{
+	ft_tune_opts to = { .type = FT_FT_FULL, .seed = 1 };
+	ft_tune_opts tf = { .type = FT_FT_LORA, .lora_rank = 4, .lora_alpha = 8, .lora_targets = FT_MOD_Q, .seed = 1 };
+	ft_model *pol = ft_model_load("tests/fixtures/grpo/peaky-llama", &to);
+	ft_model *ref = pol ? ft_model_load("tests/fixtures/models/tiny-llama", &tf) : NULL;
+	if (!pol || !ref) {
+		ok(0, "full: the models load (%s)", ft_errmsg());
+	} else {
+		check_case(pol, root, c, g, ref);
+	}
+	if (pol) ft_model_free(pol);
+	if (ref) ft_model_free(ref);
 }
 
 /* Temperature 1 after another one: the same bits as never set (the
@@ -228,7 +284,20 @@ static void check_refusals(void)
 	   "a group of equal rewards has zero advantages (frac_reward_zero_std %.2f)", fz);
 	ok(ft_grpo_loss_type("dapo") == FT_GRPO_LOSS_DAPO && ft_grpo_loss_type("cispo") < 0 &&
 	   ft_grpo_scale("false") == FT_GRPO_SCALE_NONE && ft_grpo_scale("x") < 0, "loss_type and scale_rewards words");
-	ok(o.loss_type == FT_GRPO_LOSS_DAPO && o.beta == 0 && o.epsilon_high == 0.2, "TRL 1.16 defaults: dapo, beta 0");
+	ok(o.loss_type == FT_GRPO_LOSS_DAPO && o.beta == 0 && o.epsilon_high == 0.2 && o.top_entropy_quantile == 1.0,
+	   "TRL 1.16 defaults: dapo, beta 0, top_entropy_quantile 1");
+	float lp1[2] = { -1, -1 }, mk[2] = { 1, 1 }, a1[1] = { 1 }, d1[2];
+	ft_grpo_loss_stats ls;
+	o.top_entropy_quantile = 0.5;
+	rc = ft_grpo_loss(&o, lp1, NULL, NULL, NULL, mk, a1, 1, 2, 1, 2, &ls, d1);
+	ok(rc < 0, "top_entropy_quantile without entropies refused: %s", ft_errmsg());
+	/* torch.quantile([0, 1, 2, 3], 0.5) = 1.5: the two above it kept */
+	float e4[4] = { 3, 0, 2, 1 }, m4[4] = { 1, 1, 1, 1 }, em4[4];
+	ft_grpo_entropy_mask(e4, m4, 4, 0.5, em4);
+	float m0[4] = { 0, 0, 0, 0 }, em0[4] = { 1, 1, 1, 1 };
+	ft_grpo_entropy_mask(e4, m0, 4, 0.5, em0);
+	ok(em4[0] == 1 && em4[1] == 0 && em4[2] == 1 && em4[3] == 0 && !em0[0] && !em0[3],
+	   "entropy mask: the linear quantile, nothing when nothing is masked in");
 }
 
 int main(void)
@@ -244,7 +313,11 @@ int main(void)
 	grid g;
 	grid_build(&g, root);
 	const json_t *cases = json_object_get(root, "cases");
-	for (size_t i = 0; i < json_array_size(cases); i++) check_case(m, root, json_array_get(cases, i), &g);
+	for (size_t i = 0; i < json_array_size(cases); i++) {
+		const json_t *c = json_array_get(cases, i);
+		if (ft_json_bool(c, "full", 0)) check_full(root, c, &g);
+		else check_case(m, root, c, &g, NULL);
+	}
 	check_temperature_one(m, &g);
 	check_refusals();
 	free(g.lp);

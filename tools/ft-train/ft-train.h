@@ -129,6 +129,9 @@ int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manife
 ft_i32vec *read_prompts(ft_batch_source *src, const ft_manifest *man, size_t *n, json_t ***extra);
 void prompts_free(ft_i32vec *q, json_t **extra, size_t n);
 int32_t model_eos(const char *dir);
+/* Every file of from_dir renamed into output_dir (each rename atomic);
+ * dies on error.  The last step of ppo's and grpo's final outputs. */
+void move_outputs(const char *from_dir, const char *output_dir);
 /* grpo.c: --stage grpo (docs/GRPO.md) on ppo prompt batches */
 int grpo_known_key(const char *k);
 void grpo_args_parse(ft_lfargs *a, ft_cli_args *c);

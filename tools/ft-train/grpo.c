@@ -1,8 +1,9 @@
 /* grpo.c - ft-train --stage grpo: TRL 1.16's GRPOTrainer (docs/GRPO.md)
- * on a LoRA policy, rewards from Unix filters (--reward_funcs), the
- * reference the policy with its adapters off.  The loop is
+ * on a LoRA, freeze or full policy, rewards from Unix filters
+ * (--reward_funcs); the reference (beta != 0) the LoRA policy with its
+ * adapters off, or a frozen copy of the base.  The loop is
  * lib/train/grpo_loop.c; here are the options, the rewards, the
- * completions log and the outputs. */
+ * completions log, the checkpoints' model files and the outputs. */
 #define _GNU_SOURCE
 #include "ft-train.h"
 #include "gen/generate.h"
@@ -26,7 +27,8 @@
 /* GRPOConfig's names; the sampling ones are shared with --stage ppo */
 static const char *const grpo_keys[] = {
 	"reward_funcs", "reward_weights", "num_generations", "num_iterations", "epsilon", "epsilon_high",
-	"beta", "loss_type", "scale_rewards", "max_completion_length", "log_completions", NULL,
+	"beta", "loss_type", "scale_rewards", "max_completion_length", "log_completions",
+	"mask_truncated_completions", "top_entropy_quantile", NULL,
 };
 /* --stage ppo's own, with what GRPO has instead */
 static const char *const ppo_only[][2] = {
@@ -40,7 +42,7 @@ static const char *const ppo_only[][2] = {
 #define MAX_REWARDS 16
 
 static struct {
-	int on, n_rewards, log_completions;
+	int on, n_rewards, log_completions, mask_truncated;
 	int rm_index;                 /* --reward_model's place among the rewards (the last); -1: none */
 	const char *rm_dir;
 	char *names[MAX_REWARDS], *cmds[MAX_REWARDS];
@@ -198,10 +200,6 @@ void grpo_args_parse(ft_lfargs *a, ft_cli_args *c)
 	for (size_t i = 0; i < sizeof ppo_only / sizeof *ppo_only; i++)
 		if (ft_lfargs_get(a, ppo_only[i][0], NULL))
 			die_usage("--%s: a --stage ppo setting; --stage grpo uses %s", ppo_only[i][0], ppo_only[i][1]);
-	if (c->tune.type != FT_FT_LORA)
-		die_usage("--stage grpo --finetuning_type %s: this ft-train trains LoRA policies only "
-			  "(the reference is the policy with its adapters off)",
-			  c->tune.type == FT_FT_FULL ? "full" : "freeze");
 	if (!strncmp(c->device, "cuda", 4))
 		die_usage("--device %s: --stage grpo runs on the CPU only in this ft-train (--device cpu)", c->device);
 	parse_rewards(a);
@@ -218,6 +216,17 @@ void grpo_args_parse(ft_lfargs *a, ft_cli_args *c)
 	if (!(P.o.epsilon_low >= 0) || !(P.o.epsilon_high >= 0)) die_usage("--epsilon and --epsilon_high must be >= 0");
 	P.o.beta = num(a, "beta", 0.0);
 	if (!(P.o.beta >= 0)) die_usage("--beta must be >= 0");
+	if (c->ref_model && P.o.beta == 0)   /* TRL makes no reference at beta 0 */
+		die_usage("--ref_model: --beta 0 (the default) uses no reference; give --beta B > 0");
+	if (c->tune.type != FT_FT_LORA && c->from_scratch && P.o.beta != 0 && !c->ref_model)
+		die_usage("--stage grpo --train_from_scratch --finetuning_type %s --beta %g: the reference "
+			  "would be the base, which is random here; give --ref_model DIR",
+			  c->tune.type == FT_FT_FULL ? "full" : "freeze", P.o.beta);
+	P.o.top_entropy_quantile = num(a, "top_entropy_quantile", 1.0);
+	if (!(P.o.top_entropy_quantile >= 0 && P.o.top_entropy_quantile <= 1))
+		die_usage("--top_entropy_quantile %g: must be in [0, 1]", P.o.top_entropy_quantile);
+	const char *mt = ft_lfargs_get(a, "mask_truncated_completions", NULL);
+	P.mask_truncated = mt ? ft_parse_bool("mask_truncated_completions", mt) : 0;
 	P.num_generations = (int)num(a, "num_generations", 8);
 	if (P.num_generations < 2)
 		die_usage("--num_generations %d: GRPO needs at least 2 completions per prompt for the group "
@@ -371,32 +380,90 @@ static int samples(void *ctx, int64_t step, const size_t *pidx, const ft_i32vec 
 	return fflush(R->samples) == 0 ? 0 : ft_fail("completions.jsonl: write failed");
 }
 
-static int gen(void *ctx, ft_model *m, const ft_i32vec *q, size_t n, uint64_t seed, ft_i32vec *outs)
+static int gen(void *ctx, ft_model *m, const ft_i32vec *q, size_t n, uint64_t seed, uint64_t first, ft_i32vec *outs)
 {
 	ft_gen_opts o = *(ft_gen_opts *)ctx;
 	o.seed = seed;
+	o.first_index = first;
 	return ft_generate(m, q, n, &o, outs, NULL, NULL);
 }
 
-/* The adapter, written in a temporary sibling, then moved into output_dir. */
-static void save_adapter(const ft_cli_args *c, ft_model *m)
+/* A checkpoint's model files, as the final outputs: the adapter (LoRA) or
+ * the model directory (freeze, full). */
+static int save_model(void *ctx, const char *dir)
+{
+	const ft_cli_args *c = ((void **)ctx)[0];
+	ft_model *m = ((void **)ctx)[1];
+	return (c->tune.type == FT_FT_LORA ? ft_model_save_adapter(m, dir) : ft_model_save(m, dir));
+}
+
+/* The adapter (LoRA) or the whole model with the base's tokenizer files
+ * (freeze, full: as sft's and ppo's outputs), written in a temporary
+ * sibling, then moved into output_dir file by file. */
+static void save_outputs(const ft_cli_args *c, ft_model *m)
 {
 	char *stage = ft_xasprintf("%s/grpo-final", c->output_dir);
 	ft_atomic a;
 	if (ft_atomic_dir_open(&a, stage) < 0) die("%s", ft_errmsg());
-	if (ft_model_save_adapter(m, a.tmp) < 0) {
+	void *ctx[2] = { (void *)c, m };
+	int bad = save_model(ctx, a.tmp) < 0;
+	for (const char *const *f = c->t.extra_files; !bad && c->tune.type != FT_FT_LORA && f && *f; f++)
+		bad = ft_copy_into(*f, a.tmp) < 0;
+	if (bad) {
 		ft_atomic_dir_abort(&a);
 		die("saving to %s: %s", c->output_dir, ft_errmsg());
 	}
-	const char *files[] = { "adapter_model.safetensors", "adapter_config.json" };
-	for (size_t i = 0; i < 2; i++) {
-		char *from = ft_xasprintf("%s/%s", a.tmp, files[i]), *to = ft_xasprintf("%s/%s", c->output_dir, files[i]);
-		if (access(from, F_OK) == 0 && rename(from, to) < 0) die("rename %s: %m", to);
-		free(from);
-		free(to);
-	}
+	move_outputs(a.tmp, c->output_dir);
 	ft_atomic_dir_abort(&a);
 	free(stage);
+}
+
+/* completions.jsonl: fresh, or on resume the lines of the generations
+ * before the checkpoint's step (a generation at step k is logged with
+ * "step": k, so the one at the checkpoint's own step comes again). */
+static FILE *open_completions(const ft_cli_args *c, int resume, int64_t from)
+{
+	char *path = ft_xasprintf("%s/completions.jsonl", c->output_dir);
+	char *keep = NULL;
+	size_t keepn = 0;
+	FILE *in = resume ? fopen(path, "r") : NULL;
+	if (in) {
+		FILE *mem = open_memstream(&keep, &keepn);
+		char *line = NULL;
+		size_t cap = 0;
+		ssize_t n;
+		while ((n = getline(&line, &cap, in)) > 0) {
+			json_t *j = json_loadb(line, (size_t)n, 0, NULL);
+			if (j && json_integer_value(json_object_get(j, "step")) < from) fwrite(line, 1, (size_t)n, mem);
+			json_decref(j);
+		}
+		free(line);
+		fclose(in);
+		fclose(mem);
+	}
+	FILE *fp = fopen(path, "w");
+	if (!fp) die("%s: %m", path);
+	if (keepn && fwrite(keep, 1, keepn, fp) != keepn) die("%s: %m", path);
+	free(keep);
+	free(path);
+	return fp;
+}
+
+/* The reference when beta != 0: --ref_model, else for freeze and full a
+ * frozen copy of the base (TRL's create_model_from_path); a LoRA policy
+ * uses itself with its adapters off (NULL). */
+static ft_model *open_ref(const ft_cli_args *c, const ft_model *m)
+{
+	ft_model *ref = NULL;
+	if (P.o.beta == 0) return NULL;
+	if (c->ref_model)
+		ref = pref_frozen_model("--ref_model", c->ref_model, c->ref_model_adapters, c->tune.seed);
+	else if (c->tune.type != FT_FT_LORA)
+		ref = pref_frozen_model("the reference (a frozen copy of the base)", c->model, c->adapter, c->tune.seed);
+	if (ref && ft_model_config(ref)->vocab_size != ft_model_config(m)->vocab_size)
+		die("--ref_model %s: vocabulary of %d tokens, the policy's has %d", c->ref_model ? c->ref_model : c->model,
+		    ft_model_config(ref)->vocab_size, ft_model_config(m)->vocab_size);
+	return ref;
 }
 
 static void loop_opts(const ft_cli_args *c, const ft_manifest *man, size_t n, ft_grpo_loop_opts *o)
@@ -407,7 +474,12 @@ static void loop_opts(const ft_cli_args *c, const ft_manifest *man, size_t n, ft
 	o->grad_accum = c->t.gradient_accumulation_steps;
 	o->num_generations = P.num_generations;
 	o->num_iterations = P.num_iterations;
-	int per_gen = ft_grpo_prompts_per_generation(o);
+	o->dist = c->t.dist;
+	int W = ft_dist_size(o->dist), per_gen = ft_grpo_prompts_per_generation(o);
+	if (per_gen == 0 && W > 1)
+		die_usage("the generation batch, per_device_train_batch_size x gradient_accumulation_steps x "
+			  "ranks = %d x %d x %d, must be divisible by --num_generations %d (GRPOConfig's rule; "
+			  "the batch size is ft-pack's)", o->batch_size, o->grad_accum, W, P.num_generations);
 	if (per_gen == 0)
 		die_usage("the generation batch, per_device_train_batch_size x gradient_accumulation_steps = "
 			  "%d x %d, must be divisible by --num_generations %d (GRPOConfig's rule; the batch "
@@ -421,6 +493,7 @@ static void loop_opts(const ft_cli_args *c, const ft_manifest *man, size_t n, ft
 	o->logging_steps = c->t.logging_steps > 0 ? (int)c->t.logging_steps : 1;
 	o->max_completion_length = P.max_completion_length;
 	o->temperature = (float)P.s.temperature;   /* the log-probabilities of what was sampled at it */
+	o->mask_truncated = P.mask_truncated;
 	o->pad_id = man->pad_id;
 	o->n_rewards = P.n_rewards;
 	o->reward_weights = P.weights;
@@ -435,11 +508,34 @@ static void loop_opts(const ft_cli_args *c, const ft_manifest *man, size_t n, ft
 	if (ft_sched_init(&o->sched, c->t.lr_scheduler_type, c->t.learning_rate, warm, o->max_steps) < 0)
 		die_usage("%s", ft_errmsg());
 	o->seed = c->t.seed;
+	o->save_steps = c->t.save_steps;
+	o->save_total_limit = c->t.save_total_limit;
+	o->output_dir = c->output_dir;
+	o->resume_dir = c->t.resume_dir;
+}
+
+/* What data parallel grpo does not do, refused before any work. */
+static void check_dist(const ft_cli_args *c)
+{
+	if (ft_dist_size(c->t.dist) < 2) return;
+	if (P.log_completions)
+		die_usage("--log_completions: under mpirun each rank holds only its own completions' texts; "
+			  "run it in one process");
+	if (c->zero)
+		die_usage("--zero %d: --stage grpo under mpirun keeps the whole AdamW state on every rank", c->zero);
+	if (c->t.save_steps > 0 && c->t.save_steps % P.num_iterations)
+		die_usage("--save_steps %lld: under mpirun a checkpoint must fall between generation batches "
+			  "(a multiple of --num_iterations %d: each rank's batch is its own)",
+			  (long long)c->t.save_steps, P.num_iterations);
 }
 
 int grpo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manifest *man)
 {
-	if (!ft_model_has_adapters(m)) die("--stage grpo: the policy has no LoRA adapters (--finetuning_type lora)");
+	check_dist(c);
+	int rank0 = ft_dist_rank(c->t.dist) == 0;
+	if (c->tune.type == FT_FT_LORA && !ft_model_has_adapters(m))
+		die("--stage grpo: the policy has no LoRA adapters (--finetuning_type lora)");
+	ft_model *ref = open_ref(c, m);
 	size_t n;
 	json_t **extra;
 	ft_i32vec *q = read_prompts(train, man, &n, &extra);
@@ -464,23 +560,33 @@ int grpo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manif
 	char *tj = ft_xasprintf("%s/tokenizer.json", c->model);
 	if (access(tj, R_OK) == 0 && !(R.tok = ft_tokenizer_load(c->model))) die("%s: %s", c->model, ft_errmsg());
 	free(tj);
-	if (ft_mkdirs(c->output_dir) < 0) die("%s", ft_errmsg());
-	char *logp = ft_xasprintf("%s/trainer_log.jsonl", c->output_dir);
-	o.log = fopen(logp, "w");
-	if (!o.log) die("%s: %m", logp);
+	if (rank0 && ft_mkdirs(c->output_dir) < 0) die("%s", ft_errmsg());
+	o.ref = ref;
+	void *sctx[2] = { c, m };
+	o.save_model = save_model;
+	o.save_ctx = sctx;
+	int64_t from = 0;
+	if (o.resume_dir && (from = ft_grpo_checkpoint_step(o.resume_dir)) < 0)
+		die("--resume_from_checkpoint: %s", ft_errmsg());
+	o.log = rank0 ? ft_train_log_open(c->output_dir, o.resume_dir != NULL, from) : NULL;   /* rank 0 writes */
+	if (rank0 && !o.log) die("%s", ft_errmsg());
 	if (P.log_completions) {
-		char *sp = ft_xasprintf("%s/completions.jsonl", c->output_dir);
-		if (!(R.samples = fopen(sp, "w"))) die("%s: %m", sp);
-		free(sp);
+		R.samples = open_completions(c, o.resume_dir != NULL, from);
 		o.on_samples = samples;
 		o.samples_ctx = &R;
 	}
-	if (P.rm_dir) {
+	if (P.rm_dir && c->tune.type == FT_FT_LORA) {
 		/* the rm adapter over the policy's own base weights */
 		char why[256];
 		if (ft_ppo_rm_open_lora(&R.rm, c->model, &c->tune, P.rm_dir, m, why, sizeof why) < 0)
 			die("--reward_model: %s", ft_errmsg());
 		if (why[0]) warn("note: --reward_model %s: a second copy of the base (%s)", P.rm_dir, why);
+	} else if (P.rm_dir) {
+		/* a freeze or full policy's base moves: the rm keeps its own copy */
+		ft_tune_opts t = c->tune;
+		t.type = FT_FT_LORA;
+		if (ft_ppo_rm_open_lora(&R.rm, c->model, &t, P.rm_dir, NULL, NULL, 0) < 0)
+			die("--reward_model: %s", ft_errmsg());
 	}
 	for (int k = 0; k < P.n_rewards; k++)
 		if (k != P.rm_index && !(R.r[k] = ft_grpo_reward_start(P.names[k], P.cmds[k])))
@@ -489,20 +595,20 @@ int grpo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manif
 	o.score_ctx = &R;
 	int rc = ft_grpo_train(m, q, n, &o);
 	if (rc < 0) die("--stage grpo: %s", ft_errmsg());
+	if (ref) ft_model_free(ref);
 	for (int k = 0; k < P.n_rewards; k++)
 		if (R.r[k] && ft_grpo_reward_close(R.r[k]) < 0) die("--reward_funcs: %s", ft_errmsg());
 	ft_ppo_rm_close(&R.rm);
-	if (fclose(o.log) != 0) die("%s: %m", logp);
+	if (o.log && fclose(o.log) != 0) die("%s/trainer_log.jsonl: %m", c->output_dir);
 	if (R.samples && fclose(R.samples) != 0) die("completions.jsonl: %m");
-	save_adapter(c, m);
-	note("saved the GRPO adapter to %s", c->output_dir);
+	if (rank0) save_outputs(c, m);
+	if (rank0) note("saved the GRPO %s to %s", c->tune.type == FT_FT_LORA ? "adapter" : "model", c->output_dir);
 	static const char *const plot_keys[] = { "loss", "reward" };
-	if (c->plot_loss && ft_plot_loss_files_keys(c->output_dir, plot_keys, 2) < 0)
+	if (rank0 && c->plot_loss && ft_plot_loss_files_keys(c->output_dir, plot_keys, 2) < 0)
 		warn("--plot_loss: %s", ft_errmsg());
 	texts_free(&R);
 	if (R.tok) ft_tokenizer_free(R.tok);
 	for (int k = 0; k < P.n_rewards; k++) { free(P.names[k]); free(P.cmds[k]); }
-	free(logp);
 	prompts_free(q, extra, n);
 	return 0;
 }

@@ -125,13 +125,17 @@ static const char usage[] =
 "  --ppo_whiten_rewards  --max_new_tokens N (1024) --do_sample BOOL (true)\n"
 "  --temperature T (0.95) --top_p P (0.7) --top_k K (50) --repetition_penalty R (1.0)\n"
 "  --ref_model DIR [--ref_model_adapters DIR[,DIR]]  the reference, as above\n"
-"GRPO (--stage grpo on ppo prompt batches, LoRA policy, on the CPU; docs/GRPO.md):\n"
+"GRPO (--stage grpo on ppo prompt batches, lora/freeze/full policy, on the CPU, also\n"
+"under mpirun; docs/GRPO.md):\n"
 "  --reward_funcs [NAME=]CMD[,...]  each started once, JSON lines in, a number per line out;\n"
 "                             a line is {prompt, completion, the row's extra columns}\n"
 "  --reward_weights W[,...] (1 each)  --num_generations G (8)  --num_iterations N (1)\n"
 "  --loss_type grpo|bnpo|dr_grpo|dapo (dapo)  --beta B (0.0)  --epsilon E (0.2)\n"
 "  --epsilon_high E (epsilon)  --scale_rewards group|batch|none (group)\n"
-"  --max_completion_length N (512)  --top_p P (1.0) --top_k K (0)  --log_completions\n"
+"  --max_completion_length N (512)  --top_p P (1.0) --top_k K (0)  --log_completions\n""  --mask_truncated_completions  no loss on completions without eos\n"
+"  --top_entropy_quantile Q (1.0)  the policy term on the top-Q entropy tokens only\n"
+"  --ref_model DIR  the reference when --beta > 0 (default: LoRA's adapters off, else\n"
+"                   a frozen copy of the base)  --save_steps, --resume_from_checkpoint\n"
 "Data parallel (docs/DISTRIBUTED.md):\n"
 "  mpirun -np N ft-train ...  N ranks, each taking every N-th micro-batch: the\n"
 "                             global batch is N x batch x accumulation; only rank 0\n"
@@ -621,8 +625,8 @@ int main(int argc, char **argv)
 	c.t.extra_files = (const char *const *)extra;
 	if (ppo_stage(&c) || grpo_stage(&c)) {   /* their own loops (tools/ft-train/ppo.c, grpo.c) */
 		if (!c.do_train || c.n_val) die_usage("--stage %s trains (no --do_eval, --val or --do_predict)", c.stage);
-		if (c.resume && grpo_stage(&c)) die_usage("--resume_from_checkpoint: --stage grpo does not resume in this ft-train");
-		if (ft_dist_size(dist) > 1) die_usage("--stage %s runs in one process (not under mpirun -np N)", c.stage);
+		if (ft_dist_size(dist) > 1 && ppo_stage(&c))
+			die_usage("--stage ppo runs in one process (not under mpirun -np N)");
 		rc_ppo = grpo_stage(&c) ? grpo_run(&c, m, &train, &tm_) : ppo_run(&c, m, &train, &tm_);
 		train.close(train.self);
 		ft_model_free(m);

@@ -326,18 +326,23 @@ static void save_outputs(const ft_cli_args *c, ft_model *m, const float *vw, int
 		ft_atomic_dir_abort(&a);
 		die("saving to %s: %s", c->output_dir, ft_errmsg());
 	}
-	DIR *d = opendir(a.tmp);
-	if (!d) die("%s: %m", a.tmp);
+	move_outputs(a.tmp, c->output_dir);
+	ft_atomic_dir_abort(&a);
+	free(stage);
+}
+
+void move_outputs(const char *from_dir, const char *output_dir)
+{
+	DIR *d = opendir(from_dir);
+	if (!d) die("%s: %m", from_dir);
 	for (struct dirent *e; (e = readdir(d));) {
 		if (e->d_name[0] == '.') continue;
-		char *from = ft_xasprintf("%s/%s", a.tmp, e->d_name), *to = ft_xasprintf("%s/%s", c->output_dir, e->d_name);
+		char *from = ft_xasprintf("%s/%s", from_dir, e->d_name), *to = ft_xasprintf("%s/%s", output_dir, e->d_name);
 		if (rename(from, to) < 0) die("rename %s: %m", to);
 		free(from);
 		free(to);
 	}
 	closedir(d);
-	ft_atomic_dir_abort(&a);
-	free(stage);
 }
 
 int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manifest *man)

@@ -83,7 +83,7 @@ void pref_args_parse(ft_lfargs *a, ft_cli_args *c)
 	int asft = ft_lfargs_get(a, "use_asft_loss", NULL) && ft_parse_bool("use_asft_loss",
 				ft_lfargs_get(a, "use_asft_loss", NULL));
 	if (c->ref_model && !(st >= 0 && ft_pref_uses_ref(o)) && !(asft && !strcmp(c->stage, "sft")) &&
-	    strcmp(c->stage, "ppo"))
+	    strcmp(c->stage, "ppo") && strcmp(c->stage, "grpo"))   /* grpo checks it against --beta */
 		die_usage("--ref_model: stage %s%s%s uses no reference model", c->stage,
 			  st == FT_PREF_DPO ? " with --pref_loss " : "", st == FT_PREF_DPO ? loss : "");
 	/* dpo and kto: LLaMA-Factory's trainers call disable_dropout_in_model,
