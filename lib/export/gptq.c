@@ -67,6 +67,7 @@ void ft_gptq_hessian_add(ft_gptq_hessian *h, const float *X, int rows)
 	if (rows <= 0) return;
 	size_t nn = (size_t)h->n * h->n;
 	ft_sgemm(1, 0, h->n, h->n, rows, 1.0f, X, h->n, X, h->n, 0.0f, h->xtx, h->n);
+#pragma omp parallel for schedule(static) if (nn >= 65536)
 	for (size_t i = 0; i < nn; i++) h->H[i] += h->xtx[i];
 	h->rows += rows;
 }

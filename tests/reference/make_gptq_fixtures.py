@@ -44,6 +44,13 @@ Writes tests/fixtures/gptq/:
                        3 blocks; inputs with channel scales 0.1..10 and 5
                        dead channels), 4 bits; linear-b3: the same W and H
                        (not stored again), 3 bits; linear-b8: 32 x 256, 8 bits
+
+    make_gptq_fixtures.py --check-export DIR [BASE]
+loads ft-merge's export DIR (of tests/fixtures/gptq/llama/base unless BASE
+is given) with transformers and gptqmodel, as a user would, and prints how
+far its logits are from the float32 dequantization of DIR's tensors
+(the kernel computes in float16: about 1e-3 on these models).
+
 Cases:
   llama   hidden 256 (two groups of 128, two blocks), intermediate 384
           (three groups), 4 heads of 64, 1 kv head, 2 layers, tied
@@ -240,5 +247,22 @@ def main():
     run_case("qwen3", qwen3, 4, 2, samples)
 
 
+def check_export(out, base):
+    """ft's GPTQ directory through transformers' loader and gptqmodel's kernel."""
+    import sys
+    model = AutoModelForCausalLM.from_pretrained(out, device_map="cpu")
+    bits = model.config.quantization_config.bits
+    ids = torch.randint(0, 800, (2, 16), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        got = model(ids).logits.float()
+    want = dequantized_logits(base, load_file(os.path.join(out, "model.safetensors")), bits, ids)
+    print(f"{out}: {type(model.model.layers[0].self_attn.q_proj).__name__}, {bits} bits: "
+          f"max |kernel - dequantized float32| {(got - want).abs().max().item():.3g}", file=sys.stderr)
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+    if len(sys.argv) > 2 and sys.argv[1] == "--check-export":
+        check_export(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else os.path.join(OUT, "llama", "base"))
+    else:
+        main()
