@@ -149,3 +149,14 @@ q() {   # q ARGS...: a small GPTQ export of the fixture model
 	assert_failure
 	[[ "$stderr" == *"Please merge adapters before quantizing the model."* ]]
 }
+
+@test "GPTQ export: shards and their index past --export_size, as the plain export" {
+	run q --export_quantization_bit 4 --export_dir out --export_size 200KB
+	assert_success
+	[ ! -e out/model.safetensors ]
+	n=$(ls out/model-0000*-of-*.safetensors | wc -l)
+	[ "$n" -gt 1 ]
+	jq -e '.weight_map["model.layers.0.self_attn.q_proj.qweight"] and
+	       .weight_map["model.embed_tokens.weight"] and .metadata.total_size > 0' \
+		out/model.safetensors.index.json
+}

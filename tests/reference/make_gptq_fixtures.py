@@ -58,6 +58,8 @@ Cases:
   llama3b the same model, 3 bits (the 10-1-10-1-10 packing)
   qwen3   hidden 128 (one group), intermediate 256, 2 heads of 64, 1 kv
           head, q/k norms with non-unit weights, 2 layers, 4 bits
+  qwen2   the same shapes with Qwen2's q/k/v biases (non-zero; kept in
+          float16 beside the packed weights), 4 bits
 """
 import json
 import os
@@ -67,7 +69,7 @@ import shutil
 import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
-from transformers import AutoModelForCausalLM, GPTQConfig, LlamaConfig, Qwen3Config
+from transformers import AutoModelForCausalLM, GPTQConfig, LlamaConfig, Qwen2Config, Qwen3Config
 
 OUT = "tests/fixtures/gptq"
 TOK = "tests/fixtures/tokenizer/synth-llama3/tokenizer.json"
@@ -114,6 +116,8 @@ def make_base(cfg, path, seed):
         for n, p in model.named_parameters():
             if "norm" in n:
                 p.copy_(1 + 0.1 * torch.randn_like(p))
+            elif n.endswith(".bias"):      # Qwen2's q/k/v biases: non-zero
+                p.copy_(0.05 * torch.randn_like(p))
     model = model.to(torch.float16)
     model.save_pretrained(path)
     shutil.copy(TOK, os.path.join(path, "tokenizer.json"))
@@ -245,6 +249,8 @@ def main():
     run_case("llama", llama, 4, 1, samples)
     run_case("llama3b", llama, 3, 1, samples)
     run_case("qwen3", qwen3, 4, 2, samples)
+    qwen2 = Qwen2Config(hidden_size=128, intermediate_size=256, num_attention_heads=2, **common)
+    run_case("qwen2", qwen2, 4, 3, samples)
 
 
 def check_export(out, base):

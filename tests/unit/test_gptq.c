@@ -331,6 +331,7 @@ int main(void)
 	test_model("llama", FX "/llama/base", 4, win, ns, ml);
 	test_model("llama3b", FX "/llama/base", 3, win, ns, ml);
 	test_model("qwen3", FX "/qwen3/base", 4, win, ns, ml);
+	test_model("qwen2", FX "/qwen2/base", 4, win, ns, ml);
 	free(win);
 	json_decref(w);
 	return tap_done();
