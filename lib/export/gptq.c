@@ -22,6 +22,7 @@
  * difference).  Float order differs from torch only in the matrix
  * products (X^T X, the between-block update) and LAPACK's Cholesky.
  */
+#define _GNU_SOURCE   /* qsort_r */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -83,19 +84,18 @@ void ft_gptq_result_free(ft_gptq_result *r)
 
 /* Stable descending order of v[0..n) (ties keep index order), as torch's
  * stable sorts give it. */
-static const float *sort_keys;
-static int by_desc(const void *a, const void *b)
+static int by_desc(const void *a, const void *b, void *keys)
 {
+	const float *v = keys;
 	int i = *(const int *)a, j = *(const int *)b;
-	if (sort_keys[i] != sort_keys[j]) return sort_keys[i] > sort_keys[j] ? -1 : 1;
+	if (v[i] != v[j]) return v[i] > v[j] ? -1 : 1;
 	return (i > j) - (i < j);
 }
 
 static void argsort_desc(const float *v, int n, int *idx)
 {
 	for (int i = 0; i < n; i++) idx[i] = i;
-	sort_keys = v;
-	qsort(idx, n, sizeof *idx, by_desc);
+	qsort_r(idx, n, sizeof *idx, by_desc, (void *)v);
 }
 
 /* gar.py: compute_local_perms, compute_global_perm (metric "max"),

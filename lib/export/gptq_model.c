@@ -300,7 +300,7 @@ typedef struct {
 	char *name;
 	ft_dtype dtype;
 	int ndim;
-	int64_t shape[2];
+	int64_t shape[FT_ST_MAX_DIMS];
 	size_t nbytes;
 	const void *data;         /* packed tensors */
 	const ft_st_tensor *src;  /* or a base tensor (float ones converted to fp16) */
@@ -311,7 +311,7 @@ static void add_out(out_tensor **v, size_t *n, char *name, ft_dtype dt, int ndim
 {
 	*v = ft_xrealloc(*v, (*n + 1) * sizeof **v);
 	out_tensor *t = &(*v)[(*n)++];
-	*t = (out_tensor){ name, dt, ndim, { d0, d1 }, 0, data, src };
+	*t = (out_tensor){ .name = name, .dtype = dt, .ndim = ndim, .shape = { d0, d1 }, .data = data, .src = src };
 	t->nbytes = (size_t)d0 * (ndim > 1 ? (size_t)d1 : 1) * ft_dtype_size(dt);
 }
 
@@ -325,10 +325,11 @@ static void plan_tensors(job *J, const ft_st *st, out_tensor **v, size_t *n)
 		int l, j = linear_of(t->name, &l);
 		if (j < 0 || l >= J->L) {
 			ft_dtype dt = is_float(t->dtype) ? FT_F16 : t->dtype;
-			add_out(v, n, ft_xstrdup(t->name), dt, t->ndim, t->shape[0], t->ndim > 1 ? t->shape[1] : 1,
-				NULL, t);
-			(*v)[*n - 1].ndim = t->ndim;
-			(*v)[*n - 1].nbytes = t->numel * ft_dtype_size(dt);
+			add_out(v, n, ft_xstrdup(t->name), dt, 1, 1, 1, NULL, t);
+			out_tensor *o = &(*v)[*n - 1];   /* any rank: the base's shape */
+			o->ndim = t->ndim;
+			memcpy(o->shape, t->shape, sizeof o->shape);
+			o->nbytes = t->numel * ft_dtype_size(dt);
 			continue;
 		}
 		const qlinear *q = &J->ql[l * NMOD + j];
