@@ -33,6 +33,10 @@ q() {   # q ARGS...: a small GPTQ export of the fixture model
 
 @test "GPTQ export: every ft tool refuses the quantized directory by its method" {
 	q --export_quantization_bit 4 --export_dir out
+	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
+	run ft-train --model_name_or_path out --train train.zst --output_dir o --max_steps 1
+	assert_failure 1
+	assert_output --partial "a pre-quantized checkpoint (gptq)"
 	run ft-generate --model_name_or_path out --do_predict --output_dir g < /dev/null
 	assert_failure
 	assert_output --partial "pre-quantized checkpoint (gptq)"
