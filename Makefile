@@ -12,7 +12,7 @@ LIB_MODEL  := config_check cuda_view device infer layers model model_fwd model_i
 LIB_TRAIN  := cuda_train lr_sched optim optim_state trainer trainer_array \
               trainer_ckpt trainer_data trainer_model
 LIB_GEN    := chat generate metrics sample
-LIB_EXPORT := merge merge_lora
+LIB_EXPORT := merge merge_lora gptq gptq_calib gptq_model
 LIB_PLOT   := plot plot_ascii plot_cairo plot_log
 LIB_CLI    := cli lfargs runplan runplan_settings
 LIB_CUDA_C := backend

@@ -200,7 +200,14 @@ static int plan_export(const ft_lfargs *a, ft_runplan *p)
 	cmd c = {0};
 	add_word(&c, "ft-merge");
 	add_routed(&c, a, FTP_M, NULL);
-	if (!ft_lfargs_get(a, "adapter_name_or_path", NULL))
+	const char *qbit = ft_lfargs_get(a, "export_quantization_bit", NULL);
+	if (qbit && ft_lfargs_get(a, "adapter_name_or_path", NULL))   /* LLaMA-Factory's export_model */
+		return ft_fail("Please merge adapters before quantizing the model. (export_quantization_bit "
+			       "with adapter_name_or_path: export the merged model first, then quantize it)");
+	if (qbit)
+		ftp_plan_note(p, ft_xasprintf("%s is quantized to %s-bit GPTQ on %s", ft_lfargs_get(a, "model_name_or_path", "the model"),
+					      qbit, ft_lfargs_get(a, "export_quantization_dataset", "(no dataset)")));
+	else if (!ft_lfargs_get(a, "adapter_name_or_path", NULL))
 		ftp_plan_note(p, ft_xasprintf("no adapter_name_or_path: %s is exported as it is "
 					      "(dtype and shards as asked)", ft_lfargs_get(a, "model_name_or_path", "the model")));
 	plan_add(p, c.s);

@@ -118,9 +118,9 @@ static const ftp_route routes[] = {
 	{"mixture_of_depths", FTP_X, MOD_WHY},
 	{"oft_rank", FTP_R, NULL}, {"oft_block_size", FTP_R, NULL},   /* OFT (docs/EXTRAS.md) */
 	{"oft_target", FTP_R, NULL}, {"module_dropout", FTP_R, NULL},
-	{"export_quantization_bit", FTP_X, "quantized (GPTQ) export is not supported: ft-merge "
-	 "writes bf16, fp16 or fp32 safetensors"},
-	{"export_quantization_dataset", FTP_X, "quantized (GPTQ) export is not supported"},
+	/* GPTQ export (ft-merge, docs/FORMAT.md "GPTQ export") */
+	{"export_quantization_bit", FTP_M, NULL}, {"export_quantization_dataset", FTP_M, NULL},
+	{"export_quantization_nsamples", FTP_M, NULL}, {"export_quantization_maxlen", FTP_M, NULL},
 	{"quantization_bit", FTP_R | FTP_G | FTP_M, NULL},   /* QLoRA (bnb); ft-merge refuses */
 	{"quantization_method", FTP_R | FTP_G | FTP_M, NULL},
 	{"quantization_type", FTP_R | FTP_G | FTP_M, NULL},

@@ -25,6 +25,7 @@
 #include "util/sbuf.h"
 #include "util/json.h"
 #include "export/merge.h"
+#include "export/merge_internal.h"
 #include "format/safetensors.h"
 
 /* Files of a model directory besides the weights that an export keeps. */
@@ -125,22 +126,26 @@ static uint64_t file_size(const char *path)
 
 /* statvfs of the directory the export goes into.  FT_MERGE_DISK_FREE
  * (bytes) stands in for the free space so tests can reach the refusal. */
-static int check_space(const merge_job *j, const char *parent, uint64_t extra)
+int ftp_export_disk_check(const char *parent, uint64_t need)
 {
 	struct statvfs sv;
 	if (statvfs(parent, &sv) != 0) return ft_fail("%s:", parent);
 	uint64_t avail = (uint64_t)sv.f_bavail * sv.f_frsize;
 	const char *fake = getenv("FT_MERGE_DISK_FREE");
 	if (fake && *fake) avail = strtoull(fake, NULL, 10);
-	uint64_t need = j->total + extra + (uint64_t)j->n * 256 + 65536;
 	if (avail < need) {
 		char n[32], a[32];
 		ft_bytes_fmt((double)need, n, sizeof n);
 		ft_bytes_fmt((double)avail, a, sizeof a);
-		return ft_fail("not enough disk space in %s: the merged model needs %s, %s available",
+		return ft_fail("not enough disk space in %s: the exported model needs %s, %s available",
 			       parent, n, a);
 	}
 	return 0;
+}
+
+static int check_space(const merge_job *j, const char *parent, uint64_t extra)
+{
+	return ftp_export_disk_check(parent, j->total + extra + (uint64_t)j->n * 256 + 65536);
 }
 
 static int same_path(const char *a, const char *b)
@@ -154,7 +159,7 @@ static int same_path(const char *a, const char *b)
 
 /* The export dir: absent, empty, or replaced with overwrite; never one of
  * the inputs.  Creates its parent. */
-static int check_export_dir(const ft_merge_opts *o, int *exists, char **parent)
+int ftp_export_dir_prepare(const ft_merge_opts *o, int *exists, char **parent)
 {
 	struct stat st;
 	*exists = stat(o->export_dir, &st) == 0;
@@ -329,9 +334,9 @@ static int write_index(const merge_job *j, const char *dir)
  * as the base had it (jansson would print 1e-05 as 1.0000000000000001e-05):
  * each "dtype" / "torch_dtype" string value is replaced (nested configs of
  * multimodal models too); with neither, "dtype" is added first. */
-static int write_config(const merge_job *j, const char *base_dir, const char *dir)
+int ftp_export_write_config(const char *base_dir, const char *dir, ft_dtype dtype)
 {
-	const char *name = ft_dtype_torch_name(j->out);
+	const char *name = ft_dtype_torch_name(dtype);
 	char *src = ft_xasprintf("%s/config.json", base_dir), *dst = ft_xasprintf("%s/config.json", dir);
 	char *text = NULL, *out = NULL;
 	size_t len = 0;
@@ -406,7 +411,7 @@ static const char *source_of(const ft_merge_opts *o, const char *file, char **bu
 	return NULL;
 }
 
-static uint64_t copied_size(const ft_merge_opts *o)
+uint64_t ftp_export_copied_size(const ft_merge_opts *o)
 {
 	uint64_t n = 0;
 	char *buf = NULL;
@@ -418,7 +423,7 @@ static uint64_t copied_size(const ft_merge_opts *o)
 	return n;
 }
 
-static int copy_files(const ft_merge_opts *o, const char *dir)
+int ftp_export_copy_files(const ft_merge_opts *o, const char *dir)
 {
 	char *buf = NULL;
 	int rc = 0;
@@ -485,11 +490,11 @@ int ft_merge(const ft_merge_opts *opts)
 	ft_atomic dir = { 0 };
 	if (open_inputs(&j, o) < 0) goto out;
 	plan_shards(&j, o->shard_size ? o->shard_size : 5000000000ull);
-	if (check_export_dir(o, &exists, &parent) < 0) goto out;
-	if (check_space(&j, parent, copied_size(o)) < 0) goto out;
+	if (ftp_export_dir_prepare(o, &exists, &parent) < 0) goto out;
+	if (check_space(&j, parent, ftp_export_copied_size(o)) < 0) goto out;
 	if (ft_atomic_dir_open(&dir, o->export_dir) < 0) goto out;
 	if (write_shards(&j, dir.tmp, o) < 0 || (j.nshards > 1 && write_index(&j, dir.tmp) < 0) ||
-	    write_config(&j, o->model_dir, dir.tmp) < 0 || edit_config(o, dir.tmp) < 0 || copy_files(o, dir.tmp) < 0) {
+	    ftp_export_write_config(o->model_dir, dir.tmp, j.out) < 0 || edit_config(o, dir.tmp) < 0 || ftp_export_copy_files(o, dir.tmp) < 0) {
 		ft_atomic_dir_abort(&dir);
 		goto out;
 	}

@@ -38,6 +38,7 @@ inference/qwen3.yaml
 inference/qwen3_full_sft.yaml
 inference/qwen3_lora_sft.yaml
 merge_lora/qwen3_full_sft.yaml
+merge_lora/qwen3_gptq.yaml
 merge_lora/qwen3_lora_sft.yaml
 train_full/qwen3_full_sft.yaml
 train_lora/qwen3_lora_dpo.yaml
@@ -191,6 +192,35 @@ tiny_qwen() {
 	# layer-wise APOLLO (apollo_rank 128: random projections need no cap)
 	run_example extras/apollo/llama3_full_sft.yaml $small template=qwen3_nothink output_dir=saves/apollo
 	[ -s saves/apollo/model.safetensors ]
+}
+
+# merge_lora/qwen3_gptq.yaml as it is: 4-bit GPTQ on data/c4_demo.jsonl
+# (LLaMA-Factory's data/ from ../shared), 128 windows of 1024 tokens, on a
+# tiny Qwen3 whose linears GPTQ can pack (multiples of 32).
+@test "merge_lora/qwen3_gptq.yaml: a GPTQ export end to end on a tiny Qwen3" {
+	skip_without_shared
+	cat > qwen3.json <<-EOT
+	{"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 64,
+	 "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
+	 "num_key_value_heads": 1, "head_dim": 32, "vocab_size": 151669, "max_position_embeddings": 2048,
+	 "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": true,
+	 "bos_token_id": 151643, "eos_token_id": 151645, "hidden_act": "silu", "dtype": "float32"}
+	EOT
+	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > init.zst
+	ft-train -q --train_from_scratch --config qwen3.json --finetuning_type full --train init.zst \
+		--output_dir model --max_steps 1
+	cp "$SHARED/tokenizers/qwen3/"tokenizer*.json model/
+	ln -s "$SHARED/data/llamafactory" data
+	run ft-run -q export "$EX/merge_lora/qwen3_gptq.yaml" model_name_or_path=model < /dev/null
+	assert_success
+	jq -e '.dtype == "float16" and .quantization_config.bits == 4 and
+	       (.quantization_config.dataset | length) == 128 and
+	       (.quantization_config.dataset[127].input_ids[0] | length) == 1024' saves/qwen3_gptq/config.json
+	[ -s saves/qwen3_gptq/model.safetensors ] && [ -s saves/qwen3_gptq/tokenizer.json ]
+	# what the other tools do with it: refuse it by name
+	run ft-generate --model_name_or_path saves/qwen3_gptq --do_predict --output_dir g < /dev/null
+	assert_failure
+	assert_output --partial "pre-quantized checkpoint (gptq)"
 }
 
 # The DeepSpeed configs the examples name, from the checkout's root as

@@ -9,9 +9,11 @@
 #include "util/dtype.h"
 #include "cli/lfargs.h"
 #include "cli/runplan.h"
+#include "export/gptq.h"
 #include "export/merge.h"
 #include "resized.h"
 #include "model/model.h"
+#include "text/tokenizer.h"
 
 static void usage(FILE *fp)
 {
@@ -41,17 +43,29 @@ static void usage(FILE *fp)
 "      --export_size SIZE           largest shard: GB as a bare number (LLaMA-Factory's\n"
 "                                   export_size, default 5), or 2GB, 500MB, 1GiB\n"
 "      --overwrite                  replace a non-empty export directory\n"
+"GPTQ export (LLaMA-Factory's export_quantization_*; docs/FORMAT.md):\n"
+"      --export_quantization_bit N  quantize every decoder linear to N bits (2, 3, 4, 8)\n"
+"                                   with GPTQ: group size 128, symmetric, act-group-aware\n"
+"                                   order, damp 0.1; fp16 checkpoint in gptq_v2 format\n"
+"      --export_quantization_dataset FILE  calibration texts: JSON lines (or a JSON\n"
+"                                   array) with a \"text\" field, e.g. data/c4_demo.jsonl\n"
+"      --export_quantization_nsamples N  calibration windows (default 128)\n"
+"      --export_quantization_maxlen N    tokens per window (default 1024)\n"
+"      --seed N                     seeds the window sampling as Python's random.seed(N)\n"
+"                                   (default 42; LLaMA-Factory leaves it unseeded)\n"
 "  -j, --threads N                  threads (default: all cores)\n"
 "  -q, --quiet                      no progress\n"
 "  -v, --verbose                    say which LLaMA-Factory keys are ignored, and when done\n"
 "  -h, --help                       this help\n"
 "\n"
 "Refused with a message: an adapter for another base (shapes), unknown target\n"
-"modules, adapters neither LoRA (DoRA included) nor OFT, adapter_model.bin (safetensors only), a\n"
+"modules, export_quantization_bit with an adapter (merge first, as LLaMA-Factory\n"
+"says), a calibration file with no text longer than maxlen tokens,\n"
+"adapters neither LoRA (DoRA included) nor OFT, adapter_model.bin (safetensors only), a\n"
 "non-empty export directory without --overwrite, too little disk space.\n"
 "\n"
 "EXIT STATUS\n"
-"  0  merged model written\n"
+"  0  merged (or quantized) model written\n"
 "  1  bad input or a refusal above, I/O error (nothing is left at --export_dir)\n"
 "  2  usage error\n"
 "\n"
@@ -59,7 +73,9 @@ static void usage(FILE *fp)
 "  ft-train sft_lora.yaml output_dir=out/lora        # writes out/lora/adapter_*\n"
 "  ft-merge --model_name_or_path models/Qwen2.5-0.5B --adapter_name_or_path out/lora \\\n"
 "           --export_dir out/merged --export_dtype bf16 --export_size 2GB\n"
-"  ft-merge examples/lf/qwen_lora_merge.yaml          # a LLaMA-Factory merge config\n");
+"  ft-merge examples/lf/qwen_lora_merge.yaml          # a LLaMA-Factory merge config\n"
+"  ft-merge --model_name_or_path out/merged --export_dir out/gptq \\\n"
+"           --export_quantization_bit 4 --export_quantization_dataset data/c4_demo.jsonl\n");
 }
 
 
@@ -147,6 +163,80 @@ static int rope_edit(void *config_json, void *ctx)
 	return 0;
 }
 
+/* The tokenizer's __call__ on one calibration text. */
+static int encode(void *ctx, const char *text, size_t len, ft_i32vec *ids)
+{
+	return ft_tokenizer_encode(ctx, text, len, 1, ids);
+}
+
+static int positive(const ft_lfargs *a, const char *key, int def)
+{
+	const char *v = ft_lfargs_get(a, key, NULL);
+	if (!v) return def;
+	long long n = ft_parse_int(key, v);
+	if (n <= 0 || n > (1 << 24)) die_usage("--%s must be a positive number", key);
+	return (int)n;
+}
+
+static int gptq_progress(void *ctx, int layer, int nlayers, const char *module)
+{
+	if (!*(int *)ctx) ft_progress("quantizing: layer %d/%d %s", layer + 1, nlayers, module);
+	return interrupted != 0;
+}
+
+/* export_quantization_bit: LLaMA-Factory's GPTQ export (docs/FORMAT.md). */
+static int gptq(const ft_lfargs *a, const char *qbit, int threads, int quiet)
+{
+	ft_gptq_export_opts o = { .threads = threads, .progress = gptq_progress, .progress_ctx = &quiet };
+	o.bits = (int)ft_parse_int("--export_quantization_bit", qbit);
+	if (o.bits != 2 && o.bits != 3 && o.bits != 4 && o.bits != 8)
+		die_usage("--export_quantization_bit %s: AutoGPTQ only accepts 2/3/4/8-bit quantization.", qbit);
+	const char *ds = ft_lfargs_get(a, "export_quantization_dataset", NULL);
+	if (!ds) die_usage("Quantization dataset is necessary for exporting. (--export_quantization_dataset)");
+	const char *dt = ft_lfargs_get(a, "export_dtype", "auto");
+	if (strcmp(dt, "auto") && export_dtype(dt) != FT_F16)
+		die_usage("--export_dtype %s: a GPTQ export is float16 (LLaMA-Factory forces it)", dt);
+	if (ft_lfargs_get(a, "rope_scaling", NULL)) die_usage("--rope_scaling is not supported with a GPTQ export");
+	o.model_dir = ft_lfargs_get(a, "model_name_or_path", NULL);
+	o.export_dir = ft_lfargs_get(a, "export_dir", NULL);
+	if (!o.model_dir) die_usage("--model_name_or_path is required");
+	if (!o.export_dir) die_usage("--export_dir is required");
+	o.nsamples = positive(a, "export_quantization_nsamples", 128);
+	o.maxlen = positive(a, "export_quantization_maxlen", 1024);
+	const char *seed = ft_lfargs_get(a, "seed", NULL);
+	long long sd = seed ? ft_parse_int("--seed", seed) : 42;
+	if (sd < 0) die_usage("--seed must not be negative");
+	const char *size = ft_lfargs_get(a, "export_size", NULL);
+	if (size) o.shard_size = export_size(size);
+	int ow = ft_lfargs_bool(a, "overwrite", 0);
+	if (ow < 0) die_usage("--overwrite: expected true or false");
+	o.overwrite = ow;
+	if (ft_gptq_check_model(o.model_dir, o.bits) < 0) die_lib();
+	ft_tokenizer *tok = ft_tokenizer_load(o.model_dir);
+	if (!tok) die_lib();
+	int32_t *win = ft_xmalloc((size_t)o.nsamples * o.maxlen * sizeof *win);
+	if (ft_gptq_calibration(ds, o.nsamples, o.maxlen, (uint64_t)sd, encode, tok, win) < 0) die_lib();
+	ft_tokenizer_free(tok);
+	o.windows = win;
+	struct sigaction sa = { .sa_handler = on_signal };
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	if (ft_gptq_export(&o) < 0) {
+		ft_progress_done();
+		if (interrupted) {
+			warn("%s", ft_errmsg());
+			signal(interrupted, SIG_DFL);
+			raise(interrupted);
+		}
+		die_lib();
+	}
+	ft_progress_done();
+	note("quantized %s to %d-bit GPTQ in %s", o.model_dir, o.bits, o.export_dir);
+	free(win);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	ft_cli_init(argc, argv);
@@ -171,6 +261,8 @@ int main(int argc, char **argv)
 		"overwrite", "finetuning_type", "export_legacy_format", "export_quantization_bit",
 		"quantization_bit", "quantization_type", "double_quantization", "quantization_method",
 		"rope_scaling", "add_tokens", "add_special_tokens", "new_special_tokens_config",
+		"export_quantization_dataset", "export_quantization_nsamples",
+		"export_quantization_maxlen", "seed",
 	};
 	for (size_t i = 0; i < args.n; i++) {
 		int ok = 0;
@@ -189,8 +281,17 @@ int main(int argc, char **argv)
 	if (al && strcmp(ft, "lora") && strcmp(ft, "oft")) die_usage("finetuning_type %s: only LoRA and OFT adapters can be merged", ft);
 	if (ft_lfargs_bool(&args, "export_legacy_format", 0) != 0)
 		die_usage("export_legacy_format (.bin weights) is not supported: ft-merge writes safetensors");
-	if (ft_lfargs_find(&args, "export_quantization_bit"))
-		die_usage("export_quantization_bit: quantized export is not supported");
+	const char *qbit = ft_lfargs_get(&args, "export_quantization_bit", NULL);
+	if (qbit && strcmp(qbit, "null") && strcmp(qbit, "None") && *qbit) {
+		if (al) die_usage("Please merge adapters before quantizing the model. (LLaMA-Factory's export: "
+				  "ft-merge the adapter first, then quantize the merged model)");
+		int rc = gptq(&args, qbit, threads, quiet);
+		ft_lfargs_free(&args);
+		return rc;
+	}
+	for (size_t i = 0; i < args.n; i++)
+		if (!strncmp(args.v[i].key, "export_quantization_", 20) || !strcmp(args.v[i].key, "seed"))
+			note("%s: ignoring %s (no export_quantization_bit)", args.v[i].origin, args.v[i].key);
 	/* a QLoRA adapter merges into the unquantized base (LLaMA-Factory's
 	 * export refuses a quantized one with these words) */
 	const char *qb = ft_lfargs_get(&args, "quantization_bit", NULL);
