@@ -25,6 +25,13 @@ int ft_tokenizer_encode(const ft_tokenizer *t, const char *text, size_t len,
 /* New string; skip_special drops special tokens.  NULL on a bad id. */
 char *ft_tokenizer_decode(const ft_tokenizer *t, const int32_t *ids, size_t n,
 			  int skip_special);
+/* As transformers' tokenizer.decode of sampled ids: ids the tokenizer has
+ * no token for (a model's padded vocabulary) are dropped, as HF's
+ * tokenizers drop them, and bytes that are not UTF-8 (a byte-level token
+ * ending mid-character) become U+FFFD, as its lossy conversion does.
+ * Never NULL. */
+char *ft_tokenizer_decode_lossy(const ft_tokenizer *t, const int32_t *ids, size_t n,
+				int skip_special);
 
 size_t ft_tokenizer_vocab_size(const ft_tokenizer *t);   /* incl. added tokens */
 int32_t ft_tokenizer_token_to_id(const ft_tokenizer *t, const char *piece); /* -1 */

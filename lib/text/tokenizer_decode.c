@@ -5,6 +5,7 @@
  * results are concatenated.  Without a decoder tokens are joined by " ". */
 #include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
 #include "util/error.h"
 #include "text/tokenizer_internal.h"
 
@@ -190,4 +191,39 @@ char *ft_tokenizer_decode(const ft_tokenizer *t, const int32_t *ids, size_t n,
 	tl_free(&a);
 	ftp_tk_buf_add(&res, "", 0);
 	return res.p;
+}
+
+/* s with each byte that does not start a valid UTF-8 sequence as U+FFFD. */
+static char *utf8_lossy(char *s)
+{
+	size_t n = strlen(s), o = 0;
+	char *out = ft_xmalloc(3 * n + 1);
+	for (size_t i = 0; i < n;) {
+		utf8proc_int32_t cp;
+		utf8proc_ssize_t l = utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &cp);
+		if (l < 1) {
+			memcpy(out + o, "\xEF\xBF\xBD", 3);
+			o += 3;
+			i++;
+			continue;
+		}
+		memcpy(out + o, s + i, (size_t)l);
+		o += (size_t)l;
+		i += (size_t)l;
+	}
+	out[o] = 0;
+	free(s);
+	return out;
+}
+
+char *ft_tokenizer_decode_lossy(const ft_tokenizer *t, const int32_t *ids, size_t n,
+				int skip_special)
+{
+	int32_t *known = ft_xmalloc((n + 1) * sizeof *known);
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++)
+		if (ids[i] >= 0 && (size_t)ids[i] < t->ntok && t->tok[ids[i]]) known[k++] = ids[i];
+	char *s = ft_tokenizer_decode(t, known, k, skip_special);
+	free(known);
+	return utf8_lossy(s ? s : ft_xstrdup(""));
 }

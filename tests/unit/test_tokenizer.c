@@ -193,6 +193,18 @@ static void settings(void)
 	int32_t bad = 999999;
 	char *d = ft_tokenizer_decode(t, &bad, 1, 0);
 	ok(!d && strstr(ft_errmsg(), "999999"), "decode of an unknown id fails naming it");
+	/* as transformers decodes sampled ids: unknown ids dropped, a lone
+	 * byte of a two-byte character (byte-level "\xC3" is "Ã") as U+FFFD */
+	int32_t half = ft_tokenizer_token_to_id(t, "\xC3\x83"), hi[4] = { 0, bad, -1, 0 };
+	ft_i32vec hv = {0};
+	ft_tokenizer_encode(t, "hi", 2, 0, &hv);
+	hi[0] = hv.n == 1 ? hv.v[0] : -1;
+	hi[3] = half;
+	d = ft_tokenizer_decode_lossy(t, hi, 4, 1);
+	ok(half >= 0 && d && !strcmp(d, "hi\xEF\xBF\xBD"), "decode_lossy: unknown ids dropped, a broken "
+	   "UTF-8 byte becomes U+FFFD (%s)", d ? d : "NULL");
+	free(d);
+	ft_i32vec_free(&hv);
 	ft_i32vec v = {0};
 	ok(ft_tokenizer_encode(t, "a\xff" "b", 3, 0, &v) == -1 && strstr(ft_errmsg(), "UTF-8"),
 	   "invalid UTF-8 is refused");

@@ -17,7 +17,6 @@
 #include "util/atomicfile.h"
 
 #include <jansson.h>
-#include <utf8proc.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -249,44 +248,17 @@ void grpo_args_parse(ft_lfargs *a, ft_cli_args *c)
 	if (ft_sampling_check(&P.s) < 0) die_usage("%s", ft_errmsg());
 }
 
-/* The text a reward sees: decoded without special tokens (as TRL's
- * batch_decode), or the ids space-separated for a model without a
+/* The text a reward sees: decoded without special tokens as TRL's
+ * batch_decode, or the ids space-separated for a model without a
  * tokenizer. */
 static char *text_of(ft_tokenizer *tok, const ft_i32vec *v)
 {
-	if (tok) {   /* HF tokenizers' decode skips ids it has no token for */
-		size_t V = ft_tokenizer_vocab_size(tok), k = 0;
-		int32_t *ids = ft_xmalloc((v->n + 1) * sizeof *ids);
-		for (size_t i = 0; i < v->n; i++)
-			if (v->v[i] >= 0 && (size_t)v->v[i] < V) ids[k++] = v->v[i];
-		char *s = ft_tokenizer_decode(tok, ids, k, 1);
-		free(ids);
-		return s;
-	}
+	if (tok) return ft_tokenizer_decode_lossy(tok, v->v, v->n, 1);
 	char *s = ft_xmalloc(12 * v->n + 1);
 	size_t len = 0;
 	s[0] = 0;
 	for (size_t i = 0; i < v->n; i++) len += (size_t)sprintf(s + len, i ? " %d" : "%d", v->v[i]);
 	return s;
-}
-
-/* s with each invalid UTF-8 byte as U+FFFD (transformers decodes with
- * errors="replace": a sampled byte-level token may end mid-character). */
-static char *lossy(char *s)
-{
-	size_t n = strlen(s), o = 0;
-	char *out = ft_xmalloc(3 * n + 1);
-	for (size_t i = 0; i < n;) {
-		utf8proc_int32_t cp;
-		utf8proc_ssize_t l = utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &cp);
-		if (l < 1) { memcpy(out + o, "\xEF\xBF\xBD", 3); o += 3; i++; continue; }
-		memcpy(out + o, s + i, (size_t)l);
-		o += (size_t)l;
-		i += (size_t)l;
-	}
-	out[o] = 0;
-	free(s);
-	return out;
 }
 
 typedef struct {
@@ -338,8 +310,6 @@ static int score(void *ctx, const size_t *pidx, const ft_i32vec *comp, size_t n,
 		R->ptext[i] = text_of(R->tok, &R->prompts[pidx[i]]);
 		R->ctext[i] = text_of(R->tok, &comp[i]);
 		if (!R->ptext[i] || !R->ctext[i]) { rc = -1; break; }
-		R->ptext[i] = lossy(R->ptext[i]);
-		R->ctext[i] = lossy(R->ctext[i]);
 		/* TRL's reward kwargs: the row's other columns beside prompt and completion */
 		lines[i] = ft_reward_request_line(R->ptext[i], "completion", R->ctext[i], R->extra[pidx[i]]);
 		if (!lines[i]) rc = ft_fail_ctx("completion %zu: ", i + 1);

@@ -205,7 +205,8 @@ typedef struct {
 
 static char *as_text(const reward_ctx *R, const ft_i32vec *v)
 {
-	if (R->tok) return ft_tokenizer_decode(R->tok, v->v, v->n, 1);   /* skip_special_tokens */
+	/* skip_special_tokens, as LLaMA-Factory's batch_decode for the api */
+	if (R->tok) return ft_tokenizer_decode_lossy(R->tok, v->v, v->n, 1);
 	size_t cap = 12 * v->n + 1, len = 0;
 	char *s = ft_xmalloc(cap);
 	s[0] = 0;
