@@ -26,10 +26,14 @@ count() {
 }
 ONE='while read -r l; do echo 1; done'
 
-grpo() {
-	ft-train --stage grpo --model_name_or_path "$LLAMA" --train p8.zst --max_completion_length 6 \
-		--max_steps 3 --logging_steps 1 --learning_rate 1e-3 -q "$@"
-}
+GRPO=(ft-train --stage grpo --train p8.zst --max_completion_length 6 --max_steps 3 --logging_steps 1
+	--learning_rate 1e-3 -q)
+grpo() { "${GRPO[@]}" --model_name_or_path "$LLAMA" "$@"; }
+
+# grpo in place of the shell that runs it: started with &, its $! is
+# ft-train's own pid, so kill -9 stops ft-train (not a subshell that
+# would leave it running into the resumed run's directory)
+grpo_exec() { exec "${GRPO[@]}" --model_name_or_path "$LLAMA" "$@"; }
 
 @test "grpo: a run logs TRL's metrics, saves the adapter, writes completions.jsonl and plots reward beside loss" {
 	need_jq
@@ -172,7 +176,11 @@ grpo() {
 	[ ! -e b/adapter_model.safetensors ]
 	run grpo --output_dir c --reward_funcs "twice=while read -r l; do echo 1; echo 1; done"
 	[ "$status" -eq 1 ]
-	assert_output --partial "reward twice: line 9 of its output: more lines than the 8 completions"
+	# the surplus is seen when it arrives: right after the first request's
+	# answers (line 9), or, on a loaded machine, with the next request's
+	# (line 17); either way the run stops with nothing saved
+	assert_output --regexp "reward twice: line (9|17) of its output: more lines than the 8 completions"
+	[ ! -e c/adapter_model.safetensors ]
 	run grpo --output_dir d --reward_funcs "no-such-command-x"
 	[ "$status" -eq 1 ]
 	assert_output --partial "status 127"
@@ -303,7 +311,7 @@ killer() {
 		grpo --output_dir U$ft "${args[@]}"
 		[ -f U$ft/checkpoint-3/optimizer.safetensors ] && [ -f U$ft/checkpoint-3/grpo_state.json ]
 		[ -f U$ft/checkpoint-3/grpo_buffer.safetensors ] && [ -d U$ft/checkpoint-6 ]
-		(KILL_AT=$kill_at; export KILL_AT; grpo --output_dir K$ft "${args[@]}" & echo $! > ft.pid; wait $!) && false
+		(KILL_AT=$kill_at; export KILL_AT; grpo_exec --output_dir K$ft "${args[@]}" & echo $! > ft.pid; wait $!) && false
 		[ -d K$ft/checkpoint-3 ] && [ ! -e K$ft/checkpoint-6 ]
 		grpo --output_dir K$ft "${args[@]}" --resume_from_checkpoint true
 		cmp U$ft/trainer_log.jsonl K$ft/trainer_log.jsonl
