@@ -9,8 +9,10 @@
  * ft_rope_tables, ...): the tools are linked with -rdynamic, and
  * backend.c references those helpers so they are always linked in.
  *
- * FTP_CUDA_ABI changes whenever this struct does; a .so from another build
- * is refused with a message rather than called with the wrong layout.
+ * FTP_CUDA_ABI changes whenever this struct does, or a struct passed
+ * through it (ABI 7: ft_cuda_view carries the quantized linears); a .so
+ * from another build is refused with a message rather than called with
+ * the wrong layout.
  */
 #ifndef FTP_CUDA_BACKEND_INTERNAL_H
 #define FTP_CUDA_BACKEND_INTERNAL_H
@@ -21,7 +23,7 @@
 extern "C" {
 #endif
 
-#define FTP_CUDA_ABI 6
+#define FTP_CUDA_ABI 7
 
 typedef struct {
 	int abi;

@@ -43,14 +43,13 @@ static void dequant_launch(T *dst, const ft_cu_qweight *q, size_t i0, size_t n, 
 		dequant4_k<<<blocks, 256, 0, st>>>(dst, *q, i0, n);
 }
 
-/* Rows [r0, r1) of W into the scratch: float32 (as_f32, or the fp32
- * mode), else the half type of the precision. */
-static int dequant_rows(ft_cuda_model *dm, const ft_cu_qweight *q, int r0, int r1, int as_f32)
+/* Rows [r0, r1) of W into the scratch, in its element type. */
+static int dequant_rows(ft_cuda_model *dm, const ft_cu_qweight *q, int r0, int r1)
 {
 	size_t i0 = (size_t)r0 * q->in, n = (size_t)(r1 - r0) * q->in;
 	if (!n)
 		return 0;
-	if (as_f32 || !ft_cu_qscratch_half(dm))
+	if (!ft_cu_qscratch_half(dm))
 		dequant_launch((float *)dm->qscratch, q, i0, n, dm->stream);
 	else if (dm->o.precision == FT_CUDA_BF16)
 		dequant_launch((qs_bf16 *)dm->qscratch, q, i0, n, dm->stream);
@@ -114,7 +113,7 @@ int ft_cu_qlin_forward(ft_cuda_model *dm, const ft_cu_qweight *q, float *y, int 
 	ft_mat w = scratch_mat(dm);
 	for (int r0 = 0, R = tile_rows(dm, q); r0 < q->out; r0 += R) {
 		int r1 = r0 + R < q->out ? r0 + R : q->out;
-		TRY(dequant_rows(dm, q, r0, r1, 0));
+		TRY(dequant_rows(dm, q, r0, r1));
 		TRY(ft_cu_gemm(dm, 0, 1, N, r1 - r0, q->in, 1, xo, q->in, w, q->in, 0, y + r0, ldy,
 			       what));
 	}
@@ -133,7 +132,7 @@ int ft_cu_qlin_backward(ft_cuda_model *dm, const ft_cu_qweight *q, float *dx, ft
 	for (int r0 = 0, R = tile_rows(dm, q); r0 < q->out; r0 += R) {
 		int r1 = r0 + R < q->out ? r0 + R : q->out;
 		ft_mat dy = { (const char *)dyo.p + (size_t)r0 * el, dyo.half };
-		TRY(dequant_rows(dm, q, r0, r1, 0));
+		TRY(dequant_rows(dm, q, r0, r1));
 		TRY(ft_cu_gemm(dm, 0, 0, N, q->in, r1 - r0, 1, dy, lddy, w, q->in, 1, dx, q->in,
 			       what));
 	}
