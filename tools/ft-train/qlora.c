@@ -20,7 +20,8 @@ void print_quant_help(FILE *f)
 		ft_quant_plan(&c, bits[i], bits[i] == 4, 8, FT_MOD_ALL_LINEAR, 512, 1, 1, &p[i]);
 	fprintf(f, "\nMemory: Llama-2-7B, LoRA r=8 on all linears, 1 x 512 tokens, gradient\n"
 		"checkpointing, planned in bf16 (the GPU's precision): %.1f GB unquantized,\n"
-		"%.1f GB with --quantization_bit 8, %.1f GB with 4 (base weights %.1f / %.1f / %.1f GB).\n"
+		"%.1f GB with --quantization_bit 8, %.1f GB with 4 (base weights resident on the\n"
+		"device %.1f / %.1f / %.1f GB; the device plan adds a dequantized tile of 32 MiB).\n"
 		"On the CPU (float32) the base weights take %.1f / %.1f / %.1f GB.  On the GPU the\n"
 		"linears stay quantized in device memory, dequantized a tile at a time for each\n"
 		"product; ft-train logs the loaded model's resident bytes and the device plan.\n",
