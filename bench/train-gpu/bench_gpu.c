@@ -3,7 +3,9 @@
  * random tokens; prints one JSON line like torch_gpu.py.
  *
  * usage: bench_gpu MODE PREC HIDDEN LAYERS HEADS KV INTER VOCAB B T STEPS WARMUP CKPT
- *   MODE lora (r=8, alpha 16, q_proj,v_proj) or full; PREC fp32 bf16 fp16.
+ *   MODE lora (r=8, alpha 16, q_proj,v_proj), qlora4 / qlora8 (the same LoRA on
+ *   a base quantized as --quantization_bit 4 (NF4, double quantization) or
+ *   8), or full; PREC fp32 bf16 fp16.
  * It stands in for `ft-train --device cuda` until the trainer drives the
  * backend: the same calls per step (zero_grad, forward_backward, step).
  */
@@ -31,11 +33,12 @@ static int cmp_double(const void *a, const void *b)
 int main(int argc, char **argv)
 {
 	if (argc != 14) {
-		fprintf(stderr, "usage: bench_gpu lora|full fp32|bf16|fp16 HIDDEN LAYERS HEADS KV "
+		fprintf(stderr, "usage: bench_gpu lora|qlora4|qlora8|full fp32|bf16|fp16 HIDDEN LAYERS HEADS KV "
 			"INTER VOCAB B T STEPS WARMUP CKPT\n");
 		return 2;
 	}
-	int lora = !strcmp(argv[1], "lora");
+	int qbits = !strcmp(argv[1], "qlora4") ? 4 : !strcmp(argv[1], "qlora8") ? 8 : 0;
+	int lora = !strcmp(argv[1], "lora") || qbits;
 	ft_cuda_precision prec = !strcmp(argv[2], "bf16") ? FT_CUDA_BF16 :
 				 !strcmp(argv[2], "fp16") ? FT_CUDA_F16 : FT_CUDA_F32;
 	ft_config c = { .arch = FT_ARCH_LLAMA, .hidden_size = atoi(argv[3]),
@@ -48,7 +51,8 @@ int main(int argc, char **argv)
 	int B = atoi(argv[9]), T = atoi(argv[10]), steps = atoi(argv[11]), warm = atoi(argv[12]);
 	ft_tune_opts o = { .type = lora ? FT_FT_LORA : FT_FT_FULL, .lora_rank = 8,
 			   .lora_alpha = 16, .lora_targets = FT_MOD_Q | FT_MOD_V, .seed = 1,
-			   .gradient_checkpointing = atoi(argv[13]) };
+			   .gradient_checkpointing = atoi(argv[13]), .quantization_bit = qbits,
+			   .double_quantization = 1 };
 	double t0 = now();
 	ft_model *m = ft_model_from_config(&c, &o);
 	if (!m) {

@@ -2,7 +2,8 @@
 # bench/train-gpu/run.sh - the one device check (`make gpu-check` builds
 # the bundle and runs this; on the GPU machine: bundle/run.sh): GPU parity
 # tests first, then ft-train on the GPU against the CPU path
-# (train_check.sh) and its preference stages (pref_check.sh), then the throughput table of ft vs PyTorch +
+# (train_check.sh), its preference stages (pref_check.sh) and QLoRA
+# (qlora_check.sh, with a throughput line vs bitsandbytes), then the throughput table of ft vs PyTorch +
 # transformers + PEFT, same model, batch and steps, in the same run.
 # Without a GPU every GPU part is skipped with a message (exit 0 when the
 # CPU-runnable parts pass).  Budget: under 8 minutes on an H100/H200.
@@ -59,6 +60,10 @@ if [ "$what" = all ] || [ "$what" = train ]; then
 		bench/train-gpu/pref_check.sh 2>&1 | tee pref_check.log
 	[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 	{ echo "## ft-train --stage rm/dpo/kto on the GPU vs the CPU"; echo; echo '```'; cat pref_check.log; echo '```'; echo; } >> "$res"
+	BIN=$here/bin FIXTURES=$here/tests/fixtures PYTHON=$PY timeout 300 \
+		bench/train-gpu/qlora_check.sh 2>&1 | tee qlora_check.log
+	[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+	{ echo "## ft-train --quantization_bit 4/8 on the GPU vs the CPU, QLoRA throughput"; echo; echo '```'; cat qlora_check.log; echo '```'; echo; } >> "$res"
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
 	if ! nvidia-smi -L >/dev/null 2>&1; then
@@ -118,7 +123,7 @@ save() {
 	cat "$res" > results.md.tmp
 	[ -s rows.txt ] && table >> results.md.tmp
 	mv results.md.tmp results.md
-	[ -n "${OUT:-}" ] && cp results.md parity.log train_check.log pref_check.log bench.log "$OUT/" 2>/dev/null
+	[ -n "${OUT:-}" ] && cp results.md parity.log train_check.log pref_check.log qlora_check.log bench.log "$OUT/" 2>/dev/null
 	return 0
 }
 

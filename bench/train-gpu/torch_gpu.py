@@ -8,8 +8,12 @@ usage: torch_gpu.py peak
 Training as LLaMA-Factory runs it with --bf16: transformers
 LlamaForCausalLM (sdpa attention), torch.autocast(bfloat16); lora: base
 weights in bf16, PEFT LoRA r=8 alpha 16 on q_proj,v_proj (adapters fp32,
-PEFT's autocast_adapter_dtype); full: fp32 master weights; AdamW
-(torch default implementation), clip_grad_norm_ 1.0.  Prints one JSON line.
+PEFT's autocast_adapter_dtype); qlora4 / qlora8: the same LoRA on
+bitsandbytes' Linear4bit (NF4, double quantization, compute dtype PREC) or
+Linear8bitLt (threshold 6.0) for every decoder linear, as transformers'
+BitsAndBytesConfig loads them (exits 3 with a message when bitsandbytes is
+not installed); full: fp32 master weights; AdamW (torch default
+implementation), clip_grad_norm_ 1.0.  Prints one JSON line.
 """
 import json
 import sys
@@ -34,6 +38,32 @@ def peak():
                       "device": torch.cuda.get_device_name(0)}))
 
 
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def quantize(m, bits, dt):
+    """Every decoder linear replaced by bnb's, quantized on the GPU as
+    transformers' bnb integration does on loading."""
+    import bitsandbytes as bnb
+    for mod in list(m.modules()):
+        for name, ch in list(mod.named_children()):
+            if not isinstance(ch, torch.nn.Linear) or name not in LINEARS:
+                continue
+            w = ch.weight.data.to("cpu", torch.float16 if bits == 8 else dt)
+            if bits == 4:
+                q = bnb.nn.Linear4bit(ch.in_features, ch.out_features, bias=ch.bias is not None,
+                                      compute_dtype=dt, compress_statistics=True, quant_type="nf4")
+                q.weight = bnb.nn.Params4bit(w, requires_grad=False, compress_statistics=True,
+                                             quant_type="nf4")
+            else:
+                q = bnb.nn.Linear8bitLt(ch.in_features, ch.out_features, bias=ch.bias is not None,
+                                        has_fp16_weights=False, threshold=6.0)
+                q.weight = bnb.nn.Int8Params(w, requires_grad=False, has_fp16_weights=False)
+            setattr(mod, name, q.cuda())
+            del ch
+    torch.cuda.empty_cache()
+
+
 def train(argv):
     from transformers import LlamaConfig, LlamaForCausalLM
     mode, prec = argv[0], argv[1]
@@ -43,10 +73,20 @@ def train(argv):
     cfg = LlamaConfig(vocab_size=V, hidden_size=h, intermediate_size=F, num_hidden_layers=L,
                       num_attention_heads=A, num_key_value_heads=K, max_position_embeddings=4096,
                       rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)
+    qbits = {"qlora4": 4, "qlora8": 8}.get(mode, 0)
+    if qbits:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as e:
+            print(f"torch_gpu.py: bitsandbytes is not installed ({e})", file=sys.stderr)
+            sys.exit(3)
+        mode = "lora"
     base_dtype = dt_ if mode == "lora" else torch.float32
     with torch.device("cuda"):   # initialise on the GPU (fast), then cast
         m = LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa")
     m = m.to(base_dtype)
+    if qbits:
+        quantize(m, qbits, dt_)
     if ckpt:
         m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if mode == "lora":

@@ -9,8 +9,10 @@
  * ft_rope_tables, ...): the tools are linked with -rdynamic, and
  * backend.c references those helpers so they are always linked in.
  *
- * FTP_CUDA_ABI changes whenever this struct does; a .so from another build
- * is refused with a message rather than called with the wrong layout.
+ * FTP_CUDA_ABI changes whenever this struct does, or a struct passed
+ * through it (the history below); a .so
+ * from another build is refused with a message rather than called with
+ * the wrong layout.
  */
 #ifndef FTP_CUDA_BACKEND_INTERNAL_H
 #define FTP_CUDA_BACKEND_INTERNAL_H
@@ -21,8 +23,9 @@
 extern "C" {
 #endif
 
-/* 7: ft_cuda_batch.lengths, ft_cuda_attn_shape.len (key padding) */
-#define FTP_CUDA_ABI 7
+/* 7: ft_cuda_batch.lengths, ft_cuda_attn_shape.len (key padding);
+ * 8: ft_cuda_view carries the quantized linears (QLoRA) */
+#define FTP_CUDA_ABI 8
 
 typedef struct {
 	int abi;

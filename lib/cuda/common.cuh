@@ -13,6 +13,7 @@ extern "C" {
 }
 #include "model/kernels.h"
 #include "cuda/ft_cuda.h"
+#include "cuda/quant.cuh"
 
 /* ---- errors: every call checked, message names call and shapes ---- */
 
@@ -71,6 +72,10 @@ typedef struct {
 	ft_dlora lora[FT_CV_NLIN];
 	ft_dt *qn, *kn;      /* q_norm, k_norm (Qwen3); NULL when absent */
 	ft_dgroup grp[FT_CV_NGROUP];
+	/* QLoRA (quant.cu): the base linears quantized, lin[j] NULL; the
+	 * fused groups then run module by module (grp[].wf unused) */
+	int quant;
+	ft_cu_qweight q[FT_CV_NLIN];
 } ft_dlayer;
 
 typedef struct {
@@ -125,6 +130,14 @@ struct ft_cuda_model {
 	float *colpart;                /* [FT_COLSUM_CHUNKS, mi] column-sum partials */
 	void *blas_ws;
 	size_t blas_ws_size;
+	/* QLoRA (quant.cu): code tables [16 NF4, 16 FP4, 256 dynamic], the
+	 * dequantized tile, and LLM.int8()'s buffers (8-bit only) */
+	float *qcode;
+	void *qscratch;
+	size_t qscratch_bytes;
+	int *q8_outl, *q8_cols, *q8_nc, q8_rows;
+	float *q8_sca, *q8_caf, *q8_tmp;
+	int32_t *q8_acc;
 	int head_chunk, training;
 	uint64_t dropout_calls;
 	int64_t step;
@@ -267,6 +280,20 @@ int ft_cu_attn_inputs(ft_cuda_model *dm, int l, ft_dacts *a, int N);
  * rows dm->rows (distinct), through every layer that trains. */
 int ft_cu_forward_body(ft_cuda_model *dm, const ft_cuda_batch *b);
 int ft_cu_backward_body(ft_cuda_model *dm, const ft_cuda_batch *b, int n);
+
+/* ---- quant.cu: QLoRA's base linears ---- */
+/* Whether the dequantized tile is half (the working precision's operand
+ * type) and its element size: the one place that decides. */
+int ft_cu_qscratch_half(const ft_cuda_model *dm);
+size_t ft_cu_qscratch_elem(const ft_cuda_model *dm);
+/* y (row stride ldy) = x W^T: x fp32 [N, in] and xo, x as the operand
+ * (cast when the scratch is half); an 8-bit weight in eval runs LLM.int8()
+ * on x. */
+int ft_cu_qlin_forward(ft_cuda_model *dm, const ft_cu_qweight *q, float *y, int ldy,
+		       const float *x, ft_mat xo, int N, const char *what);
+/* dx [N, in] += dy W; dyo: dy as the operand, row stride lddy. */
+int ft_cu_qlin_backward(ft_cuda_model *dm, const ft_cu_qweight *q, float *dx, ft_mat dyo,
+			int lddy, int N, const char *what);
 
 /* ---- optim.cu ---- */
 /* Parameters outside the model's tensors that step with them (rm's value

@@ -55,10 +55,16 @@ static int lin_fwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const
 {
 	ft_dlayer *d = &dm->layers[l];
 	int in = dm->v.lin_in[j], out = dm->v.lin_out[j];
-	ft_mat w = ft_cu_weight(dm, d->lin[j]), xo;
-	TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, w.half));
-	TRY(ft_cu_gemm(dm, 0, 1, N, out, in, 1, xo, in, w, in, 0, y, out,
-		       ft_cuda_view_lin_name(j)));
+	ft_mat xo;
+	if (d->quant) {
+		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, ft_cu_qscratch_half(dm)));
+		TRY(ft_cu_qlin_forward(dm, &d->q[j], y, out, x, xo, N, ft_cuda_view_lin_name(j)));
+	} else {
+		ft_mat w = ft_cu_weight(dm, d->lin[j]);
+		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, w.half));
+		TRY(ft_cu_gemm(dm, 0, 1, N, out, in, 1, xo, in, w, in, 0, y, out,
+			       ft_cuda_view_lin_name(j)));
+	}
 	if (j < 3 && d->bias[j])
 		TRY(ft_cu_bias_forward(dm, y, out, d->bias[j]->w, N, out));
 	ft_dlora *lo = &d->lora[j];
@@ -77,16 +83,31 @@ static int lin_fwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const
  * same input x into Y [N, tot].  One GEMM over the stacked weights, over
  * the LoRA A rows too unless dropout gives each module its own input, so
  * x is read (and in the half modes cast) once; then the biases and each
- * module's LoRA B product. */
+ * module's LoRA B product.
+ *
+ * A quantized layer (QLoRA) runs its modules one by one into their
+ * columns of Y, each through the tiled dequantize + GEMM of quant.cu,
+ * and each LoRA A product on its own: a stacked operand would need the
+ * whole group dequantized at once (gate|up of a 7B model: 360 MB of
+ * fp32 scratch, twice its largest module's), while the tiles bound the
+ * scratch and keep the GEMMs as wide; the fused buffer's layout, which
+ * RoPE, attention and SwiGLU read, is the same either way. */
 static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, float *Y, const float *x, int N)
 {
 	ft_dlayer *d = &dm->layers[l];
 	const ft_dgroup *g = &d->grp[gi];
-	int in = g->c.in, tot = g->c.tot, drop = dropping(dm);
+	int in = g->c.in, tot = g->c.tot, drop = dropping(dm) || d->quant;
 	ft_mat xo;
-	TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, g->wf.half));
-	TRY(ft_cu_gemm(dm, 0, 1, N, drop ? g->c.base : tot, in, 1, xo, in, g->wf, in, 0, Y, tot,
-		       group_name(gi)));
+	if (d->quant) {
+		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, ft_cu_qscratch_half(dm)));
+		for (int i = 0; i < g->c.n; i++)
+			TRY(ft_cu_qlin_forward(dm, &d->q[g->c.js[i]], Y + g->c.off[i], tot, x, xo, N,
+					       ft_cuda_view_lin_name(g->c.js[i])));
+	} else {
+		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, g->wf.half));
+		TRY(ft_cu_gemm(dm, 0, 1, N, drop ? g->c.base : tot, in, 1, xo, in, g->wf, in, 0, Y,
+			       tot, group_name(gi)));
+	}
 	for (int i = 0; i < g->c.n; i++) {
 		int j = g->c.js[i], out = dm->v.lin_out[j];
 		float *y = Y + g->c.off[i], *h = Y + g->c.loff[i];
@@ -95,7 +116,7 @@ static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, float *Y, const float
 		ft_dlora *lo = &d->lora[j];
 		if (!lo->on)
 			continue;
-		if (drop) {   /* A as stacked (half in the half modes), its own input */
+		if (drop) {   /* A as stacked (half in the half modes), its own product */
 			const float *xd;
 			ft_mat A = ft_cu_weight(dm, lo->A), xm;
 			TRY(lora_input(dm, l, j, x, (size_t)N * in, &xd));
@@ -110,14 +131,10 @@ static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, float *Y, const float
 	return 0;
 }
 
-/* dx += dy W (dx may be NULL); dW += dy^T x; db += sum dy; LoRA grads. */
-static int lin_bwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
-		   const float *dy, const float *x, int N)
+/* The base weight's part of lin_bwd: dx += dy W, dW += dy^T x. */
+static int base_bwd(ft_cuda_model *dm, ft_dt *W, float *dx, const float *dy, const float *x,
+		    int N, int in, int out, const char *nm)
 {
-	ft_dlayer *d = &dm->layers[l];
-	int in = dm->v.lin_in[j], out = dm->v.lin_out[j];
-	const char *nm = ft_cuda_view_lin_name(j);
-	ft_dt *W = d->lin[j];
 	ft_mat w = ft_cu_weight(dm, W), dyo, xo;
 	if (dx || W->g)
 		TRY(ft_cu_operand(dm, &dyo, dy, (size_t)N * out, dm->hy, w.half));
@@ -127,6 +144,31 @@ static int lin_bwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
 		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, w.half));
 		TRY(ft_cu_gemm(dm, 1, 0, out, in, N, 1, dyo, out, xo, in, 1, W->g, in, nm));
 	}
+	return 0;
+}
+
+static int base_bwd_quant(ft_cuda_model *dm, const ft_cu_qweight *q, float *dx, const float *dy,
+			  int N, const char *nm)
+{
+	ft_mat dyo;
+	if (!dx)
+		return 0;
+	TRY(ft_cu_operand(dm, &dyo, dy, (size_t)N * q->out, dm->hy, ft_cu_qscratch_half(dm)));
+	return ft_cu_qlin_backward(dm, q, dx, dyo, q->out, N, nm);
+}
+
+/* dx += dy W (dx may be NULL); dW += dy^T x; db += sum dy; LoRA grads. */
+static int lin_bwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
+		   const float *dy, const float *x, int N)
+{
+	ft_dlayer *d = &dm->layers[l];
+	int in = dm->v.lin_in[j], out = dm->v.lin_out[j];
+	const char *nm = ft_cuda_view_lin_name(j);
+	ft_dt *W = d->lin[j];
+	if (d->quant)   /* frozen: the input gradient alone */
+		TRY(base_bwd_quant(dm, &d->q[j], dx, dy, N, nm));
+	else
+		TRY(base_bwd(dm, W, dx, dy, x, N, in, out, nm));
 	if (j < 3 && d->bias[j] && d->bias[j]->g)
 		TRY(ft_cu_bias_backward(dm, d->bias[j]->g, dy, out, N, out));
 	ft_dlora *lo = &d->lora[j];
@@ -182,8 +224,9 @@ static int lora_bwd_group(ft_cuda_model *dm, int l, const ft_dgroup *g, const fl
 	return 0;
 }
 
-/* With dropout: each module's A gradient from its own dropped input, and
- * its dx through the dropout mask; dyo is the group's (cast) dY. */
+/* Module by module (with dropout, or a quantized layer): each module's A
+ * gradient from its own (dropped) input, and its dx, through the dropout
+ * mask when there is one; dyo is the group's (cast) dY. */
 static int lora_drop_bwd(ft_cuda_model *dm, int l, const ft_dgroup *g, ft_mat dyo,
 			 float *dx, const float *x, int N)
 {
@@ -204,6 +247,10 @@ static int lora_drop_bwd(ft_cuda_model *dm, int l, const ft_dgroup *g, ft_mat dy
 				       "lora_A grad"));
 		if (!dx)
 			continue;
+		if (xd == x) {   /* no dropout */
+			TRY(ft_cu_gemm(dm, 0, 0, N, in, lo->r, 1, hs, tot, A, in, 1, dx, in, "lora dx"));
+			continue;
+		}
 		TRY(ft_cu_gemm(dm, 0, 0, N, in, lo->r, 1, hs, tot, A, in, 0, dm->ddrop, in,
 			       "lora dx"));
 		TRY(ft_cu_dropout(dm, dm->ddrop, dm->ddrop, n, (float)dm->v.lora_dropout,
@@ -245,7 +292,7 @@ static int group_has_grad(const ft_cuda_model *dm, int l, const ft_dgroup *g)
 	const ft_dlayer *d = &dm->layers[l];
 	for (int i = 0; i < g->c.n; i++) {
 		int j = g->c.js[i];
-		if (d->lin[j]->g || (d->lora[j].on && d->lora[j].A->g))
+		if ((d->lin[j] && d->lin[j]->g) || (d->lora[j].on && d->lora[j].A->g))
 			return 1;
 	}
 	return 0;
@@ -269,8 +316,15 @@ static int lin_bwd_group(ft_cuda_model *dm, int l, int gi, const float *Y, float
 						dm->v.lin_out[j]));
 	}
 	TRY(lora_bwd_group(dm, l, g, Y, dY, N));
-	int half = g->wf.half;
 	ft_mat dyo, xo;
+	if (d->quant) {   /* module by module, as lin_fwd_group; no weight gradients */
+		TRY(ft_cu_operand(dm, &dyo, dY, (size_t)N * tot, dm->hy, ft_cu_qscratch_half(dm)));
+		for (int i = 0; dx && i < g->c.n; i++)
+			TRY(ft_cu_qlin_backward(dm, &d->q[g->c.js[i]], dx, mat_at(dyo, g->c.off[i]), tot,
+						N, ft_cuda_view_lin_name(g->c.js[i])));
+		return lora_drop_bwd(dm, l, g, dyo, dx, x, N);
+	}
+	int half = g->wf.half;
 	TRY(ft_cu_operand(dm, &dyo, dY, (size_t)N * tot, dm->hy, half));
 	if (dx)
 		TRY(ft_cu_gemm(dm, 0, 0, N, in, drop ? g->c.base : tot, 1, dyo, tot, g->wf, in, 1,
@@ -436,7 +490,7 @@ int ft_cu_layer_has_grad(const ft_cuda_model *dm, int l)
 	if (y->ln1->g || y->ln2->g || (y->qn && y->qn->g) || (y->kn && y->kn->g))
 		return 1;
 	for (int j = 0; j < FT_CV_NLIN; j++)
-		if (y->lin[j]->g || y->lora[j].on || (j < 3 && y->bias[j] && y->bias[j]->g))
+		if ((y->lin[j] && y->lin[j]->g) || y->lora[j].on || (j < 3 && y->bias[j] && y->bias[j]->g))
 			return 1;
 	return 0;
 }

@@ -11,6 +11,7 @@
 extern "C" {
 #include "model/layers.h"
 }
+#include "model/quant_kernels.h"   /* FT_Q4_BLOCK, FT_Q4_BLOCK2 */
 
 #define HEAD_BUDGET ((size_t)1 << 26)   /* fp32 logits at once (256 MiB) */
 #define BLAS_WS ((size_t)32 << 20)      /* cuBLAS workspace */
@@ -130,6 +131,13 @@ static void build_tensors(ft_cuda_model *dm)
 		group_tensors(dm, l, 1);
 		d->lin[6] = lin_tensor(dm, l, 6);
 		lora_tensors(dm, l, 6, 0, 1, 1);
+		d->quant = v->qw != NULL;
+		for (int j = 0; d->quant && j < FT_CV_NLIN; j++) {
+			const ft_cv_qweight *h = &v->qw[(size_t)l * FT_CV_NLIN + j];
+			ft_cu_qweight *q = &d->q[j];
+			q->bits = h->bits, q->fp4 = h->fp4, q->in = h->in, q->out = h->out;
+			q->offset = h->offset;
+		}
 	}
 }
 
@@ -141,6 +149,8 @@ static int bind_groups(ft_cuda_model *dm)
 		for (int gi = 0; gi < FT_CV_NGROUP; gi++) {
 			ft_dlayer *d = &dm->layers[l];
 			ft_dgroup *g = &d->grp[gi];
+			if (d->quant)   /* no stacked operand: module by module (layer.cu) */
+				continue;
 			ft_dt *t[6] = { 0 };
 			int n = 0, nb;
 			for (int i = 0; i < g->c.n; i++)
@@ -256,6 +266,57 @@ static void layout_unit(ft_cuda_model *dm, ft_arena *a, ft_dt *t, int n)
 	}
 }
 
+/* QLoRA: each quantized linear's bytes (the weights' category: what
+ * stays resident), the code tables, the dequantized tile and LLM.int8()'s
+ * buffers (scratch).  The tile is QTILE elements, at least one row, at
+ * most the largest module: a 7B model's 4096-row tiles keep the GEMMs
+ * wide for 32 MiB of bf16 (64 MiB fp32). */
+#define QTILE ((size_t)1 << 24)
+static void layout_quant(ft_cuda_model *dm, ft_arena *a, size_t N, size_t mi)
+{
+	const ft_cuda_view *v = &dm->v;
+	size_t big = 0, rows = 0;
+	int int8 = 0;
+	dm->qcode = TAKE(a, 16 + 16 + 256, float, A_WEIGHTS);
+	for (int l = 0; l < v->L; l++)
+		for (int j = 0; j < FT_CV_NLIN; j++) {
+			const ft_cv_qweight *h = &v->qw[(size_t)l * FT_CV_NLIN + j];
+			ft_cu_qweight *q = &dm->layers[l].q[j];
+			size_t n = (size_t)h->in * h->out, nb = (n + FT_Q4_BLOCK - 1) / FT_Q4_BLOCK;
+			if (n > big) big = n;
+			if ((size_t)h->out > rows) rows = h->out;
+			int8 |= h->bits == 8;
+			q->code4 = dm->qcode + (h->fp4 ? 16 : 0);
+			q->code8 = dm->qcode + 32;
+			if (h->bits == 8) {
+				q->cb = TAKE(a, n, int8_t, A_WEIGHTS);
+				q->scb = TAKE(a, h->out, float, A_WEIGHTS);
+				continue;
+			}
+			q->packed = TAKE(a, (n + 1) / 2, uint8_t, A_WEIGHTS);
+			if (h->qabsmax) {
+				q->qabsmax = TAKE(a, nb, uint8_t, A_WEIGHTS);
+				q->absmax2 = TAKE(a, (nb + FT_Q4_BLOCK2 - 1) / FT_Q4_BLOCK2, float, A_WEIGHTS);
+			} else {
+				q->absmax = TAKE(a, nb, float, A_WEIGHTS);
+			}
+		}
+	size_t el = ft_cu_qscratch_elem(dm), tile = QTILE > mi ? QTILE : mi;
+	if (tile > big) tile = big;
+	dm->qscratch_bytes = tile * el > 4 * mi ? tile * el : 4 * mi;   /* int8: CB rows as fp32 */
+	dm->qscratch = ft_arena_take(a, dm->qscratch_bytes, A_SCRATCH);
+	if (!int8)
+		return;
+	dm->q8_rows = (int)(rows < 4096 ? rows : 4096);
+	dm->q8_outl = TAKE(a, mi, int, A_SCRATCH);
+	dm->q8_cols = TAKE(a, mi, int, A_SCRATCH);
+	dm->q8_nc = TAKE(a, 1, int, A_SCRATCH);
+	dm->q8_sca = TAKE(a, N, float, A_SCRATCH);
+	dm->q8_caf = TAKE(a, N * mi, float, A_SCRATCH);
+	dm->q8_tmp = TAKE(a, N * dm->q8_rows, float, A_SCRATCH);
+	dm->q8_acc = TAKE(a, N * dm->q8_rows, int32_t, A_SCRATCH);
+}
+
 /* Every device buffer, in one pass that either counts (base 0) or
  * assigns.  The sizes follow ftp_model_prepare (lib/model/model_fwd.c). */
 static void layout(ft_cuda_model *dm, ft_arena *a)
@@ -268,6 +329,8 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	size_t N = dm->o.max_tokens, D = v->D, F = v->F, L = v->L;
 	size_t qd = (size_t)v->Hq * v->hd, kd = (size_t)v->Hk * v->hd, mi = max_in(v);
 	size_t r = lora_rank(dm), V = v->V;
+	if (v->qw)
+		layout_quant(dm, a, N, mi);
 	dm->n_acts = v->gradient_checkpointing || dm->o.inference ? 1 : (int)L;
 	for (int i = 0; i < dm->n_acts; i++)
 		layout_acts(dm, a, &dm->acts[i], N, r);
@@ -446,6 +509,37 @@ int ft_cu_upload(ft_cuda_model *dm, ft_dt *t)
 	return 0;
 }
 
+/* QLoRA: the quantized bytes as they are (never float32) and the maps. */
+static int upload_quant(ft_cuda_model *dm)
+{
+	const ft_cuda_view *v = &dm->v;
+	if (!v->qw)
+		return 0;
+	for (int k = 0; k < 3; k++)
+		TRY(ft_cu_copy(dm, dm->qcode + 16 * k, v->qcode[k], (k < 2 ? 16 : 256) * sizeof(float),
+			       cudaMemcpyHostToDevice, "quantization maps"));
+	for (int l = 0; l < v->L; l++)
+		for (int j = 0; j < FT_CV_NLIN; j++) {
+			const ft_cv_qweight *h = &v->qw[(size_t)l * FT_CV_NLIN + j];
+			const ft_cu_qweight *q = &dm->layers[l].q[j];
+			size_t n = (size_t)h->in * h->out, nb = (n + FT_Q4_BLOCK - 1) / FT_Q4_BLOCK;
+			struct { void *d; const void *h; size_t bytes; } c[] = {
+				{ (void *)q->cb, h->cb, h->bits == 8 ? n : 0 },
+				{ (void *)q->scb, h->scb, h->bits == 8 ? h->out * sizeof(float) : 0 },
+				{ (void *)q->packed, h->packed, h->bits == 4 ? (n + 1) / 2 : 0 },
+				{ (void *)q->qabsmax, h->qabsmax, q->qabsmax ? nb : 0 },
+				{ (void *)q->absmax2, h->absmax2,
+				  q->qabsmax ? (nb + FT_Q4_BLOCK2 - 1) / FT_Q4_BLOCK2 * sizeof(float) : 0 },
+				{ (void *)q->absmax, h->absmax, q->absmax ? nb * sizeof(float) : 0 },
+			};
+			for (size_t k = 0; k < sizeof c / sizeof *c; k++)
+				if (c[k].bytes)
+					TRY(ft_cu_copy(dm, c[k].d, c[k].h, c[k].bytes, cudaMemcpyHostToDevice,
+						       "quantized weights"));
+		}
+	return 0;
+}
+
 /* The allocator's high-water mark: the plan is the one device allocation
  * ft makes (cuBLAS's workspace is inside it), so the peak is its size
  * once made; the CUDA context and other processes are not counted. */
@@ -506,6 +600,7 @@ static int device_init(ft_cuda_model *dm)
 	TRY(ft_cu_zero(dm, dm->mem, dm->plan.total));
 	for (int i = 0; i < dm->ntens; i++)
 		TRY(ft_cu_upload(dm, &dm->tens[i]));
+	TRY(upload_quant(dm));
 	ft_cu_sample_peak(dm);
 	return 0;
 }

@@ -6,6 +6,7 @@
 #include "model/cuda_view.h"
 #include "util/error.h"
 #include "model/model_internal.h"
+#include "model/quant.h"
 
 /* cuda_view.h mirrors model_internal.h's structures for the C++ side,
  * which cannot include it; this file is the one that sees both, so the
@@ -35,6 +36,18 @@ SAME_FIELD(ft_cv_layer, ftp_layer, qn);
 SAME_FIELD(ft_cv_layer, ftp_layer, kn);
 SAME_FIELD(ft_cv_layer, ftp_layer, ln3);
 SAME_FIELD(ft_cv_layer, ftp_layer, ln4);
+_Static_assert(sizeof(ft_cv_qweight) == sizeof(ft_qweight), "ft_cv_qweight mirrors ft_qweight");
+SAME_FIELD(ft_cv_qweight, ft_qweight, bits);
+SAME_FIELD(ft_cv_qweight, ft_qweight, fp4);
+SAME_FIELD(ft_cv_qweight, ft_qweight, in);
+SAME_FIELD(ft_cv_qweight, ft_qweight, out);
+SAME_FIELD(ft_cv_qweight, ft_qweight, packed);
+SAME_FIELD(ft_cv_qweight, ft_qweight, absmax);
+SAME_FIELD(ft_cv_qweight, ft_qweight, qabsmax);
+SAME_FIELD(ft_cv_qweight, ft_qweight, absmax2);
+SAME_FIELD(ft_cv_qweight, ft_qweight, offset);
+SAME_FIELD(ft_cv_qweight, ft_qweight, cb);
+SAME_FIELD(ft_cv_qweight, ft_qweight, scb);
 
 static ft_cv_wg wg(ftp_wg x)
 {
@@ -72,9 +85,6 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 	memset(v, 0, sizeof *v);
 	if (m->dora)   /* lib/model/lora_dora.c has no GPU twin yet */
 		return ft_fail("DoRA (use_dora) runs on the CPU only: use --device cpu");
-	if (m->qw)
-		return ft_fail("--quantization_bit: quantized models run on the CPU only "
-			       "(the CUDA dequantize kernel is not wired into the device model)");
 	if (c->head_dim % 2 || c->num_attention_heads % c->num_key_value_heads)
 		return ft_fail("model shape not supported on CUDA: head_dim %d, %d heads, "
 			       "%d kv heads", c->head_dim, c->num_attention_heads,
@@ -98,6 +108,10 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 	v->gradient_checkpointing = m->o.gradient_checkpointing;
 	v->lora_dropout = m->lora_dropout_on ? m->o.lora_dropout : 0;
 	v->seed = m->o.seed;
+	v->qw = (const ft_cv_qweight *)m->qw;   /* [L * L_NLIN], mirrored above */
+	v->qcode[0] = ft_nf4_code;
+	v->qcode[1] = ft_fp4_code;
+	v->qcode[2] = ft_dynamic_code;
 	v->wte = wg(m->wte);
 	v->lm_head = wg(m->lm_head);
 	v->norm = wg(m->norm);

@@ -44,6 +44,18 @@ typedef struct {
 	int trainable, decay;
 } ft_cv_param;
 
+/* A quantized base linear (QLoRA): mirrors lib/model/quant.h's
+ * ft_qweight (checked in cuda_view.c); host pointers, borrowed. */
+typedef struct {
+	int bits, fp4, in, out;
+	uint8_t *packed;          /* 4-bit codes, two a byte */
+	float *absmax;            /* 4-bit, not nested */
+	uint8_t *qabsmax;         /* nested: 8-bit absmax codes */
+	float *absmax2, offset;   /* nested: their absmaxes and the mean */
+	int8_t *cb;               /* 8-bit: CB [out, in] */
+	float *scb;               /*        SCB [out] */
+} ft_cv_qweight;
+
 typedef struct {
 	int V, D, F, L, Hq, Hk, hd, window;
 	float eps;
@@ -58,6 +70,11 @@ typedef struct {
 	ft_cv_layer *layers;           /* [L], owned by the view */
 	ft_cv_param *params;           /* [nparams], owned by the view */
 	size_t nparams;
+	/* QLoRA: the decoder's base linears quantized, layer l's module j at
+	 * qw[l * FT_CV_NLIN + j] (the CPU model's array, borrowed); then
+	 * layers[l].lin[j].w is NULL.  NULL when not quantized. */
+	const ft_cv_qweight *qw;
+	const float *qcode[3];         /* bnb's NF4 [16], FP4 [16], dynamic [256] maps */
 } ft_cuda_view;
 
 /* A fused projection of the CUDA model (lib/cuda/layer.cu): the modules

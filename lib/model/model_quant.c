@@ -25,7 +25,6 @@
 #include "model/quant_kernels.h"
 
 #define TILE_FLOATS (1 << 21)   /* 8 MiB of dequantized rows per product: wide tiles, few parallel regions */
-#define INT8_THRESHOLD 6.0f     /* BitsAndBytesConfig's llm_int8_threshold */
 
 static ft_qweight *qw_of(const ft_model *m, int l, int j)
 {
@@ -156,7 +155,7 @@ static int int8_activations(const float *x, int N, int in, float *caf, float *sc
 	char *outl = ft_xcalloc(in, 1);
 	int nc = 0;
 	for (size_t i = 0; i < (size_t)N * in; i++)
-		if (fabsf(ft_f16_to_f32(ft_f32_to_f16(x[i]))) >= INT8_THRESHOLD)
+		if (ft_k_int8_outlier(ft_f16_to_f32(ft_f32_to_f16(x[i]))))
 			outl[i % in] = 1;
 	for (int k = 0; k < in; k++)
 		if (outl[k])
@@ -165,16 +164,16 @@ static int int8_activations(const float *x, int N, int in, float *caf, float *sc
 		const float *xr = x + (size_t)n * in;
 		float am = 0;
 		for (int k = 0; k < in; k++) {
-			float h = fabsf(ft_f16_to_f32(ft_f32_to_f16(xr[k])));
-			if (h < INT8_THRESHOLD)
-				am = fmaxf(am, h);
+			float h = ft_f16_to_f32(ft_f32_to_f16(xr[k]));
+			if (!ft_k_int8_outlier(h))
+				am = fmaxf(am, fabsf(h));
 		}
 		sca[n] = am;
-		float s = (1.0f / am) * 127.0f;   /* torch's 127 / t is t.reciprocal() * 127 */
+		float s = am == 0 ? 0 : ft_k_int8_row_scale(am);
 		for (int k = 0; k < in; k++) {
 			float h = ft_f16_to_f32(ft_f32_to_f16(xr[k]));
-			int zero = am == 0 || fabsf(h) >= INT8_THRESHOLD || (N > 1 && outl[k]);
-			caf[(size_t)n * in + k] = zero ? 0 : nearbyintf(h * s);
+			int zero = am == 0 || ft_k_int8_outlier(h) || (N > 1 && outl[k]);
+			caf[(size_t)n * in + k] = zero ? 0 : ft_k_int8_act(h, s);
 		}
 	}
 	free(outl);
@@ -190,7 +189,7 @@ static int int8_activations(const float *x, int N, int in, float *caf, float *sc
  * order, and the chunks add up in int32. */
 #define K_EXACT 1024
 #define R_INT8 1024
-static void int8_forward(const ft_qweight *q, float *y, const float *x, int N)
+void ft_qweight_int8_forward(const ft_qweight *q, float *y, const float *x, int N)
 {
 	int in = q->in, out = q->out;
 	float *caf = ft_xmalloc((size_t)N * in * sizeof(float));
@@ -217,10 +216,10 @@ static void int8_forward(const ft_qweight *q, float *y, const float *x, int N)
 			for (int r = 0; r < R; r++) {
 				int o = r0 + r;
 				const int8_t *b = q->cb + (size_t)o * in;
-				float v = (float)acc[(size_t)n * R + r] * (sca[n] * q->scb[o]) * 6.200124e-05f;
+				float v = ft_k_int8_out(acc[(size_t)n * R + r], sca[n], q->scb[o]);
 				for (int c = 0; c < nc; c++)   /* outlier columns, float32 */
-					v += x[(size_t)n * in + cols[c]] *
-					     ((float)b[cols[c]] * q->scb[o] * 7.874015718698502e-3f);
+					v = ft_k_int8_outlier_add(v, x[(size_t)n * in + cols[c]], b[cols[c]],
+								  q->scb[o]);
 				y[(size_t)n * out + o] = v;
 			}
 	}
@@ -232,7 +231,7 @@ void ftp_qlin_forward(ft_model *m, int l, int j, float *y, const float *x, int N
 	const ft_qweight *q = qw_of(m, l, j);
 	int in = q->in, out = q->out;
 	if (q->bits == 8 && eval)
-		int8_forward(q, y, x, N);
+		ft_qweight_int8_forward(q, y, x, N);
 	else
 		for (int r0 = 0, R = tile_rows(m, in, out); r0 < out; r0 += R) {
 			int r1 = r0 + R < out ? r0 + R : out;

@@ -51,6 +51,11 @@ size_t ft_qweight_bytes(const ft_qweight *q);
 /* Rows [r0, r1) of W in float32 into dst[(r1-r0) * in]. */
 void ft_qweight_rows(const ft_qweight *q, int r0, int r1, float *dst);
 
+/* y[N, out] = LLM.int8()(x[N, in], W) of an 8-bit q, as bnb's
+ * MatMul8bitLt (eval; lib/model/model_quant.c says how; the CUDA kernels
+ * of lib/cuda/quant.cu compute the same bits). */
+void ft_qweight_int8_forward(const ft_qweight *q, float *y, const float *x, int N);
+
 /* LLaMA-Factory's quantization arguments, checked as its model loader
  * does (quantization_bit 4 or 8, method bnb, type nf4/fp4, only with
  * LoRA).  Any argument may be NULL (not given).  Sets o->quantization_*;

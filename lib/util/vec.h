@@ -16,7 +16,7 @@ static inline void ft_i32vec_reserve(ft_i32vec *a, size_t need)
 	if (need <= a->cap) return;
 	size_t cap = a->cap ? a->cap * 2 : 64;
 	while (cap < need) cap *= 2;
-	a->v = ft_xrealloc(a->v, cap * sizeof *a->v);
+	a->v = (__typeof__(a->v))ft_xrealloc(a->v, cap * sizeof *a->v);   /* also C++ */
 	a->cap = cap;
 }
 static inline void ft_i32vec_push(ft_i32vec *a, int32_t x)
@@ -37,7 +37,7 @@ static inline void ft_f32vec_reserve(ft_f32vec *a, size_t need)
 	if (need <= a->cap) return;
 	size_t cap = a->cap ? a->cap * 2 : 64;
 	while (cap < need) cap *= 2;
-	a->v = ft_xrealloc(a->v, cap * sizeof *a->v);
+	a->v = (__typeof__(a->v))ft_xrealloc(a->v, cap * sizeof *a->v);   /* also C++ */
 	a->cap = cap;
 }
 static inline void ft_f32vec_push(ft_f32vec *a, float x)

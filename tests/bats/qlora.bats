@@ -37,6 +37,26 @@ train() { ft-train --model_name_or_path "$MODEL" --train train.zst --max_steps 2
 	[ "$(grep -c '"loss"' out/trainer_log.jsonl)" -eq 2 ]
 }
 
+@test "--device cuda accepts a quantized model: the backend table's run is the CPU's, the device-resident base logged" {
+	# FT_CUDA_LIB: the fake backend (tests/emu/fake_backend.c, the CPU model
+	# behind the table) stands in for a GPU, so this tests the tool's device
+	# wiring; the kernels are tests/emu/test_quant_emu.cc's and tests/gpu's
+	fake="$FT_ROOT/build/tests/libft_fake_cuda.so"
+	[ -f "$fake" ] || skip "the fake backend is not built (make unit)"
+	train --quantization_bit 4 --output_dir cpu --device cpu 2>/dev/null
+	run --separate-stderr env FT_CUDA_LIB="$fake" ft-train --model_name_or_path "$MODEL" \
+		--train train.zst --max_steps 2 --logging_steps 1 --quantization_bit 4 --output_dir dev --device cuda
+	assert_success
+	[[ "$stderr" == *"training on cuda:0"* ]]
+	[[ "$stderr" == *"base weights resident on the device"*"(4-bit linears, the rest in float32)"* ]]
+	diff <(jq -c .loss cpu/trainer_log.jsonl) <(jq -c .loss dev/trainer_log.jsonl)
+	run --separate-stderr env FT_CUDA_LIB="$fake" ft-train --model_name_or_path "$MODEL" \
+		--train train.zst --max_steps 1 --quantization_bit 8 --output_dir auto --device auto
+	assert_success
+	[[ "$stderr" == *"training on cuda:0"* ]]
+	[[ "$stderr" != *"training on the CPU"* ]]
+}
+
 @test "fp4, no double quantization, 8-bit and gradient checkpointing all train" {
 	run train --quantization_bit 4 --quantization_type fp4 --double_quantization false --output_dir a
 	assert_success

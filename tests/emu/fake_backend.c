@@ -12,8 +12,10 @@
  * test.  The kernels themselves are checked by tests/emu/test_pref_emu.cc
  * and, on a GPU, bench/train-gpu/pref_check.sh.
  *
- * Entries not listed (sft's forward_backward, decoding, attention, NCCL)
- * are NULL: the preference stages never call them.
+ * The plain training entries (forward_backward, forward, step) are there
+ * too, for tests/bats/qlora.bats's `--device cuda` run of a quantized
+ * model.  Entries not listed (decoding, attention, NCCL) are NULL: those
+ * runs never call them.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -229,10 +231,9 @@ static int pref_zero_grad(ft_cuda_pref *p)
 
 /* The CPU trainer's step: clip_grad_norm_ over every trainable
  * tensor (the head last), then AdamW. */
-static int pref_step(ft_cuda_pref *p, const ft_cuda_adamw_opts *o, double lr, double max_norm,
-		     double *gn, int *skipped)
+static int model_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr, double max_norm,
+		      double *gn, int *skipped)
 {
-	ft_cuda_model *dm = p->dm;
 	dm->ao = *o;
 	ft_adamw *a = optimizer(dm);
 	size_t n = ft_adamw_count(a);
@@ -246,6 +247,28 @@ static int pref_step(ft_cuda_pref *p, const ft_cuda_adamw_opts *o, double lr, do
 	return 0;
 }
 
+static int pref_step(ft_cuda_pref *p, const ft_cuda_adamw_opts *o, double lr, double max_norm,
+		     double *gn, int *skipped)
+{
+	return model_step(p->dm, o, lr, max_norm, gn, skipped);
+}
+
+/* ---- plain training (ft-train's sft binding, lib/train/cuda_train.c) ---- */
+
+static int forward_backward(ft_cuda_model *dm, const ft_cuda_batch *c, float gs, double *loss,
+			    int64_t *nt)
+{
+	ft_batch b = fb(c);
+	return dm->t.forward_backward(dm->t.self, &b, gs, loss, nt);
+}
+
+static int forward(ft_cuda_model *dm, const ft_cuda_batch *c, float *logits, double *loss,
+		   int64_t *nt)
+{
+	ft_batch b = fb(c);
+	return ft_model_forward(dm->m, &b, logits, loss, nt);
+}
+
 static const ftp_cuda_api api = {
 	.abi = FTP_CUDA_ABI,
 	.size = sizeof(ftp_cuda_api),
@@ -254,6 +277,9 @@ static const ftp_cuda_api api = {
 	.model_free = model_free,
 	.model_plan = model_plan,
 	.zero_grad = zero_grad,
+	.forward_backward = forward_backward,
+	.forward = forward,
+	.step = model_step,
 	.steps = steps,
 	.loss_scale = loss_scale,
 	.copy_grads_to_host = nothing,

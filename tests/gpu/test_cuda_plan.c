@@ -13,9 +13,12 @@
 #include "util/error.h"
 #include "model/model.h"
 #include "model/kernels.h"
+#include "model/quant.h"
 #include "plan_fused.h"
+#include <math.h>
 
 #define GIB (1024.0 * 1024 * 1024)
+#define FAKE() ((float *)(next += 64))   /* a host pointer never dereferenced */
 
 typedef struct { double weights, master, grads, optim, acts, scratch; } want_t;
 
@@ -124,7 +127,6 @@ static void llama7b(int ckpt)
 	memcpy(v.lin_in, in, sizeof in);
 	memcpy(v.lin_out, out, sizeof out);
 	uintptr_t next = 4096;
-#define FAKE() ((float *)(next += 64))
 	v.wte.w = FAKE();
 	v.lm_head.w = FAKE();
 	v.norm.w = FAKE();
@@ -171,10 +173,122 @@ static void llama7b(int ckpt)
 	free(v.layers);
 }
 
+/* QLoRA: a Llama-2-7B-shaped view whose base linears are quantized
+ * (fake host pointers; LoRA r=8 on all seven modules, gradient
+ * checkpointing, 1 x 512 tokens, LLaMA-Factory's hardware table's run).
+ * The weights category holds exactly the quantized bytes (each buffer
+ * rounded up to 256) plus the embeddings, head, norms and adapters;
+ * the dequantized tile and LLM.int8()'s buffers are scratch.  The
+ * issue's bounds: <= 6 GB with 4-bit, <= 10 GB with 8-bit, in fp32 and
+ * bf16, and lib/model's ft_quant_plan (the --help note) within 10% of it. */
+static void llama7b_quant(int bits, ft_cuda_precision prec)
+{
+	ft_cuda_view v;
+	memset(&v, 0, sizeof v);
+	v.V = 32000; v.D = 4096; v.F = 11008; v.L = 32; v.Hq = 32; v.Hk = 32; v.hd = 128;
+	v.eps = 1e-5f;
+	v.gradient_checkpointing = 1;
+	int in[7] = { 4096, 4096, 4096, 4096, 4096, 4096, 11008 };
+	int out[7] = { 4096, 4096, 4096, 4096, 11008, 11008, 4096 };
+	memcpy(v.lin_in, in, sizeof in);
+	memcpy(v.lin_out, out, sizeof out);
+	uintptr_t next = 4096;
+	v.wte.w = FAKE();
+	v.lm_head.w = FAKE();
+	v.norm.w = FAKE();
+	v.layers = calloc(v.L, sizeof *v.layers);
+	ft_cv_qweight *qw = calloc((size_t)v.L * FT_CV_NLIN, sizeof *qw);
+	v.qw = qw;
+	double qbytes = 0, lora = 0, lin32 = 0;
+	for (int l = 0; l < v.L; l++) {
+		ft_cv_layer *y = &v.layers[l];
+		y->ln1.w = FAKE();
+		y->ln2.w = FAKE();
+		for (int j = 0; j < 7; j++) {
+			ft_cv_qweight *q = &qw[l * FT_CV_NLIN + j];
+			double n = (double)in[j] * out[j], nb = ceil(n / 64);
+			q->bits = bits, q->in = in[j], q->out = out[j];
+			if (bits == 4)
+				q->packed = (uint8_t *)FAKE(), q->qabsmax = (uint8_t *)FAKE();
+			else
+				q->cb = (int8_t *)FAKE(), q->scb = FAKE();
+			qbytes += bits == 4 ? n / 2 + nb + 4 * ceil(nb / 256) : n + 4.0 * out[j];
+			lin32 += 4 * n;
+			y->lora[j].on = 1;
+			y->lora[j].r = 8;
+			y->lora[j].scale = 2;
+			y->lora[j].A.w = FAKE();
+			y->lora[j].A.g = FAKE();
+			y->lora[j].B.w = FAKE();
+			y->lora[j].B.g = FAKE();
+			lora += 8.0 * (in[j] + out[j]);
+		}
+	}
+	const char *pn = prec == FT_CUDA_BF16 ? "bf16" : "fp32";
+	ft_cuda_opts co = { .precision = prec, .max_tokens = 512, .max_seq = 512 };
+	ft_cuda_plan p;
+	int rc = ft_cuda_plan_memory(&v, &co, &p);
+	if (!ok(rc == 0, "7B %d-bit %s plan%s%s", bits, pn, rc ? ": " : "", rc ? ft_errmsg() : "")) {
+		free(qw);
+		free(v.layers);
+		return;
+	}
+	double es = prec == FT_CUDA_BF16 ? 2 : 4, rest = es * (2.0 * v.V * v.D);
+	double vec = 4.0 * (v.D + 2.0 * v.L * v.D), nbuf = 7.0 * v.L * 3 + 4 * 7 * v.L + 10;
+	/* LoRA: fp32 weights; in bf16 the A of q,k,v,gate,up as half (their
+	 * fp32 masters are the masters category) */
+	double fa = fused_of(&v).fa, ad = prec == FT_CUDA_BF16 ? 4 * (lora - fa) + 2 * fa : 4 * lora;
+	double want = qbytes + rest + vec + ad + 4 * 288;
+	ok(p.weights >= want && p.weights <= want + 256 * nbuf,
+	   "7B %d-bit %s: weights %.3f GiB = quantized linears %.3f GiB (float32: %.2f) + the "
+	   "rest and adapters (%.3f GiB expected)", bits, pn, p.weights / GIB, qbytes / GIB,
+	   lin32 / GIB, want / GIB);
+	/* the scratch: the same view unquantized plans the dequantized tile
+	 * (2^24 elements of the operand type) and, for 8-bit, LLM.int8()'s
+	 * buffers (mi = F: outlier flags and columns; N: row scales; N x mi
+	 * activations; N x 4096 rows of product and int32 sums) less, and
+	 * the grad-norm partials of the 7 L float32 linears more */
+	ft_cuda_view u = v;
+	u.qw = NULL;
+	for (int l = 0; l < v.L; l++)
+		for (int j = 0; j < 7; j++)
+			v.layers[l].lin[j].w = FAKE();
+	ft_cuda_plan p0;
+	rc = ft_cuda_plan_memory(&u, &co, &p0);
+	double N = 512, q8 = bits == 8 ? 4 * (2.0 * v.F + 1 + N + N * v.F + 2 * N * 4096) : 0;
+	double dsc = (double)p.scratch - (double)p0.scratch + 7.0 * v.L * 1024;   /* 128 doubles each */
+	double tile = (double)(1 << 24) * (prec == FT_CUDA_BF16 ? 2 : 4);
+	ok(rc == 0 && dsc >= tile + q8 && dsc <= tile + q8 + 256 * 8,
+	   "7B %d-bit %s: scratch holds the %.0f MiB dequantized tile%s (%.1f MiB more than unquantized)",
+	   bits, pn, tile / (1 << 20), bits == 8 ? " and LLM.int8()'s buffers" : "", dsc / (1 << 20));
+	for (int l = 0; l < v.L; l++)
+		for (int j = 0; j < 7; j++)
+			v.layers[l].lin[j].w = NULL;
+	double bound = bits == 4 ? 6e9 : 10e9;
+	char s[300];
+	ft_cuda_plan_format(&p, s, sizeof s);
+	ok(p.total <= bound, "Llama-2-7B LoRA r=8 1x512 %d-bit %s plans %.2f GB <= %.0f GB: %s", bits,
+	   pn, p.total / 1e9, bound / 1e9, s);
+	ft_config c = { .arch = FT_ARCH_LLAMA, .vocab_size = 32000, .hidden_size = 4096,
+			.intermediate_size = 11008, .num_hidden_layers = 32, .num_attention_heads = 32,
+			.num_key_value_heads = 32, .head_dim = 128 };
+	ft_quant_plan_t mp;
+	ft_quant_plan(&c, bits, bits == 4, 8, FT_MOD_ALL_LINEAR, 512, 1, prec == FT_CUDA_BF16, &mp);
+	ok(fabs(mp.total - (double)p.total) <= 0.1 * p.total,
+	   "7B %d-bit %s: ft_quant_plan's %.2f GB (the --help note) within 10%% of the device plan "
+	   "%.2f GB", bits, pn, mp.total / 1e9, p.total / 1e9);
+	free(qw);
+	free(v.layers);
+}
+
 int main(void)
 {
 	tiny();
 	llama7b(0);
 	llama7b(1);
+	llama7b_quant(4, FT_CUDA_F32);
+	llama7b_quant(4, FT_CUDA_BF16);
+	llama7b_quant(8, FT_CUDA_F32);
+	llama7b_quant(8, FT_CUDA_BF16);
 	return tap_done();
 }

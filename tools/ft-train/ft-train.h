@@ -145,5 +145,6 @@ void dist_test_fault(int64_t step);
 /* qlora.c: --help's memory note; the loaded quantized model's bytes */
 void print_quant_help(FILE *f);
 void note_quant_memory(const ft_model *m, const ft_tune_opts *t);
+void note_quant_device(const ft_model *m, const ft_tune_opts *t, int half);
 
 #endif

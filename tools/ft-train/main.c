@@ -428,8 +428,7 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	}
 	if (kind != FT_DEV_CPU && !strcmp(c->device, "auto")) {
 		/* auto means the GPU when it can run this job, else the CPU */
-		const char *cpu_only = c->tune.quantization_bit ? "--quantization_bit runs on the CPU (docs/QLORA.md)"
-				       : c->tune.modules_to_save ? MTS_CPU
+		const char *cpu_only = c->tune.modules_to_save ? MTS_CPU
 				       : c->pref && c->t.dist ? "under mpirun the preference stages run on the CPU"
 				       : ft_train_cuda_supports(m) < 0 ? ft_errmsg() : NULL;
 		if (cpu_only) {
@@ -480,6 +479,7 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	if (idx == 0) snprintf(desc, n, "cuda:0 (%s), %s", name, prec);   /* the probe names device 0 */
 	else snprintf(desc, n, "cuda:%d, %s", idx, prec);
 	warn("note: training on %s; device memory planned %s", desc, plan);
+	note_quant_device(m, &c->tune, c->bf16 || c->fp16);
 	return 1;
 }
 
