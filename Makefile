@@ -209,6 +209,28 @@ unit: $(FAKE_CUDA)
 $(FAKE_CUDA): tests/emu/fake_backend.c lib/cuda/backend_internal.h lib/cuda/ft_cuda.h
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -fPIC -shared -fvisibility=hidden $< -o $@
+# The whole CUDA backend emulated on the host: lib/cuda's .cu sources
+# compiled by g++ against tests/emu/include (a CUDA runtime and cuBLAS
+# over host memory and OpenBLAS, kernels run by tests/emu/emu.h's
+# fibers), so FT_CUDA_LIB=build/libft_cuda_emu.so runs every line of the
+# device path on the CPU (tests/bats/ft-train-cuda-emu.bats).  Needs no
+# CUDA toolkit.  Its undefined ft_* symbols resolve in the tool, as
+# libft_cuda.so's do.
+EMU_CUDA := build/libft_cuda_emu.so
+EMU_CXXFLAGS = -std=c++17 $(WARN) -Wno-unknown-pragmas $(OPT) -g -fPIC -fvisibility=hidden \
+	-I tests/emu/include -I tests/emu -I lib -iquote lib
+EMU_OBJ := $(CU_SRC:%.cu=build/emu/%.o) build/emu/tests/emu/cuda_runtime_emu.o \
+	build/emu/tests/emu/cublas_emu.o
+unit: $(EMU_CUDA)
+build/emu/%.o: %.cu
+	@mkdir -p $(@D)
+	$(CXX) $(EMU_CXXFLAGS) -MMD -MP -x c++ -c $< -o $@
+build/emu/%.o: %.cc
+	@mkdir -p $(@D)
+	$(CXX) $(EMU_CXXFLAGS) -MMD -MP -c $< -o $@
+$(EMU_CUDA): $(EMU_OBJ)
+	$(CXX) -shared -o $@ $^ -Wl,-Bsymbolic -lopenblas -lpthread
+-include $(EMU_OBJ:.o=.d)
 asan-tools: $(ASAN_BINS)
 
 test: all unit asan-tools

@@ -40,13 +40,13 @@ int ft_cu_dequant_rows(const ft_cu_qweight *q, int r0, int r1, void *dst, int ds
 	if (!n)
 		return 0;
 	if (q->bits == 8 && dst_bf16)
-		dequant8_k<<<blocks, 256, 0, st>>>((__nv_bfloat16 *)dst, *q, i0, n);
+		FT_LAUNCH(dequant8_k, blocks, 256, 0, st)((__nv_bfloat16 *)dst, *q, i0, n);
 	else if (q->bits == 8)
-		dequant8_k<<<blocks, 256, 0, st>>>((float *)dst, *q, i0, n);
+		FT_LAUNCH(dequant8_k, blocks, 256, 0, st)((float *)dst, *q, i0, n);
 	else if (dst_bf16)
-		dequant4_k<<<blocks, 256, 0, st>>>((__nv_bfloat16 *)dst, *q, i0, n);
+		FT_LAUNCH(dequant4_k, blocks, 256, 0, st)((__nv_bfloat16 *)dst, *q, i0, n);
 	else
-		dequant4_k<<<blocks, 256, 0, st>>>((float *)dst, *q, i0, n);
+		FT_LAUNCH(dequant4_k, blocks, 256, 0, st)((float *)dst, *q, i0, n);
 	LAUNCHED("dequant_rows", "rows %d-%d of [%d, %d], %d-bit", r0, r1, q->out, q->in, q->bits);
 	return 0;
 }
