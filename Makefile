@@ -231,6 +231,16 @@ build/emu/%.o: %.cc
 $(EMU_CUDA): $(EMU_OBJ)
 	$(CXX) -shared -o $@ $^ -Wl,-Bsymbolic -lopenblas -lpthread
 -include $(EMU_OBJ:.o=.d)
+# tests/gpu's device checks against the emulated backend (docs/CUDA.md):
+# several CPU minutes, so not part of `make test`.
+EMU_GPU_TESTS := build/emu-gpu/test_gpu_parity build/emu-gpu/test_gpu_generate
+build/emu-gpu/%: tests/gpu/%.c tests/unit/tap.h build/libft.a
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -iquote tests/unit $< build/libft.a $(LDLIBS) -o $@
+emu-gpu-tests: $(EMU_GPU_TESTS) $(EMU_CUDA)
+	@for t in $(EMU_GPU_TESTS); do echo "# $$t (FT_CUDA_LIB=$(EMU_CUDA))"; \
+		FT_CUDA_LIB=$(EMU_CUDA) OMP_NUM_THREADS=1 $$t || exit 1; done
+.PHONY: emu-gpu-tests
 asan-tools: $(ASAN_BINS)
 
 test: all unit asan-tools

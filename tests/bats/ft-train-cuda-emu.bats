@@ -22,7 +22,8 @@
 # block spread are compared bit for bit (the emulation is deterministic).
 load helper
 
-EMU="$FT_ROOT/build/libft_cuda_emu.so"
+# FT_EMU_LIB: another build of the emulated backend (e.g. one with --coverage)
+EMU="${FT_EMU_LIB:-$FT_ROOT/build/libft_cuda_emu.so}"
 LLAMA="$FIXTURES/models/tiny-llama"
 QWEN="$FIXTURES/models/tiny-qwen2"
 GQA4="$FIXTURES/models/tiny-llama-gqa4"
