@@ -26,6 +26,7 @@ load helper
 EMU="${FT_EMU_LIB:-$FT_ROOT/build/libft_cuda_emu.so}"
 LLAMA="$FIXTURES/models/tiny-llama"
 QWEN="$FIXTURES/models/tiny-qwen2"
+QWEN3="$FIXTURES/families/qwen3/model"
 GQA4="$FIXTURES/models/tiny-llama-gqa4"
 PREF="$FIXTURES/pref"
 export OMP_NUM_THREADS=1
@@ -78,7 +79,7 @@ long_data() {
 		--val_size 4 --seed 1 -o long.zst --val_output longval.zst tok.zst
 }
 
-@test "emulated device sft: lora (dropout), freeze, full, qwen2 (biases) with accumulation, clipping, warmup, eval" {
+@test "emulated device sft: lora (dropout), freeze, full, qwen2 (biases), qwen3 (q_norm/k_norm) with accumulation, clipping, warmup, eval" {
 	sft_data
 	common=(--train train.zst --val val.zst --eval_steps 2 --gradient_accumulation_steps 2
 		--max_grad_norm 0.5 --lr_scheduler_type cosine --warmup_steps 2)
@@ -86,6 +87,8 @@ long_data() {
 	same_run "$LLAMA" 1e-4 "${common[@]}" --finetuning_type freeze
 	same_run "$LLAMA" 1e-4 "${common[@]}" --finetuning_type full
 	same_run "$QWEN" 1e-4 "${common[@]}" --finetuning_type lora --lora_target all
+	same_run "$QWEN" 1e-4 --train train.zst --finetuning_type full
+	same_run "$QWEN3" 1e-4 --train train.zst --finetuning_type full
 }
 
 @test "emulated device, rows over the attention tile, 4 query heads per kv head: full + gradient checkpointing, neat packing, pt" {
@@ -152,7 +155,7 @@ long_data() {
 @test "emulated device ft-generate: the CPU's greedy tokens, batched, over several tiles of the cache" {
 	printf '%s\n' '{"prompt": "Who are you?"}' '{"prompt": "the tea is hot and the cup is full of it"}' \
 		'{"prompt": "x"}' > p.jsonl
-	for m in "$GQA4" "$QWEN"; do
+	for m in "$GQA4" "$QWEN" "$QWEN3"; do
 		for d in cpu cuda; do
 			ft-generate --model_name_or_path "$m" --tokenizer "$FIXTURES/generate/tokenizer" \
 				--template default --max_new_tokens 60 --do_sample false \
