@@ -213,6 +213,47 @@ unit: $(FAKE_CUDA)
 $(FAKE_CUDA): tests/emu/fake_backend.c lib/cuda/backend_internal.h lib/cuda/ft_cuda.h
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -fPIC -shared -fvisibility=hidden $< -o $@
+# The whole CUDA backend emulated on the host: lib/cuda's .cu sources
+# compiled by g++ against tests/emu/include (a CUDA runtime and cuBLAS
+# over host memory and OpenBLAS, kernels run by tests/emu/emu.h's
+# fibers), so FT_CUDA_LIB=build/libft_cuda_emu.so runs every line of the
+# device path on the CPU (tests/bats/ft-train-cuda-emu.bats).  Needs no
+# CUDA toolkit.  Its undefined ft_* symbols resolve in the tool, as
+# libft_cuda.so's do.
+EMU_CUDA := build/libft_cuda_emu.so
+EMU_CXXFLAGS = -std=c++17 $(WARN) -Wno-unknown-pragmas $(OPT) -g -fPIC -fvisibility=hidden \
+	-I tests/emu/include -I tests/emu -I lib -iquote lib
+EMU_OBJ := $(CU_SRC:%.cu=build/emu/%.o) build/emu/tests/emu/cuda_runtime_emu.o \
+	build/emu/tests/emu/cublas_emu.o
+unit: $(EMU_CUDA)
+build/emu/%.o: %.cu
+	@mkdir -p $(@D)
+	$(CXX) $(EMU_CXXFLAGS) -MMD -MP -x c++ -c $< -o $@
+build/emu/%.o: %.cc
+	@mkdir -p $(@D)
+	$(CXX) $(EMU_CXXFLAGS) -MMD -MP -c $< -o $@
+$(EMU_CUDA): $(EMU_OBJ)
+	$(CXX) -shared -o $@ $^ -Wl,-Bsymbolic -lopenblas -lpthread
+-include $(EMU_OBJ:.o=.d)
+# The emulation's own checks (tests/emu/check_runtime.cc): emu.h, the
+# runtime and cuBLAS shims in one ASan binary.
+EMU_RT_TEST := build/asan/tests/test_cuda_emu_runtime
+unit: $(EMU_RT_TEST)
+$(EMU_RT_TEST): tests/emu/check_runtime.cc tests/emu/cuda_runtime_emu.cc tests/emu/cublas_emu.cc \
+		tests/emu/emu.h $(wildcard tests/emu/include/*.h) tests/unit/tap.h build/asan/libft.a
+	@mkdir -p $(@D)
+	$(CXX) -std=c++17 $(WARN) $(OPT) -g -O1 $(SAN) -I tests/emu/include -I tests/emu -I lib \
+		-iquote lib -iquote tests/unit $(filter %.cc,$^) build/asan/libft.a $(LDLIBS) -pthread -o $@
+# tests/gpu's device checks against the emulated backend (docs/CUDA.md):
+# several CPU minutes, so not part of `make test`.
+EMU_GPU_TESTS := build/emu-gpu/test_gpu_parity build/emu-gpu/test_gpu_generate
+build/emu-gpu/%: tests/gpu/%.c tests/unit/tap.h build/libft.a
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -iquote tests/unit $< build/libft.a $(LDLIBS) -o $@
+emu-gpu-tests: $(EMU_GPU_TESTS) $(EMU_CUDA)
+	@for t in $(EMU_GPU_TESTS); do echo "# $$t (FT_CUDA_LIB=$(EMU_CUDA))"; \
+		FT_CUDA_LIB=$(EMU_CUDA) OMP_NUM_THREADS=1 $$t || exit 1; done
+.PHONY: emu-gpu-tests
 asan-tools: $(ASAN_BINS)
 
 test: all unit asan-tools

@@ -75,7 +75,7 @@ static int launch(const fa_args<E> &p, int B, int pass, cudaStream_t st)
 	size_t sm = pass == 0 ? fa_smem_fwd(p.hd) : pass == 1 ? fa_smem_dkdv(p.hd) : fa_smem_dq(p.hd);
 	TRY(allow_smem((const void *)k, sm, p.hd, names[pass]));
 	dim3 grid(tiles, pass == 1 ? p.Hk : p.Hq, B);
-	k<<<grid, FA_THREADS, sm, st>>>(p);
+	FT_LAUNCH(k, grid, FA_THREADS, sm, st)(p);
 	LAUNCHED(names[pass], "B=%d T=%d Hq=%d Hk=%d hd=%d", B, p.T, p.Hq, p.Hk, p.hd);
 	return 0;
 }
@@ -148,7 +148,7 @@ static int flash_backward(cudaStream_t st, E *dq, E *dk, E *dv, float *Di, const
 	p.dq = dq, p.dk = dk, p.dv = dv;
 	size_t NH = (size_t)s->B * s->T * s->Hq;
 	unsigned blocks = (unsigned)((NH + 255) / 256);
-	rowdot_k<E><<<blocks, 256, 0, st>>>(Di, out, dout, NH, s->hd);
+	FT_LAUNCH(rowdot_k<E>, blocks, 256, 0, st)(Di, out, dout, NH, s->hd);
 	LAUNCHED("attention rowdot", "N*Hq=%zu hd=%d", NH, s->hd);
 	TRY(run_pass(p, s->B, 1, st));
 	return run_pass(p, s->B, 2, st);

@@ -32,6 +32,16 @@ int ft_cublas_fail(cublasStatus_t s, const char *call, const char *fmt, ...)
 	if (e_ != cudaSuccess) return ft_cu_fail(e_, name, __VA_ARGS__); } while (0)
 #define TRY(x) do { if ((x) < 0) return -1; } while (0)
 
+/* Every launch site: FT_LAUNCH(kernel, grid, block, smem, stream)(args).
+ * Under nvcc the plain <<<>>>; in build/libft_cuda_emu.so (these sources
+ * compiled by g++ against tests/emu/include's cuda_runtime.h) an emulated
+ * launch on the host (tests/emu/emu.h). */
+#ifdef FT_CUDA_EMU
+#define FT_LAUNCH(k, grid, block, smem, stream) FT_EMU_LAUNCH(k, grid, block, smem, stream)
+#else
+#define FT_LAUNCH(k, grid, block, smem, stream) k<<<grid, block, smem, stream>>>
+#endif
+
 #include "cuda/reduce.cuh"
 
 /* ---- the device model ---- */

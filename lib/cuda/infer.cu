@@ -250,7 +250,7 @@ static int kv_store(ft_cuda_infer *c, int l, const ft_dacts *a, int n)
 {
 	size_t off = (size_t)l * c->o.rows * c->o.cap * c->kd, tot = (size_t)n * c->kd;
 	unsigned blocks = (unsigned)((tot + 255) / 256);
-	kv_store_k<<<blocks, 256, 0, c->dm->stream>>>(c->k + off, c->v + off, a->k, a->ldk, a->v,
+	FT_LAUNCH(kv_store_k, blocks, 256, 0, c->dm->stream)(c->k + off, c->v + off, a->k, a->ldk, a->v,
 						       a->ldv, c->mrow, c->mpos, n, c->kd,
 						       c->o.cap);
 	LAUNCHED("kv_store", "layer %d, %d tokens, kv dim %d", l, n, c->kd);
@@ -262,7 +262,7 @@ static int cached_attention(ft_cuda_infer *c, int l, float *out, const float *q,
 	const ft_cuda_view *v = &c->dm->v;
 	size_t off = (size_t)l * c->o.rows * c->o.cap * c->kd;
 	dim3 grid((unsigned)n, (unsigned)v->Hq);
-	cache_attention_k<<<grid, ATPB, 0, c->dm->stream>>>(out, q, ldq, c->k + off, c->v + off,
+	FT_LAUNCH(cache_attention_k, grid, ATPB, 0, c->dm->stream)(out, q, ldq, c->k + off, c->v + off,
 							     c->mrow, c->mpos, c->scores, v->Hq,
 							     v->Hk, v->hd, v->window, c->o.cap,
 							     1.0f / sqrtf((float)v->hd));

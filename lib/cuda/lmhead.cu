@@ -51,7 +51,7 @@ int ft_cu_lm_head_loss(ft_cuda_model *dm, float *dx, float *logits, const float 
 					   (size_t)nr * V * sizeof(float), cudaMemcpyDeviceToHost,
 					   dm->stream), "logits rows %d..%d, V=%d", r0, r0 + nr, V);
 		}
-		ce_k<<<nr, CTPB, 0, dm->stream>>>(dm->head_scratch, dm->row_loss + r0,
+		FT_LAUNCH(ce_k, nr, CTPB, 0, dm->stream)(dm->head_scratch, dm->row_loss + r0,
 						  targets + r0, V, grad_scale, dx != NULL);
 		LAUNCHED("cross_entropy", "rows=%d V=%d", nr, V);
 		if (!dx)

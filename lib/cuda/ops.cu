@@ -34,7 +34,7 @@ int ft_cu_embedding_forward(ft_cuda_model *dm, float *out, const int32_t *ids,
 {
 	size_t n = (size_t)N * D;
 	/* the fp32 master when there is one: exact, and current */
-	embedding_forward_k<<<nblk(n), TPB, 0, dm->stream>>>(out, ids, wte->w, wte->h,
+	FT_LAUNCH(embedding_forward_k, nblk(n), TPB, 0, dm->stream)(out, ids, wte->w, wte->h,
 		dm->o.precision == FT_CUDA_BF16, N, D);
 	LAUNCHED("embedding_forward", "N=%d D=%d", N, D);
 	return 0;
@@ -56,7 +56,7 @@ int ft_cu_embedding_backward(ft_cuda_model *dm, float *dwte, const float *dout,
 			     const int32_t *ids, int N, int D)
 {
 	/* 32-thread blocks: D/32 of them (128 at D 4096) rather than D/256 */
-	embedding_backward_k<<<(D + 31) / 32, 32, 0, dm->stream>>>(dwte, dout, ids, N, D);
+	FT_LAUNCH(embedding_backward_k, (D + 31) / 32, 32, 0, dm->stream)(dwte, dout, ids, N, D);
 	LAUNCHED("embedding_backward", "N=%d D=%d", N, D);
 	return 0;
 }
@@ -84,7 +84,7 @@ int ft_cu_rmsnorm_forward(ft_cuda_model *dm, float *out, float *rstd, const floa
 {
 	if (N <= 0)
 		return 0;
-	rmsnorm_forward_k<<<N, TPB, 0, dm->stream>>>(out, rstd, x, ft_cu_rows_of(D), w, D, eps);
+	FT_LAUNCH(rmsnorm_forward_k, N, TPB, 0, dm->stream)(out, rstd, x, ft_cu_rows_of(D), w, D, eps);
 	LAUNCHED("rmsnorm_forward", "N=%d D=%d", N, D);
 	return 0;
 }
@@ -97,7 +97,7 @@ int ft_cu_head_rmsnorm_forward(ft_cuda_model *dm, float *out, float *rstd, const
 	if (N <= 0)
 		return 0;
 	ft_cu_rows xl = { H, ld };
-	rmsnorm_forward_k<<<N * H, TPB, 0, dm->stream>>>(out, rstd, x, xl, w, hd, eps);
+	FT_LAUNCH(rmsnorm_forward_k, N * H, TPB, 0, dm->stream)(out, rstd, x, xl, w, hd, eps);
 	LAUNCHED("head_rmsnorm_forward", "N=%d H=%d hd=%d ld=%d", N, H, hd, ld);
 	return 0;
 }
@@ -174,7 +174,7 @@ int ft_cu_add_rmsnorm_forward(ft_cuda_model *dm, float *x_out, float *out, float
 {
 	if (N <= 0)
 		return 0;
-	add_rmsnorm_forward_k<<<N, FT_NORM_TPB, 0, dm->stream>>>(x_out, out, rstd, a, b, w, D,
+	FT_LAUNCH(add_rmsnorm_forward_k, N, FT_NORM_TPB, 0, dm->stream)(x_out, out, rstd, a, b, w, D,
 								  eps);
 	LAUNCHED("add_rmsnorm_forward", "N=%d D=%d", N, D);
 	return 0;
@@ -186,13 +186,13 @@ static int rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float
 {
 	if (N <= 0)
 		return 0;
-	rmsnorm_backward_k<<<N, TPB, 0, dm->stream>>>(dx, dout, x, xl, w, rstd, D);
+	FT_LAUNCH(rmsnorm_backward_k, N, TPB, 0, dm->stream)(dx, dout, x, xl, w, rstd, D);
 	LAUNCHED("rmsnorm_backward", "N=%d D=%d", N, D);
 	if (dw) {
 		rmsnorm_dw_elem e = { dout, x, rstd, xl, D };
-		col_part_k<<<col_grid(D), COL_TPB, 0, dm->stream>>>(dm->colpart, N, D, e);
+		FT_LAUNCH(col_part_k, col_grid(D), COL_TPB, 0, dm->stream)(dm->colpart, N, D, e);
 		LAUNCHED("rmsnorm_backward dw partials", "N=%d D=%d", N, D);
-		col_finish_k<<<(D + COL_TPB - 1) / COL_TPB, COL_TPB, 0, dm->stream>>>(dw, dm->colpart, D);
+		FT_LAUNCH(col_finish_k, (D + COL_TPB - 1) / COL_TPB, COL_TPB, 0, dm->stream)(dw, dm->colpart, D);
 		LAUNCHED("rmsnorm_backward dw", "N=%d D=%d", N, D);
 	}
 	return 0;
@@ -230,7 +230,7 @@ int ft_cu_rope(ft_cuda_model *dm, float *x, int ld, const float *cos_t, const fl
 	       int N, int H, int hd, float sign)
 {
 	size_t n = (size_t)N * H * (hd / 2);
-	rope_k<<<nblk(n), TPB, 0, dm->stream>>>(x, ld, cos_t, sin_t, N, H, hd, sign);
+	FT_LAUNCH(rope_k, nblk(n), TPB, 0, dm->stream)(x, ld, cos_t, sin_t, N, H, hd, sign);
 	LAUNCHED(sign > 0 ? "rope_forward" : "rope_backward", "N=%d H=%d hd=%d", N, H, hd);
 	return 0;
 }
@@ -265,7 +265,7 @@ int ft_cu_swiglu_forward(ft_cuda_model *dm, float *h, const float *g, const floa
 			 int ld, int N, int F)
 {
 	size_t n = (size_t)N * F;
-	swiglu_forward_k<<<nblk(n), TPB, 0, dm->stream>>>(h, g, u, ld, N, F);
+	FT_LAUNCH(swiglu_forward_k, nblk(n), TPB, 0, dm->stream)(h, g, u, ld, N, F);
 	LAUNCHED("swiglu_forward", "N=%d F=%d ld=%d", N, F, ld);
 	return 0;
 }
@@ -274,7 +274,7 @@ int ft_cu_swiglu_backward(ft_cuda_model *dm, float *dg, float *du, const float *
 			  const float *g, const float *u, int ld, int N, int F)
 {
 	size_t n = (size_t)N * F;
-	swiglu_backward_k<<<nblk(n), TPB, 0, dm->stream>>>(dg, du, dh, g, u, ld, N, F);
+	FT_LAUNCH(swiglu_backward_k, nblk(n), TPB, 0, dm->stream)(dg, du, dh, g, u, ld, N, F);
 	LAUNCHED("swiglu_backward", "N=%d F=%d ld=%d", N, F, ld);
 	return 0;
 }
@@ -289,7 +289,7 @@ static __global__ void add_k(float *dst, const float *a, const float *b, size_t 
 
 int ft_cu_add(ft_cuda_model *dm, float *dst, const float *a, const float *b, size_t n)
 {
-	add_k<<<nblk(n), TPB, 0, dm->stream>>>(dst, a, b, n);
+	FT_LAUNCH(add_k, nblk(n), TPB, 0, dm->stream)(dst, a, b, n);
 	LAUNCHED("add", "n=%zu", n);
 	return 0;
 }
@@ -303,7 +303,7 @@ static __global__ void bias_forward_k(float *y, size_t ld, const float *b, size_
 int ft_cu_bias_forward(ft_cuda_model *dm, float *y, int ld, const float *b, int N, int out)
 {
 	size_t n = (size_t)N * out;
-	bias_forward_k<<<nblk(n), TPB, 0, dm->stream>>>(y, ld, b, N, out);
+	FT_LAUNCH(bias_forward_k, nblk(n), TPB, 0, dm->stream)(y, ld, b, N, out);
 	LAUNCHED("bias_forward", "N=%d out=%d", N, out);
 	return 0;
 }
@@ -314,9 +314,10 @@ int ft_cu_bias_backward(ft_cuda_model *dm, float *db, const float *dy, int ld, i
 	if (N <= 0)
 		return 0;
 	plain_elem e = { dy, ld };
-	col_part_k<<<col_grid(out), COL_TPB, 0, dm->stream>>>(dm->colpart, N, out, e);
+	FT_LAUNCH(col_part_k, col_grid(out), COL_TPB, 0, dm->stream)(dm->colpart, N, out, e);
 	LAUNCHED("bias_backward partials", "N=%d out=%d", N, out);
-	col_finish_k<<<(out + COL_TPB - 1) / COL_TPB, COL_TPB, 0, dm->stream>>>(db, dm->colpart, out);
+	FT_LAUNCH(col_finish_k, (out + COL_TPB - 1) / COL_TPB, COL_TPB, 0, dm->stream)(db, dm->colpart,
+										     out);
 	LAUNCHED("bias_backward", "N=%d out=%d", N, out);
 	return 0;
 }
@@ -337,7 +338,7 @@ int ft_cu_dropout(ft_cuda_model *dm, float *out, const float *x, size_t n, float
 					   dm->stream), "n=%zu", n);
 		return 0;
 	}
-	dropout_k<<<nblk(n), TPB, 0, dm->stream>>>(out, x, n, ft_k_dropout_prepare(p), seed);
+	FT_LAUNCH(dropout_k, nblk(n), TPB, 0, dm->stream)(out, x, n, ft_k_dropout_prepare(p), seed);
 	LAUNCHED("dropout", "n=%zu p=%g", n, p);
 	return 0;
 }
@@ -352,7 +353,7 @@ static __global__ void cast_half_k(uint16_t *dst, const float *src, size_t n, in
 
 int ft_cu_cast_to_half(ft_cuda_model *dm, uint16_t *dst, const float *src, size_t n)
 {
-	cast_half_k<<<nblk(n), TPB, 0, dm->stream>>>(dst, src, n,
+	FT_LAUNCH(cast_half_k, nblk(n), TPB, 0, dm->stream)(dst, src, n,
 						     dm->o.precision == FT_CUDA_BF16);
 	LAUNCHED("cast_to_half", "n=%zu", n);
 	return 0;
@@ -375,7 +376,7 @@ int ft_cu_gather_rows(ft_cuda_model *dm, float *dst, const float *src,
 {
 	if (n <= 0)
 		return 0;
-	move_rows_k<<<nblk((size_t)n * D), TPB, 0, dm->stream>>>(dst, src, rows, n, D, 0);
+	FT_LAUNCH(move_rows_k, nblk((size_t)n * D), TPB, 0, dm->stream)(dst, src, rows, n, D, 0);
 	LAUNCHED("gather_rows", "n=%d D=%d", n, D);
 	return 0;
 }
@@ -385,7 +386,7 @@ int ft_cu_scatter_rows(ft_cuda_model *dm, float *dst, const float *src,
 {
 	if (n <= 0)
 		return 0;
-	move_rows_k<<<nblk((size_t)n * D), TPB, 0, dm->stream>>>(dst, src, rows, n, D, 1);
+	FT_LAUNCH(move_rows_k, nblk((size_t)n * D), TPB, 0, dm->stream)(dst, src, rows, n, D, 1);
 	LAUNCHED("scatter_rows", "n=%d D=%d", n, D);
 	return 0;
 }
@@ -408,7 +409,7 @@ static __global__ void adamw_k(float *p, const float *g, float *m, float *v, siz
 
 int ft_cu_adamw(ft_cuda_model *dm, ft_dt *t, const ft_k_adamw *k)
 {
-	adamw_k<<<nblk(t->n), TPB, 0, dm->stream>>>(t->w, t->g, t->m, t->v, t->n, *k);
+	FT_LAUNCH(adamw_k, nblk(t->n), TPB, 0, dm->stream)(t->w, t->g, t->m, t->v, t->n, *k);
 	LAUNCHED("adamw", "n=%zu", t->n);
 	return 0;
 }
@@ -428,7 +429,7 @@ static __global__ void sumsq_k(double *out, const float *g, size_t n)
 
 int ft_cu_sumsq(ft_cuda_model *dm, double *out, const float *g, size_t n)
 {
-	sumsq_k<<<FT_SUMSQ_BLOCKS, TPB, 0, dm->stream>>>(out, g, n);
+	FT_LAUNCH(sumsq_k, FT_SUMSQ_BLOCKS, TPB, 0, dm->stream)(out, g, n);
 	LAUNCHED("grad_sumsq", "n=%zu", n);
 	return 0;
 }
@@ -441,7 +442,7 @@ static __global__ void scale_k(float *g, float s, size_t n)
 
 int ft_cu_scale(ft_cuda_model *dm, float *g, float s, size_t n)
 {
-	scale_k<<<nblk(n), TPB, 0, dm->stream>>>(g, s, n);
+	FT_LAUNCH(scale_k, nblk(n), TPB, 0, dm->stream)(g, s, n);
 	LAUNCHED("grad_scale", "n=%zu", n);
 	return 0;
 }
@@ -455,7 +456,7 @@ static __global__ void nonfinite_k(int *flag, const float *g, size_t n)
 
 int ft_cu_nonfinite(ft_cuda_model *dm, int *flag, const float *g, size_t n)
 {
-	nonfinite_k<<<nblk(n), TPB, 0, dm->stream>>>(flag, g, n);
+	FT_LAUNCH(nonfinite_k, nblk(n), TPB, 0, dm->stream)(flag, g, n);
 	LAUNCHED("nonfinite_check", "n=%zu", n);
 	return 0;
 }

@@ -96,12 +96,12 @@ static int logit_means(ft_cuda_pref *p, int N, float *lmean)
 	ft_dt *W = dm->lm_head;
 	int D = dm->v.D;
 	if (!p->wmean_ok || W->g) {
-		pref_colmean_k<<<nblocks(D), FT_PREF_TPB, 0, dm->stream>>>(
+		FT_LAUNCH(pref_colmean_k, nblocks(D), FT_PREF_TPB, 0, dm->stream)(
 			p->wmean, W->w, W->h, dm->o.precision == FT_CUDA_BF16, dm->v.V, D);
 		LAUNCHED("pref_colmean", "V=%d D=%d", dm->v.V, D);
 		p->wmean_ok = 1;
 	}
-	pref_rowdot_k<<<N, FT_PREF_TPB, 0, dm->stream>>>(p->lmean, dm->lnf, p->wmean, D);
+	FT_LAUNCH(pref_rowdot_k, N, FT_PREF_TPB, 0, dm->stream)(p->lmean, dm->lnf, p->wmean, D);
 	LAUNCHED("pref_rowdot", "N=%d D=%d", N, D);
 	return ft_cu_copy(dm, lmean, p->lmean, (size_t)N * sizeof(float), cudaMemcpyDeviceToHost,
 			  "logit means");
@@ -123,7 +123,7 @@ static int head_rows(ft_cuda_pref *p, int n, const float *g)
 		TRY(ft_cu_operand(dm, &xo, xc, (size_t)nr * D, dm->hx, w.half));
 		TRY(ft_cu_gemm(dm, 0, 1, nr, V, D, 1, xo, D, w, D, 0, dm->head_scratch, V,
 			       "lm_head logits (log-probs)"));
-		pref_logp_k<<<nr, FT_PREF_TPB, 0, dm->stream>>>(dm->head_scratch, dm->row_loss + r0,
+		FT_LAUNCH(pref_logp_k, nr, FT_PREF_TPB, 0, dm->stream)(dm->head_scratch, dm->row_loss + r0,
 								dm->targets + r0, g ? g + r0 : NULL, V);
 		LAUNCHED("pref_logp", "rows=%d V=%d", nr, V);
 		if (!g)
@@ -222,7 +222,7 @@ int ft_cuda_value_forward(ft_cuda_pref *p, const ft_cuda_batch *b, int train, co
 	TRY(ft_cu_gather_rows(dm, dm->head_x, dm->lnf, dm->rows, n, D));
 	if (train && p_drop > 0)
 		TRY(ft_cu_dropout(dm, dm->head_x, dm->head_x, (size_t)n * D, p_drop, seed));
-	pref_score_k<<<n, FT_PREF_TPB, 0, dm->stream>>>(p->score, dm->head_x, p->head[0].w,
+	FT_LAUNCH(pref_score_k, n, FT_PREF_TPB, 0, dm->stream)(p->score, dm->head_x, p->head[0].w,
 							p->head[1].w, D);
 	LAUNCHED("pref_score", "n=%d D=%d", n, D);
 	TRY(ft_cu_copy(dm, score, p->score, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost,
@@ -242,10 +242,10 @@ int ft_cuda_value_backward(ft_cuda_pref *p, const ft_cuda_batch *b, const int32_
 	if (n > 0) {
 		TRY(ft_cu_copy(dm, p->rs, p->h_f, (size_t)n * sizeof(float), cudaMemcpyHostToDevice,
 			       "dL/dscore"));
-		pref_vgrad_k<<<nblocks(D + 1), FT_PREF_TPB, 0, dm->stream>>>(
+		FT_LAUNCH(pref_vgrad_k, nblocks(D + 1), FT_PREF_TPB, 0, dm->stream)(
 			p->head[0].g, p->head[1].g, dm->head_x, p->rs, n, D);
 		LAUNCHED("pref_vgrad", "n=%d D=%d", n, D);
-		pref_dh_k<<<nblocks((size_t)n * D), FT_PREF_TPB, 0, dm->stream>>>(
+		FT_LAUNCH(pref_dh_k, nblocks((size_t)n * D), FT_PREF_TPB, 0, dm->stream)(
 			dm->head_dx, p->rs, p->head[0].w, n, D);
 		LAUNCHED("pref_dh", "n=%d D=%d", n, D);
 		/* the same mask: a pure function of (seed, index) */

@@ -38,9 +38,9 @@ static void dequant_launch(T *dst, const ft_cu_qweight *q, size_t i0, size_t n, 
 {
 	unsigned blocks = blocks_of(n);
 	if (q->bits == 8)
-		dequant8_k<<<blocks, 256, 0, st>>>(dst, *q, i0, n);
+		FT_LAUNCH(dequant8_k, blocks, 256, 0, st)(dst, *q, i0, n);
 	else
-		dequant4_k<<<blocks, 256, 0, st>>>(dst, *q, i0, n);
+		FT_LAUNCH(dequant4_k, blocks, 256, 0, st)(dst, *q, i0, n);
 }
 
 /* Rows [r0, r1) of W into the scratch, in its element type. */
@@ -76,10 +76,10 @@ static int int8_forward(ft_cuda_model *dm, const ft_cu_qweight *q, float *y, int
 {
 	int in = q->in;
 	cudaStream_t st = dm->stream;
-	int8_outliers_k<<<blocks_of(in), 256, 0, st>>>(dm->q8_outl, x, N, in);
-	int8_compact_k<<<1, 256, 0, st>>>(dm->q8_cols, dm->q8_nc, dm->q8_outl, in);
-	int8_rowmax_k<<<blocks_of(N), 256, 0, st>>>(dm->q8_sca, x, N, in);
-	int8_act_k<<<blocks_of((size_t)N * in), 256, 0, st>>>(dm->q8_caf, x, dm->q8_sca,
+	FT_LAUNCH(int8_outliers_k, blocks_of(in), 256, 0, st)(dm->q8_outl, x, N, in);
+	FT_LAUNCH(int8_compact_k, 1, 256, 0, st)(dm->q8_cols, dm->q8_nc, dm->q8_outl, in);
+	FT_LAUNCH(int8_rowmax_k, blocks_of(N), 256, 0, st)(dm->q8_sca, x, N, in);
+	FT_LAUNCH(int8_act_k, blocks_of((size_t)N * in), 256, 0, st)(dm->q8_caf, x, dm->q8_sca,
 							       dm->q8_outl, N, in);
 	LAUNCHED("int8 activations", "[%d, %d]", N, in);
 	size_t r = dm->qscratch_bytes / sizeof(float) / (size_t)in;
@@ -87,7 +87,7 @@ static int int8_forward(ft_cuda_model *dm, const ft_cu_qweight *q, float *y, int
 	for (int r0 = 0; r0 < q->out; r0 += R) {
 		int Rt = r0 + R < q->out ? R : q->out - r0;
 		size_t n = (size_t)Rt * in, nt = (size_t)N * Rt;
-		int8_cbf_k<<<blocks_of(n), 256, 0, st>>>((float *)dm->qscratch,
+		FT_LAUNCH(int8_cbf_k, blocks_of(n), 256, 0, st)((float *)dm->qscratch,
 							 q->cb + (size_t)r0 * in, n);
 		LAUNCHED("int8 CB tile", "rows %d-%d of [%d, %d]", r0, r0 + Rt, q->out, in);
 		for (int k0 = 0; k0 < in; k0 += INT8_K) {
@@ -95,10 +95,10 @@ static int int8_forward(ft_cuda_model *dm, const ft_cu_qweight *q, float *y, int
 			ft_mat ca = { dm->q8_caf + k0, 0 }, w = { (float *)dm->qscratch + k0, 0 };
 			TRY(ft_cu_gemm(dm, 0, 1, N, Rt, K, 1, ca, in, w, in, 0, dm->q8_tmp, Rt,
 				       "LLM.int8() chunk"));
-			int8_accum_k<<<blocks_of(nt), 256, 0, st>>>(dm->q8_acc, dm->q8_tmp, nt, k0 == 0);
+			FT_LAUNCH(int8_accum_k, blocks_of(nt), 256, 0, st)(dm->q8_acc, dm->q8_tmp, nt, k0 == 0);
 			LAUNCHED("int8 accumulate", "[%d, %d]", N, Rt);
 		}
-		int8_out_k<<<blocks_of(nt), 256, 0, st>>>(y, ldy, dm->q8_acc, dm->q8_sca, x,
+		FT_LAUNCH(int8_out_k, blocks_of(nt), 256, 0, st)(y, ldy, dm->q8_acc, dm->q8_sca, x,
 							  dm->q8_cols, dm->q8_nc, *q, r0, Rt, N);
 		LAUNCHED("int8 output", "rows %d-%d of [%d, %d]", r0, r0 + Rt, q->out, in);
 	}

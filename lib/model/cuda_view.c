@@ -121,6 +121,8 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 		ft_cv_layer *d = &v->layers[l];
 		d->ln1 = wg(y->ln1);
 		d->ln2 = wg(y->ln2);
+		d->qn = wg(y->qn);
+		d->kn = wg(y->kn);
 		for (int j = 0; j < L_NLIN; j++) {
 			d->lin[j] = wg(y->lin[j]);
 			ftp_lora *lo = &y->lora[j];

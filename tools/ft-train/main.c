@@ -310,7 +310,9 @@ static void load_manifests(ft_cli_args *c, char **paths, size_t n, const char *w
 				  ft_display_name(paths[i]), m.epochs);
 		sum->epochs = m.epochs;
 		sum->batch_size = m.batch_size;
-		sum->seq_len = m.seq_len;
+		/* the longest rows of any input: what the device model plans for */
+		if (m.seq_len > sum->seq_len) sum->seq_len = m.seq_len;
+		if (m.rows_per_batch > sum->rows_per_batch) sum->rows_per_batch = m.rows_per_batch;
 		sum->cutoff_len = m.cutoff_len;
 		sum->n_batches += m.n_batches;
 		sum->n_examples += m.n_examples;

@@ -1,0 +1,176 @@
+#!/usr/bin/env bats
+# ft-train and ft-generate --device cuda on the emulated device: FT_CUDA_LIB
+# loads build/libft_cuda_emu.so, the real lib/cuda sources compiled for the
+# host (tests/emu/emu.h, docs/CUDA.md "Host emulation"), so every kernel,
+# GEMM layout, the device AdamW, clipping, loss scaling and the checkpoint
+# copies run; only timing, TF32 and memory limits are not the GPU's.
+#
+# Tolerances.  Both paths compute in fp32 with the same formulas
+# (lib/model/kernels.h), in different summation orders: the device's
+# block-tree reductions and fused GEMMs (q|k|v, gate|up, LoRA A rows
+# appended) against the CPU's loops and separate products.  One reordered
+# fp32 sum of n terms moves by at most ~n * 6e-8 relative and typically
+# sqrt(n) * 6e-8 (n <= 256 here: ~1e-6); AdamW's g / sqrt(v) passes that
+# on unamplified except where g is near 0, and 3-4 steps compound it a
+# few times.  Observed: <= 4e-6 relative in every loss, grad norm and eval
+# loss; the bound is 1e-4, 25 times that and still far below what a
+# wrong index, mask or missed term does (>= 1e-3 on these losses).
+# --bf16 / --fp16 on the device against the CPU's fp32: one rounding of a
+# matmul operand is 2^-9 (bf16) or 2^-12 (fp16) relative, two layers
+# and the backward compound a few: losses within 1e-2 (bf16) and 2e-3
+# (fp16), grad norms 5e-2 and 1e-2.  Resume, the thread order and the
+# block spread are compared bit for bit (the emulation is deterministic).
+load helper
+
+# FT_EMU_LIB: another build of the emulated backend (e.g. one with --coverage)
+EMU="${FT_EMU_LIB:-$FT_ROOT/build/libft_cuda_emu.so}"
+LLAMA="$FIXTURES/models/tiny-llama"
+QWEN="$FIXTURES/models/tiny-qwen2"
+QWEN3="$FIXTURES/families/qwen3/model"
+GQA4="$FIXTURES/models/tiny-llama-gqa4"
+PREF="$FIXTURES/pref"
+export OMP_NUM_THREADS=1
+
+setup() {
+	cd "$BATS_TEST_TMPDIR"
+	[ -f "$EMU" ] || skip "the emulated backend is not built (make unit)"
+	command -v jq >/dev/null || skip "jq is not installed"
+	export FT_CUDA_LIB=$EMU
+}
+
+# tr DEVICE OUT MODEL [flags]: 4 steps
+tr() {
+	local dev=$1 out=$2 model=$3
+	shift 3
+	ft-train -q --model_name_or_path "$model" --output_dir "$out" --device "$dev" \
+		--max_steps 4 --logging_steps 1 --save_steps 0 --learning_rate 5e-3 --seed 3 "$@"
+}
+# the log without what names the device or the clock
+steady() { jq -c 'del(.elapsed_time, .remaining_time, .throughput, .device, .peak_memory_bytes)' "$1"; }
+nums() { jq -r '[.loss, .grad_norm, .eval_loss] | map(select(. != null)) | .[]' "$1"; }
+# close A B TOL: the same log lines, every number within TOL relative
+close() {
+	diff <(steady "$1" | jq -c keys) <(steady "$2" | jq -c keys)
+	[ "$(nums "$1" | wc -l)" -gt 0 ]
+	paste <(nums "$1") <(nums "$2") | awk -v tol="$3" '
+		{ d = $1 - $2; if (d < 0) d = -d; m = $1 < 0 ? -$1 : $1; r = d / (m > 1e-30 ? m : 1e-30)
+		  if (r > w) w = r; n++ }
+		END { printf "# %d numbers, worst relative difference %.3g (bound %g)\n", n, w, tol
+		      exit !(n > 0 && w <= tol) }' >&3
+}
+# same_run MODEL TOL flags...: CPU and emulated device within TOL
+same_run() {
+	local model=$1 tol=$2
+	shift 2
+	tr cpu cpu "$model" "$@"
+	tr cuda dev "$model" "$@"
+	[[ "$(jq -r .ft.device dev/trainer_state.json)" == "cuda:0 (ft host emulation, "* ]]
+	[ "$(wc -l < cpu/trainer_log.jsonl)" -eq "$(wc -l < dev/trainer_log.jsonl)" ]
+	close cpu/trainer_log.jsonl dev/trainer_log.jsonl "$tol"
+	rm -rf cpu dev
+}
+
+sft_data() { ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
+	     ft-cat --encode < "$FIXTURES/trainer/val.jsonl" > val.zst; }
+# rows of 30 to 90 tokens (three flash-attention tiles, T off the tile)
+long_data() {
+	ft-cat --encode < "$FIXTURES/emu/tokens.jsonl" > tok.zst
+	ft-pack -q --cutoff_len 96 --per_device_train_batch_size 2 --pad_to_multiple_of 1 \
+		--val_size 4 --seed 1 -o long.zst --val_output longval.zst tok.zst
+}
+
+@test "emulated device sft: lora (dropout), freeze, full, qwen2 (biases), qwen3 (q_norm/k_norm) with accumulation, clipping, warmup, eval" {
+	sft_data
+	common=(--train train.zst --val val.zst --eval_steps 2 --gradient_accumulation_steps 2
+		--max_grad_norm 0.5 --lr_scheduler_type cosine --warmup_steps 2)
+	same_run "$LLAMA" 1e-4 "${common[@]}" --finetuning_type lora --lora_dropout 0.1
+	same_run "$LLAMA" 1e-4 "${common[@]}" --finetuning_type freeze
+	same_run "$LLAMA" 1e-4 "${common[@]}" --finetuning_type full
+	same_run "$QWEN" 1e-4 "${common[@]}" --finetuning_type lora --lora_target all
+	same_run "$QWEN" 1e-4 --train train.zst --finetuning_type full
+	same_run "$QWEN3" 1e-4 --train train.zst --finetuning_type full
+}
+
+@test "emulated device, rows over the attention tile, 4 query heads per kv head: full + gradient checkpointing, neat packing, pt" {
+	long_data
+	same_run "$GQA4" 1e-4 --train long.zst --val longval.zst --eval_steps 2 --finetuning_type full \
+		--gradient_checkpointing
+	ft-pack -q --cutoff_len 96 --per_device_train_batch_size 2 --neat_packing --seed 1 -o neat.zst tok.zst
+	same_run "$GQA4" 1e-4 --train neat.zst --finetuning_type lora --lora_target all
+	ft-cat --encode < "$FIXTURES/emu/pt_tokens.jsonl" |
+		ft-pack -q --cutoff_len 80 --per_device_train_batch_size 2 -o pt.zst -
+	same_run "$GQA4" 1e-4 --stage pt --train pt.zst --finetuning_type lora
+}
+
+@test "emulated device resume: bit-identical to the uninterrupted device run (lora with dropout, full, full --fp16)" {
+	sft_data
+	for ft in lora full "full --fp16"; do
+		args=(--model_name_or_path "$LLAMA" --train train.zst --device cuda --finetuning_type $ft
+		      --lora_dropout 0.1 --learning_rate 5e-3 --max_steps 6 --gradient_accumulation_steps 2
+		      --max_grad_norm 0.5 --lr_scheduler_type cosine --warmup_steps 2 --logging_steps 1
+		      --save_steps 3 -q)
+		ft-train --output_dir a "${args[@]}"
+		mkdir b && cp -r a/checkpoint-3 b/ && head -n 3 a/trainer_log.jsonl > b/trainer_log.jsonl
+		ft-train --output_dir b "${args[@]}" --resume_from_checkpoint true
+		diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+		for f in adapter_model.safetensors model.safetensors; do
+			[ ! -f a/$f ] || cmp a/$f b/$f
+		done
+		# the checkpoint written after the resume: moments copied out of the device
+		cmp a/checkpoint-6/optimizer.safetensors b/checkpoint-6/optimizer.safetensors
+		rm -rf a b
+	done
+}
+
+@test "emulated device --bf16 and --fp16: half operands against the CPU's fp32, within their rounding" {
+	sft_data
+	tr cpu cpu "$LLAMA" --train train.zst --finetuning_type lora
+	for p in bf16 fp16; do
+		tr cuda $p "$LLAMA" --train train.zst --finetuning_type lora --$p
+		[[ "$(jq -r .ft.device $p/trainer_state.json)" == *", $p" ]]
+	done
+	paste <(jq -r 'select(.loss) | .loss' cpu/trainer_log.jsonl) <(jq -r 'select(.loss) | .loss' bf16/trainer_log.jsonl) \
+		<(jq -r 'select(.loss) | .loss' fp16/trainer_log.jsonl) | awk '
+		function rel(a, b) { d = (a - b) / a; return d < 0 ? -d : d }
+		{ if (rel($1, $2) > 1e-2 || rel($1, $3) > 2e-3) bad = 1; n++ }
+		END { exit !(n == 4 && !bad) }'
+	paste <(jq -r 'select(.loss) | .grad_norm' cpu/trainer_log.jsonl) <(jq -r 'select(.loss) | .grad_norm' bf16/trainer_log.jsonl) \
+		<(jq -r 'select(.loss) | .grad_norm' fp16/trainer_log.jsonl) | awk '
+		function rel(a, b) { d = (a - b) / a; return d < 0 ? -d : d }
+		{ if (rel($1, $2) > 5e-2 || rel($1, $3) > 1e-2) bad = 1; n++ }
+		END { exit !(n == 4 && !bad) }'
+	# and the half path is really taken: its numbers are not fp32's
+	! diff -q <(nums cpu/trainer_log.jsonl) <(nums bf16/trainer_log.jsonl)
+}
+
+@test "emulated device rm, dpo (reference: the adapters disabled), orpo full, kto: the CPU's numbers within 1e-4" {
+	for s in dpo rm kto; do ft-cat --encode < "$PREF/$s.jsonl" > $s.zst; done
+	same_run "$LLAMA" 1e-4 --stage dpo --train dpo.zst --val dpo.zst --eval_steps 2 \
+		--adapter_name_or_path "$PREF/llama-lora"
+	same_run "$LLAMA" 1e-4 --stage dpo --pref_loss orpo --finetuning_type full --train dpo.zst
+	same_run "$LLAMA" 1e-4 --stage kto --train kto.zst --adapter_name_or_path "$PREF/llama-lora"
+	same_run "$LLAMA" 1e-4 --stage rm --train rm.zst --val rm.zst --eval_steps 2
+}
+
+@test "emulated device ft-generate: the CPU's greedy tokens, batched, over several tiles of the cache" {
+	printf '%s\n' '{"prompt": "Who are you?"}' '{"prompt": "the tea is hot and the cup is full of it"}' \
+		'{"prompt": "x"}' > p.jsonl
+	for m in "$GQA4" "$QWEN" "$QWEN3"; do
+		for d in cpu cuda; do
+			ft-generate --model_name_or_path "$m" --tokenizer "$FIXTURES/generate/tokenizer" \
+				--template default --max_new_tokens 60 --do_sample false \
+				--per_device_eval_batch_size 2 --device $d p.jsonl > $d.out
+		done
+		[ "$(wc -l < cuda.out)" -eq 3 ]
+		diff cpu.out cuda.out
+	done
+}
+
+@test "the emulation itself: threads in reverse order and one OS thread give the same bits (no races it can see)" {
+	long_data
+	tr cuda a "$GQA4" --train long.zst --finetuning_type lora --lora_target all
+	FT_EMU_ORDER=reverse FT_EMU_THREADS=1 tr cuda b "$GQA4" --train long.zst --finetuning_type lora \
+		--lora_target all
+	diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	cmp a/adapter_model.safetensors b/adapter_model.safetensors
+}
