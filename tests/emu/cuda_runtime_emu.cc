@@ -160,13 +160,32 @@ void ft_emu_check_arg(const char *name, int i, const void *p)
 	}
 }
 
-cudaError_t cudaGetDeviceCount(int *n) { *n = 1; return cudaSuccess; }
-cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : (last = cudaErrorInvalidDevice); }
-cudaError_t cudaGetDevice(int *d) { *d = 0; return cudaSuccess; }
+/* FT_EMU_DEVICES=N (default 1): N identical devices, so that mpirun -np N
+ * ranks each drive "their" GPU by local rank (tests/bats/ft-train-nccl-emu.bats);
+ * they share the host memory of the process as one device would its own. */
+int devices()
+{
+	static int n = [] {
+		const char *e = getenv("FT_EMU_DEVICES");
+		long v = e ? strtol(e, NULL, 10) : 0;
+		return v >= 1 && v <= 64 ? (int)v : 1;
+	}();
+	return n;
+}
+thread_local int current;   /* as CUDA's: per host thread */
+
+cudaError_t cudaGetDeviceCount(int *n) { *n = devices(); return cudaSuccess; }
+cudaError_t cudaSetDevice(int d)
+{
+	if (d < 0 || d >= devices()) return last = cudaErrorInvalidDevice;
+	current = d;
+	return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int *d) { *d = current; return cudaSuccess; }
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d)
 {
-	if (d != 0)
+	if (d < 0 || d >= devices())
 		return last = cudaErrorInvalidDevice;
 	memset(p, 0, sizeof *p);
 	snprintf(p->name, sizeof p->name, "ft host emulation");
@@ -185,7 +204,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d)
 
 cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int d)
 {
-	if (a != cudaDevAttrMaxSharedMemoryPerBlockOptin || d != 0)
+	if (a != cudaDevAttrMaxSharedMemoryPerBlockOptin || d < 0 || d >= devices())
 		return last = cudaErrorInvalidValue;
 	*v = SMEM_OPTIN;
 	return cudaSuccess;
