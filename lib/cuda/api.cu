@@ -51,6 +51,9 @@ static const ftp_cuda_api api = {
 	ft_cuda_value_head_get,
 	ft_cuda_pref_zero_grad,
 	ft_cuda_pref_step,
+	ft_cuda_set_grads_ready,
+	ft_cuda_grads_group,
+	ft_cuda_grads_wait,
 };
 
 extern "C" FTP_EXPORT const ftp_cuda_api *ftp_cuda_backend_api(void) { return &api; }

@@ -165,6 +165,18 @@ int ft_cuda_grads_each(ft_cuda_model *dm, ft_cuda_grad_fn fn, void *ctx)
 	return BACKEND->grads_each(dm, fn, ctx);
 }
 
+void ft_cuda_set_grads_ready(ft_cuda_model *dm, ft_cuda_ready_fn fn, void *ctx)
+{
+	BACKEND->set_grads_ready(dm, fn, ctx);
+}
+
+int ft_cuda_grads_group(ft_cuda_model *dm, int group, ft_cuda_grad_fn fn, void *ctx)
+{
+	return BACKEND->grads_group(dm, group, fn, ctx);
+}
+
+int ft_cuda_grads_wait(ft_cuda_model *dm) { return BACKEND->grads_wait(dm); }
+
 int ft_cuda_attention_run(int device, const ft_cuda_attn_shape *s, const float *q,
 			  const float *k, const float *v, const float *dout, float *out,
 			  float *lse, float *dq, float *dk, float *dv)

@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define FTP_CUDA_ABI 6
+#define FTP_CUDA_ABI 7
 
 typedef struct {
 	int abi;
@@ -77,6 +77,10 @@ typedef struct {
 	int (*value_head_get)(ft_cuda_pref *, int, float *, float *, float *);
 	int (*pref_zero_grad)(ft_cuda_pref *);
 	int (*pref_step)(ft_cuda_pref *, const ft_cuda_adamw_opts *, double, double, double *, int *);
+	/* ABI 7: gradient groups summed beside the backward */
+	void (*set_grads_ready)(ft_cuda_model *, ft_cuda_ready_fn, void *);
+	int (*grads_group)(ft_cuda_model *, int, ft_cuda_grad_fn, void *);
+	int (*grads_wait)(ft_cuda_model *);
 } ftp_cuda_api;
 
 /* The .so's entry points (exported; looked up by name with dlsym). */

@@ -117,6 +117,21 @@ void ft_cuda_set_position(ft_cuda_model *dm, int64_t micro_batches_done);
  * NCCL all-reduce goes through it (lib/train/cuda_train.c). */
 typedef int (*ft_cuda_grad_fn)(void *ctx, float *g, size_t n, void *stream);
 int ft_cuda_grads_each(ft_cuda_model *dm, ft_cuda_grad_fn fn, void *ctx);
+/* Data parallel beside the backward (lib/train/cuda_train.c).  With fn
+ * set, ft_cuda_forward_backward records an event on the model's stream as
+ * each group of gradients becomes final and then calls fn(ctx, group) on
+ * the calling thread: the groups of ft_model_set_grads_ready, L (layers)
+ * for the final norm and an untied lm_head, then the decoder layers L-1
+ * ... 0, then -1 for the embeddings (a tied lm_head's too); NULL stops it.
+ * ft_cuda_grads_group calls fn(ctx, g, n, stream) for each gradient of a
+ * group with the model's communication stream, made to wait first for the
+ * group's event (or, when this backward recorded none, for all work queued
+ * so far); it may be called from another thread.  ft_cuda_grads_wait
+ * waits for the communication stream. */
+typedef void (*ft_cuda_ready_fn)(void *ctx, int group);
+void ft_cuda_set_grads_ready(ft_cuda_model *dm, ft_cuda_ready_fn fn, void *ctx);
+int ft_cuda_grads_group(ft_cuda_model *dm, int group, ft_cuda_grad_fn fn, void *ctx);
+int ft_cuda_grads_wait(ft_cuda_model *dm);
 
 /* Peak device bytes allocated by ft (the allocator's high-water mark:
  * the planned allocation, cuBLAS's workspace inside it; not the CUDA

@@ -117,9 +117,16 @@ static void build_tensors(ft_cuda_model *dm)
 	dm->wte = tensor(dm, v->wte.w, v->wte.g, VD, 1);
 	dm->lm_head = tensor(dm, v->lm_head.w, v->lm_head.g, VD, 1);
 	dm->norm = tensor(dm, v->norm.w, v->norm.g, v->D, 0);
+	/* gradient groups (ft_cuda_set_grads_ready): a tied lm_head is wte */
+	dm->wte->group = -1;
+	if (dm->lm_head && dm->lm_head != dm->wte)
+		dm->lm_head->group = v->L;
+	if (dm->norm)
+		dm->norm->group = v->L;
 	for (int l = 0; l < v->L; l++) {
 		ft_cv_layer *y = &v->layers[l];
 		ft_dlayer *d = &dm->layers[l];
+		int first = dm->ntens;
 		d->ln1 = tensor(dm, y->ln1.w, y->ln1.g, v->D, 0);
 		d->ln2 = tensor(dm, y->ln2.w, y->ln2.g, v->D, 0);
 		d->qn = tensor(dm, y->qn.w, y->qn.g, v->hd, 0);
@@ -130,6 +137,8 @@ static void build_tensors(ft_cuda_model *dm)
 		group_tensors(dm, l, 1);
 		d->lin[6] = lin_tensor(dm, l, 6);
 		lora_tensors(dm, l, 6, 0, 1, 1);
+		for (int i = first; i < dm->ntens; i++)
+			dm->tens[i].group = l;
 	}
 }
 
@@ -534,6 +543,7 @@ void ft_cuda_model_free(ft_cuda_model *dm)
 		return;
 	if (dm->blas)
 		cublasDestroy(dm->blas);
+	ft_cu_comm_free(dm);
 	if (dm->stream)
 		cudaStreamDestroy(dm->stream);
 	if (dm->mem)

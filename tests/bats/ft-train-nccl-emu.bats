@@ -50,15 +50,25 @@ rel_diff() {
 within() { awk -v x="$1" -v t="$2" 'BEGIN { exit !(x <= t) }'; }
 
 # nccl_parity FT FILE: 2 emulated GPUs (fake NCCL) against 1 emulated GPU,
-# against the CPU's 2 ranks, and against themselves
+# against the CPU's 2 ranks, and against themselves with the sums after the
+# backward instead of beside it.  The device backward reports each layer's
+# gradients final (an event on the compute stream, then the hook) and the
+# communication thread issues that group's NCCL sums on the communication
+# stream while the backward goes on; FT_DIST_NO_OVERLAP=1 issues the same
+# calls after it.  Two ranks: each element is one float addition either
+# way, so bit for bit; a sum issued before its gradients were final would
+# read partial ones here (the emulation runs every call when made) and
+# differ.  The second run is also the rerun: the same bits again.
 nccl_parity() {
 	local ft=$1 file=$2
-	run mpi2 ft-train $(base) --device cuda --finetuning_type "$ft" --gradient_accumulation_steps 2 \
+	args=($(base) --finetuning_type "$ft" --gradient_checkpointing)
+	run --separate-stderr mpi2 ft-train "${args[@]}" -v --device cuda --gradient_accumulation_steps 2 \
 		--output_dir two
 	assert_success
+	[[ "$stderr" == *"the gradient sums of 4 steps ran beside the backward"* ]]
 	[[ "$(jq -r .ft.device two/trainer_state.json)" == "cuda:0 (ft host emulation, "* ]]
 	[ "$(jq .ft.world_size two/trainer_state.json)" = 2 ]
-	run ft-train $(base) --device cuda --finetuning_type "$ft" --gradient_accumulation_steps 4 --output_dir one
+	run ft-train "${args[@]}" --device cuda --gradient_accumulation_steps 4 --output_dir one
 	assert_success
 	[ "$(wc -l < one/trainer_log.jsonl)" = "$(wc -l < two/trainer_log.jsonl)" ]
 	d=$(rel_diff one/trainer_log.jsonl two/trainer_log.jsonl)
@@ -67,31 +77,44 @@ nccl_parity() {
 	w=$("$MAXDIFF" "one/$file" "two/$file")
 	echo "# $ft: weights within $w" >&3
 	within "$w" 1e-6
-	run mpi2 ft-train $(base) --device cpu --finetuning_type "$ft" --gradient_accumulation_steps 2 \
-		--output_dir cpu
+	run mpi2 ft-train "${args[@]}" --device cpu --gradient_accumulation_steps 2 --output_dir cpu
 	assert_success
 	d=$(rel_diff cpu/trainer_log.jsonl two/trainer_log.jsonl)
-	echo "# $ft: against the CPU's 2 ranks: within $d relative" >&3
-	within "$d" 1e-4
 	w=$("$MAXDIFF" "cpu/$file" "two/$file")
+	echo "# $ft: against the CPU's 2 ranks: within $d relative, weights within $w" >&3
+	within "$d" 1e-4
 	within "$w" 1e-4
-	run mpi2 ft-train $(base) --device cuda --finetuning_type "$ft" --gradient_accumulation_steps 2 \
-		--output_dir again
+	run --separate-stderr mpi2 env FT_DIST_NO_OVERLAP=1 ft-train "${args[@]}" -v --device cuda \
+		--gradient_accumulation_steps 2 --output_dir after
 	assert_success
-	cmp <(steady two/trainer_log.jsonl) <(steady again/trainer_log.jsonl)
-	cmp "two/$file" "again/$file"
+	[[ "$stderr" != *"beside the backward"* ]]
+	cmp <(steady two/trainer_log.jsonl) <(steady after/trainer_log.jsonl)
+	cmp "two/$file" "after/$file"
 }
 
-@test "NCCL (emulated): 2 ranks x accumulation 2 == 1 device x 4 == CPU's 2 ranks, LoRA" {
+@test "NCCL (emulated): 2 ranks x accumulation 2 == 1 device x 4 == CPU's 2 ranks, LoRA; beside the backward == after it" {
 	nccl_parity lora adapter_model.safetensors
 }
 
-@test "NCCL (emulated): 2 ranks x accumulation 2 == 1 device x 4 == CPU's 2 ranks, full" {
+@test "NCCL (emulated): 2 ranks x accumulation 2 == 1 device x 4 == CPU's 2 ranks, full; beside the backward == after it" {
 	nccl_parity full model.safetensors
 }
 
-@test "NCCL (emulated): a library without NCCL's API is refused naming it" {
+@test "NCCL (emulated): an NCCL library that does not load is refused naming it" {
 	run mpi2 env FT_NCCL_LIB=/nonexistent/libnccl.so.2 ft-train $(base) --device cuda --output_dir out
 	assert_failure
 	assert_output --partial "/nonexistent/libnccl.so.2 does not load"
+}
+
+@test "NCCL (emulated): a hung rank is named after --ddp_timeout, as on the CPU path" {
+	run --separate-stderr env FT_DIST_TEST_FAULT=stop:1:3 timeout 120 mpirun --oversubscribe \
+		--allow-run-as-root -np 2 ft-train $(base) --device cuda --max_steps 100000 --output_dir out \
+		--ddp_timeout 2
+	assert_failure
+	[[ "$stderr" == *"ft-train: rank 0 of 2: rank 1 did not reach the gradient all-reduce of step 4 within 2 s (--ddp_timeout)"* ]]
+	run --separate-stderr env FT_DIST_TEST_FAULT=stop:0:3 timeout 120 mpirun --oversubscribe \
+		--allow-run-as-root -np 2 ft-train $(base) --device cuda --max_steps 100000 --output_dir out2 \
+		--ddp_timeout 2
+	assert_failure
+	[[ "$stderr" == *"ft-train: rank 1 of 2: the gradient all-reduce of step 4 has waited 2 s (--ddp_timeout): another rank died or hangs"* ]]
 }
