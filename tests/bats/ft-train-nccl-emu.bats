@@ -13,9 +13,13 @@
 # ft-train-mpi.bats (lr 1e-4, every number a float rounding apart; a wrong
 # share of batches or a missing sum moves losses by ~1e-2).  Against the
 # CPU's mpirun -np 2: the device's reductions and fused GEMMs against the
-# CPU's loops, the 1e-4 relative of ft-train-cuda-emu.bats (measured there
-# at most 7e-7).  Repeated runs, and the fake NCCL's sums, are
-# deterministic: bit for bit.
+# CPU's loops, the 1e-4 relative of ft-train-cuda-emu.bats for losses and
+# grad norms (measured there at most 7e-7, here 1e-7), and 1e-4 absolute
+# for the weights: AdamW moves an element by at most lr = 1e-4 a step, so
+# only an element whose near-cancelling gradient the two orders round
+# apart can approach it (measured 3.3e-6 for full, 2.4e-7 for LoRA); the
+# losses are what catches a wrong sum.  Repeated runs, and the fake
+# NCCL's sums, are deterministic: bit for bit.
 load helper
 
 MODEL="$FIXTURES/models/tiny-llama"
@@ -117,4 +121,11 @@ nccl_parity() {
 		--ddp_timeout 2
 	assert_failure
 	[[ "$stderr" == *"ft-train: rank 1 of 2: the gradient all-reduce of step 4 has waited 2 s (--ddp_timeout): another rank died or hangs"* ]]
+}
+
+@test "NCCL (emulated): --zero 1 on GPUs is refused with the reason" {
+	run mpi2 ft-train $(base) --device cuda --zero 1 --output_dir out
+	assert_failure
+	assert_output --partial "--zero 1 is implemented on the CPU path only: the device keeps every AdamW moment"
+	[ ! -e out/trainer_log.jsonl ]
 }
