@@ -38,7 +38,6 @@ static const ftp_cuda_api api = {
 	ft_cuda_infer_reset,
 	ft_cuda_infer_len,
 	ft_cuda_infer_forward,
-	ft_cuda_grads_each,
 	ft_cuda_attention_run,
 	ft_cuda_pref_new,
 	ft_cuda_pref_free,

@@ -160,11 +160,6 @@ int ft_cuda_infer_forward(ft_cuda_infer *c, const int32_t *tokens, const int *ro
 	return BACKEND->infer_forward(c, tokens, rows, N, want, logits);
 }
 
-int ft_cuda_grads_each(ft_cuda_model *dm, ft_cuda_grad_fn fn, void *ctx)
-{
-	return BACKEND->grads_each(dm, fn, ctx);
-}
-
 void ft_cuda_set_grads_ready(ft_cuda_model *dm, ft_cuda_ready_fn fn, void *ctx)
 {
 	BACKEND->set_grads_ready(dm, fn, ctx);

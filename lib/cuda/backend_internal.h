@@ -57,8 +57,6 @@ typedef struct {
 	int (*infer_len)(const ft_cuda_infer *, int);
 	int (*infer_forward)(ft_cuda_infer *, const int32_t *, const int *, int, const int *,
 			     float *);
-	/* ABI 4: per-gradient device pointers (NCCL sums) */
-	int (*grads_each)(ft_cuda_model *, ft_cuda_grad_fn, void *);
 	/* ABI 5: the device attention alone (tests/gpu) */
 	int (*attention_run)(int, const ft_cuda_attn_shape *, const float *, const float *,
 			     const float *, const float *, float *, float *, float *, float *,

@@ -9,14 +9,6 @@
 /* torch.cuda.amp.GradScaler defaults */
 #define SCALE_GROWTH_INTERVAL 2000
 
-int ft_cuda_grads_each(ft_cuda_model *dm, ft_cuda_grad_fn fn, void *ctx)
-{
-	for (int i = 0; i < dm->ntens; i++)
-		if (dm->tens[i].g && fn(ctx, dm->tens[i].g, dm->tens[i].n, (void *)dm->stream) < 0)
-			return -1;
-	return 0;
-}
-
 /* ---- data parallel beside the backward (ft_cuda.h) ----
  * Events are recorded only while a hook is set (the last micro-batch of a
  * step under mpirun), so a plain run pays nothing.  A group the backward
