@@ -129,3 +129,21 @@ nccl_parity() {
 	assert_output --partial "--zero 1 is implemented on the CPU path only: the device keeps every AdamW moment"
 	[ ! -e out/trainer_log.jsonl ]
 }
+
+# 13 micro-batches in steps of 4: the last step has one, so rank 1 has
+# none: it zeroes its gradients and sums zeros after its (empty) backward
+# while rank 0's sums run beside its backward.
+@test "NCCL (emulated): a step in which one rank has no micro-batch matches one device" {
+	f=$FIXTURES/trainer/train.jsonl
+	(head -1 "$f" | jq -c '.meta.counts = {batches: 13, examples: 26, tokens: 360, label_tokens: 294,
+		pad_tokens: 56}'; sed -n 2,14p "$f") | ft-cat --encode > t13.zst
+	args=(--model_name_or_path "$MODEL" --train t13.zst --logging_steps 1 --learning_rate 1e-4 \
+		--num_train_epochs 1 --save_strategy no -q --device cuda --finetuning_type full)
+	run mpi2 ft-train "${args[@]}" --gradient_accumulation_steps 2 --output_dir two
+	assert_success
+	run ft-train "${args[@]}" --gradient_accumulation_steps 4 --output_dir one
+	assert_success
+	[ "$(jq -s 'map(select(.loss)) | length' two/trainer_log.jsonl)" = 4 ]
+	within "$(rel_diff one/trainer_log.jsonl two/trainer_log.jsonl)" 1e-6
+	within "$("$MAXDIFF" one/model.safetensors two/model.safetensors)" 1e-6
+}
