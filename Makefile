@@ -235,6 +235,15 @@ build/emu/%.o: %.cc
 $(EMU_CUDA): $(EMU_OBJ)
 	$(CXX) -shared -o $@ $^ -Wl,-Bsymbolic -lopenblas -lpthread
 -include $(EMU_OBJ:.o=.d)
+# NCCL's calls that lib/train/dist.c makes, across the processes of one
+# host over POSIX shared memory (tests/emu/fake_nccl.c): with the emulated
+# backend, FT_NCCL_LIB=build/libnccl_emu.so runs mpirun -np N ft-train
+# --device cuda's NCCL path (tests/bats/ft-train-nccl-emu.bats).
+EMU_NCCL := build/libnccl_emu.so
+unit: $(EMU_NCCL)
+$(EMU_NCCL): tests/emu/fake_nccl.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 $(WARN) -O2 -g -fPIC -shared -fvisibility=hidden $< -o $@ -lrt
 # The emulation's own checks (tests/emu/check_runtime.cc): emu.h, the
 # runtime and cuBLAS shims in one ASan binary.
 EMU_RT_TEST := build/asan/tests/test_cuda_emu_runtime

@@ -38,7 +38,6 @@ static const ftp_cuda_api api = {
 	ft_cuda_infer_reset,
 	ft_cuda_infer_len,
 	ft_cuda_infer_forward,
-	ft_cuda_grads_each,
 	ft_cuda_attention_run,
 	ft_cuda_pref_new,
 	ft_cuda_pref_free,
@@ -51,6 +50,9 @@ static const ftp_cuda_api api = {
 	ft_cuda_value_head_get,
 	ft_cuda_pref_zero_grad,
 	ft_cuda_pref_step,
+	ft_cuda_set_grads_ready,
+	ft_cuda_grads_group,
+	ft_cuda_grads_wait,
 };
 
 extern "C" FTP_EXPORT const ftp_cuda_api *ftp_cuda_backend_api(void) { return &api; }

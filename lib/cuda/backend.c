@@ -160,10 +160,17 @@ int ft_cuda_infer_forward(ft_cuda_infer *c, const int32_t *tokens, const int *ro
 	return BACKEND->infer_forward(c, tokens, rows, N, want, logits);
 }
 
-int ft_cuda_grads_each(ft_cuda_model *dm, ft_cuda_grad_fn fn, void *ctx)
+void ft_cuda_set_grads_ready(ft_cuda_model *dm, ft_cuda_ready_fn fn, void *ctx)
 {
-	return BACKEND->grads_each(dm, fn, ctx);
+	BACKEND->set_grads_ready(dm, fn, ctx);
 }
+
+int ft_cuda_grads_group(ft_cuda_model *dm, int group, ft_cuda_grad_fn fn, void *ctx)
+{
+	return BACKEND->grads_group(dm, group, fn, ctx);
+}
+
+int ft_cuda_grads_wait(ft_cuda_model *dm) { return BACKEND->grads_wait(dm); }
 
 int ft_cuda_attention_run(int device, const ft_cuda_attn_shape *s, const float *q,
 			  const float *k, const float *v, const float *dout, float *out,

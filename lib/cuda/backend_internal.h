@@ -24,8 +24,9 @@ extern "C" {
 #endif
 
 /* 7: ft_cuda_batch.lengths, ft_cuda_attn_shape.len (key padding);
- * 8: ft_cuda_view carries the quantized linears (QLoRA) */
-#define FTP_CUDA_ABI 8
+ * 8: ft_cuda_view carries the quantized linears (QLoRA);
+ * 9: the gradient groups of the data-parallel overlap */
+#define FTP_CUDA_ABI 9
 
 typedef struct {
 	int abi;
@@ -61,8 +62,6 @@ typedef struct {
 	int (*infer_len)(const ft_cuda_infer *, int);
 	int (*infer_forward)(ft_cuda_infer *, const int32_t *, const int *, int, const int *,
 			     float *);
-	/* ABI 4: per-gradient device pointers (NCCL sums) */
-	int (*grads_each)(ft_cuda_model *, ft_cuda_grad_fn, void *);
 	/* ABI 5: the device attention alone (tests/gpu) */
 	int (*attention_run)(int, const ft_cuda_attn_shape *, const float *, const float *,
 			     const float *, const float *, float *, float *, float *, float *,
@@ -81,6 +80,10 @@ typedef struct {
 	int (*value_head_get)(ft_cuda_pref *, int, float *, float *, float *);
 	int (*pref_zero_grad)(ft_cuda_pref *);
 	int (*pref_step)(ft_cuda_pref *, const ft_cuda_adamw_opts *, double, double, double *, int *);
+	/* ABI 7: gradient groups summed beside the backward */
+	void (*set_grads_ready)(ft_cuda_model *, ft_cuda_ready_fn, void *);
+	int (*grads_group)(ft_cuda_model *, int, ft_cuda_grad_fn, void *);
+	int (*grads_wait)(ft_cuda_model *);
 } ftp_cuda_api;
 
 /* The .so's entry points (exported; looked up by name with dlsym). */

@@ -62,6 +62,7 @@ typedef struct {
 	int matrix;          /* stored in half in the bf16/f16 modes */
 	int unit;            /* on a unit's first tensor: the unit's size (tensors
 				whose buffers are carved back to back, see layout) */
+	int group;           /* its gradient group (ft_cuda_set_grads_ready) */
 } ft_dt;
 
 typedef struct { int on, r; float scale; ft_dt *A, *B; } ft_dlora;
@@ -160,6 +161,14 @@ struct ft_cuda_model {
 	int32_t *h_pos, *h_targets, *h_rows, *h_tg2, *h_ids, *h_seg, *h_lens;
 	float *h_cos, *h_sin, *h_inv;
 	double *h_row_loss, *h_sumsq;
+	/* data parallel beside the backward (optim.cu): the hook, the
+	 * communication stream, an event per gradient group (index group + 1)
+	 * and whether this backward recorded it */
+	ft_cuda_ready_fn ready_fn;
+	void *ready_ctx;
+	cudaStream_t comm;
+	cudaEvent_t *gev;
+	unsigned char *gev_set;
 };
 
 /* ---- gemm.cu: cuBLAS products, row-major like ft_sgemm ---- */
@@ -268,6 +277,11 @@ int ft_cu_copy(ft_cuda_model *dm, void *dst, const void *src, size_t bytes,
 	       cudaMemcpyKind kind, const char *what);
 /* Update dm->peak, the allocator's high-water mark. */
 void ft_cu_sample_peak(ft_cuda_model *dm);
+/* The backward's word that gradient group `group` is final: its event
+ * recorded on dm->stream, then the hook (ft_cuda_set_grads_ready); a no-op
+ * without one.  ft_cu_comm_free releases the stream and events. */
+int ft_cu_grads_final(ft_cuda_model *dm, int group);
+void ft_cu_comm_free(ft_cuda_model *dm);
 /* ---- layer.cu: one decoder layer (mirrors lib/model/model_fwd.c) ---- */
 int ft_cu_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in, float *x_out,
 			const ft_cuda_batch *b);

@@ -111,12 +111,24 @@ int ft_cuda_adamw_set(ft_cuda_model *dm, size_t i, const float *exp_avg,
  * LoRA dropout masks (as the CPU model's): set on resume. */
 void ft_cuda_set_position(ft_cuda_model *dm, int64_t micro_batches_done);
 
-/* Data parallel: fn(ctx, g, n, stream) for each trainable parameter's fp32
- * gradient in device memory (n floats), with the model's cudaStream_t as
- * void *, in parameter order; stops at the first fn < 0.  The trainer's
- * NCCL all-reduce goes through it (lib/train/cuda_train.c). */
+/* Data parallel (lib/train/cuda_train.c: the trainer's NCCL all-reduce).
+ * ft_cuda_grad_fn gets a trainable tensor's fp32 gradient in device memory
+ * (n floats) and the cudaStream_t to use as void *; < 0 stops.  With fn
+ * set, ft_cuda_forward_backward records an event on the model's stream as
+ * each group of gradients becomes final and then calls fn(ctx, group) on
+ * the calling thread: the groups of ft_model_set_grads_ready, L (layers)
+ * for the final norm and an untied lm_head, then the decoder layers L-1
+ * ... 0, then -1 for the embeddings (a tied lm_head's too); NULL stops it.
+ * ft_cuda_grads_group calls fn(ctx, g, n, stream) for each gradient of a
+ * group, in the model's tensor order, with its communication stream, made to wait first for the
+ * group's event (or, when this backward recorded none, for all work queued
+ * so far); it may be called from another thread.  ft_cuda_grads_wait
+ * waits for the communication stream. */
 typedef int (*ft_cuda_grad_fn)(void *ctx, float *g, size_t n, void *stream);
-int ft_cuda_grads_each(ft_cuda_model *dm, ft_cuda_grad_fn fn, void *ctx);
+typedef void (*ft_cuda_ready_fn)(void *ctx, int group);
+void ft_cuda_set_grads_ready(ft_cuda_model *dm, ft_cuda_ready_fn fn, void *ctx);
+int ft_cuda_grads_group(ft_cuda_model *dm, int group, ft_cuda_grad_fn fn, void *ctx);
+int ft_cuda_grads_wait(ft_cuda_model *dm);
 
 /* Peak device bytes allocated by ft (the allocator's high-water mark:
  * the planned allocation, cuBLAS's workspace inside it; not the CUDA

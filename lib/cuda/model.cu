@@ -118,9 +118,16 @@ static void build_tensors(ft_cuda_model *dm)
 	dm->wte = tensor(dm, v->wte.w, v->wte.g, VD, 1);
 	dm->lm_head = tensor(dm, v->lm_head.w, v->lm_head.g, VD, 1);
 	dm->norm = tensor(dm, v->norm.w, v->norm.g, v->D, 0);
+	/* gradient groups (ft_cuda_set_grads_ready): a tied lm_head is wte */
+	dm->wte->group = -1;
+	if (dm->lm_head && dm->lm_head != dm->wte)
+		dm->lm_head->group = v->L;
+	if (dm->norm)
+		dm->norm->group = v->L;
 	for (int l = 0; l < v->L; l++) {
 		ft_cv_layer *y = &v->layers[l];
 		ft_dlayer *d = &dm->layers[l];
+		int first = dm->ntens;
 		d->ln1 = tensor(dm, y->ln1.w, y->ln1.g, v->D, 0);
 		d->ln2 = tensor(dm, y->ln2.w, y->ln2.g, v->D, 0);
 		d->qn = tensor(dm, y->qn.w, y->qn.g, v->hd, 0);
@@ -138,6 +145,8 @@ static void build_tensors(ft_cuda_model *dm)
 			q->bits = h->bits, q->fp4 = h->fp4, q->in = h->in, q->out = h->out;
 			q->offset = h->offset;
 		}
+		for (int i = first; i < dm->ntens; i++)
+			dm->tens[i].group = l;
 	}
 }
 
@@ -629,6 +638,7 @@ void ft_cuda_model_free(ft_cuda_model *dm)
 		return;
 	if (dm->blas)
 		cublasDestroy(dm->blas);
+	ft_cu_comm_free(dm);
 	if (dm->stream)
 		cudaStreamDestroy(dm->stream);
 	if (dm->mem)

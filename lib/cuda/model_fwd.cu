@@ -148,15 +148,18 @@ static int backward_body(ft_cuda_model *dm, const ft_cuda_batch *b, int n)
 	TRY(ft_cu_zero(dm, dm->d_a, nd));
 	TRY(ft_cu_rmsnorm_backward(dm, dm->d_a, dm->norm->g, dm->d_ln, dm->xs + (size_t)L * N * D,
 				   dm->norm->w, dm->rstdf, N, D));
+	TRY(ft_cu_grads_final(dm, L));   /* the final norm, an untied lm_head */
 	for (int l = L - 1; l >= stop; l--) {
 		const float *x_in = dm->xs + (size_t)l * N * D;
 		ft_dacts *a = &dm->acts[c->gradient_checkpointing ? 0 : l];
 		if (c->gradient_checkpointing)
 			TRY(ft_cu_layer_forward(dm, l, a, x_in, dm->d_b, b));
 		TRY(ft_cu_layer_backward(dm, l, a, x_in, b, l > stop || emb));
+		TRY(ft_cu_grads_final(dm, l));
 	}
 	if (emb)
 		TRY(ft_cu_embedding_backward(dm, dm->wte->g, dm->d_a, dm->ids, N, D));
+	TRY(ft_cu_grads_final(dm, -1));
 	ft_cu_sample_peak(dm);
 	return 0;
 }

@@ -9,11 +9,80 @@
 /* torch.cuda.amp.GradScaler defaults */
 #define SCALE_GROWTH_INTERVAL 2000
 
-int ft_cuda_grads_each(ft_cuda_model *dm, ft_cuda_grad_fn fn, void *ctx)
+/* ---- data parallel beside the backward (ft_cuda.h) ----
+ * Events are recorded only while a hook is set (the last micro-batch of a
+ * step under mpirun), so a plain run pays nothing.  A group the backward
+ * did not record (a rank without a micro-batch in the step, a failed
+ * backward) is recorded when summed: everything queued so far, the lazy
+ * zeroing included, comes before its sum. */
+static int n_groups(const ft_cuda_model *dm) { return dm->v.L + 2; }
+
+static int comm_init(ft_cuda_model *dm)
 {
+	if (dm->gev)
+		return 0;
+	CU(cudaStreamCreateWithFlags(&dm->comm, cudaStreamNonBlocking), "%s", "communication stream");
+	cudaEvent_t *ev = (cudaEvent_t *)ft_xcalloc(n_groups(dm), sizeof *ev);
+	dm->gev_set = (unsigned char *)ft_xcalloc(n_groups(dm), 1);
+	dm->gev = ev;
+	for (int s = 0; s < n_groups(dm); s++)
+		CU(cudaEventCreateWithFlags(&ev[s], cudaEventDisableTiming), "gradient group %d", s - 1);
+	return 0;
+}
+
+void ft_cu_comm_free(ft_cuda_model *dm)
+{
+	for (int s = 0; dm->gev && s < n_groups(dm); s++)
+		if (dm->gev[s])
+			cudaEventDestroy(dm->gev[s]);
+	free(dm->gev);
+	free(dm->gev_set);
+	if (dm->comm)
+		cudaStreamDestroy(dm->comm);
+}
+
+void ft_cuda_set_grads_ready(ft_cuda_model *dm, ft_cuda_ready_fn fn, void *ctx)
+{
+	dm->ready_fn = fn;
+	dm->ready_ctx = ctx;
+}
+
+int ft_cu_grads_final(ft_cuda_model *dm, int group)
+{
+	if (!dm->ready_fn)
+		return 0;
+	TRY(comm_init(dm));
+	CU(cudaEventRecord(dm->gev[group + 1], dm->stream), "gradient group %d", group);
+	dm->gev_set[group + 1] = 1;
+	dm->ready_fn(dm->ready_ctx, group);
+	return 0;
+}
+
+int ft_cuda_grads_group(ft_cuda_model *dm, int group, ft_cuda_grad_fn fn, void *ctx)
+{
+	if (group < -1 || group > dm->v.L)
+		return ft_fail("gradient group %d of a %d-layer model", group, dm->v.L);
+	/* the calling thread may be another than the model's */
+	CU(cudaSetDevice(dm->o.device), "device %d", dm->o.device);
+	TRY(comm_init(dm));
+	int s = group + 1;
+	if (!dm->gev_set[s])
+		CU(cudaEventRecord(dm->gev[s], dm->stream), "gradient group %d", group);
+	dm->gev_set[s] = 0;
+	CU(cudaStreamWaitEvent(dm->comm, dm->gev[s], 0), "gradient group %d", group);
 	for (int i = 0; i < dm->ntens; i++)
-		if (dm->tens[i].g && fn(ctx, dm->tens[i].g, dm->tens[i].n, (void *)dm->stream) < 0)
+		if (dm->tens[i].g && dm->tens[i].group == group &&
+		    fn(ctx, dm->tens[i].g, dm->tens[i].n, (void *)dm->comm) < 0)
 			return -1;
+	return 0;
+}
+
+int ft_cuda_grads_wait(ft_cuda_model *dm)
+{
+	if (!dm->comm)
+		return 0;
+	CU(cudaSetDevice(dm->o.device), "device %d", dm->o.device);
+	CU(cudaStreamSynchronize(dm->comm), "%s", "the gradient all-reduce");
 	return 0;
 }
 

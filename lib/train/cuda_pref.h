@@ -8,7 +8,7 @@
  * A frozen model (the reference: --ref_model, or a frozen copy of the
  * base for full/freeze) binds the same way; it then only runs
  * logps_forward without a graph.  Data parallel is not wired (no
- * sum_grads): the tool refuses mpirun with these stages on GPUs.
+ * sum_group): the tool refuses mpirun with these stages on GPUs.
  */
 #ifndef FT_CUDA_PREF_H
 #define FT_CUDA_PREF_H

@@ -111,13 +111,14 @@ static void b_set_position(void *self, int64_t n)
 	ft_cuda_set_position(((binding *)self)->dm, n);
 }
 
-/* Data parallel on GPUs: one NCCL group over every gradient, on the
- * model's stream, waited for here so the watchdog covers it and the step
- * that follows sees the sums.  Not overlapped with the backward: the
- * device backward is one call (ft_cuda_forward_backward) with no hook per
- * layer, and with accumulation a layer's gradient is final only after the
- * last micro-batch (docs/DISTRIBUTED.md). */
-static int b_sum_grads(void *self, ft_dist *d)
+/* Data parallel on GPUs: the trainer's plan (lib/train/trainer_dist.c)
+ * calls b_sum_group for the gradient groups in the order the backward
+ * finishes them, beside the backward (from its communication thread, as
+ * each group is reported final) or after it; each group's tensors go as
+ * one NCCL group of ncclAllReduce on the model's communication stream,
+ * which first waits for the group's event on the compute stream.  b_sum_wait
+ * waits for the stream, so the step that follows sees the sums. */
+static int b_sum_group(void *self, ft_dist *d, int group)
 {
 	binding *x = self;
 	if (!ft_dist_nccl_active(d))
@@ -128,13 +129,21 @@ static int b_sum_grads(void *self, ft_dist *d)
 	if (x->need_zero && ft_cuda_zero_grad(x->dm) < 0)
 		return ft_fail_ctx("GPU: ");
 	x->need_zero = 0;
-	ft_dist_watch(d, "NCCL gradient all-reduce");
 	int rc = ft_dist_nccl_group(d, 1);
-	if (rc == 0) rc = ft_cuda_grads_each(x->dm, ft_dist_nccl_sum, d);
+	if (rc == 0) rc = ft_cuda_grads_group(x->dm, group, ft_dist_nccl_sum, d);
 	if (ft_dist_nccl_group(d, 0) < 0) rc = -1;
-	if (rc == 0) rc = ft_cuda_sync(x->dm);
-	ft_dist_unwatch(d);
 	return rc;
+}
+
+static int b_sum_wait(void *self, ft_dist *d)
+{
+	(void)d;
+	return ft_cuda_grads_wait(((binding *)self)->dm);
+}
+
+static void b_set_grads_ready(void *self, ft_grads_ready_fn fn, void *ctx)
+{
+	ft_cuda_set_grads_ready(((binding *)self)->dm, fn, ctx);
 }
 
 static size_t b_peak(void *self) { return ft_cuda_peak_bytes(((binding *)self)->dm); }
@@ -149,7 +158,8 @@ int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t
 	}
 	ft_train_model r = { x, b_nparams, b_param, b_zero_grad, b_fwd_bwd, b_fwd, b_save,
 			     b_set_position, b_step, b_state_out, b_state_in, b_peak, 0, NULL,
-			     b_sum_grads, NULL };
+			     b_sum_group, b_sum_wait, ft_model_config(m)->num_hidden_layers,
+			     b_set_grads_ready };
 	*t = r;
 	return 0;
 }

@@ -73,13 +73,20 @@ typedef struct {
 	 * (owned by the model, already "eval_" prefixed) and values; the
 	 * trainer adds them to the log line, log_history and the eval results. */
 	size_t (*metrics)(void *self, int eval, const char **keys, double *vals, size_t cap);
-	/* Optional (the CUDA binding): sum the gradients over the ranks of d
-	 * where they live (NCCL); without it the trainer sums the params' g
-	 * with MPI.  Only called with more than one rank (lib/train/dist.h). */
-	int (*sum_grads)(void *self, struct ft_dist *d);
-	/* Optional (the CPU model): report gradient groups final during
-	 * forward_backward (ft_model_set_grads_ready), so data parallel sums
-	 * them while the backward goes on; fn NULL stops it. */
+	/* Optional, both together (the CUDA binding): sum the gradients over
+	 * the ranks of d where they live (NCCL), one group at a time in the
+	 * groups of ft_model_set_grads_ready (grad_layers decoder layers, the
+	 * head group = grad_layers, -1 the embeddings): sum_group issues the
+	 * sum of a group whose gradients are final (it may run on another
+	 * thread than forward_backward), sum_wait waits for what was issued.
+	 * Without them the trainer sums the params' g with MPI.  Only called
+	 * with more than one rank (lib/train/dist.h). */
+	int (*sum_group)(void *self, struct ft_dist *d, int group);
+	int (*sum_wait)(void *self, struct ft_dist *d);
+	int grad_layers;
+	/* Optional (the CPU model, the CUDA binding): report gradient groups
+	 * final during forward_backward (ft_model_set_grads_ready), so data
+	 * parallel sums them while the backward goes on; fn NULL stops it. */
 	void (*set_grads_ready)(void *self, ft_grads_ready_fn fn, void *ctx);
 } ft_train_model;
 

@@ -29,8 +29,16 @@
  * as MPI_THREAD_SERIALIZED allows.  With accumulation only the last
  * micro-batch overlaps: before it no gradient is final.  A rank without
  * a micro-batch in the step, or a model without the hook (the preference
- * stages; the CUDA binding sums on the device with NCCL), runs the same
- * plan after its backward.
+ * stages), runs the same plan after its backward.
+ *
+ * On GPUs (sum_group: the CUDA binding) the plan is the groups
+ * themselves, in the same order: each group's gradients are one NCCL group
+ * of all-reduces on the device's communication stream, issued by the same
+ * communication thread as the device backward reports the group final
+ * (after an event on its compute stream, which the communication stream
+ * waits for), and the step waits for the stream.  Overlapped or not, every
+ * rank issues the same NCCL calls on the same buffers, so the sums are the
+ * same bits either way.
  */
 #include <pthread.h>
 #include <time.h>
@@ -153,6 +161,23 @@ static int sum_plan(ft_dist *d, const plan *pl, ready *r)
 	return rc;
 }
 
+/* The GPU plan: the groups in the backward's order, head first (plan
+ * position 0 is group n_layers, position n_layers + 1 the embeddings), the
+ * NCCL sums watched until the communication stream has finished them. */
+static int sum_groups(ft_dist *d, ft_train_model *m, ready *r)
+{
+	int L = m->grad_layers, rc = arrive(d);
+	if (rc) return rc;
+	ft_dist_watch(d, "gradient all-reduce");
+	for (int pos = 0; pos <= L + 1 && rc == 0; pos++) {
+		wait_ready(r, pos);
+		rc = m->sum_group(m->self, d, pos == L + 1 ? -1 : L - pos);
+	}
+	if (m->sum_wait(m->self, d) < 0) rc = -1;
+	ft_dist_unwatch(d);
+	return rc;
+}
+
 /* ---- the communication thread ---------------------------------------- */
 
 struct ready {
@@ -197,7 +222,7 @@ static void on_grads_ready(void *ctx, int group)
 static void *comm_main(void *arg)
 {
 	ftp_overlap *ov = arg;
-	ov->rc = sum_plan(ov->d, &ov->pl, &ov->r);
+	ov->rc = ov->m->sum_group ? sum_groups(ov->d, ov->m, &ov->r) : sum_plan(ov->d, &ov->pl, &ov->r);
 	if (ov->rc) snprintf(ov->err, sizeof ov->err, "%s", ft_errmsg());
 	return NULL;
 }
@@ -205,7 +230,7 @@ static void *comm_main(void *arg)
 ftp_overlap *ftp_dist_overlap_begin(const ft_train_opts *o, ft_train_model *m, ft_param **params,
 				    size_t np)
 {
-	if (ft_dist_size(o->dist) < 2 || !ft_dist_serialized(o->dist) || !m->set_grads_ready || m->sum_grads)
+	if (ft_dist_size(o->dist) < 2 || !ft_dist_serialized(o->dist) || !m->set_grads_ready)
 		return NULL;
 	const char *off = getenv("FT_DIST_NO_OVERLAP");   /* tests and measurements: sum after */
 	if (off && *off && strcmp(off, "0")) return NULL;
@@ -213,6 +238,7 @@ ftp_overlap *ftp_dist_overlap_begin(const ft_train_opts *o, ft_train_model *m, f
 	ov->d = o->dist;
 	ov->m = m;
 	plan_make(&ov->pl, params, np);
+	if (m->sum_group) ov->pl.n_layers = m->grad_layers;   /* the device's groups */
 	pthread_mutex_init(&ov->r.mu, NULL);
 	pthread_cond_init(&ov->r.cv, NULL);
 	if (pthread_create(&ov->th, NULL, comm_main, ov) != 0) {   /* run it after instead */
@@ -256,8 +282,8 @@ int ftp_dist_reduce(const ft_train_opts *o, ft_train_model *m, ft_param **params
 	ft_dist *d = o->dist;
 	if (ft_dist_size(d) < 2) return 0;
 	if (!grads_summed) {
-		if (m->sum_grads) {
-			if (arrive(d) < 0 || m->sum_grads(m->self, d) < 0) return -1;
+		if (m->sum_group) {
+			if (sum_groups(d, m, NULL) < 0) return -1;
 		} else {
 			plan pl;
 			plan_make(&pl, params, np);

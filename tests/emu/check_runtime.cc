@@ -241,8 +241,33 @@ static void test_cublas(void)
 	cudaFree(dA), cudaFree(dB), cudaFree(dC), cudaFree(bA), cudaFree(bB);
 }
 
+/* FT_EMU_DEVICES (unset here: one device), the current device per host
+ * thread, and a wait on an event never recorded refused (a GPU would let
+ * the waiting stream run ahead: the NCCL path's ordering) */
+static void test_devices_events(void)
+{
+	int n = 0, d = -1;
+	cudaGetDeviceCount(&n);
+	ok(n == 1 && cudaSetDevice(1) == cudaErrorInvalidDevice && cudaSetDevice(0) == cudaSuccess,
+	   "one device without FT_EMU_DEVICES; cudaSetDevice(1) refused");
+	cudaGetLastError();
+	cudaGetDevice(&d);
+	ok(d == 0, "cudaGetDevice: 0");
+	cudaStream_t s;
+	cudaEvent_t e;
+	cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+	cudaEventCreateWithFlags(&e, cudaEventDisableTiming);
+	ok(cudaStreamWaitEvent(s, e, 0) == cudaErrorInvalidValue, "a wait on an event never recorded is refused");
+	cudaGetLastError();
+	ok(cudaEventRecord(e, s) == cudaSuccess && cudaStreamWaitEvent(s, e, 0) == cudaSuccess,
+	   "a wait on a recorded event passes");
+	cudaEventDestroy(e);
+	cudaStreamDestroy(s);
+}
+
 int main(void)
 {
+	test_devices_events();
 	test_launch_shapes();
 	test_shuffles();
 	test_barriers_atomics();

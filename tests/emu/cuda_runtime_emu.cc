@@ -160,13 +160,32 @@ void ft_emu_check_arg(const char *name, int i, const void *p)
 	}
 }
 
-cudaError_t cudaGetDeviceCount(int *n) { *n = 1; return cudaSuccess; }
-cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : (last = cudaErrorInvalidDevice); }
-cudaError_t cudaGetDevice(int *d) { *d = 0; return cudaSuccess; }
+/* FT_EMU_DEVICES=N (default 1): N identical devices, so that mpirun -np N
+ * ranks each drive "their" GPU by local rank (tests/bats/ft-train-nccl-emu.bats);
+ * they share the host memory of the process as one device would its own. */
+int devices()
+{
+	static int n = [] {
+		const char *e = getenv("FT_EMU_DEVICES");
+		long v = e ? strtol(e, NULL, 10) : 0;
+		return v >= 1 && v <= 64 ? (int)v : 1;
+	}();
+	return n;
+}
+thread_local int current;   /* as CUDA's: per host thread */
+
+cudaError_t cudaGetDeviceCount(int *n) { *n = devices(); return cudaSuccess; }
+cudaError_t cudaSetDevice(int d)
+{
+	if (d < 0 || d >= devices()) return last = cudaErrorInvalidDevice;
+	current = d;
+	return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int *d) { *d = current; return cudaSuccess; }
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d)
 {
-	if (d != 0)
+	if (d < 0 || d >= devices())
 		return last = cudaErrorInvalidDevice;
 	memset(p, 0, sizeof *p);
 	snprintf(p->name, sizeof p->name, "ft host emulation");
@@ -185,7 +204,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d)
 
 cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int d)
 {
-	if (a != cudaDevAttrMaxSharedMemoryPerBlockOptin || d != 0)
+	if (a != cudaDevAttrMaxSharedMemoryPerBlockOptin || d < 0 || d >= devices())
 		return last = cudaErrorInvalidValue;
 	*v = SMEM_OPTIN;
 	return cudaSuccess;
@@ -254,11 +273,21 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags)
 cudaError_t cudaStreamDestroy(cudaStream_t s) { delete s; return cudaSuccess; }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaEventCreate(cudaEvent_t *e) { *e = new ft_emu_event{ 0 }; return cudaSuccess; }
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned) { return cudaEventCreate(e); }
 cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) { e->recorded = 1; return cudaSuccess; }
 cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t, cudaEvent_t) { *ms = 0; return cudaSuccess; }
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
+/* Waiting for an event never recorded is a no-op on a GPU, which would
+ * let the waiting stream run ahead of the work it meant to wait for: here
+ * it is an error, so a missing record shows (lib/cuda/optim.cu's gradient
+ * groups, summed on another stream after the backward's events). */
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t e, unsigned)
+{
+	if (!e->recorded)
+		return fail(cudaErrorInvalidValue, "cudaStreamWaitEvent on an event never recorded");
+	return cudaSuccess;
+}
 
 cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, const void *f)
 {

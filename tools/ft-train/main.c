@@ -454,8 +454,9 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 		die_usage("--stage %s runs in one process on GPUs (no mpirun -np N with --device %s)",
 			  c->stage, c->device);
 	if (d && c->zero)
-		die_usage("--zero 1 is implemented on the CPU path; on GPUs run plain data parallel "
-			  "(mpirun -np N ft-train ... --device cuda)");
+		die_usage("--zero 1 is implemented on the CPU path only: the device keeps every AdamW "
+			  "moment beside its weights and steps them in one pass; run plain data parallel "
+			  "on GPUs (mpirun -np N ft-train ... --device cuda)");
 	/* one GPU per rank: the rank on this node picks it, unless named */
 	if (d && strchr(c->device, ':') == NULL) {
 		int ngpu = ft_device_cuda_count(NULL, 0);

@@ -1,0 +1,149 @@
+#!/usr/bin/env bats
+# mpirun -np 2 ft-train --device cuda: the NCCL path of data parallel
+# (lib/train/dist.c, lib/train/cuda_train.c, docs/DISTRIBUTED.md) on the
+# emulated device (FT_CUDA_LIB=build/libft_cuda_emu.so, docs/CUDA.md) with
+# the fake NCCL (FT_NCCL_LIB=build/libnccl_emu.so, tests/emu/fake_nccl.c:
+# NCCL's calls over POSIX shared memory, slots added in rank order).  The
+# real lib/cuda code and the real NCCL call sequence run; what a GPU and
+# real NCCL would add (timing, stream concurrency, NVLink) does not.
+#
+# Tolerances.  Against one emulated device with twice the accumulation:
+# the two ranks add the same four micro-batch gradients, (g0 + g2) + (g1 +
+# g3) against ((g0 + g1) + g2) + g3, the argument and the 1e-6 of
+# ft-train-mpi.bats (lr 1e-4, every number a float rounding apart; a wrong
+# share of batches or a missing sum moves losses by ~1e-2).  Against the
+# CPU's mpirun -np 2: the device's reductions and fused GEMMs against the
+# CPU's loops, the 1e-4 relative of ft-train-cuda-emu.bats for losses and
+# grad norms (measured there at most 7e-7, here 1e-7), and 1e-4 absolute
+# for the weights: AdamW moves an element by at most lr = 1e-4 a step, so
+# only an element whose near-cancelling gradient the two orders round
+# apart can approach it (measured 3.3e-6 for full, 2.4e-7 for LoRA); the
+# losses are what catches a wrong sum.  Repeated runs, and the fake
+# NCCL's sums, are deterministic: bit for bit.
+load helper
+
+MODEL="$FIXTURES/models/tiny-llama"
+EMU="$FT_ROOT/build/libft_cuda_emu.so"
+NCCL="$FT_ROOT/build/libnccl_emu.so"
+MAXDIFF="$FT_ROOT/build/tests/st_maxdiff"
+# two emulated devices: each rank drives the one of its local rank
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 FT_EMU_THREADS=1 FT_EMU_DEVICES=2
+
+setup() {
+	cd "$BATS_TEST_TMPDIR"
+	command -v mpirun >/dev/null || skip "mpirun is absent (apt-get install openmpi-bin libopenmpi-dev)"
+	[ -f "$FT_ROOT/build/libft_mpi.so" ] || skip "build/libft_mpi.so is not built (make with mpicc present)"
+	[ -f "$EMU" ] && [ -f "$NCCL" ] || skip "the emulated backend or fake NCCL is not built (make unit)"
+	[ -x "$MAXDIFF" ] || skip "build/tests/st_maxdiff is not built (make unit)"
+	command -v jq >/dev/null || skip "jq is not installed"
+	export FT_CUDA_LIB=$EMU FT_NCCL_LIB=$NCCL
+	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
+}
+mpi2() { timeout 300 mpirun --oversubscribe --allow-run-as-root -np 2 "$@"; }
+base() { echo --model_name_or_path "$MODEL" --train train.zst --logging_steps 1 --learning_rate 1e-4 \
+	--max_steps 4 --save_strategy no -q; }
+steady() { jq -c 'del(.elapsed_time, .remaining_time, .throughput, .device, .peak_memory_bytes)' "$1"; }
+# largest relative difference of loss and grad_norm over two logs, line by line
+rel_diff() {
+	paste <(jq -r '[.loss, .grad_norm] | map(. // 0) | @tsv' "$1") \
+	      <(jq -r '[.loss, .grad_norm] | map(. // 0) | @tsv' "$2") |
+		awk '{ for (i = 1; i <= 2; i++) { d = $i - $(i + 2); if (d < 0) d = -d
+		       m = $i < 0 ? -$i : $i; r = d / (m > 1e-30 ? m : 1e-30); if (r > w) w = r } }
+		     END { printf "%g\n", w + 0 }'
+}
+within() { awk -v x="$1" -v t="$2" 'BEGIN { exit !(x <= t) }'; }
+
+# nccl_parity FT FILE: 2 emulated GPUs (fake NCCL) against 1 emulated GPU,
+# against the CPU's 2 ranks, and against themselves with the sums after the
+# backward instead of beside it.  The device backward reports each layer's
+# gradients final (an event on the compute stream, then the hook) and the
+# communication thread issues that group's NCCL sums on the communication
+# stream while the backward goes on; FT_DIST_NO_OVERLAP=1 issues the same
+# calls after it.  Two ranks: each element is one float addition either
+# way, so bit for bit; a sum issued before its gradients were final would
+# read partial ones here (the emulation runs every call when made) and
+# differ.  The second run is also the rerun: the same bits again.
+nccl_parity() {
+	local ft=$1 file=$2
+	args=($(base) --finetuning_type "$ft" --gradient_checkpointing)
+	run --separate-stderr mpi2 ft-train "${args[@]}" -v --device cuda --gradient_accumulation_steps 2 \
+		--output_dir two
+	assert_success
+	[[ "$stderr" == *"the gradient sums of 4 steps ran beside the backward"* ]]
+	[[ "$(jq -r .ft.device two/trainer_state.json)" == "cuda:0 (ft host emulation, "* ]]
+	[ "$(jq .ft.world_size two/trainer_state.json)" = 2 ]
+	run ft-train "${args[@]}" --device cuda --gradient_accumulation_steps 4 --output_dir one
+	assert_success
+	[ "$(wc -l < one/trainer_log.jsonl)" = "$(wc -l < two/trainer_log.jsonl)" ]
+	d=$(rel_diff one/trainer_log.jsonl two/trainer_log.jsonl)
+	echo "# $ft: 2 emulated GPUs against 1: losses and grad norms within $d relative" >&3
+	within "$d" 1e-6
+	w=$("$MAXDIFF" "one/$file" "two/$file")
+	echo "# $ft: weights within $w" >&3
+	within "$w" 1e-6
+	run mpi2 ft-train "${args[@]}" --device cpu --gradient_accumulation_steps 2 --output_dir cpu
+	assert_success
+	d=$(rel_diff cpu/trainer_log.jsonl two/trainer_log.jsonl)
+	w=$("$MAXDIFF" "cpu/$file" "two/$file")
+	echo "# $ft: against the CPU's 2 ranks: within $d relative, weights within $w" >&3
+	within "$d" 1e-4
+	within "$w" 1e-4
+	run --separate-stderr mpi2 env FT_DIST_NO_OVERLAP=1 ft-train "${args[@]}" -v --device cuda \
+		--gradient_accumulation_steps 2 --output_dir after
+	assert_success
+	[[ "$stderr" != *"beside the backward"* ]]
+	cmp <(steady two/trainer_log.jsonl) <(steady after/trainer_log.jsonl)
+	cmp "two/$file" "after/$file"
+}
+
+@test "NCCL (emulated): 2 ranks x accumulation 2 == 1 device x 4 == CPU's 2 ranks, LoRA; beside the backward == after it" {
+	nccl_parity lora adapter_model.safetensors
+}
+
+@test "NCCL (emulated): 2 ranks x accumulation 2 == 1 device x 4 == CPU's 2 ranks, full; beside the backward == after it" {
+	nccl_parity full model.safetensors
+}
+
+@test "NCCL (emulated): an NCCL library that does not load is refused naming it" {
+	run mpi2 env FT_NCCL_LIB=/nonexistent/libnccl.so.2 ft-train $(base) --device cuda --output_dir out
+	assert_failure
+	assert_output --partial "/nonexistent/libnccl.so.2 does not load"
+}
+
+@test "NCCL (emulated): a hung rank is named after --ddp_timeout, as on the CPU path" {
+	run --separate-stderr env FT_DIST_TEST_FAULT=stop:1:3 timeout 120 mpirun --oversubscribe \
+		--allow-run-as-root -np 2 ft-train $(base) --device cuda --max_steps 100000 --output_dir out \
+		--ddp_timeout 2
+	assert_failure
+	[[ "$stderr" == *"ft-train: rank 0 of 2: rank 1 did not reach the gradient all-reduce of step 4 within 2 s (--ddp_timeout)"* ]]
+	run --separate-stderr env FT_DIST_TEST_FAULT=stop:0:3 timeout 120 mpirun --oversubscribe \
+		--allow-run-as-root -np 2 ft-train $(base) --device cuda --max_steps 100000 --output_dir out2 \
+		--ddp_timeout 2
+	assert_failure
+	[[ "$stderr" == *"ft-train: rank 1 of 2: the gradient all-reduce of step 4 has waited 2 s (--ddp_timeout): another rank died or hangs"* ]]
+}
+
+@test "NCCL (emulated): --zero 1 on GPUs is refused with the reason" {
+	run mpi2 ft-train $(base) --device cuda --zero 1 --output_dir out
+	assert_failure
+	assert_output --partial "--zero 1 is implemented on the CPU path only: the device keeps every AdamW moment"
+	[ ! -e out/trainer_log.jsonl ]
+}
+
+# 13 micro-batches in steps of 4: the last step has one, so rank 1 has
+# none: it zeroes its gradients and sums zeros after its (empty) backward
+# while rank 0's sums run beside its backward.
+@test "NCCL (emulated): a step in which one rank has no micro-batch matches one device" {
+	f=$FIXTURES/trainer/train.jsonl
+	(head -1 "$f" | jq -c '.meta.counts = {batches: 13, examples: 26, tokens: 360, label_tokens: 294,
+		pad_tokens: 56}'; sed -n 2,14p "$f") | ft-cat --encode > t13.zst
+	args=(--model_name_or_path "$MODEL" --train t13.zst --logging_steps 1 --learning_rate 1e-4 \
+		--num_train_epochs 1 --save_strategy no -q --device cuda --finetuning_type full)
+	run mpi2 ft-train "${args[@]}" --gradient_accumulation_steps 2 --output_dir two
+	assert_success
+	run ft-train "${args[@]}" --gradient_accumulation_steps 4 --output_dir one
+	assert_success
+	[ "$(jq -s 'map(select(.loss)) | length' two/trainer_log.jsonl)" = 4 ]
+	within "$(rel_diff one/trainer_log.jsonl two/trainer_log.jsonl)" 1e-6
+	within "$("$MAXDIFF" one/model.safetensors two/model.safetensors)" 1e-6
+}
