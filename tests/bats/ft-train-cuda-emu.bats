@@ -91,6 +91,18 @@ long_data() {
 	same_run "$QWEN3" 1e-4 --train train.zst --finetuning_type full
 }
 
+@test "emulated device QLoRA: 4-bit NF4 (double quantization), FP4 and 8-bit bases, with eval and checkpointing" {
+	sft_data
+	# the device dequantizes bnb's codes bit-equal to the CPU (test_quant_emu),
+	# so the runs differ only in summation order: 1e-4 as fp32 above.  8-bit
+	# trains through the dequantized weight; its eval is LLM.int8(), whose
+	# integer product is exact on both.
+	common=(--train train.zst --val val.zst --eval_steps 2 --finetuning_type lora --lora_target all)
+	same_run "$LLAMA" 1e-4 "${common[@]}" --quantization_bit 4
+	same_run "$LLAMA" 1e-4 "${common[@]}" --quantization_bit 4 --quantization_type fp4 --double_quantization false
+	same_run "$QWEN" 1e-4 "${common[@]}" --quantization_bit 8 --gradient_checkpointing
+}
+
 @test "emulated device, rows over the attention tile, 4 query heads per kv head: full + gradient checkpointing, neat packing, pt" {
 	long_data
 	same_run "$GQA4" 1e-4 --train long.zst --val longval.zst --eval_steps 2 --finetuning_type full \
