@@ -57,6 +57,7 @@ typedef struct {
 	size_t n;
 	int rows, cols;      /* matrices; rows = n, cols = 1 for vectors */
 	int pidx;            /* index into the view's params, -1 if none */
+	size_t poff;         /* first element within it (Phi-3's fused row blocks) */
 	float *hw, *hg;      /* the CPU model's weights and gradient */
 	int matrix;          /* stored in half in the bf16/f16 modes */
 	int unit;            /* on a unit's first tensor: the unit's size (tensors
@@ -197,7 +198,8 @@ int ft_cu_head_rmsnorm_forward(ft_cuda_model *dm, float *out, float *rstd, const
 int ft_cu_head_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float *dout,
 				const float *x, int ld, const float *w, const float *rstd,
 				int N, int H, int hd);
-/* In place on the H heads of each of N tokens (token stride ld). */
+/* In place on the H heads of each of N tokens (token stride ld), the
+ * first dm->v.rd values of each (partial rotary) with [N, rd/2] tables. */
 int ft_cu_rope(ft_cuda_model *dm, float *x, int ld, const float *cos_t, const float *sin_t,
 	       int N, int H, int hd, float sign);
 /* h [N, F] from gate, up (rows of stride ld); the backward may write dg,
@@ -276,6 +278,9 @@ int ft_cu_attn_inputs(ft_cuda_model *dm, int l, ft_dacts *a, int N);
  * the backward pass from the n rows dm->head_dx of d(lnf), placed at
  * rows dm->rows (distinct), through every layer that trains. */
 int ft_cu_forward_body(ft_cuda_model *dm, const ft_cuda_batch *b);
+/* model_fwd.cu: the RoPE tables of positions dm->h_pos[0..n) to cos_t,
+ * sin_t (infer.cu too: one construction of the tables). */
+int ft_cu_rope_upload(ft_cuda_model *dm, int n, int maxpos);
 int ft_cu_backward_body(ft_cuda_model *dm, const ft_cuda_batch *b, int n);
 
 /* ---- optim.cu ---- */

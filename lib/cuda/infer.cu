@@ -302,13 +302,8 @@ static int layer_step(ft_cuda_infer *c, int l, float *x, int n)
 static int upload_tokens(ft_cuda_infer *c, int n, int maxpos)
 {
 	ft_cuda_model *dm = c->dm;
-	const ft_cuda_view *v = &dm->v;
-	ft_rope_params rp = v->rope;
-	TRY(ft_rope_inv_freq(dm->h_inv, v->hd, &rp, maxpos + 1));
-	ft_rope_tables(dm->h_cos, dm->h_sin, dm->h_pos, n, dm->h_inv, v->hd);
-	size_t nh = (size_t)n * (v->hd / 2) * sizeof(float), ni = (size_t)n * sizeof(int32_t);
-	TRY(upload(dm, dm->cos_t, dm->h_cos, nh, "rope cos"));
-	TRY(upload(dm, dm->sin_t, dm->h_sin, nh, "rope sin"));
+	size_t ni = (size_t)n * sizeof(int32_t);
+	TRY(ft_cu_rope_upload(dm, n, maxpos));
 	TRY(upload(dm, dm->ids, dm->h_ids, ni, "token ids"));
 	TRY(upload(dm, c->mrow, c->h_mrow, ni, "cache rows"));
 	TRY(upload(dm, c->mpos, c->h_mpos, ni, "cache positions"));

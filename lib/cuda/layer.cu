@@ -95,7 +95,8 @@ static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, float *Y, const float
 		ft_dlora *lo = &d->lora[j];
 		if (!lo->on)
 			continue;
-		if (drop) {   /* A as stacked (half in the half modes), its own input */
+		if (drop && ft_cv_lora_owner(&g->c, i)) {   /* A as stacked (half in the
+							       half modes), its own input */
 			const float *xd;
 			ft_mat A = ft_cu_weight(dm, lo->A), xm;
 			TRY(lora_input(dm, l, j, x, (size_t)N * in, &xd));
@@ -159,26 +160,30 @@ static int lin_bwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
 	return 0;
 }
 
-/* The LoRA branches of a group: dB += scale dy^T h, and dL/dh = scale dy B
- * into the LoRA columns of dY (after h was read: dY may be Y). */
+/* The LoRA branches of a group: dB += scale dy^T h for every module,
+ * then dL/dh = scale dy B into the LoRA columns of dY (after every h was
+ * read: dY may be Y); Phi-3's members add theirs to the lead's hidden. */
 static int lora_bwd_group(ft_cuda_model *dm, int l, const ft_dgroup *g, const float *Y,
 			  float *dY, int N)
 {
 	ft_dlayer *d = &dm->layers[l];
 	int tot = g->c.tot;
-	for (int i = 0; i < g->c.n; i++) {
-		int j = g->c.js[i], out = dm->v.lin_out[j];
-		ft_dlora *lo = &d->lora[j];
-		if (!lo->on)
-			continue;
-		ft_mat dy = { dY + g->c.off[i], 0 }, h = { Y + g->c.loff[i], 0 };
-		ft_mat B = { lo->B->w, 0 };
-		if (lo->B->g)
-			TRY(ft_cu_gemm(dm, 1, 0, out, lo->r, N, lo->scale, dy, tot, h, tot, 1,
-				       lo->B->g, lo->r, "lora_B grad"));
-		TRY(ft_cu_gemm(dm, 0, 0, N, lo->r, out, lo->scale, dy, tot, B, lo->r, 0,
-			       dY + g->c.loff[i], tot, "lora dh"));
-	}
+	for (int pass = 0; pass < 2; pass++)
+		for (int i = 0; i < g->c.n; i++) {
+			int j = g->c.js[i], out = dm->v.lin_out[j];
+			ft_dlora *lo = &d->lora[j];
+			if (!lo->on)
+				continue;
+			ft_mat dy = { dY + g->c.off[i], 0 }, h = { Y + g->c.loff[i], 0 };
+			ft_mat B = { lo->B->w, 0 };
+			if (pass == 0 && lo->B->g)
+				TRY(ft_cu_gemm(dm, 1, 0, out, lo->r, N, lo->scale, dy, tot, h, tot, 1,
+					       lo->B->g, lo->r, "lora_B grad"));
+			if (pass == 1)
+				TRY(ft_cu_gemm(dm, 0, 0, N, lo->r, out, lo->scale, dy, tot, B, lo->r,
+					       ft_cv_lora_owner(&g->c, i) ? 0.0f : 1.0f,
+					       dY + g->c.loff[i], tot, "lora dh"));
+		}
 	return 0;
 }
 
@@ -193,7 +198,7 @@ static int lora_drop_bwd(ft_cuda_model *dm, int l, const ft_dgroup *g, ft_mat dy
 	for (int i = 0; i < g->c.n; i++) {
 		int j = g->c.js[i];
 		ft_dlora *lo = &d->lora[j];
-		if (!lo->on)
+		if (!lo->on || !ft_cv_lora_owner(&g->c, i))
 			continue;
 		const float *xd;
 		ft_mat hs = mat_at(dyo, g->c.loff[i]), A = ft_cu_weight(dm, lo->A), xm;
@@ -229,7 +234,8 @@ static int grads_group(ft_cuda_model *dm, int l, const ft_dgroup *g, ft_mat dyo,
 			       in, 1, g->ga, in, "stacked lora_A grad"));
 	for (int i = 0; i < g->c.n; i++) {
 		int j = g->c.js[i], out = dm->v.lin_out[j];
-		ft_dt *W = d->lin[j], *A = d->lora[j].on ? d->lora[j].A : NULL;
+		ft_dt *W = d->lin[j];
+		ft_dt *A = d->lora[j].on && ft_cv_lora_owner(&g->c, i) ? d->lora[j].A : NULL;
 		if (W->g && !g->gw)
 			TRY(ft_cu_gemm(dm, 1, 0, out, in, N, 1, mat_at(dyo, g->c.off[i]), tot, xo,
 				       in, 1, W->g, in, ft_cuda_view_lin_name(j)));

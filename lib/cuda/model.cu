@@ -43,9 +43,14 @@ static ft_dt *tensor(ft_cuda_model *dm, float *w, float *g, size_t n, int matrix
 	t->n = n;
 	t->matrix = matrix;
 	t->pidx = -1;
-	for (size_t i = 0; i < dm->v.nparams; i++)
-		if (dm->v.params[i].w == w)
+	/* a tensor is a parameter or (Phi-3's fused modules) a row block of one */
+	for (size_t i = 0; i < dm->v.nparams; i++) {
+		const ft_cv_param *p = &dm->v.params[i];
+		if (w >= p->w && w + n <= p->w + p->n) {
 			t->pidx = (int)i;
+			t->poff = (size_t)(w - p->w);
+		}
+	}
 	return t;
 }
 
@@ -146,8 +151,8 @@ static int bind_groups(ft_cuda_model *dm)
 			for (int i = 0; i < g->c.n; i++)
 				t[n++] = d->lin[g->c.js[i]];
 			nb = n;
-			for (int i = 0; i < g->c.n; i++)
-				if (d->lora[g->c.js[i]].on)
+			for (int i = 0; i < g->c.n; i++)   /* Phi-3: the lead's A once */
+				if (ft_cv_lora_owner(&g->c, i))
 					t[n++] = d->lora[g->c.js[i]].A;
 			if (!n || !t[0])
 				return ft_fail("internal: layer %d: a fused module has no weight", l);

@@ -44,6 +44,24 @@ static int upload(ft_cuda_model *dm, void *dst, const void *src, size_t bytes,
 	return 0;
 }
 
+/* The RoPE tables of the n positions dm->h_pos, as the CPU's forward
+ * body (lib/model/model_fwd.c) and rope_setup (lib/model/infer.c) make
+ * them: the rotary dim's frequencies for the largest position (dynamic,
+ * longrope), the attention factor (yarn, longrope). */
+int ft_cu_rope_upload(ft_cuda_model *dm, int n, int maxpos)
+{
+	const ft_cuda_view *c = &dm->v;
+	ft_rope_params rp = c->rope;
+	int rd = c->rd > 0 ? c->rd : c->hd;
+	TRY(ft_rope_inv_freq(dm->h_inv, rd, &rp, maxpos + 1));
+	ft_rope_tables(dm->h_cos, dm->h_sin, dm->h_pos, n, dm->h_inv, rd);
+	ft_rope_scale_tables(dm->h_cos, dm->h_sin, (size_t)n * (rd / 2), &rp);
+	size_t nh = (size_t)n * (rd / 2) * sizeof(float);
+	TRY(upload(dm, dm->cos_t, dm->h_cos, nh, "rope cos"));
+	TRY(upload(dm, dm->sin_t, dm->h_sin, nh, "rope sin"));
+	return 0;
+}
+
 static int forward_body(ft_cuda_model *dm, const ft_cuda_batch *b)
 {
 	const ft_cuda_view *c = &dm->v;
@@ -58,13 +76,7 @@ static int forward_body(ft_cuda_model *dm, const ft_cuda_batch *b)
 				maxpos = dm->h_pos[i];
 			dm->h_targets[i] = t + 1 < b->T && b->labels ? b->labels[i + 1] : -100;
 		}
-	ft_rope_params rp = c->rope;
-	TRY(ft_rope_inv_freq(dm->h_inv, c->hd, &rp, maxpos + 1));
-	ft_rope_tables(dm->h_cos, dm->h_sin, dm->h_pos, N, dm->h_inv, c->hd);
-	ft_rope_scale_tables(dm->h_cos, dm->h_sin, (size_t)N * (c->hd / 2), &rp);
-	size_t nh = (size_t)N * (c->hd / 2) * sizeof(float);
-	TRY(upload(dm, dm->cos_t, dm->h_cos, nh, "rope cos"));
-	TRY(upload(dm, dm->sin_t, dm->h_sin, nh, "rope sin"));
+	TRY(ft_cu_rope_upload(dm, N, maxpos));
 	memcpy(dm->h_ids, b->input_ids, (size_t)N * 4);
 	TRY(upload(dm, dm->ids, dm->h_ids, (size_t)N * 4, "input_ids"));
 	if (b->segment_ids) {

@@ -61,9 +61,21 @@ void ft_cuda_view_group(const ft_cuda_view *v, int l, int g, ft_cv_group *out)
 	out->tot = out->base;
 	for (int i = 0; i < out->n; i++) {
 		const ft_cv_lora *lo = &v->layers[l].lora[out->js[i]];
+		if (v->fused && i > 0) {   /* Phi-3: the lead's A, so its hidden */
+			out->loff[i] = out->loff[0];
+			continue;
+		}
 		out->loff[i] = lo->on ? out->tot : -1;
 		out->tot += lo->on ? lo->r : 0;
 	}
+}
+
+int ft_cv_lora_owner(const ft_cv_group *c, int i)
+{
+	for (int k = 0; k < i; k++)
+		if (c->loff[k] == c->loff[i])
+			return 0;
+	return c->loff[i] >= 0;
 }
 
 int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
@@ -79,9 +91,6 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 		return ft_fail("model shape not supported on CUDA: head_dim %d, %d heads, "
 			       "%d kv heads", c->head_dim, c->num_attention_heads,
 			       c->num_key_value_heads);
-	if (c->fused)
-		return ft_fail("Phi-3 models train on the CPU only for now (--device cpu): the CUDA "
-			       "model has no fused qkv_proj / gate_up_proj yet");
 	if (c->gemma)
 		return ft_fail("Gemma models train on the CPU only for now (--device cpu): the CUDA "
 			       "backend has no soft-capped attention, GeGLU or post norms yet");
@@ -90,6 +99,11 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 	v->Hk = c->num_key_value_heads; v->hd = c->head_dim;
 	v->window = c->sliding_window; v->eps = (float)c->rms_norm_eps;
 	v->qk_norm = c->qk_norm;
+	v->fused = c->fused;
+	v->rd = ftp_rotary_dim(c);
+	if (v->rd % 2 || v->rd > v->hd)
+		return ft_fail("model shape not supported on CUDA: rotary dim %d, head_dim %d",
+			       v->rd, v->hd);
 	for (int j = 0; j < L_NLIN; j++)
 		ftp_lin_dims(c, j, &v->lin_in[j], &v->lin_out[j]);
 	ftp_rope_params_of(c, &v->rope);
