@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define FTP_CUDA_ABI 6
+#define FTP_CUDA_ABI 7   /* 7: ft_cuda_attn_shape has scale, softcap */
 
 typedef struct {
 	int abi;

@@ -81,6 +81,7 @@ typedef struct {
 	ft_dt *ln1, *ln2, *lin[FT_CV_NLIN], *bias[3];
 	ft_dlora lora[FT_CV_NLIN];
 	ft_dt *qn, *kn;      /* q_norm, k_norm (Qwen3); NULL when absent */
+	ft_dt *ln3, *ln4;    /* Gemma's pre_/post_feedforward_layernorm */
 	ft_dgroup grp[FT_CV_NGROUP];
 } ft_dlayer;
 
@@ -90,6 +91,8 @@ typedef struct {
 					     LoRA hiddens of their modules */
 	float *lh[FT_CV_NLIN];            /* LoRA hiddens of o_proj, down_proj */
 	float *qn, *kn, *rstdq, *rstdk;   /* q, k after q_norm/k_norm (Qwen3) */
+	float *ao, *mo, *rstd_ao, *rstd_mo;   /* Gemma: attention and MLP outputs
+						 before their post norms */
 	/* attention's inputs, bound per layer (ft_cu_bind_qkv): columns of
 	 * qkv, or qn/kn; ld their token strides */
 	float *q, *k, *v;
@@ -125,6 +128,8 @@ struct ft_cuda_model {
 	float *xs;                     /* [(L+1), N, D] */
 	ft_dacts *acts;
 	float *cos_t, *sin_t, *lnf, *rstdf;
+	float *cos_l, *sin_l;          /* Gemma's sliding layers' RoPE tables */
+	float *norm_eff;               /* Gemma: 1 + weight of the norm in use */
 	int32_t *ids, *pos, *targets, *rows, *seg;
 	float *d_a, *d_b, *d_ln, *d_att, *dqkv, *dq, *dk, *hbuf, *dh,
 	      *tmp, *drop, *ddrop, *lhs, *head_x, *head_dx, *head_scratch;
@@ -146,7 +151,7 @@ struct ft_cuda_model {
 	/* host staging for a batch (pinned, one block) */
 	void *staging;
 	int32_t *h_pos, *h_targets, *h_rows, *h_tg2, *h_ids, *h_seg;
-	float *h_cos, *h_sin, *h_inv;
+	float *h_cos, *h_sin, *h_inv, *h_cosl, *h_sinl;
 	double *h_row_loss, *h_sumsq;
 };
 
@@ -282,6 +287,35 @@ int ft_cu_forward_body(ft_cuda_model *dm, const ft_cuda_batch *b);
  * sin_t (infer.cu too: one construction of the tables). */
 int ft_cu_rope_upload(ft_cuda_model *dm, int n, int maxpos);
 int ft_cu_backward_body(ft_cuda_model *dm, const ft_cuda_batch *b, int n);
+
+/* layer.cu, for gemma.cu: the pieces Gemma's layer shares with the
+ * Llama one.  lin_bwd / lin_bwd_group; the attention shape of layer l
+ * (its window, scale and soft-cap); layer l's RoPE tables; the
+ * attention backward from dm->d_att (dL/d att) down to dm->d_a += dL/dx_in
+ * through ln1 (norm weight w1: the one the forward used). */
+int ft_cu_lin_backward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
+		       const float *dy, const float *x, int N);
+int ft_cu_lin_backward_group(ft_cuda_model *dm, int l, int grp, const float *Y, float *dY,
+			     float *dx, const float *x, int N);
+ft_cu_attn ft_cu_attn_shape_of(const ft_cuda_model *dm, int l, const ft_cuda_batch *b);
+void ft_cu_layer_tables(const ft_cuda_model *dm, int l, const float **cs, const float **sn);
+int ft_cu_attn_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
+			const ft_cuda_batch *b, int need_dx);
+/* The weight a norm scales by: t's own, or (Gemma) 1 + t's in
+ * dm->norm_eff, valid until the next call (stream-ordered). */
+int ft_cu_norm_w(ft_cuda_model *dm, const ft_dt *t, int n, const float **w);
+
+/* ---- gemma.cu: Gemma 2 / 3 (mirrors lib/model/model_gemma.c) ---- */
+int ft_cu_gemma_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
+			      float *x_out, const ft_cuda_batch *b);
+int ft_cu_gemma_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
+			       const ft_cuda_batch *b, int need_dx);
+/* x = cap * tanh(x / cap) on n values (the final logits) */
+int ft_cu_softcap(ft_cuda_model *dm, float *x, size_t n, float cap);
+int ft_cu_geglu_forward(ft_cuda_model *dm, float *h, const float *g, const float *u, int ld,
+			int N, int F);
+int ft_cu_geglu_backward(ft_cuda_model *dm, float *dg, float *du, const float *dh,
+			 const float *g, const float *u, int ld, int N, int F);
 
 /* ---- optim.cu ---- */
 /* Parameters outside the model's tensors that step with them (rm's value

@@ -5,6 +5,7 @@
  * the host with the CPU's own functions and uploaded, so it is the same
  * by construction.  The layers are in layer.cu.
  */
+#include <math.h>
 #include <string.h>
 #include "cuda/common.cuh"
 
@@ -59,6 +60,15 @@ int ft_cu_rope_upload(ft_cuda_model *dm, int n, int maxpos)
 	size_t nh = (size_t)n * (rd / 2) * sizeof(float);
 	TRY(upload(dm, dm->cos_t, dm->h_cos, nh, "rope cos"));
 	TRY(upload(dm, dm->sin_t, dm->h_sin, nh, "rope sin"));
+	if (!c->gemma)
+		return 0;
+	/* Gemma's sliding layers: the default RoPE with their own base, in
+	 * staging of their own (the uploads above are asynchronous) */
+	ft_rope_params lp = c->rope_local;
+	TRY(ft_rope_inv_freq(dm->h_inv, rd, &lp, maxpos + 1));
+	ft_rope_tables(dm->h_cosl, dm->h_sinl, dm->h_pos, n, dm->h_inv, rd);
+	TRY(upload(dm, dm->cos_l, dm->h_cosl, nh, "sliding rope cos"));
+	TRY(upload(dm, dm->sin_l, dm->h_sinl, nh, "sliding rope sin"));
 	return 0;
 }
 
@@ -84,13 +94,17 @@ static int forward_body(ft_cuda_model *dm, const ft_cuda_batch *b)
 		TRY(upload(dm, dm->seg, dm->h_seg, (size_t)N * 4, "segment_ids"));
 	}
 	TRY(ft_cu_embedding_forward(dm, dm->xs, dm->ids, dm->wte, N, D));
+	if (c->gemma)   /* embeddings times sqrt(hidden), in float32 as the CPU */
+		TRY(ft_cu_scale(dm, dm->xs, (float)sqrt((double)D), (size_t)N * D));
 	for (int l = 0; l < L; l++) {
 		ft_dacts *a = &dm->acts[c->gradient_checkpointing ? 0 : l];
 		TRY(ft_cu_layer_forward(dm, l, a, dm->xs + (size_t)l * N * D,
 				  dm->xs + (size_t)(l + 1) * N * D, b));
 	}
-	TRY(ft_cu_rmsnorm_forward(dm, dm->lnf, dm->rstdf, dm->xs + (size_t)L * N * D,
-				  dm->norm->w, N, D, c->eps));
+	const float *wf;
+	TRY(ft_cu_norm_w(dm, dm->norm, D, &wf));
+	TRY(ft_cu_rmsnorm_forward(dm, dm->lnf, dm->rstdf, dm->xs + (size_t)L * N * D, wf, N, D,
+				  c->eps));
 	return 0;
 }
 
@@ -154,8 +168,10 @@ static int backward_body(ft_cuda_model *dm, const ft_cuda_batch *b, int n)
 	TRY(ft_cu_zero(dm, dm->d_ln, nd));
 	TRY(ft_cu_scatter_rows(dm, dm->d_ln, dm->head_dx, dm->rows, n, D));
 	TRY(ft_cu_zero(dm, dm->d_a, nd));
+	const float *wf;
+	TRY(ft_cu_norm_w(dm, dm->norm, D, &wf));
 	TRY(ft_cu_rmsnorm_backward(dm, dm->d_a, dm->norm->g, dm->d_ln, dm->xs + (size_t)L * N * D,
-				   dm->norm->w, dm->rstdf, N, D));
+				   wf, dm->rstdf, N, D));
 	for (int l = L - 1; l >= stop; l--) {
 		const float *x_in = dm->xs + (size_t)l * N * D;
 		ft_dacts *a = &dm->acts[c->gradient_checkpointing ? 0 : l];
@@ -163,6 +179,8 @@ static int backward_body(ft_cuda_model *dm, const ft_cuda_batch *b, int n)
 			TRY(ft_cu_layer_forward(dm, l, a, x_in, dm->d_b, b));
 		TRY(ft_cu_layer_backward(dm, l, a, x_in, b, l > stop || emb));
 	}
+	if (emb && c->gemma)   /* through the sqrt(hidden) scale */
+		TRY(ft_cu_scale(dm, dm->d_a, (float)sqrt((double)D), (size_t)N * D));
 	if (emb)
 		TRY(ft_cu_embedding_backward(dm, dm->wte->g, dm->d_a, dm->ids, N, D));
 	ft_cu_sample_peak(dm);

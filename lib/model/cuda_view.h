@@ -34,7 +34,7 @@ typedef struct {
 	ft_cv_wg ln1, ln2, lin[FT_CV_NLIN], bias[3];
 	ft_cv_lora lora[FT_CV_NLIN];
 	ft_cv_wg qn, kn;    /* q_norm, k_norm [hd] (Qwen3), w NULL when absent */
-	ft_cv_wg ln3, ln4;  /* Gemma (not on the GPU yet: ft_cuda_view_of refuses it) */
+	ft_cv_wg ln3, ln4;  /* Gemma: pre_/post_feedforward_layernorm */
 } ft_cv_layer;
 
 typedef struct {
@@ -52,6 +52,14 @@ typedef struct {
 				   tensor each, LoRA on the fused module (one A,
 				   B's row blocks: its members share one hidden) */
 	int rd;                 /* the rotary dim (< hd: partial rotary) */
+	/* Gemma (2 or 3; 0 otherwise): RMSNorms times (1 + weight), post
+	 * norms (ln3, ln4), GeGLU, embeddings times sqrt(D), scores times
+	 * attn_scale and soft-capped (0: off), final logits soft-capped,
+	 * the layers of bit l of `sliding` windowed with rope_local's RoPE */
+	int gemma;
+	float attn_scale, attn_softcap, final_softcap;
+	uint64_t sliding[4];
+	ft_rope_params rope_local;
 	int lin_in[FT_CV_NLIN], lin_out[FT_CV_NLIN];
 	ft_rope_params rope;
 	int full;               /* finetuning type full (embedding trains) */
@@ -94,6 +102,8 @@ int ft_cuda_view_of(struct ft_model *m, ft_cuda_view *v);
 void ft_cuda_view_free(ft_cuda_view *v);
 /* Group g (FT_CV_NGROUP) of layer l, from the view's shapes and LoRA. */
 void ft_cuda_view_group(const ft_cuda_view *v, int l, int g, ft_cv_group *out);
+/* Whether layer l is one of Gemma's sliding-window layers. */
+int ft_cuda_view_sliding(const ft_cuda_view *v, int l);
 /* Whether module i of group c computes its LoRA hidden (no earlier
  * member shares it). */
 int ft_cv_lora_owner(const ft_cv_group *c, int i);
