@@ -231,6 +231,15 @@ build/emu/%.o: %.cc
 $(EMU_CUDA): $(EMU_OBJ)
 	$(CXX) -shared -o $@ $^ -Wl,-Bsymbolic -lopenblas -lpthread
 -include $(EMU_OBJ:.o=.d)
+# The emulation's own checks (tests/emu/check_runtime.cc): emu.h, the
+# runtime and cuBLAS shims in one ASan binary.
+EMU_RT_TEST := build/asan/tests/test_cuda_emu_runtime
+unit: $(EMU_RT_TEST)
+$(EMU_RT_TEST): tests/emu/check_runtime.cc tests/emu/cuda_runtime_emu.cc tests/emu/cublas_emu.cc \
+		tests/emu/emu.h $(wildcard tests/emu/include/*.h) tests/unit/tap.h build/asan/libft.a
+	@mkdir -p $(@D)
+	$(CXX) -std=c++17 $(WARN) $(OPT) -g -O1 $(SAN) -I tests/emu/include -I tests/emu -I lib \
+		-iquote lib -iquote tests/unit $(filter %.cc,$^) build/asan/libft.a $(LDLIBS) -pthread -o $@
 # tests/gpu's device checks against the emulated backend (docs/CUDA.md):
 # several CPU minutes, so not part of `make test`.
 EMU_GPU_TESTS := build/emu-gpu/test_gpu_parity build/emu-gpu/test_gpu_generate

@@ -102,9 +102,9 @@ long_data() {
 	same_run "$GQA4" 1e-4 --stage pt --train pt.zst --finetuning_type lora
 }
 
-@test "emulated device resume: bit-identical to the uninterrupted device run (lora with dropout, full)" {
+@test "emulated device resume: bit-identical to the uninterrupted device run (lora with dropout, full, full --fp16)" {
 	sft_data
-	for ft in lora full; do
+	for ft in lora full "full --fp16"; do
 		args=(--model_name_or_path "$LLAMA" --train train.zst --device cuda --finetuning_type $ft
 		      --lora_dropout 0.1 --learning_rate 5e-3 --max_steps 6 --gradient_accumulation_steps 2
 		      --max_grad_norm 0.5 --lr_scheduler_type cosine --warmup_steps 2 --logging_steps 1

@@ -1,13 +1,22 @@
 /* cublas_emu.cc - cuBLAS of the host emulation (include/cublas_v2.h):
  * column-major products by cblas_sgemm in fp32, the half operands widened
  * to fp32 first (exact), arguments checked as cuBLAS checks them. */
-#include <cblas.h>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
 #include "cublas_v2.h"
 #include "cuda_bf16.h"
 #include "cuda_fp16.h"
+
+/* OpenBLAS's cblas_sgemm, declared here as lib/model/layers.c does (Debian's
+ * <cblas.h> may be netlib's); LP64 ints. */
+extern "C" {
+enum CBLAS_ORDER { CblasColMajor = 102 };
+enum CBLAS_TRANSPOSE { CblasNoTrans = 111, CblasTrans = 112 };
+void cblas_sgemm(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb,
+		 int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+		 int ldb, float beta, float *C, int ldc);
+}
 
 struct ft_emu_cublas { cudaStream_t s; };
 

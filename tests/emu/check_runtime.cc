@@ -1,0 +1,252 @@
+/* check_runtime.cc - the host emulation's own checks (built as
+ * build/asan/tests/test_cuda_emu_runtime): that emu.h runs what CUDA
+ * would (2D blocks and grids, the shuffles' lane arithmetic, warp and
+ * block barriers, atomics across concurrent blocks, poisoned shared and
+ * device memory) and that the runtime and cuBLAS shims refuse what the
+ * real ones refuse (bad launch shapes, shared memory without the opt-in,
+ * copies whose pointers are not where their kind says, a leading
+ * dimension below the rows), and that a divergent __syncthreads or a host
+ * pointer given to a kernel aborts.  Without these the parity tests on
+ * the emulated backend could pass over an emulator that hides bugs. */
+#include <sys/wait.h>
+#include <unistd.h>
+#include <csignal>
+#include "cuda_runtime.h"
+#include "cublas_v2.h"
+#include "cuda_bf16.h"
+extern "C" {
+#include "tap.h"
+}
+
+static __global__ void ids_k(int *out)
+{
+	unsigned b = (blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+	unsigned t = (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+	unsigned nt = blockDim.x * blockDim.y * blockDim.z;
+	out[b * nt + t] = (int)(b * 10000 + threadIdx.z * 100 + threadIdx.y * 10 + threadIdx.x);
+}
+
+static __global__ void shfl_k(float *out)
+{
+	float v = (float)threadIdx.x;
+	float x = __shfl_xor_sync(0xffffffffu, v, 1, 8);
+	float d = __shfl_down_sync(0xffffffffu, v, 3, 16);
+	float s = __shfl_sync(0xffffffffu, v, 5, 32);
+	out[threadIdx.x * 3] = x;
+	out[threadIdx.x * 3 + 1] = d;
+	out[threadIdx.x * 3 + 2] = s;
+}
+
+/* a block sum through shared memory and barriers */
+static __global__ void sum_k(float *out, const float *in)
+{
+	__shared__ float sh[512];
+	sh[threadIdx.x] = in[blockIdx.x * blockDim.x + threadIdx.x];
+	__syncthreads();
+	for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+		if (threadIdx.x < s)
+			sh[threadIdx.x] += sh[threadIdx.x + s];
+		__syncthreads();
+	}
+	if (threadIdx.x == 0)
+		out[blockIdx.x] = sh[0];
+}
+
+static __global__ void count_k(int *n) { atomicAdd(n, 1); }
+
+static __global__ void smem_k(float *out)
+{
+	FA_DYNAMIC_SMEM(sm);
+	if (threadIdx.x == 0)
+		out[blockIdx.x] = sm[1];   /* never written: the poison */
+	__syncthreads();
+	sm[threadIdx.x] = 1;
+}
+
+/* Threads 0-9 wait at a __syncthreads the rest of their warp never
+ * reaches (a thread that returned would count as arrived). */
+static __global__ void divergent_k(float *out)
+{
+	if (threadIdx.x < 10)
+		__syncthreads();
+	else
+		__syncwarp();
+	out[threadIdx.x] = 0;
+}
+
+/* Runs f in a child; whether it died of SIGABRT. */
+template <typename F> static bool aborts(F f)
+{
+	fflush(stdout);
+	pid_t p = fork();
+	if (p == 0) {
+		freopen("/dev/null", "w", stderr);
+		f();
+		_exit(0);
+	}
+	int st = 0;
+	waitpid(p, &st, 0);
+	return WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT;
+}
+
+static void test_launch_shapes(void)
+{
+	int *d = NULL, h[2 * 3 * 4 * 2];
+	cudaMalloc(&d, sizeof h);
+	FT_EMU_LAUNCH(ids_k, dim3(2, 3), dim3(4, 2), 0, 0)(d);
+	cudaMemcpy(h, d, sizeof h, cudaMemcpyDeviceToHost);
+	bool good = cudaGetLastError() == cudaSuccess;
+	for (int b = 0; b < 6; b++)
+		for (int t = 0; t < 8; t++)
+			good &= h[b * 8 + t] == b * 10000 + (t / 4) * 10 + t % 4;
+	ok(good, "2D grid of 2D blocks: blockIdx, threadIdx, gridDim, blockDim as CUDA's");
+	FT_EMU_LAUNCH(ids_k, dim3(1), dim3(1025), 0, 0)(d);
+	ok(cudaGetLastError() == cudaErrorInvalidConfiguration, "1025 threads per block refused");
+	FT_EMU_LAUNCH(ids_k, dim3(1, 70000), dim3(32), 0, 0)(d);
+	ok(cudaGetLastError() == cudaErrorInvalidConfiguration, "grid.y 70000 refused");
+	ok(cudaGetLastError() == cudaSuccess, "cudaGetLastError clears the error");
+	cudaFree(d);
+}
+
+static void test_shuffles(void)
+{
+	float *d, h[64 * 3];
+	cudaMalloc(&d, sizeof h);
+	FT_EMU_LAUNCH(shfl_k, 1, 64, 0, 0)(d);
+	cudaMemcpy(h, d, sizeof h, cudaMemcpyDeviceToHost);
+	bool good = true;
+	for (int t = 0; t < 64; t++) {
+		int lane = t % 32, base = t - lane;
+		int dn = lane % 16 + 3 < 16 ? t + 3 : t;
+		good &= h[t * 3] == (float)(t ^ 1) && h[t * 3 + 1] == (float)dn &&
+			h[t * 3 + 2] == (float)(base + 5);
+	}
+	ok(good, "__shfl_xor_sync (width 8), __shfl_down_sync (width 16), __shfl_sync: CUDA's lanes");
+	cudaFree(d);
+}
+
+static void test_barriers_atomics(void)
+{
+	const int B = 6, T = 512;
+	float *in, *out, h[B * T], r[B];
+	int *n, hn = 0;
+	for (int i = 0; i < B * T; i++)
+		h[i] = (float)(i % 7);
+	cudaMalloc(&in, sizeof h);
+	cudaMalloc(&out, sizeof r);
+	cudaMalloc(&n, sizeof(int));
+	cudaMemcpy(in, h, sizeof h, cudaMemcpyHostToDevice);
+	FT_EMU_LAUNCH(sum_k, B, T, 0, 0)(out, in);
+	cudaMemcpy(r, out, sizeof r, cudaMemcpyDeviceToHost);
+	bool good = true;
+	for (int b = 0; b < B; b++) {
+		double s = 0;
+		for (int i = 0; i < T; i++)
+			s += h[b * T + i];
+		good &= r[b] == (float)s;
+	}
+	ok(good, "block tree sums of 512 threads over 6 blocks (barriers in a loop)");
+	cudaMemset(n, 0, sizeof(int));
+	FT_EMU_LAUNCH(count_k, 40, 256, 0, 0)(n);
+	cudaMemcpy(&hn, n, sizeof hn, cudaMemcpyDeviceToHost);
+	ok(hn == 40 * 256, "atomicAdd from 40 blocks on the pool's threads: %d", hn);
+	cudaFree(in), cudaFree(out), cudaFree(n);
+}
+
+static void test_memory(void)
+{
+	float *d, h[4] = { 1, 2, 3, 4 }, g[4];
+	size_t fr0, fr1, tot;
+	cudaMemGetInfo(&fr0, &tot);
+	cudaMalloc(&d, sizeof h);
+	cudaMemGetInfo(&fr1, &tot);
+	ok(fr0 - fr1 == sizeof h, "cudaMemGetInfo: the allocation is no longer free");
+	cudaMemcpy(g, d, sizeof g, cudaMemcpyDeviceToHost);
+	ok(std::isnan(g[0]) && std::isnan(g[3]), "fresh device memory reads as NaN");
+	ok(cudaMemcpy(h, d, sizeof h, cudaMemcpyHostToDevice) == cudaErrorInvalidValue,
+	   "a host-to-device copy with its pointers swapped is refused");
+	ok(cudaMemcpy(d, h, 2 * sizeof h, cudaMemcpyHostToDevice) == cudaErrorInvalidValue,
+	   "a copy past the end of its allocation is refused");
+	ok(cudaMemcpy(d, h, sizeof h, cudaMemcpyHostToDevice) == cudaSuccess &&
+	   cudaMemcpy(g, d, sizeof g, cudaMemcpyDeviceToHost) == cudaSuccess && g[2] == 3,
+	   "copies there and back");
+	float *o;
+	cudaMalloc(&o, 2 * sizeof(float));
+	FT_EMU_LAUNCH(smem_k, 2, 128, 64 << 10, 0)(o);
+	ok(cudaGetLastError() == cudaErrorInvalidValue, "64 KiB of dynamic shared memory without the opt-in refused");
+	cudaFuncSetAttribute((const void *)smem_k, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 << 10);
+	FT_EMU_LAUNCH(smem_k, 2, 128, 64 << 10, 0)(o);
+	cudaMemcpy(g, o, 2 * sizeof(float), cudaMemcpyDeviceToHost);
+	ok(cudaGetLastError() == cudaSuccess && std::isnan(g[0]) && std::isnan(g[1]),
+	   "after cudaFuncSetAttribute: runs, every block's shared memory starts as NaN");
+	ok(aborts([&] { FT_EMU_LAUNCH(smem_k, 1, 32, 0, 0)(h); }),
+	   "a host pointer given to a kernel aborts");
+	ok(aborts([&] { FT_EMU_LAUNCH(divergent_k, 1, 64, 0, 0)(o); }),
+	   "a __syncthreads only some threads reach aborts");
+	cudaFree(d), cudaFree(o);
+}
+
+static void test_cublas(void)
+{
+	const int M = 5, N = 3, K = 4;
+	float A[M * K], B[K * N], C[M * N], R[M * N], *dA, *dB, *dC;
+	for (int i = 0; i < M * K; i++)
+		A[i] = (float)((i * 7) % 5) - 2.f;
+	for (int i = 0; i < K * N; i++)
+		B[i] = (float)((i * 3) % 4) - 1.5f;
+	cudaMalloc(&dA, sizeof A), cudaMalloc(&dB, sizeof B), cudaMalloc(&dC, sizeof C);
+	cudaMemcpy(dA, A, sizeof A, cudaMemcpyHostToDevice);
+	cudaMemcpy(dB, B, sizeof B, cudaMemcpyHostToDevice);
+	cublasHandle_t h;
+	cublasCreate(&h);
+	float one = 1, zero = 0;
+	/* column-major C[M,N] = A[M,K] B[K,N] */
+	cublasStatus_t s = cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, M, N, K, &one, dA, M, dB, K,
+				       &zero, dC, M);
+	cudaMemcpy(C, dC, sizeof C, cudaMemcpyDeviceToHost);
+	bool good = s == CUBLAS_STATUS_SUCCESS;
+	for (int j = 0; j < N; j++)
+		for (int i = 0; i < M; i++) {
+			float r = 0;
+			for (int k = 0; k < K; k++)
+				r += A[k * M + i] * B[j * K + k];
+			R[j * M + i] = r;
+			good &= C[j * M + i] == r;
+		}
+	ok(good, "cublasSgemm column-major: exact on small integers");
+	ok(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, M, N, K, &one, dA, M - 1, dB, K, &zero, dC, M) ==
+	   CUBLAS_STATUS_INVALID_VALUE, "lda below the rows of A: CUBLAS_STATUS_INVALID_VALUE");
+	ok(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, M, N, K, &one, A, M, dB, K, &zero, dC, M) ==
+	   CUBLAS_STATUS_INVALID_VALUE, "a host operand: CUBLAS_STATUS_INVALID_VALUE");
+	/* bf16 operands: these values are exact in bf16, so the product is */
+	uint16_t hA[M * K], hB[K * N];
+	for (int i = 0; i < M * K; i++)
+		hA[i] = __float2bfloat16_rn(A[i]).__x;
+	for (int i = 0; i < K * N; i++)
+		hB[i] = __float2bfloat16_rn(B[i]).__x;
+	uint16_t *bA, *bB;
+	cudaMalloc(&bA, sizeof hA), cudaMalloc(&bB, sizeof hB);
+	cudaMemcpy(bA, hA, sizeof hA, cudaMemcpyHostToDevice);
+	cudaMemcpy(bB, hB, sizeof hB, cudaMemcpyHostToDevice);
+	s = cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, M, N, K, &one, bA, CUDA_R_16BF, M, bB,
+			 CUDA_R_16BF, K, &zero, dC, CUDA_R_32F, M, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+	cudaMemcpy(C, dC, sizeof C, cudaMemcpyDeviceToHost);
+	good = s == CUBLAS_STATUS_SUCCESS && !memcmp(C, R, sizeof C);
+	ok(good, "cublasGemmEx bf16 x bf16 -> fp32");
+	ok(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, M, N, K, &one, bA, CUDA_R_16BF, M, bB,
+			CUDA_R_16BF, K, &zero, dC, CUDA_R_32F, M, CUBLAS_COMPUTE_32F_FAST_TF32,
+			CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_NOT_SUPPORTED,
+	   "half inputs with TF32 compute: CUBLAS_STATUS_NOT_SUPPORTED");
+	cublasDestroy(h);
+	cudaFree(dA), cudaFree(dB), cudaFree(dC), cudaFree(bA), cudaFree(bB);
+}
+
+int main(void)
+{
+	test_launch_shapes();
+	test_shuffles();
+	test_barriers_atomics();
+	test_memory();
+	test_cublas();
+	return tap_done();
+}
