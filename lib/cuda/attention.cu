@@ -115,7 +115,8 @@ static fa_args<E> args_of(const ft_cu_attn *s, const ft_cu_attn_ld *ld)
 	p.Hk = s->Hk;
 	p.hd = s->hd;
 	p.window = s->window;
-	p.scale = 1.0f / sqrtf((float)s->hd);
+	p.scale = s->scale > 0 ? s->scale : 1.0f / sqrtf((float)s->hd);
+	p.softcap = s->softcap;
 	int qd = s->Hq * s->hd, kd = s->Hk * s->hd;
 	p.ldq = ld && ld->q ? ld->q : qd;
 	p.ldk = ld && ld->k ? ld->k : kd;

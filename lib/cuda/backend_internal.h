@@ -25,8 +25,9 @@ extern "C" {
 
 /* 7: ft_cuda_batch.lengths, ft_cuda_attn_shape.len (key padding);
  * 8: ft_cuda_view carries the quantized linears (QLoRA);
- * 9: the gradient groups of the data-parallel overlap */
-#define FTP_CUDA_ABI 9
+ * 9: the gradient groups of the data-parallel overlap;
+ * 10: ft_cuda_attn_shape has scale, softcap (Gemma) */
+#define FTP_CUDA_ABI 10
 
 typedef struct {
 	int abi;

@@ -58,6 +58,7 @@ typedef struct {
 	size_t n;
 	int rows, cols;      /* matrices; rows = n, cols = 1 for vectors */
 	int pidx;            /* index into the view's params, -1 if none */
+	size_t poff;         /* first element within it (Phi-3's fused row blocks) */
 	float *hw, *hg;      /* the CPU model's weights and gradient */
 	int matrix;          /* stored in half in the bf16/f16 modes */
 	int unit;            /* on a unit's first tensor: the unit's size (tensors
@@ -82,6 +83,7 @@ typedef struct {
 	ft_dt *ln1, *ln2, *lin[FT_CV_NLIN], *bias[3];
 	ft_dlora lora[FT_CV_NLIN];
 	ft_dt *qn, *kn;      /* q_norm, k_norm (Qwen3); NULL when absent */
+	ft_dt *ln3, *ln4;    /* Gemma's pre_/post_feedforward_layernorm */
 	ft_dgroup grp[FT_CV_NGROUP];
 	/* QLoRA (quant.cu): the base linears quantized, lin[j] NULL; the
 	 * fused groups then run module by module (grp[].wf unused) */
@@ -95,6 +97,8 @@ typedef struct {
 					     LoRA hiddens of their modules */
 	float *lh[FT_CV_NLIN];            /* LoRA hiddens of o_proj, down_proj */
 	float *qn, *kn, *rstdq, *rstdk;   /* q, k after q_norm/k_norm (Qwen3) */
+	float *ao, *mo, *rstd_ao, *rstd_mo;   /* Gemma: attention and MLP outputs
+						 before their post norms */
 	/* attention's inputs, bound per layer (ft_cu_bind_qkv): columns of
 	 * qkv, or qn/kn; ld their token strides */
 	float *q, *k, *v;
@@ -130,6 +134,8 @@ struct ft_cuda_model {
 	float *xs;                     /* [(L+1), N, D] */
 	ft_dacts *acts;
 	float *cos_t, *sin_t, *lnf, *rstdf;
+	float *cos_l, *sin_l;          /* Gemma's sliding layers' RoPE tables */
+	float *norm_eff;               /* Gemma: 1 + weight of the norm in use */
 	int32_t *ids, *pos, *targets, *rows, *seg, *lens;   /* lens: [B] row lengths */
 	float *d_a, *d_b, *d_ln, *d_att, *dqkv, *dq, *dk, *hbuf, *dh,
 	      *tmp, *drop, *ddrop, *lhs, *head_x, *head_dx, *head_scratch;
@@ -159,7 +165,7 @@ struct ft_cuda_model {
 	/* host staging for a batch (pinned, one block) */
 	void *staging;
 	int32_t *h_pos, *h_targets, *h_rows, *h_tg2, *h_ids, *h_seg, *h_lens;
-	float *h_cos, *h_sin, *h_inv;
+	float *h_cos, *h_sin, *h_inv, *h_cosl, *h_sinl;
 	double *h_row_loss, *h_sumsq;
 	/* data parallel beside the backward (optim.cu): the hook, the
 	 * communication stream, an event per gradient group (index group + 1)
@@ -219,7 +225,8 @@ int ft_cu_head_rmsnorm_forward(ft_cuda_model *dm, float *out, float *rstd, const
 int ft_cu_head_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float *dout,
 				const float *x, int ld, const float *w, const float *rstd,
 				int N, int H, int hd);
-/* In place on the H heads of each of N tokens (token stride ld). */
+/* In place on the H heads of each of N tokens (token stride ld), the
+ * first dm->v.rd values of each (partial rotary) with [N, rd/2] tables. */
 int ft_cu_rope(ft_cuda_model *dm, float *x, int ld, const float *cos_t, const float *sin_t,
 	       int N, int H, int hd, float sign);
 /* h [N, F] from gate, up (rows of stride ld); the backward may write dg,
@@ -303,6 +310,9 @@ int ft_cu_attn_inputs(ft_cuda_model *dm, int l, ft_dacts *a, int N);
  * the backward pass from the n rows dm->head_dx of d(lnf), placed at
  * rows dm->rows (distinct), through every layer that trains. */
 int ft_cu_forward_body(ft_cuda_model *dm, const ft_cuda_batch *b);
+/* model_fwd.cu: the RoPE tables of positions dm->h_pos[0..n) to cos_t,
+ * sin_t (infer.cu too: one construction of the tables). */
+int ft_cu_rope_upload(ft_cuda_model *dm, int n, int maxpos);
 int ft_cu_backward_body(ft_cuda_model *dm, const ft_cuda_batch *b, int n);
 
 /* ---- quant.cu: QLoRA's base linears ---- */
@@ -318,6 +328,35 @@ int ft_cu_qlin_forward(ft_cuda_model *dm, const ft_cu_qweight *q, float *y, int 
 /* dx [N, in] += dy W; dyo: dy as the operand, row stride lddy. */
 int ft_cu_qlin_backward(ft_cuda_model *dm, const ft_cu_qweight *q, float *dx, ft_mat dyo,
 			int lddy, int N, const char *what);
+
+/* layer.cu, for gemma.cu: the pieces Gemma's layer shares with the
+ * Llama one.  lin_bwd / lin_bwd_group; the attention shape of layer l
+ * (its window, scale and soft-cap); layer l's RoPE tables; the
+ * attention backward from dm->d_att (dL/d att) down to dm->d_a += dL/dx_in
+ * through ln1 (norm weight w1: the one the forward used). */
+int ft_cu_lin_backward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
+		       const float *dy, const float *x, int N);
+int ft_cu_lin_backward_group(ft_cuda_model *dm, int l, int grp, const float *Y, float *dY,
+			     float *dx, const float *x, int N);
+ft_cu_attn ft_cu_attn_shape_of(const ft_cuda_model *dm, int l, const ft_cuda_batch *b);
+void ft_cu_layer_tables(const ft_cuda_model *dm, int l, const float **cs, const float **sn);
+int ft_cu_attn_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
+			const ft_cuda_batch *b, int need_dx);
+/* The weight a norm scales by: t's own, or (Gemma) 1 + t's in
+ * dm->norm_eff, valid until the next call (stream-ordered). */
+int ft_cu_norm_w(ft_cuda_model *dm, const ft_dt *t, int n, const float **w);
+
+/* ---- gemma.cu: Gemma 2 / 3 (mirrors lib/model/model_gemma.c) ---- */
+int ft_cu_gemma_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
+			      float *x_out, const ft_cuda_batch *b);
+int ft_cu_gemma_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
+			       const ft_cuda_batch *b, int need_dx);
+/* x = cap * tanh(x / cap) on n values (the final logits) */
+int ft_cu_softcap(ft_cuda_model *dm, float *x, size_t n, float cap);
+int ft_cu_geglu_forward(ft_cuda_model *dm, float *h, const float *g, const float *u, int ld,
+			int N, int F);
+int ft_cu_geglu_backward(ft_cuda_model *dm, float *dg, float *du, const float *dh,
+			 const float *g, const float *u, int ld, int N, int F);
 
 /* ---- optim.cu ---- */
 /* Parameters outside the model's tensors that step with them (rm's value

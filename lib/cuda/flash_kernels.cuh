@@ -60,6 +60,23 @@ static __device__ __forceinline__ void dots(float *out, const float *a, const fl
 		out[j] = r[j];
 }
 
+/* A score after the scale (and the soft-cap), as ft_attention_forward:
+ * cap * tanh(s / cap) when cap > 0. */
+static __device__ __forceinline__ float fa_score(float s, float cap)
+{
+	return cap > 0 ? ft_k_softcap(s, cap) : s;
+}
+
+/* dS through the cap: dS (1 - tanh^2), tanh from the uncapped score as
+ * ft_attention_backward computes it. */
+static __device__ __forceinline__ float fa_ds_capped(float ds, float s, float cap)
+{
+	if (!(cap > 0))
+		return ds;
+	float th = tanhf(s / cap);
+	return ds * (1 - th * th);
+}
+
 template <typename E> struct fa_args {
 	const E *q, *k, *v, *o, *dout;
 	E *out, *dq, *dk, *dv;
@@ -68,6 +85,7 @@ template <typename E> struct fa_args {
 	const int32_t *len;              /* [B] real lengths (HF's attention_mask) or NULL */
 	int T, Hq, Hk, hd, window;
 	float scale;
+	float softcap;                   /* > 0: Gemma 2's attn_logit_softcapping */
 	/* token strides: q, k, v as read (their columns of the fused q|k|v
 	 * buffer), dq, dk, dv as written; o, out, dout are [B*T, Hq*hd] */
 	int ldq, ldk, ldv, lddq, lddk, lddv;
@@ -131,7 +149,7 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_fwd_k(fa_args<E> p)
 			int c = lane + FA_LANES * j;
 			int allow = row < nr && c < nc &&
 				 ft_k_attn_allowed(t, c0 + c, p.window, seg_t, segk[c], len);
-			s[j] = allow ? s[j] * p.scale : -INFINITY;
+			s[j] = allow ? fa_score(s[j] * p.scale, p.softcap) : -INFINITY;
 			tmax = fmaxf(tmax, s[j]);
 		}
 		float alpha = ft_fa_rescale(&m, grp_max(tmax));
@@ -235,8 +253,9 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dkdv_k(fa_args<E> p)
 				float pv = 0, dsv = 0;
 				if (r < nr && col < nc &&
 				    ft_k_attn_allowed(r0 + r, u, p.window, segq[r], seg_u, len)) {
-					pv = ft_fa_bwd_p(sq[j] * p.scale, Ls[r], 1);
-					dsv = ft_fa_ds(pv, dp[j], Ds[r]);
+					float sc = sq[j] * p.scale;
+					pv = ft_fa_bwd_p(fa_score(sc, p.softcap), Ls[r], 1);
+					dsv = fa_ds_capped(ft_fa_ds(pv, dp[j], Ds[r]), sc, p.softcap);
 				}
 				Ps[col * (FT_FA_BR + 1) + r] = pv;
 				dSs[col * (FT_FA_BR + 1) + r] = dsv;
@@ -313,8 +332,11 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dq_k(fa_args<E> p)
 			int c = lane + FA_LANES * j;
 			float dsv = 0;
 			if (row < nr && c < nc &&
-			    ft_k_attn_allowed(t, c0 + c, p.window, seg_t, segk[c], len))
-				dsv = ft_fa_ds(ft_fa_bwd_p(sq[j] * p.scale, L, 1), dp[j], D);
+			    ft_k_attn_allowed(t, c0 + c, p.window, seg_t, segk[c], len)) {
+				float sc = sq[j] * p.scale;
+				dsv = fa_ds_capped(ft_fa_ds(ft_fa_bwd_p(fa_score(sc, p.softcap), L, 1),
+							    dp[j], D), sc, p.softcap);
+			}
 			dSs[row * (FT_FA_BC + 1) + c] = dsv;
 		}
 		__syncwarp();

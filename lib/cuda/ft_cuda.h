@@ -184,7 +184,14 @@ int ft_cuda_infer_forward(ft_cuda_infer *c, const int32_t *tokens, const int *ro
  * seg NULL or [B*T]; len NULL or [B], each row's real length as
  * ft_attn_shape.len), on CUDA device `device` with its own memory; every
  * pointer is a host array. */
-typedef struct { int B, T, Hq, Hk, hd, window; const int32_t *seg, *len; } ft_cuda_attn_shape;
+/* len: [B] row lengths or NULL (key padding); scale 0: 1/sqrt(hd) (Gemma:
+ * query_pre_attn_scalar^-0.5); softcap > 0: scores capped after the scale
+ * (Gemma 2), as ft_attn_shape. */
+typedef struct {
+	int B, T, Hq, Hk, hd, window;
+	const int32_t *seg, *len;
+	float scale, softcap;
+} ft_cuda_attn_shape;
 int ft_cuda_attention_run(int device, const ft_cuda_attn_shape *s, const float *q,
 			  const float *k, const float *v, const float *dout, float *out,
 			  float *lse, float *dq, float *dk, float *dv);

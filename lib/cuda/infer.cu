@@ -199,12 +199,13 @@ static __global__ void kv_store_k(float *kc, float *vc, const float *k, int ldk,
 
 /* As cached_attention in lib/model/infer.c: query head h of token i over
  * positions [first, pos] of its row (GQA: kv head h / group; sliding
- * window), scores in global scratch, softmax, then each output element
- * summed over the positions in order.  One block per (i, h). */
+ * window), scores in global scratch (Gemma 2: soft-capped), softmax,
+ * then each output element summed over the positions in order.  One
+ * block per (i, h). */
 static __global__ void cache_attention_k(float *out, const float *q, int ldq, const float *kc,
 					 const float *vc, const int32_t *mrow,
 					 const int32_t *mpos, float *scores, int Hq, int Hk,
-					 int hd, int window, int cap, float scale)
+					 int hd, int window, int cap, float scale, float softcap)
 {
 	__shared__ float sh[ATPB];
 	int i = blockIdx.x, h = blockIdx.y, kd = Hk * hd, kvh = h / (Hq / Hk);
@@ -219,7 +220,7 @@ static __global__ void cache_attention_k(float *out, const float *q, int ldq, co
 		float d = 0;
 		for (int e = 0; e < hd; e++)
 			d += qi[e] * kt[e];
-		s[t] = d * scale;
+		s[t] = softcap > 0 ? ft_k_softcap(d * scale, softcap) : d * scale;
 		mx = fmaxf(mx, s[t]);
 	}
 	mx = ft_cu_block_max(mx, sh);
@@ -262,13 +263,30 @@ static int cached_attention(ft_cuda_infer *c, int l, float *out, const float *q,
 	const ft_cuda_view *v = &c->dm->v;
 	size_t off = (size_t)l * c->o.rows * c->o.cap * c->kd;
 	dim3 grid((unsigned)n, (unsigned)v->Hq);
+	/* Gemma: the window of its sliding layers only, query_pre_attn_scalar */
+	int window = !v->gemma || ft_cuda_view_sliding(v, l) ? v->window : 0;
+	float scale = v->gemma ? v->attn_scale : 1.0f / sqrtf((float)v->hd);
 	FT_LAUNCH(cache_attention_k, grid, ATPB, 0, c->dm->stream)(out, q, ldq, c->k + off, c->v + off,
 							     c->mrow, c->mpos, c->scores, v->Hq,
-							     v->Hk, v->hd, v->window, c->o.cap,
-							     1.0f / sqrtf((float)v->hd));
+							     v->Hk, v->hd, window, c->o.cap, scale,
+							     v->attn_softcap);
 	LAUNCHED("cache_attention", "layer %d, %d tokens, %d heads, cap %d", l, n, v->Hq,
 		 c->o.cap);
 	return 0;
+}
+
+/* x += dm->tmp, through Gemma's post norm (weight t; a->ln2 and rstd2,
+ * free at both points, as scratch) first, as post_norm in infer.c. */
+static int residual(ft_cuda_model *dm, float *x, const ft_dt *t, ft_dacts *a, int n)
+{
+	const ft_cuda_view *v = &dm->v;
+	const float *y = dm->tmp, *w;
+	if (v->gemma) {
+		TRY(ft_cu_norm_w(dm, t, v->D, &w));
+		TRY(ft_cu_rmsnorm_forward(dm, a->ln2, a->rstd2, dm->tmp, w, n, v->D, v->eps));
+		y = a->ln2;
+	}
+	return ft_cu_add(dm, x, x, y, (size_t)n * v->D);
 }
 
 /* One layer for n tokens whose positions and maps are uploaded, as
@@ -279,20 +297,25 @@ static int layer_step(ft_cuda_infer *c, int l, float *x, int n)
 	const ft_cuda_view *v = &dm->v;
 	ft_dacts *a = &dm->acts[0];
 	ft_dlayer *y = &dm->layers[l];
-	size_t nD = (size_t)n * v->D;
-	TRY(ft_cu_rmsnorm_forward(dm, a->ln1, a->rstd1, x, y->ln1->w, n, v->D, v->eps));
+	const float *w;
+	TRY(ft_cu_norm_w(dm, y->ln1, v->D, &w));
+	TRY(ft_cu_rmsnorm_forward(dm, a->ln1, a->rstd1, x, w, n, v->D, v->eps));
 	TRY(ft_cu_attn_inputs(dm, l, a, n));   /* q|k|v, q/k norms, RoPE */
 	TRY(kv_store(c, l, a, n));
 	TRY(cached_attention(c, l, a->att, a->q, a->ldq, n));
 	TRY(ft_cu_lin_forward(dm, l, 3, a, dm->tmp, a->att, n));
-	TRY(ft_cu_add(dm, x, x, dm->tmp, nD));
-	TRY(ft_cu_rmsnorm_forward(dm, a->ln2, a->rstd2, x, y->ln2->w, n, v->D, v->eps));
+	TRY(residual(dm, x, y->ln2, a, n));
+	TRY(ft_cu_norm_w(dm, v->gemma ? y->ln3 : y->ln2, v->D, &w));
+	TRY(ft_cu_rmsnorm_forward(dm, a->ln2, a->rstd2, x, w, n, v->D, v->eps));
 	const ft_cv_group *gu = &y->grp[1].c;
 	TRY(ft_cu_lin_forward_group(dm, l, 1, a->gu, a->ln2, n));
-	TRY(ft_cu_swiglu_forward(dm, dm->hbuf, a->gu + gu->off[0], a->gu + gu->off[1], gu->tot, n,
-				 v->F));
+	const float *g = a->gu + gu->off[0], *u = a->gu + gu->off[1];
+	if (v->gemma)
+		TRY(ft_cu_geglu_forward(dm, dm->hbuf, g, u, gu->tot, n, v->F));
+	else
+		TRY(ft_cu_swiglu_forward(dm, dm->hbuf, g, u, gu->tot, n, v->F));
 	TRY(ft_cu_lin_forward(dm, l, 6, a, dm->tmp, dm->hbuf, n));
-	TRY(ft_cu_add(dm, x, x, dm->tmp, nD));
+	TRY(residual(dm, x, y->ln4, a, n));
 	return 0;
 }
 
@@ -302,13 +325,8 @@ static int layer_step(ft_cuda_infer *c, int l, float *x, int n)
 static int upload_tokens(ft_cuda_infer *c, int n, int maxpos)
 {
 	ft_cuda_model *dm = c->dm;
-	const ft_cuda_view *v = &dm->v;
-	ft_rope_params rp = v->rope;
-	TRY(ft_rope_inv_freq(dm->h_inv, v->hd, &rp, maxpos + 1));
-	ft_rope_tables(dm->h_cos, dm->h_sin, dm->h_pos, n, dm->h_inv, v->hd);
-	size_t nh = (size_t)n * (v->hd / 2) * sizeof(float), ni = (size_t)n * sizeof(int32_t);
-	TRY(upload(dm, dm->cos_t, dm->h_cos, nh, "rope cos"));
-	TRY(upload(dm, dm->sin_t, dm->h_sin, nh, "rope sin"));
+	size_t ni = (size_t)n * sizeof(int32_t);
+	TRY(ft_cu_rope_upload(dm, n, maxpos));
 	TRY(upload(dm, dm->ids, dm->h_ids, ni, "token ids"));
 	TRY(upload(dm, c->mrow, c->h_mrow, ni, "cache rows"));
 	TRY(upload(dm, c->mpos, c->h_mpos, ni, "cache positions"));
@@ -328,10 +346,21 @@ static int head_logits(ft_cuda_infer *c, const float *x, int n, float *logits)
 	TRY(upload(dm, dm->rows, dm->h_rows, (size_t)n * 4, "logits rows"));
 	TRY(upload(dm, dm->targets, dm->h_targets, (size_t)n * 4, "targets"));
 	TRY(ft_cu_gather_rows(dm, dm->head_x, x, dm->rows, n, D));
-	TRY(ft_cu_rmsnorm_forward(dm, dm->lnf, dm->rstdf, dm->head_x, dm->norm->w, n, D,
-				  dm->v.eps));
+	const float *w;
+	TRY(ft_cu_norm_w(dm, dm->norm, D, &w));
+	TRY(ft_cu_rmsnorm_forward(dm, dm->lnf, dm->rstdf, dm->head_x, w, n, D, dm->v.eps));
 	double loss;
 	return ft_cu_lm_head_loss(dm, NULL, logits, dm->lnf, dm->targets, n, 1, &loss);
+}
+
+/* The n tokens dm->ids' embeddings into x (Gemma: times sqrt(hidden)). */
+static int embed(ft_cuda_model *dm, float *x, int n)
+{
+	int D = dm->v.D;
+	TRY(ft_cu_embedding_forward(dm, x, dm->ids, dm->wte, n, D));
+	if (dm->v.gemma)
+		TRY(ft_cu_scale(dm, x, (float)sqrt((double)D), (size_t)n * D));
+	return 0;
 }
 
 /* The staging buffers are pinned, so their uploads are truly asynchronous:
@@ -352,7 +381,7 @@ static int prefill(ft_cuda_infer *c, const ft_infer_batch *p, const int32_t *tok
 	ft_infer_batch_prefill_maps(p, tokens, rows, dm->h_ids, dm->h_pos, c->h_mrow, c->h_mpos);
 	TRY(upload_tokens(c, N, p->maxpos));
 	float *x = dm->xs, *y = dm->xs + (size_t)N * D;
-	TRY(ft_cu_embedding_forward(dm, x, dm->ids, dm->wte, N, D));
+	TRY(embed(dm, x, N));
 	ft_cuda_batch b;
 	memset(&b, 0, sizeof b);
 	b.B = B, b.T = T, b.input_ids = dm->h_ids;
@@ -373,7 +402,7 @@ static int cache_pass(ft_cuda_infer *c, const ft_infer_batch *p, const int32_t *
 		      const int *rows, const int *want, int i0, int n, float *logits)
 {
 	ft_cuda_model *dm = c->dm;
-	int D = dm->v.D, nw = 0;
+	int nw = 0;
 	TRY(staging_free(c));
 	for (int k = 0; k < n; k++) {
 		dm->h_ids[k] = tokens[i0 + k];
@@ -385,7 +414,7 @@ static int cache_pass(ft_cuda_infer *c, const ft_infer_batch *p, const int32_t *
 	}
 	TRY(upload_tokens(c, n, p->maxpos));
 	float *x = dm->xs;
-	TRY(ft_cu_embedding_forward(dm, x, dm->ids, dm->wte, n, D));
+	TRY(embed(dm, x, n));
 	for (int l = 0; l < c->L; l++)
 		TRY(layer_step(c, l, x, n));
 	return head_logits(c, x, nw, logits);

@@ -116,7 +116,8 @@ static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, float *Y, const float
 		ft_dlora *lo = &d->lora[j];
 		if (!lo->on)
 			continue;
-		if (drop) {   /* A as stacked (half in the half modes), its own product */
+		if (drop && ft_cv_lora_owner(&g->c, i)) {   /* A as stacked (half in the
+							       half modes), its own input */
 			const float *xd;
 			ft_mat A = ft_cu_weight(dm, lo->A), xm;
 			TRY(lora_input(dm, l, j, x, (size_t)N * in, &xd));
@@ -201,26 +202,30 @@ static int lin_bwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
 	return 0;
 }
 
-/* The LoRA branches of a group: dB += scale dy^T h, and dL/dh = scale dy B
- * into the LoRA columns of dY (after h was read: dY may be Y). */
+/* The LoRA branches of a group: dB += scale dy^T h for every module,
+ * then dL/dh = scale dy B into the LoRA columns of dY (after every h was
+ * read: dY may be Y); Phi-3's members add theirs to the lead's hidden. */
 static int lora_bwd_group(ft_cuda_model *dm, int l, const ft_dgroup *g, const float *Y,
 			  float *dY, int N)
 {
 	ft_dlayer *d = &dm->layers[l];
 	int tot = g->c.tot;
-	for (int i = 0; i < g->c.n; i++) {
-		int j = g->c.js[i], out = dm->v.lin_out[j];
-		ft_dlora *lo = &d->lora[j];
-		if (!lo->on)
-			continue;
-		ft_mat dy = { dY + g->c.off[i], 0 }, h = { Y + g->c.loff[i], 0 };
-		ft_mat B = { lo->B->w, 0 };
-		if (lo->B->g)
-			TRY(ft_cu_gemm(dm, 1, 0, out, lo->r, N, lo->scale, dy, tot, h, tot, 1,
-				       lo->B->g, lo->r, "lora_B grad"));
-		TRY(ft_cu_gemm(dm, 0, 0, N, lo->r, out, lo->scale, dy, tot, B, lo->r, 0,
-			       dY + g->c.loff[i], tot, "lora dh"));
-	}
+	for (int pass = 0; pass < 2; pass++)
+		for (int i = 0; i < g->c.n; i++) {
+			int j = g->c.js[i], out = dm->v.lin_out[j];
+			ft_dlora *lo = &d->lora[j];
+			if (!lo->on)
+				continue;
+			ft_mat dy = { dY + g->c.off[i], 0 }, h = { Y + g->c.loff[i], 0 };
+			ft_mat B = { lo->B->w, 0 };
+			if (pass == 0 && lo->B->g)
+				TRY(ft_cu_gemm(dm, 1, 0, out, lo->r, N, lo->scale, dy, tot, h, tot, 1,
+					       lo->B->g, lo->r, "lora_B grad"));
+			if (pass == 1)
+				TRY(ft_cu_gemm(dm, 0, 0, N, lo->r, out, lo->scale, dy, tot, B, lo->r,
+					       ft_cv_lora_owner(&g->c, i) ? 0.0f : 1.0f,
+					       dY + g->c.loff[i], tot, "lora dh"));
+		}
 	return 0;
 }
 
@@ -236,7 +241,7 @@ static int lora_drop_bwd(ft_cuda_model *dm, int l, const ft_dgroup *g, ft_mat dy
 	for (int i = 0; i < g->c.n; i++) {
 		int j = g->c.js[i];
 		ft_dlora *lo = &d->lora[j];
-		if (!lo->on)
+		if (!lo->on || !ft_cv_lora_owner(&g->c, i))
 			continue;
 		const float *xd;
 		ft_mat hs = mat_at(dyo, g->c.loff[i]), A = ft_cu_weight(dm, lo->A), xm;
@@ -276,7 +281,8 @@ static int grads_group(ft_cuda_model *dm, int l, const ft_dgroup *g, ft_mat dyo,
 			       in, 1, g->ga, in, "stacked lora_A grad"));
 	for (int i = 0; i < g->c.n; i++) {
 		int j = g->c.js[i], out = dm->v.lin_out[j];
-		ft_dt *W = d->lin[j], *A = d->lora[j].on ? d->lora[j].A : NULL;
+		ft_dt *W = d->lin[j];
+		ft_dt *A = d->lora[j].on && ft_cv_lora_owner(&g->c, i) ? d->lora[j].A : NULL;
 		if (W->g && !g->gw)
 			TRY(ft_cu_gemm(dm, 1, 0, out, in, N, 1, mat_at(dyo, g->c.off[i]), tot, xo,
 				       in, 1, W->g, in, ft_cuda_view_lin_name(j)));
@@ -338,11 +344,24 @@ static int lin_bwd_group(ft_cuda_model *dm, int l, int gi, const float *Y, float
 	return 0;
 }
 
-static ft_cu_attn attn_shape(const ft_cuda_model *dm, const ft_cuda_batch *b)
+/* Gemma: only its sliding layers are windowed, scores scaled by
+ * query_pre_attn_scalar^-0.5 and (Gemma 2) soft-capped; else every layer
+ * as the config (scale 0: 1/sqrt(hd)). */
+ft_cu_attn ft_cu_attn_shape_of(const ft_cuda_model *dm, int l, const ft_cuda_batch *b)
 {
-	ft_cu_attn s = { b->B, b->T, dm->v.Hq, dm->v.Hk, dm->v.hd, dm->v.window,
-			 b->segment_ids ? dm->seg : NULL, b->lengths ? dm->lens : NULL };
+	const ft_cuda_view *v = &dm->v;
+	int win = !v->gemma || ft_cuda_view_sliding(v, l) ? v->window : 0;
+	ft_cu_attn s = { b->B, b->T, v->Hq, v->Hk, v->hd, win, b->segment_ids ? dm->seg : NULL,
+			 b->lengths ? dm->lens : NULL, v->gemma ? v->attn_scale : 0.0f,
+			 v->gemma ? v->attn_softcap : 0.0f };
 	return s;
+}
+
+void ft_cu_layer_tables(const ft_cuda_model *dm, int l, const float **cs, const float **sn)
+{
+	int local = ft_cuda_view_sliding(&dm->v, l);
+	*cs = local ? dm->cos_l : dm->cos_t;
+	*sn = local ? dm->sin_l : dm->sin_t;
 }
 
 /* Attention's q, k, v: columns of the fused buffer, or (Qwen3) q and k
@@ -368,10 +387,13 @@ static int qk_norm_forward(ft_cuda_model *dm, const ft_dlayer *y, ft_dacts *a, i
 {
 	const ft_cuda_view *c = &dm->v;
 	const ft_cv_group *g = &y->grp[0].c;
-	TRY(ft_cu_head_rmsnorm_forward(dm, a->qn, a->rstdq, a->qkv + g->off[0], g->tot, y->qn->w,
-				       N, c->Hq, c->hd, c->eps));
-	TRY(ft_cu_head_rmsnorm_forward(dm, a->kn, a->rstdk, a->qkv + g->off[1], g->tot, y->kn->w,
-				       N, c->Hk, c->hd, c->eps));
+	const float *w;
+	TRY(ft_cu_norm_w(dm, y->qn, c->hd, &w));
+	TRY(ft_cu_head_rmsnorm_forward(dm, a->qn, a->rstdq, a->qkv + g->off[0], g->tot, w, N,
+				       c->Hq, c->hd, c->eps));
+	TRY(ft_cu_norm_w(dm, y->kn, c->hd, &w));
+	TRY(ft_cu_head_rmsnorm_forward(dm, a->kn, a->rstdk, a->qkv + g->off[1], g->tot, w, N,
+				       c->Hk, c->hd, c->eps));
 	return 0;
 }
 
@@ -381,10 +403,13 @@ static int qk_norm_backward(ft_cuda_model *dm, ft_dlayer *y, float *dY, const ft
 {
 	const ft_cuda_view *c = &dm->v;
 	const ft_cv_group *g = &y->grp[0].c;
+	const float *w;
+	TRY(ft_cu_norm_w(dm, y->qn, c->hd, &w));
 	TRY(ft_cu_head_rmsnorm_backward(dm, dY + g->off[0], y->qn->g, dm->dq, a->qkv + g->off[0],
-					g->tot, y->qn->w, a->rstdq, N, c->Hq, c->hd));
+					g->tot, w, a->rstdq, N, c->Hq, c->hd));
+	TRY(ft_cu_norm_w(dm, y->kn, c->hd, &w));
 	TRY(ft_cu_head_rmsnorm_backward(dm, dY + g->off[1], y->kn->g, dm->dk, a->qkv + g->off[1],
-					g->tot, y->kn->w, a->rstdk, N, c->Hk, c->hd));
+					g->tot, w, a->rstdk, N, c->Hk, c->hd));
 	return 0;
 }
 
@@ -396,18 +421,22 @@ int ft_cu_attn_inputs(ft_cuda_model *dm, int l, ft_dacts *a, int N)
 	bind_qkv(dm, l, a);
 	if (c->qk_norm)
 		TRY(qk_norm_forward(dm, y, a, N));
-	TRY(ft_cu_rope(dm, a->q, a->ldq, dm->cos_t, dm->sin_t, N, c->Hq, c->hd, 1));
-	TRY(ft_cu_rope(dm, a->k, a->ldk, dm->cos_t, dm->sin_t, N, c->Hk, c->hd, 1));
+	const float *cs, *sn;
+	ft_cu_layer_tables(dm, l, &cs, &sn);
+	TRY(ft_cu_rope(dm, a->q, a->ldq, cs, sn, N, c->Hq, c->hd, 1));
+	TRY(ft_cu_rope(dm, a->k, a->ldk, cs, sn, N, c->Hk, c->hd, 1));
 	return 0;
 }
 
 int ft_cu_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
 			float *x_out, const ft_cuda_batch *b)
 {
+	if (dm->v.gemma)
+		return ft_cu_gemma_layer_forward(dm, l, a, x_in, x_out, b);
 	const ft_cuda_view *c = &dm->v;
 	int N = b->B * b->T, D = c->D;
 	ft_dlayer *y = &dm->layers[l];
-	ft_cu_attn s = attn_shape(dm, b);
+	ft_cu_attn s = ft_cu_attn_shape_of(dm, l, b);
 	TRY(ft_cu_rmsnorm_forward(dm, a->ln1, a->rstd1, x_in, y->ln1->w, N, D, c->eps));
 	TRY(ft_cu_attn_inputs(dm, l, a, N));
 	ft_cu_attn_ld ld = { a->ldq, a->ldk, a->ldv, 0, 0, 0 };
@@ -444,20 +473,17 @@ static int mlp_backward(ft_cuda_model *dm, int l, ft_dacts *a, int N)
 				      a->rstd2, N, c->D);
 }
 
-/* dm->d_a holds dL/dx_out on entry and dL/dx_in on return (unless
- * need_dx is 0). */
-int ft_cu_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
-			 const ft_cuda_batch *b, int need_dx)
+/* The attention half of layer_backward, from dm->d_att (dL/d att, the
+ * attention output before o_proj's input) to dm->d_a += dL/dx_in
+ * through ln1. */
+int ft_cu_attn_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
+			const ft_cuda_batch *b, int need_dx)
 {
 	const ft_cuda_view *c = &dm->v;
 	int N = b->B * b->T, D = c->D, hd = c->hd;
-	size_t nq = (size_t)N * c->Hq * hd;
 	ft_dlayer *y = &dm->layers[l];
 	const ft_cv_group *g = &y->grp[0].c;
-	ft_cu_attn s = attn_shape(dm, b);
-	TRY(mlp_backward(dm, l, a, N));
-	TRY(ft_cu_zero(dm, dm->d_att, nq * sizeof(float)));
-	TRY(lin_bwd(dm, l, 3, a, dm->d_att, dm->d_a, a->att, N));
+	ft_cu_attn s = ft_cu_attn_shape_of(dm, l, b);
 	/* dq, dk, dv straight into the fused gradient buffer; Qwen3's go
 	 * through q_norm/k_norm first, from dm->dq, dm->dk */
 	float *dY = dm->dqkv, *dq = dY + g->off[0], *dk = dY + g->off[1];
@@ -470,24 +496,44 @@ int ft_cu_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_i
 	ft_cu_attn_ld ld = { a->ldq, a->ldk, a->ldv, lq, lk, g->tot };
 	TRY(ft_cu_attention_backward(dm, dq, dk, dY + g->off[2], dm->d_att, a->q, a->k, a->v,
 				     a->att, a->lse, &s, &ld));
-	TRY(ft_cu_rope(dm, dq, lq, dm->cos_t, dm->sin_t, N, c->Hq, hd, -1));
-	TRY(ft_cu_rope(dm, dk, lk, dm->cos_t, dm->sin_t, N, c->Hk, hd, -1));
+	const float *cs, *sn;
+	ft_cu_layer_tables(dm, l, &cs, &sn);
+	TRY(ft_cu_rope(dm, dq, lq, cs, sn, N, c->Hq, hd, -1));
+	TRY(ft_cu_rope(dm, dk, lk, cs, sn, N, c->Hk, hd, -1));
 	if (c->qk_norm)
 		TRY(qk_norm_backward(dm, y, dY, a, N));
 	float *dln = need_dx || y->ln1->g ? dm->d_ln : NULL;
 	if (dln)
 		TRY(ft_cu_zero(dm, dln, (size_t)N * D * sizeof(float)));
 	TRY(lin_bwd_group(dm, l, 0, a->qkv, dY, dln, a->ln1, N));
+	const float *w1;
+	TRY(ft_cu_norm_w(dm, y->ln1, D, &w1));
 	if (dln)
-		TRY(ft_cu_rmsnorm_backward(dm, dm->d_a, y->ln1->g, dln, x_in, y->ln1->w,
-					   a->rstd1, N, D));
+		TRY(ft_cu_rmsnorm_backward(dm, dm->d_a, y->ln1->g, dln, x_in, w1, a->rstd1, N, D));
 	return 0;
+}
+
+/* dm->d_a holds dL/dx_out on entry and dL/dx_in on return (unless
+ * need_dx is 0). */
+int ft_cu_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
+			 const ft_cuda_batch *b, int need_dx)
+{
+	if (dm->v.gemma)
+		return ft_cu_gemma_layer_backward(dm, l, a, x_in, b, need_dx);
+	const ft_cuda_view *c = &dm->v;
+	int N = b->B * b->T;
+	size_t nq = (size_t)N * c->Hq * c->hd;
+	TRY(mlp_backward(dm, l, a, N));
+	TRY(ft_cu_zero(dm, dm->d_att, nq * sizeof(float)));
+	TRY(lin_bwd(dm, l, 3, a, dm->d_att, dm->d_a, a->att, N));
+	return ft_cu_attn_backward(dm, l, a, x_in, b, need_dx);
 }
 
 int ft_cu_layer_has_grad(const ft_cuda_model *dm, int l)
 {
 	const ft_dlayer *y = &dm->layers[l];
-	if (y->ln1->g || y->ln2->g || (y->qn && y->qn->g) || (y->kn && y->kn->g))
+	if (y->ln1->g || y->ln2->g || (y->qn && y->qn->g) || (y->kn && y->kn->g) ||
+	    (y->ln3 && y->ln3->g) || (y->ln4 && y->ln4->g))
 		return 1;
 	for (int j = 0; j < FT_CV_NLIN; j++)
 		if ((y->lin[j] && y->lin[j]->g) || y->lora[j].on || (j < 3 && y->bias[j] && y->bias[j]->g))
@@ -506,4 +552,16 @@ int ft_cu_lin_forward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, co
 int ft_cu_lin_forward_group(ft_cuda_model *dm, int l, int grp, float *Y, const float *x, int N)
 {
 	return lin_fwd_group(dm, l, grp, Y, x, N);
+}
+
+int ft_cu_lin_backward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
+		       const float *dy, const float *x, int N)
+{
+	return lin_bwd(dm, l, j, a, dx, dy, x, N);
+}
+
+int ft_cu_lin_backward_group(ft_cuda_model *dm, int l, int grp, const float *Y, float *dY,
+			     float *dx, const float *x, int N)
+{
+	return lin_bwd_group(dm, l, grp, Y, dY, dx, x, N);
 }

@@ -7,9 +7,11 @@
 
 #define CTPB 256
 
-/* Block per row: loss[row] (double) and, when grad, G in place. */
+/* Block per row: loss[row] (double) and, when grad, G in place; cap > 0:
+ * the logits are soft-capped (Gemma 2), G taken through the cap from the
+ * capped value it overwrites, as ft_lm_head_loss_cap. */
 static __global__ void ce_k(float *l, double *loss, const int32_t *targets, int V,
-			    float grad_scale, int grad)
+			    float grad_scale, int grad, float cap)
 {
 	__shared__ float shf[CTPB];
 	__shared__ double shd[CTPB];
@@ -29,14 +31,17 @@ static __global__ void ce_k(float *l, double *loss, const int32_t *targets, int 
 	if (threadIdx.x == 0)
 		loss[blockIdx.x] = mx + log(sum) - lt;
 	if (grad)
-		for (int j = threadIdx.x; j < V; j += blockDim.x)
-			row[j] = ft_k_ce_grad(row[j], mx, sum, grad_scale, j == tg);
+		for (int j = threadIdx.x; j < V; j += blockDim.x) {
+			float z = row[j], d = ft_k_ce_grad(z, mx, sum, grad_scale, j == tg);
+			row[j] = cap > 0 ? ft_k_softcap_grad(d, z, cap) : d;
+		}
 }
 
 int ft_cu_lm_head_loss(ft_cuda_model *dm, float *dx, float *logits, const float *x,
 		       const int32_t *targets, int n, float grad_scale, double *loss)
 {
 	int D = dm->v.D, V = dm->v.V, chunk = dm->head_chunk;
+	float cap = dm->v.final_softcap;
 	ft_dt *W = dm->lm_head;
 	ft_mat w = ft_cu_weight(dm, W);
 	for (int r0 = 0; r0 < n; r0 += chunk) {
@@ -46,13 +51,15 @@ int ft_cu_lm_head_loss(ft_cuda_model *dm, float *dx, float *logits, const float 
 		TRY(ft_cu_operand(dm, &xo, xc, (size_t)nr * D, dm->hx, w.half));
 		TRY(ft_cu_gemm(dm, 0, 1, nr, V, D, 1, xo, D, w, D, 0, dm->head_scratch, V,
 			       "lm_head logits"));
+		if (cap > 0)
+			TRY(ft_cu_softcap(dm, dm->head_scratch, (size_t)nr * V, cap));
 		if (logits) {
 			CU(cudaMemcpyAsync(logits + (size_t)r0 * V, dm->head_scratch,
 					   (size_t)nr * V * sizeof(float), cudaMemcpyDeviceToHost,
 					   dm->stream), "logits rows %d..%d, V=%d", r0, r0 + nr, V);
 		}
 		FT_LAUNCH(ce_k, nr, CTPB, 0, dm->stream)(dm->head_scratch, dm->row_loss + r0,
-						  targets + r0, V, grad_scale, dx != NULL);
+						  targets + r0, V, grad_scale, dx != NULL, cap);
 		LAUNCHED("cross_entropy", "rows=%d V=%d", nr, V);
 		if (!dx)
 			continue;

@@ -44,9 +44,14 @@ static ft_dt *tensor(ft_cuda_model *dm, float *w, float *g, size_t n, int matrix
 	t->n = n;
 	t->matrix = matrix;
 	t->pidx = -1;
-	for (size_t i = 0; i < dm->v.nparams; i++)
-		if (dm->v.params[i].w == w)
+	/* a tensor is a parameter or (Phi-3's fused modules) a row block of one */
+	for (size_t i = 0; i < dm->v.nparams; i++) {
+		const ft_cv_param *p = &dm->v.params[i];
+		if (w >= p->w && w + n <= p->w + p->n) {
 			t->pidx = (int)i;
+			t->poff = (size_t)(w - p->w);
+		}
+	}
 	return t;
 }
 
@@ -111,7 +116,7 @@ static void group_tensors(ft_cuda_model *dm, int l, int gi)
 static void build_tensors(ft_cuda_model *dm)
 {
 	ft_cuda_view *v = &dm->v;
-	int cap = 3 + v->L * (2 + FT_CV_NLIN * 3 + 3 + 2);
+	int cap = 3 + v->L * (4 + FT_CV_NLIN * 3 + 3 + 2);
 	dm->tens = (ft_dt *)ft_xcalloc(cap, sizeof *dm->tens);
 	dm->layers = (ft_dlayer *)ft_xcalloc(v->L ? v->L : 1, sizeof *dm->layers);
 	size_t VD = (size_t)v->V * v->D;
@@ -132,6 +137,8 @@ static void build_tensors(ft_cuda_model *dm)
 		d->ln2 = tensor(dm, y->ln2.w, y->ln2.g, v->D, 0);
 		d->qn = tensor(dm, y->qn.w, y->qn.g, v->hd, 0);
 		d->kn = tensor(dm, y->kn.w, y->kn.g, v->hd, 0);
+		d->ln3 = tensor(dm, y->ln3.w, y->ln3.g, v->D, 0);
+		d->ln4 = tensor(dm, y->ln4.w, y->ln4.g, v->D, 0);
 		group_tensors(dm, l, 0);
 		d->lin[3] = lin_tensor(dm, l, 3);
 		lora_tensors(dm, l, 3, 0, 1, 1);
@@ -165,8 +172,8 @@ static int bind_groups(ft_cuda_model *dm)
 			for (int i = 0; i < g->c.n; i++)
 				t[n++] = d->lin[g->c.js[i]];
 			nb = n;
-			for (int i = 0; i < g->c.n; i++)
-				if (d->lora[g->c.js[i]].on)
+			for (int i = 0; i < g->c.n; i++)   /* Phi-3: the lead's A once */
+				if (ft_cv_lora_owner(&g->c, i))
 					t[n++] = d->lora[g->c.js[i]].A;
 			if (!n || !t[0])
 				return ft_fail("internal: layer %d: a fused module has no weight", l);
@@ -239,6 +246,12 @@ static void layout_acts(ft_cuda_model *dm, ft_arena *a, ft_dacts *x, size_t N, s
 		x->kn = TAKE(a, N * kd, float, A_ACTS);
 		x->rstdq = TAKE(a, N * v->Hq, float, A_ACTS);
 		x->rstdk = TAKE(a, N * v->Hk, float, A_ACTS);
+	}
+	if (v->gemma) {   /* the outputs before the post norms */
+		x->ao = TAKE(a, N * D, float, A_ACTS);
+		x->mo = TAKE(a, N * D, float, A_ACTS);
+		x->rstd_ao = TAKE(a, N, float, A_ACTS);
+		x->rstd_mo = TAKE(a, N, float, A_ACTS);
 	}
 }
 
@@ -349,6 +362,10 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	dm->rstdf = TAKE(a, N, float, A_ACTS);
 	dm->cos_t = TAKE(a, N * v->hd / 2, float, A_SCRATCH);
 	dm->sin_t = TAKE(a, N * v->hd / 2, float, A_SCRATCH);
+	size_t nl = v->gemma ? N * v->hd / 2 : 0;   /* Gemma's sliding layers */
+	dm->cos_l = TAKE(a, nl, float, A_SCRATCH);
+	dm->sin_l = TAKE(a, nl, float, A_SCRATCH);
+	dm->norm_eff = TAKE(a, v->gemma ? (D > (size_t)v->hd ? D : (size_t)v->hd) : 0, float, A_SCRATCH);
 	int32_t **ip[] = { &dm->ids, &dm->pos, &dm->targets, &dm->rows, &dm->seg, &dm->lens };
 	for (size_t i = 0; i < sizeof ip / sizeof *ip; i++)
 		*ip[i] = TAKE(a, N, int32_t, A_SCRATCH);
@@ -566,7 +583,8 @@ static int alloc_staging(ft_cuda_model *dm)
 {
 	size_t N = dm->o.max_tokens, half = dm->v.hd / 2;
 	size_t nsum = (size_t)dm->ntens * FT_SUMSQ_BLOCKS + 1;
-	size_t bytes = 7 * N * sizeof(int32_t) + 2 * N * half * sizeof(float) +
+	size_t tabs = dm->v.gemma ? 4 : 2;   /* Gemma: the sliding layers' tables too */
+	size_t bytes = 7 * N * sizeof(int32_t) + tabs * N * half * sizeof(float) +
 		       (half + 1) * sizeof(float) + (N + nsum) * sizeof(double) + 64;
 	CU(cudaMallocHost(&dm->staging, bytes), "%zu bytes of pinned host staging", bytes);
 	char *p = (char *)dm->staging;
@@ -581,6 +599,10 @@ static int alloc_staging(ft_cuda_model *dm)
 	}
 	dm->h_cos = (float *)p; p += N * half * sizeof(float);
 	dm->h_sin = (float *)p; p += N * half * sizeof(float);
+	if (dm->v.gemma) {
+		dm->h_cosl = (float *)p; p += N * half * sizeof(float);
+		dm->h_sinl = (float *)p; p += N * half * sizeof(float);
+	}
 	dm->h_inv = (float *)p;
 	return 0;
 }

@@ -5,6 +5,7 @@
  * the host with the CPU's own functions and uploaded, so it is the same
  * by construction.  The layers are in layer.cu.
  */
+#include <math.h>
 #include <string.h>
 #include "cuda/common.cuh"
 
@@ -44,6 +45,33 @@ static int upload(ft_cuda_model *dm, void *dst, const void *src, size_t bytes,
 	return 0;
 }
 
+/* The RoPE tables of the n positions dm->h_pos, as the CPU's forward
+ * body (lib/model/model_fwd.c) and rope_setup (lib/model/infer.c) make
+ * them: the rotary dim's frequencies for the largest position (dynamic,
+ * longrope), the attention factor (yarn, longrope). */
+int ft_cu_rope_upload(ft_cuda_model *dm, int n, int maxpos)
+{
+	const ft_cuda_view *c = &dm->v;
+	ft_rope_params rp = c->rope;
+	int rd = c->rd > 0 ? c->rd : c->hd;
+	TRY(ft_rope_inv_freq(dm->h_inv, rd, &rp, maxpos + 1));
+	ft_rope_tables(dm->h_cos, dm->h_sin, dm->h_pos, n, dm->h_inv, rd);
+	ft_rope_scale_tables(dm->h_cos, dm->h_sin, (size_t)n * (rd / 2), &rp);
+	size_t nh = (size_t)n * (rd / 2) * sizeof(float);
+	TRY(upload(dm, dm->cos_t, dm->h_cos, nh, "rope cos"));
+	TRY(upload(dm, dm->sin_t, dm->h_sin, nh, "rope sin"));
+	if (!c->gemma)
+		return 0;
+	/* Gemma's sliding layers: the default RoPE with their own base, in
+	 * staging of their own (the uploads above are asynchronous) */
+	ft_rope_params lp = c->rope_local;
+	TRY(ft_rope_inv_freq(dm->h_inv, rd, &lp, maxpos + 1));
+	ft_rope_tables(dm->h_cosl, dm->h_sinl, dm->h_pos, n, dm->h_inv, rd);
+	TRY(upload(dm, dm->cos_l, dm->h_cosl, nh, "sliding rope cos"));
+	TRY(upload(dm, dm->sin_l, dm->h_sinl, nh, "sliding rope sin"));
+	return 0;
+}
+
 static int forward_body(ft_cuda_model *dm, const ft_cuda_batch *b)
 {
 	const ft_cuda_view *c = &dm->v;
@@ -58,13 +86,7 @@ static int forward_body(ft_cuda_model *dm, const ft_cuda_batch *b)
 				maxpos = dm->h_pos[i];
 			dm->h_targets[i] = t + 1 < b->T && b->labels ? b->labels[i + 1] : -100;
 		}
-	ft_rope_params rp = c->rope;
-	TRY(ft_rope_inv_freq(dm->h_inv, c->hd, &rp, maxpos + 1));
-	ft_rope_tables(dm->h_cos, dm->h_sin, dm->h_pos, N, dm->h_inv, c->hd);
-	ft_rope_scale_tables(dm->h_cos, dm->h_sin, (size_t)N * (c->hd / 2), &rp);
-	size_t nh = (size_t)N * (c->hd / 2) * sizeof(float);
-	TRY(upload(dm, dm->cos_t, dm->h_cos, nh, "rope cos"));
-	TRY(upload(dm, dm->sin_t, dm->h_sin, nh, "rope sin"));
+	TRY(ft_cu_rope_upload(dm, N, maxpos));
 	memcpy(dm->h_ids, b->input_ids, (size_t)N * 4);
 	TRY(upload(dm, dm->ids, dm->h_ids, (size_t)N * 4, "input_ids"));
 	if (b->segment_ids) {
@@ -76,13 +98,17 @@ static int forward_body(ft_cuda_model *dm, const ft_cuda_batch *b)
 		TRY(upload(dm, dm->lens, dm->h_lens, (size_t)b->B * 4, "row lengths"));
 	}
 	TRY(ft_cu_embedding_forward(dm, dm->xs, dm->ids, dm->wte, N, D));
+	if (c->gemma)   /* embeddings times sqrt(hidden), in float32 as the CPU */
+		TRY(ft_cu_scale(dm, dm->xs, (float)sqrt((double)D), (size_t)N * D));
 	for (int l = 0; l < L; l++) {
 		ft_dacts *a = &dm->acts[c->gradient_checkpointing ? 0 : l];
 		TRY(ft_cu_layer_forward(dm, l, a, dm->xs + (size_t)l * N * D,
 				  dm->xs + (size_t)(l + 1) * N * D, b));
 	}
-	TRY(ft_cu_rmsnorm_forward(dm, dm->lnf, dm->rstdf, dm->xs + (size_t)L * N * D,
-				  dm->norm->w, N, D, c->eps));
+	const float *wf;
+	TRY(ft_cu_norm_w(dm, dm->norm, D, &wf));
+	TRY(ft_cu_rmsnorm_forward(dm, dm->lnf, dm->rstdf, dm->xs + (size_t)L * N * D, wf, N, D,
+				  c->eps));
 	return 0;
 }
 
@@ -146,8 +172,10 @@ static int backward_body(ft_cuda_model *dm, const ft_cuda_batch *b, int n)
 	TRY(ft_cu_zero(dm, dm->d_ln, nd));
 	TRY(ft_cu_scatter_rows(dm, dm->d_ln, dm->head_dx, dm->rows, n, D));
 	TRY(ft_cu_zero(dm, dm->d_a, nd));
+	const float *wf;
+	TRY(ft_cu_norm_w(dm, dm->norm, D, &wf));
 	TRY(ft_cu_rmsnorm_backward(dm, dm->d_a, dm->norm->g, dm->d_ln, dm->xs + (size_t)L * N * D,
-				   dm->norm->w, dm->rstdf, N, D));
+				   wf, dm->rstdf, N, D));
 	TRY(ft_cu_grads_final(dm, L));   /* the final norm, an untied lm_head */
 	for (int l = L - 1; l >= stop; l--) {
 		const float *x_in = dm->xs + (size_t)l * N * D;
@@ -157,6 +185,8 @@ static int backward_body(ft_cuda_model *dm, const ft_cuda_batch *b, int n)
 		TRY(ft_cu_layer_backward(dm, l, a, x_in, b, l > stop || emb));
 		TRY(ft_cu_grads_final(dm, l));
 	}
+	if (emb && c->gemma)   /* through the sqrt(hidden) scale */
+		TRY(ft_cu_scale(dm, dm->d_a, (float)sqrt((double)D), (size_t)N * D));
 	if (emb)
 		TRY(ft_cu_embedding_backward(dm, dm->wte->g, dm->d_a, dm->ids, N, D));
 	TRY(ft_cu_grads_final(dm, -1));

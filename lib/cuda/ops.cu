@@ -212,12 +212,14 @@ int ft_cu_head_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const f
 	return rmsnorm_backward(dm, dx, dw, dout, x, xl, w, rstd, N * H, hd);
 }
 
-/* ---- RoPE (rotate-half), in place; sign -1 = backward ---- */
+/* ---- RoPE (rotate-half), in place; sign -1 = backward ----
+ * On the first rd values of each head of hd (rd < hd: partial rotary
+ * embeddings, Phi-4-mini), the tables [N, rd/2], as ft_rope_forward. */
 
 static __global__ void rope_k(float *x, size_t ld, const float *cos_t, const float *sin_t,
-			      size_t N, int H, int hd, float sign)
+			      size_t N, int H, int hd, int rd, float sign)
 {
-	int half = hd / 2;
+	int half = rd / 2;
 	FOR_N(i, N * H * half) {
 		size_t n = i / ((size_t)H * half);
 		int h = (int)(i / half % H), j = (int)(i % half);
@@ -226,12 +228,15 @@ static __global__ void rope_k(float *x, size_t ld, const float *cos_t, const flo
 	}
 }
 
+/* The rotary dim is the view's (dm->v.rd), for every caller. */
 int ft_cu_rope(ft_cuda_model *dm, float *x, int ld, const float *cos_t, const float *sin_t,
 	       int N, int H, int hd, float sign)
 {
-	size_t n = (size_t)N * H * (hd / 2);
-	FT_LAUNCH(rope_k, nblk(n), TPB, 0, dm->stream)(x, ld, cos_t, sin_t, N, H, hd, sign);
-	LAUNCHED(sign > 0 ? "rope_forward" : "rope_backward", "N=%d H=%d hd=%d", N, H, hd);
+	int rd = dm->v.rd > 0 ? dm->v.rd : hd;
+	size_t n = (size_t)N * H * (rd / 2);
+	FT_LAUNCH(rope_k, nblk(n), TPB, 0, dm->stream)(x, ld, cos_t, sin_t, N, H, hd, rd, sign);
+	LAUNCHED(sign > 0 ? "rope_forward" : "rope_backward", "N=%d H=%d hd=%d rd=%d", N, H, hd,
+		 rd);
 	return 0;
 }
 

@@ -257,35 +257,38 @@ int ft_cuda_copy_weights_to_device(ft_cuda_model *dm)
 	return 0;
 }
 
-static ft_dt *by_param(ft_cuda_model *dm, size_t i)
+/* The moments of parameter i: the device tensors that are it or (Phi-3's
+ * fused modules) its row blocks, each at its offset. */
+static int param_moments(ft_cuda_model *dm, size_t i, float *m, float *v, int to_host)   /* m, v read only unless to_host */
 {
-	for (int k = 0; k < dm->ntens; k++)
-		if (dm->tens[k].pidx == (int)i && dm->tens[k].g)
-			return &dm->tens[k];
-	ft_fail("parameter %zu has no optimizer state on the device (frozen?)", i);
-	return NULL;
+	int found = 0;
+	TRY(ft_cuda_sync(dm));
+	for (int k = 0; k < dm->ntens; k++) {
+		ft_dt *t = &dm->tens[k];
+		if (t->pidx != (int)i || !t->g)
+			continue;
+		size_t b = t->n * 4;
+		found = 1;
+		if (to_host) {
+			TRY(ft_cu_copy(dm, m + t->poff, t->m, b, cudaMemcpyDeviceToHost, "exp_avg"));
+			TRY(ft_cu_copy(dm, v + t->poff, t->v, b, cudaMemcpyDeviceToHost, "exp_avg_sq"));
+		} else {
+			TRY(ft_cu_copy(dm, t->m, m + t->poff, b, cudaMemcpyHostToDevice, "exp_avg"));
+			TRY(ft_cu_copy(dm, t->v, v + t->poff, b, cudaMemcpyHostToDevice, "exp_avg_sq"));
+		}
+	}
+	return found ? 0 : ft_fail("parameter %zu has no optimizer state on the device (frozen?)", i);
 }
 
 int ft_cuda_adamw_get(ft_cuda_model *dm, size_t i, float *exp_avg, float *exp_avg_sq)
 {
-	ft_dt *t = by_param(dm, i);
-	if (!t)
-		return -1;
-	TRY(ft_cuda_sync(dm));
-	TRY(ft_cu_copy(dm, exp_avg, t->m, t->n * 4, cudaMemcpyDeviceToHost, "exp_avg"));
-	TRY(ft_cu_copy(dm, exp_avg_sq, t->v, t->n * 4, cudaMemcpyDeviceToHost, "exp_avg_sq"));
-	return 0;
+	return param_moments(dm, i, exp_avg, exp_avg_sq, 1);
 }
 
 int ft_cuda_adamw_set(ft_cuda_model *dm, size_t i, const float *exp_avg,
 		      const float *exp_avg_sq, int64_t step)
 {
-	ft_dt *t = by_param(dm, i);
-	if (!t)
-		return -1;
-	TRY(ft_cuda_sync(dm));
-	TRY(ft_cu_copy(dm, t->m, exp_avg, t->n * 4, cudaMemcpyHostToDevice, "exp_avg"));
-	TRY(ft_cu_copy(dm, t->v, exp_avg_sq, t->n * 4, cudaMemcpyHostToDevice, "exp_avg_sq"));
+	TRY(param_moments(dm, i, (float *)exp_avg, (float *)exp_avg_sq, 0));
 	dm->step = step;
 	return 0;
 }

@@ -90,11 +90,35 @@ static int gather_targets(ft_cuda_pref *p, const ft_cuda_batch *b, int *n_out)
 
 /* The mean over the vocabulary of each position's logits, h . mean(W)
  * (the logits/... metrics), into lmean (host, [N]). */
+static int capped_means(ft_cuda_pref *p, int N)
+{
+	ft_cuda_model *dm = p->dm;
+	int D = dm->v.D, V = dm->v.V, chunk = dm->head_chunk;
+	ft_mat w = ft_cu_weight(dm, dm->lm_head);
+	for (int r0 = 0; r0 < N; r0 += chunk) {
+		int nr = N - r0 < chunk ? N - r0 : chunk;
+		ft_mat xo;
+		TRY(ft_cu_operand(dm, &xo, dm->lnf + (size_t)r0 * D, (size_t)nr * D, dm->hx, w.half));
+		TRY(ft_cu_gemm(dm, 0, 1, nr, V, D, 1, xo, D, w, D, 0, dm->head_scratch, V,
+			       "lm_head logits (means)"));
+		TRY(ft_cu_softcap(dm, dm->head_scratch, (size_t)nr * V, dm->v.final_softcap));
+		FT_LAUNCH(pref_rowmean_k, nr, FT_PREF_TPB, 0, dm->stream)(p->lmean + r0,
+									 dm->head_scratch, V);
+		LAUNCHED("pref_rowmean", "rows=%d V=%d", nr, V);
+	}
+	return 0;
+}
+
 static int logit_means(ft_cuda_pref *p, int N, float *lmean)
 {
 	ft_cuda_model *dm = p->dm;
 	ft_dt *W = dm->lm_head;
 	int D = dm->v.D;
+	if (dm->v.final_softcap > 0) {
+		TRY(capped_means(p, N));
+		return ft_cu_copy(dm, lmean, p->lmean, (size_t)N * sizeof(float),
+				  cudaMemcpyDeviceToHost, "logit means");
+	}
 	if (!p->wmean_ok || W->g) {
 		FT_LAUNCH(pref_colmean_k, nblocks(D), FT_PREF_TPB, 0, dm->stream)(
 			p->wmean, W->w, W->h, dm->o.precision == FT_CUDA_BF16, dm->v.V, D);
@@ -123,8 +147,12 @@ static int head_rows(ft_cuda_pref *p, int n, const float *g)
 		TRY(ft_cu_operand(dm, &xo, xc, (size_t)nr * D, dm->hx, w.half));
 		TRY(ft_cu_gemm(dm, 0, 1, nr, V, D, 1, xo, D, w, D, 0, dm->head_scratch, V,
 			       "lm_head logits (log-probs)"));
+		float cap = dm->v.final_softcap;
+		if (cap > 0)
+			TRY(ft_cu_softcap(dm, dm->head_scratch, (size_t)nr * V, cap));
 		FT_LAUNCH(pref_logp_k, nr, FT_PREF_TPB, 0, dm->stream)(dm->head_scratch, dm->row_loss + r0,
-								dm->targets + r0, g ? g + r0 : NULL, V);
+								dm->targets + r0, g ? g + r0 : NULL, V,
+								cap);
 		LAUNCHED("pref_logp", "rows=%d V=%d", nr, V);
 		if (!g)
 			continue;

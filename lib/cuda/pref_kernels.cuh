@@ -21,9 +21,10 @@
  * row is then replaced by the gradient of g[row] * lp[row] (fp16: g
  * carries the loss scale): g (onehot - softmax), which is the
  * cross-entropy gradient with scale -g.  A target outside [0, V) gives
- * lp 0 and a zero row. */
+ * lp 0 and a zero row.  cap > 0: the logits are Gemma 2's soft-capped
+ * ones, the gradient taken through the cap (as model_pref.c). */
 static __global__ void pref_logp_k(float *l, double *lp, const int32_t *targets, const float *g,
-				   int V)
+				   int V, float cap = 0)
 {
 	__shared__ float shf[FT_PREF_TPB];
 	__shared__ double shd[FT_PREF_TPB];
@@ -44,9 +45,26 @@ static __global__ void pref_logp_k(float *l, double *lp, const int32_t *targets,
 		lp[blockIdx.x] = (double)lt - (mx + log(sum));
 	if (g) {
 		float s = -g[blockIdx.x];
-		for (int j = threadIdx.x; j < V; j += blockDim.x)
-			row[j] = ft_k_ce_grad(row[j], mx, sum, s, j == tg);
+		for (int j = threadIdx.x; j < V; j += blockDim.x) {
+			float z = row[j], d = ft_k_ce_grad(z, mx, sum, s, j == tg);
+			row[j] = cap > 0 ? ft_k_softcap_grad(d, z, cap) : d;
+		}
 	}
+}
+
+/* out[row] = the mean of a row of V (soft-capped) logits, summed in
+ * double: soft-capped logits have no linear mean (capped_means in
+ * model_pref.c). */
+static __global__ void pref_rowmean_k(float *out, const float *l, int V)
+{
+	__shared__ double sh[FT_PREF_TPB];
+	const float *row = l + (size_t)blockIdx.x * V;
+	double s = 0;
+	for (int j = threadIdx.x; j < V; j += blockDim.x)
+		s += row[j];
+	s = ft_cu_block_sum(s, sh);
+	if (threadIdx.x == 0)
+		out[blockIdx.x] = (float)(s / V);
 }
 
 /* wm[d] = mean over v of W[v, d] (double, rows in order), from the fp32

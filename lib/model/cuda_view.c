@@ -1,5 +1,6 @@
 /* cuda_view.c - copy an ft_model's shapes and pointers into the plain-C
  * view the CUDA backend reads (see cuda_view.h). */
+#include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,9 +75,26 @@ void ft_cuda_view_group(const ft_cuda_view *v, int l, int g, ft_cv_group *out)
 	out->tot = out->base;
 	for (int i = 0; i < out->n; i++) {
 		const ft_cv_lora *lo = &v->layers[l].lora[out->js[i]];
+		if (v->fused && i > 0) {   /* Phi-3: the lead's A, so its hidden */
+			out->loff[i] = out->loff[0];
+			continue;
+		}
 		out->loff[i] = lo->on ? out->tot : -1;
 		out->tot += lo->on ? lo->r : 0;
 	}
+}
+
+int ft_cuda_view_sliding(const ft_cuda_view *v, int l)
+{
+	return v->gemma && l >= 0 && l < 256 && (v->sliding[l / 64] >> (l % 64) & 1);
+}
+
+int ft_cv_lora_owner(const ft_cv_group *c, int i)
+{
+	for (int k = 0; k < i; k++)
+		if (c->loff[k] == c->loff[i])
+			return 0;
+	return c->loff[i] >= 0;
 }
 
 int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
@@ -89,20 +107,27 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 		return ft_fail("model shape not supported on CUDA: head_dim %d, %d heads, "
 			       "%d kv heads", c->head_dim, c->num_attention_heads,
 			       c->num_key_value_heads);
-	if (c->fused)
-		return ft_fail("Phi-3 models train on the CPU only for now (--device cpu): the CUDA "
-			       "model has no fused qkv_proj / gate_up_proj yet");
-	if (c->gemma)
-		return ft_fail("Gemma models train on the CPU only for now (--device cpu): the CUDA "
-			       "backend has no soft-capped attention, GeGLU or post norms yet");
 	v->V = c->vocab_size; v->D = c->hidden_size; v->F = c->intermediate_size;
 	v->L = c->num_hidden_layers; v->Hq = c->num_attention_heads;
 	v->Hk = c->num_key_value_heads; v->hd = c->head_dim;
 	v->window = c->sliding_window; v->eps = (float)c->rms_norm_eps;
 	v->qk_norm = c->qk_norm;
+	v->fused = c->fused;
+	v->rd = ftp_rotary_dim(c);
+	if (v->rd % 2 || v->rd > v->hd)
+		return ft_fail("model shape not supported on CUDA: rotary dim %d, head_dim %d",
+			       v->rd, v->hd);
 	for (int j = 0; j < L_NLIN; j++)
 		ftp_lin_dims(c, j, &v->lin_in[j], &v->lin_out[j]);
 	ftp_rope_params_of(c, &v->rope);
+	v->gemma = c->gemma;
+	if (c->gemma) {
+		v->attn_scale = (float)(1.0 / sqrt(c->query_pre_attn_scalar));
+		v->attn_softcap = (float)c->attn_softcap;
+		v->final_softcap = (float)c->final_softcap;
+		memcpy(v->sliding, c->sliding_layers, sizeof v->sliding);
+		ftp_rope_local_params(c, &v->rope_local);
+	}
 	v->full = m->o.type == FT_FT_FULL;
 	v->lora_rank = m->o.lora_rank;
 	v->gradient_checkpointing = m->o.gradient_checkpointing;
@@ -122,6 +147,8 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 		d->ln1 = wg(y->ln1);
 		d->ln2 = wg(y->ln2);
 		d->qn = wg(y->qn);
+		d->ln3 = wg(y->ln3);
+		d->ln4 = wg(y->ln4);
 		d->kn = wg(y->kn);
 		for (int j = 0; j < L_NLIN; j++) {
 			d->lin[j] = wg(y->lin[j]);

@@ -34,7 +34,7 @@ typedef struct {
 	ft_cv_wg ln1, ln2, lin[FT_CV_NLIN], bias[3];
 	ft_cv_lora lora[FT_CV_NLIN];
 	ft_cv_wg qn, kn;    /* q_norm, k_norm [hd] (Qwen3), w NULL when absent */
-	ft_cv_wg ln3, ln4;  /* Gemma (not on the GPU yet: ft_cuda_view_of refuses it) */
+	ft_cv_wg ln3, ln4;  /* Gemma: pre_/post_feedforward_layernorm */
 } ft_cv_layer;
 
 typedef struct {
@@ -60,6 +60,18 @@ typedef struct {
 	int V, D, F, L, Hq, Hk, hd, window;
 	float eps;
 	int qk_norm;            /* Qwen3: per-head RMSNorm of q and k before RoPE */
+	int fused;              /* Phi-3: q|k|v and gate|up are row blocks of one
+				   tensor each, LoRA on the fused module (one A,
+				   B's row blocks: its members share one hidden) */
+	int rd;                 /* the rotary dim (< hd: partial rotary) */
+	/* Gemma (2 or 3; 0 otherwise): RMSNorms times (1 + weight), post
+	 * norms (ln3, ln4), GeGLU, embeddings times sqrt(D), scores times
+	 * attn_scale and soft-capped (0: off), final logits soft-capped,
+	 * the layers of bit l of `sliding` windowed with rope_local's RoPE */
+	int gemma;
+	float attn_scale, attn_softcap, final_softcap;
+	uint64_t sliding[4];
+	ft_rope_params rope_local;
 	int lin_in[FT_CV_NLIN], lin_out[FT_CV_NLIN];
 	ft_rope_params rope;
 	int full;               /* finetuning type full (embedding trains) */
@@ -82,7 +94,9 @@ typedef struct {
  * over their weights stacked by rows, followed by the LoRA A matrices of
  * the modules that have LoRA, so the input is read once.  The output is
  * one row-major [N, tot] buffer: module js[i]'s output in columns
- * [off[i], off[i] + its out), its LoRA hidden in [loff[i], loff[i] + r). */
+ * [off[i], off[i] + its out), its LoRA hidden in [loff[i], loff[i] + r).
+ * Phi-3's fused modules have one LoRA A: every member's loff is the
+ * lead's (ft_cv_lora_owner tells the module that owns a hidden). */
 #define FT_CV_NGROUP 2           /* 0: q|k|v, 1: gate|up */
 typedef struct {
 	int n, js[3];            /* the modules, in order */
@@ -106,6 +120,11 @@ int ft_cuda_view_of(struct ft_model *m, ft_cuda_view *v);
 void ft_cuda_view_free(ft_cuda_view *v);
 /* Group g (FT_CV_NGROUP) of layer l, from the view's shapes and LoRA. */
 void ft_cuda_view_group(const ft_cuda_view *v, int l, int g, ft_cv_group *out);
+/* Whether layer l is one of Gemma's sliding-window layers. */
+int ft_cuda_view_sliding(const ft_cuda_view *v, int l);
+/* Whether module i of group c computes its LoRA hidden (no earlier
+ * member shares it). */
+int ft_cv_lora_owner(const ft_cv_group *c, int i);
 /* The names of the seven linear modules ("q_proj" ...). */
 const char *ft_cuda_view_lin_name(int j);
 #ifdef __cplusplus

@@ -235,8 +235,8 @@ static int rope_setup(const ft_model *m, infer_buf *b, int maxpos)
 	ft_rope_tables(b->cos_t, b->sin_t, pos32, b->N, b->inv_freq, rd);
 	ft_rope_scale_tables(b->cos_t, b->sin_t, (size_t)b->N * (rd / 2), &rp);
 	if (c->gemma) {   /* sliding layers: default RoPE with their base */
-		ft_rope_params lp = { "default", c->rope_local_theta, 1, 1, 4, c->max_position_embeddings,
-				      c->max_position_embeddings, 0, 0, 0, 0, NULL, NULL };
+		ft_rope_params lp;
+		ftp_rope_local_params(c, &lp);
 		float *inv = ft_xmalloc((c->head_dim / 2) * sizeof(float));
 		ft_rope_inv_freq(inv, rd, &lp, maxpos + 1);
 		ft_rope_tables(b->cos_l, b->sin_l, pos32, b->N, inv, rd);

@@ -187,6 +187,42 @@ static inline FT_HD void ft_k_swiglu_backward(float dh, float g, float u,
 	*dg = dh * u * sg * (1.0f + g * (1.0f - sg));
 }
 
+/* ---- Gemma: GeGLU with gelu_pytorch_tanh, and soft-capping ----
+ * h = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))) * up, in float32 as
+ * torch evaluates it (lib/model/layers_gemma.c loops over these). */
+#define FT_K_GELU_BETA 0.7978845608028654f    /* sqrt(2) * 2/sqrt(pi) * 0.5 */
+#define FT_K_GELU_KAPPA 0.044715f
+
+static inline FT_HD float ft_k_geglu(float x, float u)
+{
+	float inner = FT_K_GELU_BETA * (x + FT_K_GELU_KAPPA * x * x * x);
+	return 0.5f * x * (1 + tanhf(inner)) * u;
+}
+
+static inline FT_HD void ft_k_geglu_backward(float dh, float x, float u, float *dg, float *du)
+{
+	float x2 = x * x, inner = FT_K_GELU_BETA * (x + FT_K_GELU_KAPPA * x2 * x);
+	float t = tanhf(inner), g = 0.5f * x * (1 + t);
+	float d = 0.5f * (1 + t) + 0.5f * x * (1 - t * t) * FT_K_GELU_BETA *
+		  (1 + 3 * FT_K_GELU_KAPPA * x2);
+	*du = dh * g;
+	*dg = dh * u * d;
+}
+
+/* cap * tanh(x / cap), as transformers' Gemma 2 (attention scores after
+ * the scale, final logits); the gradient through it from the capped
+ * value c is d (1 - (c / cap)^2). */
+static inline FT_HD float ft_k_softcap(float x, float cap)
+{
+	return tanhf(x / cap) * cap;
+}
+
+static inline FT_HD float ft_k_softcap_grad(float d, float c, float cap)
+{
+	float th = c / cap;
+	return d * (1 - th * th);
+}
+
 /* ---- dropout mask: element i kept when splitmix64(seed + i) >= thr ---- */
 
 static inline FT_HD uint64_t ft_k_splitmix64(uint64_t x)

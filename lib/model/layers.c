@@ -667,15 +667,13 @@ float ft_exp_row(float *l, int V, double *sum_out)
 void ft_softcap_forward(float *x, size_t n, float cap)
 {
 	for (size_t e = 0; e < n; e++)   /* logits / cap, tanh, * cap, as transformers' Gemma 2 */
-		x[e] = tanhf(x[e] / cap) * cap;
+		x[e] = ft_k_softcap(x[e], cap);
 }
 
 void ft_softcap_backward(float *d, const float *c, size_t n, float cap)
 {
-	for (size_t e = 0; e < n; e++) {
-		float th = c[e] / cap;
-		d[e] *= 1 - th * th;
-	}
+	for (size_t e = 0; e < n; e++)
+		d[e] = ft_k_softcap_grad(d[e], c[e], cap);
 }
 
 double ft_lm_head_loss_cap(float *dx, float *dW, float *logits, const float *x,

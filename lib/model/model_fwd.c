@@ -396,8 +396,8 @@ int ftp_model_forward_body(ft_model *m, const ft_batch *b)
 	ft_rope_tables(m->cos_t, m->sin_t, m->pos, N, m->inv_freq, rd);
 	ft_rope_scale_tables(m->cos_t, m->sin_t, (size_t)N * (rd / 2), &rp);
 	if (c->gemma) {   /* sliding layers: default RoPE, their own base */
-		ft_rope_params lp = { "default", c->rope_local_theta, 1, 1, 4, c->max_position_embeddings,
-				      c->max_position_embeddings, 0, 0, 0, 0, NULL, NULL };
+		ft_rope_params lp;
+		ftp_rope_local_params(c, &lp);
 		ft_rope_inv_freq(m->inv_freq_l, rd, &lp, maxpos + 1);
 		ft_rope_tables(m->cos_l, m->sin_l, m->pos, N, m->inv_freq_l, rd);
 	}

@@ -22,6 +22,15 @@ int ftp_layer_sliding(const ft_config *c, int l)
 	return c->gemma && l < 256 && (c->sliding_layers[l / 64] >> (l % 64) & 1);
 }
 
+/* The sliding layers' RoPE: the default type with their own base (one
+ * definition for training, decoding and the CUDA view). */
+void ftp_rope_local_params(const ft_config *c, ft_rope_params *p)
+{
+	ft_rope_params lp = { "default", c->rope_local_theta, 1, 1, 4, c->max_position_embeddings,
+			      c->max_position_embeddings, 0, 0, 0, 0, NULL, NULL };
+	*p = lp;
+}
+
 /* Gemma's (1 + weight) as the weight the layer functions take: written to
  * m->norm_eff, valid until the next call. */
 const float *ftp_norm_w(ft_model *m, const float *w, int n)

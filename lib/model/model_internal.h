@@ -243,6 +243,8 @@ void ftp_lin_backward(ft_model *m, int l, int j, ftp_acts *a, float *dx, const f
 /* lib/model/model_gemma.c */
 int ftp_gemma_config(const json_t *j, ft_config *c, const char *path);
 int ftp_layer_sliding(const ft_config *c, int l);
+/* The sliding layers' RoPE parameters (default type, rope_local_theta). */
+void ftp_rope_local_params(const ft_config *c, ft_rope_params *p);
 const float *ftp_norm_w(ft_model *m, const float *w, int n);
 void ftp_gemma_layer_forward(ft_model *m, int l, ftp_acts *a, const float *x_in, float *x_out,
 			     const ft_batch *b);

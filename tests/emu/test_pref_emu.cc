@@ -71,6 +71,51 @@ static void test_logp(int n, int V)
 	   n, V, eg, mx);
 }
 
+/* Gemma 2's soft-capped logits (cap 5 on logits up to 12): the log-prob
+ * gradient through the cap, as model_pref.c (the CE gradient of the
+ * capped row, then ft_k_softcap_grad: the same two float expressions,
+ * within the ce tolerance above), and pref_rowmean_k's mean of a capped
+ * row against capped_means (a double sum in another order, then one
+ * float rounding: 2 ulps of the mean, which does not cancel here). */
+static void test_capped(int n, int V, float cap)
+{
+	std::vector<float> l((size_t)n * V), ref((size_t)n * V), g(n), mean(n);
+	std::vector<int32_t> tg(n);
+	std::vector<double> lp(n);
+	for (auto &x : l)
+		x = ft_k_softcap(12 * frand() + 3, cap);
+	for (int i = 0; i < n; i++) {
+		tg[i] = (int)((unsigned)(frand() * 1e4f + 2e4f) % (unsigned)V);
+		g[i] = 0.5f * frand();
+	}
+	std::vector<float> l0 = l;
+	launch([&] { pref_rowmean_k(mean.data(), l.data(), V); }, { (unsigned)n, 1, 1 }, 0);
+	double em = 0;
+	for (int i = 0; i < n; i++) {
+		double s = 0;
+		for (int j = 0; j < V; j++)
+			s += l0[(size_t)i * V + j];
+		float want = (float)(s / V);
+		em = fmax(em, fabs((double)mean[i] - want) / fabs((double)want));
+	}
+	for (int i = 0; i < n; i++) {
+		float *r = ref.data() + (size_t)i * V;
+		const float *c = l0.data() + (size_t)i * V;
+		ft_k_ce_row(r, c, V, tg[i], -g[i]);
+		for (int j = 0; j < V; j++)
+			r[j] = ft_k_softcap_grad(r[j], c[j], cap);
+	}
+	launch([&] { pref_logp_k(l.data(), lp.data(), tg.data(), g.data(), V, cap); },
+	       { (unsigned)n, 1, 1 }, 0);
+	double eg = 0, mx = 0;
+	for (size_t i = 0; i < l.size(); i++) {
+		eg = fmax(eg, fabs((double)l[i] - ref[i]));
+		mx = fmax(mx, fabs((double)ref[i]));
+	}
+	ok(em <= 2.4e-7 && eg <= 1e-6 * mx, "capped logits n=%d V=%d cap=%g: mean %.2g, dlogp "
+	   "within %.2g of the CPU's (max %.2g)", n, V, cap, em, eg, mx);
+}
+
 /* pref_colmean_k (fp32 and bf16 copies) and pref_rowdot_k: the logits/ metrics */
 static void test_means(int N, int V, int D)
 {
@@ -158,6 +203,7 @@ int main(void)
 	emu_init();
 	test_logp(4, 100);      /* fewer logits than threads */
 	test_logp(3, 1000);     /* V off the 256 threads */
+	test_capped(3, 700, 5);
 	test_means(5, 300, 64);
 	test_means(3, 40, 600);  /* columns over two blocks */
 	test_value_head(6, 64);

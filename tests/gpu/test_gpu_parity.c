@@ -668,7 +668,7 @@ static void attention_case(int B, int T, int Hq, int Hk, int hd, int window, int
 		seg = NULL;
 	}
 	ft_attn_shape cs = { B, T, Hq, Hk, hd, window, seg, 0, 0, len };
-	ft_cuda_attn_shape gs = { B, T, Hq, Hk, hd, window, seg, len };
+	ft_cuda_attn_shape gs = { B, T, Hq, Hk, hd, window, seg, len, 0, 0 };
 	ft_attention_forward(cpu[0], cpu[1], in[0], in[1], in[2], &cs);
 	ft_attention_backward(cpu[2], cpu[3], cpu[4], in[3], in[0], in[1], in[2], cpu[0], cpu[1], &cs);
 	int rc = ft_cuda_attention_run(0, &gs, in[0], in[1], in[2], in[3], gpu[0], gpu[1], gpu[2],
