@@ -81,7 +81,7 @@ static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm
 		return -1;
 	x->skipped += skipped;
 	x->need_zero = 1;
-	return 0;
+	return skipped;
 }
 
 /* The k-th optimizer param: the model's (index >= 0), the head's weight
