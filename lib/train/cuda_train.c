@@ -150,19 +150,18 @@ static void b_set_grads_ready(void *self, ft_grads_ready_fn fn, void *ctx)
 
 static size_t b_peak(void *self) { return ft_cuda_peak_bytes(((binding *)self)->dm); }
 
-/* ---- fp16: the loss scaler in checkpoints and logs ----
+/* ---- fp16: the loss scaler in checkpoints and logs (cuda_train.h) ----
  * scaler.json holds torch's GradScaler.state_dict() (transformers writes
  * it pickled as scaler.pt): a resume must overflow, skip and grow where the
  * uninterrupted run did.  A checkpoint without it (another precision)
  * resumes with a fresh scaler, as transformers without scaler.pt. */
 #define SCALER_FILE "scaler.json"
 
-static int b_ckpt_save(void *self, const char *dir)
+int ft_cuda_train_scaler_save(const ft_cuda_model *dm, const char *dir)
 {
-	binding *x = self;
 	double scale;
 	int64_t tracker;
-	if (ft_cuda_scaler_get(x->dm, &scale, &tracker) < 0)
+	if (ft_cuda_scaler_get(dm, &scale, &tracker) < 0)
 		return ft_fail_ctx("%s: ", dir);
 	json_t *j = json_pack("{s:f, s:f, s:f, s:i, s:I}", "scale", scale, "growth_factor", 2.0,
 			      "backoff_factor", 0.5, "growth_interval", 2000,
@@ -174,9 +173,8 @@ static int b_ckpt_save(void *self, const char *dir)
 	return rc;
 }
 
-static int b_ckpt_load(void *self, const char *dir)
+int ft_cuda_train_scaler_load(ft_cuda_model *dm, const char *dir)
 {
-	binding *x = self;
 	char *f = ft_xasprintf("%s/" SCALER_FILE, dir);
 	int rc = 0;
 	if (access(f, F_OK) == 0) {
@@ -187,12 +185,22 @@ static int b_ckpt_load(void *self, const char *dir)
 			rc = -1;
 		else if (ft_json_req_num(j, "scale", &scale) < 0 ||
 			 ft_json_req_int(j, "_growth_tracker", &tracker) < 0 ||
-			 ft_cuda_scaler_set(x->dm, scale, tracker) < 0)
+			 ft_cuda_scaler_set(dm, scale, tracker) < 0)
 			rc = ft_fail_ctx("%s: ", f);
 		json_decref(j);
 	}
 	free(f);
 	return rc;
+}
+
+static int b_ckpt_save(void *self, const char *dir)
+{
+	return ft_cuda_train_scaler_save(((binding *)self)->dm, dir);
+}
+
+static int b_ckpt_load(void *self, const char *dir)
+{
+	return ft_cuda_train_scaler_load(((binding *)self)->dm, dir);
 }
 
 /* The scale after the step, beside the loss (transformers does not log it) */

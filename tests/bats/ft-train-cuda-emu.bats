@@ -165,6 +165,19 @@ long_data() {
 	jq '.scale = 0' a/checkpoint-3/scaler.json > b/checkpoint-3/scaler.json
 	run -1 --separate-stderr ft-train --output_dir b "${args[@]}" --resume_from_checkpoint b/checkpoint-3
 	[[ "$stderr" == *"b/checkpoint-3/scaler.json: loss scale 0 (a finite number > 0)"* ]]
+	# the preference stages' policy scaler too (orpo: step 2 skipped as well)
+	ft-cat --encode < "$PREF/dpo.jsonl" > dpo.zst
+	args=(--model_name_or_path "$LLAMA" --train dpo.zst --device cuda --stage dpo --pref_loss orpo
+	      --finetuning_type full --fp16 --learning_rate 1 --max_steps 6 --logging_steps 1
+	      --save_steps 3 -q)
+	ft-train --output_dir p "${args[@]}"
+	[ "$(jq -c 'select(.current_steps == 2 and .loss) | .grad_norm' p/trainer_log.jsonl)" = null ]
+	[ "$(jq -c .scale p/checkpoint-3/scaler.json)" = 32768 ]
+	mkdir q && cp -r p/checkpoint-3 q/ && head -n 3 p/trainer_log.jsonl > q/trainer_log.jsonl
+	ft-train --output_dir q "${args[@]}" --resume_from_checkpoint true
+	diff <(steady p/trainer_log.jsonl) <(steady q/trainer_log.jsonl)
+	cmp p/model.safetensors q/model.safetensors
+	cmp p/checkpoint-6/scaler.json q/checkpoint-6/scaler.json
 }
 
 @test "emulated device --bf16 and --fp16: half operands against the CPU's fp32, within their rounding" {
