@@ -53,6 +53,8 @@ static const ftp_cuda_api api = {
 	ft_cuda_set_grads_ready,
 	ft_cuda_grads_group,
 	ft_cuda_grads_wait,
+	ft_cuda_scaler_get,
+	ft_cuda_scaler_set,
 };
 
 extern "C" FTP_EXPORT const ftp_cuda_api *ftp_cuda_backend_api(void) { return &api; }

@@ -92,6 +92,14 @@ int ft_cuda_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr,
 
 int64_t ft_cuda_steps(const ft_cuda_model *dm) { return BACKEND->steps(dm); }
 double ft_cuda_loss_scale(const ft_cuda_model *dm) { return BACKEND->loss_scale(dm); }
+int ft_cuda_scaler_get(const ft_cuda_model *dm, double *scale, int64_t *growth_tracker)
+{
+	return BACKEND->scaler_get(dm, scale, growth_tracker);
+}
+int ft_cuda_scaler_set(ft_cuda_model *dm, double scale, int64_t growth_tracker)
+{
+	return BACKEND->scaler_set(dm, scale, growth_tracker);
+}
 int ft_cuda_copy_grads_to_host(ft_cuda_model *dm) { return BACKEND->copy_grads_to_host(dm); }
 int ft_cuda_copy_weights_to_host(ft_cuda_model *dm) { return BACKEND->copy_weights_to_host(dm); }
 int ft_cuda_copy_weights_to_device(ft_cuda_model *dm) { return BACKEND->copy_weights_to_device(dm); }

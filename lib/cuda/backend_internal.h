@@ -26,8 +26,9 @@ extern "C" {
 /* 7: ft_cuda_batch.lengths, ft_cuda_attn_shape.len (key padding);
  * 8: ft_cuda_view carries the quantized linears (QLoRA);
  * 9: the gradient groups of the data-parallel overlap;
- * 10: ft_cuda_attn_shape has scale, softcap (Gemma) */
-#define FTP_CUDA_ABI 10
+ * 10: ft_cuda_attn_shape has scale, softcap (Gemma);
+ * 11: the fp16 loss scaler's state (checkpoints) */
+#define FTP_CUDA_ABI 11
 
 typedef struct {
 	int abi;
@@ -85,6 +86,9 @@ typedef struct {
 	void (*set_grads_ready)(ft_cuda_model *, ft_cuda_ready_fn, void *);
 	int (*grads_group)(ft_cuda_model *, int, ft_cuda_grad_fn, void *);
 	int (*grads_wait)(ft_cuda_model *);
+	/* ABI 10: the fp16 loss scaler's state */
+	int (*scaler_get)(const ft_cuda_model *, double *, int64_t *);
+	int (*scaler_set)(ft_cuda_model *, double, int64_t);
 } ftp_cuda_api;
 
 /* The .so's entry points (exported; looked up by name with dlsym). */

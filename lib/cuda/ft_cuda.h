@@ -92,6 +92,11 @@ int ft_cuda_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr,
 		 double max_grad_norm, double *grad_norm, int *skipped);
 int64_t ft_cuda_steps(const ft_cuda_model *dm);
 double ft_cuda_loss_scale(const ft_cuda_model *dm);
+/* fp16: the dynamic loss scale and the steps since it last changed
+ * (torch's GradScaler scale and _growth_tracker; it doubles after 2000),
+ * for checkpoints; other precisions fail. */
+int ft_cuda_scaler_get(const ft_cuda_model *dm, double *scale, int64_t *growth_tracker);
+int ft_cuda_scaler_set(ft_cuda_model *dm, double scale, int64_t growth_tracker);
 
 /* fp32 gradients -> the CPU model's g arrays (fp16: divided by the loss
  * scale they were computed with, whether or not ft_cuda_step has

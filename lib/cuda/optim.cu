@@ -210,6 +210,31 @@ int ft_cu_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr, double
 int64_t ft_cuda_steps(const ft_cuda_model *dm) { return dm->step; }
 double ft_cuda_loss_scale(const ft_cuda_model *dm) { return dm->loss_scale; }
 
+/* GradScaler's state_dict (scale, _growth_tracker), for checkpoints: a
+ * resumed run must overflow, skip and grow where the uninterrupted one did. */
+int ft_cuda_scaler_get(const ft_cuda_model *dm, double *scale, int64_t *growth_tracker)
+{
+	if (dm->o.precision != FT_CUDA_F16)
+		return ft_fail("%s", "the loss scale is fp16's only");
+	*scale = dm->loss_scale;
+	*growth_tracker = dm->good_steps;
+	return 0;
+}
+
+int ft_cuda_scaler_set(ft_cuda_model *dm, double scale, int64_t growth_tracker)
+{
+	if (dm->o.precision != FT_CUDA_F16)
+		return ft_fail("%s", "the loss scale is fp16's only");
+	if (!(scale > 0) || isinf(scale))
+		return ft_fail("loss scale %g (a finite number > 0)", scale);
+	if (growth_tracker < 0 || growth_tracker >= SCALE_GROWTH_INTERVAL)
+		return ft_fail("growth tracker %lld (0 to %d)", (long long)growth_tracker,
+			       SCALE_GROWTH_INTERVAL - 1);
+	dm->loss_scale = scale;
+	dm->good_steps = (int)growth_tracker;
+	return 0;
+}
+
 int ft_cuda_sync(ft_cuda_model *dm)
 {
 	CU(cudaStreamSynchronize(dm->stream), "%s", "sync");

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include "model/model_pref.h"
 #include "train/cuda_pref.h"
+#include "train/cuda_train.h"
 #include "util/error.h"
 
 typedef struct {
@@ -81,7 +82,18 @@ static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm
 		return -1;
 	x->skipped += skipped;
 	x->need_zero = 1;
-	return 0;
+	return skipped;
+}
+
+/* fp16: the policy's loss scaler in checkpoints, as cuda_train.c's */
+static int b_ckpt_save(void *self, const char *dir)
+{
+	return ft_cuda_train_scaler_save(((binding *)self)->dm, dir);
+}
+
+static int b_ckpt_load(void *self, const char *dir)
+{
+	return ft_cuda_train_scaler_load(((binding *)self)->dm, dir);
 }
 
 /* The k-th optimizer param: the model's (index >= 0), the head's weight
@@ -202,12 +214,14 @@ int ft_pref_model_of_cuda(ft_model *m, const ft_cuda_opts *o, int value_head, ft
 		return -1;
 	}
 	const ft_config *c = ft_model_config(m);
+	int f16 = o->precision == FT_CUDA_F16;
 	/* forward_backward / forward (the sft loss) are not part of these
 	 * stages: pref.c calls the operations below */
 	ft_pref_model r = {
 		.base = { .self = x, .nparams = b_nparams, .param = b_param, .zero_grad = b_zero_grad,
 			  .save = b_save, .set_position = b_set_position, .step = b_step,
-			  .state_out = b_state_out, .state_in = b_state_in, .peak_bytes = b_peak },
+			  .state_out = b_state_out, .state_in = b_state_in, .peak_bytes = b_peak,
+			  .ckpt_save = f16 ? b_ckpt_save : NULL, .ckpt_load = f16 ? b_ckpt_load : NULL },
 		.hidden_size = c->hidden_size, .vocab_size = c->vocab_size,
 		.has_adapters = ft_model_has_adapters(m),
 		.logps_forward = b_logps_fwd, .logps_backward = b_logps_bwd, .set_adapters = b_adapters,

@@ -1,9 +1,11 @@
 /* cuda_train.c - ft_train_model on the CUDA backend (see cuda_train.h). */
 #include <stdlib.h>
+#include <unistd.h>
 #include "train/cuda_train.h"
 #include "train/dist.h"
 #include "model/cuda_view.h"
 #include "util/error.h"
+#include "util/json.h"
 
 typedef struct {
 	ft_model *m;
@@ -55,7 +57,7 @@ static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm
 		return -1;
 	x->skipped += skipped;
 	x->need_zero = 1;
-	return 0;
+	return skipped;
 }
 
 /* The CPU model index of the optimizer's k-th param (same objects). */
@@ -148,6 +150,69 @@ static void b_set_grads_ready(void *self, ft_grads_ready_fn fn, void *ctx)
 
 static size_t b_peak(void *self) { return ft_cuda_peak_bytes(((binding *)self)->dm); }
 
+/* ---- fp16: the loss scaler in checkpoints and logs (cuda_train.h) ----
+ * scaler.json holds torch's GradScaler.state_dict() (transformers writes
+ * it pickled as scaler.pt): a resume must overflow, skip and grow where the
+ * uninterrupted run did.  A checkpoint without it (another precision)
+ * resumes with a fresh scaler, as transformers without scaler.pt. */
+#define SCALER_FILE "scaler.json"
+
+int ft_cuda_train_scaler_save(const ft_cuda_model *dm, const char *dir)
+{
+	double scale;
+	int64_t tracker;
+	if (ft_cuda_scaler_get(dm, &scale, &tracker) < 0)
+		return ft_fail_ctx("%s: ", dir);
+	json_t *j = json_pack("{s:f, s:f, s:f, s:i, s:I}", "scale", scale, "growth_factor", 2.0,
+			      "backoff_factor", 0.5, "growth_interval", 2000,
+			      "_growth_tracker", (json_int_t)tracker);
+	char *f = ft_xasprintf("%s/" SCALER_FILE, dir);
+	int rc = ft_json_save_file_sorted(j, f, 2);
+	json_decref(j);
+	free(f);
+	return rc;
+}
+
+int ft_cuda_train_scaler_load(ft_cuda_model *dm, const char *dir)
+{
+	char *f = ft_xasprintf("%s/" SCALER_FILE, dir);
+	int rc = 0;
+	if (access(f, F_OK) == 0) {
+		json_t *j = ft_json_load_file(f);
+		double scale;
+		long long tracker;
+		if (!j)   /* the message names the file */
+			rc = -1;
+		else if (ft_json_req_num(j, "scale", &scale) < 0 ||
+			 ft_json_req_int(j, "_growth_tracker", &tracker) < 0 ||
+			 ft_cuda_scaler_set(dm, scale, tracker) < 0)
+			rc = ft_fail_ctx("%s: ", f);
+		json_decref(j);
+	}
+	free(f);
+	return rc;
+}
+
+static int b_ckpt_save(void *self, const char *dir)
+{
+	return ft_cuda_train_scaler_save(((binding *)self)->dm, dir);
+}
+
+static int b_ckpt_load(void *self, const char *dir)
+{
+	return ft_cuda_train_scaler_load(((binding *)self)->dm, dir);
+}
+
+/* The scale after the step, beside the loss (transformers does not log it) */
+static size_t b_metrics(void *self, int eval, const char **keys, double *vals, size_t cap)
+{
+	if (eval || cap < 1)
+		return 0;
+	keys[0] = "loss_scale";
+	vals[0] = ft_cuda_loss_scale(((binding *)self)->dm);
+	return 1;
+}
+
 int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t)
 {
 	binding *x = ft_xcalloc(1, sizeof *x);
@@ -159,7 +224,12 @@ int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t
 	ft_train_model r = { x, b_nparams, b_param, b_zero_grad, b_fwd_bwd, b_fwd, b_save,
 			     b_set_position, b_step, b_state_out, b_state_in, b_peak, 0, NULL,
 			     b_sum_group, b_sum_wait, ft_model_config(m)->num_hidden_layers,
-			     b_set_grads_ready };
+			     b_set_grads_ready, NULL, NULL };
+	if (o->precision == FT_CUDA_F16) {
+		r.ckpt_save = b_ckpt_save;
+		r.ckpt_load = b_ckpt_load;
+		r.metrics = b_metrics;
+	}
 	*t = r;
 	return 0;
 }

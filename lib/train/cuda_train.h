@@ -33,5 +33,10 @@ ft_cuda_model *ft_cuda_train_device(const ft_train_model *t);
 /* Optimizer steps skipped for fp16 overflow so far. */
 int64_t ft_cuda_train_skipped(const ft_train_model *t);
 void ft_cuda_train_free(ft_train_model *t);
+/* fp16: the loss scaler into a checkpoint being written (DIR/scaler.json)
+ * and back from one resumed (nothing when it has none); the trainer calls
+ * them through ft_train_model.ckpt_save/ckpt_load. */
+int ft_cuda_train_scaler_save(const ft_cuda_model *dm, const char *dir);
+int ft_cuda_train_scaler_load(ft_cuda_model *dm, const char *dir);
 
 #endif

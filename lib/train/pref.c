@@ -487,6 +487,16 @@ static int pf_state_in(void *self, const ft_adamw *opt)
 	ft_pref *p = self;
 	return p->pm.base.state_in(p->pm.base.self, opt);
 }
+static int pf_ckpt_save(void *self, const char *dir)
+{
+	ft_pref *p = self;
+	return p->pm.base.ckpt_save(p->pm.base.self, dir);
+}
+static int pf_ckpt_load(void *self, const char *dir)
+{
+	ft_pref *p = self;
+	return p->pm.base.ckpt_load(p->pm.base.self, dir);
+}
 /* The policy's device memory, plus a reference model's of its own. */
 static size_t pf_peak(void *self)
 {
@@ -507,6 +517,10 @@ ft_train_model ft_pref_train_model(ft_pref *p)
 		t.step = pf_step;
 		t.state_out = pf_state_out;
 		t.state_in = pf_state_in;
+	}
+	if (p->pm.base.ckpt_save) {   /* the policy's fp16 loss scaler */
+		t.ckpt_save = pf_ckpt_save;
+		t.ckpt_load = pf_ckpt_load;
 	}
 	if (p->pm.base.peak_bytes) t.peak_bytes = pf_peak;
 	return t;

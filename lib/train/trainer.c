@@ -425,6 +425,7 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 		ft_adamw_free(opt);
 		opt = ft_adamw_new(params, np, &ao);
 	}
+	if (o->resume_dir && m->ckpt_load && m->ckpt_load(m->self, o->resume_dir) < 0) goto out;
 	if (o->resume_dir && m->state_in && m->state_in(m->self, opt) < 0) goto out;
 	if (o->resume_dir && m->set_position)
 		m->set_position(m->self, st.epoch_idx * o->n_batches + st.batches_done);
@@ -499,8 +500,10 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 			int finite;
 			if (m->step) {   /* the optimizer lives with the weights (GPU):
 					    clipping and the update are one call there */
-				if (m->step(m->self, &ao, lr, o->max_grad_norm, &gnorm) < 0) goto out;
-				finite = isfinite(this_step) && isfinite(gnorm);
+				int r = m->step(m->self, &ao, lr, o->max_grad_norm, &gnorm);
+				if (r < 0) goto out;
+				/* an fp16 overflow skip is the loss scaler's business */
+				finite = isfinite(this_step) && (r == 1 || isfinite(gnorm));
 			} else {
 				const ft_optim_ext *x = o->optim_ext;
 				if (x && x->pre_clip) x->pre_clip(x->self);

@@ -50,7 +50,10 @@ typedef struct {
 	 * trainer's own ft_adamw then only carries the state to and from
 	 * checkpoints: state_out copies the trainable weights, moments and
 	 * step count into the host params and opt before a checkpoint or the
-	 * final save, state_in copies them back after a resume loaded them. */
+	 * final save, state_in copies them back after a resume loaded them.
+	 * step returns 1 when fp16 gradients overflowed and it skipped the
+	 * update (torch's GradScaler; *grad_norm inf): training goes on, as
+	 * transformers', without --skip_nonfinite. */
 	int (*step)(void *self, const ft_adamw_opts *o, double lr, double max_grad_norm,
 		    double *grad_norm);
 	int (*state_out)(void *self, ft_adamw *opt);
@@ -88,6 +91,12 @@ typedef struct {
 	 * final during forward_backward (ft_model_set_grads_ready), so data
 	 * parallel sums them while the backward goes on; fn NULL stops it. */
 	void (*set_grads_ready)(void *self, ft_grads_ready_fn fn, void *ctx);
+	/* Optional, both together (the CUDA binding with fp16): state of the
+	 * model's own step beyond the optimizer's (the loss scaler, as
+	 * transformers' scaler.pt), written into a checkpoint being made and
+	 * read back from the one resumed (after it loaded, before state_in). */
+	int (*ckpt_save)(void *self, const char *dir);
+	int (*ckpt_load)(void *self, const char *dir);
 } ft_train_model;
 
 enum { FT_BATCH_MEAN = 1, FT_BATCH_MEAN_SUM = 2 };

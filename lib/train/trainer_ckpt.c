@@ -117,6 +117,7 @@ int ftp_ckpt_save(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 	if (ft_adamw_save(opt, f) < 0) goto abort;
 	if (o->optim_ext && o->optim_ext->save && o->optim_ext->save(o->optim_ext->self, a.tmp) < 0)
 		goto abort;
+	if (m->ckpt_save && m->ckpt_save(m->self, a.tmp) < 0) goto abort;
 	free(f);
 	j = json_pack("{s:s, s:f, s:I, s:I, s:I, s:[f]}",
 		      "lr_scheduler_type", ft_sched_name(s->type), "learning_rate", s->lr,

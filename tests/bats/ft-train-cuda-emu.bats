@@ -134,6 +134,52 @@ long_data() {
 	done
 }
 
+@test "emulated device --fp16 resume after an overflow: the loss scale and its growth tracker come back (scaler.json)" {
+	sft_data
+	# --learning_rate 1: the first update makes step 2's gradients overflow
+	# fp16 at the initial scale 65536 (skipped, scale halved), and the later
+	# steps stay finite at 32768; without the scaler in the checkpoint the
+	# resumed run logs 65536 and its tracker lags by the steps before it
+	args=(--model_name_or_path "$LLAMA" --train train.zst --device cuda --finetuning_type full
+	      --fp16 --learning_rate 1 --max_steps 6 --gradient_accumulation_steps 2
+	      --logging_steps 1 --save_steps 3 -q)
+	ft-train --output_dir a "${args[@]}"
+	# the skipped step: no update (grad_norm inf, written null), scale halved
+	[ "$(jq -sc 'map(select(.loss) | [.current_steps, .grad_norm == null, .loss_scale])' a/trainer_log.jsonl)" \
+		= "[[1,false,65536],[2,true,32768],[3,false,32768],[4,false,32768],[5,false,32768],[6,false,32768]]" ]
+	[ "$(jq -c '[.scale, ._growth_tracker]' a/checkpoint-3/scaler.json)" = "[32768,1]" ]
+	mkdir b && cp -r a/checkpoint-3 b/ && head -n 3 a/trainer_log.jsonl > b/trainer_log.jsonl
+	ft-train --output_dir b "${args[@]}" --resume_from_checkpoint true
+	diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	cmp a/model.safetensors b/model.safetensors
+	cmp a/checkpoint-6/optimizer.safetensors b/checkpoint-6/optimizer.safetensors
+	cmp a/checkpoint-6/scaler.json b/checkpoint-6/scaler.json
+	[ "$(jq -c '[.scale, ._growth_tracker]' a/checkpoint-6/scaler.json)" = "[32768,4]" ]
+	# growth: a tracker one step short of 2000 doubles the scale at step 4
+	mkdir c && cp -r a/checkpoint-3 c/ && head -n 3 a/trainer_log.jsonl > c/trainer_log.jsonl
+	jq '._growth_tracker = 1999' a/checkpoint-3/scaler.json > c/checkpoint-3/scaler.json
+	ft-train --output_dir c "${args[@]}" --resume_from_checkpoint true
+	[ "$(jq -c 'select(.current_steps == 4 and .loss) | .loss_scale' c/trainer_log.jsonl)" = 65536 ]
+	[ "$(jq -c '[.scale, ._growth_tracker]' c/checkpoint-6/scaler.json)" = "[65536,2]" ]
+	# a damaged one is refused, naming the file
+	jq '.scale = 0' a/checkpoint-3/scaler.json > b/checkpoint-3/scaler.json
+	run -1 --separate-stderr ft-train --output_dir b "${args[@]}" --resume_from_checkpoint b/checkpoint-3
+	[[ "$stderr" == *"b/checkpoint-3/scaler.json: loss scale 0 (a finite number > 0)"* ]]
+	# the preference stages' policy scaler too (orpo: step 2 skipped as well)
+	ft-cat --encode < "$PREF/dpo.jsonl" > dpo.zst
+	args=(--model_name_or_path "$LLAMA" --train dpo.zst --device cuda --stage dpo --pref_loss orpo
+	      --finetuning_type full --fp16 --learning_rate 1 --max_steps 6 --logging_steps 1
+	      --save_steps 3 -q)
+	ft-train --output_dir p "${args[@]}"
+	[ "$(jq -c 'select(.current_steps == 2 and .loss) | .grad_norm' p/trainer_log.jsonl)" = null ]
+	[ "$(jq -c .scale p/checkpoint-3/scaler.json)" = 32768 ]
+	mkdir q && cp -r p/checkpoint-3 q/ && head -n 3 p/trainer_log.jsonl > q/trainer_log.jsonl
+	ft-train --output_dir q "${args[@]}" --resume_from_checkpoint true
+	diff <(steady p/trainer_log.jsonl) <(steady q/trainer_log.jsonl)
+	cmp p/model.safetensors q/model.safetensors
+	cmp p/checkpoint-6/scaler.json q/checkpoint-6/scaler.json
+}
+
 @test "emulated device --bf16 and --fp16: half operands against the CPU's fp32, within their rounding" {
 	sft_data
 	tr cpu cpu "$LLAMA" --train train.zst --finetuning_type lora

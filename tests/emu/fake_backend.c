@@ -106,6 +106,17 @@ static ft_adamw *optimizer(ft_cuda_model *dm)
 static int64_t steps(const ft_cuda_model *dm) { return dm->opt ? ft_adamw_steps(dm->opt) : 0; }
 static double loss_scale(const ft_cuda_model *dm) { (void)dm; return 1; }
 static int nothing(ft_cuda_model *dm) { (void)dm; return 0; }
+/* it computes in fp32 only: no loss scaler to checkpoint */
+static int scaler_get(const ft_cuda_model *dm, double *s, int64_t *t)
+{
+	(void)dm, (void)s, (void)t;
+	return ft_fail("%s", "fake backend: no fp16 loss scaling");
+}
+static int scaler_set(ft_cuda_model *dm, double s, int64_t t)
+{
+	(void)dm, (void)s, (void)t;
+	return ft_fail("%s", "fake backend: no fp16 loss scaling");
+}
 
 static long opt_index(ft_cuda_model *dm, const ft_param *p)
 {
@@ -282,6 +293,8 @@ static const ftp_cuda_api api = {
 	.step = model_step,
 	.steps = steps,
 	.loss_scale = loss_scale,
+	.scaler_get = scaler_get,
+	.scaler_set = scaler_set,
 	.copy_grads_to_host = nothing,
 	.copy_weights_to_host = nothing,
 	.copy_weights_to_device = nothing,
