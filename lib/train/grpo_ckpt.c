@@ -10,9 +10,8 @@
  * so they are saved, not recomputed; the grid is rebuilt from the
  * completions). */
 #include "train/grpo_internal.h"
-#include "train/trainer_internal.h"   /* ftp_ckpt_rotate: save_total_limit as ft_train's */
+#include "train/trainer_internal.h"   /* ftp_rl_ckpt_save: checkpoints as ft_train's */
 #include "format/safetensors.h"
-#include "util/atomicfile.h"
 #include "util/error.h"
 #include "util/json.h"
 
@@ -105,33 +104,29 @@ static json_t *state_json(const ftp_grpo_state *s, const ft_grpo_loop_opts *o)
 	return j;
 }
 
+typedef struct {
+	ft_model *m;
+	const ftp_grpo_state *s;
+	const ft_grpo_loop_opts *o;
+} buffer_ctx;
+
+/* ftp_rl_ckpt's extra: grpo_buffer.safetensors in the checkpoint's directory */
+static int save_buffer(void *ctx, const char *dir)
+{
+	const buffer_ctx *b = ctx;
+	char *h = ft_xasprintf("%s/grpo_buffer.safetensors", dir);
+	int rc = write_buffer(b->m, b->s, b->o, h);
+	free(h);
+	return rc;
+}
+
 int ftp_grpo_ckpt_save(ft_model *m, const ftp_grpo_state *s, const ft_grpo_loop_opts *o)
 {
-	char *dir = ft_xasprintf("%s/checkpoint-%lld", o->output_dir, (long long)s->step);
-	char *f = NULL, *g = NULL, *h = NULL;
-	json_t *j = NULL;
-	ft_atomic a;
-	int rc = -1;
-	if (ft_atomic_dir_open(&a, dir) < 0) goto out;
-	f = ft_xasprintf("%s/optimizer.safetensors", a.tmp);
-	g = ft_xasprintf("%s/grpo_state.json", a.tmp);
-	h = ft_xasprintf("%s/grpo_buffer.safetensors", a.tmp);
-	j = state_json(s, o);
-	if (o->save_model(o->save_ctx, a.tmp) < 0 || ft_adamw_save(s->opt, f) < 0 ||
-	    write_buffer(m, s, o, h) < 0 || ft_json_save_file_sorted(j, g, 2) < 0) {
-		ft_fail_ctx("%s: ", dir);
-		ft_atomic_dir_abort(&a);
-		goto out;
-	}
-	if (ft_atomic_dir_commit(&a, 1) < 0) goto out;
-	rc = o->save_total_limit > 0 ? ftp_ckpt_rotate(o->output_dir, o->save_total_limit) : 0;
-out:
-	json_decref(j);
-	free(f);
-	free(g);
-	free(h);
-	free(dir);
-	return rc;
+	buffer_ctx b = { m, s, o };
+	ftp_rl_ckpt c = { .output_dir = o->output_dir, .step = s->step, .save_total_limit = o->save_total_limit,
+			  .save_model = o->save_model, .save_ctx = o->save_ctx, .opt = s->opt,
+			  .state_name = "grpo_state.json", .extra = save_buffer, .extra_ctx = &b };
+	return ftp_rl_ckpt_save(&c, state_json(s, o));
 }
 
 static json_t *load_state(const char *dir)

@@ -3,8 +3,7 @@
 #include "format/trainlog.h"
 #include "model/model_pref.h"
 #include "train/ppo_model.h"
-#include "train/trainer_internal.h"   /* ftp_ckpt_rotate: save_total_limit as ft_train's */
-#include "util/atomicfile.h"
+#include "train/trainer_internal.h"   /* ftp_rl_ckpt_save: checkpoints as ft_train's */
 #include "util/error.h"
 #include "util/json.h"
 #include "util/rng.h"
@@ -441,29 +440,10 @@ static json_t *state_json(ft_model *m, const loop_state *s, const ft_ppo_loop_op
 static int ckpt_save(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const ft_ppo_klctl *kl,
 		     const ft_ppo_moments *mom, int N)
 {
-	char *dir = ft_xasprintf("%s/checkpoint-%lld", o->output_dir, (long long)s->step);
-	char *f = NULL, *g = NULL;
-	json_t *j = NULL;
-	ft_atomic a;
-	int rc = -1;
-	if (ft_atomic_dir_open(&a, dir) < 0) goto out;
-	f = ft_xasprintf("%s/optimizer.safetensors", a.tmp);
-	g = ft_xasprintf("%s/ppo_state.json", a.tmp);
-	j = state_json(m, s, o, kl, mom, N);
-	if (o->save_model(o->save_ctx, a.tmp) < 0 || ft_adamw_save(s->opt, f) < 0 ||
-	    ft_json_save_file_sorted(j, g, 2) < 0) {
-		ft_fail_ctx("%s: ", dir);
-		ft_atomic_dir_abort(&a);
-		goto out;
-	}
-	if (ft_atomic_dir_commit(&a, 1) < 0) goto out;
-	rc = o->save_total_limit > 0 ? ftp_ckpt_rotate(o->output_dir, o->save_total_limit) : 0;
-out:
-	json_decref(j);
-	free(f);
-	free(g);
-	free(dir);
-	return rc;
+	ftp_rl_ckpt c = { .output_dir = o->output_dir, .step = s->step, .save_total_limit = o->save_total_limit,
+			  .save_model = o->save_model, .save_ctx = o->save_ctx, .opt = s->opt,
+			  .state_name = "ppo_state.json" };
+	return ftp_rl_ckpt_save(&c, state_json(m, s, o, kl, mom, N));
 }
 
 static json_t *load_state(const char *dir)

@@ -304,3 +304,28 @@ int ftp_ckpt_rotate(const char *output_dir, int64_t limit)
 	free(v);
 	return rc;
 }
+
+int ftp_rl_ckpt_save(const ftp_rl_ckpt *c, json_t *state)
+{
+	char *dir = ft_xasprintf("%s/checkpoint-%lld", c->output_dir, (long long)c->step);
+	char *f = NULL, *g = NULL;
+	ft_atomic a;
+	int rc = -1;
+	if (ft_atomic_dir_open(&a, dir) < 0) goto out;
+	f = ft_xasprintf("%s/optimizer.safetensors", a.tmp);
+	g = ft_xasprintf("%s/%s", a.tmp, c->state_name);
+	if (c->save_model(c->save_ctx, a.tmp) < 0 || ft_adamw_save(c->opt, f) < 0 ||
+	    (c->extra && c->extra(c->extra_ctx, a.tmp) < 0) || ft_json_save_file_sorted(state, g, 2) < 0) {
+		ft_fail_ctx("%s: ", dir);
+		ft_atomic_dir_abort(&a);
+		goto out;
+	}
+	if (ft_atomic_dir_commit(&a, 1) < 0) goto out;
+	rc = c->save_total_limit > 0 ? ftp_ckpt_rotate(c->output_dir, c->save_total_limit) : 0;
+out:
+	json_decref(state);
+	free(f);
+	free(g);
+	free(dir);
+	return rc;
+}

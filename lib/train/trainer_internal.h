@@ -26,6 +26,23 @@ int ftp_ckpt_save(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 int ftp_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt, ftp_tstate *st);
 /* Remove the oldest checkpoint-N beyond save_total_limit. */
 int ftp_ckpt_rotate(const char *output_dir, int64_t limit);
+/* The RL loops' (PPO, GRPO) output_dir/checkpoint-<step>: save_model's
+ * files, optimizer.safetensors, extra's files (extra may be NULL; it gets
+ * the temporary directory), then state as state_name, all in a temporary
+ * directory renamed when complete; then save_total_limit's rotation (0:
+ * keep all).  Takes the reference to state.  0, or -1 with the message
+ * prefixed by the checkpoint's directory. */
+typedef struct {
+	const char *output_dir;
+	int64_t step, save_total_limit;
+	int (*save_model)(void *ctx, const char *dir);
+	void *save_ctx;
+	const ft_adamw *opt;
+	const char *state_name;
+	int (*extra)(void *ctx, const char *dir);
+	void *extra_ctx;
+} ftp_rl_ckpt;
+int ftp_rl_ckpt_save(const ftp_rl_ckpt *c, json_t *state);
 /* trainer_state.json as transformers writes it (plus an "ft" object). */
 json_t *ftp_trainer_state_json(const ft_train_opts *o, const ft_train_plan *p, const ftp_tstate *st);
 
