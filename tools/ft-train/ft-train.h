@@ -107,8 +107,6 @@ void pref_check_manifest(const ft_cli_args *c, const char *path, const ft_manife
 /* o NULL: the CPU model; else the device's options (train/cuda_pref.h) */
 ft_train_model pref_bind(ft_cli_args *c, ft_model *m, const ft_cuda_opts *o);
 void pref_free(ft_cli_args *c);
-/* A frozen model for a reference: dir with its adapters merged */
-ft_model *pref_frozen_model(const char *what, const char *dir, const char *adapters, uint64_t seed);
 int pref_eval_only(ft_cli_args *c, ft_train_model *tm, ft_batch_source *val);
 void pref_predict(ft_cli_args *c, ft_batch_source *val);
 void pref_plot(const ft_cli_args *c);
@@ -117,6 +115,9 @@ double pref_value_dropout(const ft_cli_args *c);
 /* A frozen model: dir with the adapters (comma-separated, or NULL) merged in
  * (LLaMA-Factory's references and full reward models); dies on error. */
 ft_model *pref_frozen_model(const char *what, const char *dir, const char *adapters, uint64_t seed);
+/* The PPO and GRPO reference model (NULL: a LoRA policy with its adapters
+ * off); dies when it cannot load or its vocabulary is not the policy's. */
+ft_model *pref_rl_ref(const ft_cli_args *c, const ft_model *m);
 /* ppo.c: --stage ppo (docs/PPO.md) */
 int ppo_known_key(const char *k);
 void ppo_args_parse(ft_lfargs *a, ft_cli_args *c);

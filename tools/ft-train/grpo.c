@@ -419,21 +419,10 @@ static FILE *open_completions(const ft_cli_args *c, int resume, int64_t from)
 	return fp;
 }
 
-/* The reference when beta != 0: --ref_model, else for freeze and full a
- * frozen copy of the base (TRL's create_model_from_path); a LoRA policy
- * uses itself with its adapters off (NULL). */
+/* The reference when beta != 0 (pref_rl_ref). */
 static ft_model *open_ref(const ft_cli_args *c, const ft_model *m)
 {
-	ft_model *ref = NULL;
-	if (P.o.beta == 0) return NULL;
-	if (c->ref_model)
-		ref = pref_frozen_model("--ref_model", c->ref_model, c->ref_model_adapters, c->tune.seed);
-	else if (c->tune.type != FT_FT_LORA)
-		ref = pref_frozen_model("the reference (a frozen copy of the base)", c->model, c->adapter, c->tune.seed);
-	if (ref && ft_model_config(ref)->vocab_size != ft_model_config(m)->vocab_size)
-		die("--ref_model %s: vocabulary of %d tokens, the policy's has %d", c->ref_model ? c->ref_model : c->model,
-		    ft_model_config(ref)->vocab_size, ft_model_config(m)->vocab_size);
-	return ref;
+	return P.o.beta == 0 ? NULL : pref_rl_ref(c, m);
 }
 
 static void loop_opts(const ft_cli_args *c, const ft_manifest *man, size_t n, ft_grpo_loop_opts *o)

@@ -348,19 +348,9 @@ void move_outputs(const char *from_dir, const char *output_dir)
 
 int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manifest *man)
 {
-	ft_model *ref = NULL;
 	if (c->tune.type == FT_FT_LORA && !ft_model_has_adapters(m))
 		die("--stage ppo: the policy has no LoRA adapters (--finetuning_type lora)");
-	/* create_ref_model: --ref_model (+ adapters) when given, else for
-	 * full and freeze a frozen copy of the base; LoRA disables its
-	 * adapters instead */
-	if (c->ref_model)
-		ref = pref_frozen_model("--ref_model", c->ref_model, c->ref_model_adapters, c->tune.seed);
-	else if (c->tune.type != FT_FT_LORA)
-		ref = pref_frozen_model("the reference (a frozen copy of the base)", c->model, c->adapter, c->tune.seed);
-	if (ref && ft_model_config(ref)->vocab_size != ft_model_config(m)->vocab_size)
-		die("--ref_model %s: vocabulary of %d tokens, the policy's has %d", c->ref_model ? c->ref_model : c->model,
-		    ft_model_config(ref)->vocab_size, ft_model_config(m)->vocab_size);
+	ft_model *ref = pref_rl_ref(c, m);
 	size_t n;
 	json_t **extra;
 	ft_i32vec *q = read_prompts(train, man, &n, &extra);

@@ -132,6 +132,22 @@ ft_model *pref_frozen_model(const char *what, const char *dir, const char *adapt
 	return m;
 }
 
+/* The PPO and GRPO reference, as LLaMA-Factory's create_ref_model:
+ * --ref_model (+ adapters) when given, else for full and freeze a frozen
+ * copy of the base; LoRA disables the policy's adapters instead (NULL). */
+ft_model *pref_rl_ref(const ft_cli_args *c, const ft_model *m)
+{
+	ft_model *ref = NULL;
+	if (c->ref_model)
+		ref = pref_frozen_model("--ref_model", c->ref_model, c->ref_model_adapters, c->tune.seed);
+	else if (c->tune.type != FT_FT_LORA)
+		ref = pref_frozen_model("the reference (a frozen copy of the base)", c->model, c->adapter, c->tune.seed);
+	if (ref && ft_model_config(ref)->vocab_size != ft_model_config(m)->vocab_size)
+		die("--ref_model %s: vocabulary of %d tokens, the policy's has %d", c->ref_model ? c->ref_model : c->model,
+		    ft_model_config(ref)->vocab_size, ft_model_config(m)->vocab_size);
+	return ref;
+}
+
 /* The value head of an earlier rm run, from the adapter or model dir. */
 static void load_value_head(ft_cli_args *c, ft_pref *p)
 {
