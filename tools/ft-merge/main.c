@@ -105,6 +105,29 @@ static uint64_t export_size(const char *s)
 static volatile sig_atomic_t interrupted;
 static void on_signal(int sig) { interrupted = sig; }
 
+/* SIGINT, SIGTERM, SIGHUP only set interrupted: the progress callback then
+ * stops the export, which removes its temporary directory. */
+static void catch_signals(void)
+{
+	struct sigaction sa = { .sa_handler = on_signal };
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+}
+
+/* A failed export: its message, and when a signal stopped it, that signal
+ * again with its default action (so the shell sees the signal). */
+static void export_failed(void)
+{
+	ft_progress_done();
+	if (interrupted) {
+		warn("%s", ft_errmsg());
+		signal(interrupted, SIG_DFL);
+		raise(interrupted);
+	}
+	die_lib();
+}
+
 /* Also the cancellation point: ^C stops between tensors and the library
  * removes the half-built export directory. */
 static int progress(void *ctx, size_t done, size_t total, uint64_t bytes, uint64_t bytes_total)
@@ -218,19 +241,8 @@ static int gptq(const ft_lfargs *a, const char *qbit, int threads, int quiet)
 	if (ft_gptq_calibration(ds, o.nsamples, o.maxlen, (uint64_t)sd, encode, tok, win) < 0) die_lib();
 	ft_tokenizer_free(tok);
 	o.windows = win;
-	struct sigaction sa = { .sa_handler = on_signal };
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGHUP, &sa, NULL);
-	if (ft_gptq_export(&o) < 0) {
-		ft_progress_done();
-		if (interrupted) {
-			warn("%s", ft_errmsg());
-			signal(interrupted, SIG_DFL);
-			raise(interrupted);
-		}
-		die_lib();
-	}
+	catch_signals();
+	if (ft_gptq_export(&o) < 0) export_failed();
 	ft_progress_done();
 	note("quantized %s to %d-bit GPTQ in %s", o.model_dir, o.bits, o.export_dir);
 	free(win);
@@ -343,19 +355,8 @@ int main(int argc, char **argv)
 		ft_lfargs_free(&args);
 		return 0;
 	}
-	struct sigaction sa = { .sa_handler = on_signal };
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGHUP, &sa, NULL);
-	if (ft_merge(&o) < 0) {
-		ft_progress_done();
-		if (interrupted) {
-			warn("%s", ft_errmsg());
-			signal(interrupted, SIG_DFL);
-			raise(interrupted);
-		}
-		die_lib();
-	}
+	catch_signals();
+	if (ft_merge(&o) < 0) export_failed();
 	ft_progress_done();
 	if (tok) {   /* export's tokenizer.save_pretrained: the patched tokenizer */
 		char *p = ft_xasprintf("%s/tokenizer.json", o.export_dir);
