@@ -17,6 +17,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "util/rng.h"
 #include "util/vec.h"
 
 /* ---- one linear layer ---- */
@@ -83,14 +84,10 @@ void ft_gptq_unpack_qweight(const int32_t *qweight, int rows, int cols, int bits
 
 /* ---- calibration data (gptq_calib.c) ---- */
 
-/* CPython's random module: MT19937 seeded by random.seed(int) (init_by_array
- * over the seed's 32-bit words) and randint(a, b). */
-typedef struct {
-	uint32_t mt[624];
-	int i;
-} ft_pyrandom;
-void ft_pyrandom_seed(ft_pyrandom *g, uint64_t seed);
-uint32_t ft_pyrandom_u32(ft_pyrandom *g);
+/* CPython's random module: util/rng.h's MT19937 seeded by random.seed(int)
+ * (ft_mt_seed_python), and randint(a, b). */
+typedef ft_mt ft_pyrandom;
+static inline void ft_pyrandom_seed(ft_pyrandom *g, uint64_t seed) { ft_mt_seed_python(g, seed); }
 int64_t ft_pyrandom_randint(ft_pyrandom *g, int64_t a, int64_t b);
 
 /* Token ids of one text, as the tokenizer's __call__ gives them

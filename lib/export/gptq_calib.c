@@ -17,79 +17,15 @@
 #include "util/json.h"
 #include "export/gptq.h"
 
-/* ---- CPython's _random (Modules/_randommodule.c) ---- */
-
-static void init_genrand(ft_pyrandom *g, uint32_t s)
-{
-	g->mt[0] = s;
-	for (int i = 1; i < 624; i++)
-		g->mt[i] = 1812433253u * (g->mt[i - 1] ^ (g->mt[i - 1] >> 30)) + (uint32_t)i;
-	g->i = 624;
-}
-
-/* random.seed(n) for an int n >= 0: init_by_array over n's 32-bit words,
- * least significant first ([0] for 0). */
-void ft_pyrandom_seed(ft_pyrandom *g, uint64_t seed)
-{
-	uint32_t key[2] = { (uint32_t)seed, (uint32_t)(seed >> 32) };
-	int len = key[1] ? 2 : 1;
-	init_genrand(g, 19650218u);
-	uint32_t *mt = g->mt;
-	int i = 1, j = 0;
-	for (int k = 624 > len ? 624 : len; k; k--) {
-		mt[i] = (mt[i] ^ ((mt[i - 1] ^ (mt[i - 1] >> 30)) * 1664525u)) + key[j] + (uint32_t)j;
-		i++;
-		j++;
-		if (i >= 624) {
-			mt[0] = mt[623];
-			i = 1;
-		}
-		if (j >= len) j = 0;
-	}
-	for (int k = 623; k; k--) {
-		mt[i] = (mt[i] ^ ((mt[i - 1] ^ (mt[i - 1] >> 30)) * 1566083941u)) - (uint32_t)i;
-		i++;
-		if (i >= 624) {
-			mt[0] = mt[623];
-			i = 1;
-		}
-	}
-	mt[0] = 0x80000000u;
-	g->i = 624;
-}
-
-uint32_t ft_pyrandom_u32(ft_pyrandom *g)
-{
-	uint32_t *mt = g->mt, y;
-	if (g->i >= 624) {
-		int k;
-		for (k = 0; k < 624 - 397; k++) {
-			y = (mt[k] & 0x80000000u) | (mt[k + 1] & 0x7fffffffu);
-			mt[k] = mt[k + 397] ^ (y >> 1) ^ (y & 1 ? 0x9908b0dfu : 0);
-		}
-		for (; k < 623; k++) {
-			y = (mt[k] & 0x80000000u) | (mt[k + 1] & 0x7fffffffu);
-			mt[k] = mt[k + (397 - 624)] ^ (y >> 1) ^ (y & 1 ? 0x9908b0dfu : 0);
-		}
-		y = (mt[623] & 0x80000000u) | (mt[0] & 0x7fffffffu);
-		mt[623] = mt[396] ^ (y >> 1) ^ (y & 1 ? 0x9908b0dfu : 0);
-		g->i = 0;
-	}
-	y = mt[g->i++];
-	y ^= y >> 11;
-	y ^= (y << 7) & 0x9d2c5680u;
-	y ^= (y << 15) & 0xefc60000u;
-	y ^= y >> 18;
-	return y;
-}
+/* ---- CPython's random.randint over util/rng.h's MT19937 ---- */
 
 /* getrandbits(k), 0 < k <= 64: 32-bit words from the least significant
  * up, the last one's surplus low bits dropped. */
 static uint64_t getrandbits(ft_pyrandom *g, int k)
 {
-	if (k <= 32) return ft_pyrandom_u32(g) >> (32 - k);
-	uint64_t lo = ft_pyrandom_u32(g);
-	return lo | (uint64_t)(ft_pyrandom_u32(g) >> (64 - k)) << 32;
+	if (k <= 32) return ft_mt_next(g) >> (32 - k);
+	uint64_t lo = ft_mt_next(g);
+	return lo | (uint64_t)(ft_mt_next(g) >> (64 - k)) << 32;
 }
 
 /* randint(a, b) = a + _randbelow(b - a + 1): getrandbits(n.bit_length())

@@ -32,41 +32,16 @@
 #include "format/safetensors.h"
 #include "model/layers.h"
 #include "util/error.h"
+#include "util/rng.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- torch's CPU generator --------------------------------------------- */
+/* ---- torch's CPU generator (util/rng.h's MT19937) ---------------------- */
 
-typedef struct { uint32_t s[624]; int next; } mt;
-
-static void mt_seed(mt *g, uint64_t seed)
-{
-	g->s[0] = (uint32_t)seed;
-	for (int j = 1; j < 624; j++)
-		g->s[j] = 1812433253u * (g->s[j - 1] ^ (g->s[j - 1] >> 30)) + (uint32_t)j;
-	g->next = 624;
-}
-
-static uint32_t mt_next(mt *g)
-{
-	if (g->next >= 624) {
-		for (int k = 0; k < 624; k++) {
-			uint32_t y = (g->s[k] & 0x80000000u) | (g->s[(k + 1) % 624] & 0x7fffffffu);
-			g->s[k] = g->s[(k + 397) % 624] ^ (y >> 1) ^ (y & 1 ? 0x9908b0dfu : 0);
-		}
-		g->next = 0;
-	}
-	uint32_t y = g->s[g->next++];
-	y ^= y >> 11;
-	y ^= (y << 7) & 0x9d2c5680u;
-	y ^= (y << 15) & 0xefc60000u;
-	return y ^ (y >> 18);
-}
-
-static float mt_uniform(mt *g) { return (float)(mt_next(g) & ((1u << 24) - 1)) * (1.0f / (1 << 24)); }
+static float mt_uniform(ft_mt *g) { return (float)(ft_mt_next(g) & ((1u << 24) - 1)) * (1.0f / (1 << 24)); }
 
 static void fill16(float *d)
 {
@@ -82,8 +57,8 @@ static void fill16(float *d)
 /* torch.randn(n, generator=manual_seed(seed)) for n >= 16 (normal_fill) */
 static void torch_randn(float *d, size_t n, uint64_t seed)
 {
-	mt g;
-	mt_seed(&g, seed);
+	ft_mt g;
+	ft_mt_seed_torch(&g, seed);
 	for (size_t i = 0; i < n; i++) d[i] = mt_uniform(&g);
 	for (size_t i = 0; i + 16 <= n; i += 16) fill16(d + i);
 	if (n % 16) {   /* the last 16 again, from fresh draws */
@@ -96,11 +71,11 @@ static void torch_randn(float *d, size_t n, uint64_t seed)
 /* apollo-torch's next_seed: torch.randint(0, 2^63 - 1, (15,)).tolist()[-1] */
 static uint64_t next_seed(uint64_t seed)
 {
-	mt g;
-	mt_seed(&g, seed);
+	ft_mt g;
+	ft_mt_seed_torch(&g, seed);
 	uint64_t v = 0;
 	for (int i = 0; i < 15; i++) {
-		uint64_t hi = mt_next(&g), lo = mt_next(&g);
+		uint64_t hi = ft_mt_next(&g), lo = ft_mt_next(&g);
 		v = ((hi << 32) | lo) % 9223372036854775807ull;
 	}
 	return v;
