@@ -17,13 +17,6 @@ typedef struct {
 	int vh_stale;        /* the host head changed: upload before use */
 } binding;
 
-static ft_cuda_batch cb(const ft_batch *b)
-{
-	ft_cuda_batch c = { b->B, b->T, b->input_ids, b->labels, b->position_ids,
-			    b->segment_ids, b->lengths };
-	return c;
-}
-
 /* The host value head -> the device, when it changed there. */
 static int head_up(binding *x)
 {
@@ -154,14 +147,14 @@ static size_t b_peak(void *self) { return ft_cuda_peak_bytes(((binding *)self)->
 
 static int b_logps_fwd(void *self, const ft_batch *b, int train, float *lp, float *lmean)
 {
-	ft_cuda_batch c = cb(b);
+	ft_cuda_batch c = ft_cuda_batch_of(b);
 	return ft_cuda_logps_forward(((binding *)self)->dp, &c, train, lp, lmean);
 }
 
 static int b_logps_bwd(void *self, const ft_batch *b, const float *d)
 {
 	binding *x = self;
-	ft_cuda_batch c = cb(b);
+	ft_cuda_batch c = ft_cuda_batch_of(b);
 	if (zero_now(x) < 0)
 		return -1;
 	return ft_cuda_logps_backward(x->dp, &c, d);
@@ -175,7 +168,7 @@ static int b_value_fwd(void *self, const ft_batch *b, int train, const int32_t *
 {
 	binding *x = self;
 	(void)vw, (void)vb, (void)hd;
-	ft_cuda_batch c = cb(b);
+	ft_cuda_batch c = ft_cuda_batch_of(b);
 	if (head_up(x) < 0)
 		return -1;
 	return ft_cuda_value_forward(x->dp, &c, train, pos, n, p_drop, seed, score);
@@ -187,7 +180,7 @@ static int b_value_bwd(void *self, const ft_batch *b, const int32_t *pos, int n,
 {
 	binding *x = self;
 	(void)vw, (void)hd, (void)dvw, (void)dvb;   /* the head's gradient stays on the device */
-	ft_cuda_batch c = cb(b);
+	ft_cuda_batch c = ft_cuda_batch_of(b);
 	if (zero_now(x) < 0)
 		return -1;
 	return ft_cuda_value_backward(x->dp, &c, pos, n, p_drop, seed, ds);

@@ -14,7 +14,7 @@ typedef struct {
 	int64_t skipped;     /* fp16 steps skipped for overflow */
 } binding;
 
-static ft_cuda_batch cb(const ft_batch *b)
+ft_cuda_batch ft_cuda_batch_of(const ft_batch *b)
 {
 	ft_cuda_batch c = { b->B, b->T, b->input_ids, b->labels, b->position_ids,
 			    b->segment_ids, b->lengths };
@@ -35,7 +35,7 @@ static void b_zero_grad(void *self) { ((binding *)self)->need_zero = 1; }
 static int b_fwd_bwd(void *self, const ft_batch *b, float scale, double *ls, int64_t *n)
 {
 	binding *x = self;
-	ft_cuda_batch c = cb(b);
+	ft_cuda_batch c = ft_cuda_batch_of(b);
 	if (x->need_zero && ft_cuda_zero_grad(x->dm) < 0)
 		return ft_fail_ctx("GPU: ");
 	x->need_zero = 0;
@@ -44,7 +44,7 @@ static int b_fwd_bwd(void *self, const ft_batch *b, float scale, double *ls, int
 
 static int b_fwd(void *self, const ft_batch *b, double *ls, int64_t *n)
 {
-	ft_cuda_batch c = cb(b);
+	ft_cuda_batch c = ft_cuda_batch_of(b);
 	return ft_cuda_forward(((binding *)self)->dm, &c, NULL, ls, n);
 }
 

@@ -24,6 +24,8 @@
 /* Fill *t for model m (borrowed; it must outlive *t). o->max_tokens and
  * o->max_seq bound the micro-batches (B*T and T from the manifests). */
 int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t);
+/* The device's view of a host micro-batch (the same arrays, borrowed). */
+ft_cuda_batch ft_cuda_batch_of(const ft_batch *b);
 /* 0 when the CUDA backend can train m as it is set up (fine-tuning type,
  * family, quantization); -1 with the reason otherwise.  Needs no GPU, so
  * --device auto can choose the CPU before anything is allocated. */
