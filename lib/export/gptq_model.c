@@ -105,20 +105,8 @@ static int block_init(block *b, ft_model *m, int T)
 	b->gate = fa(n * b->F); b->up = fa(n * b->F); b->h = fa(n * b->F);
 	b->tmp = fa(n * (b->D > b->qd ? b->D : b->qd));
 	/* RoPE for positions 0..T-1 (each window is its own sequence) */
-	ft_rope_params rp = { 0 };
-	snprintf(rp.type, sizeof rp.type, "%s", c->rope_type);
-	rp.theta = c->rope_theta;
-	rp.factor = c->rope_factor;
-	rp.low_freq_factor = c->rope_low_freq_factor;
-	rp.high_freq_factor = c->rope_high_freq_factor;
-	rp.original_max_pos = c->rope_original_max_pos;
-	rp.max_pos = c->max_position_embeddings;
-	rp.beta_fast = c->rope_beta_fast;
-	rp.beta_slow = c->rope_beta_slow;
-	rp.truncate = c->rope_truncate;
-	rp.attention_factor = c->rope_attention_factor;
-	rp.short_factor = c->rope_short;
-	rp.long_factor = c->rope_long;
+	ft_rope_params rp;
+	ft_rope_params_of(c, &rp);
 	float *inv = fa(b->rd / 2);
 	int32_t *pos = ft_xmalloc(n * sizeof *pos);
 	for (int t = 0; t < T; t++) pos[t] = t;

@@ -119,7 +119,7 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 			       v->rd, v->hd);
 	for (int j = 0; j < L_NLIN; j++)
 		ftp_lin_dims(c, j, &v->lin_in[j], &v->lin_out[j]);
-	ftp_rope_params_of(c, &v->rope);
+	ft_rope_params_of(c, &v->rope);
 	v->gemma = c->gemma;
 	if (c->gemma) {
 		v->attn_scale = (float)(1.0 / sqrt(c->query_pre_attn_scalar));

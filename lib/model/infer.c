@@ -227,7 +227,7 @@ static int rope_setup(const ft_model *m, infer_buf *b, int maxpos)
 {
 	const ft_config *c = &m->c;
 	ft_rope_params rp;
-	ftp_rope_params_of(c, &rp);
+	ft_rope_params_of(c, &rp);
 	int rd = ftp_rotary_dim(c);
 	if (ft_rope_inv_freq(b->inv_freq, rd, &rp, maxpos + 1) < 0) return -1;
 	int32_t *pos32 = ft_xmalloc(b->N * sizeof *pos32);

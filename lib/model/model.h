@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "format/batch.h"
+#include "model/layers.h"
 #include "util/vec.h"
 
 typedef enum { FT_ARCH_LLAMA, FT_ARCH_MISTRAL, FT_ARCH_QWEN2,
@@ -61,6 +62,9 @@ int ft_config_rope_override(ft_config *c, const char *type, long long model_max_
 /* config.json (a jansson json_t *) made to carry c's RoPE: its
  * rope_parameters and max_position_embeddings (rope_scaling dropped). */
 void ft_config_rope_to_json(void *config_json, const ft_config *c);
+/* c's RoPE as layers.h's ft_rope_inv_freq and ft_rope_scale_tables take
+ * it (lib/model/rope.c). */
+void ft_rope_params_of(const ft_config *c, ft_rope_params *p);
 /* Parses and checks every number's range (the loaders' one check). */
 int ft_config_load(const char *config_json, ft_config *c);
 /* Bytes of the base weights in float32: the memory plan checked (against

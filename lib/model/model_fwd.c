@@ -389,7 +389,7 @@ int ftp_model_forward_body(ft_model *m, const ft_batch *b)
 			m->targets[i] = t + 1 < b->T && b->labels ? b->labels[i + 1] : FT_IGNORE_INDEX;
 		}
 	ft_rope_params rp;
-	ftp_rope_params_of(c, &rp);
+	ft_rope_params_of(c, &rp);
 	int rd = ftp_rotary_dim(c);
 	if (ft_rope_inv_freq(m->inv_freq, rd, &rp, maxpos + 1) < 0)
 		return -1;

@@ -223,9 +223,9 @@ int ftp_memory_plan_check(double need, const char *kind, const char *what);
 int ftp_config_check_weights(const ft_config *c, const char *dir);
 /* model.c: rope_theta and the rope_parameters / rope_scaling object of j. */
 int ftp_config_rope(const json_t *j, ft_config *c, const char *path);
-/* lib/model/rope.c: the config's RoPE as layers.h takes it; yarn's keys
- * of a rope_parameters / rope_scaling object (rp) into c. */
-void ftp_rope_params_of(const ft_config *c, ft_rope_params *p);
+/* lib/model/rope.c: yarn's keys of a rope_parameters / rope_scaling
+ * object (rp) into c (ft_rope_params_of, model.h: the config's RoPE as
+ * layers.h takes it). */
 int ftp_rope_yarn_config(const json_t *rp, ft_config *c, const char *path);
 int ftp_rope_longrope_config(const json_t *rp, const json_t *j, ft_config *c, const char *path);
 /* The rope_parameters object of c (config.json as saved). */

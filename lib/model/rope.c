@@ -56,7 +56,7 @@ void ft_rope_scale_tables(float *cos_t, float *sin_t, size_t n, const ft_rope_pa
 	}
 }
 
-void ftp_rope_params_of(const ft_config *c, ft_rope_params *p)
+void ft_rope_params_of(const ft_config *c, ft_rope_params *p)
 {
 	memset(p, 0, sizeof *p);
 	snprintf(p->type, sizeof p->type, "%s", c->rope_type);
