@@ -260,11 +260,6 @@ void ftp_qlin_backward(ft_model *m, int l, int j, float *dx, const float *dy, in
 	}
 }
 
-const ft_qweight *ftp_model_qweight(const ft_model *m, int l, int j)
-{
-	return m->qw ? qw_of(m, l, j) : NULL;
-}
-
 /* ---- LLaMA-Factory's arguments and the memory plan ------------------- */
 
 static int is_true(const char *v, int *out)
