@@ -131,24 +131,12 @@ int ftp_grpo_ckpt_save(ft_model *m, const ftp_grpo_state *s, const ft_grpo_loop_
 
 static json_t *load_state(const char *dir)
 {
-	char *path = ft_xasprintf("%s/grpo_state.json", dir);
-	json_t *j = ft_json_load_file(path);
-	const char *fmt = j ? json_string_value(json_object_get(j, "format")) : NULL;
-	if (j && (!fmt || strcmp(fmt, "ft-grpo-state"))) {
-		ft_fail("%s: not an ft-train GRPO state", path);
-		json_decref(j);
-		j = NULL;
-	}
-	free(path);
-	return j;
+	return ftp_rl_ckpt_state(dir, "grpo_state.json", "ft-grpo-state", "GRPO");
 }
 
 int64_t ft_grpo_checkpoint_step(const char *dir)
 {
-	json_t *j = load_state(dir);
-	int64_t step = j ? json_integer_value(json_object_get(j, "global_step")) : -1;
-	json_decref(j);
-	return step;
+	return ftp_rl_ckpt_step(dir, "grpo_state.json", "ft-grpo-state", "GRPO");
 }
 
 /* tensor name of st holding exactly n elements of dtype dt into dst */

@@ -448,24 +448,12 @@ static int ckpt_save(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, cons
 
 static json_t *load_state(const char *dir)
 {
-	char *path = ft_xasprintf("%s/ppo_state.json", dir);
-	json_t *j = ft_json_load_file(path);
-	const char *fmt = j ? json_string_value(json_object_get(j, "format")) : NULL;
-	if (j && (!fmt || strcmp(fmt, "ft-ppo-state"))) {
-		ft_fail("%s: not an ft-train PPO state", path);
-		json_decref(j);
-		j = NULL;
-	}
-	free(path);
-	return j;
+	return ftp_rl_ckpt_state(dir, "ppo_state.json", "ft-ppo-state", "PPO");
 }
 
 int64_t ft_ppo_checkpoint_step(const char *dir)
 {
-	json_t *j = load_state(dir);
-	int64_t step = j ? json_integer_value(json_object_get(j, "global_step")) : -1;
-	json_decref(j);
-	return step;
+	return ftp_rl_ckpt_step(dir, "ppo_state.json", "ft-ppo-state", "PPO");
 }
 
 static int ckpt_load(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, ft_ppo_klctl *kl,

@@ -329,3 +329,25 @@ out:
 	free(dir);
 	return rc;
 }
+
+json_t *ftp_rl_ckpt_state(const char *dir, const char *name, const char *format, const char *what)
+{
+	char *path = ft_xasprintf("%s/%s", dir, name);
+	json_t *j = ft_json_load_file(path);
+	const char *fmt = j ? json_string_value(json_object_get(j, "format")) : NULL;
+	if (j && (!fmt || strcmp(fmt, format))) {
+		ft_fail("%s: not an ft-train %s state", path, what);
+		json_decref(j);
+		j = NULL;
+	}
+	free(path);
+	return j;
+}
+
+int64_t ftp_rl_ckpt_step(const char *dir, const char *name, const char *format, const char *what)
+{
+	json_t *j = ftp_rl_ckpt_state(dir, name, format, what);
+	int64_t step = j ? json_integer_value(json_object_get(j, "global_step")) : -1;
+	json_decref(j);
+	return step;
+}

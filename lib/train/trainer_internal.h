@@ -43,6 +43,11 @@ typedef struct {
 	void *extra_ctx;
 } ftp_rl_ckpt;
 int ftp_rl_ckpt_save(const ftp_rl_ckpt *c, json_t *state);
+/* The state file `name` of the RL checkpoint dir, refused unless its
+ * "format" is `format` ("%s: not an ft-train <what> state"); NULL with
+ * the message.  ftp_rl_ckpt_step: its global_step, -1 on error. */
+json_t *ftp_rl_ckpt_state(const char *dir, const char *name, const char *format, const char *what);
+int64_t ftp_rl_ckpt_step(const char *dir, const char *name, const char *format, const char *what);
 /* trainer_state.json as transformers writes it (plus an "ft" object). */
 json_t *ftp_trainer_state_json(const ft_train_opts *o, const ft_train_plan *p, const ftp_tstate *st);
 
