@@ -199,7 +199,7 @@ build/tests/%: tests/tools/%.c build/libft.a
 CXX ?= c++
 EMU_BINS := $(patsubst tests/emu/%.cc,build/asan/tests/%,$(wildcard tests/emu/test_*.cc))
 unit: $(EMU_BINS)
-$(EMU_BINS): build/asan/tests/%: tests/emu/%.cc tests/emu/emu.h $(wildcard lib/cuda/*.cuh) \
+$(EMU_BINS): build/asan/tests/%: tests/emu/%.cc tests/emu/emu.h tests/emu/emu_test.h $(wildcard lib/cuda/*.cuh) \
 		lib/model/flash.h lib/model/kernels.h tests/unit/tap.h build/asan/libft.a
 	@mkdir -p $(@D)
 	$(CXX) -std=c++17 $(WARN) -Wno-unknown-pragmas $(OPT) -g -O1 $(SAN) -iquote lib -iquote tests/unit -x c++ $< \
