@@ -92,7 +92,7 @@ build/asan/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -MMD -MP -c $< -o $@
 
-build/asan/tests/%: tests/unit/%.c tests/unit/tap.h build/asan/libft.a
+build/asan/tests/%: tests/unit/%.c tests/unit/tap.h tests/unit/st_test.h build/asan/libft.a
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -iquote tests/unit $< build/asan/libft.a $(LDLIBS) -o $@
 

@@ -19,4 +19,17 @@ static float *tensor_f32(const ft_st *st, const char *name, size_t n)
 	return r;
 }
 
+/* tensor NAME of ST as floats (malloc'd; *n its count when n is not
+ * NULL), or NULL when it is absent */
+__attribute__((unused))
+static float *st_f32(const ft_st *st, const char *name, size_t *n)
+{
+	const ft_st_tensor *t = ft_st_find(st, name);
+	if (!t) return NULL;
+	float *v = malloc(t->numel * sizeof *v);
+	ft_st_read_f32(t, v);
+	if (n) *n = t->numel;
+	return v;
+}
+
 #endif
