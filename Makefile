@@ -92,7 +92,7 @@ build/asan/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -MMD -MP -c $< -o $@
 
-build/asan/tests/%: tests/unit/%.c tests/unit/tap.h build/asan/libft.a
+build/asan/tests/%: tests/unit/%.c tests/unit/tap.h tests/unit/st_test.h build/asan/libft.a
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -O1 $(SAN) -iquote tests/unit $< build/asan/libft.a $(LDLIBS) -o $@
 
@@ -120,7 +120,7 @@ build/libft_cuda.so: $(CU_OBJ)
 # `make gpu-tests` builds tests/gpu/*.c (run by tests/gpu/run.sh); like
 # the tools they load the backend at run time.
 GPU_TESTS := $(patsubst tests/gpu/%.c,build/gpu/%,$(wildcard tests/gpu/*.c))
-build/gpu/%: tests/gpu/%.c tests/unit/tap.h build/libft.a build/libft_cuda.so
+build/gpu/%: tests/gpu/%.c tests/unit/tap.h tests/unit/st_test.h tests/gpu/gpu_test.h build/libft.a build/libft_cuda.so
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -iquote tests/unit $< build/libft.a $(LDLIBS) -o $@
 gpu-tests: $(GPU_TESTS)
@@ -199,7 +199,7 @@ build/tests/%: tests/tools/%.c build/libft.a
 CXX ?= c++
 EMU_BINS := $(patsubst tests/emu/%.cc,build/asan/tests/%,$(wildcard tests/emu/test_*.cc))
 unit: $(EMU_BINS)
-$(EMU_BINS): build/asan/tests/%: tests/emu/%.cc tests/emu/emu.h $(wildcard lib/cuda/*.cuh) \
+$(EMU_BINS): build/asan/tests/%: tests/emu/%.cc tests/emu/emu.h tests/emu/emu_test.h $(wildcard lib/cuda/*.cuh) \
 		lib/model/flash.h lib/model/kernels.h tests/unit/tap.h build/asan/libft.a
 	@mkdir -p $(@D)
 	$(CXX) -std=c++17 $(WARN) -Wno-unknown-pragmas $(OPT) -g -O1 $(SAN) -iquote lib -iquote tests/unit -x c++ $< \
@@ -256,7 +256,7 @@ $(EMU_RT_TEST): tests/emu/check_runtime.cc tests/emu/cuda_runtime_emu.cc tests/e
 # tests/gpu's device checks against the emulated backend (docs/CUDA.md):
 # several CPU minutes, so not part of `make test`.
 EMU_GPU_TESTS := build/emu-gpu/test_gpu_parity build/emu-gpu/test_gpu_generate
-build/emu-gpu/%: tests/gpu/%.c tests/unit/tap.h build/libft.a
+build/emu-gpu/%: tests/gpu/%.c tests/unit/tap.h tests/unit/st_test.h tests/gpu/gpu_test.h build/libft.a
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -iquote tests/unit $< build/libft.a $(LDLIBS) -o $@
 emu-gpu-tests: $(EMU_GPU_TESTS) $(EMU_CUDA)

@@ -17,8 +17,8 @@ cp build/gpu/test_* build/gpu/bench_gpu bin/ft-train bin/ft-cat bin/ft-generate 
 cp tests/gpu/run.sh "$out/tests/gpu/"
 cp -r tests/fixtures/models tests/fixtures/parity tests/fixtures/trainer tests/fixtures/generate \
 	tests/fixtures/merge tests/fixtures/pref tests/fixtures/quant "$out/tests/fixtures/"
-cp bench/train-gpu/run.sh bench/train-gpu/train_check.sh bench/train-gpu/pref_check.sh \
-	bench/train-gpu/qlora_check.sh bench/train-gpu/torch_gpu.py \
+cp bench/train-gpu/run.sh bench/train-gpu/check_env.sh bench/train-gpu/train_check.sh \
+	bench/train-gpu/pref_check.sh bench/train-gpu/qlora_check.sh bench/train-gpu/torch_gpu.py \
 	bench/train-gpu/gen_torch.py "$out/bench/train-gpu/"
 printf '#!/bin/sh\nexec "$(dirname "$0")/bench/train-gpu/run.sh" "$@"\n' > "$out/run.sh"
 chmod +x "$out/run.sh"

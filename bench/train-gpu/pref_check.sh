@@ -20,16 +20,8 @@
 # above 1.  Without a usable GPU the cuda runs are skipped with a message;
 # the CPU runs and the comparison still run (against themselves).
 # Env: BIN, FIXTURES, PYTHON, DEVICE (cuda; cpu checks the script).
-set -u
-here=$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)
-BIN=${BIN:-$here/bin}
-FIX=${FIXTURES:-$here/tests/fixtures}
-PY=${PYTHON:-python3}
-DEV=${DEVICE:-cuda}
+. "$(dirname "$(readlink -f "$0")")/check_env.sh" pref-check
 PREF=$FIX/pref
-work=$(mktemp -d "${TMPDIR:-/tmp}/ft-pref-check.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-cd "$work" || exit 1
 for s in dpo kto rm; do "$BIN/ft-cat" --encode < "$PREF/$s.jsonl" > $s.zst || exit 1; done
 flags() {
 	case $1 in

@@ -16,17 +16,8 @@
 # Without a usable GPU the cuda runs are skipped with a message and the
 # CPU runs still run (exit 0 when they do).
 # Env: BIN, FIXTURES, PYTHON, DEVICE (as train_check.sh), QLORA_BENCH (1; 0 skips part 2).
-set -u
-here=$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)
-BIN=${BIN:-$here/bin}
-FIX=${FIXTURES:-$here/tests/fixtures}
-PY=${PYTHON:-python3}
-DEV=${DEVICE:-cuda}
-work=$(mktemp -d "${TMPDIR:-/tmp}/ft-qlora-check.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-cd "$work" || exit 1
-"$BIN/ft-cat" --encode < "$FIX/trainer/train.jsonl" > train.zst || exit 1
-"$BIN/ft-cat" --encode < "$FIX/trainer/val.jsonl" > val.zst || exit 1
+. "$(dirname "$(readlink -f "$0")")/check_env.sh" qlora-check
+sft_data
 train() {   # out device bits [flags]
 	local out=$1 dev=$2 bits=$3
 	shift 3

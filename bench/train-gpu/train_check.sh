@@ -15,17 +15,8 @@
 # runs and the comparison code still run (against themselves), exit 0.
 # Env: BIN (dir of ft-train/ft-cat), FIXTURES, PYTHON; DEVICE (cuda; cpu
 # runs the whole script on the CPU, which checks the script itself).
-set -u
-here=$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)
-BIN=${BIN:-$here/bin}
-FIX=${FIXTURES:-$here/tests/fixtures}
-PY=${PYTHON:-python3}
-DEV=${DEVICE:-cuda}
-work=$(mktemp -d "${TMPDIR:-/tmp}/ft-train-check.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-cd "$work" || exit 1
-"$BIN/ft-cat" --encode < "$FIX/trainer/train.jsonl" > train.zst || exit 1
-"$BIN/ft-cat" --encode < "$FIX/trainer/val.jsonl" > val.zst || exit 1
+. "$(dirname "$(readlink -f "$0")")/check_env.sh" train-check
+sft_data
 train() {   # out device [flags]
 	local out=$1 dev=$2
 	shift 2

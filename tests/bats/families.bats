@@ -83,10 +83,7 @@ tiny_qwen3() {
 	 "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": true,
 	 "bos_token_id": 151643, "eos_token_id": 151645, "hidden_act": "silu", "dtype": "float32"}
 	EOT
-	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > init.zst
-	ft-train -q --train_from_scratch --config qwen3.json --finetuning_type full --train init.zst \
-		--output_dir model --max_steps 1
-	cp "$SHARED/tokenizers/qwen3/"tokenizer*.json model/
+	from_scratch qwen3.json
 }
 
 @test "qwen3 template: --enable_thinking=false puts the empty thought in the prompt" {

@@ -21,57 +21,14 @@
 # (fp16), grad norms 5e-2 and 1e-2.  Resume, the thread order and the
 # block spread are compared bit for bit (the emulation is deterministic).
 load helper
+load emu_helper
 
-# FT_EMU_LIB: another build of the emulated backend (e.g. one with --coverage)
-EMU="${FT_EMU_LIB:-$FT_ROOT/build/libft_cuda_emu.so}"
 LLAMA="$FIXTURES/models/tiny-llama"
 QWEN="$FIXTURES/models/tiny-qwen2"
 QWEN3="$FIXTURES/families/qwen3/model"
 GQA4="$FIXTURES/models/tiny-llama-gqa4"
 PREF="$FIXTURES/pref"
-export OMP_NUM_THREADS=1
 
-setup() {
-	cd "$BATS_TEST_TMPDIR"
-	[ -f "$EMU" ] || skip "the emulated backend is not built (make unit)"
-	command -v jq >/dev/null || skip "jq is not installed"
-	export FT_CUDA_LIB=$EMU
-}
-
-# tr DEVICE OUT MODEL [flags]: 4 steps
-tr() {
-	local dev=$1 out=$2 model=$3
-	shift 3
-	ft-train -q --model_name_or_path "$model" --output_dir "$out" --device "$dev" \
-		--max_steps 4 --logging_steps 1 --save_steps 0 --learning_rate 5e-3 --seed 3 "$@"
-}
-# the log without what names the device or the clock
-steady() { jq -c 'del(.elapsed_time, .remaining_time, .throughput, .device, .peak_memory_bytes)' "$1"; }
-nums() { jq -r '[.loss, .grad_norm, .eval_loss] | map(select(. != null)) | .[]' "$1"; }
-# close A B TOL: the same log lines, every number within TOL relative
-close() {
-	diff <(steady "$1" | jq -c keys) <(steady "$2" | jq -c keys)
-	[ "$(nums "$1" | wc -l)" -gt 0 ]
-	paste <(nums "$1") <(nums "$2") | awk -v tol="$3" '
-		{ d = $1 - $2; if (d < 0) d = -d; m = $1 < 0 ? -$1 : $1; r = d / (m > 1e-30 ? m : 1e-30)
-		  if (r > w) w = r; n++ }
-		END { printf "# %d numbers, worst relative difference %.3g (bound %g)\n", n, w, tol
-		      exit !(n > 0 && w <= tol) }' >&3
-}
-# same_run MODEL TOL flags...: CPU and emulated device within TOL
-same_run() {
-	local model=$1 tol=$2
-	shift 2
-	tr cpu cpu "$model" "$@"
-	tr cuda dev "$model" "$@"
-	[[ "$(jq -r .ft.device dev/trainer_state.json)" == "cuda:0 (ft host emulation, "* ]]
-	[ "$(wc -l < cpu/trainer_log.jsonl)" -eq "$(wc -l < dev/trainer_log.jsonl)" ]
-	close cpu/trainer_log.jsonl dev/trainer_log.jsonl "$tol"
-	rm -rf cpu dev
-}
-
-sft_data() { ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
-	     ft-cat --encode < "$FIXTURES/trainer/val.jsonl" > val.zst; }
 # rows of 30 to 90 tokens (three flash-attention tiles, T off the tile)
 long_data() {
 	ft-cat --encode < "$FIXTURES/emu/tokens.jsonl" > tok.zst
@@ -211,16 +168,8 @@ long_data() {
 }
 
 @test "emulated device ft-generate: the CPU's greedy tokens, batched, over several tiles of the cache" {
-	printf '%s\n' '{"prompt": "Who are you?"}' '{"prompt": "the tea is hot and the cup is full of it"}' \
-		'{"prompt": "x"}' > p.jsonl
 	for m in "$GQA4" "$QWEN" "$QWEN3"; do
-		for d in cpu cuda; do
-			ft-generate --model_name_or_path "$m" --tokenizer "$FIXTURES/generate/tokenizer" \
-				--template default --max_new_tokens 60 --do_sample false \
-				--per_device_eval_batch_size 2 --device $d p.jsonl > $d.out
-		done
-		[ "$(wc -l < cuda.out)" -eq 3 ]
-		diff cpu.out cuda.out
+		same_tokens "$m" 60
 	done
 }
 

@@ -21,46 +21,10 @@
 # amplifies rounding in gradient elements near adam_epsilon; see the
 # Gemma 3 dropout case below).  Greedy tokens must be equal.
 load helper
+load emu_helper
 
-EMU="${FT_EMU_LIB:-$FT_ROOT/build/libft_cuda_emu.so}"
 FAM="$FIXTURES/families"
-export OMP_NUM_THREADS=1
 
-setup() {
-	cd "$BATS_TEST_TMPDIR"
-	[ -f "$EMU" ] || skip "the emulated backend is not built (make unit)"
-	command -v jq >/dev/null || skip "jq is not installed"
-	export FT_CUDA_LIB=$EMU
-}
-
-tr() {
-	local dev=$1 out=$2 model=$3
-	shift 3
-	ft-train -q --model_name_or_path "$model" --output_dir "$out" --device "$dev" \
-		--max_steps 4 --logging_steps 1 --save_steps 0 --learning_rate 5e-3 --seed 3 "$@"
-}
-nums() { jq -r '[.loss, .grad_norm, .eval_loss] | map(select(. != null)) | .[]' "$1"; }
-close() {
-	[ "$(nums "$1" | wc -l)" -gt 0 ]
-	[ "$(nums "$1" | wc -l)" -eq "$(nums "$2" | wc -l)" ]
-	paste <(nums "$1") <(nums "$2") | awk -v tol="$3" '
-		{ d = $1 - $2; if (d < 0) d = -d; m = $1 < 0 ? -$1 : $1; r = d / (m > 1e-30 ? m : 1e-30)
-		  if (r > w) w = r; n++ }
-		END { printf "# %d numbers, worst relative difference %.3g (bound %g)\n", n, w, tol
-		      exit !(n > 0 && w <= tol) }' >&3
-}
-same_run() {
-	local model=$1 tol=$2
-	shift 2
-	tr cpu cpu "$model" "$@"
-	tr cuda dev "$model" "$@"
-	[[ "$(jq -r .ft.device dev/trainer_state.json)" == "cuda:0 (ft host emulation, "* ]]
-	close cpu/trainer_log.jsonl dev/trainer_log.jsonl "$tol"
-	rm -rf cpu dev
-}
-
-sft_data() { ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
-	     ft-cat --encode < "$FIXTURES/trainer/val.jsonl" > val.zst; }
 # rows of 30 to 60 tokens: past phi3-longrope's original 16 and
 # phi4mini's 12 positions, so the long factors are the ones used
 long_data() {
@@ -139,15 +103,7 @@ long_data() {
 }
 
 @test "emulated device ft-generate Phi-3 / Phi-4-mini / Gemma 2 / Gemma 3: the CPU's greedy tokens" {
-	printf '%s\n' '{"prompt": "Who are you?"}' '{"prompt": "the tea is hot and the cup is full of it"}' \
-		'{"prompt": "x"}' > p.jsonl
 	for f in phi3 phi4mini phi3-longrope gemma2 gemma3; do
-		for d in cpu cuda; do
-			ft-generate --model_name_or_path "$FAM/$f/model" --tokenizer "$FIXTURES/generate/tokenizer" \
-				--template default --max_new_tokens 30 --do_sample false \
-				--per_device_eval_batch_size 2 --device $d p.jsonl > $d.out
-		done
-		[ "$(wc -l < cuda.out)" -eq 3 ]
-		diff cpu.out cuda.out
+		same_tokens "$FAM/$f/model" 30
 	done
 }

@@ -18,9 +18,8 @@
 # micro-batches' means, the same number where (as here) every completion
 # has the same length: 1e-6 absolute (they are ~1e-2 and ~5).
 load helper
+load mpi_helper
 
-export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-MAXDIFF="$FT_ROOT/build/tests/st_maxdiff"
 
 setup() {
 	cd "$BATS_TEST_TMPDIR"
@@ -28,21 +27,9 @@ setup() {
 	ft-cat --encode < "$FIXTURES/grpo/prompts.jsonl" > p8.zst   # 8 prompts, batch_size 8
 	printf 'while read -r l; do echo ${#l}; done\n' > len.sh      # a reward that varies: the line's length
 }
-need_mpi() {
-	command -v mpirun >/dev/null || skip "mpirun is absent (apt-get install openmpi-bin libopenmpi-dev)"
-	[ -f "$FT_ROOT/build/libft_mpi.so" ] || skip "build/libft_mpi.so is not built (make with mpicc present)"
-	[ -x "$MAXDIFF" ] || skip "build/tests/st_maxdiff is not built (make unit)"
-	command -v jq >/dev/null || skip "jq is not installed"
-}
-mpi2() { mpirun --oversubscribe --allow-run-as-root -np 2 "$@"; }
 grpo_args() {
 	args=(--stage grpo --train p8.zst --max_completion_length 6 --logging_steps 1 --learning_rate 1e-3 -q
 		--reward_funcs "len=sh len.sh" --beta 0.04 "$@")
-}
-# largest |a - b| of field $3 over the lines of two logs
-field_diff() {
-	paste <(jq ".[\"$3\"] // 0" "$1") <(jq ".[\"$3\"] // 0" "$2") |
-		awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > m) m = d } END { printf "%g\n", m + 0 }'
 }
 same_run() {
 	for k in reward reward_std rewards/len/mean rewards/len/std frac_reward_zero_std completions/mean_length \

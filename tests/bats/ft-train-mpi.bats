@@ -17,31 +17,16 @@
 # equal to the last digit: 1e-6 holds with margin and still catches a
 # wrong share of batches or a missing sum (errors ~1e-2).
 load helper
+load mpi_helper
 
 MODEL="$FIXTURES/models/tiny-llama"
-export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-MAXDIFF="$FT_ROOT/build/tests/st_maxdiff"
 
 setup() {
 	cd "$BATS_TEST_TMPDIR"
 	command -v ft-cat >/dev/null || { echo "ft-cat is not built (run make)" >&2; return 1; }
 	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
 }
-need_mpi() {
-	command -v mpirun >/dev/null || skip "mpirun is absent (apt-get install openmpi-bin libopenmpi-dev)"
-	[ -f "$FT_ROOT/build/libft_mpi.so" ] || skip "build/libft_mpi.so is not built (make with mpicc present)"
-	[ -x "$MAXDIFF" ] || skip "build/tests/st_maxdiff is not built (make unit)"
-	command -v jq >/dev/null || skip "jq is not installed"
-}
-mpi2() { mpirun --oversubscribe --allow-run-as-root -np 2 "$@"; }
 base() { echo --model_name_or_path "$MODEL" --train train.zst --logging_steps 1 --learning_rate 1e-4 -q; }
-# largest |a - b| over the losses (or field $3) of two logs, line by line
-loss_diff() {
-	local f=${3:-loss}
-	paste <(jq ".$f // 0" "$1") <(jq ".$f // 0" "$2") |
-		awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > m) m = d } END { printf "%g\n", m + 0 }'
-}
-within() { awk -v x="$1" -v t="$2" 'BEGIN { exit !(x <= t) }'; }
 
 compare_with_one_process() {
 	local ft=$1 file=$2
@@ -53,7 +38,7 @@ compare_with_one_process() {
 	assert_success
 	# one log, written once: the same lines as the single process's
 	[ "$(wc -l < one/trainer_log.jsonl)" = "$(wc -l < two/trainer_log.jsonl)" ]
-	d=$(loss_diff one/trainer_log.jsonl two/trainer_log.jsonl)
+	d=$(field_diff one/trainer_log.jsonl two/trainer_log.jsonl loss)
 	within "$d" 1e-6 || { echo "loss differs by $d"; return 1; }
 	# step 1: the same forward passes on the same weights
 	[ "$(jq -s '.[0].loss' one/trainer_log.jsonl)" = "$(jq -s '.[0].loss' two/trainer_log.jsonl)" ]
@@ -110,7 +95,7 @@ compare_with_one_process() {
 	# one rank, the same global batch (1 x 4 = 2 x 2)
 	run ft-train "${args[@]}" --gradient_accumulation_steps 4 --output_dir c --resume_from_checkpoint true
 	assert_success
-	d=$(loss_diff a/trainer_log.jsonl c/trainer_log.jsonl)
+	d=$(field_diff a/trainer_log.jsonl c/trainer_log.jsonl loss)
 	within "$d" 1e-6 || { echo "loss differs by $d"; return 1; }
 	within "$("$MAXDIFF" a/adapter_model.safetensors c/adapter_model.safetensors)" 1e-6
 	# another global batch is refused, naming both splits
@@ -282,8 +267,8 @@ compare_with_one_process() {
 	assert_success
 	diff <(jq -c '[.current_steps, .epoch, (.eval_loss != null)]' one/trainer_log.jsonl) \
 	     <(jq -c '[.current_steps, .epoch, (.eval_loss != null)]' two/trainer_log.jsonl)
-	within "$(loss_diff one/trainer_log.jsonl two/trainer_log.jsonl)" 1e-6
-	within "$(loss_diff one/trainer_log.jsonl two/trainer_log.jsonl eval_loss)" 1e-6
+	within "$(field_diff one/trainer_log.jsonl two/trainer_log.jsonl loss)" 1e-6
+	within "$(field_diff one/trainer_log.jsonl two/trainer_log.jsonl eval_loss)" 1e-6
 }
 
 @test "SIGTERM to mpirun: all ranks stop at the same step, rank 0 checkpoints and says how to resume" {
@@ -323,6 +308,6 @@ compare_with_one_process() {
 	run mpi2 ft-train $(base) --device cuda --max_steps 6 --gradient_accumulation_steps 2 --output_dir two \
 		--save_strategy no
 	assert_success
-	within "$(loss_diff one/trainer_log.jsonl two/trainer_log.jsonl)" 1e-6
+	within "$(field_diff one/trainer_log.jsonl two/trainer_log.jsonl loss)" 1e-6
 	within "$("$MAXDIFF" one/adapter_model.safetensors two/adapter_model.safetensors)" 1e-6
 }

@@ -14,31 +14,16 @@
 # step through AdamW, so an order-of-addition difference stays far below
 # 1e-6; a missing rank's share of the metrics or the loss is ~1e-1 off.
 load helper
+load mpi_helper
 
 PREF="$FIXTURES/pref"
 MODEL="$FIXTURES/models/tiny-llama"
-export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-MAXDIFF="$FT_ROOT/build/tests/st_maxdiff"
 
 setup() {
 	cd "$BATS_TEST_TMPDIR"
 	command -v ft-cat >/dev/null || { echo "ft-cat is not built (run make)" >&2; return 1; }
 	for s in dpo rm kto; do ft-cat --encode < "$PREF/$s.jsonl" > $s.zst; done
 }
-need_mpi() {
-	command -v mpirun >/dev/null || skip "mpirun is absent (apt-get install openmpi-bin libopenmpi-dev)"
-	[ -f "$FT_ROOT/build/libft_mpi.so" ] || skip "build/libft_mpi.so is not built (make with mpicc present)"
-	[ -x "$MAXDIFF" ] || skip "build/tests/st_maxdiff is not built (make unit)"
-	command -v jq >/dev/null || skip "jq is not installed"
-}
-mpi2() { mpirun --oversubscribe --allow-run-as-root -np 2 "$@"; }
-# largest |a - b| of field $3 over the training lines of two logs
-field_diff() {
-	paste <(jq "select(.loss != null) | .[\"$3\"] // 0" "$1") \
-	      <(jq "select(.loss != null) | .[\"$3\"] // 0" "$2") |
-		awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > m) m = d } END { printf "%g\n", m + 0 }'
-}
-within() { awk -v x="$1" -v t="$2" 'BEGIN { exit !(x <= t) }'; }
 
 # compare STAGE FILE KEYS...: one process x 2 against 2 ranks x 1
 compare() {
@@ -55,7 +40,7 @@ compare() {
 	for k in loss "$@"; do
 		[ "$(jq -s "map(select(.loss != null) | has(\"$k\")) | all" two/trainer_log.jsonl)" = true ] ||
 			{ echo "no $k in the 2-rank log"; return 1; }
-		d=$(field_diff one/trainer_log.jsonl two/trainer_log.jsonl "$k")
+		d=$(field_diff one/trainer_log.jsonl two/trainer_log.jsonl "$k" 'select(.loss != null)')  # training lines
 		within "$d" 1e-6 || { echo "$k differs by $d"; return 1; }
 	done
 	w=$("$MAXDIFF" "one/$file" "two/$file")

@@ -18,3 +18,13 @@ setup() {
 skip_without_shared() {
 	[ -d "$SHARED" ] || skip "../shared is absent"
 }
+
+# from_scratch CONFIG: model/ from --train_from_scratch with config.json
+# CONFIG, one full step on the trainer fixture, and the real Qwen3
+# tokenizer from ../shared (the vocabulary CONFIG must then be Qwen's)
+from_scratch() {
+	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > init.zst
+	ft-train -q --train_from_scratch --config "$1" --finetuning_type full --train init.zst \
+		--output_dir model --max_steps 1
+	cp "$SHARED/tokenizers/qwen3/"tokenizer*.json model/
+}

@@ -18,6 +18,7 @@ extern "C" {
 #include "model/layers.h"
 }
 #include "tap.h"
+#include "emu_test.h"
 
 /* A bf16 element type, as cuda_bf16.h's __nv_bfloat16 is to the
  * kernels: loaded through to_f, stored through put (round to nearest
@@ -62,28 +63,8 @@ static void run_hd(fa_args<E> &p, int B, int pass)
 	else run<E, 32>(p, B, pass);
 }
 
-/* as err() in tests/unit/test_flash.c */
-static double err(const float *a, const float *ref, size_t n)
-{
-	double d = 0, s = 0.1;
-	for (size_t i = 0; i < n; i++) {
-		double e = fabs((double)a[i] - ref[i]);
-		if (e > d || e != e) d = e != e ? INFINITY : e;
-		if (fabs(ref[i]) > s) s = fabs(ref[i]);
-	}
-	return d / s;
-}
-
 static unsigned rng = 777;
-static std::vector<float> rnd(size_t n, float amp)
-{
-	std::vector<float> x(n);
-	for (auto &v : x) {
-		rng = rng * 1103515245u + 12345u;
-		v = amp * (((rng >> 8) & 0xffff) / 32768.0f - 1.0f);
-	}
-	return x;
-}
+static std::vector<float> rnd(size_t n, float amp) { return rnd_vec(rng, n, amp); }
 
 /* packed 1: ft-pack's neat packing; 2: right padding, rows of T - 37 b
  * real tokens (at least 1; ft_attn_shape.len). */
@@ -118,9 +99,9 @@ static void test_case(int B, int T, int Hq, int Hk, int hd, int window, int pack
 	contiguous(p);
 	for (int pass = 0; pass < 2; pass++)
 		run_hd(p, B, pass);
-	double eo = err(o2.data(), o1.data(), nq), el = err(l2.data(), l1.data(), nl);
-	double e0 = err(g2[0].data(), g1[0].data(), nq), e1 = err(g2[1].data(), g1[1].data(), nk);
-	double e2 = err(g2[2].data(), g1[2].data(), nk);
+	double eo = max_rel01(o2.data(), o1.data(), nq), el = max_rel01(l2.data(), l1.data(), nl);
+	double e0 = max_rel01(g2[0].data(), g1[0].data(), nq), e1 = max_rel01(g2[1].data(), g1[1].data(), nk);
+	double e2 = max_rel01(g2[2].data(), g1[2].data(), nk);
 	ok(eo <= 1e-5 && el <= 1e-5 && e0 <= 1e-5 && e1 <= 1e-5 && e2 <= 1e-5,
 	   "kernels B=%d T=%d Hq=%d Hk=%d hd=%d window=%d packed=%d: out %.2g lse %.2g "
 	   "dq %.2g dk %.2g dv %.2g", B, T, Hq, Hk, hd, window, packed, eo, el, e0, e1, e2);
@@ -167,10 +148,10 @@ static void test_bf16(int B, int T, int Hq, int Hk, int hd)
 			r[i] = ft_k_bf16_to_f32(x[i].h);
 		return r;
 	};
-	double eo = err(widen(o2).data(), o1.data(), nq), el = err(l2.data(), l1.data(), nl);
+	double eo = max_rel01(widen(o2).data(), o1.data(), nq), el = max_rel01(l2.data(), l1.data(), nl);
 	double e[3];
 	for (int i = 0; i < 3; i++)
-		e[i] = err(widen(g2[i]).data(), g1[i].data(), g1[i].size());
+		e[i] = max_rel01(widen(g2[i]).data(), g1[i].data(), g1[i].size());
 	ok(eo <= 1e-2 && el <= 1e-2 && e[0] <= 1e-2 && e[1] <= 1e-2 && e[2] <= 1e-2,
 	   "bf16 kernels B=%d T=%d Hq=%d Hk=%d hd=%d: out %.2g lse %.2g dq %.2g dk %.2g dv %.2g",
 	   B, T, Hq, Hk, hd, eo, el, e[0], e[1], e[2]);

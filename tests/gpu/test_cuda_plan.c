@@ -113,24 +113,49 @@ static void tiny(void)
 	ft_model_free(m);
 }
 
+/* The Llama-2-7B shape (D 4096, F 11008, 32 layers of 32 heads of 128,
+ * vocabulary 32000) with fake pointers taken from *next for the
+ * embeddings, head and final norm, and its layers allocated (zeroed). */
+static void llama7b_view(ft_cuda_view *v, int ckpt, uintptr_t *np)
+{
+	static const int in[7] = { 4096, 4096, 4096, 4096, 4096, 4096, 11008 };
+	static const int out[7] = { 4096, 4096, 4096, 4096, 11008, 11008, 4096 };
+	uintptr_t next = *np;
+	memset(v, 0, sizeof *v);
+	v->V = 32000; v->D = 4096; v->F = 11008; v->L = 32; v->Hq = 32; v->Hk = 32; v->hd = 128;
+	v->eps = 1e-5f;
+	v->gradient_checkpointing = ckpt;
+	memcpy(v->lin_in, in, sizeof in);
+	memcpy(v->lin_out, out, sizeof out);
+	v->wte.w = FAKE();
+	v->lm_head.w = FAKE();
+	v->norm.w = FAKE();
+	v->layers = calloc(v->L, sizeof *v->layers);
+	*np = next;
+}
+
+/* a trainable LoRA r=8, alpha 16 adapter on one module, fake pointers */
+static void lora8(ft_cv_lora *lo, uintptr_t *np)
+{
+	uintptr_t next = *np;
+	lo->on = 1;
+	lo->r = 8;
+	lo->scale = 2;
+	lo->A.w = FAKE();
+	lo->A.g = FAKE();
+	lo->B.w = FAKE();
+	lo->B.g = FAKE();
+	*np = next;
+}
+
 /* A Llama-2-7B-shaped view with fake (never dereferenced) pointers:
  * LoRA r=8 on q_proj, v_proj, bf16, batch 4 x 1024. */
 static void llama7b(int ckpt)
 {
 	ft_cuda_view v;
-	memset(&v, 0, sizeof v);
-	v.V = 32000; v.D = 4096; v.F = 11008; v.L = 32; v.Hq = 32; v.Hk = 32; v.hd = 128;
-	v.eps = 1e-5f;
-	v.gradient_checkpointing = ckpt;
-	int in[7] = { 4096, 4096, 4096, 4096, 4096, 4096, 11008 };
-	int out[7] = { 4096, 4096, 4096, 4096, 11008, 11008, 4096 };
-	memcpy(v.lin_in, in, sizeof in);
-	memcpy(v.lin_out, out, sizeof out);
 	uintptr_t next = 4096;
-	v.wte.w = FAKE();
-	v.lm_head.w = FAKE();
-	v.norm.w = FAKE();
-	v.layers = calloc(v.L, sizeof *v.layers);
+	llama7b_view(&v, ckpt, &next);
+	const int *in = v.lin_in, *out = v.lin_out;
 	double nmat = 2.0 * v.V * v.D, nvec = v.D, tvec = 0;
 	for (int l = 0; l < v.L; l++) {
 		ft_cv_layer *y = &v.layers[l];
@@ -141,13 +166,7 @@ static void llama7b(int ckpt)
 			y->lin[j].w = FAKE();
 			nmat += (double)in[j] * out[j];
 			if (j == 0 || j == 2) {
-				y->lora[j].on = 1;
-				y->lora[j].r = 8;
-				y->lora[j].scale = 2;
-				y->lora[j].A.w = FAKE();
-				y->lora[j].A.g = FAKE();
-				y->lora[j].B.w = FAKE();
-				y->lora[j].B.g = FAKE();
+				lora8(&y->lora[j], &next);
 				nvec += 8.0 * (in[j] + out[j]);
 				tvec += 8.0 * (in[j] + out[j]);
 			}
@@ -184,19 +203,9 @@ static void llama7b(int ckpt)
 static void llama7b_quant(int bits, ft_cuda_precision prec)
 {
 	ft_cuda_view v;
-	memset(&v, 0, sizeof v);
-	v.V = 32000; v.D = 4096; v.F = 11008; v.L = 32; v.Hq = 32; v.Hk = 32; v.hd = 128;
-	v.eps = 1e-5f;
-	v.gradient_checkpointing = 1;
-	int in[7] = { 4096, 4096, 4096, 4096, 4096, 4096, 11008 };
-	int out[7] = { 4096, 4096, 4096, 4096, 11008, 11008, 4096 };
-	memcpy(v.lin_in, in, sizeof in);
-	memcpy(v.lin_out, out, sizeof out);
 	uintptr_t next = 4096;
-	v.wte.w = FAKE();
-	v.lm_head.w = FAKE();
-	v.norm.w = FAKE();
-	v.layers = calloc(v.L, sizeof *v.layers);
+	llama7b_view(&v, 1, &next);
+	const int *in = v.lin_in, *out = v.lin_out;
 	ft_cv_qweight *qw = calloc((size_t)v.L * FT_CV_NLIN, sizeof *qw);
 	v.qw = qw;
 	double qbytes = 0, lora = 0, lin32 = 0;
@@ -214,13 +223,7 @@ static void llama7b_quant(int bits, ft_cuda_precision prec)
 				q->cb = (int8_t *)FAKE(), q->scb = FAKE();
 			qbytes += bits == 4 ? n / 2 + nb + 4 * ceil(nb / 256) : n + 4.0 * out[j];
 			lin32 += 4 * n;
-			y->lora[j].on = 1;
-			y->lora[j].r = 8;
-			y->lora[j].scale = 2;
-			y->lora[j].A.w = FAKE();
-			y->lora[j].A.g = FAKE();
-			y->lora[j].B.w = FAKE();
-			y->lora[j].B.g = FAKE();
+			lora8(&y->lora[j], &next);
 			lora += 8.0 * (in[j] + out[j]);
 		}
 	}

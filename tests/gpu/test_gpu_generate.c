@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "tap.h"
+#include "gpu_test.h"
 #include "cuda/ft_cuda.h"
 #include "gen/generate.h"
 #include "model/device.h"
@@ -45,11 +46,6 @@
 
 #define NEW 24
 #define NP 3
-
-static const char *pname(ft_cuda_precision p)
-{
-	return p == FT_CUDA_F32 ? "fp32" : p == FT_CUDA_BF16 ? "bf16" : "fp16";
-}
 
 typedef struct {
 	ft_i32vec p[NP];

@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include "tap.h"
+#include "st_test.h"
+#include "gpu_test.h"
 #include "cuda/ft_cuda.h"
 #include "model/device.h"
 #include "util/error.h"
@@ -29,16 +31,6 @@
 #define LLAMA "tests/fixtures/models/tiny-llama"
 #define QWEN2 "tests/fixtures/models/tiny-qwen2"
 #define PAR "tests/fixtures/parity/"
-
-static float *tensor_f32(const ft_st *st, const char *name, size_t n)
-{
-	const ft_st_tensor *t = ft_st_find(st, name);
-	if (!t || t->numel != n)
-		return NULL;
-	float *r = malloc(n * sizeof(float));
-	ft_st_read_f32(t, r);
-	return r;
-}
 
 static double scalar(const ft_st *st, const char *name)
 {
@@ -78,11 +70,6 @@ static ft_cuda_model *dev(ft_model *m, ft_cuda_precision p, int N, int T)
 	if (!dm)
 		printf("# ft_cuda_model_new: %s\n", ft_errmsg());
 	return dm;
-}
-
-static const char *pname(ft_cuda_precision p)
-{
-	return p == FT_CUDA_F32 ? "fp32" : p == FT_CUDA_BF16 ? "bf16" : "fp16";
 }
 
 /* Logits, loss and every gradient on the device against the fixture. */

@@ -20,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include "tap.h"
+#include "st_test.h"
+#include "gpu_test.h"
 #include "cuda/ft_cuda.h"
 #include "model/device.h"
 #include "model/infer.h"
@@ -29,16 +31,6 @@
 
 #define FX "tests/fixtures/quant/"
 #define PAR "tests/fixtures/parity/"
-
-static float *f32(const ft_st *st, const char *name, size_t n)
-{
-	const ft_st_tensor *t = ft_st_find(st, name);
-	if (!t || t->numel != n)
-		return NULL;
-	float *r = malloc(n * sizeof(float));
-	ft_st_read_f32(t, r);
-	return r;
-}
 
 static int32_t *i32(const ft_st *st, const char *name, int *B, int *T)
 {
@@ -68,7 +60,6 @@ static ft_model *qmodel(const char *kind, int bits, int fp4, int dbl, int ckpt)
 	return m;
 }
 
-static const char *pname(ft_cuda_precision p) { return p == FT_CUDA_F32 ? "fp32" : "bf16"; }
 
 /* The LoRA gradients now in m's g arrays against the fixture's (worst). */
 static double grads_err(ft_model *m, const ft_st *st, int *n)
@@ -81,7 +72,7 @@ static double grads_err(ft_model *m, const ft_st *st, int *n)
 			continue;
 		char k[256];
 		snprintf(k, sizeof k, "grad.%s", p->name);
-		float *r = f32(st, k, p->n);
+		float *r = tensor_f32(st, k, p->n);
 		worst = fmax(worst, r ? max_rel(p->g, r, p->n) : INFINITY);
 		free(r);
 		(*n)++;
@@ -125,7 +116,7 @@ static void model_case(const char *kind, const char *tag, int bits, int fp4, int
 	int64_t nt = 0;
 	if (!train || bits == 4) {   /* 8-bit train-mode logits are MatMul8bitFp's: via the loss */
 		int rc = ft_cuda_forward(dm, &b, lg, &loss, &nt);
-		float *ref = f32(st, "logits", N * V);
+		float *ref = tensor_f32(st, "logits", N * V);
 		double e = rc == 0 && ref ? max_rel(lg, ref, N * V) : INFINITY;
 		ok(e <= tl && rel_err(loss, want, 1e-6) <= tloss,
 		   "%s %s %s: eval logits within %g of bnb (max rel %.3g), loss %.6f vs %.6f%s%s", kind,

@@ -4,7 +4,7 @@
  * ft_attention_forward/backward (lib/model/layers.c), and the tile skip
  * test against the mask it must agree with.
  *
- * Tolerance: max |flash - cpu| / max |cpu| per tensor <= 1e-5 (see err()).  Both are
+ * Tolerance: max |flash - cpu| / max |cpu| per tensor <= 1e-5 (see max_rel01() in tap.h).  Both are
  * fp32 with the same exp (ft_vexpf); they differ only in summation
  * order: the online softmax adds exp(s - m_tile) rescaled by
  * exp(m_tile - m_row) per 32-key tile and normalises at the end, the CPU
@@ -77,21 +77,6 @@ static const char *seg_name(int mode)
 	       mode == SEG_MIXED ? "mixed" : "right padding";
 }
 
-/* max |a - ref| / max(max |ref|, 0.1): the inputs are O(1), so a
- * gradient that cancels to zero (T = 1: dS = P (dP - D) with P = 1 and
- * dP = D, both sums of hd O(1) products) is rounding noise of a few
- * 1e-8 on both sides, not a relative error. */
-static double err(const float *a, const float *ref, size_t n)
-{
-	double d = 0, s = 0.1;
-	for (size_t i = 0; i < n; i++) {
-		double e = fabs((double)a[i] - ref[i]);
-		if (e > d || e != e) d = e != e ? INFINITY : e;
-		if (fabs(ref[i]) > s) s = fabs(ref[i]);
-	}
-	return d / s;
-}
-
 static int same(const float *a, const float *b, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
@@ -111,7 +96,7 @@ static void test_case(int B, int T, int Hq, int Hk, int hd, int window, int mode
 	ft_attention_forward(o1, l1, q, k, v, &s);
 	ft_flash_ref_forward(o2, l2, q, k, v, &s, 0);
 	ft_flash_ref_forward(o3, l3, q, k, v, &s, 1);
-	double eo = err(o2, o1, nq), el = err(l2, l1, nl);
+	double eo = max_rel01(o2, o1, nq), el = max_rel01(l2, l1, nl);
 	char what[160];
 	snprintf(what, sizeof what, "B=%d T=%d Hq=%d Hk=%d hd=%d window=%d seg=%s", B, T, Hq,
 		 Hk, hd, window, seg_name(mode));
@@ -131,7 +116,7 @@ static void test_case(int B, int T, int Hq, int Hk, int hd, int window, int mode
 	double e[3];
 	int sk = 1;
 	for (int i = 0; i < 3; i++) {
-		e[i] = err(g2[i], g1[i], ng[i]);
+		e[i] = max_rel01(g2[i], g1[i], ng[i]);
 		sk = sk && same(g2[i], g3[i], ng[i]);
 	}
 	ok(e[0] <= TOL && e[1] <= TOL && e[2] <= TOL, "%s backward: dq %.2g, dk %.2g, dv %.2g",

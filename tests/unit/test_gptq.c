@@ -28,6 +28,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "tap.h"
+#include "st_test.h"
 #include "export/gptq.h"
 #include "format/safetensors.h"
 #include "model/model.h"
@@ -38,16 +39,6 @@
 #include "util/json.h"
 
 #define FX "tests/fixtures/gptq"
-
-static float *f32_of(const ft_st *st, const char *name, size_t *n)
-{
-	const ft_st_tensor *t = ft_st_find(st, name);
-	if (!t) return NULL;
-	float *v = malloc(t->numel * sizeof *v);
-	ft_st_read_f32(t, v);
-	if (n) *n = t->numel;
-	return v;
-}
 
 static void test_pyrandom(const json_t *w)
 {
@@ -110,7 +101,7 @@ static void test_linear(const char *name, const char *wh, int bits)
 	}
 	const ft_st_tensor *wt = ft_st_find(src, "W");
 	int rows = (int)wt->shape[0], cols = (int)wt->shape[1];
-	float *W = f32_of(src, "W", NULL), *Q = f32_of(fx, "Q", NULL), *sc = f32_of(fx, "scale", NULL);
+	float *W = st_f32(src, "W", NULL), *Q = st_f32(fx, "Q", NULL), *sc = st_f32(fx, "scale", NULL);
 	float *W0 = malloc((size_t)rows * cols * sizeof *W0);
 	memcpy(W0, W, (size_t)rows * cols * sizeof *W0);
 	ft_gptq_hessian h;
@@ -178,7 +169,7 @@ static int dequantize_into(ft_model *m, const ft_st *q, int bits)
 		snprintf(nm, sizeof nm, "%.*sqweight", (int)(l - 6), p->name);
 		const ft_st_tensor *qw = ft_st_find(q, nm);
 		snprintf(nm, sizeof nm, "%.*sscales", (int)(l - 6), p->name);
-		float *s = f32_of(q, nm, NULL);
+		float *s = st_f32(q, nm, NULL);
 		snprintf(nm, sizeof nm, "%.*sg_idx", (int)(l - 6), p->name);
 		const ft_st_tensor *gi = ft_st_find(q, nm);
 		if (!qw || !s || !gi) return -1;
@@ -289,7 +280,7 @@ static void test_model(const char *name, const char *base, int bits, const int32
 	ft_st *lx = ft_st_open(ref);
 	const ft_st_tensor *ids = ft_st_find(lx, "input_ids");
 	size_t nl;
-	float *lref = f32_of(lx, "logits", &nl);
+	float *lref = st_f32(lx, "logits", &nl);
 	ft_tune_opts t = { .type = FT_FT_FREEZE };
 	ft_model *m = ft_model_load(base, &t);
 	size_t V = (size_t)ft_model_config(m)->vocab_size;

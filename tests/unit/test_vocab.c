@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <jansson.h>
 #include "tap.h"
+#include "st_test.h"
 #include "cli/newtokens.h"
 #include "format/batch.h"
 #include "format/safetensors.h"
@@ -22,16 +23,6 @@
 #define FIX "tests/fixtures/vocab"
 #define CFG "tests/fixtures/lf-examples/extras/multi_tokens/tokens_cfg.yaml"
 enum { V0 = 802, LEN = 819, V = 832, D = 16 };
-
-static float *tensor(const ft_st *st, const char *name, size_t *n)
-{
-	const ft_st_tensor *t = ft_st_find(st, name);
-	if (!t) return NULL;
-	float *v = malloc(t->numel * sizeof *v);
-	ft_st_read_f32(t, v);
-	if (n) *n = t->numel;
-	return v;
-}
 
 static int ids_eq(const ft_i32vec *a, const json_t *b)
 {
@@ -129,10 +120,10 @@ static void rows(const toks *k)
 {
 	ft_st *st = ft_st_open(FIX "/rows.safetensors");
 	size_t n;
-	float *pre_e = tensor(st, "pre_embed", &n), *pre_h = tensor(st, "pre_head", NULL);
-	float *avg_e = tensor(st, "avg_embed", NULL), *avg_h = tensor(st, "avg_head", NULL);
-	float *lf_noise = tensor(st, "noise_embed", NULL);
-	float *desc_e = tensor(st, "desc_embed", NULL), *desc_h = tensor(st, "desc_head", NULL);
+	float *pre_e = st_f32(st, "pre_embed", &n), *pre_h = st_f32(st, "pre_head", NULL);
+	float *avg_e = st_f32(st, "avg_embed", NULL), *avg_h = st_f32(st, "avg_head", NULL);
+	float *lf_noise = st_f32(st, "noise_embed", NULL);
+	float *desc_e = st_f32(st, "desc_embed", NULL), *desc_h = st_f32(st, "desc_head", NULL);
 	if (!ok(st && pre_e && n == (size_t)V * D && desc_h, "rows fixture")) return;
 	float *w = malloc(n * sizeof *w);
 	double mean, sd;
@@ -185,7 +176,7 @@ static void resize(const toks *k)
 	ft_tune_opts o = lora();
 	ft_model *m = ft_model_load(FIX "/base", &o);
 	ft_st *st = ft_st_open(FIX "/base/model.safetensors");
-	float *e0 = tensor(st, "model.embed_tokens.weight", NULL);
+	float *e0 = st_f32(st, "model.embed_tokens.weight", NULL);
 	ft_vocab_resize r = resize_of(k, FT_INIT_NOISE);
 	if (!ok(m && e0 && ft_model_resize_vocab(m, &r) == 0, "resize: %s", m ? "ok" : ft_errmsg())) return;
 	ft_param *e = ft_model_find_param(m, "model.embed_tokens.weight"), *h = ft_model_find_param(m, "lm_head.weight");
@@ -244,7 +235,7 @@ static void step(void)
 	int64_t n;
 	ft_model_zero_grad(m);
 	int rc = ft_model_forward_backward(m, &b, 1.0f / (float)nt, &ls, &n);
-	float *want = tensor(st, "loss", NULL);
+	float *want = st_f32(st, "loss", NULL);
 	/* float32 over 2 x 14 tokens: the losses agree to ~1e-6 */
 	ok(rc == 0 && n == nt && rel_err(ls / n, want[0], 1e-6) < 1e-5, "loss %.6f vs PEFT's %.6f", ls / n, want[0]);
 	static const char *const names[][2] = {
@@ -262,7 +253,7 @@ static void step(void)
 	for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
 		ft_param *p = ft_model_find_param(m, names[i][0]);
 		size_t k;
-		float *g = tensor(st, names[i][1], &k);
+		float *g = st_f32(st, names[i][1], &k);
 		/* relative to the largest gradient: float32 sums of at most 832
 		 * terms differ by ~1e-6; 1e-4 as the brief sets it */
 		double e = p && p->g && g && k == p->n ? max_rel(p->g, g, k) : INFINITY;
@@ -288,7 +279,7 @@ static void adapter(void)
 	ft_batch b;
 	batch_of(st, &b);
 	size_t n;
-	float *want = tensor(lg, "logits", &n), *got = malloc(n * sizeof *got);
+	float *want = st_f32(lg, "logits", &n), *got = malloc(n * sizeof *got);
 	double ls;
 	int64_t nt;
 	int rc = ft_model_forward(m, &b, got, &ls, &nt);
