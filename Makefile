@@ -255,7 +255,12 @@ $(EMU_RT_TEST): tests/emu/check_runtime.cc tests/emu/cuda_runtime_emu.cc tests/e
 		-iquote lib -iquote tests/unit $(filter %.cc,$^) build/asan/libft.a $(LDLIBS) -pthread -o $@
 # tests/gpu's device checks against the emulated backend (docs/CUDA.md):
 # several CPU minutes, so not part of `make test`.
-EMU_GPU_TESTS := build/emu-gpu/test_gpu_parity build/emu-gpu/test_gpu_generate
+EMU_GPU_TESTS := build/emu-gpu/test_gpu_parity build/emu-gpu/test_gpu_generate \
+	build/emu-gpu/test_gpu_qlora
+# The QLoRA device check takes a second on the emulation: part of `make test`
+# (scripts/run-tests.sh runs whatever of build/emu-gpu/ it finds in EMU_QUICK).
+EMU_QUICK := build/emu-gpu/test_gpu_qlora
+unit: $(EMU_QUICK)
 build/emu-gpu/%: tests/gpu/%.c tests/unit/tap.h tests/unit/st_test.h tests/gpu/gpu_test.h build/libft.a
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -iquote tests/unit $< build/libft.a $(LDLIBS) -o $@

@@ -58,6 +58,21 @@ if [ -x tests/gpu/run.sh ]; then
 	fi
 fi
 
+# tests/gpu checks quick enough to run on the emulated backend (Makefile
+# EMU_QUICK; the others are `make emu-gpu-tests`).
+if [ -f build/libft_cuda_emu.so ]; then
+	for t in build/emu-gpu/test_gpu_qlora; do
+		[ -x "$t" ] || continue
+		echo "# emulated device: $t"
+		out=$(FT_CUDA_LIB=build/libft_cuda_emu.so OMP_NUM_THREADS=1 "$t" 2>&1); rc=$?
+		count_tap <<< "$out"
+		if [ $rc -ne 0 ] && ! grep -q '^not ok' <<< "$out"; then
+			echo "not ok - $t exited with status $rc on the emulated device"
+			failed=$((failed + 1))
+		fi
+	done
+fi
+
 shopt -s nullglob
 bats_files=(tests/bats/*.bats)
 if [ ${#bats_files[@]} -gt 0 ]; then

@@ -12,6 +12,18 @@
  *   bf16: logits 3e-2, loss relative 1e-2, gradients 1e-1 (the
  *         unquantized bf16 bounds of test_gpu_parity.c: the dequantized
  *         tile is rounded to bf16 as an unquantized weight would be);
+ *   fp32 LLM.int8() eval logits: 1e-3.  LLM.int8() is discontinuous in
+ *         its input: x is rounded to fp16, then each row to int8 steps of
+ *         absmax/127.  The device sums its GEMMs in another order than the
+ *         CPU/PyTorch (cuBLAS, the fused q|k|v), which moves x by ~1e-7
+ *         relative and so moves an fp16 rounding with probability ~2^11 *
+ *         1e-7 per element: over the ~10^5 inputs of the layers a few
+ *         inputs land one int8 step (up to 1/127 of their row's absmax)
+ *         away from bnb's, each moving the logits by ~1e-4 of their
+ *         largest (measured on the host emulation: llama 1.97e-4, qwen2
+ *         4e-7, i.e. no flip; the CPU path, summing as PyTorch does on
+ *         the same BLAS, 4.9e-7).  The loss keeps 1e-5: a flip moves it
+ *         by ~1e-7 relative (measured 1.9e-7);
  *   gradient checkpointing: the same GEMMs recomputed, 1e-6;
  *   KV-cache decoding (ft_cuda_infer) vs the CPU's ft_infer_forward,
  *         same calls (so LLM.int8() sees the same rows): 1e-4.
@@ -86,7 +98,7 @@ static double grads_err(ft_model *m, const ft_st *st, int *n)
 static void model_case(const char *kind, const char *tag, int bits, int fp4, int dbl, int train,
 		       ft_cuda_precision prec)
 {
-	double tl = prec == FT_CUDA_F32 ? 1e-4 : 3e-2, tloss = prec == FT_CUDA_F32 ? 1e-5 : 1e-2;
+	double tl = prec == FT_CUDA_F32 ? (bits == 8 && !train ? 1e-3 : 1e-4) : 3e-2, tloss = prec == FT_CUDA_F32 ? 1e-5 : 1e-2;
 	double tg = prec == FT_CUDA_F32 ? 1e-4 : 1e-1;
 	char path[160];
 	snprintf(path, sizeof path, FX "%s-%s.safetensors", kind, tag);
