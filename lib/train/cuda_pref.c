@@ -31,8 +31,12 @@ static int head_up(binding *x)
 	return 0;
 }
 
+/* The device head -> the host, unless the host's is the newer (not yet
+ * uploaded: PPO copies weights out before its first value pass). */
 static int head_down(binding *x)
 {
+	if (x->vh_stale)
+		return 0;
 	for (int k = 0; x->vh && k < 2; k++)
 		if (ft_cuda_value_head_get(x->dp, k, x->vh[k].w, NULL, NULL) < 0)
 			return -1;
@@ -152,14 +156,20 @@ static size_t b_peak(void *self) { return ft_cuda_peak_bytes(((binding *)self)->
 
 /* ---- the model_pref.h operations ---- */
 
+/* The host model's dropout position follows the device's (each training
+ * forward draws the next masks on both): GRPO's and PPO's checkpoints
+ * read it there (ft_model_dropout_position). */
+static void follow_position(binding *x, int train)
+{
+	if (train)
+		ft_model_set_dropout_position(x->m, ft_model_dropout_position(x->m) + 1);
+}
+
 static int b_logps_fwd(void *self, const ft_batch *b, int train, float *lp, float *lmean)
 {
 	binding *x = self;
 	ft_cuda_batch c = ft_cuda_batch_of(b);
-	/* the host model's dropout position follows the device's: GRPO's
-	 * checkpoints read it there (ft_model_dropout_position) */
-	if (train)
-		ft_model_set_dropout_position(x->m, ft_model_dropout_position(x->m) + 1);
+	follow_position(x, train);
 	return ft_cuda_logps_forward(x->dp, &c, train, lp, lmean);
 }
 
@@ -199,6 +209,7 @@ static int b_value_fwd(void *self, const ft_batch *b, int train, const int32_t *
 	ft_cuda_batch c = ft_cuda_batch_of(b);
 	if (head_up(x) < 0)
 		return -1;
+	follow_position(x, train);
 	return ft_cuda_value_forward(x->dp, &c, train, pos, n, p_drop, seed, score);
 }
 

@@ -215,9 +215,10 @@ ppo() {
 	run ppo --output_dir a --reward_model_type api --reward_model cat --ppo_buffer_size 0
 	[ "$status" -eq 2 ]
 	assert_output --partial "--ppo_buffer_size must be >= 1"
-	run ppo --output_dir a --reward_model_type api --reward_model cat --device cuda
-	[ "$status" -eq 2 ]
-	assert_output --partial "runs on the CPU only"
+	# --device cuda runs on the device (tests/bats/ft-train-rl-emu.bats); without one it says why
+	FT_CUDA_LIB=/nonexistent/libft_cuda.so run ppo --output_dir a --reward_model_type api --reward_model cat --device cuda
+	[ "$status" -eq 1 ]
+	assert_output --partial "FT_CUDA_LIB=/nonexistent/libft_cuda.so: no such file"
 	run ppo --output_dir a --reward_model_type api --reward_model cat --reward_model_adapters x
 	[ "$status" -eq 2 ]
 	assert_output --partial "only --reward_model_type full uses them"
