@@ -37,8 +37,19 @@ Writes into tests/fixtures/extras/:
     fp8_full      with the model converted as above
     fp8_freeze    the same with only the last layer trainable
                   (finetuning_type freeze, freeze_trainable_layers 1)
+    fp8_lora      LoRA from parity/llama-lora-init (r=4), lr 2e-3, converted
+                  after PEFT wraps the model, as accelerate's prepare sees it:
+                  the first linear is layer 0's q_proj.base_layer, and
+                  lora_A/lora_B (4 features) are left alone
     plain_full    the same run without fp8 (the test checks that fp8 moves
                   the losses by far more than its tolerance)
+    /work/venv/bin/python tests/reference/make_fp8_fixtures.py --nudge
+        writes nothing: prints the fp8 runs again with every initial weight
+        multiplied by 1 + 1e-7 N(0,1), float32 rounding noise.  That alone
+        moves the losses from step 3-4 on by up to ~1e-4 relative (a tensor
+        element crosses an fp8 rounding boundary, and AdamW turns the changed
+        small gradients into lr-sized steps): the spread any other summation
+        order, ft's included, shows from there on (tests/bats/ft-train-fp8.bats).
 Made with torch 2.15.0, torchao 0.18.0, accelerate 1.16.0, transformers
 5.25 (CPU, float32, 1 thread).
 """
@@ -54,7 +65,7 @@ from torchao.float8.float8_training_tensor import LinearMMConfig
 from transformers import get_cosine_schedule_with_warmup
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_model_fixtures import build_from, decay_names, loss_sum, STEPS, ACCUM, WARMUP, MAX_GRAD_NORM, BETAS, EPS, WEIGHT_DECAY  # noqa: E402
+from make_model_fixtures import PARITY, build_from, decay_names, loss_sum, STEPS, ACCUM, WARMUP, MAX_GRAD_NORM, BETAS, EPS, WEIGHT_DECAY  # noqa: E402
 from make_extras_fixtures import batches, MODEL, OUT  # noqa: E402
 
 torch.set_num_threads(1)
@@ -103,6 +114,12 @@ def write_casts(path):
 
 def train(mode, fp8):
     m = build_from(MODEL, "llama")
+    lr = 1e-3
+    if mode == "lora":
+        from peft import PeftModel
+        m = PeftModel.from_pretrained(m, os.path.join(PARITY, "llama-lora-init"),
+                                      is_trainable=True)
+        lr = 2e-3
     if mode == "freeze":
         last = m.config.num_hidden_layers - 1
         for n, p in m.named_parameters():
@@ -116,7 +133,7 @@ def train(mode, fp8):
     named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
     groups = [{"params": [p for n, p in named if n in decay], "weight_decay": WEIGHT_DECAY},
               {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=1e-3, betas=BETAS, eps=EPS)
+    opt = torch.optim.AdamW(groups, lr=lr, betas=BETAS, eps=EPS)
     sch = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
     bs = batches()
     m.train()
@@ -138,10 +155,30 @@ def train(mode, fp8):
     return losses, norms
 
 
+def nudge():
+    orig = build_from
+
+    def nudged(d, kind):
+        m = orig(d, kind)
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.mul_(1 + 1e-7 * torch.randn(p.shape, generator=g))
+        return m
+    globals()["build_from"] = nudged
+    for name, mode in [("fp8_full", "full"), ("fp8_freeze", "freeze"), ("fp8_lora", "lora")]:
+        losses, norms = train(mode, True)
+        print(name, " ".join(repr(x) for x in losses))
+        print(name + "_gnorm", " ".join(repr(x) for x in norms))
+
+
 def main():
+    if sys.argv[1:] == ["--nudge"]:
+        return nudge()
     write_casts(os.path.join(OUT, "fp8_cast.txt"))
     with open(os.path.join(OUT, "fp8_losses.txt"), "w") as f:
         for name, mode, fp8 in [("fp8_full", "full", True), ("fp8_freeze", "freeze", True),
+                                ("fp8_lora", "lora", True),
                                 ("plain_full", "full", False)]:
             losses, norms = train(mode, fp8)
             print(name, [round(x, 6) for x in losses])
