@@ -40,7 +40,7 @@ within() { awk -v w="$1" -v t="$2" 'BEGIN { exit !(w <= t) }'; }
 #    the initial weights; ft measured 2e-4 and 6e-3 (x5 margin).
 fp8_parity() {
 	local name=$1; shift
-	run ft-train --model_name_or_path "$MODEL" --train p20.zst --output_dir "$name" \
+	run ft-train --model_name_or_path "${FP8_MODEL:-$MODEL}" --train p20.zst --output_dir "$name" \
 		--weight_decay 0.1 --max_grad_norm 1.0 --lr_scheduler_type cosine --warmup_steps 2 \
 		--gradient_accumulation_steps 2 --num_train_epochs 1 --logging_steps 1 --fp8 -q "$@"
 	assert_success
@@ -76,6 +76,12 @@ fp8_parity() {
 	fp8_parity fp8_freeze --finetuning_type freeze --freeze_trainable_layers 1 --learning_rate 1e-3
 	fp8_parity fp8_lora --finetuning_type lora --learning_rate 2e-3 \
 		--adapter_name_or_path "$FIXTURES/parity/llama-lora-init"
+}
+
+@test "fp8: parity on Qwen2 (q/k/v biases added after the fp8 product)" {
+	need_jq
+	FP8_MODEL="$FIXTURES/models/tiny-qwen2" fp8_parity fp8_qwen2 --finetuning_type full --learning_rate 1e-3 \
+		--allow_tokenizer_mismatch
 }
 
 @test "fp8: backends, notes and refusals as LLaMA-Factory's" {

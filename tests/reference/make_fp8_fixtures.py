@@ -41,6 +41,8 @@ Writes into tests/fixtures/extras/:
                   after PEFT wraps the model, as accelerate's prepare sees it:
                   the first linear is layer 0's q_proj.base_layer, and
                   lora_A/lora_B (4 features) are left alone
+    fp8_qwen2     tiny-qwen2 (q/k/v biases: added after the fp8 product, in
+                  full precision), full, lr 1e-3, on the same batches
     plain_full    the same run without fp8 (the test checks that fp8 moves
                   the losses by far more than its tolerance)
     /work/venv/bin/python tests/reference/make_fp8_fixtures.py --nudge
@@ -113,7 +115,7 @@ def write_casts(path):
 
 
 def train(mode, fp8):
-    m = build_from(MODEL, "llama")
+    m = build_from(MODEL, "llama") if mode != "qwen2" else build_from(MODEL.replace("llama", "qwen2"), "qwen2")
     lr = 1e-3
     if mode == "lora":
         from peft import PeftModel
@@ -178,7 +180,7 @@ def main():
     write_casts(os.path.join(OUT, "fp8_cast.txt"))
     with open(os.path.join(OUT, "fp8_losses.txt"), "w") as f:
         for name, mode, fp8 in [("fp8_full", "full", True), ("fp8_freeze", "freeze", True),
-                                ("fp8_lora", "lora", True),
+                                ("fp8_lora", "lora", True), ("fp8_qwen2", "qwen2", True),
                                 ("plain_full", "full", False)]:
             losses, norms = train(mode, fp8)
             print(name, [round(x, 6) for x in losses])
