@@ -258,6 +258,15 @@ int ft_model_pissa_save_converted(ft_model *m, const char *init_dir, const char 
  * (that norm detached).  Rebuilds the parameter list. */
 int ft_model_dora_init(ft_model *m);
 
+/* LLaMA-Factory's fp8 (fp8: true; torchao's Float8Linear, tensorwise
+ * dynamic scaling, e4m3 forward operands and e5m2 output gradients:
+ * lib/model/model_fp8.c) on the decoder linears accelerate converts: all
+ * but layer 0's q_proj (and lm_head, never one here), those with both
+ * dimensions divisible by 16.  Returns how many, or -1 (ft_fail) where it
+ * is not implemented: fused modules, quantized bases, OFT, DoRA, a LoRA
+ * rank divisible by 16. */
+int ft_model_fp8_enable(ft_model *m);
+
 /* LLaMA-Factory's resize_embedding_layer (lib/model/model_vocab.c).
  * When tokenizer_len exceeds the vocabulary, embed_tokens and an untied
  * lm_head grow to tokenizer_len rounded up to a multiple of 64, the new

@@ -102,6 +102,11 @@ static const char usage[] =
 "  --pissa_init               PiSSA: LoRA from the top singular vectors, base = residual\n"
 "  --pissa_iter N (16; -1: exact SVD)  --pissa_convert  (also write pissa_converted/,\n"
 "                             a plain LoRA adapter of rank 2r)\n"
+"  --fp8                      pt/sft: torchao's Float8Linear numerics (tensorwise\n"
+"                             scales, e4m3 forward, e5m2 gradients) on the decoder\n"
+"                             linears accelerate converts (not layer 0's q_proj)\n"
+"  --fp8_backend auto|torchao|msamp (auto; all torchao, as LLaMA-Factory; te refused)\n"
+"  --fp8_enable_fsdp_float8_all_gather  accepted: a no-op without FSDP (a note)\n"
 "Logging, evaluation, checkpoints:\n"
 "  --logging_steps N (500) --logging_first_step  --eval_steps N (logging_steps)\n"
 "  --save_steps N (500) --save_total_limit N  --do_train --do_eval  --plot_loss\n"
@@ -430,7 +435,7 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	}
 	if (kind != FT_DEV_CPU && !strcmp(c->device, "auto")) {
 		/* auto means the GPU when it can run this job, else the CPU */
-		const char *cpu_only = c->tune.modules_to_save ? MTS_CPU
+		const char *cpu_only = c->tune.modules_to_save ? MTS_CPU : fp8_cpu_only(c) ? fp8_cpu_only(c)
 				       : c->pref && c->t.dist ? "under mpirun the preference stages run on the CPU"
 				       : ft_train_cuda_supports(m) < 0 ? ft_errmsg() : NULL;
 		if (cpu_only) {
@@ -440,6 +445,7 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 		}
 	}
 	if (kind != FT_DEV_CPU && c->tune.modules_to_save) die_usage("--device %s: %s", c->device, MTS_CPU);
+	if (kind != FT_DEV_CPU && fp8_cpu_only(c)) die_usage("--device %s: %s", c->device, fp8_cpu_only(c));
 	if (kind == FT_DEV_CPU) {
 		if (c->device_given && why[0]) warn("note: --device %s: running on the CPU (%s)", c->device, why);
 		if (c->bf16 || c->fp16)
@@ -638,6 +644,7 @@ int main(int argc, char **argv)
 		return rc_ppo;
 	}
 	ft_train_extras_model(&c, m);
+	fp8_model(&c, m);
 	ft_train_model tm;
 	char device[512];
 	int on_gpu = bind_model(&c, m, &tm_, &vm_, &tm, device, sizeof device);
