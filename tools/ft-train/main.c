@@ -411,9 +411,6 @@ static void batch_shape(const ft_manifest *m, int *max_tokens, int *max_seq)
 	if (m->seq_len > *max_seq) *max_seq = m->seq_len;
 }
 
-#define MTS_CPU "training embed_tokens and lm_head beside LoRA (resize_vocab: modules_to_save) runs " \
-		"on the CPU only for now (--device cpu)"
-
 /* --device: bind the model on the CPU or the GPU; desc says which, for
  * the log (trainer_state.json) and stderr.  Returns 1 on the GPU. */
 static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const ft_manifest *vm,
@@ -430,8 +427,7 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	}
 	if (kind != FT_DEV_CPU && !strcmp(c->device, "auto")) {
 		/* auto means the GPU when it can run this job, else the CPU */
-		const char *cpu_only = c->tune.modules_to_save ? MTS_CPU
-				       : c->pref && c->t.dist ? "under mpirun the preference stages run on the CPU"
+		const char *cpu_only = c->pref && c->t.dist ? "under mpirun the preference stages run on the CPU"
 				       : ft_train_cuda_supports(m) < 0 ? ft_errmsg() : NULL;
 		if (cpu_only) {
 			warn("note: --device auto: training on the CPU: %s", cpu_only);
@@ -439,7 +435,6 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 			why[0] = 0;
 		}
 	}
-	if (kind != FT_DEV_CPU && c->tune.modules_to_save) die_usage("--device %s: %s", c->device, MTS_CPU);
 	if (kind == FT_DEV_CPU) {
 		if (c->device_given && why[0]) warn("note: --device %s: running on the CPU (%s)", c->device, why);
 		if (c->bf16 || c->fp16)
