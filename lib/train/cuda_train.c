@@ -174,7 +174,12 @@ static void b_set_grads_ready(void *self, ft_grads_ready_fn fn, void *ctx)
 	ft_cuda_set_grads_ready(((binding *)self)->dm, fn, ctx);
 }
 
-static size_t b_peak(void *self) { return ft_cuda_peak_bytes(((binding *)self)->dm); }
+/* ASFT's reference is a device model of its own: both count */
+static size_t b_peak(void *self)
+{
+	binding *x = self;
+	return ft_cuda_peak_bytes(x->dm) + (x->ref ? ft_cuda_peak_bytes(x->ref) : 0);
+}
 
 /* ---- fp16: the loss scaler in checkpoints and logs (cuda_train.h) ----
  * scaler.json holds torch's GradScaler.state_dict() (transformers writes
@@ -275,6 +280,11 @@ int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t
 ft_cuda_model *ft_cuda_train_device(const ft_train_model *t)
 {
 	return t && t->self ? ((binding *)t->self)->dm : NULL;
+}
+
+ft_cuda_model *ft_cuda_train_ref(const ft_train_model *t)
+{
+	return t && t->self ? ((binding *)t->self)->ref : NULL;
 }
 
 int64_t ft_cuda_train_skipped(const ft_train_model *t)

@@ -477,6 +477,10 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	if (idx == 0) snprintf(desc, n, "cuda:0 (%s), %s", name, prec);   /* the probe names device 0 */
 	else snprintf(desc, n, "cuda:%d, %s", idx, prec);
 	warn("note: training on %s; device memory planned %s", desc, plan);
+	if (!c->pref && ft_cuda_train_ref(t)) {
+		ft_cuda_plan_format(ft_cuda_model_plan(ft_cuda_train_ref(t)), plan, sizeof plan);
+		warn("note: the ASFT reference model on the device: planned %s", plan);
+	}
 	note_quant_device(m, &c->tune, c->bf16 || c->fp16);
 	return 1;
 }
