@@ -41,6 +41,9 @@ LIB_TRAIN  += ppo_loop
 # the preference stages on the GPU (lib/cuda/pref.cu, lib/train/cuda_pref.c)
 LIB_CUDA   += pref
 LIB_TRAIN  += cuda_pref
+# SFT token losses and NEFTune on the GPU (issue 15)
+LIB_CUDA   += tokloss asft neftune
+LIB_TRAIN  += cuda_losses
 # GRPO (issue 21): TRL 1.16 GRPOTrainer
 LIB_TRAIN  += grpo grpo_loop grpo_ckpt grpo_reward
 # vocabulary extension (add_tokens, add_special_tokens, resize_vocab)

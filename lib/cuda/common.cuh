@@ -175,6 +175,8 @@ struct ft_cuda_model {
 	cudaStream_t comm;
 	cudaEvent_t *gev;
 	unsigned char *gev_set;
+	/* NEFTune (neftune.cu): the noise of a batch, device and host */
+	float *neft, *h_neft;
 };
 
 /* ---- gemm.cu: cuBLAS products, row-major like ft_sgemm ---- */
@@ -289,6 +291,9 @@ void ft_cu_sample_peak(ft_cuda_model *dm);
  * without one.  ft_cu_comm_free releases the stream and events. */
 int ft_cu_grads_final(ft_cuda_model *dm, int group);
 void ft_cu_comm_free(ft_cuda_model *dm);
+/* ---- neftune.cu: NEFTune's noise added to x [B*T, D] (training) ---- */
+int ft_cu_neftune(ft_cuda_model *dm, float *x, int B, int T);
+void ft_cu_neftune_free(ft_cuda_model *dm);
 /* ---- layer.cu: one decoder layer (mirrors lib/model/model_fwd.c) ---- */
 int ft_cu_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in, float *x_out,
 			const ft_cuda_batch *b);
@@ -314,6 +319,10 @@ int ft_cu_forward_body(ft_cuda_model *dm, const ft_cuda_batch *b);
  * sin_t (infer.cu too: one construction of the tables). */
 int ft_cu_rope_upload(ft_cuda_model *dm, int n, int maxpos);
 int ft_cu_backward_body(ft_cuda_model *dm, const ft_cuda_batch *b, int n);
+/* pref.cu: the rows of b with a label target into dm->rows / dm->targets
+ * (host copies h_rows / h_tg2), their final-norm rows into dm->head_x;
+ * *n_out their count (pref.cu, asft.cu). */
+int ft_cu_gather_targets(ft_cuda_model *dm, const ft_cuda_batch *b, int *n_out);
 
 /* ---- quant.cu: QLoRA's base linears ---- */
 /* Whether the dequantized tile is half (the working precision's operand

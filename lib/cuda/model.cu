@@ -665,6 +665,7 @@ void ft_cuda_model_free(ft_cuda_model *dm)
 		cudaStreamDestroy(dm->stream);
 	if (dm->mem)
 		cudaFree(dm->mem);
+	ft_cu_neftune_free(dm);
 	ft_cuda_view_free(&dm->v);
 	free_host(dm);
 	free(dm);

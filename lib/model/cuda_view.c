@@ -128,7 +128,10 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 		memcpy(v->sliding, c->sliding_layers, sizeof v->sliding);
 		ftp_rope_local_params(c, &v->rope_local);
 	}
-	v->full = m->o.type == FT_FT_FULL;
+	/* the embedding trains in full fine-tuning and as PEFT's
+	 * modules_to_save copy beside LoRA (docs/VOCAB.md) */
+	v->full = m->o.type == FT_FT_FULL || m->o.modules_to_save;
+	v->neftune_alpha = m->o.neftune_noise_alpha;
 	v->lora_rank = m->o.lora_rank;
 	v->gradient_checkpointing = m->o.gradient_checkpointing;
 	v->lora_dropout = m->lora_dropout_on ? m->o.lora_dropout : 0;
@@ -170,6 +173,14 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 		v->params[i] = q;
 	}
 	return 0;
+}
+
+void ft_cuda_view_neftune(const ft_cuda_view *v, float *out, int B, int T, uint64_t calls)
+{
+	size_t n = (size_t)B * T * (size_t)v->D;
+	memset(out, 0, n * sizeof *out);   /* 0 + (float)u: the value the CPU adds */
+	ft_neftune_add(out, n, ft_neftune_magnitude(v->neftune_alpha, T, v->D),
+		       ft_neftune_seed(v->seed, calls));
 }
 
 void ft_cuda_view_free(ft_cuda_view *v)

@@ -74,7 +74,9 @@ typedef struct {
 	ft_rope_params rope_local;
 	int lin_in[FT_CV_NLIN], lin_out[FT_CV_NLIN];
 	ft_rope_params rope;
-	int full;               /* finetuning type full (embedding trains) */
+	int full;               /* the embedding trains: finetuning type full, or
+				   LoRA with modules_to_save (embed_tokens and
+				   lm_head trained in full beside it) */
 	int lora_rank, gradient_checkpointing;
 	double lora_dropout;
 	uint64_t seed;
@@ -87,6 +89,7 @@ typedef struct {
 	 * layers[l].lin[j].w is NULL.  NULL when not quantized. */
 	const ft_cv_qweight *qw;
 	const float *qcode[3];         /* bnb's NF4 [16], FP4 [16], dynamic [256] maps */
+	double neftune_alpha;          /* NEFTune's noise_alpha while training; 0: off */
 } ft_cuda_view;
 
 /* A fused projection of the CUDA model (lib/cuda/layer.cu): the modules
@@ -125,6 +128,10 @@ int ft_cuda_view_sliding(const ft_cuda_view *v, int l);
 /* Whether module i of group c computes its LoRA hidden (no earlier
  * member shares it). */
 int ft_cv_lora_owner(const ft_cv_group *c, int i);
+/* NEFTune's noise for the embeddings of a B x T batch in forward_backward
+ * call `calls` (out [B*T*D]): the CPU's draws (lib/model/extras.c), made
+ * on the host, so the device adds exactly what the CPU adds. */
+void ft_cuda_view_neftune(const ft_cuda_view *v, float *out, int B, int T, uint64_t calls);
 /* The names of the seven linear modules ("q_proj" ...). */
 const char *ft_cuda_view_lin_name(int j);
 #ifdef __cplusplus

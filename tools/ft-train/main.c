@@ -75,7 +75,7 @@ static const char usage[] =
 "  --gradient_accumulation_steps N (1)  --per_device_train_batch_size N (the batches')\n"
 "  --num_train_epochs X (3.0, fractional allowed)  --max_steps N (overrides epochs)\n"
 "  --seed N (42: LoRA init and dropout)\n"
-"Extras (LLaMA-Factory's; CPU only, docs/EXTRAS.md):\n"
+"Extras (LLaMA-Factory's, docs/EXTRAS.md; on the GPU: NEFTune, the DFT/EAFT/ASFT losses):\n"
 "  --neftune_noise_alpha A    NEFTune: U(-A/sqrt(T*d), +) noise on the embeddings\n"
 "  --loraplus_lr_ratio R      LoRA+: lora_B at learning_rate * R\n"
 "  --loraplus_lr_embedding X  (1e-6)\n"
@@ -416,9 +416,6 @@ static void batch_shape(const ft_manifest *m, int *max_tokens, int *max_seq)
 	if (m->seq_len > *max_seq) *max_seq = m->seq_len;
 }
 
-#define MTS_CPU "training embed_tokens and lm_head beside LoRA (resize_vocab: modules_to_save) runs " \
-		"on the CPU only for now (--device cpu)"
-
 /* --device: bind the model on the CPU or the GPU; desc says which, for
  * the log (trainer_state.json) and stderr.  Returns 1 on the GPU. */
 static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const ft_manifest *vm,
@@ -435,7 +432,7 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	}
 	if (kind != FT_DEV_CPU && !strcmp(c->device, "auto")) {
 		/* auto means the GPU when it can run this job, else the CPU */
-		const char *cpu_only = c->tune.modules_to_save ? MTS_CPU : fp8_cpu_only(c) ? fp8_cpu_only(c)
+		const char *cpu_only = fp8_cpu_only(c) ? fp8_cpu_only(c)
 				       : c->pref && c->t.dist ? "under mpirun the preference stages run on the CPU"
 				       : ft_train_cuda_supports(m) < 0 ? ft_errmsg() : NULL;
 		if (cpu_only) {
@@ -444,7 +441,6 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 			why[0] = 0;
 		}
 	}
-	if (kind != FT_DEV_CPU && c->tune.modules_to_save) die_usage("--device %s: %s", c->device, MTS_CPU);
 	if (kind != FT_DEV_CPU && fp8_cpu_only(c)) die_usage("--device %s: %s", c->device, fp8_cpu_only(c));
 	if (kind == FT_DEV_CPU) {
 		if (c->device_given && why[0]) warn("note: --device %s: running on the CPU (%s)", c->device, why);
@@ -488,6 +484,10 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	if (idx == 0) snprintf(desc, n, "cuda:0 (%s), %s", name, prec);   /* the probe names device 0 */
 	else snprintf(desc, n, "cuda:%d, %s", idx, prec);
 	warn("note: training on %s; device memory planned %s", desc, plan);
+	if (!c->pref && ft_cuda_train_ref(t)) {
+		ft_cuda_plan_format(ft_cuda_model_plan(ft_cuda_train_ref(t)), plan, sizeof plan);
+		warn("note: the ASFT reference model on the device: planned %s", plan);
+	}
 	note_quant_device(m, &c->tune, c->bf16 || c->fp16);
 	return 1;
 }
