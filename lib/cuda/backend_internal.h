@@ -27,8 +27,9 @@ extern "C" {
  * 8: ft_cuda_view carries the quantized linears (QLoRA);
  * 9: the gradient groups of the data-parallel overlap;
  * 10: ft_cuda_attn_shape has scale, softcap (Gemma);
- * 11: the fp16 loss scaler's state (checkpoints) */
-#define FTP_CUDA_ABI 11
+ * 11: the fp16 loss scaler's state (checkpoints);
+ * 12: ft_cuda_view carries DoRA's magnitudes */
+#define FTP_CUDA_ABI 12
 
 typedef struct {
 	int abi;

@@ -76,7 +76,7 @@ static int lin_fwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const
 	TRY(ft_cu_gemm(dm, 0, 1, N, lo->r, in, 1, xm, in, A, in, 0, a->lh[j], lo->r, "lora_A"));
 	TRY(ft_cu_gemm(dm, 0, 1, N, out, lo->r, lo->scale, h, lo->r, B, lo->r, 1, y, out,
 		       "lora_B"));
-	return 0;
+	return ft_cu_dora_forward(dm, l, j, y, out, N);
 }
 
 /* As lin_fwd_many (lib/model/model_fwd.c): the modules of group gi on the
@@ -128,6 +128,7 @@ static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, float *Y, const float
 		ft_mat hm = { h, 0 }, B = { lo->B->w, 0 };
 		TRY(ft_cu_gemm(dm, 0, 1, N, out, lo->r, lo->scale, hm, tot, B, lo->r, 1, y, tot,
 			       "lora_B"));
+		TRY(ft_cu_dora_forward(dm, l, j, y, tot, N));
 	}
 	return 0;
 }
@@ -166,6 +167,7 @@ static int lin_bwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
 	int in = dm->v.lin_in[j], out = dm->v.lin_out[j];
 	const char *nm = ft_cuda_view_lin_name(j);
 	ft_dt *W = d->lin[j];
+	TRY(ft_cu_dora_lin_backward(dm, l, j, &dy, N));
 	if (d->quant)   /* frozen: the input gradient alone */
 		TRY(base_bwd_quant(dm, &d->q[j], dx, dy, N, nm));
 	else
@@ -315,6 +317,7 @@ static int lin_bwd_group(ft_cuda_model *dm, int l, int gi, const float *Y, float
 	ft_dlayer *d = &dm->layers[l];
 	const ft_dgroup *g = &d->grp[gi];
 	int in = g->c.in, tot = g->c.tot, drop = dropping(dm);
+	TRY(ft_cu_dora_group_backward(dm, l, &g->c, dY, N));
 	for (int i = 0; i < g->c.n; i++) {
 		int j = g->c.js[i];
 		if (j < 3 && d->bias[j] && d->bias[j]->g)

@@ -87,6 +87,10 @@ typedef struct {
 	 * layers[l].lin[j].w is NULL.  NULL when not quantized. */
 	const ft_cv_qweight *qw;
 	const float *qcode[3];         /* bnb's NF4 [16], FP4 [16], dynamic [256] maps */
+	/* DoRA (lib/cuda/dora.cu): layer l's module j's magnitude [out] at
+	 * dora_mag[l * FT_CV_NLIN + j] (w NULL: none); NULL without DoRA.
+	 * Owned by the view. */
+	ft_cv_wg *dora_mag;
 } ft_cuda_view;
 
 /* A fused projection of the CUDA model (lib/cuda/layer.cu): the modules
