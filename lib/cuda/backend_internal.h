@@ -28,7 +28,7 @@ extern "C" {
  * 9: the gradient groups of the data-parallel overlap;
  * 10: ft_cuda_attn_shape has scale, softcap (Gemma);
  * 11: the fp16 loss scaler's state (checkpoints);
- * 12: ft_cuda_view carries DoRA's magnitudes */
+ * 12: ft_cuda_view carries DoRA's magnitudes and OFT's modules */
 #define FTP_CUDA_ABI 12
 
 typedef struct {

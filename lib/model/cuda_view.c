@@ -8,6 +8,7 @@
 #include "util/error.h"
 #include "model/model_internal.h"
 #include "model/quant.h"
+#include "format/adapter_oft.h"
 
 /* cuda_view.h mirrors model_internal.h's structures for the C++ side,
  * which cannot include it; this file is the one that sees both, so the
@@ -166,6 +167,20 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 			if (m->dora[i].on)
 				v->dora_mag[i] = wg(m->dora[i].mag);
 	}
+	if (m->oft) {   /* lib/cuda/oft.cu */
+		v->oft = ft_xcalloc((size_t)v->L * L_NLIN, sizeof *v->oft);
+		for (int i = 0; i < v->L * L_NLIN; i++) {
+			const ftp_oft *o = &m->oft[i];
+			if (!o->on) continue;
+			if (o->b < 2) {
+				ft_cuda_view_free(v);
+				return ft_fail("OFT blocks of size %d: nothing to rotate", o->b);
+			}
+			ft_cv_oft d = { 1, o->r, o->b, wg(o->R) };
+			v->oft[i] = d;
+		}
+		v->oft_K = ft_oft_coefs(m->oft_terms, v->oft_c);
+	}
 	v->nparams = m->nparams;
 	v->params = ft_xcalloc(m->nparams ? m->nparams : 1, sizeof *v->params);
 	for (size_t i = 0; i < m->nparams; i++) {
@@ -181,6 +196,8 @@ void ft_cuda_view_free(ft_cuda_view *v)
 	free(v->layers);
 	free(v->params);
 	free(v->dora_mag);
+	free(v->oft);
+	v->oft = NULL;
 	v->layers = NULL;
 	v->params = NULL;
 	v->dora_mag = NULL;
