@@ -19,6 +19,7 @@ LIB_CUDA_C := backend
 LIB_CUDA   := api attention gemm layer lmhead model model_fwd ops optim probe
 LIB_MODEL  += infer_batch
 LIB_CUDA   += infer gemma
+LIB_CUDA   += dora oft
 LIB_MODEL  += model_pref
 LIB_TRAIN  += pref pref_loss
 LIB_FORMAT += trainlog_extra

@@ -28,8 +28,9 @@ extern "C" {
  * 9: the gradient groups of the data-parallel overlap;
  * 10: ft_cuda_attn_shape has scale, softcap (Gemma);
  * 11: the fp16 loss scaler's state (checkpoints);
- * 12: ft_cuda_view.neftune_alpha, the SFT token losses (tokloss.cu, asft.cu) */
-#define FTP_CUDA_ABI 12
+ * 12: ft_cuda_view.neftune_alpha, the SFT token losses (tokloss.cu, asft.cu);
+ * 13: ft_cuda_view carries DoRA's magnitudes and OFT's modules */
+#define FTP_CUDA_ABI 13
 
 typedef struct {
 	int abi;

@@ -38,6 +38,11 @@ typedef struct {
 } ft_cv_layer;
 
 typedef struct {
+	int on, r, b;       /* r blocks of b over the module's input */
+	ft_cv_wg R;         /* oft_R.weight [r, b(b-1)/2] */
+} ft_cv_oft;
+
+typedef struct {
 	const char *name;
 	float *w, *g;
 	size_t n;
@@ -90,6 +95,17 @@ typedef struct {
 	const ft_cv_qweight *qw;
 	const float *qcode[3];         /* bnb's NF4 [16], FP4 [16], dynamic [256] maps */
 	double neftune_alpha;          /* NEFTune's noise_alpha while training; 0: off */
+	/* DoRA (lib/cuda/dora.cu): layer l's module j's magnitude [out] at
+	 * dora_mag[l * FT_CV_NLIN + j] (w NULL: none); NULL without DoRA.
+	 * Owned by the view. */
+	ft_cv_wg *dora_mag;
+	/* OFT (lib/cuda/oft.cu): layer l's module j at oft[l * FT_CV_NLIN +
+	 * j] (on 0: none), NULL without OFT; owned by the view.  The
+	 * Cayley-Neumann series R = sum_k oft_c[k] Q^k, k = 0..oft_K
+	 * (ft_oft_coefs). */
+	ft_cv_oft *oft;
+	int oft_K;
+	double oft_c[65];
 } ft_cuda_view;
 
 /* A fused projection of the CUDA model (lib/cuda/layer.cu): the modules

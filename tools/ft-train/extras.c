@@ -393,7 +393,6 @@ ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
 			      : x->adam_mini ? "use_adam_mini" : x->muon ? "use_muon"
 			      : c->tune.use_llama_pro ? "use_llama_pro" : NULL;
 		if (w) die_usage("--%s with --finetuning_type oft is not implemented in ft yet", w);
-		if (on_gpu) die_usage("--finetuning_type oft runs on the CPU only in ft (use --device cpu)");
 	}
 	if (on_gpu && (x->loraplus || x->badam || x->muon || x->adam_mini || x->galore))
 		die_usage("--%s runs on the CPU only in ft (use --device cpu)",
