@@ -43,6 +43,7 @@ int ft_cublas_fail(cublasStatus_t s, const char *call, const char *fmt, ...)
 #endif
 
 #include "cuda/reduce.cuh"
+#include "cuda/act_kernels.cuh"
 
 /* ---- the device model ---- */
 
@@ -92,7 +93,9 @@ typedef struct {
 } ft_dlayer;
 
 typedef struct {
-	float *ln1, *rstd1, *lse, *att, *xmid, *ln2, *rstd2;
+	void *ln1, *ln2;                  /* the normed inputs of q|k|v and gate|up,
+					     of ft_cu_act_type (half in bf16/fp16) */
+	float *rstd1, *lse, *att, *xmid, *rstd2;
 	float *qkv, *gu;                  /* fused outputs [N, grp.c.tot] with the
 					     LoRA hiddens of their modules */
 	float *lh[FT_CV_NLIN];            /* LoRA hiddens of o_proj, down_proj */
@@ -193,26 +196,35 @@ ft_mat ft_cu_weight(const ft_cuda_model *dm, const ft_dt *t);
  * half into buf. */
 int ft_cu_operand(ft_cuda_model *dm, ft_mat *out, const float *x, size_t n,
 		  uint16_t *buf, int half);
+/* The same for x already typed (an activation of ft_cu_act_type: the
+ * half modes' normed inputs are the operand as they are). */
+int ft_cu_operand_act(ft_cuda_model *dm, ft_mat *out, ft_mat x, size_t n, uint16_t *buf,
+		      int half);
+/* An activation buffer as an operand: p of ft_cu_act_type. */
+static inline ft_mat ft_cu_act(const ft_cuda_model *dm, const void *p)
+{
+	ft_mat m = { p, dm->half };
+	return m;
+}
 
 /* ---- ops.cu: element and row kernels (launchers on dm->stream) ---- */
-/* Row i of a row kernel (D elements) starts at (i / H) * ld + (i % H) * D:
- * H = 1, ld = D for a plain [N, D] array; the heads of a fused q|k|v
- * buffer otherwise (H heads of hd per token, token stride ld). */
-typedef struct { int H, ld; } ft_cu_rows;
-static inline ft_cu_rows ft_cu_rows_of(int D) { ft_cu_rows r = { 1, D }; return r; }
-static __host__ __device__ inline size_t ft_cu_row(ft_cu_rows r, size_t i, int D)
-{
-	return i / r.H * r.ld + i % r.H * D;
-}
 int ft_cu_embedding_forward(ft_cuda_model *dm, float *out, const int32_t *ids,
 			    const ft_dt *wte, int N, int D);
 int ft_cu_embedding_backward(ft_cuda_model *dm, float *dwte, const float *dout,
 			     const int32_t *ids, int N, int D);
 int ft_cu_rmsnorm_forward(ft_cuda_model *dm, float *out, float *rstd, const float *x,
 			  const float *w, int N, int D, float eps);
-/* The residual add fused into the norm after it: x_out = a + b, then
- * RMSNorm(x_out); the operations of ft_cu_add + ft_cu_rmsnorm_forward. */
-int ft_cu_add_rmsnorm_forward(ft_cuda_model *dm, float *x_out, float *out, float *rstd,
+/* The activation type of the normed layer inputs (ft_dacts.ln1, ln2):
+ * FT_ACT_F32 in the fp32 mode, the run's half type in bf16/fp16 (see
+ * docs/CUDA.md "Mixed precision" for what else stays fp32 and why). */
+int ft_cu_act_type(const ft_cuda_model *dm);
+/* ft_cu_rmsnorm_forward with out of that type (statistics fp32). */
+int ft_cu_rmsnorm_forward_act(ft_cuda_model *dm, void *out, float *rstd, const float *x,
+			      const float *w, int N, int D, float eps);
+/* The residual add fused into the norm after it: x_out = a + b (fp32),
+ * then RMSNorm(x_out) into out (of ft_cu_act_type); the operations of
+ * ft_cu_add + ft_cu_rmsnorm_forward_act. */
+int ft_cu_add_rmsnorm_forward(ft_cuda_model *dm, float *x_out, void *out, float *rstd,
 			      const float *a, const float *b, const float *w, int N, int D,
 			      float eps);
 int ft_cu_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float *dout,
@@ -241,7 +253,12 @@ int ft_cu_bias_forward(ft_cuda_model *dm, float *y, int ld, const float *b, int 
 int ft_cu_bias_backward(ft_cuda_model *dm, float *db, const float *dy, int ld, int N, int out);
 int ft_cu_dropout(ft_cuda_model *dm, float *out, const float *x, size_t n, float p,
 		  uint64_t seed);
+/* The same mask on an activation of ft_cu_act_type (out of that type). */
+int ft_cu_dropout_act(ft_cuda_model *dm, void *out, const void *x, size_t n, float p,
+		      uint64_t seed);
 int ft_cu_cast_to_half(ft_cuda_model *dm, uint16_t *dst, const float *src, size_t n);
+/* An activation of ft_cu_act_type to fp32 (exact). */
+int ft_cu_widen(ft_cuda_model *dm, float *dst, const void *src, size_t n);
 int ft_cu_gather_rows(ft_cuda_model *dm, float *dst, const float *src,
 		      const int32_t *rows, int n, int D);
 int ft_cu_scatter_rows(ft_cuda_model *dm, float *dst, const float *src,
@@ -302,7 +319,7 @@ int ft_cu_layer_has_grad(const ft_cuda_model *dm, int l);
 int ft_cu_lin_forward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const float *x,
 		      int N);
 /* The fused projection grp of layer l on x into Y [N, grp.c.tot]. */
-int ft_cu_lin_forward_group(ft_cuda_model *dm, int l, int grp, float *Y, const float *x, int N);
+int ft_cu_lin_forward_group(ft_cuda_model *dm, int l, int grp, float *Y, ft_mat x, int N);
 /* Attention's inputs from ln1 (layer_forward's first half, for infer.cu
  * too): the q|k|v projection, q_norm/k_norm, RoPE; a->q, k, v bound. */
 int ft_cu_attn_inputs(ft_cuda_model *dm, int l, ft_dacts *a, int N);
@@ -337,7 +354,7 @@ int ft_cu_qlin_backward(ft_cuda_model *dm, const ft_cu_qweight *q, float *dx, ft
 int ft_cu_lin_backward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
 		       const float *dy, const float *x, int N);
 int ft_cu_lin_backward_group(ft_cuda_model *dm, int l, int grp, const float *Y, float *dY,
-			     float *dx, const float *x, int N);
+			     float *dx, ft_mat x, int N);
 ft_cu_attn ft_cu_attn_shape_of(const ft_cuda_model *dm, int l, const ft_cuda_batch *b);
 void ft_cu_layer_tables(const ft_cuda_model *dm, int l, const float **cs, const float **sn);
 int ft_cu_attn_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,

@@ -41,6 +41,20 @@ static int lora_input(ft_cuda_model *dm, int l, int j, const float *x, size_t n,
 	return 0;
 }
 
+/* As lora_input for a group's input x, an activation of ft_cu_act_type:
+ * the dropped copy is of the same type (half in the half modes, the
+ * operand of the stacked half A). */
+static int lora_input_act(ft_cuda_model *dm, int l, int j, ft_mat x, size_t n, ft_mat *xd)
+{
+	*xd = x;
+	if (!dropping(dm))
+		return 0;
+	TRY(ft_cu_dropout_act(dm, dm->drop, x.p, n, (float)dm->v.lora_dropout,
+			      drop_seed(dm, l, j)));
+	xd->p = dm->drop;
+	return 0;
+}
+
 /* m from element off on (a module's columns of a fused buffer) */
 static ft_mat mat_at(ft_mat m, size_t off)
 {
@@ -92,19 +106,27 @@ static int lin_fwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const
  * fp32 scratch, twice its largest module's), while the tiles bound the
  * scratch and keep the GEMMs as wide; the fused buffer's layout, which
  * RoPE, attention and SwiGLU read, is the same either way. */
-static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, float *Y, const float *x, int N)
+static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, float *Y, ft_mat x, int N)
 {
 	ft_dlayer *d = &dm->layers[l];
 	const ft_dgroup *g = &d->grp[gi];
 	int in = g->c.in, tot = g->c.tot, drop = dropping(dm) || d->quant;
 	ft_mat xo;
 	if (d->quant) {
-		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, ft_cu_qscratch_half(dm)));
+		/* LLM.int8() (8-bit, eval) reads x in fp32: a half x widened
+		 * into dm->tmp, free while a group projects (o_proj's output
+		 * in it is consumed by the norm that made x) */
+		const float *xf = (const float *)x.p;
+		if (x.half) {
+			TRY(ft_cu_widen(dm, dm->tmp, x.p, (size_t)N * in));
+			xf = dm->tmp;
+		}
+		TRY(ft_cu_operand_act(dm, &xo, x, (size_t)N * in, dm->hx, ft_cu_qscratch_half(dm)));
 		for (int i = 0; i < g->c.n; i++)
-			TRY(ft_cu_qlin_forward(dm, &d->q[g->c.js[i]], Y + g->c.off[i], tot, x, xo, N,
+			TRY(ft_cu_qlin_forward(dm, &d->q[g->c.js[i]], Y + g->c.off[i], tot, xf, xo, N,
 					       ft_cuda_view_lin_name(g->c.js[i])));
 	} else {
-		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, g->wf.half));
+		TRY(ft_cu_operand_act(dm, &xo, x, (size_t)N * in, dm->hx, g->wf.half));
 		TRY(ft_cu_gemm(dm, 0, 1, N, drop ? g->c.base : tot, in, 1, xo, in, g->wf, in, 0, Y,
 			       tot, group_name(gi)));
 	}
@@ -118,10 +140,9 @@ static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, float *Y, const float
 			continue;
 		if (drop && ft_cv_lora_owner(&g->c, i)) {   /* A as stacked (half in the
 							       half modes), its own input */
-			const float *xd;
-			ft_mat A = ft_cu_weight(dm, lo->A), xm;
-			TRY(lora_input(dm, l, j, x, (size_t)N * in, &xd));
-			TRY(ft_cu_operand(dm, &xm, xd, (size_t)N * in, dm->hx, A.half));
+			ft_mat A = ft_cu_weight(dm, lo->A), xm, xd;
+			TRY(lora_input_act(dm, l, j, x, (size_t)N * in, &xd));
+			TRY(ft_cu_operand_act(dm, &xm, xd, (size_t)N * in, dm->hx, A.half));
 			TRY(ft_cu_gemm(dm, 0, 1, N, lo->r, in, 1, xm, in, A, in, 0, h, tot,
 				       "lora_A"));
 		}
@@ -233,7 +254,7 @@ static int lora_bwd_group(ft_cuda_model *dm, int l, const ft_dgroup *g, const fl
  * gradient from its own (dropped) input, and its dx, through the dropout
  * mask when there is one; dyo is the group's (cast) dY. */
 static int lora_drop_bwd(ft_cuda_model *dm, int l, const ft_dgroup *g, ft_mat dyo,
-			 float *dx, const float *x, int N)
+			 float *dx, ft_mat x, int N)
 {
 	ft_dlayer *d = &dm->layers[l];
 	int in = g->c.in, tot = g->c.tot;
@@ -243,16 +264,15 @@ static int lora_drop_bwd(ft_cuda_model *dm, int l, const ft_dgroup *g, ft_mat dy
 		ft_dlora *lo = &d->lora[j];
 		if (!lo->on || !ft_cv_lora_owner(&g->c, i))
 			continue;
-		const float *xd;
-		ft_mat hs = mat_at(dyo, g->c.loff[i]), A = ft_cu_weight(dm, lo->A), xm;
-		TRY(lora_input(dm, l, j, x, n, &xd));
-		TRY(ft_cu_operand(dm, &xm, xd, n, dm->hx, dyo.half));
+		ft_mat hs = mat_at(dyo, g->c.loff[i]), A = ft_cu_weight(dm, lo->A), xm, xd;
+		TRY(lora_input_act(dm, l, j, x, n, &xd));
+		TRY(ft_cu_operand_act(dm, &xm, xd, n, dm->hx, dyo.half));
 		if (lo->A->g)
 			TRY(ft_cu_gemm(dm, 1, 0, lo->r, in, N, 1, hs, tot, xm, in, 1, lo->A->g, in,
 				       "lora_A grad"));
 		if (!dx)
 			continue;
-		if (xd == x) {   /* no dropout */
+		if (!dropping(dm)) {
 			TRY(ft_cu_gemm(dm, 0, 0, N, in, lo->r, 1, hs, tot, A, in, 1, dx, in, "lora dx"));
 			continue;
 		}
@@ -310,7 +330,7 @@ static int group_has_grad(const ft_cuda_model *dm, int l, const ft_dgroup *g)
  * NULL) in one GEMM over the stacked weights, A rows included unless
  * dropout made the LoRA inputs differ. */
 static int lin_bwd_group(ft_cuda_model *dm, int l, int gi, const float *Y, float *dY,
-			 float *dx, const float *x, int N)
+			 float *dx, ft_mat x, int N)
 {
 	ft_dlayer *d = &dm->layers[l];
 	const ft_dgroup *g = &d->grp[gi];
@@ -336,7 +356,7 @@ static int lin_bwd_group(ft_cuda_model *dm, int l, int gi, const float *Y, float
 		TRY(ft_cu_gemm(dm, 0, 0, N, in, drop ? g->c.base : tot, 1, dyo, tot, g->wf, in, 1,
 			       dx, in, group_name(gi)));
 	if (group_has_grad(dm, l, g)) {
-		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, half));
+		TRY(ft_cu_operand_act(dm, &xo, x, (size_t)N * in, dm->hx, half));
 		TRY(grads_group(dm, l, g, dyo, xo, N, !drop));
 	}
 	if (drop)
@@ -417,7 +437,7 @@ int ft_cu_attn_inputs(ft_cuda_model *dm, int l, ft_dacts *a, int N)
 {
 	const ft_cuda_view *c = &dm->v;
 	ft_dlayer *y = &dm->layers[l];
-	TRY(lin_fwd_group(dm, l, 0, a->qkv, a->ln1, N));
+	TRY(lin_fwd_group(dm, l, 0, a->qkv, ft_cu_act(dm, a->ln1), N));
 	bind_qkv(dm, l, a);
 	if (c->qk_norm)
 		TRY(qk_norm_forward(dm, y, a, N));
@@ -437,7 +457,7 @@ int ft_cu_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in
 	int N = b->B * b->T, D = c->D;
 	ft_dlayer *y = &dm->layers[l];
 	ft_cu_attn s = ft_cu_attn_shape_of(dm, l, b);
-	TRY(ft_cu_rmsnorm_forward(dm, a->ln1, a->rstd1, x_in, y->ln1->w, N, D, c->eps));
+	TRY(ft_cu_rmsnorm_forward_act(dm, a->ln1, a->rstd1, x_in, y->ln1->w, N, D, c->eps));
 	TRY(ft_cu_attn_inputs(dm, l, a, N));
 	ft_cu_attn_ld ld = { a->ldq, a->ldk, a->ldv, 0, 0, 0 };
 	TRY(ft_cu_attention_forward(dm, a->att, a->lse, a->q, a->k, a->v, &s, &ld));
@@ -445,7 +465,7 @@ int ft_cu_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in
 	TRY(ft_cu_add_rmsnorm_forward(dm, a->xmid, a->ln2, a->rstd2, x_in, dm->tmp, y->ln2->w,
 				      N, D, c->eps));
 	const ft_cv_group *gu = &y->grp[1].c;
-	TRY(lin_fwd_group(dm, l, 1, a->gu, a->ln2, N));
+	TRY(lin_fwd_group(dm, l, 1, a->gu, ft_cu_act(dm, a->ln2), N));
 	TRY(ft_cu_swiglu_forward(dm, dm->hbuf, a->gu + gu->off[0], a->gu + gu->off[1], gu->tot, N,
 				 c->F));
 	TRY(lin_fwd(dm, l, 6, a, dm->tmp, dm->hbuf, N));
@@ -468,7 +488,7 @@ static int mlp_backward(ft_cuda_model *dm, int l, ft_dacts *a, int N)
 	TRY(lin_bwd(dm, l, 6, a, dm->dh, dm->d_a, dm->hbuf, N));
 	TRY(ft_cu_swiglu_backward(dm, g, u, dm->dh, g, u, gu->tot, N, c->F));
 	TRY(ft_cu_zero(dm, dm->d_ln, (size_t)N * c->D * sizeof(float)));
-	TRY(lin_bwd_group(dm, l, 1, a->gu, a->gu, dm->d_ln, a->ln2, N));
+	TRY(lin_bwd_group(dm, l, 1, a->gu, a->gu, dm->d_ln, ft_cu_act(dm, a->ln2), N));
 	return ft_cu_rmsnorm_backward(dm, dm->d_a, y->ln2->g, dm->d_ln, a->xmid, y->ln2->w,
 				      a->rstd2, N, c->D);
 }
@@ -505,7 +525,7 @@ int ft_cu_attn_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in
 	float *dln = need_dx || y->ln1->g ? dm->d_ln : NULL;
 	if (dln)
 		TRY(ft_cu_zero(dm, dln, (size_t)N * D * sizeof(float)));
-	TRY(lin_bwd_group(dm, l, 0, a->qkv, dY, dln, a->ln1, N));
+	TRY(lin_bwd_group(dm, l, 0, a->qkv, dY, dln, ft_cu_act(dm, a->ln1), N));
 	const float *w1;
 	TRY(ft_cu_norm_w(dm, y->ln1, D, &w1));
 	if (dln)
@@ -549,7 +569,7 @@ int ft_cu_lin_forward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, co
 	return lin_fwd(dm, l, j, a, y, x, N);
 }
 
-int ft_cu_lin_forward_group(ft_cuda_model *dm, int l, int grp, float *Y, const float *x, int N)
+int ft_cu_lin_forward_group(ft_cuda_model *dm, int l, int grp, float *Y, ft_mat x, int N)
 {
 	return lin_fwd_group(dm, l, grp, Y, x, N);
 }
@@ -561,7 +581,7 @@ int ft_cu_lin_backward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
 }
 
 int ft_cu_lin_backward_group(ft_cuda_model *dm, int l, int grp, const float *Y, float *dY,
-			     float *dx, const float *x, int N)
+			     float *dx, ft_mat x, int N)
 {
 	return lin_bwd_group(dm, l, grp, Y, dY, dx, x, N);
 }

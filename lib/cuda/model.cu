@@ -229,13 +229,16 @@ static void layout_acts(ft_cuda_model *dm, ft_arena *a, ft_dacts *x, size_t N, s
 {
 	const ft_cuda_view *v = &dm->v;
 	size_t D = v->D, qd = (size_t)v->Hq * v->hd, kd = (size_t)v->Hk * v->hd;
-	x->ln1 = TAKE(a, N * D, float, A_ACTS);
+	/* the normed layer inputs in the activation type (ft_cu_act_type):
+	 * 2 bytes in the half modes */
+	size_t es = dm->half ? 2 : 4;
+	x->ln1 = ft_arena_take(a, N * D * es, A_ACTS);
 	x->rstd1 = TAKE(a, N, float, A_ACTS);
 	x->qkv = TAKE(a, N * group_width(dm, 0), float, A_ACTS);
 	x->lse = TAKE(a, N * v->Hq, float, A_ACTS);
 	x->att = TAKE(a, N * qd, float, A_ACTS);
 	x->xmid = TAKE(a, N * D, float, A_ACTS);
-	x->ln2 = TAKE(a, N * D, float, A_ACTS);
+	x->ln2 = ft_arena_take(a, N * D * es, A_ACTS);
 	x->rstd2 = TAKE(a, N, float, A_ACTS);
 	x->gu = TAKE(a, N * group_width(dm, 1), float, A_ACTS);
 	/* the other modules' LoRA hiddens are columns of qkv and gu */

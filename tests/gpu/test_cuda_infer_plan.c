@@ -43,7 +43,8 @@ static want_t formula(const ft_cuda_view *v, const ft_cuda_infer_opts *o, double
 	if (f.wg > wy) wy = f.wg;
 	want_t w;
 	w.weights = half ? 2 * (nmat + f.fa) + 4 * (nvec - f.fa) : 4 * (nmat + nvec);
-	w.acts = 4 * N * (3 * D + qd + f.wq + f.wg + v->Hq + 2 + 2 * r) + 4 * 2 * N * D +
+	double s = half ? 2 : 4;   /* ln1, ln2: the activation type */
+	w.acts = N * (2 * s * D + 4 * (D + qd + f.wq + f.wg + v->Hq + 2 + 2 * r)) + 4 * 2 * N * D +
 		 4 * N * (D + 1);
 	w.scratch = 4 * N * (D + F + mi + v->Hq + v->hd + 8) + 4 * chunk * V +
 		    (half ? 2 * chunk * V + 2 * N * (mi + wy) : 0) +

@@ -49,7 +49,10 @@ static want_t formula(const ft_cuda_view *v, const ft_cuda_opts *o, double nmat,
 	w.master = half ? 4 * (tmat + f.fat) : 0;
 	w.grads = 4 * (tmat + tvec);
 	w.optim = 8 * (tmat + tvec);
-	w.acts = 4 * sets * N * (3 * D + qd + f.wq + f.wg + v->Hq + 2 + 2 * r) +
+	/* ln1 and ln2 (the normed inputs of q|k|v and gate|up) in the
+	 * activation type: 2 bytes in the half modes; the rest fp32 */
+	double s = half ? 2 : 4;
+	w.acts = sets * N * (2 * s * D + 4 * (D + qd + f.wq + f.wg + v->Hq + 2 + 2 * r)) +
 		 4 * (L + 1) * N * D + 4 * N * (D + 1);
 	w.scratch = 4 * N * (5 * D + qd + f.wq + 2 * F + 3 * mi + (r > 1 ? r : 1) + v->Hq +
 			     v->hd + 8) +
