@@ -140,7 +140,8 @@ struct ft_cuda_model {
 	float *cos_l, *sin_l;          /* Gemma's sliding layers' RoPE tables */
 	float *norm_eff;               /* Gemma: 1 + weight of the norm in use */
 	int32_t *ids, *pos, *targets, *rows, *seg, *lens;   /* lens: [B] row lengths */
-	float *d_a, *d_b, *d_ln, *d_att, *dqkv, *dq, *dk, *hbuf, *dh,
+	void *hbuf;                    /* the MLP hidden [N, F], of ft_cu_act_type */
+	float *d_a, *d_b, *d_ln, *d_att, *dqkv, *dq, *dk, *dh,
 	      *tmp, *drop, *ddrop, *lhs, *head_x, *head_dx, *head_scratch;
 	double *row_loss;
 	uint16_t *hx, *hy, *hhead;     /* half casts of matmul operands */
@@ -200,10 +201,15 @@ int ft_cu_operand(ft_cuda_model *dm, ft_mat *out, const float *x, size_t n,
  * half modes' normed inputs are the operand as they are). */
 int ft_cu_operand_act(ft_cuda_model *dm, ft_mat *out, ft_mat x, size_t n, uint16_t *buf,
 		      int half);
-/* An activation buffer as an operand: p of ft_cu_act_type. */
+/* An activation buffer as an operand: p of ft_cu_act_type; or fp32. */
 static inline ft_mat ft_cu_act(const ft_cuda_model *dm, const void *p)
 {
 	ft_mat m = { p, dm->half };
+	return m;
+}
+static inline ft_mat ft_cu_f32(const float *p)
+{
+	ft_mat m = { p, 0 };
 	return m;
 }
 
@@ -241,9 +247,9 @@ int ft_cu_head_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const f
  * first dm->v.rd values of each (partial rotary) with [N, rd/2] tables. */
 int ft_cu_rope(ft_cuda_model *dm, float *x, int ld, const float *cos_t, const float *sin_t,
 	       int N, int H, int hd, float sign);
-/* h [N, F] from gate, up (rows of stride ld); the backward may write dg,
- * du over g, u (in place). */
-int ft_cu_swiglu_forward(ft_cuda_model *dm, float *h, const float *g, const float *u,
+/* h [N, F] (of ft_cu_act_type) from gate, up (rows of stride ld); the
+ * backward may write dg, du over g, u (in place). */
+int ft_cu_swiglu_forward(ft_cuda_model *dm, void *h, const float *g, const float *u,
 			 int ld, int N, int F);
 int ft_cu_swiglu_backward(ft_cuda_model *dm, float *dg, float *du, const float *dh,
 			  const float *g, const float *u, int ld, int N, int F);
@@ -253,12 +259,10 @@ int ft_cu_bias_forward(ft_cuda_model *dm, float *y, int ld, const float *b, int 
 int ft_cu_bias_backward(ft_cuda_model *dm, float *db, const float *dy, int ld, int N, int out);
 int ft_cu_dropout(ft_cuda_model *dm, float *out, const float *x, size_t n, float p,
 		  uint64_t seed);
-/* The same mask on an activation of ft_cu_act_type (out of that type). */
-int ft_cu_dropout_act(ft_cuda_model *dm, void *out, const void *x, size_t n, float p,
+/* The same mask on x, fp32 or of ft_cu_act_type (out of x's type). */
+int ft_cu_dropout_act(ft_cuda_model *dm, void *out, ft_mat x, size_t n, float p,
 		      uint64_t seed);
 int ft_cu_cast_to_half(ft_cuda_model *dm, uint16_t *dst, const float *src, size_t n);
-/* An activation of ft_cu_act_type to fp32 (exact). */
-int ft_cu_widen(ft_cuda_model *dm, float *dst, const void *src, size_t n);
 int ft_cu_gather_rows(ft_cuda_model *dm, float *dst, const float *src,
 		      const int32_t *rows, int n, int D);
 int ft_cu_scatter_rows(ft_cuda_model *dm, float *dst, const float *src,
@@ -316,8 +320,7 @@ int ft_cu_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_i
 /* Whether layer l has a trainable tensor (the backward stops below it). */
 int ft_cu_layer_has_grad(const ft_cuda_model *dm, int l);
 /* lin_fwd, for infer.cu (dm->training 0) */
-int ft_cu_lin_forward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const float *x,
-		      int N);
+int ft_cu_lin_forward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, ft_mat x, int N);
 /* The fused projection grp of layer l on x into Y [N, grp.c.tot]. */
 int ft_cu_lin_forward_group(ft_cuda_model *dm, int l, int grp, float *Y, ft_mat x, int N);
 /* Attention's inputs from ln1 (layer_forward's first half, for infer.cu
@@ -337,11 +340,11 @@ int ft_cu_backward_body(ft_cuda_model *dm, const ft_cuda_batch *b, int n);
  * type) and its element size: the one place that decides. */
 int ft_cu_qscratch_half(const ft_cuda_model *dm);
 size_t ft_cu_qscratch_elem(const ft_cuda_model *dm);
-/* y (row stride ldy) = x W^T: x fp32 [N, in] and xo, x as the operand
- * (cast when the scratch is half); an 8-bit weight in eval runs LLM.int8()
- * on x. */
+/* y (row stride ldy) = x W^T: x [N, in] (fp32 or of ft_cu_act_type) and
+ * xo, x as the operand (cast when the scratch is half); an 8-bit weight
+ * in eval runs LLM.int8() on x. */
 int ft_cu_qlin_forward(ft_cuda_model *dm, const ft_cu_qweight *q, float *y, int ldy,
-		       const float *x, ft_mat xo, int N, const char *what);
+		       ft_mat x, ft_mat xo, int N, const char *what);
 /* dx [N, in] += dy W; dyo: dy as the operand, row stride lddy. */
 int ft_cu_qlin_backward(ft_cuda_model *dm, const ft_cu_qweight *q, float *dx, ft_mat dyo,
 			int lddy, int N, const char *what);
@@ -352,7 +355,7 @@ int ft_cu_qlin_backward(ft_cuda_model *dm, const ft_cu_qweight *q, float *dx, ft
  * attention backward from dm->d_att (dL/d att) down to dm->d_a += dL/dx_in
  * through ln1 (norm weight w1: the one the forward used). */
 int ft_cu_lin_backward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
-		       const float *dy, const float *x, int N);
+		       const float *dy, ft_mat x, int N);
 int ft_cu_lin_backward_group(ft_cuda_model *dm, int l, int grp, const float *Y, float *dY,
 			     float *dx, ft_mat x, int N);
 ft_cu_attn ft_cu_attn_shape_of(const ft_cuda_model *dm, int l, const ft_cuda_batch *b);
@@ -370,7 +373,7 @@ int ft_cu_gemma_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const floa
 			       const ft_cuda_batch *b, int need_dx);
 /* x = cap * tanh(x / cap) on n values (the final logits) */
 int ft_cu_softcap(ft_cuda_model *dm, float *x, size_t n, float cap);
-int ft_cu_geglu_forward(ft_cuda_model *dm, float *h, const float *g, const float *u, int ld,
+int ft_cu_geglu_forward(ft_cuda_model *dm, void *h, const float *g, const float *u, int ld,
 			int N, int F);
 int ft_cu_geglu_backward(ft_cuda_model *dm, float *dg, float *du, const float *dh,
 			 const float *g, const float *u, int ld, int N, int F);

@@ -305,7 +305,7 @@ static int layer_step(ft_cuda_infer *c, int l, float *x, int n)
 	TRY(ft_cu_attn_inputs(dm, l, a, n));   /* q|k|v, q/k norms, RoPE */
 	TRY(kv_store(c, l, a, n));
 	TRY(cached_attention(c, l, a->att, a->q, a->ldq, n));
-	TRY(ft_cu_lin_forward(dm, l, 3, a, dm->tmp, a->att, n));
+	TRY(ft_cu_lin_forward(dm, l, 3, a, dm->tmp, ft_cu_f32(a->att), n));
 	TRY(residual(dm, x, y->ln2, a, n));
 	TRY(ft_cu_norm_w(dm, v->gemma ? y->ln3 : y->ln2, v->D, &w));
 	TRY(ft_cu_rmsnorm_forward_act(dm, a->ln2, a->rstd2, x, w, n, v->D, v->eps));
@@ -316,7 +316,7 @@ static int layer_step(ft_cuda_infer *c, int l, float *x, int n)
 		TRY(ft_cu_geglu_forward(dm, dm->hbuf, g, u, gu->tot, n, v->F));
 	else
 		TRY(ft_cu_swiglu_forward(dm, dm->hbuf, g, u, gu->tot, n, v->F));
-	TRY(ft_cu_lin_forward(dm, l, 6, a, dm->tmp, dm->hbuf, n));
+	TRY(ft_cu_lin_forward(dm, l, 6, a, dm->tmp, ft_cu_act(dm, dm->hbuf), n));
 	TRY(residual(dm, x, y->ln4, a, n));
 	return 0;
 }

@@ -63,6 +63,10 @@ static void end_unit(ft_cuda_model *dm, int first)
 		dm->tens[first].unit = dm->ntens - first;
 }
 
+/* a_matrix: A in half (with an fp32 master when trainable) in the half
+ * modes, every module's: its product reads its base product's half
+ * operand (a fused group's stacked rows, o_proj's cast input, down_proj's
+ * half hidden).  B stays fp32 (its input is the fp32 hidden h). */
 static void lora_tensors(ft_cuda_model *dm, int l, int j, int a_matrix, int want_a, int want_b)
 {
 	const ft_cv_lora *lo = &dm->v.layers[l].lora[j];
@@ -141,10 +145,10 @@ static void build_tensors(ft_cuda_model *dm)
 		d->ln4 = tensor(dm, y->ln4.w, y->ln4.g, v->D, 0);
 		group_tensors(dm, l, 0);
 		d->lin[3] = lin_tensor(dm, l, 3);
-		lora_tensors(dm, l, 3, 0, 1, 1);
+		lora_tensors(dm, l, 3, 1, 1, 1);
 		group_tensors(dm, l, 1);
 		d->lin[6] = lin_tensor(dm, l, 6);
-		lora_tensors(dm, l, 6, 0, 1, 1);
+		lora_tensors(dm, l, 6, 1, 1, 1);
 		d->quant = v->qw != NULL;
 		for (int j = 0; d->quant && j < FT_CV_NLIN; j++) {
 			const ft_cv_qweight *h = &v->qw[(size_t)l * FT_CV_NLIN + j];
@@ -387,7 +391,7 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	dm->dqkv = TAKE(a, Nb * wq, float, A_SCRATCH);
 	dm->dq = TAKE(a, v->qk_norm ? Nb * qd : 0, float, A_SCRATCH);
 	dm->dk = TAKE(a, v->qk_norm ? Nb * kd : 0, float, A_SCRATCH);
-	dm->hbuf = TAKE(a, N * F, float, A_SCRATCH);
+	dm->hbuf = ft_arena_take(a, N * F * (dm->half ? 2 : 4), A_SCRATCH);   /* ft_cu_act_type */
 	dm->dh = TAKE(a, Nb * F, float, A_SCRATCH);
 	dm->tmp = TAKE(a, N * (mi > D ? mi : D), float, A_SCRATCH);
 	dm->drop = TAKE(a, Nb * mi, float, A_SCRATCH);

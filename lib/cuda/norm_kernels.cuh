@@ -3,7 +3,7 @@
  * into the RMSNorm that follows it (layer_forward's xmid = x + attn_out;
  * ln2 = RMSNorm(xmid)): one pass over the row instead of an add kernel
  * writing xmid and a norm kernel reading it back; LoRA dropout of a
- * normed input.  A header of its own so that tests/emu compiles these
+ * normed input; SwiGLU's hidden.  A header of its own so that tests/emu compiles these
  * very kernels for the host (with reduce.cuh and emulated built-ins).
  * The includer provides the CUDA built-ins and model/kernels.h. */
 #ifndef FT_CUDA_NORM_KERNELS_CUH
@@ -58,6 +58,18 @@ static __global__ void add_rmsnorm_forward_k(float *sum, void *out, int at, floa
 	/* each thread reads back only the elements it wrote */
 	for (int d = threadIdx.x; d < D; d += blockDim.x)
 		ft_k_act_put(out, row + d, ft_k_rmsnorm_out(sum[row + d], w[d], r), at);
+}
+
+/* SwiGLU's h [N, F] (of type at: down_proj's operand) from gate and up,
+ * rows of stride ld (the fused gate|up buffer, fp32). */
+static __global__ void swiglu_forward_k(void *h, int at, const float *g, const float *u,
+					size_t ld, size_t N, int F)
+{
+	for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N * F;
+	     i += (size_t)gridDim.x * blockDim.x) {
+		size_t e = i / F * ld + i % F;
+		ft_k_act_put(h, i, ft_k_swiglu(g[e], u[e]), at);
+	}
 }
 
 /* LoRA dropout on an activation of type at, out of the same type (the

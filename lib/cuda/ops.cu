@@ -251,14 +251,6 @@ int ft_cu_rope(ft_cuda_model *dm, float *x, int ld, const float *cos_t, const fl
  * are [N, F].  Element i is read and written by one thread only, so the
  * backward may write dg, du over g, u (in place: the layer's backward
  * turns its gate|up activations into their gradients). */
-static __global__ void swiglu_forward_k(float *h, const float *g, const float *u, size_t ld,
-					size_t N, int F)
-{
-	FOR_N(i, N * F) {
-		size_t e = i / F * ld + i % F;
-		h[i] = ft_k_swiglu(g[e], u[e]);
-	}
-}
 
 static __global__ void swiglu_backward_k(float *dg, float *du, const float *dh,
 					 const float *g, const float *u, size_t ld, size_t N,
@@ -271,11 +263,12 @@ static __global__ void swiglu_backward_k(float *dg, float *du, const float *dh,
 	}
 }
 
-int ft_cu_swiglu_forward(ft_cuda_model *dm, float *h, const float *g, const float *u,
+int ft_cu_swiglu_forward(ft_cuda_model *dm, void *h, const float *g, const float *u,
 			 int ld, int N, int F)
 {
 	size_t n = (size_t)N * F;
-	FT_LAUNCH(swiglu_forward_k, nblk(n), TPB, 0, dm->stream)(h, g, u, ld, N, F);
+	FT_LAUNCH(swiglu_forward_k, nblk(n), TPB, 0, dm->stream)(h, ft_cu_act_type(dm), g, u, ld, N,
+								 F);
 	LAUNCHED("swiglu_forward", "N=%d F=%d ld=%d", N, F, ld);
 	return 0;
 }
@@ -354,17 +347,17 @@ int ft_cu_dropout(ft_cuda_model *dm, float *out, const float *x, size_t n, float
 }
 
 /* dropout of an activation stored as the model's activation type */
-int ft_cu_dropout_act(ft_cuda_model *dm, void *out, const void *x, size_t n, float p,
+int ft_cu_dropout_act(ft_cuda_model *dm, void *out, ft_mat x, size_t n, float p,
 		      uint64_t seed)
 {
-	int at = ft_cu_act_type(dm);
+	int at = x.half ? ft_cu_act_type(dm) : FT_ACT_F32;
 	if (p <= 0) {
-		if (out != x)
-			CU(cudaMemcpyAsync(out, x, n * (at ? 2 : 4), cudaMemcpyDeviceToDevice,
+		if (out != x.p)
+			CU(cudaMemcpyAsync(out, x.p, n * (at ? 2 : 4), cudaMemcpyDeviceToDevice,
 					   dm->stream), "n=%zu", n);
 		return 0;
 	}
-	FT_LAUNCH(dropout_act_k, nblk(n), TPB, 0, dm->stream)(out, x, at, n,
+	FT_LAUNCH(dropout_act_k, nblk(n), TPB, 0, dm->stream)(out, x.p, at, n,
 							      ft_k_dropout_prepare(p), seed);
 	LAUNCHED("dropout", "n=%zu p=%g, activation type %d", n, p, at);
 	return 0;
@@ -372,18 +365,7 @@ int ft_cu_dropout_act(ft_cuda_model *dm, void *out, const void *x, size_t n, flo
 
 /* ---- casts, row moves, zero ---- */
 
-static __global__ void widen_k(float *dst, const void *src, int at, size_t n)
-{
-	FOR_N(i, n)
-		dst[i] = ft_k_act_get(src, i, at);
-}
 
-int ft_cu_widen(ft_cuda_model *dm, float *dst, const void *src, size_t n)
-{
-	FT_LAUNCH(widen_k, nblk(n), TPB, 0, dm->stream)(dst, src, ft_cu_act_type(dm), n);
-	LAUNCHED("widen", "n=%zu", n);
-	return 0;
-}
 
 static __global__ void cast_half_k(uint16_t *dst, const float *src, size_t n, int bf16)
 {

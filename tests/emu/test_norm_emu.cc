@@ -2,8 +2,10 @@
  * source nvcc compiles into libft_cuda.so) run on the host under
  * tests/emu/emu.h: the fused residual add + RMSNorm against the CPU
  * path's residual add and ft_rmsnorm_forward (lib/model/layers.c); then
- * the half outputs of the bf16/fp16 modes (rmsnorm_forward_k,
- * add_rmsnorm_forward_k, dropout_act_k with a half type) against their
+ * SwiGLU's hidden (swiglu_forward_k, read from a fused gate|up buffer)
+ * bit-identical to ft_swiglu_forward (the same kernels.h formula); the
+ * half outputs of the bf16/fp16 modes (rmsnorm_forward_k,
+ * add_rmsnorm_forward_k, swiglu_forward_k, dropout_act_k) against their
  * fp32 outputs rounded by model/kernels.h's casts: bit-identical, since
  * each computes in fp32 and rounds once at the store (a wrong type code,
  * index or a second rounding would differ), with the statistics (rstd,
@@ -112,6 +114,31 @@ static void test_half(int N, int D, int at)
 	   "dropout %s in place n=%zu: the fp32 dropout rounded (%zu dropped)", nm, n, zeros);
 }
 
+static void test_swiglu(int N, int F)
+{
+	size_t ld = 2 * (size_t)F + 5, n = (size_t)N * F;
+	std::vector<float> buf(N * ld), g(n), u(n), h1(n), h2(n);
+	for (auto &v : buf)
+		v = 4 * frand();
+	for (int i = 0; i < N; i++)
+		for (int f = 0; f < F; f++) {
+			g[(size_t)i * F + f] = buf[i * ld + f];
+			u[(size_t)i * F + f] = buf[i * ld + F + f];
+		}
+	ft_swiglu_forward(h1.data(), g.data(), u.data(), n);
+	const float *G = buf.data(), *U = buf.data() + F;
+	dim3 eg = { 5, 1, 1 };
+	launch([&] { swiglu_forward_k(h2.data(), FT_ACT_F32, G, U, ld, N, F); }, eg, 0);
+	ok(memcmp(h1.data(), h2.data(), n * 4) == 0,
+	   "swiglu N=%d F=%d from the fused buffer: bit-identical to ft_swiglu_forward", N, F);
+	for (int at = FT_ACT_BF16; at <= FT_ACT_F16; at++) {
+		std::vector<uint16_t> h(n);
+		launch([&] { swiglu_forward_k(h.data(), at, G, U, ld, N, F); }, eg, 0);
+		ok(same_rounded(h1, h, at), "swiglu %s hidden N=%d F=%d: the fp32 one rounded",
+		   at == FT_ACT_BF16 ? "bf16" : "f16", N, F);
+	}
+}
+
 int main(void)
 {
 	emu_init();
@@ -122,5 +149,6 @@ int main(void)
 		test_half(3, 64, at);
 		test_half(5, 1000, at);
 	}
+	test_swiglu(7, 300);
 	return tap_done();
 }
