@@ -63,6 +63,10 @@ static void end_unit(ft_cuda_model *dm, int first)
 		dm->tens[first].unit = dm->ntens - first;
 }
 
+/* a_matrix: A in half (with an fp32 master when trainable) in the half
+ * modes, every module's: its product reads its base product's half
+ * operand (a fused group's stacked rows, o_proj's cast input, down_proj's
+ * half hidden).  B stays fp32 (its input is the fp32 hidden h). */
 static void lora_tensors(ft_cuda_model *dm, int l, int j, int a_matrix, int want_a, int want_b)
 {
 	const ft_cv_lora *lo = &dm->v.layers[l].lora[j];
@@ -144,10 +148,10 @@ static void build_tensors(ft_cuda_model *dm)
 		d->ln4 = tensor(dm, y->ln4.w, y->ln4.g, v->D, 0);
 		group_tensors(dm, l, 0);
 		d->lin[3] = lin_tensor(dm, l, 3);
-		lora_tensors(dm, l, 3, 0, 1, 1);
+		lora_tensors(dm, l, 3, 1, 1, 1);
 		group_tensors(dm, l, 1);
 		d->lin[6] = lin_tensor(dm, l, 6);
-		lora_tensors(dm, l, 6, 0, 1, 1);
+		lora_tensors(dm, l, 6, 1, 1, 1);
 		for (int j = 0; v->oft && j < FT_CV_NLIN; j++) {   /* oft.cu */
 			const ft_cv_oft *o = &v->oft[l * FT_CV_NLIN + j];
 			ft_doft *x = &d->oft[j];
@@ -240,13 +244,16 @@ static void layout_acts(ft_cuda_model *dm, ft_arena *a, ft_dacts *x, size_t N, s
 {
 	const ft_cuda_view *v = &dm->v;
 	size_t D = v->D, qd = (size_t)v->Hq * v->hd, kd = (size_t)v->Hk * v->hd;
-	x->ln1 = TAKE(a, N * D, float, A_ACTS);
+	/* the normed layer inputs in the activation type (ft_cu_act_type):
+	 * 2 bytes in the half modes */
+	size_t es = dm->half ? 2 : 4;
+	x->ln1 = ft_arena_take(a, N * D * es, A_ACTS);
 	x->rstd1 = TAKE(a, N, float, A_ACTS);
 	x->qkv = TAKE(a, N * group_width(dm, 0), float, A_ACTS);
 	x->lse = TAKE(a, N * v->Hq, float, A_ACTS);
 	x->att = TAKE(a, N * qd, float, A_ACTS);
 	x->xmid = TAKE(a, N * D, float, A_ACTS);
-	x->ln2 = TAKE(a, N * D, float, A_ACTS);
+	x->ln2 = ft_arena_take(a, N * D * es, A_ACTS);
 	x->rstd2 = TAKE(a, N, float, A_ACTS);
 	x->gu = TAKE(a, N * group_width(dm, 1), float, A_ACTS);
 	/* the other modules' LoRA hiddens are columns of qkv and gu */
@@ -397,11 +404,12 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	dm->dqkv = TAKE(a, Nb * wq, float, A_SCRATCH);
 	dm->dq = TAKE(a, v->qk_norm ? Nb * qd : 0, float, A_SCRATCH);
 	dm->dk = TAKE(a, v->qk_norm ? Nb * kd : 0, float, A_SCRATCH);
-	dm->hbuf = TAKE(a, N * F, float, A_SCRATCH);
+	dm->hbuf = ft_arena_take(a, N * F * (dm->half ? 2 : 4), A_SCRATCH);   /* ft_cu_act_type */
 	dm->dh = TAKE(a, Nb * F, float, A_SCRATCH);
 	dm->tmp = TAKE(a, N * (mi > D ? mi : D), float, A_SCRATCH);
 	dm->drop = TAKE(a, Nb * mi, float, A_SCRATCH);
 	dm->ddrop = TAKE(a, Nb * mi, float, A_SCRATCH);
+	dm->oft_xf = TAKE(a, dm->half && v->oft ? Nb * mi : 0, float, A_SCRATCH);
 	dm->lhs = TAKE(a, Nb * (r ? r : 1), float, A_SCRATCH);
 	size_t chunk = HEAD_BUDGET / V;
 	if (chunk < 1) chunk = 1;

@@ -50,9 +50,24 @@ int ft_cu_oft_group(const ft_cuda_model *dm, int l, int gi)
 	return 0;
 }
 
+/* x as fp32: itself, or a half x widened into dm->oft_xf */
+static int input_f32(ft_cuda_model *dm, ft_mat x, size_t n, const float **out)
+{
+	*out = (const float *)x.p;
+	if (!x.half)
+		return 0;
+	if (!dm->oft_xf)
+		return ft_fail("internal: OFT on a half input without its fp32 scratch");
+	*out = dm->oft_xf;
+	return ft_cu_act_to_f32(dm, dm->oft_xf, x, n);
+}
+
 /* ftp_oft_input: R from the current weights into o->rot (kept for the
- * backward), then x_rot = x blockdiag(R) into dm->drop; *x becomes it. */
-int ft_cu_oft_input(ft_cuda_model *dm, int l, int j, const float **x, int N)
+ * backward), then x_rot = x blockdiag(R) into dm->drop; *x becomes it.
+ * A half input (bf16/fp16: the normed layer input) is widened first: the
+ * rotation's batched GEMM is fp32, as the CPU's; the base product then
+ * casts x_rot to its operand type. */
+int ft_cu_oft_input(ft_cuda_model *dm, int l, int j, ft_mat *x, int N)
 {
 	ft_doft *o = &dm->layers[l].oft[j];
 	if (!o->on)
@@ -65,26 +80,28 @@ int ft_cu_oft_input(ft_cuda_model *dm, int l, int j, const float **x, int N)
 		dm->oft_scr);
 	LAUNCHED("oft_rotation", "layer %d %s: %d blocks of %d", l, ft_cuda_view_lin_name(j), o->r,
 		 b);
-	TRY(ft_cu_gemm_batched(dm, 0, 0, N, b, b, 1, *x, in, b, o->rot, b, bb, 0, dm->drop, in, b,
+	const float *xf;
+	TRY(input_f32(dm, *x, (size_t)N * in, &xf));
+	TRY(ft_cu_gemm_batched(dm, 0, 0, N, b, b, 1, xf, in, b, o->rot, b, bb, 0, dm->drop, in, b,
 			       o->r, "oft rotate input"));
-	*x = dm->drop;
+	*x = ft_cu_f32(dm->drop);
 	return 0;
 }
 
 /* One module of a fused group on its own input into its columns of Y
  * (row stride ld): lin_fwd's base product and bias. */
-static int base_fwd(ft_cuda_model *dm, int l, int j, float *y, int ld, const float *x, int N)
+static int base_fwd(ft_cuda_model *dm, int l, int j, float *y, int ld, ft_mat x, int N)
 {
 	ft_dlayer *d = &dm->layers[l];
 	int in = dm->v.lin_in[j], out = dm->v.lin_out[j];
 	const char *nm = ft_cuda_view_lin_name(j);
 	ft_mat xo;
 	if (d->quant) {
-		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, ft_cu_qscratch_half(dm)));
+		TRY(ft_cu_operand_act(dm, &xo, x, (size_t)N * in, dm->hx, ft_cu_qscratch_half(dm)));
 		TRY(ft_cu_qlin_forward(dm, &d->q[j], y, ld, x, xo, N, nm));
 	} else {
 		ft_mat w = ft_cu_weight(dm, d->lin[j]);
-		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, w.half));
+		TRY(ft_cu_operand_act(dm, &xo, x, (size_t)N * in, dm->hx, w.half));
 		TRY(ft_cu_gemm(dm, 0, 1, N, out, in, 1, xo, in, w, in, 0, y, ld, nm));
 	}
 	if (j < 3 && d->bias[j])
@@ -92,11 +109,11 @@ static int base_fwd(ft_cuda_model *dm, int l, int j, float *y, int ld, const flo
 	return 0;
 }
 
-int ft_cu_oft_forward_group(ft_cuda_model *dm, int l, int gi, float *Y, const float *x, int N)
+int ft_cu_oft_forward_group(ft_cuda_model *dm, int l, int gi, float *Y, ft_mat x, int N)
 {
 	const ft_cv_group *c = &dm->layers[l].grp[gi].c;
 	for (int i = 0; i < c->n; i++) {
-		const float *xi = x;
+		ft_mat xi = x;
 		TRY(ft_cu_oft_input(dm, l, c->js[i], &xi, N));
 		TRY(base_fwd(dm, l, c->js[i], Y + c->off[i], c->tot, xi, N));
 	}
@@ -128,13 +145,16 @@ static int dy_operand(ft_cuda_model *dm, const ft_dlayer *d, int j, ft_mat *dyo,
 /* ftp_oft_backward after the base's input gradient (in dm->ddrop):
  * dR_i = x_i^T dxr_i, dx_i += dxr_i R_i^T (dx may be NULL), then the
  * series' backward into oft_R's gradient. */
-static int oft_backward(ft_cuda_model *dm, int l, int j, float *dx, const float *x, int N)
+static int oft_backward(ft_cuda_model *dm, int l, int j, float *dx, ft_mat x, int N)
 {
 	ft_doft *o = &dm->layers[l].oft[j];
 	int b = o->b, in = o->r * b;
 	long long bb = (long long)b * b;
+	const float *xf;
 	if (o->R->g)
-		TRY(ft_cu_gemm_batched(dm, 1, 0, b, b, N, 1, x, in, b, dm->ddrop, in, b, 0,
+		TRY(input_f32(dm, x, (size_t)N * in, &xf));
+	if (o->R->g)
+		TRY(ft_cu_gemm_batched(dm, 1, 0, b, b, N, 1, xf, in, b, dm->ddrop, in, b, 0,
 				       dm->oft_drot, b, bb, o->r, "oft dR"));
 	if (dx)
 		TRY(ft_cu_gemm_batched(dm, 0, 1, N, b, b, 1, dm->ddrop, in, b, o->rot, b, bb, 1, dx,
@@ -152,7 +172,7 @@ static int oft_backward(ft_cuda_model *dm, int l, int j, float *dx, const float 
  * frozen base's input gradient into dm->ddrop, then OFT's.  dyo: dy as
  * the operand, row stride ld. */
 static int oft_lin_bwd(ft_cuda_model *dm, int l, int j, float *dx, ft_mat dyo, int ld,
-		       const float *x, int N)
+		       ft_mat x, int N)
 {
 	int in = dm->v.lin_in[j];
 	TRY(ft_cu_zero(dm, dm->ddrop, (size_t)N * in * sizeof(float)));
@@ -161,7 +181,7 @@ static int oft_lin_bwd(ft_cuda_model *dm, int l, int j, float *dx, ft_mat dyo, i
 }
 
 int ft_cu_oft_backward(ft_cuda_model *dm, int l, int j, float *dx, const float *dy,
-		       const float *x, int N)
+		       ft_mat x, int N)
 {
 	ft_mat dyo;
 	int out = dm->v.lin_out[j];
@@ -173,7 +193,7 @@ int ft_cu_oft_backward(ft_cuda_model *dm, int l, int j, float *dx, const float *
  * each adding its input gradient into dx: an OFT module through its
  * rotation, a plain one (frozen: OFT trains no weight) as dy W. */
 int ft_cu_oft_backward_group(ft_cuda_model *dm, int l, int gi, const float *dY, float *dx,
-			     const float *x, int N)
+			     ft_mat x, int N)
 {
 	const ft_dlayer *d = &dm->layers[l];
 	const ft_cv_group *c = &d->grp[gi].c;
