@@ -200,9 +200,11 @@ CXX ?= c++
 EMU_BINS := $(patsubst tests/emu/%.cc,build/asan/tests/%,$(wildcard tests/emu/test_*.cc))
 unit: $(EMU_BINS)
 $(EMU_BINS): build/asan/tests/%: tests/emu/%.cc tests/emu/emu.h tests/emu/emu_test.h $(wildcard lib/cuda/*.cuh) \
-		lib/model/flash.h lib/model/kernels.h tests/unit/tap.h build/asan/libft.a
+		$(wildcard tests/emu/include/*.h) lib/model/flash.h lib/model/kernels.h tests/unit/tap.h \
+		build/asan/libft.a
 	@mkdir -p $(@D)
-	$(CXX) -std=c++17 $(WARN) -Wno-unknown-pragmas $(OPT) -g -O1 $(SAN) -iquote lib -iquote tests/unit -x c++ $< \
+	$(CXX) -std=c++17 $(WARN) -Wno-unknown-pragmas $(OPT) -g -O1 $(SAN) -I tests/emu/include -I tests/emu -iquote lib \
+		-iquote tests/unit -x c++ $< \
 		-x none build/asan/libft.a $(LDLIBS) -pthread -o $@
 # The backend table over the CPU model (tests/emu/fake_backend.c): what
 # tests/bats/ft-train-pref-device.bats loads with FT_CUDA_LIB to run the
@@ -249,7 +251,7 @@ $(EMU_NCCL): tests/emu/fake_nccl.c
 EMU_RT_TEST := build/asan/tests/test_cuda_emu_runtime
 unit: $(EMU_RT_TEST)
 $(EMU_RT_TEST): tests/emu/check_runtime.cc tests/emu/cuda_runtime_emu.cc tests/emu/cublas_emu.cc \
-		tests/emu/emu.h $(wildcard tests/emu/include/*.h) tests/unit/tap.h build/asan/libft.a
+		tests/emu/emu.h tests/emu/emu_test.h $(wildcard tests/emu/include/*.h) tests/unit/tap.h build/asan/libft.a
 	@mkdir -p $(@D)
 	$(CXX) -std=c++17 $(WARN) $(OPT) -g -O1 $(SAN) -I tests/emu/include -I tests/emu -I lib \
 		-iquote lib -iquote tests/unit $(filter %.cc,$^) build/asan/libft.a $(LDLIBS) -pthread -o $@

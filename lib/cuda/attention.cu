@@ -41,7 +41,9 @@ static __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat1
 static __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
 static __device__ __forceinline__ void put(__nv_bfloat16 *p, float x) { *p = __float2bfloat16_rn(x); }
 static __device__ __forceinline__ void put(__half *p, float x) { *p = __float2half_rn(x); }
+#include <mma.h>
 #include "cuda/flash_kernels.cuh"
+#include "cuda/flash_tc.cuh"
 static_assert(FT_CU_ATTN_MAX_HD <= FA_LANES * FA_MAX_NDR, "head_dim bound of run_pass");
 
 /* ---- launchers ---- */
@@ -64,15 +66,14 @@ static int allow_smem(const void *f, size_t bytes, int hd, const char *what)
 	return 0;
 }
 
-template <typename E, int NDR>
-static int launch(const fa_args<E> &p, int B, int pass, cudaStream_t st)
+/* Kernel k of pass `pass` with sm bytes of dynamic shared memory. */
+template <typename E>
+static int launch_k(void (*k)(fa_args<E>), size_t sm, const fa_args<E> &p, int B, int pass,
+		    cudaStream_t st)
 {
 	int tiles = (p.T + FT_FA_BR - 1) / FT_FA_BR;
 	static const char *names[] = { "flash attention forward", "flash attention dK/dV",
 				       "flash attention dQ" };
-	void (*k)(fa_args<E>) = pass == 0 ? fa_fwd_k<E, NDR> : pass == 1 ? fa_dkdv_k<E, NDR>
-									   : fa_dq_k<E, NDR>;
-	size_t sm = pass == 0 ? fa_smem_fwd(p.hd) : pass == 1 ? fa_smem_dkdv(p.hd) : fa_smem_dq(p.hd);
 	TRY(allow_smem((const void *)k, sm, p.hd, names[pass]));
 	dim3 grid(tiles, pass == 1 ? p.Hk : p.Hq, B);
 	FT_LAUNCH(k, grid, FA_THREADS, sm, st)(p);
@@ -80,16 +81,42 @@ static int launch(const fa_args<E> &p, int B, int pass, cudaStream_t st)
 	return 0;
 }
 
-/* pass 0: forward; 1: dK/dV; 2: dQ.  The accumulators' register count
- * follows hd (8 lanes share a row: hd/8 per thread). */
+/* The fp32 kernels (CUDA cores) */
+template <typename E, int NDR>
+static int launch(const fa_args<E> &p, int B, int pass, cudaStream_t st)
+{
+	void (*k)(fa_args<E>) = pass == 0 ? fa_fwd_k<E, NDR> : pass == 1 ? fa_dkdv_k<E, NDR>
+									   : fa_dq_k<E, NDR>;
+	size_t sm = pass == 0 ? fa_smem_fwd(p.hd) : pass == 1 ? fa_smem_dkdv(p.hd) : fa_smem_dq(p.hd);
+	return launch_k(k, sm, p, B, pass, st);
+}
+
+/* The bf16 / fp16 kernels (tensor cores, flash_tc.cuh) */
+template <typename E>
+static int launch_tc(const fa_args<E> &p, int B, int pass, cudaStream_t st)
+{
+	void (*k)(fa_args<E>) = pass == 0 ? fa_fwd_tc<E> : pass == 1 ? fa_dkdv_tc<E> : fa_dq_tc<E>;
+	size_t es = sizeof(E);
+	size_t sm = pass == 0 ? fa_tc_smem_fwd(p.hd, es) : pass == 1 ? fa_tc_smem_dkdv(p.hd, es)
+								     : fa_tc_smem_dq(p.hd, es);
+	return launch_k(k, sm, p, B, pass, st);
+}
+
+/* pass 0: forward; 1: dK/dV; 2: dQ.  Half elements: the tensor-core
+ * kernels.  fp32: the accumulators' register count follows hd (8 lanes
+ * share a row: hd/8 per thread). */
 template <typename E>
 static int run_pass(const fa_args<E> &p, int B, int pass, cudaStream_t st)
 {
-	if (p.hd <= 64)
-		return launch<E, 8>(p, B, pass, st);
-	if (p.hd <= 128)
-		return launch<E, 16>(p, B, pass, st);
-	return launch<E, FA_MAX_NDR>(p, B, pass, st);
+	if constexpr (sizeof(E) == 2) {
+		return launch_tc(p, B, pass, st);
+	} else {
+		if (p.hd <= 64)
+			return launch<E, 8>(p, B, pass, st);
+		if (p.hd <= 128)
+			return launch<E, 16>(p, B, pass, st);
+		return launch<E, FA_MAX_NDR>(p, B, pass, st);
+	}
 }
 
 static int check_shape(const ft_cu_attn *s)
