@@ -200,7 +200,7 @@ CXX ?= c++
 EMU_BINS := $(patsubst tests/emu/%.cc,build/asan/tests/%,$(wildcard tests/emu/test_*.cc))
 unit: $(EMU_BINS)
 $(EMU_BINS): build/asan/tests/%: tests/emu/%.cc tests/emu/emu.h tests/emu/emu_test.h $(wildcard lib/cuda/*.cuh) \
-		$(wildcard tests/emu/include/*.h) lib/model/flash.h lib/model/kernels.h tests/unit/tap.h \
+		$(wildcard tests/emu/include/*.h) lib/model/flash.h lib/model/kernels.h tests/unit/tap.h tests/unit/attn_bound.h \
 		build/asan/libft.a
 	@mkdir -p $(@D)
 	$(CXX) -std=c++17 $(WARN) -Wno-unknown-pragmas $(OPT) -g -O1 $(SAN) -I tests/emu/include -I tests/emu -iquote lib \

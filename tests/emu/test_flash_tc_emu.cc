@@ -7,28 +7,15 @@
  * not a multiple of the 16-feature fragment, GQA up to 4:1, windows,
  * packed segments, right padding (lengths), Gemma 2's soft-cap.
  *
- * Tolerance, element by element, from where the kernels round (u: the
- * unit roundoff of the element type, 2^-8 bf16, 2^-11 fp16).  Scores and
- * dP are exact products summed in fp32; the new errors are P and dS
- * rounded to the element type before their products, the outputs rounded
- * once, and D = rowsum(dO O) computed from the rounded O:
- *   O   u|O| + u sum_u P|V|                 (P >= 0; l is from fp32 P)
- *   dV  u|dV| + u sum_t P|dO|
- *   dK  u|dK| + scale (u M + dD) sum_t P|Q|
- *   dQ  u|dQ| + scale (u M + dD) sum_u P|K|
- * where M bounds |dP - D| over the allowed pairs (computed here; the
- * soft-cap's 1 - tanh^2 <= 1 only shrinks dS), dD bounds the error of D
- * (sum_d of O's bound times |dO|), and the sums of P times absolute
- * values are the CPU attention run on |V|, |dO|, |Q|, |K|.  Plus 1e-5
- * of the largest element for the fp32 sums (as the fp32 kernels' test,
- * which also covers fp16's subnormal P: at most 2^-25 absolute each),
- * and a factor 1 + 4u for the second-order terms.  lse is fp32 only:
- * 1e-5.  A misplaced element or a missed mask is an O(1) error. */
+ * Tolerance, element by element, from where the kernels round: the
+ * bounds of tests/unit/attn_bound.h (which tests/gpu/test_gpu_attn_half.c
+ * applies on a device).  A misplaced element or a missed mask is an O(1) error. */
 #include "emu.h"
 #include <mma.h>
 extern "C" {
 #include "model/flash.h"
 #include "model/layers.h"
+#include "attn_bound.h"
 }
 #include "tap.h"
 #include "emu_test.h"
@@ -43,6 +30,10 @@ static inline void put(__half *p, float x) { *p = __float2half_rn(x); }
 template <typename H> static double unit_roundoff();
 template <> double unit_roundoff<__nv_bfloat16>() { return ldexp(1.0, -8); }
 template <> double unit_roundoff<__half>() { return ldexp(1.0, -11); }
+/* the absolute error of a subnormal (attn_bound.h) */
+template <typename H> static double subnormal_error();
+template <> double subnormal_error<__nv_bfloat16>() { return 0; }
+template <> double subnormal_error<__half>() { return ldexp(1.0, -25); }
 template <typename H> static const char *type_name();
 template <> const char *type_name<__nv_bfloat16>() { return "bf16"; }
 template <> const char *type_name<__half>() { return "fp16"; }
@@ -67,56 +58,6 @@ static void run_tc(fa_args<E> &p, int B, int backward)
 	       fa_tc_smem_dkdv(p.hd, es));
 	launch([&] { fa_dq_tc<E>(p); }, { tiles, (unsigned)p.Hq, (unsigned)B },
 	       fa_tc_smem_dq(p.hd, es));
-}
-
-static std::vector<float> absv(const std::vector<float> &x)
-{
-	std::vector<float> r(x.size());
-	for (size_t i = 0; i < x.size(); i++)
-		r[i] = fabsf(x[i]);
-	return r;
-}
-
-/* max over allowed (t, u) of |dO_t . V_u - D_t|, D_t = dO_t . O_t */
-static double max_dp_minus_d(const ft_attn_shape &s, const float *dO, const float *O,
-			     const float *V)
-{
-	int qd = s.Hq * s.hd, kd = s.Hk * s.hd, grp = s.Hq / s.Hk;
-	double M = 0;
-	for (int b = 0; b < s.B; b++)
-		for (int h = 0; h < s.Hq; h++)
-			for (int t = 0; t < s.T; t++) {
-				const float *g = dO + ((size_t)b * s.T + t) * qd + h * s.hd;
-				const float *o = O + ((size_t)b * s.T + t) * qd + h * s.hd;
-				double D = 0;
-				for (int d = 0; d < s.hd; d++)
-					D += (double)g[d] * o[d];
-				int32_t st = s.seg ? s.seg[b * s.T + t] : 1;
-				int len = s.len ? s.len[b] : s.T;
-				for (int u = 0; u < s.T; u++) {
-					int32_t su = s.seg ? s.seg[b * s.T + u] : 1;
-					if (!ft_k_attn_allowed(t, u, s.window, st, su, len))
-						continue;
-					const float *v = V + ((size_t)b * s.T + u) * kd + h / grp * s.hd;
-					double dp = 0;
-					for (int d = 0; d < s.hd; d++)
-						dp += (double)g[d] * v[d];
-					M = fmax(M, fabs(dp - D));
-				}
-			}
-	return M;
-}
-
-/* worst |got - ref| / bound over the elements (> 1: out of bound) */
-static double ratio(const std::vector<float> &got, const std::vector<float> &ref,
-		    const std::vector<double> &bound)
-{
-	double r = 0;
-	for (size_t i = 0; i < got.size(); i++) {
-		double e = fabs((double)got[i] - ref[i]) / bound[i];
-		r = e > r || e != e ? (e != e ? INFINITY : e) : r;
-	}
-	return r;
 }
 
 template <typename H>
@@ -175,39 +116,14 @@ static void test_tc(int B, int T, int Hq, int Hk, int hd, int window, int packed
 	run_tc(p, B, 0);
 	run_tc(p, B, 1);
 
-	/* the sums of P times absolute values (see the top) */
-	std::vector<float> Oabs(nq), PK(nq), lx(nl), x0(nq), x1(nk), PdO(nk), PQ(nk);
-	ft_attention_forward(Oabs.data(), lx.data(), f[0].data(), f[1].data(), absv(f[2]).data(), &s);
-	ft_attention_forward(PK.data(), lx.data(), f[0].data(), f[1].data(), absv(f[1]).data(), &s);
-	ft_attention_backward(x0.data(), x1.data(), PdO.data(), absv(f[3]).data(), f[0].data(),
-			      f[1].data(), f[2].data(), o1.data(), l1.data(), &s);
-	ft_attention_backward(x0.data(), x1.data(), PQ.data(), absv(f[0]).data(), f[0].data(),
-			      f[1].data(), f[2].data(), o1.data(), l1.data(), &s);
-	double u = unit_roundoff<H>(), M = max_dp_minus_d(s, f[3].data(), o1.data(), f[2].data());
-	auto big = [](const std::vector<float> &x) {
-		double m = 0;
-		for (float v : x)
-			m = fmax(m, fabs(v));
-		return m;
-	};
 	std::vector<double> bo(nq), bq(nq), bk(nk), bv(nk);
-	double so = 1e-5 * big(o1), dD = 0;
-	for (size_t i = 0; i < nq; i++)
-		bo[i] = (1 + 4 * u) * (u * fabs(o1[i]) + u * Oabs[i]) + so;
-	for (size_t n = 0; n < nl; n++) {
-		double e = 0;
-		for (int d = 0; d < hd; d++)
-			e += bo[n * hd + d] * fabs(f[3][n * hd + d]);
-		dD = fmax(dD, e);
-	}
-	double w = scale * (u * M + dD), sq = 1e-5 * big(g1[0]), sk = 1e-5 * big(g1[1]);
-	double sv = 1e-5 * big(g1[2]);
-	for (size_t i = 0; i < nq; i++)
-		bq[i] = (1 + 4 * u) * (u * fabs(g1[0][i]) + w * PK[i]) + sq;
-	for (size_t i = 0; i < nk; i++) {
-		bk[i] = (1 + 4 * u) * (u * fabs(g1[1][i]) + w * PQ[i]) + sk;
-		bv[i] = (1 + 4 * u) * (u * fabs(g1[2][i]) + u * PdO[i]) + sv;
-	}
+	attn_half_bounds(&s, unit_roundoff<H>(), subnormal_error<H>(), f[0].data(), f[1].data(),
+			 f[2].data(), f[3].data(), o1.data(), l1.data(), g1[0].data(),
+			 g1[1].data(), g1[2].data(), bo.data(), bq.data(), bk.data(), bv.data());
+	auto ratio = [](const std::vector<float> &got, const std::vector<float> &ref,
+			const std::vector<double> &bound) {
+		return attn_bound_ratio(got.data(), ref.data(), bound.data(), got.size());
+	};
 	double ro = ratio(widen(o2), o1, bo), rq = ratio(widen(g2[0]), g1[0], bq);
 	double rk = ratio(widen(g2[1]), g1[1], bk), rv = ratio(widen(g2[2]), g1[2], bv);
 	double el = max_rel01(l2.data(), l1.data(), nl);
