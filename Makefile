@@ -120,7 +120,8 @@ build/libft_cuda.so: $(CU_OBJ)
 # `make gpu-tests` builds tests/gpu/*.c (run by tests/gpu/run.sh); like
 # the tools they load the backend at run time.
 GPU_TESTS := $(patsubst tests/gpu/%.c,build/gpu/%,$(wildcard tests/gpu/*.c))
-build/gpu/%: tests/gpu/%.c tests/unit/tap.h tests/unit/st_test.h tests/gpu/gpu_test.h build/libft.a build/libft_cuda.so
+build/gpu/%: tests/gpu/%.c tests/unit/tap.h tests/unit/st_test.h tests/unit/attn_bound.h \
+		tests/gpu/gpu_test.h build/libft.a build/libft_cuda.so
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -iquote tests/unit $< build/libft.a $(LDLIBS) -o $@
 gpu-tests: $(GPU_TESTS)
@@ -258,12 +259,13 @@ $(EMU_RT_TEST): tests/emu/check_runtime.cc tests/emu/cuda_runtime_emu.cc tests/e
 # tests/gpu's device checks against the emulated backend (docs/CUDA.md):
 # several CPU minutes, so not part of `make test`.
 EMU_GPU_TESTS := build/emu-gpu/test_gpu_parity build/emu-gpu/test_gpu_generate \
-	build/emu-gpu/test_gpu_qlora
+	build/emu-gpu/test_gpu_qlora build/emu-gpu/test_gpu_attn_half
 # The QLoRA device check takes a second on the emulation: part of `make test`
 # (scripts/run-tests.sh runs whatever of build/emu-gpu/ it finds in EMU_QUICK).
 EMU_QUICK := build/emu-gpu/test_gpu_qlora
 unit: $(EMU_QUICK)
-build/emu-gpu/%: tests/gpu/%.c tests/unit/tap.h tests/unit/st_test.h tests/gpu/gpu_test.h build/libft.a
+build/emu-gpu/%: tests/gpu/%.c tests/unit/tap.h tests/unit/st_test.h tests/unit/attn_bound.h \
+		tests/gpu/gpu_test.h build/libft.a
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -iquote tests/unit $< build/libft.a $(LDLIBS) -o $@
 emu-gpu-tests: $(EMU_GPU_TESTS) $(EMU_CUDA)
