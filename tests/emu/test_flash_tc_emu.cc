@@ -5,7 +5,8 @@
  * attention ft_attention_forward/backward on the same half-rounded
  * inputs.  Forward and backward; T not a multiple of the 32-row tile, hd
  * not a multiple of the 16-feature fragment, GQA up to 4:1, windows,
- * packed segments, right padding (lengths), Gemma 2's soft-cap.
+ * packed segments, right padding (lengths), Gemma 2's soft-cap; and the
+ * strided layout of layer.cu's fused q|k|v, bit for bit.
  *
  * Tolerance, element by element, from where the kernels round: the
  * bounds of tests/unit/attn_bound.h (which tests/gpu/test_gpu_attn_half.c
@@ -137,6 +138,63 @@ static void test_tc(int B, int T, int Hq, int Hk, int hd, int window, int packed
 	   max_rel01(widen(g2[2]).data(), g1[2].data(), nk));
 }
 
+/* q, k, v read from one fused [N, qd + 2 kd + 5] buffer (the last columns
+ * stand for LoRA's, as layer.cu's fused q|k|v) and dq, dk, dv written into
+ * another: bit-identical to the contiguous layout (only addresses change:
+ * tc_load's row strides), the LoRA columns of the gradients untouched. */
+template <typename H>
+static void test_strided(int B, int T, int Hq, int Hk, int hd, int window)
+{
+	size_t N = (size_t)B * T, qd = (size_t)Hq * hd, kd = (size_t)Hk * hd, nl = N * Hq;
+	size_t tot = qd + 2 * kd + 5, off[4] = { 0, qd, qd + kd, 0 }, w[4] = { qd, kd, kd, qd };
+	float amp[4] = { 1.5f, 1.5f, 1, 1 };
+	std::vector<H> h[4], fused(N * tot), dfused(N * tot);
+	for (int i = 0; i < 4; i++) {
+		std::vector<float> f = rnd_vec(rng, N * w[i], amp[i]);
+		h[i].resize(f.size());
+		for (size_t j = 0; j < f.size(); j++)
+			put(&h[i][j], f[j]);
+	}
+	for (size_t n = 0; n < N; n++) {
+		for (int i = 0; i < 3; i++)
+			memcpy(&fused[n * tot + off[i]], &h[i][n * w[i]], w[i] * sizeof(H));
+		for (size_t c = 0; c < tot; c++)
+			put(&dfused[n * tot + c], 12288.0f);   /* exact in both */
+	}
+	std::vector<H> o1(N * qd), o2(N * qd), g[3] = { std::vector<H>(N * qd),
+		std::vector<H>(N * kd), std::vector<H>(N * kd) };
+	std::vector<float> l1(nl), l2(nl), Di(nl);
+	fa_args<H> p;
+	memset(&p, 0, sizeof p);
+	p.T = T, p.Hq = Hq, p.Hk = Hk, p.hd = hd, p.window = window;
+	p.scale = 1.0f / sqrtf((float)hd);
+	p.q = h[0].data(), p.k = h[1].data(), p.v = h[2].data(), p.dout = h[3].data();
+	p.Di = Di.data(), p.o = p.out = o1.data(), p.lse = l1.data();
+	p.dq = g[0].data(), p.dk = g[1].data(), p.dv = g[2].data();
+	p.ldq = p.lddq = (int)qd;
+	p.ldk = p.ldv = p.lddk = p.lddv = (int)kd;
+	run_tc(p, B, 0);
+	run_tc(p, B, 1);
+	p.q = fused.data(), p.k = fused.data() + qd, p.v = fused.data() + qd + kd;
+	p.o = p.out = o2.data(), p.lse = l2.data();
+	p.dq = dfused.data(), p.dk = dfused.data() + qd, p.dv = dfused.data() + qd + kd;
+	p.ldq = p.ldk = p.ldv = p.lddq = p.lddk = p.lddv = (int)tot;
+	run_tc(p, B, 0);
+	run_tc(p, B, 1);
+	int same = !memcmp(o1.data(), o2.data(), o1.size() * sizeof(H)) &&
+		   !memcmp(l1.data(), l2.data(), nl * 4), kept = 1;
+	for (size_t n = 0; n < N; n++) {
+		for (int i = 0; i < 3; i++)
+			same = same && !memcmp(&dfused[n * tot + off[i]], &g[i][n * w[i]],
+					       w[i] * sizeof(H));
+		for (size_t c = qd + 2 * kd; c < tot; c++)
+			kept = kept && to_f(dfused[n * tot + c]) == 12288.0f;
+	}
+	ok(same && kept, "%s strided q|k|v B=%d T=%d Hq=%d Hk=%d hd=%d window=%d: out, lse, dq, "
+	   "dk, dv bit-identical to the contiguous layout%s", type_name<H>(), B, T, Hq, Hk, hd,
+	   window, kept ? "" : " (LoRA columns overwritten)");
+}
+
 int main(void)
 {
 	test_tc<__nv_bfloat16>(1, 1, 1, 1, 8, 0, 0, 0);      /* one row, hd below a fragment */
@@ -152,5 +210,7 @@ int main(void)
 	test_tc<__half>(1, 70, 4, 1, 36, 0, 1, 0);
 	test_tc<__half>(1, 100, 2, 1, 64, 17, 2, 0);
 	test_tc<__half>(2, 61, 4, 1, 48, 0, 0, 30.0f);
+	test_strided<__nv_bfloat16>(2, 45, 4, 2, 16, 0);
+	test_strided<__half>(1, 70, 2, 1, 72, 20);  /* hd off the fragment */
 	return tap_done();
 }
