@@ -19,13 +19,14 @@ LIB_CUDA_C := backend
 LIB_CUDA   := api attention gemm layer lmhead model model_fwd ops optim probe
 LIB_MODEL  += infer_batch
 LIB_CUDA   += infer gemma
+LIB_CUDA   += dora oft
 LIB_MODEL  += model_pref
 LIB_TRAIN  += pref pref_loss
 LIB_FORMAT += trainlog_extra
 # data parallel (lib/train/dist.h); dist_mpi.c is the MPI shim below, not in libft.a
 LIB_TRAIN  += dist dist_shard trainer_dist
 # LLaMA-Factory's self-contained extras (issue 22 part 4)
-LIB_MODEL  += extras lora_pissa lora_dora
+LIB_MODEL  += extras lora_pissa lora_dora model_fp8
 LIB_TRAIN  += optim_ext optim_loraplus optim_badam optim_muon optim_adam_mini optim_galore
 LIB_MODEL  += flash_ref
 LIB_MODEL  += quant model_quant
@@ -41,6 +42,9 @@ LIB_TRAIN  += ppo_loop
 # the preference stages on the GPU (lib/cuda/pref.cu, lib/train/cuda_pref.c)
 LIB_CUDA   += pref
 LIB_TRAIN  += cuda_pref
+# SFT token losses and NEFTune on the GPU (issue 15)
+LIB_CUDA   += tokloss asft neftune
+LIB_TRAIN  += cuda_losses
 # GRPO (issue 21): TRL 1.16 GRPOTrainer
 LIB_TRAIN  += grpo grpo_loop grpo_ckpt grpo_reward
 # vocabulary extension (add_tokens, add_special_tokens, resize_vocab)

@@ -55,6 +55,8 @@ static const ftp_cuda_api api = {
 	ft_cuda_grads_wait,
 	ft_cuda_scaler_get,
 	ft_cuda_scaler_set,
+	ft_cuda_eaft_entropy,
+	ft_cuda_asft,
 	ft_cuda_attention_run_as,
 };
 

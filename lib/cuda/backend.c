@@ -17,6 +17,7 @@ void *const ftp_cuda_host_helpers[] = {
 	(void *)ft_cuda_view_free, (void *)ft_cuda_view_lin_name, (void *)ft_rope_tables,
 	(void *)ft_rope_inv_freq, (void *)ft_rope_scale_tables, (void *)ft_infer_batch_plan,
 	(void *)ft_infer_batch_free, (void *)ft_infer_batch_commit, (void *)ft_infer_batch_prefill_maps,
+	(void *)ft_cuda_view_neftune,
 };
 
 static const ftp_cuda_api *api(void)
@@ -250,4 +251,15 @@ int ft_cuda_pref_step(ft_cuda_pref *p, const ft_cuda_adamw_opts *o, double lr,
 		      double max_grad_norm, double *grad_norm, int *skipped)
 {
 	return BACKEND->pref_step(p, o, lr, max_grad_norm, grad_norm, skipped);
+}
+
+int ft_cuda_eaft_entropy(ft_cuda_model *dm, int n, double *h)
+{
+	return BACKEND->eaft_entropy(dm, n, h);
+}
+
+int ft_cuda_asft(ft_cuda_model *dm, ft_cuda_model *ref, const ft_cuda_batch *b, int train,
+		 float grad_scale, double alpha, double *loss)
+{
+	return BACKEND->asft(dm, ref, b, train, grad_scale, alpha, loss);
 }

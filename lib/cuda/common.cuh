@@ -66,7 +66,16 @@ typedef struct {
 	int group;           /* its gradient group (ft_cuda_set_grads_ready) */
 } ft_dt;
 
-typedef struct { int on, r; float scale; ft_dt *A, *B; } ft_dlora;
+typedef struct {
+	int on, r;
+	float scale;
+	ft_dt *A, *B;
+	/* DoRA (dora.cu): the magnitude (NULL without), the row norms and
+	 * factors of the last forward, its pre-factor outputs [N, out] */
+	ft_dt *mag;
+	float *dnorm, *dscale, *pre;
+	int dora_ready;      /* decoding: the factors computed (once) */
+} ft_dlora;
 
 /* A fused projection (ft_cv_group: q|k|v or gate|up): the modules'
  * weights and then their LoRA A matrices, stacked by rows in one
@@ -79,9 +88,14 @@ typedef struct {
 	float *ga;           /* [c.tot - c.base, in] stacked LoRA A gradients, or NULL */
 } ft_dgroup;
 
+/* OFT on one module (oft.cu): r blocks of b, oft_R.weight, the rotation
+ * [r, b, b] of the last forward. */
+typedef struct { int on, r, b; ft_dt *R; float *rot; } ft_doft;
+
 typedef struct {
 	ft_dt *ln1, *ln2, *lin[FT_CV_NLIN], *bias[3];
 	ft_dlora lora[FT_CV_NLIN];
+	ft_doft oft[FT_CV_NLIN];
 	ft_dt *qn, *kn;      /* q_norm, k_norm (Qwen3); NULL when absent */
 	ft_dt *ln3, *ln4;    /* Gemma's pre_/post_feedforward_layernorm */
 	ft_dgroup grp[FT_CV_NGROUP];
@@ -139,6 +153,9 @@ struct ft_cuda_model {
 	int32_t *ids, *pos, *targets, *rows, *seg, *lens;   /* lens: [B] row lengths */
 	float *d_a, *d_b, *d_ln, *d_att, *dqkv, *dq, *dk, *hbuf, *dh,
 	      *tmp, *drop, *ddrop, *lhs, *head_x, *head_dx, *head_scratch;
+	float *dora_dy;                /* DoRA: a plain module's scaled dy (dora.cu) */
+	double *oft_scr;               /* OFT: the series' scratch, dL/dR (oft.cu) */
+	float *oft_drot;
 	double *row_loss;
 	uint16_t *hx, *hy, *hhead;     /* half casts of matmul operands */
 	float *att_di;                 /* [N, Hq] rowsum(O * dO) */
@@ -175,6 +192,8 @@ struct ft_cuda_model {
 	cudaStream_t comm;
 	cudaEvent_t *gev;
 	unsigned char *gev_set;
+	/* NEFTune (neftune.cu): the noise of a batch, device and host */
+	float *neft, *h_neft;
 };
 
 /* ---- gemm.cu: cuBLAS products, row-major like ft_sgemm ---- */
@@ -289,6 +308,9 @@ void ft_cu_sample_peak(ft_cuda_model *dm);
  * without one.  ft_cu_comm_free releases the stream and events. */
 int ft_cu_grads_final(ft_cuda_model *dm, int group);
 void ft_cu_comm_free(ft_cuda_model *dm);
+/* ---- neftune.cu: NEFTune's noise added to x [B*T, D] (training) ---- */
+int ft_cu_neftune(ft_cuda_model *dm, float *x, int B, int T);
+void ft_cu_neftune_free(ft_cuda_model *dm);
 /* ---- layer.cu: one decoder layer (mirrors lib/model/model_fwd.c) ---- */
 int ft_cu_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in, float *x_out,
 			const ft_cuda_batch *b);
@@ -314,6 +336,10 @@ int ft_cu_forward_body(ft_cuda_model *dm, const ft_cuda_batch *b);
  * sin_t (infer.cu too: one construction of the tables). */
 int ft_cu_rope_upload(ft_cuda_model *dm, int n, int maxpos);
 int ft_cu_backward_body(ft_cuda_model *dm, const ft_cuda_batch *b, int n);
+/* pref.cu: the rows of b with a label target into dm->rows / dm->targets
+ * (host copies h_rows / h_tg2), their final-norm rows into dm->head_x;
+ * *n_out their count (pref.cu, asft.cu). */
+int ft_cu_gather_targets(ft_cuda_model *dm, const ft_cuda_batch *b, int *n_out);
 
 /* ---- quant.cu: QLoRA's base linears ---- */
 /* Whether the dequantized tile is half (the working precision's operand
@@ -345,6 +371,39 @@ int ft_cu_attn_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in
 /* The weight a norm scales by: t's own, or (Gemma) 1 + t's in
  * dm->norm_eff, valid until the next call (stream-ordered). */
 int ft_cu_norm_w(ft_cuda_model *dm, const ft_dt *t, int n, const float **w);
+
+/* ---- dora.cu: DoRA (mirrors lib/model/lora_dora.c) ---- */
+/* After module j's LoRA product: y (N rows of its outputs, stride ld)
+ * times mag / ||W + s B A|| around the bias, the pre-factor outputs kept
+ * for the backward; a no-op without DoRA (or its adapter off). */
+int ft_cu_dora_forward(ft_cuda_model *dm, int l, int j, float *y, int ld, int N);
+/* dyo (stride ldo; may be dy) = the factor times dy, mag's gradient
+ * accumulated. */
+int ft_cu_dora_backward(ft_cuda_model *dm, int l, int j, float *dyo, int ldo, const float *dy,
+			int ld, int N);
+/* lin_bwd's: *dy [N, out] -> the scaled copy in dm->dora_dy (no-op
+ * without DoRA). */
+int ft_cu_dora_lin_backward(ft_cuda_model *dm, int l, int j, const float **dy, int N);
+/* lin_bwd_group's: each DoRA module's columns of dY [N, c->tot] in place. */
+int ft_cu_dora_group_backward(ft_cuda_model *dm, int l, const ft_cv_group *c, float *dY, int N);
+/* The DoRA buffers in the memory plan (model.cu's layout). */
+void ft_cu_dora_layout(ft_cuda_model *dm, ft_arena *a, size_t N);
+
+/* ---- oft.cu: OFT (mirrors lib/model/model_oft.c) ---- */
+const ft_doft *ft_cu_oft_of(const ft_cuda_model *dm, int l, int j);
+/* Whether a member of fused group gi has OFT (the group then runs module
+ * by module). */
+int ft_cu_oft_group(const ft_cuda_model *dm, int l, int gi);
+/* lin_fwd's input: *x rotated (into dm->drop) when module j has OFT. */
+int ft_cu_oft_input(ft_cuda_model *dm, int l, int j, const float **x, int N);
+int ft_cu_oft_forward_group(ft_cuda_model *dm, int l, int gi, float *Y, const float *x, int N);
+/* lin_bwd / lin_bwd_group of OFT (frozen bases): dx += dL/dx (dx may be
+ * NULL), oft_R's gradients. */
+int ft_cu_oft_backward(ft_cuda_model *dm, int l, int j, float *dx, const float *dy,
+		       const float *x, int N);
+int ft_cu_oft_backward_group(ft_cuda_model *dm, int l, int gi, const float *dY, float *dx,
+			     const float *x, int N);
+void ft_cu_oft_layout(ft_cuda_model *dm, ft_arena *a);
 
 /* ---- gemma.cu: Gemma 2 / 3 (mirrors lib/model/model_gemma.c) ---- */
 int ft_cu_gemma_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,

@@ -238,6 +238,17 @@ int ft_cuda_pref_zero_grad(ft_cuda_pref *p);
 int ft_cuda_pref_step(ft_cuda_pref *p, const ft_cuda_adamw_opts *o, double lr,
 		      double max_grad_norm, double *grad_norm, int *skipped);
 
+/* ---- the SFT token losses (lib/cuda/tokloss.cu; lib/model/model_tokloss.c) ----
+ * EAFT: h[0..n) the entropies of the softmax over the top 20 logits of
+ * the n label rows the last ft_cuda_logps_forward gathered. */
+int ft_cuda_eaft_entropy(ft_cuda_model *dm, int n, double *h);
+/* ASFT (lib/cuda/asft.cu; lib/model/model_asft.c): b's mean DFT loss plus
+ * alpha times its mean KL(ref || dm) over the label positions in *loss,
+ * ref a frozen device model of the same vocabulary; with train the
+ * gradients of that mean times grad_scale. */
+int ft_cuda_asft(ft_cuda_model *dm, ft_cuda_model *ref, const ft_cuda_batch *b, int train,
+		 float grad_scale, double alpha, double *loss);
+
 #ifdef __cplusplus
 }
 #endif

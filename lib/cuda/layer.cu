@@ -56,6 +56,7 @@ static int lin_fwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const
 	ft_dlayer *d = &dm->layers[l];
 	int in = dm->v.lin_in[j], out = dm->v.lin_out[j];
 	ft_mat xo;
+	TRY(ft_cu_oft_input(dm, l, j, &x, N));
 	if (d->quant) {
 		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, ft_cu_qscratch_half(dm)));
 		TRY(ft_cu_qlin_forward(dm, &d->q[j], y, out, x, xo, N, ft_cuda_view_lin_name(j)));
@@ -76,7 +77,7 @@ static int lin_fwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const
 	TRY(ft_cu_gemm(dm, 0, 1, N, lo->r, in, 1, xm, in, A, in, 0, a->lh[j], lo->r, "lora_A"));
 	TRY(ft_cu_gemm(dm, 0, 1, N, out, lo->r, lo->scale, h, lo->r, B, lo->r, 1, y, out,
 		       "lora_B"));
-	return 0;
+	return ft_cu_dora_forward(dm, l, j, y, out, N);
 }
 
 /* As lin_fwd_many (lib/model/model_fwd.c): the modules of group gi on the
@@ -98,6 +99,8 @@ static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, float *Y, const float
 	const ft_dgroup *g = &d->grp[gi];
 	int in = g->c.in, tot = g->c.tot, drop = dropping(dm) || d->quant;
 	ft_mat xo;
+	if (ft_cu_oft_group(dm, l, gi))   /* each member on its own rotated input */
+		return ft_cu_oft_forward_group(dm, l, gi, Y, x, N);
 	if (d->quant) {
 		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, ft_cu_qscratch_half(dm)));
 		for (int i = 0; i < g->c.n; i++)
@@ -128,6 +131,7 @@ static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, float *Y, const float
 		ft_mat hm = { h, 0 }, B = { lo->B->w, 0 };
 		TRY(ft_cu_gemm(dm, 0, 1, N, out, lo->r, lo->scale, hm, tot, B, lo->r, 1, y, tot,
 			       "lora_B"));
+		TRY(ft_cu_dora_forward(dm, l, j, y, tot, N));
 	}
 	return 0;
 }
@@ -166,6 +170,9 @@ static int lin_bwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
 	int in = dm->v.lin_in[j], out = dm->v.lin_out[j];
 	const char *nm = ft_cuda_view_lin_name(j);
 	ft_dt *W = d->lin[j];
+	if (ft_cu_oft_of(dm, l, j))
+		return ft_cu_oft_backward(dm, l, j, dx, dy, x, N);
+	TRY(ft_cu_dora_lin_backward(dm, l, j, &dy, N));
 	if (d->quant)   /* frozen: the input gradient alone */
 		TRY(base_bwd_quant(dm, &d->q[j], dx, dy, N, nm));
 	else
@@ -315,6 +322,9 @@ static int lin_bwd_group(ft_cuda_model *dm, int l, int gi, const float *Y, float
 	ft_dlayer *d = &dm->layers[l];
 	const ft_dgroup *g = &d->grp[gi];
 	int in = g->c.in, tot = g->c.tot, drop = dropping(dm);
+	if (ft_cu_oft_group(dm, l, gi))
+		return ft_cu_oft_backward_group(dm, l, gi, dY, dx, x, N);
+	TRY(ft_cu_dora_group_backward(dm, l, &g->c, dY, N));
 	for (int i = 0; i < g->c.n; i++) {
 		int j = g->c.js[i];
 		if (j < 3 && d->bias[j] && d->bias[j]->g)
@@ -536,7 +546,8 @@ int ft_cu_layer_has_grad(const ft_cuda_model *dm, int l)
 	    (y->ln3 && y->ln3->g) || (y->ln4 && y->ln4->g))
 		return 1;
 	for (int j = 0; j < FT_CV_NLIN; j++)
-		if ((y->lin[j] && y->lin[j]->g) || y->lora[j].on || (j < 3 && y->bias[j] && y->bias[j]->g))
+		if ((y->lin[j] && y->lin[j]->g) || y->lora[j].on || y->oft[j].on ||
+		    (j < 3 && y->bias[j] && y->bias[j]->g))
 			return 1;
 	return 0;
 }

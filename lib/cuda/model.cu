@@ -77,6 +77,9 @@ static void lora_tensors(ft_cuda_model *dm, int l, int j, int a_matrix, int want
 		d->A = tensor(dm, lo->A.w, lo->A.g, (size_t)lo->r * in, a_matrix);
 	if (want_b)
 		d->B = tensor(dm, lo->B.w, lo->B.g, out * lo->r, 0);
+	const ft_cv_wg *mag = dm->v.dora_mag ? &dm->v.dora_mag[l * FT_CV_NLIN + j] : NULL;
+	if (want_b && mag)   /* DoRA's magnitude: a vector beside B (dora.cu) */
+		d->mag = tensor(dm, mag->w, mag->g, out, 0);
 }
 
 static ft_dt *lin_tensor(ft_cuda_model *dm, int l, int j)
@@ -116,7 +119,7 @@ static void group_tensors(ft_cuda_model *dm, int l, int gi)
 static void build_tensors(ft_cuda_model *dm)
 {
 	ft_cuda_view *v = &dm->v;
-	int cap = 3 + v->L * (4 + FT_CV_NLIN * 3 + 3 + 2);
+	int cap = 3 + v->L * (4 + FT_CV_NLIN * 5 + 3 + 2);
 	dm->tens = (ft_dt *)ft_xcalloc(cap, sizeof *dm->tens);
 	dm->layers = (ft_dlayer *)ft_xcalloc(v->L ? v->L : 1, sizeof *dm->layers);
 	size_t VD = (size_t)v->V * v->D;
@@ -145,6 +148,14 @@ static void build_tensors(ft_cuda_model *dm)
 		group_tensors(dm, l, 1);
 		d->lin[6] = lin_tensor(dm, l, 6);
 		lora_tensors(dm, l, 6, 0, 1, 1);
+		for (int j = 0; v->oft && j < FT_CV_NLIN; j++) {   /* oft.cu */
+			const ft_cv_oft *o = &v->oft[l * FT_CV_NLIN + j];
+			ft_doft *x = &d->oft[j];
+			if (!o->on)
+				continue;
+			x->on = 1, x->r = o->r, x->b = o->b;
+			x->R = tensor(dm, o->R.w, o->R.g, (size_t)o->r * o->b * (o->b - 1) / 2, 0);
+		}
 		d->quant = v->qw != NULL;
 		for (int j = 0; d->quant && j < FT_CV_NLIN; j++) {
 			const ft_cv_qweight *h = &v->qw[(size_t)l * FT_CV_NLIN + j];
@@ -356,6 +367,8 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	dm->n_acts = v->gradient_checkpointing || dm->o.inference ? 1 : (int)L;
 	for (int i = 0; i < dm->n_acts; i++)
 		layout_acts(dm, a, &dm->acts[i], N, r);
+	ft_cu_dora_layout(dm, a, N);
+	ft_cu_oft_layout(dm, a);
 	/* inference keeps only a layer's input and output (lib/cuda/infer.cu) */
 	dm->xs = TAKE(a, (dm->o.inference ? 2 : L + 1) * N * D, float, A_ACTS);
 	dm->lnf = TAKE(a, N * D, float, A_ACTS);
@@ -665,6 +678,7 @@ void ft_cuda_model_free(ft_cuda_model *dm)
 		cudaStreamDestroy(dm->stream);
 	if (dm->mem)
 		cudaFree(dm->mem);
+	ft_cu_neftune_free(dm);
 	ft_cuda_view_free(&dm->v);
 	free_host(dm);
 	free(dm);

@@ -32,6 +32,8 @@ ft_cuda_batch ft_cuda_batch_of(const ft_batch *b);
 int ft_train_cuda_supports(ft_model *m);
 /* The device model behind t (peak memory etc.), and freeing it. */
 ft_cuda_model *ft_cuda_train_device(const ft_train_model *t);
+/* ASFT's reference on the device (NULL without use_asft_loss). */
+ft_cuda_model *ft_cuda_train_ref(const ft_train_model *t);
 /* Optimizer steps skipped for fp16 overflow so far. */
 int64_t ft_cuda_train_skipped(const ft_train_model *t);
 void ft_cuda_train_free(ft_train_model *t);

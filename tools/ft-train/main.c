@@ -75,7 +75,7 @@ static const char usage[] =
 "  --gradient_accumulation_steps N (1)  --per_device_train_batch_size N (the batches')\n"
 "  --num_train_epochs X (3.0, fractional allowed)  --max_steps N (overrides epochs)\n"
 "  --seed N (42: LoRA init and dropout)\n"
-"Extras (LLaMA-Factory's; CPU only, docs/EXTRAS.md):\n"
+"Extras (LLaMA-Factory's, docs/EXTRAS.md; on the GPU: NEFTune, DFT/EAFT/ASFT, DoRA, OFT):\n"
 "  --neftune_noise_alpha A    NEFTune: U(-A/sqrt(T*d), +) noise on the embeddings\n"
 "  --loraplus_lr_ratio R      LoRA+: lora_B at learning_rate * R\n"
 "  --loraplus_lr_embedding X  (1e-6)\n"
@@ -102,6 +102,11 @@ static const char usage[] =
 "  --pissa_init               PiSSA: LoRA from the top singular vectors, base = residual\n"
 "  --pissa_iter N (16; -1: exact SVD)  --pissa_convert  (also write pissa_converted/,\n"
 "                             a plain LoRA adapter of rank 2r)\n"
+"  --fp8                      pt/sft: torchao's Float8Linear numerics (tensorwise\n"
+"                             scales, e4m3 forward, e5m2 gradients) on the decoder\n"
+"                             linears accelerate converts (not layer 0's q_proj)\n"
+"  --fp8_backend auto|torchao|msamp (auto; all torchao, as LLaMA-Factory; te refused)\n"
+"  --fp8_enable_fsdp_float8_all_gather  accepted: a no-op without FSDP (a note)\n"
 "Logging, evaluation, checkpoints:\n"
 "  --logging_steps N (500) --logging_first_step  --eval_steps N (logging_steps)\n"
 "  --save_steps N (500) --save_total_limit N  --do_train --do_eval  --plot_loss\n"
@@ -411,9 +416,6 @@ static void batch_shape(const ft_manifest *m, int *max_tokens, int *max_seq)
 	if (m->seq_len > *max_seq) *max_seq = m->seq_len;
 }
 
-#define MTS_CPU "training embed_tokens and lm_head beside LoRA (resize_vocab: modules_to_save) runs " \
-		"on the CPU only for now (--device cpu)"
-
 /* --device: bind the model on the CPU or the GPU; desc says which, for
  * the log (trainer_state.json) and stderr.  Returns 1 on the GPU. */
 static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const ft_manifest *vm,
@@ -430,7 +432,7 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	}
 	if (kind != FT_DEV_CPU && !strcmp(c->device, "auto")) {
 		/* auto means the GPU when it can run this job, else the CPU */
-		const char *cpu_only = c->tune.modules_to_save ? MTS_CPU
+		const char *cpu_only = fp8_cpu_only(c) ? fp8_cpu_only(c)
 				       : c->pref && c->t.dist ? "under mpirun the preference stages run on the CPU"
 				       : ft_train_cuda_supports(m) < 0 ? ft_errmsg() : NULL;
 		if (cpu_only) {
@@ -439,7 +441,7 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 			why[0] = 0;
 		}
 	}
-	if (kind != FT_DEV_CPU && c->tune.modules_to_save) die_usage("--device %s: %s", c->device, MTS_CPU);
+	if (kind != FT_DEV_CPU && fp8_cpu_only(c)) die_usage("--device %s: %s", c->device, fp8_cpu_only(c));
 	if (kind == FT_DEV_CPU) {
 		if (c->device_given && why[0]) warn("note: --device %s: running on the CPU (%s)", c->device, why);
 		if (c->bf16 || c->fp16)
@@ -482,6 +484,10 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	if (idx == 0) snprintf(desc, n, "cuda:0 (%s), %s", name, prec);   /* the probe names device 0 */
 	else snprintf(desc, n, "cuda:%d, %s", idx, prec);
 	warn("note: training on %s; device memory planned %s", desc, plan);
+	if (!c->pref && ft_cuda_train_ref(t)) {
+		ft_cuda_plan_format(ft_cuda_model_plan(ft_cuda_train_ref(t)), plan, sizeof plan);
+		warn("note: the ASFT reference model on the device: planned %s", plan);
+	}
 	note_quant_device(m, &c->tune, c->bf16 || c->fp16);
 	return 1;
 }
@@ -638,6 +644,7 @@ int main(int argc, char **argv)
 		return rc_ppo;
 	}
 	ft_train_extras_model(&c, m);
+	fp8_model(&c, m);
 	ft_train_model tm;
 	char device[512];
 	int on_gpu = bind_model(&c, m, &tm_, &vm_, &tm, device, sizeof device);
