@@ -189,6 +189,14 @@ int ft_cuda_attention_run(int device, const ft_cuda_attn_shape *s, const float *
 	return a ? a->attention_run(device, s, q, k, v, dout, out, lse, dq, dk, dv) : -1;
 }
 
+int ft_cuda_attention_run_as(int device, ft_cuda_precision p, const ft_cuda_attn_shape *s,
+			     const float *q, const float *k, const float *v, const float *dout,
+			     float *out, float *lse, float *dq, float *dk, float *dv)
+{
+	const ftp_cuda_api *a = api();
+	return a ? a->attention_run_as(device, p, s, q, k, v, dout, out, lse, dq, dk, dv) : -1;
+}
+
 /* ---- the preference stages ---- */
 
 ft_cuda_pref *ft_cuda_pref_new(ft_cuda_model *dm, int value_head)

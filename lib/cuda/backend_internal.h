@@ -29,8 +29,9 @@ extern "C" {
  * 10: ft_cuda_attn_shape has scale, softcap (Gemma);
  * 11: the fp16 loss scaler's state (checkpoints);
  * 12: ft_cuda_view.neftune_alpha, the SFT token losses (tokloss.cu, asft.cu);
- * 13: ft_cuda_view carries DoRA's magnitudes and OFT's modules */
-#define FTP_CUDA_ABI 13
+ * 13: ft_cuda_view carries DoRA's magnitudes and OFT's modules;
+ * 14: attention_run_as (the device attention alone in bf16/fp16) */
+#define FTP_CUDA_ABI 14
 
 typedef struct {
 	int abi;
@@ -95,6 +96,10 @@ typedef struct {
 	int (*eaft_entropy)(ft_cuda_model *, int, double *);
 	int (*asft)(ft_cuda_model *, ft_cuda_model *, const ft_cuda_batch *, int, float, double,
 		    double *);
+	/* ABI 14: the device attention alone in a given element type */
+	int (*attention_run_as)(int, ft_cuda_precision, const ft_cuda_attn_shape *, const float *,
+				const float *, const float *, const float *, float *, float *,
+				float *, float *, float *);
 } ftp_cuda_api;
 
 /* The .so's entry points (exported; looked up by name with dlsym). */

@@ -200,6 +200,13 @@ typedef struct {
 int ft_cuda_attention_run(int device, const ft_cuda_attn_shape *s, const float *q,
 			  const float *k, const float *v, const float *dout, float *out,
 			  float *lse, float *dq, float *dk, float *dv);
+/* The same with the element type p on the device (FT_CUDA_BF16 /
+ * FT_CUDA_F16: the tensor-core kernels): the host arrays stay fp32, the
+ * inputs are rounded to p on the way in (nearest even, the CPU's
+ * conversions) and the results widened on the way out; lse is fp32. */
+int ft_cuda_attention_run_as(int device, ft_cuda_precision p, const ft_cuda_attn_shape *s,
+			     const float *q, const float *k, const float *v, const float *dout,
+			     float *out, float *lse, float *dq, float *dk, float *dv);
 
 /* ---- the preference stages (lib/cuda/pref.cu mirrors lib/model/model_pref.c) ----
  * The operations of model/model_pref.h on a device model, for the
