@@ -28,7 +28,7 @@ extern "C" {
  * 9: the gradient groups of the data-parallel overlap;
  * 10: ft_cuda_attn_shape has scale, softcap (Gemma);
  * 11: the fp16 loss scaler's state (checkpoints) */
-#define FTP_CUDA_ABI 11
+#define FTP_CUDA_ABI 12
 
 typedef struct {
 	int abi;
@@ -89,6 +89,8 @@ typedef struct {
 	/* ABI 10: the fp16 loss scaler's state */
 	int (*scaler_get)(const ft_cuda_model *, double *, int64_t *);
 	int (*scaler_set)(ft_cuda_model *, double, int64_t);
+	/* ABI 12: ZeRO-1's gather (ft_cuda_opts.zero_ranks, zero_rank) */
+	int (*zero_gather)(ft_cuda_model *, ft_cuda_bcast_fn, int (*)(void *, int), void *);
 } ftp_cuda_api;
 
 /* The .so's entry points (exported; looked up by name with dlsym). */
