@@ -115,16 +115,16 @@ nccl_parity() {
 }
 
 @test "NCCL (emulated): a hung rank is named after --ddp_timeout, as on the CPU path" {
-	run --separate-stderr env FT_DIST_TEST_FAULT=stop:1:3 timeout 120 mpirun --oversubscribe \
+	run --separate-stderr env FT_DIST_TEST_FAULT=stop:1:1 timeout 120 mpirun --oversubscribe \
 		--allow-run-as-root -np 2 ft-train $(base) --device cuda --max_steps 100000 --output_dir out \
 		--ddp_timeout 2
 	assert_failure
-	[[ "$stderr" == *"ft-train: rank 0 of 2: rank 1 did not reach the gradient all-reduce of step 4 within 2 s (--ddp_timeout)"* ]]
-	run --separate-stderr env FT_DIST_TEST_FAULT=stop:0:3 timeout 120 mpirun --oversubscribe \
+	[[ "$stderr" == *"ft-train: rank 0 of 2: rank 1 did not reach the gradient all-reduce of step 2 within 2 s (--ddp_timeout)"* ]]
+	run --separate-stderr env FT_DIST_TEST_FAULT=stop:0:1 timeout 120 mpirun --oversubscribe \
 		--allow-run-as-root -np 2 ft-train $(base) --device cuda --max_steps 100000 --output_dir out2 \
 		--ddp_timeout 2
 	assert_failure
-	[[ "$stderr" == *"ft-train: rank 1 of 2: the gradient all-reduce of step 4 has waited 2 s (--ddp_timeout): another rank died or hangs"* ]]
+	[[ "$stderr" == *"ft-train: rank 1 of 2: the gradient all-reduce of step 2 has waited 2 s (--ddp_timeout): another rank died or hangs"* ]]
 }
 
 # ZeRO-1 on the device (lib/cuda/zero.cu): every rank has the same summed
@@ -138,10 +138,12 @@ nccl_parity() {
 # run.  Within 5%: its 2 KB header is 0.6%, and the plain plan rounds each
 # tensor's m and v buffers up to 256 bytes (< 2 x 256 x 21 tensors = 2.8%)
 # where ZeRO-1's one slice buffer is rounded once.  A 2-rank
-# checkpoint resumed on 2 ranks gives the same bits again; on 1 device x 4
-# and on the CPU, the 1e-6 and 1e-4 of the header.
+# checkpoint resumed on 2 ranks gives the same bits again; on 1 device x
+# accumulation 2 (the same global batch: one micro-batch per rank and
+# step here, to keep the file's time down) and on the CPU, the 1e-6 and
+# 1e-4 of the header.
 @test "ZeRO-1 (emulated): 2 ranks == plain data parallel bit for bit, less memory; its checkpoint resumes on 2 ranks, 1 device and the CPU" {
-	args=($(base) --finetuning_type full --gradient_accumulation_steps 2 --save_strategy steps --save_steps 2)
+	args=($(base) --finetuning_type full --save_strategy steps --save_steps 2)
 	run mpi2 ft-train "${args[@]}" --device cuda --zero 1 --output_dir z
 	assert_success
 	run mpi2 ft-train "${args[@]}" --device cuda --output_dir p
@@ -161,7 +163,7 @@ nccl_parity() {
 	assert_success
 	cmp <(after 2 z/trainer_log.jsonl) <(after 2 z2/trainer_log.jsonl)
 	cmp z/model.safetensors z2/model.safetensors
-	one=($(base) --finetuning_type full --gradient_accumulation_steps 4 \
+	one=($(base) --finetuning_type full --gradient_accumulation_steps 2 \
 		--resume_from_checkpoint z/checkpoint-2)
 	run ft-train "${one[@]}" --device cuda --output_dir r1
 	assert_success
@@ -174,7 +176,7 @@ nccl_parity() {
 	within "$d1" 1e-6
 	within "$dc" 1e-4
 	# LoRA in bf16: the half copies of the LoRA A matrices refreshed after the gather
-	args=($(base) --finetuning_type lora --bf16 --learning_rate 1e-3 --gradient_accumulation_steps 2)
+	args=($(base) --finetuning_type lora --bf16 --learning_rate 1e-3)
 	run mpi2 ft-train "${args[@]}" --device cuda --zero 1 --output_dir zb
 	assert_success
 	run mpi2 ft-train "${args[@]}" --device cuda --output_dir pb
