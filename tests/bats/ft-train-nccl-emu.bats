@@ -131,8 +131,9 @@ nccl_parity() {
 # gradients, computes the same norm and clipping, updates its slice with
 # the kernel plain AdamW uses, and the slices are copied back bit for bit
 # (broadcast): so logs, weights and checkpoints equal plain data
-# parallel's exactly (tolerance 0: no addition is reordered), in fp32 and
-# with bf16's half copies refreshed from the gathered masters.  Peak memory
+# parallel's exactly (tolerance 0: no addition is reordered), in fp32,
+# with bf16's half copies refreshed from the gathered masters, and with an
+# fp16 step skipped for overflow.  Peak memory
 # is lower by the other rank's half of the moments, 2 x 4 bytes / 2 per
 # trainable element: the size of the fp32 model.safetensors of a full
 # run.  Within 5%: its 2 KB header is 0.6%, and the plain plan rounds each
@@ -183,6 +184,17 @@ nccl_parity() {
 	assert_success
 	cmp <(no_mem zb/trainer_log.jsonl) <(no_mem pb/trainer_log.jsonl)
 	cmp zb/adapter_model.safetensors pb/adapter_model.safetensors
+	# fp16 at lr 1: step 2 overflows at the initial scale on both ranks
+	# alike, so no rank gathers; step 3 updates and gathers again
+	args=($(base) --finetuning_type full --fp16 --learning_rate 1 --max_steps 3)
+	run mpi2 ft-train "${args[@]}" --device cuda --zero 1 --output_dir zh
+	assert_success
+	run mpi2 ft-train "${args[@]}" --device cuda --output_dir ph
+	assert_success
+	[ "$(jq -sc 'map(select(.loss) | [.grad_norm == null, .loss_scale])' zh/trainer_log.jsonl)" \
+		= "[[false,65536],[true,32768],[false,32768]]" ]
+	cmp <(no_mem zh/trainer_log.jsonl) <(no_mem ph/trainer_log.jsonl)
+	cmp zh/model.safetensors ph/model.safetensors
 }
 
 @test "ZeRO-1 (emulated): a killed rank ends the job non-zero naming it; checkpoints are whole" {
