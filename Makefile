@@ -51,6 +51,8 @@ LIB_TRAIN  += grpo grpo_loop grpo_ckpt grpo_reward
 LIB_TEXT   += tokenizer_add
 LIB_CLI    += newtokens
 LIB_MODEL  += model_vocab
+# ZeRO-1 on the device (issue 19: lib/cuda/zero.cu)
+LIB_CUDA   += zero
 
 LIB_SRC   := $(LIB_UTIL:%=lib/util/%.c) $(LIB_FORMAT:%=lib/format/%.c) \
              $(LIB_TEXT:%=lib/text/%.c) $(LIB_DATA:%=lib/data/%.c) \

@@ -181,6 +181,12 @@ int ft_cuda_grads_group(ft_cuda_model *dm, int group, ft_cuda_grad_fn fn, void *
 
 int ft_cuda_grads_wait(ft_cuda_model *dm) { return BACKEND->grads_wait(dm); }
 
+int ft_cuda_zero_gather(ft_cuda_model *dm, ft_cuda_bcast_fn bcast, int (*group)(void *, int),
+			void *ctx)
+{
+	return BACKEND->zero_gather(dm, bcast, group, ctx);
+}
+
 int ft_cuda_attention_run(int device, const ft_cuda_attn_shape *s, const float *q,
 			  const float *k, const float *v, const float *dout, float *out,
 			  float *lse, float *dq, float *dk, float *dv)

@@ -30,8 +30,9 @@ extern "C" {
  * 11: the fp16 loss scaler's state (checkpoints);
  * 12: ft_cuda_view.neftune_alpha, the SFT token losses (tokloss.cu, asft.cu);
  * 13: ft_cuda_view carries DoRA's magnitudes and OFT's modules;
- * 14: attention_run_as (the device attention alone in bf16/fp16) */
-#define FTP_CUDA_ABI 14
+ * 14: attention_run_as (the device attention alone in bf16/fp16);
+ * 15: ZeRO-1's gather (ft_cuda_opts.zero_ranks, zero_rank) */
+#define FTP_CUDA_ABI 15
 
 typedef struct {
 	int abi;
@@ -100,6 +101,8 @@ typedef struct {
 	int (*attention_run_as)(int, ft_cuda_precision, const ft_cuda_attn_shape *, const float *,
 				const float *, const float *, const float *, float *, float *,
 				float *, float *, float *);
+	/* ABI 15: ZeRO-1's gather (ft_cuda_opts.zero_ranks, zero_rank) */
+	int (*zero_gather)(ft_cuda_model *, ft_cuda_bcast_fn, int (*)(void *, int), void *);
 } ftp_cuda_api;
 
 /* The .so's entry points (exported; looked up by name with dlsym). */

@@ -199,6 +199,7 @@ struct ft_cuda_model {
 	unsigned char *gev_set;
 	/* NEFTune (neftune.cu): the noise of a batch, device and host */
 	float *neft, *h_neft;
+	struct ft_cu_zero *zero;       /* ZeRO-1's slice (zero.cu); NULL: not sharded */
 };
 
 /* ---- gemm.cu: cuBLAS products, row-major like ft_sgemm ---- */
@@ -335,6 +336,19 @@ void ft_cu_comm_free(ft_cuda_model *dm);
 /* ---- neftune.cu: NEFTune's noise added to x [B*T, D] (training) ---- */
 int ft_cu_neftune(ft_cuda_model *dm, float *x, int B, int T);
 void ft_cu_neftune_free(ft_cuda_model *dm);
+/* ---- zero.cu: ZeRO-1's slice of the AdamW state ----
+ * init (after the tensors exist) places each trainable tensor in the
+ * trainer's concatenation; layout carves the slice's moments (instead of
+ * layout_unit's) and points each tensor's m, v at its first owned
+ * element.  range: tensor k's owned elements [*a, *b) (all of it when not
+ * sharded); piece: the ft_dt AdamW steps for tensor k, t itself when not
+ * sharded, NULL when this rank owns none of it, else *s (its owned
+ * elements). */
+int ft_cu_zero_init(ft_cuda_model *dm);
+void ft_cu_zero_layout(ft_cuda_model *dm, ft_arena *a);
+void ft_cu_zero_range(const ft_cuda_model *dm, int k, size_t *a, size_t *b);
+ft_dt *ft_cu_zero_piece(ft_cuda_model *dm, int k, ft_dt *t, ft_dt *s);
+void ft_cu_zero_free(ft_cuda_model *dm);
 /* ---- layer.cu: one decoder layer (mirrors lib/model/model_fwd.c) ---- */
 int ft_cu_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in, float *x_out,
 			const ft_cuda_batch *b);

@@ -45,6 +45,12 @@ typedef struct {
 	double loss_scale;       /* fp16 initial scale; 0 = 65536 */
 	int inference;           /* forward only (ft_cuda_infer_*): no gradients,
 				    AdamW state or masters, one activation set */
+	/* ZeRO-1 (lib/cuda/zero.cu): with zero_ranks > 1 this model keeps the
+	 * AdamW moments of slice zero_rank only (the trainable parameters in
+	 * ft_model_param order, laid end to end and split as
+	 * util/shard.h), steps that slice, and ft_cuda_zero_gather brings
+	 * the others' updated slices in; 0 or 1: every moment */
+	int zero_ranks, zero_rank;
 } ft_cuda_opts;
 
 /* Device bytes by purpose (the whole plan is one allocation). */
@@ -134,6 +140,19 @@ typedef void (*ft_cuda_ready_fn)(void *ctx, int group);
 void ft_cuda_set_grads_ready(ft_cuda_model *dm, ft_cuda_ready_fn fn, void *ctx);
 int ft_cuda_grads_group(ft_cuda_model *dm, int group, ft_cuda_grad_fn fn, void *ctx);
 int ft_cuda_grads_wait(ft_cuda_model *dm);
+/* ZeRO-1 (o.zero_ranks > 1): ft_cuda_step updates this rank's slice (the
+ * norm and clipping over every gradient, summed on every rank) and leaves
+ * the half working copies alone; then ft_cuda_zero_gather, between
+ * group(ctx, 1) and group(ctx, 0), calls bcast(ctx, w, n, root, stream)
+ * for each piece of fp32 weights that rank `root` updated, in the same
+ * order on every rank (root by root, the model's tensor order), on the
+ * model's stream, and after the group refreshes the half copies of the
+ * trainable weights from the gathered masters.  The caller waits for it
+ * (ft_cuda_sync).  Checkpoints: ft_cuda_adamw_get/set move this rank's
+ * part of each parameter's moments only. */
+typedef int (*ft_cuda_bcast_fn)(void *ctx, float *w, size_t n, int root, void *stream);
+int ft_cuda_zero_gather(ft_cuda_model *dm, ft_cuda_bcast_fn bcast,
+			int (*group)(void *ctx, int start), void *ctx);
 
 /* Peak device bytes allocated by ft (the allocator's high-water mark:
  * the planned allocation, cuBLAS's workspace inside it; not the CUDA

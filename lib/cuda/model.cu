@@ -289,8 +289,9 @@ static void layout_unit(ft_cuda_model *dm, ft_arena *a, ft_dt *t, int n)
 	uint16_t *h = nh ? TAKE(a, nh, uint16_t, A_WEIGHTS) : NULL;
 	float *w = nw ? TAKE(a, nw, float, half ? A_MASTER : A_WEIGHTS) : NULL;
 	float *g = ng ? TAKE(a, ng, float, A_GRADS) : NULL;
-	float *m = ng ? TAKE(a, ng, float, A_OPTIM) : NULL;
-	float *v = ng ? TAKE(a, ng, float, A_OPTIM) : NULL;
+	/* ZeRO-1: the slice's moments instead (ft_cu_zero_layout) */
+	float *m = ng && !dm->zero ? TAKE(a, ng, float, A_OPTIM) : NULL;
+	float *v = ng && !dm->zero ? TAKE(a, ng, float, A_OPTIM) : NULL;
 	for (int i = 0; i < n; i++) {
 		ft_dt *x = &t[i];
 		int train = x->hg && !dm->o.inference;
@@ -301,7 +302,9 @@ static void layout_unit(ft_cuda_model *dm, ft_arena *a, ft_dt *t, int n)
 		w += !half || train ? x->n : 0;
 		if (train) {
 			x->g = g, x->m = m, x->v = v;
-			g += x->n, m += x->n, v += x->n;
+			g += x->n;
+			if (m)
+				m += x->n, v += x->n;
 		}
 	}
 }
@@ -366,6 +369,8 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 		n = dm->tens[i].unit > 1 ? dm->tens[i].unit : 1;
 		layout_unit(dm, a, &dm->tens[i], n);
 	}
+	if (dm->zero)
+		ft_cu_zero_layout(dm, a);
 	size_t N = dm->o.max_tokens, D = v->D, F = v->F, L = v->L;
 	size_t qd = (size_t)v->Hq * v->hd, kd = (size_t)v->Hk * v->hd, mi = max_in(v);
 	size_t r = lora_rank(dm), V = v->V;
@@ -471,6 +476,12 @@ static ft_cuda_model *skeleton(const ft_cuda_view *v, const ft_cuda_opts *o)
 						     : 1;
 	build_tensors(dm);
 	dm->acts = (ft_dacts *)ft_xcalloc(v->L ? v->L : 1, sizeof *dm->acts);
+	if (o->zero_ranks > 1 && !o->inference && ft_cu_zero_init(dm) < 0) {
+		ft_cu_zero_free(dm);
+		free(dm->tens); free(dm->layers); free(dm->acts);
+		free(dm);
+		return NULL;
+	}
 	ft_arena a = { 0, 0, { 0 } };
 	layout(dm, &a);
 	plan_of(&a, &dm->plan);
@@ -479,6 +490,7 @@ static ft_cuda_model *skeleton(const ft_cuda_view *v, const ft_cuda_opts *o)
 
 static void free_host(ft_cuda_model *dm)
 {
+	ft_cu_zero_free(dm);
 	free(dm->tens); free(dm->layers); free(dm->acts);
 	if (dm->staging)
 		cudaFreeHost(dm->staging);

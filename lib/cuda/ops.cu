@@ -454,8 +454,8 @@ int ft_cu_adamw(ft_cuda_model *dm, ft_dt *t, const ft_k_adamw *k)
 	return 0;
 }
 
-/* Sum of squares in double: block b writes partial out[b] (grid fixed
- * at FT_SUMSQ_BLOCKS), the host adds them in order: deterministic. */
+/* Sum of squares in double: block b writes partial out[b] (FT_SUMSQ_BLOCKS
+ * of them), the host adds them in order: deterministic. */
 static __global__ void sumsq_k(double *out, const float *g, size_t n)
 {
 	__shared__ double sh[TPB];
@@ -467,9 +467,14 @@ static __global__ void sumsq_k(double *out, const float *g, size_t n)
 		out[blockIdx.x] = s;
 }
 
+/* Only the blocks n needs (a small tensor, a LoRA matrix, a norm: one of
+ * FT_SUMSQ_BLOCKS x TPB threads each element either way, so each partial
+ * is the full grid's, bit for bit); the idle blocks' partials are zeros. */
 int ft_cu_sumsq(ft_cuda_model *dm, double *out, const float *g, size_t n)
 {
-	FT_LAUNCH(sumsq_k, FT_SUMSQ_BLOCKS, TPB, 0, dm->stream)(out, g, n);
+	unsigned nb = nblk(n) < FT_SUMSQ_BLOCKS ? nblk(n) : FT_SUMSQ_BLOCKS;
+	TRY(ft_cu_zero(dm, out + nb, (FT_SUMSQ_BLOCKS - nb) * sizeof *out));
+	FT_LAUNCH(sumsq_k, nb, TPB, 0, dm->stream)(out, g, n);
 	LAUNCHED("grad_sumsq", "n=%zu", n);
 	return 0;
 }

@@ -17,6 +17,7 @@ typedef struct {
 	double alpha;        /* ASFT through the reference's device model ref */
 	ft_cuda_pref *dp;
 	ft_cuda_model *ref;
+	ft_dist *zero;       /* ZeRO-1: the job whose ranks hold the slices */
 } binding;
 
 ft_cuda_batch ft_cuda_batch_of(const ft_batch *b)
@@ -83,6 +84,13 @@ static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm
 		return -1;
 	x->skipped += skipped;
 	x->need_zero = 1;
+	if (x->zero && !skipped) {   /* every rank skips together: the same gradients */
+		ft_dist_watch(x->zero, "ZeRO-1 parameter all-gather");
+		int rc = ft_cuda_zero_gather(x->dm, ft_dist_nccl_bcast, ft_dist_nccl_group_of, x->zero);
+		if (rc == 0) rc = ft_cuda_sync(x->dm);
+		ft_dist_unwatch(x->zero);
+		if (rc < 0) return -1;
+	}
 	return skipped;
 }
 
@@ -106,7 +114,8 @@ static int b_state_out(void *self, ft_adamw *opt)
 	}
 	if (opt)
 		ft_adamw_set_steps(opt, ft_cuda_steps(x->dm));
-	return 0;
+	/* ZeRO-1: each rank filled its own slice; rank 0 gets the others' */
+	return x->zero && opt ? ft_dist_gather_moments(x->zero, opt) : 0;
 }
 
 static int b_state_in(void *self, const ft_adamw *opt)
@@ -275,6 +284,11 @@ int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t
 	}
 	*t = r;
 	return 0;
+}
+
+void ft_cuda_train_zero(ft_train_model *t, ft_dist *d)
+{
+	((binding *)t->self)->zero = d;
 }
 
 ft_cuda_model *ft_cuda_train_device(const ft_train_model *t)

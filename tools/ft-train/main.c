@@ -455,10 +455,6 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	if (d && c->pref)
 		die_usage("--stage %s runs in one process on GPUs (no mpirun -np N with --device %s)",
 			  c->stage, c->device);
-	if (d && c->zero)
-		die_usage("--zero 1 is implemented on the CPU path only: the device keeps every AdamW "
-			  "moment beside its weights and steps them in one pass; run plain data parallel "
-			  "on GPUs (mpirun -np N ft-train ... --device cuda)");
 	/* one GPU per rank: the rank on this node picks it, unless named */
 	if (d && strchr(c->device, ':') == NULL) {
 		int ngpu = ft_device_cuda_count(NULL, 0);
@@ -469,6 +465,10 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	}
 	ft_cuda_opts o = { .precision = c->bf16 ? FT_CUDA_BF16 : c->fp16 ? FT_CUDA_F16 : FT_CUDA_F32,
 			   .device = idx };
+	if (d && c->zero) {   /* ZeRO-1: this rank's slice of the moments only */
+		o.zero_ranks = ft_dist_size(d);
+		o.zero_rank = ft_dist_rank(d);
+	}
 	if (c->do_train) batch_shape(tm, &o.max_tokens, &o.max_seq);
 	if (c->n_val) batch_shape(vm, &o.max_tokens, &o.max_seq);
 	char name[256];
@@ -477,6 +477,7 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	else if (ft_train_model_of_cuda(m, &o, t) < 0) die("--device %s: %s", c->device, ft_errmsg());
 	/* after the device model exists: NCCL binds to this thread's device */
 	if (d && ft_dist_nccl_open(d) < 0) die("%s", ft_errmsg());
+	if (d && c->zero) ft_cuda_train_zero(t, d);
 	char plan[256];
 	ft_cuda_model *dm = c->pref ? ft_pref_model_cuda_device(&c->pref_pm) : ft_cuda_train_device(t);
 	ft_cuda_plan_format(ft_cuda_model_plan(dm), plan, sizeof plan);
