@@ -59,6 +59,7 @@ static const ftp_cuda_api api = {
 	ft_cuda_asft,
 	ft_cuda_attention_run_as,
 	ft_cuda_zero_gather,
+	ft_cuda_logps_options,
 };
 
 extern "C" FTP_EXPORT const ftp_cuda_api *ftp_cuda_backend_api(void) { return &api; }

@@ -253,6 +253,11 @@ int ft_cuda_value_head_get(ft_cuda_pref *p, int k, float *w, float *m, float *v)
 
 int ft_cuda_pref_zero_grad(ft_cuda_pref *p) { return BACKEND->pref_zero_grad(p); }
 
+int ft_cuda_logps_options(ft_cuda_pref *p, float temperature, float *entropy)
+{
+	return BACKEND->logps_options(p, temperature, entropy);
+}
+
 int ft_cuda_pref_step(ft_cuda_pref *p, const ft_cuda_adamw_opts *o, double lr,
 		      double max_grad_norm, double *grad_norm, int *skipped)
 {

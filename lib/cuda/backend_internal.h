@@ -31,8 +31,9 @@ extern "C" {
  * 12: ft_cuda_view.neftune_alpha, the SFT token losses (tokloss.cu, asft.cu);
  * 13: ft_cuda_view carries DoRA's magnitudes and OFT's modules;
  * 14: attention_run_as (the device attention alone in bf16/fp16);
- * 15: ZeRO-1's gather (ft_cuda_opts.zero_ranks, zero_rank) */
-#define FTP_CUDA_ABI 15
+ * 15: ZeRO-1's gather (ft_cuda_opts.zero_ranks, zero_rank);
+ * 16: GRPO's tempered log-probs and entropies (logps_options) */
+#define FTP_CUDA_ABI 16
 
 typedef struct {
 	int abi;
@@ -103,6 +104,8 @@ typedef struct {
 				float *, float *, float *);
 	/* ABI 15: ZeRO-1's gather (ft_cuda_opts.zero_ranks, zero_rank) */
 	int (*zero_gather)(ft_cuda_model *, ft_cuda_bcast_fn, int (*)(void *, int), void *);
+	/* ABI 16: GRPO's log-probs at a temperature, with entropies */
+	int (*logps_options)(ft_cuda_pref *, float, float *);
 } ftp_cuda_api;
 
 /* The .so's entry points (exported; looked up by name with dlsym). */

@@ -254,6 +254,13 @@ int ft_cuda_value_backward(ft_cuda_pref *p, const ft_cuda_batch *b, const int32_
 int ft_cuda_value_head_set(ft_cuda_pref *p, int k, const float *w, const float *m, const float *v);
 int ft_cuda_value_head_get(ft_cuda_pref *p, int k, float *w, float *m, float *v);
 int ft_cuda_pref_zero_grad(ft_cuda_pref *p);
+/* GRPO (model_pref.h's ft_model_set_logp_temperature and _entropy): from
+ * now on the log-probs are those of the (capped) logits / temperature (1:
+ * untouched, bit for bit) and their backward pass goes through the
+ * division; entropy (NULL: none) a host array of max_tokens floats that
+ * each ft_cuda_logps_forward fills with every target position's entropy
+ * of the tempered logits (0 elsewhere).  Fails for temperature <= 0. */
+int ft_cuda_logps_options(ft_cuda_pref *p, float temperature, float *entropy);
 int ft_cuda_pref_step(ft_cuda_pref *p, const ft_cuda_adamw_opts *o, double lr,
 		      double max_grad_norm, double *grad_norm, int *skipped);
 

@@ -16,12 +16,18 @@
  * clipping, one fp16 overflow check).  Its buffers and the few [N]
  * arrays below are one allocation of their own, beside the model's plan
  * (D + 1 floats x 4 and 3 N floats: small next to it), and counted in the
- * peak. */
+ * peak.
+ *
+ * GRPO scores completions with the same operations at its sampling
+ * temperature and records their entropies (ft_cuda_logps_options): the
+ * head then runs rl_kernels.cuh's kernel, the rest is unchanged. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "cuda/common.cuh"
 #include "cuda/pref_kernels.cuh"
+#include "cuda/rl_kernels.cuh"
 
 struct ft_cuda_pref {
 	ft_cuda_model *dm;
@@ -35,6 +41,10 @@ struct ft_cuda_pref {
 	double *sumsq;            /* [2 * FT_SUMSQ_BLOCKS] the head's norm partials */
 	float *h_f;               /* host [N] */
 	unsigned char *h_seen;    /* host [N] */
+	/* GRPO (ft_cuda_logps_options): the temperature (0: none), the host
+	 * array of the entropies (NULL: none) and their device rows [N] */
+	float temp;
+	float *h_ent, *ent;
 };
 
 static int nblocks(size_t n)
@@ -154,10 +164,17 @@ static int head_rows(ft_cuda_pref *p, int n, const float *g)
 		float cap = dm->v.final_softcap;
 		if (cap > 0)
 			TRY(ft_cu_softcap(dm, dm->head_scratch, (size_t)nr * V, cap));
-		FT_LAUNCH(pref_logp_k, nr, FT_PREF_TPB, 0, dm->stream)(dm->head_scratch, dm->row_loss + r0,
-								dm->targets + r0, g ? g + r0 : NULL, V,
-								cap);
-		LAUNCHED("pref_logp", "rows=%d V=%d", nr, V);
+		if (p->temp != 0 || p->h_ent) {   /* GRPO's tempered log-probs (rl_kernels.cuh) */
+			FT_LAUNCH(rl_logp_k, nr, FT_PREF_TPB, 0, dm->stream)(
+				dm->head_scratch, dm->row_loss + r0, g || !p->h_ent ? NULL : p->ent + r0,
+				dm->targets + r0, g ? g + r0 : NULL, V, cap, p->temp);
+			LAUNCHED("rl_logp", "rows=%d V=%d", nr, V);
+		} else {
+			FT_LAUNCH(pref_logp_k, nr, FT_PREF_TPB, 0, dm->stream)(dm->head_scratch, dm->row_loss + r0,
+									dm->targets + r0, g ? g + r0 : NULL, V,
+									cap);
+			LAUNCHED("pref_logp", "rows=%d V=%d", nr, V);
+		}
 		if (!g)
 			continue;
 		TRY(ft_cu_operand(dm, &go, dm->head_scratch, (size_t)nr * V, dm->hhead, w.half));
@@ -167,6 +184,20 @@ static int head_rows(ft_cuda_pref *p, int n, const float *g)
 			TRY(ft_cu_gemm(dm, 1, 0, V, D, nr, 1, go, V, xo, D, 1, W->g, D,
 				       "lm_head dW (log-probs)"));
 	}
+	return 0;
+}
+
+/* The n gathered rows' entropies into the host array of N positions (0
+ * where there is no target, as model_pref.c). */
+static int entropies(ft_cuda_pref *p, int N, int n)
+{
+	ft_cuda_model *dm = p->dm;
+	memset(p->h_ent, 0, (size_t)N * sizeof(float));
+	if (n > 0)
+		TRY(ft_cu_copy(dm, p->h_f, p->ent, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost,
+			       "entropies"));
+	for (int k = 0; k < n; k++)
+		p->h_ent[dm->h_rows[k]] = p->h_f[k];
 	return 0;
 }
 
@@ -191,7 +222,18 @@ int ft_cuda_logps_forward(ft_cuda_pref *p, const ft_cuda_batch *b, int train, fl
 			       cudaMemcpyDeviceToHost, "label log-probs"));
 	for (int k = 0; k < n; k++)
 		logp[dm->h_rows[k]] = (float)dm->h_row_loss[k];
+	if (p->h_ent)
+		TRY(entropies(p, N, n));
 	ft_cu_sample_peak(dm);
+	return 0;
+}
+
+int ft_cuda_logps_options(ft_cuda_pref *p, float temperature, float *entropy)
+{
+	if (!(temperature > 0) || !isfinite(temperature))
+		return ft_fail("temperature %g: must be a positive number", (double)temperature);
+	p->temp = temperature == 1.0f ? 0 : temperature;   /* 1 leaves the logits bit for bit */
+	p->h_ent = entropy;
 	return 0;
 }
 
@@ -307,6 +349,7 @@ static size_t layout(ft_cuda_pref *p, char *base)
 	p->lmean = (float *)carve(&at, N * sizeof(float));
 	p->rs = (float *)carve(&at, N * sizeof(float));
 	p->score = (float *)carve(&at, N * sizeof(float));
+	p->ent = (float *)carve(&at, N * sizeof(float));
 	if (p->value_head) {
 		size_t n[2] = { D, 1 };
 		for (int k = 0; k < 2; k++) {

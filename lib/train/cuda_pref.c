@@ -15,6 +15,8 @@ typedef struct {
 	int64_t skipped;     /* fp16 steps skipped for overflow */
 	ft_param *vh;        /* rm: the value head's host tensors (pref.c's) */
 	int vh_stale;        /* the host head changed: upload before use */
+	float temp;          /* GRPO: the log-probs' temperature (1: none) */
+	float *ent;          /* GRPO: where the entropies go (NULL: none) */
 } binding;
 
 /* The host value head -> the device, when it changed there. */
@@ -63,7 +65,12 @@ static int b_save(void *self, const char *dir)
 	return ft_model_save(x->m, dir);
 }
 
-static void b_set_position(void *self, int64_t n) { ft_cuda_set_position(((binding *)self)->dm, n); }
+static void b_set_position(void *self, int64_t n)
+{
+	binding *x = self;
+	ft_cuda_set_position(x->dm, n);
+	ft_model_set_dropout_position(x->m, n);   /* as b_logps_fwd keeps it */
+}
 
 static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm, double *gnorm)
 {
@@ -147,8 +154,29 @@ static size_t b_peak(void *self) { return ft_cuda_peak_bytes(((binding *)self)->
 
 static int b_logps_fwd(void *self, const ft_batch *b, int train, float *lp, float *lmean)
 {
+	binding *x = self;
 	ft_cuda_batch c = ft_cuda_batch_of(b);
-	return ft_cuda_logps_forward(((binding *)self)->dp, &c, train, lp, lmean);
+	/* the host model's dropout position follows the device's: GRPO's
+	 * checkpoints read it there (ft_model_dropout_position) */
+	if (train)
+		ft_model_set_dropout_position(x->m, ft_model_dropout_position(x->m) + 1);
+	return ft_cuda_logps_forward(x->dp, &c, train, lp, lmean);
+}
+
+static int b_temp(void *self, float t)
+{
+	binding *x = self;
+	if (ft_cuda_logps_options(x->dp, t, x->ent) < 0)
+		return -1;
+	x->temp = t;
+	return 0;
+}
+
+static void b_entropy(void *self, float *ent)
+{
+	binding *x = self;
+	x->ent = ent;
+	ft_cuda_logps_options(x->dp, x->temp, ent);   /* x->temp was accepted: cannot fail */
 }
 
 static int b_logps_bwd(void *self, const ft_batch *b, const float *d)
@@ -197,6 +225,7 @@ int ft_pref_model_of_cuda(ft_model *m, const ft_cuda_opts *o, int value_head, ft
 {
 	binding *x = ft_xcalloc(1, sizeof *x);
 	x->m = m;
+	x->temp = 1;
 	if (!(x->dm = ft_cuda_model_new(m, o))) {
 		free(x);
 		return -1;
@@ -220,6 +249,7 @@ int ft_pref_model_of_cuda(ft_model *m, const ft_cuda_opts *o, int value_head, ft
 		.logps_forward = b_logps_fwd, .logps_backward = b_logps_bwd, .set_adapters = b_adapters,
 		.value_forward = b_value_fwd, .value_backward = b_value_bwd,
 		.own_value_head = value_head ? b_own_head : NULL,
+		.set_logp_temperature = b_temp, .set_logp_entropy = b_entropy,
 	};
 	*pm = r;
 	return 0;

@@ -117,6 +117,8 @@ static int save_buffer(void *ctx, const char *dir)
 	char *h = ft_xasprintf("%s/grpo_buffer.safetensors", dir);
 	int rc = write_buffer(b->m, b->s, b->o, h);
 	free(h);
+	const ft_train_model *t = &b->s->pm.base;   /* a device's fp16 loss scaler (scaler.json) */
+	if (rc == 0 && t->ckpt_save) rc = t->ckpt_save(t->self, dir);
 	return rc;
 }
 

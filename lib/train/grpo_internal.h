@@ -42,6 +42,7 @@ typedef struct {
 	int64_t *order;         /* this pass's prompt order (RepeatSampler) */
 	size_t n, pos;          /* prompts; the next one to take */
 	ftp_grpo_gen g;         /* g.N == 0: none in hand */
+	ft_pref_model pm, rm;   /* the policy's and the reference's operations (rm: with o->ref) */
 } ftp_grpo_state;
 
 /* The grid of g from its pidx and comp (mask_truncated applied). */

@@ -140,12 +140,13 @@ static void gather_rows(const ftp_grpo_gen *g, const float *src, const int *rows
 }
 
 /* logp of rows[0..n) into out rows (train: dropout on, as TRL's model in train mode) */
-static int logps_rows(ft_model *m, const ftp_grpo_gen *g, const int *rows, int n, int train, float *out)
+static int logps_rows(const ft_pref_model *pm, const ftp_grpo_gen *g, const int *rows, int n, int train,
+		      float *out)
 {
 	ft_batch b;
 	sub_batch(g, rows, n, &b);
 	float *lp = ft_xmalloc((size_t)n * g->T * sizeof *lp);
-	int rc = ft_model_logps_forward(m, &b, train, lp, NULL);
+	int rc = pm->logps_forward(pm->base.self, &b, train, lp, NULL);
 	for (int i = 0; rc == 0 && i < n; i++)
 		memcpy(out + (size_t)rows[i] * g->T, lp + (size_t)i * g->T, g->T * sizeof(float));
 	free(lp);
@@ -155,8 +156,9 @@ static int logps_rows(ft_model *m, const ftp_grpo_gen *g, const int *rows, int n
 
 /* Old (num_iterations > 1) and reference (beta != 0) log-probabilities,
  * in micro-batches of batch_size rows as TRL chunks them. */
-static int old_ref_passes(ft_model *m, ftp_grpo_gen *g, const ft_grpo_loop_opts *o)
+static int old_ref_passes(ftp_grpo_state *s, ftp_grpo_gen *g, const ft_grpo_loop_opts *o)
 {
+	const ft_pref_model *pm = &s->pm;
 	int rc = 0, *rows = ft_xmalloc((size_t)g->N * sizeof *rows);
 	for (int i = 0; i < g->N; i++) rows[i] = i;
 	size_t n = (size_t)g->N * g->T;
@@ -164,13 +166,13 @@ static int old_ref_passes(ft_model *m, ftp_grpo_gen *g, const ft_grpo_loop_opts 
 	if (o->grpo.beta != 0) g->ref = ft_xcalloc(n, sizeof(float));
 	for (int i = 0; rc == 0 && i < g->N; i += o->batch_size) {
 		int k = g->N - i < o->batch_size ? g->N - i : o->batch_size;
-		if (g->old) rc = logps_rows(m, g, rows + i, k, 1, g->old);
+		if (g->old) rc = logps_rows(pm, g, rows + i, k, 1, g->old);
 		if (rc == 0 && g->ref && o->ref) {
-			rc = logps_rows(o->ref, g, rows + i, k, 0, g->ref);
+			rc = logps_rows(&s->rm, g, rows + i, k, 0, g->ref);
 		} else if (rc == 0 && g->ref) {
-			ft_model_set_adapters(m, 0);
-			rc = logps_rows(m, g, rows + i, k, 0, g->ref);
-			ft_model_set_adapters(m, 1);
+			pm->set_adapters(pm->base.self, 0);
+			rc = logps_rows(pm, g, rows + i, k, 0, g->ref);
+			pm->set_adapters(pm->base.self, 1);
 		}
 	}
 	free(rows);
@@ -231,6 +233,13 @@ static int generation_metrics(ftp_grpo_state *s, const ft_grpo_loop_opts *o, con
 	return 0;
 }
 
+/* A binding that steps itself: its trainable weights (and, with opt,
+ * AdamW's moments and step) into the host model m; nothing on the CPU. */
+static int to_host(ftp_grpo_state *s, ft_adamw *opt)
+{
+	return s->pm.base.state_out ? s->pm.base.state_out(s->pm.base.self, opt) : 0;
+}
+
 /* Sample and score this rank's rows, gather every rank's rewards, the
  * group advantages over the whole batch (TRL gathers the rewards and
  * takes its process slice of the advantages); nothing of the model
@@ -238,6 +247,8 @@ static int generation_metrics(ftp_grpo_state *s, const ft_grpo_loop_opts *o, con
 static int generation(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o, const ft_i32vec *prompts,
 		      const size_t *uniq, int P, ftp_grpo_gen *g)
 {
+	if (to_host(s, NULL) < 0)   /* m samples with the weights trained so far */
+		return -1;
 	int G = o->num_generations, K = o->n_rewards, Nw = P * G, r0 = first_row(o);
 	g->N = Nw / world(o);
 	g->pidx = ft_xmalloc((size_t)g->N * sizeof *g->pidx);
@@ -269,7 +280,7 @@ static int generation(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o
 		ftp_grpo_build_grid(g, prompts, o);
 		rc = ft_dist_sum_f64(o->dist, &g->num_items, 1, "completion tokens");   /* num_items_in_batch */
 	}
-	if (rc == 0) rc = old_ref_passes(m, g, o);
+	if (rc == 0) rc = old_ref_passes(s, g, o);
 	if (rc == 0) rc = generation_metrics(s, o, g, pf, rew, fz, Nw);
 	free(pf);
 	free(rew);
@@ -309,7 +320,7 @@ static int reduce_stats(const ft_grpo_loop_opts *o, ft_grpo_loss_stats *st)
 }
 
 /* One micro-batch: forward, loss, backward. */
-static int microbatch(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o, const ftp_grpo_gen *g,
+static int microbatch(ftp_grpo_state *s, const ft_grpo_loop_opts *o, const ftp_grpo_gen *g,
 		      const int *rows, int n)
 {
 	size_t cnt = (size_t)n * g->T;
@@ -324,9 +335,10 @@ static int microbatch(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o
 	ft_batch b;
 	sub_batch(g, rows, n, &b);
 	ft_grpo_loss_stats st;
-	ft_model_set_logp_entropy(m, ent);   /* TRL's entropy metric, from the training forward */
-	int rc = ft_model_logps_forward(m, &b, 1, lp, NULL);
-	ft_model_set_logp_entropy(m, NULL);
+	const ft_pref_model *pm = &s->pm;
+	pm->set_logp_entropy(pm->base.self, ent);   /* TRL's entropy metric, from the training forward */
+	int rc = pm->logps_forward(pm->base.self, &b, 1, lp, NULL);
+	pm->set_logp_entropy(pm->base.self, NULL);
 	/* the ranks' gradients are summed, not averaged as DDP's: the
 	 * accumulation normaliser counts every rank's micro-batches, dapo's
 	 * the whole batch's tokens (TRL's num_items / num_processes, then
@@ -334,7 +346,7 @@ static int microbatch(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o
 	double accum = (double)o->grad_accum * world(o);
 	if (rc == 0)
 		rc = ft_grpo_loss(&o->grpo, lp, old, ref, ent, mask, adv, n, g->T, accum, g->num_items, &st, dl);
-	if (rc == 0) rc = ft_model_logps_backward(m, &b, dl);
+	if (rc == 0) rc = pm->logps_backward(pm->base.self, &b, dl);
 	if (rc == 0 && world(o) > 1) rc = reduce_stats(o, &st);
 	if (rc == 0) {
 		s->loss_step += st.loss;
@@ -382,16 +394,16 @@ static void write_log(const ft_grpo_loop_opts *o, ftp_grpo_state *s, double lr)
 
 /* One optimizer step: a pass of grad_accum micro-batches over the
  * shuffled generation batch in hand. */
-static int update(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o)
+static int update(ftp_grpo_state *s, const ft_grpo_loop_opts *o)
 {
 	ftp_grpo_gen *g = &s->g;
 	double lr = ft_sched_lr(&o->sched, s->step);
-	ft_model_zero_grad(m);
+	s->pm.base.zero_grad(s->pm.base.self);
 	s->loss_step = 0;
 	int rc = 0;
 	for (int i = 0; i < g->N && rc == 0; i += o->batch_size) {
 		int n = g->N - i < o->batch_size ? g->N - i : o->batch_size;
-		rc = microbatch(m, s, o, g, g->rows + i, n);
+		rc = microbatch(s, o, g, g->rows + i, n);
 	}
 	if (rc < 0) return -1;
 	if (world(o) > 1) {   /* the gradients and the step's loss summed over the ranks */
@@ -402,8 +414,13 @@ static int update(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o)
 		if (ftp_dist_reduce(&to, &tm, s->ps, s->np, ls, 1, 0) < 0) return -1;
 		s->loss_step = ls[0];
 	}
-	if (o->max_grad_norm > 0) ft_clip_grad_norm(s->ps, s->np, o->max_grad_norm);
-	ft_adamw_step(s->opt, lr);
+	if (s->pm.base.step) {   /* clipping and AdamW where the gradients are (a device) */
+		double gn;
+		if (s->pm.base.step(s->pm.base.self, &o->adamw, lr, o->max_grad_norm, &gn) < 0) return -1;
+	} else {
+		if (o->max_grad_norm > 0) ft_clip_grad_norm(s->ps, s->np, o->max_grad_norm);
+		ft_adamw_step(s->opt, lr);
+	}
 	s->step++;
 	g->it++;
 	s->loss_sum += s->loss_step;
@@ -444,16 +461,45 @@ int ft_grpo_prompts_per_generation(const ft_grpo_loop_opts *o)
 	return o->num_generations > 0 && N % o->num_generations == 0 ? N / o->num_generations : 0;
 }
 
+/* The policy's and the reference's log-probs at temperature t (1: none). */
+static int set_models(ftp_grpo_state *s, const ft_grpo_loop_opts *o, float t)
+{
+	if (!s->pm.set_logp_temperature || !s->pm.set_logp_entropy || (o->ref && !s->rm.set_logp_temperature))
+		return ft_fail("GRPO: the model has no log-probabilities at a temperature");
+	if (s->pm.set_logp_temperature(s->pm.base.self, t) < 0) return -1;
+	return o->ref ? s->rm.set_logp_temperature(s->rm.base.self, t) : 0;
+}
+
+/* A checkpoint: the device's weights and moments into m and s->opt
+ * first, then the files (ftp_grpo_ckpt_save; fp16's loss scaler beside). */
+static int checkpoint(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o)
+{
+	if (to_host(s, s->opt) < 0) return -1;
+	return ftp_grpo_ckpt_save(m, s, o);
+}
+
+/* From o->resume_dir into m and s->opt, then onto the device. */
+static int resume(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o, const ft_i32vec *prompts)
+{
+	if (ftp_grpo_ckpt_load(m, s, o, prompts) < 0) return -1;
+	ft_train_model *b = &s->pm.base;
+	if (b->state_in && b->state_in(b->self, s->opt) < 0) return -1;
+	if (b->state_in) b->set_position(b->self, (int64_t)ft_model_dropout_position(m));
+	return b->ckpt_load ? b->ckpt_load(b->self, o->resume_dir) : 0;
+}
+
 int ft_grpo_train(ft_model *m, const ft_i32vec *prompts, size_t n, const ft_grpo_loop_opts *o)
 {
 	int P = ft_grpo_prompts_per_generation(o);
 	if (P == 0) return ft_fail("the generation batch is not whole groups of num_generations");
 	if (n < (size_t)P) return ft_fail("%zu prompts: one generation batch needs %d", n, P);
-	float t = o->temperature > 0 ? o->temperature : 1;
-	if (ft_model_set_logp_temperature(m, t) < 0) return -1;
-	if (o->ref && ft_model_set_logp_temperature(o->ref, t) < 0) return -1;
 	ftp_grpo_state s;
 	memset(&s, 0, sizeof s);
+	float t = o->temperature > 0 ? o->temperature : 1;
+	s.pm = o->policy ? *o->policy : ft_pref_model_of(m);
+	if (o->ref) s.rm = o->ref_ops ? *o->ref_ops : ft_pref_model_of(o->ref);
+	if (o->policy && o->dist) return ft_fail("GRPO: a policy that steps itself runs in one process");
+	if (set_models(&s, o, t) < 0) return -1;
 	ft_rng_seed(&s.rng, o->seed);       /* shuffle_sequence_dict's (torch's global generator) */
 	ft_rng_seed(&s.sampler, o->seed);   /* RepeatSampler's own generator, seeded with args.seed */
 	size_t np = ft_model_nparams(m);
@@ -465,22 +511,22 @@ int ft_grpo_train(ft_model *m, const ft_i32vec *prompts, size_t n, const ft_grpo
 	s.order = ft_xmalloc(n * sizeof *s.order);
 	s.n = s.pos = n;
 	size_t *uniq = ft_xmalloc((size_t)P * sizeof *uniq);
-	int rc = o->resume_dir ? ftp_grpo_ckpt_load(m, &s, o, prompts) : 0;
+	int rc = o->resume_dir ? resume(m, &s, o, prompts) : 0;
 	while (rc == 0 && s.step < o->max_steps) {
 		if (s.g.N == 0) rc = next_generation(m, &s, o, prompts, P, uniq);
-		if (rc == 0) rc = update(m, &s, o);
+		if (rc == 0) rc = update(&s, o);
 		if (s.g.N && (rc < 0 || s.g.it == o->num_iterations)) ftp_grpo_gen_free(&s.g);
 		if (rc == 0 && o->save_steps > 0 && o->save_model && s.step % o->save_steps == 0 &&
 		    ft_dist_rank(o->dist) == 0)
-			rc = ftp_grpo_ckpt_save(m, &s, o);
+			rc = checkpoint(m, &s, o);
 	}
+	if (rc == 0) rc = to_host(&s, NULL);   /* the trained weights, for the caller's outputs */
 	ftp_grpo_gen_free(&s.g);
 	free(s.order);
 	free(uniq);
 	metrics_free(&s.mt);
 	ft_adamw_free(s.opt);
 	free(s.ps);
-	ft_model_set_logp_temperature(m, 1);
-	if (o->ref) ft_model_set_logp_temperature(o->ref, 1);
+	set_models(&s, o, 1);
 	return rc;
 }

@@ -21,6 +21,7 @@
 #include "train/lr_sched.h"
 #include "train/optim.h"
 #include "train/ppo_loop.h"
+#include "train/pref.h"
 #include "util/vec.h"
 
 /* per_func[i*K + k]: reward k of completion i (of prompt prompt_idx[i]),
@@ -92,6 +93,14 @@ typedef struct {
 	const char *output_dir, *resume_dir;
 	int (*save_model)(void *ctx, const char *dir);
 	void *save_ctx;
+	/* The policy's and the reference's model operations (train/pref.h);
+	 * NULL: the CPU models', ft_pref_model_of(m) and of ref.  A binding
+	 * that steps itself (base.step: a device's, train/cuda_pref.h) runs
+	 * the clipping and AdamW there and copies its weights into m
+	 * (base.state_out) before each generation, each checkpoint and at
+	 * the end: the sampler, the rewards and the files stay m's.  Not
+	 * with dist (its gradients would have to be summed on the host). */
+	const ft_pref_model *policy, *ref_ops;
 } ft_grpo_loop_opts;
 
 /* Unique prompts per generation batch: batch x accumulation x ranks / G;

@@ -537,6 +537,8 @@ static int cpu_logps_bwd(void *m, const ft_batch *b, const float *d)
 	return ft_model_logps_backward(m, b, d);
 }
 static void cpu_adapters(void *m, int on) { ft_model_set_adapters(m, on); }
+static int cpu_temp(void *m, float t) { return ft_model_set_logp_temperature(m, t); }
+static void cpu_entropy(void *m, float *ent) { ft_model_set_logp_entropy(m, ent); }
 static int cpu_value_fwd(void *m, const ft_batch *b, int train, const int32_t *pos, int n,
 			 const float *vw, float vb, float p_drop, uint64_t seed, float *hd, float *score)
 {
@@ -556,7 +558,8 @@ ft_pref_model ft_pref_model_of(ft_model *m)
 			     .vocab_size = c->vocab_size, .has_adapters = ft_model_has_adapters(m),
 			     .logps_forward = cpu_logps_fwd, .logps_backward = cpu_logps_bwd,
 			     .set_adapters = cpu_adapters, .value_forward = cpu_value_fwd,
-			     .value_backward = cpu_value_bwd };
+			     .value_backward = cpu_value_bwd, .set_logp_temperature = cpu_temp,
+			     .set_logp_entropy = cpu_entropy };
 	return pm;
 }
 

@@ -96,6 +96,11 @@ typedef struct {
 	 * save and with state_out, and its value operations then ignore vw,
 	 * vb, hd, dvw and dvb. */
 	void (*own_value_head)(void *self, ft_param *vh);
+	/* GRPO (train/grpo_loop.h): model_pref.h's ft_model_set_logp_temperature
+	 * and ft_model_set_logp_entropy on this model (ent: B*T floats of the
+	 * largest batch). */
+	int (*set_logp_temperature)(void *self, float t);
+	void (*set_logp_entropy)(void *self, float *ent);
 } ft_pref_model;
 ft_pref_model ft_pref_model_of(ft_model *m);
 

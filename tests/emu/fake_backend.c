@@ -201,6 +201,14 @@ static int logps_backward(ft_cuda_pref *p, const ft_cuda_batch *c, const float *
 
 static void set_adapters(ft_cuda_model *dm, int on) { ft_model_set_adapters(dm->m, on); }
 
+static int logps_options(ft_cuda_pref *p, float t, float *ent)
+{
+	if (ft_model_set_logp_temperature(p->dm->m, t) < 0)
+		return -1;
+	ft_model_set_logp_entropy(p->dm->m, ent);
+	return 0;
+}
+
 static int value_forward(ft_cuda_pref *p, const ft_cuda_batch *c, int train, const int32_t *pos,
 			 int n, float p_drop, uint64_t seed, float *score)
 {
@@ -314,6 +322,7 @@ static const ftp_cuda_api api = {
 	.value_head_get = value_head_get,
 	.pref_zero_grad = pref_zero_grad,
 	.pref_step = pref_step,
+	.logps_options = logps_options,
 };
 
 EXPORT const ftp_cuda_api *ftp_cuda_backend_api(void) { return &api; }

@@ -141,6 +141,24 @@ int32_t model_eos(const char *dir);
 /* Every file of from_dir renamed into output_dir (each rename atomic);
  * dies on error.  The last step of ppo's and grpo's final outputs. */
 void move_outputs(const char *from_dir, const char *output_dir);
+/* main.c: --device resolved for m: FT_DEV_CPU (after the notes saying
+ * why, --device auto choosing the CPU for a job the device cannot run) or
+ * FT_DEV_CUDA with the device's index; dies on a bad --device. */
+int device_pick(ft_cli_args *c, ft_model *m, int *index);
+/* "cuda:0 (NAME), bf16": the device as the logs name it */
+void device_desc(const ft_cli_args *c, int idx, char *desc, size_t n);
+/* rl_device.c: --stage grpo's models on the device (none on the CPU):
+ * on 0 (CPU), 1 (the policy), 2 (and a reference of its own) */
+typedef struct {
+	int on;
+	ft_pref_model pm, rpm;
+	char desc[512];
+} rl_device;
+/* 1 when --device puts the policy (and ref, NULL: none) on the GPU,
+ * planned for micro-batches of rows x max_seq tokens; 0 on the CPU. */
+int rl_device_bind(ft_cli_args *c, ft_model *m, ft_model *ref, int rows, int max_seq, rl_device *d);
+/* The peak memory and fp16 notes, then the bindings freed. */
+void rl_device_end(const ft_cli_args *c, rl_device *d);
 /* grpo.c: --stage grpo (docs/GRPO.md) on ppo prompt batches */
 int grpo_known_key(const char *k);
 void grpo_args_parse(ft_lfargs *a, ft_cli_args *c);

@@ -199,8 +199,6 @@ void grpo_args_parse(ft_lfargs *a, ft_cli_args *c)
 	for (size_t i = 0; i < sizeof ppo_only / sizeof *ppo_only; i++)
 		if (ft_lfargs_get(a, ppo_only[i][0], NULL))
 			die_usage("--%s: a --stage ppo setting; --stage grpo uses %s", ppo_only[i][0], ppo_only[i][1]);
-	if (!strncmp(c->device, "cuda", 4))
-		die_usage("--device %s: --stage grpo runs on the CPU only in this ft-train (--device cpu)", c->device);
 	parse_rewards(a);
 	ft_grpo_opts_default(&P.o);
 	const char *lt = ft_lfargs_get(a, "loss_type", "dapo");
@@ -419,6 +417,15 @@ static FILE *open_completions(const ft_cli_args *c, int resume, int64_t from)
 	return fp;
 }
 
+/* The longest prompt: with max_completion_length, the device's rows. */
+static int longest(const ft_i32vec *q, size_t n)
+{
+	size_t l = 1;
+	for (size_t i = 0; i < n; i++)
+		if (q[i].n > l) l = q[i].n;
+	return (int)l;
+}
+
 /* The reference when beta != 0 (pref_rl_ref). */
 static ft_model *open_ref(const ft_cli_args *c, const ft_model *m)
 {
@@ -552,8 +559,14 @@ int grpo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manif
 			die("--reward_funcs: %s", ft_errmsg());
 	o.score = score;
 	o.score_ctx = &R;
+	rl_device dev;
+	if (rl_device_bind(c, m, ref, o.batch_size, longest(q, n) + P.max_completion_length, &dev)) {
+		o.policy = &dev.pm;
+		o.ref_ops = dev.on == 2 ? &dev.rpm : NULL;
+	}
 	int rc = ft_grpo_train(m, q, n, &o);
 	if (rc < 0) die("--stage grpo: %s", ft_errmsg());
+	rl_device_end(c, &dev);
 	if (ref) ft_model_free(ref);
 	for (int k = 0; k < P.n_rewards; k++)
 		if (R.r[k] && ft_grpo_reward_close(R.r[k]) < 0) die("--reward_funcs: %s", ft_errmsg());

@@ -130,8 +130,8 @@ static const char usage[] =
 "  --ppo_whiten_rewards  --max_new_tokens N (1024) --do_sample BOOL (true)\n"
 "  --temperature T (0.95) --top_p P (0.7) --top_k K (50) --repetition_penalty R (1.0)\n"
 "  --ref_model DIR [--ref_model_adapters DIR[,DIR]]  the reference, as above\n"
-"GRPO (--stage grpo on ppo prompt batches, lora/freeze/full policy, on the CPU, also\n"
-"under mpirun; docs/GRPO.md):\n"
+"GRPO (--stage grpo on ppo prompt batches, lora/freeze/full policy, on the CPU (also\n"
+"under mpirun) or --device cuda (completions sampled on the CPU); docs/GRPO.md):\n"
 "  --reward_funcs [NAME=]CMD[,...]  each started once, JSON lines in, a number per line out;\n"
 "                             a line is {prompt, completion, the row's extra columns}\n"
 "  --reward_weights W[,...] (1 each)  --num_generations G (8)  --num_iterations N (1)\n"
@@ -416,10 +416,7 @@ static void batch_shape(const ft_manifest *m, int *max_tokens, int *max_seq)
 	if (m->seq_len > *max_seq) *max_seq = m->seq_len;
 }
 
-/* --device: bind the model on the CPU or the GPU; desc says which, for
- * the log (trainer_state.json) and stderr.  Returns 1 on the GPU. */
-static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const ft_manifest *vm,
-		      ft_train_model *t, char *desc, size_t n)
+int device_pick(ft_cli_args *c, ft_model *m, int *index)
 {
 	int idx;
 	char why[5000];
@@ -434,6 +431,7 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 		/* auto means the GPU when it can run this job, else the CPU */
 		const char *cpu_only = fp8_cpu_only(c) ? fp8_cpu_only(c)
 				       : c->pref && c->t.dist ? "under mpirun the preference stages run on the CPU"
+				       : grpo_stage(c) && c->t.dist ? "under mpirun --stage grpo runs on the CPU"
 				       : ft_train_cuda_supports(m) < 0 ? ft_errmsg() : NULL;
 		if (cpu_only) {
 			warn("note: --device auto: training on the CPU: %s", cpu_only);
@@ -447,6 +445,27 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 		if (c->bf16 || c->fp16)
 			warn("note: --%s: the CPU computes in float32; full weights are saved in the config's dtype",
 			     c->bf16 ? "bf16" : "fp16");
+	}
+	*index = idx;
+	return kind;
+}
+
+void device_desc(const ft_cli_args *c, int idx, char *desc, size_t n)
+{
+	char name[256];
+	ft_device_cuda_count(name, sizeof name);
+	const char *prec = c->bf16 ? "bf16" : c->fp16 ? "fp16" : "fp32";
+	if (idx == 0) snprintf(desc, n, "cuda:0 (%s), %s", name, prec);   /* the probe names device 0 */
+	else snprintf(desc, n, "cuda:%d, %s", idx, prec);
+}
+
+/* --device: bind the model on the CPU or the GPU; desc says which, for
+ * the log (trainer_state.json) and stderr.  Returns 1 on the GPU. */
+static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const ft_manifest *vm,
+		      ft_train_model *t, char *desc, size_t n)
+{
+	int idx, kind = device_pick(c, m, &idx);
+	if (kind == FT_DEV_CPU) {
 		snprintf(desc, n, "cpu");
 		*t = c->pref ? pref_bind(c, m, NULL) : ft_train_model_of(m);
 		return 0;
@@ -471,8 +490,6 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	}
 	if (c->do_train) batch_shape(tm, &o.max_tokens, &o.max_seq);
 	if (c->n_val) batch_shape(vm, &o.max_tokens, &o.max_seq);
-	char name[256];
-	ft_device_cuda_count(name, sizeof name);
 	if (c->pref) *t = pref_bind(c, m, &o);
 	else if (ft_train_model_of_cuda(m, &o, t) < 0) die("--device %s: %s", c->device, ft_errmsg());
 	/* after the device model exists: NCCL binds to this thread's device */
@@ -481,9 +498,7 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	char plan[256];
 	ft_cuda_model *dm = c->pref ? ft_pref_model_cuda_device(&c->pref_pm) : ft_cuda_train_device(t);
 	ft_cuda_plan_format(ft_cuda_model_plan(dm), plan, sizeof plan);
-	const char *prec = c->bf16 ? "bf16" : c->fp16 ? "fp16" : "fp32";
-	if (idx == 0) snprintf(desc, n, "cuda:0 (%s), %s", name, prec);   /* the probe names device 0 */
-	else snprintf(desc, n, "cuda:%d, %s", idx, prec);
+	device_desc(c, idx, desc, n);
 	warn("note: training on %s; device memory planned %s", desc, plan);
 	if (!c->pref && ft_cuda_train_ref(t)) {
 		ft_cuda_plan_format(ft_cuda_model_plan(ft_cuda_train_ref(t)), plan, sizeof plan);

@@ -1,0 +1,124 @@
+#!/usr/bin/env bats
+# ft-train --stage grpo --device cuda on the emulated device
+# (build/libft_cuda_emu.so, docs/CUDA.md "Host emulation") against the
+# CPU: the policy's log-probs at the sampling temperature, their entropies,
+# the backward pass, the device AdamW and clipping, the reference (LoRA's
+# adapters off, or a frozen copy of the base as a second device model),
+# the weights copied back for each generation and the checkpoints.
+#
+# What must be equal.  The completions are drawn on the host by the CPU
+# sampler from the host model, into which the device copies its weights
+# before each generation: the same generator and seeds as the CPU run, so
+# the tokens, the rewards (of those tokens) and the advantages (of those
+# rewards) come out identical as long as the weights agree to far better
+# than the sampler's resolution (a uniform draw would have to fall within
+# ~1e-6 of a cumulative probability boundary to pick another token), and
+# completions.jsonl is compared byte for byte.
+#
+# Tolerances.  The device computes in fp32 with the CPU's formulas in
+# other summation orders (block-tree reductions, fused GEMMs; see
+# ft-train-cuda-emu.bats): a log-prob (|logp| <= log V ~ 5.5) moves by
+# ~1e-6 and the entropies likewise; the loss is a masked mean of ratio x
+# advantage (|A| <= ~2.5 for groups of 8) plus beta x KL, so it moves by a
+# few 1e-6 absolute; AdamW's first steps pass gradient rounding on
+# unamplified except where a gradient is near 0.  Each logged number must
+# lie within 1e-4 relative or 1e-5 absolute of the CPU's (the absolute
+# part for numbers near 0: the loss of zero-mean advantages, the KL of a
+# policy that has barely moved); observed: worst 1.5e-5 relative (the full
+# policy's KL at step 4), 3e-6 for LoRA, on
+# numbers above 1e-2.  --top_entropy_quantile is left out: each group
+# repeats its prompt, so the entropies at the prompt's last position are
+# ties that each path breaks by its own rounding (1e-7, also between rows
+# on the CPU alone), and a threshold among ties masks other tokens; the
+# entropies themselves are compared (the entropy metric).  A missed temperature (logits / 0.7) changes the
+# entropies and KL by > 10%, a wrong index or mask the losses by > 1e-3.
+bats_require_minimum_version 1.5.0
+load helper
+load emu_helper
+
+LLAMA="$FIXTURES/models/tiny-llama"
+PEAKY="$FIXTURES/grpo/peaky-llama"
+
+count() {
+	printf '%s' "while IFS= read -r l; do c=\${l#*\\\"completion\\\":\\\"}; c=\${c%%\\\"*}; n=0; for t in \$c; do [ \"\$t\" = $1 ] && n=\$((n+1)); done; echo \$n; done"
+}
+
+# g DEVICE OUT [flags]: 4 GRPO steps on the peaky model, rewarded for its
+# frequent token 221 (so the groups differ in reward from the first step:
+# with all advantages 0 the first gradient would be rounding noise, which
+# AdamW's first step turns into whole lr-sized updates), completions logged
+g() {
+	local dev=$1 out=$2
+	shift 2
+	ft-train -q --stage grpo --model_name_or_path "$PEAKY" --train p8.zst --output_dir "$out" --device "$dev" \
+		--reward_funcs "c221=$(count 221)" --max_completion_length 6 --max_steps 4 --logging_steps 1 \
+		--learning_rate 1e-2 --seed 5 --log_completions true "$@"
+}
+
+# every number of every log line but the clock's (the loss is rounded to
+# 4 decimals: one step of 1e-4 is allowed on it)
+gnums() { jq -r 'del(.elapsed_time, .remaining_time, .throughput) | to_entries[] |
+		select(.value | type == "number") | "\(.key) \(.value)"' "$1"; }
+
+# both A B: the same keys and completions; numbers within 1e-4 relative or 1e-5 absolute
+both() {
+	cmp "$1/completions.jsonl" "$2/completions.jsonl"
+	[ "$(gnums "$1/trainer_log.jsonl" | wc -l)" -gt 10 ]
+	paste -d' ' <(gnums "$1/trainer_log.jsonl") <(gnums "$2/trainer_log.jsonl") | awk '
+		$1 != $3 { print "# key " $1 " against " $3; bad = 1 }
+		{ d = $2 - $4; if (d < 0) d = -d; m = $2 < 0 ? -$2 : $2
+		  if (d > ($1 == "loss" ? 1.01e-4 : 1e-5) && d > 1e-4 * m) { print "# " $1 ": " $2 " against " $4; bad = 1 }
+		  if (m > 1e-2 && d / m > w) w = d / m; n++ }
+		END { printf "# %d numbers, worst relative difference %.3g on those above 1e-2\n", n, w
+		      exit bad || n == 0 }' >&3
+}
+
+same() {
+	g cpu cpu "$@"
+	g cuda dev "$@"
+	both cpu dev
+	rm -rf cpu dev
+}
+
+@test "emulated device grpo: lora (temperature, KL against the adapters off, two iterations, accumulation), full against a frozen base on the device" {
+	ft-cat --encode < "$FIXTURES/grpo/prompts.jsonl" > p8.zst
+	same --temperature 0.7 --beta 0.04 --num_iterations 2 --max_grad_norm 0.5
+	same --gradient_accumulation_steps 2 --beta 0.04 --lora_target all --loss_type grpo
+	same --finetuning_type full --beta 0.04 --temperature 1.3
+	# a loss that must move: the device's KL is that of a policy that trained
+	g cuda k --beta 0.04 --temperature 0.7 --max_steps 4
+	[ "$(jq -r '.kl > 0' k/trainer_log.jsonl | tail -1)" = true ]
+}
+
+@test "emulated device grpo: resumed from a checkpoint inside a generation batch, bit for bit; the CPU run within tolerance" {
+	ft-cat --encode < "$FIXTURES/grpo/prompts.jsonl" > p8.zst
+	args=(--beta 0.04 --num_iterations 2 --save_steps 3 --max_steps 6 --lora_dropout 0.1)
+	g cuda U "${args[@]}"
+	g cuda K "${args[@]}" --max_steps 6 --save_steps 3
+	rm -rf K/checkpoint-6 K/adapter_model.safetensors
+	# resume from step 3 (one iteration of the second batch done)
+	g cuda K "${args[@]}" --resume_from_checkpoint K/checkpoint-3
+	cmp U/trainer_log.jsonl K/trainer_log.jsonl
+	cmp U/completions.jsonl K/completions.jsonl
+	cmp U/adapter_model.safetensors K/adapter_model.safetensors
+	cmp U/checkpoint-6/optimizer.safetensors K/checkpoint-6/optimizer.safetensors
+	# and the CPU resumes the device's checkpoint with the CPU's own numbers
+	g cpu C "${args[@]}"
+	both C U
+}
+
+@test "emulated device grpo: --fp16 (dynamic loss scale in checkpoints), --device auto picks the device" {
+	ft-cat --encode < "$FIXTURES/grpo/prompts.jsonl" > p8.zst
+	run --separate-stderr g cuda h --fp16 --save_steps 2 --beta 0.04
+	assert_success
+	[ -f h/checkpoint-2/scaler.json ] && [ -f h/checkpoint-4/optimizer.safetensors ]
+	# GradScaler's start of 65536 halves on overflowing steps (skipped), as torch's
+	[ "$(jq -r '.scale <= 65536 and .scale >= 1024' h/checkpoint-2/scaler.json)" = true ]
+	[ "$(jq -r '.loss | type' h/trainer_log.jsonl | sort -u)" = number ]
+	run --separate-stderr g auto a -v   # -q -v: the notes back
+	assert_success
+	[[ "$stderr" == *"training on cuda:0 (ft host emulation"* ]]
+	# the CPU's run (which --device auto would be without the backend) samples the same completions
+	g cpu c
+	cmp a/completions.jsonl c/completions.jsonl
+}

@@ -1,0 +1,55 @@
+/* rl_device.c - --stage grpo on --device cuda: the policy and its
+ * reference (a model of its own: --ref_model, or the frozen base of a
+ * freeze/full policy) bound as the preference stages' device models
+ * (lib/train/cuda_pref.h), planned for the rollouts' micro-batches.
+ * The loop (lib/train/grpo_loop.c) steps the policy there and copies
+ * its weights into the host model before each generation, where the
+ * CPU sampler draws the completions with the CPU path's generator and
+ * seeds.  The device KV-cache decoder (lib/cuda/infer.cu) is not used
+ * for the rollouts yet: it would hold a second copy of the weights,
+ * uploaded again at every generation. */
+#include "ft-train.h"
+#include "model/device.h"
+#include "model/model_pref.h"
+
+#include <string.h>
+
+int rl_device_bind(ft_cli_args *c, ft_model *m, ft_model *ref, int rows, int max_seq, rl_device *d)
+{
+	memset(d, 0, sizeof *d);
+	int idx;
+	if (device_pick(c, m, &idx) == FT_DEV_CPU) return 0;
+	if (c->t.dist)
+		die_usage("--stage %s runs in one process on GPUs (no mpirun -np N with --device %s)", c->stage,
+			  c->device);
+	ft_cuda_opts o = { .precision = c->bf16 ? FT_CUDA_BF16 : c->fp16 ? FT_CUDA_F16 : FT_CUDA_F32,
+			   .device = idx, .max_tokens = rows * max_seq, .max_seq = max_seq };
+	if (ft_pref_model_of_cuda(m, &o, 0, &d->pm) < 0) die("--device %s: %s", c->device, ft_errmsg());
+	if (ref && ft_pref_model_of_cuda(ref, &o, 0, &d->rpm) < 0)
+		die("--device %s: the reference model: %s", c->device, ft_errmsg());
+	d->on = 1 + (ref != NULL);
+	char plan[256];
+	ft_cuda_plan_format(ft_cuda_model_plan(ft_pref_model_cuda_device(&d->pm)), plan, sizeof plan);
+	device_desc(c, idx, d->desc, sizeof d->desc);
+	warn("note: training on %s; device memory planned %s%s", d->desc, plan,
+	     ref ? " (and as much for the reference)" : "");
+	note_quant_device(m, &c->tune, c->bf16 || c->fp16);
+	return 1;
+}
+
+void rl_device_end(const ft_cli_args *c, rl_device *d)
+{
+	if (!d->on) return;
+	ft_cuda_model *dm = ft_pref_model_cuda_device(&d->pm);
+	size_t peak = d->pm.base.peak_bytes(d->pm.base.self);
+	if (d->on == 2) peak += d->rpm.base.peak_bytes(d->rpm.base.self);
+	if (ft_verbose >= 0) warn("note: peak GPU memory %.2f GiB", (double)peak / (1 << 30));
+	if (c->fp16 && ft_verbose >= 0) {
+		int64_t skipped = ft_pref_model_cuda_skipped(&d->pm);
+		warn("note: fp16 loss scale %g at the end, %lld step%s skipped for overflow", ft_cuda_loss_scale(dm),
+		     (long long)skipped, skipped == 1 ? "" : "s");
+	}
+	if (d->on == 2) ft_pref_model_cuda_free(&d->rpm);
+	ft_pref_model_cuda_free(&d->pm);
+	d->on = 0;
+}
