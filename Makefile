@@ -19,13 +19,14 @@ LIB_CUDA_C := backend
 LIB_CUDA   := api attention gemm layer lmhead model model_fwd ops optim probe
 LIB_MODEL  += infer_batch
 LIB_CUDA   += infer gemma
+LIB_CUDA   += dora oft
 LIB_MODEL  += model_pref
 LIB_TRAIN  += pref pref_loss
 LIB_FORMAT += trainlog_extra
 # data parallel (lib/train/dist.h); dist_mpi.c is the MPI shim below, not in libft.a
 LIB_TRAIN  += dist dist_shard trainer_dist
 # LLaMA-Factory's self-contained extras (issue 22 part 4)
-LIB_MODEL  += extras lora_pissa lora_dora
+LIB_MODEL  += extras lora_pissa lora_dora model_fp8
 LIB_TRAIN  += optim_ext optim_loraplus optim_badam optim_muon optim_adam_mini optim_galore
 LIB_MODEL  += flash_ref
 LIB_MODEL  += quant model_quant
@@ -41,12 +42,17 @@ LIB_TRAIN  += ppo_loop
 # the preference stages on the GPU (lib/cuda/pref.cu, lib/train/cuda_pref.c)
 LIB_CUDA   += pref
 LIB_TRAIN  += cuda_pref
+# SFT token losses and NEFTune on the GPU (issue 15)
+LIB_CUDA   += tokloss asft neftune
+LIB_TRAIN  += cuda_losses
 # GRPO (issue 21): TRL 1.16 GRPOTrainer
 LIB_TRAIN  += grpo grpo_loop grpo_ckpt grpo_reward
 # vocabulary extension (add_tokens, add_special_tokens, resize_vocab)
 LIB_TEXT   += tokenizer_add
 LIB_CLI    += newtokens
 LIB_MODEL  += model_vocab
+# ZeRO-1 on the device (issue 19: lib/cuda/zero.cu)
+LIB_CUDA   += zero
 
 LIB_SRC   := $(LIB_UTIL:%=lib/util/%.c) $(LIB_FORMAT:%=lib/format/%.c) \
              $(LIB_TEXT:%=lib/text/%.c) $(LIB_DATA:%=lib/data/%.c) \
@@ -120,7 +126,8 @@ build/libft_cuda.so: $(CU_OBJ)
 # `make gpu-tests` builds tests/gpu/*.c (run by tests/gpu/run.sh); like
 # the tools they load the backend at run time.
 GPU_TESTS := $(patsubst tests/gpu/%.c,build/gpu/%,$(wildcard tests/gpu/*.c))
-build/gpu/%: tests/gpu/%.c tests/unit/tap.h tests/unit/st_test.h tests/gpu/gpu_test.h build/libft.a build/libft_cuda.so
+build/gpu/%: tests/gpu/%.c tests/unit/tap.h tests/unit/st_test.h tests/unit/attn_bound.h \
+		tests/gpu/gpu_test.h build/libft.a build/libft_cuda.so
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -iquote tests/unit $< build/libft.a $(LDLIBS) -o $@
 gpu-tests: $(GPU_TESTS)
@@ -200,9 +207,11 @@ CXX ?= c++
 EMU_BINS := $(patsubst tests/emu/%.cc,build/asan/tests/%,$(wildcard tests/emu/test_*.cc))
 unit: $(EMU_BINS)
 $(EMU_BINS): build/asan/tests/%: tests/emu/%.cc tests/emu/emu.h tests/emu/emu_test.h $(wildcard lib/cuda/*.cuh) \
-		lib/model/flash.h lib/model/kernels.h tests/unit/tap.h build/asan/libft.a
+		$(wildcard tests/emu/include/*.h) lib/model/flash.h lib/model/kernels.h tests/unit/tap.h tests/unit/attn_bound.h \
+		build/asan/libft.a
 	@mkdir -p $(@D)
-	$(CXX) -std=c++17 $(WARN) -Wno-unknown-pragmas $(OPT) -g -O1 $(SAN) -iquote lib -iquote tests/unit -x c++ $< \
+	$(CXX) -std=c++17 $(WARN) -Wno-unknown-pragmas $(OPT) -g -O1 $(SAN) -I tests/emu/include -I tests/emu -iquote lib \
+		-iquote tests/unit -x c++ $< \
 		-x none build/asan/libft.a $(LDLIBS) -pthread -o $@
 # The backend table over the CPU model (tests/emu/fake_backend.c): what
 # tests/bats/ft-train-pref-device.bats loads with FT_CUDA_LIB to run the
@@ -249,19 +258,20 @@ $(EMU_NCCL): tests/emu/fake_nccl.c
 EMU_RT_TEST := build/asan/tests/test_cuda_emu_runtime
 unit: $(EMU_RT_TEST)
 $(EMU_RT_TEST): tests/emu/check_runtime.cc tests/emu/cuda_runtime_emu.cc tests/emu/cublas_emu.cc \
-		tests/emu/emu.h $(wildcard tests/emu/include/*.h) tests/unit/tap.h build/asan/libft.a
+		tests/emu/emu.h tests/emu/emu_test.h $(wildcard tests/emu/include/*.h) tests/unit/tap.h build/asan/libft.a
 	@mkdir -p $(@D)
 	$(CXX) -std=c++17 $(WARN) $(OPT) -g -O1 $(SAN) -I tests/emu/include -I tests/emu -I lib \
 		-iquote lib -iquote tests/unit $(filter %.cc,$^) build/asan/libft.a $(LDLIBS) -pthread -o $@
 # tests/gpu's device checks against the emulated backend (docs/CUDA.md):
 # several CPU minutes, so not part of `make test`.
 EMU_GPU_TESTS := build/emu-gpu/test_gpu_parity build/emu-gpu/test_gpu_generate \
-	build/emu-gpu/test_gpu_qlora
+	build/emu-gpu/test_gpu_qlora build/emu-gpu/test_gpu_attn_half
 # The QLoRA device check takes a second on the emulation: part of `make test`
 # (scripts/run-tests.sh runs whatever of build/emu-gpu/ it finds in EMU_QUICK).
 EMU_QUICK := build/emu-gpu/test_gpu_qlora
 unit: $(EMU_QUICK)
-build/emu-gpu/%: tests/gpu/%.c tests/unit/tap.h tests/unit/st_test.h tests/gpu/gpu_test.h build/libft.a
+build/emu-gpu/%: tests/gpu/%.c tests/unit/tap.h tests/unit/st_test.h tests/unit/attn_bound.h \
+		tests/gpu/gpu_test.h build/libft.a
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -iquote tests/unit $< build/libft.a $(LDLIBS) -o $@
 emu-gpu-tests: $(EMU_GPU_TESTS) $(EMU_CUDA)

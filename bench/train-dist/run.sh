@@ -4,7 +4,8 @@
 # (accumulation 2 per rank vs 4), for LoRA and full fine-tuning of a 10M
 # Llama-shaped model from --train_from_scratch, and the share of the
 # 2-rank run spent in collectives (ft-train's end note: the gradient and
-# loss all-reduces, waiting for the slower rank included).  Run from the
+# loss all-reduces, waiting for the slower rank included) and in the part
+# of the gradient sums the backward did not hide.  Run from the
 # repository root after `make`; about a minute.
 #
 #   bench/train-dist/run.sh          # STEPS=6 by default
@@ -18,6 +19,8 @@ out=build/bench/train-dist
 rm -rf "$out" && mkdir -p "$out"
 command -v mpirun >/dev/null || { echo "run.sh: mpirun is absent (apt-get install openmpi-bin)" >&2; exit 1; }
 [ -f build/libft_mpi.so ] || { echo "run.sh: build/libft_mpi.so is absent (make with mpicc)" >&2; exit 1; }
+# before OMP_NUM_THREADS=1, which GNU nproc reports instead of the cores
+cores=$(nproc)
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 MPIRUN="mpirun --oversubscribe --allow-run-as-root --bind-to core -np 2"
 
@@ -49,8 +52,9 @@ awk -v n=32 -v B=4 -v T=128 'BEGIN {
 bin/ft-cat --encode < "$out/batches.jsonl" > "$out/train.zst"
 
 secs() { sed -n 's/.*"train_runtime": \([0-9.]*\).*/\1/p' "$1/train_results.json"; }
-echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; $STEPS steps of 4 x 4 x 128 tokens"
-printf '%-6s %12s %12s %8s %11s %12s\n' mode "1x1 s/step" "2x1 s/step" speedup efficiency "collectives"
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $cores cores; $STEPS steps of 4 x 4 x 128 tokens"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-6s %12s %12s %8s %11s %12s %9s\n' mode "1x1 s/step" "2x1 s/step" speedup efficiency "collectives" exposed
 for mode in lora full; do
 	args="--stage pt --train_from_scratch --config $out/config.json --train $out/train.zst
 	      --finetuning_type $mode --max_steps $STEPS --logging_steps 1 --save_strategy no
@@ -60,7 +64,13 @@ for mode in lora full; do
 	# shellcheck disable=SC2086
 	$MPIRUN bin/ft-train $args --gradient_accumulation_steps 2 --output_dir "$out/$mode-2" \
 		2> "$out/$mode-2.err" > /dev/null
-	share=$(sed -n 's/.*(\([0-9.]*%\)) in collectives.*/\1/p' "$out/$mode-2.err")
-	awk -v m="$mode" -v a="$(secs "$out/$mode-1")" -v b="$(secs "$out/$mode-2")" -v s="$STEPS" -v c="$share" \
-		'BEGIN { printf "%-6s %12.3f %12.3f %8.2f %11.2f %12s\n", m, a / s, b / s, a / b, a / (2 * b), c }'
+	# "X s of Y s in collectives on rank 0; ... Z s of them not hidden by it"
+	note=$(sed -n 's/.*: \([0-9.]*\) s of \([0-9.]*\) s.* in collectives on rank 0\(.*, \([0-9.]*\) s of them not hidden\)\{0,1\}.*/\1 \2 \4/p' \
+		"$out/$mode-2.err")
+	[ -n "$note" ] || { echo "run.sh: no collectives note in $out/$mode-2.err" >&2; exit 1; }
+	awk -v m="$mode" -v a="$(secs "$out/$mode-1")" -v b="$(secs "$out/$mode-2")" -v s="$STEPS" -v n="$note" \
+		'BEGIN { split(n, x, " "); if (x[3] == "") x[3] = x[1]   # not overlapped: all exposed
+			printf "%-6s %12.3f %12.3f %8.2f %11.2f %11.1f%% %8.1f%%\n",
+			m, a / s, b / s, a / b, a / (2 * b), 100 * x[1] / x[2], 100 * x[3] / x[2] }'
 done
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -83,7 +83,7 @@ int main(int argc, char **argv)
 		s = s * 1103515245u + 12345u;
 		ids[i] = (int32_t)((s >> 8) % (unsigned)c.vocab_size);
 	}
-	ft_cuda_batch b = { B, T, ids, ids, NULL, NULL };
+	ft_cuda_batch b = { B, T, ids, ids, NULL, NULL, NULL };
 	float gs = 1.0f / ((float)B * (T - 1));
 	ft_cuda_adamw_opts ao = { 0.9, 0.999, 1e-8, 0.01 };
 	double loss = 0, *times = malloc(steps * sizeof(double));

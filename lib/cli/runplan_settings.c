@@ -103,9 +103,9 @@ static const ftp_route routes[] = {
 	{"ray_storage_path", FTP_N, RAY_NOTE}, {"resources_per_worker", FTP_N, RAY_NOTE},
 	{"placement_strategy", FTP_N, RAY_NOTE}, {"master_addr", FTP_N, RAY_NOTE},
 	{"master_port", FTP_N, RAY_NOTE},
-	{"fp8", FTP_X, "fp8 training needs transformer-engine kernels ft does not have"},
-	{"fp8_backend", FTP_X, "fp8 training needs transformer-engine kernels ft does not have"},
-	{"fp8_enable_fsdp_float8_all_gather", FTP_X, "fp8 training is not supported"},
+	/* fp8 (docs/EXTRAS.md): ft-train checks the backend and what fp8 applies to */
+	{"fp8", FTP_R, NULL}, {"fp8_backend", FTP_R, NULL},
+	{"fp8_enable_fsdp_float8_all_gather", FTP_R, NULL},
 	{"image_max_pixels", FTP_X, MULTIMODAL}, {"image_min_pixels", FTP_X, MULTIMODAL},
 	{"video_max_pixels", FTP_X, MULTIMODAL}, {"video_min_pixels", FTP_X, MULTIMODAL},
 	{"video_fps", FTP_X, MULTIMODAL}, {"video_maxlen", FTP_X, MULTIMODAL},
@@ -155,7 +155,8 @@ static const ftp_route families[] = {
 	{"ray_", FTP_N, RAY_NOTE},
 	{"loraplus_", FTP_R, NULL},
 	{"kt_", FTP_X, "KTransformers is a torch backend ft does not run"},
-	{"fp8_", FTP_X, "fp8 training is not supported"},
+	{"fp8_", FTP_X, "not one of LLaMA-Factory's fp8 settings (fp8, fp8_backend, "
+	 "fp8_enable_fsdp_float8_all_gather)"},
 	{"image_", FTP_X, MULTIMODAL}, {"video_", FTP_X, MULTIMODAL}, {"audio_", FTP_X, MULTIMODAL},
 	{"mod_", FTP_X, MOD_WHY},
 	{"asft_", FTP_X, "the ASFT loss is " NOT_YET}, {"eaft_", FTP_X, "the EAFT loss is " NOT_YET},

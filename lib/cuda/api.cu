@@ -55,6 +55,10 @@ static const ftp_cuda_api api = {
 	ft_cuda_grads_wait,
 	ft_cuda_scaler_get,
 	ft_cuda_scaler_set,
+	ft_cuda_eaft_entropy,
+	ft_cuda_asft,
+	ft_cuda_attention_run_as,
+	ft_cuda_zero_gather,
 	ft_cuda_logps_options,
 };
 

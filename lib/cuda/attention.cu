@@ -41,7 +41,11 @@ static __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat1
 static __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
 static __device__ __forceinline__ void put(__nv_bfloat16 *p, float x) { *p = __float2bfloat16_rn(x); }
 static __device__ __forceinline__ void put(__half *p, float x) { *p = __float2half_rn(x); }
+#include <mma.h>
+#include <type_traits>
+#include <vector>
 #include "cuda/flash_kernels.cuh"
+#include "cuda/flash_tc.cuh"
 static_assert(FT_CU_ATTN_MAX_HD <= FA_LANES * FA_MAX_NDR, "head_dim bound of run_pass");
 
 /* ---- launchers ---- */
@@ -64,15 +68,14 @@ static int allow_smem(const void *f, size_t bytes, int hd, const char *what)
 	return 0;
 }
 
-template <typename E, int NDR>
-static int launch(const fa_args<E> &p, int B, int pass, cudaStream_t st)
+/* Kernel k of pass `pass` with sm bytes of dynamic shared memory. */
+template <typename E>
+static int launch_k(void (*k)(fa_args<E>), size_t sm, const fa_args<E> &p, int B, int pass,
+		    cudaStream_t st)
 {
 	int tiles = (p.T + FT_FA_BR - 1) / FT_FA_BR;
 	static const char *names[] = { "flash attention forward", "flash attention dK/dV",
 				       "flash attention dQ" };
-	void (*k)(fa_args<E>) = pass == 0 ? fa_fwd_k<E, NDR> : pass == 1 ? fa_dkdv_k<E, NDR>
-									   : fa_dq_k<E, NDR>;
-	size_t sm = pass == 0 ? fa_smem_fwd(p.hd) : pass == 1 ? fa_smem_dkdv(p.hd) : fa_smem_dq(p.hd);
 	TRY(allow_smem((const void *)k, sm, p.hd, names[pass]));
 	dim3 grid(tiles, pass == 1 ? p.Hk : p.Hq, B);
 	FT_LAUNCH(k, grid, FA_THREADS, sm, st)(p);
@@ -80,16 +83,42 @@ static int launch(const fa_args<E> &p, int B, int pass, cudaStream_t st)
 	return 0;
 }
 
-/* pass 0: forward; 1: dK/dV; 2: dQ.  The accumulators' register count
- * follows hd (8 lanes share a row: hd/8 per thread). */
+/* The fp32 kernels (CUDA cores) */
+template <typename E, int NDR>
+static int launch(const fa_args<E> &p, int B, int pass, cudaStream_t st)
+{
+	void (*k)(fa_args<E>) = pass == 0 ? fa_fwd_k<E, NDR> : pass == 1 ? fa_dkdv_k<E, NDR>
+									   : fa_dq_k<E, NDR>;
+	size_t sm = pass == 0 ? fa_smem_fwd(p.hd) : pass == 1 ? fa_smem_dkdv(p.hd) : fa_smem_dq(p.hd);
+	return launch_k(k, sm, p, B, pass, st);
+}
+
+/* The bf16 / fp16 kernels (tensor cores, flash_tc.cuh) */
+template <typename E>
+static int launch_tc(const fa_args<E> &p, int B, int pass, cudaStream_t st)
+{
+	void (*k)(fa_args<E>) = pass == 0 ? fa_fwd_tc<E> : pass == 1 ? fa_dkdv_tc<E> : fa_dq_tc<E>;
+	size_t es = sizeof(E);
+	size_t sm = pass == 0 ? fa_tc_smem_fwd(p.hd, es) : pass == 1 ? fa_tc_smem_dkdv(p.hd, es)
+								     : fa_tc_smem_dq(p.hd, es);
+	return launch_k(k, sm, p, B, pass, st);
+}
+
+/* pass 0: forward; 1: dK/dV; 2: dQ.  Half elements: the tensor-core
+ * kernels.  fp32: the accumulators' register count follows hd (8 lanes
+ * share a row: hd/8 per thread). */
 template <typename E>
 static int run_pass(const fa_args<E> &p, int B, int pass, cudaStream_t st)
 {
-	if (p.hd <= 64)
-		return launch<E, 8>(p, B, pass, st);
-	if (p.hd <= 128)
-		return launch<E, 16>(p, B, pass, st);
-	return launch<E, FA_MAX_NDR>(p, B, pass, st);
+	if constexpr (sizeof(E) == 2) {
+		return launch_tc(p, B, pass, st);
+	} else {
+		if (p.hd <= 64)
+			return launch<E, 8>(p, B, pass, st);
+		if (p.hd <= 128)
+			return launch<E, 16>(p, B, pass, st);
+		return launch<E, FA_MAX_NDR>(p, B, pass, st);
+	}
 }
 
 static int check_shape(const ft_cu_attn *s)
@@ -192,21 +221,57 @@ int ft_cu_attention_backward(ft_cuda_model *dm, float *dq, float *dk, float *dv,
 
 /* ---- the attention alone, for tests/gpu ---- */
 
-typedef struct {
-	float *q, *k, *v, *dout, *out, *lse, *Di, *dq, *dk, *dv;
+template <typename E> struct att_bufs {
+	E *q, *k, *v, *dout, *out, *dq, *dk, *dv;
+	float *lse, *Di;
 	int32_t *seg, *len;
-} att_bufs;
+};
 
-static int attention_run_on(cudaStream_t st, const att_bufs *d, const ft_cuda_attn_shape *s,
+/* Host fp32 <-> the device element type E (bf16 / fp16: round to nearest
+ * even, the CPU path's conversions; the host array is staged in tmp). */
+static uint16_t half_bits(float x, int bf) { return bf ? ft_k_f32_to_bf16(x) : ft_k_f32_to_f16(x); }
+static float half_value(uint16_t h, int bf) { return bf ? ft_k_bf16_to_f32(h) : ft_k_f16_to_f32(h); }
+
+template <typename E>
+static int upload(cudaStream_t st, E *dst, const float *src, size_t n, std::vector<uint16_t> &tmp)
+{
+	const void *from = src;
+	if constexpr (sizeof(E) == 2) {
+		tmp.resize(n);
+		for (size_t i = 0; i < n; i++)
+			tmp[i] = half_bits(src[i], std::is_same<E, __nv_bfloat16>::value);
+		from = tmp.data();
+	}
+	CU(cudaMemcpyAsync(dst, from, n * sizeof(E), cudaMemcpyHostToDevice, st), "attention input");
+	return 0;
+}
+
+/* after the stream is synchronised */
+template <typename E>
+static int download(float *dst, const E *src, size_t n)
+{
+	if constexpr (sizeof(E) == 2) {
+		std::vector<uint16_t> tmp(n);
+		CU(cudaMemcpy(tmp.data(), src, n * 2, cudaMemcpyDeviceToHost), "attention result");
+		for (size_t i = 0; i < n; i++)
+			dst[i] = half_value(tmp[i], std::is_same<E, __nv_bfloat16>::value);
+	} else {
+		CU(cudaMemcpy(dst, src, n * 4, cudaMemcpyDeviceToHost), "attention result");
+	}
+	return 0;
+}
+
+template <typename E>
+static int attention_run_on(cudaStream_t st, const att_bufs<E> *d, const ft_cuda_attn_shape *s,
 			    const float *const in[4], float *const res[5])
 {
 	size_t N = (size_t)s->B * s->T, nq = N * s->Hq * s->hd, nk = N * s->Hk * s->hd;
 	size_t n_in[4] = { nq, nk, nk, nq }, n_res[5] = { nq, N * s->Hq, nq, nk, nk };
-	float *const din[4] = { d->q, d->k, d->v, d->dout };
-	float *const dres[5] = { d->out, d->lse, d->dq, d->dk, d->dv };
+	E *const din[4] = { d->q, d->k, d->v, d->dout };
+	E *const dres[4] = { d->out, d->dq, d->dk, d->dv };
+	std::vector<uint16_t> tmp[4];
 	for (int i = 0; i < 4; i++)
-		CU(cudaMemcpyAsync(din[i], in[i], n_in[i] * 4, cudaMemcpyHostToDevice, st),
-		   "attention input %d", i);
+		TRY(upload(st, din[i], in[i], n_in[i], tmp[i]));
 	if (s->seg)
 		CU(cudaMemcpyAsync(d->seg, s->seg, N * 4, cudaMemcpyHostToDevice, st), "segment ids");
 	if (s->len)
@@ -215,45 +280,68 @@ static int attention_run_on(cudaStream_t st, const att_bufs *d, const ft_cuda_at
 	ft_cu_attn ds = *s;
 	ds.seg = s->seg ? d->seg : NULL;
 	ds.len = s->len ? d->len : NULL;
-	TRY(flash_forward<float>(st, d->out, d->lse, d->q, d->k, d->v, &ds));
-	TRY(flash_backward<float>(st, d->dq, d->dk, d->dv, d->Di, d->dout, d->q, d->k, d->v,
-				  d->out, d->lse, &ds));
-	for (int i = 0; i < 5; i++)
-		CU(cudaMemcpyAsync(res[i], dres[i], n_res[i] * 4, cudaMemcpyDeviceToHost, st),
-		   "attention result %d", i);
+	TRY(flash_forward<E>(st, d->out, d->lse, d->q, d->k, d->v, &ds));
+	TRY(flash_backward<E>(st, d->dq, d->dk, d->dv, d->Di, d->dout, d->q, d->k, d->v,
+			      d->out, d->lse, &ds));
 	CU(cudaStreamSynchronize(st), "attention B=%d T=%d Hq=%d Hk=%d hd=%d", s->B, s->T,
 	   s->Hq, s->Hk, s->hd);
+	CU(cudaMemcpy(res[1], d->lse, n_res[1] * 4, cudaMemcpyDeviceToHost), "attention lse");
+	for (int i = 0; i < 4; i++)
+		TRY(download(res[i ? i + 1 : 0], dres[i], n_res[i ? i + 1 : 0]));
 	return 0;
+}
+
+/* Buffers carved from one allocation (fp32 first, so every array stays
+ * aligned), then the run. */
+template <typename E>
+static int attention_run_as(cudaStream_t st, const ft_cuda_attn_shape *s, const float *const in[4],
+			    float *const res[5])
+{
+	size_t N = (size_t)s->B * s->T, nq = N * s->Hq * s->hd, nk = N * s->Hk * s->hd;
+	size_t nl = N * s->Hq;
+	size_t total = 4 * (2 * nl + N + (size_t)s->B) + sizeof(E) * (4 * nq + 4 * nk);
+	char *mem = NULL;
+	CU(cudaMalloc(&mem, total), "%zu bytes", total);
+	att_bufs<E> d;
+	d.lse = (float *)mem;
+	d.Di = d.lse + nl;
+	d.seg = (int32_t *)(d.Di + nl);
+	d.len = d.seg + N;
+	E *at = (E *)(d.len + s->B);
+	E **bufs[] = { &d.q, &d.dout, &d.out, &d.dq, &d.k, &d.v, &d.dk, &d.dv };
+	size_t sizes[] = { nq, nq, nq, nq, nk, nk, nk, nk };
+	for (int i = 0; i < 8; i++) {
+		*bufs[i] = at;
+		at += sizes[i];
+	}
+	int rc = attention_run_on(st, &d, s, in, res);
+	cudaFree(mem);
+	return rc;
+}
+
+int ft_cuda_attention_run_as(int device, ft_cuda_precision p, const ft_cuda_attn_shape *s,
+			     const float *q, const float *k, const float *v, const float *dout,
+			     float *out, float *lse, float *dq, float *dk, float *dv)
+{
+	TRY(check_shape(s));
+	CU(cudaSetDevice(device), "device %d", device);
+	cudaStream_t st = NULL;
+	const float *const in[4] = { q, k, v, dout };
+	float *const res[5] = { out, lse, dq, dk, dv };
+	cudaError_t e = cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
+	int rc = e != cudaSuccess ? ft_cu_fail(e, "cudaStreamCreateWithFlags", "attention")
+	       : p == FT_CUDA_BF16 ? attention_run_as<__nv_bfloat16>(st, s, in, res)
+	       : p == FT_CUDA_F16 ? attention_run_as<__half>(st, s, in, res)
+				: attention_run_as<float>(st, s, in, res);
+	if (st)
+		cudaStreamDestroy(st);
+	return rc;
 }
 
 int ft_cuda_attention_run(int device, const ft_cuda_attn_shape *s, const float *q,
 			  const float *k, const float *v, const float *dout, float *out,
 			  float *lse, float *dq, float *dk, float *dv)
 {
-	TRY(check_shape(s));
-	size_t N = (size_t)s->B * s->T, nq = N * s->Hq * s->hd, nk = N * s->Hk * s->hd;
-	size_t nl = N * s->Hq, total = 4 * (4 * nq + 4 * nk + 2 * nl + N + (size_t)s->B);
-	CU(cudaSetDevice(device), "device %d", device);
-	float *mem = NULL;
-	cudaStream_t st = NULL;
-	CU(cudaMalloc(&mem, total), "%zu bytes", total);
-	att_bufs d;
-	float *at = mem;
-	float **bufs[] = { &d.q, &d.dout, &d.out, &d.dq, &d.k, &d.v, &d.dk, &d.dv, &d.lse, &d.Di };
-	size_t sizes[] = { nq, nq, nq, nq, nk, nk, nk, nk, nl, nl };
-	for (int i = 0; i < 10; i++) {
-		*bufs[i] = at;
-		at += sizes[i];
-	}
-	d.seg = (int32_t *)at;
-	d.len = d.seg + N;
-	const float *const in[4] = { q, k, v, dout };
-	float *const res[5] = { out, lse, dq, dk, dv };
-	cudaError_t e = cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
-	int rc = e != cudaSuccess ? ft_cu_fail(e, "cudaStreamCreateWithFlags", "attention")
-				  : attention_run_on(st, &d, s, in, res);
-	if (st)
-		cudaStreamDestroy(st);
-	cudaFree(mem);
-	return rc;
+	return ft_cuda_attention_run_as(device, FT_CUDA_F32, s, q, k, v, dout, out, lse, dq, dk,
+					dv);
 }

@@ -17,6 +17,7 @@ void *const ftp_cuda_host_helpers[] = {
 	(void *)ft_cuda_view_free, (void *)ft_cuda_view_lin_name, (void *)ft_rope_tables,
 	(void *)ft_rope_inv_freq, (void *)ft_rope_scale_tables, (void *)ft_infer_batch_plan,
 	(void *)ft_infer_batch_free, (void *)ft_infer_batch_commit, (void *)ft_infer_batch_prefill_maps,
+	(void *)ft_cuda_view_neftune,
 };
 
 static const ftp_cuda_api *api(void)
@@ -180,12 +181,26 @@ int ft_cuda_grads_group(ft_cuda_model *dm, int group, ft_cuda_grad_fn fn, void *
 
 int ft_cuda_grads_wait(ft_cuda_model *dm) { return BACKEND->grads_wait(dm); }
 
+int ft_cuda_zero_gather(ft_cuda_model *dm, ft_cuda_bcast_fn bcast, int (*group)(void *, int),
+			void *ctx)
+{
+	return BACKEND->zero_gather(dm, bcast, group, ctx);
+}
+
 int ft_cuda_attention_run(int device, const ft_cuda_attn_shape *s, const float *q,
 			  const float *k, const float *v, const float *dout, float *out,
 			  float *lse, float *dq, float *dk, float *dv)
 {
 	const ftp_cuda_api *a = api();   /* no model: the table may not be loaded yet */
 	return a ? a->attention_run(device, s, q, k, v, dout, out, lse, dq, dk, dv) : -1;
+}
+
+int ft_cuda_attention_run_as(int device, ft_cuda_precision p, const ft_cuda_attn_shape *s,
+			     const float *q, const float *k, const float *v, const float *dout,
+			     float *out, float *lse, float *dq, float *dk, float *dv)
+{
+	const ftp_cuda_api *a = api();
+	return a ? a->attention_run_as(device, p, s, q, k, v, dout, out, lse, dq, dk, dv) : -1;
 }
 
 /* ---- the preference stages ---- */
@@ -247,4 +262,15 @@ int ft_cuda_pref_step(ft_cuda_pref *p, const ft_cuda_adamw_opts *o, double lr,
 		      double max_grad_norm, double *grad_norm, int *skipped)
 {
 	return BACKEND->pref_step(p, o, lr, max_grad_norm, grad_norm, skipped);
+}
+
+int ft_cuda_eaft_entropy(ft_cuda_model *dm, int n, double *h)
+{
+	return BACKEND->eaft_entropy(dm, n, h);
+}
+
+int ft_cuda_asft(ft_cuda_model *dm, ft_cuda_model *ref, const ft_cuda_batch *b, int train,
+		 float grad_scale, double alpha, double *loss)
+{
+	return BACKEND->asft(dm, ref, b, train, grad_scale, alpha, loss);
 }

@@ -28,8 +28,12 @@ extern "C" {
  * 9: the gradient groups of the data-parallel overlap;
  * 10: ft_cuda_attn_shape has scale, softcap (Gemma);
  * 11: the fp16 loss scaler's state (checkpoints);
- * 12: GRPO's tempered log-probs and entropies (logps_options) */
-#define FTP_CUDA_ABI 12
+ * 12: ft_cuda_view.neftune_alpha, the SFT token losses (tokloss.cu, asft.cu);
+ * 13: ft_cuda_view carries DoRA's magnitudes and OFT's modules;
+ * 14: attention_run_as (the device attention alone in bf16/fp16);
+ * 15: ZeRO-1's gather (ft_cuda_opts.zero_ranks, zero_rank);
+ * 16: GRPO's tempered log-probs and entropies (logps_options) */
+#define FTP_CUDA_ABI 16
 
 typedef struct {
 	int abi;
@@ -90,7 +94,17 @@ typedef struct {
 	/* ABI 10: the fp16 loss scaler's state */
 	int (*scaler_get)(const ft_cuda_model *, double *, int64_t *);
 	int (*scaler_set)(ft_cuda_model *, double, int64_t);
-	/* ABI 12: GRPO's log-probs at a temperature, with entropies */
+	/* ABI 12: EAFT's entropies, the ASFT loss */
+	int (*eaft_entropy)(ft_cuda_model *, int, double *);
+	int (*asft)(ft_cuda_model *, ft_cuda_model *, const ft_cuda_batch *, int, float, double,
+		    double *);
+	/* ABI 14: the device attention alone in a given element type */
+	int (*attention_run_as)(int, ft_cuda_precision, const ft_cuda_attn_shape *, const float *,
+				const float *, const float *, const float *, float *, float *,
+				float *, float *, float *);
+	/* ABI 15: ZeRO-1's gather (ft_cuda_opts.zero_ranks, zero_rank) */
+	int (*zero_gather)(ft_cuda_model *, ft_cuda_bcast_fn, int (*)(void *, int), void *);
+	/* ABI 16: GRPO's log-probs at a temperature, with entropies */
 	int (*logps_options)(ft_cuda_pref *, float, float *);
 } ftp_cuda_api;
 

@@ -43,6 +43,7 @@ int ft_cublas_fail(cublasStatus_t s, const char *call, const char *fmt, ...)
 #endif
 
 #include "cuda/reduce.cuh"
+#include "cuda/act_kernels.cuh"
 
 /* ---- the device model ---- */
 
@@ -66,7 +67,16 @@ typedef struct {
 	int group;           /* its gradient group (ft_cuda_set_grads_ready) */
 } ft_dt;
 
-typedef struct { int on, r; float scale; ft_dt *A, *B; } ft_dlora;
+typedef struct {
+	int on, r;
+	float scale;
+	ft_dt *A, *B;
+	/* DoRA (dora.cu): the magnitude (NULL without), the row norms and
+	 * factors of the last forward, its pre-factor outputs [N, out] */
+	ft_dt *mag;
+	float *dnorm, *dscale, *pre;
+	int dora_ready;      /* decoding: the factors computed (once) */
+} ft_dlora;
 
 /* A fused projection (ft_cv_group: q|k|v or gate|up): the modules'
  * weights and then their LoRA A matrices, stacked by rows in one
@@ -79,9 +89,14 @@ typedef struct {
 	float *ga;           /* [c.tot - c.base, in] stacked LoRA A gradients, or NULL */
 } ft_dgroup;
 
+/* OFT on one module (oft.cu): r blocks of b, oft_R.weight, the rotation
+ * [r, b, b] of the last forward. */
+typedef struct { int on, r, b; ft_dt *R; float *rot; } ft_doft;
+
 typedef struct {
 	ft_dt *ln1, *ln2, *lin[FT_CV_NLIN], *bias[3];
 	ft_dlora lora[FT_CV_NLIN];
+	ft_doft oft[FT_CV_NLIN];
 	ft_dt *qn, *kn;      /* q_norm, k_norm (Qwen3); NULL when absent */
 	ft_dt *ln3, *ln4;    /* Gemma's pre_/post_feedforward_layernorm */
 	ft_dgroup grp[FT_CV_NGROUP];
@@ -92,7 +107,9 @@ typedef struct {
 } ft_dlayer;
 
 typedef struct {
-	float *ln1, *rstd1, *lse, *att, *xmid, *ln2, *rstd2;
+	void *ln1, *ln2;                  /* the normed inputs of q|k|v and gate|up,
+					     of ft_cu_act_type (half in bf16/fp16) */
+	float *rstd1, *lse, *att, *xmid, *rstd2;
 	float *qkv, *gu;                  /* fused outputs [N, grp.c.tot] with the
 					     LoRA hiddens of their modules */
 	float *lh[FT_CV_NLIN];            /* LoRA hiddens of o_proj, down_proj */
@@ -137,8 +154,13 @@ struct ft_cuda_model {
 	float *cos_l, *sin_l;          /* Gemma's sliding layers' RoPE tables */
 	float *norm_eff;               /* Gemma: 1 + weight of the norm in use */
 	int32_t *ids, *pos, *targets, *rows, *seg, *lens;   /* lens: [B] row lengths */
-	float *d_a, *d_b, *d_ln, *d_att, *dqkv, *dq, *dk, *hbuf, *dh,
+	void *hbuf;                    /* the MLP hidden [N, F], of ft_cu_act_type */
+	float *d_a, *d_b, *d_ln, *d_att, *dqkv, *dq, *dk, *dh,
 	      *tmp, *drop, *ddrop, *lhs, *head_x, *head_dx, *head_scratch;
+	float *dora_dy;                /* DoRA: a plain module's scaled dy (dora.cu) */
+	double *oft_scr;               /* OFT: the series' scratch, dL/dR (oft.cu) */
+	float *oft_drot;
+	float *oft_xf;                 /* OFT in bf16/fp16: a half input widened (oft.cu) */
 	double *row_loss;
 	uint16_t *hx, *hy, *hhead;     /* half casts of matmul operands */
 	float *att_di;                 /* [N, Hq] rowsum(O * dO) */
@@ -175,6 +197,9 @@ struct ft_cuda_model {
 	cudaStream_t comm;
 	cudaEvent_t *gev;
 	unsigned char *gev_set;
+	/* NEFTune (neftune.cu): the noise of a batch, device and host */
+	float *neft, *h_neft;
+	struct ft_cu_zero *zero;       /* ZeRO-1's slice (zero.cu); NULL: not sharded */
 };
 
 /* ---- gemm.cu: cuBLAS products, row-major like ft_sgemm ---- */
@@ -193,26 +218,40 @@ ft_mat ft_cu_weight(const ft_cuda_model *dm, const ft_dt *t);
  * half into buf. */
 int ft_cu_operand(ft_cuda_model *dm, ft_mat *out, const float *x, size_t n,
 		  uint16_t *buf, int half);
+/* The same for x already typed (an activation of ft_cu_act_type: the
+ * half modes' normed inputs are the operand as they are). */
+int ft_cu_operand_act(ft_cuda_model *dm, ft_mat *out, ft_mat x, size_t n, uint16_t *buf,
+		      int half);
+/* An activation buffer as an operand: p of ft_cu_act_type; or fp32. */
+static inline ft_mat ft_cu_act(const ft_cuda_model *dm, const void *p)
+{
+	ft_mat m = { p, dm->half };
+	return m;
+}
+static inline ft_mat ft_cu_f32(const float *p)
+{
+	ft_mat m = { p, 0 };
+	return m;
+}
 
 /* ---- ops.cu: element and row kernels (launchers on dm->stream) ---- */
-/* Row i of a row kernel (D elements) starts at (i / H) * ld + (i % H) * D:
- * H = 1, ld = D for a plain [N, D] array; the heads of a fused q|k|v
- * buffer otherwise (H heads of hd per token, token stride ld). */
-typedef struct { int H, ld; } ft_cu_rows;
-static inline ft_cu_rows ft_cu_rows_of(int D) { ft_cu_rows r = { 1, D }; return r; }
-static __host__ __device__ inline size_t ft_cu_row(ft_cu_rows r, size_t i, int D)
-{
-	return i / r.H * r.ld + i % r.H * D;
-}
 int ft_cu_embedding_forward(ft_cuda_model *dm, float *out, const int32_t *ids,
 			    const ft_dt *wte, int N, int D);
 int ft_cu_embedding_backward(ft_cuda_model *dm, float *dwte, const float *dout,
 			     const int32_t *ids, int N, int D);
 int ft_cu_rmsnorm_forward(ft_cuda_model *dm, float *out, float *rstd, const float *x,
 			  const float *w, int N, int D, float eps);
-/* The residual add fused into the norm after it: x_out = a + b, then
- * RMSNorm(x_out); the operations of ft_cu_add + ft_cu_rmsnorm_forward. */
-int ft_cu_add_rmsnorm_forward(ft_cuda_model *dm, float *x_out, float *out, float *rstd,
+/* The activation type of the normed layer inputs (ft_dacts.ln1, ln2):
+ * FT_ACT_F32 in the fp32 mode, the run's half type in bf16/fp16 (see
+ * docs/CUDA.md "Mixed precision" for what else stays fp32 and why). */
+int ft_cu_act_type(const ft_cuda_model *dm);
+/* ft_cu_rmsnorm_forward with out of that type (statistics fp32). */
+int ft_cu_rmsnorm_forward_act(ft_cuda_model *dm, void *out, float *rstd, const float *x,
+			      const float *w, int N, int D, float eps);
+/* The residual add fused into the norm after it: x_out = a + b (fp32),
+ * then RMSNorm(x_out) into out (of ft_cu_act_type); the operations of
+ * ft_cu_add + ft_cu_rmsnorm_forward_act. */
+int ft_cu_add_rmsnorm_forward(ft_cuda_model *dm, float *x_out, void *out, float *rstd,
 			      const float *a, const float *b, const float *w, int N, int D,
 			      float eps);
 int ft_cu_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float *dout,
@@ -229,9 +268,9 @@ int ft_cu_head_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const f
  * first dm->v.rd values of each (partial rotary) with [N, rd/2] tables. */
 int ft_cu_rope(ft_cuda_model *dm, float *x, int ld, const float *cos_t, const float *sin_t,
 	       int N, int H, int hd, float sign);
-/* h [N, F] from gate, up (rows of stride ld); the backward may write dg,
- * du over g, u (in place). */
-int ft_cu_swiglu_forward(ft_cuda_model *dm, float *h, const float *g, const float *u,
+/* h [N, F] (of ft_cu_act_type) from gate, up (rows of stride ld); the
+ * backward may write dg, du over g, u (in place). */
+int ft_cu_swiglu_forward(ft_cuda_model *dm, void *h, const float *g, const float *u,
 			 int ld, int N, int F);
 int ft_cu_swiglu_backward(ft_cuda_model *dm, float *dg, float *du, const float *dh,
 			  const float *g, const float *u, int ld, int N, int F);
@@ -241,7 +280,12 @@ int ft_cu_bias_forward(ft_cuda_model *dm, float *y, int ld, const float *b, int 
 int ft_cu_bias_backward(ft_cuda_model *dm, float *db, const float *dy, int ld, int N, int out);
 int ft_cu_dropout(ft_cuda_model *dm, float *out, const float *x, size_t n, float p,
 		  uint64_t seed);
+/* The same mask on x, fp32 or of ft_cu_act_type (out of x's type). */
+int ft_cu_dropout_act(ft_cuda_model *dm, void *out, ft_mat x, size_t n, float p,
+		      uint64_t seed);
 int ft_cu_cast_to_half(ft_cuda_model *dm, uint16_t *dst, const float *src, size_t n);
+/* dst = x as fp32 (x fp32 or of ft_cu_act_type; a copy when fp32) */
+int ft_cu_act_to_f32(ft_cuda_model *dm, float *dst, ft_mat x, size_t n);
 int ft_cu_gather_rows(ft_cuda_model *dm, float *dst, const float *src,
 		      const int32_t *rows, int n, int D);
 int ft_cu_scatter_rows(ft_cuda_model *dm, float *dst, const float *src,
@@ -289,6 +333,22 @@ void ft_cu_sample_peak(ft_cuda_model *dm);
  * without one.  ft_cu_comm_free releases the stream and events. */
 int ft_cu_grads_final(ft_cuda_model *dm, int group);
 void ft_cu_comm_free(ft_cuda_model *dm);
+/* ---- neftune.cu: NEFTune's noise added to x [B*T, D] (training) ---- */
+int ft_cu_neftune(ft_cuda_model *dm, float *x, int B, int T);
+void ft_cu_neftune_free(ft_cuda_model *dm);
+/* ---- zero.cu: ZeRO-1's slice of the AdamW state ----
+ * init (after the tensors exist) places each trainable tensor in the
+ * trainer's concatenation; layout carves the slice's moments (instead of
+ * layout_unit's) and points each tensor's m, v at its first owned
+ * element.  range: tensor k's owned elements [*a, *b) (all of it when not
+ * sharded); piece: the ft_dt AdamW steps for tensor k, t itself when not
+ * sharded, NULL when this rank owns none of it, else *s (its owned
+ * elements). */
+int ft_cu_zero_init(ft_cuda_model *dm);
+void ft_cu_zero_layout(ft_cuda_model *dm, ft_arena *a);
+void ft_cu_zero_range(const ft_cuda_model *dm, int k, size_t *a, size_t *b);
+ft_dt *ft_cu_zero_piece(ft_cuda_model *dm, int k, ft_dt *t, ft_dt *s);
+void ft_cu_zero_free(ft_cuda_model *dm);
 /* ---- layer.cu: one decoder layer (mirrors lib/model/model_fwd.c) ---- */
 int ft_cu_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in, float *x_out,
 			const ft_cuda_batch *b);
@@ -299,10 +359,9 @@ int ft_cu_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_i
 /* Whether layer l has a trainable tensor (the backward stops below it). */
 int ft_cu_layer_has_grad(const ft_cuda_model *dm, int l);
 /* lin_fwd, for infer.cu (dm->training 0) */
-int ft_cu_lin_forward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const float *x,
-		      int N);
+int ft_cu_lin_forward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, ft_mat x, int N);
 /* The fused projection grp of layer l on x into Y [N, grp.c.tot]. */
-int ft_cu_lin_forward_group(ft_cuda_model *dm, int l, int grp, float *Y, const float *x, int N);
+int ft_cu_lin_forward_group(ft_cuda_model *dm, int l, int grp, float *Y, ft_mat x, int N);
 /* Attention's inputs from ln1 (layer_forward's first half, for infer.cu
  * too): the q|k|v projection, q_norm/k_norm, RoPE; a->q, k, v bound. */
 int ft_cu_attn_inputs(ft_cuda_model *dm, int l, ft_dacts *a, int N);
@@ -314,17 +373,21 @@ int ft_cu_forward_body(ft_cuda_model *dm, const ft_cuda_batch *b);
  * sin_t (infer.cu too: one construction of the tables). */
 int ft_cu_rope_upload(ft_cuda_model *dm, int n, int maxpos);
 int ft_cu_backward_body(ft_cuda_model *dm, const ft_cuda_batch *b, int n);
+/* pref.cu: the rows of b with a label target into dm->rows / dm->targets
+ * (host copies h_rows / h_tg2), their final-norm rows into dm->head_x;
+ * *n_out their count (pref.cu, asft.cu). */
+int ft_cu_gather_targets(ft_cuda_model *dm, const ft_cuda_batch *b, int *n_out);
 
 /* ---- quant.cu: QLoRA's base linears ---- */
 /* Whether the dequantized tile is half (the working precision's operand
  * type) and its element size: the one place that decides. */
 int ft_cu_qscratch_half(const ft_cuda_model *dm);
 size_t ft_cu_qscratch_elem(const ft_cuda_model *dm);
-/* y (row stride ldy) = x W^T: x fp32 [N, in] and xo, x as the operand
- * (cast when the scratch is half); an 8-bit weight in eval runs LLM.int8()
- * on x. */
+/* y (row stride ldy) = x W^T: x [N, in] (fp32 or of ft_cu_act_type) and
+ * xo, x as the operand (cast when the scratch is half); an 8-bit weight
+ * in eval runs LLM.int8() on x. */
 int ft_cu_qlin_forward(ft_cuda_model *dm, const ft_cu_qweight *q, float *y, int ldy,
-		       const float *x, ft_mat xo, int N, const char *what);
+		       ft_mat x, ft_mat xo, int N, const char *what);
 /* dx [N, in] += dy W; dyo: dy as the operand, row stride lddy. */
 int ft_cu_qlin_backward(ft_cuda_model *dm, const ft_cu_qweight *q, float *dx, ft_mat dyo,
 			int lddy, int N, const char *what);
@@ -335,9 +398,9 @@ int ft_cu_qlin_backward(ft_cuda_model *dm, const ft_cu_qweight *q, float *dx, ft
  * attention backward from dm->d_att (dL/d att) down to dm->d_a += dL/dx_in
  * through ln1 (norm weight w1: the one the forward used). */
 int ft_cu_lin_backward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
-		       const float *dy, const float *x, int N);
+		       const float *dy, ft_mat x, int N);
 int ft_cu_lin_backward_group(ft_cuda_model *dm, int l, int grp, const float *Y, float *dY,
-			     float *dx, const float *x, int N);
+			     float *dx, ft_mat x, int N);
 ft_cu_attn ft_cu_attn_shape_of(const ft_cuda_model *dm, int l, const ft_cuda_batch *b);
 void ft_cu_layer_tables(const ft_cuda_model *dm, int l, const float **cs, const float **sn);
 int ft_cu_attn_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
@@ -346,6 +409,40 @@ int ft_cu_attn_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in
  * dm->norm_eff, valid until the next call (stream-ordered). */
 int ft_cu_norm_w(ft_cuda_model *dm, const ft_dt *t, int n, const float **w);
 
+/* ---- dora.cu: DoRA (mirrors lib/model/lora_dora.c) ---- */
+/* After module j's LoRA product: y (N rows of its outputs, stride ld)
+ * times mag / ||W + s B A|| around the bias, the pre-factor outputs kept
+ * for the backward; a no-op without DoRA (or its adapter off). */
+int ft_cu_dora_forward(ft_cuda_model *dm, int l, int j, float *y, int ld, int N);
+/* dyo (stride ldo; may be dy) = the factor times dy, mag's gradient
+ * accumulated. */
+int ft_cu_dora_backward(ft_cuda_model *dm, int l, int j, float *dyo, int ldo, const float *dy,
+			int ld, int N);
+/* lin_bwd's: *dy [N, out] -> the scaled copy in dm->dora_dy (no-op
+ * without DoRA). */
+int ft_cu_dora_lin_backward(ft_cuda_model *dm, int l, int j, const float **dy, int N);
+/* lin_bwd_group's: each DoRA module's columns of dY [N, c->tot] in place. */
+int ft_cu_dora_group_backward(ft_cuda_model *dm, int l, const ft_cv_group *c, float *dY, int N);
+/* The DoRA buffers in the memory plan (model.cu's layout). */
+void ft_cu_dora_layout(ft_cuda_model *dm, ft_arena *a, size_t N);
+
+/* ---- oft.cu: OFT (mirrors lib/model/model_oft.c) ---- */
+const ft_doft *ft_cu_oft_of(const ft_cuda_model *dm, int l, int j);
+/* Whether a member of fused group gi has OFT (the group then runs module
+ * by module). */
+int ft_cu_oft_group(const ft_cuda_model *dm, int l, int gi);
+/* lin_fwd's input: *x rotated (into dm->drop, fp32) when module j has
+ * OFT.  x: fp32 or of ft_cu_act_type. */
+int ft_cu_oft_input(ft_cuda_model *dm, int l, int j, ft_mat *x, int N);
+int ft_cu_oft_forward_group(ft_cuda_model *dm, int l, int gi, float *Y, ft_mat x, int N);
+/* lin_bwd / lin_bwd_group of OFT (frozen bases): dx += dL/dx (dx may be
+ * NULL), oft_R's gradients. */
+int ft_cu_oft_backward(ft_cuda_model *dm, int l, int j, float *dx, const float *dy,
+		       ft_mat x, int N);
+int ft_cu_oft_backward_group(ft_cuda_model *dm, int l, int gi, const float *dY, float *dx,
+			     ft_mat x, int N);
+void ft_cu_oft_layout(ft_cuda_model *dm, ft_arena *a);
+
 /* ---- gemma.cu: Gemma 2 / 3 (mirrors lib/model/model_gemma.c) ---- */
 int ft_cu_gemma_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
 			      float *x_out, const ft_cuda_batch *b);
@@ -353,7 +450,7 @@ int ft_cu_gemma_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const floa
 			       const ft_cuda_batch *b, int need_dx);
 /* x = cap * tanh(x / cap) on n values (the final logits) */
 int ft_cu_softcap(ft_cuda_model *dm, float *x, size_t n, float cap);
-int ft_cu_geglu_forward(ft_cuda_model *dm, float *h, const float *g, const float *u, int ld,
+int ft_cu_geglu_forward(ft_cuda_model *dm, void *h, const float *g, const float *u, int ld,
 			int N, int F);
 int ft_cu_geglu_backward(ft_cuda_model *dm, float *dg, float *du, const float *dh,
 			 const float *g, const float *u, int ld, int N, int F);

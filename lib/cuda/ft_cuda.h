@@ -45,6 +45,12 @@ typedef struct {
 	double loss_scale;       /* fp16 initial scale; 0 = 65536 */
 	int inference;           /* forward only (ft_cuda_infer_*): no gradients,
 				    AdamW state or masters, one activation set */
+	/* ZeRO-1 (lib/cuda/zero.cu): with zero_ranks > 1 this model keeps the
+	 * AdamW moments of slice zero_rank only (the trainable parameters in
+	 * ft_model_param order, laid end to end and split as
+	 * util/shard.h), steps that slice, and ft_cuda_zero_gather brings
+	 * the others' updated slices in; 0 or 1: every moment */
+	int zero_ranks, zero_rank;
 } ft_cuda_opts;
 
 /* Device bytes by purpose (the whole plan is one allocation). */
@@ -134,6 +140,19 @@ typedef void (*ft_cuda_ready_fn)(void *ctx, int group);
 void ft_cuda_set_grads_ready(ft_cuda_model *dm, ft_cuda_ready_fn fn, void *ctx);
 int ft_cuda_grads_group(ft_cuda_model *dm, int group, ft_cuda_grad_fn fn, void *ctx);
 int ft_cuda_grads_wait(ft_cuda_model *dm);
+/* ZeRO-1 (o.zero_ranks > 1): ft_cuda_step updates this rank's slice (the
+ * norm and clipping over every gradient, summed on every rank) and leaves
+ * the half working copies alone; then ft_cuda_zero_gather, between
+ * group(ctx, 1) and group(ctx, 0), calls bcast(ctx, w, n, root, stream)
+ * for each piece of fp32 weights that rank `root` updated, in the same
+ * order on every rank (root by root, the model's tensor order), on the
+ * model's stream, and after the group refreshes the half copies of the
+ * trainable weights from the gathered masters.  The caller waits for it
+ * (ft_cuda_sync).  Checkpoints: ft_cuda_adamw_get/set move this rank's
+ * part of each parameter's moments only. */
+typedef int (*ft_cuda_bcast_fn)(void *ctx, float *w, size_t n, int root, void *stream);
+int ft_cuda_zero_gather(ft_cuda_model *dm, ft_cuda_bcast_fn bcast,
+			int (*group)(void *ctx, int start), void *ctx);
 
 /* Peak device bytes allocated by ft (the allocator's high-water mark:
  * the planned allocation, cuBLAS's workspace inside it; not the CUDA
@@ -200,6 +219,13 @@ typedef struct {
 int ft_cuda_attention_run(int device, const ft_cuda_attn_shape *s, const float *q,
 			  const float *k, const float *v, const float *dout, float *out,
 			  float *lse, float *dq, float *dk, float *dv);
+/* The same with the element type p on the device (FT_CUDA_BF16 /
+ * FT_CUDA_F16: the tensor-core kernels): the host arrays stay fp32, the
+ * inputs are rounded to p on the way in (nearest even, the CPU's
+ * conversions) and the results widened on the way out; lse is fp32. */
+int ft_cuda_attention_run_as(int device, ft_cuda_precision p, const ft_cuda_attn_shape *s,
+			     const float *q, const float *k, const float *v, const float *dout,
+			     float *out, float *lse, float *dq, float *dk, float *dv);
 
 /* ---- the preference stages (lib/cuda/pref.cu mirrors lib/model/model_pref.c) ----
  * The operations of model/model_pref.h on a device model, for the
@@ -237,6 +263,17 @@ int ft_cuda_pref_zero_grad(ft_cuda_pref *p);
 int ft_cuda_logps_options(ft_cuda_pref *p, float temperature, float *entropy);
 int ft_cuda_pref_step(ft_cuda_pref *p, const ft_cuda_adamw_opts *o, double lr,
 		      double max_grad_norm, double *grad_norm, int *skipped);
+
+/* ---- the SFT token losses (lib/cuda/tokloss.cu; lib/model/model_tokloss.c) ----
+ * EAFT: h[0..n) the entropies of the softmax over the top 20 logits of
+ * the n label rows the last ft_cuda_logps_forward gathered. */
+int ft_cuda_eaft_entropy(ft_cuda_model *dm, int n, double *h);
+/* ASFT (lib/cuda/asft.cu; lib/model/model_asft.c): b's mean DFT loss plus
+ * alpha times its mean KL(ref || dm) over the label positions in *loss,
+ * ref a frozen device model of the same vocabulary; with train the
+ * gradients of that mean times grad_scale. */
+int ft_cuda_asft(ft_cuda_model *dm, ft_cuda_model *ref, const ft_cuda_batch *b, int train,
+		 float grad_scale, double alpha, double *loss);
 
 #ifdef __cplusplus
 }

@@ -115,6 +115,18 @@ int ft_cu_operand(ft_cuda_model *dm, ft_mat *out, const float *x, size_t n,
 	return 0;
 }
 
+int ft_cu_operand_act(ft_cuda_model *dm, ft_mat *out, ft_mat x, size_t n, uint16_t *buf,
+		      int half)
+{
+	if (x.half == half) {
+		*out = x;
+		return 0;
+	}
+	if (x.half)
+		return ft_fail("internal: a half activation as an fp32 operand");
+	return ft_cu_operand(dm, out, (const float *)x.p, n, buf, half);
+}
+
 int ft_cu_copy(ft_cuda_model *dm, void *dst, const void *src, size_t bytes,
 	       cudaMemcpyKind kind, const char *what)
 {

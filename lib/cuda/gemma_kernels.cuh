@@ -8,6 +8,7 @@
 #define FT_CUDA_GEMMA_KERNELS_CUH
 
 #include "model/kernels.h"
+#include "cuda/act_kernels.cuh"
 
 #define FT_GEMMA_TPB 256
 
@@ -17,12 +18,12 @@
 /* gate and up are rows of stride ld (the fused gate|up buffer), h and dh
  * [N, F]; element i is read and written by one thread only, so the
  * backward may write dg, du over g, u, as swiglu_backward_k (ops.cu). */
-static __global__ void geglu_forward_k(float *h, const float *g, const float *u, size_t ld,
-				       size_t N, int F)
+static __global__ void geglu_forward_k(void *h, int at, const float *g, const float *u,
+				       size_t ld, size_t N, int F)
 {
-	FT_GEMMA_FOR(i, N * F) {
+	FT_GEMMA_FOR(i, N * F) {   /* h of type at (act_kernels.cuh): down_proj's operand */
 		size_t e = i / F * ld + i % F;
-		h[i] = ft_k_geglu(g[e], u[e]);
+		ft_k_act_put(h, i, ft_k_geglu(g[e], u[e]), at);
 	}
 }
 

@@ -275,18 +275,20 @@ static int cached_attention(ft_cuda_infer *c, int l, float *out, const float *q,
 	return 0;
 }
 
-/* x += dm->tmp, through Gemma's post norm (weight t; a->ln2 and rstd2,
- * free at both points, as scratch) first, as post_norm in infer.c. */
+/* x += dm->tmp, through Gemma's post norm (weight t; rstd2 free at both
+ * points) first, as post_norm in infer.c.  The norm runs in place on
+ * dm->tmp (each element is read and then written by the same thread,
+ * after the row's sum): a->ln2 may be half, and this sum is the fp32
+ * residual stream. */
 static int residual(ft_cuda_model *dm, float *x, const ft_dt *t, ft_dacts *a, int n)
 {
 	const ft_cuda_view *v = &dm->v;
-	const float *y = dm->tmp, *w;
+	const float *w;
 	if (v->gemma) {
 		TRY(ft_cu_norm_w(dm, t, v->D, &w));
-		TRY(ft_cu_rmsnorm_forward(dm, a->ln2, a->rstd2, dm->tmp, w, n, v->D, v->eps));
-		y = a->ln2;
+		TRY(ft_cu_rmsnorm_forward(dm, dm->tmp, a->rstd2, dm->tmp, w, n, v->D, v->eps));
 	}
-	return ft_cu_add(dm, x, x, y, (size_t)n * v->D);
+	return ft_cu_add(dm, x, x, dm->tmp, (size_t)n * v->D);
 }
 
 /* One layer for n tokens whose positions and maps are uploaded, as
@@ -299,22 +301,22 @@ static int layer_step(ft_cuda_infer *c, int l, float *x, int n)
 	ft_dlayer *y = &dm->layers[l];
 	const float *w;
 	TRY(ft_cu_norm_w(dm, y->ln1, v->D, &w));
-	TRY(ft_cu_rmsnorm_forward(dm, a->ln1, a->rstd1, x, w, n, v->D, v->eps));
+	TRY(ft_cu_rmsnorm_forward_act(dm, a->ln1, a->rstd1, x, w, n, v->D, v->eps));
 	TRY(ft_cu_attn_inputs(dm, l, a, n));   /* q|k|v, q/k norms, RoPE */
 	TRY(kv_store(c, l, a, n));
 	TRY(cached_attention(c, l, a->att, a->q, a->ldq, n));
-	TRY(ft_cu_lin_forward(dm, l, 3, a, dm->tmp, a->att, n));
+	TRY(ft_cu_lin_forward(dm, l, 3, a, dm->tmp, ft_cu_f32(a->att), n));
 	TRY(residual(dm, x, y->ln2, a, n));
 	TRY(ft_cu_norm_w(dm, v->gemma ? y->ln3 : y->ln2, v->D, &w));
-	TRY(ft_cu_rmsnorm_forward(dm, a->ln2, a->rstd2, x, w, n, v->D, v->eps));
+	TRY(ft_cu_rmsnorm_forward_act(dm, a->ln2, a->rstd2, x, w, n, v->D, v->eps));
 	const ft_cv_group *gu = &y->grp[1].c;
-	TRY(ft_cu_lin_forward_group(dm, l, 1, a->gu, a->ln2, n));
+	TRY(ft_cu_lin_forward_group(dm, l, 1, a->gu, ft_cu_act(dm, a->ln2), n));
 	const float *g = a->gu + gu->off[0], *u = a->gu + gu->off[1];
 	if (v->gemma)
 		TRY(ft_cu_geglu_forward(dm, dm->hbuf, g, u, gu->tot, n, v->F));
 	else
 		TRY(ft_cu_swiglu_forward(dm, dm->hbuf, g, u, gu->tot, n, v->F));
-	TRY(ft_cu_lin_forward(dm, l, 6, a, dm->tmp, dm->hbuf, n));
+	TRY(ft_cu_lin_forward(dm, l, 6, a, dm->tmp, ft_cu_act(dm, dm->hbuf), n));
 	TRY(residual(dm, x, y->ln4, a, n));
 	return 0;
 }

@@ -30,14 +30,16 @@ static int dropping(const ft_cuda_model *dm)
 	return dm->training && dm->v.lora_dropout > 0;
 }
 
-static int lora_input(ft_cuda_model *dm, int l, int j, const float *x, size_t n,
-		      const float **xd)
+/* LoRA's input: x itself, or with dropout x's dropped copy in dm->drop,
+ * of x's type (a half layer input stays half: A's operand). */
+static int lora_input(ft_cuda_model *dm, int l, int j, ft_mat x, size_t n, ft_mat *xd)
 {
 	*xd = x;
 	if (!dropping(dm))
 		return 0;
-	TRY(ft_cu_dropout(dm, dm->drop, x, n, (float)dm->v.lora_dropout, drop_seed(dm, l, j)));
-	*xd = dm->drop;
+	TRY(ft_cu_dropout_act(dm, dm->drop, x, n, (float)dm->v.lora_dropout,
+			      drop_seed(dm, l, j)));
+	xd->p = dm->drop;
 	return 0;
 }
 
@@ -50,18 +52,23 @@ static ft_mat mat_at(ft_mat m, size_t off)
 
 static const char *group_name(int g) { return g ? "gate|up_proj" : "q|k|v_proj"; }
 
-static int lin_fwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const float *x,
-		   int N)
+/* y = x W^T (+ b) + scale (x A^T) B^T.  x: fp32 (the attention output)
+ * or of ft_cu_act_type (the MLP hidden).  A is in the base product's
+ * operand type (half with an fp32 master in the half modes), so without
+ * dropout its product reads the same operand xo; h and B stay fp32. */
+static int lin_fwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, ft_mat x, int N)
 {
 	ft_dlayer *d = &dm->layers[l];
 	int in = dm->v.lin_in[j], out = dm->v.lin_out[j];
+	size_t n = (size_t)N * in;
 	ft_mat xo;
+	TRY(ft_cu_oft_input(dm, l, j, &x, N));
 	if (d->quant) {
-		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, ft_cu_qscratch_half(dm)));
+		TRY(ft_cu_operand_act(dm, &xo, x, n, dm->hx, ft_cu_qscratch_half(dm)));
 		TRY(ft_cu_qlin_forward(dm, &d->q[j], y, out, x, xo, N, ft_cuda_view_lin_name(j)));
 	} else {
 		ft_mat w = ft_cu_weight(dm, d->lin[j]);
-		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, w.half));
+		TRY(ft_cu_operand_act(dm, &xo, x, n, dm->hx, w.half));
 		TRY(ft_cu_gemm(dm, 0, 1, N, out, in, 1, xo, in, w, in, 0, y, out,
 			       ft_cuda_view_lin_name(j)));
 	}
@@ -70,13 +77,16 @@ static int lin_fwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const
 	ft_dlora *lo = &d->lora[j];
 	if (!lo->on)
 		return 0;
-	const float *xd;
-	TRY(lora_input(dm, l, j, x, (size_t)N * in, &xd));
-	ft_mat xm = { xd, 0 }, A = { lo->A->w, 0 }, B = { lo->B->w, 0 }, h = { a->lh[j], 0 };
+	ft_mat A = ft_cu_weight(dm, lo->A), xm = xo, B = { lo->B->w, 0 }, h = { a->lh[j], 0 };
+	if (dropping(dm)) {
+		ft_mat xd;
+		TRY(lora_input(dm, l, j, x, n, &xd));
+		TRY(ft_cu_operand_act(dm, &xm, xd, n, dm->hx, A.half));
+	}
 	TRY(ft_cu_gemm(dm, 0, 1, N, lo->r, in, 1, xm, in, A, in, 0, a->lh[j], lo->r, "lora_A"));
 	TRY(ft_cu_gemm(dm, 0, 1, N, out, lo->r, lo->scale, h, lo->r, B, lo->r, 1, y, out,
 		       "lora_B"));
-	return 0;
+	return ft_cu_dora_forward(dm, l, j, y, out, N);
 }
 
 /* As lin_fwd_many (lib/model/model_fwd.c): the modules of group gi on the
@@ -92,19 +102,21 @@ static int lin_fwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const
  * fp32 scratch, twice its largest module's), while the tiles bound the
  * scratch and keep the GEMMs as wide; the fused buffer's layout, which
  * RoPE, attention and SwiGLU read, is the same either way. */
-static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, float *Y, const float *x, int N)
+static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, float *Y, ft_mat x, int N)
 {
 	ft_dlayer *d = &dm->layers[l];
 	const ft_dgroup *g = &d->grp[gi];
 	int in = g->c.in, tot = g->c.tot, drop = dropping(dm) || d->quant;
 	ft_mat xo;
+	if (ft_cu_oft_group(dm, l, gi))   /* each member on its own rotated input */
+		return ft_cu_oft_forward_group(dm, l, gi, Y, x, N);
 	if (d->quant) {
-		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, ft_cu_qscratch_half(dm)));
+		TRY(ft_cu_operand_act(dm, &xo, x, (size_t)N * in, dm->hx, ft_cu_qscratch_half(dm)));
 		for (int i = 0; i < g->c.n; i++)
 			TRY(ft_cu_qlin_forward(dm, &d->q[g->c.js[i]], Y + g->c.off[i], tot, x, xo, N,
 					       ft_cuda_view_lin_name(g->c.js[i])));
 	} else {
-		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, g->wf.half));
+		TRY(ft_cu_operand_act(dm, &xo, x, (size_t)N * in, dm->hx, g->wf.half));
 		TRY(ft_cu_gemm(dm, 0, 1, N, drop ? g->c.base : tot, in, 1, xo, in, g->wf, in, 0, Y,
 			       tot, group_name(gi)));
 	}
@@ -118,22 +130,22 @@ static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, float *Y, const float
 			continue;
 		if (drop && ft_cv_lora_owner(&g->c, i)) {   /* A as stacked (half in the
 							       half modes), its own input */
-			const float *xd;
-			ft_mat A = ft_cu_weight(dm, lo->A), xm;
+			ft_mat A = ft_cu_weight(dm, lo->A), xm, xd;
 			TRY(lora_input(dm, l, j, x, (size_t)N * in, &xd));
-			TRY(ft_cu_operand(dm, &xm, xd, (size_t)N * in, dm->hx, A.half));
+			TRY(ft_cu_operand_act(dm, &xm, xd, (size_t)N * in, dm->hx, A.half));
 			TRY(ft_cu_gemm(dm, 0, 1, N, lo->r, in, 1, xm, in, A, in, 0, h, tot,
 				       "lora_A"));
 		}
 		ft_mat hm = { h, 0 }, B = { lo->B->w, 0 };
 		TRY(ft_cu_gemm(dm, 0, 1, N, out, lo->r, lo->scale, hm, tot, B, lo->r, 1, y, tot,
 			       "lora_B"));
+		TRY(ft_cu_dora_forward(dm, l, j, y, tot, N));
 	}
 	return 0;
 }
 
 /* The base weight's part of lin_bwd: dx += dy W, dW += dy^T x. */
-static int base_bwd(ft_cuda_model *dm, ft_dt *W, float *dx, const float *dy, const float *x,
+static int base_bwd(ft_cuda_model *dm, ft_dt *W, float *dx, const float *dy, ft_mat x,
 		    int N, int in, int out, const char *nm)
 {
 	ft_mat w = ft_cu_weight(dm, W), dyo, xo;
@@ -142,7 +154,7 @@ static int base_bwd(ft_cuda_model *dm, ft_dt *W, float *dx, const float *dy, con
 	if (dx)
 		TRY(ft_cu_gemm(dm, 0, 0, N, in, out, 1, dyo, out, w, in, 1, dx, in, nm));
 	if (W->g) {
-		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, w.half));
+		TRY(ft_cu_operand_act(dm, &xo, x, (size_t)N * in, dm->hx, w.half));
 		TRY(ft_cu_gemm(dm, 1, 0, out, in, N, 1, dyo, out, xo, in, 1, W->g, in, nm));
 	}
 	return 0;
@@ -158,14 +170,19 @@ static int base_bwd_quant(ft_cuda_model *dm, const ft_cu_qweight *q, float *dx, 
 	return ft_cu_qlin_backward(dm, q, dx, dyo, q->out, N, nm);
 }
 
-/* dx += dy W (dx may be NULL); dW += dy^T x; db += sum dy; LoRA grads. */
+/* dx += dy W (dx may be NULL); dW += dy^T x; db += sum dy; LoRA grads.
+ * dL/dh is cast to A's operand type (into hy: dy's cast there is
+ * consumed by then) for A's gradient and dx, as the fused groups do. */
 static int lin_bwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
-		   const float *dy, const float *x, int N)
+		   const float *dy, ft_mat x, int N)
 {
 	ft_dlayer *d = &dm->layers[l];
 	int in = dm->v.lin_in[j], out = dm->v.lin_out[j];
 	const char *nm = ft_cuda_view_lin_name(j);
 	ft_dt *W = d->lin[j];
+	if (ft_cu_oft_of(dm, l, j))
+		return ft_cu_oft_backward(dm, l, j, dx, dy, x, N);
+	TRY(ft_cu_dora_lin_backward(dm, l, j, &dy, N));
 	if (d->quant)   /* frozen: the input gradient alone */
 		TRY(base_bwd_quant(dm, &d->q[j], dx, dy, N, nm));
 	else
@@ -176,25 +193,28 @@ static int lin_bwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
 	if (!lo->on)
 		return 0;
 	size_t n = (size_t)N * in;
-	const float *xd;
-	TRY(lora_input(dm, l, j, x, n, &xd));
-	int r = lo->r;
-	float *dxd = xd == x || !dx ? dx : dm->ddrop;
-	if (dxd && dxd == dm->ddrop)
+	int r = lo->r, drop = dropping(dm);
+	float *dxd = drop && dx ? dm->ddrop : dx;
+	if (dxd && drop)
 		TRY(ft_cu_zero(dm, dm->ddrop, n * sizeof(float)));
-	ft_mat dyf = { dy, 0 }, h = { a->lh[j], 0 }, B = { lo->B->w, 0 }, A = { lo->A->w, 0 };
-	ft_mat hs = { dm->lhs, 0 }, xm = { xd, 0 };
+	ft_mat dyf = { dy, 0 }, h = { a->lh[j], 0 }, B = { lo->B->w, 0 };
+	ft_mat A = ft_cu_weight(dm, lo->A), hs;
 	if (lo->B->g)
 		TRY(ft_cu_gemm(dm, 1, 0, out, r, N, lo->scale, dyf, out, h, r, 1, lo->B->g, r,
 			       "lora_B grad"));
 	TRY(ft_cu_gemm(dm, 0, 0, N, r, out, lo->scale, dyf, out, B, r, 0, dm->lhs, r,
 		       "lora dh"));
-	if (lo->A->g)
+	TRY(ft_cu_operand(dm, &hs, dm->lhs, (size_t)N * r, dm->hy, A.half));
+	if (lo->A->g) {
+		ft_mat xd, xm;
+		TRY(lora_input(dm, l, j, x, n, &xd));
+		TRY(ft_cu_operand_act(dm, &xm, xd, n, dm->hx, A.half));
 		TRY(ft_cu_gemm(dm, 1, 0, r, in, N, 1, hs, r, xm, in, 1, lo->A->g, in,
 			       "lora_A grad"));
+	}
 	if (dxd)
 		TRY(ft_cu_gemm(dm, 0, 0, N, in, r, 1, hs, r, A, in, 1, dxd, in, "lora dx"));
-	if (dxd && dxd == dm->ddrop) {
+	if (dxd && drop) {
 		TRY(ft_cu_dropout(dm, dm->ddrop, dm->ddrop, n, (float)dm->v.lora_dropout,
 				  drop_seed(dm, l, j)));
 		TRY(ft_cu_add(dm, dx, dx, dm->ddrop, n));
@@ -233,7 +253,7 @@ static int lora_bwd_group(ft_cuda_model *dm, int l, const ft_dgroup *g, const fl
  * gradient from its own (dropped) input, and its dx, through the dropout
  * mask when there is one; dyo is the group's (cast) dY. */
 static int lora_drop_bwd(ft_cuda_model *dm, int l, const ft_dgroup *g, ft_mat dyo,
-			 float *dx, const float *x, int N)
+			 float *dx, ft_mat x, int N)
 {
 	ft_dlayer *d = &dm->layers[l];
 	int in = g->c.in, tot = g->c.tot;
@@ -243,16 +263,15 @@ static int lora_drop_bwd(ft_cuda_model *dm, int l, const ft_dgroup *g, ft_mat dy
 		ft_dlora *lo = &d->lora[j];
 		if (!lo->on || !ft_cv_lora_owner(&g->c, i))
 			continue;
-		const float *xd;
-		ft_mat hs = mat_at(dyo, g->c.loff[i]), A = ft_cu_weight(dm, lo->A), xm;
+		ft_mat hs = mat_at(dyo, g->c.loff[i]), A = ft_cu_weight(dm, lo->A), xm, xd;
 		TRY(lora_input(dm, l, j, x, n, &xd));
-		TRY(ft_cu_operand(dm, &xm, xd, n, dm->hx, dyo.half));
+		TRY(ft_cu_operand_act(dm, &xm, xd, n, dm->hx, dyo.half));
 		if (lo->A->g)
 			TRY(ft_cu_gemm(dm, 1, 0, lo->r, in, N, 1, hs, tot, xm, in, 1, lo->A->g, in,
 				       "lora_A grad"));
 		if (!dx)
 			continue;
-		if (xd == x) {   /* no dropout */
+		if (!dropping(dm)) {
 			TRY(ft_cu_gemm(dm, 0, 0, N, in, lo->r, 1, hs, tot, A, in, 1, dx, in, "lora dx"));
 			continue;
 		}
@@ -310,11 +329,14 @@ static int group_has_grad(const ft_cuda_model *dm, int l, const ft_dgroup *g)
  * NULL) in one GEMM over the stacked weights, A rows included unless
  * dropout made the LoRA inputs differ. */
 static int lin_bwd_group(ft_cuda_model *dm, int l, int gi, const float *Y, float *dY,
-			 float *dx, const float *x, int N)
+			 float *dx, ft_mat x, int N)
 {
 	ft_dlayer *d = &dm->layers[l];
 	const ft_dgroup *g = &d->grp[gi];
 	int in = g->c.in, tot = g->c.tot, drop = dropping(dm);
+	if (ft_cu_oft_group(dm, l, gi))
+		return ft_cu_oft_backward_group(dm, l, gi, dY, dx, x, N);
+	TRY(ft_cu_dora_group_backward(dm, l, &g->c, dY, N));
 	for (int i = 0; i < g->c.n; i++) {
 		int j = g->c.js[i];
 		if (j < 3 && d->bias[j] && d->bias[j]->g)
@@ -336,7 +358,7 @@ static int lin_bwd_group(ft_cuda_model *dm, int l, int gi, const float *Y, float
 		TRY(ft_cu_gemm(dm, 0, 0, N, in, drop ? g->c.base : tot, 1, dyo, tot, g->wf, in, 1,
 			       dx, in, group_name(gi)));
 	if (group_has_grad(dm, l, g)) {
-		TRY(ft_cu_operand(dm, &xo, x, (size_t)N * in, dm->hx, half));
+		TRY(ft_cu_operand_act(dm, &xo, x, (size_t)N * in, dm->hx, half));
 		TRY(grads_group(dm, l, g, dyo, xo, N, !drop));
 	}
 	if (drop)
@@ -417,7 +439,7 @@ int ft_cu_attn_inputs(ft_cuda_model *dm, int l, ft_dacts *a, int N)
 {
 	const ft_cuda_view *c = &dm->v;
 	ft_dlayer *y = &dm->layers[l];
-	TRY(lin_fwd_group(dm, l, 0, a->qkv, a->ln1, N));
+	TRY(lin_fwd_group(dm, l, 0, a->qkv, ft_cu_act(dm, a->ln1), N));
 	bind_qkv(dm, l, a);
 	if (c->qk_norm)
 		TRY(qk_norm_forward(dm, y, a, N));
@@ -437,18 +459,18 @@ int ft_cu_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in
 	int N = b->B * b->T, D = c->D;
 	ft_dlayer *y = &dm->layers[l];
 	ft_cu_attn s = ft_cu_attn_shape_of(dm, l, b);
-	TRY(ft_cu_rmsnorm_forward(dm, a->ln1, a->rstd1, x_in, y->ln1->w, N, D, c->eps));
+	TRY(ft_cu_rmsnorm_forward_act(dm, a->ln1, a->rstd1, x_in, y->ln1->w, N, D, c->eps));
 	TRY(ft_cu_attn_inputs(dm, l, a, N));
 	ft_cu_attn_ld ld = { a->ldq, a->ldk, a->ldv, 0, 0, 0 };
 	TRY(ft_cu_attention_forward(dm, a->att, a->lse, a->q, a->k, a->v, &s, &ld));
-	TRY(lin_fwd(dm, l, 3, a, dm->tmp, a->att, N));
+	TRY(lin_fwd(dm, l, 3, a, dm->tmp, ft_cu_f32(a->att), N));
 	TRY(ft_cu_add_rmsnorm_forward(dm, a->xmid, a->ln2, a->rstd2, x_in, dm->tmp, y->ln2->w,
 				      N, D, c->eps));
 	const ft_cv_group *gu = &y->grp[1].c;
-	TRY(lin_fwd_group(dm, l, 1, a->gu, a->ln2, N));
+	TRY(lin_fwd_group(dm, l, 1, a->gu, ft_cu_act(dm, a->ln2), N));
 	TRY(ft_cu_swiglu_forward(dm, dm->hbuf, a->gu + gu->off[0], a->gu + gu->off[1], gu->tot, N,
 				 c->F));
-	TRY(lin_fwd(dm, l, 6, a, dm->tmp, dm->hbuf, N));
+	TRY(lin_fwd(dm, l, 6, a, dm->tmp, ft_cu_act(dm, dm->hbuf), N));
 	TRY(ft_cu_add(dm, x_out, a->xmid, dm->tmp, (size_t)N * D));
 	return 0;
 }
@@ -465,10 +487,10 @@ static int mlp_backward(ft_cuda_model *dm, int l, ft_dacts *a, int N)
 	size_t nF = (size_t)N * c->F;
 	TRY(ft_cu_swiglu_forward(dm, dm->hbuf, g, u, gu->tot, N, c->F));
 	TRY(ft_cu_zero(dm, dm->dh, nF * sizeof(float)));
-	TRY(lin_bwd(dm, l, 6, a, dm->dh, dm->d_a, dm->hbuf, N));
+	TRY(lin_bwd(dm, l, 6, a, dm->dh, dm->d_a, ft_cu_act(dm, dm->hbuf), N));
 	TRY(ft_cu_swiglu_backward(dm, g, u, dm->dh, g, u, gu->tot, N, c->F));
 	TRY(ft_cu_zero(dm, dm->d_ln, (size_t)N * c->D * sizeof(float)));
-	TRY(lin_bwd_group(dm, l, 1, a->gu, a->gu, dm->d_ln, a->ln2, N));
+	TRY(lin_bwd_group(dm, l, 1, a->gu, a->gu, dm->d_ln, ft_cu_act(dm, a->ln2), N));
 	return ft_cu_rmsnorm_backward(dm, dm->d_a, y->ln2->g, dm->d_ln, a->xmid, y->ln2->w,
 				      a->rstd2, N, c->D);
 }
@@ -505,7 +527,7 @@ int ft_cu_attn_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in
 	float *dln = need_dx || y->ln1->g ? dm->d_ln : NULL;
 	if (dln)
 		TRY(ft_cu_zero(dm, dln, (size_t)N * D * sizeof(float)));
-	TRY(lin_bwd_group(dm, l, 0, a->qkv, dY, dln, a->ln1, N));
+	TRY(lin_bwd_group(dm, l, 0, a->qkv, dY, dln, ft_cu_act(dm, a->ln1), N));
 	const float *w1;
 	TRY(ft_cu_norm_w(dm, y->ln1, D, &w1));
 	if (dln)
@@ -525,7 +547,7 @@ int ft_cu_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_i
 	size_t nq = (size_t)N * c->Hq * c->hd;
 	TRY(mlp_backward(dm, l, a, N));
 	TRY(ft_cu_zero(dm, dm->d_att, nq * sizeof(float)));
-	TRY(lin_bwd(dm, l, 3, a, dm->d_att, dm->d_a, a->att, N));
+	TRY(lin_bwd(dm, l, 3, a, dm->d_att, dm->d_a, ft_cu_f32(a->att), N));
 	return ft_cu_attn_backward(dm, l, a, x_in, b, need_dx);
 }
 
@@ -536,32 +558,32 @@ int ft_cu_layer_has_grad(const ft_cuda_model *dm, int l)
 	    (y->ln3 && y->ln3->g) || (y->ln4 && y->ln4->g))
 		return 1;
 	for (int j = 0; j < FT_CV_NLIN; j++)
-		if ((y->lin[j] && y->lin[j]->g) || y->lora[j].on || (j < 3 && y->bias[j] && y->bias[j]->g))
+		if ((y->lin[j] && y->lin[j]->g) || y->lora[j].on || y->oft[j].on ||
+		    (j < 3 && y->bias[j] && y->bias[j]->g))
 			return 1;
 	return 0;
 }
 
 /* For lib/cuda/infer.cu (KV-cache decoding): one linear module with its
  * LoRA branch (a->lh[j] its hidden), and one fused projection. */
-int ft_cu_lin_forward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, const float *x,
-		      int N)
+int ft_cu_lin_forward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, ft_mat x, int N)
 {
 	return lin_fwd(dm, l, j, a, y, x, N);
 }
 
-int ft_cu_lin_forward_group(ft_cuda_model *dm, int l, int grp, float *Y, const float *x, int N)
+int ft_cu_lin_forward_group(ft_cuda_model *dm, int l, int grp, float *Y, ft_mat x, int N)
 {
 	return lin_fwd_group(dm, l, grp, Y, x, N);
 }
 
 int ft_cu_lin_backward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
-		       const float *dy, const float *x, int N)
+		       const float *dy, ft_mat x, int N)
 {
 	return lin_bwd(dm, l, j, a, dx, dy, x, N);
 }
 
 int ft_cu_lin_backward_group(ft_cuda_model *dm, int l, int grp, const float *Y, float *dY,
-			     float *dx, const float *x, int N)
+			     float *dx, ft_mat x, int N)
 {
 	return lin_bwd_group(dm, l, grp, Y, dY, dx, x, N);
 }

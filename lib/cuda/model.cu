@@ -63,6 +63,10 @@ static void end_unit(ft_cuda_model *dm, int first)
 		dm->tens[first].unit = dm->ntens - first;
 }
 
+/* a_matrix: A in half (with an fp32 master when trainable) in the half
+ * modes, every module's: its product reads its base product's half
+ * operand (a fused group's stacked rows, o_proj's cast input, down_proj's
+ * half hidden).  B stays fp32 (its input is the fp32 hidden h). */
 static void lora_tensors(ft_cuda_model *dm, int l, int j, int a_matrix, int want_a, int want_b)
 {
 	const ft_cv_lora *lo = &dm->v.layers[l].lora[j];
@@ -77,6 +81,9 @@ static void lora_tensors(ft_cuda_model *dm, int l, int j, int a_matrix, int want
 		d->A = tensor(dm, lo->A.w, lo->A.g, (size_t)lo->r * in, a_matrix);
 	if (want_b)
 		d->B = tensor(dm, lo->B.w, lo->B.g, out * lo->r, 0);
+	const ft_cv_wg *mag = dm->v.dora_mag ? &dm->v.dora_mag[l * FT_CV_NLIN + j] : NULL;
+	if (want_b && mag)   /* DoRA's magnitude: a vector beside B (dora.cu) */
+		d->mag = tensor(dm, mag->w, mag->g, out, 0);
 }
 
 static ft_dt *lin_tensor(ft_cuda_model *dm, int l, int j)
@@ -116,7 +123,7 @@ static void group_tensors(ft_cuda_model *dm, int l, int gi)
 static void build_tensors(ft_cuda_model *dm)
 {
 	ft_cuda_view *v = &dm->v;
-	int cap = 3 + v->L * (4 + FT_CV_NLIN * 3 + 3 + 2);
+	int cap = 3 + v->L * (4 + FT_CV_NLIN * 5 + 3 + 2);
 	dm->tens = (ft_dt *)ft_xcalloc(cap, sizeof *dm->tens);
 	dm->layers = (ft_dlayer *)ft_xcalloc(v->L ? v->L : 1, sizeof *dm->layers);
 	size_t VD = (size_t)v->V * v->D;
@@ -141,10 +148,18 @@ static void build_tensors(ft_cuda_model *dm)
 		d->ln4 = tensor(dm, y->ln4.w, y->ln4.g, v->D, 0);
 		group_tensors(dm, l, 0);
 		d->lin[3] = lin_tensor(dm, l, 3);
-		lora_tensors(dm, l, 3, 0, 1, 1);
+		lora_tensors(dm, l, 3, 1, 1, 1);
 		group_tensors(dm, l, 1);
 		d->lin[6] = lin_tensor(dm, l, 6);
-		lora_tensors(dm, l, 6, 0, 1, 1);
+		lora_tensors(dm, l, 6, 1, 1, 1);
+		for (int j = 0; v->oft && j < FT_CV_NLIN; j++) {   /* oft.cu */
+			const ft_cv_oft *o = &v->oft[l * FT_CV_NLIN + j];
+			ft_doft *x = &d->oft[j];
+			if (!o->on)
+				continue;
+			x->on = 1, x->r = o->r, x->b = o->b;
+			x->R = tensor(dm, o->R.w, o->R.g, (size_t)o->r * o->b * (o->b - 1) / 2, 0);
+		}
 		d->quant = v->qw != NULL;
 		for (int j = 0; d->quant && j < FT_CV_NLIN; j++) {
 			const ft_cv_qweight *h = &v->qw[(size_t)l * FT_CV_NLIN + j];
@@ -229,13 +244,16 @@ static void layout_acts(ft_cuda_model *dm, ft_arena *a, ft_dacts *x, size_t N, s
 {
 	const ft_cuda_view *v = &dm->v;
 	size_t D = v->D, qd = (size_t)v->Hq * v->hd, kd = (size_t)v->Hk * v->hd;
-	x->ln1 = TAKE(a, N * D, float, A_ACTS);
+	/* the normed layer inputs in the activation type (ft_cu_act_type):
+	 * 2 bytes in the half modes */
+	size_t es = dm->half ? 2 : 4;
+	x->ln1 = ft_arena_take(a, N * D * es, A_ACTS);
 	x->rstd1 = TAKE(a, N, float, A_ACTS);
 	x->qkv = TAKE(a, N * group_width(dm, 0), float, A_ACTS);
 	x->lse = TAKE(a, N * v->Hq, float, A_ACTS);
 	x->att = TAKE(a, N * qd, float, A_ACTS);
 	x->xmid = TAKE(a, N * D, float, A_ACTS);
-	x->ln2 = TAKE(a, N * D, float, A_ACTS);
+	x->ln2 = ft_arena_take(a, N * D * es, A_ACTS);
 	x->rstd2 = TAKE(a, N, float, A_ACTS);
 	x->gu = TAKE(a, N * group_width(dm, 1), float, A_ACTS);
 	/* the other modules' LoRA hiddens are columns of qkv and gu */
@@ -271,8 +289,9 @@ static void layout_unit(ft_cuda_model *dm, ft_arena *a, ft_dt *t, int n)
 	uint16_t *h = nh ? TAKE(a, nh, uint16_t, A_WEIGHTS) : NULL;
 	float *w = nw ? TAKE(a, nw, float, half ? A_MASTER : A_WEIGHTS) : NULL;
 	float *g = ng ? TAKE(a, ng, float, A_GRADS) : NULL;
-	float *m = ng ? TAKE(a, ng, float, A_OPTIM) : NULL;
-	float *v = ng ? TAKE(a, ng, float, A_OPTIM) : NULL;
+	/* ZeRO-1: the slice's moments instead (ft_cu_zero_layout) */
+	float *m = ng && !dm->zero ? TAKE(a, ng, float, A_OPTIM) : NULL;
+	float *v = ng && !dm->zero ? TAKE(a, ng, float, A_OPTIM) : NULL;
 	for (int i = 0; i < n; i++) {
 		ft_dt *x = &t[i];
 		int train = x->hg && !dm->o.inference;
@@ -283,7 +302,9 @@ static void layout_unit(ft_cuda_model *dm, ft_arena *a, ft_dt *t, int n)
 		w += !half || train ? x->n : 0;
 		if (train) {
 			x->g = g, x->m = m, x->v = v;
-			g += x->n, m += x->n, v += x->n;
+			g += x->n;
+			if (m)
+				m += x->n, v += x->n;
 		}
 	}
 }
@@ -348,6 +369,8 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 		n = dm->tens[i].unit > 1 ? dm->tens[i].unit : 1;
 		layout_unit(dm, a, &dm->tens[i], n);
 	}
+	if (dm->zero)
+		ft_cu_zero_layout(dm, a);
 	size_t N = dm->o.max_tokens, D = v->D, F = v->F, L = v->L;
 	size_t qd = (size_t)v->Hq * v->hd, kd = (size_t)v->Hk * v->hd, mi = max_in(v);
 	size_t r = lora_rank(dm), V = v->V;
@@ -356,6 +379,8 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	dm->n_acts = v->gradient_checkpointing || dm->o.inference ? 1 : (int)L;
 	for (int i = 0; i < dm->n_acts; i++)
 		layout_acts(dm, a, &dm->acts[i], N, r);
+	ft_cu_dora_layout(dm, a, N);
+	ft_cu_oft_layout(dm, a);
 	/* inference keeps only a layer's input and output (lib/cuda/infer.cu) */
 	dm->xs = TAKE(a, (dm->o.inference ? 2 : L + 1) * N * D, float, A_ACTS);
 	dm->lnf = TAKE(a, N * D, float, A_ACTS);
@@ -384,11 +409,12 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	dm->dqkv = TAKE(a, Nb * wq, float, A_SCRATCH);
 	dm->dq = TAKE(a, v->qk_norm ? Nb * qd : 0, float, A_SCRATCH);
 	dm->dk = TAKE(a, v->qk_norm ? Nb * kd : 0, float, A_SCRATCH);
-	dm->hbuf = TAKE(a, N * F, float, A_SCRATCH);
+	dm->hbuf = ft_arena_take(a, N * F * (dm->half ? 2 : 4), A_SCRATCH);   /* ft_cu_act_type */
 	dm->dh = TAKE(a, Nb * F, float, A_SCRATCH);
 	dm->tmp = TAKE(a, N * (mi > D ? mi : D), float, A_SCRATCH);
 	dm->drop = TAKE(a, Nb * mi, float, A_SCRATCH);
 	dm->ddrop = TAKE(a, Nb * mi, float, A_SCRATCH);
+	dm->oft_xf = TAKE(a, dm->half && v->oft ? Nb * mi : 0, float, A_SCRATCH);
 	dm->lhs = TAKE(a, Nb * (r ? r : 1), float, A_SCRATCH);
 	size_t chunk = HEAD_BUDGET / V;
 	if (chunk < 1) chunk = 1;
@@ -450,6 +476,12 @@ static ft_cuda_model *skeleton(const ft_cuda_view *v, const ft_cuda_opts *o)
 						     : 1;
 	build_tensors(dm);
 	dm->acts = (ft_dacts *)ft_xcalloc(v->L ? v->L : 1, sizeof *dm->acts);
+	if (o->zero_ranks > 1 && !o->inference && ft_cu_zero_init(dm) < 0) {
+		ft_cu_zero_free(dm);
+		free(dm->tens); free(dm->layers); free(dm->acts);
+		free(dm);
+		return NULL;
+	}
 	ft_arena a = { 0, 0, { 0 } };
 	layout(dm, &a);
 	plan_of(&a, &dm->plan);
@@ -458,6 +490,7 @@ static ft_cuda_model *skeleton(const ft_cuda_view *v, const ft_cuda_opts *o)
 
 static void free_host(ft_cuda_model *dm)
 {
+	ft_cu_zero_free(dm);
 	free(dm->tens); free(dm->layers); free(dm->acts);
 	if (dm->staging)
 		cudaFreeHost(dm->staging);
@@ -665,6 +698,7 @@ void ft_cuda_model_free(ft_cuda_model *dm)
 		cudaStreamDestroy(dm->stream);
 	if (dm->mem)
 		cudaFree(dm->mem);
+	ft_cu_neftune_free(dm);
 	ft_cuda_view_free(&dm->v);
 	free_host(dm);
 	free(dm);

@@ -63,30 +63,34 @@ int ft_cu_embedding_backward(ft_cuda_model *dm, float *dwte, const float *dout,
 
 /* ---- RMSNorm: one block per row ---- */
 
-static __global__ void rmsnorm_forward_k(float *out, float *rstd, const float *x,
-					 ft_cu_rows xl, const float *w, int D, float eps)
+static int rmsnorm_forward(ft_cuda_model *dm, void *out, int at, float *rstd, const float *x,
+			   const float *w, int N, int D, float eps)
 {
-	__shared__ float sh[TPB];
-	const float *xr = x + ft_cu_row(xl, blockIdx.x, D);
-	float *o = out + (size_t)blockIdx.x * D;
-	float ss = 0;
-	for (int d = threadIdx.x; d < D; d += blockDim.x)
-		ss += xr[d] * xr[d];
-	float r = ft_k_rmsnorm_rstd(ft_cu_block_sum(ss, sh), D, eps);
-	if (threadIdx.x == 0)
-		rstd[blockIdx.x] = r;
-	for (int d = threadIdx.x; d < D; d += blockDim.x)
-		o[d] = ft_k_rmsnorm_out(xr[d], w[d], r);
+	if (N <= 0)
+		return 0;
+	FT_LAUNCH(rmsnorm_forward_k, N, FT_NORM_TPB, 0, dm->stream)(out, at, rstd, x,
+								    ft_cu_rows_of(D), w, D, eps);
+	LAUNCHED("rmsnorm_forward", "N=%d D=%d %s", N, D, at ? "half out" : "");
+	return 0;
 }
 
 int ft_cu_rmsnorm_forward(ft_cuda_model *dm, float *out, float *rstd, const float *x,
 			  const float *w, int N, int D, float eps)
 {
-	if (N <= 0)
-		return 0;
-	FT_LAUNCH(rmsnorm_forward_k, N, TPB, 0, dm->stream)(out, rstd, x, ft_cu_rows_of(D), w, D, eps);
-	LAUNCHED("rmsnorm_forward", "N=%d D=%d", N, D);
-	return 0;
+	return rmsnorm_forward(dm, out, FT_ACT_F32, rstd, x, w, N, D, eps);
+}
+
+int ft_cu_rmsnorm_forward_act(ft_cuda_model *dm, void *out, float *rstd, const float *x,
+			      const float *w, int N, int D, float eps)
+{
+	return rmsnorm_forward(dm, out, ft_cu_act_type(dm), rstd, x, w, N, D, eps);
+}
+
+int ft_cu_act_type(const ft_cuda_model *dm)
+{
+	if (!dm->half)
+		return FT_ACT_F32;
+	return dm->o.precision == FT_CUDA_BF16 ? FT_ACT_BF16 : FT_ACT_F16;
 }
 
 /* Qwen3's q_norm / k_norm: the N*H heads of x (row stride ld) normalised
@@ -97,7 +101,8 @@ int ft_cu_head_rmsnorm_forward(ft_cuda_model *dm, float *out, float *rstd, const
 	if (N <= 0)
 		return 0;
 	ft_cu_rows xl = { H, ld };
-	FT_LAUNCH(rmsnorm_forward_k, N * H, TPB, 0, dm->stream)(out, rstd, x, xl, w, hd, eps);
+	FT_LAUNCH(rmsnorm_forward_k, N * H, FT_NORM_TPB, 0, dm->stream)(out, FT_ACT_F32, rstd, x, xl,
+									 w, hd, eps);
 	LAUNCHED("head_rmsnorm_forward", "N=%d H=%d hd=%d ld=%d", N, H, hd, ld);
 	return 0;
 }
@@ -168,14 +173,14 @@ static __global__ void col_finish_k(float *out, const float *part, int D)
 static dim3 col_grid(int D) { return dim3((D + COL_TPB - 1) / COL_TPB, FT_COLSUM_CHUNKS); }
 
 /* x_out = a + b and out = RMSNorm(x_out) in one pass (norm_kernels.cuh). */
-int ft_cu_add_rmsnorm_forward(ft_cuda_model *dm, float *x_out, float *out, float *rstd,
+int ft_cu_add_rmsnorm_forward(ft_cuda_model *dm, float *x_out, void *out, float *rstd,
 			      const float *a, const float *b, const float *w, int N, int D,
 			      float eps)
 {
 	if (N <= 0)
 		return 0;
-	FT_LAUNCH(add_rmsnorm_forward_k, N, FT_NORM_TPB, 0, dm->stream)(x_out, out, rstd, a, b, w, D,
-								  eps);
+	FT_LAUNCH(add_rmsnorm_forward_k, N, FT_NORM_TPB, 0, dm->stream)(x_out, out, ft_cu_act_type(dm),
+									rstd, a, b, w, D, eps);
 	LAUNCHED("add_rmsnorm_forward", "N=%d D=%d", N, D);
 	return 0;
 }
@@ -246,14 +251,6 @@ int ft_cu_rope(ft_cuda_model *dm, float *x, int ld, const float *cos_t, const fl
  * are [N, F].  Element i is read and written by one thread only, so the
  * backward may write dg, du over g, u (in place: the layer's backward
  * turns its gate|up activations into their gradients). */
-static __global__ void swiglu_forward_k(float *h, const float *g, const float *u, size_t ld,
-					size_t N, int F)
-{
-	FOR_N(i, N * F) {
-		size_t e = i / F * ld + i % F;
-		h[i] = ft_k_swiglu(g[e], u[e]);
-	}
-}
 
 static __global__ void swiglu_backward_k(float *dg, float *du, const float *dh,
 					 const float *g, const float *u, size_t ld, size_t N,
@@ -266,11 +263,12 @@ static __global__ void swiglu_backward_k(float *dg, float *du, const float *dh,
 	}
 }
 
-int ft_cu_swiglu_forward(ft_cuda_model *dm, float *h, const float *g, const float *u,
+int ft_cu_swiglu_forward(ft_cuda_model *dm, void *h, const float *g, const float *u,
 			 int ld, int N, int F)
 {
 	size_t n = (size_t)N * F;
-	FT_LAUNCH(swiglu_forward_k, nblk(n), TPB, 0, dm->stream)(h, g, u, ld, N, F);
+	FT_LAUNCH(swiglu_forward_k, nblk(n), TPB, 0, dm->stream)(h, ft_cu_act_type(dm), g, u, ld, N,
+								 F);
 	LAUNCHED("swiglu_forward", "N=%d F=%d ld=%d", N, F, ld);
 	return 0;
 }
@@ -348,7 +346,26 @@ int ft_cu_dropout(ft_cuda_model *dm, float *out, const float *x, size_t n, float
 	return 0;
 }
 
+/* dropout of an activation stored as the model's activation type */
+int ft_cu_dropout_act(ft_cuda_model *dm, void *out, ft_mat x, size_t n, float p,
+		      uint64_t seed)
+{
+	int at = x.half ? ft_cu_act_type(dm) : FT_ACT_F32;
+	if (p <= 0) {
+		if (out != x.p)
+			CU(cudaMemcpyAsync(out, x.p, n * (at ? 2 : 4), cudaMemcpyDeviceToDevice,
+					   dm->stream), "n=%zu", n);
+		return 0;
+	}
+	FT_LAUNCH(dropout_act_k, nblk(n), TPB, 0, dm->stream)(out, x.p, at, n,
+							      ft_k_dropout_prepare(p), seed);
+	LAUNCHED("dropout", "n=%zu p=%g, activation type %d", n, p, at);
+	return 0;
+}
+
 /* ---- casts, row moves, zero ---- */
+
+
 
 static __global__ void cast_half_k(uint16_t *dst, const float *src, size_t n, int bf16)
 {
@@ -361,6 +378,24 @@ int ft_cu_cast_to_half(ft_cuda_model *dm, uint16_t *dst, const float *src, size_
 	FT_LAUNCH(cast_half_k, nblk(n), TPB, 0, dm->stream)(dst, src, n,
 						     dm->o.precision == FT_CUDA_BF16);
 	LAUNCHED("cast_to_half", "n=%zu", n);
+	return 0;
+}
+
+static __global__ void act_to_f32_k(float *dst, const void *x, int at, size_t n)
+{
+	FOR_N(i, n)
+		dst[i] = ft_k_act_get(x, i, at);
+}
+
+int ft_cu_act_to_f32(ft_cuda_model *dm, float *dst, ft_mat x, size_t n)
+{
+	if (!x.half) {
+		CU(cudaMemcpyAsync(dst, x.p, n * sizeof(float), cudaMemcpyDeviceToDevice,
+				   dm->stream), "n=%zu", n);
+		return 0;
+	}
+	FT_LAUNCH(act_to_f32_k, nblk(n), TPB, 0, dm->stream)(dst, x.p, ft_cu_act_type(dm), n);
+	LAUNCHED("act_to_f32", "n=%zu", n);
 	return 0;
 }
 
@@ -419,8 +454,8 @@ int ft_cu_adamw(ft_cuda_model *dm, ft_dt *t, const ft_k_adamw *k)
 	return 0;
 }
 
-/* Sum of squares in double: block b writes partial out[b] (grid fixed
- * at FT_SUMSQ_BLOCKS), the host adds them in order: deterministic. */
+/* Sum of squares in double: block b writes partial out[b] (FT_SUMSQ_BLOCKS
+ * of them), the host adds them in order: deterministic. */
 static __global__ void sumsq_k(double *out, const float *g, size_t n)
 {
 	__shared__ double sh[TPB];
@@ -432,9 +467,14 @@ static __global__ void sumsq_k(double *out, const float *g, size_t n)
 		out[blockIdx.x] = s;
 }
 
+/* Only the blocks n needs (a small tensor, a LoRA matrix, a norm: one of
+ * FT_SUMSQ_BLOCKS x TPB threads each element either way, so each partial
+ * is the full grid's, bit for bit); the idle blocks' partials are zeros. */
 int ft_cu_sumsq(ft_cuda_model *dm, double *out, const float *g, size_t n)
 {
-	FT_LAUNCH(sumsq_k, FT_SUMSQ_BLOCKS, TPB, 0, dm->stream)(out, g, n);
+	unsigned nb = nblk(n) < FT_SUMSQ_BLOCKS ? nblk(n) : FT_SUMSQ_BLOCKS;
+	TRY(ft_cu_zero(dm, out + nb, (FT_SUMSQ_BLOCKS - nb) * sizeof *out));
+	FT_LAUNCH(sumsq_k, nb, TPB, 0, dm->stream)(out, g, n);
 	LAUNCHED("grad_sumsq", "n=%zu", n);
 	return 0;
 }

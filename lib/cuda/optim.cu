@@ -195,8 +195,11 @@ int ft_cu_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr, double
 					  : x->decay[k - dm->ntens];
 		ft_k_adamw kk = ft_k_adamw_prepare(lr, decay ? o->weight_decay : 0.0, o->beta1,
 						   o->beta2, o->eps, (double)(float)dm->step);
-		TRY(ft_cu_adamw(dm, t, &kk));
-		if (t->h)
+		ft_dt piece;   /* ZeRO-1: this rank's slice only (zero.cu) */
+		ft_dt *u = ft_cu_zero_piece(dm, k, t, &piece);
+		if (u)
+			TRY(ft_cu_adamw(dm, u, &kk));
+		if (t->h && !dm->zero)   /* ZeRO-1: after the gather */
 			TRY(ft_cu_cast_to_half(dm, t->h, t->w, t->n));
 	}
 	if (dm->o.precision == FT_CUDA_F16 && ++dm->good_steps >= SCALE_GROWTH_INTERVAL) {
@@ -292,14 +295,18 @@ static int param_moments(ft_cuda_model *dm, size_t i, float *m, float *v, int to
 		ft_dt *t = &dm->tens[k];
 		if (t->pidx != (int)i || !t->g)
 			continue;
-		size_t b = t->n * 4;
+		size_t a, e;   /* ZeRO-1: this rank's piece, t->m its element a */
+		ft_cu_zero_range(dm, k, &a, &e);
+		size_t b = (e - a) * 4, o = t->poff + a;
 		found = 1;
+		if (!b)
+			continue;
 		if (to_host) {
-			TRY(ft_cu_copy(dm, m + t->poff, t->m, b, cudaMemcpyDeviceToHost, "exp_avg"));
-			TRY(ft_cu_copy(dm, v + t->poff, t->v, b, cudaMemcpyDeviceToHost, "exp_avg_sq"));
+			TRY(ft_cu_copy(dm, m + o, t->m, b, cudaMemcpyDeviceToHost, "exp_avg"));
+			TRY(ft_cu_copy(dm, v + o, t->v, b, cudaMemcpyDeviceToHost, "exp_avg_sq"));
 		} else {
-			TRY(ft_cu_copy(dm, t->m, m + t->poff, b, cudaMemcpyHostToDevice, "exp_avg"));
-			TRY(ft_cu_copy(dm, t->v, v + t->poff, b, cudaMemcpyHostToDevice, "exp_avg_sq"));
+			TRY(ft_cu_copy(dm, t->m, m + o, b, cudaMemcpyHostToDevice, "exp_avg"));
+			TRY(ft_cu_copy(dm, t->v, v + o, b, cudaMemcpyHostToDevice, "exp_avg_sq"));
 		}
 	}
 	return found ? 0 : ft_fail("parameter %zu has no optimizer state on the device (frozen?)", i);

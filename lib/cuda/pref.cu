@@ -80,9 +80,8 @@ static int upload_rows(ft_cuda_model *dm, const int32_t *rows, const int32_t *ta
 /* Rows with a target (the causal shift, as gather_targets in
  * model_pref.c) into dm->rows / dm->targets, their final-norm rows into
  * dm->head_x; their count. */
-static int gather_targets(ft_cuda_pref *p, const ft_cuda_batch *b, int *n_out)
+int ft_cu_gather_targets(ft_cuda_model *dm, const ft_cuda_batch *b, int *n_out)
 {
-	ft_cuda_model *dm = p->dm;
 	int N = b->B * b->T, n = 0;
 	TRY(check_size(dm, b));
 	for (int i = 0; i < N; i++) {
@@ -96,6 +95,11 @@ static int gather_targets(ft_cuda_pref *p, const ft_cuda_batch *b, int *n_out)
 	*n_out = n;
 	TRY(upload_rows(dm, dm->h_rows, dm->h_tg2, n));
 	return ft_cu_gather_rows(dm, dm->head_x, dm->lnf, dm->rows, n, dm->v.D);
+}
+
+static int gather_targets(ft_cuda_pref *p, const ft_cuda_batch *b, int *n_out)
+{
+	return ft_cu_gather_targets(p->dm, b, n_out);
 }
 
 /* The mean over the vocabulary of each position's logits, h . mean(W)

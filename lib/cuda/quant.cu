@@ -72,14 +72,15 @@ static ft_mat scratch_mat(const ft_cuda_model *dm)
  * under TF32, whose 11 bits hold every int8, so the int32 total is the
  * CPU's), then scaled, plus the outlier columns. */
 static int int8_forward(ft_cuda_model *dm, const ft_cu_qweight *q, float *y, int ldy,
-			const float *x, int N)
+			ft_mat xm, int N)
 {
-	int in = q->in;
+	int in = q->in, at = xm.half ? ft_cu_act_type(dm) : FT_ACT_F32;
+	const void *x = xm.p;
 	cudaStream_t st = dm->stream;
-	FT_LAUNCH(int8_outliers_k, blocks_of(in), 256, 0, st)(dm->q8_outl, x, N, in);
+	FT_LAUNCH(int8_outliers_k, blocks_of(in), 256, 0, st)(dm->q8_outl, x, at, N, in);
 	FT_LAUNCH(int8_compact_k, 1, 256, 0, st)(dm->q8_cols, dm->q8_nc, dm->q8_outl, in);
-	FT_LAUNCH(int8_rowmax_k, blocks_of(N), 256, 0, st)(dm->q8_sca, x, N, in);
-	FT_LAUNCH(int8_act_k, blocks_of((size_t)N * in), 256, 0, st)(dm->q8_caf, x, dm->q8_sca,
+	FT_LAUNCH(int8_rowmax_k, blocks_of(N), 256, 0, st)(dm->q8_sca, x, at, N, in);
+	FT_LAUNCH(int8_act_k, blocks_of((size_t)N * in), 256, 0, st)(dm->q8_caf, x, at, dm->q8_sca,
 							       dm->q8_outl, N, in);
 	LAUNCHED("int8 activations", "[%d, %d]", N, in);
 	size_t r = dm->qscratch_bytes / sizeof(float) / (size_t)in;
@@ -98,7 +99,7 @@ static int int8_forward(ft_cuda_model *dm, const ft_cu_qweight *q, float *y, int
 			FT_LAUNCH(int8_accum_k, blocks_of(nt), 256, 0, st)(dm->q8_acc, dm->q8_tmp, nt, k0 == 0);
 			LAUNCHED("int8 accumulate", "[%d, %d]", N, Rt);
 		}
-		FT_LAUNCH(int8_out_k, blocks_of(nt), 256, 0, st)(y, ldy, dm->q8_acc, dm->q8_sca, x,
+		FT_LAUNCH(int8_out_k, blocks_of(nt), 256, 0, st)(y, ldy, dm->q8_acc, dm->q8_sca, x, at,
 							  dm->q8_cols, dm->q8_nc, *q, r0, Rt, N);
 		LAUNCHED("int8 output", "rows %d-%d of [%d, %d]", r0, r0 + Rt, q->out, in);
 	}
@@ -106,7 +107,7 @@ static int int8_forward(ft_cuda_model *dm, const ft_cu_qweight *q, float *y, int
 }
 
 int ft_cu_qlin_forward(ft_cuda_model *dm, const ft_cu_qweight *q, float *y, int ldy,
-		       const float *x, ft_mat xo, int N, const char *what)
+		       ft_mat x, ft_mat xo, int N, const char *what)
 {
 	if (q->bits == 8 && !dm->training)
 		return int8_forward(dm, q, y, ldy, x, N);

@@ -12,6 +12,7 @@
 
 #include "cuda/quant.cuh"
 #include "model/kernels.h"          /* ft_k_f32_to_f16, ft_k_f16_to_f32 */
+#include "cuda/act_kernels.cuh"      /* x of an activation type */
 #include "model/quant_kernels.h"
 
 static __device__ inline void q_store(float *p, float v) { *p = v; }
@@ -44,19 +45,21 @@ static __global__ void dequant8_k(T *dst, ft_cu_qweight q, size_t i0, size_t n)
 	q_store(dst + k, ft_k_int8_weight(q.cb[i], q.scb[i / q.in]));
 }
 
-/* ---- LLM.int8() (eval), lib/model/model_quant.c's order ---- */
+/* ---- LLM.int8() (eval), lib/model/model_quant.c's order ----
+ * x [N, in] of activation type at (act_kernels.cuh): fp32, or the half
+ * modes' half layer inputs. */
 
 static __device__ inline float q_h16(float x) { return ft_k_f16_to_f32(ft_k_f32_to_f16(x)); }
 
 /* outl[k] = 1 when column k of x [N, in] holds an outlier. */
-static __global__ void int8_outliers_k(int *outl, const float *x, int N, int in)
+static __global__ void int8_outliers_k(int *outl, const void *x, int at, int N, int in)
 {
 	size_t k = q_tid();
 	if (k >= (size_t)in)
 		return;
 	int o = 0;
 	for (int n = 0; n < N && !o; n++)
-		o = ft_k_int8_outlier(q_h16(x[(size_t)n * in + k]));
+		o = ft_k_int8_outlier(q_h16(ft_k_act_get(x, (size_t)n * in + k, at)));
 	outl[k] = o;
 }
 
@@ -74,14 +77,14 @@ static __global__ void int8_compact_k(int *cols, int *nc, const int *outl, int i
 }
 
 /* sca[n]: row n's absmax over its non-outlier elements (a max: any order). */
-static __global__ void int8_rowmax_k(float *sca, const float *x, int N, int in)
+static __global__ void int8_rowmax_k(float *sca, const void *x, int at, int N, int in)
 {
 	size_t n = q_tid();
 	if (n >= (size_t)N)
 		return;
 	float am = 0;
 	for (int k = 0; k < in; k++) {
-		float h = q_h16(x[n * in + k]);
+		float h = q_h16(ft_k_act_get(x, n * in + k, at));
 		if (!ft_k_int8_outlier(h))
 			am = fmaxf(am, fabsf(h));
 	}
@@ -90,13 +93,13 @@ static __global__ void int8_rowmax_k(float *sca, const float *x, int N, int in)
 
 /* caf [N, in]: the int8 activations as floats; outliers (and with
  * several rows their whole columns) zero. */
-static __global__ void int8_act_k(float *caf, const float *x, const float *sca, const int *outl,
-				  int N, int in)
+static __global__ void int8_act_k(float *caf, const void *x, int at, const float *sca,
+				  const int *outl, int N, int in)
 {
 	size_t i = q_tid();
 	if (i >= (size_t)N * in)
 		return;
-	float am = sca[i / in], h = q_h16(x[i]);
+	float am = sca[i / in], h = q_h16(ft_k_act_get(x, i, at));
 	int zero = am == 0 || ft_k_int8_outlier(h) || (N > 1 && outl[i % in]);
 	caf[i] = zero ? 0 : ft_k_int8_act(h, ft_k_int8_row_scale(am));
 }
@@ -121,7 +124,7 @@ static __global__ void int8_accum_k(int32_t *acc, const float *tmp, size_t n, in
 /* y[n, r0 + r] (row stride ldy) for the tile's rows r < R: the int32
  * product scaled, then the outlier columns in order. */
 static __global__ void int8_out_k(float *y, int ldy, const int32_t *acc, const float *sca,
-				  const float *x, const int *cols, const int *nc, ft_cu_qweight q,
+				  const void *x, int at, const int *cols, const int *nc, ft_cu_qweight q,
 				  int r0, int R, int N)
 {
 	size_t i = q_tid();
@@ -131,7 +134,8 @@ static __global__ void int8_out_k(float *y, int ldy, const int32_t *acc, const f
 	const int8_t *b = q.cb + (size_t)o * q.in;
 	float v = ft_k_int8_out(acc[i], sca[n], q.scb[o]);
 	for (int c = 0; c < *nc; c++)
-		v = ft_k_int8_outlier_add(v, x[(size_t)n * q.in + cols[c]], b[cols[c]], q.scb[o]);
+		v = ft_k_int8_outlier_add(v, ft_k_act_get(x, (size_t)n * q.in + cols[c], at), b[cols[c]],
+					  q.scb[o]);
 	y[(size_t)n * ldy + o] = v;
 }
 

@@ -8,6 +8,7 @@
 #include "util/error.h"
 #include "model/model_internal.h"
 #include "model/quant.h"
+#include "format/adapter_oft.h"
 
 /* cuda_view.h mirrors model_internal.h's structures for the C++ side,
  * which cannot include it; this file is the one that sees both, so the
@@ -101,8 +102,6 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 {
 	const ft_config *c = &m->c;
 	memset(v, 0, sizeof *v);
-	if (m->dora)   /* lib/model/lora_dora.c has no GPU twin yet */
-		return ft_fail("DoRA (use_dora) runs on the CPU only: use --device cpu");
 	if (c->head_dim % 2 || c->num_attention_heads % c->num_key_value_heads)
 		return ft_fail("model shape not supported on CUDA: head_dim %d, %d heads, "
 			       "%d kv heads", c->head_dim, c->num_attention_heads,
@@ -128,7 +127,10 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 		memcpy(v->sliding, c->sliding_layers, sizeof v->sliding);
 		ftp_rope_local_params(c, &v->rope_local);
 	}
-	v->full = m->o.type == FT_FT_FULL;
+	/* the embedding trains in full fine-tuning and as PEFT's
+	 * modules_to_save copy beside LoRA (docs/VOCAB.md) */
+	v->full = m->o.type == FT_FT_FULL || m->o.modules_to_save;
+	v->neftune_alpha = m->o.neftune_noise_alpha;
 	v->lora_rank = m->o.lora_rank;
 	v->gradient_checkpointing = m->o.gradient_checkpointing;
 	v->lora_dropout = m->lora_dropout_on ? m->o.lora_dropout : 0;
@@ -162,6 +164,26 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 		for (int j = 0; j < 3; j++)
 			d->bias[j] = wg(y->bias[j]);
 	}
+	if (m->dora) {   /* lib/cuda/dora.cu */
+		v->dora_mag = ft_xcalloc((size_t)v->L * L_NLIN, sizeof *v->dora_mag);
+		for (int i = 0; i < v->L * L_NLIN; i++)
+			if (m->dora[i].on)
+				v->dora_mag[i] = wg(m->dora[i].mag);
+	}
+	if (m->oft) {   /* lib/cuda/oft.cu */
+		v->oft = ft_xcalloc((size_t)v->L * L_NLIN, sizeof *v->oft);
+		for (int i = 0; i < v->L * L_NLIN; i++) {
+			const ftp_oft *o = &m->oft[i];
+			if (!o->on) continue;
+			if (o->b < 2) {
+				ft_cuda_view_free(v);
+				return ft_fail("OFT blocks of size %d: nothing to rotate", o->b);
+			}
+			ft_cv_oft d = { 1, o->r, o->b, wg(o->R) };
+			v->oft[i] = d;
+		}
+		v->oft_K = ft_oft_coefs(m->oft_terms, v->oft_c);
+	}
 	v->nparams = m->nparams;
 	v->params = ft_xcalloc(m->nparams ? m->nparams : 1, sizeof *v->params);
 	for (size_t i = 0; i < m->nparams; i++) {
@@ -172,10 +194,22 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 	return 0;
 }
 
+void ft_cuda_view_neftune(const ft_cuda_view *v, float *out, int B, int T, uint64_t calls)
+{
+	size_t n = (size_t)B * T * (size_t)v->D;
+	memset(out, 0, n * sizeof *out);   /* 0 + (float)u: the value the CPU adds */
+	ft_neftune_add(out, n, ft_neftune_magnitude(v->neftune_alpha, T, v->D),
+		       ft_neftune_seed(v->seed, calls));
+}
+
 void ft_cuda_view_free(ft_cuda_view *v)
 {
 	free(v->layers);
 	free(v->params);
+	free(v->dora_mag);
+	free(v->oft);
+	v->oft = NULL;
 	v->layers = NULL;
 	v->params = NULL;
+	v->dora_mag = NULL;
 }

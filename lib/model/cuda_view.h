@@ -38,6 +38,11 @@ typedef struct {
 } ft_cv_layer;
 
 typedef struct {
+	int on, r, b;       /* r blocks of b over the module's input */
+	ft_cv_wg R;         /* oft_R.weight [r, b(b-1)/2] */
+} ft_cv_oft;
+
+typedef struct {
 	const char *name;
 	float *w, *g;
 	size_t n;
@@ -74,7 +79,9 @@ typedef struct {
 	ft_rope_params rope_local;
 	int lin_in[FT_CV_NLIN], lin_out[FT_CV_NLIN];
 	ft_rope_params rope;
-	int full;               /* finetuning type full (embedding trains) */
+	int full;               /* the embedding trains: finetuning type full, or
+				   LoRA with modules_to_save (embed_tokens and
+				   lm_head trained in full beside it) */
 	int lora_rank, gradient_checkpointing;
 	double lora_dropout;
 	uint64_t seed;
@@ -87,6 +94,18 @@ typedef struct {
 	 * layers[l].lin[j].w is NULL.  NULL when not quantized. */
 	const ft_cv_qweight *qw;
 	const float *qcode[3];         /* bnb's NF4 [16], FP4 [16], dynamic [256] maps */
+	double neftune_alpha;          /* NEFTune's noise_alpha while training; 0: off */
+	/* DoRA (lib/cuda/dora.cu): layer l's module j's magnitude [out] at
+	 * dora_mag[l * FT_CV_NLIN + j] (w NULL: none); NULL without DoRA.
+	 * Owned by the view. */
+	ft_cv_wg *dora_mag;
+	/* OFT (lib/cuda/oft.cu): layer l's module j at oft[l * FT_CV_NLIN +
+	 * j] (on 0: none), NULL without OFT; owned by the view.  The
+	 * Cayley-Neumann series R = sum_k oft_c[k] Q^k, k = 0..oft_K
+	 * (ft_oft_coefs). */
+	ft_cv_oft *oft;
+	int oft_K;
+	double oft_c[65];
 } ft_cuda_view;
 
 /* A fused projection of the CUDA model (lib/cuda/layer.cu): the modules
@@ -125,6 +144,10 @@ int ft_cuda_view_sliding(const ft_cuda_view *v, int l);
 /* Whether module i of group c computes its LoRA hidden (no earlier
  * member shares it). */
 int ft_cv_lora_owner(const ft_cv_group *c, int i);
+/* NEFTune's noise for the embeddings of a B x T batch in forward_backward
+ * call `calls` (out [B*T*D]): the CPU's draws (lib/model/extras.c), made
+ * on the host, so the device adds exactly what the CPU adds. */
+void ft_cuda_view_neftune(const ft_cuda_view *v, float *out, int B, int T, uint64_t calls);
 /* The names of the seven linear modules ("q_proj" ...). */
 const char *ft_cuda_view_lin_name(int j);
 #ifdef __cplusplus

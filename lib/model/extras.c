@@ -41,11 +41,18 @@ void ft_neftune_add(float *x, size_t n, float mag, uint64_t seed)
 		x[i] += (float)(-(double)mag + 2.0 * (double)mag * ft_rng_uniform(&g));
 }
 
+/* The stream of forward_backward call `calls` (the CUDA backend draws
+ * the same one: ft_cuda_view_neftune) */
+uint64_t ft_neftune_seed(uint64_t seed, uint64_t calls)
+{
+	return seed ^ (0x4e4546ULL + calls * 0x9e3779b97f4a7c15ULL);
+}
+
 void ftp_neftune_apply(const ft_model *m, float *x, int B, int T)
 {
 	size_t n = (size_t)B * T * (size_t)m->c.hidden_size;
 	float mag = ft_neftune_magnitude(m->o.neftune_noise_alpha, T, m->c.hidden_size);
-	ft_neftune_add(x, n, mag, m->o.seed ^ (0x4e4546ULL + m->dropout_calls * 0x9e3779b97f4a7c15ULL));
+	ft_neftune_add(x, n, mag, ft_neftune_seed(m->o.seed, m->dropout_calls));
 }
 
 int ft_llama_pro_layer(int L, int n, int l)

@@ -399,4 +399,39 @@ static inline FT_HD int ft_k_attn_allowed(int t, int u, int window, int32_t seg_
 	return seg_u == seg_t;
 }
 
+/* ---- EAFT (lib/model/model_tokloss.c, lib/cuda/tokloss.cu) ---- */
+#define FT_EAFT_TOPK 20   /* torch.topk(k=20) in LLaMA-Factory's _eaft_cross_entropy */
+
+/* v into top[0..*k), the largest values seen so far in descending order
+ * (at most FT_EAFT_TOPK): the multiset of the top k is the same whatever
+ * order the values come in, so a thread's partial lists merge into the
+ * CPU's list. */
+static inline FT_HD void ft_k_topk_insert(float *top, int *k, float v)
+{
+	if (*k == FT_EAFT_TOPK && v <= top[*k - 1])
+		return;
+	int i = *k < FT_EAFT_TOPK ? (*k)++ : *k - 1;
+	while (i > 0 && top[i - 1] < v) {
+		top[i] = top[i - 1];
+		i--;
+	}
+	top[i] = v;
+}
+
+/* The entropy of softmax(top[0..k)), top descending: torch's logsumexp,
+ * log-probs, probs and sum, here in double (float32 there: ~1e-7
+ * relative apart). */
+static inline FT_HD double ft_k_topk_entropy(const float *top, int k)
+{
+	double s = 0, h = 0;
+	for (int i = 0; i < k; i++)
+		s += exp((double)top[i] - top[0]);
+	double lse = top[0] + log(s);
+	for (int i = 0; i < k; i++) {
+		double lp = top[i] - lse;
+		h -= exp(lp) * lp;
+	}
+	return h;
+}
+
 #endif

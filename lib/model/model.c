@@ -603,6 +603,7 @@ void ft_model_free(ft_model *m)
 	ftp_model_quant_free(m);
 	ftp_model_free_params(m);
 	ftp_oft_free(m);
+	ftp_fp8_free(m);
 	free_base(m, m->wte.w); free(m->wte.g);
 	free(m->wte0); free(m->head0);
 	if (!m->c.tie_word_embeddings) {

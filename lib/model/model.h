@@ -189,6 +189,20 @@ int ft_model_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
  * the reference logits.  -1 when the two do not fit. */
 int ft_model_set_asft(ft_model *m, ft_model *ref, double alpha);
 int ft_model_asft_on(const ft_model *m);
+ft_model *ft_model_asft_ref(const ft_model *m);   /* the reference, NULL without ASFT */
+/* The DFT/EAFT token losses' pieces (lib/model/model_tokloss.c), shared
+ * with the device binding (lib/train/cuda_losses.c): the label positions
+ * of b, the vocabulary check (kind FT_SFT_LOSS_*), and from the label
+ * log-probs logp [B*T] the weights w [B*T] (0 off the labels; DFT
+ * exp(logp), else we[k] for the k-th label position: EAFT's) and the
+ * weighted loss sum -sum w logp. */
+int ft_model_sft_loss(const ft_model *m, double *alpha);   /* FT_SFT_LOSS_*; EAFT's or ASFT's alpha */
+int ft_tokloss_rows(const ft_batch *b);
+int ft_tokloss_check(int kind, int V);
+double ft_tokloss_weigh(const ft_batch *b, const float *logp, const double *we, double *w);
+/* EAFT's weight of a label position from its top-20 entropy h:
+ * (h / 3)^alpha. */
+double ft_eaft_weight(double h, double alpha);
 /* LoRA dropout masks depend on the number of forward_backward calls so
  * far; a resumed run sets it to the micro-batches already trained on, and
  * the masks continue exactly. */
@@ -235,6 +249,7 @@ int ft_model_merge_lora(ft_model *m);
  * layer l of L is one of the n expanded, trainable ones. */
 float ft_neftune_magnitude(double alpha, int T, int D);
 void ft_neftune_add(float *x, size_t n, float mag, uint64_t seed);
+uint64_t ft_neftune_seed(uint64_t seed, uint64_t calls);
 int ft_llama_pro_layer(int L, int n, int l);
 
 /* PiSSA (lib/model/lora_pissa.c), PEFT's init_lora_weights "pissa"
@@ -257,6 +272,15 @@ int ft_model_pissa_save_converted(ft_model *m, const char *init_dir, const char 
  * "...lora_magnitude_vector"), the output scaled by magnitude / ||W + s B A||
  * (that norm detached).  Rebuilds the parameter list. */
 int ft_model_dora_init(ft_model *m);
+
+/* LLaMA-Factory's fp8 (fp8: true; torchao's Float8Linear, tensorwise
+ * dynamic scaling, e4m3 forward operands and e5m2 output gradients:
+ * lib/model/model_fp8.c) on the decoder linears accelerate converts: all
+ * but layer 0's q_proj (and lm_head, never one here), those with both
+ * dimensions divisible by 16.  Returns how many, or -1 (ft_fail) where it
+ * is not implemented: fused modules, quantized bases, OFT, DoRA, a LoRA
+ * rank divisible by 16. */
+int ft_model_fp8_enable(ft_model *m);
 
 /* LLaMA-Factory's resize_embedding_layer (lib/model/model_vocab.c).
  * When tokenizer_len exceeds the vocabulary, embed_tokens and an untied

@@ -43,6 +43,8 @@ int ft_model_set_asft(ft_model *m, ft_model *ref, double alpha)
 
 int ft_model_asft_on(const ft_model *m) { return m->o.sft_loss == FT_SFT_LOSS_ASFT; }
 
+ft_model *ft_model_asft_ref(const ft_model *m) { return m->asft_ref; }
+
 /* One row: z the model's logits (replaced by dL/dz * gs when grad), zr
  * the reference's; *dft = ce * w, *kl = KL(q || p). */
 static void asft_row(float *z, const float *zr, int V, int tg, double alpha, int grad, double gs,

@@ -177,6 +177,12 @@ static void lin_fwd_many(ft_model *m, int l, const int *js, float *const *ys, in
 	if (m->qw)
 		for (int i = 0; i < n; i++)
 			ftp_qlin_forward(m, l, js[i], ys[i], x, N, !m->training);
+	else if (m->fp8)   /* Float8Linear modules and the ones left as they were */
+		for (int i = 0; i < n; i++)
+			if (ftp_fp8_of(m, l, js[i]))
+				ftp_fp8_forward(m, l, js[i], ys[i], x, N);
+			else
+				ft_linear_forward(o[i].y, x, o[i].W, o[i].b, N, in, o[i].out);
 	else
 		ft_linear_forward_many(o, n, x, N, in);
 	for (int i = 0; i < n; i++) {
@@ -223,6 +229,8 @@ static void lin_bwd(ft_model *m, int l, int j, ftp_acts *a, float *dx,
 	}
 	if (m->qw)   /* frozen (LoRA only): the input gradient alone */
 		ftp_qlin_backward(m, l, j, dx, dy, N);
+	else if (ftp_fp8_of(m, l, j))
+		ftp_fp8_backward(m, l, j, dx, dy, x, N);
 	else
 		ft_linear_backward(dx, y_->lin[j].g, j <= L_V ? y_->bias[j].g : NULL, dy, x,
 				   y_->lin[j].w, N, in, out);

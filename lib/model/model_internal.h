@@ -119,7 +119,21 @@ struct ft_model {
 	int oft_terms;                       /* OFT: num_cayley_neumann_terms */
 	ftp_oft *oft;                        /* [L * L_NLIN], NULL without OFT (ftp_layer
 					      * is mirrored by the CUDA view) */
+	/* fp8 (model_fp8.c): which linears are Float8Linear, [L * L_NLIN]
+	 * (NULL: fp8 off), and the fp8 operands' scratch */
+	unsigned char *fp8;
+	float *f8x, *f8w, *f8d;
+	size_t f8x_n, f8w_n, f8d_n;
 };
+
+/* Module j of layer l runs as torchao's Float8Linear (model_fp8.c). */
+static inline int ftp_fp8_of(const ft_model *m, int l, int j)
+{
+	return m->fp8 && m->fp8[l * L_NLIN + j];
+}
+void ftp_fp8_forward(ft_model *m, int l, int j, float *y, const float *x, int N);
+void ftp_fp8_backward(ft_model *m, int l, int j, float *dx, const float *dy, const float *x, int N);
+void ftp_fp8_free(ft_model *m);
 
 /* The OFT state of module j of layer l, NULL when it has none. */
 static inline ftp_oft *ftp_oft_of(const ft_model *m, int l, int j)

@@ -17,36 +17,28 @@
 #include "util/error.h"
 #include "model/model_internal.h"
 #include "model/model_pref.h"
+#include "model/kernels.h"
 
-#define EAFT_TOPK 20   /* torch.topk(k=20) in _eaft_cross_entropy */
+#define EAFT_TOPK FT_EAFT_TOPK
 
-/* The entropy of softmax(top-20 of l): torch's logsumexp, log-probs,
- * probs and sum, here in double (float32 there: ~1e-7 relative apart). */
+/* The entropy of softmax(top-20 of l) (kernels.h, shared with the device) */
 static double topk_entropy(const float *l, int V)
 {
 	float top[EAFT_TOPK];
 	int k = 0;
-	for (int j = 0; j < V; j++) {   /* insertion into the sorted top k */
-		float v = l[j];
-		if (k == EAFT_TOPK && v <= top[k - 1])
-			continue;
-		int i = k < EAFT_TOPK ? k++ : k - 1;
-		while (i > 0 && top[i - 1] < v) {
-			top[i] = top[i - 1];
-			i--;
-		}
-		top[i] = v;
-	}
-	double s = 0, h = 0;
-	for (int i = 0; i < k; i++)
-		s += exp((double)top[i] - top[0]);
-	double lse = top[0] + log(s);
-	for (int i = 0; i < k; i++) {
-		double lp = top[i] - lse;
-		h -= exp(lp) * lp;
-	}
-	return h;
+	for (int j = 0; j < V; j++)
+		ft_k_topk_insert(top, &k, l[j]);
+	return ft_k_topk_entropy(top, k);
 }
+
+int ft_model_sft_loss(const ft_model *m, double *alpha)
+{
+	if (alpha)
+		*alpha = m->o.sft_loss == FT_SFT_LOSS_ASFT ? m->o.asft_alpha : m->o.eaft_alpha;
+	return m->o.sft_loss;
+}
+
+double ft_eaft_weight(double h, double alpha) { return pow(h / 3.0, alpha); }
 
 /* EAFT's weights w[k] of the n gathered target rows (m->head_x): the
  * logits again, head_chunk rows at a time into the head's scratch,
@@ -62,8 +54,48 @@ static void eaft_weights(ft_model *m, int n, double alpha, double *w)
 			ft_softcap_forward(m->head_scratch, (size_t)nr * V, (float)m->c.final_softcap);
 #pragma omp parallel for schedule(static) if ((size_t)nr * V >= 4096)
 		for (int i = 0; i < nr; i++)
-			w[r0 + i] = pow(topk_entropy(m->head_scratch + (size_t)i * V, V) / 3.0, alpha);
+			w[r0 + i] = ft_eaft_weight(topk_entropy(m->head_scratch + (size_t)i * V, V), alpha);
 	}
+}
+
+/* Whether position i (of rows of T) has a label target: the rows the
+ * label log-probs gather, in order. */
+static int is_target(const ft_batch *b, int i)
+{
+	int t = i % b->T;
+	return t + 1 < b->T && b->labels[i + 1] != FT_IGNORE_INDEX;
+}
+
+int ft_tokloss_rows(const ft_batch *b)
+{
+	int N = b->B * b->T, n = 0;
+	for (int i = 0; i < N; i++)
+		n += is_target(b, i);
+	return n;
+}
+
+int ft_tokloss_check(int kind, int V)
+{
+	if (kind == FT_SFT_LOSS_EAFT && V < EAFT_TOPK)
+		return ft_fail("use_eaft_loss needs a vocabulary of at least %d tokens (its top-%d "
+			       "entropy)", EAFT_TOPK, EAFT_TOPK);
+	return 0;
+}
+
+double ft_tokloss_weigh(const ft_batch *b, const float *logp, const double *we, double *w)
+{
+	int N = b->B * b->T, k = 0;
+	double s = 0;
+	for (int i = 0; i < N; i++) {
+		w[i] = 0;
+		if (!is_target(b, i))
+			continue;
+		/* DFT: torch's exp(-ce) of the float32 per-token loss */
+		w[i] = we ? we[k] : (double)expf(logp[i]);
+		s += -(double)logp[i] * w[i];
+		k++;
+	}
+	return s;
 }
 
 /* The forward pass (train: dropout on, activations kept), logp [B*T],
@@ -72,37 +104,19 @@ static void eaft_weights(ft_model *m, int n, double alpha, double *w)
 static int weighted(ft_model *m, const ft_batch *b, int train, float *logp, double *w,
 		    double *loss, int64_t *nt)
 {
-	if (m->o.sft_loss == FT_SFT_LOSS_EAFT && m->c.vocab_size < EAFT_TOPK)
-		return ft_fail("use_eaft_loss needs a vocabulary of at least %d tokens (its top-%d "
-			       "entropy)", EAFT_TOPK, EAFT_TOPK);
+	if (ft_tokloss_check(m->o.sft_loss, m->c.vocab_size) < 0)
+		return -1;
 	if (ft_model_logps_forward(m, b, train, logp, NULL) < 0)
 		return -1;
-	int N = b->B * b->T, n = 0;
-	for (int i = 0; i < N; i++) {   /* the rows gathered into head_x, in order */
-		int t = i % b->T;
-		if (t + 1 < b->T && b->labels[i + 1] != FT_IGNORE_INDEX)
-			n++;
-	}
+	int n = ft_tokloss_rows(b);
 	double *we = NULL;
 	if (m->o.sft_loss == FT_SFT_LOSS_EAFT) {
 		we = ft_xmalloc((size_t)(n ? n : 1) * sizeof *we);
 		eaft_weights(m, n, m->o.eaft_alpha, we);
 	}
-	double s = 0;
-	int k = 0;
-	for (int i = 0; i < N; i++) {
-		int t = i % b->T;
-		w[i] = 0;
-		if (!(t + 1 < b->T && b->labels[i + 1] != FT_IGNORE_INDEX))
-			continue;
-		/* DFT: torch's exp(-ce) of the float32 per-token loss */
-		w[i] = we ? we[k] : (double)expf(logp[i]);
-		s += -(double)logp[i] * w[i];
-		k++;
-	}
-	free(we);
-	*loss = s;
+	*loss = ft_tokloss_weigh(b, logp, we, w);
 	*nt = n;
+	free(we);
 	return 0;
 }
 

@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 #include "train/cuda_train.h"
+#include "train/cuda_losses.h"
 #include "train/dist.h"
 #include "model/cuda_view.h"
 #include "util/error.h"
@@ -12,6 +13,11 @@ typedef struct {
 	ft_cuda_model *dm;
 	int need_zero;       /* the trainer asked for zeroed gradients */
 	int64_t skipped;     /* fp16 steps skipped for overflow */
+	int loss;            /* FT_SFT_LOSS_*: DFT and EAFT go through dp's log-probs, */
+	double alpha;        /* ASFT through the reference's device model ref */
+	ft_cuda_pref *dp;
+	ft_cuda_model *ref;
+	ft_dist *zero;       /* ZeRO-1: the job whose ranks hold the slices */
 } binding;
 
 ft_cuda_batch ft_cuda_batch_of(const ft_batch *b)
@@ -32,6 +38,18 @@ static ft_param *b_param(void *self, size_t i)
  * next forward_backward, where an error can be returned. */
 static void b_zero_grad(void *self) { ((binding *)self)->need_zero = 1; }
 
+/* ASFT: each micro-batch's mean with *n = 1 (batch_mean, as the CPU) */
+static int asft(binding *x, const ft_batch *b, int train, float scale, double *ls, int64_t *n)
+{
+	ft_cuda_batch c = ft_cuda_batch_of(b);
+	double loss;
+	if (ft_cuda_asft(x->dm, x->ref, &c, train, scale, x->alpha, &loss) < 0)
+		return -1;
+	if (ls) *ls = loss;
+	if (n) *n = 1;
+	return 0;
+}
+
 static int b_fwd_bwd(void *self, const ft_batch *b, float scale, double *ls, int64_t *n)
 {
 	binding *x = self;
@@ -39,13 +57,22 @@ static int b_fwd_bwd(void *self, const ft_batch *b, float scale, double *ls, int
 	if (x->need_zero && ft_cuda_zero_grad(x->dm) < 0)
 		return ft_fail_ctx("GPU: ");
 	x->need_zero = 0;
+	if (x->dp)
+		return ft_cuda_tokloss(x->dm, x->dp, x->loss, x->alpha, b, 1, scale, ls, n);
+	if (x->ref)
+		return asft(x, b, 1, scale, ls, n);
 	return ft_cuda_forward_backward(x->dm, &c, scale, ls, n);
 }
 
 static int b_fwd(void *self, const ft_batch *b, double *ls, int64_t *n)
 {
+	binding *x = self;
 	ft_cuda_batch c = ft_cuda_batch_of(b);
-	return ft_cuda_forward(((binding *)self)->dm, &c, NULL, ls, n);
+	if (x->dp)
+		return ft_cuda_tokloss(x->dm, x->dp, x->loss, x->alpha, b, 0, 0, ls, n);
+	if (x->ref)
+		return asft(x, b, 0, 0, ls, n);
+	return ft_cuda_forward(x->dm, &c, NULL, ls, n);
 }
 
 static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm, double *gnorm)
@@ -57,6 +84,13 @@ static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm
 		return -1;
 	x->skipped += skipped;
 	x->need_zero = 1;
+	if (x->zero && !skipped) {   /* every rank skips together: the same gradients */
+		ft_dist_watch(x->zero, "ZeRO-1 parameter all-gather");
+		int rc = ft_cuda_zero_gather(x->dm, ft_dist_nccl_bcast, ft_dist_nccl_group_of, x->zero);
+		if (rc == 0) rc = ft_cuda_sync(x->dm);
+		ft_dist_unwatch(x->zero);
+		if (rc < 0) return -1;
+	}
 	return skipped;
 }
 
@@ -80,7 +114,8 @@ static int b_state_out(void *self, ft_adamw *opt)
 	}
 	if (opt)
 		ft_adamw_set_steps(opt, ft_cuda_steps(x->dm));
-	return 0;
+	/* ZeRO-1: each rank filled its own slice; rank 0 gets the others' */
+	return x->zero && opt ? ft_dist_gather_moments(x->zero, opt) : 0;
 }
 
 static int b_state_in(void *self, const ft_adamw *opt)
@@ -148,7 +183,12 @@ static void b_set_grads_ready(void *self, ft_grads_ready_fn fn, void *ctx)
 	ft_cuda_set_grads_ready(((binding *)self)->dm, fn, ctx);
 }
 
-static size_t b_peak(void *self) { return ft_cuda_peak_bytes(((binding *)self)->dm); }
+/* ASFT's reference is a device model of its own: both count */
+static size_t b_peak(void *self)
+{
+	binding *x = self;
+	return ft_cuda_peak_bytes(x->dm) + (x->ref ? ft_cuda_peak_bytes(x->ref) : 0);
+}
 
 /* ---- fp16: the loss scaler in checkpoints and logs (cuda_train.h) ----
  * scaler.json holds torch's GradScaler.state_dict() (transformers writes
@@ -221,10 +261,22 @@ int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t
 		free(x);
 		return -1;
 	}
+	x->loss = ft_model_sft_loss(m, &x->alpha);
+	if (((x->loss == FT_SFT_LOSS_DFT || x->loss == FT_SFT_LOSS_EAFT) &&
+	     !(x->dp = ft_cuda_pref_new(x->dm, 0))) ||
+	    (x->loss == FT_SFT_LOSS_ASFT && !(x->ref = ft_cuda_model_new(ft_model_asft_ref(m), o)))) {
+		if (x->loss == FT_SFT_LOSS_ASFT)
+			ft_fail_ctx("the ASFT reference model: ");
+		ft_cuda_model_free(x->dm);
+		free(x);
+		return -1;
+	}
 	ft_train_model r = { x, b_nparams, b_param, b_zero_grad, b_fwd_bwd, b_fwd, b_save,
 			     b_set_position, b_step, b_state_out, b_state_in, b_peak, 0, NULL,
 			     b_sum_group, b_sum_wait, ft_model_config(m)->num_hidden_layers,
 			     b_set_grads_ready, NULL, NULL };
+	if (x->ref)
+		r.batch_mean = FT_BATCH_MEAN_SUM;
 	if (o->precision == FT_CUDA_F16) {
 		r.ckpt_save = b_ckpt_save;
 		r.ckpt_load = b_ckpt_load;
@@ -234,9 +286,19 @@ int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t
 	return 0;
 }
 
+void ft_cuda_train_zero(ft_train_model *t, ft_dist *d)
+{
+	((binding *)t->self)->zero = d;
+}
+
 ft_cuda_model *ft_cuda_train_device(const ft_train_model *t)
 {
 	return t && t->self ? ((binding *)t->self)->dm : NULL;
+}
+
+ft_cuda_model *ft_cuda_train_ref(const ft_train_model *t)
+{
+	return t && t->self ? ((binding *)t->self)->ref : NULL;
 }
 
 int64_t ft_cuda_train_skipped(const ft_train_model *t)
@@ -249,6 +311,8 @@ void ft_cuda_train_free(ft_train_model *t)
 	if (!t || !t->self)
 		return;
 	binding *x = t->self;
+	ft_cuda_pref_free(x->dp);
+	ft_cuda_model_free(x->ref);
 	ft_cuda_model_free(x->dm);
 	free(x);
 	t->self = NULL;

@@ -32,6 +32,14 @@ ft_cuda_batch ft_cuda_batch_of(const ft_batch *b);
 int ft_train_cuda_supports(ft_model *m);
 /* The device model behind t (peak memory etc.), and freeing it. */
 ft_cuda_model *ft_cuda_train_device(const ft_train_model *t);
+/* ASFT's reference on the device (NULL without use_asft_loss). */
+ft_cuda_model *ft_cuda_train_ref(const ft_train_model *t);
+/* ZeRO-1 under mpirun (the device model made with ft_cuda_opts.zero_ranks
+ * = the world size, zero_rank = this rank, NCCL open): each step then
+ * all-gathers the updated slices over d's NCCL (ft_cuda_zero_gather, under
+ * the watchdog), and state_out, called on every rank, gathers the
+ * moments into rank 0's opt (ft_dist_gather_moments). */
+void ft_cuda_train_zero(ft_train_model *t, struct ft_dist *d);
 /* Optimizer steps skipped for fp16 overflow so far. */
 int64_t ft_cuda_train_skipped(const ft_train_model *t);
 void ft_cuda_train_free(ft_train_model *t);

@@ -25,6 +25,8 @@ typedef int (*nccl_get_id_fn)(nccl_id *);
 typedef int (*nccl_init_rank_fn)(void **comm, int nranks, nccl_id id, int rank);
 typedef int (*nccl_allreduce_fn)(const void *, void *, size_t, int dtype, int op, void *comm,
 				 void *stream);
+typedef int (*nccl_bcast_fn)(const void *, void *, size_t, int dtype, int root, void *comm,
+			     void *stream);
 typedef int (*nccl_void_fn)(void);
 typedef int (*nccl_destroy_fn)(void *comm);
 typedef const char *(*nccl_errstr_fn)(int);
@@ -53,6 +55,7 @@ struct ft_dist {
 	/* NCCL */
 	void *nccl, *comm;
 	nccl_allreduce_fn allreduce;
+	nccl_bcast_fn bcast;          /* ZeRO-1's all-gather; NULL: not loaded */
 	nccl_void_fn group_start, group_end;
 	nccl_destroy_fn destroy;
 	nccl_errstr_fn errstr;
@@ -365,6 +368,7 @@ int ft_dist_nccl_open(ft_dist *d)
 	nccl_get_id_fn get_id = (nccl_get_id_fn)dlsym(h, "ncclGetUniqueId");
 	nccl_init_rank_fn init = (nccl_init_rank_fn)dlsym(h, "ncclCommInitRank");
 	d->allreduce = (nccl_allreduce_fn)dlsym(h, "ncclAllReduce");
+	d->bcast = (nccl_bcast_fn)dlsym(h, "ncclBroadcast");   /* checked where used */
 	d->group_start = (nccl_void_fn)dlsym(h, "ncclGroupStart");
 	d->group_end = (nccl_void_fn)dlsym(h, "ncclGroupEnd");
 	d->destroy = (nccl_destroy_fn)dlsym(h, "ncclCommDestroy");
@@ -405,6 +409,17 @@ int ft_dist_nccl_sum(void *ctx, float *dev, size_t n, void *stream)
 	int rc = d->allreduce(dev, dev, n, NCCL_FLOAT32, NCCL_SUM, d->comm, stream);
 	return rc ? nccl_fail(d, rc, "ncclAllReduce of the gradients") : 0;
 }
+
+int ft_dist_nccl_bcast(void *ctx, float *dev, size_t n, int root, void *stream)
+{
+	ft_dist *d = ctx;
+	if (!ft_dist_nccl_active(d) || n == 0) return 0;
+	if (!d->bcast) return ft_fail("rank %d: this NCCL has no ncclBroadcast (ZeRO-1)", d->rank);
+	int rc = d->bcast(dev, dev, n, NCCL_FLOAT32, root, d->comm, stream);
+	return rc ? nccl_fail(d, rc, "ncclBroadcast of the updated ZeRO-1 slices") : 0;
+}
+
+int ft_dist_nccl_group_of(void *ctx, int start) { return ft_dist_nccl_group(ctx, start); }
 
 void ft_dist_watch(ft_dist *d, const char *what)
 {

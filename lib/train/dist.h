@@ -87,6 +87,11 @@ int ft_dist_nccl_open(ft_dist *d);
 int ft_dist_nccl_active(const ft_dist *d);
 int ft_dist_nccl_group(ft_dist *d, int start);
 int ft_dist_nccl_sum(void *d, float *dev, size_t n, void *stream);
+/* ZeRO-1 on GPUs: n floats of device memory from rank root to all, in
+ * place (ncclBroadcast); ft_dist_nccl_group with a void * context, for
+ * ft_cuda_zero_gather. */
+int ft_dist_nccl_bcast(void *d, float *dev, size_t n, int root, void *stream);
+int ft_dist_nccl_group_of(void *d, int start);
 
 /* ---- sharding arithmetic (dist_shard.c) ------------------------------- */
 
@@ -117,6 +122,10 @@ int ft_zero1_step(ft_zero1 *z, double lr);
 int ft_zero1_gather(ft_zero1 *z, ft_adamw *full);
 /* This rank's slice out of full (after a checkpoint was loaded into it). */
 void ft_zero1_scatter(ft_zero1 *z, ft_adamw *full);
+/* ZeRO-1 on the device: each rank has put its own slice's moments into
+ * full (a whole-model ft_adamw, ft_cuda_adamw_get) and the others'
+ * slices go to rank 0, in place, point to point (every rank takes part). */
+int ft_dist_gather_moments(ft_dist *d, ft_adamw *full);
 /* Elements of the slice this rank updates, and of all params. */
 size_t ft_zero1_slice(const ft_zero1 *z, size_t *total);
 

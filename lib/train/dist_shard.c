@@ -14,13 +14,11 @@
 #include <string.h>
 #include "train/dist.h"
 #include "util/error.h"
+#include "util/shard.h"
 
 void ft_dist_shard(size_t total, int n, int k, size_t *lo, size_t *hi)
 {
-	if (n < 1) n = 1;
-	size_t base = total / (size_t)n, extra = total % (size_t)n, kk = (size_t)k;
-	*lo = kk * base + (kk < extra ? kk : extra);
-	*hi = *lo + base + (kk < extra);
+	ft_shard_range(total, n, k, lo, hi);
 }
 
 struct ft_zero1 {
@@ -175,4 +173,34 @@ void ft_zero1_scatter(ft_zero1 *z, ft_adamw *full)
 		       len * sizeof(float));
 	}
 	ft_adamw_set_steps(z->opt, ft_adamw_steps(full));
+}
+
+/* On rank r: its piece of full's moments to rank 0. */
+static int send_moments(ft_zero1 *z, size_t k, size_t a, size_t b, void *ctx)
+{
+	const bc_ctx *c = ctx;
+	size_t bytes = (b - a) * sizeof(float);
+	if (ft_dist_send(z->d, ft_adamw_exp_avg(c->full, k) + a, bytes, 0, gather_what) < 0)
+		return -1;
+	return ft_dist_send(z->d, ft_adamw_exp_avg_sq(c->full, k) + a, bytes, 0, gather_what);
+}
+
+int ft_dist_gather_moments(ft_dist *d, ft_adamw *full)
+{
+	int rank = ft_dist_rank(d), n = ft_dist_size(d), rc = 0;
+	if (n < 2) return 0;
+	/* the slices of full's own params, walked as ft_zero1's */
+	ft_zero1 z = { .d = d, .n = ft_adamw_count(full) };
+	z.p = ft_xcalloc(z.n ? z.n : 1, sizeof *z.p);
+	for (size_t k = 0; k < z.n; k++) z.p[k] = ft_adamw_param(full, k);
+	z.total = ft_params_elements(z.p, z.n);
+	for (int r = 1; r < n && rc == 0; r++) {
+		if (rank != 0 && rank != r) continue;
+		size_t lo, hi;
+		ft_dist_shard(z.total, n, r, &lo, &hi);
+		bc_ctx c = { r, full };
+		rc = each_piece(&z, lo, hi, rank == 0 ? recv_moments : send_moments, &c);
+	}
+	free(z.p);
+	return rc;
 }

@@ -402,7 +402,10 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 		return ft_fail("--zero 1 shards plain AdamW's state; the extras' optimizers (LoRA+, BAdam, "
 			       "Muon, Adam-mini, GaLore) run under mpirun without --zero");
 	}
-	ft_zero1 *zero = o->zero && world > 1 ? ft_zero1_new(o->dist, params, np, &ao) : NULL;
+	/* a model that steps itself (the device) keeps its own slice
+	 * (ft_cuda_train_zero): its state_out then runs on every rank */
+	const int dev_zero = o->zero && world > 1 && m->step;
+	ft_zero1 *zero = o->zero && world > 1 && !m->step ? ft_zero1_new(o->dist, params, np, &ao) : NULL;
 	double *lsv = NULL;   /* a step's micro-batch losses and the stop flag */
 	ftp_tstate st = { .log_history = json_array() };
 	mbatches mb = {0};
@@ -556,7 +559,8 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 			    (last && o->save_strategy != FT_STRATEGY_NO) || interrupted) {
 				if (zero && ft_zero1_gather(zero, opt) < 0) goto out;
 				/* only rank 0 writes files */
-				if (rank == 0 && m->state_out && m->state_out(m->self, opt) < 0) goto out;
+				if ((rank == 0 || dev_zero) && m->state_out && m->state_out(m->self, opt) < 0)
+					goto out;
 				if (rank == 0 &&
 				    ftp_ckpt_save(o, &p, m, opt, &sched, &st, r->checkpoint, sizeof r->checkpoint) < 0)
 					goto out;
@@ -564,7 +568,7 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 				if (rank == 0 && o->save_total_limit > 0 &&
 				    ftp_ckpt_rotate(o->output_dir, o->save_total_limit) < 0)
 					goto out;
-				if (zero) {   /* the whole state again only at the next save */
+				if (zero || dev_zero) {   /* the whole state again only at the next save */
 					ft_adamw_free(opt);
 					opt = ft_adamw_new(params, np, &ao);
 				}

@@ -23,6 +23,8 @@ extras/asft/qwen2_full_asft.yaml
 extras/badam/llama3_full_sft.yaml
 extras/dft/qwen2_full_sft.yaml
 extras/eaft/qwen25_05b_eaft_full.yaml
+extras/fp8/llama3_fp8_deepspeed_sft.yaml
+extras/fp8/llama3_fp8_fsdp_sft.yaml
 extras/fsdp_qlora/llama3_lora_sft.yaml
 extras/galore/llama3_full_sft.yaml
 extras/llama_pro/llama3_freeze_sft.yaml
@@ -165,6 +167,12 @@ tiny_qwen() {
 	[ -s saves/ds3_full/model.safetensors ]
 	run_example train_lora/qwen3_lora_sft_ds3.yaml $small output_dir=saves/ds3_lora
 	[ -s saves/ds3_lora/adapter_model.safetensors ]
+	# fp8 (torchao's Float8Linear numerics on the CPU), under DeepSpeed's
+	# ZeRO-3 fp8 config and FSDP: ft's data parallel with --zero 1
+	run_example extras/fp8/llama3_fp8_deepspeed_sft.yaml $small template=qwen3_nothink report_to=none
+	[ -s saves/llama3-8b/fp8-deepspeed/sft/model.safetensors ]
+	run_example extras/fp8/llama3_fp8_fsdp_sft.yaml $small template=qwen3_nothink report_to=none
+	[ -s saves/llama3-8b/fp8-fsdp/sft/model.safetensors ]
 	# ASFT (a frozen copy of the model as the reference); their datasets
 	# med and math are the user's own, not in LLaMA-Factory's registry
 	run_example extras/asft/qwen2_full_asft.yaml $small dataset=alpaca_en_demo output_dir=saves/asft

@@ -6,7 +6,9 @@
  * real ones refuse (bad launch shapes, shared memory without the opt-in,
  * copies whose pointers are not where their kind says, a leading
  * dimension below the rows), and that a divergent __syncthreads or a host
- * pointer given to a kernel aborts.  Without these the parity tests on
+ * pointer given to a kernel aborts; that the emulated WMMA (mma.h)
+ * multiplies as the tensor cores do (half inputs, fp32 accumulation,
+ * both operand layouts) and refuses what CUDA refuses.  Without these the parity tests on
  * the emulated backend could pass over an emulator that hides bugs. */
 #include <sys/wait.h>
 #include <unistd.h>
@@ -14,6 +16,8 @@
 #include "cuda_runtime.h"
 #include "cublas_v2.h"
 #include "cuda_bf16.h"
+#include "mma.h"
+#include "emu_test.h"
 extern "C" {
 #include "tap.h"
 }
@@ -72,6 +76,34 @@ static __global__ void divergent_k(float *out)
 	else
 		__syncwarp();
 	out[threadIdx.x] = 0;
+}
+
+/* WMMA: warp w multiplies its own 16x16 pair (so the warps' exchanges
+ * must not mix), D = 2 (A B + C) with the 2 applied through x[i];
+ * C read in the layout cl, B in BL, D stored column-major. */
+template <typename H, typename BL>
+static __global__ void wmma_k(float *D, const H *A, const H *B, const float *C, int cl)
+{
+	namespace wm = nvcuda::wmma;
+	unsigned w = threadIdx.x / 32;
+	wm::fragment<wm::matrix_a, 16, 16, 16, H, wm::row_major> a;
+	wm::fragment<wm::matrix_b, 16, 16, 16, H, BL> b;
+	wm::fragment<wm::accumulator, 16, 16, 16, float> c;
+	wm::load_matrix_sync(a, A + 256 * w, 16);
+	wm::load_matrix_sync(b, B + 256 * w, 16);
+	wm::load_matrix_sync(c, C + 256 * w, 16, cl ? wm::mem_col_major : wm::mem_row_major);
+	wm::mma_sync(c, a, b, c);
+	for (int i = 0; i < c.num_elements; i++)
+		c.x[i] *= 2;
+	wm::store_matrix_sync(D + 256 * w, c, 16, wm::mem_col_major);
+}
+
+/* a load from p with leading dimension ldm (the misuse checks) */
+static __global__ void wmma_load_k(const __half *p, int ldm)
+{
+	namespace wm = nvcuda::wmma;
+	wm::fragment<wm::matrix_a, 16, 16, 16, __half, wm::row_major> a;
+	wm::load_matrix_sync(a, p, ldm);
 }
 
 /* Runs f in a child; whether it died of SIGABRT. */
@@ -241,6 +273,72 @@ static void test_cublas(void)
 	cudaFree(dA), cudaFree(dB), cudaFree(dC), cudaFree(bA), cudaFree(bB);
 }
 
+static inline float emu_hf(__half x) { return __half2float(x); }
+static inline float emu_hf(__nv_bfloat16 x) { return __bfloat162float(x); }
+static inline void emu_hput(__half *p, float x) { *p = __float2half_rn(x); }
+static inline void emu_hput(__nv_bfloat16 *p, float x) { *p = __float2bfloat16_rn(x); }
+
+/* Two warps' D = 2 (A B + C) against a double loop, within fp32's bound
+ * for a sum of 17 terms (exact half products: 17 2^-24 sum |terms|),
+ * which is 2^-7 (fp16) to 2^-10 (bf16) of a half rounding: accumulation
+ * in half would fail it. */
+template <typename H, typename BL>
+static void test_wmma_case(const char *what, int cl)
+{
+	const int n = 2 * 256;
+	H hA[n], hB[n], *dA, *dB;
+	float C[n], D[n], *dC, *dD;
+	unsigned st = 99;
+	std::vector<float> ra = rnd_vec(st, n, 2), rb = rnd_vec(st, n, 2), rc = rnd_vec(st, n, 3);
+	for (int i = 0; i < n; i++) {
+		emu_hput(&hA[i], ra[i]);
+		emu_hput(&hB[i], rb[i]);
+		C[i] = rc[i];
+	}
+	cudaMalloc(&dA, sizeof hA), cudaMalloc(&dB, sizeof hB);
+	cudaMalloc(&dC, sizeof C), cudaMalloc(&dD, sizeof D);
+	cudaMemcpy(dA, hA, sizeof hA, cudaMemcpyHostToDevice);
+	cudaMemcpy(dB, hB, sizeof hB, cudaMemcpyHostToDevice);
+	cudaMemcpy(dC, C, sizeof C, cudaMemcpyHostToDevice);
+	FT_EMU_LAUNCH((wmma_k<H, BL>), 1, 64, 0, 0)(dD, dA, dB, dC, cl);
+	cudaMemcpy(D, dD, sizeof D, cudaMemcpyDeviceToHost);
+	bool rm = std::is_same<BL, nvcuda::wmma::row_major>::value, good = true;
+	double worst = 0;
+	for (int w = 0; w < 2; w++)
+		for (int i = 0; i < 16; i++)
+			for (int j = 0; j < 16; j++) {
+				const H *a = hA + 256 * w, *b = hB + 256 * w;
+				double c = C[256 * w + (cl ? j * 16 + i : i * 16 + j)], r = c, m = fabs(c);
+				for (int k = 0; k < 16; k++) {
+					double t = (double)emu_hf(a[i * 16 + k]) *
+						   emu_hf(rm ? b[k * 16 + j] : b[j * 16 + k]);
+					r += t, m += fabs(t);
+				}
+				double e = fabs(D[256 * w + j * 16 + i] - 2 * r);
+				good &= e <= 2 * 17 * ldexp(m, -24);
+				worst = fmax(worst, e / (2 * m));
+			}
+	ok(good, "wmma %s: D = A B + C of two warps within fp32 rounding (worst %.2g of the "
+	   "sum of |terms|)", what, worst);
+	cudaFree(dA), cudaFree(dB), cudaFree(dC), cudaFree(dD);
+}
+
+static void test_wmma(void)
+{
+	namespace wm = nvcuda::wmma;
+	test_wmma_case<__half, wm::row_major>("fp16, B row-major, C row-major", 0);
+	test_wmma_case<__half, wm::col_major>("fp16, B col-major, C col-major", 1);
+	test_wmma_case<__nv_bfloat16, wm::row_major>("bf16, B row-major, C col-major", 1);
+	test_wmma_case<__nv_bfloat16, wm::col_major>("bf16, B col-major, C row-major", 0);
+	__half *d;
+	cudaMalloc(&d, 4096);
+	ok(aborts([&] { FT_EMU_LAUNCH(wmma_load_k, 1, 32, 0, 0)(d + 8, 16); }),
+	   "wmma::load_matrix_sync from a pointer off 32 bytes aborts");
+	ok(aborts([&] { FT_EMU_LAUNCH(wmma_load_k, 1, 32, 0, 0)(d, 12); }),
+	   "wmma::load_matrix_sync with ldm not a multiple of 8 halves aborts");
+	cudaFree(d);
+}
+
 /* FT_EMU_DEVICES (unset here: one device), the current device per host
  * thread, and a wait on an event never recorded refused (a GPU would let
  * the waiting stream run ahead: the NCCL path's ordering) */
@@ -273,5 +371,6 @@ int main(void)
 	test_barriers_atomics();
 	test_memory();
 	test_cublas();
+	test_wmma();
 	return tap_done();
 }

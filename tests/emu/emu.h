@@ -72,6 +72,7 @@ typedef dim3 emu_dim3;
 #define __launch_bounds__(...)
 #define __shared__ static thread_local
 #define FA_DYNAMIC_SMEM(name) float *name = (float *)ft_emu::tls.smem
+#define FA_TC_SMEM(name) unsigned char *name = (unsigned char *)ft_emu::tls.smem
 
 namespace ft_emu {
 
@@ -222,8 +223,13 @@ inline void run_block(worker *w, job *j, dim3 bid)
 {
 	unsigned n = j->block.x * j->block.y * j->block.z;
 	if (j->smem > w->smem_cap) {
+		/* 128-byte aligned, as a block's shared memory is at least:
+		 * WMMA loads need 32 (tests/emu/include/mma.h checks) */
+		void *m = NULL;
 		free(w->smem);
-		w->smem = (float *)malloc(j->smem);
+		if (posix_memalign(&m, 128, j->smem ? j->smem : 1))
+			abort();
+		w->smem = (float *)m;
 		w->smem_cap = j->smem;
 	}
 	for (size_t i = 0; i < j->smem / sizeof(float); i++)

@@ -11,13 +11,14 @@
  * adds the slots in rank order, ((x0 + x1) + x2) + ..., into its result,
  * so every rank gets the same bits and a rerun gives them again.  (Real
  * NCCL's ring or tree order is its own; only the bits of this emulation
- * are reproducible, not NCCL's.)
+ * are reproducible, not NCCL's.)  ncclBroadcast (ZeRO-1's all-gather of
+ * the updated slices) copies the root's piece through slot 0.
  *
  * Calls run synchronously on the calling thread, whatever the stream (the
  * emulated runtime completes every call before returning as well), and
  * ncclGroupStart/End only count nesting: every rank issues the same calls
  * in the same order, which is all a blocking emulation needs.  Only sums
- * of float32 (and float64) are implemented; other types and operations
+ * and broadcasts of float32 (and float64) are implemented; other types and operations
  * return ncclInvalidArgument, as an unsupported one would in NCCL.  A
  * peer that never arrives leaves the caller waiting: the trainer's
  * watchdog (--ddp_timeout) covers that, as it does for real NCCL.
@@ -174,6 +175,28 @@ API int ncclAllReduce(const void *send, void *recv, size_t count, int dtype, int
 		if (es == 8) SUM_PIECE(double);
 		else SUM_PIECE(float);
 		meet(c);   /* every rank has read them: the slots may be reused */
+	}
+	return ncclSuccess;
+}
+
+/* ZeRO-1's all-gather (lib/cuda/zero.cu): the root stages its piece, the
+ * ranks meet, the others copy it out, and they meet again before the slot
+ * is reused.  Bytes are copied, so every rank gets the root's bits. */
+API int ncclBroadcast(const void *send, void *recv, size_t count, int dtype, int root, void *comm,
+		      void *stream)
+{
+	(void)stream;
+	comm_t *c = comm;
+	if (!c || root < 0 || root >= c->n || (dtype != ncclFloat32 && dtype != ncclFloat64))
+		return ncclInvalidArgument;
+	size_t total = count * (dtype == ncclFloat64 ? 8 : 4);
+	for (size_t off = 0; off < total; off += SLOT) {
+		size_t k = total - off < SLOT ? total - off : SLOT;
+		if (c->rank == root) memcpy(c->slots, (const char *)send + off, k);
+		meet(c);   /* the root's piece is staged */
+		if (c->rank != root) memcpy((char *)recv + off, c->slots, k);
+		else if (recv != send) memmove((char *)recv + off, (const char *)send + off, k);
+		meet(c);   /* every rank has it: the slot may be reused */
 	}
 	return ncclSuccess;
 }

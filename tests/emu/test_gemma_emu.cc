@@ -105,7 +105,15 @@ static void test_geglu(int N, int F)
 	ft_geglu_backward(dg.data(), du.data(), dh.data(), g.data(), u.data(), n);
 	unsigned nb = (unsigned)((n + FT_GEMMA_TPB - 1) / FT_GEMMA_TPB);
 	float *G = buf.data(), *U = buf.data() + F;
-	launch([&] { geglu_forward_k(h2.data(), G, U, ld, N, F); }, { nb, 1, 1 }, 0);
+	launch([&] { geglu_forward_k(h2.data(), FT_ACT_F32, G, U, ld, N, F); }, { nb, 1, 1 }, 0);
+	/* the half modes' hidden: the fp32 value rounded once at the store */
+	std::vector<uint16_t> hb(n), hf(n);
+	launch([&] { geglu_forward_k(hb.data(), FT_ACT_BF16, G, U, ld, N, F); }, { nb, 1, 1 }, 0);
+	launch([&] { geglu_forward_k(hf.data(), FT_ACT_F16, G, U, ld, N, F); }, { nb, 1, 1 }, 0);
+	int hsame = 1;
+	for (size_t i = 0; i < n; i++)
+		hsame = hsame && hb[i] == ft_k_f32_to_bf16(h1[i]) && hf[i] == ft_k_f32_to_f16(h1[i]);
+	ok(hsame, "geglu N=%d F=%d: bf16 and f16 hidden = the fp32 one rounded", N, F);
 	launch([&] { geglu_backward_k(G, U, dh.data(), G, U, ld, N, F); }, { nb, 1, 1 }, 0);
 	int same = !memcmp(h1.data(), h2.data(), n * 4), kept = 1;
 	for (int i = 0; i < N; i++) {

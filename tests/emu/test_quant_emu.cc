@@ -125,17 +125,17 @@ static void int8_chain(const ft_qweight *q, float *y, const float *x, int N)
 	float *ps = sca.data(), *pa = caf.data(), *pb = cbf.data(), *pt = tmp.data();
 	int32_t *pacc = acc.data();
 	size_t nw = (size_t)out * in, nt = (size_t)N * out;
-	launch([&] { int8_outliers_k(po, x, N, in); }, grid(in), 0);
+	launch([&] { int8_outliers_k(po, x, FT_ACT_F32, N, in); }, grid(in), 0);
 	launch([&] { int8_compact_k(pc, pn, po, in); }, grid(1), 0);
-	launch([&] { int8_rowmax_k(ps, x, N, in); }, grid(N), 0);
-	launch([&] { int8_act_k(pa, x, ps, po, N, in); }, grid((size_t)N * in), 0);
+	launch([&] { int8_rowmax_k(ps, x, FT_ACT_F32, N, in); }, grid(N), 0);
+	launch([&] { int8_act_k(pa, x, FT_ACT_F32, ps, po, N, in); }, grid((size_t)N * in), 0);
 	launch([&] { int8_cbf_k(pb, q->cb, nw); }, grid(nw), 0);
 	for (int k0 = 0; k0 < in; k0 += 1024) {
 		int K = k0 + 1024 < in ? 1024 : in - k0;
 		ft_sgemm(0, 1, N, out, K, 1, pa + k0, in, pb + k0, in, 0, pt, out);
 		launch([&] { int8_accum_k(pacc, pt, nt, k0 == 0); }, grid(nt), 0);
 	}
-	launch([&] { int8_out_k(y, out, pacc, ps, x, pc, pn, d, 0, out, N); }, grid(nt), 0);
+	launch([&] { int8_out_k(y, out, pacc, ps, x, FT_ACT_F32, pc, pn, d, 0, out, N); }, grid(nt), 0);
 }
 
 static void test_int8(const char *what, const float *w, int out, int in, int N, int outliers)

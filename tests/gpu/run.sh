@@ -8,6 +8,8 @@
 #   test_gpu_generate  needs a GPU: the KV-cache decoder against the CPU's
 #   test_gpu_qlora   needs a GPU: QLoRA (4-bit, 8-bit) against the bnb
 #                    fixtures, checkpointing and decoding against the CPU
+#   test_gpu_attn_half  needs a GPU: the bf16/fp16 (tensor-core) flash
+#                    attention against the CPU's on the same rounded inputs
 # Without a usable GPU (nvidia-smi absent or failing) the GPU tests are
 # skipped with a message and the exit status is 0 (unless the host-only
 # test failed).  FT_GPU_TEST_DIR: prebuilt test binaries (the bundle);

@@ -41,11 +41,12 @@ static want_t formula(const ft_cuda_view *v, const ft_cuda_infer_opts *o, double
 	fused_terms f = fused_of(v);
 	double wy = mi > f.wq ? mi : f.wq;
 	if (f.wg > wy) wy = f.wg;
+	double s = half ? 2 : 4;   /* ln1, ln2, the MLP hidden: the activation type */
 	want_t w;
 	w.weights = half ? 2 * (nmat + f.fa) + 4 * (nvec - f.fa) : 4 * (nmat + nvec);
-	w.acts = 4 * N * (3 * D + qd + f.wq + f.wg + v->Hq + 2 + 2 * r) + 4 * 2 * N * D +
+	w.acts = N * (2 * s * D + 4 * (D + qd + f.wq + f.wg + v->Hq + 2 + 2 * r)) + 4 * 2 * N * D +
 		 4 * N * (D + 1);
-	w.scratch = 4 * N * (D + F + mi + v->Hq + v->hd + 8) + 4 * chunk * V +
+	w.scratch = 4 * N * (D + mi + v->Hq + v->hd + 8) + s * N * F + 4 * chunk * V +
 		    (half ? 2 * chunk * V + 2 * N * (mi + wy) : 0) +
 		    32.0 * 1024 * 1024 + 1024 * ntens + 4.0 * FT_COLSUM_CHUNKS * mi;
 	w.kv = 2 * 4.0 * v->L * o->rows * o->cap * kd;

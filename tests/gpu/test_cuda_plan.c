@@ -44,15 +44,19 @@ static want_t formula(const ft_cuda_view *v, const ft_cuda_opts *o, double nmat,
 	fused_terms f = fused_of(v);
 	double wy = mi > f.wq ? mi : f.wq;
 	if (f.wg > wy) wy = f.wg;
+	/* ln1 and ln2 (the normed inputs of q|k|v and gate|up) and the MLP
+	 * hidden in the activation type: 2 bytes in the half modes */
+	double s = half ? 2 : 4;
 	want_t w;
 	w.weights = half ? 2 * (nmat + f.fa) + 4 * (nvec - f.fa) : 4 * (nmat + nvec);
 	w.master = half ? 4 * (tmat + f.fat) : 0;
 	w.grads = 4 * (tmat + tvec);
 	w.optim = 8 * (tmat + tvec);
-	w.acts = 4 * sets * N * (3 * D + qd + f.wq + f.wg + v->Hq + 2 + 2 * r) +
+	w.acts = sets * N * (2 * s * D + 4 * (D + qd + f.wq + f.wg + v->Hq + 2 + 2 * r)) +
 		 4 * (L + 1) * N * D + 4 * N * (D + 1);
-	w.scratch = 4 * N * (5 * D + qd + f.wq + 2 * F + 3 * mi + (r > 1 ? r : 1) + v->Hq +
-			     v->hd + 8) +
+	/* the MLP hidden (F) in the activation type, its gradient (F) fp32 */
+	w.scratch = 4 * N * (5 * D + qd + f.wq + F + 3 * mi + (r > 1 ? r : 1) + v->Hq +
+			     v->hd + 8) + s * N * F +
 		    4 * chunk * V + (half ? 2 * chunk * V + 2 * N * (mi + wy) : 0) +
 		    32.0 * 1024 * 1024 + 1024 * ntens + 4.0 * FT_COLSUM_CHUNKS * mi;
 	return w;

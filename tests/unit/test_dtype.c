@@ -163,10 +163,72 @@ static void test_bulk(void)
 	ok(ft_convert_from_f32(raw, FT_U8, src, 4) < 0, "bulk refuses U8 destination");
 }
 
+/* fp8 casts against torch's Tensor.to(float8_e4m3fn / float8_e5m2), byte
+ * for byte, and torchao's tensorwise cast (tests/fixtures/extras/fp8_cast.txt
+ * from tests/reference/make_fp8_fixtures.py). */
+#define FP8FIX "tests/fixtures/extras/fp8_cast.txt"
+
+static void test_fp8_quant(char *line, const float *x, int n)
+{
+	ft_fp8_format f = strncmp(line, "e4m3", 4) ? FT_FP8_E5M2 : FT_FP8_E4M3;
+	char *p = line + 4;
+	float want_inv = bitsf((uint32_t)strtoul(p, &p, 16)), q[300];
+	float inv = ft_fp8_quantize_tensorwise(q, x, (size_t)n, f);
+	int bad = 0;
+	for (int i = 0; i < n; i++)
+		bad += fbits(q[i]) != (uint32_t)strtoul(p, &p, 16);
+	ok(fbits(inv) == fbits(want_inv) && bad == 0, "fp8 %.4s: torchao's tensorwise cast of %d values "
+	   "(inverse scale %g vs %g, %d differ)", line, n, inv, want_inv, bad);
+}
+
+static void test_fp8(void)
+{
+	FILE *fp = fopen(FP8FIX, "r");
+	if (!ok(fp != NULL, "open " FP8FIX)) return;
+	char line[8192];
+	int n = 0, bad4 = 0, bad5 = 0, nq = 0;
+	float x[300];
+	while (fgets(line, sizeof line, fp)) {
+		if (line[0] == 'q') {
+			char *p = line + 1;
+			for (nq = 0; nq < 300 && *p && *p != '\n'; nq++)
+				x[nq] = bitsf((uint32_t)strtoul(p, &p, 16));
+			continue;
+		}
+		if (line[0] == 'e') {
+			test_fp8_quant(line, x, nq);
+			continue;
+		}
+		unsigned u, b4, b5;
+		if (sscanf(line, "%x %x %x", &u, &b4, &b5) != 3) continue;
+		float v = bitsf(u);
+		uint8_t g4 = ft_f32_to_fp8(v, FT_FP8_E4M3), g5 = ft_f32_to_fp8(v, FT_FP8_E5M2);
+		if (g4 != b4 && bad4++ < 5) printf("# e4m3 %08x (%g): %02x, torch %02x\n", u, v, g4, b4);
+		if (g5 != b5 && bad5++ < 5) printf("# e5m2 %08x (%g): %02x, torch %02x\n", u, v, g5, b5);
+		n++;
+	}
+	fclose(fp);
+	ok(n > 4000 && bad4 == 0, "fp8 e4m3fn: %d values cast as torch (%d differ)", n, bad4);
+	ok(n > 4000 && bad5 == 0, "fp8 e5m2: %d values cast as torch (%d differ)", n, bad5);
+	/* decoding: every code round-trips, the edges are what the formats say */
+	int rt = 0;
+	for (int b = 0; b < 256; b++)
+		for (int f = 0; f < 2; f++) {
+			float v = ft_fp8_to_f32((uint8_t)b, (ft_fp8_format)f);
+			rt += v == v && ft_f32_to_fp8(v, (ft_fp8_format)f) != b && !(v == 0 && (b & 0x7F) == 0);
+		}
+	ok(rt == 0, "fp8: every non-NaN code decodes and encodes back (%d do not)", rt);
+	ok(ft_fp8_to_f32(0x7E, FT_FP8_E4M3) == 448 && ft_fp8_to_f32(0x01, FT_FP8_E4M3) == 0x1p-9f &&
+	   ft_fp8_to_f32(0x7B, FT_FP8_E5M2) == 57344 && ft_fp8_to_f32(0x01, FT_FP8_E5M2) == 0x1p-16f &&
+	   isinf(ft_fp8_to_f32(0xFC, FT_FP8_E5M2)) && isnan(ft_fp8_to_f32(0x7F, FT_FP8_E4M3)),
+	   "fp8: max, smallest subnormal, Inf and NaN decode");
+}
+
 int main(void)
 {
 	test_basics();
 	test_bulk();
 	test_fixture();
+	test_fp8();
 	return tap_done();
 }

@@ -393,15 +393,11 @@ ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
 			      : x->adam_mini ? "use_adam_mini" : x->muon ? "use_muon"
 			      : c->tune.use_llama_pro ? "use_llama_pro" : NULL;
 		if (w) die_usage("--%s with --finetuning_type oft is not implemented in ft yet", w);
-		if (on_gpu) die_usage("--finetuning_type oft runs on the CPU only in ft (use --device cpu)");
 	}
-	if (on_gpu && (x->loraplus || x->badam || x->muon || x->adam_mini || x->galore ||
-		       c->tune.neftune_noise_alpha > 0 || c->tune.sft_loss || x->asft))
+	if (on_gpu && (x->loraplus || x->badam || x->muon || x->adam_mini || x->galore))
 		die_usage("--%s runs on the CPU only in ft (use --device cpu)",
 			  x->loraplus ? "loraplus_lr_ratio" : x->badam ? "use_badam" : x->galore ? "use_galore"
-			  : x->adam_mini ? "use_adam_mini" : x->muon ? "use_muon"
-			  : c->tune.sft_loss == FT_SFT_LOSS_DFT ? "use_dft_loss"
-			  : c->tune.sft_loss ? "use_eaft_loss" : x->asft ? "use_asft_loss" : "neftune_noise_alpha");
+			  : x->adam_mini ? "use_adam_mini" : "use_muon");
 	if (x->galore && x->galore_layerwise && c->t.dist)
 		die_usage("--galore_layerwise: Distributed training does not support layer-wise GaLore, as in "
 			  "LLaMA-Factory");

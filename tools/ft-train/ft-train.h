@@ -50,6 +50,7 @@ typedef struct {
 	int batch_size, eval_batch_size;
 	int allow_tokenizer_mismatch;
 	int zero;                 /* --zero 0|1 (ZeRO stage) */
+	int fp8;                  /* --fp8 in effect (fp8.c: pt and sft only) */
 	double ddp_timeout;       /* --ddp_timeout seconds (1800) */
 	char **train, **val;
 	size_t n_train, n_val;
@@ -79,6 +80,13 @@ void vocab_model(ft_cli_args *c, ft_model *m);
 /* the extended tokenizer.json instead of the model's among the copied files */
 void vocab_extra_files(ft_cli_args *c, char **extra);
 void vocab_free(ft_cli_args *c);
+
+/* fp8.c: LLaMA-Factory's fp8 settings; after the model is loaded, its
+ * Float8Linear modules; why the GPU cannot run it (NULL: it can) */
+int fp8_known_key(const char *k);
+void fp8_args_parse(ft_lfargs *a, ft_cli_args *c);
+void fp8_model(ft_cli_args *c, ft_model *m);
+const char *fp8_cpu_only(const ft_cli_args *c);
 
 struct ft_optim_ext;
 int ft_train_extras_known(const char *key);

@@ -75,7 +75,7 @@ static const char usage[] =
 "  --gradient_accumulation_steps N (1)  --per_device_train_batch_size N (the batches')\n"
 "  --num_train_epochs X (3.0, fractional allowed)  --max_steps N (overrides epochs)\n"
 "  --seed N (42: LoRA init and dropout)\n"
-"Extras (LLaMA-Factory's; CPU only, docs/EXTRAS.md):\n"
+"Extras (LLaMA-Factory's, docs/EXTRAS.md; on the GPU: NEFTune, DFT/EAFT/ASFT, DoRA, OFT):\n"
 "  --neftune_noise_alpha A    NEFTune: U(-A/sqrt(T*d), +) noise on the embeddings\n"
 "  --loraplus_lr_ratio R      LoRA+: lora_B at learning_rate * R\n"
 "  --loraplus_lr_embedding X  (1e-6)\n"
@@ -102,6 +102,11 @@ static const char usage[] =
 "  --pissa_init               PiSSA: LoRA from the top singular vectors, base = residual\n"
 "  --pissa_iter N (16; -1: exact SVD)  --pissa_convert  (also write pissa_converted/,\n"
 "                             a plain LoRA adapter of rank 2r)\n"
+"  --fp8                      pt/sft: torchao's Float8Linear numerics (tensorwise\n"
+"                             scales, e4m3 forward, e5m2 gradients) on the decoder\n"
+"                             linears accelerate converts (not layer 0's q_proj)\n"
+"  --fp8_backend auto|torchao|msamp (auto; all torchao, as LLaMA-Factory; te refused)\n"
+"  --fp8_enable_fsdp_float8_all_gather  accepted: a no-op without FSDP (a note)\n"
 "Logging, evaluation, checkpoints:\n"
 "  --logging_steps N (500) --logging_first_step  --eval_steps N (logging_steps)\n"
 "  --save_steps N (500) --save_total_limit N  --do_train --do_eval  --plot_loss\n"
@@ -411,9 +416,6 @@ static void batch_shape(const ft_manifest *m, int *max_tokens, int *max_seq)
 	if (m->seq_len > *max_seq) *max_seq = m->seq_len;
 }
 
-#define MTS_CPU "training embed_tokens and lm_head beside LoRA (resize_vocab: modules_to_save) runs " \
-		"on the CPU only for now (--device cpu)"
-
 int device_pick(ft_cli_args *c, ft_model *m, int *index)
 {
 	int idx;
@@ -427,7 +429,7 @@ int device_pick(ft_cli_args *c, ft_model *m, int *index)
 	}
 	if (kind != FT_DEV_CPU && !strcmp(c->device, "auto")) {
 		/* auto means the GPU when it can run this job, else the CPU */
-		const char *cpu_only = c->tune.modules_to_save ? MTS_CPU
+		const char *cpu_only = fp8_cpu_only(c) ? fp8_cpu_only(c)
 				       : c->pref && c->t.dist ? "under mpirun the preference stages run on the CPU"
 				       : grpo_stage(c) && c->t.dist ? "under mpirun --stage grpo runs on the CPU"
 				       : ft_train_cuda_supports(m) < 0 ? ft_errmsg() : NULL;
@@ -437,7 +439,7 @@ int device_pick(ft_cli_args *c, ft_model *m, int *index)
 			why[0] = 0;
 		}
 	}
-	if (kind != FT_DEV_CPU && c->tune.modules_to_save) die_usage("--device %s: %s", c->device, MTS_CPU);
+	if (kind != FT_DEV_CPU && fp8_cpu_only(c)) die_usage("--device %s: %s", c->device, fp8_cpu_only(c));
 	if (kind == FT_DEV_CPU) {
 		if (c->device_given && why[0]) warn("note: --device %s: running on the CPU (%s)", c->device, why);
 		if (c->bf16 || c->fp16)
@@ -472,10 +474,6 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	if (d && c->pref)
 		die_usage("--stage %s runs in one process on GPUs (no mpirun -np N with --device %s)",
 			  c->stage, c->device);
-	if (d && c->zero)
-		die_usage("--zero 1 is implemented on the CPU path only: the device keeps every AdamW "
-			  "moment beside its weights and steps them in one pass; run plain data parallel "
-			  "on GPUs (mpirun -np N ft-train ... --device cuda)");
 	/* one GPU per rank: the rank on this node picks it, unless named */
 	if (d && strchr(c->device, ':') == NULL) {
 		int ngpu = ft_device_cuda_count(NULL, 0);
@@ -486,17 +484,26 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	}
 	ft_cuda_opts o = { .precision = c->bf16 ? FT_CUDA_BF16 : c->fp16 ? FT_CUDA_F16 : FT_CUDA_F32,
 			   .device = idx };
+	if (d && c->zero) {   /* ZeRO-1: this rank's slice of the moments only */
+		o.zero_ranks = ft_dist_size(d);
+		o.zero_rank = ft_dist_rank(d);
+	}
 	if (c->do_train) batch_shape(tm, &o.max_tokens, &o.max_seq);
 	if (c->n_val) batch_shape(vm, &o.max_tokens, &o.max_seq);
 	if (c->pref) *t = pref_bind(c, m, &o);
 	else if (ft_train_model_of_cuda(m, &o, t) < 0) die("--device %s: %s", c->device, ft_errmsg());
 	/* after the device model exists: NCCL binds to this thread's device */
 	if (d && ft_dist_nccl_open(d) < 0) die("%s", ft_errmsg());
+	if (d && c->zero) ft_cuda_train_zero(t, d);
 	char plan[256];
 	ft_cuda_model *dm = c->pref ? ft_pref_model_cuda_device(&c->pref_pm) : ft_cuda_train_device(t);
 	ft_cuda_plan_format(ft_cuda_model_plan(dm), plan, sizeof plan);
 	device_desc(c, idx, desc, n);
 	warn("note: training on %s; device memory planned %s", desc, plan);
+	if (!c->pref && ft_cuda_train_ref(t)) {
+		ft_cuda_plan_format(ft_cuda_model_plan(ft_cuda_train_ref(t)), plan, sizeof plan);
+		warn("note: the ASFT reference model on the device: planned %s", plan);
+	}
 	note_quant_device(m, &c->tune, c->bf16 || c->fp16);
 	return 1;
 }
@@ -653,6 +660,7 @@ int main(int argc, char **argv)
 		return rc_ppo;
 	}
 	ft_train_extras_model(&c, m);
+	fp8_model(&c, m);
 	ft_train_model tm;
 	char device[512];
 	int on_gpu = bind_model(&c, m, &tm_, &vm_, &tm, device, sizeof device);

@@ -1,0 +1,220 @@
+/* dora.cu - DoRA (PEFT's use_dora) on the device, function by function
+ * as lib/model/lora_dora.c (the readable reference):
+ *   norm = ||W + s B A||  per output row, detached (no gradient)
+ *   y    = bias + (mag / norm) * (x W^T + s B A x)
+ *   d(x W^T + s B A x) = (mag / norm) * dy
+ *   d mag_j = sum_t dy_tj (x W^T + s B A x)_tj / norm_j
+ * The hooks run after a module's LoRA product (layer.cu's lin_fwd and,
+ * inside the fused q|k|v and gate|up GEMMs, lin_fwd_group: y is then a
+ * module's columns of the fused buffer, row stride ld) and before its
+ * backward.  DoRA needs no unfused path: the factor is per output column
+ * of one module, so it applies to that module's columns of the fused
+ * output as to a plain one.
+ *
+ * The frozen W is read as the forward uses it (its half copy in the
+ * bf16/f16 modes: PEFT adds the fp32 B A to the bf16 weight), A and B as
+ * their fp32 masters when they train.  The CPU refuses DoRA with
+ * dropout, with a quantized base and on Phi-3's fused modules, and so
+ * the device never sees them (checked again here).
+ */
+#include "cuda/common.cuh"
+
+#define DORA_TPB 256
+#define DORA_COLS 32   /* columns per block of the backward (coalesced rows) */
+
+/* Element i of a tensor as fp32: its fp32 copy, else its half one. */
+typedef struct { const float *w; const uint16_t *h; int bf16; } dora_src;
+
+static __device__ inline float src_at(dora_src s, size_t i)
+{
+	if (s.w)
+		return s.w[i];
+	return s.bf16 ? ft_k_bf16_to_f32(s.h[i]) : ft_k_f16_to_f32(s.h[i]);
+}
+
+static dora_src src_of(const ft_cuda_model *dm, const ft_dt *t)
+{
+	dora_src s = { t->w, t->w ? NULL : t->h, dm->o.precision == FT_CUDA_BF16 };
+	return s;
+}
+
+/* delta_norm + ftp_dora_scale: one block per output row o, the row of
+ * B A (r terms, as the CPU's GEMM) added to W's, squares summed in
+ * double, the norm and the factor mag / norm in float. */
+static __global__ void dora_norm_k(float *dnorm, float *dscale, const float *mag, dora_src W,
+				   dora_src A, dora_src B, int in, int r, float scale)
+{
+	__shared__ double sh[DORA_TPB];
+	int o = blockIdx.x;
+	double s = 0;
+	for (int i = threadIdx.x; i < in; i += blockDim.x) {
+		float lw = 0;
+		for (int k = 0; k < r; k++)
+			lw += src_at(B, (size_t)o * r + k) * src_at(A, (size_t)k * in + i);
+		float w = src_at(W, (size_t)o * in + i) + scale * lw;
+		s += (double)w * w;
+	}
+	s = ft_cu_block_sum(s, sh);
+	if (threadIdx.x == 0) {
+		float n = (float)sqrt(s);
+		dnorm[o] = n;
+		dscale[o] = mag[o] / n;
+	}
+}
+
+/* ftp_dora_forward's loop: pre = y - b (kept for the backward when pre
+ * is not NULL), y = b + dscale * pre. */
+static __global__ void dora_apply_k(float *y, int ld, float *pre, const float *bias,
+				    const float *dscale, int N, int out)
+{
+	size_t n = (size_t)N * out;
+	for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+	     i += (size_t)gridDim.x * blockDim.x) {
+		size_t t = i / out;
+		int o = (int)(i % out);
+		float b = bias ? bias[o] : 0.0f;
+		float *yt = y + t * ld + o, p = *yt - b;
+		if (pre)
+			pre[i] = p;
+		*yt = b + dscale[o] * p;
+	}
+}
+
+/* ftp_dora_backward: for DORA_COLS columns per block, dyo = dscale * dy
+ * (dyo may be dy: in place) and mag_g += sum_t dy pre (double) / dnorm.
+ * Threads (tx, ty) = (column, row phase): the rows are read coalesced,
+ * the partial sums added in a fixed order. */
+static __global__ void dora_backward_k(float *dyo, int ldo, const float *dy, int ld,
+				       const float *pre, const float *dscale, const float *dnorm,
+				       float *mag_g, int N, int out)
+{
+	__shared__ double sh[DORA_TPB];
+	const int rows = DORA_TPB / DORA_COLS;
+	int tx = threadIdx.x % DORA_COLS, ty = threadIdx.x / DORA_COLS;
+	int o = blockIdx.x * DORA_COLS + tx;
+	double dg = 0;
+	if (o < out)
+		for (int t = ty; t < N; t += rows) {
+			float d = dy[(size_t)t * ld + o];
+			dg += (double)d * pre[(size_t)t * out + o];
+			dyo[(size_t)t * ldo + o] = dscale[o] * d;
+		}
+	sh[threadIdx.x] = dg;
+	__syncthreads();
+	if (ty == 0 && o < out) {
+		double s = 0;
+		for (int k = 0; k < rows; k++)
+			s += sh[k * DORA_COLS + tx];
+		if (mag_g)
+			mag_g[o] += (float)s / dnorm[o];
+	}
+}
+
+static unsigned grid_of(size_t n)
+{
+	size_t b = (n + DORA_TPB - 1) / DORA_TPB;
+	return (unsigned)(b > 65535u * 32u ? 65535u * 32u : (b ? b : 1));
+}
+
+/* ftp_dora_scale: the norms and factors of module j of layer l.  A
+ * device model for decoding (o.inference) computes them once, as the
+ * CPU's ftp_dora_infer uses the factors of load time. */
+static int dora_scale(ft_cuda_model *dm, int l, int j)
+{
+	ft_dlayer *d = &dm->layers[l];
+	ft_dlora *lo = &d->lora[j];
+	if (dm->o.inference && lo->dora_ready)
+		return 0;
+	if (d->quant || !d->lin[j])
+		return ft_fail("DoRA on a quantized base (QDoRA) is not implemented in ft yet");
+	int in = dm->v.lin_in[j], out = dm->v.lin_out[j];
+	FT_LAUNCH(dora_norm_k, out, DORA_TPB, 0, dm->stream)(lo->dnorm, lo->dscale, lo->mag->w,
+		src_of(dm, d->lin[j]), src_of(dm, lo->A), src_of(dm, lo->B), in, lo->r, lo->scale);
+	LAUNCHED("dora_norm", "layer %d %s: out=%d in=%d r=%d", l, ft_cuda_view_lin_name(j), out,
+		 in, lo->r);
+	lo->dora_ready = 1;
+	return 0;
+}
+
+int ft_cu_dora_forward(ft_cuda_model *dm, int l, int j, float *y, int ld, int N)
+{
+	ft_dlayer *d = &dm->layers[l];
+	ft_dlora *lo = &d->lora[j];
+	if (!lo->on || !lo->mag)
+		return 0;
+	int out = dm->v.lin_out[j];
+	TRY(dora_scale(dm, l, j));
+	const float *bias = j < 3 && d->bias[j] ? d->bias[j]->w : NULL;
+	float *pre = dm->o.inference ? NULL : lo->pre;
+	FT_LAUNCH(dora_apply_k, grid_of((size_t)N * out), DORA_TPB, 0, dm->stream)(y, ld, pre, bias,
+		lo->dscale, N, out);
+	LAUNCHED("dora_forward", "layer %d %s: N=%d out=%d", l, ft_cuda_view_lin_name(j), N, out);
+	return 0;
+}
+
+int ft_cu_dora_backward(ft_cuda_model *dm, int l, int j, float *dyo, int ldo, const float *dy,
+			int ld, int N)
+{
+	ft_dlora *lo = &dm->layers[l].lora[j];
+	int out = dm->v.lin_out[j];
+	if (!lo->pre)
+		return ft_fail("internal: DoRA backward without its forward's buffer");
+	unsigned g = (unsigned)((out + DORA_COLS - 1) / DORA_COLS);
+	FT_LAUNCH(dora_backward_k, g, DORA_TPB, 0, dm->stream)(dyo, ldo, dy, ld, lo->pre,
+		lo->dscale, lo->dnorm, lo->mag->g, N, out);
+	LAUNCHED("dora_backward", "layer %d %s: N=%d out=%d", l, ft_cuda_view_lin_name(j), N, out);
+	return 0;
+}
+
+int ft_cu_dora_lin_backward(ft_cuda_model *dm, int l, int j, const float **dy, int N)
+{
+	ft_dlora *lo = &dm->layers[l].lora[j];
+	if (!lo->on || !lo->mag)
+		return 0;
+	int out = dm->v.lin_out[j];
+	TRY(ft_cu_dora_backward(dm, l, j, dm->dora_dy, out, *dy, out, N));
+	*dy = dm->dora_dy;
+	return 0;
+}
+
+int ft_cu_dora_group_backward(ft_cuda_model *dm, int l, const ft_cv_group *c, float *dY, int N)
+{
+	for (int i = 0; i < c->n; i++) {
+		const ft_dlora *lo = &dm->layers[l].lora[c->js[i]];
+		if (lo->on && lo->mag)
+			TRY(ft_cu_dora_backward(dm, l, c->js[i], dY + c->off[i], c->tot,
+						dY + c->off[i], c->tot, N));
+	}
+	return 0;
+}
+
+/* The norms, factors and (training) the forward's pre-factor outputs
+ * [N, out] of every DoRA module, and the scaled output gradient of a
+ * plain module.  pre follows the activations: one per layer, or with
+ * gradient checkpointing one per module shared by the layers (each
+ * layer's forward runs again before its backward). */
+void ft_cu_dora_layout(ft_cuda_model *dm, ft_arena *a, size_t N)
+{
+	float *shared[FT_CV_NLIN] = { 0 };
+	size_t mo = 0;
+	int one = dm->v.gradient_checkpointing;
+	for (int l = 0; l < dm->v.L; l++)
+		for (int j = 0; j < FT_CV_NLIN; j++) {
+			ft_dlora *lo = &dm->layers[l].lora[j];
+			size_t out = dm->v.lin_out[j];
+			if (!lo->mag)
+				continue;
+			if (out > mo) mo = out;
+			lo->dnorm = (float *)ft_arena_take(a, out * sizeof(float), A_SCRATCH);
+			lo->dscale = (float *)ft_arena_take(a, out * sizeof(float), A_SCRATCH);
+			lo->pre = NULL;
+			if (dm->o.inference)
+				continue;
+			if (one && !shared[j])
+				shared[j] = (float *)ft_arena_take(a, N * out * sizeof(float), A_ACTS);
+			lo->pre = one ? shared[j]
+				      : (float *)ft_arena_take(a, N * out * sizeof(float), A_ACTS);
+		}
+	dm->dora_dy = mo && !dm->o.inference
+		? (float *)ft_arena_take(a, N * mo * sizeof(float), A_SCRATCH) : NULL;
+}

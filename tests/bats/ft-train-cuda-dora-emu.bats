@@ -1,0 +1,115 @@
+#!/usr/bin/env bats
+# DoRA (--use_dora) on the emulated device (lib/cuda/dora.cu) against the
+# CPU's lib/model/lora_dora.c, the PEFT-exact reference (its fixtures in
+# test_extras).
+#
+# Tolerances.  The device computes DoRA's row norms ||W + s B A|| with
+# the same float products and double sums as the CPU, in a block-tree
+# order (one reordered double sum: ~1e-16, then rounded to float), and
+# the magnitude's gradient with a double sum over the tokens in another
+# order; everything else is the LoRA path of ft-train-cuda-emu.bats,
+# whose losses, grad norms and eval losses agree within ~1e-6 relative
+# (bound 1e-4, argued there).  Observed here: <= 3e-7.  The saved
+# adapters: AdamW's step is lr * m / (sqrt(v) + eps), about lr = 5e-3
+# per element and step whatever the gradient's size, so a gradient
+# element that differs by its rounding (~1e-6 relative) moves the weight
+# by ~lr * 1e-6, and more only where g is near 0 and m / sqrt(v) is
+# ill-conditioned; plain LoRA's adapters land within 1.2e-5 of the
+# CPU's, DoRA's within 4.1e-5.  The bound 2e-4 is 5 times that and 50
+# times below what one wrong gradient element does in 4 steps (a
+# flipped update: 2 lr = 1e-2).  --bf16 / --fp16: the half bounds of
+# ft-train-cuda-emu.bats (one rounding of a matmul operand 2^-9 / 2^-12;
+# DoRA's norm adds the fp32 B A to the half W, as PEFT's does).  Resume
+# and gradient checkpointing are compared bit for bit (the emulation is
+# deterministic; checkpointing reruns each layer's forward, DoRA's norm
+# and factor included, with the same operations).
+load helper
+load emu_helper
+
+LLAMA="$FIXTURES/models/tiny-llama"
+QWEN="$FIXTURES/models/tiny-qwen2"
+MAXDIFF="$FT_ROOT/build/tests/st_maxdiff"
+
+# adapters_close A B: the saved adapters (magnitudes included) within 2e-4
+adapters_close() {
+	[ -x "$MAXDIFF" ] || skip "build/tests/st_maxdiff is not built (make unit)"
+	grep -aq lora_magnitude_vector "$1/adapter_model.safetensors"
+	local d
+	d=$("$MAXDIFF" "$1/adapter_model.safetensors" "$2/adapter_model.safetensors")
+	echo "# adapters: largest difference $d (bound 2e-4)" >&3
+	awk -v d="$d" 'BEGIN { exit !(d <= 2e-4) }'
+}
+
+@test "emulated device DoRA: qwen2 (biases, all modules: fused q|k|v, gate|up), llama with accumulation, clipping, eval; adapters as the CPU's" {
+	sft_data
+	common=(--train train.zst --val val.zst --eval_steps 2 --finetuning_type lora --use_dora)
+	for m in "$QWEN" "$LLAMA"; do
+		extra=(--lora_target all)
+		[ "$m" = "$LLAMA" ] && extra=(--gradient_accumulation_steps 2 --max_grad_norm 0.5 --warmup_steps 2)
+		tr cpu cpu "$m" "${common[@]}" "${extra[@]}"
+		tr cuda dev "$m" "${common[@]}" "${extra[@]}"
+		[[ "$(jq -r .ft.device dev/trainer_state.json)" == "cuda:0 (ft host emulation, "* ]]
+		close cpu/trainer_log.jsonl dev/trainer_log.jsonl 1e-4
+		adapters_close cpu dev
+		jq -e '.use_dora == true' dev/adapter_config.json
+		# DoRA really ran: plain LoRA's numbers differ from the second step on
+		tr cuda lora "$m" "${common[@]:0:6}" --finetuning_type lora "${extra[@]}"
+		! diff -q <(nums lora/trainer_log.jsonl) <(nums dev/trainer_log.jsonl)
+		rm -rf cpu dev lora
+	done
+}
+
+@test "emulated device DoRA: gradient checkpointing bit-identical, --device auto picks the device, resume bit-identical" {
+	sft_data
+	tr cuda a "$QWEN" --train train.zst --lora_target all --use_dora
+	tr auto b "$QWEN" --train train.zst --lora_target all --use_dora --gradient_checkpointing
+	[[ "$(jq -r .ft.device b/trainer_state.json)" == "cuda:0 (ft host emulation, "* ]]
+	diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	cmp a/adapter_model.safetensors b/adapter_model.safetensors
+	rm -rf a b
+	for p in "" --fp16; do
+		args=(--model_name_or_path "$LLAMA" --train train.zst --device cuda --use_dora $p
+		      --learning_rate 5e-3 --max_steps 6 --gradient_accumulation_steps 2 --max_grad_norm 0.5
+		      --lr_scheduler_type cosine --warmup_steps 2 --logging_steps 1 --save_steps 3 -q)
+		ft-train --output_dir a "${args[@]}"
+		mkdir b && cp -r a/checkpoint-3 b/ && head -n 3 a/trainer_log.jsonl > b/trainer_log.jsonl
+		ft-train --output_dir b "${args[@]}" --resume_from_checkpoint true
+		diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+		cmp a/adapter_model.safetensors b/adapter_model.safetensors
+		# the magnitudes' moments come back out of the device too
+		cmp a/checkpoint-6/optimizer.safetensors b/checkpoint-6/optimizer.safetensors
+		rm -rf a b
+	done
+}
+
+@test "emulated device DoRA --bf16 and --fp16: half operands against the CPU's fp32, within their rounding" {
+	sft_data
+	tr cpu cpu "$QWEN" --train train.zst --lora_target all --use_dora
+	for p in bf16 fp16; do
+		tr cuda $p "$QWEN" --train train.zst --lora_target all --use_dora --$p
+		[[ "$(jq -r .ft.device $p/trainer_state.json)" == *", $p" ]]
+	done
+	paste <(jq -r 'select(.loss) | "\(.loss) \(.grad_norm)"' cpu/trainer_log.jsonl) \
+	      <(jq -r 'select(.loss) | "\(.loss) \(.grad_norm)"' bf16/trainer_log.jsonl) \
+	      <(jq -r 'select(.loss) | "\(.loss) \(.grad_norm)"' fp16/trainer_log.jsonl) | awk '
+		function rel(a, b) { d = (a - b) / a; return d < 0 ? -d : d }
+		{ if (rel($1, $3) > 1e-2 || rel($1, $5) > 2e-3 || rel($2, $4) > 5e-2 || rel($2, $6) > 1e-2) bad = 1; n++ }
+		END { exit !(n == 4 && !bad) }'
+	! diff -q <(nums cpu/trainer_log.jsonl) <(nums bf16/trainer_log.jsonl)
+}
+
+@test "emulated device DoRA adapter: dpo with the reference as the adapters disabled, and ft-generate's greedy tokens as the CPU's" {
+	sft_data
+	tr cpu dora "$QWEN" --train train.zst --lora_target all --use_dora --learning_rate 5e-2
+	ft-cat --encode < "$FIXTURES/pref/dpo.jsonl" > dpo.zst
+	same_run "$LLAMA" 1e-4 --stage dpo --train dpo.zst --use_dora
+	# decoding (lib/cuda/infer.cu) through the trained magnitudes
+	printf '%s\n' '{"prompt": "Who are you?"}' '{"prompt": "the tea is hot and the cup is full of it"}' > p.jsonl
+	for d in cpu cuda; do
+		ft-generate --model_name_or_path "$QWEN" --adapter_name_or_path dora \
+			--tokenizer "$FIXTURES/generate/tokenizer" --template default --max_new_tokens 24 \
+			--do_sample false --per_device_eval_batch_size 2 --device $d p.jsonl > $d.out
+	done
+	[ "$(wc -l < cuda.out)" -eq 2 ]
+	diff cpu.out cuda.out
+}
