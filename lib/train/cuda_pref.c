@@ -15,6 +15,7 @@ typedef struct {
 	int64_t skipped;     /* fp16 steps skipped for overflow */
 	ft_param *vh;        /* rm: the value head's host tensors (pref.c's) */
 	int vh_stale;        /* the host head changed: upload before use */
+	int64_t calls;       /* the device's dropout position, as it advances */
 	float temp;          /* GRPO: the log-probs' temperature (1: none) */
 	float *ent;          /* GRPO: where the entropies go (NULL: none) */
 } binding;
@@ -73,7 +74,8 @@ static void b_set_position(void *self, int64_t n)
 {
 	binding *x = self;
 	ft_cuda_set_position(x->dm, n);
-	ft_model_set_dropout_position(x->m, n);   /* as b_logps_fwd keeps it */
+	ft_model_set_dropout_position(x->m, n);
+	x->calls = n;
 }
 
 static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm, double *gnorm)
@@ -118,6 +120,9 @@ static int b_state_out(void *self, ft_adamw *opt)
 	binding *x = self;
 	if (ft_cuda_copy_weights_to_host(x->dm) < 0 || head_down(x) < 0)
 		return -1;
+	/* the host model's dropout position is the device's: GRPO's and
+	 * PPO's checkpoints read it there (ft_model_dropout_position) */
+	ft_model_set_dropout_position(x->m, (uint64_t)x->calls);
 	for (size_t k = 0; opt && k < ft_adamw_count(opt); k++) {
 		long i = param_index(x, ft_adamw_param(opt, k));
 		float *m = ft_adamw_exp_avg(opt, k), *v = ft_adamw_exp_avg_sq(opt, k);
@@ -156,13 +161,15 @@ static size_t b_peak(void *self) { return ft_cuda_peak_bytes(((binding *)self)->
 
 /* ---- the model_pref.h operations ---- */
 
-/* The host model's dropout position follows the device's (each training
- * forward draws the next masks on both): GRPO's and PPO's checkpoints
- * read it there (ft_model_dropout_position). */
+/* Each training forward draws the next dropout masks on the device: the
+ * count kept here reaches the host model at state_out only.  Advancing
+ * the host's own count per forward would advance it twice where the
+ * device computes with the host model itself (the fake backend,
+ * tests/emu/fake_backend.c) and shift every later mask there. */
 static void follow_position(binding *x, int train)
 {
 	if (train)
-		ft_model_set_dropout_position(x->m, ft_model_dropout_position(x->m) + 1);
+		x->calls++;
 }
 
 static int b_logps_fwd(void *self, const ft_batch *b, int train, float *lp, float *lmean)
