@@ -85,14 +85,12 @@ int ft_cu_gemma_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float
 	const ft_cuda_view *c = &dm->v;
 	int N = b->B * b->T, D = c->D;
 	ft_dlayer *y = &dm->layers[l];
-	ft_cu_attn s = ft_cu_attn_shape_of(dm, l, b);
 	const float *w;
 	TRY(ft_cu_norm_w(dm, y->ln1, D, &w));
 	TRY(ft_cu_rmsnorm_forward_act(dm, a->ln1, a->rstd1, x_in, w, N, D, c->eps));
 	TRY(ft_cu_attn_inputs(dm, l, a, N));
-	ft_cu_attn_ld ld = { a->ldq, a->ldk, a->ldv, 0, 0, 0 };
-	TRY(ft_cu_attention_forward(dm, a->att, a->lse, a->q, a->k, a->v, &s, &ld));
-	TRY(ft_cu_lin_forward(dm, l, 3, a, a->ao, ft_cu_f32(a->att), N));
+	TRY(ft_cu_attn_forward(dm, l, a, b));
+	TRY(ft_cu_lin_forward(dm, l, 3, a, a->ao, ft_cu_qkv_mat(dm, a->att), N));
 	TRY(norm_fwd(dm, dm->tmp, a->rstd_ao, a->ao, y->ln2, N));
 	/* xmid = x + post_attention_layernorm(ao), then its pre-feedforward
 	 * norm: the CPU's add_into + ft_rmsnorm_forward, fused */
@@ -131,6 +129,6 @@ int ft_cu_gemma_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const floa
 	TRY(ft_cu_zero(dm, dm->d_b, nD * sizeof(float)));
 	TRY(norm_bwd(dm, dm->d_b, y->ln2, dm->d_a, a->ao, a->rstd_ao, N));
 	TRY(ft_cu_zero(dm, dm->d_att, nq * sizeof(float)));
-	TRY(ft_cu_lin_backward(dm, l, 3, a, dm->d_att, dm->d_b, ft_cu_f32(a->att), N));
+	TRY(ft_cu_lin_backward(dm, l, 3, a, dm->d_att, dm->d_b, ft_cu_qkv_mat(dm, a->att), N));
 	return ft_cu_attn_backward(dm, l, a, x_in, b, need_dx);
 }

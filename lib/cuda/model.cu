@@ -247,11 +247,14 @@ static void layout_acts(ft_cuda_model *dm, ft_arena *a, ft_dacts *x, size_t N, s
 	/* the normed layer inputs in the activation type (ft_cu_act_type):
 	 * 2 bytes in the half modes */
 	size_t es = dm->half ? 2 : 4;
+	/* attention's inputs and output in ft_cu_qkv_type (half when training
+	 * in the half modes) */
+	size_t eq = ft_cu_act_size(ft_cu_qkv_type(dm));
 	x->ln1 = ft_arena_take(a, N * D * es, A_ACTS);
 	x->rstd1 = TAKE(a, N, float, A_ACTS);
-	x->qkv = TAKE(a, N * group_width(dm, 0), float, A_ACTS);
+	x->qkv = ft_arena_take(a, N * group_width(dm, 0) * eq, A_ACTS);
 	x->lse = TAKE(a, N * v->Hq, float, A_ACTS);
-	x->att = TAKE(a, N * qd, float, A_ACTS);
+	x->att = ft_arena_take(a, N * qd * eq, A_ACTS);
 	x->xmid = TAKE(a, N * D, float, A_ACTS);
 	x->ln2 = ft_arena_take(a, N * D * es, A_ACTS);
 	x->rstd2 = TAKE(a, N, float, A_ACTS);
@@ -260,8 +263,8 @@ static void layout_acts(ft_cuda_model *dm, ft_arena *a, ft_dacts *x, size_t N, s
 	x->lh[3] = r ? TAKE(a, N * r, float, A_ACTS) : NULL;
 	x->lh[6] = r ? TAKE(a, N * r, float, A_ACTS) : NULL;
 	if (v->qk_norm) {
-		x->qn = TAKE(a, N * qd, float, A_ACTS);
-		x->kn = TAKE(a, N * kd, float, A_ACTS);
+		x->qn = ft_arena_take(a, N * qd * eq, A_ACTS);
+		x->kn = ft_arena_take(a, N * kd * eq, A_ACTS);
 		x->rstdq = TAKE(a, N * v->Hq, float, A_ACTS);
 		x->rstdk = TAKE(a, N * v->Hk, float, A_ACTS);
 	}
@@ -424,7 +427,10 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	dm->row_loss = TAKE(a, N, double, A_SCRATCH);
 	if (dm->half) {
 		dm->hx = TAKE(a, N * mi, uint16_t, A_SCRATCH);
-		dm->hy = TAKE(a, N * wy, uint16_t, A_SCRATCH);   /* a fused dY */
+		/* a fused dY; attention's dq|dk|dv; LoRA B cast for a half
+		 * q|k|v output (layer.cu), r * mi at most */
+		size_t ny = N * wy > r * mi ? N * wy : r * mi;
+		dm->hy = TAKE(a, ny, uint16_t, A_SCRATCH);
 		dm->hhead = TAKE(a, chunk * V, uint16_t, A_SCRATCH);
 	}
 	/* flash attention (attention.cu) keeps its tiles in shared memory:

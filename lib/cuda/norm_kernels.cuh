@@ -19,20 +19,37 @@
  * normed layer inputs are half: the q|k|v and gate|up GEMMs read them as
  * their operand, no cast), rstd saved in fp32.  The statistics are fp32
  * whatever at is. */
-static __global__ void rmsnorm_forward_k(void *out, int at, float *rstd, const float *x,
-					 ft_cu_rows xl, const float *w, int D, float eps)
+static __device__ __forceinline__ void rmsnorm_row(void *out, int at, float *rstd,
+						   const void *x, int xt, ft_cu_rows xl,
+						   const float *w, int D, float eps, float *sh)
 {
-	__shared__ float sh[FT_NORM_TPB];
-	const float *xr = x + ft_cu_row(xl, blockIdx.x, D);
-	size_t o = (size_t)blockIdx.x * D;
+	size_t xr = ft_cu_row(xl, blockIdx.x, D), o = (size_t)blockIdx.x * D;
 	float ss = 0;
-	for (int d = threadIdx.x; d < D; d += blockDim.x)
-		ss += xr[d] * xr[d];
+	for (int d = threadIdx.x; d < D; d += blockDim.x) {
+		float v = ft_k_act_get(x, xr + d, xt);
+		ss += v * v;
+	}
 	float r = ft_k_rmsnorm_rstd(ft_cu_block_sum(ss, sh), D, eps);
 	if (threadIdx.x == 0)
 		rstd[blockIdx.x] = r;
 	for (int d = threadIdx.x; d < D; d += blockDim.x)
-		ft_k_act_put(out, o + d, ft_k_rmsnorm_out(xr[d], w[d], r), at);
+		ft_k_act_put(out, o + d, ft_k_rmsnorm_out(ft_k_act_get(x, xr + d, xt), w[d], r), at);
+}
+
+static __global__ void rmsnorm_forward_k(void *out, int at, float *rstd, const float *x,
+					 ft_cu_rows xl, const float *w, int D, float eps)
+{
+	__shared__ float sh[FT_NORM_TPB];
+	rmsnorm_row(out, at, rstd, x, FT_ACT_F32, xl, w, D, eps, sh);
+}
+
+/* The same on x of type xt (Qwen3's q_norm / k_norm on the half q|k|v
+ * buffer of the half modes: read widened, the statistics in fp32). */
+static __global__ void rmsnorm_forward_xk(void *out, int at, float *rstd, const void *x, int xt,
+					  ft_cu_rows xl, const float *w, int D, float eps)
+{
+	__shared__ float sh[FT_NORM_TPB];
+	rmsnorm_row(out, at, rstd, x, xt, xl, w, D, eps, sh);
 }
 
 /* One block of FT_NORM_TPB threads per row: sum = a + b (the residual
