@@ -90,6 +90,12 @@ int ft_cuda_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr,
 	return BACKEND->step(dm, o, lr, max_grad_norm, grad_norm, skipped);
 }
 
+int ft_cuda_step_lrs(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, const double *lrs, size_t n,
+		     double max_grad_norm, double *grad_norm, int *skipped)
+{
+	return BACKEND->step_lrs(dm, o, lrs, n, max_grad_norm, grad_norm, skipped);
+}
+
 int64_t ft_cuda_steps(const ft_cuda_model *dm) { return BACKEND->steps(dm); }
 double ft_cuda_loss_scale(const ft_cuda_model *dm) { return BACKEND->loss_scale(dm); }
 int ft_cuda_scaler_get(const ft_cuda_model *dm, double *scale, int64_t *growth_tracker)

@@ -90,6 +90,10 @@ typedef struct {
  * Gradients are left as they are (call ft_cuda_zero_grad). */
 int ft_cuda_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr,
 		 double max_grad_norm, double *grad_norm, int *skipped);
+/* ft_cuda_step with lrs[i] the learning rate of the i-th CPU parameter
+ * (ft_model_param order, n of them): LoRA+'s groups (optim_ext.cu). */
+int ft_cuda_step_lrs(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, const double *lrs, size_t n,
+		     double max_grad_norm, double *grad_norm, int *skipped);
 int64_t ft_cuda_steps(const ft_cuda_model *dm);
 double ft_cuda_loss_scale(const ft_cuda_model *dm);
 /* fp16: the dynamic loss scale and the steps since it last changed

@@ -193,7 +193,9 @@ int ft_cu_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr, double
 	EACH_GRAD(t, k, dm, x) {
 		int decay = k < dm->ntens ? t->pidx >= 0 && dm->v.params[t->pidx].decay
 					  : x->decay[k - dm->ntens];
-		ft_k_adamw kk = ft_k_adamw_prepare(lr, decay ? o->weight_decay : 0.0, o->beta1,
+		/* LoRA+ (optim_ext.cu): the param's own lr */
+		double tlr = dm->param_lr && k < dm->ntens && t->pidx >= 0 ? dm->param_lr[t->pidx] : lr;
+		ft_k_adamw kk = ft_k_adamw_prepare(tlr, decay ? o->weight_decay : 0.0, o->beta1,
 						   o->beta2, o->eps, (double)(float)dm->step);
 		TRY(ft_cu_adamw(dm, t, &kk));
 		if (t->h)

@@ -3,6 +3,7 @@
 #include <unistd.h>
 #include "train/cuda_train.h"
 #include "train/dist.h"
+#include "train/optim_ext.h"
 #include "model/cuda_view.h"
 #include "util/error.h"
 #include "util/json.h"
@@ -54,6 +55,33 @@ static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm
 	ft_cuda_adamw_opts co = { o->beta1, o->beta2, o->eps, o->weight_decay };
 	int skipped = 0;
 	if (ft_cuda_step(x->dm, &co, lr, max_norm, gnorm, &skipped) < 0)
+		return -1;
+	x->skipped += skipped;
+	x->need_zero = 1;
+	return skipped;
+}
+
+/* LLaMA-Factory's extras on the device (lib/cuda/optim_ext.cu): LoRA+ is
+ * AdamW with the extension's per-param lrs, as its CPU step computes them
+ * (optim_loraplus.c); frozen params get none (no device state). */
+static int b_ext_step(void *self, const ft_optim_ext *e, const ft_adamw_opts *o, double lr,
+		      double lambda, double max_norm, double *gnorm)
+{
+	binding *x = self;
+	if (!e->param_lr)
+		return ft_fail("%s", "this optimizer of LLaMA-Factory's extras runs on the CPU only "
+			       "(--device cpu)");
+	size_t n = ft_model_nparams(x->m);
+	double *lrs = ft_xcalloc(n ? n : 1, sizeof *lrs);
+	for (size_t i = 0; i < n; i++) {
+		ft_param *p = ft_model_param(x->m, i);
+		lrs[i] = p->trainable && p->g ? e->param_lr(e->self, p, lambda) : lr;
+	}
+	ft_cuda_adamw_opts co = { o->beta1, o->beta2, o->eps, o->weight_decay };
+	int skipped = 0;
+	int rc = ft_cuda_step_lrs(x->dm, &co, lrs, n, max_norm, gnorm, &skipped);
+	free(lrs);
+	if (rc < 0)
 		return -1;
 	x->skipped += skipped;
 	x->need_zero = 1;
@@ -224,7 +252,7 @@ int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t
 	ft_train_model r = { x, b_nparams, b_param, b_zero_grad, b_fwd_bwd, b_fwd, b_save,
 			     b_set_position, b_step, b_state_out, b_state_in, b_peak, 0, NULL,
 			     b_sum_group, b_sum_wait, ft_model_config(m)->num_hidden_layers,
-			     b_set_grads_ready, NULL, NULL };
+			     b_set_grads_ready, NULL, NULL, b_ext_step };
 	if (o->precision == FT_CUDA_F16) {
 		r.ckpt_save = b_ckpt_save;
 		r.ckpt_load = b_ckpt_load;

@@ -35,6 +35,10 @@ typedef struct ft_optim_ext {
 	int (*save)(void *self, const char *dir);
 	int (*load)(void *self, const char *dir);
 	void (*free)(void *self);
+	/* AdamW with a learning rate per param (LoRA+): p's lr at the
+	 * schedule's factor lambda.  A model that steps itself (the GPU,
+	 * lib/train/cuda_train.c) runs its AdamW with these; may be NULL. */
+	double (*param_lr)(void *self, const ft_param *p, double lambda);
 } ft_optim_ext;
 
 void ft_optim_ext_free(ft_optim_ext *e);

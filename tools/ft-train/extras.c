@@ -385,6 +385,18 @@ static void on_switch(void *ctx, int block, const char *prefix)
 	warn("BAdam: training block %d (%s*)", block, prefix);
 }
 
+const char *ft_train_extras_cpu_only(const ft_cli_args *c)
+{
+	const ft_train_extras *x = &c->x;
+	if (x->loraplus && c->pref)   /* the preference bindings step plain AdamW */
+		return "--loraplus_lr_ratio with a preference stage runs on the CPU only in ft";
+	return x->badam ? "--use_badam runs on the CPU only in ft"
+	       : x->galore ? "--use_galore runs on the CPU only in ft"
+	       : x->adam_mini ? "--use_adam_mini runs on the CPU only in ft"
+	       : x->muon ? "--use_muon runs on the CPU only in ft"
+	       : x->apollo ? "--use_apollo runs on the CPU only in ft" : NULL;
+}
+
 ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
 {
 	ft_train_extras *x = &c->x;
@@ -395,12 +407,11 @@ ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
 		if (w) die_usage("--%s with --finetuning_type oft is not implemented in ft yet", w);
 		if (on_gpu) die_usage("--finetuning_type oft runs on the CPU only in ft (use --device cpu)");
 	}
-	if (on_gpu && (x->loraplus || x->badam || x->muon || x->adam_mini || x->galore ||
-		       c->tune.neftune_noise_alpha > 0 || c->tune.sft_loss || x->asft))
+	if (on_gpu && ft_train_extras_cpu_only(c))
+		die_usage("%s (use --device cpu)", ft_train_extras_cpu_only(c));
+	if (on_gpu && (c->tune.neftune_noise_alpha > 0 || c->tune.sft_loss || x->asft))
 		die_usage("--%s runs on the CPU only in ft (use --device cpu)",
-			  x->loraplus ? "loraplus_lr_ratio" : x->badam ? "use_badam" : x->galore ? "use_galore"
-			  : x->adam_mini ? "use_adam_mini" : x->muon ? "use_muon"
-			  : c->tune.sft_loss == FT_SFT_LOSS_DFT ? "use_dft_loss"
+			  c->tune.sft_loss == FT_SFT_LOSS_DFT ? "use_dft_loss"
 			  : c->tune.sft_loss ? "use_eaft_loss" : x->asft ? "use_asft_loss" : "neftune_noise_alpha");
 	if (x->galore && x->galore_layerwise && c->t.dist)
 		die_usage("--galore_layerwise: Distributed training does not support layer-wise GaLore, as in "
@@ -408,7 +419,6 @@ ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
 	if (x->apollo && x->apollo_layerwise && c->t.dist)
 		die_usage("--apollo_layerwise: Distributed training does not support layer-wise APOLLO, as in "
 			  "LLaMA-Factory");
-	if (on_gpu && x->apollo) die_usage("--use_apollo runs on the CPU only in ft (use --device cpu)");
 	if (x->loraplus) return ft_loraplus_new(c->t.learning_rate, x->loraplus_ratio, x->loraplus_embedding);
 	if (!x->badam && !x->muon && !x->adam_mini && !x->galore && !x->apollo) return NULL;
 	size_t n = 0, np = ft_model_nparams(m);

@@ -431,6 +431,7 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	if (kind != FT_DEV_CPU && !strcmp(c->device, "auto")) {
 		/* auto means the GPU when it can run this job, else the CPU */
 		const char *cpu_only = c->tune.modules_to_save ? MTS_CPU
+				       : ft_train_extras_cpu_only(c) ? ft_train_extras_cpu_only(c)
 				       : c->pref && c->t.dist ? "under mpirun the preference stages run on the CPU"
 				       : ft_train_cuda_supports(m) < 0 ? ft_errmsg() : NULL;
 		if (cpu_only) {

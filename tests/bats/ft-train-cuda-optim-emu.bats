@@ -1,0 +1,62 @@
+#!/usr/bin/env bats
+# LLaMA-Factory's optimizer extras with ft-train --device cuda on the
+# emulated device (build/libft_cuda_emu.so, docs/CUDA.md "Host emulation")
+# against --device cpu, and device checkpoints resumed on both sides.
+#
+# Tolerances.  LoRA+ is the device AdamW with one lr per param: the same
+# fp32 forward/backward as tests/bats/ft-train-cuda-emu.bats (summation
+# order only, <= 4e-6 relative observed there), each update the CPU's
+# formula with the CPU's lr (group_lr * lambda, the same double), so the
+# bound stays 1e-4.  A ratio of 16 makes lora_B's steps 16 times the
+# others' and a wrong group (ratio 1 or 16 on the wrong factor) moves the
+# losses by far more than 1e-3.  Resumes are compared bit for bit.
+load helper
+load emu_helper
+
+LLAMA="$FIXTURES/models/tiny-llama"
+
+@test "emulated device LoRA+ (ratio 16, cosine warmup, clipping, accumulation): the CPU's losses within 1e-4" {
+	sft_data
+	common=(--train train.zst --val val.zst --eval_steps 2 --gradient_accumulation_steps 2
+		--max_grad_norm 0.5 --lr_scheduler_type cosine --warmup_steps 2 --finetuning_type lora
+		--lora_target all)
+	same_run "$LLAMA" 1e-4 "${common[@]}" --loraplus_lr_ratio 16
+	# the groups matter: ratio 1 (plain AdamW) is far from ratio 16
+	tr cuda r16 "$LLAMA" "${common[@]}" --loraplus_lr_ratio 16
+	tr cuda r1 "$LLAMA" "${common[@]}" --loraplus_lr_ratio 1
+	run close r16/trainer_log.jsonl r1/trainer_log.jsonl 1e-3
+	assert_failure
+}
+
+@test "emulated device LoRA+ resume: bit-identical on the device, and a device checkpoint resumes on the CPU" {
+	sft_data
+	args=(--model_name_or_path "$LLAMA" --train train.zst --finetuning_type lora --lora_dropout 0.1
+	      --learning_rate 5e-3 --max_steps 6 --gradient_accumulation_steps 2 --max_grad_norm 0.5
+	      --lr_scheduler_type cosine --warmup_steps 2 --logging_steps 1 --save_steps 3
+	      --loraplus_lr_ratio 8 -q)
+	ft-train --output_dir a --device cuda "${args[@]}"
+	mkdir b && cp -r a/checkpoint-3 b/ && head -n 3 a/trainer_log.jsonl > b/trainer_log.jsonl
+	ft-train --output_dir b --device cuda "${args[@]}" --resume_from_checkpoint true
+	diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	cmp a/adapter_model.safetensors b/adapter_model.safetensors
+	cmp a/checkpoint-6/optimizer.safetensors b/checkpoint-6/optimizer.safetensors
+	# the device's checkpoint on the CPU: the CPU's own run from step 3 on
+	# (the same state files), within the fp32 bound above
+	ft-train --output_dir c --device cpu "${args[@]}"
+	mkdir d && cp -r a/checkpoint-3 d/ && head -n 3 a/trainer_log.jsonl > d/trainer_log.jsonl
+	ft-train --output_dir d --device cpu "${args[@]}" --resume_from_checkpoint true
+	close c/trainer_log.jsonl d/trainer_log.jsonl 1e-4
+}
+
+@test "--device cuda refuses the extras still on the CPU in one line; --device auto trains them on the CPU" {
+	sft_data
+	base=(--model_name_or_path "$LLAMA" --train train.zst --output_dir o --max_steps 1)
+	for f in "--use_badam true" "--use_muon true" "--use_adam_mini true" "--use_galore true" \
+		 "--use_apollo true"; do
+		run -2 --separate-stderr ft-train "${base[@]}" -q --device cuda --finetuning_type full $f
+		[[ "$stderr" == "ft-train: ${f% *} runs on the CPU only in ft (use --device cpu)"$'\n'* ]]
+	done
+	run -0 --separate-stderr ft-train "${base[@]}" --device auto --finetuning_type full --use_muon true
+	[[ "$stderr" == *"--device auto: training on the CPU: --use_muon runs on the CPU only"* ]]
+	[ "$(jq -r .ft.device o/trainer_state.json)" = cpu ]
+}
