@@ -55,7 +55,7 @@ static const ftp_cuda_api api = {
 	ft_cuda_grads_wait,
 	ft_cuda_scaler_get,
 	ft_cuda_scaler_set,
-	ft_cuda_step_lrs,
+	ft_cuda_step_ext,
 };
 
 extern "C" FTP_EXPORT const ftp_cuda_api *ftp_cuda_backend_api(void) { return &api; }

@@ -90,10 +90,10 @@ int ft_cuda_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr,
 	return BACKEND->step(dm, o, lr, max_grad_norm, grad_norm, skipped);
 }
 
-int ft_cuda_step_lrs(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, const double *lrs, size_t n,
-		     double max_grad_norm, double *grad_norm, int *skipped)
+int ft_cuda_step_ext(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, const ft_cuda_pstep *ps,
+		     size_t n, int64_t step, double max_grad_norm, double *grad_norm, int *skipped)
 {
-	return BACKEND->step_lrs(dm, o, lrs, n, max_grad_norm, grad_norm, skipped);
+	return BACKEND->step_ext(dm, o, ps, n, step, max_grad_norm, grad_norm, skipped);
 }
 
 int64_t ft_cuda_steps(const ft_cuda_model *dm) { return BACKEND->steps(dm); }

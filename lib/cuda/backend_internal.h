@@ -28,7 +28,7 @@ extern "C" {
  * 9: the gradient groups of the data-parallel overlap;
  * 10: ft_cuda_attn_shape has scale, softcap (Gemma);
  * 11: the fp16 loss scaler's state (checkpoints);
- * 12: per-param learning rates (LoRA+) */
+ * 12: per-param updates (LoRA+, BAdam) */
 #define FTP_CUDA_ABI 12
 
 typedef struct {
@@ -91,8 +91,8 @@ typedef struct {
 	int (*scaler_get)(const ft_cuda_model *, double *, int64_t *);
 	int (*scaler_set)(ft_cuda_model *, double, int64_t);
 	/* ABI 12: the optimizer extras (optim_ext.cu) */
-	int (*step_lrs)(ft_cuda_model *, const ft_cuda_adamw_opts *, const double *, size_t, double,
-			double *, int *);
+	int (*step_ext)(ft_cuda_model *, const ft_cuda_adamw_opts *, const ft_cuda_pstep *, size_t,
+			int64_t, double, double *, int *);
 } ftp_cuda_api;
 
 /* The .so's entry points (exported; looked up by name with dlsym). */

@@ -162,7 +162,7 @@ struct ft_cuda_model {
 	int good_steps;
 	int unscaled;                  /* fp16: grads already divided by the scale */
 	double grads_scale;            /* fp16: the scale the gradients carry */
-	const double *param_lr;        /* per CPU param, during ft_cuda_step_lrs */
+	const ft_cuda_pstep *pstep;    /* per CPU param, during ft_cuda_step_ext */
 	/* host staging for a batch (pinned, one block) */
 	void *staging;
 	int32_t *h_pos, *h_targets, *h_rows, *h_tg2, *h_ids, *h_seg, *h_lens;

@@ -90,10 +90,19 @@ typedef struct {
  * Gradients are left as they are (call ft_cuda_zero_grad). */
 int ft_cuda_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr,
 		 double max_grad_norm, double *grad_norm, int *skipped);
-/* ft_cuda_step with lrs[i] the learning rate of the i-th CPU parameter
- * (ft_model_param order, n of them): LoRA+'s groups (optim_ext.cu). */
-int ft_cuda_step_lrs(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, const double *lrs, size_t n,
-		     double max_grad_norm, double *grad_norm, int *skipped);
+/* ft_cuda_step with ps[i] the update of the i-th CPU parameter
+ * (ft_model_param order, n of them; optim_ext.cu): its lr and weight
+ * decay (LoRA+'s groups), or none (on 0: BAdam's inactive blocks, whose
+ * gradients are zeroed first, as None gradients count for nothing in the
+ * norm).  step > 0: the AdamW step count of this update (BAdam's own,
+ * restarting at each switch), leaving ft_cuda_steps as it was; 0: the
+ * model's count, incremented. */
+typedef struct {
+	double lr, weight_decay;
+	int on;
+} ft_cuda_pstep;
+int ft_cuda_step_ext(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, const ft_cuda_pstep *ps,
+		     size_t n, int64_t step, double max_grad_norm, double *grad_norm, int *skipped);
 int64_t ft_cuda_steps(const ft_cuda_model *dm);
 double ft_cuda_loss_scale(const ft_cuda_model *dm);
 /* fp16: the dynamic loss scale and the steps since it last changed

@@ -193,9 +193,13 @@ int ft_cu_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr, double
 	EACH_GRAD(t, k, dm, x) {
 		int decay = k < dm->ntens ? t->pidx >= 0 && dm->v.params[t->pidx].decay
 					  : x->decay[k - dm->ntens];
-		/* LoRA+ (optim_ext.cu): the param's own lr */
-		double tlr = dm->param_lr && k < dm->ntens && t->pidx >= 0 ? dm->param_lr[t->pidx] : lr;
-		ft_k_adamw kk = ft_k_adamw_prepare(tlr, decay ? o->weight_decay : 0.0, o->beta1,
+		/* the extras (optim_ext.cu): the param's own lr and decay, or none */
+		const ft_cuda_pstep *ps = dm->pstep && k < dm->ntens && t->pidx >= 0 ? &dm->pstep[t->pidx]
+										   : NULL;
+		if (ps && !ps->on)
+			continue;
+		ft_k_adamw kk = ft_k_adamw_prepare(ps ? ps->lr : lr,
+						   ps ? ps->weight_decay : decay ? o->weight_decay : 0.0, o->beta1,
 						   o->beta2, o->eps, (double)(float)dm->step);
 		TRY(ft_cu_adamw(dm, t, &kk));
 		if (t->h)

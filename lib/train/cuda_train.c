@@ -13,6 +13,8 @@ typedef struct {
 	ft_cuda_model *dm;
 	int need_zero;       /* the trainer asked for zeroed gradients */
 	int64_t skipped;     /* fp16 steps skipped for overflow */
+	const ft_optim_ext *ext;   /* the extras' optimizer, once it stepped */
+	int64_t ext_synced;  /* BAdam: the AdamW step count the device's moments are at */
 } binding;
 
 ft_cuda_batch ft_cuda_batch_of(const ft_batch *b)
@@ -61,28 +63,86 @@ static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm
 	return skipped;
 }
 
-/* LLaMA-Factory's extras on the device (lib/cuda/optim_ext.cu): LoRA+ is
- * AdamW with the extension's per-param lrs, as its CPU step computes them
- * (optim_loraplus.c); frozen params get none (no device state). */
+/* The CPU model index of a param or of a copy sharing its weights
+ * (BAdam's active params). */
+static long weights_index(binding *x, const ft_param *p)
+{
+	for (size_t i = 0; i < ft_model_nparams(x->m); i++)
+		if (ft_model_param(x->m, i)->w == p->w)
+			return (long)i;
+	return ft_fail("optimizer parameter %s is not the model's", p->name);
+}
+
+/* Block-wise AdamW's moments between the device and the extension's
+ * AdamW: out before its checkpoint is written, in when the extension
+ * holds moments the device lacks (a fresh block: zeros; a resume). */
+static int block_moments(binding *x, ft_adamw *a, int out)
+{
+	for (size_t k = 0; k < ft_adamw_count(a); k++) {
+		long i = weights_index(x, ft_adamw_param(a, k));
+		float *m = ft_adamw_exp_avg(a, k), *v = ft_adamw_exp_avg_sq(a, k);
+		if (i < 0 || (out ? ft_cuda_adamw_get(x->dm, (size_t)i, m, v)
+				  : ft_cuda_adamw_set(x->dm, (size_t)i, m, v, ft_cuda_steps(x->dm))) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* Each param's update: LoRA+'s lr (the same group_lr * lambda its CPU
+ * step computes), or BAdam's active block (its AdamW's params, with its
+ * decay); *step the block's count + 1, else 0. */
+static int ext_plan(binding *x, const ft_optim_ext *e, const ft_adamw_opts *o, double lr,
+		    double lambda, ft_cuda_pstep *ps, int64_t *step)
+{
+	size_t n = ft_model_nparams(x->m);
+	*step = 0;
+	for (size_t i = 0; i < n && e->param_lr; i++) {
+		ft_param *p = ft_model_param(x->m, i);
+		int on = p->trainable && p->g;
+		ps[i] = (ft_cuda_pstep){ on ? e->param_lr(e->self, p, lambda) : lr,
+					 p->decay ? o->weight_decay : 0.0, on };
+	}
+	if (e->param_lr)
+		return 0;
+	double wd = 0;
+	ft_adamw *a = e->block_adamw(e->self, &wd);
+	if (ft_adamw_steps(a) != x->ext_synced && block_moments(x, a, 0) < 0)
+		return -1;
+	for (size_t k = 0; k < ft_adamw_count(a); k++) {
+		long i = weights_index(x, ft_adamw_param(a, k));
+		if (i < 0)
+			return -1;
+		ps[i] = (ft_cuda_pstep){ lr, wd, 1 };
+	}
+	*step = ft_adamw_steps(a) + 1;
+	return 0;
+}
+
+/* LLaMA-Factory's extras on the device (lib/cuda/optim_ext.cu). */
 static int b_ext_step(void *self, const ft_optim_ext *e, const ft_adamw_opts *o, double lr,
 		      double lambda, double max_norm, double *gnorm)
 {
 	binding *x = self;
-	if (!e->param_lr)
+	if (!e->param_lr && !(e->block_adamw && e->after_step))
 		return ft_fail("%s", "this optimizer of LLaMA-Factory's extras runs on the CPU only "
 			       "(--device cpu)");
+	x->ext = e;
 	size_t n = ft_model_nparams(x->m);
-	double *lrs = ft_xcalloc(n ? n : 1, sizeof *lrs);
-	for (size_t i = 0; i < n; i++) {
-		ft_param *p = ft_model_param(x->m, i);
-		lrs[i] = p->trainable && p->g ? e->param_lr(e->self, p, lambda) : lr;
-	}
+	ft_cuda_pstep *ps = ft_xcalloc(n ? n : 1, sizeof *ps);
 	ft_cuda_adamw_opts co = { o->beta1, o->beta2, o->eps, o->weight_decay };
 	int skipped = 0;
-	int rc = ft_cuda_step_lrs(x->dm, &co, lrs, n, max_norm, gnorm, &skipped);
-	free(lrs);
+	int64_t step = 0;
+	int rc = ext_plan(x, e, o, lr, lambda, ps, &step);
+	if (rc == 0)
+		rc = ft_cuda_step_ext(x->dm, &co, ps, n, step, max_norm, gnorm, &skipped);
+	free(ps);
 	if (rc < 0)
 		return -1;
+	if (step > 0 && !skipped) {   /* the device holds the block's moments after it */
+		ft_adamw_set_steps(e->block_adamw(e->self, &(double){ 0 }), step);
+		x->ext_synced = step;
+		e->after_step(e->self);
+	}
 	x->skipped += skipped;
 	x->need_zero = 1;
 	return skipped;
@@ -108,6 +168,12 @@ static int b_state_out(void *self, ft_adamw *opt)
 	}
 	if (opt)
 		ft_adamw_set_steps(opt, ft_cuda_steps(x->dm));
+	/* only while the device holds them: after a switch the fresh block's
+	 * zeros are the extension's until its first step uploads them */
+	ft_adamw *a = x->ext && x->ext->block_adamw ? x->ext->block_adamw(x->ext->self, &(double){ 0 })
+						    : NULL;
+	if (a && ft_adamw_steps(a) == x->ext_synced)
+		return block_moments(x, a, 1);
 	return 0;
 }
 
@@ -245,6 +311,7 @@ int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t
 {
 	binding *x = ft_xcalloc(1, sizeof *x);
 	x->m = m;
+	x->ext_synced = -1;
 	if (!(x->dm = ft_cuda_model_new(m, o))) {
 		free(x);
 		return -1;

@@ -39,6 +39,14 @@ typedef struct ft_optim_ext {
 	 * schedule's factor lambda.  A model that steps itself (the GPU,
 	 * lib/train/cuda_train.c) runs its AdamW with these; may be NULL. */
 	double (*param_lr)(void *self, const ft_param *p, double lambda);
+	/* Block-wise AdamW (BAdam), both together: the AdamW step would run
+	 * (over copies of the active params, sharing their w and g; every one
+	 * decaying by *weight_decay) with the scheduled lr, and the extension's
+	 * bookkeeping after that update (the switch).  A model that steps
+	 * itself updates those params only, with the AdamW's step count + 1,
+	 * and keeps its moments; may be NULL. */
+	ft_adamw *(*block_adamw)(void *self, double *weight_decay);
+	void (*after_step)(void *self);
 } ft_optim_ext;
 
 void ft_optim_ext_free(ft_optim_ext *e);

@@ -9,7 +9,11 @@
 # formula with the CPU's lr (group_lr * lambda, the same double), so the
 # bound stays 1e-4.  A ratio of 16 makes lora_B's steps 16 times the
 # others' and a wrong group (ratio 1 or 16 on the wrong factor) moves the
-# losses by far more than 1e-3.  Resumes are compared bit for bit.
+# losses by far more than 1e-3.  BAdam is the same device AdamW over the
+# active block only (the others' gradients zeroed before the norm, as the
+# CPU's pre_clip), with the block's own step count: 1e-4 again; interval
+# 2 switches blocks every other step and wraps back to block 0, whose
+# moments must restart from zero.  Resumes are compared bit for bit.
 load helper
 load emu_helper
 
@@ -48,10 +52,34 @@ LLAMA="$FIXTURES/models/tiny-llama"
 	close c/trainer_log.jsonl d/trainer_log.jsonl 1e-4
 }
 
+@test "emulated device BAdam (switch every 2 steps, ascending and random): the CPU's losses within 1e-4, resume bit-identical" {
+	sft_data
+	common=(--train train.zst --finetuning_type full --use_badam true --badam_switch_interval 2
+		--max_grad_norm 0.5 --max_steps 6)
+	tr cpu cpu "$LLAMA" "${common[@]}"
+	tr cuda dev "$LLAMA" "${common[@]}"
+	close cpu/trainer_log.jsonl dev/trainer_log.jsonl 1e-4
+	rm -rf cpu dev
+	same_run "$LLAMA" 1e-4 "${common[@]}" --badam_switch_mode random
+	args=(--model_name_or_path "$LLAMA" "${common[@]}" --learning_rate 5e-3 --logging_steps 1
+	      --save_steps 3 -q)
+	ft-train --output_dir a --device cuda "${args[@]}"
+	mkdir b && cp -r a/checkpoint-3 b/ && head -n 3 a/trainer_log.jsonl > b/trainer_log.jsonl
+	ft-train --output_dir b --device cuda "${args[@]}" --resume_from_checkpoint true
+	diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	cmp a/model.safetensors b/model.safetensors
+	cmp a/checkpoint-6/badam_optimizer.safetensors b/checkpoint-6/badam_optimizer.safetensors
+	# the device's checkpoint (the fresh block 0 after the switch) on the CPU
+	ft-train --output_dir c --device cpu "${args[@]}"
+	mkdir d && cp -r a/checkpoint-3 d/ && head -n 3 a/trainer_log.jsonl > d/trainer_log.jsonl
+	ft-train --output_dir d --device cpu "${args[@]}" --resume_from_checkpoint true
+	close c/trainer_log.jsonl d/trainer_log.jsonl 1e-4
+}
+
 @test "--device cuda refuses the extras still on the CPU in one line; --device auto trains them on the CPU" {
 	sft_data
 	base=(--model_name_or_path "$LLAMA" --train train.zst --output_dir o --max_steps 1)
-	for f in "--use_badam true" "--use_muon true" "--use_adam_mini true" "--use_galore true" \
+	for f in "--use_muon true" "--use_adam_mini true" "--use_galore true" \
 		 "--use_apollo true"; do
 		run -2 --separate-stderr ft-train "${base[@]}" -q --device cuda --finetuning_type full $f
 		[[ "$stderr" == "ft-train: ${f% *} runs on the CPU only in ft (use --device cpu)"$'\n'* ]]
