@@ -56,6 +56,8 @@ static const ftp_cuda_api api = {
 	ft_cuda_scaler_get,
 	ft_cuda_scaler_set,
 	ft_cuda_step_ext,
+	ft_cuda_step_x,
+	ft_cuda_xstate,
 };
 
 extern "C" FTP_EXPORT const ftp_cuda_api *ftp_cuda_backend_api(void) { return &api; }

@@ -28,8 +28,9 @@ extern "C" {
  * 9: the gradient groups of the data-parallel overlap;
  * 10: ft_cuda_attn_shape has scale, softcap (Gemma);
  * 11: the fp16 loss scaler's state (checkpoints);
- * 12: per-param updates (LoRA+, BAdam) */
-#define FTP_CUDA_ABI 12
+ * 12: per-param updates (LoRA+, BAdam);
+ * 13: the optimizers that replace AdamW (Adam-mini, Muon) */
+#define FTP_CUDA_ABI 13
 
 typedef struct {
 	int abi;
@@ -93,6 +94,10 @@ typedef struct {
 	/* ABI 12: the optimizer extras (optim_ext.cu) */
 	int (*step_ext)(ft_cuda_model *, const ft_cuda_adamw_opts *, const ft_cuda_pstep *, size_t,
 			int64_t, double, double *, int *);
+	/* ABI 13: the optimizers that replace AdamW (optim_x.cu) */
+	int (*step_x)(ft_cuda_model *, const ft_cuda_xopt *, const ft_cuda_xparam *, size_t, double,
+		      double *, int *);
+	int (*xstate)(ft_cuda_model *, size_t, float *, size_t, float *, size_t, int);
 } ftp_cuda_api;
 
 /* The .so's entry points (exported; looked up by name with dlsym). */

@@ -103,6 +103,32 @@ typedef struct {
 } ft_cuda_pstep;
 int ft_cuda_step_ext(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, const ft_cuda_pstep *ps,
 		     size_t n, int64_t step, double max_grad_norm, double *grad_norm, int *skipped);
+/* ft_cuda_step with one of LLaMA-Factory's optimizers in place of AdamW
+ * (optim_x.cu, each mirroring its CPU step in lib/train/optim_*.c): the
+ * fp16 check, the norm and the clipping as ft_cuda_step, then xp[i]'s
+ * update of the i-th CPU parameter (n of them), with the optimizer's own
+ * state (ft_cuda_xstate) and step count o->step (this update's, 1 first),
+ * leaving ft_cuda_steps as it was.  A stepped param must be one device
+ * tensor (not Phi-3's fused row blocks). */
+typedef enum { FT_CUDA_ADAM_MINI = 1, FT_CUDA_MUON } ft_cuda_xalgo;
+typedef struct {
+	int on;          /* stepped (else left alone) */
+	int kind;        /* Adam-mini: 0 per element, else blocks; Muon: 1 Muon, 0 its AdamW */
+	size_t block;    /* Adam-mini: elements per second-moment block */
+	int decay;       /* weight decay applies */
+} ft_cuda_xparam;
+typedef struct {
+	ft_cuda_xalgo algo;
+	double lr, weight_decay, beta1, beta2, eps;
+	int64_t step;
+} ft_cuda_xopt;
+int ft_cuda_step_x(ft_cuda_model *dm, const ft_cuda_xopt *o, const ft_cuda_xparam *xp, size_t n,
+		   double max_grad_norm, double *grad_norm, int *skipped);
+/* That optimizer's state of the i-th CPU parameter, to the host (to_host)
+ * or from it: s1 (n1 floats) and s2 (n2; 0: none), at most the param's
+ * size each, in the device's AdamW moments. */
+int ft_cuda_xstate(ft_cuda_model *dm, size_t i, float *s1, size_t n1, float *s2, size_t n2,
+		   int to_host);
 int64_t ft_cuda_steps(const ft_cuda_model *dm);
 double ft_cuda_loss_scale(const ft_cuda_model *dm);
 /* fp16: the dynamic loss scale and the steps since it last changed

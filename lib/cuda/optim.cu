@@ -198,6 +198,12 @@ int ft_cu_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr, double
 										   : NULL;
 		if (ps && !ps->on)
 			continue;
+		if (dm->xupdate && k < dm->ntens) {   /* Adam-mini, Muon (optim_x.cu) */
+			TRY(dm->xupdate(dm, t));
+			if (t->h)
+				TRY(ft_cu_cast_to_half(dm, t->h, t->w, t->n));
+			continue;
+		}
 		ft_k_adamw kk = ft_k_adamw_prepare(ps ? ps->lr : lr,
 						   ps ? ps->weight_decay : decay ? o->weight_decay : 0.0, o->beta1,
 						   o->beta2, o->eps, (double)(float)dm->step);

@@ -118,11 +118,70 @@ static int ext_plan(binding *x, const ft_optim_ext *e, const ft_adamw_opts *o, d
 	return 0;
 }
 
-/* LLaMA-Factory's extras on the device (lib/cuda/optim_ext.cu). */
+/* The CPU model index of the optimizer's k-th param (same objects). */
+static long model_index(binding *x, const ft_param *p)
+{
+	long i = ft_model_param_index(x->m, p);
+	return i >= 0 ? i : ft_fail("optimizer parameter %s is not the model's", p->name);
+}
+
+/* An optimizer in place of AdamW (Adam-mini, Muon; ft_ext_dev): its
+ * params' state between the device and the extension, in (its first
+ * update, a resume) or out (before its checkpoint). */
+static int dev_state(binding *x, const ft_ext_dev *d, int out)
+{
+	for (size_t k = 0; k < d->n; k++) {
+		long i = model_index(x, d->p[k]);
+		if (i < 0 || ft_cuda_xstate(x->dm, (size_t)i, d->s1[k], d->n1[k], d->s2[k], d->n2[k],
+					    out) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* Its update on the device (lib/cuda/optim_x.cu) with the count the CPU
+ * step would reach, which the extension then holds. */
+static int dev_step(binding *x, const ft_ext_dev *d, double lr, double max_norm, double *gnorm,
+		    int *skipped)
+{
+	if (*d->step != x->ext_synced && dev_state(x, d, 0) < 0)
+		return -1;
+	x->ext_synced = *d->step;
+	size_t n = ft_model_nparams(x->m);
+	ft_cuda_xparam *xp = ft_xcalloc(n ? n : 1, sizeof *xp);
+	int rc = 0;
+	for (size_t k = 0; k < d->n && !rc; k++) {
+		long i = model_index(x, d->p[k]);
+		if (i < 0)
+			rc = -1;
+		else
+			xp[i] = (ft_cuda_xparam){ 1, d->kind[k], d->block ? d->block[k] : 0,
+						  d->decay ? d->decay[k] : 1 };
+	}
+	ft_cuda_xopt o = { d->algo == FT_EXT_MUON ? FT_CUDA_MUON : FT_CUDA_ADAM_MINI, lr, d->wd,
+			   d->beta1, d->beta2, d->eps, *d->step + 1 };
+	if (!rc)
+		rc = ft_cuda_step_x(x->dm, &o, xp, n, max_norm, gnorm, skipped);
+	free(xp);
+	if (rc == 0 && !*skipped)
+		x->ext_synced = ++*d->step;
+	return rc;
+}
+
+/* LLaMA-Factory's extras on the device (lib/cuda/optim_ext.cu, optim_x.cu). */
 static int b_ext_step(void *self, const ft_optim_ext *e, const ft_adamw_opts *o, double lr,
 		      double lambda, double max_norm, double *gnorm)
 {
 	binding *x = self;
+	if (e->dev) {
+		int skipped = 0;
+		x->ext = e;
+		if (dev_step(x, e->dev, lr, max_norm, gnorm, &skipped) < 0)
+			return -1;
+		x->skipped += skipped;
+		x->need_zero = 1;
+		return skipped;
+	}
 	if (!e->param_lr && !(e->block_adamw && e->after_step))
 		return ft_fail("%s", "this optimizer of LLaMA-Factory's extras runs on the CPU only "
 			       "(--device cpu)");
@@ -148,18 +207,15 @@ static int b_ext_step(void *self, const ft_optim_ext *e, const ft_adamw_opts *o,
 	return skipped;
 }
 
-/* The CPU model index of the optimizer's k-th param (same objects). */
-static long model_index(binding *x, const ft_param *p)
-{
-	long i = ft_model_param_index(x->m, p);
-	return i >= 0 ? i : ft_fail("optimizer parameter %s is not the model's", p->name);
-}
-
 static int b_state_out(void *self, ft_adamw *opt)
 {
 	binding *x = self;
 	if (ft_cuda_copy_weights_to_host(x->dm) < 0)
 		return -1;
+	/* the device's moments hold that optimizer's state; the AdamW the
+	 * CPU run leaves untouched stays so */
+	if (x->ext && x->ext->dev)
+		return *x->ext->dev->step == x->ext_synced ? dev_state(x, x->ext->dev, 1) : 0;
 	for (size_t k = 0; opt && k < ft_adamw_count(opt); k++) {
 		long i = model_index(x, ft_adamw_param(opt, k));
 		if (i < 0 || ft_cuda_adamw_get(x->dm, (size_t)i, ft_adamw_exp_avg(opt, k),

@@ -20,6 +20,27 @@
 #include <stddef.h>
 #include "train/optim.h"
 
+/* The state of an optimizer that a model stepping itself (the GPU,
+ * lib/train/cuda_train.c) runs in place of the CPU step, mirroring it
+ * (lib/cuda/optim_x.cu): live pointers into the extension.  Per param
+ * p[k]: kind[k] (Adam-mini: its block kind, 0 per element; Muon: 1 Muon,
+ * 0 its AdamW), block[k] (Adam-mini: elements per second-moment block),
+ * decay[k] (NULL: all decay), the state s1[k] of n1[k] floats and s2[k]
+ * of n2[k] (0: none), which the model reads before its first update or
+ * after a resume and writes back before a checkpoint; *step the count the
+ * CPU step increments, the model incrementing it in its place. */
+typedef enum { FT_EXT_ADAM_MINI = 1, FT_EXT_MUON } ft_ext_algo;
+typedef struct {
+	ft_ext_algo algo;
+	ft_param *const *p;
+	size_t n;
+	const int *kind, *decay;
+	const size_t *block, *n1, *n2;
+	float **s1, **s2;
+	int64_t *step;
+	double wd, beta1, beta2, eps;
+} ft_ext_dev;
+
 typedef struct ft_optim_ext {
 	void *self;
 	/* Before clipping: BAdam zeroes the gradients outside the active
@@ -47,6 +68,8 @@ typedef struct ft_optim_ext {
 	 * and keeps its moments; may be NULL. */
 	ft_adamw *(*block_adamw)(void *self, double *weight_decay);
 	void (*after_step)(void *self);
+	/* Adam-mini, Muon: what a model that steps itself runs; may be NULL. */
+	const ft_ext_dev *dev;
 } ft_optim_ext;
 
 void ft_optim_ext_free(ft_optim_ext *e);

@@ -13,7 +13,11 @@
 # active block only (the others' gradients zeroed before the norm, as the
 # CPU's pre_clip), with the block's own step count: 1e-4 again; interval
 # 2 switches blocks every other step and wraps back to block 0, whose
-# moments must restart from zero.  Resumes are compared bit for bit.
+# moments must restart from zero.  Adam-mini (lib/cuda/optim_x.cu) is the
+# CPU's am_step operation for operation; the one reordered sum is each
+# block's sum of g^2, in double on both sides (relative error ~1e-16 x
+# block size before the float mean), so the bound stays the fp32 run's
+# 1e-4.  Resumes are compared bit for bit.
 load helper
 load emu_helper
 
@@ -76,10 +80,42 @@ LLAMA="$FIXTURES/models/tiny-llama"
 	close c/trainer_log.jsonl d/trainer_log.jsonl 1e-4
 }
 
+@test "emulated device Adam-mini (llama, qwen2 biases; decay, clipping, accumulation, eval): the CPU's losses within 1e-4, resume bit-identical" {
+	sft_data
+	base=(--train train.zst --val val.zst --eval_steps 2 --finetuning_type full --weight_decay 0.1
+	      --max_grad_norm 0.5 --gradient_accumulation_steps 2)
+	same_run "$LLAMA" 1e-4 "${base[@]}" --use_adam_mini true
+	same_run "$FIXTURES/models/tiny-qwen2" 1e-4 "${base[@]}" --use_adam_mini true
+	same_run "$LLAMA" 1e-4 --train train.zst --finetuning_type freeze --optim adam_mini
+	# one moment per block is not AdamW's per element
+	tr cuda mini "$LLAMA" "${base[@]}" --use_adam_mini true
+	tr cuda adamw "$LLAMA" "${base[@]}"
+	run close mini/trainer_log.jsonl adamw/trainer_log.jsonl 1e-3
+	assert_failure
+	args=(--model_name_or_path "$LLAMA" --train train.zst --finetuning_type full --use_adam_mini true
+	      --weight_decay 0.1 --max_grad_norm 0.5 --learning_rate 5e-3 --max_steps 6 --logging_steps 1
+	      --save_steps 3 -q)
+	ft-train --output_dir a --device cuda "${args[@]}"
+	mkdir b && cp -r a/checkpoint-3 b/ && head -n 3 a/trainer_log.jsonl > b/trainer_log.jsonl
+	ft-train --output_dir b --device cuda "${args[@]}" --resume_from_checkpoint true
+	diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	cmp a/model.safetensors b/model.safetensors
+	cmp a/checkpoint-6/adam_mini_optimizer.safetensors b/checkpoint-6/adam_mini_optimizer.safetensors
+	# the device's checkpoint on the CPU: the CPU's own run from step 3 on
+	ft-train --output_dir c --device cpu "${args[@]}"
+	mkdir d && cp -r a/checkpoint-3 d/ && head -n 3 a/trainer_log.jsonl > d/trainer_log.jsonl
+	ft-train --output_dir d --device cpu "${args[@]}" --resume_from_checkpoint true
+	close c/trainer_log.jsonl d/trainer_log.jsonl 1e-4
+	# and the CPU's checkpoint on the device
+	mkdir e && cp -r c/checkpoint-3 e/ && head -n 3 c/trainer_log.jsonl > e/trainer_log.jsonl
+	ft-train --output_dir e --device cuda "${args[@]}" --resume_from_checkpoint true
+	close c/trainer_log.jsonl e/trainer_log.jsonl 1e-4
+}
+
 @test "--device cuda refuses the extras still on the CPU in one line; --device auto trains them on the CPU" {
 	sft_data
 	base=(--model_name_or_path "$LLAMA" --train train.zst --output_dir o --max_steps 1)
-	for f in "--use_muon true" "--use_adam_mini true" "--use_galore true" \
+	for f in "--use_muon true" "--use_galore true" \
 		 "--use_apollo true"; do
 		run -2 --separate-stderr ft-train "${base[@]}" -q --device cuda --finetuning_type full $f
 		[[ "$stderr" == "ft-train: ${f% *} runs on the CPU only in ft (use --device cpu)"$'\n'* ]]
