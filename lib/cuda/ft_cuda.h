@@ -116,6 +116,7 @@ typedef struct {
 	int kind;        /* Adam-mini: 0 per element, else blocks; Muon: 1 Muon, 0 its AdamW */
 	size_t block;    /* Adam-mini: elements per second-moment block */
 	int decay;       /* weight decay applies */
+	int rows, cols;  /* Muon: the 2-D param's shape */
 } ft_cuda_xparam;
 typedef struct {
 	ft_cuda_xalgo algo;

@@ -34,6 +34,22 @@ typedef struct {
 	const ft_cuda_xparam *xp;
 } xrun;
 
+/* dm->xbuf of at least n floats */
+static int xbuf(ft_cuda_model *dm, size_t n)
+{
+	if (dm->xbuf_n >= n)
+		return 0;
+	TRY(ft_cuda_sync(dm));
+	if (dm->xbuf)
+		cudaFree(dm->xbuf);
+	dm->xbuf = NULL;
+	dm->xbuf_n = 0;
+	CU(cudaMalloc((void **)&dm->xbuf, n * sizeof(float)), "%zu bytes (optimizer scratch)",
+	   n * sizeof(float));
+	dm->xbuf_n = n;
+	return 0;
+}
+
 void ft_cu_xbuf_free(ft_cuda_model *dm)
 {
 	if (dm->xbuf)
@@ -106,6 +122,155 @@ static int am_update(ft_cuda_model *dm, ft_dt *t, const ft_cuda_xparam *xp, cons
 	return 0;
 }
 
+/* ---- Muon (mu_step: muon_param for the 2-D params, then adamw_param) ---- */
+
+#define MUON_MOMENTUM 0.95f
+#define MUON_NS_STEPS 5
+
+static __host__ __device__ inline float bfr(float x) { return ft_k_bf16_to_f32(ft_k_f32_to_bf16(x)); }
+
+/* buf = 0.95 buf + g; gn = g + 0.95 buf (Nesterov) */
+static __global__ void mu_momentum_k(float *buf, const float *g, float *gn, size_t n)
+{
+	XFOR(i, n) {
+		buf[i] = buf[i] * MUON_MOMENTUM + g[i];
+		gn[i] = fmaf(MUON_MOMENTUM, buf[i], g[i]);
+	}
+}
+
+/* X [R, C] = bf16(G [r, c]), transposed when r > c; back: G = X^T */
+static __global__ void mu_load_k(float *X, const float *G, int r, int c, int tr)
+{
+	size_t C = tr ? (size_t)r : (size_t)c;
+	XFOR(idx, (size_t)r * c) {
+		size_t i = idx / c, j = idx % c;
+		X[tr ? j * C + i : i * C + j] = bfr(G[idx]);
+	}
+}
+
+static __global__ void mu_div_k(float *X, size_t n, float d)
+{
+	XFOR(i, n)
+		X[i] = bfr(X[i] / d);
+}
+
+/* A = bf16(X X^T); T = bf16(c A) */
+static __global__ void mu_a_k(float *A, float *T, size_t n, float cc)
+{
+	XFOR(i, n) {
+		A[i] = bfr(A[i]);
+		T[i] = bfr(cc * A[i]);
+	}
+}
+
+/* B = bf16(bf16(b A) + bf16((c A) @ A)) */
+static __global__ void mu_b_k(float *B, const float *A, size_t n, float b)
+{
+	XFOR(i, n)
+		B[i] = bfr(bfr(b * A[i]) + bfr(B[i]));
+}
+
+/* X = bf16(bf16(a X) + bf16(B @ X)) */
+static __global__ void mu_x_k(float *X, const float *Y, size_t n, float a)
+{
+	XFOR(i, n)
+		X[i] = bfr(bfr(a * X[i]) + bfr(Y[i]));
+}
+
+/* p *= 1 - lr wd; p -= adj * u, u = X (or X^T) */
+static __global__ void mu_apply_k(float *w, const float *X, int r, int c, int tr, float keep,
+				  float alpha)
+{
+	size_t C = tr ? (size_t)r : (size_t)c;
+	XFOR(idx, (size_t)r * c) {
+		size_t i = idx / c, j = idx % c;
+		float u = X[tr ? j * C + i : i * C + j];
+		w[idx] *= keep;
+		w[idx] = fmaf(alpha, u, w[idx]);
+	}
+}
+
+static ft_mat fmat(const float *p) { ft_mat m = { p, 0 }; return m; }
+
+/* zeropower_via_newtonschulz5(gn, 5) into X [R, C] (ns5 of optim_muon.c):
+ * the norm's partial sums on the device, added on the host in double. */
+static int mu_ns5(ft_cuda_model *dm, const float *G, int r, int c, float *X, float *Y, float *A,
+		  float *T, float *B)
+{
+	const float a = 3.4445f, b = -4.7750f, cc = 2.0315f;
+	int tr = r > c, R = tr ? c : r, C = tr ? r : c;
+	size_t nx = (size_t)R * C, na = (size_t)R * R;
+	FT_LAUNCH(mu_load_k, xblocks(nx), XTPB, 0, dm->stream)(X, G, r, c, tr);
+	LAUNCHED("muon_load", "%dx%d", r, c);
+	/* dm->sumsq's first row: the gradient norm is done with it */
+	TRY(ft_cu_sumsq(dm, dm->sumsq, X, nx));
+	TRY(ft_cu_copy(dm, dm->h_sumsq, dm->sumsq, FT_SUMSQ_BLOCKS * sizeof(double),
+		       cudaMemcpyDeviceToHost, "Muon norm partials"));
+	double s = 0;
+	for (int i = 0; i < FT_SUMSQ_BLOCKS; i++)
+		s += dm->h_sumsq[i];
+	float d = bfr(bfr((float)sqrt(s)) + 1e-7f);   /* X.norm() + 1e-7, bf16 */
+	FT_LAUNCH(mu_div_k, xblocks(nx), XTPB, 0, dm->stream)(X, nx, d);
+	LAUNCHED("muon_div", "n=%zu", nx);
+	for (int it = 0; it < MUON_NS_STEPS; it++) {
+		TRY(ft_cu_gemm(dm, 0, 1, R, R, C, 1.0f, fmat(X), C, fmat(X), C, 0.0f, A, R, "Muon X X^T"));
+		FT_LAUNCH(mu_a_k, xblocks(na), XTPB, 0, dm->stream)(A, T, na, cc);
+		LAUNCHED("muon_a", "n=%zu", na);
+		TRY(ft_cu_gemm(dm, 0, 0, R, R, R, 1.0f, fmat(T), R, fmat(A), R, 0.0f, B, R, "Muon (cA) A"));
+		FT_LAUNCH(mu_b_k, xblocks(na), XTPB, 0, dm->stream)(B, A, na, b);
+		LAUNCHED("muon_b", "n=%zu", na);
+		TRY(ft_cu_gemm(dm, 0, 0, R, C, R, 1.0f, fmat(B), R, fmat(X), C, 0.0f, Y, C, "Muon B X"));
+		FT_LAUNCH(mu_x_k, xblocks(nx), XTPB, 0, dm->stream)(X, Y, nx, a);
+		LAUNCHED("muon_x", "n=%zu", nx);
+	}
+	return 0;
+}
+
+static int mu_muon(ft_cuda_model *dm, ft_dt *t, const ft_cuda_xparam *xp, const ft_cuda_xopt *o)
+{
+	int r = xp->rows, c = xp->cols;
+	if (r <= 0 || c <= 0 || (size_t)r * c != t->n)
+		return ft_fail("Muon: a %dx%d param of %zu elements", r, c, t->n);
+	size_t n = t->n, R = (size_t)(r < c ? r : c);
+	TRY(xbuf(dm, 3 * n + 3 * R * R));
+	float *gn = dm->xbuf, *X = gn + n, *Y = X + n, *A = Y + n, *T = A + R * R, *B = T + R * R;
+	FT_LAUNCH(mu_momentum_k, xblocks(n), XTPB, 0, dm->stream)(t->m, t->g, gn, n);
+	LAUNCHED("muon_momentum", "n=%zu", n);
+	TRY(mu_ns5(dm, gn, r, c, X, Y, A, T, B));
+	float lr = (float)o->lr;   /* muon_param's float lr */
+	double adj = (double)lr * (0.2 * sqrt((double)(r > c ? r : c)));
+	float keep = (float)(1.0 - (double)lr * o->weight_decay), alpha = (float)-adj;
+	FT_LAUNCH(mu_apply_k, xblocks(n), XTPB, 0, dm->stream)(t->w, X, r, c, r > c, keep, alpha);
+	LAUNCHED("muon_apply", "%dx%d", r, c);
+	return 0;
+}
+
+/* optim_muon.c's own AdamW (adamw_param), not torch's */
+static __global__ void mu_adamw_k(float *w, const float *g, float *m, float *v, size_t n, float w1,
+				  float w2, float eps, float keep, float alpha)
+{
+	XFOR(i, n) {
+		m[i] = fmaf(w1, g[i] - m[i], m[i]);
+		v[i] = fmaf(w2, g[i] * g[i] - v[i], v[i]);
+		float upd = m[i] / (eps + sqrtf(v[i]));
+		w[i] *= keep;
+		w[i] = fmaf(alpha, upd, w[i]);
+	}
+}
+
+static int mu_update(ft_cuda_model *dm, ft_dt *t, const ft_cuda_xparam *xp, const ft_cuda_xopt *o)
+{
+	if (xp->kind)
+		return mu_muon(dm, t, xp, o);
+	double lr = o->lr, bc1 = 1 - pow(o->beta1, (double)o->step);
+	double bc2 = 1 - pow(o->beta2, (double)o->step), scale = bc1 / sqrt(bc2);
+	FT_LAUNCH(mu_adamw_k, xblocks(t->n), XTPB, 0, dm->stream)(
+		t->w, t->g, t->m, t->v, t->n, (float)(1 - o->beta1), (float)(1 - o->beta2), (float)o->eps,
+		(float)(1.0 - lr * o->weight_decay), (float)(-lr / scale));
+	LAUNCHED("muon_adamw", "n=%zu", t->n);
+	return 0;
+}
+
 /* ---- the step ---- */
 
 static int x_update(ft_cuda_model *dm, ft_dt *t)
@@ -116,6 +281,7 @@ static int x_update(ft_cuda_model *dm, ft_dt *t)
 	const ft_cuda_xparam *xp = &r->xp[t->pidx];
 	switch (r->o->algo) {
 	case FT_CUDA_ADAM_MINI: return am_update(dm, t, xp, r->o);
+	case FT_CUDA_MUON: return mu_update(dm, t, xp, r->o);
 	default: return ft_fail("CUDA step: optimizer %d", (int)r->o->algo);
 	}
 }

@@ -156,7 +156,9 @@ static int dev_step(binding *x, const ft_ext_dev *d, double lr, double max_norm,
 			rc = -1;
 		else
 			xp[i] = (ft_cuda_xparam){ 1, d->kind[k], d->block ? d->block[k] : 0,
-						  d->decay ? d->decay[k] : 1 };
+						  d->decay ? d->decay[k] : 1,
+						  d->p[k]->ndim == 2 ? (int)d->p[k]->shape[0] : 0,
+						  d->p[k]->ndim == 2 ? (int)d->p[k]->shape[1] : 0 };
 	}
 	ft_cuda_xopt o = { d->algo == FT_EXT_MUON ? FT_CUDA_MUON : FT_CUDA_ADAM_MINI, lr, d->wd,
 			   d->beta1, d->beta2, d->eps, *d->step + 1 };
