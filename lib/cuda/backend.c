@@ -103,9 +103,9 @@ int ft_cuda_step_x(ft_cuda_model *dm, const ft_cuda_xopt *o, const ft_cuda_xpara
 }
 
 int ft_cuda_xstate(ft_cuda_model *dm, size_t i, float *s1, size_t n1, float *s2, size_t n2,
-		   int to_host)
+		   float *s3, size_t n3, int to_host)
 {
-	return BACKEND->xstate(dm, i, s1, n1, s2, n2, to_host);
+	return BACKEND->xstate(dm, i, s1, n1, s2, n2, s3, n3, to_host);
 }
 
 int64_t ft_cuda_steps(const ft_cuda_model *dm) { return BACKEND->steps(dm); }

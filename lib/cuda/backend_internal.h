@@ -29,7 +29,7 @@ extern "C" {
  * 10: ft_cuda_attn_shape has scale, softcap (Gemma);
  * 11: the fp16 loss scaler's state (checkpoints);
  * 12: per-param updates (LoRA+, BAdam);
- * 13: the optimizers that replace AdamW (Adam-mini, Muon) */
+ * 13: the optimizers that replace AdamW (Adam-mini, Muon, GaLore) */
 #define FTP_CUDA_ABI 13
 
 typedef struct {
@@ -97,7 +97,7 @@ typedef struct {
 	/* ABI 13: the optimizers that replace AdamW (optim_x.cu) */
 	int (*step_x)(ft_cuda_model *, const ft_cuda_xopt *, const ft_cuda_xparam *, size_t, double,
 		      double *, int *);
-	int (*xstate)(ft_cuda_model *, size_t, float *, size_t, float *, size_t, int);
+	int (*xstate)(ft_cuda_model *, size_t, float *, size_t, float *, size_t, float *, size_t, int);
 } ftp_cuda_api;
 
 /* The .so's entry points (exported; looked up by name with dlsym). */

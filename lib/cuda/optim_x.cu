@@ -56,6 +56,32 @@ void ft_cu_xbuf_free(ft_cuda_model *dm)
 		cudaFree(dm->xbuf);
 	dm->xbuf = NULL;
 	dm->xbuf_n = 0;
+	for (int k = 0; dm->xproj && k < dm->ntens; k++)
+		if (dm->xproj[k])
+			cudaFree(dm->xproj[k]);
+	free(dm->xproj);
+	free(dm->xproj_n);
+	dm->xproj = NULL;
+	dm->xproj_n = NULL;
+}
+
+/* Tensor t's projector (GaLore) of n floats, allocated on first use. */
+static int xproj(ft_cuda_model *dm, const ft_dt *t, size_t n, float **P)
+{
+	if (!dm->xproj) {
+		dm->xproj = (float **)ft_xcalloc(dm->ntens, sizeof *dm->xproj);
+		dm->xproj_n = (size_t *)ft_xcalloc(dm->ntens, sizeof *dm->xproj_n);
+	}
+	int k = (int)(t - dm->tens);
+	if (dm->xproj[k] && dm->xproj_n[k] != n)
+		return ft_fail("internal: a projector of %zu floats, now %zu", dm->xproj_n[k], n);
+	if (!dm->xproj[k]) {
+		CU(cudaMalloc((void **)&dm->xproj[k], n * sizeof(float)), "%zu bytes (a GaLore projector)",
+		   n * sizeof(float));
+		dm->xproj_n[k] = n;
+	}
+	*P = dm->xproj[k];
+	return 0;
 }
 
 /* ---- Adam-mini (am_step) ---- */
@@ -271,6 +297,103 @@ static int mu_update(ft_cuda_model *dm, ft_dt *t, const ft_cuda_xparam *xp, cons
 	return 0;
 }
 
+/* ---- GaLore (ga_step of optim_galore.c) ---- */
+
+/* galore_torch's Adam (transformers' old AdamW) on nl elements of g (the
+ * projected gradient R for a GaLore param): the normalized update into
+ * N, or (no projection) straight into w */
+static __global__ void ga_adam_k(float *w, float *N, const float *g, float *m, float *v, size_t nl,
+				 float a1, float a2, float fb1, float fb2, float eps, float alpha)
+{
+	XFOR(i, nl) {
+		m[i] = fmaf(a1, g[i], m[i] * fb1);
+		v[i] = v[i] * fb2 + (a2 * g[i]) * g[i];
+		float ng = m[i] / (sqrtf(v[i]) + eps);
+		if (N)
+			N[i] = ng;
+		else
+			w[i] = fmaf(alpha, ng, w[i]);
+	}
+}
+
+/* project_back, times scale: w += alpha * (F * sc) */
+static __global__ void ga_back_k(float *w, const float *F, size_t n, float alpha, float sc)
+{
+	XFOR(i, n)
+		w[i] = fmaf(alpha, F[i] * sc, w[i]);
+}
+
+/* p.add_(p, alpha=-lr * wd), after the update */
+static __global__ void ga_decay_k(float *w, size_t n, float a)
+{
+	XFOR(i, n)
+		w[i] = fmaf(a, w[i], w[i]);
+}
+
+/* A new projector: the clipped gradient to the host (the CPU model's g
+ * array), the CPU extension's SVD there, P back. */
+static int ga_reproject(ft_cuda_model *dm, ft_dt *t, const ft_cuda_xopt *o, float *P, size_t np)
+{
+	if (!o->project || !t->hg)
+		return ft_fail("%s", "GaLore: no projector on the host");
+	TRY(ft_cu_copy(dm, t->hg, t->g, t->n * sizeof(float), cudaMemcpyDeviceToHost,
+		       "GaLore gradient"));
+	const float *hp = o->project(o->ctx, (size_t)t->pidx, t->hg);
+	if (!hp)
+		return -1;
+	return ft_cu_copy(dm, P, hp, np * sizeof(float), cudaMemcpyHostToDevice, "GaLore projector");
+}
+
+static int ga_update(ft_cuda_model *dm, ft_dt *t, const ft_cuda_xparam *xp, const ft_cuda_xopt *o)
+{
+	double lr = o->lr, b1 = o->beta1, b2 = o->beta2;
+	double bc1 = 1.0 - pow(b1, (double)o->step), bc2 = 1.0 - pow(b2, (double)o->step);
+	float alpha = (float)-(lr * sqrt(bc2) / bc1), a1 = (float)(1.0 - b1), a2 = (float)(1.0 - b2);
+	float fb1 = (float)b1, fb2 = (float)b2, eps = (float)o->eps;
+	int out = xp->rows, in = xp->cols, r = xp->rank;
+	const float *g = t->g;
+	float *R = NULL, *N = NULL, *F = NULL, *P = NULL;
+	size_t nl = t->n;
+	if (xp->kind) {
+		if (out <= 0 || in <= 0 || (size_t)out * in != t->n || r < 1 || r > (out < in ? out : in))
+			return ft_fail("GaLore: a %dx%d param of %zu elements, rank %d", out, in, t->n, r);
+		size_t np = (size_t)r * (size_t)(xp->right ? in : out);
+		nl = (size_t)r * (size_t)(xp->right ? out : in);
+		TRY(xproj(dm, t, np, &P));
+		if (xp->reproject)
+			TRY(ga_reproject(dm, t, o, P, np));
+		TRY(xbuf(dm, 2 * nl + t->n));
+		R = dm->xbuf, N = R + nl, F = N + nl;
+		if (xp->right)   /* G [out, in] @ P^T [in, r] */
+			TRY(ft_cu_gemm(dm, 0, 1, out, r, in, 1.0f, fmat(g), in, fmat(P), in, 0.0f, R, r,
+				       "GaLore G P^T"));
+		else             /* P^T [r, out] @ G [out, in] */
+			TRY(ft_cu_gemm(dm, 1, 0, r, in, out, 1.0f, fmat(P), r, fmat(g), in, 0.0f, R, in,
+				       "GaLore P^T G"));
+		g = R;
+	}
+	FT_LAUNCH(ga_adam_k, xblocks(nl), XTPB, 0, dm->stream)(t->w, N, g, t->m, t->v, nl, a1, a2, fb1,
+								 fb2, eps, alpha);
+	LAUNCHED("galore_adam", "n=%zu", nl);
+	if (xp->kind) {
+		if (xp->right)   /* low @ P: [out, r] @ [r, in] */
+			TRY(ft_cu_gemm(dm, 0, 0, out, in, r, 1.0f, fmat(N), r, fmat(P), in, 0.0f, F, in,
+				       "GaLore N P"));
+		else             /* P @ low: [out, r] @ [r, in] */
+			TRY(ft_cu_gemm(dm, 0, 0, out, in, r, 1.0f, fmat(P), r, fmat(N), in, 0.0f, F, in,
+				       "GaLore P N"));
+		FT_LAUNCH(ga_back_k, xblocks(t->n), XTPB, 0, dm->stream)(t->w, F, t->n, alpha,
+									(float)o->scale);
+		LAUNCHED("galore_back", "n=%zu", t->n);
+	}
+	double wd = xp->kind || xp->decay ? o->weight_decay : 0.0;
+	if (wd > 0) {
+		FT_LAUNCH(ga_decay_k, xblocks(t->n), XTPB, 0, dm->stream)(t->w, t->n, (float)(-lr * wd));
+		LAUNCHED("galore_decay", "n=%zu", t->n);
+	}
+	return 0;
+}
+
 /* ---- the step ---- */
 
 static int x_update(ft_cuda_model *dm, ft_dt *t)
@@ -282,6 +405,7 @@ static int x_update(ft_cuda_model *dm, ft_dt *t)
 	switch (r->o->algo) {
 	case FT_CUDA_ADAM_MINI: return am_update(dm, t, xp, r->o);
 	case FT_CUDA_MUON: return mu_update(dm, t, xp, r->o);
+	case FT_CUDA_GALORE: return ga_update(dm, t, xp, r->o);
 	default: return ft_fail("CUDA step: optimizer %d", (int)r->o->algo);
 	}
 }
@@ -327,7 +451,7 @@ int ft_cuda_step_x(ft_cuda_model *dm, const ft_cuda_xopt *o, const ft_cuda_xpara
 }
 
 int ft_cuda_xstate(ft_cuda_model *dm, size_t i, float *s1, size_t n1, float *s2, size_t n2,
-		   int to_host)
+		   float *s3, size_t n3, int to_host)
 {
 	if (i >= dm->v.nparams)
 		return ft_fail("parameter %zu of %zu", i, dm->v.nparams);
@@ -338,10 +462,14 @@ int ft_cuda_xstate(ft_cuda_model *dm, size_t i, float *s1, size_t n1, float *s2,
 		return ft_fail("%s: optimizer state of %zu and %zu floats for %zu elements",
 			       dm->v.params[i].name, n1, n2, t->n);
 	cudaMemcpyKind kind = to_host ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice;
-	TRY(ft_cu_copy(dm, to_host ? (void *)s1 : (void *)t->m, to_host ? (const void *)t->m : s1,
-		       n1 * sizeof(float), kind, "optimizer state"));
-	if (n2)
-		TRY(ft_cu_copy(dm, to_host ? (void *)s2 : (void *)t->v, to_host ? (const void *)t->v : s2,
-			       n2 * sizeof(float), kind, "optimizer state"));
+	float *d[3] = { t->m, t->v, NULL }, *h[3] = { s1, s2, s3 };
+	size_t nn[3] = { n1, n2, n3 };
+	if (n3)
+		TRY(xproj(dm, t, n3, &d[2]));
+	for (int j = 0; j < 3; j++)
+		if (nn[j])
+			TRY(ft_cu_copy(dm, to_host ? (void *)h[j] : (void *)d[j],
+				       to_host ? (const void *)d[j] : (const void *)h[j], nn[j] * sizeof(float),
+				       kind, "optimizer state"));
 	return 0;
 }

@@ -125,7 +125,7 @@ static long model_index(binding *x, const ft_param *p)
 	return i >= 0 ? i : ft_fail("optimizer parameter %s is not the model's", p->name);
 }
 
-/* An optimizer in place of AdamW (Adam-mini, Muon; ft_ext_dev): its
+/* An optimizer in place of AdamW (Adam-mini, Muon, GaLore; ft_ext_dev): its
  * params' state between the device and the extension, in (its first
  * update, a resume) or out (before its checkpoint). */
 static int dev_state(binding *x, const ft_ext_dev *d, int out)
@@ -133,10 +133,22 @@ static int dev_state(binding *x, const ft_ext_dev *d, int out)
 	for (size_t k = 0; k < d->n; k++) {
 		long i = model_index(x, d->p[k]);
 		if (i < 0 || ft_cuda_xstate(x->dm, (size_t)i, d->s1[k], d->n1[k], d->s2[k], d->n2[k],
-					    out) < 0)
+					    d->s3 ? d->s3[k] : NULL, d->n3 ? d->n3[k] : 0, out) < 0)
 			return -1;
 	}
 	return 0;
+}
+
+/* ft_cuda_xopt.project: GaLore's SVD by the extension, on the host */
+typedef struct { binding *x; const ft_ext_dev *d; } proj_ctx;
+static const float *dev_project(void *ctx, size_t i, const float *G)
+{
+	proj_ctx *c = ctx;
+	for (size_t k = 0; k < c->d->n; k++)
+		if (ft_model_param_index(c->x->m, c->d->p[k]) == (long)i)
+			return c->d->project(c->d->self, k, G);
+	ft_fail("parameter %zu is not the optimizer's", i);
+	return NULL;
 }
 
 /* Its update on the device (lib/cuda/optim_x.cu) with the count the CPU
@@ -158,10 +170,15 @@ static int dev_step(binding *x, const ft_ext_dev *d, double lr, double max_norm,
 			xp[i] = (ft_cuda_xparam){ 1, d->kind[k], d->block ? d->block[k] : 0,
 						  d->decay ? d->decay[k] : 1,
 						  d->p[k]->ndim == 2 ? (int)d->p[k]->shape[0] : 0,
-						  d->p[k]->ndim == 2 ? (int)d->p[k]->shape[1] : 0 };
+						  d->p[k]->ndim == 2 ? (int)d->p[k]->shape[1] : 0,
+						  d->right ? d->right[k] : 0, d->rank ? d->rank[k] : 0,
+						  d->project && d->kind[k] && *d->step % d->interval == 0 };
 	}
-	ft_cuda_xopt o = { d->algo == FT_EXT_MUON ? FT_CUDA_MUON : FT_CUDA_ADAM_MINI, lr, d->wd,
-			   d->beta1, d->beta2, d->eps, *d->step + 1 };
+	proj_ctx pc = { x, d };
+	ft_cuda_xopt o = { d->algo == FT_EXT_MUON ? FT_CUDA_MUON
+			   : d->algo == FT_EXT_GALORE ? FT_CUDA_GALORE : FT_CUDA_ADAM_MINI,
+			   lr, d->wd, d->beta1, d->beta2, d->eps, *d->step + 1, d->scale,
+			   d->project ? dev_project : NULL, &pc };
 	if (!rc)
 		rc = ft_cuda_step_x(x->dm, &o, xp, n, max_norm, gnorm, skipped);
 	free(xp);

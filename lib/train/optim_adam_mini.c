@@ -203,8 +203,10 @@ ft_optim_ext *ft_adam_mini_new(ft_param *const *params, size_t n, int dim, int n
 		x->nel[k] = p->n;
 	}
 	/* AM_ELEM is 0: the device's per-element kind */
-	x->dev = (ft_ext_dev){ FT_EXT_ADAM_MINI, params, n, x->kind, x->decay, x->block, x->nel,
-			       x->nblocks, x->m, x->v, &x->step, wd, beta1, beta2, eps };
+	x->dev = (ft_ext_dev){ .algo = FT_EXT_ADAM_MINI, .p = params, .n = n, .kind = x->kind,
+			       .decay = x->decay, .block = x->block, .n1 = x->nel, .n2 = x->nblocks,
+			       .s1 = x->m, .s2 = x->v, .step = &x->step, .wd = wd, .beta1 = beta1,
+			       .beta2 = beta2, .eps = eps };
 	ft_optim_ext *e = ft_xcalloc(1, sizeof *e);
 	*e = (ft_optim_ext){ .self = x, .step = am_step, .save = am_save, .load = am_load, .free = am_free,
 			     .dev = &x->dev };

@@ -24,12 +24,16 @@
  * lib/train/cuda_train.c) runs in place of the CPU step, mirroring it
  * (lib/cuda/optim_x.cu): live pointers into the extension.  Per param
  * p[k]: kind[k] (Adam-mini: its block kind, 0 per element; Muon: 1 Muon,
- * 0 its AdamW), block[k] (Adam-mini: elements per second-moment block),
- * decay[k] (NULL: all decay), the state s1[k] of n1[k] floats and s2[k]
- * of n2[k] (0: none), which the model reads before its first update or
- * after a resume and writes back before a checkpoint; *step the count the
- * CPU step increments, the model incrementing it in its place. */
-typedef enum { FT_EXT_ADAM_MINI = 1, FT_EXT_MUON } ft_ext_algo;
+ * 0 its AdamW; GaLore: 1 projected), block[k] (Adam-mini: elements per
+ * second-moment block), decay[k] (NULL: all decay), the state s1[k] of
+ * n1[k] floats, s2[k] of n2[k] and s3[k] of n3[k] (0: none), which the
+ * model reads before its first update or after a resume and writes back
+ * before a checkpoint; *step the count the CPU step increments, the model
+ * incrementing it in its place.  GaLore: right[k], rank[k] its projection
+ * (optim_galore.c), a new one at the steps *step % interval == 0 from the
+ * clipped gradient G by project (into s3[k], returned; NULL after
+ * ft_fail), scale galore_scale. */
+typedef enum { FT_EXT_ADAM_MINI = 1, FT_EXT_MUON, FT_EXT_GALORE } ft_ext_algo;
 typedef struct {
 	ft_ext_algo algo;
 	ft_param *const *p;
@@ -39,6 +43,14 @@ typedef struct {
 	float **s1, **s2;
 	int64_t *step;
 	double wd, beta1, beta2, eps;
+	/* GaLore */
+	const int *right, *rank;
+	float **s3;
+	const size_t *n3;
+	int interval;
+	double scale;
+	const float *(*project)(void *self, size_t k, const float *G);
+	void *self;
 } ft_ext_dev;
 
 typedef struct ft_optim_ext {
@@ -68,7 +80,7 @@ typedef struct ft_optim_ext {
 	 * and keeps its moments; may be NULL. */
 	ft_adamw *(*block_adamw)(void *self, double *weight_decay);
 	void (*after_step)(void *self);
-	/* Adam-mini, Muon: what a model that steps itself runs; may be NULL. */
+	/* Adam-mini, Muon, GaLore: what a model that steps itself runs; may be NULL. */
 	const ft_ext_dev *dev;
 } ft_optim_ext;
 

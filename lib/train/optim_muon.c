@@ -210,8 +210,9 @@ ft_optim_ext *ft_muon_new(ft_param *const *params, size_t n, double wd, double b
 		x->n2[k] = x->muon[k] ? 0 : p->n;
 	}
 	/* weight decay on every param: decay NULL */
-	x->dev = (ft_ext_dev){ FT_EXT_MUON, params, n, x->muon, NULL, NULL, x->n1, x->n2, x->s1, x->s2,
-			       &x->step, wd, beta1, beta2, eps };
+	x->dev = (ft_ext_dev){ .algo = FT_EXT_MUON, .p = params, .n = n, .kind = x->muon, .n1 = x->n1,
+			       .n2 = x->n2, .s1 = x->s1, .s2 = x->s2, .step = &x->step, .wd = wd,
+			       .beta1 = beta1, .beta2 = beta2, .eps = eps };
 	ft_optim_ext *e = ft_xcalloc(1, sizeof *e);
 	*e = (ft_optim_ext){ .self = x, .step = mu_step, .save = mu_save, .load = mu_load, .free = mu_free,
 			     .dev = &x->dev };
