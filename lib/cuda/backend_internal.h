@@ -29,7 +29,7 @@ extern "C" {
  * 10: ft_cuda_attn_shape has scale, softcap (Gemma);
  * 11: the fp16 loss scaler's state (checkpoints);
  * 12: per-param updates (LoRA+, BAdam);
- * 13: the optimizers that replace AdamW (Adam-mini, Muon, GaLore) */
+ * 13: the optimizers that replace AdamW (Adam-mini, Muon, GaLore, APOLLO) */
 #define FTP_CUDA_ABI 13
 
 typedef struct {

@@ -335,16 +335,28 @@ static __global__ void ga_decay_k(float *w, size_t n, float a)
 static int ga_reproject(ft_cuda_model *dm, ft_dt *t, const ft_cuda_xopt *o, float *P, size_t np)
 {
 	if (!o->project || !t->hg)
-		return ft_fail("%s", "GaLore: no projector on the host");
+		return ft_fail("%s", "no projector on the host");
 	TRY(ft_cu_copy(dm, t->hg, t->g, t->n * sizeof(float), cudaMemcpyDeviceToHost,
-		       "GaLore gradient"));
+		       "the gradient to project"));
 	const float *hp = o->project(o->ctx, (size_t)t->pidx, t->hg);
 	if (!hp)
 		return -1;
-	return ft_cu_copy(dm, P, hp, np * sizeof(float), cudaMemcpyHostToDevice, "GaLore projector");
+	return ft_cu_copy(dm, P, hp, np * sizeof(float), cudaMemcpyHostToDevice, "a projector");
 }
 
-static int ga_update(ft_cuda_model *dm, ft_dt *t, const ft_cuda_xparam *xp, const ft_cuda_xopt *o)
+/* The low-rank pieces of a projected param (GaLore, APOLLO): R, N [nl]
+ * and F [n] in dm->xbuf, P its projector. */
+typedef struct {
+	float *R, *N, *F, *P;
+	size_t nl;
+	float alpha;
+} lowrank;
+
+/* What ga_step and ap_step share: the new projector at the interval, R =
+ * G P^T or P^T G, and their Adam on R (or on G without a projection,
+ * updating w straight away).  lr: the scheduled rate. */
+static int proj_adam(ft_cuda_model *dm, ft_dt *t, const ft_cuda_xparam *xp, const ft_cuda_xopt *o,
+		     lowrank *z)
 {
 	double lr = o->lr, b1 = o->beta1, b2 = o->beta2;
 	double bc1 = 1.0 - pow(b1, (double)o->step), bc2 = 1.0 - pow(b2, (double)o->step);
@@ -352,46 +364,150 @@ static int ga_update(ft_cuda_model *dm, ft_dt *t, const ft_cuda_xparam *xp, cons
 	float fb1 = (float)b1, fb2 = (float)b2, eps = (float)o->eps;
 	int out = xp->rows, in = xp->cols, r = xp->rank;
 	const float *g = t->g;
-	float *R = NULL, *N = NULL, *F = NULL, *P = NULL;
-	size_t nl = t->n;
+	*z = (lowrank){ NULL, NULL, NULL, NULL, t->n, alpha };
 	if (xp->kind) {
-		if (out <= 0 || in <= 0 || (size_t)out * in != t->n || r < 1 || r > (out < in ? out : in))
-			return ft_fail("GaLore: a %dx%d param of %zu elements, rank %d", out, in, t->n, r);
+		if (out <= 0 || in <= 0 || (size_t)out * in != t->n || r < 1)
+			return ft_fail("a %dx%d param of %zu elements, rank %d", out, in, t->n, r);
 		size_t np = (size_t)r * (size_t)(xp->right ? in : out);
-		nl = (size_t)r * (size_t)(xp->right ? out : in);
-		TRY(xproj(dm, t, np, &P));
+		z->nl = (size_t)r * (size_t)(xp->right ? out : in);
+		TRY(xproj(dm, t, np, &z->P));
 		if (xp->reproject)
-			TRY(ga_reproject(dm, t, o, P, np));
-		TRY(xbuf(dm, 2 * nl + t->n));
-		R = dm->xbuf, N = R + nl, F = N + nl;
+			TRY(ga_reproject(dm, t, o, z->P, np));
+		TRY(xbuf(dm, 2 * z->nl + t->n));
+		z->R = dm->xbuf, z->N = z->R + z->nl, z->F = z->N + z->nl;
 		if (xp->right)   /* G [out, in] @ P^T [in, r] */
-			TRY(ft_cu_gemm(dm, 0, 1, out, r, in, 1.0f, fmat(g), in, fmat(P), in, 0.0f, R, r,
-				       "GaLore G P^T"));
+			TRY(ft_cu_gemm(dm, 0, 1, out, r, in, 1.0f, fmat(g), in, fmat(z->P), in, 0.0f, z->R, r,
+				       "G P^T"));
 		else             /* P^T [r, out] @ G [out, in] */
-			TRY(ft_cu_gemm(dm, 1, 0, r, in, out, 1.0f, fmat(P), r, fmat(g), in, 0.0f, R, in,
-				       "GaLore P^T G"));
-		g = R;
+			TRY(ft_cu_gemm(dm, 1, 0, r, in, out, 1.0f, fmat(z->P), r, fmat(g), in, 0.0f, z->R, in,
+				       "P^T G"));
+		g = z->R;
 	}
-	FT_LAUNCH(ga_adam_k, xblocks(nl), XTPB, 0, dm->stream)(t->w, N, g, t->m, t->v, nl, a1, a2, fb1,
-								 fb2, eps, alpha);
-	LAUNCHED("galore_adam", "n=%zu", nl);
+	FT_LAUNCH(ga_adam_k, xblocks(z->nl), XTPB, 0, dm->stream)(t->w, z->N, g, t->m, t->v, z->nl, a1,
+								    a2, fb1, fb2, eps, alpha);
+	LAUNCHED("lowrank_adam", "n=%zu", z->nl);
+	return 0;
+}
+
+/* the decay after the update: projected params and the decaying others */
+static int proj_decay(ft_cuda_model *dm, ft_dt *t, const ft_cuda_xparam *xp, const ft_cuda_xopt *o)
+{
+	double wd = xp->kind || xp->decay ? o->weight_decay : 0.0;
+	if (wd > 0) {
+		FT_LAUNCH(ga_decay_k, xblocks(t->n), XTPB, 0, dm->stream)(t->w, t->n, (float)(-o->lr * wd));
+		LAUNCHED("lowrank_decay", "n=%zu", t->n);
+	}
+	return 0;
+}
+
+static int ga_update(ft_cuda_model *dm, ft_dt *t, const ft_cuda_xparam *xp, const ft_cuda_xopt *o)
+{
+	lowrank z;
+	if (proj_adam(dm, t, xp, o, &z) < 0)
+		return ft_fail_ctx("GaLore: ");
+	int out = xp->rows, in = xp->cols, r = xp->rank;
 	if (xp->kind) {
 		if (xp->right)   /* low @ P: [out, r] @ [r, in] */
-			TRY(ft_cu_gemm(dm, 0, 0, out, in, r, 1.0f, fmat(N), r, fmat(P), in, 0.0f, F, in,
+			TRY(ft_cu_gemm(dm, 0, 0, out, in, r, 1.0f, fmat(z.N), r, fmat(z.P), in, 0.0f, z.F, in,
 				       "GaLore N P"));
 		else             /* P @ low: [out, r] @ [r, in] */
-			TRY(ft_cu_gemm(dm, 0, 0, out, in, r, 1.0f, fmat(P), r, fmat(N), in, 0.0f, F, in,
+			TRY(ft_cu_gemm(dm, 0, 0, out, in, r, 1.0f, fmat(z.P), r, fmat(z.N), in, 0.0f, z.F, in,
 				       "GaLore P N"));
-		FT_LAUNCH(ga_back_k, xblocks(t->n), XTPB, 0, dm->stream)(t->w, F, t->n, alpha,
+		FT_LAUNCH(ga_back_k, xblocks(t->n), XTPB, 0, dm->stream)(t->w, z.F, t->n, z.alpha,
 									(float)o->scale);
 		LAUNCHED("galore_back", "n=%zu", t->n);
 	}
-	double wd = xp->kind || xp->decay ? o->weight_decay : 0.0;
-	if (wd > 0) {
-		FT_LAUNCH(ga_decay_k, xblocks(t->n), XTPB, 0, dm->stream)(t->w, t->n, (float)(-lr * wd));
-		LAUNCHED("galore_decay", "n=%zu", t->n);
+	return proj_decay(dm, t, xp, o);
+}
+
+/* ---- APOLLO (ap_step of optim_apollo.c: scaled_grad in place of GaLore's
+ * project_back) ---- */
+
+/* F = G * f with f = ||N|| / (||R|| + 1e-8) per row of R [out, r]
+ * (per_row) or per column of R [r, in], one thread per row or column
+ * summing in the CPU's order; tensor: f given.  Then sqrt(scale) when
+ * scale_front. */
+static __global__ void ap_scale_k(float *F, const float *g, const float *N, const float *R, int out,
+				  int in, int r, int mode, float ft, int front, float sf)
+{
+	size_t lines = mode == 1 ? (size_t)out : mode == 2 ? (size_t)in : (size_t)out * in;
+	XFOR(l, lines) {
+		if (mode == 0) {   /* the tensor: one factor */
+			F[l] = g[l] * ft;
+			if (front)
+				F[l] *= sf;
+			continue;
+		}
+		double a = 0, b = 0;
+		for (int k = 0; k < r; k++) {
+			size_t q = mode == 1 ? l * r + k : (size_t)k * in + l;
+			a += (double)N[q] * N[q];
+			b += (double)R[q] * R[q];
+		}
+		float f = (float)sqrt(a) / ((float)sqrt(b) + 1e-8f);
+		size_t n = mode == 1 ? (size_t)in : (size_t)out;
+		for (size_t j = 0; j < n; j++) {
+			size_t e = mode == 1 ? l * in + j : j * in + l;
+			F[e] = g[e] * f;
+			if (front)
+				F[e] *= sf;
+		}
 	}
+}
+
+/* F /= lim (Fira's limiter), sqrt(scale) after it unless scale_front,
+ * then w += alpha F */
+static __global__ void ap_apply_k(float *w, const float *F, size_t n, float lim, int front, float sf,
+				  float alpha)
+{
+	XFOR(i, n) {
+		float f = F[i] / lim;
+		if (!front)
+			f *= sf;
+		w[i] = fmaf(alpha, f, w[i]);
+	}
+}
+
+/* sum of x^2 in double: the device's partials added on the host */
+static int sumsq_host(ft_cuda_model *dm, const float *x, size_t n, double *s)
+{
+	TRY(ft_cu_sumsq(dm, dm->sumsq, x, n));
+	TRY(ft_cu_copy(dm, dm->h_sumsq, dm->sumsq, FT_SUMSQ_BLOCKS * sizeof(double),
+		       cudaMemcpyDeviceToHost, "norm partials"));
+	*s = 0;
+	for (int i = 0; i < FT_SUMSQ_BLOCKS; i++)
+		*s += dm->h_sumsq[i];
 	return 0;
+}
+
+static int ap_update(ft_cuda_model *dm, ft_dt *t, const ft_cuda_xparam *xp, const ft_cuda_xopt *o)
+{
+	lowrank z;
+	if (proj_adam(dm, t, xp, o, &z) < 0)
+		return ft_fail_ctx("APOLLO: ");
+	if (xp->kind) {
+		int out = xp->rows, in = xp->cols, per_row = !(out < in);
+		float sf = (float)sqrt(o->scale), ft = 0;
+		int mode = o->scale_tensor ? 0 : per_row ? 1 : 2;
+		if (mode == 0) {
+			double nn, rr;
+			TRY(sumsq_host(dm, z.N, z.nl, &nn));
+			TRY(sumsq_host(dm, z.R, z.nl, &rr));
+			ft = (float)(sqrt(nn) / ((float)sqrt(rr) + 1e-8f));
+		}
+		size_t lines = mode == 1 ? (size_t)out : mode == 2 ? (size_t)in : t->n;
+		FT_LAUNCH(ap_scale_k, xblocks(lines), XTPB, 0, dm->stream)(z.F, t->g, z.N, z.R, out, in,
+									  xp->rank, mode, ft,
+									  o->scale_front, sf);
+		LAUNCHED("apollo_scale", "%dx%d", out, in);
+		double ff;
+		TRY(sumsq_host(dm, z.F, t->n, &ff));
+		float lim = o->limit(o->ctx, (size_t)t->pidx, (float)sqrt(ff));
+		FT_LAUNCH(ap_apply_k, xblocks(t->n), XTPB, 0, dm->stream)(t->w, z.F, t->n, lim,
+									 o->scale_front, sf, z.alpha);
+		LAUNCHED("apollo_apply", "n=%zu", t->n);
+	}
+	return proj_decay(dm, t, xp, o);
 }
 
 /* ---- the step ---- */
@@ -406,6 +522,7 @@ static int x_update(ft_cuda_model *dm, ft_dt *t)
 	case FT_CUDA_ADAM_MINI: return am_update(dm, t, xp, r->o);
 	case FT_CUDA_MUON: return mu_update(dm, t, xp, r->o);
 	case FT_CUDA_GALORE: return ga_update(dm, t, xp, r->o);
+	case FT_CUDA_APOLLO: return ap_update(dm, t, xp, r->o);
 	default: return ft_fail("CUDA step: optimizer %d", (int)r->o->algo);
 	}
 }

@@ -125,7 +125,7 @@ static long model_index(binding *x, const ft_param *p)
 	return i >= 0 ? i : ft_fail("optimizer parameter %s is not the model's", p->name);
 }
 
-/* An optimizer in place of AdamW (Adam-mini, Muon, GaLore; ft_ext_dev): its
+/* An optimizer in place of AdamW (Adam-mini, Muon, GaLore, APOLLO; ft_ext_dev): its
  * params' state between the device and the extension, in (its first
  * update, a resume) or out (before its checkpoint). */
 static int dev_state(binding *x, const ft_ext_dev *d, int out)
@@ -139,7 +139,7 @@ static int dev_state(binding *x, const ft_ext_dev *d, int out)
 	return 0;
 }
 
-/* ft_cuda_xopt.project: GaLore's SVD by the extension, on the host */
+/* ft_cuda_xopt.project: GaLore's SVD, APOLLO's draw by the extension, on the host */
 typedef struct { binding *x; const ft_ext_dev *d; } proj_ctx;
 static const float *dev_project(void *ctx, size_t i, const float *G)
 {
@@ -149,6 +149,16 @@ static const float *dev_project(void *ctx, size_t i, const float *G)
 			return c->d->project(c->d->self, k, G);
 	ft_fail("parameter %zu is not the optimizer's", i);
 	return NULL;
+}
+
+/* ft_cuda_xopt.limit: APOLLO's limiter, its state the extension's */
+static float dev_limit(void *ctx, size_t i, float nrm)
+{
+	proj_ctx *c = ctx;
+	for (size_t k = 0; k < c->d->n; k++)
+		if (ft_model_param_index(c->x->m, c->d->p[k]) == (long)i)
+			return c->d->limit(c->d->self, k, nrm);
+	return 1.0f;   /* not reached: the device steps the optimizer's params only */
 }
 
 /* Its update on the device (lib/cuda/optim_x.cu) with the count the CPU
@@ -176,9 +186,11 @@ static int dev_step(binding *x, const ft_ext_dev *d, double lr, double max_norm,
 	}
 	proj_ctx pc = { x, d };
 	ft_cuda_xopt o = { d->algo == FT_EXT_MUON ? FT_CUDA_MUON
-			   : d->algo == FT_EXT_GALORE ? FT_CUDA_GALORE : FT_CUDA_ADAM_MINI,
+			   : d->algo == FT_EXT_GALORE ? FT_CUDA_GALORE
+			   : d->algo == FT_EXT_APOLLO ? FT_CUDA_APOLLO : FT_CUDA_ADAM_MINI,
 			   lr, d->wd, d->beta1, d->beta2, d->eps, *d->step + 1, d->scale,
-			   d->project ? dev_project : NULL, &pc };
+			   d->scale_tensor, d->scale_front, d->project ? dev_project : NULL,
+			   d->limit ? dev_limit : NULL, &pc };
 	if (!rc)
 		rc = ft_cuda_step_x(x->dm, &o, xp, n, max_norm, gnorm, skipped);
 	free(xp);

@@ -29,11 +29,14 @@
  * n1[k] floats, s2[k] of n2[k] and s3[k] of n3[k] (0: none), which the
  * model reads before its first update or after a resume and writes back
  * before a checkpoint; *step the count the CPU step increments, the model
- * incrementing it in its place.  GaLore: right[k], rank[k] its projection
- * (optim_galore.c), a new one at the steps *step % interval == 0 from the
- * clipped gradient G by project (into s3[k], returned; NULL after
- * ft_fail), scale galore_scale. */
-typedef enum { FT_EXT_ADAM_MINI = 1, FT_EXT_MUON, FT_EXT_GALORE } ft_ext_algo;
+ * incrementing it in its place.  GaLore, APOLLO: right[k], rank[k] the
+ * projection (optim_galore.c, optim_apollo.c), a new one at the steps
+ * *step % interval == 0 from the clipped gradient G by project (into
+ * s3[k], returned; NULL after ft_fail), scale galore_scale or
+ * apollo_scale; APOLLO: scale_tensor, scale_front its options and limit
+ * Fira's limiter on param k's update norm (the divisor; its state stays
+ * the extension's). */
+typedef enum { FT_EXT_ADAM_MINI = 1, FT_EXT_MUON, FT_EXT_GALORE, FT_EXT_APOLLO } ft_ext_algo;
 typedef struct {
 	ft_ext_algo algo;
 	ft_param *const *p;
@@ -51,6 +54,9 @@ typedef struct {
 	double scale;
 	const float *(*project)(void *self, size_t k, const float *G);
 	void *self;
+	/* APOLLO */
+	int scale_tensor, scale_front;
+	float (*limit)(void *self, size_t k, float nrm);
 } ft_ext_dev;
 
 typedef struct ft_optim_ext {
@@ -80,7 +86,8 @@ typedef struct ft_optim_ext {
 	 * and keeps its moments; may be NULL. */
 	ft_adamw *(*block_adamw)(void *self, double *weight_decay);
 	void (*after_step)(void *self);
-	/* Adam-mini, Muon, GaLore: what a model that steps itself runs; may be NULL. */
+	/* Adam-mini, Muon, GaLore, APOLLO: what a model that steps itself runs;
+	 * may be NULL. */
 	const ft_ext_dev *dev;
 } ft_optim_ext;
 

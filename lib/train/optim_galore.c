@@ -246,10 +246,12 @@ static void dev_arrays(galore *x)
 		x->s2[k] = st->v;
 		x->s3[k] = st->P;
 	}
-	x->dev = (ft_ext_dev){ FT_EXT_GALORE, x->p, x->n, x->kind, x->decay, NULL, x->n1, x->n1,
-			       x->s1, x->s2, &x->step, x->o.weight_decay, x->o.beta1, x->o.beta2,
-			       x->o.eps, x->right, x->rank, x->s3, x->n3, x->o.update_interval,
-			       x->o.scale, ga_project, x };
+	x->dev = (ft_ext_dev){ .algo = FT_EXT_GALORE, .p = x->p, .n = x->n, .kind = x->kind,
+			       .decay = x->decay, .n1 = x->n1, .n2 = x->n1, .s1 = x->s1, .s2 = x->s2,
+			       .step = &x->step, .wd = x->o.weight_decay, .beta1 = x->o.beta1,
+			       .beta2 = x->o.beta2, .eps = x->o.eps, .right = x->right, .rank = x->rank,
+			       .s3 = x->s3, .n3 = x->n3, .interval = x->o.update_interval,
+			       .scale = x->o.scale, .project = ga_project, .self = x };
 }
 
 ft_optim_ext *ft_galore_new(ft_param *const *params, size_t n, const int *is_galore, const ft_galore_opts *o)

@@ -32,7 +32,14 @@
 # 2-thread runs then differ by 1e-3, which no bound can pin.  So the
 # checks reproject where the gap is wide (rank 4 at step 0 only, rank 1
 # every 2 steps: the 1- vs 2-thread spread is <= 2e-6 there, the device's
-# <= 7e-7).  Resumes are compared bit for bit.
+# <= 7e-7).  APOLLO is GaLore's projected Adam with the CPU's random
+# projection (drawn on the host, torch's generator) and scaled_grad's
+# per-channel or per-tensor factors and Fira's limiter (the norms' sums
+# in double; the limiter's state stays on the host): ratios of norms of
+# fp32 values, measured 3e-6, bound 1e-4.  apollo_proj svd goes through
+# the same SVD conditioning: at rank 4 the CPU's own 1- vs 2-thread runs
+# differ by 7e-5 (rank 1 by 0.8: a degenerate top value), so that one
+# check is rank 4 at 1e-3.  Resumes are compared bit for bit.
 load helper
 load emu_helper
 
@@ -192,14 +199,52 @@ LLAMA="$FIXTURES/models/tiny-llama"
 	close c/trainer_log.jsonl e/trainer_log.jsonl 1e-4
 }
 
-@test "--device cuda refuses the extras still on the CPU in one line; --device auto trains them on the CPU" {
+@test "emulated device APOLLO (channel, tensor + scale_front, re-projections, layer-wise, svd): the CPU's losses within 1e-4, resume bit-identical" {
 	sft_data
-	base=(--model_name_or_path "$LLAMA" --train train.zst --output_dir o --max_steps 1)
-	for f in "--use_apollo true"; do
+	base=(--train train.zst --finetuning_type full --use_apollo true --weight_decay 0.1
+	      --max_grad_norm 0.5)
+	same_run "$LLAMA" 1e-4 "${base[@]}" --val val.zst --eval_steps 2 --gradient_accumulation_steps 2 \
+		--apollo_rank 4 --apollo_update_interval 2
+	same_run "$LLAMA" 1e-4 "${base[@]}" --apollo_rank 8 --apollo_update_interval 3 --apollo_scale 16 \
+		--apollo_scale_type tensor --apollo_scale_front
+	same_run "$LLAMA" 1e-4 "${base[@]}" --apollo_rank 4 --apollo_update_interval 2 --apollo_layerwise true
+	same_run "$LLAMA" 1e-3 "${base[@]}" --apollo_rank 4 --apollo_update_interval 200 --apollo_proj svd
+	# the scaling matters: APOLLO is not AdamW
+	tr cuda apollo "$LLAMA" "${base[@]}" --apollo_rank 4 --apollo_update_interval 2
+	tr cuda adamw "$LLAMA" --train train.zst --finetuning_type full --weight_decay 0.1 --max_grad_norm 0.5
+	run close apollo/trainer_log.jsonl adamw/trainer_log.jsonl 1e-3
+	assert_failure
+	# resumed at step 3, re-projecting right after (the checkpoint's seeds and limits)
+	args=(--model_name_or_path "$LLAMA" "${base[@]}" --apollo_rank 4 --apollo_update_interval 3
+	      --learning_rate 5e-3 --max_steps 6 --logging_steps 1 --save_steps 3 -q)
+	ft-train --output_dir a --device cuda "${args[@]}"
+	mkdir b && cp -r a/checkpoint-3 b/ && head -n 3 a/trainer_log.jsonl > b/trainer_log.jsonl
+	ft-train --output_dir b --device cuda "${args[@]}" --resume_from_checkpoint true
+	diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	cmp a/model.safetensors b/model.safetensors
+	cmp a/checkpoint-6/apollo_optimizer.safetensors b/checkpoint-6/apollo_optimizer.safetensors
+	ft-train --output_dir c --device cpu "${args[@]}"
+	mkdir d && cp -r a/checkpoint-3 d/ && head -n 3 a/trainer_log.jsonl > d/trainer_log.jsonl
+	ft-train --output_dir d --device cpu "${args[@]}" --resume_from_checkpoint true
+	close c/trainer_log.jsonl d/trainer_log.jsonl 1e-4
+	mkdir e && cp -r c/checkpoint-3 e/ && head -n 3 c/trainer_log.jsonl > e/trainer_log.jsonl
+	ft-train --output_dir e --device cuda "${args[@]}" --resume_from_checkpoint true
+	close c/trainer_log.jsonl e/trainer_log.jsonl 1e-4
+}
+
+@test "--device cuda refuses the extras with a preference stage and Phi-3's fused row blocks in one line; --device auto trains them on the CPU" {
+	sft_data
+	ft-cat --encode < "$FIXTURES/pref/dpo.jsonl" > dpo.zst
+	base=(--model_name_or_path "$LLAMA" --train dpo.zst --stage dpo --output_dir o --max_steps 1)
+	for f in "--use_muon true" "--use_adam_mini true" "--use_galore true" "--use_apollo true"; do
 		run -2 --separate-stderr ft-train "${base[@]}" -q --device cuda --finetuning_type full $f
-		[[ "$stderr" == "ft-train: ${f% *} runs on the CPU only in ft (use --device cpu)"$'\n'* ]]
+		[[ "$stderr" == "ft-train: ${f% *} with a preference stage runs on the CPU only in ft (use --device cpu)"$'\n'* ]]
 	done
 	run -0 --separate-stderr ft-train "${base[@]}" --device auto --finetuning_type full --use_apollo true
-	[[ "$stderr" == *"--device auto: training on the CPU: --use_apollo runs on the CPU only"* ]]
+	[[ "$stderr" == *"--device auto: training on the CPU: --use_apollo with a preference stage runs on the CPU only"* ]]
 	[ "$(jq -r .ft.device o/trainer_state.json)" = cpu ]
+	# Phi-3's qkv_proj is three device tensors: Muon's whole-matrix step cannot run there
+	run -1 --separate-stderr ft-train -q --model_name_or_path "$FIXTURES/families/phi3/model" \
+		--train train.zst --output_dir p --max_steps 1 --device cuda --finetuning_type full --use_muon true
+	[[ "$stderr" == *"qkv_proj.weight is split into fused row blocks on the device (Phi-3); this optimizer runs on the CPU only for it (--device cpu)"* ]]
 }

@@ -388,13 +388,15 @@ static void on_switch(void *ctx, int block, const char *prefix)
 const char *ft_train_extras_cpu_only(const ft_cli_args *c)
 {
 	const ft_train_extras *x = &c->x;
-	if ((x->loraplus || x->badam || x->adam_mini || x->muon || x->galore) && c->pref)   /* the preference bindings step plain AdamW */
-		return x->loraplus ? "--loraplus_lr_ratio with a preference stage runs on the CPU only in ft"
-		       : x->badam ? "--use_badam with a preference stage runs on the CPU only in ft"
-		       : x->adam_mini ? "--use_adam_mini with a preference stage runs on the CPU only in ft"
-		       : x->muon ? "--use_muon with a preference stage runs on the CPU only in ft"
-				 : "--use_galore with a preference stage runs on the CPU only in ft";
-	return x->apollo ? "--use_apollo runs on the CPU only in ft" : NULL;
+	if (!c->pref)
+		return NULL;
+	/* the preference bindings step plain AdamW */
+	return x->loraplus ? "--loraplus_lr_ratio with a preference stage runs on the CPU only in ft"
+	       : x->badam ? "--use_badam with a preference stage runs on the CPU only in ft"
+	       : x->adam_mini ? "--use_adam_mini with a preference stage runs on the CPU only in ft"
+	       : x->muon ? "--use_muon with a preference stage runs on the CPU only in ft"
+	       : x->galore ? "--use_galore with a preference stage runs on the CPU only in ft"
+	       : x->apollo ? "--use_apollo with a preference stage runs on the CPU only in ft" : NULL;
 }
 
 ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
