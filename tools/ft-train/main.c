@@ -75,7 +75,7 @@ static const char usage[] =
 "  --gradient_accumulation_steps N (1)  --per_device_train_batch_size N (the batches')\n"
 "  --num_train_epochs X (3.0, fractional allowed)  --max_steps N (overrides epochs)\n"
 "  --seed N (42: LoRA init and dropout)\n"
-"Extras (LLaMA-Factory's; CPU only but LoRA+ and BAdam, docs/EXTRAS.md):\n"
+"Extras (LLaMA-Factory's, docs/EXTRAS.md; its optimizers run on the GPU too):\n"
 "  --neftune_noise_alpha A    NEFTune: U(-A/sqrt(T*d), +) noise on the embeddings\n"
 "  --loraplus_lr_ratio R      LoRA+: lora_B at learning_rate * R\n"
 "  --loraplus_lr_embedding X  (1e-6)\n"
