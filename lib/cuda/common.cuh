@@ -188,6 +188,16 @@ struct ft_cuda_model {
 	int good_steps;
 	int unscaled;                  /* fp16: grads already divided by the scale */
 	double grads_scale;            /* fp16: the scale the gradients carry */
+	const ft_cuda_pstep *pstep;    /* per CPU param, during ft_cuda_step_ext */
+	/* during ft_cuda_step_x (optim_x.cu): a model tensor's update in
+	 * place of AdamW, its context, and that file's scratch (freed by
+	 * ft_cu_xbuf_free) */
+	int (*xupdate)(struct ft_cuda_model *, ft_dt *);
+	void *xctx;
+	float *xbuf;
+	size_t xbuf_n;
+	float **xproj;                 /* per tensor: GaLore's projector, or NULL */
+	size_t *xproj_n;
 	/* host staging for a batch (pinned, one block) */
 	void *staging;
 	int32_t *h_pos, *h_targets, *h_rows, *h_tg2, *h_ids, *h_seg, *h_lens;
@@ -513,5 +523,7 @@ typedef struct {
 /* ft_cuda_step over the model's tensors and x's (x NULL: the model's). */
 int ft_cu_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr, double max_grad_norm,
 	       double *grad_norm, int *skipped, const ft_cu_extra *x);
+/* optim_x.cu: frees dm->xbuf and xproj (ft_cuda_model_free) */
+void ft_cu_xbuf_free(ft_cuda_model *dm);
 
 #endif

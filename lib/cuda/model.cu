@@ -700,6 +700,7 @@ void ft_cuda_model_free(ft_cuda_model *dm)
 	if (dm->blas)
 		cublasDestroy(dm->blas);
 	ft_cu_comm_free(dm);
+	ft_cu_xbuf_free(dm);
 	if (dm->stream)
 		cudaStreamDestroy(dm->stream);
 	if (dm->mem)

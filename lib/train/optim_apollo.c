@@ -98,6 +98,11 @@ typedef struct {
 	astate *s;
 	ft_apollo_opts o;
 	int64_t step;
+	/* the state as ft_ext_dev's arrays (a model that steps itself) */
+	int *kind, *decay, *right, *rank;
+	size_t *n1, *n3;
+	float **s1, **s2, **s3;
+	ft_ext_dev dev;
 } apollo;
 
 /* A new projection.  random: GradientProjector's randn / sqrt(rank), the
@@ -134,6 +139,21 @@ static double norm2(const float *x, size_t n)
 	return s;
 }
 
+/* Fira's norm-growth limiter on an update of norm nrm: what to divide it
+ * by (1 on the first step, which only records the norm). */
+static float fira_limit(astate *st, float nrm)
+{
+	if (!st->has_limit) {
+		st->limit = nrm;
+		st->has_limit = 1;
+		return 1.0f;
+	}
+	float q = nrm / (st->limit + 1e-8f);
+	float lim = q > 1.01f ? q / 1.01f : 1.0f;
+	st->limit = nrm / lim;
+	return lim;
+}
+
 /* The scaled raw gradient of an APOLLO param into F [out, in] from the
  * normalized low-rank update N and the projected gradient R. */
 static void scaled_grad(const apollo *x, astate *st, const ft_param *p, const float *N, const float *R,
@@ -166,16 +186,8 @@ static void scaled_grad(const apollo *x, astate *st, const ft_param *p, const fl
 	}
 	if (x->o.scale_front)
 		for (size_t i = 0; i < p->n; i++) F[i] *= sf;
-	float nrm = (float)sqrt(norm2(F, p->n));
-	if (st->has_limit) {   /* Fira's norm-growth limiter */
-		float q = nrm / (st->limit + 1e-8f);
-		float lim = q > 1.01f ? q / 1.01f : 1.0f;
-		for (size_t i = 0; i < p->n; i++) F[i] /= lim;
-		st->limit = nrm / lim;
-	} else {
-		st->limit = nrm;
-		st->has_limit = 1;
-	}
+	float lim = fira_limit(st, (float)sqrt(norm2(F, p->n)));
+	for (size_t i = 0; i < p->n; i++) F[i] /= lim;   /* the first step's 1 leaves F as it is */
 	if (!x->o.scale_front)
 		for (size_t i = 0; i < p->n; i++) F[i] *= sf;
 }
@@ -229,6 +241,24 @@ static int ap_step(void *self, ft_adamw *opt, double lr, double lambda)
 		free(N);
 	}
 	return 0;
+}
+
+/* ft_ext_dev.project and .limit: draw and fira_limit for a model that
+ * steps itself */
+static const float *ap_project(void *self, size_t k, const float *G)
+{
+	apollo *x = self;
+	const ft_param *p = x->p[k];
+	if (draw(&x->s[k], x->o.svd, G, (int)p->shape[0], (int)p->shape[1]) < 0) {
+		ft_fail_ctx("APOLLO: %s: ", p->name);
+		return NULL;
+	}
+	return x->s[k].P;
+}
+
+static float ap_limit(void *self, size_t k, float nrm)
+{
+	return fira_limit(&((apollo *)self)->s[k], nrm);
 }
 
 static int ap_save(void *self, const char *dir)
@@ -306,7 +336,44 @@ static void ap_free(void *self)
 		free(x->s[k].v);
 	}
 	free(x->s);
+	free(x->kind); free(x->decay); free(x->right); free(x->rank);
+	free(x->n1); free(x->n3); free(x->s1); free(x->s2); free(x->s3);
 	free(x);
+}
+
+/* ft_ext_dev over the states */
+static void dev_arrays(apollo *x)
+{
+	size_t nn = x->n ? x->n : 1;
+	x->kind = ft_xcalloc(nn, sizeof *x->kind);
+	x->decay = ft_xcalloc(nn, sizeof *x->decay);
+	x->right = ft_xcalloc(nn, sizeof *x->right);
+	x->rank = ft_xcalloc(nn, sizeof *x->rank);
+	x->n1 = ft_xcalloc(nn, sizeof *x->n1);
+	x->n3 = ft_xcalloc(nn, sizeof *x->n3);
+	x->s1 = ft_xcalloc(nn, sizeof *x->s1);
+	x->s2 = ft_xcalloc(nn, sizeof *x->s2);
+	x->s3 = ft_xcalloc(nn, sizeof *x->s3);
+	for (size_t k = 0; k < x->n; k++) {
+		astate *st = &x->s[k];
+		x->kind[k] = st->apollo;
+		x->decay[k] = x->p[k]->decay;
+		x->right[k] = st->right;
+		x->rank[k] = st->r;
+		x->n1[k] = st->apollo ? st->nlow : x->p[k]->n;
+		x->n3[k] = st->apollo ? st->np : 0;
+		x->s1[k] = st->m;
+		x->s2[k] = st->v;
+		x->s3[k] = st->P;
+	}
+	x->dev = (ft_ext_dev){ .algo = FT_EXT_APOLLO, .p = x->p, .n = x->n, .kind = x->kind,
+			       .decay = x->decay, .n1 = x->n1, .n2 = x->n1, .s1 = x->s1, .s2 = x->s2,
+			       .step = &x->step, .wd = x->o.weight_decay, .beta1 = x->o.beta1,
+			       .beta2 = x->o.beta2, .eps = x->o.eps, .right = x->right, .rank = x->rank,
+			       .s3 = x->s3, .n3 = x->n3, .interval = x->o.update_interval,
+			       .scale = x->o.scale, .project = ap_project, .self = x,
+			       .scale_tensor = x->o.scale_tensor, .scale_front = x->o.scale_front,
+			       .limit = ap_limit };
 }
 
 ft_optim_ext *ft_apollo_new(ft_param *const *params, size_t n, const int *is_apollo, const ft_apollo_opts *o)
@@ -356,7 +423,9 @@ ft_optim_ext *ft_apollo_new(ft_param *const *params, size_t n, const int *is_apo
 		st->m = ft_xcalloc(nm ? nm : 1, sizeof(float));
 		st->v = ft_xcalloc(nm ? nm : 1, sizeof(float));
 	}
+	dev_arrays(x);
 	ft_optim_ext *e = ft_xcalloc(1, sizeof *e);
-	*e = (ft_optim_ext){ .self = x, .step = ap_step, .save = ap_save, .load = ap_load, .free = ap_free };
+	*e = (ft_optim_ext){ .self = x, .step = ap_step, .save = ap_save, .load = ap_load, .free = ap_free,
+			     .dev = &x->dev };
 	return e;
 }

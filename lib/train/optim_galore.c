@@ -47,6 +47,11 @@ typedef struct {
 	gstate *s;
 	ft_galore_opts o;
 	int64_t step;
+	/* the state as ft_ext_dev's arrays (a model that steps itself) */
+	int *kind, *decay, *right, *rank;
+	size_t *n1, *n3;
+	float **s1, **s2, **s3;
+	ft_ext_dev dev;
 } galore;
 
 /* galore_torch's choice of side for a gradient [out, in] */
@@ -132,6 +137,18 @@ static int ga_step(void *self, ft_adamw *opt, double lr, double lambda)
 	return 0;
 }
 
+/* ft_ext_dev.project: ortho from a gradient the model hands over */
+static const float *ga_project(void *self, size_t k, const float *G)
+{
+	galore *x = self;
+	gstate *st = &x->s[k];
+	if (ortho(st, G, (int)x->p[k]->shape[0], (int)x->p[k]->shape[1]) < 0) {
+		ft_fail_ctx("GaLore: %s: ", x->p[k]->name);
+		return NULL;
+	}
+	return st->P;
+}
+
 static int ga_save(void *self, const char *dir)
 {
 	galore *x = self;
@@ -187,6 +204,8 @@ static void ga_free(void *self)
 		free(x->s[k].v);
 	}
 	free(x->s);
+	free(x->kind); free(x->decay); free(x->right); free(x->rank);
+	free(x->n1); free(x->n3); free(x->s1); free(x->s2); free(x->s3);
 	free(x);
 }
 
@@ -199,6 +218,40 @@ int ft_galore_proj_parse(const char *s)
 		return ft_fail("galore_proj_type full (projections on both sides) is not implemented in ft "
 			       "(std, reverse_std, right, left are)");
 	return ft_fail("'%s' is not a GaLore projection (std, reverse_std, right, left, full)", s);
+}
+
+/* ft_ext_dev over the states */
+static void dev_arrays(galore *x)
+{
+	size_t nn = x->n ? x->n : 1;
+	x->kind = ft_xcalloc(nn, sizeof *x->kind);
+	x->decay = ft_xcalloc(nn, sizeof *x->decay);
+	x->right = ft_xcalloc(nn, sizeof *x->right);
+	x->rank = ft_xcalloc(nn, sizeof *x->rank);
+	x->n1 = ft_xcalloc(nn, sizeof *x->n1);
+	x->n3 = ft_xcalloc(nn, sizeof *x->n3);
+	x->s1 = ft_xcalloc(nn, sizeof *x->s1);
+	x->s2 = ft_xcalloc(nn, sizeof *x->s2);
+	x->s3 = ft_xcalloc(nn, sizeof *x->s3);
+	for (size_t k = 0; k < x->n; k++) {
+		const ft_param *p = x->p[k];
+		gstate *st = &x->s[k];
+		x->kind[k] = st->galore;
+		x->decay[k] = p->decay;
+		x->right[k] = st->right;
+		x->rank[k] = st->r;
+		x->n1[k] = st->galore ? st->nlow : p->n;
+		x->n3[k] = st->galore ? (size_t)st->r * (size_t)(st->right ? p->shape[1] : p->shape[0]) : 0;
+		x->s1[k] = st->m;
+		x->s2[k] = st->v;
+		x->s3[k] = st->P;
+	}
+	x->dev = (ft_ext_dev){ .algo = FT_EXT_GALORE, .p = x->p, .n = x->n, .kind = x->kind,
+			       .decay = x->decay, .n1 = x->n1, .n2 = x->n1, .s1 = x->s1, .s2 = x->s2,
+			       .step = &x->step, .wd = x->o.weight_decay, .beta1 = x->o.beta1,
+			       .beta2 = x->o.beta2, .eps = x->o.eps, .right = x->right, .rank = x->rank,
+			       .s3 = x->s3, .n3 = x->n3, .interval = x->o.update_interval,
+			       .scale = x->o.scale, .project = ga_project, .self = x };
 }
 
 ft_optim_ext *ft_galore_new(ft_param *const *params, size_t n, const int *is_galore, const ft_galore_opts *o)
@@ -226,7 +279,9 @@ ft_optim_ext *ft_galore_new(ft_param *const *params, size_t n, const int *is_gal
 		st->m = ft_xcalloc(nm ? nm : 1, sizeof(float));
 		st->v = ft_xcalloc(nm ? nm : 1, sizeof(float));
 	}
+	dev_arrays(x);
 	ft_optim_ext *e = ft_xcalloc(1, sizeof *e);
-	*e = (ft_optim_ext){ .self = x, .step = ga_step, .save = ga_save, .load = ga_load, .free = ga_free };
+	*e = (ft_optim_ext){ .self = x, .step = ga_step, .save = ga_save, .load = ga_load, .free = ga_free,
+			     .dev = &x->dev };
 	return e;
 }
