@@ -110,18 +110,18 @@ typedef struct {
 	void *ln1, *ln2;                  /* the normed inputs of q|k|v and gate|up,
 					     of ft_cu_act_type (half in bf16/fp16) */
 	float *rstd1, *lse, *xmid, *rstd2;
-	void *qkv, *att;                  /* of ft_cu_qkv_type: the fused q|k|v
-					     output, attention's output */
-	float *gu;                        /* fused outputs [N, grp.c.tot] with the
-					     LoRA hiddens of their modules */
+	void *qkv, *att, *gu;             /* of ft_cu_proj_type: the fused q|k|v
+					     and gate|up outputs [N, grp.c.tot]
+					     with the LoRA hiddens of their
+					     modules; attention's output */
 	float *lh[FT_CV_NLIN];            /* LoRA hiddens of o_proj, down_proj */
 	void *qn, *kn;                    /* q, k after q_norm/k_norm (Qwen3), of
-					     ft_cu_qkv_type */
+					     ft_cu_proj_type */
 	float *rstdq, *rstdk;
 	float *ao, *mo, *rstd_ao, *rstd_mo;   /* Gemma: attention and MLP outputs
 						 before their post norms */
 	/* attention's inputs, bound per layer (ft_cu_bind_qkv): columns of
-	 * qkv, or qn/kn; ld their token strides; of ft_cu_qkv_type */
+	 * qkv, or qn/kn; ld their token strides; of ft_cu_proj_type */
 	void *q, *k, *v;
 	int ldq, ldk, ldv;
 } ft_dacts;
@@ -252,16 +252,16 @@ static inline ft_mat ft_cu_f32(const float *p)
 	ft_mat m = { p, 0 };
 	return m;
 }
-/* The type of attention's activations: the q|k|v projection's output
- * (ft_dacts.qkv, and Qwen3's qn, kn) and attention's output (att).  The
- * run's half type when the model trains in bf16/fp16 (the tensor-core
- * flash kernels then run), else fp32 (the fp32 mode; and the KV-cache
- * decoder of infer.cu, whose cache and attention are fp32).  ops.cu. */
-int ft_cu_qkv_type(const ft_cuda_model *dm);
-/* An attention activation as an operand (half: the run's half type) */
-static inline ft_mat ft_cu_qkv_mat(const ft_cuda_model *dm, const void *p)
+/* The type of the fused projections' outputs and attention's
+ * activations: ft_dacts.qkv (and Qwen3's qn, kn), att and gu.  The run's
+ * half type when the model trains in bf16/fp16 (the tensor-core flash
+ * kernels then run), else fp32 (the fp32 mode; and the KV-cache decoder
+ * of infer.cu, whose cache and attention are fp32).  ops.cu. */
+int ft_cu_proj_type(const ft_cuda_model *dm);
+/* One of those buffers as an operand (half: the run's half type) */
+static inline ft_mat ft_cu_proj_mat(const ft_cuda_model *dm, const void *p)
 {
-	ft_mat m = { p, ft_cu_qkv_type(dm) != 0 };
+	ft_mat m = { p, ft_cu_proj_type(dm) != 0 };
 	return m;
 }
 
@@ -296,7 +296,7 @@ int ft_cu_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float 
 /* Per-head RMSNorm (Qwen3's q_norm/k_norm) over the N*H heads of hd in x
  * (token stride ld: the fused q|k|v buffer); out, dout are [N*H, hd];
  * the backward adds into dx, laid out as x. */
-/* x and out of type t (ft_cu_qkv_type), dout and dx fp32. */
+/* x and out of type t (ft_cu_proj_type), dout and dx fp32. */
 int ft_cu_head_rmsnorm_forward(ft_cuda_model *dm, void *out, float *rstd, const void *x, int t,
 			       int ld, const float *w, int N, int H, int hd, float eps);
 int ft_cu_head_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float *dout,
@@ -309,12 +309,13 @@ int ft_cu_rope(ft_cuda_model *dm, float *x, int ld, const float *cos_t, const fl
 /* The same on x of activation type at (fp32 registers, rounded once). */
 int ft_cu_rope_act(ft_cuda_model *dm, void *x, int at, int ld, const float *cos_t,
 		   const float *sin_t, int N, int H, int hd, float sign);
-/* h [N, F] (of ft_cu_act_type) from gate, up (rows of stride ld); the
- * backward may write dg, du over g, u (in place). */
-int ft_cu_swiglu_forward(ft_cuda_model *dm, void *h, const float *g, const float *u,
+/* h [N, F] (of ft_cu_act_type) from gate, up (rows of stride ld, of
+ * type gt); the backward writes fp32 dg, du (stride ld), over g, u (in
+ * place) when those are fp32. */
+int ft_cu_swiglu_forward(ft_cuda_model *dm, void *h, const void *g, const void *u, int gt,
 			 int ld, int N, int F);
 int ft_cu_swiglu_backward(ft_cuda_model *dm, float *dg, float *du, const float *dh,
-			  const float *g, const float *u, int ld, int N, int F);
+			  const void *g, const void *u, int gt, int ld, int N, int F);
 int ft_cu_add(ft_cuda_model *dm, float *dst, const float *a, const float *b, size_t n);
 /* y, dy: N rows of `out` at stride ld (a module's columns of a fused buffer) */
 int ft_cu_bias_forward(ft_cuda_model *dm, float *y, int ld, const float *b, int N, int out);
@@ -411,14 +412,19 @@ int ft_cu_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_i
 int ft_cu_layer_has_grad(const ft_cuda_model *dm, int l);
 /* lin_fwd, for infer.cu (dm->training 0) */
 int ft_cu_lin_forward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, ft_mat x, int N);
-/* The fused projection grp of layer l on x into Y [N, grp.c.tot]. */
-int ft_cu_lin_forward_group(ft_cuda_model *dm, int l, int grp, float *Y, ft_mat x, int N);
 /* Attention's inputs from ln1 (layer_forward's first half, for infer.cu
  * too): the q|k|v projection, q_norm/k_norm, RoPE; a->q, k, v bound. */
 int ft_cu_attn_inputs(ft_cuda_model *dm, int l, ft_dacts *a, int N);
 /* Attention of layer l on the bound q, k, v into a->att, a->lse (the
  * tensor-core kernels for half activations). */
 int ft_cu_attn_forward(ft_cuda_model *dm, int l, ft_dacts *a, const ft_cuda_batch *b);
+/* The MLP's input side (infer.cu and gemma.cu too): the gate|up
+ * projection of a->ln2 and the hidden dm->hbuf (SwiGLU, Gemma's GeGLU);
+ * the hidden alone (the backward's recompute); and the backward from
+ * dm->dh to dm->d_ln (zeroed first) through both. */
+int ft_cu_mlp_in_forward(ft_cuda_model *dm, int l, ft_dacts *a, int N);
+int ft_cu_glu_forward(ft_cuda_model *dm, int l, const ft_dacts *a, int N);
+int ft_cu_mlp_in_backward(ft_cuda_model *dm, int l, ft_dacts *a, int N);
 /* For pref.cu: forward_body of model.cu (the decoder up to dm->lnf), and
  * the backward pass from the n rows dm->head_dx of d(lnf), placed at
  * rows dm->rows (distinct), through every layer that trains. */
@@ -447,14 +453,12 @@ int ft_cu_qlin_backward(ft_cuda_model *dm, const ft_cu_qweight *q, float *dx, ft
 			int lddy, int N, const char *what);
 
 /* layer.cu, for gemma.cu: the pieces Gemma's layer shares with the
- * Llama one.  lin_bwd / lin_bwd_group; the attention shape of layer l
+ * Llama one.  lin_bwd; the attention shape of layer l
  * (its window, scale and soft-cap); layer l's RoPE tables; the
  * attention backward from dm->d_att (dL/d att) down to dm->d_a += dL/dx_in
  * through ln1 (norm weight w1: the one the forward used). */
 int ft_cu_lin_backward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
 		       const float *dy, ft_mat x, int N);
-int ft_cu_lin_backward_group(ft_cuda_model *dm, int l, int grp, const float *Y, float *dY,
-			     float *dx, ft_mat x, int N);
 ft_cu_attn ft_cu_attn_shape_of(const ft_cuda_model *dm, int l, const ft_cuda_batch *b);
 void ft_cu_layer_tables(const ft_cuda_model *dm, int l, const float **cs, const float **sn);
 int ft_cu_attn_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
@@ -504,10 +508,10 @@ int ft_cu_gemma_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const floa
 			       const ft_cuda_batch *b, int need_dx);
 /* x = cap * tanh(x / cap) on n values (the final logits) */
 int ft_cu_softcap(ft_cuda_model *dm, float *x, size_t n, float cap);
-int ft_cu_geglu_forward(ft_cuda_model *dm, void *h, const float *g, const float *u, int ld,
-			int N, int F);
+int ft_cu_geglu_forward(ft_cuda_model *dm, void *h, const void *g, const void *u, int gt,
+			int ld, int N, int F);
 int ft_cu_geglu_backward(ft_cuda_model *dm, float *dg, float *du, const float *dh,
-			 const float *g, const float *u, int ld, int N, int F);
+			 const void *g, const void *u, int gt, int ld, int N, int F);
 
 /* ---- optim.cu ---- */
 /* Parameters outside the model's tensors that step with them (rm's value

@@ -116,8 +116,8 @@ static int group_f32_only(const ft_cuda_model *dm, int l, int gi)
 	return 0;
 }
 
-/* Y: fp32, or of the run's half type (the q|k|v output when training in
- * bf16/fp16, ft_cu_qkv_type).  Half, it is the GEMMs' C: the base
+/* Y: fp32, or of the run's half type (the q|k|v and gate|up outputs when
+ * training in bf16/fp16, ft_cu_proj_type).  Half, it is the GEMMs' C: the base
  * product rounded once, the bias added and rounded, the LoRA hidden
  * rounded (lora_A's output under autocast), and B's product (B cast to
  * half, as autocast casts lora_B) added into the rounded base and
@@ -130,10 +130,7 @@ static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, ft_mat Y, ft_mat x, i
 	const ft_dgroup *g = &d->grp[gi];
 	int in = g->c.in, tot = g->c.tot, drop = dropping(dm) || d->quant;
 	ft_mat xo;
-	if (Y.half && group_f32_only(dm, l, gi)) {
-		if (gi != 0)
-			return ft_fail("internal: %s: a half output without an fp32 scratch",
-				       group_name(gi));
+	if (Y.half && group_f32_only(dm, l, gi)) {   /* dqkv: wide enough for either */
 		TRY(lin_fwd_group(dm, l, gi, ft_cu_f32(dm->dqkv), x, N));
 		return ft_cu_cast_cols(dm, Y, tot, ft_cu_f32(dm->dqkv), tot, N, tot);
 	}
@@ -432,12 +429,12 @@ static void *elem(const void *p, size_t off, int t)
 }
 
 /* Attention's q, k, v: columns of the fused buffer, or (Qwen3) q and k
- * after their norms; of ft_cu_qkv_type. */
+ * after their norms; of ft_cu_proj_type. */
 static void bind_qkv(const ft_cuda_model *dm, int l, ft_dacts *a)
 {
 	const ft_cv_group *c = &dm->layers[l].grp[0].c;
 	const ft_cuda_view *v = &dm->v;
-	int t = ft_cu_qkv_type(dm);
+	int t = ft_cu_proj_type(dm);
 	a->v = elem(a->qkv, c->off[2], t);
 	a->ldv = c->tot;
 	if (v->qk_norm) {
@@ -456,7 +453,7 @@ static int qk_norm_forward(ft_cuda_model *dm, const ft_dlayer *y, ft_dacts *a, i
 {
 	const ft_cuda_view *c = &dm->v;
 	const ft_cv_group *g = &y->grp[0].c;
-	int t = ft_cu_qkv_type(dm);
+	int t = ft_cu_proj_type(dm);
 	const float *w;
 	TRY(ft_cu_norm_w(dm, y->qn, c->hd, &w));
 	TRY(ft_cu_head_rmsnorm_forward(dm, a->qn, a->rstdq, elem(a->qkv, g->off[0], t), t, g->tot,
@@ -473,7 +470,7 @@ static int qk_norm_backward(ft_cuda_model *dm, ft_dlayer *y, float *dY, const ft
 {
 	const ft_cuda_view *c = &dm->v;
 	const ft_cv_group *g = &y->grp[0].c;
-	int t = ft_cu_qkv_type(dm);
+	int t = ft_cu_proj_type(dm);
 	const float *w;
 	TRY(ft_cu_norm_w(dm, y->qn, c->hd, &w));
 	TRY(ft_cu_head_rmsnorm_backward(dm, dY + g->off[0], y->qn->g, dm->dq,
@@ -490,8 +487,8 @@ int ft_cu_attn_inputs(ft_cuda_model *dm, int l, ft_dacts *a, int N)
 {
 	const ft_cuda_view *c = &dm->v;
 	ft_dlayer *y = &dm->layers[l];
-	int t = ft_cu_qkv_type(dm);
-	TRY(lin_fwd_group(dm, l, 0, ft_cu_qkv_mat(dm, a->qkv), ft_cu_act(dm, a->ln1), N));
+	int t = ft_cu_proj_type(dm);
+	TRY(lin_fwd_group(dm, l, 0, ft_cu_proj_mat(dm, a->qkv), ft_cu_act(dm, a->ln1), N));
 	bind_qkv(dm, l, a);
 	if (c->qk_norm)
 		TRY(qk_norm_forward(dm, y, a, N));
@@ -503,12 +500,12 @@ int ft_cu_attn_inputs(ft_cuda_model *dm, int l, ft_dacts *a, int N)
 }
 
 /* Attention of layer l on the bound q, k, v into a->att, a->lse: the
- * tensor-core kernels when they are half (ft_cu_qkv_type). */
+ * tensor-core kernels when they are half (ft_cu_proj_type). */
 int ft_cu_attn_forward(ft_cuda_model *dm, int l, ft_dacts *a, const ft_cuda_batch *b)
 {
 	ft_cu_attn s = ft_cu_attn_shape_of(dm, l, b);
 	ft_cu_attn_ld ld = { a->ldq, a->ldk, a->ldv, 0, 0, 0 };
-	return ft_cu_attention_forward_as(dm, ft_cu_qkv_type(dm), a->att, a->lse, a->q, a->k, a->v,
+	return ft_cu_attention_forward_as(dm, ft_cu_proj_type(dm), a->att, a->lse, a->q, a->k, a->v,
 					  &s, &ld);
 }
 
@@ -523,34 +520,65 @@ int ft_cu_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in
 	TRY(ft_cu_rmsnorm_forward_act(dm, a->ln1, a->rstd1, x_in, y->ln1->w, N, D, c->eps));
 	TRY(ft_cu_attn_inputs(dm, l, a, N));
 	TRY(ft_cu_attn_forward(dm, l, a, b));
-	TRY(lin_fwd(dm, l, 3, a, dm->tmp, ft_cu_qkv_mat(dm, a->att), N));
+	TRY(lin_fwd(dm, l, 3, a, dm->tmp, ft_cu_proj_mat(dm, a->att), N));
 	TRY(ft_cu_add_rmsnorm_forward(dm, a->xmid, a->ln2, a->rstd2, x_in, dm->tmp, y->ln2->w,
 				      N, D, c->eps));
-	const ft_cv_group *gu = &y->grp[1].c;
-	TRY(lin_fwd_group(dm, l, 1, ft_cu_f32(a->gu), ft_cu_act(dm, a->ln2), N));
-	TRY(ft_cu_swiglu_forward(dm, dm->hbuf, a->gu + gu->off[0], a->gu + gu->off[1], gu->tot, N,
-				 c->F));
+	TRY(ft_cu_mlp_in_forward(dm, l, a, N));
 	TRY(lin_fwd(dm, l, 6, a, dm->tmp, ft_cu_act(dm, dm->hbuf), N));
 	TRY(ft_cu_add(dm, x_out, a->xmid, dm->tmp, (size_t)N * D));
 	return 0;
 }
 
+/* The MLP's hidden dm->hbuf from layer l's gate|up output: SwiGLU, or
+ * Gemma's GeGLU; gate and up read in ft_cu_proj_type. */
+int ft_cu_glu_forward(ft_cuda_model *dm, int l, const ft_dacts *a, int N)
+{
+	const ft_cv_group *c = &dm->layers[l].grp[1].c;
+	int t = ft_cu_proj_type(dm);
+	const void *g = elem(a->gu, c->off[0], t), *u = elem(a->gu, c->off[1], t);
+	if (dm->v.gemma)
+		return ft_cu_geglu_forward(dm, dm->hbuf, g, u, t, c->tot, N, dm->v.F);
+	return ft_cu_swiglu_forward(dm, dm->hbuf, g, u, t, c->tot, N, dm->v.F);
+}
+
+int ft_cu_mlp_in_forward(ft_cuda_model *dm, int l, ft_dacts *a, int N)
+{
+	TRY(lin_fwd_group(dm, l, 1, ft_cu_proj_mat(dm, a->gu), ft_cu_act(dm, a->ln2), N));
+	return ft_cu_glu_forward(dm, l, a, N);
+}
+
+/* From dm->dh (dL/d hidden) to dm->d_ln = dL/d ln2 through the GLU and
+ * the gate|up projection.  fp32 activations: the GLU's backward turns
+ * them into their gradients in place; half ones: the fp32 gradients go
+ * to dm->dqkv (free here: the attention backward comes after) in the
+ * same layout, and the half activations keep the LoRA hiddens. */
+int ft_cu_mlp_in_backward(ft_cuda_model *dm, int l, ft_dacts *a, int N)
+{
+	const ft_cv_group *c = &dm->layers[l].grp[1].c;
+	int t = ft_cu_proj_type(dm), F = dm->v.F;
+	const void *g = elem(a->gu, c->off[0], t), *u = elem(a->gu, c->off[1], t);
+	float *dY = t == FT_ACT_F32 ? (float *)a->gu : dm->dqkv;
+	float *dg = dY + c->off[0], *du = dY + c->off[1];
+	if (dm->v.gemma)
+		TRY(ft_cu_geglu_backward(dm, dg, du, dm->dh, g, u, t, c->tot, N, F));
+	else
+		TRY(ft_cu_swiglu_backward(dm, dg, du, dm->dh, g, u, t, c->tot, N, F));
+	TRY(ft_cu_zero(dm, dm->d_ln, (size_t)N * dm->v.D * sizeof(float)));
+	return lin_bwd_group(dm, l, 1, ft_cu_proj_mat(dm, a->gu), dY, dm->d_ln,
+			     ft_cu_act(dm, a->ln2), N);
+}
+
 /* The MLP half of layer_backward: d_a (dL/dx_out) -> d_a += through the
- * MLP and ln2.  SwiGLU's backward turns the gate|up activations into
- * their gradients in place. */
+ * MLP and ln2. */
 static int mlp_backward(ft_cuda_model *dm, int l, ft_dacts *a, int N)
 {
 	const ft_cuda_view *c = &dm->v;
 	ft_dlayer *y = &dm->layers[l];
-	const ft_cv_group *gu = &y->grp[1].c;
-	float *g = a->gu + gu->off[0], *u = a->gu + gu->off[1];
 	size_t nF = (size_t)N * c->F;
-	TRY(ft_cu_swiglu_forward(dm, dm->hbuf, g, u, gu->tot, N, c->F));
+	TRY(ft_cu_glu_forward(dm, l, a, N));
 	TRY(ft_cu_zero(dm, dm->dh, nF * sizeof(float)));
 	TRY(lin_bwd(dm, l, 6, a, dm->dh, dm->d_a, ft_cu_act(dm, dm->hbuf), N));
-	TRY(ft_cu_swiglu_backward(dm, g, u, dm->dh, g, u, gu->tot, N, c->F));
-	TRY(ft_cu_zero(dm, dm->d_ln, (size_t)N * c->D * sizeof(float)));
-	TRY(lin_bwd_group(dm, l, 1, ft_cu_f32(a->gu), a->gu, dm->d_ln, ft_cu_act(dm, a->ln2), N));
+	TRY(ft_cu_mlp_in_backward(dm, l, a, N));
 	return ft_cu_rmsnorm_backward(dm, dm->d_a, y->ln2->g, dm->d_ln, a->xmid, y->ln2->w,
 				      a->rstd2, N, c->D);
 }
@@ -565,7 +593,7 @@ static int attn_grads(ft_cuda_model *dm, int l, const ft_dacts *a, const ft_cu_a
 		      float *dq, int lq, float *dk, int lk, int N)
 {
 	const ft_cv_group *g = &dm->layers[l].grp[0].c;
-	int t = ft_cu_qkv_type(dm), tot = g->tot;
+	int t = ft_cu_proj_type(dm), tot = g->tot;
 	float *dv = dm->dqkv + g->off[2];
 	if (t == FT_ACT_F32) {
 		ft_cu_attn_ld ld = { a->ldq, a->ldk, a->ldv, lq, lk, tot };
@@ -614,7 +642,7 @@ int ft_cu_attn_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in
 	float *dln = need_dx || y->ln1->g ? dm->d_ln : NULL;
 	if (dln)
 		TRY(ft_cu_zero(dm, dln, (size_t)N * D * sizeof(float)));
-	TRY(lin_bwd_group(dm, l, 0, ft_cu_qkv_mat(dm, a->qkv), dY, dln, ft_cu_act(dm, a->ln1), N));
+	TRY(lin_bwd_group(dm, l, 0, ft_cu_proj_mat(dm, a->qkv), dY, dln, ft_cu_act(dm, a->ln1), N));
 	const float *w1;
 	TRY(ft_cu_norm_w(dm, y->ln1, D, &w1));
 	if (dln)
@@ -634,7 +662,7 @@ int ft_cu_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_i
 	size_t nq = (size_t)N * c->Hq * c->hd;
 	TRY(mlp_backward(dm, l, a, N));
 	TRY(ft_cu_zero(dm, dm->d_att, nq * sizeof(float)));
-	TRY(lin_bwd(dm, l, 3, a, dm->d_att, dm->d_a, ft_cu_qkv_mat(dm, a->att), N));
+	TRY(lin_bwd(dm, l, 3, a, dm->d_att, dm->d_a, ft_cu_proj_mat(dm, a->att), N));
 	return ft_cu_attn_backward(dm, l, a, x_in, b, need_dx);
 }
 
@@ -652,25 +680,14 @@ int ft_cu_layer_has_grad(const ft_cuda_model *dm, int l)
 }
 
 /* For lib/cuda/infer.cu (KV-cache decoding): one linear module with its
- * LoRA branch (a->lh[j] its hidden), and one fused projection. */
+ * LoRA branch (a->lh[j] its hidden). */
 int ft_cu_lin_forward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, ft_mat x, int N)
 {
 	return lin_fwd(dm, l, j, a, y, x, N);
-}
-
-int ft_cu_lin_forward_group(ft_cuda_model *dm, int l, int grp, float *Y, ft_mat x, int N)
-{
-	return lin_fwd_group(dm, l, grp, ft_cu_f32(Y), x, N);
 }
 
 int ft_cu_lin_backward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
 		       const float *dy, ft_mat x, int N)
 {
 	return lin_bwd(dm, l, j, a, dx, dy, x, N);
-}
-
-int ft_cu_lin_backward_group(ft_cuda_model *dm, int l, int grp, const float *Y, float *dY,
-			     float *dx, ft_mat x, int N)
-{
-	return lin_bwd_group(dm, l, grp, ft_cu_f32(Y), dY, dx, x, N);
 }

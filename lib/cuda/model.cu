@@ -247,9 +247,9 @@ static void layout_acts(ft_cuda_model *dm, ft_arena *a, ft_dacts *x, size_t N, s
 	/* the normed layer inputs in the activation type (ft_cu_act_type):
 	 * 2 bytes in the half modes */
 	size_t es = dm->half ? 2 : 4;
-	/* attention's inputs and output in ft_cu_qkv_type (half when training
+	/* attention's inputs and output in ft_cu_proj_type (half when training
 	 * in the half modes) */
-	size_t eq = ft_cu_act_size(ft_cu_qkv_type(dm));
+	size_t eq = ft_cu_act_size(ft_cu_proj_type(dm));
 	x->ln1 = ft_arena_take(a, N * D * es, A_ACTS);
 	x->rstd1 = TAKE(a, N, float, A_ACTS);
 	x->qkv = ft_arena_take(a, N * group_width(dm, 0) * eq, A_ACTS);
@@ -258,7 +258,7 @@ static void layout_acts(ft_cuda_model *dm, ft_arena *a, ft_dacts *x, size_t N, s
 	x->xmid = TAKE(a, N * D, float, A_ACTS);
 	x->ln2 = ft_arena_take(a, N * D * es, A_ACTS);
 	x->rstd2 = TAKE(a, N, float, A_ACTS);
-	x->gu = TAKE(a, N * group_width(dm, 1), float, A_ACTS);
+	x->gu = ft_arena_take(a, N * group_width(dm, 1) * eq, A_ACTS);
 	/* the other modules' LoRA hiddens are columns of qkv and gu */
 	x->lh[3] = r ? TAKE(a, N * r, float, A_ACTS) : NULL;
 	x->lh[6] = r ? TAKE(a, N * r, float, A_ACTS) : NULL;
@@ -409,7 +409,11 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	size_t wq = group_width(dm, 0), wg = group_width(dm, 1), wy = mi;
 	if (wq > wy) wy = wq;
 	if (wg > wy) wy = wg;
-	dm->dqkv = TAKE(a, Nb * wq, float, A_SCRATCH);
+	/* with half projection outputs also gate|up's fp32 gradients (the
+	 * SwiGLU backward cannot write them over the half activations), and
+	 * either group's fp32 forward (layer.cu's group_f32_only) */
+	size_t wd = ft_cu_proj_type(dm) != FT_ACT_F32 && wg > wq ? wg : wq;
+	dm->dqkv = TAKE(a, Nb * wd, float, A_SCRATCH);
 	dm->dq = TAKE(a, v->qk_norm ? Nb * qd : 0, float, A_SCRATCH);
 	dm->dk = TAKE(a, v->qk_norm ? Nb * kd : 0, float, A_SCRATCH);
 	dm->hbuf = ft_arena_take(a, N * F * (dm->half ? 2 : 4), A_SCRATCH);   /* ft_cu_act_type */

@@ -78,14 +78,29 @@ static __global__ void add_rmsnorm_forward_k(float *sum, void *out, int at, floa
 }
 
 /* SwiGLU's h [N, F] (of type at: down_proj's operand) from gate and up,
- * rows of stride ld (the fused gate|up buffer, fp32). */
-static __global__ void swiglu_forward_k(void *h, int at, const float *g, const float *u,
+ * rows of stride ld (the fused gate|up buffer, of type gt: half when
+ * training in the half modes, read widened). */
+static __global__ void swiglu_forward_k(void *h, int at, const void *g, const void *u, int gt,
 					size_t ld, size_t N, int F)
 {
 	for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N * F;
 	     i += (size_t)gridDim.x * blockDim.x) {
 		size_t e = i / F * ld + i % F;
-		ft_k_act_put(h, i, ft_k_swiglu(g[e], u[e]), at);
+		ft_k_act_put(h, i, ft_k_swiglu(ft_k_act_get(g, e, gt), ft_k_act_get(u, e, gt)), at);
+	}
+}
+
+/* Its backward: dg, du (fp32, rows of stride ld) from dh [N, F] and g, u
+ * of type gt; element e is read and then written by one thread only, so
+ * dg, du may be g, u themselves when those are fp32 (in place). */
+static __global__ void swiglu_backward_k(float *dg, float *du, const float *dh, const void *g,
+					 const void *u, int gt, size_t ld, size_t N, int F)
+{
+	for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N * F;
+	     i += (size_t)gridDim.x * blockDim.x) {
+		size_t e = i / F * ld + i % F;
+		float gv = ft_k_act_get(g, e, gt), uv = ft_k_act_get(u, e, gt);
+		ft_k_swiglu_backward(dh[i], gv, uv, dg + e, du + e);
 	}
 }
 

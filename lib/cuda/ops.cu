@@ -93,14 +93,14 @@ int ft_cu_act_type(const ft_cuda_model *dm)
 	return dm->o.precision == FT_CUDA_BF16 ? FT_ACT_BF16 : FT_ACT_F16;
 }
 
-int ft_cu_qkv_type(const ft_cuda_model *dm)
+int ft_cu_proj_type(const ft_cuda_model *dm)
 {
 	return dm->o.inference ? FT_ACT_F32 : ft_cu_act_type(dm);
 }
 
 /* Qwen3's q_norm / k_norm: the N*H heads of x (row stride ld) normalised
  * into out [N*H, hd] (contiguous). */
-/* x and out of type t (ft_cu_qkv_type: the q|k|v buffer's). */
+/* x and out of type t (ft_cu_proj_type: the q|k|v buffer's). */
 int ft_cu_head_rmsnorm_forward(ft_cuda_model *dm, void *out, float *rstd, const void *x, int t,
 			       int ld, const float *w, int N, int H, int hd, float eps)
 {
@@ -293,32 +293,21 @@ int ft_cu_rope_act(ft_cuda_model *dm, void *x, int at, int ld, const float *cos_
  * backward may write dg, du over g, u (in place: the layer's backward
  * turns its gate|up activations into their gradients). */
 
-static __global__ void swiglu_backward_k(float *dg, float *du, const float *dh,
-					 const float *g, const float *u, size_t ld, size_t N,
-					 int F)
-{
-	FOR_N(i, N * F) {
-		size_t e = i / F * ld + i % F;
-		float gv = g[e], uv = u[e];
-		ft_k_swiglu_backward(dh[i], gv, uv, dg + e, du + e);
-	}
-}
-
-int ft_cu_swiglu_forward(ft_cuda_model *dm, void *h, const float *g, const float *u,
+int ft_cu_swiglu_forward(ft_cuda_model *dm, void *h, const void *g, const void *u, int gt,
 			 int ld, int N, int F)
 {
 	size_t n = (size_t)N * F;
-	FT_LAUNCH(swiglu_forward_k, nblk(n), TPB, 0, dm->stream)(h, ft_cu_act_type(dm), g, u, ld, N,
-								 F);
+	FT_LAUNCH(swiglu_forward_k, nblk(n), TPB, 0, dm->stream)(h, ft_cu_act_type(dm), g, u, gt, ld,
+								 N, F);
 	LAUNCHED("swiglu_forward", "N=%d F=%d ld=%d", N, F, ld);
 	return 0;
 }
 
 int ft_cu_swiglu_backward(ft_cuda_model *dm, float *dg, float *du, const float *dh,
-			  const float *g, const float *u, int ld, int N, int F)
+			  const void *g, const void *u, int gt, int ld, int N, int F)
 {
 	size_t n = (size_t)N * F;
-	FT_LAUNCH(swiglu_backward_k, nblk(n), TPB, 0, dm->stream)(dg, du, dh, g, u, ld, N, F);
+	FT_LAUNCH(swiglu_backward_k, nblk(n), TPB, 0, dm->stream)(dg, du, dh, g, u, gt, ld, N, F);
 	LAUNCHED("swiglu_backward", "N=%d F=%d ld=%d", N, F, ld);
 	return 0;
 }

@@ -158,14 +158,36 @@ static void test_swiglu(int N, int F)
 	ft_swiglu_forward(h1.data(), g.data(), u.data(), n);
 	const float *G = buf.data(), *U = buf.data() + F;
 	dim3 eg = { 5, 1, 1 };
-	launch([&] { swiglu_forward_k(h2.data(), FT_ACT_F32, G, U, ld, N, F); }, eg, 0);
+	launch([&] { swiglu_forward_k(h2.data(), FT_ACT_F32, G, U, FT_ACT_F32, ld, N, F); }, eg, 0);
 	ok(memcmp(h1.data(), h2.data(), n * 4) == 0,
 	   "swiglu N=%d F=%d from the fused buffer: bit-identical to ft_swiglu_forward", N, F);
 	for (int at = FT_ACT_BF16; at <= FT_ACT_F16; at++) {
 		std::vector<uint16_t> h(n);
-		launch([&] { swiglu_forward_k(h.data(), at, G, U, ld, N, F); }, eg, 0);
+		launch([&] { swiglu_forward_k(h.data(), at, G, U, FT_ACT_F32, ld, N, F); }, eg, 0);
 		ok(same_rounded(h1, h, at), "swiglu %s hidden N=%d F=%d: the fp32 one rounded",
 		   at == FT_ACT_BF16 ? "bf16" : "f16", N, F);
+		/* a half gate|up buffer (the half modes' training): read widened,
+		 * forward and backward as the fp32 kernels on the widened values;
+		 * the fp32 gradients into their own buffer, same layout */
+		std::vector<uint16_t> hb(N * ld);
+		std::vector<float> wb(N * ld), dh(n), hw(n), hh(n), d1(N * ld, -7), d2(N * ld, -7);
+		for (size_t i = 0; i < hb.size(); i++) {
+			hb[i] = round_as(buf[i], at);
+			wb[i] = at == FT_ACT_BF16 ? ft_k_bf16_to_f32(hb[i]) : ft_k_f16_to_f32(hb[i]);
+		}
+		for (auto &v : dh)
+			v = frand();
+		const float *WG = wb.data(), *WU = wb.data() + F;
+		const uint16_t *HG = hb.data(), *HU = hb.data() + F;
+		launch([&] { swiglu_forward_k(hw.data(), FT_ACT_F32, WG, WU, FT_ACT_F32, ld, N, F); }, eg, 0);
+		launch([&] { swiglu_forward_k(hh.data(), FT_ACT_F32, HG, HU, at, ld, N, F); }, eg, 0);
+		launch([&] { swiglu_backward_k(d1.data(), d1.data() + F, dh.data(), WG, WU, FT_ACT_F32, ld,
+					       N, F); }, eg, 0);
+		launch([&] { swiglu_backward_k(d2.data(), d2.data() + F, dh.data(), HG, HU, at, ld, N,
+					       F); }, eg, 0);
+		ok(!memcmp(hw.data(), hh.data(), n * 4) && !memcmp(d1.data(), d2.data(), d1.size() * 4),
+		   "swiglu from a %s gate|up N=%d F=%d: forward and backward bit-identical to fp32 on "
+		   "the widened values", at == FT_ACT_BF16 ? "bf16" : "f16", N, F);
 	}
 }
 
