@@ -42,6 +42,18 @@ int ft_cublas_fail(cublasStatus_t s, const char *call, const char *fmt, ...)
 #define FT_LAUNCH(k, grid, block, smem, stream) k<<<grid, block, smem, stream>>>
 #endif
 
+/* Blocks of tpb threads for n elements, at least one and capped (the
+ * kernels' grid-stride loops, FT_CU_FOR, cover what the cap leaves). */
+static inline unsigned ft_cu_grid(size_t n, unsigned tpb)
+{
+	size_t b = (n + tpb - 1) / tpb;
+	return (unsigned)(b > 65535u * 32u ? 65535u * 32u : (b ? b : 1));
+}
+
+/* grid-stride loop over n elements */
+#define FT_CU_FOR(i, n) for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; \
+			     i < (n); i += (size_t)gridDim.x * blockDim.x)
+
 #include "cuda/reduce.cuh"
 #include "cuda/act_kernels.cuh"
 

@@ -8,15 +8,9 @@
 
 #define TPB 256
 
-static unsigned nblk(size_t n)
-{
-	size_t b = (n + TPB - 1) / TPB;
-	return (unsigned)(b > 65535u * 32u ? 65535u * 32u : (b ? b : 1));
-}
+static unsigned nblk(size_t n) { return ft_cu_grid(n, TPB); }
 
-/* grid-stride loop over n elements */
-#define FOR_N(i, n) for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; \
-			 i < (n); i += (size_t)gridDim.x * blockDim.x)
+#define FOR_N(i, n) FT_CU_FOR(i, n)
 
 /* ---- embedding ---- */
 
