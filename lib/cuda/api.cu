@@ -60,6 +60,9 @@ static const ftp_cuda_api api = {
 	ft_cuda_attention_run_as,
 	ft_cuda_zero_gather,
 	ft_cuda_logps_options,
+	ft_cuda_step_ext,
+	ft_cuda_step_x,
+	ft_cuda_xstate,
 };
 
 extern "C" FTP_EXPORT const ftp_cuda_api *ftp_cuda_backend_api(void) { return &api; }

@@ -91,6 +91,24 @@ int ft_cuda_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr,
 	return BACKEND->step(dm, o, lr, max_grad_norm, grad_norm, skipped);
 }
 
+int ft_cuda_step_ext(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, const ft_cuda_pstep *ps,
+		     size_t n, int64_t step, double max_grad_norm, double *grad_norm, int *skipped)
+{
+	return BACKEND->step_ext(dm, o, ps, n, step, max_grad_norm, grad_norm, skipped);
+}
+
+int ft_cuda_step_x(ft_cuda_model *dm, const ft_cuda_xopt *o, const ft_cuda_xparam *xp, size_t n,
+		   double max_grad_norm, double *grad_norm, int *skipped)
+{
+	return BACKEND->step_x(dm, o, xp, n, max_grad_norm, grad_norm, skipped);
+}
+
+int ft_cuda_xstate(ft_cuda_model *dm, size_t i, float *s1, size_t n1, float *s2, size_t n2,
+		   float *s3, size_t n3, int to_host)
+{
+	return BACKEND->xstate(dm, i, s1, n1, s2, n2, s3, n3, to_host);
+}
+
 int64_t ft_cuda_steps(const ft_cuda_model *dm) { return BACKEND->steps(dm); }
 double ft_cuda_loss_scale(const ft_cuda_model *dm) { return BACKEND->loss_scale(dm); }
 int ft_cuda_scaler_get(const ft_cuda_model *dm, double *scale, int64_t *growth_tracker)

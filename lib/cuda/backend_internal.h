@@ -32,8 +32,10 @@ extern "C" {
  * 13: ft_cuda_view carries DoRA's magnitudes and OFT's modules;
  * 14: attention_run_as (the device attention alone in bf16/fp16);
  * 15: ZeRO-1's gather (ft_cuda_opts.zero_ranks, zero_rank);
- * 16: GRPO's tempered log-probs and entropies (logps_options) */
-#define FTP_CUDA_ABI 16
+ * 16: GRPO's tempered log-probs and entropies (logps_options);
+ * 17: the optimizer extras: per-param updates (LoRA+, BAdam) and the
+ *     optimizers that replace AdamW (Adam-mini, Muon, GaLore, APOLLO) */
+#define FTP_CUDA_ABI 17
 
 typedef struct {
 	int abi;
@@ -106,6 +108,12 @@ typedef struct {
 	int (*zero_gather)(ft_cuda_model *, ft_cuda_bcast_fn, int (*)(void *, int), void *);
 	/* ABI 16: GRPO's log-probs at a temperature, with entropies */
 	int (*logps_options)(ft_cuda_pref *, float, float *);
+	/* ABI 17: the optimizer extras (optim_ext.cu, optim_x.cu) */
+	int (*step_ext)(ft_cuda_model *, const ft_cuda_adamw_opts *, const ft_cuda_pstep *, size_t,
+			int64_t, double, double *, int *);
+	int (*step_x)(ft_cuda_model *, const ft_cuda_xopt *, const ft_cuda_xparam *, size_t, double,
+		      double *, int *);
+	int (*xstate)(ft_cuda_model *, size_t, float *, size_t, float *, size_t, float *, size_t, int);
 } ftp_cuda_api;
 
 /* The .so's entry points (exported; looked up by name with dlsym). */

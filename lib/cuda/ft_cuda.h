@@ -96,6 +96,61 @@ typedef struct {
  * Gradients are left as they are (call ft_cuda_zero_grad). */
 int ft_cuda_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr,
 		 double max_grad_norm, double *grad_norm, int *skipped);
+/* ft_cuda_step with ps[i] the update of the i-th CPU parameter
+ * (ft_model_param order, n of them; optim_ext.cu): its lr and weight
+ * decay (LoRA+'s groups), or none (on 0: BAdam's inactive blocks, whose
+ * gradients are zeroed first, as None gradients count for nothing in the
+ * norm).  step > 0: the AdamW step count of this update (BAdam's own,
+ * restarting at each switch), leaving ft_cuda_steps as it was; 0: the
+ * model's count, incremented. */
+typedef struct {
+	double lr, weight_decay;
+	int on;
+} ft_cuda_pstep;
+int ft_cuda_step_ext(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, const ft_cuda_pstep *ps,
+		     size_t n, int64_t step, double max_grad_norm, double *grad_norm, int *skipped);
+/* ft_cuda_step with one of LLaMA-Factory's optimizers in place of AdamW
+ * (optim_x.cu, each mirroring its CPU step in lib/train/optim_*.c): the
+ * fp16 check, the norm and the clipping as ft_cuda_step, then xp[i]'s
+ * update of the i-th CPU parameter (n of them), with the optimizer's own
+ * state (ft_cuda_xstate) and step count o->step (this update's, 1 first),
+ * leaving ft_cuda_steps as it was.  A stepped param must be one device
+ * tensor (not Phi-3's fused row blocks). */
+typedef enum { FT_CUDA_ADAM_MINI = 1, FT_CUDA_MUON, FT_CUDA_GALORE, FT_CUDA_APOLLO } ft_cuda_xalgo;
+typedef struct {
+	int on;          /* stepped (else left alone) */
+	int kind;        /* Adam-mini: 0 per element, else blocks; Muon: 1 Muon, 0 its AdamW;
+			    GaLore, APOLLO: 1 projected, 0 their Adam alone */
+	size_t block;    /* Adam-mini: elements per second-moment block */
+	int decay;       /* weight decay applies */
+	int rows, cols;  /* Muon, GaLore, APOLLO: the 2-D param's shape */
+	int right, rank; /* GaLore, APOLLO: R = G P^T (P [rank, cols]), else P^T G (P [rows, rank]) */
+	int reproject;   /* GaLore, APOLLO: a new P this step (o->project) */
+} ft_cuda_xparam;
+typedef struct {
+	ft_cuda_xalgo algo;
+	double lr, weight_decay, beta1, beta2, eps;
+	int64_t step;
+	double scale;    /* galore_scale, apollo_scale */
+	int scale_tensor, scale_front;   /* APOLLO: apollo_scale_type tensor, apollo_scale_front */
+	/* GaLore, APOLLO: the new projector of the i-th CPU parameter from its
+	 * clipped gradient G (host, the CPU model's g array; APOLLO's random
+	 * projection ignores it), on the host: P's floats, or NULL after
+	 * ft_fail.  APOLLO: Fira's limiter on the i-th param's update of norm
+	 * nrm, its state on the host: the divisor.  Called on the stepping
+	 * thread. */
+	const float *(*project)(void *ctx, size_t i, const float *G);
+	float (*limit)(void *ctx, size_t i, float nrm);
+	void *ctx;
+} ft_cuda_xopt;
+int ft_cuda_step_x(ft_cuda_model *dm, const ft_cuda_xopt *o, const ft_cuda_xparam *xp, size_t n,
+		   double max_grad_norm, double *grad_norm, int *skipped);
+/* That optimizer's state of the i-th CPU parameter, to the host (to_host)
+ * or from it: s1 (n1 floats) and s2 (n2; 0: none), at most the param's
+ * size each, in the device's AdamW moments; s3 (n3; 0: none), GaLore's
+ * or APOLLO's projector, in a buffer of its own. */
+int ft_cuda_xstate(ft_cuda_model *dm, size_t i, float *s1, size_t n1, float *s2, size_t n2,
+		   float *s3, size_t n3, int to_host);
 int64_t ft_cuda_steps(const ft_cuda_model *dm);
 double ft_cuda_loss_scale(const ft_cuda_model *dm);
 /* fp16: the dynamic loss scale and the steps since it last changed

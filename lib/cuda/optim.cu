@@ -193,7 +193,19 @@ int ft_cu_step(ft_cuda_model *dm, const ft_cuda_adamw_opts *o, double lr, double
 	EACH_GRAD(t, k, dm, x) {
 		int decay = k < dm->ntens ? t->pidx >= 0 && dm->v.params[t->pidx].decay
 					  : x->decay[k - dm->ntens];
-		ft_k_adamw kk = ft_k_adamw_prepare(lr, decay ? o->weight_decay : 0.0, o->beta1,
+		/* the extras (optim_ext.cu): the param's own lr and decay, or none */
+		const ft_cuda_pstep *ps = dm->pstep && k < dm->ntens && t->pidx >= 0 ? &dm->pstep[t->pidx]
+										   : NULL;
+		if (ps && !ps->on)
+			continue;
+		if (dm->xupdate && k < dm->ntens) {   /* Adam-mini, Muon (optim_x.cu) */
+			TRY(dm->xupdate(dm, t));
+			if (t->h)
+				TRY(ft_cu_cast_to_half(dm, t->h, t->w, t->n));
+			continue;
+		}
+		ft_k_adamw kk = ft_k_adamw_prepare(ps ? ps->lr : lr,
+						   ps ? ps->weight_decay : decay ? o->weight_decay : 0.0, o->beta1,
 						   o->beta2, o->eps, (double)(float)dm->step);
 		ft_dt piece;   /* ZeRO-1: this rank's slice only (zero.cu) */
 		ft_dt *u = ft_cu_zero_piece(dm, k, t, &piece);

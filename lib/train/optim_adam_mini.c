@@ -35,10 +35,12 @@ typedef struct {
 	size_t n;
 	int *kind;
 	size_t *nblocks, *block;       /* per param: blocks and elements per block */
+	size_t *nel;                   /* per param: elements (the device's view, dev) */
 	float **m, **v;
 	double wd, beta1, beta2, eps;
 	int *decay;
 	int64_t step;
+	ft_ext_dev dev;
 } adam_mini;
 
 static int has_any(const char *s, const char *const *names)
@@ -156,6 +158,7 @@ static void am_free(void *self)
 		free(x->v[k]);
 	}
 	free(x->m); free(x->v); free(x->kind); free(x->nblocks); free(x->block); free(x->decay);
+	free(x->nel);
 	free(x);
 }
 
@@ -169,6 +172,7 @@ ft_optim_ext *ft_adam_mini_new(ft_param *const *params, size_t n, int dim, int n
 	x->nblocks = ft_xcalloc(nn, sizeof *x->nblocks);
 	x->block = ft_xcalloc(nn, sizeof *x->block);
 	x->decay = ft_xcalloc(nn, sizeof *x->decay);
+	x->nel = ft_xcalloc(nn, sizeof *x->nel);
 	x->m = ft_xcalloc(nn, sizeof *x->m);
 	x->v = ft_xcalloc(nn, sizeof *x->v);
 	for (size_t k = 0; k < n; k++) {
@@ -196,8 +200,15 @@ ft_optim_ext *ft_adam_mini_new(ft_param *const *params, size_t n, int dim, int n
 		}
 		x->m[k] = ft_xcalloc(p->n ? p->n : 1, sizeof(float));
 		x->v[k] = ft_xcalloc(x->nblocks[k] ? x->nblocks[k] : 1, sizeof(float));
+		x->nel[k] = p->n;
 	}
+	/* AM_ELEM is 0: the device's per-element kind */
+	x->dev = (ft_ext_dev){ .algo = FT_EXT_ADAM_MINI, .p = params, .n = n, .kind = x->kind,
+			       .decay = x->decay, .block = x->block, .n1 = x->nel, .n2 = x->nblocks,
+			       .s1 = x->m, .s2 = x->v, .step = &x->step, .wd = wd, .beta1 = beta1,
+			       .beta2 = beta2, .eps = eps };
 	ft_optim_ext *e = ft_xcalloc(1, sizeof *e);
-	*e = (ft_optim_ext){ .self = x, .step = am_step, .save = am_save, .load = am_load, .free = am_free };
+	*e = (ft_optim_ext){ .self = x, .step = am_step, .save = am_save, .load = am_load, .free = am_free,
+			     .dev = &x->dev };
 	return e;
 }

@@ -98,6 +98,9 @@ typedef struct {
 	astate *s;
 	ft_apollo_opts o;
 	int64_t step;
+	/* the state as ft_ext_dev's arrays (a model that steps itself) */
+	ft_ext_proj arr;
+	ft_ext_dev dev;
 } apollo;
 
 /* A new projection.  random: GradientProjector's randn / sqrt(rank), the
@@ -134,6 +137,21 @@ static double norm2(const float *x, size_t n)
 	return s;
 }
 
+/* Fira's norm-growth limiter on an update of norm nrm: what to divide it
+ * by (1 on the first step, which only records the norm). */
+static float fira_limit(astate *st, float nrm)
+{
+	if (!st->has_limit) {
+		st->limit = nrm;
+		st->has_limit = 1;
+		return 1.0f;
+	}
+	float q = nrm / (st->limit + 1e-8f);
+	float lim = q > 1.01f ? q / 1.01f : 1.0f;
+	st->limit = nrm / lim;
+	return lim;
+}
+
 /* The scaled raw gradient of an APOLLO param into F [out, in] from the
  * normalized low-rank update N and the projected gradient R. */
 static void scaled_grad(const apollo *x, astate *st, const ft_param *p, const float *N, const float *R,
@@ -166,16 +184,8 @@ static void scaled_grad(const apollo *x, astate *st, const ft_param *p, const fl
 	}
 	if (x->o.scale_front)
 		for (size_t i = 0; i < p->n; i++) F[i] *= sf;
-	float nrm = (float)sqrt(norm2(F, p->n));
-	if (st->has_limit) {   /* Fira's norm-growth limiter */
-		float q = nrm / (st->limit + 1e-8f);
-		float lim = q > 1.01f ? q / 1.01f : 1.0f;
-		for (size_t i = 0; i < p->n; i++) F[i] /= lim;
-		st->limit = nrm / lim;
-	} else {
-		st->limit = nrm;
-		st->has_limit = 1;
-	}
+	float lim = fira_limit(st, (float)sqrt(norm2(F, p->n)));
+	for (size_t i = 0; i < p->n; i++) F[i] /= lim;   /* the first step's 1 leaves F as it is */
 	if (!x->o.scale_front)
 		for (size_t i = 0; i < p->n; i++) F[i] *= sf;
 }
@@ -229,6 +239,24 @@ static int ap_step(void *self, ft_adamw *opt, double lr, double lambda)
 		free(N);
 	}
 	return 0;
+}
+
+/* ft_ext_dev.project and .limit: draw and fira_limit for a model that
+ * steps itself */
+static const float *ap_project(void *self, size_t k, const float *G)
+{
+	apollo *x = self;
+	const ft_param *p = x->p[k];
+	if (draw(&x->s[k], x->o.svd, G, (int)p->shape[0], (int)p->shape[1]) < 0) {
+		ft_fail_ctx("APOLLO: %s: ", p->name);
+		return NULL;
+	}
+	return x->s[k].P;
+}
+
+static float ap_limit(void *self, size_t k, float nrm)
+{
+	return fira_limit(&((apollo *)self)->s[k], nrm);
 }
 
 static int ap_save(void *self, const char *dir)
@@ -306,7 +334,35 @@ static void ap_free(void *self)
 		free(x->s[k].v);
 	}
 	free(x->s);
+	ft_ext_proj_free(&x->arr);
 	free(x);
+}
+
+/* ft_ext_dev over the states */
+static void dev_arrays(apollo *x)
+{
+	ft_ext_proj *a = &x->arr;
+	ft_ext_proj_alloc(a, x->n);
+	for (size_t k = 0; k < x->n; k++) {
+		const ft_param *p = x->p[k];
+		astate *st = &x->s[k];
+		a->kind[k] = st->apollo;
+		a->decay[k] = p->decay;
+		a->right[k] = st->right;
+		a->rank[k] = st->r;
+		a->n1[k] = st->apollo ? st->nlow : p->n;
+		a->n3[k] = st->apollo ? st->np : 0;
+		a->s1[k] = st->m;
+		a->s2[k] = st->v;
+		a->s3[k] = st->P;
+	}
+	x->dev = (ft_ext_dev){ .algo = FT_EXT_APOLLO, .p = x->p, .n = x->n, .step = &x->step,
+			       .wd = x->o.weight_decay, .beta1 = x->o.beta1, .beta2 = x->o.beta2,
+			       .eps = x->o.eps, .interval = x->o.update_interval, .scale = x->o.scale,
+			       .project = ap_project, .self = x,
+			       .scale_tensor = x->o.scale_tensor, .scale_front = x->o.scale_front,
+			       .limit = ap_limit };
+	ft_ext_proj_view(a, &x->dev);
 }
 
 ft_optim_ext *ft_apollo_new(ft_param *const *params, size_t n, const int *is_apollo, const ft_apollo_opts *o)
@@ -356,7 +412,9 @@ ft_optim_ext *ft_apollo_new(ft_param *const *params, size_t n, const int *is_apo
 		st->m = ft_xcalloc(nm ? nm : 1, sizeof(float));
 		st->v = ft_xcalloc(nm ? nm : 1, sizeof(float));
 	}
+	dev_arrays(x);
 	ft_optim_ext *e = ft_xcalloc(1, sizeof *e);
-	*e = (ft_optim_ext){ .self = x, .step = ap_step, .save = ap_save, .load = ap_load, .free = ap_free };
+	*e = (ft_optim_ext){ .self = x, .step = ap_step, .save = ap_save, .load = ap_load, .free = ap_free,
+			     .dev = &x->dev };
 	return e;
 }

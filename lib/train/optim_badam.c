@@ -129,13 +129,25 @@ static void bd_pre_clip(void *self)
 			memset(b->p[i]->g, 0, b->p[i]->n * sizeof(float));
 }
 
+static ft_adamw *bd_block_adamw(void *self, double *weight_decay)
+{
+	*weight_decay = BADAM_WEIGHT_DECAY;
+	return ((badam *)self)->opt;
+}
+
+static void bd_after_step(void *self)
+{
+	badam *b = self;
+	b->global_step++;
+	if ((b->global_step + 1) % b->o.switch_interval == 0) switch_block(b);
+}
+
 static int bd_step(void *self, ft_adamw *opt, double lr, double lambda)
 {
 	badam *b = self;
 	(void)opt; (void)lambda;
 	ft_adamw_step(b->opt, lr);
-	b->global_step++;
-	if ((b->global_step + 1) % b->o.switch_interval == 0) switch_block(b);
+	bd_after_step(b);
 	return 0;
 }
 
@@ -265,6 +277,7 @@ ft_optim_ext *ft_badam_new(ft_param *const *params, size_t n, const ft_badam_opt
 	switch_block(b);
 	ft_optim_ext *e = ft_xcalloc(1, sizeof *e);
 	*e = (ft_optim_ext){ .self = b, .pre_clip = bd_pre_clip, .step = bd_step, .save = bd_save,
-			     .load = bd_load, .free = bd_free };
+			     .load = bd_load, .free = bd_free, .block_adamw = bd_block_adamw,
+			     .after_step = bd_after_step };
 	return e;
 }

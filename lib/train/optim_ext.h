@@ -20,6 +20,60 @@
 #include <stddef.h>
 #include "train/optim.h"
 
+/* The state of an optimizer that a model stepping itself (the GPU,
+ * lib/train/cuda_train.c) runs in place of the CPU step, mirroring it
+ * (lib/cuda/optim_x.cu): live pointers into the extension.  Per param
+ * p[k]: kind[k] (Adam-mini: its block kind, 0 per element; Muon: 1 Muon,
+ * 0 its AdamW; GaLore: 1 projected), block[k] (Adam-mini: elements per
+ * second-moment block), decay[k] (NULL: all decay), the state s1[k] of
+ * n1[k] floats, s2[k] of n2[k] and s3[k] of n3[k] (0: none), which the
+ * model reads before its first update or after a resume and writes back
+ * before a checkpoint; *step the count the CPU step increments, the model
+ * incrementing it in its place.  GaLore, APOLLO: right[k], rank[k] the
+ * projection (optim_galore.c, optim_apollo.c), a new one at the steps
+ * *step % interval == 0 from the clipped gradient G by project (into
+ * s3[k], returned; NULL after ft_fail), scale galore_scale or
+ * apollo_scale; APOLLO: scale_tensor, scale_front its options and limit
+ * Fira's limiter on param k's update norm (the divisor; its state stays
+ * the extension's). */
+typedef enum { FT_EXT_ADAM_MINI = 1, FT_EXT_MUON, FT_EXT_GALORE, FT_EXT_APOLLO } ft_ext_algo;
+typedef struct {
+	ft_ext_algo algo;
+	ft_param *const *p;
+	size_t n;
+	const int *kind, *decay;
+	const size_t *block, *n1, *n2;
+	float **s1, **s2;
+	int64_t *step;
+	double wd, beta1, beta2, eps;
+	/* GaLore */
+	const int *right, *rank;
+	float **s3;
+	const size_t *n3;
+	int interval;
+	double scale;
+	const float *(*project)(void *self, size_t k, const float *G);
+	void *self;
+	/* APOLLO */
+	int scale_tensor, scale_front;
+	float (*limit)(void *self, size_t k, float nrm);
+} ft_ext_dev;
+
+/* The per-param arrays a projected optimizer (GaLore, APOLLO) exposes as
+ * its ft_ext_dev: kind[k] (projected or plain AdamW), decay, right, rank,
+ * n1 (the moments' length), n3 (the projector's) and s1, s2, s3 (the
+ * moments and the projector, the extension's own buffers). */
+typedef struct {
+	int *kind, *decay, *right, *rank;
+	size_t *n1, *n3;
+	float **s1, **s2, **s3;
+} ft_ext_proj;
+/* n entries of each array, zeroed (at least one, so n = 0 allocates) */
+void ft_ext_proj_alloc(ft_ext_proj *a, size_t n);
+void ft_ext_proj_free(ft_ext_proj *a);
+/* d's array fields over a's (n2 = n1: both moments have the length) */
+void ft_ext_proj_view(const ft_ext_proj *a, ft_ext_dev *d);
+
 typedef struct ft_optim_ext {
 	void *self;
 	/* Before clipping: BAdam zeroes the gradients outside the active
@@ -35,6 +89,21 @@ typedef struct ft_optim_ext {
 	int (*save)(void *self, const char *dir);
 	int (*load)(void *self, const char *dir);
 	void (*free)(void *self);
+	/* AdamW with a learning rate per param (LoRA+): p's lr at the
+	 * schedule's factor lambda.  A model that steps itself (the GPU,
+	 * lib/train/cuda_train.c) runs its AdamW with these; may be NULL. */
+	double (*param_lr)(void *self, const ft_param *p, double lambda);
+	/* Block-wise AdamW (BAdam), both together: the AdamW step would run
+	 * (over copies of the active params, sharing their w and g; every one
+	 * decaying by *weight_decay) with the scheduled lr, and the extension's
+	 * bookkeeping after that update (the switch).  A model that steps
+	 * itself updates those params only, with the AdamW's step count + 1,
+	 * and keeps its moments; may be NULL. */
+	ft_adamw *(*block_adamw)(void *self, double *weight_decay);
+	void (*after_step)(void *self);
+	/* Adam-mini, Muon, GaLore, APOLLO: what a model that steps itself runs;
+	 * may be NULL. */
+	const ft_ext_dev *dev;
 } ft_optim_ext;
 
 void ft_optim_ext_free(ft_optim_ext *e);

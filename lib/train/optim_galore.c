@@ -47,6 +47,9 @@ typedef struct {
 	gstate *s;
 	ft_galore_opts o;
 	int64_t step;
+	/* the state as ft_ext_dev's arrays (a model that steps itself) */
+	ft_ext_proj arr;
+	ft_ext_dev dev;
 } galore;
 
 /* galore_torch's choice of side for a gradient [out, in] */
@@ -132,6 +135,18 @@ static int ga_step(void *self, ft_adamw *opt, double lr, double lambda)
 	return 0;
 }
 
+/* ft_ext_dev.project: ortho from a gradient the model hands over */
+static const float *ga_project(void *self, size_t k, const float *G)
+{
+	galore *x = self;
+	gstate *st = &x->s[k];
+	if (ortho(st, G, (int)x->p[k]->shape[0], (int)x->p[k]->shape[1]) < 0) {
+		ft_fail_ctx("GaLore: %s: ", x->p[k]->name);
+		return NULL;
+	}
+	return st->P;
+}
+
 static int ga_save(void *self, const char *dir)
 {
 	galore *x = self;
@@ -187,6 +202,7 @@ static void ga_free(void *self)
 		free(x->s[k].v);
 	}
 	free(x->s);
+	ft_ext_proj_free(&x->arr);
 	free(x);
 }
 
@@ -199,6 +215,31 @@ int ft_galore_proj_parse(const char *s)
 		return ft_fail("galore_proj_type full (projections on both sides) is not implemented in ft "
 			       "(std, reverse_std, right, left are)");
 	return ft_fail("'%s' is not a GaLore projection (std, reverse_std, right, left, full)", s);
+}
+
+/* ft_ext_dev over the states */
+static void dev_arrays(galore *x)
+{
+	ft_ext_proj *a = &x->arr;
+	ft_ext_proj_alloc(a, x->n);
+	for (size_t k = 0; k < x->n; k++) {
+		const ft_param *p = x->p[k];
+		gstate *st = &x->s[k];
+		a->kind[k] = st->galore;
+		a->decay[k] = p->decay;
+		a->right[k] = st->right;
+		a->rank[k] = st->r;
+		a->n1[k] = st->galore ? st->nlow : p->n;
+		a->n3[k] = st->galore ? (size_t)st->r * (size_t)(st->right ? p->shape[1] : p->shape[0]) : 0;
+		a->s1[k] = st->m;
+		a->s2[k] = st->v;
+		a->s3[k] = st->P;
+	}
+	x->dev = (ft_ext_dev){ .algo = FT_EXT_GALORE, .p = x->p, .n = x->n, .step = &x->step,
+			       .wd = x->o.weight_decay, .beta1 = x->o.beta1, .beta2 = x->o.beta2,
+			       .eps = x->o.eps, .interval = x->o.update_interval, .scale = x->o.scale,
+			       .project = ga_project, .self = x };
+	ft_ext_proj_view(a, &x->dev);
 }
 
 ft_optim_ext *ft_galore_new(ft_param *const *params, size_t n, const int *is_galore, const ft_galore_opts *o)
@@ -226,7 +267,9 @@ ft_optim_ext *ft_galore_new(ft_param *const *params, size_t n, const int *is_gal
 		st->m = ft_xcalloc(nm ? nm : 1, sizeof(float));
 		st->v = ft_xcalloc(nm ? nm : 1, sizeof(float));
 	}
+	dev_arrays(x);
 	ft_optim_ext *e = ft_xcalloc(1, sizeof *e);
-	*e = (ft_optim_ext){ .self = x, .step = ga_step, .save = ga_save, .load = ga_load, .free = ga_free };
+	*e = (ft_optim_ext){ .self = x, .step = ga_step, .save = ga_save, .load = ga_load, .free = ga_free,
+			     .dev = &x->dev };
 	return e;
 }

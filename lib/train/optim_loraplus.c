@@ -25,14 +25,19 @@ static double group_lr(const loraplus *x, const ft_param *p)
 	return x->lr;
 }
 
+/* The scheduled lr of p's group, as LambdaLR: initial lr x factor. */
+static double lp_param_lr(void *self, const ft_param *p, double lambda)
+{
+	return group_lr(self, p) * lambda;
+}
+
 static int lp_step(void *self, ft_adamw *opt, double lr, double lambda)
 {
-	const loraplus *x = self;
 	size_t n = ft_adamw_count(opt);
 	double *lrs = ft_xcalloc(n ? n : 1, sizeof *lrs);
 	(void)lr;
 	for (size_t k = 0; k < n; k++)
-		lrs[k] = group_lr(x, ft_adamw_param(opt, k)) * lambda;
+		lrs[k] = lp_param_lr(self, ft_adamw_param(opt, k), lambda);
 	ft_adamw_step_lrs(opt, lrs);
 	free(lrs);
 	return 0;
@@ -45,6 +50,6 @@ ft_optim_ext *ft_loraplus_new(double learning_rate, double ratio, double lr_embe
 	loraplus *x = ft_xcalloc(1, sizeof *x);
 	*x = (loraplus){ learning_rate, ratio, lr_embedding };
 	ft_optim_ext *e = ft_xcalloc(1, sizeof *e);
-	*e = (ft_optim_ext){ .self = x, .step = lp_step, .free = lp_free };
+	*e = (ft_optim_ext){ .self = x, .step = lp_step, .free = lp_free, .param_lr = lp_param_lr };
 	return e;
 }

@@ -40,6 +40,8 @@ typedef struct {
 	float **s1, **s2;              /* momentum_buffer, or moment1 / moment2 */
 	double wd, beta1, beta2, eps;
 	int64_t step;                  /* the AdamW params' */
+	size_t *n1, *n2;               /* per param: s1's and s2's floats (dev) */
+	ft_ext_dev dev;
 } muon;
 
 static float bf(float x) { return ft_bf16_to_f32(ft_f32_to_bf16(x)); }
@@ -185,7 +187,7 @@ static void mu_free(void *self)
 		free(x->s1[k]);
 		free(x->s2[k]);
 	}
-	free(x->s1); free(x->s2); free(x->muon);
+	free(x->s1); free(x->s2); free(x->muon); free(x->n1); free(x->n2);
 	free(x);
 }
 
@@ -197,13 +199,22 @@ ft_optim_ext *ft_muon_new(ft_param *const *params, size_t n, double wd, double b
 	x->muon = ft_xcalloc(n ? n : 1, sizeof *x->muon);
 	x->s1 = ft_xcalloc(n ? n : 1, sizeof *x->s1);
 	x->s2 = ft_xcalloc(n ? n : 1, sizeof *x->s2);
+	x->n1 = ft_xcalloc(n ? n : 1, sizeof *x->n1);
+	x->n2 = ft_xcalloc(n ? n : 1, sizeof *x->n2);
 	for (size_t k = 0; k < n; k++) {
 		const ft_param *p = params[k];
 		x->muon[k] = p->ndim == 2 && !strstr(p->name, "embed") && !strstr(p->name, "lm_head");
 		x->s1[k] = ft_xcalloc(p->n ? p->n : 1, sizeof(float));
 		if (!x->muon[k]) x->s2[k] = ft_xcalloc(p->n ? p->n : 1, sizeof(float));
+		x->n1[k] = p->n;
+		x->n2[k] = x->muon[k] ? 0 : p->n;
 	}
+	/* weight decay on every param: decay NULL */
+	x->dev = (ft_ext_dev){ .algo = FT_EXT_MUON, .p = params, .n = n, .kind = x->muon, .n1 = x->n1,
+			       .n2 = x->n2, .s1 = x->s1, .s2 = x->s2, .step = &x->step, .wd = wd,
+			       .beta1 = beta1, .beta2 = beta2, .eps = eps };
 	ft_optim_ext *e = ft_xcalloc(1, sizeof *e);
-	*e = (ft_optim_ext){ .self = x, .step = mu_step, .save = mu_save, .load = mu_load, .free = mu_free };
+	*e = (ft_optim_ext){ .self = x, .step = mu_step, .save = mu_save, .load = mu_load, .free = mu_free,
+			     .dev = &x->dev };
 	return e;
 }

@@ -416,9 +416,9 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	const int64_t ga = ft_dist_step_batches(o->gradient_accumulation_steps, world);
 	const int64_t eval_every = o->eval_steps > 0 ? o->eval_steps : o->logging_steps;
 
-	if (o->optim_ext && m->step) {
+	if (o->optim_ext && m->step && !m->ext_step) {
 		ft_fail("the optimizers of LLaMA-Factory's extras (LoRA+, BAdam, Muon, Adam-mini, GaLore) "
-			"run on the CPU only (--device cpu)");
+			"run on the CPU only with this stage (--device cpu)");
 		goto out;
 	}
 	if (ft_mkdirs(o->output_dir) < 0) goto out;
@@ -503,7 +503,10 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 			int finite;
 			if (m->step) {   /* the optimizer lives with the weights (GPU):
 					    clipping and the update are one call there */
-				int r = m->step(m->self, &ao, lr, o->max_grad_norm, &gnorm);
+				int r = o->optim_ext
+					? m->ext_step(m->self, o->optim_ext, &ao, lr,
+						      ft_sched_lambda(&sched, st.global_step), o->max_grad_norm, &gnorm)
+					: m->step(m->self, &ao, lr, o->max_grad_norm, &gnorm);
 				if (r < 0) goto out;
 				/* an fp16 overflow skip is the loss scaler's business */
 				finite = isfinite(this_step) && (r == 1 || isfinite(gnorm));

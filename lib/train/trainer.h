@@ -23,6 +23,8 @@
 #include "train/optim.h"
 #include "format/trainlog.h"
 
+struct ft_optim_ext;
+
 /* The most metrics a model reports per log (ft_train_model.metrics). */
 #define FT_MAX_METRICS 16
 struct ft_dist;   /* lib/train/dist.h */
@@ -97,6 +99,12 @@ typedef struct {
 	 * read back from the one resumed (after it loaded, before state_in). */
 	int (*ckpt_save)(void *self, const char *dir);
 	int (*ckpt_load)(void *self, const char *dir);
+	/* Optional, with step (the CUDA binding): step with the optimizer of
+	 * LLaMA-Factory's extras x (optim_ext.h) in place of AdamW, lambda the
+	 * schedule's factor at lr; as step otherwise.  Fails (-1) for an x
+	 * the model cannot run; without it the trainer refuses any x. */
+	int (*ext_step)(void *self, const struct ft_optim_ext *x, const ft_adamw_opts *o, double lr,
+			double lambda, double max_grad_norm, double *grad_norm);
 } ft_train_model;
 
 enum { FT_BATCH_MEAN = 1, FT_BATCH_MEAN_SUM = 2 };

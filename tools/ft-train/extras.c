@@ -385,6 +385,27 @@ static void on_switch(void *ctx, int block, const char *prefix)
 	warn("BAdam: training block %d (%s*)", block, prefix);
 }
 
+const char *ft_train_extras_cpu_only(const ft_cli_args *c, const ft_model *m)
+{
+	const ft_train_extras *x = &c->x;
+	/* Phi-3's qkv_proj / gate_up_proj are row blocks of several device
+	 * tensors; these optimizers step a whole matrix at once */
+	if (ft_model_config(m)->fused && (x->muon || x->adam_mini || x->galore || x->apollo))
+		return x->muon ? "--use_muon with Phi-3's fused qkv_proj/gate_up_proj runs on the CPU only in ft"
+		       : x->adam_mini ? "--use_adam_mini with Phi-3's fused qkv_proj/gate_up_proj runs on the CPU only in ft"
+		       : x->galore ? "--use_galore with Phi-3's fused qkv_proj/gate_up_proj runs on the CPU only in ft"
+				   : "--use_apollo with Phi-3's fused qkv_proj/gate_up_proj runs on the CPU only in ft";
+	if (!c->pref)
+		return NULL;
+	/* the preference bindings step plain AdamW */
+	return x->loraplus ? "--loraplus_lr_ratio with a preference stage runs on the CPU only in ft"
+	       : x->badam ? "--use_badam with a preference stage runs on the CPU only in ft"
+	       : x->adam_mini ? "--use_adam_mini with a preference stage runs on the CPU only in ft"
+	       : x->muon ? "--use_muon with a preference stage runs on the CPU only in ft"
+	       : x->galore ? "--use_galore with a preference stage runs on the CPU only in ft"
+	       : x->apollo ? "--use_apollo with a preference stage runs on the CPU only in ft" : NULL;
+}
+
 ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
 {
 	ft_train_extras *x = &c->x;
@@ -394,17 +415,14 @@ ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)
 			      : c->tune.use_llama_pro ? "use_llama_pro" : NULL;
 		if (w) die_usage("--%s with --finetuning_type oft is not implemented in ft yet", w);
 	}
-	if (on_gpu && (x->loraplus || x->badam || x->muon || x->adam_mini || x->galore))
-		die_usage("--%s runs on the CPU only in ft (use --device cpu)",
-			  x->loraplus ? "loraplus_lr_ratio" : x->badam ? "use_badam" : x->galore ? "use_galore"
-			  : x->adam_mini ? "use_adam_mini" : "use_muon");
+	if (on_gpu && ft_train_extras_cpu_only(c, m))
+		die_usage("%s (use --device cpu)", ft_train_extras_cpu_only(c, m));
 	if (x->galore && x->galore_layerwise && c->t.dist)
 		die_usage("--galore_layerwise: Distributed training does not support layer-wise GaLore, as in "
 			  "LLaMA-Factory");
 	if (x->apollo && x->apollo_layerwise && c->t.dist)
 		die_usage("--apollo_layerwise: Distributed training does not support layer-wise APOLLO, as in "
 			  "LLaMA-Factory");
-	if (on_gpu && x->apollo) die_usage("--use_apollo runs on the CPU only in ft (use --device cpu)");
 	if (x->loraplus) return ft_loraplus_new(c->t.learning_rate, x->loraplus_ratio, x->loraplus_embedding);
 	if (!x->badam && !x->muon && !x->adam_mini && !x->galore && !x->apollo) return NULL;
 	size_t n = 0, np = ft_model_nparams(m);

@@ -91,6 +91,8 @@ const char *fp8_cpu_only(const ft_cli_args *c);
 struct ft_optim_ext;
 int ft_train_extras_known(const char *key);
 void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c);
+/* Why the extras' optimizer runs on the CPU only (NULL: it runs on the GPU too). */
+const char *ft_train_extras_cpu_only(const ft_cli_args *c, const ft_model *m);
 /* After the model is bound: the optimizer extension (NULL: AdamW). */
 struct ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu);
 void ft_train_extras_free(ft_cli_args *c, struct ft_optim_ext *e);

@@ -75,7 +75,7 @@ static const char usage[] =
 "  --gradient_accumulation_steps N (1)  --per_device_train_batch_size N (the batches')\n"
 "  --num_train_epochs X (3.0, fractional allowed)  --max_steps N (overrides epochs)\n"
 "  --seed N (42: LoRA init and dropout)\n"
-"Extras (LLaMA-Factory's, docs/EXTRAS.md; on the GPU: NEFTune, DFT/EAFT/ASFT, DoRA, OFT):\n"
+"Extras (LLaMA-Factory's, docs/EXTRAS.md; on the GPU too: NEFTune, DFT/EAFT/ASFT, DoRA, OFT, the optimizers):\n"
 "  --neftune_noise_alpha A    NEFTune: U(-A/sqrt(T*d), +) noise on the embeddings\n"
 "  --loraplus_lr_ratio R      LoRA+: lora_B at learning_rate * R\n"
 "  --loraplus_lr_embedding X  (1e-6)\n"
@@ -430,6 +430,7 @@ int device_pick(ft_cli_args *c, ft_model *m, int *index)
 	if (kind != FT_DEV_CPU && !strcmp(c->device, "auto")) {
 		/* auto means the GPU when it can run this job, else the CPU */
 		const char *cpu_only = fp8_cpu_only(c) ? fp8_cpu_only(c)
+				       : ft_train_extras_cpu_only(c, m) ? ft_train_extras_cpu_only(c, m)
 				       : c->pref && c->t.dist ? "under mpirun the preference stages run on the CPU"
 				       : grpo_stage(c) && c->t.dist ? "under mpirun --stage grpo runs on the CPU"
 				       : ft_train_cuda_supports(m) < 0 ? ft_errmsg() : NULL;
