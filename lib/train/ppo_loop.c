@@ -352,6 +352,7 @@ static int ppo_step(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const
 	ft_i32vec *a = ft_xcalloc((size_t)N, sizeof *a);
 	rollout r = { 0 };
 	int rc = to_host(s, NULL);   /* m samples with the weights trained so far */
+	if (rc == 0) ft_model_dora_refresh(m);   /* and DoRA's scales of them (the decoder only reads those) */
 	if (rc == 0) rc = o->generate(o->gen_ctx, m, q, (size_t)N, o->seed + (uint64_t)s->step * 1000003u, a);
 	if (rc == 0) {
 		for (int i = 0; i < N; i++) fix_response(o, &a[i]);

@@ -166,6 +166,9 @@ int rl_device_bind(ft_cli_args *c, ft_model *m, ft_model *ref, int value_head, i
 int rl_longest(const ft_i32vec *q, size_t n);
 /* The peak memory and fp16 notes, then the bindings freed. */
 void rl_device_end(const ft_cli_args *c, rl_device *d);
+/* rl_args.c: --stage ppo's and grpo's refusals of the optimizer extras
+ * and PiSSA, ppo's NEFTune note (after ft_train_extras_parse) */
+void rl_args_check(ft_cli_args *c);
 /* grpo.c: --stage grpo (docs/GRPO.md) on ppo prompt batches */
 int grpo_known_key(const char *k);
 void grpo_args_parse(ft_lfargs *a, ft_cli_args *c);

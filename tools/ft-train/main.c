@@ -653,6 +653,7 @@ int main(int argc, char **argv)
 		if (!c.do_train || c.n_val) die_usage("--stage %s trains (no --do_eval, --val or --do_predict)", c.stage);
 		if (ft_dist_size(dist) > 1 && ppo_stage(&c))
 			die_usage("--stage ppo runs in one process (not under mpirun -np N)");
+		ft_train_extras_model(&c, m);   /* DoRA (rl_args.c refuses the rest) */
 		rc_ppo = grpo_stage(&c) ? grpo_run(&c, m, &train, &tm_) : ppo_run(&c, m, &train, &tm_);
 		train.close(train.self);
 		ft_model_free(m);
