@@ -15,8 +15,9 @@
 # rewards) come out identical as long as the weights agree to far better
 # than the sampler's resolution (a uniform draw would have to fall within
 # ~1e-6 of a cumulative probability boundary to pick another token), and
-# completions.jsonl is compared byte for byte (PPO, which writes none:
-# its scores and response lengths exactly).
+# completions.jsonl is compared byte for byte (PPO writes none: what its
+# reward filter reads, every prompt and response, byte for byte, and the
+# scores and response lengths logged exactly).
 #
 # Tolerances.  The device computes in fp32 with the CPU's formulas in
 # other summation orders (block-tree reductions, fused GEMMs; see
@@ -94,6 +95,7 @@ same() {
 	same --temperature 0.7 --beta 0.04 --num_iterations 2 --max_grad_norm 0.5
 	same --gradient_accumulation_steps 2 --beta 0.04 --lora_target all --loss_type grpo
 	same --finetuning_type full --beta 0.04 --temperature 1.3
+	same --beta 0.04 --use_dora true
 	# a loss that must move: the device's KL is that of a policy that trained
 	g cuda k --beta 0.04 --temperature 0.7 --max_steps 4
 	[ "$(jq -r '.kl > 0' k/trainer_log.jsonl | tail -1)" = true ]
@@ -111,9 +113,14 @@ same() {
 	cmp U/completions.jsonl K/completions.jsonl
 	cmp U/adapter_model.safetensors K/adapter_model.safetensors
 	cmp U/checkpoint-6/optimizer.safetensors K/checkpoint-6/optimizer.safetensors
-	# and the CPU resumes the device's checkpoint with the CPU's own numbers
+	# the CPU's own run within tolerance, the same completions
 	g cpu C "${args[@]}"
 	both C U
+	# and the device's checkpoint-3 resumed on the CPU: within tolerance of it
+	mkdir R && cp -r U/checkpoint-3 R/ && cp U/trainer_log.jsonl U/completions.jsonl R/
+	g cpu R "${args[@]}" --resume_from_checkpoint R/checkpoint-3
+	[ "$(wc -l < R/trainer_log.jsonl)" -eq 6 ]
+	both C R
 }
 
 @test "emulated device grpo: --fp16 (dynamic loss scale in checkpoints), --device auto picks the device" {
@@ -133,13 +140,15 @@ same() {
 }
 
 # p DEVICE OUT [flags]: 4 PPO steps with sampling on the tiny Llama, a
-# reward filter counting token ids below 64, two prompts per mini-batch
+# reward filter counting token ids below 64, two prompts per mini-batch;
+# what the filter reads (the prompts and sampled responses) in OUT.seen
 p() {
 	local dev=$1 out=$2
 	shift 2
 	ft-train -q --stage ppo --model_name_or_path "$LLAMA" --train ppo.zst --output_dir "$out" --device "$dev" \
-		--reward_model_type api --reward_model "$LOW" --do_sample true --temperature 1.0 --top_p 1.0 \
-		--max_new_tokens 6 --max_steps 4 --logging_steps 1 --learning_rate 3e-3 --seed 2 "$@"
+		--reward_model_type api --reward_model "tee -a $BATS_TEST_TMPDIR/$out.seen | $LOW" --do_sample true \
+		--temperature 1.0 --top_p 1.0 --max_new_tokens 6 --max_steps 4 --logging_steps 1 --learning_rate 3e-3 \
+		--seed 2 "$@"
 }
 LOW="awk -F'\"response\":\"' '{ n = split(\$2, t, /[ \"]/); c = 0; for (i = 1; i <= n; i++) c += (t[i] != \"\" && t[i] + 0 < 64); print c }'"
 
@@ -153,9 +162,11 @@ same_scores() {
 psame() {
 	p cpu cpu "$@"
 	p cuda dev "$@"
+	[ "$(wc -l < cpu.seen)" -ge 8 ]
+	cmp cpu.seen dev.seen
 	same_scores cpu dev
 	both_logs cpu dev
-	rm -rf cpu dev
+	rm -rf cpu dev cpu.seen dev.seen
 }
 
 @test "emulated device ppo: lora (value-head dropout, first-step clipping, accumulation) and full against a frozen base on the device" {
@@ -163,6 +174,7 @@ psame() {
 	psame --ppo_buffer_size 2 --max_grad_norm 0.5
 	psame --gradient_accumulation_steps 2 --lora_target all --ppo_epochs 2
 	psame --finetuning_type full --ppo_buffer_size 2
+	psame --use_dora true --ppo_buffer_size 2
 }
 
 @test "emulated device ppo: resumed from a checkpoint, bit for bit (adapter, value head, optimizer state)" {
@@ -176,4 +188,35 @@ psame() {
 	cmp U/adapter_model.safetensors K/adapter_model.safetensors
 	cmp U/value_head.safetensors K/value_head.safetensors
 	cmp U/checkpoint-4/optimizer.safetensors K/checkpoint-4/optimizer.safetensors
+	# and the CPU's own run within tolerance, the same responses
+	p cpu C "${args[@]}"
+	cmp C.seen U.seen
+	same_scores C U
+	both_logs C U
+	# the device's checkpoint-2 resumed on the CPU: steps 3 and 4 sample
+	# the CPU run's responses, and the whole log (two device steps, two
+	# CPU ones) lies within tolerance of it
+	mkdir R && cp -r U/checkpoint-2 R/ && cp U/trainer_log.jsonl R/
+	p cpu R "${args[@]}" --resume_from_checkpoint R/checkpoint-2
+	[ "$(wc -l < R.seen)" -gt 0 ] && [ $(($(wc -l < R.seen) * 2)) -eq "$(wc -l < C.seen)" ]
+	cmp R.seen <(tail -n "$(wc -l < R.seen)" C.seen)
+	[ "$(wc -l < R/trainer_log.jsonl)" -eq 4 ]
+	same_scores C R
+	both_logs C R
+	[ -f R/value_head.safetensors ] && [ -f R/checkpoint-4/optimizer.safetensors ]
+}
+
+@test "emulated device ppo: --device auto picks the device; --fp16 keeps its loss scale in checkpoints" {
+	ft-cat --encode < "$FIXTURES/ppo/prompts.jsonl" > ppo.zst
+	run --separate-stderr p auto a -v   # -q -v: the notes back
+	assert_success
+	[[ "$stderr" == *"training on cuda:0 (ft host emulation"* ]]
+	p cpu c
+	cmp a.seen c.seen
+	same_scores a c
+	run --separate-stderr p cuda h --fp16 --save_steps 2
+	assert_success
+	[ -f h/checkpoint-2/scaler.json ] && [ -f h/checkpoint-4/optimizer.safetensors ]
+	[ "$(jq -r '.scale <= 65536 and .scale >= 1' h/checkpoint-2/scaler.json)" = true ]
+	[ "$(jq -r '.loss | type' h/trainer_log.jsonl | sort -u)" = number ]
 }
