@@ -120,7 +120,7 @@ static const char usage[] =
 "  --ref_model DIR [--ref_model_adapters DIR[,DIR]]  the reference (default: LoRA\n"
 "                             with its adapters disabled; full/freeze: the base)\n"
 "  --do_predict               rm: score the --val pairs into generated_predictions.jsonl\n"
-"PPO (--stage ppo, LoRA, freeze or full policy, on the CPU; docs/PPO.md):\n"
+"PPO (--stage ppo, LoRA, freeze or full policy, on the CPU or --device cuda; docs/PPO.md):\n"
 "  --reward_model_type api --reward_model 'CMD'  JSON lines in, one number per line out\n"
 "  --reward_model_type lora --reward_model DIR   an rm adapter with value_head.safetensors\n"
 "                             (over the LoRA policy's own base weights)\n"
