@@ -245,7 +245,7 @@ $(EMU_CUDA): $(EMU_OBJ)
 	$(CXX) -shared -o $@ $^ -Wl,-Bsymbolic -lopenblas -lpthread
 -include $(EMU_OBJ:.o=.d)
 # NCCL's calls that lib/train/dist.c makes, across the processes of one
-# host over POSIX shared memory (tests/emu/fake_nccl.c): with the emulated
+# host over an anonymous shared file (tests/emu/fake_nccl.c): with the emulated
 # backend, FT_NCCL_LIB=build/libnccl_emu.so runs mpirun -np N ft-train
 # --device cuda's NCCL path (tests/bats/ft-train-nccl-emu.bats).
 EMU_NCCL := build/libnccl_emu.so

@@ -17,6 +17,7 @@ typedef struct {
 	int vh_stale;        /* the host head changed: upload before use */
 	float temp;          /* GRPO: the log-probs' temperature (1: none) */
 	float *ent;          /* GRPO: where the entropies go (NULL: none) */
+	ft_adamw *out;       /* the optimizer dev_moments fills, at a checkpoint */
 } binding;
 
 /* The host value head -> the device, when it changed there. */
@@ -109,21 +110,26 @@ static long param_index(binding *x, const ft_param *p)
 	return ft_fail("optimizer parameter %s is not the model's", p->name);
 }
 
+/* ft_adamw_fetch: the k-th param's moments straight from the device as
+ * the checkpoint is written, none of the others' on the host meanwhile */
+static int dev_moments(void *ctx, size_t k, float *m, float *v)
+{
+	binding *x = ctx;
+	long i = param_index(x, ft_adamw_param(x->out, k));
+	return i >= 0 ? ft_cuda_adamw_get(x->dm, (size_t)i, m, v)
+	       : i < -1 ? ft_cuda_value_head_get(x->dp, (int)(-2 - i), NULL, m, v) : -1;
+}
+
 static int b_state_out(void *self, ft_adamw *opt)
 {
 	binding *x = self;
 	if (ft_cuda_copy_weights_to_host(x->dm) < 0 || head_down(x) < 0)
 		return -1;
-	for (size_t k = 0; opt && k < ft_adamw_count(opt); k++) {
-		long i = param_index(x, ft_adamw_param(opt, k));
-		float *m = ft_adamw_exp_avg(opt, k), *v = ft_adamw_exp_avg_sq(opt, k);
-		int rc = i >= 0 ? ft_cuda_adamw_get(x->dm, (size_t)i, m, v)
-		       : i < -1 ? ft_cuda_value_head_get(x->dp, (int)(-2 - i), NULL, m, v) : -1;
-		if (rc < 0)
-			return -1;
-	}
-	if (opt)
+	if (opt) {
+		x->out = opt;
+		ft_adamw_set_fetch(opt, dev_moments, x);
 		ft_adamw_set_steps(opt, ft_cuda_steps(x->dm));
+	}
 	return 0;
 }
 

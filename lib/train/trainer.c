@@ -406,6 +406,10 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	 * (ft_cuda_train_zero): its state_out then runs on every rank */
 	const int dev_zero = o->zero && world > 1 && m->step;
 	ft_zero1 *zero = o->zero && world > 1 && !m->step ? ft_zero1_new(o->dist, params, np, &ao) : NULL;
+	/* ... and its moments: the host holds them only from a resume's load
+	 * to state_in and from state_out to the checkpoint written, if at all
+	 * (state_out may have them fetched as the file is written) */
+	if (m->step) ft_adamw_drop_moments(opt);
 	double *lsv = NULL;   /* a step's micro-batch losses and the stop flag */
 	ftp_tstate st = { .log_history = json_array() };
 	mbatches mb = {0};
@@ -430,6 +434,7 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	}
 	if (o->resume_dir && m->ckpt_load && m->ckpt_load(m->self, o->resume_dir) < 0) goto out;
 	if (o->resume_dir && m->state_in && m->state_in(m->self, opt) < 0) goto out;
+	if (m->step) ft_adamw_drop_moments(opt);
 	if (o->resume_dir && m->set_position)
 		m->set_position(m->self, st.epoch_idx * o->n_batches + st.batches_done);
 	if (rank == 0 && !(c.log = open_log(o, st.global_step))) goto out;
@@ -571,10 +576,11 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 				if (rank == 0 && o->save_total_limit > 0 &&
 				    ftp_ckpt_rotate(o->output_dir, o->save_total_limit) < 0)
 					goto out;
-				if (zero || dev_zero) {   /* the whole state again only at the next save */
+				if (zero) {   /* the whole state again only at the next save */
 					ft_adamw_free(opt);
 					opt = ft_adamw_new(params, np, &ao);
 				}
+				if (m->step) ft_adamw_drop_moments(opt);
 			}
 			if (interrupted) {
 				r->interrupted = 1;
