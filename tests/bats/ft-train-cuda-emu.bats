@@ -148,18 +148,7 @@ long_data() {
 		tr cuda $p "$LLAMA" --train train.zst --finetuning_type lora --$p
 		[[ "$(jq -r .ft.device $p/trainer_state.json)" == *", $p" ]]
 	done
-	paste <(jq -r 'select(.loss) | .loss' cpu/trainer_log.jsonl) <(jq -r 'select(.loss) | .loss' bf16/trainer_log.jsonl) \
-		<(jq -r 'select(.loss) | .loss' fp16/trainer_log.jsonl) | awk '
-		function rel(a, b) { d = (a - b) / a; return d < 0 ? -d : d }
-		{ if (rel($1, $2) > 1e-2 || rel($1, $3) > 2e-3) bad = 1; n++ }
-		END { exit !(n == 4 && !bad) }'
-	paste <(jq -r 'select(.loss) | .grad_norm' cpu/trainer_log.jsonl) <(jq -r 'select(.loss) | .grad_norm' bf16/trainer_log.jsonl) \
-		<(jq -r 'select(.loss) | .grad_norm' fp16/trainer_log.jsonl) | awk '
-		function rel(a, b) { d = (a - b) / a; return d < 0 ? -d : d }
-		{ if (rel($1, $2) > 5e-2 || rel($1, $3) > 1e-2) bad = 1; n++ }
-		END { exit !(n == 4 && !bad) }'
-	# and the half path is really taken: its numbers are not fp32's
-	! diff -q <(nums cpu/trainer_log.jsonl) <(nums bf16/trainer_log.jsonl)
+	half_close cpu/trainer_log.jsonl bf16/trainer_log.jsonl fp16/trainer_log.jsonl
 }
 
 @test "emulated device rm, dpo (reference: the adapters disabled), orpo full, kto: the CPU's numbers within 1e-4" {
