@@ -97,6 +97,11 @@ static int b_ckpt_load(void *self, const char *dir)
 	return ft_cuda_train_scaler_load(((binding *)self)->dm, dir);
 }
 
+static size_t b_metrics(void *self, int eval, const char **keys, double *vals, size_t cap)
+{
+	return ft_cuda_train_scale_metric(((binding *)self)->dm, eval, keys, vals, cap);
+}
+
 /* The k-th optimizer param: the model's (index >= 0), the head's weight
  * (-2) or bias (-3); -1 after ft_fail. */
 static long param_index(binding *x, const ft_param *p)
@@ -249,7 +254,8 @@ int ft_pref_model_of_cuda(ft_model *m, const ft_cuda_opts *o, int value_head, ft
 		.base = { .self = x, .nparams = b_nparams, .param = b_param, .zero_grad = b_zero_grad,
 			  .save = b_save, .set_position = b_set_position, .step = b_step,
 			  .state_out = b_state_out, .state_in = b_state_in, .peak_bytes = b_peak,
-			  .ckpt_save = f16 ? b_ckpt_save : NULL, .ckpt_load = f16 ? b_ckpt_load : NULL },
+			  .ckpt_save = f16 ? b_ckpt_save : NULL, .ckpt_load = f16 ? b_ckpt_load : NULL,
+			  .metrics = f16 ? b_metrics : NULL },
 		.hidden_size = c->hidden_size, .vocab_size = c->vocab_size,
 		.has_adapters = ft_model_has_adapters(m),
 		.logps_forward = b_logps_fwd, .logps_backward = b_logps_bwd, .set_adapters = b_adapters,

@@ -442,13 +442,19 @@ static int b_ckpt_load(void *self, const char *dir)
 }
 
 /* The scale after the step, beside the loss (transformers does not log it) */
-static size_t b_metrics(void *self, int eval, const char **keys, double *vals, size_t cap)
+size_t ft_cuda_train_scale_metric(const ft_cuda_model *dm, int eval, const char **keys, double *vals,
+				  size_t cap)
 {
 	if (eval || cap < 1)
 		return 0;
 	keys[0] = "loss_scale";
-	vals[0] = ft_cuda_loss_scale(((binding *)self)->dm);
+	vals[0] = ft_cuda_loss_scale(dm);
 	return 1;
+}
+
+static size_t b_metrics(void *self, int eval, const char **keys, double *vals, size_t cap)
+{
+	return ft_cuda_train_scale_metric(((binding *)self)->dm, eval, keys, vals, cap);
 }
 
 int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t)

@@ -160,6 +160,20 @@ long_data() {
 	same_run "$LLAMA" 1e-4 --stage rm --train rm.zst --val rm.zst --eval_steps 2
 }
 
+@test "emulated device --fp16 dpo and kto: the loss scale on every training log line, as sft's (none at evaluations, none in fp32)" {
+	for s in dpo kto; do ft-cat --encode < "$PREF/$s.jsonl" > $s.zst; done
+	for s in dpo kto; do
+		tr cuda $s "$LLAMA" --stage $s --train $s.zst --val $s.zst --eval_steps 2 --fp16 \
+			--adapter_name_or_path "$PREF/llama-lora"
+		[ "$(jq -sc 'map(select(.loss) | .loss_scale)' $s/trainer_log.jsonl)" = "[65536,65536,65536,65536]" ]
+		[ "$(jq -sc 'map(select(.eval_loss) | has("loss_scale"))' $s/trainer_log.jsonl)" = "[false,false]" ]
+		# the preference metrics are still there, before it
+		jq -se 'map(select(.loss) | has("rewards/chosen")) | length == 4 and all' $s/trainer_log.jsonl
+	done
+	tr cuda f32 "$LLAMA" --stage dpo --train dpo.zst --adapter_name_or_path "$PREF/llama-lora"
+	[ "$(jq -s 'map(select(has("loss_scale"))) | length' f32/trainer_log.jsonl)" -eq 0 ]
+}
+
 @test "emulated device ft-generate: the CPU's greedy tokens, batched, over several tiles of the cache" {
 	for m in "$GQA4" "$QWEN" "$QWEN3"; do
 		same_tokens "$m" 60
