@@ -9,6 +9,7 @@
  * save_total_limit, interruption, and bit-identical resume. */
 #define _GNU_SOURCE
 #include "tap.h"
+#include "parity_opts.h"
 #include "train/trainer.h"
 #include "format/trainlog.h"
 #include "train/optim.h"
@@ -627,18 +628,7 @@ static void parity_case(const char *kind, const char *mode)
 	}
 	char *out = outdir(mode);
 	ft_train_opts o;
-	ft_train_opts_default(&o);
-	o.output_dir = out;
-	o.n_batches = 20;
-	o.gradient_accumulation_steps = 2;
-	o.num_train_epochs = 1;
-	o.learning_rate = to.type == FT_FT_LORA ? 2e-3 : 1e-3;
-	o.weight_decay = 0.1;
-	o.lr_scheduler_type = FT_SCHED_COSINE;
-	o.warmup = 2;
-	o.logging_steps = 1;
-	o.save_steps = 0;
-	o.train_batch_size = 2;
+	parity_opts(&o, out, to.type == FT_FT_LORA ? 2e-3 : 1e-3);
 	ft_train_model tm = ft_train_model_of(m);
 	ft_batch_source src = ft_batch_source_array(bt, 20);
 	ft_train_result r;
