@@ -216,12 +216,14 @@ static __global__ void kv_store_k(E *kc, E *vc, const E *k, int ldk, const E *v,
  * positions [first, pos] of its row (GQA: kv head h / group; sliding
  * window), scores in global scratch (Gemma 2: soft-capped), softmax,
  * then each output element summed over the positions in order.  One
- * block per (i, h).  q, the cache and out are of type at (fp32, or the
- * run's half type): each element is widened where it is read, the dot
- * products, the softmax and the weighted sums are fp32, and out is
- * rounded once, as SDPA on bf16 tensors accumulates in fp32. */
+ * block per (i, h).  q, the cache and out are of type AT (fp32, or the
+ * run's half type; a template argument, so the loads compile to one
+ * kind): each element is widened where it is read, the dot products,
+ * the softmax and the weighted sums are fp32, and out is rounded once,
+ * as SDPA on bf16 tensors accumulates in fp32. */
+template <int AT>
 static __global__ void cache_attention_k(void *out, const void *q, int ldq, const void *kc,
-					 const void *vc, int at, const int32_t *mrow,
+					 const void *vc, const int32_t *mrow,
 					 const int32_t *mpos, float *scores, int Hq, int Hk,
 					 int hd, int window, int cap, float scale, float softcap)
 {
@@ -236,7 +238,7 @@ static __global__ void cache_attention_k(void *out, const void *q, int ldq, cons
 		size_t kt = K + (size_t)t * kd;
 		float d = 0;
 		for (int e = 0; e < hd; e++)
-			d += ft_k_act_get(q, qi + e, at) * ft_k_act_get(kc, kt + e, at);
+			d += ft_k_act_get(q, qi + e, AT) * ft_k_act_get(kc, kt + e, AT);
 		s[t] = softcap > 0 ? ft_k_softcap(d * scale, softcap) : d * scale;
 		mx = fmaxf(mx, s[t]);
 	}
@@ -249,8 +251,8 @@ static __global__ void cache_attention_k(void *out, const void *q, int ldq, cons
 	for (int e = threadIdx.x; e < hd; e += blockDim.x) {
 		float acc = 0;
 		for (int t = first; t <= p; t++)
-			acc += s[t] / z * ft_k_act_get(vc, K + (size_t)t * kd + e, at);
-		ft_k_act_put(out, o + e, acc, at);
+			acc += s[t] / z * ft_k_act_get(vc, K + (size_t)t * kd + e, AT);
+		ft_k_act_put(out, o + e, acc, AT);
 	}
 }
 
@@ -280,18 +282,30 @@ static int kv_store(ft_cuda_infer *c, int l, const ft_dacts *a, int n)
 	return 0;
 }
 
-static int cached_attention(ft_cuda_infer *c, int l, void *out, const void *q, int ldq, int n)
+template <int AT>
+static void cache_attention_as(const ft_cuda_infer *c, int l, void *out, const void *q, int ldq,
+			       int n, size_t off)
 {
 	const ft_cuda_view *v = &c->dm->v;
-	size_t off = (size_t)l * c->o.rows * c->o.cap * c->kd * ft_cu_act_size(c->at);
 	dim3 grid((unsigned)n, (unsigned)v->Hq);
 	/* Gemma: the window of its sliding layers only, query_pre_attn_scalar */
 	int window = !v->gemma || ft_cuda_view_sliding(v, l) ? v->window : 0;
 	float scale = v->gemma ? v->attn_scale : 1.0f / sqrtf((float)v->hd);
-	FT_LAUNCH(cache_attention_k, grid, ATPB, 0, c->dm->stream)(out, q, ldq, (char *)c->k + off,
-							     (char *)c->v + off, c->at, c->mrow, c->mpos, c->scores, v->Hq,
-							     v->Hk, v->hd, window, c->o.cap, scale,
-							     v->attn_softcap);
+	FT_LAUNCH(cache_attention_k<AT>, grid, ATPB, 0, c->dm->stream)(
+		out, q, ldq, (const char *)c->k + off, (const char *)c->v + off, c->mrow, c->mpos,
+		c->scores, v->Hq, v->Hk, v->hd, window, c->o.cap, scale, v->attn_softcap);
+}
+
+static int cached_attention(ft_cuda_infer *c, int l, void *out, const void *q, int ldq, int n)
+{
+	const ft_cuda_view *v = &c->dm->v;
+	size_t off = (size_t)l * c->o.rows * c->o.cap * c->kd * ft_cu_act_size(c->at);
+	if (c->at == FT_ACT_BF16)
+		cache_attention_as<FT_ACT_BF16>(c, l, out, q, ldq, n, off);
+	else if (c->at == FT_ACT_F16)
+		cache_attention_as<FT_ACT_F16>(c, l, out, q, ldq, n, off);
+	else
+		cache_attention_as<FT_ACT_F32>(c, l, out, q, ldq, n, off);
 	LAUNCHED("cache_attention", "layer %d, %d tokens, %d heads, cap %d", l, n, v->Hq,
 		 c->o.cap);
 	return 0;
