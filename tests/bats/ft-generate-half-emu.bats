@@ -36,7 +36,7 @@ gen() {
 	done
 }
 
-@test "emulated device --bf16/--fp16: the CPU's and the fp32 device's greedy text where every decision has margin (tiny-qwen2); fp32 the CPU's" {
+@test "emulated device --bf16/--fp16: the CPU's and the fp32 device's greedy text where every decision has margin (tiny-qwen2, also QLoRA); fp32 the CPU's" {
 	prompts
 	gen "$QWEN" 30 --device cpu > cpu.out
 	gen "$QWEN" 30 --device cuda 2>/dev/null > f32.out
@@ -49,6 +49,11 @@ gen() {
 		gen "$QWEN" 30 --device cuda --$h 2>/dev/null > $h.out
 		diff cpu.out $h.out
 	done
+	# QLoRA's base: its module-by-module fp32 products rounded into the
+	# half q|k|v and gate|up buffers through dqkv
+	gen "$QWEN" 30 --device cpu --quantization_bit 4 > q4.out
+	gen "$QWEN" 30 --device cuda --bf16 --quantization_bit 4 2>/dev/null > q4bf16.out
+	diff q4.out q4bf16.out
 	# and GQA groups of 4 over a longer cache: fp32 unchanged, the CPU's
 	gen "$GQA4" 60 --device cpu > cpu4.out
 	gen "$GQA4" 60 --device cuda 2>/dev/null > f324.out
