@@ -161,6 +161,9 @@ ft_cuda_infer *ft_cuda_infer_new(struct ft_model *m, const ft_cuda_infer_opts *o
 		mo.mem_limit = o->mem_limit;
 		c->dm = ft_cuda_model_new(m, &mo);
 		rc = c->dm ? alloc_cache(c, &v) : -1;
+		if (rc == 0 && ft_cu_proj_type(c->dm) != c->at)   /* the planned cache = q|k|v's type */
+			rc = ft_fail("internal: CUDA decoder: cache type %d, q|k|v type %d", c->at,
+				     ft_cu_proj_type(c->dm));
 	}
 	ft_cuda_view_free(&v);
 	if (rc < 0) {
