@@ -265,10 +265,12 @@ $(EMU_RT_TEST): tests/emu/check_runtime.cc tests/emu/cuda_runtime_emu.cc tests/e
 # tests/gpu's device checks against the emulated backend (docs/CUDA.md):
 # several CPU minutes, so not part of `make test`.
 EMU_GPU_TESTS := build/emu-gpu/test_gpu_parity build/emu-gpu/test_gpu_generate \
-	build/emu-gpu/test_gpu_qlora build/emu-gpu/test_gpu_attn_half
-# The QLoRA device check takes a second on the emulation: part of `make test`
-# (scripts/run-tests.sh runs whatever of build/emu-gpu/ it finds in EMU_QUICK).
-EMU_QUICK := build/emu-gpu/test_gpu_qlora
+	build/emu-gpu/test_gpu_qlora build/emu-gpu/test_gpu_attn_half \
+	build/emu-gpu/test_gpu_generate_half
+# The QLoRA and half-decoder device checks take seconds on the emulation:
+# part of `make test` (scripts/run-tests.sh runs whatever of build/emu-gpu/
+# it finds in EMU_QUICK).
+EMU_QUICK := build/emu-gpu/test_gpu_qlora build/emu-gpu/test_gpu_generate_half
 unit: $(EMU_QUICK)
 build/emu-gpu/%: tests/gpu/%.c tests/unit/tap.h tests/unit/st_test.h tests/unit/attn_bound.h \
 		tests/gpu/gpu_test.h build/libft.a
