@@ -20,14 +20,13 @@
  *
  * GRPO scores completions with the same operations at its sampling
  * temperature and records their entropies (ft_cuda_logps_options): the
- * head then runs rl_kernels.cuh's kernel, the rest is unchanged. */
+ * head passes them to the same pref_logp_k, the rest is unchanged. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "cuda/common.cuh"
 #include "cuda/pref_kernels.cuh"
-#include "cuda/rl_kernels.cuh"
 
 struct ft_cuda_pref {
 	ft_cuda_model *dm;
@@ -164,17 +163,11 @@ static int head_rows(ft_cuda_pref *p, int n, const float *g)
 		float cap = dm->v.final_softcap;
 		if (cap > 0)
 			TRY(ft_cu_softcap(dm, dm->head_scratch, (size_t)nr * V, cap));
-		if (p->temp != 0 || p->h_ent) {   /* GRPO's tempered log-probs (rl_kernels.cuh) */
-			FT_LAUNCH(rl_logp_k, nr, FT_PREF_TPB, 0, dm->stream)(
-				dm->head_scratch, dm->row_loss + r0, g || !p->h_ent ? NULL : p->ent + r0,
-				dm->targets + r0, g ? g + r0 : NULL, V, cap, p->temp);
-			LAUNCHED("rl_logp", "rows=%d V=%d", nr, V);
-		} else {
-			FT_LAUNCH(pref_logp_k, nr, FT_PREF_TPB, 0, dm->stream)(dm->head_scratch, dm->row_loss + r0,
-									dm->targets + r0, g ? g + r0 : NULL, V,
-									cap);
-			LAUNCHED("pref_logp", "rows=%d V=%d", nr, V);
-		}
+		/* GRPO's temperature and the RL stages' entropies (forward only) */
+		FT_LAUNCH(pref_logp_k, nr, FT_PREF_TPB, 0, dm->stream)(
+			dm->head_scratch, dm->row_loss + r0, dm->targets + r0, g ? g + r0 : NULL, V, cap, p->temp,
+			g || !p->h_ent ? NULL : p->ent + r0);
+		LAUNCHED("pref_logp", "rows=%d V=%d", nr, V);
 		if (!g)
 			continue;
 		TRY(ft_cu_operand(dm, &go, dm->head_scratch, (size_t)nr * V, dm->hhead, w.half));

@@ -16,15 +16,21 @@
 
 #define FT_PREF_TPB 256
 
-/* One block per row of logits l [n, V]: lp[row] = l[target] - (max +
- * log(sum exp(l - max))), as ft_model_logps_forward; with g != NULL the
- * row is then replaced by the gradient of g[row] * lp[row] (fp16: g
- * carries the loss scale): g (onehot - softmax), which is the
- * cross-entropy gradient with scale -g.  A target outside [0, V) gives
- * lp 0 and a zero row.  cap > 0: the logits are Gemma 2's soft-capped
- * ones, the gradient taken through the cap (as model_pref.c). */
+/* One block per row of logits l [n, V], for the preference stages, GRPO
+ * and PPO alike: lp[row] = z[target] - (max + log(sum exp(z - max))) of z
+ * = l / temp (ft_k_temper: TRL's log softmax(logits / temperature); temp
+ * 0 is none), as ft_model_logps_forward; ent (forward only, NULL: none)
+ * TRL's entropy_from_logits of z, summed as ft_k_row_entropy; with g !=
+ * NULL the row is then replaced by the gradient of g[row] * lp[row]
+ * (fp16: g carries the loss scale): (onehot - softmax) g / temp, which is
+ * the cross-entropy gradient of z with scale -g / temp.  A target outside
+ * [0, V) gives lp 0, ent 0 and a zero row.  cap > 0: the logits are Gemma
+ * 2's soft-capped ones, the gradient taken through the cap (as
+ * model_pref.c).  The division happens in registers (the row keeps the
+ * capped logit the cap gradient needs): the same float quotient as the
+ * CPU's in-place one. */
 static __global__ void pref_logp_k(float *l, double *lp, const int32_t *targets, const float *g,
-				   int V, float cap = 0)
+				   int V, float cap = 0, float temp = 0, float *ent = NULL)
 {
 	__shared__ float shf[FT_PREF_TPB];
 	__shared__ double shd[FT_PREF_TPB];
@@ -34,21 +40,39 @@ static __global__ void pref_logp_k(float *l, double *lp, const int32_t *targets,
 		if (g)
 			for (int j = threadIdx.x; j < V; j += blockDim.x)
 				row[j] = 0;
-		if (threadIdx.x == 0)
+		if (threadIdx.x == 0) {
 			lp[blockIdx.x] = 0;
+			if (ent)
+				ent[blockIdx.x] = 0;
+		}
 		return;
 	}
 	float mx, lt;
 	double sum;
-	ft_cu_row_lse(row, V, tg, shf, shd, &mx, &sum, &lt);
+	ft_cu_row_lse(row, V, tg, shf, shd, &mx, &sum, &lt, temp);
 	if (threadIdx.x == 0)
 		lp[blockIdx.x] = (double)lt - (mx + log(sum));
-	if (g) {
-		float s = -g[blockIdx.x];
+	if (ent) {   /* ft_k_row_entropy's terms: exp in double, both sums in double */
+		double se = 0, sz = 0;
 		for (int j = threadIdx.x; j < V; j += blockDim.x) {
-			float z = row[j], d = ft_k_ce_grad(z, mx, sum, s, j == tg);
-			row[j] = cap > 0 ? ft_k_softcap_grad(d, z, cap) : d;
+			double d = (double)ft_k_temper(row[j], temp) - mx, e = exp(d);
+			se += e;
+			sz += e * d;
 		}
+		se = ft_cu_block_sum(se, shd);
+		sz = ft_cu_block_sum(sz, shd);
+		if (threadIdx.x == 0)
+			ent[blockIdx.x] = (float)(log(se) - sz / se);
+	}
+	if (!g)
+		return;
+	float gr = g[blockIdx.x];
+	if (temp != 0)
+		gr /= temp;   /* d (z / t) / dz, as model_pref.c divides dlogp */
+	float s = -gr;
+	for (int j = threadIdx.x; j < V; j += blockDim.x) {
+		float z = row[j], d = ft_k_ce_grad(ft_k_temper(z, temp), mx, sum, s, j == tg);
+		row[j] = cap > 0 ? ft_k_softcap_grad(d, z, cap) : d;
 	}
 }
 

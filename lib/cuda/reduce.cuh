@@ -1,9 +1,12 @@
 /* reduce.cuh - block-wide reductions of the CUDA backend (one block per
  * row).  Included by common.cuh; a header of its own so that tests/emu
  * compiles the row kernels that use them (norm_kernels.cuh) for the host
- * with emulated threads.  Needs only the CUDA built-ins. */
+ * with emulated threads.  Needs the CUDA built-ins and model/kernels.h's
+ * formulas. */
 #ifndef FT_CUDA_REDUCE_CUH
 #define FT_CUDA_REDUCE_CUH
+
+#include "model/kernels.h"
 
 /* ---- block reductions (one block per row) ---- */
 
@@ -44,21 +47,24 @@ static __device__ inline float ft_cu_block_max(float x, float *sh)
 
 /* For row[V] and a target tg in [0, V), by the whole block: the row's
  * max *mx, sum of exp(row - max) *sum (double) and the target's logit
- * *lt, for every thread; after it the row may be overwritten (the
- * cross-entropy loss and the label log-probability both start here). */
+ * *lt, for every thread, all of the row divided by temp (ft_k_temper; 0,
+ * the default: none) in registers, so the row keeps what it held (Gemma
+ * 2's cap gradient needs the capped logit); after it the row may be
+ * overwritten (the cross-entropy loss and the label log-probability both
+ * start here). */
 static __device__ inline void ft_cu_row_lse(const float *row, int V, int tg, float *shf,
-					    double *shd, float *mx, double *sum, float *lt)
+					    double *shd, float *mx, double *sum, float *lt, float temp = 0)
 {
 	float m = -INFINITY;
 	for (int j = threadIdx.x; j < V; j += blockDim.x)
-		m = fmaxf(m, row[j]);
+		m = fmaxf(m, ft_k_temper(row[j], temp));
 	m = ft_cu_block_max(m, shf);
 	double s = 0;
 	for (int j = threadIdx.x; j < V; j += blockDim.x)
-		s += expf(row[j] - m);
+		s += expf(ft_k_temper(row[j], temp) - m);
 	*sum = ft_cu_block_sum(s, shd);
 	*mx = m;
-	*lt = row[tg];
+	*lt = ft_k_temper(row[tg], temp);
 	__syncthreads();   /* everyone has read row[tg] before it changes */
 }
 

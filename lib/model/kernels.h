@@ -366,6 +366,30 @@ static inline FT_HD double ft_k_ce_row(float *grad, const float *l, int V, int t
 	return mx + log(sum) - l[target];
 }
 
+/* TRL's tempered logit z / t (GRPO's logits / temperature) in float, as
+ * torch divides; t 0 means none */
+static inline FT_HD float ft_k_temper(float z, float t)
+{
+	return t != 0 ? z / t : z;
+}
+
+/* entropy_from_logits of one row: logsumexp(l) - sum softmax(l) l, exp
+ * and both sums in double (model_pref.c's rows; the device's pref_logp_k
+ * sums the same terms in its block order) */
+static inline FT_HD float ft_k_row_entropy(const float *l, int V)
+{
+	float mx = -INFINITY;
+	for (int j = 0; j < V; j++)
+		mx = l[j] > mx ? l[j] : mx;
+	double s = 0, sz = 0;
+	for (int j = 0; j < V; j++) {
+		double e = exp((double)l[j] - mx);
+		s += e;
+		sz += e * ((double)l[j] - mx);
+	}
+	return (float)(log(s) - sz / s);
+}
+
 /* ---- attention mask (causal, sliding window, segment ids, key padding) ---- */
 
 /* Does query t of a row with len real tokens (HF's attention_mask: 1 on

@@ -169,3 +169,10 @@ int ft_model_dora_init(ft_model *m)
 	ftp_dora_enable(m);
 	return ftp_model_build_params(m);
 }
+
+void ft_model_dora_refresh(ft_model *m)
+{
+	for (int l = 0; m->dora && l < m->c.num_hidden_layers; l++)
+		for (int j = 0; j < L_NLIN; j++)
+			if (ftp_dora_of(m, l, j)) ftp_dora_scale(m, l, j);
+}

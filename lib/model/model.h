@@ -272,6 +272,12 @@ int ft_model_pissa_save_converted(ft_model *m, const char *init_dir, const char 
  * "...lora_magnitude_vector"), the output scaled by magnitude / ||W + s B A||
  * (that norm detached).  Rebuilds the parameter list. */
 int ft_model_dora_init(ft_model *m);
+/* DoRA's scales mag / ||W + s B A|| again from the current weights: a
+ * training forward computes them (PEFT: every forward), the KV-cache
+ * decoder only reads them, so a loop that generates after optimizer
+ * steps (PPO, GRPO) or after copying a device's weights in calls this
+ * first.  Nothing without DoRA. */
+void ft_model_dora_refresh(ft_model *m);
 
 /* LLaMA-Factory's fp8 (fp8: true; torchao's Float8Linear, tensorwise
  * dynamic scaling, e4m3 forward operands and e5m2 output gradients:

@@ -23,6 +23,7 @@
 #include "util/error.h"
 #include "model/model_internal.h"
 #include "model/model_pref.h"
+#include "model/kernels.h"
 #include "model/vexp.h"
 
 int ftp_gather_targets(ft_model *m, const ft_batch *b)
@@ -126,21 +127,6 @@ void ft_model_set_logp_entropy(ft_model *m, float *ent)
 	m->logp_entropy = ent;
 }
 
-/* logsumexp(l) - sum softmax(l) l of one row, before ft_exp_row
- * overwrites it (sums in double). */
-static float row_entropy(const float *l, int V)
-{
-	float mx = -INFINITY;
-	for (int j = 0; j < V; j++) mx = l[j] > mx ? l[j] : mx;
-	double s = 0, sz = 0;
-	for (int j = 0; j < V; j++) {
-		double e = exp((double)l[j] - mx);
-		s += e;
-		sz += e * ((double)l[j] - mx);
-	}
-	return (float)(log(s) - sz / s);
-}
-
 /* rows of V logits divided by the temperature; nothing at 1 */
 static void temper(const ft_model *m, float *l, size_t n)
 {
@@ -148,7 +134,7 @@ static void temper(const ft_model *m, float *l, size_t n)
 	if (t == 0)
 		return;
 	for (size_t i = 0; i < n; i++)
-		l[i] /= t;
+		l[i] = ft_k_temper(l[i], t);
 }
 
 int ft_model_logps_forward(ft_model *m, const ft_batch *b, int train, float *logp, float *lmean)
@@ -183,7 +169,7 @@ int ft_model_logps_forward(ft_model *m, const ft_batch *b, int train, float *log
 			if (tg < 0 || tg >= V)
 				continue;   /* refused by check_batch before we get here */
 			float lt = l[tg];
-			if (m->logp_entropy) m->logp_entropy[m->rows[r0 + i]] = row_entropy(l, V);
+			if (m->logp_entropy) m->logp_entropy[m->rows[r0 + i]] = ft_k_row_entropy(l, V);   /* before ft_exp_row overwrites l */
 			double sum;
 			float mx = ft_exp_row(l, V, &sum);
 			if (keep)

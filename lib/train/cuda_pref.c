@@ -15,6 +15,7 @@ typedef struct {
 	int64_t skipped;     /* fp16 steps skipped for overflow */
 	ft_param *vh;        /* rm: the value head's host tensors (pref.c's) */
 	int vh_stale;        /* the host head changed: upload before use */
+	int64_t calls;       /* the device's dropout position, as it advances */
 	float temp;          /* GRPO: the log-probs' temperature (1: none) */
 	float *ent;          /* GRPO: where the entropies go (NULL: none) */
 	ft_adamw *out;       /* the optimizer dev_moments fills, at a checkpoint */
@@ -32,8 +33,12 @@ static int head_up(binding *x)
 	return 0;
 }
 
+/* The device head -> the host, unless the host's is the newer (not yet
+ * uploaded: PPO copies weights out before its first value pass). */
 static int head_down(binding *x)
 {
+	if (x->vh_stale)
+		return 0;
 	for (int k = 0; x->vh && k < 2; k++)
 		if (ft_cuda_value_head_get(x->dp, k, x->vh[k].w, NULL, NULL) < 0)
 			return -1;
@@ -70,7 +75,8 @@ static void b_set_position(void *self, int64_t n)
 {
 	binding *x = self;
 	ft_cuda_set_position(x->dm, n);
-	ft_model_set_dropout_position(x->m, n);   /* as b_logps_fwd keeps it */
+	ft_model_set_dropout_position(x->m, n);
+	x->calls = n;
 }
 
 static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm, double *gnorm)
@@ -130,6 +136,9 @@ static int b_state_out(void *self, ft_adamw *opt)
 	binding *x = self;
 	if (ft_cuda_copy_weights_to_host(x->dm) < 0 || head_down(x) < 0)
 		return -1;
+	/* the host model's dropout position is the device's: GRPO's and
+	 * PPO's checkpoints read it there (ft_model_dropout_position) */
+	ft_model_set_dropout_position(x->m, (uint64_t)x->calls);
 	if (opt) {
 		x->out = opt;
 		ft_adamw_set_fetch(opt, dev_moments, x);
@@ -163,14 +172,22 @@ static size_t b_peak(void *self) { return ft_cuda_peak_bytes(((binding *)self)->
 
 /* ---- the model_pref.h operations ---- */
 
+/* Each training forward draws the next dropout masks on the device: the
+ * count kept here reaches the host model at state_out only.  Advancing
+ * the host's own count per forward would advance it twice where the
+ * device computes with the host model itself (the fake backend,
+ * tests/emu/fake_backend.c) and shift every later mask there. */
+static void follow_position(binding *x, int train)
+{
+	if (train)
+		x->calls++;
+}
+
 static int b_logps_fwd(void *self, const ft_batch *b, int train, float *lp, float *lmean)
 {
 	binding *x = self;
 	ft_cuda_batch c = ft_cuda_batch_of(b);
-	/* the host model's dropout position follows the device's: GRPO's
-	 * checkpoints read it there (ft_model_dropout_position) */
-	if (train)
-		ft_model_set_dropout_position(x->m, ft_model_dropout_position(x->m) + 1);
+	follow_position(x, train);
 	return ft_cuda_logps_forward(x->dp, &c, train, lp, lmean);
 }
 
@@ -210,6 +227,7 @@ static int b_value_fwd(void *self, const ft_batch *b, int train, const int32_t *
 	ft_cuda_batch c = ft_cuda_batch_of(b);
 	if (head_up(x) < 0)
 		return -1;
+	follow_position(x, train);
 	return ft_cuda_value_forward(x->dp, &c, train, pos, n, p_drop, seed, score);
 }
 

@@ -249,6 +249,7 @@ static int generation(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o
 {
 	if (to_host(s, NULL) < 0)   /* m samples with the weights trained so far */
 		return -1;
+	ft_model_dora_refresh(m);   /* and DoRA's scales of them (the decoder only reads those) */
 	int G = o->num_generations, K = o->n_rewards, Nw = P * G, r0 = first_row(o);
 	g->N = Nw / world(o);
 	g->pidx = ft_xmalloc((size_t)g->N * sizeof *g->pidx);

@@ -119,19 +119,18 @@ static void batch_release(ft_batch *b)
 
 /* Old logprobs and values (train mode, as TRL's step() after
  * model.train()), reference logprobs from ref, or with the adapters off. */
-static int old_passes(ft_model *m, ft_model *ref, rollout *r, const float *vw, float vb, float pd,
-		      uint64_t seed)
+static int old_passes(const ft_pref_model *pm, const ft_pref_model *ref, rollout *r, const float *vw, float vb,
+		      float pd, uint64_t seed)
 {
 	ft_batch b = { .B = r->N, .T = r->T, .input_ids = r->ids, .labels = r->labels,
 		       .lengths = r->len };
 	ft_ppo_mask(&b, r->mask);
 	for (size_t k = 0; k < (size_t)r->N * r->T; k++) b.n_label_tokens += r->labels[k] != FT_IGNORE_INDEX;
-	if (ft_ppo_forward(m, &b, 1, vw, vb, pd, seed, r->logp, r->val) < 0) return -1;
-	float *scratch = ft_xmalloc((size_t)r->N * r->T * sizeof(float));
-	if (!ref) ft_model_set_adapters(m, 0);
-	int rc = ft_ppo_forward(ref ? ref : m, &b, 0, vw, vb, 0, 0, r->ref, scratch);
-	if (!ref) ft_model_set_adapters(m, 1);
-	free(scratch);
+	if (ft_ppo_forward_on(pm, &b, 1, vw, vb, pd, seed, r->logp, r->val) < 0) return -1;
+	/* the reference's log-probs only (its values would be unused) */
+	if (!ref) pm->set_adapters(pm->base.self, 0);
+	int rc = ft_ppo_forward_on(ref ? ref : pm, &b, 0, vw, vb, 0, 0, r->ref, NULL);
+	if (!ref) pm->set_adapters(pm->base.self, 1);
 	return rc;
 }
 
@@ -146,6 +145,7 @@ typedef struct {
 	double loss_sum, reward_sum;
 	int n_logged;
 	ft_rng rng;
+	ft_pref_model pm, rm;    /* the policy's and the reference's operations (rm: with o->ref) */
 } loop_state;
 
 /* The 14 mini-batch statistics (means over the step's mini-batches, as
@@ -214,7 +214,7 @@ static void stats_add(double *acc, const ft_ppo_loss_stats *s, double entropy)
 
 /* One mini-batch: forward, loss, backward (scaled 1/grad_accum as
  * accelerate's backward under accumulate()). */
-static int minibatch(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const rollout *r,
+static int minibatch(loop_state *s, const ft_ppo_loop_opts *o, const rollout *r,
 		     const int64_t *rows, int n, double *acc, uint64_t seed)
 {
 	size_t cnt = (size_t)n * r->T;
@@ -228,9 +228,10 @@ static int minibatch(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, cons
 	sub_batch(r, rows, n, &b, src, dst, 5);
 	ft_ppo_loss_stats st;
 	float *vw = s->vh[0].w, vb = s->vh[1].w[0];
-	ft_model_set_logp_entropy(m, ent);
-	int rc = ft_ppo_forward(m, &b, 1, vw, vb, o->value_dropout, seed, lp, vp);
-	ft_model_set_logp_entropy(m, NULL);
+	const ft_pref_model *pm = &s->pm;
+	pm->set_logp_entropy(pm->base.self, ent);
+	int rc = ft_ppo_forward_on(pm, &b, 1, vw, vb, o->value_dropout, seed, lp, vp);
+	pm->set_logp_entropy(pm->base.self, NULL);
 	if (rc == 0) {
 		cols_drop(lp, n, r->T);
 		cols_drop(vp, n, r->T);
@@ -246,7 +247,7 @@ static int minibatch(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, cons
 		cols_add(dl, n, r->T);
 		cols_add(dv, n, r->T);
 		double dvb = 0;
-		rc = ft_ppo_backward(m, &b, vw, vb, o->value_dropout, seed, dl, dv, s->vh[0].g, &dvb);
+		rc = ft_ppo_backward_on(pm, &b, vw, vb, o->value_dropout, seed, dl, dv, s->vh[0].g, &dvb);
 		s->vh[1].g[0] += (float)dvb;
 	}
 	batch_release(&b);
@@ -254,11 +255,24 @@ static int minibatch(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, cons
 	return rc;
 }
 
-static void zero_grads(ft_model *m, loop_state *s)
+static void zero_grads(loop_state *s)
 {
-	ft_model_zero_grad(m);
+	s->pm.base.zero_grad(s->pm.base.self);
 	memset(s->vh[0].g, 0, s->vh[0].n * sizeof(float));
 	s->vh[1].g[0] = 0;
+}
+
+/* One AdamW step, clipping only the run's first (see update()); on the
+ * device when the binding steps itself (max_grad_norm 0: norm only). */
+static int opt_step(loop_state *s, const ft_ppo_loop_opts *o, double lr)
+{
+	double clip = o->max_grad_norm > 0 && !s->clipped ? o->max_grad_norm : 0, gn;
+	s->clipped = 1;
+	if (s->pm.base.step)
+		return s->pm.base.step(s->pm.base.self, &o->adamw, lr, clip, &gn) < 0 ? -1 : 0;
+	if (clip > 0) ft_clip_grad_norm(s->ps, s->np, clip);
+	ft_adamw_step(s->opt, lr);
+	return 0;
 }
 
 /* ppo_epochs epochs, each a permutation cut into backward batches of
@@ -268,7 +282,7 @@ static void zero_grads(ft_model *m, loop_state *s)
  * model.parameters())`, an iterator that its first clip_grad_norm_
  * consumes, so every later clip sees no parameters (measured with TRL
  * 0.9.6 itself: tests/reference/make_ppo_step_fixture.py). */
-static int update(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const rollout *r, double lr,
+static int update(loop_state *s, const ft_ppo_loop_opts *o, const rollout *r, double lr,
 		  double *acc, int *nmb)
 {
 	int64_t *perm = ft_xmalloc((size_t)r->N * sizeof *perm);
@@ -283,17 +297,15 @@ static int update(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const r
 			for (int i = 0; i < r->N; i++) perm[i] = i;
 			ft_shuffle_i64(&s->rng, perm, (size_t)r->N);
 		}
-		zero_grads(m, s);
+		zero_grads(s);
 		int k = 0;
 		for (int i = 0; i < r->N && rc == 0; i += o->batch_size) {
 			int n = r->N - i < o->batch_size ? r->N - i : o->batch_size;
-			rc = minibatch(m, s, o, r, perm + i, n, acc, ft_rng_next(&s->rng));
+			rc = minibatch(s, o, r, perm + i, n, acc, ft_rng_next(&s->rng));
 			(*nmb)++;
 			if (rc == 0 && ++k % o->grad_accum == 0) {
-				if (o->max_grad_norm > 0 && !s->clipped) ft_clip_grad_norm(s->ps, s->np, o->max_grad_norm);
-				s->clipped = 1;
-				ft_adamw_step(s->opt, lr);
-				zero_grads(m, s);
+				rc = opt_step(s, o, lr);
+				zero_grads(s);
 			}
 		}
 	}
@@ -326,19 +338,30 @@ static void write_log(const ft_ppo_loop_opts *o, loop_state *s, double lr, const
 	s->n_logged = 0;
 }
 
+/* A binding that steps itself: its trainable weights and value head
+ * (and, with opt, AdamW's moments and step) into m, vw and vb. */
+static int to_host(loop_state *s, ft_adamw *opt)
+{
+	return s->pm.base.state_out ? s->pm.base.state_out(s->pm.base.self, opt) : 0;
+}
+
 /* One PPO step on the rows q[0..N), prompts qi[0..N) of the run's array. */
 static int ppo_step(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const ft_i32vec *q,
 		    const size_t *qi, int N, ft_ppo_klctl *kl, ft_ppo_moments *mom)
 {
 	ft_i32vec *a = ft_xcalloc((size_t)N, sizeof *a);
 	rollout r = { 0 };
-	int rc = o->generate(o->gen_ctx, m, q, (size_t)N, o->seed + (uint64_t)s->step * 1000003u, a);
+	int rc = to_host(s, NULL);   /* m samples with the weights trained so far */
+	if (rc == 0) ft_model_dora_refresh(m);   /* and DoRA's scales of them (the decoder only reads those) */
+	if (rc == 0) rc = o->generate(o->gen_ctx, m, q, (size_t)N, o->seed + (uint64_t)s->step * 1000003u, a);
 	if (rc == 0) {
 		for (int i = 0; i < N; i++) fix_response(o, &a[i]);
 		rollout_grid(&r, o, q, a, N);
 		rc = o->score(o->score_ctx, qi, q, a, (size_t)N, r.score);
 	}
-	if (rc == 0) rc = old_passes(m, o->ref, &r, s->vh[0].w, s->vh[1].w[0], o->value_dropout, ft_rng_next(&s->rng));
+	if (rc == 0)
+		rc = old_passes(&s->pm, o->ref ? &s->rm : NULL, &r, s->vh[0].w, s->vh[1].w[0], o->value_dropout,
+				ft_rng_next(&s->rng));
 	if (rc == 0) {
 		r.Tc = r.T - 1;
 		float *g[] = { r.logp, r.ref, r.val, r.mask };
@@ -355,7 +378,7 @@ static int ppo_step(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const
 	double v[NSTAT] = { 0 };
 	int nmb = 0;
 	double lr = ft_sched_lr(&o->sched, s->step);
-	if (rc == 0) rc = update(m, s, o, &r, lr, v, &nmb);
+	if (rc == 0) rc = update(s, o, &r, lr, v, &nmb);
 	if (rc == 0) {
 		for (int k = 0; k < NMB; k++) v[k] /= nmb ? nmb : 1;
 		step_stats(&r, q, a, klv, kl->value, v);
@@ -436,13 +459,22 @@ static json_t *state_json(ft_model *m, const loop_state *s, const ft_ppo_loop_op
 	return j;
 }
 
-/* checkpoint-<step>: the caller's model files, optimizer.safetensors, ppo_state.json */
+/* ftp_rl_ckpt's extra: a device's fp16 loss scaler (scaler.json) */
+static int save_scaler(void *ctx, const char *dir)
+{
+	const ft_train_model *t = ctx;
+	return t->ckpt_save ? t->ckpt_save(t->self, dir) : 0;
+}
+
+/* checkpoint-<step>: the caller's model files, optimizer.safetensors, ppo_state.json
+ * (a device's weights, head and moments copied out first) */
 static int ckpt_save(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const ft_ppo_klctl *kl,
 		     const ft_ppo_moments *mom, int N)
 {
+	if (to_host(s, s->opt) < 0) return -1;
 	ftp_rl_ckpt c = { .output_dir = o->output_dir, .step = s->step, .save_total_limit = o->save_total_limit,
 			  .save_model = o->save_model, .save_ctx = o->save_ctx, .opt = s->opt,
-			  .state_name = "ppo_state.json" };
+			  .state_name = "ppo_state.json", .extra = save_scaler, .extra_ctx = &s->pm.base };
 	return ftp_rl_ckpt_save(&c, state_json(m, s, o, kl, mom, N));
 }
 
@@ -489,6 +521,12 @@ static int ckpt_load(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, ft_p
 	char *f = ft_xasprintf("%s/optimizer.safetensors", o->resume_dir);
 	rc = ft_adamw_load(s->opt, f);   /* the weights, the value head's too, and the moments */
 	free(f);
+	ft_train_model *t = &s->pm.base;   /* then onto the device */
+	if (rc == 0 && t->state_in) {
+		rc = t->state_in(t->self, s->opt);
+		t->set_position(t->self, (int64_t)drop);
+	}
+	if (rc == 0 && t->ckpt_load) rc = t->ckpt_load(t->self, o->resume_dir);
 out:
 	json_decref(j);
 	return rc;
@@ -498,6 +536,8 @@ int ft_ppo_train(ft_model *m, const ft_i32vec *prompts, size_t n, float *vw, flo
 		 const ft_ppo_loop_opts *o)
 {
 	if (n == 0) return ft_fail("no prompts");
+	if (o->policy && o->policy->base.step && !o->policy->own_value_head)
+		return ft_fail("PPO: a policy that steps itself must keep the value head");
 	loop_state s;
 	memset(&s, 0, sizeof s);
 	ft_rng_seed(&s.rng, o->seed);
@@ -513,6 +553,9 @@ int ft_ppo_train(ft_model *m, const ft_i32vec *prompts, size_t n, float *vw, flo
 	s.ps[s.np++] = &s.vh[0];
 	s.ps[s.np++] = &s.vh[1];
 	s.opt = ft_adamw_new(s.ps, s.np, &o->adamw);
+	s.pm = o->policy ? *o->policy : ft_pref_model_of(m);
+	if (o->ref) s.rm = o->ref_ops ? *o->ref_ops : ft_pref_model_of(o->ref);
+	if (s.pm.own_value_head) s.pm.own_value_head(s.pm.base.self, s.vh);
 	ft_ppo_klctl kl;
 	ft_ppo_klctl_init(&kl, &o->ppo);
 	ft_ppo_moments mom;
@@ -531,6 +574,7 @@ int ft_ppo_train(ft_model *m, const ft_i32vec *prompts, size_t n, float *vw, flo
 		if (rc == 0 && o->save_steps > 0 && o->save_model && s.step % o->save_steps == 0)
 			rc = ckpt_save(m, &s, o, &kl, &mom, N);
 	}
+	if (rc == 0) rc = to_host(&s, NULL);   /* the trained weights and head, for the caller's outputs */
 	free(q);
 	free(qi);
 	ft_adamw_free(s.opt);

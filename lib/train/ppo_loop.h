@@ -18,6 +18,7 @@
 #include "train/lr_sched.h"
 #include "train/optim.h"
 #include "train/ppo.h"
+#include "train/pref.h"
 #include "util/vec.h"
 
 /* scores[i] of prompts[i] + responses[i], i < n; prompt_idx[i] is the
@@ -75,6 +76,14 @@ typedef struct {
 	 * (T = the longest prompt + response - 1): mask, advantages, returns. */
 	void (*inspect)(void *ctx, int N, int T, const float *mask, const float *adv, const float *ret);
 	void *inspect_ctx;
+	/* The policy's and the reference's model operations (train/pref.h);
+	 * NULL: the CPU models', ft_pref_model_of(m) and of ref.  A binding
+	 * that steps itself (base.step: a device's, train/cuda_pref.h) must
+	 * keep the value head (own_value_head: it gets the loop's head
+	 * tensors over vw and vb), runs clipping and AdamW there and copies
+	 * its weights and head into m, vw and vb (base.state_out) before
+	 * each generation, each checkpoint and at the end. */
+	const ft_pref_model *policy, *ref_ops;
 } ft_ppo_loop_opts;
 
 /* prompts: n of them, read in order, reused cyclically as

@@ -1,7 +1,7 @@
 /* ppo_model.c - PPO's forward and backward passes (ppo_model.h) over
- * model_pref.h's log-probabilities and value head. */
+ * ft_pref_model's log-probabilities and value head (train/pref.h: the
+ * CPU model's model_pref.h calls, or a device binding's). */
 #include "train/ppo_model.h"
-#include "model/model_pref.h"
 #include "util/error.h"
 
 #include <stdlib.h>
@@ -22,32 +22,49 @@ static int32_t *all_positions(int n)
 	return pos;
 }
 
-int ft_ppo_forward(ft_model *m, const ft_batch *b, int train, const float *vw, float vb,
-		   float p_drop, uint64_t seed, float *logp, float *values)
+int ft_ppo_forward_on(const ft_pref_model *pm, const ft_batch *b, int train, const float *vw, float vb,
+		      float p_drop, uint64_t seed, float *logp, float *values)
 {
 	int n = b->B * b->T;
-	if (ft_model_logps_forward(m, b, train, logp, NULL) < 0) return -1;
+	void *m = pm->base.self;
+	if (pm->logps_forward(m, b, train, logp, NULL) < 0) return -1;
+	if (!values) return 0;
 	int32_t *pos = all_positions(n);
-	float *hd = ft_xmalloc((size_t)n * ft_model_config(m)->hidden_size * sizeof *hd);
-	int rc = ft_model_value_forward(m, b, train, pos, n, vw, vb, p_drop, seed, hd, values);
+	float *hd = ft_xmalloc((size_t)n * pm->hidden_size * sizeof *hd);
+	int rc = pm->value_forward(m, b, train, pos, n, vw, vb, p_drop, seed, hd, values);
 	free(hd);
 	free(pos);
 	return rc;
 }
 
-int ft_ppo_backward(ft_model *m, const ft_batch *b, const float *vw, float vb, float p_drop,
-		    uint64_t seed, const float *dlogp, const float *dvalues, float *dvw, double *dvb)
+int ft_ppo_backward_on(const ft_pref_model *pm, const ft_batch *b, const float *vw, float vb, float p_drop,
+		       uint64_t seed, const float *dlogp, const float *dvalues, float *dvw, double *dvb)
 {
 	int n = b->B * b->T;
+	void *m = pm->base.self;
 	float *scratch = ft_xmalloc((size_t)n * sizeof *scratch);
-	int rc = ft_model_logps_forward(m, b, 1, scratch, NULL);
-	if (rc == 0) rc = ft_model_logps_backward(m, b, dlogp);
+	int rc = pm->logps_forward(m, b, 1, scratch, NULL);
+	if (rc == 0) rc = pm->logps_backward(m, b, dlogp);
 	int32_t *pos = all_positions(n);
-	float *hd = ft_xmalloc((size_t)n * ft_model_config(m)->hidden_size * sizeof *hd);
-	if (rc == 0) rc = ft_model_value_forward(m, b, 1, pos, n, vw, vb, p_drop, seed, hd, scratch);
-	if (rc == 0) rc = ft_model_value_backward(m, b, pos, n, vw, p_drop, seed, hd, dvalues, dvw, dvb);
+	float *hd = ft_xmalloc((size_t)n * pm->hidden_size * sizeof *hd);
+	if (rc == 0) rc = pm->value_forward(m, b, 1, pos, n, vw, vb, p_drop, seed, hd, scratch);
+	if (rc == 0) rc = pm->value_backward(m, b, pos, n, vw, p_drop, seed, hd, dvalues, dvw, dvb);
 	free(hd);
 	free(pos);
 	free(scratch);
 	return rc;
+}
+
+int ft_ppo_forward(ft_model *m, const ft_batch *b, int train, const float *vw, float vb,
+		   float p_drop, uint64_t seed, float *logp, float *values)
+{
+	ft_pref_model pm = ft_pref_model_of(m);
+	return ft_ppo_forward_on(&pm, b, train, vw, vb, p_drop, seed, logp, values);
+}
+
+int ft_ppo_backward(ft_model *m, const ft_batch *b, const float *vw, float vb, float p_drop,
+		    uint64_t seed, const float *dlogp, const float *dvalues, float *dvw, double *dvb)
+{
+	ft_pref_model pm = ft_pref_model_of(m);
+	return ft_ppo_backward_on(&pm, b, vw, vb, p_drop, seed, dlogp, dvalues, dvw, dvb);
 }

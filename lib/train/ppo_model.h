@@ -13,12 +13,14 @@
 #define FT_PPO_MODEL_H
 
 #include "model/model.h"
+#include "train/pref.h"
 
 /* The response mask [B*T] of a batch (1 where labels[t+1] != -100). */
 void ft_ppo_mask(const ft_batch *b, float *mask);
 
-/* logp and values [B*T] (0 off the mask for logp).  train: dropout on;
- * the value head's dropout p_drop with mask seed (TRL's ValueHead). */
+/* logp and values [B*T] (0 off the mask for logp; values NULL: no value
+ * pass, as for the reference).  train: dropout on; the value head's
+ * dropout p_drop with mask seed (TRL's ValueHead). */
 int ft_ppo_forward(ft_model *m, const ft_batch *b, int train, const float *vw, float vb,
 		   float p_drop, uint64_t seed, float *logp, float *values);
 
@@ -29,5 +31,13 @@ int ft_ppo_forward(ft_model *m, const ft_batch *b, int train, const float *vw, f
  * between them where TRL has one pass; equal when dropout is 0. */
 int ft_ppo_backward(ft_model *m, const ft_batch *b, const float *vw, float vb, float p_drop,
 		    uint64_t seed, const float *dlogp, const float *dvalues, float *dvw, double *dvb);
+
+/* The same over any model's operations (train/pref.h): a binding that
+ * keeps the value head (own_value_head, a device's) ignores vw, vb, dvw
+ * and dvb and accumulates the head's gradient itself. */
+int ft_ppo_forward_on(const ft_pref_model *pm, const ft_batch *b, int train, const float *vw, float vb,
+		      float p_drop, uint64_t seed, float *logp, float *values);
+int ft_ppo_backward_on(const ft_pref_model *pm, const ft_batch *b, const float *vw, float vb, float p_drop,
+		       uint64_t seed, const float *dlogp, const float *dvalues, float *dvw, double *dvb);
 
 #endif

@@ -352,3 +352,56 @@ killer() {
 	jq -e '.prompt | test("What is [0-9]\\+[0-9]\\?")' out/adapter/completions.jsonl >/dev/null
 	[ "$(jq -r '."rewards/acc/mean" | type' out/adapter/trainer_log.jsonl | sort -u)" = number ]
 }
+
+# the names of the adapter's DoRA magnitudes (its safetensors header)
+magnitudes() {
+	local f=$1/adapter_model.safetensors
+	tail -c +9 "$f" | head -c "$(od -An -t u8 -N8 "$f" | tr -d ' ')" |
+		jq '[keys[] | select(endswith(".lora_magnitude_vector"))] | length'
+}
+
+@test "grpo: --use_dora trains a DoRA adapter; it starts as the base, so the first step's KL to the reference is 0" {
+	need_jq
+	grpo --output_dir d --reward_funcs "$(count 97)" --beta 0.04 --log_completions true --use_dora true
+	grpo --output_dir l --reward_funcs "$(count 97)" --beta 0.04 --log_completions true
+	[ "$(jq .use_dora d/adapter_config.json)" = true ]
+	[ "$(magnitudes d)" = 14 ]   # the 7 linears (lora_target all, the default) of 2 layers
+	[ "$(jq -s '.[0].kl' d/trainer_log.jsonl)" = 0 ]
+	# the first completions are the base's either way; the updates differ
+	# (the KL after two of them)
+	cmp <(jq -c 'select(.step == 0)' d/completions.jsonl) <(jq -c 'select(.step == 0)' l/completions.jsonl)
+	[ "$(jq -s '.[2].kl' d/trainer_log.jsonl)" != "$(jq -s '.[2].kl' l/trainer_log.jsonl)" ]
+	# sampling reads DoRA's scales of the weights trained so far: a run
+	# resumed from checkpoint-2 (scales made afresh from the loaded adapter)
+	# draws the uninterrupted run's completions
+	args=(--reward_funcs "$(count 97)" --beta 0.04 --log_completions true --use_dora true --save_steps 2
+		--max_steps 4 --learning_rate 1e-2)
+	grpo --output_dir U "${args[@]}"
+	mkdir K && cp -r U/checkpoint-2 K/ && cp U/trainer_log.jsonl U/completions.jsonl K/
+	grpo --output_dir K "${args[@]}" --resume_from_checkpoint true
+	cmp U/completions.jsonl K/completions.jsonl
+	cmp U/trainer_log.jsonl K/trainer_log.jsonl
+}
+
+# the optimizer extras and PiSSA: refused (tools/ft-train/rl_args.c), one each
+@test "grpo: refuses PiSSA and each optimizer choice the GRPO loop does not step" {
+	run grpo --output_dir a --reward_funcs "$ONE" --pissa_init true
+	[ "$status" -eq 2 ]; assert_output --partial "--pissa_init: PiSSA cannot be used for --stage grpo"
+	run grpo --output_dir a --reward_funcs "$ONE" --pissa_convert true
+	[ "$status" -eq 2 ]; assert_output --partial "--pissa_convert: PiSSA cannot be used for --stage grpo"
+	run grpo --output_dir a --reward_funcs "$ONE" --loraplus_lr_ratio 4
+	[ "$status" -eq 2 ]; assert_output --partial "--loraplus_lr_ratio: --stage grpo steps plain AdamW"
+	run grpo --output_dir a --reward_funcs "$ONE" --use_muon true
+	[ "$status" -eq 2 ]; assert_output --partial "--use_muon: --stage grpo steps plain AdamW"
+	run grpo --output_dir a --reward_funcs "$ONE" --finetuning_type full --use_galore true
+	[ "$status" -eq 2 ]; assert_output --partial "--use_galore: --stage grpo steps plain AdamW"
+	run grpo --output_dir a --reward_funcs "$ONE" --finetuning_type full --use_apollo true
+	[ "$status" -eq 2 ]; assert_output --partial "--use_apollo: --stage grpo steps plain AdamW"
+	run grpo --output_dir a --reward_funcs "$ONE" --finetuning_type full --use_badam true
+	[ "$status" -eq 2 ]; assert_output --partial "--use_badam: --stage grpo steps plain AdamW"
+	run grpo --output_dir a --reward_funcs "$ONE" --finetuning_type full --use_adam_mini true
+	[ "$status" -eq 2 ]; assert_output --partial "--use_adam_mini (--optim adam_mini): --stage grpo steps plain AdamW"
+	run grpo --output_dir a --reward_funcs "$ONE" --finetuning_type full --optim adam_mini
+	[ "$status" -eq 2 ]; assert_output --partial "--use_adam_mini (--optim adam_mini): --stage grpo steps plain AdamW"
+	[ ! -e a ]
+}

@@ -214,9 +214,10 @@ ppo() {
 	run ppo --output_dir a --reward_model_type api --reward_model cat --ppo_buffer_size 0
 	[ "$status" -eq 2 ]
 	assert_output --partial "--ppo_buffer_size must be >= 1"
-	run ppo --output_dir a --reward_model_type api --reward_model cat --device cuda
-	[ "$status" -eq 2 ]
-	assert_output --partial "runs on the CPU only"
+	# --device cuda runs on the device (tests/bats/ft-train-rl-emu.bats); without one it says why
+	FT_CUDA_LIB=/nonexistent/libft_cuda.so run ppo --output_dir a --reward_model_type api --reward_model cat --device cuda
+	[ "$status" -eq 1 ]
+	assert_output --partial "FT_CUDA_LIB=/nonexistent/libft_cuda.so: no such file"
 	run ppo --output_dir a --reward_model_type api --reward_model cat --reward_model_adapters x
 	[ "$status" -eq 2 ]
 	assert_output --partial "only --reward_model_type full uses them"
@@ -238,4 +239,68 @@ ppo() {
 	[ "$status" -eq 2 ]
 	assert_output --partial "only --stage ppo uses it"
 	[ ! -e a/adapter_model.safetensors ]
+}
+
+# the names of the adapter's DoRA magnitudes (its safetensors header)
+magnitudes() {
+	local f=$1/adapter_model.safetensors
+	tail -c +9 "$f" | head -c "$(od -An -t u8 -N8 "$f" | tr -d ' ')" |
+		jq '[keys[] | select(endswith(".lora_magnitude_vector"))] | length'
+}
+
+@test "ppo: --use_dora trains a DoRA adapter; it starts as the base, so the first step's KL to the reference is 0" {
+	need_jq
+	ppo --output_dir d --reward_model_type api --reward_model "$REWARD" --use_dora true
+	ppo --output_dir l --reward_model_type api --reward_model "$REWARD"
+	[ "$(jq .use_dora d/adapter_config.json)" = true ]
+	[ "$(magnitudes d)" = 14 ]   # the 7 linears (lora_target all, the default) of 2 layers
+	[ "$(jq -s '.[0]."objective/kl"' d/trainer_log.jsonl)" = 0 ]
+	# the magnitudes train: other updates than plain LoRA's
+	[ "$(jq -s '.[0].loss' d/trainer_log.jsonl)" != "$(jq -s '.[0].loss' l/trainer_log.jsonl)" ]
+	# sampling reads DoRA's scales of the weights trained so far: a run
+	# resumed from checkpoint-2 (scales made afresh from the loaded adapter)
+	# draws the uninterrupted run's responses
+	args=(--output_dir A --reward_model_type api --reward_model "$REWARD" --do_sample true --max_steps 4
+		--save_steps 2 --seed 5 --use_dora true)
+	ppo "${args[@]}"
+	mkdir B && cp -r A/checkpoint-2 B/ && cp A/trainer_log.jsonl B/
+	ppo "${args[@]/#A/B}" --resume_from_checkpoint true
+	cmp A/trainer_log.jsonl B/trainer_log.jsonl
+	cmp A/adapter_model.safetensors B/adapter_model.safetensors
+}
+
+# the optimizer extras and PiSSA: refused (tools/ft-train/rl_args.c), one each
+@test "ppo: refuses PiSSA and each optimizer choice the PPO loop does not step" {
+	api=(--output_dir a --reward_model_type api --reward_model cat)
+	run ppo "${api[@]}" --pissa_init true
+	[ "$status" -eq 2 ]; assert_output --partial "--pissa_init: PiSSA cannot be used for --stage ppo"
+	run ppo "${api[@]}" --pissa_convert true
+	[ "$status" -eq 2 ]; assert_output --partial "--pissa_convert: PiSSA cannot be used for --stage ppo"
+	run ppo "${api[@]}" --loraplus_lr_ratio 4
+	[ "$status" -eq 2 ]; assert_output --partial "--loraplus_lr_ratio: --stage ppo steps plain AdamW"
+	run ppo "${api[@]}" --use_muon true
+	[ "$status" -eq 2 ]; assert_output --partial "--use_muon: --stage ppo steps plain AdamW"
+	run ppo "${api[@]}" --finetuning_type full --use_galore true
+	[ "$status" -eq 2 ]; assert_output --partial "--use_galore: --stage ppo steps plain AdamW"
+	run ppo "${api[@]}" --finetuning_type full --use_apollo true
+	[ "$status" -eq 2 ]; assert_output --partial "--use_apollo: --stage ppo steps plain AdamW"
+	run ppo "${api[@]}" --finetuning_type full --use_badam true
+	[ "$status" -eq 2 ]; assert_output --partial "--use_badam: --stage ppo steps plain AdamW"
+	run ppo "${api[@]}" --finetuning_type full --use_adam_mini true
+	[ "$status" -eq 2 ]; assert_output --partial "--use_adam_mini (--optim adam_mini): --stage ppo steps plain AdamW"
+	run ppo "${api[@]}" --finetuning_type full --optim adam_mini
+	[ "$status" -eq 2 ]; assert_output --partial "--use_adam_mini (--optim adam_mini): --stage ppo steps plain AdamW"
+	[ ! -e a ]
+}
+
+# LLaMA-Factory's ppo_train never runs Trainer.train, NEFTune's switch
+@test "ppo: --neftune_noise_alpha is ignored with a note, as in LLaMA-Factory: the same run as without it" {
+	ppo --output_dir a --reward_model_type api --reward_model "$REWARD"
+	run --separate-stderr ft-train --stage ppo --model_name_or_path "$LLAMA" --train ppo.zst --do_sample false \
+		--max_new_tokens 6 --max_steps 3 --logging_steps 1 --learning_rate 1e-3 --output_dir b \
+		--reward_model_type api --reward_model "$REWARD" --neftune_noise_alpha 5
+	[ "$status" -eq 0 ]
+	[[ "$stderr" == *"note: --neftune_noise_alpha is ignored by --stage ppo, as in LLaMA-Factory"* ]]
+	cmp a/trainer_log.jsonl b/trainer_log.jsonl
+	cmp a/adapter_model.safetensors b/adapter_model.safetensors
 }

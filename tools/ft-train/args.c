@@ -296,5 +296,6 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 		die_usage("--zero %d: only ZeRO stage 1 (sharded optimizer state) is implemented", c->zero);
 	if (c->zero != 0 && c->zero != 1) die_usage("--zero: %d is not a ZeRO stage (0 or 1)", c->zero);
 	ft_train_extras_parse(a, c);
+	rl_args_check(c);
 	fp8_args_parse(a, c);
 }

@@ -149,18 +149,26 @@ void move_outputs(const char *from_dir, const char *output_dir);
 int device_pick(ft_cli_args *c, ft_model *m, int *index);
 /* "cuda:0 (NAME), bf16": the device as the logs name it */
 void device_desc(const ft_cli_args *c, int idx, char *desc, size_t n);
-/* rl_device.c: --stage grpo's models on the device (none on the CPU):
+/* rl_device.c: --stage grpo's and ppo's models on the device (none on the CPU):
  * on 0 (CPU), 1 (the policy), 2 (and a reference of its own) */
 typedef struct {
 	int on;
 	ft_pref_model pm, rpm;
 	char desc[512];
 } rl_device;
-/* 1 when --device puts the policy (and ref, NULL: none) on the GPU,
- * planned for micro-batches of rows x max_seq tokens; 0 on the CPU. */
-int rl_device_bind(ft_cli_args *c, ft_model *m, ft_model *ref, int rows, int max_seq, rl_device *d);
+/* 1 when --device puts the policy (value_head: with one, PPO's) and ref
+ * (NULL: none) on the GPU, planned for micro-batches of rows x max_seq
+ * tokens; 0 on the CPU. */
+int rl_device_bind(ft_cli_args *c, ft_model *m, ft_model *ref, int value_head, int rows, int max_seq,
+		   rl_device *d);
+/* The longest of n prompts (at least 1): with the completion length, the
+ * device's row length. */
+int rl_longest(const ft_i32vec *q, size_t n);
 /* The peak memory and fp16 notes, then the bindings freed. */
 void rl_device_end(const ft_cli_args *c, rl_device *d);
+/* rl_args.c: --stage ppo's and grpo's refusals of the optimizer extras
+ * and PiSSA, ppo's NEFTune note (after ft_train_extras_parse) */
+void rl_args_check(ft_cli_args *c);
 /* grpo.c: --stage grpo (docs/GRPO.md) on ppo prompt batches */
 int grpo_known_key(const char *k);
 void grpo_args_parse(ft_lfargs *a, ft_cli_args *c);

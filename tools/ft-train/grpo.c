@@ -417,15 +417,6 @@ static FILE *open_completions(const ft_cli_args *c, int resume, int64_t from)
 	return fp;
 }
 
-/* The longest prompt: with max_completion_length, the device's rows. */
-static int longest(const ft_i32vec *q, size_t n)
-{
-	size_t l = 1;
-	for (size_t i = 0; i < n; i++)
-		if (q[i].n > l) l = q[i].n;
-	return (int)l;
-}
-
 /* The reference when beta != 0 (pref_rl_ref). */
 static ft_model *open_ref(const ft_cli_args *c, const ft_model *m)
 {
@@ -560,7 +551,7 @@ int grpo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manif
 	o.score = score;
 	o.score_ctx = &R;
 	rl_device dev;
-	if (rl_device_bind(c, m, ref, o.batch_size, longest(q, n) + P.max_completion_length, &dev)) {
+	if (rl_device_bind(c, m, ref, 0, o.batch_size, rl_longest(q, n) + P.max_completion_length, &dev)) {
 		o.policy = &dev.pm;
 		o.ref_ops = dev.on == 2 ? &dev.rpm : NULL;
 	}

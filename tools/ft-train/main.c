@@ -120,7 +120,7 @@ static const char usage[] =
 "  --ref_model DIR [--ref_model_adapters DIR[,DIR]]  the reference (default: LoRA\n"
 "                             with its adapters disabled; full/freeze: the base)\n"
 "  --do_predict               rm: score the --val pairs into generated_predictions.jsonl\n"
-"PPO (--stage ppo, LoRA, freeze or full policy, on the CPU; docs/PPO.md):\n"
+"PPO (--stage ppo, LoRA, freeze or full policy, on the CPU or --device cuda; docs/PPO.md):\n"
 "  --reward_model_type api --reward_model 'CMD'  JSON lines in, one number per line out\n"
 "  --reward_model_type lora --reward_model DIR   an rm adapter with value_head.safetensors\n"
 "                             (over the LoRA policy's own base weights)\n"
@@ -653,6 +653,7 @@ int main(int argc, char **argv)
 		if (!c.do_train || c.n_val) die_usage("--stage %s trains (no --do_eval, --val or --do_predict)", c.stage);
 		if (ft_dist_size(dist) > 1 && ppo_stage(&c))
 			die_usage("--stage ppo runs in one process (not under mpirun -np N)");
+		ft_train_extras_model(&c, m);   /* DoRA (rl_args.c refuses the rest) */
 		rc_ppo = grpo_stage(&c) ? grpo_run(&c, m, &train, &tm_) : ppo_run(&c, m, &train, &tm_);
 		train.close(train.self);
 		ft_model_free(m);

@@ -72,9 +72,6 @@ void ppo_args_parse(ft_lfargs *a, ft_cli_args *c)
 	if (c->tune.type != FT_FT_LORA && c->from_scratch)
 		die_usage("--stage ppo --train_from_scratch --finetuning_type %s: the reference would be "
 			  "the base, which is random here", c->tune.type == FT_FT_FULL ? "full" : "freeze");
-	if (!strncmp(c->device, "cuda", 4))
-		die_usage("--device %s: --stage ppo runs on the CPU only in this ft-train (--device cpu)",
-			  c->device);
 	P.reward_model = ft_lfargs_get(a, "reward_model", NULL);
 	if (!P.reward_model)
 		die_usage("--stage ppo needs --reward_model (an rm adapter directory with "
@@ -420,9 +417,15 @@ int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manife
 	char *logp = ft_xasprintf("%s/trainer_log.jsonl", c->output_dir);
 	o.log = ft_train_log_open(c->output_dir, o.resume_dir != NULL, from);
 	if (!o.log) die("%s", ft_errmsg());
+	rl_device dev;   /* the old passes take the whole rollout: N rows */
+	if (rl_device_bind(c, m, ref, 1, (int)N, rl_longest(q, n) + P.max_new_tokens, &dev)) {
+		o.policy = &dev.pm;
+		o.ref_ops = dev.on == 2 ? &dev.rpm : NULL;
+	}
 	int rc = ft_ppo_train(m, q, n, vw, &vb, &o);
 	fclose(o.log);
 	if (rc < 0) die("--stage ppo: %s", ft_errmsg());
+	rl_device_end(c, &dev);
 	save_outputs(c, m, vw, D, &vb);
 	note("saved the PPO adapter and value head to %s", c->output_dir);
 	static const char *const plot_keys[] = { "loss", "reward" };   /* LLaMA-Factory's ppo workflow */

@@ -1,9 +1,10 @@
-/* rl_device.c - --stage grpo on --device cuda: the policy and its
- * reference (a model of its own: --ref_model, or the frozen base of a
- * freeze/full policy) bound as the preference stages' device models
- * (lib/train/cuda_pref.h), planned for the rollouts' micro-batches.
- * The loop (lib/train/grpo_loop.c) steps the policy there and copies
- * its weights into the host model before each generation, where the
+/* rl_device.c - --stage grpo and ppo on --device cuda: the policy (with
+ * PPO's value head) and its reference (a model of its own: --ref_model,
+ * or the frozen base of a freeze/full policy) bound as the preference
+ * stages' device models (lib/train/cuda_pref.h), planned for the
+ * rollouts' micro-batches.  The loops (lib/train/grpo_loop.c,
+ * ppo_loop.c) step the policy there and copy its weights into the host
+ * model before each generation, where the
  * CPU sampler draws the completions with the CPU path's generator and
  * seeds.  The device KV-cache decoder (lib/cuda/infer.cu) is not used
  * for the rollouts yet: it would hold a second copy of the weights,
@@ -14,7 +15,16 @@
 
 #include <string.h>
 
-int rl_device_bind(ft_cli_args *c, ft_model *m, ft_model *ref, int rows, int max_seq, rl_device *d)
+int rl_longest(const ft_i32vec *q, size_t n)
+{
+	size_t l = 1;
+	for (size_t i = 0; i < n; i++)
+		if (q[i].n > l) l = q[i].n;
+	return (int)l;
+}
+
+int rl_device_bind(ft_cli_args *c, ft_model *m, ft_model *ref, int value_head, int rows, int max_seq,
+		   rl_device *d)
 {
 	memset(d, 0, sizeof *d);
 	int idx;
@@ -24,7 +34,7 @@ int rl_device_bind(ft_cli_args *c, ft_model *m, ft_model *ref, int rows, int max
 			  c->device);
 	ft_cuda_opts o = { .precision = c->bf16 ? FT_CUDA_BF16 : c->fp16 ? FT_CUDA_F16 : FT_CUDA_F32,
 			   .device = idx, .max_tokens = rows * max_seq, .max_seq = max_seq };
-	if (ft_pref_model_of_cuda(m, &o, 0, &d->pm) < 0) die("--device %s: %s", c->device, ft_errmsg());
+	if (ft_pref_model_of_cuda(m, &o, value_head, &d->pm) < 0) die("--device %s: %s", c->device, ft_errmsg());
 	if (ref && ft_pref_model_of_cuda(ref, &o, 0, &d->rpm) < 0)
 		die("--device %s: the reference model: %s", c->device, ft_errmsg());
 	d->on = 1 + (ref != NULL);

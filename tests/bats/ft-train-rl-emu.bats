@@ -1,10 +1,12 @@
 #!/usr/bin/env bats
-# ft-train --stage grpo --device cuda on the emulated device
+# ft-train --stage grpo and --stage ppo --device cuda on the emulated device
 # (build/libft_cuda_emu.so, docs/CUDA.md "Host emulation") against the
 # CPU: the policy's log-probs at the sampling temperature, their entropies,
 # the backward pass, the device AdamW and clipping, the reference (LoRA's
 # adapters off, or a frozen copy of the base as a second device model),
-# the weights copied back for each generation and the checkpoints.
+# the weights copied back for each generation and the checkpoints; for
+# PPO also the value head (its dropout, its gradient and AdamW step on the
+# device with the model's, TRL's clipping of the first step only).
 #
 # What must be equal.  The completions are drawn on the host by the CPU
 # sampler from the host model, into which the device copies its weights
@@ -13,7 +15,9 @@
 # rewards) come out identical as long as the weights agree to far better
 # than the sampler's resolution (a uniform draw would have to fall within
 # ~1e-6 of a cumulative probability boundary to pick another token), and
-# completions.jsonl is compared byte for byte.
+# completions.jsonl is compared byte for byte (PPO writes none: what its
+# reward filter reads, every prompt and response, byte for byte, and the
+# scores and response lengths logged exactly).
 #
 # Tolerances.  The device computes in fp32 with the CPU's formulas in
 # other summation orders (block-tree reductions, fused GEMMs; see
@@ -24,7 +28,8 @@
 # unamplified except where a gradient is near 0.  Each logged number must
 # lie within 1e-4 relative or 1e-5 absolute of the CPU's (the absolute
 # part for numbers near 0: the loss of zero-mean advantages, the KL of a
-# policy that has barely moved); observed: worst 1.5e-5 relative (the full
+# policy that has barely moved, PPO's zero-mean advantages and its
+# policykl, a mean of old - new log-probs ~1e-4); observed: worst 1.5e-5 relative (the full
 # policy's KL at step 4), 3e-6 for LoRA, on
 # numbers above 1e-2.  --top_entropy_quantile is left out: each group
 # repeats its prompt, so the entropies at the prompt's last position are
@@ -63,6 +68,11 @@ gnums() { jq -r 'del(.elapsed_time, .remaining_time, .throughput) | to_entries[]
 # both A B: the same keys and completions; numbers within 1e-4 relative or 1e-5 absolute
 both() {
 	cmp "$1/completions.jsonl" "$2/completions.jsonl"
+	both_logs "$1" "$2"
+}
+
+# both_logs A B: the trainer logs alone (as both)
+both_logs() {
 	[ "$(gnums "$1/trainer_log.jsonl" | wc -l)" -gt 10 ]
 	paste -d' ' <(gnums "$1/trainer_log.jsonl") <(gnums "$2/trainer_log.jsonl") | awk '
 		$1 != $3 { print "# key " $1 " against " $3; bad = 1 }
@@ -85,6 +95,7 @@ same() {
 	same --temperature 0.7 --beta 0.04 --num_iterations 2 --max_grad_norm 0.5
 	same --gradient_accumulation_steps 2 --beta 0.04 --lora_target all --loss_type grpo
 	same --finetuning_type full --beta 0.04 --temperature 1.3
+	same --beta 0.04 --use_dora true
 	# a loss that must move: the device's KL is that of a policy that trained
 	g cuda k --beta 0.04 --temperature 0.7 --max_steps 4
 	[ "$(jq -r '.kl > 0' k/trainer_log.jsonl | tail -1)" = true ]
@@ -102,9 +113,14 @@ same() {
 	cmp U/completions.jsonl K/completions.jsonl
 	cmp U/adapter_model.safetensors K/adapter_model.safetensors
 	cmp U/checkpoint-6/optimizer.safetensors K/checkpoint-6/optimizer.safetensors
-	# and the CPU resumes the device's checkpoint with the CPU's own numbers
+	# the CPU's own run within tolerance, the same completions
 	g cpu C "${args[@]}"
 	both C U
+	# and the device's checkpoint-3 resumed on the CPU: within tolerance of it
+	mkdir R && cp -r U/checkpoint-3 R/ && cp U/trainer_log.jsonl U/completions.jsonl R/
+	g cpu R "${args[@]}" --resume_from_checkpoint R/checkpoint-3
+	[ "$(wc -l < R/trainer_log.jsonl)" -eq 6 ]
+	both C R
 }
 
 @test "emulated device grpo: --fp16 (dynamic loss scale in checkpoints), --device auto picks the device" {
@@ -121,4 +137,86 @@ same() {
 	# the CPU's run (which --device auto would be without the backend) samples the same completions
 	g cpu c
 	cmp a/completions.jsonl c/completions.jsonl
+}
+
+# p DEVICE OUT [flags]: 4 PPO steps with sampling on the tiny Llama, a
+# reward filter counting token ids below 64, two prompts per mini-batch;
+# what the filter reads (the prompts and sampled responses) in OUT.seen
+p() {
+	local dev=$1 out=$2
+	shift 2
+	ft-train -q --stage ppo --model_name_or_path "$LLAMA" --train ppo.zst --output_dir "$out" --device "$dev" \
+		--reward_model_type api --reward_model "tee -a $BATS_TEST_TMPDIR/$out.seen | $LOW" --do_sample true \
+		--temperature 1.0 --top_p 1.0 --max_new_tokens 6 --max_steps 4 --logging_steps 1 --learning_rate 3e-3 \
+		--seed 2 "$@"
+}
+LOW="awk -F'\"response\":\"' '{ n = split(\$2, t, /[ \"]/); c = 0; for (i = 1; i <= n; i++) c += (t[i] != \"\" && t[i] + 0 < 64); print c }'"
+
+# the same responses: their scores and lengths exactly
+same_scores() {
+	for f in "$1" "$2"; do jq -c '[.reward, ."ppo/mean_scores", ."ppo/std_scores", ."tokens/responses_len_mean"]' \
+		$f/trainer_log.jsonl > $f.scores; done
+	cmp "$1.scores" "$2.scores"
+}
+
+psame() {
+	p cpu cpu "$@"
+	p cuda dev "$@"
+	[ "$(wc -l < cpu.seen)" -ge 8 ]
+	cmp cpu.seen dev.seen
+	same_scores cpu dev
+	both_logs cpu dev
+	rm -rf cpu dev cpu.seen dev.seen
+}
+
+@test "emulated device ppo: lora (value-head dropout, first-step clipping, accumulation) and full against a frozen base on the device" {
+	ft-cat --encode < "$FIXTURES/ppo/prompts.jsonl" > ppo.zst
+	psame --ppo_buffer_size 2 --max_grad_norm 0.5
+	psame --gradient_accumulation_steps 2 --lora_target all --ppo_epochs 2
+	psame --finetuning_type full --ppo_buffer_size 2
+	psame --use_dora true --ppo_buffer_size 2
+}
+
+@test "emulated device ppo: resumed from a checkpoint, bit for bit (adapter, value head, optimizer state)" {
+	ft-cat --encode < "$FIXTURES/ppo/prompts.jsonl" > ppo.zst
+	args=(--ppo_buffer_size 2 --save_steps 2 --lora_dropout 0.1)
+	p cuda U "${args[@]}"
+	p cuda K "${args[@]}"
+	rm -rf K/checkpoint-4 K/adapter_model.safetensors K/value_head.safetensors
+	p cuda K "${args[@]}" --resume_from_checkpoint K/checkpoint-2
+	cmp U/trainer_log.jsonl K/trainer_log.jsonl
+	cmp U/adapter_model.safetensors K/adapter_model.safetensors
+	cmp U/value_head.safetensors K/value_head.safetensors
+	cmp U/checkpoint-4/optimizer.safetensors K/checkpoint-4/optimizer.safetensors
+	# and the CPU's own run within tolerance, the same responses
+	p cpu C "${args[@]}"
+	cmp C.seen U.seen
+	same_scores C U
+	both_logs C U
+	# the device's checkpoint-2 resumed on the CPU: steps 3 and 4 sample
+	# the CPU run's responses, and the whole log (two device steps, two
+	# CPU ones) lies within tolerance of it
+	mkdir R && cp -r U/checkpoint-2 R/ && cp U/trainer_log.jsonl R/
+	p cpu R "${args[@]}" --resume_from_checkpoint R/checkpoint-2
+	[ "$(wc -l < R.seen)" -gt 0 ] && [ $(($(wc -l < R.seen) * 2)) -eq "$(wc -l < C.seen)" ]
+	cmp R.seen <(tail -n "$(wc -l < R.seen)" C.seen)
+	[ "$(wc -l < R/trainer_log.jsonl)" -eq 4 ]
+	same_scores C R
+	both_logs C R
+	[ -f R/value_head.safetensors ] && [ -f R/checkpoint-4/optimizer.safetensors ]
+}
+
+@test "emulated device ppo: --device auto picks the device; --fp16 keeps its loss scale in checkpoints" {
+	ft-cat --encode < "$FIXTURES/ppo/prompts.jsonl" > ppo.zst
+	run --separate-stderr p auto a -v   # -q -v: the notes back
+	assert_success
+	[[ "$stderr" == *"training on cuda:0 (ft host emulation"* ]]
+	p cpu c
+	cmp a.seen c.seen
+	same_scores a c
+	run --separate-stderr p cuda h --fp16 --save_steps 2
+	assert_success
+	[ -f h/checkpoint-2/scaler.json ] && [ -f h/checkpoint-4/optimizer.safetensors ]
+	[ "$(jq -r '.scale <= 65536 and .scale >= 1' h/checkpoint-2/scaler.json)" = true ]
+	[ "$(jq -r '.loss | type' h/trainer_log.jsonl | sort -u)" = number ]
 }
