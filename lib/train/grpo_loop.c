@@ -375,8 +375,9 @@ static void write_log(const ft_grpo_loop_opts *o, ftp_grpo_state *s, double lr)
 	e.lr = lr;
 	e.epoch = round(s->step / o->steps_per_epoch * 1e2) / 1e2;
 	e.percentage = round(s->step * 1e4 / o->max_steps) / 1e2;
-	const char **k = ft_xmalloc((size_t)s->mt.n * sizeof *k);
-	double *v = ft_xmalloc((size_t)s->mt.n * sizeof *v);
+	size_t cap = (size_t)s->mt.n + FT_MAX_METRICS;
+	const char **k = ft_xmalloc(cap * sizeof *k);
+	double *v = ft_xmalloc(cap * sizeof *v);
 	size_t nk = 0;
 	for (int i = 0; i < s->mt.n; i++) {
 		if (!s->mt.cnt[i]) continue;
@@ -385,6 +386,9 @@ static void write_log(const ft_grpo_loop_opts *o, ftp_grpo_state *s, double lr)
 		s->mt.sum[i] = 0;
 		s->mt.cnt[i] = 0;
 	}
+	/* the policy binding's own (the device's fp16 loss scale), after TRL's */
+	if (o->policy && o->policy->base.metrics)
+		nk += o->policy->base.metrics(o->policy->base.self, 0, k + nk, v + nk, cap - nk);
 	ft_trainlog_write_extra(o->log, &e, k, v, nk);
 	fflush(o->log);
 	free(k);

@@ -324,15 +324,19 @@ static void write_log(const ft_ppo_loop_opts *o, loop_state *s, double lr, const
 	e.lr = lr;
 	e.epoch = round((s->step - 1) / o->steps_per_epoch * 1e2) / 1e2;   /* its 0-based step */
 	e.percentage = round(s->step * 1e4 / o->max_steps) / 1e2;
-	double w[NSTAT + 1];
-	const char *k[NSTAT + 1];
+	double w[NSTAT + 1 + FT_MAX_METRICS];
+	const char *k[NSTAT + 1 + FT_MAX_METRICS];
 	k[0] = "reward";
 	w[0] = round(s->reward_sum / s->n_logged * 1e4) / 1e4;
 	for (int i = 0; i < NSTAT; i++) {
 		k[i + 1] = stat_keys[i];
 		w[i + 1] = v[i];
 	}
-	ft_trainlog_write_extra(o->log, &e, k, w, NSTAT + 1);
+	size_t nk = NSTAT + 1;
+	/* the policy binding's own (the device's fp16 loss scale), after the stats */
+	if (o->policy && o->policy->base.metrics)
+		nk += o->policy->base.metrics(o->policy->base.self, 0, k + nk, w + nk, FT_MAX_METRICS);
+	ft_trainlog_write_extra(o->log, &e, k, w, nk);
 	fflush(o->log);
 	s->loss_sum = s->reward_sum = 0;
 	s->n_logged = 0;

@@ -131,6 +131,10 @@ same() {
 	# GradScaler's start of 65536 halves on overflowing steps (skipped), as torch's
 	[ "$(jq -r '.scale <= 65536 and .scale >= 1024' h/checkpoint-2/scaler.json)" = true ]
 	[ "$(jq -r '.loss | type' h/trainer_log.jsonl | sort -u)" = number ]
+	# the scale after each step on its log line, as sft's; checkpoint-2 saved step 2's
+	[ "$(jq -s 'map(select(.loss) | has("loss_scale")) | length == 4 and all' h/trainer_log.jsonl)" = true ]
+	[ "$(jq 'select(.current_steps == 2 and .loss) | .loss_scale' h/trainer_log.jsonl)" = \
+	  "$(jq .scale h/checkpoint-2/scaler.json)" ]
 	run --separate-stderr g auto a -v   # -q -v: the notes back
 	assert_success
 	[[ "$stderr" == *"training on cuda:0 (ft host emulation"* ]]
@@ -219,4 +223,7 @@ psame() {
 	[ -f h/checkpoint-2/scaler.json ] && [ -f h/checkpoint-4/optimizer.safetensors ]
 	[ "$(jq -r '.scale <= 65536 and .scale >= 1' h/checkpoint-2/scaler.json)" = true ]
 	[ "$(jq -r '.loss | type' h/trainer_log.jsonl | sort -u)" = number ]
+	[ "$(jq -s 'map(select(.loss) | has("loss_scale")) | length == 4 and all' h/trainer_log.jsonl)" = true ]
+	[ "$(jq 'select(.current_steps == 2 and .loss) | .loss_scale' h/trainer_log.jsonl)" = \
+	  "$(jq .scale h/checkpoint-2/scaler.json)" ]
 }
