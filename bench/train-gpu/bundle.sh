@@ -13,13 +13,19 @@ make -j2 all gpu-tests build/gpu/bench_gpu
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib" "$out/tests/gpu" "$out/tests/fixtures" "$out/bench/train-gpu"
 # the tools find libft_cuda.so beside themselves (lib/model/device.h)
-cp build/gpu/test_* build/gpu/bench_gpu bin/ft-train bin/ft-cat bin/ft-generate build/libft_cuda.so "$out/bin/"
+# (ft-tokenize and ft-pack make features_check.sh's modules_to_save data)
+cp build/gpu/test_* build/gpu/bench_gpu bin/ft-train bin/ft-cat bin/ft-generate bin/ft-tokenize \
+	bin/ft-pack build/libft_cuda.so "$out/bin/"
 cp tests/gpu/run.sh "$out/tests/gpu/"
 cp -r tests/fixtures/models tests/fixtures/parity tests/fixtures/trainer tests/fixtures/generate \
-	tests/fixtures/merge tests/fixtures/pref tests/fixtures/quant "$out/tests/fixtures/"
+	tests/fixtures/merge tests/fixtures/pref tests/fixtures/quant tests/fixtures/families \
+	tests/fixtures/grpo tests/fixtures/vocab tests/fixtures/ppo "$out/tests/fixtures/"
+mkdir -p "$out/tests/fixtures/lf-examples/extras"
+cp -r tests/fixtures/lf-examples/extras/multi_tokens "$out/tests/fixtures/lf-examples/extras/"
 cp bench/train-gpu/run.sh bench/train-gpu/check_env.sh bench/train-gpu/train_check.sh \
-	bench/train-gpu/pref_check.sh bench/train-gpu/qlora_check.sh bench/train-gpu/torch_gpu.py \
-	bench/train-gpu/gen_torch.py "$out/bench/train-gpu/"
+	bench/train-gpu/pref_check.sh bench/train-gpu/qlora_check.sh bench/train-gpu/features_check.sh \
+	bench/train-gpu/check_libs.sh bench/train-gpu/torch_gpu.py bench/train-gpu/gen_torch.py \
+	"$out/bench/train-gpu/"
 printf '#!/bin/sh\nexec "$(dirname "$0")/bench/train-gpu/run.sh" "$@"\n' > "$out/run.sh"
 chmod +x "$out/run.sh"
 # Shared libraries: everything ldd resolves except glibc's own and the
@@ -43,5 +49,7 @@ strip --strip-unneeded "$out"/bin/* 2>/dev/null || true
 need=$(for f in "$out"/bin/* "$out"/lib/*.so*; do objdump -T "$f" 2>/dev/null; done |
 	grep -o 'GLIBC_[0-9.]*' | sort -t. -k1,1 -k2,2n -k3,3n -u | tail -1)
 echo "$need" > "$out/GLIBC_NEEDED"
+# every library the binaries need is in lib/ or in a PyTorch CUDA 13 image
+bench/train-gpu/check_libs.sh "$out" || { echo "bundle.sh: bundle/ is not closed (above)" >&2; exit 1; }
 du -sh "$out"
 echo "bundle.sh: ready in bundle/ (needs $need or newer, cuBLAS 13 on the GPU machine)"
