@@ -135,7 +135,7 @@ build/gpu/bench_gpu: bench/train-gpu/bench_gpu.c build/libft.a build/libft_cuda.
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $< build/libft.a $(LDLIBS) -o $@
 endif
-.PHONY: gpu-tests gpu-check
+.PHONY: gpu-tests gpu-check gpu-check-dry
 
 # The MPI shim: build/libft_mpi.so from lib/train/dist_mpi.c, compiled
 # against <mpi.h> whenever mpicc is present (Debian: libopenmpi-dev) and
@@ -157,6 +157,14 @@ build/libft_mpi.so: lib/train/dist_mpi.c lib/train/dist_internal.h
 gpu-check: all
 	bench/train-gpu/bundle.sh
 	bundle/run.sh
+# The same bundle run here on the host emulation (DEVICE=emu: the tools and
+# tests load build/libft_cuda_emu.so), so every script path, file name,
+# fixture and results.md line runs before a GPU sees it; about 10 minutes
+# on 2 cores, so not part of `make test`.  PYTHON: one with torch and
+# transformers for the generation line (else that line says it failed).
+gpu-check-dry: all unit
+	bench/train-gpu/bundle.sh
+	DEVICE=emu FT_CUDA_LIB=$(abspath $(EMU_CUDA)) OMP_NUM_THREADS=1 bundle/run.sh
 
 # Fuzzing (not part of `make test`): one libFuzzer target per parser,
 # tests/fuzz/fuzz_*.c, over the library built with clang's coverage and
