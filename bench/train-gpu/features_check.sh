@@ -26,7 +26,7 @@
 # Without a usable GPU the device runs are skipped with a message, as in
 # train_check.sh.  Env: BIN, FIXTURES, PYTHON, DEVICE (check_env.sh),
 # CASE_TIMEOUT (60), ONLY (a regular expression: the cases whose names
-# match).
+# match), JOBS (4; 1 where nvidia-smi shows an exclusive compute mode).
 . "$(dirname "$(readlink -f "$0")")/check_env.sh" features-check
 sft_data
 "$BIN/ft-cat" --encode < "$FIX/grpo/prompts.jsonl" > p8.zst || exit 1
@@ -135,23 +135,28 @@ sft() {
 		--learning_rate 5e-3 --seed 3 "$@"
 }
 
+# failed RC ERRFILE: why a run failed, in a few words
+failed() {
+	[ "$1" -eq 124 ] && { echo "timed out (CASE_TIMEOUT ${CASE_TIMEOUT:-60} s)"; return; }
+	echo "failed (exit $1): $(grep -v '^ft-train: note:' "$2" | tail -1)"
+}
+
 # feat NAME MODE TOL GTOL SOURCE MODEL [flags]: the CPU run (in the
 # background) and the device run, then the comparison of MODE; case
 # directory NAME/; the device run's note must say it trained on cuda
 # (-q -v: the notes only).
 # GRPO's cases compare completions.jsonl byte for byte too.  ST_BOUND set:
 # the saved adapters within it (DoRA, OFT).
-feat() {
+feat_one() {
 	local name=$1 mode=$2 tol=$3 gtol=$4 src=$5 model=$6
 	shift 6
-	[ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]] && return 0
 	local t0=$SECONDS why="" r
 	mkdir -p "$name"
 	runner "$name/cpu" cpu "$model" "$@" 2> "$name/cpu.err" &
 	local cpid=$!
-	runner "$name/dev" "$DEV" "$model" "$@" 2> "$name/dev.err" || why="device run failed: $(tail -1 "$name/dev.err")"
-	wait $cpid || { [ -n "$why" ] || why="CPU run failed: $(tail -1 "$name/cpu.err")"; }
-	if [ -z "$why" ]; then
+	runner "$name/dev" "$DEV" "$model" "$@" 2> "$name/dev.err" || why="device run $(failed $? "$name/dev.err")"
+	wait $cpid || { r=$?; [ -n "$why" ] || why="CPU run $(failed $r "$name/cpu.err")"; }
+	if [ -z "$why" ] && [ "$DEV" != cpu ]; then
 		grep -q "note: training on cuda" "$name/dev.err" || why="the device run did not train on cuda"
 	fi
 	if [ -z "$why" ] && [ -f "$name/cpu/completions.jsonl" ]; then
@@ -170,7 +175,6 @@ feat() {
 	local sec=$((SECONDS - t0))
 	if [ -n "$why" ]; then
 		echo "FAIL $name: $why (${sec}s; $src)"
-		status=1
 	else
 		local w b d
 		IFS=$'\t' read -r w b d <<< "$r"
@@ -178,6 +182,19 @@ feat() {
 	fi
 	rm -rf "$name"
 }
+# feat: feat_one, JOBS cases at a time (each case's line printed when it
+# ends, and kept in lines.txt for the exit status)
+feat() {
+	[ -n "${ONLY:-}" ] && ! [[ $1 =~ $ONLY ]] && return 0
+	while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+	feat_one "$@" | tee -a lines.txt &
+}
+: > lines.txt
+# Cases run JOBS at a time (default 4: a tiny model's device process is
+# mostly its CUDA start, and a card takes several processes at once);
+# one at a time where the card's compute mode allows one process only.
+cmode=$(nvidia-smi --query-gpu=compute_mode --format=csv,noheader 2>/dev/null | head -1)
+JOBS=${JOBS:-$(case $cmode in *Exclusive*|*Prohibited*) echo 1 ;; *) echo 4 ;; esac)}
 runner() { sft "$@"; }
 
 if [ -n "$gpu_skip" ]; then
@@ -230,8 +247,7 @@ if [ -z "${ONLY:-}" ] || [[ modules_to_save =~ $ONLY ]]; then
 		ST_BOUND=1e-4 feat modules_to_save close 1e-4 - $L vocab-model --train vpacked.zst \
 			--add_tokens "<tool_x>" --new_special_tokens_config "$MTS_CFG" --init_special_tokens desc_init_w_noise
 	else
-		echo "FAIL modules_to_save: the data could not be made: $(tail -1 mts.err) ($L)"
-		status=1
+		echo "FAIL modules_to_save: the data could not be made: $(tail -1 mts.err) ($L)" | tee -a lines.txt
 	fi
 fi
 
@@ -307,11 +323,14 @@ if [ -z "${ONLY:-}" ] || [[ ppo =~ $ONLY ]]; then
 	case $? in
 	0)	runner() { ppo "$@"; }
 		feat ppo all 1e-4 - "tests/bats/ft-train-ppo.bats; bound: the fp32 stages'" "$LLAMA"
+		wait
 		runner() { sft "$@"; } ;;
-	2)	echo "SKIP ppo: ft-train --stage ppo --device $DEV refused: $(head -1 ppo-probe.err)" ;;
-	*)	echo "FAIL ppo: the one-step probe failed: $(tail -1 ppo-probe.err)"
-		status=1 ;;
+	2)	echo "SKIP ppo: ft-train --stage ppo --device $DEV refused: $(head -1 ppo-probe.err)" | tee -a lines.txt ;;
+	*)	echo "FAIL ppo: the one-step probe failed: $(tail -1 ppo-probe.err)" | tee -a lines.txt ;;
 	esac
 fi
 # -----------------------------------------------------------------------
+wait
+grep -q '^FAIL' lines.txt && status=1
+echo "features_check: $(grep -c '^PASS' lines.txt) passed, $(grep -c '^FAIL' lines.txt) failed, $JOBS at a time, ${SECONDS}s"
 exit $status

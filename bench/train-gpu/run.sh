@@ -74,6 +74,15 @@ limit() {
 # gpu: can the GPU parts run
 gpu() { [ $emu = 1 ] || nvidia-smi -L >/dev/null 2>&1; }
 
+# the libraries bundle.sh gzipped to fit the carry (gzip is in every
+# base image; Python's gzip module otherwise)
+for f in lib/*.gz; do
+	[ -e "$f" ] && [ ! -e "${f%.gz}" ] || continue
+	{ gzip -dc "$f" 2>/dev/null ||
+		$PY -c 'import gzip, shutil, sys; shutil.copyfileobj(gzip.open(sys.argv[1]), sys.stdout.buffer)' "$f"; } \
+		> "${f%.gz}.tmp" && mv "${f%.gz}.tmp" "${f%.gz}" || { echo "run.sh: cannot unpack $f" >&2; rm -f "${f%.gz}.tmp"; }
+done
+
 # cuBLAS 13 from the CUDA install or from PyTorch's pip wheels
 cub=""
 for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/lib/x86_64-linux-gnu; do
@@ -136,10 +145,10 @@ skipped() {
 # budget), its output in NAME.log, the lines FILTER (a grep -E pattern;
 # . for all) keeps in a results.md section headed with its wall time
 part() {
-	local name=$1 title=$2 lim filt=$4 t0=$SECONDS rc
+	local name=$1 title=$2 lim=$3 filt=$4 t0=$SECONDS rc
 	shift 4
 	[ "$(left)" -lt 15 ] && { skipped "$title"; return; }
-	lim=$(limit "$3")
+	lim=$(limit "$lim")
 	timeout "$lim" "$@" 2>&1 | tee "$name.log"
 	rc=${PIPESTATUS[0]}
 	[ $rc -eq 124 ] && echo "$name: stopped by its time limit, $lim s" | tee -a "$name.log"
@@ -150,7 +159,8 @@ part() {
 }
 
 envs=(env BIN="$here/bin" FIXTURES="$here/tests/fixtures" PYTHON="$PY" DEVICE="$DEVICE")
-want libs && part libs "Library closure (check_libs.sh)" 60 . bench/train-gpu/check_libs.sh "$here"
+want libs && part libs "Library closure (check_libs.sh)" 60 . \
+	bash -c 'bench/train-gpu/check_libs.sh "$1" && bench/train-gpu/check_libs.sh "$1" --runtime' - "$here"
 want parity && part parity "Parity (tests/gpu)" 180 '^(not ok|ok|#|tests/gpu)' \
 	env FT_GPU_TEST_DIR="$here/bin" DEVICE="$DEVICE" tests/gpu/run.sh
 want features && part features "Device features vs the CPU (features_check.sh)" 150 . \
