@@ -26,13 +26,13 @@
  * (hd <= 256: at most 32 registers per accumulator).  Shared rows are
  * padded to hd + 1 floats so the lanes of a warp hit distinct banks.
  *
- * Element type E of Q, K, V, O, dO and the gradients: float today (the
- * activations are fp32); the kernels load into fp32 shared tiles and
- * accumulate in fp32, and are instantiated for bf16 and fp16 as well so
- * half activations drop in.  Products run on CUDA cores in fp32 (no
- * tensor cores yet): this kernel removes the O(T^2) memory and the
- * masked half of the work, it is not yet the fast one.
+ * Element type E of Q, K, V, O, dO and the gradients: float in the fp32
+ * mode (these kernels, products on CUDA cores in fp32); bf16 / fp16 when
+ * training in the half modes (the q|k|v buffer is half), which run the
+ * tensor-core kernels of flash_tc.cuh (run_pass picks by sizeof(E)).
  */
+#include <stdlib.h>
+#include <string.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include "cuda/common.cuh"
@@ -203,20 +203,64 @@ template int flash_backward<__half>(cudaStream_t, __half *, __half *, __half *, 
 				    const __half *, const __half *, const float *,
 				    const ft_cu_attn *, const ft_cu_attn_ld *);
 
-int ft_cu_attention_forward(ft_cuda_model *dm, float *out, float *lse, const float *q,
-			    const float *k, const float *v, const ft_cu_attn *s,
-			    const ft_cu_attn_ld *ld)
+/* FT_CUDA_CHECK_ATTN=tc|fp32 (tests: tests/bats/ft-train-cuda-half-emu.bats):
+ * a model's attention fails, naming both, unless it runs that kernel
+ * family, so a test can tell which one training ran.  Read once. */
+static int check_family(int t)
 {
-	return flash_forward<float>(dm->stream, out, lse, q, k, v, s, ld);
+	static int want = -2;
+	if (want == -2) {
+		const char *e = getenv("FT_CUDA_CHECK_ATTN");
+		want = !e || !*e ? -1 : !strcmp(e, "tc") ? 1 : !strcmp(e, "fp32") ? 0 : 2;
+	}
+	int tc = t != FT_ACT_F32;
+	if (want < 0 || want == tc)
+		return 0;
+	if (want == 2)
+		return ft_fail("FT_CUDA_CHECK_ATTN: expected tc or fp32");
+	return ft_fail("attention: FT_CUDA_CHECK_ATTN=%s, but the %s kernels run", want ? "tc" : "fp32",
+		       tc ? "tensor-core (bf16/fp16)" : "fp32 (CUDA-core)");
 }
 
-int ft_cu_attention_backward(ft_cuda_model *dm, float *dq, float *dk, float *dv,
-			     const float *dout, const float *q, const float *k,
-			     const float *v, const float *out, const float *lse,
-			     const ft_cu_attn *s, const ft_cu_attn_ld *ld)
+int ft_cu_attention_forward_as(ft_cuda_model *dm, int t, void *out, float *lse, const void *q,
+			       const void *k, const void *v, const ft_cu_attn *s,
+			       const ft_cu_attn_ld *ld)
 {
-	return flash_backward<float>(dm->stream, dq, dk, dv, dm->att_di, dout, q, k, v, out,
-				     lse, s, ld);
+	TRY(check_family(t));
+	if (t == FT_ACT_BF16)
+		return flash_forward<__nv_bfloat16>(dm->stream, (__nv_bfloat16 *)out, lse,
+						    (const __nv_bfloat16 *)q,
+						    (const __nv_bfloat16 *)k,
+						    (const __nv_bfloat16 *)v, s, ld);
+	if (t == FT_ACT_F16)
+		return flash_forward<__half>(dm->stream, (__half *)out, lse, (const __half *)q,
+					     (const __half *)k, (const __half *)v, s, ld);
+	return flash_forward<float>(dm->stream, (float *)out, lse, (const float *)q,
+				    (const float *)k, (const float *)v, s, ld);
+}
+
+int ft_cu_attention_backward_as(ft_cuda_model *dm, int t, void *dq, void *dk, void *dv,
+				const void *dout, const void *q, const void *k, const void *v,
+				const void *out, const float *lse, const ft_cu_attn *s,
+				const ft_cu_attn_ld *ld)
+{
+	TRY(check_family(t));
+	if (t == FT_ACT_BF16) {
+		typedef __nv_bfloat16 E;
+		return flash_backward<E>(dm->stream, (E *)dq, (E *)dk, (E *)dv, dm->att_di,
+					 (const E *)dout, (const E *)q, (const E *)k, (const E *)v,
+					 (const E *)out, lse, s, ld);
+	}
+	if (t == FT_ACT_F16) {
+		typedef __half E;
+		return flash_backward<E>(dm->stream, (E *)dq, (E *)dk, (E *)dv, dm->att_di,
+					 (const E *)dout, (const E *)q, (const E *)k, (const E *)v,
+					 (const E *)out, lse, s, ld);
+	}
+	return flash_backward<float>(dm->stream, (float *)dq, (float *)dk, (float *)dv,
+				     dm->att_di, (const float *)dout, (const float *)q,
+				     (const float *)k, (const float *)v, (const float *)out, lse,
+				     s, ld);
 }
 
 /* ---- the attention alone, for tests/gpu ---- */

@@ -42,6 +42,18 @@ int ft_cublas_fail(cublasStatus_t s, const char *call, const char *fmt, ...)
 #define FT_LAUNCH(k, grid, block, smem, stream) k<<<grid, block, smem, stream>>>
 #endif
 
+/* Blocks of tpb threads for n elements, at least one and capped (the
+ * kernels' grid-stride loops, FT_CU_FOR, cover what the cap leaves). */
+static inline unsigned ft_cu_grid(size_t n, unsigned tpb)
+{
+	size_t b = (n + tpb - 1) / tpb;
+	return (unsigned)(b > 65535u * 32u ? 65535u * 32u : (b ? b : 1));
+}
+
+/* grid-stride loop over n elements */
+#define FT_CU_FOR(i, n) for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; \
+			     i < (n); i += (size_t)gridDim.x * blockDim.x)
+
 #include "cuda/reduce.cuh"
 #include "cuda/act_kernels.cuh"
 
@@ -109,16 +121,20 @@ typedef struct {
 typedef struct {
 	void *ln1, *ln2;                  /* the normed inputs of q|k|v and gate|up,
 					     of ft_cu_act_type (half in bf16/fp16) */
-	float *rstd1, *lse, *att, *xmid, *rstd2;
-	float *qkv, *gu;                  /* fused outputs [N, grp.c.tot] with the
-					     LoRA hiddens of their modules */
+	float *rstd1, *lse, *xmid, *rstd2;
+	void *qkv, *att, *gu;             /* of ft_cu_proj_type: the fused q|k|v
+					     and gate|up outputs [N, grp.c.tot]
+					     with the LoRA hiddens of their
+					     modules; attention's output */
 	float *lh[FT_CV_NLIN];            /* LoRA hiddens of o_proj, down_proj */
-	float *qn, *kn, *rstdq, *rstdk;   /* q, k after q_norm/k_norm (Qwen3) */
+	void *qn, *kn;                    /* q, k after q_norm/k_norm (Qwen3), of
+					     ft_cu_proj_type */
+	float *rstdq, *rstdk;
 	float *ao, *mo, *rstd_ao, *rstd_mo;   /* Gemma: attention and MLP outputs
 						 before their post norms */
 	/* attention's inputs, bound per layer (ft_cu_bind_qkv): columns of
-	 * qkv, or qn/kn; ld their token strides */
-	float *q, *k, *v;
+	 * qkv, or qn/kn; ld their token strides; of ft_cu_proj_type */
+	void *q, *k, *v;
 	int ldq, ldk, ldv;
 } ft_dacts;
 
@@ -218,6 +234,11 @@ struct ft_cuda_model {
 int ft_cu_gemm(ft_cuda_model *dm, int ta, int tb, int M, int N, int K, float alpha,
 	       ft_mat A, int lda, ft_mat B, int ldb, float beta, float *C, int ldc,
 	       const char *what);
+/* The same with C (and beta's C) of C.half's type: the half type only
+ * with half operands, fp32 accumulation, rounded once on the way out. */
+int ft_cu_gemm_to(ft_cuda_model *dm, int ta, int tb, int M, int N, int K, float alpha,
+		  ft_mat A, int lda, ft_mat B, int ldb, float beta, ft_mat C, int ldc,
+		  const char *what);
 int ft_cu_gemm_batched(ft_cuda_model *dm, int ta, int tb, int M, int N, int K,
 		       float alpha, const float *A, int lda, long long sa,
 		       const float *B, int ldb, long long sb, float beta, float *C,
@@ -243,6 +264,18 @@ static inline ft_mat ft_cu_f32(const float *p)
 	ft_mat m = { p, 0 };
 	return m;
 }
+/* The type of the fused projections' outputs and attention's
+ * activations: ft_dacts.qkv (and Qwen3's qn, kn), att and gu.  The run's
+ * half type when the model trains in bf16/fp16 (the tensor-core flash
+ * kernels then run), else fp32 (the fp32 mode; and the KV-cache decoder
+ * of infer.cu, whose cache and attention are fp32).  ops.cu. */
+int ft_cu_proj_type(const ft_cuda_model *dm);
+/* One of those buffers as an operand (half: the run's half type) */
+static inline ft_mat ft_cu_proj_mat(const ft_cuda_model *dm, const void *p)
+{
+	ft_mat m = { p, ft_cu_proj_type(dm) != 0 };
+	return m;
+}
 
 /* ---- ops.cu: element and row kernels (launchers on dm->stream) ---- */
 int ft_cu_embedding_forward(ft_cuda_model *dm, float *out, const int32_t *ids,
@@ -255,6 +288,12 @@ int ft_cu_rmsnorm_forward(ft_cuda_model *dm, float *out, float *rstd, const floa
  * FT_ACT_F32 in the fp32 mode, the run's half type in bf16/fp16 (see
  * docs/CUDA.md "Mixed precision" for what else stays fp32 and why). */
 int ft_cu_act_type(const ft_cuda_model *dm);
+/* The type of attention's activations: the q|k|v projection's output
+ * (ft_dacts.qkv, and Qwen3's qn, kn) and attention's output (att).  The
+ * run's half type when the model trains in bf16/fp16 (the tensor-core
+ * flash kernels then run), else fp32 (the fp32 mode; and the KV-cache
+ * decoder of infer.cu, whose cache and attention are fp32). */
+static inline size_t ft_cu_act_size(int t) { return t == FT_ACT_F32 ? 4 : 2; }
 /* ft_cu_rmsnorm_forward with out of that type (statistics fp32). */
 int ft_cu_rmsnorm_forward_act(ft_cuda_model *dm, void *out, float *rstd, const float *x,
 			      const float *w, int N, int D, float eps);
@@ -269,24 +308,35 @@ int ft_cu_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float 
 /* Per-head RMSNorm (Qwen3's q_norm/k_norm) over the N*H heads of hd in x
  * (token stride ld: the fused q|k|v buffer); out, dout are [N*H, hd];
  * the backward adds into dx, laid out as x. */
-int ft_cu_head_rmsnorm_forward(ft_cuda_model *dm, float *out, float *rstd, const float *x,
+/* x and out of type t (ft_cu_proj_type), dout and dx fp32. */
+int ft_cu_head_rmsnorm_forward(ft_cuda_model *dm, void *out, float *rstd, const void *x, int t,
 			       int ld, const float *w, int N, int H, int hd, float eps);
 int ft_cu_head_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float *dout,
-				const float *x, int ld, const float *w, const float *rstd,
+				const void *x, int t, int ld, const float *w, const float *rstd,
 				int N, int H, int hd);
 /* In place on the H heads of each of N tokens (token stride ld), the
  * first dm->v.rd values of each (partial rotary) with [N, rd/2] tables. */
 int ft_cu_rope(ft_cuda_model *dm, float *x, int ld, const float *cos_t, const float *sin_t,
 	       int N, int H, int hd, float sign);
-/* h [N, F] (of ft_cu_act_type) from gate, up (rows of stride ld); the
- * backward may write dg, du over g, u (in place). */
-int ft_cu_swiglu_forward(ft_cuda_model *dm, void *h, const float *g, const float *u,
+/* The same on x of activation type at (fp32 registers, rounded once). */
+int ft_cu_rope_act(ft_cuda_model *dm, void *x, int at, int ld, const float *cos_t,
+		   const float *sin_t, int N, int H, int hd, float sign);
+/* h [N, F] (of ft_cu_act_type) from gate, up (rows of stride ld, of
+ * type gt); the backward writes fp32 dg, du (stride ld), over g, u (in
+ * place) when those are fp32. */
+int ft_cu_swiglu_forward(ft_cuda_model *dm, void *h, const void *g, const void *u, int gt,
 			 int ld, int N, int F);
 int ft_cu_swiglu_backward(ft_cuda_model *dm, float *dg, float *du, const float *dh,
-			  const float *g, const float *u, int ld, int N, int F);
+			  const void *g, const void *u, int gt, int ld, int N, int F);
 int ft_cu_add(ft_cuda_model *dm, float *dst, const float *a, const float *b, size_t n);
 /* y, dy: N rows of `out` at stride ld (a module's columns of a fused buffer) */
 int ft_cu_bias_forward(ft_cuda_model *dm, float *y, int ld, const float *b, int N, int out);
+/* y fp32 or of the run's half type (y.half) */
+int ft_cu_bias_forward_act(ft_cuda_model *dm, ft_mat y, int ld, const float *b, int N, int out);
+/* cols columns of N rows from src (row stride lds) to dst (ldd), each
+ * fp32 or of the run's half type (.half): widen, round or copy. */
+int ft_cu_cast_cols(ft_cuda_model *dm, ft_mat dst, int ldd, ft_mat src, int lds, int N,
+		    int cols);
 int ft_cu_bias_backward(ft_cuda_model *dm, float *db, const float *dy, int ld, int N, int out);
 int ft_cu_dropout(ft_cuda_model *dm, float *out, const float *x, size_t n, float p,
 		  uint64_t seed);
@@ -316,13 +366,17 @@ typedef ft_cuda_attn_shape ft_cu_attn;
  * columns of the fused q|k|v buffers); NULL or 0: contiguous [B*T, H*hd].
  * out, dout are always contiguous [B*T, Hq*hd]. */
 typedef struct { int q, k, v, dq, dk, dv; } ft_cu_attn_ld;
-int ft_cu_attention_forward(ft_cuda_model *dm, float *out, float *lse, const float *q,
-			    const float *k, const float *v, const ft_cu_attn *s,
-			    const ft_cu_attn_ld *ld);
-int ft_cu_attention_backward(ft_cuda_model *dm, float *dq, float *dk, float *dv,
-			     const float *dout, const float *q, const float *k,
-			     const float *v, const float *out, const float *lse,
-			     const ft_cu_attn *s, const ft_cu_attn_ld *ld);
+/* On buffers of activation type t: FT_ACT_F32 the fp32 kernels
+ * (flash_kernels.cuh), FT_ACT_BF16 / FT_ACT_F16 the tensor-core ones
+ * (flash_tc.cuh); lse and the rowdot scratch stay fp32.  The backward
+ * writes (does not add to) dq, dk, dv. */
+int ft_cu_attention_forward_as(ft_cuda_model *dm, int t, void *out, float *lse, const void *q,
+			       const void *k, const void *v, const ft_cu_attn *s,
+			       const ft_cu_attn_ld *ld);
+int ft_cu_attention_backward_as(ft_cuda_model *dm, int t, void *dq, void *dk, void *dv,
+				const void *dout, const void *q, const void *k, const void *v,
+				const void *out, const float *lse, const ft_cu_attn *s,
+				const ft_cu_attn_ld *ld);
 
 /* ---- lmhead.cu ---- */
 /* As ft_lm_head_loss; logits (host pointer or NULL) receives [n, V]. */
@@ -370,11 +424,19 @@ int ft_cu_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_i
 int ft_cu_layer_has_grad(const ft_cuda_model *dm, int l);
 /* lin_fwd, for infer.cu (dm->training 0) */
 int ft_cu_lin_forward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, ft_mat x, int N);
-/* The fused projection grp of layer l on x into Y [N, grp.c.tot]. */
-int ft_cu_lin_forward_group(ft_cuda_model *dm, int l, int grp, float *Y, ft_mat x, int N);
 /* Attention's inputs from ln1 (layer_forward's first half, for infer.cu
  * too): the q|k|v projection, q_norm/k_norm, RoPE; a->q, k, v bound. */
 int ft_cu_attn_inputs(ft_cuda_model *dm, int l, ft_dacts *a, int N);
+/* Attention of layer l on the bound q, k, v into a->att, a->lse (the
+ * tensor-core kernels for half activations). */
+int ft_cu_attn_forward(ft_cuda_model *dm, int l, ft_dacts *a, const ft_cuda_batch *b);
+/* The MLP's input side (infer.cu and gemma.cu too): the gate|up
+ * projection of a->ln2 and the hidden dm->hbuf (SwiGLU, Gemma's GeGLU);
+ * the hidden alone (the backward's recompute); and the backward from
+ * dm->dh to dm->d_ln (zeroed first) through both. */
+int ft_cu_mlp_in_forward(ft_cuda_model *dm, int l, ft_dacts *a, int N);
+int ft_cu_glu_forward(ft_cuda_model *dm, int l, const ft_dacts *a, int N);
+int ft_cu_mlp_in_backward(ft_cuda_model *dm, int l, ft_dacts *a, int N);
 /* For pref.cu: forward_body of model.cu (the decoder up to dm->lnf), and
  * the backward pass from the n rows dm->head_dx of d(lnf), placed at
  * rows dm->rows (distinct), through every layer that trains. */
@@ -403,14 +465,12 @@ int ft_cu_qlin_backward(ft_cuda_model *dm, const ft_cu_qweight *q, float *dx, ft
 			int lddy, int N, const char *what);
 
 /* layer.cu, for gemma.cu: the pieces Gemma's layer shares with the
- * Llama one.  lin_bwd / lin_bwd_group; the attention shape of layer l
+ * Llama one.  lin_bwd; the attention shape of layer l
  * (its window, scale and soft-cap); layer l's RoPE tables; the
  * attention backward from dm->d_att (dL/d att) down to dm->d_a += dL/dx_in
  * through ln1 (norm weight w1: the one the forward used). */
 int ft_cu_lin_backward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
 		       const float *dy, ft_mat x, int N);
-int ft_cu_lin_backward_group(ft_cuda_model *dm, int l, int grp, const float *Y, float *dY,
-			     float *dx, ft_mat x, int N);
 ft_cu_attn ft_cu_attn_shape_of(const ft_cuda_model *dm, int l, const ft_cuda_batch *b);
 void ft_cu_layer_tables(const ft_cuda_model *dm, int l, const float **cs, const float **sn);
 int ft_cu_attn_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
@@ -460,10 +520,10 @@ int ft_cu_gemma_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const floa
 			       const ft_cuda_batch *b, int need_dx);
 /* x = cap * tanh(x / cap) on n values (the final logits) */
 int ft_cu_softcap(ft_cuda_model *dm, float *x, size_t n, float cap);
-int ft_cu_geglu_forward(ft_cuda_model *dm, void *h, const float *g, const float *u, int ld,
-			int N, int F);
+int ft_cu_geglu_forward(ft_cuda_model *dm, void *h, const void *g, const void *u, int gt,
+			int ld, int N, int F);
 int ft_cu_geglu_backward(ft_cuda_model *dm, float *dg, float *du, const float *dh,
-			 const float *g, const float *u, int ld, int N, int F);
+			 const void *g, const void *u, int gt, int ld, int N, int F);
 
 /* ---- optim.cu ---- */
 /* Parameters outside the model's tensors that step with them (rm's value

@@ -110,11 +110,7 @@ static __global__ void dora_backward_k(float *dyo, int ldo, const float *dy, int
 	}
 }
 
-static unsigned grid_of(size_t n)
-{
-	size_t b = (n + DORA_TPB - 1) / DORA_TPB;
-	return (unsigned)(b > 65535u * 32u ? 65535u * 32u : (b ? b : 1));
-}
+static unsigned grid_of(size_t n) { return ft_cu_grid(n, DORA_TPB); }
 
 /* ftp_dora_scale: the norms and factors of module j of layer l.  A
  * device model for decoding (o.inference) computes them once, as the

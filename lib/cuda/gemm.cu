@@ -4,8 +4,9 @@
  * Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, so
  * the operands are passed to cuBLAS swapped, with the same transposes.
  * fp32 mode uses CUBLAS_COMPUTE_32F (no TF32: the parity path); the half
- * modes use bf16/f16 inputs with fp32 accumulation and fp32 output, and
- * TF32 for the fp32 products that remain (attention, LoRA).
+ * modes use bf16/f16 inputs with fp32 accumulation and an fp32 output
+ * (or, ft_cu_gemm_to, a half one: the q|k|v projection), and TF32 for
+ * the fp32 products that remain (LoRA B).
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -50,13 +51,25 @@ int ft_cu_gemm(ft_cuda_model *dm, int ta, int tb, int M, int N, int K, float alp
 	       ft_mat A, int lda, ft_mat B, int ldb, float beta, float *C, int ldc,
 	       const char *what)
 {
+	return ft_cu_gemm_to(dm, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, ft_cu_f32(C), ldc,
+			     what);
+}
+
+/* C of the half type only with half operands (cuBLAS's rule for a
+ * 32F compute with a 16-bit C); beta then reads the half C back. */
+int ft_cu_gemm_to(ft_cuda_model *dm, int ta, int tb, int M, int N, int K, float alpha,
+		  ft_mat A, int lda, ft_mat B, int ldb, float beta, ft_mat C, int ldc,
+		  const char *what)
+{
 	if (M <= 0 || N <= 0)
 		return 0;
-	if (A.half != B.half)
+	if (A.half != B.half || (C.half && !A.half))
 		return ft_fail("internal: %s: mixed fp32/half operands", what);
+	size_t es = C.half ? 2 : 4;
+	void *c = (void *)C.p;
 	if (K <= 0) {   /* cuBLAS would leave C as is; honour beta as ft_sgemm */
 		if (beta == 0)
-			CU(cudaMemset2DAsync(C, (size_t)ldc * 4, 0, (size_t)N * 4, M, dm->stream),
+			CU(cudaMemset2DAsync(c, (size_t)ldc * es, 0, (size_t)N * es, M, dm->stream),
 			   "%s M=%d N=%d", what, M, N);
 		else if (beta != 1)
 			return ft_fail("internal: %s: K=0 with beta %g", what, beta);
@@ -64,10 +77,11 @@ int ft_cu_gemm(ft_cuda_model *dm, int ta, int tb, int M, int N, int K, float alp
 	}
 	cudaDataType_t t = in_type(dm, A.half);
 	CB(cublasGemmEx(dm->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
-			N, M, K, &alpha, B.p, t, ldb, A.p, t, lda, &beta, C, CUDA_R_32F, ldc,
-			compute_type(dm, A.half), CUBLAS_GEMM_DEFAULT),
-	   "%s: C[%d,%d] = op%s(A)[lda %d] op%s(B)[ldb %d], K=%d, %s", what, M, N,
-	   ta ? "^T" : "", lda, tb ? "^T" : "", ldb, K, A.half ? "half" : "fp32");
+			N, M, K, &alpha, B.p, t, ldb, A.p, t, lda, &beta, c, in_type(dm, C.half),
+			ldc, compute_type(dm, A.half), CUBLAS_GEMM_DEFAULT),
+	   "%s: C[%d,%d]%s = op%s(A)[lda %d] op%s(B)[ldb %d], K=%d, %s", what, M, N,
+	   C.half ? " (half)" : "", ta ? "^T" : "", lda, tb ? "^T" : "", ldb, K,
+	   A.half ? "half" : "fp32");
 	return 0;
 }
 

@@ -34,22 +34,22 @@ int ft_cu_norm_w(ft_cuda_model *dm, const ft_dt *t, int n, const float **w)
 	return 0;
 }
 
-int ft_cu_geglu_forward(ft_cuda_model *dm, void *h, const float *g, const float *u, int ld,
-			int N, int F)
+int ft_cu_geglu_forward(ft_cuda_model *dm, void *h, const void *g, const void *u, int gt,
+			int ld, int N, int F)
 {
 	size_t n = (size_t)N * F;
 	FT_LAUNCH(geglu_forward_k, gblocks(n), FT_GEMMA_TPB, 0, dm->stream)(h, ft_cu_act_type(dm), g,
-									     u, ld, N, F);
+									     u, gt, ld, N, F);
 	LAUNCHED("geglu_forward", "N=%d F=%d ld=%d", N, F, ld);
 	return 0;
 }
 
 int ft_cu_geglu_backward(ft_cuda_model *dm, float *dg, float *du, const float *dh,
-			 const float *g, const float *u, int ld, int N, int F)
+			 const void *g, const void *u, int gt, int ld, int N, int F)
 {
 	size_t n = (size_t)N * F;
-	FT_LAUNCH(geglu_backward_k, gblocks(n), FT_GEMMA_TPB, 0, dm->stream)(dg, du, dh, g, u, ld,
-									      N, F);
+	FT_LAUNCH(geglu_backward_k, gblocks(n), FT_GEMMA_TPB, 0, dm->stream)(dg, du, dh, g, u, gt,
+									      ld, N, F);
 	LAUNCHED("geglu_backward", "N=%d F=%d ld=%d", N, F, ld);
 	return 0;
 }
@@ -85,24 +85,19 @@ int ft_cu_gemma_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float
 	const ft_cuda_view *c = &dm->v;
 	int N = b->B * b->T, D = c->D;
 	ft_dlayer *y = &dm->layers[l];
-	ft_cu_attn s = ft_cu_attn_shape_of(dm, l, b);
 	const float *w;
 	TRY(ft_cu_norm_w(dm, y->ln1, D, &w));
 	TRY(ft_cu_rmsnorm_forward_act(dm, a->ln1, a->rstd1, x_in, w, N, D, c->eps));
 	TRY(ft_cu_attn_inputs(dm, l, a, N));
-	ft_cu_attn_ld ld = { a->ldq, a->ldk, a->ldv, 0, 0, 0 };
-	TRY(ft_cu_attention_forward(dm, a->att, a->lse, a->q, a->k, a->v, &s, &ld));
-	TRY(ft_cu_lin_forward(dm, l, 3, a, a->ao, ft_cu_f32(a->att), N));
+	TRY(ft_cu_attn_forward(dm, l, a, b));
+	TRY(ft_cu_lin_forward(dm, l, 3, a, a->ao, ft_cu_proj_mat(dm, a->att), N));
 	TRY(norm_fwd(dm, dm->tmp, a->rstd_ao, a->ao, y->ln2, N));
 	/* xmid = x + post_attention_layernorm(ao), then its pre-feedforward
 	 * norm: the CPU's add_into + ft_rmsnorm_forward, fused */
 	TRY(ft_cu_norm_w(dm, y->ln3, D, &w));
 	TRY(ft_cu_add_rmsnorm_forward(dm, a->xmid, a->ln2, a->rstd2, x_in, dm->tmp, w, N, D,
 				      c->eps));
-	const ft_cv_group *gu = &y->grp[1].c;
-	TRY(ft_cu_lin_forward_group(dm, l, 1, a->gu, ft_cu_act(dm, a->ln2), N));
-	TRY(ft_cu_geglu_forward(dm, dm->hbuf, a->gu + gu->off[0], a->gu + gu->off[1], gu->tot, N,
-				c->F));
+	TRY(ft_cu_mlp_in_forward(dm, l, a, N));
 	TRY(ft_cu_lin_forward(dm, l, 6, a, a->mo, ft_cu_act(dm, dm->hbuf), N));
 	TRY(norm_fwd(dm, dm->tmp, a->rstd_mo, a->mo, y->ln4, N));
 	return ft_cu_add(dm, x_out, a->xmid, dm->tmp, (size_t)N * D);
@@ -117,20 +112,16 @@ int ft_cu_gemma_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const floa
 	int N = b->B * b->T, D = c->D;
 	size_t nD = (size_t)N * D, nF = (size_t)N * c->F, nq = (size_t)N * c->Hq * c->hd;
 	ft_dlayer *y = &dm->layers[l];
-	const ft_cv_group *gu = &y->grp[1].c;
-	float *g = a->gu + gu->off[0], *u = a->gu + gu->off[1];
 	TRY(ft_cu_zero(dm, dm->d_b, nD * sizeof(float)));
 	TRY(norm_bwd(dm, dm->d_b, y->ln4, dm->d_a, a->mo, a->rstd_mo, N));
-	TRY(ft_cu_geglu_forward(dm, dm->hbuf, g, u, gu->tot, N, c->F));
+	TRY(ft_cu_glu_forward(dm, l, a, N));
 	TRY(ft_cu_zero(dm, dm->dh, nF * sizeof(float)));
 	TRY(ft_cu_lin_backward(dm, l, 6, a, dm->dh, dm->d_b, ft_cu_act(dm, dm->hbuf), N));
-	TRY(ft_cu_geglu_backward(dm, g, u, dm->dh, g, u, gu->tot, N, c->F));
-	TRY(ft_cu_zero(dm, dm->d_ln, nD * sizeof(float)));
-	TRY(ft_cu_lin_backward_group(dm, l, 1, a->gu, a->gu, dm->d_ln, ft_cu_act(dm, a->ln2), N));
+	TRY(ft_cu_mlp_in_backward(dm, l, a, N));
 	TRY(norm_bwd(dm, dm->d_a, y->ln3, dm->d_ln, a->xmid, a->rstd2, N));
 	TRY(ft_cu_zero(dm, dm->d_b, nD * sizeof(float)));
 	TRY(norm_bwd(dm, dm->d_b, y->ln2, dm->d_a, a->ao, a->rstd_ao, N));
 	TRY(ft_cu_zero(dm, dm->d_att, nq * sizeof(float)));
-	TRY(ft_cu_lin_backward(dm, l, 3, a, dm->d_att, dm->d_b, ft_cu_f32(a->att), N));
+	TRY(ft_cu_lin_backward(dm, l, 3, a, dm->d_att, dm->d_b, ft_cu_proj_mat(dm, a->att), N));
 	return ft_cu_attn_backward(dm, l, a, x_in, b, need_dx);
 }

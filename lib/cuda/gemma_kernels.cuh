@@ -15,24 +15,25 @@
 #define FT_GEMMA_FOR(i, n) for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; \
 				i < (size_t)(n); i += (size_t)gridDim.x * blockDim.x)
 
-/* gate and up are rows of stride ld (the fused gate|up buffer), h and dh
- * [N, F]; element i is read and written by one thread only, so the
- * backward may write dg, du over g, u, as swiglu_backward_k (ops.cu). */
-static __global__ void geglu_forward_k(void *h, int at, const float *g, const float *u,
+/* gate and up are rows of stride ld (the fused gate|up buffer, of type
+ * gt: half when training in the half modes), h and dh [N, F]; element i
+ * is read and written by one thread only, so the backward may write dg,
+ * du (fp32, stride ld) over fp32 g, u, as swiglu_backward_k (ops.cu). */
+static __global__ void geglu_forward_k(void *h, int at, const void *g, const void *u, int gt,
 				       size_t ld, size_t N, int F)
 {
 	FT_GEMMA_FOR(i, N * F) {   /* h of type at (act_kernels.cuh): down_proj's operand */
 		size_t e = i / F * ld + i % F;
-		ft_k_act_put(h, i, ft_k_geglu(g[e], u[e]), at);
+		ft_k_act_put(h, i, ft_k_geglu(ft_k_act_get(g, e, gt), ft_k_act_get(u, e, gt)), at);
 	}
 }
 
-static __global__ void geglu_backward_k(float *dg, float *du, const float *dh, const float *g,
-					const float *u, size_t ld, size_t N, int F)
+static __global__ void geglu_backward_k(float *dg, float *du, const float *dh, const void *g,
+					const void *u, int gt, size_t ld, size_t N, int F)
 {
 	FT_GEMMA_FOR(i, N * F) {
 		size_t e = i / F * ld + i % F;
-		float gv = g[e], uv = u[e];
+		float gv = ft_k_act_get(g, e, gt), uv = ft_k_act_get(u, e, gt);
 		ft_k_geglu_backward(dh[i], gv, uv, dg + e, du + e);
 	}
 }

@@ -251,7 +251,7 @@ static int kv_store(ft_cuda_infer *c, int l, const ft_dacts *a, int n)
 {
 	size_t off = (size_t)l * c->o.rows * c->o.cap * c->kd, tot = (size_t)n * c->kd;
 	unsigned blocks = (unsigned)((tot + 255) / 256);
-	FT_LAUNCH(kv_store_k, blocks, 256, 0, c->dm->stream)(c->k + off, c->v + off, a->k, a->ldk, a->v,
+	FT_LAUNCH(kv_store_k, blocks, 256, 0, c->dm->stream)(c->k + off, c->v + off, (const float *)a->k, a->ldk, (const float *)a->v,
 						       a->ldv, c->mrow, c->mpos, n, c->kd,
 						       c->o.cap);
 	LAUNCHED("kv_store", "layer %d, %d tokens, kv dim %d", l, n, c->kd);
@@ -304,18 +304,13 @@ static int layer_step(ft_cuda_infer *c, int l, float *x, int n)
 	TRY(ft_cu_rmsnorm_forward_act(dm, a->ln1, a->rstd1, x, w, n, v->D, v->eps));
 	TRY(ft_cu_attn_inputs(dm, l, a, n));   /* q|k|v, q/k norms, RoPE */
 	TRY(kv_store(c, l, a, n));
-	TRY(cached_attention(c, l, a->att, a->q, a->ldq, n));
-	TRY(ft_cu_lin_forward(dm, l, 3, a, dm->tmp, ft_cu_f32(a->att), n));
+	/* fp32: an inference model's ft_cu_proj_type */
+	TRY(cached_attention(c, l, (float *)a->att, (const float *)a->q, a->ldq, n));
+	TRY(ft_cu_lin_forward(dm, l, 3, a, dm->tmp, ft_cu_f32((float *)a->att), n));
 	TRY(residual(dm, x, y->ln2, a, n));
 	TRY(ft_cu_norm_w(dm, v->gemma ? y->ln3 : y->ln2, v->D, &w));
 	TRY(ft_cu_rmsnorm_forward_act(dm, a->ln2, a->rstd2, x, w, n, v->D, v->eps));
-	const ft_cv_group *gu = &y->grp[1].c;
-	TRY(ft_cu_lin_forward_group(dm, l, 1, a->gu, ft_cu_act(dm, a->ln2), n));
-	const float *g = a->gu + gu->off[0], *u = a->gu + gu->off[1];
-	if (v->gemma)
-		TRY(ft_cu_geglu_forward(dm, dm->hbuf, g, u, gu->tot, n, v->F));
-	else
-		TRY(ft_cu_swiglu_forward(dm, dm->hbuf, g, u, gu->tot, n, v->F));
+	TRY(ft_cu_mlp_in_forward(dm, l, a, n));   /* gate|up, SwiGLU / GeGLU */
 	TRY(ft_cu_lin_forward(dm, l, 6, a, dm->tmp, ft_cu_act(dm, dm->hbuf), n));
 	TRY(residual(dm, x, y->ln4, a, n));
 	return 0;

@@ -102,29 +102,55 @@ static int lin_fwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, ft_ma
  * fp32 scratch, twice its largest module's), while the tiles bound the
  * scratch and keep the GEMMs as wide; the fused buffer's layout, which
  * RoPE, attention and SwiGLU read, is the same either way. */
-static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, float *Y, ft_mat x, int N)
+/* Whether group gi of layer l computes only into fp32: QLoRA's and
+ * OFT's module-by-module paths and DoRA's factors write fp32 columns. */
+static int group_f32_only(const ft_cuda_model *dm, int l, int gi)
+{
+	const ft_dlayer *d = &dm->layers[l];
+	const ft_cv_group *c = &d->grp[gi].c;
+	if (d->quant || ft_cu_oft_group(dm, l, gi))
+		return 1;
+	for (int i = 0; i < c->n; i++)
+		if (d->lora[c->js[i]].on && d->lora[c->js[i]].mag)
+			return 1;
+	return 0;
+}
+
+/* Y: fp32, or of the run's half type (the q|k|v and gate|up outputs when
+ * training in bf16/fp16, ft_cu_proj_type).  Half, it is the GEMMs' C: the base
+ * product rounded once, the bias added and rounded, the LoRA hidden
+ * rounded (lora_A's output under autocast), and B's product (B cast to
+ * half, as autocast casts lora_B) added into the rounded base and
+ * rounded again: PEFT's result + lora_B(lora_A(x)) * scaling in bf16.
+ * A group that computes only into fp32 (group_f32_only) runs into
+ * dm->dqkv (free in the forward) and is rounded into Y once. */
+static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, ft_mat Y, ft_mat x, int N)
 {
 	ft_dlayer *d = &dm->layers[l];
 	const ft_dgroup *g = &d->grp[gi];
 	int in = g->c.in, tot = g->c.tot, drop = dropping(dm) || d->quant;
 	ft_mat xo;
+	if (Y.half && group_f32_only(dm, l, gi)) {   /* dqkv: wide enough for either */
+		TRY(lin_fwd_group(dm, l, gi, ft_cu_f32(dm->dqkv), x, N));
+		return ft_cu_cast_cols(dm, Y, tot, ft_cu_f32(dm->dqkv), tot, N, tot);
+	}
 	if (ft_cu_oft_group(dm, l, gi))   /* each member on its own rotated input */
-		return ft_cu_oft_forward_group(dm, l, gi, Y, x, N);
+		return ft_cu_oft_forward_group(dm, l, gi, (float *)Y.p, x, N);
 	if (d->quant) {
 		TRY(ft_cu_operand_act(dm, &xo, x, (size_t)N * in, dm->hx, ft_cu_qscratch_half(dm)));
 		for (int i = 0; i < g->c.n; i++)
-			TRY(ft_cu_qlin_forward(dm, &d->q[g->c.js[i]], Y + g->c.off[i], tot, x, xo, N,
-					       ft_cuda_view_lin_name(g->c.js[i])));
+			TRY(ft_cu_qlin_forward(dm, &d->q[g->c.js[i]], (float *)Y.p + g->c.off[i], tot,
+					       x, xo, N, ft_cuda_view_lin_name(g->c.js[i])));
 	} else {
 		TRY(ft_cu_operand_act(dm, &xo, x, (size_t)N * in, dm->hx, g->wf.half));
-		TRY(ft_cu_gemm(dm, 0, 1, N, drop ? g->c.base : tot, in, 1, xo, in, g->wf, in, 0, Y,
-			       tot, group_name(gi)));
+		TRY(ft_cu_gemm_to(dm, 0, 1, N, drop ? g->c.base : tot, in, 1, xo, in, g->wf, in, 0,
+				  Y, tot, group_name(gi)));
 	}
 	for (int i = 0; i < g->c.n; i++) {
 		int j = g->c.js[i], out = dm->v.lin_out[j];
-		float *y = Y + g->c.off[i], *h = Y + g->c.loff[i];
+		ft_mat y = mat_at(Y, g->c.off[i]), h = mat_at(Y, g->c.loff[i]);
 		if (j < 3 && d->bias[j])
-			TRY(ft_cu_bias_forward(dm, y, tot, d->bias[j]->w, N, out));
+			TRY(ft_cu_bias_forward_act(dm, y, tot, d->bias[j]->w, N, out));
 		ft_dlora *lo = &d->lora[j];
 		if (!lo->on)
 			continue;
@@ -133,13 +159,14 @@ static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, float *Y, ft_mat x, i
 			ft_mat A = ft_cu_weight(dm, lo->A), xm, xd;
 			TRY(lora_input(dm, l, j, x, (size_t)N * in, &xd));
 			TRY(ft_cu_operand_act(dm, &xm, xd, (size_t)N * in, dm->hx, A.half));
-			TRY(ft_cu_gemm(dm, 0, 1, N, lo->r, in, 1, xm, in, A, in, 0, h, tot,
-				       "lora_A"));
+			TRY(ft_cu_gemm_to(dm, 0, 1, N, lo->r, in, 1, xm, in, A, in, 0, h, tot,
+					  "lora_A"));
 		}
-		ft_mat hm = { h, 0 }, B = { lo->B->w, 0 };
-		TRY(ft_cu_gemm(dm, 0, 1, N, out, lo->r, lo->scale, hm, tot, B, lo->r, 1, y, tot,
-			       "lora_B"));
-		TRY(ft_cu_dora_forward(dm, l, j, y, tot, N));
+		ft_mat B;   /* hy is free in the forward */
+		TRY(ft_cu_operand(dm, &B, lo->B->w, (size_t)out * lo->r, dm->hy, Y.half));
+		TRY(ft_cu_gemm_to(dm, 0, 1, N, out, lo->r, lo->scale, h, tot, B, lo->r, 1, y, tot,
+				  "lora_B"));
+		TRY(ft_cu_dora_forward(dm, l, j, (float *)y.p, tot, N));
 	}
 	return 0;
 }
@@ -224,20 +251,26 @@ static int lin_bwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
 
 /* The LoRA branches of a group: dB += scale dy^T h for every module,
  * then dL/dh = scale dy B into the LoRA columns of dY (after every h was
- * read: dY may be Y); Phi-3's members add theirs to the lead's hidden. */
-static int lora_bwd_group(ft_cuda_model *dm, int l, const ft_dgroup *g, const float *Y,
-			  float *dY, int N)
+ * read: dY may be Y); Phi-3's members add theirs to the lead's hidden.
+ * Y fp32 or half (lin_fwd_group); with a half Y, dB's product reads dY
+ * as cast in dyo (B's gradient from half dy and h, as autocast's), and
+ * the new LoRA columns of dY are then cast into dyo too. */
+static int lora_bwd_group(ft_cuda_model *dm, int l, const ft_dgroup *g, ft_mat Y, float *dY,
+			  ft_mat dyo, int N)
 {
 	ft_dlayer *d = &dm->layers[l];
-	int tot = g->c.tot;
+	int tot = g->c.tot, any = 0;
 	for (int pass = 0; pass < 2; pass++)
 		for (int i = 0; i < g->c.n; i++) {
 			int j = g->c.js[i], out = dm->v.lin_out[j];
 			ft_dlora *lo = &d->lora[j];
 			if (!lo->on)
 				continue;
-			ft_mat dy = { dY + g->c.off[i], 0 }, h = { Y + g->c.loff[i], 0 };
+			any = 1;
+			ft_mat dy = { dY + g->c.off[i], 0 }, h = mat_at(Y, g->c.loff[i]);
 			ft_mat B = { lo->B->w, 0 };
+			if (pass == 0 && Y.half)
+				dy = mat_at(dyo, g->c.off[i]);
 			if (pass == 0 && lo->B->g)
 				TRY(ft_cu_gemm(dm, 1, 0, out, lo->r, N, lo->scale, dy, tot, h, tot, 1,
 					       lo->B->g, lo->r, "lora_B grad"));
@@ -246,6 +279,9 @@ static int lora_bwd_group(ft_cuda_model *dm, int l, const ft_dgroup *g, const fl
 					       ft_cv_lora_owner(&g->c, i) ? 0.0f : 1.0f,
 					       dY + g->c.loff[i], tot, "lora dh"));
 		}
+	if (any && dyo.p != dY)
+		TRY(ft_cu_cast_cols(dm, mat_at(dyo, g->c.base), tot, ft_cu_f32(dY + g->c.base), tot,
+				    N, tot - g->c.base));
 	return 0;
 }
 
@@ -328,7 +364,7 @@ static int group_has_grad(const ft_cuda_model *dm, int l, const ft_dgroup *g)
  * dL/dh; every parameter gradient accumulates; dx += dL/dx (dx may be
  * NULL) in one GEMM over the stacked weights, A rows included unless
  * dropout made the LoRA inputs differ. */
-static int lin_bwd_group(ft_cuda_model *dm, int l, int gi, const float *Y, float *dY,
+static int lin_bwd_group(ft_cuda_model *dm, int l, int gi, ft_mat Y, float *dY,
 			 float *dx, ft_mat x, int N)
 {
 	ft_dlayer *d = &dm->layers[l];
@@ -343,17 +379,17 @@ static int lin_bwd_group(ft_cuda_model *dm, int l, int gi, const float *Y, float
 			TRY(ft_cu_bias_backward(dm, d->bias[j]->g, dY + g->c.off[i], tot, N,
 						dm->v.lin_out[j]));
 	}
-	TRY(lora_bwd_group(dm, l, g, Y, dY, N));
+	/* dY as the operand (cast once into hy in the half modes) */
+	int half = d->quant ? ft_cu_qscratch_half(dm) : g->wf.half;
 	ft_mat dyo, xo;
+	TRY(ft_cu_operand(dm, &dyo, dY, (size_t)N * tot, dm->hy, half));
+	TRY(lora_bwd_group(dm, l, g, Y, dY, dyo, N));
 	if (d->quant) {   /* module by module, as lin_fwd_group; no weight gradients */
-		TRY(ft_cu_operand(dm, &dyo, dY, (size_t)N * tot, dm->hy, ft_cu_qscratch_half(dm)));
 		for (int i = 0; dx && i < g->c.n; i++)
 			TRY(ft_cu_qlin_backward(dm, &d->q[g->c.js[i]], dx, mat_at(dyo, g->c.off[i]), tot,
 						N, ft_cuda_view_lin_name(g->c.js[i])));
 		return lora_drop_bwd(dm, l, g, dyo, dx, x, N);
 	}
-	int half = g->wf.half;
-	TRY(ft_cu_operand(dm, &dyo, dY, (size_t)N * tot, dm->hy, half));
 	if (dx)
 		TRY(ft_cu_gemm(dm, 0, 0, N, in, drop ? g->c.base : tot, 1, dyo, tot, g->wf, in, 1,
 			       dx, in, group_name(gi)));
@@ -386,36 +422,45 @@ void ft_cu_layer_tables(const ft_cuda_model *dm, int l, const float **cs, const 
 	*sn = local ? dm->sin_l : dm->sin_t;
 }
 
+/* Element off of p, an activation of type t */
+static void *elem(const void *p, size_t off, int t)
+{
+	return (char *)p + off * ft_cu_act_size(t);
+}
+
 /* Attention's q, k, v: columns of the fused buffer, or (Qwen3) q and k
- * after their norms. */
+ * after their norms; of ft_cu_proj_type. */
 static void bind_qkv(const ft_cuda_model *dm, int l, ft_dacts *a)
 {
 	const ft_cv_group *c = &dm->layers[l].grp[0].c;
 	const ft_cuda_view *v = &dm->v;
-	a->v = a->qkv + c->off[2];
+	int t = ft_cu_proj_type(dm);
+	a->v = elem(a->qkv, c->off[2], t);
 	a->ldv = c->tot;
 	if (v->qk_norm) {
 		a->q = a->qn, a->ldq = v->Hq * v->hd;
 		a->k = a->kn, a->ldk = v->Hk * v->hd;
 	} else {
-		a->q = a->qkv + c->off[0], a->ldq = c->tot;
-		a->k = a->qkv + c->off[1], a->ldk = c->tot;
+		a->q = elem(a->qkv, c->off[0], t), a->ldq = c->tot;
+		a->k = elem(a->qkv, c->off[1], t), a->ldk = c->tot;
 	}
 }
 
 /* As ftp_qk_norm_forward/backward (lib/model/arch.c): Qwen3's per-head
- * RMSNorm of the q and k columns of the fused buffer. */
+ * RMSNorm of the q and k columns of the fused buffer (half in, half out
+ * when the buffer is: Qwen3RMSNorm's fp32 statistics and .to(bf16)). */
 static int qk_norm_forward(ft_cuda_model *dm, const ft_dlayer *y, ft_dacts *a, int N)
 {
 	const ft_cuda_view *c = &dm->v;
 	const ft_cv_group *g = &y->grp[0].c;
+	int t = ft_cu_proj_type(dm);
 	const float *w;
 	TRY(ft_cu_norm_w(dm, y->qn, c->hd, &w));
-	TRY(ft_cu_head_rmsnorm_forward(dm, a->qn, a->rstdq, a->qkv + g->off[0], g->tot, w, N,
-				       c->Hq, c->hd, c->eps));
+	TRY(ft_cu_head_rmsnorm_forward(dm, a->qn, a->rstdq, elem(a->qkv, g->off[0], t), t, g->tot,
+				       w, N, c->Hq, c->hd, c->eps));
 	TRY(ft_cu_norm_w(dm, y->kn, c->hd, &w));
-	TRY(ft_cu_head_rmsnorm_forward(dm, a->kn, a->rstdk, a->qkv + g->off[1], g->tot, w, N,
-				       c->Hk, c->hd, c->eps));
+	TRY(ft_cu_head_rmsnorm_forward(dm, a->kn, a->rstdk, elem(a->qkv, g->off[1], t), t, g->tot,
+				       w, N, c->Hk, c->hd, c->eps));
 	return 0;
 }
 
@@ -425,13 +470,16 @@ static int qk_norm_backward(ft_cuda_model *dm, ft_dlayer *y, float *dY, const ft
 {
 	const ft_cuda_view *c = &dm->v;
 	const ft_cv_group *g = &y->grp[0].c;
+	int t = ft_cu_proj_type(dm);
 	const float *w;
 	TRY(ft_cu_norm_w(dm, y->qn, c->hd, &w));
-	TRY(ft_cu_head_rmsnorm_backward(dm, dY + g->off[0], y->qn->g, dm->dq, a->qkv + g->off[0],
-					g->tot, w, a->rstdq, N, c->Hq, c->hd));
+	TRY(ft_cu_head_rmsnorm_backward(dm, dY + g->off[0], y->qn->g, dm->dq,
+					elem(a->qkv, g->off[0], t), t, g->tot, w, a->rstdq, N, c->Hq,
+					c->hd));
 	TRY(ft_cu_norm_w(dm, y->kn, c->hd, &w));
-	TRY(ft_cu_head_rmsnorm_backward(dm, dY + g->off[1], y->kn->g, dm->dk, a->qkv + g->off[1],
-					g->tot, w, a->rstdk, N, c->Hk, c->hd));
+	TRY(ft_cu_head_rmsnorm_backward(dm, dY + g->off[1], y->kn->g, dm->dk,
+					elem(a->qkv, g->off[1], t), t, g->tot, w, a->rstdk, N, c->Hk,
+					c->hd));
 	return 0;
 }
 
@@ -439,15 +487,26 @@ int ft_cu_attn_inputs(ft_cuda_model *dm, int l, ft_dacts *a, int N)
 {
 	const ft_cuda_view *c = &dm->v;
 	ft_dlayer *y = &dm->layers[l];
-	TRY(lin_fwd_group(dm, l, 0, a->qkv, ft_cu_act(dm, a->ln1), N));
+	int t = ft_cu_proj_type(dm);
+	TRY(lin_fwd_group(dm, l, 0, ft_cu_proj_mat(dm, a->qkv), ft_cu_act(dm, a->ln1), N));
 	bind_qkv(dm, l, a);
 	if (c->qk_norm)
 		TRY(qk_norm_forward(dm, y, a, N));
 	const float *cs, *sn;
 	ft_cu_layer_tables(dm, l, &cs, &sn);
-	TRY(ft_cu_rope(dm, a->q, a->ldq, cs, sn, N, c->Hq, c->hd, 1));
-	TRY(ft_cu_rope(dm, a->k, a->ldk, cs, sn, N, c->Hk, c->hd, 1));
+	TRY(ft_cu_rope_act(dm, a->q, t, a->ldq, cs, sn, N, c->Hq, c->hd, 1));
+	TRY(ft_cu_rope_act(dm, a->k, t, a->ldk, cs, sn, N, c->Hk, c->hd, 1));
 	return 0;
+}
+
+/* Attention of layer l on the bound q, k, v into a->att, a->lse: the
+ * tensor-core kernels when they are half (ft_cu_proj_type). */
+int ft_cu_attn_forward(ft_cuda_model *dm, int l, ft_dacts *a, const ft_cuda_batch *b)
+{
+	ft_cu_attn s = ft_cu_attn_shape_of(dm, l, b);
+	ft_cu_attn_ld ld = { a->ldq, a->ldk, a->ldv, 0, 0, 0 };
+	return ft_cu_attention_forward_as(dm, ft_cu_proj_type(dm), a->att, a->lse, a->q, a->k, a->v,
+					  &s, &ld);
 }
 
 int ft_cu_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
@@ -458,41 +517,99 @@ int ft_cu_layer_forward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in
 	const ft_cuda_view *c = &dm->v;
 	int N = b->B * b->T, D = c->D;
 	ft_dlayer *y = &dm->layers[l];
-	ft_cu_attn s = ft_cu_attn_shape_of(dm, l, b);
 	TRY(ft_cu_rmsnorm_forward_act(dm, a->ln1, a->rstd1, x_in, y->ln1->w, N, D, c->eps));
 	TRY(ft_cu_attn_inputs(dm, l, a, N));
-	ft_cu_attn_ld ld = { a->ldq, a->ldk, a->ldv, 0, 0, 0 };
-	TRY(ft_cu_attention_forward(dm, a->att, a->lse, a->q, a->k, a->v, &s, &ld));
-	TRY(lin_fwd(dm, l, 3, a, dm->tmp, ft_cu_f32(a->att), N));
+	TRY(ft_cu_attn_forward(dm, l, a, b));
+	TRY(lin_fwd(dm, l, 3, a, dm->tmp, ft_cu_proj_mat(dm, a->att), N));
 	TRY(ft_cu_add_rmsnorm_forward(dm, a->xmid, a->ln2, a->rstd2, x_in, dm->tmp, y->ln2->w,
 				      N, D, c->eps));
-	const ft_cv_group *gu = &y->grp[1].c;
-	TRY(lin_fwd_group(dm, l, 1, a->gu, ft_cu_act(dm, a->ln2), N));
-	TRY(ft_cu_swiglu_forward(dm, dm->hbuf, a->gu + gu->off[0], a->gu + gu->off[1], gu->tot, N,
-				 c->F));
+	TRY(ft_cu_mlp_in_forward(dm, l, a, N));
 	TRY(lin_fwd(dm, l, 6, a, dm->tmp, ft_cu_act(dm, dm->hbuf), N));
 	TRY(ft_cu_add(dm, x_out, a->xmid, dm->tmp, (size_t)N * D));
 	return 0;
 }
 
+/* The MLP's hidden dm->hbuf from layer l's gate|up output: SwiGLU, or
+ * Gemma's GeGLU; gate and up read in ft_cu_proj_type. */
+int ft_cu_glu_forward(ft_cuda_model *dm, int l, const ft_dacts *a, int N)
+{
+	const ft_cv_group *c = &dm->layers[l].grp[1].c;
+	int t = ft_cu_proj_type(dm);
+	const void *g = elem(a->gu, c->off[0], t), *u = elem(a->gu, c->off[1], t);
+	if (dm->v.gemma)
+		return ft_cu_geglu_forward(dm, dm->hbuf, g, u, t, c->tot, N, dm->v.F);
+	return ft_cu_swiglu_forward(dm, dm->hbuf, g, u, t, c->tot, N, dm->v.F);
+}
+
+int ft_cu_mlp_in_forward(ft_cuda_model *dm, int l, ft_dacts *a, int N)
+{
+	TRY(lin_fwd_group(dm, l, 1, ft_cu_proj_mat(dm, a->gu), ft_cu_act(dm, a->ln2), N));
+	return ft_cu_glu_forward(dm, l, a, N);
+}
+
+/* From dm->dh (dL/d hidden) to dm->d_ln = dL/d ln2 through the GLU and
+ * the gate|up projection.  fp32 activations: the GLU's backward turns
+ * them into their gradients in place; half ones: the fp32 gradients go
+ * to dm->dqkv (free here: the attention backward comes after) in the
+ * same layout, and the half activations keep the LoRA hiddens. */
+int ft_cu_mlp_in_backward(ft_cuda_model *dm, int l, ft_dacts *a, int N)
+{
+	const ft_cv_group *c = &dm->layers[l].grp[1].c;
+	int t = ft_cu_proj_type(dm), F = dm->v.F;
+	const void *g = elem(a->gu, c->off[0], t), *u = elem(a->gu, c->off[1], t);
+	float *dY = t == FT_ACT_F32 ? (float *)a->gu : dm->dqkv;
+	float *dg = dY + c->off[0], *du = dY + c->off[1];
+	if (dm->v.gemma)
+		TRY(ft_cu_geglu_backward(dm, dg, du, dm->dh, g, u, t, c->tot, N, F));
+	else
+		TRY(ft_cu_swiglu_backward(dm, dg, du, dm->dh, g, u, t, c->tot, N, F));
+	TRY(ft_cu_zero(dm, dm->d_ln, (size_t)N * dm->v.D * sizeof(float)));
+	return lin_bwd_group(dm, l, 1, ft_cu_proj_mat(dm, a->gu), dY, dm->d_ln,
+			     ft_cu_act(dm, a->ln2), N);
+}
+
 /* The MLP half of layer_backward: d_a (dL/dx_out) -> d_a += through the
- * MLP and ln2.  SwiGLU's backward turns the gate|up activations into
- * their gradients in place. */
+ * MLP and ln2. */
 static int mlp_backward(ft_cuda_model *dm, int l, ft_dacts *a, int N)
 {
 	const ft_cuda_view *c = &dm->v;
 	ft_dlayer *y = &dm->layers[l];
-	const ft_cv_group *gu = &y->grp[1].c;
-	float *g = a->gu + gu->off[0], *u = a->gu + gu->off[1];
 	size_t nF = (size_t)N * c->F;
-	TRY(ft_cu_swiglu_forward(dm, dm->hbuf, g, u, gu->tot, N, c->F));
+	TRY(ft_cu_glu_forward(dm, l, a, N));
 	TRY(ft_cu_zero(dm, dm->dh, nF * sizeof(float)));
 	TRY(lin_bwd(dm, l, 6, a, dm->dh, dm->d_a, ft_cu_act(dm, dm->hbuf), N));
-	TRY(ft_cu_swiglu_backward(dm, g, u, dm->dh, g, u, gu->tot, N, c->F));
-	TRY(ft_cu_zero(dm, dm->d_ln, (size_t)N * c->D * sizeof(float)));
-	TRY(lin_bwd_group(dm, l, 1, a->gu, a->gu, dm->d_ln, ft_cu_act(dm, a->ln2), N));
+	TRY(ft_cu_mlp_in_backward(dm, l, a, N));
 	return ft_cu_rmsnorm_backward(dm, dm->d_a, y->ln2->g, dm->d_ln, a->xmid, y->ln2->w,
 				      a->rstd2, N, c->D);
+}
+
+/* Attention's dq (row stride lq), dk (lk) and dv (dm->dqkv's columns)
+ * from dm->d_att, written (not added), fp32.  Half activations: the
+ * tensor-core kernels read dO cast to the half type (into hx) and write
+ * dq|dk|dv in it, laid out as dqkv, into hy; widened there into the fp32
+ * gradients RoPE's backward and the GEMMs read (FlashAttention-2 in bf16
+ * returns bf16 gradients too). */
+static int attn_grads(ft_cuda_model *dm, int l, const ft_dacts *a, const ft_cu_attn *s,
+		      float *dq, int lq, float *dk, int lk, int N)
+{
+	const ft_cv_group *g = &dm->layers[l].grp[0].c;
+	int t = ft_cu_proj_type(dm), tot = g->tot;
+	float *dv = dm->dqkv + g->off[2];
+	if (t == FT_ACT_F32) {
+		ft_cu_attn_ld ld = { a->ldq, a->ldk, a->ldv, lq, lk, tot };
+		return ft_cu_attention_backward_as(dm, t, dq, dk, dv, dm->d_att, a->q, a->k, a->v,
+						   a->att, a->lse, s, &ld);
+	}
+	int qd = s->Hq * s->hd, kd = s->Hk * s->hd;
+	ft_mat dO, H = { dm->hy, 1 };
+	TRY(ft_cu_operand(dm, &dO, dm->d_att, (size_t)N * qd, dm->hx, 1));
+	ft_cu_attn_ld ld = { a->ldq, a->ldk, a->ldv, tot, tot, tot };
+	TRY(ft_cu_attention_backward_as(dm, t, dm->hy + g->off[0], dm->hy + g->off[1],
+					dm->hy + g->off[2], dO.p, a->q, a->k, a->v, a->att, a->lse,
+					s, &ld));
+	TRY(ft_cu_cast_cols(dm, ft_cu_f32(dq), lq, mat_at(H, g->off[0]), tot, N, qd));
+	TRY(ft_cu_cast_cols(dm, ft_cu_f32(dk), lk, mat_at(H, g->off[1]), tot, N, kd));
+	return ft_cu_cast_cols(dm, ft_cu_f32(dv), tot, mat_at(H, g->off[2]), tot, N, kd);
 }
 
 /* The attention half of layer_backward, from dm->d_att (dL/d att, the
@@ -515,9 +632,7 @@ int ft_cu_attn_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in
 		dq = dm->dq, lq = c->Hq * hd;
 		dk = dm->dk, lk = c->Hk * hd;
 	}
-	ft_cu_attn_ld ld = { a->ldq, a->ldk, a->ldv, lq, lk, g->tot };
-	TRY(ft_cu_attention_backward(dm, dq, dk, dY + g->off[2], dm->d_att, a->q, a->k, a->v,
-				     a->att, a->lse, &s, &ld));
+	TRY(attn_grads(dm, l, a, &s, dq, lq, dk, lk, N));
 	const float *cs, *sn;
 	ft_cu_layer_tables(dm, l, &cs, &sn);
 	TRY(ft_cu_rope(dm, dq, lq, cs, sn, N, c->Hq, hd, -1));
@@ -527,7 +642,7 @@ int ft_cu_attn_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in
 	float *dln = need_dx || y->ln1->g ? dm->d_ln : NULL;
 	if (dln)
 		TRY(ft_cu_zero(dm, dln, (size_t)N * D * sizeof(float)));
-	TRY(lin_bwd_group(dm, l, 0, a->qkv, dY, dln, ft_cu_act(dm, a->ln1), N));
+	TRY(lin_bwd_group(dm, l, 0, ft_cu_proj_mat(dm, a->qkv), dY, dln, ft_cu_act(dm, a->ln1), N));
 	const float *w1;
 	TRY(ft_cu_norm_w(dm, y->ln1, D, &w1));
 	if (dln)
@@ -547,7 +662,7 @@ int ft_cu_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_i
 	size_t nq = (size_t)N * c->Hq * c->hd;
 	TRY(mlp_backward(dm, l, a, N));
 	TRY(ft_cu_zero(dm, dm->d_att, nq * sizeof(float)));
-	TRY(lin_bwd(dm, l, 3, a, dm->d_att, dm->d_a, ft_cu_f32(a->att), N));
+	TRY(lin_bwd(dm, l, 3, a, dm->d_att, dm->d_a, ft_cu_proj_mat(dm, a->att), N));
 	return ft_cu_attn_backward(dm, l, a, x_in, b, need_dx);
 }
 
@@ -565,25 +680,14 @@ int ft_cu_layer_has_grad(const ft_cuda_model *dm, int l)
 }
 
 /* For lib/cuda/infer.cu (KV-cache decoding): one linear module with its
- * LoRA branch (a->lh[j] its hidden), and one fused projection. */
+ * LoRA branch (a->lh[j] its hidden). */
 int ft_cu_lin_forward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, ft_mat x, int N)
 {
 	return lin_fwd(dm, l, j, a, y, x, N);
-}
-
-int ft_cu_lin_forward_group(ft_cuda_model *dm, int l, int grp, float *Y, ft_mat x, int N)
-{
-	return lin_fwd_group(dm, l, grp, Y, x, N);
 }
 
 int ft_cu_lin_backward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
 		       const float *dy, ft_mat x, int N)
 {
 	return lin_bwd(dm, l, j, a, dx, dy, x, N);
-}
-
-int ft_cu_lin_backward_group(ft_cuda_model *dm, int l, int grp, const float *Y, float *dY,
-			     float *dx, ft_mat x, int N)
-{
-	return lin_bwd_group(dm, l, grp, Y, dY, dx, x, N);
 }

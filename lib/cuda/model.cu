@@ -247,21 +247,24 @@ static void layout_acts(ft_cuda_model *dm, ft_arena *a, ft_dacts *x, size_t N, s
 	/* the normed layer inputs in the activation type (ft_cu_act_type):
 	 * 2 bytes in the half modes */
 	size_t es = dm->half ? 2 : 4;
+	/* attention's inputs and output in ft_cu_proj_type (half when training
+	 * in the half modes) */
+	size_t eq = ft_cu_act_size(ft_cu_proj_type(dm));
 	x->ln1 = ft_arena_take(a, N * D * es, A_ACTS);
 	x->rstd1 = TAKE(a, N, float, A_ACTS);
-	x->qkv = TAKE(a, N * group_width(dm, 0), float, A_ACTS);
+	x->qkv = ft_arena_take(a, N * group_width(dm, 0) * eq, A_ACTS);
 	x->lse = TAKE(a, N * v->Hq, float, A_ACTS);
-	x->att = TAKE(a, N * qd, float, A_ACTS);
+	x->att = ft_arena_take(a, N * qd * eq, A_ACTS);
 	x->xmid = TAKE(a, N * D, float, A_ACTS);
 	x->ln2 = ft_arena_take(a, N * D * es, A_ACTS);
 	x->rstd2 = TAKE(a, N, float, A_ACTS);
-	x->gu = TAKE(a, N * group_width(dm, 1), float, A_ACTS);
+	x->gu = ft_arena_take(a, N * group_width(dm, 1) * eq, A_ACTS);
 	/* the other modules' LoRA hiddens are columns of qkv and gu */
 	x->lh[3] = r ? TAKE(a, N * r, float, A_ACTS) : NULL;
 	x->lh[6] = r ? TAKE(a, N * r, float, A_ACTS) : NULL;
 	if (v->qk_norm) {
-		x->qn = TAKE(a, N * qd, float, A_ACTS);
-		x->kn = TAKE(a, N * kd, float, A_ACTS);
+		x->qn = ft_arena_take(a, N * qd * eq, A_ACTS);
+		x->kn = ft_arena_take(a, N * kd * eq, A_ACTS);
 		x->rstdq = TAKE(a, N * v->Hq, float, A_ACTS);
 		x->rstdk = TAKE(a, N * v->Hk, float, A_ACTS);
 	}
@@ -406,7 +409,11 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	size_t wq = group_width(dm, 0), wg = group_width(dm, 1), wy = mi;
 	if (wq > wy) wy = wq;
 	if (wg > wy) wy = wg;
-	dm->dqkv = TAKE(a, Nb * wq, float, A_SCRATCH);
+	/* with half projection outputs also gate|up's fp32 gradients (the
+	 * SwiGLU backward cannot write them over the half activations), and
+	 * either group's fp32 forward (layer.cu's group_f32_only) */
+	size_t wd = ft_cu_proj_type(dm) != FT_ACT_F32 && wg > wq ? wg : wq;
+	dm->dqkv = TAKE(a, Nb * wd, float, A_SCRATCH);
 	dm->dq = TAKE(a, v->qk_norm ? Nb * qd : 0, float, A_SCRATCH);
 	dm->dk = TAKE(a, v->qk_norm ? Nb * kd : 0, float, A_SCRATCH);
 	dm->hbuf = ft_arena_take(a, N * F * (dm->half ? 2 : 4), A_SCRATCH);   /* ft_cu_act_type */
@@ -424,7 +431,10 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	dm->row_loss = TAKE(a, N, double, A_SCRATCH);
 	if (dm->half) {
 		dm->hx = TAKE(a, N * mi, uint16_t, A_SCRATCH);
-		dm->hy = TAKE(a, N * wy, uint16_t, A_SCRATCH);   /* a fused dY */
+		/* a fused dY; attention's dq|dk|dv; LoRA B cast for a half
+		 * q|k|v output (layer.cu), r * mi at most */
+		size_t ny = N * wy > r * mi ? N * wy : r * mi;
+		dm->hy = TAKE(a, ny, uint16_t, A_SCRATCH);
 		dm->hhead = TAKE(a, chunk * V, uint16_t, A_SCRATCH);
 	}
 	/* flash attention (attention.cu) keeps its tiles in shared memory:

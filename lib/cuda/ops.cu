@@ -8,15 +8,9 @@
 
 #define TPB 256
 
-static unsigned nblk(size_t n)
-{
-	size_t b = (n + TPB - 1) / TPB;
-	return (unsigned)(b > 65535u * 32u ? 65535u * 32u : (b ? b : 1));
-}
+static unsigned nblk(size_t n) { return ft_cu_grid(n, TPB); }
 
-/* grid-stride loop over n elements */
-#define FOR_N(i, n) for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; \
-			 i < (n); i += (size_t)gridDim.x * blockDim.x)
+#define FOR_N(i, n) FT_CU_FOR(i, n)
 
 /* ---- embedding ---- */
 
@@ -93,34 +87,44 @@ int ft_cu_act_type(const ft_cuda_model *dm)
 	return dm->o.precision == FT_CUDA_BF16 ? FT_ACT_BF16 : FT_ACT_F16;
 }
 
+int ft_cu_proj_type(const ft_cuda_model *dm)
+{
+	return dm->o.inference ? FT_ACT_F32 : ft_cu_act_type(dm);
+}
+
 /* Qwen3's q_norm / k_norm: the N*H heads of x (row stride ld) normalised
  * into out [N*H, hd] (contiguous). */
-int ft_cu_head_rmsnorm_forward(ft_cuda_model *dm, float *out, float *rstd, const float *x,
+/* x and out of type t (ft_cu_proj_type: the q|k|v buffer's). */
+int ft_cu_head_rmsnorm_forward(ft_cuda_model *dm, void *out, float *rstd, const void *x, int t,
 			       int ld, const float *w, int N, int H, int hd, float eps)
 {
 	if (N <= 0)
 		return 0;
 	ft_cu_rows xl = { H, ld };
-	FT_LAUNCH(rmsnorm_forward_k, N * H, FT_NORM_TPB, 0, dm->stream)(out, FT_ACT_F32, rstd, x, xl,
-									 w, hd, eps);
+	if (t == FT_ACT_F32)
+		FT_LAUNCH(rmsnorm_forward_k, N * H, FT_NORM_TPB, 0, dm->stream)(
+			out, FT_ACT_F32, rstd, (const float *)x, xl, w, hd, eps);
+	else
+		FT_LAUNCH(rmsnorm_forward_xk, N * H, FT_NORM_TPB, 0, dm->stream)(out, t, rstd, x, t,
+										  xl, w, hd, eps);
 	LAUNCHED("head_rmsnorm_forward", "N=%d H=%d hd=%d ld=%d", N, H, hd, ld);
 	return 0;
 }
 
-/* x and dx share the row addressing xl; dout is contiguous. */
+/* x (of type xt) and dx share the row addressing xl; dout is contiguous. */
 static __global__ void rmsnorm_backward_k(float *dx, const float *dout,
-					  const float *x, ft_cu_rows xl, const float *w,
+					  const void *x, int xt, ft_cu_rows xl, const float *w,
 					  const float *rstd, int D)
 {
 	__shared__ float sh[TPB];
 	size_t row = ft_cu_row(xl, blockIdx.x, D);
-	const float *xr = x + row, *g = dout + (size_t)blockIdx.x * D;
+	const float *g = dout + (size_t)blockIdx.x * D;
 	float r = rstd[blockIdx.x], dot = 0;
 	for (int d = threadIdx.x; d < D; d += blockDim.x)
-		dot += g[d] * w[d] * xr[d];
+		dot += g[d] * w[d] * ft_k_act_get(x, row + d, xt);
 	float s = ft_k_rmsnorm_dot_scale(ft_cu_block_sum(dot, sh), r, D);
 	for (int d = threadIdx.x; d < D; d += blockDim.x)
-		dx[row + d] += ft_k_rmsnorm_dx(g[d], w[d], xr[d], r, s);
+		dx[row + d] += ft_k_rmsnorm_dx(g[d], w[d], ft_k_act_get(x, row + d, xt), r, s);
 }
 
 /* ---- deterministic two-stage column sums (ft_k_colsum_chunk) ---- */
@@ -143,12 +147,15 @@ static __global__ void col_part_k(float *part, int N, int D, Elem e)
 }
 
 struct rmsnorm_dw_elem {   /* RMSNorm weight gradient terms */
-	const float *dout, *x, *rstd;
+	const float *dout;
+	const void *x;
+	const float *rstd;
 	ft_cu_rows xl;
-	int D;
+	int D, xt;
 	__device__ float operator()(int n, int d) const
 	{
-		return ft_k_rmsnorm_dw(dout[(size_t)n * D + d], x[ft_cu_row(xl, n, D) + d], rstd[n]);
+		return ft_k_rmsnorm_dw(dout[(size_t)n * D + d],
+				       ft_k_act_get(x, ft_cu_row(xl, n, D) + d, xt), rstd[n]);
 	}
 };
 
@@ -186,15 +193,15 @@ int ft_cu_add_rmsnorm_forward(ft_cuda_model *dm, float *x_out, void *out, float 
 }
 
 static int rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float *dout,
-			    const float *x, ft_cu_rows xl, const float *w, const float *rstd,
-			    int N, int D)
+			    const void *x, int xt, ft_cu_rows xl, const float *w,
+			    const float *rstd, int N, int D)
 {
 	if (N <= 0)
 		return 0;
-	FT_LAUNCH(rmsnorm_backward_k, N, TPB, 0, dm->stream)(dx, dout, x, xl, w, rstd, D);
+	FT_LAUNCH(rmsnorm_backward_k, N, TPB, 0, dm->stream)(dx, dout, x, xt, xl, w, rstd, D);
 	LAUNCHED("rmsnorm_backward", "N=%d D=%d", N, D);
 	if (dw) {
-		rmsnorm_dw_elem e = { dout, x, rstd, xl, D };
+		rmsnorm_dw_elem e = { dout, x, rstd, xl, D, xt };
 		FT_LAUNCH(col_part_k, col_grid(D), COL_TPB, 0, dm->stream)(dm->colpart, N, D, e);
 		LAUNCHED("rmsnorm_backward dw partials", "N=%d D=%d", N, D);
 		FT_LAUNCH(col_finish_k, (D + COL_TPB - 1) / COL_TPB, COL_TPB, 0, dm->stream)(dw, dm->colpart, D);
@@ -206,15 +213,15 @@ static int rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float
 int ft_cu_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float *dout,
 			   const float *x, const float *w, const float *rstd, int N, int D)
 {
-	return rmsnorm_backward(dm, dx, dw, dout, x, ft_cu_rows_of(D), w, rstd, N, D);
+	return rmsnorm_backward(dm, dx, dw, dout, x, FT_ACT_F32, ft_cu_rows_of(D), w, rstd, N, D);
 }
 
 int ft_cu_head_rmsnorm_backward(ft_cuda_model *dm, float *dx, float *dw, const float *dout,
-				const float *x, int ld, const float *w, const float *rstd,
+				const void *x, int xt, int ld, const float *w, const float *rstd,
 				int N, int H, int hd)
 {
 	ft_cu_rows xl = { H, ld };
-	return rmsnorm_backward(dm, dx, dw, dout, x, xl, w, rstd, N * H, hd);
+	return rmsnorm_backward(dm, dx, dw, dout, x, xt, xl, w, rstd, N * H, hd);
 }
 
 /* ---- RoPE (rotate-half), in place; sign -1 = backward ----
@@ -233,15 +240,43 @@ static __global__ void rope_k(float *x, size_t ld, const float *cos_t, const flo
 	}
 }
 
+/* The same on x of type at (the half q|k|v buffer): each pair widened,
+ * rotated in fp32 registers as ft_k_rope_pair, rounded once. */
+static __global__ void rope_act_k(void *x, int at, size_t ld, const float *cos_t,
+				  const float *sin_t, size_t N, int H, int hd, int rd, float sign)
+{
+	int half = rd / 2;
+	FOR_N(i, N * H * half) {
+		size_t n = i / ((size_t)H * half);
+		int h = (int)(i / half % H), j = (int)(i % half);
+		size_t e = n * ld + (size_t)h * hd + j;
+		float a = ft_k_act_get(x, e, at), b = ft_k_act_get(x, e + half, at);
+		ft_k_rope_pair(&a, &b, cos_t[n * half + j], sin_t[n * half + j], sign);
+		ft_k_act_put(x, e, a, at);
+		ft_k_act_put(x, e + half, b, at);
+	}
+}
+
 /* The rotary dim is the view's (dm->v.rd), for every caller. */
 int ft_cu_rope(ft_cuda_model *dm, float *x, int ld, const float *cos_t, const float *sin_t,
 	       int N, int H, int hd, float sign)
 {
+	return ft_cu_rope_act(dm, x, FT_ACT_F32, ld, cos_t, sin_t, N, H, hd, sign);
+}
+
+int ft_cu_rope_act(ft_cuda_model *dm, void *x, int at, int ld, const float *cos_t,
+		   const float *sin_t, int N, int H, int hd, float sign)
+{
 	int rd = dm->v.rd > 0 ? dm->v.rd : hd;
 	size_t n = (size_t)N * H * (rd / 2);
-	FT_LAUNCH(rope_k, nblk(n), TPB, 0, dm->stream)(x, ld, cos_t, sin_t, N, H, hd, rd, sign);
-	LAUNCHED(sign > 0 ? "rope_forward" : "rope_backward", "N=%d H=%d hd=%d rd=%d", N, H, hd,
-		 rd);
+	if (at == FT_ACT_F32)
+		FT_LAUNCH(rope_k, nblk(n), TPB, 0, dm->stream)((float *)x, ld, cos_t, sin_t, N, H, hd,
+							       rd, sign);
+	else
+		FT_LAUNCH(rope_act_k, nblk(n), TPB, 0, dm->stream)(x, at, ld, cos_t, sin_t, N, H, hd,
+								   rd, sign);
+	LAUNCHED(sign > 0 ? "rope_forward" : "rope_backward", "N=%d H=%d hd=%d rd=%d%s", N, H, hd,
+		 rd, at ? " half" : "");
 	return 0;
 }
 
@@ -252,32 +287,21 @@ int ft_cu_rope(ft_cuda_model *dm, float *x, int ld, const float *cos_t, const fl
  * backward may write dg, du over g, u (in place: the layer's backward
  * turns its gate|up activations into their gradients). */
 
-static __global__ void swiglu_backward_k(float *dg, float *du, const float *dh,
-					 const float *g, const float *u, size_t ld, size_t N,
-					 int F)
-{
-	FOR_N(i, N * F) {
-		size_t e = i / F * ld + i % F;
-		float gv = g[e], uv = u[e];
-		ft_k_swiglu_backward(dh[i], gv, uv, dg + e, du + e);
-	}
-}
-
-int ft_cu_swiglu_forward(ft_cuda_model *dm, void *h, const float *g, const float *u,
+int ft_cu_swiglu_forward(ft_cuda_model *dm, void *h, const void *g, const void *u, int gt,
 			 int ld, int N, int F)
 {
 	size_t n = (size_t)N * F;
-	FT_LAUNCH(swiglu_forward_k, nblk(n), TPB, 0, dm->stream)(h, ft_cu_act_type(dm), g, u, ld, N,
-								 F);
+	FT_LAUNCH(swiglu_forward_k, nblk(n), TPB, 0, dm->stream)(h, ft_cu_act_type(dm), g, u, gt, ld,
+								 N, F);
 	LAUNCHED("swiglu_forward", "N=%d F=%d ld=%d", N, F, ld);
 	return 0;
 }
 
 int ft_cu_swiglu_backward(ft_cuda_model *dm, float *dg, float *du, const float *dh,
-			  const float *g, const float *u, int ld, int N, int F)
+			  const void *g, const void *u, int gt, int ld, int N, int F)
 {
 	size_t n = (size_t)N * F;
-	FT_LAUNCH(swiglu_backward_k, nblk(n), TPB, 0, dm->stream)(dg, du, dh, g, u, ld, N, F);
+	FT_LAUNCH(swiglu_backward_k, nblk(n), TPB, 0, dm->stream)(dg, du, dh, g, u, gt, ld, N, F);
 	LAUNCHED("swiglu_backward", "N=%d F=%d ld=%d", N, F, ld);
 	return 0;
 }
@@ -297,17 +321,52 @@ int ft_cu_add(ft_cuda_model *dm, float *dst, const float *a, const float *b, siz
 	return 0;
 }
 
-static __global__ void bias_forward_k(float *y, size_t ld, const float *b, size_t N, int out)
+/* y of type at (a half q|k|v buffer: the sum rounded once) */
+static __global__ void bias_forward_k(void *y, int at, size_t ld, const float *b, size_t N,
+				      int out)
 {
-	FOR_N(i, N * out)
-		y[i / out * ld + i % out] += b[i % out];
+	FOR_N(i, N * out) {
+		size_t e = i / out * ld + i % out;
+		ft_k_act_put(y, e, ft_k_act_get(y, e, at) + b[i % out], at);
+	}
 }
 
 int ft_cu_bias_forward(ft_cuda_model *dm, float *y, int ld, const float *b, int N, int out)
 {
+	return ft_cu_bias_forward_act(dm, ft_cu_f32(y), ld, b, N, out);
+}
+
+int ft_cu_bias_forward_act(ft_cuda_model *dm, ft_mat y, int ld, const float *b, int N, int out)
+{
 	size_t n = (size_t)N * out;
-	FT_LAUNCH(bias_forward_k, nblk(n), TPB, 0, dm->stream)(y, ld, b, N, out);
+	int at = y.half ? ft_cu_act_type(dm) : FT_ACT_F32;
+	FT_LAUNCH(bias_forward_k, nblk(n), TPB, 0, dm->stream)((void *)y.p, at, ld, b, N, out);
 	LAUNCHED("bias_forward", "N=%d out=%d", N, out);
+	return 0;
+}
+
+/* cols columns of N rows, src (row stride lds) into dst (ldd), each of
+ * its own type (fp32 or the run's half type): a widening or a rounding,
+ * or a copy between columns of fused buffers. */
+static __global__ void cast_cols_k(void *dst, int dt, size_t ldd, const void *src, int st,
+				   size_t lds, size_t N, int cols)
+{
+	FOR_N(i, N * cols) {
+		size_t n = i / cols, c = i % cols;
+		ft_k_act_put(dst, n * ldd + c, ft_k_act_get(src, n * lds + c, st), dt);
+	}
+}
+
+int ft_cu_cast_cols(ft_cuda_model *dm, ft_mat dst, int ldd, ft_mat src, int lds, int N, int cols)
+{
+	size_t n = (size_t)N * cols;
+	if (!n)
+		return 0;
+	int at = ft_cu_act_type(dm);
+	FT_LAUNCH(cast_cols_k, nblk(n), TPB, 0, dm->stream)((void *)dst.p, dst.half ? at : FT_ACT_F32,
+							    ldd, src.p, src.half ? at : FT_ACT_F32,
+							    lds, N, cols);
+	LAUNCHED("cast_cols", "N=%d cols=%d", N, cols);
 	return 0;
 }
 

@@ -20,14 +20,9 @@
 
 #define XTPB 256
 
-static unsigned xblocks(size_t n)
-{
-	size_t b = (n + XTPB - 1) / XTPB;
-	return (unsigned)(b > 65535u * 32u ? 65535u * 32u : (b ? b : 1));
-}
+static unsigned xblocks(size_t n) { return ft_cu_grid(n, XTPB); }
 
-#define XFOR(i, n) for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; \
-			i < (n); i += (size_t)gridDim.x * blockDim.x)
+#define XFOR(i, n) FT_CU_FOR(i, n)
 
 typedef struct {
 	const ft_cuda_xopt *o;

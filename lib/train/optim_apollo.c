@@ -99,9 +99,7 @@ typedef struct {
 	ft_apollo_opts o;
 	int64_t step;
 	/* the state as ft_ext_dev's arrays (a model that steps itself) */
-	int *kind, *decay, *right, *rank;
-	size_t *n1, *n3;
-	float **s1, **s2, **s3;
+	ft_ext_proj arr;
 	ft_ext_dev dev;
 } apollo;
 
@@ -336,44 +334,35 @@ static void ap_free(void *self)
 		free(x->s[k].v);
 	}
 	free(x->s);
-	free(x->kind); free(x->decay); free(x->right); free(x->rank);
-	free(x->n1); free(x->n3); free(x->s1); free(x->s2); free(x->s3);
+	ft_ext_proj_free(&x->arr);
 	free(x);
 }
 
 /* ft_ext_dev over the states */
 static void dev_arrays(apollo *x)
 {
-	size_t nn = x->n ? x->n : 1;
-	x->kind = ft_xcalloc(nn, sizeof *x->kind);
-	x->decay = ft_xcalloc(nn, sizeof *x->decay);
-	x->right = ft_xcalloc(nn, sizeof *x->right);
-	x->rank = ft_xcalloc(nn, sizeof *x->rank);
-	x->n1 = ft_xcalloc(nn, sizeof *x->n1);
-	x->n3 = ft_xcalloc(nn, sizeof *x->n3);
-	x->s1 = ft_xcalloc(nn, sizeof *x->s1);
-	x->s2 = ft_xcalloc(nn, sizeof *x->s2);
-	x->s3 = ft_xcalloc(nn, sizeof *x->s3);
+	ft_ext_proj *a = &x->arr;
+	ft_ext_proj_alloc(a, x->n);
 	for (size_t k = 0; k < x->n; k++) {
+		const ft_param *p = x->p[k];
 		astate *st = &x->s[k];
-		x->kind[k] = st->apollo;
-		x->decay[k] = x->p[k]->decay;
-		x->right[k] = st->right;
-		x->rank[k] = st->r;
-		x->n1[k] = st->apollo ? st->nlow : x->p[k]->n;
-		x->n3[k] = st->apollo ? st->np : 0;
-		x->s1[k] = st->m;
-		x->s2[k] = st->v;
-		x->s3[k] = st->P;
+		a->kind[k] = st->apollo;
+		a->decay[k] = p->decay;
+		a->right[k] = st->right;
+		a->rank[k] = st->r;
+		a->n1[k] = st->apollo ? st->nlow : p->n;
+		a->n3[k] = st->apollo ? st->np : 0;
+		a->s1[k] = st->m;
+		a->s2[k] = st->v;
+		a->s3[k] = st->P;
 	}
-	x->dev = (ft_ext_dev){ .algo = FT_EXT_APOLLO, .p = x->p, .n = x->n, .kind = x->kind,
-			       .decay = x->decay, .n1 = x->n1, .n2 = x->n1, .s1 = x->s1, .s2 = x->s2,
-			       .step = &x->step, .wd = x->o.weight_decay, .beta1 = x->o.beta1,
-			       .beta2 = x->o.beta2, .eps = x->o.eps, .right = x->right, .rank = x->rank,
-			       .s3 = x->s3, .n3 = x->n3, .interval = x->o.update_interval,
-			       .scale = x->o.scale, .project = ap_project, .self = x,
+	x->dev = (ft_ext_dev){ .algo = FT_EXT_APOLLO, .p = x->p, .n = x->n, .step = &x->step,
+			       .wd = x->o.weight_decay, .beta1 = x->o.beta1, .beta2 = x->o.beta2,
+			       .eps = x->o.eps, .interval = x->o.update_interval, .scale = x->o.scale,
+			       .project = ap_project, .self = x,
 			       .scale_tensor = x->o.scale_tensor, .scale_front = x->o.scale_front,
 			       .limit = ap_limit };
+	ft_ext_proj_view(a, &x->dev);
 }
 
 ft_optim_ext *ft_apollo_new(ft_param *const *params, size_t n, const int *is_apollo, const ft_apollo_opts *o)

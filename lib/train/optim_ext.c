@@ -14,6 +14,39 @@ void ft_optim_ext_free(ft_optim_ext *e)
 	free(e);
 }
 
+void ft_ext_proj_alloc(ft_ext_proj *a, size_t n)
+{
+	size_t nn = n ? n : 1;
+	a->kind = ft_xcalloc(nn, sizeof *a->kind);
+	a->decay = ft_xcalloc(nn, sizeof *a->decay);
+	a->right = ft_xcalloc(nn, sizeof *a->right);
+	a->rank = ft_xcalloc(nn, sizeof *a->rank);
+	a->n1 = ft_xcalloc(nn, sizeof *a->n1);
+	a->n3 = ft_xcalloc(nn, sizeof *a->n3);
+	a->s1 = ft_xcalloc(nn, sizeof *a->s1);
+	a->s2 = ft_xcalloc(nn, sizeof *a->s2);
+	a->s3 = ft_xcalloc(nn, sizeof *a->s3);
+}
+
+void ft_ext_proj_free(ft_ext_proj *a)
+{
+	free(a->kind); free(a->decay); free(a->right); free(a->rank);
+	free(a->n1); free(a->n3); free(a->s1); free(a->s2); free(a->s3);
+}
+
+void ft_ext_proj_view(const ft_ext_proj *a, ft_ext_dev *d)
+{
+	d->kind = a->kind;
+	d->decay = a->decay;
+	d->right = a->right;
+	d->rank = a->rank;
+	d->n1 = d->n2 = a->n1;
+	d->n3 = a->n3;
+	d->s1 = a->s1;
+	d->s2 = a->s2;
+	d->s3 = a->s3;
+}
+
 int ftp_ext_read_vec(ft_st *st, const char *f, const char *pname, const char *what, size_t n,
 		     float *dst)
 {

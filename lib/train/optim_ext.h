@@ -59,6 +59,21 @@ typedef struct {
 	float (*limit)(void *self, size_t k, float nrm);
 } ft_ext_dev;
 
+/* The per-param arrays a projected optimizer (GaLore, APOLLO) exposes as
+ * its ft_ext_dev: kind[k] (projected or plain AdamW), decay, right, rank,
+ * n1 (the moments' length), n3 (the projector's) and s1, s2, s3 (the
+ * moments and the projector, the extension's own buffers). */
+typedef struct {
+	int *kind, *decay, *right, *rank;
+	size_t *n1, *n3;
+	float **s1, **s2, **s3;
+} ft_ext_proj;
+/* n entries of each array, zeroed (at least one, so n = 0 allocates) */
+void ft_ext_proj_alloc(ft_ext_proj *a, size_t n);
+void ft_ext_proj_free(ft_ext_proj *a);
+/* d's array fields over a's (n2 = n1: both moments have the length) */
+void ft_ext_proj_view(const ft_ext_proj *a, ft_ext_dev *d);
+
 typedef struct ft_optim_ext {
 	void *self;
 	/* Before clipping: BAdam zeroes the gradients outside the active

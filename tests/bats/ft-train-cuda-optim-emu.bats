@@ -45,6 +45,29 @@ load emu_helper
 
 LLAMA="$FIXTURES/models/tiny-llama"
 
+# resumes WEIGHTS STATE both|one ARGS...: ARGS (6 steps, saved every 3)
+# run on the device (a) and resumed there from checkpoint-3 (b): log,
+# WEIGHTS and the optimizer's STATE file bit-identical; the device's
+# checkpoint-3 resumed on the CPU (d) within the fp32 bound (1e-4) of the
+# CPU's own run (c); with `both`, the CPU's checkpoint-3 on the device (e)
+resumes() {
+	local weights=$1 state=$2 both=$3
+	shift 3
+	ft-train --output_dir a --device cuda "$@"
+	from_checkpoint a b && ft-train --output_dir b --device cuda "$@" --resume_from_checkpoint true
+	diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	cmp a/$weights b/$weights
+	cmp a/checkpoint-6/$state b/checkpoint-6/$state
+	ft-train --output_dir c --device cpu "$@"
+	from_checkpoint a d && ft-train --output_dir d --device cpu "$@" --resume_from_checkpoint true
+	close c/trainer_log.jsonl d/trainer_log.jsonl 1e-4
+	[ "$both" = both ] || return 0
+	from_checkpoint c e && ft-train --output_dir e --device cuda "$@" --resume_from_checkpoint true
+	close c/trainer_log.jsonl e/trainer_log.jsonl 1e-4
+}
+# from_checkpoint SRC DST: DST holds SRC's checkpoint-3 and its first 3 log lines
+from_checkpoint() { mkdir "$2" && cp -r "$1/checkpoint-3" "$2/" && head -n 3 "$1/trainer_log.jsonl" > "$2/trainer_log.jsonl"; }
+
 @test "emulated device LoRA+ (ratio 16, cosine warmup, clipping, accumulation): the CPU's losses within 1e-4" {
 	sft_data
 	common=(--train train.zst --val val.zst --eval_steps 2 --gradient_accumulation_steps 2
@@ -64,18 +87,7 @@ LLAMA="$FIXTURES/models/tiny-llama"
 	      --learning_rate 5e-3 --max_steps 6 --gradient_accumulation_steps 2 --max_grad_norm 0.5
 	      --lr_scheduler_type cosine --warmup_steps 2 --logging_steps 1 --save_steps 3
 	      --loraplus_lr_ratio 8 -q)
-	ft-train --output_dir a --device cuda "${args[@]}"
-	mkdir b && cp -r a/checkpoint-3 b/ && head -n 3 a/trainer_log.jsonl > b/trainer_log.jsonl
-	ft-train --output_dir b --device cuda "${args[@]}" --resume_from_checkpoint true
-	diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
-	cmp a/adapter_model.safetensors b/adapter_model.safetensors
-	cmp a/checkpoint-6/optimizer.safetensors b/checkpoint-6/optimizer.safetensors
-	# the device's checkpoint on the CPU: the CPU's own run from step 3 on
-	# (the same state files), within the fp32 bound above
-	ft-train --output_dir c --device cpu "${args[@]}"
-	mkdir d && cp -r a/checkpoint-3 d/ && head -n 3 a/trainer_log.jsonl > d/trainer_log.jsonl
-	ft-train --output_dir d --device cpu "${args[@]}" --resume_from_checkpoint true
-	close c/trainer_log.jsonl d/trainer_log.jsonl 1e-4
+	resumes adapter_model.safetensors optimizer.safetensors one "${args[@]}"
 }
 
 @test "emulated device BAdam (switch every 2 steps, ascending and random): the CPU's losses within 1e-4, resume bit-identical" {
@@ -89,17 +101,8 @@ LLAMA="$FIXTURES/models/tiny-llama"
 	same_run "$LLAMA" 1e-4 "${common[@]}" --badam_switch_mode random
 	args=(--model_name_or_path "$LLAMA" "${common[@]}" --learning_rate 5e-3 --logging_steps 1
 	      --save_steps 3 -q)
-	ft-train --output_dir a --device cuda "${args[@]}"
-	mkdir b && cp -r a/checkpoint-3 b/ && head -n 3 a/trainer_log.jsonl > b/trainer_log.jsonl
-	ft-train --output_dir b --device cuda "${args[@]}" --resume_from_checkpoint true
-	diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
-	cmp a/model.safetensors b/model.safetensors
-	cmp a/checkpoint-6/badam_optimizer.safetensors b/checkpoint-6/badam_optimizer.safetensors
-	# the device's checkpoint (the fresh block 0 after the switch) on the CPU
-	ft-train --output_dir c --device cpu "${args[@]}"
-	mkdir d && cp -r a/checkpoint-3 d/ && head -n 3 a/trainer_log.jsonl > d/trainer_log.jsonl
-	ft-train --output_dir d --device cpu "${args[@]}" --resume_from_checkpoint true
-	close c/trainer_log.jsonl d/trainer_log.jsonl 1e-4
+	# the device's checkpoint holds the fresh block 0 after the switch
+	resumes model.safetensors badam_optimizer.safetensors one "${args[@]}"
 }
 
 @test "emulated device Adam-mini (llama, qwen2 biases; decay, clipping, accumulation, eval): the CPU's losses within 1e-4, resume bit-identical" {
@@ -117,21 +120,7 @@ LLAMA="$FIXTURES/models/tiny-llama"
 	args=(--model_name_or_path "$LLAMA" --train train.zst --finetuning_type full --use_adam_mini true
 	      --weight_decay 0.1 --max_grad_norm 0.5 --learning_rate 5e-3 --max_steps 6 --logging_steps 1
 	      --save_steps 3 -q)
-	ft-train --output_dir a --device cuda "${args[@]}"
-	mkdir b && cp -r a/checkpoint-3 b/ && head -n 3 a/trainer_log.jsonl > b/trainer_log.jsonl
-	ft-train --output_dir b --device cuda "${args[@]}" --resume_from_checkpoint true
-	diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
-	cmp a/model.safetensors b/model.safetensors
-	cmp a/checkpoint-6/adam_mini_optimizer.safetensors b/checkpoint-6/adam_mini_optimizer.safetensors
-	# the device's checkpoint on the CPU: the CPU's own run from step 3 on
-	ft-train --output_dir c --device cpu "${args[@]}"
-	mkdir d && cp -r a/checkpoint-3 d/ && head -n 3 a/trainer_log.jsonl > d/trainer_log.jsonl
-	ft-train --output_dir d --device cpu "${args[@]}" --resume_from_checkpoint true
-	close c/trainer_log.jsonl d/trainer_log.jsonl 1e-4
-	# and the CPU's checkpoint on the device
-	mkdir e && cp -r c/checkpoint-3 e/ && head -n 3 c/trainer_log.jsonl > e/trainer_log.jsonl
-	ft-train --output_dir e --device cuda "${args[@]}" --resume_from_checkpoint true
-	close c/trainer_log.jsonl e/trainer_log.jsonl 1e-4
+	resumes model.safetensors adam_mini_optimizer.safetensors both "${args[@]}"
 }
 
 @test "emulated device Muon (full, LoRA; decay, clipping, accumulation, eval): the CPU's losses within bfloat16's bound, resume bit-identical" {
@@ -148,20 +137,7 @@ LLAMA="$FIXTURES/models/tiny-llama"
 	args=(--model_name_or_path "$LLAMA" --train train.zst --finetuning_type full --use_muon true
 	      --weight_decay 0.1 --max_grad_norm 0.5 --learning_rate 1e-3 --max_steps 6 --logging_steps 1
 	      --save_steps 3 -q)
-	ft-train --output_dir a --device cuda "${args[@]}"
-	mkdir b && cp -r a/checkpoint-3 b/ && head -n 3 a/trainer_log.jsonl > b/trainer_log.jsonl
-	ft-train --output_dir b --device cuda "${args[@]}" --resume_from_checkpoint true
-	diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
-	cmp a/model.safetensors b/model.safetensors
-	cmp a/checkpoint-6/muon_optimizer.safetensors b/checkpoint-6/muon_optimizer.safetensors
-	# the device's checkpoint on the CPU, and the CPU's on the device
-	ft-train --output_dir c --device cpu "${args[@]}"
-	mkdir d && cp -r a/checkpoint-3 d/ && head -n 3 a/trainer_log.jsonl > d/trainer_log.jsonl
-	ft-train --output_dir d --device cpu "${args[@]}" --resume_from_checkpoint true
-	close c/trainer_log.jsonl d/trainer_log.jsonl 1e-4
-	mkdir e && cp -r c/checkpoint-3 e/ && head -n 3 c/trainer_log.jsonl > e/trainer_log.jsonl
-	ft-train --output_dir e --device cuda "${args[@]}" --resume_from_checkpoint true
-	close c/trainer_log.jsonl e/trainer_log.jsonl 1e-4
+	resumes model.safetensors muon_optimizer.safetensors both "${args[@]}"
 }
 
 @test "emulated device GaLore (std, reverse_std, right, left; reprojection; layer-wise): the CPU's losses within 1e-4, resume bit-identical" {
@@ -184,19 +160,7 @@ LLAMA="$FIXTURES/models/tiny-llama"
 	# resumed at step 3, reprojecting at step 4 (0-based) from the checkpoint's projector on
 	args=(--model_name_or_path "$LLAMA" "${base[@]}" --galore_rank 1 --galore_update_interval 2
 	      --learning_rate 5e-3 --max_steps 6 --logging_steps 1 --save_steps 3 -q)
-	ft-train --output_dir a --device cuda "${args[@]}"
-	mkdir b && cp -r a/checkpoint-3 b/ && head -n 3 a/trainer_log.jsonl > b/trainer_log.jsonl
-	ft-train --output_dir b --device cuda "${args[@]}" --resume_from_checkpoint true
-	diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
-	cmp a/model.safetensors b/model.safetensors
-	cmp a/checkpoint-6/galore_optimizer.safetensors b/checkpoint-6/galore_optimizer.safetensors
-	ft-train --output_dir c --device cpu "${args[@]}"
-	mkdir d && cp -r a/checkpoint-3 d/ && head -n 3 a/trainer_log.jsonl > d/trainer_log.jsonl
-	ft-train --output_dir d --device cpu "${args[@]}" --resume_from_checkpoint true
-	close c/trainer_log.jsonl d/trainer_log.jsonl 1e-4
-	mkdir e && cp -r c/checkpoint-3 e/ && head -n 3 c/trainer_log.jsonl > e/trainer_log.jsonl
-	ft-train --output_dir e --device cuda "${args[@]}" --resume_from_checkpoint true
-	close c/trainer_log.jsonl e/trainer_log.jsonl 1e-4
+	resumes model.safetensors galore_optimizer.safetensors both "${args[@]}"
 }
 
 @test "emulated device APOLLO (channel, tensor + scale_front, re-projections, layer-wise, svd): the CPU's losses within 1e-4, resume bit-identical" {
@@ -217,19 +181,7 @@ LLAMA="$FIXTURES/models/tiny-llama"
 	# resumed at step 3, re-projecting right after (the checkpoint's seeds and limits)
 	args=(--model_name_or_path "$LLAMA" "${base[@]}" --apollo_rank 4 --apollo_update_interval 3
 	      --learning_rate 5e-3 --max_steps 6 --logging_steps 1 --save_steps 3 -q)
-	ft-train --output_dir a --device cuda "${args[@]}"
-	mkdir b && cp -r a/checkpoint-3 b/ && head -n 3 a/trainer_log.jsonl > b/trainer_log.jsonl
-	ft-train --output_dir b --device cuda "${args[@]}" --resume_from_checkpoint true
-	diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
-	cmp a/model.safetensors b/model.safetensors
-	cmp a/checkpoint-6/apollo_optimizer.safetensors b/checkpoint-6/apollo_optimizer.safetensors
-	ft-train --output_dir c --device cpu "${args[@]}"
-	mkdir d && cp -r a/checkpoint-3 d/ && head -n 3 a/trainer_log.jsonl > d/trainer_log.jsonl
-	ft-train --output_dir d --device cpu "${args[@]}" --resume_from_checkpoint true
-	close c/trainer_log.jsonl d/trainer_log.jsonl 1e-4
-	mkdir e && cp -r c/checkpoint-3 e/ && head -n 3 c/trainer_log.jsonl > e/trainer_log.jsonl
-	ft-train --output_dir e --device cuda "${args[@]}" --resume_from_checkpoint true
-	close c/trainer_log.jsonl e/trainer_log.jsonl 1e-4
+	resumes model.safetensors apollo_optimizer.safetensors both "${args[@]}"
 }
 
 @test "--device cuda refuses the extras with a preference stage and Muon/Adam-mini/GaLore/APOLLO on Phi-3's fused modules in one line; --device auto trains them on the CPU" {

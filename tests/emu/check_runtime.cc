@@ -269,6 +269,48 @@ static void test_cublas(void)
 			CUDA_R_16BF, K, &zero, dC, CUDA_R_32F, M, CUBLAS_COMPUTE_32F_FAST_TF32,
 			CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_NOT_SUPPORTED,
 	   "half inputs with TF32 compute: CUBLAS_STATUS_NOT_SUPPORTED");
+	/* a bf16 C (the half q|k|v output): C + A B / 1024 in fp32 from the
+	 * widened C (exact there: small integers and bf16 values, so no BLAS
+	 * kernel's order matters), rounded once per element (it needs more
+	 * than bf16's 8 bits); the row of C past M (ld M + 1) is left alone;
+	 * fp32 operands with a bf16 C refused */
+	uint16_t hC[(M + 1) * N], got[(M + 1) * N], *bC;
+	float R2[M * N];   /* B2[k, j] = (k + 2j) % 3 - 1 (R is all zeros) */
+	for (int i = 0; i < K * N; i++)
+		hB[i] = __float2bfloat16_rn((float)((i % K + 2 * (i / K)) % 3) - 1).__x;
+	cudaMemcpy(bB, hB, sizeof hB, cudaMemcpyHostToDevice);
+	for (int j = 0; j < N; j++)
+		for (int i = 0; i < M; i++) {
+			R2[j * M + i] = 0;
+			for (int k = 0; k < K; k++)
+				R2[j * M + i] += A[k * M + i] * (float)((k + 2 * j) % 3 - 1);
+		}
+	for (int i = 0; i < (M + 1) * N; i++)
+		hC[i] = __float2bfloat16_rn(0.25f * i - 1).__x;
+	cudaMalloc(&bC, sizeof hC);
+	cudaMemcpy(bC, hC, sizeof hC, cudaMemcpyHostToDevice);
+	float third = 1.0f / 1024, beta = 1;
+	s = cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, M, N, K, &third, bA, CUDA_R_16BF, M, bB,
+			 CUDA_R_16BF, K, &beta, bC, CUDA_R_16BF, M + 1, CUBLAS_COMPUTE_32F,
+			 CUBLAS_GEMM_DEFAULT);
+	cudaMemcpy(got, bC, sizeof got, cudaMemcpyDeviceToHost);
+	good = s == CUBLAS_STATUS_SUCCESS;
+	int rounded = 0;
+	for (int j = 0; j < N; j++)
+		for (int i = 0; i <= M; i++) {
+			size_t e = (size_t)j * (M + 1) + i;
+			float c = __bfloat162float(*(__nv_bfloat16 *)&hC[e]);
+			uint16_t want = i == M ? hC[e] : ft_k_f32_to_bf16(third * R2[j * M + i] + c);
+			good &= got[e] == want;
+			rounded += i < M && ft_k_bf16_to_f32(want) != third * R2[j * M + i] + c;
+		}
+	ok(good && rounded > 0, "cublasGemmEx bf16 x bf16 -> bf16 C: the fp32 result rounded (%d "
+	   "of %d inexact), ld's gap untouched", rounded, M * N);
+	ok(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, M, N, K, &one, dA, CUDA_R_32F, M, dB,
+			CUDA_R_32F, K, &zero, bC, CUDA_R_16BF, M, CUBLAS_COMPUTE_32F,
+			CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_NOT_SUPPORTED,
+	   "fp32 operands with a bf16 C: CUBLAS_STATUS_NOT_SUPPORTED");
+	cudaFree(bC);
 	cublasDestroy(h);
 	cudaFree(dA), cudaFree(dB), cudaFree(dC), cudaFree(bA), cudaFree(bB);
 }

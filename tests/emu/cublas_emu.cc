@@ -84,7 +84,9 @@ cublasStatus_t gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, in
 {
 	if (!valid(ta, tb, m, n, k, lda, ldb, ldc) || batch < 0)
 		return CUBLAS_STATUS_INVALID_VALUE;
-	if (at != bt || ct != CUDA_R_32F ||
+	/* a 16-bit C only with operands of its type (cuBLAS's 32F-compute
+	 * combinations); it is widened, computed into in fp32, rounded back */
+	if (at != bt || (ct != CUDA_R_32F && ct != at) ||
 	    (at != CUDA_R_32F && at != CUDA_R_16F && at != CUDA_R_16BF) ||
 	    (comp != CUBLAS_COMPUTE_32F && comp != CUBLAS_COMPUTE_32F_FAST_TF32) ||
 	    (at != CUDA_R_32F && comp != CUBLAS_COMPUTE_32F))
@@ -95,25 +97,34 @@ cublasStatus_t gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, in
 	int rb = tb == CUBLAS_OP_N ? k : n, cb = tb == CUBLAS_OP_N ? n : k;
 	size_t na = span(ra, ca, lda), nb = span(rb, cb, ldb), nc = span(m, n, ldc);
 	float al = *(const float *)alpha, be = *(const float *)beta;
-	std::vector<float> wa, wb;
+	std::vector<float> wa, wb, wc;
 	for (int i = 0; i < batch; i++) {
 		const char *a = (const char *)A + (size_t)(i * sa) * esize(at);
 		const char *b = (const char *)B + (size_t)(i * sb) * esize(bt);
-		float *c = (float *)C + (size_t)(i * sc);
+		char *cp = (char *)C + (size_t)(i * sc) * esize(ct);
 		if (!in_device(a, na, esize(at)) || !in_device(b, nb, esize(bt)) ||
-		    !in_device(c, nc, 4)) {
+		    !in_device(cp, nc, esize(ct))) {
 			fprintf(stderr, "cublas emu: an operand of a %dx%dx%d product lies outside "
 				"device memory\n", m, n, k);
 			return CUBLAS_STATUS_INVALID_VALUE;
 		}
+		float *c = ct == CUDA_R_32F ? (float *)cp : (float *)widen(cp, ct, nc, wc);
 		if (k == 0) {   /* C = beta C, as cuBLAS */
 			for (int j = 0; j < n; j++)
 				for (int r = 0; r < m; r++)
 					c[(size_t)j * ldc + r] = be == 0 ? 0 : be * c[(size_t)j * ldc + r];
-			continue;
+		} else {
+			cblas_sgemm(CblasColMajor, tr(ta), tr(tb), m, n, k, al,
+				    widen(a, at, na, wa), lda, widen(b, bt, nb, wb), ldb, be, c,
+				    ldc);
 		}
-		cblas_sgemm(CblasColMajor, tr(ta), tr(tb), m, n, k, al, widen(a, at, na, wa), lda,
-			    widen(b, bt, nb, wb), ldb, be, c, ldc);
+		if (ct != CUDA_R_32F)   /* only C's elements; ld's gaps as they were */
+			for (int j = 0; j < n; j++)
+				for (int r = 0; r < m; r++) {
+					size_t e = (size_t)j * ldc + r;
+					((uint16_t *)cp)[e] = ct == CUDA_R_16BF
+						? ft_k_f32_to_bf16(c[e]) : ft_k_f32_to_f16(c[e]);
+				}
 	}
 	return CUBLAS_STATUS_SUCCESS;
 }

@@ -105,16 +105,35 @@ static void test_geglu(int N, int F)
 	ft_geglu_backward(dg.data(), du.data(), dh.data(), g.data(), u.data(), n);
 	unsigned nb = (unsigned)((n + FT_GEMMA_TPB - 1) / FT_GEMMA_TPB);
 	float *G = buf.data(), *U = buf.data() + F;
-	launch([&] { geglu_forward_k(h2.data(), FT_ACT_F32, G, U, ld, N, F); }, { nb, 1, 1 }, 0);
+	launch([&] { geglu_forward_k(h2.data(), FT_ACT_F32, G, U, FT_ACT_F32, ld, N, F); }, { nb, 1, 1 }, 0);
 	/* the half modes' hidden: the fp32 value rounded once at the store */
 	std::vector<uint16_t> hb(n), hf(n);
-	launch([&] { geglu_forward_k(hb.data(), FT_ACT_BF16, G, U, ld, N, F); }, { nb, 1, 1 }, 0);
-	launch([&] { geglu_forward_k(hf.data(), FT_ACT_F16, G, U, ld, N, F); }, { nb, 1, 1 }, 0);
+	launch([&] { geglu_forward_k(hb.data(), FT_ACT_BF16, G, U, FT_ACT_F32, ld, N, F); }, { nb, 1, 1 }, 0);
+	launch([&] { geglu_forward_k(hf.data(), FT_ACT_F16, G, U, FT_ACT_F32, ld, N, F); }, { nb, 1, 1 }, 0);
 	int hsame = 1;
 	for (size_t i = 0; i < n; i++)
 		hsame = hsame && hb[i] == ft_k_f32_to_bf16(h1[i]) && hf[i] == ft_k_f32_to_f16(h1[i]);
 	ok(hsame, "geglu N=%d F=%d: bf16 and f16 hidden = the fp32 one rounded", N, F);
-	launch([&] { geglu_backward_k(G, U, dh.data(), G, U, ld, N, F); }, { nb, 1, 1 }, 0);
+	/* a bf16 gate|up buffer (half training): read widened, as the fp32
+	 * kernels on the widened values, the fp32 gradients elsewhere */
+	std::vector<uint16_t> bb(N * ld);
+	std::vector<float> wb(N * ld), hw(n), hh(n), d1(N * ld, -7), d2(N * ld, -7);
+	for (size_t i = 0; i < bb.size(); i++) {
+		bb[i] = ft_k_f32_to_bf16(buf[i]);
+		wb[i] = ft_k_bf16_to_f32(bb[i]);
+	}
+	const uint16_t *BG = bb.data(), *BU = bb.data() + F;
+	float *WG = wb.data(), *WU = wb.data() + F;
+	launch([&] { geglu_forward_k(hw.data(), FT_ACT_F32, WG, WU, FT_ACT_F32, ld, N, F); }, { nb, 1, 1 }, 0);
+	launch([&] { geglu_forward_k(hh.data(), FT_ACT_F32, BG, BU, FT_ACT_BF16, ld, N, F); }, { nb, 1, 1 }, 0);
+	launch([&] { geglu_backward_k(d1.data(), d1.data() + F, dh.data(), WG, WU, FT_ACT_F32, ld, N,
+				      F); }, { nb, 1, 1 }, 0);
+	launch([&] { geglu_backward_k(d2.data(), d2.data() + F, dh.data(), BG, BU, FT_ACT_BF16, ld, N,
+				      F); }, { nb, 1, 1 }, 0);
+	ok(!memcmp(hw.data(), hh.data(), n * 4) && !memcmp(d1.data(), d2.data(), d1.size() * 4),
+	   "geglu from a bf16 gate|up N=%d F=%d: forward and backward bit-identical to fp32 on the "
+	   "widened values", N, F);
+	launch([&] { geglu_backward_k(G, U, dh.data(), G, U, FT_ACT_F32, ld, N, F); }, { nb, 1, 1 }, 0);
 	int same = !memcmp(h1.data(), h2.data(), n * 4), kept = 1;
 	for (int i = 0; i < N; i++) {
 		for (int f = 0; f < F; f++)

@@ -9,7 +9,9 @@
  * fp32 outputs rounded by model/kernels.h's casts: bit-identical, since
  * each computes in fp32 and rounds once at the store (a wrong type code,
  * index or a second rounding would differ), with the statistics (rstd,
- * the fp32 sum) bit-identical to the fp32 run's.
+ * the fp32 sum) bit-identical to the fp32 run's; the per-head norm of a
+ * half input (rmsnorm_forward_xk, Qwen3's q/k norms on the half q|k|v
+ * buffer) likewise against the fp32 kernel on the widened input.
  *
  * The sum a + b is one float addition on both sides: bit-identical.  The
  * norm: the kernel adds the squares in 256 thread-strided partial sums
@@ -114,6 +116,34 @@ static void test_half(int N, int D, int at)
 	   "dropout %s in place n=%zu: the fp32 dropout rounded (%zu dropped)", nm, n, zeros);
 }
 
+/* Qwen3's q_norm / k_norm on the half q|k|v buffer (rmsnorm_forward_xk):
+ * H heads of hd per token at token stride ld (other columns between), a
+ * half input read widened: its output is the fp32 kernel's on the
+ * widened values, rounded, and rstd bit-identical. */
+static void test_head_half(int N, int H, int hd, int at)
+{
+	const char *nm = at == FT_ACT_BF16 ? "bf16" : "f16";
+	int ld = H * hd + 7;
+	size_t rows = (size_t)N * H, n = rows * hd;
+	std::vector<uint16_t> x((size_t)N * ld), h(n);
+	std::vector<float> xf((size_t)N * ld), w(hd), o(n), r1(rows), r2(rows);
+	for (size_t i = 0; i < x.size(); i++) {
+		x[i] = round_as(3 * frand(), at);
+		xf[i] = at == FT_ACT_BF16 ? ft_k_bf16_to_f32(x[i]) : ft_k_f16_to_f32(x[i]);
+	}
+	for (int d = 0; d < hd; d++)
+		w[d] = 1 + 0.5f * frand();
+	ft_cu_rows xl = { H, ld };
+	dim3 grid = { (unsigned)rows, 1, 1 };
+	launch([&] { rmsnorm_forward_k(o.data(), FT_ACT_F32, r1.data(), xf.data(), xl, w.data(), hd,
+				       1e-6f); }, grid, 0);
+	launch([&] { rmsnorm_forward_xk(h.data(), at, r2.data(), x.data(), at, xl, w.data(), hd,
+					1e-6f); }, grid, 0);
+	ok(same_rounded(o, h, at) && memcmp(r1.data(), r2.data(), rows * sizeof(float)) == 0,
+	   "head rmsnorm of a %s input N=%d H=%d hd=%d: the fp32 kernel's on the widened input, "
+	   "rounded; rstd bit-identical", nm, N, H, hd);
+}
+
 static void test_swiglu(int N, int F)
 {
 	size_t ld = 2 * (size_t)F + 5, n = (size_t)N * F;
@@ -128,14 +158,36 @@ static void test_swiglu(int N, int F)
 	ft_swiglu_forward(h1.data(), g.data(), u.data(), n);
 	const float *G = buf.data(), *U = buf.data() + F;
 	dim3 eg = { 5, 1, 1 };
-	launch([&] { swiglu_forward_k(h2.data(), FT_ACT_F32, G, U, ld, N, F); }, eg, 0);
+	launch([&] { swiglu_forward_k(h2.data(), FT_ACT_F32, G, U, FT_ACT_F32, ld, N, F); }, eg, 0);
 	ok(memcmp(h1.data(), h2.data(), n * 4) == 0,
 	   "swiglu N=%d F=%d from the fused buffer: bit-identical to ft_swiglu_forward", N, F);
 	for (int at = FT_ACT_BF16; at <= FT_ACT_F16; at++) {
 		std::vector<uint16_t> h(n);
-		launch([&] { swiglu_forward_k(h.data(), at, G, U, ld, N, F); }, eg, 0);
+		launch([&] { swiglu_forward_k(h.data(), at, G, U, FT_ACT_F32, ld, N, F); }, eg, 0);
 		ok(same_rounded(h1, h, at), "swiglu %s hidden N=%d F=%d: the fp32 one rounded",
 		   at == FT_ACT_BF16 ? "bf16" : "f16", N, F);
+		/* a half gate|up buffer (the half modes' training): read widened,
+		 * forward and backward as the fp32 kernels on the widened values;
+		 * the fp32 gradients into their own buffer, same layout */
+		std::vector<uint16_t> hb(N * ld);
+		std::vector<float> wb(N * ld), dh(n), hw(n), hh(n), d1(N * ld, -7), d2(N * ld, -7);
+		for (size_t i = 0; i < hb.size(); i++) {
+			hb[i] = round_as(buf[i], at);
+			wb[i] = at == FT_ACT_BF16 ? ft_k_bf16_to_f32(hb[i]) : ft_k_f16_to_f32(hb[i]);
+		}
+		for (auto &v : dh)
+			v = frand();
+		const float *WG = wb.data(), *WU = wb.data() + F;
+		const uint16_t *HG = hb.data(), *HU = hb.data() + F;
+		launch([&] { swiglu_forward_k(hw.data(), FT_ACT_F32, WG, WU, FT_ACT_F32, ld, N, F); }, eg, 0);
+		launch([&] { swiglu_forward_k(hh.data(), FT_ACT_F32, HG, HU, at, ld, N, F); }, eg, 0);
+		launch([&] { swiglu_backward_k(d1.data(), d1.data() + F, dh.data(), WG, WU, FT_ACT_F32, ld,
+					       N, F); }, eg, 0);
+		launch([&] { swiglu_backward_k(d2.data(), d2.data() + F, dh.data(), HG, HU, at, ld, N,
+					       F); }, eg, 0);
+		ok(!memcmp(hw.data(), hh.data(), n * 4) && !memcmp(d1.data(), d2.data(), d1.size() * 4),
+		   "swiglu from a %s gate|up N=%d F=%d: forward and backward bit-identical to fp32 on "
+		   "the widened values", at == FT_ACT_BF16 ? "bf16" : "f16", N, F);
 	}
 }
 
@@ -148,6 +200,7 @@ int main(void)
 	for (int at = FT_ACT_BF16; at <= FT_ACT_F16; at++) {
 		test_half(3, 64, at);
 		test_half(5, 1000, at);
+		test_head_half(5, 3, 40, at);
 	}
 	test_swiglu(7, 300);
 	return tap_done();

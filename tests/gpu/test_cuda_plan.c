@@ -52,12 +52,16 @@ static want_t formula(const ft_cuda_view *v, const ft_cuda_opts *o, double nmat,
 	w.master = half ? 4 * (tmat + f.fat) : 0;
 	w.grads = 4 * (tmat + tvec);
 	w.optim = 8 * (tmat + tvec);
-	w.acts = sets * N * (2 * s * D + 4 * (D + qd + f.wq + f.wg + v->Hq + 2 + 2 * r)) +
+	/* the q|k|v and gate|up outputs and attention's output in the half
+	 * type when training in the half modes (ft_cu_proj_type) */
+	w.acts = sets * N * (2 * s * D + s * (qd + f.wq + f.wg) + 4 * (D + v->Hq + 2 + 2 * r)) +
 		 4 * (L + 1) * N * D + 4 * N * (D + 1);
 	/* the MLP hidden (F) in the activation type, its gradient (F) fp32 */
-	w.scratch = 4 * N * (5 * D + qd + f.wq + F + 3 * mi + (r > 1 ? r : 1) + v->Hq +
+	/* dqkv: also gate|up's gradients with half outputs */
+	double wd = half && f.wg > f.wq ? f.wg : f.wq;
+	w.scratch = 4 * N * (5 * D + qd + wd + F + 3 * mi + (r > 1 ? r : 1) + v->Hq +
 			     v->hd + 8) + s * N * F +
-		    4 * chunk * V + (half ? 2 * chunk * V + 2 * N * (mi + wy) : 0) +
+		    4 * chunk * V + (half ? 2 * chunk * V + 2 * (N * mi + (N * wy > r * mi ? N * wy : r * mi)) : 0) +
 		    32.0 * 1024 * 1024 + 1024 * ntens + 4.0 * FT_COLSUM_CHUNKS * mi;
 	return w;
 }
