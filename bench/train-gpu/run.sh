@@ -74,14 +74,15 @@ limit() {
 # gpu: can the GPU parts run
 gpu() { [ $emu = 1 ] || nvidia-smi -L >/dev/null 2>&1; }
 
-# the libraries bundle.sh gzipped to fit the carry (gzip is in every
-# base image; Python's gzip module otherwise)
-for f in lib/*.gz; do
-	[ -e "$f" ] && [ ! -e "${f%.gz}" ] || continue
-	{ gzip -dc "$f" 2>/dev/null ||
-		$PY -c 'import gzip, shutil, sys; shutil.copyfileobj(gzip.open(sys.argv[1]), sys.stdout.buffer)' "$f"; } \
-		> "${f%.gz}.tmp" && mv "${f%.gz}.tmp" "${f%.gz}" || { echo "run.sh: cannot unpack $f" >&2; rm -f "${f%.gz}.tmp"; }
-done
+# bin/, lib/ and tests/ travel as bundle.sh's payload.tar.xz (the device
+# tool's 64 MiB): unpack it once (tar, else Python's tarfile, as an image
+# may lack xz); .unpacked marks a finished unpack
+if [ -f payload.tar.xz ] && [ ! -e .unpacked ]; then
+	{ tar -xJf payload.tar.xz 2>/dev/null ||
+		$PY -c 'import sys, tarfile; f = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+tarfile.open(sys.argv[1]).extractall(".", **f)' payload.tar.xz; } &&
+		touch .unpacked || { echo "run.sh: cannot unpack payload.tar.xz" >&2; exit 1; }
+fi
 
 # cuBLAS 13 from the CUDA install or from PyTorch's pip wheels
 cub=""
@@ -115,6 +116,7 @@ export LD_LIBRARY_PATH="$here/lib$cub$fb:${LD_LIBRARY_PATH:-}"
 
 res=$here/parity.md   # the sections so far
 : > "$res"
+: > short.md   # the short report, printed last (brief)
 status=0
 {
 	if [ $emu = 1 ]; then
@@ -131,14 +133,30 @@ save() {
 	cat header.md "$res" > results.md.tmp
 	[ -s table.partial ] && cat table.partial >> results.md.tmp
 	mv results.md.tmp results.md
-	[ -n "${OUT:-}" ] && cp results.md ./*.log "$OUT/" 2>/dev/null
+	# the device tool brings back at most 8 files: results.md, the short
+	# report and every part's log in one file
+	[ -n "${OUT:-}" ] && { cp results.md "$OUT/"; cp short.md "$OUT/report.txt"
+		for f in *.log gen.err; do [ -f "$f" ] && { echo "==> $f <=="; cat "$f"; }; done > "$OUT/logs.txt"; }
 	return 0
 }
-# skipped TITLE: the budget is spent
+# brief NAME SECONDS RC LOG: the part's lines of the short report: its
+# passes and failures counted (tests' ok/not ok, features' PASS/FAIL,
+# check_libs), then each line saying what failed, was skipped or measured
+brief() {
+	local ok bad
+	ok=$(grep -cE '^(ok|PASS) |^check_libs: closed' "$4")
+	bad=$(grep -cE '^(not ok|FAIL) |^check_libs: .* needs ' "$4")
+	echo "$1: $ok passed, $bad failed ($2 s$([ "$3" -ne 0 ] && echo ", exit $3"))"
+	grep -E '^(not ok|FAIL|SKIP) |^check_libs: .* needs |stopped by its time limit|^# QLoRA' "$4" | cut -c1-300 | sed 's/^/  /'
+	[ "$3" -ne 0 ] && [ "$bad" -eq 0 ] && echo "  last line: $(tail -1 "$4" | cut -c1-300)"
+	return 0
+} >> short.md
+# skipped NAME TITLE: the budget is spent
 skipped() {
-	echo "## $1: skipped: the time budget is spent ($((SECONDS - t_start)) s of TIME_BUDGET $TIME_BUDGET s)" |
+	echo "## $2: skipped: the time budget is spent ($((SECONDS - t_start)) s of TIME_BUDGET $TIME_BUDGET s)" |
 		tee -a "$res"
 	echo >> "$res"
+	echo "$1: skipped: the time budget is spent" >> short.md
 	save
 }
 # part NAME TITLE LIMIT FILTER cmd...: cmd under timeout (LIMIT cut to the
@@ -147,12 +165,13 @@ skipped() {
 part() {
 	local name=$1 title=$2 lim=$3 filt=$4 t0=$SECONDS rc
 	shift 4
-	[ "$(left)" -lt 15 ] && { skipped "$title"; return; }
+	[ "$(left)" -lt 15 ] && { skipped "$name" "$title"; return; }
 	lim=$(limit "$lim")
 	timeout "$lim" "$@" 2>&1 | tee "$name.log"
 	rc=${PIPESTATUS[0]}
 	[ $rc -eq 124 ] && echo "$name: stopped by its time limit, $lim s" | tee -a "$name.log"
 	[ $rc -eq 0 ] || status=1
+	brief "$name" "$((SECONDS - t0))" "$rc" "$name.log"
 	{ echo "## $title ($((SECONDS - t0)) s$([ $rc -ne 0 ] && echo ", exit $rc"))"; echo; echo '```'
 	  grep -E "$filt" "$name.log"; echo '```'; echo; } >> "$res"
 	save
@@ -221,8 +240,9 @@ if want bench; then
 	if ! gpu; then
 		echo "bench: throughput table skipped: no usable GPU (nvidia-smi -L fails or is absent)" | tee bench.log
 		{ echo "## Throughput"; echo; tail -1 bench.log; echo; } >> "$res"
+		tail -1 bench.log >> short.md
 	elif [ "$(left)" -lt 15 ]; then
-		skipped "Throughput"
+		skipped bench "Throughput"
 	else
 		: > rows.txt
 		: > bench.log
@@ -262,6 +282,9 @@ if want bench; then
 		table > table.partial
 		sed "1s/\$/ ($((SECONDS - t0)) s)/" table.partial >> "$res"
 		echo >> "$res"
+		{ echo "bench ($((SECONDS - t0)) s): $(grep -c . rows.txt) cases, tokens/s, MFU, peak GiB, ft/torch:"
+		  grep -E '^\| ' table.partial | grep -v '^| case ' | sed 's/^/  /'
+		  grep -E ' failed|: skipped: ' bench.log | sed 's/^/  /'; } >> short.md
 		rm -f table.partial
 	fi
 	save
@@ -319,15 +342,20 @@ if want gen; then
 	GEN_B=${GEN_B:-8} GEN_NEW=${GEN_NEW:-128}
 	t0=$SECONDS
 	if [ "$(left)" -lt 15 ]; then
-		skipped "Generation"
+		skipped gen "Generation"
 	else
 		gen > gen.log 2> gen.err || status=1
 		cat gen.log
+		sed 's/^/gen: /' gen.log >> short.md
 		{ echo "## Generation ($((SECONDS - t0)) s)"; echo; echo '```'; cat gen.log; echo '```'; echo; } >> "$res"
 		save
 	fi
 fi
 echo "run.sh: $((SECONDS - t_start)) s in all$([ $status -ne 0 ] && echo ", something failed (results.md)")" |
-	tee -a "$res"
+	tee -a "$res" >> short.md
 save
+# the short report last, so the device tool's output tail holds it whole
+echo
+echo "==== short report (the whole: results.md, logs.txt and report.txt in \$OUT) ===="
+cat header.md short.md
 exit $status
