@@ -57,13 +57,41 @@ need=$(for f in "$out"/bin/* "$out"/lib/*.so*; do objdump -T "$f" 2>/dev/null; d
 echo "$need" > "$out/GLIBC_NEEDED"
 # every library the binaries need is in lib/ or in a PyTorch CUDA 13 image
 bench/train-gpu/check_libs.sh "$out" || { echo "bundle.sh: bundle/ is not closed (above)" >&2; exit 1; }
+# bitsandbytes for qlora_check.sh's QLoRA line (the GPU image has none,
+# and its 43 MB wheel, a library per CUDA and ROCm version, would not fit):
+# the wheel's package and metadata in py/ with only the CUDA 13.0 library
+# (4 MB, 3.5 xz-compressed: the image's PyTorch is cu130, which picks
+# libbitsandbytes_cuda130.so; BNB_CUDA_VERSION cannot pick another), put on
+# PYTHONPATH by run.sh where the machine's Python lacks the package.
+# BNB_WHEEL names the wheel; else pip downloads it into build/wheels/
+# once; without one the QLoRA line says bitsandbytes is not installed.
+bnb=0.50.2
+py=${PYTHON:-python3}
+whl=${BNB_WHEEL:-$(ls build/wheels/bitsandbytes-$bnb-*.whl 2>/dev/null | head -1)}
+if [ -z "$whl" ]; then
+	timeout 180 "$py" -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_24_x86_64 \
+		-d build/wheels "bitsandbytes==$bnb" >/dev/null 2>&1
+	whl=$(ls build/wheels/bitsandbytes-$bnb-*.whl 2>/dev/null | head -1)
+fi
+if [ -n "$whl" ]; then
+	"$py" - "$whl" "$out/py" <<'PYEOF' || { echo "bundle.sh: cannot unpack $whl" >&2; exit 1; }
+import re, sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+for n in z.namelist():
+    m = re.search(r"libbitsandbytes_(cuda\d+|rocm\d+|xpu\d+)\.so$", n)
+    if not m or m.group(1) == "cuda130":
+        z.extract(n, sys.argv[2])
+PYEOF
+else
+	echo "bundle.sh: no bitsandbytes $bnb wheel (BNB_WHEEL, or pip download into build/wheels/ failed): the QLoRA line will say it is not installed" >&2
+fi
 # The device tool carries the checkout's tracked files and the carried
-# bundle/ together, 64 MiB in all: bin/, lib/ and tests/ travel as one
-# xz-compressed tar (43 MB -> about 24), which run.sh unpacks first (tar,
+# bundle/ together, 64 MiB in all: bin/, lib/, tests/ and py/ travel
+# as one xz-compressed tar (47 MB -> about 21), which run.sh unpacks first (tar,
 # or Python's tarfile where tar lacks xz).
-tar -C "$out" -cf - bin lib tests | xz -6 -T1 > "$out/payload.tar.xz.tmp" &&
+tar -C "$out" -cf - bin lib tests $([ -d "$out/py" ] && echo py) | xz -6 -T1 > "$out/payload.tar.xz.tmp" &&
 	mv "$out/payload.tar.xz.tmp" "$out/payload.tar.xz" || { echo "bundle.sh: cannot pack bundle/payload.tar.xz" >&2; exit 1; }
-rm -rf "$out/bin" "$out/lib" "$out/tests"
+rm -rf "$out/bin" "$out/lib" "$out/tests" "$out/py"
 # what travels: the bundle plus the tracked and untracked, not ignored,
 # files of the checkout the device tool sends (this one), under 62 MiB to
 # leave room for the lead's tree growing

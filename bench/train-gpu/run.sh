@@ -6,14 +6,16 @@
 #             the image's (seconds)
 #   parity    tests/gpu/run.sh: the backend against the PyTorch fixtures
 #             and the CPU (test_gpu_parity, _generate, _qlora, _attn_half)
+#   train     train_check.sh: ft-train 20 steps cpu vs cuda (fp32, bf16,
+#             fp16) and the bit-identical resume from checkpoint-10
 #   features  features_check.sh: the optimizer extras, SFT losses,
 #             DoRA/OFT, GRPO, half activations and families, cpu vs cuda
 #   bench     the throughput table, ft vs PyTorch + transformers + PEFT,
 #             same model, batch and steps
-#   train     train_check.sh (ft-train end to end, resume), pref_check.sh
-#             (--stage rm/dpo/kto), qlora_check.sh (--quantization_bit,
-#             and a QLoRA throughput line vs bitsandbytes); also one by
-#             one as pref, qlora
+#   pref      pref_check.sh (--stage rm/dpo/kto)
+#   qlora     qlora_check.sh (--quantization_bit, and a QLoRA throughput
+#             line vs bitsandbytes: bundle.sh bundles it in py/); `train`
+#             names pref and qlora too
 #   gen       ft-generate --device cuda vs transformers generate(), same
 #             random TinyLlama-1.1B-shaped model, bf16, batch 8, 128 new
 #             tokens (gen_torch.py)
@@ -82,6 +84,12 @@ if [ -f payload.tar.xz ] && [ ! -e .unpacked ]; then
 		$PY -c 'import sys, tarfile; f = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 tarfile.open(sys.argv[1]).extractall(".", **f)' payload.tar.xz; } &&
 		touch .unpacked || { echo "run.sh: cannot unpack payload.tar.xz" >&2; exit 1; }
+fi
+
+# bundle.sh's bitsandbytes (py/, for qlora_check.sh's QLoRA line) where
+# the machine's Python has none
+if [ -d py ] && ! $PY -c 'import importlib.util as u, sys; sys.exit(u.find_spec("bitsandbytes") is None)' 2>/dev/null; then
+	export PYTHONPATH="$here/py${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
 # cuBLAS 13 from the CUDA install or from PyTorch's pip wheels
@@ -182,6 +190,10 @@ want libs && part libs "Library closure (check_libs.sh)" 60 . \
 	bash -c 'bench/train-gpu/check_libs.sh "$1" && bench/train-gpu/check_libs.sh "$1" --runtime' - "$here"
 want parity && part parity "Parity (tests/gpu)" 180 '^(not ok|ok|#|tests/gpu)' \
 	env FT_GPU_TEST_DIR="$here/bin" DEVICE="$DEVICE" tests/gpu/run.sh
+# the 20-step cpu vs cuda run and the bit-identical resume: seconds, so
+# before the longer parts
+want train && part train "ft-train on the GPU vs the CPU, resume (train_check.sh)" 120 . \
+	"${envs[@]}" bench/train-gpu/train_check.sh
 want features && part features "Device features vs the CPU (features_check.sh)" 150 . \
 	"${envs[@]}" bench/train-gpu/features_check.sh
 
@@ -290,9 +302,6 @@ if want bench; then
 	save
 fi
 
-if want train; then
-	part train "ft-train on the GPU vs the CPU (train_check.sh)" 240 . "${envs[@]}" bench/train-gpu/train_check.sh
-fi
 if want pref; then
 	part pref "ft-train --stage rm/dpo/kto on the GPU vs the CPU (pref_check.sh)" 180 . \
 		"${envs[@]}" bench/train-gpu/pref_check.sh
