@@ -257,7 +257,7 @@ $(EMU_CUDA): $(EMU_OBJ)
 	$(CXX) -shared -o $@ $^ -Wl,-Bsymbolic -lopenblas -lpthread
 -include $(EMU_OBJ:.o=.d)
 # NCCL's calls that lib/train/dist.c makes, across the processes of one
-# host over POSIX shared memory (tests/emu/fake_nccl.c): with the emulated
+# host over an anonymous shared file (tests/emu/fake_nccl.c): with the emulated
 # backend, FT_NCCL_LIB=build/libnccl_emu.so runs mpirun -np N ft-train
 # --device cuda's NCCL path (tests/bats/ft-train-nccl-emu.bats).
 EMU_NCCL := build/libnccl_emu.so
@@ -277,10 +277,12 @@ $(EMU_RT_TEST): tests/emu/check_runtime.cc tests/emu/cuda_runtime_emu.cc tests/e
 # tests/gpu's device checks against the emulated backend (docs/CUDA.md):
 # several CPU minutes, so not part of `make test`.
 EMU_GPU_TESTS := build/emu-gpu/test_gpu_parity build/emu-gpu/test_gpu_generate \
-	build/emu-gpu/test_gpu_qlora build/emu-gpu/test_gpu_attn_half
-# The QLoRA device check takes a second on the emulation: part of `make test`
-# (scripts/run-tests.sh runs whatever of build/emu-gpu/ it finds in EMU_QUICK).
-EMU_QUICK := build/emu-gpu/test_gpu_qlora
+	build/emu-gpu/test_gpu_qlora build/emu-gpu/test_gpu_attn_half \
+	build/emu-gpu/test_gpu_generate_half
+# The QLoRA and half-decoder device checks take seconds on the emulation:
+# part of `make test` (scripts/run-tests.sh runs whatever of build/emu-gpu/
+# it finds in EMU_QUICK).
+EMU_QUICK := build/emu-gpu/test_gpu_qlora build/emu-gpu/test_gpu_generate_half
 unit: $(EMU_QUICK)
 build/emu-gpu/%: tests/gpu/%.c tests/unit/tap.h tests/unit/st_test.h tests/unit/attn_bound.h \
 		tests/gpu/gpu_test.h build/libft.a

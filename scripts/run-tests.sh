@@ -61,7 +61,7 @@ fi
 # tests/gpu checks quick enough to run on the emulated backend (Makefile
 # EMU_QUICK; the others are `make emu-gpu-tests`).
 if [ -f build/libft_cuda_emu.so ]; then
-	for t in build/emu-gpu/test_gpu_qlora; do
+	for t in build/emu-gpu/test_gpu_qlora build/emu-gpu/test_gpu_generate_half; do
 		[ -x "$t" ] || continue
 		echo "# emulated device: $t"
 		out=$(FT_CUDA_LIB=build/libft_cuda_emu.so OMP_NUM_THREADS=1 "$t" 2>&1); rc=$?

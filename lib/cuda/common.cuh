@@ -266,9 +266,9 @@ static inline ft_mat ft_cu_f32(const float *p)
 }
 /* The type of the fused projections' outputs and attention's
  * activations: ft_dacts.qkv (and Qwen3's qn, kn), att and gu.  The run's
- * half type when the model trains in bf16/fp16 (the tensor-core flash
- * kernels then run), else fp32 (the fp32 mode; and the KV-cache decoder
- * of infer.cu, whose cache and attention are fp32).  ops.cu. */
+ * half type in bf16/fp16, training or decoding (the tensor-core flash
+ * kernels then run; infer.cu's KV cache is of this type too), else fp32
+ * (the fp32 mode).  ops.cu. */
 int ft_cu_proj_type(const ft_cuda_model *dm);
 /* One of those buffers as an operand (half: the run's half type) */
 static inline ft_mat ft_cu_proj_mat(const ft_cuda_model *dm, const void *p)
@@ -288,11 +288,7 @@ int ft_cu_rmsnorm_forward(ft_cuda_model *dm, float *out, float *rstd, const floa
  * FT_ACT_F32 in the fp32 mode, the run's half type in bf16/fp16 (see
  * docs/CUDA.md "Mixed precision" for what else stays fp32 and why). */
 int ft_cu_act_type(const ft_cuda_model *dm);
-/* The type of attention's activations: the q|k|v projection's output
- * (ft_dacts.qkv, and Qwen3's qn, kn) and attention's output (att).  The
- * run's half type when the model trains in bf16/fp16 (the tensor-core
- * flash kernels then run), else fp32 (the fp32 mode; and the KV-cache
- * decoder of infer.cu, whose cache and attention are fp32). */
+/* Bytes of an element of activation type t. */
 static inline size_t ft_cu_act_size(int t) { return t == FT_ACT_F32 ? 4 : 2; }
 /* ft_cu_rmsnorm_forward with out of that type (statistics fp32). */
 int ft_cu_rmsnorm_forward_act(ft_cuda_model *dm, void *out, float *rstd, const float *x,
@@ -422,6 +418,10 @@ int ft_cu_layer_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_i
 			 const ft_cuda_batch *b, int need_dx);
 /* Whether layer l has a trainable tensor (the backward stops below it). */
 int ft_cu_layer_has_grad(const ft_cuda_model *dm, int l);
+/* Whether fused group gi of layer l computes only into fp32 (QLoRA, OFT,
+ * DoRA): with a half output it runs into dm->dqkv and is rounded once
+ * (model.cu sizes dqkv for it). */
+int ft_cu_group_f32_only(const ft_cuda_model *dm, int l, int gi);
 /* lin_fwd, for infer.cu (dm->training 0) */
 int ft_cu_lin_forward(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, ft_mat x, int N);
 /* Attention's inputs from ln1 (layer_forward's first half, for infer.cu

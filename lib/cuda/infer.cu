@@ -41,7 +41,8 @@ struct ft_cuda_infer {
 	ft_cuda_model *dm;             /* weights and per-token buffers */
 	int L, kd, nmap;
 	void *mem;                     /* cache + decode buffers */
-	float *k, *v;                  /* [L][rows][cap][kd], rotated keys */
+	int at;                        /* the cache's element type (ft_cu_proj_type) */
+	void *k, *v;                   /* [L][rows][cap][kd], rotated keys and values */
 	float *scores;                 /* [rows][Hq][cap] */
 	int32_t *mrow, *mpos;          /* [nmap] cache row and position per token */
 	int32_t *h_mrow, *h_mpos;      /* host copies */
@@ -49,6 +50,14 @@ struct ft_cuda_infer {
 };
 
 static size_t round256(size_t b) { return (b + 255) & ~(size_t)255; }
+
+/* The cache's element type: the q|k|v output's (ft_cu_proj_type), so
+ * the keys and values are stored as the projection and RoPE wrote them
+ * (bf16/fp16: a transformers model in that dtype caches the same). */
+static int cache_type(ft_cuda_precision p)
+{
+	return p == FT_CUDA_BF16 ? FT_ACT_BF16 : p == FT_CUDA_F16 ? FT_ACT_F16 : FT_ACT_F32;
+}
 
 static int check_opts(const ft_cuda_infer_opts *o)
 {
@@ -78,7 +87,8 @@ int ft_cuda_infer_plan_memory(const ft_cuda_view *v, const ft_cuda_infer_opts *o
 	ft_cuda_opts mo = model_opts(o);
 	TRY(ft_cuda_plan_memory(v, &mo, &p->model));
 	size_t kd = (size_t)v->Hk * v->hd, rows = o->rows, cap = o->cap;
-	p->kv = 2 * round256((size_t)v->L * rows * cap * kd * sizeof(float));
+	size_t es = ft_cu_act_size(cache_type(o->precision));
+	p->kv = 2 * round256((size_t)v->L * rows * cap * kd * es);
 	p->decode = round256(rows * v->Hq * cap * sizeof(float)) +
 		    2 * round256((size_t)mo.max_tokens * sizeof(int32_t));
 	p->total = p->model.total + p->kv + p->decode;
@@ -105,9 +115,12 @@ static int fits(const ft_cuda_infer *c)
 		return 0;
 	char what[256];
 	ft_cuda_infer_plan_format(&c->plan, what, sizeof what);
-	const char *tip = c->plan.kv > c->plan.total / 3
-		? "lower --per_device_eval_batch_size or --max_new_tokens"
-		: c->o.precision == FT_CUDA_F32 ? "use --bf16 (half-precision weights)"
+	int f32 = c->o.precision == FT_CUDA_F32, big_kv = c->plan.kv > c->plan.total / 3;
+	const char *tip = big_kv && f32
+		? "use --bf16 (half-precision weights and KV cache), or lower "
+		  "--per_device_eval_batch_size or --max_new_tokens"
+		: big_kv ? "lower --per_device_eval_batch_size or --max_new_tokens"
+		: f32 ? "use --bf16 (half-precision weights and KV cache)"
 		: "lower --per_device_eval_batch_size or --cutoff_len, or use a GPU with more memory";
 	return ft_fail("the GPU has %.2f GiB available but generation needs %s for %d "
 		       "sequences of up to %d tokens: %s", GIB(avail), what, c->o.rows, c->o.cap,
@@ -120,8 +133,8 @@ static int alloc_cache(ft_cuda_infer *c, const ft_cuda_view *v)
 	CU(cudaMalloc(&c->mem, bytes), "%zu bytes (KV cache and decode buffers)", bytes);
 	char *p = (char *)c->mem;
 	size_t half_kv = c->plan.kv / 2;
-	c->k = (float *)p; p += half_kv;
-	c->v = (float *)p; p += half_kv;
+	c->k = p; p += half_kv;
+	c->v = p; p += half_kv;
 	c->scores = (float *)p;
 	p += round256((size_t)c->o.rows * v->Hq * c->o.cap * sizeof(float));
 	c->mrow = (int32_t *)p; p += round256((size_t)c->nmap * sizeof(int32_t));
@@ -139,6 +152,7 @@ ft_cuda_infer *ft_cuda_infer_new(struct ft_model *m, const ft_cuda_infer_opts *o
 	c->L = v.L;
 	c->kd = v.Hk * v.hd;
 	c->nmap = o->rows * o->max_prompt;
+	c->at = cache_type(o->precision);
 	int rc = ft_cuda_infer_plan_memory(&v, o, &c->plan);
 	if (rc == 0)
 		rc = fits(c);
@@ -147,6 +161,9 @@ ft_cuda_infer *ft_cuda_infer_new(struct ft_model *m, const ft_cuda_infer_opts *o
 		mo.mem_limit = o->mem_limit;
 		c->dm = ft_cuda_model_new(m, &mo);
 		rc = c->dm ? alloc_cache(c, &v) : -1;
+		if (rc == 0 && ft_cu_proj_type(c->dm) != c->at)   /* the planned cache = q|k|v's type */
+			rc = ft_fail("internal: CUDA decoder: cache type %d, q|k|v type %d", c->at,
+				     ft_cu_proj_type(c->dm));
 	}
 	ft_cuda_view_free(&v);
 	if (rc < 0) {
@@ -181,10 +198,11 @@ int ft_cuda_infer_len(const ft_cuda_infer *c, int row) { return c->len[row]; }
 /* ---- kernels ---- */
 
 /* Token i's rotated key and value (token strides ldk, ldv: columns of
- * the fused q|k|v buffer) into its row's slot; mpos < 0: a pad. */
-static __global__ void kv_store_k(float *kc, float *vc, const float *k, int ldk, const float *v,
-				  int ldv, const int32_t *mrow, const int32_t *mpos, int n, int kd,
-				  int cap)
+ * the fused q|k|v buffer) into its row's slot, copied as they are (E:
+ * float, or uint16_t for bf16/fp16); mpos < 0: a pad. */
+template <class E>
+static __global__ void kv_store_k(E *kc, E *vc, const E *k, int ldk, const E *v, int ldv,
+				  const int32_t *mrow, const int32_t *mpos, int n, int kd, int cap)
 {
 	size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
 	if (idx >= (size_t)n * kd)
@@ -201,25 +219,29 @@ static __global__ void kv_store_k(float *kc, float *vc, const float *k, int ldk,
  * positions [first, pos] of its row (GQA: kv head h / group; sliding
  * window), scores in global scratch (Gemma 2: soft-capped), softmax,
  * then each output element summed over the positions in order.  One
- * block per (i, h). */
-static __global__ void cache_attention_k(float *out, const float *q, int ldq, const float *kc,
-					 const float *vc, const int32_t *mrow,
+ * block per (i, h).  q, the cache and out are of type AT (fp32, or the
+ * run's half type; a template argument, so the loads compile to one
+ * kind): each element is widened where it is read, the dot products,
+ * the softmax and the weighted sums are fp32, and out is rounded once,
+ * as SDPA on bf16 tensors accumulates in fp32. */
+template <int AT>
+static __global__ void cache_attention_k(void *out, const void *q, int ldq, const void *kc,
+					 const void *vc, const int32_t *mrow,
 					 const int32_t *mpos, float *scores, int Hq, int Hk,
 					 int hd, int window, int cap, float scale, float softcap)
 {
 	__shared__ float sh[ATPB];
 	int i = blockIdx.x, h = blockIdx.y, kd = Hk * hd, kvh = h / (Hq / Hk);
 	int p = mpos[i], first = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
-	const float *qi = q + (size_t)i * ldq + (size_t)h * hd;
-	const float *K = kc + (size_t)mrow[i] * cap * kd + (size_t)kvh * hd;
-	const float *V = vc + (size_t)mrow[i] * cap * kd + (size_t)kvh * hd;
+	size_t qi = (size_t)i * ldq + (size_t)h * hd;
+	size_t K = (size_t)mrow[i] * cap * kd + (size_t)kvh * hd;   /* = V's */
 	float *s = scores + ((size_t)i * Hq + h) * cap;
 	float mx = -INFINITY;
 	for (int t = first + threadIdx.x; t <= p; t += blockDim.x) {
-		const float *kt = K + (size_t)t * kd;
+		size_t kt = K + (size_t)t * kd;
 		float d = 0;
 		for (int e = 0; e < hd; e++)
-			d += qi[e] * kt[e];
+			d += ft_k_act_get(q, qi + e, AT) * ft_k_act_get(kc, kt + e, AT);
 		s[t] = softcap > 0 ? ft_k_softcap(d * scale, softcap) : d * scale;
 		mx = fmaxf(mx, s[t]);
 	}
@@ -228,12 +250,12 @@ static __global__ void cache_attention_k(float *out, const float *q, int ldq, co
 	for (int t = first + threadIdx.x; t <= p; t += blockDim.x)
 		z += s[t] = expf(s[t] - mx);
 	z = ft_cu_block_sum(z, sh);   /* its barriers also publish s[] to the block */
-	float *o = out + ((size_t)i * Hq + h) * hd;
+	size_t o = ((size_t)i * Hq + h) * hd;
 	for (int e = threadIdx.x; e < hd; e += blockDim.x) {
 		float acc = 0;
 		for (int t = first; t <= p; t++)
-			acc += s[t] / z * V[(size_t)t * kd + e];
-		o[e] = acc;
+			acc += s[t] / z * ft_k_act_get(vc, K + (size_t)t * kd + e, AT);
+		ft_k_act_put(out, o + e, acc, AT);
 	}
 }
 
@@ -251,25 +273,42 @@ static int kv_store(ft_cuda_infer *c, int l, const ft_dacts *a, int n)
 {
 	size_t off = (size_t)l * c->o.rows * c->o.cap * c->kd, tot = (size_t)n * c->kd;
 	unsigned blocks = (unsigned)((tot + 255) / 256);
-	FT_LAUNCH(kv_store_k, blocks, 256, 0, c->dm->stream)(c->k + off, c->v + off, (const float *)a->k, a->ldk, (const float *)a->v,
-						       a->ldv, c->mrow, c->mpos, n, c->kd,
-						       c->o.cap);
+	if (c->at == FT_ACT_F32)
+		FT_LAUNCH(kv_store_k<float>, blocks, 256, 0, c->dm->stream)(
+			(float *)c->k + off, (float *)c->v + off, (const float *)a->k, a->ldk,
+			(const float *)a->v, a->ldv, c->mrow, c->mpos, n, c->kd, c->o.cap);
+	else
+		FT_LAUNCH(kv_store_k<uint16_t>, blocks, 256, 0, c->dm->stream)(
+			(uint16_t *)c->k + off, (uint16_t *)c->v + off, (const uint16_t *)a->k, a->ldk,
+			(const uint16_t *)a->v, a->ldv, c->mrow, c->mpos, n, c->kd, c->o.cap);
 	LAUNCHED("kv_store", "layer %d, %d tokens, kv dim %d", l, n, c->kd);
 	return 0;
 }
 
-static int cached_attention(ft_cuda_infer *c, int l, float *out, const float *q, int ldq, int n)
+template <int AT>
+static void cache_attention_as(const ft_cuda_infer *c, int l, void *out, const void *q, int ldq,
+			       int n, size_t off)
 {
 	const ft_cuda_view *v = &c->dm->v;
-	size_t off = (size_t)l * c->o.rows * c->o.cap * c->kd;
 	dim3 grid((unsigned)n, (unsigned)v->Hq);
 	/* Gemma: the window of its sliding layers only, query_pre_attn_scalar */
 	int window = !v->gemma || ft_cuda_view_sliding(v, l) ? v->window : 0;
 	float scale = v->gemma ? v->attn_scale : 1.0f / sqrtf((float)v->hd);
-	FT_LAUNCH(cache_attention_k, grid, ATPB, 0, c->dm->stream)(out, q, ldq, c->k + off, c->v + off,
-							     c->mrow, c->mpos, c->scores, v->Hq,
-							     v->Hk, v->hd, window, c->o.cap, scale,
-							     v->attn_softcap);
+	FT_LAUNCH(cache_attention_k<AT>, grid, ATPB, 0, c->dm->stream)(
+		out, q, ldq, (const char *)c->k + off, (const char *)c->v + off, c->mrow, c->mpos,
+		c->scores, v->Hq, v->Hk, v->hd, window, c->o.cap, scale, v->attn_softcap);
+}
+
+static int cached_attention(ft_cuda_infer *c, int l, void *out, const void *q, int ldq, int n)
+{
+	const ft_cuda_view *v = &c->dm->v;
+	size_t off = (size_t)l * c->o.rows * c->o.cap * c->kd * ft_cu_act_size(c->at);
+	if (c->at == FT_ACT_BF16)
+		cache_attention_as<FT_ACT_BF16>(c, l, out, q, ldq, n, off);
+	else if (c->at == FT_ACT_F16)
+		cache_attention_as<FT_ACT_F16>(c, l, out, q, ldq, n, off);
+	else
+		cache_attention_as<FT_ACT_F32>(c, l, out, q, ldq, n, off);
 	LAUNCHED("cache_attention", "layer %d, %d tokens, %d heads, cap %d", l, n, v->Hq,
 		 c->o.cap);
 	return 0;
@@ -304,9 +343,8 @@ static int layer_step(ft_cuda_infer *c, int l, float *x, int n)
 	TRY(ft_cu_rmsnorm_forward_act(dm, a->ln1, a->rstd1, x, w, n, v->D, v->eps));
 	TRY(ft_cu_attn_inputs(dm, l, a, n));   /* q|k|v, q/k norms, RoPE */
 	TRY(kv_store(c, l, a, n));
-	/* fp32: an inference model's ft_cu_proj_type */
-	TRY(cached_attention(c, l, (float *)a->att, (const float *)a->q, a->ldq, n));
-	TRY(ft_cu_lin_forward(dm, l, 3, a, dm->tmp, ft_cu_f32((float *)a->att), n));
+	TRY(cached_attention(c, l, a->att, a->q, a->ldq, n));   /* of ft_cu_proj_type */
+	TRY(ft_cu_lin_forward(dm, l, 3, a, dm->tmp, ft_cu_proj_mat(dm, a->att), n));
 	TRY(residual(dm, x, y->ln2, a, n));
 	TRY(ft_cu_norm_w(dm, v->gemma ? y->ln3 : y->ln2, v->D, &w));
 	TRY(ft_cu_rmsnorm_forward_act(dm, a->ln2, a->rstd2, x, w, n, v->D, v->eps));

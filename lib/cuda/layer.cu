@@ -104,7 +104,7 @@ static int lin_fwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, ft_ma
  * RoPE, attention and SwiGLU read, is the same either way. */
 /* Whether group gi of layer l computes only into fp32: QLoRA's and
  * OFT's module-by-module paths and DoRA's factors write fp32 columns. */
-static int group_f32_only(const ft_cuda_model *dm, int l, int gi)
+int ft_cu_group_f32_only(const ft_cuda_model *dm, int l, int gi)
 {
 	const ft_dlayer *d = &dm->layers[l];
 	const ft_cv_group *c = &d->grp[gi].c;
@@ -122,7 +122,7 @@ static int group_f32_only(const ft_cuda_model *dm, int l, int gi)
  * rounded (lora_A's output under autocast), and B's product (B cast to
  * half, as autocast casts lora_B) added into the rounded base and
  * rounded again: PEFT's result + lora_B(lora_A(x)) * scaling in bf16.
- * A group that computes only into fp32 (group_f32_only) runs into
+ * A group that computes only into fp32 (ft_cu_group_f32_only) runs into
  * dm->dqkv (free in the forward) and is rounded into Y once. */
 static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, ft_mat Y, ft_mat x, int N)
 {
@@ -130,7 +130,7 @@ static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, ft_mat Y, ft_mat x, i
 	const ft_dgroup *g = &d->grp[gi];
 	int in = g->c.in, tot = g->c.tot, drop = dropping(dm) || d->quant;
 	ft_mat xo;
-	if (Y.half && group_f32_only(dm, l, gi)) {   /* dqkv: wide enough for either */
+	if (Y.half && ft_cu_group_f32_only(dm, l, gi)) {   /* dqkv: wide enough for either */
 		TRY(lin_fwd_group(dm, l, gi, ft_cu_f32(dm->dqkv), x, N));
 		return ft_cu_cast_cols(dm, Y, tot, ft_cu_f32(dm->dqkv), tot, N, tot);
 	}

@@ -363,6 +363,19 @@ static void layout_quant(ft_cuda_model *dm, ft_arena *a, size_t N, size_t mi)
 	dm->q8_acc = TAKE(a, N * dm->q8_rows, int32_t, A_SCRATCH);
 }
 
+/* Whether a half q|k|v or gate|up output has a group computed in fp32
+ * first (into dm->dqkv). */
+static int f32_groups(const ft_cuda_model *dm)
+{
+	if (ft_cu_proj_type(dm) == FT_ACT_F32)
+		return 0;
+	for (int l = 0; l < dm->v.L; l++)
+		for (int gi = 0; gi < FT_CV_NGROUP; gi++)
+			if (ft_cu_group_f32_only(dm, l, gi))
+				return 1;
+	return 0;
+}
+
 /* Every device buffer, in one pass that either counts (base 0) or
  * assigns.  The sizes follow ftp_model_prepare (lib/model/model_fwd.c). */
 static void layout(ft_cuda_model *dm, ft_arena *a)
@@ -411,9 +424,10 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	if (wg > wy) wy = wg;
 	/* with half projection outputs also gate|up's fp32 gradients (the
 	 * SwiGLU backward cannot write them over the half activations), and
-	 * either group's fp32 forward (layer.cu's group_f32_only) */
+	 * either group's fp32 forward (layer.cu's ft_cu_group_f32_only),
+	 * which a decoding model needs too */
 	size_t wd = ft_cu_proj_type(dm) != FT_ACT_F32 && wg > wq ? wg : wq;
-	dm->dqkv = TAKE(a, Nb * wd, float, A_SCRATCH);
+	dm->dqkv = TAKE(a, (f32_groups(dm) ? N : Nb) * wd, float, A_SCRATCH);
 	dm->dq = TAKE(a, v->qk_norm ? Nb * qd : 0, float, A_SCRATCH);
 	dm->dk = TAKE(a, v->qk_norm ? Nb * kd : 0, float, A_SCRATCH);
 	dm->hbuf = ft_arena_take(a, N * F * (dm->half ? 2 : 4), A_SCRATCH);   /* ft_cu_act_type */

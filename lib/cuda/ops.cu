@@ -89,7 +89,7 @@ int ft_cu_act_type(const ft_cuda_model *dm)
 
 int ft_cu_proj_type(const ft_cuda_model *dm)
 {
-	return dm->o.inference ? FT_ACT_F32 : ft_cu_act_type(dm);
+	return ft_cu_act_type(dm);
 }
 
 /* Qwen3's q_norm / k_norm: the N*H heads of x (row stride ld) normalised

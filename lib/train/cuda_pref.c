@@ -17,6 +17,7 @@ typedef struct {
 	int vh_stale;        /* the host head changed: upload before use */
 	float temp;          /* GRPO: the log-probs' temperature (1: none) */
 	float *ent;          /* GRPO: where the entropies go (NULL: none) */
+	ft_adamw *out;       /* the optimizer dev_moments fills, at a checkpoint */
 } binding;
 
 /* The host value head -> the device, when it changed there. */
@@ -96,6 +97,11 @@ static int b_ckpt_load(void *self, const char *dir)
 	return ft_cuda_train_scaler_load(((binding *)self)->dm, dir);
 }
 
+static size_t b_metrics(void *self, int eval, const char **keys, double *vals, size_t cap)
+{
+	return ft_cuda_train_scale_metric(((binding *)self)->dm, eval, keys, vals, cap);
+}
+
 /* The k-th optimizer param: the model's (index >= 0), the head's weight
  * (-2) or bias (-3); -1 after ft_fail. */
 static long param_index(binding *x, const ft_param *p)
@@ -109,21 +115,26 @@ static long param_index(binding *x, const ft_param *p)
 	return ft_fail("optimizer parameter %s is not the model's", p->name);
 }
 
+/* ft_adamw_fetch: the k-th param's moments straight from the device as
+ * the checkpoint is written, none of the others' on the host meanwhile */
+static int dev_moments(void *ctx, size_t k, float *m, float *v)
+{
+	binding *x = ctx;
+	long i = param_index(x, ft_adamw_param(x->out, k));
+	return i >= 0 ? ft_cuda_adamw_get(x->dm, (size_t)i, m, v)
+	       : i < -1 ? ft_cuda_value_head_get(x->dp, (int)(-2 - i), NULL, m, v) : -1;
+}
+
 static int b_state_out(void *self, ft_adamw *opt)
 {
 	binding *x = self;
 	if (ft_cuda_copy_weights_to_host(x->dm) < 0 || head_down(x) < 0)
 		return -1;
-	for (size_t k = 0; opt && k < ft_adamw_count(opt); k++) {
-		long i = param_index(x, ft_adamw_param(opt, k));
-		float *m = ft_adamw_exp_avg(opt, k), *v = ft_adamw_exp_avg_sq(opt, k);
-		int rc = i >= 0 ? ft_cuda_adamw_get(x->dm, (size_t)i, m, v)
-		       : i < -1 ? ft_cuda_value_head_get(x->dp, (int)(-2 - i), NULL, m, v) : -1;
-		if (rc < 0)
-			return -1;
-	}
-	if (opt)
+	if (opt) {
+		x->out = opt;
+		ft_adamw_set_fetch(opt, dev_moments, x);
 		ft_adamw_set_steps(opt, ft_cuda_steps(x->dm));
+	}
 	return 0;
 }
 
@@ -243,7 +254,8 @@ int ft_pref_model_of_cuda(ft_model *m, const ft_cuda_opts *o, int value_head, ft
 		.base = { .self = x, .nparams = b_nparams, .param = b_param, .zero_grad = b_zero_grad,
 			  .save = b_save, .set_position = b_set_position, .step = b_step,
 			  .state_out = b_state_out, .state_in = b_state_in, .peak_bytes = b_peak,
-			  .ckpt_save = f16 ? b_ckpt_save : NULL, .ckpt_load = f16 ? b_ckpt_load : NULL },
+			  .ckpt_save = f16 ? b_ckpt_save : NULL, .ckpt_load = f16 ? b_ckpt_load : NULL,
+			  .metrics = f16 ? b_metrics : NULL },
 		.hidden_size = c->hidden_size, .vocab_size = c->vocab_size,
 		.has_adapters = ft_model_has_adapters(m),
 		.logps_forward = b_logps_fwd, .logps_backward = b_logps_bwd, .set_adapters = b_adapters,

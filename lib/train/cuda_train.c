@@ -21,6 +21,7 @@ typedef struct {
 	ft_dist *zero;       /* ZeRO-1: the job whose ranks hold the slices */
 	const ft_optim_ext *ext;   /* the extras' optimizer, once it stepped */
 	int64_t ext_synced;  /* BAdam: the AdamW step count the device's moments are at */
+	ft_adamw *out;       /* the optimizer dev_moments fills, at a checkpoint */
 } binding;
 
 ft_cuda_batch ft_cuda_batch_of(const ft_batch *b)
@@ -272,6 +273,15 @@ static int b_ext_step(void *self, const ft_optim_ext *e, const ft_adamw_opts *o,
 	return skipped;
 }
 
+/* ft_adamw_fetch: the k-th param's moments straight from the device as
+ * the checkpoint is written, none of the others' on the host meanwhile */
+static int dev_moments(void *ctx, size_t k, float *m, float *v)
+{
+	binding *x = ctx;
+	long i = model_index(x, ft_adamw_param(x->out, k));
+	return i < 0 ? -1 : ft_cuda_adamw_get(x->dm, (size_t)i, m, v);
+}
+
 static int b_state_out(void *self, ft_adamw *opt)
 {
 	binding *x = self;
@@ -281,11 +291,15 @@ static int b_state_out(void *self, ft_adamw *opt)
 	 * CPU run leaves untouched stays so */
 	if (x->ext && x->ext->dev)
 		return *x->ext->dev->step == x->ext_synced ? dev_state(x, x->ext->dev, 1) : 0;
-	for (size_t k = 0; opt && k < ft_adamw_count(opt); k++) {
+	for (size_t k = 0; opt && x->zero && k < ft_adamw_count(opt); k++) {
 		long i = model_index(x, ft_adamw_param(opt, k));
 		if (i < 0 || ft_cuda_adamw_get(x->dm, (size_t)i, ft_adamw_exp_avg(opt, k),
 					       ft_adamw_exp_avg_sq(opt, k)) < 0)
 			return -1;
+	}
+	if (opt && !x->zero) {
+		x->out = opt;
+		ft_adamw_set_fetch(opt, dev_moments, x);
 	}
 	if (opt)
 		ft_adamw_set_steps(opt, ft_cuda_steps(x->dm));
@@ -428,13 +442,19 @@ static int b_ckpt_load(void *self, const char *dir)
 }
 
 /* The scale after the step, beside the loss (transformers does not log it) */
-static size_t b_metrics(void *self, int eval, const char **keys, double *vals, size_t cap)
+size_t ft_cuda_train_scale_metric(const ft_cuda_model *dm, int eval, const char **keys, double *vals,
+				  size_t cap)
 {
 	if (eval || cap < 1)
 		return 0;
 	keys[0] = "loss_scale";
-	vals[0] = ft_cuda_loss_scale(((binding *)self)->dm);
+	vals[0] = ft_cuda_loss_scale(dm);
 	return 1;
+}
+
+static size_t b_metrics(void *self, int eval, const char **keys, double *vals, size_t cap)
+{
+	return ft_cuda_train_scale_metric(((binding *)self)->dm, eval, keys, vals, cap);
 }
 
 int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t)

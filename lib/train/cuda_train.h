@@ -48,5 +48,9 @@ void ft_cuda_train_free(ft_train_model *t);
  * them through ft_train_model.ckpt_save/ckpt_load. */
 int ft_cuda_train_scaler_save(const ft_cuda_model *dm, const char *dir);
 int ft_cuda_train_scaler_load(ft_cuda_model *dm, const char *dir);
+/* fp16: "loss_scale", the scale after the step, for a training log line
+ * (ft_train_model.metrics' shape; nothing at an evaluation). */
+size_t ft_cuda_train_scale_metric(const ft_cuda_model *dm, int eval, const char **keys, double *vals,
+				  size_t cap);
 
 #endif

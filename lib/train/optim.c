@@ -49,9 +49,33 @@ void ft_adamw_free(ft_adamw *a)
 int64_t ft_adamw_steps(const ft_adamw *a) { return a->step; }
 size_t ft_adamw_count(const ft_adamw *a) { return a->n; }
 ft_param *ft_adamw_param(const ft_adamw *a, size_t k) { return a->p[k]; }
-float *ft_adamw_exp_avg(ft_adamw *a, size_t k) { return a->m[k]; }
-float *ft_adamw_exp_avg_sq(ft_adamw *a, size_t k) { return a->v[k]; }
 void ft_adamw_set_steps(ft_adamw *a, int64_t step) { a->step = step; }
+
+/* A dropped moment comes back as zeros, as ft_adamw_new made it. */
+static float *moment(float **slot, const ft_param *p)
+{
+	if (!*slot) *slot = ft_xcalloc(p->n ? p->n : 1, sizeof(float));
+	return *slot;
+}
+
+float *ft_adamw_exp_avg(ft_adamw *a, size_t k) { return moment(&a->m[k], a->p[k]); }
+float *ft_adamw_exp_avg_sq(ft_adamw *a, size_t k) { return moment(&a->v[k], a->p[k]); }
+
+void ft_adamw_drop_moments(ft_adamw *a)
+{
+	for (size_t i = 0; i < a->n; i++) {
+		free(a->m[i]);
+		free(a->v[i]);
+		a->m[i] = a->v[i] = NULL;
+	}
+}
+
+void ft_adamw_set_fetch(ft_adamw *a, ft_adamw_fetch get, void *ctx)
+{
+	ft_adamw_drop_moments(a);
+	a->get = get;
+	a->get_ctx = ctx;
+}
 
 /* Elements [i0, i1) of one tensor, on the calling thread; the element is
  * lib/model/kernels.h's, shared with the CUDA backend. */
@@ -85,6 +109,8 @@ static void adamw_step(ft_adamw *a, double lr, const double *lrs)
 	double step = (double)(float)a->step;
 	ft_k_adamw *c = ft_xcalloc(a->n ? a->n : 1, sizeof *c);
 	for (size_t k = 0; k < a->n; k++) {
+		ft_adamw_exp_avg(a, k);   /* a no-op unless dropped */
+		ft_adamw_exp_avg_sq(a, k);
 		double wd = a->p[k]->decay ? a->o.weight_decay : 0.0;
 		c[k] = ft_k_adamw_prepare(lrs ? lrs[k] : lr, wd, a->o.beta1, a->o.beta2, a->o.eps, step);
 	}

@@ -48,6 +48,20 @@ float *ft_adamw_exp_avg(ft_adamw *a, size_t k);
 float *ft_adamw_exp_avg_sq(ft_adamw *a, size_t k);
 void ft_adamw_set_steps(ft_adamw *a, int64_t step);
 
+/* Host moments only while needed.  An optimizer stepped elsewhere has no
+ * use for its host moments between checkpoints (for a 7B full fine-tune
+ * they are 56 GB), so they may be dropped: a dropped moment reads as
+ * zeros, and ft_adamw_exp_avg/_sq (and ft_adamw_load, ft_adamw_step)
+ * allocate it again, zeroed, when asked for it.  With a fetch set, a
+ * dropped moment is the fetch's instead: ft_adamw_save calls it for each
+ * param in turn into one scratch pair, so a checkpoint is written from the
+ * device without ever holding all the moments on the host.  A moment held
+ * on the host wins over the fetch.  ft_adamw_set_fetch drops every host
+ * moment; fetch NULL goes back to zeros. */
+typedef int (*ft_adamw_fetch)(void *ctx, size_t k, float *exp_avg, float *exp_avg_sq);
+void ft_adamw_drop_moments(ft_adamw *a);
+void ft_adamw_set_fetch(ft_adamw *a, ft_adamw_fetch get, void *ctx);
+
 /* L2 norm of all gradients (per-tensor norms combined as torch does),
  * then, when max_norm > 0, scale every gradient by
  * min(1, max_norm / (norm + 1e-6)).  Returns the norm before clipping. */

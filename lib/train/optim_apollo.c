@@ -83,19 +83,18 @@ static uint64_t next_seed(uint64_t seed)
 
 /* ---- the optimizer ------------------------------------------------------ */
 
+/* APOLLO's per-param state besides GaLore's (ftp_lowrank) */
 typedef struct {
-	int apollo, right, r;
-	size_t nlow, np;
 	uint64_t seed;
 	int has_limit;
 	float limit;                  /* state["scaled_grad"]: the last update's norm */
-	float *P, *m, *v;
-} astate;
+} aseed;
 
 typedef struct {
 	ft_param *const *p;
 	size_t n;
-	astate *s;
+	ftp_lowrank *s;
+	aseed *z;
 	ft_apollo_opts o;
 	int64_t step;
 	/* the state as ft_ext_dev's arrays (a model that steps itself) */
@@ -107,26 +106,15 @@ typedef struct {
  * seed advanced; svd: GaLoreProjector's top-r right (Vh[:r]) or left
  * (U[:, :r]) singular vectors of the gradient (LAPACK's sgesdd, as
  * torch.linalg.svd). */
-static int draw(astate *st, int svd, const float *G, int out, int in)
+static int draw(ftp_lowrank *st, aseed *z, int svd, const float *G, int out, int in)
 {
-	if (svd) {
-		int k = out < in ? out : in;
-		float *U = ft_xmalloc((size_t)out * k * sizeof *U), *S = ft_xmalloc((size_t)k * sizeof *S);
-		float *Vh = ft_xmalloc((size_t)k * in * sizeof *Vh);
-		int rc = ft_svd_thin(G, out, in, U, S, Vh);
-		if (!rc && st->right)
-			memcpy(st->P, Vh, (size_t)st->r * in * sizeof *st->P);
-		else if (!rc)
-			for (int o = 0; o < out; o++)
-				memcpy(st->P + (size_t)o * st->r, U + (size_t)o * k, st->r * sizeof *st->P);
-		free(U); free(S); free(Vh);
-		return rc;
-	}
+	if (svd)
+		return ftp_lowrank_svd(st, G, out, in);
 	size_t n = st->np;   /* >= 16: checked by ft_apollo_new */
-	torch_randn(st->P, n, st->seed);
+	torch_randn(st->P, n, z->seed);
 	float rs = (float)sqrt((double)st->r);
 	for (size_t i = 0; i < n; i++) st->P[i] /= rs;
-	st->seed = next_seed(st->seed);
+	z->seed = next_seed(z->seed);
 	return 0;
 }
 
@@ -139,7 +127,7 @@ static double norm2(const float *x, size_t n)
 
 /* Fira's norm-growth limiter on an update of norm nrm: what to divide it
  * by (1 on the first step, which only records the norm). */
-static float fira_limit(astate *st, float nrm)
+static float fira_limit(aseed *st, float nrm)
 {
 	if (!st->has_limit) {
 		st->limit = nrm;
@@ -154,7 +142,7 @@ static float fira_limit(astate *st, float nrm)
 
 /* The scaled raw gradient of an APOLLO param into F [out, in] from the
  * normalized low-rank update N and the projected gradient R. */
-static void scaled_grad(const apollo *x, astate *st, const ft_param *p, const float *N, const float *R,
+static void scaled_grad(const apollo *x, ftp_lowrank *st, aseed *z, const ft_param *p, const float *N, const float *R,
 			float *F)
 {
 	int out = (int)p->shape[0], in = (int)p->shape[1], r = st->r;
@@ -184,7 +172,7 @@ static void scaled_grad(const apollo *x, astate *st, const ft_param *p, const fl
 	}
 	if (x->o.scale_front)
 		for (size_t i = 0; i < p->n; i++) F[i] *= sf;
-	float lim = fira_limit(st, (float)sqrt(norm2(F, p->n)));
+	float lim = fira_limit(z, (float)sqrt(norm2(F, p->n)));
 	for (size_t i = 0; i < p->n; i++) F[i] /= lim;   /* the first step's 1 leaves F as it is */
 	if (!x->o.scale_front)
 		for (size_t i = 0; i < p->n; i++) F[i] *= sf;
@@ -195,46 +183,21 @@ static int ap_step(void *self, ft_adamw *opt, double lr, double lambda)
 	apollo *x = self;
 	(void)opt; (void)lambda;
 	int64_t t = x->step++;
-	double b1 = x->o.beta1, b2 = x->o.beta2;
-	double bc1 = 1.0 - pow(b1, (double)x->step), bc2 = 1.0 - pow(b2, (double)x->step);
-	float alpha = (float)-(lr * sqrt(bc2) / bc1), a1 = (float)(1.0 - b1), a2 = (float)(1.0 - b2);
-	float fb1 = (float)b1, fb2 = (float)b2, eps = (float)x->o.eps;
+	ftp_old_adamw a = ftp_old_adamw_at(x->o.beta1, x->o.beta2, x->o.eps, lr, x->step);
 	for (size_t k = 0; k < x->n; k++) {
 		ft_param *p = x->p[k];
-		astate *st = &x->s[k];
-		const float *g = p->g;
-		float *R = NULL, *N = NULL;
+		ftp_lowrank *st = &x->s[k];
 		int out = (int)p->shape[0], in = (int)p->shape[1];
-		if (st->apollo) {
-			if (t % x->o.update_interval == 0 && draw(st, x->o.svd, g, out, in) < 0)
-				return ft_fail_ctx("APOLLO: %s: ", p->name);
-			R = ft_xmalloc(st->nlow * sizeof *R);
-			if (st->right)   /* G [out, in] @ P^T [in, r] */
-				ft_sgemm(0, 1, out, st->r, in, 1.0f, g, in, st->P, in, 0.0f, R, st->r);
-			else             /* P^T [r, out] @ G [out, in] */
-				ft_sgemm(1, 0, st->r, in, out, 1.0f, st->P, st->r, g, in, 0.0f, R, in);
-			g = R;
-			N = ft_xmalloc(st->nlow * sizeof *N);
-		}
-		size_t nl = st->apollo ? st->nlow : p->n;
-		for (size_t i = 0; i < nl; i++) {
-			st->m[i] = fmaf(a1, g[i], st->m[i] * fb1);
-			st->v[i] = st->v[i] * fb2 + (a2 * g[i]) * g[i];
-			float ng = st->m[i] / (sqrtf(st->v[i]) + eps);
-			if (N) N[i] = ng;
-			else p->w[i] = fmaf(alpha, ng, p->w[i]);
-		}
-		if (st->apollo) {
+		if (st->on && t % x->o.update_interval == 0 && draw(st, &x->z[k], x->o.svd, p->g, out, in) < 0)
+			return ft_fail_ctx("APOLLO: %s: ", p->name);
+		float *R, *N = ftp_lowrank_adam(st, p, &a, &R);
+		if (N) {
 			float *F = ft_xmalloc(p->n * sizeof *F);
-			scaled_grad(x, st, p, N, R, F);
-			for (size_t i = 0; i < p->n; i++) p->w[i] = fmaf(alpha, F[i], p->w[i]);
+			scaled_grad(x, st, &x->z[k], p, N, R, F);
+			for (size_t i = 0; i < p->n; i++) p->w[i] = fmaf(a.alpha, F[i], p->w[i]);
 			free(F);
 		}
-		double wd = st->apollo || p->decay ? x->o.weight_decay : 0.0;
-		if (wd > 0) {
-			float a = (float)(-lr * wd);
-			for (size_t i = 0; i < p->n; i++) p->w[i] = fmaf(a, p->w[i], p->w[i]);
-		}
+		ftp_ext_decay(p, lr, st->on || p->decay ? x->o.weight_decay : 0.0);
 		free(R);
 		free(N);
 	}
@@ -247,7 +210,7 @@ static const float *ap_project(void *self, size_t k, const float *G)
 {
 	apollo *x = self;
 	const ft_param *p = x->p[k];
-	if (draw(&x->s[k], x->o.svd, G, (int)p->shape[0], (int)p->shape[1]) < 0) {
+	if (draw(&x->s[k], &x->z[k], x->o.svd, G, (int)p->shape[0], (int)p->shape[1]) < 0) {
 		ft_fail_ctx("APOLLO: %s: ", p->name);
 		return NULL;
 	}
@@ -256,41 +219,29 @@ static const float *ap_project(void *self, size_t k, const float *G)
 
 static float ap_limit(void *self, size_t k, float nrm)
 {
-	return fira_limit(&((apollo *)self)->s[k], nrm);
+	return fira_limit(&((apollo *)self)->z[k], nrm);
+}
+
+/* ".seed": the projector's seed and the limiter's state, in the metadata */
+static void seed_meta(void *ctx, ft_st_writer *w, size_t k, char **names, size_t *nn)
+{
+	apollo *x = ctx;
+	if (!x->s[k].on) return;
+	const aseed *z = &x->z[k];
+	names[*nn] = ft_xasprintf("%s.seed", x->p[k]->name);
+	char *v = ft_xasprintf("%llu %d %a", (unsigned long long)z->seed, z->has_limit, z->limit);
+	ft_st_writer_meta(w, names[(*nn)++], v);
+	free(v);
 }
 
 static int ap_save(void *self, const char *dir)
 {
 	apollo *x = self;
-	ft_st_writer *w = ft_st_writer_new();
-	char **names = ft_xcalloc(6 * x->n + 1, sizeof *names), step[32];
-	int64_t (*shapes)[2] = ft_xcalloc(2 * x->n + 1, sizeof *shapes);
-	size_t nn = 0;
-	snprintf(step, sizeof step, "%lld", (long long)x->step);
-	ft_st_writer_meta(w, "format", "ft-apollo");
-	ft_st_writer_meta(w, "step", step);
-	for (size_t k = 0; k < x->n; k++) {
-		ft_param *p = x->p[k];
-		astate *st = &x->s[k];
-		ftp_ext_add_lowrank(w, p, st->apollo, st->right, st->r, st->m, st->v, st->P, names, &nn,
-				    &shapes[2 * k]);
-		if (!st->apollo) continue;
-		names[nn] = ft_xasprintf("%s.seed", p->name);
-		char *v = ft_xasprintf("%llu %d %a", (unsigned long long)st->seed, st->has_limit, st->limit);
-		ft_st_writer_meta(w, names[nn++], v);
-		free(v);
-	}
-	char *f = ft_xasprintf("%s/apollo_optimizer.safetensors", dir);
-	int rc = ft_st_writer_write(w, f);
-	free(f);
-	ft_st_writer_free(w);
-	for (size_t i = 0; i < nn; i++) free(names[i]);
-	free(names);
-	free(shapes);
-	return rc;
+	return ftp_lowrank_save(dir, "apollo_optimizer.safetensors", "ft-apollo", x->step, x->p, x->s,
+				x->n, seed_meta, x);
 }
 
-static int read_seed(const json_t *meta, const char *f, const char *pname, astate *s)
+static int read_seed(const json_t *meta, const char *f, const char *pname, aseed *s)
 {
 	char *nm = ft_xasprintf("%s.seed", pname);
 	const char *v = meta ? json_string_value(json_object_get(meta, nm)) : NULL;
@@ -312,12 +263,8 @@ static int ap_load(void *self, const char *dir)
 	int rc = st ? 0 : -1;
 	const json_t *meta = st ? ft_st_metadata(st) : NULL;
 	for (size_t k = 0; k < x->n && !rc; k++) {
-		astate *s = &x->s[k];
-		size_t nl = s->apollo ? s->nlow : x->p[k]->n;
-		rc = ftp_ext_read_vec(st, f, x->p[k]->name, "exp_avg", nl, s->m);
-		if (!rc) rc = ftp_ext_read_vec(st, f, x->p[k]->name, "exp_avg_sq", nl, s->v);
-		if (!rc && s->apollo) rc = ftp_ext_read_vec(st, f, x->p[k]->name, "ortho", s->np, s->P);
-		if (!rc && s->apollo) rc = read_seed(meta, f, x->p[k]->name, s);
+		rc = ftp_lowrank_read(st, f, x->p[k], &x->s[k]);
+		if (!rc && x->s[k].on) rc = read_seed(meta, f, x->p[k]->name, &x->z[k]);
 	}
 	if (!rc) rc = ftp_ext_read_step(st, f, &x->step);
 	if (st) ft_st_close(st);
@@ -328,12 +275,8 @@ static int ap_load(void *self, const char *dir)
 static void ap_free(void *self)
 {
 	apollo *x = self;
-	for (size_t k = 0; k < x->n; k++) {
-		free(x->s[k].P);
-		free(x->s[k].m);
-		free(x->s[k].v);
-	}
-	free(x->s);
+	ftp_lowrank_free(x->s, x->n);
+	free(x->z);
 	ft_ext_proj_free(&x->arr);
 	free(x);
 }
@@ -341,28 +284,14 @@ static void ap_free(void *self)
 /* ft_ext_dev over the states */
 static void dev_arrays(apollo *x)
 {
-	ft_ext_proj *a = &x->arr;
-	ft_ext_proj_alloc(a, x->n);
-	for (size_t k = 0; k < x->n; k++) {
-		const ft_param *p = x->p[k];
-		astate *st = &x->s[k];
-		a->kind[k] = st->apollo;
-		a->decay[k] = p->decay;
-		a->right[k] = st->right;
-		a->rank[k] = st->r;
-		a->n1[k] = st->apollo ? st->nlow : p->n;
-		a->n3[k] = st->apollo ? st->np : 0;
-		a->s1[k] = st->m;
-		a->s2[k] = st->v;
-		a->s3[k] = st->P;
-	}
+	ftp_lowrank_arrays(&x->arr, x->p, x->s, x->n);
 	x->dev = (ft_ext_dev){ .algo = FT_EXT_APOLLO, .p = x->p, .n = x->n, .step = &x->step,
 			       .wd = x->o.weight_decay, .beta1 = x->o.beta1, .beta2 = x->o.beta2,
 			       .eps = x->o.eps, .interval = x->o.update_interval, .scale = x->o.scale,
 			       .project = ap_project, .self = x,
 			       .scale_tensor = x->o.scale_tensor, .scale_front = x->o.scale_front,
 			       .limit = ap_limit };
-	ft_ext_proj_view(a, &x->dev);
+	ft_ext_proj_view(&x->arr, &x->dev);
 }
 
 ft_optim_ext *ft_apollo_new(ft_param *const *params, size_t n, const int *is_apollo, const ft_apollo_opts *o)
@@ -389,28 +318,20 @@ ft_optim_ext *ft_apollo_new(ft_param *const *params, size_t n, const int *is_apo
 	x->n = n;
 	x->o = *o;
 	x->s = ft_xcalloc(n ? n : 1, sizeof *x->s);
+	x->z = ft_xcalloc(n ? n : 1, sizeof *x->z);
 	/* the 1-based index in the groups [nodecay, decay, apollo] */
 	size_t before = 0, idx = 0;
 	for (size_t k = 0; k < n; k++) before += !(is_apollo[k] && params[k]->ndim == 2);
 	for (size_t k = 0; k < n; k++) {
 		const ft_param *p = params[k];
-		astate *st = &x->s[k];
-		st->apollo = is_apollo[k] && p->ndim == 2;
-		size_t nm = p->n;
-		if (st->apollo) {
-			int64_t out = p->shape[0], in = p->shape[1];
-			int right = o->proj_type == FT_GALORE_RIGHT ? 1 : o->proj_type == FT_GALORE_LEFT ? 0 : out >= in;
-			st->right = right;
-			int64_t kk = out < in ? out : in;   /* svd: Vh[:rank] keeps what there is */
-			st->r = o->svd && o->rank > kk ? (int)kk : o->rank;   /* randn (rank, in): no cap */
-			st->nlow = (size_t)st->r * (size_t)(right ? out : in);
-			st->np = (size_t)st->r * (size_t)(right ? in : out);
-			st->P = ft_xcalloc(st->np, sizeof(float));
-			st->seed = o->layerwise ? 1 : before + (++idx);
-			nm = st->nlow;
+		int on = is_apollo[k] && p->ndim == 2, right = 0, r = 0;
+		if (on) {
+			int64_t out = p->shape[0], in = p->shape[1], kk = out < in ? out : in;
+			right = o->proj_type == FT_GALORE_RIGHT ? 1 : o->proj_type == FT_GALORE_LEFT ? 0 : out >= in;
+			r = o->svd && o->rank > kk ? (int)kk : o->rank;   /* svd: Vh[:rank]; randn (rank, in): no cap */
+			x->z[k].seed = o->layerwise ? 1 : before + (++idx);
 		}
-		st->m = ft_xcalloc(nm ? nm : 1, sizeof(float));
-		st->v = ft_xcalloc(nm ? nm : 1, sizeof(float));
+		ftp_lowrank_init(&x->s[k], p, on, right, r);
 	}
 	dev_arrays(x);
 	ft_optim_ext *e = ft_xcalloc(1, sizeof *e);

@@ -6,8 +6,10 @@
 
 struct ft_adamw {
 	ft_param **p;
-	float **m, **v;
+	float **m, **v;   /* NULL: not on the host (zeros, or get's) */
 	size_t n;
+	ft_adamw_fetch get;   /* moments kept elsewhere, or NULL */
+	void *get_ctx;
 	int64_t step;
 	ft_adamw_opts o;
 };

@@ -15,10 +15,56 @@ static char *fmt_g(double x)
 	return ft_xasprintf("%.17g", x);
 }
 
+/* Whether every moment is on the host (a CPU run's always are). */
+static int all_held(const ft_adamw *a)
+{
+	for (size_t i = 0; i < a->n; i++)
+		if (!a->m[i] || !a->v[i]) return 0;
+	return 1;
+}
+
+/* Each param's weights and moments in declared order, the moments not
+ * on the host fetched (or zeros) one param at a time into one scratch
+ * pair: the bytes are those ft_st_writer_write gives for the same tensors. */
+static int stream_state(const ft_adamw *a, ft_st_writer *w, const char *path)
+{
+	size_t most = 1;
+	for (size_t i = 0; i < a->n; i++)
+		if (a->p[i]->n > most) most = a->p[i]->n;
+	float *sm = ft_xmalloc(most * sizeof *sm), *sv = ft_xmalloc(most * sizeof *sv);
+	int rc = ft_st_stream_begin(w, path);
+	for (size_t i = 0; i < a->n && rc == 0; i++) {
+		const ft_param *p = a->p[i];
+		size_t bytes = p->n * sizeof(float);
+		const float *m = a->m[i], *v = a->v[i];
+		if (!m || !v) {
+			if (a->get) {
+				rc = a->get(a->get_ctx, i, sm, sv);
+			} else {
+				memset(sm, 0, bytes);
+				memset(sv, 0, bytes);
+			}
+			if (m) memcpy(sm, m, bytes);   /* a host moment wins */
+			if (v) memcpy(sv, v, bytes);
+			m = sm;
+			v = sv;
+		}
+		if (rc == 0) rc = ft_st_stream_put(w, p->w, bytes);
+		if (rc == 0) rc = ft_st_stream_put(w, m, bytes);
+		if (rc == 0) rc = ft_st_stream_put(w, v, bytes);
+	}
+	if (rc == 0) rc = ft_st_stream_end(w);
+	else ft_st_stream_abort(w);
+	free(sm);
+	free(sv);
+	return rc;
+}
+
 int ft_adamw_save(const ft_adamw *a, const char *path)
 {
 	ft_st_writer *w = ft_st_writer_new();
 	char **names = ft_xcalloc(2 * a->n + 1, sizeof *names);
+	const int held = all_held(a);
 	/* The fp32 weights themselves go in too: the model saved beside this
 	 * file may be bf16/f16, and resuming must continue from the exact
 	 * values. */
@@ -29,9 +75,9 @@ int ft_adamw_save(const ft_adamw *a, const char *path)
 		if (p->ndim <= 0) shape[0] = (int64_t)p->n;
 		names[2 * i] = ft_xasprintf("%s.exp_avg", p->name);
 		names[2 * i + 1] = ft_xasprintf("%s.exp_avg_sq", p->name);
-		ft_st_writer_add(w, p->name, FT_F32, ndim, shape, p->w);
-		ft_st_writer_add(w, names[2 * i], FT_F32, ndim, shape, a->m[i]);
-		ft_st_writer_add(w, names[2 * i + 1], FT_F32, ndim, shape, a->v[i]);
+		ft_st_writer_add(w, p->name, FT_F32, ndim, shape, held ? p->w : NULL);
+		ft_st_writer_add(w, names[2 * i], FT_F32, ndim, shape, held ? a->m[i] : NULL);
+		ft_st_writer_add(w, names[2 * i + 1], FT_F32, ndim, shape, held ? a->v[i] : NULL);
 	}
 	char *step = ft_xasprintf("%lld", (long long)a->step);
 	char *b1 = fmt_g(a->o.beta1), *b2 = fmt_g(a->o.beta2), *eps = fmt_g(a->o.eps),
@@ -43,7 +89,7 @@ int ft_adamw_save(const ft_adamw *a, const char *path)
 	ft_st_writer_meta(w, "beta2", b2);
 	ft_st_writer_meta(w, "eps", eps);
 	ft_st_writer_meta(w, "weight_decay", wd);
-	int rc = ft_st_writer_write(w, path);
+	int rc = held ? ft_st_writer_write(w, path) : stream_state(a, w, path);
 	ft_st_writer_free(w);
 	for (size_t i = 0; i < 2 * a->n; i++) free(names[i]);
 	free(names);
@@ -89,8 +135,8 @@ int ft_adamw_load(ft_adamw *a, const char *path)
 	}
 	for (size_t i = 0; i < a->n; i++)
 		if (load_moment(st, path, a->p[i], "", a->p[i]->w) ||
-		    load_moment(st, path, a->p[i], "exp_avg", a->m[i]) ||
-		    load_moment(st, path, a->p[i], "exp_avg_sq", a->v[i]))
+		    load_moment(st, path, a->p[i], "exp_avg", ft_adamw_exp_avg(a, i)) ||
+		    load_moment(st, path, a->p[i], "exp_avg_sq", ft_adamw_exp_avg_sq(a, i)))
 			goto out;
 	a->step = strtoll(json_string_value(step), NULL, 10);
 	rc = 0;

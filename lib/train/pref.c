@@ -468,6 +468,9 @@ static size_t pf_metrics(void *self, int eval, const char **keys, double *vals, 
 			if (have[i]) { keys[k] = names[i]; vals[k++] = v[i]; }
 	}
 	memset(m, 0, sizeof *m);
+	/* the policy's own (the device's fp16 loss scale) after TRL's */
+	if (p->pm.base.metrics)
+		k += p->pm.base.metrics(p->pm.base.self, eval, keys + k, vals + k, cap - k);
 	return k;
 }
 

@@ -406,6 +406,12 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	 * (ft_cuda_train_zero): its state_out then runs on every rank */
 	const int dev_zero = o->zero && world > 1 && m->step;
 	ft_zero1 *zero = o->zero && world > 1 && !m->step ? ft_zero1_new(o->dist, params, np, &ao) : NULL;
+	/* ... and its moments: the host holds them only from a resume's load
+	 * to state_in and from state_out to the checkpoint written, if at all
+	 * (state_out may have them fetched as the file is written).  ZeRO-1's
+	 * whole optimizer likewise holds moments only from a load to the
+	 * scatter and from the gather to the checkpoint written. */
+	if (m->step || zero) ft_adamw_drop_moments(opt);
 	double *lsv = NULL;   /* a step's micro-batch losses and the stop flag */
 	ftp_tstate st = { .log_history = json_array() };
 	mbatches mb = {0};
@@ -425,11 +431,11 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	if (o->resume_dir && ftp_ckpt_load(o, &p, opt, &st) < 0) goto out;
 	if (o->resume_dir && zero) {   /* keep the slice, give back the rest */
 		ft_zero1_scatter(zero, opt);
-		ft_adamw_free(opt);
-		opt = ft_adamw_new(params, np, &ao);
+		ft_adamw_drop_moments(opt);
 	}
 	if (o->resume_dir && m->ckpt_load && m->ckpt_load(m->self, o->resume_dir) < 0) goto out;
 	if (o->resume_dir && m->state_in && m->state_in(m->self, opt) < 0) goto out;
+	if (m->step) ft_adamw_drop_moments(opt);
 	if (o->resume_dir && m->set_position)
 		m->set_position(m->self, st.epoch_idx * o->n_batches + st.batches_done);
 	if (rank == 0 && !(c.log = open_log(o, st.global_step))) goto out;
@@ -571,10 +577,8 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 				if (rank == 0 && o->save_total_limit > 0 &&
 				    ftp_ckpt_rotate(o->output_dir, o->save_total_limit) < 0)
 					goto out;
-				if (zero || dev_zero) {   /* the whole state again only at the next save */
-					ft_adamw_free(opt);
-					opt = ft_adamw_new(params, np, &ao);
-				}
+				/* the whole state again only at the next save */
+				if (m->step || zero) ft_adamw_drop_moments(opt);
 			}
 			if (interrupted) {
 				r->interrupted = 1;

@@ -63,3 +63,42 @@ same_tokens() {
 	[ "$(wc -l < cuda.out)" -eq 3 ]
 	diff cpu.out cuda.out
 }
+# maxdiff_le A B BOUND: two safetensors files (or directories) within BOUND
+maxdiff_le() {
+	local maxdiff="$FT_ROOT/build/tests/st_maxdiff" d
+	[ -x "$maxdiff" ] || skip "build/tests/st_maxdiff is not built (make unit)"
+	d=$("$maxdiff" "$1" "$2")
+	echo "# $1: largest difference $d (bound $3)" >&3
+	awk -v d="$d" -v b="$3" 'BEGIN { exit !(d <= b) }'
+}
+# half_close CPU BF16 FP16: the 4 logged steps of a --bf16 and a --fp16
+# device run against the CPU's fp32 run, with ft-train-cuda-emu.bats's half
+# bounds (losses 1e-2 / 2e-3, grad norms 5e-2 / 1e-2 relative), and the
+# half path really taken (bf16's numbers are not fp32's)
+half_close() {
+	paste <(jq -r 'select(.loss) | "\(.loss) \(.grad_norm)"' "$1") \
+	      <(jq -r 'select(.loss) | "\(.loss) \(.grad_norm)"' "$2") \
+	      <(jq -r 'select(.loss) | "\(.loss) \(.grad_norm)"' "$3") | awk '
+		function rel(a, b) { d = (a - b) / a; return d < 0 ? -d : d }
+		{ if (rel($1, $3) > 1e-2 || rel($1, $5) > 2e-3 || rel($2, $4) > 5e-2 || rel($2, $6) > 1e-2) bad = 1; n++ }
+		END { exit !(n == 4 && !bad) }'
+	! diff -q <(nums "$1") <(nums "$2")
+}
+# resume_same flags...: in fp32 and --fp16, 6 device steps saving at 3,
+# then from checkpoint-3 in a new process: the log, the adapter and the
+# optimizer state (moments come back out of the device) bit-identical
+resume_same() {
+	local p args
+	for p in "" --fp16; do
+		args=(--device cuda $p --learning_rate 5e-3 --max_steps 6 --gradient_accumulation_steps 2
+		      --max_grad_norm 0.5 --lr_scheduler_type cosine --warmup_steps 2 --logging_steps 1
+		      --save_steps 3 -q "$@")
+		ft-train --output_dir a "${args[@]}"
+		mkdir b && cp -r a/checkpoint-3 b/ && head -n 3 a/trainer_log.jsonl > b/trainer_log.jsonl
+		ft-train --output_dir b "${args[@]}" --resume_from_checkpoint true
+		diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+		cmp a/adapter_model.safetensors b/adapter_model.safetensors
+		cmp a/checkpoint-6/optimizer.safetensors b/checkpoint-6/optimizer.safetensors
+		rm -rf a b
+	done
+}

@@ -14,25 +14,13 @@ setup() {
 	command -v ft-cat >/dev/null || { echo "ft-cat is not built (run make)" >&2; return 1; }
 	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
 }
-need_jq() { command -v jq >/dev/null || skip "jq is not installed"; }
 steady() { jq -c '{current_steps, total_steps, loss, eval_loss, lr, epoch, grad_norm, total_tokens}' "$1"; }
 train() { ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir out "$@"; }
 
-# The 10-step parity run of tests/bats/ft-train.bats, against losses.txt's
-# line $1: every step loss within 1e-5 relative (the same bound as the
-# plain lora/freeze/full parity runs: float32 sums in another order).
-parity_run() {
-	local name=$1 mode=$2 tol=${TOL:-1e-5}; shift 2
-	ft-cat --encode < "$FIXTURES/trainer/parity20.jsonl" > p20.zst
-	run ft-train --model_name_or_path "$MODEL" --train p20.zst --output_dir "$name" --finetuning_type "$mode" \
-		--weight_decay 0.1 --max_grad_norm 1.0 --lr_scheduler_type cosine --warmup_steps 2 \
-		--gradient_accumulation_steps 2 --num_train_epochs 1 --logging_steps 1 -q "$@"
-	assert_success
-	jq -r 'select(.loss) | .loss' "$name/trainer_log.jsonl" > got
-	grep "^$name " "$FIXTURES/extras/losses.txt" | tr ' ' '\n' | tail -n +2 > want
-	[ "$(wc -l < got)" = 10 ]
-	paste got want | awk -v tol="$tol" '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > tol + 0) { print "step " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }'
-}
+# parity_run (helper.bash) against losses.txt: every step loss within 1e-5
+# relative (the same bound as the plain lora/freeze/full parity runs:
+# float32 sums in another order)
+PARITY_REF=extras/losses.txt
 
 @test "--help lists the extras" {
 	run ft-train --help

@@ -16,25 +16,12 @@ setup() {
 	command -v ft-cat >/dev/null || { echo "ft-cat is not built (run make)" >&2; return 1; }
 	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
 }
-need_jq() { command -v jq >/dev/null || skip "jq is not installed"; }
 train() { ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir out "$@"; }
 
-# The 10-step parity run of extras.bats against sft_losses.txt's line $1
-# (or $REF's):
-# every step loss within TOL relative (default 1e-5, the bound of the plain
-# parity runs: the same float32 arithmetic summed in another order).
-parity_run() {
-	local name=$1 mode=$2 tol=${TOL:-1e-5}; shift 2
-	ft-cat --encode < "$FIXTURES/trainer/parity20.jsonl" > p20.zst
-	run ft-train --model_name_or_path "$MODEL" --train p20.zst --output_dir "$name" --finetuning_type "$mode" \
-		--weight_decay 0.1 --max_grad_norm 1.0 --lr_scheduler_type cosine --warmup_steps 2 \
-		--gradient_accumulation_steps 2 --num_train_epochs 1 --logging_steps 1 -q "$@"
-	assert_success
-	jq -r 'select(.loss) | .loss' "$name/trainer_log.jsonl" > got
-	grep "^$name " "$FIXTURES/extras/${REF:-sft_losses.txt}" | tr ' ' '\n' | tail -n +2 > want
-	[ "$(wc -l < got)" = 10 ]
-	paste got want | awk -v tol="$tol" '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > tol + 0) { print "step " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }'
-}
+# parity_run (helper.bash) against sft_losses.txt (or REF=extras/...): every
+# step loss within TOL relative (default 1e-5, the bound of the plain parity
+# runs: the same float32 arithmetic summed in another order)
+PARITY_REF=extras/sft_losses.txt
 
 # ---- DFT / EAFT ---------------------------------------------------------------
 
@@ -117,8 +104,8 @@ layerwise_run() {
 # of the loss by step 10, so a wrong KL or its gradient shows.
 @test "ASFT loss: parity with LLaMA-Factory's asft_loss_func (full: a frozen copy; LoRA: --ref_model)" {
 	need_jq
-	REF=asft_losses.txt parity_run asft_full full --learning_rate 1e-3 --use_asft_loss
-	REF=asft_losses.txt parity_run asft_lora lora --learning_rate 2e-3 \
+	REF=extras/asft_losses.txt parity_run asft_full full --learning_rate 1e-3 --use_asft_loss
+	REF=extras/asft_losses.txt parity_run asft_lora lora --learning_rate 2e-3 \
 		--adapter_name_or_path "$FIXTURES/parity/llama-lora-init" --use_asft_loss --asft_alpha 1.0 \
 		--ref_model "$MODEL"
 }
@@ -164,7 +151,7 @@ layerwise_run() {
 # torch: the plain runs' 1e-5 bound on the losses and the gradient norms.
 @test "OFT: parity with PEFT's OFTConfig (losses and gradient norms, 10 steps from a PEFT adapter)" {
 	need_jq
-	REF=oft_losses.txt parity_run oft oft --learning_rate 2e-3 --adapter_name_or_path "$FIXTURES/extras/oft-init"
+	REF=extras/oft_losses.txt parity_run oft oft --learning_rate 2e-3 --adapter_name_or_path "$FIXTURES/extras/oft-init"
 	jq -r 'select(.loss) | .grad_norm' oft/trainer_log.jsonl > got
 	grep "^oft_gnorm " "$FIXTURES/extras/oft_losses.txt" | tr ' ' '\n' | tail -n +2 > want
 	paste got want | awk '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > 1e-5) { print "step " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }'

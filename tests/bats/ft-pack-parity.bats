@@ -4,7 +4,6 @@
 # without shuffling so the order is LLaMA-Factory's dataset order.
 load helper
 
-need_jq() { command -v jq >/dev/null || skip "jq is not installed"; }
 enc() { ft-cat --encode < "$FIXTURES/pack/lf_$1.tokens.jsonl" > "$1.zst"; }
 recs() { ft-cat "$1" | tail -n +2; }
 # our batches split into rows: {input_ids, labels, position_ids, segment_ids}

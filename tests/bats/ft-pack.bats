@@ -6,7 +6,6 @@
 load helper
 
 enc() { ft-cat --encode < "$FIXTURES/pack/$1.jsonl" > "$1.zst"; }
-need_jq() { command -v jq >/dev/null || skip "jq is not installed"; }
 # data records of a stream, one JSON object per line
 recs() { ft-cat "$@" | tail -n +2; }
 hdr() { ft-cat "$1" | head -n 1; }

@@ -28,16 +28,11 @@ load emu_helper
 
 LLAMA="$FIXTURES/models/tiny-llama"
 QWEN="$FIXTURES/models/tiny-qwen2"
-MAXDIFF="$FT_ROOT/build/tests/st_maxdiff"
 
 # adapters_close A B: the saved adapters (magnitudes included) within 2e-4
 adapters_close() {
-	[ -x "$MAXDIFF" ] || skip "build/tests/st_maxdiff is not built (make unit)"
 	grep -aq lora_magnitude_vector "$1/adapter_model.safetensors"
-	local d
-	d=$("$MAXDIFF" "$1/adapter_model.safetensors" "$2/adapter_model.safetensors")
-	echo "# adapters: largest difference $d (bound 2e-4)" >&3
-	awk -v d="$d" 'BEGIN { exit !(d <= 2e-4) }'
+	maxdiff_le "$1/adapter_model.safetensors" "$2/adapter_model.safetensors" 2e-4
 }
 
 @test "emulated device DoRA: qwen2 (biases, all modules: fused q|k|v, gate|up), llama with accumulation, clipping, eval; adapters as the CPU's" {
@@ -67,19 +62,8 @@ adapters_close() {
 	diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
 	cmp a/adapter_model.safetensors b/adapter_model.safetensors
 	rm -rf a b
-	for p in "" --fp16; do
-		args=(--model_name_or_path "$LLAMA" --train train.zst --device cuda --use_dora $p
-		      --learning_rate 5e-3 --max_steps 6 --gradient_accumulation_steps 2 --max_grad_norm 0.5
-		      --lr_scheduler_type cosine --warmup_steps 2 --logging_steps 1 --save_steps 3 -q)
-		ft-train --output_dir a "${args[@]}"
-		mkdir b && cp -r a/checkpoint-3 b/ && head -n 3 a/trainer_log.jsonl > b/trainer_log.jsonl
-		ft-train --output_dir b "${args[@]}" --resume_from_checkpoint true
-		diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
-		cmp a/adapter_model.safetensors b/adapter_model.safetensors
-		# the magnitudes' moments come back out of the device too
-		cmp a/checkpoint-6/optimizer.safetensors b/checkpoint-6/optimizer.safetensors
-		rm -rf a b
-	done
+	# the magnitudes' moments come back out of the device too
+	resume_same --model_name_or_path "$LLAMA" --train train.zst --use_dora
 }
 
 @test "emulated device DoRA --bf16 and --fp16: half operands against the CPU's fp32, within their rounding" {
@@ -89,13 +73,7 @@ adapters_close() {
 		tr cuda $p "$QWEN" --train train.zst --lora_target all --use_dora --$p
 		[[ "$(jq -r .ft.device $p/trainer_state.json)" == *", $p" ]]
 	done
-	paste <(jq -r 'select(.loss) | "\(.loss) \(.grad_norm)"' cpu/trainer_log.jsonl) \
-	      <(jq -r 'select(.loss) | "\(.loss) \(.grad_norm)"' bf16/trainer_log.jsonl) \
-	      <(jq -r 'select(.loss) | "\(.loss) \(.grad_norm)"' fp16/trainer_log.jsonl) | awk '
-		function rel(a, b) { d = (a - b) / a; return d < 0 ? -d : d }
-		{ if (rel($1, $3) > 1e-2 || rel($1, $5) > 2e-3 || rel($2, $4) > 5e-2 || rel($2, $6) > 1e-2) bad = 1; n++ }
-		END { exit !(n == 4 && !bad) }'
-	! diff -q <(nums cpu/trainer_log.jsonl) <(nums bf16/trainer_log.jsonl)
+	half_close cpu/trainer_log.jsonl bf16/trainer_log.jsonl fp16/trainer_log.jsonl
 }
 
 @test "emulated device DoRA adapter: dpo with the reference as the adapters disabled, and ft-generate's greedy tokens as the CPU's" {

@@ -148,18 +148,7 @@ long_data() {
 		tr cuda $p "$LLAMA" --train train.zst --finetuning_type lora --$p
 		[[ "$(jq -r .ft.device $p/trainer_state.json)" == *", $p" ]]
 	done
-	paste <(jq -r 'select(.loss) | .loss' cpu/trainer_log.jsonl) <(jq -r 'select(.loss) | .loss' bf16/trainer_log.jsonl) \
-		<(jq -r 'select(.loss) | .loss' fp16/trainer_log.jsonl) | awk '
-		function rel(a, b) { d = (a - b) / a; return d < 0 ? -d : d }
-		{ if (rel($1, $2) > 1e-2 || rel($1, $3) > 2e-3) bad = 1; n++ }
-		END { exit !(n == 4 && !bad) }'
-	paste <(jq -r 'select(.loss) | .grad_norm' cpu/trainer_log.jsonl) <(jq -r 'select(.loss) | .grad_norm' bf16/trainer_log.jsonl) \
-		<(jq -r 'select(.loss) | .grad_norm' fp16/trainer_log.jsonl) | awk '
-		function rel(a, b) { d = (a - b) / a; return d < 0 ? -d : d }
-		{ if (rel($1, $2) > 5e-2 || rel($1, $3) > 1e-2) bad = 1; n++ }
-		END { exit !(n == 4 && !bad) }'
-	# and the half path is really taken: its numbers are not fp32's
-	! diff -q <(nums cpu/trainer_log.jsonl) <(nums bf16/trainer_log.jsonl)
+	half_close cpu/trainer_log.jsonl bf16/trainer_log.jsonl fp16/trainer_log.jsonl
 }
 
 @test "emulated device rm, dpo (reference: the adapters disabled), orpo full, kto: the CPU's numbers within 1e-4" {
@@ -169,6 +158,20 @@ long_data() {
 	same_run "$LLAMA" 1e-4 --stage dpo --pref_loss orpo --finetuning_type full --train dpo.zst
 	same_run "$LLAMA" 1e-4 --stage kto --train kto.zst --adapter_name_or_path "$PREF/llama-lora"
 	same_run "$LLAMA" 1e-4 --stage rm --train rm.zst --val rm.zst --eval_steps 2
+}
+
+@test "emulated device --fp16 dpo and kto: the loss scale on every training log line, as sft's (none at evaluations, none in fp32)" {
+	for s in dpo kto; do ft-cat --encode < "$PREF/$s.jsonl" > $s.zst; done
+	for s in dpo kto; do
+		tr cuda $s "$LLAMA" --stage $s --train $s.zst --val $s.zst --eval_steps 2 --fp16 \
+			--adapter_name_or_path "$PREF/llama-lora"
+		[ "$(jq -sc 'map(select(.loss) | .loss_scale)' $s/trainer_log.jsonl)" = "[65536,65536,65536,65536]" ]
+		[ "$(jq -sc 'map(select(.eval_loss) | has("loss_scale"))' $s/trainer_log.jsonl)" = "[false,false]" ]
+		# the preference metrics are still there, before it
+		jq -se 'map(select(.loss) | has("rewards/chosen")) | length == 4 and all' $s/trainer_log.jsonl
+	done
+	tr cuda f32 "$LLAMA" --stage dpo --train dpo.zst --adapter_name_or_path "$PREF/llama-lora"
+	[ "$(jq -s 'map(select(has("loss_scale"))) | length' f32/trainer_log.jsonl)" -eq 0 ]
 }
 
 @test "emulated device ft-generate: the CPU's greedy tokens, batched, over several tiles of the cache" {

@@ -21,16 +21,6 @@ load emu_helper
 
 LLAMA="$FIXTURES/models/tiny-llama"
 QWEN="$FIXTURES/models/tiny-qwen2"
-MAXDIFF="$FT_ROOT/build/tests/st_maxdiff"
-
-# maxdiff_le A B BOUND: two safetensors files (or directories) within BOUND
-maxdiff_le() {
-	[ -x "$MAXDIFF" ] || skip "build/tests/st_maxdiff is not built (make unit)"
-	local d
-	d=$("$MAXDIFF" "$1" "$2")
-	echo "# $1: largest difference $d (bound $3)" >&3
-	awk -v d="$d" -v b="$3" 'BEGIN { exit !(d <= b) }'
-}
 
 # oft_run MODEL flags...: CPU and device, the logs within 1e-4, the
 # adapters within 1e-4 and their merges (ft-merge) within 1e-4
@@ -73,13 +63,7 @@ oft_run() {
 		tr cuda $p "$QWEN" --train train.zst --lora_target all --finetuning_type oft --$p
 		[[ "$(jq -r .ft.device $p/trainer_state.json)" == *", $p" ]]
 	done
-	paste <(jq -r 'select(.loss) | "\(.loss) \(.grad_norm)"' cpu/trainer_log.jsonl) \
-	      <(jq -r 'select(.loss) | "\(.loss) \(.grad_norm)"' bf16/trainer_log.jsonl) \
-	      <(jq -r 'select(.loss) | "\(.loss) \(.grad_norm)"' fp16/trainer_log.jsonl) | awk '
-		function rel(a, b) { d = (a - b) / a; return d < 0 ? -d : d }
-		{ if (rel($1, $3) > 1e-2 || rel($1, $5) > 2e-3 || rel($2, $4) > 5e-2 || rel($2, $6) > 1e-2) bad = 1; n++ }
-		END { exit !(n == 4 && !bad) }'
-	! diff -q <(nums cpu/trainer_log.jsonl) <(nums bf16/trainer_log.jsonl)
+	half_close cpu/trainer_log.jsonl bf16/trainer_log.jsonl fp16/trainer_log.jsonl
 	tr auto dev "$QWEN" --train train.zst --lora_target all --finetuning_type oft
 	[[ "$(jq -r .ft.device dev/trainer_state.json)" == "cuda:0 (ft host emulation, "* ]]
 	# the adapter format is the CPU's: ft-merge folds either the same way
@@ -91,19 +75,7 @@ oft_run() {
 
 @test "emulated device OFT resume: bit-identical to the uninterrupted device run (fp32, --fp16)" {
 	sft_data
-	for p in "" --fp16; do
-		args=(--model_name_or_path "$LLAMA" --train train.zst --device cuda --finetuning_type oft $p
-		      --lora_target all --learning_rate 5e-3 --max_steps 6 --gradient_accumulation_steps 2
-		      --max_grad_norm 0.5 --lr_scheduler_type cosine --warmup_steps 2 --logging_steps 1
-		      --save_steps 3 -q)
-		ft-train --output_dir a "${args[@]}"
-		mkdir b && cp -r a/checkpoint-3 b/ && head -n 3 a/trainer_log.jsonl > b/trainer_log.jsonl
-		ft-train --output_dir b "${args[@]}" --resume_from_checkpoint true
-		diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
-		cmp a/adapter_model.safetensors b/adapter_model.safetensors
-		cmp a/checkpoint-6/optimizer.safetensors b/checkpoint-6/optimizer.safetensors
-		rm -rf a b
-	done
+	resume_same --model_name_or_path "$LLAMA" --train train.zst --finetuning_type oft --lora_target all
 }
 
 @test "emulated device OFT dpo: the CPU's numbers within 1e-4" {

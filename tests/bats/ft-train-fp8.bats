@@ -9,7 +9,6 @@ MODEL="$FIXTURES/models/tiny-llama"
 EMU="$FT_ROOT/build/libft_cuda_emu.so"
 export OMP_NUM_THREADS=1
 
-need_jq() { command -v jq >/dev/null || skip "jq is not installed"; }
 ref() { grep "^$1 " "$FIXTURES/extras/fp8_losses.txt" | tr ' ' '\n' | tail -n +2; }
 train() { ft-train --model_name_or_path "$MODEL" --train p20.zst --output_dir out "$@"; }
 

@@ -16,7 +16,6 @@ setup() {
 	ft-cat --encode < "$FIXTURES/grpo/prompts.jsonl" > p8.zst   # 8 prompts, batch_size 8
 	ft-cat --encode < "$FIXTURES/ppo/prompts.jsonl" > p2.zst    # 4 prompts, batch_size 2
 }
-need_jq() { command -v jq >/dev/null || skip "jq is not installed"; }
 
 # The tiny model has no tokenizer: a reward sees token ids, space-separated.
 # count TOKEN: a reward command answering, per line, how often TOKEN is in

@@ -3,7 +3,7 @@
 # (lib/train/dist.c, lib/train/cuda_train.c, docs/DISTRIBUTED.md) on the
 # emulated device (FT_CUDA_LIB=build/libft_cuda_emu.so, docs/CUDA.md) with
 # the fake NCCL (FT_NCCL_LIB=build/libnccl_emu.so, tests/emu/fake_nccl.c:
-# NCCL's calls over POSIX shared memory, slots added in rank order).  The
+# NCCL's calls over an anonymous shared file, slots added in rank order).  The
 # real lib/cuda code and the real NCCL call sequence run; what a GPU and
 # real NCCL would add (timing, stream concurrency, NVLink) does not.
 #
@@ -56,6 +56,9 @@ rel_diff() {
 		     END { printf "%g\n", w + 0 }'
 }
 within() { awk -v x="$1" -v t="$2" 'BEGIN { exit !(x <= t) }'; }
+# the /dev/shm segments a fake NCCL before the anonymous file named so
+# (tests/unit/test_fake_nccl.c checks the file itself)
+shm_segments() { ls /dev/shm 2>/dev/null | grep '^ftnccl-' || true; }
 
 # nccl_parity FT FILE: 2 emulated GPUs (fake NCCL) against 1 emulated GPU,
 # against the CPU's 2 ranks, and against themselves with the sums after the
@@ -115,6 +118,7 @@ nccl_parity() {
 }
 
 @test "NCCL (emulated): a hung rank is named after --ddp_timeout, as on the CPU path" {
+	shm_segments > shm.before
 	run --separate-stderr env FT_DIST_TEST_FAULT=stop:1:1 timeout 120 mpirun --oversubscribe \
 		--allow-run-as-root -np 2 ft-train $(base) --device cuda --max_steps 100000 --output_dir out \
 		--ddp_timeout 2
@@ -125,6 +129,7 @@ nccl_parity() {
 		--ddp_timeout 2
 	assert_failure
 	[[ "$stderr" == *"ft-train: rank 1 of 2: the gradient all-reduce of step 2 has waited 2 s (--ddp_timeout): another rank died or hangs"* ]]
+	diff shm.before <(shm_segments)
 }
 
 # ZeRO-1 on the device (lib/cuda/zero.cu): every rank has the same summed
@@ -200,6 +205,7 @@ nccl_parity() {
 }
 
 @test "ZeRO-1 (emulated): a killed rank ends the job non-zero naming it; checkpoints are whole" {
+	shm_segments > shm.before
 	run env FT_DIST_TEST_FAULT=kill:1:3 timeout 120 mpirun --oversubscribe --allow-run-as-root -np 2 \
 		ft-train $(base) --device cuda --zero 1 --max_steps 100000 --save_strategy steps --save_steps 2 \
 		--output_dir out
@@ -209,6 +215,8 @@ nccl_parity() {
 	[ -f out/checkpoint-2/optimizer.safetensors ]
 	[ -f out/checkpoint-2/trainer_state.json ]
 	[ ! -e out/adapter_model.safetensors ]
+	# the communicator's shared memory went with the ranks
+	diff shm.before <(shm_segments)
 }
 
 # 13 micro-batches in steps of 4: the last step has one, so rank 1 has

@@ -13,7 +13,6 @@ setup() {
 	command -v ft-cat >/dev/null || { echo "ft-cat is not built (run make)" >&2; return 1; }
 	ft-cat --encode < "$FIXTURES/ppo/prompts.jsonl" > ppo.zst
 }
-need_jq() { command -v jq >/dev/null || skip "jq is not installed"; }
 
 # the tiny model has no tokenizer: the filter sees token ids, space-separated;
 # the reward counts the responses' tokens equal to 42

@@ -17,7 +17,6 @@ setup() {
 	for s in dpo rm kto; do ft-cat --encode < "$PREF/$s.jsonl" > $s.zst; done
 	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > sft.zst
 }
-need_jq() { command -v jq >/dev/null || skip "jq is not installed"; }
 
 # the flags of each fixture case (make_pref_fixtures.py CASES)
 case_flags() {

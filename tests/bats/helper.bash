@@ -28,3 +28,24 @@ from_scratch() {
 		--output_dir model --max_steps 1
 	cp "$SHARED/tokenizers/qwen3/"tokenizer*.json model/
 }
+
+# need_jq: skip a test that reads JSON with jq where it is not installed
+need_jq() { command -v jq >/dev/null || skip "jq is not installed"; }
+
+# parity_run NAME MODE [flags]: the 10-step parity run (parity20.jsonl,
+# accumulation 2, cosine with 2 warmup steps, clipping at 1, weight decay
+# 0.1) of --finetuning_type MODE into NAME/, every step loss within TOL
+# (default 1e-5) relative of line NAME of $FIXTURES/$REF (default
+# $PARITY_REF, set by the file that loads this)
+parity_run() {
+	local name=$1 mode=$2 tol=${TOL:-1e-5} ref=${REF:-$PARITY_REF}; shift 2
+	ft-cat --encode < "$FIXTURES/trainer/parity20.jsonl" > p20.zst
+	run ft-train --model_name_or_path "$MODEL" --train p20.zst --output_dir "$name" --finetuning_type "$mode" \
+		--weight_decay 0.1 --max_grad_norm 1.0 --lr_scheduler_type cosine --warmup_steps 2 \
+		--gradient_accumulation_steps 2 --num_train_epochs 1 --logging_steps 1 -q "$@"
+	assert_success
+	jq -r 'select(.loss) | .loss' "$name/trainer_log.jsonl" > got
+	grep "^$name " "$FIXTURES/$ref" | tr ' ' '\n' | tail -n +2 > want
+	[ "$(wc -l < got)" = 10 ]
+	paste got want | awk -v tol="$tol" '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > tol + 0) { print "step " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }'
+}

@@ -4,9 +4,15 @@
  * host memory).  FT_NCCL_LIB=build/libnccl_emu.so loads it where dist.c
  * loads libnccl.so.2 (tests/bats/ft-train-nccl-emu.bats).
  *
- * The communicator is a POSIX shared-memory segment named from the unique
- * id (rank 0's ncclGetUniqueId, sent to the others over MPI by dist.c):
- * a sense-reversing barrier and one staging slot per rank.  ncclAllReduce
+ * The communicator is shared memory with no name to leave behind: rank 0's
+ * ncclGetUniqueId makes an anonymous file (memfd_create) and writes its pid
+ * and descriptor into the id (sent to the others over MPI by dist.c); each
+ * rank maps it through /proc/<pid>/fd/<fd>, and rank 0 closes the
+ * descriptor once all have.  The memory goes with the last mapping, so no
+ * /dev/shm segment outlives a rank that dies, is killed or times out, at
+ * any point (a rank that comes after rank 0 died fails to open it:
+ * ncclSystemError).  It holds a sense-reversing barrier and one staging
+ * slot per rank.  ncclAllReduce
  * copies each rank's piece into its slot, meets the others, and every rank
  * adds the slots in rank order, ((x0 + x1) + x2) + ..., into its result,
  * so every rank gets the same bits and a rerun gives them again.  (Real
@@ -43,6 +49,8 @@ enum { ncclFloat32 = 7, ncclFloat64 = 8 };
 enum { ncclSum = 0 };
 
 #define ID_TAG "ft-nccl-emu "
+#define MEMFD_NAME "ft-nccl-emu"
+#define MEMFD_LINK "/memfd:" MEMFD_NAME   /* what /proc/<pid>/fd/<fd> reads */
 #define SLOT ((size_t)4 << 20)   /* bytes staged per rank and round */
 
 typedef struct {
@@ -63,7 +71,7 @@ API const char *ncclGetErrorString(int rc)
 {
 	switch (rc) {
 	case ncclSuccess: return "no error";
-	case ncclSystemError: return "unhandled system error (fake NCCL: shared memory)";
+	case ncclSystemError: return "unhandled system error (fake NCCL: shared memory, or rank 0 gone)";
 	case ncclInvalidArgument: return "invalid argument (fake NCCL: only float32/float64 sums)";
 	case ncclInvalidUsage: return "invalid usage (fake NCCL: unbalanced group calls)";
 	default: return "unknown NCCL error";
@@ -76,20 +84,14 @@ API int ncclGetVersion(int *v)
 	return ncclSuccess;
 }
 
+/* The id: the tag, then "<pid> <fd>" of rank 0's anonymous file. */
 API int ncclGetUniqueId(ncclUniqueId *id)
 {
-	struct timespec t;
-	clock_gettime(CLOCK_REALTIME, &t);
+	int fd = memfd_create(MEMFD_NAME, MFD_CLOEXEC);
+	if (fd < 0) return ncclSystemError;
 	memset(id, 0, sizeof *id);
-	snprintf(id->internal, sizeof id->internal, ID_TAG "%ld.%ld.%ld", (long)getpid(), (long)t.tv_sec,
-		 t.tv_nsec);
+	snprintf(id->internal, sizeof id->internal, ID_TAG "%ld %d", (long)getpid(), fd);
 	return ncclSuccess;
-}
-
-static void shm_name(const ncclUniqueId *id, char *buf, size_t n)
-{
-	/* "/ftnccl-<pid.sec.nsec>": the id's text after the tag */
-	snprintf(buf, n, "/ftnccl-%.100s", id->internal + strlen(ID_TAG));
 }
 
 /* All n ranks meet; the segment's memory is ordered by the atomics. */
@@ -112,11 +114,20 @@ static void meet(comm_t *c)
 
 API int ncclCommInitRank(void **comm, int nranks, ncclUniqueId id, int rank)
 {
-	if (strncmp(id.internal, ID_TAG, strlen(ID_TAG)) || nranks < 1 || rank < 0 || rank >= nranks)
+	long pid;
+	int owner_fd;
+	if (strncmp(id.internal, ID_TAG, strlen(ID_TAG)) ||
+	    sscanf(id.internal + strlen(ID_TAG), "%ld %d", &pid, &owner_fd) != 2 || nranks < 1 || rank < 0 ||
+	    rank >= nranks)
 		return ncclInvalidArgument;
-	char name[160];
-	shm_name(&id, name, sizeof name);
-	int fd = shm_open(name, O_RDWR | O_CREAT, 0600);
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%ld/fd/%d", pid, owner_fd);
+	/* the number may be another file's once rank 0 closed ours (a rank
+	 * arriving late, or twice): refuse anything but our anonymous file */
+	char target[64] = "";
+	if (readlink(path, target, sizeof target - 1) < 0 || strncmp(target, MEMFD_LINK, strlen(MEMFD_LINK)))
+		return ncclSystemError;
+	int fd = open(path, O_RDWR | O_CLOEXEC);
 	if (fd < 0) return ncclSystemError;
 	size_t bytes = 64 + (size_t)nranks * SLOT;
 	if (ftruncate(fd, (off_t)bytes) != 0) {   /* every rank: the same size */
@@ -136,8 +147,8 @@ API int ncclCommInitRank(void **comm, int nranks, ncclUniqueId id, int rank)
 	c->h = p;
 	c->slots = (char *)p + 64;
 	c->bytes = bytes;
-	meet(c);   /* everyone has it mapped: the name can go */
-	if (rank == 0) shm_unlink(name);
+	meet(c);   /* everyone has it mapped: the owner's descriptor can go */
+	if (pid == (long)getpid()) close(owner_fd);
 	*comm = c;
 	return ncclSuccess;
 }

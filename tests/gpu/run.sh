@@ -6,6 +6,8 @@
 #                    whenever the tests could be built (nvcc present)
 #   test_gpu_parity  needs a GPU: parity with the PyTorch fixtures
 #   test_gpu_generate  needs a GPU: the KV-cache decoder against the CPU's
+#   test_gpu_generate_half  needs a GPU: the decoder's half q|k|v and KV
+#                    cache (--bf16/--fp16) against the CPU's
 #   test_gpu_qlora   needs a GPU: QLoRA (4-bit, 8-bit) against the bnb
 #                    fixtures, checkpointing and decoding against the CPU
 #   test_gpu_attn_half  needs a GPU: the bf16/fp16 (tensor-core) flash

@@ -41,15 +41,17 @@ static want_t formula(const ft_cuda_view *v, const ft_cuda_infer_opts *o, double
 	fused_terms f = fused_of(v);
 	double wy = mi > f.wq ? mi : f.wq;
 	if (f.wg > wy) wy = f.wg;
-	double s = half ? 2 : 4;   /* ln1, ln2, the MLP hidden: the activation type */
+	/* ln1, ln2, the MLP hidden, the q|k|v and gate|up outputs, attention's
+	 * output and the KV cache: the activation type */
+	double s = half ? 2 : 4;
 	want_t w;
 	w.weights = half ? 2 * (nmat + f.fa) + 4 * (nvec - f.fa) : 4 * (nmat + nvec);
-	w.acts = N * (2 * s * D + 4 * (D + qd + f.wq + f.wg + v->Hq + 2 + 2 * r)) + 4 * 2 * N * D +
+	w.acts = N * (2 * s * D + s * (qd + f.wq + f.wg) + 4 * (D + v->Hq + 2 + 2 * r)) + 4 * 2 * N * D +
 		 4 * N * (D + 1);
 	w.scratch = 4 * N * (D + mi + v->Hq + v->hd + 8) + s * N * F + 4 * chunk * V +
 		    (half ? 2 * chunk * V + 2 * N * (mi + wy) : 0) +
 		    32.0 * 1024 * 1024 + 1024 * ntens + 4.0 * FT_COLSUM_CHUNKS * mi;
-	w.kv = 2 * 4.0 * v->L * o->rows * o->cap * kd;
+	w.kv = 2 * s * v->L * o->rows * o->cap * kd;
 	w.decode = 4.0 * o->rows * v->Hq * o->cap + 2 * 4 * N;
 	return w;
 }
@@ -103,6 +105,17 @@ static void tiny(void)
 	check("tiny-llama lora fp32, 3 rows x 40", &v, &io, nmat, nvec, (double)v.nparams, nbuf);
 	io.precision = FT_CUDA_BF16;
 	check("tiny-llama lora bf16, 3 rows x 40", &v, &io, nmat, nvec, (double)v.nparams, nbuf);
+	/* the cache at its element size: half of fp32's in bf16 and fp16 */
+	ft_cuda_infer_plan p32, p16;
+	for (int k = 0; k < 2; k++) {
+		ft_cuda_infer_opts h = io;
+		h.precision = k ? FT_CUDA_F16 : FT_CUDA_BF16;
+		io.precision = FT_CUDA_F32;
+		int e = ft_cuda_infer_plan_memory(&v, &io, &p32) | ft_cuda_infer_plan_memory(&v, &h, &p16);
+		ok(e == 0 && p16.kv * 2 == p32.kv && p16.decode == p32.decode,
+		   "%s: KV cache %zu bytes, fp32's %zu", k ? "fp16" : "bf16", p16.kv, p32.kv);
+	}
+	io.precision = FT_CUDA_BF16;
 	/* the same shape for training reserves gradients and AdamW state */
 	ft_cuda_opts to = { .precision = FT_CUDA_BF16, .max_tokens = 30, .max_seq = 10 };
 	ft_cuda_plan tp;
@@ -161,8 +174,9 @@ static void llama7b(ft_cuda_precision prec)
 	      &v, &io, nmat, nvec, 3 + 32 * 13, 2000);
 	ft_cuda_infer_plan p;
 	ft_cuda_infer_plan_memory(&v, &io, &p);
-	/* K and V: 2 * 32 layers * 8 rows * 640 * 4096 floats = 5 GiB */
-	ok(p.kv == (size_t)2 * 32 * 8 * 640 * 4096 * 4 && p.total < (prec ? 30 : 45) * GIB,
+	/* K and V: 2 * 32 layers * 8 rows * 640 * 4096 elements = 5 GiB in
+	 * fp32, 2.5 GiB in bf16 */
+	ok(p.kv == (size_t)2 * 32 * 8 * 640 * 4096 * (prec ? 2 : 4) && p.total < (prec ? 30 : 45) * GIB,
 	   "7B: KV cache %.2f GiB, total %.2f GiB fits an 80 GiB card", p.kv / GIB, p.total / GIB);
 	free(v.layers);
 }

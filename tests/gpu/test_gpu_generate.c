@@ -26,8 +26,9 @@
  *        without TF32 vs the CPU's sgemm, tree reductions in the norms and
  *        softmax): fp32 rounding, ~1e-6 here, with margin; the training
  *        parity tests use the same bound.
- *   bf16 / fp16 3e-2 (tiny), 5e-2 (mid-size): weights and matmul inputs are
- *        rounded to 8 (bf16) or 11 (fp16) significant bits, 4e-3 relative
+ *   bf16 / fp16 3e-2 (tiny), 5e-2 (mid-size): weights, matmul inputs and
+ *        the q|k|v outputs (so the KV cache) are rounded to 8 (bf16) or 11
+ *        (fp16) significant bits, 4e-3 relative
  *        per rounding, compounding over the layers; the training parity
  *        tests bound the tiny logits by 3e-2 for the same reason.  Greedy
  *        tokens are not compared in half precision (near-ties may flip).

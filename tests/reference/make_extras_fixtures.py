@@ -125,9 +125,10 @@ def batches():
     return out
 
 
-def run(m, named, opt, sch, bs):
+def run(m, named, opt, sch, bs, norms=None):
     """transformers' inner loop: accumulate, clip the params that have a
-    gradient (BAdam's frozen ones have none), step, schedule, zero."""
+    gradient (BAdam's frozen ones have none), step, schedule, zero.  The
+    clipped norms go to `norms` when given."""
     m.train()
     losses = []
     for step in range(STEPS):
@@ -138,12 +139,29 @@ def run(m, named, opt, sch, bs):
             ls, _ = loss_sum(m(input_ids=ids.long()).logits, lab)
             (ls / ntok).backward()
             tot += float(ls) / ntok
-        torch.nn.utils.clip_grad_norm_([p for p in m.parameters() if p.grad is not None], MAX_GRAD_NORM)
+        gn = torch.nn.utils.clip_grad_norm_([p for p in m.parameters() if p.grad is not None], MAX_GRAD_NORM)
         opt.step()
         sch.step()
         m.zero_grad(set_to_none=False)
         losses.append(tot)
+        if norms is not None:
+            norms.append(float(gn))
     return losses
+
+
+def adamw_run(m, lr, bs):
+    """run() under LLaMA-Factory's default optimizer: torch AdamW with
+    transformers' decay groups, cosine schedule with warmup; returns the
+    losses and the clipped gradient norms per step."""
+    decay = decay_names(m)
+    named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if n in decay], "weight_decay": WEIGHT_DECAY},
+              {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=BETAS, eps=EPS)
+    sch = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
+    norms = []
+    losses = run(m, named, opt, sch, bs, norms)
+    return losses, norms
 
 
 def loraplus(bs):

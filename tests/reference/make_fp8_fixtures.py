@@ -64,11 +64,10 @@ from accelerate.utils import AORecipeKwargs
 from accelerate.utils.ao import convert_model_to_fp8_ao
 from torchao.float8.float8_scaling_utils import hp_tensor_to_float8_dynamic
 from torchao.float8.float8_training_tensor import LinearMMConfig
-from transformers import get_cosine_schedule_with_warmup
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_model_fixtures import PARITY, build_from, decay_names, loss_sum, STEPS, ACCUM, WARMUP, MAX_GRAD_NORM, BETAS, EPS, WEIGHT_DECAY  # noqa: E402
-from make_extras_fixtures import batches, MODEL, OUT  # noqa: E402
+from make_model_fixtures import PARITY, build_from  # noqa: E402
+from make_extras_fixtures import adamw_run, batches, MODEL, OUT  # noqa: E402
 
 torch.set_num_threads(1)
 F8 = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
@@ -131,30 +130,7 @@ def train(mode, fp8):
         conv = [n for n, mod in m.named_modules() if type(mod).__name__ == "Float8Linear"]
         print(f"{mode}: {len(conv)} Float8Linear; not: "
               f"{[n for n, mod in m.named_modules() if type(mod) is torch.nn.Linear]}")
-    decay = decay_names(m)
-    named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in named if n in decay], "weight_decay": WEIGHT_DECAY},
-              {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=lr, betas=BETAS, eps=EPS)
-    sch = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
-    bs = batches()
-    m.train()
-    losses, norms = [], []
-    for step in range(STEPS):
-        mb = bs[step * ACCUM:(step + 1) * ACCUM]
-        ntok = sum(int((lab[:, 1:] != -100).sum()) for _, lab in mb)
-        tot = 0.0
-        for ids, lab in mb:
-            ls, _ = loss_sum(m(input_ids=ids.long()).logits, lab)
-            (ls / ntok).backward()
-            tot += float(ls) / ntok
-        gn = torch.nn.utils.clip_grad_norm_([p for p in m.parameters() if p.grad is not None], MAX_GRAD_NORM)
-        opt.step()
-        sch.step()
-        m.zero_grad(set_to_none=False)
-        losses.append(tot)
-        norms.append(float(gn))
-    return losses, norms
+    return adamw_run(m, lr, batches())
 
 
 def nudge():

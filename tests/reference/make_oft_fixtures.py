@@ -27,11 +27,10 @@ import sys
 import torch
 from peft import OFTConfig, PeftModel, get_peft_model
 from safetensors.torch import save_file
-from transformers import get_cosine_schedule_with_warmup
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_model_fixtures import build_from, decay_names, loss_sum, STEPS, ACCUM, WARMUP, MAX_GRAD_NORM, BETAS, EPS, WEIGHT_DECAY  # noqa: E402
-from make_extras_fixtures import batches, MODEL, OUT  # noqa: E402
+from make_model_fixtures import build_from  # noqa: E402
+from make_extras_fixtures import adamw_run, batches, MODEL, OUT  # noqa: E402
 
 torch.set_num_threads(1)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -50,30 +49,7 @@ def make_adapter():
 
 def train():
     m = PeftModel.from_pretrained(build_from(MODEL, "llama"), ADAPTER, is_trainable=True)
-    decay = decay_names(m)
-    named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in named if n in decay], "weight_decay": WEIGHT_DECAY},
-              {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=2e-3, betas=BETAS, eps=EPS)
-    sch = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
-    bs = batches()
-    m.train()
-    losses, norms = [], []
-    for step in range(STEPS):
-        mb = bs[step * ACCUM:(step + 1) * ACCUM]
-        ntok = sum(int((lab[:, 1:] != -100).sum()) for _, lab in mb)
-        tot = 0.0
-        for ids, lab in mb:
-            ls, _ = loss_sum(m(input_ids=ids.long()).logits, lab)
-            (ls / ntok).backward()
-            tot += float(ls) / ntok
-        gn = torch.nn.utils.clip_grad_norm_([p for p in m.parameters() if p.grad is not None], MAX_GRAD_NORM)
-        opt.step()
-        sch.step()
-        m.zero_grad(set_to_none=False)
-        losses.append(tot)
-        norms.append(float(gn))
-    return losses, norms
+    return adamw_run(m, 2e-3, batches())
 
 
 def merged():

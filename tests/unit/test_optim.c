@@ -13,6 +13,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MAXP 8
 
@@ -31,6 +32,94 @@ static tparam *find(tparam *ps, int np, const char *name)
 	for (int i = 0; i < np; i++)
 		if (strcmp(ps[i].name, name) == 0) return &ps[i];
 	return NULL;
+}
+
+
+static char *slurp(const char *path, size_t *n)
+{
+	FILE *f = fopen(path, "rb");
+	char *b = NULL;
+	*n = 0;
+	if (!f) return NULL;
+	fseek(f, 0, SEEK_END);
+	long len = ftell(f);
+	rewind(f);
+	b = malloc(len > 0 ? (size_t)len : 1);
+	if (fread(b, 1, (size_t)len, f) != (size_t)len) { free(b); b = NULL; }
+	else *n = (size_t)len;
+	fclose(f);
+	return b;
+}
+
+/* ft_adamw_fetch of the test: the moments of another optimizer */
+static int fetch_from(void *ctx, size_t k, float *m, float *v)
+{
+	ft_adamw *src = ctx;
+	size_t n = ft_adamw_param(src, k)->n * sizeof(float);
+	memcpy(m, ft_adamw_exp_avg(src, k), n);
+	memcpy(v, ft_adamw_exp_avg_sq(src, k), n);
+	return 0;
+}
+
+static int same_file(const char *a, const char *b)
+{
+	size_t na, nb;
+	char *x = slurp(a, &na), *y = slurp(b, &nb);
+	int same = x && y && na == nb && !memcmp(x, y, na);
+	free(x);
+	free(y);
+	return same;
+}
+
+/* Host moments only while needed (the device's optimizer): a state saved
+ * with the moments dropped and fetched param by param, or dropped without
+ * a fetch (zeros), is byte for byte the one saved from host moments, and
+ * loading brings the moments back. */
+static void dropped_moments(void)
+{
+	char dir[] = "/tmp/test_optim.XXXXXX";
+	if (!ok(mkdtemp(dir) != NULL, "mkdtemp")) return;
+	float w1[6] = { 1, 2, 3, 4, 5, 6 }, g1[6] = { .5f, -1, 2, .25f, 3, -2 };
+	float w2[3] = { -1, 0, 1 }, g2[3] = { 1, 1, -4 };
+	ft_param a = { .name = "a.weight", .w = w1, .g = g1, .n = 6, .ndim = 2, .shape = { 2, 3 },
+		       .trainable = 1, .decay = 1 };
+	ft_param b = { .name = "b.bias", .w = w2, .g = g2, .n = 3, .ndim = 1, .shape = { 3, 0 },
+		       .trainable = 1 };
+	ft_param *ps[2] = { &a, &b };
+	ft_adamw_opts o;
+	ft_adamw_opts_default(&o);
+	o.weight_decay = 0.1;
+	ft_adamw *held = ft_adamw_new(ps, 2, &o), *zero = ft_adamw_new(ps, 2, &o);
+	ft_adamw_step(held, 1e-2);
+	ft_adamw_step(held, 1e-2);
+	ft_adamw *dev = ft_adamw_new(ps, 2, &o);
+	ft_adamw_set_steps(dev, ft_adamw_steps(held));
+	ft_adamw_set_fetch(dev, fetch_from, held);
+	char *f_held = ft_xasprintf("%s/held.safetensors", dir), *f_dev = ft_xasprintf("%s/dev.safetensors", dir),
+	     *f_zero = ft_xasprintf("%s/zero.safetensors", dir), *f_zero2 = ft_xasprintf("%s/zero2.safetensors", dir);
+	ok(ft_adamw_save(held, f_held) == 0 && ft_adamw_save(dev, f_dev) == 0, "save held and fetched");
+	ok(same_file(f_held, f_dev), "fetched moments: the state file byte-identical to the held one's");
+	ft_adamw_drop_moments(zero);
+	ok(ft_adamw_save(zero, f_zero) == 0, "save with dropped moments");
+	ft_adamw *fresh = ft_adamw_new(ps, 2, &o);
+	ok(ft_adamw_save(fresh, f_zero2) == 0 && same_file(f_zero, f_zero2),
+	   "dropped moments without a fetch save as zeros, as fresh ones");
+	/* a host moment wins over the fetch */
+	ft_adamw_exp_avg(dev, 1)[0] = 42;
+	ok(ft_adamw_save(dev, f_dev) == 0 && !same_file(f_held, f_dev), "a held moment wins over the fetch");
+	ft_adamw_drop_moments(dev);
+	ok(ft_adamw_load(dev, f_held) == 0 && !memcmp(ft_adamw_exp_avg(dev, 0), ft_adamw_exp_avg(held, 0), 6 * 4) &&
+	   !memcmp(ft_adamw_exp_avg_sq(dev, 1), ft_adamw_exp_avg_sq(held, 1), 3 * 4), "load refills dropped moments");
+	ft_adamw_free(held);
+	ft_adamw_free(zero);
+	ft_adamw_free(dev);
+	ft_adamw_free(fresh);
+	const char *fs[] = { f_held, f_dev, f_zero, f_zero2 };
+	for (int i = 0; i < 4; i++) {
+		unlink(fs[i]);
+		free((char *)fs[i]);
+	}
+	rmdir(dir);
 }
 
 int main(void)
@@ -133,5 +222,6 @@ int main(void)
 	g1[0] = 0.3f; g1[1] = 0.4f;
 	n = ft_clip_grad_norm(&pp, 1, 1.0);
 	ok(fabs(n - 0.5) < 1e-7 && g1[0] == 0.3f, "norm below max: unchanged");
+	dropped_moments();
 	return tap_done();
 }

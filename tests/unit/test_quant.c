@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "tap.h"
+#include "parity_opts.h"
 #include "util/error.h"
 #include "util/atomicfile.h"
 #include "model/model.h"
@@ -305,18 +306,7 @@ static void test_train_run(const char *kind)
 	char out[128];
 	snprintf(out, sizeof out, "/tmp/ft-test-quant.%d.%s", (int)getpid(), kind);
 	ft_train_opts o;
-	ft_train_opts_default(&o);
-	o.output_dir = out;
-	o.n_batches = 20;
-	o.gradient_accumulation_steps = 2;
-	o.num_train_epochs = 1;
-	o.learning_rate = 2e-3;
-	o.weight_decay = 0.1;
-	o.lr_scheduler_type = FT_SCHED_COSINE;
-	o.warmup = 2;
-	o.logging_steps = 1;
-	o.save_steps = 0;
-	o.train_batch_size = 2;
+	parity_opts(&o, out, 2e-3);
 	ft_train_model tm = ft_train_model_of(m);
 	ft_batch_source src = ft_batch_source_array(bt, 20);
 	ft_train_result r;

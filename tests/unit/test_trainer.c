@@ -9,6 +9,7 @@
  * save_total_limit, interruption, and bit-identical resume. */
 #define _GNU_SOURCE
 #include "tap.h"
+#include "parity_opts.h"
 #include "train/trainer.h"
 #include "format/trainlog.h"
 #include "train/optim.h"
@@ -329,7 +330,8 @@ static void test_logging_window(void)
 typedef struct {
 	toy t;
 	ft_adamw *own;
-	const ft_adamw *loaded;   /* state_in's, taken at the first step */
+	ft_adamw *loaded;   /* state_in's moments, copied then: the trainer drops its
+			     * host moments after state_in (as a device uploads them) */
 	int steps, outs, ins;
 } stepper_toy;
 
@@ -349,7 +351,7 @@ static int st_step(void *s, const ft_adamw_opts *o, double lr, double max_norm, 
 	ft_param *ps[2] = { &x->t.p[0], &x->t.p[1] };
 	if (!x->own) {   /* the options come with the step, as ft_cuda_step's */
 		x->own = ft_adamw_new(ps, 2, o);
-		if (x->loaded) copy_moments(x->own, (ft_adamw *)x->loaded);
+		if (x->loaded) copy_moments(x->own, x->loaded);
 	}
 	*gnorm = ft_clip_grad_norm(ps, 2, max_norm);
 	ft_adamw_step(x->own, lr);
@@ -368,7 +370,12 @@ static int st_out(void *s, ft_adamw *opt)
 static int st_in(void *s, const ft_adamw *opt)
 {
 	stepper_toy *x = s;
-	x->loaded = opt;
+	ft_param *ps[2] = { &x->t.p[0], &x->t.p[1] };
+	ft_adamw_opts ao;
+	ft_adamw_opts_default(&ao);
+	ft_adamw_free(x->loaded);
+	x->loaded = ft_adamw_new(ps, 2, &ao);
+	copy_moments(x->loaded, (ft_adamw *)opt);
 	x->ins++;
 	return 0;
 }
@@ -408,7 +415,9 @@ static int run_stepper(const char *out, stepper_toy *x, int64_t stop, const char
 	m.self = x;   /* the toy is the first member: its hooks see a toy */
 	int rc = run_model(out, &m, stop, resume, 0, 3, r, 1);
 	ft_adamw_free(x->own);
+	ft_adamw_free(x->loaded);
 	x->own = NULL;
+	x->loaded = NULL;
 	return rc;
 }
 
@@ -627,18 +636,7 @@ static void parity_case(const char *kind, const char *mode)
 	}
 	char *out = outdir(mode);
 	ft_train_opts o;
-	ft_train_opts_default(&o);
-	o.output_dir = out;
-	o.n_batches = 20;
-	o.gradient_accumulation_steps = 2;
-	o.num_train_epochs = 1;
-	o.learning_rate = to.type == FT_FT_LORA ? 2e-3 : 1e-3;
-	o.weight_decay = 0.1;
-	o.lr_scheduler_type = FT_SCHED_COSINE;
-	o.warmup = 2;
-	o.logging_steps = 1;
-	o.save_steps = 0;
-	o.train_batch_size = 2;
+	parity_opts(&o, out, to.type == FT_FT_LORA ? 2e-3 : 1e-3);
 	ft_train_model tm = ft_train_model_of(m);
 	ft_batch_source src = ft_batch_source_array(bt, 20);
 	ft_train_result r;
