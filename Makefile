@@ -135,7 +135,7 @@ build/gpu/bench_gpu: bench/train-gpu/bench_gpu.c build/libft.a build/libft_cuda.
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $< build/libft.a $(LDLIBS) -o $@
 endif
-.PHONY: gpu-tests gpu-check
+.PHONY: gpu-tests gpu-check gpu-check-dry
 
 # The MPI shim: build/libft_mpi.so from lib/train/dist_mpi.c, compiled
 # against <mpi.h> whenever mpicc is present (Debian: libopenmpi-dev) and
@@ -153,10 +153,22 @@ build/libft_mpi.so: lib/train/dist_mpi.c lib/train/dist_internal.h
 # The one device check: a self-contained bundle/ (bench/train-gpu/bundle.sh)
 # and its script, which on a GPU machine runs the parity tests, ft-train
 # on the GPU vs the CPU and the throughput table, and here runs the
-# CPU-runnable parts and skips the rest (docs/CUDA.md).
+# CPU-runnable parts and skips the rest (docs/CUDA.md).  Both run a copy,
+# build/bundle-run/, since run.sh unpacks its payload and writes its logs
+# beside itself: bundle/ stays as the device tool carries it.
 gpu-check: all
 	bench/train-gpu/bundle.sh
-	bundle/run.sh
+	rm -rf build/bundle-run && cp -a bundle build/bundle-run
+	build/bundle-run/run.sh
+# The same bundle run here on the host emulation (DEVICE=emu: the tools and
+# tests load build/libft_cuda_emu.so), so every script path, file name,
+# fixture and results.md line runs before a GPU sees it; about 5 minutes
+# on 2 cores, so not part of `make test`.  PYTHON: one with torch and
+# transformers for the generation line (else that line says it failed).
+gpu-check-dry: all unit
+	bench/train-gpu/bundle.sh
+	rm -rf build/bundle-run && cp -a bundle build/bundle-run
+	DEVICE=emu FT_CUDA_LIB=$(abspath $(EMU_CUDA)) OMP_NUM_THREADS=1 build/bundle-run/run.sh
 
 # Fuzzing (not part of `make test`): one libFuzzer target per parser,
 # tests/fuzz/fuzz_*.c, over the library built with clang's coverage and

@@ -105,8 +105,8 @@ for c in $cases; do
 	run $c "cpu-$c" cpu 2> "cpu-$c.err" || { echo "not ok - the CPU $c run failed: $(tail -1 "cpu-$c.err")"; status=1; }
 done
 compare cpu-sigmoid/trainer_log.jsonl cpu-sigmoid/trainer_log.jsonl "cpu against itself (the comparison runs)" || status=1
-if [ "$DEV" != cpu ] && ! nvidia-smi -L >/dev/null 2>&1; then
-	echo "pref_check: cuda runs skipped: no usable GPU (nvidia-smi -L fails or is absent)"
+if [ -n "$gpu_skip" ]; then
+	echo "pref_check: cuda runs skipped: $gpu_skip"
 	exit $status
 fi
 for c in $cases; do

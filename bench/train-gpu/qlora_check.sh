@@ -55,8 +55,8 @@ for bits in 4 8; do
 	train "cpu$bits" cpu $bits || { echo "not ok - the CPU $bits-bit run failed"; exit 1; }
 done
 compare cpu4/trainer_log.jsonl cpu4/trainer_log.jsonl 0 "cpu 4-bit against itself (the comparison runs)" || status=1
-if [ "$DEV" != cpu ] && ! nvidia-smi -L >/dev/null 2>&1; then
-	echo "qlora_check: cuda runs skipped: no usable GPU (nvidia-smi -L fails or is absent)"
+if [ -n "$gpu_skip" ]; then
+	echo "qlora_check: cuda runs skipped: $gpu_skip"
 	exit $status
 fi
 run() {   # name bits tol [flags]
@@ -74,7 +74,9 @@ run cuda4 4 1e-5
 run cuda8 8 1e-5
 run cuda4-ckpt 4 1e-5 --gradient_checkpointing true
 run cuda4-bf16 4 1e-3 --bf16
-if [ "${QLORA_BENCH:-1}" = 1 ] && [ -x "$BIN/bench_gpu" ]; then
+if [ "${QLORA_BENCH:-1}" != 1 ]; then
+	echo "# QLoRA-4bit throughput line: not run (QLORA_BENCH=${QLORA_BENCH}: run.sh's DEVICE=emu sets it, a 7B shape needs a GPU and PyTorch on CUDA)"
+elif [ -x "$BIN/bench_gpu" ]; then
 	args="qlora4 bf16 4096 32 32 32 11008 32000 1 512 5 2 1"
 	ft=$(timeout "${CASE_TIMEOUT:-100}" "$BIN/bench_gpu" $args 2> bench.err) ||
 		{ echo "not ok - bench_gpu $args: $(tail -1 bench.err)"; status=1; ft='{}'; }

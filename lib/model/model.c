@@ -529,24 +529,34 @@ ft_model *ft_model_from_config(const ft_config *c, const ft_tune_opts *o)
 	 * biases 0 */
 	uint64_t seed = m->o.seed;
 	float std = c->initializer_range > 0 ? (float)c->initializer_range : 0.02f;
-	int D = c->hidden_size, V = c->vocab_size;
-	ftp_fill_normal(m->wte.w, (size_t)V * D, std, seed, "embed_tokens");
-	if (!c->tie_word_embeddings)
-		ftp_fill_normal(m->lm_head.w, (size_t)V * D, std, seed, "lm_head");
+	int D = c->hidden_size, V = c->vocab_size, L = c->num_hidden_layers;
 	for (int d = 0; d < D; d++)
 		m->norm.w[d] = 1;
-	char nm[64];
-	for (int l = 0; l < c->num_hidden_layers; l++) {
+	for (int l = 0; l < L; l++) {
 		ftp_layer *y = &m->layers[l];
 		for (int d = 0; d < D; d++)
 			y->ln1.w[d] = y->ln2.w[d] = 1;
 		for (int d = 0; c->qk_norm && d < c->head_dim; d++)
 			y->qn.w[d] = y->kn.w[d] = 1;
-		for (int j = 0; j < L_NLIN; j++) {
-			int in, out;
+	}
+	/* Each matrix draws from its own stream, seeded by its name, so they
+	 * fill in parallel and the weights do not depend on the thread count
+	 * (a 7B shape is 6.7e9 draws: minutes on one core, which the device
+	 * check's 7B throughput rows cannot wait for). */
+	int ntask = 2 + L * L_NLIN;
+#pragma omp parallel for schedule(dynamic)
+	for (int t = 0; t < ntask; t++) {
+		if (t == 0) {
+			ftp_fill_normal(m->wte.w, (size_t)V * D, std, seed, "embed_tokens");
+		} else if (t == 1) {
+			if (!c->tie_word_embeddings)
+				ftp_fill_normal(m->lm_head.w, (size_t)V * D, std, seed, "lm_head");
+		} else {
+			int l = (t - 2) / L_NLIN, j = (t - 2) % L_NLIN, in, out;
+			char nm[64];
 			ftp_lin_dims(c, j, &in, &out);
 			snprintf(nm, sizeof nm, "layers.%d.%s", l, ft_lin_names[j]);
-			ftp_fill_normal(y->lin[j].w, (size_t)in * out, std, seed, nm);
+			ftp_fill_normal(m->layers[l].lin[j].w, (size_t)in * out, std, seed, nm);
 		}
 	}
 	return ftp_model_quantize(model_finish(m));

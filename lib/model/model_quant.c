@@ -99,15 +99,20 @@ ft_model *ftp_model_quantize(ft_model *m)
 		ft_model_free(m);
 		return NULL;
 	}
-	int mx = 0;
-	for (int l = 0; l < c->num_hidden_layers; l++)
-		for (int j = 0; j < L_NLIN; j++) {
-			int in, out;
-			ftp_lin_dims(c, j, &in, &out);
-			quantize_lin(m, l, j);
-			if (in > mx)
-				mx = in;
-		}
+	int mx = 0, L = c->num_hidden_layers;
+	for (int j = 0; j < L_NLIN; j++) {
+		int in, out;
+		ftp_lin_dims(c, j, &in, &out);
+		if (in > mx)
+			mx = in;
+	}
+	/* each matrix quantizes alone into its own qweight: in parallel (a 7B
+	 * base is 224 matrices, ~1.5 minutes on one core) */
+	if (!m->qw)
+		m->qw = ft_xcalloc((size_t)L * L_NLIN, sizeof *m->qw);
+#pragma omp parallel for schedule(dynamic)
+	for (int t = 0; t < L * L_NLIN; t++)
+		quantize_lin(m, t / L_NLIN, t % L_NLIN);
 	m->qscratch_n = (size_t)TILE_FLOATS > (size_t)mx ? TILE_FLOATS : (size_t)mx;
 	m->qscratch = ft_xmalloc(m->qscratch_n * sizeof(float));
 	ftp_model_build_params(m);   /* the base linears' pointers are now NULL */

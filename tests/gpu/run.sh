@@ -12,6 +12,8 @@
 #                    fixtures, checkpointing and decoding against the CPU
 #   test_gpu_attn_half  needs a GPU: the bf16/fp16 (tensor-core) flash
 #                    attention against the CPU's on the same rounded inputs
+# DEVICE=emu with FT_CUDA_LIB=.../libft_cuda_emu.so: the GPU tests run on
+# the host emulation (several CPU minutes; the dry run of the bundle).
 # Without a usable GPU (nvidia-smi absent or failing) the GPU tests are
 # skipped with a message and the exit status is 0 (unless the host-only
 # test failed).  FT_GPU_TEST_DIR: prebuilt test binaries (the bundle);
@@ -36,7 +38,12 @@ for h in $host_only; do
 	"$dir/$h" || fail=1
 done
 gpu=""
-if ! command -v nvidia-smi >/dev/null 2>&1; then
+if [ "${DEVICE:-}" = emu ]; then
+	# the dry run (bench/train-gpu/run.sh DEVICE=emu): the tests load the
+	# emulated backend FT_CUDA_LIB names instead of a GPU's
+	[ -n "${FT_CUDA_LIB:-}" ] || gpu="DEVICE=emu without FT_CUDA_LIB (the emulated backend)"
+	[ $built -eq 1 ] || gpu="no nvcc to build the GPU tests (set FT_GPU_TEST_DIR to prebuilt ones)"
+elif ! command -v nvidia-smi >/dev/null 2>&1; then
 	gpu="nvidia-smi not found (no NVIDIA GPU or driver)"
 elif ! nvidia-smi -L >/dev/null 2>&1; then
 	gpu="nvidia-smi fails: $(nvidia-smi -L 2>&1 | head -1)"
@@ -47,7 +54,7 @@ if [ -n "$gpu" ]; then
 	echo "tests/gpu: GPU tests skipped: $gpu"
 	exit $fail
 fi
-nvidia-smi -L
+[ "${DEVICE:-}" = emu ] && echo "# on the host emulation: $FT_CUDA_LIB" || nvidia-smi -L
 for t in "$dir"/test_*; do
 	[ -x "$t" ] || continue
 	case " $host_only " in *" $(basename "$t") "*) continue ;; esac

@@ -35,81 +35,48 @@ static float round_to(float x, ft_cuda_precision p)
 static void half_case(ft_cuda_precision p, int B, int T, int Hq, int Hk, int hd, int window,
 		      int packed, float cap)
 {
-	size_t N = (size_t)B * T, nq = N * Hq * hd, nk = N * Hk * hd, nl = N * Hq;
-	size_t nin[4] = { nq, nk, nk, nq }, nres[5] = { nq, nl, nq, nk, nk };
-	float *in[4], *cpu[5], *gpu[5], *again[5];
+	gpu_attn a;
+	gpu_attn_new(&a, B, T, Hq, Hk, hd, packed, (unsigned)(T * 37 + hd), round_to, p);
 	double *bound[5];
-	unsigned x = (unsigned)(T * 37 + hd);
-	for (int i = 0; i < 4; i++) {
-		in[i] = malloc(nin[i] * sizeof(float));
-		for (size_t j = 0; j < nin[i]; j++) {
-			x = x * 1103515245u + 12345u;
-			in[i][j] = round_to((i < 2 ? 1.5f : 1.0f) *
-					    (((x >> 8) & 0xffff) / 32768.0f - 1.0f), p);
-		}
-	}
-	for (int i = 0; i < 5; i++) {
-		cpu[i] = malloc(nres[i] * sizeof(float));
-		gpu[i] = malloc(nres[i] * sizeof(float));
-		again[i] = malloc(nres[i] * sizeof(float));
-		bound[i] = malloc(nres[i] * sizeof(double));
-	}
-	int32_t *seg = packed == 1 ? malloc(N * sizeof *seg) : NULL;
-	for (size_t i = 0; seg && i < N; i++) {      /* ft-pack's neat packing */
-		int t = (int)(i % T);
-		seg[i] = t >= T - 13 ? 0 : 1 + t / 97;
-	}
-	int32_t *len = packed == 2 ? malloc((size_t)B * sizeof *len) : NULL;
-	for (int b = 0; len && b < B; b++)           /* right padding */
-		len[b] = T - 211 * b > 0 ? T - 211 * b : 1;
+	for (int i = 0; i < 5; i++)
+		bound[i] = malloc(a.nres[i] * sizeof(double));
 	float scale = 1.0f / sqrtf((float)hd);
-	ft_attn_shape cs = { B, T, Hq, Hk, hd, window, seg, scale, cap, len };
-	ft_cuda_attn_shape gs = { B, T, Hq, Hk, hd, window, seg, len, scale, cap };
-	ft_attention_forward(cpu[0], cpu[1], in[0], in[1], in[2], &cs);
-	ft_attention_backward(cpu[2], cpu[3], cpu[4], in[3], in[0], in[1], in[2], cpu[0], cpu[1], &cs);
-	int rc = ft_cuda_attention_run_as(0, p, &gs, in[0], in[1], in[2], in[3], gpu[0], gpu[1],
-					  gpu[2], gpu[3], gpu[4]);
-	int rc2 = rc ? rc : ft_cuda_attention_run_as(0, p, &gs, in[0], in[1], in[2], in[3],
-						     again[0], again[1], again[2], again[3],
-						     again[4]);
+	ft_attn_shape cs = { B, T, Hq, Hk, hd, window, a.seg, scale, cap, a.len };
+	ft_cuda_attn_shape gs = { B, T, Hq, Hk, hd, window, a.seg, a.len, scale, cap };
+	ft_attention_forward(a.cpu[0], a.cpu[1], a.in[0], a.in[1], a.in[2], &cs);
+	ft_attention_backward(a.cpu[2], a.cpu[3], a.cpu[4], a.in[3], a.in[0], a.in[1], a.in[2],
+			      a.cpu[0], a.cpu[1], &cs);
+	int rc = ft_cuda_attention_run_as(0, p, &gs, a.in[0], a.in[1], a.in[2], a.in[3], a.gpu[0],
+					  a.gpu[1], a.gpu[2], a.gpu[3], a.gpu[4]);
+	int rc2 = rc ? rc : ft_cuda_attention_run_as(0, p, &gs, a.in[0], a.in[1], a.in[2], a.in[3],
+						     a.again[0], a.again[1], a.again[2],
+						     a.again[3], a.again[4]);
 	double u = p == FT_CUDA_BF16 ? ldexp(1.0, -8) : ldexp(1.0, -11);
 	double eta = p == FT_CUDA_BF16 ? 0 : ldexp(1.0, -25);   /* subnormals, attn_bound.h */
-	attn_half_bounds(&cs, u, eta, in[0], in[1], in[2], in[3], cpu[0], cpu[1], cpu[2], cpu[3],
-			 cpu[4], bound[0], bound[2], bound[3], bound[4]);
+	attn_half_bounds(&cs, u, eta, a.in[0], a.in[1], a.in[2], a.in[3], a.cpu[0], a.cpu[1],
+			 a.cpu[2], a.cpu[3], a.cpu[4], bound[0], bound[2], bound[3], bound[4]);
 	double r[5], worst = 0;
-	int same = 1;
+	size_t nl = a.nres[1];
 	for (int i = 0; i < 5; i++) {
-		r[i] = rc ? INFINITY : i == 1 ? max_rel(gpu[1], cpu[1], nl) / 2e-5
-				     : attn_bound_ratio(gpu[i], cpu[i], bound[i], nres[i]);
+		r[i] = rc ? INFINITY : i == 1 ? max_rel(a.gpu[1], a.cpu[1], nl) / 2e-5
+				     : attn_bound_ratio(a.gpu[i], a.cpu[i], bound[i], a.nres[i]);
 		worst = r[i] > worst || r[i] != r[i] ? (r[i] != r[i] ? INFINITY : r[i]) : worst;
-		same = same && rc2 == 0 && memcmp(gpu[i], again[i], nres[i] * sizeof(float)) == 0;
 	}
 	ok(rc == 0 && worst <= 1, "device attention %s B=%d T=%d Hq=%d Hk=%d hd=%d window=%d "
 	   "packed=%d cap=%g: error / bound out %.2f lse %.2f dq %.2f dk %.2f dv %.2f%s%s",
 	   pname(p), B, T, Hq, Hk, hd, window, packed, cap, r[0], r[1], r[2], r[3], r[4],
 	   rc ? ": " : "", rc ? ft_errmsg() : "");
-	ok(same, "device attention %s T=%d hd=%d: a second run is bit-identical", pname(p), T, hd);
-	for (int i = 0; i < 4; i++)
-		free(in[i]);
-	for (int i = 0; i < 5; i++) {
-		free(cpu[i]);
-		free(gpu[i]);
-		free(again[i]);
+	ok(rc2 == 0 && gpu_attn_same(&a), "device attention %s T=%d hd=%d: a second run is bit-identical",
+	   pname(p), T, hd);
+	for (int i = 0; i < 5; i++)
 		free(bound[i]);
-	}
-	free(seg);
-	free(len);
+	gpu_attn_free(&a);
 }
 
 int main(void)
 {
-	char desc[256];
-	int n = ft_device_cuda_count(desc, sizeof desc);
-	if (n <= 0) {
-		printf("1..0 # skip no CUDA device (%s)\n", ft_errmsg());
+	if (!gpu_test_start())
 		return 0;
-	}
-	printf("# device: %s\n", desc);
 	ft_cuda_precision ps[] = { FT_CUDA_BF16, FT_CUDA_F16 };
 	for (int i = 0; i < 2; i++) {
 		half_case(ps[i], 2, 520, 8, 2, 64, 0, 0, 0);

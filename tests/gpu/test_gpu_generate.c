@@ -253,13 +253,7 @@ static void fixture_case(const char *dir, const char *adapter, const char *what)
 
 static void midsize_case(ft_arch arch)
 {
-	ft_config c = { .arch = arch, .vocab_size = 8192, .hidden_size = 512,
-			.intermediate_size = 1408, .num_hidden_layers = 2, .num_attention_heads = 8,
-			.num_key_value_heads = 2, .head_dim = 64, .max_position_embeddings = 4096,
-			.rms_norm_eps = 1e-5, .rope_theta = 10000, .initializer_range = 0.02,
-			.sliding_window = arch == FT_ARCH_MISTRAL ? 200 : 0 };
-	snprintf(c.rope_type, sizeof c.rope_type, "default");
-	snprintf(c.torch_dtype, sizeof c.torch_dtype, "float32");
+	ft_config c = gpu_midsize_config(arch);
 	ft_tune_opts to = { .type = FT_FT_FREEZE, .seed = 3 };
 	const char *what = arch == FT_ARCH_MISTRAL ? "mid-size mistral (window 200)" : "mid-size llama";
 	ft_model *m = ft_model_from_config(&c, &to);
@@ -296,13 +290,8 @@ static void error_cases(void)
 
 int main(void)
 {
-	char desc[256];
-	int n = ft_device_cuda_count(desc, sizeof desc);
-	if (n <= 0) {
-		printf("1..0 # skip no CUDA device (%s)\n", ft_errmsg());
+	if (!gpu_test_start())
 		return 0;
-	}
-	printf("# device: %s\n", desc);
 	fixture_case("tests/fixtures/models/tiny-llama", NULL, "tiny-llama");
 	fixture_case("tests/fixtures/models/tiny-qwen2", NULL, "tiny-qwen2");
 	fixture_case("tests/fixtures/models/tiny-llama", "tests/fixtures/merge/llama-r4/adapter",

@@ -550,13 +550,7 @@ static void error_cases(void)
  * bf16/fp16 1e-1, as the fixture cases. */
 static void midsize_case(ft_arch arch, ft_cuda_precision prec, int packed)
 {
-	ft_config c = { .arch = arch, .vocab_size = 8192, .hidden_size = 512,
-			.intermediate_size = 1408, .num_hidden_layers = 2, .num_attention_heads = 8,
-			.num_key_value_heads = 2, .head_dim = 64, .max_position_embeddings = 4096,
-			.rms_norm_eps = 1e-5, .rope_theta = 10000, .initializer_range = 0.02,
-			.sliding_window = arch == FT_ARCH_MISTRAL ? 200 : 0 };
-	snprintf(c.rope_type, sizeof c.rope_type, "default");
-	snprintf(c.torch_dtype, sizeof c.torch_dtype, "float32");
+	ft_config c = gpu_midsize_config(arch);
 	ft_tune_opts to = { .type = FT_FT_FULL, .seed = 3 };
 	const char *what = arch == FT_ARCH_MISTRAL ? "mid-size mistral (window 200)"
 			   : packed ? "mid-size llama packed" : "mid-size llama";
@@ -626,73 +620,34 @@ static void midsize_case(ft_arch arch, ft_cuda_precision prec, int packed)
  * (no atomics anywhere in the kernels). */
 static void attention_case(int B, int T, int Hq, int Hk, int hd, int window, int packed)
 {
-	size_t N = (size_t)B * T, nq = N * Hq * hd, nk = N * Hk * hd, nl = N * Hq;
-	float *in[4], *cpu[5], *gpu[5], *again[5];
-	size_t nin[4] = { nq, nk, nk, nq }, nres[5] = { nq, nl, nq, nk, nk };
-	unsigned x = (unsigned)(T * 31 + hd);
-	for (int i = 0; i < 4; i++) {
-		in[i] = malloc(nin[i] * sizeof(float));
-		for (size_t j = 0; j < nin[i]; j++) {
-			x = x * 1103515245u + 12345u;
-			in[i][j] = (i < 2 ? 1.5f : 1.0f) * (((x >> 8) & 0xffff) / 32768.0f - 1.0f);
-		}
-	}
-	for (int i = 0; i < 5; i++) {
-		cpu[i] = malloc(nres[i] * sizeof(float));
-		gpu[i] = malloc(nres[i] * sizeof(float));
-		again[i] = malloc(nres[i] * sizeof(float));
-	}
-	int32_t *seg = packed ? malloc(N * sizeof *seg) : NULL;
-	for (size_t i = 0; seg && i < N; i++) {      /* ft-pack's neat packing */
-		int t = (int)(i % T);
-		seg[i] = t >= T - 13 ? 0 : 1 + t / 97;
-	}
-	int32_t *len = packed == 2 ? malloc((size_t)B * sizeof *len) : NULL;
-	for (int b = 0; len && b < B; b++)           /* right padding */
-		len[b] = T - 211 * b > 0 ? T - 211 * b : 1;
-	if (len) {
-		free(seg);
-		seg = NULL;
-	}
-	ft_attn_shape cs = { B, T, Hq, Hk, hd, window, seg, 0, 0, len };
-	ft_cuda_attn_shape gs = { B, T, Hq, Hk, hd, window, seg, len, 0, 0 };
-	ft_attention_forward(cpu[0], cpu[1], in[0], in[1], in[2], &cs);
-	ft_attention_backward(cpu[2], cpu[3], cpu[4], in[3], in[0], in[1], in[2], cpu[0], cpu[1], &cs);
-	int rc = ft_cuda_attention_run(0, &gs, in[0], in[1], in[2], in[3], gpu[0], gpu[1], gpu[2],
-				       gpu[3], gpu[4]);
-	int rc2 = rc ? rc : ft_cuda_attention_run(0, &gs, in[0], in[1], in[2], in[3], again[0],
-						  again[1], again[2], again[3], again[4]);
+	gpu_attn a;
+	gpu_attn_new(&a, B, T, Hq, Hk, hd, packed, (unsigned)(T * 31 + hd), NULL, FT_CUDA_F32);
+	ft_attn_shape cs = { B, T, Hq, Hk, hd, window, a.seg, 0, 0, a.len };
+	ft_cuda_attn_shape gs = { B, T, Hq, Hk, hd, window, a.seg, a.len, 0, 0 };
+	ft_attention_forward(a.cpu[0], a.cpu[1], a.in[0], a.in[1], a.in[2], &cs);
+	ft_attention_backward(a.cpu[2], a.cpu[3], a.cpu[4], a.in[3], a.in[0], a.in[1], a.in[2],
+			      a.cpu[0], a.cpu[1], &cs);
+	int rc = ft_cuda_attention_run(0, &gs, a.in[0], a.in[1], a.in[2], a.in[3], a.gpu[0],
+				       a.gpu[1], a.gpu[2], a.gpu[3], a.gpu[4]);
+	int rc2 = rc ? rc : ft_cuda_attention_run(0, &gs, a.in[0], a.in[1], a.in[2], a.in[3],
+						  a.again[0], a.again[1], a.again[2], a.again[3],
+						  a.again[4]);
 	double e[5] = { 0 }, worst = 0;
-	int same = 1;
 	for (int i = 0; i < 5; i++) {
-		e[i] = rc ? INFINITY : max_rel(gpu[i], cpu[i], nres[i]);
+		e[i] = rc ? INFINITY : max_rel(a.gpu[i], a.cpu[i], a.nres[i]);
 		worst = e[i] > worst || e[i] != e[i] ? (e[i] != e[i] ? INFINITY : e[i]) : worst;
-		same = same && rc2 == 0 && memcmp(gpu[i], again[i], nres[i] * sizeof(float)) == 0;
 	}
 	ok(rc == 0 && worst <= 2e-5, "device attention B=%d T=%d Hq=%d Hk=%d hd=%d window=%d "
 	   "packed=%d: out %.2g lse %.2g dq %.2g dk %.2g dv %.2g%s%s", B, T, Hq, Hk, hd, window,
 	   packed, e[0], e[1], e[2], e[3], e[4], rc ? ": " : "", rc ? ft_errmsg() : "");
-	ok(same, "device attention T=%d hd=%d: a second run is bit-identical", T, hd);
-	for (int i = 0; i < 4; i++)
-		free(in[i]);
-	for (int i = 0; i < 5; i++) {
-		free(cpu[i]);
-		free(gpu[i]);
-		free(again[i]);
-	}
-	free(seg);
-	free(len);
+	ok(rc2 == 0 && gpu_attn_same(&a), "device attention T=%d hd=%d: a second run is bit-identical", T, hd);
+	gpu_attn_free(&a);
 }
 
 int main(void)
 {
-	char desc[256];
-	int n = ft_device_cuda_count(desc, sizeof desc);
-	if (n <= 0) {
-		printf("1..0 # skip no CUDA device (%s)\n", ft_errmsg());
+	if (!gpu_test_start())
 		return 0;
-	}
-	printf("# device: %s\n", desc);
 	ft_cuda_precision ps[] = { FT_CUDA_F32, FT_CUDA_BF16, FT_CUDA_F16 };
 	for (int i = 0; i < 3; i++) {
 		grads_case(LLAMA, NULL, FT_FT_FULL, PAR "llama-full-grads.safetensors",
