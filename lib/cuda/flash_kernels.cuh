@@ -42,18 +42,19 @@ static __device__ __forceinline__ float grp_sum(float x)
 /* The FA_SPR dot products of the shared row a with the rows lane + 8 j
  * of the tile b: a[d] is read once for all of them (shared-memory
  * bandwidth bounds these loops). */
-static __device__ __forceinline__ void dots(float *out, const float *a, const float *b,
-					    int lane, int hp, int hd)
+template <typename E>
+static __device__ __forceinline__ void dots(float *out, const E *a, const E *b, int lane, int hp,
+					    int hd)
 {
 	float r[FA_SPR];
 #pragma unroll
 	for (int j = 0; j < FA_SPR; j++)
 		r[j] = 0;
 	for (int d = 0; d < hd; d++) {
-		float x = a[d];
+		float x = to_f(a[d]);
 #pragma unroll
 		for (int j = 0; j < FA_SPR; j++)
-			r[j] = fmaf(x, b[(lane + FA_LANES * j) * hp + d], r[j]);
+			r[j] = fmaf(x, to_f(b[(lane + FA_LANES * j) * hp + d]), r[j]);
 	}
 #pragma unroll
 	for (int j = 0; j < FA_SPR; j++)
@@ -91,14 +92,31 @@ template <typename E> struct fa_args {
 	int ldq, ldk, ldv, lddq, lddk, lddv;
 };
 
-/* Rows [0, FT_FA_BR) of a tile (row r at src + r * ld) into dst with
- * stride hd + 1; rows >= n are zero. */
+/* Shared tiles hold the element type E: fp32 in the fp32 mode; bf16 /
+ * fp16 when the half modes fall back to these kernels (attention.cu's
+ * run_pass, where the tensor-core kernels' shared memory does not fit),
+ * which halves the tiles and changes no result (every product and sum is
+ * in fp32 from the same E values).  Row stride: hd + 1 floats, or hd + 2
+ * halves (hd / 2 + 1 words for even hd), so the 8 lanes of a group,
+ * reading 8 rows at the same d, hit distinct banks. */
 template <typename E>
-static __device__ void load_tile(float *dst, const E *src, size_t ld, int n, int hd)
+static __host__ __device__ __forceinline__ int fa_hp(int hd)
 {
+	return sizeof(E) == 4 ? hd + 1 : hd + 2;
+}
+
+/* Rows [0, FT_FA_BR) of a tile (row r at src + r * ld) into dst with
+ * stride fa_hp; rows >= n are zero. */
+template <typename E>
+static __device__ void load_tile(E *dst, const E *src, size_t ld, int n, int hd)
+{
+	int hp = fa_hp<E>(hd);
 	for (int i = threadIdx.x; i < FT_FA_BR * hd; i += blockDim.x) {
 		int r = i / hd, d = i - r * hd;
-		dst[r * (hd + 1) + d] = r < n ? to_f(src[(size_t)r * ld + d]) : 0.0f;
+		if (r < n)
+			dst[r * hp + d] = src[(size_t)r * ld + d];
+		else
+			put(dst + r * hp + d, 0.0f);
 	}
 }
 
@@ -114,9 +132,9 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_fwd_k(fa_args<E> p)
 {
 	FA_DYNAMIC_SMEM(sm);
 	__shared__ int32_t segk[FT_FA_BC];
-	int hd = p.hd, hp = hd + 1, b = blockIdx.z, h = blockIdx.y, g = h / (p.Hq / p.Hk);
-	float *Qs = sm, *Ks = Qs + FT_FA_BR * hp, *Vs = Ks + FT_FA_BC * hp;
-	float *Ps = Vs + FT_FA_BC * hp;                          /* [BR][BC + 1] */
+	int hd = p.hd, hp = fa_hp<E>(hd), b = blockIdx.z, h = blockIdx.y, g = h / (p.Hq / p.Hk);
+	E *Qs = (E *)sm, *Ks = Qs + FT_FA_BR * hp, *Vs = Ks + FT_FA_BC * hp;
+	float *Ps = (float *)(Vs + FT_FA_BC * hp);               /* [BR][BC + 1] */
 	int r0 = blockIdx.x * FT_FA_BR, nr = tile_len(r0, p.T);
 	size_t ldq = p.ldq, ldk = p.ldk, ldv = p.ldv, ldo = (size_t)p.Hq * hd;
 	int row = threadIdx.x / FA_LANES, lane = threadIdx.x % FA_LANES, t = r0 + row;
@@ -167,11 +185,11 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_fwd_k(fa_args<E> p)
 			acc[i] *= alpha;
 		for (int c = 0; c < nc; c++) {       /* P[row][c] read once per c */
 			float pc = pr[c];
-			const float *vr = Vs + c * hp + lane;
+			const E *vr = Vs + c * hp + lane;
 #pragma unroll
 			for (int i = 0; i < NDR; i++)
 				if (lane + FA_LANES * i < hd)
-					acc[i] = fmaf(pc, vr[FA_LANES * i], acc[i]);
+					acc[i] = fmaf(pc, to_f(vr[FA_LANES * i]), acc[i]);
 		}
 		__syncthreads();
 	}
@@ -209,9 +227,10 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dkdv_k(fa_args<E> p)
 	FA_DYNAMIC_SMEM(sm);
 	__shared__ float Ls[FT_FA_BR], Ds[FT_FA_BR];
 	__shared__ int32_t segq[FT_FA_BR];
-	int hd = p.hd, hp = hd + 1, b = blockIdx.z, g = blockIdx.y, grp = p.Hq / p.Hk;
-	float *Ks = sm, *Vs = Ks + FT_FA_BC * hp, *Qs = Vs + FT_FA_BC * hp;
-	float *dOs = Qs + FT_FA_BR * hp, *Ps = dOs + FT_FA_BR * hp;   /* [BC][BR + 1] */
+	int hd = p.hd, hp = fa_hp<E>(hd), b = blockIdx.z, g = blockIdx.y, grp = p.Hq / p.Hk;
+	E *Ks = (E *)sm, *Vs = Ks + FT_FA_BC * hp, *Qs = Vs + FT_FA_BC * hp;
+	E *dOs = Qs + FT_FA_BR * hp;
+	float *Ps = (float *)(dOs + FT_FA_BR * hp);                   /* [BC][BR + 1] */
 	float *dSs = Ps + FT_FA_BC * (FT_FA_BR + 1);
 	int c0 = blockIdx.x * FT_FA_BC, nc = tile_len(c0, p.T);
 	size_t ldq = p.ldq, ldk = p.ldk, ldv = p.ldv, ldo = (size_t)p.Hq * hd;
@@ -264,12 +283,12 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dkdv_k(fa_args<E> p)
 			const float *pc = Ps + col * (FT_FA_BR + 1), *sc = dSs + col * (FT_FA_BR + 1);
 			for (int r = 0; r < nr; r++) {
 				float pv = pc[r], sv = sc[r];
-				const float *gr = dOs + r * hp + lane, *qr = Qs + r * hp + lane;
+				const E *gr = dOs + r * hp + lane, *qr = Qs + r * hp + lane;
 #pragma unroll
 				for (int i = 0; i < NDR; i++)
 					if (lane + FA_LANES * i < hd) {
-						av[i] = fmaf(pv, gr[FA_LANES * i], av[i]);
-						ak[i] = fmaf(sv, qr[FA_LANES * i], ak[i]);
+						av[i] = fmaf(pv, to_f(gr[FA_LANES * i]), av[i]);
+						ak[i] = fmaf(sv, to_f(qr[FA_LANES * i]), ak[i]);
 					}
 			}
 			__syncthreads();
@@ -292,9 +311,10 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dq_k(fa_args<E> p)
 {
 	FA_DYNAMIC_SMEM(sm);
 	__shared__ int32_t segk[FT_FA_BC];
-	int hd = p.hd, hp = hd + 1, b = blockIdx.z, h = blockIdx.y, g = h / (p.Hq / p.Hk);
-	float *Qs = sm, *dOs = Qs + FT_FA_BR * hp, *Ks = dOs + FT_FA_BR * hp;
-	float *Vs = Ks + FT_FA_BC * hp, *dSs = Vs + FT_FA_BC * hp;     /* [BR][BC + 1] */
+	int hd = p.hd, hp = fa_hp<E>(hd), b = blockIdx.z, h = blockIdx.y, g = h / (p.Hq / p.Hk);
+	E *Qs = (E *)sm, *dOs = Qs + FT_FA_BR * hp, *Ks = dOs + FT_FA_BR * hp;
+	E *Vs = Ks + FT_FA_BC * hp;
+	float *dSs = (float *)(Vs + FT_FA_BC * hp);                    /* [BR][BC + 1] */
 	int r0 = blockIdx.x * FT_FA_BR, nr = tile_len(r0, p.T);
 	size_t ldq = p.ldq, ldk = p.ldk, ldv = p.ldv, ldo = (size_t)p.Hq * hd;
 	int row = threadIdx.x / FA_LANES, lane = threadIdx.x % FA_LANES, t = r0 + row;
@@ -343,11 +363,11 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dq_k(fa_args<E> p)
 		const float *sr = dSs + row * (FT_FA_BC + 1);
 		for (int c = 0; c < nc; c++) {
 			float sv = sr[c];
-			const float *kr = Ks + c * hp + lane;
+			const E *kr = Ks + c * hp + lane;
 #pragma unroll
 			for (int i = 0; i < NDR; i++)
 				if (lane + FA_LANES * i < hd)
-					acc[i] = fmaf(sv, kr[FA_LANES * i], acc[i]);
+					acc[i] = fmaf(sv, to_f(kr[FA_LANES * i]), acc[i]);
 		}
 		__syncthreads();
 	}
@@ -360,20 +380,25 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dq_k(fa_args<E> p)
 			put(o + lane + FA_LANES * i, acc[i] * p.scale);
 }
 
-/* Dynamic shared bytes of each kernel for head size hd. */
+/* Dynamic shared bytes of each kernel for head size hd and element type
+ * E: E tiles of FT_FA_BR rows, then the fp32 P / dS tiles (32 fa_hp E
+ * values are a whole number of floats, so these stay aligned). */
+template <typename E>
 static inline size_t fa_smem_fwd(int hd)
 {
-	return 4 * ((size_t)3 * FT_FA_BR * (hd + 1) + FT_FA_BR * (FT_FA_BC + 1));
+	return sizeof(E) * 3 * FT_FA_BR * fa_hp<E>(hd) + 4 * FT_FA_BR * (FT_FA_BC + 1);
 }
 
+template <typename E>
 static inline size_t fa_smem_dkdv(int hd)
 {
-	return 4 * ((size_t)4 * FT_FA_BR * (hd + 1) + 2 * FT_FA_BR * (FT_FA_BC + 1));
+	return sizeof(E) * 4 * FT_FA_BR * fa_hp<E>(hd) + 4 * 2 * FT_FA_BR * (FT_FA_BC + 1);
 }
 
+template <typename E>
 static inline size_t fa_smem_dq(int hd)
 {
-	return 4 * ((size_t)4 * FT_FA_BR * (hd + 1) + FT_FA_BR * (FT_FA_BC + 1));
+	return sizeof(E) * 4 * FT_FA_BR * fa_hp<E>(hd) + 4 * FT_FA_BR * (FT_FA_BC + 1);
 }
 
 #endif
