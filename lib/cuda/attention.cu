@@ -24,12 +24,14 @@
  * row of the tile (a query; a key in the dK/dV kernel), its 8 lanes take
  * every 8th score of the row and every 8th feature d of the accumulator
  * (hd <= 256: at most 32 registers per accumulator).  Shared rows are
- * padded to hd + 1 floats so the lanes of a warp hit distinct banks.
+ * padded (fa_hp) so the lanes of a warp hit distinct banks.
  *
  * Element type E of Q, K, V, O, dO and the gradients: float in the fp32
  * mode (these kernels, products on CUDA cores in fp32); bf16 / fp16 when
  * training in the half modes (the q|k|v buffer is half), which run the
- * tensor-core kernels of flash_tc.cuh (run_pass picks by sizeof(E)).
+ * tensor-core kernels of flash_tc.cuh, each pass falling back to these
+ * kernels on half tiles where its tensor-core kernel's shared memory
+ * exceeds the device's opt-in bound (run_pass; docs/CUDA.md).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -50,75 +52,124 @@ static_assert(FT_CU_ATTN_MAX_HD <= FA_LANES * FA_MAX_NDR, "head_dim bound of run
 
 /* ---- launchers ---- */
 
-/* Allow kernel f `bytes` of dynamic shared memory (over the default 48
- * KiB needs the opt-in), or fail naming what does not fit. */
-static int allow_smem(const void *f, size_t bytes, int hd, const char *what)
+static const char *pass_name[] = { "flash attention forward", "flash attention dK/dV",
+				   "flash attention dQ" };
+
+/* The bytes of shared memory kernel f needs per block with `bytes` of
+ * dynamic shared memory (the opt-in bounds static + dynamic together),
+ * and the device's opt-in bound. */
+static int smem_need(const void *f, size_t bytes, size_t *need, int *most, int pass)
 {
-	int dev = 0, most = 0;
+	int dev = 0;
 	cudaFuncAttributes fa;
-	CU(cudaGetDevice(&dev), "%s", what);
-	CU(cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "%s", what);
-	CU(cudaFuncGetAttributes(&fa, f), "%s", what);
-	/* the opt-in bounds static + dynamic shared memory together */
-	if (bytes + fa.sharedSizeBytes > (size_t)most)
-		return ft_fail("%s: head_dim %d needs %zu bytes of shared memory per block, "
-			       "the device allows %d", what, hd, bytes + fa.sharedSizeBytes, most);
-	CU(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes),
-	   "%s (%zu bytes of shared memory)", what, bytes);
+	CU(cudaGetDevice(&dev), "%s", pass_name[pass]);
+	CU(cudaDeviceGetAttribute(most, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "%s",
+	   pass_name[pass]);
+	CU(cudaFuncGetAttributes(&fa, f), "%s", pass_name[pass]);
+	*need = bytes + fa.sharedSizeBytes;
 	return 0;
 }
 
-/* Kernel k of pass `pass` with sm bytes of dynamic shared memory. */
-template <typename E>
-static int launch_k(void (*k)(fa_args<E>), size_t sm, const fa_args<E> &p, int B, int pass,
-		    cudaStream_t st)
-{
-	int tiles = (p.T + FT_FA_BR - 1) / FT_FA_BR;
-	static const char *names[] = { "flash attention forward", "flash attention dK/dV",
-				       "flash attention dQ" };
-	TRY(allow_smem((const void *)k, sm, p.hd, names[pass]));
-	dim3 grid(tiles, pass == 1 ? p.Hk : p.Hq, B);
-	FT_LAUNCH(k, grid, FA_THREADS, sm, st)(p);
-	LAUNCHED(names[pass], "B=%d T=%d Hq=%d Hk=%d hd=%d", B, p.T, p.Hq, p.Hk, p.hd);
-	return 0;
-}
-
-/* The fp32 kernels (CUDA cores) */
+/* The kernels of pass 0: forward; 1: dK/dV; 2: dQ, and their dynamic
+ * shared bytes.  CUDA cores: the accumulators' register count follows hd
+ * (8 lanes share a row: hd/8 per thread) in the fp32 mode; the half
+ * elements' fallback is for heads too large for the tensor-core kernels'
+ * shared memory (hd > 160 at sm_86's 99 KiB), so one instantiation per
+ * pass, the largest, serves it (NDR changes registers, not results). */
 template <typename E, int NDR>
-static int launch(const fa_args<E> &p, int B, int pass, cudaStream_t st)
+static void (*core_ndr(int pass))(fa_args<E>)
 {
-	void (*k)(fa_args<E>) = pass == 0 ? fa_fwd_k<E, NDR> : pass == 1 ? fa_dkdv_k<E, NDR>
-									   : fa_dq_k<E, NDR>;
-	size_t sm = pass == 0 ? fa_smem_fwd(p.hd) : pass == 1 ? fa_smem_dkdv(p.hd) : fa_smem_dq(p.hd);
-	return launch_k(k, sm, p, B, pass, st);
+	return pass == 0 ? fa_fwd_k<E, NDR> : pass == 1 ? fa_dkdv_k<E, NDR> : fa_dq_k<E, NDR>;
 }
 
-/* The bf16 / fp16 kernels (tensor cores, flash_tc.cuh) */
 template <typename E>
-static int launch_tc(const fa_args<E> &p, int B, int pass, cudaStream_t st)
+static void (*core_kernel(int pass, int hd))(fa_args<E>)
 {
-	void (*k)(fa_args<E>) = pass == 0 ? fa_fwd_tc<E> : pass == 1 ? fa_dkdv_tc<E> : fa_dq_tc<E>;
-	size_t es = sizeof(E);
-	size_t sm = pass == 0 ? fa_tc_smem_fwd(p.hd, es) : pass == 1 ? fa_tc_smem_dkdv(p.hd, es)
-								     : fa_tc_smem_dq(p.hd, es);
-	return launch_k(k, sm, p, B, pass, st);
+	if constexpr (sizeof(E) == 4) {
+		if (hd <= 64)
+			return core_ndr<E, 8>(pass);
+		if (hd <= 128)
+			return core_ndr<E, 16>(pass);
+	}
+	return core_ndr<E, FA_MAX_NDR>(pass);
 }
 
-/* pass 0: forward; 1: dK/dV; 2: dQ.  Half elements: the tensor-core
- * kernels.  fp32: the accumulators' register count follows hd (8 lanes
- * share a row: hd/8 per thread). */
+template <typename E>
+static size_t core_smem(int pass, int hd)
+{
+	return pass == 0 ? fa_smem_fwd<E>(hd) : pass == 1 ? fa_smem_dkdv<E>(hd) : fa_smem_dq<E>(hd);
+}
+
+template <typename E>
+static size_t tc_smem(int pass, int hd)
+{
+	size_t es = sizeof(E);
+	return pass == 0 ? fa_tc_smem_fwd(hd, es) : pass == 1 ? fa_tc_smem_dkdv(hd, es)
+							   : fa_tc_smem_dq(hd, es);
+}
+
+/* FT_CUDA_CHECK_ATTN=tc|fp32 (tests: tests/bats/ft-train-cuda-half-emu.bats):
+ * an attention pass fails, naming both, unless it runs that kernel
+ * family, so a test can tell which one training ran; why is the
+ * tensor-core kernel's shared memory where it did not fit (tc_need > 0,
+ * most the device's bound).  Read once. */
+static int check_family(int tc, size_t tc_need, int most, int pass)
+{
+	static int want = -2;
+	if (want == -2) {
+		const char *e = getenv("FT_CUDA_CHECK_ATTN");
+		want = !e || !*e ? -1 : !strcmp(e, "tc") ? 1 : !strcmp(e, "fp32") ? 0 : 2;
+	}
+	if (want < 0 || want == tc)
+		return 0;
+	if (want == 2)
+		return ft_fail("FT_CUDA_CHECK_ATTN: expected tc or fp32");
+	if (tc_need)   /* a half pass fallen back, so want is tc */
+		return ft_fail("attention: FT_CUDA_CHECK_ATTN=tc, but the fp32 (CUDA-core) kernels "
+			       "run: %s on tensor cores needs %zu bytes of shared memory per "
+			       "block, the device allows %d", pass_name[pass], tc_need, most);
+	return ft_fail("attention: FT_CUDA_CHECK_ATTN=%s, but the %s kernels run", want ? "tc" : "fp32",
+		       tc ? "tensor-core (bf16/fp16)" : "fp32 (CUDA-core)");
+}
+
+/* One pass.  Half elements: the tensor-core kernel (flash_tc.cuh) where
+ * its shared memory fits the device's opt-in bound, else the CUDA-core
+ * kernel on the same half tiles (fp32 products and accumulators: more
+ * exact, slower); fp32: the CUDA-core kernels.  Fails naming what does
+ * not fit only where neither does. */
 template <typename E>
 static int run_pass(const fa_args<E> &p, int B, int pass, cudaStream_t st)
 {
+	void (*k)(fa_args<E>) = NULL;
+	size_t sm = 0, need = 0, tc_need = 0;
+	int most = 0, tc = 0;
 	if constexpr (sizeof(E) == 2) {
-		return launch_tc(p, B, pass, st);
-	} else {
-		if (p.hd <= 64)
-			return launch<E, 8>(p, B, pass, st);
-		if (p.hd <= 128)
-			return launch<E, 16>(p, B, pass, st);
-		return launch<E, FA_MAX_NDR>(p, B, pass, st);
+		k = pass == 0 ? fa_fwd_tc<E> : pass == 1 ? fa_dkdv_tc<E> : fa_dq_tc<E>;
+		sm = tc_smem<E>(pass, p.hd);
+		TRY(smem_need((const void *)k, sm, &need, &most, pass));
+		tc = need <= (size_t)most;
+		tc_need = tc ? 0 : need;
 	}
+	if (!tc) {
+		k = core_kernel<E>(pass, p.hd);
+		sm = core_smem<E>(pass, p.hd);
+		TRY(smem_need((const void *)k, sm, &need, &most, pass));
+	}
+	if (need > (size_t)most && tc_need)
+		return ft_fail("%s: head_dim %d needs %zu bytes of shared memory per block on "
+			       "tensor cores, %zu on CUDA cores, the device allows %d",
+			       pass_name[pass], p.hd, tc_need, need, most);
+	if (need > (size_t)most)
+		return ft_fail("%s: head_dim %d needs %zu bytes of shared memory per block, "
+			       "the device allows %d", pass_name[pass], p.hd, need, most);
+	TRY(check_family(tc, tc_need, most, pass));
+	/* over the default 48 KiB needs the opt-in */
+	CU(cudaFuncSetAttribute((const void *)k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				(int)sm), "%s (%zu bytes of shared memory)", pass_name[pass], sm);
+	dim3 grid((p.T + FT_FA_BR - 1) / FT_FA_BR, pass == 1 ? p.Hk : p.Hq, B);
+	FT_LAUNCH(k, grid, FA_THREADS, sm, st)(p);
+	LAUNCHED(pass_name[pass], "B=%d T=%d Hq=%d Hk=%d hd=%d", B, p.T, p.Hq, p.Hk, p.hd);
+	return 0;
 }
 
 static int check_shape(const ft_cu_attn *s)
@@ -203,30 +254,10 @@ template int flash_backward<__half>(cudaStream_t, __half *, __half *, __half *, 
 				    const __half *, const __half *, const float *,
 				    const ft_cu_attn *, const ft_cu_attn_ld *);
 
-/* FT_CUDA_CHECK_ATTN=tc|fp32 (tests: tests/bats/ft-train-cuda-half-emu.bats):
- * a model's attention fails, naming both, unless it runs that kernel
- * family, so a test can tell which one training ran.  Read once. */
-static int check_family(int t)
-{
-	static int want = -2;
-	if (want == -2) {
-		const char *e = getenv("FT_CUDA_CHECK_ATTN");
-		want = !e || !*e ? -1 : !strcmp(e, "tc") ? 1 : !strcmp(e, "fp32") ? 0 : 2;
-	}
-	int tc = t != FT_ACT_F32;
-	if (want < 0 || want == tc)
-		return 0;
-	if (want == 2)
-		return ft_fail("FT_CUDA_CHECK_ATTN: expected tc or fp32");
-	return ft_fail("attention: FT_CUDA_CHECK_ATTN=%s, but the %s kernels run", want ? "tc" : "fp32",
-		       tc ? "tensor-core (bf16/fp16)" : "fp32 (CUDA-core)");
-}
-
 int ft_cu_attention_forward_as(ft_cuda_model *dm, int t, void *out, float *lse, const void *q,
 			       const void *k, const void *v, const ft_cu_attn *s,
 			       const ft_cu_attn_ld *ld)
 {
-	TRY(check_family(t));
 	if (t == FT_ACT_BF16)
 		return flash_forward<__nv_bfloat16>(dm->stream, (__nv_bfloat16 *)out, lse,
 						    (const __nv_bfloat16 *)q,
@@ -244,7 +275,6 @@ int ft_cu_attention_backward_as(ft_cuda_model *dm, int t, void *dq, void *dk, vo
 				const void *out, const float *lse, const ft_cu_attn *s,
 				const ft_cu_attn_ld *ld)
 {
-	TRY(check_family(t));
 	if (t == FT_ACT_BF16) {
 		typedef __nv_bfloat16 E;
 		return flash_backward<E>(dm->stream, (E *)dq, (E *)dk, (E *)dv, dm->att_di,

@@ -3,7 +3,7 @@
  * tests/emu/test_flash_emu.cc can compile these very kernels for the host
  * with emulated threads, barriers and warp shuffles (no GPU needed) and
  * check them against the CPU attention.  It includes only
- * model/flash.h; the includer provides the CUDA built-ins and any
+ * model/flash.h and flash_mask.cuh; the includer provides the CUDA built-ins and any
  * to_f / put overloads for half element types before including it. */
 #ifndef FT_CUDA_FLASH_KERNELS_CUH
 #define FT_CUDA_FLASH_KERNELS_CUH
@@ -24,57 +24,28 @@ static_assert(FT_FA_BR == FT_FA_BC && FT_FA_BR * FA_LANES == FA_THREADS,
 static __device__ __forceinline__ float to_f(float x) { return x; }
 static __device__ __forceinline__ void put(float *p, float x) { *p = x; }
 
-/* Reductions over the 8 lanes of a group (fixed butterfly order). */
-static __device__ __forceinline__ float grp_max(float x)
-{
-	for (int o = FA_LANES / 2; o > 0; o >>= 1)
-		x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o, FA_LANES));
-	return x;
-}
-
-static __device__ __forceinline__ float grp_sum(float x)
-{
-	for (int o = FA_LANES / 2; o > 0; o >>= 1)
-		x += __shfl_xor_sync(0xffffffffu, x, o, FA_LANES);
-	return x;
-}
+#include "cuda/flash_mask.cuh"
 
 /* The FA_SPR dot products of the shared row a with the rows lane + 8 j
  * of the tile b: a[d] is read once for all of them (shared-memory
  * bandwidth bounds these loops). */
-static __device__ __forceinline__ void dots(float *out, const float *a, const float *b,
-					    int lane, int hp, int hd)
+template <typename E>
+static __device__ __forceinline__ void dots(float *out, const E *a, const E *b, int lane, int hp,
+					    int hd)
 {
 	float r[FA_SPR];
 #pragma unroll
 	for (int j = 0; j < FA_SPR; j++)
 		r[j] = 0;
 	for (int d = 0; d < hd; d++) {
-		float x = a[d];
+		float x = to_f(a[d]);
 #pragma unroll
 		for (int j = 0; j < FA_SPR; j++)
-			r[j] = fmaf(x, b[(lane + FA_LANES * j) * hp + d], r[j]);
+			r[j] = fmaf(x, to_f(b[(lane + FA_LANES * j) * hp + d]), r[j]);
 	}
 #pragma unroll
 	for (int j = 0; j < FA_SPR; j++)
 		out[j] = r[j];
-}
-
-/* A score after the scale (and the soft-cap), as ft_attention_forward:
- * cap * tanh(s / cap) when cap > 0. */
-static __device__ __forceinline__ float fa_score(float s, float cap)
-{
-	return cap > 0 ? ft_k_softcap(s, cap) : s;
-}
-
-/* dS through the cap: dS (1 - tanh^2), tanh from the uncapped score as
- * ft_attention_backward computes it. */
-static __device__ __forceinline__ float fa_ds_capped(float ds, float s, float cap)
-{
-	if (!(cap > 0))
-		return ds;
-	float th = tanhf(s / cap);
-	return ds * (1 - th * th);
 }
 
 template <typename E> struct fa_args {
@@ -91,14 +62,61 @@ template <typename E> struct fa_args {
 	int ldq, ldk, ldv, lddq, lddk, lddv;
 };
 
-/* Rows [0, FT_FA_BR) of a tile (row r at src + r * ld) into dst with
- * stride hd + 1; rows >= n are zero. */
+/* Shared tiles hold the element type E: fp32 in the fp32 mode; bf16 /
+ * fp16 when the half modes fall back to these kernels (attention.cu's
+ * run_pass, where the tensor-core kernels' shared memory does not fit),
+ * which halves the tiles and changes no result (every product and sum is
+ * in fp32 from the same E values).  Row stride: hd + 1 floats, or hd + 2
+ * halves (hd / 2 + 1 words for even hd), so the 8 lanes of a group,
+ * reading 8 rows at the same d, hit distinct banks. */
 template <typename E>
-static __device__ void load_tile(float *dst, const E *src, size_t ld, int n, int hd)
+static __host__ __device__ __forceinline__ int fa_hp(int hd)
 {
-	for (int i = threadIdx.x; i < FT_FA_BR * hd; i += blockDim.x) {
-		int r = i / hd, d = i - r * hd;
-		dst[r * (hd + 1) + d] = r < n ? to_f(src[(size_t)r * ld + d]) : 0.0f;
+	return sizeof(E) == 4 ? hd + 1 : hd + 2;
+}
+
+/* Rows [0, FT_FA_BR) x features [0, hk) of a tile (row r at src + r *
+ * ld) into dst with row stride ldd; rows >= n and features >= hd zero
+ * (hk > hd: flash_tc.cuh's tiles padded to whole fragments). */
+template <typename E>
+static __device__ void fa_load(E *dst, int ldd, const E *src, size_t ld, int n, int hd, int hk)
+{
+	for (int i = threadIdx.x; i < FT_FA_BR * hk; i += blockDim.x) {
+		int r = i / hk, d = i - r * hk;
+		if (r < n && d < hd)
+			dst[r * ldd + d] = src[(size_t)r * ld + d];
+		else
+			put(dst + r * ldd + d, 0.0f);
+	}
+}
+
+/* These kernels' tiles: stride fa_hp, no feature padding. */
+template <typename E>
+static __device__ void load_tile(E *dst, const E *src, size_t ld, int n, int hd)
+{
+	fa_load(dst, fa_hp<E>(hd), src, ld, n, hd, hd);
+}
+
+/* The segment ids of the key tile from c0 (n keys; 1 without packing). */
+static __device__ __forceinline__ void fa_load_segs(int32_t *dst, const int32_t *seg, int c0,
+						    int n)
+{
+	if (threadIdx.x < FT_FA_BC)
+		dst[threadIdx.x] = seg && (int)threadIdx.x < n ? seg[c0 + threadIdx.x] : 1;
+}
+
+/* The dK/dV pass's per-query values of the query tile from r0 (n rows)
+ * of head h in batch row b: lse, D and segment ids. */
+template <typename E>
+static __device__ __forceinline__ void fa_load_queries(float *Ls, float *Ds, int32_t *segq,
+						       const fa_args<E> &p, const int32_t *seg,
+						       int b, int h, int r0, int n)
+{
+	if ((int)threadIdx.x < n) {
+		int t = r0 + threadIdx.x;
+		Ls[threadIdx.x] = p.lse[((size_t)b * p.Hq + h) * p.T + t];
+		Ds[threadIdx.x] = p.Di[((size_t)b * p.T + t) * p.Hq + h];
+		segq[threadIdx.x] = seg ? seg[t] : 1;
 	}
 }
 
@@ -114,9 +132,9 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_fwd_k(fa_args<E> p)
 {
 	FA_DYNAMIC_SMEM(sm);
 	__shared__ int32_t segk[FT_FA_BC];
-	int hd = p.hd, hp = hd + 1, b = blockIdx.z, h = blockIdx.y, g = h / (p.Hq / p.Hk);
-	float *Qs = sm, *Ks = Qs + FT_FA_BR * hp, *Vs = Ks + FT_FA_BC * hp;
-	float *Ps = Vs + FT_FA_BC * hp;                          /* [BR][BC + 1] */
+	int hd = p.hd, hp = fa_hp<E>(hd), b = blockIdx.z, h = blockIdx.y, g = h / (p.Hq / p.Hk);
+	E *Qs = (E *)sm, *Ks = Qs + FT_FA_BR * hp, *Vs = Ks + FT_FA_BC * hp;
+	float *Ps = (float *)(Vs + FT_FA_BC * hp);               /* [BR][BC + 1] */
 	int r0 = blockIdx.x * FT_FA_BR, nr = tile_len(r0, p.T);
 	size_t ldq = p.ldq, ldk = p.ldk, ldv = p.ldv, ldo = (size_t)p.Hq * hd;
 	int row = threadIdx.x / FA_LANES, lane = threadIdx.x % FA_LANES, t = r0 + row;
@@ -139,27 +157,13 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_fwd_k(fa_args<E> p)
 			continue;                  /* the same for every thread */
 		load_tile(Ks, kb + (size_t)c0 * ldk, ldk, nc, hd);
 		load_tile(Vs, vb + (size_t)c0 * ldv, ldv, nc, hd);
-		if (threadIdx.x < FT_FA_BC)
-			segk[threadIdx.x] = seg && (int)threadIdx.x < nc ? seg[c0 + threadIdx.x] : 1;
+		fa_load_segs(segk, seg, c0, nc);
 		__syncthreads();
-		float s[FA_SPR], tmax = -INFINITY, psum = 0;
+		float s[FA_SPR];
 		dots(s, Qs + row * hp, Ks, lane, hp, hd);
-#pragma unroll
-		for (int j = 0; j < FA_SPR; j++) {
-			int c = lane + FA_LANES * j;
-			int allow = row < nr && c < nc &&
-				 ft_k_attn_allowed(t, c0 + c, p.window, seg_t, segk[c], len);
-			s[j] = allow ? fa_score(s[j] * p.scale, p.softcap) : -INFINITY;
-			tmax = fmaxf(tmax, s[j]);
-		}
-		float alpha = ft_fa_rescale(&m, grp_max(tmax));
-#pragma unroll
-		for (int j = 0; j < FA_SPR; j++) {
-			float e = ft_fa_p(s[j], m);
-			psum += e;
-			Ps[row * (FT_FA_BC + 1) + lane + FA_LANES * j] = e;
-		}
-		l = l * alpha + grp_sum(psum);
+		fa_row mr = { row < nr, t, c0, nc, p.window, len, 0, seg_t, segk };
+		float alpha = fa_fwd_row(mr, s, p.scale, p.softcap, &m, &l,
+					 Ps + row * (FT_FA_BC + 1), lane);
 		__syncwarp();
 		const float *pr = Ps + row * (FT_FA_BC + 1);
 #pragma unroll
@@ -167,11 +171,11 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_fwd_k(fa_args<E> p)
 			acc[i] *= alpha;
 		for (int c = 0; c < nc; c++) {       /* P[row][c] read once per c */
 			float pc = pr[c];
-			const float *vr = Vs + c * hp + lane;
+			const E *vr = Vs + c * hp + lane;
 #pragma unroll
 			for (int i = 0; i < NDR; i++)
 				if (lane + FA_LANES * i < hd)
-					acc[i] = fmaf(pc, vr[FA_LANES * i], acc[i]);
+					acc[i] = fmaf(pc, to_f(vr[FA_LANES * i]), acc[i]);
 		}
 		__syncthreads();
 	}
@@ -209,9 +213,10 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dkdv_k(fa_args<E> p)
 	FA_DYNAMIC_SMEM(sm);
 	__shared__ float Ls[FT_FA_BR], Ds[FT_FA_BR];
 	__shared__ int32_t segq[FT_FA_BR];
-	int hd = p.hd, hp = hd + 1, b = blockIdx.z, g = blockIdx.y, grp = p.Hq / p.Hk;
-	float *Ks = sm, *Vs = Ks + FT_FA_BC * hp, *Qs = Vs + FT_FA_BC * hp;
-	float *dOs = Qs + FT_FA_BR * hp, *Ps = dOs + FT_FA_BR * hp;   /* [BC][BR + 1] */
+	int hd = p.hd, hp = fa_hp<E>(hd), b = blockIdx.z, g = blockIdx.y, grp = p.Hq / p.Hk;
+	E *Ks = (E *)sm, *Vs = Ks + FT_FA_BC * hp, *Qs = Vs + FT_FA_BC * hp;
+	E *dOs = Qs + FT_FA_BR * hp;
+	float *Ps = (float *)(dOs + FT_FA_BR * hp);                   /* [BC][BR + 1] */
 	float *dSs = Ps + FT_FA_BC * (FT_FA_BR + 1);
 	int c0 = blockIdx.x * FT_FA_BC, nc = tile_len(c0, p.T);
 	size_t ldq = p.ldq, ldk = p.ldk, ldv = p.ldv, ldo = (size_t)p.Hq * hd;
@@ -237,39 +242,24 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dkdv_k(fa_args<E> p)
 			size_t qt = (size_t)b * p.T + r0, hh = (size_t)h * hd;
 			load_tile(Qs, p.q + qt * ldq + hh, ldq, nr, hd);
 			load_tile(dOs, p.dout + qt * ldo + hh, ldo, nr, hd);
-			if ((int)threadIdx.x < nr) {
-				int t = r0 + threadIdx.x;
-				Ls[threadIdx.x] = p.lse[((size_t)b * p.Hq + h) * p.T + t];
-				Ds[threadIdx.x] = p.Di[((size_t)b * p.T + t) * p.Hq + h];
-				segq[threadIdx.x] = seg ? seg[t] : 1;
-			}
+			fa_load_queries(Ls, Ds, segq, p, seg, b, h, r0, nr);
 			__syncthreads();
 			float sq[FA_SPR], dp[FA_SPR];
 			dots(sq, Ks + col * hp, Qs, lane, hp, hd);
 			dots(dp, Vs + col * hp, dOs, lane, hp, hd);
-#pragma unroll
-			for (int j = 0; j < FA_SPR; j++) {
-				int r = lane + FA_LANES * j;
-				float pv = 0, dsv = 0;
-				if (r < nr && col < nc &&
-				    ft_k_attn_allowed(r0 + r, u, p.window, segq[r], seg_u, len)) {
-					float sc = sq[j] * p.scale;
-					pv = ft_fa_bwd_p(fa_score(sc, p.softcap), Ls[r], 1);
-					dsv = fa_ds_capped(ft_fa_ds(pv, dp[j], Ds[r]), sc, p.softcap);
-				}
-				Ps[col * (FT_FA_BR + 1) + r] = pv;
-				dSs[col * (FT_FA_BR + 1) + r] = dsv;
-			}
+			fa_row mr = { col < nc, u, r0, nr, p.window, len, 1, seg_u, segq };
+			fa_bwd_row(mr, sq, dp, 0, 0, Ls, Ds, p.scale, p.softcap,
+				   Ps + col * (FT_FA_BR + 1), dSs + col * (FT_FA_BR + 1), lane);
 			__syncwarp();
 			const float *pc = Ps + col * (FT_FA_BR + 1), *sc = dSs + col * (FT_FA_BR + 1);
 			for (int r = 0; r < nr; r++) {
 				float pv = pc[r], sv = sc[r];
-				const float *gr = dOs + r * hp + lane, *qr = Qs + r * hp + lane;
+				const E *gr = dOs + r * hp + lane, *qr = Qs + r * hp + lane;
 #pragma unroll
 				for (int i = 0; i < NDR; i++)
 					if (lane + FA_LANES * i < hd) {
-						av[i] = fmaf(pv, gr[FA_LANES * i], av[i]);
-						ak[i] = fmaf(sv, qr[FA_LANES * i], ak[i]);
+						av[i] = fmaf(pv, to_f(gr[FA_LANES * i]), av[i]);
+						ak[i] = fmaf(sv, to_f(qr[FA_LANES * i]), ak[i]);
 					}
 			}
 			__syncthreads();
@@ -292,9 +282,10 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dq_k(fa_args<E> p)
 {
 	FA_DYNAMIC_SMEM(sm);
 	__shared__ int32_t segk[FT_FA_BC];
-	int hd = p.hd, hp = hd + 1, b = blockIdx.z, h = blockIdx.y, g = h / (p.Hq / p.Hk);
-	float *Qs = sm, *dOs = Qs + FT_FA_BR * hp, *Ks = dOs + FT_FA_BR * hp;
-	float *Vs = Ks + FT_FA_BC * hp, *dSs = Vs + FT_FA_BC * hp;     /* [BR][BC + 1] */
+	int hd = p.hd, hp = fa_hp<E>(hd), b = blockIdx.z, h = blockIdx.y, g = h / (p.Hq / p.Hk);
+	E *Qs = (E *)sm, *dOs = Qs + FT_FA_BR * hp, *Ks = dOs + FT_FA_BR * hp;
+	E *Vs = Ks + FT_FA_BC * hp;
+	float *dSs = (float *)(Vs + FT_FA_BC * hp);                    /* [BR][BC + 1] */
 	int r0 = blockIdx.x * FT_FA_BR, nr = tile_len(r0, p.T);
 	size_t ldq = p.ldq, ldk = p.ldk, ldv = p.ldv, ldo = (size_t)p.Hq * hd;
 	int row = threadIdx.x / FA_LANES, lane = threadIdx.x % FA_LANES, t = r0 + row;
@@ -321,33 +312,23 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dq_k(fa_args<E> p)
 			continue;
 		load_tile(Ks, kb + (size_t)c0 * ldk, ldk, nc, hd);
 		load_tile(Vs, vb + (size_t)c0 * ldv, ldv, nc, hd);
-		if (threadIdx.x < FT_FA_BC)
-			segk[threadIdx.x] = seg && (int)threadIdx.x < nc ? seg[c0 + threadIdx.x] : 1;
+		fa_load_segs(segk, seg, c0, nc);
 		__syncthreads();
 		float sq[FA_SPR], dp[FA_SPR];
 		dots(sq, Qs + row * hp, Ks, lane, hp, hd);
 		dots(dp, dOs + row * hp, Vs, lane, hp, hd);
-#pragma unroll
-		for (int j = 0; j < FA_SPR; j++) {
-			int c = lane + FA_LANES * j;
-			float dsv = 0;
-			if (row < nr && c < nc &&
-			    ft_k_attn_allowed(t, c0 + c, p.window, seg_t, segk[c], len)) {
-				float sc = sq[j] * p.scale;
-				dsv = fa_ds_capped(ft_fa_ds(ft_fa_bwd_p(fa_score(sc, p.softcap), L, 1),
-							    dp[j], D), sc, p.softcap);
-			}
-			dSs[row * (FT_FA_BC + 1) + c] = dsv;
-		}
+		fa_row mr = { row < nr, t, c0, nc, p.window, len, 0, seg_t, segk };
+		fa_bwd_row(mr, sq, dp, L, D, NULL, NULL, p.scale, p.softcap, (float *)NULL,
+			   dSs + row * (FT_FA_BC + 1), lane);
 		__syncwarp();
 		const float *sr = dSs + row * (FT_FA_BC + 1);
 		for (int c = 0; c < nc; c++) {
 			float sv = sr[c];
-			const float *kr = Ks + c * hp + lane;
+			const E *kr = Ks + c * hp + lane;
 #pragma unroll
 			for (int i = 0; i < NDR; i++)
 				if (lane + FA_LANES * i < hd)
-					acc[i] = fmaf(sv, kr[FA_LANES * i], acc[i]);
+					acc[i] = fmaf(sv, to_f(kr[FA_LANES * i]), acc[i]);
 		}
 		__syncthreads();
 	}
@@ -360,20 +341,25 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dq_k(fa_args<E> p)
 			put(o + lane + FA_LANES * i, acc[i] * p.scale);
 }
 
-/* Dynamic shared bytes of each kernel for head size hd. */
+/* Dynamic shared bytes of each kernel for head size hd and element type
+ * E: E tiles of FT_FA_BR rows, then the fp32 P / dS tiles (32 fa_hp E
+ * values are a whole number of floats, so these stay aligned). */
+template <typename E>
 static inline size_t fa_smem_fwd(int hd)
 {
-	return 4 * ((size_t)3 * FT_FA_BR * (hd + 1) + FT_FA_BR * (FT_FA_BC + 1));
+	return sizeof(E) * 3 * FT_FA_BR * fa_hp<E>(hd) + 4 * FT_FA_BR * (FT_FA_BC + 1);
 }
 
+template <typename E>
 static inline size_t fa_smem_dkdv(int hd)
 {
-	return 4 * ((size_t)4 * FT_FA_BR * (hd + 1) + 2 * FT_FA_BR * (FT_FA_BC + 1));
+	return sizeof(E) * 4 * FT_FA_BR * fa_hp<E>(hd) + 4 * 2 * FT_FA_BR * (FT_FA_BC + 1);
 }
 
+template <typename E>
 static inline size_t fa_smem_dq(int hd)
 {
-	return 4 * ((size_t)4 * FT_FA_BR * (hd + 1) + FT_FA_BR * (FT_FA_BC + 1));
+	return sizeof(E) * 4 * FT_FA_BR * fa_hp<E>(hd) + 4 * FT_FA_BR * (FT_FA_BC + 1);
 }
 
 #endif

@@ -12,9 +12,10 @@
  * product is a block-wide loop in which warp w owns every 8th 16x16
  * output fragment.  Products land in fp32 shared tiles, where the
  * 8-lane row groups of the fp32 kernels apply the mask, the soft-cap and
- * the online softmax in fp32 (WMMA's fragment layout is opaque, so the
- * per-row work reads shared memory, not fragments); P and dS are rounded
- * to the element type for the next product, as FlashAttention-2 does.
+ * the online softmax in fp32 with the same code (flash_mask.cuh; WMMA's
+ * fragment layout is opaque, so the per-row work reads shared memory,
+ * not fragments); P and dS are rounded to the element type for the
+ * next product, as FlashAttention-2 does.
  * The output accumulators (O, dK, dV, dQ) are fp32 tiles in shared
  * memory, loaded into and stored from accumulator fragments around each
  * product (O is rescaled there by exp(m_old - m_new) between products).
@@ -55,14 +56,16 @@ static __host__ __device__ __forceinline__ int tc_lo(int hd) { return tc_hk(hd) 
 template <typename E>
 static __device__ void tc_load(E *dst, int lh, const E *src, size_t ld, int n, int hd)
 {
-	int hk = tc_hk(hd);
-	for (int i = threadIdx.x; i < FT_FA_BR * hk; i += blockDim.x) {
-		int r = i / hk, d = i - r * hk;
-		if (r < n && d < hd)
-			dst[r * lh + d] = src[(size_t)r * ld + d];
-		else
-			put(dst + r * lh + d, 0.0f);
-	}
+	fa_load(dst, lh, src, ld, n, hd, tc_hk(hd));
+}
+
+/* A lane's FA_SPR products of a row of an fp32 score tile (elements
+ * lane + 8 j), for flash_mask.cuh's row functions. */
+static __device__ __forceinline__ void tc_row(float *s, const float *row, int lane)
+{
+#pragma unroll
+	for (int j = 0; j < FA_SPR; j++)
+		s[j] = row[lane + FA_LANES * j];
 }
 
 /* A [rows x n] fp32 tile of row stride ld set to zero. */
@@ -136,28 +139,14 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_fwd_tc(fa_args<E> p)
 			continue;                  /* the same for every thread */
 		tc_load(Kh, lh, kb + (size_t)c0 * ldk, ldk, nc, hd);
 		tc_load(Vh, lh, vb + (size_t)c0 * ldv, ldv, nc, hd);
-		if (threadIdx.x < FT_FA_BC)
-			segk[threadIdx.x] = seg && (int)threadIdx.x < nc ? seg[c0 + threadIdx.x] : 1;
+		fa_load_segs(segk, seg, c0, nc);
 		__syncthreads();
 		tc_mma<E, fa_wm::col_major>(Sf, FA_LS, Qh, lh, Kh, lh, 2, hk / 16, false, 0);
 		__syncthreads();
-		float s[FA_SPR], tmax = -INFINITY, psum = 0;
-#pragma unroll
-		for (int j = 0; j < FA_SPR; j++) {
-			int c = lane + FA_LANES * j;
-			int allow = row < nr && c < nc &&
-				 ft_k_attn_allowed(t, c0 + c, p.window, seg_t, segk[c], len);
-			s[j] = allow ? fa_score(Sf[row * FA_LS + c] * p.scale, p.softcap) : -INFINITY;
-			tmax = fmaxf(tmax, s[j]);
-		}
-		float alpha = ft_fa_rescale(&m, grp_max(tmax));
-#pragma unroll
-		for (int j = 0; j < FA_SPR; j++) {
-			float e = ft_fa_p(s[j], m);
-			psum += e;
-			put(Ph + row * FA_LP + lane + FA_LANES * j, e);
-		}
-		l = l * alpha + grp_sum(psum);
+		float s[FA_SPR];
+		tc_row(s, Sf + row * FA_LS, lane);
+		fa_row mr = { row < nr, t, c0, nc, p.window, len, 0, seg_t, segk };
+		float alpha = fa_fwd_row(mr, s, p.scale, p.softcap, &m, &l, Ph + row * FA_LP, lane);
 		if (alpha != 1.0f)
 			for (int d = lane; d < hk; d += FA_LANES)
 				Of[row * lo + d] *= alpha;
@@ -213,30 +202,17 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dkdv_tc(fa_args<E> p)
 			size_t qt = (size_t)b * p.T + r0, hh = (size_t)h * hd;
 			tc_load(Qh, lh, p.q + qt * ldq + hh, ldq, nr, hd);
 			tc_load(dOh, lh, p.dout + qt * ldo + hh, ldo, nr, hd);
-			if ((int)threadIdx.x < nr) {
-				int t = r0 + threadIdx.x;
-				Ls[threadIdx.x] = p.lse[((size_t)b * p.Hq + h) * p.T + t];
-				Ds[threadIdx.x] = p.Di[((size_t)b * p.T + t) * p.Hq + h];
-				segq[threadIdx.x] = seg ? seg[t] : 1;
-			}
+			fa_load_queries(Ls, Ds, segq, p, seg, b, h, r0, nr);
 			__syncthreads();
 			tc_mma<E, fa_wm::col_major>(Sf, FA_LS, Kh, lh, Qh, lh, 2, hk / 16, false, 0);
 			tc_mma<E, fa_wm::col_major>(dPf, FA_LS, Vh, lh, dOh, lh, 2, hk / 16, false, 4);
 			__syncthreads();
-#pragma unroll
-			for (int j = 0; j < FA_SPR; j++) {
-				int r = lane + FA_LANES * j;
-				float pv = 0, dsv = 0;
-				if (r < nr && col < nc &&
-				    ft_k_attn_allowed(r0 + r, u, p.window, segq[r], seg_u, len)) {
-					float sc = Sf[col * FA_LS + r] * p.scale;
-					pv = ft_fa_bwd_p(fa_score(sc, p.softcap), Ls[r], 1);
-					dsv = fa_ds_capped(ft_fa_ds(pv, dPf[col * FA_LS + r], Ds[r]), sc,
-							   p.softcap);
-				}
-				put(Ph + col * FA_LP + r, pv);
-				put(dSh + col * FA_LP + r, dsv);
-			}
+			float sq[FA_SPR], dp[FA_SPR];
+			tc_row(sq, Sf + col * FA_LS, lane);
+			tc_row(dp, dPf + col * FA_LS, lane);
+			fa_row mr = { col < nc, u, r0, nr, p.window, len, 1, seg_u, segq };
+			fa_bwd_row(mr, sq, dp, 0, 0, Ls, Ds, p.scale, p.softcap, Ph + col * FA_LP,
+				   dSh + col * FA_LP, lane);
 			__syncthreads();
 			int nf = 2 * (hk / 16);      /* fragments per product: dK's take the next warps */
 			tc_mma<E, fa_wm::row_major>(dVf, lo, Ph, FA_LP, dOh, lh, hk / 16, 2, true, 0);
@@ -288,24 +264,17 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dq_tc(fa_args<E> p)
 			continue;
 		tc_load(Kh, lh, kb + (size_t)c0 * ldk, ldk, nc, hd);
 		tc_load(Vh, lh, vb + (size_t)c0 * ldv, ldv, nc, hd);
-		if (threadIdx.x < FT_FA_BC)
-			segk[threadIdx.x] = seg && (int)threadIdx.x < nc ? seg[c0 + threadIdx.x] : 1;
+		fa_load_segs(segk, seg, c0, nc);
 		__syncthreads();
 		tc_mma<E, fa_wm::col_major>(Sf, FA_LS, Qh, lh, Kh, lh, 2, hk / 16, false, 0);
 		tc_mma<E, fa_wm::col_major>(dPf, FA_LS, dOh, lh, Vh, lh, 2, hk / 16, false, 4);
 		__syncthreads();
-#pragma unroll
-		for (int j = 0; j < FA_SPR; j++) {
-			int c = lane + FA_LANES * j;
-			float dsv = 0;
-			if (row < nr && c < nc &&
-			    ft_k_attn_allowed(t, c0 + c, p.window, seg_t, segk[c], len)) {
-				float sc = Sf[row * FA_LS + c] * p.scale;
-				dsv = fa_ds_capped(ft_fa_ds(ft_fa_bwd_p(fa_score(sc, p.softcap), L, 1),
-							    dPf[row * FA_LS + c], D), sc, p.softcap);
-			}
-			put(dSh + row * FA_LP + c, dsv);
-		}
+		float sq[FA_SPR], dp[FA_SPR];
+		tc_row(sq, Sf + row * FA_LS, lane);
+		tc_row(dp, dPf + row * FA_LS, lane);
+		fa_row mr = { row < nr, t, c0, nc, p.window, len, 0, seg_t, segk };
+		fa_bwd_row(mr, sq, dp, L, D, NULL, NULL, p.scale, p.softcap, (E *)NULL,
+			   dSh + row * FA_LP, lane);
 		__syncthreads();
 		tc_mma<E, fa_wm::row_major>(dQf, lo, dSh, FA_LP, Kh, lh, hk / 16, 2, true, 0);
 		__syncthreads();

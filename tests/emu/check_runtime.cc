@@ -222,10 +222,14 @@ static void test_cublas(void)
 {
 	const int M = 5, N = 3, K = 4;
 	float A[M * K], B[K * N], C[M * N], R[M * N], *dA, *dB, *dC;
+	/* small integers, so every product is exact in fp32 whatever the
+	 * order of the sums; A's columns and B's columns differ, so that the
+	 * product has rank 3 and no zero element: a transposed operand, a
+	 * wrong ld, a dropped or repeated k term moves some element */
 	for (int i = 0; i < M * K; i++)
-		A[i] = (float)((i * 7) % 5) - 2.f;
+		A[i] = (float)((i * 3) % 7) - 3;
 	for (int i = 0; i < K * N; i++)
-		B[i] = (float)((i * 3) % 4) - 1.5f;
+		B[i] = (float)((i * 5) % 7) - 3;
 	cudaMalloc(&dA, sizeof A), cudaMalloc(&dB, sizeof B), cudaMalloc(&dC, sizeof C);
 	cudaMemcpy(dA, A, sizeof A, cudaMemcpyHostToDevice);
 	cudaMemcpy(dB, B, sizeof B, cudaMemcpyHostToDevice);
@@ -237,6 +241,7 @@ static void test_cublas(void)
 				       &zero, dC, M);
 	cudaMemcpy(C, dC, sizeof C, cudaMemcpyDeviceToHost);
 	bool good = s == CUBLAS_STATUS_SUCCESS;
+	int zeros = 0;
 	for (int j = 0; j < N; j++)
 		for (int i = 0; i < M; i++) {
 			float r = 0;
@@ -244,13 +249,16 @@ static void test_cublas(void)
 				r += A[k * M + i] * B[j * K + k];
 			R[j * M + i] = r;
 			good &= C[j * M + i] == r;
+			zeros += r == 0;
 		}
-	ok(good, "cublasSgemm column-major: exact on small integers");
+	ok(good && !zeros, "cublasSgemm column-major: exact on small integers, no zero element");
 	ok(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, M, N, K, &one, dA, M - 1, dB, K, &zero, dC, M) ==
 	   CUBLAS_STATUS_INVALID_VALUE, "lda below the rows of A: CUBLAS_STATUS_INVALID_VALUE");
 	ok(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, M, N, K, &one, A, M, dB, K, &zero, dC, M) ==
 	   CUBLAS_STATUS_INVALID_VALUE, "a host operand: CUBLAS_STATUS_INVALID_VALUE");
-	/* bf16 operands: these values are exact in bf16, so the product is */
+	/* bf16 operands: these values are exact in bf16, so the product is;
+	 * C is NaN first, so a GemmEx that leaves it alone does not pass on
+	 * the Sgemm's result */
 	uint16_t hA[M * K], hB[K * N];
 	for (int i = 0; i < M * K; i++)
 		hA[i] = __float2bfloat16_rn(A[i]).__x;
@@ -260,6 +268,7 @@ static void test_cublas(void)
 	cudaMalloc(&bA, sizeof hA), cudaMalloc(&bB, sizeof hB);
 	cudaMemcpy(bA, hA, sizeof hA, cudaMemcpyHostToDevice);
 	cudaMemcpy(bB, hB, sizeof hB, cudaMemcpyHostToDevice);
+	cudaMemset(dC, 0xff, sizeof C);
 	s = cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, M, N, K, &one, bA, CUDA_R_16BF, M, bB,
 			 CUDA_R_16BF, K, &zero, dC, CUDA_R_32F, M, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
 	cudaMemcpy(C, dC, sizeof C, cudaMemcpyDeviceToHost);
@@ -275,7 +284,7 @@ static void test_cublas(void)
 	 * than bf16's 8 bits); the row of C past M (ld M + 1) is left alone;
 	 * fp32 operands with a bf16 C refused */
 	uint16_t hC[(M + 1) * N], got[(M + 1) * N], *bC;
-	float R2[M * N];   /* B2[k, j] = (k + 2j) % 3 - 1 (R is all zeros) */
+	float R2[M * N];   /* B2[k, j] = (k + 2j) % 3 - 1 */
 	for (int i = 0; i < K * N; i++)
 		hB[i] = __float2bfloat16_rn((float)((i % K + 2 * (i / K)) % 3) - 1).__x;
 	cudaMemcpy(bB, hB, sizeof hB, cudaMemcpyHostToDevice);

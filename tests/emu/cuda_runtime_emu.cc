@@ -19,7 +19,22 @@ cudaError_t last = cudaSuccess;
 const void *granted_fn;                /* cudaFuncSetAttribute's last kernel */
 int granted_smem;
 
-enum { SMEM_DEFAULT = 48 << 10, SMEM_OPTIN = 227 << 10 };
+enum { SMEM_DEFAULT = 48 << 10 };
+
+/* The opt-in bound of dynamic shared memory per block: an H100's 227 KiB
+ * unless FT_EMU_SMEM_OPTIN (bytes, 48 KiB to 227 KiB) names another
+ * card's, e.g. 101376 (sm_86 / sm_89), so that tests can see the
+ * attention's fallback when the tensor-core kernels do not fit
+ * (tests/bats/ft-train-cuda-half-emu.bats). */
+int smem_optin()
+{
+	static int v = [] {
+		const char *e = getenv("FT_EMU_SMEM_OPTIN");
+		long n = e ? strtol(e, NULL, 10) : 0;
+		return n >= SMEM_DEFAULT && n <= 227 << 10 ? (int)n : 227 << 10;
+	}();
+	return v;
+}
 
 size_t capacity()
 {
@@ -141,7 +156,8 @@ int ft_emu_launch_ok(const char *name, dim3 g, dim3 b, size_t smem)
 		     name, g.x, g.y, g.z, b.x, b.y, b.z);
 		return 0;
 	}
-	if (smem > SMEM_DEFAULT && (smem > SMEM_OPTIN || !granted_fn || (size_t)granted_smem < smem)) {
+	if (smem > SMEM_DEFAULT &&
+	    (smem > (size_t)smem_optin() || !granted_fn || (size_t)granted_smem < smem)) {
 		fail(cudaErrorInvalidValue, "kernel %s: %zu bytes of dynamic shared memory without "
 		     "the opt-in (cudaFuncSetAttribute) for them", name, smem);
 		return 0;
@@ -191,7 +207,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d)
 	snprintf(p->name, sizeof p->name, "ft host emulation");
 	p->totalGlobalMem = capacity();
 	p->sharedMemPerBlock = SMEM_DEFAULT;
-	p->sharedMemPerBlockOptin = SMEM_OPTIN;
+	p->sharedMemPerBlockOptin = smem_optin();
 	p->major = 9;
 	p->minor = 0;
 	p->multiProcessorCount = 132;
@@ -206,7 +222,7 @@ cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int d)
 {
 	if (a != cudaDevAttrMaxSharedMemoryPerBlockOptin || d < 0 || d >= devices())
 		return last = cudaErrorInvalidValue;
-	*v = SMEM_OPTIN;
+	*v = smem_optin();
 	return cudaSuccess;
 }
 
@@ -299,7 +315,7 @@ cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, const void *f)
 
 cudaError_t cudaFuncSetAttribute(const void *f, cudaFuncAttribute a, int v)
 {
-	if (a != cudaFuncAttributeMaxDynamicSharedMemorySize || v < 0 || v > SMEM_OPTIN)
+	if (a != cudaFuncAttributeMaxDynamicSharedMemorySize || v < 0 || v > smem_optin())
 		return fail(cudaErrorInvalidValue, "cudaFuncSetAttribute %d = %d", (int)a, v);
 	granted_fn = f;
 	granted_smem = v;

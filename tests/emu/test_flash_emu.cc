@@ -29,16 +29,16 @@ static void run(fa_args<E> &p, int B, int backward)
 	unsigned tiles = (unsigned)((p.T + FT_FA_BR - 1) / FT_FA_BR);
 	if (!backward) {
 		launch([&] { fa_fwd_k<E, NDR>(p); }, { tiles, (unsigned)p.Hq, (unsigned)B },
-		       fa_smem_fwd(p.hd));
+		       fa_smem_fwd<E>(p.hd));
 		return;
 	}
 	size_t NH = (size_t)B * p.T * p.Hq;
 	launch([&] { rowdot_k<E>(p.Di, p.o, p.dout, NH, p.hd); },
 	       { (unsigned)((NH + 255) / 256), 1, 1 }, 0);
 	launch([&] { fa_dkdv_k<E, NDR>(p); }, { tiles, (unsigned)p.Hk, (unsigned)B },
-	       fa_smem_dkdv(p.hd));
+	       fa_smem_dkdv<E>(p.hd));
 	launch([&] { fa_dq_k<E, NDR>(p); }, { tiles, (unsigned)p.Hq, (unsigned)B },
-	       fa_smem_dq(p.hd));
+	       fa_smem_dq<E>(p.hd));
 }
 
 /* Contiguous [B*T, H*hd] inputs and gradients (attention.cu's default). */

@@ -6,11 +6,16 @@
  * inputs.  Forward and backward; T not a multiple of the 32-row tile, hd
  * not a multiple of the 16-feature fragment, GQA up to 4:1, windows,
  * packed segments, right padding (lengths), Gemma 2's soft-cap; and the
- * strided layout of layer.cu's fused q|k|v, bit for bit.
+ * strided layout of layer.cu's fused q|k|v, bit for bit.  And the
+ * CUDA-core kernels of flash_kernels.cuh on the same half elements
+ * (half shared tiles, fp32 products): attention.cu's fallback where the
+ * tensor-core kernels' shared memory does not fit the device.
  *
  * Tolerance, element by element, from where the kernels round: the
  * bounds of tests/unit/attn_bound.h (which tests/gpu/test_gpu_attn_half.c
- * applies on a device).  A misplaced element or a missed mask is an O(1) error. */
+ * applies on a device).  A misplaced element or a missed mask is an O(1) error.
+ * The bounds hold for the CUDA-core fallback a fortiori: it rounds the
+ * same inputs and outputs but keeps P and dS in fp32. */
 #include "emu.h"
 #include <mma.h>
 extern "C" {
@@ -41,20 +46,33 @@ template <> const char *type_name<__half>() { return "fp16"; }
 
 static unsigned rng = 4242;
 
-/* forward, then (backward) rowdot and the two backward kernels */
+/* forward, then (backward) rowdot and the two backward kernels; core:
+ * the CUDA-core kernels (FA_MAX_NDR accumulators, as attention.cu's
+ * fallback) */
 template <typename E>
-static void run_tc(fa_args<E> &p, int B, int backward)
+static void run_tc(fa_args<E> &p, int B, int backward, int core = 0)
 {
 	unsigned tiles = (unsigned)((p.T + FT_FA_BR - 1) / FT_FA_BR);
 	size_t es = sizeof(E);
 	if (!backward) {
-		launch([&] { fa_fwd_tc<E>(p); }, { tiles, (unsigned)p.Hq, (unsigned)B },
-		       fa_tc_smem_fwd(p.hd, es));
+		if (core)
+			launch([&] { fa_fwd_k<E, FA_MAX_NDR>(p); },
+			       { tiles, (unsigned)p.Hq, (unsigned)B }, fa_smem_fwd<E>(p.hd));
+		else
+			launch([&] { fa_fwd_tc<E>(p); }, { tiles, (unsigned)p.Hq, (unsigned)B },
+			       fa_tc_smem_fwd(p.hd, es));
 		return;
 	}
 	size_t NH = (size_t)B * p.T * p.Hq;
 	launch([&] { rowdot_k<E>(p.Di, p.o, p.dout, NH, p.hd); },
 	       { (unsigned)((NH + 255) / 256), 1, 1 }, 0);
+	if (core) {
+		launch([&] { fa_dkdv_k<E, FA_MAX_NDR>(p); },
+		       { tiles, (unsigned)p.Hk, (unsigned)B }, fa_smem_dkdv<E>(p.hd));
+		launch([&] { fa_dq_k<E, FA_MAX_NDR>(p); }, { tiles, (unsigned)p.Hq, (unsigned)B },
+		       fa_smem_dq<E>(p.hd));
+		return;
+	}
 	launch([&] { fa_dkdv_tc<E>(p); }, { tiles, (unsigned)p.Hk, (unsigned)B },
 	       fa_tc_smem_dkdv(p.hd, es));
 	launch([&] { fa_dq_tc<E>(p); }, { tiles, (unsigned)p.Hq, (unsigned)B },
@@ -73,7 +91,8 @@ static std::vector<float> widen(const std::vector<H> &x)
 /* packed 1: neat packing (segment ids, padding id 0 at each row's end);
  * 2: right padding, rows of T - 37 b real tokens. */
 template <typename H>
-static void test_tc(int B, int T, int Hq, int Hk, int hd, int window, int packed, float cap)
+static void test_tc(int B, int T, int Hq, int Hk, int hd, int window, int packed, float cap,
+		    int core = 0)
 {
 	size_t N = (size_t)B * T, nq = N * Hq * hd, nk = N * Hk * hd, nl = N * Hq;
 	std::vector<float> f[4] = { rnd_vec(rng, nq, 1.5f), rnd_vec(rng, nk, 1.5f),
@@ -114,8 +133,8 @@ static void test_tc(int B, int T, int Hq, int Hk, int hd, int window, int packed
 	p.softcap = cap;
 	p.ldq = p.lddq = Hq * hd;
 	p.ldk = p.ldv = p.lddk = p.lddv = Hk * hd;
-	run_tc(p, B, 0);
-	run_tc(p, B, 1);
+	run_tc(p, B, 0, core);
+	run_tc(p, B, 1, core);
 
 	std::vector<double> bo(nq), bq(nq), bk(nk), bv(nk);
 	attn_half_bounds(&s, unit_roundoff<H>(), subnormal_error<H>(), f[0].data(), f[1].data(),
@@ -129,9 +148,10 @@ static void test_tc(int B, int T, int Hq, int Hk, int hd, int window, int packed
 	double rk = ratio(widen(g2[1]), g1[1], bk), rv = ratio(widen(g2[2]), g1[2], bv);
 	double el = max_rel01(l2.data(), l1.data(), nl);
 	ok(ro <= 1 && rq <= 1 && rk <= 1 && rv <= 1 && el <= 1e-5,
-	   "%s tensor-core kernels B=%d T=%d Hq=%d Hk=%d hd=%d window=%d packed=%d cap=%g: "
+	   "%s %s kernels B=%d T=%d Hq=%d Hk=%d hd=%d window=%d packed=%d cap=%g: "
 	   "error / bound out %.2f dq %.2f dk %.2f dv %.2f; lse %.2g; of the largest: out %.2g "
-	   "dq %.2g dk %.2g dv %.2g", type_name<H>(), B, T, Hq, Hk, hd, window, packed, cap, ro,
+	   "dq %.2g dk %.2g dv %.2g", type_name<H>(), core ? "CUDA-core" : "tensor-core", B, T,
+	   Hq, Hk, hd, window, packed, cap, ro,
 	   rq, rk, rv, el, max_rel01(widen(o2).data(), o1.data(), nq),
 	   max_rel01(widen(g2[0]).data(), g1[0].data(), nq),
 	   max_rel01(widen(g2[1]).data(), g1[1].data(), nk),
@@ -210,6 +230,12 @@ int main(void)
 	test_tc<__half>(1, 70, 4, 1, 36, 0, 1, 0);
 	test_tc<__half>(1, 100, 2, 1, 64, 17, 2, 0);
 	test_tc<__half>(2, 61, 4, 1, 48, 0, 0, 30.0f);
+	/* the CUDA-core fallback on half elements */
+	test_tc<__nv_bfloat16>(1, 33, 2, 1, 256, 0, 0, 0, 1);   /* Gemma's head */
+	test_tc<__nv_bfloat16>(1, 75, 4, 1, 36, 25, 0, 5.0f, 1);
+	test_tc<__nv_bfloat16>(2, 130, 4, 2, 24, 0, 2, 0, 1);
+	test_tc<__half>(2, 97, 4, 1, 16, 0, 1, 0, 1);
+	test_tc<__half>(1, 40, 2, 1, 200, 9, 0, 30.0f, 1);
 	test_strided<__nv_bfloat16>(2, 45, 4, 2, 16, 0);
 	test_strided<__half>(1, 70, 2, 1, 72, 20);  /* hd off the fragment */
 	return tap_done();

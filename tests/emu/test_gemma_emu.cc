@@ -34,14 +34,14 @@ static void run(fa_args<float> &p, int B)
 {
 	unsigned tiles = (unsigned)((p.T + FT_FA_BR - 1) / FT_FA_BR);
 	launch([&] { fa_fwd_k<float, NDR>(p); }, { tiles, (unsigned)p.Hq, (unsigned)B },
-	       fa_smem_fwd(p.hd));
+	       fa_smem_fwd<float>(p.hd));
 	size_t NH = (size_t)B * p.T * p.Hq;
 	launch([&] { rowdot_k<float>(p.Di, p.o, p.dout, NH, p.hd); },
 	       { (unsigned)((NH + 255) / 256), 1, 1 }, 0);
 	launch([&] { fa_dkdv_k<float, NDR>(p); }, { tiles, (unsigned)p.Hk, (unsigned)B },
-	       fa_smem_dkdv(p.hd));
+	       fa_smem_dkdv<float>(p.hd));
 	launch([&] { fa_dq_k<float, NDR>(p); }, { tiles, (unsigned)p.Hq, (unsigned)B },
-	       fa_smem_dq(p.hd));
+	       fa_smem_dq<float>(p.hd));
 }
 
 /* The kernels against the CPU attention with scale and cap; cap 0 with
