@@ -31,11 +31,10 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from transformers import get_cosine_schedule_with_warmup
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_model_fixtures import build_from, decay_names, STEPS, ACCUM, WARMUP, MAX_GRAD_NORM, BETAS, EPS, WEIGHT_DECAY  # noqa: E402
-from make_extras_fixtures import batches, MODEL, OUT  # noqa: E402
+from make_model_fixtures import build_from  # noqa: E402
+from make_extras_fixtures import adamw_run, batches, MODEL, OUT  # noqa: E402
 from make_sftloss_fixtures import model  # noqa: E402
 
 torch.set_num_threads(1)
@@ -53,31 +52,16 @@ def lf_losses():
 
 
 def run(m, ref, alpha, lr, asft):
-    decay = decay_names(m)
-    named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in named if n in decay], "weight_decay": WEIGHT_DECAY},
-              {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=lr, betas=BETAS, eps=EPS)
-    sch = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
-    bs = batches()
-    m.train()
+    """the 10-step run with LLaMA-Factory's asft_loss_func against the
+    frozen reference's logits (not divided by the accumulation steps)"""
     ref.eval()
-    losses = []
-    for step in range(STEPS):
-        tot = 0.0
-        for ids, lab in bs[step * ACCUM:(step + 1) * ACCUM]:
-            with torch.no_grad():
-                ref_logits = ref(input_ids=ids.long()).logits
-            out = m(input_ids=ids.long())
-            loss = asft({"logits": out.logits}, lab.long(), ref_logits, asft_alpha=alpha)
-            loss.backward()   # not divided by the accumulation steps
-            tot += float(loss)
-        torch.nn.utils.clip_grad_norm_([p for p in m.parameters() if p.grad is not None], MAX_GRAD_NORM)
-        opt.step()
-        sch.step()
-        m.zero_grad(set_to_none=False)
-        losses.append(tot)
-    return losses
+
+    def micro(m, ids, lab, ntok):
+        with torch.no_grad():
+            ref_logits = ref(input_ids=ids.long()).logits
+        loss = asft({"logits": m(input_ids=ids.long()).logits}, lab.long(), ref_logits, asft_alpha=alpha)
+        return loss, float(loss)
+    return adamw_run(m, lr, batches(), micro)[0]
 
 
 def main():

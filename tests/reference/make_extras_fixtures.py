@@ -125,10 +125,20 @@ def batches():
     return out
 
 
-def run(m, named, opt, sch, bs, norms=None):
+def token_mean(m, ids, lab, ntok):
+    """transformers' loss of a micro-batch: the token sum over the step's
+    label count, as backward() gets it and as the step's logged loss adds
+    it (the float sum over ntok in double, as before)"""
+    ls, _ = loss_sum(m(input_ids=ids.long()).logits, lab)
+    return ls / ntok, float(ls) / ntok
+
+
+def run(m, named, opt, sch, bs, norms=None, micro=token_mean):
     """transformers' inner loop: accumulate, clip the params that have a
     gradient (BAdam's frozen ones have none), step, schedule, zero.  The
-    clipped norms go to `norms` when given."""
+    clipped norms go to `norms` when given; micro(m, ids, lab, ntok) gives
+    a micro-batch's loss to backward and the value the step's loss adds
+    (LLaMA-Factory's loss functions: make_sftloss and make_asft_fixtures)."""
     m.train()
     losses = []
     for step in range(STEPS):
@@ -136,9 +146,9 @@ def run(m, named, opt, sch, bs, norms=None):
         ntok = sum(int((lab[:, 1:] != -100).sum()) for _, lab in mb)
         tot = 0.0
         for ids, lab in mb:
-            ls, _ = loss_sum(m(input_ids=ids.long()).logits, lab)
-            (ls / ntok).backward()
-            tot += float(ls) / ntok
+            loss, logged = micro(m, ids, lab, ntok)
+            loss.backward()
+            tot += logged
         gn = torch.nn.utils.clip_grad_norm_([p for p in m.parameters() if p.grad is not None], MAX_GRAD_NORM)
         opt.step()
         sch.step()
@@ -149,7 +159,7 @@ def run(m, named, opt, sch, bs, norms=None):
     return losses
 
 
-def adamw_run(m, lr, bs):
+def adamw_run(m, lr, bs, micro=token_mean):
     """run() under LLaMA-Factory's default optimizer: torch AdamW with
     transformers' decay groups, cosine schedule with warmup; returns the
     losses and the clipped gradient norms per step."""
@@ -160,7 +170,7 @@ def adamw_run(m, lr, bs):
     opt = torch.optim.AdamW(groups, lr=lr, betas=BETAS, eps=EPS)
     sch = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
     norms = []
-    losses = run(m, named, opt, sch, bs, norms)
+    losses = run(m, named, opt, sch, bs, norms, micro)
     return losses, norms
 
 

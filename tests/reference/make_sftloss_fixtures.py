@@ -29,12 +29,11 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from transformers import get_cosine_schedule_with_warmup
 from peft import PeftModel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_model_fixtures import build_from, decay_names, STEPS, ACCUM, WARMUP, MAX_GRAD_NORM, BETAS, EPS, WEIGHT_DECAY  # noqa: E402
-from make_extras_fixtures import batches, MODEL, PARITY, OUT  # noqa: E402
+from make_model_fixtures import build_from  # noqa: E402
+from make_extras_fixtures import adamw_run, batches, MODEL, PARITY, OUT  # noqa: E402
 
 torch.set_num_threads(1)
 WANT = {"dft_loss_func", "_dft_cross_entropy", "eaft_loss_func", "_eaft_cross_entropy"}
@@ -51,30 +50,13 @@ def lf_losses():
 
 
 def run(m, lossf, lr):
-    decay = decay_names(m)
-    named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in named if n in decay], "weight_decay": WEIGHT_DECAY},
-              {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=lr, betas=BETAS, eps=EPS)
-    sch = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
-    bs = batches()
-    m.train()
-    losses = []
-    for step in range(STEPS):
-        mb = bs[step * ACCUM:(step + 1) * ACCUM]
-        ntok = torch.tensor(sum(int((lab[:, 1:] != -100).sum()) for _, lab in mb))
-        tot = 0.0
-        for ids, lab in mb:
-            out = m(input_ids=ids.long())
-            loss = lossf({"logits": out.logits}, lab.long(), ntok)
-            loss.backward()
-            tot += float(loss)
-        torch.nn.utils.clip_grad_norm_([p for p in m.parameters() if p.grad is not None], MAX_GRAD_NORM)
-        opt.step()
-        sch.step()
-        m.zero_grad(set_to_none=False)
-        losses.append(tot)
-    return losses
+    """the 10-step run with LLaMA-Factory's loss function on each
+    micro-batch (given the step's label count, not divided by the
+    accumulation steps)"""
+    def micro(m, ids, lab, ntok):
+        loss = lossf({"logits": m(input_ids=ids.long()).logits}, lab.long(), torch.tensor(ntok))
+        return loss, float(loss)
+    return adamw_run(m, lr, batches(), micro)[0]
 
 
 def model(mode):
