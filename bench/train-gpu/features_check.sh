@@ -10,7 +10,7 @@
 #               (tests/bats/ft-train-cuda-losses-emu.bats)
 #   adapters    DoRA (ft-train-cuda-dora-emu.bats), OFT (ft-train-cuda-oft-emu.bats):
 #               the logs, and the saved adapters element by element
-#   grpo        --stage grpo, completions byte-equal (ft-train-grpo-emu.bats)
+#   grpo        --stage grpo, completions byte-equal (ft-train-rl-emu.bats)
 #   half        --bf16 / --fp16, 20 steps against the CPU's fp32
 #               (ft-train-cuda-half-emu.bats)
 #   families    one model per family: Qwen2 (DoRA above), Qwen3, Gemma 2,
@@ -42,7 +42,7 @@ status=0
 #   half   ft-train-cuda-half-emu.bats's worst: 20 losses, losses and
 #          eval losses within TOL relative, grad norms within GTOL (the
 #          keys may differ: the half runs log what fp32's do not)
-#   all    ft-train-grpo-emu.bats's both: every number of every line
+#   all    ft-train-rl-emu.bats's both: every number of every line
 #          within TOL relative or 1e-5 absolute (the loss, rounded to 4
 #          decimals by the log, 1.01e-4 absolute)
 #   st     two safetensors files, max |a - b| over every tensor <= TOL
@@ -257,7 +257,7 @@ ST_BOUND=1e-4 feat oft close 1e-4 - tests/bats/ft-train-cuda-oft-emu.bats "$LLAM
 	--val val.zst --eval_steps 2 --finetuning_type oft --lora_target q_proj,v_proj,down_proj \
 	--gradient_accumulation_steps 2 --max_grad_norm 0.5 --warmup_steps 2
 
-# GRPO (ft-train-grpo-emu.bats's g): 4 steps on the peaky model, rewarded
+# GRPO (ft-train-rl-emu.bats's g): 4 steps on the peaky model, rewarded
 # for its frequent token 221, completions logged
 count221='while IFS= read -r l; do c=${l#*\"completion\":\"}; c=${c%%\"*}; n=0; for t in $c; do [ "$t" = 221 ] && n=$((n+1)); done; echo $n; done'
 grpo() {
@@ -269,7 +269,7 @@ grpo() {
 		--log_completions true "$@"
 }
 runner() { grpo "$@"; }
-G=tests/bats/ft-train-grpo-emu.bats
+G=tests/bats/ft-train-rl-emu.bats
 feat grpo_lora all 1e-4 - $G "$FIX/grpo/peaky-llama" --temperature 0.7 --beta 0.04 --num_iterations 2 --max_grad_norm 0.5
 feat grpo_full all 1e-4 - $G "$FIX/grpo/peaky-llama" --finetuning_type full --beta 0.04 --temperature 1.3
 
@@ -302,12 +302,11 @@ feat phi3_full close 1e-4 - $F "$FAM/phi3/model" "${acc[@]}" --finetuning_type f
 feat phi4mini_lora close 1e-4 - $F "$FAM/phi4mini/model" --train train.zst --finetuning_type lora \
 	--lora_target all --lora_dropout 0.1
 
-# ---- PPO on the device (the "ppo" branch's spot) ----------------------
-# ft-train refused --stage ppo --device cuda when this was written; the
-# probe asks it (one step), so the case runs the day it is accepted.  The
-# bound is the fp32 one of every other stage here (1e-4 relative or 1e-5
-# absolute, ft-train-grpo-emu.bats); replace it with the one the PPO
-# device test argues once there is one.
+# ---- PPO on the device -------------------------------------------------
+# A one-step probe first, so that a build that refuses --stage ppo
+# --device cuda says so in one SKIP line instead of failing the case.  The
+# bound is ft-train-rl-emu.bats's for PPO (1e-4 relative or 1e-5
+# absolute: the fp32 bound of every other stage here).
 if [ -z "${ONLY:-}" ] || [[ ppo =~ $ONLY ]]; then
 	"$BIN/ft-cat" --encode < "$FIX/ppo/prompts.jsonl" > ppo.zst
 	REWARD="awk -F'\"response\":\"' '{ n = split(\$2, t, /[ \"]/); c = 0; for (i = 1; i <= n; i++) c += t[i] == \"42\"; print c }'"

@@ -326,6 +326,12 @@ gen() {
 		echo "gen: generation throughput skipped: no usable GPU (DEVICE=cpu or emu checks the script)"
 		return 0
 	fi
+	# the model and the reference side are transformers': a dry run here
+	# may have a Python without torch (the GPU image has it; PYTHON= picks one)
+	if [ $emu = 1 ] && ! $PY -c 'import torch, transformers' 2>/dev/null; then
+		echo "gen: generation skipped: $PY has no torch/transformers (set PYTHON to one that has)"
+		return 0
+	fi
 	[ "$gdev" = cpu ] || [ $emu = 1 ] && export GEN_CHECK=1
 	gd=$(mktemp -d)
 	$PY bench/train-gpu/gen_torch.py make "$gd" tests/fixtures/generate/tokenizer "$GEN_B" 48 &&

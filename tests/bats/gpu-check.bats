@@ -36,13 +36,13 @@ emu() {
 	emu
 	run env ONLY='^(loraplus|dora|grpo_lora|llama_lora_fp16|modules_to_save|ppo)$' "$BENCH/features_check.sh"
 	assert_success
-	[ "$(grep -c '^PASS ' <<< "$output")" -eq 5 ]
+	[ "$(grep -c '^PASS ' <<< "$output")" -eq 6 ]
 	assert_line --regexp '^PASS dora: worst [0-9.e+-]+ \(bound 0.0001; 10 losses and norms, worst relative; adapters max \|diff\| [0-9.e+-]+ \(bound 2e-4\)\) \([0-9]+s; tests/bats/ft-train-cuda-dora-emu.bats\)$'
 	assert_line --regexp '^PASS llama_lora_fp16: worst [0-9.e+-]+ \(bound 0.001, grad norms 0.03; 20 steps;'
-	assert_line --regexp '^PASS grpo_lora: .*tests/bats/ft-train-grpo-emu.bats\)$'
-	# ppo: skipped while the device refuses it, run once it is accepted
-	assert_line --regexp '^(SKIP ppo: ft-train --stage ppo --device cuda refused: .+|PASS ppo: .+)$'
-	assert_line --regexp '^features_check: 5 passed, 0 failed'
+	assert_line --regexp '^PASS grpo_lora: .*tests/bats/ft-train-rl-emu.bats\)$'
+	# ppo runs on the device (the probe's SKIP would say a build refuses it)
+	assert_line --regexp '^PASS ppo: .+$'
+	assert_line --regexp '^features_check: 6 passed, 0 failed'
 }
 
 @test "features_check.sh: a failing case fails its own line and the exit status, the others still run" {
