@@ -9,7 +9,7 @@ LIB_TEXT   := template template_tools tokenizer tokenizer_bpe tokenizer_decode \
               tokenizer_json tokenizer_pipeline tokenizer_spm tokenizer_util
 LIB_DATA   := dataset dataset_mix pack pack_batch preprocess stage
 LIB_MODEL  := config_check cuda_view device infer layers model model_fwd model_io
-LIB_TRAIN  := cuda_train lr_sched optim optim_state trainer trainer_array \
+LIB_TRAIN  := cuda_train cuda_ext lr_sched optim optim_state trainer trainer_array \
               trainer_ckpt trainer_data trainer_model
 LIB_GEN    := chat generate metrics sample
 LIB_EXPORT := merge merge_lora gptq gptq_calib gptq_model

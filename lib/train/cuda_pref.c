@@ -5,6 +5,7 @@
 #include "model/model_pref.h"
 #include "train/cuda_pref.h"
 #include "train/cuda_train.h"
+#include "train/cuda_ext_internal.h"
 #include "util/error.h"
 
 typedef struct {
@@ -19,6 +20,7 @@ typedef struct {
 	float temp;          /* GRPO: the log-probs' temperature (1: none) */
 	float *ent;          /* GRPO: where the entropies go (NULL: none) */
 	ft_adamw *out;       /* the optimizer dev_moments fills, at a checkpoint */
+	ftp_cuda_ext ext;    /* dpo/kto: LLaMA-Factory's optimizer extras (cuda_ext.c) */
 } binding;
 
 /* The host value head -> the device, when it changed there. */
@@ -92,6 +94,21 @@ static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm
 	return skipped;
 }
 
+/* dpo/kto with LLaMA-Factory's extras: cuda_train.c's device step.  No
+ * value head here (rm refuses them: ft_pref_model_of_cuda). */
+static int b_ext_step(void *self, const ft_optim_ext *e, const ft_adamw_opts *o, double lr,
+		      double lambda, double max_norm, double *gnorm)
+{
+	binding *x = self;
+	int skipped = 0;
+	if (zero_now(x) < 0 ||
+	    ftp_cuda_ext_step(&x->ext, e, o, lr, lambda, max_norm, gnorm, &skipped) < 0)
+		return -1;
+	x->skipped += skipped;
+	x->need_zero = 1;
+	return skipped;
+}
+
 /* fp16: the policy's loss scaler in checkpoints, as cuda_train.c's */
 static int b_ckpt_save(void *self, const char *dir)
 {
@@ -139,12 +156,15 @@ static int b_state_out(void *self, ft_adamw *opt)
 	/* the host model's dropout position is the device's: GRPO's and
 	 * PPO's checkpoints read it there (ft_model_dropout_position) */
 	ft_model_set_dropout_position(x->m, (uint64_t)x->calls);
+	/* an optimizer in place of AdamW holds the state: the AdamW stays */
+	if (ftp_cuda_ext_owns_state(&x->ext))
+		return ftp_cuda_ext_state_out(&x->ext);
 	if (opt) {
 		x->out = opt;
 		ft_adamw_set_fetch(opt, dev_moments, x);
 		ft_adamw_set_steps(opt, ft_cuda_steps(x->dm));
 	}
-	return 0;
+	return ftp_cuda_ext_state_out(&x->ext);   /* BAdam's block */
 }
 
 static int b_state_in(void *self, const ft_adamw *opt)
@@ -264,6 +284,7 @@ int ft_pref_model_of_cuda(ft_model *m, const ft_cuda_opts *o, int value_head, ft
 		free(x);
 		return -1;
 	}
+	ftp_cuda_ext_init(&x->ext, m, x->dm);
 	const ft_config *c = ft_model_config(m);
 	int f16 = o->precision == FT_CUDA_F16;
 	/* forward_backward / forward (the sft loss) are not part of these
@@ -273,7 +294,8 @@ int ft_pref_model_of_cuda(ft_model *m, const ft_cuda_opts *o, int value_head, ft
 			  .save = b_save, .set_position = b_set_position, .step = b_step,
 			  .state_out = b_state_out, .state_in = b_state_in, .peak_bytes = b_peak,
 			  .ckpt_save = f16 ? b_ckpt_save : NULL, .ckpt_load = f16 ? b_ckpt_load : NULL,
-			  .metrics = f16 ? b_metrics : NULL },
+			  .metrics = f16 ? b_metrics : NULL,
+			  .ext_step = value_head ? NULL : b_ext_step },
 		.hidden_size = c->hidden_size, .vocab_size = c->vocab_size,
 		.has_adapters = ft_model_has_adapters(m),
 		.logps_forward = b_logps_fwd, .logps_backward = b_logps_bwd, .set_adapters = b_adapters,

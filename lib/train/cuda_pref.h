@@ -1,7 +1,8 @@
 /* cuda_pref.h - the preference stages' model (ft_pref_model, train/pref.h)
  * on the CUDA backend: the CPU binding's operations (model/model_pref.h)
- * run by lib/cuda/pref.cu, the optimizer on the device as cuda_train.h's,
- * and rm's value head kept and stepped there with the model's parameters
+ * run by lib/cuda/pref.cu, the optimizer on the device as cuda_train.h's
+ * (LLaMA-Factory's optimizer extras too, through ext_step, without a value
+ * head: rm's AdamW steps the head beside the model), and rm's value head kept and stepped there with the model's parameters
  * (own_value_head).  lib/train/pref.c drives it unchanged: the losses and
  * metrics stay on the host, on per-sequence scalars.
  *

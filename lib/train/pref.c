@@ -480,6 +480,12 @@ static int pf_step(void *self, const ft_adamw_opts *o, double lr, double max_nor
 	ft_pref *p = self;
 	return p->pm.base.step(p->pm.base.self, o, lr, max_norm, gn);
 }
+static int pf_ext_step(void *self, const struct ft_optim_ext *x, const ft_adamw_opts *o, double lr,
+		       double lambda, double max_norm, double *gn)
+{
+	ft_pref *p = self;
+	return p->pm.base.ext_step(p->pm.base.self, x, o, lr, lambda, max_norm, gn);
+}
 static int pf_state_out(void *self, ft_adamw *opt)
 {
 	ft_pref *p = self;
@@ -520,6 +526,7 @@ ft_train_model ft_pref_train_model(ft_pref *p)
 		t.step = pf_step;
 		t.state_out = pf_state_out;
 		t.state_in = pf_state_in;
+		if (p->pm.base.ext_step) t.ext_step = pf_ext_step;
 	}
 	if (p->pm.base.ckpt_save) {   /* the policy's fp16 loss scaler */
 		t.ckpt_save = pf_ckpt_save;

@@ -189,8 +189,9 @@ typedef struct {
 	 * writes files.  zero = 1: ZeRO-1, AdamW state sharded over ranks. */
 	struct ft_dist *dist;
 	int zero;
-	/* An optimizer in place of plain AdamW (LoRA+, BAdam: optim_ext.h),
-	 * borrowed; NULL: AdamW.  CPU only (not with ft_train_model.step). */
+	/* An optimizer in place of plain AdamW (LoRA+, BAdam, Adam-mini,
+	 * Muon, GaLore, APOLLO: optim_ext.h), borrowed; NULL: AdamW.  With
+	 * ft_train_model.step it needs ext_step (else refused). */
 	struct ft_optim_ext *optim_ext;
 } ft_train_opts;
 

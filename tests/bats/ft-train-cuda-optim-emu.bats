@@ -184,17 +184,91 @@ from_checkpoint() { mkdir "$2" && cp -r "$1/checkpoint-3" "$2/" && head -n 3 "$1
 	resumes model.safetensors apollo_optimizer.safetensors both "${args[@]}"
 }
 
-@test "--device cuda refuses the extras with a preference stage and Muon/Adam-mini/GaLore/APOLLO on Phi-3's fused modules in one line; --device auto trains them on the CPU" {
+# pref_data: the preference fixtures encoded as dpo.zst and kto.zst
+pref_data() { for s in dpo kto; do ft-cat --encode < "$FIXTURES/pref/$s.jsonl" > $s.zst; done; }
+# pref_run OTHER flags...: the CPU and the emulated device within 1e-4, and
+# the device's losses more than 1e-3 from OTHER's (the extra really ran)
+pref_run() {
+	local other=$1
+	shift
+	tr cpu cpu "$LLAMA" "$@"
+	tr cuda dev "$LLAMA" "$@"
+	[[ "$(jq -r .ft.device dev/trainer_state.json)" == "cuda:0 (ft host emulation, "* ]]
+	close cpu/trainer_log.jsonl dev/trainer_log.jsonl 1e-4
+	run close dev/trainer_log.jsonl $other/trainer_log.jsonl 1e-3
+	assert_failure
+	rm -rf cpu dev
+}
+
+# dpo and kto step through the preference binding (lib/train/cuda_pref.c)
+# with sft's device code (lib/train/cuda_ext.c): the bounds argued above
+# for sft hold, measured <= 5e-5 (BAdam), <= 1.5e-5 (Muon at 1e-3),
+# <= 5e-7 (the rest).  LoRA+ goes without accumulation here: DPO's step-0
+# LoRA gradients summed over two pairs nearly cancel in some elements, whose
+# Adam updates sign(g) * lr * 16 then follow roundoff (the CPU's own 1- vs
+# 2-thread runs differ by 1e-4 with accumulation 2, 1e-5 with eps 1e-5);
+# one pair per step measured 6e-6.  The full runs' GaLore reprojects at
+# step 0 only (rank 4) and every 2 steps at rank 1, where the gaps are wide.
+@test "emulated device dpo and kto with each extra (LoRA+, BAdam, Adam-mini, Muon, GaLore, APOLLO): the CPU's losses within 1e-4, and not AdamW's" {
+	pref_data
+	for st in dpo kto; do
+		base=(--stage $st --train $st.zst --max_grad_norm 0.5)
+		full=("${base[@]}" --finetuning_type full --weight_decay 0.1)
+		lora=("${base[@]}" --finetuning_type lora --lora_target all)
+		tr cuda adamw "$LLAMA" "${full[@]}"
+		tr cuda r1 "$LLAMA" "${lora[@]}" --loraplus_lr_ratio 1
+		pref_run r1 "${lora[@]}" --loraplus_lr_ratio 16
+		pref_run adamw "${full[@]}" --use_badam true --badam_switch_interval 2
+		pref_run adamw "${full[@]}" --use_adam_mini true
+		pref_run adamw "${full[@]}" --use_muon true --learning_rate 1e-3
+		pref_run adamw "${full[@]}" --use_galore true --galore_rank 4 --galore_update_interval 200
+		pref_run adamw "${full[@]}" --use_galore true --galore_rank 1 --galore_update_interval 2
+		pref_run adamw "${full[@]}" --use_apollo true --apollo_rank 4 --apollo_update_interval 2
+		rm -rf adamw r1
+	done
+}
+
+@test "emulated device dpo/kto resume with the extras: bit-identical on the device, and device checkpoints resume on the CPU" {
+	pref_data
+	common=(--model_name_or_path "$LLAMA" --max_grad_norm 0.5 --learning_rate 5e-3 --max_steps 6
+		--logging_steps 1 --save_steps 3 -q)
+	# an optimizer in place of AdamW (its state out of the device, in at the first step)
+	resumes model.safetensors adam_mini_optimizer.safetensors both "${common[@]}" --stage dpo \
+		--train dpo.zst --finetuning_type full --use_adam_mini true --weight_decay 0.1
+	rm -rf a b c d e
+	resumes model.safetensors galore_optimizer.safetensors both "${common[@]}" --stage kto \
+		--train kto.zst --finetuning_type full --use_galore true --galore_rank 1 \
+		--galore_update_interval 2 --weight_decay 0.1
+	rm -rf a b c d e
+	# BAdam's block moments, the fresh block 0 after the switch at step 3
+	resumes model.safetensors badam_optimizer.safetensors one "${common[@]}" --stage kto \
+		--train kto.zst --finetuning_type full --use_badam true --badam_switch_interval 2
+	rm -rf a b c d
+	# LoRA+: the device AdamW's moments, fetched as the checkpoint is written
+	resumes adapter_model.safetensors optimizer.safetensors one "${common[@]}" --stage dpo \
+		--train dpo.zst --finetuning_type lora --loraplus_lr_ratio 8
+}
+
+@test "--device cuda refuses the extras with --stage rm and Muon/Adam-mini/GaLore/APOLLO on Phi-3's fused modules in one line; --device auto trains them on the CPU" {
 	sft_data
-	ft-cat --encode < "$FIXTURES/pref/dpo.jsonl" > dpo.zst
-	base=(--model_name_or_path "$LLAMA" --train dpo.zst --stage dpo --output_dir o --max_steps 1)
-	for f in "--use_muon true" "--use_adam_mini true" "--use_galore true" "--use_apollo true"; do
-		run -2 --separate-stderr ft-train "${base[@]}" -q --device cuda --finetuning_type full $f
-		[[ "$stderr" == "ft-train: ${f% *} with a preference stage runs on the CPU only in ft (use --device cpu)"$'\n'* ]]
+	ft-cat --encode < "$FIXTURES/pref/rm.jsonl" > rm.zst
+	# rm's value head is stepped by the device's AdamW beside the model
+	base=(--model_name_or_path "$LLAMA" --train rm.zst --stage rm --output_dir o --max_steps 1)
+	for f in "lora --loraplus_lr_ratio 16" "full --use_badam true" "full --use_muon true" \
+		 "full --use_adam_mini true" "full --use_galore true" "full --use_apollo true"; do
+		run -2 --separate-stderr ft-train "${base[@]}" -q --device cuda --finetuning_type $f
+		f=${f#* }
+		[[ "$stderr" == "ft-train: ${f% *} with --stage rm runs on the CPU only in ft (use --device cpu)"$'\n'* ]]
 	done
 	run -0 --separate-stderr ft-train "${base[@]}" --device auto --finetuning_type full --use_apollo true
-	[[ "$stderr" == *"--device auto: training on the CPU: --use_apollo with a preference stage runs on the CPU only"* ]]
+	[[ "$stderr" == *"--device auto: training on the CPU: --use_apollo with --stage rm runs on the CPU only"* ]]
 	[ "$(jq -r .ft.device o/trainer_state.json)" = cpu ]
+	# dpo/kto: on the device, under auto too
+	ft-cat --encode < "$FIXTURES/pref/dpo.jsonl" > dpo.zst
+	run -0 --separate-stderr ft-train --model_name_or_path "$LLAMA" --train dpo.zst --stage dpo --output_dir k \
+		--max_steps 1 --device auto --finetuning_type full --use_apollo true
+	[[ "$stderr" != *"training on the CPU"* ]]
+	[[ "$(jq -r .ft.device k/trainer_state.json)" == "cuda:0 (ft host emulation, "* ]]
 	# Phi-3's qkv_proj is three device tensors: these whole-matrix steps
 	# cannot run there; refused before anything is bound, and auto picks the CPU
 	phi=(--model_name_or_path "$FIXTURES/families/phi3/model" --train train.zst --max_steps 1)

@@ -395,15 +395,17 @@ const char *ft_train_extras_cpu_only(const ft_cli_args *c, const ft_model *m)
 		       : x->adam_mini ? "--use_adam_mini with Phi-3's fused qkv_proj/gate_up_proj runs on the CPU only in ft"
 		       : x->galore ? "--use_galore with Phi-3's fused qkv_proj/gate_up_proj runs on the CPU only in ft"
 				   : "--use_apollo with Phi-3's fused qkv_proj/gate_up_proj runs on the CPU only in ft";
-	if (!c->pref)
+	if (!c->pref || pref_stage_of(c->stage) != FT_PREF_RM)
 		return NULL;
-	/* the preference bindings step plain AdamW */
-	return x->loraplus ? "--loraplus_lr_ratio with a preference stage runs on the CPU only in ft"
-	       : x->badam ? "--use_badam with a preference stage runs on the CPU only in ft"
-	       : x->adam_mini ? "--use_adam_mini with a preference stage runs on the CPU only in ft"
-	       : x->muon ? "--use_muon with a preference stage runs on the CPU only in ft"
-	       : x->galore ? "--use_galore with a preference stage runs on the CPU only in ft"
-	       : x->apollo ? "--use_apollo with a preference stage runs on the CPU only in ft" : NULL;
+	/* dpo/kto step them on the device (lib/train/cuda_ext.c); rm's value
+	 * head is not one of the extension's params: the device steps it
+	 * with AdamW beside the model (ft_cuda_pref_step) */
+	return x->loraplus ? "--loraplus_lr_ratio with --stage rm runs on the CPU only in ft"
+	       : x->badam ? "--use_badam with --stage rm runs on the CPU only in ft"
+	       : x->adam_mini ? "--use_adam_mini with --stage rm runs on the CPU only in ft"
+	       : x->muon ? "--use_muon with --stage rm runs on the CPU only in ft"
+	       : x->galore ? "--use_galore with --stage rm runs on the CPU only in ft"
+	       : x->apollo ? "--use_apollo with --stage rm runs on the CPU only in ft" : NULL;
 }
 
 ft_optim_ext *ft_train_extras_setup(ft_cli_args *c, ft_model *m, int on_gpu)

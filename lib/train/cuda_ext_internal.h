@@ -1,0 +1,39 @@
+/* cuda_ext_internal.h - LLaMA-Factory's optimizer extras (optim_ext.h) on
+ * the CUDA backend, shared by the trainer's bindings (cuda_train.c for
+ * pt/sft, cuda_pref.c for dpo/kto): LoRA+'s per-param lr and BAdam's
+ * active block through ft_cuda_step_ext (lib/cuda/optim_ext.cu), the
+ * optimizers in place of AdamW (ft_ext_dev: Adam-mini, Muon, GaLore,
+ * APOLLO) through ft_cuda_step_x (lib/cuda/optim_x.cu).  The extension
+ * keeps its state on the host between checkpoints; the device holds it
+ * while it steps, uploaded at the first step after a resume or a BAdam
+ * switch and fetched back by ftp_cuda_ext_state_out. */
+#ifndef FT_CUDA_EXT_INTERNAL_H
+#define FT_CUDA_EXT_INTERNAL_H
+
+#include "train/optim_ext.h"
+#include "cuda/ft_cuda.h"
+#include "model/model.h"
+
+typedef struct {
+	ft_model *m;                 /* the host model whose params the device mirrors */
+	ft_cuda_model *dm;
+	const ft_optim_ext *ext;     /* the extras' optimizer, once it stepped */
+	int64_t synced;              /* the extension's step count the device's state is at */
+} ftp_cuda_ext;
+
+/* The model's index of param p (the extension's params are the model's
+ * own objects); -1 after ft_fail for another. */
+long ftp_cuda_param_index(ft_model *m, const ft_param *p);
+void ftp_cuda_ext_init(ftp_cuda_ext *s, ft_model *m, ft_cuda_model *dm);
+/* One step with e in place of AdamW (the trainer's ext_step, lambda the
+ * schedule's factor at lr); *skipped 1 for an fp16 overflow.  0 or -1. */
+int ftp_cuda_ext_step(ftp_cuda_ext *s, const ft_optim_ext *e, const ft_adamw_opts *o, double lr,
+		      double lambda, double max_norm, double *gnorm, int *skipped);
+/* 1 when the extension's optimizer replaces AdamW (ft_ext_dev): the
+ * trainer's AdamW stays untouched at state_out. */
+int ftp_cuda_ext_owns_state(const ftp_cuda_ext *s);
+/* Before a checkpoint: the device's optimizer state into the extension
+ * (ft_ext_dev's, BAdam's block), while the device holds it. */
+int ftp_cuda_ext_state_out(ftp_cuda_ext *s);
+
+#endif
