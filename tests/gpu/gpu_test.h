@@ -1,5 +1,6 @@
 /* gpu_test.h - what the device checks under tests/gpu share beside
  * tap.h and st_test.h: the device probe every main() starts with, the
+ * device decoder as ft_generate_on's callbacks, the
  * mid-size random model of the parity and decoding checks, and the
  * inputs, outputs and masks of the attention checks (test_gpu_parity.c's
  * fp32 cases, test_gpu_attn_half.c's bf16/fp16 ones).  One copy, so the
@@ -35,6 +36,32 @@ static int gpu_test_start(void)
 	printf("# device: %s\n", desc);
 	return 1;
 }
+
+/* ft_generate_on over the device decoder, as ft-generate's device.c:
+ * ctx is the ft_cuda_infer, and a group must fit its plan. */
+__attribute__((unused))
+static void *gpu_dec_open(void *ctx, int rows, int cap)
+{
+	const ft_cuda_infer_opts *o = ft_cuda_infer_options(ctx);
+	if (rows > o->rows || cap > o->cap) {
+		ft_fail("test: a group of %d x %d does not fit the planned %d x %d", rows, cap,
+			o->rows, o->cap);
+		return NULL;
+	}
+	ft_cuda_infer_reset(ctx);
+	return ctx;
+}
+
+__attribute__((unused))
+static int gpu_dec_forward(void *ctx, void *cache, const int32_t *t, const int *r, int N,
+			   const int *w, float *lg)
+{
+	(void)ctx;
+	return ft_cuda_infer_forward(cache, t, r, N, w, lg);
+}
+
+__attribute__((unused))
+static void gpu_dec_close(void *ctx, void *cache) { (void)ctx, (void)cache; }
 
 /* The mid-size random model: D 512, V 8192, 8 query heads over 2 kv
  * heads (4 per group), head size 64, two layers; Mistral's variant has a

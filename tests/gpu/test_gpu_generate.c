@@ -178,28 +178,6 @@ static void logits_case(ft_model *m, const char *what, const prompts_t *pr,
 	free(tok); free(rows); free(want); free(cpu); free(gpu); free(one);
 }
 
-/* ft_generate_on over the device decoder, as ft-generate's device.c. */
-static void *d_open(void *ctx, int rows, int cap)
-{
-	const ft_cuda_infer_opts *o = ft_cuda_infer_options(ctx);
-	if (rows > o->rows || cap > o->cap) {
-		ft_fail("test: a group of %d x %d does not fit the planned %d x %d", rows, cap,
-			o->rows, o->cap);
-		return NULL;
-	}
-	ft_cuda_infer_reset(ctx);
-	return ctx;
-}
-
-static int d_forward(void *ctx, void *cache, const int32_t *t, const int *r, int N,
-		     const int *w, float *lg)
-{
-	(void)ctx;
-	return ft_cuda_infer_forward(cache, t, r, N, w, lg);
-}
-
-static void d_close(void *ctx, void *cache) { (void)ctx, (void)cache; }
-
 static int same(const ft_i32vec *a, const ft_i32vec *b)
 {
 	for (int k = 0; k < NP; k++)
@@ -218,7 +196,7 @@ static void greedy_case(ft_model *m, const char *what, const prompts_t *pr)
 	g.batch_size = NP;
 	int rc = ft_generate(m, pr->p, NP, &g, cpu, NULL, NULL);
 	ft_cuda_infer *c = device(m, FT_CUDA_F32, NP, pr->longest + NEW, pr->longest);
-	ft_decoder d = { c, ft_model_config(m)->vocab_size, d_open, d_forward, d_close };
+	ft_decoder d = { c, ft_model_config(m)->vocab_size, gpu_dec_open, gpu_dec_forward, gpu_dec_close };
 	rc = rc < 0 || !c || ft_generate_on(&d, pr->p, NP, &g, gb, NULL, NULL) < 0;
 	g.batch_size = 1;
 	rc = rc || ft_generate_on(&d, pr->p, NP, &g, g1, NULL, NULL) < 0;

@@ -160,28 +160,6 @@ static void logits_case(ft_model *m, const char *what, ft_cuda_precision prec, r
 	free(dev);
 }
 
-/* ft_generate_on over the device decoder, as ft-generate's device.c. */
-static void *d_open(void *ctx, int rows, int cap)
-{
-	const ft_cuda_infer_opts *o = ft_cuda_infer_options(ctx);
-	if (rows > o->rows || cap > o->cap) {
-		ft_fail("test: a group of %d x %d does not fit the planned %d x %d", rows, cap,
-			o->rows, o->cap);
-		return NULL;
-	}
-	ft_cuda_infer_reset(ctx);
-	return ctx;
-}
-
-static int d_forward(void *ctx, void *cache, const int32_t *t, const int *rw, int N,
-		     const int *w, float *lg)
-{
-	(void)ctx;
-	return ft_cuda_infer_forward(cache, t, rw, N, w, lg);
-}
-
-static void d_close(void *ctx, void *cache) { (void)ctx, (void)cache; }
-
 static int generate(ft_model *m, ft_cuda_precision prec, const run_t *r, ft_i32vec *out)
 {
 	ft_gen_opts g;
@@ -190,7 +168,7 @@ static int generate(ft_model *m, ft_cuda_precision prec, const run_t *r, ft_i32v
 	g.max_new_tokens = NEW;   /* no stop ids: every row makes NEW tokens */
 	g.batch_size = NP;
 	ft_cuda_infer *c = device(m, prec, r);
-	ft_decoder d = { c, ft_model_config(m)->vocab_size, d_open, d_forward, d_close };
+	ft_decoder d = { c, ft_model_config(m)->vocab_size, gpu_dec_open, gpu_dec_forward, gpu_dec_close };
 	int rc = c ? ft_generate_on(&d, r->p, NP, &g, out, NULL, NULL) : -1;
 	ft_cuda_infer_free(c);
 	return rc;
@@ -244,12 +222,8 @@ static void model_case(const char *dir, const char *what, int family)
 
 int main(void)
 {
-	char desc[256];
-	if (ft_device_cuda_count(desc, sizeof desc) <= 0) {
-		printf("1..0 # skip no CUDA device (%s)\n", ft_errmsg());
+	if (!gpu_test_start())
 		return 0;
-	}
-	printf("# device: %s\n", desc);
 	model_case("tests/fixtures/models/tiny-llama", "tiny-llama", 0);
 	model_case("tests/fixtures/models/tiny-llama-gqa4", "tiny-llama-gqa4", 0);
 	model_case("tests/fixtures/models/tiny-qwen2", "tiny-qwen2", 0);

@@ -238,12 +238,8 @@ out:
 
 int main(void)
 {
-	char desc[256];
-	if (ft_device_cuda_count(desc, sizeof desc) <= 0) {
-		printf("1..0 # skip no CUDA device (%s)\n", ft_errmsg());
+	if (!gpu_test_start())
 		return 0;
-	}
-	printf("# device: %s\n", desc);
 	const char *kinds[2] = { "llama", "qwen2" };
 	for (int k = 0; k < 2; k++)
 		for (int p = 0; p < 2; p++) {
