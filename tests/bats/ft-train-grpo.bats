@@ -353,13 +353,6 @@ killer() {
 	[ "$(jq -r '."rewards/acc/mean" | type' out/adapter/trainer_log.jsonl | sort -u)" = number ]
 }
 
-# the names of the adapter's DoRA magnitudes (its safetensors header)
-magnitudes() {
-	local f=$1/adapter_model.safetensors
-	tail -c +9 "$f" | head -c "$(od -An -t u8 -N8 "$f" | tr -d ' ')" |
-		jq '[keys[] | select(endswith(".lora_magnitude_vector"))] | length'
-}
-
 @test "grpo: --use_dora trains a DoRA adapter; it starts as the base, so the first step's KL to the reference is 0" {
 	need_jq
 	grpo --output_dir d --reward_funcs "$(count 97)" --beta 0.04 --log_completions true --use_dora true

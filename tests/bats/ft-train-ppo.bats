@@ -241,13 +241,6 @@ ppo() {
 	[ ! -e a/adapter_model.safetensors ]
 }
 
-# the names of the adapter's DoRA magnitudes (its safetensors header)
-magnitudes() {
-	local f=$1/adapter_model.safetensors
-	tail -c +9 "$f" | head -c "$(od -An -t u8 -N8 "$f" | tr -d ' ')" |
-		jq '[keys[] | select(endswith(".lora_magnitude_vector"))] | length'
-}
-
 @test "ppo: --use_dora trains a DoRA adapter; it starts as the base, so the first step's KL to the reference is 0" {
 	need_jq
 	ppo --output_dir d --reward_model_type api --reward_model "$REWARD" --use_dora true

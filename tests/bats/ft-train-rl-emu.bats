@@ -123,6 +123,14 @@ same() {
 	both C R
 }
 
+# scale_logged DIR: fp16's loss scale after each step on its log line (4
+# steps), as sft's; DIR/checkpoint-2 saved step 2's
+scale_logged() {
+	[ "$(jq -s 'map(select(.loss) | has("loss_scale")) | length == 4 and all' "$1/trainer_log.jsonl")" = true ]
+	[ "$(jq 'select(.current_steps == 2 and .loss) | .loss_scale' "$1/trainer_log.jsonl")" = \
+	  "$(jq .scale "$1/checkpoint-2/scaler.json")" ]
+}
+
 @test "emulated device grpo: --fp16 (dynamic loss scale in checkpoints), --device auto picks the device" {
 	ft-cat --encode < "$FIXTURES/grpo/prompts.jsonl" > p8.zst
 	run --separate-stderr g cuda h --fp16 --save_steps 2 --beta 0.04
@@ -131,10 +139,7 @@ same() {
 	# GradScaler's start of 65536 halves on overflowing steps (skipped), as torch's
 	[ "$(jq -r '.scale <= 65536 and .scale >= 1024' h/checkpoint-2/scaler.json)" = true ]
 	[ "$(jq -r '.loss | type' h/trainer_log.jsonl | sort -u)" = number ]
-	# the scale after each step on its log line, as sft's; checkpoint-2 saved step 2's
-	[ "$(jq -s 'map(select(.loss) | has("loss_scale")) | length == 4 and all' h/trainer_log.jsonl)" = true ]
-	[ "$(jq 'select(.current_steps == 2 and .loss) | .loss_scale' h/trainer_log.jsonl)" = \
-	  "$(jq .scale h/checkpoint-2/scaler.json)" ]
+	scale_logged h
 	run --separate-stderr g auto a -v   # -q -v: the notes back
 	assert_success
 	[[ "$stderr" == *"training on cuda:0 (ft host emulation"* ]]
@@ -223,7 +228,5 @@ psame() {
 	[ -f h/checkpoint-2/scaler.json ] && [ -f h/checkpoint-4/optimizer.safetensors ]
 	[ "$(jq -r '.scale <= 65536 and .scale >= 1' h/checkpoint-2/scaler.json)" = true ]
 	[ "$(jq -r '.loss | type' h/trainer_log.jsonl | sort -u)" = number ]
-	[ "$(jq -s 'map(select(.loss) | has("loss_scale")) | length == 4 and all' h/trainer_log.jsonl)" = true ]
-	[ "$(jq 'select(.current_steps == 2 and .loss) | .loss_scale' h/trainer_log.jsonl)" = \
-	  "$(jq .scale h/checkpoint-2/scaler.json)" ]
+	scale_logged h
 }

@@ -49,3 +49,11 @@ parity_run() {
 	[ "$(wc -l < got)" = 10 ]
 	paste got want | awk -v tol="$tol" '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > tol + 0) { print "step " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }'
 }
+
+# magnitudes DIR: how many DoRA magnitudes DIR's adapter holds (its
+# safetensors header)
+magnitudes() {
+	local f=$1/adapter_model.safetensors
+	tail -c +9 "$f" | head -c "$(od -An -t u8 -N8 "$f" | tr -d ' ')" |
+		jq '[keys[] | select(endswith(".lora_magnitude_vector"))] | length'
+}
