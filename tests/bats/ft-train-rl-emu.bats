@@ -238,7 +238,7 @@ psame() {
 
 # The rollouts' decoder is a second device model: FT_EMU_MEM (the
 # emulated device's bytes) holds the training's plan and the 768 MiB
-# context margin that both plans keep (~801 MiB for this tiny job) but not
+# context margin that both plans keep (~801 MiB for either tiny job) but not
 # the decoder's 0.03 GiB on top (~834 MiB): the first generation refuses
 # with the plan, before any step, rather than decoding on the CPU.  The
 # plans are sizes, not arithmetic, so the window does not move with BLAS.
