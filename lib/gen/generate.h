@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "model/infer.h"
 #include "model/model.h"
 #include "gen/sample.h"
 #include "util/vec.h"
@@ -35,21 +36,7 @@ typedef void (*ft_gen_token_fn)(void *ctx, size_t prompt, int32_t token);
 int ft_generate(ft_model *m, const ft_i32vec *prompts, size_t n, const ft_gen_opts *o,
 		ft_i32vec *outs, ft_gen_token_fn on_token, void *ctx);
 
-/* Where the forward passes run: per group of prompts a KV cache of `rows`
- * sequences of `cap` tokens is opened and fed as ft_infer_forward
- * (model/infer.h) does; logits come back to the host, where sampling
- * stays.  ft_generate uses the CPU's (ft_kvcache); ft-generate --device
- * cuda passes the GPU's (lib/cuda/ft_cuda.h, ft_cuda_infer_*). */
-typedef struct {
-	void *ctx;
-	int vocab;
-	void *(*open)(void *ctx, int rows, int cap);            /* NULL after ft_fail */
-	int (*forward)(void *ctx, void *cache, const int32_t *tokens, const int *rows, int N,
-		       const int *want, float *logits);
-	void (*close)(void *ctx, void *cache);
-} ft_decoder;
-
-/* ft_generate on a decoder. */
+/* ft_generate on a decoder (model/infer.h: ft_decoder). */
 int ft_generate_on(const ft_decoder *d, const ft_i32vec *prompts, size_t n,
 		   const ft_gen_opts *o, ft_i32vec *outs, ft_gen_token_fn on_token, void *ctx);
 

@@ -30,4 +30,19 @@ int ft_kvcache_cap(const ft_kvcache *c);
 int ft_infer_forward(ft_model *m, ft_kvcache *c, const int32_t *tokens,
 		     const int *rows, int N, const int *want, float *logits);
 
+/* Where the forward passes run: per group of prompts a KV cache of `rows`
+ * sequences of `cap` tokens is opened and fed as ft_infer_forward
+ * (above) does; logits come back to the host, where sampling
+ * stays.  gen/generate.h's ft_generate uses the CPU's (ft_kvcache above),
+ * ft_generate_on any other: the GPU's is lib/cuda/decoder.h (ft-generate
+ * --device cuda, ft-train --stage grpo|ppo's rollouts on the device). */
+typedef struct {
+	void *ctx;
+	int vocab;
+	void *(*open)(void *ctx, int rows, int cap);            /* NULL after ft_fail */
+	int (*forward)(void *ctx, void *cache, const int32_t *tokens, const int *rows, int N,
+		       const int *want, float *logits);
+	void (*close)(void *ctx, void *cache);
+} ft_decoder;
+
 #endif

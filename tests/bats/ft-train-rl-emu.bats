@@ -8,13 +8,16 @@
 # PPO also the value head (its dropout, its gradient and AdamW step on the
 # device with the model's, TRL's clipping of the first step only).
 #
-# What must be equal.  The completions are drawn on the host by the CPU
-# sampler from the host model, into which the device copies its weights
-# before each generation: the same generator and seeds as the CPU run, so
-# the tokens, the rewards (of those tokens) and the advantages (of those
-# rewards) come out identical as long as the weights agree to far better
-# than the sampler's resolution (a uniform draw would have to fall within
-# ~1e-6 of a cumulative probability boundary to pick another token), and
+# What must be equal.  The completions are decoded by the device's
+# KV-cache decoder (lib/cuda/decoder.h), built before each generation from
+# the host model into which the device copies its weights, and drawn on
+# the host by the CPU sampler from its logits with the same generator and
+# seeds as the CPU run, so the tokens, the rewards (of those tokens) and
+# the advantages (of those rewards) come out identical as long as the
+# weights and the fp32 logits agree to far better than the sampler's
+# resolution (the decoder's agree with the CPU's to ~1e-6; a uniform draw
+# would have to fall within ~1e-6 of a cumulative probability boundary to
+# pick another token), and
 # completions.jsonl is compared byte for byte (PPO writes none: what its
 # reward filter reads, every prompt and response, byte for byte, and the
 # scores and response lengths logged exactly).
@@ -143,6 +146,7 @@ scale_logged() {
 	run --separate-stderr g auto a -v   # -q -v: the notes back
 	assert_success
 	[[ "$stderr" == *"training on cuda:0 (ft host emulation"* ]]
+	[ "$(grep -c "rollouts decoded on cuda:0 (ft host emulation.*per generation" <<< "$stderr")" -eq 1 ]
 	# the CPU's run (which --device auto would be without the backend) samples the same completions
 	g cpu c
 	cmp a/completions.jsonl c/completions.jsonl
@@ -220,6 +224,7 @@ psame() {
 	run --separate-stderr p auto a -v   # -q -v: the notes back
 	assert_success
 	[[ "$stderr" == *"training on cuda:0 (ft host emulation"* ]]
+	[ "$(grep -c "rollouts decoded on cuda:0 (ft host emulation.*per generation" <<< "$stderr")" -eq 1 ]
 	p cpu c
 	cmp a.seen c.seen
 	same_scores a c
@@ -229,4 +234,23 @@ psame() {
 	[ "$(jq -r '.scale <= 65536 and .scale >= 1' h/checkpoint-2/scaler.json)" = true ]
 	[ "$(jq -r '.loss | type' h/trainer_log.jsonl | sort -u)" = number ]
 	scale_logged h
+}
+
+# The rollouts' decoder is a second device model: FT_EMU_MEM (the
+# emulated device's bytes) holds the training's plan and the 768 MiB
+# context margin that both plans keep (~801 MiB for either tiny job) but not
+# the decoder's 0.03 GiB on top (~834 MiB): the first generation refuses
+# with the plan, before any step, rather than decoding on the CPU.  The
+# plans are sizes, not arithmetic, so the window does not move with BLAS.
+@test "emulated device grpo and ppo: a rollouts' decoder the device cannot hold fails the run with its plan (no CPU fallback)" {
+	ft-cat --encode < "$FIXTURES/grpo/prompts.jsonl" > p8.zst
+	ft-cat --encode < "$FIXTURES/ppo/prompts.jsonl" > ppo.zst
+	FT_EMU_MEM=$((816 << 20)) run -1 --separate-stderr g cuda m
+	[[ "$stderr" == "ft-train: --stage grpo: the rollouts' decoder on cuda:0 (ft host emulation"*"fp32: the GPU has "*" but generation needs "*" for 8 sequences of up to "*" tokens: "* ]]
+	[ "$(wc -l <<< "$stderr")" -eq 1 ]
+	[ ! -s m/completions.jsonl ]
+	FT_EMU_MEM=$((816 << 20)) run -1 --separate-stderr p cuda n
+	[[ "$stderr" == "ft-train: --stage ppo: the rollouts' decoder on cuda:0 (ft host emulation"*"but generation needs "* ]]
+	[ "$(wc -l <<< "$stderr")" -eq 1 ]
+	[ ! -e n.seen ]
 }

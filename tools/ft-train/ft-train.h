@@ -6,6 +6,7 @@
 #include "cli/lfargs.h"
 #include "cli/newtokens.h"
 #include "format/batch_io.h"
+#include "gen/generate.h"
 #include "model/model.h"
 #include "train/trainer.h"
 #include "train/pref.h"
@@ -155,6 +156,9 @@ typedef struct {
 	int on;
 	ft_pref_model pm, rpm;
 	char desc[512];
+	int index, precision;    /* the device and its ft_cuda_precision, for the rollouts' decoder */
+	int gens;                /* generations decoded (the first notes the plan) */
+	size_t decoder;          /* the largest decoder plan, bytes */
 } rl_device;
 /* 1 when --device puts the policy (value_head: with one, PPO's) and ref
  * (NULL: none) on the GPU, planned for micro-batches of rows x max_seq
@@ -164,6 +168,19 @@ int rl_device_bind(ft_cli_args *c, ft_model *m, ft_model *ref, int value_head, i
 /* The longest of n prompts (at least 1): with the completion length, the
  * device's row length. */
 int rl_longest(const ft_i32vec *q, size_t n);
+/* grpo's and ppo's generate callback context: the generation settings
+ * (each call sets the seed) and the device (NULL: the CPU). */
+typedef struct {
+	ft_gen_opts g;
+	rl_device *dev;
+} rl_gen;
+/* One generation's completions (ft_generate's contract, no callback): on
+ * the CPU decoder when d is NULL or off, else on a device KV-cache decoder
+ * built for m as it is now (the loops copy the policy's weights into it
+ * first) and freed after; -1 after ft_fail when it cannot be created
+ * (the reason, e.g. memory: no silent fallback to the CPU). */
+int rl_generate(rl_device *d, ft_model *m, const ft_i32vec *q, size_t n, const ft_gen_opts *o,
+		ft_i32vec *outs);
 /* The peak memory and fp16 notes, then the bindings freed. */
 void rl_device_end(const ft_cli_args *c, rl_device *d);
 /* rl_args.c: --stage ppo's and grpo's refusals of the optimizer extras

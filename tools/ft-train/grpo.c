@@ -350,10 +350,11 @@ static int samples(void *ctx, int64_t step, const size_t *pidx, const ft_i32vec 
 
 static int gen(void *ctx, ft_model *m, const ft_i32vec *q, size_t n, uint64_t seed, uint64_t first, ft_i32vec *outs)
 {
-	ft_gen_opts o = *(ft_gen_opts *)ctx;
+	rl_gen *G = ctx;
+	ft_gen_opts o = G->g;
 	o.seed = seed;
 	o.first_index = first;
-	return ft_generate(m, q, n, &o, outs, NULL, NULL);
+	return rl_generate(G->dev, m, q, n, &o, outs);
 }
 
 /* A checkpoint's model files, as the final outputs: the adapter (LoRA) or
@@ -499,16 +500,16 @@ int grpo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manif
 	if (n == 0) die("%s: no prompts", ft_display_name(c->train[0]));
 	ft_grpo_loop_opts o;
 	loop_opts(c, man, n, &o);
-	ft_gen_opts g;
-	ft_gen_defaults(&g);
-	g.sampling = P.s;
-	g.max_new_tokens = P.max_completion_length;
+	rl_gen G = { .dev = NULL };
+	ft_gen_defaults(&G.g);
+	G.g.sampling = P.s;
+	G.g.max_new_tokens = P.max_completion_length;
 	int32_t eos = model_eos(c->model);
-	g.stop_ids = eos >= 0 ? &eos : NULL;
-	g.n_stop = eos >= 0;
-	g.batch_size = o.batch_size * o.grad_accum;
+	G.g.stop_ids = eos >= 0 ? &eos : NULL;
+	G.g.n_stop = eos >= 0;
+	G.g.batch_size = o.batch_size * o.grad_accum;
 	o.generate = gen;
-	o.gen_ctx = &g;
+	o.gen_ctx = &G;
 	o.eos_id = eos;
 	reward_ctx R;
 	memset(&R, 0, sizeof R);
@@ -554,6 +555,7 @@ int grpo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manif
 	if (rl_device_bind(c, m, ref, 0, o.batch_size, rl_longest(q, n) + P.max_completion_length, &dev)) {
 		o.policy = &dev.pm;
 		o.ref_ops = dev.on == 2 ? &dev.rpm : NULL;
+		G.dev = &dev;   /* the rollouts decoded there too */
 	}
 	int rc = ft_grpo_train(m, q, n, &o);
 	if (rc < 0) die("--stage grpo: %s", ft_errmsg());

@@ -181,16 +181,12 @@ int32_t model_eos(const char *dir)
 	return -1;
 }
 
-typedef struct {
-	ft_gen_opts g;
-} gen_ctx;
-
 static int gen(void *ctx, ft_model *m, const ft_i32vec *q, size_t n, uint64_t seed, ft_i32vec *outs)
 {
-	gen_ctx *G = ctx;
+	rl_gen *G = ctx;
 	ft_gen_opts o = G->g;
 	o.seed = seed;
-	return ft_generate(m, q, n, &o, outs, NULL, NULL);
+	return rl_generate(G->dev, m, q, n, &o, outs);
 }
 
 typedef struct {
@@ -369,7 +365,7 @@ int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manife
 	if (o.max_steps < 1) o.max_steps = 1;
 	o.steps_per_epoch = c->t.max_steps > 0 ? (double)c->t.max_steps : (double)per_epoch;
 	o.logging_steps = c->t.logging_steps > 0 ? (int)c->t.logging_steps : 1;
-	gen_ctx G;
+	rl_gen G = { .dev = NULL };
 	ft_gen_defaults(&G.g);
 	G.g.sampling = P.s;
 	G.g.max_new_tokens = P.max_new_tokens;
@@ -421,6 +417,7 @@ int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manife
 	if (rl_device_bind(c, m, ref, 1, (int)N, rl_longest(q, n) + P.max_new_tokens, &dev)) {
 		o.policy = &dev.pm;
 		o.ref_ops = dev.on == 2 ? &dev.rpm : NULL;
+		G.dev = &dev;   /* the rollouts decoded there too */
 	}
 	int rc = ft_ppo_train(m, q, n, vw, &vb, &o);
 	fclose(o.log);

@@ -4,12 +4,15 @@
  * stages' device models (lib/train/cuda_pref.h), planned for the
  * rollouts' micro-batches.  The loops (lib/train/grpo_loop.c,
  * ppo_loop.c) step the policy there and copy its weights into the host
- * model before each generation, where the
- * CPU sampler draws the completions with the CPU path's generator and
- * seeds.  The device KV-cache decoder (lib/cuda/infer.cu) is not used
- * for the rollouts yet: it would hold a second copy of the weights,
- * uploaded again at every generation. */
+ * model before each generation; rl_generate then decodes the rollouts on
+ * the device's KV-cache decoder (lib/cuda/decoder.h over infer.cu) built
+ * from that host model in the training's precision, while the sampling
+ * stays on the host with the CPU path's generator and seeds.  Simplest
+ * correct version: a fresh decoder per generation, so each generation
+ * uploads the weights again (a second device copy of them, freed before
+ * the policy steps on). */
 #include "ft-train.h"
+#include "cuda/decoder.h"
 #include "model/device.h"
 #include "model/model_pref.h"
 
@@ -38,6 +41,8 @@ int rl_device_bind(ft_cli_args *c, ft_model *m, ft_model *ref, int value_head, i
 	if (ref && ft_pref_model_of_cuda(ref, &o, 0, &d->rpm) < 0)
 		die("--device %s: the reference model: %s", c->device, ft_errmsg());
 	d->on = 1 + (ref != NULL);
+	d->index = idx;
+	d->precision = o.precision;
 	char plan[256];
 	ft_cuda_plan_format(ft_cuda_model_plan(ft_pref_model_cuda_device(&d->pm)), plan, sizeof plan);
 	device_desc(c, idx, d->desc, sizeof d->desc);
@@ -53,7 +58,10 @@ void rl_device_end(const ft_cli_args *c, rl_device *d)
 	ft_cuda_model *dm = ft_pref_model_cuda_device(&d->pm);
 	size_t peak = d->pm.base.peak_bytes(d->pm.base.self);
 	if (d->on == 2) peak += d->rpm.base.peak_bytes(d->rpm.base.self);
-	if (ft_verbose >= 0) warn("note: peak GPU memory %.2f GiB", (double)peak / (1 << 30));
+	if (ft_verbose >= 0 && d->decoder)
+		warn("note: peak GPU memory %.2f GiB training, %.2f GiB more while decoding the rollouts",
+		     (double)peak / (1 << 30), (double)d->decoder / (1 << 30));
+	else if (ft_verbose >= 0) warn("note: peak GPU memory %.2f GiB", (double)peak / (1 << 30));
 	if (c->fp16 && ft_verbose >= 0) {
 		int64_t skipped = ft_pref_model_cuda_skipped(&d->pm);
 		warn("note: fp16 loss scale %g at the end, %lld step%s skipped for overflow", ft_cuda_loss_scale(dm),
@@ -62,4 +70,26 @@ void rl_device_end(const ft_cli_args *c, rl_device *d)
 	if (d->on == 2) ft_pref_model_cuda_free(&d->rpm);
 	ft_pref_model_cuda_free(&d->pm);
 	d->on = 0;
+}
+
+int rl_generate(rl_device *d, ft_model *m, const ft_i32vec *q, size_t n, const ft_gen_opts *o,
+		ft_i32vec *outs)
+{
+	if (!d || !d->on || n == 0) return ft_generate(m, q, n, o, outs, NULL, NULL);
+	int bs = o->batch_size > 0 ? o->batch_size : 1;
+	ft_cuda_decoder *dec = ft_cuda_decoder_new(m, d->precision, d->index, n < (size_t)bs ? (int)n : bs,
+						   rl_longest(q, n), o->max_new_tokens);
+	if (!dec) return ft_fail_ctx("the rollouts' decoder on %s: ", d->desc);
+	const ft_cuda_infer_plan *p = ft_cuda_decoder_plan(dec);
+	if (d->gens++ == 0) {
+		char plan[256];
+		ft_cuda_infer_plan_format(p, plan, sizeof plan);
+		warn("note: rollouts decoded on %s; device memory planned %s per generation "
+		     "(the weights uploaded again each time)", d->desc, plan);
+	}
+	if (p->total > d->decoder) d->decoder = p->total;
+	ft_decoder ops = ft_cuda_decoder_ops(dec);
+	int rc = ft_generate_on(&ops, q, n, o, outs, NULL, NULL);
+	ft_cuda_decoder_free(dec);
+	return rc;
 }

@@ -1,0 +1,32 @@
+/* decoder.h - the device KV-cache decoder (ft_cuda_infer_*, ft_cuda.h)
+ * as the ft_decoder a generation runs on (model/infer.h; gen/generate.h's
+ * ft_generate_on): ft-generate --device cuda and the rollouts of ft-train
+ * --stage grpo|ppo on the device.  Host code in libft.a over the backend's
+ * table; the forward passes run on the device, the sampling stays on the
+ * host with the CPU's generator and draws.
+ */
+#ifndef FT_CUDA_DECODER_H
+#define FT_CUDA_DECODER_H
+
+#include "cuda/ft_cuda.h"
+#include "model/infer.h"
+#include "model/model.h"
+
+typedef struct ft_cuda_decoder ft_cuda_decoder;
+
+/* The weights of m (with its adapters, as they are now: a later change of
+ * m is not seen) uploaded in `precision` on `device`, with a KV cache for
+ * groups of `rows` prompts of up to max_prompt tokens (through the batched
+ * prefill) plus max_new generated ones.  The plan is checked against the
+ * device's free memory before anything is allocated: NULL after ft_fail
+ * with what it needs.  A later group larger than planned rebuilds it
+ * (each dimension the larger of the two). */
+ft_cuda_decoder *ft_cuda_decoder_new(ft_model *m, ft_cuda_precision precision, int device, int rows,
+				     int max_prompt, int max_new);
+/* The ft_decoder to pass to ft_generate_on (valid while d lives). */
+ft_decoder ft_cuda_decoder_ops(ft_cuda_decoder *d);
+/* The current plan (for the notes). */
+const ft_cuda_infer_plan *ft_cuda_decoder_plan(const ft_cuda_decoder *d);
+void ft_cuda_decoder_free(ft_cuda_decoder *d);
+
+#endif
