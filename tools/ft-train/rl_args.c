@@ -16,8 +16,8 @@
 /* --FLAG: the stage's reason, one line */
 static void refuse(const ft_cli_args *c, const char *flag, const char *what)
 {
-	die_usage("--%s: --stage %s steps plain AdamW (%s); %s is not implemented for it in ft yet",
-		  flag, c->stage, ppo_stage(c) ? "lib/train/ppo_loop.c" : "lib/train/grpo_loop.c", what);
+	die_usage("--%s: --stage %s steps plain AdamW; %s is not implemented for it in ft yet",
+		  flag, c->stage, what);
 }
 
 void rl_args_check(ft_cli_args *c)
