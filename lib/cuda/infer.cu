@@ -116,12 +116,13 @@ static int fits(const ft_cuda_infer *c)
 	char what[256];
 	ft_cuda_infer_plan_format(&c->plan, what, sizeof what);
 	int f32 = c->o.precision == FT_CUDA_F32, big_kv = c->plan.kv > c->plan.total / 3;
-	const char *tip = big_kv && f32
-		? "use --bf16 (half-precision weights and KV cache), or lower "
-		  "--per_device_eval_batch_size or --max_new_tokens"
-		: big_kv ? "lower --per_device_eval_batch_size or --max_new_tokens"
-		: f32 ? "use --bf16 (half-precision weights and KV cache)"
-		: "lower --per_device_eval_batch_size or --cutoff_len, or use a GPU with more memory";
+	const ft_cuda_infer_knobs *k = &c->o.knobs;
+	const char *rows = k->rows ? k->rows : "the number of sequences decoded together";
+	const char *len = big_kv ? (k->new_tokens ? k->new_tokens : "the new tokens per sequence")
+				 : (k->prompt ? k->prompt : "the prompt length");
+	char tip[512];
+	snprintf(tip, sizeof tip, "%slower %s or %s%s", f32 ? "use --bf16 (half-precision weights and KV "
+		 "cache), or " : "", rows, len, f32 || big_kv ? "" : ", or use a GPU with more memory");
 	return ft_fail("the GPU has %.2f GiB available but generation needs %s for %d "
 		       "sequences of up to %d tokens: %s", GIB(avail), what, c->o.rows, c->o.cap,
 		       tip);

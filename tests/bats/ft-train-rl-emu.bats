@@ -240,17 +240,20 @@ psame() {
 # emulated device's bytes) holds the training's plan and the 768 MiB
 # context margin that both plans keep (~801 MiB for either tiny job) but not
 # the decoder's 0.03 GiB on top (~834 MiB): the first generation refuses
-# with the plan, before any step, rather than decoding on the CPU.  The
+# with the plan, before any step, rather than decoding on the CPU, naming
+# the stage's own settings to lower (not ft-generate's flags).  The
 # plans are sizes, not arithmetic, so the window does not move with BLAS.
 @test "emulated device grpo and ppo: a rollouts' decoder the device cannot hold fails the run with its plan (no CPU fallback)" {
 	ft-cat --encode < "$FIXTURES/grpo/prompts.jsonl" > p8.zst
 	ft-cat --encode < "$FIXTURES/ppo/prompts.jsonl" > ppo.zst
 	FT_EMU_MEM=$((816 << 20)) run -1 --separate-stderr g cuda m
-	[[ "$stderr" == "ft-train: --stage grpo: the rollouts' decoder on cuda:0 (ft host emulation"*"fp32: the GPU has "*" but generation needs "*" for 8 sequences of up to "*" tokens: "* ]]
+	[[ "$stderr" == "ft-train: --stage grpo: the rollouts' decoder on cuda:0 (ft host emulation"*"fp32: the GPU has "*" but generation needs "*" for 8 sequences of up to "*" tokens: "*"lower the generation batch (per_device_train_batch_size x gradient_accumulation_steps) or --"* ]]
+	[[ "$stderr" != *"eval_batch_size"* ]]
 	[ "$(wc -l <<< "$stderr")" -eq 1 ]
 	[ ! -s m/completions.jsonl ]
 	FT_EMU_MEM=$((816 << 20)) run -1 --separate-stderr p cuda n
-	[[ "$stderr" == "ft-train: --stage ppo: the rollouts' decoder on cuda:0 (ft host emulation"*"but generation needs "* ]]
+	[[ "$stderr" == "ft-train: --stage ppo: the rollouts' decoder on cuda:0 (ft host emulation"*"but generation needs "*"lower the rollout batch (per_device_train_batch_size x gradient_accumulation_steps x --ppo_buffer_size) or --"* ]]
+	[[ "$stderr" != *"eval_batch_size"* ]]
 	[ "$(wc -l <<< "$stderr")" -eq 1 ]
 	[ ! -e n.seen ]
 }

@@ -159,6 +159,7 @@ typedef struct {
 	int index, precision;    /* the device and its ft_cuda_precision, for the rollouts' decoder */
 	int gens;                /* generations decoded (the first notes the plan) */
 	size_t decoder;          /* the largest decoder plan, bytes */
+	ft_cuda_infer_knobs knobs;   /* the stage's settings that shrink the decoder */
 } rl_device;
 /* 1 when --device puts the policy (value_head: with one, PPO's) and ref
  * (NULL: none) on the GPU, planned for micro-batches of rows x max_seq

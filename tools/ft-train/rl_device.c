@@ -42,6 +42,10 @@ int rl_device_bind(ft_cli_args *c, ft_model *m, ft_model *ref, int value_head, i
 		die("--device %s: the reference model: %s", c->device, ft_errmsg());
 	d->on = 1 + (ref != NULL);
 	d->index = idx;
+	d->knobs = value_head ? (ft_cuda_infer_knobs){ "the rollout batch (per_device_train_batch_size x "
+			"gradient_accumulation_steps x --ppo_buffer_size)", "--max_new_tokens", "--cutoff_len" }
+		: (ft_cuda_infer_knobs){ "the generation batch (per_device_train_batch_size x "
+			"gradient_accumulation_steps)", "--max_completion_length", "--cutoff_len" };
 	d->precision = o.precision;
 	char plan[256];
 	ft_cuda_plan_format(ft_cuda_model_plan(ft_pref_model_cuda_device(&d->pm)), plan, sizeof plan);
@@ -78,7 +82,7 @@ int rl_generate(rl_device *d, ft_model *m, const ft_i32vec *q, size_t n, const f
 	if (!d || !d->on || n == 0) return ft_generate(m, q, n, o, outs, NULL, NULL);
 	int bs = o->batch_size > 0 ? o->batch_size : 1;
 	ft_cuda_decoder *dec = ft_cuda_decoder_new(m, d->precision, d->index, n < (size_t)bs ? (int)n : bs,
-						   rl_longest(q, n), o->max_new_tokens);
+						   rl_longest(q, n), o->max_new_tokens, &d->knobs);
 	if (!dec) return ft_fail_ctx("the rollouts' decoder on %s: ", d->desc);
 	const ft_cuda_infer_plan *p = ft_cuda_decoder_plan(dec);
 	if (d->gens++ == 0) {
