@@ -46,6 +46,11 @@ ft_cuda_decoder *ft_cuda_decoder_new(ft_model *m, ft_cuda_precision precision, i
 	return d;
 }
 
+int ft_cuda_decoder_refresh(ft_cuda_decoder *d)
+{
+	return ft_cuda_infer_refresh(d->c);
+}
+
 static void *dev_open(void *ctx, int rows, int cap)
 {
 	ft_cuda_decoder *d = ctx;

@@ -261,6 +261,11 @@ void ft_cuda_infer_plan_format(const ft_cuda_infer_plan *p, char *buf, size_t n)
 /* Plans first and refuses (needed and available bytes) before allocating. */
 ft_cuda_infer *ft_cuda_infer_new(struct ft_model *m, const ft_cuda_infer_opts *o);
 void ft_cuda_infer_free(ft_cuda_infer *c);
+/* m's trained tensors (adapters, or all weights of full fine-tuning) read
+ * again from m, which must be the model c was built from, its arrays
+ * changed in place (grpo/ppo's policy between generations); the frozen
+ * base is not uploaded again.  The cache is left as it is. */
+int ft_cuda_infer_refresh(ft_cuda_infer *c);
 const ft_cuda_infer_opts *ft_cuda_infer_options(const ft_cuda_infer *c);
 const ft_cuda_infer_plan *ft_cuda_infer_get_plan(const ft_cuda_infer *c);
 void ft_cuda_infer_reset(ft_cuda_infer *c);           /* every row empty */

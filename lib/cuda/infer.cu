@@ -191,6 +191,25 @@ void ft_cuda_infer_free(ft_cuda_infer *c)
 	free(c);
 }
 
+/* The tensors the host model trains (those with a host gradient: its
+ * adapters, or every weight of a full fine-tuning) uploaded again, and
+ * what decoding computes from them once (DoRA's factors, OFT's
+ * rotations) marked stale; the frozen base stays as uploaded. */
+int ft_cuda_infer_refresh(ft_cuda_infer *c)
+{
+	ft_cuda_model *dm = c->dm;
+	TRY(ft_cuda_sync(dm));
+	for (int i = 0; i < dm->ntens; i++)
+		if (dm->tens[i].hg)
+			TRY(ft_cu_upload(dm, &dm->tens[i]));
+	for (int l = 0; l < dm->v.L; l++)
+		for (int j = 0; j < FT_CV_NLIN; j++) {
+			dm->layers[l].lora[j].dora_ready = 0;
+			dm->layers[l].oft[j].rot_ready = 0;
+		}
+	return 0;
+}
+
 const ft_cuda_infer_opts *ft_cuda_infer_options(const ft_cuda_infer *c) { return &c->o; }
 const ft_cuda_infer_plan *ft_cuda_infer_get_plan(const ft_cuda_infer *c) { return &c->plan; }
 void ft_cuda_infer_reset(ft_cuda_infer *c) { memset(c->len, 0, c->o.rows * sizeof(int)); }
