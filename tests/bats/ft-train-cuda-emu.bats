@@ -220,6 +220,15 @@ long_data() {
 	done
 }
 
+# ft-generate's prefill runs training's attention forward (the decode
+# step's cache_attention_k has 512 bytes of static shared memory at any
+# head_dim): at sm_86's bound a Gemma with hd 256 in fp32 prefills on the
+# 16-row tiles (FT_CUDA_CHECK_ATTN=fp32-16 holds it to them), and its
+# greedy tokens are the CPU's.
+@test "emulated device ft-generate with 99 KiB of shared memory (sm_86): Gemma's head_dim 256 in fp32, the CPU's greedy tokens" {
+	FT_EMU_SMEM_OPTIN=101376 FT_CUDA_CHECK_ATTN=fp32-16 same_tokens "$GEMMA256" 60
+}
+
 @test "the emulation itself: threads in reverse order and one OS thread give the same bits (no races it can see)" {
 	long_data
 	tr cuda a "$GQA4" --train long.zst --finetuning_type lora --lora_target all
