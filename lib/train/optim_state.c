@@ -97,7 +97,9 @@ int ft_adamw_save(const ft_adamw *a, const char *path)
 	return rc;
 }
 
-static int load_moment(ft_st *st, const char *path, const ft_param *p, const char *what, float *dst)
+/* release: give the tensor's mapped pages back once read (a streamed load) */
+static int load_moment(ft_st *st, const char *path, const ft_param *p, const char *what, float *dst,
+		       int release)
 {
 	char *name = *what ? ft_xasprintf("%s.%s", p->name, what) : ft_xstrdup(p->name);
 	const ft_st_tensor *t = ft_st_find(st, name);
@@ -108,6 +110,7 @@ static int load_moment(ft_st *st, const char *path, const ft_param *p, const cha
 		rc = ft_fail("%s: tensor '%s' has %zu elements, expected %zu F32", path, name, t->numel, p->n);
 	else
 		rc = ft_st_read_f32(t, dst);
+	if (t && release) ft_st_release(t);
 	free(name);
 	return rc;
 }
@@ -146,9 +149,9 @@ int ft_adamw_load_each(ft_adamw *a, const char *path, ft_adamw_put put, void *ct
 	}
 	for (size_t i = 0; i < a->n && rc == 0; i++) {
 		float *m = put ? sm : ft_adamw_exp_avg(a, i), *v = put ? sv : ft_adamw_exp_avg_sq(a, i);
-		rc = load_moment(st, path, a->p[i], "", a->p[i]->w) ||
-		     load_moment(st, path, a->p[i], "exp_avg", m) ||
-		     load_moment(st, path, a->p[i], "exp_avg_sq", v) ? -1 : 0;
+		rc = load_moment(st, path, a->p[i], "", a->p[i]->w, put != NULL) ||
+		     load_moment(st, path, a->p[i], "exp_avg", m, put != NULL) ||
+		     load_moment(st, path, a->p[i], "exp_avg_sq", v, put != NULL) ? -1 : 0;
 		if (rc == 0 && put) rc = put(ctx, i, m, v);
 	}
 	if (rc == 0) a->step = step;
