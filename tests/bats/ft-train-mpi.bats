@@ -180,6 +180,25 @@ compare_with_one_process() {
 	assert_output --partial "optimizer.safetensors"
 }
 
+# Three ranks: slices that end inside tensors on both sides of a middle
+# rank, pieces of unequal size.  The streamed checkpoint is plain data
+# parallel's, and resuming it streams each rank its slice back.
+@test "ZeRO-1 on 3 ranks: the streamed checkpoint is plain data parallel's; it resumes on 3 ranks bit for bit" {
+	need_mpi
+	mpi3() { mpirun --oversubscribe --allow-run-as-root -np 3 "$@"; }
+	args=($(base) --finetuning_type full --max_steps 4 --save_steps 2)
+	run mpi3 ft-train "${args[@]}" --output_dir dp
+	assert_success
+	run mpi3 ft-train "${args[@]}" --output_dir z --zero 1
+	assert_success
+	cmp dp/checkpoint-2/optimizer.safetensors z/checkpoint-2/optimizer.safetensors
+	cmp dp/checkpoint-4/optimizer.safetensors z/checkpoint-4/optimizer.safetensors
+	run mpi3 ft-train "${args[@]}" --output_dir r --zero 1 --resume_from_checkpoint z/checkpoint-2
+	assert_success
+	cmp z/model.safetensors r/model.safetensors
+	cmp z/checkpoint-4/optimizer.safetensors r/checkpoint-4/optimizer.safetensors
+}
+
 @test "the gradient sum runs beside the backward, with the same numbers as summing after it" {
 	need_mpi
 	for ft in lora full; do
