@@ -134,8 +134,9 @@ static const char save_what[] = "ZeRO-1 optimizer-state gather";
 static const char load_what[] = "ZeRO-1 optimizer-state scatter";
 
 /* Rank r's piece [*a, *b) of full's tensor k (*a == *b: none), in the
- * split of ft_zero1 over the same params.  Linear in the tensors: a
- * checkpoint asks tensors x ranks times, a few million steps for a 7B. */
+ * split of ft_zero1 over the same params.  Linear in the tensors, asked
+ * tensors x ranks times a checkpoint: 5 million additions for a 7B's 291
+ * tensors on 64 ranks, nothing next to the bytes. */
 static void piece_of(const ft_adamw *full, int n, int r, size_t k, size_t *a, size_t *b)
 {
 	size_t off = 0, total = 0, lo, hi, len = ft_adamw_param(full, k)->n;
@@ -182,6 +183,8 @@ static int save_fetch(void *ctx, size_t k, float *m, float *v)
 	return 0;
 }
 
+/* The other ranks: each piece of their slice, in tensor order, as rank 0's
+ * fetch asks for it (a blocking send waits for its receive). */
 static int send_pieces(const ft_dist_moments *s)
 {
 	int n = ft_dist_size(s->d), rank = ft_dist_rank(s->d), rc = 0;
