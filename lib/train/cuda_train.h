@@ -37,8 +37,10 @@ ft_cuda_model *ft_cuda_train_ref(const ft_train_model *t);
 /* ZeRO-1 under mpirun (the device model made with ft_cuda_opts.zero_ranks
  * = the world size, zero_rank = this rank, NCCL open): each step then
  * all-gathers the updated slices over d's NCCL (ft_cuda_zero_gather, under
- * the watchdog), and state_out, called on every rank, gathers the
- * moments into rank 0's opt (ft_dist_gather_moments). */
+ * the watchdog); state_out, called on every rank, streams the others'
+ * slices to rank 0 as it writes the checkpoint (ft_dist_save_moments), and
+ * t->zero_load puts each rank's slice of a resume on its device as rank 0
+ * reads the file (ft_dist_load_moments). */
 void ft_cuda_train_zero(ft_train_model *t, struct ft_dist *d);
 /* Optimizer steps skipped for fp16 overflow so far. */
 int64_t ft_cuda_train_skipped(const ft_train_model *t);
