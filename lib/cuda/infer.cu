@@ -76,6 +76,7 @@ static ft_cuda_opts model_opts(const ft_cuda_infer_opts *o)
 	mo.max_tokens = o->rows * o->max_prompt;
 	mo.max_seq = o->max_prompt;
 	mo.inference = 1;
+	mo.weights_of = o->weights_of;
 	return mo;
 }
 
@@ -192,14 +193,17 @@ void ft_cuda_infer_free(ft_cuda_infer *c)
 }
 
 /* The tensors the host model trains (those with a host gradient: its
- * adapters, or every weight of a full fine-tuning) uploaded again, and
+ * adapters, or every weight of a full fine-tuning) uploaded again (none
+ * over another model's weights: they are the trained ones), and
  * what decoding computes from them once (DoRA's factors, OFT's
  * rotations) marked stale; the frozen base stays as uploaded. */
 int ft_cuda_infer_refresh(ft_cuda_infer *c)
 {
 	ft_cuda_model *dm = c->dm;
 	TRY(ft_cuda_sync(dm));
-	for (int i = 0; i < dm->ntens; i++)
+	if (dm->o.weights_of)   /* its optimizer steps are on its own stream */
+		TRY(ft_cuda_sync(dm->o.weights_of));
+	for (int i = 0; !dm->o.weights_of && i < dm->ntens; i++)
 		if (dm->tens[i].hg)
 			TRY(ft_cu_upload(dm, &dm->tens[i]));
 	for (int l = 0; l < dm->v.L; l++)

@@ -146,7 +146,7 @@ scale_logged() {
 	run --separate-stderr g auto a -v   # -q -v: the notes back
 	assert_success
 	[[ "$stderr" == *"training on cuda:0 (ft host emulation"* ]]
-	[ "$(grep -c "rollouts decoded on cuda:0 (ft host emulation.*beside the training.s (the decoder is kept" <<< "$stderr")" -eq 1 ]
+	[ "$(grep -c "rollouts decoded on cuda:0 (ft host emulation.*over the policy.s device weights; device memory planned .* beside the training" <<< "$stderr")" -eq 1 ]
 	# the CPU's run (which --device auto would be without the backend) samples the same completions
 	g cpu c
 	cmp a/completions.jsonl c/completions.jsonl
@@ -240,7 +240,7 @@ psame() {
 	run --separate-stderr p auto a -v   # -q -v: the notes back
 	assert_success
 	[[ "$stderr" == *"training on cuda:0 (ft host emulation"* ]]
-	[ "$(grep -c "rollouts decoded on cuda:0 (ft host emulation.*beside the training.s (the decoder is kept" <<< "$stderr")" -eq 1 ]
+	[ "$(grep -c "rollouts decoded on cuda:0 (ft host emulation.*over the policy.s device weights; device memory planned .* beside the training" <<< "$stderr")" -eq 1 ]
 	p cpu c
 	cmp a.seen c.seen
 	same_scores a c
