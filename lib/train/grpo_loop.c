@@ -271,8 +271,13 @@ static int generation(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o
 		g->pidx[i] = uniq[(r0 + i) / G];
 		q[i] = prompts[g->pidx[i]];   /* borrowed */
 	}
+	/* TRL samples inside training_step, after model.train(): NEFTune's
+	 * hook noises model.generate's forwards too (a stream per generation
+	 * batch, so a resumed run draws the same) */
+	ft_model_set_gen_neftune(m, 1, o->seed ^ (0x67656e0000000000ULL + (uint64_t)s->gen * 0xbf58476d1ce4e5b9ULL));
 	int rc = o->generate(o->gen_ctx, m, q, (size_t)g->N, o->seed + (uint64_t)s->gen * 1000003u, (uint64_t)r0,
 			     g->comp);
+	ft_model_set_gen_neftune(m, 0, 0);
 	free(q);
 	if (rc < 0) return -1;
 	for (int i = 0; i < g->N; i++) fix_completion(o, &g->comp[i]);

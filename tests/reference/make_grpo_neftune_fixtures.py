@@ -31,6 +31,11 @@ tests/unit/test_grpo_neftune.c.
    their own noised pass).  Also the kl a noise-free reference would give,
    so the test can tell the two apart.
 
+3. The sampling: the two kinds of forward model.generate makes (part 1:
+   in train mode, noised, at the width of the left-padded prompts and then
+   1), with ft's decoder draws injected: the logits ft's CPU decoder must
+   give with ft_model_set_gen_neftune on.
+
     /work/venv/bin/python tests/reference/make_grpo_neftune_fixtures.py
 writes tests/fixtures/grpo/neftune.json.
 """
@@ -241,6 +246,58 @@ def step(noised, ref_noised):
     return {"loss": loss.item(), **{k: v[-1] for k, v in me._metrics["train"].items()}}
 
 
+def ft_noise_tokens(stream, k, rows, D):
+    """ft_neftune_tokens: one decoder forward's increments, token order."""
+    W = max(rows.count(r) for r in set(rows))
+    mag = ALPHA / torch.sqrt(torch.tensor(W * D))   # the hook's float32 magnitude at width W
+    return ft_noise(stream, k, len(rows) * D, mag).reshape(len(rows), D)
+
+
+def generation(stream):
+    """Part 3: model.generate's two kinds of forward, as TRL runs them in
+    train mode (part 1: noised, widths the padded prompts' and 1): the
+    prefill of the left-padded prompts, positions from the attention mask
+    as generate computes them, and one new token per row over the cache;
+    ft's draws (its decoder's forwards 0 and 1 of `stream`, tokens packed
+    row after row) at the same tokens.  The logits of the prefill's last
+    positions and of the new tokens."""
+    from transformers import DynamicCache
+    pm = load("llama")
+    D = pm.config.hidden_size
+    P = max(len(q) for q in PROMPTS)
+    st = {}
+
+    def hook(module, inp, out):
+        assert module.training
+        return out + st["add"]
+    pm.base_model.model.get_input_embeddings().register_forward_hook(hook)
+    pm.train()
+    B = len(PROMPTS)
+    ids = torch.zeros(B, P, dtype=torch.long)
+    am = torch.zeros(B, P, dtype=torch.long)
+    rows = [r for r, q in enumerate(PROMPTS) for _ in q]
+    z = torch.from_numpy(ft_noise_tokens(stream, 0, rows, D))
+    st["add"] = torch.zeros(B, P, D)
+    i = 0
+    for r, q in enumerate(PROMPTS):
+        ids[r, P - len(q):] = torch.tensor(q)
+        am[r, P - len(q):] = 1
+        for t in range(len(q)):
+            st["add"][r, P - len(q) + t] = z[i]
+            i += 1
+    pos = (am.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    with torch.no_grad():
+        pre = pm(input_ids=ids, attention_mask=am, position_ids=pos, past_key_values=cache,
+                 use_cache=True).logits[:, -1]
+        new = torch.tensor([[44], [8]])
+        st["add"] = torch.from_numpy(ft_noise_tokens(stream, 1, list(range(B)), D)).unsqueeze(1)
+        am2 = torch.cat([am, torch.ones(B, 1, dtype=torch.long)], 1)
+        step = pm(input_ids=new, attention_mask=am2, position_ids=pos[:, -1:] + 1, past_key_values=cache,
+                  use_cache=True).logits[:, -1]
+    return {"stream": stream, "new_tokens": [44, 8], "prefill_logits": pre.tolist(), "step_logits": step.tolist()}
+
+
 def main():
     passes = {"lora": observe(True), "full": observe(False)}
     lora = {k: v["noised"] for k, v in passes["lora"].items()}
@@ -249,7 +306,8 @@ def main():
     out = {"source": "trl 1.16 GRPOTrainer.train / _compute_loss with NEFTune (make_grpo_neftune_fixtures.py)",
            "passes": passes, "prompts": PROMPTS, "completions": COMPLETIONS, "per_func": PER_FUNC,
            "weights": WEIGHTS, "G": G, "max_completion_length": MAXC, "alpha": ALPHA, "seed": SEED,
-           "beta": BETA, "step": step(lora, True), "ref_noise_free": step(lora, False)}
+           "beta": BETA, "step": step(lora, True), "ref_noise_free": step(lora, False),
+           "generation": generation(12345)}
     with open(os.path.join(FIX, "grpo", "neftune.json"), "w") as f:
         json.dump(out, f, indent=1)
         f.write("\n")

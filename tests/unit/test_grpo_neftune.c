@@ -9,7 +9,9 @@
  * runs the same step (fixed completions and rewards through its generate
  * and score callbacks) and its logged kl, entropy, clip ratios and loss
  * must be TRL's.  The kl of a noise-free reference is 35% lower: a loop
- * that skipped the reference's noise fails.
+ * that skipped the reference's noise fails.  Part 3: the sampling
+ * forwards, TRL's generate in train mode, against ft's CPU decoder with
+ * the noise on (ft_model_set_gen_neftune), and the width rule.
  *
  * Tolerances: the log-probabilities come from a float32 forward whose
  * BLAS order differs from torch's (~1e-6 on |logp| <= log 256; the noise
@@ -27,6 +29,7 @@
 #include <string.h>
 #include "tap.h"
 #include "train/grpo_loop.h"
+#include "model/infer.h"
 #include "model/model.h"
 #include "util/error.h"
 #include "util/json.h"
@@ -118,6 +121,80 @@ static int run_step(ft_model *m, const fix *f, json_t **line)
 
 static double num(const json_t *o, const char *k) { return ft_json_num(o, k, NAN); }
 
+/* max |got - want| over the rows of a [rows][V] JSON array, over max |want| */
+static double logits_err(const float *got, const json_t *want, int V)
+{
+	double d = 0, s = 0;
+	for (size_t r = 0; r < json_array_size(want); r++)
+		for (int v = 0; v < V; v++) {
+			double w = json_real_value(json_array_get(json_array_get(want, r), v));
+			if (fabs(got[r * V + v] - w) > d) d = fabs(got[r * V + v] - w);
+			if (fabs(w) > s) s = fabs(w);
+		}
+	return d / s;
+}
+
+/* The CPU decoder's prefill of the two prompts (packed row after row,
+ * the last position's logits) and one new token per row, into lg[4][V]. */
+static int decode2(ft_model *m, const json_t *r, float *lg, int V)
+{
+	const json_t *P = json_object_get(r, "prompts"), *nt = json_object_get(json_object_get(r, "generation"),
+									       "new_tokens");
+	int32_t toks[64];
+	int rows[64], want[64], n = 0;
+	for (int i = 0; i < 2; i++)
+		for (size_t t = 0; t < json_array_size(json_array_get(P, i)); t++, n++) {
+			toks[n] = (int32_t)json_integer_value(json_array_get(json_array_get(P, i), t));
+			rows[n] = i;
+			want[n] = t + 1 == json_array_size(json_array_get(P, i));
+		}
+	ft_kvcache *c = ft_kvcache_new(m, 2, 16);
+	int rc = ft_infer_forward(m, c, toks, rows, n, want, lg);
+	int32_t nx[2] = { (int32_t)json_integer_value(json_array_get(nt, 0)),
+			  (int32_t)json_integer_value(json_array_get(nt, 1)) };
+	int r2[2] = { 0, 1 };
+	if (rc == 0) rc = ft_infer_forward(m, c, nx, r2, 2, NULL, lg + 2 * (size_t)V);
+	ft_kvcache_free(c);
+	return rc;
+}
+
+/* TRL's sampling forwards (part 3): with ft_model_set_gen_neftune the
+ * CPU decoder adds the noise at HF's widths (the prompts' 4 in the
+ * prefill, 1 per new token); off (every generation but GRPO's), none.
+ * Tolerance: float32 logits of |l| < 1 in another BLAS order, 1e-4 of the
+ * largest as test_families; the noise itself moves them by > 10%. */
+static void check_generation(ft_model *m, const json_t *r)
+{
+	const json_t *g = json_object_get(r, "generation");
+	int V = ft_model_config(m)->vocab_size;
+	float *lg = ft_xmalloc(4 * (size_t)V * sizeof *lg);
+	ft_model_set_gen_neftune(m, 1, (uint64_t)ft_json_int(g, "stream", 0));
+	int rc = decode2(m, r, lg, V);
+	ft_model_set_gen_neftune(m, 0, 0);
+	ok(rc == 0, "the CPU decoder with NEFTune (%s)", rc ? ft_errmsg() : "ok");
+	double ep = logits_err(lg, json_object_get(g, "prefill_logits"), V);
+	double es = logits_err(lg + 2 * (size_t)V, json_object_get(g, "step_logits"), V);
+	ok(rc == 0 && ep < 1e-4 && es < 1e-4, "sampling noise: prefill logits within %.2g, new token's within %.2g of "
+	   "TRL's generate in train mode", ep, es);
+	rc = decode2(m, r, lg, V);
+	ep = logits_err(lg, json_object_get(g, "prefill_logits"), V);
+	es = logits_err(lg + 2 * (size_t)V, json_object_get(g, "step_logits"), V);
+	ok(rc == 0 && ep > 0.05 && es > 0.05, "without ft_model_set_gen_neftune the decoder adds none (%.2g, %.2g off)",
+	   ep, es);
+	free(lg);
+}
+
+/* One decoder forward's width is the most tokens of one row (HF's
+ * padded size(1)), not the tokens of the forward. */
+static void check_width(void)
+{
+	float a[5 * 4] = { 0 }, b[5 * 4] = { 0 };
+	int rows[5] = { 1, 1, 0, 1, 0 };
+	ft_neftune_tokens(a, rows, 5, 2, 2.0, 4, 99, 3);
+	ft_neftune_add(b, 20, ft_neftune_magnitude(2.0, 3, 4), ft_neftune_seed(99, 3));
+	ok(memcmp(a, b, sizeof a) == 0, "decoder noise: width 3 for rows of 3 and 2 tokens, stream (99, 3)");
+}
+
 int main(void)
 {
 	json_t *root = ft_json_load_file("tests/fixtures/grpo/neftune.json");
@@ -134,8 +211,11 @@ int main(void)
 	const json_t *full = json_object_get(json_object_get(root, "passes"), "full");
 	ok(json_is_true(json_object_get(json_object_get(lora, "ref"), "noised")) &&
 	   json_is_true(json_object_get(json_object_get(lora, "old"), "noised")) &&
+	   json_is_true(json_object_get(json_object_get(lora, "generate"), "noised")) &&
 	   !json_is_true(json_object_get(json_object_get(full, "ref"), "noised")),
-	   "TRL noises the old and LoRA's reference passes, not a separate reference model");
+	   "TRL noises generation, the old and LoRA's reference passes, not a separate reference model");
+	check_width();
+	check_generation(m, root);
 	json_t *line = NULL;
 	int rc = run_step(m, &f, &line);
 	ok(rc == 0, "one GRPO step with NEFTune (%s)", rc ? ft_errmsg() : "ok");
