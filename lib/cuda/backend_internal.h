@@ -34,8 +34,9 @@ extern "C" {
  * 15: ZeRO-1's gather (ft_cuda_opts.zero_ranks, zero_rank);
  * 16: GRPO's tempered log-probs and entropies (logps_options);
  * 17: the optimizer extras: per-param updates (LoRA+, BAdam) and the
- *     optimizers that replace AdamW (Adam-mini, Muon, GaLore, APOLLO) */
-#define FTP_CUDA_ABI 17
+ *     optimizers that replace AdamW (Adam-mini, Muon, GaLore, APOLLO);
+ * 18: ft_cuda_view.gen_neftune (NEFTune in GRPO's device decoder) */
+#define FTP_CUDA_ABI 18
 
 typedef struct {
 	int abi;
