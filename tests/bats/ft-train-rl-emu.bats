@@ -121,6 +121,15 @@ same() {
 	g cuda n --beta 0.04 --neftune_noise_alpha 1
 	g cuda z --beta 0.04
 	! cmp -s n/completions.jsonl z/completions.jsonl
+	# resumed inside a generation batch (step 3 of 2 x 2): the noise streams continue, bit for bit
+	args=(--beta 0.04 --num_iterations 2 --save_steps 3 --max_steps 6 --neftune_noise_alpha 1)
+	g cuda U "${args[@]}"
+	g cuda K "${args[@]}"
+	rm -rf K/checkpoint-6 K/adapter_model.safetensors
+	g cuda K "${args[@]}" --resume_from_checkpoint K/checkpoint-3
+	cmp U/trainer_log.jsonl K/trainer_log.jsonl
+	cmp U/completions.jsonl K/completions.jsonl
+	cmp U/adapter_model.safetensors K/adapter_model.safetensors
 	ft-cat --encode < "$FIXTURES/ppo/prompts.jsonl" > ppo.zst
 	for d in cpu cuda; do   # -q -v: the notes back
 		run --separate-stderr p $d $d-n -v --neftune_noise_alpha 5
