@@ -3,10 +3,11 @@
  * incrementally (a prefill chunk, then one token at a time, two rows of
  * different lengths interleaved) must equal ft_model_forward's logits of
  * the whole sequence: relative error <= 1e-4 (fp32, different summation
- * order in attention).  With LoRA and with OFT (a policy trained with OFT
+ * order in attention; 5e-4 for Gemma 2, below).  With LoRA and with OFT (a policy trained with OFT
  * decodes its grpo/ppo rollouts unmerged: the rotation of each module's
  * input is the same call as training's, so only attention's order
- * differs). */
+ * differs), DoRA (decoding's scales refreshed from the new B, as the
+ * loops do) and Gemma 2 (soft-caps, sliding layers, hd 256). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,18 +37,19 @@ static float *full_logits(ft_model *m, const int32_t *ids, int n)
 	return logits;
 }
 
-enum { PLAIN, LORA, OFT };
+enum { PLAIN, LORA, OFT, DORA };
 
 static void check_model(const char *dir, int kind)
 {
 	ft_tune_opts o = {0};
-	o.type = kind == LORA ? FT_FT_LORA : kind == OFT ? FT_FT_OFT : FT_FT_FULL;
+	o.type = kind == LORA || kind == DORA ? FT_FT_LORA : kind == OFT ? FT_FT_OFT : FT_FT_FULL;
 	o.lora_rank = 4, o.lora_alpha = 8, o.lora_targets = FT_MOD_ALL_LINEAR, o.seed = 3;
 	o.oft_block_size = 8;
 	ft_model *m = ft_model_load(dir, &o);
 	if (!ok(m != NULL, "%s loads (%s)", dir, m ? "" : ft_errmsg())) return;
+	if (kind == DORA) ok(ft_model_dora_init(m) == 0, "%s: DoRA's magnitudes", dir);
 	/* non-zero B (R) so the adapters matter: zero is the identity */
-	const char *trained = kind == LORA ? "lora_B" : kind == OFT ? "oft_R" : NULL;
+	const char *trained = kind == LORA || kind == DORA ? "lora_B" : kind == OFT ? "oft_R" : NULL;
 	int seen = 0;
 	for (size_t i = 0; trained && i < ft_model_nparams(m); i++) {
 		ft_param *p = ft_model_param(m, i);
@@ -55,7 +57,8 @@ static void check_model(const char *dir, int kind)
 			for (size_t k = 0; k < p->n; k++) p->w[k] = 0.05f * sinf((float)(k + i)), seen = 1;
 	}
 	if (trained) ok(seen, "%s: the model has %s weights", dir, trained);
-	const char *tag = kind == LORA ? " +lora" : kind == OFT ? " +oft" : "";
+	if (kind == DORA) ft_model_dora_refresh(m);   /* the scales decoding reads, from the new B */
+	const char *tag = kind == LORA ? " +lora" : kind == OFT ? " +oft" : kind == DORA ? " +dora" : "";
 	int V = ft_model_config(m)->vocab_size;
 	int32_t a[SEQ], b[SEQ - 4];
 	for (int i = 0; i < SEQ; i++) a[i] = (i * 37 + 11) % V;
@@ -85,7 +88,12 @@ static void check_model(const char *dir, int kind)
 	}
 	ok(rc == 0, "%s%s: incremental decoding runs (%s)", dir, tag, rc ? ft_errmsg() : "");
 	double ea = compare(got_a, fa, (size_t)SEQ * V), eb = compare(got_b, fb, (size_t)(SEQ - 4) * V);
-	ok(ea <= 1e-4 && eb <= 1e-4, "%s%s: KV-cache logits equal full recomputation at every position (rel err %.2g, %.2g)",
+	/* the llama/qwen2 fixtures measure ~1e-5 (1-4 threads); Gemma 2's
+	 * hd 256 dot products, sqrt(D)-scaled embeddings and tanh soft-caps
+	 * carry the same fp32 roundings further: 4-6e-5 measured, so its
+	 * bound keeps the others' ~10x margin at 5e-4 */
+	double tol = strstr(dir, "gemma") ? 5e-4 : 1e-4;
+	ok(ea <= tol && eb <= tol, "%s%s: KV-cache logits equal full recomputation at every position (rel err %.2g, %.2g)",
 	   dir, tag, ea, eb);
 
 	int want[2] = {0, 1};
@@ -110,5 +118,7 @@ int main(void)
 	check_model("tests/fixtures/models/tiny-qwen2", PLAIN);
 	check_model("tests/fixtures/models/tiny-llama", LORA);
 	check_model("tests/fixtures/models/tiny-qwen2", OFT);
+	check_model("tests/fixtures/models/tiny-llama", DORA);
+	check_model("tests/fixtures/models/tiny-gemma2-hd256", LORA);
 	return tap_done();
 }
