@@ -98,10 +98,10 @@ static int forward_body(ft_cuda_model *dm, const ft_cuda_batch *b)
 		TRY(upload(dm, dm->lens, dm->h_lens, (size_t)b->B * 4, "row lengths"));
 	}
 	TRY(ft_cu_embedding_forward(dm, dm->xs, dm->ids, dm->wte, N, D));
-	if (dm->training && c->neftune_alpha > 0)
-		TRY(ft_cu_neftune(dm, dm->xs, b->B, b->T));
 	if (c->gemma)   /* embeddings times sqrt(hidden), in float32 as the CPU */
 		TRY(ft_cu_scale(dm, dm->xs, (float)sqrt((double)D), (size_t)N * D));
+	if (dm->training && c->neftune_alpha > 0)   /* on the scaled output, as the CPU */
+		TRY(ft_cu_neftune(dm, dm->xs, b->B, b->T));
 	for (int l = 0; l < L; l++) {
 		ft_dacts *a = &dm->acts[c->gradient_checkpointing ? 0 : l];
 		TRY(ft_cu_layer_forward(dm, l, a, dm->xs + (size_t)l * N * D,

@@ -281,11 +281,11 @@ int ft_infer_forward(ft_model *m, ft_kvcache *c, const int32_t *tokens,
 	if (rc == 0) rc = rope_setup(m, &b, maxpos);
 	if (rc == 0) {
 		ft_embedding_forward(b.x, tokens, m->wte.w, N, m->c.hidden_size);
-		if (m->gen_neft_on && m->o.neftune_noise_alpha > 0)   /* before Gemma's scale, as training's */
-			ft_neftune_tokens(b.x, rows, N, c->rows, m->o.neftune_noise_alpha, m->c.hidden_size,
-					  m->gen_neft_stream, c->forwards++);
 		for (size_t i = 0; m->c.gemma && i < (size_t)N * m->c.hidden_size; i++)
 			b.x[i] *= (float)sqrt((double)m->c.hidden_size);   /* Gemma */
+		if (m->gen_neft_on && m->o.neftune_noise_alpha > 0)   /* after Gemma's scale, as training's */
+			ft_neftune_tokens(b.x, rows, N, c->rows, m->o.neftune_noise_alpha, m->c.hidden_size,
+					  m->gen_neft_stream, c->forwards++);
 		for (int l = 0; l < m->c.num_hidden_layers; l++)
 			layer_step(m, c, l, rows, &b, c->cap);
 		for (int i = 0; i < N; i++)

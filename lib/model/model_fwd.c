@@ -410,10 +410,12 @@ int ftp_model_forward_body(ft_model *m, const ft_batch *b)
 		ft_rope_tables(m->cos_l, m->sin_l, m->pos, N, m->inv_freq_l, rd);
 	}
 	ft_embedding_forward(m->xs, b->input_ids, m->wte.w, N, D);
-	if (m->training && m->o.neftune_noise_alpha > 0)
-		ftp_neftune_apply(m, m->xs, b->B, b->T);
 	if (c->gemma)   /* Gemma: embeddings times sqrt(hidden), in float32 as the weights */
 		for (size_t i = 0; i < (size_t)N * D; i++) m->xs[i] *= (float)sqrt((double)D);
+	/* NEFTune noises the embedding module's output: Gemma's is scaled
+	 * (transformers' Gemma{2,3}TextScaledWordEmbedding, docs/EXTRAS.md) */
+	if (m->training && m->o.neftune_noise_alpha > 0)
+		ftp_neftune_apply(m, m->xs, b->B, b->T);
 	for (int l = 0; l < L; l++) {
 		ftp_acts *a = &m->acts[m->o.gradient_checkpointing ? 0 : l];
 		layer_forward(m, l, a, m->xs + (size_t)l * N * D, m->xs + (size_t)(l + 1) * N * D, b);

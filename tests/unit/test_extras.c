@@ -7,9 +7,11 @@
 #include "export/merge.h"
 #include "format/safetensors.h"
 #include "model/model.h"
+#include "model/model_internal.h"   /* m->xs: the layers' input, noised */
 #include "train/optim_ext.h"
 #include "util/error.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -190,9 +192,46 @@ static void dora_merge(void)
 	free(out);
 }
 
+/* Gemma: transformers' hook noises the embedding module's output, which
+ * Gemma{2,3}TextScaledWordEmbedding has already scaled by sqrt(d): the
+ * first layer's input is wte[id] * sqrt(d) + noise, bit for bit (the
+ * draws are the forward's own stream), not (wte[id] + noise) * sqrt(d). */
+static void neftune_gemma(void)
+{
+	ft_tune_opts o = { .type = FT_FT_FULL, .seed = 11, .neftune_noise_alpha = 5 };
+	ft_model *m = ft_model_load("tests/fixtures/families/gemma2/model", &o);
+	if (!ok(m != NULL, "gemma2 loads (%s)", m ? "" : ft_errmsg())) return;
+	int T = 6, D = ft_model_config(m)->hidden_size, V = ft_model_config(m)->vocab_size;
+	int32_t ids[6], labels[6];
+	for (int i = 0; i < T; i++) ids[i] = labels[i] = (i * 29 + 3) % V;
+	ft_batch b = { .B = 1, .T = T, .input_ids = ids, .labels = labels, .n_label_tokens = T };
+	double loss;
+	int64_t nt;
+	ok(ft_model_forward_backward(m, &b, 1.0f, &loss, &nt) == 0, "gemma2: a NEFTune forward-backward");
+	size_t n = (size_t)T * D;
+	float *after = calloc(n, sizeof *after), *before = calloc(n, sizeof *before);
+	float mag = ft_neftune_magnitude(5, T, D), sc = (float)sqrt((double)D);
+	uint64_t seed = ft_neftune_seed(11, 1);   /* the model's first forward call */
+	for (size_t i = 0; i < n; i++) {
+		float e = m->wte.w[(size_t)ids[i / D] * D + i % D];
+		after[i] = e * sc;
+		before[i] = e;
+	}
+	ft_neftune_add(after, n, mag, seed);
+	ft_neftune_add(before, n, mag, seed);
+	for (size_t i = 0; i < n; i++) before[i] *= sc;
+	ok(!memcmp(m->xs, after, n * sizeof *after) && memcmp(m->xs, before, n * sizeof *before),
+	   "gemma2: NEFTune adds its noise to the sqrt(d)-scaled embeddings (transformers' scaled "
+	   "embedding module), not before the scale");
+	free(after);
+	free(before);
+	ft_model_free(m);
+}
+
 int main(void)
 {
 	neftune();
+	neftune_gemma();
 	llama_pro();
 	badam();
 	dora_merge();
