@@ -186,7 +186,8 @@ void ft_cuda_set_position(ft_cuda_model *dm, int64_t micro_batches_done);
  * for the final norm and an untied lm_head, then the decoder layers L-1
  * ... 0, then -1 for the embeddings (a tied lm_head's too); NULL stops it.
  * ft_cuda_grads_group calls fn(ctx, g, n, stream) for each gradient of a
- * group, in the model's tensor order, with its communication stream, made to wait first for the
+ * group, in the model's tensor order (group -1 then a value head's weight
+ * and bias, ft_cuda_pref_new's), with its communication stream, made to wait first for the
  * group's event (or, when this backward recorded none, for all work queued
  * so far); it may be called from another thread.  ft_cuda_grads_wait
  * waits for the communication stream. */

@@ -190,6 +190,26 @@ static int b_state_in(void *self, const ft_adamw *opt)
 
 static size_t b_peak(void *self) { return ft_cuda_peak_bytes(((binding *)self)->dm); }
 
+/* Data parallel (trainer_dist.c's sum_groups, after the micro-batch's
+ * whole forward_backward: several backward passes run per micro-batch, so
+ * no group is final before the last, and none is summed beside them).
+ * The groups are cuda_train.c's; rm's value head goes with the last,
+ * after the embeddings, where the CPU plan sums it (ft_cuda_grads_group).
+ * A rank without a micro-batch in the step zeroes first: it adds zeros. */
+static int b_sum_group(void *self, struct ft_dist *d, int group)
+{
+	binding *x = self;
+	if (zero_now(x) < 0)
+		return -1;
+	return ft_cuda_train_sum_group(x->dm, d, group);
+}
+
+static int b_sum_wait(void *self, struct ft_dist *d)
+{
+	(void)d;
+	return ft_cuda_grads_wait(((binding *)self)->dm);
+}
+
 /* ---- the model_pref.h operations ---- */
 
 /* Each training forward draws the next dropout masks on the device: the
@@ -295,7 +315,9 @@ int ft_pref_model_of_cuda(ft_model *m, const ft_cuda_opts *o, int value_head, ft
 			  .state_out = b_state_out, .state_in = b_state_in, .peak_bytes = b_peak,
 			  .ckpt_save = f16 ? b_ckpt_save : NULL, .ckpt_load = f16 ? b_ckpt_load : NULL,
 			  .metrics = f16 ? b_metrics : NULL,
-			  .ext_step = value_head ? NULL : b_ext_step },
+			  .ext_step = value_head ? NULL : b_ext_step,
+			  .sum_group = b_sum_group, .sum_wait = b_sum_wait,
+			  .grad_layers = c->num_hidden_layers },
 		.hidden_size = c->hidden_size, .vocab_size = c->vocab_size,
 		.has_adapters = ft_model_has_adapters(m),
 		.logps_forward = b_logps_fwd, .logps_backward = b_logps_bwd, .set_adapters = b_adapters,

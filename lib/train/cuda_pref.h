@@ -8,8 +8,11 @@
  *
  * A frozen model (the reference: --ref_model, or a frozen copy of the
  * base for full/freeze) binds the same way; it then only runs
- * logps_forward without a graph.  Data parallel is not wired (no
- * sum_group): the tool refuses mpirun with these stages on GPUs.
+ * logps_forward without a graph.  Data parallel: sum_group sums the
+ * policy's gradient groups (rm's value head with the embeddings) over
+ * NCCL after the micro-batch's forward_backward (no set_grads_ready: no
+ * overlap), as cuda_train.h's binding does; ZeRO-1 is not wired (the
+ * tool refuses it).
  */
 #ifndef FT_CUDA_PREF_H
 #define FT_CUDA_PREF_H

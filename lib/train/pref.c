@@ -506,6 +506,18 @@ static int pf_ckpt_load(void *self, const char *dir)
 	ft_pref *p = self;
 	return p->pm.base.ckpt_load(p->pm.base.self, dir);
 }
+/* Data parallel on the policy's device: its gradient groups summed there
+ * (NCCL) in place of the trainer's MPI sums of the params' g. */
+static int pf_sum_group(void *self, struct ft_dist *d, int group)
+{
+	ft_pref *p = self;
+	return p->pm.base.sum_group(p->pm.base.self, d, group);
+}
+static int pf_sum_wait(void *self, struct ft_dist *d)
+{
+	ft_pref *p = self;
+	return p->pm.base.sum_wait(p->pm.base.self, d);
+}
 /* The policy's device memory, plus a reference model's of its own. */
 static size_t pf_peak(void *self)
 {
@@ -533,6 +545,11 @@ ft_train_model ft_pref_train_model(ft_pref *p)
 		t.ckpt_load = pf_ckpt_load;
 	}
 	if (p->pm.base.peak_bytes) t.peak_bytes = pf_peak;
+	if (p->pm.base.sum_group) {
+		t.sum_group = pf_sum_group;
+		t.sum_wait = pf_sum_wait;
+		t.grad_layers = p->pm.base.grad_layers;
+	}
 	return t;
 }
 

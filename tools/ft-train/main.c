@@ -416,6 +416,12 @@ static void batch_shape(const ft_manifest *m, int *max_tokens, int *max_seq)
 	if (m->seq_len > *max_seq) *max_seq = m->seq_len;
 }
 
+/* The device preference binding steps the whole AdamW state on every
+ * rank (lib/train/cuda_pref.c has no ZeRO-1 slice) */
+static const char pref_zero_cpu_only[] =
+	"under mpirun ZeRO-1 of the preference stages runs on the CPU (the GPU binding keeps the "
+	"whole AdamW state on every rank)";
+
 int device_pick(ft_cli_args *c, ft_model *m, int *index)
 {
 	int idx;
@@ -431,7 +437,7 @@ int device_pick(ft_cli_args *c, ft_model *m, int *index)
 		/* auto means the GPU when it can run this job, else the CPU */
 		const char *cpu_only = fp8_cpu_only(c) ? fp8_cpu_only(c)
 				       : ft_train_extras_cpu_only(c, m) ? ft_train_extras_cpu_only(c, m)
-				       : c->pref && c->t.dist ? "under mpirun the preference stages run on the CPU"
+				       : c->pref && c->t.dist && c->zero ? pref_zero_cpu_only
 				       : grpo_stage(c) && c->t.dist ? "under mpirun --stage grpo runs on the CPU"
 				       : ft_train_cuda_supports(m) < 0 ? ft_errmsg() : NULL;
 		if (cpu_only) {
@@ -446,6 +452,15 @@ int device_pick(ft_cli_args *c, ft_model *m, int *index)
 		if (c->bf16 || c->fp16)
 			warn("note: --%s: the CPU computes in float32; full weights are saved in the config's dtype",
 			     c->bf16 ? "bf16" : "fp16");
+	}
+	/* one GPU per rank: the rank on this node picks it, unless named */
+	ft_dist *d = c->t.dist;
+	if (kind != FT_DEV_CPU && d && strchr(c->device, ':') == NULL) {
+		int ngpu = ft_device_cuda_count(NULL, 0);
+		idx = ft_dist_local_rank();
+		if (ngpu > 0 && idx >= ngpu)
+			die("--device %s: rank %d is local rank %d but this node has %d GPU%s: start at most "
+			    "%d ranks per node", c->device, ft_dist_rank(d), idx, ngpu, ngpu == 1 ? "" : "s", ngpu);
 	}
 	*index = idx;
 	return kind;
@@ -472,17 +487,8 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 		return 0;
 	}
 	ft_dist *d = c->t.dist;
-	if (d && c->pref)
-		die_usage("--stage %s runs in one process on GPUs (no mpirun -np N with --device %s)",
-			  c->stage, c->device);
-	/* one GPU per rank: the rank on this node picks it, unless named */
-	if (d && strchr(c->device, ':') == NULL) {
-		int ngpu = ft_device_cuda_count(NULL, 0);
-		idx = ft_dist_local_rank();
-		if (ngpu > 0 && idx >= ngpu)
-			die("--device %s: rank %d is local rank %d but this node has %d GPU%s: start at most "
-			    "%d ranks per node", c->device, ft_dist_rank(d), idx, ngpu, ngpu == 1 ? "" : "s", ngpu);
-	}
+	if (d && c->pref && c->zero)
+		die_usage("--zero %d --stage %s --device %s: %s", c->zero, c->stage, c->device, pref_zero_cpu_only);
 	ft_cuda_opts o = { .precision = c->bf16 ? FT_CUDA_BF16 : c->fp16 ? FT_CUDA_F16 : FT_CUDA_F32,
 			   .device = idx };
 	if (d && c->zero) {   /* ZeRO-1: this rank's slice of the moments only */
