@@ -438,7 +438,6 @@ int device_pick(ft_cli_args *c, ft_model *m, int *index)
 		const char *cpu_only = fp8_cpu_only(c) ? fp8_cpu_only(c)
 				       : ft_train_extras_cpu_only(c, m) ? ft_train_extras_cpu_only(c, m)
 				       : c->pref && c->t.dist && c->zero ? pref_zero_cpu_only
-				       : grpo_stage(c) && c->t.dist ? "under mpirun --stage grpo runs on the CPU"
 				       : ft_train_cuda_supports(m) < 0 ? ft_errmsg() : NULL;
 		if (cpu_only) {
 			warn("note: --device auto: training on the CPU: %s", cpu_only);
