@@ -21,6 +21,7 @@ typedef struct {
 	float *ent;          /* GRPO: where the entropies go (NULL: none) */
 	ft_adamw *out;       /* the optimizer dev_moments fills, at a checkpoint */
 	ftp_cuda_ext ext;    /* dpo/kto: LLaMA-Factory's optimizer extras (cuda_ext.c) */
+	struct ft_dist *zero;   /* ZeRO-1 (dpo/kto): the job whose ranks hold the slices */
 } binding;
 
 /* The host value head -> the device, when it changed there. */
@@ -91,6 +92,9 @@ static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm
 		return -1;
 	x->skipped += skipped;
 	x->need_zero = 1;
+	/* ZeRO-1: as cuda_train.c's step (every rank skips alike) */
+	if (x->zero && !skipped && ft_cuda_train_zero_gather(x->dm, x->zero) < 0)
+		return -1;
 	return skipped;
 }
 
@@ -159,6 +163,9 @@ static int b_state_out(void *self, ft_adamw *opt)
 	/* an optimizer in place of AdamW holds the state: the AdamW stays */
 	if (ftp_cuda_ext_owns_state(&x->ext))
 		return ftp_cuda_ext_state_out(&x->ext);
+	/* ZeRO-1 (no value head, no extras: ft_pref_model_cuda_zero) */
+	if (x->zero && opt)
+		return ft_cuda_train_zero_moments(x->m, x->dm, x->zero, opt);
 	if (opt) {
 		x->out = opt;
 		ft_adamw_set_fetch(opt, dev_moments, x);
@@ -326,6 +333,18 @@ int ft_pref_model_of_cuda(ft_model *m, const ft_cuda_opts *o, int value_head, ft
 		.set_logp_temperature = b_temp, .set_logp_entropy = b_entropy,
 	};
 	*pm = r;
+	return 0;
+}
+
+int ft_pref_model_cuda_zero(ft_pref_model *pm, struct ft_dist *d)
+{
+	binding *x = pm->base.self;
+	/* the head is outside the device's slices (zero.cu) while the
+	 * checkpoint's gather (ft_dist_gather_moments) slices the optimizer's
+	 * params, the head's included: the two would not meet */
+	if (pm->own_value_head)
+		return ft_fail("ZeRO-1 on the device: rm's value head is not in the device's slices");
+	x->zero = d;
 	return 0;
 }
 

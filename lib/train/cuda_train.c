@@ -87,14 +87,19 @@ static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm
 		return -1;
 	x->skipped += skipped;
 	x->need_zero = 1;
-	if (x->zero && !skipped) {   /* every rank skips together: the same gradients */
-		ft_dist_watch(x->zero, "ZeRO-1 parameter all-gather");
-		int rc = ft_cuda_zero_gather(x->dm, ft_dist_nccl_bcast, ft_dist_nccl_group_of, x->zero);
-		if (rc == 0) rc = ft_cuda_sync(x->dm);
-		ft_dist_unwatch(x->zero);
-		if (rc < 0) return -1;
-	}
+	/* every rank skips together: the same gradients */
+	if (x->zero && !skipped && ft_cuda_train_zero_gather(x->dm, x->zero) < 0)
+		return -1;
 	return skipped;
+}
+
+int ft_cuda_train_zero_gather(ft_cuda_model *dm, ft_dist *d)
+{
+	ft_dist_watch(d, "ZeRO-1 parameter all-gather");
+	int rc = ft_cuda_zero_gather(dm, ft_dist_nccl_bcast, ft_dist_nccl_group_of, d);
+	if (rc == 0) rc = ft_cuda_sync(dm);
+	ft_dist_unwatch(d);
+	return rc;
 }
 
 /* LLaMA-Factory's extras on the device (cuda_ext.c). */
@@ -128,23 +133,28 @@ static int b_state_out(void *self, ft_adamw *opt)
 	 * CPU run leaves untouched stays so */
 	if (ftp_cuda_ext_owns_state(&x->ext))
 		return ftp_cuda_ext_state_out(&x->ext);
-	for (size_t k = 0; opt && x->zero && k < ft_adamw_count(opt); k++) {
-		long i = ftp_cuda_param_index(x->m, ft_adamw_param(opt, k));
-		if (i < 0 || ft_cuda_adamw_get(x->dm, (size_t)i, ft_adamw_exp_avg(opt, k),
+	/* ZeRO-1 (--zero 1 refuses the optimizer extras, so no block below) */
+	if (x->zero && opt)
+		return ft_cuda_train_zero_moments(x->m, x->dm, x->zero, opt);
+	if (opt) {
+		x->out = opt;
+		ft_adamw_set_fetch(opt, dev_moments, x);
+		ft_adamw_set_steps(opt, ft_cuda_steps(x->dm));
+	}
+	return ftp_cuda_ext_state_out(&x->ext);   /* BAdam's block */
+}
+
+/* Each rank fills its own slice of opt's moments; rank 0 gets the others' */
+int ft_cuda_train_zero_moments(ft_model *m, ft_cuda_model *dm, ft_dist *d, ft_adamw *opt)
+{
+	for (size_t k = 0; k < ft_adamw_count(opt); k++) {
+		long i = ftp_cuda_param_index(m, ft_adamw_param(opt, k));
+		if (i < 0 || ft_cuda_adamw_get(dm, (size_t)i, ft_adamw_exp_avg(opt, k),
 					       ft_adamw_exp_avg_sq(opt, k)) < 0)
 			return -1;
 	}
-	if (opt && !x->zero) {
-		x->out = opt;
-		ft_adamw_set_fetch(opt, dev_moments, x);
-	}
-	if (opt)
-		ft_adamw_set_steps(opt, ft_cuda_steps(x->dm));
-	/* ZeRO-1: each rank filled its own slice; rank 0 gets the others'
-	 * (--zero 1 refuses the optimizer extras, so no block below) */
-	if (x->zero && opt)
-		return ft_dist_gather_moments(x->zero, opt);
-	return ftp_cuda_ext_state_out(&x->ext);   /* BAdam's block */
+	ft_adamw_set_steps(opt, ft_cuda_steps(dm));
+	return ft_dist_gather_moments(d, opt);
 }
 
 static int b_state_in(void *self, const ft_adamw *opt)

@@ -45,6 +45,13 @@ void ft_cuda_train_zero(ft_train_model *t, struct ft_dist *d);
  * communication stream (sum_group of this binding and of the preference
  * stages', cuda_pref.c); ft_cuda_grads_wait waits for it. */
 int ft_cuda_train_sum_group(ft_cuda_model *dm, struct ft_dist *d, int group);
+/* ZeRO-1 for the bindings on dm (this one's and cuda_pref.c's): the
+ * updated slices all-gathered after a step that updated (under the
+ * watchdog, waited for), and at a checkpoint, on every rank, this rank's
+ * slice of the moments of opt's params (m's) copied into opt and gathered
+ * into rank 0's (ft_dist_gather_moments), with dm's step count. */
+int ft_cuda_train_zero_gather(ft_cuda_model *dm, struct ft_dist *d);
+int ft_cuda_train_zero_moments(ft_model *m, ft_cuda_model *dm, struct ft_dist *d, ft_adamw *opt);
 /* Optimizer steps skipped for fp16 overflow so far. */
 int64_t ft_cuda_train_skipped(const ft_train_model *t);
 void ft_cuda_train_free(ft_train_model *t);

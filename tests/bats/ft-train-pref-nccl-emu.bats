@@ -139,14 +139,51 @@ parity() {
 	cmp full-rm/value_head.safetensors r-rm/value_head.safetensors
 }
 
-@test "NCCL (emulated) preference stages: --zero 1 on GPUs refused with its reason; --device auto takes the CPU for it" {
-	pargs dpo
+# ZeRO-1 (lib/cuda/zero.cu through cuda_pref.c): every rank has the same
+# summed gradients, the same norm and clipping, updates its slice with
+# plain AdamW's kernel and the slices are broadcast back bit for bit, so
+# logs (but the peak memory), weights and checkpoints equal plain data
+# parallel's exactly, as ft-train-nccl-emu.bats's sft ZeRO-1 test argues;
+# its checkpoint resumed on 2 ranks gives the same bits again.  Full dpo
+# has its reference as a second (frozen, unsliced) device model.
+@test "NCCL (emulated) dpo, kto --zero 1: == plain data parallel bit for bit; its checkpoint resumes on 2 ranks" {
+	no_mem() { jq -c 'del(.elapsed_time, .remaining_time, .throughput, .peak_memory_bytes)' "$1"; }
+	for s in dpo kto full; do
+		if [ $s = full ]; then
+			args=(--stage dpo --train dpo.zst --model_name_or_path "$MODEL" --finetuning_type full
+			      --logging_steps 1 --learning_rate 1e-4 -q)
+			f=model.safetensors
+		else pargs $s; f=adapter_model.safetensors; fi
+		args+=(--device cuda --max_steps 4 --save_strategy steps --save_steps 2)
+		run mpi2 ft-train "${args[@]}" --zero 1 --output_dir z-$s
+		assert_success
+		[ "$(jq .ft.zero z-$s/trainer_state.json)" = 1 ]
+		run mpi2 ft-train "${args[@]}" --output_dir p-$s
+		assert_success
+		# the slices are real: the plan holds half the moments
+		zp=$(jq -s '.[0].peak_memory_bytes' z-$s/trainer_log.jsonl)
+		pp=$(jq -s '.[0].peak_memory_bytes' p-$s/trainer_log.jsonl)
+		echo "# $s: peak $zp bytes with ZeRO-1, $pp without" >&3
+		[ "$zp" -lt "$pp" ]
+		cmp <(no_mem z-$s/trainer_log.jsonl) <(no_mem p-$s/trainer_log.jsonl)
+		for g in $f checkpoint-2/optimizer.safetensors checkpoint-2/$f; do
+			cmp "z-$s/$g" "p-$s/$g"
+		done
+		run mpi2 ft-train "${args[@]}" --zero 1 --resume_from_checkpoint z-$s/checkpoint-2 --output_dir r-$s
+		assert_success
+		cmp <(no_mem z-$s/trainer_log.jsonl | tail -n 2) <(no_mem r-$s/trainer_log.jsonl | tail -n 2)
+		cmp z-$s/$f r-$s/$f
+	done
+}
+
+@test "NCCL (emulated) rm --zero 1 on GPUs refused with its reason; --device auto takes the CPU for it" {
+	pargs rm
 	run mpi2 ft-train "${args[@]}" --device cuda --zero 1 --output_dir z
 	[ "$status" -eq 2 ]
-	assert_output --partial "--zero 1 --stage dpo --device cuda: under mpirun ZeRO-1 of the preference stages runs on the CPU"
+	assert_output --partial "--zero 1 --stage rm --device cuda: under mpirun ZeRO-1 of --stage rm runs on the CPU"
 	run --separate-stderr mpi2 ft-train "${args[@]}" -v --device auto --zero 1 --max_steps 1 --output_dir za
 	assert_success
-	[[ "$stderr" == *"note: --device auto: training on the CPU: under mpirun ZeRO-1 of the preference stages"* ]]
+	[[ "$stderr" == *"note: --device auto: training on the CPU: under mpirun ZeRO-1 of --stage rm"* ]]
 	[ "$(jq -r .ft.device za/trainer_state.json)" = cpu ]
 	# without --zero, auto takes the (emulated) GPUs
 	run mpi2 ft-train "${args[@]}" --device auto --max_steps 1 --output_dir a

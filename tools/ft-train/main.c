@@ -416,11 +416,11 @@ static void batch_shape(const ft_manifest *m, int *max_tokens, int *max_seq)
 	if (m->seq_len > *max_seq) *max_seq = m->seq_len;
 }
 
-/* The device preference binding steps the whole AdamW state on every
- * rank (lib/train/cuda_pref.c has no ZeRO-1 slice) */
-static const char pref_zero_cpu_only[] =
-	"under mpirun ZeRO-1 of the preference stages runs on the CPU (the GPU binding keeps the "
-	"whole AdamW state on every rank)";
+/* rm's value head is stepped whole beside the device's ZeRO-1 slices
+ * (ft_pref_model_cuda_zero) */
+static const char rm_zero_cpu_only[] =
+	"under mpirun ZeRO-1 of --stage rm runs on the CPU (the GPU's slices leave out its value head)";
+static int rm_stage(const ft_cli_args *c) { return c->pref && pref_stage_of(c->stage) == FT_PREF_RM; }
 
 int device_pick(ft_cli_args *c, ft_model *m, int *index)
 {
@@ -437,7 +437,7 @@ int device_pick(ft_cli_args *c, ft_model *m, int *index)
 		/* auto means the GPU when it can run this job, else the CPU */
 		const char *cpu_only = fp8_cpu_only(c) ? fp8_cpu_only(c)
 				       : ft_train_extras_cpu_only(c, m) ? ft_train_extras_cpu_only(c, m)
-				       : c->pref && c->t.dist && c->zero ? pref_zero_cpu_only
+				       : rm_stage(c) && c->t.dist && c->zero ? rm_zero_cpu_only
 				       : ft_train_cuda_supports(m) < 0 ? ft_errmsg() : NULL;
 		if (cpu_only) {
 			warn("note: --device auto: training on the CPU: %s", cpu_only);
@@ -486,8 +486,8 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 		return 0;
 	}
 	ft_dist *d = c->t.dist;
-	if (d && c->pref && c->zero)
-		die_usage("--zero %d --stage %s --device %s: %s", c->zero, c->stage, c->device, pref_zero_cpu_only);
+	if (d && rm_stage(c) && c->zero)
+		die_usage("--zero %d --stage rm --device %s: %s", c->zero, c->device, rm_zero_cpu_only);
 	ft_cuda_opts o = { .precision = c->bf16 ? FT_CUDA_BF16 : c->fp16 ? FT_CUDA_F16 : FT_CUDA_F32,
 			   .device = idx };
 	if (d && c->zero) {   /* ZeRO-1: this rank's slice of the moments only */
@@ -500,7 +500,8 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	else if (ft_train_model_of_cuda(m, &o, t) < 0) die("--device %s: %s", c->device, ft_errmsg());
 	/* after the device model exists: NCCL binds to this thread's device */
 	if (d && ft_dist_nccl_open(d) < 0) die("%s", ft_errmsg());
-	if (d && c->zero) ft_cuda_train_zero(t, d);
+	if (d && c->zero && c->pref && ft_pref_model_cuda_zero(&c->pref_pm, d) < 0) die("%s", ft_errmsg());
+	if (d && c->zero && !c->pref) ft_cuda_train_zero(t, d);
 	char plan[256];
 	ft_cuda_model *dm = c->pref ? ft_pref_model_cuda_device(&c->pref_pm) : ft_cuda_train_device(t);
 	ft_cuda_plan_format(ft_cuda_model_plan(dm), plan, sizeof plan);
