@@ -293,7 +293,9 @@ int ft_cuda_attention_run_as(int device, ft_cuda_precision p, const ft_cuda_attn
  * device) at distinct positions pos[0..n), whose backward pass adds the
  * head's gradient and the model's.  ft_cuda_pref_step steps the model's
  * parameters and the head together (ft_cuda_step's arithmetic, one norm),
- * ft_cuda_pref_zero_grad zeroes both.  Host arrays throughout. */
+ * ft_cuda_pref_zero_grad zeroes both.  Host arrays throughout.  dm must
+ * outlive the ft_cuda_pref (with a value head, ft_cuda_grads_group sums the
+ * head's gradients with dm's group -1 until ft_cuda_pref_free). */
 typedef struct ft_cuda_pref ft_cuda_pref;
 ft_cuda_pref *ft_cuda_pref_new(ft_cuda_model *dm, int value_head);
 void ft_cuda_pref_free(ft_cuda_pref *p);

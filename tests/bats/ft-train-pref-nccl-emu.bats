@@ -106,6 +106,25 @@ parity() {
 	done
 }
 
+# each rank evaluates every 2nd validation batch; the loss and TRL's
+# metrics are sums and counts reduced over the ranks: the same forward
+# passes, summed in another order (1e-6 as above; a rank's missing share
+# moves them by ~1e-1)
+@test "NCCL (emulated) dpo --val: the evaluation sharded over the 2 devices == 1 device's (TRL's eval metrics summed)" {
+	pargs dpo
+	args+=(--val dpo.zst --eval_steps 2 --device cuda)
+	run mpi2 ft-train "${args[@]}" --output_dir two
+	assert_success
+	run ft-train "${args[@]}" --gradient_accumulation_steps 2 --output_dir one
+	assert_success
+	[ "$(jq -s 'map(select(.eval_loss)) | length' two/trainer_log.jsonl)" = 2 ]
+	evals() { jq -r 'select(.eval_loss) | del(.eval_runtime, .eval_samples_per_second, .eval_steps_per_second,
+		.elapsed_time, .remaining_time, .throughput, .world_size) | to_entries[] | "\(.key) \(.value)"' "$1"; }
+	paste -d' ' <(evals one/trainer_log.jsonl) <(evals two/trainer_log.jsonl) | awk '
+		$1 != $3 { bad = 1 } { d = $2 - $4; if (d < 0) d = -d; if (d > 1e-6) bad = 1; n++ }
+		END { exit bad || n < 10 }'
+}
+
 @test "NCCL (emulated) kto: 2 ranks == 1 device x 2 == the CPU's 2 ranks" {
 	parity kto adapter_model.safetensors rewards/chosen rewards/rejected kl
 }
