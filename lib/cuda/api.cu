@@ -63,6 +63,7 @@ static const ftp_cuda_api api = {
 	ft_cuda_step_ext,
 	ft_cuda_step_x,
 	ft_cuda_xstate,
+	ft_cuda_infer_refresh,
 };
 
 extern "C" FTP_EXPORT const ftp_cuda_api *ftp_cuda_backend_api(void) { return &api; }

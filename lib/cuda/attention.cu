@@ -31,7 +31,9 @@
  * training in the half modes (the q|k|v buffer is half), which run the
  * tensor-core kernels of flash_tc.cuh, each pass falling back to these
  * kernels on half tiles where its tensor-core kernel's shared memory
- * exceeds the device's opt-in bound (run_pass; docs/CUDA.md).
+ * exceeds the device's opt-in bound (run_pass; docs/CUDA.md).  fp32
+ * passes whose 32-row tiles exceed it (hd 256 on sm_86 / sm_89) run
+ * these kernels on 16 x 16 tiles, 128 threads (FA_BT_SMALL).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -72,14 +74,17 @@ static int smem_need(const void *f, size_t bytes, size_t *need, int *most, int p
 
 /* The kernels of pass 0: forward; 1: dK/dV; 2: dQ, and their dynamic
  * shared bytes.  CUDA cores: the accumulators' register count follows hd
- * (8 lanes share a row: hd/8 per thread) in the fp32 mode; the half
- * elements' fallback is for heads too large for the tensor-core kernels'
- * shared memory (hd > 160 at sm_86's 99 KiB), so one instantiation per
- * pass, the largest, serves it (NDR changes registers, not results). */
-template <typename E, int NDR>
+ * (8 lanes share a row: hd/8 per thread) in the fp32 mode on 32-row
+ * tiles; the fallbacks (half elements where the tensor-core kernels'
+ * shared memory does not fit, 16-row tiles where the 32-row ones do
+ * not) are for large heads (hd > 160 at sm_86's 99 KiB), so one
+ * instantiation per pass, the largest, serves each (NDR changes
+ * registers, not results). */
+template <typename E, int NDR, int BT>
 static void (*core_ndr(int pass))(fa_args<E>)
 {
-	return pass == 0 ? fa_fwd_k<E, NDR> : pass == 1 ? fa_dkdv_k<E, NDR> : fa_dq_k<E, NDR>;
+	return pass == 0 ? fa_fwd_k<E, NDR, BT> : pass == 1 ? fa_dkdv_k<E, NDR, BT>
+							    : fa_dq_k<E, NDR, BT>;
 }
 
 template <typename E>
@@ -87,17 +92,18 @@ static void (*core_kernel(int pass, int hd))(fa_args<E>)
 {
 	if constexpr (sizeof(E) == 4) {
 		if (hd <= 64)
-			return core_ndr<E, 8>(pass);
+			return core_ndr<E, 8, FT_FA_BR>(pass);
 		if (hd <= 128)
-			return core_ndr<E, 16>(pass);
+			return core_ndr<E, 16, FT_FA_BR>(pass);
 	}
-	return core_ndr<E, FA_MAX_NDR>(pass);
+	return core_ndr<E, FA_MAX_NDR, FT_FA_BR>(pass);
 }
 
-template <typename E>
+template <typename E, int BT>
 static size_t core_smem(int pass, int hd)
 {
-	return pass == 0 ? fa_smem_fwd<E>(hd) : pass == 1 ? fa_smem_dkdv<E>(hd) : fa_smem_dq<E>(hd);
+	return pass == 0 ? fa_smem_fwd<E, BT>(hd) : pass == 1 ? fa_smem_dkdv<E, BT>(hd)
+							      : fa_smem_dq<E, BT>(hd);
 }
 
 template <typename E>
@@ -108,66 +114,105 @@ static size_t tc_smem(int pass, int hd)
 							   : fa_tc_smem_dq(hd, es);
 }
 
-/* FT_CUDA_CHECK_ATTN=tc|fp32 (tests: tests/bats/ft-train-cuda-half-emu.bats):
- * an attention pass fails, naming both, unless it runs that kernel
- * family, so a test can tell which one training ran; why is the
- * tensor-core kernel's shared memory where it did not fit (tc_need > 0,
- * most the device's bound).  Read once. */
-static int check_family(int tc, size_t tc_need, int most, int pass)
+/* The kernel families, as FT_CUDA_CHECK_ATTN names them. */
+enum { FA_TC, FA_CORE, FA_CORE16, FA_NFAM };
+static const char *fam_env[FA_NFAM] = { "tc", "fp32", "fp32-16" };
+static const char *fam_name[FA_NFAM] = { "tensor-core (bf16/fp16)", "fp32 (CUDA-core)",
+					 "16-row fp32 (CUDA-core)" };
+
+/* A pass's kernel in order of preference: the one run is the first whose
+ * shared memory (need: dynamic + static) fits. */
+template <typename E> struct fa_cand {
+	void (*k)(fa_args<E>);
+	size_t sm, need;
+	int fam, bt;
+	const char *where;     /* for the messages: "on tensor cores", ... */
+};
+
+/* Half elements: the tensor-core kernel (flash_tc.cuh), else the
+ * CUDA-core one on the same half tiles (fp32 products and accumulators:
+ * more exact, slower; every sm_80+ card that runs half fits it up to
+ * hd 256).  fp32: the CUDA-core kernels on 32-row tiles, else on 16-row
+ * ones (a quarter of the tile bytes; sm_86 / sm_89 at hd 256). */
+template <typename E>
+static int candidates(fa_cand<E> *c, int pass, int hd)
+{
+	if constexpr (sizeof(E) == 2) {
+		c[0] = { pass == 0 ? fa_fwd_tc<E> : pass == 1 ? fa_dkdv_tc<E> : fa_dq_tc<E>,
+			 tc_smem<E>(pass, hd), 0, FA_TC, FT_FA_BR, "on tensor cores" };
+		c[1] = { core_kernel<E>(pass, hd), core_smem<E, FT_FA_BR>(pass, hd), 0, FA_CORE,
+			 FT_FA_BR, "on CUDA cores" };
+	} else {
+		c[0] = { core_kernel<E>(pass, hd), core_smem<E, FT_FA_BR>(pass, hd), 0, FA_CORE,
+			 FT_FA_BR, "on 32-row tiles" };
+		c[1] = { core_ndr<E, FA_MAX_NDR, FA_BT_SMALL>(pass),
+			 core_smem<E, FA_BT_SMALL>(pass, hd), 0, FA_CORE16, FA_BT_SMALL,
+			 "on 16-row tiles" };
+	}
+	return 2;
+}
+
+/* FT_CUDA_CHECK_ATTN=tc|fp32|fp32-16 (tests: tests/bats/ft-train-cuda-half-emu.bats,
+ * ft-train-cuda-emu.bats): an attention pass fails, naming both, unless
+ * it runs that kernel family, so a test can tell which one training ran
+ * per pass; why is the preferred kernel's shared memory where the wanted
+ * family was preferred but did not fit.  Read once. */
+static int want_family(void)
 {
 	static int want = -2;
 	if (want == -2) {
 		const char *e = getenv("FT_CUDA_CHECK_ATTN");
-		want = !e || !*e ? -1 : !strcmp(e, "tc") ? 1 : !strcmp(e, "fp32") ? 0 : 2;
+		want = !e || !*e ? -1 : FA_NFAM;
+		for (int f = 0; want == FA_NFAM && f < FA_NFAM; f++)
+			if (!strcmp(e, fam_env[f]))
+				want = f;
 	}
-	if (want < 0 || want == tc)
-		return 0;
-	if (want == 2)
-		return ft_fail("FT_CUDA_CHECK_ATTN: expected tc or fp32");
-	if (tc_need)   /* a half pass fallen back, so want is tc */
-		return ft_fail("attention: FT_CUDA_CHECK_ATTN=tc, but the fp32 (CUDA-core) kernels "
-			       "run: %s on tensor cores needs %zu bytes of shared memory per "
-			       "block, the device allows %d", pass_name[pass], tc_need, most);
-	return ft_fail("attention: FT_CUDA_CHECK_ATTN=%s, but the %s kernels run", want ? "tc" : "fp32",
-		       tc ? "tensor-core (bf16/fp16)" : "fp32 (CUDA-core)");
+	return want;
 }
 
-/* One pass.  Half elements: the tensor-core kernel (flash_tc.cuh) where
- * its shared memory fits the device's opt-in bound, else the CUDA-core
- * kernel on the same half tiles (fp32 products and accumulators: more
- * exact, slower); fp32: the CUDA-core kernels.  Fails naming what does
- * not fit only where neither does. */
+template <typename E>
+static int check_family(const fa_cand<E> *c, int pick, int most, int pass)
+{
+	int want = want_family();
+	if (want < 0 || want == c[pick].fam)
+		return 0;
+	if (want == FA_NFAM)
+		return ft_fail("FT_CUDA_CHECK_ATTN: expected tc, fp32 or fp32-16");
+	for (int i = 0; i < pick; i++)
+		if (c[i].fam == want)   /* fallen back from the wanted one */
+			return ft_fail("attention: FT_CUDA_CHECK_ATTN=%s, but the %s kernels run: "
+				       "%s %s needs %zu bytes of shared memory per block, the "
+				       "device allows %d", fam_env[want], fam_name[c[pick].fam],
+				       pass_name[pass], c[i].where, c[i].need, most);
+	return ft_fail("attention: FT_CUDA_CHECK_ATTN=%s, but the %s kernels run", fam_env[want],
+		       fam_name[c[pick].fam]);
+}
+
+/* One pass: the first candidate that fits the device's opt-in bound;
+ * fails naming both sizes where neither does. */
 template <typename E>
 static int run_pass(const fa_args<E> &p, int B, int pass, cudaStream_t st)
 {
-	void (*k)(fa_args<E>) = NULL;
-	size_t sm = 0, need = 0, tc_need = 0;
-	int most = 0, tc = 0;
-	if constexpr (sizeof(E) == 2) {
-		k = pass == 0 ? fa_fwd_tc<E> : pass == 1 ? fa_dkdv_tc<E> : fa_dq_tc<E>;
-		sm = tc_smem<E>(pass, p.hd);
-		TRY(smem_need((const void *)k, sm, &need, &most, pass));
-		tc = need <= (size_t)most;
-		tc_need = tc ? 0 : need;
+	fa_cand<E> c[2];
+	int n = candidates(c, pass, p.hd), most = 0, pick = -1;
+	for (int i = 0; i < n && pick < 0; i++) {
+		TRY(smem_need((const void *)c[i].k, c[i].sm, &c[i].need, &most, pass));
+		if (c[i].need <= (size_t)most)
+			pick = i;
 	}
-	if (!tc) {
-		k = core_kernel<E>(pass, p.hd);
-		sm = core_smem<E>(pass, p.hd);
-		TRY(smem_need((const void *)k, sm, &need, &most, pass));
-	}
-	if (need > (size_t)most && tc_need)
-		return ft_fail("%s: head_dim %d needs %zu bytes of shared memory per block on "
-			       "tensor cores, %zu on CUDA cores, the device allows %d",
-			       pass_name[pass], p.hd, tc_need, need, most);
-	if (need > (size_t)most)
-		return ft_fail("%s: head_dim %d needs %zu bytes of shared memory per block, "
-			       "the device allows %d", pass_name[pass], p.hd, need, most);
-	TRY(check_family(tc, tc_need, most, pass));
+	if (pick < 0)
+		return ft_fail("%s: head_dim %d needs %zu bytes of shared memory per block %s, "
+			       "%zu %s, the device allows %d", pass_name[pass], p.hd, c[0].need,
+			       c[0].where, c[1].need, c[1].where, most);
+	TRY(check_family(c, pick, most, pass));
+	void (*k)(fa_args<E>) = c[pick].k;
+	size_t sm = c[pick].sm;
+	int bt = c[pick].bt;
 	/* over the default 48 KiB needs the opt-in */
 	CU(cudaFuncSetAttribute((const void *)k, cudaFuncAttributeMaxDynamicSharedMemorySize,
 				(int)sm), "%s (%zu bytes of shared memory)", pass_name[pass], sm);
-	dim3 grid((p.T + FT_FA_BR - 1) / FT_FA_BR, pass == 1 ? p.Hk : p.Hq, B);
-	FT_LAUNCH(k, grid, FA_THREADS, sm, st)(p);
+	dim3 grid((p.T + bt - 1) / bt, pass == 1 ? p.Hk : p.Hq, B);
+	FT_LAUNCH(k, grid, FA_BT_THREADS(bt), sm, st)(p);
 	LAUNCHED(pass_name[pass], "B=%d T=%d Hq=%d Hk=%d hd=%d", B, p.T, p.Hq, p.Hk, p.hd);
 	return 0;
 }

@@ -168,6 +168,11 @@ void ft_cuda_infer_free(ft_cuda_infer *c)
 		BACKEND->infer_free(c);
 }
 
+int ft_cuda_infer_refresh(ft_cuda_infer *c)
+{
+	return BACKEND->infer_refresh(c);
+}
+
 const ft_cuda_infer_opts *ft_cuda_infer_options(const ft_cuda_infer *c)
 {
 	return BACKEND->infer_options(c);

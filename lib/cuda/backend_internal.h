@@ -34,8 +34,10 @@ extern "C" {
  * 15: ZeRO-1's gather (ft_cuda_opts.zero_ranks, zero_rank);
  * 16: GRPO's tempered log-probs and entropies (logps_options);
  * 17: the optimizer extras: per-param updates (LoRA+, BAdam) and the
- *     optimizers that replace AdamW (Adam-mini, Muon, GaLore, APOLLO) */
-#define FTP_CUDA_ABI 17
+ *     optimizers that replace AdamW (Adam-mini, Muon, GaLore, APOLLO);
+ * 18: ft_cuda_infer_opts.knobs (the caller's names in the memory message),
+ *     infer_refresh (a decoder kept across grpo/ppo's generations) */
+#define FTP_CUDA_ABI 18
 
 typedef struct {
 	int abi;
@@ -114,6 +116,8 @@ typedef struct {
 	int (*step_x)(ft_cuda_model *, const ft_cuda_xopt *, const ft_cuda_xparam *, size_t, double,
 		      double *, int *);
 	int (*xstate)(ft_cuda_model *, size_t, float *, size_t, float *, size_t, float *, size_t, int);
+	/* ABI 18: a kept decoder's trained tensors from the host again */
+	int (*infer_refresh)(ft_cuda_infer *);
 } ftp_cuda_api;
 
 /* The .so's entry points (exported; looked up by name with dlsym). */

@@ -102,8 +102,8 @@ typedef struct {
 } ft_dgroup;
 
 /* OFT on one module (oft.cu): r blocks of b, oft_R.weight, the rotation
- * [r, b, b] of the last forward. */
-typedef struct { int on, r, b; ft_dt *R; float *rot; } ft_doft;
+ * [r, b, b] of the last forward (decoding: computed once, rot_ready). */
+typedef struct { int on, r, b; ft_dt *R; float *rot; int rot_ready; } ft_doft;
 
 typedef struct {
 	ft_dt *ln1, *ln2, *lin[FT_CV_NLIN], *bias[3];

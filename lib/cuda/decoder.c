@@ -8,6 +8,7 @@ struct ft_cuda_decoder {
 	ft_model *m;
 	ft_cuda_precision precision;
 	int device, max_new;
+	ft_cuda_infer_knobs knobs;
 	ft_cuda_infer *c;
 };
 
@@ -18,7 +19,7 @@ struct ft_cuda_decoder {
 static int build(ft_cuda_decoder *d, int rows, int cap, int max_prompt)
 {
 	ft_cuda_infer_opts io = { .precision = d->precision, .device = d->device, .rows = rows,
-				  .cap = cap, .max_prompt = max_prompt };
+				  .cap = cap, .max_prompt = max_prompt, .knobs = d->knobs };
 	if (d->c) {
 		const ft_cuda_infer_opts *h = ft_cuda_infer_options(d->c);
 		if (h->rows > io.rows) io.rows = h->rows;
@@ -32,16 +33,22 @@ static int build(ft_cuda_decoder *d, int rows, int cap, int max_prompt)
 }
 
 ft_cuda_decoder *ft_cuda_decoder_new(ft_model *m, ft_cuda_precision precision, int device, int rows,
-				     int max_prompt, int max_new)
+				     int max_prompt, int max_new, const ft_cuda_infer_knobs *knobs)
 {
 	ft_cuda_decoder *d = ft_xcalloc(1, sizeof *d);
-	*d = (ft_cuda_decoder){ m, precision, device, max_new, NULL };
+	*d = (ft_cuda_decoder){ m, precision, device, max_new, knobs ? *knobs : (ft_cuda_infer_knobs){ 0 },
+				NULL };
 	if (max_prompt < 1) max_prompt = 1;
 	if (build(d, rows < 1 ? 1 : rows, max_prompt + max_new, max_prompt) < 0) {
 		free(d);
 		return NULL;
 	}
 	return d;
+}
+
+int ft_cuda_decoder_refresh(ft_cuda_decoder *d)
+{
+	return ft_cuda_infer_refresh(d->c);
 }
 
 static void *dev_open(void *ctx, int rows, int cap)

@@ -15,14 +15,18 @@
 typedef struct ft_cuda_decoder ft_cuda_decoder;
 
 /* The weights of m (with its adapters, as they are now: a later change of
- * m is not seen) uploaded in `precision` on `device`, with a KV cache for
+ * m is not seen until ft_cuda_decoder_refresh) uploaded in `precision` on `device`, with a KV cache for
  * groups of `rows` prompts of up to max_prompt tokens (through the batched
  * prefill) plus max_new generated ones.  The plan is checked against the
  * device's free memory before anything is allocated: NULL after ft_fail
  * with what it needs.  A later group larger than planned rebuilds it
- * (each dimension the larger of the two). */
+ * (each dimension the larger of the two).  knobs (may be NULL) name the
+ * caller's settings in that message. */
 ft_cuda_decoder *ft_cuda_decoder_new(ft_model *m, ft_cuda_precision precision, int device, int rows,
-				     int max_prompt, int max_new);
+				     int max_prompt, int max_new, const ft_cuda_infer_knobs *knobs);
+/* m's trained tensors again (ft_cuda_infer_refresh): after m's adapters,
+ * or its weights in a full fine-tuning, changed in place. */
+int ft_cuda_decoder_refresh(ft_cuda_decoder *d);
 /* The ft_decoder to pass to ft_generate_on (valid while d lives). */
 ft_decoder ft_cuda_decoder_ops(ft_cuda_decoder *d);
 /* The current plan (for the notes). */

@@ -18,6 +18,14 @@
 #define FA_LANES 8
 #define FA_SPR (FT_FA_BC / FA_LANES)      /* scores per lane and row */
 #define FA_MAX_NDR 32                       /* accumulators per lane: hd <= 256 */
+/* The CUDA-core kernels' tiles are BT x BT (queries x keys), a block BT
+ * groups of 8 lanes, BT / 8 scores per lane and row: BT = FT_FA_BR, or
+ * FA_BT_SMALL where those tiles' shared memory exceeds the device's
+ * opt-in bound (fp32 at hd 256 on sm_86 / sm_89: attention.cu's
+ * run_pass).  Per row the arithmetic is the same; the forward's online
+ * softmax folds 16 keys a step instead of 32 (docs/CUDA.md). */
+#define FA_BT_SMALL 16
+#define FA_BT_THREADS(BT) ((BT) * FA_LANES)
 static_assert(FT_FA_BR == FT_FA_BC && FT_FA_BR * FA_LANES == FA_THREADS,
 	      "one 8-lane group per tile row");
 
@@ -26,25 +34,25 @@ static __device__ __forceinline__ void put(float *p, float x) { *p = x; }
 
 #include "cuda/flash_mask.cuh"
 
-/* The FA_SPR dot products of the shared row a with the rows lane + 8 j
+/* The SPR dot products of the shared row a with the rows lane + 8 j
  * of the tile b: a[d] is read once for all of them (shared-memory
  * bandwidth bounds these loops). */
-template <typename E>
+template <int SPR, typename E>
 static __device__ __forceinline__ void dots(float *out, const E *a, const E *b, int lane, int hp,
 					    int hd)
 {
-	float r[FA_SPR];
+	float r[SPR];
 #pragma unroll
-	for (int j = 0; j < FA_SPR; j++)
+	for (int j = 0; j < SPR; j++)
 		r[j] = 0;
 	for (int d = 0; d < hd; d++) {
 		float x = to_f(a[d]);
 #pragma unroll
-		for (int j = 0; j < FA_SPR; j++)
+		for (int j = 0; j < SPR; j++)
 			r[j] = fmaf(x, to_f(b[(lane + FA_LANES * j) * hp + d]), r[j]);
 	}
 #pragma unroll
-	for (int j = 0; j < FA_SPR; j++)
+	for (int j = 0; j < SPR; j++)
 		out[j] = r[j];
 }
 
@@ -75,13 +83,14 @@ static __host__ __device__ __forceinline__ int fa_hp(int hd)
 	return sizeof(E) == 4 ? hd + 1 : hd + 2;
 }
 
-/* Rows [0, FT_FA_BR) x features [0, hk) of a tile (row r at src + r *
- * ld) into dst with row stride ldd; rows >= n and features >= hd zero
+/* Rows [0, rows) x features [0, hk) of a tile (row r at src + r * ld)
+ * into dst with row stride ldd; rows >= n and features >= hd zero
  * (hk > hd: flash_tc.cuh's tiles padded to whole fragments). */
 template <typename E>
-static __device__ void fa_load(E *dst, int ldd, const E *src, size_t ld, int n, int hd, int hk)
+static __device__ void fa_load(E *dst, int ldd, const E *src, size_t ld, int n, int hd, int hk,
+			       int rows = FT_FA_BR)
 {
-	for (int i = threadIdx.x; i < FT_FA_BR * hk; i += blockDim.x) {
+	for (int i = threadIdx.x; i < rows * hk; i += blockDim.x) {
 		int r = i / hk, d = i - r * hk;
 		if (r < n && d < hd)
 			dst[r * ldd + d] = src[(size_t)r * ld + d];
@@ -90,18 +99,19 @@ static __device__ void fa_load(E *dst, int ldd, const E *src, size_t ld, int n, 
 	}
 }
 
-/* These kernels' tiles: stride fa_hp, no feature padding. */
-template <typename E>
+/* These kernels' tiles of BT rows: stride fa_hp, no feature padding. */
+template <int BT, typename E>
 static __device__ void load_tile(E *dst, const E *src, size_t ld, int n, int hd)
 {
-	fa_load(dst, fa_hp<E>(hd), src, ld, n, hd, hd);
+	fa_load(dst, fa_hp<E>(hd), src, ld, n, hd, hd, BT);
 }
 
-/* The segment ids of the key tile from c0 (n keys; 1 without packing). */
+/* The segment ids of the key tile of bc keys from c0 (n of them real; 1
+ * without packing). */
 static __device__ __forceinline__ void fa_load_segs(int32_t *dst, const int32_t *seg, int c0,
-						    int n)
+						    int n, int bc = FT_FA_BC)
 {
-	if (threadIdx.x < FT_FA_BC)
+	if ((int)threadIdx.x < bc)
 		dst[threadIdx.x] = seg && (int)threadIdx.x < n ? seg[c0 + threadIdx.x] : 1;
 }
 
@@ -120,29 +130,31 @@ static __device__ __forceinline__ void fa_load_queries(float *Ls, float *Ds, int
 	}
 }
 
-static __device__ __forceinline__ int tile_len(int start, int T)
+static __device__ __forceinline__ int tile_len(int start, int T, int bt = FT_FA_BR)
 {
-	return T - start < FT_FA_BR ? T - start : FT_FA_BR;
+	return T - start < bt ? T - start : bt;
 }
 
 /* ---- forward ---- */
 
-template <typename E, int NDR>
-static __global__ void __launch_bounds__(FA_THREADS) fa_fwd_k(fa_args<E> p)
+template <typename E, int NDR, int BT = FT_FA_BR>
+static __global__ void __launch_bounds__(FA_BT_THREADS(BT)) fa_fwd_k(fa_args<E> p)
 {
+	constexpr int SPR = BT / FA_LANES;
+	static_assert(SPR * FA_LANES == BT && BT <= FT_FA_BR, "8 lanes per row");
 	FA_DYNAMIC_SMEM(sm);
-	__shared__ int32_t segk[FT_FA_BC];
+	__shared__ int32_t segk[BT];
 	int hd = p.hd, hp = fa_hp<E>(hd), b = blockIdx.z, h = blockIdx.y, g = h / (p.Hq / p.Hk);
-	E *Qs = (E *)sm, *Ks = Qs + FT_FA_BR * hp, *Vs = Ks + FT_FA_BC * hp;
-	float *Ps = (float *)(Vs + FT_FA_BC * hp);               /* [BR][BC + 1] */
-	int r0 = blockIdx.x * FT_FA_BR, nr = tile_len(r0, p.T);
+	E *Qs = (E *)sm, *Ks = Qs + BT * hp, *Vs = Ks + BT * hp;
+	float *Ps = (float *)(Vs + BT * hp);                    /* [BT][BT + 1] */
+	int r0 = blockIdx.x * BT, nr = tile_len(r0, p.T, BT);
 	size_t ldq = p.ldq, ldk = p.ldk, ldv = p.ldv, ldo = (size_t)p.Hq * hd;
 	int row = threadIdx.x / FA_LANES, lane = threadIdx.x % FA_LANES, t = r0 + row;
 	const int32_t *seg = p.seg ? p.seg + (size_t)b * p.T : NULL;
 	int len = p.len ? p.len[b] : p.T;          /* keys >= len: padding */
 	const E *kb = p.k + (size_t)b * p.T * ldk + (size_t)g * hd;
 	const E *vb = p.v + (size_t)b * p.T * ldv + (size_t)g * hd;
-	load_tile(Qs, p.q + ((size_t)b * p.T + r0) * ldq + (size_t)h * hd, ldq, nr, hd);
+	load_tile<BT>(Qs, p.q + ((size_t)b * p.T + r0) * ldq + (size_t)h * hd, ldq, nr, hd);
 	ft_fa_segs qs = ft_fa_tile_segs(seg ? seg + r0 : NULL, nr);
 	int32_t seg_t = seg && row < nr ? seg[t] : 1;
 	float acc[NDR], m = -INFINITY, l = 0;
@@ -150,22 +162,22 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_fwd_k(fa_args<E> p)
 	for (int i = 0; i < NDR; i++)
 		acc[i] = 0;
 	__syncthreads();
-	for (int ct = 0; ct < ft_fa_key_tiles(r0, nr); ct++) {
-		int c0 = ct * FT_FA_BC, nc = tile_len(c0, p.T);
+	for (int ct = 0; ct < ft_fa_key_tiles_of(r0, nr, BT); ct++) {
+		int c0 = ct * BT, nc = tile_len(c0, p.T, BT);
 		ft_fa_segs ks = ft_fa_tile_segs(seg ? seg + c0 : NULL, nc);
 		if (ft_fa_tile_skip(r0, nr, c0, nc, p.window, &qs, &ks, len))
 			continue;                  /* the same for every thread */
-		load_tile(Ks, kb + (size_t)c0 * ldk, ldk, nc, hd);
-		load_tile(Vs, vb + (size_t)c0 * ldv, ldv, nc, hd);
-		fa_load_segs(segk, seg, c0, nc);
+		load_tile<BT>(Ks, kb + (size_t)c0 * ldk, ldk, nc, hd);
+		load_tile<BT>(Vs, vb + (size_t)c0 * ldv, ldv, nc, hd);
+		fa_load_segs(segk, seg, c0, nc, BT);
 		__syncthreads();
-		float s[FA_SPR];
-		dots(s, Qs + row * hp, Ks, lane, hp, hd);
+		float s[SPR];
+		dots<SPR>(s, Qs + row * hp, Ks, lane, hp, hd);
 		fa_row mr = { row < nr, t, c0, nc, p.window, len, 0, seg_t, segk };
-		float alpha = fa_fwd_row(mr, s, p.scale, p.softcap, &m, &l,
-					 Ps + row * (FT_FA_BC + 1), lane);
+		float alpha = fa_fwd_row<float, SPR>(mr, s, p.scale, p.softcap, &m, &l,
+						     Ps + row * (BT + 1), lane);
 		__syncwarp();
-		const float *pr = Ps + row * (FT_FA_BC + 1);
+		const float *pr = Ps + row * (BT + 1);
 #pragma unroll
 		for (int i = 0; i < NDR; i++)
 			acc[i] *= alpha;
@@ -207,25 +219,27 @@ static __global__ void rowdot_k(float *Di, const E *O, const E *dO, size_t NH, i
 	}
 }
 
-template <typename E, int NDR>
-static __global__ void __launch_bounds__(FA_THREADS) fa_dkdv_k(fa_args<E> p)
+template <typename E, int NDR, int BT = FT_FA_BR>
+static __global__ void __launch_bounds__(FA_BT_THREADS(BT)) fa_dkdv_k(fa_args<E> p)
 {
+	constexpr int SPR = BT / FA_LANES;
+	static_assert(SPR * FA_LANES == BT && BT <= FT_FA_BR, "8 lanes per row");
 	FA_DYNAMIC_SMEM(sm);
-	__shared__ float Ls[FT_FA_BR], Ds[FT_FA_BR];
-	__shared__ int32_t segq[FT_FA_BR];
+	__shared__ float Ls[BT], Ds[BT];
+	__shared__ int32_t segq[BT];
 	int hd = p.hd, hp = fa_hp<E>(hd), b = blockIdx.z, g = blockIdx.y, grp = p.Hq / p.Hk;
-	E *Ks = (E *)sm, *Vs = Ks + FT_FA_BC * hp, *Qs = Vs + FT_FA_BC * hp;
-	E *dOs = Qs + FT_FA_BR * hp;
-	float *Ps = (float *)(dOs + FT_FA_BR * hp);                   /* [BC][BR + 1] */
-	float *dSs = Ps + FT_FA_BC * (FT_FA_BR + 1);
-	int c0 = blockIdx.x * FT_FA_BC, nc = tile_len(c0, p.T);
+	E *Ks = (E *)sm, *Vs = Ks + BT * hp, *Qs = Vs + BT * hp;
+	E *dOs = Qs + BT * hp;
+	float *Ps = (float *)(dOs + BT * hp);                   /* [BT][BT + 1] */
+	float *dSs = Ps + BT * (BT + 1);
+	int c0 = blockIdx.x * BT, nc = tile_len(c0, p.T, BT);
 	size_t ldq = p.ldq, ldk = p.ldk, ldv = p.ldv, ldo = (size_t)p.Hq * hd;
 	int col = threadIdx.x / FA_LANES, lane = threadIdx.x % FA_LANES, u = c0 + col;
 	const int32_t *seg = p.seg ? p.seg + (size_t)b * p.T : NULL;
 	int len = p.len ? p.len[b] : p.T;          /* keys >= len: padding */
 	size_t tok = (size_t)b * p.T + c0, gh = (size_t)g * hd;
-	load_tile(Ks, p.k + tok * ldk + gh, ldk, nc, hd);
-	load_tile(Vs, p.v + tok * ldv + gh, ldv, nc, hd);
+	load_tile<BT>(Ks, p.k + tok * ldk + gh, ldk, nc, hd);
+	load_tile<BT>(Vs, p.v + tok * ldv + gh, ldv, nc, hd);
 	ft_fa_segs ks = ft_fa_tile_segs(seg ? seg + c0 : NULL, nc);
 	int32_t seg_u = seg && col < nc ? seg[u] : 1;
 	float ak[NDR], av[NDR];
@@ -234,24 +248,24 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dkdv_k(fa_args<E> p)
 		ak[i] = av[i] = 0;
 	__syncthreads();
 	for (int h = g * grp; h < (g + 1) * grp; h++)
-		for (int r0 = c0 / FT_FA_BR * FT_FA_BR; r0 < p.T; r0 += FT_FA_BR) {
-			int nr = tile_len(r0, p.T);
+		for (int r0 = c0 / BT * BT; r0 < p.T; r0 += BT) {
+			int nr = tile_len(r0, p.T, BT);
 			ft_fa_segs qs = ft_fa_tile_segs(seg ? seg + r0 : NULL, nr);
 			if (ft_fa_tile_skip(r0, nr, c0, nc, p.window, &qs, &ks, len))
 				continue;
 			size_t qt = (size_t)b * p.T + r0, hh = (size_t)h * hd;
-			load_tile(Qs, p.q + qt * ldq + hh, ldq, nr, hd);
-			load_tile(dOs, p.dout + qt * ldo + hh, ldo, nr, hd);
+			load_tile<BT>(Qs, p.q + qt * ldq + hh, ldq, nr, hd);
+			load_tile<BT>(dOs, p.dout + qt * ldo + hh, ldo, nr, hd);
 			fa_load_queries(Ls, Ds, segq, p, seg, b, h, r0, nr);
 			__syncthreads();
-			float sq[FA_SPR], dp[FA_SPR];
-			dots(sq, Ks + col * hp, Qs, lane, hp, hd);
-			dots(dp, Vs + col * hp, dOs, lane, hp, hd);
+			float sq[SPR], dp[SPR];
+			dots<SPR>(sq, Ks + col * hp, Qs, lane, hp, hd);
+			dots<SPR>(dp, Vs + col * hp, dOs, lane, hp, hd);
 			fa_row mr = { col < nc, u, r0, nr, p.window, len, 1, seg_u, segq };
-			fa_bwd_row(mr, sq, dp, 0, 0, Ls, Ds, p.scale, p.softcap,
-				   Ps + col * (FT_FA_BR + 1), dSs + col * (FT_FA_BR + 1), lane);
+			fa_bwd_row<float, SPR>(mr, sq, dp, 0, 0, Ls, Ds, p.scale, p.softcap,
+					       Ps + col * (BT + 1), dSs + col * (BT + 1), lane);
 			__syncwarp();
-			const float *pc = Ps + col * (FT_FA_BR + 1), *sc = dSs + col * (FT_FA_BR + 1);
+			const float *pc = Ps + col * (BT + 1), *sc = dSs + col * (BT + 1);
 			for (int r = 0; r < nr; r++) {
 				float pv = pc[r], sv = sc[r];
 				const E *gr = dOs + r * hp + lane, *qr = Qs + r * hp + lane;
@@ -277,16 +291,18 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dkdv_k(fa_args<E> p)
 	}
 }
 
-template <typename E, int NDR>
-static __global__ void __launch_bounds__(FA_THREADS) fa_dq_k(fa_args<E> p)
+template <typename E, int NDR, int BT = FT_FA_BR>
+static __global__ void __launch_bounds__(FA_BT_THREADS(BT)) fa_dq_k(fa_args<E> p)
 {
+	constexpr int SPR = BT / FA_LANES;
+	static_assert(SPR * FA_LANES == BT && BT <= FT_FA_BR, "8 lanes per row");
 	FA_DYNAMIC_SMEM(sm);
-	__shared__ int32_t segk[FT_FA_BC];
+	__shared__ int32_t segk[BT];
 	int hd = p.hd, hp = fa_hp<E>(hd), b = blockIdx.z, h = blockIdx.y, g = h / (p.Hq / p.Hk);
-	E *Qs = (E *)sm, *dOs = Qs + FT_FA_BR * hp, *Ks = dOs + FT_FA_BR * hp;
-	E *Vs = Ks + FT_FA_BC * hp;
-	float *dSs = (float *)(Vs + FT_FA_BC * hp);                    /* [BR][BC + 1] */
-	int r0 = blockIdx.x * FT_FA_BR, nr = tile_len(r0, p.T);
+	E *Qs = (E *)sm, *dOs = Qs + BT * hp, *Ks = dOs + BT * hp;
+	E *Vs = Ks + BT * hp;
+	float *dSs = (float *)(Vs + BT * hp);                    /* [BT][BT + 1] */
+	int r0 = blockIdx.x * BT, nr = tile_len(r0, p.T, BT);
 	size_t ldq = p.ldq, ldk = p.ldk, ldv = p.ldv, ldo = (size_t)p.Hq * hd;
 	int row = threadIdx.x / FA_LANES, lane = threadIdx.x % FA_LANES, t = r0 + row;
 	const int32_t *seg = p.seg ? p.seg + (size_t)b * p.T : NULL;
@@ -294,8 +310,8 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dq_k(fa_args<E> p)
 	size_t qt = (size_t)b * p.T + r0, hh = (size_t)h * hd;
 	const E *kb = p.k + (size_t)b * p.T * ldk + (size_t)g * hd;
 	const E *vb = p.v + (size_t)b * p.T * ldv + (size_t)g * hd;
-	load_tile(Qs, p.q + qt * ldq + hh, ldq, nr, hd);
-	load_tile(dOs, p.dout + qt * ldo + hh, ldo, nr, hd);
+	load_tile<BT>(Qs, p.q + qt * ldq + hh, ldq, nr, hd);
+	load_tile<BT>(dOs, p.dout + qt * ldo + hh, ldo, nr, hd);
 	ft_fa_segs qs = ft_fa_tile_segs(seg ? seg + r0 : NULL, nr);
 	int32_t seg_t = seg && row < nr ? seg[t] : 1;
 	float L = row < nr ? p.lse[((size_t)b * p.Hq + h) * p.T + t] : 0;
@@ -305,23 +321,23 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dq_k(fa_args<E> p)
 	for (int i = 0; i < NDR; i++)
 		acc[i] = 0;
 	__syncthreads();
-	for (int ct = 0; ct < ft_fa_key_tiles(r0, nr); ct++) {
-		int c0 = ct * FT_FA_BC, nc = tile_len(c0, p.T);
+	for (int ct = 0; ct < ft_fa_key_tiles_of(r0, nr, BT); ct++) {
+		int c0 = ct * BT, nc = tile_len(c0, p.T, BT);
 		ft_fa_segs ks = ft_fa_tile_segs(seg ? seg + c0 : NULL, nc);
 		if (ft_fa_tile_skip(r0, nr, c0, nc, p.window, &qs, &ks, len))
 			continue;
-		load_tile(Ks, kb + (size_t)c0 * ldk, ldk, nc, hd);
-		load_tile(Vs, vb + (size_t)c0 * ldv, ldv, nc, hd);
-		fa_load_segs(segk, seg, c0, nc);
+		load_tile<BT>(Ks, kb + (size_t)c0 * ldk, ldk, nc, hd);
+		load_tile<BT>(Vs, vb + (size_t)c0 * ldv, ldv, nc, hd);
+		fa_load_segs(segk, seg, c0, nc, BT);
 		__syncthreads();
-		float sq[FA_SPR], dp[FA_SPR];
-		dots(sq, Qs + row * hp, Ks, lane, hp, hd);
-		dots(dp, dOs + row * hp, Vs, lane, hp, hd);
+		float sq[SPR], dp[SPR];
+		dots<SPR>(sq, Qs + row * hp, Ks, lane, hp, hd);
+		dots<SPR>(dp, dOs + row * hp, Vs, lane, hp, hd);
 		fa_row mr = { row < nr, t, c0, nc, p.window, len, 0, seg_t, segk };
-		fa_bwd_row(mr, sq, dp, L, D, NULL, NULL, p.scale, p.softcap, (float *)NULL,
-			   dSs + row * (FT_FA_BC + 1), lane);
+		fa_bwd_row<float, SPR>(mr, sq, dp, L, D, NULL, NULL, p.scale, p.softcap,
+				       (float *)NULL, dSs + row * (BT + 1), lane);
 		__syncwarp();
-		const float *sr = dSs + row * (FT_FA_BC + 1);
+		const float *sr = dSs + row * (BT + 1);
 		for (int c = 0; c < nc; c++) {
 			float sv = sr[c];
 			const E *kr = Ks + c * hp + lane;
@@ -342,24 +358,24 @@ static __global__ void __launch_bounds__(FA_THREADS) fa_dq_k(fa_args<E> p)
 }
 
 /* Dynamic shared bytes of each kernel for head size hd and element type
- * E: E tiles of FT_FA_BR rows, then the fp32 P / dS tiles (32 fa_hp E
+ * E: E tiles of BT rows, then the fp32 P / dS tiles (BT fa_hp E
  * values are a whole number of floats, so these stay aligned). */
-template <typename E>
+template <typename E, int BT = FT_FA_BR>
 static inline size_t fa_smem_fwd(int hd)
 {
-	return sizeof(E) * 3 * FT_FA_BR * fa_hp<E>(hd) + 4 * FT_FA_BR * (FT_FA_BC + 1);
+	return sizeof(E) * 3 * BT * fa_hp<E>(hd) + 4 * BT * (BT + 1);
 }
 
-template <typename E>
+template <typename E, int BT = FT_FA_BR>
 static inline size_t fa_smem_dkdv(int hd)
 {
-	return sizeof(E) * 4 * FT_FA_BR * fa_hp<E>(hd) + 4 * 2 * FT_FA_BR * (FT_FA_BC + 1);
+	return sizeof(E) * 4 * BT * fa_hp<E>(hd) + 4 * 2 * BT * (BT + 1);
 }
 
-template <typename E>
+template <typename E, int BT = FT_FA_BR>
 static inline size_t fa_smem_dq(int hd)
 {
-	return sizeof(E) * 4 * FT_FA_BR * fa_hp<E>(hd) + 4 * FT_FA_BR * (FT_FA_BC + 1);
+	return sizeof(E) * 4 * BT * fa_hp<E>(hd) + 4 * BT * (BT + 1);
 }
 
 #endif

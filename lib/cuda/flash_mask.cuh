@@ -9,7 +9,8 @@
  * caller's.
  *
  * Thread mapping (attention.cu): 8 lanes share a row; lane `lane` holds
- * the row's elements lane + 8 j, j < FA_SPR.  Included by
+ * the row's elements lane + 8 j, j < SPR (FA_SPR on 32-wide tiles, 2 on
+ * the CUDA-core kernels' 16-wide ones).  Included by
  * flash_kernels.cuh, which defines FA_LANES, FA_SPR and put(float *). */
 #ifndef FT_CUDA_FLASH_MASK_CUH
 #define FT_CUDA_FLASH_MASK_CUH
@@ -70,19 +71,19 @@ static __device__ __forceinline__ int fa_allowed(const fa_row &r, int c)
  * scaled and capped, the running max *m moved, P = exp(s - m) written to
  * prow[lane + 8 j] (in P's type), *l rescaled and added to; returns the
  * rescale factor alpha of the output accumulators. */
-template <typename P>
+template <typename P, int SPR = FA_SPR>
 static __device__ __forceinline__ float fa_fwd_row(const fa_row &r, float *s, float scale,
 						   float cap, float *m, float *l, P *prow, int lane)
 {
 	float tmax = -INFINITY, psum = 0;
 #pragma unroll
-	for (int j = 0; j < FA_SPR; j++) {
+	for (int j = 0; j < SPR; j++) {
 		s[j] = fa_allowed(r, lane + FA_LANES * j) ? fa_score(s[j] * scale, cap) : -INFINITY;
 		tmax = fmaxf(tmax, s[j]);
 	}
 	float alpha = ft_fa_rescale(m, grp_max(tmax));
 #pragma unroll
-	for (int j = 0; j < FA_SPR; j++) {
+	for (int j = 0; j < SPR; j++) {
 		float e = ft_fa_p(s[j], *m);
 		psum += e;
 		put(prow + lane + FA_LANES * j, e);
@@ -96,14 +97,14 @@ static __device__ __forceinline__ float fa_fwd_row(const fa_row &r, float *s, fl
  * where masked, into prow (when not NULL) and dsrow at lane + 8 j.  lse
  * and D are the row's (L, D: the dQ pass) or, where the row is a key,
  * the other side's queries' (Ls[c], Ds[c]: the dK/dV pass). */
-template <typename T>
+template <typename T, int SPR = FA_SPR>
 static __device__ __forceinline__ void fa_bwd_row(const fa_row &r, const float *sq,
 						  const float *dp, float L, float D,
 						  const float *Ls, const float *Ds, float scale,
 						  float cap, T *prow, T *dsrow, int lane)
 {
 #pragma unroll
-	for (int j = 0; j < FA_SPR; j++) {
+	for (int j = 0; j < SPR; j++) {
 		int c = lane + FA_LANES * j;
 		float pv = 0, dsv = 0;
 		if (fa_allowed(r, c)) {

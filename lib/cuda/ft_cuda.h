@@ -226,6 +226,16 @@ int ft_cuda_sync(ft_cuda_model *dm);
  * cache with the decode kernel, at most `rows` tokens at a time.  Only
  * the requested logits rows come back to the host.  LoRA adapters of m
  * are applied on the fly, as on the CPU. */
+/* The caller's names for the settings that shrink a decoder's plan, for
+ * the message of one that does not fit: ft-generate's flags, or ft-train
+ * --stage grpo|ppo's (whose rollout batch is no single flag).  NULL: said
+ * in words ("the number of sequences decoded together", ...). */
+typedef struct {
+	const char *rows;        /* sequences decoded together */
+	const char *new_tokens;  /* tokens generated per sequence */
+	const char *prompt;      /* prompt length */
+} ft_cuda_infer_knobs;
+
 typedef struct {
 	ft_cuda_precision precision;   /* weights as training's: fp32, bf16, fp16 */
 	int device;
@@ -233,6 +243,7 @@ typedef struct {
 	int cap;                 /* tokens per sequence (prompt + new) */
 	int max_prompt;          /* longest prefill run: the [rows, max_prompt] batch */
 	size_t mem_limit;        /* bytes; 0 = what the device has free */
+	ft_cuda_infer_knobs knobs;   /* what the out-of-memory message tells to lower */
 } ft_cuda_infer_opts;
 
 typedef struct {
@@ -251,6 +262,11 @@ void ft_cuda_infer_plan_format(const ft_cuda_infer_plan *p, char *buf, size_t n)
 /* Plans first and refuses (needed and available bytes) before allocating. */
 ft_cuda_infer *ft_cuda_infer_new(struct ft_model *m, const ft_cuda_infer_opts *o);
 void ft_cuda_infer_free(ft_cuda_infer *c);
+/* m's trained tensors (adapters, or all weights of full fine-tuning) read
+ * again from m, which must be the model c was built from, its arrays
+ * changed in place (grpo/ppo's policy between generations); the frozen
+ * base is not uploaded again.  The cache is left as it is. */
+int ft_cuda_infer_refresh(ft_cuda_infer *c);
 const ft_cuda_infer_opts *ft_cuda_infer_options(const ft_cuda_infer *c);
 const ft_cuda_infer_plan *ft_cuda_infer_get_plan(const ft_cuda_infer *c);
 void ft_cuda_infer_reset(ft_cuda_infer *c);           /* every row empty */

@@ -116,12 +116,13 @@ static int fits(const ft_cuda_infer *c)
 	char what[256];
 	ft_cuda_infer_plan_format(&c->plan, what, sizeof what);
 	int f32 = c->o.precision == FT_CUDA_F32, big_kv = c->plan.kv > c->plan.total / 3;
-	const char *tip = big_kv && f32
-		? "use --bf16 (half-precision weights and KV cache), or lower "
-		  "--per_device_eval_batch_size or --max_new_tokens"
-		: big_kv ? "lower --per_device_eval_batch_size or --max_new_tokens"
-		: f32 ? "use --bf16 (half-precision weights and KV cache)"
-		: "lower --per_device_eval_batch_size or --cutoff_len, or use a GPU with more memory";
+	const ft_cuda_infer_knobs *k = &c->o.knobs;
+	const char *rows = k->rows ? k->rows : "the number of sequences decoded together";
+	const char *len = big_kv ? (k->new_tokens ? k->new_tokens : "the new tokens per sequence")
+				 : (k->prompt ? k->prompt : "the prompt length");
+	char tip[512];
+	snprintf(tip, sizeof tip, "%slower %s or %s%s", f32 ? "use --bf16 (half-precision weights and KV "
+		 "cache), or " : "", rows, len, f32 || big_kv ? "" : ", or use a GPU with more memory");
 	return ft_fail("the GPU has %.2f GiB available but generation needs %s for %d "
 		       "sequences of up to %d tokens: %s", GIB(avail), what, c->o.rows, c->o.cap,
 		       tip);
@@ -188,6 +189,25 @@ void ft_cuda_infer_free(ft_cuda_infer *c)
 	free(c->h_mpos);
 	free(c->len);
 	free(c);
+}
+
+/* The tensors the host model trains (those with a host gradient: its
+ * adapters, or every weight of a full fine-tuning) uploaded again, and
+ * what decoding computes from them once (DoRA's factors, OFT's
+ * rotations) marked stale; the frozen base stays as uploaded. */
+int ft_cuda_infer_refresh(ft_cuda_infer *c)
+{
+	ft_cuda_model *dm = c->dm;
+	TRY(ft_cuda_sync(dm));
+	for (int i = 0; i < dm->ntens; i++)
+		if (dm->tens[i].hg)
+			TRY(ft_cu_upload(dm, &dm->tens[i]));
+	for (int l = 0; l < dm->v.L; l++)
+		for (int j = 0; j < FT_CV_NLIN; j++) {
+			dm->layers[l].lora[j].dora_ready = 0;
+			dm->layers[l].oft[j].rot_ready = 0;
+		}
+	return 0;
 }
 
 const ft_cuda_infer_opts *ft_cuda_infer_options(const ft_cuda_infer *c) { return &c->o; }

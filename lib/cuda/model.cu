@@ -433,9 +433,11 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	dm->hbuf = ft_arena_take(a, N * F * (dm->half ? 2 : 4), A_SCRATCH);   /* ft_cu_act_type */
 	dm->dh = TAKE(a, Nb * F, float, A_SCRATCH);
 	dm->tmp = TAKE(a, N * (mi > D ? mi : D), float, A_SCRATCH);
-	dm->drop = TAKE(a, Nb * mi, float, A_SCRATCH);
+	/* a decoding model with OFT rotates its inputs into drop too (oft.cu) */
+	size_t No = v->oft ? N : Nb;
+	dm->drop = TAKE(a, No * mi, float, A_SCRATCH);
 	dm->ddrop = TAKE(a, Nb * mi, float, A_SCRATCH);
-	dm->oft_xf = TAKE(a, dm->half && v->oft ? Nb * mi : 0, float, A_SCRATCH);
+	dm->oft_xf = TAKE(a, dm->half && v->oft ? No * mi : 0, float, A_SCRATCH);
 	dm->lhs = TAKE(a, Nb * (r ? r : 1), float, A_SCRATCH);
 	size_t chunk = HEAD_BUDGET / V;
 	if (chunk < 1) chunk = 1;

@@ -66,20 +66,25 @@ static int input_f32(ft_cuda_model *dm, ft_mat x, size_t n, const float **out)
  * backward), then x_rot = x blockdiag(R) into dm->drop; *x becomes it.
  * A half input (bf16/fp16: the normed layer input) is widened first: the
  * rotation's batched GEMM is fp32, as the CPU's; the base product then
- * casts x_rot to its operand type. */
+ * casts x_rot to its operand type.  A decoding model (o.inference: the
+ * rollouts of grpo/ppo) computes R once, until its weights are refreshed
+ * (ft_cuda_infer_refresh), as its weights do not change between tokens. */
 int ft_cu_oft_input(ft_cuda_model *dm, int l, int j, ft_mat *x, int N)
 {
 	ft_doft *o = &dm->layers[l].oft[j];
 	if (!o->on)
 		return 0;
-	if (dm->o.inference || !dm->drop)
-		return ft_fail("internal: OFT in a decoding model (its adapters are merged at load)");
+	if (!dm->drop)
+		return ft_fail("internal: OFT in a device model without its rotated-input buffer");
 	int b = o->b, in = o->r * b, K = dm->v.oft_K;
 	long long bb = (long long)b * b;
-	FT_LAUNCH(oft_rotation_k, o->r, OFT_TPB, 0, dm->stream)(o->rot, o->R->w, b, K, coefs_of(dm),
-		dm->oft_scr);
-	LAUNCHED("oft_rotation", "layer %d %s: %d blocks of %d", l, ft_cuda_view_lin_name(j), o->r,
-		 b);
+	if (!dm->o.inference || !o->rot_ready) {
+		FT_LAUNCH(oft_rotation_k, o->r, OFT_TPB, 0, dm->stream)(o->rot, o->R->w, b, K,
+			coefs_of(dm), dm->oft_scr);
+		LAUNCHED("oft_rotation", "layer %d %s: %d blocks of %d", l, ft_cuda_view_lin_name(j),
+			 o->r, b);
+		o->rot_ready = dm->o.inference;
+	}
 	const float *xf;
 	TRY(input_f32(dm, *x, (size_t)N * in, &xf));
 	TRY(ft_cu_gemm_batched(dm, 0, 0, N, b, b, 1, xf, in, b, o->rot, b, bb, 0, dm->drop, in, b,

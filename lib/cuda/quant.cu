@@ -36,11 +36,10 @@ static unsigned blocks_of(size_t n) { return (unsigned)((n + 255) / 256); }
 template <typename T>
 static void dequant_launch(T *dst, const ft_cu_qweight *q, size_t i0, size_t n, cudaStream_t st)
 {
-	unsigned blocks = blocks_of(n);
 	if (q->bits == 8)
-		FT_LAUNCH(dequant8_k, blocks, 256, 0, st)(dst, *q, i0, n);
+		FT_LAUNCH(dequant8_k, blocks_of(n), 256, 0, st)(dst, *q, i0, n);
 	else
-		FT_LAUNCH(dequant4_k, blocks, 256, 0, st)(dst, *q, i0, n);
+		FT_LAUNCH(dequant4_k, blocks_of(dequant4_threads(n)), 256, 0, st)(dst, *q, i0, n);
 }
 
 /* Rows [r0, r1) of W into the scratch, in its element type. */

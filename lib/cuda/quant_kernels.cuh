@@ -22,17 +22,61 @@ static __device__ inline size_t q_tid(void)
 	return (size_t)blockIdx.x * blockDim.x + threadIdx.x;
 }
 
+/* 4-bit elements per thread: 8 divides bnb's block of 64, so an aligned
+ * run of 8 has one absmax (decoded once, not per element: with double
+ * quantization three dependent loads) and its 4 packed bytes, and leaves
+ * in one 16-byte store (two for fp32).  Launch dequant4_threads(n). */
+#define FT_Q4_RUN 8
+
+static inline size_t dequant4_threads(size_t n) { return (n + FT_Q4_RUN - 1) / FT_Q4_RUN; }
+
+struct alignas(16) q_vec16 { uint32_t w[4]; };
+
+/* A run's elements, and the same bytes as 16-byte vectors. */
+template <typename T>
+union q_run {
+	T e[FT_Q4_RUN];
+	q_vec16 vec[FT_Q4_RUN * sizeof(T) / sizeof(q_vec16)];
+};
+
+/* dst[0..FT_Q4_RUN) = r's elements, vector stores where dst allows them. */
+template <typename T>
+static __device__ inline void q_store_run(T *dst, const q_run<T> &r)
+{
+	static_assert(FT_Q4_RUN * sizeof(T) % sizeof(q_vec16) == 0, "a run is whole 16-byte vectors");
+	if ((uintptr_t)dst % sizeof(q_vec16) == 0) {
+		for (size_t j = 0; j < sizeof r.vec / sizeof r.vec[0]; j++)
+			((q_vec16 *)dst)[j] = r.vec[j];
+		return;
+	}
+	for (int j = 0; j < FT_Q4_RUN; j++)
+		dst[j] = r.e[j];
+}
+
 /* dst[k] = W's element i0 + k, k < n (row-major [out, in], flattened:
- * 4-bit blocks run across rows as bnb's do). */
+ * 4-bit blocks run across rows as bnb's do); thread t does the run from
+ * k = FT_Q4_RUN * t.  A run that is not aligned in W (a tile starting
+ * mid-run: odd in) or is cut by n takes each element's own absmax. */
 template <typename T>
 static __global__ void dequant4_k(T *dst, ft_cu_qweight q, size_t i0, size_t n)
 {
-	size_t k = q_tid();
+	size_t k = q_tid() * FT_Q4_RUN;
 	if (k >= n)
 		return;
 	size_t i = i0 + k;
-	float a = ft_k_q4_absmax(q.absmax, q.qabsmax, q.absmax2, q.code8, q.offset, i / FT_Q4_BLOCK);
-	q_store(dst + k, ft_k_q4_weight(q.code4[ft_k_nibble(q.packed, i)], a));
+	if (i % FT_Q4_RUN == 0 && n - k >= FT_Q4_RUN) {
+		float a = ft_k_q4_absmax(q.absmax, q.qabsmax, q.absmax2, q.code8, q.offset, i / FT_Q4_BLOCK);
+		q_run<T> r;
+		for (int j = 0; j < FT_Q4_RUN; j++)
+			q_store(r.e + j, ft_k_q4_weight(q.code4[ft_k_nibble(q.packed, i + j)], a));
+		q_store_run(dst + k, r);
+		return;
+	}
+	for (size_t j = 0; j < FT_Q4_RUN && k + j < n; j++) {
+		float a = ft_k_q4_absmax(q.absmax, q.qabsmax, q.absmax2, q.code8, q.offset,
+					 (i + j) / FT_Q4_BLOCK);
+		q_store(dst + k + j, ft_k_q4_weight(q.code4[ft_k_nibble(q.packed, i + j)], a));
+	}
 }
 
 template <typename T>

@@ -437,6 +437,14 @@ int ft_st_read_f32(const ft_st_tensor *t, float *dst)
 	return 0;
 }
 
+void ft_st_release(const ft_st_tensor *t)
+{
+	uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+	uintptr_t a = ((uintptr_t)t->data + page - 1) / page * page;
+	uintptr_t b = ((uintptr_t)t->data + t->nbytes) / page * page;
+	if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);   /* advice: nothing to fail */
+}
+
 /* ---------- writing ---------- */
 
 typedef struct {

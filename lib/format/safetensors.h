@@ -43,6 +43,10 @@ const ft_st_tensor *ft_st_find(const ft_st *st, const char *name);
 const json_t *ft_st_metadata(const ft_st *st);
 /* Convert a float tensor to f32 (dst holds numel floats). */
 int ft_st_read_f32(const ft_st_tensor *t, float *dst);
+/* Give back the memory the mapping of t's bytes holds (its whole pages,
+ * madvise MADV_DONTNEED; t stays readable, from the file again): a reader
+ * that streams a large file tensor by tensor then holds one at a time. */
+void ft_st_release(const ft_st_tensor *t);
 
 /* Writing.  Tensors are added (data borrowed until write) then written in
  * one go, atomically (temp + rename), byte-identical to what the Python

@@ -35,7 +35,9 @@
 #include "model/kernels.h"
 
 /* Tile sizes: queries x keys.  The CUDA kernels map a block of 256
- * threads as 32 groups of 8 (one group per tile row), so both are 32. */
+ * threads as 32 groups of 8 (one group per tile row), so both are 32.
+ * (The CUDA-core kernels also come with 16 x 16 tiles, 128 threads, for
+ * devices whose shared memory is too small for these: attention.cu.) */
 #define FT_FA_BR 32
 #define FT_FA_BC 32
 
@@ -90,11 +92,17 @@ static inline FT_HD int ft_fa_tile_skip(int r0, int nr, int c0, int nc, int wind
 	return q->lo > q->hi || k->lo > k->hi || q->hi < k->lo || k->hi < q->lo;
 }
 
-/* The first key tile index and one past the last that query tile
- * [r0, r0+nr) needs (causal: keys <= the tile's last query). */
+/* One past the last key tile of bc keys that query tile [r0, r0+nr)
+ * needs (causal: keys <= the tile's last query).  bc: FT_FA_BC, or the
+ * CUDA-core kernels' smaller tiles (lib/cuda/flash_kernels.cuh). */
+static inline FT_HD int ft_fa_key_tiles_of(int r0, int nr, int bc)
+{
+	return (r0 + nr - 1) / bc + 1;
+}
+
 static inline FT_HD int ft_fa_key_tiles(int r0, int nr)
 {
-	return (r0 + nr - 1) / FT_FA_BC + 1;
+	return ft_fa_key_tiles_of(r0, nr, FT_FA_BC);
 }
 
 /* Online softmax: fold a tile whose largest allowed score is tmax (-inf

@@ -62,6 +62,7 @@ typedef struct {
 	int N, *pos;
 	float *x, *ln, *q, *k, *v, *att, *tmp, *gate, *up, *h, *lh, *cos_t, *sin_t, *inv_freq, *scores;
 	float *cos_l, *sin_l;   /* Gemma's sliding layers */
+	float *xr;              /* OFT: a module's rotated input (NULL without) */
 } infer_buf;
 
 static void buf_alloc(infer_buf *b, const ft_model *m, int N, int maxlen)
@@ -90,23 +91,28 @@ static void buf_alloc(infer_buf *b, const ft_model *m, int N, int maxlen)
 	b->cos_l = ft_xmalloc(N * (hd / 2) * sizeof(float));
 	b->sin_l = ft_xmalloc(N * (hd / 2) * sizeof(float));
 	b->scores = ft_xmalloc((size_t)omp_get_max_threads() * maxlen * sizeof(float));
+	b->xr = m->oft ? ft_xmalloc(N * wide * sizeof(float)) : NULL;   /* every module input */
 }
 
 static void buf_free(infer_buf *b)
 {
 	float *f[] = {b->x, b->ln, b->q, b->k, b->v, b->att, b->tmp, b->gate, b->up, b->h,
-		      b->lh, b->cos_t, b->sin_t, b->inv_freq, b->scores, b->cos_l, b->sin_l};
+		      b->lh, b->cos_t, b->sin_t, b->inv_freq, b->scores, b->cos_l, b->sin_l, b->xr};
 	for (size_t i = 0; i < sizeof f / sizeof *f; i++) free(f[i]);
 	free(b->pos);
 }
 
-/* A linear module of layer l with its LoRA branch, as training's lin_fwd
- * without dropout. */
-static void lin(ft_model *m, int l, int j, float *y, const float *x, int N, float *lh)
+/* A linear module of layer l with its LoRA branch, or OFT's rotation of
+ * its input (a policy trained with OFT decoding its rollouts: grpo/ppo;
+ * ft-generate merges OFT at load), as training's lin_fwd without
+ * dropout. */
+static void lin(ft_model *m, int l, int j, float *y, const float *x, int N, const infer_buf *b)
 {
 	ftp_layer *ly = &m->layers[l];
+	float *lh = b->lh;
 	int in, out;
 	ftp_lin_dims(&m->c, j, &in, &out);
+	x = ftp_oft_rotate(m, l, j, x, N, b->xr);
 	if (m->qw)
 		ftp_qlin_forward(m, l, j, y, x, N, 1);
 	else
@@ -182,9 +188,9 @@ static void layer_step(ft_model *m, ft_kvcache *c, int l, const int *rows, infer
 	const float *cs = ftp_layer_sliding(cf, l) ? b->cos_l : b->cos_t;
 	const float *sn = ftp_layer_sliding(cf, l) ? b->sin_l : b->sin_t;
 	ft_rmsnorm_forward(b->ln, b->tmp, b->x, ftp_norm_w(m, ly->ln1.w, D), N, D, eps);
-	lin(m, l, L_Q, b->q, b->ln, N, b->lh);
-	lin(m, l, L_K, b->k, b->ln, N, b->lh);
-	lin(m, l, L_V, b->v, b->ln, N, b->lh);
+	lin(m, l, L_Q, b->q, b->ln, N, b);
+	lin(m, l, L_K, b->k, b->ln, N, b);
+	lin(m, l, L_V, b->v, b->ln, N, b);
 	if (cf->qk_norm)   /* Qwen3: in place, each row read before it is written */
 		ftp_qk_norm_forward(m, ly, b->q, b->k, b->q, b->k, b->tmp,
 				    b->tmp + (size_t)N * cf->num_attention_heads, N);
@@ -195,15 +201,15 @@ static void layer_step(ft_model *m, ft_kvcache *c, int l, const int *rows, infer
 		memcpy(kv_at(c, c->v, l, rows[i], b->pos[i]), b->v + (size_t)i * c->kvdim, c->kvdim * sizeof(float));
 	}
 	cached_attention(m, c, l, rows, b, maxlen);
-	lin(m, l, L_O, b->tmp, b->att, N, b->lh);
+	lin(m, l, L_O, b->tmp, b->att, N, b);
 	post_norm(m, ly->ln2.w, b);   /* Gemma */
 	add_to(b->x, b->tmp, (size_t)N * D);
 	ft_rmsnorm_forward(b->ln, b->tmp, b->x, ftp_norm_w(m, (cf->gemma ? ly->ln3 : ly->ln2).w, D), N, D, eps);
-	lin(m, l, L_GATE, b->gate, b->ln, N, b->lh);
-	lin(m, l, L_UP, b->up, b->ln, N, b->lh);
+	lin(m, l, L_GATE, b->gate, b->ln, N, b);
+	lin(m, l, L_UP, b->up, b->ln, N, b);
 	if (cf->gemma) ft_geglu_forward(b->h, b->gate, b->up, (size_t)N * cf->intermediate_size);
 	else ft_swiglu_forward(b->h, b->gate, b->up, (size_t)N * cf->intermediate_size);
-	lin(m, l, L_DOWN, b->tmp, b->h, N, b->lh);
+	lin(m, l, L_DOWN, b->tmp, b->h, N, b);
 	post_norm(m, ly->ln4.w, b);
 	add_to(b->x, b->tmp, (size_t)N * D);
 }

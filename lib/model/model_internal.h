@@ -161,13 +161,15 @@ int ftp_tokloss_forward(ft_model *m, const ft_batch *b, double *loss_sum, int64_
 /* lib/model/model_oft.c: OFT on the `targets` modules of every layer
  * (weights zero: the identity), PEFT's block sizes from cfg_r /
  * cfg_block; free drops it.  input: the input module j of layer l sees
- * (x, or x rotated into m->drop); backward: from dxr, the gradient at
+ * (x, or x rotated into m->drop); rotate: the same into out (decoding's
+ * buffer, lib/model/infer.c); backward: from dxr, the gradient at
  * the rotated input, accumulates oft_R's gradient and adds the gradient
  * at x into dx (NULL: none wanted).  merge: folds every OFT module into
  * its base weight (W . blockdiag(R)^T) and drops OFT. */
 int ftp_oft_setup(ft_model *m, int cfg_r, int cfg_block, unsigned targets, int terms);
 void ftp_oft_free(ft_model *m);
 const float *ftp_oft_input(ft_model *m, int l, int j, const float *x, int N);
+const float *ftp_oft_rotate(ft_model *m, int l, int j, const float *x, int N, float *out);
 void ftp_oft_backward(ft_model *m, int l, int j, const float *x, const float *dxr, float *dx, int N);
 void ftp_oft_merge(ft_model *m);
 

@@ -65,7 +65,7 @@ int ftp_oft_setup(ft_model *m, int cfg_r, int cfg_block, unsigned targets, int t
 	return 0;
 }
 
-const float *ftp_oft_input(ft_model *m, int l, int j, const float *x, int N)
+const float *ftp_oft_rotate(ft_model *m, int l, int j, const float *x, int N, float *out)
 {
 	ftp_oft *o = ftp_oft_of(m, l, j);
 	if (!o) return x;
@@ -73,8 +73,13 @@ const float *ftp_oft_input(ft_model *m, int l, int j, const float *x, int N)
 	size_t bb = (size_t)b * b;
 	ft_oft_rotation(o->R.w, o->r, b, m->oft_terms, o->rot);
 	for (int i = 0; i < o->r; i++)
-		ft_sgemm(0, 0, N, b, b, 1, x + (size_t)i * b, in, o->rot + i * bb, b, 0, m->drop + (size_t)i * b, in);
-	return m->drop;
+		ft_sgemm(0, 0, N, b, b, 1, x + (size_t)i * b, in, o->rot + i * bb, b, 0, out + (size_t)i * b, in);
+	return out;
+}
+
+const float *ftp_oft_input(ft_model *m, int l, int j, const float *x, int N)
+{
+	return ftp_oft_rotate(m, l, j, x, N, m->drop);
 }
 
 void ftp_oft_backward(ft_model *m, int l, int j, const float *x, const float *dxr, float *dx, int N)

@@ -25,8 +25,10 @@
 int ft_pref_model_of_cuda(ft_model *m, const ft_cuda_opts *o, int value_head, ft_pref_model *pm);
 /* ZeRO-1 under mpirun, as ft_cuda_train_zero (the device model made with
  * ft_cuda_opts.zero_ranks, NCCL open): each step all-gathers the updated
- * slices, state_out (every rank) gathers the moments into rank 0's.  Fails
- * for rm: its value head is stepped whole beside the slices. */
+ * slices, state_out (every rank) streams the moments to rank 0 as it
+ * writes them and a resume's zero_load streams each rank its slice
+ * (ft_dist_save_moments / ft_dist_load_moments).  Fails for rm: its value
+ * head is stepped whole beside the slices. */
 int ft_pref_model_cuda_zero(ft_pref_model *pm, struct ft_dist *d);
 ft_cuda_model *ft_pref_model_cuda_device(const ft_pref_model *pm);
 /* Optimizer steps skipped for fp16 overflow so far. */

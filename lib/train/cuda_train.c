@@ -21,6 +21,8 @@ typedef struct {
 	ft_dist *zero;       /* ZeRO-1: the job whose ranks hold the slices */
 	ftp_cuda_ext ext;    /* LLaMA-Factory's optimizer extras on the device */
 	ft_adamw *out;       /* the optimizer dev_moments fills, at a checkpoint */
+	ft_dist_moments zsave;   /* ZeRO-1: rank 0's fetch of the others' slices */
+	int zero_loaded;     /* ZeRO-1: the resume put the slice on the device */
 } binding;
 
 ft_cuda_batch ft_cuda_batch_of(const ft_batch *b)
@@ -133,28 +135,36 @@ static int b_state_out(void *self, ft_adamw *opt)
 	 * CPU run leaves untouched stays so */
 	if (ftp_cuda_ext_owns_state(&x->ext))
 		return ftp_cuda_ext_state_out(&x->ext);
-	/* ZeRO-1 (--zero 1 refuses the optimizer extras, so no block below) */
-	if (x->zero && opt)
-		return ft_cuda_train_zero_moments(x->m, x->dm, x->zero, opt);
 	if (opt) {
 		x->out = opt;
-		ft_adamw_set_fetch(opt, dev_moments, x);
 		ft_adamw_set_steps(opt, ft_cuda_steps(x->dm));
 	}
+	/* ZeRO-1: rank 0 writes each param's moments as the other ranks send
+	 * their pieces (--zero 1 refuses the optimizer extras, so no block) */
+	if (x->zero && opt)
+		return ft_dist_save_moments(&x->zsave, x->zero, opt, dev_moments, x);
+	if (opt)
+		ft_adamw_set_fetch(opt, dev_moments, x);
 	return ftp_cuda_ext_state_out(&x->ext);   /* BAdam's block */
 }
 
-/* Each rank fills its own slice of opt's moments; rank 0 gets the others' */
-int ft_cuda_train_zero_moments(ft_model *m, ft_cuda_model *dm, ft_dist *d, ft_adamw *opt)
+/* ft_dist_own_in: this rank's piece of the k-th param's moments onto the
+ * device as the resume streams them in (the step is set before) */
+static int zero_in(void *ctx, size_t k, const float *m, const float *v)
 {
-	for (size_t k = 0; k < ft_adamw_count(opt); k++) {
-		long i = ftp_cuda_param_index(m, ft_adamw_param(opt, k));
-		if (i < 0 || ft_cuda_adamw_get(dm, (size_t)i, ft_adamw_exp_avg(opt, k),
-					       ft_adamw_exp_avg_sq(opt, k)) < 0)
-			return -1;
-	}
-	ft_adamw_set_steps(opt, ft_cuda_steps(dm));
-	return ft_dist_gather_moments(d, opt);
+	binding *x = ctx;
+	long i = ftp_cuda_param_index(x->m, ft_adamw_param(x->out, k));
+	return i < 0 ? -1 : ft_cuda_adamw_set(x->dm, (size_t)i, m, v, ft_adamw_steps(x->out));
+}
+
+static int b_zero_load(void *self, ft_adamw *opt, const char *path)
+{
+	binding *x = self;
+	x->out = opt;
+	if (ft_dist_load_moments(x->zero, opt, path, zero_in, x) < 0)
+		return -1;
+	x->zero_loaded = 1;
+	return 0;
 }
 
 static int b_state_in(void *self, const ft_adamw *opt)
@@ -163,7 +173,7 @@ static int b_state_in(void *self, const ft_adamw *opt)
 	if (ft_cuda_copy_weights_to_device(x->dm) < 0)
 		return -1;
 	ft_adamw *o = (ft_adamw *)opt;   /* read only: the accessors are shared */
-	for (size_t k = 0; k < ft_adamw_count(o); k++) {
+	for (size_t k = 0; !x->zero_loaded && k < ft_adamw_count(o); k++) {
 		long i = ftp_cuda_param_index(x->m, ft_adamw_param(o, k));
 		if (i < 0 || ft_cuda_adamw_set(x->dm, (size_t)i, ft_adamw_exp_avg(o, k),
 					       ft_adamw_exp_avg_sq(o, k), ft_adamw_steps(o)) < 0)
@@ -325,7 +335,7 @@ int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t
 	ft_train_model r = { x, b_nparams, b_param, b_zero_grad, b_fwd_bwd, b_fwd, b_save,
 			     b_set_position, b_step, b_state_out, b_state_in, b_peak, 0, NULL,
 			     b_sum_group, b_sum_wait, ft_model_config(m)->num_hidden_layers,
-			     b_set_grads_ready, NULL, NULL, b_ext_step };
+			     b_set_grads_ready, NULL, NULL, b_ext_step, NULL };
 	if (x->ref)
 		r.batch_mean = FT_BATCH_MEAN_SUM;
 	if (o->precision == FT_CUDA_F16) {
@@ -340,6 +350,7 @@ int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t
 void ft_cuda_train_zero(ft_train_model *t, ft_dist *d)
 {
 	((binding *)t->self)->zero = d;
+	t->zero_load = b_zero_load;
 }
 
 ft_cuda_model *ft_cuda_train_device(const ft_train_model *t)

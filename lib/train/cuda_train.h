@@ -37,8 +37,10 @@ ft_cuda_model *ft_cuda_train_ref(const ft_train_model *t);
 /* ZeRO-1 under mpirun (the device model made with ft_cuda_opts.zero_ranks
  * = the world size, zero_rank = this rank, NCCL open): each step then
  * all-gathers the updated slices over d's NCCL (ft_cuda_zero_gather, under
- * the watchdog), and state_out, called on every rank, gathers the
- * moments into rank 0's opt (ft_dist_gather_moments). */
+ * the watchdog); state_out, called on every rank, streams the others'
+ * slices to rank 0 as it writes the checkpoint (ft_dist_save_moments), and
+ * t->zero_load puts each rank's slice of a resume on its device as rank 0
+ * reads the file (ft_dist_load_moments). */
 void ft_cuda_train_zero(ft_train_model *t, struct ft_dist *d);
 /* Data parallel: gradient group `group` of dm (ft_cuda_grads_group's)
  * summed over d's ranks as one NCCL group of all-reduces on dm's
@@ -47,11 +49,8 @@ void ft_cuda_train_zero(ft_train_model *t, struct ft_dist *d);
 int ft_cuda_train_sum_group(ft_cuda_model *dm, struct ft_dist *d, int group);
 /* ZeRO-1 for the bindings on dm (this one's and cuda_pref.c's): the
  * updated slices all-gathered after a step that updated (under the
- * watchdog, waited for), and at a checkpoint, on every rank, this rank's
- * slice of the moments of opt's params (m's) copied into opt and gathered
- * into rank 0's (ft_dist_gather_moments), with dm's step count. */
+ * watchdog, waited for). */
 int ft_cuda_train_zero_gather(ft_cuda_model *dm, struct ft_dist *d);
-int ft_cuda_train_zero_moments(ft_model *m, ft_cuda_model *dm, struct ft_dist *d, ft_adamw *opt);
 /* Optimizer steps skipped for fp16 overflow so far. */
 int64_t ft_cuda_train_skipped(const ft_train_model *t);
 void ft_cuda_train_free(ft_train_model *t);

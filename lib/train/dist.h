@@ -108,24 +108,42 @@ static inline int64_t ft_dist_step_batches(int accum, int n) { return (int64_t)a
 /* ZeRO-1: this rank's AdamW over its slice of the trainable parameters
  * (concatenated in order and split by ft_dist_shard), so each rank keeps
  * 1/n of the moments.  step updates the slice, then every rank's updated
- * slice is broadcast to the others; the whole state comes and goes
- * through a whole ft_adamw for checkpoints, in the single-process format,
- * so a run resumes on any number of ranks. */
+ * slice is broadcast to the others.  Checkpoints hold the whole state in
+ * the single-process format, so a run resumes on any number of ranks. */
 typedef struct ft_zero1 ft_zero1;
 ft_zero1 *ft_zero1_new(ft_dist *d, ft_param *const *params, size_t n, const ft_adamw_opts *o);
 void ft_zero1_free(ft_zero1 *z);
 int ft_zero1_step(ft_zero1 *z, double lr);
-/* Moments and step of all slices into full (a whole-model ft_adamw over
- * the same params) on rank 0, which writes checkpoints; every rank takes
- * part, and only rank 0's full is written to (the others' stays
- * untouched, so its calloc'ed pages cost no memory). */
-int ft_zero1_gather(ft_zero1 *z, ft_adamw *full);
-/* This rank's slice out of full (after a checkpoint was loaded into it). */
-void ft_zero1_scatter(ft_zero1 *z, ft_adamw *full);
-/* ZeRO-1 on the device: each rank has put its own slice's moments into
- * full (a whole-model ft_adamw, ft_cuda_adamw_get) and the others'
- * slices go to rank 0, in place, point to point (every rank takes part). */
-int ft_dist_gather_moments(ft_dist *d, ft_adamw *full);
+/* A checkpoint of the slices into full (a whole-model ft_adamw over the
+ * same params, its moments dropped), streamed: every rank takes part.  On
+ * rank 0 full's moments become a fetch (ft_adamw_set_fetch) that
+ * ft_adamw_save(full) runs tensor by tensor, receiving the tensor's pieces
+ * from their owners just before it writes them; every other rank sends its
+ * pieces in the same order and returns once rank 0 has taken the last, so
+ * it waits (watched, --ddp_timeout) while rank 0 writes the checkpoint.  No
+ * rank holds more than its slice and one tensor's pair of moments. */
+int ft_zero1_save(ft_zero1 *z, ft_adamw *full);
+/* A resume from the optimizer state file path: rank 0 reads it
+ * (ft_adamw_load_each) and, tensor by tensor, broadcasts the weights into
+ * every rank's params and sends each rank its piece of the moments; the
+ * other ranks do not open path.  Every rank ends with the whole trainable
+ * weights, full's step and its slice; full's moments stay dropped. */
+int ft_zero1_load(ft_zero1 *z, ft_adamw *full, const char *path);
+/* The same for a model that keeps its slice itself (the device): own_out
+ * writes this rank's piece of the moments of full's k-th param at its
+ * offsets into m and v (the param's size; the rest is not read), own_in
+ * reads it from there.  s is the fetch's context on rank 0: it must
+ * outlive the ft_adamw_save(full) that follows. */
+typedef int (*ft_dist_own_out)(void *ctx, size_t k, float *m, float *v);
+typedef int (*ft_dist_own_in)(void *ctx, size_t k, const float *m, const float *v);
+typedef struct {
+	ft_dist *d;
+	ft_adamw *full;
+	ft_dist_own_out own;
+	void *ctx;
+} ft_dist_moments;
+int ft_dist_save_moments(ft_dist_moments *s, ft_dist *d, ft_adamw *full, ft_dist_own_out own, void *ctx);
+int ft_dist_load_moments(ft_dist *d, ft_adamw *full, const char *path, ft_dist_own_in own, void *ctx);
 /* Elements of the slice this rank updates, and of all params. */
 size_t ft_zero1_slice(const ft_zero1 *z, size_t *total);
 

@@ -75,5 +75,13 @@ double ft_clip_grad_norm(ft_param *const *params, size_t n, double max_norm);
  * and restores the weights as well as the moments and step. */
 int ft_adamw_save(const ft_adamw *a, const char *path);
 int ft_adamw_load(ft_adamw *a, const char *path);
+/* ft_adamw_load handing each param's moments to put as they are read
+ * (one scratch pair, the largest param's size) instead of keeping them,
+ * and giving each tensor's mapped pages back once read (ft_st_release),
+ * so a file of any size costs one param's worth: the weights still go
+ * into the params, the step is set before the first put, and a's
+ * moments stay as they were (ZeRO-1's resume, dist.h). */
+typedef int (*ft_adamw_put)(void *ctx, size_t k, const float *exp_avg, const float *exp_avg_sq);
+int ft_adamw_load_each(ft_adamw *a, const char *path, ft_adamw_put put, void *ctx);
 
 #endif

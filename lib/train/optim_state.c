@@ -97,7 +97,9 @@ int ft_adamw_save(const ft_adamw *a, const char *path)
 	return rc;
 }
 
-static int load_moment(ft_st *st, const char *path, const ft_param *p, const char *what, float *dst)
+/* release: give the tensor's mapped pages back once read (a streamed load) */
+static int load_moment(ft_st *st, const char *path, const ft_param *p, const char *what, float *dst,
+		       int release)
 {
 	char *name = *what ? ft_xasprintf("%s.%s", p->name, what) : ft_xstrdup(p->name);
 	const ft_st_tensor *t = ft_st_find(st, name);
@@ -108,39 +110,58 @@ static int load_moment(ft_st *st, const char *path, const ft_param *p, const cha
 		rc = ft_fail("%s: tensor '%s' has %zu elements, expected %zu F32", path, name, t->numel, p->n);
 	else
 		rc = ft_st_read_f32(t, dst);
+	if (t && release) ft_st_release(t);
 	free(name);
+	return rc;
+}
+
+/* The metadata's format and step, and one weight and two moments per param. */
+static int check_state(ft_st *st, const char *path, size_t n, int64_t *step)
+{
+	const json_t *meta = ft_st_metadata(st);
+	const json_t *fmt = meta ? json_object_get(meta, "format") : NULL;
+	const json_t *s = meta ? json_object_get(meta, "step") : NULL;
+	if (!fmt || !json_is_string(fmt) || strcmp(json_string_value(fmt), "ft-adamw") != 0)
+		return ft_fail("%s: not an ft optimizer state (metadata format != ft-adamw)", path);
+	if (!s || !json_is_string(s))
+		return ft_fail("%s: metadata has no step", path);
+	if (ft_st_count(st) != 3 * n)
+		return ft_fail("%s: %zu tensors, expected %zu for %zu trainable parameters", path,
+			       ft_st_count(st), 3 * n, n);
+	*step = strtoll(json_string_value(s), NULL, 10);
+	return 0;
+}
+
+int ft_adamw_load_each(ft_adamw *a, const char *path, ft_adamw_put put, void *ctx)
+{
+	ft_st *st = ft_st_open(path);
+	if (!st) return -1;
+	int64_t step = 0;
+	float *sm = NULL, *sv = NULL;
+	int rc = check_state(st, path, a->n, &step);
+	if (rc == 0 && put) {
+		size_t most = 1;
+		for (size_t i = 0; i < a->n; i++)
+			if (a->p[i]->n > most) most = a->p[i]->n;
+		sm = ft_xmalloc(most * sizeof *sm);
+		sv = ft_xmalloc(most * sizeof *sv);
+		a->step = step;
+	}
+	for (size_t i = 0; i < a->n && rc == 0; i++) {
+		float *m = put ? sm : ft_adamw_exp_avg(a, i), *v = put ? sv : ft_adamw_exp_avg_sq(a, i);
+		rc = load_moment(st, path, a->p[i], "", a->p[i]->w, put != NULL) ||
+		     load_moment(st, path, a->p[i], "exp_avg", m, put != NULL) ||
+		     load_moment(st, path, a->p[i], "exp_avg_sq", v, put != NULL) ? -1 : 0;
+		if (rc == 0 && put) rc = put(ctx, i, m, v);
+	}
+	if (rc == 0) a->step = step;
+	free(sm);
+	free(sv);
+	ft_st_close(st);
 	return rc;
 }
 
 int ft_adamw_load(ft_adamw *a, const char *path)
 {
-	ft_st *st = ft_st_open(path);
-	if (!st) return -1;
-	int rc = -1;
-	const json_t *meta = ft_st_metadata(st);
-	const json_t *fmt = meta ? json_object_get(meta, "format") : NULL;
-	const json_t *step = meta ? json_object_get(meta, "step") : NULL;
-	if (!fmt || !json_is_string(fmt) || strcmp(json_string_value(fmt), "ft-adamw") != 0) {
-		ft_fail("%s: not an ft optimizer state (metadata format != ft-adamw)", path);
-		goto out;
-	}
-	if (!step || !json_is_string(step)) {
-		ft_fail("%s: metadata has no step", path);
-		goto out;
-	}
-	if (ft_st_count(st) != 3 * a->n) {
-		ft_fail("%s: %zu tensors, expected %zu for %zu trainable parameters", path,
-			ft_st_count(st), 3 * a->n, a->n);
-		goto out;
-	}
-	for (size_t i = 0; i < a->n; i++)
-		if (load_moment(st, path, a->p[i], "", a->p[i]->w) ||
-		    load_moment(st, path, a->p[i], "exp_avg", ft_adamw_exp_avg(a, i)) ||
-		    load_moment(st, path, a->p[i], "exp_avg_sq", ft_adamw_exp_avg_sq(a, i)))
-			goto out;
-	a->step = strtoll(json_string_value(step), NULL, 10);
-	rc = 0;
-out:
-	ft_st_close(st);
-	return rc;
+	return ft_adamw_load_each(a, path, NULL, NULL);
 }

@@ -518,6 +518,12 @@ static int pf_sum_wait(void *self, struct ft_dist *d)
 	ft_pref *p = self;
 	return p->pm.base.sum_wait(p->pm.base.self, d);
 }
+/* ZeRO-1 on the device: a resume's moments streamed into its slice */
+static int pf_zero_load(void *self, ft_adamw *opt, const char *path)
+{
+	ft_pref *p = self;
+	return p->pm.base.zero_load(p->pm.base.self, opt, path);
+}
 /* The policy's device memory, plus a reference model's of its own. */
 static size_t pf_peak(void *self)
 {
@@ -550,6 +556,7 @@ ft_train_model ft_pref_train_model(ft_pref *p)
 		t.sum_wait = pf_sum_wait;
 		t.grad_layers = p->pm.base.grad_layers;
 	}
+	if (p->pm.base.zero_load) t.zero_load = pf_zero_load;
 	return t;
 }
 

@@ -375,6 +375,11 @@ static int finish(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 		  ft_batch_source *val, runctx *c, ftp_tstate *st, ft_train_result *r,
 		  double eval_loss_last, int64_t eval_step);
 
+static int zero1_load(void *z, ft_adamw *opt, const char *path)
+{
+	return ft_zero1_load(z, opt, path);
+}
+
 int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	     ft_batch_source *val, ft_train_result *r)
 {
@@ -409,8 +414,8 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	/* ... and its moments: the host holds them only from a resume's load
 	 * to state_in and from state_out to the checkpoint written, if at all
 	 * (state_out may have them fetched as the file is written).  ZeRO-1's
-	 * whole optimizer likewise holds moments only from a load to the
-	 * scatter and from the gather to the checkpoint written. */
+	 * whole optimizer holds none: a save fetches them one tensor at a
+	 * time, a resume hands them on as they are read. */
 	if (m->step || zero) ft_adamw_drop_moments(opt);
 	double *lsv = NULL;   /* a step's micro-batch losses and the stop flag */
 	ftp_tstate st = { .log_history = json_array() };
@@ -428,11 +433,10 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 		goto out;
 	}
 	if (ft_mkdirs(o->output_dir) < 0) goto out;
-	if (o->resume_dir && ftp_ckpt_load(o, &p, opt, &st) < 0) goto out;
-	if (o->resume_dir && zero) {   /* keep the slice, give back the rest */
-		ft_zero1_scatter(zero, opt);
-		ft_adamw_drop_moments(opt);
-	}
+	/* ZeRO-1: each rank gets its slice only, from rank 0 (dist.h) */
+	ftp_opt_load load = zero ? zero1_load : dev_zero ? m->zero_load : NULL;
+	if (o->resume_dir && ftp_ckpt_load(o, &p, opt, &st, load, zero ? (void *)zero : m->self) < 0)
+		goto out;
 	if (o->resume_dir && m->ckpt_load && m->ckpt_load(m->self, o->resume_dir) < 0) goto out;
 	if (o->resume_dir && m->state_in && m->state_in(m->self, opt) < 0) goto out;
 	if (m->step) ft_adamw_drop_moments(opt);
@@ -566,7 +570,8 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 			int interrupted = world > 1 ? lsv[mb.n] > 0 : o->stop && *o->stop;
 			if (strategy_due(o->save_strategy, o->save_steps, st.global_step, epoch_end) ||
 			    (last && o->save_strategy != FT_STRATEGY_NO) || interrupted) {
-				if (zero && ft_zero1_gather(zero, opt) < 0) goto out;
+				/* ZeRO-1: the others send rank 0 their slices as it writes */
+				if (zero && ft_zero1_save(zero, opt) < 0) goto out;
 				/* only rank 0 writes files */
 				if ((rank == 0 || dev_zero) && m->state_out && m->state_out(m->self, opt) < 0)
 					goto out;

@@ -105,6 +105,12 @@ typedef struct {
 	 * the model cannot run; without it the trainer refuses any x. */
 	int (*ext_step)(void *self, const struct ft_optim_ext *x, const ft_adamw_opts *o, double lr,
 			double lambda, double max_grad_norm, double *grad_norm);
+	/* Optional (the CUDA binding under ZeRO-1, ft_cuda_train_zero): a
+	 * resume's optimizer state file read into the model's own slice as it
+	 * streams in (ft_dist_load_moments, every rank), the whole trainable
+	 * weights into the host params and opt's step; state_in then copies
+	 * the weights and leaves the moments.  NULL: opt is loaded whole. */
+	int (*zero_load)(void *self, ft_adamw *opt, const char *path);
 } ft_train_model;
 
 enum { FT_BATCH_MEAN = 1, FT_BATCH_MEAN_SUM = 2 };

@@ -169,7 +169,8 @@ static int hexnum(const json_t *o, const char *key, double *out)
 	return *end ? -1 : 0;
 }
 
-int ftp_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt, ftp_tstate *st)
+int ftp_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt, ftp_tstate *st,
+		  ftp_opt_load load, void *ctx)
 {
 	char *path = ft_xasprintf("%s/trainer_state.json", o->resume_dir);
 	json_t *ts = ft_json_load_file(path);
@@ -231,7 +232,7 @@ int ftp_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt,
 	json_array_extend(st->log_history, hist);
 	free(path);
 	path = ft_xasprintf("%s/optimizer.safetensors", o->resume_dir);
-	if (ft_adamw_load(opt, path) < 0) goto out;
+	if ((load ? load(ctx, opt, path) : ft_adamw_load(opt, path)) < 0) goto out;
 	if (o->optim_ext && o->optim_ext->load && o->optim_ext->load(o->optim_ext->self, o->resume_dir) < 0)
 		goto out;
 	/* fp16 on the GPU skips the update of a step whose gradients

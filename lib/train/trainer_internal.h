@@ -23,7 +23,12 @@ typedef struct {
 
 int ftp_ckpt_save(const ft_train_opts *o, const ft_train_plan *p, ft_train_model *m,
 		 const ft_adamw *opt, const ft_sched *s, const ftp_tstate *st, char *out, size_t outsz);
-int ftp_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt, ftp_tstate *st);
+/* load reads the checkpoint's optimizer.safetensors into opt (NULL:
+ * ft_adamw_load, the whole state on every rank; ZeRO-1 streams each rank
+ * its slice, ft_zero1_load). */
+typedef int (*ftp_opt_load)(void *ctx, ft_adamw *opt, const char *path);
+int ftp_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt, ftp_tstate *st,
+		  ftp_opt_load load, void *ctx);
 /* Remove the oldest checkpoint-N beyond save_total_limit. */
 int ftp_ckpt_rotate(const char *output_dir, int64_t limit);
 /* The RL loops' (PPO, GRPO) output_dir/checkpoint-<step>: save_model's

@@ -28,6 +28,7 @@ QWEN="$FIXTURES/models/tiny-qwen2"
 QWEN3="$FIXTURES/families/qwen3/model"
 GQA4="$FIXTURES/models/tiny-llama-gqa4"
 PREF="$FIXTURES/pref"
+GEMMA256="$FIXTURES/models/tiny-gemma2-hd256"
 
 # rows of 30 to 90 tokens (three flash-attention tiles, T off the tile)
 long_data() {
@@ -151,6 +152,48 @@ long_data() {
 	half_close cpu/trainer_log.jsonl bf16/trainer_log.jsonl fp16/trainer_log.jsonl
 }
 
+# Gemma's head_dim 256 in fp32 on a card with less shared memory per
+# block than an A100 (FT_EMU_SMEM_OPTIN sets the emulated opt-in bound;
+# docs/CUDA.md "Which attention kernel runs").  Bytes per block at hd 256
+# (fa_smem_*, dynamic; the emulation knows no static): 32-row tiles
+# forward 102912, dK/dV 140032, dQ 135808; 16-row tiles 50432, 67968,
+# 66880.  At sm_86 / sm_89's 101376 every pass runs the 16-row kernels
+# (FT_CUDA_CHECK_ATTN=fp32-16 holds each call of each pass to them), at
+# 110592 the forward keeps its 32-row tiles and the backward falls back,
+# at 65536 dK/dV fits neither.  Rows of 30 to 64 tokens (up to four
+# 16-row tiles, T off the tile) so the forward's online softmax really
+# folds more key tiles than on 32-row ones.  Tolerance: the 16-row
+# kernels do each row's arithmetic in the 32-row ones' order except the
+# forward's one extra rescale per 16 keys where a row's maximum rises
+# (a few ulp each; test_flash_emu.cc: their backward equals the 32-row
+# one from the same O and lse), so the runs differ from the CPU as the
+# fp32 device does anyway, by summation order: this file's 1e-4.
+# Measured worst (full, 4 steps with eval): 1.5e-5, a grad norm; the
+# 32-row kernels at the default bound: 1.1e-5 (Gemma's caps make these
+# larger than llama's 4e-6).
+@test "emulated device with 99 KiB of shared memory (sm_86): Gemma's head_dim 256 in fp32 falls back per pass to the 16-row CUDA-core attention, within 1e-4 of the CPU" {
+	ft-cat --encode < "$FIXTURES/emu/tokens.jsonl" > tok.zst
+	ft-pack -q --cutoff_len 64 --per_device_train_batch_size 2 --pad_to_multiple_of 1 \
+		--val_size 4 --seed 1 -o g.zst --val_output gval.zst tok.zst
+	FT_EMU_SMEM_OPTIN=101376 FT_CUDA_CHECK_ATTN=fp32-16 same_run "$GEMMA256" 1e-4 \
+		--train g.zst --val gval.zst --eval_steps 2 --finetuning_type full
+	FT_EMU_SMEM_OPTIN=101376 FT_CUDA_CHECK_ATTN=fp32-16 same_run "$GEMMA256" 1e-4 \
+		--train g.zst --finetuning_type lora --gradient_checkpointing
+	# forward on 32-row tiles, the backward on 16-row ones
+	FT_EMU_SMEM_OPTIN=110592 same_run "$GEMMA256" 1e-4 --train g.zst --finetuning_type full
+	# which passes fell back: the first pass off the wanted family names itself
+	FT_EMU_SMEM_OPTIN=101376 FT_CUDA_CHECK_ATTN=fp32 run -1 --separate-stderr tr cuda a "$GEMMA256" --train g.zst
+	[[ "$stderr" == *"FT_CUDA_CHECK_ATTN=fp32, but the 16-row fp32 (CUDA-core) kernels run: flash attention forward on 32-row tiles needs 102912 bytes of shared memory per block, the device allows 101376" ]]
+	FT_EMU_SMEM_OPTIN=110592 FT_CUDA_CHECK_ATTN=fp32 run -1 --separate-stderr tr cuda b "$GEMMA256" --train g.zst
+	[[ "$stderr" == *"FT_CUDA_CHECK_ATTN=fp32, but the 16-row fp32 (CUDA-core) kernels run: flash attention dK/dV on 32-row tiles needs 140032 bytes of shared memory per block, the device allows 110592" ]]
+	FT_EMU_SMEM_OPTIN=110592 FT_CUDA_CHECK_ATTN=fp32-16 run -1 --separate-stderr tr cuda c "$GEMMA256" --train g.zst
+	[[ "$stderr" == *"FT_CUDA_CHECK_ATTN=fp32-16, but the fp32 (CUDA-core) kernels run" ]]
+	FT_EMU_SMEM_OPTIN=65536 run -1 --separate-stderr tr cuda d "$GEMMA256" --train g.zst
+	[[ "$stderr" == *"flash attention dK/dV: head_dim 256 needs 140032 bytes of shared memory per block on 32-row tiles, 67968 on 16-row tiles, the device allows 65536" ]]
+	# the default bound (an H100's 227 KiB): every pass on 32-row tiles
+	FT_CUDA_CHECK_ATTN=fp32 tr cuda e "$GEMMA256" --train g.zst
+}
+
 @test "emulated device rm, dpo (reference: the adapters disabled), orpo full, kto: the CPU's numbers within 1e-4" {
 	for s in dpo rm kto; do ft-cat --encode < "$PREF/$s.jsonl" > $s.zst; done
 	same_run "$LLAMA" 1e-4 --stage dpo --train dpo.zst --val dpo.zst --eval_steps 2 \
@@ -178,6 +221,15 @@ long_data() {
 	for m in "$GQA4" "$QWEN" "$QWEN3"; do
 		same_tokens "$m" 60
 	done
+}
+
+# ft-generate's prefill runs training's attention forward (the decode
+# step's cache_attention_k has 512 bytes of static shared memory at any
+# head_dim): at sm_86's bound a Gemma with hd 256 in fp32 prefills on the
+# 16-row tiles (FT_CUDA_CHECK_ATTN=fp32-16 holds it to them), and its
+# greedy tokens are the CPU's.
+@test "emulated device ft-generate with 99 KiB of shared memory (sm_86): Gemma's head_dim 256 in fp32, the CPU's greedy tokens" {
+	FT_EMU_SMEM_OPTIN=101376 FT_CUDA_CHECK_ATTN=fp32-16 same_tokens "$GEMMA256" 60
 }
 
 @test "the emulation itself: threads in reverse order and one OS thread give the same bits (no races it can see)" {

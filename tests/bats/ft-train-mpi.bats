@@ -104,6 +104,101 @@ compare_with_one_process() {
 	assert_output --partial "2 ranks x gradient_accumulation_steps 2"
 }
 
+# ZeRO-1's point is that no rank holds the whole AdamW state; checkpoints
+# must not bring it back.  A 24-layer model (hidden 256, P = 17.5M
+# trainable parameters: the state is 8P = 140 MB, its largest tensor 688 x
+# 256) trains 2 steps on 2 ranks, without checkpoints, with one per step,
+# and resumed from the first; each rank's max RSS (/usr/bin/time) may
+# exceed the run without checkpoints by P bytes (1/8 of the state) at
+# most.  Streaming holds one tensor's pair of moments (8 x 176128 bytes =
+# 1.4 MB) and gives back each tensor's mapped pages once read; measured:
+# within 1.2 MB of the plain run at the save, below it at the resume.
+# Gathering the state on rank 0, as before, measured +101 MB at the save
+# (8P, partly under the training's own peak) and loading the whole file
+# +186 MB on every rank at the resume.
+@test "ZeRO-1 checkpoints stream: a save or a resume adds at most 1/8 of the AdamW state to any rank's max RSS" {
+	need_mpi
+	[ -x /usr/bin/time ] || skip "/usr/bin/time is absent (apt-get install time)"
+	jq '.num_hidden_layers = 24 | .hidden_size = 256 | .intermediate_size = 688 | .head_dim = 64' \
+		"$MODEL/config.json" > cfg.json
+	rss() {   # OUT FLAGS...: OUT.rss.R, rank R's max RSS in KiB
+		local out=$1
+		shift
+		mpi2 sh -c 'exec /usr/bin/time -f %M -o "$0.rss.$OMPI_COMM_WORLD_RANK" "$@"' "$out" \
+			ft-train --train_from_scratch --config cfg.json --train train.zst --finetuning_type full \
+			--max_steps 2 --learning_rate 1e-4 -q --zero 1 --output_dir "$out" "$@"
+	}
+	run rss plain --save_strategy no
+	assert_success
+	run rss saved --save_steps 1
+	assert_success
+	run rss resumed --save_strategy no --resume_from_checkpoint saved/checkpoint-1
+	assert_success
+	cmp saved/model.safetensors resumed/model.safetensors
+	p=$(( $(stat -c %s plain/model.safetensors) / 4 ))   # fp32: 4 bytes a parameter
+	for r in 0 1; do
+		for run in saved resumed; do
+			d=$(( ($(cat $run.rss.$r) - $(cat plain.rss.$r)) * 1024 ))
+			echo "# rank $r, $run: max RSS $d bytes over the run without checkpoints (P = $p)" >&3
+			[ "$d" -le "$p" ]
+		done
+	done
+}
+
+# The other nodes of a job without a shared filesystem never get rank 0's
+# optimizer.safetensors: only rank 0 reads it at a resume.  Rank 1 runs in
+# a directory whose copy of the checkpoint (named relatively) lacks the
+# file.  A 1-rank checkpoint resumed on 2 ZeRO-1 ranks (the same global
+# batch) is bit for bit plain data parallel resumed from it.
+@test "ZeRO-1 resume: a 1-rank checkpoint on 2 ranks == plain data parallel; only rank 0 reads optimizer.safetensors" {
+	need_mpi
+	args=($(base) --finetuning_type full --learning_rate 1e-3 --max_steps 8 --save_steps 4)
+	run ft-train "${args[@]}" --gradient_accumulation_steps 4 --output_dir one
+	assert_success
+	mkdir r0 r1
+	cp -r one/checkpoint-4 r0/ck
+	cp -r one/checkpoint-4 r1/ck
+	rm r1/ck/optimizer.safetensors
+	two=(--model_name_or_path "$MODEL" --train "$PWD/train.zst" --logging_steps 1 -q --finetuning_type full \
+		--learning_rate 1e-3 --max_steps 8 --save_steps 4 --gradient_accumulation_steps 2)
+	run mpi2 sh -c 'cd "r$OMPI_COMM_WORLD_RANK" && exec "$@"' sh ft-train "${two[@]}" --zero 1 \
+		--resume_from_checkpoint ck --output_dir "$PWD/z"
+	assert_success
+	run mpi2 ft-train "${two[@]}" --resume_from_checkpoint one/checkpoint-4 --output_dir dp
+	assert_success
+	cmp z/model.safetensors dp/model.safetensors
+	cmp z/checkpoint-8/optimizer.safetensors dp/checkpoint-8/optimizer.safetensors
+	diff <(jq -c '{current_steps, loss, grad_norm}' z/trainer_log.jsonl) \
+	     <(jq -c '{current_steps, loss, grad_norm}' dp/trainer_log.jsonl)
+	# and what one process makes from it, within the header's 1e-6
+	within "$("$MAXDIFF" one/model.safetensors z/model.safetensors)" 1e-6
+	# plain data parallel reads it on every rank: rank 1's copy lacks it
+	run mpi2 sh -c 'cd "r$OMPI_COMM_WORLD_RANK" && exec "$@"' sh ft-train "${two[@]}" \
+		--resume_from_checkpoint ck --output_dir "$PWD/dp1"
+	assert_failure
+	assert_output --partial "ft-train: rank 1: "
+	assert_output --partial "optimizer.safetensors"
+}
+
+# Three ranks: slices that end inside tensors on both sides of a middle
+# rank, pieces of unequal size.  The streamed checkpoint is plain data
+# parallel's, and resuming it streams each rank its slice back.
+@test "ZeRO-1 on 3 ranks: the streamed checkpoint is plain data parallel's; it resumes on 3 ranks bit for bit" {
+	need_mpi
+	mpi3() { mpirun --oversubscribe --allow-run-as-root -np 3 "$@"; }
+	args=($(base) --finetuning_type full --max_steps 4 --save_steps 2)
+	run mpi3 ft-train "${args[@]}" --output_dir dp
+	assert_success
+	run mpi3 ft-train "${args[@]}" --output_dir z --zero 1
+	assert_success
+	cmp dp/checkpoint-2/optimizer.safetensors z/checkpoint-2/optimizer.safetensors
+	cmp dp/checkpoint-4/optimizer.safetensors z/checkpoint-4/optimizer.safetensors
+	run mpi3 ft-train "${args[@]}" --output_dir r --zero 1 --resume_from_checkpoint z/checkpoint-2
+	assert_success
+	cmp z/model.safetensors r/model.safetensors
+	cmp z/checkpoint-4/optimizer.safetensors r/checkpoint-4/optimizer.safetensors
+}
+
 @test "the gradient sum runs beside the backward, with the same numbers as summing after it" {
 	need_mpi
 	for ft in lora full; do

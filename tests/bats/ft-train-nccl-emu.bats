@@ -204,6 +204,68 @@ nccl_parity() {
 	cmp zh/model.safetensors ph/model.safetensors
 }
 
+# The device ZeRO-1's checkpoints stream as the CPU's (ft-train-mpi.bats):
+# a 12-layer model (hidden 256: P = 8.8M trainable parameters, the AdamW
+# state 8P = 70 MB, the largest tensor 688 x 256) trains 2 steps on 2
+# emulated devices without checkpoints, with one per step, and resumed
+# from the first; each rank's max RSS (the emulated devices' memory is
+# the process's too, the same in all three) may exceed the plain run's by
+# P bytes at most.  Streaming holds one tensor's moments on the host
+# (1.4 MB); measured within 0.5 MB.  Gathering on rank 0, as before,
+# measured +53 MB on rank 0 and +36 MB on rank 1 at the save (whole-size
+# host moments, each rank filling its own piece), and loading the whole
+# file +153 MB on every rank at the resume.
+@test "ZeRO-1 (emulated): a save or a resume adds at most 1/8 of the AdamW state to any rank's max RSS" {
+	[ -x /usr/bin/time ] || skip "/usr/bin/time is absent (apt-get install time)"
+	jq '.num_hidden_layers = 12 | .hidden_size = 256 | .intermediate_size = 688 | .head_dim = 64' \
+		"$MODEL/config.json" > cfg.json
+	rss() {   # OUT FLAGS...: OUT.rss.R, rank R's max RSS in KiB
+		local out=$1
+		shift
+		mpi2 sh -c 'exec /usr/bin/time -f %M -o "$0.rss.$OMPI_COMM_WORLD_RANK" "$@"' "$out" \
+			ft-train --train_from_scratch --config cfg.json --train train.zst --finetuning_type full \
+			--max_steps 2 --learning_rate 1e-4 -q --device cuda --zero 1 --output_dir "$out" "$@"
+	}
+	run rss plain --save_strategy no
+	assert_success
+	run rss saved --save_steps 1
+	assert_success
+	run rss resumed --save_strategy no --resume_from_checkpoint saved/checkpoint-1
+	assert_success
+	cmp saved/model.safetensors resumed/model.safetensors
+	p=$(( $(stat -c %s plain/model.safetensors) / 4 ))   # fp32: 4 bytes a parameter
+	for r in 0 1; do
+		for run in saved resumed; do
+			d=$(( ($(cat $run.rss.$r) - $(cat plain.rss.$r)) * 1024 ))
+			echo "# rank $r, $run: max RSS $d bytes over the run without checkpoints (P = $p)" >&3
+			[ "$d" -le "$p" ]
+		done
+	done
+}
+
+# Only rank 0 reads optimizer.safetensors at a resume (rank 1's copy of
+# the checkpoint, named relatively, lacks it): a 1-device checkpoint
+# resumed on 2 emulated ZeRO-1 ranks is bit for bit plain data parallel
+# resumed from it.
+@test "ZeRO-1 (emulated): a 1-device checkpoint on 2 ranks == plain data parallel; only rank 0 reads optimizer.safetensors" {
+	args=(--model_name_or_path "$MODEL" --train "$PWD/train.zst" --logging_steps 1 --learning_rate 1e-4 \
+		--max_steps 4 --save_steps 2 -q --device cuda --finetuning_type full)
+	run ft-train "${args[@]}" --gradient_accumulation_steps 2 --output_dir one
+	assert_success
+	mkdir r0 r1
+	cp -r one/checkpoint-2 r0/ck
+	cp -r one/checkpoint-2 r1/ck
+	rm r1/ck/optimizer.safetensors
+	run mpi2 sh -c 'cd "r$OMPI_COMM_WORLD_RANK" && exec "$@"' sh ft-train "${args[@]}" --zero 1 \
+		--resume_from_checkpoint ck --output_dir "$PWD/z"
+	assert_success
+	run mpi2 ft-train "${args[@]}" --resume_from_checkpoint one/checkpoint-2 --output_dir p
+	assert_success
+	cmp z/model.safetensors p/model.safetensors
+	cmp z/checkpoint-4/optimizer.safetensors p/checkpoint-4/optimizer.safetensors
+	cmp <(no_mem z/trainer_log.jsonl) <(no_mem p/trainer_log.jsonl)
+}
+
 @test "ZeRO-1 (emulated): a killed rank ends the job non-zero naming it; checkpoints are whole" {
 	shm_segments > shm.before
 	run env FT_DIST_TEST_FAULT=kill:1:3 timeout 120 mpirun --oversubscribe --allow-run-as-root -np 2 \

@@ -4,7 +4,7 @@
  *
  *  - tests/emu/test_*.cc include it, then a kernel header
  *    (lib/cuda/flash_kernels.cuh, norm_kernels.cuh, pref_kernels.cuh), and
- *    run those very kernels with launch() (256 threads, as before);
+ *    run those very kernels with launch() (256 threads unless told);
  *  - build/libft_cuda_emu.so: the real the .cu files of lib/cuda compiled by g++ as
  *    C++ against tests/emu/include/ (cuda_runtime.h, cublas_v2.h,
  *    cuda_fp16.h, cuda_bf16.h), which include this header; the launch
@@ -466,11 +466,11 @@ static inline int atomicOr(int *p, int v) { return __atomic_fetch_or(p, v, __ATO
 /* device math that glibc lacks */
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 
-/* The tests' launch: blockDim.x 256 threads over grid. */
+/* The tests' launch: blockDim.x threads (256 unless told) over grid. */
 template <typename F>
-static void launch(F body, dim3 grid, size_t smem)
+static void launch(F body, dim3 grid, size_t smem, unsigned threads = 256)
 {
-	ft_emu::run("test kernel", grid, dim3(256), smem, ft_emu::call<F>, &body);
+	ft_emu::run("test kernel", grid, dim3(threads), smem, ft_emu::call<F>, &body);
 }
 
 /* Kept for the tests written before the pool: nothing to set up now. */

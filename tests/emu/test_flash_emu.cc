@@ -12,6 +12,18 @@
  * the kernels use fmaf and butterfly sums where the CPU uses BLAS sums
  * (measured at most 8e-7).  These are the fp32 kernels; the bf16 and
  * fp16 ones (tensor cores) are test_flash_tc_emu.cc's.
+ *
+ * The 16-row tiles (FA_BT_SMALL, what fp32 runs at hd 256 on sm_86 /
+ * sm_89's 99 KiB) under the same bound: per row they do the same
+ * arithmetic, except that the forward's online softmax folds 16 keys a
+ * step, so a row whose maximum rises in a 16-key half tile is rescaled
+ * once more (one multiply by exp(m_old - m_new), a few ulp, at most
+ * T / 16 times: ~1e-6 at T 130, under the 1e-5).  Every dK, dV, dQ
+ * element is the same fmaf chain over the same allowed (query, key)
+ * pairs in the same order (masked pairs inside a visited tile add an
+ * exact zero, and a skipped tile has none allowed), so from the same O
+ * and lse the backward passes are equal to the 32-row ones element for
+ * element, which test_small_backward checks.
  */
 #include "emu.h"
 extern "C" {
@@ -23,22 +35,24 @@ extern "C" {
 
 #include "cuda/flash_kernels.cuh"
 
-template <typename E, int NDR>
+/* The kernels on BT x BT tiles, BT groups of 8 lanes a block, as
+ * attention.cu's run_pass launches them. */
+template <typename E, int NDR, int BT = FT_FA_BR>
 static void run(fa_args<E> &p, int B, int backward)
 {
-	unsigned tiles = (unsigned)((p.T + FT_FA_BR - 1) / FT_FA_BR);
+	unsigned tiles = (unsigned)((p.T + BT - 1) / BT), nt = FA_BT_THREADS(BT);
 	if (!backward) {
-		launch([&] { fa_fwd_k<E, NDR>(p); }, { tiles, (unsigned)p.Hq, (unsigned)B },
-		       fa_smem_fwd<E>(p.hd));
+		launch([&] { fa_fwd_k<E, NDR, BT>(p); }, { tiles, (unsigned)p.Hq, (unsigned)B },
+		       fa_smem_fwd<E, BT>(p.hd), nt);
 		return;
 	}
 	size_t NH = (size_t)B * p.T * p.Hq;
 	launch([&] { rowdot_k<E>(p.Di, p.o, p.dout, NH, p.hd); },
 	       { (unsigned)((NH + 255) / 256), 1, 1 }, 0);
-	launch([&] { fa_dkdv_k<E, NDR>(p); }, { tiles, (unsigned)p.Hk, (unsigned)B },
-	       fa_smem_dkdv<E>(p.hd));
-	launch([&] { fa_dq_k<E, NDR>(p); }, { tiles, (unsigned)p.Hq, (unsigned)B },
-	       fa_smem_dq<E>(p.hd));
+	launch([&] { fa_dkdv_k<E, NDR, BT>(p); }, { tiles, (unsigned)p.Hk, (unsigned)B },
+	       fa_smem_dkdv<E, BT>(p.hd), nt);
+	launch([&] { fa_dq_k<E, NDR, BT>(p); }, { tiles, (unsigned)p.Hq, (unsigned)B },
+	       fa_smem_dq<E, BT>(p.hd), nt);
 }
 
 /* Contiguous [B*T, H*hd] inputs and gradients (attention.cu's default). */
@@ -49,10 +63,12 @@ static void contiguous(fa_args<E> &p)
 	p.ldk = p.ldv = p.lddk = p.lddv = p.Hk * p.hd;
 }
 
+/* bt 16: the small tiles, with the launcher's one accumulator width */
 template <typename E>
-static void run_hd(fa_args<E> &p, int B, int pass)
+static void run_hd(fa_args<E> &p, int B, int pass, int bt = FT_FA_BR)
 {
-	if (p.hd <= 64) run<E, 8>(p, B, pass);
+	if (bt == FA_BT_SMALL) run<E, FA_MAX_NDR, FA_BT_SMALL>(p, B, pass);
+	else if (p.hd <= 64) run<E, 8>(p, B, pass);
 	else if (p.hd <= 128) run<E, 16>(p, B, pass);
 	else run<E, 32>(p, B, pass);
 }
@@ -61,8 +77,10 @@ static unsigned rng = 777;
 static std::vector<float> rnd(size_t n, float amp) { return rnd_vec(rng, n, amp); }
 
 /* packed 1: ft-pack's neat packing; 2: right padding, rows of T - 37 b
- * real tokens (at least 1; ft_attn_shape.len). */
-static void test_case(int B, int T, int Hq, int Hk, int hd, int window, int packed)
+ * real tokens (at least 1; ft_attn_shape.len).  bt: the tile rows; cap:
+ * Gemma 2's soft-cap (0: none). */
+static void test_case(int B, int T, int Hq, int Hk, int hd, int window, int packed,
+		      int bt = FT_FA_BR, float cap = 0)
 {
 	size_t N = (size_t)B * T, nq = N * Hq * hd, nk = N * Hk * hd, nl = N * Hq;
 	std::vector<float> q = rnd(nq, 1.5f), k = rnd(nk, 1.5f), v = rnd(nk, 1), go = rnd(nq, 1);
@@ -73,7 +91,7 @@ static void test_case(int B, int T, int Hq, int Hk, int hd, int window, int pack
 	std::vector<int32_t> len(B);
 	for (int b = 0; b < B; b++)
 		len[b] = T - 37 * b > 0 ? T - 37 * b : 1;
-	ft_attn_shape s = { B, T, Hq, Hk, hd, window, packed == 1 ? seg.data() : NULL, 0, 0,
+	ft_attn_shape s = { B, T, Hq, Hk, hd, window, packed == 1 ? seg.data() : NULL, 0, cap,
 			    packed == 2 ? len.data() : NULL };
 	std::vector<float> o1(nq), o2(nq), l1(nl), l2(nl), Di(nl);
 	std::vector<float> g1[3] = { std::vector<float>(nq), std::vector<float>(nk),
@@ -90,15 +108,60 @@ static void test_case(int B, int T, int Hq, int Hk, int hd, int window, int pack
 	p.dq = g2[0].data(), p.dk = g2[1].data(), p.dv = g2[2].data();
 	p.T = T, p.Hq = Hq, p.Hk = Hk, p.hd = hd, p.window = window;
 	p.scale = 1.0f / sqrtf((float)hd);
+	p.softcap = cap;
 	contiguous(p);
 	for (int pass = 0; pass < 2; pass++)
-		run_hd(p, B, pass);
+		run_hd(p, B, pass, bt);
 	double eo = max_rel01(o2.data(), o1.data(), nq), el = max_rel01(l2.data(), l1.data(), nl);
 	double e0 = max_rel01(g2[0].data(), g1[0].data(), nq), e1 = max_rel01(g2[1].data(), g1[1].data(), nk);
 	double e2 = max_rel01(g2[2].data(), g1[2].data(), nk);
 	ok(eo <= 1e-5 && el <= 1e-5 && e0 <= 1e-5 && e1 <= 1e-5 && e2 <= 1e-5,
-	   "kernels B=%d T=%d Hq=%d Hk=%d hd=%d window=%d packed=%d: out %.2g lse %.2g "
-	   "dq %.2g dk %.2g dv %.2g", B, T, Hq, Hk, hd, window, packed, eo, el, e0, e1, e2);
+	   "kernels %dx%d tiles B=%d T=%d Hq=%d Hk=%d hd=%d window=%d packed=%d cap=%g: out %.2g "
+	   "lse %.2g dq %.2g dk %.2g dv %.2g", bt, bt, B, T, Hq, Hk, hd, window, packed, cap, eo,
+	   el, e0, e1, e2);
+}
+
+/* The backward passes on 16-row tiles against the 32-row ones from the
+ * same forward (the 32-row one's O and lse): equal element for element
+ * (== : a zero's sign may differ); and the two forwards apart by no
+ * more than the 1e-5 bound. */
+static void test_small_backward(int B, int T, int Hq, int Hk, int hd, int window, float cap)
+{
+	size_t N = (size_t)B * T, nq = N * Hq * hd, nk = N * Hk * hd, nl = N * Hq;
+	std::vector<float> q = rnd(nq, 1.5f), k = rnd(nk, 1.5f), v = rnd(nk, 1), go = rnd(nq, 1);
+	std::vector<int32_t> seg(N);
+	for (int b = 0; b < B; b++)
+		for (int t = 0; t < T; t++)
+			seg[(size_t)b * T + t] = t >= T - 5 - b ? 0 : 1 + (t + 7 * b) / 23;
+	std::vector<float> o[2] = { std::vector<float>(nq), std::vector<float>(nq) };
+	std::vector<float> l[2] = { std::vector<float>(nl), std::vector<float>(nl) }, Di(nl);
+	std::vector<float> g[2][3];
+	fa_args<float> p;
+	memset(&p, 0, sizeof p);
+	p.q = q.data(), p.k = k.data(), p.v = v.data(), p.dout = go.data(), p.Di = Di.data();
+	p.seg = seg.data(), p.T = T, p.Hq = Hq, p.Hk = Hk, p.hd = hd, p.window = window;
+	p.scale = 1.0f / sqrtf((float)hd), p.softcap = cap;
+	contiguous(p);
+	for (int i = 0; i < 2; i++) {
+		p.out = o[i].data(), p.lse = l[i].data();
+		run_hd(p, B, 0, i ? FA_BT_SMALL : FT_FA_BR);
+	}
+	p.o = o[0].data(), p.lse = l[0].data();
+	int same = 1;
+	for (int i = 0; i < 2; i++) {
+		size_t n[3] = { nq, nk, nk };
+		for (int j = 0; j < 3; j++)
+			g[i][j].assign(n[j], NAN);
+		p.dq = g[i][0].data(), p.dk = g[i][1].data(), p.dv = g[i][2].data();
+		run_hd(p, B, 1, i ? FA_BT_SMALL : FT_FA_BR);
+	}
+	for (int j = 0; j < 3; j++)
+		for (size_t e = 0; e < g[0][j].size(); e++)
+			same = same && g[0][j][e] == g[1][j][e];
+	double eo = max_rel01(o[1].data(), o[0].data(), nq), el = max_rel01(l[1].data(), l[0].data(), nl);
+	ok(same && eo <= 1e-5 && el <= 1e-5, "16-row tiles B=%d T=%d Hq=%d Hk=%d hd=%d window=%d "
+	   "cap=%g: dq, dk, dv %s the 32-row tiles' from the same O, lse; forwards apart by out "
+	   "%.2g lse %.2g", B, T, Hq, Hk, hd, window, cap, same ? "equal to" : "NOT equal to", eo, el);
 }
 
 /* q, k, v read from one fused [N, tot] q|k|v buffer (tot = qd + 2 kd +
@@ -163,5 +226,15 @@ int main(void)
 	test_case(3, 75, 2, 1, 8, 17, 2);     /* and blind queries past the window */
 	test_strided(2, 45, 4, 2, 16, 0);
 	test_strided(1, 70, 2, 1, 72, 20);
+	/* the 16-row tiles: Gemma's hd 256 (scale 1/16 = query_pre_attn_scalar
+	 * 256's, cap 50 as Gemma 2's), GQA, windows, packing, right padding,
+	 * T off the tile and a single token; hd off the 8 lanes */
+	test_case(1, 1, 1, 1, 256, 0, 0, FA_BT_SMALL);
+	test_case(2, 45, 4, 2, 256, 0, 0, FA_BT_SMALL, 50);
+	test_case(1, 70, 2, 1, 256, 17, 1, FA_BT_SMALL);
+	test_case(2, 61, 2, 2, 256, 0, 2, FA_BT_SMALL, 5);
+	test_case(3, 40, 2, 1, 36, 9, 2, FA_BT_SMALL);
+	test_small_backward(2, 70, 4, 2, 256, 0, 0);
+	test_small_backward(1, 83, 2, 1, 256, 20, 5);
 	return tap_done();
 }

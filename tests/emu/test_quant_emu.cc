@@ -50,18 +50,24 @@ static ft_cu_qweight dev_of(const ft_qweight *q)
 	return d;
 }
 
-/* Rows [r0, out) through the kernel, as quant.cu's dequant_rows. */
-static std::vector<float> kernel_rows(const ft_qweight *q, int r0)
+/* Elements [i0, i0 + n) through the kernel, as quant.cu's dequant_rows
+ * launches it. */
+static std::vector<float> kernel_elems(const ft_qweight *q, size_t i0, size_t n)
 {
 	ft_cu_qweight d = dev_of(q);
-	size_t i0 = (size_t)r0 * q->in, n = (size_t)(q->out - r0) * q->in;
 	std::vector<float> out(n);
 	float *dst = out.data();
 	if (q->bits == 8)
 		launch([&] { dequant8_k(dst, d, i0, n); }, grid(n), 0);
 	else
-		launch([&] { dequant4_k(dst, d, i0, n); }, grid(n), 0);
+		launch([&] { dequant4_k(dst, d, i0, n); }, grid(dequant4_threads(n)), 0);
 	return out;
+}
+
+/* Rows [r0, out). */
+static std::vector<float> kernel_rows(const ft_qweight *q, int r0)
+{
+	return kernel_elems(q, (size_t)r0 * q->in, (size_t)(q->out - r0) * q->in);
 }
 
 static int same(const float *a, const float *b, size_t n, const char *what)
@@ -96,11 +102,16 @@ static void test_dequant(const ft_st *st, const char *name)
 		if (have)
 			ft_st_read_f32(rt, ref.data());
 		std::vector<float> g0 = kernel_rows(&q, 0), g3 = kernel_rows(&q, 3);
+		/* a span starting mid-run and crossing blocks, cut by n mid-run:
+		 * the per-element path of an unaligned tile (odd in) */
+		size_t u0 = FT_Q4_BLOCK - 3, un = 2 * FT_Q4_BLOCK + 5;
+		std::vector<float> gu = kernel_elems(&q, u0, un);
 		ok(have && same(g0.data(), cpu.data(), n, "rows 0-") &&
 		   same(g0.data(), ref.data(), n, "bnb") &&
-		   same(g3.data(), cpu.data() + (size_t)3 * in, n - (size_t)3 * in, "rows 3-"),
+		   same(g3.data(), cpu.data() + (size_t)3 * in, n - (size_t)3 * in, "rows 3-") &&
+		   same(gu.data(), cpu.data() + u0, un, "unaligned span"),
 		   "%s: dequant4_k bit-equal to ft_qweight_rows and bnb's dequantize_4bit "
-		   "(from row 0 and from row 3, mid-block)", k);
+		   "(from row 0, from row 3, mid-block, and a span unaligned to its runs)", k);
 		ft_qweight_free(&q);
 	}
 	ft_qweight q;

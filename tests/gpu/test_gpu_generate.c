@@ -253,8 +253,14 @@ static void error_cases(void)
 	ft_cuda_infer_opts io = { .precision = FT_CUDA_F32, .rows = 2, .cap = 16, .max_prompt = 8,
 				  .mem_limit = (size_t)800 << 20 };
 	ft_cuda_infer *c = m ? ft_cuda_infer_new(m, &io) : NULL;
-	ok(!c && strstr(ft_errmsg(), "available but generation needs"),
-	   "a plan over the memory limit is refused before allocating: %s", ft_errmsg());
+	ok(!c && strstr(ft_errmsg(), "available but generation needs") &&
+	   strstr(ft_errmsg(), "lower the number of sequences decoded together or the prompt length"),
+	   "a plan over the memory limit is refused before allocating, the settings said in words: %s",
+	   ft_errmsg());
+	io.knobs = (ft_cuda_infer_knobs){ "--rows_knob", "--new_knob", "--prompt_knob" };
+	c = m ? ft_cuda_infer_new(m, &io) : NULL;
+	ok(!c && strstr(ft_errmsg(), "use --bf16 (half-precision weights and KV cache), or lower --rows_knob or "
+			"--prompt_knob"), "the caller's knobs are the ones named: %s", ft_errmsg());
 	ft_cuda_infer_free(c);
 	io.mem_limit = 0;
 	c = m ? ft_cuda_infer_new(m, &io) : NULL;

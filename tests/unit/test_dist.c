@@ -2,14 +2,29 @@
  * shard bounds, micro-batch owners, the global batch, the one-process
  * world of a NULL ft_dist, and ZeRO-1's sliced AdamW, which must give
  * bit-identical weights and moments to ft_adamw over the whole model
- * (the same element operations in the same order). */
+ * (the same element operations in the same order), and checkpoints
+ * streamed from and back into the slices in ft_adamw's file format. */
 #include "tap.h"
 #include "train/dist.h"
 #include "train/optim.h"
 #include "format/trainlog.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include "util/error.h"
+
+static int same_file(const char *x, const char *y)
+{
+	FILE *f = fopen(x, "rb"), *g = fopen(y, "rb");
+	int same = f && g, c;
+	while (same && (c = getc(f)) != EOF) same = c == getc(g);
+	if (same) same = getc(g) == EOF;
+	if (f) fclose(f);
+	if (g) fclose(g);
+	return same;
+}
 
 static void check_shards(size_t total, int n)
 {
@@ -93,21 +108,37 @@ int main(void)
 	}
 	for (int k = 0; k < 3; k++) same &= !memcmp(a[k].w, b[k].w, a[k].n * sizeof(float));
 	ok(same, "5 ZeRO-1 steps: weights bit-identical to ft_adamw's");
+	/* a checkpoint streamed from the slices (one rank: its own pieces
+	 * only) is byte for byte ft_adamw's file, and a resume from it puts
+	 * the state back into a fresh slice optimizer */
 	ft_adamw *full = ft_adamw_new(pb, 3, &o);
-	ok(ft_zero1_gather(z, full) == 0 && ft_adamw_steps(full) == 5, "gather: the whole state, step 5");
-	same = 1;
-	for (size_t k = 0; k < 3; k++)
-		same &= !memcmp(ft_adamw_exp_avg(full, k), ft_adamw_exp_avg(ref, k), a[k].n * sizeof(float)) &&
-			!memcmp(ft_adamw_exp_avg_sq(full, k), ft_adamw_exp_avg_sq(ref, k), a[k].n * sizeof(float));
-	ok(same, "gathered moments bit-identical to ft_adamw's");
-	/* scatter into a fresh slice optimizer and keep going: still equal */
+	ft_adamw_drop_moments(full);
+	char dir[] = "/tmp/test_dist.XXXXXX";
+	if (!mkdtemp(dir)) return 1;
+	char *fz = ft_xasprintf("%s/zero.safetensors", dir), *fr = ft_xasprintf("%s/ref.safetensors", dir);
+	ok(ft_zero1_save(z, full) == 0 && ft_adamw_save(full, fz) == 0 && ft_adamw_save(ref, fr) == 0 &&
+	   ft_adamw_steps(full) == 5, "save: the slices stream into the file, step 5");
+	ok(same_file(fz, fr), "the streamed file is ft_adamw's, byte for byte");
 	ft_zero1 *z2 = ft_zero1_new(NULL, pb, 3, &o);
-	ft_zero1_scatter(z2, full);
+	ft_adamw *loaded = ft_adamw_new(pb, 3, &o);
+	ft_adamw_drop_moments(loaded);
+	ok(ft_zero1_load(z2, loaded, fz) == 0 && ft_adamw_steps(loaded) == 5, "load: step 5 loaded");
 	ft_adamw_step(ref, 1e-2);
 	ft_zero1_step(z2, 1e-2);
 	same = 1;
 	for (int k = 0; k < 3; k++) same &= !memcmp(a[k].w, b[k].w, a[k].n * sizeof(float));
-	ok(same, "scatter then step: still bit-identical (resume path)");
+	ok(same, "load then step: still bit-identical (resume path)");
+	/* a missing file fails with its name */
+	char *none = ft_xasprintf("%s/none.safetensors", dir);
+	ok(ft_zero1_load(z2, loaded, none) < 0 && strstr(ft_errmsg(), "none.safetensors"),
+	   "load: a missing file fails naming it");
+	unlink(fz);
+	unlink(fr);
+	rmdir(dir);
+	free(fz);
+	free(fr);
+	free(none);
+	ft_adamw_free(loaded);
 	/* trainer_log.jsonl: world_size on a DP run's lines only */
 	ft_trainlog_entry e, back;
 	ft_trainlog_entry_init(&e);

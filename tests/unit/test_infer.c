@@ -3,7 +3,10 @@
  * incrementally (a prefill chunk, then one token at a time, two rows of
  * different lengths interleaved) must equal ft_model_forward's logits of
  * the whole sequence: relative error <= 1e-4 (fp32, different summation
- * order in attention). */
+ * order in attention).  With LoRA and with OFT (a policy trained with OFT
+ * decodes its grpo/ppo rollouts unmerged: the rotation of each module's
+ * input is the same call as training's, so only attention's order
+ * differs). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,19 +36,26 @@ static float *full_logits(ft_model *m, const int32_t *ids, int n)
 	return logits;
 }
 
-static void check_model(const char *dir, int lora)
+enum { PLAIN, LORA, OFT };
+
+static void check_model(const char *dir, int kind)
 {
 	ft_tune_opts o = {0};
-	o.type = lora ? FT_FT_LORA : FT_FT_FULL;
+	o.type = kind == LORA ? FT_FT_LORA : kind == OFT ? FT_FT_OFT : FT_FT_FULL;
 	o.lora_rank = 4, o.lora_alpha = 8, o.lora_targets = FT_MOD_ALL_LINEAR, o.seed = 3;
+	o.oft_block_size = 8;
 	ft_model *m = ft_model_load(dir, &o);
 	if (!ok(m != NULL, "%s loads (%s)", dir, m ? "" : ft_errmsg())) return;
-	if (lora)   /* non-zero B so the adapters matter */
-		for (size_t i = 0; i < ft_model_nparams(m); i++) {
-			ft_param *p = ft_model_param(m, i);
-			if (strstr(p->name, "lora_B"))
-				for (size_t k = 0; k < p->n; k++) p->w[k] = 0.05f * sinf((float)(k + i));
-		}
+	/* non-zero B (R) so the adapters matter: zero is the identity */
+	const char *trained = kind == LORA ? "lora_B" : kind == OFT ? "oft_R" : NULL;
+	int seen = 0;
+	for (size_t i = 0; trained && i < ft_model_nparams(m); i++) {
+		ft_param *p = ft_model_param(m, i);
+		if (strstr(p->name, trained))
+			for (size_t k = 0; k < p->n; k++) p->w[k] = 0.05f * sinf((float)(k + i)), seen = 1;
+	}
+	if (trained) ok(seen, "%s: the model has %s weights", dir, trained);
+	const char *tag = kind == LORA ? " +lora" : kind == OFT ? " +oft" : "";
 	int V = ft_model_config(m)->vocab_size;
 	int32_t a[SEQ], b[SEQ - 4];
 	for (int i = 0; i < SEQ; i++) a[i] = (i * 37 + 11) % V;
@@ -73,10 +83,10 @@ static void check_model(const char *dir, int lora)
 		if (t < SEQ) memcpy(got_a + (size_t)t++ * V, tmp + (size_t)k++ * V, V * sizeof(float));
 		if (u < SEQ - 4) memcpy(got_b + (size_t)u++ * V, tmp + (size_t)k * V, V * sizeof(float));
 	}
-	ok(rc == 0, "%s%s: incremental decoding runs (%s)", dir, lora ? " +lora" : "", rc ? ft_errmsg() : "");
+	ok(rc == 0, "%s%s: incremental decoding runs (%s)", dir, tag, rc ? ft_errmsg() : "");
 	double ea = compare(got_a, fa, (size_t)SEQ * V), eb = compare(got_b, fb, (size_t)(SEQ - 4) * V);
 	ok(ea <= 1e-4 && eb <= 1e-4, "%s%s: KV-cache logits equal full recomputation at every position (rel err %.2g, %.2g)",
-	   dir, lora ? " +lora" : "", ea, eb);
+	   dir, tag, ea, eb);
 
 	int want[2] = {0, 1};
 	toks[0] = 1, toks[1] = 2, rows[0] = rows[1] = 0;
@@ -96,8 +106,9 @@ static void check_model(const char *dir, int lora)
 
 int main(void)
 {
-	check_model("tests/fixtures/models/tiny-llama", 0);
-	check_model("tests/fixtures/models/tiny-qwen2", 0);
-	check_model("tests/fixtures/models/tiny-llama", 1);
+	check_model("tests/fixtures/models/tiny-llama", PLAIN);
+	check_model("tests/fixtures/models/tiny-qwen2", PLAIN);
+	check_model("tests/fixtures/models/tiny-llama", LORA);
+	check_model("tests/fixtures/models/tiny-qwen2", OFT);
 	return tap_done();
 }

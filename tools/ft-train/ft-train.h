@@ -157,8 +157,9 @@ typedef struct {
 	ft_pref_model pm, rpm;
 	char desc[512];
 	int index, precision;    /* the device and its ft_cuda_precision, for the rollouts' decoder */
-	int gens;                /* generations decoded (the first notes the plan) */
+	struct ft_cuda_decoder *dec;   /* the rollouts' decoder, kept from the first generation */
 	size_t decoder;          /* the largest decoder plan, bytes */
+	ft_cuda_infer_knobs knobs;   /* the stage's settings that shrink the decoder */
 } rl_device;
 /* 1 when --device puts the policy (value_head: with one, PPO's) and ref
  * (NULL: none) on the GPU, planned for micro-batches of rows x max_seq
@@ -175,10 +176,11 @@ typedef struct {
 	rl_device *dev;
 } rl_gen;
 /* One generation's completions (ft_generate's contract, no callback): on
- * the CPU decoder when d is NULL or off, else on a device KV-cache decoder
- * built for m as it is now (the loops copy the policy's weights into it
- * first) and freed after; -1 after ft_fail when it cannot be created
- * (the reason, e.g. memory: no silent fallback to the CPU). */
+ * the CPU decoder when d is NULL or off, else on the device KV-cache
+ * decoder of m, built at the first call and kept, its trained tensors
+ * refreshed from m (the loops copy the policy's weights into m first) at
+ * each later one; -1 after ft_fail when it cannot be created (the reason,
+ * e.g. memory: no silent fallback to the CPU). */
 int rl_generate(rl_device *d, ft_model *m, const ft_i32vec *q, size_t n, const ft_gen_opts *o,
 		ft_i32vec *outs);
 /* The peak memory and fp16 notes, then the bindings freed. */

@@ -7,10 +7,12 @@
  * model before each generation; rl_generate then decodes the rollouts on
  * the device's KV-cache decoder (lib/cuda/decoder.h over infer.cu) built
  * from that host model in the training's precision, while the sampling
- * stays on the host with the CPU path's generator and seeds.  Simplest
- * correct version: a fresh decoder per generation, so each generation
- * uploads the weights again (a second device copy of them, freed before
- * the policy steps on). */
+ * stays on the host with the CPU path's generator and seeds.  The
+ * decoder (a second device copy of the weights, beside the training's) is
+ * built at the first generation and kept: before each later one only the
+ * trained tensors are copied into it from the host model (the adapters of
+ * LoRA/DoRA/OFT: kilobytes to megabytes, not the base; every weight of a
+ * full fine-tuning), so a 7B base is uploaded and converted once. */
 #include "ft-train.h"
 #include "cuda/decoder.h"
 #include "model/device.h"
@@ -42,6 +44,10 @@ int rl_device_bind(ft_cli_args *c, ft_model *m, ft_model *ref, int value_head, i
 	if (c->t.dist && ft_dist_nccl_open(c->t.dist) < 0) die("%s", ft_errmsg());
 	d->on = 1 + (ref != NULL);
 	d->index = idx;
+	d->knobs = value_head ? (ft_cuda_infer_knobs){ "the rollout batch (per_device_train_batch_size x "
+			"gradient_accumulation_steps x --ppo_buffer_size)", "--max_new_tokens", "--cutoff_len" }
+		: (ft_cuda_infer_knobs){ "the generation batch (per_device_train_batch_size x "
+			"gradient_accumulation_steps)", "--max_completion_length", "--cutoff_len" };
 	d->precision = o.precision;
 	char plan[256];
 	ft_cuda_plan_format(ft_cuda_model_plan(ft_pref_model_cuda_device(&d->pm)), plan, sizeof plan);
@@ -67,6 +73,8 @@ void rl_device_end(const ft_cli_args *c, rl_device *d)
 		warn("note: fp16 loss scale %g at the end, %lld step%s skipped for overflow", ft_cuda_loss_scale(dm),
 		     (long long)skipped, skipped == 1 ? "" : "s");
 	}
+	ft_cuda_decoder_free(d->dec);
+	d->dec = NULL;
 	if (d->on == 2) ft_pref_model_cuda_free(&d->rpm);
 	ft_pref_model_cuda_free(&d->pm);
 	d->on = 0;
@@ -77,19 +85,21 @@ int rl_generate(rl_device *d, ft_model *m, const ft_i32vec *q, size_t n, const f
 {
 	if (!d || !d->on || n == 0) return ft_generate(m, q, n, o, outs, NULL, NULL);
 	int bs = o->batch_size > 0 ? o->batch_size : 1;
-	ft_cuda_decoder *dec = ft_cuda_decoder_new(m, d->precision, d->index, n < (size_t)bs ? (int)n : bs,
-						   rl_longest(q, n), o->max_new_tokens);
-	if (!dec) return ft_fail_ctx("the rollouts' decoder on %s: ", d->desc);
-	const ft_cuda_infer_plan *p = ft_cuda_decoder_plan(dec);
-	if (d->gens++ == 0) {
+	if (d->dec && ft_cuda_decoder_refresh(d->dec) < 0)
+		return ft_fail_ctx("the rollouts' decoder on %s: ", d->desc);
+	if (!d->dec) {
+		d->dec = ft_cuda_decoder_new(m, d->precision, d->index, n < (size_t)bs ? (int)n : bs,
+					     rl_longest(q, n), o->max_new_tokens, &d->knobs);
+		if (!d->dec) return ft_fail_ctx("the rollouts' decoder on %s: ", d->desc);
 		char plan[256];
-		ft_cuda_infer_plan_format(p, plan, sizeof plan);
-		warn("note: rollouts decoded on %s; device memory planned %s per generation "
-		     "(the weights uploaded again each time)", d->desc, plan);
+		ft_cuda_infer_plan_format(ft_cuda_decoder_plan(d->dec), plan, sizeof plan);
+		warn("note: rollouts decoded on %s; device memory planned %s beside the training's "
+		     "(the decoder is kept; before each generation the trained weights are copied into it)",
+		     d->desc, plan);
 	}
-	if (p->total > d->decoder) d->decoder = p->total;
-	ft_decoder ops = ft_cuda_decoder_ops(dec);
+	ft_decoder ops = ft_cuda_decoder_ops(d->dec);
 	int rc = ft_generate_on(&ops, q, n, o, outs, NULL, NULL);
-	ft_cuda_decoder_free(dec);
+	const ft_cuda_infer_plan *p = ft_cuda_decoder_plan(d->dec);   /* a larger group rebuilds it */
+	if (p->total > d->decoder) d->decoder = p->total;
 	return rc;
 }
