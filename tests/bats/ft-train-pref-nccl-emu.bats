@@ -125,6 +125,26 @@ parity() {
 		END { exit bad || n < 10 }'
 }
 
+# --fp16 / --bf16: each rank's fp32 gradients carry the same loss scale,
+# the overflow check and the scale's update run on the summed gradients on
+# every rank, so the ranks step (or skip) together; against one device the
+# argument and bound above hold (measured 0)
+@test "NCCL (emulated) dpo --fp16, --bf16: 2 ranks == 1 device x 2, the same loss scale" {
+	for p in fp16 bf16; do
+		pargs dpo
+		args+=(--device cuda --$p)
+		run mpi2 ft-train "${args[@]}" --output_dir two-$p
+		assert_success
+		run ft-train "${args[@]}" --gradient_accumulation_steps 2 --output_dir one-$p
+		assert_success
+		within "$(worst abs one-$p/trainer_log.jsonl two-$p/trainer_log.jsonl loss grad_norm)" 1e-6
+		within "$("$MAXDIFF" one-$p/adapter_model.safetensors two-$p/adapter_model.safetensors)" 1e-6
+	done
+	[ "$(jq -sc 'map(select(.loss) | .loss_scale)' two-fp16/trainer_log.jsonl)" = "[65536,65536,65536]" ]
+	# the half path was taken: bf16's numbers are not fp16's
+	! cmp -s <(jq -c 'select(.loss) | .loss' two-fp16/trainer_log.jsonl) <(jq -c 'select(.loss) | .loss' two-bf16/trainer_log.jsonl)
+}
+
 @test "NCCL (emulated) kto: 2 ranks == 1 device x 2 == the CPU's 2 ranks" {
 	parity kto adapter_model.safetensors rewards/chosen rewards/rejected kl
 }
