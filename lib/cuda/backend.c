@@ -17,7 +17,7 @@ void *const ftp_cuda_host_helpers[] = {
 	(void *)ft_cuda_view_free, (void *)ft_cuda_view_lin_name, (void *)ft_rope_tables,
 	(void *)ft_rope_inv_freq, (void *)ft_rope_scale_tables, (void *)ft_infer_batch_plan,
 	(void *)ft_infer_batch_free, (void *)ft_infer_batch_commit, (void *)ft_infer_batch_prefill_maps,
-	(void *)ft_cuda_view_neftune,
+	(void *)ft_cuda_view_neftune, (void *)ft_cuda_view_neftune_tokens,
 };
 
 static const ftp_cuda_api *api(void)

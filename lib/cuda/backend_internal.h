@@ -36,7 +36,9 @@ extern "C" {
  * 17: the optimizer extras: per-param updates (LoRA+, BAdam) and the
  *     optimizers that replace AdamW (Adam-mini, Muon, GaLore, APOLLO);
  * 18: ft_cuda_infer_opts.knobs (the caller's names in the memory message),
- *     infer_refresh (a decoder kept across grpo/ppo's generations) */
+ *     infer_refresh (a decoder kept across grpo/ppo's generations),
+ *     ft_cuda_opts.weights_of (a decoder over the policy's weights),
+ *     ft_cuda_view.gen_neftune (NEFTune in GRPO's device decoder) */
 #define FTP_CUDA_ABI 18
 
 typedef struct {

@@ -399,6 +399,9 @@ int ft_cu_grads_final(ft_cuda_model *dm, int group);
 void ft_cu_comm_free(ft_cuda_model *dm);
 /* ---- neftune.cu: NEFTune's noise added to x [B*T, D] (training) ---- */
 int ft_cu_neftune(ft_cuda_model *dm, float *x, int B, int T);
+/* The decoder's: n tokens' host noise h [n, D] (ft_cuda_view_neftune_tokens)
+ * added to x [rows, D] at rows slot[i] (NULL: i), the rest untouched */
+int ft_cu_neftune_tokens(ft_cuda_model *dm, float *x, const float *h, const int *slot, int n, int rows);
 void ft_cu_neftune_free(ft_cuda_model *dm);
 /* ---- zero.cu: ZeRO-1's slice of the AdamW state ----
  * init (after the tensors exist) places each trainable tensor in the

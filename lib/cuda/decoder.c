@@ -6,9 +6,8 @@
 
 struct ft_cuda_decoder {
 	ft_model *m;
-	ft_cuda_precision precision;
-	int device, max_new;
-	ft_cuda_infer_knobs knobs;
+	ft_cuda_infer_opts o;    /* precision, device, knobs, weights_of */
+	int max_new;
 	ft_cuda_infer *c;
 };
 
@@ -18,8 +17,8 @@ struct ft_cuda_decoder {
  * alternating group shapes do not upload the weights again each time. */
 static int build(ft_cuda_decoder *d, int rows, int cap, int max_prompt)
 {
-	ft_cuda_infer_opts io = { .precision = d->precision, .device = d->device, .rows = rows,
-				  .cap = cap, .max_prompt = max_prompt, .knobs = d->knobs };
+	ft_cuda_infer_opts io = d->o;
+	io.rows = rows, io.cap = cap, io.max_prompt = max_prompt;
 	if (d->c) {
 		const ft_cuda_infer_opts *h = ft_cuda_infer_options(d->c);
 		if (h->rows > io.rows) io.rows = h->rows;
@@ -32,14 +31,12 @@ static int build(ft_cuda_decoder *d, int rows, int cap, int max_prompt)
 	return d->c ? 0 : -1;
 }
 
-ft_cuda_decoder *ft_cuda_decoder_new(ft_model *m, ft_cuda_precision precision, int device, int rows,
-				     int max_prompt, int max_new, const ft_cuda_infer_knobs *knobs)
+ft_cuda_decoder *ft_cuda_decoder_new(ft_model *m, const ft_cuda_infer_opts *o, int max_new)
 {
 	ft_cuda_decoder *d = ft_xcalloc(1, sizeof *d);
-	*d = (ft_cuda_decoder){ m, precision, device, max_new, knobs ? *knobs : (ft_cuda_infer_knobs){ 0 },
-				NULL };
-	if (max_prompt < 1) max_prompt = 1;
-	if (build(d, rows < 1 ? 1 : rows, max_prompt + max_new, max_prompt) < 0) {
+	*d = (ft_cuda_decoder){ m, *o, max_new, NULL };
+	int rows = o->rows < 1 ? 1 : o->rows, max_prompt = o->max_prompt < 1 ? 1 : o->max_prompt;
+	if (build(d, rows, max_prompt + max_new, max_prompt) < 0) {
 		free(d);
 		return NULL;
 	}

@@ -15,15 +15,15 @@
 typedef struct ft_cuda_decoder ft_cuda_decoder;
 
 /* The weights of m (with its adapters, as they are now: a later change of
- * m is not seen until ft_cuda_decoder_refresh) uploaded in `precision` on `device`, with a KV cache for
- * groups of `rows` prompts of up to max_prompt tokens (through the batched
- * prefill) plus max_new generated ones.  The plan is checked against the
+ * m is not seen until ft_cuda_decoder_refresh) uploaded in o->precision
+ * on o->device (or, with o->weights_of, that device model's own: nothing
+ * uploaded), with a KV cache for groups of o->rows prompts of up to
+ * o->max_prompt tokens (through the batched prefill) plus max_new
+ * generated ones (o->cap is not read).  The plan is checked against the
  * device's free memory before anything is allocated: NULL after ft_fail
- * with what it needs.  A later group larger than planned rebuilds it
- * (each dimension the larger of the two).  knobs (may be NULL) name the
- * caller's settings in that message. */
-ft_cuda_decoder *ft_cuda_decoder_new(ft_model *m, ft_cuda_precision precision, int device, int rows,
-				     int max_prompt, int max_new, const ft_cuda_infer_knobs *knobs);
+ * with what it needs, naming o->knobs.  A later group larger than planned
+ * rebuilds it (each dimension the larger of the two). */
+ft_cuda_decoder *ft_cuda_decoder_new(ft_model *m, const ft_cuda_infer_opts *o, int max_new);
 /* m's trained tensors again (ft_cuda_infer_refresh): after m's adapters,
  * or its weights in a full fine-tuning, changed in place. */
 int ft_cuda_decoder_refresh(ft_cuda_decoder *d);

@@ -51,6 +51,12 @@ typedef struct {
 	 * util/shard.h), steps that slice, and ft_cuda_zero_gather brings
 	 * the others' updated slices in; 0 or 1: every moment */
 	int zero_ranks, zero_rank;
+	/* inference only: this model's weights are those of weights_of, a
+	 * device model of the same host model in the same precision on the
+	 * same device (grpo/ppo's rollouts decoded on the policy being
+	 * trained): none allocated or uploaded, none in the plan; weights_of
+	 * must outlive it */
+	struct ft_cuda_model *weights_of;
 } ft_cuda_opts;
 
 /* Device bytes by purpose (the whole plan is one allocation). */
@@ -244,6 +250,8 @@ typedef struct {
 	int max_prompt;          /* longest prefill run: the [rows, max_prompt] batch */
 	size_t mem_limit;        /* bytes; 0 = what the device has free */
 	ft_cuda_infer_knobs knobs;   /* what the out-of-memory message tells to lower */
+	struct ft_cuda_model *weights_of;   /* NULL, or the model whose weights it
+					       decodes with (ft_cuda_opts) */
 } ft_cuda_infer_opts;
 
 typedef struct {
@@ -265,7 +273,10 @@ void ft_cuda_infer_free(ft_cuda_infer *c);
 /* m's trained tensors (adapters, or all weights of full fine-tuning) read
  * again from m, which must be the model c was built from, its arrays
  * changed in place (grpo/ppo's policy between generations); the frozen
- * base is not uploaded again.  The cache is left as it is. */
+ * base is not uploaded again.  Over weights_of: nothing to copy, that
+ * model's queued work is waited for.  Either way what decoding computes
+ * once from the weights (DoRA's factors, OFT's rotations) is redone.  The
+ * cache is left as it is. */
 int ft_cuda_infer_refresh(ft_cuda_infer *c);
 const ft_cuda_infer_opts *ft_cuda_infer_options(const ft_cuda_infer *c);
 const ft_cuda_infer_plan *ft_cuda_infer_get_plan(const ft_cuda_infer *c);

@@ -47,6 +47,7 @@ struct ft_cuda_infer {
 	int32_t *mrow, *mpos;          /* [nmap] cache row and position per token */
 	int32_t *h_mrow, *h_mpos;      /* host copies */
 	int *len;                      /* [rows] tokens held (host) */
+	uint64_t forwards;             /* NEFTune's stream while sampling (the CPU cache's) */
 };
 
 static size_t round256(size_t b) { return (b + 255) & ~(size_t)255; }
@@ -76,6 +77,7 @@ static ft_cuda_opts model_opts(const ft_cuda_infer_opts *o)
 	mo.max_tokens = o->rows * o->max_prompt;
 	mo.max_seq = o->max_prompt;
 	mo.inference = 1;
+	mo.weights_of = o->weights_of;
 	return mo;
 }
 
@@ -192,14 +194,17 @@ void ft_cuda_infer_free(ft_cuda_infer *c)
 }
 
 /* The tensors the host model trains (those with a host gradient: its
- * adapters, or every weight of a full fine-tuning) uploaded again, and
+ * adapters, or every weight of a full fine-tuning) uploaded again (none
+ * over another model's weights: they are the trained ones), and
  * what decoding computes from them once (DoRA's factors, OFT's
  * rotations) marked stale; the frozen base stays as uploaded. */
 int ft_cuda_infer_refresh(ft_cuda_infer *c)
 {
 	ft_cuda_model *dm = c->dm;
 	TRY(ft_cuda_sync(dm));
-	for (int i = 0; i < dm->ntens; i++)
+	if (dm->o.weights_of)   /* its optimizer steps are on its own stream */
+		TRY(ft_cuda_sync(dm->o.weights_of));
+	for (int i = 0; !dm->o.weights_of && i < dm->ntens; i++)
 		if (dm->tens[i].hg)
 			TRY(ft_cu_upload(dm, &dm->tens[i]));
 	for (int l = 0; l < dm->v.L; l++)
@@ -212,7 +217,11 @@ int ft_cuda_infer_refresh(ft_cuda_infer *c)
 
 const ft_cuda_infer_opts *ft_cuda_infer_options(const ft_cuda_infer *c) { return &c->o; }
 const ft_cuda_infer_plan *ft_cuda_infer_get_plan(const ft_cuda_infer *c) { return &c->plan; }
-void ft_cuda_infer_reset(ft_cuda_infer *c) { memset(c->len, 0, c->o.rows * sizeof(int)); }
+void ft_cuda_infer_reset(ft_cuda_infer *c)
+{
+	memset(c->len, 0, c->o.rows * sizeof(int));
+	c->forwards = 0;   /* a fresh cache, as the CPU's ft_kvcache_new */
+}
 int ft_cuda_infer_len(const ft_cuda_infer *c, int row) { return c->len[row]; }
 
 /* ---- kernels ---- */
@@ -428,7 +437,7 @@ static int staging_free(ft_cuda_infer *c)
 
 /* Prefill: the padded [B, T] batch through the training layers. */
 static int prefill(ft_cuda_infer *c, const ft_infer_batch *p, const int32_t *tokens,
-		   const int *rows, float *logits)
+		   const int *rows, const float *noise, float *logits)
 {
 	ft_cuda_model *dm = c->dm;
 	int B = p->B, T = p->T, N = B * T, D = dm->v.D;
@@ -437,6 +446,8 @@ static int prefill(ft_cuda_infer *c, const ft_infer_batch *p, const int32_t *tok
 	TRY(upload_tokens(c, N, p->maxpos));
 	float *x = dm->xs, *y = dm->xs + (size_t)N * D;
 	TRY(embed(dm, x, N));
+	if (noise)   /* each token's at its slot of the padded batch */
+		TRY(ft_cu_neftune_tokens(dm, x, noise, p->slot, p->N, N));
 	ft_cuda_batch b;
 	memset(&b, 0, sizeof b);
 	b.B = B, b.T = T, b.input_ids = dm->h_ids;
@@ -454,7 +465,7 @@ static int prefill(ft_cuda_infer *c, const ft_infer_batch *p, const int32_t *tok
 /* Tokens [i0, i0 + n) over the cache; the logits of the wanted ones to
  * `logits` (this pass's first row). */
 static int cache_pass(ft_cuda_infer *c, const ft_infer_batch *p, const int32_t *tokens,
-		      const int *rows, const int *want, int i0, int n, float *logits)
+		      const int *rows, const int *want, const float *noise, int i0, int n, float *logits)
 {
 	ft_cuda_model *dm = c->dm;
 	int nw = 0;
@@ -470,6 +481,8 @@ static int cache_pass(ft_cuda_infer *c, const ft_infer_batch *p, const int32_t *
 	TRY(upload_tokens(c, n, p->maxpos));
 	float *x = dm->xs;
 	TRY(embed(dm, x, n));
+	if (noise)
+		TRY(ft_cu_neftune_tokens(dm, x, noise + (size_t)i0 * dm->v.D, NULL, n, n));
 	for (int l = 0; l < c->L; l++)
 		TRY(layer_step(c, l, x, n));
 	return head_logits(c, x, nw, logits);
@@ -485,14 +498,21 @@ int ft_cuda_infer_forward(ft_cuda_infer *c, const int32_t *tokens, const int *ro
 				want));
 	c->dm->training = 0;
 	int rc = 0;
+	/* GRPO's sampling noise: the CPU decoder's floats for the whole
+	 * forward, whichever path places them */
+	float *noise = NULL;
+	if (c->dm->v.gen_neftune && c->dm->v.neftune_alpha > 0) {
+		noise = (float *)ft_xmalloc((size_t)N * c->dm->v.D * sizeof(float));
+		ft_cuda_view_neftune_tokens(&c->dm->v, noise, rows, N, c->o.rows, c->forwards++);
+	}
 	if (p.prefill && p.T <= c->o.max_prompt) {
-		rc = prefill(c, &p, tokens, rows, logits);
+		rc = prefill(c, &p, tokens, rows, noise, logits);
 	} else {
 		size_t V = c->dm->v.V, done = 0;
 		for (int i0 = 0; rc == 0 && i0 < N; i0 += c->o.rows) {
 			int n = N - i0 < c->o.rows ? N - i0 : c->o.rows;
 			float *lg = logits ? logits + done * V : NULL;
-			rc = cache_pass(c, &p, tokens, rows, want, i0, n, lg);
+			rc = cache_pass(c, &p, tokens, rows, want, noise, i0, n, lg);
 			for (int k = 0; k < n; k++)
 				done += !want || want[i0 + k];
 		}
@@ -500,5 +520,6 @@ int ft_cuda_infer_forward(ft_cuda_infer *c, const int32_t *tokens, const int *ro
 	if (rc == 0)
 		ft_infer_batch_commit(&p, rows, c->len);
 	ft_infer_batch_free(&p);
+	free(noise);
 	return rc;
 }

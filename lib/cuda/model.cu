@@ -279,7 +279,7 @@ static void layout_acts(ft_cuda_model *dm, ft_arena *a, ft_dacts *x, size_t N, s
 /* The buffers of the unit t[0..n), category by category, back to back
  * (no rounding between them): a fused group's weights and gradients are
  * then single stacked matrices.  A unit is all matrices or all vectors. */
-static void layout_unit(ft_cuda_model *dm, ft_arena *a, ft_dt *t, int n)
+static void layout_unit(ft_cuda_model *dm, ft_arena *a, ft_arena *wa, ft_dt *t, int n)
 {
 	int half = dm->half && t[0].matrix;
 	size_t nh = 0, nw = 0, ng = 0;
@@ -289,8 +289,8 @@ static void layout_unit(ft_cuda_model *dm, ft_arena *a, ft_dt *t, int n)
 		nw += !half || train ? t[i].n : 0;
 		ng += train ? t[i].n : 0;
 	}
-	uint16_t *h = nh ? TAKE(a, nh, uint16_t, A_WEIGHTS) : NULL;
-	float *w = nw ? TAKE(a, nw, float, half ? A_MASTER : A_WEIGHTS) : NULL;
+	uint16_t *h = nh ? TAKE(wa, nh, uint16_t, A_WEIGHTS) : NULL;
+	float *w = nw ? TAKE(wa, nw, float, half ? A_MASTER : A_WEIGHTS) : NULL;
 	float *g = ng ? TAKE(a, ng, float, A_GRADS) : NULL;
 	/* ZeRO-1: the slice's moments instead (ft_cu_zero_layout) */
 	float *m = ng && !dm->zero ? TAKE(a, ng, float, A_OPTIM) : NULL;
@@ -318,12 +318,12 @@ static void layout_unit(ft_cuda_model *dm, ft_arena *a, ft_dt *t, int n)
  * most the largest module: a 7B model's 4096-row tiles keep the GEMMs
  * wide for 32 MiB of bf16 (64 MiB fp32). */
 #define QTILE ((size_t)1 << 24)
-static void layout_quant(ft_cuda_model *dm, ft_arena *a, size_t N, size_t mi)
+static void layout_quant(ft_cuda_model *dm, ft_arena *a, ft_arena *wa, size_t N, size_t mi)
 {
 	const ft_cuda_view *v = &dm->v;
 	size_t big = 0, rows = 0;
 	int int8 = 0;
-	dm->qcode = TAKE(a, 16 + 16 + 256, float, A_WEIGHTS);
+	dm->qcode = TAKE(wa, 16 + 16 + 256, float, A_WEIGHTS);
 	for (int l = 0; l < v->L; l++)
 		for (int j = 0; j < FT_CV_NLIN; j++) {
 			const ft_cv_qweight *h = &v->qw[(size_t)l * FT_CV_NLIN + j];
@@ -335,16 +335,16 @@ static void layout_quant(ft_cuda_model *dm, ft_arena *a, size_t N, size_t mi)
 			q->code4 = dm->qcode + (h->fp4 ? 16 : 0);
 			q->code8 = dm->qcode + 32;
 			if (h->bits == 8) {
-				q->cb = TAKE(a, n, int8_t, A_WEIGHTS);
-				q->scb = TAKE(a, h->out, float, A_WEIGHTS);
+				q->cb = TAKE(wa, n, int8_t, A_WEIGHTS);
+				q->scb = TAKE(wa, h->out, float, A_WEIGHTS);
 				continue;
 			}
-			q->packed = TAKE(a, (n + 1) / 2, uint8_t, A_WEIGHTS);
+			q->packed = TAKE(wa, (n + 1) / 2, uint8_t, A_WEIGHTS);
 			if (h->qabsmax) {
-				q->qabsmax = TAKE(a, nb, uint8_t, A_WEIGHTS);
-				q->absmax2 = TAKE(a, (nb + FT_Q4_BLOCK2 - 1) / FT_Q4_BLOCK2, float, A_WEIGHTS);
+				q->qabsmax = TAKE(wa, nb, uint8_t, A_WEIGHTS);
+				q->absmax2 = TAKE(wa, (nb + FT_Q4_BLOCK2 - 1) / FT_Q4_BLOCK2, float, A_WEIGHTS);
 			} else {
-				q->absmax = TAKE(a, nb, float, A_WEIGHTS);
+				q->absmax = TAKE(wa, nb, float, A_WEIGHTS);
 			}
 		}
 	size_t el = ft_cu_qscratch_elem(dm), tile = QTILE > mi ? QTILE : mi;
@@ -381,9 +381,12 @@ static int f32_groups(const ft_cuda_model *dm)
 static void layout(ft_cuda_model *dm, ft_arena *a)
 {
 	const ft_cuda_view *v = &dm->v;
+	/* the weights' own arena: a, or none over another model's weights
+	 * (share_weights sets the pointers after) */
+	ft_arena none = { 0, 0, { 0 } }, *wa = dm->o.weights_of ? &none : a;
 	for (int i = 0, n; i < dm->ntens; i += n) {
 		n = dm->tens[i].unit > 1 ? dm->tens[i].unit : 1;
-		layout_unit(dm, a, &dm->tens[i], n);
+		layout_unit(dm, a, wa, &dm->tens[i], n);
 	}
 	if (dm->zero)
 		ft_cu_zero_layout(dm, a);
@@ -391,7 +394,7 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	size_t qd = (size_t)v->Hq * v->hd, kd = (size_t)v->Hk * v->hd, mi = max_in(v);
 	size_t r = lora_rank(dm), V = v->V;
 	if (v->qw)
-		layout_quant(dm, a, N, mi);
+		layout_quant(dm, a, wa, N, mi);
 	dm->n_acts = v->gradient_checkpointing || dm->o.inference ? 1 : (int)L;
 	for (int i = 0; i < dm->n_acts; i++)
 		layout_acts(dm, a, &dm->acts[i], N, r);
@@ -666,6 +669,33 @@ static int alloc_staging(ft_cuda_model *dm)
 	return 0;
 }
 
+/* A decoding model over another device model's weights (o.weights_of):
+ * built from the same host model in the same precision, so the same
+ * tensors in the same order and units; it takes their device pointers
+ * (a unit's stacked operands stay contiguous) and the quantized linears',
+ * and uploads nothing. */
+static int share_weights(ft_cuda_model *dm)
+{
+	const ft_cuda_model *s = dm->o.weights_of;
+	if (!dm->o.inference || s->host != dm->host || s->o.precision != dm->o.precision ||
+	    s->o.device != dm->o.device || s->ntens != dm->ntens || s->v.L != dm->v.L)
+		return ft_fail("internal: a decoding model over the weights of another model, precision "
+			       "or device");
+	for (int i = 0; i < dm->ntens; i++) {
+		ft_dt *t = &dm->tens[i];
+		const ft_dt *u = &s->tens[i];
+		int half = dm->half && t->matrix;
+		if (u->n != t->n || u->hw != t->hw || (half ? !u->h : !u->w))
+			return ft_fail("internal: shared weights: tensor %d differs from its source", i);
+		t->h = half ? u->h : NULL;
+		t->w = half ? NULL : u->w;
+	}
+	dm->qcode = s->qcode;
+	for (int l = 0; l < dm->v.L; l++)
+		memcpy(dm->layers[l].q, s->layers[l].q, sizeof dm->layers[l].q);
+	return 0;
+}
+
 static int device_init(ft_cuda_model *dm)
 {
 	CU(cudaSetDevice(dm->o.device), "device %d", dm->o.device);
@@ -678,6 +708,8 @@ static int device_init(ft_cuda_model *dm)
 	CU(cudaMalloc(&dm->mem, dm->plan.total), "%zu bytes (the planned total)", dm->plan.total);
 	ft_arena a = { (uintptr_t)dm->mem, 0, { 0 } };
 	layout(dm, &a);
+	if (dm->o.weights_of)
+		TRY(share_weights(dm));
 	TRY(bind_groups(dm));
 	CU(cudaStreamCreateWithFlags(&dm->stream, cudaStreamNonBlocking), "%s", "");
 	CB(cublasCreate(&dm->blas), "%s", "");
@@ -688,9 +720,10 @@ static int device_init(ft_cuda_model *dm)
 	CB(cublasSetMathMode(dm->blas, CUBLAS_DEFAULT_MATH), "%s", "");
 	/* zero everything: gradients and AdamW moments start at 0 */
 	TRY(ft_cu_zero(dm, dm->mem, dm->plan.total));
-	for (int i = 0; i < dm->ntens; i++)
+	for (int i = 0; !dm->o.weights_of && i < dm->ntens; i++)
 		TRY(ft_cu_upload(dm, &dm->tens[i]));
-	TRY(upload_quant(dm));
+	if (!dm->o.weights_of)
+		TRY(upload_quant(dm));
 	ft_cu_sample_peak(dm);
 	return 0;
 }

@@ -131,6 +131,8 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 	 * modules_to_save copy beside LoRA (docs/VOCAB.md) */
 	v->full = m->o.type == FT_FT_FULL || m->o.modules_to_save;
 	v->neftune_alpha = m->o.neftune_noise_alpha;
+	v->gen_neftune = m->gen_neft_on;
+	v->gen_neftune_stream = m->gen_neft_stream;
 	v->lora_rank = m->o.lora_rank;
 	v->gradient_checkpointing = m->o.gradient_checkpointing;
 	v->lora_dropout = m->lora_dropout_on ? m->o.lora_dropout : 0;
@@ -200,6 +202,13 @@ void ft_cuda_view_neftune(const ft_cuda_view *v, float *out, int B, int T, uint6
 	memset(out, 0, n * sizeof *out);   /* 0 + (float)u: the value the CPU adds */
 	ft_neftune_add(out, n, ft_neftune_magnitude(v->neftune_alpha, T, v->D),
 		       ft_neftune_seed(v->seed, calls));
+}
+
+void ft_cuda_view_neftune_tokens(const ft_cuda_view *v, float *out, const int *rows, int n, int nrows,
+				 uint64_t k)
+{
+	memset(out, 0, (size_t)n * v->D * sizeof *out);
+	ft_neftune_tokens(out, rows, n, nrows, v->neftune_alpha, v->D, v->gen_neftune_stream, k);
 }
 
 void ft_cuda_view_free(ft_cuda_view *v)

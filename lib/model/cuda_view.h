@@ -95,6 +95,8 @@ typedef struct {
 	const ft_cv_qweight *qw;
 	const float *qcode[3];         /* bnb's NF4 [16], FP4 [16], dynamic [256] maps */
 	double neftune_alpha;          /* NEFTune's noise_alpha while training; 0: off */
+	int gen_neftune;               /* and in the decoders (ft_model_set_gen_neftune) */
+	uint64_t gen_neftune_stream;
 	/* DoRA (lib/cuda/dora.cu): layer l's module j's magnitude [out] at
 	 * dora_mag[l * FT_CV_NLIN + j] (w NULL: none); NULL without DoRA.
 	 * Owned by the view. */
@@ -148,6 +150,11 @@ int ft_cv_lora_owner(const ft_cv_group *c, int i);
  * call `calls` (out [B*T*D]): the CPU's draws (lib/model/extras.c), made
  * on the host, so the device adds exactly what the CPU adds. */
 void ft_cuda_view_neftune(const ft_cuda_view *v, float *out, int B, int T, uint64_t calls);
+/* The same for the k-th forward of a decoder (CUDA's, lib/cuda/infer.cu)
+ * of n tokens of rows[0..n) (< nrows): ft_neftune_tokens' noise into
+ * out[n * D], the CPU decoder's floats. */
+void ft_cuda_view_neftune_tokens(const ft_cuda_view *v, float *out, const int *rows, int n, int nrows,
+				 uint64_t k);
 /* The names of the seven linear modules ("q_proj" ...). */
 const char *ft_cuda_view_lin_name(int j);
 #ifdef __cplusplus

@@ -9,7 +9,8 @@
  * alpha / that, which torch evaluates as reciprocal() * alpha in float32.  T is the batch's sequence
  * length (output.size(1)), the padded length of the micro-batch.  The
  * noise is added, so the gradients through it are unchanged, and it never
- * touches evaluation.  The draws are ft's (one xoshiro stream per
+ * touches evaluation (nor generation, but GRPO's: ft_model_set_gen_neftune).
+ * The draws are ft's (one xoshiro stream per
  * forward_backward call, seeded by the seed and the call number like the
  * LoRA dropout masks), not torch's generator: the same seed gives the same
  * noise, and a resumed run continues the stream exactly.
@@ -20,6 +21,7 @@
  * range(stride - 1, L + stride - 1, stride).
  */
 #include <math.h>
+#include <stdlib.h>
 #include "model/model_internal.h"
 #include "util/rng.h"
 
@@ -46,6 +48,22 @@ void ft_neftune_add(float *x, size_t n, float mag, uint64_t seed)
 uint64_t ft_neftune_seed(uint64_t seed, uint64_t calls)
 {
 	return seed ^ (0x4e4546ULL + calls * 0x9e3779b97f4a7c15ULL);
+}
+
+void ft_model_set_gen_neftune(ft_model *m, int on, uint64_t stream)
+{
+	m->gen_neft_on = on;
+	m->gen_neft_stream = stream;
+}
+
+void ft_neftune_tokens(float *x, const int *rows, int n, int nrows, double alpha, int D, uint64_t stream,
+		       uint64_t k)
+{
+	int *cnt = ft_xcalloc((size_t)nrows, sizeof *cnt), W = 1;
+	for (int i = 0; i < n; i++)
+		if (++cnt[rows[i]] > W) W = cnt[rows[i]];
+	free(cnt);
+	ft_neftune_add(x, (size_t)n * D, ft_neftune_magnitude(alpha, W, D), ft_neftune_seed(stream, k));
 }
 
 void ftp_neftune_apply(const ft_model *m, float *x, int B, int T)

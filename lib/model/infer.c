@@ -15,6 +15,7 @@ struct ft_kvcache {
 	int rows, cap, L, kvdim;
 	float *k, *v;            /* [L][rows][cap][kvdim], rotated keys */
 	int *len;
+	uint64_t forwards;       /* NEFTune's stream while sampling (ft_model_set_gen_neftune) */
 };
 
 ft_kvcache *ft_kvcache_new(const ft_model *m, int rows, int cap)
@@ -280,6 +281,9 @@ int ft_infer_forward(ft_model *m, ft_kvcache *c, const int32_t *tokens,
 	if (rc == 0) rc = rope_setup(m, &b, maxpos);
 	if (rc == 0) {
 		ft_embedding_forward(b.x, tokens, m->wte.w, N, m->c.hidden_size);
+		if (m->gen_neft_on && m->o.neftune_noise_alpha > 0)   /* before Gemma's scale, as training's */
+			ft_neftune_tokens(b.x, rows, N, c->rows, m->o.neftune_noise_alpha, m->c.hidden_size,
+					  m->gen_neft_stream, c->forwards++);
 		for (size_t i = 0; m->c.gemma && i < (size_t)N * m->c.hidden_size; i++)
 			b.x[i] *= (float)sqrt((double)m->c.hidden_size);   /* Gemma */
 		for (int l = 0; l < m->c.num_hidden_layers; l++)

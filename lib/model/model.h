@@ -250,6 +250,21 @@ int ft_model_merge_lora(ft_model *m);
 float ft_neftune_magnitude(double alpha, int T, int D);
 void ft_neftune_add(float *x, size_t n, float mag, uint64_t seed);
 uint64_t ft_neftune_seed(uint64_t seed, uint64_t calls);
+/* NEFTune while sampling: TRL's GRPOTrainer generates inside
+ * training_step, in train mode, so transformers' hook noises every
+ * forward of model.generate at that forward's width (the left-padded
+ * prompts' in the prefill, 1 for each new token).  on != 0: the
+ * decoders of m (ft_infer_forward, and the CUDA decoder built from m)
+ * add NEFTune's noise from `stream` (ft_neftune_tokens, the k-th forward
+ * of a KV cache drawing stream k); 0 (the default): none, as in eval. */
+void ft_model_set_gen_neftune(ft_model *m, int on, uint64_t stream);
+/* One decoder forward's noise: n tokens, token i of row rows[i] (<
+ * nrows), x[i*D .. (i+1)*D) += U(-mag, mag) with mag =
+ * ft_neftune_magnitude(alpha, W, D), W the most tokens one row has in
+ * this forward (the width of HF's padded batch), drawn in token order
+ * from ft_neftune_seed(stream, k). */
+void ft_neftune_tokens(float *x, const int *rows, int n, int nrows, double alpha, int D, uint64_t stream,
+		       uint64_t k);
 int ft_llama_pro_layer(int L, int n, int l);
 
 /* PiSSA (lib/model/lora_pissa.c), PEFT's init_lora_weights "pissa"

@@ -80,6 +80,8 @@ struct ft_model {
 	size_t ngrads;
 	int lora_dropout_on;
 	uint64_t dropout_calls;      /* advances the dropout masks per call */
+	int gen_neft_on;             /* ft_model_set_gen_neftune: NEFTune in the decoders */
+	uint64_t gen_neft_stream;
 	ft_grads_ready_fn grads_ready;   /* ft_model_set_grads_ready */
 	void *grads_ready_ctx;
 

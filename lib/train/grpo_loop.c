@@ -86,13 +86,20 @@ static int truncated(const ft_grpo_loop_opts *o, const ft_i32vec *c)
 	return last != o->eos_id && last != o->pad_id;
 }
 
+/* The grid is TRL's width: its prompt_completion_ids are the prompts
+ * left-padded to the longest one beside the completions right-padded to
+ * the longest one, so every forward of TRL sees T = max prompt + max
+ * completion.  ft keeps each row's tokens from position 0 (RoPE is
+ * relative, the pads are masked), but the width must be TRL's: NEFTune's
+ * noise is alpha / sqrt(T * d), T the width (output.size(1)). */
 void ftp_grpo_build_grid(ftp_grpo_gen *g, const ft_i32vec *prompts, const ft_grpo_loop_opts *o)
 {
-	int T = 0;
+	int maxq = 0, maxc = 0;
 	for (int i = 0; i < g->N; i++) {
-		int l = (int)(prompts[g->pidx[i]].n + g->comp[i].n);
-		if (l > T) T = l;
+		if ((int)prompts[g->pidx[i]].n > maxq) maxq = (int)prompts[g->pidx[i]].n;
+		if ((int)g->comp[i].n > maxc) maxc = (int)g->comp[i].n;
 	}
+	int T = maxq + maxc;
 	g->T = T;
 	size_t n = (size_t)g->N * T;
 	g->ids = ft_xcalloc(n, sizeof *g->ids);
@@ -155,7 +162,12 @@ static int logps_rows(const ft_pref_model *pm, const ftp_grpo_gen *g, const int 
 }
 
 /* Old (num_iterations > 1) and reference (beta != 0) log-probabilities,
- * in micro-batches of batch_size rows as TRL chunks them. */
+ * in micro-batches of batch_size rows as TRL chunks them.  TRL computes
+ * both inside training_step, after its model.train(): the old pass and
+ * LoRA's reference (the same model, adapters disabled by use_adapter,
+ * which leaves the mode alone) run in train mode, so NEFTune's hook
+ * noises them (and, with the adapters off, no LoRA dropout remains); a
+ * separate reference model is prepared in eval mode and has no hook. */
 static int old_ref_passes(ftp_grpo_state *s, ftp_grpo_gen *g, const ft_grpo_loop_opts *o)
 {
 	const ft_pref_model *pm = &s->pm;
@@ -171,7 +183,7 @@ static int old_ref_passes(ftp_grpo_state *s, ftp_grpo_gen *g, const ft_grpo_loop
 			rc = logps_rows(&s->rm, g, rows + i, k, 0, g->ref);
 		} else if (rc == 0 && g->ref) {
 			pm->set_adapters(pm->base.self, 0);
-			rc = logps_rows(pm, g, rows + i, k, 0, g->ref);
+			rc = logps_rows(pm, g, rows + i, k, 1, g->ref);
 			pm->set_adapters(pm->base.self, 1);
 		}
 	}
@@ -259,8 +271,13 @@ static int generation(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o
 		g->pidx[i] = uniq[(r0 + i) / G];
 		q[i] = prompts[g->pidx[i]];   /* borrowed */
 	}
+	/* TRL samples inside training_step, after model.train(): NEFTune's
+	 * hook noises model.generate's forwards too (a stream per generation
+	 * batch, so a resumed run draws the same) */
+	ft_model_set_gen_neftune(m, 1, o->seed ^ (0x67656e0000000000ULL + (uint64_t)s->gen * 0xbf58476d1ce4e5b9ULL));
 	int rc = o->generate(o->gen_ctx, m, q, (size_t)g->N, o->seed + (uint64_t)s->gen * 1000003u, (uint64_t)r0,
 			     g->comp);
+	ft_model_set_gen_neftune(m, 0, 0);
 	free(q);
 	if (rc < 0) return -1;
 	for (int i = 0; i < g->N; i++) fix_completion(o, &g->comp[i]);

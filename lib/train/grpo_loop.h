@@ -30,7 +30,9 @@ typedef int (*ft_grpo_score_fn)(void *ctx, const size_t *prompt_idx, const ft_i3
 				size_t n, float *per_func);
 
 /* outs[i]: the new tokens of prompts[i] (the stop token dropped), i < n,
- * decoded from m in eval mode with the given seed, prompts[0] drawing as
+ * decoded from m in eval mode (but for NEFTune's noise, which the loop
+ * turns on around the call: ft_model_set_gen_neftune, as TRL samples in
+ * train mode) with the given seed, prompts[0] drawing as
  * the first-th prompt of the generation batch would (ft_gen_opts'
  * first_index: a rank's rows sample what one process's would). */
 typedef int (*ft_grpo_gen_fn)(void *ctx, ft_model *m, const ft_i32vec *prompts, size_t n, uint64_t seed,

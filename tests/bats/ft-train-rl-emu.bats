@@ -104,6 +104,43 @@ same() {
 	[ "$(jq -r '.kl > 0' k/trainer_log.jsonl | tail -1)" = true ]
 }
 
+# NEFTune (docs/GRPO.md): TRL noises the sampling, the old, LoRA's
+# reference and the training passes; the device adds the CPU's host draws
+# (the decoder's included), so the completions stay byte-identical and
+# the tolerance argument above holds: the kl, now dominated by the two
+# passes' independent noise (8 to 160 here: the peaky model's logits move
+# far with alpha 1; TRL's own run gives 240 and 2100 with alpha 5), is a
+# mean of exp(x) - x - 1 (x = ref - logp) whose relative error is about the
+# log-probs' ~1e-6 difference, well inside 1e-4 (observed: 4.1e-6 for
+# LoRA, 2.9e-6 full).
+@test "emulated device grpo: NEFTune in the sampling and every log-prob pass as the CPU; ppo ignores it with the note on both" {
+	ft-cat --encode < "$FIXTURES/grpo/prompts.jsonl" > p8.zst
+	same --beta 0.04 --num_iterations 2 --neftune_noise_alpha 1
+	same --finetuning_type full --beta 0.04 --neftune_noise_alpha 1
+	# the noise is on in the sampling: not the noise-free run's completions
+	g cuda n --beta 0.04 --neftune_noise_alpha 1
+	g cuda z --beta 0.04
+	! cmp -s n/completions.jsonl z/completions.jsonl
+	# resumed inside a generation batch (step 3 of 2 x 2): the noise streams continue, bit for bit
+	args=(--beta 0.04 --num_iterations 2 --save_steps 3 --max_steps 6 --neftune_noise_alpha 1)
+	g cuda U "${args[@]}"
+	g cuda K "${args[@]}"
+	rm -rf K/checkpoint-6 K/adapter_model.safetensors
+	g cuda K "${args[@]}" --resume_from_checkpoint K/checkpoint-3
+	cmp U/trainer_log.jsonl K/trainer_log.jsonl
+	cmp U/completions.jsonl K/completions.jsonl
+	cmp U/adapter_model.safetensors K/adapter_model.safetensors
+	ft-cat --encode < "$FIXTURES/ppo/prompts.jsonl" > ppo.zst
+	for d in cpu cuda; do   # -q -v: the notes back
+		run --separate-stderr p $d $d-n -v --neftune_noise_alpha 5
+		assert_success
+		[[ "$stderr" == *"note: --neftune_noise_alpha is ignored by --stage ppo"* ]]
+		p $d $d-z
+		cmp $d-n.seen $d-z.seen
+		diff <(gnums $d-n/trainer_log.jsonl) <(gnums $d-z/trainer_log.jsonl)
+	done
+}
+
 @test "emulated device grpo: resumed from a checkpoint inside a generation batch, bit for bit; the CPU run within tolerance" {
 	ft-cat --encode < "$FIXTURES/grpo/prompts.jsonl" > p8.zst
 	args=(--beta 0.04 --num_iterations 2 --save_steps 3 --max_steps 6 --lora_dropout 0.1)
@@ -146,7 +183,7 @@ scale_logged() {
 	run --separate-stderr g auto a -v   # -q -v: the notes back
 	assert_success
 	[[ "$stderr" == *"training on cuda:0 (ft host emulation"* ]]
-	[ "$(grep -c "rollouts decoded on cuda:0 (ft host emulation.*beside the training.s (the decoder is kept" <<< "$stderr")" -eq 1 ]
+	[ "$(grep -c "rollouts decoded on cuda:0 (ft host emulation.*over the policy.s device weights; device memory planned .* beside the training" <<< "$stderr")" -eq 1 ]
 	# the CPU's run (which --device auto would be without the backend) samples the same completions
 	g cpu c
 	cmp a/completions.jsonl c/completions.jsonl
@@ -240,7 +277,7 @@ psame() {
 	run --separate-stderr p auto a -v   # -q -v: the notes back
 	assert_success
 	[[ "$stderr" == *"training on cuda:0 (ft host emulation"* ]]
-	[ "$(grep -c "rollouts decoded on cuda:0 (ft host emulation.*beside the training.s (the decoder is kept" <<< "$stderr")" -eq 1 ]
+	[ "$(grep -c "rollouts decoded on cuda:0 (ft host emulation.*over the policy.s device weights; device memory planned .* beside the training" <<< "$stderr")" -eq 1 ]
 	p cpu c
 	cmp a.seen c.seen
 	same_scores a c

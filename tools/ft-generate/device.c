@@ -46,9 +46,10 @@ void gen_device_bind(const gen_cli *o, gen_env *e, const ft_i32vec *prompts, siz
 		if (prompts[i].n > longest) longest = prompts[i].n;
 	int rows = n == 0 ? 1 : (size_t)o->gen.batch_size > n ? (int)n : o->gen.batch_size;
 	ft_cuda_precision prec = o->bf16 ? FT_CUDA_BF16 : o->fp16 ? FT_CUDA_F16 : FT_CUDA_F32;
-	ft_cuda_infer_knobs kn = { "--per_device_eval_batch_size", "--max_new_tokens", "--cutoff_len" };
-	d->c = ft_cuda_decoder_new(e->model, prec, o->device_index, rows, (int)longest, o->gen.max_new_tokens,
-				   &kn);
+	ft_cuda_infer_opts io = { .precision = prec, .device = o->device_index, .rows = rows,
+				  .max_prompt = (int)longest,
+				  .knobs = { "--per_device_eval_batch_size", "--max_new_tokens", "--cutoff_len" } };
+	d->c = ft_cuda_decoder_new(e->model, &io, o->gen.max_new_tokens);
 	if (!d->c) die("--device %s: %s", o->device, ft_errmsg());
 	char name[256] = "";
 	ft_device_cuda_count(name, sizeof name);

@@ -8,11 +8,12 @@
  * the device's KV-cache decoder (lib/cuda/decoder.h over infer.cu) built
  * from that host model in the training's precision, while the sampling
  * stays on the host with the CPU path's generator and seeds.  The
- * decoder (a second device copy of the weights, beside the training's) is
- * built at the first generation and kept: before each later one only the
- * trained tensors are copied into it from the host model (the adapters of
- * LoRA/DoRA/OFT: kilobytes to megabytes, not the base; every weight of a
- * full fine-tuning), so a 7B base is uploaded and converted once. */
+ * decoder decodes with the policy's own device weights (ft_cuda_opts
+ * .weights_of: no second copy, nothing uploaded; its plan is the KV cache
+ * and its buffers) and is built at the first generation and kept; before
+ * each later one it waits for the policy's steps and recomputes what
+ * decoding derives once from the weights (DoRA's factors, OFT's
+ * rotations). */
 #include "ft-train.h"
 #include "cuda/decoder.h"
 #include "model/device.h"
@@ -88,14 +89,15 @@ int rl_generate(rl_device *d, ft_model *m, const ft_i32vec *q, size_t n, const f
 	if (d->dec && ft_cuda_decoder_refresh(d->dec) < 0)
 		return ft_fail_ctx("the rollouts' decoder on %s: ", d->desc);
 	if (!d->dec) {
-		d->dec = ft_cuda_decoder_new(m, d->precision, d->index, n < (size_t)bs ? (int)n : bs,
-					     rl_longest(q, n), o->max_new_tokens, &d->knobs);
+		ft_cuda_infer_opts io = { .precision = d->precision, .device = d->index,
+					  .rows = n < (size_t)bs ? (int)n : bs, .max_prompt = rl_longest(q, n),
+					  .knobs = d->knobs, .weights_of = ft_pref_model_cuda_device(&d->pm) };
+		d->dec = ft_cuda_decoder_new(m, &io, o->max_new_tokens);
 		if (!d->dec) return ft_fail_ctx("the rollouts' decoder on %s: ", d->desc);
 		char plan[256];
 		ft_cuda_infer_plan_format(ft_cuda_decoder_plan(d->dec), plan, sizeof plan);
-		warn("note: rollouts decoded on %s; device memory planned %s beside the training's "
-		     "(the decoder is kept; before each generation the trained weights are copied into it)",
-		     d->desc, plan);
+		warn("note: rollouts decoded on %s over the policy's device weights; device memory planned "
+		     "%s beside the training's", d->desc, plan);
 	}
 	ft_decoder ops = ft_cuda_decoder_ops(d->dec);
 	int rc = ft_generate_on(&ops, q, n, o, outs, NULL, NULL);
