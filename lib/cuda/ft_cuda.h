@@ -274,7 +274,8 @@ void ft_cuda_infer_free(ft_cuda_infer *c);
  * again from m, which must be the model c was built from, its arrays
  * changed in place (grpo/ppo's policy between generations); the frozen
  * base is not uploaded again.  Over weights_of: nothing to copy, that
- * model's queued work is waited for.  Either way what decoding computes
+ * model's queued work is waited for.  The generation settings of m (GRPO's
+ * NEFTune: on, its stream) are read again.  What decoding computes
  * once from the weights (DoRA's factors, OFT's rotations) is redone.  The
  * cache is left as it is. */
 int ft_cuda_infer_refresh(ft_cuda_infer *c);

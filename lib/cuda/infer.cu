@@ -193,15 +193,24 @@ void ft_cuda_infer_free(ft_cuda_infer *c)
 	free(c);
 }
 
-/* The tensors the host model trains (those with a host gradient: its
- * adapters, or every weight of a full fine-tuning) uploaded again (none
- * over another model's weights: they are the trained ones), and
+/* The host model's generation settings read again (GRPO's NEFTune
+ * stream), the tensors the host model trains (those with a host
+ * gradient: its adapters, or every weight of a full fine-tuning) uploaded
+ * again (none over another model's weights: they are the trained ones), and
  * what decoding computes from them once (DoRA's factors, OFT's
  * rotations) marked stale; the frozen base stays as uploaded. */
 int ft_cuda_infer_refresh(ft_cuda_infer *c)
 {
 	ft_cuda_model *dm = c->dm;
 	TRY(ft_cuda_sync(dm));
+	/* the host model's per-generation settings: GRPO's sampling noise
+	 * (on, and this generation's stream) */
+	ft_cuda_view hv;
+	TRY(ft_cuda_view_of(dm->host, &hv));
+	dm->v.neftune_alpha = hv.neftune_alpha;
+	dm->v.gen_neftune = hv.gen_neftune;
+	dm->v.gen_neftune_stream = hv.gen_neftune_stream;
+	ft_cuda_view_free(&hv);
 	if (dm->o.weights_of)   /* its optimizer steps are on its own stream */
 		TRY(ft_cuda_sync(dm->o.weights_of));
 	for (int i = 0; !dm->o.weights_of && i < dm->ntens; i++)
