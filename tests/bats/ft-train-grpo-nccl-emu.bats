@@ -119,6 +119,17 @@ close() {
 	within "$("$MAXDIFF" one/model.safetensors two/model.safetensors)" 1e-5
 }
 
+# NEFTune's noise streams are per rank (a process's own draws), so two
+# ranks are compared with the CPU's two ranks, not with one process
+@test "NCCL (emulated) grpo --neftune_noise_alpha: 2 ranks == the CPU's 2 ranks (each rank's noise streams)" {
+	grpo_args --neftune_noise_alpha 1 --num_iterations 1 --max_steps 3 --save_steps 0
+	run mpi2 ft-train "${args[@]}" --device cuda --output_dir two
+	assert_success
+	run mpi2 ft-train "${args[@]}" --device cpu --output_dir cpu
+	assert_success
+	close cpu/trainer_log.jsonl two/trainer_log.jsonl 1e-4 1e-5
+}
+
 @test "NCCL (emulated) grpo, ppo: what stays refused under mpirun on GPUs names its reason" {
 	grpo_args --max_steps 2 --save_steps 0
 	run mpi2 ft-train "${args[@]}" --device cuda --zero 1 --output_dir z
