@@ -223,6 +223,10 @@ struct ft_cuda_model {
 	cudaStream_t comm;
 	cudaEvent_t *gev;
 	unsigned char *gev_set;
+	/* rm's value head (pref.cu): gradients outside tens, summed with
+	 * group -1 after the embeddings, the CPU plan's last position */
+	ft_dt *xgrads;
+	int nxgrads;
 	/* NEFTune (neftune.cu): the noise of a batch, device and host */
 	float *neft, *h_neft;
 	struct ft_cu_zero *zero;       /* ZeRO-1's slice (zero.cu); NULL: not sharded */

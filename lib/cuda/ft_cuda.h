@@ -192,7 +192,8 @@ void ft_cuda_set_position(ft_cuda_model *dm, int64_t micro_batches_done);
  * for the final norm and an untied lm_head, then the decoder layers L-1
  * ... 0, then -1 for the embeddings (a tied lm_head's too); NULL stops it.
  * ft_cuda_grads_group calls fn(ctx, g, n, stream) for each gradient of a
- * group, in the model's tensor order, with its communication stream, made to wait first for the
+ * group, in the model's tensor order (group -1 then a value head's weight
+ * and bias, ft_cuda_pref_new's), with its communication stream, made to wait first for the
  * group's event (or, when this backward recorded none, for all work queued
  * so far); it may be called from another thread.  ft_cuda_grads_wait
  * waits for the communication stream. */
@@ -320,7 +321,9 @@ int ft_cuda_attention_run_as(int device, ft_cuda_precision p, const ft_cuda_attn
  * device) at distinct positions pos[0..n), whose backward pass adds the
  * head's gradient and the model's.  ft_cuda_pref_step steps the model's
  * parameters and the head together (ft_cuda_step's arithmetic, one norm),
- * ft_cuda_pref_zero_grad zeroes both.  Host arrays throughout. */
+ * ft_cuda_pref_zero_grad zeroes both.  Host arrays throughout.  dm must
+ * outlive the ft_cuda_pref (with a value head, ft_cuda_grads_group sums the
+ * head's gradients with dm's group -1 until ft_cuda_pref_free). */
 typedef struct ft_cuda_pref ft_cuda_pref;
 ft_cuda_pref *ft_cuda_pref_new(ft_cuda_model *dm, int value_head);
 void ft_cuda_pref_free(ft_cuda_pref *p);

@@ -74,6 +74,9 @@ int ft_cuda_grads_group(ft_cuda_model *dm, int group, ft_cuda_grad_fn fn, void *
 		if (dm->tens[i].g && dm->tens[i].group == group &&
 		    fn(ctx, dm->tens[i].g, dm->tens[i].n, (void *)dm->comm) < 0)
 			return -1;
+	for (int i = 0; group == -1 && i < dm->nxgrads; i++)
+		if (fn(ctx, dm->xgrads[i].g, dm->xgrads[i].n, (void *)dm->comm) < 0)
+			return -1;
 	return 0;
 }
 

@@ -386,6 +386,10 @@ ft_cuda_pref *ft_cuda_pref_new(ft_cuda_model *dm, int value_head)
 		return NULL;
 	}
 	dm->peak += p->bytes;   /* the high-water mark: the plan plus these */
+	if (value_head) {   /* data parallel sums the head with the model */
+		dm->xgrads = p->head;
+		dm->nxgrads = 2;
+	}
 	return p;
 }
 
@@ -393,6 +397,10 @@ void ft_cuda_pref_free(ft_cuda_pref *p)
 {
 	if (!p)
 		return;
+	if (p->dm->xgrads == p->head) {
+		p->dm->xgrads = NULL;
+		p->dm->nxgrads = 0;
+	}
 	if (p->mem)
 		cudaFree(p->mem);
 	free(p->h_f);

@@ -6,6 +6,7 @@
 #include "train/cuda_pref.h"
 #include "train/cuda_train.h"
 #include "train/cuda_ext_internal.h"
+#include "train/dist.h"
 #include "util/error.h"
 
 typedef struct {
@@ -21,6 +22,9 @@ typedef struct {
 	float *ent;          /* GRPO: where the entropies go (NULL: none) */
 	ft_adamw *out;       /* the optimizer dev_moments fills, at a checkpoint */
 	ftp_cuda_ext ext;    /* dpo/kto: LLaMA-Factory's optimizer extras (cuda_ext.c) */
+	struct ft_dist *zero;   /* ZeRO-1 (dpo/kto): the job whose ranks hold the slices */
+	ft_dist_moments zsave;  /* ZeRO-1: rank 0's fetch of the others' slices */
+	int zero_loaded;        /* ZeRO-1: the resume put the slice on the device */
 } binding;
 
 /* The host value head -> the device, when it changed there. */
@@ -91,6 +95,9 @@ static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm
 		return -1;
 	x->skipped += skipped;
 	x->need_zero = 1;
+	/* ZeRO-1: as cuda_train.c's step (every rank skips alike) */
+	if (x->zero && !skipped && ft_cuda_train_zero_gather(x->dm, x->zero) < 0)
+		return -1;
 	return skipped;
 }
 
@@ -161,10 +168,37 @@ static int b_state_out(void *self, ft_adamw *opt)
 		return ftp_cuda_ext_state_out(&x->ext);
 	if (opt) {
 		x->out = opt;
-		ft_adamw_set_fetch(opt, dev_moments, x);
 		ft_adamw_set_steps(opt, ft_cuda_steps(x->dm));
 	}
+	/* ZeRO-1 (no value head, no extras: ft_pref_model_cuda_zero): rank 0
+	 * writes each param's moments as the others send their pieces, as
+	 * cuda_train.c's */
+	if (x->zero && opt)
+		return ft_dist_save_moments(&x->zsave, x->zero, opt, dev_moments, x);
+	if (opt)
+		ft_adamw_set_fetch(opt, dev_moments, x);
 	return ftp_cuda_ext_state_out(&x->ext);   /* BAdam's block */
+}
+
+/* ft_dist_own_in: this rank's piece of the k-th param's moments onto the
+ * device as a ZeRO-1 resume streams them in (the step is set before) */
+static int zero_in(void *ctx, size_t k, const float *m, const float *v)
+{
+	binding *x = ctx;
+	long i = param_index(x, ft_adamw_param(x->out, k));
+	return i < 0 ? -1 : ft_cuda_adamw_set(x->dm, (size_t)i, m, v, ft_adamw_steps(x->out));
+}
+
+static int b_zero_load(void *self, ft_adamw *opt, const char *path)
+{
+	binding *x = self;
+	if (!x->zero)
+		return ft_fail("%s: a ZeRO-1 load on a device model without its slice", path);
+	x->out = opt;
+	if (ft_dist_load_moments(x->zero, opt, path, zero_in, x) < 0)
+		return -1;
+	x->zero_loaded = 1;
+	return 0;
 }
 
 static int b_state_in(void *self, const ft_adamw *opt)
@@ -176,7 +210,7 @@ static int b_state_in(void *self, const ft_adamw *opt)
 	if (head_up(x) < 0)
 		return -1;
 	ft_adamw *o = (ft_adamw *)opt;   /* read only: the accessors are shared */
-	for (size_t k = 0; k < ft_adamw_count(o); k++) {
+	for (size_t k = 0; !x->zero_loaded && k < ft_adamw_count(o); k++) {
 		long i = param_index(x, ft_adamw_param(o, k));
 		const float *m = ft_adamw_exp_avg(o, k), *v = ft_adamw_exp_avg_sq(o, k);
 		int rc = i >= 0 ? ft_cuda_adamw_set(x->dm, (size_t)i, m, v, ft_adamw_steps(o))
@@ -189,6 +223,26 @@ static int b_state_in(void *self, const ft_adamw *opt)
 }
 
 static size_t b_peak(void *self) { return ft_cuda_peak_bytes(((binding *)self)->dm); }
+
+/* Data parallel (trainer_dist.c's sum_groups, after the micro-batch's
+ * whole forward_backward: several backward passes run per micro-batch, so
+ * no group is final before the last, and none is summed beside them).
+ * The groups are cuda_train.c's; rm's value head goes with the last,
+ * after the embeddings, where the CPU plan sums it (ft_cuda_grads_group).
+ * A rank without a micro-batch in the step zeroes first: it adds zeros. */
+static int b_sum_group(void *self, struct ft_dist *d, int group)
+{
+	binding *x = self;
+	if (zero_now(x) < 0)
+		return -1;
+	return ft_cuda_train_sum_group(x->dm, d, group);
+}
+
+static int b_sum_wait(void *self, struct ft_dist *d)
+{
+	(void)d;
+	return ft_cuda_grads_wait(((binding *)self)->dm);
+}
 
 /* ---- the model_pref.h operations ---- */
 
@@ -295,7 +349,10 @@ int ft_pref_model_of_cuda(ft_model *m, const ft_cuda_opts *o, int value_head, ft
 			  .state_out = b_state_out, .state_in = b_state_in, .peak_bytes = b_peak,
 			  .ckpt_save = f16 ? b_ckpt_save : NULL, .ckpt_load = f16 ? b_ckpt_load : NULL,
 			  .metrics = f16 ? b_metrics : NULL,
-			  .ext_step = value_head ? NULL : b_ext_step },
+			  .ext_step = value_head ? NULL : b_ext_step,
+			  .sum_group = b_sum_group, .sum_wait = b_sum_wait,
+			  .grad_layers = c->num_hidden_layers,
+			  .zero_load = b_zero_load },   /* called only under ZeRO-1 */
 		.hidden_size = c->hidden_size, .vocab_size = c->vocab_size,
 		.has_adapters = ft_model_has_adapters(m),
 		.logps_forward = b_logps_fwd, .logps_backward = b_logps_bwd, .set_adapters = b_adapters,
@@ -304,6 +361,18 @@ int ft_pref_model_of_cuda(ft_model *m, const ft_cuda_opts *o, int value_head, ft
 		.set_logp_temperature = b_temp, .set_logp_entropy = b_entropy,
 	};
 	*pm = r;
+	return 0;
+}
+
+int ft_pref_model_cuda_zero(ft_pref_model *pm, struct ft_dist *d)
+{
+	binding *x = pm->base.self;
+	/* the head is outside the device's slices (zero.cu) while the
+	 * checkpoint's streamed save and load (ft_dist_save_moments) slice the
+	 * optimizer's params, the head's included: the two would not meet */
+	if (pm->own_value_head)
+		return ft_fail("ZeRO-1 on the device: rm's value head is not in the device's slices");
+	x->zero = d;
 	return 0;
 }
 

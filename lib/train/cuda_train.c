@@ -89,14 +89,19 @@ static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm
 		return -1;
 	x->skipped += skipped;
 	x->need_zero = 1;
-	if (x->zero && !skipped) {   /* every rank skips together: the same gradients */
-		ft_dist_watch(x->zero, "ZeRO-1 parameter all-gather");
-		int rc = ft_cuda_zero_gather(x->dm, ft_dist_nccl_bcast, ft_dist_nccl_group_of, x->zero);
-		if (rc == 0) rc = ft_cuda_sync(x->dm);
-		ft_dist_unwatch(x->zero);
-		if (rc < 0) return -1;
-	}
+	/* every rank skips together: the same gradients */
+	if (x->zero && !skipped && ft_cuda_train_zero_gather(x->dm, x->zero) < 0)
+		return -1;
 	return skipped;
+}
+
+int ft_cuda_train_zero_gather(ft_cuda_model *dm, ft_dist *d)
+{
+	ft_dist_watch(d, "ZeRO-1 parameter all-gather");
+	int rc = ft_cuda_zero_gather(dm, ft_dist_nccl_bcast, ft_dist_nccl_group_of, d);
+	if (rc == 0) rc = ft_cuda_sync(dm);
+	ft_dist_unwatch(d);
+	return rc;
 }
 
 /* LLaMA-Factory's extras on the device (cuda_ext.c). */
@@ -199,21 +204,26 @@ static void b_set_position(void *self, int64_t n)
  * one NCCL group of ncclAllReduce on the model's communication stream,
  * which first waits for the group's event on the compute stream.  b_sum_wait
  * waits for the stream, so the step that follows sees the sums. */
+int ft_cuda_train_sum_group(ft_cuda_model *dm, ft_dist *d, int group)
+{
+	if (!ft_dist_nccl_active(d))
+		return ft_fail("rank %d: the GPU gradients need NCCL (ft_dist_nccl_open)", ft_dist_rank(d));
+	int rc = ft_dist_nccl_group(d, 1);
+	if (rc == 0) rc = ft_cuda_grads_group(dm, group, ft_dist_nccl_sum, d);
+	if (ft_dist_nccl_group(d, 0) < 0) rc = -1;
+	return rc;
+}
+
 static int b_sum_group(void *self, ft_dist *d, int group)
 {
 	binding *x = self;
-	if (!ft_dist_nccl_active(d))
-		return ft_fail("rank %d: the GPU gradients need NCCL (ft_dist_nccl_open)", ft_dist_rank(d));
 	/* a rank with no micro-batch in this step (the epoch's last, shorter
 	 * one) has not run the lazy zeroing: it contributes zeros, not the
 	 * last step's gradients */
 	if (x->need_zero && ft_cuda_zero_grad(x->dm) < 0)
 		return ft_fail_ctx("GPU: ");
 	x->need_zero = 0;
-	int rc = ft_dist_nccl_group(d, 1);
-	if (rc == 0) rc = ft_cuda_grads_group(x->dm, group, ft_dist_nccl_sum, d);
-	if (ft_dist_nccl_group(d, 0) < 0) rc = -1;
-	return rc;
+	return ft_cuda_train_sum_group(x->dm, d, group);
 }
 
 static int b_sum_wait(void *self, ft_dist *d)

@@ -42,6 +42,15 @@ ft_cuda_model *ft_cuda_train_ref(const ft_train_model *t);
  * t->zero_load puts each rank's slice of a resume on its device as rank 0
  * reads the file (ft_dist_load_moments). */
 void ft_cuda_train_zero(ft_train_model *t, struct ft_dist *d);
+/* Data parallel: gradient group `group` of dm (ft_cuda_grads_group's)
+ * summed over d's ranks as one NCCL group of all-reduces on dm's
+ * communication stream (sum_group of this binding and of the preference
+ * stages', cuda_pref.c); ft_cuda_grads_wait waits for it. */
+int ft_cuda_train_sum_group(ft_cuda_model *dm, struct ft_dist *d, int group);
+/* ZeRO-1 for the bindings on dm (this one's and cuda_pref.c's): the
+ * updated slices all-gathered after a step that updated (under the
+ * watchdog, waited for). */
+int ft_cuda_train_zero_gather(ft_cuda_model *dm, struct ft_dist *d);
 /* Optimizer steps skipped for fp16 overflow so far. */
 int64_t ft_cuda_train_skipped(const ft_train_model *t);
 void ft_cuda_train_free(ft_train_model *t);

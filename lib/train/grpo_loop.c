@@ -430,7 +430,8 @@ static int update(ftp_grpo_state *s, const ft_grpo_loop_opts *o)
 	if (rc < 0) return -1;
 	if (world(o) > 1) {   /* the gradients and the step's loss summed over the ranks */
 		ft_train_opts to = { .dist = o->dist };
-		ft_train_model tm = { 0 };
+		/* on a device the policy sums its own (NCCL), else the params' g */
+		ft_train_model tm = s->pm.base.sum_group ? s->pm.base : (ft_train_model){ 0 };
 		double ls[2] = { s->loss_step, 0 };
 		ft_dist_set_step(o->dist, s->step + 1);
 		if (ftp_dist_reduce(&to, &tm, s->ps, s->np, ls, 1, 0) < 0) return -1;
@@ -520,7 +521,8 @@ int ft_grpo_train(ft_model *m, const ft_i32vec *prompts, size_t n, const ft_grpo
 	float t = o->temperature > 0 ? o->temperature : 1;
 	s.pm = o->policy ? *o->policy : ft_pref_model_of(m);
 	if (o->ref) s.rm = o->ref_ops ? *o->ref_ops : ft_pref_model_of(o->ref);
-	if (o->policy && o->dist) return ft_fail("GRPO: a policy that steps itself runs in one process");
+	if (o->policy && o->dist && !o->policy->base.sum_group)
+		return ft_fail("GRPO: under mpirun a policy that steps itself must sum its gradients (sum_group)");
 	if (set_models(&s, o, t) < 0) return -1;
 	ft_rng_seed(&s.rng, o->seed);       /* shuffle_sequence_dict's (torch's global generator) */
 	ft_rng_seed(&s.sampler, o->seed);   /* RepeatSampler's own generator, seeded with args.seed */

@@ -506,6 +506,24 @@ static int pf_ckpt_load(void *self, const char *dir)
 	ft_pref *p = self;
 	return p->pm.base.ckpt_load(p->pm.base.self, dir);
 }
+/* Data parallel on the policy's device: its gradient groups summed there
+ * (NCCL) in place of the trainer's MPI sums of the params' g. */
+static int pf_sum_group(void *self, struct ft_dist *d, int group)
+{
+	ft_pref *p = self;
+	return p->pm.base.sum_group(p->pm.base.self, d, group);
+}
+static int pf_sum_wait(void *self, struct ft_dist *d)
+{
+	ft_pref *p = self;
+	return p->pm.base.sum_wait(p->pm.base.self, d);
+}
+/* ZeRO-1 on the device: a resume's moments streamed into its slice */
+static int pf_zero_load(void *self, ft_adamw *opt, const char *path)
+{
+	ft_pref *p = self;
+	return p->pm.base.zero_load(p->pm.base.self, opt, path);
+}
 /* The policy's device memory, plus a reference model's of its own. */
 static size_t pf_peak(void *self)
 {
@@ -533,6 +551,12 @@ ft_train_model ft_pref_train_model(ft_pref *p)
 		t.ckpt_load = pf_ckpt_load;
 	}
 	if (p->pm.base.peak_bytes) t.peak_bytes = pf_peak;
+	if (p->pm.base.sum_group) {
+		t.sum_group = pf_sum_group;
+		t.sum_wait = pf_sum_wait;
+		t.grad_layers = p->pm.base.grad_layers;
+	}
+	if (p->pm.base.zero_load) t.zero_load = pf_zero_load;
 	return t;
 }
 

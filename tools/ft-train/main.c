@@ -131,7 +131,8 @@ static const char usage[] =
 "  --temperature T (0.95) --top_p P (0.7) --top_k K (50) --repetition_penalty R (1.0)\n"
 "  --ref_model DIR [--ref_model_adapters DIR[,DIR]]  the reference, as above\n"
 "GRPO (--stage grpo on ppo prompt batches, lora/freeze/full policy, on the CPU (also\n"
-"under mpirun) or --device cuda (completions sampled on the CPU); docs/GRPO.md):\n"
+"under mpirun) or --device cuda (one GPU per rank under mpirun; completions sampled on\n"
+"the CPU); docs/GRPO.md):\n"
 "  --reward_funcs [NAME=]CMD[,...]  each started once, JSON lines in, a number per line out;\n"
 "                             a line is {prompt, completion, the row's extra columns}\n"
 "  --reward_weights W[,...] (1 each)  --num_generations G (8)  --num_iterations N (1)\n"
@@ -416,6 +417,12 @@ static void batch_shape(const ft_manifest *m, int *max_tokens, int *max_seq)
 	if (m->seq_len > *max_seq) *max_seq = m->seq_len;
 }
 
+/* rm's value head is stepped whole beside the device's ZeRO-1 slices
+ * (ft_pref_model_cuda_zero) */
+static const char rm_zero_cpu_only[] =
+	"under mpirun ZeRO-1 of --stage rm runs on the CPU (the GPU's slices leave out its value head)";
+static int rm_stage(const ft_cli_args *c) { return c->pref && pref_stage_of(c->stage) == FT_PREF_RM; }
+
 int device_pick(ft_cli_args *c, ft_model *m, int *index)
 {
 	int idx;
@@ -431,8 +438,7 @@ int device_pick(ft_cli_args *c, ft_model *m, int *index)
 		/* auto means the GPU when it can run this job, else the CPU */
 		const char *cpu_only = fp8_cpu_only(c) ? fp8_cpu_only(c)
 				       : ft_train_extras_cpu_only(c, m) ? ft_train_extras_cpu_only(c, m)
-				       : c->pref && c->t.dist ? "under mpirun the preference stages run on the CPU"
-				       : grpo_stage(c) && c->t.dist ? "under mpirun --stage grpo runs on the CPU"
+				       : rm_stage(c) && c->t.dist && c->zero ? rm_zero_cpu_only
 				       : ft_train_cuda_supports(m) < 0 ? ft_errmsg() : NULL;
 		if (cpu_only) {
 			warn("note: --device auto: training on the CPU: %s", cpu_only);
@@ -446,6 +452,15 @@ int device_pick(ft_cli_args *c, ft_model *m, int *index)
 		if (c->bf16 || c->fp16)
 			warn("note: --%s: the CPU computes in float32; full weights are saved in the config's dtype",
 			     c->bf16 ? "bf16" : "fp16");
+	}
+	/* one GPU per rank: the rank on this node picks it, unless named */
+	ft_dist *d = c->t.dist;
+	if (kind != FT_DEV_CPU && d && strchr(c->device, ':') == NULL) {
+		int ngpu = ft_device_cuda_count(NULL, 0);
+		idx = ft_dist_local_rank();
+		if (ngpu > 0 && idx >= ngpu)
+			die("--device %s: rank %d is local rank %d but this node has %d GPU%s: start at most "
+			    "%d ranks per node", c->device, ft_dist_rank(d), idx, ngpu, ngpu == 1 ? "" : "s", ngpu);
 	}
 	*index = idx;
 	return kind;
@@ -472,17 +487,8 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 		return 0;
 	}
 	ft_dist *d = c->t.dist;
-	if (d && c->pref)
-		die_usage("--stage %s runs in one process on GPUs (no mpirun -np N with --device %s)",
-			  c->stage, c->device);
-	/* one GPU per rank: the rank on this node picks it, unless named */
-	if (d && strchr(c->device, ':') == NULL) {
-		int ngpu = ft_device_cuda_count(NULL, 0);
-		idx = ft_dist_local_rank();
-		if (ngpu > 0 && idx >= ngpu)
-			die("--device %s: rank %d is local rank %d but this node has %d GPU%s: start at most "
-			    "%d ranks per node", c->device, ft_dist_rank(d), idx, ngpu, ngpu == 1 ? "" : "s", ngpu);
-	}
+	if (d && rm_stage(c) && c->zero)
+		die_usage("--zero %d --stage rm --device %s: %s", c->zero, c->device, rm_zero_cpu_only);
 	ft_cuda_opts o = { .precision = c->bf16 ? FT_CUDA_BF16 : c->fp16 ? FT_CUDA_F16 : FT_CUDA_F32,
 			   .device = idx };
 	if (d && c->zero) {   /* ZeRO-1: this rank's slice of the moments only */
@@ -495,7 +501,8 @@ static int bind_model(ft_cli_args *c, ft_model *m, const ft_manifest *tm, const 
 	else if (ft_train_model_of_cuda(m, &o, t) < 0) die("--device %s: %s", c->device, ft_errmsg());
 	/* after the device model exists: NCCL binds to this thread's device */
 	if (d && ft_dist_nccl_open(d) < 0) die("%s", ft_errmsg());
-	if (d && c->zero) ft_cuda_train_zero(t, d);
+	if (d && c->zero && c->pref && ft_pref_model_cuda_zero(&c->pref_pm, d) < 0) die("%s", ft_errmsg());
+	if (d && c->zero && !c->pref) ft_cuda_train_zero(t, d);
 	char plan[256];
 	ft_cuda_model *dm = c->pref ? ft_pref_model_cuda_device(&c->pref_pm) : ft_cuda_train_device(t);
 	ft_cuda_plan_format(ft_cuda_model_plan(dm), plan, sizeof plan);

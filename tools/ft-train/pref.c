@@ -210,7 +210,9 @@ ft_train_model pref_bind(ft_cli_args *c, ft_model *m, const ft_cuda_opts *dev)
 			die("--device %s: %s", c->device, ft_errmsg());
 		c->pref_gpu = 1;
 		if (ref && ref != m) {
-			if (ft_pref_model_of_cuda(ref, dev, 0, &c->pref_rpm) < 0)
+			ft_cuda_opts ro = *dev;   /* frozen: no ZeRO-1 slice of nothing */
+			ro.zero_ranks = ro.zero_rank = 0;
+			if (ft_pref_model_of_cuda(ref, &ro, 0, &c->pref_rpm) < 0)
 				die("--device %s: the reference model: %s", c->device, ft_errmsg());
 			c->pref_gpu = 2;
 		}

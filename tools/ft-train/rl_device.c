@@ -34,15 +34,15 @@ int rl_device_bind(ft_cli_args *c, ft_model *m, ft_model *ref, int value_head, i
 {
 	memset(d, 0, sizeof *d);
 	int idx;
-	if (device_pick(c, m, &idx) == FT_DEV_CPU) return 0;
-	if (c->t.dist)
-		die_usage("--stage %s runs in one process on GPUs (no mpirun -np N with --device %s)", c->stage,
-			  c->device);
+	if (device_pick(c, m, &idx) == FT_DEV_CPU) return 0;   /* under mpirun: the local rank's GPU */
 	ft_cuda_opts o = { .precision = c->bf16 ? FT_CUDA_BF16 : c->fp16 ? FT_CUDA_F16 : FT_CUDA_F32,
 			   .device = idx, .max_tokens = rows * max_seq, .max_seq = max_seq };
 	if (ft_pref_model_of_cuda(m, &o, value_head, &d->pm) < 0) die("--device %s: %s", c->device, ft_errmsg());
 	if (ref && ft_pref_model_of_cuda(ref, &o, 0, &d->rpm) < 0)
 		die("--device %s: the reference model: %s", c->device, ft_errmsg());
+	/* grpo under mpirun (ppo is refused there): the gradients summed over
+	 * NCCL (cuda_pref.h), bound after the device models, to this device */
+	if (c->t.dist && ft_dist_nccl_open(c->t.dist) < 0) die("%s", ft_errmsg());
 	d->on = 1 + (ref != NULL);
 	d->index = idx;
 	d->knobs = value_head ? (ft_cuda_infer_knobs){ "the rollout batch (per_device_train_batch_size x "
