@@ -248,6 +248,11 @@ int ft_model_merge_lora(ft_model *m);
  * added to x from ft's generator (seed: one stream).  LLaMA Pro: whether
  * layer l of L is one of the n expanded, trainable ones. */
 float ft_neftune_magnitude(double alpha, int T, int D);
+/* The first layer's input x [B*T, d] for ids: the embedding rows, times
+ * sqrt(d) for Gemma, then with noised (a training forward) NEFTune's
+ * noise at alpha, of the stream of m's current forward call (seed, call
+ * number), as transformers' embedding module and its hook. */
+void ft_model_embed(ft_model *m, const int32_t *ids, int B, int T, int noised, float *x);
 void ft_neftune_add(float *x, size_t n, float mag, uint64_t seed);
 uint64_t ft_neftune_seed(uint64_t seed, uint64_t calls);
 /* NEFTune while sampling: TRL's GRPOTrainer generates inside

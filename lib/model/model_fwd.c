@@ -380,6 +380,18 @@ static int check_batch(const ft_model *m, const ft_batch *b)
 	return 0;
 }
 
+void ft_model_embed(ft_model *m, const int32_t *ids, int B, int T, int noised, float *x)
+{
+	size_t N = (size_t)B * T, D = m->c.hidden_size;
+	ft_embedding_forward(x, ids, m->wte.w, (int)N, (int)D);
+	if (m->c.gemma)   /* Gemma: embeddings times sqrt(hidden), in float32 as the weights */
+		for (size_t i = 0; i < N * D; i++) x[i] *= (float)sqrt((double)D);
+	/* NEFTune noises the embedding module's output: Gemma's is scaled
+	 * (transformers' Gemma{2,3}TextScaledWordEmbedding, docs/EXTRAS.md) */
+	if (noised && m->o.neftune_noise_alpha > 0)
+		ftp_neftune_apply(m, x, B, T);
+}
+
 /* Embedding, every layer and the final norm; positions, targets, rope. */
 int ftp_model_forward_body(ft_model *m, const ft_batch *b)
 {
@@ -409,13 +421,7 @@ int ftp_model_forward_body(ft_model *m, const ft_batch *b)
 		ft_rope_inv_freq(m->inv_freq_l, rd, &lp, maxpos + 1);
 		ft_rope_tables(m->cos_l, m->sin_l, m->pos, N, m->inv_freq_l, rd);
 	}
-	ft_embedding_forward(m->xs, b->input_ids, m->wte.w, N, D);
-	if (c->gemma)   /* Gemma: embeddings times sqrt(hidden), in float32 as the weights */
-		for (size_t i = 0; i < (size_t)N * D; i++) m->xs[i] *= (float)sqrt((double)D);
-	/* NEFTune noises the embedding module's output: Gemma's is scaled
-	 * (transformers' Gemma{2,3}TextScaledWordEmbedding, docs/EXTRAS.md) */
-	if (m->training && m->o.neftune_noise_alpha > 0)
-		ftp_neftune_apply(m, m->xs, b->B, b->T);
+	ft_model_embed(m, b->input_ids, b->B, b->T, m->training, m->xs);
 	for (int l = 0; l < L; l++) {
 		ftp_acts *a = &m->acts[m->o.gradient_checkpointing ? 0 : l];
 		layer_forward(m, l, a, m->xs + (size_t)l * N * D, m->xs + (size_t)(l + 1) * N * D, b);
