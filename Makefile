@@ -274,7 +274,7 @@ $(EMU_RT_TEST): tests/emu/check_runtime.cc tests/emu/cuda_runtime_emu.cc tests/e
 	@mkdir -p $(@D)
 	$(CXX) -std=c++17 $(WARN) $(OPT) -g -O1 $(SAN) -I tests/emu/include -I tests/emu -I lib \
 		-iquote lib -iquote tests/unit $(filter %.cc,$^) build/asan/libft.a $(LDLIBS) -pthread -o $@
-# tests/gpu's device checks against the emulated backend (docs/CUDA.md):
+# tests/gpu's device checks against the emulated backend (docs/CUDA-TESTING.md):
 # several CPU minutes, so not part of `make test`.
 EMU_GPU_TESTS := build/emu-gpu/test_gpu_parity build/emu-gpu/test_gpu_generate \
 	build/emu-gpu/test_gpu_qlora build/emu-gpu/test_gpu_attn_half \

@@ -31,7 +31,7 @@
  * training in the half modes (the q|k|v buffer is half), which run the
  * tensor-core kernels of flash_tc.cuh, each pass falling back to these
  * kernels on half tiles where its tensor-core kernel's shared memory
- * exceeds the device's opt-in bound (run_pass; docs/CUDA.md).  fp32
+ * exceeds the device's opt-in bound (run_pass; docs/CUDA-ATTENTION.md).  fp32
  * passes whose 32-row tiles exceed it (hd 256 on sm_86 / sm_89) run
  * these kernels on 16 x 16 tiles, 128 threads (FA_BT_SMALL).
  */

@@ -23,7 +23,7 @@
  * FA_BT_SMALL where those tiles' shared memory exceeds the device's
  * opt-in bound (fp32 at hd 256 on sm_86 / sm_89: attention.cu's
  * run_pass).  Per row the arithmetic is the same; the forward's online
- * softmax folds 16 keys a step instead of 32 (docs/CUDA.md). */
+ * softmax folds 16 keys a step instead of 32 (docs/CUDA-ATTENTION.md). */
 #define FA_BT_SMALL 16
 #define FA_BT_THREADS(BT) ((BT) * FA_LANES)
 static_assert(FT_FA_BR == FT_FA_BC && FT_FA_BR * FA_LANES == FA_THREADS,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bats
 # ft-generate --device cuda --bf16/--fp16 on the emulated device
-# (FT_CUDA_LIB=build/libft_cuda_emu.so, docs/CUDA.md "Host emulation"):
+# (FT_CUDA_LIB=build/libft_cuda_emu.so, docs/CUDA-TESTING.md "Host emulation"):
 # the decoder's q|k|v, gate|up outputs and KV cache in half, its decode
 # attention widening them into fp32 (lib/cuda/infer.cu).  The logits
 # bound and the margin argument are tests/gpu/test_gpu_generate_half.c's

@@ -1,7 +1,7 @@
 #!/usr/bin/env bats
 # ft-train and ft-generate --device cuda on the emulated device: FT_CUDA_LIB
 # loads build/libft_cuda_emu.so, the real lib/cuda sources compiled for the
-# host (tests/emu/emu.h, docs/CUDA.md "Host emulation"), so every kernel,
+# host (tests/emu/emu.h, docs/CUDA-TESTING.md "Host emulation"), so every kernel,
 # GEMM layout, the device AdamW, clipping, loss scaling and the checkpoint
 # copies run; only timing, TF32 and memory limits are not the GPU's.
 #
@@ -154,7 +154,7 @@ long_data() {
 
 # Gemma's head_dim 256 in fp32 on a card with less shared memory per
 # block than an A100 (FT_EMU_SMEM_OPTIN sets the emulated opt-in bound;
-# docs/CUDA.md "Which attention kernel runs").  Bytes per block at hd 256
+# docs/CUDA-ATTENTION.md "Which attention kernel runs").  Bytes per block at hd 256
 # (fa_smem_*, dynamic; the emulation knows no static): 32-row tiles
 # forward 102912, dK/dV 140032, dQ 135808; 16-row tiles 50432, 67968,
 # 66880.  At sm_86 / sm_89's 101376 every pass runs the 16-row kernels

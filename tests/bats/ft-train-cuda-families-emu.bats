@@ -1,6 +1,6 @@
 #!/usr/bin/env bats
 # The model families beyond Llama / Qwen on the emulated device
-# (FT_CUDA_LIB=build/libft_cuda_emu.so, docs/CUDA.md "Host emulation"):
+# (FT_CUDA_LIB=build/libft_cuda_emu.so, docs/CUDA-TESTING.md "Host emulation"):
 # ft-train and ft-generate --device cuda against --device cpu on the tiny
 # family fixtures (tests/fixtures/families): Phi-3 / Phi-4-mini (fused
 # modules, partial rotary, longrope) and Gemma 2 / 3 ((1 + weight) norms,

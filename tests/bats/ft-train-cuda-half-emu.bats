@@ -1,6 +1,6 @@
 #!/usr/bin/env bats
 # --bf16 / --fp16 on the emulated device (FT_CUDA_LIB=build/libft_cuda_emu.so,
-# docs/CUDA.md "Host emulation" and "Mixed precision"): 20-step trainings
+# docs/CUDA-TESTING.md "Host emulation", docs/CUDA.md "Mixed precision"): 20-step trainings
 # against the CPU's fp32, and resume bit-identical to the uninterrupted
 # device run, with the half activations (the normed layer inputs, the
 # q|k|v and gate|up GEMM outputs, attention's output, the MLP hidden, half
@@ -152,7 +152,7 @@ t2() { ft-train -q --model_name_or_path "$1" --output_dir "$2" --device cuda --t
 }
 
 # Gemma's head_dim 256 on a card with less shared memory per block than
-# an H100 (FT_EMU_SMEM_OPTIN sets the emulated opt-in bound; docs/CUDA.md
+# an H100 (FT_EMU_SMEM_OPTIN sets the emulated opt-in bound; docs/CUDA-ATTENTION.md
 # "Which attention kernel runs").  Bytes per block at hd 256, bf16/fp16
 # (fa_tc_smem_*, fa_smem_*): tensor cores forward 91136, dK/dV 148480, dQ
 # 112640; CUDA cores on half tiles 53760, 74496, 70272.  At sm_86/sm_89's

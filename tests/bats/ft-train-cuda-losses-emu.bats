@@ -1,6 +1,6 @@
 #!/usr/bin/env bats
 # LLaMA-Factory's SFT extras on the emulated device (FT_CUDA_LIB=
-# build/libft_cuda_emu.so, docs/CUDA.md "Host emulation") against the CPU:
+# build/libft_cuda_emu.so, docs/CUDA-TESTING.md "Host emulation") against the CPU:
 # the DFT, EAFT and ASFT losses, NEFTune and modules_to_save (embed_tokens
 # and lm_head trained beside LoRA for new tokens).
 #

@@ -1,6 +1,6 @@
 #!/usr/bin/env bats
 # LLaMA-Factory's optimizer extras with ft-train --device cuda on the
-# emulated device (build/libft_cuda_emu.so, docs/CUDA.md "Host emulation")
+# emulated device (build/libft_cuda_emu.so, docs/CUDA-TESTING.md "Host emulation")
 # against --device cpu, and device checkpoints resumed on both sides.
 #
 # Tolerances.  LoRA+ is the device AdamW with one lr per param: the same

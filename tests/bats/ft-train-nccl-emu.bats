@@ -1,7 +1,7 @@
 #!/usr/bin/env bats
 # mpirun -np 2 ft-train --device cuda: the NCCL path of data parallel
 # (lib/train/dist.c, lib/train/cuda_train.c, docs/DISTRIBUTED.md) on the
-# emulated device (FT_CUDA_LIB=build/libft_cuda_emu.so, docs/CUDA.md) with
+# emulated device (FT_CUDA_LIB=build/libft_cuda_emu.so, docs/CUDA-TESTING.md) with
 # the fake NCCL (FT_NCCL_LIB=build/libnccl_emu.so, tests/emu/fake_nccl.c:
 # NCCL's calls over an anonymous shared file, slots added in rank order).  The
 # real lib/cuda code and the real NCCL call sequence run; what a GPU and

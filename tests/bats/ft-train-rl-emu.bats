@@ -1,6 +1,6 @@
 #!/usr/bin/env bats
 # ft-train --stage grpo and --stage ppo --device cuda on the emulated device
-# (build/libft_cuda_emu.so, docs/CUDA.md "Host emulation") against the
+# (build/libft_cuda_emu.so, docs/CUDA-TESTING.md "Host emulation") against the
 # CPU: the policy's log-probs at the sampling temperature, their entropies,
 # the backward pass, the device AdamW and clipping, the reference (LoRA's
 # adapters off, or a frozen copy of the base as a second device model),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bats
-# The device check's scripts (bench/train-gpu, docs/CUDA.md "The device
+# The device check's scripts (bench/train-gpu, docs/CUDA-TESTING.md "The device
 # check") on the host emulation, the parts that need no bundle: the
 # features check's lines, bounds and isolation of failures, and the
 # library closure check.  The whole bundle's dry run is `make

@@ -1,7 +1,7 @@
 /* test_cuda_infer_plan.c - the memory plan of the GPU decoder
  * (ft_cuda_infer_plan_memory, lib/cuda/infer.cu), host only (runs without
  * a GPU, like test_cuda_plan): its byte counts against the formula in
- * docs/CUDA.md ("KV-cache decoding"), computed independently here, for
+ * docs/CUDA-STAGES.md ("KV-cache decoding"), computed independently here, for
  * the tiny fixture model with a LoRA adapter (whose gradients the
  * inference plan must not reserve) and for a Llama-2-7B-shaped view.  Each
  * device buffer is rounded up to 256 bytes, so a category may exceed the
@@ -21,7 +21,7 @@
 
 typedef struct { double weights, acts, scratch, kv, decode; } want_t;
 
-/* docs/CUDA.md: N = rows * max_prompt, T = max_prompt. */
+/* docs/CUDA-STAGES.md: N = rows * max_prompt, T = max_prompt. */
 static want_t formula(const ft_cuda_view *v, const ft_cuda_infer_opts *o, double nmat,
 		      double nvec, double ntens)
 {
