@@ -24,19 +24,12 @@ bats_require_minimum_version 1.5.0
 load helper
 load mpi_helper
 
-EMU="$FT_ROOT/build/libft_cuda_emu.so"
-NCCL="$FT_ROOT/build/libnccl_emu.so"
-export FT_EMU_THREADS=1 FT_EMU_DEVICES=2
-
 setup() {
 	cd "$BATS_TEST_TMPDIR"
-	need_mpi
-	[ -f "$EMU" ] && [ -f "$NCCL" ] || skip "the emulated backend or fake NCCL is not built (make unit)"
-	export FT_CUDA_LIB=$EMU FT_NCCL_LIB=$NCCL
+	need_nccl_emu
 	ft-cat --encode < "$FIXTURES/grpo/prompts.jsonl" > p8.zst   # 8 prompts, batch_size 8
 	printf 'while read -r l; do echo ${#l}; done\n' > len.sh      # a reward that varies: the line's length
 }
-mpi2() { timeout 600 mpirun --oversubscribe --allow-run-as-root -np 2 "$@"; }
 grpo_args() {
 	args=(--stage grpo --train p8.zst --max_completion_length 6 --logging_steps 1 --learning_rate 1e-3 -q
 		--reward_funcs "len=sh len.sh" --beta 0.04 --model_name_or_path "$FIXTURES/models/tiny-llama"

@@ -121,28 +121,7 @@ compare_with_one_process() {
 	[ -x /usr/bin/time ] || skip "/usr/bin/time is absent (apt-get install time)"
 	jq '.num_hidden_layers = 24 | .hidden_size = 256 | .intermediate_size = 688 | .head_dim = 64' \
 		"$MODEL/config.json" > cfg.json
-	rss() {   # OUT FLAGS...: OUT.rss.R, rank R's max RSS in KiB
-		local out=$1
-		shift
-		mpi2 sh -c 'exec /usr/bin/time -f %M -o "$0.rss.$OMPI_COMM_WORLD_RANK" "$@"' "$out" \
-			ft-train --train_from_scratch --config cfg.json --train train.zst --finetuning_type full \
-			--max_steps 2 --learning_rate 1e-4 -q --zero 1 --output_dir "$out" "$@"
-	}
-	run rss plain --save_strategy no
-	assert_success
-	run rss saved --save_steps 1
-	assert_success
-	run rss resumed --save_strategy no --resume_from_checkpoint saved/checkpoint-1
-	assert_success
-	cmp saved/model.safetensors resumed/model.safetensors
-	p=$(( $(stat -c %s plain/model.safetensors) / 4 ))   # fp32: 4 bytes a parameter
-	for r in 0 1; do
-		for run in saved resumed; do
-			d=$(( ($(cat $run.rss.$r) - $(cat plain.rss.$r)) * 1024 ))
-			echo "# rank $r, $run: max RSS $d bytes over the run without checkpoints (P = $p)" >&3
-			[ "$d" -le "$p" ]
-		done
-	done
+	zero1_rss_bound
 }
 
 # The other nodes of a job without a shared filesystem never get rank 0's

@@ -31,18 +31,11 @@ load mpi_helper
 
 PREF="$FIXTURES/pref"
 MODEL="$FIXTURES/models/tiny-llama"
-EMU="$FT_ROOT/build/libft_cuda_emu.so"
-NCCL="$FT_ROOT/build/libnccl_emu.so"
-export FT_EMU_THREADS=1 FT_EMU_DEVICES=2
-
 setup() {
 	cd "$BATS_TEST_TMPDIR"
-	need_mpi
-	[ -f "$EMU" ] && [ -f "$NCCL" ] || skip "the emulated backend or fake NCCL is not built (make unit)"
-	export FT_CUDA_LIB=$EMU FT_NCCL_LIB=$NCCL
+	need_nccl_emu
 	for s in dpo rm kto; do ft-cat --encode < "$PREF/$s.jsonl" > $s.zst; done
 }
-mpi2() { timeout 600 mpirun --oversubscribe --allow-run-as-root -np 2 "$@"; }
 # pargs STAGE [BATCHES]: the run of ft-train-pref-mpi.bats (on STAGE.zst)
 pargs() {
 	local m=$MODEL

@@ -57,3 +57,34 @@ magnitudes() {
 	tail -c +9 "$f" | head -c "$(od -An -t u8 -N8 "$f" | tr -d ' ')" |
 		jq '[keys[] | select(endswith(".lora_magnitude_vector"))] | length'
 }
+
+# zero1_rss_bound [FLAGS...]: --zero 1 full fine-tuning of cfg.json (in
+# the test's directory) for 2 steps on 2 ranks (the file's mpi2) without
+# checkpoints, with one per step, and resumed from the first; each rank's
+# max RSS (/usr/bin/time) may exceed the run without checkpoints by P
+# bytes, P the trainable parameters (1/8 of the AdamW state).  FLAGS: the
+# device (--device cuda).
+zero1_rss_bound() {
+	rss() {   # OUT FLAGS...: OUT.rss.R, rank R's max RSS in KiB
+		local out=$1
+		shift
+		mpi2 sh -c 'exec /usr/bin/time -f %M -o "$0.rss.$OMPI_COMM_WORLD_RANK" "$@"' "$out" \
+			ft-train --train_from_scratch --config cfg.json --train train.zst --finetuning_type full \
+			--max_steps 2 --learning_rate 1e-4 -q --zero 1 --output_dir "$out" "$@"
+	}
+	run rss plain --save_strategy no "$@"
+	assert_success
+	run rss saved --save_steps 1 "$@"
+	assert_success
+	run rss resumed --save_strategy no --resume_from_checkpoint saved/checkpoint-1 "$@"
+	assert_success
+	cmp saved/model.safetensors resumed/model.safetensors
+	local p=$(( $(stat -c %s plain/model.safetensors) / 4 ))   # fp32: 4 bytes a parameter
+	for r in 0 1; do
+		for run in saved resumed; do
+			local d=$(( ($(cat $run.rss.$r) - $(cat plain.rss.$r)) * 1024 ))
+			echo "# rank $r, $run: max RSS $d bytes over the run without checkpoints (P = $p)" >&3
+			[ "$d" -le "$p" ]
+		done
+	done
+}

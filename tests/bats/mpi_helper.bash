@@ -12,7 +12,17 @@ need_mpi() {
 	[ -x "$MAXDIFF" ] || skip "build/tests/st_maxdiff is not built (make unit)"
 	command -v jq >/dev/null || skip "jq is not installed"
 }
-mpi2() { mpirun --oversubscribe --allow-run-as-root -np 2 "$@"; }
+mpi2() { timeout 600 mpirun --oversubscribe --allow-run-as-root -np 2 "$@"; }
+# need_nccl_emu: need_mpi, and the job's ranks on two emulated devices
+# (build/libft_cuda_emu.so, one emulation thread) over the fake NCCL
+# (build/libnccl_emu.so), or a skip
+need_nccl_emu() {
+	need_mpi
+	[ -f "$FT_ROOT/build/libft_cuda_emu.so" ] && [ -f "$FT_ROOT/build/libnccl_emu.so" ] ||
+		skip "the emulated backend or fake NCCL is not built (make unit)"
+	export FT_CUDA_LIB="$FT_ROOT/build/libft_cuda_emu.so" FT_NCCL_LIB="$FT_ROOT/build/libnccl_emu.so"
+	export FT_EMU_THREADS=1 FT_EMU_DEVICES=2
+}
 # field_diff A B FIELD [LINES]: largest |a - b| of FIELD (0 where absent)
 # over the lines of two logs, line by line; LINES, a jq filter, picks the
 # lines compared (default: all)
