@@ -7,8 +7,11 @@
  * decodes its grpo/ppo rollouts unmerged: the rotation of each module's
  * input is the same call as training's, so only attention's order
  * differs), DoRA (decoding's scales refreshed from the new B, as the
- * loops do) and Gemma 2 (soft-caps, sliding layers, hd 256). */
+ * loops do), Gemma 2 (soft-caps, sliding layers, hd 256) and with LoRA
+ * the families fixtures: Gemma 3, Qwen3 (q/k norms), Phi-3 (fused
+ * modules), Phi-3 LongRoPE, Phi-4-mini (partial rotary). */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "tap.h"
@@ -120,5 +123,11 @@ int main(void)
 	check_model("tests/fixtures/models/tiny-qwen2", OFT);
 	check_model("tests/fixtures/models/tiny-llama", DORA);
 	check_model("tests/fixtures/models/tiny-gemma2-hd256", LORA);
+	const char *fam[] = { "gemma3", "qwen3", "phi3", "phi3-longrope", "phi4mini" };
+	for (size_t i = 0; i < sizeof fam / sizeof *fam; i++) {
+		char dir[128];
+		snprintf(dir, sizeof dir, "tests/fixtures/families/%s/model", fam[i]);
+		check_model(dir, LORA);
+	}
 	return tap_done();
 }
