@@ -226,21 +226,31 @@ int ft_ppo_moments_update(ft_ppo_moments *m, const float *x, size_t n)
 	mean /= (double)n;
 	for (size_t i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
 	var /= (double)n;                         /* unbiased=False */
-	double cnt = (double)n, delta = mean - m->mean, tot = m->count + cnt;
+	ft_ppo_moments_fold(m, mean, var, (double)n);
+	return 0;
+}
+
+void ft_ppo_moments_fold(ft_ppo_moments *m, double mean, double var, double cnt)
+{
+	double delta = mean - m->mean, tot = m->count + cnt;
 	double old_sum = m->var * m->count + delta * delta * m->count * cnt / tot;
 	m->mean += delta * cnt / tot;
 	m->var = (old_sum + var * cnt) / tot;
 	m->std = sqrt(m->var * tot / (tot - 1));
 	m->count = tot;
-	return 0;
 }
 
 int ft_ppo_normalize_scores(ft_ppo_moments *m, float *score, size_t n)
 {
 	if (ft_ppo_moments_update(m, score, n) < 0) return -1;
+	ft_ppo_scale_scores(m, score, n);
+	return 0;
+}
+
+void ft_ppo_scale_scores(const ft_ppo_moments *m, float *score, size_t n)
+{
 	/* TRL: float32 eps; the moments are float32 tensors there, so the
 	 * division is done in float */
 	float f = (float)m->std + FLT_EPSILON, mean = (float)m->mean;
 	for (size_t i = 0; i < n; i++) score[i] = (score[i] - mean) / f;
-	return 0;
 }

@@ -103,5 +103,10 @@ int ft_ppo_moments_update(ft_ppo_moments *m, const float *x, size_t n);
 /* step()'s use_score_scaling with use_score_norm:
  * score = (score - mean) / (std + FLT_EPSILON), after the update. */
 int ft_ppo_normalize_scores(ft_ppo_moments *m, float *score, size_t n);
+/* The two halves, for several processes (TRL's get_global_statistics
+ * gives the update every process's scores): fold in cnt scores of mean
+ * and biased variance var; then normalise this process's n scores. */
+void ft_ppo_moments_fold(ft_ppo_moments *m, double mean, double var, double cnt);
+void ft_ppo_scale_scores(const ft_ppo_moments *m, float *score, size_t n);
 
 #endif

@@ -3,7 +3,7 @@
 #include "format/trainlog.h"
 #include "model/model_pref.h"
 #include "train/ppo_model.h"
-#include "train/trainer_internal.h"   /* ftp_rl_ckpt_save: checkpoints as ft_train's */
+#include "train/trainer_internal.h"   /* ftp_rl_ckpt_save, ftp_dist_reduce: as ft_train's */
 #include "util/error.h"
 #include "util/json.h"
 #include "util/rng.h"
@@ -212,6 +212,8 @@ static void stats_add(double *acc, const ft_ppo_loss_stats *s, double entropy)
 	acc[14] += entropy;   /* ppo/policy/entropy: masked_mean(entropy_from_logits) */
 }
 
+static int world(const ft_ppo_loop_opts *o) { return ft_dist_size(o->dist); }
+
 /* One mini-batch: forward, loss, backward (scaled 1/grad_accum as
  * accelerate's backward under accumulate()). */
 static int minibatch(loop_state *s, const ft_ppo_loop_opts *o, const rollout *r,
@@ -240,9 +242,12 @@ static int minibatch(loop_state *s, const ft_ppo_loop_opts *o, const rollout *r,
 	}
 	if (rc == 0) {
 		stats_add(acc, &st, ft_ppo_masked_mean(ent, mask, (size_t)n * r->Tc));
+		/* DDP's mean over the ranks as a sum of gradients scaled by 1 / W
+		 * (exact for W a power of two; the device sums over NCCL) */
+		float scale = (float)(o->grad_accum * world(o));
 		for (size_t k = 0; k < (size_t)n * r->Tc; k++) {
-			dl[k] /= o->grad_accum;
-			dv[k] /= o->grad_accum;
+			dl[k] /= scale;
+			dv[k] /= scale;
 		}
 		cols_add(dl, n, r->T);
 		cols_add(dv, n, r->T);
@@ -275,6 +280,19 @@ static int opt_step(loop_state *s, const ft_ppo_loop_opts *o, double lr)
 	return 0;
 }
 
+/* accelerate's backward under DDP: every rank's gradients (scaled by
+ * 1 / W in minibatch()) summed before the step, the value head's too;
+ * on a device the policy sums its own (NCCL), else the params' g. */
+static int sum_grads(loop_state *s, const ft_ppo_loop_opts *o)
+{
+	if (world(o) < 2) return 0;
+	ft_train_opts to = { .dist = o->dist };
+	ft_train_model tm = s->pm.base.sum_group ? s->pm.base : (ft_train_model){ 0 };
+	double ls[1] = { 0 };
+	ft_dist_set_step(o->dist, s->step + 1);
+	return ftp_dist_reduce(&to, &tm, s->ps, s->np, ls, 0, 0);
+}
+
 /* ppo_epochs epochs, each a permutation cut into backward batches of
  * batch * accumulation rows and mini-batches of batch rows.
  * max_grad_norm clips the run's first optimizer step only: TRL 0.9.6
@@ -304,7 +322,8 @@ static int update(loop_state *s, const ft_ppo_loop_opts *o, const rollout *r, do
 			rc = minibatch(s, o, r, perm + i, n, acc, ft_rng_next(&s->rng));
 			(*nmb)++;
 			if (rc == 0 && ++k % o->grad_accum == 0) {
-				rc = opt_step(s, o, lr);
+				rc = sum_grads(s, o);
+				if (rc == 0) rc = opt_step(s, o, lr);
 				zero_grads(s);
 			}
 		}
@@ -349,6 +368,38 @@ static int to_host(loop_state *s, ft_adamw *opt)
 	return s->pm.base.state_out ? s->pm.base.state_out(s->pm.base.self, opt) : 0;
 }
 
+/* RunningMoments.update under several processes: get_global_statistics'
+ * mean of every rank's scores (sum and count all-reduced), then the sum
+ * of squared deviations from it all-reduced; one process: as before. */
+static int normalize_scores(const ft_ppo_loop_opts *o, ft_ppo_moments *mom, float *score, int N)
+{
+	if (world(o) < 2) return ft_ppo_normalize_scores(mom, score, (size_t)N);
+	double sc[2] = { 0, N }, sv = 0;
+	for (int i = 0; i < N; i++) sc[0] += score[i];
+	if (ft_dist_sum_f64(o->dist, sc, 2, "score moments") < 0) return -1;
+	double mean = sc[0] / sc[1];
+	for (int i = 0; i < N; i++) sv += (score[i] - mean) * (score[i] - mean);
+	if (ft_dist_sum_f64(o->dist, &sv, 1, "score moments") < 0) return -1;
+	if (sc[1] < 2) return ft_fail("--ppo_score_norm: %g scores in the batch; it needs at least 2", sc[1]);
+	ft_ppo_moments_fold(mom, mean, sv / sc[1], sc[1]);
+	ft_ppo_scale_scores(mom, score, (size_t)N);
+	return 0;
+}
+
+/* TRL's gather_stats: every tensor statistic summed over the processes
+ * and divided by their number; objective/kl_coef (a float) and the
+ * tokens/ lengths (numpy values) stay this process's. */
+static int gather_stats(const ft_ppo_loop_opts *o, double *v)
+{
+	int W = world(o), n = NMB + 7;
+	if (W < 2) return 0;
+	double kc = v[NMB + 2];
+	if (ft_dist_sum_f64(o->dist, v, (size_t)n, "PPO statistics") < 0) return -1;
+	for (int k = 0; k < n; k++) v[k] /= W;
+	v[NMB + 2] = kc;
+	return 0;
+}
+
 /* One PPO step on the rows q[0..N), prompts qi[0..N) of the run's array. */
 static int ppo_step(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const ft_i32vec *q,
 		    const size_t *qi, int N, ft_ppo_klctl *kl, ft_ppo_moments *mom)
@@ -374,7 +425,7 @@ static int ppo_step(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const
 	}
 	double mean_score = 0;
 	for (int i = 0; rc == 0 && i < N; i++) mean_score += r.score[i] / N;
-	if (rc == 0 && o->ppo.score_norm) rc = ft_ppo_normalize_scores(mom, r.score, (size_t)N);
+	if (rc == 0 && o->ppo.score_norm) rc = normalize_scores(o, mom, r.score, N);
 	float *klv = rc == 0 ? ft_xcalloc((size_t)N * r.Tc, sizeof(float)) : NULL;
 	if (rc == 0) rc = ft_ppo_rewards(r.score, r.logp, r.ref, r.mask, N, r.Tc, kl->value, r.rew, klv);
 	if (rc == 0) rc = ft_ppo_advantages(&o->ppo, r.val, r.rew, r.mask, N, r.Tc, r.adv, r.ret);
@@ -386,11 +437,15 @@ static int ppo_step(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, const
 	if (rc == 0) {
 		for (int k = 0; k < NMB; k++) v[k] /= nmb ? nmb : 1;
 		step_stats(&r, q, a, klv, kl->value, v);
-		/* kl_ctl.update(objective/kl, batch_size): after the stats took the coefficient */
-		ft_ppo_klctl_update(kl, v[NMB + 1], (double)N);
+		rc = gather_stats(o, v);
+	}
+	if (rc == 0) {
+		/* kl_ctl.update(objective/kl, batch_size * num_processes): after
+		 * the stats took the coefficient */
+		ft_ppo_klctl_update(kl, v[NMB + 1], (double)N * world(o));
 		s->step++;
 		s->loss_sum += v[2];
-		s->reward_sum += mean_score;
+		s->reward_sum += mean_score;   /* LLaMA-Factory's reward_meter: this rank's rewards, not reduced */
 		s->n_logged++;
 		if (o->log && s->step % o->logging_steps == 0)   /* LLaMA-Factory: (step + 1) % logging_steps */
 			write_log(o, s, lr, v);
@@ -450,6 +505,7 @@ static json_t *state_json(ft_model *m, const loop_state *s, const ft_ppo_loop_op
 	json_object_set_new(j, "global_step", json_integer(s->step));
 	json_object_set_new(j, "max_steps", json_integer(o->max_steps));
 	json_object_set_new(j, "rows_per_step", json_integer(N));
+	json_object_set_new(j, "processes", json_integer(world(o)));
 	json_object_set_new(j, "seed", ju64(o->seed));
 	json_object_set_new(j, "kl_coef", jhex(kl->value));
 	json_object_set_new(j, "running_moments", mo);
@@ -501,10 +557,17 @@ static int ckpt_load(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, ft_p
 	uint64_t seed = 0, drop = 0;
 	long long n = json_integer_value(json_object_get(j, "rows_per_step"));
 	long long ms = json_integer_value(json_object_get(j, "max_steps"));
+	const json_t *pw = json_object_get(j, "processes");   /* older checkpoints: one */
+	long long w = pw ? json_integer_value(pw) : 1;
 	if (get_u64(json_object_get(j, "seed"), &seed) < 0 || n != N || ms != o->max_steps || seed != o->seed) {
 		ft_fail("%s: the checkpoint was made with %lld responses per step, %lld steps and seed %" PRIu64
 			"; this run has %d, %lld and %" PRIu64 ": resume with the same settings",
 			o->resume_dir, n, ms, seed, N, (long long)o->max_steps, o->seed);
+		goto out;
+	}
+	if (w != world(o)) {   /* each rank's prompts and the reduced statistics depend on it */
+		ft_fail("%s: the checkpoint was made by %lld process%s; this run has %d: resume with as many",
+			o->resume_dir, w, w == 1 ? "" : "es", world(o));
 		goto out;
 	}
 	int bad = get_hex(j, "kl_coef", &kl->value) || get_hex(mo, "mean", &mom->mean) ||
@@ -542,6 +605,8 @@ int ft_ppo_train(ft_model *m, const ft_i32vec *prompts, size_t n, float *vw, flo
 	if (n == 0) return ft_fail("no prompts");
 	if (o->policy && o->policy->base.step && !o->policy->own_value_head)
 		return ft_fail("PPO: a policy that steps itself must keep the value head");
+	if (o->policy && world(o) > 1 && !o->policy->base.sum_group)
+		return ft_fail("PPO: under mpirun a policy that steps itself must sum its gradients (sum_group)");
 	loop_state s;
 	memset(&s, 0, sizeof s);
 	ft_rng_seed(&s.rng, o->seed);
@@ -568,15 +633,18 @@ int ft_ppo_train(ft_model *m, const ft_i32vec *prompts, size_t n, float *vw, flo
 	if (o->resume_dir) rc = ckpt_load(m, &s, o, &kl, &mom, N);
 	ft_i32vec *q = ft_xmalloc((size_t)N * sizeof *q);
 	size_t *qi = ft_xmalloc((size_t)N * sizeof *qi);
-	size_t next = (size_t)s.step * (size_t)N;   /* the prompts are taken in order, N per step */
+	/* the prompts are taken in order, W N per step, rank r the r-th N of
+	 * them (accelerate's BatchSamplerShard: batch k to process k % W) */
+	int W = world(o), rank = ft_dist_rank(o->dist);
 	while (rc == 0 && s.step < o->max_steps) {
+		size_t next = ((size_t)s.step * W + rank) * (size_t)N;
 		for (int i = 0; i < N; i++) {
 			qi[i] = next++ % n;
 			q[i] = prompts[qi[i]];   /* borrowed */
 		}
 		rc = ppo_step(m, &s, o, q, qi, N, &kl, &mom);
-		if (rc == 0 && o->save_steps > 0 && o->save_model && s.step % o->save_steps == 0)
-			rc = ckpt_save(m, &s, o, &kl, &mom, N);
+		if (rc == 0 && o->save_steps > 0 && o->save_model && s.step % o->save_steps == 0 && rank == 0)
+			rc = ckpt_save(m, &s, o, &kl, &mom, N);   /* every rank holds the same state */
 	}
 	if (rc == 0) rc = to_host(&s, NULL);   /* the trained weights and head, for the caller's outputs */
 	free(q);

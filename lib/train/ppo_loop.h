@@ -15,6 +15,7 @@
 
 #include <stdio.h>
 #include "model/model.h"
+#include "train/dist.h"
 #include "train/lr_sched.h"
 #include "train/optim.h"
 #include "train/ppo.h"
@@ -84,6 +85,14 @@ typedef struct {
 	 * its weights and head into m, vw and vb (base.state_out) before
 	 * each generation, each checkpoint and at the end. */
 	const ft_pref_model *policy, *ref_ops;
+	/* Several processes (NULL or one: none; docs/PPO.md "Several
+	 * processes"): each takes its own N rows per step (the step's W N
+	 * prompts in rank order, as accelerate's sharded dataloader), scores
+	 * and whitens them locally as TRL 0.9.6; the gradients are averaged
+	 * (DDP), the score moments and the logged statistics reduced, and
+	 * rank 0 writes the checkpoints.  A policy that steps itself must sum
+	 * its own gradients (base.sum_group: NCCL). */
+	ft_dist *dist;
 } ft_ppo_loop_opts;
 
 /* prompts: n of them, read in order, reused cyclically as

@@ -129,9 +129,9 @@ close() {
 	[ "$status" -eq 2 ]
 	assert_output --partial "--zero 1: --stage grpo under mpirun keeps the whole AdamW state on every rank"
 	run mpi2 ft-train --stage ppo --train p8.zst --model_name_or_path "$FIXTURES/models/tiny-llama" \
-		--reward_model "$FIXTURES/pref/llama-lora" --device cuda --output_dir p -q
+		--reward_model "$FIXTURES/pref/llama-lora" --device cuda --zero 1 --output_dir p -q
 	[ "$status" -eq 2 ]
-	assert_output --partial "--stage ppo runs in one process (not under mpirun -np N)"
+	assert_output --partial "--zero 1: --stage ppo under mpirun keeps the whole AdamW state on every rank"
 	# --device auto now takes the GPUs for grpo under mpirun
 	run --separate-stderr mpi2 ft-train "${args[@]}" -v --device auto --output_dir a
 	assert_success

@@ -658,8 +658,6 @@ int main(int argc, char **argv)
 	c.t.extra_files = (const char *const *)extra;
 	if (ppo_stage(&c) || grpo_stage(&c)) {   /* their own loops (tools/ft-train/ppo.c, grpo.c) */
 		if (!c.do_train || c.n_val) die_usage("--stage %s trains (no --do_eval, --val or --do_predict)", c.stage);
-		if (ft_dist_size(dist) > 1 && ppo_stage(&c))
-			die_usage("--stage ppo runs in one process (not under mpirun -np N)");
 		ft_train_extras_model(&c, m);   /* DoRA (rl_args.c refuses the rest) */
 		rc_ppo = grpo_stage(&c) ? grpo_run(&c, m, &train, &tm_) : ppo_run(&c, m, &train, &tm_);
 		train.close(train.self);

@@ -339,8 +339,18 @@ void move_outputs(const char *from_dir, const char *output_dir)
 	closedir(d);
 }
 
+/* Under mpirun (docs/PPO.md "Several processes") */
+static void check_dist(const ft_cli_args *c)
+{
+	if (ft_dist_size(c->t.dist) < 2) return;
+	if (c->zero)
+		die_usage("--zero %d: --stage ppo under mpirun keeps the whole AdamW state on every rank", c->zero);
+}
+
 int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manifest *man)
 {
+	check_dist(c);
+	int rank0 = ft_dist_rank(c->t.dist) == 0;
 	if (c->tune.type == FT_FT_LORA && !ft_model_has_adapters(m))
 		die("--stage ppo: the policy has no LoRA adapters (--finetuning_type lora)");
 	ft_model *ref = pref_rl_ref(c, m);
@@ -358,8 +368,9 @@ int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manife
 	o.grad_accum = c->t.gradient_accumulation_steps;
 	o.buffer_size = P.buffer_size;
 	o.ppo_epochs = P.ppo_epochs;
-	int64_t N = (int64_t)o.batch_size * o.grad_accum * o.buffer_size;
-	int64_t per_epoch = ((int64_t)n + N - 1) / N;   /* LLaMA-Factory: ceil(len(dataset) / N) */
+	int64_t N = (int64_t)o.batch_size * o.grad_accum * o.buffer_size, Nw = N * ft_dist_size(c->t.dist);
+	/* LLaMA-Factory: ceil(len(dataset) / N), N x world_size under mpirun */
+	int64_t per_epoch = ((int64_t)n + Nw - 1) / Nw;
 	/* ppo_train: max_steps overrides (and is then the epoch's length) */
 	o.max_steps = c->t.max_steps > 0 ? c->t.max_steps : (int64_t)ceil(c->t.num_train_epochs * per_epoch);
 	if (o.max_steps < 1) o.max_steps = 1;
@@ -399,7 +410,7 @@ int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manife
 	double bound = 1 / sqrt((double)D);   /* nn.Linear's kaiming_uniform(a=sqrt(5)) */
 	for (int i = 0; i < D; i++) vw[i] = (float)((2 * ft_rng_uniform(&g) - 1) * bound);
 	vb = (float)((2 * ft_rng_uniform(&g) - 1) * bound);
-	if (ft_mkdirs(c->output_dir) < 0) die("%s", ft_errmsg());
+	if (rank0 && ft_mkdirs(c->output_dir) < 0) die("%s", ft_errmsg());
 	save_ctx S = { c, m, vw, &vb, D };
 	o.save_steps = c->t.save_steps;
 	o.save_total_limit = c->t.save_total_limit;
@@ -411,8 +422,9 @@ int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manife
 	if (o.resume_dir && (from = ft_ppo_checkpoint_step(o.resume_dir)) < 0)
 		die("--resume_from_checkpoint: %s", ft_errmsg());
 	char *logp = ft_xasprintf("%s/trainer_log.jsonl", c->output_dir);
-	o.log = ft_train_log_open(c->output_dir, o.resume_dir != NULL, from);
-	if (!o.log) die("%s", ft_errmsg());
+	o.log = rank0 ? ft_train_log_open(c->output_dir, o.resume_dir != NULL, from) : NULL;   /* rank 0 writes */
+	if (rank0 && !o.log) die("%s", ft_errmsg());
+	o.dist = c->t.dist;
 	rl_device dev;   /* the old passes take the whole rollout: N rows */
 	if (rl_device_bind(c, m, ref, 1, (int)N, rl_longest(q, n) + P.max_new_tokens, &dev)) {
 		o.policy = &dev.pm;
@@ -420,13 +432,13 @@ int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manife
 		G.dev = &dev;   /* the rollouts decoded there too */
 	}
 	int rc = ft_ppo_train(m, q, n, vw, &vb, &o);
-	fclose(o.log);
+	if (o.log) fclose(o.log);
 	if (rc < 0) die("--stage ppo: %s", ft_errmsg());
 	rl_device_end(c, &dev);
-	save_outputs(c, m, vw, D, &vb);
-	note("saved the PPO adapter and value head to %s", c->output_dir);
+	if (rank0) save_outputs(c, m, vw, D, &vb);
+	if (rank0) note("saved the PPO adapter and value head to %s", c->output_dir);
 	static const char *const plot_keys[] = { "loss", "reward" };   /* LLaMA-Factory's ppo workflow */
-	if (c->plot_loss && ft_plot_loss_files_keys(c->output_dir, plot_keys, 2) < 0)
+	if (rank0 && c->plot_loss && ft_plot_loss_files_keys(c->output_dir, plot_keys, 2) < 0)
 		warn("--plot_loss: %s", ft_errmsg());
 	free(logp);
 	free(vw);

@@ -40,7 +40,7 @@ int rl_device_bind(ft_cli_args *c, ft_model *m, ft_model *ref, int value_head, i
 	if (ft_pref_model_of_cuda(m, &o, value_head, &d->pm) < 0) die("--device %s: %s", c->device, ft_errmsg());
 	if (ref && ft_pref_model_of_cuda(ref, &o, 0, &d->rpm) < 0)
 		die("--device %s: the reference model: %s", c->device, ft_errmsg());
-	/* grpo under mpirun (ppo is refused there): the gradients summed over
+	/* grpo and ppo under mpirun: the gradients summed over
 	 * NCCL (cuda_pref.h), bound after the device models, to this device */
 	if (c->t.dist && ft_dist_nccl_open(c->t.dist) < 0) die("%s", ft_errmsg());
 	d->on = 1 + (ref != NULL);
