@@ -261,7 +261,7 @@ int ftp_grpo_ckpt_load(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *
 	s->n_logged = (int)json_integer_value(json_object_get(j, "n_logged"));
 	if (read_buffer(m, s, o, prompts, (int)it) < 0) goto out;
 	char *f = ft_xasprintf("%s/optimizer.safetensors", o->resume_dir);
-	rc = ft_adamw_load(s->opt, f);   /* the trainable weights and the moments */
+	rc = ft_dist_adamw_load(o->dist, s->opt, f);   /* the trainable weights and the moments */
 	free(f);
 out:
 	json_decref(j);

@@ -232,7 +232,7 @@ int ftp_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt,
 	json_array_extend(st->log_history, hist);
 	free(path);
 	path = ft_xasprintf("%s/optimizer.safetensors", o->resume_dir);
-	if ((load ? load(ctx, opt, path) : ft_adamw_load(opt, path)) < 0) goto out;
+	if ((load ? load(ctx, opt, path) : ft_dist_adamw_load(o->dist, opt, path)) < 0) goto out;
 	if (o->optim_ext && o->optim_ext->load && o->optim_ext->load(o->optim_ext->self, o->resume_dir) < 0)
 		goto out;
 	/* fp16 on the GPU skips the update of a step whose gradients
