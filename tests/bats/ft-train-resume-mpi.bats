@@ -1,0 +1,110 @@
+#!/usr/bin/env bats
+# mpirun -np 2 ft-train --resume_from_checkpoint with the checkpoint on
+# rank 0's machine only (lib/train/dist_ckpt.c, docs/DISTRIBUTED.md
+# "Several machines"): each rank runs in its own directory (r0, r1) and the
+# checkpoint and output_dir are named relatively, so rank 1 sees neither.
+# Rank 0 resolves the path and sends the rest what they read, so the
+# resumed run is the uninterrupted 2-rank run bit for bit (logs, weights,
+# the last checkpoint's optimizer state): the same data in the same
+# order, as a resume from a shared directory.  Skipped with a message
+# where mpirun or build/libft_mpi.so is absent.
+load helper
+load mpi_helper
+
+MODEL="$FIXTURES/models/tiny-llama"
+PREF="$FIXTURES/pref"
+
+setup() {
+	cd "$BATS_TEST_TMPDIR"
+	command -v ft-cat >/dev/null || { echo "ft-cat is not built (run make)" >&2; return 1; }
+	mkdir -p r0/out r1 tmp
+}
+# each rank in its own directory; rank 1's private copy goes under tmp
+split() { TMPDIR="$PWD/tmp" mpi2 sh -c 'cd "r$OMPI_COMM_WORLD_RANK" && exec "$@"' sh "$@"; }
+steady() { jq -c 'del(.elapsed_time, .remaining_time, .throughput)' "$1"; }
+# rank 0's out continued from full's checkpoint-$1: the uninterrupted run
+same_as_full() {
+	local step=$1; shift
+	cmp <(steady full/trainer_log.jsonl) <(steady r0/out/trainer_log.jsonl)
+	for f in "$@"; do cmp "full/$f" "r0/out/$f"; done
+	# the private copy went at exit; rank 1 wrote nothing of its own
+	[ -z "$(ls tmp | grep '^ft-resume-')" ]
+	[ -z "$(ls r1/out 2>/dev/null)" ]
+}
+# start_from STEP LINES: rank 0's out holds full's checkpoint and log so far
+start_from() {
+	cp -r "full/checkpoint-$1" r0/out/
+	head -n "$2" full/trainer_log.jsonl > r0/out/trainer_log.jsonl
+}
+
+# sft_case FT FILE [flags]: 8 steps on 2 ranks saving at 4, resumed from 4
+sft_case() {
+	local ft=$1 f=$2; shift 2
+	args=(--model_name_or_path "$MODEL" --train "$PWD/train.zst" --logging_steps 1 --learning_rate 1e-4 -q
+		--finetuning_type "$ft" --max_steps 8 --save_steps 4 --gradient_accumulation_steps 2 "$@")
+	rm -rf full r0/out r1/out && mkdir r0/out
+	run mpi2 ft-train "${args[@]}" --output_dir "$PWD/full"
+	assert_success
+	start_from 4 4
+	# a relative path (LoRA) and true (full), each resolved by rank 0 only
+	local from=out/checkpoint-4
+	[ "$ft" = full ] && from=true
+	run split ft-train "${args[@]}" --output_dir out --resume_from_checkpoint "$from"
+	assert_success
+	same_as_full 4 "$f" checkpoint-8/optimizer.safetensors
+}
+
+@test "sft LoRA and full, with and without --zero 1: a checkpoint on rank 0's machine only resumes bit for bit" {
+	need_mpi
+	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
+	sft_case lora adapter_model.safetensors
+	sft_case lora adapter_model.safetensors --zero 1
+	sft_case full model.safetensors
+	sft_case full model.safetensors --zero 1
+}
+
+@test "dpo: a checkpoint on rank 0's machine only resumes bit for bit" {
+	need_mpi
+	ft-cat --encode < "$PREF/dpo.jsonl" > dpo.zst
+	args=(--stage dpo --train "$PWD/dpo.zst" --model_name_or_path "$MODEL" --adapter_name_or_path "$PREF/llama-lora"
+		--max_steps 4 --save_steps 2 --logging_steps 1 --learning_rate 1e-3 -q)
+	run mpi2 ft-train "${args[@]}" --output_dir "$PWD/full"
+	assert_success
+	start_from 2 2
+	run split ft-train "${args[@]}" --output_dir out --resume_from_checkpoint true
+	assert_success
+	same_as_full 2 adapter_model.safetensors checkpoint-4/optimizer.safetensors
+}
+
+@test "grpo: a checkpoint on rank 0's machine only resumes bit for bit (its buffer and state sent by rank 0)" {
+	need_mpi
+	ft-cat --encode < "$FIXTURES/grpo/prompts.jsonl" > p8.zst
+	printf 'while read -r l; do echo ${#l}; done\n' > len.sh
+	args=(--stage grpo --train "$PWD/p8.zst" --max_completion_length 6 --logging_steps 1 --learning_rate 1e-3 -q
+		--reward_funcs "len=sh $PWD/len.sh" --beta 0.04 --model_name_or_path "$MODEL" --num_generations 4
+		--num_iterations 2 --max_steps 4 --save_steps 2 --gradient_accumulation_steps 1)
+	run mpi2 ft-train "${args[@]}" --output_dir "$PWD/full"
+	assert_success
+	start_from 2 2
+	run split ft-train "${args[@]}" --output_dir out --resume_from_checkpoint true
+	assert_success
+	same_as_full 2 adapter_model.safetensors checkpoint-4/optimizer.safetensors
+}
+
+@test "a checkpoint missing on rank 0's machine: rank 0 names it in one line, the job ends non-zero" {
+	need_mpi
+	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
+	args=(--model_name_or_path "$MODEL" --train "$PWD/train.zst" -q --max_steps 2 --save_steps 1)
+	run mpi2 ft-train "${args[@]}" --output_dir "$PWD/full"
+	assert_success
+	# rank 1 has it, rank 0 does not: only rank 0 looks
+	mkdir r1/out && cp -r full/checkpoint-1 r1/ck && cp -r full/checkpoint-1 r1/out/
+	run split ft-train "${args[@]}" --output_dir out --resume_from_checkpoint ck
+	[ "$status" -ne 0 ]
+	[ "$(grep -c '^ft-train: ' <<< "$output")" = 1 ]
+	assert_output --partial "ft-train: rank 0: --resume_from_checkpoint ck: not a checkpoint directory"
+	run split ft-train "${args[@]}" --output_dir out --resume_from_checkpoint true
+	[ "$status" -ne 0 ]
+	[ "$(grep -c '^ft-train: ' <<< "$output")" = 1 ]
+	assert_output --partial "ft-train: rank 0: --resume_from_checkpoint true: out: no checkpoint-N directory to resume from"
+}
