@@ -10,6 +10,7 @@
 # where mpirun or build/libft_mpi.so is absent.
 load helper
 load mpi_helper
+load resume_helper
 
 MODEL="$FIXTURES/models/tiny-llama"
 PREF="$FIXTURES/pref"
@@ -18,40 +19,6 @@ setup() {
 	cd "$BATS_TEST_TMPDIR"
 	command -v ft-cat >/dev/null || { echo "ft-cat is not built (run make)" >&2; return 1; }
 	mkdir -p r0/out r1 tmp
-}
-# each rank in its own directory; rank 1's private copy goes under tmp
-split() { TMPDIR="$PWD/tmp" mpi2 sh -c 'cd "r$OMPI_COMM_WORLD_RANK" && exec "$@"' sh "$@"; }
-steady() { jq -c 'del(.elapsed_time, .remaining_time, .throughput)' "$1"; }
-# rank 0's out continued from full's checkpoint-$1: the uninterrupted run
-same_as_full() {
-	local step=$1; shift
-	cmp <(steady full/trainer_log.jsonl) <(steady r0/out/trainer_log.jsonl)
-	for f in "$@"; do cmp "full/$f" "r0/out/$f"; done
-	# the private copy went at exit; rank 1 wrote nothing of its own
-	[ -z "$(ls tmp | grep '^ft-resume-')" ]
-	[ -z "$(ls r1/out 2>/dev/null)" ]
-}
-# start_from STEP LINES: rank 0's out holds full's checkpoint and log so far
-start_from() {
-	cp -r "full/checkpoint-$1" r0/out/
-	head -n "$2" full/trainer_log.jsonl > r0/out/trainer_log.jsonl
-}
-
-# sft_case FT FILE [flags]: 8 steps on 2 ranks saving at 4, resumed from 4
-sft_case() {
-	local ft=$1 f=$2; shift 2
-	args=(--model_name_or_path "$MODEL" --train "$PWD/train.zst" --logging_steps 1 --learning_rate 1e-4 -q
-		--finetuning_type "$ft" --max_steps 8 --save_steps 4 --gradient_accumulation_steps 2 "$@")
-	rm -rf full r0/out r1/out && mkdir r0/out
-	run mpi2 ft-train "${args[@]}" --output_dir "$PWD/full"
-	assert_success
-	start_from 4 4
-	# a relative path (LoRA) and true (full), each resolved by rank 0 only
-	local from=out/checkpoint-4
-	[ "$ft" = full ] && from=true
-	run split ft-train "${args[@]}" --output_dir out --resume_from_checkpoint "$from"
-	assert_success
-	same_as_full 4 "$f" checkpoint-8/optimizer.safetensors
 }
 
 @test "sft LoRA and full, with and without --zero 1: a checkpoint on rank 0's machine only resumes bit for bit" {
@@ -73,7 +40,7 @@ sft_case() {
 	start_from 2 2
 	run split ft-train "${args[@]}" --output_dir out --resume_from_checkpoint true
 	assert_success
-	same_as_full 2 adapter_model.safetensors checkpoint-4/optimizer.safetensors
+	same_as_full adapter_model.safetensors checkpoint-4/optimizer.safetensors
 }
 
 @test "grpo: a checkpoint on rank 0's machine only resumes bit for bit (its buffer and state sent by rank 0)" {
@@ -88,7 +55,7 @@ sft_case() {
 	start_from 2 2
 	run split ft-train "${args[@]}" --output_dir out --resume_from_checkpoint true
 	assert_success
-	same_as_full 2 adapter_model.safetensors checkpoint-4/optimizer.safetensors
+	same_as_full adapter_model.safetensors checkpoint-4/optimizer.safetensors
 }
 
 @test "a checkpoint missing on rank 0's machine: rank 0 names it in one line, the job ends non-zero" {
