@@ -159,6 +159,13 @@ char *ft_dist_ckpt_share(ft_dist *d, const char *dir, char **tmp_root);
 /* ft_adamw_load of rank 0's file into every rank's a (weights, moments,
  * step), one tensor at a time: only rank 0 opens path. */
 int ft_dist_adamw_load(ft_dist *d, ft_adamw *a, const char *path);
+/* After a check every rank makes on the same bytes (a resume's settings
+ * against the checkpoint's state; every rank passes its own rc): a failure
+ * on rank 0 is reported by rank 0 only.  Rank 0 gets rc back; another rank
+ * gets rc where rank 0 passed, and where rank 0 failed waits for rank 0 to
+ * end the job (the watchdog ends a wait that lasts --ddp_timeout).  A
+ * collective: every rank calls it at the same point. */
+int ft_dist_rank0_verdict(ft_dist *d, int rc);
 /* Elements of the slice this rank updates, and of all params. */
 size_t ft_zero1_slice(const ft_zero1 *z, size_t *total);
 

@@ -233,3 +233,20 @@ int ft_dist_adamw_load(ft_dist *d, ft_adamw *a, const char *path)
 		if (bcast_param(d, a, k) < 0) return -1;
 	return 0;
 }
+
+/* ---- rank 0's verdict ------------------------------------------------ */
+
+int ft_dist_rank0_verdict(ft_dist *d, int rc)
+{
+	if (ft_dist_size(d) < 2) return rc;
+	const int root = ft_dist_rank(d) == 0;
+	double failed[2] = { root && rc < 0, rc < 0 };
+	if (ft_dist_sum_f64_watched(d, failed, 2, "the resume's check") < 0) return -1;
+	if (root || failed[0] == 0) return rc;
+	/* rank 0 failed too and names the checkpoint as the user gave it:
+	 * wait for it to end the job (ft_dist_abort) rather than race it with
+	 * words about this rank's private copy; the watchdog still ends a
+	 * wait rank 0 never ends */
+	ft_dist_barrier(d, "rank 0's end of the job after its resume failed");
+	return ft_fail("rank 0 could not resume (its message names the checkpoint)");
+}

@@ -75,3 +75,34 @@ setup() {
 	[ "$(grep -c '^ft-train: ' <<< "$output")" = 1 ]
 	assert_output --partial "ft-train: rank 0: --resume_from_checkpoint true: out: no checkpoint-N directory to resume from"
 }
+
+# Every rank checks its copy of trainer_state.json (grpo_state.json) against
+# the run; rank 0 reports a mismatch, naming the checkpoint as given, and
+# the others wait for it to end the job instead of racing it with words
+# about their private copies.
+@test "a checkpoint that does not fit the run: rank 0 names it in one line (sft, grpo)" {
+	need_mpi
+	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
+	args=(--model_name_or_path "$MODEL" --train "$PWD/train.zst" -q --max_steps 2 --save_steps 1)
+	run mpi2 ft-train "${args[@]}" --output_dir "$PWD/full"
+	assert_success
+	start_from 1 1
+	for i in 1 2 3; do   # a race would show now and then
+		run split ft-train "${args[@]}" --gradient_accumulation_steps 2 --output_dir out --resume_from_checkpoint true
+		[ "$status" -ne 0 ]
+		[ "$(grep -c '^ft-train: ' <<< "$output")" = 1 ]
+		assert_output --partial "ft-train: rank 0: out/checkpoint-1: the checkpoint was made with 16 batches per epoch and 2 ranks x gradient_accumulation_steps 1"
+	done
+	ft-cat --encode < "$FIXTURES/grpo/prompts.jsonl" > p8.zst
+	printf 'while read -r l; do echo ${#l}; done\n' > len.sh
+	args=(--stage grpo --train "$PWD/p8.zst" --max_completion_length 6 -q --reward_funcs "len=sh $PWD/len.sh"
+		--model_name_or_path "$MODEL" --num_generations 4 --max_steps 2 --save_steps 1)
+	rm -rf full r0/out && mkdir r0/out
+	run mpi2 ft-train "${args[@]}" --output_dir "$PWD/full"
+	assert_success
+	start_from 1 1
+	run split ft-train "${args[@]}" --num_generations 8 --output_dir out --resume_from_checkpoint true
+	[ "$status" -ne 0 ]
+	[ "$(grep -c '^ft-train: ' <<< "$output")" = 1 ]
+	assert_output --regexp "ft-train: rank 0: .*out/checkpoint-1: the checkpoint was made with"
+}
