@@ -30,6 +30,17 @@ setup() {
 	sft_case full model.safetensors --zero 1
 }
 
+# the extras' optimizers keep their state in files of their own, sent by
+# rank 0 as the other small files
+@test "sft with Muon and BAdam: their optimizer states come from rank 0's checkpoint too; bit for bit" {
+	need_mpi
+	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
+	sft_case full model.safetensors --use_muon --learning_rate 1e-3
+	[ -f full/checkpoint-4/muon_optimizer.safetensors ]
+	sft_case full model.safetensors --use_badam --badam_switch_interval 3 --learning_rate 1e-3
+	[ -f full/checkpoint-4/badam_state.json ]
+}
+
 @test "dpo: a checkpoint on rank 0's machine only resumes bit for bit" {
 	need_mpi
 	ft-cat --encode < "$PREF/dpo.jsonl" > dpo.zst
