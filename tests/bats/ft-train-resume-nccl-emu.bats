@@ -6,7 +6,7 @@
 # CPU, so rank 0 sends the same files and tensors, which the device
 # bindings upload (state_in, ZeRO-1's own_in) as from a local file.  The
 # resumed run is the uninterrupted one bit for bit: sft LoRA and full, with
-# and without --zero 1, fp16 (scaler.json, sent as a file), and dpo.
+# and without --zero 1, fp16 (scaler.json, sent as a file), dpo and grpo.
 load helper
 load mpi_helper
 load resume_helper
@@ -57,4 +57,18 @@ mpi2() { timeout 600 mpirun --oversubscribe --allow-run-as-root -np 2 "$@"; }
 		assert_success
 		same_as_full adapter_model.safetensors checkpoint-4/optimizer.safetensors
 	done
+}
+
+@test "NCCL (emulated) grpo: a checkpoint on rank 0's machine only resumes bit for bit" {
+	ft-cat --encode < "$FIXTURES/grpo/prompts.jsonl" > p8.zst
+	printf 'while read -r l; do echo ${#l}; done\n' > len.sh
+	args=(--stage grpo --train "$PWD/p8.zst" --max_completion_length 6 --logging_steps 1 --learning_rate 1e-3 -q
+		--reward_funcs "len=sh $PWD/len.sh" --beta 0.04 --model_name_or_path "$MODEL" --num_generations 4
+		--num_iterations 2 --max_steps 4 --save_steps 2 --gradient_accumulation_steps 1 --device cuda)
+	run mpi2 ft-train "${args[@]}" --output_dir "$PWD/full"
+	assert_success
+	start_from 2 2
+	run split ft-train "${args[@]}" --output_dir out --resume_from_checkpoint true
+	assert_success
+	same_as_full adapter_model.safetensors checkpoint-4/optimizer.safetensors
 }
