@@ -24,7 +24,7 @@ LIB_MODEL  += model_pref
 LIB_TRAIN  += pref pref_loss
 LIB_FORMAT += trainlog_extra
 # data parallel (lib/train/dist.h); dist_mpi.c is the MPI shim below, not in libft.a
-LIB_TRAIN  += dist dist_shard trainer_dist
+LIB_TRAIN  += dist dist_shard dist_ckpt trainer_dist
 # LLaMA-Factory's self-contained extras (issue 22 part 4)
 LIB_MODEL  += extras lora_pissa lora_dora model_fp8
 LIB_TRAIN  += optim_ext optim_loraplus optim_badam optim_muon optim_adam_mini optim_galore

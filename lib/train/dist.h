@@ -144,6 +144,28 @@ typedef struct {
 } ft_dist_moments;
 int ft_dist_save_moments(ft_dist_moments *s, ft_dist *d, ft_adamw *full, ft_dist_own_out own, void *ctx);
 int ft_dist_load_moments(ft_dist *d, ft_adamw *full, const char *path, ft_dist_own_in own, void *ctx);
+/* ---- a resume from rank 0's checkpoint (dist_ckpt.c) -------------------
+ * The checkpoint need be on rank 0's machine only.  ft_dist_ckpt_share
+ * (every rank; dir is read on rank 0 only, the others may pass NULL):
+ * rank 0 sends each file of dir but the weights and optimizer.safetensors
+ * (which ft_dist_adamw_load and ft_dist_load_moments send tensor by
+ * tensor) to the other ranks in pieces of at most 16 MiB; each writes them
+ * into a private directory under $TMPDIR and returns its path, *tmp_root
+ * set to the directory to remove (ft_remove_tree) when the resume is done.
+ * Rank 0 returns a copy of dir, *tmp_root NULL.  One process: a copy of
+ * dir.  NULL after ft_fail; a rank 0 that fails must end the job (the
+ * others wait in a broadcast). */
+char *ft_dist_ckpt_share(ft_dist *d, const char *dir, char **tmp_root);
+/* ft_adamw_load of rank 0's file into every rank's a (weights, moments,
+ * step), one tensor at a time: only rank 0 opens path. */
+int ft_dist_adamw_load(ft_dist *d, ft_adamw *a, const char *path);
+/* After a check every rank makes on the same bytes (a resume's settings
+ * against the checkpoint's state; every rank passes its own rc): a failure
+ * on rank 0 is reported by rank 0 only.  Rank 0 gets rc back; another rank
+ * gets rc where rank 0 passed, and where rank 0 failed waits for rank 0 to
+ * end the job (the watchdog ends a wait that lasts --ddp_timeout).  A
+ * collective: every rank calls it at the same point. */
+int ft_dist_rank0_verdict(ft_dist *d, int rc);
 /* Elements of the slice this rank updates, and of all params. */
 size_t ft_zero1_slice(const ft_zero1 *z, size_t *total);
 

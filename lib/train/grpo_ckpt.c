@@ -227,7 +227,8 @@ static int read_buffer(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *
 	return rc;
 }
 
-int ftp_grpo_ckpt_load(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o, const ft_i32vec *prompts)
+/* grpo_state.json and grpo_buffer.safetensors, checked against this run */
+static int read_state(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o, const ft_i32vec *prompts)
 {
 	json_t *j = load_state(o->resume_dir);
 	if (!j) return -1;
@@ -259,11 +260,18 @@ int ftp_grpo_ckpt_load(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *
 	s->pos = (size_t)pos;
 	s->loss_sum = json_number_value(ls);
 	s->n_logged = (int)json_integer_value(json_object_get(j, "n_logged"));
-	if (read_buffer(m, s, o, prompts, (int)it) < 0) goto out;
-	char *f = ft_xasprintf("%s/optimizer.safetensors", o->resume_dir);
-	rc = ft_adamw_load(s->opt, f);   /* the trainable weights and the moments */
-	free(f);
+	rc = read_buffer(m, s, o, prompts, (int)it);
 out:
 	json_decref(j);
+	return rc;
+}
+
+int ftp_grpo_ckpt_load(ft_model *m, ftp_grpo_state *s, const ft_grpo_loop_opts *o, const ft_i32vec *prompts)
+{
+	/* under mpirun every rank checks the same bytes; rank 0 reports */
+	if (ft_dist_rank0_verdict(o->dist, read_state(m, s, o, prompts)) < 0) return -1;
+	char *f = ft_xasprintf("%s/optimizer.safetensors", o->resume_dir);
+	int rc = ft_dist_adamw_load(o->dist, s->opt, f);   /* the trainable weights and the moments */
+	free(f);
 	return rc;
 }

@@ -169,8 +169,8 @@ static int hexnum(const json_t *o, const char *key, double *out)
 	return *end ? -1 : 0;
 }
 
-int ftp_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt, ftp_tstate *st,
-		  ftp_opt_load load, void *ctx)
+/* trainer_state.json into st, checked against this run's settings */
+static int read_state(const ft_train_opts *o, const ft_train_plan *p, ftp_tstate *st)
 {
 	char *path = ft_xasprintf("%s/trainer_state.json", o->resume_dir);
 	json_t *ts = ft_json_load_file(path);
@@ -230,9 +230,21 @@ int ftp_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt,
 	st->tr_loss = (float)tr_loss;
 	st->total_loss = total_loss;
 	json_array_extend(st->log_history, hist);
+	rc = 0;
+out:
+	json_decref(ts);
 	free(path);
-	path = ft_xasprintf("%s/optimizer.safetensors", o->resume_dir);
-	if ((load ? load(ctx, opt, path) : ft_adamw_load(opt, path)) < 0) goto out;
+	return rc;
+}
+
+int ftp_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt, ftp_tstate *st,
+		  ftp_opt_load load, void *ctx)
+{
+	/* under mpirun every rank checks the same bytes; rank 0 reports */
+	if (ft_dist_rank0_verdict(o->dist, read_state(o, p, st)) < 0) return -1;
+	int rc = -1;
+	char *path = ft_xasprintf("%s/optimizer.safetensors", o->resume_dir);
+	if ((load ? load(ctx, opt, path) : ft_dist_adamw_load(o->dist, opt, path)) < 0) goto out;
 	if (o->optim_ext && o->optim_ext->load && o->optim_ext->load(o->optim_ext->self, o->resume_dir) < 0)
 		goto out;
 	/* fp16 on the GPU skips the update of a step whose gradients
@@ -244,7 +256,6 @@ int ftp_ckpt_load(const ft_train_opts *o, const ft_train_plan *p, ft_adamw *opt,
 	}
 	rc = 0;
 out:
-	json_decref(ts);
 	free(path);
 	return rc;
 }

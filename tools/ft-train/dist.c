@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include "ft-train.h"
 #include "train/dist.h"
+#include "util/atomicfile.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -86,6 +87,28 @@ void dist_finish(ft_dist *d)
 		warn("note: %d ranks (%s): %.3f s of %.3f s (%.1f%%) in collectives on rank 0",
 		     ft_dist_size(d), ft_dist_version(d), comm, run, run > 0 ? 100 * comm / run : 0.0);
 	ft_dist_close(d);
+}
+
+/* rank != 0: its private copy of rank 0's checkpoint, removed at exit */
+static char *resume_copy;
+
+static void remove_copy(int status, void *arg)
+{
+	(void)status;
+	(void)arg;
+	if (resume_copy) ft_remove_tree(resume_copy);
+	free(resume_copy);
+	resume_copy = NULL;
+}
+
+char *dist_resume(ft_dist *d, char *dir)
+{
+	if (!d) return dir;
+	char *local = ft_dist_ckpt_share(d, dir, &resume_copy);
+	if (!local) die("--resume_from_checkpoint %s: %s", dir ? dir : "(rank 0's)", ft_errmsg());
+	if (resume_copy) on_exit(remove_copy, NULL);
+	free(dir);
+	return local;
 }
 
 /* Tests only: FT_DIST_TEST_FAULT=kill:R:S (or stop:R:S) kills (stops)

@@ -197,6 +197,10 @@ int grpo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manif
  * leaves it; dist_test_fault is the tests' FT_DIST_TEST_FAULT hook. */
 ft_dist *dist_start(ft_cli_args *c);
 void dist_finish(ft_dist *d);
+/* The checkpoint directory this rank resumes from: rank 0 resolved dir
+ * (taken); the others get a private copy of its files (dist.h), removed
+ * at exit.  One process: dir. */
+char *dist_resume(ft_dist *d, char *dir);
 void dist_test_fault(int64_t step);
 /* qlora.c: --help's memory note; the loaded quantized model's bytes */
 void print_quant_help(FILE *f);

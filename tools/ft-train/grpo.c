@@ -524,7 +524,9 @@ int grpo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manif
 	o.save_model = save_model;
 	o.save_ctx = sctx;
 	int64_t from = 0;
-	if (o.resume_dir && (from = ft_grpo_checkpoint_step(o.resume_dir)) < 0)
+	/* every rank reads its copy (dist_resume); rank 0 reports */
+	if (o.resume_dir &&
+	    ft_dist_rank0_verdict(c->t.dist, (from = ft_grpo_checkpoint_step(o.resume_dir)) < 0 ? -1 : 0) < 0)
 		die("--resume_from_checkpoint: %s", ft_errmsg());
 	o.log = rank0 ? ft_train_log_open(c->output_dir, o.resume_dir != NULL, from) : NULL;   /* rank 0 writes */
 	if (rank0 && !o.log) die("%s", ft_errmsg());

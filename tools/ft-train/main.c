@@ -633,7 +633,7 @@ int main(int argc, char **argv)
 	/* output directory rules (one that cannot be listed is not refused here:
 	 * it fails where it is written) */
 	char *resume = NULL;
-	if (c.resume) {
+	if (c.resume && ft_dist_rank(dist) == 0) {   /* the checkpoint is rank 0's (dist_resume) */
 		if (!strcasecmp(c.resume, "true")) {
 			resume = ft_last_checkpoint(c.output_dir);
 			if (!resume) die("--resume_from_checkpoint true: %s", ft_errmsg());
@@ -643,6 +643,9 @@ int main(int argc, char **argv)
 		struct stat st;
 		if (stat(resume, &st) < 0 || !S_ISDIR(st.st_mode))
 			die("--resume_from_checkpoint %s: not a checkpoint directory", resume);
+	}
+	if (c.resume) {
+		resume = dist_resume(dist, resume);
 	} else if (c.do_train && ft_dist_rank(dist) == 0 && output_dir_in_use(c.output_dir) && !c.overwrite) {
 		die("output directory %s is not empty: use --overwrite_output_dir, or "
 		    "--resume_from_checkpoint true to continue its last checkpoint", c.output_dir);
