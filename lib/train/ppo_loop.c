@@ -548,8 +548,11 @@ int64_t ft_ppo_checkpoint_step(const char *dir)
 	return ftp_rl_ckpt_step(dir, "ppo_state.json", "ft-ppo-state", "PPO");
 }
 
-static int ckpt_load(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, ft_ppo_klctl *kl,
-		     ft_ppo_moments *mom, int N)
+/* ppo_state.json against this run, into the loop's state; *drop the
+ * dropout position.  Every rank reads the same bytes (rank 0's, shared by
+ * ft_dist_ckpt_share under mpirun). */
+static int read_state(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, ft_ppo_klctl *kl,
+		      ft_ppo_moments *mom, int N, uint64_t *drop_out)
 {
 	json_t *j = load_state(o->resume_dir), *mo = j ? json_object_get(j, "running_moments") : NULL;
 	if (!j) return -1;
@@ -585,8 +588,22 @@ static int ckpt_load(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, ft_p
 	s->perm_next = json_integer_value(json_object_get(j, "perm_next"));
 	s->n_logged = (int)json_integer_value(json_object_get(j, "n_logged"));
 	ft_model_set_dropout_position(m, drop);
+	*drop_out = drop;
+	rc = 0;
+out:
+	json_decref(j);
+	return rc;
+}
+
+static int ckpt_load(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, ft_ppo_klctl *kl,
+		     ft_ppo_moments *mom, int N)
+{
+	uint64_t drop = 0;
+	/* a checkpoint that does not fit the run: one line, from rank 0 */
+	if (ft_dist_rank0_verdict(o->dist, read_state(m, s, o, kl, mom, N, &drop)) < 0) return -1;
 	char *f = ft_xasprintf("%s/optimizer.safetensors", o->resume_dir);
-	rc = ft_adamw_load(s->opt, f);   /* the weights, the value head's too, and the moments */
+	/* the weights, the value head's too, and the moments: rank 0's file */
+	int rc = ft_dist_adamw_load(o->dist, s->opt, f);
 	free(f);
 	ft_train_model *t = &s->pm.base;   /* then onto the device */
 	if (rc == 0 && t->state_in) {
@@ -594,8 +611,6 @@ static int ckpt_load(ft_model *m, loop_state *s, const ft_ppo_loop_opts *o, ft_p
 		t->set_position(t->self, (int64_t)drop);
 	}
 	if (rc == 0 && t->ckpt_load) rc = t->ckpt_load(t->self, o->resume_dir);
-out:
-	json_decref(j);
 	return rc;
 }
 

@@ -69,6 +69,21 @@ setup() {
 	same_as_full adapter_model.safetensors checkpoint-4/optimizer.safetensors
 }
 
+@test "ppo: a checkpoint on rank 0's machine only resumes bit for bit (adapter, value head, ppo_state sent by rank 0)" {
+	need_mpi
+	ft-cat --encode < "$FIXTURES/ppo/prompts.jsonl" > ab.zst
+	printf 'while read -r l; do echo ${#l}; done\n' > len.sh
+	args=(--stage ppo --train "$PWD/ab.zst" --model_name_or_path "$MODEL" --do_sample true --max_new_tokens 6
+		--logging_steps 1 --learning_rate 1e-3 --seed 3 -q --reward_model_type api
+		--reward_model "sh $PWD/len.sh" --max_steps 4 --save_steps 2)
+	run mpi2 ft-train "${args[@]}" --output_dir "$PWD/full"
+	assert_success
+	start_from 2 2
+	run split ft-train "${args[@]}" --output_dir out --resume_from_checkpoint true
+	assert_success
+	same_as_full adapter_model.safetensors value_head.safetensors checkpoint-4/optimizer.safetensors
+}
+
 @test "a checkpoint missing on rank 0's machine: rank 0 names it in one line, the job ends non-zero" {
 	need_mpi
 	ft-cat --encode < "$FIXTURES/trainer/train.jsonl" > train.zst
