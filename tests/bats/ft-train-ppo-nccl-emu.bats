@@ -19,16 +19,11 @@ bats_require_minimum_version 1.5.0
 load helper
 load mpi_helper
 
-EMU="$FT_ROOT/build/libft_cuda_emu.so"
-NCCL="$FT_ROOT/build/libnccl_emu.so"
 LLAMA="$FIXTURES/models/tiny-llama"
-export FT_EMU_THREADS=1 FT_EMU_DEVICES=2
 
 setup() {
 	cd "$BATS_TEST_TMPDIR"
-	need_mpi
-	[ -f "$EMU" ] && [ -f "$NCCL" ] || skip "the emulated backend or fake NCCL is not built (make unit)"
-	export FT_CUDA_LIB=$EMU FT_NCCL_LIB=$NCCL
+	need_nccl_emu
 	f="$FIXTURES/ppo/prompts.jsonl"   # two batches of two prompts: rank 0 takes the first, rank 1 the second
 	ft-cat --encode < "$f" > ab.zst
 	{ head -1 "$f"; sed -n 3p "$f" | jq -c '.index = 0'; sed -n 2p "$f" | jq -c '.index = 1'; } | ft-cat --encode > ba.zst
@@ -38,7 +33,6 @@ setup() {
 	{ head -1 "$f"; sed -n 2,3p "$f"; sed -n 2p "$f" | jq -c ".index = 2 | $rev"; sed -n 3p "$f" | jq -c ".index = 3 | $rev"; } |
 		jq -c 'if .meta then .meta.counts.batches = 4 | .meta.counts.examples = 8 else . end' | ft-cat --encode > abab.zst
 }
-mpi2() { timeout 600 mpirun --oversubscribe --allow-run-as-root -np 2 "$@"; }
 
 # p DEVICE OUT [flags]: ft-train-rl-emu.bats's 4 sampled PPO steps on 2
 # ranks; what each rank's reward filter reads in OUT.seen.<its pid>

@@ -43,30 +43,14 @@ setup() {
 
 @test "dpo: a checkpoint on rank 0's machine only resumes bit for bit" {
 	need_mpi
-	ft-cat --encode < "$PREF/dpo.jsonl" > dpo.zst
-	args=(--stage dpo --train "$PWD/dpo.zst" --model_name_or_path "$MODEL" --adapter_name_or_path "$PREF/llama-lora"
-		--max_steps 4 --save_steps 2 --logging_steps 1 --learning_rate 1e-3 -q)
-	run mpi2 ft-train "${args[@]}" --output_dir "$PWD/full"
-	assert_success
-	start_from 2 2
-	run split ft-train "${args[@]}" --output_dir out --resume_from_checkpoint true
-	assert_success
-	same_as_full adapter_model.safetensors checkpoint-4/optimizer.safetensors
+	dpo_resume_args
+	resume_case adapter_model.safetensors
 }
 
 @test "grpo: a checkpoint on rank 0's machine only resumes bit for bit (its buffer and state sent by rank 0)" {
 	need_mpi
-	ft-cat --encode < "$FIXTURES/grpo/prompts.jsonl" > p8.zst
-	printf 'while read -r l; do echo ${#l}; done\n' > len.sh
-	args=(--stage grpo --train "$PWD/p8.zst" --max_completion_length 6 --logging_steps 1 --learning_rate 1e-3 -q
-		--reward_funcs "len=sh $PWD/len.sh" --beta 0.04 --model_name_or_path "$MODEL" --num_generations 4
-		--num_iterations 2 --max_steps 4 --save_steps 2 --gradient_accumulation_steps 1)
-	run mpi2 ft-train "${args[@]}" --output_dir "$PWD/full"
-	assert_success
-	start_from 2 2
-	run split ft-train "${args[@]}" --output_dir out --resume_from_checkpoint true
-	assert_success
-	same_as_full adapter_model.safetensors checkpoint-4/optimizer.safetensors
+	grpo_resume_args
+	resume_case adapter_model.safetensors
 }
 
 @test "ppo: a checkpoint on rank 0's machine only resumes bit for bit (adapter, value head, ppo_state sent by rank 0)" {
@@ -76,12 +60,7 @@ setup() {
 	args=(--stage ppo --train "$PWD/ab.zst" --model_name_or_path "$MODEL" --do_sample true --max_new_tokens 6
 		--logging_steps 1 --learning_rate 1e-3 --seed 3 -q --reward_model_type api
 		--reward_model "sh $PWD/len.sh" --max_steps 4 --save_steps 2)
-	run mpi2 ft-train "${args[@]}" --output_dir "$PWD/full"
-	assert_success
-	start_from 2 2
-	run split ft-train "${args[@]}" --output_dir out --resume_from_checkpoint true
-	assert_success
-	same_as_full adapter_model.safetensors value_head.safetensors checkpoint-4/optimizer.safetensors
+	resume_case adapter_model.safetensors value_head.safetensors
 }
 
 @test "a checkpoint missing on rank 0's machine: rank 0 names it in one line, the job ends non-zero" {

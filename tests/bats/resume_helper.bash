@@ -38,3 +38,30 @@ sft_case() {
 	assert_success
 	same_as_full "$f" checkpoint-8/optimizer.safetensors
 }
+
+# resume_case FILES...: "${args[@]}" (4 steps saving every 2) on 2 ranks
+# into full/, then resumed from checkpoint-2 by rank 0's directory alone
+# (`true`, resolved by rank 0): the log, FILES and the last checkpoint's
+# optimizer state are the uninterrupted run's
+resume_case() {
+	rm -rf full r0/out r1/out && mkdir r0/out
+	run mpi2 ft-train "${args[@]}" --output_dir "$PWD/full"
+	assert_success
+	start_from 2 2
+	run split ft-train "${args[@]}" --output_dir out --resume_from_checkpoint true
+	assert_success
+	same_as_full "$@" checkpoint-4/optimizer.safetensors
+}
+# dpo_resume_args / grpo_resume_args [FLAGS...]: the stages' 4-step runs
+dpo_resume_args() {
+	ft-cat --encode < "$PREF/dpo.jsonl" > dpo.zst
+	args=(--stage dpo --train "$PWD/dpo.zst" --model_name_or_path "$MODEL" --adapter_name_or_path "$PREF/llama-lora"
+		--max_steps 4 --save_steps 2 --logging_steps 1 --learning_rate 1e-3 -q "$@")
+}
+grpo_resume_args() {
+	ft-cat --encode < "$FIXTURES/grpo/prompts.jsonl" > p8.zst
+	printf 'while read -r l; do echo ${#l}; done\n' > len.sh
+	args=(--stage grpo --train "$PWD/p8.zst" --max_completion_length 6 --logging_steps 1 --learning_rate 1e-3 -q
+		--reward_funcs "len=sh $PWD/len.sh" --beta 0.04 --model_name_or_path "$MODEL" --num_generations 4
+		--num_iterations 2 --max_steps 4 --save_steps 2 --gradient_accumulation_steps 1 "$@")
+}
