@@ -125,14 +125,16 @@ fp8_parity() {
 	[[ "$stderr" == *"--fp8 is ignored by --stage dpo"* && "$stderr" != *"Float8Linear"* ]]
 }
 
-@test "fp8: --device cuda refuses it, --device auto trains on the CPU with a note" {
+@test "fp8: --device cuda trains on the device, --device auto picks it (no CPU fallback)" {
 	[ -f "$EMU" ] || skip "the emulated backend is not built (make unit)"
+	need_jq
 	export FT_CUDA_LIB=$EMU
-	run train --finetuning_type full --max_steps 1 --fp8 --device cuda
-	[ "$status" -eq 2 ]
-	assert_output --partial "--device cuda: --fp8 runs on the CPU only in ft for now"
+	run --separate-stderr train --finetuning_type full --max_steps 1 --fp8 --device cuda
+	assert_success
+	[[ "$stderr" == *"--fp8: 13 of 14 decoder linears as torchao's Float8Linear"* ]]
+	[[ "$(jq -r .ft.device out/trainer_state.json)" == "cuda:0 (ft host emulation, "* ]]
 	run --separate-stderr train --finetuning_type full --max_steps 1 --fp8 --device auto --overwrite_output_dir
 	assert_success
-	[[ "$stderr" == *"--device auto: training on the CPU: --fp8 runs on the CPU only"* ]]
-	[ "$(jq -r .ft.device out/trainer_state.json)" = cpu ]
+	[[ "$stderr" != *"training on the CPU"* ]]
+	[[ "$(jq -r .ft.device out/trainer_state.json)" == "cuda:0 (ft host emulation, "* ]]
 }
