@@ -83,6 +83,21 @@ fp8_parity() {
 		--allow_tokenizer_mismatch
 }
 
+# The device (lib/cuda/fp8.cu) on the host emulation against the same
+# torchao fixture, with the same bounds: its fp8 operands are the CPU's bit
+# for bit and its fp32 GEMMs differ from sgemm's only in summation order,
+# as the CPU's differ from torch's (tests/bats/ft-train-cuda-emu.bats has
+# the device against the CPU, and the half modes).
+@test "fp8: the device's parity with torchao's Float8Linear (full, LoRA r=4; emulated device)" {
+	[ -f "$EMU" ] || skip "the emulated backend is not built (make unit)"
+	need_jq
+	export FT_CUDA_LIB=$EMU
+	fp8_parity fp8_full --finetuning_type full --learning_rate 1e-3 --device cuda
+	[[ "$(jq -r .ft.device fp8_full/trainer_state.json)" == "cuda:0 (ft host emulation, "*", fp32" ]]
+	fp8_parity fp8_lora --finetuning_type lora --learning_rate 2e-3 --device cuda \
+		--adapter_name_or_path "$FIXTURES/parity/llama-lora-init"
+}
+
 @test "fp8: backends, notes and refusals as LLaMA-Factory's" {
 	for b in auto torchao; do
 		run train --finetuning_type full --max_steps 1 -q --fp8 --fp8_backend $b --overwrite_output_dir
