@@ -478,7 +478,6 @@ int ft_cu_qlin_backward(ft_cuda_model *dm, const ft_cu_qweight *q, float *dx, ft
 			int lddy, int N, const char *what);
 
 /* ---- fp8.cu: torchao's Float8Linear modules (mirrors lib/model/model_fp8.c) ---- */
-int ft_cu_fp8_of(const ft_cuda_model *dm, int l, int j);
 /* Whether a member of fused group gi is converted (the group then runs
  * module by module). */
 int ft_cu_fp8_group(const ft_cuda_model *dm, int l, int gi);

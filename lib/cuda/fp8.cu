@@ -16,9 +16,8 @@
  * in the tensor cores' fp32 products, and the sum is accumulated in fp32
  * (cublasGemmEx's CUBLAS_COMPUTE_32F): so a half GEMM on these operands
  * is an fp8 GEMM (torch._scaled_mm) and the CPU's sgemm but for the
- * order of the fp32 sums.  The fp32 mode's TF32 would keep 10 mantissa
- * bits: still every fp8 value (ft_cu_gemm's fp32 GEMMs are not TF32 by
- * default anyway).
+ * order of the fp32 sums.  The fp32 mode's GEMMs are CUBLAS_COMPUTE_32F
+ * (gemm.cu: no TF32), whose products of these floats are exact too.
  *
  * The scale lives on the device; its inverse goes to the host (one
  * 4-byte copy and a stream sync per operand) to be the GEMM's alpha, as
@@ -37,11 +36,6 @@ static unsigned blocks_of(size_t n) { return (unsigned)((n + 255) / 256); }
 static int operand_type(const ft_cuda_model *dm)
 {
 	return dm->half ? ft_cu_act_type(dm) : FT_ACT_F32;
-}
-
-int ft_cu_fp8_of(const ft_cuda_model *dm, int l, int j)
-{
-	return dm->layers[l].fp8[j];
 }
 
 int ft_cu_fp8_group(const ft_cuda_model *dm, int l, int gi)
