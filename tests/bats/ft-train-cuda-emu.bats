@@ -179,7 +179,7 @@ fp8_close() {
 		END { printf "# %d steps, worst relative difference %.3g\n", n, w; exit !(n == 4 && !bad) }' >&3
 }
 
-@test "emulated device --fp8: full and LoRA with gradient checkpointing, fp32, --bf16 and --fp16, Qwen2's biases, against the CPU's --fp8" {
+@test "emulated device --fp8: full and LoRA with gradient checkpointing, fp32, --bf16 and --fp16; freeze, Qwen2's biases, Gemma 2; against the CPU's --fp8" {
 	sft_data
 	for ft in full lora; do
 		tr cpu cpu "$LLAMA" --train train.zst --finetuning_type $ft --fp8 --gradient_checkpointing
@@ -195,8 +195,9 @@ fp8_close() {
 		rm -rf cpu dev bf16 fp16
 	done
 	# freeze (the frozen layers' dx alone); Qwen2: q/k/v biases added in
-	# full precision after the fp8 product
-	for m in "$LLAMA --finetuning_type freeze --freeze_trainable_layers 1" "$QWEN --finetuning_type full"; do
+	# full precision after the fp8 product; Gemma 2 (its layer, gemma.cu)
+	for m in "$LLAMA --finetuning_type freeze --freeze_trainable_layers 1" "$QWEN --finetuning_type full" \
+		 "$FIXTURES/families/gemma2/model --finetuning_type full --allow_tokenizer_mismatch"; do
 		tr cpu cpu $m --train train.zst --fp8
 		tr cuda dev $m --train train.zst --fp8
 		fp8_close cpu/trainer_log.jsonl dev/trainer_log.jsonl 1e-5 1e-4 1e-4
