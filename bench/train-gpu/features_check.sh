@@ -15,6 +15,8 @@
 #               (ft-train-cuda-half-emu.bats)
 #   families    one model per family: Qwen2 (DoRA above), Qwen3, Gemma 2,
 #               Gemma 3, Phi-3, Phi-4-mini (ft-train-cuda-families-emu.bats)
+#   fp8         --fp8: full (checkpointing), LoRA, Qwen2 in fp32; full and
+#               LoRA in bf16 against the CPU's fp32 (ft-train-cuda-emu.bats)
 #   ppo         only where ft-train accepts --stage ppo --device cuda
 # One line per case: PASS/FAIL (or SKIP), the worst difference and the
 # bound, the seconds it took.  A failing case (a refused flag, a crash, a
@@ -301,6 +303,22 @@ feat gemma3_lora close 1e-4 - $F "$FAM/gemma3/model" --train train.zst --finetun
 feat phi3_full close 1e-4 - $F "$FAM/phi3/model" "${acc[@]}" --finetuning_type full
 feat phi4mini_lora close 1e-4 - $F "$FAM/phi4mini/model" --train train.zst --finetuning_type lora \
 	--lora_target all --lora_dropout 0.1
+
+# --fp8 (ft-train-cuda-emu.bats's fp8 test): fp32 within 1e-4 (the same
+# fp8 operands, sums in another order); bf16 against the CPU's fp32 within
+# its grad norms' 5e-2 (a half input's amax moves the scale, and every
+# element's fp8 rounding with it: fp8's own noise, the bats file argues)
+E=tests/bats/ft-train-cuda-emu.bats
+feat fp8_full_ckpt close 1e-4 - $E "$LLAMA" --train train.zst --finetuning_type full --fp8 \
+	--gradient_checkpointing
+feat fp8_lora close 1e-4 - $E "$LLAMA" --train train.zst --finetuning_type lora --fp8
+feat fp8_qwen2 close 1e-4 - $E "$QWEN" --train train.zst --finetuning_type full --fp8
+wait
+runner() { if [ "$2" = cpu ]; then sft "$@"; else sft "$@" --bf16; fi; }
+feat fp8_full_bf16 close 5e-2 - $E "$LLAMA" --train train.zst --finetuning_type full --fp8
+feat fp8_lora_bf16 close 5e-2 - $E "$LLAMA" --train train.zst --finetuning_type lora --fp8
+wait
+runner() { sft "$@"; }
 
 # ---- PPO on the device -------------------------------------------------
 # A one-step probe first, so that a build that refuses --stage ppo

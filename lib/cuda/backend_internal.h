@@ -38,8 +38,9 @@ extern "C" {
  * 18: ft_cuda_infer_opts.knobs (the caller's names in the memory message),
  *     infer_refresh (a decoder kept across grpo/ppo's generations),
  *     ft_cuda_opts.weights_of (a decoder over the policy's weights),
- *     ft_cuda_view.gen_neftune (NEFTune in GRPO's device decoder) */
-#define FTP_CUDA_ABI 18
+ *     ft_cuda_view.gen_neftune (NEFTune in GRPO's device decoder);
+ * 19: ft_cuda_view.fp8 (torchao's Float8Linear modules, fp8.cu) */
+#define FTP_CUDA_ABI 19
 
 typedef struct {
 	int abi;

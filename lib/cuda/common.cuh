@@ -116,6 +116,8 @@ typedef struct {
 	 * fused groups then run module by module (grp[].wf unused) */
 	int quant;
 	ft_cu_qweight q[FT_CV_NLIN];
+	/* fp8 (fp8.cu): module j runs as torchao's Float8Linear */
+	unsigned char fp8[FT_CV_NLIN];
 } ft_dlayer;
 
 typedef struct {
@@ -193,6 +195,10 @@ struct ft_cuda_model {
 	int *q8_outl, *q8_cols, *q8_nc, q8_rows;
 	float *q8_sca, *q8_caf, *q8_tmp;
 	int32_t *q8_acc;
+	/* fp8 (fp8.cu): the cast operands (of the GEMMs' operand type), the
+	 * amax partials, the scale and its inverse */
+	void *f8x, *f8w, *f8d;
+	float *f8part, *f8sc;
 	int head_chunk, training;
 	uint64_t dropout_calls;
 	int64_t step;
@@ -470,6 +476,19 @@ int ft_cu_qlin_forward(ft_cuda_model *dm, const ft_cu_qweight *q, float *y, int 
 /* dx [N, in] += dy W; dyo: dy as the operand, row stride lddy. */
 int ft_cu_qlin_backward(ft_cuda_model *dm, const ft_cu_qweight *q, float *dx, ft_mat dyo,
 			int lddy, int N, const char *what);
+
+/* ---- fp8.cu: torchao's Float8Linear modules (mirrors lib/model/model_fp8.c) ---- */
+/* Whether a member of fused group gi is converted (the group then runs
+ * module by module). */
+int ft_cu_fp8_group(const ft_cuda_model *dm, int l, int gi);
+/* y (row stride ldy, fp32) = x W^T through fp8 operands; x [N, in] fp32 or
+ * of ft_cu_act_type.  No bias (the caller adds it in full precision). */
+int ft_cu_fp8_forward(ft_cuda_model *dm, int l, int j, float *y, int ldy, ft_mat x, int N);
+/* dx += dq(dy) W (dx may be NULL), dW += dq(dy)^T q(x); dy fp32, row
+ * stride lddy. */
+int ft_cu_fp8_backward(ft_cuda_model *dm, int l, int j, float *dx, const float *dy, int lddy,
+		       ft_mat x, int N);
+void ft_cu_fp8_layout(ft_cuda_model *dm, ft_arena *a, size_t N);
 
 /* layer.cu, for gemma.cu: the pieces Gemma's layer shares with the
  * Llama one.  lin_bwd; the attention shape of layer l

@@ -68,9 +68,12 @@ static int lin_fwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, ft_ma
 		TRY(ft_cu_qlin_forward(dm, &d->q[j], y, out, x, xo, N, ft_cuda_view_lin_name(j)));
 	} else {
 		ft_mat w = ft_cu_weight(dm, d->lin[j]);
-		TRY(ft_cu_operand_act(dm, &xo, x, n, dm->hx, w.half));
-		TRY(ft_cu_gemm(dm, 0, 1, N, out, in, 1, xo, in, w, in, 0, y, out,
-			       ft_cuda_view_lin_name(j)));
+		TRY(ft_cu_operand_act(dm, &xo, x, n, dm->hx, w.half));   /* LoRA A's too */
+		if (d->fp8[j])
+			TRY(ft_cu_fp8_forward(dm, l, j, y, out, x, N));
+		else
+			TRY(ft_cu_gemm(dm, 0, 1, N, out, in, 1, xo, in, w, in, 0, y, out,
+				       ft_cuda_view_lin_name(j)));
 	}
 	if (j < 3 && d->bias[j])
 		TRY(ft_cu_bias_forward(dm, y, out, d->bias[j]->w, N, out));
@@ -102,17 +105,38 @@ static int lin_fwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, ft_ma
  * fp32 scratch, twice its largest module's), while the tiles bound the
  * scratch and keep the GEMMs as wide; the fused buffer's layout, which
  * RoPE, attention and SwiGLU read, is the same either way. */
-/* Whether group gi of layer l computes only into fp32: QLoRA's and
- * OFT's module-by-module paths and DoRA's factors write fp32 columns. */
+/* Whether group gi of layer l computes only into fp32: QLoRA's, fp8's
+ * and OFT's module-by-module paths and DoRA's factors write fp32 columns. */
 int ft_cu_group_f32_only(const ft_cuda_model *dm, int l, int gi)
 {
 	const ft_dlayer *d = &dm->layers[l];
 	const ft_cv_group *c = &d->grp[gi].c;
-	if (d->quant || ft_cu_oft_group(dm, l, gi))
+	if (d->quant || ft_cu_oft_group(dm, l, gi) || ft_cu_fp8_group(dm, l, gi))
 		return 1;
 	for (int i = 0; i < c->n; i++)
 		if (d->lora[c->js[i]].on && d->lora[c->js[i]].mag)
 			return 1;
+	return 0;
+}
+
+/* fp8 (fp8.cu): each member into its columns of Y (fp32), the converted
+ * ones through fp8 operands, the others (layer 0's q_proj) as they are;
+ * as the CPU's lin_fwd_many, module by module. */
+static int fp8_fwd_group(ft_cuda_model *dm, int l, const ft_dgroup *g, float *Y, ft_mat x, int N)
+{
+	ft_dlayer *d = &dm->layers[l];
+	int in = g->c.in, tot = g->c.tot;
+	ft_mat xo;
+	TRY(ft_cu_operand_act(dm, &xo, x, (size_t)N * in, dm->hx, g->wf.half));
+	for (int i = 0; i < g->c.n; i++) {
+		int j = g->c.js[i];
+		if (d->fp8[j])
+			TRY(ft_cu_fp8_forward(dm, l, j, Y + g->c.off[i], tot, x, N));
+		else
+			TRY(ft_cu_gemm(dm, 0, 1, N, dm->v.lin_out[j], in, 1, xo, in,
+				       ft_cu_weight(dm, d->lin[j]), in, 0, Y + g->c.off[i], tot,
+				       ft_cuda_view_lin_name(j)));
+	}
 	return 0;
 }
 
@@ -128,7 +152,8 @@ static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, ft_mat Y, ft_mat x, i
 {
 	ft_dlayer *d = &dm->layers[l];
 	const ft_dgroup *g = &d->grp[gi];
-	int in = g->c.in, tot = g->c.tot, drop = dropping(dm) || d->quant;
+	int f8 = ft_cu_fp8_group(dm, l, gi);
+	int in = g->c.in, tot = g->c.tot, drop = dropping(dm) || d->quant || f8;
 	ft_mat xo;
 	if (Y.half && ft_cu_group_f32_only(dm, l, gi)) {   /* dqkv: wide enough for either */
 		TRY(lin_fwd_group(dm, l, gi, ft_cu_f32(dm->dqkv), x, N));
@@ -141,6 +166,8 @@ static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, ft_mat Y, ft_mat x, i
 		for (int i = 0; i < g->c.n; i++)
 			TRY(ft_cu_qlin_forward(dm, &d->q[g->c.js[i]], (float *)Y.p + g->c.off[i], tot,
 					       x, xo, N, ft_cuda_view_lin_name(g->c.js[i])));
+	} else if (f8) {
+		TRY(fp8_fwd_group(dm, l, g, (float *)Y.p, x, N));
 	} else {
 		TRY(ft_cu_operand_act(dm, &xo, x, (size_t)N * in, dm->hx, g->wf.half));
 		TRY(ft_cu_gemm_to(dm, 0, 1, N, drop ? g->c.base : tot, in, 1, xo, in, g->wf, in, 0,
@@ -212,6 +239,8 @@ static int lin_bwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
 	TRY(ft_cu_dora_lin_backward(dm, l, j, &dy, N));
 	if (d->quant)   /* frozen: the input gradient alone */
 		TRY(base_bwd_quant(dm, &d->q[j], dx, dy, N, nm));
+	else if (d->fp8[j])
+		TRY(ft_cu_fp8_backward(dm, l, j, dx, dy, out, x, N));
 	else
 		TRY(base_bwd(dm, W, dx, dy, x, N, in, out, nm));
 	if (j < 3 && d->bias[j] && d->bias[j]->g)
@@ -359,6 +388,33 @@ static int group_has_grad(const ft_cuda_model *dm, int l, const ft_dgroup *g)
 	return 0;
 }
 
+/* fp8_fwd_group's base products backward: each member's dx and weight
+ * gradient, the converted ones from dY's fp32 columns through fp8, the
+ * others from the cast dyo as base_bwd. */
+static int fp8_bwd_group(ft_cuda_model *dm, int l, const ft_dgroup *g, const float *dY,
+			 ft_mat dyo, float *dx, ft_mat x, int N)
+{
+	ft_dlayer *d = &dm->layers[l];
+	int in = g->c.in, tot = g->c.tot;
+	for (int i = 0; i < g->c.n; i++) {
+		int j = g->c.js[i], out = dm->v.lin_out[j];
+		const char *nm = ft_cuda_view_lin_name(j);
+		ft_dt *W = d->lin[j];
+		ft_mat w = ft_cu_weight(dm, W), dy = mat_at(dyo, g->c.off[i]), xo;
+		if (d->fp8[j]) {
+			TRY(ft_cu_fp8_backward(dm, l, j, dx, dY + g->c.off[i], tot, x, N));
+			continue;
+		}
+		if (dx)
+			TRY(ft_cu_gemm(dm, 0, 0, N, in, out, 1, dy, tot, w, in, 1, dx, in, nm));
+		if (W->g) {
+			TRY(ft_cu_operand_act(dm, &xo, x, (size_t)N * in, dm->hx, dyo.half));
+			TRY(ft_cu_gemm(dm, 1, 0, out, in, N, 1, dy, tot, xo, in, 1, W->g, in, nm));
+		}
+	}
+	return 0;
+}
+
 /* The backward of lin_fwd_group: dY [N, tot] holds dL/dy in each
  * module's columns (dY may be Y: in place); its LoRA columns receive
  * dL/dh; every parameter gradient accumulates; dx += dL/dx (dx may be
@@ -388,6 +444,10 @@ static int lin_bwd_group(ft_cuda_model *dm, int l, int gi, ft_mat Y, float *dY,
 		for (int i = 0; dx && i < g->c.n; i++)
 			TRY(ft_cu_qlin_backward(dm, &d->q[g->c.js[i]], dx, mat_at(dyo, g->c.off[i]), tot,
 						N, ft_cuda_view_lin_name(g->c.js[i])));
+		return lora_drop_bwd(dm, l, g, dyo, dx, x, N);
+	}
+	if (ft_cu_fp8_group(dm, l, gi)) {   /* module by module, as lin_fwd_group */
+		TRY(fp8_bwd_group(dm, l, g, dY, dyo, dx, x, N));
 		return lora_drop_bwd(dm, l, g, dyo, dx, x, N);
 	}
 	if (dx)

@@ -167,6 +167,8 @@ static void build_tensors(ft_cuda_model *dm)
 			q->bits = h->bits, q->fp4 = h->fp4, q->in = h->in, q->out = h->out;
 			q->offset = h->offset;
 		}
+		for (int j = 0; v->fp8 && j < FT_CV_NLIN; j++)   /* fp8.cu */
+			d->fp8[j] = v->fp8[(size_t)l * FT_CV_NLIN + j];
 		for (int i = first; i < dm->ntens; i++)
 			dm->tens[i].group = l;
 	}
@@ -395,6 +397,8 @@ static void layout(ft_cuda_model *dm, ft_arena *a)
 	size_t r = lora_rank(dm), V = v->V;
 	if (v->qw)
 		layout_quant(dm, a, wa, N, mi);
+	if (v->fp8)
+		ft_cu_fp8_layout(dm, a, N);
 	dm->n_acts = v->gradient_checkpointing || dm->o.inference ? 1 : (int)L;
 	for (int i = 0; i < dm->n_acts; i++)
 		layout_acts(dm, a, &dm->acts[i], N, r);

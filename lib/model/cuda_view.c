@@ -138,6 +138,7 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 	v->lora_dropout = m->lora_dropout_on ? m->o.lora_dropout : 0;
 	v->seed = m->o.seed;
 	v->qw = (const ft_cv_qweight *)m->qw;   /* [L * L_NLIN], mirrored above */
+	v->fp8 = m->fp8;                         /* [L * L_NLIN] or NULL */
 	v->qcode[0] = ft_nf4_code;
 	v->qcode[1] = ft_fp4_code;
 	v->qcode[2] = ft_dynamic_code;

@@ -93,6 +93,10 @@ typedef struct {
 	 * qw[l * FT_CV_NLIN + j] (the CPU model's array, borrowed); then
 	 * layers[l].lin[j].w is NULL.  NULL when not quantized. */
 	const ft_cv_qweight *qw;
+	/* fp8 (lib/cuda/fp8.cu): layer l's module j runs as torchao's
+	 * Float8Linear when fp8[l * FT_CV_NLIN + j] (the CPU model's flags,
+	 * borrowed); NULL when fp8 is off. */
+	const unsigned char *fp8;
 	const float *qcode[3];         /* bnb's NF4 [16], FP4 [16], dynamic [256] maps */
 	double neftune_alpha;          /* NEFTune's noise_alpha while training; 0: off */
 	int gen_neftune;               /* and in the decoders (ft_model_set_gen_neftune) */

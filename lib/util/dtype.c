@@ -186,88 +186,22 @@ int ft_convert_from_f32(void *dst, ft_dtype to, const float *src, size_t n)
 	}
 }
 
-/* ---- fp8 ------------------------------------------------------------------
- * On the bit pattern as c10's fp8e4m3fn_from_fp32_value and
- * fp8e5m2_from_fp32_value do, generalised over the two formats, with what
- * torch 2.15's eager cast does past the top (tests/unit/test_dtype.c): e4m3fn
- * saturates (finite overflow and Inf give +-448; torch <= 2.11 gave NaN,
- * hence torchao's explicit clamp), e5m2 rounds to +-Inf.  A normal
- * result rounds the f32 mantissa to `mb` bits with the add-half-minus-one-
- * plus-odd trick (round to nearest even); a subnormal one rounds the full
- * 24-bit significand shifted to the subnormal quantum, ties to even. */
-typedef struct { int bias, mb; uint32_t over; uint8_t over_code; } fp8_fmt;
-
-static fp8_fmt fp8_of(ft_fp8_format f)
-{
-	if (f == FT_FP8_E4M3)   /* 464 (the tie above 448) and up, Inf: 448 */
-		return (fp8_fmt){ 7, 3, 0x43E80000u, 0x7E };
-	return (fp8_fmt){ 15, 2, 143u << 23, 0x7C };   /* 65536 and up: Inf */
-}
+/* ---- fp8: util/dtype_inline.h's, shared with the CUDA backend ---- */
 
 float ft_fp8_max(ft_fp8_format f) { return f == FT_FP8_E4M3 ? 448.0f : 57344.0f; }
 
-uint8_t ft_f32_to_fp8(float v, ft_fp8_format f)
-{
-	fp8_fmt t = fp8_of(f);
-	uint32_t u;
-	memcpy(&u, &v, 4);
-	uint8_t sign = (uint8_t)((u >> 24) & 0x80);
-	u &= 0x7FFFFFFFu;
-	if (u > 0x7F800000u)   /* NaN, in both formats */
-		return sign | 0x7F;
-	if (u >= t.over)
-		return sign | t.over_code;
-	int shift = 23 - t.mb;
-	uint32_t min_normal = (uint32_t)(127 + 1 - t.bias) << 23;
-	if (u >= min_normal) {
-		uint32_t odd = (u >> shift) & 1;
-		u += ((uint32_t)(t.bias - 127) << 23) + ((1u << (shift - 1)) - 1) + odd;
-		return sign | (uint8_t)(u >> shift);
-	}
-	/* subnormal result: the value in units of 2^(1 - bias - mb) */
-	int e = (int)(u >> 23);            /* biased f32 exponent, < 128 - bias */
-	if (e == 0)                        /* f32 subnormals are far below */
-		return sign;
-	uint32_t sig = (u & 0x7FFFFFu) | 0x800000u;
-	int s = (1 - t.bias - t.mb) - (e - 127 - 23);   /* right shift, >= 1 */
-	if (s > 25)
-		return sign;
-	uint32_t q = sig >> s, rem = sig & ((1u << s) - 1), half = 1u << (s - 1);
-	if (rem > half || (rem == half && (q & 1)))
-		q++;
-	return sign | (uint8_t)q;   /* q == 1 << mb is the smallest normal */
-}
+uint8_t ft_f32_to_fp8(float v, ft_fp8_format f) { return ft_fp8_round(v, f == FT_FP8_E5M2); }
 
-float ft_fp8_to_f32(uint8_t b, ft_fp8_format f)
-{
-	fp8_fmt t = fp8_of(f);
-	int eb = 7 - t.mb, emax = (1 << eb) - 1;
-	int ex = (b >> t.mb) & emax, mant = b & ((1 << t.mb) - 1);
-	float s = (b & 0x80) ? -1.0f : 1.0f;
-	if (f == FT_FP8_E4M3 ? (b & 0x7F) == 0x7F : ex == emax)
-		return f == FT_FP8_E5M2 && mant == 0 ? s * INFINITY : NAN;
-	if (ex == 0)
-		return s * ldexpf((float)mant, 1 - t.bias - t.mb);
-	return s * ldexpf((float)((1 << t.mb) | mant), ex - t.bias - t.mb);
-}
+float ft_fp8_to_f32(uint8_t b, ft_fp8_format f) { return ft_fp8_value(b, f == FT_FP8_E5M2); }
 
 float ft_fp8_quantize_tensorwise(float *q, const float *x, size_t n, ft_fp8_format f)
 {
-	float amax = 0, mx = ft_fp8_max(f);
-	for (size_t i = 0; i < n; i++) {
-		float a = fabsf(x[i]);
-		if (a > amax || a != a)
-			amax = a;
-		if (a != a)
-			break;   /* torch.max propagates NaN */
-	}
-	/* amax_to_scale: float64 division, clamp at EPS = 1e-12, to float */
-	double a = amax;
-	float scale = (float)((double)mx / (a > 1e-12 || a != a ? a : 1e-12));
-	for (size_t i = 0; i < n; i++) {
-		float y = x[i] * scale;
-		y = y > mx ? mx : y < -mx ? -mx : y;   /* NaN passes through */
-		q[i] = ft_fp8_to_f32(ft_f32_to_fp8(y, f), f);
-	}
+	int e5 = f == FT_FP8_E5M2;
+	float amax = 0;
+	for (size_t i = 0; i < n; i++)
+		amax = ft_fp8_amax_step(amax, x[i]);
+	float scale = ft_fp8_scale(amax, e5);
+	for (size_t i = 0; i < n; i++)
+		q[i] = ft_fp8_quantize(x[i], scale, e5);
 	return 1.0f / scale;
 }

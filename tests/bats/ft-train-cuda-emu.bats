@@ -152,6 +152,76 @@ long_data() {
 	half_close cpu/trainer_log.jsonl bf16/trainer_log.jsonl fp16/trainer_log.jsonl
 }
 
+# --fp8 (lib/cuda/fp8.cu) against the CPU's --fp8 (lib/model/model_fp8.c).
+# fp32: both cast with the same functions (util/dtype_inline.h) and
+# multiply the same fp8-valued floats, every product exact in fp32, so
+# they differ only in sum order, as any fp32 pair here; the one new effect
+# is an element whose reordered input lands on the other side of an fp8
+# rounding boundary, one fp8 ulp (2^-4 relative) of one of thousands of
+# terms: at step 0, before AdamW can amplify anything, within 1e-5 (loss
+# and grad norm; measured 1e-7), every step within the file's 1e-4.  fp8
+# off moves step 0's grad norm by 4e-3: the bounds tell fp8 from plain,
+# and e4m3 for the output gradient (a mutation) by 4e-3.  --bf16 and
+# --fp16 against the CPU's fp32: a half input's amax is the fp32 one
+# rounded, so its scale differs and every element's fp8 rounding is drawn
+# anew: the two operands then differ by fp8's own quantization noise, not
+# by the half rounding (torch on 4096 normal values: 1.3e-2 relative for a
+# bf16-rounded input, 1.7e-3 for fp16, 8 times the rounding itself), so
+# both modes get bf16's bounds above, losses 1e-2 and grad norms 5e-2
+# (measured: 4e-4 and 2.4e-2).
+fp8_close() {
+	paste <(jq -r 'select(.loss) | "\(.loss) \(.grad_norm)"' "$1") \
+	      <(jq -r 'select(.loss) | "\(.loss) \(.grad_norm)"' "$2") | awk -v t0="$3" -v tl="$4" -v tg="$5" '
+		function rel(a, b) { d = (a - b) / a; return d < 0 ? -d : d }
+		{ b0 = NR == 1 ? t0 : tl; bg = NR == 1 ? t0 : tg
+		  if (rel($1, $3) > w) w = rel($1, $3); if (rel($2, $4) > w) w = rel($2, $4)
+		  if (rel($1, $3) > b0 || rel($2, $4) > bg) bad = 1; n++ }
+		END { printf "# %d steps, worst relative difference %.3g\n", n, w; exit !(n == 4 && !bad) }' >&3
+}
+
+@test "emulated device --fp8: full and LoRA with gradient checkpointing, fp32, --bf16 and --fp16; freeze, Qwen2's biases, Gemma 2; against the CPU's --fp8" {
+	sft_data
+	for ft in full lora; do
+		tr cpu cpu "$LLAMA" --train train.zst --finetuning_type $ft --fp8 --gradient_checkpointing
+		tr cuda dev "$LLAMA" --train train.zst --finetuning_type $ft --fp8 --gradient_checkpointing
+		[[ "$(jq -r .ft.device dev/trainer_state.json)" == "cuda:0 (ft host emulation, "*", fp32" ]]
+		fp8_close cpu/trainer_log.jsonl dev/trainer_log.jsonl 1e-5 1e-4 1e-4
+		for p in bf16 fp16; do
+			tr cuda $p "$LLAMA" --train train.zst --finetuning_type $ft --fp8 --gradient_checkpointing --$p
+			[[ "$(jq -r .ft.device $p/trainer_state.json)" == *", $p" ]]
+			fp8_close cpu/trainer_log.jsonl $p/trainer_log.jsonl 1e-2 1e-2 5e-2
+			! diff -q <(nums dev/trainer_log.jsonl) <(nums $p/trainer_log.jsonl)
+		done
+		rm -rf cpu dev bf16 fp16
+	done
+	# freeze (the frozen layers' dx alone); Qwen2: q/k/v biases added in
+	# full precision after the fp8 product; Gemma 2 (its layer, gemma.cu)
+	for m in "$LLAMA --finetuning_type freeze --freeze_trainable_layers 1" "$QWEN --finetuning_type full" \
+		 "$FIXTURES/families/gemma2/model --finetuning_type full --allow_tokenizer_mismatch"; do
+		tr cpu cpu $m --train train.zst --fp8
+		tr cuda dev $m --train train.zst --fp8
+		fp8_close cpu/trainer_log.jsonl dev/trainer_log.jsonl 1e-5 1e-4 1e-4
+		rm -rf cpu dev
+	done
+	# the same run without fp8 is outside the fp32 bounds: fp8 was on
+	tr cpu cpu "$LLAMA" --train train.zst --finetuning_type full --fp8 --gradient_checkpointing
+	tr cuda plain "$LLAMA" --train train.zst --finetuning_type full --gradient_checkpointing
+	! fp8_close cpu/trainer_log.jsonl plain/trainer_log.jsonl 1e-5 1e-4 1e-4
+}
+
+@test "emulated device --fp8 resume: bit-identical to the uninterrupted device run (full, gradient checkpointing)" {
+	sft_data
+	args=(--model_name_or_path "$LLAMA" --train train.zst --device cuda --finetuning_type full --fp8
+	      --gradient_checkpointing --learning_rate 5e-3 --max_steps 6 --gradient_accumulation_steps 2
+	      --max_grad_norm 0.5 --logging_steps 1 --save_steps 3 -q)
+	ft-train --output_dir a "${args[@]}"
+	mkdir b && cp -r a/checkpoint-3 b/ && head -n 3 a/trainer_log.jsonl > b/trainer_log.jsonl
+	ft-train --output_dir b "${args[@]}" --resume_from_checkpoint true
+	diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	cmp a/model.safetensors b/model.safetensors
+	cmp a/checkpoint-6/optimizer.safetensors b/checkpoint-6/optimizer.safetensors
+}
+
 # Gemma's head_dim 256 in fp32 on a card with less shared memory per
 # block than an A100 (FT_EMU_SMEM_OPTIN sets the emulated opt-in bound;
 # docs/CUDA-ATTENTION.md "Which attention kernel runs").  Bytes per block at hd 256

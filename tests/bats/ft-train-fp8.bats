@@ -83,6 +83,21 @@ fp8_parity() {
 		--allow_tokenizer_mismatch
 }
 
+# The device (lib/cuda/fp8.cu) on the host emulation against the same
+# torchao fixture, with the same bounds: its fp8 operands are the CPU's bit
+# for bit and its fp32 GEMMs differ from sgemm's only in summation order,
+# as the CPU's differ from torch's (tests/bats/ft-train-cuda-emu.bats has
+# the device against the CPU, and the half modes).
+@test "fp8: the device's parity with torchao's Float8Linear (full, LoRA r=4; emulated device)" {
+	[ -f "$EMU" ] || skip "the emulated backend is not built (make unit)"
+	need_jq
+	export FT_CUDA_LIB=$EMU
+	fp8_parity fp8_full --finetuning_type full --learning_rate 1e-3 --device cuda
+	[[ "$(jq -r .ft.device fp8_full/trainer_state.json)" == "cuda:0 (ft host emulation, "*", fp32" ]]
+	fp8_parity fp8_lora --finetuning_type lora --learning_rate 2e-3 --device cuda \
+		--adapter_name_or_path "$FIXTURES/parity/llama-lora-init"
+}
+
 @test "fp8: backends, notes and refusals as LLaMA-Factory's" {
 	for b in auto torchao; do
 		run train --finetuning_type full --max_steps 1 -q --fp8 --fp8_backend $b --overwrite_output_dir
@@ -125,14 +140,16 @@ fp8_parity() {
 	[[ "$stderr" == *"--fp8 is ignored by --stage dpo"* && "$stderr" != *"Float8Linear"* ]]
 }
 
-@test "fp8: --device cuda refuses it, --device auto trains on the CPU with a note" {
+@test "fp8: --device cuda trains on the device, --device auto picks it (no CPU fallback)" {
 	[ -f "$EMU" ] || skip "the emulated backend is not built (make unit)"
+	need_jq
 	export FT_CUDA_LIB=$EMU
-	run train --finetuning_type full --max_steps 1 --fp8 --device cuda
-	[ "$status" -eq 2 ]
-	assert_output --partial "--device cuda: --fp8 runs on the CPU only in ft for now"
+	run --separate-stderr train --finetuning_type full --max_steps 1 --fp8 --device cuda
+	assert_success
+	[[ "$stderr" == *"--fp8: 13 of 14 decoder linears as torchao's Float8Linear"* ]]
+	[[ "$(jq -r .ft.device out/trainer_state.json)" == "cuda:0 (ft host emulation, "* ]]
 	run --separate-stderr train --finetuning_type full --max_steps 1 --fp8 --device auto --overwrite_output_dir
 	assert_success
-	[[ "$stderr" == *"--device auto: training on the CPU: --fp8 runs on the CPU only"* ]]
-	[ "$(jq -r .ft.device out/trainer_state.json)" = cpu ]
+	[[ "$stderr" != *"training on the CPU"* ]]
+	[[ "$(jq -r .ft.device out/trainer_state.json)" == "cuda:0 (ft host emulation, "* ]]
 }

@@ -111,6 +111,23 @@ nccl_parity() {
 	nccl_parity full model.safetensors
 }
 
+# --fp8 (lib/cuda/fp8.cu): each rank casts its own micro-batch's operands
+# (amax per rank's tensor, as under DeepSpeed), on the device as on the CPU;
+# the CPU's 2 ranks within ft-train-cuda-emu.bats's fp8 bound for fp32,
+# 1e-4 (measured 1e-7).
+@test "NCCL (emulated) --fp8: 2 ranks on the device == the CPU's 2 ranks, full" {
+	args=($(base) --finetuning_type full --fp8 --gradient_accumulation_steps 2)
+	run mpi2 ft-train "${args[@]}" --device cuda --output_dir two
+	assert_success
+	[[ "$(jq -r .ft.device two/trainer_state.json)" == "cuda:0 (ft host emulation, "* ]]
+	run mpi2 ft-train "${args[@]}" --device cpu --output_dir cpu
+	assert_success
+	[ "$(wc -l < cpu/trainer_log.jsonl)" = "$(wc -l < two/trainer_log.jsonl)" ]
+	d=$(rel_diff cpu/trainer_log.jsonl two/trainer_log.jsonl)
+	echo "# fp8: against the CPU's 2 ranks: within $d relative" >&3
+	within "$d" 1e-4
+}
+
 @test "NCCL (emulated): an NCCL library that does not load is refused naming it" {
 	run mpi2 env FT_NCCL_LIB=/nonexistent/libnccl.so.2 ft-train $(base) --device cuda --output_dir out
 	assert_failure

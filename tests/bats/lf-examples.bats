@@ -167,7 +167,7 @@ tiny_qwen() {
 	[ -s saves/ds3_full/model.safetensors ]
 	run_example train_lora/qwen3_lora_sft_ds3.yaml $small output_dir=saves/ds3_lora
 	[ -s saves/ds3_lora/adapter_model.safetensors ]
-	# fp8 (torchao's Float8Linear numerics on the CPU), under DeepSpeed's
+	# fp8 (torchao's Float8Linear numerics; the CPU here, no GPU), under DeepSpeed's
 	# ZeRO-3 fp8 config and FSDP: ft's data parallel with --zero 1
 	run_example extras/fp8/llama3_fp8_deepspeed_sft.yaml $small template=qwen3_nothink report_to=none
 	[ -s saves/llama3-8b/fp8-deepspeed/sft/model.safetensors ]

@@ -64,13 +64,6 @@ void fp8_args_parse(ft_lfargs *a, ft_cli_args *c)
 	c->fp8 = 1;
 }
 
-/* The reason --device cuda cannot run it (the CPU path has the recipe). */
-const char *fp8_cpu_only(const ft_cli_args *c)
-{
-	return c->fp8 ? "--fp8 runs on the CPU only in ft for now (torchao's Float8Linear "
-			"numerics, fake-quantized operands through sgemm)" : NULL;
-}
-
 void fp8_model(ft_cli_args *c, ft_model *m)
 {
 	if (!c->fp8) return;

@@ -87,7 +87,6 @@ void vocab_free(ft_cli_args *c);
 int fp8_known_key(const char *k);
 void fp8_args_parse(ft_lfargs *a, ft_cli_args *c);
 void fp8_model(ft_cli_args *c, ft_model *m);
-const char *fp8_cpu_only(const ft_cli_args *c);
 
 struct ft_optim_ext;
 int ft_train_extras_known(const char *key);

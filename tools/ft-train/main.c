@@ -104,7 +104,8 @@ static const char usage[] =
 "                             a plain LoRA adapter of rank 2r)\n"
 "  --fp8                      pt/sft: torchao's Float8Linear numerics (tensorwise\n"
 "                             scales, e4m3 forward, e5m2 gradients) on the decoder\n"
-"                             linears accelerate converts (not layer 0's q_proj)\n"
+"                             linears accelerate converts (not layer 0's q_proj);\n"
+"                             on the CPU or --device cuda (fp8 values in fp32/bf16)\n"
 "  --fp8_backend auto|torchao|msamp (auto; all torchao, as LLaMA-Factory; te refused)\n"
 "  --fp8_enable_fsdp_float8_all_gather  accepted: a no-op without FSDP (a note)\n"
 "Logging, evaluation, checkpoints:\n"
@@ -437,8 +438,7 @@ int device_pick(ft_cli_args *c, ft_model *m, int *index)
 	}
 	if (kind != FT_DEV_CPU && !strcmp(c->device, "auto")) {
 		/* auto means the GPU when it can run this job, else the CPU */
-		const char *cpu_only = fp8_cpu_only(c) ? fp8_cpu_only(c)
-				       : ft_train_extras_cpu_only(c, m) ? ft_train_extras_cpu_only(c, m)
+		const char *cpu_only = ft_train_extras_cpu_only(c, m) ? ft_train_extras_cpu_only(c, m)
 				       : rm_stage(c) && c->t.dist && c->zero ? rm_zero_cpu_only
 				       : ft_train_cuda_supports(m) < 0 ? ft_errmsg() : NULL;
 		if (cpu_only) {
@@ -447,7 +447,6 @@ int device_pick(ft_cli_args *c, ft_model *m, int *index)
 			why[0] = 0;
 		}
 	}
-	if (kind != FT_DEV_CPU && fp8_cpu_only(c)) die_usage("--device %s: %s", c->device, fp8_cpu_only(c));
 	if (kind == FT_DEV_CPU) {
 		if (c->device_given && why[0]) warn("note: --device %s: running on the CPU (%s)", c->device, why);
 		if (c->bf16 || c->fp16)
