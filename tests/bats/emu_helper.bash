@@ -85,7 +85,8 @@ half_close() {
 	! diff -q <(nums "$1") <(nums "$2")
 }
 # resume_same flags...: in fp32 and --fp16, 6 device steps saving at 3,
-# then from checkpoint-3 in a new process: the log, the adapter and the
+# then from checkpoint-3 in a new process: the log, the adapter (WEIGHTS:
+# another output file, model.safetensors for full fine-tuning) and the
 # optimizer state (moments come back out of the device) bit-identical
 resume_same() {
 	local p args
@@ -97,7 +98,7 @@ resume_same() {
 		mkdir b && cp -r a/checkpoint-3 b/ && head -n 3 a/trainer_log.jsonl > b/trainer_log.jsonl
 		ft-train --output_dir b "${args[@]}" --resume_from_checkpoint true
 		diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
-		cmp a/adapter_model.safetensors b/adapter_model.safetensors
+		cmp "a/${WEIGHTS:-adapter_model.safetensors}" "b/${WEIGHTS:-adapter_model.safetensors}"
 		cmp a/checkpoint-6/optimizer.safetensors b/checkpoint-6/optimizer.safetensors
 		rm -rf a b
 	done
