@@ -191,3 +191,68 @@ int ftp_cuda_ext_state_out(ftp_cuda_ext *x)
 		return block_moments(x, a, 1);
 	return 0;
 }
+
+/* ---- the AdamW moments at checkpoints ---- */
+
+void ftp_cuda_state_init(ftp_cuda_state *s, ft_cuda_model *dm, ftp_cuda_ext *ext, ftp_cuda_moments_get get,
+			 ftp_cuda_moments_set set, void *b)
+{
+	*s = (ftp_cuda_state){ .dm = dm, .ext = ext, .get = get, .set = set, .b = b };
+}
+
+/* ft_adamw_fetch / ft_dist_own_out: the k-th param's moments straight from
+ * the device as the checkpoint is written, none of the others' on the
+ * host meanwhile */
+static int fetch(void *ctx, size_t k, float *m, float *v)
+{
+	ftp_cuda_state *s = ctx;
+	return s->get(s->b, ft_adamw_param(s->out, k), m, v);
+}
+
+/* ft_dist_own_in: this rank's piece of the k-th param's moments onto the
+ * device as a ZeRO-1 resume streams them in (the step is set before) */
+static int own_in(void *ctx, size_t k, const float *m, const float *v)
+{
+	ftp_cuda_state *s = ctx;
+	return s->set(s->b, ft_adamw_param(s->out, k), m, v, ft_adamw_steps(s->out));
+}
+
+int ftp_cuda_state_out(ftp_cuda_state *s, ft_adamw *opt)
+{
+	/* the device's moments hold that optimizer's state; the AdamW the
+	 * CPU run leaves untouched stays so */
+	if (ftp_cuda_ext_owns_state(s->ext))
+		return ftp_cuda_ext_state_out(s->ext);
+	if (opt) {
+		s->out = opt;
+		ft_adamw_set_steps(opt, ft_cuda_steps(s->dm));
+	}
+	/* ZeRO-1: rank 0 writes each param's moments as the other ranks send
+	 * their pieces (--zero 1 refuses the optimizer extras, so no block) */
+	if (s->zero && opt)
+		return ft_dist_save_moments(&s->zsave, s->zero, opt, fetch, s);
+	if (opt)
+		ft_adamw_set_fetch(opt, fetch, s);
+	return ftp_cuda_ext_state_out(s->ext);   /* BAdam's block */
+}
+
+int ftp_cuda_state_zero_load(ftp_cuda_state *s, ft_adamw *opt, const char *path)
+{
+	if (!s->zero)
+		return ft_fail("%s: a ZeRO-1 load on a device model without its slice", path);
+	s->out = opt;
+	if (ft_dist_load_moments(s->zero, opt, path, own_in, s) < 0)
+		return -1;
+	s->zero_loaded = 1;
+	return 0;
+}
+
+int ftp_cuda_state_in(ftp_cuda_state *s, const ft_adamw *opt)
+{
+	ft_adamw *o = (ft_adamw *)opt;   /* read only: the accessors are shared */
+	for (size_t k = 0; !s->zero_loaded && k < ft_adamw_count(o); k++)
+		if (s->set(s->b, ft_adamw_param(o, k), ft_adamw_exp_avg(o, k), ft_adamw_exp_avg_sq(o, k),
+			   ft_adamw_steps(o)) < 0)
+			return -1;
+	return 0;
+}

@@ -20,11 +20,8 @@ typedef struct {
 	int64_t calls;       /* the device's dropout position, as it advances */
 	float temp;          /* GRPO: the log-probs' temperature (1: none) */
 	float *ent;          /* GRPO: where the entropies go (NULL: none) */
-	ft_adamw *out;       /* the optimizer dev_moments fills, at a checkpoint */
 	ftp_cuda_ext ext;    /* dpo/kto: LLaMA-Factory's optimizer extras (cuda_ext.c) */
-	struct ft_dist *zero;   /* ZeRO-1 (dpo/kto): the job whose ranks hold the slices */
-	ft_dist_moments zsave;  /* ZeRO-1: rank 0's fetch of the others' slices */
-	int zero_loaded;        /* ZeRO-1: the resume put the slice on the device */
+	ftp_cuda_state st;   /* the moments at checkpoints; st.zero: ZeRO-1's job (dpo/kto) */
 } binding;
 
 /* The host value head -> the device, when it changed there. */
@@ -96,7 +93,7 @@ static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm
 	x->skipped += skipped;
 	x->need_zero = 1;
 	/* ZeRO-1: as cuda_train.c's step (every rank skips alike) */
-	if (x->zero && !skipped && ft_cuda_train_zero_gather(x->dm, x->zero) < 0)
+	if (x->st.zero && !skipped && ft_cuda_train_zero_gather(x->dm, x->st.zero) < 0)
 		return -1;
 	return skipped;
 }
@@ -145,14 +142,22 @@ static long param_index(binding *x, const ft_param *p)
 	return ft_fail("optimizer parameter %s is not the model's", p->name);
 }
 
-/* ft_adamw_fetch: the k-th param's moments straight from the device as
- * the checkpoint is written, none of the others' on the host meanwhile */
-static int dev_moments(void *ctx, size_t k, float *m, float *v)
+/* ftp_cuda_state's access to the moments of optimizer param p: the
+ * model's or the value head's */
+static int moments_get(void *b, const ft_param *p, float *m, float *v)
 {
-	binding *x = ctx;
-	long i = param_index(x, ft_adamw_param(x->out, k));
+	binding *x = b;
+	long i = param_index(x, p);
 	return i >= 0 ? ft_cuda_adamw_get(x->dm, (size_t)i, m, v)
 	       : i < -1 ? ft_cuda_value_head_get(x->dp, (int)(-2 - i), NULL, m, v) : -1;
+}
+
+static int moments_set(void *b, const ft_param *p, const float *m, const float *v, int64_t step)
+{
+	binding *x = b;
+	long i = param_index(x, p);
+	return i >= 0 ? ft_cuda_adamw_set(x->dm, (size_t)i, m, v, step)
+	       : i < -1 ? ft_cuda_value_head_set(x->dp, (int)(-2 - i), NULL, m, v) : -1;
 }
 
 static int b_state_out(void *self, ft_adamw *opt)
@@ -163,42 +168,13 @@ static int b_state_out(void *self, ft_adamw *opt)
 	/* the host model's dropout position is the device's: GRPO's and
 	 * PPO's checkpoints read it there (ft_model_dropout_position) */
 	ft_model_set_dropout_position(x->m, (uint64_t)x->calls);
-	/* an optimizer in place of AdamW holds the state: the AdamW stays */
-	if (ftp_cuda_ext_owns_state(&x->ext))
-		return ftp_cuda_ext_state_out(&x->ext);
-	if (opt) {
-		x->out = opt;
-		ft_adamw_set_steps(opt, ft_cuda_steps(x->dm));
-	}
-	/* ZeRO-1 (no value head, no extras: ft_pref_model_cuda_zero): rank 0
-	 * writes each param's moments as the others send their pieces, as
-	 * cuda_train.c's */
-	if (x->zero && opt)
-		return ft_dist_save_moments(&x->zsave, x->zero, opt, dev_moments, x);
-	if (opt)
-		ft_adamw_set_fetch(opt, dev_moments, x);
-	return ftp_cuda_ext_state_out(&x->ext);   /* BAdam's block */
-}
-
-/* ft_dist_own_in: this rank's piece of the k-th param's moments onto the
- * device as a ZeRO-1 resume streams them in (the step is set before) */
-static int zero_in(void *ctx, size_t k, const float *m, const float *v)
-{
-	binding *x = ctx;
-	long i = param_index(x, ft_adamw_param(x->out, k));
-	return i < 0 ? -1 : ft_cuda_adamw_set(x->dm, (size_t)i, m, v, ft_adamw_steps(x->out));
+	/* ZeRO-1 has no value head here (ft_pref_model_cuda_zero) */
+	return ftp_cuda_state_out(&x->st, opt);
 }
 
 static int b_zero_load(void *self, ft_adamw *opt, const char *path)
 {
-	binding *x = self;
-	if (!x->zero)
-		return ft_fail("%s: a ZeRO-1 load on a device model without its slice", path);
-	x->out = opt;
-	if (ft_dist_load_moments(x->zero, opt, path, zero_in, x) < 0)
-		return -1;
-	x->zero_loaded = 1;
-	return 0;
+	return ftp_cuda_state_zero_load(&((binding *)self)->st, opt, path);
 }
 
 static int b_state_in(void *self, const ft_adamw *opt)
@@ -209,15 +185,8 @@ static int b_state_in(void *self, const ft_adamw *opt)
 	x->vh_stale = x->vh != NULL;
 	if (head_up(x) < 0)
 		return -1;
-	ft_adamw *o = (ft_adamw *)opt;   /* read only: the accessors are shared */
-	for (size_t k = 0; !x->zero_loaded && k < ft_adamw_count(o); k++) {
-		long i = param_index(x, ft_adamw_param(o, k));
-		const float *m = ft_adamw_exp_avg(o, k), *v = ft_adamw_exp_avg_sq(o, k);
-		int rc = i >= 0 ? ft_cuda_adamw_set(x->dm, (size_t)i, m, v, ft_adamw_steps(o))
-		       : i < -1 ? ft_cuda_value_head_set(x->dp, (int)(-2 - i), NULL, m, v) : -1;
-		if (rc < 0)
-			return -1;
-	}
+	if (ftp_cuda_state_in(&x->st, opt) < 0)
+		return -1;
 	x->need_zero = 1;
 	return 0;
 }
@@ -339,6 +308,7 @@ int ft_pref_model_of_cuda(ft_model *m, const ft_cuda_opts *o, int value_head, ft
 		return -1;
 	}
 	ftp_cuda_ext_init(&x->ext, m, x->dm);
+	ftp_cuda_state_init(&x->st, x->dm, &x->ext, moments_get, moments_set, x);
 	const ft_config *c = ft_model_config(m);
 	int f16 = o->precision == FT_CUDA_F16;
 	/* forward_backward / forward (the sft loss) are not part of these
@@ -372,7 +342,7 @@ int ft_pref_model_cuda_zero(ft_pref_model *pm, struct ft_dist *d)
 	 * optimizer's params, the head's included: the two would not meet */
 	if (pm->own_value_head)
 		return ft_fail("ZeRO-1 on the device: rm's value head is not in the device's slices");
-	x->zero = d;
+	x->st.zero = d;
 	return 0;
 }
 

@@ -18,11 +18,8 @@ typedef struct {
 	double alpha;        /* ASFT through the reference's device model ref */
 	ft_cuda_pref *dp;
 	ft_cuda_model *ref;
-	ft_dist *zero;       /* ZeRO-1: the job whose ranks hold the slices */
 	ftp_cuda_ext ext;    /* LLaMA-Factory's optimizer extras on the device */
-	ft_adamw *out;       /* the optimizer dev_moments fills, at a checkpoint */
-	ft_dist_moments zsave;   /* ZeRO-1: rank 0's fetch of the others' slices */
-	int zero_loaded;     /* ZeRO-1: the resume put the slice on the device */
+	ftp_cuda_state st;   /* the moments at checkpoints; st.zero: ZeRO-1's job */
 } binding;
 
 ft_cuda_batch ft_cuda_batch_of(const ft_batch *b)
@@ -90,7 +87,7 @@ static int b_step(void *self, const ft_adamw_opts *o, double lr, double max_norm
 	x->skipped += skipped;
 	x->need_zero = 1;
 	/* every rank skips together: the same gradients */
-	if (x->zero && !skipped && ft_cuda_train_zero_gather(x->dm, x->zero) < 0)
+	if (x->st.zero && !skipped && ft_cuda_train_zero_gather(x->dm, x->st.zero) < 0)
 		return -1;
 	return skipped;
 }
@@ -117,13 +114,19 @@ static int b_ext_step(void *self, const ft_optim_ext *e, const ft_adamw_opts *o,
 	return skipped;
 }
 
-/* ft_adamw_fetch: the k-th param's moments straight from the device as
- * the checkpoint is written, none of the others' on the host meanwhile */
-static int dev_moments(void *ctx, size_t k, float *m, float *v)
+/* ftp_cuda_state's access to the moments of optimizer param p */
+static int moments_get(void *b, const ft_param *p, float *m, float *v)
 {
-	binding *x = ctx;
-	long i = ftp_cuda_param_index(x->m, ft_adamw_param(x->out, k));
+	binding *x = b;
+	long i = ftp_cuda_param_index(x->m, p);
 	return i < 0 ? -1 : ft_cuda_adamw_get(x->dm, (size_t)i, m, v);
+}
+
+static int moments_set(void *b, const ft_param *p, const float *m, const float *v, int64_t step)
+{
+	binding *x = b;
+	long i = ftp_cuda_param_index(x->m, p);
+	return i < 0 ? -1 : ft_cuda_adamw_set(x->dm, (size_t)i, m, v, step);
 }
 
 static int b_state_out(void *self, ft_adamw *opt)
@@ -131,40 +134,12 @@ static int b_state_out(void *self, ft_adamw *opt)
 	binding *x = self;
 	if (ft_cuda_copy_weights_to_host(x->dm) < 0)
 		return -1;
-	/* the device's moments hold that optimizer's state; the AdamW the
-	 * CPU run leaves untouched stays so */
-	if (ftp_cuda_ext_owns_state(&x->ext))
-		return ftp_cuda_ext_state_out(&x->ext);
-	if (opt) {
-		x->out = opt;
-		ft_adamw_set_steps(opt, ft_cuda_steps(x->dm));
-	}
-	/* ZeRO-1: rank 0 writes each param's moments as the other ranks send
-	 * their pieces (--zero 1 refuses the optimizer extras, so no block) */
-	if (x->zero && opt)
-		return ft_dist_save_moments(&x->zsave, x->zero, opt, dev_moments, x);
-	if (opt)
-		ft_adamw_set_fetch(opt, dev_moments, x);
-	return ftp_cuda_ext_state_out(&x->ext);   /* BAdam's block */
-}
-
-/* ft_dist_own_in: this rank's piece of the k-th param's moments onto the
- * device as the resume streams them in (the step is set before) */
-static int zero_in(void *ctx, size_t k, const float *m, const float *v)
-{
-	binding *x = ctx;
-	long i = ftp_cuda_param_index(x->m, ft_adamw_param(x->out, k));
-	return i < 0 ? -1 : ft_cuda_adamw_set(x->dm, (size_t)i, m, v, ft_adamw_steps(x->out));
+	return ftp_cuda_state_out(&x->st, opt);
 }
 
 static int b_zero_load(void *self, ft_adamw *opt, const char *path)
 {
-	binding *x = self;
-	x->out = opt;
-	if (ft_dist_load_moments(x->zero, opt, path, zero_in, x) < 0)
-		return -1;
-	x->zero_loaded = 1;
-	return 0;
+	return ftp_cuda_state_zero_load(&((binding *)self)->st, opt, path);
 }
 
 static int b_state_in(void *self, const ft_adamw *opt)
@@ -172,13 +147,8 @@ static int b_state_in(void *self, const ft_adamw *opt)
 	binding *x = self;
 	if (ft_cuda_copy_weights_to_device(x->dm) < 0)
 		return -1;
-	ft_adamw *o = (ft_adamw *)opt;   /* read only: the accessors are shared */
-	for (size_t k = 0; !x->zero_loaded && k < ft_adamw_count(o); k++) {
-		long i = ftp_cuda_param_index(x->m, ft_adamw_param(o, k));
-		if (i < 0 || ft_cuda_adamw_set(x->dm, (size_t)i, ft_adamw_exp_avg(o, k),
-					       ft_adamw_exp_avg_sq(o, k), ft_adamw_steps(o)) < 0)
-			return -1;
-	}
+	if (ftp_cuda_state_in(&x->st, opt) < 0)
+		return -1;
 	x->need_zero = 1;
 	return 0;
 }
@@ -322,6 +292,7 @@ int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t
 		return -1;
 	}
 	ftp_cuda_ext_init(&x->ext, m, x->dm);
+	ftp_cuda_state_init(&x->st, x->dm, &x->ext, moments_get, moments_set, x);
 	x->loss = ft_model_sft_loss(m, &x->alpha);
 	if (((x->loss == FT_SFT_LOSS_DFT || x->loss == FT_SFT_LOSS_EAFT) &&
 	     !(x->dp = ft_cuda_pref_new(x->dm, 0))) ||
@@ -349,7 +320,7 @@ int ft_train_model_of_cuda(ft_model *m, const ft_cuda_opts *o, ft_train_model *t
 
 void ft_cuda_train_zero(ft_train_model *t, ft_dist *d)
 {
-	((binding *)t->self)->zero = d;
+	((binding *)t->self)->st.zero = d;
 	t->zero_load = b_zero_load;
 }
 
