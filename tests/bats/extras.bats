@@ -349,12 +349,21 @@ pissa_args=(--lora_rank 4 --lora_alpha 8 --lora_target all --learning_rate 2e-3 
 # Same 1e-5 bound as the runs above.
 @test "DoRA with lora_dropout: parity with PEFT's dropout branch under ft's masks (p 0.1 and 0.3); LoRA's too" {
 	need_jq
+	# the adapters as PEFT saves them with that lora_dropout (PeftModel.from_pretrained,
+	# LLaMA-Factory's resume, reads it from adapter_config.json)
+	with_dropout() {
+		mkdir "$3" && cp "$FIXTURES/$1"/* "$3"/
+		jq --argjson p "$2" '.lora_dropout = $p' "$FIXTURES/$1/adapter_config.json" > "$3/adapter_config.json"
+	}
+	with_dropout parity/llama-lora-init 0.1 lora01
+	with_dropout extras/llama-dora-init 0.1 dora01
+	with_dropout extras/llama-dora-init 0.3 dora03
 	REF=extras/dropout_losses.txt parity_run lora_drop lora --learning_rate 2e-3 \
-		--adapter_name_or_path "$FIXTURES/parity/llama-lora-init" --lora_dropout 0.1
+		--adapter_name_or_path lora01 --lora_dropout 0.1
 	REF=extras/dropout_losses.txt parity_run dora_drop lora --learning_rate 2e-3 \
-		--adapter_name_or_path "$FIXTURES/extras/llama-dora-init" --lora_dropout 0.1
+		--adapter_name_or_path dora01 --lora_dropout 0.1
 	REF=extras/dropout_losses.txt parity_run dora_drop3 lora --learning_rate 2e-3 \
-		--adapter_name_or_path "$FIXTURES/extras/llama-dora-init" --lora_dropout 0.3
+		--adapter_name_or_path dora03 --lora_dropout 0.3
 	# the dropout ran: the references without it differ
 	[ "$(grep '^dora ' "$FIXTURES/extras/losses.txt" | cut -d' ' -f2)" != \
 		"$(grep '^dora_drop ' "$FIXTURES/extras/dropout_losses.txt" | cut -d' ' -f2)" ]
