@@ -164,6 +164,38 @@ grpo_exec() { exec "${GRPO[@]}" --model_name_or_path "$LLAMA" "$@"; }
 	[ "$status" -eq 1 ]; assert_output --partial "nohead/value_head.safetensors"
 }
 
+@test "grpo: a full reward model (--reward_model_type full, --reward_model_adapters) scores as the rm adapter it merges" {
+	need_jq
+	ft-cat --encode < "$FIXTURES/pref/rm.jsonl" > rm.zst
+	ft-train --stage rm --model_name_or_path "$LLAMA" --train rm.zst --output_dir myrm --max_steps 1 -q
+	run grpo --output_dir l --reward_model myrm --log_completions true --max_steps 1
+	assert_success
+	# the base with myrm merged, the value head the last adapter's (LLaMA-Factory's
+	# create_reward_model + load_model); the same completions (one step: the same
+	# policy), scores within float32 rounding of the merged W + s B A through two
+	# layers and the head (measured 2.4e-7 on scores ~0.3; bound 2e-6); the
+	# full model is named by its directory, as TRL names a reward model
+	mkdir f
+	run grpo --output_dir f/g --reward_model_type full --reward_model "$LLAMA" --reward_model_adapters myrm \
+		--log_completions true --max_steps 1
+	assert_success
+	[ "$(jq -c .completion f/g/completions.jsonl)" = "$(jq -c .completion l/completions.jsonl)" ]
+	paste <(jq .rewards.myrm l/completions.jsonl) <(jq '.rewards["tiny-llama"]' f/g/completions.jsonl) |
+		awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 2e-6 || $2 == "null") bad = 1; n++ } END { exit bad || n != 8 }'
+	# a full rm directory (model + value head) alone
+	ft-train --stage rm --model_name_or_path "$LLAMA" --train rm.zst --output_dir fullrm --max_steps 1 -q \
+		--finetuning_type full
+	run grpo --output_dir g2 --reward_model_type full --reward_model fullrm --finetuning_type full
+	assert_success
+	[ "$(jq -r '."rewards/fullrm/mean" | type' g2/trainer_log.jsonl | sort -u)" = number ]
+	run grpo --output_dir g3 --reward_model_type full --reward_model "$LLAMA"
+	[ "$status" -eq 1 ]; assert_output --partial "value_head.safetensors"
+	run grpo --output_dir g4 --reward_model_type full --reward_funcs "$ONE"
+	[ "$status" -eq 2 ]; assert_output --partial "--reward_model_type full needs --reward_model DIR"
+	run grpo --output_dir g5 --reward_model myrm --reward_model_adapters myrm
+	[ "$status" -eq 2 ]; assert_output --partial "--reward_model_adapters: only --reward_model_type full uses them"
+}
+
 @test "grpo: a reward command that fails names the line, exits 1 and saves nothing" {
 	run grpo --output_dir a --reward_funcs "bad=awk -W interactive 'NR == 2 { print \"x2\"; next } { print 1 }'"
 	[ "$status" -eq 1 ]
@@ -203,7 +235,7 @@ grpo_exec() { exec "${GRPO[@]}" --model_name_or_path "$LLAMA" "$@"; }
 	run grpo --output_dir a --reward_funcs "$ONE" --reward_weights 1,2
 	[ "$status" -eq 2 ]; assert_output --partial "more weights than the 1 rewards"
 	run grpo --output_dir a --reward_model some/rm --reward_model_type api
-	[ "$status" -eq 2 ]; assert_output --partial "--reward_model_type api: --stage grpo takes an rm adapter"
+	[ "$status" -eq 2 ]; assert_output --partial "--reward_model_type api: with --stage grpo a command is a --reward_funcs entry"
 	run grpo --output_dir a --reward_funcs "$ONE" --ref_model "$LLAMA"
 	[ "$status" -eq 2 ]; assert_output --partial "--ref_model: --beta 0 (the default) uses no reference"
 	run grpo --output_dir a --reward_funcs "$ONE" --finetuning_type full --train_from_scratch true --beta 0.1

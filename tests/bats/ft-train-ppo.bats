@@ -139,6 +139,16 @@ ppo() {
 	ft-train --stage rm --model_name_or_path "$LLAMA" --train rm.zst --output_dir rml --max_steps 1 -q
 	run ppo --output_dir b --reward_model_type full --reward_model rm --reward_model_adapters rml
 	assert_success
+	# the value head is the last adapter's (load_model's add_valuehead): the
+	# base with rml merged scores as the rm adapter rml over the policy's base
+	# (greedy responses: the same first batch; merged W + s B A against the
+	# unmerged sum, float32 rounding ~1e-7 relative, bound 1e-5)
+	run ppo --output_dir m --reward_model_type full --reward_model "$LLAMA" --reward_model_adapters rml
+	assert_success
+	run ppo --output_dir l --reward_model rml
+	assert_success
+	jq -n --slurpfile a <(head -1 m/trainer_log.jsonl) --slurpfile b <(head -1 l/trainer_log.jsonl) \
+		'($a[0].reward - $b[0].reward) | fabs <= 1e-5 * ($b[0].reward | fabs) + 1e-7' | grep -qx true
 	mkdir v300 && jq '.vocab_size = 300' "$LLAMA/config.json" > v300/config.json
 	ft-train --stage rm --model_name_or_path v300 --train_from_scratch true --train rm.zst --output_dir rm300 \
 		--max_steps 1 -q --finetuning_type full

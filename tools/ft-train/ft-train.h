@@ -10,6 +10,7 @@
 #include "model/model.h"
 #include "train/trainer.h"
 #include "train/pref.h"
+#include "train/ppo_rm.h"
 #include "train/cuda_pref.h"
 #include "train/dist.h"
 #include "train/optim_ext.h"
@@ -125,6 +126,13 @@ double pref_value_dropout(const ft_cli_args *c);
 /* A frozen model: dir with the adapters (comma-separated, or NULL) merged in
  * (LLaMA-Factory's references and full reward models); dies on error. */
 ft_model *pref_frozen_model(const char *what, const char *dir, const char *adapters, uint64_t seed);
+/* A full reward model (--reward_model_type full, LLaMA-Factory's
+ * create_reward_model): dir with its adapters merged and the
+ * value_head.safetensors of the last adapter (of dir without adapters,
+ * as load_model's add_valuehead), of the policy's vocabulary and hidden
+ * size; dies on error. */
+void pref_rl_reward_full(ft_ppo_rm *rm, const char *dir, const char *adapters, uint64_t seed,
+			 const ft_model *policy);
 /* The PPO and GRPO reference model (NULL: a LoRA policy with its adapters
  * off); dies when it cannot load or its vocabulary is not the policy's. */
 ft_model *pref_rl_ref(const ft_cli_args *c, const ft_model *m);

@@ -34,7 +34,6 @@ static const char *const ppo_only[][2] = {
 	{ "max_new_tokens", "--max_completion_length" }, { "ppo_epochs", "--num_iterations" },
 	{ "ppo_buffer_size", "--num_generations and the batch size" }, { "ppo_target", "--beta" },
 	{ "ppo_score_norm", "--scale_rewards" }, { "ppo_whiten_rewards", "--scale_rewards" },
-	{ "reward_model_adapters", "--reward_model with an rm adapter on the same base" },
 	{ "do_sample", "nothing: GRPO always samples" },
 };
 
@@ -44,6 +43,8 @@ static struct {
 	int on, n_rewards, log_completions, mask_truncated;
 	int rm_index;                 /* --reward_model's place among the rewards (the last); -1: none */
 	const char *rm_dir;
+	int rm_full;                  /* --reward_model_type full: a model directory of its own */
+	const char *rm_adapters;      /* --reward_model_adapters (full only) */
 	char *names[MAX_REWARDS], *cmds[MAX_REWARDS];
 	float weights[MAX_REWARDS];
 	int num_generations, num_iterations, max_completion_length;
@@ -161,12 +162,21 @@ static void parse_rewards(const ft_lfargs *a)
 	P.rm_dir = ft_lfargs_get(a, "reward_model", NULL);
 	P.rm_index = -1;
 	const char *rt = ft_lfargs_get(a, "reward_model_type", "lora");
-	if (strcmp(rt, "lora"))
-		die_usage("--reward_model_type %s: --stage grpo takes an rm adapter on the same base (lora); "
-			  "a command is a --reward_funcs entry", rt);
+	if (!strcmp(rt, "api"))
+		die_usage("--reward_model_type api: with --stage grpo a command is a --reward_funcs entry");
+	if (strcmp(rt, "lora") && strcmp(rt, "full"))
+		die_usage("--reward_model_type: '%s' (lora or full; commands are --reward_funcs entries)", rt);
+	P.rm_full = !strcmp(rt, "full");
+	P.rm_adapters = ft_lfargs_get(a, "reward_model_adapters", NULL);
+	if (P.rm_adapters && !P.rm_full)
+		die_usage("--reward_model_adapters: only --reward_model_type full uses them");
+	if (P.rm_full && !P.rm_dir)
+		die_usage("--reward_model_type full needs --reward_model DIR (a model directory with "
+			  "value_head.safetensors)");
 	if ((!rf || !*rf) && !P.rm_dir)
 		die_usage("--stage grpo needs --reward_funcs CMD[,CMD...] (commands reading JSON lines, "
-			  "answering one number per line) or --reward_model DIR (an rm adapter)");
+			  "answering one number per line) or --reward_model DIR (an rm adapter, or a "
+			  "model with --reward_model_type full)");
 	if (rf && *rf) split_commands(rf);
 	if (P.rm_dir) add_rm(P.rm_dir);
 	char *s, *save = NULL;
@@ -535,7 +545,9 @@ int grpo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manif
 		o.on_samples = samples;
 		o.samples_ctx = &R;
 	}
-	if (P.rm_dir && c->tune.type == FT_FT_LORA) {
+	if (P.rm_full) {   /* create_reward_model: its own weights, adapters merged */
+		pref_rl_reward_full(&R.rm, P.rm_dir, P.rm_adapters, c->tune.seed, m);
+	} else if (P.rm_dir && c->tune.type == FT_FT_LORA) {
 		/* the rm adapter over the policy's own base weights */
 		char why[256];
 		if (ft_ppo_rm_open_lora(&R.rm, c->model, &c->tune, P.rm_dir, m, why, sizeof why) < 0)

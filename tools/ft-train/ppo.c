@@ -246,17 +246,9 @@ static void reward_open(ft_cli_args *c, ft_model *m, reward_ctx *R)
 		free(tj);
 		return;
 	}
-	const ft_config *pc = ft_model_config(m);
 	if (!strcmp(P.reward_type, "full")) {
 		/* create_reward_model: the rm directory with its adapters merged, its value head */
-		ft_model *rm = pref_frozen_model("--reward_model", P.reward_model, P.reward_adapters, c->tune.seed);
-		const ft_config *rc = ft_model_config(rm);
-		if (rc->vocab_size != pc->vocab_size || rc->hidden_size != pc->hidden_size)
-			die("--reward_model %s: vocabulary %d and hidden size %d, the policy's are %d and %d "
-			    "(the reward model must share the policy's tokenizer)", P.reward_model,
-			    rc->vocab_size, rc->hidden_size, pc->vocab_size, pc->hidden_size);
-		if (ft_ppo_rm_open_model(&R->rm, rm, P.reward_model) < 0)
-			die("--reward_model %s: %s", P.reward_model, ft_errmsg());
+		pref_rl_reward_full(&R->rm, P.reward_model, P.reward_adapters, c->tune.seed, m);
 	} else {   /* the rm adapter over the policy's own base weights */
 		char why[256];
 		if (ft_ppo_rm_open_lora(&R->rm, c->model, &c->tune, P.reward_model, m, why, sizeof why) < 0)

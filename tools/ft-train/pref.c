@@ -148,6 +148,23 @@ ft_model *pref_rl_ref(const ft_cli_args *c, const ft_model *m)
 	return ref;
 }
 
+void pref_rl_reward_full(ft_ppo_rm *rm, const char *dir, const char *adapters, uint64_t seed,
+			 const ft_model *policy)
+{
+	ft_model *r = pref_frozen_model("--reward_model", dir, adapters, seed);
+	const ft_config *rc = ft_model_config(r), *pc = ft_model_config(policy);
+	if (rc->vocab_size != pc->vocab_size || rc->hidden_size != pc->hidden_size)
+		die("--reward_model %s: vocabulary %d and hidden size %d, the policy's are %d and %d "
+		    "(the reward model must share the policy's tokenizer)", dir,
+		    rc->vocab_size, rc->hidden_size, pc->vocab_size, pc->hidden_size);
+	/* load_model's value head: from the last adapter when there are any */
+	const char *last = adapters ? strrchr(adapters, ',') : NULL;
+	char *head = adapters ? ft_xstrdup(last ? last + 1 : adapters) : ft_xstrdup(dir);
+	if (ft_ppo_rm_open_model(rm, r, head) < 0)
+		die("--reward_model %s: %s", dir, ft_errmsg());
+	free(head);
+}
+
 /* The value head of an earlier rm run, from the adapter or model dir. */
 static void load_value_head(ft_cli_args *c, ft_pref *p)
 {
