@@ -26,12 +26,11 @@ import os
 import sys
 import numpy as np
 import torch
-from transformers import get_cosine_schedule_with_warmup
 from peft import PeftModel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_model_fixtures import build_from, decay_names, STEPS, WARMUP, BETAS, EPS, WEIGHT_DECAY  # noqa: E402
-from make_extras_fixtures import batches, run, MODEL, OUT, PARITY  # noqa: E402
+from make_model_fixtures import build_from  # noqa: E402
+from make_extras_fixtures import adamw_run, batches, token_mean, MODEL, OUT, PARITY  # noqa: E402
 
 torch.set_num_threads(1)
 SEED = 42                      # ft-train's --seed default
@@ -98,8 +97,6 @@ def with_ft_dropout(m, p):
 
 def ticking(clock):
     """make_extras_fixtures.run's micro-batch loss, one dropout call each"""
-    from make_extras_fixtures import token_mean
-
     def micro(m, ids, lab, ntok):
         clock[0] += 1
         return token_mean(m, ids, lab, ntok)
@@ -110,13 +107,7 @@ def train(adapter, p, bs):
     base = build_from(MODEL, "llama")
     m = PeftModel.from_pretrained(base, adapter, is_trainable=True)
     clock = with_ft_dropout(m, p)
-    decay = decay_names(m)
-    named = [(n, q) for n, q in m.named_parameters() if q.requires_grad]
-    groups = [{"params": [q for n, q in named if n in decay], "weight_decay": WEIGHT_DECAY},
-              {"params": [q for n, q in named if n not in decay], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=2e-3, betas=BETAS, eps=EPS)
-    sch = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
-    return run(m, None, opt, sch, bs, micro=ticking(clock))
+    return adamw_run(m, 2e-3, bs, micro=ticking(clock))[0]
 
 
 def main():

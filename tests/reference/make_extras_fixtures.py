@@ -206,13 +206,7 @@ def pissa(bs, init):
                      task_type="CAUSAL_LM", target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
                                                             "gate_proj", "up_proj", "down_proj"])
     m = get_peft_model(base, cfg)
-    decay = decay_names(m)
-    named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in named if n in decay], "weight_decay": WEIGHT_DECAY},
-              {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=2e-3, betas=BETAS, eps=EPS)
-    sch = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
-    return run(m, None, opt, sch, bs)
+    return adamw_run(m, 2e-3, bs)[0]
 
 
 def dora(bs):
@@ -238,13 +232,7 @@ def dora(bs):
     sd = merged.state_dict()
     keep = ["model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight"]
     save_file({k: sd[k].contiguous() for k in keep}, os.path.join(OUT, "llama-dora-merged.safetensors"))
-    decay = decay_names(m)
-    named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in named if n in decay], "weight_decay": WEIGHT_DECAY},
-              {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=2e-3, betas=BETAS, eps=EPS)
-    sch = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
-    return run(m, None, opt, sch, bs)
+    return adamw_run(m, 2e-3, bs)[0]
 
 
 def lf_muon():
