@@ -1,11 +1,17 @@
 /* lora_dora.c - DoRA (Liu et al. 2024) on the LoRA linears as PEFT's
- * DoraLinearLayer (use_dora, no dropout):
+ * DoraLinearLayer (use_dora):
  *   norm = ||W + s B A||  per output row, detached (no gradient)
  *   y    = bias + (mag / norm) * (x W^T + s B A x)
  * PEFT writes it as base + (mag/norm - 1) * (x W^T) + mag/norm * s B A x;
  * the same sum in another order.  Backward, with g = mag / norm:
  *   d(x W^T + s B A x) = g * dy   (then the usual base and LoRA backward)
  *   d mag_j            = sum_t dy_tj (x W^T + s B A x)_tj / norm_j
+ * With LoRA dropout (training), PEFT keeps the base output of x and
+ * recomputes the base product on the dropped-out input xd:
+ *   y    = x W^T + bias + (g - 1) * (xd W^T) + g * s B A xd
+ *   d mag_j = sum_t dy_tj (xd W^T + s B A xd)_tj / norm_j
+ *   dx   = dy W + mask(g dy through the LoRA branch + ((g - 1) dy) W)
+ * (ftp_dora_forward_dropped / ftp_dora_backward_dropped).
  * The magnitude starts at the norm (PEFT's update_layer: ||W + s B A||,
  * which is ||W|| with B = 0) and is saved as PEFT names it,
  * "...<module>.lora_magnitude_vector" [out].  Merging (PEFT's merge_safe):
@@ -50,6 +56,17 @@ void ftp_dora_scale(ft_model *m, int l, int j)
 	for (int o = 0; o < out; o++) lo->dscale[o] = lo->mag.w[o] / lo->dnorm[o];
 }
 
+/* *buf with room for n floats (its old contents dropped) */
+static float *room(float **buf, size_t *cap, size_t n)
+{
+	if (*cap < n) {
+		free(*buf);
+		*buf = ft_xmalloc(n * sizeof **buf);
+		*cap = n;
+	}
+	return *buf;
+}
+
 void ftp_dora_forward(ft_model *m, int l, int j, float *y, int N)
 {
 	ftp_dora *lo = ftp_dora_of(m, l, j);
@@ -57,12 +74,7 @@ void ftp_dora_forward(ft_model *m, int l, int j, float *y, int N)
 	ftp_lin_dims(&m->c, j, &in, &out);
 	const float *bias = j <= L_V ? m->layers[l].bias[j].w : NULL;
 	ftp_dora_scale(m, l, j);
-	size_t n = (size_t)N * out;
-	if (lo->pre_n < n) {
-		free(lo->pre);
-		lo->pre = ft_xmalloc(n * sizeof *lo->pre);
-		lo->pre_n = n;
-	}
+	room(&lo->pre, &lo->pre_n, (size_t)N * out);
 	for (int t = 0; t < N; t++) {
 		float *yt = y + (size_t)t * out, *pt = lo->pre + (size_t)t * out;
 		for (int o = 0; o < out; o++) {
@@ -90,17 +102,36 @@ void ftp_dora_infer(ft_model *m, int l, int j, float *y, int N)
 	}
 }
 
+/* y holds x W^T + bias; the LoRA branch on the dropped input xd (its
+ * hidden A xd into h) and DoRA's terms are added: y += g * pre - xd W^T
+ * with pre = xd W^T + s B A xd, kept for the backward.  The frozen base
+ * product of xd goes through m->dora_dy, free until the backward. */
+void ftp_dora_forward_dropped(ft_model *m, int l, int j, float *y, float *h, const float *xd,
+			      int N)
+{
+	ftp_dora *lo = ftp_dora_of(m, l, j);
+	const ftp_lora *lr = &m->layers[l].lora[j];
+	int in, out;
+	ftp_lin_dims(&m->c, j, &in, &out);
+	ftp_dora_scale(m, l, j);
+	size_t n = (size_t)N * out;
+	float *pre = room(&lo->pre, &lo->pre_n, n), *wxd = room(&m->dora_dy, &m->dora_dy_n, n);
+	ft_linear_forward(wxd, xd, m->layers[l].lin[j].w, NULL, N, in, out);
+	memcpy(pre, wxd, n * sizeof *pre);
+	ft_lora_forward(pre, h, xd, lr->A.w, lr->B.w, N, in, out, lr->r, lr->scale);
+	for (int t = 0; t < N; t++)
+		for (int o = 0; o < out; o++) {
+			size_t i = (size_t)t * out + o;
+			y[i] += lo->dscale[o] * pre[i] - wxd[i];
+		}
+}
+
 const float *ftp_dora_backward(ft_model *m, int l, int j, const float *dy, int N)
 {
 	ftp_dora *lo = ftp_dora_of(m, l, j);
 	int in, out;
 	ftp_lin_dims(&m->c, j, &in, &out);
-	size_t n = (size_t)N * out;
-	if (m->dora_dy_n < n) {
-		free(m->dora_dy);
-		m->dora_dy = ft_xmalloc(n * sizeof *m->dora_dy);
-		m->dora_dy_n = n;
-	}
+	room(&m->dora_dy, &m->dora_dy_n, (size_t)N * out);
 	for (int o = 0; o < out; o++) {
 		double dg = 0;
 		for (int t = 0; t < N; t++) {
@@ -111,6 +142,31 @@ const float *ftp_dora_backward(ft_model *m, int l, int j, const float *dy, int N
 		if (lo->mag.g) lo->mag.g[o] += (float)dg / lo->dnorm[o];
 	}
 	return m->dora_dy;
+}
+
+/* The backward of ftp_dora_forward_dropped after the base's (dx += dy W,
+ * by the caller): mag's gradient and g dy through the LoRA branch (A's
+ * and B's gradients), and into dxd (NULL: none) the gradient at xd,
+ * before the caller applies the dropout mask: the LoRA branch's plus
+ * ((g - 1) dy) W (m->dora_dy reused once the branch has read g dy). */
+void ftp_dora_backward_dropped(ft_model *m, int l, int j, float *dxd, const float *dy,
+			       const float *xd, const float *h, int N)
+{
+	ftp_dora *lo = ftp_dora_of(m, l, j);
+	ftp_lora *lr = &m->layers[l].lora[j];
+	int in, out;
+	ftp_lin_dims(&m->c, j, &in, &out);
+	const float *dyg = ftp_dora_backward(m, l, j, dy, N);
+	ft_lora_backward(dxd, lr->A.g, lr->B.g, m->lhs, dyg, xd, h, lr->A.w, lr->B.w, N, in, out,
+			 lr->r, lr->scale);
+	if (!dxd)
+		return;
+	for (int t = 0; t < N; t++)
+		for (int o = 0; o < out; o++) {
+			size_t i = (size_t)t * out + o;
+			m->dora_dy[i] = (lo->dscale[o] - 1.0f) * dy[i];
+		}
+	ft_linear_backward(dxd, NULL, NULL, m->dora_dy, xd, m->layers[l].lin[j].w, N, in, out);
 }
 
 void ftp_dora_enable(ft_model *m)

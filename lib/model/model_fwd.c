@@ -190,6 +190,10 @@ static void lin_fwd_many(ft_model *m, int l, const int *js, float *const *ys, in
 		if (!lo->on)
 			continue;
 		const float *xd = lora_input(m, l, js[i], x, (size_t)N * in);
+		if (xd != x && ftp_dora_of(m, l, js[i])) {   /* PEFT's dropped-input DoRA */
+			ftp_dora_forward_dropped(m, l, js[i], ys[i], a->lh[js[i]], xd, N);
+			continue;
+		}
 		ft_lora_forward(ys[i], a->lh[js[i]], xd, lo->A.w, lo->B.w, N, in, o[i].out, lo->r,
 				lo->scale);
 		if (ftp_dora_of(m, l, js[i]))
@@ -216,7 +220,9 @@ static void lin_bwd(ft_model *m, int l, int j, ftp_acts *a, float *dx,
 	ftp_layer *y_ = &m->layers[l];
 	int in, out;
 	ftp_lin_dims(&m->c, j, &in, &out);
-	if (y_->lora[j].on && ftp_dora_of(m, l, j))
+	int dora = y_->lora[j].on && ftp_dora_of(m, l, j);
+	int dropped = m->training && m->lora_dropout_on;
+	if (dora && !dropped)   /* dropped: the base's dy is unscaled (lora_dora.c) */
 		dy = ftp_dora_backward(m, l, j, dy, N);
 	if (ftp_oft_of(m, l, j)) {   /* the frozen base's input gradient, then OFT's */
 		memset(m->ddrop, 0, (size_t)N * in * sizeof(float));
@@ -239,14 +245,16 @@ static void lin_bwd(ft_model *m, int l, int j, ftp_acts *a, float *dx,
 		return;
 	size_t n = (size_t)N * in;
 	const float *xd = lora_input(m, l, j, x, n);
-	if (xd == x || !dx) {
-		ft_lora_backward(dx, lo->A.g, lo->B.g, m->lhs, dy, xd, a->lh[j], lo->A.w,
+	float *dxd = xd == x ? dx : dx ? m->ddrop : NULL;
+	if (dxd && xd != x)
+		memset(m->ddrop, 0, n * sizeof(float));
+	if (dora && dropped)
+		ftp_dora_backward_dropped(m, l, j, dxd, dy, xd, a->lh[j], N);
+	else
+		ft_lora_backward(dxd, lo->A.g, lo->B.g, m->lhs, dy, xd, a->lh[j], lo->A.w,
 				 lo->B.w, N, in, out, lo->r, lo->scale);
+	if (xd == x || !dx)
 		return;
-	}
-	memset(m->ddrop, 0, n * sizeof(float));
-	ft_lora_backward(m->ddrop, lo->A.g, lo->B.g, m->lhs, dy, xd, a->lh[j], lo->A.w,
-			 lo->B.w, N, in, out, lo->r, lo->scale);
 	ft_dropout_apply(m->ddrop, m->ddrop, n, (float)m->o.lora_dropout, drop_seed(m, l, j));
 	for (size_t i = 0; i < n; i++)
 		dx[i] += m->ddrop[i];

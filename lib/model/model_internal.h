@@ -204,6 +204,15 @@ int ftp_adapter_config_save(ft_model *m, const char *dir, int r, double alpha, i
  * state (DoRA off). */
 void ftp_dora_forward(ft_model *m, int l, int j, float *y, int N);
 const float *ftp_dora_backward(ft_model *m, int l, int j, const float *dy, int N);
+/* With LoRA dropout, PEFT's dropped-input form (lora_dora.c's header):
+ * forward_dropped adds the LoRA branch on xd (hidden into h) and DoRA's
+ * terms to y = x W^T + bias; backward_dropped runs after the base's
+ * dx += dy W: the LoRA and magnitude gradients, dxd += the gradient at
+ * xd (dxd may be NULL), the dropout mask left to the caller. */
+void ftp_dora_forward_dropped(ft_model *m, int l, int j, float *y, float *h, const float *xd,
+			      int N);
+void ftp_dora_backward_dropped(ft_model *m, int l, int j, float *dxd, const float *dy,
+			       const float *xd, const float *h, int N);
 void ftp_dora_scale(ft_model *m, int l, int j);
 void ftp_dora_infer(ft_model *m, int l, int j, float *y, int N);
 void ftp_dora_free(ft_model *m);

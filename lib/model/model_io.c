@@ -441,11 +441,6 @@ int ft_model_load_adapter(ft_model *m, const char *dir)
 		goto out;
 	ftp_lora_setup(m, c.r, c.lora_alpha, c.use_rslora, targets);
 	m->o.use_dora = 0;
-	if (c.use_dora && m->lora_dropout_on && m->o.lora_dropout > 0) {
-		ft_fail("%s: a DoRA adapter with lora_dropout > 0 is not implemented in ft yet (PEFT then "
-			"recomputes the base product on the dropped-out input)", c.path);
-		goto out;
-	}
 	int pissa = c.init_lora_weights && !strncmp(c.init_lora_weights, "pissa", 5);
 	if ((c.use_dora || pissa) && m->c.fused) {
 		ft_fail("%s: a %s adapter on Phi-3's fused modules is not implemented in ft yet", c.path,

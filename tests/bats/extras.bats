@@ -337,14 +337,62 @@ pissa_args=(--lora_rank 4 --lora_alpha 8 --lora_target all --learning_rate 2e-3 
 @test "DoRA: refusals" {
 	run -2 train --finetuning_type freeze --use_dora
 	assert_output --partial "only valid for LoRA training"
-	run -2 train --use_dora --lora_dropout 0.1
-	assert_output --partial "lora_dropout > 0 is not implemented"
 	run -2 train --use_dora --pissa_init
 	assert_output --partial "not implemented in ft yet"
 	run -2 train --use_dora --adapter_name_or_path "$FIXTURES/extras/llama-dora-init"
 	assert_output --partial "says whether it is DoRA"
-	run -1 train --adapter_name_or_path "$FIXTURES/extras/llama-dora-init" --lora_dropout 0.1 --max_steps 1
-	assert_output --partial "lora_dropout > 0 is not implemented"
+}
+
+# With lora_dropout, PEFT recomputes the base product on the dropped-out
+# input; the reference runs PEFT with ft's masks in its dropout modules
+# (make_dropout_fixtures.py), so every other operation is PEFT's own.
+# Same 1e-5 bound as the runs above.
+@test "DoRA with lora_dropout: parity with PEFT's dropout branch under ft's masks (p 0.1 and 0.3); LoRA's too" {
+	need_jq
+	# the adapters as PEFT saves them with that lora_dropout (PeftModel.from_pretrained,
+	# LLaMA-Factory's resume, reads it from adapter_config.json)
+	with_dropout() {
+		mkdir "$3" && cp "$FIXTURES/$1"/* "$3"/
+		jq --argjson p "$2" '.lora_dropout = $p' "$FIXTURES/$1/adapter_config.json" > "$3/adapter_config.json"
+	}
+	with_dropout parity/llama-lora-init 0.1 lora01
+	with_dropout extras/llama-dora-init 0.1 dora01
+	with_dropout extras/llama-dora-init 0.3 dora03
+	REF=extras/dropout_losses.txt parity_run lora_drop lora --learning_rate 2e-3 \
+		--adapter_name_or_path lora01 --lora_dropout 0.1
+	REF=extras/dropout_losses.txt parity_run dora_drop lora --learning_rate 2e-3 \
+		--adapter_name_or_path dora01 --lora_dropout 0.1
+	REF=extras/dropout_losses.txt parity_run dora_drop3 lora --learning_rate 2e-3 \
+		--adapter_name_or_path dora03 --lora_dropout 0.3
+	# the dropout ran: the references without it differ
+	[ "$(grep '^dora ' "$FIXTURES/extras/losses.txt" | cut -d' ' -f2)" != \
+		"$(grep '^dora_drop ' "$FIXTURES/extras/dropout_losses.txt" | cut -d' ' -f2)" ]
+	[ "$(jq -s '.[0].loss' dora_drop/trainer_log.jsonl)" != "$(jq -s '.[0].loss' dora_drop3/trainer_log.jsonl)" ]
+}
+
+@test "DoRA with lora_dropout: gradient checkpointing and resume bit for bit; eval has no dropout" {
+	need_jq
+	ft-cat --encode < "$FIXTURES/trainer/val.jsonl" > val.zst
+	args=(--use_dora --lora_dropout 0.2 --learning_rate 5e-3 --max_steps 6 --logging_steps 1 -q)
+	run train "${args[@]}" --save_steps 3 --val val.zst --eval_steps 3
+	assert_success
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir gc "${args[@]}" \
+		--save_steps 3 --val val.zst --eval_steps 3 --gradient_checkpointing
+	assert_success
+	diff <(steady out/trainer_log.jsonl) <(steady gc/trainer_log.jsonl)
+	cmp out/adapter_model.safetensors gc/adapter_model.safetensors
+	mkdir b && cp -r out/checkpoint-3 b/ && head -n 4 out/trainer_log.jsonl > b/trainer_log.jsonl
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b "${args[@]}" \
+		--save_steps 3 --val val.zst --eval_steps 3 --resume_from_checkpoint b/checkpoint-3
+	assert_success
+	diff <(steady out/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	cmp out/adapter_model.safetensors b/adapter_model.safetensors
+	# the evaluation of the saved adapter (no dropout) is the run's last eval_loss
+	run ft-train --model_name_or_path "$MODEL" --adapter_name_or_path out --val val.zst --do_eval \
+		--output_dir e -q --lora_dropout 0.2
+	assert_success
+	jq -n --slurpfile a e/eval_results.json --slurpfile b <(jq -s '[.[] | select(.eval_loss)] | last' out/trainer_log.jsonl) \
+		'$a[0].eval_loss == $b[0].eval_loss' | grep -qx true
 }
 
 # ---- Muon -------------------------------------------------------------------

@@ -213,9 +213,6 @@ void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 	x->dora = ud ? ft_parse_bool("use_dora", ud) : 0;
 	if (x->dora) {
 		if (type != FT_FT_LORA) die_usage("--use_dora is only valid for LoRA training");
-		if (c->tune.lora_dropout > 0)
-			die_usage("--use_dora with --lora_dropout > 0 is not implemented in ft yet (PEFT then "
-				  "recomputes the base product on the dropped-out input)");
 		if (x->pissa) die_usage("--use_dora with --pissa_init is not implemented in ft yet");
 		if (c->tune.quantization_bit)   /* its magnitude needs the base weight's norm */
 			die_usage("--use_dora with --quantization_bit (QDoRA) is not implemented in ft yet");

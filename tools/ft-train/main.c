@@ -98,7 +98,7 @@ static const char usage[] =
 "  --use_eaft_loss --eaft_alpha X (1.0)  sft: times (top-20 entropy / 3)^alpha\n"
 "  --use_asft_loss --asft_alpha X (0.1)  sft: DFT + alpha KL(reference || model)\n"
 "  --use_muon                 Muon for 2-D weights, its AdamW for the rest\n"
-"  --use_dora                 DoRA: a trained magnitude per output row (lora_dropout 0)\n"
+"  --use_dora                 DoRA: a trained magnitude per output row\n"
 "  --pissa_init               PiSSA: LoRA from the top singular vectors, base = residual\n"
 "  --pissa_iter N (16; -1: exact SVD)  --pissa_convert  (also write pissa_converted/,\n"
 "                             a plain LoRA adapter of rank 2r)\n"
