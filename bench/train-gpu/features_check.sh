@@ -8,8 +8,9 @@
 #               (tests/bats/ft-train-cuda-optim-emu.bats)
 #   losses      DFT, EAFT, ASFT, NEFTune, modules_to_save
 #               (tests/bats/ft-train-cuda-losses-emu.bats)
-#   adapters    DoRA (ft-train-cuda-dora-emu.bats), OFT (ft-train-cuda-oft-emu.bats):
-#               the logs, and the saved adapters element by element
+#   adapters    DoRA, without and with LoRA dropout (ft-train-cuda-dora-emu.bats),
+#               OFT (ft-train-cuda-oft-emu.bats): the logs, and the saved
+#               adapters element by element
 #   grpo        --stage grpo, completions byte-equal (ft-train-rl-emu.bats)
 #   half        --bf16 / --fp16, 20 steps against the CPU's fp32
 #               (ft-train-cuda-half-emu.bats)
@@ -255,6 +256,8 @@ fi
 
 ST_BOUND=2e-4 feat dora close 1e-4 - tests/bats/ft-train-cuda-dora-emu.bats "$QWEN" --train train.zst \
 	--val val.zst --eval_steps 2 --finetuning_type lora --use_dora --lora_target all
+ST_BOUND=2e-4 feat dora_dropout close 1e-4 - tests/bats/ft-train-cuda-dora-emu.bats "$QWEN" --train train.zst \
+	--val val.zst --eval_steps 2 --finetuning_type lora --use_dora --lora_target all --lora_dropout 0.1
 ST_BOUND=1e-4 feat oft close 1e-4 - tests/bats/ft-train-cuda-oft-emu.bats "$LLAMA" --train train.zst \
 	--val val.zst --eval_steps 2 --finetuning_type oft --lora_target q_proj,v_proj,down_proj \
 	--gradient_accumulation_steps 2 --max_grad_norm 0.5 --warmup_steps 2

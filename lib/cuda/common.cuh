@@ -501,6 +501,11 @@ ft_cu_attn ft_cu_attn_shape_of(const ft_cuda_model *dm, int l, const ft_cuda_bat
 void ft_cu_layer_tables(const ft_cuda_model *dm, int l, const float **cs, const float **sn);
 int ft_cu_attn_backward(ft_cuda_model *dm, int l, ft_dacts *a, const float *x_in,
 			const ft_cuda_batch *b, int need_dx);
+/* Module j's LoRA input with dropout on (training, p > 0): x's dropped
+ * copy in dm->drop (x's type), else x; its mask on a gradient:
+ * dm->ddrop masked in place, then dx += ddrop (n elements). */
+int ft_cu_lora_input(ft_cuda_model *dm, int l, int j, ft_mat x, size_t n, ft_mat *xd);
+int ft_cu_lora_drop_grad(ft_cuda_model *dm, int l, int j, float *dx, size_t n);
 /* The weight a norm scales by: t's own, or (Gemma) 1 + t's in
  * dm->norm_eff, valid until the next call (stream-ordered). */
 int ft_cu_norm_w(ft_cuda_model *dm, const ft_dt *t, int n, const float **w);
@@ -519,6 +524,21 @@ int ft_cu_dora_backward(ft_cuda_model *dm, int l, int j, float *dyo, int ldo, co
 int ft_cu_dora_lin_backward(ft_cuda_model *dm, int l, int j, const float **dy, int N);
 /* lin_bwd_group's: each DoRA module's columns of dY [N, c->tot] in place. */
 int ft_cu_dora_group_backward(ft_cuda_model *dm, int l, const ft_cv_group *c, float *dY, int N);
+/* With LoRA dropout (training): module j's forward after its LoRA A
+ * product h (fp32, stride ldh) on its dropped input xm (W's operand
+ * type), y holding x W^T + b; and its backward after the base part
+ * (dx += dy W, dy unscaled), the LoRA and DoRA gradients and dx's
+ * masked part.  h: the LoRA hidden (fp32 or the fused output's half). */
+int ft_cu_dora_drop_forward(ft_cuda_model *dm, int l, int j, float *y, int ld, ft_mat xm,
+			    ft_mat h, int ldh, int N);
+int ft_cu_dora_drop_backward(ft_cuda_model *dm, int l, int j, float *dx, const float *dy,
+			     int ld, ft_mat h, int ldh, ft_mat xm, int N);
+/* The same for every LoRA module of a fused group (Y its forward output,
+ * x its input), after the group's base backward. */
+int ft_cu_dora_drop_group_backward(ft_cuda_model *dm, int l, const ft_cv_group *c, ft_mat Y,
+				   const float *dY, float *dx, ft_mat x, int N);
+/* Whether the fused group c of layer l has DoRA modules. */
+int ft_cu_dora_group(const ft_cuda_model *dm, int l, const ft_cv_group *c);
 /* The DoRA buffers in the memory plan (model.cu's layout). */
 void ft_cu_dora_layout(ft_cuda_model *dm, ft_arena *a, size_t N);
 

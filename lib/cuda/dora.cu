@@ -11,11 +11,21 @@
  * of one module, so it applies to that module's columns of the fused
  * output as to a plain one.
  *
+ * With LoRA dropout (training, p > 0; xd = the module's dropped x, the
+ * mask LoRA's dropout draws) PEFT's DoraLinearLayer takes the base term
+ * from xd without the bias, so with g = mag / norm:
+ *   pre = xd W^T + s B A xd               (an extra GEMM per module)
+ *   y   = (x W^T + b) + g * pre - xd W^T
+ *   d mag_j = sum_t dy_tj pre_tj / norm_j
+ *   dx  = dy W + mask(LoRA's dx from g dy + ((g - 1) dy) W)
+ * the base path with the undropped x and the unscaled dy.  Without
+ * dropout, and in eval, the first form runs unchanged.
+ *
  * The frozen W is read as the forward uses it (its half copy in the
  * bf16/f16 modes: PEFT adds the fp32 B A to the bf16 weight), A and B as
- * their fp32 masters when they train.  The CPU refuses DoRA with
- * dropout, with a quantized base and on Phi-3's fused modules, and so
- * the device never sees them (checked again here).
+ * their fp32 masters when they train.  The CPU refuses DoRA with a
+ * quantized base and on Phi-3's fused modules, and so the device never
+ * sees them (checked again here).
  */
 #include "cuda/common.cuh"
 
@@ -110,6 +120,33 @@ static __global__ void dora_backward_k(float *dyo, int ldo, const float *dy, int
 	}
 }
 
+/* With dropout, the forward's last loop (tmp = xd W^T, pre = tmp +
+ * s B A xd): y += dscale * pre - tmp, y already x W^T + b. */
+static __global__ void dora_drop_apply_k(float *y, int ld, const float *pre, const float *tmp,
+					 const float *dscale, int N, int out)
+{
+	size_t n = (size_t)N * out;
+	for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+	     i += (size_t)gridDim.x * blockDim.x) {
+		size_t t = i / out;
+		int o = (int)(i % out);
+		y[t * ld + o] += dscale[o] * pre[i] - tmp[i];
+	}
+}
+
+/* With dropout, the base term's gradient through xd: e = (dscale - 1) dy. */
+static __global__ void dora_less_one_k(float *e, const float *dy, int ld, const float *dscale,
+				       int N, int out)
+{
+	size_t n = (size_t)N * out;
+	for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+	     i += (size_t)gridDim.x * blockDim.x) {
+		size_t t = i / out;
+		int o = (int)(i % out);
+		e[i] = (dscale[o] - 1.0f) * dy[t * ld + o];
+	}
+}
+
 static unsigned grid_of(size_t n) { return ft_cu_grid(n, DORA_TPB); }
 
 /* ftp_dora_scale: the norms and factors of module j of layer l.  A
@@ -184,11 +221,114 @@ int ft_cu_dora_group_backward(ft_cuda_model *dm, int l, const ft_cv_group *c, fl
 	return 0;
 }
 
+/* The forward with dropout, after module j's LoRA A product h (fp32, row
+ * stride ldh) on its dropped input xm (W's operand type): the bias is in
+ * y already, B's product goes into pre (not y).  tmp is dm->dora_dy,
+ * free in the forward (a backward's scratch). */
+int ft_cu_dora_drop_forward(ft_cuda_model *dm, int l, int j, float *y, int ld, ft_mat xm,
+			    ft_mat h, int ldh, int N)
+{
+	ft_dlayer *d = &dm->layers[l];
+	ft_dlora *lo = &d->lora[j];
+	int in = dm->v.lin_in[j], out = dm->v.lin_out[j];
+	ft_mat w = ft_cu_weight(dm, d->lin[j]), B = { lo->B->w, 0 };
+	float *tmp = dm->dora_dy;
+	size_t n = (size_t)N * out;
+	if (!lo->pre || !tmp || xm.half != w.half || h.half)
+		return ft_fail("internal: DoRA with dropout: layer %d %s has no buffers or a "
+			       "mismatched operand", l, ft_cuda_view_lin_name(j));
+	TRY(dora_scale(dm, l, j));
+	TRY(ft_cu_gemm(dm, 0, 1, N, out, in, 1, xm, in, w, in, 0, tmp, out, "dora x_drop W^T"));
+	CU(cudaMemcpyAsync(lo->pre, tmp, n * sizeof(float), cudaMemcpyDeviceToDevice, dm->stream),
+	   "DoRA's pre, n=%zu", n);
+	TRY(ft_cu_gemm(dm, 0, 1, N, out, lo->r, lo->scale, h, ldh, B, lo->r, 1, lo->pre, out,
+		       "lora_B"));
+	FT_LAUNCH(dora_drop_apply_k, grid_of(n), DORA_TPB, 0, dm->stream)(y, ld, lo->pre, tmp,
+		lo->dscale, N, out);
+	LAUNCHED("dora_drop_forward", "layer %d %s: N=%d out=%d", l, ft_cuda_view_lin_name(j), N,
+		 out);
+	return 0;
+}
+
+/* The backward with dropout of module j after its base part (dx += dy W
+ * with the unscaled dy, row stride ld): mag's gradient, the LoRA branch
+ * from dyg = g dy (dm->dora_dy) as lin_bwd's, its dx into dm->ddrop,
+ * ddrop += ((g - 1) dy) W, then the mask and dx += ddrop.  h: the LoRA
+ * hidden (stride ldh; half where the fused output is, B's gradient then
+ * from the half dyg as autocast's), xm: the dropped input in A's type.
+ * hy holds each cast in turn (dyg, dh, (g - 1) dy). */
+int ft_cu_dora_drop_backward(ft_cuda_model *dm, int l, int j, float *dx, const float *dy,
+			     int ld, ft_mat h, int ldh, ft_mat xm, int N)
+{
+	ft_dlayer *d = &dm->layers[l];
+	ft_dlora *lo = &d->lora[j];
+	int in = dm->v.lin_in[j], out = dm->v.lin_out[j], r = lo->r;
+	ft_mat A = ft_cu_weight(dm, lo->A), B = { lo->B->w, 0 }, w = ft_cu_weight(dm, d->lin[j]);
+	ft_mat dyg = { dm->dora_dy, 0 }, op, hs;
+	size_t n = (size_t)N * out;
+	TRY(ft_cu_dora_backward(dm, l, j, dm->dora_dy, out, dy, ld, N));
+	if (lo->B->g) {
+		TRY(ft_cu_operand(dm, &op, dm->dora_dy, n, dm->hy, h.half));
+		TRY(ft_cu_gemm(dm, 1, 0, out, r, N, lo->scale, op, out, h, ldh, 1, lo->B->g, r,
+			       "lora_B grad"));
+	}
+	TRY(ft_cu_gemm(dm, 0, 0, N, r, out, lo->scale, dyg, out, B, r, 0, dm->lhs, r, "lora dh"));
+	TRY(ft_cu_operand(dm, &hs, dm->lhs, (size_t)N * r, dm->hy, A.half));
+	if (lo->A->g)
+		TRY(ft_cu_gemm(dm, 1, 0, r, in, N, 1, hs, r, xm, in, 1, lo->A->g, in,
+			       "lora_A grad"));
+	if (!dx)
+		return 0;
+	TRY(ft_cu_gemm(dm, 0, 0, N, in, r, 1, hs, r, A, in, 0, dm->ddrop, in, "lora dx"));
+	FT_LAUNCH(dora_less_one_k, grid_of(n), DORA_TPB, 0, dm->stream)(dm->dora_dy, dy, ld,
+		lo->dscale, N, out);
+	LAUNCHED("dora_less_one", "layer %d %s: N=%d out=%d", l, ft_cuda_view_lin_name(j), N, out);
+	TRY(ft_cu_operand(dm, &op, dm->dora_dy, n, dm->hy, w.half));
+	TRY(ft_cu_gemm(dm, 0, 0, N, in, out, 1, op, out, w, in, 1, dm->ddrop, in,
+		       "dora (g-1) dy W"));
+	return ft_cu_lora_drop_grad(dm, l, j, dx, (size_t)N * in);
+}
+
+/* lin_bwd_group's LoRA part with dropout when its modules are DoRA's
+ * (after the group's base dx and weight gradients from the unscaled dY):
+ * each module as ft_cu_dora_drop_backward, h in Y's LoRA columns. */
+int ft_cu_dora_drop_group_backward(ft_cuda_model *dm, int l, const ft_cv_group *c, ft_mat Y,
+				   const float *dY, float *dx, ft_mat x, int N)
+{
+	size_t n = (size_t)N * c->in;
+	for (int i = 0; i < c->n; i++) {
+		const ft_dlora *lo = &dm->layers[l].lora[c->js[i]];
+		if (!lo->on)
+			continue;
+		if (!lo->mag)
+			return ft_fail("internal: layer %d: a fused group mixes DoRA and LoRA", l);
+		ft_mat xd, xm, h = Y;
+		h.p = (const char *)Y.p + (size_t)c->loff[i] * (Y.half ? 2 : 4);
+		TRY(ft_cu_lora_input(dm, l, c->js[i], x, n, &xd));
+		TRY(ft_cu_operand_act(dm, &xm, xd, n, dm->hx, ft_cu_weight(dm, lo->A).half));
+		TRY(ft_cu_dora_drop_backward(dm, l, c->js[i], dx, dY + c->off[i], c->tot, h, c->tot,
+					     xm, N));
+	}
+	return 0;
+}
+
+/* Whether group gi of layer l has DoRA modules (all its LoRA ones then). */
+int ft_cu_dora_group(const ft_cuda_model *dm, int l, const ft_cv_group *c)
+{
+	for (int i = 0; i < c->n; i++)
+		if (dm->layers[l].lora[c->js[i]].on && dm->layers[l].lora[c->js[i]].mag)
+			return 1;
+	return 0;
+}
+
 /* The norms, factors and (training) the forward's pre-factor outputs
  * [N, out] of every DoRA module, and the scaled output gradient of a
  * plain module.  pre follows the activations: one per layer, or with
  * gradient checkpointing one per module shared by the layers (each
- * layer's forward runs again before its backward). */
+ * layer's forward runs again before its backward, redrawing the same
+ * dropout masks).  Dropout needs no buffer more: dora_dy holds its
+ * forward's xd W^T and its backward's g dy, then (g - 1) dy, one module
+ * at a time; drop, ddrop, lhs and hx/hy are LoRA dropout's own. */
 void ft_cu_dora_layout(ft_cuda_model *dm, ft_arena *a, size_t N)
 {
 	float *shared[FT_CV_NLIN] = { 0 };

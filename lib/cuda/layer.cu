@@ -32,7 +32,7 @@ static int dropping(const ft_cuda_model *dm)
 
 /* LoRA's input: x itself, or with dropout x's dropped copy in dm->drop,
  * of x's type (a half layer input stays half: A's operand). */
-static int lora_input(ft_cuda_model *dm, int l, int j, ft_mat x, size_t n, ft_mat *xd)
+int ft_cu_lora_input(ft_cuda_model *dm, int l, int j, ft_mat x, size_t n, ft_mat *xd)
 {
 	*xd = x;
 	if (!dropping(dm))
@@ -41,6 +41,14 @@ static int lora_input(ft_cuda_model *dm, int l, int j, ft_mat x, size_t n, ft_ma
 			      drop_seed(dm, l, j)));
 	xd->p = dm->drop;
 	return 0;
+}
+
+/* The dropped input's gradient dm->ddrop through module j's mask, into dx */
+int ft_cu_lora_drop_grad(ft_cuda_model *dm, int l, int j, float *dx, size_t n)
+{
+	TRY(ft_cu_dropout(dm, dm->ddrop, dm->ddrop, n, (float)dm->v.lora_dropout,
+			  drop_seed(dm, l, j)));
+	return ft_cu_add(dm, dx, dx, dm->ddrop, n);
 }
 
 /* m from element off on (a module's columns of a fused buffer) */
@@ -83,10 +91,12 @@ static int lin_fwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *y, ft_ma
 	ft_mat A = ft_cu_weight(dm, lo->A), xm = xo, B = { lo->B->w, 0 }, h = { a->lh[j], 0 };
 	if (dropping(dm)) {
 		ft_mat xd;
-		TRY(lora_input(dm, l, j, x, n, &xd));
+		TRY(ft_cu_lora_input(dm, l, j, x, n, &xd));
 		TRY(ft_cu_operand_act(dm, &xm, xd, n, dm->hx, A.half));
 	}
 	TRY(ft_cu_gemm(dm, 0, 1, N, lo->r, in, 1, xm, in, A, in, 0, a->lh[j], lo->r, "lora_A"));
+	if (lo->mag && dropping(dm))   /* DoRA's base term from xd too (dora.cu) */
+		return ft_cu_dora_drop_forward(dm, l, j, y, out, xm, h, lo->r, N);
 	TRY(ft_cu_gemm(dm, 0, 1, N, out, lo->r, lo->scale, h, lo->r, B, lo->r, 1, y, out,
 		       "lora_B"));
 	return ft_cu_dora_forward(dm, l, j, y, out, N);
@@ -181,13 +191,18 @@ static int lin_fwd_group(ft_cuda_model *dm, int l, int gi, ft_mat Y, ft_mat x, i
 		ft_dlora *lo = &d->lora[j];
 		if (!lo->on)
 			continue;
+		ft_mat xm = x;
 		if (drop && ft_cv_lora_owner(&g->c, i)) {   /* A as stacked (half in the
 							       half modes), its own input */
-			ft_mat A = ft_cu_weight(dm, lo->A), xm, xd;
-			TRY(lora_input(dm, l, j, x, (size_t)N * in, &xd));
+			ft_mat A = ft_cu_weight(dm, lo->A), xd;
+			TRY(ft_cu_lora_input(dm, l, j, x, (size_t)N * in, &xd));
 			TRY(ft_cu_operand_act(dm, &xm, xd, (size_t)N * in, dm->hx, A.half));
 			TRY(ft_cu_gemm_to(dm, 0, 1, N, lo->r, in, 1, xm, in, A, in, 0, h, tot,
 					  "lora_A"));
+		}
+		if (lo->mag && dropping(dm)) {   /* fp32 Y (ft_cu_group_f32_only) */
+			TRY(ft_cu_dora_drop_forward(dm, l, j, (float *)y.p, tot, xm, h, tot, N));
+			continue;
 		}
 		ft_mat B;   /* hy is free in the forward */
 		TRY(ft_cu_operand(dm, &B, lo->B->w, (size_t)out * lo->r, dm->hy, Y.half));
@@ -234,9 +249,12 @@ static int lin_bwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
 	int in = dm->v.lin_in[j], out = dm->v.lin_out[j];
 	const char *nm = ft_cuda_view_lin_name(j);
 	ft_dt *W = d->lin[j];
+	ft_dlora *lo = &d->lora[j];
+	int dd = lo->on && lo->mag && dropping(dm);   /* DoRA with dropout: dy unscaled here */
 	if (ft_cu_oft_of(dm, l, j))
 		return ft_cu_oft_backward(dm, l, j, dx, dy, x, N);
-	TRY(ft_cu_dora_lin_backward(dm, l, j, &dy, N));
+	if (!dd)
+		TRY(ft_cu_dora_lin_backward(dm, l, j, &dy, N));
 	if (d->quant)   /* frozen: the input gradient alone */
 		TRY(base_bwd_quant(dm, &d->q[j], dx, dy, N, nm));
 	else if (d->fp8[j])
@@ -245,10 +263,15 @@ static int lin_bwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
 		TRY(base_bwd(dm, W, dx, dy, x, N, in, out, nm));
 	if (j < 3 && d->bias[j] && d->bias[j]->g)
 		TRY(ft_cu_bias_backward(dm, d->bias[j]->g, dy, out, N, out));
-	ft_dlora *lo = &d->lora[j];
 	if (!lo->on)
 		return 0;
 	size_t n = (size_t)N * in;
+	if (dd) {
+		ft_mat xd, xm, h = { a->lh[j], 0 };
+		TRY(ft_cu_lora_input(dm, l, j, x, n, &xd));
+		TRY(ft_cu_operand_act(dm, &xm, xd, n, dm->hx, ft_cu_weight(dm, lo->A).half));
+		return ft_cu_dora_drop_backward(dm, l, j, dx, dy, out, h, lo->r, xm, N);
+	}
 	int r = lo->r, drop = dropping(dm);
 	float *dxd = drop && dx ? dm->ddrop : dx;
 	if (dxd && drop)
@@ -263,18 +286,15 @@ static int lin_bwd(ft_cuda_model *dm, int l, int j, ft_dacts *a, float *dx,
 	TRY(ft_cu_operand(dm, &hs, dm->lhs, (size_t)N * r, dm->hy, A.half));
 	if (lo->A->g) {
 		ft_mat xd, xm;
-		TRY(lora_input(dm, l, j, x, n, &xd));
+		TRY(ft_cu_lora_input(dm, l, j, x, n, &xd));
 		TRY(ft_cu_operand_act(dm, &xm, xd, n, dm->hx, A.half));
 		TRY(ft_cu_gemm(dm, 1, 0, r, in, N, 1, hs, r, xm, in, 1, lo->A->g, in,
 			       "lora_A grad"));
 	}
 	if (dxd)
 		TRY(ft_cu_gemm(dm, 0, 0, N, in, r, 1, hs, r, A, in, 1, dxd, in, "lora dx"));
-	if (dxd && drop) {
-		TRY(ft_cu_dropout(dm, dm->ddrop, dm->ddrop, n, (float)dm->v.lora_dropout,
-				  drop_seed(dm, l, j)));
-		TRY(ft_cu_add(dm, dx, dx, dm->ddrop, n));
-	}
+	if (dxd && drop)
+		TRY(ft_cu_lora_drop_grad(dm, l, j, dx, n));
 	return 0;
 }
 
@@ -329,7 +349,7 @@ static int lora_drop_bwd(ft_cuda_model *dm, int l, const ft_dgroup *g, ft_mat dy
 		if (!lo->on || !ft_cv_lora_owner(&g->c, i))
 			continue;
 		ft_mat hs = mat_at(dyo, g->c.loff[i]), A = ft_cu_weight(dm, lo->A), xm, xd;
-		TRY(lora_input(dm, l, j, x, n, &xd));
+		TRY(ft_cu_lora_input(dm, l, j, x, n, &xd));
 		TRY(ft_cu_operand_act(dm, &xm, xd, n, dm->hx, dyo.half));
 		if (lo->A->g)
 			TRY(ft_cu_gemm(dm, 1, 0, lo->r, in, N, 1, hs, tot, xm, in, 1, lo->A->g, in,
@@ -342,9 +362,7 @@ static int lora_drop_bwd(ft_cuda_model *dm, int l, const ft_dgroup *g, ft_mat dy
 		}
 		TRY(ft_cu_gemm(dm, 0, 0, N, in, lo->r, 1, hs, tot, A, in, 0, dm->ddrop, in,
 			       "lora dx"));
-		TRY(ft_cu_dropout(dm, dm->ddrop, dm->ddrop, n, (float)dm->v.lora_dropout,
-				  drop_seed(dm, l, j)));
-		TRY(ft_cu_add(dm, dx, dx, dm->ddrop, n));
+		TRY(ft_cu_lora_drop_grad(dm, l, j, dx, n));
 	}
 	return 0;
 }
@@ -426,9 +444,13 @@ static int lin_bwd_group(ft_cuda_model *dm, int l, int gi, ft_mat Y, float *dY,
 	ft_dlayer *d = &dm->layers[l];
 	const ft_dgroup *g = &d->grp[gi];
 	int in = g->c.in, tot = g->c.tot, drop = dropping(dm);
+	/* DoRA with dropout: dY stays unscaled for the base GEMMs, the LoRA
+	 * branches after them (dora.cu) */
+	int dd = drop && ft_cu_dora_group(dm, l, &g->c);
 	if (ft_cu_oft_group(dm, l, gi))
 		return ft_cu_oft_backward_group(dm, l, gi, dY, dx, x, N);
-	TRY(ft_cu_dora_group_backward(dm, l, &g->c, dY, N));
+	if (!dd)
+		TRY(ft_cu_dora_group_backward(dm, l, &g->c, dY, N));
 	for (int i = 0; i < g->c.n; i++) {
 		int j = g->c.js[i];
 		if (j < 3 && d->bias[j] && d->bias[j]->g)
@@ -439,7 +461,8 @@ static int lin_bwd_group(ft_cuda_model *dm, int l, int gi, ft_mat Y, float *dY,
 	int half = d->quant ? ft_cu_qscratch_half(dm) : g->wf.half;
 	ft_mat dyo, xo;
 	TRY(ft_cu_operand(dm, &dyo, dY, (size_t)N * tot, dm->hy, half));
-	TRY(lora_bwd_group(dm, l, g, Y, dY, dyo, N));
+	if (!dd)
+		TRY(lora_bwd_group(dm, l, g, Y, dY, dyo, N));
 	if (d->quant) {   /* module by module, as lin_fwd_group; no weight gradients */
 		for (int i = 0; dx && i < g->c.n; i++)
 			TRY(ft_cu_qlin_backward(dm, &d->q[g->c.js[i]], dx, mat_at(dyo, g->c.off[i]), tot,
@@ -457,6 +480,8 @@ static int lin_bwd_group(ft_cuda_model *dm, int l, int gi, ft_mat Y, float *dY,
 		TRY(ft_cu_operand_act(dm, &xo, x, (size_t)N * in, dm->hx, half));
 		TRY(grads_group(dm, l, g, dyo, xo, N, !drop));
 	}
+	if (dd)
+		return ft_cu_dora_drop_group_backward(dm, l, &g->c, Y, dY, dx, x, N);
 	if (drop)
 		TRY(lora_drop_bwd(dm, l, g, dyo, dx, x, N));
 	return 0;

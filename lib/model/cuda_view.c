@@ -136,9 +136,6 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 	v->lora_rank = m->o.lora_rank;
 	v->gradient_checkpointing = m->o.gradient_checkpointing;
 	v->lora_dropout = m->lora_dropout_on ? m->o.lora_dropout : 0;
-	if (m->dora && v->lora_dropout > 0)   /* the CPU's lib/model/lora_dora.c only, for now */
-		return ft_fail("DoRA with lora_dropout > 0 on the device is not implemented in ft yet "
-			       "(--device cpu runs it)");
 	v->seed = m->o.seed;
 	v->qw = (const ft_cv_qweight *)m->qw;   /* [L * L_NLIN], mirrored above */
 	v->fp8 = m->fp8;                         /* [L * L_NLIN] or NULL */

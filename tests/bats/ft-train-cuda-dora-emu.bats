@@ -23,6 +23,24 @@
 # and gradient checkpointing are compared bit for bit (the emulation is
 # deterministic; checkpointing reruns each layer's forward, DoRA's norm
 # and factor included, with the same operations).
+#
+# With --lora_dropout 0.1 (PEFT's dropped-input form: the base product
+# once more on the dropped input, lora_dora.c's ftp_dora_forward_dropped)
+# the same bounds: the masks are the CPU's bit for bit (one generator,
+# ft_k_dropout_elem), the extra product xd W^T is one more GEMM of the
+# same shapes as the base one (cuBLAS order against the CPU's sgemm:
+# ~1e-7 relative), (g - 1) dy W one more accumulation into the masked
+# gradient, and the fused groups add their members' dx in another order
+# than the CPU's module by module; nothing else changes, so the losses
+# stay at the LoRA path's ~1e-6 (bound 1e-4; measured 1.2e-7 on qwen2,
+# 0 on llama) and the adapters within the 2e-4 above (measured 3.3e-6).
+# --bf16 / --fp16 keep the half bounds: the extra GEMM reads xd and W in
+# the half operand type as the base product does, so it adds one more
+# rounding of the same size (measured on qwen2: bf16 losses 1.8e-4, grad
+# norms 1.7e-3; fp16 7.1e-5, 3.4e-3; without dropout 4.7e-5, 2.9e-3 and
+# 1.5e-5, 3.1e-4).  Checkpointing and resume stay bit for bit: the masks'
+# position advances once per forward-backward (so the recomputed forward
+# redraws the same masks) and is saved in the checkpoint.
 load helper
 load emu_helper
 
@@ -90,4 +108,46 @@ adapters_close() {
 	done
 	[ "$(wc -l < cuda.out)" -eq 2 ]
 	diff cpu.out cuda.out
+}
+
+@test "emulated device DoRA --lora_dropout 0.1: qwen2 (biases, all modules, fused groups), llama with accumulation; adapters as the CPU's; the dropout ran" {
+	sft_data
+	common=(--train train.zst --val val.zst --eval_steps 2 --finetuning_type lora --use_dora)
+	for m in "$QWEN" "$LLAMA"; do
+		extra=(--lora_target all)
+		[ "$m" = "$LLAMA" ] && extra=(--gradient_accumulation_steps 2 --max_grad_norm 0.5 --warmup_steps 2)
+		tr cpu cpu "$m" "${common[@]}" "${extra[@]}" --lora_dropout 0.1
+		tr cuda dev "$m" "${common[@]}" "${extra[@]}" --lora_dropout 0.1
+		[[ "$(jq -r .ft.device dev/trainer_state.json)" == "cuda:0 (ft host emulation, "* ]]
+		close cpu/trainer_log.jsonl dev/trainer_log.jsonl 1e-4
+		adapters_close cpu dev
+		jq -e '.use_dora == true and .lora_dropout == 0.1' dev/adapter_config.json
+		# the dropout really ran: without it the numbers differ
+		tr cuda nodrop "$m" "${common[@]}" "${extra[@]}"
+		! diff -q <(nums nodrop/trainer_log.jsonl) <(nums dev/trainer_log.jsonl)
+		rm -rf cpu dev nodrop
+	done
+}
+
+@test "emulated device DoRA --lora_dropout 0.1: gradient checkpointing bit-identical, resume bit-identical" {
+	sft_data
+	d=(--train train.zst --lora_target all --use_dora --lora_dropout 0.1)
+	tr cuda a "$QWEN" "${d[@]}"
+	tr cuda b "$QWEN" "${d[@]}" --gradient_checkpointing
+	diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	cmp a/adapter_model.safetensors b/adapter_model.safetensors
+	rm -rf a b
+	resume_same --model_name_or_path "$QWEN" --train train.zst --lora_target all --use_dora \
+		--lora_dropout 0.1
+}
+
+@test "emulated device DoRA --lora_dropout 0.1 --bf16 and --fp16: against the CPU's fp32, within their rounding" {
+	sft_data
+	d=(--train train.zst --lora_target all --use_dora --lora_dropout 0.1)
+	tr cpu cpu "$QWEN" "${d[@]}"
+	for p in bf16 fp16; do
+		tr cuda $p "$QWEN" "${d[@]}" --$p
+		[[ "$(jq -r .ft.device $p/trainer_state.json)" == *", $p" ]]
+	done
+	half_close cpu/trainer_log.jsonl bf16/trainer_log.jsonl fp16/trainer_log.jsonl
 }

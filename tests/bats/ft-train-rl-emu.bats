@@ -99,6 +99,7 @@ same() {
 	same --gradient_accumulation_steps 2 --beta 0.04 --lora_target all --loss_type grpo
 	same --finetuning_type full --beta 0.04 --temperature 1.3
 	same --beta 0.04 --use_dora true
+	same --beta 0.04 --use_dora true --lora_dropout 0.1 --lora_target all
 	# a loss that must move: the device's KL is that of a policy that trained
 	g cuda k --beta 0.04 --temperature 0.7 --max_steps 4
 	[ "$(jq -r '.kl > 0' k/trainer_log.jsonl | tail -1)" = true ]
@@ -225,6 +226,7 @@ psame() {
 	psame --gradient_accumulation_steps 2 --lora_target all --ppo_epochs 2
 	psame --finetuning_type full --ppo_buffer_size 2
 	psame --use_dora true --ppo_buffer_size 2
+	psame --use_dora true --lora_dropout 0.1 --ppo_buffer_size 2
 }
 
 # OFT: the rollouts decode through the trained rotations (unmerged: the
