@@ -23,6 +23,9 @@
 . "$(dirname "$(readlink -f "$0")")/check_env.sh" pref-check
 PREF=$FIX/pref
 for s in dpo kto rm; do "$BIN/ft-cat" --encode < "$PREF/$s.jsonl" > $s.zst || exit 1; done
+# rm's adapter with lora_dropout 0.1 in its adapter_config.json (what it trains with)
+mkdir -p ad01 && cp "$PREF/llama-lora"/* ad01/ &&
+	sed 's/"lora_dropout": *[0-9.e-]*/"lora_dropout": 0.1/' "$PREF/llama-lora/adapter_config.json" > ad01/adapter_config.json || exit 1
 flags() {
 	case $1 in
 	sigmoid) echo "--stage dpo --train dpo.zst --val dpo.zst --adapter_name_or_path $PREF/llama-lora" ;;
@@ -30,7 +33,7 @@ flags() {
 	orpo) echo "--stage dpo --pref_loss orpo --train dpo.zst --val dpo.zst --adapter_name_or_path $PREF/llama-lora" ;;
 	full) echo "--stage dpo --finetuning_type full --train dpo.zst --val dpo.zst" ;;
 	kto) echo "--stage kto --train kto.zst --val kto.zst --adapter_name_or_path $PREF/llama-lora" ;;
-	rm) echo "--stage rm --train rm.zst --val rm.zst --adapter_name_or_path $PREF/llama-lora --lora_dropout 0.1 --gradient_accumulation_steps 2 --do_train true --do_predict true" ;;
+	rm) echo "--stage rm --train rm.zst --val rm.zst --adapter_name_or_path ad01 --gradient_accumulation_steps 2 --do_train true --do_predict true" ;;
 	esac
 }
 run() {   # case out device [flags]

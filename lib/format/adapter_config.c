@@ -126,6 +126,11 @@ static int get_lora(ft_adapter_config *c, const json_t *o)
 	c->use_rslora = get_flag(o, "use_rslora");
 	c->use_dora = get_flag(o, "use_dora");
 	c->fan_in_fan_out = get_flag(o, "fan_in_fan_out");
+	const json_t *drop = json_object_get(o, "lora_dropout");   /* LoraConfig's default: 0.0 */
+	if (drop && !json_is_null(drop) &&
+	    (!json_is_number(drop) || json_number_value(drop) < 0 || json_number_value(drop) >= 1))
+		return ft_fail("%s: lora_dropout is not a number in [0, 1)", c->path);
+	c->lora_dropout = json_is_number(drop) ? json_number_value(drop) : 0;
 	const json_t *init = json_object_get(o, "init_lora_weights");
 	if (json_is_string(init)) c->init_lora_weights = ft_xstrdup(json_string_value(init));
 	if (get_targets(c, o) < 0 ||

@@ -31,6 +31,7 @@ typedef struct {
 	int r;                        /* required, > 0 */
 	double lora_alpha;            /* required */
 	int use_rslora, use_dora, fan_in_fan_out;
+	double lora_dropout;          /* 0 when absent (LoraConfig's default) */
 	/* target_modules: either a list of module names (a module matches a
 	 * name or ends in "." + name), or one string: "all-linear" or a
 	 * regular expression over whole module names. */

@@ -57,9 +57,12 @@ same_run() {   # flags...: the cpu and the device run agree in every logged numb
 }
 
 @test "device rm: the value head stepped on the device; saved head, adapter and predictions as the CPU's" {
+	# the adapter trains with its own lora_dropout (adapter_config.json)
+	mkdir ad && cp "$PREF/llama-lora"/* ad/
+	jq '.lora_dropout = 0.1' "$PREF/llama-lora/adapter_config.json" > ad/adapter_config.json
 	for d in cpu cuda; do
-		tr $d $d --stage rm --train rm.zst --val rm.zst --adapter_name_or_path "$PREF/llama-lora" \
-			--lora_dropout 0.1 --gradient_accumulation_steps 2 --do_train true --do_predict true
+		tr $d $d --stage rm --train rm.zst --val rm.zst --adapter_name_or_path ad \
+			--gradient_accumulation_steps 2 --do_train true --do_predict true
 	done
 	diff <(steady cpu/trainer_log.jsonl) <(steady cuda/trainer_log.jsonl)
 	cmp cpu/value_head.safetensors cuda/value_head.safetensors

@@ -201,6 +201,32 @@ train() { ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir 
 	! diff -q <(steady out/trainer_log.jsonl) <(steady c/trainer_log.jsonl)
 }
 
+@test "--adapter_name_or_path: the adapter trains with its own lora_dropout (adapter_config.json), as PeftModel.from_pretrained" {
+	need_jq
+	run train --lora_dropout 0.2 --learning_rate 5e-3 --max_steps 2 -q
+	assert_success
+	[ "$(jq .lora_dropout out/adapter_config.json)" = 0.2 ]
+	more=(--model_name_or_path "$MODEL" --train train.zst --learning_rate 5e-3 --max_steps 3 --logging_steps 1)
+	ft-train "${more[@]}" -q --adapter_name_or_path out --output_dir a
+	ft-train "${more[@]}" -q --adapter_name_or_path out --output_dir b --lora_dropout 0.2
+	run ft-train "${more[@]}" --adapter_name_or_path out --output_dir c --lora_dropout 0
+	assert_success
+	assert_output --partial "note: --lora_dropout 0: the adapter out trains with its own lora_dropout 0.2"
+	cmp a/adapter_model.safetensors b/adapter_model.safetensors
+	cmp a/adapter_model.safetensors c/adapter_model.safetensors
+	[ "$(jq .lora_dropout c/adapter_config.json)" = 0.2 ]
+	# the same adapter saved with lora_dropout 0 trains without dropout: it differs
+	mkdir nodrop && cp out/adapter_model.safetensors nodrop/
+	jq '.lora_dropout = 0' out/adapter_config.json > nodrop/adapter_config.json
+	ft-train "${more[@]}" -q --adapter_name_or_path nodrop --output_dir d
+	! cmp -s a/adapter_model.safetensors d/adapter_model.safetensors
+	# a lora_dropout that is not a probability is refused, naming the file
+	jq '.lora_dropout = "x"' out/adapter_config.json > nodrop/adapter_config.json
+	run ft-train "${more[@]}" -q --adapter_name_or_path nodrop --output_dir e
+	[ "$status" -ne 0 ]
+	assert_output --partial "nodrop/adapter_config.json: lora_dropout is not a number in [0, 1)"
+}
+
 @test "resume refuses other settings" {
 	run train --max_steps 4 --save_steps 2 -q
 	assert_success

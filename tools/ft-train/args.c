@@ -2,6 +2,7 @@
  * or a YAML/JSON config (lib/cli/lfargs.h), checked against one table. */
 #include "ft-train.h"
 #include "cli/runplan.h"
+#include "format/adapter_config.h"
 #include "model/quant.h"
 
 #include <math.h>
@@ -172,6 +173,30 @@ static int is_null(const char *v)
 	return !v || !*v || !strcasecmp(v, "null") || !strcasecmp(v, "none") || !strcasecmp(v, "false");
 }
 
+/* An adapter trained further keeps its own lora_dropout: LLaMA-Factory
+ * resumes it with PeftModel.from_pretrained, which reads
+ * adapter_config.json, and --lora_dropout does not reach it.  An
+ * unreadable config is left to the model's loader to report. */
+static void adapter_dropout(const ft_lfargs *a, ft_cli_args *c)
+{
+	if (!c->adapter || c->tune.type != FT_FT_LORA || strchr(c->adapter, ','))
+		return;
+	ft_adapter_config ac;
+	char *path = ft_xasprintf("%s/" FT_ADAPTER_CONFIG_NAME, c->adapter);
+	int ok = ft_adapter_config_load(path, &ac) == 0;
+	free(path);
+	if (!ok || (ac.peft_type && strcmp(ac.peft_type, "LORA"))) {
+		ft_adapter_config_free(&ac);
+		return;
+	}
+	if (get(a, "lora_dropout") && ac.lora_dropout != c->tune.lora_dropout)
+		warn("note: --lora_dropout %g: the adapter %s trains with its own lora_dropout %g "
+		     "(adapter_config.json, as PEFT's from_pretrained in LLaMA-Factory)",
+		     c->tune.lora_dropout, c->adapter, ac.lora_dropout);
+	c->tune.lora_dropout = ac.lora_dropout;
+	ft_adapter_config_free(&ac);
+}
+
 void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 {
 	check_keys(a);
@@ -222,6 +247,7 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	t->lora_alpha = get_num(a, "lora_alpha", 2.0 * t->lora_rank);
 	t->lora_dropout = get_num(a, "lora_dropout", 0.0);
 	if (t->lora_dropout < 0 || t->lora_dropout >= 1) die_usage("--lora_dropout must be in [0, 1)");
+	adapter_dropout(a, c);
 	c->lora_target = ft_lfargs_get(a, "lora_target", "all");
 	t->lora_targets = parse_modules("lora_target", c->lora_target, 0);
 	t->use_rslora = get_bool(a, "use_rslora", 0);
