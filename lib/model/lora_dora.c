@@ -16,45 +16,17 @@
  * which is ||W|| with B = 0) and is saved as PEFT names it,
  * "...<module>.lora_magnitude_vector" [out].  Merging (PEFT's merge_safe):
  *   W' = (mag / ||W + s B A||) (W + s B A).
+ * On a quantized base (QDoRA, --quantization_bit) W is the dequantized
+ * weight wherever it appears (PEFT's dequantize_module_weight): the norms
+ * take its rows a tile at a time, and the dropped-input product runs
+ * through model_quant.c's tiles; the base output of x is the quantized
+ * layer's own (LLM.int8() for 8-bit in eval, as bnb's).
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "util/error.h"
 #include "model/model_internal.h"
-
-/* Rows of W + s B A and their norms (double sums, float results as
- * torch.linalg.norm's float32 output).  When merged != NULL it gets
- * W + s B A. */
-static void delta_norm(ft_model *m, int l, int j, float *norm, float *merged)
-{
-	ftp_lora *lo = &m->layers[l].lora[j];
-	int in, out;
-	ftp_lin_dims(&m->c, j, &in, &out);
-	float *w = merged ? merged : ft_xmalloc((size_t)out * in * sizeof *w);
-	memcpy(w, m->layers[l].lin[j].w, (size_t)out * in * sizeof *w);
-	/* lora_weight = B @ A, then weight + scaling * lora_weight */
-	float *lw = ft_xmalloc((size_t)out * in * sizeof *lw);
-	ft_sgemm(0, 0, out, in, lo->r, 1.0f, lo->B.w, lo->r, lo->A.w, in, 0.0f, lw, in);
-	for (size_t i = 0; i < (size_t)out * in; i++) w[i] += lo->scale * lw[i];
-	free(lw);
-	for (int o = 0; o < out; o++) {
-		double s = 0;
-		const float *row = w + (size_t)o * in;
-		for (int i = 0; i < in; i++) s += (double)row[i] * row[i];
-		norm[o] = (float)sqrt(s);
-	}
-	if (!merged) free(w);
-}
-
-void ftp_dora_scale(ft_model *m, int l, int j)
-{
-	ftp_dora *lo = ftp_dora_of(m, l, j);
-	int in, out;
-	ftp_lin_dims(&m->c, j, &in, &out);
-	delta_norm(m, l, j, lo->dnorm, NULL);
-	for (int o = 0; o < out; o++) lo->dscale[o] = lo->mag.w[o] / lo->dnorm[o];
-}
 
 /* *buf with room for n floats (its old contents dropped) */
 static float *room(float **buf, size_t *cap, size_t n)
@@ -65,6 +37,55 @@ static float *room(float **buf, size_t *cap, size_t n)
 		*cap = n;
 	}
 	return *buf;
+}
+
+#define NORM_TILE_FLOATS (1 << 21)   /* rows of W + s B A per product, as model_quant.c's */
+
+/* Rows of W + s B A and their norms (double sums, float results as
+ * torch.linalg.norm's float32 output), a tile of rows at a time.  W is
+ * the float32 weight, or on a quantized base (QDoRA) its rows dequantized
+ * as the forward uses them (PEFT's dequantize_module_weight), so no
+ * dequantized layer is resident.  When merged != NULL (float32 base
+ * only) it gets W + s B A. */
+static void delta_norm(ft_model *m, int l, int j, float *norm, float *merged)
+{
+	ftp_lora *lo = &m->layers[l].lora[j];
+	int in, out;
+	ftp_lin_dims(&m->c, j, &in, &out);
+	int R = m->qw ? ftp_qlin_tile_rows(m, l, j)
+		      : (int)fmin(out, fmax(1, NORM_TILE_FLOATS / in));
+	float *lw = room(&m->dora_lw, &m->dora_lw_n, (size_t)R * in);
+	for (int r0 = 0; r0 < out; r0 += R) {
+		int n = r0 + R < out ? R : out - r0;
+		const float *w = m->qscratch;
+		if (m->qw)
+			ftp_qlin_rows(m, l, j, r0, r0 + n, m->qscratch);
+		else
+			w = m->layers[l].lin[j].w + (size_t)r0 * in;
+		/* lora_weight = B @ A, then weight + scaling * lora_weight */
+		ft_sgemm(0, 0, n, in, lo->r, 1.0f, lo->B.w + (size_t)r0 * lo->r, lo->r, lo->A.w, in,
+			 0.0f, lw, in);
+		for (int o = 0; o < n; o++) {
+			double s = 0;
+			float *row = lw + (size_t)o * in;
+			for (int i = 0; i < in; i++) {
+				row[i] = w[(size_t)o * in + i] + lo->scale * row[i];
+				s += (double)row[i] * row[i];
+			}
+			norm[r0 + o] = (float)sqrt(s);
+		}
+		if (merged)
+			memcpy(merged + (size_t)r0 * in, lw, (size_t)n * in * sizeof *merged);
+	}
+}
+
+void ftp_dora_scale(ft_model *m, int l, int j)
+{
+	ftp_dora *lo = ftp_dora_of(m, l, j);
+	int in, out;
+	ftp_lin_dims(&m->c, j, &in, &out);
+	delta_norm(m, l, j, lo->dnorm, NULL);
+	for (int o = 0; o < out; o++) lo->dscale[o] = lo->mag.w[o] / lo->dnorm[o];
 }
 
 void ftp_dora_forward(ft_model *m, int l, int j, float *y, int N)
@@ -102,6 +123,31 @@ void ftp_dora_infer(ft_model *m, int l, int j, float *y, int N)
 	}
 }
 
+/* y = xd W^T without the bias, as PEFT's F.linear(x, weight) on the
+ * (dequantized) weight: on a quantized base the training form of the
+ * product (8-bit: the dequantized CB * SCB / 127, not LLM.int8()). */
+static void base_product(ft_model *m, int l, int j, float *y, const float *xd, int N)
+{
+	int in, out;
+	ftp_lin_dims(&m->c, j, &in, &out);
+	if (m->qw)
+		ftp_qlin_product(m, l, j, y, xd, N);
+	else
+		ft_linear_forward(y, xd, m->layers[l].lin[j].w, NULL, N, in, out);
+}
+
+/* dxd += dy W, the frozen base's input gradient of base_product. */
+static void base_input_grad(ft_model *m, int l, int j, float *dxd, const float *dy,
+			    const float *xd, int N)
+{
+	int in, out;
+	ftp_lin_dims(&m->c, j, &in, &out);
+	if (m->qw)
+		ftp_qlin_backward(m, l, j, dxd, dy, N);
+	else
+		ft_linear_backward(dxd, NULL, NULL, dy, xd, m->layers[l].lin[j].w, N, in, out);
+}
+
 /* y holds x W^T + bias; the LoRA branch on the dropped input xd (its
  * hidden A xd into h) and DoRA's terms are added: y += g * pre - xd W^T
  * with pre = xd W^T + s B A xd, kept for the backward.  The frozen base
@@ -116,7 +162,7 @@ void ftp_dora_forward_dropped(ft_model *m, int l, int j, float *y, float *h, con
 	ftp_dora_scale(m, l, j);
 	size_t n = (size_t)N * out;
 	float *pre = room(&lo->pre, &lo->pre_n, n), *wxd = room(&m->dora_dy, &m->dora_dy_n, n);
-	ft_linear_forward(wxd, xd, m->layers[l].lin[j].w, NULL, N, in, out);
+	base_product(m, l, j, wxd, xd, N);
 	memcpy(pre, wxd, n * sizeof *pre);
 	ft_lora_forward(pre, h, xd, lr->A.w, lr->B.w, N, in, out, lr->r, lr->scale);
 	for (int t = 0; t < N; t++)
@@ -166,7 +212,7 @@ void ftp_dora_backward_dropped(ft_model *m, int l, int j, float *dxd, const floa
 			size_t i = (size_t)t * out + o;
 			m->dora_dy[i] = (lo->dscale[o] - 1.0f) * dy[i];
 		}
-	ft_linear_backward(dxd, NULL, NULL, m->dora_dy, xd, m->layers[l].lin[j].w, N, in, out);
+	base_input_grad(m, l, j, dxd, m->dora_dy, xd, N);
 }
 
 void ftp_dora_enable(ft_model *m)
@@ -213,7 +259,10 @@ void ftp_dora_free(ft_model *m)
 		free(d->pre);
 	}
 	free(m->dora);
+	free(m->dora_lw);
 	m->dora = NULL;
+	m->dora_lw = NULL;
+	m->dora_lw_n = 0;
 	m->o.use_dora = 0;
 }
 

@@ -110,6 +110,8 @@ struct ft_model {
 	ftp_dora *dora;              /* [L * L_NLIN], NULL without DoRA */
 	float *dora_dy;              /* DoRA: the scaled output gradient */
 	size_t dora_dy_n;
+	float *dora_lw;              /* DoRA: a tile of rows of W + s B A */
+	size_t dora_lw_n;
 	/* QLoRA (model_quant.c): the decoder linears quantized, [L * L_NLIN],
 	 * and the scratch a tile of dequantized rows goes through */
 	struct ft_qweight_s *qw;
@@ -306,5 +308,10 @@ int ftp_quant_memory_plan(const ft_config *c, const ft_tune_opts *o, const char 
 void ftp_model_quant_free(ft_model *m);
 void ftp_qlin_forward(ft_model *m, int l, int j, float *y, const float *x, int N, int eval);
 void ftp_qlin_backward(ft_model *m, int l, int j, float *dx, const float *dy, int N);
+void ftp_qlin_product(ft_model *m, int l, int j, float *y, const float *x, int N);
+/* rows [r0, r1) of linear j's dequantized W into dst (float32, row-major);
+ * tile_rows: how many rows at a time the products take (m->qscratch) */
+void ftp_qlin_rows(const ft_model *m, int l, int j, int r0, int r1, float *dst);
+int ftp_qlin_tile_rows(const ft_model *m, int l, int j);
 
 #endif

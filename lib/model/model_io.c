@@ -447,9 +447,9 @@ int ft_model_load_adapter(ft_model *m, const char *dir)
 			c.use_dora ? "DoRA" : "PiSSA");
 		goto out;
 	}
-	if ((c.use_dora || pissa) && m->qw) {   /* both need the fp32 base */
-		ft_fail("%s: a %s adapter on a quantized base (--quantization_bit) is not implemented in ft yet",
-			c.path, c.use_dora ? "DoRA" : "PiSSA");
+	if (pissa && m->qw) {   /* the init rewrites the fp32 base */
+		ft_fail("%s: a PiSSA adapter on a quantized base (--quantization_bit) is not implemented in ft yet",
+			c.path);
 		goto out;
 	}
 	if (c.use_dora)   /* the magnitudes are read below */

@@ -231,18 +231,39 @@ void ft_qweight_int8_forward(const ft_qweight *q, float *y, const float *x, int 
 	free(caf); free(sca); free(cols); free(wt); free(tmp); free(acc);
 }
 
-void ftp_qlin_forward(ft_model *m, int l, int j, float *y, const float *x, int N, int eval)
+int ftp_qlin_tile_rows(const ft_model *m, int l, int j)
+{
+	const ft_qweight *q = qw_of(m, l, j);
+	return tile_rows(m, q->in, q->out);
+}
+
+void ftp_qlin_rows(const ft_model *m, int l, int j, int r0, int r1, float *dst)
+{
+	dequant_rows(qw_of(m, l, j), r0, r1, dst);
+}
+
+/* y = x W^T through the dequantized tiles, no bias: the training form
+ * (bnb's F.linear on the float32 dequantized weight), also DoRA's base
+ * product of its dropped-out input (lib/model/lora_dora.c). */
+void ftp_qlin_product(ft_model *m, int l, int j, float *y, const float *x, int N)
 {
 	const ft_qweight *q = qw_of(m, l, j);
 	int in = q->in, out = q->out;
+	for (int r0 = 0, R = tile_rows(m, in, out); r0 < out; r0 += R) {
+		int r1 = r0 + R < out ? r0 + R : out;
+		dequant_rows(q, r0, r1, m->qscratch);
+		ft_sgemm(0, 1, N, r1 - r0, in, 1, x, in, m->qscratch, in, 0, y + r0, out);
+	}
+}
+
+void ftp_qlin_forward(ft_model *m, int l, int j, float *y, const float *x, int N, int eval)
+{
+	const ft_qweight *q = qw_of(m, l, j);
+	int out = q->out;
 	if (q->bits == 8 && eval)
 		ft_qweight_int8_forward(q, y, x, N);
 	else
-		for (int r0 = 0, R = tile_rows(m, in, out); r0 < out; r0 += R) {
-			int r1 = r0 + R < out ? r0 + R : out;
-			dequant_rows(q, r0, r1, m->qscratch);
-			ft_sgemm(0, 1, N, r1 - r0, in, 1, x, in, m->qscratch, in, 0, y + r0, out);
-		}
+		ftp_qlin_product(m, l, j, y, x, N);
 	const float *b = j <= L_V ? m->layers[l].bias[j].w : NULL;
 	if (b)
 #pragma omp parallel for schedule(static) if ((size_t)N * out >= 65536)

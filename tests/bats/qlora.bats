@@ -162,6 +162,99 @@ train() { ft-train --model_name_or_path "$MODEL" --train train.zst --max_steps 2
 	assert_output --partial "quantized export is not supported"
 }
 
+# ---- QDoRA: --use_dora on the quantized base ----------------------------------
+
+# against tests/fixtures/quant/qdora_losses.txt (make_qdora_fixtures.py: PEFT's
+# DoRA on bnb's Linear4bit / Linear8bitLt, dropout under ft's masks); every
+# step within 1e-5 relative, the bound of the unquantized DoRA runs (float32
+# sums in another order; the dequantized weights are bnb's bit for bit)
+@test "QDoRA: 10 steps on the NF4 base match PEFT on bnb; with lora_dropout 0.1 on 4-bit and 8-bit too" {
+	need_jq
+	mkdir qd01 && cp "$FIXTURES/quant/llama-qdora-init"/* qd01/
+	jq '.lora_dropout = 0.1' "$FIXTURES/quant/llama-qdora-init/adapter_config.json" > qd01/adapter_config.json
+	export REF=quant/qdora_losses.txt
+	parity_run qdora_nf4 lora --learning_rate 2e-3 --quantization_bit 4 \
+		--adapter_name_or_path "$FIXTURES/quant/llama-qdora-init"
+	parity_run qdora_nf4_drop lora --learning_rate 2e-3 --quantization_bit 4 --adapter_name_or_path qd01 \
+		--lora_dropout 0.1
+	parity_run qdora_int8_drop lora --learning_rate 2e-3 --quantization_bit 8 --adapter_name_or_path qd01 \
+		--lora_dropout 0.1
+	# the quantization shows: the same adapter on the float32 base differs
+	run ft-train --model_name_or_path "$MODEL" --train p20.zst --output_dir f32 --max_steps 1 -q \
+		--adapter_name_or_path "$FIXTURES/quant/llama-qdora-init" --logging_steps 1
+	assert_success
+	[ "$(jq -s '.[0].loss' f32/trainer_log.jsonl)" != "$(jq -s '.[0].loss' qdora_nf4/trainer_log.jsonl)" ]
+}
+
+@test "QDoRA: --use_dora --quantization_bit 4 starts as the quantized base and saves PEFT's DoRA adapter" {
+	need_jq
+	run train --quantization_bit 4 --use_dora --learning_rate 5e-3 --output_dir d -q
+	assert_success
+	run train --quantization_bit 4 --learning_rate 5e-3 --output_dir l -q
+	assert_success
+	# step 1 runs before any update: magnitude = ||dequantized W||, the same model
+	[ "$(jq -s '.[0].loss' d/trainer_log.jsonl)" = "$(jq -s '.[0].loss' l/trainer_log.jsonl)" ]
+	[ "$(jq -s '.[1].loss' d/trainer_log.jsonl)" != "$(jq -s '.[1].loss' l/trainer_log.jsonl)" ]
+	[ "$(jq .use_dora d/adapter_config.json)" = true ]
+	[ "$(magnitudes d)" = 14 ]
+}
+
+@test "QDoRA: resume and gradient checkpointing bit for bit, 4-bit with dropout and 8-bit" {
+	need_jq
+	for q in "4 --lora_dropout 0.1" "8"; do
+		args=(--quantization_bit $q --use_dora --learning_rate 5e-3 --max_steps 6 --logging_steps 1
+		      --save_steps 3 -q)
+		rm -rf out b g
+		ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir out "${args[@]}"
+		mkdir b && cp -r out/checkpoint-3 b/ && head -n 3 out/trainer_log.jsonl > b/trainer_log.jsonl
+		run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b "${args[@]}" \
+			--resume_from_checkpoint b/checkpoint-3
+		assert_success
+		diff <(jq -c '{current_steps, loss, grad_norm}' out/trainer_log.jsonl) \
+			<(jq -c '{current_steps, loss, grad_norm}' b/trainer_log.jsonl)
+		cmp out/adapter_model.safetensors b/adapter_model.safetensors
+		run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir g "${args[@]}" \
+			--gradient_checkpointing true
+		assert_success
+		cmp out/adapter_model.safetensors g/adapter_model.safetensors
+	done
+}
+
+@test "QDoRA: evaluation and ft-generate on the quantized base; ft-merge into the float32 base" {
+	need_jq
+	ft-cat --encode < "$FIXTURES/trainer/val.jsonl" > val.zst
+	train --quantization_bit 4 --use_dora --learning_rate 1e-2 --max_steps 3 --output_dir ad -q
+	printf '%s\n' '{"prompt": "Who are you?"}' > p.jsonl
+	for b in 4 8; do
+		run ft-train --model_name_or_path "$MODEL" --adapter_name_or_path ad --quantization_bit $b \
+			--val val.zst --do_eval --output_dir e$b -q
+		assert_success
+		jq -e '.eval_loss > 0' e$b/eval_results.json
+		run ft-generate --model_name_or_path "$MODEL" --tokenizer "$TOK" --template default \
+			--max_new_tokens 4 --do_sample false --quantization_bit $b --adapter_name_or_path ad p.jsonl
+		assert_success
+		assert_output --partial '"predict"'
+	done
+	# LLaMA-Factory's export: the adapter onto the unquantized base (PEFT's
+	# DoRA merge), evaluated as the adapter there (float32 rounding)
+	run ft-merge --model_name_or_path "$MODEL" --adapter_name_or_path ad --export_dir merged -q
+	assert_success
+	run ft-train --model_name_or_path "$MODEL" --adapter_name_or_path ad --val val.zst --do_eval --output_dir ef -q
+	assert_success
+	run ft-train --model_name_or_path merged --finetuning_type full --val val.zst --do_eval --output_dir em -q
+	assert_success
+	jq -n --slurpfile a ef/eval_results.json --slurpfile b em/eval_results.json \
+		'($a[0].eval_loss - $b[0].eval_loss) / $b[0].eval_loss | fabs < 1e-5' | grep -qx true
+	[ "$(jq .eval_loss ef/eval_results.json)" != "$(jq .eval_loss e4/eval_results.json)" ]
+	run -2 ft-merge --model_name_or_path "$MODEL" --adapter_name_or_path ad --export_dir m2 --quantization_bit 4
+	assert_output --partial "Cannot merge adapters to a quantized model."
+}
+
+@test "QDoRA with --pissa_init stays refused (PiSSA rewrites the base weights; LLaMA-Factory refuses it too)" {
+	run -2 train --quantization_bit 4 --use_dora --pissa_init --output_dir o
+	assert_output --partial "quantization_bit"
+}
+
 @test "ft-run routes the QLoRA keys to ft-train" {
 	printf '%s\n' "model_name_or_path: $MODEL" "stage: sft" "finetuning_type: lora" "quantization_bit: 4" \
 		"quantization_type: fp4" "double_quantization: false" "quantization_method: bnb" \

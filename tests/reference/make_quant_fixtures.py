@@ -132,9 +132,11 @@ def with_adapter(m, adir):
     return pm
 
 
-def logits_and_grads(kind, bits, qtype, dq, train_mode, batch):
+def logits_and_grads(kind, bits, qtype, dq, train_mode, batch, adapter=None):
+    """adapter: a PEFT adapter directory (default the parity one, r 4 on all
+    seven linears)"""
     m = load(kind, bits, qtype, dq)
-    pm = with_adapter(m, os.path.join(PARITY, kind + "-lora-grad"))
+    pm = with_adapter(m, adapter or os.path.join(PARITY, kind + "-lora-grad"))
     pm.train(train_mode)
     ids, lab = batch["batch.input_ids"].long(), batch["batch.labels"]
     pm.zero_grad()
@@ -146,7 +148,9 @@ def logits_and_grads(kind, bits, qtype, dq, train_mode, batch):
         ls.backward()
         for n, p in pm.named_parameters():
             if p.requires_grad:
-                t["grad." + n.replace(".default", "")] = p.grad.detach().clone()
+                # PEFT's saved names (DoRA's magnitude without its module's ".weight")
+                k = n.replace(".default", "").replace("lora_magnitude_vector.weight", "lora_magnitude_vector")
+                t["grad." + k] = p.grad.detach().clone()
     return t
 
 

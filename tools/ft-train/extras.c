@@ -214,8 +214,6 @@ void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 	if (x->dora) {
 		if (type != FT_FT_LORA) die_usage("--use_dora is only valid for LoRA training");
 		if (x->pissa) die_usage("--use_dora with --pissa_init is not implemented in ft yet");
-		if (c->tune.quantization_bit)   /* its magnitude needs the base weight's norm */
-			die_usage("--use_dora with --quantization_bit (QDoRA) is not implemented in ft yet");
 		if (c->adapter)
 			die_usage("--use_dora makes a new adapter; --adapter_name_or_path's adapter_config.json "
 				  "says whether it is DoRA");
