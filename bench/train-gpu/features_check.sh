@@ -8,8 +8,9 @@
 #               (tests/bats/ft-train-cuda-optim-emu.bats)
 #   losses      DFT, EAFT, ASFT, NEFTune, modules_to_save
 #               (tests/bats/ft-train-cuda-losses-emu.bats)
-#   adapters    DoRA, without and with LoRA dropout (ft-train-cuda-dora-emu.bats),
-#               OFT (ft-train-cuda-oft-emu.bats): the logs, and the saved
+#   adapters    DoRA, without and with LoRA dropout, and on a 4-bit base
+#               (ft-train-cuda-dora-emu.bats), OFT
+#               (ft-train-cuda-oft-emu.bats): the logs, and the saved
 #               adapters element by element
 #   grpo        --stage grpo, completions byte-equal (ft-train-rl-emu.bats)
 #   half        --bf16 / --fp16, 20 steps against the CPU's fp32
@@ -258,6 +259,9 @@ ST_BOUND=2e-4 feat dora close 1e-4 - tests/bats/ft-train-cuda-dora-emu.bats "$QW
 	--val val.zst --eval_steps 2 --finetuning_type lora --use_dora --lora_target all
 ST_BOUND=2e-4 feat dora_dropout close 1e-4 - tests/bats/ft-train-cuda-dora-emu.bats "$QWEN" --train train.zst \
 	--val val.zst --eval_steps 2 --finetuning_type lora --use_dora --lora_target all --lora_dropout 0.1
+ST_BOUND=2e-4 feat qdora close 1e-4 - tests/bats/ft-train-cuda-dora-emu.bats "$QWEN" --train train.zst \
+	--val val.zst --eval_steps 2 --finetuning_type lora --use_dora --lora_target all --lora_dropout 0.1 \
+	--quantization_bit 4
 ST_BOUND=1e-4 feat oft close 1e-4 - tests/bats/ft-train-cuda-oft-emu.bats "$LLAMA" --train train.zst \
 	--val val.zst --eval_steps 2 --finetuning_type oft --lora_target q_proj,v_proj,down_proj \
 	--gradient_accumulation_steps 2 --max_grad_norm 0.5 --warmup_steps 2

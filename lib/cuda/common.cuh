@@ -473,6 +473,11 @@ size_t ft_cu_qscratch_elem(const ft_cuda_model *dm);
  * in eval runs LLM.int8() on x. */
 int ft_cu_qlin_forward(ft_cuda_model *dm, const ft_cu_qweight *q, float *y, int ldy,
 		       ft_mat x, ft_mat xo, int N, const char *what);
+/* Rows [r0, r1) of W dequantized into the scratch (*w: it, row-major, in
+ * the scratch's type), and how many rows a tile holds: DoRA's row norms
+ * (dora.cu) read the weight as the products do. */
+int ft_cu_qrows(ft_cuda_model *dm, const ft_cu_qweight *q, int r0, int r1, ft_mat *w);
+int ft_cu_qtile_rows(const ft_cuda_model *dm, const ft_cu_qweight *q);
 /* dx [N, in] += dy W; dyo: dy as the operand, row stride lddy. */
 int ft_cu_qlin_backward(ft_cuda_model *dm, const ft_cu_qweight *q, float *dx, ft_mat dyo,
 			int lddy, int N, const char *what);

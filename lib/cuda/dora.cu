@@ -23,9 +23,12 @@
  *
  * The frozen W is read as the forward uses it (its half copy in the
  * bf16/f16 modes: PEFT adds the fp32 B A to the bf16 weight), A and B as
- * their fp32 masters when they train.  The CPU refuses DoRA with a
- * quantized base and on Phi-3's fused modules, and so the device never
- * sees them (checked again here).
+ * their fp32 masters when they train.  On a quantized base (QDoRA) W is
+ * the dequantized weight, as PEFT's dequantize_module_weight: the norms
+ * take quant.cu's tiles of dequantized rows from its scratch, and the
+ * dropped-input product and its backward go through ft_cu_qlin_forward /
+ * _backward (the training form).  The CPU refuses DoRA on Phi-3's fused
+ * modules, and so the device never sees them.
  */
 #include "cuda/common.cuh"
 
@@ -45,6 +48,24 @@ static __device__ inline float src_at(dora_src s, size_t i)
 static dora_src src_of(const ft_cuda_model *dm, const ft_dt *t)
 {
 	dora_src s = { t->w, t->w ? NULL : t->h, dm->o.precision == FT_CUDA_BF16 };
+	return s;
+}
+
+/* A matrix operand (quant.cu's scratch) as a source. */
+static dora_src src_of_mat(const ft_cuda_model *dm, ft_mat m)
+{
+	dora_src s = { m.half ? NULL : (const float *)m.p, m.half ? (const uint16_t *)m.p : NULL,
+		       dm->o.precision == FT_CUDA_BF16 };
+	return s;
+}
+
+/* The source from element off on. */
+static dora_src src_from(dora_src s, size_t off)
+{
+	if (s.w)
+		s.w += off;
+	else
+		s.h += off;
 	return s;
 }
 
@@ -149,6 +170,42 @@ static __global__ void dora_less_one_k(float *e, const float *dy, int ld, const 
 
 static unsigned grid_of(size_t n) { return ft_cu_grid(n, DORA_TPB); }
 
+/* Whether module j's base product reads half operands (the dequantized
+ * tile's type on a quantized base). */
+static int base_half(const ft_cuda_model *dm, int l, int j)
+{
+	const ft_dlayer *d = &dm->layers[l];
+	return d->quant ? ft_cu_qscratch_half(dm) : ft_cu_weight(dm, d->lin[j]).half;
+}
+
+/* delta_norm's rows [r0, r0 + n) of module j: W holds them from its row 0
+ * (the weight itself, or a dequantized tile). */
+static int dora_norm_rows(ft_cuda_model *dm, int l, int j, int r0, int n, dora_src W)
+{
+	ft_dlora *lo = &dm->layers[l].lora[j];
+	int in = dm->v.lin_in[j];
+	FT_LAUNCH(dora_norm_k, n, DORA_TPB, 0, dm->stream)(lo->dnorm + r0, lo->dscale + r0,
+		lo->mag->w + r0, W, src_of(dm, lo->A),
+		src_from(src_of(dm, lo->B), (size_t)r0 * lo->r), in, lo->r, lo->scale);
+	LAUNCHED("dora_norm", "layer %d %s: rows %d-%d, in=%d r=%d", l, ft_cuda_view_lin_name(j),
+		 r0, r0 + n, in, lo->r);
+	return 0;
+}
+
+/* QDoRA: the rows of the dequantized W a tile at a time (quant.cu's
+ * scratch, as the products read it). */
+static int dora_norm_quant(ft_cuda_model *dm, int l, int j)
+{
+	const ft_cu_qweight *q = &dm->layers[l].q[j];
+	for (int r0 = 0, R = ft_cu_qtile_rows(dm, q); r0 < q->out; r0 += R) {
+		int n = r0 + R < q->out ? R : q->out - r0;
+		ft_mat w;
+		TRY(ft_cu_qrows(dm, q, r0, r0 + n, &w));
+		TRY(dora_norm_rows(dm, l, j, r0, n, src_of_mat(dm, w)));
+	}
+	return 0;
+}
+
 /* ftp_dora_scale: the norms and factors of module j of layer l.  A
  * device model for decoding (o.inference) computes them once, as the
  * CPU's ftp_dora_infer uses the factors of load time. */
@@ -158,13 +215,13 @@ static int dora_scale(ft_cuda_model *dm, int l, int j)
 	ft_dlora *lo = &d->lora[j];
 	if (dm->o.inference && lo->dora_ready)
 		return 0;
-	if (d->quant || !d->lin[j])
-		return ft_fail("DoRA on a quantized base (QDoRA) is not implemented in ft yet");
-	int in = dm->v.lin_in[j], out = dm->v.lin_out[j];
-	FT_LAUNCH(dora_norm_k, out, DORA_TPB, 0, dm->stream)(lo->dnorm, lo->dscale, lo->mag->w,
-		src_of(dm, d->lin[j]), src_of(dm, lo->A), src_of(dm, lo->B), in, lo->r, lo->scale);
-	LAUNCHED("dora_norm", "layer %d %s: out=%d in=%d r=%d", l, ft_cuda_view_lin_name(j), out,
-		 in, lo->r);
+	if (d->quant)
+		TRY(dora_norm_quant(dm, l, j));
+	else if (d->lin[j])
+		TRY(dora_norm_rows(dm, l, j, 0, dm->v.lin_out[j], src_of(dm, d->lin[j])));
+	else
+		return ft_fail("internal: DoRA on layer %d %s without its weight", l,
+			       ft_cuda_view_lin_name(j));
 	lo->dora_ready = 1;
 	return 0;
 }
@@ -231,14 +288,18 @@ int ft_cu_dora_drop_forward(ft_cuda_model *dm, int l, int j, float *y, int ld, f
 	ft_dlayer *d = &dm->layers[l];
 	ft_dlora *lo = &d->lora[j];
 	int in = dm->v.lin_in[j], out = dm->v.lin_out[j];
-	ft_mat w = ft_cu_weight(dm, d->lin[j]), B = { lo->B->w, 0 };
+	ft_mat B = { lo->B->w, 0 };
 	float *tmp = dm->dora_dy;
 	size_t n = (size_t)N * out;
-	if (!lo->pre || !tmp || xm.half != w.half || h.half)
+	if (!lo->pre || !tmp || xm.half != base_half(dm, l, j) || h.half)
 		return ft_fail("internal: DoRA with dropout: layer %d %s has no buffers or a "
 			       "mismatched operand", l, ft_cuda_view_lin_name(j));
 	TRY(dora_scale(dm, l, j));
-	TRY(ft_cu_gemm(dm, 0, 1, N, out, in, 1, xm, in, w, in, 0, tmp, out, "dora x_drop W^T"));
+	if (d->quant)   /* training: the dequantized tiles' product */
+		TRY(ft_cu_qlin_forward(dm, &d->q[j], tmp, out, xm, xm, N, "dora x_drop W^T"));
+	else
+		TRY(ft_cu_gemm(dm, 0, 1, N, out, in, 1, xm, in, ft_cu_weight(dm, d->lin[j]), in, 0,
+			       tmp, out, "dora x_drop W^T"));
 	CU(cudaMemcpyAsync(lo->pre, tmp, n * sizeof(float), cudaMemcpyDeviceToDevice, dm->stream),
 	   "DoRA's pre, n=%zu", n);
 	TRY(ft_cu_gemm(dm, 0, 1, N, out, lo->r, lo->scale, h, ldh, B, lo->r, 1, lo->pre, out,
@@ -263,7 +324,7 @@ int ft_cu_dora_drop_backward(ft_cuda_model *dm, int l, int j, float *dx, const f
 	ft_dlayer *d = &dm->layers[l];
 	ft_dlora *lo = &d->lora[j];
 	int in = dm->v.lin_in[j], out = dm->v.lin_out[j], r = lo->r;
-	ft_mat A = ft_cu_weight(dm, lo->A), B = { lo->B->w, 0 }, w = ft_cu_weight(dm, d->lin[j]);
+	ft_mat A = ft_cu_weight(dm, lo->A), B = { lo->B->w, 0 };
 	ft_mat dyg = { dm->dora_dy, 0 }, op, hs;
 	size_t n = (size_t)N * out;
 	TRY(ft_cu_dora_backward(dm, l, j, dm->dora_dy, out, dy, ld, N));
@@ -283,9 +344,12 @@ int ft_cu_dora_drop_backward(ft_cuda_model *dm, int l, int j, float *dx, const f
 	FT_LAUNCH(dora_less_one_k, grid_of(n), DORA_TPB, 0, dm->stream)(dm->dora_dy, dy, ld,
 		lo->dscale, N, out);
 	LAUNCHED("dora_less_one", "layer %d %s: N=%d out=%d", l, ft_cuda_view_lin_name(j), N, out);
-	TRY(ft_cu_operand(dm, &op, dm->dora_dy, n, dm->hy, w.half));
-	TRY(ft_cu_gemm(dm, 0, 0, N, in, out, 1, op, out, w, in, 1, dm->ddrop, in,
-		       "dora (g-1) dy W"));
+	TRY(ft_cu_operand(dm, &op, dm->dora_dy, n, dm->hy, base_half(dm, l, j)));
+	if (d->quant)
+		TRY(ft_cu_qlin_backward(dm, &d->q[j], dm->ddrop, op, out, N, "dora (g-1) dy W"));
+	else
+		TRY(ft_cu_gemm(dm, 0, 0, N, in, out, 1, op, out, ft_cu_weight(dm, d->lin[j]), in, 1,
+			       dm->ddrop, in, "dora (g-1) dy W"));
 	return ft_cu_lora_drop_grad(dm, l, j, dx, (size_t)N * in);
 }
 

@@ -467,6 +467,8 @@ static int lin_bwd_group(ft_cuda_model *dm, int l, int gi, ft_mat Y, float *dY,
 		for (int i = 0; dx && i < g->c.n; i++)
 			TRY(ft_cu_qlin_backward(dm, &d->q[g->c.js[i]], dx, mat_at(dyo, g->c.off[i]), tot,
 						N, ft_cuda_view_lin_name(g->c.js[i])));
+		if (dd)   /* QDoRA with dropout: the branches after the unscaled base */
+			return ft_cu_dora_drop_group_backward(dm, l, &g->c, Y, dY, dx, x, N);
 		return lora_drop_bwd(dm, l, g, dyo, dx, x, N);
 	}
 	if (ft_cu_fp8_group(dm, l, gi)) {   /* module by module, as lin_fwd_group */

@@ -64,6 +64,14 @@ static ft_mat scratch_mat(const ft_cuda_model *dm)
 	return m;
 }
 
+int ft_cu_qtile_rows(const ft_cuda_model *dm, const ft_cu_qweight *q) { return tile_rows(dm, q); }
+
+int ft_cu_qrows(ft_cuda_model *dm, const ft_cu_qweight *q, int r0, int r1, ft_mat *w)
+{
+	*w = scratch_mat(dm);
+	return dequant_rows(dm, q, r0, r1);
+}
+
 /* LLM.int8() of x [N, in] (fp32) into y (row stride ldy), as
  * ft_qweight_int8_forward: activations quantized per row, the int8 product
  * in chunks of INT8_K inputs through the fp32 GEMM on integer-valued

@@ -151,3 +151,50 @@ adapters_close() {
 	done
 	half_close cpu/trainer_log.jsonl bf16/trainer_log.jsonl fp16/trainer_log.jsonl
 }
+
+# QDoRA: DoRA on a quantized base (docs/QLORA.md, "QDoRA").  The device's
+# dequantized weights are the CPU's bits (test_quant_emu), its norms read
+# them a tile of rows at a time as the CPU's, and the dropped-input product
+# runs through the same tiled dequantize + GEMM as the base one; so the
+# bounds above hold unchanged (measured: losses <= 3.1e-7, adapters
+# <= 7.4e-5).
+@test "emulated device QDoRA: 4-bit qwen2 (fused groups) with dropout, 8-bit llama with checkpointing and dropout; adapters as the CPU's; DoRA ran" {
+	sft_data
+	common=(--train train.zst --val val.zst --eval_steps 2 --lora_target all --use_dora)
+	for q in "$QWEN --quantization_bit 4 --lora_dropout 0.1" "$LLAMA --quantization_bit 4" \
+		 "$LLAMA --quantization_bit 8 --gradient_checkpointing --lora_dropout 0.1"; do
+		set -- $q
+		m=$1
+		shift
+		tr cpu cpu "$m" "${common[@]}" "$@"
+		tr cuda dev "$m" "${common[@]}" "$@"
+		[[ "$(jq -r .ft.device dev/trainer_state.json)" == "cuda:0 (ft host emulation, "* ]]
+		close cpu/trainer_log.jsonl dev/trainer_log.jsonl 1e-4
+		adapters_close cpu dev
+		# QLoRA without DoRA differs from the second step on
+		tr cuda lora "$m" --train train.zst --val val.zst --eval_steps 2 --lora_target all "$@"
+		! diff -q <(nums lora/trainer_log.jsonl) <(nums dev/trainer_log.jsonl)
+		rm -rf cpu dev lora
+	done
+}
+
+@test "emulated device QDoRA: resume bit-identical, --bf16 within the half bounds, ft-generate's greedy tokens as the CPU's" {
+	sft_data
+	resume_same --model_name_or_path "$QWEN" --train train.zst --lora_target all --use_dora \
+		--quantization_bit 4 --lora_dropout 0.1
+	d=(--train train.zst --lora_target all --use_dora --quantization_bit 4)
+	tr cpu cpu "$QWEN" "${d[@]}"
+	for p in bf16 fp16; do
+		tr cuda $p "$QWEN" "${d[@]}" --$p
+	done
+	half_close cpu/trainer_log.jsonl bf16/trainer_log.jsonl fp16/trainer_log.jsonl
+	tr cpu dora "$QWEN" "${d[@]}" --learning_rate 5e-2
+	printf '%s\n' '{"prompt": "Who are you?"}' '{"prompt": "the tea is hot and the cup is full of it"}' > p.jsonl
+	for dev in cpu cuda; do
+		ft-generate --model_name_or_path "$QWEN" --adapter_name_or_path dora --quantization_bit 4 \
+			--tokenizer "$FIXTURES/generate/tokenizer" --template default --max_new_tokens 24 \
+			--do_sample false --per_device_eval_batch_size 2 --device $dev p.jsonl > $dev.out
+	done
+	[ "$(wc -l < cuda.out)" -eq 2 ]
+	diff cpu.out cuda.out
+}
