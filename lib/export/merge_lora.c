@@ -19,6 +19,7 @@
 #include "format/adapter_config.h"
 #include "format/adapter_oft.h"
 #include "format/safetensors.h"
+#include "model/layers.h"
 
 #define PREFIX "base_model.model."
 
@@ -35,6 +36,7 @@ typedef struct {
 	const ft_st_tensor *oft;      /* OFT's oft_R.weight [r, b(b-1)/2] */
 	int oft_b;
 	int r;
+	int layer, lin;               /* PiSSA: decoder layer, ft's linear index (ft_pissa_seed) */
 	double alpha, scale;
 } lora_mod;
 
@@ -51,6 +53,7 @@ struct ft_lora {
 	size_t nm;
 	lora_full *full;
 	size_t nfull;
+	int pissa, pissa_iter;        /* PiSSA: merged onto the residual its init leaves */
 };
 
 static int known_module(const char *module)
@@ -74,10 +77,10 @@ static int check_config(const ft_adapter_config *c)
 		       : strcmp(c->bias, "none") ? "an OFT bias" : NULL;
 	if (no)
 		return ft_fail("%s: %s is not implemented in ft yet", cfg, no);
-	if (c->init_lora_weights)   /* PiSSA and friends: trained on a residual base */
+	int niter;
+	if (c->init_lora_weights && !ft_adapter_config_pissa(c, &niter))   /* olora, corda, loftq, ... */
 		return ft_fail("%s: init_lora_weights \"%s\": the adapter was trained on a base its init "
-			       "changed, which ft-merge does not recompute; merge the plain LoRA adapter "
-			       "LLaMA-Factory's pissa_convert writes (OUTPUT_DIR/pissa_converted)", cfg,
+			       "changed, which ft-merge recomputes only for PiSSA (pissa, pissa_niter_K)", cfg,
 			       c->init_lora_weights);
 	if (c->fan_in_fan_out)
 		return ft_fail("%s: fan_in_fan_out adapters (GPT-2 Conv1D) are not supported", cfg);
@@ -223,6 +226,27 @@ static int check_float(const char *file, const ft_st_tensor *t)
 	return ft_fail("%s: tensor %s has dtype %s, not a float type", file, t->name, ft_dtype_name(t->dtype));
 }
 
+/* PiSSA: m's decoder layer and linear index as ft's loaders number them
+ * ("model.layers.3.mlp.up_proj": 3, 5); -1 for another module (Phi-3's
+ * fused ones, which ft-train's PiSSA refuses too). */
+static int pissa_module(lora_mod *m)
+{
+	static const char *const lin[] = { "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+					   "down_proj" };
+	const char *s = strstr(m->module, "layers."), *dot = strrchr(m->module, '.');
+	char *end;
+	if (!s || !dot) return -1;
+	long l = strtol(s + 7, &end, 10);
+	if (end == s + 7 || *end != '.' || l < 0 || l > 1000000) return -1;
+	for (int j = 0; j < 7; j++)
+		if (!strcmp(dot + 1, lin[j])) {
+			m->layer = (int)l;
+			m->lin = j;
+			return 0;
+		}
+	return -1;
+}
+
 /* Shapes against each other, the configured rank, and the base. */
 static int check_module(ft_lora *l, const char *file, lora_mod *m, const ft_st *base)
 {
@@ -248,6 +272,13 @@ static int check_module(ft_lora *l, const char *file, lora_mod *m, const ft_st *
 	if (m->mag && (check_float(file, m->mag) < 0 || m->mag->ndim != 1 || m->mag->shape[0] != m->B->shape[0]))
 		return ft_fail("%s: module %s: lora_magnitude_vector is not [%lld]", file, m->module,
 			       (long long)m->B->shape[0]);
+	if (l->pissa && pissa_module(m) < 0)
+		return ft_fail("%s: module %s: a PiSSA adapter on a module other than a decoder layer's q_proj "
+			       "k_proj v_proj o_proj gate_proj up_proj down_proj is not implemented in ft yet",
+			       file, m->module);
+	if (l->pissa && m->r > (m->A->shape[1] < m->B->shape[0] ? m->A->shape[1] : m->B->shape[0]))
+		return ft_fail("%s: module %s: PiSSA rank %d exceeds the module's smaller side", file, m->module,
+			       m->r);
 	if (!base) return 0;
 	char *wname = ft_xasprintf("%s.weight", m->module);
 	const ft_st_tensor *w = ft_st_find(base, wname);
@@ -320,8 +351,9 @@ ft_lora *ft_lora_open(const char *dir, const struct ft_st *base)
 	ft_lora *l = ft_xcalloc(1, sizeof *l);
 	l->dir = ft_xstrdup(dir);
 	char *cfg = ft_xasprintf("%s/" FT_ADAPTER_CONFIG_NAME, dir);
-	int ok = ft_adapter_config_load(cfg, &l->cfg) == 0 && check_config(&l->cfg) == 0 &&
-		 open_tensors(l, base) == 0;
+	int ok = ft_adapter_config_load(cfg, &l->cfg) == 0 && check_config(&l->cfg) == 0;
+	if (ok) l->pissa = ft_adapter_config_pissa(&l->cfg, &l->pissa_iter);
+	ok = ok && open_tensors(l, base) == 0;
 	free(cfg);
 	if (!ok) {
 		ft_lora_close(l);
@@ -425,6 +457,20 @@ static int dora_rescale(const lora_mod *m, float *w, int out, int in)
 	return 0;
 }
 
+/* PiSSA: the base its init leaves, as PEFT's from_pretrained redoes it
+ * (and ft's loaders): W - (s B0) A0 from W's top r singular triplets; the
+ * exact SVD is PEFT's up to rounding, pissa_niter_K's start is ft's fixed
+ * one (the residual ft trained on; PEFT draws a new one at each load). */
+static int pissa_residual(const ft_lora *l, const lora_mod *m, float *w, int out, int in)
+{
+	float *A0 = ft_xmalloc((size_t)m->r * in * sizeof *A0), *B0 = ft_xmalloc((size_t)out * m->r * sizeof *B0);
+	int rc = ft_pissa_decompose(w, out, in, m->r, (float)m->scale, l->pissa_iter,
+				    ft_pissa_seed(m->layer, m->lin), A0, B0);
+	free(A0);
+	free(B0);
+	return rc < 0 ? ft_fail_ctx("%s: %s: ", l->dir, m->module) : 0;
+}
+
 /* "X.weight" / "X.bias" -> the module X and which part. */
 static const lora_mod *find_module(const ft_lora *l, const char *name, int *is_bias)
 {
@@ -484,9 +530,11 @@ int ft_lora_apply(const ft_lora *l, const char *name, float *w, size_t numel)
 		free(B);
 		return -1;
 	}
-	add_delta(w, B, A, out, in, r, (float)m->scale);
+	int rc = l->pissa ? pissa_residual(l, m, w, out, in) : 0;
+	if (!rc) add_delta(w, B, A, out, in, r, (float)m->scale);
 	free(A);
 	free(B);
+	if (rc < 0) return -1;
 	if (m->mag && dora_rescale(m, w, out, in) < 0) return -1;
 	return 1;
 }

@@ -281,3 +281,19 @@ double ft_adapter_config_alpha(const ft_adapter_config *c, const char *module)
 	const ft_adapter_pattern *p = match(c->alpha_pattern, c->n_alpha_pattern, module);
 	return p ? p->value : c->lora_alpha;
 }
+
+int ft_adapter_config_pissa(const ft_adapter_config *c, int *niter)
+{
+	const char *s = c->init_lora_weights;
+	char *end;
+	if (!s) return 0;
+	if (!strcmp(s, "pissa")) {
+		*niter = -1;
+		return 1;
+	}
+	if (strncmp(s, "pissa_niter_", 12)) return 0;
+	long v = strtol(s + 12, &end, 10);
+	if (*end || end == s + 12 || v < 0 || v >= 1000000) return 0;
+	*niter = (int)v;
+	return 1;
+}

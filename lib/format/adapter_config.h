@@ -81,4 +81,10 @@ int ft_adapter_config_targets(const ft_adapter_config *c, const char *module);
 int ft_adapter_config_rank(const ft_adapter_config *c, const char *module);
 double ft_adapter_config_alpha(const ft_adapter_config *c, const char *module);
 
+/* Whether init_lora_weights is PiSSA's, as PEFT's pissa_init reads it:
+ * 1 with *niter -1 for "pissa" (the exact SVD) or K for "pissa_niter_K"
+ * (K power iterations, 0 <= K < 1000000); 0 for a boolean or another
+ * string (olora, corda, loftq, ...), which the caller refuses or not. */
+int ft_adapter_config_pissa(const ft_adapter_config *c, int *niter);
+
 #endif

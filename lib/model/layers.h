@@ -31,6 +31,20 @@ void ft_sgemm(int ta, int tb, int M, int N, int K, float alpha,
  * message if LAPACK fails. */
 int ft_svd_thin(const float *X, int p, int n, float *U, float *S, float *Vh);
 
+/* PiSSA's init of one linear W [out, in] with scale s, as PEFT's
+ * _pissa_decomposition (lib/model/lora_pissa.c): A [r, in] and B [out, r]
+ * from W's top r singular triplets (niter -1: the exact SVD, "pissa";
+ * K >= 0: torch.svd_lowrank's K power iterations, "pissa_niter_K", from
+ * a Gaussian start drawn with seed), and W becomes the residual
+ * W - (s B) A.  -1 with a message when r > min(out, in) or LAPACK fails. */
+int ft_pissa_decompose(float *W, int out, int in, int r, float scale, int niter, uint64_t seed,
+		       float *A, float *B);
+/* The seed of pissa_niter_K's start for decoder layer `layer`'s linear
+ * `module` (0 q_proj, 1 k_proj, 2 v_proj, 3 o_proj, 4 gate_proj, 5 up_proj,
+ * 6 down_proj): fixed, so every load of the adapter finds the same
+ * residual. */
+uint64_t ft_pissa_seed(int layer, int module);
+
 /* Embedding: out[n] = wte[ids[n]];  dwte[ids[n]] += dout[n]. */
 void ft_embedding_forward(float *out, const int32_t *ids, const float *wte,
 			  int N, int D);

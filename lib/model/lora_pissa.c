@@ -144,42 +144,50 @@ static int svd_lowrank(const float *W, int m, int n, int q, int niter, uint64_t 
 	return rc;
 }
 
-/* One module: A, B from the top r singular triplets; W -= (s B) A. */
-static int pissa_module(ftp_wg *w, ftp_lora *lo, int in, int out, int niter, uint64_t seed)
+/* See layers.h.  W -= (s B) A as PEFT: (scaling * lora_B) @ lora_A. */
+int ft_pissa_decompose(float *W, int out, int in, int r, float scale, int niter, uint64_t seed,
+		       float *A, float *B)
 {
-	int r = lo->r, k = in < out ? in : out;
+	int k = in < out ? in : out;
 	if (r > k) return ft_fail("PiSSA: lora_rank %d exceeds the module's smaller side %d", r, k);
 	float *Vr = ft_xmalloc((size_t)out * r * sizeof *Vr), *Sr = ft_xmalloc((size_t)k * sizeof *Sr);
 	float *Uhr = ft_xmalloc((size_t)r * in * sizeof *Uhr);
 	int rc;
 	if (niter < 0) {   /* "pissa": the exact SVD, then the first r */
 		float *V = ft_xmalloc((size_t)out * k * sizeof *V), *Uh = ft_xmalloc((size_t)k * in * sizeof *Uh);
-		rc = ft_svd_thin(w->w, out, in, V, Sr, Uh);
+		rc = ft_svd_thin(W, out, in, V, Sr, Uh);
 		for (int o = 0; o < out && !rc; o++) memcpy(Vr + (size_t)o * r, V + (size_t)o * k, r * sizeof *Vr);
 		if (!rc) memcpy(Uhr, Uh, (size_t)r * in * sizeof *Uhr);
 		free(V);
 		free(Uh);
 	} else {           /* "pissa_niter_K": Uhr = U^T */
 		float *Ur = ft_xmalloc((size_t)in * r * sizeof *Ur);
-		rc = svd_lowrank(w->w, out, in, r, niter, seed, Vr, Sr, Ur);
+		rc = svd_lowrank(W, out, in, r, niter, seed, Vr, Sr, Ur);
 		for (int j = 0; j < r && !rc; j++)
 			for (int i = 0; i < in; i++) Uhr[(size_t)j * in + i] = Ur[(size_t)i * r + j];
 		free(Ur);
 	}
 	if (!rc) {
 		for (int j = 0; j < r; j++) {
-			float sq = sqrtf(Sr[j] / lo->scale);
-			for (int i = 0; i < in; i++) lo->A.w[(size_t)j * in + i] = sq * Uhr[(size_t)j * in + i];
-			for (int o = 0; o < out; o++) lo->B.w[(size_t)o * r + j] = Vr[(size_t)o * r + j] * sq;
+			float sq = sqrtf(Sr[j] / scale);
+			for (int i = 0; i < in; i++) A[(size_t)j * in + i] = sq * Uhr[(size_t)j * in + i];
+			for (int o = 0; o < out; o++) B[(size_t)o * r + j] = Vr[(size_t)o * r + j] * sq;
 		}
-		/* (scaling * lora_B) @ lora_A, subtracted */
 		float *sB = ft_xmalloc((size_t)out * r * sizeof *sB);
-		for (size_t i = 0; i < (size_t)out * r; i++) sB[i] = lo->scale * lo->B.w[i];
-		ft_sgemm(0, 0, out, in, r, -1.0f, sB, r, lo->A.w, in, 1.0f, w->w, in);
+		for (size_t i = 0; i < (size_t)out * r; i++) sB[i] = scale * B[i];
+		ft_sgemm(0, 0, out, in, r, -1.0f, sB, r, A, in, 1.0f, W, in);
 		free(sB);
 	}
 	free(Vr); free(Sr); free(Uhr);
 	return rc;
+}
+
+/* A fixed start per module, not the run's seed: loading the adapter
+ * (ft-generate, ft-train --adapter_name_or_path, ft-merge) recomputes
+ * the same residual whatever --seed says. */
+uint64_t ft_pissa_seed(int layer, int module)
+{
+	return 0x9155aULL + 0x9e3779b97f4a7c15ULL * (uint64_t)(layer * L_NLIN + module + 1);
 }
 
 int ft_model_pissa_init(ft_model *m, int niter)
@@ -193,11 +201,8 @@ int ft_model_pissa_init(ft_model *m, int niter)
 			int in, out;
 			if (!lo->on) continue;
 			ftp_lin_dims(&m->c, j, &in, &out);
-			/* a fixed start per module, not the run's seed: loading the
-			 * adapter (ft-generate, ft-train --adapter_name_or_path)
-			 * recomputes the same residual whatever --seed says */
-			uint64_t seed = 0x9155aULL + 0x9e3779b97f4a7c15ULL * (uint64_t)(l * L_NLIN + j + 1);
-			if (pissa_module(&m->layers[l].lin[j], lo, in, out, niter, seed) < 0)
+			if (ft_pissa_decompose(m->layers[l].lin[j].w, out, in, lo->r, lo->scale, niter,
+					       ft_pissa_seed(l, j), lo->A.w, lo->B.w) < 0)
 				return ft_fail_ctx("layer %d %s: ", l, ft_lin_names[j]);
 		}
 	m->o.pissa_init = 1;

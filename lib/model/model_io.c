@@ -393,27 +393,6 @@ static int check_config(const ft_adapter_config *c)
 	return 0;
 }
 
-/* "pissa" (-1) or "pissa_niter_K"; other inits that move the base
- * (olora, corda, loftq, ...) are refused */
-static int pissa_iter(const ft_adapter_config *c, int *niter)
-{
-	const char *s = c->init_lora_weights;
-	char *end;
-	if (!strcmp(s, "pissa")) {
-		*niter = -1;
-		return 0;
-	}
-	if (!strncmp(s, "pissa_niter_", 12)) {
-		long v = strtol(s + 12, &end, 10);
-		if (!*end && end != s + 12 && v >= 0 && v < 1000000) {
-			*niter = (int)v;
-			return 0;
-		}
-	}
-	return ft_fail("%s: init_lora_weights \"%s\" is not supported (true, pissa, pissa_niter_K)",
-		       c->path, s);
-}
-
 static int read_tensors(ft_model *m, const char *dir);
 static int load_oft(ft_model *m, const char *dir, const ft_adapter_config *c);
 
@@ -459,8 +438,11 @@ int ft_model_load_adapter(ft_model *m, const char *dir)
 	ftp_model_build_params(m);
 	/* a PiSSA adapter was trained on the residual base: PEFT redoes the
 	 * init on the base when it loads one, and so does ft */
-	if (c.init_lora_weights && pissa_iter(&c, &niter) < 0)
+	if (c.init_lora_weights && !ft_adapter_config_pissa(&c, &niter)) {
+		ft_fail("%s: init_lora_weights \"%s\" is not supported (true, pissa, pissa_niter_K)",
+			c.path, c.init_lora_weights);
 		goto out;
+	}
 	if (c.init_lora_weights && ft_model_pissa_init(m, niter) < 0) {
 		ft_fail_ctx("%s: ", dir);
 		goto out;

@@ -41,6 +41,15 @@
 # 1.5e-5, 3.1e-4).  Checkpointing and resume stay bit for bit: the masks'
 # position advances once per forward-backward (so the recomputed forward
 # redraws the same masks) and is saved in the checkpoint.
+#
+# With --pissa_init the PiSSA init (the residual base, A and B from the
+# SVD) and then DoRA's magnitudes are made on the CPU before the model is
+# bound, so the device gets the same starting weights and the bounds above
+# hold unchanged.  Measured on qwen2: losses 5.9e-7; adapters 7.8e-5, one
+# magnitude element of layer 1's gate_proj (its gradient near 0, so
+# AdamW's m / sqrt(v) ill-conditioned, the case named above), every A and
+# B within 1.7e-6; still 2.5 times below 2e-4 and 100 times below one
+# flipped update.
 load helper
 load emu_helper
 
@@ -197,4 +206,30 @@ adapters_close() {
 	done
 	[ "$(wc -l < cuda.out)" -eq 2 ]
 	diff cpu.out cuda.out
+}
+
+@test "emulated device DoRA+PiSSA: qwen2 (biases, all modules) as the CPU's, the adapter's greedy tokens too; resume bit-identical" {
+	sft_data
+	pd=(--train train.zst --val val.zst --eval_steps 2 --lora_target all --use_dora --pissa_init --pissa_iter -1)
+	tr cpu cpu "$QWEN" "${pd[@]}"
+	tr cuda dev "$QWEN" "${pd[@]}"
+	[[ "$(jq -r .ft.device dev/trainer_state.json)" == "cuda:0 (ft host emulation, "* ]]
+	close cpu/trainer_log.jsonl dev/trainer_log.jsonl 1e-4
+	adapters_close cpu dev
+	jq -e '.use_dora == true and .init_lora_weights == "pissa"' dev/adapter_config.json
+	# PiSSA really ran: DoRA alone differs from the second step on
+	tr cuda dora "$QWEN" "${pd[@]:0:9}"
+	run diff -q <(nums dora/trainer_log.jsonl) <(nums dev/trainer_log.jsonl)
+	assert_failure
+	# loading redoes the init on the base (on the CPU) before binding
+	printf '%s\n' '{"prompt": "Who are you?"}' '{"prompt": "the tea is hot and the cup is full of it"}' > p.jsonl
+	for d in cpu cuda; do
+		ft-generate --model_name_or_path "$QWEN" --adapter_name_or_path dev \
+			--tokenizer "$FIXTURES/generate/tokenizer" --template default --max_new_tokens 24 \
+			--do_sample false --per_device_eval_batch_size 2 --device $d p.jsonl > $d.out
+	done
+	[ "$(wc -l < cuda.out)" -eq 2 ]
+	diff cpu.out cuda.out
+	rm -rf cpu dev dora
+	resume_same --model_name_or_path "$LLAMA" --train train.zst --use_dora --pissa_init --lora_rank 4
 }

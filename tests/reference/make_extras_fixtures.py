@@ -15,6 +15,8 @@ galore-torch (1.0) packages (pure Python) on the path:
         adapters) and DIR/pissa_converted (a plain LoRA on the original
         base); their logits on the parity batch 0 must agree (max relative
         error <= 1e-4) and differ from the base's.  Exit 1 if not.
+    /work/venv/bin/python tests/reference/make_extras_fixtures.py --pissa-dora
+        only the DoRA+PiSSA files below (torch, transformers and PEFT alone)
 Writes tests/fixtures/extras/:
   neftune.txt     "<alpha> <T> <D> <mag>": mag_norm as transformers'
                   neftune_post_forward_hook computes it (float32, hex), and
@@ -59,6 +61,20 @@ Writes tests/fixtures/extras/:
                   lora_magnitude_vector tensors)
   llama-dora-merged.safetensors  PEFT's merge_and_unload of it: layer 0's
                   q_proj and layer 1's down_proj weights
+  pissa_dora_losses.txt  "pissa_dora <loss per step...>": the pissa run
+                  with use_dora (PEFT runs the PiSSA init, then DoRA's:
+                  magnitude ||W_res + s B A||)
+  llama-pissa-dora-merged.safetensors  PEFT's from_pretrained (the PiSSA
+                  init redone on the original base) and merge_and_unload of
+                  llama-pissa-dora/, an adapter ft made (layer 0's q_proj and
+                  layer 1's down_proj), from the repository root:
+                    ft-cat --encode < tests/fixtures/trainer/train.jsonl > /tmp/t.zst
+                    ft-train --model_name_or_path tests/fixtures/models/tiny-llama
+                      --train /tmp/t.zst --output_dir /tmp/pd --use_dora --pissa_init
+                      --pissa_iter -1 --lora_rank 4 --lora_alpha 8 --lora_target all
+                      --learning_rate 1e-2 --max_steps 4
+                  and its adapter_config.json and adapter_model.safetensors
+                  copied there
 Made with torch 2.15.0, transformers 5.24.0, peft 0.21.2, badam 1.4 (CPU,
 float32, 1 thread), adam-mini 1.1.1.
 """
@@ -198,11 +214,14 @@ def loraplus(bs):
     return run(m, None, opt, sch, bs)
 
 
-def pissa(bs, init):
-    """LoRA r=4, alpha 8 on all seven linears, initialised by PEFT's PiSSA."""
+def pissa(bs, init, use_dora=False):
+    """LoRA r=4, alpha 8 on all seven linears, initialised by PEFT's PiSSA
+    (with use_dora: then DoRA's magnitudes, ||W_res + s B A||, as
+    LoraLayer.update_layer runs the two inits)."""
     from peft import LoraConfig, get_peft_model
     base = build_from(MODEL, "llama")
     cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=init, bias="none",
+                     use_dora=use_dora,
                      task_type="CAUSAL_LM", target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
                                                             "gate_proj", "up_proj", "down_proj"])
     m = get_peft_model(base, cfg)
@@ -233,6 +252,24 @@ def dora(bs):
     keep = ["model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight"]
     save_file({k: sd[k].contiguous() for k in keep}, os.path.join(OUT, "llama-dora-merged.safetensors"))
     return adamw_run(m, 2e-3, bs)[0]
+
+
+def pissa_dora(bs):
+    """pissa_dora_losses.txt and llama-pissa-dora-merged.safetensors (a file
+    of their own: losses.txt needs every package above to regenerate, and
+    its lines stay as they are)."""
+    losses = pissa(bs, "pissa", use_dora=True)
+    with open(os.path.join(OUT, "pissa_dora_losses.txt"), "w") as f:
+        f.write("pissa_dora " + " ".join(repr(x) for x in losses) + "\n")
+    print("pissa_dora", [round(x, 5) for x in losses])
+    # PEFT's merge of ft's DoRA+PiSSA adapter into the original base:
+    # from_pretrained redoes the PiSSA init (the base becomes W_res), then
+    # merge_and_unload applies DoRA on W_res + s B A
+    merged = PeftModel.from_pretrained(build_from(MODEL, "llama"),
+                                       os.path.join(OUT, "llama-pissa-dora")).merge_and_unload()
+    sd = merged.state_dict()
+    keep = ["model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight"]
+    save_file({k: sd[k].contiguous() for k in keep}, os.path.join(OUT, "llama-pissa-dora-merged.safetensors"))
 
 
 def lf_muon():
@@ -370,9 +407,13 @@ def main():
         for name, losses in runs:
             f.write(name + " " + " ".join(repr(x) for x in losses) + "\n")
             print(name, [round(x, 5) for x in losses])
+    pissa_dora(bs)
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--check-pissa":
         sys.exit(check_pissa(sys.argv[2]))
+    if len(sys.argv) == 2 and sys.argv[1] == "--pissa-dora":
+        pissa_dora(batches())
+        sys.exit(0)
     main()

@@ -152,21 +152,29 @@ static void badam(void)
 	ok(ft_badam_new(pp, 1, &o) == NULL, "BAdam: no layer params refused");
 }
 
-/* ft-merge of PEFT's DoRA adapter against PEFT's merge_and_unload
- * (tests/fixtures/extras/llama-dora-merged.safetensors): W + sBA, each row
- * scaled by magnitude / norm; float32 sums in another order, measured
- * 2e-7 of the largest weight, bound 1e-6. */
-static void dora_merge(void)
+/* ft-merge of adapter against PEFT's merge_and_unload (the two modules of
+ * fixture), within bound times the largest weight:
+ * - PEFT's DoRA adapter (llama-dora-init): W + sBA, each row scaled by
+ *   magnitude / norm; float32 sums in another order, measured 2e-7, bound
+ *   1e-6;
+ * - ft's DoRA+PiSSA adapter (llama-pissa-dora): the PiSSA init redone on
+ *   the original base (the residual W_res), then the same on W_res + sBA.
+ *   The float32 SVD of these flat spectra (sigma_4 and sigma_5 of down_proj
+ *   0.5% apart) is ill-conditioned: PEFT's own merge is 2.9e-5 from the
+ *   float64 one (2.5e-6 on q_proj), ft's 6.6e-6 from PEFT's (2.8e-6), so
+ *   the bound is 1e-4; merging without the residual or without the
+ *   magnitude is 0.13 to 0.33 off. */
+static void dora_merge(const char *adapter, const char *fixture, const char *what, double bound)
 {
 	char dir[] = "/tmp/ft-test-dora-XXXXXX";
 	if (!ok(mkdtemp(dir) != NULL, "a scratch directory")) return;
 	char *out = ft_xasprintf("%s/merged", dir);
-	const char *ad[] = { "tests/fixtures/extras/llama-dora-init" };
+	const char *ad[] = { adapter };
 	ft_merge_opts o = { .model_dir = "tests/fixtures/models/tiny-llama", .adapters = ad, .nadapters = 1,
 			    .export_dir = out, .export_dtype = FT_F32, .threads = 1 };
 	int rc = ft_merge(&o);
-	if (!ok(rc == 0, "ft_merge of a DoRA adapter: %s", rc ? ft_errmsg() : "ok")) return;
-	ft_st *want = ft_st_open("tests/fixtures/extras/llama-dora-merged.safetensors"), *got = ft_st_open(out);
+	if (!ok(rc == 0, "ft_merge of a %s adapter: %s", what, rc ? ft_errmsg() : "ok")) return;
+	ft_st *want = ft_st_open(fixture), *got = ft_st_open(out);
 	if (!ok(want && got, "both merged models open")) return;
 	for (size_t i = 0; i < ft_st_count(want); i++) {
 		const ft_st_tensor *w = ft_st_at(want, i), *g = ft_st_find(got, w->name);
@@ -179,7 +187,7 @@ static void dora_merge(void)
 			mx = fabs(a[k]) > mx ? fabs(a[k]) : mx;
 			d = fabs(a[k] - b[k]) > d ? fabs(a[k] - b[k]) : d;
 		}
-		ok(d <= 1e-6 * mx, "%s: ft-merge vs PEFT's DoRA merge, max error %.3g of %.3g", w->name, d, mx);
+		ok(d <= bound * mx, "%s: ft-merge vs PEFT's %s merge, max error %.3g of %.3g", w->name, what, d, mx);
 		free(a);
 		free(b);
 	}
@@ -246,6 +254,9 @@ int main(void)
 	neftune_gemma();
 	llama_pro();
 	badam();
-	dora_merge();
+	dora_merge("tests/fixtures/extras/llama-dora-init", "tests/fixtures/extras/llama-dora-merged.safetensors",
+		   "DoRA", 1e-6);
+	dora_merge("tests/fixtures/extras/llama-pissa-dora",
+		   "tests/fixtures/extras/llama-pissa-dora-merged.safetensors", "DoRA+PiSSA", 1e-4);
 	return tap_done();
 }

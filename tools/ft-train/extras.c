@@ -213,11 +213,17 @@ void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 	x->dora = ud ? ft_parse_bool("use_dora", ud) : 0;
 	if (x->dora) {
 		if (type != FT_FT_LORA) die_usage("--use_dora is only valid for LoRA training");
-		if (x->pissa) die_usage("--use_dora with --pissa_init is not implemented in ft yet");
 		if (c->adapter)
 			die_usage("--use_dora makes a new adapter; --adapter_name_or_path's adapter_config.json "
 				  "says whether it is DoRA");
 	}
+	/* PEFT's subtract_mutated_init writes [A; A0], [B, -B0] and drops the
+	 * magnitudes: DoRA's update is not additive, so that adapter would not
+	 * be the trained model */
+	if (x->dora && x->pissa_convert)
+		die_usage("--pissa_convert with --use_dora: PEFT's conversion drops DoRA's magnitudes and "
+			  "DoRA is not additive, so the converted adapter would be wrong; use the DoRA PiSSA "
+			  "adapter itself (ft-merge merges it into the original base)");
 
 	const char *um = get(a, "use_muon");
 	x->muon = um ? ft_parse_bool("use_muon", um) : 0;

@@ -102,7 +102,7 @@ static const char usage[] =
 "  --use_dora                 DoRA: a trained magnitude per output row\n"
 "  --pissa_init               PiSSA: LoRA from the top singular vectors, base = residual\n"
 "  --pissa_iter N (16; -1: exact SVD)  --pissa_convert  (also write pissa_converted/,\n"
-"                             a plain LoRA adapter of rank 2r)\n"
+"                             a plain LoRA adapter of rank 2r; not with --use_dora)\n"
 "  --fp8                      pt/sft: torchao's Float8Linear numerics (tensorwise\n"
 "                             scales, e4m3 forward, e5m2 gradients) on the decoder\n"
 "                             linears accelerate converts (not layer 0's q_proj);\n"
