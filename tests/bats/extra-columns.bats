@@ -149,7 +149,7 @@ grpo() {
 	assert_success
 	# ... but the request sends the rendered prompt and the sampled completion
 	[ "$(jq -c 'keys_unsorted' seen.jsonl | sort -u)" = '["prompt","completion","answer"]' ]
-	! grep -q FAKE seen.jsonl
+	! grep -q FAKE seen.jsonl || false
 	[ "$(jq -r '.prompt' seen.jsonl | grep -c '^Human: What is')" -eq 8 ]
 }
 

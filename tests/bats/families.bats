@@ -47,7 +47,7 @@ moe_model() {
 	gen --model_name_or_path "$QWEN3" p.jsonl > base.jsonl
 	gen --model_name_or_path "$QWEN3" --adapter_name_or_path "$QWEN3_LORA" p.jsonl > tuned.jsonl
 	[ "$(wc -l < base.jsonl)" -eq 2 ]
-	! cmp -s base.jsonl tuned.jsonl
+	! cmp -s base.jsonl tuned.jsonl || false
 	run ft-merge --model_name_or_path "$QWEN3" --adapter_name_or_path "$QWEN3_LORA" --export_dir merged
 	assert_success
 	[ "$(jq -r '.architectures[0]' merged/config.json)" = Qwen3ForCausalLM ]
@@ -60,7 +60,7 @@ moe_model() {
 	run ft-train -q --model_name_or_path "$QWEN3" --train train.zst --output_dir lora \
 		--lora_target all --max_steps 2
 	assert_success
-	! grep -aq q_norm lora/adapter_model.safetensors
+	! grep -aq q_norm lora/adapter_model.safetensors || false
 	keys=$(jq -r '.target_modules | sort | join(",")' lora/adapter_config.json)
 	[ "$keys" = "down_proj,gate_proj,k_proj,o_proj,q_proj,up_proj,v_proj" ]
 	run ft-train -q --model_name_or_path "$QWEN3" --train train.zst --output_dir full \
@@ -291,7 +291,7 @@ tiny_qwen3() {
 	printf '%s\n' '{"prompt": "who are you"}' '{"prompt": "the tea is hot"}' > p.jsonl
 	gen --model_name_or_path "$dir/model" p.jsonl > base.jsonl
 	gen --model_name_or_path "$dir/model" --adapter_name_or_path "$dir/lora" p.jsonl > tuned.jsonl
-	! cmp -s base.jsonl tuned.jsonl
+	! cmp -s base.jsonl tuned.jsonl || false
 	run ft-merge --model_name_or_path "$dir/model" --adapter_name_or_path "$dir/lora" --export_dir merged
 	assert_success
 	[ "$(jq -c '[.partial_rotary_factor, .rope_parameters.partial_rotary_factor, .rope_parameters.rope_type]' merged/config.json)" = '[0.75,0.75,"longrope"]' ]

@@ -28,7 +28,7 @@ q() {   # q ARGS...: a small GPTQ export of the fixture model
 	cmp out/model.safetensors again/model.safetensors
 	run q --export_quantization_bit 4 --export_dir other --seed 7
 	assert_success
-	! cmp -s out/config.json other/config.json
+	! cmp -s out/config.json other/config.json || false
 }
 
 @test "GPTQ export: every ft tool refuses the quantized directory by its method" {

@@ -144,7 +144,7 @@ lens_ok() { jq -e '. as $b | (.lengths | length) == $b.B and
 	ft-pack --seed 1 sft.zst -o b.zst
 	ft-pack --seed 2 sft.zst -o c.zst
 	cmp a.zst b.zst
-	! cmp -s a.zst c.zst
+	! cmp -s a.zst c.zst || false
 }
 
 @test "--num_train_epochs 3: three epochs of the same examples, each reshuffled; the first as before" {
@@ -166,7 +166,7 @@ lens_ok() { jq -e '. as $b | (.lengths | length) == $b.B and
 	cmp e0 e1 && cmp e0 e2
 	# but in another order: the first id of each row differs between epochs
 	first() { recs ep | sed -n "$(($1 * 8 + 1)),$(($1 * 8 + 8))p" | jq -c '[.input_ids[0]]'; }
-	! diff -q <(first 0) <(first 1) && ! diff -q <(first 1) <(first 2)
+	! diff -q <(first 0) <(first 1) && ! diff -q <(first 1) <(first 2) || false
 	# fractional epochs round up, as the trainer's passes over the data
 	ft-pack -q --per_device_train_batch_size 4 --num_train_epochs 1.5 -o f.zst sft.zst
 	[ "$(hdr f.zst | jq .meta.epochs)" = 2 ] && [ "$(recs f.zst | wc -l)" = 20 ]

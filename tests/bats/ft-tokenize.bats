@@ -106,7 +106,7 @@ nrec() { records "$@" | wc -l; }
 	assert_success
 	[ "$(nrec)" -eq 2 ]
 	records | head -1 | grep -q ',2\]}$'
-	! records | grep -q labels
+	! records | grep -q labels || false
 	header | grep -q '"add_bos_token":'
 	header | grep -q '"stage":"pt"'
 }
@@ -137,7 +137,7 @@ nrec() { records "$@" | wc -l; }
 	assert_success
 	records > b.jsonl
 	# alone in its window, an example pairs with its own response
-	! cmp -s a.jsonl b.jsonl
+	! cmp -s a.jsonl b.jsonl || false
 }
 
 @test "--stage ppo and --predict_with_generate: prompt ids + label ids and text" {
@@ -164,7 +164,7 @@ nrec() { records "$@" | wc -l; }
 @test "--train_on_prompt labels the prompt; --mask_history only the last turn" {
 	tok --dataset tiny_alpaca --template alpaca --train_on_prompt
 	assert_success
-	! records | grep -q -- -100
+	! records | grep -q -- -100 || false
 	tok --dataset tiny_history --template alpaca --mask_history
 	assert_success
 	tok --dataset tiny_history --template alpaca --mask_history=false -o out2.zst
@@ -198,7 +198,7 @@ nrec() { records "$@" | wc -l; }
 	tok --dataset tiny_alpaca,tiny_history --template alpaca --mix_strategy interleave_over \
 		--interleave_probs 0.9,0.1 --seed 3
 	records > s2
-	! cmp -s s1 s2
+	! cmp -s s1 s2 || false
 }
 
 @test "--default_system and a user template file" {
@@ -207,7 +207,7 @@ nrec() { records "$@" | wc -l; }
 	tok --dataset tiny_alpaca --template alpaca --default_system "Be brief."
 	assert_success
 	records > b
-	! cmp -s a b
+	! cmp -s a b || false
 	printf '{"name": "mine", "format_user": ["<user>{{content}}</user>"], "format_assistant": ["{{content}}", {"eos_token": true}]}' > mine.json
 	tok --dataset tiny_alpaca --template ./mine.json
 	assert_success
@@ -221,7 +221,7 @@ nrec() { records "$@" | wc -l; }
 	tok --dataset tiny_sharegpt --template alpaca --tool_format qwen
 	assert_success
 	records > b
-	! cmp -s a b
+	! cmp -s a b || false
 	tok --dataset tiny_sharegpt --template alpaca --tool_format nosuch
 	assert_failure 2
 }

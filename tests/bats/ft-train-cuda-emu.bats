@@ -190,7 +190,7 @@ fp8_close() {
 			tr cuda $p "$LLAMA" --train train.zst --finetuning_type $ft --fp8 --gradient_checkpointing --$p
 			[[ "$(jq -r .ft.device $p/trainer_state.json)" == *", $p" ]]
 			fp8_close cpu/trainer_log.jsonl $p/trainer_log.jsonl 1e-2 1e-2 5e-2
-			! diff -q <(nums dev/trainer_log.jsonl) <(nums $p/trainer_log.jsonl)
+			! diff -q <(nums dev/trainer_log.jsonl) <(nums $p/trainer_log.jsonl) || false
 		done
 		rm -rf cpu dev bf16 fp16
 	done
@@ -206,7 +206,7 @@ fp8_close() {
 	# the same run without fp8 is outside the fp32 bounds: fp8 was on
 	tr cpu cpu "$LLAMA" --train train.zst --finetuning_type full --fp8 --gradient_checkpointing
 	tr cuda plain "$LLAMA" --train train.zst --finetuning_type full --gradient_checkpointing
-	! fp8_close cpu/trainer_log.jsonl plain/trainer_log.jsonl 1e-5 1e-4 1e-4
+	! fp8_close cpu/trainer_log.jsonl plain/trainer_log.jsonl 1e-5 1e-4 1e-4 || false
 }
 
 @test "emulated device --fp8 resume: bit-identical to the uninterrupted device run (full, gradient checkpointing; fp32 and --fp16)" {

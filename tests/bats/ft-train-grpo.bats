@@ -78,7 +78,7 @@ grpo_exec() { exec "${GRPO[@]}" --model_name_or_path "$LLAMA" "$@"; }
 	cmp a/trainer_log.jsonl b/trainer_log.jsonl
 	cmp a/adapter_model.safetensors b/adapter_model.safetensors
 	grpo --output_dir c --reward_funcs "$(count 97)" --num_iterations 2 --beta 0.1 --seed 7
-	! cmp -s a/adapter_model.safetensors c/adapter_model.safetensors
+	! cmp -s a/adapter_model.safetensors c/adapter_model.safetensors || false
 }
 
 @test "grpo: each reward command starts once per run and sees one JSON line per completion" {

@@ -52,7 +52,7 @@ compare_with_one_process() {
 }
 
 @test "plain ft-train does not link MPI" {
-	! ldd "$FT_ROOT/bin/ft-train" | grep -q libmpi
+	! ldd "$FT_ROOT/bin/ft-train" | grep -q libmpi || false
 }
 
 @test "2 ranks x accumulation 2 == 1 process x 4: LoRA losses and adapter within 1e-6" {
