@@ -76,7 +76,8 @@ static int exists(const char *path)
  * ft-generate's own default is the CPU). */
 static void add_device(cmd *c, const ft_lfargs *a)
 {
-	if (!ft_lfargs_get(a, "device", NULL)) add_flag(c, "device", "auto");
+	if (!ft_lfargs_get(a, "device", NULL))
+		add_flag(c, "device", ft_lfargs_bool(a, "use_cpu", 0) == 1 ? "cpu" : "auto");
 }
 
 /* ft-tokenize | ft-pack into dir. */
@@ -91,6 +92,11 @@ static void plan_pack(const ft_lfargs *a, ft_runplan *p, const char *dir, int re
 	 * samples them; ft-train's default is 3 epochs */
 	if (!ft_lfargs_get(a, "num_train_epochs", NULL) && !ft_lfargs_get(a, "max_steps", NULL))
 		add_flag(&pack, "num_train_epochs", "3");
+	/* LLaMA-Factory's disable_shuffling (its SequentialSampler), HF's
+	 * train_sampling_strategy sequential: the records' order */
+	if (ft_lfargs_bool(a, "disable_shuffling", 0) == 1 ||
+	    !strcmp(ft_lfargs_get(a, "train_sampling_strategy", "random"), "sequential"))
+		add_flag(&pack, "shuffle", "false");
 	if (replace) add_flag(&pack, "overwrite_output_dir", NULL);
 	add_flag(&pack, "output_dir", dir);
 	add_word(&pack, "-");
@@ -114,6 +120,12 @@ static void plan_fit(const ft_lfargs *a, ft_runplan *p, const char *data)
 	if (!strcmp(ft_lfargs_get(a, "stage", "sft"), "ppo"))
 		for (const char *const *k = sampling; *k; k++)
 			if (ft_lfargs_get(a, *k, NULL)) add_flag(&train, *k, ft_lfargs_get(a, *k, NULL));
+	/* LLaMA-Factory checkpoints the layers unless disable_gradient_checkpointing
+	 * (model_utils/checkpointing.py); an explicit gradient_checkpointing was
+	 * routed above.  ft's checkpointing gives the same numbers. */
+	if (!ft_lfargs_get(a, "gradient_checkpointing", NULL) &&
+	    ft_lfargs_bool(a, "disable_gradient_checkpointing", 0) != 1)
+		add_flag(&train, "gradient_checkpointing", "true");
 	add_device(&train, a);
 	add_flag(&train, "train", data);
 	if (ft_lfargs_get(a, "val_size", NULL)) {

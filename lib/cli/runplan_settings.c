@@ -145,6 +145,139 @@ static const ftp_route routes[] = {
 	{"kt_optimize_rule", FTP_X, "KTransformers is a torch backend ft does not run"},
 };
 
+/* The rest of LLaMA-Factory's arguments and the HF TrainingArguments it
+ * takes, each with what ft does with it.  A refused one given as off
+ * (false, 0, null) is accepted: it asks for nothing (ftp_check_settings). */
+#define TRACKER "an experiment tracker's: ft-train logs to trainer_log.jsonl (ft-plot draws it)"
+#define HUB "a model hub's: ft reads the local directories it is given and uploads nothing"
+#define PROFILER "torch's profiler: ft-train logs throughput and peak memory; bench/ measures speed"
+#define ENGINE "a vLLM / SGLang engine setting: ft-generate is ft's inference backend"
+#define EVALCMD "a setting of `llamafactory-cli eval` (MMLU, C-Eval, CMMLU), which ft does not run"
+#define OTHER_DIST "another distributed backend's: ft's data parallel is mpirun (docs/DISTRIBUTED.md)"
+#define MEGATRON "Megatron Bridge's (USE_MEGATRON_BRIDGE=1): " OTHER_DIST
+#define DDP "torch DDP's: ft's ranks all-reduce through MPI / NCCL (docs/DISTRIBUTED.md)"
+#define LOADER "torch's DataLoader: ft-train reads the packed shards directly"
+#define DERIVED "derived by LLaMA-Factory from other settings (its help: do not specify it); ft derives it the same way"
+#define KERNELS "fused kernels for torch: ft runs its own kernels, which compute the same numbers"
+#define EVAL_GATHER "how HF gathers evaluation outputs: ft computes its eval metrics batch by batch"
+#define HF_LOG "HF's console logging: ft-train writes trainer_log.jsonl and stderr (-q quiets it)"
+static const ftp_route more_routes[] = {
+	/* routed to a tool that has the flag */
+	{"skip_special_tokens", FTP_G, NULL}, {"logging_first_step", FTP_R, NULL},
+	/* translated by runplan.c (no flag of their own) */
+	{"disable_gradient_checkpointing", FTP_N, NULL}, {"disable_shuffling", FTP_N, NULL},
+	{"use_cpu", FTP_N, NULL},
+	/* no effect in ft, and why */
+	{"use_swanlab", FTP_N, TRACKER}, {"project", FTP_N, TRACKER},
+	{"hf_hub_token", FTP_N, HUB}, {"ms_hub_token", FTP_N, HUB}, {"om_hub_token", FTP_N, HUB},
+	{"model_revision", FTP_N, HUB}, {"cache_dir", FTP_N, HUB}, {"hub_token", FTP_N, HUB},
+	{"hub_private_repo", FTP_N, HUB}, {"hub_model_id", FTP_N, HUB}, {"hub_strategy", FTP_N, HUB},
+	{"hub_always_push", FTP_N, HUB}, {"hub_revision", FTP_N, HUB},
+	{"enable_torch_profiler", FTP_N, PROFILER}, {"profile_modules", FTP_N, PROFILER},
+	{"infer_dtype", FTP_N, ENGINE},
+	{"block_diag_attn", FTP_N, DERIVED}, {"compute_dtype", FTP_N, DERIVED},
+	{"device_map", FTP_N, DERIVED}, {"model_max_length", FTP_N, DERIVED},
+	{"low_cpu_mem_usage", FTP_N, "ft reads safetensors one tensor at a time"},
+	{"offload_folder", FTP_N, "ft does not offload weights to disk"},
+	{"quantization_device_map", FTP_N, "the quantized model runs on --device"},
+	{"data_shared_file_system", FTP_N, "ft-tokenize runs once, before the ranks start"},
+	{"use_unsloth_gc", FTP_N, "ft's own gradient checkpointing recomputes each layer (the same numbers)"},
+	{"enable_liger_kernel", FTP_N, KERNELS}, {"use_liger_kernel", FTP_N, KERNELS},
+	{"liger_kernel_config", FTP_N, KERNELS}, {"use_v1_kernels", FTP_N, KERNELS},
+	{"torch_compile", FTP_N, "ft is compiled C and CUDA"},
+	{"torch_compile_backend", FTP_N, "ft is compiled C and CUDA"},
+	{"torch_compile_mode", FTP_N, "ft is compiled C and CUDA"},
+	{"upcast_layernorm", FTP_N, "ft's norms keep fp32 weights and compute in fp32 in every precision"},
+	{"upcast_lmhead_output", FTP_N, "ft's logits and losses are fp32 in every precision"},
+	{"print_param_status", FTP_N, "ft-train logs the trainable and total parameter counts"},
+	{"include_effective_tokens_per_second", FTP_N, "ft-train logs total_tokens and the throughput"},
+	{"include_num_input_tokens_seen", FTP_N, "ft-train logs total_tokens and the throughput"},
+	{"skip_memory_metrics", FTP_N, "ft-train logs its peak memory"},
+	{"moe_aux_loss_coef", FTP_N, "for mixture-of-experts models, which ft does not load (docs/FAMILIES.md)"},
+	{"buffer_size", FTP_N, "used only with streaming"},
+	{"max_length", FTP_N, "ft-generate stops at max_new_tokens, which overrides max_length as in transformers"},
+	{"generation_max_length", FTP_N, "ft-generate stops at max_new_tokens, which overrides it as in transformers"},
+	{"length_penalty", FTP_N, "used only by beam search (num_beams > 1)"},
+	{"use_kv_cache", FTP_N, "ft-generate always decodes with a KV cache (the same tokens)"},
+	{"use_cache", FTP_N, "ft keeps a KV cache only when generating"},
+	{"tf32", FTP_N, "the device's fp32 products use TF32 where docs/CUDA.md says; the CPU's are fp32"},
+	{"activation_checkpointing", FTP_N, "FSDP's: ft's checkpointing is gradient_checkpointing"},
+	{"activation_checkpointing_kwargs", FTP_N, "FSDP's: ft's checkpointing is gradient_checkpointing"},
+	{"torch_empty_cache_steps", FTP_N, "ft's device memory is one arena planned at the start"},
+	{"log_on_each_node", FTP_N, HF_LOG}, {"logging_nan_inf_filter", FTP_N, HF_LOG},
+	{"log_level", FTP_N, HF_LOG}, {"log_level_replica", FTP_N, HF_LOG}, {"disable_tqdm", FTP_N, HF_LOG},
+	{"prediction_loss_only", FTP_N, "ft's evaluation computes the loss and its metrics only"},
+	{"eval_do_concat_batches", FTP_N, EVAL_GATHER}, {"eval_use_gather_object", FTP_N, EVAL_GATHER},
+	{"include_for_metrics", FTP_N, EVAL_GATHER}, {"batch_eval_metrics", FTP_N, EVAL_GATHER},
+	{"eval_accumulation_steps", FTP_N, EVAL_GATHER},
+	{"save_on_each_node", FTP_N, "rank 0 writes the checkpoints (docs/DISTRIBUTED.md)"},
+	{"enable_jit_checkpoint", FTP_N, "ft writes each checkpoint atomically at save_steps"},
+	{"restore_callback_states_from_checkpoint", FTP_N, "ft's checkpoints restore the whole trainer state"},
+	{"full_determinism", FTP_N, "ft is deterministic on the CPU and the device (resume is bit for bit)"},
+	{"accelerator_config", FTP_N, "accelerate's: ft's data parallel is mpirun (docs/DISTRIBUTED.md)"},
+	{"parallelism_config", FTP_N, "accelerate's: ft's data parallel is mpirun (docs/DISTRIBUTED.md)"},
+	{"dataloader_pin_memory", FTP_N, LOADER}, {"dataloader_persistent_workers", FTP_N, LOADER},
+	{"dataloader_prefetch_factor", FTP_N, LOADER}, {"dataloader_multiprocessing_context", FTP_N, LOADER},
+	{"dataloader_in_order", FTP_N, LOADER},
+	{"remove_unused_columns", FTP_N, "ft's batches hold only what the model reads"},
+	{"label_names", FTP_N, "ft's batches carry their labels"},
+	{"length_column_name", FTP_N, "group_by_length groups by the token count"},
+	{"ddp_find_unused_parameters", FTP_N, DDP}, {"ddp_bucket_cap_mb", FTP_N, DDP},
+	{"ddp_broadcast_buffers", FTP_N, DDP}, {"ddp_static_graph", FTP_N, DDP}, {"ddp_backend", FTP_N, DDP},
+	{"debug", FTP_N, "torch / XLA debugging options"},
+	{"local_rank", FTP_N, "set by torch's launcher; ft's ranks come from mpirun"},
+	/* checked by value (value_check): some values are ft's, the others refused */
+	{"ignore_pad_token_for_loss", FTP_N, NULL}, {"average_tokens_across_devices", FTP_N, NULL},
+	{"num_beams", FTP_N, NULL}, {"eval_num_beams", FTP_N, NULL}, {"generation_num_beams", FTP_N, NULL},
+	{"train_sampling_strategy", FTP_N, NULL},
+	/* refused (given as anything but off), one reason each */
+	{"task", FTP_X, EVALCMD}, {"task_dir", FTP_X, EVALCMD}, {"n_shot", FTP_X, EVALCMD},
+	{"lang", FTP_X, EVALCMD}, {"save_dir", FTP_X, EVALCMD}, {"download_mode", FTP_X, EVALCMD},
+	{"batch_size", FTP_X, EVALCMD},
+	{"use_mca", FTP_X, OTHER_DIST}, {"use_megatron_bridge", FTP_X, OTHER_DIST},
+	{"megatron_bridge_args", FTP_X, OTHER_DIST}, {"use_hyper_parallel", FTP_X, OTHER_DIST},
+	{"hyper_parallel_args", FTP_X, OTHER_DIST}, {"hyper_parallel_cp_size", FTP_X, OTHER_DIST},
+	{"crop_to_patches", FTP_X, MULTIMODAL}, {"use_audio_in_video", FTP_X, MULTIMODAL},
+	{"streaming", FTP_X, "dataset streaming is " NOT_YET " (ft-tokenize reads the whole dataset)"},
+	{"eval_on_each_dataset", FTP_X, "evaluating each eval dataset on its own is " NOT_YET},
+	{"split_special_tokens", FTP_X, "splitting special tokens in the text is " NOT_YET},
+	{"shift_attn", FTP_X, "LongLoRA's shift short attention (S^2-Attn) is " NOT_YET},
+	{"ref_model_quantization_bit", FTP_X, "a quantized reference model is " NOT_YET},
+	{"reward_model_quantization_bit", FTP_X, "a quantized reward model is " NOT_YET},
+	{"create_new_adapter", FTP_X, "a new adapter over merged ones (create_new_adapter) is " NOT_YET},
+	{"additional_target", FTP_X, "extra trainable modules beside LoRA (additional_target) are " NOT_YET},
+	{"freeze_extra_modules", FTP_X, "extra trainable modules in freeze tuning are " NOT_YET},
+	{"adapter_folder", FTP_X, "a subfolder of an adapter repository: give its path in adapter_name_or_path"},
+	{"lr_scheduler_kwargs", FTP_X, "schedule arguments are " NOT_YET " (each schedule has HF's defaults)"},
+	{"optim_args", FTP_X, "optimizer argument strings are " NOT_YET},
+	{"optim_target_modules", FTP_X, "HF's GaLore/APOLLO targets: use LLaMA-Factory's galore_target / apollo_target"},
+	{"bf16_full_eval", FTP_X, "evaluating with half weights is " NOT_YET " (eval runs the training precision)"},
+	{"fp16_full_eval", FTP_X, "evaluating with half weights is " NOT_YET " (eval runs the training precision)"},
+	{"auto_find_batch_size", FTP_X, "retrying with a smaller batch is " NOT_YET " (ft-train plans its memory first)"},
+	{"eval_delay", FTP_X, "delaying the first evaluation is " NOT_YET},
+	{"eval_on_start", FTP_X, "an evaluation before the first step is " NOT_YET},
+	{"ignore_data_skip", FTP_X, "ft's resume always skips the batches already trained on (exact resume)"},
+	{"data_seed", FTP_X, "a separate sampler seed is " NOT_YET " (ft-pack's --seed orders and splits)"},
+	{"sortish_sampler", FTP_X, "the sortish sampler is " NOT_YET},
+	{"generation_config", FTP_X, "a generation config file is " NOT_YET " (give the generating settings)"},
+	{"push_to_hub", FTP_X, "ft uploads nothing"},	/* megatron_bridge_args.py: used only with USE_MEGATRON_BRIDGE=1 */
+	{"account_for_embedding_in_pipeline_split", FTP_X, MEGATRON},
+	{"account_for_loss_in_pipeline_split", FTP_X, MEGATRON},
+	{"apply_rope_fusion", FTP_X, MEGATRON}, {"bias_activation_fusion", FTP_X, MEGATRON},
+	{"calculate_per_token_loss", FTP_X, MEGATRON}, {"context_parallel_size", FTP_X, MEGATRON},
+	{"cross_entropy_loss_fusion", FTP_X, MEGATRON},
+	{"expert_model_parallel_size", FTP_X, MEGATRON}, {"export_hf_on_finish", FTP_X, MEGATRON},
+	{"extra_config", FTP_X, MEGATRON}, {"masked_softmax_fusion", FTP_X, MEGATRON},
+	{"megatron_pretrained_checkpoint", FTP_X, MEGATRON}, {"mixed_precision", FTP_X, MEGATRON},
+	{"moe_grouped_gemm", FTP_X, MEGATRON}, {"moe_token_dispatcher_type", FTP_X, MEGATRON},
+	{"overlap_grad_reduce", FTP_X, MEGATRON}, {"overlap_param_gather", FTP_X, MEGATRON},
+	{"pipeline_model_parallel_size", FTP_X, MEGATRON}, {"recompute_granularity", FTP_X, MEGATRON},
+	{"recompute_method", FTP_X, MEGATRON}, {"recompute_num_layers", FTP_X, MEGATRON},
+	{"sequence_parallel", FTP_X, MEGATRON}, {"tensor_model_parallel_size", FTP_X, MEGATRON},
+	{"use_distributed_optimizer", FTP_X, MEGATRON}, {"use_packed_sequences", FTP_X, MEGATRON},
+	{"virtual_pipeline_model_parallel_size", FTP_X, MEGATRON},
+};
+
 /* Families of settings that belong to a refused method. */
 static const ftp_route families[] = {
 	{"apollo_", FTP_R, NULL},  /* ft-train checks each */
@@ -155,6 +288,9 @@ static const ftp_route families[] = {
 	{"ray_", FTP_N, RAY_NOTE},
 	{"loraplus_", FTP_R, NULL},
 	{"kt_", FTP_X, "KTransformers is a torch backend ft does not run"},
+	{"_kt_", FTP_X, "KTransformers is a torch backend ft does not run"},
+	{"swanlab_", FTP_N, TRACKER}, {"trackio_", FTP_N, TRACKER},
+	{"profiler_", FTP_N, PROFILER}, {"vllm_", FTP_N, ENGINE}, {"sglang_", FTP_N, ENGINE},
 	{"fp8_", FTP_X, "not one of LLaMA-Factory's fp8 settings (fp8, fp8_backend, "
 	 "fp8_enable_fsdp_float8_all_gather)"},
 	{"image_", FTP_X, MULTIMODAL}, {"video_", FTP_X, MULTIMODAL}, {"audio_", FTP_X, MULTIMODAL},
@@ -171,6 +307,8 @@ const ftp_route *ftp_route_find(const char *key)
 {
 	for (size_t i = 0; i < sizeof routes / sizeof *routes; i++)
 		if (!strcmp(routes[i].key, key)) return &routes[i];
+	for (size_t i = 0; i < sizeof more_routes / sizeof *more_routes; i++)
+		if (!strcmp(more_routes[i].key, key)) return &more_routes[i];
 	for (size_t i = 0; i < sizeof families / sizeof *families; i++)
 		if (!strncmp(families[i].key, key, strlen(families[i].key))) return &families[i];
 	return NULL;
@@ -255,6 +393,13 @@ static void parallel_note(ft_runplan *p, const ft_lfarg *s)
 
 /* A setting whose effect depends on its value: a note, a problem, or
  * nothing. */
+/* A value that asks for nothing: false, 0, null (OmegaConf's), empty. */
+static int is_off(const char *v)
+{
+	return !v || !*v || !strcasecmp(v, "false") || !strcmp(v, "0") || !strcasecmp(v, "null") ||
+	       !strcmp(v, "~") || !strcasecmp(v, "none");
+}
+
 static void value_check(ft_runplan *p, const ft_lfarg *s)
 {
 	const char *k = s->key, *v = s->value;
@@ -281,6 +426,22 @@ static void value_check(ft_runplan *p, const ft_lfarg *s)
 			ftp_plan_problem(p, ft_xasprintf("%s: badam_mode ratio is not supported: "
 							 "BlockOptimizerRatio's sparse masks are not implemented in "
 							 "ft (layer runs)", s->origin));
+	} else if (!strcmp(k, "ignore_pad_token_for_loss") || !strcmp(k, "average_tokens_across_devices")) {
+		if (is_off(v))   /* ft's: padding never has a label; the global label count divides */
+			ftp_plan_problem(p, ft_xasprintf("%s: %s false is not supported: %s", s->origin, k,
+							 k[0] == 'i' ? "ft never trains on padding tokens"
+								    : "ft's data parallel divides the loss by the "
+								      "label tokens of all ranks"));
+	} else if (!strcmp(k, "num_beams") || !strcmp(k, "eval_num_beams") ||
+		   !strcmp(k, "generation_num_beams")) {
+		if (strcmp(v, "1") && !is_off(v))
+			ftp_plan_problem(p, ft_xasprintf("%s: %s %s: beam search is " NOT_YET " (ft-generate "
+							 "decodes greedily or samples)", s->origin, k, v));
+	} else if (!strcmp(k, "train_sampling_strategy")) {
+		if (strcmp(v, "random") && strcmp(v, "sequential"))
+			ftp_plan_problem(p, ft_xasprintf("%s: train_sampling_strategy %s: ft-pack orders the "
+							 "batches random or sequential (group_by_length is its own "
+							 "setting)", s->origin, v));
 	} else if (!strcmp(k, "report_to")) {
 		if (strcmp(v, "none"))
 			ftp_plan_note(p, ft_xasprintf("%s: report_to %s: ft-train logs to trainer_log.jsonl "
@@ -362,7 +523,7 @@ void ftp_check_settings(const ft_lfargs *a, ft_runplan *p)
 			continue;
 		}
 		known++;
-		if (r->to == FTP_X)
+		if (r->to == FTP_X && !is_off(s->value))
 			ftp_plan_problem(p, ft_xasprintf("%s: '%s' is not supported: %s", s->origin, s->key, r->why));
 		else if (r->to == FTP_N && r->why)
 			ftp_plan_note(p, ft_xasprintf("%s: %s accepted with no effect: %s", s->origin, s->key, r->why));

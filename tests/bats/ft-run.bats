@@ -20,7 +20,7 @@ load helper
 	assert_output --partial "ft-tokenize --stage sft --model_name_or_path llama/chinese-alpaca-2-13b-hf --dataset cail_law_train --template default --overwrite_cache --max_samples 100000 | \\"
 	assert_output --partial "ft-pack --stage sft --per_device_train_batch_size 4 --num_train_epochs 20.0 --overwrite_output_dir --output_dir saves/cail-data -"
 	assert_output --partial "ft-train --stage sft --model_name_or_path llama/chinese-alpaca-2-13b-hf --do_train --finetuning_type lora --lora_target q_proj,v_proj --output_dir saves/cail"
-	assert_output --partial "--learning_rate 5e-4 --num_train_epochs 20.0 --plot_loss --fp16 --device auto --train saves/cail-data"
+	assert_output --partial "--learning_rate 5e-4 --num_train_epochs 20.0 --plot_loss --fp16 --gradient_checkpointing --device auto --train saves/cail-data"
 }
 
 @test "ft-run: config file, key=value overrides, notes for settings without effect" {
@@ -185,7 +185,7 @@ load helper
 	run ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --tokenized_path tok --output_dir o
 	assert_success
 	refute_output --partial "ft-pack"
-	assert_output --partial "ft-train --stage sft --do_train --model_name_or_path m --output_dir o --device auto --train tok"
+	assert_output --partial "ft-train --stage sft --do_train --model_name_or_path m --output_dir o --gradient_checkpointing --device auto --train tok"
 	# predict only: nothing trained, the config's adapter, predictions in output_dir
 	run ft-run -n --stage sft --model_name_or_path m --adapter_name_or_path a --do_predict \
 		--eval_dataset e --output_dir p
@@ -213,7 +213,7 @@ load helper
 	assert_output --partial "ft-generate -i --model_name_or_path m --template qwen --device auto"
 	run ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o --device cpu
 	assert_success
-	assert_output --partial "--device cpu --train o-data"
+	assert_output --partial "--output_dir o --device cpu --gradient_checkpointing --train o-data"
 	refute_output --partial "auto"
 	run ft-run -n export --model_name_or_path m --export_dir e
 	assert_success
@@ -241,9 +241,88 @@ load helper
 	assert_success
 	assert_output --partial "ft-tokenize --stage ppo"
 	assert_output --partial "ft-pack --stage ppo"
-	assert_output --partial "ft-train --stage ppo --do_train --model_name_or_path m --reward_model saves/rm --reward_model_type lora --ppo_epochs 2 --ppo_score_norm --finetuning_type lora --output_dir o --max_new_tokens 32 --top_p 0.9 --top_k 0 --device auto --train o-data"
+	assert_output --partial "ft-train --stage ppo --do_train --model_name_or_path m --reward_model saves/rm --reward_model_type lora --ppo_epochs 2 --ppo_score_norm --finetuning_type lora --output_dir o --max_new_tokens 32 --top_p 0.9 --top_k 0 --gradient_checkpointing --device auto --train o-data"
 	# an sft plan keeps generating arguments for ft-generate only
 	run ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o --max_new_tokens 32
 	assert_success
 	refute_output --partial "max_new_tokens"
+}
+
+# tests/fixtures/llamafactory/settings.txt: every field of LLaMA-Factory's
+# argument dataclasses and of transformers' Seq2SeqTrainingArguments
+# (tests/reference/list_lf_settings.py); ft-run routes each, accepts it
+# with a reason, or refuses it with one, never "not a setting ft knows"
+@test "ft-run knows every LLaMA-Factory and HF trainer setting" {
+	args=()
+	while read -r src key; do args+=("--$key" 1); done < "$FIXTURES/llamafactory/settings.txt"
+	[ "${#args[@]}" -gt 700 ]
+	run --separate-stderr ft-run -n --stage sft --do_train --model_name_or_path m --dataset d \
+		--output_dir o "${args[@]}"
+	[[ "$stderr" == *"settings ft cannot run"* ]]   # many are refused with 1
+	run grep -c "is not a LLaMA-Factory setting ft knows" <<< "$stderr"
+	[ "$output" = 0 ]
+	run ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o --made_up 1
+	assert_output --partial "'made_up' is not a LLaMA-Factory setting ft knows"
+}
+
+@test "ft-run: a refused setting given as off asks for nothing; on, it is refused with why" {
+	for v in false null 0; do
+		run ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o \
+			--use_unsloth $v --streaming $v --use_mca $v --push_to_hub $v
+		assert_success
+	done
+	run --separate-stderr ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o \
+		--streaming true --use_mca true --task mmlu_test --eval_on_start true
+	assert_failure 1
+	[[ "$stderr" == *"'streaming' is not supported: dataset streaming is not implemented in ft yet"* ]]
+	[[ "$stderr" == *"'use_mca' is not supported: another distributed backend's"* ]]
+	[[ "$stderr" == *"'task' is not supported: a setting of \`llamafactory-cli eval\`"* ]]
+	[[ "$stderr" == *"4 settings ft cannot run"* ]]
+}
+
+@test "ft-run: gradient checkpointing as LLaMA-Factory's (on unless disable_gradient_checkpointing)" {
+	run ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o
+	assert_output --regexp "ft-train .*--gradient_checkpointing --device auto"
+	run ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o \
+		--disable_gradient_checkpointing true
+	assert_success
+	refute_output --partial "gradient_checkpointing"
+	run ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o \
+		--disable_gradient_checkpointing true --gradient_checkpointing true
+	assert_output --partial "--gradient_checkpointing"
+	run ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o \
+		--gradient_checkpointing false
+	assert_output --partial "--gradient_checkpointing=false"
+}
+
+@test "ft-run: disable_shuffling and train_sampling_strategy sequential keep the order; use_cpu; value checks" {
+	for s in "--disable_shuffling true" "--train_sampling_strategy sequential"; do
+		run ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o $s
+		assert_success
+		assert_output --regexp "ft-pack .*--shuffle=false"
+	done
+	run ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o
+	refute_output --partial "shuffle"
+	run ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o --use_cpu true
+	assert_output --regexp "ft-train .*--device cpu"
+	refute_output --partial "auto"
+	run ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o \
+		--num_beams 1 --ignore_pad_token_for_loss true --average_tokens_across_devices true
+	assert_success
+	run --separate-stderr ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o \
+		--num_beams 4 --ignore_pad_token_for_loss false --train_sampling_strategy group_by_length
+	assert_failure 1
+	[[ "$stderr" == *"num_beams 4: beam search is not implemented in ft yet"* ]]
+	[[ "$stderr" == *"ignore_pad_token_for_loss false is not supported: ft never trains on padding tokens"* ]]
+	[[ "$stderr" == *"train_sampling_strategy group_by_length"* ]]
+}
+
+@test "ft-run -v names the trainer settings with no effect and why" {
+	run --separate-stderr ft-run -v -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o \
+		--use_liger_kernel true --swanlab_project p --torch_compile true --upcast_layernorm true
+	assert_success
+	[[ "$stderr" == *"use_liger_kernel accepted with no effect: fused kernels for torch"* ]]
+	[[ "$stderr" == *"swanlab_project accepted with no effect: an experiment tracker's"* ]]
+	[[ "$stderr" == *"torch_compile accepted with no effect: ft is compiled C and CUDA"* ]]
+	[[ "$stderr" == *"upcast_layernorm accepted with no effect"* ]]
 }

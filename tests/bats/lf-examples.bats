@@ -231,7 +231,7 @@ tiny_qwen() {
 	ln -s "$EX" examples
 	run --separate-stderr ft-run -v -n examples/train_full/qwen3_full_sft.yaml model_name_or_path=model
 	assert_success
-	[[ "$output" == *"--zero 1 --device auto --train"* ]]
+	[[ "$output" == *"--zero 1 --gradient_checkpointing --device auto --train"* ]]
 	[[ "$stderr" == *"qwen3_full_sft.yaml:9: deepspeed examples/deepspeed/ds_z3_config.json (ZeRO stage 3): runs as ft's data parallel"*"the gradient and parameter sharding of ZeRO-2/3 is not done"* ]]
 	# stage 0 shards nothing; an explicit zero wins; an unreadable config says so
 	run --separate-stderr ft-run -v -n examples/train_full/qwen3_full_sft.yaml model_name_or_path=model \
@@ -253,7 +253,7 @@ tiny_qwen() {
 	run --separate-stderr ft-run -v -n examples/train_lora/qwen3_lora_sft.yaml model_name_or_path=model \
 		fsdp="full_shard auto_wrap" fsdp_transformer_layer_cls_to_wrap=Qwen3DecoderLayer
 	assert_success
-	[[ "$output" == *"--zero 1 --device auto --train"* ]]
+	[[ "$output" == *"--zero 1 --gradient_checkpointing --device auto --train"* ]]
 	[[ "$stderr" == *"fsdp full_shard auto_wrap: runs as ft's data parallel"* ]]
 	# ft-train itself names the equivalent
 	run ft-train --deepspeed examples/deepspeed/ds_z3_config.json --train x --output_dir o
