@@ -315,17 +315,7 @@ pissa_args=(--lora_rank 4 --lora_alpha 8 --lora_target all --learning_rate 2e-3 
 	ft-cat --encode < "$FIXTURES/trainer/val.jsonl" > val.zst
 	run train --max_steps 3 --learning_rate 1e-2 -q --use_dora
 	assert_success
-	run ft-merge --model_name_or_path "$MODEL" --adapter_name_or_path out --export_dir merged -q
-	assert_success
-	run ft-train --model_name_or_path "$MODEL" --adapter_name_or_path out --val val.zst --do_eval --output_dir e1 -q
-	assert_success
-	run ft-train --model_name_or_path merged --finetuning_type full --val val.zst --do_eval --output_dir e2 -q
-	assert_success
-	# float32 rounding of W + sBA and its scaling against the unmerged sum
-	jq -n --slurpfile a e1/eval_results.json --slurpfile b e2/eval_results.json \
-		'($a[0].eval_loss - $b[0].eval_loss) / $b[0].eval_loss | fabs < 1e-5' | grep -qx true
-	run ft-train --model_name_or_path "$MODEL" --val val.zst --do_eval --output_dir e0 -q --finetuning_type full
-	[ "$(jq .eval_loss e0/eval_results.json)" != "$(jq .eval_loss e2/eval_results.json)" ]
+	merge_evaluates_as out
 }
 
 @test "DoRA: resume continues bit for bit" {
@@ -382,14 +372,7 @@ pissa_args=(--lora_rank 4 --lora_alpha 8 --lora_target all --learning_rate 2e-3 
 	assert_success
 	jq -n --slurpfile a e/eval_results.json --slurpfile b <(jq -s '[.[] | select(.eval_loss)] | last' out/trainer_log.jsonl) \
 		'$a[0].eval_loss == $b[0].eval_loss' | grep -qx true
-	run ft-merge --model_name_or_path "$MODEL" --adapter_name_or_path out --export_dir m -q
-	assert_success
-	run ft-train --model_name_or_path m --finetuning_type full --val val.zst --do_eval --output_dir em -q
-	assert_success
-	jq -n --slurpfile a e/eval_results.json --slurpfile b em/eval_results.json \
-		'($a[0].eval_loss - $b[0].eval_loss) / $b[0].eval_loss | fabs < 1e-5' | grep -qx true
-	run ft-train --model_name_or_path "$MODEL" --val val.zst --do_eval --output_dir e0 -q --finetuning_type full
-	[ "$(jq .eval_loss e0/eval_results.json)" != "$(jq .eval_loss e/eval_results.json)" ]
+	merge_evaluates_as out
 }
 
 @test "DoRA+PiSSA: resume recomputes the residual and continues bit for bit" {

@@ -32,6 +32,30 @@ from_scratch() {
 # need_jq: skip a test that reads JSON with jq where it is not installed
 need_jq() { command -v jq >/dev/null || skip "jq is not installed"; }
 
+# merge_evaluates_as ADAPTER [FLAGS...]: ft-merge ADAPTER onto $MODEL (into
+# ADAPTER-merged); the merged model's eval loss on val.zst equals the
+# adapter's (evaluated with FLAGS) within 1e-5 relative, the float32
+# rounding of the merged weights against the unmerged sum, and differs
+# from the base's
+merge_evaluates_as() {
+	local ad=$1
+	shift
+	run ft-merge --model_name_or_path "$MODEL" --adapter_name_or_path "$ad" --export_dir "$ad-merged" -q
+	assert_success
+	run ft-train --model_name_or_path "$MODEL" --adapter_name_or_path "$ad" --val val.zst --do_eval \
+		--output_dir "$ad-ea" -q "$@"
+	assert_success
+	run ft-train --model_name_or_path "$ad-merged" --finetuning_type full --val val.zst --do_eval \
+		--output_dir "$ad-em" -q
+	assert_success
+	jq -n --slurpfile a "$ad-ea/eval_results.json" --slurpfile b "$ad-em/eval_results.json" \
+		'($a[0].eval_loss - $b[0].eval_loss) / $b[0].eval_loss | fabs < 1e-5' | grep -qx true
+	run ft-train --model_name_or_path "$MODEL" --finetuning_type full --val val.zst --do_eval \
+		--output_dir "$ad-e0" -q
+	assert_success
+	[ "$(jq .eval_loss "$ad-e0/eval_results.json")" != "$(jq .eval_loss "$ad-em/eval_results.json")" ]
+}
+
 # parity_run NAME MODE [flags]: the 10-step parity run (parity20.jsonl,
 # accumulation 2, cosine with 2 warmup steps, clipping at 1, weight decay
 # 0.1) of --finetuning_type MODE into NAME/, every step loss within TOL
