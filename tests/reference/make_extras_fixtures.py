@@ -87,7 +87,7 @@ from transformers.integrations.neftune import neftune_post_forward_hook
 from peft import PeftModel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_model_fixtures import (build_from, loss_sum, decay_names,  # noqa: E402
+from make_model_fixtures import (build_from, loss_sum, decay_names, random_lora_b,  # noqa: E402
                                  STEPS, ACCUM, WARMUP, MAX_GRAD_NORM, BETAS, EPS,
                                  WEIGHT_DECAY)
 
@@ -239,11 +239,7 @@ def dora(bs):
                      task_type="CAUSAL_LM", target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
                                                             "gate_proj", "up_proj", "down_proj"])
     m = get_peft_model(base, cfg)
-    g = torch.Generator().manual_seed(6)
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if "lora_B" in n:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    random_lora_b(m, 6)
     m.save_pretrained(os.path.join(OUT, "llama-dora-init"))
     # PEFT's merge of that adapter (DoraLinearVariant.merge_safe), two modules
     merged = PeftModel.from_pretrained(build_from(MODEL, "llama"),

@@ -142,15 +142,21 @@ def peft_state(pm):
             for k, v in peft.get_peft_model_state_dict(pm).items()}
 
 
+def random_lora_b(m, seed):
+    """every lora_B of m = 0.1 N(0, 1) from its own generator (B != 0: the
+    adapter changes the model from the first step)"""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
 def lora_grads(base_dir, kind, ids, lab):
     base = build_from(base_dir, kind)
     pm = get_peft_model(base, lora_cfg(["q_proj", "k_proj", "v_proj", "o_proj",
                                         "gate_proj", "up_proj", "down_proj"]))
-    g = torch.Generator().manual_seed(99)
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_B" in n:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    random_lora_b(pm, 99)
     adir = os.path.join(PARITY, kind + "-lora-grad")
     pm.save_pretrained(adir)
     pm.zero_grad()

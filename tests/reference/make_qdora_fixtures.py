@@ -51,6 +51,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_quant_fixtures import OUT, PARITY, load, logits_and_grads, use_reference_dequantize  # noqa: E402
 from make_dropout_fixtures import LINS, ticking, with_ft_dropout  # noqa: E402
 from make_extras_fixtures import adamw_run, batches  # noqa: E402
+from make_model_fixtures import random_lora_b  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -73,11 +74,7 @@ def init_adapter(kind):
     cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, use_dora=True, bias="none",
                      task_type="CAUSAL_LM", target_modules=LINS)
     m = get_peft_model(load(kind, 4, "nf4", True), cfg)
-    g = torch.Generator().manual_seed(6)
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if "lora_B" in n:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    random_lora_b(m, 6)
     d = os.path.join(OUT, kind + "-qdora-init")
     m.save_pretrained(d)
     return d
