@@ -110,6 +110,45 @@ tokenize() {
 	! grep -aq 'original_module' rv/adapter_model.safetensors || false
 }
 
+# LLaMA-Factory's additional_target is PEFT's modules_to_save; resize_vocab
+# with a tokenizer that fits sets it to embed_tokens,lm_head (adapter.py),
+# so the two runs are the same model, step by step
+@test "additional_target embed_tokens,lm_head trains them beside LoRA as resize_vocab's; other sets refused" {
+	setup_model
+	tokenize -o plain.zst
+	ft-pack -q --cutoff_len 64 --per_device_train_batch_size 2 -o plain plain.zst
+	run ft-train -q --model_name_or_path model --train plain --output_dir rv --max_steps 2 --resize_vocab \
+		--logging_steps 1
+	assert_success
+	run --separate-stderr ft-train --model_name_or_path model --train plain --output_dir at --max_steps 2 \
+		--additional_target "lm_head, embed_tokens" --logging_steps 1
+	assert_success
+	[[ "$stderr" != *"Vocab has been resized"* ]]
+	[ "$(jq -c '.modules_to_save | sort' at/adapter_config.json)" = '["embed_tokens","lm_head"]' ]
+	cmp rv/adapter_model.safetensors at/adapter_model.safetensors
+	diff <(jq -c '{loss, grad_norm}' rv/trainer_log.jsonl) <(jq -c '{loss, grad_norm}' at/trainer_log.jsonl)
+	run ft-train -q --model_name_or_path model --train plain --output_dir plain_lora --max_steps 2 --logging_steps 1
+	run cmp -s plain_lora/adapter_model.safetensors at/adapter_model.safetensors
+	assert_failure
+	run ft-merge -q --model_name_or_path model --adapter_name_or_path at --export_dir merged
+	assert_success
+	for t in "embed_tokens" "lm_head,norm" "q_proj"; do
+		run ft-train --model_name_or_path model --train plain --output_dir x --additional_target "$t"
+		assert_failure 2
+		assert_output --partial "other module sets are not implemented in ft yet"
+	done
+	run ft-train --model_name_or_path model --train plain --output_dir x --stage dpo \
+		--additional_target embed_tokens,lm_head
+	assert_failure 2
+	run ft-train --model_name_or_path model --train plain --output_dir x --finetuning_type oft \
+		--additional_target embed_tokens,lm_head
+	assert_failure 2
+	run --separate-stderr ft-train --model_name_or_path model --train plain --output_dir f --max_steps 1 \
+		--finetuning_type full --additional_target embed_tokens,lm_head
+	assert_success
+	[[ "$stderr" == *"--additional_target has no effect with --finetuning_type full"* ]]
+}
+
 @test "bad settings are refused with one line" {
 	setup_model
 	run ft-train --model_name_or_path model --train x --output_dir o --init_special_tokens mean

@@ -37,6 +37,7 @@ typedef struct {
 typedef struct {
 	ft_new_tokens nt;
 	int resize, init;         /* resize_vocab (or set by added tokens), FT_INIT_* */
+	int emb_target;           /* --additional_target embed_tokens,lm_head */
 	ft_tokenizer *tok;        /* the model's tokenizer with the new tokens */
 } ft_vocab_args;
 

@@ -61,6 +61,8 @@ static const char usage[] =
 "  --init_special_tokens noise_init|desc_init|desc_init_w_noise  --resize_vocab\n"
 "                             embeddings resized (multiple of 64) and initialized\n"
 "                             as LLaMA-Factory; LoRA trains embed_tokens, lm_head too\n"
+"  --additional_target embed_tokens,lm_head  train both beside a new LoRA adapter\n"
+"                             (PEFT's modules_to_save) without resizing\n"
 "  --bf16, --fp16             GPU: half-precision weights and matmul inputs, fp32\n"
 "                             masters (fp16 with dynamic loss scaling); CPU: float32\n"
 "                             as before, full weights saved in the config's dtype\n"

@@ -13,8 +13,31 @@
 
 static const char *const keys[] = {
 	"add_tokens", "add_special_tokens", "new_special_tokens_config", "init_special_tokens",
-	"resize_vocab", NULL,
+	"resize_vocab", "additional_target", NULL,
 };
+
+/* LLaMA-Factory's additional_target (PEFT's modules_to_save): ft trains
+ * embed_tokens and lm_head together beside the adapter (the copies
+ * ft_model_train_embeddings makes, as for a resized vocabulary); 1 when the
+ * list names exactly those two. */
+static int emb_target_of(const char *list)
+{
+	int emb = 0, head = 0, other = 0;
+	char *s = ft_xstrdup(list), *save = NULL;
+	for (char *n = strtok_r(s, ",", &save); n; n = strtok_r(NULL, ",", &save)) {
+		while (*n == ' ') n++;
+		size_t len = strlen(n);
+		while (len && n[len - 1] == ' ') n[--len] = 0;
+		if (!strcmp(n, "embed_tokens")) emb = 1;
+		else if (!strcmp(n, "lm_head")) head = 1;
+		else if (*n) other = 1;
+	}
+	free(s);
+	if (other || emb != head)
+		die_usage("--additional_target %s: ft trains embed_tokens and lm_head together (PEFT's "
+			  "modules_to_save of both); other module sets are not implemented in ft yet", list);
+	return emb;
+}
 
 int vocab_known_key(const char *k)
 {
@@ -36,6 +59,8 @@ void vocab_args_parse(ft_lfargs *a, ft_cli_args *c)
 	int r = ft_lfargs_bool(a, "resize_vocab", 0);
 	if (r < 0) die_usage("--resize_vocab: expected true or false");
 	v->resize = r;
+	const char *at = ft_lfargs_get(a, "additional_target", NULL);
+	v->emb_target = at ? emb_target_of(at) : 0;
 	const char *init = ft_lfargs_get(a, "init_special_tokens", "noise_init");
 	if (!strcmp(init, "noise_init")) v->init = FT_INIT_NOISE;
 	else if (!strcmp(init, "desc_init")) v->init = FT_INIT_DESC;
@@ -48,11 +73,37 @@ void vocab_args_parse(ft_lfargs *a, ft_cli_args *c)
 	}
 }
 
+/* additional_target's checks: where LLaMA-Factory passes it (a new LoRA
+ * or OFT adapter) and where ft has it. */
+static void check_emb_target(const ft_cli_args *c)
+{
+	if (c->tune.type != FT_FT_LORA && c->tune.type != FT_FT_OFT) {
+		if (ft_verbose >= 0)
+			warn("note: --additional_target has no effect with --finetuning_type %s "
+			     "(LLaMA-Factory passes it to PEFT's LoRA and OFT configs only)",
+			     c->tune.type == FT_FT_FULL ? "full" : "freeze");
+		return;
+	}
+	if (c->adapter) {
+		if (ft_verbose >= 0)
+			warn("note: --additional_target has no effect with --adapter_name_or_path: the "
+			     "adapter brings its own modules_to_save, as LLaMA-Factory resumes it");
+		return;
+	}
+	if (c->tune.type == FT_FT_OFT)
+		die_usage("--additional_target with --finetuning_type oft (modules_to_save) is not implemented in ft yet");
+	if (strcmp(c->stage, "pt") && strcmp(c->stage, "sft"))
+		die_usage("--additional_target with --stage %s is not implemented in ft yet (pt and sft)",
+			  c->stage);
+}
+
 /* The tokenizer with the new tokens, before the batches' tokenizer is
  * checked against it. */
 void vocab_tokenizer(ft_cli_args *c)
 {
 	ft_vocab_args *v = &c->v;
+	if (v->emb_target)
+		check_emb_target(c);
 	if (!ft_new_tokens_any(&v->nt) && !v->resize) return;
 	if (strcmp(c->stage, "pt") && strcmp(c->stage, "sft"))
 		die_usage("--stage %s with new tokens or resize_vocab is not implemented in ft yet (pt and sft)",
@@ -128,16 +179,18 @@ static void save_tokenizer(ft_cli_args *c, char **extra)
 void vocab_model(ft_cli_args *c, ft_model *m)
 {
 	ft_vocab_args *v = &c->v;
-	if (!v->resize) return;
-	resize(c, m);
-	/* init_adapter: a resized vocabulary trains embed_tokens and lm_head
-	 * beside a new adapter (a resumed adapter brings its own) */
-	if (c->tune.type == FT_FT_OFT && !c->adapter)
+	if (v->resize)
+		resize(c, m);
+	/* init_adapter: additional_target, or a resized vocabulary, trains
+	 * embed_tokens and lm_head beside a new adapter (a resumed adapter
+	 * brings its own) */
+	if (v->resize && !v->emb_target && c->tune.type == FT_FT_OFT && !c->adapter)
 		die_usage("resize_vocab with --finetuning_type oft (modules_to_save) is not implemented in ft yet");
-	if (c->tune.type == FT_FT_LORA && !c->adapter) {
+	if ((v->resize || v->emb_target) && c->tune.type == FT_FT_LORA && !c->adapter) {
 		if (ft_model_train_embeddings(m) < 0) die("%s", ft_errmsg());
 		c->tune.modules_to_save = 1;
-		note("Vocab has been resized, add embed_tokens,lm_head to trainable params.");
+		if (!v->emb_target)
+			note("Vocab has been resized, add embed_tokens,lm_head to trainable params.");
 	}
 }
 
