@@ -164,7 +164,7 @@ static const ftp_route routes[] = {
 static const ftp_route more_routes[] = {
 	/* routed to a tool that has the flag */
 	{"skip_special_tokens", FTP_G, NULL}, {"logging_first_step", FTP_R, NULL},
-	{"additional_target", FTP_R, NULL},
+	{"additional_target", FTP_R, NULL}, {"freeze_extra_modules", FTP_R, NULL},
 	/* translated by runplan.c (no flag of their own) */
 	{"disable_gradient_checkpointing", FTP_N, NULL}, {"disable_shuffling", FTP_N, NULL},
 	{"use_cpu", FTP_N, NULL},
@@ -246,7 +246,6 @@ static const ftp_route more_routes[] = {
 	{"ref_model_quantization_bit", FTP_X, "a quantized reference model is " NOT_YET},
 	{"reward_model_quantization_bit", FTP_X, "a quantized reward model is " NOT_YET},
 	{"create_new_adapter", FTP_X, "a new adapter over merged ones (create_new_adapter) is " NOT_YET},
-	{"freeze_extra_modules", FTP_X, "extra trainable modules in freeze tuning are " NOT_YET},
 	{"adapter_folder", FTP_X, "a subfolder of an adapter repository: give its path in adapter_name_or_path"},
 	{"lr_scheduler_kwargs", FTP_X, "schedule arguments are " NOT_YET " (each schedule has HF's defaults)"},
 	{"optim_args", FTP_X, "optimizer argument strings are " NOT_YET},

@@ -127,9 +127,9 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 		memcpy(v->sliding, c->sliding_layers, sizeof v->sliding);
 		ftp_rope_local_params(c, &v->rope_local);
 	}
-	/* the embedding trains in full fine-tuning and as PEFT's
-	 * modules_to_save copy beside LoRA (docs/VOCAB.md) */
-	v->full = m->o.type == FT_FT_FULL || m->o.modules_to_save;
+	/* the embedding trains in full fine-tuning, as PEFT's modules_to_save
+	 * copy beside LoRA (docs/VOCAB.md) and with freeze_extra_modules */
+	v->full = ftp_emb_trains(m);
 	v->neftune_alpha = m->o.neftune_noise_alpha;
 	v->gen_neftune = m->gen_neft_on;
 	v->gen_neftune_stream = m->gen_neft_stream;

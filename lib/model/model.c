@@ -253,6 +253,12 @@ static int layer_trainable(const ft_model *m, int l)
 	return n >= 0 ? l >= L - n : l < -n;
 }
 
+/* freeze_extra_modules' bit b, in freeze tuning only */
+static int extra_trainable(const ft_model *m, unsigned b)
+{
+	return m->o.type == FT_FT_FREEZE && (m->o.freeze_extra & b);
+}
+
 static int module_trainable(const ft_model *m, int l, int lin)
 {
 	if (!layer_trainable(m, l))
@@ -269,7 +275,7 @@ static void add_qk_norm_params(ft_model *m, size_t *cap, int l)
 {
 	ftp_layer *y = &m->layers[l];
 	unsigned mods = m->o.freeze_trainable_modules;
-	int tn = module_trainable(m, l, -1) ||
+	int tn = module_trainable(m, l, -1) || extra_trainable(m, FT_EXTRA_NORM) ||
 		 (layer_trainable(m, l) && (mods & FT_MOD_SELF_ATTN) == FT_MOD_SELF_ATTN);
 	char nm[160];
 	snprintf(nm, sizeof nm, "model.layers.%d.self_attn.q_norm.weight", l);
@@ -293,7 +299,9 @@ int ftp_model_build_params(ft_model *m)
 {
 	const ft_config *c = &m->c;
 	int D = c->hidden_size, full = m->o.type == FT_FT_FULL;
-	int emb = full || m->o.modules_to_save;   /* PEFT's modules_to_save copies train */
+	int emb = ftp_emb_trains(m);
+	int head = full || m->o.modules_to_save || extra_trainable(m, FT_EXTRA_HEAD);
+	int norms = extra_trainable(m, FT_EXTRA_NORM);
 	size_t cap = 0;
 	char nm[160];
 	ftp_model_free_params(m);
@@ -318,7 +326,7 @@ int ftp_model_build_params(ft_model *m)
 			if (j == L_O && c->qk_norm)
 				add_qk_norm_params(m, &cap, l);
 		}
-		int tn = module_trainable(m, l, -1);
+		int tn = module_trainable(m, l, -1) || norms;
 		snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", l);
 		add_param(m, &cap, nm, &y->ln1, 1, D, 0, tn, 0);
 		snprintf(nm, sizeof nm, "model.layers.%d.post_attention_layernorm.weight", l);
@@ -330,11 +338,11 @@ int ftp_model_build_params(ft_model *m)
 			add_param(m, &cap, nm, &y->ln4, 1, D, 0, tn, 0);
 		}
 	}
-	add_param(m, &cap, "model.norm.weight", &m->norm, 1, D, 0, full, 0);
+	add_param(m, &cap, "model.norm.weight", &m->norm, 1, D, 0, full || norms, 0);
 	if (c->tie_word_embeddings)
 		m->lm_head = m->wte;
 	else
-		add_param(m, &cap, "lm_head.weight", &m->lm_head, 2, c->vocab_size, D, emb, 1);
+		add_param(m, &cap, "lm_head.weight", &m->lm_head, 2, c->vocab_size, D, head, 1);
 	for (int l = 0; l < c->num_hidden_layers; l++)
 		for (int j = 0; j < L_NLIN; j++) {
 			ftp_lora *a = &m->layers[l].lora[j], *lead = &m->layers[l].lora[ftp_fused_lead(c, j)];
@@ -515,8 +523,20 @@ static ft_model *model_finish(ft_model *m)
 	return m;
 }
 
+/* freeze_extra_modules names modules the model has (LLaMA-Factory's
+ * error: a tied model has no lm_head parameter of its own). */
+static int check_extra(const ft_config *c, const ft_tune_opts *o)
+{
+	if (o && o->type == FT_FT_FREEZE && (o->freeze_extra & FT_EXTRA_HEAD) && c->tie_word_embeddings)
+		return ft_fail("freeze_extra_modules: Module lm_head is not found, please choose from "
+			       "embed_tokens, norm (the model ties lm_head to embed_tokens)");
+	return 0;
+}
+
 ft_model *ft_model_from_config(const ft_config *c, const ft_tune_opts *o)
 {
+	if (check_extra(c, o) < 0)
+		return NULL;
 	if (c->gemma) {   /* its config.json would lose the Gemma fields */
 		ft_fail("model config: training Gemma from scratch is not supported; start from "
 			"a Gemma checkpoint (--model_name_or_path)");
@@ -576,7 +596,8 @@ ft_model *ft_model_load(const char *model_dir, const ft_tune_opts *o)
 		return NULL;
 	}
 	free(path);
-	ft_model *m = ftp_config_check_weights(&c, model_dir) < 0 ? NULL : model_alloc(&c, o, model_dir);
+	ft_model *m = check_extra(&c, o) < 0 || ftp_config_check_weights(&c, model_dir) < 0
+		? NULL : model_alloc(&c, o, model_dir);
 	if (!m) {
 		json_decref(j);
 		return NULL;

@@ -74,6 +74,7 @@ double ft_config_weight_bytes(const ft_config *c);
 /* FT_FT_OFT: PEFT's OFT on the lora_targets modules (LLaMA-Factory passes
  * lora_target to OFTConfig), lib/model/model_oft.c */
 typedef enum { FT_FT_LORA, FT_FT_FREEZE, FT_FT_FULL, FT_FT_OFT } ft_finetuning_type;
+enum { FT_EXTRA_EMBED = 1, FT_EXTRA_NORM = 2, FT_EXTRA_HEAD = 4 };
 enum { FT_SFT_LOSS_CE, FT_SFT_LOSS_DFT, FT_SFT_LOSS_EAFT, FT_SFT_LOSS_ASFT };
 
 /* Bits for LoRA targets and freeze modules. */
@@ -94,6 +95,10 @@ typedef struct {
 	int use_rslora;
 	int freeze_trainable_layers;   /* last N; negative = first N */
 	unsigned freeze_trainable_modules; /* FT_MOD_*, 0 = all in those layers */
+	/* freeze_extra_modules (FT_EXTRA_*): trainable beside the layers in
+	 * freeze tuning, by LLaMA-Factory's substring match of each name:
+	 * "norm" matches every norm of every layer as well as model.norm */
+	unsigned freeze_extra;
 	int gradient_checkpointing;
 	uint64_t seed;
 	/* extras (lib/model/extras.c): NEFTune's alpha (0 = off), LLaMA Pro's

@@ -526,7 +526,7 @@ void ftp_model_backward_body(ft_model *m, const ft_batch *b)
 			stop = l;
 			break;
 		}
-	int emb = m->wte.g && (m->o.type == FT_FT_FULL || m->o.modules_to_save);
+	int emb = m->wte.g && ftp_emb_trains(m);
 	if (emb)
 		stop = 0;
 	if (stop == L && !m->norm.g)

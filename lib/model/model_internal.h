@@ -146,6 +146,14 @@ static inline ftp_oft *ftp_oft_of(const ft_model *m, int l, int j)
 }
 
 /* The DoRA state of module j of layer l, NULL when it has none. */
+/* Whether embed_tokens trains: full fine-tuning, PEFT's modules_to_save
+ * copy beside an adapter, freeze tuning's freeze_extra_modules. */
+static inline int ftp_emb_trains(const ft_model *m)
+{
+	return m->o.type == FT_FT_FULL || m->o.modules_to_save ||
+	       (m->o.type == FT_FT_FREEZE && (m->o.freeze_extra & FT_EXTRA_EMBED));
+}
+
 static inline ftp_dora *ftp_dora_of(const ft_model *m, int l, int j)
 {
 	return m->dora && m->dora[l * L_NLIN + j].on ? &m->dora[l * L_NLIN + j] : NULL;

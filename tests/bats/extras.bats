@@ -146,6 +146,50 @@ PARITY_REF=extras/losses.txt
 	assert_output --partial "positive --freeze_trainable_layers"
 }
 
+# ---- freeze_extra_modules ---------------------------------------------------
+
+# make_freeze_extra_fixtures.py transcribes LLaMA-Factory's
+# _setup_freeze_tuning (a parameter trains when any trainable name is a
+# substring of its own: "norm" also trains every layer's norms); 1e-5 as
+# the other parity runs
+@test "freeze_extra_modules: parity with LLaMA-Factory's freeze tuning (norm; embed_tokens,norm,lm_head; a tied embedding)" {
+	need_jq
+	export REF=extras/freeze_extra_losses.txt
+	fx=(--learning_rate 1e-3 --freeze_trainable_layers 1)
+	parity_run fx_norm freeze "${fx[@]}" --freeze_extra_modules norm
+	parity_run fx_all_mlp freeze "${fx[@]}" --freeze_trainable_modules mlp \
+		--freeze_extra_modules embed_tokens,norm,lm_head
+	MODEL="$FIXTURES/models/tiny-qwen2" parity_run fx_qwen2_emb freeze "${fx[@]}" --freeze_extra_modules embed_tokens
+	# the extras trained: without them the numbers differ
+	REF=trainer/parity_losses.txt parity_run freeze freeze "${fx[@]}"
+	run cmp -s <(jq -c .loss freeze/trainer_log.jsonl) <(jq -c .loss fx_norm/trainer_log.jsonl)
+	assert_failure
+}
+
+@test "freeze_extra_modules: resume bit for bit; LLaMA-Factory's refusals; no effect outside freeze" {
+	need_jq
+	args=(--finetuning_type freeze --freeze_trainable_layers 1 --freeze_extra_modules embed_tokens,lm_head
+	      --learning_rate 5e-3 --max_steps 6 --logging_steps 1 --save_steps 3 -q)
+	run train "${args[@]}"
+	assert_success
+	mkdir b && cp -r out/checkpoint-3 b/ && head -n 3 out/trainer_log.jsonl > b/trainer_log.jsonl
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b "${args[@]}" \
+		--resume_from_checkpoint b/checkpoint-3
+	assert_success
+	diff <(steady out/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	cmp out/model.safetensors b/model.safetensors
+	run -2 train --finetuning_type freeze --freeze_extra_modules mlp
+	assert_output --partial "Module mlp is not found, please choose from embed_tokens, norm, lm_head"
+	run -1 ft-train --model_name_or_path "$FIXTURES/models/tiny-qwen2" --train train.zst --output_dir q \
+		--finetuning_type freeze --freeze_extra_modules lm_head
+	assert_output --partial "Module lm_head is not found"
+	# LoRA: LLaMA-Factory reads it in freeze tuning only
+	run train --max_steps 2 --logging_steps 1 -q --freeze_extra_modules norm --output_dir l1
+	assert_success
+	run train --max_steps 2 --logging_steps 1 -q --output_dir l2
+	cmp l1/adapter_model.safetensors l2/adapter_model.safetensors
+}
+
 # ---- BAdam ------------------------------------------------------------------
 
 @test "BAdam: parity with badam's BlockOptimizer (ascending/3, descending/4, fixed/3 from block 1)" {

@@ -303,3 +303,14 @@ fp8_close() {
 	diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
 	cmp a/adapter_model.safetensors b/adapter_model.safetensors
 }
+
+# freeze_extra_modules: the trainable embedding (and the tied head through
+# it), head and norms are the device's full fine-tuning paths, so the fp32
+# bound of the full runs above holds
+@test "emulated device freeze_extra_modules: embed_tokens, norm, lm_head (llama), a tied embedding (qwen2)" {
+	sft_data
+	common=(--train train.zst --val val.zst --eval_steps 2 --finetuning_type freeze --freeze_trainable_layers 1)
+	same_run "$LLAMA" 1e-4 "${common[@]}" --freeze_trainable_modules mlp \
+		--freeze_extra_modules embed_tokens,norm,lm_head
+	same_run "$QWEN" 1e-4 "${common[@]}" --freeze_extra_modules embed_tokens,norm
+}

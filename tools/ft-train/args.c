@@ -34,7 +34,8 @@ static const char *const meaningless[] = {
 static const char *const known[] = {
 	"stage", "model_name_or_path", "adapter_name_or_path", "train_from_scratch", "config",
 	"finetuning_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora",
-	"freeze_trainable_layers", "freeze_trainable_modules", "learning_rate", "weight_decay",
+	"freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules", "learning_rate",
+	"weight_decay",
 	"adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "lr_scheduler_type",
 	"warmup_steps", "warmup_ratio", "gradient_accumulation_steps", "per_device_train_batch_size",
 	"per_device_eval_batch_size", "num_train_epochs", "max_steps", "seed", "logging_steps",
@@ -155,6 +156,24 @@ static unsigned parse_modules(const char *opt, const char *list, int allow_group
 	return bits;
 }
 
+/* freeze_extra_modules: the model's modules outside its layers
+ * (LLaMA-Factory's non_hidden_modules: embed_tokens, norm, lm_head). */
+static unsigned parse_extra(const char *list)
+{
+	unsigned bits = 0;
+	if (!list || !*list || !strcasecmp(list, "null")) return 0;
+	char *s = ft_xstrdup(list), *save = NULL;
+	for (char *t = strtok_r(s, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) {
+		if (!strcmp(t, "embed_tokens")) bits |= FT_EXTRA_EMBED;
+		else if (!strcmp(t, "norm")) bits |= FT_EXTRA_NORM;
+		else if (!strcmp(t, "lm_head")) bits |= FT_EXTRA_HEAD;
+		else die_usage("--freeze_extra_modules: Module %s is not found, please choose from "
+			       "embed_tokens, norm, lm_head", t);
+	}
+	free(s);
+	return bits;
+}
+
 static void split_paths(const char *s, char ***out, size_t *n)
 {
 	*n = 0;
@@ -255,6 +274,7 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	if (t->freeze_trainable_layers == 0) die_usage("--freeze_trainable_layers must not be 0");
 	const char *fm = ft_lfargs_get(a, "freeze_trainable_modules", "all");
 	t->freeze_trainable_modules = !strcmp(fm, "all") ? 0 : parse_modules("freeze_trainable_modules", fm, 1);
+	t->freeze_extra = parse_extra(ft_lfargs_get(a, "freeze_extra_modules", NULL));
 	t->gradient_checkpointing = get_bool(a, "gradient_checkpointing", 0);
 	t->seed = (uint64_t)get_int(a, "seed", 42);
 	if (ft_quant_parse(t, get(a, "quantization_bit"), get(a, "quantization_type"),

@@ -48,6 +48,8 @@ static const char usage[] =
 "  --lora_target all|q_proj,v_proj,...       (all linear layers)\n"
 "  --freeze_trainable_layers N (2; negative: the first N)\n"
 "  --freeze_trainable_modules all|mlp,self_attn,q_proj,...\n"
+"  --freeze_extra_modules embed_tokens,norm,lm_head  also trainable in freeze\n"
+"                             tuning (\"norm\" matches every norm, as LLaMA-Factory)\n"
 "  --gradient_checkpointing   recompute activations in backward (less memory)\n"
 "QLoRA (bitsandbytes' Linear4bit / Linear8bitLt; --finetuning_type lora only):\n"
 "  --quantization_bit 4|8     hold the decoder's q,k,v,o,gate,up,down base weights\n"
