@@ -165,6 +165,7 @@ static const ftp_route more_routes[] = {
 	/* routed to a tool that has the flag */
 	{"skip_special_tokens", FTP_G, NULL}, {"logging_first_step", FTP_R, NULL},
 	{"additional_target", FTP_R, NULL}, {"freeze_extra_modules", FTP_R, NULL},
+	{"lr_scheduler_kwargs", FTP_R, NULL},
 	/* translated by runplan.c (no flag of their own) */
 	{"disable_gradient_checkpointing", FTP_N, NULL}, {"disable_shuffling", FTP_N, NULL},
 	{"use_cpu", FTP_N, NULL},
@@ -247,7 +248,6 @@ static const ftp_route more_routes[] = {
 	{"reward_model_quantization_bit", FTP_X, "a quantized reward model is " NOT_YET},
 	{"create_new_adapter", FTP_X, "a new adapter over merged ones (create_new_adapter) is " NOT_YET},
 	{"adapter_folder", FTP_X, "a subfolder of an adapter repository: give its path in adapter_name_or_path"},
-	{"lr_scheduler_kwargs", FTP_X, "schedule arguments are " NOT_YET " (each schedule has HF's defaults)"},
 	{"optim_args", FTP_X, "optimizer argument strings are " NOT_YET},
 	{"optim_target_modules", FTP_X, "HF's GaLore/APOLLO targets: use LLaMA-Factory's galore_target / apollo_target"},
 	{"bf16_full_eval", FTP_X, "evaluating with half weights is " NOT_YET " (eval runs the training precision)"},

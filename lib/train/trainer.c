@@ -388,7 +388,8 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	ft_train_plan p;
 	if (ft_train_plan_make(o, &p) < 0) return -1;
 	ft_sched sched;
-	if (ft_sched_init(&sched, o->lr_scheduler_type, o->learning_rate, p.warmup_steps, p.total_steps) < 0)
+	if (ft_sched_init(&sched, o->lr_scheduler_type, o->learning_rate, p.warmup_steps, p.total_steps) < 0 ||
+	    ft_sched_kwargs(&sched, o->lr_scheduler_kwargs) < 0)
 		return -1;
 	size_t np;
 	ft_param **params = trainable_params(m, &np);

@@ -150,6 +150,7 @@ typedef struct {
 	int skip_nonfinite;            /* a NaN/Inf loss or gradient norm skips the
 					  step (no update) instead of stopping */
 	ft_sched_type lr_scheduler_type;   /* linear */
+	const char *lr_scheduler_kwargs;   /* HF's, a mapping's text (ft_sched_kwargs); NULL: none */
 	double warmup;                 /* >= 1 steps, < 1 ratio (get_warmup_steps) */
 	int gradient_accumulation_steps;   /* 1 */
 	double num_train_epochs;       /* 3.0 */

@@ -460,3 +460,28 @@ PARITY_REF=trainer/parity_losses.txt
 	parity_run freeze freeze --learning_rate 1e-3 --freeze_trainable_layers 1
 	parity_run full full --learning_rate 1e-3
 }
+
+# the schedules' own values are tests/unit/test_sched.c's (transformers'
+# get_scheduler with scheduler_specific_kwargs, within 2 ulp); here the
+# flag, a YAML mapping, and the refusals
+@test "--lr_scheduler_kwargs: JSON on the command line, a mapping in YAML; transformers' refusals" {
+	need_jq
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir c --max_steps 6 --logging_steps 1 \
+		-q --learning_rate 1e-3 --lr_scheduler_type cosine_with_min_lr --lr_scheduler_kwargs '{"min_lr_rate": 0.5}'
+	assert_success
+	# half-cosine from 1e-3 down to 5e-4 instead of 0: the last step's lr stays above the floor
+	jq -s -e '[.[] | select(.lr) | .lr] | (.[0] == 0.001) and (.[-1] > 0.0005) and (.[-1] < 0.001)' c/trainer_log.jsonl
+	printf 'lr_scheduler_type: warmup_stable_decay\nlr_scheduler_kwargs:\n  num_decay_steps: 2\n  decay_type: linear\n' > w.yaml
+	run ft-train w.yaml --model_name_or_path "$MODEL" --train train.zst --output_dir w --max_steps 6 \
+		--logging_steps 1 -q --learning_rate 1e-3
+	assert_success
+	[ "$(jq -s -c '[.[] | select(.lr) | .lr]' w/trainer_log.jsonl)" = '[0.001,0.001,0.001,0.001,0.001,0.0005]' ]
+	run -2 ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir x --lr_scheduler_type cosine_with_min_lr
+	assert_output --partial "One of min_lr or min_lr_rate should be set"
+	run -2 ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir x --lr_scheduler_kwargs '{"min_lr": 1}'
+	assert_output --partial "the linear schedule takes no argument 'min_lr'"
+	run -2 ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir x --lr_scheduler_kwargs 'min_lr'
+	assert_output --partial "expected a mapping"
+	run -2 ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir x --lr_scheduler_type reduce_lr_on_plateau
+	assert_output --partial "not implemented in ft yet"
+}

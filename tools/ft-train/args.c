@@ -37,6 +37,7 @@ static const char *const known[] = {
 	"freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules", "learning_rate",
 	"weight_decay",
 	"adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "lr_scheduler_type",
+	"lr_scheduler_kwargs",
 	"warmup_steps", "warmup_ratio", "gradient_accumulation_steps", "per_device_train_batch_size",
 	"per_device_eval_batch_size", "num_train_epochs", "max_steps", "seed", "logging_steps",
 	"logging_first_step", "save_steps", "save_total_limit", "eval_steps", "do_train", "do_eval",
@@ -300,6 +301,11 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	o->skip_nonfinite = get_bool(a, "skip_nonfinite", 0);
 	if (ft_sched_parse(ft_lfargs_get(a, "lr_scheduler_type", "linear"), &o->lr_scheduler_type) < 0)
 		die_usage("--lr_scheduler_type: %s", ft_errmsg());
+	o->lr_scheduler_kwargs = ft_lfargs_get(a, "lr_scheduler_kwargs", NULL);
+	ft_sched probe;   /* the arguments' own checks, before any work */
+	if (ft_sched_init(&probe, o->lr_scheduler_type, o->learning_rate, 0, 1) < 0 ||
+	    ft_sched_kwargs(&probe, o->lr_scheduler_kwargs) < 0)
+		die_usage("--lr_scheduler_kwargs: %s", ft_errmsg());
 	double ws = get_num(a, "warmup_steps", 0), wr = get_num(a, "warmup_ratio", 0);
 	if (ws < 0 || wr < 0 || wr >= 1) die_usage("--warmup_steps must be >= 0 and --warmup_ratio in [0, 1)");
 	o->warmup = ws > 0 ? ws : wr;   /* warmup_steps wins, as in transformers 4 */

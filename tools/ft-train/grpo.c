@@ -473,7 +473,8 @@ static void loop_opts(const ft_cli_args *c, const ft_manifest *man, size_t n, ft
 	o->adamw.weight_decay = c->t.weight_decay;
 	o->max_grad_norm = c->t.max_grad_norm;
 	int64_t warm = c->t.warmup >= 1 ? (int64_t)c->t.warmup : (int64_t)ceil(c->t.warmup * o->max_steps);
-	if (ft_sched_init(&o->sched, c->t.lr_scheduler_type, c->t.learning_rate, warm, o->max_steps) < 0)
+	if (ft_sched_init(&o->sched, c->t.lr_scheduler_type, c->t.learning_rate, warm, o->max_steps) < 0 ||
+	    ft_sched_kwargs(&o->sched, c->t.lr_scheduler_kwargs) < 0)
 		die_usage("%s", ft_errmsg());
 	o->seed = c->t.seed;
 	o->save_steps = c->t.save_steps;

@@ -386,7 +386,8 @@ int ppo_run(ft_cli_args *c, ft_model *m, ft_batch_source *train, const ft_manife
 	o.adamw.weight_decay = c->t.weight_decay;
 	o.max_grad_norm = c->t.max_grad_norm;
 	int64_t warm = c->t.warmup >= 1 ? (int64_t)c->t.warmup : (int64_t)ceil(c->t.warmup * o.max_steps);
-	if (ft_sched_init(&o.sched, c->t.lr_scheduler_type, c->t.learning_rate, warm, o.max_steps) < 0)
+	if (ft_sched_init(&o.sched, c->t.lr_scheduler_type, c->t.learning_rate, warm, o.max_steps) < 0 ||
+	    ft_sched_kwargs(&o.sched, c->t.lr_scheduler_kwargs) < 0)
 		die_usage("%s", ft_errmsg());
 	o.pad_id = man->pad_id;
 	o.eos_id = eos;
