@@ -124,6 +124,9 @@ typedef struct {
 	/* PEFT's modules_to_save = {embed_tokens, lm_head} beside LoRA or OFT
 	 * (set by ft_model_train_embeddings / an adapter that has them) */
 	int modules_to_save;
+	/* transformers' label_smoothing_factor (LabelSmoother) on the plain
+	 * token loss, training and evaluation; 0 = off */
+	double label_smoothing;
 } ft_tune_opts;
 /* Defaults applied when a field is 0: lora_rank 8, lora_alpha 2*rank (as
  * LLaMA-Factory), lora_targets q_proj|v_proj.

@@ -464,7 +464,7 @@ int ft_model_forward(ft_model *m, const ft_batch *b, float *logits,
 	}
 	double loss = ft_lm_head_loss_cap(NULL, NULL, logits, x, m->lm_head.w, m->targets, N, D,
 					  m->c.vocab_size, 1, m->head_scratch, m->head_chunk, &nt,
-					  (float)m->c.final_softcap);
+					  (float)m->c.final_softcap, (float)m->o.label_smoothing);
 	if (loss_sum)
 		*loss_sum = loss;
 	if (n_tokens)
@@ -497,7 +497,8 @@ int ft_model_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
 	int64_t nt = 0;
 	double loss = ft_lm_head_loss_cap(m->head_dx, m->lm_head.g, NULL, m->head_x, m->lm_head.w,
 					  m->targets, n, D, c->vocab_size, grad_scale,
-					  m->head_scratch, m->head_chunk, &nt, (float)c->final_softcap);
+					  m->head_scratch, m->head_chunk, &nt, (float)c->final_softcap,
+					  (float)m->o.label_smoothing);
 	if (loss_sum)
 		*loss_sum = loss;
 	if (n_tokens)

@@ -89,6 +89,11 @@ int fp8_known_key(const char *k);
 void fp8_args_parse(ft_lfargs *a, ft_cli_args *c);
 void fp8_model(ft_cli_args *c, ft_model *m);
 
+/* hfargs.c: transformers' and LLaMA-Factory's trainer settings of the pt
+ * and sft loops (label smoothing; after ft_train_extras_parse) */
+int hfargs_known_key(const char *k);
+void hfargs_parse(ft_lfargs *a, ft_cli_args *c);
+
 struct ft_optim_ext;
 int ft_train_extras_known(const char *key);
 void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c);

@@ -76,6 +76,8 @@ static const char usage[] =
 "  --gradient_accumulation_steps N (1)  --per_device_train_batch_size N (the batches')\n"
 "  --num_train_epochs X (3.0, fractional allowed)  --max_steps N (overrides epochs)\n"
 "  --seed N (42: LoRA init and dropout)\n"
+"  --label_smoothing_factor E (0)  pt/sft: transformers' LabelSmoother, (1-E) CE +\n"
+"                             E * the mean over the vocabulary of -log p, train and eval\n"
 "Extras (LLaMA-Factory's, docs/EXTRAS.md; on the GPU too: NEFTune, DFT/EAFT/ASFT, DoRA, OFT, the optimizers):\n"
 "  --neftune_noise_alpha A    NEFTune: U(-A/sqrt(T*d), +) noise on the embeddings\n"
 "  --loraplus_lr_ratio R      LoRA+: lora_B at learning_rate * R\n"
