@@ -366,6 +366,17 @@ static inline FT_HD float ft_k_ce_grad_ls(float g, float grad_scale, int is_targ
 	return is_target ? g - grad_scale * (1 - eps) : g;
 }
 
+/* The index of the largest of l[0..V), the first of equal ones
+ * (torch.argmax on finite logits). */
+static inline FT_HD int ft_k_argmax(const float *l, int V)
+{
+	int a = 0;
+	for (int j = 1; j < V; j++)
+		if (l[j] > l[a])
+			a = j;
+	return a;
+}
+
 /* One row serially: returns the loss (mx + log(sum) - l[target]) and,
  * when grad != NULL, writes the gradient of grad_scale * loss.  target
  * outside [0, V) (-100): returns 0 and writes zeros. */

@@ -643,7 +643,7 @@ double ft_lm_head_loss(float *dx, float *dW, float *logits, const float *x,
 		       int64_t *n_tok)
 {
 	return ft_lm_head_loss_cap(dx, dW, logits, x, W, targets, n, D, V, grad_scale, scratch,
-				   chunk, n_tok, 0, 0);
+				   chunk, n_tok, 0, 0, NULL);
 }
 
 /* One exp per logit, kept in place (needed for the gradient): the exp
@@ -679,7 +679,7 @@ void ft_softcap_backward(float *d, const float *c, size_t n, float cap)
 double ft_lm_head_loss_cap(float *dx, float *dW, float *logits, const float *x,
 			   const float *W, const int32_t *targets, int n, int D,
 			   int V, float grad_scale, float *scratch, int chunk,
-			   int64_t *n_tok, float cap, float ls)
+			   int64_t *n_tok, float cap, float ls, int32_t *pred)
 {
 	double loss = 0;
 	int64_t cnt = 0;
@@ -697,6 +697,8 @@ double ft_lm_head_loss_cap(float *dx, float *dW, float *logits, const float *x,
 		for (int i = 0; i < nr; i++) {
 			float *l = scratch + (size_t)i * V;
 			int tg = targets[r0 + i];
+			if (pred)
+				pred[r0 + i] = tg < 0 || tg >= V ? -1 : ft_k_argmax(l, V);
 			if (tg < 0 || tg >= V) {   /* -100: ignored, zero gradient */
 				if (dx)
 					memset(l, 0, V * sizeof(float));

@@ -99,3 +99,90 @@ PARITY_REF=hfargs/label_smoothing.txt
 	assert_failure 2
 	[[ "$stderr" == *"--use_asft_loss"* ]]
 }
+
+# ---- compute_accuracy -----------------------------------------------------------
+
+# accuracy.txt: LLaMA-Factory's own ComputeAccuracy over eval_logit_processor's
+# argmax (make_hfargs_fixtures.py) for tiny-llama + acc-lora on the parity
+# batches.  Each row's share is a ratio of small integers and the mean of 40
+# of them in double: the arithmetic agrees to ~1e-16.  A single argmax
+# flipped by ft's logits (~1e-6 from torch's) would move the value by at
+# least 1 / (40 rows * 15 labels) = 1.7e-3, so the bound 1e-12 says that
+# none flipped.  The token-pooled accuracy (pooled, not LLaMA-Factory's) is
+# outside it.
+@test "compute_accuracy: eval_accuracy as LLaMA-Factory's ComputeAccuracy (per row, then the rows' mean)" {
+	need_jq
+	ft-cat --encode < "$FIXTURES/trainer/parity20.jsonl" > p20.zst
+	run ft-train --model_name_or_path "$MODEL" --adapter_name_or_path "$FIXTURES/hfargs/acc-lora" --val p20.zst \
+		--do_train false --do_eval true --output_dir ev --compute_accuracy true -q
+	assert_success
+	got=$(jq .eval_accuracy ev/eval_results.json)
+	[ "$(jq .eval_accuracy ev/all_results.json)" = "$got" ]
+	want=$(awk '$1 == "acc" { print $2 }' "$FIXTURES/hfargs/accuracy.txt")
+	pooled=$(awk '$1 == "pooled" { print $2 }' "$FIXTURES/hfargs/accuracy.txt")
+	within() { awk -v a="$1" -v b="$2" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-12 * b) }'; }
+	echo "# $got vs $want (pooled $pooled)" >&3
+	within "$got" "$want"
+	run within "$pooled" "$want"
+	assert_failure
+}
+
+@test "compute_accuracy: in the eval log lines, log_history and eval_results.json; off by default" {
+	need_jq
+	ft-cat --encode < "$FIXTURES/trainer/val.jsonl" > val.zst
+	train --max_steps 4 --logging_steps 2 --eval_steps 2 --val val.zst --compute_accuracy true -q
+	[ "$(jq -s '[.[] | select(.eval_loss)] | length' out/trainer_log.jsonl)" = 2 ]
+	[ "$(jq -s '[.[] | select(.eval_loss) | select(.eval_accuracy >= 0 and .eval_accuracy <= 1)] | length' \
+		out/trainer_log.jsonl)" = 2 ]
+	[ "$(jq '[.log_history[] | select(.eval_accuracy)] | length' out/trainer_state.json)" -ge 1 ]
+	jq -e '.eval_accuracy >= 0' out/eval_results.json
+	# the last eval line's accuracy is the one in eval_results.json
+	[ "$(jq -s -c '[.[] | select(.eval_loss)] | last | .eval_accuracy' out/trainer_log.jsonl)" = \
+	  "$(jq -c .eval_accuracy out/eval_results.json)" ]
+	train --max_steps 4 --logging_steps 2 --eval_steps 2 --val val.zst -q --output_dir plain
+	[ "$(jq -s '[.[] | select(.eval_accuracy)] | length' plain/trainer_log.jsonl)" = 0 ]
+	jq -e 'has("eval_accuracy") | not' plain/eval_results.json
+	# training is not changed by it
+	cmp out/adapter_model.safetensors plain/adapter_model.safetensors
+}
+
+@test "compute_accuracy: resume bit for bit" {
+	need_jq
+	ft-cat --encode < "$FIXTURES/trainer/val.jsonl" > val.zst
+	args=(--max_steps 4 --logging_steps 1 --eval_steps 2 --save_steps 2 --val val.zst --compute_accuracy true -q)
+	train "${args[@]}" --output_dir a
+	mkdir b && cp -r a/checkpoint-2 b/ && head -n 3 a/trainer_log.jsonl > b/trainer_log.jsonl
+	train "${args[@]}" --output_dir b --resume_from_checkpoint true
+	diff <(jq -c 'del(.elapsed_time, .remaining_time, .throughput)' a/trainer_log.jsonl) \
+	     <(jq -c 'del(.elapsed_time, .remaining_time, .throughput)' b/trainer_log.jsonl)
+	cmp <(jq .eval_accuracy a/eval_results.json) <(jq .eval_accuracy b/eval_results.json)
+}
+
+@test "compute_accuracy: refusals (pt, other stages, predict_with_generate, DFT/EAFT/ASFT, the device)" {
+	ft-cat --encode < "$FIXTURES/trainer/val.jsonl" > val.zst
+	run -2 train --stage pt --compute_accuracy true
+	assert_output --partial "only --stage sft computes it"
+	ft-cat --encode < "$FIXTURES/pref/dpo.jsonl" > dpo.zst
+	run -2 train --stage dpo --train dpo.zst --compute_accuracy true
+	assert_output --partial "only --stage sft computes it"
+	# (predict_with_generate reaches ft-train only from a config: it is ft-generate's)
+	printf 'compute_accuracy: true\npredict_with_generate: true\n' > gen.yaml
+	run -2 ft-train gen.yaml --model_name_or_path "$MODEL" --train train.zst --output_dir out
+	assert_output --partial "Cannot use --predict_with_generate and --compute_accuracy together"
+	for l in dft eaft; do
+		run -2 train --compute_accuracy true --use_${l}_loss true
+		assert_output --partial "--use_${l}_loss"
+	done
+	run -2 train --compute_accuracy true --use_asft_loss true --ref_model "$MODEL"
+	assert_output --partial "--use_asft_loss"
+	run -2 train --compute_accuracy maybe
+	local emu="$FT_ROOT/build/libft_cuda_emu.so"
+	if [ -f "$emu" ]; then
+		FT_CUDA_LIB=$emu run -2 train --compute_accuracy true --device cuda --max_steps 1 --val val.zst
+		assert_output --partial "not implemented on --device cuda"
+	fi
+	# predict_with_generate false with it is fine
+	printf 'compute_accuracy: true\npredict_with_generate: false\n' > nogen.yaml
+	run ft-train nogen.yaml --model_name_or_path "$MODEL" --train train.zst --output_dir out --max_steps 1 --val val.zst -q
+	assert_success
+}

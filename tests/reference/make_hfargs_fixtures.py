@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """make_hfargs_fixtures.py - reference values for ft-train's settings of
 transformers' trainer as LLaMA-Factory's pt/sft trainers reach them
-(docs/TRAINING.md): --label_smoothing_factor.
+(docs/TRAINING.md): --label_smoothing_factor, --compute_accuracy.
 
 Run from the repository root:
     /work/venv/bin/python tests/reference/make_hfargs_fixtures.py
@@ -24,10 +24,27 @@ Writes tests/fixtures/hfargs/label_smoothing.txt, "<run> <values...>":
                with factor 0.1, as prediction_step (compute_loss with the
                batch's own num_items_in_batch) and evaluation_loop (the
                batch losses' mean weighted by rows) make it
+And tests/fixtures/hfargs/acc-lora/, a LoRA adapter trained here from
+parity/llama-lora-init (200 steps of plain AdamW at lr 2e-2 over the 20
+parity batches, so that its argmax often hits), and accuracy.txt:
+    acc        eval_accuracy of tiny-llama + acc-lora over the 20 parity
+               batches as LLaMA-Factory computes it: eval_logit_processor
+               (argmax) on each batch, the batches concatenated as
+               transformers' evaluation_loop does, then ComputeAccuracy
+               (train/sft/metric.py), both taken from LLaMA-Factory's source
+               (LF_GIT, a bare git directory, default the mirror below)
+    pooled     the token-pooled accuracy (all hits / all label tokens):
+               not LLaMA-Factory's, written to show the test tells the two
 Made with torch 2.15.0, transformers 5.25.0, peft 0.22.0 (CPU, float32, 1 thread).
 """
+import ast
 import os
+import subprocess
 import sys
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
 
 import torch
 from peft import PeftModel
@@ -72,7 +89,55 @@ def eval_loss(eps):
     return [tot / rows]
 
 
+LF_GIT = os.environ.get("LF_GIT", "/work/.mirror/hiyouga+LLaMA-Factory/repo")
+
+
+def lf_metric():
+    src = subprocess.run(["git", "--git-dir", LF_GIT, "show", "HEAD:src/llamafactory/train/sft/metric.py"],
+                         check=True, capture_output=True, text=True).stdout
+    tree = ast.parse(src)
+    want = {"eval_logit_processor", "ComputeAccuracy"}
+    tree.body = [n for n in tree.body if getattr(n, "name", None) in want]
+    assert len(tree.body) == 2, "metric.py changed"
+    ns = {"torch": torch, "np": np, "dataclass": dataclass, "Optional": Optional, "IGNORE_INDEX": -100,
+          "numpify": lambda x: x.numpy() if torch.is_tensor(x) else np.asarray(x)}
+    exec(compile(tree, "metric.py", "exec"), ns)
+    return ns
+
+
+def acc_fixture():
+    base = build_from(MODEL, "llama")
+    m = PeftModel.from_pretrained(base, os.path.join(PARITY, "llama-lora-init"), is_trainable=True)
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=2e-2)
+    bs = batches()
+    m.train()
+    for step in range(200):
+        ids, lab = bs[step % len(bs)]
+        out = m(input_ids=ids.long(), labels=lab.long())
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+    m.save_pretrained(os.path.join(OUT, "acc-lora"))
+    m.eval()
+    lf = lf_metric()
+    preds, labels = [], []
+    with torch.no_grad():
+        for ids, lab in bs:
+            logits = m(input_ids=ids.long()).logits
+            preds.append(lf["eval_logit_processor"](logits, lab.long()))
+            labels.append(lab.long())
+    preds, labels = torch.cat(preds), torch.cat(labels)   # one T: no padding in the concatenation
+    from transformers import EvalPrediction
+    acc = lf["ComputeAccuracy"]()(EvalPrediction(predictions=preds, label_ids=labels))["accuracy"]
+    mask = labels[:, 1:] != -100
+    pooled = float((preds[:, :-1] == labels[:, 1:])[mask].double().mean())
+    with open(os.path.join(OUT, "accuracy.txt"), "w") as f:
+        f.write(f"acc {acc!r}\npooled {pooled!r}\n")
+    print("acc", acc, "pooled", pooled)
+
+
 def main():
+    acc_fixture()
     runs = []
     for name, mode, eps in [("ls_full", "full", 0.1), ("ls_lora", "lora", 0.1), ("ls_lora3", "lora", 0.3)]:
         m, lr = model(mode)
