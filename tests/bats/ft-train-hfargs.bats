@@ -1,10 +1,12 @@
 #!/usr/bin/env bats
 # ft-train's settings of transformers' Seq2SeqTrainingArguments and of
 # LLaMA-Factory's FinetuningArguments for the pt and sft trainers
-# (tools/ft-train/hfargs.c, docs/TRAINING.md): --label_smoothing_factor.
-# Parity runs against tests/fixtures/hfargs/label_smoothing.txt
-# (tests/reference/make_hfargs_fixtures.py: transformers' own LabelSmoother
-# in its accumulation loop).
+# (tools/ft-train/hfargs.c, docs/TRAINING.md): --label_smoothing_factor,
+# --compute_accuracy, --metric_for_best_model, --greater_is_better,
+# --load_best_model_at_end, --early_stopping_steps.  References in
+# tests/fixtures/hfargs/ (tests/reference/make_hfargs_fixtures.py:
+# transformers' own LabelSmoother in its accumulation loop, LLaMA-Factory's
+# own ComputeAccuracy).
 load helper
 
 MODEL="$FIXTURES/models/tiny-llama"
@@ -185,4 +187,119 @@ PARITY_REF=hfargs/label_smoothing.txt
 	printf 'compute_accuracy: true\npredict_with_generate: false\n' > nogen.yaml
 	run ft-train nogen.yaml --model_name_or_path "$MODEL" --train train.zst --output_dir out --max_steps 1 --val val.zst -q
 	assert_success
+}
+
+# ---- load_best_model_at_end, metric_for_best_model, greater_is_better, early_stopping_steps
+
+# a run whose eval loss rises after the first step and falls later (lr 3e-2
+# on the trainer fixture; measured: best at step 6 of 8, at step 1 of 1..4)
+best_run() {
+	ft-cat --encode < "$FIXTURES/trainer/val.jsonl" > val.zst
+	train --val val.zst --max_steps 8 --eval_steps 1 --save_steps 1 --logging_steps 1 --learning_rate 3e-2 \
+		-q "$@"
+}
+# the step of the smallest eval loss in DIR's log (the first of equal ones)
+min_step() {
+	jq -s -r '[.[] | select(.eval_loss)] | min_by(.eval_loss) | .current_steps' "$1/trainer_log.jsonl"
+}
+
+@test "load_best_model_at_end: the final adapter is the best checkpoint's; trainer_state names it" {
+	need_jq
+	best_run --output_dir out --load_best_model_at_end true
+	best=$(min_step out)
+	last=$(jq .global_step out/trainer_state.json)
+	[ "$best" != "$last" ]   # the run is one where the last model is not the best
+	[ "$(jq .best_global_step out/trainer_state.json)" = "$best" ]
+	[ "$(jq -r .best_model_checkpoint out/trainer_state.json)" = "out/checkpoint-$best" ]
+	[ "$(jq .best_metric out/trainer_state.json)" = \
+	  "$(jq -s "[.[] | select(.eval_loss and .current_steps == $best)][0].eval_loss" out/trainer_log.jsonl)" ]
+	cmp out/adapter_model.safetensors "out/checkpoint-$best/adapter_model.safetensors"
+	run cmp out/adapter_model.safetensors "out/checkpoint-$last/adapter_model.safetensors"
+	assert_failure
+	# eval_results.json: the best model's evaluation
+	[ "$(jq .eval_loss out/eval_results.json)" = "$(jq .best_metric out/trainer_state.json)" ]
+	# the checkpoint's own state names itself
+	[ "$(jq -r .best_model_checkpoint "out/checkpoint-$best/trainer_state.json")" = "out/checkpoint-$best" ]
+	# without it: the last model, best_metric still tracked with a metric given
+	best_run --output_dir plain --metric_for_best_model loss
+	cmp plain/adapter_model.safetensors "plain/checkpoint-$last/adapter_model.safetensors"
+	[ "$(jq .best_global_step plain/trainer_state.json)" = "$best" ]
+	best_run --output_dir none
+	[ "$(jq .best_metric none/trainer_state.json)" = null ]
+}
+
+@test "load_best_model_at_end: full fine-tuning, greater_is_better, metric names with and without eval_" {
+	need_jq
+	best_run --output_dir full --finetuning_type full --learning_rate 1e-2 --load_best_model_at_end true
+	b=$(jq .best_global_step full/trainer_state.json)
+	[ "$b" = "$(min_step full)" ]
+	cmp full/model.safetensors "full/checkpoint-$b/model.safetensors"
+	# greater_is_better on the loss picks the largest
+	best_run --output_dir g --load_best_model_at_end true --metric_for_best_model eval_loss --greater_is_better true
+	[ "$(jq .best_global_step g/trainer_state.json)" = \
+	  "$(jq -s -r '[.[] | select(.eval_loss)] | max_by(.eval_loss) | .current_steps' g/trainer_log.jsonl)" ]
+	# a metric not ending in loss defaults to greater is better: accuracy
+	best_run --output_dir acc --load_best_model_at_end true --metric_for_best_model accuracy --compute_accuracy true
+	[ "$(jq .best_metric acc/trainer_state.json)" = \
+	  "$(jq -s '[.[] | select(.eval_accuracy)] | map(.eval_accuracy) | max' acc/trainer_log.jsonl)" ]
+}
+
+@test "early_stopping_steps: stops after N evaluations without improvement; the counter in trainer_state" {
+	need_jq
+	best_run --output_dir e2 --early_stopping_steps 2 --metric_for_best_model loss
+	# evals: step 1 best, 2 and 3 worse: stopped at 3
+	[ "$(jq .global_step e2/trainer_state.json)" = 3 ]
+	[ "$(jq .stateful_callbacks.EarlyStoppingCallback.attributes.early_stopping_patience_counter e2/trainer_state.json)" = 2 ]
+	[ "$(jq .stateful_callbacks.EarlyStoppingCallback.args.early_stopping_patience e2/trainer_state.json)" = 2 ]
+	best_run --output_dir e3 --early_stopping_steps 3 --load_best_model_at_end true --save_total_limit 2
+	[ "$(jq .global_step e3/trainer_state.json)" = 4 ]
+	# the rotation keeps the best checkpoint (transformers' _sorted_checkpoints)
+	[ -d e3/checkpoint-1 ] && [ -d e3/checkpoint-4 ]
+	[ ! -d e3/checkpoint-2 ] && [ ! -d e3/checkpoint-3 ]
+	cmp e3/adapter_model.safetensors e3/checkpoint-1/adapter_model.safetensors
+	# patience 0: the first evaluation stops it
+	best_run --output_dir e0 --early_stopping_steps 0 --metric_for_best_model loss
+	[ "$(jq .global_step e0/trainer_state.json)" = 1 ]
+	# a long patience never triggers
+	best_run --output_dir e9 --early_stopping_steps 9 --metric_for_best_model loss
+	[ "$(jq .global_step e9/trainer_state.json)" = 8 ]
+}
+
+@test "best model and early stopping: resume bit for bit (best_metric and the counter restored)" {
+	need_jq
+	args=(--early_stopping_steps 3 --load_best_model_at_end true)
+	best_run --output_dir a "${args[@]}"
+	mkdir b && cp -r a/checkpoint-1 a/checkpoint-2 b/ && head -n 4 a/trainer_log.jsonl > b/trainer_log.jsonl
+	[ "$(jq -c 'select(.current_steps <= 2)' a/trainer_log.jsonl | wc -l)" = 4 ]
+	best_run --output_dir b "${args[@]}" --resume_from_checkpoint true
+	steady() { jq -c 'del(.elapsed_time, .remaining_time, .throughput)' "$1"; }
+	diff <(steady a/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
+	for k in global_step best_metric best_global_step stateful_callbacks; do
+		[ "$(jq -c .$k a/trainer_state.json)" = "$(jq -c .$k b/trainer_state.json)" ]
+	done
+	[ "$(jq -r .best_model_checkpoint b/trainer_state.json)" = b/checkpoint-1 ]
+	cmp a/adapter_model.safetensors b/adapter_model.safetensors
+}
+
+@test "best model settings: transformers' and LLaMA-Factory's refusals (exit 2)" {
+	ft-cat --encode < "$FIXTURES/trainer/val.jsonl" > val.zst
+	run -2 train --val val.zst --load_best_model_at_end true --eval_strategy steps --save_strategy epoch
+	assert_output --partial "requires the save and eval strategy to match"
+	run -2 train --val val.zst --load_best_model_at_end true --eval_steps 2 --save_steps 3
+	assert_output --partial "round multiple of the evaluation steps"
+	run -2 train --load_best_model_at_end true
+	assert_output --partial "needs evaluation"
+	run -2 train --val val.zst --early_stopping_steps 2
+	assert_output --partial "requires --metric_for_best_model"
+	run -2 train --val val.zst --early_stopping_steps 2 --metric_for_best_model loss --eval_strategy no
+	assert_output --partial "requires evaluation"
+	run -2 train --val val.zst --early_stopping_steps -1 --metric_for_best_model loss
+	run -2 train --val val.zst --greater_is_better true
+	assert_output --partial "needs --metric_for_best_model"
+	ft-cat --encode < "$FIXTURES/pref/dpo.jsonl" > dpo.zst
+	run -2 train --stage dpo --train dpo.zst --val dpo.zst --load_best_model_at_end true
+	assert_output --partial "only --stage pt and sft"
+	# a metric the evaluation does not report: transformers' KeyError, exit 1
+	run -1 train --val val.zst --max_steps 2 --eval_steps 1 --metric_for_best_model bleu -q
+	assert_output --partial "metric_for_best_model 'eval_bleu' is not among the evaluation metrics (eval_loss)"
 }

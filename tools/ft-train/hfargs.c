@@ -1,12 +1,17 @@
 /* hfargs.c - ft-train's settings of transformers' Seq2SeqTrainingArguments
  * and LLaMA-Factory's FinetuningArguments that the pt and sft trainers
- * read (docs/TRAINING.md): --label_smoothing_factor, --compute_accuracy. */
+ * read (docs/TRAINING.md): --label_smoothing_factor, --compute_accuracy,
+ * --load_best_model_at_end, --metric_for_best_model, --greater_is_better,
+ * --early_stopping_steps. */
 #include "ft-train.h"
 
+#include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 static const char *const hf_keys[] = {
-	"label_smoothing_factor", "compute_accuracy", NULL,
+	"label_smoothing_factor", "compute_accuracy", "load_best_model_at_end", "metric_for_best_model",
+	"greater_is_better", "early_stopping_steps", NULL,
 };
 
 int hfargs_known_key(const char *k)
@@ -67,10 +72,77 @@ static void accuracy_parse(ft_lfargs *a, ft_cli_args *c)
 			  c->x.asft ? "asft" : c->tune.sft_loss == FT_SFT_LOSS_DFT ? "dft" : "eaft");
 }
 
+/* LLaMA-Factory's Optional fields: absent, "null" or "none" */
+static const char *optional(const ft_lfargs *a, const char *k)
+{
+	const char *v = ft_lfargs_get(a, k, NULL);
+	return v && *v && strcasecmp(v, "null") && strcasecmp(v, "none") ? v : NULL;
+}
+
+/* TrainingArguments.__post_init__: load_best_model_at_end needs the eval
+ * and save strategies equal and, by steps, save_steps a round multiple of
+ * eval_steps */
+static void load_best_check(const ft_cli_args *c)
+{
+	const ft_train_opts *o = &c->t;
+	static const char *const names[] = { "steps", "epoch", "no" };
+	if (o->eval_strategy != o->save_strategy)
+		die_usage("--load_best_model_at_end requires the save and eval strategy to match, but found "
+			  "eval_strategy %s and save_strategy %s", names[o->eval_strategy],
+			  names[o->save_strategy]);
+	int64_t ev = o->eval_steps > 0 ? o->eval_steps : o->logging_steps;
+	if (o->eval_strategy == FT_STRATEGY_STEPS && (ev == 0 || o->save_steps % ev != 0))
+		die_usage("--load_best_model_at_end requires the saving steps to be a round multiple of the "
+			  "evaluation steps, but found %lld, which is not a round multiple of %lld",
+			  (long long)o->save_steps, (long long)ev);
+}
+
+/* The best model's settings; early_stopping_steps as LLaMA-Factory's
+ * tuner adds EarlyStoppingCallback(early_stopping_patience=N), whose
+ * on_train_begin asserts a metric and an eval strategy. */
+static void best_parse(ft_lfargs *a, ft_cli_args *c)
+{
+	ft_train_opts *o = &c->t;
+	o->load_best_model_at_end = flag(a, "load_best_model_at_end");
+	const char *es = optional(a, "early_stopping_steps"), *mb = optional(a, "metric_for_best_model");
+	const char *gb = optional(a, "greater_is_better");
+	if (es) {
+		long long n = (long long)ft_parse_double("early_stopping_steps", es);
+		if (n < 0 || (double)n != ft_parse_double("early_stopping_steps", es))
+			die_usage("--early_stopping_steps must be a whole number >= 0");
+		o->early_stopping = 1;
+		o->early_stopping_patience = n;
+	}
+	if (!o->load_best_model_at_end && !es && !mb) {
+		if (gb) die_usage("--greater_is_better needs --metric_for_best_model");
+		return;
+	}
+	if (strcmp(c->stage, "pt") && strcmp(c->stage, "sft"))
+		die_usage("--%s: only --stage pt and sft are implemented", es ? "early_stopping_steps" :
+			  mb ? "metric_for_best_model" : "load_best_model_at_end");
+	if (!mb && !o->load_best_model_at_end)
+		die_usage("--early_stopping_steps: EarlyStoppingCallback requires --metric_for_best_model "
+			  "(or --load_best_model_at_end, whose default is loss)");
+	const char *name = mb ? mb : "loss";
+	o->greater_is_better = gb ? ft_parse_bool("greater_is_better", gb)
+		: !(strlen(name) >= 4 && !strcmp(name + strlen(name) - 4, "loss"));
+	static char metric[256];
+	snprintf(metric, sizeof metric, "%s%s", strncmp(name, "eval_", 5) ? "eval_" : "", name);
+	o->metric_for_best_model = metric;
+	if (es && (o->eval_strategy == FT_STRATEGY_NO || !c->n_val))
+		die_usage("--early_stopping_steps: EarlyStoppingCallback requires evaluation (--val and an "
+			  "eval_strategy of steps or epoch)");
+	if (o->load_best_model_at_end) {
+		if (!c->n_val) die_usage("--load_best_model_at_end needs evaluation (--val BATCHES)");
+		load_best_check(c);
+	}
+}
+
 void hfargs_parse(ft_lfargs *a, ft_cli_args *c)
 {
 	label_smoothing_parse(a, c);
 	accuracy_parse(a, c);
+	best_parse(a, c);
 }
 
 void hfargs_bound(ft_cli_args *c, ft_model *m, int on_gpu)
