@@ -9,9 +9,10 @@
 
 /* Block per row: loss[row] (double) and, when grad, G in place; cap > 0:
  * the logits are soft-capped (Gemma 2), G taken through the cap from the
- * capped value it overwrites, as ft_lm_head_loss_cap. */
+ * capped value it overwrites, as ft_lm_head_loss_cap; ls: label smoothing
+ * (ft_k_ce_loss, ft_k_ce_grad_ls), the row's logit sum a block sum. */
 static __global__ void ce_k(float *l, double *loss, const int32_t *targets, int V,
-			    float grad_scale, int grad, float cap)
+			    float grad_scale, int grad, float cap, float ls)
 {
 	__shared__ float shf[CTPB];
 	__shared__ double shd[CTPB];
@@ -28,11 +29,19 @@ static __global__ void ce_k(float *l, double *loss, const int32_t *targets, int 
 	float mx, lt;
 	double sum;
 	ft_cu_row_lse(row, V, tg, shf, shd, &mx, &sum, &lt);
+	double zs = 0;   /* label smoothing: the row's logits summed */
+	if (ls != 0) {
+		for (int j = threadIdx.x; j < V; j += blockDim.x)
+			zs += row[j];
+		zs = ft_cu_block_sum(zs, shd);
+	}
 	if (threadIdx.x == 0)
-		loss[blockIdx.x] = mx + log(sum) - lt;
+		loss[blockIdx.x] = ft_k_ce_loss(mx, sum, lt, zs, ls, V);
 	if (grad)
 		for (int j = threadIdx.x; j < V; j += blockDim.x) {
-			float z = row[j], d = ft_k_ce_grad(z, mx, sum, grad_scale, j == tg);
+			float z = row[j];
+			float d = ft_k_ce_grad_ls(expf(z - mx) * (float)(grad_scale / sum), grad_scale,
+						  j == tg, ls, V);
 			row[j] = cap > 0 ? ft_k_softcap_grad(d, z, cap) : d;
 		}
 }
@@ -59,7 +68,8 @@ int ft_cu_lm_head_loss(ft_cuda_model *dm, float *dx, float *logits, const float 
 					   dm->stream), "logits rows %d..%d, V=%d", r0, r0 + nr, V);
 		}
 		FT_LAUNCH(ce_k, nr, CTPB, 0, dm->stream)(dm->head_scratch, dm->row_loss + r0,
-						  targets + r0, V, grad_scale, dx != NULL, cap);
+						  targets + r0, V, grad_scale, dx != NULL, cap,
+						  dm->v.label_smoothing);
 		LAUNCHED("cross_entropy", "rows=%d V=%d", nr, V);
 		if (!dx)
 			continue;

@@ -131,6 +131,7 @@ int ft_cuda_view_of(ft_model *m, ft_cuda_view *v)
 	 * copy beside LoRA (docs/VOCAB.md) and with freeze_extra_modules */
 	v->full = ftp_emb_trains(m);
 	v->neftune_alpha = m->o.neftune_noise_alpha;
+	v->label_smoothing = (float)m->o.label_smoothing;
 	v->gen_neftune = m->gen_neft_on;
 	v->gen_neftune_stream = m->gen_neft_stream;
 	v->lora_rank = m->o.lora_rank;

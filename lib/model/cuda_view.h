@@ -75,6 +75,7 @@ typedef struct {
 	 * the layers of bit l of `sliding` windowed with rope_local's RoPE */
 	int gemma;
 	float attn_scale, attn_softcap, final_softcap;
+	float label_smoothing;  /* transformers' LabelSmoother epsilon (0: off) */
 	uint64_t sliding[4];
 	ft_rope_params rope_local;
 	int lin_in[FT_CV_NLIN], lin_out[FT_CV_NLIN];

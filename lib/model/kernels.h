@@ -341,6 +341,42 @@ static inline FT_HD float ft_k_ce_grad(float logit, float mx, double sum,
 	return is_target ? g - grad_scale : g;
 }
 
+/* transformers' LabelSmoother on one token (eps 0: the plain
+ * cross-entropy, bit for bit): (1 - eps) (lse - z_t) + eps/V sum_v (lse -
+ * z_v) with lse = mx + log(sum) and zsum = sum_v z_v, the same
+ * denominator (num_items_in_batch) dividing both terms afterwards. */
+static inline FT_HD double ft_k_ce_loss(float mx, double sum, float lt, double zsum,
+					float eps, int V)
+{
+	double lse = mx + log(sum);
+	if (eps == 0)
+		return lse - lt;
+	return lse - (1 - (double)eps) * lt - (double)eps * zsum / V;
+}
+
+/* The smoothed gradient of grad_scale * ft_k_ce_loss at one logit, from
+ * its softmax numerator times grad_scale / sum: p - (1-eps)[target] - eps/V
+ * (eps 0: ft_k_ce_grad's value). */
+static inline FT_HD float ft_k_ce_grad_ls(float g, float grad_scale, int is_target, float eps,
+					  int V)
+{
+	if (eps == 0)
+		return is_target ? g - grad_scale : g;
+	g -= grad_scale * eps / V;
+	return is_target ? g - grad_scale * (1 - eps) : g;
+}
+
+/* The index of the largest of l[0..V), the first of equal ones
+ * (torch.argmax on finite logits). */
+static inline FT_HD int ft_k_argmax(const float *l, int V)
+{
+	int a = 0;
+	for (int j = 1; j < V; j++)
+		if (l[j] > l[a])
+			a = j;
+	return a;
+}
+
 /* One row serially: returns the loss (mx + log(sum) - l[target]) and,
  * when grad != NULL, writes the gradient of grad_scale * loss.  target
  * outside [0, V) (-100): returns 0 and writes zeros. */

@@ -643,7 +643,7 @@ double ft_lm_head_loss(float *dx, float *dW, float *logits, const float *x,
 		       int64_t *n_tok)
 {
 	return ft_lm_head_loss_cap(dx, dW, logits, x, W, targets, n, D, V, grad_scale, scratch,
-				   chunk, n_tok, 0);
+				   chunk, n_tok, 0, 0, NULL);
 }
 
 /* One exp per logit, kept in place (needed for the gradient): the exp
@@ -679,7 +679,7 @@ void ft_softcap_backward(float *d, const float *c, size_t n, float cap)
 double ft_lm_head_loss_cap(float *dx, float *dW, float *logits, const float *x,
 			   const float *W, const int32_t *targets, int n, int D,
 			   int V, float grad_scale, float *scratch, int chunk,
-			   int64_t *n_tok, float cap)
+			   int64_t *n_tok, float cap, float ls, int32_t *pred)
 {
 	double loss = 0;
 	int64_t cnt = 0;
@@ -697,6 +697,8 @@ double ft_lm_head_loss_cap(float *dx, float *dW, float *logits, const float *x,
 		for (int i = 0; i < nr; i++) {
 			float *l = scratch + (size_t)i * V;
 			int tg = targets[r0 + i];
+			if (pred)
+				pred[r0 + i] = tg < 0 || tg >= V ? -1 : ft_k_argmax(l, V);
 			if (tg < 0 || tg >= V) {   /* -100: ignored, zero gradient */
 				if (dx)
 					memset(l, 0, V * sizeof(float));
@@ -708,15 +710,17 @@ double ft_lm_head_loss_cap(float *dx, float *dW, float *logits, const float *x,
 				memcpy(zc, l, V * sizeof(float));
 			}
 			float lt = l[tg], mx;
-			double sum;
+			double sum, zs = 0;
+			if (ls != 0)   /* label smoothing: the row's logits summed first */
+				for (int j = 0; j < V; j++)
+					zs += l[j];
 			mx = ft_exp_row(l, V, &sum);
-			part += mx + log(sum) - lt;
+			part += ft_k_ce_loss(mx, sum, lt, zs, ls, V);
 			c++;
 			if (dx) {   /* softmax * grad_scale, minus grad_scale at the target */
 				float sc = (float)(grad_scale / sum);
 				for (int j = 0; j < V; j++)
-					l[j] *= sc;
-				l[tg] -= grad_scale;
+					l[j] = ft_k_ce_grad_ls(l[j] * sc, grad_scale, j == tg, ls, V);
 				if (zc)   /* through the cap */
 					ft_softcap_backward(l, zc, V, cap);
 			}

@@ -182,11 +182,15 @@ void ft_softcap_backward(float *d, const float *c, size_t n, float cap);
  * gradient of grad_scale * loss is WRITTEN to dx[n,D] and ADDED to dW
  * (dW may be NULL).  logits (NULL or [n,V]) receives the raw logits. */
 /* The same with the logits soft-capped first, softcap * tanh(z / softcap)
- * (Gemma 2's final_logit_softcapping; 0 = off), logits returned capped. */
+ * (Gemma 2's final_logit_softcapping; 0 = off), logits returned capped,
+ * and label smoothing ls (transformers' LabelSmoother epsilon; 0 = off:
+ * ft_k_ce_loss, ft_k_ce_grad_ls in kernels.h); pred (NULL or [n])
+ * receives each row's argmax logit, the first of equal ones (torch.argmax;
+ * -1 for an ignored row). */
 double ft_lm_head_loss_cap(float *dx, float *dW, float *logits, const float *x,
 			   const float *W, const int32_t *targets, int n, int D,
 			   int V, float grad_scale, float *scratch, int chunk,
-			   int64_t *n_tok, float softcap);
+			   int64_t *n_tok, float softcap, float ls, int32_t *pred);
 double ft_lm_head_loss(float *dx, float *dW, float *logits, const float *x,
 		       const float *W, const int32_t *targets, int n, int D,
 		       int V, float grad_scale, float *scratch, int chunk,

@@ -129,6 +129,9 @@ typedef struct {
 	/* PEFT's modules_to_save = {embed_tokens, lm_head} beside LoRA or OFT
 	 * (set by ft_model_train_embeddings / an adapter that has them) */
 	int modules_to_save;
+	/* transformers' label_smoothing_factor (LabelSmoother) on the plain
+	 * token loss, training and evaluation; 0 = off */
+	double label_smoothing;
 } ft_tune_opts;
 /* Defaults applied when a field is 0: lora_rank 8, lora_alpha 2*rank (as
  * LLaMA-Factory), lora_targets q_proj|v_proj.
@@ -223,6 +226,14 @@ typedef void (*ft_grads_ready_fn)(void *ctx, int group);
 void ft_model_set_grads_ready(ft_model *m, ft_grads_ready_fn fn, void *ctx);
 /* The calls so far (what a checkpoint of a loop that is not ft_train's records). */
 uint64_t ft_model_dropout_position(const ft_model *m);
+/* LLaMA-Factory's compute_accuracy (train/sft/metric.py ComputeAccuracy
+ * over eval_logit_processor's argmax): while on (set: on, sums cleared),
+ * ft_model_forward without logits adds, for each row with label tokens,
+ * the fraction of them whose argmax logit is the label; take returns the
+ * sum of those fractions and the rows (then cleared).  The accuracy is
+ * sum / rows.  Plain token loss only (not with DFT/EAFT/ASFT). */
+void ft_model_set_accuracy(ft_model *m, int on);
+void ft_model_accuracy_take(ft_model *m, double *sum, int64_t *rows);
 /* Forward only: loss as above; logits [B*T*vocab] when logits != NULL. */
 int ft_model_forward(ft_model *m, const ft_batch *b, float *logits,
 		     double *loss_sum, int64_t *n_tokens);

@@ -439,6 +439,40 @@ int ftp_model_forward_body(ft_model *m, const ft_batch *b)
 	return 0;
 }
 
+void ft_model_set_accuracy(ft_model *m, int on)
+{
+	m->acc_on = on;
+	m->acc_sum = 0;
+	m->acc_rows = 0;
+}
+
+void ft_model_accuracy_take(ft_model *m, double *sum, int64_t *rows)
+{
+	*sum = m->acc_sum;
+	*rows = m->acc_rows;
+	m->acc_sum = 0;
+	m->acc_rows = 0;
+}
+
+/* LLaMA-Factory's ComputeAccuracy on one batch: per row, the mean over its
+ * label tokens of argmax == label (pred[k] of the k-th target, at batch
+ * position m->rows[k]); rows without a label token are left out. */
+static void accuracy_add(ft_model *m, const ft_batch *b, const int32_t *pred, int n)
+{
+	int64_t *hit = ft_xcalloc((size_t)b->B * 2, sizeof *hit), *cnt = hit + b->B;
+	for (int k = 0; k < n; k++) {
+		int r = m->rows[k] / b->T;
+		cnt[r]++;
+		hit[r] += pred[k] == m->targets[k];
+	}
+	for (int r = 0; r < b->B; r++)
+		if (cnt[r]) {
+			m->acc_sum += (double)hit[r] / (double)cnt[r];
+			m->acc_rows++;
+		}
+	free(hit);
+}
+
 int ft_model_forward(ft_model *m, const ft_batch *b, float *logits,
 		     double *loss_sum, int64_t *n_tokens)
 {
@@ -457,14 +491,19 @@ int ft_model_forward(ft_model *m, const ft_batch *b, float *logits,
 		for (int i = 0; i < N; i++)
 			if (m->targets[i] != FT_IGNORE_INDEX) {
 				memcpy(m->head_x + (size_t)n * D, m->lnf + (size_t)i * D, D * sizeof(float));
+				m->rows[n] = i;
 				m->targets[n++] = m->targets[i];
 			}
 		N = n;
 		x = m->head_x;
 	}
+	int32_t *pred = !logits && m->acc_on ? ft_xmalloc((size_t)(N ? N : 1) * sizeof *pred) : NULL;
 	double loss = ft_lm_head_loss_cap(NULL, NULL, logits, x, m->lm_head.w, m->targets, N, D,
 					  m->c.vocab_size, 1, m->head_scratch, m->head_chunk, &nt,
-					  (float)m->c.final_softcap);
+					  (float)m->c.final_softcap, (float)m->o.label_smoothing, pred);
+	if (pred)
+		accuracy_add(m, b, pred, N);
+	free(pred);
 	if (loss_sum)
 		*loss_sum = loss;
 	if (n_tokens)
@@ -497,7 +536,8 @@ int ft_model_forward_backward(ft_model *m, const ft_batch *b, float grad_scale,
 	int64_t nt = 0;
 	double loss = ft_lm_head_loss_cap(m->head_dx, m->lm_head.g, NULL, m->head_x, m->lm_head.w,
 					  m->targets, n, D, c->vocab_size, grad_scale,
-					  m->head_scratch, m->head_chunk, &nt, (float)c->final_softcap);
+					  m->head_scratch, m->head_chunk, &nt, (float)c->final_softcap,
+					  (float)m->o.label_smoothing, NULL);
 	if (loss_sum)
 		*loss_sum = loss;
 	if (n_tokens)

@@ -91,6 +91,11 @@ struct ft_model {
 	ftp_acts *acts;               /* L sets, or 1 with checkpointing */
 	float *cos_t, *sin_t, *inv_freq;
 	int32_t *pos, *targets, *rows;
+	/* compute_accuracy (ft_model_set_accuracy): the per-row accuracies
+	 * summed and their rows since the last ft_model_accuracy_take */
+	int acc_on;
+	double acc_sum;
+	int64_t acc_rows;
 	float *lnf, *rstdf;
 	/* backward scratch */
 	float *d_a, *d_b, *d_ln, *d_att, *dq, *dk, *dv, *hbuf, *dh, *dgate,

@@ -566,6 +566,7 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 			     (last && (eval_every > 0 || o->eval_strategy == FT_STRATEGY_EPOCH)))) {
 				if (do_eval(&c, &st, m, val, &eval_loss) < 0) goto out;
 				eval_step = st.global_step;
+				if (ftp_best_after_eval(o, &st, eval_loss, c.evk, c.evv, c.nev) < 0) goto out;
 			}
 			/* all ranks stop together, at the step any rank was asked to */
 			int interrupted = world > 1 ? lsv[mb.n] > 0 : o->stop && *o->stop;
@@ -576,12 +577,13 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 				/* only rank 0 writes files */
 				if ((rank == 0 || dev_zero) && m->state_out && m->state_out(m->self, opt) < 0)
 					goto out;
+				ftp_best_before_save(o, &st);
 				if (rank == 0 &&
 				    ftp_ckpt_save(o, &p, m, opt, &sched, &st, r->checkpoint, sizeof r->checkpoint) < 0)
 					goto out;
 				if (rank == 0 && o->on_event) o->on_event(o->ctx, FT_EV_SAVE, NULL, r->checkpoint);
 				if (rank == 0 && o->save_total_limit > 0 &&
-				    ftp_ckpt_rotate(o->output_dir, o->save_total_limit) < 0)
+				    ftp_ckpt_rotate_best(o->output_dir, o->save_total_limit, ftp_best_ckpt_step(&st)) < 0)
 					goto out;
 				/* the whole state again only at the next save */
 				if (m->step || zero) ft_adamw_drop_moments(opt);
@@ -591,7 +593,7 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 				stop = 1;
 				break;
 			}
-			if (last) {
+			if (last || ftp_best_should_stop(o, &st)) {   /* the end, or early stopping */
 				stop = 1;
 				break;
 			}
@@ -649,7 +651,10 @@ static int finish(const ft_train_opts *o, const ft_train_plan *p, ft_train_model
 	if (write_log(c, &e) < 0) return -1;
 	if (ft_dist_rank(o->dist) != 0) goto result;   /* rank 0 writes the files */
 
-	if (m->save(m->self, o->output_dir) < 0) return ft_fail_ctx("%s: saving the model: ", o->output_dir);
+	if (ftp_best_save_model(o, m, st) < 0) return ft_fail_ctx("%s: saving the model: ", o->output_dir);
+	/* the best model's evaluation (LLaMA-Factory evaluates the loaded best) */
+	if (o->load_best_model_at_end && st->best_ckpt[0] && !isnan(eval_loss))
+		ftp_best_eval_entry(st, &eval_loss, c->evk, c->evv, &c->nev, FT_MAX_METRICS);
 	for (const char *const *f = o->extra_files; f && *f; f++)
 		if (ft_copy_into(*f, o->output_dir) < 0) return -1;
 	json_t *ts = ftp_trainer_state_json(o, p, st);

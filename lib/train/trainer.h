@@ -200,6 +200,15 @@ typedef struct {
 	 * Muon, GaLore, APOLLO: optim_ext.h), borrowed; NULL: AdamW.  With
 	 * ft_train_model.step it needs ext_step (else refused). */
 	struct ft_optim_ext *optim_ext;
+	/* transformers' metric_for_best_model ("eval_"-prefixed; NULL: no best
+	 * tracked), greater_is_better, load_best_model_at_end (the final model
+	 * from the best checkpoint), and LLaMA-Factory's early_stopping_steps
+	 * (early_stopping on: EarlyStoppingCallback with that patience,
+	 * threshold 0); the tool
+	 * makes transformers' checks (lib/train/trainer_best.c) */
+	const char *metric_for_best_model;
+	int greater_is_better, load_best_model_at_end, early_stopping;
+	int64_t early_stopping_patience;
 } ft_train_opts;
 
 void ft_train_opts_default(ft_train_opts *o);

@@ -78,7 +78,7 @@ json_t *ftp_trainer_state_json(const ft_train_opts *o, const ft_train_plan *p, c
 	if (st->peak_bytes)
 		json_object_set_new(ft, "peak_memory_bytes", json_integer((json_int_t)st->peak_bytes));
 	int64_t eval_steps = o->eval_steps > 0 ? o->eval_steps : o->logging_steps;
-	return json_pack("{s:n, s:n, s:n, s:f, s:I, s:I, s:b, s:b, s:b, s:O, s:I, s:I, s:I, "
+	json_t *ts = json_pack("{s:n, s:n, s:n, s:f, s:I, s:I, s:b, s:b, s:b, s:O, s:I, s:I, s:I, "
 			 "s:I, s:I, s:{}, s:f, s:I, s:n, s:n, s:o}",
 			 "best_global_step", "best_metric", "best_model_checkpoint",
 			 "epoch", st->epoch,
@@ -96,6 +96,8 @@ json_t *ftp_trainer_state_json(const ft_train_opts *o, const ft_train_plan *p, c
 			 "train_batch_size", (json_int_t)o->train_batch_size,
 			 "trial_name", "trial_params",
 			 "ft", ft);
+	ftp_best_state_json(o, st, ts);
+	return ts;
 }
 
 /* ---- save ------------------------------------------------------------------ */
@@ -230,6 +232,7 @@ static int read_state(const ft_train_opts *o, const ft_train_plan *p, ftp_tstate
 	st->tr_loss = (float)tr_loss;
 	st->total_loss = total_loss;
 	json_array_extend(st->log_history, hist);
+	ftp_best_state_read(o, st, ts);
 	rc = 0;
 out:
 	json_decref(ts);
@@ -305,9 +308,22 @@ char *ft_last_checkpoint(const char *dir)
 
 int ftp_ckpt_rotate(const char *output_dir, int64_t limit)
 {
+	return ftp_ckpt_rotate_best(output_dir, limit, -1);
+}
+
+int ftp_ckpt_rotate_best(const char *output_dir, int64_t limit, int64_t best)
+{
 	size_t n;
 	int64_t *v = list_ckpts(output_dir, &n);
 	int rc = 0;
+	size_t b = n;
+	for (size_t i = 0; i < n; i++)
+		if (v[i] == best) b = i;
+	/* the best moves up to the second newest, so it is deleted last */
+	for (size_t i = b; b < n && i + 2 < n; i++) {
+		int64_t t = v[i]; v[i] = v[i + 1]; v[i + 1] = t;
+	}
+	if (b < n && limit == 1 && v[n - 1] != best) limit = 2;
 	for (size_t i = 0; limit > 0 && i + (size_t)limit < n && rc == 0; i++) {
 		char *d = ft_xasprintf("%s/checkpoint-%lld", output_dir, (long long)v[i]);
 		rc = ft_remove_tree(d);

@@ -19,7 +19,33 @@ typedef struct {
 	double total_flos;        /* transformers: 6 x non-embedding params x input_ids.numel() */
 	json_t *log_history;      /* HF log_history entries */
 	size_t peak_bytes;        /* ft_train_model.peak_bytes (0: not known) */
+	/* metric_for_best_model (trainer_best.c): the best so far, its step
+	 * (0: none; not with save_strategy no), its checkpoint ("" none), the
+	 * EarlyStoppingCallback's counter */
+	int has_best;
+	double best_metric;
+	int64_t best_step, es_counter;
+	char best_ckpt[4096];
 } ftp_tstate;
+/* trainer_best.c: after an evaluation in the loop (the model's metrics
+ * k/v), whether early stopping ends training now, before a checkpoint's
+ * state is written, trainer_state.json's best_* and stateful_callbacks
+ * written and read back, the best checkpoint's step (-1: none), the
+ * final model (the best checkpoint's files with load_best_model_at_end),
+ * the best evaluation's entry of log_history (loss and model metrics). */
+int ftp_best_after_eval(const ft_train_opts *o, ftp_tstate *st, double loss, const char *const *k,
+			const double *v, size_t n);
+int ftp_best_should_stop(const ft_train_opts *o, const ftp_tstate *st);
+void ftp_best_before_save(const ft_train_opts *o, ftp_tstate *st);
+void ftp_best_state_json(const ft_train_opts *o, const ftp_tstate *st, json_t *ts);
+void ftp_best_state_read(const ft_train_opts *o, ftp_tstate *st, json_t *ts);
+int64_t ftp_best_ckpt_step(const ftp_tstate *st);
+int ftp_best_save_model(const ft_train_opts *o, ft_train_model *m, const ftp_tstate *st);
+int ftp_best_eval_entry(const ftp_tstate *st, double *loss, const char **k, double *v, size_t *n,
+			size_t cap);
+/* ftp_ckpt_rotate keeping checkpoint-<best> (-1: none) as transformers'
+ * _sorted_checkpoints / _rotate_checkpoints do */
+int ftp_ckpt_rotate_best(const char *output_dir, int64_t limit, int64_t best);
 
 int ftp_ckpt_save(const ft_train_opts *o, const ft_train_plan *p, ft_train_model *m,
 		 const ft_adamw *opt, const ft_sched *s, const ftp_tstate *st, char *out, size_t outsz);

@@ -67,7 +67,7 @@ static void check_keys(const ft_lfargs *a)
 	for (size_t i = 0; i < a->n; i++) {
 		const ft_lfarg *x = &a->v[i];
 		if (in_list(known, x->key) || pref_known_key(x->key) || ppo_known_key(x->key) || grpo_known_key(x->key) || ft_train_extras_known(x->key) ||
-		    vocab_known_key(x->key) || fp8_known_key(x->key)) continue;
+		    vocab_known_key(x->key) || fp8_known_key(x->key) || hfargs_known_key(x->key)) continue;
 		for (size_t j = 0; j < sizeof owned / sizeof *owned; j++)
 			if (!strcmp(owned[j].key, x->key)) {
 				if (!from_cmdline(x)) {
@@ -350,4 +350,5 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	ft_train_extras_parse(a, c);
 	rl_args_check(c);
 	fp8_args_parse(a, c);
+	hfargs_parse(a, c);
 }

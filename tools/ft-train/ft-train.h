@@ -55,6 +55,7 @@ typedef struct {
 	int zero;                 /* --zero 0|1 (ZeRO stage) */
 	int fp8;                  /* --fp8 in effect (fp8.c: pt and sft only) */
 	double ddp_timeout;       /* --ddp_timeout seconds (1800) */
+	int compute_accuracy;     /* hfargs.c: LLaMA-Factory's ComputeAccuracy in eval */
 	char **train, **val;
 	size_t n_train, n_val;
 	/* the preference stages (pref.c) */
@@ -89,6 +90,14 @@ void vocab_free(ft_cli_args *c);
 int fp8_known_key(const char *k);
 void fp8_args_parse(ft_lfargs *a, ft_cli_args *c);
 void fp8_model(ft_cli_args *c, ft_model *m);
+
+/* hfargs.c: transformers' and LLaMA-Factory's trainer settings of the pt
+ * and sft loops (label smoothing; after ft_train_extras_parse) */
+int hfargs_known_key(const char *k);
+void hfargs_parse(ft_lfargs *a, ft_cli_args *c);
+/* after the model is bound (on the GPU or not): compute_accuracy switched
+ * on, or refused where it is not implemented */
+void hfargs_bound(ft_cli_args *c, ft_model *m, int on_gpu);
 
 struct ft_optim_ext;
 int ft_train_extras_known(const char *key);

@@ -82,6 +82,10 @@ static const char usage[] =
 "  --gradient_accumulation_steps N (1)  --per_device_train_batch_size N (the batches')\n"
 "  --num_train_epochs X (3.0, fractional allowed)  --max_steps N (overrides epochs)\n"
 "  --seed N (42: LoRA init and dropout)\n"
+"  --label_smoothing_factor E (0)  pt/sft: transformers' LabelSmoother, (1-E) CE +\n"
+"                             E * the mean over the vocabulary of -log p, train and eval\n"
+"  --compute_accuracy         sft eval: eval_accuracy, LLaMA-Factory's ComputeAccuracy\n"
+"                             (argmax == label, per row, then the rows' mean; CPU)\n"
 "Extras (LLaMA-Factory's, docs/EXTRAS.md; on the GPU too: NEFTune, DFT/EAFT/ASFT, DoRA, OFT, the optimizers):\n"
 "  --neftune_noise_alpha A    NEFTune: U(-A/sqrt(T*d), +) noise on the embeddings\n"
 "  --loraplus_lr_ratio R      LoRA+: lora_B at learning_rate * R\n"
@@ -120,7 +124,11 @@ static const char usage[] =
 "  --save_steps N (500) --save_total_limit N  --do_train --do_eval  --plot_loss\n"
 "  --logging_strategy, --eval_strategy, --save_strategy steps|epoch|no (steps):\n"
 "                             every *_steps, at each epoch's end, or never (the\n"
-"                             end still evaluates and saves the final model)\n"
+"                             end still evaluates and saves the final model)\n""  --metric_for_best_model M (loss) --greater_is_better  the best evaluation (eval_M),\n"
+"                             in trainer_state.json's best_metric/best_model_checkpoint\n"
+"  --load_best_model_at_end   pt/sft: the final model is the best checkpoint's (eval and\n"
+"                             save strategies equal, save_steps a multiple of eval_steps)\n"
+"  --early_stopping_steps N   stop when M has not improved for N evaluations\n"
 "Preference stages (--stage rm|dpo|kto, CPU or --device cuda; docs/PREFERENCE.md):\n"
 "  --pref_loss sigmoid|hinge|ipo|orpo|simpo (sigmoid)  --pref_beta B (0.1)\n"
 "  --pref_ftx X (0: adds X * the chosen sft loss)  --dpo_label_smoothing E (0)\n"
@@ -538,12 +546,13 @@ static int eval_only(ft_cli_args *c, ft_train_model *tm, ft_batch_source *val)
 	if (ft_evaluate(tm, val, &loss, &nb, &rows) < 0) die("evaluation: %s", ft_errmsg());
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	double rt = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
-	const char *k[] = { "eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second",
-			    "perplexity" };
-	double v[] = { loss, round(rt * 1e4) / 1e4, rt > 0 ? round(rows / rt * 1e3) / 1e3 : 0,
-		       rt > 0 ? round(nb / rt * 1e3) / 1e3 : 0, exp(loss) };
-	if (ft_save_results(c->output_dir, "eval_results.json", k, v, 5) < 0 ||
-	    ft_save_results(c->output_dir, "all_results.json", k, v, 5) < 0)
+	const char *k[5 + FT_MAX_METRICS] = { "eval_loss", "eval_runtime", "eval_samples_per_second",
+					      "eval_steps_per_second", "perplexity" };
+	double v[5 + FT_MAX_METRICS] = { loss, round(rt * 1e4) / 1e4, rt > 0 ? round(rows / rt * 1e3) / 1e3 : 0,
+					 rt > 0 ? round(nb / rt * 1e3) / 1e3 : 0, exp(loss) };
+	size_t n = 5 + (tm->metrics ? tm->metrics(tm->self, 1, k + 5, v + 5, FT_MAX_METRICS) : 0);
+	if (ft_save_results(c->output_dir, "eval_results.json", k, v, n) < 0 ||
+	    ft_save_results(c->output_dir, "all_results.json", k, v, n) < 0)
 		die("%s", ft_errmsg());
 	if (ft_verbose >= 1)
 		fprintf(stderr, "***** eval metrics *****\n  eval_loss  = %.4f\n  perplexity = %.4f\n"
@@ -685,6 +694,7 @@ int main(int argc, char **argv)
 	char device[512];
 	int on_gpu = bind_model(&c, m, &tm_, &vm_, &tm, device, sizeof device);
 	c.t.device = device;
+	hfargs_bound(&c, m, on_gpu);
 	c.t.optim_ext = ft_train_extras_setup(&c, m, on_gpu);
 	int rc = 0;
 	if (!c.do_train) {
