@@ -165,7 +165,10 @@ static const ftp_route more_routes[] = {
 	/* routed to a tool that has the flag */
 	{"skip_special_tokens", FTP_G, NULL}, {"logging_first_step", FTP_R, NULL},
 	{"additional_target", FTP_R, NULL}, {"freeze_extra_modules", FTP_R, NULL},
-	{"lr_scheduler_kwargs", FTP_R, NULL},
+	{"lr_scheduler_kwargs", FTP_R, NULL}, {"label_smoothing_factor", FTP_R, NULL},
+	{"compute_accuracy", FTP_R, NULL}, {"load_best_model_at_end", FTP_R, NULL},
+	{"metric_for_best_model", FTP_R, NULL}, {"greater_is_better", FTP_R, NULL},
+	{"early_stopping_steps", FTP_R, NULL},
 	/* translated by runplan.c (no flag of their own) */
 	{"disable_gradient_checkpointing", FTP_N, NULL}, {"disable_shuffling", FTP_N, NULL},
 	{"use_cpu", FTP_N, NULL},

@@ -182,6 +182,12 @@ PARITY_REF=hfargs/label_smoothing.txt
 	if [ -f "$emu" ]; then
 		FT_CUDA_LIB=$emu run -2 train --compute_accuracy true --device cuda --max_steps 1 --val val.zst
 		assert_output --partial "not implemented on --device cuda"
+		# --device auto (ft-run's) trains on the CPU then, and says so
+		FT_CUDA_LIB=$emu run --separate-stderr train --compute_accuracy true --device auto --max_steps 1 \
+			--val val.zst --output_dir auto
+		assert_success
+		[[ "$stderr" == *"--device auto: training on the CPU: --compute_accuracy runs on the CPU only"* ]]
+		jq -e '.eval_accuracy >= 0' auto/eval_results.json
 	fi
 	# predict_with_generate false with it is fine
 	printf 'compute_accuracy: true\npredict_with_generate: false\n' > nogen.yaml

@@ -457,6 +457,7 @@ int device_pick(ft_cli_args *c, ft_model *m, int *index)
 	if (kind != FT_DEV_CPU && !strcmp(c->device, "auto")) {
 		/* auto means the GPU when it can run this job, else the CPU */
 		const char *cpu_only = ft_train_extras_cpu_only(c, m) ? ft_train_extras_cpu_only(c, m)
+				       : c->compute_accuracy ? "--compute_accuracy runs on the CPU only in ft"
 				       : rm_stage(c) && c->t.dist && c->zero ? rm_zero_cpu_only
 				       : ft_train_cuda_supports(m) < 0 ? ft_errmsg() : NULL;
 		if (cpu_only) {
