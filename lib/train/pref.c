@@ -24,6 +24,7 @@
 #include "train/dist.h"
 #include "util/atomicfile.h"
 #include "util/error.h"
+#include "util/json.h"
 #include "util/rng.h"
 
 /* ---- metrics ------------------------------------------------------------ */
@@ -66,9 +67,10 @@ struct ft_pref {
 	ft_param vh[2];           /* rm: v_head.summary.weight [1, D], .bias [1] */
 	metrics mt[2];            /* [0] training since the last log, [1] the last evaluation */
 	uint64_t drop_calls;      /* value-head dropout masks, one per call */
+	ft_pref_moments bco;      /* --pref_bco_weight: TRL's RunningMoments, checkpointed */
 	/* per batch, grown on demand */
 	size_t cap_n, cap_s;
-	float *lp, *lp_ref, *lmean, *dlp, *hd;
+	float *lp, *lp_ref, *lmean, *dlp, *hd, *ldw;
 	int32_t *seq_of;          /* target position -> sequence, -1 none */
 	int32_t *last;            /* sequence -> last label position (rm) */
 	double *sum, *sum_ref, *len, *lsum, *nlog, *buf;
@@ -83,6 +85,7 @@ static void grow(ft_pref *p, size_t n, size_t s, int D)
 		p->lp_ref = ft_xrealloc(p->lp_ref, n * sizeof(float));
 		p->lmean = ft_xrealloc(p->lmean, n * sizeof(float));
 		p->dlp = ft_xrealloc(p->dlp, n * sizeof(float));
+		p->ldw = ft_xrealloc(p->ldw, n * sizeof(float));
 		p->seq_of = ft_xrealloc(p->seq_of, n * sizeof(int32_t));
 	}
 	if (s > p->cap_s) {
@@ -165,13 +168,40 @@ static int seq_map(ft_pref *p, const ft_batch *b)
 	return 0;
 }
 
-/* Per-sequence sums of per-position values v (by seq_of) into out. */
-static void seq_sums(const ft_pref *p, const ft_batch *b, const float *v, double *out)
+/* Per-sequence sums of per-position values v (by seq_of) into out, each
+ * times w[i] when w is given. */
+static void seq_sums(const ft_pref *p, const ft_batch *b, const float *v, const float *w, double *out)
 {
 	for (int s = 0; s < p->nseq; s++) out[s] = 0;
 	size_t N = (size_t)b->B * b->T;
 	for (size_t i = 0; i < N; i++)
-		if (p->seq_of[i] >= 0) out[p->seq_of[i]] += v[i];
+		if (p->seq_of[i] >= 0) out[p->seq_of[i]] += w ? (double)w[i] * v[i] : v[i];
+}
+
+/* LD-DPO's weights (LLaMA-Factory's get_batch_logps with ld_alpha) into
+ * ldw, after seq_map: a pair's public length is the shorter response's
+ * label count; a target position t of a sequence weighs 1 while t <
+ * (its first target position) + that length, else ld_alpha (by position,
+ * as LLaMA-Factory's ld_mask: prompt holes inside a response still
+ * advance).  Per segment with neat packing (t from the row's start). */
+static void ld_weights(ft_pref *p, const ft_batch *b)
+{
+	int T = b->T, ns = p->nseq;
+	int32_t *first = p->last;   /* seq_map's last positions are not needed by dpo */
+	for (int s = 0; s < ns; s++) first[s] = -1;
+	for (int r = 0; r < b->B; r++)
+		for (int t = 0; t < T; t++) {
+			int q = p->seq_of[(size_t)r * T + t];
+			if (q >= 0 && first[q] < 0) first[q] = t;
+		}
+	for (int r = 0; r < b->B; r++)
+		for (int t = 0; t < T; t++) {
+			size_t i = (size_t)r * T + t;
+			int q = p->seq_of[i];
+			if (q < 0) { p->ldw[i] = 0; continue; }
+			double m = fmin(p->len[q & ~1], p->len[q | 1]);
+			p->ldw[i] = t < first[q] + m ? 1.0f : (float)p->o.ld_alpha;
+		}
 }
 
 /* Each sequence's sum of its rows' logit means over every position
@@ -217,8 +247,11 @@ static int dpo_step(ft_pref *p, const ft_batch *b, int train, float scale, doubl
 	if (seq_map(p, b) < 0) return -1;
 	if (ref && ref_logps(p, b) < 0) return -1;
 	if (p->pm.logps_forward(p->pm.base.self, b, train, p->lp, p->lmean) < 0) return -1;
-	seq_sums(p, b, p->lp, p->sum);
-	if (ref) seq_sums(p, b, p->lp_ref, p->sum_ref);
+	/* ld_alpha weighs the policy's log-probs only (is_ref_model: None) */
+	const float *w = p->o.ld ? p->ldw : NULL;
+	if (w) ld_weights(p, b);
+	seq_sums(p, b, p->lp, w, p->sum);
+	if (ref) seq_sums(p, b, p->lp_ref, NULL, p->sum_ref);
 	logit_sums(p, b);
 	int n = p->nseq / 2;
 	double *pc = p->buf, *pr = pc + n, *rc = pr + n, *rr = rc + n, *lc = rr + n;
@@ -232,7 +265,9 @@ static int dpo_step(ft_pref *p, const ft_batch *b, int train, float scale, doubl
 		lc[i] = p->len[2 * i];
 	}
 	/* the rewards overwrite sum / sum_ref, no longer needed */
-	*loss = ft_pref_dpo_loss(&p->o, n, pc, pr, rc, rr, lc, ls, dc, dr, rwc, rwr);
+	/* bco's baseline moves with every batch, evaluation's too (LLaMA-Factory
+	 * computes the same loss there) */
+	*loss = ft_pref_dpo_loss(&p->o, n, pc, pr, rc, rr, lc, &p->bco, ls, dc, dr, rwc, rwr);
 	metrics *m = &p->mt[!train];
 	double s[8] = { 0 }, gc = 0, gr = 0, nc = 0, nr = 0, sft = 0;
 	for (int i = 0; i < n; i++) {
@@ -263,6 +298,7 @@ static int dpo_step(ft_pref *p, const ft_batch *b, int train, float scale, doubl
 		if (q >= 0) {
 			double d = (q & 1) ? dr[q / 2] : dc[q / 2];
 			if (avg) d /= p->len[q] > 0 ? p->len[q] : 1;
+			if (w) d *= w[i];
 			g = (float)(d * scale);
 		}
 		p->dlp[i] = g;
@@ -281,8 +317,8 @@ static int kto_step(ft_pref *p, const ft_batch *b, int train, float scale, doubl
 		return ft_fail("batch %lld: kto batches must be padded (no neat packing)", (long long)b->index);
 	if (seq_map(p, b) < 0 || ref_logps(p, b) < 0) return -1;
 	if (p->pm.logps_forward(p->pm.base.self, b, train, p->lp, p->lmean) < 0) return -1;
-	seq_sums(p, b, p->lp, p->sum);
-	seq_sums(p, b, p->lp_ref, p->sum_ref);
+	seq_sums(p, b, p->lp, NULL, p->sum);
+	seq_sums(p, b, p->lp_ref, NULL, p->sum_ref);
 	logit_sums(p, b);
 	int n = p->nseq / 2;
 	/* KL estimate from the mismatched completions: the policy's KL
@@ -496,15 +532,42 @@ static int pf_state_in(void *self, const ft_adamw *opt)
 	ft_pref *p = self;
 	return p->pm.base.state_in(p->pm.base.self, opt);
 }
+/* --pref_bco_weight: the baseline's RunningMoments in bco_moments.json
+ * (TRL's save_to_json fields but std, which is derived; %.17g doubles
+ * read back exactly); then the policy's own (fp16's loss scaler). */
 static int pf_ckpt_save(void *self, const char *dir)
 {
 	ft_pref *p = self;
-	return p->pm.base.ckpt_save(p->pm.base.self, dir);
+	if (ft_pref_uses_bco(&p->o)) {
+		json_t *j = json_pack("{s:f,s:f,s:f}", "mean", p->bco.mean, "var", p->bco.var,
+				      "count", p->bco.count);
+		char *f = ft_xasprintf("%s/bco_moments.json", dir);
+		int rc = ft_json_save_file_sorted(j, f, 2);
+		free(f);
+		json_decref(j);
+		if (rc < 0) return -1;
+	}
+	return p->pm.base.ckpt_save ? p->pm.base.ckpt_save(p->pm.base.self, dir) : 0;
 }
 static int pf_ckpt_load(void *self, const char *dir)
 {
 	ft_pref *p = self;
-	return p->pm.base.ckpt_load(p->pm.base.self, dir);
+	if (ft_pref_uses_bco(&p->o)) {
+		char *f = ft_xasprintf("%s/bco_moments.json", dir);
+		json_t *j = ft_json_load_file(f);
+		ft_pref_moments m;
+		int rc = j && ft_json_req_num(j, "mean", &m.mean) == 0 && ft_json_req_num(j, "var", &m.var) == 0 &&
+			 ft_json_req_num(j, "count", &m.count) == 0 ? 0 : -1;
+		json_decref(j);
+		if (rc < 0) {
+			ft_fail("%s: %s (a checkpoint of a run with --pref_bco_weight has it)", f, ft_errmsg());
+			free(f);
+			return -1;
+		}
+		free(f);
+		p->bco = m;
+	}
+	return p->pm.base.ckpt_load ? p->pm.base.ckpt_load(p->pm.base.self, dir) : 0;
 }
 /* Data parallel on the policy's device: its gradient groups summed there
  * (NCCL) in place of the trainer's MPI sums of the params' g. */
@@ -546,7 +609,7 @@ ft_train_model ft_pref_train_model(ft_pref *p)
 		t.state_in = pf_state_in;
 		if (p->pm.base.ext_step) t.ext_step = pf_ext_step;
 	}
-	if (p->pm.base.ckpt_save) {   /* the policy's fp16 loss scaler */
+	if (p->pm.base.ckpt_save || ft_pref_uses_bco(&p->o)) {   /* fp16's loss scaler, bco's moments */
 		t.ckpt_save = pf_ckpt_save;
 		t.ckpt_load = pf_ckpt_load;
 	}
@@ -620,8 +683,26 @@ ft_pref *ft_pref_new_with(const ft_pref_model *policy, const ft_pref_model *ref,
 		ft_fail("rm on a model that steps itself needs it to keep the value head (own_value_head)");
 		return NULL;
 	}
+	if (o->bco_weight > 1e-6 && !ft_pref_uses_bco(o)) {
+		ft_fail("pref_bco_weight: the BCO loss is mixed into dpo's losses with a reference model "
+			"(sigmoid, hinge, ipo), not %s%s", o->stage == FT_PREF_DPO ? "--pref_loss " : "stage ",
+			o->stage == FT_PREF_DPO ? ft_pref_loss_name(o->loss) : o->stage == FT_PREF_RM ? "rm" : "kto");
+		return NULL;
+	}
+	if (ft_pref_uses_bco(o) && ft_dist_size(o->dist) > 1) {
+		ft_fail("pref_bco_weight under mpirun: TRL's RunningMoments gathers the batch rewards of "
+			"every rank at each micro-batch (get_global_statistics), which ft does not; run it "
+			"in one process");
+		return NULL;
+	}
+	if (o->ld && o->stage != FT_PREF_DPO) {
+		ft_fail("ld_alpha: LD-DPO weighs dpo's log-probs (LLaMA-Factory's CustomDPOTrainer), not "
+			"stage %s's", o->stage == FT_PREF_RM ? "rm" : "kto");
+		return NULL;
+	}
 	ft_pref *p = ft_xcalloc(1, sizeof *p);
 	p->pm = *policy;
+	ft_pref_moments_init(&p->bco);
 	p->has_ref = ref && ft_pref_uses_ref(o);
 	if (p->has_ref) p->rm = *ref;
 	p->o = *o;
@@ -730,7 +811,7 @@ void ft_pref_free(ft_pref *p)
 		free(p->vh[k].w);
 		free(p->vh[k].g);
 	}
-	void *bufs[] = { p->lp, p->lp_ref, p->lmean, p->dlp, p->hd, p->seq_of, p->last, p->sum,
+	void *bufs[] = { p->lp, p->lp_ref, p->lmean, p->dlp, p->ldw, p->hd, p->seq_of, p->last, p->sum,
 			 p->sum_ref, p->len, p->lsum, p->nlog, p->buf };
 	for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
 	free(p);

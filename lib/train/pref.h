@@ -32,6 +32,11 @@ typedef struct {
 	double ftx;                    /* --pref_ftx 0 */
 	double label_smoothing;        /* --dpo_label_smoothing 0 (sigmoid) */
 	double simpo_gamma;            /* --simpo_gamma 0.5 */
+	double bco_weight;             /* --pref_bco_weight 0: BCO mixed in when > 1e-6
+					* (dpo with a reference: sigmoid, hinge, ipo) */
+	int ld;                        /* --ld_alpha given (LLaMA-Factory's None: off) */
+	double ld_alpha;               /* LD-DPO: the policy's weight of the tokens past
+					* the shorter response of the pair */
 	double kto_chosen_weight, kto_rejected_weight;   /* 1.0 each */
 	double value_dropout;          /* rm: TRL ValueHead summary_dropout_prob 0.1 */
 	uint64_t seed;                 /* value-head init and dropout */
@@ -53,14 +58,32 @@ int ft_pref_avg_logps(const ft_pref_opts *o);
 
 /* ---- losses on per-sequence numbers (pref_loss.c) ---------------------- */
 
+/* TRL's RunningMoments (trainer/utils.py), BCO's reward baseline: the
+ * state a checkpoint keeps.  init: mean 0, var 1, count 1e-24, TRL's
+ * dataclass defaults. */
+typedef struct {
+	double mean, var, count;
+} ft_pref_moments;
+void ft_pref_moments_init(ft_pref_moments *m);
+/* RunningMoments.update from a batch of xs_count values with mean xs_mean
+ * and (population) variance xs_var; LLaMA-Factory's bco_loss passes one
+ * value, the micro-batch's mean reward (xs_var 0). */
+void ft_pref_moments_update(ft_pref_moments *m, double xs_mean, double xs_var, double xs_count);
+
 /* dpo over n pairs: pc, pr the policy's chosen/rejected log-probs (summed
  * or averaged as ft_pref_avg_logps says), rc, rr the reference's (ignored
  * by orpo/simpo), len_c the chosen label counts (for --pref_ftx).  Writes
  * each pair's loss, dL/dpc and dL/dpr of the batch loss (the mean over
- * pairs), and the rewards; returns the batch loss. */
+ * pairs), and the rewards; returns the batch loss.  bco: the running
+ * baseline when o->bco_weight > 1e-6 (a loss with a reference), updated
+ * with this batch's mean reward first (LLaMA-Factory's bco_loss; the
+ * baseline carries no gradient); NULL otherwise. */
 double ft_pref_dpo_loss(const ft_pref_opts *o, int n, const double *pc, const double *pr,
-			const double *rc, const double *rr, const double *len_c, double *loss,
-			double *dpc, double *dpr, double *rew_c, double *rew_r);
+			const double *rc, const double *rr, const double *len_c, ft_pref_moments *bco,
+			double *loss, double *dpc, double *dpr, double *rew_c, double *rew_r);
+/* Whether o mixes in the BCO loss (LLaMA-Factory: pref_bco_weight > 1e-6,
+ * in compute_preference_loss's branch with a reference model). */
+int ft_pref_uses_bco(const ft_pref_opts *o);
 /* kto over n examples (desirable[i]): pol, ref their summed log-probs,
  * len their label counts; kl the batch's KL estimate (already clamped at
  * 0).  Returns the batch loss (mean over examples) and dL/dpol. */

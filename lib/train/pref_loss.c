@@ -48,6 +48,32 @@ int ft_pref_avg_logps(const ft_pref_opts *o)
 	       (o->loss == FT_PREF_IPO || o->loss == FT_PREF_ORPO || o->loss == FT_PREF_SIMPO);
 }
 
+int ft_pref_uses_bco(const ft_pref_opts *o)
+{
+	return o->stage == FT_PREF_DPO && ft_pref_uses_ref(o) && o->bco_weight > 1e-6;
+}
+
+void ft_pref_moments_init(ft_pref_moments *m)
+{
+	m->mean = 0;
+	m->var = 1;
+	m->count = 1e-24;
+}
+
+/* TRL 0.18-0.24's RunningMoments.update (one process), in double: TRL
+ * keeps mean, var and count as Python floats and does the arithmetic on
+ * float32 tensors; the baseline it hands the loss is float32(mean). */
+void ft_pref_moments_update(ft_pref_moments *m, double xs_mean, double xs_var, double xs_count)
+{
+	double delta = xs_mean - m->mean, tot = m->count + xs_count;
+	double new_sum = xs_var * xs_count;
+	/* the old sum of squares, corrected for the new mean */
+	double old_sum = m->var * m->count + delta * delta * m->count * xs_count / tot;
+	m->mean += delta * xs_count / tot;
+	m->var = (old_sum + new_sum) / tot;
+	m->count = tot;
+}
+
 /* log(sigmoid(x)) without overflow, and sigmoid. */
 static double logsig(double x) { return x >= 0 ? -log1p(exp(-x)) : x - log1p(exp(x)); }
 static double sig(double x) { return x >= 0 ? 1 / (1 + exp(-x)) : exp(x) / (1 + exp(x)); }
@@ -95,14 +121,28 @@ static double pair_loss(const ft_pref_opts *o, double pc, double pr, double rc, 
 }
 
 double ft_pref_dpo_loss(const ft_pref_opts *o, int n, const double *pc, const double *pr,
-			const double *rc, const double *rr, const double *len_c, double *loss,
-			double *dpc, double *dpr, double *rew_c, double *rew_r)
+			const double *rc, const double *rr, const double *len_c, ft_pref_moments *bco,
+			double *loss, double *dpc, double *dpr, double *rew_c, double *rew_r)
 {
 	int ref = ft_pref_uses_ref(o), avg = ft_pref_avg_logps(o);
-	double tot = 0;
+	double tot = 0, b = o->beta, w = o->bco_weight, delta = 0;
+	if (!ft_pref_uses_bco(o)) bco = NULL;
+	if (bco && n > 0) {   /* the baseline: updated with cat(chosen, rejected rewards).mean() */
+		double s = 0;
+		for (int i = 0; i < n; i++) s += b * (pc[i] - rc[i]) + b * (pr[i] - rr[i]);
+		ft_pref_moments_update(bco, s / (2.0 * n), 0, 1);
+		delta = bco->mean;
+	}
 	for (int i = 0; i < n; i++) {
 		double dc, dr;
 		double l = pair_loss(o, pc[i], pr[i], ref ? rc[i] : 0, ref ? rr[i] : 0, &dc, &dr);
+		if (bco) {   /* (losses + bco_losses * w) / (1 + w) */
+			double xc = b * (pc[i] - rc[i]) - delta, xr = b * (pr[i] - rr[i]) - delta;
+			double lb = -logsig(xc) - logsig(-xr);
+			l = (l + w * lb) / (1 + w);
+			dc = (dc + w * -b * sig(-xc)) / (1 + w);
+			dr = (dr + w * b * sig(xr)) / (1 + w);
+		}
 		/* LLaMA-Factory: losses += pref_ftx * -(chosen log-prob per token) */
 		if (o->ftx > 1e-6) {
 			double lc = avg ? 1 : (len_c[i] > 0 ? len_c[i] : 1);

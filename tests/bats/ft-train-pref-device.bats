@@ -51,6 +51,13 @@ same_run() {   # flags...: the cpu and the device run agree in every logged numb
 	done
 }
 
+@test "device dpo --pref_bco_weight and --ld_alpha (host-side: baseline and weights around the device's log-probs)" {
+	same_run --stage dpo --pref_bco_weight 0.5 --ld_alpha 0.6 --train dpo.zst --val dpo.zst \
+		--adapter_name_or_path "$PREF/llama-lora"
+	same_run --stage dpo --pref_loss ipo --pref_bco_weight 1.0 --ld_alpha 0.3 --train dpo.zst --val dpo.zst \
+		--adapter_name_or_path "$PREF/llama-lora"
+}
+
 @test "device dpo full fine-tuning (reference: a frozen copy of the base on the device) and kto" {
 	same_run --stage dpo --finetuning_type full --train dpo.zst --val dpo.zst
 	same_run --stage kto --train kto.zst --val kto.zst --adapter_name_or_path "$PREF/llama-lora"

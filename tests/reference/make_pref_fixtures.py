@@ -4,6 +4,14 @@ stages (rm, dpo with each --pref_loss, kto) from transformers + PEFT.
 
 Run from the repository root:
     /work/venv/bin/python tests/reference/make_pref_fixtures.py
+    /work/venv/bin/python tests/reference/make_pref_fixtures.py --dpo-extras
+The second writes only the files of --pref_bco_weight and --ld_alpha
+(LLaMA-Factory's current CustomDPOTrainer.bco_loss with TRL 0.18-0.24's
+RunningMoments, get_batch_logps with ld_alpha), beside and without
+rewriting the others: <kind>-<case>-b<i>.safetensors for EXTRA_CASES and
+<kind>-extras-steps.json, 5 AdamW steps of EXTRA_STEPS with an evaluation
+over all batches after steps 2, 4 and 5 (the baseline moves in evaluation
+too): per step "loss" and every metric, per evaluation "eval_loss".
 Made with torch 2.15.0, transformers 5.25.0, peft 0.21.2, trl 1.16.0 (CPU).
 
 The losses are LLaMA-Factory 0.9.x's (CustomDPOTrainer, CustomKTOTrainer,
@@ -172,15 +180,53 @@ def value_head(kind):
     return v
 
 
-def logps(model, ids, lab, am):
-    """LLaMA-Factory's get_batch_logps: summed label log-probs and counts."""
+def logps(model, ids, lab, am, ld_alpha=None):
+    """LLaMA-Factory's get_batch_logps: summed label log-probs and counts;
+    with ld_alpha (LD-DPO) the positions past the first label position +
+    the pair's shorter label count weighted by ld_alpha (its code as is)."""
     logits = model(input_ids=ids, attention_mask=am).logits.float()
     lb = lab[:, 1:].clone()
     lg = logits[:, :-1, :]
     mask = lb != -100
     lb[~mask] = 0
     tok = torch.gather(lg.log_softmax(-1), 2, lb.unsqueeze(2)).squeeze(2)
-    return (tok * mask).sum(-1), mask.sum(-1), logits
+    vlen = mask.sum(-1)
+    if ld_alpha is None:
+        return (tok * mask).sum(-1), vlen, logits
+    n = lb.shape[0] // 2
+    min_len = torch.min(vlen[:n], vlen[n:])
+    start = torch.argmax(mask.int(), dim=1)
+    public = start + torch.cat([min_len, min_len], dim=0)
+    pos = torch.arange(lb.shape[-1]).expand_as(tok)
+    ld_mask = pos < public.unsqueeze(1)
+    front = (tok * (ld_mask * mask).float()).sum(-1)
+    rear = (tok * (~ld_mask * mask).float()).sum(-1)
+    return front + ld_alpha * rear, vlen, logits
+
+
+class RunningMoments:
+    """TRL 0.18-0.24 trainer/utils.py RunningMoments.update, one process
+    (accelerator.use_distributed False), transcribed with its types:
+    mean/var/count Python floats, the arithmetic on float32 tensors."""
+
+    def __init__(self):
+        self.mean, self.std, self.var, self.count = 0, 1, 1, 1e-24
+
+    @torch.no_grad()
+    def update(self, xs):
+        xs_count = xs.numel()
+        xs_var, xs_mean = torch.var_mean(xs, unbiased=False)
+        xs_mean, xs_var = xs_mean.float(), xs_var.float()
+        delta = xs_mean - self.mean
+        tot_count = self.count + xs_count
+        new_sum = xs_var * xs_count
+        old_sum = self.var * self.count + delta**2 * self.count * xs_count / tot_count
+        tot_sum = old_sum + new_sum
+        self.mean += (delta * xs_count / tot_count).item()
+        new_var = tot_sum / tot_count
+        self.std = (new_var * tot_count / (tot_count - 1)).float().sqrt().item()
+        self.var = new_var.item()
+        self.count = tot_count
 
 
 def ref_logps(pm, ids, lab, am):
@@ -188,11 +234,11 @@ def ref_logps(pm, ids, lab, am):
         return logps(pm, ids, lab, am)[0]
 
 
-def dpo_loss(case, pm, batch):
+def dpo_loss(case, pm, batch, running=None):
     ids, lab, am = batch
     loss_type, beta, ls, ftx, gamma = case["loss"], case["beta"], case["ls"], case["ftx"], case["gamma"]
     n = ids.shape[0] // 2
-    all_lp, vlen, logits = logps(pm, ids, lab, am)
+    all_lp, vlen, logits = logps(pm, ids, lab, am, case.get("ld"))
     avg = loss_type in ("ipo", "orpo", "simpo")
     if avg:
         all_lp = all_lp / vlen
@@ -219,6 +265,13 @@ def dpo_loss(case, pm, batch):
         else:
             losses = (z - 1 / (2 * beta)) ** 2
         rc_, rr_ = beta * (pc - rc).detach(), beta * (pr - rr).detach()
+        w = case.get("bco", 0.0)
+        if w > 1e-6:   # CustomDPOTrainer.bco_loss, then the re-weighting
+            rewards = torch.cat((beta * (pc - rc), beta * (pr - rr)), 0).mean().detach()
+            running.update(rewards)
+            delta = running.mean
+            bco = -F.logsigmoid((beta * (pc - rc)) - delta) - F.logsigmoid(-(beta * (pr - rr) - delta))
+            losses = (losses + bco * w) / (1.0 + w)
     sft = -pc_avg
     if ftx > 1e-6:
         losses = losses + ftx * sft
@@ -375,9 +428,80 @@ def check_value_head(d):
     print("value head OK:", tuple(v.weight.shape))
 
 
+EXTRA_CASES = [
+    {"name": "sigmoid_ld", "stage": "dpo", "loss": "sigmoid", "beta": 0.1, "ls": 0.0, "ftx": 0.0, "gamma": 0.5,
+     "ld": 0.5},
+    {"name": "ipo_ld", "stage": "dpo", "loss": "ipo", "beta": 0.1, "ls": 0.0, "ftx": 0.0, "gamma": 0.5, "ld": 0.3},
+    {"name": "simpo_ld", "stage": "dpo", "loss": "simpo", "beta": 2.0, "ls": 0.0, "ftx": 0.0, "gamma": 0.5,
+     "ld": 0.4},
+    {"name": "sigmoid_bco", "stage": "dpo", "loss": "sigmoid", "beta": 0.1, "ls": 0.0, "ftx": 0.0, "gamma": 0.5,
+     "bco": 0.5},
+    {"name": "hinge_bco_ld_ftx", "stage": "dpo", "loss": "hinge", "beta": 0.1, "ls": 0.0, "ftx": 0.3,
+     "gamma": 0.5, "bco": 2.0, "ld": 0.7},
+]
+EXTRA_STEPS = [c for c in EXTRA_CASES if c["name"] in ("sigmoid_bco", "hinge_bco_ld_ftx")] + [
+    {"name": "ipo_bco_ld", "stage": "dpo", "loss": "ipo", "beta": 0.1, "ls": 0.0, "ftx": 0.0, "gamma": 0.5,
+     "bco": 1.0, "ld": 0.3},
+]
+
+
+def extras_steps(kind, case, batches):
+    """5 steps as run_steps, evaluating every batch after steps 2, 4 and 5
+    (ft-train --eval_steps 2 --val: log, evaluate, save): the running
+    baseline is updated by every micro-batch, evaluation's included."""
+    pm = load(kind)
+    params = [p for _, p in trainable(pm, None, case)]
+    opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, (STEPS - s) / STEPS))
+    running = RunningMoments()
+    out = []
+    for s in range(STEPS):
+        opt.zero_grad()
+        loss, m = dpo_loss(case, pm, batches[s % len(batches)], running)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        rec = {"step": s + 1, "loss": float(loss)}
+        rec.update({k: float(v) for k, v in m.items()})
+        if (s + 1) % 2 == 0 or s + 1 == STEPS:
+            with torch.no_grad():
+                el = [float(dpo_loss(case, pm, b, running)[0]) for b in batches]
+            rec["eval_loss"] = sum(el) / len(el)
+        out.append(rec)
+    return out
+
+
+def dpo_extras():
+    data = pairs_data()
+    _, pth = pair_batches(data)
+    for kind in ("llama", "qwen2"):
+        for case in EXTRA_CASES:
+            for bi in (0, 1):
+                pm = load(kind)
+                pm.zero_grad()
+                loss, m = dpo_loss(case, pm, pth[bi], RunningMoments())
+                loss.backward()
+                t = {"loss": loss.detach().double().reshape(1)}
+                for k, v in m.items():
+                    t["m." + k] = torch.tensor([float(v)], dtype=torch.float64)
+                for n, p in trainable(pm, None, case):
+                    t["grad." + n] = p.grad.detach().clone().contiguous()
+                save_file(t, os.path.join(OUT, f"{kind}-{case['name']}-b{bi}.safetensors"))
+        steps = {c["name"]: extras_steps(kind, c, pth) for c in EXTRA_STEPS}
+        with open(os.path.join(OUT, kind + "-extras-steps.json"), "w") as f:
+            json.dump(steps, f, indent=1)
+            f.write("\n")
+        print(kind, "extras done")
+
+
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "--check-value-head":
         check_value_head(sys.argv[2])
+        return
+    if len(sys.argv) == 2 and sys.argv[1] == "--dpo-extras":
+        torch.set_num_threads(1)
+        dpo_extras()
         return
     torch.set_num_threads(1)
     os.makedirs(OUT, exist_ok=True)

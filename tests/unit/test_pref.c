@@ -2,8 +2,11 @@
  * against tests/reference/make_pref_fixtures.py: for a tiny Llama and
  * Qwen2 with a LoRA adapter, one batch of each case (dpo sigmoid with and
  * without label smoothing + ftx, hinge, ipo, orpo, simpo; kto plain and
- * weighted + ftx; rm with a value head): the loss, every metric and the
- * gradient of every trainable parameter.
+ * weighted + ftx; rm with a value head; --ld_alpha with sigmoid, ipo and
+ * simpo, --pref_bco_weight with sigmoid and with hinge + ld_alpha + ftx,
+ * make_pref_fixtures.py --dpo-extras): the loss, every metric and the
+ * gradient of every trainable parameter.  bco's baseline over several
+ * calls: check_bco_moments, and ft-train-pref.bats's 5-step runs.
  *
  * Tolerances: loss and metrics 1e-5 relative (floor 1e-3), or 1e-5
  * absolute: both sides sum float32 log-probs in different orders (torch's
@@ -218,21 +221,69 @@ static void check_loss_grads(void)
 		o.loss = loss;
 		o.ftx = loss == FT_PREF_SIGMOID ? 0.5 : 0;
 		o.label_smoothing = loss == FT_PREF_SIGMOID ? 0.1 : 0;
-		ft_pref_dpo_loss(&o, 2, pc, pr, rc, rr, lc, l, dc, dr, a, b2);
+		ft_pref_dpo_loss(&o, 2, pc, pr, rc, rr, lc, NULL, l, dc, dr, a, b2);
 		double worst = 0;
 		for (int i = 0; i < 2; i++)
 			for (int w = 0; w < 2; w++) {
 				double *x = w ? pr : pc, h = 1e-6, save = x[i];
 				x[i] = save + h;
-				double up = ft_pref_dpo_loss(&o, 2, pc, pr, rc, rr, lc, l, a, a, a, a);
+				double up = ft_pref_dpo_loss(&o, 2, pc, pr, rc, rr, lc, NULL, l, a, a, a, a);
 				x[i] = save - h;
-				double dn = ft_pref_dpo_loss(&o, 2, pc, pr, rc, rr, lc, l, a, a, a, a);
+				double dn = ft_pref_dpo_loss(&o, 2, pc, pr, rc, rr, lc, NULL, l, a, a, a, a);
 				x[i] = save;
 				double g = (w ? dr : dc)[i], e = fabs((up - dn) / (2 * h) - g);
 				if (e > worst) worst = e;
 			}
 		ok(worst < 1e-6, "dpo %s: gradient = central difference (%.1e)", ft_pref_loss_name(loss), worst);
 	}
+}
+
+/* BCO mixed in: the gradient against central differences with the
+ * baseline held (it carries none: a copy with a large count, so that the
+ * update moves it by less than 1e-12), and TRL's RunningMoments sequence. */
+static void check_bco_moments(void)
+{
+	ft_pref_opts o;
+	ft_pref_opts_default(&o, FT_PREF_DPO);
+	double pc[2] = { -3.1, -0.7 }, pr[2] = { -2.2, -1.9 }, rc[2] = { -3.0, -1.0 }, rr[2] = { -2.0, -2.5 };
+	double lc[2] = { 5, 3 }, l[2], dc[2], dr[2], a[2], b2[2];
+	ft_pref_moments m0 = { 0.03, 0.5, 1e12 }, m;
+	for (int loss = FT_PREF_SIGMOID; loss <= FT_PREF_IPO; loss++) {
+		o.loss = loss;
+		o.bco_weight = 0.7;
+		m = m0;
+		double base = ft_pref_dpo_loss(&o, 2, pc, pr, rc, rr, lc, &m, l, dc, dr, a, b2);
+		m = m0;
+		o.bco_weight = 0;
+		double plain = ft_pref_dpo_loss(&o, 2, pc, pr, rc, rr, lc, &m, l, a, a, a, a);
+		o.bco_weight = 0.7;
+		double worst = 0;
+		for (int i = 0; i < 2; i++)
+			for (int w = 0; w < 2; w++) {
+				double *x = w ? pr : pc, h = 1e-6, save = x[i];
+				x[i] = save + h;
+				m = m0;
+				double up = ft_pref_dpo_loss(&o, 2, pc, pr, rc, rr, lc, &m, l, a, a, a, a);
+				x[i] = save - h;
+				m = m0;
+				double dn = ft_pref_dpo_loss(&o, 2, pc, pr, rc, rr, lc, &m, l, a, a, a, a);
+				x[i] = save;
+				double g = (w ? dr : dc)[i], e = fabs((up - dn) / (2 * h) - g);
+				if (e > worst) worst = e;
+			}
+		ok(worst < 1e-6 && fabs(base - plain) > 1e-3, "dpo %s + bco: gradient = central difference "
+		   "(%.1e), the loss moved (%g vs %g)", ft_pref_loss_name(loss), worst, base, plain);
+	}
+	/* RunningMoments from its defaults: mean = the running average of the
+	 * batch means, var their population variance (1e-24 of the prior) */
+	ft_pref_moments_init(&m);
+	double xs[3] = { 0.25, -0.5, 1.0 };
+	for (int i = 0; i < 3; i++) ft_pref_moments_update(&m, xs[i], 0, 1);
+	double mu = 0.25, var = ((0.25 - mu) * (0.25 - mu) + (-0.5 - mu) * (-0.5 - mu) + (1 - mu) * (1 - mu)) / 3;
+	ok(fabs(m.mean - mu) < 1e-15 && fabs(m.var - var) < 1e-15 && m.count == 3,
+	   "RunningMoments: mean %.17g var %.17g count %g", m.mean, m.var, m.count);
+	o.loss = FT_PREF_ORPO;
+	ok(!ft_pref_uses_bco(&o), "orpo: no bco (no reference)");
 }
 
 /* Full fine-tuning with a frozen base as the reference (loaded as the
@@ -316,7 +367,8 @@ int main(void)
 	run_full("qwen2");
 	check_loss_grads();
 	ok(ft_pref_loss_parse("unknown") < 0 && strstr(ft_errmsg(), "sigmoid, hinge"), "unknown loss refused");
-	tcase cases[9];
+	check_bco_moments();
+	tcase cases[14];
 	cases[0] = mk("sigmoid", FT_PREF_DPO, FT_PREF_SIGMOID, 0.1);
 	cases[1] = mk("sigmoid_ls_ftx", FT_PREF_DPO, FT_PREF_SIGMOID, 0.3);
 	cases[1].o.label_smoothing = 0.2;
@@ -331,9 +383,27 @@ int main(void)
 	cases[7].o.kto_rejected_weight = 0.5;
 	cases[7].o.ftx = 0.3;
 	cases[8] = mk("rm", FT_PREF_RM, 0, 0.1);
+	/* make_pref_fixtures.py EXTRA_CASES: one call, the baseline from its
+	 * defaults (so after the update it is the batch's mean reward) */
+	cases[9] = mk("sigmoid_ld", FT_PREF_DPO, FT_PREF_SIGMOID, 0.1);
+	cases[9].o.ld = 1;
+	cases[9].o.ld_alpha = 0.5;
+	cases[10] = mk("ipo_ld", FT_PREF_DPO, FT_PREF_IPO, 0.1);
+	cases[10].o.ld = 1;
+	cases[10].o.ld_alpha = 0.3;
+	cases[11] = mk("simpo_ld", FT_PREF_DPO, FT_PREF_SIMPO, 2.0);
+	cases[11].o.ld = 1;
+	cases[11].o.ld_alpha = 0.4;
+	cases[12] = mk("sigmoid_bco", FT_PREF_DPO, FT_PREF_SIGMOID, 0.1);
+	cases[12].o.bco_weight = 0.5;
+	cases[13] = mk("hinge_bco_ld_ftx", FT_PREF_DPO, FT_PREF_HINGE, 0.1);
+	cases[13].o.bco_weight = 2.0;
+	cases[13].o.ld = 1;
+	cases[13].o.ld_alpha = 0.7;
+	cases[13].o.ftx = 0.3;
 	const char *kinds[] = { "llama", "qwen2" };
 	for (int k = 0; k < 2; k++)
-		for (int c = 0; c < 9; c++)
+		for (int c = 0; c < 14; c++)
 			for (int bi = 0; bi < 2; bi++)
 				run_case(kinds[k], &cases[c], bi);
 	return tap_done();

@@ -19,7 +19,7 @@
 static const char *const pref_keys[] = {
 	"pref_beta", "pref_loss", "pref_ftx", "dpo_label_smoothing", "simpo_gamma",
 	"kto_chosen_weight", "kto_rejected_weight", "ref_model", "ref_model_adapters", "do_predict",
-	NULL,
+	"pref_bco_weight", "ld_alpha", NULL,
 };
 
 int pref_known_key(const char *k)
@@ -59,8 +59,22 @@ void pref_args_parse(ft_lfargs *a, ft_cli_args *c)
 	o->simpo_gamma = num(a, "simpo_gamma", 0.5);
 	o->kto_chosen_weight = num(a, "kto_chosen_weight", 1.0);
 	o->kto_rejected_weight = num(a, "kto_rejected_weight", 1.0);
+	o->bco_weight = num(a, "pref_bco_weight", 0.0);
+	const char *ld = ft_lfargs_get(a, "ld_alpha", NULL);
+	o->ld = ld && strcmp(ld, "None") && strcmp(ld, "null");   /* a YAML null: LLaMA-Factory's default */
+	o->ld_alpha = o->ld ? ft_parse_double("ld_alpha", ld) : 0;
 	o->seed = c->tune.seed;
 	if (!(o->beta > 0)) die_usage("--pref_beta must be > 0");
+	if (o->bco_weight < 0) die_usage("--pref_bco_weight must be >= 0");
+	if (o->ld && o->ld_alpha < 0) die_usage("--ld_alpha must be >= 0 (the verbose tokens' weight)");
+	/* LLaMA-Factory ignores both silently where its trainers do not read
+	 * them; ft refuses, so that a run is what was asked */
+	if (o->bco_weight > 1e-6 && !(st == FT_PREF_DPO && ft_pref_uses_ref(o)))
+		die_usage("--pref_bco_weight: the BCO loss is mixed into dpo's losses with a reference "
+			  "model (--pref_loss sigmoid, hinge, ipo), not %s%s", st == FT_PREF_DPO ?
+			  "--pref_loss " : "--stage ", st == FT_PREF_DPO ? loss : c->stage);
+	if (o->ld && st != FT_PREF_DPO)
+		die_usage("--ld_alpha: LD-DPO weighs --stage dpo's log-probs, not --stage %s's", c->stage);
 	if (o->ftx < 0) die_usage("--pref_ftx must be >= 0");
 	if (o->label_smoothing < 0 || o->label_smoothing > 0.5)
 		die_usage("--dpo_label_smoothing must be in [0, 0.5]");
@@ -221,6 +235,10 @@ ft_train_model pref_bind(ft_cli_args *c, ft_model *m, const ft_cuda_opts *dev)
 	c->ref = ref != m ? ref : NULL;
 	c->ref_is_policy = ref == m;
 	o->dist = c->t.dist;   /* mpirun: metrics over the global batch */
+	if (ft_pref_uses_bco(o) && ft_dist_size(o->dist) > 1)
+		die_usage("--pref_bco_weight under mpirun: TRL's RunningMoments gathers the batch rewards "
+			  "of every rank at each micro-batch (get_global_statistics), which ft does not; "
+			  "run it in one process");
 	ft_pref *p;
 	if (dev) {   /* the device bindings, the reference's own when it is another model */
 		if (ft_pref_model_of_cuda(m, dev, o->stage == FT_PREF_RM, &c->pref_pm) < 0)
