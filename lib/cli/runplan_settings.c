@@ -168,7 +168,7 @@ static const ftp_route more_routes[] = {
 	{"lr_scheduler_kwargs", FTP_R, NULL}, {"label_smoothing_factor", FTP_R, NULL},
 	{"compute_accuracy", FTP_R, NULL}, {"load_best_model_at_end", FTP_R, NULL},
 	{"metric_for_best_model", FTP_R, NULL}, {"greater_is_better", FTP_R, NULL},
-	{"early_stopping_steps", FTP_R, NULL},
+	{"early_stopping_steps", FTP_R, NULL}, {"pref_bco_weight", FTP_R, NULL}, {"ld_alpha", FTP_R, NULL},
 	/* translated by runplan.c (no flag of their own) */
 	{"disable_gradient_checkpointing", FTP_N, NULL}, {"disable_shuffling", FTP_N, NULL},
 	{"use_cpu", FTP_N, NULL},
