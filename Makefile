@@ -21,7 +21,7 @@ LIB_MODEL  += infer_batch
 LIB_CUDA   += infer gemma
 LIB_CUDA   += dora oft fp8
 LIB_MODEL  += model_pref
-LIB_TRAIN  += pref pref_loss
+LIB_TRAIN  += pref pref_loss pref_cpu
 LIB_FORMAT += trainlog_extra
 # data parallel (lib/train/dist.h); dist_mpi.c is the MPI shim below, not in libft.a
 LIB_TRAIN  += dist dist_shard dist_ckpt trainer_dist
