@@ -62,14 +62,7 @@ PARITY_REF=extras/losses.txt
 @test "LoRA+: resume from a checkpoint matches the uninterrupted run" {
 	need_jq
 	args=(--learning_rate 5e-3 --max_steps 8 --logging_steps 1 --save_steps 4 --loraplus_lr_ratio 8 -q)
-	run train "${args[@]}"
-	assert_success
-	mkdir b && cp -r out/checkpoint-4 b/ && head -n 4 out/trainer_log.jsonl > b/trainer_log.jsonl
-	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b "${args[@]}" \
-		--resume_from_checkpoint b/checkpoint-4
-	assert_success
-	diff <(steady out/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
-	cmp out/adapter_model.safetensors b/adapter_model.safetensors
+	resumes_exactly 4 adapter_model.safetensors "${args[@]}"
 }
 
 # ---- NEFTune ----------------------------------------------------------------
@@ -170,14 +163,7 @@ PARITY_REF=extras/losses.txt
 	need_jq
 	args=(--finetuning_type freeze --freeze_trainable_layers 1 --freeze_extra_modules embed_tokens,lm_head
 	      --learning_rate 5e-3 --max_steps 6 --logging_steps 1 --save_steps 3 -q)
-	run train "${args[@]}"
-	assert_success
-	mkdir b && cp -r out/checkpoint-3 b/ && head -n 3 out/trainer_log.jsonl > b/trainer_log.jsonl
-	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b "${args[@]}" \
-		--resume_from_checkpoint b/checkpoint-3
-	assert_success
-	diff <(steady out/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
-	cmp out/model.safetensors b/model.safetensors
+	resumes_exactly 3 model.safetensors "${args[@]}"
 	run -2 train --finetuning_type freeze --freeze_extra_modules mlp
 	assert_output --partial "Module mlp is not found, please choose from embed_tokens, norm, lm_head"
 	run -1 ft-train --model_name_or_path "$FIXTURES/models/tiny-qwen2" --train train.zst --output_dir q \
@@ -310,14 +296,7 @@ pissa_args=(--lora_rank 4 --lora_alpha 8 --lora_target all --learning_rate 2e-3 
 @test "PiSSA: resume recomputes the residual and continues bit for bit" {
 	need_jq
 	args=("${pissa_args[@]}" --max_steps 8 --logging_steps 1 --save_steps 4 -q)
-	run train "${args[@]}"
-	assert_success
-	mkdir b && cp -r out/checkpoint-4 b/ && head -n 4 out/trainer_log.jsonl > b/trainer_log.jsonl
-	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b "${args[@]}" \
-		--resume_from_checkpoint b/checkpoint-4
-	assert_success
-	diff <(steady out/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
-	cmp out/adapter_model.safetensors b/adapter_model.safetensors
+	resumes_exactly 4 adapter_model.safetensors "${args[@]}"
 }
 
 @test "PiSSA: refusals" {
@@ -365,14 +344,7 @@ pissa_args=(--lora_rank 4 --lora_alpha 8 --lora_target all --learning_rate 2e-3 
 @test "DoRA: resume continues bit for bit" {
 	need_jq
 	args=(--use_dora --learning_rate 5e-3 --max_steps 8 --logging_steps 1 --save_steps 4 -q)
-	run train "${args[@]}"
-	assert_success
-	mkdir b && cp -r out/checkpoint-4 b/ && head -n 4 out/trainer_log.jsonl > b/trainer_log.jsonl
-	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b "${args[@]}" \
-		--resume_from_checkpoint b/checkpoint-4
-	assert_success
-	diff <(steady out/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
-	cmp out/adapter_model.safetensors b/adapter_model.safetensors
+	resumes_exactly 4 adapter_model.safetensors "${args[@]}"
 }
 
 @test "DoRA: refusals" {
@@ -422,14 +394,7 @@ pissa_args=(--lora_rank 4 --lora_alpha 8 --lora_target all --learning_rate 2e-3 
 @test "DoRA+PiSSA: resume recomputes the residual and continues bit for bit" {
 	need_jq
 	args=("${pissa_args[@]}" --use_dora --max_steps 8 --logging_steps 1 --save_steps 4 -q)
-	run train "${args[@]}"
-	assert_success
-	mkdir b && cp -r out/checkpoint-4 b/ && head -n 4 out/trainer_log.jsonl > b/trainer_log.jsonl
-	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b "${args[@]}" \
-		--resume_from_checkpoint b/checkpoint-4
-	assert_success
-	diff <(steady out/trainer_log.jsonl) <(steady b/trainer_log.jsonl)
-	cmp out/adapter_model.safetensors b/adapter_model.safetensors
+	resumes_exactly 4 adapter_model.safetensors "${args[@]}"
 }
 
 @test "DoRA+PiSSA: --pissa_convert refused (PEFT's conversion drops the magnitudes)" {

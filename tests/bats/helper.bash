@@ -32,6 +32,23 @@ from_scratch() {
 # need_jq: skip a test that reads JSON with jq where it is not installed
 need_jq() { command -v jq >/dev/null || skip "jq is not installed"; }
 
+# resumes_exactly N FILE FLAGS...: ft-train on $MODEL and train.zst with
+# FLAGS (logging every step, saving at step N) into out, then the same run
+# resumed from a copy of out/checkpoint-N in b: the logged steps and b/FILE
+# (the adapter or model) bit-identical to the uninterrupted run's
+resumes_exactly() {
+	local n=$1 file=$2 keys='{current_steps, total_steps, loss, eval_loss, lr, epoch, grad_norm, total_tokens}'
+	shift 2
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir out "$@"
+	assert_success
+	mkdir b && cp -r "out/checkpoint-$n" b/ && head -n "$n" out/trainer_log.jsonl > b/trainer_log.jsonl
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b "$@" \
+		--resume_from_checkpoint "b/checkpoint-$n"
+	assert_success
+	diff <(jq -c "$keys" out/trainer_log.jsonl) <(jq -c "$keys" b/trainer_log.jsonl)
+	cmp "out/$file" "b/$file"
+}
+
 # merge_evaluates_as ADAPTER [FLAGS...]: ft-merge ADAPTER onto $MODEL (into
 # ADAPTER-merged); the merged model's eval loss on val.zst equals the
 # adapter's (evaluated with FLAGS) within 1e-5 relative, the float32
