@@ -165,7 +165,7 @@ static const ftp_route more_routes[] = {
 	/* routed to a tool that has the flag */
 	{"skip_special_tokens", FTP_G, NULL}, {"logging_first_step", FTP_R, NULL},
 	{"additional_target", FTP_R, NULL}, {"freeze_extra_modules", FTP_R, NULL},
-	{"lr_scheduler_kwargs", FTP_R, NULL}, {"label_smoothing_factor", FTP_R, NULL},
+	{"lr_scheduler_kwargs", FTP_R, NULL}, {"create_new_adapter", FTP_R, NULL}, {"label_smoothing_factor", FTP_R, NULL},
 	{"compute_accuracy", FTP_R, NULL}, {"load_best_model_at_end", FTP_R, NULL},
 	{"metric_for_best_model", FTP_R, NULL}, {"greater_is_better", FTP_R, NULL},
 	{"early_stopping_steps", FTP_R, NULL}, {"pref_bco_weight", FTP_R, NULL}, {"ld_alpha", FTP_R, NULL},
@@ -249,7 +249,6 @@ static const ftp_route more_routes[] = {
 	{"shift_attn", FTP_X, "LongLoRA's shift short attention (S^2-Attn) is " NOT_YET},
 	{"ref_model_quantization_bit", FTP_X, "a quantized reference model is " NOT_YET},
 	{"reward_model_quantization_bit", FTP_X, "a quantized reward model is " NOT_YET},
-	{"create_new_adapter", FTP_X, "a new adapter over merged ones (create_new_adapter) is " NOT_YET},
 	{"adapter_folder", FTP_X, "a subfolder of an adapter repository: give its path in adapter_name_or_path"},
 	{"optim_args", FTP_X, "optimizer argument strings are " NOT_YET},
 	{"optim_target_modules", FTP_X, "HF's GaLore/APOLLO targets: use LLaMA-Factory's galore_target / apollo_target"},

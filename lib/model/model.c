@@ -512,6 +512,10 @@ static ft_model *model_alloc(const ft_config *c, const ft_tune_opts *o, const ch
 /* Finishes a model whose base weights are set: adapters, parameter list. */
 static ft_model *model_finish(ft_model *m)
 {
+	m->lora0_rank = m->o.lora_rank;
+	m->lora0_alpha = m->o.lora_alpha;
+	m->lora0_rslora = m->o.use_rslora;
+	m->lora0_targets = m->o.lora_targets;
 	if (m->o.type == FT_FT_LORA) {
 		ftp_lora_setup(m, m->o.lora_rank, m->o.lora_alpha, m->o.use_rslora,
 			      m->o.lora_targets);

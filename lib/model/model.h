@@ -258,6 +258,10 @@ int ft_model_load_adapter(ft_model *m, const char *adapter_dir);
 int ft_model_save_full(ft_model *m, const char *dir, const char *dtype);
 int ft_model_save_adapter(ft_model *m, const char *dir);
 int ft_model_merge_lora(ft_model *m);
+/* A new LoRA adapter as the model's options made its first one (rank,
+ * alpha, targets, the seeded A init, B zero), after loaded adapters were
+ * merged: LLaMA-Factory's create_new_adapter.  Refused on a quantized base. */
+int ft_model_new_lora(ft_model *m);
 
 /* Extras (lib/model/extras.c).  NEFTune: mag_norm = alpha / sqrt(T * d)
  * in float32 as transformers' hook computes it, and U(-mag, mag) noise

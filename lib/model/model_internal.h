@@ -115,6 +115,11 @@ struct ft_model {
 	ftp_dora *dora;              /* [L * L_NLIN], NULL without DoRA */
 	float *dora_dy;              /* DoRA: the scaled output gradient */
 	size_t dora_dy_n;
+	/* the options' own LoRA (after the defaults), for a new adapter once
+	 * loaded ones are merged (ft_model_new_lora) */
+	int lora0_rank, lora0_rslora;
+	double lora0_alpha;
+	unsigned lora0_targets;
 	float *dora_lw;              /* DoRA: a tile of rows of W + s B A */
 	size_t dora_lw_n;
 	/* QLoRA (model_quant.c): the decoder linears quantized, [L * L_NLIN],

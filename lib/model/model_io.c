@@ -569,6 +569,17 @@ static int load_oft(ft_model *m, const char *dir, const ft_adapter_config *c)
 	return 0;
 }
 
+int ft_model_new_lora(ft_model *m)
+{
+	if (m->o.type != FT_FT_LORA)
+		return ft_fail("a new LoRA adapter needs finetuning type lora");
+	if (m->qw)   /* LLaMA-Factory's parser words it so */
+		return ft_fail("Cannot create new adapter upon a quantized model.");
+	ftp_lora_setup(m, m->lora0_rank, m->lora0_alpha, m->lora0_rslora, m->lora0_targets);
+	m->lora_dropout_on = m->o.lora_dropout > 0;
+	return ftp_model_build_params(m);
+}
+
 int ft_model_merge_lora(ft_model *m)
 {
 	if (m->qw)   /* LLaMA-Factory's export_model words it so */

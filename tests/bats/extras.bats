@@ -139,6 +139,52 @@ PARITY_REF=extras/losses.txt
 	assert_output --partial "positive --freeze_trainable_layers"
 }
 
+# ---- several adapters, create_new_adapter -----------------------------------
+
+# LLaMA-Factory's init_adapter: all but the last adapter merged, the last
+# trained further (make_multi_adapter_fixtures.py runs PEFT's
+# merge_and_unload, then from_pretrained trainable); 1e-5 as above
+@test "adapter list: the first merged and the last trained, as LLaMA-Factory (parity with PEFT)" {
+	need_jq
+	REF=extras/multi_adapter_losses.txt parity_run merge_resume lora --learning_rate 2e-3 \
+		--adapter_name_or_path "$FIXTURES/parity/llama-lora-grad,$FIXTURES/parity/llama-lora-init"
+}
+
+# the same runs spelled out with ft-merge first: the merge is the same
+# float32 W + s B A on both sides, so everything is bit for bit
+@test "adapter list and create_new_adapter: the runs on an ft-merge'd base, bit for bit; refusals" {
+	need_jq
+	a="$FIXTURES/parity/llama-lora-grad" b="$FIXTURES/extras/llama-dora-init"
+	common=(--max_steps 3 --logging_steps 1 --learning_rate 5e-3 -q)
+	run ft-merge -q --model_name_or_path "$MODEL" --adapter_name_or_path "$a" --export_dir ma
+	assert_success
+	run train "${common[@]}" --adapter_name_or_path "$a,$b"
+	assert_success
+	run ft-train --model_name_or_path ma --train train.zst --output_dir onma "${common[@]}" --adapter_name_or_path "$b"
+	assert_success
+	cmp out/adapter_model.safetensors onma/adapter_model.safetensors
+	diff <(steady out/trainer_log.jsonl) <(steady onma/trainer_log.jsonl)
+	[ "$(jq .use_dora out/adapter_config.json)" = true ]   # the last adapter's own config
+	# create_new_adapter: every adapter merged, a new one from the flags
+	run ft-merge -q --model_name_or_path "$MODEL" --adapter_name_or_path "$a,$b" --export_dir mab
+	assert_success
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir new "${common[@]}" \
+		--adapter_name_or_path "$a,$b" --create_new_adapter --lora_rank 2 --lora_target all
+	assert_success
+	run ft-train --model_name_or_path mab --train train.zst --output_dir onmab "${common[@]}" \
+		--lora_rank 2 --lora_target all
+	assert_success
+	cmp new/adapter_model.safetensors onmab/adapter_model.safetensors
+	[ "$(jq -c '[.r, .use_dora]' new/adapter_config.json)" = '[2,false]' ]
+	# LLaMA-Factory's refusals, and where ft has the list
+	run -2 train --quantization_bit 4 --adapter_name_or_path "$a,$b"
+	assert_output --partial "Quantized model only accepts a single adapter. Merge them first."
+	run -2 train --quantization_bit 4 --adapter_name_or_path "$a" --create_new_adapter
+	assert_output --partial "Cannot create new adapter upon a quantized model."
+	run -2 train --stage dpo --adapter_name_or_path "$a,$b"
+	assert_output --partial "not implemented in ft yet (pt and sft)"
+}
+
 # ---- freeze_extra_modules ---------------------------------------------------
 
 # make_freeze_extra_fixtures.py transcribes LLaMA-Factory's

@@ -34,7 +34,7 @@ static const char *const meaningless[] = {
 static const char *const known[] = {
 	"stage", "model_name_or_path", "adapter_name_or_path", "train_from_scratch", "config",
 	"finetuning_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora",
-	"freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules", "learning_rate",
+	"freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules", "create_new_adapter", "learning_rate",
 	"weight_decay",
 	"adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "lr_scheduler_type",
 	"lr_scheduler_kwargs",
@@ -199,10 +199,10 @@ static int is_null(const char *v)
  * unreadable config is left to the model's loader to report. */
 static void adapter_dropout(const ft_lfargs *a, ft_cli_args *c)
 {
-	if (!c->adapter || c->tune.type != FT_FT_LORA || strchr(c->adapter, ','))
+	if (!adapters_resumed(c) || c->tune.type != FT_FT_LORA)
 		return;
 	ft_adapter_config ac;
-	char *path = ft_xasprintf("%s/" FT_ADAPTER_CONFIG_NAME, c->adapter);
+	char *path = ft_xasprintf("%s/" FT_ADAPTER_CONFIG_NAME, adapters_last(c));
 	int ok = ft_adapter_config_load(path, &ac) == 0;
 	free(path);
 	if (!ok || (ac.peft_type && strcmp(ac.peft_type, "LORA"))) {
@@ -212,7 +212,7 @@ static void adapter_dropout(const ft_lfargs *a, ft_cli_args *c)
 	if (get(a, "lora_dropout") && ac.lora_dropout != c->tune.lora_dropout)
 		warn("note: --lora_dropout %g: the adapter %s trains with its own lora_dropout %g "
 		     "(adapter_config.json, as PEFT's from_pretrained in LLaMA-Factory)",
-		     c->tune.lora_dropout, c->adapter, ac.lora_dropout);
+		     c->tune.lora_dropout, adapters_last(c), ac.lora_dropout);
 	c->tune.lora_dropout = ac.lora_dropout;
 	ft_adapter_config_free(&ac);
 }
@@ -231,6 +231,7 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	snprintf(c->stage, sizeof c->stage, "%s", stage);
 	c->model = get(a, "model_name_or_path");
 	c->adapter = get(a, "adapter_name_or_path");
+	c->create_new_adapter = get_bool(a, "create_new_adapter", 0);
 	c->from_scratch = get_bool(a, "train_from_scratch", 0);
 	c->config = get(a, "config");
 	c->output_dir = get(a, "output_dir");

@@ -205,7 +205,7 @@ void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 	if (x->pissa_iter < -1) die_usage("--pissa_iter must be -1 (exact SVD) or >= 0 (power iterations)");
 	if (x->pissa && c->tune.quantization_bit)   /* PiSSA rewrites the base weights */
 		die_usage("--pissa_init with --quantization_bit is not implemented in ft yet");
-	if (x->pissa && c->adapter)
+	if (x->pissa && adapters_resumed(c))
 		die_usage("--pissa_init initializes a new adapter; --adapter_name_or_path's own "
 			  "adapter_config.json says how it was initialized");
 
@@ -213,7 +213,7 @@ void ft_train_extras_parse(ft_lfargs *a, ft_cli_args *c)
 	x->dora = ud ? ft_parse_bool("use_dora", ud) : 0;
 	if (x->dora) {
 		if (type != FT_FT_LORA) die_usage("--use_dora is only valid for LoRA training");
-		if (c->adapter)
+		if (adapters_resumed(c))
 			die_usage("--use_dora makes a new adapter; --adapter_name_or_path's adapter_config.json "
 				  "says whether it is DoRA");
 	}

@@ -56,6 +56,7 @@ typedef struct {
 	int fp8;                  /* --fp8 in effect (fp8.c: pt and sft only) */
 	double ddp_timeout;       /* --ddp_timeout seconds (1800) */
 	int compute_accuracy;     /* hfargs.c: LLaMA-Factory's ComputeAccuracy in eval */
+	int create_new_adapter;   /* adapters.c: merge every adapter, train a new one */
 	char **train, **val;
 	size_t n_train, n_val;
 	/* the preference stages (pref.c) */
@@ -222,6 +223,11 @@ void dist_test_fault(int64_t step);
 /* qlora.c: --help's memory note; the loaded quantized model's bytes */
 void print_quant_help(FILE *f);
 void note_quant_memory(const ft_model *m, const ft_tune_opts *t);
+/* adapters.c: --adapter_name_or_path A[,B...] and --create_new_adapter */
+void adapters_check(const ft_cli_args *c);
+void adapters_load(ft_cli_args *c, ft_model *m);
+int adapters_resumed(const ft_cli_args *c);   /* an adapter trains on (not a new one) */
+const char *adapters_last(const ft_cli_args *c);
 void note_quant_device(const ft_model *m, const ft_tune_opts *t, int half);
 
 #endif

@@ -32,8 +32,10 @@ static const char usage[] =
 "  --model_name_or_path DIR   Hugging Face model directory (config.json + safetensors)\n"
 "  --train_from_scratch       random init (normal(0, initializer_range)) from --config\n"
 "  --config FILE              config.json for --train_from_scratch (default: the model's)\n"
-"  --adapter_name_or_path DIR PEFT LoRA adapter to continue training (its own r, alpha,\n"
-"                             lora_dropout), or to evaluate alone\n"
+"  --adapter_name_or_path DIR[,DIR..] PEFT LoRA adapter to continue training (its own\n"
+"                             r, alpha, lora_dropout), or to evaluate; of a list all\n"
+"                             but the last are merged first, as LLaMA-Factory\n"
+"  --create_new_adapter       merge every adapter given, train a new one\n"
 "  --output_dir DIR           adapter or weights, checkpoints, logs (required)\n"
 "  --overwrite_output_dir     allow a non-empty output_dir\n"
 "  --allow_tokenizer_mismatch train on batches whose tokenizer (manifest) differs\n"
@@ -391,7 +393,7 @@ static void check_target_names(const ft_cli_args *c, const ft_model *m)
 	static const char *const split[] = { "q_proj", "k_proj", "v_proj", "gate_proj", "up_proj" };
 	static const char *const fused[] = { "qkv_proj", "gate_up_proj" };
 	int phi3 = ft_model_config(m)->fused;
-	if ((c->tune.type != FT_FT_LORA && c->tune.type != FT_FT_OFT) || c->adapter) return;
+	if ((c->tune.type != FT_FT_LORA && c->tune.type != FT_FT_OFT) || adapters_resumed(c)) return;
 	char *s = ft_xstrdup(c->lora_target), *save = NULL;
 	for (char *t = strtok_r(s, ", ", &save); t; t = strtok_r(NULL, ", ", &save))
 		for (size_t i = 0; i < (phi3 ? 5 : 2); i++)
@@ -424,11 +426,7 @@ static ft_model *load_model(ft_cli_args *c)
 	if (!m) die("%s", ft_errmsg());
 	check_target_names(c, m);
 	vocab_model(c, m);   /* LLaMA-Factory's patch_model, before init_adapter */
-	if (c->adapter) {
-		if (c->tune.type != FT_FT_LORA && c->tune.type != FT_FT_OFT)
-			die_usage("--adapter_name_or_path needs --finetuning_type lora (or oft)");
-		if (ft_model_load_adapter(m, c->adapter) < 0) die("%s", ft_errmsg());
-	}
+	adapters_load(c, m);
 	note_quant_memory(m, &c->tune);
 	return m;
 }
@@ -615,6 +613,7 @@ int main(int argc, char **argv)
 	if (c.do_train && c.n_train == 0) die_usage("--train BATCHES is required (the output of ft-pack)");
 	if (c.resume && !c.do_train) die_usage("--resume_from_checkpoint needs training");
 
+	adapters_check(&c);
 	vocab_tokenizer(&c);   /* the batches must come from the tokenizer with the new tokens */
 	/* data first: counts and stage come from the manifests, before any work */
 	ft_manifest tm_, vm_;

@@ -84,7 +84,7 @@ static void check_emb_target(const ft_cli_args *c)
 			     c->tune.type == FT_FT_FULL ? "full" : "freeze");
 		return;
 	}
-	if (c->adapter) {
+	if (adapters_resumed(c)) {
 		if (ft_verbose >= 0)
 			warn("note: --additional_target has no effect with --adapter_name_or_path: the "
 			     "adapter brings its own modules_to_save, as LLaMA-Factory resumes it");
