@@ -147,6 +147,24 @@ lens_ok() { jq -e '. as $b | (.lengths | length) == $b.B and
 	! cmp -s a.zst c.zst || false
 }
 
+@test "--data_seed: the training order's own seed (HF's); the split keeps --seed" {
+	need_jq; enc sft
+	ft-pack -q --seed 1 --val_size 8 -o s1/ sft.zst
+	ft-pack -q --seed 1 --data_seed 5 --val_size 8 -o d5/ sft.zst
+	ft-pack -q --seed 1 --data_seed 1 --val_size 8 -o d1/ sft.zst
+	# the same split: the same validation batches, training the same examples
+	diff <(recs s1/val | jq -c .input_ids) <(recs d5/val | jq -c .input_ids)
+	diff <(recs s1 | jq -r '.input_ids[] | select(. != 0)' | sort) <(recs d5 | jq -r '.input_ids[] | select(. != 0)' | sort)
+	# in another order
+	run diff -q <(recs s1 | jq -c .input_ids) <(recs d5 | jq -c .input_ids)
+	assert_failure
+	[ "$(jq .data_seed d5/manifest.json)" = 5 ] && [ "$(jq .data_seed s1/manifest.json)" = null ]
+	# data_seed equal to seed: the same order
+	diff <(recs s1 | jq -c .input_ids) <(recs d1 | jq -c .input_ids)
+	run -2 ft-pack --data_seed -3 sft.zst -o x.zst
+	assert_output --partial "--data_seed: must not be negative"
+}
+
 @test "--num_train_epochs 3: three epochs of the same examples, each reshuffled; the first as before" {
 	need_jq; enc sft
 	ft-pack -q --per_device_train_batch_size 4 --val_size 8 --num_train_epochs 3 -o ep/ sft.zst

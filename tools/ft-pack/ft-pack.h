@@ -26,6 +26,7 @@ typedef struct {
 	int shuffle;
 	int epochs;                /* --num_train_epochs, rounded up */
 	uint64_t seed;
+	int64_t data_seed;         /* HF's data_seed: the order's seed; -1: seed */
 	double val_size;
 	/* outputs */
 	const char *output;        /* file or "-" */
@@ -34,6 +35,13 @@ typedef struct {
 	uint64_t shard_bytes, shard_batches;
 	int force, overwrite;
 } pack_opts;
+
+/* The seed of the training order: data_seed when given (the HF Trainer's
+ * sampler seed), else seed, which also draws the split. */
+static inline uint64_t order_seed(const pack_opts *o)
+{
+	return o->data_seed >= 0 ? (uint64_t)o->data_seed : o->seed;
+}
 
 /* What the input headers said (all inputs agree). */
 typedef struct {

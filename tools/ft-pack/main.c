@@ -55,6 +55,7 @@ static void usage(FILE *f)
 "  --val_size X              fraction (0 < X < 1) or count (X >= 1) of examples\n"
 "                            held out as a validation set\n"
 "  --seed N                  shuffle and split seed (default 42)\n"
+"  --data_seed N             the shuffle's own seed (HF's data_seed; the split keeps --seed)\n"
 "  --shuffle BOOL            shuffle the training batches (default true)\n"
 "  --num_train_epochs X      write ceil(X) epochs of training batches, each\n"
 "                            reshuffled (seed + epoch) as the HF Trainer's\n"
@@ -95,7 +96,7 @@ static void usage(FILE *f)
 
 enum {
 	O_CUTOFF = 256, O_BS, O_PADM, O_PACKING, O_NEAT, O_GROUP, O_WINDOW, O_STAGE, O_MAX,
-	O_VAL, O_SEED, O_SHUFFLE, O_EPOCHS, O_DROP, O_VALOUT, O_DIR, O_SHARD, O_OVERWRITE, O_EBS,
+	O_VAL, O_SEED, O_DATA_SEED, O_SHUFFLE, O_EPOCHS, O_DROP, O_VALOUT, O_DIR, O_SHARD, O_OVERWRITE, O_EBS,
 };
 
 static const struct option long_opts[] = {
@@ -111,6 +112,7 @@ static const struct option long_opts[] = {
 	{ "max_samples", required_argument, 0, O_MAX },
 	{ "val_size", required_argument, 0, O_VAL },
 	{ "seed", required_argument, 0, O_SEED },
+	{ "data_seed", required_argument, 0, O_DATA_SEED },
 	{ "shuffle", optional_argument, 0, O_SHUFFLE },
 	{ "num_train_epochs", required_argument, 0, O_EPOCHS },
 	{ "dataloader_drop_last", optional_argument, 0, O_DROP },
@@ -152,7 +154,7 @@ static void parse_args(int argc, char **argv, pack_opts *o)
 {
 	*o = (pack_opts){ .stage = -1, .max_samples = -1, .packing = -1, .cutoff_len = 0,
 			  .batch_size = 8, .eval_batch_size = 8, .pad_to_multiple_of = 8, .window = 1000, .shuffle = 1,
-			  .seed = 42, .epochs = 1 };
+			  .seed = 42, .data_seed = -1, .epochs = 1 };
 	int c;
 	while ((c = getopt_long(argc, argv, "o:fqvh", long_opts, NULL)) != -1) {
 		switch (c) {
@@ -180,6 +182,10 @@ static void parse_args(int argc, char **argv, pack_opts *o)
 			o->seed = (uint64_t)v;
 			break;
 		}
+		case O_DATA_SEED:
+			if ((o->data_seed = ft_parse_int("data_seed", optarg)) < 0)
+				die_usage("--data_seed: must not be negative");
+			break;
 		case O_SHUFFLE: o->shuffle = ft_optarg_bool("shuffle", argc, argv); break;
 		case O_EPOCHS: {
 			double x = ft_parse_double("num_train_epochs", optarg);
@@ -366,7 +372,7 @@ int main(int argc, char **argv)
 	int64_t *base, *val;
 	ft_split_units(o.seed, nu, n_val, &base, &n_train, &val);
 	int64_t *train = ft_xmalloc((size_t)(n_train ? n_train : 1) * sizeof *train);
-	ft_epoch_order(o.seed, o.shuffle, o.group_by_length, o.batch_size, &rows, base,
+	ft_epoch_order(order_seed(&o), o.shuffle, o.group_by_length, o.batch_size, &rows, base,
 		       (size_t)n_train, 0, train);
 
 	ft_pack_totals tt, tv;

@@ -37,6 +37,8 @@ json_t *split_meta(const pack_opts *o, const input_info *in, const split_out *s)
 	json_object_set_new(m, "cutoff_len", json_integer(o->cutoff_len));
 	json_object_set_new(m, "pad_to_multiple_of", json_integer(bo->pad_to_multiple_of));
 	json_object_set_new(m, "seed", json_integer((json_int_t)o->seed));
+	if (o->data_seed >= 0)
+		json_object_set_new(m, "data_seed", json_integer((json_int_t)o->data_seed));
 	json_object_set_new(m, "shuffled", json_boolean(o->shuffle && strcmp(s->split, "train") == 0));
 	json_object_set_new(m, "group_by_length", json_boolean(o->group_by_length));
 	json_object_set_new(m, "drop_last", json_boolean(bo->drop_last));
@@ -110,7 +112,7 @@ void write_split(const pack_opts *o, const input_info *in, const split_out *s,
 	for (int ep = 0; ep < s->epochs; ep++) {
 		const int64_t *units = s->units;
 		if (ep > 0) {
-			ft_epoch_order(o->seed, o->shuffle, o->group_by_length, s->bo->batch_size, s->rows,
+			ft_epoch_order(order_seed(o), o->shuffle, o->group_by_length, s->bo->batch_size, s->rows,
 				       s->base, s->n_units, ep, order);
 			units = order;
 		}
