@@ -450,6 +450,11 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	const double flos_per_token = 6.0 * (double)count_nonembed(m);
 	m->zero_grad(m->self);
 
+	/* eval_on_start: HF's _evaluate before the epochs, also on resume */
+	if (val && o->eval_on_start &&
+	    (do_eval(&c, &st, m, val, &eval_loss) < 0 ||
+	     ftp_best_start_eval(o, &st, eval_loss, c.evk, c.evv, c.nev) < 0))
+		goto out;
 	int stop = st.global_step >= p.total_steps;
 	const int64_t runs = ft_data_runs(o), first_ep = st.epoch_idx;
 	for (int64_t ep = first_ep; ep < p.num_epochs && !stop; ep++) {

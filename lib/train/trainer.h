@@ -209,6 +209,9 @@ typedef struct {
 	const char *metric_for_best_model;
 	int greater_is_better, load_best_model_at_end, early_stopping;
 	int64_t early_stopping_patience;
+	/* HF's eval_on_start: an evaluation before the first step (also when
+	 * resuming), which early stopping sees but the best metric does not */
+	int eval_on_start;
 } ft_train_opts;
 
 void ft_train_opts_default(ft_train_opts *o);

@@ -40,6 +40,26 @@ static int metric_value(const ft_train_opts *o, double loss, const char *const *
 	return ft_fail("metric_for_best_model '%s' is not among the evaluation metrics (%s)", want, names);
 }
 
+/* EarlyStoppingCallback.check_metric_value (threshold 0) */
+static void early_stop_update(const ft_train_opts *o, ftp_tstate *st, double x)
+{
+	if (!o->early_stopping) return;
+	if (!st->has_best || (better(o, x, st->best_metric) && fabs(x - st->best_metric) > 0))
+		st->es_counter = 0;
+	else
+		st->es_counter++;
+}
+
+int ftp_best_start_eval(const ft_train_opts *o, ftp_tstate *st, double loss, const char *const *k,
+			const double *v, size_t n)
+{
+	double x;
+	if (!o->metric_for_best_model) return 0;
+	if (metric_value(o, loss, k, v, n, &x) < 0) return -1;
+	early_stop_update(o, st, x);
+	return 0;
+}
+
 int ftp_best_after_eval(const ft_train_opts *o, ftp_tstate *st, double loss, const char *const *k,
 			const double *v, size_t n)
 {
@@ -47,12 +67,7 @@ int ftp_best_after_eval(const ft_train_opts *o, ftp_tstate *st, double loss, con
 	double x;
 	if (metric_value(o, loss, k, v, n, &x) < 0) return -1;
 	/* EarlyStoppingCallback.on_evaluate runs first, against the best so far */
-	if (o->early_stopping) {
-		if (!st->has_best || (better(o, x, st->best_metric) && fabs(x - st->best_metric) > 0))
-			st->es_counter = 0;
-		else
-			st->es_counter++;
-	}
+	early_stop_update(o, st, x);
 	if (!st->has_best || better(o, x, st->best_metric)) {
 		st->has_best = 1;
 		st->best_metric = x;

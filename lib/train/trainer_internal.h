@@ -36,6 +36,10 @@ typedef struct {
 int ftp_best_after_eval(const ft_train_opts *o, ftp_tstate *st, double loss, const char *const *k,
 			const double *v, size_t n);
 int ftp_best_should_stop(const ft_train_opts *o, const ftp_tstate *st);
+/* eval_on_start's evaluation: _evaluate without _determine_best_metric,
+ * so only EarlyStoppingCallback.on_evaluate sees it */
+int ftp_best_start_eval(const ft_train_opts *o, ftp_tstate *st, double loss, const char *const *k,
+			const double *v, size_t n);
 void ftp_best_before_save(const ft_train_opts *o, ftp_tstate *st);
 void ftp_best_state_json(const ft_train_opts *o, const ftp_tstate *st, json_t *ts);
 void ftp_best_state_read(const ft_train_opts *o, ftp_tstate *st, json_t *ts);

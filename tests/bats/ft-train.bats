@@ -485,3 +485,25 @@ PARITY_REF=trainer/parity_losses.txt
 	run -2 ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir x --lr_scheduler_type reduce_lr_on_plateau
 	assert_output --partial "not implemented in ft yet"
 }
+
+@test "--eval_on_start: an evaluation before the first step (the untrained model's), again when resuming" {
+	need_jq
+	ft-cat --encode < "$FIXTURES/trainer/val.jsonl" > val.zst
+	args=(--val val.zst --eval_steps 2 --max_steps 4 --logging_steps 1 --save_steps 2 -q --eval_on_start)
+	run train "${args[@]}"
+	assert_success
+	[ "$(jq -s -c '[.[] | select(.eval_loss) | .current_steps]' out/trainer_log.jsonl)" = '[0,2,4]' ]
+	# step 0 evaluates the model as it starts: a new adapter (B = 0) is the base
+	run ft-train --model_name_or_path "$MODEL" --val val.zst --do_eval --output_dir e0 -q
+	assert_success
+	[ "$(jq -s '[.[] | select(.eval_loss)][0].eval_loss' out/trainer_log.jsonl)" = "$(jq .eval_loss e0/eval_results.json)" ]
+	# resumed, HF's loop evaluates again before its first step
+	mkdir b && cp -r out/checkpoint-2 b/ && head -n 4 out/trainer_log.jsonl > b/trainer_log.jsonl
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir b "${args[@]}" \
+		--resume_from_checkpoint b/checkpoint-2
+	assert_success
+	[ "$(jq -s -c '[.[] | select(.eval_loss) | .current_steps]' b/trainer_log.jsonl)" = '[0,2,2,4]' ]
+	cmp out/adapter_model.safetensors b/adapter_model.safetensors
+	run -2 train --eval_on_start --max_steps 1
+	assert_output --partial "evaluation requires an eval dataset"
+}

@@ -40,7 +40,7 @@ static const char *const known[] = {
 	"lr_scheduler_kwargs",
 	"warmup_steps", "warmup_ratio", "gradient_accumulation_steps", "per_device_train_batch_size",
 	"per_device_eval_batch_size", "num_train_epochs", "max_steps", "seed", "logging_steps",
-	"logging_first_step", "save_steps", "save_total_limit", "eval_steps", "do_train", "do_eval",
+	"logging_first_step", "eval_on_start", "save_steps", "save_total_limit", "eval_steps", "do_train", "do_eval",
 	"val", "train", "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
 	"gradient_checkpointing", "bf16", "fp16", "plot_loss", "device", "eval_strategy",
 	"save_strategy", "logging_strategy", "optim", "allow_tokenizer_mismatch", "skip_nonfinite",
@@ -324,6 +324,9 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 		die_usage("--max_steps must be > 0, or --num_train_epochs > 0");
 	o->logging_steps = get_int(a, "logging_steps", 500);
 	o->logging_first_step = get_bool(a, "logging_first_step", 0);
+	o->eval_on_start = get_bool(a, "eval_on_start", 0);
+	if (o->eval_on_start && c->n_val == 0)   /* Trainer.evaluate's error */
+		die_usage("--eval_on_start: evaluation requires an eval dataset (--val BATCHES)");
 	o->save_steps = get_int(a, "save_steps", 500);
 	o->save_total_limit = get_int(a, "save_total_limit", 0);
 	o->eval_steps = get_int(a, "eval_steps", 0);

@@ -123,6 +123,7 @@ static const char usage[] =
 "  --fp8_enable_fsdp_float8_all_gather  accepted: a no-op without FSDP (a note)\n"
 "Logging, evaluation, checkpoints:\n"
 "  --logging_steps N (500) --logging_first_step  --eval_steps N (logging_steps)\n"
+"  --eval_on_start            evaluate before the first step (and on resume), as HF\n"
 "  --save_steps N (500) --save_total_limit N  --do_train --do_eval  --plot_loss\n"
 "  --logging_strategy, --eval_strategy, --save_strategy steps|epoch|no (steps):\n"
 "                             every *_steps, at each epoch's end, or never (the\n"
