@@ -11,7 +11,7 @@ LIB_DATA   := dataset dataset_mix pack pack_batch preprocess stage
 LIB_MODEL  := config_check cuda_view device infer layers model model_fwd model_io
 LIB_TRAIN  := cuda_train cuda_ext lr_sched optim optim_state trainer trainer_array \
               trainer_ckpt trainer_data trainer_model trainer_best
-LIB_GEN    := chat generate metrics sample
+LIB_GEN    := chat generate metrics sample beam
 LIB_EXPORT := merge merge_lora gptq gptq_calib gptq_model
 LIB_PLOT   := plot plot_ascii plot_cairo plot_log
 LIB_CLI    := cli lfargs runplan runplan_settings

@@ -1,5 +1,6 @@
 /* generate.c - batched decoding loop; see generate.h */
 #include "gen/generate.h"
+#include "gen/beam.h"
 #include "model/infer.h"
 #include "util/error.h"
 
@@ -12,6 +13,9 @@ void ft_gen_defaults(ft_gen_opts *o)
 	ft_sampling_defaults(&o->sampling);
 	o->max_new_tokens = 1024;
 	o->batch_size = 8;
+	o->num_beams = 1;
+	o->length_penalty = 1.0;
+	o->early_stopping = FT_EARLY_HEURISTIC;
 }
 
 static int is_stop(const ft_gen_opts *o, int32_t t)
@@ -99,11 +103,17 @@ static int cpu_forward(void *m, void *kv, const int32_t *tokens, const int *rows
 	return ft_infer_forward(m, kv, tokens, rows, N, want, logits);
 }
 
+ft_decoder ft_cpu_decoder(ft_model *m)
+{
+	/* m NULL: only the option checks of ft_generate_on run */
+	return (ft_decoder){ m, m ? ft_model_config(m)->vocab_size : 0, cpu_open, cpu_forward, cpu_close };
+}
+
 int ft_generate(ft_model *m, const ft_i32vec *prompts, size_t n, const ft_gen_opts *o,
 		ft_i32vec *outs, ft_gen_token_fn on_token, void *ctx)
 {
-	/* m NULL: only the option checks of ft_generate_on run */
-	ft_decoder d = { m, m ? ft_model_config(m)->vocab_size : 0, cpu_open, cpu_forward, cpu_close };
+	if (o->num_beams > 1) return ft_beam_search(m, prompts, n, o, outs, NULL, on_token, ctx);
+	ft_decoder d = ft_cpu_decoder(m);
 	return ft_generate_on(&d, prompts, n, o, outs, on_token, ctx);
 }
 
@@ -112,6 +122,8 @@ int ft_generate_on(const ft_decoder *d, const ft_i32vec *prompts, size_t n,
 {
 	if (ft_sampling_check(&o->sampling) < 0) return -1;
 	if (o->max_new_tokens < 1) return ft_fail("max_new_tokens must be at least 1");
+	if (o->num_beams > 1) return ft_beam_search_on(d, NULL, prompts, n, o, outs, NULL, on_token, ctx);
+	if (o->num_beams < 1) return ft_fail("num_beams must be at least 1 (got %d)", o->num_beams);
 	int V = d->vocab, bs = o->batch_size > 0 ? o->batch_size : 1;
 	group g = {0};
 	g.rng = ft_xmalloc(bs * sizeof *g.rng);

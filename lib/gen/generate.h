@@ -23,6 +23,10 @@ typedef struct {
 	int batch_size;              /* prompts decoded together */
 	uint64_t first_index;        /* the index prompts[0] seeds with (0): a part of a larger set
 				      * draws what the whole would (grpo's ranks) */
+	/* beam search (gen/beam.h) when num_beams > 1 */
+	int num_beams;               /* default 1 */
+	double length_penalty;       /* default 1.0: a hypothesis scores sum(logp) / len^lp */
+	int early_stopping;          /* ft_early_stopping (gen/beam.h); default false */
 } ft_gen_opts;
 
 void ft_gen_defaults(ft_gen_opts *o);
@@ -32,11 +36,18 @@ void ft_gen_defaults(ft_gen_opts *o);
 typedef void (*ft_gen_token_fn)(void *ctx, size_t prompt, int32_t token);
 
 /* Generate for n prompts; outs[i] receives the new tokens (without the
- * stop token).  on_token may be NULL.  -1 with a message on failure. */
+ * stop token).  on_token may be NULL.  -1 with a message on failure.
+ * num_beams > 1: ft_beam_search (gen/beam.h), on_token called with the
+ * chosen hypothesis once it is known. */
 int ft_generate(ft_model *m, const ft_i32vec *prompts, size_t n, const ft_gen_opts *o,
 		ft_i32vec *outs, ft_gen_token_fn on_token, void *ctx);
 
-/* ft_generate on a decoder (model/infer.h: ft_decoder). */
+/* The CPU decoder (ft_kvcache, ft_infer_forward) as an ft_decoder. */
+ft_decoder ft_cpu_decoder(ft_model *m);
+
+/* ft_generate on a decoder (model/infer.h: ft_decoder); num_beams > 1
+ * is refused (an ft_decoder cannot copy KV-cache rows between beams:
+ * gen/beam.h's ft_beam_search_on takes that as its own callback). */
 int ft_generate_on(const ft_decoder *d, const ft_i32vec *prompts, size_t n,
 		   const ft_gen_opts *o, ft_i32vec *outs, ft_gen_token_fn on_token, void *ctx);
 

@@ -49,6 +49,40 @@ static float *kv_at(const ft_kvcache *c, float *base, int l, int row, int pos)
 	return base + (((size_t)l * c->rows + row) * c->cap + pos) * c->kvdim;
 }
 
+/* Every read before any write, so a row may be both a source and a
+ * destination (beam search's reordering). */
+void ft_kvcache_copy_rows(ft_kvcache *c, const int *dst, const int *src, int n)
+{
+	int moved = 0, longest = 0;
+	for (int i = 0; i < n; i++)
+		if (dst[i] != src[i]) {
+			moved++;
+			if (c->len[src[i]] > longest) longest = c->len[src[i]];
+		}
+	if (moved == 0) return;
+	size_t row = (size_t)longest * c->kvdim;
+	float *tmp = ft_xmalloc(2 * (size_t)c->L * n * row * sizeof *tmp);
+	int *len = ft_xmalloc(n * sizeof *len);
+	for (int i = 0; i < n; i++) len[i] = c->len[src[i]];
+	for (int pass = 0; pass < 2; pass++)
+		for (int l = 0; l < c->L; l++)
+			for (int i = 0; i < n; i++) {
+				if (dst[i] == src[i]) continue;
+				float *t = tmp + ((size_t)l * n + i) * 2 * row;
+				size_t bytes = (size_t)len[i] * c->kvdim * sizeof(float);
+				if (pass == 0) {
+					memcpy(t, kv_at(c, c->k, l, src[i], 0), bytes);
+					memcpy(t + row, kv_at(c, c->v, l, src[i], 0), bytes);
+				} else {
+					memcpy(kv_at(c, c->k, l, dst[i], 0), t, bytes);
+					memcpy(kv_at(c, c->v, l, dst[i], 0), t + row, bytes);
+				}
+			}
+	for (int i = 0; i < n; i++) c->len[dst[i]] = len[i];
+	free(tmp);
+	free(len);
+}
+
 static int max_lora_rank(const ft_model *m)
 {
 	int r = 1;

@@ -21,6 +21,9 @@ void ft_kvcache_free(ft_kvcache *c);
 void ft_kvcache_reset(ft_kvcache *c, int row);     /* forget a row's tokens */
 int ft_kvcache_len(const ft_kvcache *c, int row);
 int ft_kvcache_cap(const ft_kvcache *c);
+/* Row dst[i] takes what row src[i] holds (its keys, values and length),
+ * for i < n, all as they were before the call (beam search's reorder). */
+void ft_kvcache_copy_rows(ft_kvcache *c, const int *dst, const int *src, int n);
 
 /* Feed N tokens: tokens[i] belongs to row rows[i] and takes the next
  * position of that row.  For each i with want[i] != 0 (want NULL: every

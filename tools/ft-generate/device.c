@@ -14,9 +14,25 @@ struct gen_device {
 	char desc[320];
 };
 
+/* Beam search runs on the CPU: the device decoder cannot copy KV-cache
+ * rows between beams (gen/beam.h's ft_kv_copy_fn). */
+static void beams_on_cpu(gen_cli *o)
+{
+	if (o->gen.num_beams <= 1 || !strcmp(o->device, "cpu")) return;
+	if (!strcmp(o->device, "auto")) {
+		warn("note: --device auto: --num_beams %d runs on the CPU (the device decoder cannot "
+		     "copy KV-cache rows between beams)", o->gen.num_beams);
+		o->device = "cpu";
+	} else if (!strncmp(o->device, "cuda", 4)) {
+		die_usage("--device %s: --num_beams %d runs on the CPU only (the device decoder cannot copy "
+			  "KV-cache rows between beams); use --device cpu or auto", o->device, o->gen.num_beams);
+	}
+}
+
 void gen_device_resolve(gen_cli *o)
 {
 	char why[5000];
+	beams_on_cpu(o);
 	int idx, kind = ft_device_resolve(o->device, &idx, why, sizeof why);
 	if (kind < 0) {
 		if (strcmp(o->device, "auto") && strncmp(o->device, "cuda", 4))

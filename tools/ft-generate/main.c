@@ -7,6 +7,7 @@
 #include "cli/cli.h"
 #include "ft-generate.h"
 #include "data/stage.h"
+#include "gen/beam.h"
 #include "model/quant.h"
 #include "cli/newtokens.h"
 
@@ -51,6 +52,13 @@ static void usage(void)
 "  --top_k N                    default 50 (0 disables)\n"
 "  --repetition_penalty X       default 1.0\n"
 "  --max_new_tokens N           default 1024\n"
+"  --num_beams N                beam search when > 1 (default 1), as transformers'\n"
+"                               generate; needs --do_sample false (beam sampling\n"
+"                               is refused); runs on the CPU\n"
+"  --length_penalty X           beams: a finished hypothesis scores\n"
+"                               sum(logprob) / length^X (default 1.0)\n"
+"  --early_stopping false|true|never  beams: when to stop (default false: once\n"
+"                               no running beam can beat the finished ones)\n"
 "  --seed N                     default 42; same seed, same output\n"
 "  --per_device_eval_batch_size N  prompts decoded together (default 8)\n"
 "  --skip_special_tokens BOOL   drop special tokens from answers (default true)\n"
@@ -85,6 +93,7 @@ enum {
 	O_QBIT, O_QTYPE, O_QDOUBLE, O_QMETHOD,
 	O_ENABLE_THINKING, O_PRESERVE_THINKING, O_ROPE_SCALING,
 	O_ADD_TOKENS, O_ADD_SPECIAL, O_NEW_SPECIAL_CFG,
+	O_NUM_BEAMS, O_LENGTH_PENALTY, O_EARLY_STOPPING,
 };
 
 static const struct option longopts[] = {
@@ -103,6 +112,9 @@ static const struct option longopts[] = {
 	{"top_k", required_argument, 0, O_TOP_K},
 	{"repetition_penalty", required_argument, 0, O_REP},
 	{"max_new_tokens", required_argument, 0, O_MAX_NEW},
+	{"num_beams", required_argument, 0, O_NUM_BEAMS},
+	{"length_penalty", required_argument, 0, O_LENGTH_PENALTY},
+	{"early_stopping", required_argument, 0, O_EARLY_STOPPING},
 	{"seed", required_argument, 0, O_SEED},
 	{"per_device_eval_batch_size", required_argument, 0, O_BATCH},
 	{"batch_size", required_argument, 0, O_BATCH},
@@ -143,6 +155,11 @@ static void parse_number_option(gen_cli *o, int c, const char *a)
 	case O_TOP_K: o->gen.sampling.top_k = (int)ft_parse_int("top_k", a); break;
 	case O_REP: o->gen.sampling.repetition_penalty = ft_parse_double("repetition_penalty", a); break;
 	case O_MAX_NEW: o->gen.max_new_tokens = (int)ft_parse_int("max_new_tokens", a); break;
+	case O_NUM_BEAMS: o->gen.num_beams = (int)ft_parse_int("num_beams", a); break;
+	case O_LENGTH_PENALTY: o->gen.length_penalty = ft_parse_double("length_penalty", a); break;
+	case O_EARLY_STOPPING:
+		if (ft_early_stopping_parse(a, &o->gen.early_stopping) < 0) die_usage("--%s", ft_errmsg());
+		break;
 	case O_SEED: o->gen.seed = (uint64_t)ft_parse_int("seed", a); break;
 	case O_BATCH: o->gen.batch_size = (int)ft_parse_int("per_device_eval_batch_size", a); break;
 	case O_MAX_SAMPLES: o->max_samples = ft_parse_int("max_samples", a); break;
@@ -206,6 +223,11 @@ static void parse_args(gen_cli *o, int argc, char **argv)
 	if (optind < argc) die_usage("one input at most ('%s' is extra)", argv[optind]);
 	if (ft_sampling_check(&o->gen.sampling) < 0) die_usage("%s", ft_errmsg());
 	if (o->gen.max_new_tokens < 1) die_usage("--max_new_tokens must be at least 1");
+	if (o->gen.num_beams > 1 && o->gen.sampling.do_sample)
+		die_usage("--num_beams %d with --do_sample true (LLaMA-Factory's default) is transformers' beam "
+			  "sampling, whose torch.multinomial draws ft cannot reproduce: add --do_sample false",
+			  o->gen.num_beams);
+	if (ft_beam_check(&o->gen) < 0) die_usage("--%s", ft_errmsg());
 	if (o->gen.batch_size < 1) die_usage("--per_device_eval_batch_size must be at least 1");
 	if (o->bf16 && o->fp16) die_usage("--bf16 and --fp16 exclude each other");
 	/* LLaMA-Factory checks these against finetuning_type lora, which
