@@ -203,7 +203,7 @@ static const ftp_route more_routes[] = {
 	{"buffer_size", FTP_N, "used only with streaming"},
 	{"max_length", FTP_N, "ft-generate stops at max_new_tokens, which overrides max_length as in transformers"},
 	{"generation_max_length", FTP_N, "ft-generate stops at max_new_tokens, which overrides it as in transformers"},
-	{"length_penalty", FTP_N, "used only by beam search (num_beams > 1)"},
+	{"length_penalty", FTP_G, NULL},
 	{"use_kv_cache", FTP_N, "ft-generate always decodes with a KV cache (the same tokens)"},
 	{"use_cache", FTP_N, "ft keeps a KV cache only when generating"},
 	{"tf32", FTP_N, "the device's fp32 products use TF32 where docs/CUDA.md says; the CPU's are fp32"},
@@ -234,7 +234,11 @@ static const ftp_route more_routes[] = {
 	{"local_rank", FTP_N, "set by torch's launcher; ft's ranks come from mpirun"},
 	/* checked by value (value_check): some values are ft's, the others refused */
 	{"ignore_pad_token_for_loss", FTP_N, NULL}, {"average_tokens_across_devices", FTP_N, NULL},
-	{"num_beams", FTP_N, NULL}, {"eval_num_beams", FTP_N, NULL}, {"generation_num_beams", FTP_N, NULL},
+	{"num_beams", FTP_G, NULL},
+	{"eval_num_beams", FTP_N, "predict's num_beams decides (Seq2SeqTrainer uses generation_num_beams "
+	 "only without num_beams, and LLaMA-Factory always passes it)"},
+	{"generation_num_beams", FTP_N, "predict's num_beams decides (Seq2SeqTrainer uses it only "
+	 "without num_beams, and LLaMA-Factory always passes it)"},
 	{"train_sampling_strategy", FTP_N, NULL},
 	/* refused (given as anything but off), one reason each */
 	{"task", FTP_X, EVALCMD}, {"task_dir", FTP_X, EVALCMD}, {"n_shot", FTP_X, EVALCMD},
@@ -400,7 +404,7 @@ static int is_off(const char *v)
 	       !strcmp(v, "~") || !strcasecmp(v, "none");
 }
 
-static void value_check(ft_runplan *p, const ft_lfarg *s)
+static void value_check(ft_runplan *p, const ft_lfargs *a, const ft_lfarg *s)
 {
 	const char *k = s->key, *v = s->value;
 	if (!strcmp(k, "deepspeed") || !strcmp(k, "fsdp")) {
@@ -432,11 +436,13 @@ static void value_check(ft_runplan *p, const ft_lfarg *s)
 							 k[0] == 'i' ? "ft never trains on padding tokens"
 								    : "ft's data parallel divides the loss by the "
 								      "label tokens of all ranks"));
-	} else if (!strcmp(k, "num_beams") || !strcmp(k, "eval_num_beams") ||
-		   !strcmp(k, "generation_num_beams")) {
-		if (strcmp(v, "1") && !is_off(v))
-			ftp_plan_problem(p, ft_xasprintf("%s: %s %s: beam search is " NOT_YET " (ft-generate "
-							 "decodes greedily or samples)", s->origin, k, v));
+	} else if (!strcmp(k, "num_beams")) {
+		/* LLaMA-Factory's do_sample defaults to true: beam sampling */
+		if (strcmp(v, "1") && !is_off(v) && ft_lfargs_bool(a, "do_sample", 1) != 0)
+			ftp_plan_problem(p, ft_xasprintf("%s: num_beams %s with do_sample true is transformers' "
+							 "beam sampling, whose torch.multinomial draws ft cannot "
+							 "reproduce; set do_sample: false for beam search",
+							 s->origin, v));
 	} else if (!strcmp(k, "train_sampling_strategy")) {
 		if (strcmp(v, "random") && strcmp(v, "sequential"))
 			ftp_plan_problem(p, ft_xasprintf("%s: train_sampling_strategy %s: ft-pack orders the "
@@ -527,7 +533,7 @@ void ftp_check_settings(const ft_lfargs *a, ft_runplan *p)
 			ftp_plan_problem(p, ft_xasprintf("%s: '%s' is not supported: %s", s->origin, s->key, r->why));
 		else if (r->to == FTP_N && r->why)
 			ftp_plan_note(p, ft_xasprintf("%s: %s accepted with no effect: %s", s->origin, s->key, r->why));
-		value_check(p, s);
+		value_check(p, a, s);
 	}
 	if (a->n && !known) {
 		for (size_t i = 0; i < p->n_problems; i++) free(p->problems[i]);

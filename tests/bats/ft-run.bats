@@ -312,9 +312,13 @@ load helper
 	run --separate-stderr ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o \
 		--num_beams 4 --ignore_pad_token_for_loss false --train_sampling_strategy group_by_length
 	assert_failure 1
-	[[ "$stderr" == *"num_beams 4: beam search is not implemented in ft yet"* ]]
+	[[ "$stderr" == *"num_beams 4 with do_sample true is transformers' beam sampling"* ]]
 	[[ "$stderr" == *"ignore_pad_token_for_loss false is not supported: ft never trains on padding tokens"* ]]
 	[[ "$stderr" == *"train_sampling_strategy group_by_length"* ]]
+	# beam search proper goes to ft-generate
+	run ft-run -n chat --model_name_or_path m --template qwen --num_beams 4 --do_sample false --length_penalty 0.5
+	assert_success
+	assert_output --regexp "ft-generate .*--num_beams 4 .*--length_penalty 0.5"
 }
 
 @test "ft-run -v names the trainer settings with no effect and why" {
