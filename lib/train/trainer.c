@@ -458,7 +458,7 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 	int stop = st.global_step >= p.total_steps;
 	const int64_t runs = ft_data_runs(o), first_ep = st.epoch_idx;
 	for (int64_t ep = first_ep; ep < p.num_epochs && !stop; ep++) {
-		int64_t done = 0, skip = ep == first_ep ? st.batches_done : 0;
+		int64_t done = 0, skip = ep == first_ep && !o->ignore_data_skip ? st.batches_done : 0;
 		/* Epoch ep reads run ep % runs of the stream: the next run follows
 		 * where the last epoch stopped, so the stream is reopened only
 		 * to start over or to reach a checkpoint's position. */

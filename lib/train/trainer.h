@@ -212,6 +212,9 @@ typedef struct {
 	/* HF's eval_on_start: an evaluation before the first step (also when
 	 * resuming), which early stopping sees but the best metric does not */
 	int eval_on_start;
+	/* HF's ignore_data_skip: a resumed run starts its epoch's data from
+	 * the first batch instead of skipping the ones already trained on */
+	int ignore_data_skip;
 } ft_train_opts;
 
 void ft_train_opts_default(ft_train_opts *o);

@@ -507,3 +507,27 @@ PARITY_REF=trainer/parity_losses.txt
 	run -2 train --eval_on_start --max_steps 1
 	assert_output --partial "evaluation requires an eval dataset"
 }
+
+@test "--ignore_data_skip: a resumed run reads its epoch from the first batch again, as HF's" {
+	need_jq
+	# learning rate 0: the weights stay, so a batch read again logs the same loss
+	args=(--max_steps 4 --logging_steps 1 --save_steps 2 -q --learning_rate 0 --gradient_accumulation_steps 2)
+	run train "${args[@]}"
+	assert_success
+	for d in skip noskip; do
+		mkdir $d && cp -r out/checkpoint-2 $d/ && head -n 2 out/trainer_log.jsonl > $d/trainer_log.jsonl
+	done
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir noskip "${args[@]}" \
+		--resume_from_checkpoint noskip/checkpoint-2 --ignore_data_skip
+	assert_success
+	losses() { jq -s -c '[.[] | select(.loss) | .loss]' "$1"; }
+	[ "$(losses noskip/trainer_log.jsonl | jq '.[2] == .[0] and .[3] == .[1]')" = true ]
+	# HF's epoch counts the batches read in the epoch: back to the start
+	[ "$(jq -s '[.[] | select(.loss)][2].epoch' noskip/trainer_log.jsonl)" = "$(jq -s '[.[] | select(.loss)][0].epoch' out/trainer_log.jsonl)" ]
+	# without it the run continues where it stopped
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir skip "${args[@]}" \
+		--resume_from_checkpoint skip/checkpoint-2
+	assert_success
+	[ "$(losses skip/trainer_log.jsonl)" = "$(losses out/trainer_log.jsonl)" ]
+	[ "$(losses out/trainer_log.jsonl | jq '.[2] != .[0]')" = true ]
+}

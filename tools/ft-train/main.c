@@ -124,6 +124,7 @@ static const char usage[] =
 "Logging, evaluation, checkpoints:\n"
 "  --logging_steps N (500) --logging_first_step  --eval_steps N (logging_steps)\n"
 "  --eval_on_start            evaluate before the first step (and on resume), as HF\n"
+"  --ignore_data_skip         resume reading the epoch from its first batch, as HF\n"
 "  --save_steps N (500) --save_total_limit N  --do_train --do_eval  --plot_loss\n"
 "  --logging_strategy, --eval_strategy, --save_strategy steps|epoch|no (steps):\n"
 "                             every *_steps, at each epoch's end, or never (the\n"
