@@ -167,7 +167,7 @@ static const ftp_route more_routes[] = {
 	{"additional_target", FTP_R, NULL}, {"freeze_extra_modules", FTP_R, NULL},
 	{"lr_scheduler_kwargs", FTP_R, NULL}, {"create_new_adapter", FTP_R, NULL},
 	{"data_seed", FTP_P, NULL}, {"eval_on_start", FTP_R, NULL},
-	{"ignore_data_skip", FTP_R, NULL}, {"label_smoothing_factor", FTP_R, NULL},
+	{"ignore_data_skip", FTP_R, NULL}, {"eval_delay", FTP_R, NULL}, {"label_smoothing_factor", FTP_R, NULL},
 	{"compute_accuracy", FTP_R, NULL}, {"load_best_model_at_end", FTP_R, NULL},
 	{"metric_for_best_model", FTP_R, NULL}, {"greater_is_better", FTP_R, NULL},
 	{"early_stopping_steps", FTP_R, NULL}, {"pref_bco_weight", FTP_R, NULL}, {"ld_alpha", FTP_R, NULL},
@@ -261,7 +261,6 @@ static const ftp_route more_routes[] = {
 	{"bf16_full_eval", FTP_X, "evaluating with half weights is " NOT_YET " (eval runs the training precision)"},
 	{"fp16_full_eval", FTP_X, "evaluating with half weights is " NOT_YET " (eval runs the training precision)"},
 	{"auto_find_batch_size", FTP_X, "retrying with a smaller batch is " NOT_YET " (ft-train plans its memory first)"},
-	{"eval_delay", FTP_X, "delaying the first evaluation is " NOT_YET},
 	{"sortish_sampler", FTP_X, "the sortish sampler is " NOT_YET},
 	{"generation_config", FTP_X, "a generation config file is " NOT_YET " (give the generating settings)"},
 	{"push_to_hub", FTP_X, "ft uploads nothing"},	/* megatron_bridge_args.py: used only with USE_MEGATRON_BRIDGE=1 */

@@ -566,7 +566,9 @@ int ft_train(const ft_train_opts *o, ft_train_model *m, ft_batch_source *train,
 			if (strategy_due(o->logging_strategy, o->logging_steps, st.global_step, epoch_end) ||
 			    (o->logging_first_step && st.global_step == 1))
 				if (do_log(&c, &st, gnorm, lr, m) < 0) goto out;
-			if (val && o->eval_strategy != FT_STRATEGY_NO &&
+			/* DefaultFlowCallback: eval_delay <= the step (the epoch) */
+			double at = o->eval_strategy == FT_STRATEGY_EPOCH ? st.epoch : (double)st.global_step;
+			if (val && o->eval_strategy != FT_STRATEGY_NO && o->eval_delay <= at &&
 			    (strategy_due(o->eval_strategy, eval_every, st.global_step, epoch_end) ||
 			     (last && (eval_every > 0 || o->eval_strategy == FT_STRATEGY_EPOCH)))) {
 				if (do_eval(&c, &st, m, val, &eval_loss) < 0) goto out;

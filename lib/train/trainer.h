@@ -215,6 +215,9 @@ typedef struct {
 	/* HF's ignore_data_skip: a resumed run starts its epoch's data from
 	 * the first batch instead of skipping the ones already trained on */
 	int ignore_data_skip;
+	/* HF's eval_delay: no evaluation before this many steps (epochs with
+	 * eval_strategy epoch) */
+	double eval_delay;
 } ft_train_opts;
 
 void ft_train_opts_default(ft_train_opts *o);

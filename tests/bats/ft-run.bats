@@ -272,7 +272,7 @@ load helper
 		assert_success
 	done
 	run --separate-stderr ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o \
-		--streaming true --use_mca true --task mmlu_test --eval_delay 5
+		--streaming true --use_mca true --task mmlu_test --sortish_sampler true
 	assert_failure 1
 	[[ "$stderr" == *"'streaming' is not supported: dataset streaming is not implemented in ft yet"* ]]
 	[[ "$stderr" == *"'use_mca' is not supported: another distributed backend's"* ]]

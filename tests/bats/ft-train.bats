@@ -531,3 +531,18 @@ PARITY_REF=trainer/parity_losses.txt
 	[ "$(losses skip/trainer_log.jsonl)" = "$(losses out/trainer_log.jsonl)" ]
 	[ "$(losses out/trainer_log.jsonl | jq '.[2] != .[0]')" = true ]
 }
+
+@test "--eval_delay: no evaluation before that step (DefaultFlowCallback's eval_delay <= global_step)" {
+	need_jq
+	ft-cat --encode < "$FIXTURES/trainer/val.jsonl" > val.zst
+	evals() { jq -s -c '[.[] | select(.eval_loss) | .current_steps]' "$1/trainer_log.jsonl"; }
+	run train --val val.zst --eval_steps 2 --max_steps 7 --logging_steps 1 -q
+	assert_success
+	[ "$(evals out)" = '[2,4,6,7]' ]
+	run ft-train --model_name_or_path "$MODEL" --train train.zst --output_dir d --val val.zst --eval_steps 2 \
+		--max_steps 7 --logging_steps 1 -q --eval_delay 3
+	assert_success
+	[ "$(evals d)" = '[4,6,7]' ]
+	run -2 train --eval_delay -1
+	assert_output --partial "--eval_delay must be >= 0"
+}

@@ -40,7 +40,8 @@ static const char *const known[] = {
 	"lr_scheduler_kwargs",
 	"warmup_steps", "warmup_ratio", "gradient_accumulation_steps", "per_device_train_batch_size",
 	"per_device_eval_batch_size", "num_train_epochs", "max_steps", "seed", "logging_steps",
-	"logging_first_step", "eval_on_start", "ignore_data_skip", "save_steps", "save_total_limit", "eval_steps", "do_train", "do_eval",
+	"logging_first_step", "eval_on_start", "ignore_data_skip", "eval_delay",
+	"save_steps", "save_total_limit", "eval_steps", "do_train", "do_eval",
 	"val", "train", "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
 	"gradient_checkpointing", "bf16", "fp16", "plot_loss", "device", "eval_strategy",
 	"save_strategy", "logging_strategy", "optim", "allow_tokenizer_mismatch", "skip_nonfinite",
@@ -326,6 +327,8 @@ void ft_train_args_parse(ft_lfargs *a, ft_cli_args *c)
 	o->logging_first_step = get_bool(a, "logging_first_step", 0);
 	o->eval_on_start = get_bool(a, "eval_on_start", 0);
 	o->ignore_data_skip = get_bool(a, "ignore_data_skip", 0);
+	o->eval_delay = get_num(a, "eval_delay", 0);
+	if (!(o->eval_delay >= 0)) die_usage("--eval_delay must be >= 0 (steps, or epochs with --eval_strategy epoch)");
 	if (o->ignore_data_skip && (!strcmp(c->stage, "ppo") || !strcmp(c->stage, "grpo")))
 		die_usage("--ignore_data_skip with --stage %s is not implemented in ft yet", c->stage);
 	if (o->eval_on_start && c->n_val == 0)   /* Trainer.evaluate's error */

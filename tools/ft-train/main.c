@@ -125,6 +125,7 @@ static const char usage[] =
 "  --logging_steps N (500) --logging_first_step  --eval_steps N (logging_steps)\n"
 "  --eval_on_start            evaluate before the first step (and on resume), as HF\n"
 "  --ignore_data_skip         resume reading the epoch from its first batch, as HF\n"
+"  --eval_delay N             no evaluation before step N (epoch N with epoch strategy)\n"
 "  --save_steps N (500) --save_total_limit N  --do_train --do_eval  --plot_loss\n"
 "  --logging_strategy, --eval_strategy, --save_strategy steps|epoch|no (steps):\n"
 "                             every *_steps, at each epoch's end, or never (the\n"
