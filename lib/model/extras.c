@@ -85,3 +85,13 @@ int ftp_llama_pro_layer(const ft_model *m, int l)
 {
 	return ft_llama_pro_layer(m->c.num_hidden_layers, m->o.freeze_trainable_layers, l);
 }
+
+/* freeze_extra_modules names modules the model has (LLaMA-Factory's
+ * error: a tied model has no lm_head parameter of its own). */
+int ftp_check_freeze_extra(const ft_config *c, const ft_tune_opts *o)
+{
+	if (o && o->type == FT_FT_FREEZE && (o->freeze_extra & FT_EXTRA_HEAD) && c->tie_word_embeddings)
+		return ft_fail("freeze_extra_modules: Module lm_head is not found, please choose from "
+			       "embed_tokens, norm (the model ties lm_head to embed_tokens)");
+	return 0;
+}

@@ -527,19 +527,9 @@ static ft_model *model_finish(ft_model *m)
 	return m;
 }
 
-/* freeze_extra_modules names modules the model has (LLaMA-Factory's
- * error: a tied model has no lm_head parameter of its own). */
-static int check_extra(const ft_config *c, const ft_tune_opts *o)
-{
-	if (o && o->type == FT_FT_FREEZE && (o->freeze_extra & FT_EXTRA_HEAD) && c->tie_word_embeddings)
-		return ft_fail("freeze_extra_modules: Module lm_head is not found, please choose from "
-			       "embed_tokens, norm (the model ties lm_head to embed_tokens)");
-	return 0;
-}
-
 ft_model *ft_model_from_config(const ft_config *c, const ft_tune_opts *o)
 {
-	if (check_extra(c, o) < 0)
+	if (ftp_check_freeze_extra(c, o) < 0)
 		return NULL;
 	if (c->gemma) {   /* its config.json would lose the Gemma fields */
 		ft_fail("model config: training Gemma from scratch is not supported; start from "
@@ -600,7 +590,7 @@ ft_model *ft_model_load(const char *model_dir, const ft_tune_opts *o)
 		return NULL;
 	}
 	free(path);
-	ft_model *m = check_extra(&c, o) < 0 || ftp_config_check_weights(&c, model_dir) < 0
+	ft_model *m = ftp_check_freeze_extra(&c, o) < 0 || ftp_config_check_weights(&c, model_dir) < 0
 		? NULL : model_alloc(&c, o, model_dir);
 	if (!m) {
 		json_decref(j);

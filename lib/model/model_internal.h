@@ -319,6 +319,10 @@ void ftp_qk_norm_forward(ft_model *m, const ftp_layer *y, float *q, float *k,
 void ftp_qk_norm_backward(ft_model *m, ftp_layer *y, float *dqr, float *dkr,
 			  const float *dq, const float *dk, const ftp_acts *a, int N);
 
+/* lib/model/extras.c: freeze_extra_modules names modules the model has
+ * (a tied model has no lm_head of its own); -1 with LLaMA-Factory's words */
+int ftp_check_freeze_extra(const ft_config *c, const ft_tune_opts *o);
+
 /* lib/model/model_quant.c */
 ft_model *ftp_model_quantize(ft_model *m);
 void ftp_model_quantize_param(ft_model *m, ft_param *p);
