@@ -435,6 +435,11 @@ static void value_check(ft_runplan *p, const ft_lfargs *a, const ft_lfarg *s)
 							 k[0] == 'i' ? "ft never trains on padding tokens"
 								    : "ft's data parallel divides the loss by the "
 								      "label tokens of all ranks"));
+	} else if (!strcmp(k, "disable_gradient_checkpointing") || !strcmp(k, "disable_shuffling") ||
+		   !strcmp(k, "use_cpu")) {
+		/* translated by runplan.c, not passed on: checked here */
+		if (ft_lfargs_bool(a, k, 0) < 0)
+			ftp_plan_problem(p, ft_xasprintf("%s: %s '%s': expected true or false", s->origin, k, v));
 	} else if (!strcmp(k, "num_beams")) {
 		/* LLaMA-Factory's do_sample defaults to true: beam sampling */
 		if (strcmp(v, "1") && !is_off(v) && ft_lfargs_bool(a, "do_sample", 1) != 0)

@@ -293,6 +293,11 @@ load helper
 	run ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o \
 		--gradient_checkpointing false
 	assert_output --partial "--gradient_checkpointing=false"
+	run ft-run -n --stage sft --do_train --model_name_or_path m --dataset d --output_dir o \
+		--disable_gradient_checkpointing maybe --use_cpu sometimes
+	assert_failure 1
+	assert_output --partial "disable_gradient_checkpointing 'maybe': expected true or false"
+	assert_output --partial "use_cpu 'sometimes': expected true or false"
 }
 
 @test "ft-run: disable_shuffling and train_sampling_strategy sequential keep the order; use_cpu; value checks" {

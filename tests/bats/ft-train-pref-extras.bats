@@ -53,13 +53,20 @@ extras_diff() {
 		    | first // "ok" end'
 }
 
-run_extras() {
-	local kind=$1 name=$2
-	run ft-train --stage dpo --train dpo.zst --val dpo.zst $(case_flags "$name") \
+# dpo_run KIND OUT FLAGS...: the reference's 5 steps (evaluations at 2, 4, 5) into OUT
+dpo_run() {
+	local kind=$1 out=$2
+	shift 2
+	run ft-train --stage dpo --train dpo.zst --val dpo.zst "$@" \
 		--model_name_or_path "$FIXTURES/models/tiny-$kind" --adapter_name_or_path "$PREF/$kind-lora" \
-		--output_dir "out-$kind-$name" --max_steps 5 --logging_steps 1 --eval_steps 2 \
+		--output_dir "$out" --max_steps 5 --logging_steps 1 --eval_steps 2 \
 		--learning_rate 5e-3 --save_steps 0 -q
 	assert_success
+}
+
+run_extras() {
+	local kind=$1 name=$2
+	dpo_run "$kind" "out-$kind-$name" $(case_flags "$name")
 	run extras_diff "$kind" "$name" "out-$kind-$name/trainer_log.jsonl"
 	assert_output "ok"
 }
@@ -73,16 +80,10 @@ run_extras() {
 
 @test "the reference's steps differ without bco or ld_alpha (the comparison can fail)" {
 	need_jq
-	run ft-train --stage dpo --train dpo.zst --val dpo.zst --pref_loss ipo --pref_bco_weight 1.0 \
-		--model_name_or_path "$LLAMA" --adapter_name_or_path "$PREF/llama-lora" --output_dir no-ld \
-		--max_steps 5 --logging_steps 1 --eval_steps 2 --learning_rate 5e-3 --save_steps 0 -q
-	assert_success
+	dpo_run llama no-ld --pref_loss ipo --pref_bco_weight 1.0
 	run extras_diff llama ipo_bco_ld no-ld/trainer_log.jsonl
 	refute_output "ok"
-	run ft-train --stage dpo --train dpo.zst --val dpo.zst --pref_loss ipo --ld_alpha 0.3 \
-		--model_name_or_path "$LLAMA" --adapter_name_or_path "$PREF/llama-lora" --output_dir no-bco \
-		--max_steps 5 --logging_steps 1 --eval_steps 2 --learning_rate 5e-3 --save_steps 0 -q
-	assert_success
+	dpo_run llama no-bco --pref_loss ipo --ld_alpha 0.3
 	run extras_diff llama ipo_bco_ld no-bco/trainer_log.jsonl
 	refute_output "ok"
 }

@@ -24,13 +24,10 @@ static int emb_target_of(const char *list)
 {
 	int emb = 0, head = 0, other = 0;
 	char *s = ft_xstrdup(list), *save = NULL;
-	for (char *n = strtok_r(s, ",", &save); n; n = strtok_r(NULL, ",", &save)) {
-		while (*n == ' ') n++;
-		size_t len = strlen(n);
-		while (len && n[len - 1] == ' ') n[--len] = 0;
+	for (char *n = strtok_r(s, ", ", &save); n; n = strtok_r(NULL, ", ", &save)) {
 		if (!strcmp(n, "embed_tokens")) emb = 1;
 		else if (!strcmp(n, "lm_head")) head = 1;
-		else if (*n) other = 1;
+		else other = 1;
 	}
 	free(s);
 	if (other || emb != head)
